@@ -1,0 +1,1 @@
+"""udop transform steps and data-quality checks (DuckDB over Arrow)."""

@@ -1,0 +1,1 @@
+"""udop: the Universal Data Orchestration Platform."""

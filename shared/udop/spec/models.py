@@ -1,0 +1,188 @@
+"""Pipeline spec v1: frozen pydantic models of a ``udop/v1`` ``Pipeline`` definition.
+
+These models are the schema (``udop schema`` prints their JSON Schema); loading, locating errors and
+checking the DAG live in ``udop.spec.loader`` and ``udop.spec.dag``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from udop.spec.types import Duration, PipelineName, TaskId
+
+API_VERSION = "udop/v1"
+
+
+class SpecModel(BaseModel):
+    """Base of every spec model: frozen, and unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class RetryPolicy(SpecModel):
+    """Exponential backoff with full jitter, as Step Functions' ``Retry`` does it.
+
+    Attempt ``n`` (n >= 2) waits ``min(max_delay, base_delay * backoff_rate ** (n - 2))``; with
+    ``jitter: full`` a uniformly random part of that.
+    """
+
+    max_attempts: int = Field(1, ge=1, le=100, description="attempts in all, the first included")
+    base_delay: Duration = Field(1.0, description="wait before the second attempt")
+    backoff_rate: float = Field(2.0, ge=1.0, le=10.0, description="factor applied to the wait per attempt")
+    max_delay: Duration = Field(300.0, description="the wait between attempts never exceeds this")
+    jitter: Literal["full", "none"] = "full"
+
+    def delay(self, attempt: int) -> float:
+        """The un-jittered wait after attempt number ``attempt`` (1-based) failed."""
+        return min(self.max_delay, self.base_delay * self.backoff_rate ** max(0, attempt - 1))
+
+
+class Defaults(SpecModel):
+    retry: RetryPolicy = RetryPolicy()
+    timeout: Duration | None = Field(None, description="per attempt; none means no limit locally")
+
+
+ParamType = Literal["str", "int", "float", "bool", "date", "datetime"]
+
+
+class ParamSpec(SpecModel):
+    type: ParamType = "str"
+    default: Any = None
+    description: str | None = None
+    required: bool | None = Field(None, description="defaults to true when there is no default")
+
+    @property
+    def is_required(self) -> bool:
+        return self.required if self.required is not None else self.default is None
+
+
+class ConnectionSpec(BaseModel):
+    """A named connection; its settings are validated by the connector it names.
+
+    Secrets are never written here: use ``{env: NAME}``, ``{file: PATH}`` or
+    ``{secret: ARN-or-name}`` references (resolved when the connection is opened).
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    connector: str = Field(description="connector name, e.g. postgres, mysql, s3, http")
+
+
+class Schedule(SpecModel):
+    cron: str | None = Field(None, description="five-field cron expression, e.g. '0 6 * * *'")
+    rate: str | None = Field(None, description="a fixed rate, e.g. '1 hour', '15 minutes'")
+    timezone: str = "UTC"
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Schedule:
+        if (self.cron is None) == (self.rate is None):
+            raise ValueError("give exactly one of 'cron' or 'rate'")
+        if self.cron is not None and len(self.cron.split()) != 5:
+            raise ValueError(f"cron {self.cron!r} must have five fields (minute hour day month weekday)")
+        if self.rate is not None and not re.fullmatch(r"\d+ (minute|minutes|hour|hours|day|days)", self.rate):
+            raise ValueError(f"rate {self.rate!r} must look like '15 minutes', '1 hour' or '2 days'")
+        return self
+
+
+class ForEach(SpecModel):
+    """Run the task once per file or partition of one input (a Map state on AWS)."""
+
+    input: TaskId = Field(description="the dependency whose output is split")
+    over: Literal["files", "partitions"] = "files"
+    max_concurrency: int = Field(0, ge=0, le=10000, description="0 means no limit")
+
+
+class TaskBase(SpecModel):
+    """Fields every task type has."""
+
+    id: TaskId
+    type: str
+    description: str | None = None
+    depends_on: list[TaskId] = Field(default_factory=list)
+    retry: RetryPolicy | None = Field(None, description="overrides spec.defaults.retry")
+    timeout: Duration | None = Field(None, description="overrides spec.defaults.timeout")
+    foreach: ForEach | None = None
+
+    @field_validator("depends_on", mode="before")
+    @classmethod
+    def _single_dependency(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class PythonTask(TaskBase):
+    """Calls ``package.module:function(context, inputs, **args)``; a user's own code."""
+
+    type: Literal["python"]
+    callable: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$",
+                          description="'package.module:function'")
+    args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments; ${...} rendered")
+
+
+def _task_union() -> Any:
+    from udop.spec.data_tasks import DATA_TASK_MODELS
+
+    models = (PythonTask, *DATA_TASK_MODELS)
+    return Annotated[models[0] if len(models) == 1 else _union(models), Field(discriminator="type")]
+
+
+def _union(models: tuple[type, ...]) -> Any:
+    from typing import Union
+
+    return Union[models]  # noqa: UP007 - built from a runtime tuple
+
+
+Task = _task_union()
+TASK_TYPES: tuple[str, ...] = ()  # filled below from the union's members
+
+
+class Metadata(SpecModel):
+    name: PipelineName
+    description: str | None = None
+    owner: str | None = None
+    tags: list[str] = Field(default_factory=list)
+
+
+class PipelineBody(SpecModel):
+    params: dict[str, ParamSpec] = Field(default_factory=dict)
+    defaults: Defaults = Defaults()
+    connections: dict[str, ConnectionSpec] = Field(default_factory=dict)
+    schedule: Schedule | None = None
+    tasks: list[Task] = Field(min_length=1)  # type: ignore[valid-type]
+
+
+class Pipeline(SpecModel):
+    """A ``udop/v1`` pipeline definition."""
+
+    api_version: Literal["udop/v1"] = Field(alias="apiVersion")
+    kind: Literal["Pipeline"]
+    metadata: Metadata
+    spec: PipelineBody
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    def task(self, task_id: str) -> Any:
+        for task in self.spec.tasks:
+            if task.id == task_id:
+                return task
+        raise KeyError(task_id)
+
+    def retry_for(self, task: TaskBase) -> RetryPolicy:
+        return task.retry or self.spec.defaults.retry
+
+    def timeout_for(self, task: TaskBase) -> float | None:
+        return task.timeout if task.timeout is not None else self.spec.defaults.timeout
+
+
+def _task_types() -> tuple[str, ...]:
+    from udop.spec.data_tasks import DATA_TASK_MODELS
+
+    return tuple(m.model_fields["type"].annotation.__args__[0] for m in (PythonTask, *DATA_TASK_MODELS))
+
+
+TASK_TYPES = _task_types()

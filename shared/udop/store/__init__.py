@@ -1,0 +1,1 @@
+"""The metadata store: pipelines, versions, runs, task runs, attempts, lineage, check results."""

@@ -1,0 +1,154 @@
+"""The one task contract both executors call: ``run_task(context, task, inputs) -> TaskResult``.
+
+Datasets move by reference: a task writes Parquet under
+``<data-root>/runs/<pipeline>/<run_id>/<task_id>/`` and returns a ``Manifest``; executors pass
+manifests (and small JSON values from ``python`` tasks), never rows.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from udop.errors import PayloadTooLarge
+
+__all__ = ["MAX_VALUE_BYTES", "CheckResult", "Manifest", "TaskContext", "TaskResult", "dataset_uri"]
+
+#: a python task's return value travels by value only up to this size (Step Functions carries
+#: 256 KiB per state; a task with many parents must stay far below that)
+MAX_VALUE_BYTES = 8 * 1024
+
+
+def dataset_uri(data_root: str, pipeline: str, run_id: str, task_id: str) -> str:
+    """The deterministic location of a task's output, local path or ``s3://`` URI."""
+    return f"{data_root.rstrip('/')}/runs/{pipeline}/{run_id}/{task_id}/"
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """A small reference to a dataset: where it is and what it holds."""
+
+    uri: str
+    rows: int | None = None
+    bytes: int | None = None
+    schema_fingerprint: str | None = None
+    format: str = "parquet"
+    files: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"uri": self.uri, "rows": self.rows, "bytes": self.bytes,
+                "schema_fingerprint": self.schema_fingerprint, "format": self.format, "files": self.files}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Manifest:
+        return cls(uri=data["uri"], rows=data.get("rows"), bytes=data.get("bytes"),
+                   schema_fingerprint=data.get("schema_fingerprint"), format=data.get("format", "parquet"),
+                   files=data.get("files", 1))
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """The outcome of one data-quality rule."""
+
+    rule: str
+    severity: str  # "error" | "warn"
+    passed: bool
+    failing_rows: int = 0
+    sample: list[dict[str, Any]] = field(default_factory=list)
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule, "severity": self.severity, "passed": self.passed,
+                "failing_rows": self.failing_rows, "sample": self.sample, "message": self.message}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CheckResult:
+        return cls(rule=data["rule"], severity=data["severity"], passed=data["passed"],
+                   failing_rows=data.get("failing_rows", 0), sample=list(data.get("sample", [])),
+                   message=data.get("message", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """What a task hands back: an output dataset and/or a small JSON value, plus what it checked."""
+
+    output: Manifest | None = None
+    value: Any = None
+    inputs: tuple[str, ...] = ()  # lineage: the URIs (or task ids) read
+    checks: tuple[CheckResult, ...] = ()
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form; what the task runner returns to Step Functions and the store keeps."""
+        body = {"output": self.output.to_dict() if self.output else None, "value": self.value,
+                "inputs": list(self.inputs), "checks": [c.to_dict() for c in self.checks],
+                "metrics": dict(self.metrics)}
+        size = len(json.dumps(body["value"], default=str))
+        if size > MAX_VALUE_BYTES:
+            raise PayloadTooLarge(
+                f"the task's return value is {size} bytes as JSON, over the {MAX_VALUE_BYTES}-byte limit "
+                "for values passed between tasks; return a table (written as Parquet) instead")
+        return body
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TaskResult:
+        out = data.get("output")
+        return cls(output=Manifest.from_dict(out) if out else None, value=data.get("value"),
+                   inputs=tuple(data.get("inputs", ())),
+                   checks=tuple(CheckResult.from_dict(c) for c in data.get("checks", ())),
+                   metrics=dict(data.get("metrics", {})))
+
+
+@dataclass
+class TaskContext:
+    """What a running task may know and use. Built by the executor for each attempt."""
+
+    pipeline: Any  # udop.spec.models.Pipeline (Any: keeps this module import-light)
+    task_id: str
+    run_id: str
+    attempt: int
+    logical_date: datetime
+    params: Mapping[str, Any]
+    data_root: str
+    #: set when the attempt timed out or the run was cancelled; long tasks should poll it
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    #: called with a zero-argument function to run when the attempt is cancelled (e.g. DuckDB interrupt)
+    on_cancel: Callable[[Callable[[], None]], None] | None = None
+    #: settings and services (state store, connection resolver) the executor makes available
+    services: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def pipeline_name(self) -> str:
+        return str(self.pipeline.metadata.name)
+
+    @property
+    def task(self) -> Any:
+        return self.pipeline.task(self.task_id)
+
+    @property
+    def output_uri(self) -> str:
+        return dataset_uri(self.data_root, self.pipeline_name, self.run_id, self.task_id)
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel_event.is_set()
+
+    def render(self, value: Any) -> Any:
+        """Replace ``${params.x}``, ``${run.id}``, ``${run.logical_date}``, ``${env.X}`` in strings,
+        recursively through lists and dicts. Not for SQL text: SQL takes bound parameters."""
+        from udop.spec.params import render
+
+        return render(value, self.template_scope())
+
+    def template_scope(self) -> dict[str, Mapping[str, Any]]:
+        import os
+
+        return {"params": self.params,
+                "run": {"id": self.run_id, "logical_date": self.logical_date.date().isoformat(),
+                        "logical_ts": self.logical_date.isoformat(), "attempt": self.attempt,
+                        "pipeline": self.pipeline_name, "task": self.task_id},
+                "env": os.environ}
