@@ -43,6 +43,15 @@ class Manifest:
         return {"uri": self.uri, "rows": self.rows, "bytes": self.bytes,
                 "schema_fingerprint": self.schema_fingerprint, "format": self.format, "files": self.files}
 
+    def to_arrow(self) -> Any:
+        """Read the whole dataset as a pyarrow Table (local paths)."""
+        from udop.tasks.datasets import read_arrow
+
+        return read_arrow(self)
+
+    def to_pandas(self) -> Any:
+        return self.to_arrow().to_pandas()
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Manifest:
         return cls(uri=data["uri"], rows=data.get("rows"), bytes=data.get("bytes"),

@@ -1,0 +1,106 @@
+"""The ``udop`` command line. Commands are imported only when used, so ``udop --help`` is fast.
+
+Exit codes: 0 success, 1 the pipeline (or a command's work) failed, 2 invalid input or usage.
+Errors are one line on stderr, never a traceback (``UDOP_DEBUG=1`` shows one).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Any
+
+import click
+
+__all__ = ["cli", "main"]
+
+#: command name -> ("module:attribute", short help shown by ``udop --help`` without importing it)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "init": ("udop.cli.commands:init", "Create a project folder with an example pipeline."),
+    "validate": ("udop.cli.commands:validate", "Check definitions without running them."),
+    "run": ("udop.cli.commands:run", "Run a pipeline (locally by default) and show its progress."),
+    "graph": ("udop.cli.commands:graph", "Draw a pipeline's task graph as Mermaid or Graphviz dot."),
+    "schema": ("udop.cli.commands:schema", "Print the JSON Schema of pipeline definitions."),
+    "runs": ("udop.cli.runs:runs", "List runs and show one run's tasks, attempts and lineage."),
+    "compile": ("udop.cli_aws:compile_command", "Compile a pipeline to a Step Functions definition (ASL)."),
+    "deploy": ("udop.cli_aws:deploy_command", "Deploy a pipeline as a Step Functions state machine."),
+    "redrive": ("udop.cli_aws:redrive_command", "Resume a failed Step Functions run from the failed task."),
+    "serve": ("udop.api.cli:serve", "Serve the REST API on this machine."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(name for name, (target, _) in COMMANDS.items() if _available(target))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        entry = COMMANDS.get(cmd_name)
+        if entry is None:
+            return None
+        module, attr = entry[0].split(":")
+        try:
+            command: click.Command = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError):
+            return None
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+def _available(target: str) -> bool:
+    from importlib.util import find_spec
+
+    module = target.split(":")[0]
+    try:
+        return find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="udop", prog_name="udop")
+def cli() -> None:
+    """udop runs data pipelines: on this machine (SQLite + Parquet under .udop/) or on AWS Step
+    Functions, from the same pipeline.yaml.
+
+    \b
+    Start here:
+      udop init my-project && cd my-project
+      udop run pipeline.yaml
+      udop runs show <RUN_ID>
+    """
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Console entry point: maps errors to one line and an exit code."""
+    from udop.errors import UdopError
+
+    try:
+        code = cli.main(args=argv, prog_name="udop", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("udop: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2 if exc.exit_code in (1, 2) else exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except UdopError as exc:
+        if os.environ.get("UDOP_DEBUG"):
+            raise
+        click.echo(str(exc), err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("udop: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("UDOP_DEBUG"):
+            raise
+        click.echo(f"udop: internal error: {type(exc).__name__}: {exc} (set UDOP_DEBUG=1 for a traceback)",
+                   err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

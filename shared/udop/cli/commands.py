@@ -1,0 +1,144 @@
+"""``udop init | validate | run | graph | schema``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from udop.errors import InputError, SpecErrors
+
+
+def _load(path: str, *, import_callables: bool = True) -> Any:
+    from udop.spec.checks import run_plugin_checks
+    from udop.spec.loader import load_pipeline
+
+    pipeline = load_pipeline(path, import_callables=import_callables)
+    SpecErrors.collect(run_plugin_checks(pipeline, path))
+    return pipeline
+
+
+def _parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--param")
+        params[key.strip()] = value
+    return params
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--no-import", is_flag=True, help="Do not import python tasks' callables.")
+def validate(files: tuple[str, ...], no_import: bool) -> None:
+    """Check pipeline definitions (schema, task graph, references, callables) without running them.
+
+    Prints one line per problem, FILE:LINE: PATH: MESSAGE, and exits 2 if any file is invalid.
+    """
+    bad = 0
+    for file in files:
+        try:
+            pipeline = _load(file, import_callables=not no_import)
+        except SpecErrors as exc:
+            bad += 1
+            for err in exc.errors:
+                click.echo(str(err), err=True)
+        else:
+            click.echo(f"{file}: ok ({pipeline.name}, {len(pipeline.spec.tasks)} tasks)")
+    if bad:
+        raise click.exceptions.Exit(2)
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--param", "-p", "params", multiple=True, metavar="KEY=VALUE", help="Set a parameter (repeatable).")
+@click.option("--resume", "resume", metavar="RUN_ID", help="Resume a failed, cancelled or killed run: "
+              "run only the tasks that did not succeed.")
+@click.option("--workers", "-w", type=click.IntRange(1, 256), default=4, show_default=True,
+              help="Tasks run at the same time.")
+@click.option("--executor", type=click.Choice(["local", "stepfunctions"]), default="local", show_default=True,
+              help="Where to run: this machine, or the pipeline's deployed Step Functions state machine.")
+@click.option("--logical-date", metavar="ISO-DATE", help="The run's logical date (${run.logical_date}); default now.")
+@click.option("--run-id", metavar="ID", help="Use this id for the new run instead of a generated one.")
+@click.option("--progress/--no-progress", default=None, help="Live display (default when stdout is a terminal).")
+def run(file: str, params: tuple[str, ...], resume: str | None, workers: int, executor: str,
+        logical_date: str | None, run_id: str | None, progress: bool | None) -> None:
+    """Run the pipeline in FILE and show each task's state; exit 0 if it succeeded, 1 if it failed."""
+    given = _parse_params(params)
+    if executor == "stepfunctions":
+        from udop.cli_aws import run_on_stepfunctions
+
+        raise click.exceptions.Exit(run_on_stepfunctions(file, given, follow=True))
+    pipeline = _load(file)
+    logical = None
+    if logical_date:
+        try:
+            logical = datetime.fromisoformat(logical_date)
+        except ValueError:
+            raise click.BadParameter(f"{logical_date!r} is not an ISO date or datetime", param_hint="--logical-date") from None
+        logical = logical if logical.tzinfo else logical.replace(tzinfo=UTC)
+    if resume and run_id:
+        raise InputError("give either --resume RUN_ID or --run-id ID, not both")
+
+    from udop.cli.progress import make_display
+    from udop.executor.local import LocalExecutor
+    from udop.store import open_store
+
+    store = open_store()
+    live = sys.stdout.isatty() if progress is None else progress
+    display = make_display(pipeline, live=live)
+    executor_ = LocalExecutor(store, workers=workers, on_event=display.event,
+                              services={"base_dir": str(Path(file).parent.resolve())})
+    with display:
+        record = executor_.run(pipeline, params=given, run_id=resume or run_id, resume=bool(resume),
+                               logical_date=logical)
+    final = store.get_run(record.id)
+    display.summary(final, store.get_checks(record.id))
+    store.close()
+    raise click.exceptions.Exit(0 if record.state == "succeeded" else 1)
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["mermaid", "dot"]), default="mermaid", show_default=True)
+def graph(file: str, fmt: str) -> None:
+    """Print the task graph of FILE (Mermaid for Markdown, dot for Graphviz)."""
+    from udop.spec.dag import to_dot, to_mermaid
+
+    pipeline = _load(file, import_callables=False)
+    click.echo((to_mermaid if fmt == "mermaid" else to_dot)(pipeline), nl=False)
+
+
+@click.command()
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), help="Write to a file.")
+def schema(output: str | None) -> None:
+    """Print the JSON Schema of udop/v1 pipeline definitions (for editors: yaml-language-server)."""
+    from udop.spec.models import Pipeline
+
+    body = Pipeline.model_json_schema(by_alias=True)
+    body = {"$schema": "https://json-schema.org/draft/2020-12/schema", **body, "title": "udop/v1 Pipeline"}
+    text = json.dumps(body, indent=2, sort_keys=False) + "\n"
+    if output:
+        Path(output).write_text(text)
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+@click.command()
+@click.argument("directory", default=".", type=click.Path(file_okay=False))
+@click.option("--force", is_flag=True, help="Overwrite files that already exist.")
+def init(directory: str, force: bool) -> None:
+    """Create DIRECTORY (default: here) with an example pipeline you can run at once."""
+    from udop.cli.scaffold import write_project
+
+    written = write_project(Path(directory), force=force)
+    for path in written:
+        click.echo(f"created {path}")
+    where = "" if directory == "." else f"cd {directory} && "
+    click.echo(f"\nNext: {where}udop run pipeline.yaml")

@@ -1,0 +1,106 @@
+"""``udop runs list`` and ``udop runs show RUN_ID``: what the metadata store knows about runs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any
+
+import click
+
+from udop.errors import RunNotFound
+
+
+def _duration(start: Any, end: Any) -> str:
+    if not start or not end:
+        return ""
+    return f"{(end - start).total_seconds():.2f}s"
+
+
+@click.group()
+def runs() -> None:
+    """Look at runs recorded in the metadata store (local and AWS)."""
+
+
+@runs.command("list")
+@click.option("--pipeline", help="Only runs of this pipeline.")
+@click.option("--state", type=click.Choice(["pending", "running", "succeeded", "failed", "cancelled"]))
+@click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_runs(pipeline: str | None, state: str | None, limit: int, as_json: bool) -> None:
+    """List runs, newest first."""
+    from udop.states import RunState
+    from udop.store import open_store
+
+    store = open_store()
+    records = store.list_runs(pipeline=pipeline, state=RunState(state) if state else None, limit=limit)
+    if as_json:
+        click.echo(json.dumps([_run_json(r) for r in records], indent=2, default=str))
+        return
+    if not records:
+        click.echo("no runs yet: start one with `udop run pipeline.yaml`")
+        return
+    click.echo(f"{'RUN ID':<24} {'PIPELINE':<24} {'STATE':<10} {'EXECUTOR':<13} {'STARTED':<20} DURATION")
+    for r in records:
+        started = r.started_at.strftime("%Y-%m-%d %H:%M:%S") if r.started_at else ""
+        click.echo(f"{r.id:<24} {r.pipeline:<24} {r.state.value:<10} {r.executor:<13} {started:<20} "
+                   f"{_duration(r.started_at, r.ended_at)}")
+
+
+@runs.command("show")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def show(run_id: str, as_json: bool) -> None:
+    """Show a run: its tasks, their attempts, durations and errors, lineage and quality checks."""
+    from udop.store import open_store
+
+    store = open_store()
+    run = store.get_run(run_id)
+    if run is None:
+        raise RunNotFound(f"no run {run_id!r} in the metadata store (see `udop runs list`)")
+    lineage = store.get_lineage(run_id)
+    checks = store.get_checks(run_id)
+    if as_json:
+        body = _run_json(run)
+        body["tasks"] = [asdict(t) for t in run.tasks]
+        body["lineage"] = [asdict(x) for x in lineage]
+        body["checks"] = [asdict(c) for c in checks]
+        click.echo(json.dumps(body, indent=2, default=str))
+        return
+    click.echo(f"run       {run.id}")
+    click.echo(f"pipeline  {run.pipeline} (version {run.pipeline_version})")
+    click.echo(f"state     {run.state.value}" + (f": {run.error}" if run.error else ""))
+    click.echo(f"executor  {run.executor}" + (f" ({run.external_id})" if run.external_id else ""))
+    click.echo(f"logical   {run.logical_date.isoformat()}")
+    click.echo(f"params    {json.dumps(run.params, default=str)}")
+    click.echo(f"duration  {_duration(run.started_at, run.ended_at) or '-'}")
+    click.echo("\ntasks")
+    for task in run.tasks:
+        click.echo(f"  {task.task_id:<24} {task.state.value:<16} attempts={len(task.attempts)} "
+                   f"{_duration(task.started_at, task.ended_at)}")
+        for a in task.attempts:
+            line = f"      #{a.number} {a.state.value:<10} {_duration(a.started_at, a.ended_at)}"
+            if a.error_type:
+                first = (a.error_message or "").splitlines()[0] if a.error_message else ""
+                line += f"  {a.error_type}: {first}"
+            click.echo(line)
+    if lineage:
+        click.echo("\nlineage")
+        for item in lineage:
+            rows = f"{item.rows:,} rows" if item.rows is not None else "rows unknown"
+            click.echo(f"  {item.task_id}: {', '.join(item.inputs) or '(no inputs)'} -> {item.output_uri} ({rows})")
+    if checks:
+        click.echo("\nquality checks")
+        for c in checks:
+            status = "pass" if c.passed else ("FAIL" if c.severity == "error" else "warn")
+            click.echo(f"  {status:<4} {c.task_id}: {c.rule}" + ("" if c.passed else f" ({c.failing_rows} failing rows)")
+                       + (f": {c.message}" if c.message and not c.passed else ""))
+            for sample in c.sample[:3] if not c.passed else []:
+                click.echo(f"         e.g. {json.dumps(sample, default=str)}")
+
+
+def _run_json(r: Any) -> dict[str, Any]:
+    return {"id": r.id, "pipeline": r.pipeline, "version": r.pipeline_version, "state": r.state.value,
+            "executor": r.executor, "params": r.params, "logical_date": r.logical_date,
+            "created_at": r.created_at, "started_at": r.started_at, "ended_at": r.ended_at,
+            "error": r.error, "external_id": r.external_id}

@@ -1,0 +1,326 @@
+"""Load a pipeline definition (YAML or JSON) into a checked ``Pipeline``.
+
+Every problem becomes a ``SpecError`` located by file, line and path
+(``pipeline.yaml:12: spec.tasks[2].depends_on[0]: unknown task 'x'``); the user never sees a
+traceback. Loading does, in order: read (size, encoding), parse (YAML with duplicate-key and
+alias-bomb protection, or JSON), validate against the frozen models, check the DAG and the
+``${...}`` references, and optionally import ``python`` tasks' callables.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import types
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from udop.errors import SpecError, SpecErrors
+from udop.spec.models import API_VERSION, TASK_TYPES, Pipeline
+
+__all__ = ["MAX_DEFINITION_BYTES", "LoadedDefinition", "load_pipeline", "parse_definition"]
+
+#: a definition larger than this is certainly a mistake (the largest real ones are a few hundred KB)
+MAX_DEFINITION_BYTES = 10 * 1024 * 1024
+#: YAML nodes visited while building the document; an alias bomb ("billion laughs") hits this first
+MAX_NODES = 200_000
+
+PathKey = tuple[str | int, ...]
+
+
+@dataclass
+class LoadedDefinition:
+    """The raw document and where each of its parts starts (1-based line numbers)."""
+
+    data: Any
+    filename: str
+    lines: dict[PathKey, int] = field(default_factory=dict)
+
+    def line_of(self, path: PathKey) -> int | None:
+        for end in range(len(path), -1, -1):
+            if (line := self.lines.get(path[:end])) is not None:
+                return line
+        return None
+
+    def error(self, path: PathKey, message: str) -> SpecError:
+        return SpecError(message, file=self.filename, path=format_path(path) or None,
+                         line=self.line_of(path))
+
+
+def format_path(path: PathKey) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+# --------------------------------------------------------------------------- reading and parsing
+
+
+def _read(source: str | Path) -> bytes:
+    path = Path(source)
+    try:
+        size = path.stat().st_size
+        if size > MAX_DEFINITION_BYTES:
+            raise SpecError(f"file is {size} bytes; a definition may have at most {MAX_DEFINITION_BYTES}",
+                            file=str(source))
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise SpecError("no such file", file=str(source)) from None
+    except IsADirectoryError:
+        raise SpecError("is a directory, not a definition file", file=str(source)) from None
+    except PermissionError:
+        raise SpecError("permission denied", file=str(source)) from None
+
+
+def _decode(raw: bytes | str, filename: str) -> str:
+    if isinstance(raw, str):
+        text = raw
+    else:
+        if b"\x00" in raw:
+            raise SpecError("not a text file (it contains NUL bytes); expected YAML or JSON", file=filename)
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise SpecError(f"not UTF-8 text (invalid byte at offset {exc.start}); expected YAML or JSON",
+                            file=filename) from None
+    if not text.strip():
+        raise SpecError("file is empty; expected a udop/v1 Pipeline definition", file=filename)
+    return text
+
+
+class _Builder:
+    """Builds Python objects from a composed YAML node tree, recording each node's line."""
+
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+        self.lines: dict[PathKey, int] = {}
+        self.visited = 0
+        self.constructor = yaml.SafeLoader("")  # used only for its scalar constructors
+
+    def build(self, node: yaml.Node, path: PathKey = ()) -> Any:
+        self.visited += 1
+        if self.visited > MAX_NODES:
+            raise SpecError(f"document expands to more than {MAX_NODES} nodes "
+                            "(a YAML alias bomb?); write the definition out without deep aliases",
+                            file=self.filename, line=node.start_mark.line + 1)
+        if path not in self.lines:
+            self.lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            self.constructor.flatten_mapping(node)  # resolves '<<' merge keys
+            out: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = self.build(key_node, path)
+                if isinstance(key, list | dict):
+                    raise SpecError("a mapping key must be a plain value", file=self.filename,
+                                    path=format_path(path) or None, line=key_node.start_mark.line + 1)
+                if key in out:
+                    raise SpecError(f"duplicate key {key!r}", file=self.filename,
+                                    path=format_path(path) or None, line=key_node.start_mark.line + 1)
+                out[key] = self.build(value_node, (*path, str(key)))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+        return self.constructor.construct_object(node, deep=True)
+
+
+def _parse_yaml(text: str, filename: str) -> LoadedDefinition:
+    try:
+        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+        raise SpecError(f"malformed YAML: {problem}", file=filename,
+                        line=mark.line + 1 if mark else None) from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"malformed YAML: {exc}", file=filename) from None
+    nodes = [n for n in nodes if n is not None]
+    if not nodes:
+        raise SpecError("file is empty; expected a udop/v1 Pipeline definition", file=filename)
+    if len(nodes) > 1:
+        raise SpecError("the file holds several YAML documents; put one pipeline per file", file=filename,
+                        line=nodes[1].start_mark.line + 1)
+    builder = _Builder(filename)
+    try:
+        data = builder.build(nodes[0])
+    except yaml.YAMLError as exc:
+        raise SpecError(f"malformed YAML: {exc}", file=filename) from None
+    return LoadedDefinition(data, filename, builder.lines)
+
+
+def _parse_json(text: str, filename: str) -> LoadedDefinition:
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                raise SpecError(f"duplicate key {key!r}", file=filename)
+            out[key] = value
+        return out
+
+    try:
+        data = json.loads(text, object_pairs_hook=no_duplicates)
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"malformed JSON: {exc.msg} (column {exc.colno})", file=filename, line=exc.lineno) from None
+    except RecursionError:
+        raise SpecError("malformed JSON: nested too deeply", file=filename) from None
+    return LoadedDefinition(data, filename, {})
+
+
+def parse_definition(text: str | bytes, filename: str = "<definition>") -> LoadedDefinition:
+    """Parse YAML or JSON text (JSON when the file name ends in .json or the text starts with '{')."""
+    decoded = _decode(text, filename)
+    if filename.endswith(".json") or decoded.lstrip().startswith("{"):
+        loaded = _parse_json(decoded, filename)
+    else:
+        loaded = _parse_yaml(decoded, filename)
+    if not isinstance(loaded.data, dict):
+        kind = type(loaded.data).__name__ if loaded.data is not None else "null"
+        raise SpecError(f"the document is a {kind}, not a mapping; expected "
+                        f"'apiVersion: {API_VERSION}' and 'kind: Pipeline' at the top", file=filename, line=1)
+    return loaded
+
+
+# --------------------------------------------------------------------------- validation errors
+
+
+def _unwrap(annotation: Any) -> list[Any]:
+    """The concrete types an annotation may hold (Optional/Union/Annotated peeled)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [t for arg in typing.get_args(annotation) for t in _unwrap(arg)]
+    return [annotation]
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """Walk pydantic's raw error location from ``Pipeline`` to the model that holds its last key."""
+    current: list[Any] = [Pipeline]
+    for part in loc:
+        following: list[Any] = []
+        for tp in current:
+            origin = typing.get_origin(tp)
+            if isinstance(tp, type) and issubclass(tp, BaseModel) and isinstance(part, str):
+                fields = {f.alias or n: f for n, f in tp.model_fields.items()}
+                if part in fields:
+                    following += _unwrap(fields[part].annotation)
+            elif origin in (list, tuple) and isinstance(part, int):
+                following += _unwrap(typing.get_args(tp)[0])
+            elif origin is dict and isinstance(part, str):
+                following += _unwrap(typing.get_args(tp)[1])
+        # a discriminated union puts the tag in the location: keep the member it names
+        tagged = [t for t in current if isinstance(t, type) and issubclass(t, BaseModel)
+                  and "type" in t.model_fields and part in typing.get_args(t.model_fields["type"].annotation)]
+        current = following or tagged
+        if not current:
+            return None
+    models = [t for t in current if isinstance(t, type) and issubclass(t, BaseModel)]
+    return models[0] if len(models) == 1 else None
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> PathKey:
+    """Drop the parts pydantic adds that are not in the document (union tags, validator names)."""
+    out: list[str | int] = []
+    for i, part in enumerate(loc):
+        if isinstance(part, str) and ("[" in part or "(" in part):
+            continue
+        if (isinstance(part, str) and i > 0 and isinstance(loc[i - 1], int) and part in TASK_TYPES
+                and i >= 2 and loc[i - 2] == "tasks"):
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def _close(word: str, options: list[str]) -> str:
+    match = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def _message(err: Any) -> str:
+    kind, loc = err["type"], err["loc"]
+    if kind == "extra_forbidden":
+        model = _model_at(tuple(loc[:-1]))
+        allowed = sorted(f.alias or n for n, f in model.model_fields.items()) if model else []
+        return f"unknown key {loc[-1]!r}{_close(str(loc[-1]), allowed)}"
+    if kind == "missing":
+        return f"missing required key {loc[-1]!r}" if loc else "missing required key"
+    if kind == "union_tag_invalid":
+        tag = err["ctx"]["tag"]
+        return f"unknown task type {tag!r}{_close(str(tag), list(TASK_TYPES))} (known: {', '.join(TASK_TYPES)})"
+    if kind == "union_tag_not_found":
+        return f"missing 'type' (one of: {', '.join(TASK_TYPES)})"
+    msg = str(err["msg"])
+    return msg[0].lower() + msg[1:] if msg else kind
+
+
+def _validation_errors(exc: ValidationError, loaded: LoadedDefinition) -> Iterator[SpecError]:
+    seen = set()
+    for err in exc.errors(include_url=False):
+        path = _clean_loc(tuple(err["loc"]))
+        if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            path = (*path, "type")
+        message = _message(err)
+        if err["type"] == "missing":
+            path = path[:-1] if path else path
+        if (path, message) in seen:
+            continue
+        seen.add((path, message))
+        yield loaded.error(path, message)
+
+
+# --------------------------------------------------------------------------- the entry point
+
+
+def validate_definition(loaded: LoadedDefinition) -> Pipeline:
+    """Validate a parsed document: models, DAG, references. Raises ``SpecErrors``."""
+    from udop.spec.dag import check_dag
+    from udop.spec.params import check_references
+
+    data = loaded.data
+    api = data.get("apiVersion")
+    if api != API_VERSION:
+        found = "missing" if api is None else f"{api!r}"
+        raise SpecErrors([loaded.error(("apiVersion",), f"expected {API_VERSION!r}, found {found}")])
+    try:
+        pipeline = Pipeline.model_validate(data)
+    except ValidationError as exc:
+        raise SpecErrors(list(_validation_errors(exc, loaded))) from None
+    errors = check_dag(pipeline, loaded)
+    errors += check_references(pipeline, loaded)
+    SpecErrors.collect(errors)
+    return pipeline
+
+
+def load_pipeline(source: str | Path | bytes, *, filename: str | None = None,
+                  import_callables: bool = False, base_dir: str | Path | None = None) -> Pipeline:
+    """Load and check a definition.
+
+    ``source`` is a path, or the text itself when ``filename`` is given. With ``import_callables``
+    each ``python`` task's callable is imported (from ``base_dir``, default the file's folder), so a
+    typo fails before anything runs.
+    """
+    if filename is None:
+        filename = str(source)
+        raw: str | bytes = _read(source)  # type: ignore[arg-type]
+        base_dir = base_dir or Path(source).parent  # type: ignore[arg-type]
+    else:
+        raw = source  # type: ignore[assignment]
+    try:
+        loaded = parse_definition(raw, filename)
+    except SpecError as exc:
+        raise SpecErrors([exc]) from None
+    pipeline = validate_definition(loaded)
+    if import_callables:
+        from udop.tasks.python import check_callables
+
+        SpecErrors.collect(check_callables(pipeline, loaded, base_dir or "."))
+    return pipeline
