@@ -1,11 +1,480 @@
 """Spec models of the data task types (extract, transform, validate, load).
 
 Their execution lives in ``layers/transforms`` and ``layers/connectors``; only their shape is here,
-so that one JSON Schema covers a whole definition.
+so that one JSON Schema covers a whole definition. Steps and rules are written as one-key mappings
+(``- filter: "dep_delay > 0"``); the key picks the model, so an error names the step's own fields.
 """
 
 from __future__ import annotations
 
-from udop.spec.models import TaskBase
+from typing import Annotated, Any, Literal
 
-DATA_TASK_MODELS: tuple[type[TaskBase], ...] = ()
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+
+from udop.spec.models import SpecModel, TaskBase
+from udop.spec.types import Duration, TaskId
+
+__all__ = [
+    "DATA_TASK_MODELS",
+    "FILE_CONNECTORS",
+    "ExtractTask",
+    "LoadTask",
+    "Rule",
+    "SourceSpec",
+    "Step",
+    "TargetSpec",
+    "TransformTask",
+    "ValidateTask",
+]
+
+#: connectors the transform layer reads and writes itself; any other name goes to ``udop.connectors``
+FILE_CONNECTORS: tuple[str, ...] = ("csv", "parquet", "json", "ndjson")
+
+Severity = Literal["error", "warn"]
+ColumnList = Annotated[list[str], Field(min_length=1)]
+#: a DuckDB memory size such as '2GB' or '512MB'
+MemorySize = Annotated[str, Field(pattern=r"^\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$",
+                                  description="a memory size, e.g. '512MB' or '2GB'")]
+
+
+def _columns(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+def _yaml_on(value: Any) -> Any:
+    """YAML 1.1 reads an unquoted ``on:`` key as ``True``; take it back as the key ``on``."""
+    if isinstance(value, dict) and True in value and "on" not in value:
+        return {("on" if k is True else k): v for k, v in value.items()}
+    return value
+
+
+def _one_key(value: Any, kinds: frozenset[str], extras: frozenset[str] = frozenset()) -> str | None:
+    """The kind of a one-key step/rule mapping (pydantic discriminator); None lets pydantic report it."""
+    if isinstance(value, BaseModel):
+        return next((k for k in kinds if k in type(value).model_fields), None)
+    if isinstance(value, dict):
+        keys = [k for k in value if k not in extras]
+        if len(keys) == 1 and keys[0] in kinds:
+            return str(keys[0])
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# sources and targets
+
+
+class SourceSpec(BaseModel):
+    """Where an ``extract`` reads. File connectors (csv, parquet, json, ndjson) take ``path``; any other
+    connector (postgres, s3, http, ...) is looked up in ``udop.connectors`` and validates its options."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    connector: str = Field(description="csv, parquet, json, ndjson, or an installed connector's name")
+    connection: str | None = Field(None, description="a named connection from spec.connections")
+    path: str | None = Field(None, description="file connectors: a path or glob (`data/*.csv`, "
+                                               "`data/**/*.parquet`); ${params.x} is rendered")
+    hive_partitioning: bool | None = Field(
+        None, description="file connectors: read `key=value` folders as columns (default: detect)")
+    union_by_name: bool = Field(False, description="file connectors: files with different columns are "
+                                                   "combined by column name")
+    delimiter: str | None = Field(None, description="csv: field separator (default ',')")
+    header: bool | None = Field(None, description="csv: the first row holds column names (default true)")
+    quote: str | None = Field(None, description="csv: quote character (default '\"')")
+    null_values: list[str] | None = Field(None, description="csv: strings read as NULL (default: 'NA' "
+                                                            "and the empty string)")
+    columns: dict[str, str] | None = Field(None, description="csv/json: column name -> SQL type; "
+                                                             "skips type detection for these")
+
+    @model_validator(mode="after")
+    def _file_options(self) -> SourceSpec:
+        if self.connector in FILE_CONNECTORS:
+            if not self.path:
+                raise ValueError(f"connector {self.connector!r} needs a 'path' (a file or glob)")
+            if self.model_extra:
+                raise ValueError(f"connector {self.connector!r} does not take "
+                                 f"{', '.join(map(repr, self.model_extra))}")
+            csv_only = {"delimiter": self.delimiter, "header": self.header, "quote": self.quote}
+            given = [k for k, v in csv_only.items() if v is not None]
+            if given and self.connector != "csv":
+                raise ValueError(f"{', '.join(given)} apply to csv only")
+        return self
+
+
+class TargetSpec(BaseModel):
+    """Where a ``load`` writes. File connectors take ``path``: a file name with the format's extension
+    (``out/delays.parquet``) writes one file; anything else is a folder of part files."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    connector: str = Field(description="csv, parquet, json, ndjson, or an installed connector's name")
+    connection: str | None = Field(None, description="a named connection from spec.connections")
+    path: str | None = Field(None, description="file connectors: output file or folder; ${...} rendered")
+    mode: str = Field("overwrite", description="file connectors: overwrite | append; other connectors "
+                                               "define theirs (e.g. upsert)")
+    partition_by: list[str] | None = Field(None, description="write `col=value/` folders (hive style)")
+    keys: list[str] | None = Field(None, description="key columns, for connectors that merge/upsert")
+    delimiter: str | None = Field(None, description="csv: field separator (default ',')")
+    header: bool | None = Field(None, description="csv: write a header row (default true)")
+
+    _partition = field_validator("partition_by", "keys", mode="before")(classmethod(
+        lambda cls, v: _columns(v)))
+
+    @model_validator(mode="after")
+    def _file_options(self) -> TargetSpec:
+        if self.connector in FILE_CONNECTORS:
+            if not self.path:
+                raise ValueError(f"connector {self.connector!r} needs a 'path' (a file or folder)")
+            if self.mode not in ("overwrite", "append"):
+                raise ValueError(f"mode {self.mode!r}: file connectors write with 'overwrite' or 'append'")
+            if self.model_extra:
+                raise ValueError(f"connector {self.connector!r} does not take "
+                                 f"{', '.join(map(repr, self.model_extra))}")
+            if self.partition_by and self.connector != "parquet" and self.connector != "csv":
+                raise ValueError("partition_by is supported for parquet and csv targets")
+        return self
+
+
+# ----------------------------------------------------------------------------------------------
+# data-quality rules
+
+
+class RuleBase(SpecModel):
+    severity: Severity = Field("error", description="error: the task fails (after all rules ran); "
+                                                    "warn: the result is only recorded")
+    name: str | None = Field(None, description="a name for the rule in results (default: derived)")
+
+
+class NotNullRule(RuleBase):
+    not_null: ColumnList = Field(description="columns that must not be NULL")
+    _c = field_validator("not_null", mode="before")(classmethod(lambda cls, v: _columns(v)))
+
+
+class UniqueRule(RuleBase):
+    unique: ColumnList = Field(description="a column, or several that together must be unique")
+    _c = field_validator("unique", mode="before")(classmethod(lambda cls, v: _columns(v)))
+
+
+class AcceptedValues(SpecModel):
+    column: str
+    values: list[Any] = Field(min_length=1, description="allowed values; NULL passes (use not_null)")
+
+
+class AcceptedValuesRule(RuleBase):
+    accepted_values: AcceptedValues
+
+
+class RangeSpec(SpecModel):
+    column: str
+    min: Any = Field(None, description="inclusive lower bound (number, date or string)")
+    max: Any = Field(None, description="inclusive upper bound")
+
+    @model_validator(mode="after")
+    def _bound(self) -> RangeSpec:
+        if self.min is None and self.max is None:
+            raise ValueError("give 'min', 'max' or both")
+        return self
+
+
+class RangeRule(RuleBase):
+    range: RangeSpec = Field(description="values outside [min, max] fail; NULL passes")
+
+
+class RegexSpec(SpecModel):
+    column: str
+    pattern: str = Field(description="a regular expression (RE2) the whole value must match")
+
+
+class RegexRule(RuleBase):
+    regex: RegexSpec
+
+
+class RowCountSpec(SpecModel):
+    min: int | None = Field(None, ge=0)
+    max: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _bound(self) -> RowCountSpec:
+        if self.min is None and self.max is None:
+            raise ValueError("give 'min', 'max' or both")
+        return self
+
+
+class RowCountRule(RuleBase):
+    row_count: RowCountSpec
+
+
+class FreshnessSpec(SpecModel):
+    column: str = Field(description="a date or timestamp column")
+    max_age: Duration = Field(description="the newest value must be at most this old")
+    relative_to: Literal["now", "logical_date"] = Field(
+        "now", description="now: the wall clock; logical_date: the end of the run's logical date "
+                           "(backfills stay valid)")
+
+
+class FreshnessRule(RuleBase):
+    freshness: FreshnessSpec
+
+
+class ExpectRule(RuleBase):
+    expect: str = Field(description="a SQL predicate every row must satisfy; rows where it is false fail "
+                                    "(NULL passes); ${params.x} is a bound parameter")
+
+
+RULE_KINDS = frozenset({"not_null", "unique", "accepted_values", "range", "regex", "row_count",
+                        "freshness", "expect"})
+
+Rule = Annotated[
+    Annotated[NotNullRule, Tag("not_null")] | Annotated[UniqueRule, Tag("unique")]
+    | Annotated[AcceptedValuesRule, Tag("accepted_values")] | Annotated[RangeRule, Tag("range")]
+    | Annotated[RegexRule, Tag("regex")] | Annotated[RowCountRule, Tag("row_count")]
+    | Annotated[FreshnessRule, Tag("freshness")] | Annotated[ExpectRule, Tag("expect")],
+    Discriminator(lambda v: _one_key(v, RULE_KINDS, frozenset({"severity", "name"})),
+                  custom_error_type="unknown_rule",
+                  custom_error_message="a rule is one of " + ", ".join(sorted(RULE_KINDS))
+                                       + " (plus optional severity and name)"),
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# transform steps
+
+
+class SelectColumns(SpecModel):
+    columns: list[str] | None = Field(None, description="keep these columns, in this order")
+    exclude: list[str] | None = Field(None, description="keep every column but these")
+
+    @model_validator(mode="after")
+    def _one(self) -> SelectColumns:
+        if (self.columns is None) == (self.exclude is None):
+            raise ValueError("give exactly one of 'columns' or 'exclude'")
+        return self
+
+
+class SelectStep(SpecModel):
+    select: list[str] | SelectColumns = Field(description="column names to keep (a list), or "
+                                                          "{exclude: [...]}")
+
+
+class RenameStep(SpecModel):
+    rename: dict[str, str] = Field(min_length=1, description="old name -> new name")
+
+
+class CastStep(SpecModel):
+    cast: dict[str, str] = Field(min_length=1, description="column -> SQL type, e.g. decimal(15,2), "
+                                                           "date, bigint, varchar")
+
+
+class FilterStep(SpecModel):
+    filter: str = Field(description="a SQL predicate; rows where it is true are kept")
+
+
+class DeriveStep(SpecModel):
+    derive: dict[str, str] = Field(min_length=1, description="new (or replaced) column -> SQL expression; "
+                                                             "later entries may use earlier ones")
+
+
+AggregateFunction = Literal["sum", "avg", "min", "max", "count", "count_distinct"]
+
+
+class AggregateSpec(SpecModel):
+    by: list[str] = Field(default_factory=list, description="group by these columns (none: one row)")
+    metrics: dict[str, str | dict[AggregateFunction, str]] = Field(
+        min_length=1, description="output column -> an aggregate SQL expression (`avg(dep_delay)`, "
+                                  "`count(*)`) or {function: column} with function one of sum, avg, "
+                                  "min, max, count, count_distinct")
+    _by = field_validator("by", mode="before")(classmethod(lambda cls, v: _columns(v)))
+
+    @field_validator("metrics")
+    @classmethod
+    def _one_function(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name, metric in value.items():
+            if isinstance(metric, dict) and len(metric) != 1:
+                raise ValueError(f"metric {name!r}: give one {{function: column}}")
+        return value
+
+
+class AggregateStep(SpecModel):
+    aggregate: AggregateSpec
+
+
+JoinHow = Literal["inner", "left", "right", "full", "semi", "anti"]
+
+
+class JoinSpec(SpecModel):
+    with_: TaskId = Field(alias="with", description="the other input: a task id in depends_on")
+    on: list[str] | dict[str, str] = Field(description="key columns with the same name on both sides, "
+                                                       "or {left_column: right_column}")
+    how: JoinHow = "inner"
+    suffix: str | None = Field(None, description="appended to the other side's non-key columns whose "
+                                                 "names clash (default: _<with>)")
+    _on = field_validator("on", mode="before")(classmethod(lambda cls, v: _columns(v)))
+    _yaml = model_validator(mode="before")(classmethod(lambda cls, v: _yaml_on(v)))
+
+    @field_validator("on")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        if not value:
+            raise ValueError("give at least one key column")
+        return value
+
+
+class JoinStep(SpecModel):
+    join: JoinSpec
+
+
+class UnionSpec(SpecModel):
+    with_: list[TaskId] = Field(alias="with", min_length=1, description="task ids in depends_on")
+    by_name: bool = Field(True, description="match columns by name (missing ones become NULL)")
+    distinct: bool = Field(False, description="drop duplicate rows (UNION instead of UNION ALL)")
+    _w = field_validator("with_", mode="before")(classmethod(lambda cls, v: _columns(v)))
+
+
+class UnionStep(SpecModel):
+    union: UnionSpec
+
+
+class DedupeSpec(SpecModel):
+    on: ColumnList = Field(description="key columns: one row is kept per key")
+    order_by: list[str] = Field(default_factory=list, description="tie-break: the first row in this order "
+                                                                   "wins, e.g. ['updated_at desc']")
+    _c = field_validator("on", "order_by", mode="before")(classmethod(lambda cls, v: _columns(v)))
+    _yaml = model_validator(mode="before")(classmethod(lambda cls, v: _yaml_on(v)))
+
+
+class DistinctStep(SpecModel):
+    distinct: Literal[True] | DedupeSpec = Field(
+        description="true: drop duplicate rows; {on: [...], order_by: [...]}: keep one row per key")
+
+
+class SortStep(SpecModel):
+    sort: list[str] = Field(min_length=1, description="'column', 'column desc', 'expr asc nulls last'")
+    _c = field_validator("sort", mode="before")(classmethod(lambda cls, v: _columns(v)))
+
+
+class LimitStep(SpecModel):
+    limit: int = Field(ge=0, description="keep at most this many rows")
+
+
+class SqlStep(SpecModel):
+    sql: str = Field(description="one SELECT; `this` is the data so far and every dependency is a "
+                                 "table named by its task id; ${params.x} is a bound parameter")
+
+
+class CheckStep(SpecModel):
+    check: list[Rule] = Field(min_length=1, description="quality rules over the data at this point")
+
+
+STEP_KINDS = frozenset({"select", "rename", "cast", "filter", "derive", "aggregate", "join", "union",
+                        "distinct", "sort", "limit", "sql", "check"})
+
+Step = Annotated[
+    Annotated[SelectStep, Tag("select")] | Annotated[RenameStep, Tag("rename")]
+    | Annotated[CastStep, Tag("cast")] | Annotated[FilterStep, Tag("filter")]
+    | Annotated[DeriveStep, Tag("derive")] | Annotated[AggregateStep, Tag("aggregate")]
+    | Annotated[JoinStep, Tag("join")] | Annotated[UnionStep, Tag("union")]
+    | Annotated[DistinctStep, Tag("distinct")] | Annotated[SortStep, Tag("sort")]
+    | Annotated[LimitStep, Tag("limit")] | Annotated[SqlStep, Tag("sql")]
+    | Annotated[CheckStep, Tag("check")],
+    Discriminator(lambda v: _one_key(v, STEP_KINDS), custom_error_type="unknown_step",
+                  custom_error_message="a step is a mapping with one key, one of "
+                                       + ", ".join(sorted(STEP_KINDS))),
+]
+
+
+def step_kind(step: BaseModel) -> str:
+    """The key a step was written with (``filter``, ``join``, ...)."""
+    return next(iter(type(step).model_fields))
+
+
+def rule_kind(rule: BaseModel) -> str:
+    return next(k for k in type(rule).model_fields if k in RULE_KINDS)
+
+
+# ----------------------------------------------------------------------------------------------
+# the task types
+
+
+class DataTaskBase(TaskBase):
+    memory_limit: MemorySize | None = Field(None, description="DuckDB memory limit for this task; beyond "
+                                                              "it DuckDB spills to disk (default: "
+                                                              "UDOP_DUCKDB_MEMORY_LIMIT)")
+
+
+class ExtractTask(DataTaskBase):
+    """Reads a source into a Parquet dataset at the task's output location."""
+
+    type: Literal["extract"]
+    source: SourceSpec
+
+
+def _primary_input(task: Any) -> Any:
+    if task.input is not None and task.input not in task.depends_on:
+        raise ValueError(f"input {task.input!r} is not in depends_on")
+    if task.input is None and not task.depends_on:
+        raise ValueError("a data task needs an input: list it in depends_on")
+    return task
+
+
+class TransformTask(DataTaskBase):
+    """Applies steps to an input (by default the first of depends_on), compiled to one DuckDB query."""
+
+    type: Literal["transform"]
+    input: TaskId | None = Field(None, description="the data the steps start from (default: the first "
+                                                   "of depends_on)")
+    steps: list[Step] = Field(min_length=1)
+
+    @property
+    def primary_input(self) -> str:
+        return self.input or self.depends_on[0]
+
+    @model_validator(mode="after")
+    def _inputs_known(self) -> TransformTask:
+        _primary_input(self)
+        for index, step in enumerate(self.steps):
+            others: list[str] = []
+            if isinstance(step, JoinStep):
+                others = [step.join.with_]
+            elif isinstance(step, UnionStep):
+                others = list(step.union.with_)
+            for other in others:
+                if other not in self.depends_on:
+                    raise ValueError(f"steps[{index}] ({step_kind(step)}): {other!r} is not in depends_on")
+        return self
+
+
+class ValidateTask(DataTaskBase):
+    """Checks rules over an input; its output is the input, passed through when no error rule failed."""
+
+    type: Literal["validate"]
+    input: TaskId | None = Field(None, description="the data checked (default: the first of depends_on)")
+    rules: list[Rule] = Field(min_length=1)
+    sample_rows: int = Field(5, ge=0, le=100, description="failing rows kept per rule as examples")
+
+    @property
+    def primary_input(self) -> str:
+        return self.input or self.depends_on[0]
+
+    @model_validator(mode="after")
+    def _inputs_known(self) -> ValidateTask:
+        _primary_input(self)
+        return self
+
+
+class LoadTask(DataTaskBase):
+    """Writes an input (by default the first of depends_on) to a target."""
+
+    type: Literal["load"]
+    input: TaskId | None = Field(None, description="the data written (default: the first of depends_on)")
+    target: TargetSpec
+
+    @property
+    def primary_input(self) -> str:
+        return self.input or self.depends_on[0]
+
+    @model_validator(mode="after")
+    def _inputs_known(self) -> LoadTask:
+        _primary_input(self)
+        return self
+
+
+DATA_TASK_MODELS: tuple[type[TaskBase], ...] = (ExtractTask, TransformTask, ValidateTask, LoadTask)
