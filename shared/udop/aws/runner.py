@@ -1,0 +1,197 @@
+"""Run one task from a Step Functions payload: the task runner Lambda's core.
+
+The payload names the run, the pipeline version and the task; the definition is read from the
+definitions bucket (the exact version the state machine was compiled from), upstream results from
+their result objects in S3, and the datasets they point at are staged to local disk so that the
+task runs through ``udop.tasks.run_task`` exactly as under the LocalExecutor. The output goes back to
+its deterministic key ``runs/<pipeline>/<run_id>/<task_id>/`` and a small dict is returned.
+
+Idempotent: the result is kept in the state store (Redis) under the run id and task id, so a
+second invocation for a task that already succeeded in the same run (a Lambda retry, a redrive)
+returns it without running the task again. The key uses the run id rather than the execution ARN
+because a redrive on an emulator without ``RedriveExecution`` is a new execution of the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from udop.aws.definitions import DefinitionCache
+from udop.aws.observability import logger, metrics
+from udop.aws.s3 import S3Staging, get_json, put_json
+from udop.aws.settings import RunnerSettings
+from udop.errors import FatalError, RetryableError
+from udop.tasks.contract import TaskContext, TaskResult
+
+__all__ = ["TaskPayload", "result_key", "run_payload", "state_key"]
+
+#: how long a finished task's result is kept for idempotency: longer than the 14-day redrive window
+RESULT_TTL = 15 * 86400.0
+#: seconds before the Lambda deadline at which a running task is asked to stop
+CANCEL_MARGIN = 10.0
+
+
+@dataclass(frozen=True)
+class TaskPayload:
+    """What the compiled Task state sends (see ``udop.compiler``)."""
+
+    pipeline: str
+    version: int
+    task_id: str
+    run_id: str
+    execution: str
+    attempt: int  # 1-based; the state carries ``$$.State.RetryCount`` (0-based)
+    params: Mapping[str, Any] = field(default_factory=dict)
+    logical_date: datetime = field(default_factory=lambda: datetime.now(UTC))
+    data_root: str | None = None
+
+    @classmethod
+    def parse(cls, event: Mapping[str, Any]) -> TaskPayload:
+        if not isinstance(event, Mapping):
+            raise FatalError(f"task runner: expected a JSON object as payload, got {type(event).__name__}")
+        missing = [k for k in ("pipeline", "version", "task_id") if event.get(k) in (None, "")]
+        if missing:
+            raise FatalError(f"task runner: payload lacks {', '.join(missing)}; is the state machine "
+                             "compiled by this udop version?")
+        run = event.get("run") or {}
+        execution = str(event.get("execution") or "")
+        run_id = run.get("run_id") or (execution.rsplit(":", 1)[-1] if execution else None)
+        if not run_id:
+            raise FatalError("task runner: payload has neither run.run_id nor execution")
+        logical = run.get("logical_date")
+        try:
+            logical_date = (datetime.fromisoformat(str(logical)) if logical else datetime.now(UTC))
+            version = int(event["version"])
+            attempt = int(event.get("attempt") or 0) + 1
+        except ValueError as exc:
+            raise FatalError(f"task runner: malformed payload: {exc}") from None
+        if logical_date.tzinfo is None:
+            logical_date = logical_date.replace(tzinfo=UTC)
+        return cls(pipeline=str(event["pipeline"]), version=version, task_id=str(event["task_id"]),
+                   run_id=str(run_id), execution=execution, attempt=attempt,
+                   params=dict(run.get("params") or {}), logical_date=logical_date,
+                   data_root=run.get("data_root"))
+
+
+def state_key(pipeline: str, run_id: str, task_id: str) -> str:
+    return f"udop:task-result:{pipeline}:{run_id}:{task_id}"
+
+
+def result_key(pipeline: str, run_id: str, task_id: str) -> str:
+    """The S3 key (in the data bucket) of a finished task's ``TaskResult`` JSON."""
+    return f"results/{pipeline}/{run_id}/{task_id}.json"
+
+
+_definitions = DefinitionCache()
+
+
+def run_payload(event: Mapping[str, Any], *, settings: RunnerSettings, s3: Any, state: Any,
+                remaining_ms: int | None = None) -> dict[str, Any]:
+    """Run the task ``event`` names (or return its earlier result) and return a small response:
+    ``{"task_id", "output": manifest or None, "reused": bool}``.
+
+    Raises udop task errors (``RetryableError``, ``FatalError``, ``DataQualityError``) or whatever
+    the task code raised; the handler names them for the state machine.
+    """
+    payload = TaskPayload.parse(event)
+    logger.append_keys(pipeline=payload.pipeline, run_id=payload.run_id, task_id=payload.task_id,
+                       attempt=payload.attempt)
+    pipeline = _definitions.get(s3, settings.definitions_bucket, payload.pipeline, payload.version)
+    try:
+        task = pipeline.task(payload.task_id)
+    except KeyError:
+        raise FatalError(f"pipeline {payload.pipeline!r} version {payload.version} has no task "
+                         f"{payload.task_id!r}") from None
+
+    key = state_key(payload.pipeline, payload.run_id, payload.task_id)
+    if (done := state.get(key)) is not None:
+        logger.info("task already succeeded in this run; returning its result")
+        metrics.add_metric(name="TaskReused", unit="Count", value=1)
+        return _response(payload.task_id, json.loads(done), reused=True)
+
+    timeout = pipeline.timeout_for(task)
+    lock = state.lock(f"task:{payload.pipeline}:{payload.run_id}:{payload.task_id}",
+                      ttl=(timeout or 900.0) + 60.0)
+    if not lock.acquire():
+        raise RetryableError(f"task {payload.task_id!r} of run {payload.run_id} is being run by another "
+                             "invocation right now")
+    try:
+        if (done := state.get(key)) is not None:  # finished while we waited for the lock
+            return _response(payload.task_id, json.loads(done), reused=True)
+        result = _run(payload, pipeline, task, settings=settings, s3=s3, remaining_ms=remaining_ms)
+        body = result.to_dict()
+        put_json(s3, settings.data_bucket, result_key(payload.pipeline, payload.run_id, payload.task_id),
+                 body)
+        state.set(key, json.dumps(body, default=str), ttl=RESULT_TTL)
+    finally:
+        lock.release()
+    metrics.add_metric(name="TaskSucceeded", unit="Count", value=1)
+    if result.output is not None and result.output.rows is not None:
+        metrics.add_metric(name="RowsWritten", unit="Count", value=result.output.rows)
+    return _response(payload.task_id, body, reused=False)
+
+
+def _response(task_id: str, body: Mapping[str, Any], *, reused: bool) -> dict[str, Any]:
+    # small on purpose: a state's output must not grow with the data or the number of parents
+    return {"task_id": task_id, "output": body.get("output"), "reused": reused}
+
+
+def _run(payload: TaskPayload, pipeline: Any, task: Any, *, settings: RunnerSettings, s3: Any,
+         remaining_ms: int | None) -> TaskResult:
+    from udop.tasks.registry import run_task
+
+    remote_root = (payload.data_root or f"s3://{settings.data_bucket}").rstrip("/")
+    with tempfile.TemporaryDirectory(prefix="udop-", dir=settings.tmp_dir) as tmp:
+        staging = S3Staging(s3, remote_root, Path(tmp))
+        inputs = {dep: _stage_input(staging, s3, settings, payload, dep) for dep in task.depends_on}
+        context = TaskContext(pipeline=pipeline, task_id=payload.task_id, run_id=payload.run_id,
+                              attempt=payload.attempt, logical_date=payload.logical_date,
+                              params=payload.params, data_root=tmp,
+                              services={"base_dir": settings.code_dir} if settings.code_dir else {})
+        timer = None
+        if remaining_ms is not None:
+            # Lambda kills the process at its deadline; ask the task to stop a little before
+            timer = threading.Timer(max(0.0, remaining_ms / 1000 - CANCEL_MARGIN), context.cancel_event.set)
+            timer.daemon = True
+            timer.start()
+        try:
+            result = run_task(context, task, inputs)
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if context.cancelled:
+            from udop.errors import TaskTimeout
+
+            raise TaskTimeout(f"task {payload.task_id!r} was stopped before the Lambda time limit")
+        output = result.output
+        if output is not None and output.uri.startswith(tmp):
+            try:
+                files, size = staging.upload(staging.to_local(output.uri).rstrip("/"))
+            except OSError as exc:
+                raise RetryableError(f"uploading the output of {payload.task_id!r} failed: {exc}") from None
+            output = replace(output, uri=staging.to_remote(output.uri), files=files,
+                             bytes=output.bytes if output.bytes is not None else size)
+        return replace(result, output=output, inputs=tuple(staging.to_remote(i) for i in result.inputs))
+
+
+def _stage_input(staging: S3Staging, s3: Any, settings: RunnerSettings, payload: TaskPayload,
+                 dep: str) -> TaskResult:
+    body = get_json(s3, settings.data_bucket, result_key(payload.pipeline, payload.run_id, dep))
+    if body is None:
+        raise FatalError(f"task {payload.task_id!r}: upstream task {dep!r} has no result in run "
+                         f"{payload.run_id} (s3://{settings.data_bucket}/"
+                         f"{result_key(payload.pipeline, payload.run_id, dep)})")
+    upstream = TaskResult.from_dict(body)
+    if upstream.output is None:
+        return upstream
+    if staging.download(upstream.output.uri) == 0:
+        raise FatalError(f"task {payload.task_id!r}: the output of {dep!r} at {upstream.output.uri} "
+                         "holds no files")
+    return replace(upstream, output=replace(upstream.output, uri=staging.to_local(upstream.output.uri)))

@@ -1,0 +1,117 @@
+"""The task runner Lambda on emulated AWS: staging through S3, idempotency in real Redis, error names."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from udop.aws.definitions import canonical_definition, put_version
+from udop.spec.models import Pipeline
+
+pytestmark = [pytest.mark.aws, pytest.mark.redis]
+
+
+def _pipeline(log_dir: Path, flag: Path) -> Pipeline:
+    return Pipeline.model_validate({
+        "apiVersion": "udop/v1", "kind": "Pipeline", "metadata": {"name": "runner-test"},
+        "spec": {"tasks": [
+            {"id": "numbers", "type": "python", "callable": "udop_aws_test_tasks:numbers",
+             "args": {"n": 10, "log_dir": str(log_dir)}},
+            {"id": "big", "type": "python", "callable": "udop_aws_test_tasks:fails_while",
+             "depends_on": ["numbers"], "args": {"flag": str(flag), "log_dir": str(log_dir)}},
+            {"id": "flaky", "type": "python", "callable": "udop_aws_test_tasks:flaky",
+             "args": {"fail_times": 1, "log_dir": str(log_dir)}},
+        ]}})
+
+
+def _invoke(aws: Any, payload: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    resp = aws.client("lambda").invoke(FunctionName=aws.task_runner_arn, Payload=json.dumps(payload))
+    return json.loads(resp["Payload"].read()), resp.get("FunctionError")
+
+
+def _payload(run_id: str, task_id: str, attempt: int = 0) -> dict[str, Any]:
+    return {"run": {"run_id": run_id, "params": {}, "logical_date": "2026-01-02"},
+            "pipeline": "runner-test", "version": 1, "task_id": task_id,
+            "execution": f"arn:aws:states:us-east-1:123456789012:execution:udop-runner-test:{run_id}",
+            "attempt": attempt}
+
+
+@pytest.fixture
+def deployed(moto_aws: Any, tmp_path: Path) -> tuple[Any, Path, Path]:
+    log_dir = tmp_path / "calls"
+    log_dir.mkdir()
+    flag = tmp_path / "fault"
+    pipeline = _pipeline(log_dir, flag)
+    put_version(moto_aws.client("s3"), moto_aws.definitions_bucket, "runner-test", 1,
+                canonical_definition(pipeline))
+    return moto_aws, log_dir, flag
+
+
+def test_output_goes_to_its_deterministic_key_and_downstream_reads_it(deployed: Any) -> None:
+    aws, log_dir, _ = deployed
+    run_id = uuid.uuid4().hex
+    first, err = _invoke(aws, _payload(run_id, "numbers"))
+    assert err is None, first
+    expected_uri = f"s3://{aws.data_bucket}/runs/runner-test/{run_id}/numbers/"
+    assert first["output"]["uri"] == expected_uri
+    assert first["output"]["rows"] == 10
+
+    second, err = _invoke(aws, _payload(run_id, "big"))
+    assert err is None, second
+    s3 = aws.client("s3")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=aws.data_bucket,
+                                                Prefix=f"runs/runner-test/{run_id}/big/")["Contents"]]
+    assert keys, "the downstream output was not uploaded"
+    table = pq.read_table(io.BytesIO(s3.get_object(Bucket=aws.data_bucket, Key=keys[0])["Body"].read()))
+    assert sorted(table.column("id").to_pylist()) == [3, 4, 5, 6, 7, 8, 9, 10]  # numbers 1..10 with id > 2
+    assert second["output"]["rows"] == 8
+
+
+def test_second_invocation_for_a_succeeded_task_returns_its_manifest_without_running_it(deployed: Any) -> None:
+    aws, log_dir, _ = deployed
+    run_id = uuid.uuid4().hex
+    first, err = _invoke(aws, _payload(run_id, "numbers"))
+    assert err is None, first
+    again, err = _invoke(aws, _payload(run_id, "numbers", attempt=1))
+    assert err is None, again
+    assert (log_dir / "numbers.calls").read_text().count(run_id) == 1
+    assert again["output"] == first["output"]
+    assert (first["reused"], again["reused"]) == (False, True)
+    # another run does the work again
+    other = uuid.uuid4().hex
+    _invoke(aws, _payload(other, "numbers"))
+    assert (log_dir / "numbers.calls").read_text().count(other) == 1
+
+
+def test_errors_reach_the_state_machine_by_their_udop_names(deployed: Any) -> None:
+    aws, log_dir, flag = deployed
+    run_id = uuid.uuid4().hex
+    body, err = _invoke(aws, _payload(run_id, "flaky"))
+    assert err and body["errorType"] == "udop.RetryableError"
+    assert "transient failure number 1" in body["errorMessage"]
+    body, err = _invoke(aws, _payload(run_id, "flaky", attempt=1))
+    assert err is None and body["reused"] is False
+
+    _invoke(aws, _payload(run_id, "numbers"))
+    flag.write_text("on")
+    body, err = _invoke(aws, _payload(run_id, "big"))
+    assert err and body["errorType"] == "udop.FatalError"
+    assert "fault flag" in body["errorMessage"]
+    # a failed attempt leaves nothing behind that a later attempt would reuse
+    flag.unlink()
+    body, err = _invoke(aws, _payload(run_id, "big", attempt=1))
+    assert err is None and body["reused"] is False
+
+
+def test_a_payload_for_an_undeployed_version_is_a_fatal_error_naming_it(deployed: Any) -> None:
+    aws, _, _ = deployed
+    payload = {**_payload(uuid.uuid4().hex, "numbers"), "version": 7}
+    body, err = _invoke(aws, payload)
+    assert err and body["errorType"] == "udop.FatalError"
+    assert "version 7 is not deployed" in body["errorMessage"]
