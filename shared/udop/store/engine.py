@@ -1,0 +1,158 @@
+"""Engines for the metadata store: URL checks, SQLite pragmas and transaction control, error wording.
+
+SQLite is set up for several threads and several processes writing one file: WAL journal, a 30 s
+busy timeout, foreign keys on, ``synchronous=NORMAL``; sqlite3's own transaction handling is off and
+every transaction begins with an explicit ``BEGIN`` (reads) or ``BEGIN IMMEDIATE`` (writes: the
+write lock is taken up front, so a writer waits for another instead of failing half-way with
+"database is locked"), see ``begin``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePath
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.pool import StaticPool
+
+from udop.errors import StoreError
+
+__all__ = ["begin", "canonical_json", "create_store_engine", "is_memory", "json_dumps", "mask_url",
+           "parse_url", "transaction"]
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    if isinstance(value, PurePath):
+        return str(value)
+    raise TypeError(f"a value of type {type(value).__name__} cannot be stored as JSON")
+
+
+def json_dumps(value: Any) -> str:
+    """JSON as the store writes it: dates as ISO text, decimals as strings."""
+    return json.dumps(value, default=_json_default, separators=(",", ":"), ensure_ascii=False)
+
+
+def canonical_json(value: Any) -> str:
+    """Key-sorted, whitespace-free JSON: equal definitions give equal text (what content hashes hash)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default)
+
+
+_PASSWORD_IN_URL = re.compile(r"(://[^:/@]*:)[^@]*@")
+
+
+def mask_url(url: str | URL) -> str:
+    """The URL with its password replaced by ``***``, safe to print."""
+    if isinstance(url, URL):
+        return url.render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return _PASSWORD_IN_URL.sub(r"\1***@", url)
+
+
+def parse_url(url: str) -> URL:
+    """Parse and normalise a database URL; a bad one is a one-line ``StoreError``.
+
+    ``postgresql://`` and ``postgres://`` mean psycopg 3 (the driver udop ships with).
+    """
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise StoreError(
+            f"metadata database URL {mask_url(url)!r} is not a valid URL; write e.g. sqlite:///path/udop.db "
+            "or postgresql://user:password@host:5432/db (UDOP_DATABASE_URL)") from None
+    backend = parsed.get_backend_name()
+    if backend == "postgres" or parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise StoreError(
+            f"metadata database URL {mask_url(parsed)!r}: only sqlite:// and postgresql:// are supported "
+            "(UDOP_DATABASE_URL)")
+    return parsed
+
+
+def is_memory(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # sqlite3 must not issue BEGIN/COMMIT behind our back: the "begin" hook below does it
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")  # first: the others may wait
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+    finally:
+        cursor.close()
+
+
+def begin(conn: Connection, *, write: bool) -> None:
+    """Start the transaction on a fresh connection: ``BEGIN IMMEDIATE`` for writes on SQLite.
+
+    Not a "begin" event listener: any ConnectionEvents listener makes SQLAlchemy dispatch events
+    around every statement, which costs about a fifth of a hot-path call.
+    """
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+    # elsewhere SQLAlchemy's autobegin is the transaction; the caller commits or rolls back
+
+
+@contextmanager
+def transaction(engine: Engine, *, write: bool) -> Iterator[Connection]:
+    """A connection inside one transaction, committed on success and rolled back on an exception."""
+    with engine.connect() as conn:
+        begin(conn, write=write)
+        try:
+            yield conn
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+
+
+def create_store_engine(url: URL) -> Engine:
+    """An engine for ``url`` (already parsed with ``parse_url``), safe to share between threads."""
+    try:
+        if url.get_backend_name() == "sqlite":
+            if is_memory(url):
+                # one shared connection; SqlMetadataStore serialises access to it with a lock
+                engine = create_engine(url, poolclass=StaticPool, json_serializer=json_dumps,
+                                       connect_args={"check_same_thread": False})
+            else:
+                engine = create_engine(url, pool_size=8, max_overflow=56, json_serializer=json_dumps,
+                                       connect_args={"check_same_thread": False})
+            event.listen(engine, "connect", _sqlite_on_connect)
+        else:
+            # pre_ping: a Lambda's pooled connection may have been closed by RDS Proxy while it slept
+            engine = create_engine(url, pool_pre_ping=True, pool_recycle=1800, json_serializer=json_dumps,
+                                   connect_args={"connect_timeout": 10})
+    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+        raise StoreError(f"metadata database URL {mask_url(url)!r}: {exc}") from None
+    return engine
+
+
+def sqlite_folder(url: URL) -> Path | None:
+    """The folder holding a file-backed SQLite database, or None."""
+    if url.get_backend_name() != "sqlite" or is_memory(url) or url.database is None:
+        return None
+    if url.database.startswith("file:"):
+        return None
+    return Path(url.database).parent

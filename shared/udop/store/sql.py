@@ -1,0 +1,560 @@
+"""``SqlMetadataStore``: the ``MetadataStore`` protocol on SQLite or PostgreSQL (SQLAlchemy Core).
+
+Every method is one transaction. A state change is one ``UPDATE ... WHERE state IN (<legal
+predecessors>)`` whose row count says whether the move was legal; the predecessor sets are derived
+from ``udop.states.check_transition``, so the lifecycle rules live in one place. Only when the row
+count is short does the store read the current state to say what was wrong (and roll back).
+On PostgreSQL the UPDATE takes the row lock and re-checks its WHERE after a concurrent writer
+commits; on SQLite write transactions begin with ``BEGIN IMMEDIATE``; either way two writers
+cannot make an illegal move.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any, NoReturn, TypeVar
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
+
+from udop.errors import RunNotFound, StoreError, TransitionError
+from udop.states import AttemptState, RunState, TaskState, check_transition, is_terminal
+from udop.store.api import (
+    AttemptRecord,
+    CheckRecord,
+    LineageRecord,
+    PipelineRecord,
+    PipelineVersionRecord,
+    RunRecord,
+    TaskRunRecord,
+)
+from udop.store.engine import canonical_json, is_memory, json_dumps, mask_url, transaction
+from udop.store.tables import attempts, check_results, lineage, pipeline_versions, pipelines, runs, task_runs
+
+__all__ = ["SqlMetadataStore", "canonical_json", "content_hash", "predecessors"]
+
+S = TypeVar("S", RunState, TaskState, AttemptState)
+
+
+def content_hash(definition: Any) -> str:
+    """sha256 (hex) of the canonical JSON of a pipeline definition."""
+    return hashlib.sha256(canonical_json(definition).encode("utf-8")).hexdigest()
+
+
+def _in_states(column: Any, states: Iterable[str]) -> Any:
+    """``column IN ('a', 'b')`` with literals: our own constants, and no per-call list expansion."""
+    return column.in_([literal_column(f"'{s}'") for s in states])
+
+
+def predecessors(target: S) -> tuple[str, ...]:
+    """The states from which ``udop.states.check_transition`` allows a move to ``target``."""
+    # The cache is keyed by the enum type too: RunState.RUNNING == TaskState.RUNNING == "running".
+    return _predecessors(type(target), target.value)
+
+
+@cache
+def _predecessors(kind: type, value: str) -> tuple[str, ...]:
+    target = kind(value)
+    legal = []
+    for state in type(target):
+        try:
+            check_transition(state, target)
+        except TransitionError:
+            continue
+        legal.append(state.value)
+    return tuple(legal)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    return lines[0] if lines else type(orig).__name__
+
+
+# --- statements built once; SQLAlchemy caches their compiled form per dialect -----------------------
+
+_TASK_KEY = and_(task_runs.c.run_id == bindparam("r"), task_runs.c.task_id == bindparam("t"))
+_ATTEMPT_KEY = and_(attempts.c.run_id == bindparam("r"), attempts.c.task_id == bindparam("t"),
+                    attempts.c.number == bindparam("n"))
+
+_START_TASK = (
+    update(task_runs)
+    .where(_TASK_KEY, _in_states(task_runs.c.state, predecessors(TaskState.RUNNING)))
+    .values(state=TaskState.RUNNING.value, started_at=func.coalesce(task_runs.c.started_at, bindparam("now")))
+)
+_INSERT_ATTEMPT = insert(attempts).values(
+    run_id=bindparam("r"), task_id=bindparam("t"), number=bindparam("n"),
+    state=AttemptState.RUNNING.value, started_at=bindparam("now"))
+
+
+@cache
+def _finish_attempt_stmt(state: AttemptState) -> Any:
+    return (update(attempts)
+            .where(_ATTEMPT_KEY, _in_states(attempts.c.state, predecessors(state)))
+            .values(state=state.value, ended_at=bindparam("now"), error_type=bindparam("etype"),
+                    error_message=bindparam("emsg")))
+
+
+@cache
+def _finish_task_stmt(state: TaskState) -> Any:
+    return (update(task_runs)
+            .where(_TASK_KEY, _in_states(task_runs.c.state, predecessors(state)))
+            .values(state=state.value, ended_at=bindparam("ended"), error_type=bindparam("etype"),
+                    error_message=bindparam("emsg"),
+                    result=bindparam("result", type_=task_runs.c.result.type)))
+
+
+_INSERT_LINEAGE = insert(lineage)
+_INSERT_CHECK = insert(check_results)
+
+
+class SqlMetadataStore:
+    """The metadata store on an SQLAlchemy engine (build it with ``udop.store.open_store``)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._postgres = engine.dialect.name == "postgresql"
+        self._where = mask_url(engine.url)
+        # a :memory: SQLite database is one shared connection: one transaction at a time
+        self._lock: AbstractContextManager[Any] = (
+            threading.RLock() if is_memory(engine.url) else nullcontext())
+        dialect_insert = postgresql_insert if self._postgres else sqlite_insert
+        self._insert_pipeline = dialect_insert(pipelines).on_conflict_do_nothing(index_elements=["name"])
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def __repr__(self) -> str:
+        return f"SqlMetadataStore({self._where!r})"
+
+    # --- transactions ------------------------------------------------------------------------------
+
+    @contextmanager
+    def _tx(self, write: bool) -> Iterator[Connection]:
+        with self._lock:
+            try:
+                with transaction(self._engine, write=write) as conn:
+                    yield conn
+            except IntegrityError:
+                raise
+            except DBAPIError as exc:
+                raise StoreError(f"metadata database {self._where}: {_first_line(exc)}") from None
+            except StatementError as exc:  # raised while binding, e.g. by the JSON serializer
+                raise StoreError(f"metadata database {self._where}: a value cannot be stored: "
+                                 f"{_first_line(exc)}") from None
+
+    def _read(self) -> AbstractContextManager[Connection]:
+        return self._tx(False)
+
+    def _write(self) -> AbstractContextManager[Connection]:
+        return self._tx(True)
+
+    # --- pipelines ---------------------------------------------------------------------------------
+
+    def register_pipeline(self, name: str, definition: dict[str, Any],
+                          state_machine_arn: str | None = None) -> PipelineVersionRecord:
+        """Record ``definition`` as the pipeline's next version, unless it equals the latest one.
+
+        Same content as the latest version: that version is returned (its ``state_machine_arn`` is
+        updated when one is given). Different: a new version ``latest + 1``, even if an older
+        version had this content, so that ``latest`` is always what was registered last.
+        """
+        digest = content_hash(definition)
+        now = _now()
+        with self._write() as conn:
+            conn.execute(self._insert_pipeline, {"name": name, "created_at": now})
+            # serialise registrations of one pipeline (PostgreSQL; SQLite already holds the write lock)
+            conn.execute(select(pipelines.c.name).where(pipelines.c.name == name).with_for_update())
+            latest = conn.execute(
+                select(pipeline_versions).where(pipeline_versions.c.pipeline == name)
+                .order_by(pipeline_versions.c.version.desc()).limit(1)).first()
+            if latest is not None and latest.content_hash == digest:
+                if state_machine_arn is not None and state_machine_arn != latest.state_machine_arn:
+                    conn.execute(update(pipeline_versions)
+                                 .where(pipeline_versions.c.pipeline == name,
+                                        pipeline_versions.c.version == latest.version)
+                                 .values(state_machine_arn=state_machine_arn))
+                    return _version(latest, state_machine_arn=state_machine_arn)
+                return _version(latest)
+            version = 1 if latest is None else latest.version + 1
+            values = {"pipeline": name, "version": version, "content_hash": digest,
+                      "definition": definition, "state_machine_arn": state_machine_arn, "created_at": now}
+            try:
+                conn.execute(insert(pipeline_versions), values)
+            except (TypeError, ValueError) as exc:
+                raise StoreError(f"pipeline {name!r}: the definition cannot be stored as JSON: {exc}") \
+                    from None
+        return PipelineVersionRecord(pipeline=name, version=version, content_hash=digest,
+                                     definition=definition, created_at=now,
+                                     state_machine_arn=state_machine_arn)
+
+    def get_pipeline(self, name: str) -> PipelineRecord | None:
+        with self._read() as conn:
+            head = conn.execute(select(pipelines).where(pipelines.c.name == name)).first()
+            if head is None:
+                return None
+            versions = conn.execute(select(pipeline_versions).where(pipeline_versions.c.pipeline == name)
+                                    .order_by(pipeline_versions.c.version)).all()
+        return PipelineRecord(name=head.name, created_at=head.created_at,
+                              versions=[_version(v) for v in versions])
+
+    def list_pipelines(self) -> list[PipelineRecord]:
+        with self._read() as conn:
+            heads = conn.execute(select(pipelines).order_by(pipelines.c.name)).all()
+            versions = conn.execute(
+                select(pipeline_versions)
+                .order_by(pipeline_versions.c.pipeline, pipeline_versions.c.version)).all()
+        by_name: dict[str, list[PipelineVersionRecord]] = {h.name: [] for h in heads}
+        for v in versions:
+            by_name.setdefault(v.pipeline, []).append(_version(v))
+        return [PipelineRecord(name=h.name, created_at=h.created_at, versions=by_name[h.name]) for h in heads]
+
+    def delete_pipeline(self, name: str) -> bool:
+        """Delete the pipeline, its versions and all its runs (with their tasks, lineage and checks)."""
+        with self._write() as conn:
+            return bool(conn.execute(delete(pipelines).where(pipelines.c.name == name)).rowcount)
+
+    # --- runs --------------------------------------------------------------------------------------
+
+    def create_run(self, *, run_id: str, pipeline: str, pipeline_version: int, task_ids: list[str],
+                   params: dict[str, Any], logical_date: datetime, executor: str = "local",
+                   external_id: str | None = None) -> RunRecord:
+        now = _now()
+        row = {"id": run_id, "pipeline": pipeline, "pipeline_version": pipeline_version,
+               "state": RunState.PENDING.value, "executor": executor, "params": params,
+               "logical_date": logical_date, "created_at": now, "external_id": external_id}
+        try:
+            json_dumps(params)
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"run {run_id!r}: its parameters cannot be stored as JSON: {exc}") from None
+        try:
+            with self._write() as conn:
+                conn.execute(insert(runs), row)
+                if task_ids:
+                    conn.execute(insert(task_runs), [
+                        {"run_id": run_id, "task_id": t, "position": i, "state": TaskState.PENDING.value}
+                        for i, t in enumerate(task_ids)])
+        except IntegrityError:
+            raise self._explain_create_failure(run_id, pipeline, pipeline_version, task_ids,
+                                               external_id) from None
+        stored_date = logical_date if logical_date.tzinfo else logical_date.replace(tzinfo=UTC)
+        return RunRecord(id=run_id, pipeline=pipeline, pipeline_version=pipeline_version,
+                         state=RunState.PENDING, executor=executor, params=params,
+                         logical_date=stored_date.astimezone(UTC), created_at=now, external_id=external_id,
+                         tasks=[TaskRunRecord(task_id=t, state=TaskState.PENDING) for t in task_ids])
+
+    def _explain_create_failure(self, run_id: str, pipeline: str, version: int, task_ids: list[str],
+                                external_id: str | None) -> StoreError:
+        with self._read() as conn:
+            if conn.execute(select(runs.c.id).where(runs.c.id == run_id)).first():
+                return StoreError(f"run {run_id!r} already exists in the metadata store")
+            if external_id is not None and (other := conn.execute(
+                    select(runs.c.id).where(runs.c.external_id == external_id)).scalar()):
+                return StoreError(
+                    f"run {run_id!r}: external id {external_id!r} already belongs to run {other!r}")
+            known = conn.execute(select(pipeline_versions.c.version).where(
+                pipeline_versions.c.pipeline == pipeline, pipeline_versions.c.version == version)).first()
+            if not known:
+                return StoreError(f"run {run_id!r}: pipeline {pipeline!r} has no version {version} in the "
+                                  "metadata store; register the pipeline first")
+        dupes = sorted({t for t in task_ids if task_ids.count(t) > 1})
+        if dupes:
+            return StoreError(f"run {run_id!r}: task ids repeated: {', '.join(dupes)}")
+        return StoreError(f"run {run_id!r} could not be created (a constraint of the metadata store failed)")
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        with self._read() as conn:
+            return self._load_run(conn, select(runs).where(runs.c.id == run_id))
+
+    def find_run_by_external_id(self, external_id: str) -> RunRecord | None:
+        """The run started as ``external_id`` (an execution ARN), with its tasks like ``get_run``."""
+        with self._read() as conn:
+            return self._load_run(conn, select(runs).where(runs.c.external_id == external_id))
+
+    def _load_run(self, conn: Connection, stmt: Any) -> RunRecord | None:
+        head = conn.execute(stmt).first()
+        if head is None:
+            return None
+        task_rows = conn.execute(select(task_runs).where(task_runs.c.run_id == head.id)
+                                 .order_by(task_runs.c.position)).all()
+        attempt_rows = conn.execute(select(attempts).where(attempts.c.run_id == head.id)
+                                    .order_by(attempts.c.task_id, attempts.c.number)).all()
+        by_task: dict[str, list[AttemptRecord]] = {}
+        for a in attempt_rows:
+            by_task.setdefault(a.task_id, []).append(AttemptRecord(
+                number=a.number, state=AttemptState(a.state), started_at=a.started_at, ended_at=a.ended_at,
+                error_type=a.error_type, error_message=a.error_message))
+        tasks = [TaskRunRecord(task_id=t.task_id, state=TaskState(t.state), started_at=t.started_at,
+                               ended_at=t.ended_at, error_type=t.error_type, error_message=t.error_message,
+                               result=t.result, attempts=by_task.get(t.task_id, []))
+                 for t in task_rows]
+        return _run(head, tasks)
+
+    def list_runs(self, *, pipeline: str | None = None, state: RunState | None = None, limit: int = 50,
+                  before: str | None = None) -> list[RunRecord]:
+        """Runs newest first; ``before`` is the id of a run: only runs created before it are listed."""
+        if limit <= 0:
+            return []
+        stmt = select(runs).order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit)
+        if pipeline is not None:
+            stmt = stmt.where(runs.c.pipeline == pipeline)
+        if state is not None:
+            stmt = stmt.where(runs.c.state == RunState(state).value)
+        with self._read() as conn:
+            if before is not None:
+                cursor = conn.execute(select(runs.c.created_at).where(runs.c.id == before)).scalar()
+                if cursor is None:
+                    raise RunNotFound(f"no run {before!r} in the metadata store (the 'before' cursor)")
+                stmt = stmt.where(or_(runs.c.created_at < cursor,
+                                      and_(runs.c.created_at == cursor, runs.c.id < before)))
+            rows = conn.execute(stmt).all()
+        return [_run(r) for r in rows]
+
+    def set_run_state(self, run_id: str, state: RunState, *, error: str | None = None,
+                      owner: str | None = None) -> RunRecord:
+        """Move the run to ``state``; ``error`` replaces the run's error (None clears it).
+
+        ``started_at`` is set on the first move to running, ``ended_at`` on a terminal state (and
+        cleared when a run is resumed); ``owner`` is recorded when given.
+        """
+        state = RunState(state)
+        now = _now()
+        values: dict[str, Any] = {"state": state.value, "error": error,
+                                  "ended_at": now if is_terminal(state) else None}
+        if state is RunState.RUNNING:
+            values["started_at"] = func.coalesce(runs.c.started_at, now)
+        if owner is not None:
+            values["owner"] = owner
+        stmt = (update(runs).where(runs.c.id == run_id, runs.c.state.in_(predecessors(state)))
+                .values(**values).returning(*runs.c))
+        with self._write() as conn:
+            row = conn.execute(stmt).first()
+            if row is None:
+                current = conn.execute(select(runs.c.state).where(runs.c.id == run_id)).scalar()
+                if current is None:
+                    raise RunNotFound(f"no run {run_id!r} in the metadata store")
+                raise _transition_error(f"run {run_id!r}", current, state)
+        return _run(row)
+
+    # --- tasks and attempts ------------------------------------------------------------------------
+
+    def start_attempt(self, run_id: str, task_id: str, number: int) -> None:
+        """Attempt ``number`` of the task starts: the task moves to running (pending/retrying before)."""
+        params = {"r": run_id, "t": task_id, "n": number, "now": _now()}
+        try:
+            with self._write() as conn:
+                if conn.execute(_START_TASK, params).rowcount != 1:
+                    self._raise_task_problem(conn, run_id, task_id, TaskState.RUNNING)
+                conn.execute(_INSERT_ATTEMPT, params)
+        except IntegrityError:
+            raise TransitionError(f"run {run_id!r} task {task_id!r}: attempt {number} was already started") \
+                from None
+
+    def finish_attempt(self, run_id: str, task_id: str, number: int, *, attempt_state: AttemptState,
+                       task_state: TaskState, error_type: str | None = None,
+                       error_message: str | None = None, result: dict[str, Any] | None = None) -> None:
+        """End an attempt and move its task, in one transaction.
+
+        The task run keeps ``result`` and (unless it succeeded) the error. A result with an
+        ``output`` manifest adds a lineage row; each item of ``result["checks"]`` a check row.
+        """
+        attempt_state = AttemptState(attempt_state)
+        task_state = TaskState(task_state)
+        now = _now()
+        succeeded = task_state is TaskState.SUCCEEDED
+        params = {"r": run_id, "t": task_id, "n": number, "now": now,
+                  "etype": error_type, "emsg": error_message}
+        task_params = {"r": run_id, "t": task_id, "ended": now if is_terminal(task_state) else None,
+                       "etype": None if succeeded else error_type,
+                       "emsg": None if succeeded else error_message, "result": result}
+        with self._write() as conn:
+            if conn.execute(_finish_attempt_stmt(attempt_state), params).rowcount != 1:
+                self._raise_attempt_problem(conn, run_id, task_id, number, attempt_state)
+            if conn.execute(_finish_task_stmt(task_state), task_params).rowcount != 1:
+                self._raise_task_problem(conn, run_id, task_id, task_state)
+            if result:
+                self._record_result(conn, run_id, task_id, result, now)
+
+    def _record_result(self, conn: Connection, run_id: str, task_id: str, result: dict[str, Any],
+                       now: datetime) -> None:
+        output = result.get("output")
+        if output:
+            conn.execute(_INSERT_LINEAGE, {
+                "run_id": run_id, "task_id": task_id, "inputs": list(result.get("inputs") or []),
+                "output_uri": output.get("uri"), "rows": output.get("rows"), "bytes": output.get("bytes"),
+                "schema_fingerprint": output.get("schema_fingerprint"), "recorded_at": now})
+        checks = result.get("checks") or []
+        if checks:
+            conn.execute(_INSERT_CHECK, [
+                {"run_id": run_id, "task_id": task_id, "rule": c["rule"], "severity": c["severity"],
+                 "passed": bool(c["passed"]), "failing_rows": int(c.get("failing_rows") or 0),
+                 "sample": list(c.get("sample") or []), "message": c.get("message") or ""}
+                for c in checks])
+
+    def set_task_states(self, run_id: str, task_ids: list[str], state: TaskState,
+                        *, error_message: str | None = None) -> None:
+        """Move several tasks to ``state`` at once (e.g. upstream_failed, cancelled); all or none."""
+        state = TaskState(state)
+        ids = list(dict.fromkeys(task_ids))
+        if not ids:
+            return
+        now = _now()
+        values: dict[str, Any] = {"state": state.value}
+        if state is TaskState.PENDING:
+            values.update(started_at=None, ended_at=None, error_type=None, error_message=error_message,
+                          result=None)
+        else:
+            values["ended_at"] = now if is_terminal(state) else None
+            if state is TaskState.RUNNING:
+                values["started_at"] = func.coalesce(task_runs.c.started_at, now)
+            if error_message is not None:
+                values["error_message"] = error_message
+        stmt = (update(task_runs)
+                .where(task_runs.c.run_id == run_id, task_runs.c.task_id.in_(ids),
+                       task_runs.c.state.in_(predecessors(state)))
+                .values(**values))
+        with self._write() as conn:
+            if conn.execute(stmt).rowcount != len(ids):
+                found = dict(conn.execute(select(task_runs.c.task_id, task_runs.c.state).where(
+                    task_runs.c.run_id == run_id, task_runs.c.task_id.in_(ids))).tuples().all())
+                missing = [t for t in ids if t not in found]
+                if missing:
+                    self._raise_missing(conn, run_id, missing[0])
+                bad = next(t for t in ids if found[t] not in predecessors(state))
+                raise _transition_error(f"run {run_id!r} task {bad!r}", found[bad], state)
+
+    def reset_for_resume(self, run_id: str) -> list[str]:
+        """Make a failed, cancelled or dead run resumable, in one transaction.
+
+        Attempts still running become abandoned; every task that did not succeed goes back to
+        pending (its error, result, lineage and checks are cleared); the run moves to running.
+        Returns the ids of the tasks now pending (all that will run again), in task order.
+        """
+        now = _now()
+        with self._write() as conn:
+            current = conn.execute(select(runs.c.state).where(runs.c.id == run_id).with_for_update()).scalar()
+            if current is None:
+                raise RunNotFound(f"no run {run_id!r} in the metadata store")
+            if current not in predecessors(RunState.RUNNING):
+                raise _transition_error(f"run {run_id!r}", current, RunState.RUNNING)
+            rows = conn.execute(select(task_runs.c.task_id, task_runs.c.state)
+                                .where(task_runs.c.run_id == run_id,
+                                       task_runs.c.state != TaskState.SUCCEEDED.value)
+                                .order_by(task_runs.c.position).with_for_update()).tuples().all()
+            movable = predecessors(TaskState.PENDING)
+            for task_id, state in rows:
+                if state != TaskState.PENDING.value and state not in movable:
+                    raise _transition_error(f"run {run_id!r} task {task_id!r}", state, TaskState.PENDING)
+            conn.execute(update(attempts)
+                         .where(attempts.c.run_id == run_id, attempts.c.state == AttemptState.RUNNING.value)
+                         .values(state=AttemptState.ABANDONED.value, ended_at=now,
+                                 error_message="abandoned: the run was resumed"))
+            reset = [t for t, s in rows if s != TaskState.PENDING.value]
+            if reset:
+                conn.execute(update(task_runs)
+                             .where(task_runs.c.run_id == run_id, task_runs.c.state.in_(movable),
+                                    task_runs.c.task_id.in_(reset))
+                             .values(state=TaskState.PENDING.value, started_at=None, ended_at=None,
+                                     error_type=None, error_message=None, result=None))
+                for table in (lineage, check_results):
+                    conn.execute(delete(table).where(table.c.run_id == run_id, table.c.task_id.in_(reset)))
+            conn.execute(update(runs).where(runs.c.id == run_id)
+                         .values(state=RunState.RUNNING.value, ended_at=None, error=None,
+                                 started_at=func.coalesce(runs.c.started_at, now)))
+        return [t for t, _ in rows]
+
+    # --- diagnosis of a refused change (inside the failing transaction, which then rolls back) -----
+
+    def _raise_missing(self, conn: Connection, run_id: str, task_id: str) -> NoReturn:
+        if conn.execute(select(runs.c.id).where(runs.c.id == run_id)).first() is None:
+            raise RunNotFound(f"no run {run_id!r} in the metadata store")
+        raise RunNotFound(f"run {run_id!r} has no task {task_id!r}")
+
+    def _raise_task_problem(self, conn: Connection, run_id: str, task_id: str, new: TaskState) -> None:
+        current = conn.execute(select(task_runs.c.state).where(
+            task_runs.c.run_id == run_id, task_runs.c.task_id == task_id)).scalar()
+        if current is None:
+            self._raise_missing(conn, run_id, task_id)
+        raise _transition_error(f"run {run_id!r} task {task_id!r}", current, new)
+
+    def _raise_attempt_problem(self, conn: Connection, run_id: str, task_id: str, number: int,
+                               new: AttemptState) -> None:
+        current = conn.execute(select(attempts.c.state).where(
+            attempts.c.run_id == run_id, attempts.c.task_id == task_id, attempts.c.number == number)).scalar()
+        if current is None:
+            if conn.execute(select(task_runs.c.state).where(
+                    task_runs.c.run_id == run_id, task_runs.c.task_id == task_id)).first() is None:
+                self._raise_missing(conn, run_id, task_id)
+            raise TransitionError(f"run {run_id!r} task {task_id!r}: attempt {number} was never started")
+        raise _transition_error(f"run {run_id!r} task {task_id!r} attempt {number}", current, new)
+
+    # --- what the tasks left behind ----------------------------------------------------------------
+
+    def get_lineage(self, run_id: str) -> list[LineageRecord]:
+        with self._read() as conn:
+            rows = conn.execute(select(lineage).where(lineage.c.run_id == run_id)
+                                .order_by(lineage.c.id)).all()
+        return [LineageRecord(task_id=r.task_id, inputs=list(r.inputs), output_uri=r.output_uri,
+                              rows=r.rows, bytes=r.bytes, schema_fingerprint=r.schema_fingerprint,
+                              recorded_at=r.recorded_at)
+                for r in rows]
+
+    def get_checks(self, run_id: str) -> list[CheckRecord]:
+        with self._read() as conn:
+            rows = conn.execute(select(check_results).where(check_results.c.run_id == run_id)
+                                .order_by(check_results.c.id)).all()
+        return [CheckRecord(task_id=r.task_id, rule=r.rule, severity=r.severity, passed=bool(r.passed),
+                            failing_rows=r.failing_rows, sample=list(r.sample), message=r.message)
+                for r in rows]
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+
+def _transition_error(what: str, current: str, new: S) -> TransitionError:
+    try:
+        check_transition(current, new)
+    except TransitionError as exc:
+        return TransitionError(f"{what}: {exc}")
+    # legal now, so the row changed under us between the UPDATE and this read (PostgreSQL)
+    return TransitionError(f"{what}: changed concurrently while moving to {new.value}; try again")
+
+
+def _version(row: Row[Any], **override: Any) -> PipelineVersionRecord:
+    data = {"pipeline": row.pipeline, "version": row.version, "content_hash": row.content_hash,
+            "definition": row.definition, "created_at": row.created_at,
+            "state_machine_arn": row.state_machine_arn, **override}
+    return PipelineVersionRecord(**data)
+
+
+def _run(row: Row[Any], tasks: Sequence[TaskRunRecord] | Iterable[TaskRunRecord] = ()) -> RunRecord:
+    return RunRecord(id=row.id, pipeline=row.pipeline, pipeline_version=row.pipeline_version,
+                     state=RunState(row.state), executor=row.executor, params=row.params,
+                     logical_date=row.logical_date, created_at=row.created_at, started_at=row.started_at,
+                     ended_at=row.ended_at, error=row.error, external_id=row.external_id, owner=row.owner,
+                     tasks=list(tasks))

@@ -1,0 +1,180 @@
+"""SQLAlchemy Core tables of the metadata store (the storage side; records live in ``api.py``).
+
+The initial Alembic revision (``migrations/versions/0001_initial.py``) creates exactly these; a test
+compares the migrated database with this metadata, so change both together in a new revision.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+__all__ = [
+    "JSONType",
+    "UTCDateTime",
+    "attempts",
+    "check_results",
+    "lineage",
+    "metadata",
+    "pipeline_versions",
+    "pipelines",
+    "runs",
+    "task_runs",
+]
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every backend.
+
+    SQLite has no time zones: values are stored as naive UTC text and come back with ``UTC`` attached.
+    A naive value handed in is taken to be UTC already.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+        return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+#: JSON documents; JSONB on PostgreSQL. ``None`` is SQL NULL, not the JSON ``null``.
+JSONType = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+
+#: surrogate keys: INTEGER on SQLite (the rowid), BIGINT elsewhere
+_Id = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData(naming_convention={
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+})
+
+pipelines = Table(
+    "pipelines", metadata,
+    Column("name", String(), primary_key=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+pipeline_versions = Table(
+    "pipeline_versions", metadata,
+    Column("pipeline", String(), primary_key=True),
+    Column("version", Integer(), primary_key=True, autoincrement=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("definition", JSONType, nullable=False),
+    Column("state_machine_arn", String()),
+    Column("created_at", UTCDateTime(), nullable=False),
+    ForeignKeyConstraint(["pipeline"], ["pipelines.name"], ondelete="CASCADE"),
+)
+
+runs = Table(
+    "runs", metadata,
+    Column("id", String(), primary_key=True),
+    Column("pipeline", String(), nullable=False),
+    Column("pipeline_version", Integer(), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("executor", String(32), nullable=False),
+    Column("params", JSONType, nullable=False),
+    Column("logical_date", UTCDateTime(), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("started_at", UTCDateTime()),
+    Column("ended_at", UTCDateTime()),
+    Column("error", Text()),
+    Column("external_id", String(), unique=True),  # the execution ARN on AWS
+    Column("owner", String()),  # "pid@host" of the local process running it
+    # deleting a pipeline deletes its runs and everything under them
+    ForeignKeyConstraint(["pipeline", "pipeline_version"],
+                         ["pipeline_versions.pipeline", "pipeline_versions.version"], ondelete="CASCADE"),
+    # list_runs: newest first, optionally by pipeline or state, with (created_at, id) as the cursor
+    Index(None, "created_at", "id"),
+    Index(None, "pipeline", "created_at", "id"),
+    Index(None, "state", "created_at", "id"),
+)
+
+task_runs = Table(
+    "task_runs", metadata,
+    Column("run_id", String(), primary_key=True),
+    Column("task_id", String(), primary_key=True),
+    Column("position", Integer(), nullable=False),  # the order create_run was given
+    Column("state", String(16), nullable=False),
+    Column("started_at", UTCDateTime()),
+    Column("ended_at", UTCDateTime()),
+    Column("error_type", String()),
+    Column("error_message", Text()),
+    Column("result", JSONType),
+    ForeignKeyConstraint(["run_id"], ["runs.id"], ondelete="CASCADE"),
+)
+
+attempts = Table(
+    "attempts", metadata,
+    Column("run_id", String(), primary_key=True),
+    Column("task_id", String(), primary_key=True),
+    Column("number", Integer(), primary_key=True, autoincrement=False),
+    Column("state", String(16), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("ended_at", UTCDateTime()),
+    Column("error_type", String()),
+    Column("error_message", Text()),
+    ForeignKeyConstraint(["run_id", "task_id"], ["task_runs.run_id", "task_runs.task_id"],
+                         ondelete="CASCADE"),
+)
+
+lineage = Table(
+    "lineage", metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("run_id", String(), nullable=False),
+    Column("task_id", String(), nullable=False),
+    Column("inputs", JSONType, nullable=False),
+    Column("output_uri", String()),
+    Column("rows", BigInteger()),
+    Column("bytes", BigInteger()),
+    Column("schema_fingerprint", String()),
+    Column("recorded_at", UTCDateTime(), nullable=False),
+    ForeignKeyConstraint(["run_id", "task_id"], ["task_runs.run_id", "task_runs.task_id"],
+                         ondelete="CASCADE"),
+    Index(None, "run_id", "task_id"),
+)
+
+check_results = Table(
+    "check_results", metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("run_id", String(), nullable=False),
+    Column("task_id", String(), nullable=False),
+    Column("rule", String(), nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("passed", Boolean(), nullable=False),
+    Column("failing_rows", BigInteger(), nullable=False),
+    Column("sample", JSONType, nullable=False),
+    Column("message", Text(), nullable=False),
+    ForeignKeyConstraint(["run_id", "task_id"], ["task_runs.run_id", "task_runs.task_id"],
+                         ondelete="CASCADE"),
+    Index(None, "run_id", "task_id"),
+)
