@@ -1,0 +1,82 @@
+"""Arrow helpers shared by the built-in connectors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+
+_TYPE_NAMES: dict[str, pa.DataType] = {
+    "string": pa.string(), "str": pa.string(), "int": pa.int64(), "int64": pa.int64(),
+    "int32": pa.int32(), "float": pa.float64(), "float64": pa.float64(), "double": pa.float64(),
+    "bool": pa.bool_(), "boolean": pa.bool_(), "date": pa.date32(),
+    "timestamp": pa.timestamp("us"), "timestamptz": pa.timestamp("us", "UTC"),
+    "datetime": pa.timestamp("us", "UTC"), "json": pa.string(), "binary": pa.binary(),
+}
+
+
+def parse_type(name: str) -> pa.DataType:
+    """A type named in a source's ``schema:`` option: string, int, float, bool, date, timestamp,
+    timestamptz, json, binary, or ``decimal(p,s)``."""
+    key = name.strip().lower()
+    if key.startswith("decimal(") and key.endswith(")"):
+        p, _, s = key[8:-1].partition(",")
+        return pa.decimal128(int(p), int(s or 0))
+    if key not in _TYPE_NAMES:
+        raise ValueError(f"unknown type {name!r}; use one of {', '.join(sorted(_TYPE_NAMES))} or decimal(p,s)")
+    return _TYPE_NAMES[key]
+
+
+def schema_from_mapping(columns: Mapping[str, str] | None) -> pa.Schema | None:
+    if not columns:
+        return None
+    return pa.schema([(k, parse_type(v)) for k, v in columns.items()])
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=str, ensure_ascii=False)
+    return value
+
+
+def records_to_batch(records: Sequence[Mapping[str, Any]], schema: pa.Schema | None = None) -> pa.RecordBatch:
+    """JSON-like records -> one batch. Nested objects and lists become JSON text unless ``schema``
+    says otherwise; with ``schema`` only its columns are kept."""
+    if schema is not None:
+        columns = {f.name: [r.get(f.name) for r in records] for f in schema}
+        arrays = []
+        for f in schema:
+            values = columns[f.name]
+            if pa.types.is_string(f.type):
+                values = [_jsonable(v) if v is None or isinstance(v, str | dict | list) else str(v)
+                          for v in values]
+            arrays.append(pa.array(values, type=f.type))
+        return pa.RecordBatch.from_arrays(arrays, schema=schema)
+    names: dict[str, None] = {}
+    for r in records:
+        for k in r:
+            names.setdefault(k, None)
+    arrays = []
+    for name in names:
+        values = [_jsonable(r.get(name)) for r in records]
+        try:
+            arr = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            arr = pa.array([None if v is None else str(v) for v in values], type=pa.string())
+        if pa.types.is_null(arr.type):
+            arr = arr.cast(pa.string())
+        arrays.append(arr)
+    return pa.RecordBatch.from_arrays(arrays, names=list(names))
+
+
+def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -1,0 +1,550 @@
+"""SQL connectors through SQLAlchemy: ``postgres`` (psycopg 3; COPY for bulk reads and writes),
+``mysql``/``mariadb`` (pymysql) and ``sqlite``.
+
+Reads stream with a server-side cursor (``stream_results``/``yield_per``; PostgreSQL: ``COPY (query)
+TO STDOUT`` parsed by Arrow's CSV reader). Every write is ONE transaction: append, overwrite (delete
++ insert) and upsert (``ON CONFLICT`` / ``ON DUPLICATE KEY``) either commit whole or leave the target
+as it was.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any, ClassVar, NoReturn
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import sqlalchemy as sa
+from pydantic import ConfigDict, Field, model_validator
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.pool import NullPool
+
+from udop.connectors import Connector, ConnectorSettings, Secret
+from udop.connectors.base import WriteMode
+
+__all__ = ["MySQLConnector", "PostgresConnector", "SQLiteConnector", "SqlSettings"]
+
+
+class SqlSettings(ConnectorSettings):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    url: Secret | None = Field(None, description="SQLAlchemy URL; may hold the password, so it is a secret")
+    host: str | None = None
+    port: int | None = None
+    user: str | None = None
+    password: Secret | None = None
+    database: str | None = Field(None, description="database name (SQLite: the file path)")
+    db_schema: str | None = Field(None, alias="schema", description="schema (namespace) of the table")
+    table: str | None = Field(None, description="table to read or write")
+    query: str | None = Field(None, description="SELECT to read; bound parameters as :name")
+    params: dict[str, Any] = Field(default_factory=dict, description="values of the query's :name parameters")
+    connect_timeout: int = Field(10, ge=1, description="seconds to wait for the server")
+    use_copy: bool = Field(True, description="PostgreSQL: bulk reads and writes with COPY")
+
+    @model_validator(mode="after")
+    def _where(self) -> SqlSettings:
+        if self.table and self.query:
+            raise ValueError("give 'table' or 'query', not both")
+        return self
+
+
+# -- type mapping ---------------------------------------------------------------------------------
+def _arrow_to_sql(t: pa.DataType, *, key: bool, dialect: str) -> sa.types.TypeEngine[Any]:
+    if pa.types.is_boolean(t):
+        return sa.Boolean()
+    if pa.types.is_int8(t) or pa.types.is_int16(t) or pa.types.is_uint8(t):
+        return sa.SmallInteger()
+    if pa.types.is_int32(t) or pa.types.is_uint16(t):
+        return sa.Integer()
+    if pa.types.is_integer(t):
+        return sa.BigInteger()
+    if pa.types.is_floating(t):
+        return sa.Double()
+    if pa.types.is_decimal(t):
+        return sa.Numeric(t.precision, t.scale)
+    if pa.types.is_date(t):
+        return sa.Date()
+    if pa.types.is_timestamp(t):
+        return sa.DateTime(timezone=t.tz is not None)
+    if pa.types.is_time(t):
+        return sa.Time()
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
+        return sa.LargeBinary()
+    if key and dialect == "mysql":
+        return sa.String(255)  # MySQL cannot index TEXT without a prefix length
+    return sa.Text()
+
+
+def _sql_to_arrow(t: Any) -> pa.DataType:
+    if isinstance(t, sa.Boolean):
+        return pa.bool_()
+    if isinstance(t, sa.SmallInteger):
+        return pa.int16()
+    if isinstance(t, sa.BigInteger):
+        return pa.int64()
+    if isinstance(t, sa.Integer):
+        return pa.int64()
+    if isinstance(t, sa.Float):
+        return pa.float64()
+    if isinstance(t, sa.Numeric):
+        if t.precision and t.precision <= 38:
+            return pa.decimal128(t.precision, t.scale or 0)
+        return pa.float64()
+    if isinstance(t, sa.DateTime):
+        return pa.timestamp("us", "UTC") if t.timezone else pa.timestamp("us")
+    if isinstance(t, sa.Date):
+        return pa.date32()
+    if isinstance(t, sa.Time):
+        return pa.time64("us")
+    if isinstance(t, sa.LargeBinary | sa.types._Binary):
+        return pa.binary()
+    return pa.string()
+
+
+# PostgreSQL type OIDs -> Arrow, for COPY reads of any query
+_PG_OIDS: dict[int, pa.DataType] = {
+    16: pa.bool_(), 20: pa.int64(), 21: pa.int16(), 23: pa.int32(), 26: pa.int64(),
+    700: pa.float32(), 701: pa.float64(), 1082: pa.date32(), 1083: pa.time64("us"),
+    1114: pa.timestamp("us"), 1184: pa.timestamp("us", "UTC"),
+}
+_COPY_WRITABLE = (pa.types.is_boolean, pa.types.is_integer, pa.types.is_floating, pa.types.is_decimal,
+                  pa.types.is_string, pa.types.is_large_string, pa.types.is_date, pa.types.is_timestamp,
+                  pa.types.is_time)
+try:
+    _COPY_WRITABLE = (*_COPY_WRITABLE, pa.types.is_string_view)
+except AttributeError:  # pragma: no cover - older pyarrow
+    pass
+
+
+class _CopyReader(io.RawIOBase):
+    """A file object over psycopg's ``COPY ... TO STDOUT`` chunks, for Arrow's streaming CSV reader."""
+
+    def __init__(self, copy: Any) -> None:
+        self._chunks = iter(copy)
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            try:
+                self._pending = memoryview(next(self._chunks))
+            except StopIteration:
+                return 0
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+
+class SqlConnector(Connector):
+    Settings: ClassVar[type[ConnectorSettings]] = SqlSettings
+    pushes_down_incremental = True
+    driver: ClassVar[str] = ""
+    dialect_name: ClassVar[str] = ""
+
+    settings: SqlSettings
+
+    def __init__(self, settings: ConnectorSettings, **kwargs: Any) -> None:
+        super().__init__(settings, **kwargs)
+        self._engine: sa.Engine | None = None
+
+    # -- connection --------------------------------------------------------------------------------
+    def _url(self) -> sa.URL:
+        s = self.settings
+        if s.url is not None:
+            try:
+                url = sa.make_url(self.secret(s.url) or "")
+            except sa_exc.ArgumentError:
+                self.fail("'url' is not a valid database URL", retryable=False)
+            if url.password:
+                self._secrets.add(str(url.password))
+            backend = url.get_backend_name()
+            if backend in ("postgres", "postgresql") and "+" not in url.drivername:
+                url = url.set(drivername="postgresql+psycopg")
+            elif backend in ("mysql", "mariadb") and "+" not in url.drivername:
+                url = url.set(drivername="mysql+pymysql")
+            return url
+        return sa.URL.create(self.driver, username=s.user, password=self.secret(s.password),
+                             host=s.host, port=s.port, database=s.database)
+
+    def _connect_args(self) -> dict[str, Any]:
+        return {"connect_timeout": self.settings.connect_timeout}
+
+    @property
+    def engine(self) -> sa.Engine:
+        if self._engine is None:
+            self._engine = sa.create_engine(self._url(), poolclass=NullPool,
+                                            connect_args=self._connect_args())
+        return self._engine
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def q(self, name: str) -> str:
+        return self.engine.dialect.identifier_preparer.quote(name)
+
+    def _qtable(self) -> str:
+        table = self._require_table()
+        schema = self.settings.db_schema
+        return f"{self.q(schema)}.{self.q(table)}" if schema else self.q(table)
+
+    def _require_table(self) -> str:
+        if not self.settings.table:
+            self.fail("needs 'table'", retryable=False)
+        return self.settings.table
+
+    def check(self) -> None:
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+                if self.settings.table and not sa.inspect(conn).has_table(
+                        self.settings.table, schema=self.settings.db_schema):
+                    self.fail(f"table {self._display_table()} does not exist", retryable=False)
+        except sa_exc.SQLAlchemyError as exc:
+            self._db_error(exc)
+
+    def _display_table(self) -> str:
+        s = self.settings
+        return f"{s.db_schema}.{s.table}" if s.db_schema else str(s.table)
+
+    # -- errors ------------------------------------------------------------------------------------
+    def _db_error(self, exc: BaseException, doing: str = "") -> NoReturn:
+        orig = getattr(exc, "orig", None) or exc
+        text = " ".join(str(orig).split()) or type(orig).__name__
+        text = text.split(" [SQL:")[0].split(" (Background on this error")[0][:400]
+        lower = text.lower()
+        sqlstate = getattr(orig, "sqlstate", None) or ""
+        code = orig.args[0] if getattr(orig, "args", None) and isinstance(orig.args[0], int) else None
+        prefix = f"{doing}: " if doing else ""
+        if (sqlstate.startswith("28") or code == 1045 or "password authentication failed" in lower
+                or "access denied" in lower or "authentication failed" in lower):
+            self.fail(f"{prefix}login refused (check the user and password): {text}", retryable=False)
+        if sqlstate == "3D000" or code == 1049:
+            self.fail(f"{prefix}database does not exist: {text}", retryable=False)
+        if sqlstate in ("42P01", "3F000") or code == 1146 or "no such table" in lower:
+            self.fail(f"{prefix}table does not exist: {text}", retryable=False)
+        if isinstance(exc, sa_exc.NoSuchTableError):
+            self.fail(f"{prefix}table {exc} does not exist", retryable=False)
+        retry_states = ("08", "40001", "40P01", "53", "57P", "55P03")
+        if (sqlstate.startswith(retry_states) or code in (2002, 2003, 2006, 2013, 1205, 1213)
+                or "database is locked" in lower):
+            self.fail(f"{prefix}{text}", retryable=True)
+        driver_operational = type(orig).__name__ == "OperationalError"
+        if not sqlstate and code is None and (driver_operational or isinstance(exc, sa_exc.OperationalError)
+                                              and "sqlite" not in self.driver):
+            self.fail(f"{prefix}cannot connect: {text}", retryable=True)
+        self.fail(f"{prefix}{text}", retryable=False)
+
+    # -- read --------------------------------------------------------------------------------------
+    def _select(self, since: Any) -> tuple[str, dict[str, Any]]:
+        s = self.settings
+        if s.query:
+            sql, params = s.query.strip().rstrip(";"), dict(s.params)
+        elif s.table:
+            sql, params = f"SELECT * FROM {self._qtable()}", {}
+        else:
+            self.fail("a source needs 'table' or 'query'", retryable=False)
+        if s.incremental is not None and since is not None:
+            since_value = since
+            if isinstance(since, dt.datetime) and since.tzinfo is not None and self.dialect_name != "postgresql":
+                since_value = since.astimezone(dt.UTC).replace(tzinfo=None)
+            sql = (f"SELECT * FROM ({sql}) AS udop_src WHERE {self.q(s.incremental.column)} > :udop_since")
+            params["udop_since"] = since_value
+        return sql, params
+
+    def read(self, *, since: Any = None) -> Iterator[pa.RecordBatch]:
+        sql, params = self._select(since)
+        try:
+            if self.dialect_name == "postgresql" and self.settings.use_copy:
+                yield from self._read_copy(sql, params)
+            else:
+                yield from self._read_rows(sql, params, since)
+        except sa_exc.SQLAlchemyError as exc:
+            self._db_error(exc, "read")
+        except Exception as exc:
+            if type(exc).__module__.startswith(("psycopg", "pymysql", "sqlite3")):
+                self._db_error(exc, "read")
+            raise
+
+    def _statement(self, conn: sa.Connection, sql: str, params: dict[str, Any], since: Any
+                   ) -> tuple[Any, dict[str, Any], dict[str, pa.DataType]]:
+        """A table read goes through a reflected ``Table`` so the driver's values get SQLAlchemy's
+        type processing (SQLite dates, booleans); a query is taken as text."""
+        s = self.settings
+        if s.query or not s.table:
+            return sa.text(sql), params, {}
+        table = sa.Table(s.table, sa.MetaData(schema=s.db_schema), autoload_with=conn)
+        stmt = sa.select(table)
+        if s.incremental is not None and since is not None:
+            if s.incremental.column not in table.c:
+                self.fail(f"incremental column {s.incremental.column!r} is not in table "
+                          f"{self._display_table()}", retryable=False)
+            stmt = stmt.where(table.c[s.incremental.column] > params["udop_since"])
+        return stmt, {}, {c.name: _sql_to_arrow(c.type) for c in table.c}
+
+    def _read_rows(self, sql: str, params: dict[str, Any], since: Any = None) -> Iterator[pa.RecordBatch]:
+        size = self.settings.batch_size
+        with self.engine.connect() as conn:
+            stmt, bound, types = self._statement(conn, sql, params, since)
+            result = conn.execution_options(stream_results=True, yield_per=size).execute(stmt, bound)
+            names = list(result.keys())
+            schema: pa.Schema | None = None
+            for rows in result.partitions(size):
+                columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
+                arrays = []
+                for i, name in enumerate(names):
+                    values = [json.dumps(v, default=str) if isinstance(v, dict | list) else v for v in columns[i]]
+                    wanted = schema.field(i).type if schema is not None else (types or {}).get(name)
+                    arrays.append(self._array(values, wanted))
+                batch = pa.RecordBatch.from_arrays(arrays, names=names)
+                if schema is None:
+                    schema = batch.schema
+                elif not batch.schema.equals(schema):
+                    batch = batch.cast(schema)
+                yield batch
+            if schema is None:
+                yield pa.RecordBatch.from_arrays(
+                    [pa.array([], type=(types or {}).get(n, pa.string())) for n in names], names=names)
+
+    @staticmethod
+    def _array(values: list[Any], wanted: pa.DataType | None) -> pa.Array:
+        if wanted is not None:
+            if pa.types.is_timestamp(wanted) and wanted.tz is None:
+                values = [v.astimezone(dt.UTC).replace(tzinfo=None)
+                          if isinstance(v, dt.datetime) and v.tzinfo else v for v in values]
+            if pa.types.is_string(wanted):
+                values = [v if v is None or isinstance(v, str) else str(v) for v in values]
+            try:
+                return pa.array(values, type=wanted)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+                pass
+        arr = pa.array(values)
+        return arr.cast(pa.string()) if pa.types.is_null(arr.type) else arr
+
+    def _read_copy(self, sql: str, params: dict[str, Any]) -> Iterator[pa.RecordBatch]:
+        import psycopg
+
+        compiled = sa.text(sql).compile(dialect=self.engine.dialect)
+        with self.engine.connect() as conn:
+            raw = conn.connection.driver_connection
+            assert isinstance(raw, psycopg.Connection)
+            bound = psycopg.ClientCursor(raw).mogrify(compiled.string, compiled.construct_params(params))
+            with raw.cursor() as cur:
+                cur.execute("SET LOCAL TimeZone = 'UTC'")
+                cur.execute(f"SELECT * FROM ({bound}) AS udop_q LIMIT 0")
+                fields = []
+                for col in cur.description or []:
+                    t = _PG_OIDS.get(col.type_code)
+                    if t is None and col.type_code == 1700 and col.precision and col.precision <= 38:
+                        t = pa.decimal128(col.precision, col.scale or 0)
+                    fields.append(pa.field(col.name, t or pa.string()))
+                schema = pa.schema(fields)
+                if len(set(schema.names)) != len(schema.names):
+                    self.fail("the query returns two columns with the same name; alias them", retryable=False)
+                read_opts = pacsv.ReadOptions(column_names=schema.names, block_size=4 << 20)
+                convert = pacsv.ConvertOptions(
+                    column_types={f.name: f.type for f in schema}, true_values=["t"], false_values=["f"],
+                    null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False)
+                parse = pacsv.ParseOptions(newlines_in_values=True)
+                got = False
+                with cur.copy(f"COPY ({bound}) TO STDOUT WITH (FORMAT csv)") as copy:
+                    reader = io.BufferedReader(_CopyReader(copy), buffer_size=1 << 20)
+                    try:
+                        stream = pacsv.open_csv(reader, read_options=read_opts, parse_options=parse,
+                                                convert_options=convert)
+                    except pa.ArrowInvalid as exc:
+                        if "Empty CSV file" not in str(exc):
+                            raise
+                        stream = None
+                    if stream is not None:
+                        for batch in stream:
+                            if batch.num_rows:
+                                got = True
+                                yield batch
+                    for _ in copy:  # drain, so the connection is usable afterwards
+                        pass
+                if not got:
+                    yield pa.RecordBatch.from_arrays([pa.array([], type=f.type) for f in schema], schema=schema)
+
+    # -- write -------------------------------------------------------------------------------------
+    def write(self, batches: Iterable[pa.RecordBatch], mode: WriteMode | None = None,
+              keys: list[str] | None = None) -> int:
+        mode, keys = self.resolve_mode(mode, keys)
+        self._require_table()
+        it = iter(batches)
+        first = next(it, None)
+        if first is None:
+            self.fail("nothing to write: no batches and no schema", retryable=False)
+        for key in keys:
+            if key not in first.schema.names:
+                self.fail(f"key column {key!r} is not in the data (columns: {', '.join(first.schema.names)})",
+                          retryable=False)
+        try:
+            with self.engine.begin() as conn:
+                table = self._target_table(conn, first.schema, mode, keys)
+                if mode == "overwrite":
+                    conn.execute(table.delete())
+                if (self.dialect_name == "postgresql" and self.settings.use_copy
+                        and all(any(ok(f.type) for ok in _COPY_WRITABLE) for f in first.schema)):
+                    return self._write_copy(conn, table, first, it, mode, keys)
+                return self._write_rows(conn, table, first, it, mode, keys)
+        except sa_exc.SQLAlchemyError as exc:
+            self._db_error(exc, f"write to table {self._display_table()}")
+        except Exception as exc:
+            if type(exc).__module__.startswith(("psycopg", "pymysql", "sqlite3")):
+                self._db_error(exc, f"write to table {self._display_table()}")
+            raise
+
+    def _target_table(self, conn: sa.Connection, schema: pa.Schema, mode: str, keys: list[str]) -> sa.Table:
+        name, db_schema = self._require_table(), self.settings.db_schema
+        metadata = sa.MetaData(schema=db_schema)
+        inspector = sa.inspect(conn)
+        if not inspector.has_table(name, schema=db_schema):
+            columns = [sa.Column(f.name, _arrow_to_sql(f.type, key=f.name in keys, dialect=self.dialect_name),
+                                 primary_key=f.name in keys and mode == "upsert",
+                                 nullable=not (f.name in keys and mode == "upsert"))
+                       for f in schema]
+            table = sa.Table(name, metadata, *columns)
+            table.create(conn)
+            return table
+        table = sa.Table(name, metadata, autoload_with=conn)
+        missing = [n for n in schema.names if n not in table.c]
+        if missing:
+            self.fail(f"the data does not match table {self._display_table()}: column(s) "
+                      f"{', '.join(missing)} are not in the table (it has {', '.join(table.c.keys())}); "
+                      "the table was not changed", retryable=False)
+        return table
+
+    @staticmethod
+    def _rows(batch: pa.RecordBatch, naive_utc: bool) -> list[dict[str, Any]]:
+        rows = batch.to_pylist()
+        if naive_utc:
+            tz_cols = [f.name for f in batch.schema if pa.types.is_timestamp(f.type) and f.type.tz]
+            for row in rows:
+                for c in tz_cols:
+                    v = row[c]
+                    if v is not None:
+                        row[c] = v.astimezone(dt.UTC).replace(tzinfo=None)
+        nested = [f.name for f in batch.schema if pa.types.is_nested(f.type)]
+        for row in rows:
+            for c in nested:
+                if row[c] is not None:
+                    row[c] = json.dumps(row[c], default=str)
+        return rows
+
+    def _upsert_statement(self, table: sa.Table, keys: list[str], columns: list[str]) -> Any:
+        raise NotImplementedError
+
+    def _write_rows(self, conn: sa.Connection, table: sa.Table, first: pa.RecordBatch,
+                    rest: Iterator[pa.RecordBatch], mode: str, keys: list[str]) -> int:
+        columns = first.schema.names
+        stmt = self._upsert_statement(table, keys, columns) if mode == "upsert" else table.insert()
+        naive = self.dialect_name != "postgresql"
+        total = 0
+        for b in _chain(first, rest):
+            for start in range(0, b.num_rows, 10_000):
+                part = b.slice(start, 10_000)
+                conn.execute(stmt, self._rows(part, naive))
+                total += part.num_rows
+        return total
+
+    def _write_copy(self, conn: sa.Connection, table: sa.Table, first: pa.RecordBatch,
+                    rest: Iterator[pa.RecordBatch], mode: str, keys: list[str]) -> int:
+        raise NotImplementedError
+
+
+class PostgresConnector(SqlConnector):
+    name = "postgres"
+    driver = "postgresql+psycopg"
+    dialect_name = "postgresql"
+
+    def _upsert_statement(self, table: sa.Table, keys: list[str], columns: list[str]) -> Any:
+        from sqlalchemy.dialects.postgresql import insert
+
+        stmt = insert(table)
+        updates = {c: stmt.excluded[c] for c in columns if c not in keys}
+        return stmt.on_conflict_do_update(index_elements=keys, set_=updates) if updates \
+            else stmt.on_conflict_do_nothing(index_elements=keys)
+
+    def _write_copy(self, conn: sa.Connection, table: sa.Table, first: pa.RecordBatch,
+                    rest: Iterator[pa.RecordBatch], mode: str, keys: list[str]) -> int:
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        columns = first.schema.names
+        cols = ", ".join(self.q(c) for c in columns)
+        target = self._qtable()
+        dest = target
+        with raw.cursor() as cur:
+            if mode == "upsert":
+                dest = self.q("udop_stage")
+                cur.execute(f"CREATE TEMP TABLE {dest} ON COMMIT DROP AS SELECT {cols} FROM {target} LIMIT 0")
+            options = pacsv.WriteOptions(include_header=False, quoting_style="all_valid", batch_size=8192)
+            total = 0
+            with cur.copy(f"COPY {dest} ({cols}) FROM STDIN WITH (FORMAT csv)") as copy:
+                for batch in _chain(first, rest):
+                    if batch.num_rows == 0:
+                        continue
+                    if batch.schema.names != columns:
+                        batch = batch.select(columns)
+                    sink = io.BytesIO()
+                    pacsv.write_csv(batch, sink, options)
+                    copy.write(sink.getbuffer())
+                    total += batch.num_rows
+            if mode == "upsert":
+                key_cols = ", ".join(self.q(k) for k in keys)
+                updates = ", ".join(f"{self.q(c)} = EXCLUDED.{self.q(c)}" for c in columns if c not in keys)
+                action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
+                cur.execute(f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {dest} "
+                            f"ON CONFLICT ({key_cols}) {action}")
+        return total
+
+
+def _chain(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    yield first
+    yield from rest
+
+
+class MySQLConnector(SqlConnector):
+    name = "mysql"
+    driver = "mysql+pymysql"
+    dialect_name = "mysql"
+
+    def _connect_args(self) -> dict[str, Any]:
+        return {"connect_timeout": self.settings.connect_timeout, "charset": "utf8mb4"}
+
+    def _upsert_statement(self, table: sa.Table, keys: list[str], columns: list[str]) -> Any:
+        from sqlalchemy.dialects.mysql import insert
+
+        stmt = insert(table)
+        updates = {c: stmt.inserted[c] for c in columns if c not in keys} or {keys[0]: stmt.inserted[keys[0]]}
+        return stmt.on_duplicate_key_update(updates)
+
+
+class SQLiteConnector(SqlConnector):
+    name = "sqlite"
+    driver = "sqlite"
+    dialect_name = "sqlite"
+
+    def _connect_args(self) -> dict[str, Any]:
+        return {"timeout": float(self.settings.connect_timeout)}
+
+    def _url(self) -> sa.URL:
+        if self.settings.url is None and self.settings.database is None:
+            self.fail("needs 'database' (the SQLite file path) or 'url'", retryable=False)
+        return super()._url()
+
+    def _upsert_statement(self, table: sa.Table, keys: list[str], columns: list[str]) -> Any:
+        from sqlalchemy.dialects.sqlite import insert
+
+        stmt = insert(table)
+        updates = {c: stmt.excluded[c] for c in columns if c not in keys}
+        return stmt.on_conflict_do_update(index_elements=keys, set_=updates) if updates \
+            else stmt.on_conflict_do_nothing(index_elements=keys)
+

@@ -1,0 +1,134 @@
+"""The connector base class and the settings model every connector's settings extend."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any, ClassVar, Literal, NoReturn
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from udop.connectors.breaker import BreakerSettings, CircuitBreaker
+from udop.connectors.secrets import SecretRef, mask_text
+from udop.errors import ConnectionFailed, FatalError
+from udop.state.api import StateStore
+
+__all__ = ["Connector", "ConnectorSettings", "IncrementalSpec", "WriteMode"]
+
+WriteMode = Literal["append", "overwrite", "upsert"]
+
+
+class IncrementalSpec(BaseModel):
+    """Read only rows whose ``column`` is greater than the last committed watermark."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    column: str = Field(description="a timestamp or an increasing id")
+    initial: Any = Field(None, description="the watermark of the very first run (default: read all)")
+    key: str | None = Field(None, description="state key suffix; default <pipeline>:<task>")
+
+
+class ConnectorSettings(BaseModel):
+    """Settings shared by every connector: a connection's settings and a source's or target's
+    options are merged into one model (the source/target wins), validated by the connector."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: WriteMode = Field("append", description="how a load writes: append, overwrite or upsert")
+    keys: list[str] = Field(default_factory=list, description="key columns for mode: upsert")
+    incremental: IncrementalSpec | None = None
+    circuit_breaker: BreakerSettings = BreakerSettings()
+    batch_size: int = Field(50_000, ge=1, description="rows per Arrow record batch when reading")
+
+
+class Connector:
+    """Subclass, set ``name`` and ``Settings``, implement ``read``/``write``/``check``.
+
+    ``read`` yields Arrow record batches (never the whole dataset at once). ``write`` consumes
+    batches and commits once: if it raises, the target is unchanged. Errors are raised as
+    ``ConnectionFailed`` (retryable) or ``FatalError`` through ``self.fail`` so that they name the
+    connection and never show a secret.
+    """
+
+    name: ClassVar[str] = ""
+    Settings: ClassVar[type[ConnectorSettings]] = ConnectorSettings
+    #: True when ``read(since=...)`` filters on the incremental column itself (e.g. in SQL);
+    #: otherwise the framework filters the batches it gets
+    pushes_down_incremental: ClassVar[bool] = False
+    #: write modes this connector supports
+    write_modes: ClassVar[tuple[str, ...]] = ("append", "overwrite", "upsert")
+
+    def __init__(self, settings: ConnectorSettings, *, connection: str | None = None,
+                 state: StateStore | None = None) -> None:
+        self.settings = settings
+        self.connection = connection or self.name
+        self.state = state
+        self._secrets: set[str] = set()
+
+    # -- what a connector implements -------------------------------------------------------------
+    def read(self, *, since: Any = None) -> Iterator[pa.RecordBatch]:
+        self.fail(f"the {self.name} connector cannot be read from", retryable=False)
+
+    def write(self, batches: Iterable[pa.RecordBatch], mode: WriteMode | None = None,
+              keys: list[str] | None = None) -> int:
+        """Write all batches; returns the number of rows written."""
+        self.fail(f"the {self.name} connector cannot be written to", retryable=False)
+
+    def check(self) -> None:
+        """Open the connection and make one cheap call; raise like ``read`` would."""
+
+    def acknowledge(self) -> None:
+        """Called after what ``read`` returned is safely stored (queues ack their messages here)."""
+
+    def close(self) -> None:
+        """Release connections and clients."""
+
+    def schema(self) -> pa.Schema | None:
+        """The schema of an empty read, when the connector can tell without rows."""
+        return None
+
+    # -- helpers for implementations -------------------------------------------------------------
+    def secret(self, ref: SecretRef | None) -> str | None:
+        """Resolve a secret now (when the connection opens) and remember it for masking."""
+        if ref is None:
+            return None
+        value = ref.get_secret_value()
+        if value:
+            self._secrets.add(value)
+        return value
+
+    def mask(self, text: str) -> str:
+        return mask_text(text, self._secrets)
+
+    def describe(self) -> str:
+        return (f"connection {self.connection!r} ({self.name})" if self.connection != self.name
+                else f"connector {self.name!r}")
+
+    def fail(self, message: str, *, retryable: bool) -> NoReturn:
+        """Raise the one-line error: the connection's name, what went wrong, secrets masked."""
+        text = self.mask(f"{self.describe()}: {message}")
+        raise (ConnectionFailed if retryable else FatalError)(text)
+
+    def resolve_mode(self, mode: str | None, keys: list[str] | None) -> tuple[str, list[str]]:
+        mode = mode or self.settings.mode
+        keys = list(keys if keys is not None else self.settings.keys)
+        if mode not in self.write_modes:
+            self.fail(f"mode {mode!r} is not supported; use one of {', '.join(self.write_modes)}",
+                      retryable=False)
+        if mode == "upsert" and not keys:
+            self.fail("mode: upsert needs 'keys' (the key columns)", retryable=False)
+        return mode, keys
+
+    def breaker(self) -> CircuitBreaker | None:
+        if self.state is None:
+            return None
+        return CircuitBreaker(self.state, self.connection, self.settings.circuit_breaker)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.connection!r} {self.settings!r}>"
+
+    def __enter__(self) -> Connector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,280 @@
+"""The two functions the extract and load task handlers call for connectors:
+``extract_to_parquet`` (source -> Parquet under the task's output URI, atomically, batch by batch)
+and ``load_from_parquet`` (a manifest's Parquet -> target, then commit pending watermarks)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from udop.connectors import watermark as wm
+from udop.connectors.base import Connector
+from udop.connectors.registry import get_connector
+from udop.errors import FatalError
+from udop.state.api import StateStore
+from udop.tasks.contract import Manifest, TaskContext, TaskResult
+
+__all__ = ["extract_to_parquet", "iter_parquet", "load_from_parquet", "schema_fingerprint",
+           "write_parquet"]
+
+PART_NAME = "part-00000.parquet"
+#: keys of a source/target whose values are SQL or templates of their own: never ${...}-rendered
+_NOT_RENDERED = ("query", "sql")
+
+
+def schema_fingerprint(schema: pa.Schema) -> str:
+    text = ",".join(f"{f.name}:{f.type}:{'null' if f.nullable else 'notnull'}" for f in schema)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+_default_state: StateStore | None = None
+
+
+def _state(context: TaskContext) -> StateStore:
+    state = context.services.get("state") if context.services else None
+    if state is not None:
+        return state  # type: ignore[no-any-return]
+    global _default_state
+    if _default_state is None:
+        from udop.state import open_state_store
+
+        _default_state = open_state_store()
+    return _default_state
+
+
+def _connections(context: TaskContext) -> Mapping[str, Any]:
+    spec = getattr(context.pipeline, "spec", None)
+    return getattr(spec, "connections", None) or {}
+
+
+def _render(context: TaskContext, spec: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(spec)
+    rest = {k: v for k, v in out.items() if k not in _NOT_RENDERED}
+    try:
+        rendered = context.render(rest)
+    except ImportError:  # parameter rendering not available: take the values as written
+        rendered = rest
+    out.update(rendered)
+    return out
+
+
+def _is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def _split_s3(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return bucket, key
+
+
+def _s3_client(context: TaskContext | None) -> Any:
+    client = context.services.get("s3_client") if context is not None and context.services else None
+    if client is None:
+        import boto3
+
+        client = boto3.client("s3")
+    return client
+
+
+def _conform(batch: pa.RecordBatch, schema: pa.Schema, where: str) -> pa.RecordBatch:
+    if batch.schema.equals(schema):
+        return batch
+    if set(batch.schema.names) - set(schema.names):
+        new = sorted(set(batch.schema.names) - set(schema.names))
+        raise FatalError(f"{where}: a later batch has columns {new} that the first batch did not have; "
+                         "give the source an explicit 'schema'")
+    columns = []
+    for field in schema:
+        if field.name in batch.schema.names:
+            try:
+                columns.append(batch.column(field.name).cast(field.type))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                have = batch.schema.field(field.name).type
+                raise FatalError(f"{where}: column {field.name!r} is {have} in a later batch but {field.type} "
+                                 "in the first; give the source an explicit 'schema'") from None
+        else:
+            columns.append(pa.nulls(batch.num_rows, type=field.type))
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def write_parquet(batches: Iterator[pa.RecordBatch], output_uri: str, *, schema: pa.Schema | None = None,
+                  where: str = "extract", context: TaskContext | None = None) -> Manifest:
+    """Stream ``batches`` into ``<output_uri>/part-00000.parquet`` atomically: readers see the old
+    output or the complete new one, never a part (local: temp dir + rename; S3: one PUT per file,
+    then stale files of an earlier attempt are removed)."""
+    staging = Path(tempfile.mkdtemp(prefix="udop-extract-")) if _is_s3(output_uri) else \
+        Path(f"{output_uri.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}")
+    staging.mkdir(parents=True, exist_ok=True)
+    part = staging / PART_NAME
+    rows = 0
+    writer: pq.ParquetWriter | None = None
+    try:
+        for batch in batches:
+            if writer is None:
+                writer = pq.ParquetWriter(part, schema or batch.schema, compression="zstd")
+            batch = _conform(batch, writer.schema, where)
+            if batch.num_rows:
+                writer.write_batch(batch)
+                rows += batch.num_rows
+        if writer is None:
+            writer = pq.ParquetWriter(part, schema or pa.schema([]), compression="zstd")
+        final_schema = writer.schema
+        writer.close()
+        writer = None
+        size = part.stat().st_size
+        if _is_s3(output_uri):
+            _publish_s3(part, output_uri, context)
+        else:
+            _publish_local(staging, output_uri)
+    finally:
+        if writer is not None:
+            writer.close()
+        shutil.rmtree(staging, ignore_errors=True)
+    uri = output_uri if output_uri.endswith("/") else output_uri + "/"
+    return Manifest(uri=uri, rows=rows, bytes=size, schema_fingerprint=schema_fingerprint(final_schema),
+                    format="parquet", files=1)
+
+
+def _publish_local(staging: Path, output_uri: str) -> None:
+    final = Path(output_uri.rstrip("/"))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists():
+        trash = final.with_name(f"{final.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(final, trash)
+        os.replace(staging, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(staging, final)
+
+
+def _publish_s3(part: Path, output_uri: str, context: TaskContext | None) -> None:
+    client = _s3_client(context)
+    bucket, prefix = _split_s3(output_uri)
+    prefix = prefix.rstrip("/") + "/"
+    client.upload_file(str(part), bucket, prefix + PART_NAME)
+    stale = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+             for o in page.get("Contents", []) if o["Key"] != prefix + PART_NAME]
+    for i in range(0, len(stale), 1000):
+        client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in stale[i:i + 1000]]})
+
+
+def iter_parquet(uri: str, *, batch_size: int = 65_536, context: TaskContext | None = None
+                 ) -> Iterator[pa.RecordBatch]:
+    """Batches of every Parquet file at ``uri`` (a file, a folder, or an s3:// prefix), in name order.
+    Yields one empty batch with the schema when there are no rows, so a writer still knows it."""
+    if _is_s3(uri):
+        client = _s3_client(context)
+        bucket, prefix = _split_s3(uri)
+        keys = sorted(o["Key"] for page in client.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix) for o in page.get("Contents", []) if o["Key"].endswith(".parquet"))
+        with tempfile.TemporaryDirectory(prefix="udop-load-") as tmp:
+            for i, key in enumerate(keys):
+                local = Path(tmp) / f"{i}.parquet"
+                client.download_file(bucket, key, str(local))
+                yield from _iter_files([local], batch_size, last=i == len(keys) - 1)
+                local.unlink()
+        return
+    path = Path(uri)
+    files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
+    if not files:
+        raise FatalError(f"no Parquet files at {uri}")
+    yield from _iter_files(files, batch_size, last=True)
+
+
+def _iter_files(files: list[Path], batch_size: int, *, last: bool) -> Iterator[pa.RecordBatch]:
+    schema = None
+    any_rows = False
+    for f in files:
+        pf = pq.ParquetFile(f)
+        schema = pf.schema_arrow
+        for batch in pf.iter_batches(batch_size=batch_size):
+            any_rows = True
+            yield batch
+    if last and not any_rows and schema is not None:
+        yield pa.RecordBatch.from_pylist([], schema=schema)
+
+
+def _incremental_key(context: TaskContext, connector: Connector) -> str | None:
+    inc = connector.settings.incremental
+    if inc is None:
+        return None
+    return wm.committed_key(context.pipeline_name, context.task_id, inc.key)
+
+
+def extract_to_parquet(context: TaskContext, source: Mapping[str, Any], output_uri: str) -> Manifest:
+    """Read ``source`` through its connector and write it as Parquet at ``output_uri``.
+
+    With ``incremental: {column: ...}`` only rows newer than the committed watermark are read; the
+    new watermark is recorded as pending for this run and committed by the load(s) downstream.
+    """
+    state = _state(context)
+    connector = get_connector(_render(context, source), connections=_connections(context), state=state)
+    with connector:
+        inc = connector.settings.incremental
+        key = _incremental_key(context, connector)
+        since = wm.read_committed(state, key) if key else None
+        if inc is not None and since is None:
+            since = inc.initial
+        high: list[Any] = [since]
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            for batch in connector.read(since=since):
+                if inc is not None:
+                    if inc.column not in batch.schema.names:
+                        connector.fail(f"incremental column {inc.column!r} is not in the data "
+                                       f"(columns: {', '.join(batch.schema.names)})", retryable=False)
+                    if since is not None and not connector.pushes_down_incremental:
+                        batch = wm.filter_newer(batch, inc.column, since)
+                    top = wm.batch_max(batch, inc.column)
+                    if top is not None and (high[0] is None or top > high[0]):
+                        high[0] = top
+                yield batch
+
+        breaker = connector.breaker()
+        if breaker is not None:
+            with breaker.guard():
+                manifest = write_parquet(batches(), output_uri, schema=connector.schema(),
+                                         where=connector.describe(), context=context)
+        else:
+            manifest = write_parquet(batches(), output_uri, schema=connector.schema(),
+                                     where=connector.describe(), context=context)
+        if key is not None and high[0] is not None and high[0] != since:
+            wm.record_pending(state, pipeline=context.pipeline_name, run_id=context.run_id,
+                              task_id=context.task_id, key=key, value=high[0], previous=since)
+        connector.acknowledge()
+    return manifest
+
+
+def load_from_parquet(context: TaskContext, target: Mapping[str, Any], manifest: Manifest,
+                      inputs: Mapping[str, TaskResult]) -> dict[str, Any]:
+    """Write the dataset ``manifest`` points at into ``target``; commit upstream watermarks after.
+
+    The connector's ``write`` commits once (or raises with the target unchanged); watermarks move
+    only after it returned.
+    """
+    state = _state(context)
+    connector = get_connector(_render(context, target), connections=_connections(context), state=state)
+    with connector:
+        mode, keys = connector.resolve_mode(None, None)
+        batches = iter_parquet(manifest.uri, context=context)
+        breaker = connector.breaker()
+        if breaker is not None:
+            with breaker.guard():
+                rows = connector.write(batches, mode, keys)  # type: ignore[arg-type]
+        else:
+            rows = connector.write(batches, mode, keys)  # type: ignore[arg-type]
+    advanced: list[dict[str, Any]] = []
+    if getattr(context.pipeline, "spec", None) is not None:
+        advanced = wm.commit_pending(state, pipeline=context.pipeline, run_id=context.run_id,
+                                     load_id=context.task_id)
+    return {"rows_written": rows, "connection": connector.connection, "mode": mode,
+            "watermarks_committed": advanced}
