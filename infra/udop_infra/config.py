@@ -1,0 +1,120 @@
+"""Deployment settings read from CDK context (``cdk.json`` or ``-c key=value``), checked once.
+
+Every setting has a safe default; a malformed value stops the synth with one line naming the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aws_cdk import aws_logs as logs
+from constructs import Node
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+#: context key -> (default, help); the names appear in docs/deployment.md
+CONTEXT_KEYS: dict[str, tuple[Any, str]] = {
+    "udop:natGateways": (0, "NAT gateways (0: functions reach AWS through VPC endpoints only)"),
+    "udop:maxAzs": (2, "availability zones for the VPC"),
+    "udop:deletionProtection": (True, "RDS deletion protection and RETAIN for buckets, database, cache"),
+    "udop:runDataExpirationDays": (30, "days after which run data under runs/ expires (0: never)"),
+    "udop:dbInstanceType": ("t4g.micro", "RDS PostgreSQL instance type"),
+    "udop:dbMultiAz": (False, "RDS Multi-AZ standby"),
+    "udop:dbBackupRetentionDays": (7, "RDS automated backup retention"),
+    "udop:cacheNodeType": ("cache.t4g.micro", "ElastiCache node type"),
+    "udop:cacheReplicas": (0, "ElastiCache replicas (>= 1 turns on Multi-AZ automatic failover)"),
+    "udop:logRetentionDays": (30, "CloudWatch Logs retention for functions and state machines"),
+    "udop:taskRunnerMemoryMb": (2048, "task runner memory (CPU scales with it)"),
+    "udop:alarmEmail": ("", "e-mail address subscribed to the alarm topic (empty: none)"),
+    "udop:pipelinesDir": ("pipelines", "folder of pipeline definitions compiled at synth time"),
+    "udop:assets": ("build", "'build': layers from layers/.build (python layers/build.py); "
+                              "'placeholder': tiny stand-ins, for synth-only checks"),
+}
+
+
+#: CloudWatch Logs accepts only these retention periods (days)
+RETENTION_DAYS = {1: "ONE_DAY", 3: "THREE_DAYS", 5: "FIVE_DAYS", 7: "ONE_WEEK", 14: "TWO_WEEKS",
+                  30: "ONE_MONTH", 60: "TWO_MONTHS", 90: "THREE_MONTHS", 120: "FOUR_MONTHS",
+                  150: "FIVE_MONTHS", 180: "SIX_MONTHS", 365: "ONE_YEAR", 400: "THIRTEEN_MONTHS",
+                  545: "EIGHTEEN_MONTHS", 731: "TWO_YEARS", 1827: "FIVE_YEARS", 3653: "TEN_YEARS"}
+
+
+class ContextError(ValueError):
+    """A context value that cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True)
+class DeploymentConfig:
+    nat_gateways: int
+    max_azs: int
+    deletion_protection: bool
+    run_data_expiration_days: int
+    db_instance_type: str
+    db_multi_az: bool
+    db_backup_retention_days: int
+    cache_node_type: str
+    cache_replicas: int
+    log_retention_days: int
+    task_runner_memory_mb: int
+    alarm_email: str
+    pipelines_dir: Path
+    assets: str
+
+    @property
+    def log_retention(self) -> logs.RetentionDays:
+        return getattr(logs.RetentionDays, RETENTION_DAYS[self.log_retention_days])  # type: ignore[no-any-return]
+
+    @classmethod
+    def from_node(cls, node: Node) -> DeploymentConfig:
+        def get(key: str) -> Any:
+            value = node.try_get_context(key)
+            return CONTEXT_KEYS[key][0] if value is None else value
+
+        pipelines_dir = Path(str(get("udop:pipelinesDir")))
+        assets = str(get("udop:assets"))
+        if assets not in {"build", "placeholder"}:
+            raise ContextError(f"context udop:assets: {assets!r} is not 'build' or 'placeholder'")
+        retention = _int(get, "udop:logRetentionDays", minimum=1)
+        if retention not in RETENTION_DAYS:
+            raise ContextError(f"context udop:logRetentionDays: {retention} is not one of "
+                               f"{', '.join(map(str, RETENTION_DAYS))}")
+        return cls(
+            nat_gateways=_int(get, "udop:natGateways", minimum=0),
+            max_azs=_int(get, "udop:maxAzs", minimum=1),
+            deletion_protection=_bool(get, "udop:deletionProtection"),
+            run_data_expiration_days=_int(get, "udop:runDataExpirationDays", minimum=0),
+            db_instance_type=str(get("udop:dbInstanceType")),
+            db_multi_az=_bool(get, "udop:dbMultiAz"),
+            db_backup_retention_days=_int(get, "udop:dbBackupRetentionDays", minimum=1),
+            cache_node_type=str(get("udop:cacheNodeType")),
+            cache_replicas=_int(get, "udop:cacheReplicas", minimum=0),
+            log_retention_days=retention,
+            task_runner_memory_mb=_int(get, "udop:taskRunnerMemoryMb", minimum=128),
+            alarm_email=str(get("udop:alarmEmail")),
+            pipelines_dir=pipelines_dir if pipelines_dir.is_absolute() else REPO_ROOT / pipelines_dir,
+            assets=assets,
+        )
+
+
+def _int(get: Any, key: str, *, minimum: int) -> int:
+    value = get(key)
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ContextError(f"context {key}: {value!r} is not a whole number") from None
+    if isinstance(value, bool) or number < minimum:
+        raise ContextError(f"context {key}: {value!r} must be a whole number >= {minimum}")
+    return number
+
+
+def _bool(get: Any, key: str) -> bool:
+    value = get(key)
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in {"true", "1", "yes"}:
+        return True
+    if str(value).lower() in {"false", "0", "no"}:
+        return False
+    raise ContextError(f"context {key}: {value!r} is not true or false")

@@ -1,0 +1,241 @@
+"""Runtime: the Lambda layers and the functions (task runner, deployer, run events), their
+permissions, the S3 notification that deploys uploaded definitions and the execution-status rule."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aws_cdk import Arn, ArnFormat, Duration, Size, Stack
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_s3_notifications as s3n
+from constructs import Construct
+
+from udop_infra.config import REPO_ROOT, ContextError, DeploymentConfig
+from udop_infra.data import Data
+from udop_infra.network import Network
+from udop_infra.storage import Storage
+
+#: state machines udop manages are all named ``udop-<pipeline>`` (deployed by CDK or by the deployer)
+STATE_MACHINE_PREFIX = "udop-"
+RUNTIME = lambda_.Runtime.PYTHON_3_12
+LAYER_NAMES = ("core", "connectors", "transforms")
+#: the layers each function loads, bottom first; kept in step with layers/build.py FUNCTION_LAYERS
+FUNCTION_LAYERS = {
+    "task_runner": ("core", "connectors", "transforms"),
+    "deployer": ("core",),
+    "run_events": ("core",),
+}
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """What differs between the functions; everything else is a default of ``PipelineFunction``."""
+
+    name: str
+    description: str
+    memory_mb: int = 512
+    timeout: Duration = field(default_factory=lambda: Duration.seconds(60))
+    ephemeral_mb: int = 512
+
+
+class PipelineFunction(Construct):
+    """A udop Lambda function with the defaults set once: python3.12 on x86_64 (the layers are built
+    for it), handler ``app.handler`` from ``functions/<name>/``, X-Ray tracing, a log group with
+    retention, private subnets and the functions' security group, Powertools settings. Settings
+    themselves are validated by the function at cold start (``udop.aws.settings``)."""
+
+    def __init__(self, scope: Construct, id: str, *, spec: FunctionSpec, code: lambda_.Code,
+                 layers: list[lambda_.ILayerVersion], environment: dict[str, str], network: Network,
+                 config: DeploymentConfig) -> None:
+        super().__init__(scope, id)
+        self.log_group = logs.LogGroup(self, "Logs", retention=config.log_retention)
+        self.function = lambda_.Function(
+            self, "Function",
+            description=spec.description,
+            runtime=RUNTIME,
+            architecture=lambda_.Architecture.X86_64,
+            handler="app.handler",
+            code=code,
+            layers=layers,
+            memory_size=spec.memory_mb,
+            timeout=spec.timeout,
+            ephemeral_storage_size=Size.mebibytes(spec.ephemeral_mb),
+            tracing=lambda_.Tracing.ACTIVE,
+            log_group=self.log_group,
+            vpc=network.vpc,
+            vpc_subnets=network.private_subnets,
+            security_groups=[network.functions_sg],
+            environment={
+                "POWERTOOLS_SERVICE_NAME": f"udop-{spec.name.replace('_', '-')}",
+                "POWERTOOLS_METRICS_NAMESPACE": "udop",
+                "POWERTOOLS_LOG_LEVEL": "INFO",
+                **environment,
+            },
+        )
+
+
+class Runtime(Construct):
+    def __init__(self, scope: Construct, id: str, *, config: DeploymentConfig, network: Network,
+                 storage: Storage, data: Data) -> None:
+        super().__init__(scope, id)
+        stack = Stack.of(self)
+        self.layers = {
+            name: lambda_.LayerVersion(
+                self, f"{name.capitalize()}Layer",
+                code=_layer_code(name, config),
+                compatible_runtimes=[RUNTIME],
+                compatible_architectures=[lambda_.Architecture.X86_64],
+                description=f"udop {name} layer (python3.12 x86_64, built by layers/build.py)",
+            )
+            for name in LAYER_NAMES
+        }
+        self.state_machine_arn_pattern = Arn.format(
+            {"service": "states", "resource": "stateMachine",
+             "resource_name": f"{STATE_MACHINE_PREFIX}*", "arn_format": ArnFormat.COLON_RESOURCE_NAME}, stack)
+        self.execution_arn_pattern = Arn.format(
+            {"service": "states", "resource": "execution",
+             "resource_name": f"{STATE_MACHINE_PREFIX}*", "arn_format": ArnFormat.COLON_RESOURCE_NAME}, stack)
+        common_env = {
+            "UDOP_DATA_BUCKET": storage.data.bucket_name,
+            "UDOP_DATA_ROOT": f"s3://{storage.data.bucket_name}",
+            "UDOP_DEFINITIONS_BUCKET": storage.definitions.bucket_name,
+        }
+        db_env = {"UDOP_DATABASE_URL": data.database_url, "UDOP_DATABASE_SECRET_ARN": data.db_secret.secret_arn}
+        state_env = {"UDOP_STATE_URL": data.state_url, "UDOP_STATE_SECRET_ARN": data.cache_secret.secret_arn}
+
+        def make(spec: FunctionSpec, environment: dict[str, str]) -> lambda_.Function:
+            construct = PipelineFunction(
+                self, "".join(part.capitalize() for part in spec.name.split("_")), spec=spec,
+                code=_function_code(spec.name, config),
+                layers=[self.layers[name] for name in FUNCTION_LAYERS[spec.name]],
+                environment=environment, network=network, config=config)
+            return construct.function
+
+        # --- task runner: one task per invocation --------------------------------------------------
+        self.task_runner = make(
+            FunctionSpec("task_runner", "udop: runs one pipeline task for a Step Functions Task state",
+                         memory_mb=config.task_runner_memory_mb, timeout=Duration.minutes(15),
+                         ephemeral_mb=4096),
+            {**common_env, **state_env})
+        storage.data.grant_read_write(self.task_runner)
+        storage.definitions.grant_read(self.task_runner)
+        data.cache_secret.grant_read(self.task_runner)
+
+        # --- the role and log group of state machines the deployer creates at run time -------------
+        self.state_machine_logs = logs.LogGroup(
+            self, "DeployedStateMachineLogs", retention=config.log_retention,
+            log_group_name=f"/aws/vendedlogs/states/{stack.stack_name}-deployed")
+        self.deployed_state_machine_role = iam.Role(
+            self, "DeployedStateMachineRole",
+            assumed_by=iam.ServicePrincipal("states.amazonaws.com"),
+            description="runs the udop state machines the deployer creates from uploaded definitions")
+        grant_state_machine_basics(self.deployed_state_machine_role, self.task_runner)
+        self.deployed_state_machine_role.add_to_policy(iam.PolicyStatement(
+            actions=["states:StartExecution"], resources=[self.state_machine_arn_pattern]))
+        self.deployed_state_machine_role.add_to_policy(iam.PolicyStatement(
+            actions=["states:DescribeExecution", "states:StopExecution"], resources=[self.execution_arn_pattern]))
+
+        # --- deployer: pipelines/<name>.yaml|.json uploads -> state machine udop-<name> ----------------
+        self.deployer = make(
+            FunctionSpec("deployer", "udop: validates, compiles and deploys uploaded pipeline definitions",
+                         memory_mb=1024, timeout=Duration.minutes(2)),
+            {**common_env, **db_env,
+             "UDOP_TASK_RUNNER_ARN": self.task_runner.function_arn,
+             "UDOP_STATE_MACHINE_ROLE_ARN": self.deployed_state_machine_role.role_arn,
+             "UDOP_STATE_MACHINE_LOG_GROUP_ARN": self.state_machine_logs.log_group_arn,
+             "UDOP_STATE_MACHINE_PREFIX": STATE_MACHINE_PREFIX})
+        storage.definitions.grant_read_write(self.deployer, "pipelines/*")
+        data.db_secret.grant_read(self.deployer)
+        self.deployer.add_to_role_policy(iam.PolicyStatement(
+            actions=["states:CreateStateMachine", "states:UpdateStateMachine", "states:DescribeStateMachine",
+                     "states:PublishStateMachineVersion", "states:ListStateMachineVersions",
+                     "states:TagResource"],
+            resources=[self.state_machine_arn_pattern, f"{self.state_machine_arn_pattern}:*"]))
+        self.deployer.add_to_role_policy(iam.PolicyStatement(
+            actions=["iam:PassRole"], resources=[self.deployed_state_machine_role.role_arn],
+            conditions={"StringEquals": {"iam:PassedToService": "states.amazonaws.com"}}))
+        self.deployer.add_to_role_policy(iam.PolicyStatement(
+            # CloudWatch Logs vended-log delivery APIs accept no resource narrower than "*"
+            actions=["logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery",
+                     "logs:DeleteLogDelivery", "logs:ListLogDeliveries", "logs:PutResourcePolicy",
+                     "logs:DescribeResourcePolicies", "logs:DescribeLogGroups"],
+            resources=["*"]))
+        for suffix in (".yaml", ".yml", ".json"):
+            storage.definitions.add_event_notification(
+                s3.EventType.OBJECT_CREATED, s3n.LambdaDestination(self.deployer),
+                s3.NotificationKeyFilter(prefix="pipelines/", suffix=suffix))
+
+        # --- run events: execution status changes -> run and task records ------------------------------
+        self.run_events = make(
+            FunctionSpec("run_events", "udop: records Step Functions execution status changes as runs",
+                         memory_mb=512, timeout=Duration.minutes(1)),
+            {**common_env, **db_env})
+        data.db_secret.grant_read(self.run_events)
+        self.run_events.add_to_role_policy(iam.PolicyStatement(
+            actions=["states:DescribeExecution", "states:GetExecutionHistory"],
+            resources=[self.execution_arn_pattern]))
+        self.execution_status_rule = events.Rule(
+            self, "ExecutionStatusRule",
+            description="udop: Step Functions execution status changes of udop-* state machines",
+            event_pattern=events.EventPattern(
+                source=["aws.states"],
+                detail_type=["Step Functions Execution Status Change"],
+                detail={"stateMachineArn": [{"prefix": Arn.format(
+                    {"service": "states", "resource": "stateMachine", "resource_name": STATE_MACHINE_PREFIX,
+                     "arn_format": ArnFormat.COLON_RESOURCE_NAME}, stack)}]},
+            ),
+            targets=[targets.LambdaFunction(self.run_events, retry_attempts=4,
+                                            max_event_age=Duration.hours(2))],
+        )
+        self.functions = {"task_runner": self.task_runner, "deployer": self.deployer,
+                          "run_events": self.run_events}
+
+
+def grant_state_machine_basics(role: iam.IRole, task_runner: lambda_.IFunction) -> None:
+    """What every udop state machine needs: invoke the task runner (and its versions)."""
+    role.add_to_principal_policy(iam.PolicyStatement(
+        actions=["lambda:InvokeFunction"],
+        resources=[task_runner.function_arn, f"{task_runner.function_arn}:*"]))
+
+
+# --- assets -----------------------------------------------------------------------------------------
+
+_PLACEHOLDERS: dict[str, Path] = {}
+
+
+def _placeholder(kind: str, files: dict[str, str]) -> Path:
+    """A tiny stand-in folder (same content -> same asset hash), for synth-only checks."""
+    if kind not in _PLACEHOLDERS:
+        folder = Path(tempfile.mkdtemp(prefix=f"udop-placeholder-{kind}-"))
+        for rel, text in files.items():
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            (folder / rel).write_text(text)
+        _PLACEHOLDERS[kind] = folder
+    return _PLACEHOLDERS[kind]
+
+
+def _layer_code(name: str, config: DeploymentConfig) -> lambda_.Code:
+    folder = REPO_ROOT / "layers" / ".build" / name
+    if config.assets == "placeholder":
+        folder = _placeholder(f"layer-{name}", {"python/udop_placeholder.py": "# placeholder layer\n"})
+    elif not (folder / "python").is_dir():
+        raise ContextError(f"layer '{name}' is not built ({folder}): run `python layers/build.py` first, "
+                           "or pass -c udop:assets=placeholder for a synth-only check")
+    return lambda_.Code.from_asset(str(folder), exclude=[".inputs"])
+
+
+def _function_code(name: str, config: DeploymentConfig) -> lambda_.Code:
+    folder = REPO_ROOT / "functions" / name
+    if not (folder / "app.py").is_file():
+        if config.assets != "placeholder":
+            raise ContextError(f"functions/{name}/app.py is missing: the {name} function cannot be deployed")
+        folder = _placeholder(f"function-{name}", {
+            "app.py": "def handler(event, context):\n    raise RuntimeError('placeholder code')\n"})
+    return lambda_.Code.from_asset(str(folder), exclude=["__pycache__", "*.pyc"])
