@@ -1,0 +1,138 @@
+"""One DuckDB session per task attempt: settings (memory limit, spill folder, threads), the cancel hook,
+inputs registered as views, and atomic Parquet output with its manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow.parquet as pq
+
+from udop.settings import get_settings
+from udop.tasks.contract import Manifest, TaskContext
+from udop_transforms._sql import ident, literal
+
+__all__ = ["Column", "Session", "dataset_files", "fingerprint", "manifest_for", "publish_dir", "scratch_dir"]
+
+Column = tuple[str, str]  # (name, DuckDB type)
+
+
+class Session:
+    """A DuckDB connection set up for one task: bounded memory, spills to a private temp folder."""
+
+    def __init__(self, *, memory_limit: str | None = None, context: TaskContext | None = None) -> None:
+        settings = get_settings()
+        self.con = duckdb.connect(":memory:")
+        self._spill = tempfile.mkdtemp(prefix="udop-duckdb-")
+        self.con.execute(f"SET temp_directory = {literal(self._spill)}")
+        limit = memory_limit or settings.duckdb_memory_limit
+        if limit:
+            self.con.execute(f"SET memory_limit = {literal(limit)}")
+        if settings.duckdb_threads:
+            self.con.execute(f"SET threads = {int(settings.duckdb_threads)}")
+        # results without ORDER BY may come in any order; lets DuckDB stream and spill more freely
+        self.con.execute("SET preserve_insertion_order = false")
+        if context is not None and context.on_cancel is not None:
+            context.on_cancel(self.con.interrupt)
+
+    def close(self) -> None:
+        self.con.close()
+        shutil.rmtree(self._spill, ignore_errors=True)
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def describe(self, sql: str, params: dict[str, Any] | None = None) -> list[Column]:
+        rows = self.con.execute(f"DESCRIBE {sql}", params or None).fetchall()
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    def register_view(self, name: str, source_sql: str, *, widen_decimals: bool = True) -> list[Column]:
+        """``CREATE VIEW name`` over a table function; decimals become DECIMAL(38, s) so that
+        decimal(15,2) * decimal(15,2) stays an exact decimal instead of overflowing DuckDB's 18 digits."""
+        columns = self.describe(f"SELECT * FROM {source_sql}")
+        select = "*"
+        if widen_decimals:
+            wide = [(n, t) for n, t in columns if t.startswith("DECIMAL(") and not t.startswith("DECIMAL(38,")]
+            if wide:
+                parts = [f"CAST({ident(n)} AS DECIMAL(38,{t.split(',')[1].rstrip(')')})) AS {ident(n)}"
+                         for n, t in wide]
+                select = f"* REPLACE ({', '.join(parts)})"
+        self.con.execute(f"CREATE OR REPLACE TEMP VIEW {ident(name)} AS SELECT {select} FROM {source_sql}")
+        return self.describe(f"SELECT * FROM {ident(name)}")
+
+    def register_manifest(self, name: str, manifest: Manifest) -> list[Column]:
+        return self.register_view(name, dataset_reader(manifest))
+
+    def copy_parquet(self, sql: str, params: dict[str, Any], file: Path) -> int:
+        row = self.con.execute(f"COPY ({sql}) TO {literal(str(file))} (FORMAT parquet, COMPRESSION zstd)",
+                               params or None).fetchone()
+        return int(row[0]) if row else 0
+
+
+def dataset_reader(manifest: Manifest) -> str:
+    """A DuckDB table function reading a task's output (a folder of Parquet, or a load's target)."""
+    from udop_transforms._files import reader_sql
+
+    return reader_sql(manifest.format if manifest.format != "parquet" else "parquet",
+                      _dataset_glob(manifest.uri, manifest.format))
+
+
+def _dataset_glob(uri: str, fmt: str) -> str:
+    path = Path(uri)
+    if path.is_dir():
+        ext = {"parquet": "parquet", "csv": "csv", "json": "json", "ndjson": "ndjson"}.get(fmt, fmt)
+        return str(path / "**" / f"*.{ext}")
+    return str(path)
+
+
+def scratch_dir(final: Path) -> Path:
+    """A fresh folder beside ``final`` (same file system, so the final rename is atomic)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
+    return tmp
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Swap ``tmp`` in as ``final``; an older ``final`` is moved aside first and removed after."""
+    old = None
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:12]}"
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def dataset_files(path: Path, suffix: str = ".parquet") -> list[Path]:
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob(f"*{suffix}") if p.is_file() and not p.name.startswith("."))
+
+
+def fingerprint(schema: Any) -> str:
+    """A stable hash of an Arrow schema: field names, types and nullability, in order (no metadata)."""
+    canon = [[f.name, str(f.type), bool(f.nullable)] for f in schema]
+    return "sha256:" + hashlib.sha256(json.dumps(canon).encode()).hexdigest()
+
+
+def manifest_for(uri: str, files: list[Path], rows: int, fmt: str = "parquet") -> Manifest:
+    size = sum(f.stat().st_size for f in files)
+    fp = fingerprint(pq.read_schema(files[0])) if files and fmt == "parquet" else None
+    return Manifest(uri=uri, rows=rows, bytes=size, schema_fingerprint=fp, format=fmt, files=len(files))
+
+
+def iter_chunks(seq: list[Any], n: int) -> Iterator[list[Any]]:
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]

@@ -1,0 +1,152 @@
+"""File connectors: read CSV, Parquet, JSON and NDJSON (globs, hive partitions) and write them atomically.
+
+Writes go to a file or folder beside the target and are renamed into place, so a load that fails
+leaves the previous target untouched.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+from udop_transforms._engine import Session, dataset_files, publish_dir, scratch_dir
+from udop_transforms._sql import ident, literal
+
+__all__ = ["FILE_EXTENSIONS", "diagnose_csv", "reader_sql", "write_target"]
+
+FILE_EXTENSIONS = {"parquet": (".parquet",), "csv": (".csv", ".tsv", ".txt"), "json": (".json",),
+                   "ndjson": (".ndjson", ".jsonl")}
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def reader_sql(connector: str, path: str, source: Any = None) -> str:
+    """A DuckDB table function call reading ``path`` (a file, folder or glob) with ``source``'s options."""
+    opts: list[str] = []
+    hive = getattr(source, "hive_partitioning", None)
+    if hive is not None:
+        opts.append(f"hive_partitioning = {_bool(hive)}")
+    if getattr(source, "union_by_name", False):
+        opts.append("union_by_name = true")
+    columns = getattr(source, "columns", None)
+    if connector == "parquet":
+        return f"read_parquet({literal(path)}{''.join(', ' + o for o in opts)})"
+    if connector == "csv":
+        delim = getattr(source, "delimiter", None) or ","
+        header = getattr(source, "header", None)
+        opts += [f"delim = {literal(delim)}", f"header = {_bool(True if header is None else header)}"]
+        quote = getattr(source, "quote", None)
+        if quote:
+            opts.append(f"quote = {literal(quote)}")
+        nulls = getattr(source, "null_values", None)
+        nulls = ["NA", ""] if nulls is None else nulls
+        opts.append(f"nullstr = [{', '.join(literal(n) for n in nulls)}]")
+        if columns:
+            opts.append("types = {" + ", ".join(f"{literal(k)}: {literal(v)}" for k, v in columns.items()) + "}")
+        return f"read_csv({literal(path)}, {', '.join(opts)})"
+    if connector in ("json", "ndjson"):
+        fmt = "newline_delimited" if connector == "ndjson" else "auto"
+        opts.append(f"format = {literal(fmt)}")
+        if columns:
+            opts.append("columns = {" + ", ".join(f"{literal(k)}: {literal(v)}" for k, v in columns.items()) + "}")
+        return f"read_json({literal(path)}, {', '.join(opts)})"
+    raise ValueError(f"{connector!r} is not a file connector")
+
+
+def matching_files(path: str) -> list[str]:
+    if any(ch in path for ch in "*?["):
+        return sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
+    p = Path(path)
+    if p.is_dir():
+        return [str(f) for f in sorted(p.rglob("*")) if f.is_file() and not f.name.startswith(".")]
+    return [path] if p.is_file() else []
+
+
+def diagnose_csv(files: list[str], delimiter: str = ",", limit_rows: int = 1_000_000) -> str | None:
+    """Find the first ragged row (a field count unlike the header's) for a one-line error."""
+    for name in files:
+        with open(name, newline="", encoding="utf-8", errors="replace") as fh:
+            reader = csv.reader(fh, delimiter=delimiter)
+            width = None
+            for number, row in enumerate(reader, start=1):
+                if number > limit_rows:
+                    break
+                if width is None:
+                    width = len(row)
+                elif row and len(row) != width:
+                    return (f"{name} line {reader.line_num}: {len(row)} fields where the header has {width} "
+                            "(a ragged row)")
+    return None
+
+
+def _single_file(path: str, connector: str) -> bool:
+    return path.lower().endswith(FILE_EXTENSIONS[connector])
+
+
+def _copy_options(connector: str, target: Any, partition_by: list[str] | None = None) -> str:
+    if connector == "parquet":
+        opts = ["FORMAT parquet", "COMPRESSION zstd"]
+    elif connector == "csv":
+        delim = target.delimiter or ","
+        header = True if target.header is None else target.header
+        opts = ["FORMAT csv", f"DELIMITER {literal(delim)}", f"HEADER {_bool(header)}"]
+    elif connector == "json":
+        opts = ["FORMAT json", "ARRAY true"]
+    else:
+        opts = ["FORMAT json"]
+    if partition_by:
+        opts.append(f"PARTITION_BY ({', '.join(map(ident, partition_by))})")
+        opts.append(f"FILENAME_PATTERN {literal('part-' + uuid.uuid4().hex[:12] + '-{i}')}")
+    return ", ".join(opts)
+
+
+def write_target(session: Session, sql: str, params: dict[str, Any], target: Any, path: str) -> tuple[int, list[Path]]:
+    """Write the query's rows to a file target; returns (rows, files now at the target)."""
+    connector = target.connector
+    final = Path(path)
+    ext = FILE_EXTENSIONS[connector][0]
+    if _single_file(path, connector):
+        if target.partition_by:
+            raise ValueError(f"partition_by needs a folder target, not the file name {path!r}")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:12]}{final.suffix}"
+        query = sql
+        if target.mode == "append" and final.exists():
+            query = (f"SELECT * FROM {reader_sql(connector, str(final))} "
+                     f"UNION ALL BY NAME SELECT * FROM ({sql})")
+        try:
+            rows = session.con.execute(f"COPY ({query}) TO {literal(str(tmp))} ({_copy_options(connector, target)})",
+                                       params or None).fetchone()
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return (int(rows[0]) if rows else 0), [final]
+
+    tmp_dir = scratch_dir(final)
+    try:
+        if target.partition_by:
+            copy_to = tmp_dir
+        else:
+            copy_to = tmp_dir / f"part-{uuid.uuid4().hex[:12]}{ext}"
+        row = session.con.execute(
+            f"COPY ({sql}) TO {literal(str(copy_to))} ({_copy_options(connector, target, target.partition_by)})",
+            params or None).fetchone()
+        rows = int(row[0]) if row else 0
+        if target.mode == "overwrite" or not final.exists():
+            publish_dir(tmp_dir, final)
+        else:
+            # append: every new file moves in whole (a reader never sees half a file)
+            for file in dataset_files(tmp_dir, ext):
+                dest = final / file.relative_to(tmp_dir)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(file, dest)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return rows, dataset_files(final, ext)

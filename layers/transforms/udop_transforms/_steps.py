@@ -1,0 +1,289 @@
+"""Compile a transform's steps to ONE DuckDB query (a chain of CTEs the optimizer inlines).
+
+Each step is bound as it is added (``DESCRIBE``, no data read), so an unknown column or a type error
+names the step that caused it, and the next step knows the columns it starts from.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+
+import udop.spec.models  # noqa: F401 - builds the task union before data_tasks is imported
+from udop.spec.data_tasks import (
+    AggregateStep,
+    CastStep,
+    CheckStep,
+    DedupeSpec,
+    DeriveStep,
+    DistinctStep,
+    FilterStep,
+    JoinStep,
+    LimitStep,
+    RenameStep,
+    SelectColumns,
+    SelectStep,
+    SortStep,
+    SqlStep,
+    UnionStep,
+    step_kind,
+)
+from udop_transforms._engine import Column, Session
+from udop_transforms._sql import Params, check_expression, clean_error, ident, missing_column_message
+
+__all__ = ["Plan", "StepError", "compile_steps"]
+
+_AGG_SQL = {"sum": "sum({})", "avg": "avg({})", "min": "min({})", "max": "max({})", "count": "count({})",
+            "count_distinct": "count(DISTINCT {})"}
+_SORT = re.compile(r"^(?P<expr>.+?)(?:\s+(?P<dir>asc|desc))?(?:\s+nulls\s+(?P<nulls>first|last))?\s*$",
+                   re.IGNORECASE | re.DOTALL)
+
+
+class StepError(Exception):
+    """A step that cannot compile or bind; ``index`` is its position in ``steps``."""
+
+    def __init__(self, index: int, kind: str, message: str) -> None:
+        self.index, self.kind, self.message = index, kind, message
+        super().__init__(f"steps[{index}] ({kind}): {message}")
+
+
+@dataclass
+class Plan:
+    """The query built so far: CTEs ending in ``current``, whose columns are ``columns``."""
+
+    session: Session
+    params: Params
+    current: str
+    columns: list[Column]
+    inputs: dict[str, list[Column]]
+    ctes: list[tuple[str, str]] = field(default_factory=list)
+
+    def query(self) -> str:
+        if not self.ctes:
+            return f"SELECT * FROM {self.current}"
+        body = ", ".join(f"{name} AS ({sql})" for name, sql in self.ctes)
+        return f"WITH {body} SELECT * FROM {self.current}"
+
+    @property
+    def names(self) -> list[str]:
+        return [c[0] for c in self.columns]
+
+    def bound_params(self) -> dict[str, Any]:
+        return self.params.used_in(self.query())
+
+    def restart(self, relation: str, columns: list[Column]) -> None:
+        self.ctes, self.current, self.columns = [], relation, columns
+
+
+#: called for a ``check`` step: (step index, rules, plan) -> None; may materialize and restart the plan
+CheckHook = Callable[[int, list[Any], Plan], None]
+
+
+def compile_steps(session: Session, steps: list[Any], primary: str, inputs: dict[str, list[Column]],
+                  params: Params, on_check: CheckHook | None = None) -> Plan:
+    """Build the plan of ``steps`` over the view ``primary``; ``inputs`` are the views' columns."""
+    plan = Plan(session, params, ident(primary), list(inputs[primary]), inputs)
+    for index, step in enumerate(steps):
+        kind = step_kind(step)
+        try:
+            if isinstance(step, CheckStep):
+                if on_check is not None:
+                    on_check(index, list(step.check), plan)
+                continue
+            sql = _STEP_SQL[type(step)](plan, step)
+        except ValueError as exc:
+            raise StepError(index, kind, str(exc)) from None
+        name = f"s{len(plan.ctes)}"
+        previous = (plan.ctes[:], plan.current, plan.columns)
+        plan.ctes.append((name, sql))
+        plan.current = name
+        try:
+            plan.columns = session.describe(plan.query(), plan.bound_params())
+        except duckdb.Error as exc:
+            plan.ctes, plan.current, plan.columns = previous
+            raise StepError(index, kind, clean_error(exc)) from None
+        dupes = sorted({n for n in plan.names if plan.names.count(n) > 1})
+        if dupes:
+            raise StepError(index, kind, f"the result has duplicate column names {', '.join(dupes)}; "
+                                         "rename one side first")
+    return plan
+
+
+def _need(plan: Plan, names: list[str], where: str = "") -> None:
+    for name in names:
+        if name not in plan.names:
+            raise ValueError(missing_column_message(name, plan.names, where))
+
+
+def _expr(plan: Plan, text: str) -> str:
+    bound = plan.params.bind(text)
+    check_expression(bound)
+    return bound
+
+
+def _select(plan: Plan, step: SelectStep) -> str:
+    spec = step.select
+    if isinstance(spec, SelectColumns) and spec.exclude is not None:
+        _need(plan, spec.exclude)
+        return f"SELECT * EXCLUDE ({', '.join(map(ident, spec.exclude))}) FROM {plan.current}"
+    columns = spec.columns if isinstance(spec, SelectColumns) else spec
+    assert columns is not None
+    _need(plan, columns)
+    return f"SELECT {', '.join(map(ident, columns))} FROM {plan.current}"
+
+
+def _rename(plan: Plan, step: RenameStep) -> str:
+    _need(plan, list(step.rename))
+    pairs = ", ".join(f"{ident(old)} AS {ident(new)}" for old, new in step.rename.items())
+    return f"SELECT * RENAME ({pairs}) FROM {plan.current}"
+
+
+def _cast(plan: Plan, step: CastStep) -> str:
+    _need(plan, list(step.cast))
+    parts = []
+    for column, type_ in step.cast.items():
+        expr = f"CAST({ident(column)} AS {type_})"
+        try:
+            check_expression(expr)
+        except ValueError:
+            raise ValueError(f"column {column!r}: {type_!r} is not a SQL type "
+                             "(e.g. bigint, double, decimal(15,2), date, timestamp, varchar)") from None
+        parts.append(f"{expr} AS {ident(column)}")
+    return f"SELECT * REPLACE ({', '.join(parts)}) FROM {plan.current}"
+
+
+def _filter(plan: Plan, step: FilterStep) -> str:
+    return f"SELECT * FROM {plan.current} WHERE ({_expr(plan, step.filter)})"
+
+
+def _derive(plan: Plan, step: DeriveStep) -> str:
+    # a replaced column keeps its place; new ones are appended, later ones may use earlier ones
+    exprs = {name: _expr(plan, text) for name, text in step.derive.items()}
+    replaced = {n: e for n, e in exprs.items() if n in plan.names}
+    added = {n: e for n, e in exprs.items() if n not in plan.names}
+    star = "*"
+    if replaced:
+        star += " REPLACE (" + ", ".join(f"({e}) AS {ident(n)}" for n, e in replaced.items()) + ")"
+    extra = "".join(f", ({e}) AS {ident(n)}" for n, e in added.items())
+    return f"SELECT {star}{extra} FROM {plan.current}"
+
+
+def _aggregate(plan: Plan, step: AggregateStep) -> str:
+    spec = step.aggregate
+    _need(plan, spec.by)
+    items = [ident(c) for c in spec.by]
+    for name, metric in spec.metrics.items():
+        if isinstance(metric, dict):
+            ((fn, column),) = metric.items()
+            if column != "*":
+                _need(plan, [column], f" (metric {name!r})")
+            expr = _AGG_SQL[fn].format("*" if column == "*" else ident(column))
+        else:
+            expr = _expr(plan, metric)
+        items.append(f"{expr} AS {ident(name)}")
+    group = f" GROUP BY {', '.join(map(ident, spec.by))}" if spec.by else ""
+    return f"SELECT {', '.join(items)} FROM {plan.current}{group}"
+
+
+def _join(plan: Plan, step: JoinStep) -> str:
+    spec = step.join
+    other = plan.inputs[spec.with_]
+    other_names = [c[0] for c in other]
+    pairs = list(zip(spec.on, spec.on, strict=True)) if isinstance(spec.on, list) else list(spec.on.items())
+    for left, right in pairs:
+        if left not in plan.names:
+            raise ValueError(f"join key {left!r} is missing on the left side; "
+                             + missing_column_message(left, plan.names).split("; ", 1)[1])
+        if right not in other_names:
+            raise ValueError(f"join key {right!r} is missing in {spec.with_!r}; "
+                             + missing_column_message(right, other_names).split("; ", 1)[1])
+    right_rel = ident(spec.with_)
+    how = spec.how
+    if how in ("semi", "anti"):
+        cond = " AND ".join(f"l.{ident(a)} = r.{ident(b)}" for a, b in pairs)
+        return f"SELECT l.* FROM {plan.current} AS l {how.upper()} JOIN {right_rel} AS r ON {cond}"
+    suffix = spec.suffix if spec.suffix is not None else f"_{spec.with_}"
+    right_keys = {b for _, b in pairs}
+    left_keys = {a for a, _ in pairs}
+    cond = " AND ".join(f"l.{ident(a)} = r.{ident(b)}" for a, b in pairs)
+    items = []
+    for name in plan.names:
+        if name in left_keys and how in ("right", "full"):
+            b = next(b for a, b in pairs if a == name)
+            items.append(f"coalesce(l.{ident(name)}, r.{ident(b)}) AS {ident(name)}")
+        else:
+            items.append(f"l.{ident(name)}")
+    for name in other_names:
+        if name in right_keys:
+            continue  # equal to the left key (or merged into it)
+        alias = name + suffix if name in plan.names else name
+        items.append(f"r.{ident(name)} AS {ident(alias)}")
+    sql_how = {"inner": "INNER", "left": "LEFT", "right": "RIGHT", "full": "FULL OUTER"}[how]
+    return f"SELECT {', '.join(items)} FROM {plan.current} AS l {sql_how} JOIN {right_rel} AS r ON {cond}"
+
+
+def _union(plan: Plan, step: UnionStep) -> str:
+    spec = step.union
+    op = ("UNION" if spec.distinct else "UNION ALL") + (" BY NAME" if spec.by_name else "")
+    parts = [f"SELECT * FROM {plan.current}", *(f"SELECT * FROM {ident(w)}" for w in spec.with_)]
+    return f" {op} ".join(parts)
+
+
+def _order_items(plan: Plan, items: list[str]) -> str:
+    out = []
+    for item in items:
+        m = _SORT.match(item.strip())
+        if not m:
+            raise ValueError(f"cannot read sort order {item!r}; write 'column', 'column desc' or "
+                             "'expr asc nulls last'")
+        expr = m.group("expr")
+        if expr in plan.names:
+            expr = ident(expr)
+        else:
+            expr = _expr(plan, expr)
+        part = expr + (f" {m.group('dir').upper()}" if m.group("dir") else "")
+        if m.group("nulls"):
+            part += f" NULLS {m.group('nulls').upper()}"
+        out.append(part)
+    return ", ".join(out)
+
+
+def _distinct(plan: Plan, step: DistinctStep) -> str:
+    spec = step.distinct
+    if not isinstance(spec, DedupeSpec):
+        return f"SELECT DISTINCT * FROM {plan.current}"
+    _need(plan, spec.on)
+    order = f" ORDER BY {_order_items(plan, spec.order_by)}" if spec.order_by else ""
+    keys = ", ".join(map(ident, spec.on))
+    return (f"SELECT * FROM {plan.current} "
+            f"QUALIFY row_number() OVER (PARTITION BY {keys}{order}) = 1")
+
+
+def _sort(plan: Plan, step: SortStep) -> str:
+    return f"SELECT * FROM {plan.current} ORDER BY {_order_items(plan, step.sort)}"
+
+
+def _limit(plan: Plan, step: LimitStep) -> str:
+    return f"SELECT * FROM {plan.current} LIMIT {int(step.limit)}"
+
+
+def _sql(plan: Plan, step: SqlStep) -> str:
+    text = plan.params.bind(step.sql.strip().rstrip(";"))
+    try:
+        statements = duckdb.extract_statements(text)
+    except duckdb.Error as exc:
+        raise ValueError(clean_error(exc)) from None
+    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+        raise ValueError("a sql step is exactly one SELECT statement")
+    return f"WITH this AS (SELECT * FROM {plan.current}) SELECT * FROM ({text})"
+
+
+_STEP_SQL: dict[type, Callable[[Plan, Any], str]] = {
+    SelectStep: _select, RenameStep: _rename, CastStep: _cast, FilterStep: _filter, DeriveStep: _derive,
+    AggregateStep: _aggregate, JoinStep: _join, UnionStep: _union, DistinctStep: _distinct,
+    SortStep: _sort, LimitStep: _limit, SqlStep: _sql,
+}

@@ -1,0 +1,255 @@
+"""The handlers of the task types extract, transform, validate and load (entry points ``udop.task_types``).
+
+Each has the one task signature ``(context, task, inputs) -> TaskResult``, writes its output atomically
+under ``context.output_uri`` and raises ``FatalError`` (bad data or definition; a retry cannot help),
+``DataQualityError`` (a rule of severity error failed; ``exc.checks`` holds every result) or
+``TaskTimeout`` (interrupted by the cancel hook).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow.parquet as pq
+
+import udop.spec.models  # noqa: F401 - builds the task union before data_tasks is imported
+from udop.errors import DataQualityError, FatalError, TaskTimeout
+from udop.spec.data_tasks import FILE_CONNECTORS
+from udop.tasks.contract import CheckResult, Manifest, TaskContext, TaskResult
+from udop_transforms._checks import RuleError, evaluate_rules
+from udop_transforms._engine import (
+    Session,
+    dataset_files,
+    dataset_reader,
+    manifest_for,
+    publish_dir,
+    scratch_dir,
+)
+from udop_transforms._files import diagnose_csv, matching_files, reader_sql, write_target
+from udop_transforms._sql import Params, clean_error, ident, missing_column_message
+from udop_transforms._steps import Plan, StepError, compile_steps
+
+__all__ = ["run_extract", "run_load", "run_transform", "run_validate"]
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+
+def _resolve(context: TaskContext, path: str) -> str:
+    """Relative paths are relative to the definition's folder (``services['base_dir']``) if known."""
+    base = context.services.get("base_dir") if context.services else None
+    if base and not os.path.isabs(path):
+        return os.path.join(str(base), path)
+    return path
+
+
+@contextmanager
+def _duckdb_errors(task_id: str, where: str) -> Iterator[None]:
+    """DuckDB errors while running become one-line udop task errors naming the task and the place."""
+    try:
+        yield
+    except duckdb.InterruptException:
+        raise TaskTimeout(f"task {task_id!r}: interrupted ({where}) because it was cancelled or timed out"
+                          ) from None
+    except duckdb.OutOfMemoryException as exc:
+        raise FatalError(f"task {task_id!r}: {where}: out of memory even with spilling ({clean_error(exc)}); "
+                         "raise memory_limit (or UDOP_DUCKDB_MEMORY_LIMIT) or give the spill folder "
+                         "more room") from None
+    except duckdb.Error as exc:
+        raise FatalError(f"task {task_id!r}: {where}: {clean_error(exc)}") from None
+
+
+def _input_manifest(task_id: str, dep: str, inputs: Mapping[str, TaskResult]) -> Manifest:
+    result = inputs.get(dep)
+    if result is None or result.output is None:
+        raise FatalError(f"task {task_id!r}: input {dep!r} has no dataset (a python task must return a "
+                         "table to be used as data)")
+    return result.output
+
+
+def _register_inputs(session: Session, task: Any, inputs: Mapping[str, TaskResult], *,
+                     widen: bool = True) -> dict[str, list[tuple[str, str]]]:
+    columns = {}
+    for dep in task.depends_on:
+        manifest = _input_manifest(task.id, dep, inputs)
+        if not Path(manifest.uri).exists():
+            raise FatalError(f"task {task.id!r}: input {dep!r}: dataset {manifest.uri} does not exist "
+                             "(was it removed after its run?)")
+        with _duckdb_errors(task.id, f"input {dep!r} ({manifest.uri})"):
+            columns[dep] = session.register_view(dep, dataset_reader(manifest), widen_decimals=widen)
+    return columns
+
+
+def _write_output(session: Session, context: TaskContext, sql: str, params: dict[str, Any],
+                  where: str) -> Manifest:
+    final = Path(context.output_uri)
+    tmp = scratch_dir(final)
+    try:
+        with _duckdb_errors(context.task_id, where):
+            rows = session.copy_parquet(sql, params, tmp / "part-0.parquet")
+        publish_dir(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest_for(context.output_uri, dataset_files(final), rows)
+
+
+def _quality_error(task_id: str, checks: list[CheckResult]) -> DataQualityError:
+    failed = [c for c in checks if not c.passed and c.severity == "error"]
+    listed = ", ".join(f"{c.rule} ({c.message})" for c in failed)
+    err = DataQualityError(f"task {task_id!r}: {len(failed)} of {len(checks)} data-quality rules failed: "
+                           f"{listed}")
+    err.checks = tuple(checks)  # type: ignore[attr-defined]  # the executor stores them with the run
+    return err
+
+
+def _connectors(task_id: str, name: str) -> Any:
+    try:
+        return importlib.import_module("udop.connectors")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("udop.connectors", "udop"):
+            raise
+        raise FatalError(f"task {task_id!r}: connector {name!r} is not installed (the file connectors are "
+                         f"{', '.join(FILE_CONNECTORS)}); install the udop connectors package") from None
+
+
+# ------------------------------------------------------------------------------------- handlers
+
+
+def run_extract(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult]) -> TaskResult:
+    source = task.source
+    if source.connector not in FILE_CONNECTORS:
+        connectors = _connectors(task.id, source.connector)
+        manifest = connectors.extract_to_parquet(context, source, context.output_uri)
+        return TaskResult(output=manifest, inputs=(f"{source.connector}:{source.connection or ''}",))
+    path = _resolve(context, str(context.render(source.path)))
+    files = matching_files(path)
+    if not files:
+        raise FatalError(f"task {task.id!r}: source: no {source.connector} file matches {path!r}")
+    with Session(memory_limit=task.memory_limit, context=context) as session:
+        try:
+            session.register_view("_source", reader_sql(source.connector, path, source), widen_decimals=False)
+            manifest = _write_output(session, context, "SELECT * FROM _source", {}, f"reading {path}")
+        except duckdb.Error as exc:
+            raise _source_error(task, source, files, path, exc) from None
+        except FatalError as exc:
+            if source.connector == "csv" and (ragged := diagnose_csv(files, source.delimiter or ",")):
+                raise FatalError(f"task {task.id!r}: source: {ragged}") from None
+            raise exc from None
+    return TaskResult(output=manifest, inputs=(path,), metrics={"rows": manifest.rows, "files_read": len(files)})
+
+
+def _source_error(task: Any, source: Any, files: list[str], path: str, exc: duckdb.Error) -> FatalError:
+    if source.connector == "csv" and (ragged := diagnose_csv(files, source.delimiter or ",")):
+        return FatalError(f"task {task.id!r}: source: {ragged}")
+    return FatalError(f"task {task.id!r}: source {path}: {clean_error(exc)}")
+
+
+def run_transform(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult]) -> TaskResult:
+    checks: list[CheckResult] = []
+    with Session(memory_limit=task.memory_limit, context=context) as session:
+        columns = _register_inputs(session, task, inputs)
+        params = Params(context.template_scope())
+
+        def on_check(index: int, rules: list[Any], plan: Plan) -> None:
+            table = f"_check_{index}"
+            with _duckdb_errors(task.id, f"steps[{index}] (check)"):
+                session.con.execute(f"CREATE TEMP TABLE {ident(table)} AS {plan.query()}",
+                                    plan.bound_params() or None)
+                cols = session.describe(f"SELECT * FROM {ident(table)}")
+                try:
+                    results = evaluate_rules(session, ident(table), cols, rules, params,
+                                             logical_date=context.logical_date)
+                except RuleError as exc:
+                    raise ValueError(str(exc)) from None
+            checks.extend(results)
+            if any(not r.passed and r.severity == "error" for r in results):
+                raise _quality_error(task.id, checks)
+            plan.restart(ident(table), cols)
+
+        try:
+            plan = compile_steps(session, list(task.steps), task.primary_input, columns, params, on_check)
+        except StepError as exc:
+            raise FatalError(f"task {task.id!r}: {exc}") from None
+        manifest = _write_output(session, context, plan.query(), plan.bound_params(), "running the steps")
+    return TaskResult(output=manifest, checks=tuple(checks),
+                      inputs=tuple(_input_manifest(task.id, d, inputs).uri for d in task.depends_on),
+                      metrics={"rows": manifest.rows})
+
+
+def run_validate(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult]) -> TaskResult:
+    manifest = _input_manifest(task.id, task.primary_input, inputs)
+    with Session(memory_limit=task.memory_limit, context=context) as session:
+        columns = _register_inputs(session, task, inputs)
+        params = Params(context.template_scope())
+        try:
+            with _duckdb_errors(task.id, "evaluating rules"):
+                checks = evaluate_rules(session, ident(task.primary_input), columns[task.primary_input],
+                                        list(task.rules), params, sample_rows=task.sample_rows,
+                                        logical_date=context.logical_date)
+        except RuleError as exc:
+            raise FatalError(f"task {task.id!r}: {exc}") from None
+    if any(not c.passed and c.severity == "error" for c in checks):
+        raise _quality_error(task.id, checks)
+    output = _pass_through(context, manifest)
+    return TaskResult(output=output, checks=tuple(checks), inputs=(manifest.uri,),
+                      metrics={"rows": output.rows, "rules_failed_warn": sum(not c.passed for c in checks)})
+
+
+def _pass_through(context: TaskContext, manifest: Manifest) -> Manifest:
+    """The validated input at this task's own location: hard links (a copy across file systems)."""
+    source = Path(manifest.uri)
+    final = Path(context.output_uri)
+    tmp = scratch_dir(final)
+    try:
+        files = [source] if source.is_file() else [f for f in sorted(source.rglob("*"))
+                                                   if f.is_file() and not f.name.startswith(".")]
+        for file in files:
+            dest = tmp / (file.name if source.is_file() else file.relative_to(source))
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(file, dest)
+            except OSError:
+                shutil.copy2(file, dest)
+        publish_dir(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return Manifest(uri=context.output_uri, rows=manifest.rows, bytes=manifest.bytes,
+                    schema_fingerprint=manifest.schema_fingerprint, format=manifest.format, files=len(files))
+
+
+def run_load(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult]) -> TaskResult:
+    target = task.target
+    manifest = _input_manifest(task.id, task.primary_input, inputs)
+    if target.connector not in FILE_CONNECTORS:
+        connectors = _connectors(task.id, target.connector)
+        metrics = connectors.load_from_parquet(context, target, manifest, inputs)
+        return TaskResult(inputs=(manifest.uri,), metrics=dict(metrics or {}))
+    path = _resolve(context, str(context.render(target.path)))
+    with Session(memory_limit=task.memory_limit, context=context) as session:
+        columns = _register_inputs(session, task, inputs, widen=False)
+        names = [c[0] for c in columns[task.primary_input]]
+        for col in target.partition_by or []:
+            if col not in names:
+                raise FatalError(f"task {task.id!r}: target.partition_by: "
+                                 + missing_column_message(col, names))
+        with _duckdb_errors(task.id, f"writing {path}"):
+            try:
+                rows, files = write_target(session, f"SELECT * FROM {ident(task.primary_input)}", {}, target, path)
+            except ValueError as exc:
+                raise FatalError(f"task {task.id!r}: target: {exc}") from None
+    if target.connector == "parquet":
+        total: int | None = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    else:
+        total = rows if target.mode == "overwrite" else None
+    out = manifest_for(path, files, total or 0, fmt=target.connector)
+    if total is None:
+        out = Manifest(uri=out.uri, rows=None, bytes=out.bytes, schema_fingerprint=None, format=out.format,
+                       files=out.files)
+    return TaskResult(output=out, inputs=(manifest.uri,), metrics={"rows_written": rows})
