@@ -1,0 +1,23 @@
+"""API Lambda: the udop REST API behind API Gateway (REST API, proxy integration), through Mangum.
+
+Thin on purpose: settings are validated and the app is built at cold start; every request is the
+FastAPI app's. ``lifespan="off"``: a Lambda has no shutdown hook to run it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mangum import Mangum
+
+from udop.api import create_app, load_api_settings
+from udop.aws.observability import logger
+
+SETTINGS = load_api_settings()
+APP = create_app(SETTINGS)
+_ADAPTER = Mangum(APP, lifespan="off")
+
+
+@logger.inject_lambda_context(correlation_id_path="requestContext.requestId", clear_state=True)
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return _ADAPTER(event, context)  # type: ignore[arg-type]

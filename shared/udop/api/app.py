@@ -1,0 +1,222 @@
+"""The FastAPI application: ``create_app(settings)`` wires the store, auth, audit and the run launcher.
+
+Served locally by ``udop serve`` (uvicorn) and on AWS by ``functions/api/app.py`` (Mangum behind
+API Gateway). Every answer that is not a success is ``{"detail": "<one line>"}``; a caller never sees a
+traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy import Engine, create_engine, text
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from udop.api.audit import AuditLog, ensure_api_tables
+from udop.api.auth import Authenticator, AuthError, Principal
+from udop.api.deps import ApiContext
+from udop.api.keys import ApiKeys
+from udop.api.launcher import LocalLauncher, RunLauncher
+from udop.api.routers import admin, pipelines, runs
+from udop.api.routers.pipelines import DefinitionInvalid
+from udop.api.schemas import Health
+from udop.api.settings import ApiSettings, load_api_settings
+from udop.errors import InputError, RunNotFound, SpecErrors, StoreError, TransitionError
+from udop.store.api import MetadataStore
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("udop.api")
+
+_MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def create_app(settings: ApiSettings | None = None, *, store: MetadataStore | None = None,
+               launcher: RunLauncher | None = None, engine: Engine | None = None) -> FastAPI:
+    """Build the app. ``store``/``launcher``/``engine`` default to what ``settings`` describe."""
+    settings = settings or load_api_settings()
+    if store is None:
+        from udop.store import open_store
+
+        store = open_store(settings.resolved_database_url)
+    engine = engine or getattr(store, "engine", None) or create_engine(settings.resolved_database_url)
+    ensure_api_tables(engine)
+    if launcher is None:
+        launcher = _default_launcher(settings, store)
+    keys = ApiKeys(engine)
+    ctx = ApiContext(settings=settings, store=store, audit=AuditLog(engine), keys=keys,
+                     auth=Authenticator(settings, keys), launcher=launcher)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        launcher.close()
+
+    app = FastAPI(
+        title="udop", version=_version(), lifespan=lifespan, root_path=settings.api_root_path,
+        description="Pipelines and runs of the Universal Data Orchestration Platform. Authenticate with "
+                    "a bearer JWT or an X-API-Key; roles are viewer < operator < admin.",
+        responses={401: {"model": _problem(), "description": "no or invalid credentials"},
+                   403: {"model": _problem(), "description": "the caller's role is too low"},
+                   422: {"model": _problem(), "description": "the request is invalid"},
+                   503: {"model": _problem(), "description": "the metadata store is unavailable"}},
+    )
+    app.state.udop = ctx
+    app.include_router(pipelines.router)
+    app.include_router(runs.router)
+    app.include_router(admin.router)
+    _add_health(app, ctx, engine)
+    _add_error_handlers(app)
+    app.add_middleware(AuditMiddleware, audit=ctx.audit)
+    return app
+
+
+def _problem() -> Any:
+    from udop.api.schemas import Problem
+
+    return Problem
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("udop")
+    except PackageNotFoundError:
+        return "0"
+
+
+def _default_launcher(settings: ApiSettings, store: MetadataStore) -> RunLauncher:
+    if settings.executor == "stepfunctions":
+        from udop.api.stepfunctions import StepFunctionsLauncher
+
+        return StepFunctionsLauncher(store, settings)
+    return LocalLauncher(store, workers=settings.local_workers, max_runs=settings.max_concurrent_runs,
+                         data_root=settings.resolved_data_root)
+
+
+def _add_health(app: FastAPI, ctx: ApiContext, engine: Engine) -> None:
+    @app.get("/health", tags=["health"], responses={503: {"model": Health}})
+    def health() -> JSONResponse:
+        """Unauthenticated: 200 when the metadata store answers, 503 when it does not."""
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            ok = True
+        except Exception as exc:  # any failure to reach the database is "unavailable", not a 500
+            log.warning("health: metadata store unavailable: %s", exc)
+            ok = False
+        body = Health(status="ok" if ok else "unavailable", store="ok" if ok else "unreachable",
+                      executor=ctx.launcher.executor_name)
+        return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+
+
+def _detail(request: Request, status: int, detail: str, **extra: Any) -> JSONResponse:
+    request.state.audit_detail = detail
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"detail": detail, **extra}, status_code=status, headers=headers)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AuthError)
+    async def auth_error(request: Request, exc: AuthError) -> JSONResponse:
+        if exc.principal is not None:
+            request.state.principal = exc.principal
+        return _detail(request, exc.status, exc.reason)
+
+    @app.exception_handler(DefinitionInvalid)
+    async def definition_invalid(request: Request, exc: DefinitionInvalid) -> JSONResponse:
+        errors = [{"path": e.path, "line": e.line, "message": e.message} for e in exc.errors]
+        return _detail(request, 422, str(exc), errors=errors)
+
+    @app.exception_handler(SpecErrors)
+    async def spec_errors(request: Request, exc: SpecErrors) -> JSONResponse:
+        errors = [{"path": e.path, "line": e.line, "message": e.message} for e in exc.errors]
+        first = exc.errors[0].message if exc.errors else "invalid input"
+        return _detail(request, 422, first if len(errors) == 1 else f"{len(errors)} errors", errors=errors)
+
+    @app.exception_handler(RequestValidationError)
+    async def request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"path": ".".join(str(p) for p in e.get("loc", ())), "line": None, "message": e.get("msg", "")}
+                  for e in exc.errors()]
+        where = errors[0]["path"] if errors else "request"
+        message = f"{where}: {errors[0]['message']}" if errors else "invalid request"
+        return _detail(request, 422, message, errors=errors)
+
+    @app.exception_handler(RunNotFound)
+    async def run_not_found(request: Request, exc: RunNotFound) -> JSONResponse:
+        return _detail(request, 404, str(exc))
+
+    @app.exception_handler(InputError)
+    async def conflict(request: Request, exc: InputError) -> JSONResponse:
+        # what remains of InputError here is a request that conflicts with the run's state
+        return _detail(request, 409, str(exc))
+
+    @app.exception_handler(TransitionError)
+    async def transition(request: Request, exc: TransitionError) -> JSONResponse:
+        return _detail(request, 409, str(exc))
+
+    @app.exception_handler(StoreError)
+    async def store_error(request: Request, exc: StoreError) -> JSONResponse:
+        log.error("metadata store error on %s %s: %s", request.method, request.url.path, exc)
+        return _detail(request, 503, "the metadata store is unavailable; try again later")
+
+
+class AuditMiddleware:
+    """Writes one audit row per mutating call and per 401/403, before the answer leaves.
+
+    Writing before the response starts means a client that saw the answer can already read its row.
+    """
+
+    def __init__(self, app: ASGIApp, audit: AuditLog) -> None:
+        self.app = app
+        self.audit = audit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope.setdefault("state", {})
+        written = False
+
+        async def send_audited(message: Message) -> None:
+            nonlocal written
+            if message["type"] == "http.response.start" and not written:
+                written = True
+                await self._maybe_record(scope, message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_audited)
+        except Exception:
+            if not written:
+                written = True
+                await self._maybe_record(scope, 500, "internal error")
+            raise
+
+    async def _maybe_record(self, scope: Scope, status: int, detail: str | None = None) -> None:
+        method = scope["method"]
+        if method not in _MUTATING and status not in (401, 403):
+            return
+        state = scope.get("state", {})
+        principal: Principal | None = state.get("principal")
+        route = scope.get("route")
+        client = scope.get("client")
+        try:
+            await run_in_threadpool(
+                self.audit.record,
+                actor=principal.subject if principal else "anonymous",
+                actor_kind=principal.kind if principal else "anonymous",
+                role=principal.role.label if principal and principal.role else None,
+                action=getattr(route, "name", None) or "unknown",
+                method=method, path=scope.get("path", ""), status=status,
+                detail=detail or state.get("audit_detail"), client=client[0] if client else None)
+        except StoreError:
+            pass  # already logged loudly by AuditLog.record; the call itself has happened

@@ -1,0 +1,162 @@
+"""The audit log: who did what, when, and with which outcome, kept in the metadata store's database.
+
+Every mutating API call and every authentication or authorisation failure is one row. The table is
+created by the Alembic revision ``udop_api_0001`` (``shared/udop/store/migrations/``); it is defined here,
+apart from the store's own tables, because only the API writes it.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    insert,
+    select,
+)
+from sqlalchemy.exc import SQLAlchemyError
+
+from udop.errors import StoreError
+
+__all__ = ["API_METADATA", "AuditEntry", "AuditLog", "audit_log_table", "ensure_api_tables"]
+
+log = logging.getLogger(__name__)
+
+#: the API's own tables (audit log, API keys); the store's tables live in their own MetaData
+API_METADATA = MetaData()
+
+audit_log_table = Table(
+    "udop_audit_log",
+    API_METADATA,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("actor", String(255), nullable=False),  # token subject, "apikey:<id>", or "anonymous"
+    Column("actor_kind", String(16), nullable=False),  # jwt | api_key | anonymous
+    Column("role", String(16), nullable=True),
+    Column("action", String(64), nullable=False),  # the endpoint's name, e.g. "trigger_run"
+    Column("method", String(8), nullable=False),
+    Column("path", String(1024), nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("outcome", String(16), nullable=False),  # success | denied | unauthenticated | rejected | error
+    Column("detail", Text, nullable=True),
+    Column("client", String(64), nullable=True),
+    Index("ix_udop_audit_log_at", "at"),
+    Index("ix_udop_audit_log_actor", "actor"),
+)
+
+_DETAIL_MAX = 2000
+
+
+def ensure_api_tables(engine: Engine) -> None:
+    """Create the API's tables when missing (a database migrated before the API revision existed).
+
+    The Alembic revision does the same with the same checks, so either may run first.
+    """
+    import udop.api.keys  # noqa: F401 - registers udop_api_keys on API_METADATA
+
+    try:
+        API_METADATA.create_all(engine, checkfirst=True)
+    except SQLAlchemyError as exc:
+        raise StoreError(f"could not create the audit log and API key tables: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0]}") from exc
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    at: datetime
+    actor: str
+    actor_kind: str
+    role: str | None
+    action: str
+    method: str
+    path: str
+    status: int
+    outcome: str
+    detail: str | None
+    client: str | None
+
+
+def outcome_for(status: int) -> str:
+    """The one-word outcome the log keeps for an HTTP status."""
+    if status == 401:
+        return "unauthenticated"
+    if status == 403:
+        return "denied"
+    if status >= 500:
+        return "error"
+    if status >= 400:
+        return "rejected"
+    return "success"
+
+
+def encode_cursor(value: int | str) -> str:
+    return base64.urlsafe_b64encode(str(value).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    """The value inside an opaque cursor; ``ValueError`` when it is not one of ours."""
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError("cursor is not one this API returned") from exc
+
+
+class AuditLog:
+    """Writes and reads audit rows with its own short transactions on the store's engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def record(self, *, actor: str, actor_kind: str, role: str | None, action: str, method: str,
+               path: str, status: int, detail: str | None = None, client: str | None = None) -> None:
+        row = {
+            "at": datetime.now(UTC), "actor": actor[:255], "actor_kind": actor_kind, "role": role,
+            "action": action[:64], "method": method[:8], "path": path[:1024], "status": status,
+            "outcome": outcome_for(status), "detail": detail[:_DETAIL_MAX] if detail else None,
+            "client": client[:64] if client else None,
+        }
+        try:
+            with self.engine.begin() as conn:  # one statement: atomic on its own
+                conn.execute(insert(audit_log_table).values(**row))
+        except SQLAlchemyError as exc:
+            # The call itself already happened; losing its audit row must at least be loud.
+            log.error("audit log write failed for %s %s by %s: %s", method, path, actor, exc)
+            raise StoreError(f"audit log write failed: {type(exc).__name__}") from exc
+
+    def list(self, *, actor: str | None = None, outcome: str | None = None, limit: int = 50,
+             before_id: int | None = None) -> list[AuditEntry]:
+        """Newest first; ``before_id`` continues a page."""
+        t = audit_log_table
+        query = select(t).order_by(t.c.id.desc()).limit(limit)
+        if actor is not None:
+            query = query.where(t.c.actor == actor)
+        if outcome is not None:
+            query = query.where(t.c.outcome == outcome)
+        if before_id is not None:
+            query = query.where(t.c.id < before_id)
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(query).mappings().all()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"audit log read failed: {type(exc).__name__}") from exc
+        return [AuditEntry(**{k: _aware(v) for k, v in row.items()}) for row in rows]
+
+
+def _aware(value: object) -> object:
+    # SQLite hands datetimes back without a zone; every time udop stores is UTC.
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value

@@ -1,0 +1,139 @@
+"""Who is calling and what they may do: JWT bearer tokens, API keys, and three ordered roles.
+
+* HS256 tokens are verified with ``UDOP_JWT_SECRET`` (tokens a team issues itself);
+* RS256/ES256 tokens are verified against the keys at ``UDOP_JWKS_URL`` (Cognito or any OIDC issuer);
+* API keys (``X-API-Key: udop_...`` or ``Authorization: Bearer udop_...``) belong to service accounts.
+
+Roles are ordered ``viewer < operator < admin``; an endpoint names the least role it needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import jwt
+
+from udop.api.keys import ApiKeys, looks_like_api_key
+from udop.api.settings import ApiSettings
+
+__all__ = ["AuthError", "Authenticator", "Principal", "Role"]
+
+
+class Role(IntEnum):
+    NONE = 0  # authenticated, but no udop role granted
+    VIEWER = 1
+    OPERATOR = 2
+    ADMIN = 3
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, value: str) -> Role:
+        try:
+            role = cls[value.strip().upper()]
+        except KeyError:
+            return cls.NONE
+        return role
+
+
+ROLE_NAMES = ("viewer", "operator", "admin")
+
+
+@dataclass(frozen=True)
+class Principal:
+    subject: str  # the token's "sub" or "apikey:<id>"
+    role: Role
+    kind: str  # "jwt" | "api_key"
+
+
+class AuthError(Exception):
+    """401 (who are you?) or 403 (not allowed); ``reason`` is safe to show the caller."""
+
+    def __init__(self, status: int, reason: str, principal: Principal | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.principal = principal
+
+
+class Authenticator:
+    _ASYMMETRIC = ("RS256", "RS384", "RS512", "ES256", "ES384", "PS256")
+
+    def __init__(self, settings: ApiSettings, keys: ApiKeys) -> None:
+        self.settings = settings
+        self.keys = keys
+        self._secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+        # PyJWKClient caches the key set and refetches it when a token names an unknown "kid".
+        self._jwks = jwt.PyJWKClient(settings.jwks_url, cache_keys=True, lifespan=300, timeout=5) \
+            if settings.jwks_url else None
+
+    def authenticate(self, authorization: str | None, api_key: str | None) -> Principal:
+        if api_key:
+            return self._from_api_key(api_key)
+        if not authorization:
+            raise AuthError(401, "no credentials: send 'Authorization: Bearer <token>' or 'X-API-Key'")
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise AuthError(401, "the Authorization header must read 'Bearer <token>'")
+        if looks_like_api_key(token):
+            return self._from_api_key(token)
+        return self._from_jwt(token)
+
+    def _from_api_key(self, key: str) -> Principal:
+        record = self.keys.verify(key.strip())
+        if record is None:
+            raise AuthError(401, "invalid or revoked API key")
+        return Principal(subject=f"apikey:{record.id}", role=Role.parse(record.role), kind="api_key")
+
+    def _from_jwt(self, token: str) -> Principal:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            raise AuthError(401, "malformed bearer token") from None
+        alg = header.get("alg")
+        options: dict[str, Any] = {"require": ["exp", "sub"]}
+        kwargs: dict[str, Any] = {"issuer": self.settings.jwt_issuer, "audience": self.settings.jwt_audience,
+                                  "options": options}
+        if self.settings.jwt_audience is None:
+            options["verify_aud"] = False
+        try:
+            if alg == "HS256" and self._secret is not None:
+                claims = jwt.decode(token, self._secret, algorithms=["HS256"], **kwargs)
+            elif alg in self._ASYMMETRIC and self._jwks is not None:
+                try:
+                    signing_key = self._jwks.get_signing_key_from_jwt(token)
+                except jwt.PyJWKClientConnectionError:
+                    raise AuthError(503, "the token issuer's key set (JWKS) cannot be fetched") from None
+                except jwt.PyJWKClientError:
+                    raise AuthError(401, "the token's signing key is not in the issuer's key set") from None
+                claims = jwt.decode(token, signing_key.key, algorithms=[alg], **kwargs)
+            else:
+                raise AuthError(401, f"tokens signed with {alg!r} are not accepted here")
+        except jwt.ExpiredSignatureError:
+            raise AuthError(401, "the token has expired") from None
+        except jwt.InvalidSignatureError:
+            raise AuthError(401, "the token's signature is invalid") from None
+        except jwt.InvalidTokenError as exc:
+            raise AuthError(401, f"invalid token: {exc}") from None
+        return Principal(subject=str(claims["sub"]), role=self._role(claims), kind="jwt")
+
+    def _role(self, claims: dict[str, Any]) -> Role:
+        found = Role.NONE
+        for claim in (self.settings.jwt_role_claim, "cognito:groups"):
+            value = claims.get(claim)
+            values = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+            for item in values:
+                if isinstance(item, str):
+                    found = max(found, Role.parse(item.removeprefix("udop-")))
+        return found
+
+
+def require(principal: Principal, role: Role) -> None:
+    if principal.role < role:
+        have = principal.role.label if principal.role else "no role"
+        raise AuthError(403, f"this needs the {role.label} role; the caller has {have}", principal)

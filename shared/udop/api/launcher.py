@@ -1,0 +1,183 @@
+"""Where a triggered run goes: a background LocalExecutor here, Step Functions on AWS.
+
+The API answers 202 as soon as the run is recorded (state ``pending``) and never waits for it:
+API Gateway cuts a request at 29 s. A launcher records the run first, so ``GET /runs/{id}`` finds it
+at once, then hands it to an executor.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from udop.errors import InputError, RunNotFound, SpecErrors
+from udop.spec.models import Pipeline
+from udop.spec.params import check_env, resolve_params
+from udop.states import RunState, TaskState, is_terminal
+from udop.store.api import MetadataStore, RunRecord
+
+__all__ = ["LocalLauncher", "RunCancelled", "RunLauncher", "definition_of"]
+
+log = logging.getLogger(__name__)
+
+
+def definition_of(pipeline: Pipeline) -> dict[str, Any]:
+    """The stored form of a definition: the same dump the LocalExecutor registers, so one definition
+    posted to the API and run from the CLI is one version, not two."""
+    return pipeline.model_dump(mode="json", by_alias=True)
+
+
+class RunLauncher(Protocol):
+    executor_name: str
+
+    def trigger(self, pipeline: Pipeline, *, params: Mapping[str, Any], logical_date: datetime | None,
+                run_id: str) -> RunRecord:
+        """Record the run and start it without waiting; ``SpecErrors`` for bad parameters."""
+        ...
+
+    def cancel(self, run: RunRecord, *, reason: str) -> RunRecord: ...
+
+    def resume(self, run: RunRecord, pipeline: Pipeline) -> RunRecord:
+        """Start a failed or cancelled run again from the tasks that did not succeed."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class RunCancelled(BaseException):
+    """Raised inside a local run's thread to stop it; the executor then cancels its tasks."""
+
+
+def _jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in values.items()}
+
+
+class LocalLauncher:
+    """Runs each triggered run in a background thread of this process, at most ``max_runs`` at once."""
+
+    executor_name = "local"
+
+    def __init__(self, store: MetadataStore, *, workers: int = 4, max_runs: int = 4,
+                 data_root: str | None = None) -> None:
+        self.store = store
+        self.workers = workers
+        self.data_root = data_root
+        self._pool = ThreadPoolExecutor(max_workers=max_runs, thread_name_prefix="udop-run")
+        self._lock = threading.Lock()
+        self._threads: dict[str, int] = {}  # run id -> ident of the thread executing it
+        self._futures: dict[str, Future[None]] = {}
+        self._cancelled: set[str] = set()  # cancelled after their thread took them, before it started
+
+    # ------------------------------------------------------------------ API side
+
+    def trigger(self, pipeline: Pipeline, *, params: Mapping[str, Any], logical_date: datetime | None,
+                run_id: str) -> RunRecord:
+        values = resolve_params(pipeline, params)
+        SpecErrors.collect(check_env(pipeline))
+        version = self.store.register_pipeline(pipeline.name, definition_of(pipeline))
+        run = self.store.create_run(run_id=run_id, pipeline=pipeline.name, pipeline_version=version.version,
+                                    task_ids=[t.id for t in pipeline.spec.tasks], params=_jsonable(values),
+                                    logical_date=logical_date or datetime.now(UTC), executor="local")
+        self._submit(pipeline, run.id)
+        return run
+
+    def resume(self, run: RunRecord, pipeline: Pipeline) -> RunRecord:
+        with self._lock:
+            if run.id in self._futures:
+                raise InputError(f"run {run.id!r} is still running in this server")
+        if run.state == RunState.SUCCEEDED:
+            raise InputError(f"run {run.id!r} already succeeded; nothing to resume")
+        if run.state in (RunState.RUNNING, RunState.PENDING) and run.owner is not None:
+            from udop.executor.local import _owner_alive
+
+            if _owner_alive(run.owner):
+                raise InputError(f"run {run.id!r} is still running in process {run.owner}")
+        self._submit(pipeline, run.id)
+        return run
+
+    def cancel(self, run: RunRecord, *, reason: str) -> RunRecord:
+        if is_terminal(run.state):
+            raise InputError(f"run {run.id!r} has already ended ({run.state.value})")
+        with self._lock:
+            ident = self._threads.get(run.id)
+            future = self._futures.get(run.id)
+        if ident is not None:
+            # The executor has no cooperative stop yet: interrupt its scheduling thread the way Ctrl-C
+            # would; its BaseException handler abandons running attempts and records the cancellation.
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(RunCancelled))
+            if future is not None:
+                try:
+                    future.result(timeout=10)
+                except Exception as exc:  # the run's own failure is in the store; not this call's error
+                    log.info("run %s ended with %s while cancelling", run.id, exc)
+        else:
+            # Queued here but not started, or started by a process that is gone: record it directly.
+            if future is not None and not future.cancel():
+                with self._lock:
+                    self._cancelled.add(run.id)
+            self._record_cancelled(run.id, reason)
+        record = self.store.get_run(run.id)
+        if record is None:
+            raise RunNotFound(f"no run {run.id!r} in the metadata store")
+        return record
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ background side
+
+    def _submit(self, pipeline: Pipeline, run_id: str) -> None:
+        with self._lock:
+            self._futures[run_id] = self._pool.submit(self._execute, pipeline, run_id)
+
+    def _execute(self, pipeline: Pipeline, run_id: str) -> None:
+        from udop.executor.local import LocalExecutor
+
+        try:
+            with self._lock:
+                if run_id in self._cancelled:
+                    self._cancelled.discard(run_id)
+                    return  # cancelled while queued
+                self._threads[run_id] = threading.get_ident()
+            try:
+                executor = LocalExecutor(self.store, workers=self.workers, data_root=self.data_root)
+                # The run is already recorded: "resume" it from its first task on.
+                executor.run(pipeline, run_id=run_id, resume=True)
+            finally:
+                with self._lock:
+                    self._threads.pop(run_id, None)
+        except RunCancelled:
+            log.info("run %s cancelled", run_id)
+            self._record_cancelled(run_id)
+        except Exception:
+            log.exception("run %s failed to execute", run_id)
+            self._fail(run_id)
+        finally:
+            with self._lock:
+                self._futures.pop(run_id, None)
+
+    def _record_cancelled(self, run_id: str, reason: str = "cancelled through the API") -> None:
+        """Mark what is still open as cancelled (the executor's own handler may have done it already)."""
+        run = self.store.get_run(run_id)
+        if run is None or is_terminal(run.state):
+            return
+        waiting = [t.task_id for t in run.tasks if t.state in (TaskState.PENDING, TaskState.RETRYING)]
+        if waiting:
+            self.store.set_task_states(run_id, waiting, TaskState.CANCELLED, error_message=reason)
+        self.store.set_run_state(run_id, RunState.CANCELLED, error=f"cancelled: {reason}")
+
+    def _fail(self, run_id: str) -> None:
+        try:
+            run = self.store.get_run(run_id)
+            if run is not None and not is_terminal(run.state):
+                if run.state == RunState.PENDING:
+                    self.store.set_run_state(run_id, RunState.FAILED, error="the run could not start")
+                else:
+                    self.store.set_run_state(run_id, RunState.FAILED, error="the executor stopped")
+        except Exception:
+            log.exception("could not record that run %s failed", run_id)

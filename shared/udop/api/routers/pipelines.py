@@ -1,0 +1,93 @@
+"""Pipelines: register or update from a definition, list, get with versions, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path, Request, Response, status
+from starlette.concurrency import run_in_threadpool
+
+from udop.api.deps import Admin, Ctx, Operator, Viewer
+from udop.api.launcher import definition_of
+from udop.api.schemas import PipelineDetail, PipelineRegistered, PipelineSummary, Problem
+from udop.errors import SpecError, SpecErrors
+from udop.spec.loader import MAX_DEFINITION_BYTES, load_pipeline
+
+router = APIRouter(prefix="/pipelines", tags=["pipelines"])
+
+PipelineName = Annotated[str, Path(description="the pipeline's metadata.name", max_length=200)]
+
+_DEFINITION_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "a udop/v1 Pipeline definition, as YAML or JSON",
+        "content": {
+            "application/json": {"schema": {"type": "object", "additionalProperties": True}},
+            "application/yaml": {"schema": {"type": "string"}},
+            "text/plain": {"schema": {"type": "string"}},
+        },
+    }
+}
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, openapi_extra=_DEFINITION_BODY,
+             responses={200: {"model": PipelineRegistered, "description": "the definition was already the latest"},
+                        413: {"model": Problem}, 422: {"model": Problem, "description": "every error, located"}})
+async def register_pipeline(request: Request, response: Response,
+                            _: Operator,
+                            ctx: Ctx) -> PipelineRegistered:
+    """Register a pipeline, or add a version when its definition changed (matched by metadata.name)."""
+    body = await request.body()
+    if len(body) > MAX_DEFINITION_BYTES:
+        raise HTTPException(413, f"a definition may have at most {MAX_DEFINITION_BYTES} bytes")
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    filename = "request.json" if kind.endswith("json") else "request.yaml"
+    try:
+        pipeline = load_pipeline(body, filename=filename)
+    except SpecErrors as exc:
+        raise _invalid(exc.errors) from None
+    except SpecError as exc:
+        raise _invalid([exc]) from None
+    previous = await run_in_threadpool(ctx.store.get_pipeline, pipeline.name)
+    latest = previous.latest if previous else None
+    version = await run_in_threadpool(ctx.store.register_pipeline, pipeline.name, definition_of(pipeline))
+    created = latest is None or latest.version != version.version
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    request.state.audit_detail = f"pipeline {pipeline.name} version {version.version}" + ("" if created else " (unchanged)")
+    return PipelineRegistered(name=pipeline.name, version=version.version, content_hash=version.content_hash,
+                              created=created)
+
+
+class DefinitionInvalid(Exception):
+    def __init__(self, errors: list[SpecError]) -> None:
+        super().__init__(f"the definition has {len(errors)} error(s)")
+        self.errors = errors
+
+
+def _invalid(errors: list[SpecError]) -> DefinitionInvalid:
+    return DefinitionInvalid(errors)
+
+
+@router.get("")
+def list_pipelines(_: Viewer,
+                   ctx: Ctx) -> list[PipelineSummary]:
+    return [PipelineSummary.from_record(p) for p in ctx.store.list_pipelines()]
+
+
+@router.get("/{name}", responses={404: {"model": Problem}})
+def get_pipeline(name: PipelineName, _: Viewer,
+                 ctx: Ctx) -> PipelineDetail:
+    """A pipeline with every version and its definition, oldest first."""
+    record = ctx.store.get_pipeline(name)
+    if record is None:
+        raise HTTPException(404, f"no pipeline {name!r}")
+    return PipelineDetail.from_record(record)
+
+
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, responses={404: {"model": Problem}})
+def delete_pipeline(request: Request, name: PipelineName, _: Admin,
+                    ctx: Ctx) -> None:
+    if not ctx.store.delete_pipeline(name):
+        raise HTTPException(404, f"no pipeline {name!r}")
+    request.state.audit_detail = f"pipeline {name} deleted"

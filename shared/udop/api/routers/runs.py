@@ -1,0 +1,123 @@
+"""Runs: trigger (202 at once), list with filters and a cursor, inspect, cancel, resume, lineage, checks."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
+
+from udop.api.audit import decode_cursor, encode_cursor
+from udop.api.deps import ApiContext, Ctx, Operator, Viewer
+from udop.api.schemas import Check, Lineage, Problem, RunAccepted, RunDetail, RunPage, RunRequest, RunSummary
+from udop.errors import RunNotFound
+from udop.spec.models import Pipeline
+from udop.states import RunState
+from udop.store.api import RunRecord
+
+router = APIRouter(tags=["runs"])
+
+RunId = Annotated[str, Path(description="the run's id", max_length=100)]
+
+
+def _pipeline_version(ctx: ApiContext, name: str, version: int | None = None) -> Pipeline:
+    record = ctx.store.get_pipeline(name)
+    if record is None or not record.versions:
+        raise HTTPException(404, f"no pipeline {name!r}; register it with POST /pipelines first")
+    chosen = record.latest if version is None else next((v for v in record.versions if v.version == version), None)
+    if chosen is None:
+        raise HTTPException(404, f"pipeline {name!r} has no version {version}")
+    return Pipeline.model_validate(chosen.definition)
+
+
+def _run(ctx: ApiContext, run_id: str) -> RunRecord:
+    run = ctx.store.get_run(run_id)
+    if run is None:
+        raise HTTPException(404, f"no run {run_id!r}")
+    return run
+
+
+def _accepted(run: RunRecord, state: RunState) -> RunAccepted:
+    return RunAccepted(run_id=run.id, pipeline=run.pipeline, state=state, href=f"/runs/{run.id}")
+
+
+@router.post("/pipelines/{name}/runs", status_code=status.HTTP_202_ACCEPTED,
+             responses={404: {"model": Problem}, 422: {"model": Problem}})
+def trigger_run(request: Request, response: Response, name: Annotated[str, Path(max_length=200)],
+                _: Operator, ctx: Ctx, body: RunRequest | None = None) -> RunAccepted:
+    """Start a run of the pipeline's latest version; answers at once, before any task runs."""
+    from udop.executor.local import new_run_id
+
+    body = body or RunRequest()
+    pipeline = _pipeline_version(ctx, name)
+    run = ctx.launcher.trigger(pipeline, params=body.params, logical_date=body.logical_date, run_id=new_run_id())
+    response.headers["Location"] = f"/runs/{run.id}"
+    request.state.audit_detail = f"run {run.id} of {name} v{run.pipeline_version}"
+    return _accepted(run, run.state)
+
+
+@router.get("/runs", responses={400: {"model": Problem}})
+def list_runs(_: Viewer, ctx: Ctx,
+              pipeline: Annotated[str | None, Query(max_length=200)] = None,
+              state: RunState | None = None,
+              limit: Annotated[int, Query(ge=1, le=500)] = 50,
+              cursor: Annotated[str | None, Query(max_length=400, description="the previous page's next_cursor")]
+              = None) -> RunPage:
+    """Newest first."""
+    before = None
+    if cursor:
+        try:
+            before = decode_cursor(cursor)
+        except ValueError:
+            raise HTTPException(400, "cursor is not one this API returned; start again without it") from None
+    try:
+        runs = ctx.store.list_runs(pipeline=pipeline, state=state, limit=limit + 1, before=before)
+    except RunNotFound:
+        raise HTTPException(400, "the cursor's run no longer exists; start again without a cursor") from None
+    more = len(runs) > limit
+    runs = runs[:limit]
+    return RunPage(items=[RunSummary.from_record(r) for r in runs],
+                   next_cursor=encode_cursor(runs[-1].id) if more and runs else None)
+
+
+@router.get("/runs/{run_id}", responses={404: {"model": Problem}})
+def get_run(run_id: RunId, _: Viewer,
+            ctx: Ctx) -> RunDetail:
+    """The run with each task's state, attempts and errors."""
+    return RunDetail.from_record(_run(ctx, run_id))
+
+
+@router.post("/runs/{run_id}/cancel", responses={404: {"model": Problem}, 409: {"model": Problem}})
+def cancel_run(request: Request, run_id: RunId, principal: Operator,
+               ctx: Ctx) -> RunDetail:
+    run = _run(ctx, run_id)
+    record = ctx.launcher.cancel(run, reason=f"cancelled by {principal.subject}")
+    request.state.audit_detail = f"run {run_id} cancelled"
+    return RunDetail.from_record(record)
+
+
+@router.post("/runs/{run_id}/resume", status_code=status.HTTP_202_ACCEPTED,
+             responses={404: {"model": Problem}, 409: {"model": Problem}})
+def resume_run(request: Request, run_id: RunId, _: Operator,
+               ctx: Ctx) -> RunAccepted:
+    """Run a failed or cancelled run again from the tasks that did not succeed (a redrive on AWS)."""
+    run = _run(ctx, run_id)
+    pipeline = _pipeline_version(ctx, run.pipeline, run.pipeline_version)
+    ctx.launcher.resume(run, pipeline)
+    request.state.audit_detail = f"run {run_id} resumed"
+    return _accepted(run, RunState.RUNNING if run.state != RunState.PENDING else RunState.PENDING)
+
+
+@router.get("/runs/{run_id}/lineage", responses={404: {"model": Problem}})
+def run_lineage(run_id: RunId, _: Viewer,
+                ctx: Ctx) -> list[Lineage]:
+    """What each task read and wrote: inputs, output URI, rows, bytes, schema fingerprint."""
+    _run(ctx, run_id)
+    return [Lineage.from_record(r) for r in ctx.store.get_lineage(run_id)]
+
+
+@router.get("/runs/{run_id}/checks", responses={404: {"model": Problem}})
+def run_checks(run_id: RunId, _: Viewer,
+               ctx: Ctx) -> list[Check]:
+    """Data-quality results of the run's validate tasks."""
+    _run(ctx, run_id)
+    return [Check.from_record(r) for r in ctx.store.get_checks(run_id)]

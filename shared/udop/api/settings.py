@@ -1,0 +1,52 @@
+"""Settings of the REST API: the core settings plus authentication and where runs go.
+
+Read from ``UDOP_*`` environment variables once, at start: a Lambda with a malformed variable fails at
+cold start naming it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+
+from udop.errors import ConfigError
+from udop.settings import Settings
+
+__all__ = ["ApiSettings", "load_api_settings"]
+
+#: HS256 with a shorter secret can be brute-forced offline from one token (RFC 7518 section 3.2)
+MIN_SECRET_BYTES = 32
+
+
+class ApiSettings(Settings):
+    jwt_secret: SecretStr | None = Field(
+        None, description="HS256 shared secret (at least 32 bytes) for locally issued tokens")
+    jwks_url: str | None = Field(
+        None, description="JWKS URL of an OIDC issuer (Cognito: https://cognito-idp.<region>.amazonaws.com/"
+                          "<pool>/.well-known/jwks.json); RS256/ES256 tokens are verified against it")
+    jwt_issuer: str | None = Field(None, description="required 'iss' claim, when set")
+    jwt_audience: str | None = Field(None, description="required 'aud' claim, when set")
+    jwt_role_claim: str = Field("role", description="claim holding the role; 'cognito:groups' is also read")
+    executor: Literal["local", "stepfunctions"] = Field(
+        "local", description="where triggered runs go: a background LocalExecutor or Step Functions")
+    local_workers: int = Field(4, ge=1, le=64, description="worker threads of each local run")
+    max_concurrent_runs: int = Field(4, ge=1, le=256, description="local runs executing at once")
+    api_root_path: str = Field("", description="path prefix behind a proxy, e.g. '/prod' on API Gateway")
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
+            raise ValueError(f"must be at least {MIN_SECRET_BYTES} bytes long")
+        return value
+
+
+def load_api_settings() -> ApiSettings:
+    """Read the settings from the environment; a bad variable is a ``ConfigError`` naming it."""
+    try:
+        return ApiSettings()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = "UDOP_" + str(err["loc"][0]).upper() if err["loc"] else "UDOP_*"
+        raise ConfigError(f"environment variable {name}: {err['msg']}") from None
