@@ -32,7 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(name for name, (target, _) in COMMANDS.items() if _available(target))
+        return sorted(COMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         entry = COMMANDS.get(cmd_name)
@@ -41,24 +41,16 @@ class LazyGroup(click.Group):
         module, attr = entry[0].split(":")
         try:
             command: click.Command = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError):
-            return None
+        except ImportError as exc:
+            raise click.ClickException(
+                f"'udop {cmd_name}' is not available: {exc}. Install udop with all extras "
+                "(bash scripts/bootstrap.sh) or the extra this command needs (e.g. udop[api], udop[aws]).") from None
         return command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
-
-
-def _available(target: str) -> bool:
-    from importlib.util import find_spec
-
-    module = target.split(":")[0]
-    try:
-        return find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

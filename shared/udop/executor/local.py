@@ -71,6 +71,47 @@ class _Attempt:
     context: TaskContext
     deadline: float | None
     cancel_hooks: list[Callable[[], None]] = field(default_factory=list)
+    work: Callable[[], None] | None = None
+    abandoned: bool = False
+
+
+class _WorkerPool:
+    """Long-lived worker threads (starting a thread per attempt costs ~1 ms under GIL contention).
+
+    An abandoned attempt (timed out) keeps its thread until the task returns, if ever; a
+    replacement thread is started at once so the pool keeps ``size`` threads able to take work.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.jobs: queue.SimpleQueue[_Attempt | None] = queue.SimpleQueue()
+        self.live = 0
+        for _ in range(size):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        self.live += 1
+        threading.Thread(target=self._loop, name=f"udop-worker-{self.live}", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None or job.abandoned:
+                return  # shut down, or a replacement thread already took this one's place
+            assert job.work is not None
+            job.work()
+            if job.abandoned:
+                return
+
+    def submit(self, job: _Attempt) -> None:
+        self.jobs.put(job)
+
+    def abandon(self, job: _Attempt) -> None:
+        job.abandoned = True
+        self._spawn()
+
+    def shutdown(self) -> None:
+        for _ in range(self.live):
+            self.jobs.put(None)
 
 
 class LocalExecutor:
@@ -189,6 +230,7 @@ class _Run:
 
     def execute(self) -> RunRecord:
         self._load()
+        self.pool = _WorkerPool(self.ex.workers)
         try:
             while self.ready or self.inflight or self.retries:
                 self._launch_ready()
@@ -196,6 +238,8 @@ class _Run:
         except BaseException as exc:  # KeyboardInterrupt, SystemExit, a store failure: stop cleanly
             self._cancel(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
             raise
+        finally:
+            self.pool.shutdown()
         final = RunState.SUCCEEDED if all(s == TaskState.SUCCEEDED for s in self.state.values()) else RunState.FAILED
         error = "; ".join(self.failures) if final == RunState.FAILED else None
         if final == RunState.FAILED and not error:
@@ -252,9 +296,9 @@ class _Run:
             on_cancel=attempt.cancel_hooks.append, services=self.ex.services)
         self.inflight[(tid, number)] = attempt
         inputs = {d: self.results[d] for d in task.depends_on}
-        thread = threading.Thread(target=self._work, args=(attempt.context, task, inputs),
-                                  name=f"udop-{tid}-{number}", daemon=True)
-        thread.start()
+        context = attempt.context
+        attempt.work = lambda: self._work(context, task, inputs)
+        self.pool.submit(attempt)
 
     def _work(self, context: TaskContext, task: Any, inputs: dict[str, TaskResult]) -> None:
         """Runs in a worker thread: only computes, never touches run state."""
@@ -291,6 +335,7 @@ class _Run:
 
     def _timeout(self, key: tuple[str, int], attempt: _Attempt) -> None:
         del self.inflight[key]
+        self.pool.abandon(attempt)
         attempt.context.cancel_event.set()
         for hook in attempt.cancel_hooks:
             try:

@@ -258,7 +258,7 @@ def _message(err: Any) -> str:
         return f"unknown task type {tag!r}{_close(str(tag), list(TASK_TYPES))} (known: {', '.join(TASK_TYPES)})"
     if kind == "union_tag_not_found":
         return f"missing 'type' (one of: {', '.join(TASK_TYPES)})"
-    msg = str(err["msg"])
+    msg = str(err["msg"]).removeprefix("Value error, ")
     return msg[0].lower() + msg[1:] if msg else kind
 
 
@@ -308,13 +308,13 @@ def load_pipeline(source: str | Path | bytes, *, filename: str | None = None,
     each ``python`` task's callable is imported (from ``base_dir``, default the file's folder), so a
     typo fails before anything runs.
     """
-    if filename is None:
-        filename = str(source)
-        raw: str | bytes = _read(source)  # type: ignore[arg-type]
-        base_dir = base_dir or Path(source).parent  # type: ignore[arg-type]
-    else:
-        raw = source  # type: ignore[assignment]
     try:
+        if filename is None:
+            filename = str(source)
+            raw: str | bytes = _read(source)  # type: ignore[arg-type]
+            base_dir = base_dir or Path(source).parent  # type: ignore[arg-type]
+        else:
+            raw = source  # type: ignore[assignment]
         loaded = parse_definition(raw, filename)
     except SpecError as exc:
         raise SpecErrors([exc]) from None

@@ -1,0 +1,104 @@
+"""Task functions the core tests run. Copied into each test's folder under a unique module name.
+
+They coordinate with the test through files in their own folder (counters, flags), so they behave
+the same in a worker thread and in a `udop run` subprocess.
+"""
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+
+from udop.errors import FatalError
+
+HERE = Path(__file__).parent
+_barriers: dict[str, threading.Barrier] = {}
+_lock = threading.Lock()
+
+
+def _count(name: str) -> int:
+    """Append to a counter file and return how many times this was called (this one included)."""
+    with _lock:
+        path = HERE / f"{name}.count"
+        with path.open("a") as fh:
+            fh.write("x")
+        return len(path.read_text())
+
+
+def noop(context, inputs, **args):
+    return None
+
+
+def record(context, inputs, name=None, **args):
+    _count(name or context.task_id)
+    return {"task": context.task_id, "inputs": sorted(inputs), "args": args}
+
+
+def echo_args(context, inputs, **args):
+    return args
+
+
+def numbers(context, inputs, n=10):
+    _count(context.task_id)
+    return pa.table({"n": pa.array(range(n), pa.int64())})
+
+
+def double(context, inputs, source="numbers"):
+    _count(context.task_id)
+    table = inputs[source].to_arrow()
+    return pa.table({"n": pa.compute.multiply(table["n"], 2)})
+
+
+def fail_until(context, inputs, name, succeed_on):
+    """Fail with a retryable error until called the `succeed_on`-th time."""
+    calls = _count(name)
+    if calls < succeed_on:
+        raise ConnectionError(f"transient failure {calls}")
+    return {"calls": calls}
+
+
+def fail_fatal(context, inputs, **args):
+    _count(context.task_id)
+    raise FatalError("bad data: column 'x' missing")
+
+
+def fail_unless_flag(context, inputs, flag="fixed"):
+    _count(context.task_id)
+    if not (HERE / flag).exists():
+        raise FatalError(f"flag file {flag!r} is not there yet")
+    return {"ok": True}
+
+
+def rendezvous(context, inputs, parties=2, key="r"):
+    """Succeeds only if `parties` tasks are inside it at the same time."""
+    with _lock:
+        barrier = _barriers.setdefault(key, threading.Barrier(parties, timeout=10))
+    barrier.wait()
+    return {"met": parties}
+
+
+def sleep(context, inputs, seconds=10.0, marker=None):
+    _count(context.task_id)
+    if marker:
+        (HERE / marker).write_text(str(os.getpid()))
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not context.cancelled:
+        time.sleep(0.01)
+    return {"slept": seconds}
+
+
+def big_value(context, inputs):
+    return {"blob": "x" * 100_000}
+
+
+def sleep_once(context, inputs, seconds=60.0, marker="started"):
+    """Sleep (cancellably) only on the first call; later calls return at once."""
+    calls = _count(context.task_id)
+    if calls == 1:
+        (HERE / marker).write_text(str(os.getpid()))
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not context.cancelled:
+            time.sleep(0.01)
+    return {"calls": calls}
