@@ -1,0 +1,297 @@
+"""Emit Amazon States Language for a schedule: Task, Parallel, Map and child-machine states.
+
+The state that flows between states is the execution input (the run context) at the top level and
+``{}`` inside Parallel branches; tasks read what they need from ``$$.Execution.Input`` and drop their
+results, so no state grows with the data or with the number of parents. A failed task does not stop
+unrelated branches: its branch ends carrying ``{"failure": {...}}``, the Parallel collects the
+failures of its branches, and a Choice after it sends the first one on, up to the top-level Fail.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from udop.compiler._schedule import Node, Parallel, Series, Step
+
+LAMBDA_INVOKE = "arn:aws:states:::lambda:invoke"
+START_CHILD = "arn:aws:states:::states:startExecution.sync:2"
+S3_LIST = "arn:aws:states:::aws-sdk:s3:listObjectsV2"
+#: names the compiled Retry uses; the task runner raises these (see ``udop.errors.error_type``).
+#: ``States.Timeout`` is there because a timed-out attempt is retryable under the LocalExecutor too.
+RETRYABLE_ERRORS = ["udop.RetryableError", "udop.TaskTimeout", "udop.ConnectionFailed", "States.Timeout"]
+LAMBDA_TRANSIENT_ERRORS = ["Lambda.ServiceException", "Lambda.AWSLambdaException",
+                           "Lambda.SdkClientException", "Lambda.TooManyRequestsException"]
+LAMBDA_TRANSIENT_RETRY = {"ErrorEquals": LAMBDA_TRANSIENT_ERRORS, "IntervalSeconds": 1, "BackoffRate": 2.0,
+                          "MaxAttempts": 3, "JitterStrategy": "FULL"}
+FAIL_STATE = "Run failed"
+
+
+@dataclass(frozen=True, slots=True)
+class ChildCall:
+    """Part of the schedule moved into a child state machine (``name``)."""
+
+    name: str
+    body: Node
+
+
+AnyNode = Node | ChildCall
+#: how a state sequence continues: its entry state's name and a function that sets where it goes next
+Exit = Callable[[str | None], None]
+Emitted = tuple[str, Exit]
+
+
+def substitution_key(child: str) -> str:
+    return f"Child_{child}Arn"
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """What the emitter needs to know about one task."""
+
+    task_id: str
+    max_attempts: int
+    base_delay: float
+    backoff_rate: float
+    max_delay: float
+    jitter: bool
+    timeout_seconds: int
+    foreach: Any = None  # udop.spec.models.ForEach | None
+
+
+class Emitter:
+    """Builds one state machine's definition; a fresh one per machine (state names are per machine)."""
+
+    def __init__(self, *, pipeline: str, version: int, tasks: dict[str, TaskSettings], root: bool,
+                 map_mode: str, inline_max_items: int, runner_key: str) -> None:
+        self.pipeline = pipeline
+        self.version = version
+        self.tasks = tasks
+        self.root = root
+        self.map_mode = map_mode
+        self.inline_max_items = inline_max_items
+        self.runner = "${" + runner_key + "}"
+        self.parallels = 0
+        self.uses_fail = False
+
+    # -- paths every Task reads -------------------------------------------------------------------
+    @property
+    def execution_path(self) -> str:
+        """The run's (root) execution id: children get it in their input."""
+        return "$$.Execution.Id" if self.root else "$$.Execution.Input.root_execution"
+
+    def machine(self, node: AnyNode, comment: str) -> dict[str, Any]:
+        start, states = self.scope(node, top=True)
+        if self.uses_fail:
+            states[FAIL_STATE] = {"Type": "Fail", "Comment": "a task failed; Error and Cause are the task's",
+                                  "ErrorPath": "$.failure.Error", "CausePath": "$.failure.Cause"}
+        return {"Comment": comment, "StartAt": start, "States": states}
+
+    # -- scopes -------------------------------------------------------------------------------------
+    def scope(self, node: AnyNode, *, top: bool) -> tuple[str, dict[str, Any]]:
+        items = list(node.items) if isinstance(node, Series) else [node]
+        states: dict[str, Any] = {}
+        entries: list[str] = []
+        exits: list[Exit] = []
+        for item in items:
+            entry, exit_ = self.emit(item, states, top)
+            entries.append(entry)
+            exits.append(exit_)
+        for i, exit_ in enumerate(exits):
+            exit_(entries[i + 1] if i + 1 < len(entries) else None)
+        return entries[0], states
+
+    def _on_failure(self, state: dict[str, Any], top: bool) -> None:
+        """Where a recorded failure goes: the Fail state at the top, the branch's end inside one."""
+        if top:
+            self.uses_fail = True
+            state["Next"] = FAIL_STATE
+        else:
+            state["End"] = True
+
+    def _catch(self, target: str) -> list[dict[str, Any]]:
+        return [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.failure", "Next": target}]
+
+    def _record(self, name: str, task: str, states: dict[str, Any], top: bool) -> None:
+        """The Pass state that records which task failed, with the error and cause it gave."""
+        state = {"Type": "Pass", "Parameters": {"task": task, "Error.$": "$.failure.Error",
+                                                "Cause.$": "$.failure.Cause"},
+                 "ResultPath": "$.failure"}
+        self._on_failure(state, top)
+        states[name] = state
+
+    @staticmethod
+    def _chain(state: dict[str, Any]) -> Exit:
+        def connect(nxt: str | None) -> None:
+            if nxt is None:
+                state["End"] = True
+            else:
+                state["Next"] = nxt
+        return connect
+
+    def emit(self, node: AnyNode, states: dict[str, Any], top: bool) -> Emitted:
+        if isinstance(node, Step):
+            settings = self.tasks[node.task_id]
+            if settings.foreach is not None:
+                return self._map(settings, states, top)
+            return self._task(settings, states, top)
+        if isinstance(node, ChildCall):
+            return self._child(node, states, top)
+        if isinstance(node, Parallel):
+            return self._parallel(node, states, top)
+        # a Series inside a Series never happens (the scheduler flattens); a Series as a whole
+        # scope is handled by scope(); here it can only come from a ChildCall body at the top
+        raise AssertionError(f"unexpected nested {type(node).__name__}")
+
+    # -- states ------------------------------------------------------------------------------------
+    def payload(self, task_id: str, *, run: str = "$$.Execution.Input.run",
+                execution: str | None = None) -> dict[str, Any]:
+        return {"run.$": run, "pipeline": self.pipeline, "version": self.version, "task_id": task_id,
+                "execution.$": execution or self.execution_path, "attempt.$": "$$.State.RetryCount"}
+
+    def _retry(self, s: TaskSettings) -> list[dict[str, Any]]:
+        retry: list[dict[str, Any]] = []
+        if s.max_attempts > 1:
+            interval = max(1, math.ceil(s.base_delay))
+            rule: dict[str, Any] = {"ErrorEquals": RETRYABLE_ERRORS, "IntervalSeconds": interval,
+                                    "BackoffRate": float(s.backoff_rate), "MaxAttempts": s.max_attempts - 1,
+                                    "MaxDelaySeconds": max(interval, math.ceil(s.max_delay))}
+            if s.jitter:
+                rule["JitterStrategy"] = "FULL"
+            retry.append(rule)
+        retry.append(dict(LAMBDA_TRANSIENT_RETRY))
+        return retry
+
+    def _invoke(self, s: TaskSettings, payload: dict[str, Any]) -> dict[str, Any]:
+        return {"Type": "Task", "Resource": LAMBDA_INVOKE,
+                "Parameters": {"FunctionName": self.runner, "Payload": payload},
+                "TimeoutSeconds": s.timeout_seconds, "Retry": self._retry(s)}
+
+    def _task(self, s: TaskSettings, states: dict[str, Any], top: bool) -> Emitted:
+        name = s.task_id
+        state = self._invoke(s, self.payload(s.task_id))
+        # the runner's answer (a manifest) is dropped: downstream tasks read it from S3 themselves
+        state["ResultPath"] = None
+        state["Catch"] = self._catch(f"{name} failed")
+        states[name] = state
+        self._record(f"{name} failed", s.task_id, states, top)
+        return name, self._chain(state)
+
+    def _parallel(self, node: Parallel, states: dict[str, Any], top: bool) -> Emitted:
+        self.parallels += 1
+        name = f"Parallel {self.parallels}"
+        branches = []
+        for branch in node.branches:
+            start, sub = self.scope(branch, top=False)
+            branches.append({"StartAt": start, "States": sub})
+        check, failed = f"{name} ok?", f"{name} failed"
+        states[name] = {"Type": "Parallel", "Branches": branches,
+                        # branches start from {} and end with {} or {"failure": ...}: the result is
+                        # one small entry per failed branch, whatever the fan-in
+                        "InputPath": None,
+                        "ResultSelector": {"failures.$": "$[*].failure"},
+                        "ResultPath": "$.branches", "Next": check}
+        choice: dict[str, Any] = {"Type": "Choice", "Choices": [
+            {"Variable": "$.branches.failures[0]", "IsPresent": True, "Next": failed}]}
+        states[check] = choice
+        record = {"Type": "Pass", "InputPath": "$.branches.failures[0]", "ResultPath": "$.failure"}
+        self._on_failure(record, top)
+        states[failed] = record
+
+        def connect(nxt: str | None) -> None:
+            if nxt is None:
+                done = f"{name} done"
+                states[done] = {"Type": "Succeed"}
+                choice["Default"] = done
+            else:
+                choice["Default"] = nxt
+        return name, connect
+
+    def _child(self, node: ChildCall, states: dict[str, Any], top: bool) -> Emitted:
+        name = f"Run {node.name}"
+        state = {"Type": "Task", "Resource": START_CHILD,
+                 "Parameters": {"StateMachineArn": "${" + substitution_key(node.name) + "}",
+                                "Name.$": "States.UUID()",
+                                "Input": {"run.$": "$$.Execution.Input.run",
+                                          "root_execution.$": self.execution_path,
+                                          "AWS_STEP_FUNCTIONS_STARTED_BY_EXECUTION_ID.$": "$$.Execution.Id"}},
+                 "ResultSelector": {"status.$": "$.Status"}, "ResultPath": None,
+                 "Catch": self._catch(f"{name} failed")}
+        states[name] = state
+        self._record(f"{name} failed", node.name, states, top)
+        return name, self._chain(state)
+
+    # -- foreach -------------------------------------------------------------------------------------
+    def _key(self, task_id: str, suffix: str = "") -> str:
+        """Intrinsic for an S3 key under a task's output prefix ``runs/<pipeline>/<run>/<task>/``."""
+        return (f"States.Format('{{}}runs/{self.pipeline}/{{}}/{task_id}/{suffix}', "
+                "$$.Execution.Input.run.data_prefix, $$.Execution.Input.run.run_id)")
+
+    def _map(self, s: TaskSettings, states: dict[str, Any], top: bool) -> Emitted:
+        fe = s.foreach
+        name = s.task_id
+        inline = self.map_mode == "inline"
+        item_value = "$$.Map.Item.Value"
+        inner_payload = self.payload(s.task_id, run="$.run", execution="$.execution")
+        inner_payload["item.$"] = "$.item"
+        inner = self._invoke(s, inner_payload)
+        # each item answers with a few bytes, so the Map's result stays small for any item count
+        inner["ResultSelector"] = {"status.$": "$.StatusCode"}
+        inner["End"] = True
+        item_name = f"{name} item"
+        processor: dict[str, Any] = {"StartAt": item_name, "States": {item_name: inner}}
+        state: dict[str, Any] = {"Type": "Map", "MaxConcurrency": fe.max_concurrency}
+        entry = name
+        if inline:
+            listing = f"{name} list"
+            check = f"{name} listed?"
+            params: dict[str, Any] = {"Bucket.$": "$$.Execution.Input.run.data_bucket",
+                                      "Prefix.$": self._key(fe.input), "MaxKeys": self.inline_max_items}
+            if fe.over == "partitions":
+                params["Delimiter"] = "/"
+                keys = "$.CommonPrefixes[*].Prefix"
+            else:
+                keys = "$.Contents[*].Key"
+            states[listing] = {"Type": "Task", "Resource": S3_LIST, "Parameters": params,
+                               "ResultSelector": {"keys.$": keys, "truncated.$": "$.IsTruncated"},
+                               "ResultPath": "$.items", "Next": check,
+                               "Catch": self._catch(f"{name} failed")}
+            too_many = f"{name} too many items"
+            states[check] = {"Type": "Choice", "Choices": [
+                {"Variable": "$.items.truncated", "BooleanEquals": True, "Next": too_many}], "Default": name}
+            cause = (f"task {s.task_id!r}: its input {fe.input!r} has more than {self.inline_max_items} "
+                     f"{fe.over}, the most an inline Map lists; compile with map_mode='distributed'")
+            states[too_many] = {"Type": "Pass", "Result": {"Error": "udop.FatalError", "Cause": cause},
+                                "ResultPath": "$.failure", "Next": f"{name} failed"}
+            processor["ProcessorConfig"] = {"Mode": "INLINE"}
+            state["ItemsPath"] = "$.items.keys"
+            # replaces the item list with its length, so the listing does not travel on
+            state["ResultSelector"] = {"count.$": "States.ArrayLength($)"}
+            state["ResultPath"] = "$.items"
+            entry = listing
+        else:
+            processor["ProcessorConfig"] = {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}
+            if fe.over == "partitions":
+                # the upstream task writes `_partitions.json` (a JSON array of partition prefixes)
+                state["ItemReader"] = {"Resource": "arn:aws:states:::s3:getObject",
+                                       "ReaderConfig": {"InputType": "JSON"},
+                                       "Parameters": {"Bucket.$": "$$.Execution.Input.run.data_bucket",
+                                                      "Key.$": self._key(fe.input, "_partitions.json")}}
+            else:
+                state["ItemReader"] = {"Resource": "arn:aws:states:::s3:listObjectsV2",
+                                       "Parameters": {"Bucket.$": "$$.Execution.Input.run.data_bucket",
+                                                      "Prefix.$": self._key(fe.input)}}
+                item_value = "$$.Map.Item.Value.Key"
+            state["ResultWriter"] = {"Resource": "arn:aws:states:::s3:putObject",
+                                     "Parameters": {"Bucket.$": "$$.Execution.Input.run.data_bucket",
+                                                    "Prefix.$": self._key(s.task_id, "_map")}}
+            state["ResultPath"] = None
+        state["ItemSelector"] = {"run.$": "$$.Execution.Input.run", "execution.$": self.execution_path,
+                                 "item": {"key.$": item_value, "index.$": "$$.Map.Item.Index"}}
+        state["ItemProcessor"] = processor
+        state["Catch"] = self._catch(f"{name} failed")
+        states[name] = state
+        self._record(f"{name} failed", s.task_id, states, top)
+        return entry, self._chain(state)
