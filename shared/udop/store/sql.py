@@ -439,14 +439,18 @@ class SqlMetadataStore:
                        task_runs.c.state.in_(predecessors(state)))
                 .values(**values))
         with self._write() as conn:
-            if conn.execute(stmt).rowcount != len(ids):
-                found = dict(conn.execute(select(task_runs.c.task_id, task_runs.c.state).where(
-                    task_runs.c.run_id == run_id, task_runs.c.task_id.in_(ids))).tuples().all())
-                missing = [t for t in ids if t not in found]
-                if missing:
-                    self._raise_missing(conn, run_id, missing[0])
-                bad = next(t for t in ids if found[t] not in predecessors(state))
-                raise _transition_error(f"run {run_id!r} task {bad!r}", found[bad], state)
+            # read (and on PostgreSQL lock) the current states first, so a refusal names the right task
+            found = dict(conn.execute(
+                select(task_runs.c.task_id, task_runs.c.state)
+                .where(task_runs.c.run_id == run_id, task_runs.c.task_id.in_(ids)).with_for_update()).all())
+            for task_id in ids:
+                if task_id not in found:
+                    self._raise_missing(conn, run_id, task_id)
+                if found[task_id] not in predecessors(state):
+                    raise _transition_error(f"run {run_id!r} task {task_id!r}", found[task_id], state)
+            if conn.execute(stmt).rowcount != len(ids):  # cannot happen with the rows locked; be sure
+                raise TransitionError(f"run {run_id!r}: tasks changed concurrently while moving to "
+                                      f"{state.value}; try again")
 
     def reset_for_resume(self, run_id: str) -> list[str]:
         """Make a failed, cancelled or dead run resumable, in one transaction.
@@ -465,7 +469,7 @@ class SqlMetadataStore:
             rows = conn.execute(select(task_runs.c.task_id, task_runs.c.state)
                                 .where(task_runs.c.run_id == run_id,
                                        task_runs.c.state != TaskState.SUCCEEDED.value)
-                                .order_by(task_runs.c.position).with_for_update()).tuples().all()
+                                .order_by(task_runs.c.position).with_for_update()).all()
             movable = predecessors(TaskState.PENDING)
             for task_id, state in rows:
                 if state != TaskState.PENDING.value and state not in movable:
