@@ -97,17 +97,18 @@ class LiveDisplay(Display):
         from rich.live import Live
 
         self.console = Console()
-        self.live = Live(self._table(), console=self.console, refresh_per_second=8, transient=False)
+        # get_renderable: redrawn on every refresh, so running tasks' clocks tick between events
+        self.live = Live(console=self.console, refresh_per_second=8, transient=False, get_renderable=self._table)
         self.live.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.live.update(self._table())
+        self.live.refresh()
         self.live.__exit__(None, None, None)
 
     def show(self, event: RunEvent) -> None:
         if hasattr(self, "live"):
-            self.live.update(self._table())
+            self.live.refresh()
 
     def _table(self) -> Any:
         from rich.table import Table
