@@ -25,6 +25,8 @@ class ApiSettings(Settings):
     jwks_url: str | None = Field(
         None, description="JWKS URL of an OIDC issuer (Cognito: https://cognito-idp.<region>.amazonaws.com/"
                           "<pool>/.well-known/jwks.json); RS256/ES256 tokens are verified against it")
+    jwks_refresh_cooldown: float = Field(
+        30.0, ge=0, description="seconds between forced JWKS refetches for an unknown key id (0: no limit)")
     jwt_issuer: str | None = Field(None, description="required 'iss' claim, when set")
     jwt_audience: str | None = Field(None, description="required 'aud' claim, when set")
     jwt_role_claim: str = Field("role", description="claim holding the role; 'cognito:groups' is also read")
