@@ -161,15 +161,18 @@ def _filter(plan: Plan, step: FilterStep) -> str:
 
 
 def _derive(plan: Plan, step: DeriveStep) -> str:
-    # a replaced column keeps its place; new ones are appended, later ones may use earlier ones
-    exprs = {name: _expr(plan, text) for name, text in step.derive.items()}
-    replaced = {n: e for n, e in exprs.items() if n in plan.names}
-    added = {n: e for n, e in exprs.items() if n not in plan.names}
-    star = "*"
-    if replaced:
-        star += " REPLACE (" + ", ".join(f"({e}) AS {ident(n)}" for n, e in replaced.items()) + ")"
-    extra = "".join(f", ({e}) AS {ident(n)}" for n, e in added.items())
-    return f"SELECT {star}{extra} FROM {plan.current}"
+    # one SELECT layer per entry: a later entry sees the new value of an earlier (replaced) one; a
+    # replaced column keeps its place, new ones are appended
+    names = list(plan.names)
+    sql = f"SELECT * FROM {plan.current}"
+    for name, text in step.derive.items():
+        expr = _expr(plan, text)
+        if name in names:
+            sql = f"SELECT * REPLACE (({expr}) AS {ident(name)}) FROM ({sql})"
+        else:
+            sql = f"SELECT *, ({expr}) AS {ident(name)} FROM ({sql})"
+            names.append(name)
+    return sql
 
 
 def _aggregate(plan: Plan, step: AggregateStep) -> str:
