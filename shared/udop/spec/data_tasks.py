@@ -207,7 +207,7 @@ class FreshnessSpec(SpecModel):
     column: str = Field(description="a date or timestamp column")
     max_age: Duration = Field(description="the newest value must be at most this old")
     relative_to: Literal["now", "logical_date"] = Field(
-        "now", description="now: the wall clock; logical_date: the end of the run's logical date "
+        "now", description="now: the wall clock; logical_date: the run's logical date and time "
                            "(backfills stay valid)")
 
 
