@@ -224,9 +224,10 @@ class SqlConnector(Connector):
         code = orig.args[0] if getattr(orig, "args", None) and isinstance(orig.args[0], int) else None
         prefix = f"{doing}: " if doing else ""
         if (sqlstate.startswith("28") or code == 1045 or "password authentication failed" in lower
-                or "access denied" in lower or "authentication failed" in lower):
+                or "access denied" in lower or "authentication failed" in lower
+                or ('fatal: role "' in lower and "does not exist" in lower)):
             self.fail(f"{prefix}login refused (check the user and password): {text}", retryable=False)
-        if sqlstate == "3D000" or code == 1049:
+        if sqlstate == "3D000" or code == 1049 or ('fatal: database "' in lower and "does not exist" in lower):
             self.fail(f"{prefix}database does not exist: {text}", retryable=False)
         if sqlstate in ("42P01", "3F000") or code == 1146 or "no such table" in lower:
             self.fail(f"{prefix}table does not exist: {text}", retryable=False)
@@ -390,7 +391,10 @@ class SqlConnector(Connector):
             with self.engine.begin() as conn:
                 table = self._target_table(conn, first.schema, mode, keys)
                 if mode == "overwrite":
-                    conn.execute(table.delete())
+                    # PostgreSQL's TRUNCATE is transactional (and frees the space); elsewhere DELETE is
+                    # (MySQL's TRUNCATE commits on its own)
+                    conn.execute(sa.text(f"TRUNCATE {self._qtable()}") if self.dialect_name == "postgresql"
+                                 else table.delete())
                 if (self.dialect_name == "postgresql" and self.settings.use_copy
                         and all(any(ok(f.type) for ok in _COPY_WRITABLE) for f in first.schema)):
                     return self._write_copy(conn, table, first, it, mode, keys)
@@ -485,17 +489,13 @@ class PostgresConnector(SqlConnector):
             if mode == "upsert":
                 dest = self.q("udop_stage")
                 cur.execute(f"CREATE TEMP TABLE {dest} ON COMMIT DROP AS SELECT {cols} FROM {target} LIMIT 0")
-            options = pacsv.WriteOptions(include_header=False, quoting_style="all_valid", batch_size=8192)
+            # naive timestamps are read in the session's zone: make it UTC, and send tz-aware values as
+            # their UTC wall time (Arrow formats those ~5x faster than zoned ones)
+            cur.execute("SET LOCAL TimeZone = 'UTC'")
             total = 0
             with cur.copy(f"COPY {dest} ({cols}) FROM STDIN WITH (FORMAT csv)") as copy:
-                for batch in _chain(first, rest):
-                    if batch.num_rows == 0:
-                        continue
-                    if batch.schema.names != columns:
-                        batch = batch.select(columns)
-                    sink = io.BytesIO()
-                    pacsv.write_csv(batch, sink, options)
-                    copy.write(sink.getbuffer())
+                for batch, data in _csv_chunks(_chain(first, rest), columns):
+                    copy.write(data)
                     total += batch.num_rows
             if mode == "upsert":
                 key_cols = ", ".join(self.q(k) for k in keys)
@@ -504,6 +504,56 @@ class PostgresConnector(SqlConnector):
                 cur.execute(f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {dest} "
                             f"ON CONFLICT ({key_cols}) {action}")
         return total
+
+
+def _csv_chunks(batches: Iterator[pa.RecordBatch], columns: list[str]
+                ) -> Iterator[tuple[pa.RecordBatch, memoryview]]:
+    """CSV for COPY, formatted in a second thread while the first one sends (Arrow releases the GIL),
+    at most two batches ahead so memory stays bounded. Strings are always quoted, so an empty
+    string ("") and NULL (nothing) stay apart."""
+    import queue
+    import threading
+
+    options = pacsv.WriteOptions(include_header=False, quoting_style="needed", batch_size=16_384)
+    out: queue.Queue[Any] = queue.Queue(maxsize=2)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if stop.is_set():
+                    return
+                if batch.num_rows == 0:
+                    continue
+                if batch.schema.names != columns:
+                    batch = batch.select(columns)
+                arrays = [a.cast(pa.timestamp(a.type.unit)) if pa.types.is_timestamp(a.type) and a.type.tz
+                          else a for a in batch.columns]
+                sink = io.BytesIO()
+                pacsv.write_csv(pa.RecordBatch.from_arrays(arrays, names=columns), sink, options)
+                out.put((batch, sink.getbuffer()))
+            out.put(done)
+        except BaseException as exc:
+            out.put(exc)
+
+    worker = threading.Thread(target=produce, name="udop-copy-csv", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = out.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():
+            try:
+                out.get_nowait()
+            except queue.Empty:
+                worker.join(0.05)
 
 
 def _chain(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from udop.connectors import watermark as wm
 from udop.connectors.base import Connector
-from udop.connectors.registry import get_connector
+from udop.connectors.registry import as_dict, get_connector
 from udop.errors import FatalError
 from udop.state.api import StateStore
 from udop.tasks.contract import Manifest, TaskContext, TaskResult
@@ -57,7 +57,7 @@ def _connections(context: TaskContext) -> Mapping[str, Any]:
 
 
 def _render(context: TaskContext, spec: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(spec)
+    out = as_dict(spec)
     rest = {k: v for k, v in out.items() if k not in _NOT_RENDERED}
     try:
         rendered = context.render(rest)

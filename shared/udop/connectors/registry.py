@@ -58,11 +58,12 @@ def connector_class(name: str) -> type[Connector]:
     return cls
 
 
-def _as_dict(value: Any) -> dict[str, Any]:
+def as_dict(value: Any) -> dict[str, Any]:
+    """A source/target/connection as a plain mapping. A pydantic model (the spec's ``SourceSpec``,
+    ``TargetSpec``, ``ConnectionSpec``) gives only what was written, so defaults meant for other
+    connectors (file options, ``mode``) do not leak into this connector's settings."""
     if hasattr(value, "model_dump"):
-        data = dict(value.model_dump())
-        data.update(getattr(value, "model_extra", None) or {})
-        return data
+        return dict(value.model_dump(exclude_unset=True))
     return dict(value)
 
 
@@ -79,7 +80,7 @@ def get_connector(spec_or_name: str | Mapping[str, Any], *, connections: Mapping
         spec: dict[str, Any] = ({"connection": spec_or_name} if spec_or_name in connections
                                 else {"connector": spec_or_name})
     else:
-        spec = _as_dict(spec_or_name)
+        spec = as_dict(spec_or_name)
     connection = spec.get("connection")
     settings: dict[str, Any] = {}
     connector = spec.get("connector")
@@ -87,7 +88,7 @@ def get_connector(spec_or_name: str | Mapping[str, Any], *, connections: Mapping
         if connection not in connections:
             known = ", ".join(sorted(connections)) or "none defined"
             raise ConfigError(f"unknown connection {connection!r} (spec.connections: {known})")
-        base = _as_dict(connections[connection])
+        base = as_dict(connections[connection])
         named = base.pop("connector", None)
         if connector is not None and named is not None and connector != named:
             raise ConfigError(f"connection {connection!r} is a {named!r} connection, "
