@@ -126,7 +126,8 @@ def run_extract(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult
     source = task.source
     if source.connector not in FILE_CONNECTORS:
         connectors = _connectors(task.id, source.connector)
-        manifest = connectors.extract_to_parquet(context, source, context.output_uri)
+        manifest = connectors.extract_to_parquet(context, source.model_dump(exclude_unset=True),
+                                                  context.output_uri)
         return TaskResult(output=manifest, inputs=(f"{source.connector}:{source.connection or ''}",))
     path = _resolve(context, str(context.render(source.path)))
     files = matching_files(path)
@@ -229,7 +230,7 @@ def run_load(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult]) 
     manifest = _input_manifest(task.id, task.primary_input, inputs)
     if target.connector not in FILE_CONNECTORS:
         connectors = _connectors(task.id, target.connector)
-        metrics = connectors.load_from_parquet(context, target, manifest, inputs)
+        metrics = connectors.load_from_parquet(context, target.model_dump(exclude_unset=True), manifest, inputs)
         return TaskResult(inputs=(manifest.uri,), metrics=dict(metrics or {}))
     path = _resolve(context, str(context.render(target.path)))
     with Session(memory_limit=task.memory_limit, context=context) as session:
