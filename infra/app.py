@@ -31,14 +31,16 @@ def default_context() -> dict[str, Any]:
     return dict(json.loads(CDK_JSON.read_text()).get("context", {}))
 
 
-def build_app(context: dict[str, Any] | None = None, *, nag: bool | None = None,
-              outdir: str | None = None) -> tuple[cdk.App, UdopStack]:
+def build_app(
+    context: dict[str, Any] | None = None, *, nag: bool | None = None, outdir: str | None = None
+) -> tuple[cdk.App, UdopStack]:
     """The app with its one stack; ``nag`` defaults to context ``udop:nag`` (true)."""
     app = cdk.App(context={**default_context(), **(context or {})}, outdir=outdir)
     stack = UdopStack(app, str(app.node.try_get_context("udop:stackName") or "Udop"))
     if nag is None:
-        nag = str(app.node.try_get_context("udop:nag") if app.node.try_get_context("udop:nag") is not None
-                  else True).lower() not in {"false", "0", "no"}
+        nag = str(
+            app.node.try_get_context("udop:nag") if app.node.try_get_context("udop:nag") is not None else True
+        ).lower() not in {"false", "0", "no"}
     if nag:
         add_checks(app)
     return app, stack

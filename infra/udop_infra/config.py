@@ -29,16 +29,34 @@ CONTEXT_KEYS: dict[str, tuple[Any, str]] = {
     "udop:taskRunnerMemoryMb": (2048, "task runner memory (CPU scales with it)"),
     "udop:alarmEmail": ("", "e-mail address subscribed to the alarm topic (empty: none)"),
     "udop:pipelinesDir": ("pipelines", "folder of pipeline definitions compiled at synth time"),
-    "udop:assets": ("build", "'build': layers from layers/.build (python layers/build.py); "
-                              "'placeholder': tiny stand-ins, for synth-only checks"),
+    "udop:assets": (
+        "build",
+        "'build': layers from layers/.build (python layers/build.py); "
+        "'placeholder': tiny stand-ins, for synth-only checks",
+    ),
 }
 
 
 #: CloudWatch Logs accepts only these retention periods (days)
-RETENTION_DAYS = {1: "ONE_DAY", 3: "THREE_DAYS", 5: "FIVE_DAYS", 7: "ONE_WEEK", 14: "TWO_WEEKS",
-                  30: "ONE_MONTH", 60: "TWO_MONTHS", 90: "THREE_MONTHS", 120: "FOUR_MONTHS",
-                  150: "FIVE_MONTHS", 180: "SIX_MONTHS", 365: "ONE_YEAR", 400: "THIRTEEN_MONTHS",
-                  545: "EIGHTEEN_MONTHS", 731: "TWO_YEARS", 1827: "FIVE_YEARS", 3653: "TEN_YEARS"}
+RETENTION_DAYS = {
+    1: "ONE_DAY",
+    3: "THREE_DAYS",
+    5: "FIVE_DAYS",
+    7: "ONE_WEEK",
+    14: "TWO_WEEKS",
+    30: "ONE_MONTH",
+    60: "TWO_MONTHS",
+    90: "THREE_MONTHS",
+    120: "FOUR_MONTHS",
+    150: "FIVE_MONTHS",
+    180: "SIX_MONTHS",
+    365: "ONE_YEAR",
+    400: "THIRTEEN_MONTHS",
+    545: "EIGHTEEN_MONTHS",
+    731: "TWO_YEARS",
+    1827: "FIVE_YEARS",
+    3653: "TEN_YEARS",
+}
 
 
 class ContextError(ValueError):
@@ -78,8 +96,10 @@ class DeploymentConfig:
             raise ContextError(f"context udop:assets: {assets!r} is not 'build' or 'placeholder'")
         retention = _int(get, "udop:logRetentionDays", minimum=1)
         if retention not in RETENTION_DAYS:
-            raise ContextError(f"context udop:logRetentionDays: {retention} is not one of "
-                               f"{', '.join(map(str, RETENTION_DAYS))}")
+            raise ContextError(
+                f"context udop:logRetentionDays: {retention} is not one of "
+                f"{', '.join(map(str, RETENTION_DAYS))}"
+            )
         return cls(
             nat_gateways=_int(get, "udop:natGateways", minimum=0),
             max_azs=_int(get, "udop:maxAzs", minimum=1),

@@ -28,17 +28,32 @@ class Data(Construct):
         vpc = network.vpc
 
         # --- PostgreSQL -------------------------------------------------------------------------
-        self.db_sg = ec2.SecurityGroup(self, "DatabaseSg", vpc=vpc, allow_all_outbound=False,
-                                       description="udop metadata database: PostgreSQL from the RDS Proxy")
-        self.proxy_sg = ec2.SecurityGroup(self, "ProxySg", vpc=vpc, allow_all_outbound=False,
-                                          description="udop RDS Proxy: PostgreSQL from the functions")
+        self.db_sg = ec2.SecurityGroup(
+            self,
+            "DatabaseSg",
+            vpc=vpc,
+            allow_all_outbound=False,
+            description="udop metadata database: PostgreSQL from the RDS Proxy",
+        )
+        self.proxy_sg = ec2.SecurityGroup(
+            self,
+            "ProxySg",
+            vpc=vpc,
+            allow_all_outbound=False,
+            description="udop RDS Proxy: PostgreSQL from the functions",
+        )
         self.db_sg.add_ingress_rule(self.proxy_sg, ec2.Port.tcp(DB_PORT), "PostgreSQL from the RDS Proxy")
         self.proxy_sg.add_egress_rule(self.db_sg, ec2.Port.tcp(DB_PORT), "PostgreSQL to the database")
-        self.proxy_sg.add_ingress_rule(network.functions_sg, ec2.Port.tcp(DB_PORT), "PostgreSQL from functions")
-        network.functions_sg.add_egress_rule(self.proxy_sg, ec2.Port.tcp(DB_PORT), "PostgreSQL to the RDS Proxy")
+        self.proxy_sg.add_ingress_rule(
+            network.functions_sg, ec2.Port.tcp(DB_PORT), "PostgreSQL from functions"
+        )
+        network.functions_sg.add_egress_rule(
+            self.proxy_sg, ec2.Port.tcp(DB_PORT), "PostgreSQL to the RDS Proxy"
+        )
 
         self.database = rds.DatabaseInstance(
-            self, "Database",
+            self,
+            "Database",
             engine=rds.DatabaseInstanceEngine.postgres(version=rds.PostgresEngineVersion.VER_16),
             instance_type=ec2.InstanceType(config.db_instance_type),
             vpc=vpc,
@@ -46,7 +61,8 @@ class Data(Construct):
             security_groups=[self.db_sg],
             database_name=DB_NAME,
             credentials=rds.Credentials.from_generated_secret(
-                DB_USER, secret_name=f"{Stack.of(self).stack_name}/metadata-db"),
+                DB_USER, secret_name=f"{Stack.of(self).stack_name}/metadata-db"
+            ),
             port=DB_PORT,
             storage_encrypted=True,
             allocated_storage=20,
@@ -77,26 +93,36 @@ class Data(Construct):
         )
 
         # --- Redis --------------------------------------------------------------------------------
-        self.cache_sg = ec2.SecurityGroup(self, "CacheSg", vpc=vpc, allow_all_outbound=False,
-                                          description="udop state cache: Redis (TLS) from the functions")
+        self.cache_sg = ec2.SecurityGroup(
+            self,
+            "CacheSg",
+            vpc=vpc,
+            allow_all_outbound=False,
+            description="udop state cache: Redis (TLS) from the functions",
+        )
         self.cache_sg.add_ingress_rule(network.functions_sg, ec2.Port.tcp(REDIS_PORT), "Redis from functions")
         network.functions_sg.add_egress_rule(self.cache_sg, ec2.Port.tcp(REDIS_PORT), "Redis to the cache")
         # Redis AUTH tokens: 16-128 printable characters without '@', '"' or '/'
         self.cache_secret = secretsmanager.Secret(
-            self, "CacheAuthToken",
+            self,
+            "CacheAuthToken",
             secret_name=f"{Stack.of(self).stack_name}/state-cache-auth",
             description="AUTH token of the udop state cache (ElastiCache Redis)",
             generate_secret_string=secretsmanager.SecretStringGenerator(
-                exclude_punctuation=True, password_length=64),
+                exclude_punctuation=True, password_length=64
+            ),
             removal_policy=removal,
         )
         subnet_group = elasticache.CfnSubnetGroup(
-            self, "CacheSubnets", description="udop state cache subnets (private)",
+            self,
+            "CacheSubnets",
+            description="udop state cache subnets (private)",
             subnet_ids=vpc.select_subnets(**_selection_kwargs(network.private_subnets)).subnet_ids,
         )
         multi_az = config.cache_replicas >= 1
         self.cache = elasticache.CfnReplicationGroup(
-            self, "Cache",
+            self,
+            "Cache",
             replication_group_description="udop state store (locks, idempotency, watermarks)",
             engine="redis",
             engine_version="7.1",
@@ -124,7 +150,9 @@ class Data(Construct):
     @property
     def state_url(self) -> str:
         """The state store URL (TLS) without the AUTH token; the functions read it from ``cache_secret``."""
-        return f"rediss://{self.cache.attr_primary_end_point_address}:{self.cache.attr_primary_end_point_port}/0"
+        return (
+            f"rediss://{self.cache.attr_primary_end_point_address}:{self.cache.attr_primary_end_point_port}/0"
+        )
 
 
 def _selection_kwargs(selection: ec2.SubnetSelection) -> dict[str, object]:

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import aws_cdk as cdk
 from cdk_nag import AwsSolutionsChecks
 from constructs import IConstruct
+
+if TYPE_CHECKING:
+    from udop_infra.stack import UdopStack
+
+LAMBDA_MANAGED_POLICIES = [
+    "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]",
+    "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole]",
+]
 
 
 def add_checks(app: cdk.App) -> None:
@@ -16,5 +26,150 @@ def acknowledge(scope: IConstruct, rule: str, reason: str) -> None:
     cdk.Validations.of(scope).acknowledge(cdk.Acknowledgment(id=rule, reason=reason))
 
 
-def acknowledge_findings(stack: cdk.Stack) -> None:
-    """Reasoned acknowledgements, scoped to the constructs they concern."""
+def acknowledge_findings(stack: UdopStack) -> None:
+    """Reasoned acknowledgements, each scoped to the constructs it concerns."""
+    data, runtime = stack.data, stack.runtime
+    # CDK's own singleton that applies S3 notification configurations (not our code)
+    for child in stack.node.children:
+        if child.node.id.startswith("BucketNotificationsHandler"):
+            acknowledge(
+                child,
+                LAMBDA_MANAGED_POLICIES[0],
+                "CDK's bucket-notifications custom resource; it only writes its own logs",
+            )
+    acknowledge(
+        data.database,
+        "AwsSolutions-RDS3",
+        "Multi-AZ doubles the database's cost and is a context switch (udop:dbMultiAz); the metadata "
+        "store is rebuilt from backups and execution history, so a single AZ is the default",
+    )
+    acknowledge(
+        data.database,
+        "AwsSolutions-RDS11",
+        "the port is not a secret: the instance is in private subnets and only the RDS Proxy's "
+        "security group may connect",
+    )
+    acknowledge(
+        data.database,
+        "AwsSolutions-SMG4",
+        "the functions reach the database only through RDS Proxy, which reads this secret; rotation "
+        "is an operator decision (add_rotation_single_user) because it needs a rotation function "
+        "with network access to the database",
+    )
+    acknowledge(
+        data.cache,
+        "AwsSolutions-AEC4",
+        "Multi-AZ needs a replica (context udop:cacheReplicas >= 1, which turns it on); the state "
+        "store holds locks and idempotency keys that tasks recreate, so one node is the default",
+    )
+    acknowledge(
+        data.cache,
+        "AwsSolutions-AEC5",
+        "the port is not a secret: the cache is in private subnets, needs TLS and the AUTH token, "
+        "and only the functions' security group may connect",
+    )
+    acknowledge(
+        data.cache_secret,
+        "AwsSolutions-SMG4",
+        "ElastiCache AUTH tokens rotate through ModifyReplicationGroup (AuthTokenUpdateStrategy "
+        "ROTATE), not through a Secrets Manager rotation function",
+    )
+    for name, function in runtime.functions.items():
+        role = function.role
+        assert role is not None
+        for rule in LAMBDA_MANAGED_POLICIES:
+            acknowledge(
+                role,
+                rule,
+                "AWS's policies for exactly this: writing the function's own logs and "
+                "managing the ENIs a function in a VPC needs",
+            )
+        acknowledge(
+            function,
+            "AwsSolutions-L1",
+            "python3.12 on purpose: the layers hold wheels and bytecode built for CPython 3.12 "
+            "(layers/build.py); moving the runtime means rebuilding them, tested",
+        )
+        acknowledge(
+            role,
+            "AwsSolutions-IAM5[Resource::*]",
+            "X-Ray PutTraceSegments/PutTelemetryRecords"
+            + (
+                ", states:ListStateMachines and the CloudWatch Logs delivery APIs"
+                if name == "deployer"
+                else ""
+            )
+            + " accept no resource narrower than '*'",
+        )
+    acknowledge(
+        runtime.task_runner.role,
+        "AwsSolutions-IAM5[Resource::<StorageData6BB23F4E.Arn>/*]",
+        "tasks write datasets under keys made at run time (runs/<pipeline>/<run_id>/<task>/, "
+        "results/...): the data bucket's objects are the task runner's working area",
+    )
+    acknowledge(
+        runtime.task_runner.role,
+        "AwsSolutions-IAM5[Resource::<StorageDefinitionsDF965240.Arn>/versions/*]",
+        "the task runner reads the deployed definition versions, versions/<name>/<version>.json",
+    )
+    for rule in (
+        "AwsSolutions-IAM5[Resource::<StorageDefinitionsDF965240.Arn>/pipelines/*]",
+        "AwsSolutions-IAM5[Resource::<StorageDefinitionsDF965240.Arn>/versions/*]",
+    ):
+        acknowledge(
+            runtime.deployer.role,
+            rule,
+            "the deployer reads uploaded definitions and writes status reports (pipelines/) and "
+            "the definition versions the task runner loads (versions/); names come from uploads",
+        )
+    state_machines = "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>:stateMachine:udop-*]"
+    for scope in (runtime.deployer.role, runtime.deployed_state_machine_role):
+        acknowledge(
+            scope,
+            state_machines,
+            "state machines are created at run time from uploaded definitions, all named udop-<pipeline>",
+        )
+        acknowledge(
+            scope,
+            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>:stateMachine:udop-*:*]",
+            "published versions of the udop-<pipeline> state machines",
+        )
+        acknowledge(
+            scope,
+            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>:execution:udop-*]",
+            "executions of the udop-<pipeline> state machines (ids are made per run)",
+        )
+    acknowledge(
+        runtime.run_events.role,
+        "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>:execution:udop-*]",
+        "run events reads the history of any execution of a udop-<pipeline> state machine",
+    )
+    acknowledge(
+        runtime.deployed_state_machine_role,
+        "AwsSolutions-IAM5[Resource::<RuntimeTaskRunnerFunctionF8BF871E.Arn>:*]",
+        "invoking the task runner's published versions and aliases as well as $LATEST",
+    )
+    acknowledge(
+        runtime.deployed_state_machine_role,
+        "AwsSolutions-IAM5[Resource::<StorageData6BB23F4E.Arn>/runs/*]",
+        "Distributed Map states read a task's input files and write map results under runs/",
+    )
+    for pipeline in stack.orchestration.pipelines.values():
+        for machine in [pipeline.state_machine, *pipeline.children.values()]:
+            acknowledge(machine.role, "AwsSolutions-IAM5[Resource::*]",
+                        "X-Ray tracing and CloudWatch Logs vended-log delivery (logging ALL) accept no "
+                        "resource narrower than '*'")
+            acknowledge(machine.role, "AwsSolutions-IAM5[Resource::<RuntimeTaskRunnerFunctionF8BF871E.Arn>:*]",
+                        "invoking the task runner's published versions and aliases as well as $LATEST")
+    for child in stack.node.children:
+        if child.node.id.startswith("Custom::CDKBucketDeployment"):
+            for rule in [LAMBDA_MANAGED_POLICIES[0], "AwsSolutions-L1",
+                         *(f"AwsSolutions-IAM5[Action::s3:{a}]"
+                           for a in ("GetBucket*", "GetObject*", "List*", "Abort*", "DeleteObject*")),
+                         "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:s3:::cdk-hnb659fds-assets-"
+                         "<AWS::AccountId>-<AWS::Region>/*]",
+                         "AwsSolutions-IAM5[Resource::<StorageDefinitionsDF965240.Arn>/*]"]:
+                acknowledge(child, rule,
+                            "CDK's bucket-deployment custom resource (runs only during cdk deploy): it copies "
+                            "the definition versions from the CDK asset bucket into versions/ with prune off; "
+                            "its runtime and grants are CDK's")

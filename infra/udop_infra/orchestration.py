@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aws_cdk import Arn, ArnFormat, Stack
+from aws_cdk import ArnFormat, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3_deployment as s3deploy
@@ -25,6 +25,9 @@ from udop_infra.storage import Storage
 DEFINITION_SUFFIXES = (".yaml", ".yml", ".json")
 LAMBDA_INVOKE = "arn:aws:states:::lambda:invoke"
 START_CHILD = "arn:aws:states:::states:startExecution.sync:2"
+S3_LIST = ("arn:aws:states:::aws-sdk:s3:listObjectsV2", "arn:aws:states:::s3:listObjectsV2")
+S3_GET = "arn:aws:states:::s3:getObject"
+S3_PUT = "arn:aws:states:::s3:putObject"
 
 
 @dataclass(frozen=True)
@@ -38,8 +41,9 @@ def find_definitions(folder: Path) -> list[Path]:
     """Pipeline definitions in ``folder`` (status files written by the deployer are not definitions)."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir()
-                  if p.suffix in DEFINITION_SUFFIXES and not p.name.endswith(".status.json"))
+    return sorted(
+        p for p in folder.iterdir() if p.suffix in DEFINITION_SUFFIXES and not p.name.endswith(".status.json")
+    )
 
 
 def load_definitions(folder: Path) -> list[PipelineSource]:
@@ -55,7 +59,9 @@ def load_definitions(folder: Path) -> list[PipelineSource]:
         except SpecErrors as exc:
             raise ContextError(str(exc).replace(str(path), str(shown))) from None
         if pipeline.name in names:
-            raise ContextError(f"{shown}: pipeline {pipeline.name!r} is also defined in {names[pipeline.name]}")
+            raise ContextError(
+                f"{shown}: pipeline {pipeline.name!r} is also defined in {names[pipeline.name]}"
+            )
         names[pipeline.name] = shown
         sources.append(PipelineSource(path, pipeline, definition_version(canonical_definition(pipeline))))
     return sources
@@ -71,46 +77,56 @@ def definition_version(canonical: dict[str, Any]) -> int:
 
 def compile_source(source: PipelineSource) -> Any:
     """``udop compile`` for one definition: the same function the CLI and the deployer call."""
-    from udop.compiler import compile_pipeline
+    from udop.compiler import CompileError, CompileOptions, compile_pipeline
 
-    return _compile(compile_pipeline, source.pipeline, source.version)
-
-
-def _compile(compile_pipeline: Any, pipeline: Any, version: int) -> Any:
-    import inspect
-
-    from udop.compiler import CompileOptions
-
-    params = inspect.signature(CompileOptions).parameters
-    options = CompileOptions(version=version) if "version" in params else None
-    return compile_pipeline(pipeline, options=options)
+    try:
+        return compile_pipeline(source.pipeline, options=CompileOptions(version=source.version))
+    except CompileError as exc:
+        raise ContextError(f"{source.path.name}: {exc}") from None
 
 
 class PipelineStateMachines(Construct):
     """The state machines of one pipeline (the main one and any child it was split into)."""
 
-    def __init__(self, scope: Construct, id: str, *, source: PipelineSource, runtime: Runtime,
-                 storage: Storage, config: DeploymentConfig) -> None:
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        source: PipelineSource,
+        runtime: Runtime,
+        storage: Storage,
+        config: DeploymentConfig,
+    ) -> None:
         super().__init__(scope, id)
         self.source = source
         self.compiled = compile_source(source)
         self.log_group = logs.LogGroup(
-            self, "Logs", retention=config.log_retention,
-            log_group_name=f"/aws/vendedlogs/states/{Stack.of(self).stack_name}-{source.pipeline.name}")
+            self,
+            "Logs",
+            retention=config.log_retention,
+            log_group_name=f"/aws/vendedlogs/states/{Stack.of(self).stack_name}-{source.pipeline.name}",
+        )
         self.children: dict[str, sfn.StateMachine] = {}
-        self.state_machine = self._state_machine(self.compiled, f"{STATE_MACHINE_PREFIX}{source.pipeline.name}",
-                                                 "Main", runtime, storage)
+        self.state_machine = self._state_machine(
+            self.compiled, f"{STATE_MACHINE_PREFIX}{source.pipeline.name}", "Main", runtime, storage
+        )
 
-    def _state_machine(self, compiled: Any, name: str, id: str, runtime: Runtime,
-                       storage: Storage) -> sfn.StateMachine:
+    def _state_machine(
+        self, compiled: Any, name: str, id: str, runtime: Runtime, storage: Storage
+    ) -> sfn.StateMachine:
         substitutions: dict[str, str] = {}
         child_arns: list[str] = []
-        for index, child in enumerate(getattr(compiled, "children", []) or []):
-            child_name = str(getattr(child, "name", None) or f"{name}-part{index + 1}")
-            if not child_name.startswith(STATE_MACHINE_PREFIX):
-                child_name = f"{name}-{child_name}"
+        for index, child in enumerate(compiled.children):
+            # the compiler names a child "<pipeline>-<part>"; every udop machine carries the prefix
+            child_name = f"{STATE_MACHINE_PREFIX}{child.machine_name}"
             machine = self._state_machine(child, child_name, f"Child{index + 1}", runtime, storage)
-            key = _child_substitution(compiled.substitutions, child)
+            key = f"Child_{child.name}Arn"
+            if key not in compiled.substitutions:
+                raise ContextError(
+                    f"{self.source.path.name}: compiled child {child.name!r} has no "
+                    f"substitution {key!r} (got {compiled.substitutions})"
+                )
             substitutions[key] = machine.state_machine_arn
             child_arns.append(machine.state_machine_arn)
             self.children[child_name] = machine
@@ -118,28 +134,25 @@ class PipelineStateMachines(Construct):
             if key == "TaskRunnerArn":
                 substitutions[key] = runtime.task_runner.function_arn
             elif key not in substitutions:
-                raise ContextError(f"{self.source.path.name}: the compiled definition needs a substitution "
-                                   f"{key!r} this CDK app does not know")
+                raise ContextError(
+                    f"{self.source.path.name}: the compiled definition needs a substitution "
+                    f"{key!r} this CDK app does not know"
+                )
         machine = sfn.StateMachine(
-            self, id,
+            self,
+            id,
             state_machine_name=name,
             state_machine_type=sfn.StateMachineType.STANDARD,
             definition_body=sfn.DefinitionBody.from_string(compiled.to_json()),
             definition_substitutions=substitutions,
-            logs=sfn.LogOptions(destination=self.log_group, level=sfn.LogLevel.ALL, include_execution_data=True),
+            logs=sfn.LogOptions(
+                destination=self.log_group, level=sfn.LogLevel.ALL, include_execution_data=True
+            ),
             tracing_enabled=True,
         )
         grant_state_machine_basics(machine.role, runtime.task_runner)
         _grant_used_resources(machine, compiled.definition, name, child_arns, storage)
         return machine
-
-
-def _child_substitution(keys: list[str], child: Any) -> str:
-    name = str(getattr(child, "name", ""))
-    candidates = [k for k in keys if k.startswith("Child_") and (not name or name in k)]
-    if len(candidates) != 1:
-        raise ContextError(f"cannot tell which substitution of {keys} is the child {name!r}")
-    return candidates[0]
 
 
 def _resources(node: Any) -> set[str]:
@@ -165,8 +178,9 @@ def _uses_distributed_map(node: Any) -> bool:
     return False
 
 
-def _grant_used_resources(machine: sfn.StateMachine, definition: dict[str, Any], name: str,
-                          child_arns: list[str], storage: Storage) -> None:
+def _grant_used_resources(
+    machine: sfn.StateMachine, definition: dict[str, Any], name: str, child_arns: list[str], storage: Storage
+) -> None:
     """Least privilege from the definition itself: only the service integrations it uses."""
     stack = Stack.of(machine)
     for resource in sorted(_resources(definition)):
@@ -174,33 +188,79 @@ def _grant_used_resources(machine: sfn.StateMachine, definition: dict[str, Any],
         if base == LAMBDA_INVOKE or resource.startswith("${TaskRunnerArn"):
             continue  # granted by grant_state_machine_basics
         if base.startswith("arn:aws:states:::states:startExecution"):
-            own = [arn for arn in child_arns]
-            machine.add_to_role_policy(iam.PolicyStatement(actions=["states:StartExecution"], resources=own))
-            machine.add_to_role_policy(iam.PolicyStatement(
-                actions=["states:DescribeExecution", "states:StopExecution"],
-                resources=[Arn.format({"service": "states", "resource": "execution",
-                                       "resource_name": f"{name}-*", "arn_format": ArnFormat.COLON_RESOURCE_NAME},
-                                      stack)]))
+            machine.add_to_role_policy(
+                iam.PolicyStatement(actions=["states:StartExecution"], resources=child_arns)
+            )
+            machine.add_to_role_policy(
+                iam.PolicyStatement(
+                    actions=["states:DescribeExecution", "states:StopExecution"],
+                    resources=[
+                        stack.format_arn(
+                            service="states",
+                            resource="execution",
+                            resource_name=f"{name}-*",
+                            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+                        )
+                    ],
+                )
+            )
             # .sync integrations watch the child through a managed EventBridge rule
-            machine.add_to_role_policy(iam.PolicyStatement(
-                actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
-                resources=[Arn.format({"service": "events", "resource": "rule",
-                                       "resource_name": "StepFunctionsGetEventsForStepFunctionsExecutionRule"},
-                                      stack)]))
-        elif re.match(r"arn:aws:states:::s3:(listObjectsV2|getObject)", base):
-            storage.data.grant_read(machine)
+            machine.add_to_role_policy(
+                iam.PolicyStatement(
+                    actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
+                    resources=[
+                        stack.format_arn(
+                            service="events",
+                            resource="rule",
+                            resource_name="StepFunctionsGetEventsForStepFunctionsExecutionRule",
+                        )
+                    ],
+                )
+            )
+        elif base in S3_LIST:
+            machine.add_to_role_policy(
+                iam.PolicyStatement(actions=["s3:ListBucket"], resources=[storage.data.bucket_arn])
+            )
+        elif base == S3_GET:
+            machine.add_to_role_policy(
+                iam.PolicyStatement(
+                    actions=["s3:GetObject"], resources=[storage.data.arn_for_objects("runs/*")]
+                )
+            )
+        elif base == S3_PUT:
+            machine.add_to_role_policy(
+                iam.PolicyStatement(
+                    actions=["s3:PutObject"], resources=[storage.data.arn_for_objects("runs/*")]
+                )
+            )
         else:
-            raise ContextError(f"state machine {name}: service integration {resource!r} has no IAM mapping "
-                               "in infra/udop_infra/orchestration.py")
+            raise ContextError(
+                f"state machine {name}: service integration {resource!r} has no IAM mapping "
+                "in infra/udop_infra/orchestration.py"
+            )
     if _uses_distributed_map(definition):
-        own_arn = Arn.format({"service": "states", "resource": "stateMachine", "resource_name": name,
-                              "arn_format": ArnFormat.COLON_RESOURCE_NAME}, stack)
-        machine.add_to_role_policy(iam.PolicyStatement(actions=["states:StartExecution"], resources=[own_arn]))
-        machine.add_to_role_policy(iam.PolicyStatement(
-            actions=["states:DescribeExecution", "states:StopExecution"],
-            resources=[Arn.format({"service": "states", "resource": "execution", "resource_name": f"{name}/*",
-                                   "arn_format": ArnFormat.COLON_RESOURCE_NAME}, stack)]))
-        storage.data.grant_read(machine)
+        own_arn = stack.format_arn(
+            service="states",
+            resource="stateMachine",
+            resource_name=name,
+            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+        )
+        machine.add_to_role_policy(
+            iam.PolicyStatement(actions=["states:StartExecution"], resources=[own_arn])
+        )
+        machine.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["states:DescribeExecution", "states:StopExecution"],
+                resources=[
+                    stack.format_arn(
+                        service="states",
+                        resource="execution",
+                        resource_name=f"{name}/*",
+                        arn_format=ArnFormat.COLON_RESOURCE_NAME,
+                    )
+                ],
+            )
+        )
 
 
 # --- schedules ---------------------------------------------------------------------------------------
@@ -224,8 +284,10 @@ def schedule_expression(schedule: Any) -> str:
     elif dom == "*":
         dom = "?"
     else:
-        raise ContextError(f"cron {schedule.cron!r}: EventBridge Scheduler cannot restrict both the day "
-                           "of the month and the day of the week; use '*' for one of them")
+        raise ContextError(
+            f"cron {schedule.cron!r}: EventBridge Scheduler cannot restrict both the day "
+            "of the month and the day of the week; use '*' for one of them"
+        )
     dow = re.sub(r"\d+", lambda m: _dow(m.group(0), schedule.cron), dow)
     return f"cron({minute} {hour} {dom} {month} {dow} *)"
 
@@ -236,27 +298,34 @@ def _dow(number: str, cron: str) -> str:
     return _DOW[number]
 
 
-def run_input(pipeline: Any, data_root: str) -> dict[str, Any]:
+def run_input(pipeline: Any, data_bucket: str) -> dict[str, Any]:
     """The execution input of a scheduled run: the run context the compiled Task states pass on."""
     missing = [name for name, spec in pipeline.spec.params.items() if spec.is_required]
     if missing:
-        raise ContextError(f"pipeline {pipeline.name!r}: a schedule cannot supply required parameter(s) "
-                           f"{', '.join(missing)}; give them defaults")
-    return {"run": {
-        "run_id": "<aws.scheduler.execution-id>",
-        "logical_date": "<aws.scheduler.scheduled-time>",
-        "params": {name: spec.default for name, spec in pipeline.spec.params.items()},
-        "data_root": data_root,
-        "trigger": "schedule",
-    }}
+        raise ContextError(
+            f"pipeline {pipeline.name!r}: a schedule cannot supply required parameter(s) "
+            f"{', '.join(missing)}; give them defaults"
+        )
+    return {
+        "run": {
+            "run_id": "<aws.scheduler.execution-id>",
+            "logical_date": "<aws.scheduler.scheduled-time>",
+            "params": {name: spec.default for name, spec in pipeline.spec.params.items()},
+            "data_root": f"s3://{data_bucket}",
+            "data_bucket": data_bucket,
+            "data_prefix": "",
+            "trigger": "schedule",
+        }
+    }
 
 
 class Orchestration(Construct):
     """All pipelines under ``pipelines/``: state machines, the definition versions their task runner
     reads (``versions/<name>/<version>.json`` in the definitions bucket) and schedules."""
 
-    def __init__(self, scope: Construct, id: str, *, config: DeploymentConfig, runtime: Runtime,
-                 storage: Storage) -> None:
+    def __init__(
+        self, scope: Construct, id: str, *, config: DeploymentConfig, runtime: Runtime, storage: Storage
+    ) -> None:
         super().__init__(scope, id)
         from udop.aws.definitions import canonical_definition, version_key
 
@@ -266,15 +335,21 @@ class Orchestration(Construct):
         for source in sources:
             name = source.pipeline.name
             construct_id = "".join(part.capitalize() for part in re.split(r"[-_]", name))
-            self.pipelines[name] = PipelineStateMachines(self, construct_id, source=source, runtime=runtime,
-                                                         storage=storage, config=config)
+            self.pipelines[name] = PipelineStateMachines(
+                self, construct_id, source=source, runtime=runtime, storage=storage, config=config
+            )
         if sources:
             # the task runner loads exactly the version a state machine was compiled from
             s3deploy.BucketDeployment(
-                self, "DefinitionVersions",
+                self,
+                "DefinitionVersions",
                 destination_bucket=storage.definitions,
-                sources=[s3deploy.Source.json_data(version_key(s.pipeline.name, s.version),
-                                                   canonical_definition(s.pipeline)) for s in sources],
+                sources=[
+                    s3deploy.Source.json_data(
+                        version_key(s.pipeline.name, s.version), canonical_definition(s.pipeline)
+                    )
+                    for s in sources
+                ],
                 prune=False,
                 retain_on_delete=True,
                 memory_limit=256,
@@ -285,12 +360,17 @@ class Orchestration(Construct):
             if schedule is None:
                 continue
             if role is None:
-                role = iam.Role(self, "SchedulerRole", assumed_by=iam.ServicePrincipal("scheduler.amazonaws.com"),
-                                description="EventBridge Scheduler: starts scheduled udop pipelines")
+                role = iam.Role(
+                    self,
+                    "SchedulerRole",
+                    assumed_by=iam.ServicePrincipal("scheduler.amazonaws.com"),
+                    description="EventBridge Scheduler: starts scheduled udop pipelines",
+                )
             machine = self.pipelines[source.pipeline.name].state_machine
             machine.grant_start_execution(role)
             self.schedules[source.pipeline.name] = scheduler.CfnSchedule(
-                self, f"{self.pipelines[source.pipeline.name].node.id}Schedule",
+                self,
+                f"{self.pipelines[source.pipeline.name].node.id}Schedule",
                 name=f"{STATE_MACHINE_PREFIX}{source.pipeline.name}",
                 description=f"udop: runs pipeline {source.pipeline.name}",
                 schedule_expression=schedule_expression(schedule),
@@ -300,8 +380,9 @@ class Orchestration(Construct):
                 target=scheduler.CfnSchedule.TargetProperty(
                     arn=machine.state_machine_arn,
                     role_arn=role.role_arn,
-                    input=json.dumps(run_input(source.pipeline, f"s3://{storage.data.bucket_name}")),
+                    input=json.dumps(run_input(source.pipeline, storage.data.bucket_name)),
                     retry_policy=scheduler.CfnSchedule.RetryPolicyProperty(
-                        maximum_event_age_in_seconds=3600, maximum_retry_attempts=3),
+                        maximum_event_age_in_seconds=3600, maximum_retry_attempts=3
+                    ),
                 ),
             )

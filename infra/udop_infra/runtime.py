@@ -7,7 +7,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aws_cdk import Arn, ArnFormat, Duration, Size, Stack
+from aws_cdk import ArnFormat, Duration, Size, Stack
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
@@ -51,13 +51,23 @@ class PipelineFunction(Construct):
     retention, private subnets and the functions' security group, Powertools settings. Settings
     themselves are validated by the function at cold start (``udop.aws.settings``)."""
 
-    def __init__(self, scope: Construct, id: str, *, spec: FunctionSpec, code: lambda_.Code,
-                 layers: list[lambda_.ILayerVersion], environment: dict[str, str], network: Network,
-                 config: DeploymentConfig) -> None:
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        spec: FunctionSpec,
+        code: lambda_.Code,
+        layers: list[lambda_.ILayerVersion],
+        environment: dict[str, str],
+        network: Network,
+        config: DeploymentConfig,
+    ) -> None:
         super().__init__(scope, id)
         self.log_group = logs.LogGroup(self, "Logs", retention=config.log_retention)
         self.function = lambda_.Function(
-            self, "Function",
+            self,
+            "Function",
             description=spec.description,
             runtime=RUNTIME,
             architecture=lambda_.Architecture.X86_64,
@@ -82,13 +92,22 @@ class PipelineFunction(Construct):
 
 
 class Runtime(Construct):
-    def __init__(self, scope: Construct, id: str, *, config: DeploymentConfig, network: Network,
-                 storage: Storage, data: Data) -> None:
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        config: DeploymentConfig,
+        network: Network,
+        storage: Storage,
+        data: Data,
+    ) -> None:
         super().__init__(scope, id)
         stack = Stack.of(self)
         self.layers = {
             name: lambda_.LayerVersion(
-                self, f"{name.capitalize()}Layer",
+                self,
+                f"{name.capitalize()}Layer",
                 code=_layer_code(name, config),
                 compatible_runtimes=[RUNTIME],
                 compatible_architectures=[lambda_.Architecture.X86_64],
@@ -96,113 +115,235 @@ class Runtime(Construct):
             )
             for name in LAYER_NAMES
         }
-        self.state_machine_arn_pattern = Arn.format(
-            {"service": "states", "resource": "stateMachine",
-             "resource_name": f"{STATE_MACHINE_PREFIX}*", "arn_format": ArnFormat.COLON_RESOURCE_NAME}, stack)
-        self.execution_arn_pattern = Arn.format(
-            {"service": "states", "resource": "execution",
-             "resource_name": f"{STATE_MACHINE_PREFIX}*", "arn_format": ArnFormat.COLON_RESOURCE_NAME}, stack)
+        self.state_machine_arn_pattern = stack.format_arn(
+            service="states",
+            resource="stateMachine",
+            resource_name=f"{STATE_MACHINE_PREFIX}*",
+            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+        )
+        self.execution_arn_pattern = stack.format_arn(
+            service="states",
+            resource="execution",
+            resource_name=f"{STATE_MACHINE_PREFIX}*",
+            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+        )
         common_env = {
             "UDOP_DATA_BUCKET": storage.data.bucket_name,
             "UDOP_DATA_ROOT": f"s3://{storage.data.bucket_name}",
             "UDOP_DEFINITIONS_BUCKET": storage.definitions.bucket_name,
         }
-        db_env = {"UDOP_DATABASE_URL": data.database_url, "UDOP_DATABASE_SECRET_ARN": data.db_secret.secret_arn}
+        db_env = {
+            "UDOP_DATABASE_URL": data.database_url,
+            "UDOP_DATABASE_SECRET_ARN": data.db_secret.secret_arn,
+        }
         state_env = {"UDOP_STATE_URL": data.state_url, "UDOP_STATE_SECRET_ARN": data.cache_secret.secret_arn}
 
         def make(spec: FunctionSpec, environment: dict[str, str]) -> lambda_.Function:
             construct = PipelineFunction(
-                self, "".join(part.capitalize() for part in spec.name.split("_")), spec=spec,
+                self,
+                "".join(part.capitalize() for part in spec.name.split("_")),
+                spec=spec,
                 code=_function_code(spec.name, config),
                 layers=[self.layers[name] for name in FUNCTION_LAYERS[spec.name]],
-                environment=environment, network=network, config=config)
+                environment=environment,
+                network=network,
+                config=config,
+            )
             return construct.function
 
         # --- task runner: one task per invocation --------------------------------------------------
         self.task_runner = make(
-            FunctionSpec("task_runner", "udop: runs one pipeline task for a Step Functions Task state",
-                         memory_mb=config.task_runner_memory_mb, timeout=Duration.minutes(15),
-                         ephemeral_mb=4096),
-            {**common_env, **state_env})
-        storage.data.grant_read_write(self.task_runner)
-        storage.definitions.grant_read(self.task_runner)
+            FunctionSpec(
+                "task_runner",
+                "udop: runs one pipeline task for a Step Functions Task state",
+                memory_mb=config.task_runner_memory_mb,
+                timeout=Duration.minutes(15),
+                ephemeral_mb=4096,
+            ),
+            {**common_env, **state_env},
+        )
+        # explicit actions instead of grant_read_write(): no s3:*Object* wildcards
+        self.task_runner.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
+                resources=[storage.data.arn_for_objects("*")],
+            )
+        )
+        self.task_runner.add_to_role_policy(
+            iam.PolicyStatement(actions=["s3:ListBucket"], resources=[storage.data.bucket_arn])
+        )
+        self.task_runner.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["s3:GetObject"], resources=[storage.definitions.arn_for_objects("versions/*")]
+            )
+        )
         data.cache_secret.grant_read(self.task_runner)
 
         # --- the role and log group of state machines the deployer creates at run time -------------
         self.state_machine_logs = logs.LogGroup(
-            self, "DeployedStateMachineLogs", retention=config.log_retention,
-            log_group_name=f"/aws/vendedlogs/states/{stack.stack_name}-deployed")
+            self,
+            "DeployedStateMachineLogs",
+            retention=config.log_retention,
+            log_group_name=f"/aws/vendedlogs/states/{stack.stack_name}-deployed",
+        )
         self.deployed_state_machine_role = iam.Role(
-            self, "DeployedStateMachineRole",
+            self,
+            "DeployedStateMachineRole",
             assumed_by=iam.ServicePrincipal("states.amazonaws.com"),
-            description="runs the udop state machines the deployer creates from uploaded definitions")
+            description="runs the udop state machines the deployer creates from uploaded definitions",
+        )
         grant_state_machine_basics(self.deployed_state_machine_role, self.task_runner)
-        self.deployed_state_machine_role.add_to_policy(iam.PolicyStatement(
-            actions=["states:StartExecution"], resources=[self.state_machine_arn_pattern]))
-        self.deployed_state_machine_role.add_to_policy(iam.PolicyStatement(
-            actions=["states:DescribeExecution", "states:StopExecution"], resources=[self.execution_arn_pattern]))
+        self.deployed_state_machine_role.add_to_policy(
+            iam.PolicyStatement(actions=["states:StartExecution"], resources=[self.state_machine_arn_pattern])
+        )
+        self.deployed_state_machine_role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["states:DescribeExecution", "states:StopExecution"],
+                resources=[self.execution_arn_pattern],
+            )
+        )
+        # foreach tasks as Distributed Map: list the input's files, write the map results
+        self.deployed_state_machine_role.add_to_policy(
+            iam.PolicyStatement(actions=["s3:ListBucket"], resources=[storage.data.bucket_arn])
+        )
+        self.deployed_state_machine_role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["s3:GetObject", "s3:PutObject"], resources=[storage.data.arn_for_objects("runs/*")]
+            )
+        )
 
         # --- deployer: pipelines/<name>.yaml|.json uploads -> state machine udop-<name> ----------------
         self.deployer = make(
-            FunctionSpec("deployer", "udop: validates, compiles and deploys uploaded pipeline definitions",
-                         memory_mb=1024, timeout=Duration.minutes(2)),
-            {**common_env, **db_env,
-             "UDOP_TASK_RUNNER_ARN": self.task_runner.function_arn,
-             "UDOP_STATE_MACHINE_ROLE_ARN": self.deployed_state_machine_role.role_arn,
-             "UDOP_STATE_MACHINE_LOG_GROUP_ARN": self.state_machine_logs.log_group_arn,
-             "UDOP_STATE_MACHINE_PREFIX": STATE_MACHINE_PREFIX})
-        storage.definitions.grant_read_write(self.deployer, "pipelines/*")
+            FunctionSpec(
+                "deployer",
+                "udop: validates, compiles and deploys uploaded pipeline definitions",
+                memory_mb=1024,
+                timeout=Duration.minutes(2),
+            ),
+            {
+                **common_env,
+                **db_env,
+                "UDOP_TASK_RUNNER_ARN": self.task_runner.function_arn,
+                "UDOP_STATE_MACHINE_ROLE_ARN": self.deployed_state_machine_role.role_arn,
+                "UDOP_STATE_MACHINE_LOG_GROUP_ARN": self.state_machine_logs.log_group_arn,
+                "UDOP_STATE_MACHINE_PREFIX": STATE_MACHINE_PREFIX,
+            },
+        )
+        # reads uploads, writes status reports (pipelines/) and the versions the task runner loads
+        self.deployer.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["s3:GetObject", "s3:PutObject"],
+                resources=[
+                    storage.definitions.arn_for_objects("pipelines/*"),
+                    storage.definitions.arn_for_objects("versions/*"),
+                ],
+            )
+        )
+        self.deployer.add_to_role_policy(
+            iam.PolicyStatement(actions=["s3:ListBucket"], resources=[storage.definitions.bucket_arn])
+        )
         data.db_secret.grant_read(self.deployer)
-        self.deployer.add_to_role_policy(iam.PolicyStatement(
-            actions=["states:CreateStateMachine", "states:UpdateStateMachine", "states:DescribeStateMachine",
-                     "states:PublishStateMachineVersion", "states:ListStateMachineVersions",
-                     "states:TagResource"],
-            resources=[self.state_machine_arn_pattern, f"{self.state_machine_arn_pattern}:*"]))
-        self.deployer.add_to_role_policy(iam.PolicyStatement(
-            actions=["iam:PassRole"], resources=[self.deployed_state_machine_role.role_arn],
-            conditions={"StringEquals": {"iam:PassedToService": "states.amazonaws.com"}}))
-        self.deployer.add_to_role_policy(iam.PolicyStatement(
-            # CloudWatch Logs vended-log delivery APIs accept no resource narrower than "*"
-            actions=["logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery",
-                     "logs:DeleteLogDelivery", "logs:ListLogDeliveries", "logs:PutResourcePolicy",
-                     "logs:DescribeResourcePolicies", "logs:DescribeLogGroups"],
-            resources=["*"]))
+        self.deployer.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=[
+                    "states:CreateStateMachine",
+                    "states:UpdateStateMachine",
+                    "states:DescribeStateMachine",
+                    "states:PublishStateMachineVersion",
+                    "states:ListStateMachineVersions",
+                    "states:TagResource",
+                ],
+                resources=[self.state_machine_arn_pattern, f"{self.state_machine_arn_pattern}:*"],
+            )
+        )
+        self.deployer.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["iam:PassRole"],
+                resources=[self.deployed_state_machine_role.role_arn],
+                conditions={"StringEquals": {"iam:PassedToService": "states.amazonaws.com"}},
+            )
+        )
+        self.deployer.add_to_role_policy(
+            iam.PolicyStatement(
+                # these APIs accept no resource narrower than "*": finding a state machine by name, and
+                # CloudWatch Logs vended-log delivery for the state machines' logging configuration
+                actions=[
+                    "states:ListStateMachines",
+                    "logs:CreateLogDelivery",
+                    "logs:GetLogDelivery",
+                    "logs:UpdateLogDelivery",
+                    "logs:DeleteLogDelivery",
+                    "logs:ListLogDeliveries",
+                    "logs:PutResourcePolicy",
+                    "logs:DescribeResourcePolicies",
+                    "logs:DescribeLogGroups",
+                ],
+                resources=["*"],
+            )
+        )
         for suffix in (".yaml", ".yml", ".json"):
             storage.definitions.add_event_notification(
-                s3.EventType.OBJECT_CREATED, s3n.LambdaDestination(self.deployer),
-                s3.NotificationKeyFilter(prefix="pipelines/", suffix=suffix))
+                s3.EventType.OBJECT_CREATED,
+                s3n.LambdaDestination(self.deployer),
+                s3.NotificationKeyFilter(prefix="pipelines/", suffix=suffix),
+            )
 
         # --- run events: execution status changes -> run and task records ------------------------------
         self.run_events = make(
-            FunctionSpec("run_events", "udop: records Step Functions execution status changes as runs",
-                         memory_mb=512, timeout=Duration.minutes(1)),
-            {**common_env, **db_env})
+            FunctionSpec(
+                "run_events",
+                "udop: records Step Functions execution status changes as runs",
+                memory_mb=512,
+                timeout=Duration.minutes(1),
+            ),
+            {**common_env, **db_env},
+        )
         data.db_secret.grant_read(self.run_events)
-        self.run_events.add_to_role_policy(iam.PolicyStatement(
-            actions=["states:DescribeExecution", "states:GetExecutionHistory"],
-            resources=[self.execution_arn_pattern]))
+        self.run_events.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["states:DescribeExecution", "states:GetExecutionHistory"],
+                resources=[self.execution_arn_pattern],
+            )
+        )
         self.execution_status_rule = events.Rule(
-            self, "ExecutionStatusRule",
+            self,
+            "ExecutionStatusRule",
             description="udop: Step Functions execution status changes of udop-* state machines",
             event_pattern=events.EventPattern(
                 source=["aws.states"],
                 detail_type=["Step Functions Execution Status Change"],
-                detail={"stateMachineArn": [{"prefix": Arn.format(
-                    {"service": "states", "resource": "stateMachine", "resource_name": STATE_MACHINE_PREFIX,
-                     "arn_format": ArnFormat.COLON_RESOURCE_NAME}, stack)}]},
+                detail={
+                    "stateMachineArn": [
+                        {
+                            "prefix": stack.format_arn(
+                                service="states",
+                                resource="stateMachine",
+                                resource_name=STATE_MACHINE_PREFIX,
+                                arn_format=ArnFormat.COLON_RESOURCE_NAME,
+                            )
+                        }
+                    ]
+                },
             ),
-            targets=[targets.LambdaFunction(self.run_events, retry_attempts=4,
-                                            max_event_age=Duration.hours(2))],
+            targets=[
+                targets.LambdaFunction(self.run_events, retry_attempts=4, max_event_age=Duration.hours(2))
+            ],
         )
-        self.functions = {"task_runner": self.task_runner, "deployer": self.deployer,
-                          "run_events": self.run_events}
+        self.functions = {
+            "task_runner": self.task_runner,
+            "deployer": self.deployer,
+            "run_events": self.run_events,
+        }
 
 
 def grant_state_machine_basics(role: iam.IRole, task_runner: lambda_.IFunction) -> None:
     """What every udop state machine needs: invoke the task runner (and its versions)."""
-    role.add_to_principal_policy(iam.PolicyStatement(
-        actions=["lambda:InvokeFunction"],
-        resources=[task_runner.function_arn, f"{task_runner.function_arn}:*"]))
+    role.add_to_principal_policy(
+        iam.PolicyStatement(
+            actions=["lambda:InvokeFunction"],
+            resources=[task_runner.function_arn, f"{task_runner.function_arn}:*"],
+        )
+    )
 
 
 # --- assets -----------------------------------------------------------------------------------------
@@ -226,8 +367,10 @@ def _layer_code(name: str, config: DeploymentConfig) -> lambda_.Code:
     if config.assets == "placeholder":
         folder = _placeholder(f"layer-{name}", {"python/udop_placeholder.py": "# placeholder layer\n"})
     elif not (folder / "python").is_dir():
-        raise ContextError(f"layer '{name}' is not built ({folder}): run `python layers/build.py` first, "
-                           "or pass -c udop:assets=placeholder for a synth-only check")
+        raise ContextError(
+            f"layer '{name}' is not built ({folder}): run `python layers/build.py` first, "
+            "or pass -c udop:assets=placeholder for a synth-only check"
+        )
     return lambda_.Code.from_asset(str(folder), exclude=[".inputs"])
 
 
@@ -236,6 +379,8 @@ def _function_code(name: str, config: DeploymentConfig) -> lambda_.Code:
     if not (folder / "app.py").is_file():
         if config.assets != "placeholder":
             raise ContextError(f"functions/{name}/app.py is missing: the {name} function cannot be deployed")
-        folder = _placeholder(f"function-{name}", {
-            "app.py": "def handler(event, context):\n    raise RuntimeError('placeholder code')\n"})
+        folder = _placeholder(
+            f"function-{name}",
+            {"app.py": "def handler(event, context):\n    raise RuntimeError('placeholder code')\n"},
+        )
     return lambda_.Code.from_asset(str(folder), exclude=["__pycache__", "*.pyc"])

@@ -18,23 +18,32 @@ from udop_infra.storage import Storage
 
 
 class UdopStack(Stack):
-    def __init__(self, scope: Construct, id: str, *, config: DeploymentConfig | None = None,
-                 **kwargs: Any) -> None:
-        super().__init__(scope, id, description="udop: serverless data pipelines (Step Functions + Lambda)",
-                         **kwargs)
+    def __init__(
+        self, scope: Construct, id: str, *, config: DeploymentConfig | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(
+            scope, id, description="udop: serverless data pipelines (Step Functions + Lambda)", **kwargs
+        )
         config = config or DeploymentConfig.from_node(self.node)
         self.config = config
         self.network = Network(self, "Network", config=config)
         self.storage = Storage(self, "Storage", config=config)
         self.data = Data(self, "Data", config=config, network=self.network)
-        self.runtime = Runtime(self, "Runtime", config=config, network=self.network, storage=self.storage,
-                               data=self.data)
-        self.orchestration = Orchestration(self, "Pipelines", config=config, runtime=self.runtime,
-                                           storage=self.storage)
-        self.observability = Observability(self, "Observability", config=config, runtime=self.runtime,
-                                           orchestration=self.orchestration)
-        CfnOutput(self, "DefinitionsBucket", value=self.storage.definitions.bucket_name,
-                  description="upload pipelines/<name>.yaml here to deploy a pipeline")
+        self.runtime = Runtime(
+            self, "Runtime", config=config, network=self.network, storage=self.storage, data=self.data
+        )
+        self.orchestration = Orchestration(
+            self, "Pipelines", config=config, runtime=self.runtime, storage=self.storage
+        )
+        self.observability = Observability(
+            self, "Observability", config=config, runtime=self.runtime, orchestration=self.orchestration
+        )
+        CfnOutput(
+            self,
+            "DefinitionsBucket",
+            value=self.storage.definitions.bucket_name,
+            description="upload pipelines/<name>.yaml here to deploy a pipeline",
+        )
         CfnOutput(self, "DataBucket", value=self.storage.data.bucket_name)
         CfnOutput(self, "TaskRunnerArn", value=self.runtime.task_runner.function_arn)
         CfnOutput(self, "DashboardName", value=self.observability.dashboard.dashboard_name)

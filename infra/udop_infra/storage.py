@@ -25,24 +25,41 @@ class Storage(Construct):
             "auto_delete_objects": False,
         }
         self.access_logs = s3.Bucket(
-            self, "AccessLogs", **common,
+            self,
+            "AccessLogs",
+            **common,
             lifecycle_rules=[s3.LifecycleRule(id="expire-access-logs", expiration=Duration.days(90))],
         )
         self.definitions = s3.Bucket(
-            self, "Definitions", **common,
+            self,
+            "Definitions",
+            **common,
             versioned=True,
             server_access_logs_bucket=self.access_logs,
             server_access_logs_prefix="definitions/",
-            lifecycle_rules=[s3.LifecycleRule(id="expire-old-definition-versions",
-                                              noncurrent_version_expiration=Duration.days(365))],
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    id="expire-old-definition-versions", noncurrent_version_expiration=Duration.days(365)
+                )
+            ],
         )
-        data_rules = [s3.LifecycleRule(id="abort-incomplete-uploads",
-                                       abort_incomplete_multipart_upload_after=Duration.days(2))]
+        data_rules = [
+            s3.LifecycleRule(
+                id="abort-incomplete-uploads", abort_incomplete_multipart_upload_after=Duration.days(2)
+            )
+        ]
         if config.run_data_expiration_days:
-            data_rules.append(s3.LifecycleRule(id="expire-run-data", prefix="runs/",
-                                               expiration=Duration.days(config.run_data_expiration_days)))
+            data_rules.append(
+                s3.LifecycleRule(
+                    id="expire-run-data",
+                    prefix="runs/",
+                    expiration=Duration.days(config.run_data_expiration_days),
+                )
+            )
         self.data = s3.Bucket(
-            self, "Data", **common,
+            self,
+            "Data",
+            **common,
             server_access_logs_bucket=self.access_logs,
             server_access_logs_prefix="data/",
             lifecycle_rules=data_rules,
