@@ -35,7 +35,7 @@ from udop.spec.data_tasks import (
 from udop_transforms._engine import Column, Session
 from udop_transforms._sql import Params, check_expression, clean_error, ident, missing_column_message
 
-__all__ = ["Plan", "StepError", "compile_steps"]
+__all__ = ["Plan", "StepError", "compile_steps", "locate_failure"]
 
 _AGG_SQL = {"sum": "sum({})", "avg": "avg({})", "min": "min({})", "max": "max({})", "count": "count({})",
             "count_distinct": "count(DISTINCT {})"}
@@ -61,6 +61,8 @@ class Plan:
     columns: list[Column]
     inputs: dict[str, list[Column]]
     ctes: list[tuple[str, str]] = field(default_factory=list)
+    #: (step index, kind, query up to and including that step): to find the step a run-time error is in
+    history: list[tuple[int, str, str]] = field(default_factory=list)
 
     def query(self) -> str:
         if not self.ctes:
@@ -106,11 +108,29 @@ def compile_steps(session: Session, steps: list[Any], primary: str, inputs: dict
         except duckdb.Error as exc:
             plan.ctes, plan.current, plan.columns = previous
             raise StepError(index, kind, clean_error(exc)) from None
+        plan.history.append((index, kind, plan.query()))
         dupes = sorted({n for n in plan.names if plan.names.count(n) > 1})
         if dupes:
             raise StepError(index, kind, f"the result has duplicate column names {', '.join(dupes)}; "
                                          "rename one side first")
     return plan
+
+
+def locate_failure(plan: Plan, max_steps: int = 20) -> tuple[int, str, str] | None:
+    """After the whole query failed at run time: the first step whose prefix fails by itself
+    (index, kind, message). Reruns prefixes, so only for short step lists; failures only."""
+    if len(plan.history) > max_steps:
+        return None
+    for index, kind, query in plan.history:
+        # hash every column so that none is pruned away unevaluated
+        probe = f"SELECT min(hash(COLUMNS(*))) FROM ({query})"
+        try:
+            plan.session.con.execute(probe, plan.params.used_in(probe) or None).fetchall()
+        except duckdb.InterruptException:
+            raise
+        except duckdb.Error as exc:
+            return index, kind, clean_error(exc)
+    return None
 
 
 def _need(plan: Plan, names: list[str], where: str = "") -> None:

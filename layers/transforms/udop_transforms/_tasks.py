@@ -34,7 +34,7 @@ from udop_transforms._engine import (
 )
 from udop_transforms._files import diagnose_csv, matching_files, reader_sql, write_target
 from udop_transforms._sql import Params, clean_error, ident, missing_column_message
-from udop_transforms._steps import Plan, StepError, compile_steps
+from udop_transforms._steps import Plan, StepError, compile_steps, locate_failure
 
 __all__ = ["run_extract", "run_load", "run_transform", "run_validate"]
 
@@ -178,7 +178,16 @@ def run_transform(context: TaskContext, task: Any, inputs: Mapping[str, TaskResu
             plan = compile_steps(session, list(task.steps), task.primary_input, columns, params, on_check)
         except StepError as exc:
             raise FatalError(f"task {task.id!r}: {exc}") from None
-        manifest = _write_output(session, context, plan.query(), plan.bound_params(), "running the steps")
+        try:
+            manifest = _write_output(session, context, plan.query(), plan.bound_params(), "running the steps")
+        except TaskTimeout:
+            raise
+        except FatalError as exc:
+            found = locate_failure(plan)
+            if found is None:
+                raise
+            index, kind, message = found
+            raise FatalError(f"task {task.id!r}: steps[{index}] ({kind}): {message}") from exc.__cause__
     return TaskResult(output=manifest, checks=tuple(checks),
                       inputs=tuple(_input_manifest(task.id, d, inputs).uri for d in task.depends_on),
                       metrics={"rows": manifest.rows})

@@ -1,29 +1,15 @@
-"""Helpers: build a pipeline from a few task dicts and run its tasks in order through ``run_task``."""
+"""Fixture ``run``: run a few data tasks in order through ``run_task``."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from transform_helpers import context_for, make_pipeline
 
-from udop.spec.models import Pipeline
-from udop.tasks import TaskContext, TaskResult, run_task
-
-
-def make_pipeline(tasks: list[dict[str, Any]], params: dict[str, Any] | None = None) -> Pipeline:
-    return Pipeline.model_validate({"apiVersion": "udop/v1", "kind": "Pipeline", "metadata": {"name": "t"},
-                                    "spec": {"params": params or {}, "tasks": tasks}})
-
-
-def context_for(pipeline: Pipeline, task_id: str, root: Path, params: dict[str, Any] | None = None,
-                run_id: str = "r1") -> TaskContext:
-    return TaskContext(pipeline=pipeline, task_id=task_id, run_id=run_id, attempt=1,
-                       logical_date=datetime(2024, 1, 2, tzinfo=UTC), params=params or {},
-                       data_root=str(root / "data"), services={"base_dir": str(root)})
-
+from udop.tasks import TaskResult, run_task
 
 Runner = Callable[..., dict[str, TaskResult]]
 
