@@ -74,10 +74,14 @@ class TaskPayload:
             raise FatalError(f"task runner: malformed payload: {exc}") from None
         if logical_date.tzinfo is None:
             logical_date = logical_date.replace(tzinfo=UTC)
+        data_root = run.get("data_root")
+        if not data_root and run.get("data_bucket"):
+            # the compiler's Map states address the data as data_bucket + data_prefix
+            data_root = f"s3://{run['data_bucket']}/{run.get('data_prefix') or ''}".rstrip("/")
         return cls(pipeline=str(event["pipeline"]), version=version, task_id=str(event["task_id"]),
                    run_id=str(run_id), execution=execution, attempt=attempt,
                    params=dict(run.get("params") or {}), logical_date=logical_date,
-                   data_root=run.get("data_root"))
+                   data_root=data_root)
 
 
 def state_key(pipeline: str, run_id: str, task_id: str) -> str:

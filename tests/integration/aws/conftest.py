@@ -38,10 +38,15 @@ REDIS_URL = os.environ.get("UDOP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 LOCALSTACK = bool(os.environ.get("AWS_ENDPOINT_URL"))
 REGION = "us-east-1"
 
+# the test pipelines' python callables, and this folder (``from conftest import load_event``)
+for _folder in (TASK_CODE, Path(__file__).resolve().parent):
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
 
-def load_event(name: str, **replace: str) -> dict[str, Any]:
+
+def load_event(fixture: str, **replace: str) -> dict[str, Any]:
     """A JSON event fixture from tests/events/, with ``{placeholders}`` filled in."""
-    text = (EVENTS / name).read_text()
+    text = (EVENTS / fixture).read_text()
     for key, value in replace.items():
         text = text.replace("{" + key + "}", value)
     return json.loads(text)
@@ -144,6 +149,7 @@ class AwsEnv:
     lambdas: InProcessLambdas | None
     task_runner_arn: str = ""
     deployer_arn: str = ""
+    run_events_arn: str = ""
     database_url: str = ""
     functions: dict[str, str] = field(default_factory=dict)
 
@@ -165,6 +171,16 @@ class AwsEnv:
             if time.monotonic() > deadline:
                 raise AssertionError(f"execution {arn} still RUNNING after {timeout}s")
             time.sleep(0.05)
+
+
+@pytest.fixture
+def store(moto_aws: AwsEnv) -> Iterator[Any]:
+    """The metadata store the deployer and run-events functions of ``moto_aws`` write to."""
+    from udop.store import open_store
+
+    opened = open_store(moto_aws.database_url)
+    yield opened
+    opened.close()
 
 
 @pytest.fixture
@@ -194,8 +210,6 @@ def moto_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[AwsEnv
         monkeypatch.setattr(LambdaFunction, "_invoke_lambda", _invoke_lambda)
         mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True}})
         mock.start()
-    if str(TASK_CODE) not in sys.path:
-        sys.path.insert(0, str(TASK_CODE))
     try:
         prefix = f"udop-t{uuid.uuid4().hex[:8]}"
         session = boto3.session.Session(region_name=REGION)
@@ -230,6 +244,13 @@ def moto_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[AwsEnv
                                        "UDOP_STATE_MACHINE_ROLE_ARN": env.role_arn,
                                        "UDOP_TEST_FUNCTION_DIR": "deployer",
                                        "POWERTOOLS_SERVICE_NAME": "udop-deployer"}},
+        )["FunctionArn"]
+        env.functions["run_events"] = f"{prefix}-run-events"
+        env.run_events_arn = lam.create_function(
+            FunctionName=env.functions["run_events"], Runtime="python3.12", Role=env.role_arn,
+            Handler="app.handler", Code={"ZipFile": _zip_of(FUNCTIONS / "run_events")}, Timeout=60,
+            Environment={"Variables": {**common, "UDOP_TEST_FUNCTION_DIR": "run_events",
+                                       "POWERTOOLS_SERVICE_NAME": "udop-run-events"}},
         )["FunctionArn"]
         s3.put_bucket_notification_configuration(
             Bucket=env.definitions_bucket,

@@ -54,7 +54,7 @@ def deployed(moto_aws: Any, tmp_path: Path) -> tuple[Any, Path, Path]:
 
 
 def test_output_goes_to_its_deterministic_key_and_downstream_reads_it(deployed: Any) -> None:
-    aws, log_dir, _ = deployed
+    aws, _log_dir, _ = deployed
     run_id = uuid.uuid4().hex
     first, err = _invoke(aws, _payload(run_id, "numbers"))
     assert err is None, first
@@ -90,28 +90,33 @@ def test_second_invocation_for_a_succeeded_task_returns_its_manifest_without_run
 
 
 def test_errors_reach_the_state_machine_by_their_udop_names(deployed: Any) -> None:
-    aws, log_dir, flag = deployed
+    aws, _log_dir, flag = deployed
     run_id = uuid.uuid4().hex
     body, err = _invoke(aws, _payload(run_id, "flaky"))
-    assert err and body["errorType"] == "udop.RetryableError"
+    assert err
+    assert body["errorType"] == "udop.RetryableError"
     assert "transient failure number 1" in body["errorMessage"]
     body, err = _invoke(aws, _payload(run_id, "flaky", attempt=1))
-    assert err is None and body["reused"] is False
+    assert err is None
+    assert body["reused"] is False
 
     _invoke(aws, _payload(run_id, "numbers"))
     flag.write_text("on")
     body, err = _invoke(aws, _payload(run_id, "big"))
-    assert err and body["errorType"] == "udop.FatalError"
+    assert err
+    assert body["errorType"] == "udop.FatalError"
     assert "fault flag" in body["errorMessage"]
     # a failed attempt leaves nothing behind that a later attempt would reuse
     flag.unlink()
     body, err = _invoke(aws, _payload(run_id, "big", attempt=1))
-    assert err is None and body["reused"] is False
+    assert err is None
+    assert body["reused"] is False
 
 
 def test_a_payload_for_an_undeployed_version_is_a_fatal_error_naming_it(deployed: Any) -> None:
     aws, _, _ = deployed
     payload = {**_payload(uuid.uuid4().hex, "numbers"), "version": 7}
     body, err = _invoke(aws, payload)
-    assert err and body["errorType"] == "udop.FatalError"
+    assert err
+    assert body["errorType"] == "udop.FatalError"
     assert "version 7 is not deployed" in body["errorMessage"]

@@ -1,0 +1,29 @@
+"""Run-events Lambda: EventBridge "Step Functions Execution Status Change" events update the run and
+task records in the metadata store (``udop runs list/show`` then show AWS runs). The work is
+``udop.aws.events.record_status_event``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+
+from udop.aws.events import record_status_event
+from udop.aws.observability import logger, metrics, tracer
+from udop.aws.settings import EventsSettings, load_settings
+from udop.store import open_store
+
+SETTINGS = load_settings(EventsSettings)
+SFN = boto3.client("stepfunctions")
+STORE = open_store(SETTINGS.database_url)
+
+
+@logger.inject_lambda_context(correlation_id_path="detail.executionArn", clear_state=True)
+@metrics.log_metrics
+@tracer.capture_lambda_handler
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    metrics.add_metric(name="ExecutionStatusEvents", unit="Count", value=1)
+    run = record_status_event(event, store=STORE, sfn=SFN)
+    if run is None:
+        return {"run_id": None}
+    return {"run_id": run.id, "state": str(run.state)}

@@ -1,0 +1,198 @@
+"""Deploy a definition as a Step Functions state machine ``udop-<name>``: the deployer Lambda's core.
+
+validate -> record the version in the metadata store -> store the validated definition where the
+task runner reads it -> compile -> create or update the state machine (publishing a version) ->
+write ``pipelines/<name>.status.json``. Anything wrong before the state machine call leaves the
+existing state machine untouched; the status report lists the errors with their paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import urllib.parse
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from udop.aws.definitions import canonical_definition, put_version, status_key
+from udop.aws.observability import logger, metrics
+from udop.aws.s3 import get_json, put_json
+from udop.errors import InputError, SpecError, SpecErrors
+
+__all__ = ["DeployResult", "deploy_definition", "deploy_s3_object", "pipeline_name_of_key",
+           "state_machine_name"]
+
+SOURCE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def state_machine_name(pipeline: str) -> str:
+    return f"udop-{pipeline}"
+
+
+def pipeline_name_of_key(key: str) -> str | None:
+    """``pipelines/<name>.yaml|.yml|.json`` -> name; None for any other key (status reports too)."""
+    if not key.startswith("pipelines/") or key.endswith(".status.json"):
+        return None
+    base = key.removeprefix("pipelines/")
+    if "/" in base:
+        return None
+    for suffix in SOURCE_SUFFIXES:
+        if base.endswith(suffix) and len(base) > len(suffix):
+            return base.removesuffix(suffix)
+    return None
+
+
+@dataclass
+class DeployResult:
+    ok: bool
+    pipeline: str
+    source: str
+    version: int | None = None
+    content_hash: str | None = None
+    state_machine_arn: str | None = None
+    state_machine_version_arn: str | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    skipped: bool = False  # the same content was already deployed
+    deployed_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def _error_dicts(exc: BaseException) -> list[dict[str, Any]]:
+    errors: Iterable[BaseException] = exc.errors if isinstance(exc, SpecErrors) else [exc]
+    out = []
+    for err in errors:
+        if isinstance(err, SpecError):
+            out.append({"message": err.message, "path": err.path, "line": err.line, "text": str(err)})
+        else:
+            out.append({"message": str(err), "path": None, "line": None, "text": str(err)})
+    return out
+
+
+def content_hash(definition: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(definition, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def deploy_definition(text: str | bytes, *, source: str, bucket: str, s3: Any, sfn: Any, store: Any,
+                      task_runner_arn: str, role_arn: str,
+                      compile_fn: Callable[..., Any] | None = None) -> DeployResult:
+    """Validate, compile and deploy one definition; always writes the status report.
+
+    ``source`` is the definitions-bucket key (``pipelines/<name>.yaml``) or, from the CLI, a file
+    name; the pipeline's ``metadata.name`` must match the key's name so that the report and the
+    state machine can be found from the key.
+    """
+    from udop.spec.loader import load_pipeline
+
+    key_name = pipeline_name_of_key(source) if source.startswith("pipelines/") else None
+    name = key_name or source.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    result = DeployResult(ok=False, pipeline=name, source=source)
+    try:
+        pipeline = load_pipeline(text, filename=source)
+        if key_name is not None and pipeline.name != key_name:
+            raise SpecError(f"metadata.name is {pipeline.name!r} but the file is {source}; upload it as "
+                            f"pipelines/{pipeline.name}{source[source.rfind('.'):]}",
+                            file=source, path="metadata.name")
+        name = result.pipeline = pipeline.name
+        definition = canonical_definition(pipeline)
+        result.content_hash = content_hash(definition)
+        previous = get_json(s3, bucket, status_key(name))
+        if (previous and previous.get("ok") and previous.get("content_hash") == result.content_hash
+                and previous.get("state_machine_arn")):
+            logger.info("definition unchanged; already deployed", extra={"pipeline": name})
+            return DeployResult(**{**previous, "skipped": True,
+                                   "deployed_at": previous.get("deployed_at", result.deployed_at)})
+        version = store.register_pipeline(name, definition).version
+        result.version = version
+        put_version(s3, bucket, name, version, definition)
+        compiled = _compile(pipeline, version, compile_fn)
+        result.state_machine_arn, result.state_machine_version_arn = _deploy_machines(
+            sfn, compiled, task_runner_arn=task_runner_arn, role_arn=role_arn)
+        store.register_pipeline(name, definition, state_machine_arn=result.state_machine_arn)
+        result.ok = True
+    except InputError as exc:  # SpecErrors, a compile limit, a bad setting: the user's to fix
+        result.errors = _error_dicts(exc)
+        logger.warning("definition rejected; the existing state machine is unchanged",
+                       extra={"pipeline": name, "source": source, "errors": [e["text"] for e in result.errors]})
+        metrics.add_metric(name="DefinitionsRejected", unit="Count", value=1)
+    else:
+        logger.info("pipeline deployed", extra=result.to_dict())
+        metrics.add_metric(name="PipelinesDeployed", unit="Count", value=1)
+    put_json(s3, bucket, status_key(name), result.to_dict())
+    return result
+
+
+def _compile(pipeline: Any, version: int, compile_fn: Callable[..., Any] | None) -> Any:
+    if compile_fn is not None:
+        return compile_fn(pipeline, version=version)
+    from udop.compiler import CompileOptions, compile_pipeline
+
+    return compile_pipeline(pipeline, options=CompileOptions(version=version))
+
+
+def _deploy_machines(sfn: Any, compiled: Any, *, task_runner_arn: str, role_arn: str) -> tuple[str, str | None]:
+    """Create or update the child machines (deepest first), then the main one, each with its
+    ``${...}`` substitutions filled in; returns the main machine's (ARN, published version ARN)."""
+    from udop.compiler._asl import substitution_key
+
+    subs = {"TaskRunnerArn": task_runner_arn}
+    for child in compiled.all_children():
+        child_arn, _ = _create_or_update(sfn, state_machine_name(child.machine_name),
+                                         _substitute(child.to_json(), subs), role_arn)
+        subs[substitution_key(child.name)] = child_arn
+    return _create_or_update(sfn, state_machine_name(compiled.machine_name),
+                             _substitute(compiled.to_json(), subs), role_arn)
+
+
+def _children(compiled: Any) -> list[tuple[str, Any]]:
+    """``(child name, compiled child)`` of every child machine, deepest first."""
+    return [(c.name, c) for c in compiled.all_children()]
+
+
+def _substitute(asl: str, subs: dict[str, str]) -> str:
+    # CreateStateMachine has no DefinitionSubstitutions (CloudFormation does): replace here
+    for key, value in subs.items():
+        asl = asl.replace("${" + key + "}", value)
+    return asl
+
+
+def _find_state_machine(sfn: Any, name: str) -> str | None:
+    for page in sfn.get_paginator("list_state_machines").paginate():
+        for sm in page["stateMachines"]:
+            if sm["name"] == name:
+                return str(sm["stateMachineArn"])
+    return None
+
+
+def _create_or_update(sfn: Any, name: str, asl: str, role_arn: str) -> tuple[str, str | None]:
+    """Create or update ``name``; returns (state machine ARN, published version ARN)."""
+    arn = _find_state_machine(sfn, name)
+    try:
+        if arn is None:
+            resp = sfn.create_state_machine(name=name, definition=asl, roleArn=role_arn, type="STANDARD",
+                                            publish=True)
+            return str(resp["stateMachineArn"]), resp.get("stateMachineVersionArn")
+        resp = sfn.update_state_machine(stateMachineArn=arn, definition=asl, roleArn=role_arn, publish=True)
+        return arn, resp.get("stateMachineVersionArn")
+    except sfn.exceptions.InvalidDefinition as exc:
+        raise InputError(f"Step Functions rejected the compiled definition of {name}: {exc}") from None
+
+
+def deploy_s3_object(bucket: str, raw_key: str, *, s3: Any, sfn: Any, store: Any, task_runner_arn: str,
+                     role_arn: str) -> DeployResult | None:
+    """Deploy the object an S3 event names (keys arrive URL-encoded); None for keys we ignore."""
+    key = urllib.parse.unquote_plus(raw_key)
+    if pipeline_name_of_key(key) is None:
+        logger.info("ignoring an object that is not a pipelines/<name>.yaml|.json definition",
+                    extra={"key": key})
+        return None
+    try:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except s3.exceptions.NoSuchKey:
+        logger.warning("definition deleted before it could be deployed", extra={"key": key})
+        return None
+    return deploy_definition(body, source=key, bucket=bucket, s3=s3, sfn=sfn, store=store,
+                             task_runner_arn=task_runner_arn, role_arn=role_arn)

@@ -1,0 +1,249 @@
+"""Map Step Functions executions onto udop run records: the run-events Lambda's core, also used by
+``udop run --executor stepfunctions`` while it follows a run.
+
+A run is identified by its run id (``input.run.run_id``; executions are named after it). A run's
+executions are the first one, named ``<run_id>``, and those of emulated redrives, named
+``<run_id>--redrive-<n>``. Tasks and attempts are read from the execution histories (one attempt
+per ``TaskScheduled`` event of the task runner) and written to the store only where the store is
+behind, so handling the same event twice, or events out of order, changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from udop.aws.observability import logger
+from udop.errors import UdopError
+from udop.states import AttemptState, RunState, TaskState
+
+__all__ = ["REDRIVE_SEPARATOR", "ExecutionAttempt", "record_status_event", "sync_run"]
+
+REDRIVE_SEPARATOR = "--redrive-"
+
+_RUN_STATE = {"RUNNING": RunState.RUNNING, "SUCCEEDED": RunState.SUCCEEDED, "FAILED": RunState.FAILED,
+              "TIMED_OUT": RunState.FAILED, "ABORTED": RunState.CANCELLED,
+              "PENDING_REDRIVE": RunState.FAILED}
+
+
+@dataclass
+class ExecutionAttempt:
+    task_id: str
+    started_at: datetime
+    state: AttemptState | None = None  # None: still running
+    error_type: str | None = None
+    error_message: str | None = None
+    result: dict[str, Any] | None = None
+    reused: bool = False
+
+
+@dataclass
+class _Execution:
+    arn: str
+    name: str
+    status: str
+    started: datetime
+    input: dict[str, Any]
+    error: str | None = None
+    cause: str | None = None
+    attempts: list[ExecutionAttempt] = field(default_factory=list)
+
+
+def run_id_of_execution(name: str) -> str:
+    return name.split(REDRIVE_SEPARATOR, 1)[0]
+
+
+def pipeline_of_state_machine(arn: str) -> str:
+    name = arn.rsplit(":", 1)[-1]
+    return name.removeprefix("udop-")
+
+
+def record_status_event(event: dict[str, Any], *, store: Any, sfn: Any) -> Any:
+    """Handle one EventBridge "Step Functions Execution Status Change" event; returns the run record
+    (None when the execution is not a udop pipeline's)."""
+    detail = event.get("detail") or {}
+    arn = detail.get("executionArn")
+    sm_arn = detail.get("stateMachineArn") or ""
+    if not arn or not sm_arn.rsplit(":", 1)[-1].startswith("udop-"):
+        logger.info("ignoring an execution that is not a udop pipeline's", extra={"execution": arn})
+        return None
+    return sync_run(store, sfn, state_machine_arn=sm_arn,
+                    run_id=run_id_of_execution(detail.get("name") or arn.rsplit(":", 1)[-1]))
+
+
+def _executions(sfn: Any, state_machine_arn: str, run_id: str) -> list[_Execution]:
+    found = []
+    for page in sfn.get_paginator("list_executions").paginate(stateMachineArn=state_machine_arn):
+        for ex in page["executions"]:
+            if run_id_of_execution(ex["name"]) == run_id:
+                found.append(ex)
+    out = []
+    for ex in sorted(found, key=lambda e: e["startDate"]):
+        desc = sfn.describe_execution(executionArn=ex["executionArn"])
+        execution = _Execution(arn=ex["executionArn"], name=ex["name"], status=desc["status"],
+                               started=desc["startDate"], input=json.loads(desc.get("input") or "{}"),
+                               error=desc.get("error"), cause=desc.get("cause"))
+        execution.attempts = _attempts(sfn, execution.arn)
+        out.append(execution)
+    return out
+
+
+def _attempts(sfn: Any, execution_arn: str) -> list[ExecutionAttempt]:
+    """One attempt per task-runner invocation, in the order they were scheduled."""
+    events: dict[int, dict[str, Any]] = {}
+    for page in sfn.get_paginator("get_execution_history").paginate(executionArn=execution_arn):
+        for ev in page["events"]:
+            events[ev["id"]] = ev
+    attempts: dict[int, ExecutionAttempt] = {}  # TaskScheduled event id -> attempt
+    started_of: dict[int, int] = {}  # TaskStarted id -> TaskScheduled id
+    for ev_id in sorted(events):
+        ev = events[ev_id]
+        kind = ev["type"]
+        if kind == "TaskScheduled":
+            params = json.loads(ev["taskScheduledEventDetails"].get("parameters") or "{}")
+            payload = params.get("Payload") or {}
+            task_id = payload.get("task_id") if isinstance(payload, dict) else None
+            if task_id:
+                attempts[ev_id] = ExecutionAttempt(task_id=task_id, started_at=ev["timestamp"])
+        elif kind == "TaskStarted" and ev.get("previousEventId") in attempts:
+            started_of[ev_id] = ev["previousEventId"]
+        elif kind in ("TaskSucceeded", "TaskFailed", "TaskTimedOut", "TaskStartFailed", "TaskSubmitFailed"):
+            prev = ev.get("previousEventId")
+            scheduled = started_of.get(prev, prev)
+            attempt = attempts.get(scheduled)
+            if attempt is None:
+                continue
+            if kind == "TaskSucceeded":
+                out = json.loads(ev["taskSucceededEventDetails"].get("output") or "{}")
+                payload = out.get("Payload", out) if isinstance(out, dict) else {}
+                attempt.state = AttemptState.SUCCEEDED
+                attempt.reused = bool(payload.get("reused")) if isinstance(payload, dict) else False
+                attempt.result = {"output": payload.get("output")} if isinstance(payload, dict) else None
+            else:
+                details = next((v for k, v in ev.items() if k.endswith("EventDetails")), {})
+                attempt.state = AttemptState.TIMED_OUT if kind == "TaskTimedOut" else AttemptState.FAILED
+                attempt.error_type = details.get("error")
+                attempt.error_message = _cause_message(details.get("cause"))
+    return [attempts[k] for k in sorted(attempts)]
+
+
+def _cause_message(cause: str | None) -> str | None:
+    """The task runner's errorMessage when the cause is its error JSON, else the cause itself."""
+    if not cause:
+        return cause
+    try:
+        body = json.loads(cause)
+    except ValueError:
+        return cause
+    return str(body.get("errorMessage", cause)) if isinstance(body, dict) else cause
+
+
+def _ensure_run(store: Any, run_id: str, pipeline: str, first: _Execution) -> Any:
+    run = store.get_run(run_id)
+    if run is not None:
+        return run
+    ctx = first.input.get("run") or {}
+    version = ctx.get("pipeline_version")
+    record = store.get_pipeline(pipeline)
+    if version is None:
+        if record is None or record.latest is None:
+            raise UdopError(f"execution {first.arn}: pipeline {pipeline!r} is not in the metadata store; "
+                            "deploy it with `udop deploy` (or an upload to the definitions bucket)")
+        version = record.latest.version
+    definition = next((v.definition for v in (record.versions if record else []) if v.version == version), None)
+    task_ids = [t["id"] for t in (definition or {}).get("spec", {}).get("tasks", [])]
+    logical = ctx.get("logical_date")
+    logical_date = datetime.fromisoformat(logical) if logical else first.started
+    if logical_date.tzinfo is None:
+        logical_date = logical_date.replace(tzinfo=UTC)
+    store.create_run(run_id=run_id, pipeline=pipeline, pipeline_version=int(version), task_ids=task_ids,
+                     params=dict(ctx.get("params") or {}), logical_date=logical_date,
+                     executor="stepfunctions", external_id=first.arn)
+    return store.get_run(run_id)
+
+
+def sync_run(store: Any, sfn: Any, *, state_machine_arn: str, run_id: str) -> Any:
+    """Bring the run's records up to date with its executions; returns the run record."""
+    executions = _executions(sfn, state_machine_arn, run_id)
+    if not executions:
+        return store.get_run(run_id)
+    pipeline = pipeline_of_state_machine(state_machine_arn)
+    run = _ensure_run(store, run_id, pipeline, executions[0])
+    latest = executions[-1]
+    target = _RUN_STATE.get(latest.status, RunState.RUNNING)
+
+    by_task: dict[str, list[ExecutionAttempt]] = {}
+    for execution in executions:
+        for attempt in execution.attempts:
+            done = by_task.get(attempt.task_id, [])
+            if any(a.state is AttemptState.SUCCEEDED for a in done):
+                continue  # later invocations of a succeeded task only returned its result
+            by_task.setdefault(attempt.task_id, []).append(attempt)
+    seen = sum(len(a) for a in by_task.values())
+    recorded = sum(len(t.attempts) for t in run.tasks)
+    if run.state == RunState.PENDING:
+        store.set_run_state(run_id, RunState.RUNNING)
+        run = store.get_run(run_id)  # set_run_state's record carries no tasks
+    elif run.state in (RunState.FAILED, RunState.CANCELLED) and (target != run.state or seen > recorded):
+        store.reset_for_resume(run_id)  # a redrive (real or emulated) went on after the run ended
+        run = store.get_run(run_id)
+    tasks = {t.task_id: t for t in run.tasks}
+    running = latest.status == "RUNNING"
+    for task_id, attempts in by_task.items():
+        record = tasks.get(task_id)
+        if record is None:
+            continue
+        _sync_task(store, run_id, record, attempts, execution_running=running)
+
+    if not running:
+        fresh = store.get_run(run_id)
+        open_tasks = [t.task_id for t in fresh.tasks if t.state in (TaskState.PENDING,)]
+        retrying = [t.task_id for t in fresh.tasks if t.state in (TaskState.RETRYING, TaskState.RUNNING)]
+        if retrying:
+            store.set_task_states(run_id, retrying, TaskState.FAILED)
+        if open_tasks and target is not RunState.SUCCEEDED:
+            store.set_task_states(run_id, open_tasks, TaskState.UPSTREAM_FAILED if target is RunState.FAILED
+                                  else TaskState.CANCELLED)
+        fresh = store.get_run(run_id)
+        if fresh.state != target:
+            error = None
+            if target is not RunState.SUCCEEDED:
+                error = f"{latest.error}: {_cause_message(latest.cause)}" if latest.error else latest.status
+            _move_run(store, fresh, target, error=error)
+    return store.get_run(run_id)
+
+
+def _move_run(store: Any, run: Any, state: RunState, *, error: str | None = None) -> Any:
+    if run.state == RunState.PENDING:
+        run = store.set_run_state(run.id, RunState.RUNNING)
+    return store.set_run_state(run.id, state, error=error)
+
+
+def _sync_task(store: Any, run_id: str, record: Any, attempts: list[ExecutionAttempt], *,
+               execution_running: bool) -> None:
+    if record.state == TaskState.SUCCEEDED:
+        return
+    recorded = {a.number: a for a in record.attempts}
+    if record.state in (TaskState.FAILED, TaskState.UPSTREAM_FAILED, TaskState.CANCELLED) and \
+            len(attempts) > len(recorded):
+        store.set_task_states(run_id, [record.task_id], TaskState.PENDING)
+    for number, attempt in enumerate(attempts, start=1):
+        previous = recorded.get(number)
+        if previous is None:
+            store.start_attempt(run_id, record.task_id, number)
+        elif previous.state != AttemptState.RUNNING:
+            continue
+        if attempt.state is None:
+            continue
+        last = number == len(attempts)
+        if attempt.state is AttemptState.SUCCEEDED:
+            task_state = TaskState.SUCCEEDED
+        elif last and not execution_running:
+            task_state = TaskState.FAILED
+        else:
+            task_state = TaskState.RETRYING
+        store.finish_attempt(run_id, record.task_id, number, attempt_state=attempt.state, task_state=task_state,
+                             error_type=attempt.error_type, error_message=attempt.error_message,
+                             result=attempt.result)
