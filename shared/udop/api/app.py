@@ -163,6 +163,11 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def transition(request: Request, exc: TransitionError) -> JSONResponse:
         return _detail(request, 409, str(exc))
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette logs the traceback for the operator; the caller gets one line
+        return _detail(request, 500, "internal error; the server log has the details")
+
     @app.exception_handler(StoreError)
     async def store_error(request: Request, exc: StoreError) -> JSONResponse:
         log.error("metadata store error on %s %s: %s", request.method, request.url.path, exc)
