@@ -28,8 +28,11 @@ def _admin(sql: str, url: str = ADMIN_URL) -> None:
 def _with_database(url: str, database: str) -> str:
     from sqlalchemy.engine import make_url
 
-    return make_url(url).set(drivername="postgresql+psycopg", database=database).render_as_string(
-        hide_password=False)
+    return (
+        make_url(url)
+        .set(drivername="postgresql+psycopg", database=database)
+        .render_as_string(hide_password=False)
+    )
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,150 @@
+"""Bodies of the processes spawned by test_store_concurrency.py.
+
+Kept apart from the test module so that a spawned child imports only this (not pytest).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import threading
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from udop.errors import TransitionError
+from udop.states import AttemptState, RunState, TaskState
+
+DEFINITION = {"apiVersion": "udop/v1", "metadata": {"name": "p"}, "spec": {"tasks": [{"id": "a"}]}}
+TASKS = ["extract", "transform", "load"]
+PROCESSES = 3
+THREADS = 3
+RUNS_PER_THREAD = 4
+
+
+def _run_lifecycles(url: str, prefix: str, start: Any, out: Any) -> None:
+    """Open the store, then in several threads drive whole runs from pending to succeeded."""
+    try:
+        from udop.store import open_store
+
+        store = open_store(url)
+        start.wait(timeout=60)
+        version = store.register_pipeline("p", DEFINITION).version
+
+        def one_thread(k: int) -> None:
+            for i in range(RUNS_PER_THREAD):
+                run_id = f"{prefix}-{k}-{i}"
+                store.create_run(
+                    run_id=run_id,
+                    pipeline="p",
+                    pipeline_version=version,
+                    task_ids=TASKS,
+                    params={"i": i},
+                    logical_date=datetime.now(UTC),
+                )
+                store.set_run_state(run_id, RunState.RUNNING, owner=f"{prefix}@test")
+                for task in TASKS:
+                    store.start_attempt(run_id, task, 1)
+                    store.finish_attempt(
+                        run_id,
+                        task,
+                        1,
+                        attempt_state=AttemptState.FAILED,
+                        task_state=TaskState.RETRYING,
+                        error_type="X",
+                        error_message="retry",
+                    )
+                    store.start_attempt(run_id, task, 2)
+                    store.finish_attempt(
+                        run_id,
+                        task,
+                        2,
+                        attempt_state=AttemptState.SUCCEEDED,
+                        task_state=TaskState.SUCCEEDED,
+                        result={
+                            "output": {"uri": f"/{run_id}/{task}", "rows": i},
+                            "inputs": [],
+                            "checks": [{"rule": "r", "severity": "warn", "passed": True}],
+                        },
+                    )
+                store.set_run_state(run_id, RunState.SUCCEEDED)
+
+        with ThreadPoolExecutor(THREADS) as pool:
+            for f in [pool.submit(one_thread, k) for k in range(THREADS)]:
+                f.result()
+        store.close()
+        out.put(("ok", prefix))
+    except BaseException:
+        out.put(("error", traceback.format_exc()))
+
+
+def _race_for_tasks(url: str, run_id: str, start: Any, out: Any) -> None:
+    """Every thread of every process tries to start attempt 1 of every task and to finish the run."""
+    try:
+        from udop.store import open_store
+
+        store = open_store(url)
+        start.wait(timeout=60)
+        won: list[str] = []
+        refused = 0
+        lock = threading.Lock()
+
+        def contend(_: int) -> None:
+            nonlocal refused
+            for task in TASKS:
+                try:
+                    store.start_attempt(run_id, task, 1)
+                except TransitionError:
+                    with lock:
+                        refused += 1
+                    continue
+                with lock:
+                    won.append(task)
+                store.finish_attempt(
+                    run_id, task, 1, attempt_state=AttemptState.SUCCEEDED, task_state=TaskState.SUCCEEDED
+                )
+            try:
+                store.set_run_state(run_id, RunState.SUCCEEDED)
+                with lock:
+                    won.append("<run>")
+            except TransitionError:
+                with lock:
+                    refused += 1
+
+        with ThreadPoolExecutor(THREADS) as pool:
+            list(pool.map(contend, range(THREADS)))
+        store.close()
+        out.put(("ok", (won, refused)))
+    except BaseException:
+        out.put(("error", traceback.format_exc()))
+
+
+def _open_only(url: str, start: Any, out: Any) -> None:
+    try:
+        from udop.store import open_store
+
+        start.wait(timeout=60)
+        store = open_store(url)
+        store.register_pipeline("p", DEFINITION)
+        store.close()
+        out.put(("ok", None))
+    except BaseException:
+        out.put(("error", traceback.format_exc()))
+
+
+def _in_processes(target: Any, args_for: list[tuple[Any, ...]]) -> list[Any]:
+    """Run ``target(*args, start, out)`` in spawned processes released together; return their results."""
+    ctx = mp.get_context("spawn")
+    start = ctx.Event()
+    out = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args, start, out)) for args in args_for]
+    for p in procs:
+        p.start()
+    start.set()
+    results = [out.get(timeout=240) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    errors = [detail for status, detail in results if status != "ok"]
+    assert not errors, errors[0]
+    assert all(p.exitcode == 0 for p in procs)
+    return [detail for _, detail in results]

@@ -1,0 +1,124 @@
+"""Several processes (spawned) and threads writing one metadata database at once, on both backends.
+
+What a user depends on: concurrent `udop run`s sharing .udop/udop.db (or one Postgres) never fail
+with "database is locked", never lose a row, and never let two writers make an illegal move (two
+processes racing to start the same task: exactly one wins).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from store_workers import (  # type: ignore[import-not-found]  # next to this file
+    DEFINITION,
+    PROCESSES,
+    RUNS_PER_THREAD,
+    TASKS,
+    THREADS,
+    _in_processes,
+    _open_only,
+    _race_for_tasks,
+    _run_lifecycles,
+)
+
+from udop.states import AttemptState, RunState, TaskState
+from udop.store import open_store
+from udop.store.schema import HEAD
+
+# --- tests ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_processes_and_threads_write_runs_at_once(db_url: str, open_db: Any) -> None:
+    open_db()  # migrated up front: this test is about writing, the migration race has its own
+    prefixes = [f"proc{n}" for n in range(PROCESSES)]
+    _in_processes(_run_lifecycles, [(db_url, prefix) for prefix in prefixes])
+
+    store = open_db()
+    runs = store.list_runs(limit=1000)
+    expected = {f"{p}-{k}-{i}" for p in prefixes for k in range(THREADS) for i in range(RUNS_PER_THREAD)}
+    assert {r.id for r in runs} == expected
+    assert {r.state for r in runs} == {RunState.SUCCEEDED}
+    assert [v.version for v in store.get_pipeline("p").versions] == [1]  # concurrent registrations agree
+    for run_id in sorted(expected)[::7]:
+        run = store.get_run(run_id)
+        assert [t.state for t in run.tasks] == [TaskState.SUCCEEDED] * len(TASKS)
+        assert all(
+            [(a.number, a.state) for a in t.attempts]
+            == [(1, AttemptState.FAILED), (2, AttemptState.SUCCEEDED)]
+            for t in run.tasks
+        )
+        assert sorted(lin.output_uri for lin in store.get_lineage(run_id)) == sorted(
+            f"/{run_id}/{t}" for t in TASKS
+        )
+        assert len(store.get_checks(run_id)) == len(TASKS)
+
+
+@pytest.mark.slow
+def test_racing_writers_cannot_both_make_the_same_move(db_url: str, open_db: Any) -> None:
+    store = open_db()
+    version = store.register_pipeline("p", DEFINITION).version
+    store.create_run(
+        run_id="contended",
+        pipeline="p",
+        pipeline_version=version,
+        task_ids=TASKS,
+        params={},
+        logical_date=datetime.now(UTC),
+    )
+    store.set_run_state("contended", RunState.RUNNING)
+
+    results = _in_processes(_race_for_tasks, [(db_url, "contended")] * PROCESSES)
+
+    wins = [w for won, _ in results for w in won]
+    assert sorted(wins) == sorted([*TASKS, "<run>"])  # each move made exactly once
+    contenders = PROCESSES * THREADS
+    assert sum(refused for _, refused in results) == contenders * (len(TASKS) + 1) - len(wins)
+    run = store.get_run("contended")
+    assert run.state is RunState.SUCCEEDED
+    assert [[a.number for a in t.attempts] for t in run.tasks] == [[1]] * len(TASKS)
+
+
+def test_threads_share_one_store(store: Any) -> None:
+    """The executor's worker threads and its main thread use one store object."""
+    version = store.register_pipeline("p", DEFINITION).version
+
+    def lifecycle(n: int) -> None:
+        run_id = f"t{n}"
+        store.create_run(
+            run_id=run_id,
+            pipeline="p",
+            pipeline_version=version,
+            task_ids=TASKS,
+            params={},
+            logical_date=datetime.now(UTC),
+        )
+        store.set_run_state(run_id, RunState.RUNNING)
+        for task in TASKS:
+            store.start_attempt(run_id, task, 1)
+            store.finish_attempt(
+                run_id, task, 1, attempt_state=AttemptState.SUCCEEDED, task_state=TaskState.SUCCEEDED
+            )
+        store.set_run_state(run_id, RunState.SUCCEEDED)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lifecycle, range(40)))
+    runs = store.list_runs(limit=100)
+    assert len(runs) == 40
+    assert {r.state for r in runs} == {RunState.SUCCEEDED}
+
+
+@pytest.mark.slow
+def test_processes_opening_a_fresh_database_at_once_all_succeed(db_url: str) -> None:
+    """The first `udop run`s on a new machine start together: one migrates, the others wait for it."""
+    _in_processes(_open_only, [(db_url,)] * PROCESSES)
+    store = open_store(db_url)
+    try:
+        assert [v.version for v in store.get_pipeline("p").versions] == [1]
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").all() == [(HEAD,)]
+    finally:
+        store.close()
