@@ -234,6 +234,11 @@ def extract_to_parquet(context: TaskContext, source: Mapping[str, Any], output_u
                                        f"(columns: {', '.join(batch.schema.names)})", retryable=False)
                     if since is not None and not connector.pushes_down_incremental:
                         batch = wm.filter_newer(batch, inc.column, since)
+                    if high[0] is since and since is not None:
+                        try:
+                            high[0] = wm.coerce(since, batch.schema.field(inc.column).type)
+                        except ValueError as exc:
+                            connector.fail(f"incremental: {exc}", retryable=False)
                     top = wm.batch_max(batch, inc.column)
                     if top is not None and (high[0] is None or top > high[0]):
                         high[0] = top

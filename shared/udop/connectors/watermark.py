@@ -78,10 +78,23 @@ def batch_max(batch: pa.RecordBatch, column: str) -> Any:
     return pc.max(batch.column(column)).as_py()
 
 
+def coerce(value: Any, type_: pa.DataType) -> Any:
+    """``value`` (e.g. an ``initial`` watermark written as text) as a Python value of the column's type."""
+    if value is None:
+        return None
+    try:
+        return pa.scalar(value, type=type_).as_py()
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
+        try:
+            return pa.scalar(value).cast(type_).as_py()
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+            raise ValueError(f"watermark {value!r} cannot be compared with a {type_} column") from exc
+
+
 def filter_newer(batch: pa.RecordBatch, column: str, since: Any) -> pa.RecordBatch:
     """Rows whose ``column`` is greater than ``since`` (for connectors that cannot filter)."""
     col = batch.column(column)
-    mask = pc.greater(col, pa.scalar(since, type=col.type))
+    mask = pc.greater(col, pa.scalar(coerce(since, col.type), type=col.type))
     return batch.filter(pc.fill_null(mask, False))
 
 
