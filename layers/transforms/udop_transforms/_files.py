@@ -69,9 +69,15 @@ def matching_files(path: str) -> list[str]:
     return [path] if p.is_file() else []
 
 
-def diagnose_csv(files: list[str], delimiter: str = ",", limit_rows: int = 1_000_000) -> str | None:
+#: rows per file scanned up front: DuckDB's dialect sniffer samples about this many, and a ragged row
+#: inside its sample can make it pick a wrong dialect (or drop the row) instead of failing
+SNIFF_ROWS = 20_480
+
+
+def diagnose_csv(files: list[str], delimiter: str = ",", limit_rows: int = 1_000_000,
+                 max_files: int | None = None) -> str | None:
     """Find the first ragged row (a field count unlike the header's) for a one-line error."""
-    for name in files:
+    for name in files[:max_files]:
         with open(name, newline="", encoding="utf-8", errors="replace") as fh:
             reader = csv.reader(fh, delimiter=delimiter)
             width = None

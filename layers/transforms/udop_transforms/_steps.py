@@ -202,9 +202,11 @@ def _aggregate(plan: Plan, step: AggregateStep) -> str:
     for name, metric in spec.metrics.items():
         if isinstance(metric, dict):
             ((fn, column),) = metric.items()
-            if column != "*":
-                _need(plan, [column], f" (metric {name!r})")
-            expr = _AGG_SQL[fn].format("*" if column == "*" else ident(column))
+            if column == "*" or column in plan.names:
+                arg = "*" if column == "*" else ident(column)
+            else:  # an expression such as `delay > 15` (a plain unknown name fails binding, located)
+                arg = _expr(plan, column)
+            expr = _AGG_SQL[fn].format(arg)
         else:
             expr = _expr(plan, metric)
         items.append(f"{expr} AS {ident(name)}")

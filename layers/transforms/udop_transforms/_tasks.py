@@ -32,7 +32,7 @@ from udop_transforms._engine import (
     publish_dir,
     scratch_dir,
 )
-from udop_transforms._files import diagnose_csv, matching_files, reader_sql, write_target
+from udop_transforms._files import SNIFF_ROWS, diagnose_csv, matching_files, reader_sql, write_target
 from udop_transforms._sql import Params, clean_error, ident, missing_column_message
 from udop_transforms._steps import Plan, StepError, compile_steps, locate_failure
 
@@ -133,6 +133,8 @@ def run_extract(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult
     files = matching_files(path)
     if not files:
         raise FatalError(f"task {task.id!r}: source: no {source.connector} file matches {path!r}")
+    if source.connector == "csv" and (ragged := diagnose_csv(files, source.delimiter or ",", SNIFF_ROWS, 20)):
+        raise FatalError(f"task {task.id!r}: source: {ragged}")
     with Session(memory_limit=task.memory_limit, context=context) as session:
         try:
             session.register_view("_source", reader_sql(source.connector, path, source), widen_decimals=False)

@@ -35,7 +35,7 @@ from udop.spec.data_tasks import (
 from udop.spec.params import REFERENCE
 from udop_transforms._checks import RuleError, bind_rules
 from udop_transforms._engine import Column, Session
-from udop_transforms._files import diagnose_csv, matching_files, reader_sql
+from udop_transforms._files import SNIFF_ROWS, diagnose_csv, matching_files, reader_sql
 from udop_transforms._sql import Params, check_expression, clean_error, ident, missing_column_message
 from udop_transforms._steps import _SORT, Plan, StepError, compile_steps
 
@@ -117,7 +117,8 @@ def check_pipeline(pipeline: Any, base_dir: str | Path | None = None) -> list[Sp
                             found.append(SpecError(f"task {task.id!r}: "
                                                    + missing_column_message(col, names, " for partition_by"),
                                                    path=f"{where}.target.partition_by"))
-            schemas[task.id] = None if found else schema
+            # a validate's or load's own errors do not change the data that flows on
+            schemas[task.id] = None if found and task.type in ("extract", "transform") else schema
             errors += found
     return errors
 
@@ -131,6 +132,9 @@ def _extract_schema(session: Session, task: Any, base: Path, where: str,
     files = matching_files(path)
     if not files:
         return None  # may be written by an earlier task or exist where the run happens
+    if source.connector == "csv" and (ragged := diagnose_csv(files, source.delimiter or ",", SNIFF_ROWS, 20)):
+        found.append(SpecError(f"task {task.id!r}: cannot read the source: {ragged}", path=f"{where}.source.path"))
+        return None
     try:
         return session.describe(f"SELECT * FROM {reader_sql(source.connector, path, source)}")
     except duckdb.Error as exc:

@@ -280,8 +280,8 @@ class AggregateSpec(SpecModel):
     by: list[str] = Field(default_factory=list, description="group by these columns (none: one row)")
     metrics: dict[str, str | dict[AggregateFunction, str]] = Field(
         min_length=1, description="output column -> an aggregate SQL expression (`avg(dep_delay)`, "
-                                  "`count(*)`) or {function: column} with function one of sum, avg, "
-                                  "min, max, count, count_distinct")
+                                  "`count(*)`) or {function: column-or-expression} with function one "
+                                  "of sum, avg, min, max, count, count_distinct")
     _by = field_validator("by", mode="before")(classmethod(lambda cls, v: _columns(v)))
 
     @field_validator("metrics")
