@@ -121,6 +121,10 @@ def _race_for_tasks(url: str, run_id: str, start: Any, out: Any) -> None:
 
 def _open_only(url: str, start: Any, out: Any) -> None:
     try:
+        # import everything first, so that the processes really collide on the migration itself
+        import alembic.command  # noqa: F401
+
+        import udop.store.sql  # noqa: F401
         from udop.store import open_store
 
         start.wait(timeout=60)
