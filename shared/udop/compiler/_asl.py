@@ -116,8 +116,15 @@ class Emitter:
 
     def _record(self, name: str, task: str, states: dict[str, Any], top: bool) -> None:
         """The Pass state that records which task failed, with the error and cause it gave."""
-        state = {"Type": "Pass", "Parameters": {"task": task, "Error.$": "$.failure.Error",
-                                                "Cause.$": "$.failure.Cause"},
+        if top:
+            cause = {"Cause.$": "$.failure.Cause"}
+        else:
+            # inside a Parallel every failed branch carries its record out; a fixed-size cause keeps
+            # that bounded however many branches fail together (the full cause is in the task's
+            # TaskFailed event and in its attempt record)
+            cause = {"Cause.$": f"States.Format('{{}} in task {task}; its message is in the task record', "
+                                "$.failure.Error)"}
+        state = {"Type": "Pass", "Parameters": {"task": task, "Error.$": "$.failure.Error", **cause},
                  "ResultPath": "$.failure"}
         self._on_failure(state, top)
         states[name] = state

@@ -1,0 +1,259 @@
+"""Test helpers for compiled state machines: the npm asl-validator in one batch, a walker that reads
+the ASL back (which tasks are guaranteed finished before each task starts), and a small simulator
+of the JSON that flows between states, for payload sizes.
+
+They read the emitted definitions, not the compiler's internal schedule, so they check what Step
+Functions would actually run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import tempfile
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from udop.compiler import CompiledPipeline
+from udop.spec.models import Pipeline
+
+ROOT = Path(__file__).resolve().parents[3]
+VALIDATOR = ROOT / "node_modules" / ".bin" / "asl-validator"
+BATCH_SCRIPT = Path(__file__).with_name("validate_many.js")
+LAMBDA_INVOKE = "arn:aws:states:::lambda:invoke"
+START_CHILD = "arn:aws:states:::states:startExecution.sync:2"
+
+
+def make_pipeline(deps: Mapping[str, list[str]], *, name: str = "demo",
+                  extra: Mapping[str, Mapping[str, Any]] | None = None,
+                  defaults: Mapping[str, Any] | None = None) -> Pipeline:
+    """A pipeline of python tasks with the given dependencies (task id -> ids it depends on)."""
+    extra = extra or {}
+    tasks = [{"id": tid, "type": "python", "callable": "tasks:run", "depends_on": list(parents),
+              **extra.get(tid, {})} for tid, parents in deps.items()]
+    spec: dict[str, Any] = {"tasks": tasks}
+    if defaults:
+        spec["defaults"] = dict(defaults)
+    return Pipeline.model_validate({"apiVersion": "udop/v1", "kind": "Pipeline", "metadata": {"name": name},
+                                    "spec": spec})
+
+
+def machines(compiled: CompiledPipeline) -> list[CompiledPipeline]:
+    return [compiled, *compiled.all_children()]
+
+
+def validate(definitions: Mapping[str, dict[str, Any]]) -> dict[str, str]:
+    """Run asl-validator's checks over all ``definitions`` in one node process (validate_many.js);
+    return {name: errors} of the invalid ones."""
+    assert VALIDATOR.exists(), f"{VALIDATOR} is missing: run `npm ci` (scripts/bootstrap.sh does)"
+    with tempfile.TemporaryDirectory() as tmp:
+        batch = Path(tmp) / "definitions.json"
+        batch.write_text(json.dumps(list(definitions.items())))
+        proc = subprocess.run(["node", str(BATCH_SCRIPT), str(batch)], capture_output=True, text=True,
+                              timeout=300, check=False)
+    assert proc.returncode == 0, f"validate_many.js failed: {proc.stderr[-2000:]}"
+    return {name: json.dumps(errors) for name, errors in json.loads(proc.stdout).items()}
+
+
+def assert_valid(compiled: list[CompiledPipeline] | CompiledPipeline) -> None:
+    items = compiled if isinstance(compiled, list) else [compiled]
+    defs = {}
+    for c in items:
+        for m in machines(c):
+            defs[f"{c.name}/{m.name}/{len(defs)}"] = m.definition
+    bad = validate(defs)
+    assert not bad, "asl-validator rejected:\n" + "\n".join(f"{k}: {v}" for k, v in bad.items())
+
+
+# -- reading the schedule back ----------------------------------------------------------------------
+
+@dataclass
+class Walk:
+    """What the success path of a compiled machine does."""
+
+    #: task id -> tasks certainly finished when it starts
+    before: dict[str, frozenset[str]] = field(default_factory=dict)
+    #: task id -> how many Task/Map states run it
+    runs: Counter[str] = field(default_factory=Counter)
+    #: task id -> start time when each task takes durations[task] and Parallels wait for all branches
+    start: dict[str, float] = field(default_factory=dict)
+    makespan: float = 0.0
+
+
+def _task_of(state: dict[str, Any]) -> str | None:
+    if state["Type"] == "Task" and state["Resource"] == LAMBDA_INVOKE:
+        return str(state["Parameters"]["Payload"]["task_id"])
+    if state["Type"] == "Map":
+        inner = state["ItemProcessor"]["States"]
+        (only,) = inner.values()
+        return str(only["Parameters"]["Payload"]["task_id"])
+    return None
+
+
+def walk(compiled: CompiledPipeline, durations: Mapping[str, float] | None = None) -> Walk:
+    by_key = {f"Child_{m.name}Arn": m for m in compiled.all_children()}
+    result = Walk()
+
+    def scope(sc: dict[str, Any], done: frozenset[str], now: float) -> tuple[frozenset[str], float]:
+        name = sc["StartAt"]
+        while True:
+            state = sc["States"][name]
+            kind = state["Type"]
+            task = _task_of(state)
+            if task is not None:
+                result.before[task] = done
+                result.runs[task] += 1
+                result.start[task] = now
+                now += 1.0 if durations is None else durations[task]
+                done = done | {task}
+            elif kind == "Task" and state["Resource"] == START_CHILD:
+                key = state["Parameters"]["StateMachineArn"][2:-1]
+                done, now = scope(by_key[key].definition, done, now)
+            elif kind == "Parallel":
+                ends = [scope(branch, done, now) for branch in state["Branches"]]
+                for d, _ in ends:
+                    done = done | d
+                now = max(t for _, t in ends)
+            elif kind == "Choice":
+                name = state["Default"]  # every Choice the compiler emits takes Default on success
+                continue
+            elif kind == "Succeed":
+                return done, now
+            elif kind == "Fail":
+                raise AssertionError(f"the success path reaches Fail state {name!r}")
+            if state.get("End"):
+                return done, now
+            name = state["Next"]
+
+    _, result.makespan = scope(compiled.definition, frozenset(), 0.0)
+    return result
+
+
+def failure_routes(definition: dict[str, Any], *, top: bool = True) -> dict[str, str]:
+    """{task: how its failure ends} for every Task/Map: "fail" (to the Fail state) or "end" (the
+    branch ends carrying the failure). Also checks the record names the right task."""
+    routes: dict[str, str] = {}
+    states = definition["States"]
+    for state in states.values():
+        for branch in state.get("Branches", ()):
+            routes.update(failure_routes(branch, top=False))
+        task = _task_of(state)
+        if task is None:
+            continue
+        (catch,) = state["Catch"]
+        assert catch["ErrorEquals"] == ["States.ALL"]
+        record = states[catch["Next"]]
+        assert record["Type"] == "Pass"
+        assert record["Parameters"]["task"] == task
+        if top:
+            assert states[record["Next"]]["Type"] == "Fail"
+            routes[task] = "fail"
+        else:
+            assert record.get("End") is True
+            routes[task] = "end"
+    return routes
+
+
+# -- payload sizes -----------------------------------------------------------------------------------
+
+def _get(data: Any, path: str) -> Any:
+    assert path.startswith("$"), path
+    cur = data
+    for part in re.findall(r"\.([A-Za-z_]\w*)|\[(\d+)\]", path[1:]):
+        key, index = part
+        cur = cur[key] if key else cur[int(index)]
+    return cur
+
+
+def _eval(value: Any, data: Any) -> Any:
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if k.endswith(".$"):
+                out[k[:-2]] = _intrinsic(v, data) if v.startswith("States.") else (
+                    None if v.startswith("$$") else _get(data, v))
+            else:
+                out[k] = _eval(v, data)
+        return out
+    return value
+
+
+def _intrinsic(expr: str, data: Any) -> Any:
+    m = re.fullmatch(r"States\.Format\('((?:[^'\\]|\\.)*)',\s*(.*)\)", expr)
+    assert m, f"simulator does not know {expr}"
+    text = m.group(1)
+    for arg in (a.strip() for a in m.group(2).split(",")):
+        text = text.replace("{}", str(_get(data, arg)) if not arg.startswith("$$") else "<ctx>", 1)
+    return text
+
+
+@dataclass
+class Sizes:
+    largest_state: int = 0
+    largest_result: int = 0
+
+
+def simulate(definition: dict[str, Any], execution_input: dict[str, Any], *, fail: bool,
+             cause_bytes: int = 4096) -> Sizes:
+    """Push ``execution_input`` through the machine with every task succeeding (``fail=False``) or
+    every task failing with an error whose Cause has ``cause_bytes``; record the largest state and
+    the largest raw Parallel result as JSON bytes."""
+    sizes = Sizes()
+
+    def size(data: Any) -> int:
+        return len(json.dumps(data, separators=(",", ":")))
+
+    def run(sc: dict[str, Any], data: Any) -> Any:
+        name = sc["StartAt"]
+        while True:
+            state = sc["States"][name]
+            sizes.largest_state = max(sizes.largest_state, size(data))
+            kind = state["Type"]
+            nxt = state.get("Next")
+            if kind in {"Task", "Map"}:
+                if fail:
+                    error = {"Error": "udop.FatalError", "Cause": "x" * cause_bytes}
+                    catch = state["Catch"][0]
+                    data = {**data, catch["ResultPath"][2:]: error}
+                    nxt = catch["Next"]
+                elif state.get("ResultPath", "$") is not None:
+                    result = {"status": 200}
+                    data = {**data, state["ResultPath"][2:]: result} if state["ResultPath"] != "$" else result
+            elif kind == "Parallel":
+                inner = {} if state.get("InputPath", "$") is None else data
+                raw = [run(branch, inner) for branch in state["Branches"]]
+                sizes.largest_result = max(sizes.largest_result, size(raw))
+                assert state["ResultSelector"] == {"failures.$": "$[*].failure"}
+                selected = {"failures": [b["failure"] for b in raw if "failure" in b]}
+                data = {**data, state["ResultPath"][2:]: selected}
+            elif kind == "Choice":
+                nxt = state["Default"]
+                for rule in state["Choices"]:
+                    try:
+                        _get(data, rule["Variable"])
+                        present = True
+                    except (KeyError, IndexError):
+                        present = False
+                    if "IsPresent" in rule and present == rule["IsPresent"]:
+                        nxt = rule["Next"]
+                        break
+            elif kind == "Pass":
+                value = data if state.get("InputPath", "$") == "$" else _get(data, state["InputPath"])
+                if "Parameters" in state:
+                    value = _eval(state["Parameters"], value)
+                if "Result" in state:
+                    value = state["Result"]
+                data = {**data, state["ResultPath"][2:]: value}
+            elif kind in ("Succeed", "Fail"):
+                return data
+            sizes.largest_state = max(sizes.largest_state, size(data))
+            if nxt is None:
+                return data
+            name = nxt
+
+    run(definition, execution_input)
+    return sizes
