@@ -15,12 +15,11 @@ from typing import Any
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import aws_cdk as cdk  # noqa: E402
+import aws_cdk as cdk
 
-from udop_infra.config import ContextError  # noqa: E402
-from udop_infra.nag import add_checks  # noqa: E402
-from udop_infra.stack import UdopStack  # noqa: E402
-
+from udop_infra.config import ContextError
+from udop_infra.nag import add_checks
+from udop_infra.stack import UdopStack
 
 CDK_JSON = Path(__file__).resolve().parent.parent / "cdk.json"
 

@@ -54,7 +54,7 @@ class Data(Construct):
         self.database = rds.DatabaseInstance(
             self,
             "Database",
-            engine=rds.DatabaseInstanceEngine.postgres(version=rds.PostgresEngineVersion.VER_16),
+            engine=rds.DatabaseInstanceEngine.postgres(version=rds.PostgresEngineVersion.VER_17_6),
             instance_type=ec2.InstanceType(config.db_instance_type),
             vpc=vpc,
             vpc_subnets=network.private_subnets,

@@ -345,8 +345,10 @@ class Orchestration(Construct):
                 "DefinitionVersions",
                 destination_bucket=storage.definitions,
                 sources=[
-                    s3deploy.Source.json_data(
-                        version_key(s.pipeline.name, s.version), canonical_definition(s.pipeline)
+                    # Source.data, not json_data: json_data drops nulls, and the stored text must be
+                    # exactly the canonical definition (the deployer hashes the same form)
+                    s3deploy.Source.data(
+                        version_key(s.pipeline.name, s.version), json.dumps(canonical_definition(s.pipeline))
                     )
                     for s in sources
                 ],

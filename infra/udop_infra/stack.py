@@ -9,8 +9,8 @@ from constructs import Construct
 
 from udop_infra.config import DeploymentConfig
 from udop_infra.data import Data
-from udop_infra.network import Network
 from udop_infra.nag import acknowledge_findings
+from udop_infra.network import Network
 from udop_infra.observability import Observability
 from udop_infra.orchestration import Orchestration
 from udop_infra.runtime import Runtime

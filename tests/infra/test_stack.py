@@ -1,0 +1,589 @@
+"""Fast tier: real properties of the synthesized template (validation and bundling off)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aws_cdk.assertions import Capture, Match
+
+pytestmark = pytest.mark.infra
+REPO = Path(__file__).resolve().parents[2]
+
+
+def logical_id(stack: Any, construct: Any) -> str:
+    return str(stack.get_logical_id(construct.node.default_child))
+
+
+@pytest.fixture
+def synth(synth_app: Any) -> Any:
+    return synth_app
+
+
+def of_type(resources: dict[str, Any], kind: str) -> dict[str, Any]:
+    return {k: v for k, v in resources.items() if v["Type"] == kind}
+
+
+def statements(resources: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for lid, res in resources.items():
+        if res["Type"] in {"AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"}:
+            out += [(lid, s) for s in res["Properties"]["PolicyDocument"]["Statement"]]
+        elif res["Type"] == "AWS::IAM::Role":
+            for policy in res["Properties"].get("Policies", []):
+                out += [(lid, s) for s in policy["PolicyDocument"]["Statement"]]
+    return out
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+# --- storage -----------------------------------------------------------------------------------------
+
+
+def test_every_bucket_is_encrypted_private_and_tls_only(resources: dict[str, Any]) -> None:
+    buckets = of_type(resources, "AWS::S3::Bucket")
+    assert len(buckets) >= 3  # definitions, data, access logs
+    for lid, bucket in buckets.items():
+        props = bucket["Properties"]
+        sse = props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0][
+            "ServerSideEncryptionByDefault"
+        ]
+        assert sse["SSEAlgorithm"] in {"AES256", "aws:kms"}, lid
+        assert props["PublicAccessBlockConfiguration"] == {
+            "BlockPublicAcls": True,
+            "BlockPublicPolicy": True,
+            "IgnorePublicAcls": True,
+            "RestrictPublicBuckets": True,
+        }, lid
+    tls_denied = set()
+    for policy in of_type(resources, "AWS::S3::BucketPolicy").values():
+        for st in policy["Properties"]["PolicyDocument"]["Statement"]:
+            if (
+                st["Effect"] == "Deny"
+                and st.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") == "false"
+                and st["Principal"] == {"AWS": "*"}
+            ):
+                tls_denied.add(policy["Properties"]["Bucket"]["Ref"])
+    assert tls_denied == set(buckets)
+
+
+def test_definitions_are_versioned_and_run_data_expires(stack: Any, resources: dict[str, Any]) -> None:
+    definitions = resources[logical_id(stack, stack.storage.definitions)]["Properties"]
+    data = resources[logical_id(stack, stack.storage.data)]["Properties"]
+    assert definitions["VersioningConfiguration"] == {"Status": "Enabled"}
+    rules = {r["Id"]: r for r in data["LifecycleConfiguration"]["Rules"]}
+    assert rules["expire-run-data"]["Prefix"] == "runs/"
+    assert rules["expire-run-data"]["ExpirationInDays"] == 30  # cdk.json udop:runDataExpirationDays
+    assert rules["expire-run-data"]["Status"] == "Enabled"
+
+
+def test_run_data_expiry_follows_context_and_can_be_off(synth: Any, tmp_path: Path) -> None:
+    stack, template = synth(
+        tmp_path / "a", **{"udop:runDataExpirationDays": 0, "udop:pipelinesDir": str(tmp_path)}
+    )
+    data = template.to_json()["Resources"][logical_id(stack, stack.storage.data)]["Properties"]
+    assert [r["Id"] for r in data["LifecycleConfiguration"]["Rules"]] == ["abort-incomplete-uploads"]
+
+
+# --- functions -----------------------------------------------------------------------------------------
+
+
+def test_functions_run_python312_traced_in_private_subnets(stack: Any, resources: dict[str, Any]) -> None:
+    private = {logical_id(stack, s) for s in stack.network.vpc.isolated_subnets}
+    for name, function in stack.runtime.functions.items():
+        props = resources[logical_id(stack, function)]["Properties"]
+        assert props["Runtime"] == "python3.12", name
+        assert props["Handler"] == "app.handler", name
+        assert props["TracingConfig"] == {"Mode": "Active"}, name
+        assert {s["Ref"] for s in props["VpcConfig"]["SubnetIds"]} == private, name
+        assert props["LoggingConfig"]["LogGroup"]["Ref"].startswith("Runtime"), name
+        assert props["Environment"]["Variables"]["POWERTOOLS_METRICS_NAMESPACE"] == "udop"
+    for name, layer in stack.runtime.layers.items():
+        props = resources[logical_id(stack, layer)]["Properties"]
+        assert props["CompatibleRuntimes"] == ["python3.12"], name
+        assert props["CompatibleArchitectures"] == ["x86_64"], name
+
+
+def test_each_function_carries_only_its_layers(stack: Any, resources: dict[str, Any]) -> None:
+    layer_ids = {name: logical_id(stack, layer) for name, layer in stack.runtime.layers.items()}
+    expected = {
+        "task_runner": ["core", "connectors", "transforms"],
+        "deployer": ["core"],
+        "run_events": ["core"],
+    }
+    for name, function in stack.runtime.functions.items():
+        layers = resources[logical_id(stack, function)]["Properties"]["Layers"]
+        assert sorted(layer["Ref"] for layer in layers) == sorted(layer_ids[n] for n in expected[name]), name
+
+
+def test_task_runner_limits_and_settings(stack: Any, resources: dict[str, Any]) -> None:
+    props = resources[logical_id(stack, stack.runtime.task_runner)]["Properties"]
+    assert props["Timeout"] == 900
+    assert props["MemorySize"] == 2048
+    env = props["Environment"]["Variables"]
+    # what udop.aws.settings.RunnerSettings requires at cold start
+    for name in ("UDOP_DATA_BUCKET", "UDOP_DEFINITIONS_BUCKET", "UDOP_STATE_URL"):
+        assert name in env
+    assert env["UDOP_DATA_BUCKET"] == {"Ref": logical_id(stack, stack.storage.data)}
+    deployer_env = resources[logical_id(stack, stack.runtime.deployer)]["Properties"]["Environment"][
+        "Variables"
+    ]
+    for name in (
+        "UDOP_DEFINITIONS_BUCKET",
+        "UDOP_TASK_RUNNER_ARN",
+        "UDOP_STATE_MACHINE_ROLE_ARN",
+        "UDOP_DATABASE_URL",
+    ):
+        assert name in deployer_env
+
+
+def test_environment_holds_no_secret_values(resources: dict[str, Any]) -> None:
+    text = json.dumps({k: v for k, v in resources.items() if v["Type"] == "AWS::Lambda::Function"})
+    assert "resolve:secretsmanager" not in text
+    assert "SecretString" not in text
+
+
+# --- IAM -----------------------------------------------------------------------------------------------
+
+#: actions AWS does not let a policy scope to a resource (checked against the service authorization
+#: reference): a "*" resource is only acceptable for these
+UNSCOPABLE = {
+    "xray:PutTraceSegments",
+    "xray:PutTelemetryRecords",
+    "xray:GetSamplingRules",
+    "xray:GetSamplingTargets",
+    "states:ListStateMachines",
+    "logs:CreateLogDelivery",
+    "logs:GetLogDelivery",
+    "logs:UpdateLogDelivery",
+    "logs:DeleteLogDelivery",
+    "logs:ListLogDeliveries",
+    "logs:PutResourcePolicy",
+    "logs:DescribeResourcePolicies",
+    "logs:DescribeLogGroups",
+    "ec2:DescribeManagedPrefixLists",
+    "ec2:DescribeSecurityGroups",
+    "ec2:RevokeSecurityGroupIngress",
+    "ec2:RevokeSecurityGroupEgress",
+    "ec2:AuthorizeSecurityGroupIngress",
+    "ec2:AuthorizeSecurityGroupEgress",
+}
+
+
+def test_no_star_resource_where_a_name_is_known(resources: dict[str, Any]) -> None:
+    for lid, st in statements(resources):
+        if st["Effect"] != "Allow" or "*" not in as_list(st["Resource"]):
+            continue
+        actions = set(as_list(st["Action"]))
+        assert actions <= UNSCOPABLE, f"{lid}: {sorted(actions - UNSCOPABLE)} on '*'"
+    for lid, st in statements(resources):
+        for action in as_list(st.get("Action", [])):
+            assert action != "*" and not action.endswith(":*"), f"{lid}: {action}"
+
+
+def test_task_runner_role_touches_only_its_buckets_and_secret(stack: Any, resources: dict[str, Any]) -> None:
+    role = logical_id(stack, stack.runtime.task_runner.role)
+    granted: dict[str, list[Any]] = {}
+    for lid, st in statements(resources):
+        policy = resources[lid]["Properties"]
+        if lid.startswith("RuntimeTaskRunner") and {"Ref": role} in policy.get("Roles", []):
+            for action in as_list(st["Action"]):
+                granted.setdefault(action, []).extend(as_list(st["Resource"]))
+    data, definitions = logical_id(stack, stack.storage.data), logical_id(stack, stack.storage.definitions)
+    assert set(granted) >= {"s3:GetObject", "s3:PutObject", "s3:ListBucket", "secretsmanager:GetSecretValue"}
+    text = json.dumps(granted["s3:PutObject"])
+    assert data in text and definitions not in text  # never writes definitions
+    assert granted["s3:ListBucket"] == [{"Fn::GetAtt": [data, "Arn"]}]
+    assert granted["secretsmanager:GetSecretValue"] == [{"Ref": logical_id(stack, stack.data.cache_secret)}]
+    assert not any(a.startswith(("states:", "iam:", "rds:", "elasticache:")) for a in granted)
+
+
+def test_state_machine_permissions_are_scoped_to_udop_machines(resources: dict[str, Any]) -> None:
+    seen = 0
+    for lid, st in statements(resources):
+        if not any(
+            a.startswith("states:") and a != "states:ListStateMachines" for a in as_list(st["Action"])
+        ):
+            continue
+        for resource in as_list(st["Resource"]):
+            text = json.dumps(resource)
+            seen += 1
+            assert ":stateMachine:udop-" in text or ":execution:udop-" in text or "Ref" in text, (lid, text)
+    assert seen
+
+
+def test_deployer_may_pass_only_the_state_machine_role_to_step_functions(
+    stack: Any, resources: dict[str, Any]
+) -> None:
+    passes = [st for _, st in statements(resources) if "iam:PassRole" in as_list(st["Action"])]
+    role = logical_id(stack, stack.runtime.deployed_state_machine_role)
+    assert passes == [
+        {
+            "Action": "iam:PassRole",
+            "Effect": "Allow",
+            "Condition": {"StringEquals": {"iam:PassedToService": "states.amazonaws.com"}},
+            "Resource": {"Fn::GetAtt": [role, "Arn"]},
+        }
+    ]
+
+
+# --- data services ---------------------------------------------------------------------------------------
+
+
+def test_database_encrypted_private_backed_up_with_secret_and_proxy(
+    stack: Any, template: Any, resources: dict[str, Any]
+) -> None:
+    db = resources[logical_id(stack, stack.data.database)]["Properties"]
+    assert db["StorageEncrypted"] is True
+    assert db["PubliclyAccessible"] is False
+    assert db["DeletionProtection"] is True
+    assert db["BackupRetentionPeriod"] == 7
+    assert db["Engine"] == "postgres"
+    password = db["MasterUserPassword"]["Fn::Join"][1]
+    assert password[0] == "{{resolve:secretsmanager:" and password[2] == ":SecretString:password::}}"
+    assert resources[password[1]["Ref"]]["Type"] == "AWS::SecretsManager::Secret"
+    subnet_group = resources[db["DBSubnetGroupName"]["Ref"]]["Properties"]
+    private = {logical_id(stack, s) for s in stack.network.vpc.isolated_subnets}
+    assert {s["Ref"] for s in subnet_group["SubnetIds"]} == private
+    template.has_resource_properties(
+        "AWS::RDS::DBProxy",
+        {
+            "EngineFamily": "POSTGRESQL",
+            "RequireTLS": True,
+            "Auth": [
+                Match.object_like(
+                    {"AuthScheme": "SECRETS", "SecretArn": {"Ref": Match.string_like_regexp("Secret")}}
+                )
+            ],
+            "VpcSubnetIds": Match.array_with([{"Ref": sorted(private)[0]}]),
+        },
+    )
+    template.has_resource_properties(
+        "AWS::SecretsManager::Secret",
+        {
+            "GenerateSecretString": Match.object_like(
+                {"SecretStringTemplate": json.dumps({"username": "udop"}, separators=(",", ":"))}
+            )
+        },
+    )
+
+
+def test_redis_tls_auth_and_encryption_at_rest(stack: Any, template: Any) -> None:
+    token = Capture()
+    template.has_resource_properties(
+        "AWS::ElastiCache::ReplicationGroup",
+        {
+            "Engine": "redis",
+            "TransitEncryptionEnabled": True,
+            "AtRestEncryptionEnabled": True,
+            "AuthToken": token,
+        },
+    )
+    ref = json.dumps(token.as_object())
+    assert "{{resolve:secretsmanager:" in ref
+    assert logical_id(stack, stack.data.cache_secret) in ref
+
+
+def test_only_functions_reach_the_proxy_and_cache(stack: Any, resources: dict[str, Any]) -> None:
+    functions_sg = logical_id(stack, stack.network.functions_sg)
+    for sg in (stack.data.proxy_sg, stack.data.cache_sg):
+        ingress = resources[logical_id(stack, sg)]["Properties"].get("SecurityGroupIngress", [])
+        ingress += [
+            r["Properties"]
+            for r in of_type(resources, "AWS::EC2::SecurityGroupIngress").values()
+            if r["Properties"]["GroupId"] == {"Fn::GetAtt": [logical_id(stack, sg), "GroupId"]}
+        ]
+        assert ingress and all(
+            rule["SourceSecurityGroupId"]["Fn::GetAtt"][0] == functions_sg for rule in ingress
+        )
+
+
+# --- network -----------------------------------------------------------------------------------------------
+
+
+def test_vpc_endpoints_replace_a_nat_gateway(resources: dict[str, Any]) -> None:
+    assert not of_type(resources, "AWS::EC2::NatGateway")  # cdk.json: udop:natGateways 0
+    services = set()
+    for endpoint in of_type(resources, "AWS::EC2::VPCEndpoint").values():
+        name = json.dumps(endpoint["Properties"]["ServiceName"])
+        services.add(
+            (
+                re.search(r"\.(s3|states|secretsmanager|logs|monitoring)\"", name).group(1),
+                endpoint["Properties"].get("VpcEndpointType", "Gateway"),
+            )
+        )
+    assert services == {
+        ("s3", "Gateway"),
+        ("states", "Interface"),
+        ("secretsmanager", "Interface"),
+        ("logs", "Interface"),
+        ("monitoring", "Interface"),
+    }
+
+
+def test_nat_is_optional_by_context(synth: Any, tmp_path: Path) -> None:
+    _, template = synth(tmp_path / "a", **{"udop:natGateways": 1, "udop:pipelinesDir": str(tmp_path)})
+    template.resource_count_is("AWS::EC2::NatGateway", 1)
+
+
+# --- triggers ----------------------------------------------------------------------------------------------
+
+
+def test_pipeline_uploads_notify_the_deployer(stack: Any, template: Any) -> None:
+    configs = Capture()
+    template.has_resource_properties(
+        "Custom::S3BucketNotifications",
+        {
+            "BucketName": {"Ref": logical_id(stack, stack.storage.definitions)},
+            "NotificationConfiguration": {"LambdaFunctionConfigurations": configs},
+        },
+    )
+    deployer = logical_id(stack, stack.runtime.deployer)
+    got = {
+        (
+            c["Events"][0],
+            tuple((r["Name"], r["Value"]) for r in c["Filter"]["Key"]["FilterRules"]),
+            c["LambdaFunctionArn"]["Fn::GetAtt"][0],
+        )
+        for c in configs.as_array()
+    }
+    assert got == {
+        ("s3:ObjectCreated:*", (("suffix", s), ("prefix", "pipelines/")), deployer)
+        for s in (".yaml", ".yml", ".json")
+    }
+
+
+def test_execution_status_changes_go_to_run_events(stack: Any, template: Any) -> None:
+    pattern = Capture()
+    template.has_resource_properties(
+        "AWS::Events::Rule",
+        {
+            "EventPattern": pattern,
+            "Targets": [
+                Match.object_like(
+                    {"Arn": {"Fn::GetAtt": [logical_id(stack, stack.runtime.run_events), "Arn"]}}
+                )
+            ],
+        },
+    )
+    got = pattern.as_object()
+    assert got["source"] == ["aws.states"]
+    assert got["detail-type"] == ["Step Functions Execution Status Change"]
+    prefix = json.dumps(got["detail"]["stateMachineArn"][0]["prefix"])
+    assert prefix.endswith(':stateMachine:udop-"]]}')
+
+
+# --- orchestration -------------------------------------------------------------------------------------------
+
+
+def test_state_machine_definition_is_the_compiler_output(stack: Any, template: Any) -> None:
+    from udop.aws.definitions import canonical_definition
+    from udop.compiler import CompileOptions, compile_pipeline
+    from udop.spec.loader import load_pipeline
+    from udop_infra.orchestration import definition_version
+
+    pipeline = load_pipeline(REPO / "pipelines" / "daily-sales.yaml")
+    version = definition_version(canonical_definition(pipeline))
+    compiled = compile_pipeline(pipeline, options=CompileOptions(version=version))
+    assert compiled.substitutions == ["TaskRunnerArn"]
+    template.has_resource_properties(
+        "AWS::StepFunctions::StateMachine",
+        {
+            "StateMachineName": "udop-daily-sales",
+            "DefinitionString": compiled.to_json(),
+            "DefinitionSubstitutions": {
+                "TaskRunnerArn": {"Fn::GetAtt": [logical_id(stack, stack.runtime.task_runner), "Arn"]}
+            },
+            "StateMachineType": "STANDARD",
+            "TracingConfiguration": {"Enabled": True},
+            "LoggingConfiguration": Match.object_like({"Level": "ALL", "IncludeExecutionData": True}),
+        },
+    )
+
+
+def test_task_runner_loads_the_version_the_machine_was_compiled_from(
+    stack: Any, resources: dict[str, Any]
+) -> None:
+    from udop.aws.definitions import canonical_definition, version_key
+    from udop.spec.loader import load_pipeline
+
+    pipeline = load_pipeline(REPO / "pipelines" / "daily-sales.yaml")
+    machine = stack.orchestration.pipelines["daily-sales"]
+    definition = json.loads(machine.compiled.to_json())
+    payloads = [s["Parameters"]["Payload"] for s in _all_states(definition) if s.get("Type") == "Task"]
+    assert payloads and {p["version"] for p in payloads} == {machine.source.version}
+    deployment = next(iter(of_type(resources, "Custom::CDKBucketDeployment").values()))["Properties"]
+    assert deployment["Prune"] is False  # never deletes other versions or uploads
+    assert deployment["DestinationBucketName"] == {"Ref": logical_id(stack, stack.storage.definitions)}
+    # the deployed object is versions/<name>/<version>.json holding the canonical definition
+    outdir = Path(stack.node.root.outdir)
+    key = version_key("daily-sales", machine.source.version)
+    files = list(outdir.glob(f"asset.*/{key}"))
+    assert len(files) == 1
+    assert json.loads(files[0].read_text()) == canonical_definition(pipeline)
+
+
+def _all_states(definition: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for state in definition["States"].values():
+        out.append(state)
+        for branch in state.get("Branches", []):
+            out += _all_states(branch)
+        if "ItemProcessor" in state:
+            out += _all_states(state["ItemProcessor"])
+    return out
+
+
+def test_state_machine_role_invokes_only_the_task_runner(stack: Any, resources: dict[str, Any]) -> None:
+    machine = stack.orchestration.pipelines["daily-sales"].state_machine
+    role = logical_id(stack, machine.role)
+    runner = logical_id(stack, stack.runtime.task_runner)
+    actions: dict[str, list[Any]] = {}
+    for lid, st in statements(resources):
+        if {"Ref": role} in resources[lid]["Properties"].get("Roles", []):
+            for action in as_list(st["Action"]):
+                actions.setdefault(action, []).extend(as_list(st["Resource"]))
+    assert actions["lambda:InvokeFunction"] == [
+        {"Fn::GetAtt": [runner, "Arn"]},
+        {"Fn::Join": ["", [{"Fn::GetAtt": [runner, "Arn"]}, ":*"]]},
+    ]
+    assert not any(a.startswith(("s3:", "iam:", "secretsmanager:")) for a in actions)
+
+
+def test_schedule_starts_the_pipeline_with_a_run_context(stack: Any, template: Any) -> None:
+    target = Capture()
+    template.has_resource_properties(
+        "AWS::Scheduler::Schedule",
+        {
+            "Name": "udop-daily-sales",
+            "ScheduleExpression": "cron(0 6 * * ? *)",
+            "ScheduleExpressionTimezone": "UTC",
+            "State": "ENABLED",
+            "FlexibleTimeWindow": {"Mode": "OFF"},
+            "Target": target,
+        },
+    )
+    machine = logical_id(stack, stack.orchestration.pipelines["daily-sales"].state_machine)
+    assert target.as_object()["Arn"] == {"Ref": machine}
+    body = json.dumps(target.as_object()["Input"])
+    for field in (
+        "<aws.scheduler.execution-id>",
+        "<aws.scheduler.scheduled-time>",
+        '\\"min_amount\\": 0',
+        '\\"data_prefix\\": \\"\\"',
+    ):
+        assert field in body
+
+
+@pytest.mark.parametrize(
+    ("cron", "expected"),
+    [
+        ("0 6 * * *", "cron(0 6 * * ? *)"),
+        # cron numbers weekdays 0-6 from Sunday (7 is Sunday too); EventBridge 1-7 from Sunday
+        ("30 2 * * 1-5", "cron(30 2 ? * 2-6 *)"),
+        ("0 0 * * 0,6", "cron(0 0 ? * 1,7 *)"),
+        ("0 0 * * 7", "cron(0 0 ? * 1 *)"),
+        ("15 4 1 * *", "cron(15 4 1 * ? *)"),
+        ("0 9 * * MON-FRI", "cron(0 9 ? * MON-FRI *)"),
+    ],
+)
+def test_cron_to_eventbridge_scheduler(cron: str, expected: str) -> None:
+    from udop.spec.models import Schedule
+    from udop_infra.orchestration import schedule_expression
+
+    assert schedule_expression(Schedule(cron=cron)) == expected
+
+
+@pytest.mark.parametrize(
+    ("rate", "expected"),
+    [("1 hours", "rate(1 hour)"), ("15 minute", "rate(15 minutes)"), ("2 days", "rate(2 days)")],
+)
+def test_rate_to_eventbridge_scheduler(rate: str, expected: str) -> None:
+    from udop.spec.models import Schedule
+    from udop_infra.orchestration import schedule_expression
+
+    assert schedule_expression(Schedule(rate=rate)) == expected
+
+
+def test_cron_restricting_both_day_fields_is_refused() -> None:
+    from udop.spec.models import Schedule
+    from udop_infra.config import ContextError
+    from udop_infra.orchestration import schedule_expression
+
+    with pytest.raises(ContextError, match="day of the month and the day of the week"):
+        schedule_expression(Schedule(cron="0 0 1 * 1"))
+
+
+# --- observability ---------------------------------------------------------------------------------------------
+
+
+def test_alarms_on_failed_runs_task_runner_errors_and_throttles(stack: Any, template: Any) -> None:
+    topic = {"Ref": logical_id(stack, stack.observability.topic)}
+    runner = {"Ref": logical_id(stack, stack.runtime.task_runner)}
+    machine = {"Ref": logical_id(stack, stack.orchestration.pipelines["daily-sales"].state_machine)}
+    for namespace, metric, dimension in [
+        ("AWS/Lambda", "Errors", {"Name": "FunctionName", "Value": runner}),
+        ("AWS/Lambda", "Throttles", {"Name": "FunctionName", "Value": runner}),
+        ("AWS/States", "ExecutionsFailed", {"Name": "StateMachineArn", "Value": machine}),
+    ]:
+        template.has_resource_properties(
+            "AWS::CloudWatch::Alarm",
+            {
+                "Namespace": namespace,
+                "MetricName": metric,
+                "Dimensions": [dimension],
+                "Threshold": 1,
+                "ComparisonOperator": "GreaterThanOrEqualToThreshold",
+                "AlarmActions": [topic],
+            },
+        )
+    template.has_resource_properties("AWS::SNS::Topic", {"KmsMasterKeyId": Match.any_value()})
+    body = Capture()
+    template.has_resource_properties("AWS::CloudWatch::Dashboard", {"DashboardBody": body})
+    assert "Throttles" in json.dumps(body.as_object()) and "ExecutionsFailed" in json.dumps(body.as_object())
+
+
+# --- the app as a whole ------------------------------------------------------------------------------------------
+
+
+def test_env_agnostic(stack: Any, resources: dict[str, Any]) -> None:
+    from aws_cdk import Token
+
+    assert Token.is_unresolved(stack.account) and Token.is_unresolved(stack.region)
+    assert not re.search(r"\b\d{12}\b", json.dumps(resources))  # no account id anywhere
+
+
+def test_bad_context_is_one_line_naming_the_key(synth: Any, tmp_path: Path) -> None:
+    from udop_infra.config import ContextError
+
+    with pytest.raises(ContextError, match=r"^context udop:logRetentionDays: 42 is not one of"):
+        synth(tmp_path / "a", **{"udop:logRetentionDays": 42})
+    with pytest.raises(ContextError, match=r"^context udop:natGateways: 'two' is not a whole number$"):
+        synth(tmp_path / "b", **{"udop:natGateways": "two"})
+
+
+def test_broken_pipeline_definition_stops_synth_naming_the_file(synth: Any, tmp_path: Path) -> None:
+    from udop_infra.config import ContextError
+
+    (tmp_path / "bad.yaml").write_text(
+        "apiVersion: udop/v1\nkind: Pipeline\nmetadata: {name: bad}\n"
+        "spec:\n  tasks:\n    - {id: a, type: python, callable: 'm:f', depends_on: [nope]}\n"
+    )
+    with pytest.raises(ContextError, match=r"bad\.yaml.*nope"):
+        synth(tmp_path / "out", **{"udop:pipelinesDir": str(tmp_path)})
+
+
+def test_unbuilt_layers_stop_a_real_synth(
+    synth: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from udop_infra import runtime
+    from udop_infra.config import ContextError
+
+    monkeypatch.setattr(runtime, "REPO_ROOT", tmp_path)
+    with pytest.raises(ContextError, match=r"layer 'core' is not built .*python layers/build\.py"):
+        synth(tmp_path / "out", **{"udop:assets": "build", "udop:pipelinesDir": str(tmp_path)})
