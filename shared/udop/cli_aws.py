@@ -164,7 +164,7 @@ def start_run(pipeline: Any, params: Mapping[str, Any], *, store: Any, sfn: Any,
 
 
 def follow_run(run_id: str, sm_arn: str, execution_arn: str, *, store: Any, sfn: Any,
-               on_event: Callable[[Any], None] | None = None, poll: float = POLL_SECONDS,
+               on_event: Callable[[Any], None] | None = None, poll: float | None = None,
                timeout: float | None = None) -> Any:
     """Poll the execution, mirror it into the store, report task changes; returns the final run."""
     from udop.aws.events import sync_run
@@ -186,11 +186,11 @@ def follow_run(run_id: str, sm_arn: str, execution_arn: str, *, store: Any, sfn:
             return run
         if deadline is not None and time.monotonic() > deadline:
             raise UdopError(f"run {run_id} still running after {timeout:g}s")
-        time.sleep(poll)
+        time.sleep(POLL_SECONDS if poll is None else poll)
 
 
 def run_on_stepfunctions(pipeline_path: str, params: Mapping[str, Any], follow: bool = True, *,
-                         store: Any = None, sfn: Any = None, poll: float = POLL_SECONDS) -> int:
+                         store: Any = None, sfn: Any = None, poll: float | None = None) -> int:
     """``udop run FILE --executor stepfunctions``: start, follow with progress, exit 0/1 by the run."""
     from udop.cli.progress import make_display
     from udop.store import open_store
@@ -267,7 +267,7 @@ def redrive_command(run_id: str, follow: bool) -> None:
 
 
 def redrive_and_follow(run_id: str, *, follow: bool = True, store: Any = None, sfn: Any = None,
-                       poll: float = POLL_SECONDS) -> int:
+                       poll: float | None = None) -> int:
     from udop.executor.events import RunEvent
     from udop.store import open_store
 
