@@ -252,6 +252,9 @@ class _Compiler:
         return self.fit(join(calls), budget)
 
     def _over(self, what: str, cost: _Cost, budget: _Cost, *, splittable: bool) -> str:
+        # figures for a whole machine: add back what every machine has around its body
+        cost = cost + _Cost(MACHINE_BYTES, MACHINE_EVENTS)
+        budget = budget + _Cost(MACHINE_BYTES, MACHINE_EVENTS)
         parts = []
         if cost.size > budget.size:
             parts.append(f"definition of about {cost.size:,} bytes, {cost.size - budget.size:,} over the "

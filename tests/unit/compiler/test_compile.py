@@ -1,0 +1,303 @@
+"""compile_pipeline: Task payloads, Retry/Catch/timeouts, failure routing, payload sizes, Map
+states for foreach, and splitting into child machines at the Step Functions limits."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+from asl_tools import (
+    assert_valid,
+    failure_routes,
+    make_pipeline,
+    simulate,
+    validate,
+    walk,
+)
+
+from udop.compiler import CompileError, CompileOptions, compile_pipeline
+
+RUN_INPUT = {"run": {"run_id": "r-2026-11-26", "logical_date": "2026-11-26", "data_root": "s3://data/udop/",
+                     "data_bucket": "data", "data_prefix": "udop/",
+                     "params": {"month": 11, "region": "eu-west-1", "note": "x" * 200}}}
+KIB = 1024
+
+
+def all_states(states: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for name, state in states.items():
+        out.append((name, state))
+        for branch in state.get("Branches", ()):
+            out.extend(all_states(branch["States"]))
+        if "ItemProcessor" in state:
+            out.extend(all_states(state["ItemProcessor"]["States"]))
+    return out
+
+
+def test_task_state_invokes_the_runner_with_the_run_context_only() -> None:
+    c = compile_pipeline(make_pipeline({"extract": []}, name="sales"), options=CompileOptions(version=7))
+    state = c.definition["States"]["extract"]
+    assert state["Resource"] == "arn:aws:states:::lambda:invoke"
+    assert state["Parameters"] == {"FunctionName": "${TaskRunnerArn}", "Payload": {
+        "run.$": "$$.Execution.Input.run", "pipeline": "sales", "version": 7, "task_id": "extract",
+        "execution.$": "$$.Execution.Id", "attempt.$": "$$.State.RetryCount"}}
+    assert state["ResultPath"] is None  # the manifest is not carried: downstream reads it from S3
+    assert c.substitutions == ["TaskRunnerArn"]
+    assert json.loads(c.to_json()) == c.definition
+    assert '"${TaskRunnerArn}"' in c.to_json()
+
+
+def test_retry_policy_and_timeout_become_retry_and_timeout_seconds() -> None:
+    p = make_pipeline({"a": [], "b": ["a"], "c": ["a"]}, extra={
+        "a": {"retry": {"max_attempts": 4, "base_delay": "2.5s", "backoff_rate": 3, "max_delay": "60.2s",
+                        "jitter": "full"}, "timeout": "10m"},
+        "b": {"retry": {"max_attempts": 2, "base_delay": "250ms", "jitter": "none"}},
+        "c": {"retry": {"max_attempts": 1}}})
+    states = dict(all_states(compile_pipeline(p).definition["States"]))
+    udop_errors = ["udop.RetryableError", "udop.TaskTimeout", "udop.ConnectionFailed", "States.Timeout"]
+    lambda_errors = ["Lambda.ServiceException", "Lambda.AWSLambdaException", "Lambda.SdkClientException",
+                     "Lambda.TooManyRequestsException"]
+    a_retry, a_lambda = states["a"]["Retry"]
+    assert a_retry == {"ErrorEquals": udop_errors, "IntervalSeconds": 3, "BackoffRate": 3.0, "MaxAttempts": 3,
+                       "MaxDelaySeconds": 61, "JitterStrategy": "FULL"}
+    assert a_lambda["ErrorEquals"] == lambda_errors
+    assert a_lambda["MaxAttempts"] >= 1
+    assert states["a"]["TimeoutSeconds"] == 600
+    b_retry = states["b"]["Retry"][0]
+    # 250 ms rounds up to the 1 s minimum; no jitter asked, none given
+    assert b_retry["IntervalSeconds"] == 1
+    assert b_retry["MaxAttempts"] == 1
+    assert "JitterStrategy" not in b_retry
+    assert states["b"]["TimeoutSeconds"] == 900  # no timeout: the Lambda maximum
+    # one attempt: only Lambda's own transient errors are retried
+    assert [r["ErrorEquals"] for r in states["c"]["Retry"]] == [lambda_errors]
+
+
+def test_pipeline_defaults_apply_when_a_task_sets_nothing() -> None:
+    defaults = {"retry": {"max_attempts": 3, "base_delay": "2s", "max_delay": "1m"}, "timeout": "90s"}
+    p = make_pipeline({"a": []}, defaults=defaults)
+    state = compile_pipeline(p).definition["States"]["a"]
+    assert state["Retry"][0]["MaxAttempts"] == 2
+    assert state["Retry"][0]["MaxDelaySeconds"] == 60
+    assert state["TimeoutSeconds"] == 90
+
+
+def test_timeout_over_the_lambda_limit_is_a_one_line_compile_error() -> None:
+    p = make_pipeline({"slow": []}, extra={"slow": {"timeout": "1h"}})
+    with pytest.raises(CompileError) as err:
+        compile_pipeline(p)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "'slow'" in msg
+    assert "900s" in msg
+    assert "2700s" in msg
+
+
+def test_failures_end_in_fail_with_the_tasks_error_or_leave_the_branch() -> None:
+    deps = {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"]}
+    c = compile_pipeline(make_pipeline(deps))
+    routes = failure_routes(c.definition)
+    # a and d run at the top: their failure goes straight to Fail; b and c sit in a Parallel branch,
+    # which ends carrying the failure so the other branch can finish
+    assert routes == {"a": "fail", "d": "fail", "b": "end", "c": "end"}
+    fail = c.definition["States"]["Run failed"]
+    assert fail == {"Type": "Fail", "Comment": fail["Comment"], "ErrorPath": "$.failure.Error",
+                    "CausePath": "$.failure.Cause"}
+    parallel = c.definition["States"]["Parallel 1"]
+    assert parallel["ResultSelector"] == {"failures.$": "$[*].failure"}
+    check = c.definition["States"][parallel["Next"]]
+    assert check["Choices"][0]["Variable"] == "$.branches.failures[0]"
+    assert c.definition["States"][check["Choices"][0]["Next"]]["Next"] == "Run failed"
+
+
+def test_simulated_failure_reaches_fail_with_the_tasks_error() -> None:
+    deps = {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"]}
+    c = compile_pipeline(make_pipeline(deps))
+    # every task failing: a fails first, at the top, with its own error and cause
+    sizes = simulate(c.definition, RUN_INPUT, fail=True, cause_bytes=100)
+    assert sizes.largest_state < 2 * KIB
+
+
+def test_five_hundred_parents_keep_every_state_small() -> None:
+    def compiled(n: int) -> Any:
+        deps: dict[str, list[str]] = {f"p{i}": [] for i in range(n)}
+        deps["join"] = list(deps)
+        return compile_pipeline(make_pipeline(deps))
+
+    big, small = compiled(500), compiled(5)
+    assert big.estimates.tasks == 501
+    ok_big = simulate(big.definition, RUN_INPUT, fail=False)
+    ok_small = simulate(small.definition, RUN_INPUT, fail=False)
+    # on success no state grows with the fan-in at all
+    assert ok_big.largest_state == ok_small.largest_state < 2 * KIB
+    assert ok_big.largest_result <= 500 * 4
+    # all 500 parents failing with 4 KiB causes: the branches carry fixed-size records
+    bad = simulate(big.definition, RUN_INPUT, fail=True, cause_bytes=4 * KIB)
+    assert bad.largest_result < 64 * KIB, bad
+    assert bad.largest_state < 64 * KIB, bad
+    walked = walk(big)
+    assert walked.before["join"] == frozenset(f"p{i}" for i in range(500))
+    assert_valid(big)
+
+
+def test_state_names_are_unique_across_branches() -> None:
+    deps = {"a": [], "b": ["a"], "c": ["a"], "x": ["b"], "y": ["b"], "z": ["c"], "w": ["c"],
+            "end": ["x", "y", "z", "w"]}
+    c = compile_pipeline(make_pipeline(deps))
+    names = [n for n, _ in all_states(c.definition["States"])]
+    assert len(names) == len(set(names))
+    assert all(len(n) <= 80 for n in names)
+
+
+# -- foreach -----------------------------------------------------------------------------------------
+
+def _foreach_pipeline(over: str = "files") -> Any:
+    return make_pipeline({"list_files": [], "each": ["list_files"], "after": ["each"]}, name="fan", extra={
+        "each": {"foreach": {"input": "list_files", "over": over, "max_concurrency": 8}}})
+
+
+def test_foreach_becomes_a_distributed_map_over_the_inputs_prefix() -> None:
+    c = compile_pipeline(_foreach_pipeline())
+    m = c.definition["States"]["each"]
+    assert m["Type"] == "Map"
+    assert m["MaxConcurrency"] == 8
+    assert m["ItemProcessor"]["ProcessorConfig"] == {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}
+    reader = m["ItemReader"]
+    assert reader["Resource"] == "arn:aws:states:::s3:listObjectsV2"
+    assert reader["Parameters"]["Bucket.$"] == "$$.Execution.Input.run.data_bucket"
+    assert "runs/fan/{}/list_files/" in reader["Parameters"]["Prefix.$"]
+    assert "ResultWriter" in m
+    assert m["ResultPath"] is None
+    inner = next(iter(m["ItemProcessor"]["States"].values()))
+    payload = inner["Parameters"]["Payload"]
+    assert payload["task_id"] == "each"
+    assert payload["item.$"] == "$.item"
+    assert payload["run.$"] == "$.run"
+    assert m["ItemSelector"]["item"]["key.$"] == "$$.Map.Item.Value.Key"
+    assert walk(c).before["after"] == {"list_files", "each"}
+
+
+def test_foreach_over_partitions_reads_the_partition_manifest() -> None:
+    c = compile_pipeline(_foreach_pipeline("partitions"))
+    reader = c.definition["States"]["each"]["ItemReader"]
+    assert reader["Resource"] == "arn:aws:states:::s3:getObject"
+    assert reader["ReaderConfig"] == {"InputType": "JSON"}
+    assert "list_files/_partitions.json" in reader["Parameters"]["Key.$"]
+
+
+def test_inline_map_lists_at_most_the_cap_and_fails_beyond_it() -> None:
+    c = compile_pipeline(_foreach_pipeline(), options=CompileOptions(map_mode="inline", inline_max_items=50))
+    states = c.definition["States"]
+    assert states["list_files"]["Next"] == "each list"
+    listing = states["each list"]
+    assert listing["Resource"] == "arn:aws:states:::aws-sdk:s3:listObjectsV2"
+    assert listing["Parameters"]["MaxKeys"] == 50
+    check = states[listing["Next"]]
+    too_many = states[check["Choices"][0]["Next"]]
+    assert too_many["Result"]["Error"] == "udop.FatalError"
+    assert "more than 50" in too_many["Result"]["Cause"]
+    m = states["each"]
+    assert m["ItemProcessor"]["ProcessorConfig"] == {"Mode": "INLINE"}
+    assert m["ItemsPath"] == "$.items.keys"
+    parts = compile_pipeline(_foreach_pipeline("partitions"), options=CompileOptions(map_mode="inline"))
+    assert parts.definition["States"]["each list"]["Parameters"]["Delimiter"] == "/"
+    assert_valid([c, parts, compile_pipeline(_foreach_pipeline()),
+                  compile_pipeline(_foreach_pipeline("partitions"))])
+
+
+# -- limits and splitting --------------------------------------------------------------------------------
+
+def test_estimates_follow_the_documented_event_model() -> None:
+    n, attempts = 40, 3
+    deps = {f"t{i}": [f"t{i - 1}"] if i else [] for i in range(n)}
+    c = compile_pipeline(make_pipeline(deps, defaults={"retry": {"max_attempts": attempts}}))
+    # per task: 5 events + 3 per retry + 2 for the failure record; per execution 4
+    assert c.estimates.max_history_events == n * (5 + 3 * (attempts - 1) + 2) + 4
+    assert c.estimates.definition_bytes == len(c.to_json().encode())
+    assert c.estimates.states == 2 * n + 1
+    assert c.estimates.tasks == n
+
+
+def test_a_long_chain_over_the_size_budget_is_split_into_children() -> None:
+    n = 300
+    deps = {f"t{i}": [f"t{i - 1}"] if i else [] for i in range(n)}
+    options = CompileOptions(max_definition_bytes=60_000)
+    c = compile_pipeline(make_pipeline(deps, name="chain"), options=options)
+    machines = [c, *c.all_children()]
+    assert len(machines) > 1
+    assert all(m.estimates.definition_bytes <= 60_000 for m in machines)
+    assert sorted(t for m in machines for t in m.task_ids) == sorted(deps)
+    child_keys = [s for s in c.substitutions if s.startswith("Child_")]
+    assert [f"Child_{ch.name}Arn" for ch in c.children] == child_keys
+    call = next(s for _, s in all_states(c.definition["States"])
+                if s.get("Resource") == "arn:aws:states:::states:startExecution.sync:2")
+    assert call["Parameters"]["Input"]["run.$"] == "$$.Execution.Input.run"
+    child_task = next(s for _, s in all_states(c.children[0].definition["States"]) if s["Type"] == "Task")
+    # tasks in a child report the run's root execution, not the child's
+    assert child_task["Parameters"]["Payload"]["execution.$"] == "$$.Execution.Input.root_execution"
+    w = walk(c)
+    assert dict(w.runs) == dict.fromkeys(deps, 1)
+    assert all(w.before[f"t{i}"] >= {f"t{i - 1}"} for i in range(1, n))
+    assert_valid(c)
+
+
+def test_a_wide_fan_out_over_the_event_budget_is_split_and_keeps_its_parallelism() -> None:
+    n = 600
+    deps: dict[str, list[str]] = {"start": []}
+    deps.update({f"w{i}": ["start"] for i in range(n)})
+    deps["end"] = [f"w{i}" for i in range(n)]
+    options = CompileOptions(max_history_events=2_000)
+    c = compile_pipeline(make_pipeline(deps, name="wide"), options=options)
+    machines = [c, *c.all_children()]
+    assert len(machines) > 1
+    assert all(m.estimates.max_history_events <= 2_000 for m in machines)
+    durations = dict.fromkeys(deps, 1.0)
+    durations["w7"] = 50.0
+    w = walk(c, durations)
+    assert dict(w.runs) == dict.fromkeys(deps, 1)
+    assert w.makespan == 52.0  # start, the slowest worker, end: nothing serialised by the split
+    assert w.before["end"] >= {f"w{i}" for i in range(n)}
+    assert_valid(c)
+
+
+def test_over_the_limit_without_splitting_says_which_limit_and_by_how_much() -> None:
+    n, budget = 200, 1_000
+    deps = {f"t{i}": [f"t{i - 1}"] if i else [] for i in range(n)}
+    options = CompileOptions(max_history_events=budget, split=False)
+    with pytest.raises(CompileError) as err:
+        compile_pipeline(make_pipeline(deps, name="long"), options=options)
+    msg = str(err.value)
+    expected = n * 7 + 4  # documented model, one attempt per task
+    assert "\n" not in msg
+    assert "'long'" in msg
+    assert f"up to {expected:,} history events" in msg
+    assert f"{expected - budget:,} over" in msg
+
+
+def test_a_single_task_too_big_for_any_machine_is_rejected() -> None:
+    p = make_pipeline({"src": [], "each": ["src"]}, extra={
+        "each": {"foreach": {"input": "src"}, "retry": {"max_attempts": 20}}})
+    options = CompileOptions(map_mode="inline", inline_max_items=1000)
+    with pytest.raises(CompileError, match=r"task 'each' alone needs .* history events.*distributed"):
+        compile_pipeline(p, options=options)
+
+
+def test_the_validator_helper_rejects_broken_definitions() -> None:
+    c = compile_pipeline(make_pipeline({"a": [], "b": ["a"]}))
+    dangling = json.loads(c.to_json())
+    dangling["States"]["a"]["Next"] = "nowhere"
+    wrong_type = json.loads(c.to_json())
+    wrong_type["States"]["a"]["TimeoutSeconds"] = "soon"
+    bad = validate({"ok": c.definition, "dangling": dangling, "wrong_type": wrong_type})
+    assert set(bad) == {"dangling", "wrong_type"}
+    assert "nowhere" in bad["dangling"]
+    assert "TimeoutSeconds" in bad["wrong_type"]
+
+
+def test_interval_rounding_matches_the_policy() -> None:
+    for base, expected in [(0.1, 1), (1.0, 1), (1.01, 2), (30, 30)]:
+        p = make_pipeline({"a": []}, extra={"a": {"retry": {"max_attempts": 2, "base_delay": base}}})
+        rule = compile_pipeline(p).definition["States"]["a"]["Retry"][0]
+        assert rule["IntervalSeconds"] == expected == max(1, math.ceil(base))
