@@ -52,7 +52,10 @@ def records_to_batch(records: Sequence[Mapping[str, Any]], schema: pa.Schema | N
             if pa.types.is_string(f.type):
                 values = [_jsonable(v) if v is None or isinstance(v, str | dict | list) else str(v)
                           for v in values]
-            arrays.append(pa.array(values, type=f.type))
+            try:
+                arrays.append(pa.array(values, type=f.type))
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                arrays.append(pa.array(values).cast(f.type))  # e.g. ISO date text -> date32
         return pa.RecordBatch.from_arrays(arrays, schema=schema)
     names: dict[str, None] = {}
     for r in records:
