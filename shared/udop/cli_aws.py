@@ -37,7 +37,7 @@ def _env(name: str, given: str | None) -> str:
 
 
 def _client(service: str) -> Any:
-    import boto3
+    import boto3  # type: ignore[import-untyped]
 
     return boto3.client(service)
 
@@ -180,7 +180,8 @@ def follow_run(run_id: str, sm_arn: str, execution_arn: str, *, store: Any, sfn:
                 now = (task.state.value, len(task.attempts))
                 if seen.get(task.task_id) != now:
                     seen[task.task_id] = now
-                    on_event(RunEvent("task", run_id, task.state.value, task.task_id, len(task.attempts) or None,
+                    on_event(RunEvent("task", run_id, task.state.value, task.task_id,
+                                      len(task.attempts) or None,
                                       message=task.error_message))
         if status != "RUNNING":
             return run
@@ -281,7 +282,8 @@ def redrive_and_follow(run_id: str, *, follow: bool = True, store: Any = None, s
             return 0
 
         def show(event: RunEvent) -> None:
-            click.echo(f"  {event.task_id}: {event.state}" + (f" (attempt {event.attempt})" if event.attempt else ""))
+            attempt = f" (attempt {event.attempt})" if event.attempt else ""
+            click.echo(f"  {event.task_id}: {event.state}{attempt}")
 
         run = follow_run(run_id, sm_arn, execution_arn, store=store, sfn=sfn, on_event=show, poll=poll)
         click.echo(f"run {run_id} {run.state.value}" + (f": {run.error}" if run.error else ""))

@@ -116,7 +116,8 @@ def deploy_definition(text: str | bytes, *, source: str, bucket: str, s3: Any, s
     except InputError as exc:  # SpecErrors, a compile limit, a bad setting: the user's to fix
         result.errors = _error_dicts(exc)
         logger.warning("definition rejected; the existing state machine is unchanged",
-                       extra={"pipeline": name, "source": source, "errors": [e["text"] for e in result.errors]})
+                       extra={"pipeline": name, "source": source,
+                              "errors": [e["text"] for e in result.errors]})
         metrics.add_metric(name="DefinitionsRejected", unit="Count", value=1)
     else:
         logger.info("pipeline deployed", extra=result.to_dict())
@@ -133,7 +134,8 @@ def _compile(pipeline: Any, version: int, compile_fn: Callable[..., Any] | None)
     return compile_pipeline(pipeline, options=CompileOptions(version=version))
 
 
-def _deploy_machines(sfn: Any, compiled: Any, *, task_runner_arn: str, role_arn: str) -> tuple[str, str | None]:
+def _deploy_machines(sfn: Any, compiled: Any, *, task_runner_arn: str,
+                     role_arn: str) -> tuple[str, str | None]:
     """Create or update the child machines (deepest first), then the main one, each with its
     ``${...}`` substitutions filled in; returns the main machine's (ARN, published version ARN)."""
     from udop.compiler._asl import substitution_key

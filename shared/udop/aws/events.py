@@ -110,9 +110,8 @@ def _attempts(sfn: Any, execution_arn: str) -> list[ExecutionAttempt]:
         elif kind == "TaskStarted" and ev.get("previousEventId") in attempts:
             started_of[ev_id] = ev["previousEventId"]
         elif kind in ("TaskSucceeded", "TaskFailed", "TaskTimedOut", "TaskStartFailed", "TaskSubmitFailed"):
-            prev = ev.get("previousEventId")
-            scheduled = started_of.get(prev, prev)
-            attempt = attempts.get(scheduled)
+            prev = int(ev.get("previousEventId") or 0)
+            attempt = attempts.get(started_of.get(prev, prev))
             if attempt is None:
                 continue
             if kind == "TaskSucceeded":
@@ -122,7 +121,7 @@ def _attempts(sfn: Any, execution_arn: str) -> list[ExecutionAttempt]:
                 attempt.reused = bool(payload.get("reused")) if isinstance(payload, dict) else False
                 attempt.result = {"output": payload.get("output")} if isinstance(payload, dict) else None
             else:
-                details = next((v for k, v in ev.items() if k.endswith("EventDetails")), {})
+                details: dict[str, Any] = next((v for k, v in ev.items() if k.endswith("EventDetails")), {})
                 attempt.state = AttemptState.TIMED_OUT if kind == "TaskTimedOut" else AttemptState.FAILED
                 attempt.error_type = details.get("error")
                 attempt.error_message = _cause_message(details.get("cause"))
@@ -152,7 +151,8 @@ def _ensure_run(store: Any, run_id: str, pipeline: str, first: _Execution) -> An
             raise UdopError(f"execution {first.arn}: pipeline {pipeline!r} is not in the metadata store; "
                             "deploy it with `udop deploy` (or an upload to the definitions bucket)")
         version = record.latest.version
-    definition = next((v.definition for v in (record.versions if record else []) if v.version == version), None)
+    versions = record.versions if record else []
+    definition = next((v.definition for v in versions if v.version == version), None)
     task_ids = [t["id"] for t in (definition or {}).get("spec", {}).get("tasks", [])]
     logical = ctx.get("logical_date")
     logical_date = datetime.fromisoformat(logical) if logical else first.started
@@ -244,6 +244,7 @@ def _sync_task(store: Any, run_id: str, record: Any, attempts: list[ExecutionAtt
             task_state = TaskState.FAILED
         else:
             task_state = TaskState.RETRYING
-        store.finish_attempt(run_id, record.task_id, number, attempt_state=attempt.state, task_state=task_state,
+        store.finish_attempt(run_id, record.task_id, number, attempt_state=attempt.state,
+                             task_state=task_state,
                              error_type=attempt.error_type, error_message=attempt.error_message,
                              result=attempt.result)

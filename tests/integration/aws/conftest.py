@@ -101,7 +101,8 @@ class InProcessLambdas:
                 path = FUNCTIONS / folder / "app.py"
                 name = f"udop_test_lambda_{folder}_{uuid.uuid4().hex[:8]}"
                 spec = importlib.util.spec_from_file_location(name, path)
-                assert spec and spec.loader, path
+                assert spec is not None, path
+                assert spec.loader is not None, path
                 module = importlib.util.module_from_spec(spec)
                 spec.loader.exec_module(module)  # the cold start: settings and clients
                 self.modules[key] = module
@@ -112,8 +113,11 @@ class InProcessLambdas:
         if isinstance(event, str | bytes):
             event = json.loads(event or "{}")
         self._apply_env(dict(fn.environment_vars))
-        context = FakeLambdaContext(function_name=fn.function_name, invoked_function_arn=fn.function_arn,
-                                    timeout_s=float(fn.timeout or 3))
+        context = FakeLambdaContext(
+            function_name=fn.function_name,
+            invoked_function_arn=fn.function_arn,
+            timeout_s=float(fn.timeout or 3),
+        )
         try:
             module = self._module(fn)
             handler_name = (fn.handler or "app.handler").rsplit(".", 1)[-1]
@@ -121,8 +125,11 @@ class InProcessLambdas:
         except Exception as exc:
             with self._mutex:
                 self.invocations.append((fn.function_name, event, True))
-            body = {"errorType": type(exc).__name__, "errorMessage": str(exc),
-                    "stackTrace": traceback.format_exception(exc)[-3:]}
+            body = {
+                "errorType": type(exc).__name__,
+                "errorMessage": str(exc),
+                "stackTrace": traceback.format_exception(exc)[-3:],
+            }
             return json.dumps(body), True, ""
         with self._mutex:
             self.invocations.append((fn.function_name, event, False))
@@ -158,8 +165,11 @@ class AwsEnv:
 
     def runner_invocations(self, task_id: str | None = None) -> list[tuple[str, Any, bool]]:
         assert self.lambdas is not None
-        return [i for i in self.lambdas.invocations
-                if i[0] == self.functions["task_runner"] and (task_id is None or i[1].get("task_id") == task_id)]
+        return [
+            i
+            for i in self.lambdas.invocations
+            if i[0] == self.functions["task_runner"] and (task_id is None or i[1].get("task_id") == task_id)
+        ]
 
     def wait_execution(self, arn: str, timeout: float = 120.0) -> dict[str, Any]:
         sfn = self.client("stepfunctions")
@@ -214,49 +224,104 @@ def moto_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[AwsEnv
         prefix = f"udop-t{uuid.uuid4().hex[:8]}"
         session = boto3.session.Session(region_name=REGION)
         s3 = session.client("s3")
-        env = AwsEnv(prefix=prefix, session=session, data_bucket=f"{prefix}-data",
-                     definitions_bucket=f"{prefix}-definitions", role_arn="", lambdas=lambdas,
-                     database_url=f"sqlite:///{(tmp_path / 'udop.db').as_posix()}")
+        env = AwsEnv(
+            prefix=prefix,
+            session=session,
+            data_bucket=f"{prefix}-data",
+            definitions_bucket=f"{prefix}-definitions",
+            role_arn="",
+            lambdas=lambdas,
+            database_url=f"sqlite:///{(tmp_path / 'udop.db').as_posix()}",
+        )
         for bucket in (env.data_bucket, env.definitions_bucket):
             s3.create_bucket(Bucket=bucket)
         iam = session.client("iam")
-        trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
-                 "Principal": {"Service": ["lambda.amazonaws.com", "states.amazonaws.com"]}}]}
-        env.role_arn = iam.create_role(RoleName=f"{prefix}-role",
-                                       AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+        trust = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Action": "sts:AssumeRole",
+                    "Principal": {"Service": ["lambda.amazonaws.com", "states.amazonaws.com"]},
+                }
+            ],
+        }
+        env.role_arn = iam.create_role(RoleName=f"{prefix}-role", AssumeRolePolicyDocument=json.dumps(trust))[
+            "Role"
+        ]["Arn"]
         lam = session.client("lambda")
-        common = {"UDOP_DEFINITIONS_BUCKET": env.definitions_bucket, "UDOP_DATA_BUCKET": env.data_bucket,
-                  "UDOP_DATABASE_URL": env.database_url, "POWERTOOLS_TRACE_DISABLED": "true",
-                  "POWERTOOLS_METRICS_NAMESPACE": "udop-tests"}
+        common = {
+            "UDOP_DEFINITIONS_BUCKET": env.definitions_bucket,
+            "UDOP_DATA_BUCKET": env.data_bucket,
+            "UDOP_DATABASE_URL": env.database_url,
+            "POWERTOOLS_TRACE_DISABLED": "true",
+            "POWERTOOLS_METRICS_NAMESPACE": "udop-tests",
+        }
         env.functions["task_runner"] = f"{prefix}-task-runner"
         env.task_runner_arn = lam.create_function(
-            FunctionName=env.functions["task_runner"], Runtime="python3.12", Role=env.role_arn,
-            Handler="app.handler", Code={"ZipFile": _zip_of(FUNCTIONS / "task_runner")}, Timeout=120,
-            Environment={"Variables": {**common, "UDOP_STATE_URL": REDIS_URL, "UDOP_TMP_DIR": str(tmp_path),
-                                       "UDOP_CODE_DIR": str(TASK_CODE), "UDOP_TEST_FUNCTION_DIR": "task_runner",
-                                       "POWERTOOLS_SERVICE_NAME": "udop-task-runner"}},
+            FunctionName=env.functions["task_runner"],
+            Runtime="python3.12",
+            Role=env.role_arn,
+            Handler="app.handler",
+            Code={"ZipFile": _zip_of(FUNCTIONS / "task_runner")},
+            Timeout=120,
+            Environment={
+                "Variables": {
+                    **common,
+                    "UDOP_STATE_URL": REDIS_URL,
+                    "UDOP_TMP_DIR": str(tmp_path),
+                    "UDOP_CODE_DIR": str(TASK_CODE),
+                    "UDOP_TEST_FUNCTION_DIR": "task_runner",
+                    "POWERTOOLS_SERVICE_NAME": "udop-task-runner",
+                }
+            },
         )["FunctionArn"]
         env.functions["deployer"] = f"{prefix}-deployer"
         env.deployer_arn = lam.create_function(
-            FunctionName=env.functions["deployer"], Runtime="python3.12", Role=env.role_arn,
-            Handler="app.handler", Code={"ZipFile": _zip_of(FUNCTIONS / "deployer")}, Timeout=60,
-            Environment={"Variables": {**common, "UDOP_TASK_RUNNER_ARN": env.task_runner_arn,
-                                       "UDOP_STATE_MACHINE_ROLE_ARN": env.role_arn,
-                                       "UDOP_TEST_FUNCTION_DIR": "deployer",
-                                       "POWERTOOLS_SERVICE_NAME": "udop-deployer"}},
+            FunctionName=env.functions["deployer"],
+            Runtime="python3.12",
+            Role=env.role_arn,
+            Handler="app.handler",
+            Code={"ZipFile": _zip_of(FUNCTIONS / "deployer")},
+            Timeout=60,
+            Environment={
+                "Variables": {
+                    **common,
+                    "UDOP_TASK_RUNNER_ARN": env.task_runner_arn,
+                    "UDOP_STATE_MACHINE_ROLE_ARN": env.role_arn,
+                    "UDOP_TEST_FUNCTION_DIR": "deployer",
+                    "POWERTOOLS_SERVICE_NAME": "udop-deployer",
+                }
+            },
         )["FunctionArn"]
         env.functions["run_events"] = f"{prefix}-run-events"
         env.run_events_arn = lam.create_function(
-            FunctionName=env.functions["run_events"], Runtime="python3.12", Role=env.role_arn,
-            Handler="app.handler", Code={"ZipFile": _zip_of(FUNCTIONS / "run_events")}, Timeout=60,
-            Environment={"Variables": {**common, "UDOP_TEST_FUNCTION_DIR": "run_events",
-                                       "POWERTOOLS_SERVICE_NAME": "udop-run-events"}},
+            FunctionName=env.functions["run_events"],
+            Runtime="python3.12",
+            Role=env.role_arn,
+            Handler="app.handler",
+            Code={"ZipFile": _zip_of(FUNCTIONS / "run_events")},
+            Timeout=60,
+            Environment={
+                "Variables": {
+                    **common,
+                    "UDOP_TEST_FUNCTION_DIR": "run_events",
+                    "POWERTOOLS_SERVICE_NAME": "udop-run-events",
+                }
+            },
         )["FunctionArn"]
         s3.put_bucket_notification_configuration(
             Bucket=env.definitions_bucket,
-            NotificationConfiguration={"LambdaFunctionConfigurations": [
-                {"LambdaFunctionArn": env.deployer_arn, "Events": ["s3:ObjectCreated:*"],
-                 "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "pipelines/"}]}}}]})
+            NotificationConfiguration={
+                "LambdaFunctionConfigurations": [
+                    {
+                        "LambdaFunctionArn": env.deployer_arn,
+                        "Events": ["s3:ObjectCreated:*"],
+                        "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "pipelines/"}]}},
+                    }
+                ]
+            },
+        )
         yield env
     finally:
         if lambdas is not None:

@@ -38,13 +38,15 @@ def cli_env(moto_aws: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 def test_deploy_run_fail_redrive_and_runs_show_from_the_command_line(
-        cli_env: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cli_env: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     log_dir = tmp_path / "calls"
     log_dir.mkdir()
     flag = tmp_path / "fault"
     flag.write_text("set")
     path = tmp_path / "cli-flow.yaml"
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         apiVersion: udop/v1
         kind: Pipeline
         metadata: {{name: cli-flow}}
@@ -54,7 +56,8 @@ def test_deploy_run_fail_redrive_and_runs_show_from_the_command_line(
                args: {{n: 4, log_dir: "{log_dir}"}}}}
             - {{id: big, type: python, callable: "udop_aws_test_tasks:fails_while", depends_on: [numbers],
                args: {{flag: "{flag}", log_dir: "{log_dir}"}}}}
-        """))
+        """)
+    )
     code, out, err = _udop(capsys, "deploy", str(path))
     assert code == 0, err
     assert "cli-flow: version 1 deployed" in out
@@ -95,17 +98,20 @@ def test_deploy_run_fail_redrive_and_runs_show_from_the_command_line(
     assert "no run 'no-such-run'" in err
 
 
-def test_compile_writes_plain_asl_with_the_runner_substitution(tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_compile_writes_plain_asl_with_the_runner_substitution(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "p.yaml"
-    path.write_text(textwrap.dedent("""\
+    path.write_text(
+        textwrap.dedent("""\
         apiVersion: udop/v1
         kind: Pipeline
         metadata: {name: p}
         spec:
           tasks:
             - {id: a, type: python, callable: "udop_aws_test_tasks:numbers", args: {n: 1, log_dir: "."}}
-        """))
+        """)
+    )
     out_file = tmp_path / "p.asl.json"
     code, _, err = _udop(capsys, "compile", str(path), "-o", str(out_file))
     assert code == 0, err

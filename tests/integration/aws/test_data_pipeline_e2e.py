@@ -27,8 +27,9 @@ def _nycflights(tmp_path: Path) -> tuple[Path, Path]:
     assert spec.submodule_search_locations
     data = Path(spec.submodule_search_locations[0]) / "data"
     flights = pd.read_csv(data / "flights.csv.zip")
-    flights = flights[flights.month == MONTH][["year", "month", "day", "carrier", "flight", "origin", "dest",
-                                               "dep_delay", "arr_delay", "distance"]]
+    flights = flights[flights.month == MONTH][
+        ["year", "month", "day", "carrier", "flight", "origin", "dest", "dep_delay", "arr_delay", "distance"]
+    ]
     paths = tmp_path / "flights.csv", tmp_path / "airlines.csv"
     flights.to_csv(paths[0], index=False)
     pd.read_csv(data / "airlines.csv").to_csv(paths[1], index=False)
@@ -37,7 +38,8 @@ def _nycflights(tmp_path: Path) -> tuple[Path, Path]:
 
 def _pipeline(tmp_path: Path, flights: Path, airlines: Path) -> Path:
     path = tmp_path / "carrier-delays.yaml"
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         apiVersion: udop/v1
         kind: Pipeline
         metadata: {{name: carrier-delays}}
@@ -60,7 +62,8 @@ def _pipeline(tmp_path: Path, flights: Path, airlines: Path) -> Path:
                 - derive: {{late: "case when arr_delay > 15 then 1 else 0 end"}}
                 - join: {{with: carriers, on: [carrier], how: left}}
                 - aggregate: {{by: [carrier, name],
-                               metrics: {{flights: "count(*)", avg_delay: "avg(dep_delay)", late: {{sum: late}}}}}}
+                               metrics: {{flights: "count(*)", avg_delay: "avg(dep_delay)",
+                                          late: {{sum: late}}}}}}
                 - filter: "flights >= ${{params.min_flights}}"
                 - sort: [carrier]
             - id: checks
@@ -71,7 +74,8 @@ def _pipeline(tmp_path: Path, flights: Path, airlines: Path) -> Path:
               type: load
               depends_on: [checks]
               target: {{connector: parquet, path: "${{params.out}}/carrier_delays.parquet"}}
-        """))
+        """)
+    )
     return path
 
 
@@ -81,34 +85,55 @@ def _expected(flights: Path, airlines: Path) -> list[dict[str, Any]]:
     f = f[f.dep_delay.notna()].copy()
     f["late"] = (f.arr_delay > 15).astype(int)  # NaN > 15 is False, as SQL's CASE gives 0 for NULL
     f = f.merge(pd.read_csv(airlines), on="carrier", how="left")
-    g = f.groupby(["carrier", "name"]).agg(flights=("flight", "size"), avg_delay=("dep_delay", "mean"),
-                                           late=("late", "sum")).reset_index()
+    g = (
+        f.groupby(["carrier", "name"])
+        .agg(flights=("flight", "size"), avg_delay=("dep_delay", "mean"), late=("late", "sum"))
+        .reset_index()
+    )
     g = g[g.flights >= MIN_FLIGHTS].sort_values("carrier")
-    return [{"carrier": r.carrier, "name": r.name, "flights": int(r.flights), "avg_delay": float(r.avg_delay),
-             "late": int(r.late)} for r in g.itertuples()]
+    return [
+        {
+            "carrier": r.carrier,
+            "name": r.name,
+            "flights": int(r.flights),
+            "avg_delay": float(r.avg_delay),
+            "late": int(r.late),
+        }
+        for r in g.itertuples()
+    ]
 
 
 def _normal(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{**r, "flights": int(r["flights"]), "late": int(r["late"]), "avg_delay": round(r["avg_delay"], 9)}
-            for r in rows]
+    return [
+        {**r, "flights": int(r["flights"]), "late": int(r["late"]), "avg_delay": round(r["avg_delay"], 9)}
+        for r in rows
+    ]
 
 
-def test_data_pipeline_gives_the_same_rows_locally_and_on_step_functions(moto_aws: Any, store: Any,
-                                                                          tmp_path: Path) -> None:
+def test_data_pipeline_gives_the_same_rows_locally_and_on_step_functions(
+    moto_aws: Any, store: Any, tmp_path: Path
+) -> None:
     from udop.executor.local import LocalExecutor
     from udop.spec.loader import load_pipeline
     from udop.store import open_store
 
     flights, airlines = _nycflights(tmp_path)
     path = _pipeline(tmp_path, flights, airlines)
-    result = deploy_file(str(path), definitions_bucket=moto_aws.definitions_bucket,
-                         task_runner_arn=moto_aws.task_runner_arn, role_arn=moto_aws.role_arn, store=store,
-                         s3=moto_aws.client("s3"), sfn=moto_aws.client("stepfunctions"))
+    result = deploy_file(
+        str(path),
+        definitions_bucket=moto_aws.definitions_bucket,
+        task_runner_arn=moto_aws.task_runner_arn,
+        role_arn=moto_aws.role_arn,
+        store=store,
+        s3=moto_aws.client("s3"),
+        sfn=moto_aws.client("stepfunctions"),
+    )
     assert result.ok, result.errors
 
     aws_out = tmp_path / "aws-out"
-    code = run_on_stepfunctions(str(path), {"out": str(aws_out)}, store=store,
-                                sfn=moto_aws.client("stepfunctions"), poll=0.05)
+    code = run_on_stepfunctions(
+        str(path), {"out": str(aws_out)}, store=store, sfn=moto_aws.client("stepfunctions"), poll=0.05
+    )
     run = store.list_runs(pipeline="carrier-delays", limit=1)[0]
     assert code == 0, run.error
     run = store.get_run(run.id)
@@ -120,7 +145,8 @@ def test_data_pipeline_gives_the_same_rows_locally_and_on_step_functions(moto_aw
     local_store = open_store(f"sqlite:///{tmp_path / 'local.db'}")
     local_out = tmp_path / "local-out"
     local = LocalExecutor(local_store, workers=2, data_root=str(tmp_path / "local-data")).run(
-        load_pipeline(str(path)), params={"out": str(local_out)})
+        load_pipeline(str(path)), params={"out": str(local_out)}
+    )
     local_store.close()
     assert local.state == RunState.SUCCEEDED
 

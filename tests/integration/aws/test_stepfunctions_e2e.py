@@ -27,7 +27,10 @@ def _write(tmp_path: Path, name: str, text: str) -> Path:
 
 
 def _flow(tmp_path: Path, log_dir: Path) -> Path:
-    return _write(tmp_path, "flow", f"""\
+    return _write(
+        tmp_path,
+        "flow",
+        f"""\
         apiVersion: udop/v1
         kind: Pipeline
         metadata: {{name: flow}}
@@ -39,20 +42,31 @@ def _flow(tmp_path: Path, log_dir: Path) -> Path:
                args: {{source: numbers, factor: 2, log_dir: "{log_dir}"}}}}
             - {{id: by_five, type: python, callable: "udop_aws_test_tasks:scaled", depends_on: [numbers],
                args: {{source: numbers, factor: 5, log_dir: "{log_dir}"}}}}
-            - {{id: totals, type: python, callable: "udop_aws_test_tasks:joined", depends_on: [by_two, by_five],
+            - {{id: totals, type: python, callable: "udop_aws_test_tasks:joined",
+               depends_on: [by_two, by_five],
                args: {{log_dir: "{log_dir}"}}}}
-        """)
+        """,
+    )
 
 
 def _deploy(aws: Any, store: Any, path: Path) -> Any:
-    result = deploy_file(str(path), definitions_bucket=aws.definitions_bucket, task_runner_arn=aws.task_runner_arn,
-                         role_arn=aws.role_arn, store=store, s3=aws.client("s3"), sfn=aws.client("stepfunctions"))
+    result = deploy_file(
+        str(path),
+        definitions_bucket=aws.definitions_bucket,
+        task_runner_arn=aws.task_runner_arn,
+        role_arn=aws.role_arn,
+        store=store,
+        s3=aws.client("s3"),
+        sfn=aws.client("stepfunctions"),
+    )
     assert result.ok, result.errors
     return result
 
 
 def _run(aws: Any, store: Any, path: Path, params: dict[str, Any] | None = None) -> tuple[int, Any]:
-    code = run_on_stepfunctions(str(path), params or {}, store=store, sfn=aws.client("stepfunctions"), poll=0.05)
+    code = run_on_stepfunctions(
+        str(path), params or {}, store=store, sfn=aws.client("stepfunctions"), poll=0.05
+    )
     runs = store.list_runs(pipeline=path.stem, limit=1)
     return code, runs[0]
 
@@ -62,8 +76,11 @@ def _read_s3_table(aws: Any, uri: str) -> Any:
     bucket, _, prefix = uri.removeprefix("s3://").partition("/")
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]]
     assert [k for k in keys if k.endswith(".parquet")], keys
-    tables = [pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=k)["Body"].read()))
-              for k in sorted(keys) if k.endswith(".parquet")]
+    tables = [
+        pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=k)["Body"].read()))
+        for k in sorted(keys)
+        if k.endswith(".parquet")
+    ]
     import pyarrow as pa
 
     return pa.concat_tables(tables)
@@ -89,31 +106,44 @@ def test_same_rows_locally_and_through_step_functions(moto_aws: Any, store: Any,
     assert run.state == RunState.SUCCEEDED
     assert run.executor == "stepfunctions"
     assert run.external_id.endswith(f":{run.id}")
-    tasks = {t.task_id: t for t in run.tasks} if run.tasks else {t.task_id: t for t in store.get_run(run.id).tasks}
+    tasks = (
+        {t.task_id: t for t in run.tasks}
+        if run.tasks
+        else {t.task_id: t for t in store.get_run(run.id).tasks}
+    )
     assert {t: r.state for t, r in tasks.items()} == dict.fromkeys(
-        ["numbers", "by_two", "by_five", "totals"], TaskState.SUCCEEDED)
+        ["numbers", "by_two", "by_five", "totals"], TaskState.SUCCEEDED
+    )
     uri = tasks["totals"].result["output"]["uri"]
     assert uri == f"s3://{moto_aws.data_bucket}/runs/flow/{run.id}/totals/"
     aws_rows = _read_s3_table(moto_aws, uri).to_pylist()
 
     local_store = open_store(f"sqlite:///{tmp_path / 'local.db'}")
     local = LocalExecutor(local_store, workers=2, data_root=str(tmp_path / "local-data")).run(
-        load_pipeline(str(path)), params={})
+        load_pipeline(str(path)), params={}
+    )
     assert local.state == RunState.SUCCEEDED
     local_result = next(t for t in local_store.get_run(local.id).tasks if t.task_id == "totals").result
     local_rows = Manifest.from_dict(local_result["output"]).to_arrow().to_pylist()
     local_store.close()
 
     # independent of both: ids 1..N, value id*2 and id*5, summed per id % 3
-    expected = [{"grp": g, "total": sum(i * 2 + i * 5 for i in range(1, N + 1) if i % 3 == g)} for g in range(3)]
+    expected = [
+        {"grp": g, "total": sum(i * 2 + i * 5 for i in range(1, N + 1) if i % 3 == g)} for g in range(3)
+    ]
     assert aws_rows == expected
     assert local_rows == expected
 
 
-def test_a_task_that_fails_twice_is_retried_by_the_state_machine(moto_aws: Any, store: Any,            tmp_path: Path) -> None:
+def test_a_task_that_fails_twice_is_retried_by_the_state_machine(
+    moto_aws: Any, store: Any, tmp_path: Path
+) -> None:
     log_dir = tmp_path / "calls"
     log_dir.mkdir()
-    path = _write(tmp_path, "retries", f"""\
+    path = _write(
+        tmp_path,
+        "retries",
+        f"""\
         apiVersion: udop/v1
         kind: Pipeline
         metadata: {{name: retries}}
@@ -122,25 +152,34 @@ def test_a_task_that_fails_twice_is_retried_by_the_state_machine(moto_aws: Any, 
           tasks:
             - {{id: flaky, type: python, callable: "udop_aws_test_tasks:flaky",
                args: {{fail_times: 2, log_dir: "{log_dir}"}}}}
-        """)
+        """,
+    )
     _deploy(moto_aws, store, path)
     code, run = _run(moto_aws, store, path)
     assert code == 0, run.error
     assert _calls(log_dir, "flaky", run.id) == 3
     task = store.get_run(run.id).tasks[0]
     assert task.state == TaskState.SUCCEEDED
-    assert [a.state for a in task.attempts] == [AttemptState.FAILED, AttemptState.FAILED, AttemptState.SUCCEEDED]
+    assert [a.state for a in task.attempts] == [
+        AttemptState.FAILED,
+        AttemptState.FAILED,
+        AttemptState.SUCCEEDED,
+    ]
     assert [a.error_type for a in task.attempts[:2]] == ["udop.RetryableError"] * 2
     assert "transient failure number 2" in (task.attempts[1].error_message or "")
 
 
 def test_a_failing_task_fails_the_run_and_redrive_finishes_it_without_rerunning_succeeded_tasks(
-        moto_aws: Any, store: Any, tmp_path: Path) -> None:
+    moto_aws: Any, store: Any, tmp_path: Path
+) -> None:
     log_dir = tmp_path / "calls"
     log_dir.mkdir()
     flag = tmp_path / "fault"
     flag.write_text("set")
-    path = _write(tmp_path, "faulty", f"""\
+    path = _write(
+        tmp_path,
+        "faulty",
+        f"""\
         apiVersion: udop/v1
         kind: Pipeline
         metadata: {{name: faulty}}
@@ -153,7 +192,8 @@ def test_a_failing_task_fails_the_run_and_redrive_finishes_it_without_rerunning_
                args: {{flag: "{flag}", log_dir: "{log_dir}"}}}}
             - {{id: report, type: python, callable: "udop_aws_test_tasks:scaled", depends_on: [big],
                args: {{source: big, factor: 10, log_dir: "{log_dir}"}}}}
-        """)
+        """,
+    )
     _deploy(moto_aws, store, path)
     code, run = _run(moto_aws, store, path)
     assert code == 1
@@ -172,8 +212,9 @@ def test_a_failing_task_fails_the_run_and_redrive_finishes_it_without_rerunning_
     assert code == 0
     after = store.get_run(run.id)
     assert after.state == RunState.SUCCEEDED
-    assert {t.task_id: t.state for t in after.tasks} == dict.fromkeys(["numbers", "big", "report"],
-                                                                       TaskState.SUCCEEDED)
+    assert {t.task_id: t.state for t in after.tasks} == dict.fromkeys(
+        ["numbers", "big", "report"], TaskState.SUCCEEDED
+    )
     assert _calls(log_dir, "numbers", run.id) == 1  # not run again
     assert _calls(log_dir, "big", run.id) == 2
     assert _calls(log_dir, "report", run.id) == 1
@@ -183,7 +224,8 @@ def test_a_failing_task_fails_the_run_and_redrive_finishes_it_without_rerunning_
 
 
 def test_uploading_definitions_deploys_good_ones_and_keeps_the_old_machine_on_broken_ones(
-        moto_aws: Any, store: Any, tmp_path: Path) -> None:
+    moto_aws: Any, store: Any, tmp_path: Path
+) -> None:
     from udop.aws.definitions import status_key
 
     log_dir = tmp_path / "calls"
@@ -193,7 +235,9 @@ def test_uploading_definitions_deploys_good_ones_and_keeps_the_old_machine_on_br
     good = _flow(tmp_path, log_dir).read_text()
     # moto delivers the key URL-encoded (pipelines%2Fflow.yaml), as S3 does: the deployer decodes it
     s3.put_object(Bucket=moto_aws.definitions_bucket, Key="pipelines/flow.yaml", Body=good.encode())
-    status = json.loads(s3.get_object(Bucket=moto_aws.definitions_bucket, Key=status_key("flow"))["Body"].read())
+    status = json.loads(
+        s3.get_object(Bucket=moto_aws.definitions_bucket, Key=status_key("flow"))["Body"].read()
+    )
     assert status["ok"] is True, status
     assert status["version"] == 1
     machine = sfn.describe_state_machine(stateMachineArn=status["state_machine_arn"])
@@ -202,11 +246,17 @@ def test_uploading_definitions_deploys_good_ones_and_keeps_the_old_machine_on_br
 
     broken = good.replace("depends_on: [by_two, by_five]", "depends_on: [by_two, nowhere]")
     s3.put_object(Bucket=moto_aws.definitions_bucket, Key="pipelines/flow.yaml", Body=broken.encode())
-    report = json.loads(s3.get_object(Bucket=moto_aws.definitions_bucket, Key=status_key("flow"))["Body"].read())
+    report = json.loads(
+        s3.get_object(Bucket=moto_aws.definitions_bucket, Key=status_key("flow"))["Body"].read()
+    )
     assert report["ok"] is False
-    assert any("nowhere" in e["message"] and "depends_on" in (e["path"] or "") for e in report["errors"]), report
-    assert sfn.describe_state_machine(stateMachineArn=status["state_machine_arn"])["definition"] == \
-        machine["definition"]
+    assert any("nowhere" in e["message"] and "depends_on" in (e["path"] or "") for e in report["errors"]), (
+        report
+    )
+    assert (
+        sfn.describe_state_machine(stateMachineArn=status["state_machine_arn"])["definition"]
+        == machine["definition"]
+    )
     assert store.get_pipeline("flow").latest.version == 1
 
     # the old machine still runs
@@ -215,11 +265,12 @@ def test_uploading_definitions_deploys_good_ones_and_keeps_the_old_machine_on_br
     assert code == 0, run.error
 
 
-def test_run_events_function_records_aws_runs_in_the_metadata_store(moto_aws: Any, store: Any,                 tmp_path: Path) -> None:
+def test_run_events_function_records_aws_runs_in_the_metadata_store(
+    moto_aws: Any, store: Any, tmp_path: Path
+) -> None:
+    from conftest import load_event
     from udop.cli_aws import start_run
     from udop.spec.loader import load_pipeline
-
-    from conftest import load_event
 
     log_dir = tmp_path / "calls"
     log_dir.mkdir()
@@ -231,8 +282,14 @@ def test_run_events_function_records_aws_runs_in_the_metadata_store(moto_aws: An
     assert final["status"] == "SUCCEEDED"
     assert store.get_run(run_id) is None  # nothing recorded it yet
 
-    event = load_event("sfn_execution_status_change.json", execution_arn=execution_arn, state_machine_arn=sm_arn,
-                       name=run_id, status="SUCCEEDED", account=sm_arn.split(":")[4])
+    event = load_event(
+        "sfn_execution_status_change.json",
+        execution_arn=execution_arn,
+        state_machine_arn=sm_arn,
+        name=run_id,
+        status="SUCCEEDED",
+        account=sm_arn.split(":")[4],
+    )
     resp = moto_aws.client("lambda").invoke(FunctionName=moto_aws.run_events_arn, Payload=json.dumps(event))
     body = json.loads(resp["Payload"].read())
     assert resp.get("FunctionError") is None, body

@@ -18,16 +18,36 @@ pytestmark = [pytest.mark.aws, pytest.mark.redis]
 
 
 def _pipeline(log_dir: Path, flag: Path) -> Pipeline:
-    return Pipeline.model_validate({
-        "apiVersion": "udop/v1", "kind": "Pipeline", "metadata": {"name": "runner-test"},
-        "spec": {"tasks": [
-            {"id": "numbers", "type": "python", "callable": "udop_aws_test_tasks:numbers",
-             "args": {"n": 10, "log_dir": str(log_dir)}},
-            {"id": "big", "type": "python", "callable": "udop_aws_test_tasks:fails_while",
-             "depends_on": ["numbers"], "args": {"flag": str(flag), "log_dir": str(log_dir)}},
-            {"id": "flaky", "type": "python", "callable": "udop_aws_test_tasks:flaky",
-             "args": {"fail_times": 1, "log_dir": str(log_dir)}},
-        ]}})
+    return Pipeline.model_validate(
+        {
+            "apiVersion": "udop/v1",
+            "kind": "Pipeline",
+            "metadata": {"name": "runner-test"},
+            "spec": {
+                "tasks": [
+                    {
+                        "id": "numbers",
+                        "type": "python",
+                        "callable": "udop_aws_test_tasks:numbers",
+                        "args": {"n": 10, "log_dir": str(log_dir)},
+                    },
+                    {
+                        "id": "big",
+                        "type": "python",
+                        "callable": "udop_aws_test_tasks:fails_while",
+                        "depends_on": ["numbers"],
+                        "args": {"flag": str(flag), "log_dir": str(log_dir)},
+                    },
+                    {
+                        "id": "flaky",
+                        "type": "python",
+                        "callable": "udop_aws_test_tasks:flaky",
+                        "args": {"fail_times": 1, "log_dir": str(log_dir)},
+                    },
+                ]
+            },
+        }
+    )
 
 
 def _invoke(aws: Any, payload: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
@@ -36,10 +56,14 @@ def _invoke(aws: Any, payload: dict[str, Any]) -> tuple[dict[str, Any], str | No
 
 
 def _payload(run_id: str, task_id: str, attempt: int = 0) -> dict[str, Any]:
-    return {"run": {"run_id": run_id, "params": {}, "logical_date": "2026-01-02"},
-            "pipeline": "runner-test", "version": 1, "task_id": task_id,
-            "execution": f"arn:aws:states:us-east-1:123456789012:execution:udop-runner-test:{run_id}",
-            "attempt": attempt}
+    return {
+        "run": {"run_id": run_id, "params": {}, "logical_date": "2026-01-02"},
+        "pipeline": "runner-test",
+        "version": 1,
+        "task_id": task_id,
+        "execution": f"arn:aws:states:us-east-1:123456789012:execution:udop-runner-test:{run_id}",
+        "attempt": attempt,
+    }
 
 
 @pytest.fixture
@@ -48,8 +72,9 @@ def deployed(moto_aws: Any, tmp_path: Path) -> tuple[Any, Path, Path]:
     log_dir.mkdir()
     flag = tmp_path / "fault"
     pipeline = _pipeline(log_dir, flag)
-    put_version(moto_aws.client("s3"), moto_aws.definitions_bucket, "runner-test", 1,
-                canonical_definition(pipeline))
+    put_version(
+        moto_aws.client("s3"), moto_aws.definitions_bucket, "runner-test", 1, canonical_definition(pipeline)
+    )
     return moto_aws, log_dir, flag
 
 
@@ -65,15 +90,21 @@ def test_output_goes_to_its_deterministic_key_and_downstream_reads_it(deployed: 
     second, err = _invoke(aws, _payload(run_id, "big"))
     assert err is None, second
     s3 = aws.client("s3")
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=aws.data_bucket,
-                                                Prefix=f"runs/runner-test/{run_id}/big/")["Contents"]]
+    keys = [
+        o["Key"]
+        for o in s3.list_objects_v2(Bucket=aws.data_bucket, Prefix=f"runs/runner-test/{run_id}/big/")[
+            "Contents"
+        ]
+    ]
     assert keys, "the downstream output was not uploaded"
     table = pq.read_table(io.BytesIO(s3.get_object(Bucket=aws.data_bucket, Key=keys[0])["Body"].read()))
     assert sorted(table.column("id").to_pylist()) == [3, 4, 5, 6, 7, 8, 9, 10]  # numbers 1..10 with id > 2
     assert second["output"]["rows"] == 8
 
 
-def test_second_invocation_for_a_succeeded_task_returns_its_manifest_without_running_it(deployed: Any) -> None:
+def test_second_invocation_for_a_succeeded_task_returns_its_manifest_without_running_it(
+    deployed: Any,
+) -> None:
     aws, log_dir, _ = deployed
     run_id = uuid.uuid4().hex
     first, err = _invoke(aws, _payload(run_id, "numbers"))
