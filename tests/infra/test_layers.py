@@ -1,0 +1,87 @@
+"""Layer size: every function's code plus its layers fits Lambda's 250 MB (unzipped) with 20 MB spare.
+
+Building the layers downloads ~400 MB of wheels and takes minutes the first time, so the build only
+runs here when ``UDOP_BUILD_LAYERS=1``; an existing ``layers/.build`` is checked either way.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+pytestmark = [pytest.mark.infra, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+LAMBDA_LIMIT = 262_144_000  # 250 MiB, Lambda's quota for a function and all its layers, unzipped
+SPARE = 20 * 1024 * 1024
+
+
+def load_build() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("layers_build", REPO / "layers" / "build.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def unzipped_size(folder: Path) -> int:
+    # what Lambda counts: every file's bytes (symlinks are zipped as the files they point to)
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="module")
+def built() -> ModuleType:
+    build = load_build()
+    missing = [name for name in build.LAYERS if not (build.BUILD / name / "python").is_dir()]
+    if os.environ.get("UDOP_BUILD_LAYERS") == "1":
+        subprocess.run([sys.executable, str(REPO / "layers" / "build.py")], check=True, timeout=1800)
+    elif missing:
+        pytest.skip(f"layers {missing} not built; run `python layers/build.py` or set UDOP_BUILD_LAYERS=1")
+    return build
+
+
+def test_every_function_fits_lambda_with_20_mb_to_spare(built: ModuleType) -> None:
+    from udop_infra.runtime import FUNCTION_LAYERS
+
+    assert {k: tuple(v) for k, v in built.FUNCTION_LAYERS.items()} == FUNCTION_LAYERS  # build == deploy
+    for function, layers in FUNCTION_LAYERS.items():
+        total = unzipped_size(REPO / "functions" / function) + sum(
+            unzipped_size(built.BUILD / layer) for layer in layers)
+        assert total <= LAMBDA_LIMIT - SPARE, (
+            f"{function}: {total / 2**20:.1f} MiB with {', '.join(layers)}; limit {LAMBDA_LIMIT / 2**20:.0f} MiB")
+
+
+def test_layers_are_trimmed_compiled_for_312_and_leave_boto_to_the_runtime(built: ModuleType) -> None:
+    for layer in built.LAYERS:
+        site = built.BUILD / layer / "python"
+        names = {p.name for p in site.iterdir()}
+        assert not names & {"boto3", "botocore", "s3transfer"}, layer
+        assert not list(site.rglob("tests")), layer
+        assert not list(site.rglob("*.h")), layer
+        # every module has bytecode for 3.12 that does not check source timestamps
+        for source in list(site.rglob("*.py"))[:200]:
+            pyc = source.parent / "__pycache__" / f"{source.stem}.cpython-312.pyc"
+            assert pyc.exists(), source
+            flags = int.from_bytes(pyc.read_bytes()[4:8], "little")
+            assert flags & 0b01 and not flags & 0b10, f"{pyc}: not an unchecked-hash pyc"
+    pyarrow = built.BUILD / "connectors" / "python" / "pyarrow"
+    assert not list(pyarrow.glob("*flight*"))
+    assert (built.BUILD / "core" / "python" / "udop-0.1.0.dist-info" / "entry_points.txt").exists()
+
+
+def test_the_task_runner_imports_from_its_layers_with_python312(built: ModuleType) -> None:
+    python312 = built.find_python312()
+    path = os.pathsep.join(str(built.BUILD / layer / "python") for layer in ("core", "connectors", "transforms"))
+    code = ("import pyarrow.parquet, duckdb, sqlalchemy, psycopg, redis, pydantic; "
+            "from aws_lambda_powertools import Logger, Metrics, Tracer; import udop.tasks; "
+            "print(duckdb.sql('select 21 * 2').fetchall()[0][0])")
+    proc = subprocess.run([python312, "-I", "-c", f"import sys; sys.path[:0] = {path.split(os.pathsep)!r}; {code}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "42"
