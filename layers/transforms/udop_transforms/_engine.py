@@ -3,11 +3,13 @@ inputs registered as views, and atomic Parquet output with its manifest."""
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,27 +27,58 @@ __all__ = ["Column", "Session", "dataset_files", "fingerprint", "manifest_for", 
 Column = tuple[str, str]  # (name, DuckDB type)
 
 
+_shared_lock = threading.Lock()
+_shared_db: duckdb.DuckDBPyConnection | None = None
+
+
+def _configure(con: duckdb.DuckDBPyConnection, spill: str, memory_limit: str | None) -> None:
+    settings = get_settings()
+    con.execute(f"SET temp_directory = {literal(spill)}")
+    limit = memory_limit or settings.duckdb_memory_limit
+    if limit:
+        con.execute(f"SET memory_limit = {literal(limit)}")
+    if settings.duckdb_threads:
+        con.execute(f"SET threads = {int(settings.duckdb_threads)}")
+    # results without ORDER BY may come in any order; lets DuckDB stream and spill more freely
+    con.execute("SET preserve_insertion_order = false")
+
+
+def _shared() -> duckdb.DuckDBPyConnection:
+    """One in-memory DuckDB per process: its thread pool, file caches and memory limit are shared by
+    the tasks running in this process (each task gets its own connection, so its views are private)."""
+    global _shared_db
+    with _shared_lock:
+        if _shared_db is None:
+            spill = tempfile.mkdtemp(prefix="udop-duckdb-")
+            con = duckdb.connect(":memory:")
+            _configure(con, spill, None)
+            atexit.register(shutil.rmtree, spill, True)
+            _shared_db = con
+        return _shared_db
+
+
 class Session:
-    """A DuckDB connection set up for one task: bounded memory, spills to a private temp folder."""
+    """A DuckDB connection for one task: bounded memory, spilling to a temp folder, interruptible.
+
+    Without a per-task ``memory_limit`` it is a connection to the process's shared database (limit
+    ``UDOP_DUCKDB_MEMORY_LIMIT`` for all tasks together); with one, a database of its own.
+    """
 
     def __init__(self, *, memory_limit: str | None = None, context: TaskContext | None = None) -> None:
-        settings = get_settings()
-        self.con = duckdb.connect(":memory:")
-        self._spill = tempfile.mkdtemp(prefix="udop-duckdb-")
-        self.con.execute(f"SET temp_directory = {literal(self._spill)}")
-        limit = memory_limit or settings.duckdb_memory_limit
-        if limit:
-            self.con.execute(f"SET memory_limit = {literal(limit)}")
-        if settings.duckdb_threads:
-            self.con.execute(f"SET threads = {int(settings.duckdb_threads)}")
-        # results without ORDER BY may come in any order; lets DuckDB stream and spill more freely
-        self.con.execute("SET preserve_insertion_order = false")
+        self._spill: str | None = None
+        if memory_limit:
+            self._spill = tempfile.mkdtemp(prefix="udop-duckdb-")
+            self.con = duckdb.connect(":memory:")
+            _configure(self.con, self._spill, memory_limit)
+        else:
+            self.con = _shared().cursor()
         if context is not None and context.on_cancel is not None:
             context.on_cancel(self.con.interrupt)
 
     def close(self) -> None:
         self.con.close()
-        shutil.rmtree(self._spill, ignore_errors=True)
+        if self._spill is not None:
+            shutil.rmtree(self._spill, ignore_errors=True)
 
     def __enter__(self) -> Session:
         return self
