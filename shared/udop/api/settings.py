@@ -34,6 +34,9 @@ class ApiSettings(Settings):
         "local", description="where triggered runs go: a background LocalExecutor or Step Functions")
     local_workers: int = Field(4, ge=1, le=64, description="worker threads of each local run")
     max_concurrent_runs: int = Field(4, ge=1, le=256, description="local runs executing at once")
+    api_threads: int = Field(
+        8, ge=1, le=256, description="threads serving blocking handlers (store calls); few threads contend less "
+                                     "for the GIL, so the latency tail is shorter")
     api_root_path: str = Field("", description="path prefix behind a proxy, e.g. '/prod' on API Gateway")
 
     @field_validator("jwt_secret")
