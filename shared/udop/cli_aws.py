@@ -167,14 +167,15 @@ def follow_run(run_id: str, sm_arn: str, execution_arn: str, *, store: Any, sfn:
                on_event: Callable[[Any], None] | None = None, poll: float | None = None,
                timeout: float | None = None) -> Any:
     """Poll the execution, mirror it into the store, report task changes; returns the final run."""
-    from udop.aws.events import sync_run
+    from udop.aws.events import run_execution_arns, sync_run
     from udop.executor.events import RunEvent
 
     seen: dict[str, tuple[str, int]] = {}
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         status = sfn.describe_execution(executionArn=execution_arn)["status"]
-        run = sync_run(store, sfn, state_machine_arn=sm_arn, run_id=run_id)
+        arns = run_execution_arns(execution_arn, run_id, execution_arn.rsplit(":", 1)[-1])
+        run = sync_run(store, sfn, state_machine_arn=sm_arn, run_id=run_id, execution_arns=arns)
         if run is not None and on_event is not None:
             for task in run.tasks:
                 now = (task.state.value, len(task.attempts))

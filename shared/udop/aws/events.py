@@ -69,25 +69,50 @@ def record_status_event(event: dict[str, Any], *, store: Any, sfn: Any) -> Any:
     if not arn or not sm_arn.rsplit(":", 1)[-1].startswith("udop-"):
         logger.info("ignoring an execution that is not a udop pipeline's", extra={"execution": arn})
         return None
-    return sync_run(store, sfn, state_machine_arn=sm_arn,
-                    run_id=run_id_of_execution(detail.get("name") or arn.rsplit(":", 1)[-1]))
+    name = detail.get("name") or arn.rsplit(":", 1)[-1]
+    # the run id is in the input; an execution started by udop is also named after it
+    run_input = _json(detail.get("input")) or _json(sfn.describe_execution(executionArn=arn).get("input"))
+    run_id = str((run_input.get("run") or {}).get("run_id") or run_id_of_execution(name))
+    if run_id != run_id_of_execution(name):  # e.g. started by a schedule: one execution, one run
+        return sync_run(store, sfn, state_machine_arn=sm_arn, run_id=run_id, execution_arns=[arn])
+    return sync_run(store, sfn, state_machine_arn=sm_arn, run_id=run_id,
+                    execution_arns=run_execution_arns(arn, run_id, name))
 
 
-def _executions(sfn: Any, state_machine_arn: str, run_id: str) -> list[_Execution]:
-    found = []
-    for page in sfn.get_paginator("list_executions").paginate(stateMachineArn=state_machine_arn):
-        for ex in page["executions"]:
-            if run_id_of_execution(ex["name"]) == run_id:
-                found.append(ex)
+def _json(text: Any) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if isinstance(text, str) and text else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def run_execution_arns(arn: str, run_id: str, name: str) -> list[str]:
+    """The run's executions up to ``name``, by their names: no ListExecutions permission needed."""
+    base = arn[: len(arn) - len(name)]
+    count = int(name.split(REDRIVE_SEPARATOR, 1)[1]) if REDRIVE_SEPARATOR in name else 0
+    return [base + run_id] + [f"{base}{run_id}{REDRIVE_SEPARATOR}{i}" for i in range(1, count + 1)]
+
+
+def _executions(sfn: Any, state_machine_arn: str, run_id: str,
+                execution_arns: list[str] | None = None) -> list[_Execution]:
+    if execution_arns is None:
+        execution_arns = [ex["executionArn"]
+                          for page in sfn.get_paginator("list_executions").paginate(
+                              stateMachineArn=state_machine_arn)
+                          for ex in page["executions"] if run_id_of_execution(ex["name"]) == run_id]
     out = []
-    for ex in sorted(found, key=lambda e: e["startDate"]):
-        desc = sfn.describe_execution(executionArn=ex["executionArn"])
-        execution = _Execution(arn=ex["executionArn"], name=ex["name"], status=desc["status"],
-                               started=desc["startDate"], input=json.loads(desc.get("input") or "{}"),
-                               error=desc.get("error"), cause=desc.get("cause"))
+    for arn in execution_arns:
+        try:
+            desc = sfn.describe_execution(executionArn=arn)
+        except sfn.exceptions.ExecutionDoesNotExist:
+            continue
+        execution = _Execution(arn=arn, name=desc["name"], status=desc["status"], started=desc["startDate"],
+                               input=_json(desc.get("input")), error=desc.get("error"),
+                               cause=desc.get("cause"))
         execution.attempts = _attempts(sfn, execution.arn)
         out.append(execution)
-    return out
+    return sorted(out, key=lambda e: e.started)
 
 
 def _attempts(sfn: Any, execution_arn: str) -> list[ExecutionAttempt]:
@@ -164,9 +189,11 @@ def _ensure_run(store: Any, run_id: str, pipeline: str, first: _Execution) -> An
     return store.get_run(run_id)
 
 
-def sync_run(store: Any, sfn: Any, *, state_machine_arn: str, run_id: str) -> Any:
-    """Bring the run's records up to date with its executions; returns the run record."""
-    executions = _executions(sfn, state_machine_arn, run_id)
+def sync_run(store: Any, sfn: Any, *, state_machine_arn: str, run_id: str,
+             execution_arns: list[str] | None = None) -> Any:
+    """Bring the run's records up to date with its executions (``execution_arns``, default: those of
+    the state machine named after the run); returns the run record."""
+    executions = _executions(sfn, state_machine_arn, run_id, execution_arns)
     if not executions:
         return store.get_run(run_id)
     pipeline = pipeline_of_state_machine(state_machine_arn)

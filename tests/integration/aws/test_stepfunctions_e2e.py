@@ -302,3 +302,35 @@ def test_run_events_function_records_aws_runs_in_the_metadata_store(
     # the same event again changes nothing
     moto_aws.client("lambda").invoke(FunctionName=moto_aws.run_events_arn, Payload=json.dumps(event))
     assert [len(t.attempts) for t in store.get_run(run_id).tasks] == [1, 1, 1, 1]
+
+
+def test_run_events_takes_the_run_id_from_the_input_of_executions_it_did_not_name(
+    moto_aws: Any, store: Any, tmp_path: Path
+) -> None:
+    """A schedule starts executions with generated names; the run id comes from the input."""
+    from conftest import load_event
+
+    log_dir = tmp_path / "calls"
+    log_dir.mkdir()
+    path = _flow(tmp_path, log_dir)
+    deployed = _deploy(moto_aws, store, path)
+    sfn = moto_aws.client("stepfunctions")
+    run_id = "scheduled-20260102"
+    run_input = {"run": {"run_id": run_id, "params": {}, "logical_date": "2026-01-02T06:00:00+00:00",
+                         "trigger": "schedule"}}
+    arn = sfn.start_execution(stateMachineArn=deployed.state_machine_arn, name="0b9d2c5e-generated",
+                              input=json.dumps(run_input))["executionArn"]
+    assert moto_aws.wait_execution(arn)["status"] == "SUCCEEDED"
+    event = load_event("sfn_execution_status_change.json", execution_arn=arn,
+                       state_machine_arn=deployed.state_machine_arn, name="0b9d2c5e-generated",
+                       status="SUCCEEDED", account=arn.split(":")[4])
+    resp = moto_aws.client("lambda").invoke(FunctionName=moto_aws.run_events_arn, Payload=json.dumps(event))
+    body = json.loads(resp["Payload"].read())
+    assert resp.get("FunctionError") is None, body
+    run = store.get_run(run_id)
+    assert run is not None
+    assert run.state == RunState.SUCCEEDED
+    assert run.external_id == arn
+    assert run.logical_date.isoformat().startswith("2026-01-02T06:00")
+    assert {t.state for t in run.tasks} == {TaskState.SUCCEEDED}
+    assert _calls(log_dir, "totals", run_id) == 1
