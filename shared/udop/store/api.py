@@ -94,7 +94,8 @@ class RunRecord:
     error: str | None = None
     external_id: str | None = None  # the execution ARN on AWS
     owner: str | None = None  # "pid@host" of the local process running it
-    tasks: list[TaskRunRecord] = field(default_factory=list)  # only filled by get_run
+    # filled by get_run, find_run_by_external_id and create_run; empty from list_runs and set_run_state
+    tasks: list[TaskRunRecord] = field(default_factory=list)
 
 
 class MetadataStore(Protocol):

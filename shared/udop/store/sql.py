@@ -442,7 +442,8 @@ class SqlMetadataStore:
             # read (and on PostgreSQL lock) the current states first, so a refusal names the right task
             found = dict(conn.execute(
                 select(task_runs.c.task_id, task_runs.c.state)
-                .where(task_runs.c.run_id == run_id, task_runs.c.task_id.in_(ids)).with_for_update()).all())
+                .where(task_runs.c.run_id == run_id, task_runs.c.task_id.in_(ids))
+                .order_by(task_runs.c.task_id).with_for_update()).all())  # one lock order: no deadlocks
             for task_id in ids:
                 if task_id not in found:
                     self._raise_missing(conn, run_id, task_id)
