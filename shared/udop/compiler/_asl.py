@@ -29,6 +29,26 @@ LAMBDA_TRANSIENT_RETRY = {"ErrorEquals": LAMBDA_TRANSIENT_ERRORS, "IntervalSecon
 FAIL_STATE = "Run failed"
 
 
+def _fail_states() -> dict[str, Any]:
+    """The end of a failed run: ``Fail`` with the task's error and cause.
+
+    A Fail state may not raise a ``States.*`` name, which a caught ``States.Timeout`` (the task's
+    TimeoutSeconds), ``States.TaskFailed`` (a child machine) or ``States.Runtime`` would be; those
+    become udop names and keep the original in the cause.
+    """
+    cause = "States.Format('{} in task {}: {}', $.failure.Error, $.failure.task, $.failure.Cause)"
+    return {
+        FAIL_STATE: {"Type": "Choice", "Choices": [
+            {"Variable": "$.failure.Error", "StringEquals": "States.Timeout", "Next": "Task timed out"},
+            {"Variable": "$.failure.Error", "StringMatches": "States.*", "Next": "Task stopped"}],
+            "Default": "Task failed"},
+        "Task failed": {"Type": "Fail", "Comment": "Error and Cause are the failed task's",
+                        "ErrorPath": "$.failure.Error", "CausePath": "$.failure.Cause"},
+        "Task timed out": {"Type": "Fail", "Error": "udop.TaskTimeout", "CausePath": cause},
+        "Task stopped": {"Type": "Fail", "Error": "udop.FatalError", "CausePath": cause},
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class ChildCall:
     """Part of the schedule moved into a child state machine (``name``)."""
@@ -85,8 +105,7 @@ class Emitter:
     def machine(self, node: AnyNode, comment: str) -> dict[str, Any]:
         start, states = self.scope(node, top=True)
         if self.uses_fail:
-            states[FAIL_STATE] = {"Type": "Fail", "Comment": "a task failed; Error and Cause are the task's",
-                                  "ErrorPath": "$.failure.Error", "CausePath": "$.failure.Cause"}
+            states.update(_fail_states())
         return {"Comment": comment, "StartAt": start, "States": states}
 
     # -- scopes -------------------------------------------------------------------------------------

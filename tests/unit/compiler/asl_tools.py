@@ -150,7 +150,10 @@ def failure_routes(definition: dict[str, Any], *, top: bool = True) -> dict[str,
         assert record["Type"] == "Pass"
         assert record["Parameters"]["task"] == task
         if top:
-            assert states[record["Next"]]["Type"] == "Fail"
+            end = states[record["Next"]]
+            targets = [end] if end["Type"] == "Fail" else [
+                states[t] for t in (end["Default"], *(c["Next"] for c in end["Choices"]))]
+            assert all(t["Type"] == "Fail" for t in targets)
             routes[task] = "fail"
         else:
             assert record.get("End") is True

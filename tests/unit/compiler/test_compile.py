@@ -102,14 +102,15 @@ def test_failures_end_in_fail_with_the_tasks_error_or_leave_the_branch() -> None
     # a and d run at the top: their failure goes straight to Fail; b and c sit in a Parallel branch,
     # which ends carrying the failure so the other branch can finish
     assert routes == {"a": "fail", "d": "fail", "b": "end", "c": "end"}
-    fail = c.definition["States"]["Run failed"]
+    states = c.definition["States"]
+    fail = states[states["Run failed"]["Default"]]
     assert fail == {"Type": "Fail", "Comment": fail["Comment"], "ErrorPath": "$.failure.Error",
                     "CausePath": "$.failure.Cause"}
     parallel = c.definition["States"]["Parallel 1"]
     assert parallel["ResultSelector"] == {"failures.$": "$[*].failure"}
     check = c.definition["States"][parallel["Next"]]
     assert check["Choices"][0]["Variable"] == "$.branches.failures[0]"
-    assert c.definition["States"][check["Choices"][0]["Next"]]["Next"] == "Run failed"
+    assert states[check["Choices"][0]["Next"]]["Next"] == "Run failed"
 
 
 def test_simulated_failure_reaches_fail_with_the_tasks_error() -> None:
@@ -216,7 +217,7 @@ def test_estimates_follow_the_documented_event_model() -> None:
     # per task: 5 events + 3 per retry + 2 for the failure record; per execution 4
     assert c.estimates.max_history_events == n * (5 + 3 * (attempts - 1) + 2) + 4
     assert c.estimates.definition_bytes == len(c.to_json().encode())
-    assert c.estimates.states == 2 * n + 1
+    assert c.estimates.states == 2 * n + 4  # task + its failure record each, and the failure end
     assert c.estimates.tasks == n
 
 
