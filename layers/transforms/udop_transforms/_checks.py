@@ -79,30 +79,30 @@ def _compile(rules: list[Any], columns: list[Column], params: Params) -> _Compil
             need(rule.unique)
             out.uniques.append((index, rule.name or f"unique({', '.join(rule.unique)})", sev, rule.unique))
         elif isinstance(rule, AcceptedValuesRule):
-            spec = rule.accepted_values
-            need([spec.column])
-            col = ident(spec.column)
-            values = ", ".join(params.add(v) for v in spec.values)
-            out.rows.append(_Row(index, rule.name or f"accepted_values({spec.column})", sev,
+            accepted = rule.accepted_values
+            need([accepted.column])
+            col = ident(accepted.column)
+            values = ", ".join(params.add(v) for v in accepted.values)
+            out.rows.append(_Row(index, rule.name or f"accepted_values({accepted.column})", sev,
                                  f"{col} IS NOT NULL AND {col} NOT IN ({values})"))
         elif isinstance(rule, RangeRule):
-            spec = rule.range
-            need([spec.column])
-            col = ident(spec.column)
+            bounds = rule.range
+            need([bounds.column])
+            col = ident(bounds.column)
             parts = []
-            if spec.min is not None:
-                parts.append(f"{col} < {params.add(spec.min)}")
-            if spec.max is not None:
-                parts.append(f"{col} > {params.add(spec.max)}")
-            out.rows.append(_Row(index, rule.name or f"range({spec.column})", sev,
+            if bounds.min is not None:
+                parts.append(f"{col} < {params.add(bounds.min)}")
+            if bounds.max is not None:
+                parts.append(f"{col} > {params.add(bounds.max)}")
+            out.rows.append(_Row(index, rule.name or f"range({bounds.column})", sev,
                                  f"{col} IS NOT NULL AND ({' OR '.join(parts)})"))
         elif isinstance(rule, RegexRule):
-            spec = rule.regex
-            need([spec.column])
-            col = ident(spec.column)
-            out.rows.append(_Row(index, rule.name or f"regex({spec.column})", sev,
+            regex = rule.regex
+            need([regex.column])
+            col = ident(regex.column)
+            out.rows.append(_Row(index, rule.name or f"regex({regex.column})", sev,
                                  f"{col} IS NOT NULL AND NOT regexp_full_match(CAST({col} AS VARCHAR), "
-                                 f"{params.add(spec.pattern)})"))
+                                 f"{params.add(regex.pattern)})"))
         elif isinstance(rule, ExpectRule):
             try:
                 text = params.bind(rule.expect)
@@ -157,7 +157,8 @@ def evaluate_rules(session: Session, relation: str, columns: list[Column], rules
 
     results: dict[tuple[int, str], CheckResult] = {}
     for r, n in zip(compiled.rows, failing, strict=True):
-        sample = _sample(session, f"SELECT * FROM {relation} WHERE {r.predicate}", params, sample_rows) if n else []
+        failing_sql = f"SELECT * FROM {relation} WHERE {r.predicate}"
+        sample = _sample(session, failing_sql, params, sample_rows) if n else []
         results[(r.index, r.name)] = CheckResult(
             rule=r.name, severity=r.severity, passed=n == 0, failing_rows=n, sample=sample,
             message=f"{n} of {total} rows fail" if n else f"all {total} rows pass")
@@ -171,32 +172,32 @@ def evaluate_rules(session: Session, relation: str, columns: list[Column], rules
         sample = _sample(session, f"{dupes} ORDER BY duplicates DESC", params, sample_rows) if groups else []
         results[(index, name)] = CheckResult(
             rule=name, severity=sev, passed=groups == 0, failing_rows=int(rows_in), sample=sample,
-            message=(f"{groups} duplicated keys over {rows_in} rows" if groups else f"all {total} rows unique"))
+            message=f"{groups} duplicated keys over {rows_in} rows" if groups else f"all {total} rows unique")
     for index, name, sev, rule in compiled.counts:
-        spec = rule.row_count
-        low = spec.min is not None and total < spec.min
-        high = spec.max is not None and total > spec.max
-        bounds = " and ".join(x for x in (f"at least {spec.min}" if spec.min is not None else "",
-                                          f"at most {spec.max}" if spec.max is not None else "") if x)
+        count_spec = rule.row_count
+        low = count_spec.min is not None and total < count_spec.min
+        high = count_spec.max is not None and total > count_spec.max
+        bounds = " and ".join(x for x in (f"at least {count_spec.min}" if count_spec.min is not None else "",
+                                          f"at most {count_spec.max}" if count_spec.max is not None else "") if x)
         results[(index, name)] = CheckResult(
             rule=name, severity=sev, passed=not (low or high), failing_rows=0,
             message=f"{total} rows; expected {bounds}")
     now = datetime.now(UTC).replace(tzinfo=None)
-    for (index, name, sev, rule), value in zip(compiled.fresh, newest, strict=True):
-        spec = rule.freshness
+    for (index, name, sev, fresh_rule), value in zip(compiled.fresh, newest, strict=True):
+        fresh = fresh_rule.freshness
         ref = now
-        if spec.relative_to == "logical_date" and logical_date is not None:
+        if fresh.relative_to == "logical_date" and logical_date is not None:
             ref = _naive_utc(logical_date)
         if value is None:
             results[(index, name)] = CheckResult(rule=name, severity=sev, passed=False,
-                                                 message=f"no values in {spec.column!r}")
+                                                 message=f"no values in {fresh.column!r}")
             continue
         age = ref - _naive_utc(value)
-        ok = age <= timedelta(seconds=spec.max_age)
+        ok = age <= timedelta(seconds=fresh.max_age)
         results[(index, name)] = CheckResult(
             rule=name, severity=sev, passed=ok, failing_rows=0,
-            message=f"newest {spec.column} is {value.isoformat()}, {_age(age)} old; "
-                    f"max_age {_age(timedelta(seconds=spec.max_age))}")
+            message=f"newest {fresh.column} is {value.isoformat()}, {_age(age)} old; "
+                    f"max_age {_age(timedelta(seconds=fresh.max_age))}")
     return [results[k] for k in sorted(results, key=lambda k: k[0])]
 
 

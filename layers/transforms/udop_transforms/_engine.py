@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow.parquet as pq
+import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
 from udop.settings import get_settings
 from udop.tasks.contract import Manifest, TaskContext
@@ -46,7 +46,7 @@ def _configure(con: duckdb.DuckDBPyConnection, spill: str, memory_limit: str | N
 def _shared() -> duckdb.DuckDBPyConnection:
     """One in-memory DuckDB per process: its thread pool, file caches and memory limit are shared by
     the tasks running in this process (each task gets its own connection, so its views are private)."""
-    global _shared_db
+    global _shared_db  # noqa: PLW0603 - one per process on purpose
     with _shared_lock:
         if _shared_db is None:
             spill = tempfile.mkdtemp(prefix="udop-duckdb-")
@@ -96,7 +96,8 @@ class Session:
         columns = self.describe(f"SELECT * FROM {source_sql}")
         select = "*"
         if widen_decimals:
-            wide = [(n, t) for n, t in columns if t.startswith("DECIMAL(") and not t.startswith("DECIMAL(38,")]
+            wide = [(n, t) for n, t in columns
+                    if t.startswith("DECIMAL(") and not t.startswith("DECIMAL(38,")]
             if wide:
                 parts = [f"CAST({ident(n)} AS DECIMAL(38,{t.split(',')[1].rstrip(')')})) AS {ident(n)}"
                          for n, t in wide]
@@ -115,7 +116,7 @@ class Session:
 
 def dataset_reader(manifest: Manifest) -> str:
     """A DuckDB table function reading a task's output (a folder of Parquet, or a load's target)."""
-    from udop_transforms._files import reader_sql
+    from udop_transforms._files import reader_sql  # noqa: PLC0415 - _files imports this module
 
     return reader_sql(manifest.format if manifest.format != "parquet" else "parquet",
                       _dataset_glob(manifest.uri, manifest.format))

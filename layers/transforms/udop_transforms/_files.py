@@ -27,6 +27,10 @@ def _bool(value: bool) -> str:
     return "true" if value else "false"
 
 
+def _struct(columns: dict[str, str]) -> str:
+    return "{" + ", ".join(f"{literal(k)}: {literal(v)}" for k, v in columns.items()) + "}"
+
+
 def reader_sql(connector: str, path: str, source: Any = None) -> str:
     """A DuckDB table function call reading ``path`` (a file, folder or glob) with ``source``'s options."""
     opts: list[str] = []
@@ -49,13 +53,13 @@ def reader_sql(connector: str, path: str, source: Any = None) -> str:
         nulls = ["NA", ""] if nulls is None else nulls
         opts.append(f"nullstr = [{', '.join(literal(n) for n in nulls)}]")
         if columns:
-            opts.append("types = {" + ", ".join(f"{literal(k)}: {literal(v)}" for k, v in columns.items()) + "}")
+            opts.append(f"types = {_struct(columns)}")
         return f"read_csv({literal(path)}, {', '.join(opts)})"
     if connector in ("json", "ndjson"):
         fmt = "newline_delimited" if connector == "ndjson" else "auto"
         opts.append(f"format = {literal(fmt)}")
         if columns:
-            opts.append("columns = {" + ", ".join(f"{literal(k)}: {literal(v)}" for k, v in columns.items()) + "}")
+            opts.append(f"columns = {_struct(columns)}")
         return f"read_json({literal(path)}, {', '.join(opts)})"
     raise ValueError(f"{connector!r} is not a file connector")
 
@@ -113,7 +117,8 @@ def _copy_options(connector: str, target: Any, partition_by: list[str] | None = 
     return ", ".join(opts)
 
 
-def write_target(session: Session, sql: str, params: dict[str, Any], target: Any, path: str) -> tuple[int, list[Path]]:
+def write_target(session: Session, sql: str, params: dict[str, Any], target: Any,
+                 path: str) -> tuple[int, list[Path]]:
     """Write the query's rows to a file target; returns (rows, files now at the target)."""
     connector = target.connector
     final = Path(path)
@@ -128,22 +133,19 @@ def write_target(session: Session, sql: str, params: dict[str, Any], target: Any
             query = (f"SELECT * FROM {reader_sql(connector, str(final))} "
                      f"UNION ALL BY NAME SELECT * FROM ({sql})")
         try:
-            rows = session.con.execute(f"COPY ({query}) TO {literal(str(tmp))} ({_copy_options(connector, target)})",
-                                       params or None).fetchone()
+            copy = f"COPY ({query}) TO {literal(str(tmp))} ({_copy_options(connector, target)})"
+            written = session.con.execute(copy, params or None).fetchone()
             os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
-        return (int(rows[0]) if rows else 0), [final]
+        return (int(written[0]) if written else 0), [final]
 
     tmp_dir = scratch_dir(final)
     try:
-        if target.partition_by:
-            copy_to = tmp_dir
-        else:
-            copy_to = tmp_dir / f"part-{uuid.uuid4().hex[:12]}{ext}"
-        row = session.con.execute(
-            f"COPY ({sql}) TO {literal(str(copy_to))} ({_copy_options(connector, target, target.partition_by)})",
-            params or None).fetchone()
+        copy_to = tmp_dir if target.partition_by else tmp_dir / f"part-{uuid.uuid4().hex[:12]}{ext}"
+        options = _copy_options(connector, target, target.partition_by)
+        row = session.con.execute(f"COPY ({sql}) TO {literal(str(copy_to))} ({options})",
+                                  params or None).fetchone()
         rows = int(row[0]) if row else 0
         if target.mode == "overwrite" or not final.exists():
             publish_dir(tmp_dir, final)

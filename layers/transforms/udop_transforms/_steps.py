@@ -86,7 +86,7 @@ CheckHook = Callable[[int, list[Any], Plan], None]
 
 
 def compile_steps(session: Session, steps: list[Any], primary: str, inputs: dict[str, list[Column]],
-                  params: Params, on_check: CheckHook | None = None) -> Plan:
+                  params: Params, *, on_check: CheckHook | None = None) -> Plan:
     """Build the plan of ``steps`` over the view ``primary``; ``inputs`` are the views' columns."""
     plan = Plan(session, params, ident(primary), list(inputs[primary]), inputs)
     for index, step in enumerate(steps):
@@ -266,10 +266,7 @@ def _order_items(plan: Plan, items: list[str]) -> str:
             raise ValueError(f"cannot read sort order {item!r}; write 'column', 'column desc' or "
                              "'expr asc nulls last'")
         expr = m.group("expr")
-        if expr in plan.names:
-            expr = ident(expr)
-        else:
-            expr = _expr(plan, expr)
+        expr = ident(expr) if expr in plan.names else _expr(plan, expr)
         part = expr + (f" {m.group('dir').upper()}" if m.group("dir") else "")
         if m.group("nulls"):
             part += f" NULLS {m.group('nulls').upper()}"

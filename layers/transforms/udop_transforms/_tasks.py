@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow.parquet as pq
+import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
 import udop.spec.models  # noqa: F401 - builds the task union before data_tasks is imported
 from udop.errors import DataQualityError, FatalError, TaskTimeout
@@ -145,7 +145,8 @@ def run_extract(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult
             if source.connector == "csv" and (ragged := diagnose_csv(files, source.delimiter or ",")):
                 raise FatalError(f"task {task.id!r}: source: {ragged}") from None
             raise exc from None
-    return TaskResult(output=manifest, inputs=(path,), metrics={"rows": manifest.rows, "files_read": len(files)})
+    return TaskResult(output=manifest, inputs=(path,),
+                      metrics={"rows": manifest.rows, "files_read": len(files)})
 
 
 def _source_error(task: Any, source: Any, files: list[str], path: str, exc: duckdb.Error) -> FatalError:
@@ -177,7 +178,8 @@ def run_transform(context: TaskContext, task: Any, inputs: Mapping[str, TaskResu
             plan.restart(ident(table), cols)
 
         try:
-            plan = compile_steps(session, list(task.steps), task.primary_input, columns, params, on_check)
+            plan = compile_steps(session, list(task.steps), task.primary_input, columns, params,
+                                 on_check=on_check)
         except StepError as exc:
             raise FatalError(f"task {task.id!r}: {exc}") from None
         try:
@@ -241,7 +243,8 @@ def run_load(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult]) 
     manifest = _input_manifest(task.id, task.primary_input, inputs)
     if target.connector not in FILE_CONNECTORS:
         connectors = _connectors(task.id, target.connector)
-        metrics = connectors.load_from_parquet(context, target.model_dump(exclude_unset=True), manifest, inputs)
+        spec = target.model_dump(exclude_unset=True)
+        metrics = connectors.load_from_parquet(context, spec, manifest, inputs)
         return TaskResult(inputs=(manifest.uri,), metrics=dict(metrics or {}))
     path = _resolve(context, str(context.render(target.path)))
     with Session(memory_limit=task.memory_limit, context=context) as session:
@@ -253,7 +256,8 @@ def run_load(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult]) 
                                  + missing_column_message(col, names))
         with _duckdb_errors(task.id, f"writing {path}"):
             try:
-                rows, files = write_target(session, f"SELECT * FROM {ident(task.primary_input)}", {}, target, path)
+                query = f"SELECT * FROM {ident(task.primary_input)}"
+                rows, files = write_target(session, query, {}, target, path)
             except ValueError as exc:
                 raise FatalError(f"task {task.id!r}: target: {exc}") from None
     if target.connector == "parquet":

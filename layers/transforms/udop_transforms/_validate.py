@@ -32,7 +32,7 @@ from udop.spec.data_tasks import (
     SqlStep,
     step_kind,
 )
-from udop.spec.params import REFERENCE
+from udop.spec.params import REFERENCE, coerce_param
 from udop_transforms._checks import RuleError, bind_rules
 from udop_transforms._engine import Column, Session
 from udop_transforms._files import SNIFF_ROWS, diagnose_csv, matching_files, reader_sql
@@ -59,8 +59,6 @@ class _AnyEnv(Mapping[str, Any]):
 
 
 def _scope(pipeline: Any) -> dict[str, Mapping[str, Any]]:
-    from udop.spec.params import coerce_param
-
     params: dict[str, Any] = {}
     for name, spec in pipeline.spec.params.items():
         try:
@@ -104,10 +102,11 @@ def check_pipeline(pipeline: Any, base_dir: str | Path | None = None) -> list[Sp
             if task.type == "extract":
                 schema = _extract_schema(session, task, base, where, found)
             elif task.type == "transform":
-                schema = _check_transform(session, task, schemas, scope, where, found)
+                schema = _check_transform(session, task, schemas, scope=scope, where=where, found=found)
             elif task.type == "validate":
                 schema = schemas.get(task.primary_input)
-                _check_rules(session, task, list(task.rules), schema, scope, f"{where}.rules", found)
+                _check_rules(session, task, list(task.rules), schema, scope=scope, where=f"{where}.rules",
+                             found=found)
             elif task.type == "load":
                 schema = schemas.get(task.primary_input)
                 if schema is not None and task.target.connector in FILE_CONNECTORS:
@@ -133,7 +132,8 @@ def _extract_schema(session: Session, task: Any, base: Path, where: str,
     if not files:
         return None  # may be written by an earlier task or exist where the run happens
     if source.connector == "csv" and (ragged := diagnose_csv(files, source.delimiter or ",", SNIFF_ROWS, 20)):
-        found.append(SpecError(f"task {task.id!r}: cannot read the source: {ragged}", path=f"{where}.source.path"))
+        found.append(SpecError(f"task {task.id!r}: cannot read the source: {ragged}",
+                               path=f"{where}.source.path"))
         return None
     try:
         return session.describe(f"SELECT * FROM {reader_sql(source.connector, path, source)}")
@@ -162,7 +162,7 @@ def _empty_inputs(session: Session, task: Any, schemas: Mapping[str, list[Column
     return columns
 
 
-def _check_transform(session: Session, task: Any, schemas: Mapping[str, list[Column] | None],
+def _check_transform(session: Session, task: Any, schemas: Mapping[str, list[Column] | None], *,
                      scope: Mapping[str, Mapping[str, Any]], where: str,
                      found: list[SpecError]) -> list[Column] | None:
     params = Params(scope)
@@ -180,7 +180,8 @@ def _check_transform(session: Session, task: Any, schemas: Mapping[str, list[Col
             raise ValueError(str(exc)) from None
 
     try:
-        plan = compile_steps(session, list(task.steps), task.primary_input, columns, params, on_check)
+        plan = compile_steps(session, list(task.steps), task.primary_input, columns, params,
+                             on_check=on_check)
     except StepError as exc:
         found.append(SpecError(f"task {task.id!r}, {exc.kind} step: {exc.message}",
                                path=f"{where}.steps[{exc.index}]"))
@@ -188,7 +189,7 @@ def _check_transform(session: Session, task: Any, schemas: Mapping[str, list[Col
     return plan.columns
 
 
-def _check_rules(session: Session, task: Any, rules: list[Any], schema: list[Column] | None,
+def _check_rules(session: Session, task: Any, rules: list[Any], schema: list[Column] | None, *,
                  scope: Mapping[str, Mapping[str, Any]], where: str, found: list[SpecError]) -> None:
     params = Params(scope)
     if schema is None:
@@ -205,7 +206,8 @@ def _check_rules(session: Session, task: Any, rules: list[Any], schema: list[Col
         session.con.execute(f"CREATE OR REPLACE TEMP TABLE {table} ({body})")
         bind_rules(session, table, schema, rules, params)
     except RuleError as exc:
-        found.append(SpecError(f"task {task.id!r}, {exc.kind} rule: {exc.message}", path=f"{where}[{exc.index}]"))
+        found.append(SpecError(f"task {task.id!r}, {exc.kind} rule: {exc.message}",
+                               path=f"{where}[{exc.index}]"))
     except duckdb.Error:
         pass
 

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from udop.spec.models import SpecModel, TaskBase
 from udop.spec.types import Duration, TaskId
@@ -31,14 +40,12 @@ __all__ = [
 FILE_CONNECTORS: tuple[str, ...] = ("csv", "parquet", "json", "ndjson")
 
 Severity = Literal["error", "warn"]
-ColumnList = Annotated[list[str], Field(min_length=1)]
+#: one name, or a list of names (``unique: id`` and ``unique: [id]`` mean the same)
+Names = Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)]
+ColumnList = Annotated[Names, Field(min_length=1)]
 #: a DuckDB memory size such as '2GB' or '512MB'
 MemorySize = Annotated[str, Field(pattern=r"^\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$",
                                   description="a memory size, e.g. '512MB' or '2GB'")]
-
-
-def _columns(value: Any) -> Any:
-    return [value] if isinstance(value, str) else value
 
 
 def _yaml_on(value: Any) -> Any:
@@ -111,13 +118,11 @@ class TargetSpec(BaseModel):
     path: str | None = Field(None, description="file connectors: output file or folder; ${...} rendered")
     mode: str = Field("overwrite", description="file connectors: overwrite | append; other connectors "
                                                "define theirs (e.g. upsert)")
-    partition_by: list[str] | None = Field(None, description="write `col=value/` folders (hive style)")
-    keys: list[str] | None = Field(None, description="key columns, for connectors that merge/upsert")
+    partition_by: Names | None = Field(None, description="write `col=value/` folders (hive style)")
+    keys: Names | None = Field(None, description="key columns, for connectors that merge/upsert")
     delimiter: str | None = Field(None, description="csv: field separator (default ',')")
     header: bool | None = Field(None, description="csv: write a header row (default true)")
 
-    _partition = field_validator("partition_by", "keys", mode="before")(classmethod(
-        lambda cls, v: _columns(v)))
 
     @model_validator(mode="after")
     def _file_options(self) -> TargetSpec:
@@ -129,7 +134,7 @@ class TargetSpec(BaseModel):
             if self.model_extra:
                 raise ValueError(f"connector {self.connector!r} does not take "
                                  f"{', '.join(map(repr, self.model_extra))}")
-            if self.partition_by and self.connector != "parquet" and self.connector != "csv":
+            if self.partition_by and self.connector not in ("parquet", "csv"):
                 raise ValueError("partition_by is supported for parquet and csv targets")
         return self
 
@@ -146,12 +151,10 @@ class RuleBase(SpecModel):
 
 class NotNullRule(RuleBase):
     not_null: ColumnList = Field(description="columns that must not be NULL")
-    _c = field_validator("not_null", mode="before")(classmethod(lambda cls, v: _columns(v)))
 
 
 class UniqueRule(RuleBase):
     unique: ColumnList = Field(description="a column, or several that together must be unique")
-    _c = field_validator("unique", mode="before")(classmethod(lambda cls, v: _columns(v)))
 
 
 class AcceptedValues(SpecModel):
@@ -277,12 +280,11 @@ AggregateFunction = Literal["sum", "avg", "min", "max", "count", "count_distinct
 
 
 class AggregateSpec(SpecModel):
-    by: list[str] = Field(default_factory=list, description="group by these columns (none: one row)")
+    by: Names = Field(default_factory=list, description="group by these columns (none: one row)")
     metrics: dict[str, str | dict[AggregateFunction, str]] = Field(
         min_length=1, description="output column -> an aggregate SQL expression (`avg(dep_delay)`, "
                                   "`count(*)`) or {function: column-or-expression} with function one "
                                   "of sum, avg, min, max, count, count_distinct")
-    _by = field_validator("by", mode="before")(classmethod(lambda cls, v: _columns(v)))
 
     @field_validator("metrics")
     @classmethod
@@ -302,13 +304,16 @@ JoinHow = Literal["inner", "left", "right", "full", "semi", "anti"]
 
 class JoinSpec(SpecModel):
     with_: TaskId = Field(alias="with", description="the other input: a task id in depends_on")
-    on: list[str] | dict[str, str] = Field(description="key columns with the same name on both sides, "
+    on: Names | dict[str, str] = Field(description="key columns with the same name on both sides, "
                                                        "or {left_column: right_column}")
     how: JoinHow = "inner"
     suffix: str | None = Field(None, description="appended to the other side's non-key columns whose "
                                                  "names clash (default: _<with>)")
-    _on = field_validator("on", mode="before")(classmethod(lambda cls, v: _columns(v)))
-    _yaml = model_validator(mode="before")(classmethod(lambda cls, v: _yaml_on(v)))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on_key(cls, value: Any) -> Any:
+        return _yaml_on(value)
 
     @field_validator("on")
     @classmethod
@@ -323,10 +328,10 @@ class JoinStep(SpecModel):
 
 
 class UnionSpec(SpecModel):
-    with_: list[TaskId] = Field(alias="with", min_length=1, description="task ids in depends_on")
+    with_: Annotated[list[TaskId], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)] = Field(
+        alias="with", min_length=1, description="task ids in depends_on")
     by_name: bool = Field(True, description="match columns by name (missing ones become NULL)")
     distinct: bool = Field(False, description="drop duplicate rows (UNION instead of UNION ALL)")
-    _w = field_validator("with_", mode="before")(classmethod(lambda cls, v: _columns(v)))
 
 
 class UnionStep(SpecModel):
@@ -335,10 +340,13 @@ class UnionStep(SpecModel):
 
 class DedupeSpec(SpecModel):
     on: ColumnList = Field(description="key columns: one row is kept per key")
-    order_by: list[str] = Field(default_factory=list, description="tie-break: the first row in this order "
+    order_by: Names = Field(default_factory=list, description="tie-break: the first row in this order "
                                                                    "wins, e.g. ['updated_at desc']")
-    _c = field_validator("on", "order_by", mode="before")(classmethod(lambda cls, v: _columns(v)))
-    _yaml = model_validator(mode="before")(classmethod(lambda cls, v: _yaml_on(v)))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on_key(cls, value: Any) -> Any:
+        return _yaml_on(value)
 
 
 class DistinctStep(SpecModel):
@@ -347,8 +355,7 @@ class DistinctStep(SpecModel):
 
 
 class SortStep(SpecModel):
-    sort: list[str] = Field(min_length=1, description="'column', 'column desc', 'expr asc nulls last'")
-    _c = field_validator("sort", mode="before")(classmethod(lambda cls, v: _columns(v)))
+    sort: Names = Field(min_length=1, description="'column', 'column desc', 'expr asc nulls last'")
 
 
 class LimitStep(SpecModel):

@@ -24,7 +24,7 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("flights")
     sys.path.insert(0, str(EXAMPLE))
     try:
-        import prepare_data
+        import prepare_data  # noqa: PLC0415 - a script beside the example, not a package
     finally:
         sys.path.remove(str(EXAMPLE))
     prepare_data.prepare(root / "data")
@@ -35,7 +35,9 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run_example(root: Path, name: str, params: dict | None = None):
     store = open_store(f"sqlite:///{root / (name + '.db')}")
     try:
-        executor = LocalExecutor(store, workers=2, data_root=str(root / name), services={"base_dir": str(root)})
+        executor = LocalExecutor(
+            store, workers=2, data_root=str(root / name), services={"base_dir": str(root)}
+        )
         record = executor.run(load_pipeline(root / "pipeline.yaml"), params=params or {})
         return record, store.get_run(record.id), store.get_checks(record.id)
     finally:
@@ -48,25 +50,38 @@ def expected_figures(min_flights: int = 20, late_minutes: int = 15) -> pd.DataFr
     data = Path(next(iter(spec.submodule_search_locations))) / "data"
     flights = pd.read_csv(data / "flights.csv.zip")
     airlines = pd.read_csv(data / "airlines.csv").rename(columns={"name": "carrier_name"})
-    airports = pd.read_csv(data / "airports.csv")[["faa", "name"]].rename(columns={"faa": "dest", "name": "dest_name"})
+    airports = pd.read_csv(data / "airports.csv")[["faa", "name"]].rename(
+        columns={"faa": "dest", "name": "dest_name"}
+    )
     planes = pd.read_csv(data / "planes.csv")[["tailnum", "year"]].rename(columns={"year": "plane_year"})
     weather = pd.read_csv(data / "weather.csv")[["origin", "year", "month", "day", "hour", "visib"]]
     f = flights[flights["dep_time"].notna()]
-    f = (f.merge(airlines, on="carrier", how="left").merge(airports, on="dest", how="left")
-         .merge(planes, on="tailnum", how="left").merge(weather, on=["origin", "year", "month", "day", "hour"],
-                                                        how="left"))
+    f = (
+        f.merge(airlines, on="carrier", how="left")
+        .merge(airports, on="dest", how="left")
+        .merge(planes, on="tailnum", how="left")
+        .merge(weather, on=["origin", "year", "month", "day", "hour"], how="left")
+    )
     assert len(f) == flights["dep_time"].notna().sum()  # no join fanned out
     f["plane_age"] = f["year"] - f["plane_year"]
     f["late"] = (f["arr_delay"] >= late_minutes).where(f["arr_delay"].notna())
     f["poor"] = f["visib"] < 3
     f["unknown"] = f["dest_name"].isna()
     g = f.groupby(["carrier", "carrier_name", "month"])
-    out = pd.DataFrame({
-        "flights": g.size(), "avg_dep_delay": g["dep_delay"].mean(), "avg_arr_delay": g["arr_delay"].mean(),
-        "max_dep_delay": g["dep_delay"].max(), "late_share": g["late"].mean(), "destinations": g["dest"].nunique(),
-        "unknown_airports": g["unknown"].sum(), "avg_plane_age": g["plane_age"].mean(),
-        "poor_visibility_flights": g["poor"].sum(), "total_distance": g["distance"].sum(),
-    }).reset_index()
+    out = pd.DataFrame(
+        {
+            "flights": g.size(),
+            "avg_dep_delay": g["dep_delay"].mean(),
+            "avg_arr_delay": g["arr_delay"].mean(),
+            "max_dep_delay": g["dep_delay"].max(),
+            "late_share": g["late"].mean(),
+            "destinations": g["dest"].nunique(),
+            "unknown_airports": g["unknown"].sum(),
+            "avg_plane_age": g["plane_age"].mean(),
+            "poor_visibility_flights": g["poor"].sum(),
+            "total_distance": g["distance"].sum(),
+        }
+    ).reset_index()
     return out[out["flights"] >= min_flights].sort_values(["carrier", "month"]).reset_index(drop=True)
 
 
@@ -77,8 +92,9 @@ def test_example_pipeline_matches_an_independent_computation(example):
     assert tasks["flights"].result["output"]["rows"] == 336_776
 
     published = example / "out" / "carrier_month_delays"
-    assert sorted(p.name for p in published.iterdir()) == sorted(f"carrier={c}" for c in
-                                                                 expected_figures()["carrier"].unique())
+    assert sorted(p.name for p in published.iterdir()) == sorted(
+        f"carrier={c}" for c in expected_figures()["carrier"].unique()
+    )
     got = pd.read_parquet(published)
     got["carrier"] = got["carrier"].astype(str)
     got = got.sort_values(["carrier", "month"]).reset_index(drop=True)
@@ -87,15 +103,18 @@ def test_example_pipeline_matches_an_independent_computation(example):
     for column in want.columns:
         left, right = got[column], want[column]
         if pd.api.types.is_numeric_dtype(right):
-            pd.testing.assert_series_equal(left.astype(float), right.astype(float), check_names=False,
-                                           rtol=1e-9, obj=column)
+            pd.testing.assert_series_equal(
+                left.astype(float), right.astype(float), check_names=False, rtol=1e-9, obj=column
+            )
         else:
             assert left.tolist() == right.tolist(), column
 
     by_rule = {c.rule: c for c in checks}
-    assert len(checks) == 12 and by_rule["unique(carrier, month)"].passed
+    assert len(checks) == 12
+    assert by_rule["unique(carrier, month)"].passed
     late = by_rule["fewer than 40% of arrivals late"]
-    assert late.severity == "warn" and not late.passed
+    assert late.severity == "warn"
+    assert not late.passed
     assert late.failing_rows == int((want["late_share"] >= 0.4).sum())
 
 

@@ -18,8 +18,12 @@ Runner = Callable[..., dict[str, TaskResult]]
 def run(tmp_path: Path) -> Runner:
     """``run(tasks, params=..., only=...)`` -> results by task id (tasks run in the order given)."""
 
-    def _run(tasks: list[dict[str, Any]], params: dict[str, Any] | None = None,
-             declared: dict[str, Any] | None = None, run_id: str = "r1") -> dict[str, TaskResult]:
+    def _run(
+        tasks: list[dict[str, Any]],
+        params: dict[str, Any] | None = None,
+        declared: dict[str, Any] | None = None,
+        run_id: str = "r1",
+    ) -> dict[str, TaskResult]:
         pipeline = make_pipeline(tasks, declared)
         results: dict[str, TaskResult] = {}
         for task in pipeline.spec.tasks:

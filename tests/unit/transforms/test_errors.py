@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -17,38 +18,62 @@ from udop.tasks import run_task
 
 @pytest.fixture
 def src(tmp_path: Path) -> Path:
-    pq.write_table(pa.table({"id": [1, 2], "name": ["a", "b"], "ts": ["2024-01-01", "x"]}), tmp_path / "a.parquet")
+    pq.write_table(
+        pa.table({"id": [1, 2], "name": ["a", "b"], "ts": ["2024-01-01", "x"]}), tmp_path / "a.parquet"
+    )
     pq.write_table(pa.table({"key": [1], "label": ["one"]}), tmp_path / "b.parquet")
     return tmp_path
 
 
 def transform(run, steps):
-    return run([{"id": "a", "type": "extract", "source": {"connector": "parquet", "path": "a.parquet"}},
-                {"id": "b", "type": "extract", "source": {"connector": "parquet", "path": "b.parquet"}},
-                {"id": "t", "type": "transform", "depends_on": ["a", "b"], "steps": steps}])
+    return run(
+        [
+            {"id": "a", "type": "extract", "source": {"connector": "parquet", "path": "a.parquet"}},
+            {"id": "b", "type": "extract", "source": {"connector": "parquet", "path": "b.parquet"}},
+            {"id": "t", "type": "transform", "depends_on": ["a", "b"], "steps": steps},
+        ]
+    )
 
 
 def one_line(exc: pytest.ExceptionInfo[BaseException]) -> str:
     text = str(exc.value)
-    assert "\n" not in text and "Traceback" not in text and "LINE 1" not in text
+    assert "\n" not in text
+    assert "Traceback" not in text
+    assert "LINE 1" not in text
     return text
 
 
-@pytest.mark.parametrize(("steps", "pattern"), [
-    ([{"filter": "id > 0"}, {"filter": "nme = 'a'"}],
-     r"^task 't': steps\[1\] \(filter\): Referenced column \"nme\" not found.*candidates: .*name"),
-    ([{"select": ["id", "nam"]}], r"^task 't': steps\[0\] \(select\): column 'nam' not found; did you mean 'name'\?"),
-    ([{"derive": {"x": "name + 1"}}], r"^task 't': steps\[0\] \(derive\): .*(\+|VARCHAR)"),
-    ([{"filter": "id >"}], r"^task 't': steps\[0\] \(filter\): not a valid SQL expression 'id >'"),
-    ([{"filter": "id > 0) OR (1=1"}], r"^task 't': steps\[0\] \(filter\): not a valid SQL expression"),
-    ([{"join": {"with": "b", "on": ["id"]}}],
-     r"^task 't': steps\[0\] \(join\): join key 'id' is missing in 'b'; columns are: key, label"),
-    ([{"join": {"with": "b", "on": {"idd": "key"}}}],
-     r"^task 't': steps\[0\] \(join\): join key 'idd' is missing on the left side; did you mean 'id'\?"),
-    ([{"cast": {"id": "integr"}}], r"^task 't': steps\[0\] \(cast\): .*integr"),
-    ([{"aggregate": {"by": ["nam"], "metrics": {"n": "count(*)"}}}], r"^task 't': steps\[0\] \(aggregate\): column 'nam'"),
-    ([{"sort": ["nope desc"]}], r"^task 't': steps\[0\] \(sort\): Referenced column \"nope\" not found"),
-])
+@pytest.mark.parametrize(
+    ("steps", "pattern"),
+    [
+        (
+            [{"filter": "id > 0"}, {"filter": "nme = 'a'"}],
+            r"^task 't': steps\[1\] \(filter\): Referenced column \"nme\" not found.*candidates: .*name",
+        ),
+        (
+            [{"select": ["id", "nam"]}],
+            r"^task 't': steps\[0\] \(select\): column 'nam' not found; did you mean 'name'\?",
+        ),
+        ([{"derive": {"x": "name + 1"}}], r"^task 't': steps\[0\] \(derive\): .*(\+|VARCHAR)"),
+        ([{"filter": "id >"}], r"^task 't': steps\[0\] \(filter\): not a valid SQL expression 'id >'"),
+        ([{"filter": "id > 0) OR (1=1"}], r"^task 't': steps\[0\] \(filter\): not a valid SQL expression"),
+        (
+            [{"join": {"with": "b", "on": ["id"]}}],
+            r"^task 't': steps\[0\] \(join\): join key 'id' is missing in 'b'; columns are: key, label",
+        ),
+        (
+            [{"join": {"with": "b", "on": {"idd": "key"}}}],
+            r"^task 't': steps\[0\] \(join\): join key 'idd' is missing on the left side; "
+            r"did you mean 'id'\?",
+        ),
+        ([{"cast": {"id": "integr"}}], r"^task 't': steps\[0\] \(cast\): .*integr"),
+        (
+            [{"aggregate": {"by": ["nam"], "metrics": {"n": "count(*)"}}}],
+            r"^task 't': steps\[0\] \(aggregate\): column 'nam'",
+        ),
+        ([{"sort": ["nope desc"]}], r"^task 't': steps\[0\] \(sort\): Referenced column \"nope\" not found"),
+    ],
+)
 def test_bind_errors_name_task_step_and_column(src, run, steps, pattern):
     with pytest.raises(FatalError) as info:
         transform(run, steps)
@@ -57,9 +82,13 @@ def test_bind_errors_name_task_step_and_column(src, run, steps, pattern):
 
 def test_type_mismatch_at_run_time_names_task_and_step(src, run):
     with pytest.raises(FatalError) as info:
-        transform(run, [{"filter": "id > 0"}, {"derive": {"day": "CAST(ts AS DATE)"}}, {"select": ["id", "day"]}])
+        transform(
+            run, [{"filter": "id > 0"}, {"derive": {"day": "CAST(ts AS DATE)"}}, {"select": ["id", "day"]}]
+        )
     text = one_line(info)
-    assert text.startswith("task 't': steps[1] (derive): ") and '"x"' in text and "date" in text
+    assert text.startswith("task 't': steps[1] (derive): ")
+    assert '"x"' in text
+    assert "date" in text
 
 
 def test_missing_input_file(tmp_path, run):
@@ -70,11 +99,13 @@ def test_missing_input_file(tmp_path, run):
 
 def test_input_dataset_removed_after_its_run(src, run, tmp_path):
     results = run([{"id": "a", "type": "extract", "source": {"connector": "parquet", "path": "a.parquet"}}])
-    import shutil
-
     shutil.rmtree(results["a"].output.uri)
-    pipeline = make_pipeline([{"id": "a", "type": "extract", "source": {"connector": "parquet", "path": "a.parquet"}},
-                              {"id": "t", "type": "transform", "depends_on": "a", "steps": [{"limit": 1}]}])
+    pipeline = make_pipeline(
+        [
+            {"id": "a", "type": "extract", "source": {"connector": "parquet", "path": "a.parquet"}},
+            {"id": "t", "type": "transform", "depends_on": "a", "steps": [{"limit": 1}]},
+        ]
+    )
     with pytest.raises(FatalError, match=r"^task 't': input 'a': dataset .* does not exist"):
         run_task(context_for(pipeline, "t", tmp_path), pipeline.task("t"), results)
 
@@ -84,14 +115,18 @@ def test_corrupt_parquet(tmp_path, run):
     with pytest.raises(FatalError) as info:
         run([{"id": "a", "type": "extract", "source": {"connector": "parquet", "path": "bad.parquet"}}])
     text = one_line(info)
-    assert text.startswith("task 'a': source ") and "bad.parquet" in text
+    assert text.startswith("task 'a': source ")
+    assert "bad.parquet" in text
 
 
 def test_csv_ragged_row_names_file_and_line(tmp_path, run):
     (tmp_path / "r.csv").write_text("a,b,c\n1,2,3\n4,5,6,7\n8,9,10\n")
     with pytest.raises(FatalError) as info:
         run([{"id": "a", "type": "extract", "source": {"connector": "csv", "path": "r.csv"}}])
-    assert one_line(info) == f"task 'a': source: {tmp_path}/r.csv line 3: 4 fields where the header has 3 (a ragged row)"
+    assert (
+        one_line(info)
+        == f"task 'a': source: {tmp_path}/r.csv line 3: 4 fields where the header has 3 (a ragged row)"
+    )
 
 
 def test_csv_ragged_row_after_the_sniffer_sample(tmp_path, run):
@@ -105,9 +140,19 @@ def test_csv_ragged_row_after_the_sniffer_sample(tmp_path, run):
 def test_cancel_hook_interrupts_duckdb(tmp_path):
     pq.write_table(pa.table({"x": [1]}), tmp_path / "x.parquet")
     hooks: list = []
-    pipeline = make_pipeline([{"id": "a", "type": "extract", "source": {"connector": "parquet", "path": "x.parquet"}},
-                              {"id": "t", "type": "transform", "depends_on": "a", "steps": [
-                                  {"sql": "SELECT sum(a.range * b.range) AS s FROM range(100000000) a, range(100000) b"}]}])
+    pipeline = make_pipeline(
+        [
+            {"id": "a", "type": "extract", "source": {"connector": "parquet", "path": "x.parquet"}},
+            {
+                "id": "t",
+                "type": "transform",
+                "depends_on": "a",
+                "steps": [
+                    {"sql": "SELECT sum(a.range * b.range) AS s FROM range(100000000) a, range(100000) b"}
+                ],
+            },
+        ]
+    )
     ctx_a = context_for(pipeline, "a", tmp_path)
     results = {"a": run_task(ctx_a, pipeline.task("a"), {})}
     ctx = context_for(pipeline, "t", tmp_path)
@@ -130,6 +175,7 @@ def test_cancel_hook_interrupts_duckdb(tmp_path):
         hook()
     thread.join(20)
     assert not thread.is_alive()
-    assert len(errors) == 1 and isinstance(errors[0], TaskTimeout)
+    assert len(errors) == 1
+    assert isinstance(errors[0], TaskTimeout)
     assert "task 't'" in str(errors[0])
     assert not (tmp_path / "data" / "runs" / "t" / "r1" / "t").exists()

@@ -3,9 +3,11 @@ overwrite/append/partition_by, and atomic loads that keep the previous target wh
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -17,7 +19,9 @@ def extract(run, source: dict) -> pa.Table:
     results = run([{"id": "e", "type": "extract", "source": source}])
     out = results["e"].output
     table = pq.read_table(out.uri)
-    assert out.rows == table.num_rows and out.files == 1 and out.bytes > 0
+    assert out.rows == table.num_rows
+    assert out.files == 1
+    assert out.bytes > 0
     assert out.schema_fingerprint.startswith("sha256:")
     return table
 
@@ -33,7 +37,9 @@ def test_csv_glob_reads_every_file(tmp_path, run):
 
 def test_csv_options_delimiter_nulls_and_types(tmp_path, run):
     (tmp_path / "a.csv").write_text("id;price;note\n1;10.50;NA\n2;3.25;hello\n")
-    t = extract(run, {"connector": "csv", "path": "a.csv", "delimiter": ";", "columns": {"price": "decimal(15,2)"}})
+    t = extract(
+        run, {"connector": "csv", "path": "a.csv", "delimiter": ";", "columns": {"price": "decimal(15,2)"}}
+    )
     assert t.schema.field("price").type == pa.decimal128(15, 2)
     assert t.to_pydict()["note"] == [None, "hello"]
 
@@ -59,7 +65,10 @@ def test_json_array_and_ndjson(tmp_path, run):
     (tmp_path / "a.json").write_text(json.dumps([{"k": 1, "v": "a"}, {"k": 2, "v": "b"}]))
     (tmp_path / "b.ndjson").write_text('{"k": 3, "v": "c"}\n{"k": 4, "v": null}\n')
     assert extract(run, {"connector": "json", "path": "a.json"}).to_pydict() == {"k": [1, 2], "v": ["a", "b"]}
-    assert extract(run, {"connector": "ndjson", "path": "b.ndjson"}).to_pydict() == {"k": [3, 4], "v": ["c", None]}
+    assert extract(run, {"connector": "ndjson", "path": "b.ndjson"}).to_pydict() == {
+        "k": [3, 4],
+        "v": ["c", None],
+    }
 
 
 def test_source_path_is_rendered(tmp_path, run):
@@ -80,13 +89,16 @@ def data(tmp_path: Path) -> Path:
 
 
 def load(run, target: dict, run_id: str = "r1") -> dict:
-    return run([{"id": "e", "type": "extract", "source": {"connector": "parquet", "path": "data.parquet"}},
-                {"id": "l", "type": "load", "depends_on": "e", "target": target}], run_id=run_id)
+    return run(
+        [
+            {"id": "e", "type": "extract", "source": {"connector": "parquet", "path": "data.parquet"}},
+            {"id": "l", "type": "load", "depends_on": "e", "target": target},
+        ],
+        run_id=run_id,
+    )
 
 
 def read_any(path: Path, fmt: str) -> list[tuple]:
-    import duckdb
-
     fn = {"parquet": "read_parquet", "csv": "read_csv", "json": "read_json", "ndjson": "read_json"}[fmt]
     target = str(path) if path.is_file() else str(path / "**" / "*")
     return sorted(duckdb.sql(f"SELECT k, v FROM {fn}('{target}')").fetchall())
@@ -95,8 +107,17 @@ def read_any(path: Path, fmt: str) -> list[tuple]:
 EXPECTED = sorted(zip(DATA["k"].to_pylist(), DATA["v"].to_pylist(), strict=True))
 
 
-@pytest.mark.parametrize(("fmt", "name"), [("parquet", "out.parquet"), ("csv", "out.csv"), ("json", "out.json"),
-                                           ("ndjson", "out.ndjson"), ("parquet", "outdir"), ("csv", "outdir")])
+@pytest.mark.parametrize(
+    ("fmt", "name"),
+    [
+        ("parquet", "out.parquet"),
+        ("csv", "out.csv"),
+        ("json", "out.json"),
+        ("ndjson", "out.ndjson"),
+        ("parquet", "outdir"),
+        ("csv", "outdir"),
+    ],
+)
 def test_load_formats_round_trip(data, run, fmt, name):
     result = load(run, {"connector": fmt, "path": name})
     target = data / name
@@ -144,8 +165,11 @@ def test_failed_load_leaves_previous_target_intact(data, run, tmp_path):
         load(run, target)
         path = data / target["path"]
         before = read_any(path, target["connector"])
-        pq.write_table(pa.table({"k": [f"x{i}" for i in range(10000)], "v": list(range(10000))}),
-                       tmp_path / "data.parquet", compression="zstd")
+        pq.write_table(
+            pa.table({"k": [f"x{i}" for i in range(10000)], "v": list(range(10000))}),
+            tmp_path / "data.parquet",
+            compression="zstd",
+        )
         _corrupt_pages(tmp_path / "data.parquet")
         with pytest.raises(FatalError, match=r"task '(e|l)'") as info:
             load(run, target, run_id="r2")
@@ -156,15 +180,23 @@ def test_failed_load_leaves_previous_target_intact(data, run, tmp_path):
 
 
 def test_partition_by_unknown_column(data, run):
-    with pytest.raises(FatalError, match=r"task 'l': target.partition_by: column 'kk' not found; did you mean 'k'"):
+    with pytest.raises(
+        FatalError, match=r"task 'l': target.partition_by: column 'kk' not found; did you mean 'k'"
+    ):
         load(run, {"connector": "parquet", "path": "lake", "partition_by": ["kk"]})
     assert not (data / "lake").exists()
 
 
 def test_other_connector_without_framework_is_a_clear_error(data, run):
-    import importlib.util
-
     if importlib.util.find_spec("udop.connectors") is not None:
         pytest.skip("the connector framework is installed; its own tests cover dispatch")
     with pytest.raises(FatalError, match=r"task 'x': connector 'postgres' is not installed"):
-        run([{"id": "x", "type": "extract", "source": {"connector": "postgres", "connection": "wh", "table": "t"}}])
+        run(
+            [
+                {
+                    "id": "x",
+                    "type": "extract",
+                    "source": {"connector": "postgres", "connection": "wh", "table": "t"},
+                }
+            ]
+        )

@@ -11,12 +11,14 @@ import pytest
 
 from udop.errors import FatalError
 
-FLIGHTS = pa.table({
-    "id": [1, 2, 3, 4, 5, 6],
-    "carrier": ["AA", "UA", "AA", "DL", "UA", "AA"],
-    "delay": [5, None, 20, -3, 7, 20],
-    "month": [1, 1, 2, 2, 2, 1],
-})
+FLIGHTS = pa.table(
+    {
+        "id": [1, 2, 3, 4, 5, 6],
+        "carrier": ["AA", "UA", "AA", "DL", "UA", "AA"],
+        "delay": [5, None, 20, -3, 7, 20],
+        "month": [1, 1, 2, 2, 2, 1],
+    }
+)
 CARRIERS = pa.table({"carrier": ["AA", "UA", "B6"], "name": ["American", "United", "JetBlue"]})
 
 
@@ -28,13 +30,21 @@ def sources(tmp_path: Path) -> Path:
 
 
 def _extracts() -> list[dict]:
-    return [{"id": "flights", "type": "extract", "source": {"connector": "parquet", "path": "flights.parquet"}},
-            {"id": "carriers", "type": "extract", "source": {"connector": "parquet", "path": "carriers.parquet"}}]
+    return [
+        {"id": "flights", "type": "extract", "source": {"connector": "parquet", "path": "flights.parquet"}},
+        {"id": "carriers", "type": "extract", "source": {"connector": "parquet", "path": "carriers.parquet"}},
+    ]
 
 
 def transform(run, steps: list[dict], params=None, declared=None) -> pa.Table:
-    results = run([*_extracts(), {"id": "t", "type": "transform", "depends_on": ["flights", "carriers"],
-                                  "steps": steps}], params=params, declared=declared)
+    results = run(
+        [
+            *_extracts(),
+            {"id": "t", "type": "transform", "depends_on": ["flights", "carriers"], "steps": steps},
+        ],
+        params=params,
+        declared=declared,
+    )
     out = results["t"].output
     assert out is not None
     table = pq.read_table(Path(out.uri) / "part-0.parquet")
@@ -51,7 +61,9 @@ def rows(table: pa.Table, *cols: str) -> list[tuple]:
 def test_select_keeps_only_named_columns_in_order(sources, run):
     t = transform(run, [{"select": ["month", "id"]}])
     assert t.column_names == ["month", "id"]
-    assert sorted(rows(t)) == sorted(zip(FLIGHTS["month"].to_pylist(), FLIGHTS["id"].to_pylist(), strict=True))
+    assert sorted(rows(t)) == sorted(
+        zip(FLIGHTS["month"].to_pylist(), FLIGHTS["id"].to_pylist(), strict=True)
+    )
 
 
 def test_select_exclude_drops_columns(sources, run):
@@ -60,58 +72,109 @@ def test_select_exclude_drops_columns(sources, run):
 
 
 def test_rename_and_cast(sources, run):
-    t = transform(run, [{"rename": {"delay": "dep_delay"}}, {"cast": {"dep_delay": "double", "id": "varchar"}}])
+    t = transform(
+        run, [{"rename": {"delay": "dep_delay"}}, {"cast": {"dep_delay": "double", "id": "varchar"}}]
+    )
     assert t.schema.field("dep_delay").type == pa.float64()
     assert t.schema.field("id").type in (pa.string(), pa.large_string(), pa.string_view())
     assert "delay" not in t.column_names
 
 
 def test_filter_with_bound_parameter(sources, run):
-    t = transform(run, [{"filter": "delay > ${params.min_delay}"}, {"sort": ["id"]}],
-                  params={"min_delay": 5}, declared={"min_delay": {"type": "int", "default": 0}})
+    t = transform(
+        run,
+        [{"filter": "delay > ${params.min_delay}"}, {"sort": ["id"]}],
+        params={"min_delay": 5},
+        declared={"min_delay": {"type": "int", "default": 0}},
+    )
     assert rows(t, "id") == [(3,), (5,), (6,)]
 
 
 def test_parameter_values_are_bound_not_spliced(sources, run):
     # a value that would change the query if it were pasted into the SQL text
     evil = "AA' OR '1'='1"
-    t = transform(run, [{"filter": "carrier = ${params.c}"}], params={"c": evil},
-                  declared={"c": {"type": "str", "default": "x"}})
+    t = transform(
+        run,
+        [{"filter": "carrier = ${params.c}"}],
+        params={"c": evil},
+        declared={"c": {"type": "str", "default": "x"}},
+    )
     assert t.num_rows == 0
 
 
 def test_parameter_inside_quotes_is_rejected(sources, run):
     with pytest.raises(FatalError, match=r"steps\[0\] \(filter\).*inside a quoted string"):
-        transform(run, [{"filter": "carrier = '${params.c}'"}], params={"c": "AA"},
-                  declared={"c": {"type": "str", "default": "x"}})
+        transform(
+            run,
+            [{"filter": "carrier = '${params.c}'"}],
+            params={"c": "AA"},
+            declared={"c": {"type": "str", "default": "x"}},
+        )
 
 
 def test_derive_adds_and_replaces_and_chains(sources, run):
-    t = transform(run, [{"filter": "delay is not null"},
-                        {"derive": {"delay": "delay * 10", "late": "delay > 60", "minutes": "delay + 1"}},
-                        {"sort": ["id"]}])
+    t = transform(
+        run,
+        [
+            {"filter": "delay is not null"},
+            {"derive": {"delay": "delay * 10", "late": "delay > 60", "minutes": "delay + 1"}},
+            {"sort": ["id"]},
+        ],
+    )
     assert t.column_names == ["id", "carrier", "delay", "month", "late", "minutes"]
     # later entries see the replaced value of earlier ones (delay * 10)
-    expected = [(i, d * 10, d * 10 > 60, d * 10 + 1) for i, d in zip(FLIGHTS["id"].to_pylist(),
-                                                                   FLIGHTS["delay"].to_pylist(), strict=True)
-                if d is not None]
+    expected = [
+        (i, d * 10, d * 10 > 60, d * 10 + 1)
+        for i, d in zip(FLIGHTS["id"].to_pylist(), FLIGHTS["delay"].to_pylist(), strict=True)
+        if d is not None
+    ]
     assert rows(t, "id", "delay", "late", "minutes") == expected
 
 
 def test_aggregate_named_functions_and_expressions(sources, run):
-    t = transform(run, [{"aggregate": {"by": ["carrier"], "metrics": {
-        "n": {"count": "*"}, "total": {"sum": "delay"}, "mean": {"avg": "delay"}, "lo": {"min": "delay"},
-        "hi": {"max": "delay"}, "months": {"count_distinct": "month"}, "late": "count(*) filter (where delay > 6)",
-    }}}, {"sort": ["carrier"]}])
+    t = transform(
+        run,
+        [
+            {
+                "aggregate": {
+                    "by": ["carrier"],
+                    "metrics": {
+                        "n": {"count": "*"},
+                        "total": {"sum": "delay"},
+                        "mean": {"avg": "delay"},
+                        "lo": {"min": "delay"},
+                        "hi": {"max": "delay"},
+                        "months": {"count_distinct": "month"},
+                        "late": "count(*) filter (where delay > 6)",
+                    },
+                }
+            },
+            {"sort": ["carrier"]},
+        ],
+    )
     expected = {}
-    for c, d, m in zip(FLIGHTS["carrier"].to_pylist(), FLIGHTS["delay"].to_pylist(), FLIGHTS["month"].to_pylist(),
-                       strict=True):
+    for c, d, m in zip(
+        FLIGHTS["carrier"].to_pylist(),
+        FLIGHTS["delay"].to_pylist(),
+        FLIGHTS["month"].to_pylist(),
+        strict=True,
+    ):
         expected.setdefault(c, []).append((d, m))
     want = []
     for c in sorted(expected):
         ds = [d for d, _ in expected[c] if d is not None]
-        want.append((c, len(expected[c]), sum(ds), sum(ds) / len(ds), min(ds), max(ds),
-                     len({m for _, m in expected[c]}), sum(d > 6 for d in ds)))
+        want.append(
+            (
+                c,
+                len(expected[c]),
+                sum(ds),
+                sum(ds) / len(ds),
+                min(ds),
+                max(ds),
+                len({m for _, m in expected[c]}),
+                sum(d > 6 for d in ds),
+            )
+        )
     assert rows(t, "carrier", "n", "total", "mean", "lo", "hi", "months", "late") == want
 
 
@@ -120,12 +183,15 @@ def test_aggregate_without_by_gives_one_row(sources, run):
     assert rows(t) == [(6,)]
 
 
-@pytest.mark.parametrize(("how", "expected_ids"), [
-    ("inner", [1, 2, 3, 5, 6]),
-    ("left", [1, 2, 3, 4, 5, 6]),
-    ("semi", [1, 2, 3, 5, 6]),
-    ("anti", [4]),
-])
+@pytest.mark.parametrize(
+    ("how", "expected_ids"),
+    [
+        ("inner", [1, 2, 3, 5, 6]),
+        ("left", [1, 2, 3, 4, 5, 6]),
+        ("semi", [1, 2, 3, 5, 6]),
+        ("anti", [4]),
+    ],
+)
 def test_join_kinds(sources, run, how, expected_ids):
     t = transform(run, [{"join": {"with": "carriers", "on": ["carrier"], "how": how}}, {"sort": ["id"]}])
     assert [r[0] for r in rows(t, "id")] == expected_ids
@@ -133,32 +199,42 @@ def test_join_kinds(sources, run, how, expected_ids):
         assert t.column_names == FLIGHTS.column_names
     else:
         names = dict(zip(CARRIERS["carrier"].to_pylist(), CARRIERS["name"].to_pylist(), strict=True))
-        assert rows(t, "carrier", "name") == [(c, names.get(c)) for i, c in
-                                              sorted(zip(FLIGHTS["id"].to_pylist(), FLIGHTS["carrier"].to_pylist(),
-                                                         strict=True)) if i in expected_ids]
+        assert rows(t, "carrier", "name") == [
+            (c, names.get(c))
+            for i, c in sorted(zip(FLIGHTS["id"].to_pylist(), FLIGHTS["carrier"].to_pylist(), strict=True))
+            if i in expected_ids
+        ]
 
 
 @pytest.mark.parametrize("how", ["right", "full"])
 def test_right_and_full_join_merge_the_key(sources, run, how):
     t = transform(run, [{"join": {"with": "carriers", "on": ["carrier"], "how": how}}])
     got = sorted((c, i) for c, i in rows(t, "carrier", "id"))
-    expected = [(c, i) for i, c in zip(FLIGHTS["id"].to_pylist(), FLIGHTS["carrier"].to_pylist(), strict=True)
-                if how == "full" or c in ("AA", "UA")]
+    expected = [
+        (c, i)
+        for i, c in zip(FLIGHTS["id"].to_pylist(), FLIGHTS["carrier"].to_pylist(), strict=True)
+        if how == "full" or c in ("AA", "UA")
+    ]
     expected.append(("B6", None))  # JetBlue has no flights: key from the right side, no id
     assert got == sorted(expected, key=lambda x: (x[0], x[1] is None, x[1]))
 
 
 def test_join_clashing_columns_get_a_suffix(sources, run):
-    t = transform(run, [{"derive": {"name": "'flight'"}},
-                        {"join": {"with": "carriers", "on": "carrier"}}])
-    assert "name" in t.column_names and "name_carriers" in t.column_names
+    t = transform(run, [{"derive": {"name": "'flight'"}}, {"join": {"with": "carriers", "on": "carrier"}}])
+    assert "name" in t.column_names
+    assert "name_carriers" in t.column_names
     assert set(t["name"].to_pylist()) == {"flight"}
 
 
 def test_join_on_differently_named_keys(sources, run):
-    t = transform(run, [{"rename": {"carrier": "code"}},
-                        {"join": {"with": "carriers", "on": {"code": "carrier"}, "how": "inner"}},
-                        {"sort": ["id"]}])
+    t = transform(
+        run,
+        [
+            {"rename": {"carrier": "code"}},
+            {"join": {"with": "carriers", "on": {"code": "carrier"}, "how": "inner"}},
+            {"sort": ["id"]},
+        ],
+    )
     assert "carrier" not in t.column_names
     assert rows(t, "id", "name")[0] == (1, "American")
 
@@ -171,8 +247,15 @@ def test_union_by_name_fills_missing_columns(sources, run):
 
 
 def test_union_distinct(sources, run):
-    t = transform(run, [{"select": ["carrier"]}, {"union": {"with": ["carriers"], "distinct": True}},
-                        {"select": ["carrier"]}, {"distinct": True}])
+    t = transform(
+        run,
+        [
+            {"select": ["carrier"]},
+            {"union": {"with": ["carriers"], "distinct": True}},
+            {"select": ["carrier"]},
+            {"distinct": True},
+        ],
+    )
     assert sorted(t["carrier"].to_pylist()) == ["AA", "B6", "DL", "UA"]
 
 
@@ -183,8 +266,13 @@ def test_distinct_rows(sources, run):
 
 
 def test_dedupe_by_key_keeps_the_first_in_tie_break_order(sources, run):
-    t = transform(run, [{"distinct": {"on": ["carrier"], "order_by": ["delay desc nulls last", "id"]}},
-                        {"sort": ["carrier"]}])
+    t = transform(
+        run,
+        [
+            {"distinct": {"on": ["carrier"], "order_by": ["delay desc nulls last", "id"]}},
+            {"sort": ["carrier"]},
+        ],
+    )
     # AA: delays 5, 20 (id 3), 20 (id 6) -> 20 wins, tie broken by the lower id; UA: 7 beats NULL
     assert rows(t, "carrier", "id") == [("AA", 3), ("DL", 4), ("UA", 5)]
 
@@ -195,10 +283,18 @@ def test_sort_and_limit(sources, run):
 
 
 def test_sql_step_sees_this_and_inputs_by_task_id(sources, run):
-    t = transform(run, [{"filter": "month = 1"},
-                        {"sql": "SELECT c.name, count(*) AS n FROM this JOIN carriers c USING (carrier) "
-                                "WHERE this.delay >= ${params.d} GROUP BY c.name ORDER BY c.name"}],
-                  params={"d": 0}, declared={"d": {"type": "int", "default": 0}})
+    t = transform(
+        run,
+        [
+            {"filter": "month = 1"},
+            {
+                "sql": "SELECT c.name, count(*) AS n FROM this JOIN carriers c USING (carrier) "
+                "WHERE this.delay >= ${params.d} GROUP BY c.name ORDER BY c.name"
+            },
+        ],
+        params={"d": 0},
+        declared={"d": {"type": "int", "default": 0}},
+    )
     assert rows(t) == [("American", 2)]
 
 
@@ -210,42 +306,74 @@ def test_sql_step_must_be_one_select(sources, run):
 
 
 def test_check_step_records_warnings_and_continues(sources, run):
-    results = run([*_extracts(), {"id": "t", "type": "transform", "depends_on": ["flights", "carriers"],
-                                  "steps": [{"check": [{"not_null": "delay", "severity": "warn"}]},
-                                            {"filter": "delay is not null"},
-                                            {"check": [{"not_null": "delay"}]}]}])
+    results = run(
+        [
+            *_extracts(),
+            {
+                "id": "t",
+                "type": "transform",
+                "depends_on": ["flights", "carriers"],
+                "steps": [
+                    {"check": [{"not_null": "delay", "severity": "warn"}]},
+                    {"filter": "delay is not null"},
+                    {"check": [{"not_null": "delay"}]},
+                ],
+            },
+        ]
+    )
     checks = results["t"].checks
-    assert [(c.rule, c.passed, c.failing_rows) for c in checks] == [("not_null(delay)", False, 1),
-                                                                   ("not_null(delay)", True, 0)]
+    assert [(c.rule, c.passed, c.failing_rows) for c in checks] == [
+        ("not_null(delay)", False, 1),
+        ("not_null(delay)", True, 0),
+    ]
     assert results["t"].output.rows == 5
 
 
 def test_decimal_products_stay_exact_decimals(tmp_path, run):
     big = Decimal("9999999999999.99")  # the largest decimal(15,2)
-    table = pa.table({"a": pa.array([big, Decimal("1.10")], pa.decimal128(15, 2)),
-                      "b": pa.array([big, Decimal("0.07")], pa.decimal128(15, 2)),
-                      "d": pa.array([Decimal("0.05"), Decimal("0.10")], pa.decimal128(15, 2))})
+    table = pa.table(
+        {
+            "a": pa.array([big, Decimal("1.10")], pa.decimal128(15, 2)),
+            "b": pa.array([big, Decimal("0.07")], pa.decimal128(15, 2)),
+            "d": pa.array([Decimal("0.05"), Decimal("0.10")], pa.decimal128(15, 2)),
+        }
+    )
     pq.write_table(table, tmp_path / "d.parquet")
-    results = run([{"id": "d", "type": "extract", "source": {"connector": "parquet", "path": "d.parquet"}},
-                   {"id": "t", "type": "transform", "depends_on": "d",
-                    "steps": [{"aggregate": {"metrics": {"s": "sum(a * b)", "c": "sum(a * (1 - d) * (1 + d))"}}}]}])
+    results = run(
+        [
+            {"id": "d", "type": "extract", "source": {"connector": "parquet", "path": "d.parquet"}},
+            {
+                "id": "t",
+                "type": "transform",
+                "depends_on": "d",
+                "steps": [{"aggregate": {"metrics": {"s": "sum(a * b)", "c": "sum(a * (1 - d) * (1 + d))"}}}],
+            },
+        ]
+    )
     out = pq.read_table(Path(results["t"].output.uri))
     assert pa.types.is_decimal(out.schema.field("s").type)
     assert pa.types.is_decimal(out.schema.field("c").type)
     with localcontext(prec=80):  # Python's default 28 digits would round the exact answer
         assert out["s"].to_pylist() == [big * big + Decimal("1.10") * Decimal("0.07")]
         # the TPC-H charge shape: price * (1 - discount) * (1 + tax)
-        assert out["c"].to_pylist() == [big * Decimal("0.95") * Decimal("1.05")
-                                        + Decimal("1.10") * Decimal("0.90") * Decimal("1.10")]
+        assert out["c"].to_pylist() == [
+            big * Decimal("0.95") * Decimal("1.05") + Decimal("1.10") * Decimal("0.90") * Decimal("1.10")
+        ]
 
 
 def test_decimal_columns_keep_exact_values_row_by_row(tmp_path, run):
     a = [Decimal("12345678901.23"), Decimal("0.01")]
     b = [Decimal("98765432109.87"), Decimal("0.03")]
-    pq.write_table(pa.table({"a": pa.array(a, pa.decimal128(15, 2)), "b": pa.array(b, pa.decimal128(15, 2))}),
-                   tmp_path / "d.parquet")
-    results = run([{"id": "d", "type": "extract", "source": {"connector": "parquet", "path": "d.parquet"}},
-                   {"id": "t", "type": "transform", "depends_on": "d", "steps": [{"derive": {"p": "a * b"}}]}])
+    pq.write_table(
+        pa.table({"a": pa.array(a, pa.decimal128(15, 2)), "b": pa.array(b, pa.decimal128(15, 2))}),
+        tmp_path / "d.parquet",
+    )
+    results = run(
+        [
+            {"id": "d", "type": "extract", "source": {"connector": "parquet", "path": "d.parquet"}},
+            {"id": "t", "type": "transform", "depends_on": "d", "steps": [{"derive": {"p": "a * b"}}]},
+        ]
+    )
     out = pq.read_table(Path(results["t"].output.uri))
     assert pa.types.is_decimal(out.schema.field("p").type)
     assert sorted(out["p"].to_pylist()) == sorted(x * y for x, y in zip(a, b, strict=True))
@@ -256,13 +384,31 @@ def test_string_view_and_large_string_inputs(tmp_path, run, arrow_type):
     table = pa.table({"k": pa.array(["a", "b", "a", None], arrow_type), "v": [1, 2, 3, 4]})
     pq.write_table(table, tmp_path / "s.parquet")
     assert pq.read_schema(tmp_path / "s.parquet").field("k").type == arrow_type
-    results = run([{"id": "s", "type": "extract", "source": {"connector": "parquet", "path": "s.parquet"}},
-                   {"id": "t", "type": "transform", "depends_on": "s",
-                    "steps": [{"filter": "k is not null"}, {"derive": {"u": "upper(k)"}},
-                              {"aggregate": {"by": "u", "metrics": {"v": "sum(v)"}}}, {"sort": "u"}]},
-                   {"id": "v", "type": "validate", "depends_on": "t",
-                    "rules": [{"accepted_values": {"column": "u", "values": ["A", "B"]}}, {"regex": {
-                        "column": "u", "pattern": "[A-Z]"}}]}])
+    results = run(
+        [
+            {"id": "s", "type": "extract", "source": {"connector": "parquet", "path": "s.parquet"}},
+            {
+                "id": "t",
+                "type": "transform",
+                "depends_on": "s",
+                "steps": [
+                    {"filter": "k is not null"},
+                    {"derive": {"u": "upper(k)"}},
+                    {"aggregate": {"by": "u", "metrics": {"v": "sum(v)"}}},
+                    {"sort": "u"},
+                ],
+            },
+            {
+                "id": "v",
+                "type": "validate",
+                "depends_on": "t",
+                "rules": [
+                    {"accepted_values": {"column": "u", "values": ["A", "B"]}},
+                    {"regex": {"column": "u", "pattern": "[A-Z]"}},
+                ],
+            },
+        ]
+    )
     out = pq.read_table(Path(results["t"].output.uri))
     assert out.to_pydict() == {"u": ["A", "B"], "v": [4, 2]}
     assert all(c.passed for c in results["v"].checks)
@@ -271,7 +417,8 @@ def test_string_view_and_large_string_inputs(tmp_path, run, arrow_type):
 def test_output_is_replaced_whole_on_a_retry(sources, run, tmp_path):
     first = transform(run, [{"filter": "month = 1"}])
     again = transform(run, [{"filter": "month = 2"}])  # same run id and task: the same output location
-    assert first.num_rows == 3 and again.num_rows == 3
+    assert first.num_rows == 3
+    assert again.num_rows == 3
     out_dir = tmp_path / "data" / "runs" / "t" / "r1" / "t"
     assert sorted(p.name for p in out_dir.iterdir()) == ["part-0.parquet"]
     assert set(pq.read_table(out_dir)["month"].to_pylist()) == {2}

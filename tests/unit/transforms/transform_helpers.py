@@ -1,4 +1,4 @@
-"""Test helpers of the transform tests: build a pipeline from a few task dicts and run its tasks in order through ``run_task``."""
+"""Helpers of the transform tests: a pipeline from a few task dicts, and a context to run one task in."""
 
 from __future__ import annotations
 
@@ -11,14 +11,26 @@ from udop.tasks import TaskContext
 
 
 def make_pipeline(tasks: list[dict[str, Any]], params: dict[str, Any] | None = None) -> Pipeline:
-    return Pipeline.model_validate({"apiVersion": "udop/v1", "kind": "Pipeline", "metadata": {"name": "t"},
-                                    "spec": {"params": params or {}, "tasks": tasks}})
+    return Pipeline.model_validate(
+        {
+            "apiVersion": "udop/v1",
+            "kind": "Pipeline",
+            "metadata": {"name": "t"},
+            "spec": {"params": params or {}, "tasks": tasks},
+        }
+    )
 
 
-def context_for(pipeline: Pipeline, task_id: str, root: Path, params: dict[str, Any] | None = None,
-                run_id: str = "r1") -> TaskContext:
-    return TaskContext(pipeline=pipeline, task_id=task_id, run_id=run_id, attempt=1,
-                       logical_date=datetime(2024, 1, 2, tzinfo=UTC), params=params or {},
-                       data_root=str(root / "data"), services={"base_dir": str(root)})
-
-
+def context_for(
+    pipeline: Pipeline, task_id: str, root: Path, params: dict[str, Any] | None = None, run_id: str = "r1"
+) -> TaskContext:
+    return TaskContext(
+        pipeline=pipeline,
+        task_id=task_id,
+        run_id=run_id,
+        attempt=1,
+        logical_date=datetime(2024, 1, 2, tzinfo=UTC),
+        params=params or {},
+        data_root=str(root / "data"),
+        services={"base_dir": str(root)},
+    )
