@@ -177,8 +177,12 @@ def evaluate_rules(session: Session, relation: str, columns: list[Column], rules
         count_spec = rule.row_count
         low = count_spec.min is not None and total < count_spec.min
         high = count_spec.max is not None and total > count_spec.max
-        bounds = " and ".join(x for x in (f"at least {count_spec.min}" if count_spec.min is not None else "",
-                                          f"at most {count_spec.max}" if count_spec.max is not None else "") if x)
+        wanted = []
+        if count_spec.min is not None:
+            wanted.append(f"at least {count_spec.min}")
+        if count_spec.max is not None:
+            wanted.append(f"at most {count_spec.max}")
+        bounds = " and ".join(wanted)
         results[(index, name)] = CheckResult(
             rule=name, severity=sev, passed=not (low or high), failing_rows=0,
             message=f"{total} rows; expected {bounds}")
