@@ -18,8 +18,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import boto3
 import pytest
 from asl_tools import make_pipeline
+from moto import mock_aws
+from moto.awslambda.models import LambdaFunction
 
 from udop.compiler import CompiledPipeline, CompileOptions, compile_pipeline
 
@@ -55,10 +58,6 @@ class ScriptedRunner:
 
 @pytest.fixture
 def sfn(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Any]]:
-    import boto3
-    from moto import mock_aws
-    from moto.awslambda.models import LambdaFunction
-
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(key, "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
@@ -81,9 +80,9 @@ def _deploy(session: Any, compiled: CompiledPipeline) -> str:
     """Create the runner function and every machine (children first); return the root's ARN."""
     iam, lam, sfn = session.client("iam"), session.client("lambda"), session.client("stepfunctions")
     prefix = uuid.uuid4().hex[:8]
-    role = iam.create_role(RoleName=f"r{prefix}", AssumeRolePolicyDocument=json.dumps({
-        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
-                                                "Principal": {"Service": "lambda.amazonaws.com"}}]}))["Role"]["Arn"]
+    trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                                                     "Principal": {"Service": "lambda.amazonaws.com"}}]}
+    role = iam.create_role(RoleName=f"r{prefix}", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("app.py", "def handler(event, context):\n    return event\n")
@@ -135,7 +134,8 @@ def test_a_failed_branch_lets_unrelated_branches_finish_and_fails_the_run(sfn: A
 def test_a_top_level_failure_carries_the_runners_cause(sfn: Any) -> None:
     session, holder = sfn
     holder["runner"] = runner = ScriptedRunner(fail={"second": "udop.FatalError"})
-    arn = _deploy(session, compile_pipeline(make_pipeline({"first": [], "second": ["first"], "third": ["second"]})))
+    p = make_pipeline({"first": [], "second": ["first"], "third": ["second"]})
+    arn = _deploy(session, compile_pipeline(p))
     desc = _run(session, arn)
     assert desc["status"] == "FAILED"
     assert desc["error"] == "udop.FatalError"
