@@ -10,12 +10,13 @@ import boto3
 
 from udop.aws.events import record_status_event
 from udop.aws.observability import logger, metrics, tracer
+from udop.aws.secrets import url_with_secret
 from udop.aws.settings import EventsSettings, load_settings
 from udop.store import open_store
 
 SETTINGS = load_settings(EventsSettings)
 SFN = boto3.client("stepfunctions")
-STORE = open_store(SETTINGS.database_url)
+STORE = open_store(url_with_secret(SETTINGS.database_url, SETTINGS.database_secret_arn))
 
 
 @logger.inject_lambda_context(correlation_id_path="detail.executionArn", clear_state=True)

@@ -13,12 +13,13 @@ import boto3
 from udop.aws.errors import for_state_machine
 from udop.aws.observability import logger, metrics, tracer
 from udop.aws.runner import run_payload
+from udop.aws.secrets import url_with_secret
 from udop.aws.settings import RunnerSettings, load_settings
 from udop.state import open_state_store
 
 SETTINGS = load_settings(RunnerSettings)
 S3 = boto3.client("s3")
-STATE = open_state_store(SETTINGS.state_url)
+STATE = open_state_store(url_with_secret(SETTINGS.state_url, SETTINGS.state_secret_arn))
 
 
 @logger.inject_lambda_context(correlation_id_path="execution", clear_state=True)

@@ -77,7 +77,7 @@ def content_hash(definition: dict[str, Any]) -> str:
 
 
 def deploy_definition(text: str | bytes, *, source: str, bucket: str, s3: Any, sfn: Any, store: Any,
-                      task_runner_arn: str, role_arn: str,
+                      task_runner_arn: str, role_arn: str, log_group_arn: str | None = None,
                       compile_fn: Callable[..., Any] | None = None) -> DeployResult:
     """Validate, compile and deploy one definition; always writes the status report.
 
@@ -110,7 +110,7 @@ def deploy_definition(text: str | bytes, *, source: str, bucket: str, s3: Any, s
         put_version(s3, bucket, name, version, definition)
         compiled = _compile(pipeline, version, compile_fn)
         result.state_machine_arn, result.state_machine_version_arn = _deploy_machines(
-            sfn, compiled, task_runner_arn=task_runner_arn, role_arn=role_arn)
+            sfn, compiled, task_runner_arn=task_runner_arn, role_arn=role_arn, log_group_arn=log_group_arn)
         store.register_pipeline(name, definition, state_machine_arn=result.state_machine_arn)
         result.ok = True
     except InputError as exc:  # SpecErrors, a compile limit, a bad setting: the user's to fix
@@ -134,8 +134,8 @@ def _compile(pipeline: Any, version: int, compile_fn: Callable[..., Any] | None)
     return compile_pipeline(pipeline, options=CompileOptions(version=version))
 
 
-def _deploy_machines(sfn: Any, compiled: Any, *, task_runner_arn: str,
-                     role_arn: str) -> tuple[str, str | None]:
+def _deploy_machines(sfn: Any, compiled: Any, *, task_runner_arn: str, role_arn: str,
+                     log_group_arn: str | None = None) -> tuple[str, str | None]:
     """Create or update the child machines (deepest first), then the main one, each with its
     ``${...}`` substitutions filled in; returns the main machine's (ARN, published version ARN)."""
     from udop.compiler._asl import substitution_key
@@ -143,10 +143,10 @@ def _deploy_machines(sfn: Any, compiled: Any, *, task_runner_arn: str,
     subs = {"TaskRunnerArn": task_runner_arn}
     for child in compiled.all_children():
         child_arn, _ = _create_or_update(sfn, state_machine_name(child.machine_name),
-                                         _substitute(child.to_json(), subs), role_arn)
+                                         _substitute(child.to_json(), subs), role_arn, log_group_arn)
         subs[substitution_key(child.name)] = child_arn
     return _create_or_update(sfn, state_machine_name(compiled.machine_name),
-                             _substitute(compiled.to_json(), subs), role_arn)
+                             _substitute(compiled.to_json(), subs), role_arn, log_group_arn)
 
 
 def _children(compiled: Any) -> list[tuple[str, Any]]:
@@ -169,22 +169,28 @@ def _find_state_machine(sfn: Any, name: str) -> str | None:
     return None
 
 
-def _create_or_update(sfn: Any, name: str, asl: str, role_arn: str) -> tuple[str, str | None]:
+def _create_or_update(sfn: Any, name: str, asl: str, role_arn: str,
+                      log_group_arn: str | None = None) -> tuple[str, str | None]:
     """Create or update ``name``; returns (state machine ARN, published version ARN)."""
     arn = _find_state_machine(sfn, name)
+    extra: dict[str, Any] = {}
+    if log_group_arn:
+        extra["loggingConfiguration"] = {"level": "ERROR", "includeExecutionData": False, "destinations": [
+            {"cloudWatchLogsLogGroup": {"logGroupArn": log_group_arn}}]}
     try:
         if arn is None:
             resp = sfn.create_state_machine(name=name, definition=asl, roleArn=role_arn, type="STANDARD",
-                                            publish=True)
+                                            publish=True, **extra)
             return str(resp["stateMachineArn"]), resp.get("stateMachineVersionArn")
-        resp = sfn.update_state_machine(stateMachineArn=arn, definition=asl, roleArn=role_arn, publish=True)
+        resp = sfn.update_state_machine(stateMachineArn=arn, definition=asl, roleArn=role_arn, publish=True,
+                                        **extra)
         return arn, resp.get("stateMachineVersionArn")
     except sfn.exceptions.InvalidDefinition as exc:
         raise InputError(f"Step Functions rejected the compiled definition of {name}: {exc}") from None
 
 
 def deploy_s3_object(bucket: str, raw_key: str, *, s3: Any, sfn: Any, store: Any, task_runner_arn: str,
-                     role_arn: str) -> DeployResult | None:
+                     role_arn: str, log_group_arn: str | None = None) -> DeployResult | None:
     """Deploy the object an S3 event names (keys arrive URL-encoded); None for keys we ignore."""
     key = urllib.parse.unquote_plus(raw_key)
     if pipeline_name_of_key(key) is None:
@@ -197,4 +203,4 @@ def deploy_s3_object(bucket: str, raw_key: str, *, s3: Any, sfn: Any, store: Any
         logger.warning("definition deleted before it could be deployed", extra={"key": key})
         return None
     return deploy_definition(body, source=key, bucket=bucket, s3=s3, sfn=sfn, store=store,
-                             task_runner_arn=task_runner_arn, role_arn=role_arn)
+                             task_runner_arn=task_runner_arn, role_arn=role_arn, log_group_arn=log_group_arn)

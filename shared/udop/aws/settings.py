@@ -24,6 +24,7 @@ class RunnerSettings(_AwsSettings):
     data_bucket: str = Field(description="bucket holding datasets under runs/<pipeline>/<run_id>/<task>/")
     definitions_bucket: str = Field(description="bucket holding the deployed definition versions")
     state_url: str = Field(description="redis://... (ElastiCache): idempotency keys and locks")
+    state_secret_arn: str | None = Field(None, description="secret holding the Redis AUTH token")
     tmp_dir: str = Field("/tmp", description="local staging area for a task's inputs and output")
     code_dir: str | None = Field(None, description="folder put on sys.path for python tasks' callables")
 
@@ -33,10 +34,13 @@ class DeployerSettings(_AwsSettings):
     task_runner_arn: str = Field(description="the task runner Lambda the state machines invoke")
     state_machine_role_arn: str = Field(description="the role the state machines run as")
     database_url: str = Field(description="metadata store URL (pipeline versions are recorded there)")
+    database_secret_arn: str | None = Field(None, description="secret holding the database password")
+    state_machine_log_group_arn: str | None = Field(None, description="where deployed machines log")
 
 
 class EventsSettings(_AwsSettings):
     database_url: str = Field(description="metadata store URL (run and task records)")
+    database_secret_arn: str | None = Field(None, description="secret holding the database password")
 
 
 S = TypeVar("S", bound=_AwsSettings)

@@ -157,6 +157,7 @@ class AwsEnv:
     task_runner_arn: str = ""
     deployer_arn: str = ""
     run_events_arn: str = ""
+    log_group_arn: str = ""
     database_url: str = ""
     functions: dict[str, str] = field(default_factory=dict)
 
@@ -250,6 +251,10 @@ def moto_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[AwsEnv
             "Role"
         ]["Arn"]
         lam = session.client("lambda")
+        logs = session.client("logs")
+        logs.create_log_group(logGroupName=f"/aws/vendedlogs/states/{prefix}")
+        env.log_group_arn = logs.describe_log_groups(logGroupNamePrefix=f"/aws/vendedlogs/states/{prefix}")[
+            "logGroups"][0]["arn"]
         common = {
             "UDOP_DEFINITIONS_BUCKET": env.definitions_bucket,
             "UDOP_DATA_BUCKET": env.data_bucket,
@@ -289,6 +294,7 @@ def moto_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[AwsEnv
                     **common,
                     "UDOP_TASK_RUNNER_ARN": env.task_runner_arn,
                     "UDOP_STATE_MACHINE_ROLE_ARN": env.role_arn,
+                    "UDOP_STATE_MACHINE_LOG_GROUP_ARN": env.log_group_arn,
                     "UDOP_TEST_FUNCTION_DIR": "deployer",
                     "POWERTOOLS_SERVICE_NAME": "udop-deployer",
                 }

@@ -242,6 +242,9 @@ def test_uploading_definitions_deploys_good_ones_and_keeps_the_old_machine_on_br
     assert status["version"] == 1
     machine = sfn.describe_state_machine(stateMachineArn=status["state_machine_arn"])
     assert machine["name"] == "udop-flow"
+    logging = machine["loggingConfiguration"]
+    assert logging["level"] == "ERROR"
+    assert logging["destinations"][0]["cloudWatchLogsLogGroup"]["logGroupArn"] == moto_aws.log_group_arn
     assert store.get_pipeline("flow").latest.state_machine_arn == status["state_machine_arn"]
 
     broken = good.replace("depends_on: [by_two, by_five]", "depends_on: [by_two, nowhere]")
