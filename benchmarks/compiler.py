@@ -79,9 +79,9 @@ def levels_makespan(deps: Deps, durations: dict[str, float] | None) -> float:
 
 
 def pipeline_of(deps: Deps) -> Pipeline:
-    return Pipeline.model_validate({"apiVersion": "udop/v1", "kind": "Pipeline", "metadata": {"name": "bench"},
-                                    "spec": {"tasks": [{"id": t, "type": "python", "callable": "m:f",
-                                                        "depends_on": ps} for t, ps in deps.items()]}})
+    tasks = [{"id": t, "type": "python", "callable": "m:f", "depends_on": ps} for t, ps in deps.items()]
+    return Pipeline.model_validate({"apiVersion": "udop/v1", "kind": "Pipeline",
+                                    "metadata": {"name": "bench"}, "spec": {"tasks": tasks}})
 
 
 def measure(name: str, make: Callable[[int, random.Random], Deps], sizes: list[int], draws: int,
