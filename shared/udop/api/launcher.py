@@ -19,7 +19,7 @@ from udop.errors import InputError, RunNotFound, SpecErrors
 from udop.spec.models import Pipeline
 from udop.spec.params import check_env, resolve_params
 from udop.states import RunState, TaskState, is_terminal
-from udop.store.api import MetadataStore, RunRecord
+from udop.store.api import MetadataStore, PipelineVersionRecord, RunRecord
 
 __all__ = ["LocalLauncher", "RunCancelled", "RunLauncher", "definition_of"]
 
@@ -34,6 +34,10 @@ def definition_of(pipeline: Pipeline) -> dict[str, Any]:
 
 class RunLauncher(Protocol):
     executor_name: str
+
+    def register(self, pipeline: Pipeline, text: bytes, filename: str) -> PipelineVersionRecord:
+        """Record (and where needed deploy) a validated definition; ``SpecErrors`` if it cannot be."""
+        ...
 
     def trigger(self, pipeline: Pipeline, *, params: Mapping[str, Any], logical_date: datetime | None,
                 run_id: str) -> RunRecord:
@@ -74,6 +78,9 @@ class LocalLauncher:
         self._cancelled: set[str] = set()  # cancelled after their thread took them, before it started
 
     # ------------------------------------------------------------------ API side
+
+    def register(self, pipeline: Pipeline, text: bytes, filename: str) -> PipelineVersionRecord:
+        return self.store.register_pipeline(pipeline.name, definition_of(pipeline))
 
     def trigger(self, pipeline: Pipeline, *, params: Mapping[str, Any], logical_date: datetime | None,
                 run_id: str) -> RunRecord:

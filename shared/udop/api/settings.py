@@ -32,6 +32,11 @@ class ApiSettings(Settings):
     jwt_role_claim: str = Field("role", description="claim holding the role; 'cognito:groups' is also read")
     executor: Literal["local", "stepfunctions"] = Field(
         "local", description="where triggered runs go: a background LocalExecutor or Step Functions")
+    # where the serverless platform is (the CDK app's outputs); needed when executor is stepfunctions
+    definitions_bucket: str | None = Field(None, description="bucket of deployed definition versions")
+    data_bucket: str | None = Field(None, description="bucket holding datasets (passed to runs)")
+    task_runner_arn: str | None = Field(None, description="the task runner Lambda the state machines invoke")
+    state_machine_role_arn: str | None = Field(None, description="the role the state machines run as")
     local_workers: int = Field(4, ge=1, le=64, description="worker threads of each local run")
     max_concurrent_runs: int = Field(4, ge=1, le=256, description="local runs executing at once")
     api_threads: int = Field(

@@ -8,7 +8,6 @@ from fastapi import APIRouter, HTTPException, Path, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from udop.api.deps import Admin, Ctx, Operator, Viewer
-from udop.api.launcher import definition_of
 from udop.api.schemas import PipelineDetail, PipelineRegistered, PipelineSummary, Problem
 from udop.errors import SpecError, SpecErrors
 from udop.spec.loader import MAX_DEFINITION_BYTES, load_pipeline
@@ -50,7 +49,7 @@ async def register_pipeline(request: Request, response: Response,
         raise _invalid([exc]) from None
     previous = await run_in_threadpool(ctx.store.get_pipeline, pipeline.name)
     latest = previous.latest if previous else None
-    version = await run_in_threadpool(ctx.store.register_pipeline, pipeline.name, definition_of(pipeline))
+    version = await run_in_threadpool(ctx.launcher.register, pipeline, body, filename)
     created = latest is None or latest.version != version.version
     if not created:
         response.status_code = status.HTTP_200_OK
