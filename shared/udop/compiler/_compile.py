@@ -257,7 +257,7 @@ class _Compiler:
         budget = budget + _Cost(MACHINE_BYTES, MACHINE_EVENTS)
         parts = []
         if cost.size > budget.size:
-            parts.append(f"definition of about {cost.size:,} bytes, {cost.size - budget.size:,} over the "
+            parts.append(f"a definition of about {cost.size:,} bytes, {cost.size - budget.size:,} over the "
                          f"budget of {budget.size:,} (Step Functions allows {DEFINITION_LIMIT_BYTES:,})")
         if cost.events > budget.events:
             parts.append(f"up to {cost.events:,} history events per execution, "
@@ -265,7 +265,7 @@ class _Compiler:
                          f"(Step Functions allows {HISTORY_LIMIT_EVENTS:,})")
         hint = ("compile with splitting on" if splittable else
                 "lower its retry attempts, or use map_mode='distributed' for foreach tasks")
-        return f"pipeline {self.name!r}: {what} needs a " + " and ".join(parts) + f"; {hint}"
+        return f"pipeline {self.name!r}: {what} needs " + " and ".join(parts) + f"; {hint}"
 
     # -- emission --------------------------------------------------------------------------------------
     def build(self, node: Any, *, name: str, root: bool) -> CompiledPipeline:
