@@ -154,8 +154,17 @@ def acknowledge_findings(stack: UdopStack) -> None:
         "AwsSolutions-IAM5[Resource::<StorageData6BB23F4E.Arn>/runs/*]",
         "Distributed Map states read a task's input files and write map results under runs/",
     )
+    states_arn = "arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>"
     for pipeline in stack.orchestration.pipelines.values():
-        for machine in [pipeline.state_machine, *pipeline.children.values()]:
+        main = f"udop-{pipeline.source.pipeline.name}"
+        for name, machine in [(main, pipeline.state_machine), *pipeline.children.items()]:
+            # only present when the definition has foreach tasks (Distributed Map) or was split
+            acknowledge(machine.role, f"AwsSolutions-IAM5[Resource::{states_arn}:execution:{name}/*]",
+                        "a Distributed Map runs each item as a child execution named at run time")
+            acknowledge(machine.role, f"AwsSolutions-IAM5[Resource::{states_arn}:execution:{name}-*]",
+                        "executions of this pipeline's own child state machines (ids made per run)")
+            acknowledge(machine.role, "AwsSolutions-IAM5[Resource::<StorageData6BB23F4E.Arn>/runs/*]",
+                        "a Distributed Map lists a task's output files and writes its results under runs/")
             acknowledge(machine.role, "AwsSolutions-IAM5[Resource::*]",
                         "X-Ray tracing and CloudWatch Logs vended-log delivery (logging ALL) accept no "
                         "resource narrower than '*'")

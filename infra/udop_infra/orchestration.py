@@ -150,7 +150,8 @@ class PipelineStateMachines(Construct):
             ),
             tracing_enabled=True,
         )
-        grant_state_machine_basics(machine.role, runtime.task_runner)
+        if "TaskRunnerArn" in compiled.substitutions:  # a parent of split parts runs no task itself
+            grant_state_machine_basics(machine.role, runtime.task_runner)
         _grant_used_resources(machine, compiled.definition, name, child_arns, storage)
         return machine
 
@@ -228,9 +229,12 @@ def _grant_used_resources(
                 )
             )
         elif base == S3_PUT:
+            # a Distributed Map's ResultWriter uploads its results in parts
             machine.add_to_role_policy(
                 iam.PolicyStatement(
-                    actions=["s3:PutObject"], resources=[storage.data.arn_for_objects("runs/*")]
+                    actions=["s3:PutObject", "s3:GetObject", "s3:ListMultipartUploadParts",
+                             "s3:AbortMultipartUpload"],
+                    resources=[storage.data.arn_for_objects("runs/*")],
                 )
             )
         else:

@@ -208,7 +208,8 @@ class Runtime(Construct):
         )
         self.deployed_state_machine_role.add_to_policy(
             iam.PolicyStatement(
-                actions=["s3:GetObject", "s3:PutObject"], resources=[storage.data.arn_for_objects("runs/*")]
+                actions=["s3:GetObject", "s3:PutObject", "s3:ListMultipartUploadParts", "s3:AbortMultipartUpload"],
+                resources=[storage.data.arn_for_objects("runs/*")]
             )
         )
 
