@@ -63,7 +63,9 @@ def _duckdb_errors(task_id: str, where: str) -> Iterator[None]:
                          "raise memory_limit (or UDOP_DUCKDB_MEMORY_LIMIT) or give the spill folder "
                          "more room") from None
     except duckdb.Error as exc:
-        raise FatalError(f"task {task_id!r}: {where}: {clean_error(exc)}") from None
+        err = FatalError(f"task {task_id!r}: {where}: {clean_error(exc)}")
+        err.locatable = True  # type: ignore[attr-defined]  # a data error: worth finding its step
+        raise err from None
 
 
 def _input_manifest(task_id: str, dep: str, inputs: Mapping[str, TaskResult]) -> Manifest:
@@ -187,7 +189,7 @@ def run_transform(context: TaskContext, task: Any, inputs: Mapping[str, TaskResu
         except TaskTimeout:
             raise
         except FatalError as exc:
-            found = locate_failure(plan)
+            found = locate_failure(plan) if getattr(exc, "locatable", False) else None
             if found is None:
                 raise
             index, kind, message = found
