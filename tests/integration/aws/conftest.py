@@ -136,12 +136,25 @@ class InProcessLambdas:
         return json.dumps(result), False, ""
 
 
-def _zip_of(folder: Path) -> bytes:
+def _zip_of(*folders: tuple[Path, str]) -> bytes:
+    """A deployment package: the ``.py`` files of each (folder, path in the zip)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
-        for file in sorted(folder.rglob("*.py")):
-            zf.write(file, file.relative_to(folder).as_posix())
+        for folder, inside in folders:
+            for file in sorted(folder.rglob("*.py")):
+                zf.write(file, f"{inside}{file.relative_to(folder).as_posix()}")
     return buf.getvalue()
+
+
+def _package(name: str) -> bytes:
+    """In moto only the handler matters (it runs in-process); LocalStack needs the udop packages and
+    the test tasks next to it (third-party libraries come from layers, see docs/localstack.md)."""
+    parts = [(FUNCTIONS / name, "")]
+    if LOCALSTACK:
+        parts += [(REPO / "shared" / "udop", "udop/"), (TASK_CODE, ""),
+                  (REPO / "layers" / "transforms" / "udop_transforms", "udop_transforms/"),
+                  (REPO / "layers" / "connectors" / "udop_connectors", "udop_connectors/")]
+    return _zip_of(*parts)
 
 
 @dataclass
@@ -154,6 +167,7 @@ class AwsEnv:
     definitions_bucket: str
     role_arn: str
     lambdas: InProcessLambdas | None
+    log_root: str  # where the test tasks count their calls: a folder, or s3:// on LocalStack
     task_runner_arn: str = ""
     deployer_arn: str = ""
     run_events_arn: str = ""
@@ -164,13 +178,35 @@ class AwsEnv:
     def client(self, service: str) -> Any:
         return self.session.client(service, region_name=REGION)
 
-    def runner_invocations(self, task_id: str | None = None) -> list[tuple[str, Any, bool]]:
-        assert self.lambdas is not None
-        return [
-            i
-            for i in self.lambdas.invocations
-            if i[0] == self.functions["task_runner"] and (task_id is None or i[1].get("task_id") == task_id)
-        ]
+    def calls(self, task: str, run_id: str) -> int:
+        """How often the test task ``task`` ran in run ``run_id``."""
+        from udop_aws_test_tasks import count_calls
+
+        return int(count_calls(self.log_root, task, run_id))
+
+    def flag(self, name: str) -> str:
+        """A fault flag the test tasks can see: a file, or an S3 object on LocalStack."""
+        return f"s3://{self.data_bucket}/flags/{name}" if LOCALSTACK else str(Path(self.log_root) / name)
+
+    def set_flag(self, flag: str, on: bool) -> None:
+        from udop_aws_test_tasks import set_flag
+
+        set_flag(flag, on)
+
+    def status(self, name: str, previous: dict[str, Any] | None = None, timeout: float = 60.0) -> Any:
+        """The deployer's status report for ``name`` once it differs from ``previous`` (S3 events are
+        synchronous in moto, asynchronous on LocalStack)."""
+        from udop.aws.definitions import status_key
+        from udop.aws.s3 import get_json
+
+        deadline = time.monotonic() + timeout
+        while True:
+            report = get_json(self.client("s3"), self.definitions_bucket, status_key(name))
+            if report is not None and report != previous:
+                return report
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no new status report for {name} after {timeout}s")
+            time.sleep(0.2)
 
     def wait_execution(self, arn: str, timeout: float = 120.0) -> dict[str, Any]:
         sfn = self.client("stepfunctions")
@@ -184,6 +220,9 @@ class AwsEnv:
             time.sleep(0.05)
 
 
+in_process_only = pytest.mark.skipif(LOCALSTACK, reason="needs the in-process emulation (moto)")
+
+
 @pytest.fixture
 def store(moto_aws: AwsEnv) -> Iterator[Any]:
     """The metadata store the deployer and run-events functions of ``moto_aws`` write to."""
@@ -194,10 +233,26 @@ def store(moto_aws: AwsEnv) -> Iterator[Any]:
     opened.close()
 
 
+def _pg_schema_urls(prefix: str) -> tuple[str, str]:
+    """LocalStack: a fresh PostgreSQL schema, as (URL for this process, URL for the Lambdas)."""
+    import psycopg
+
+    test_url = os.environ.get("UDOP_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    lambda_url = os.environ.get("UDOP_TEST_LAMBDA_PG_URL",
+                                "postgresql+psycopg://postgres@host.docker.internal:5432/test")
+    schema = prefix.replace("-", "_")
+    with psycopg.connect(test_url.replace("+psycopg", ""), autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    option = f"options=-csearch_path%3D{schema}"
+    return (f"{test_url}{'&' if '?' in test_url else '?'}{option}",
+            f"{lambda_url}{'&' if '?' in lambda_url else '?'}{option}")
+
+
 @pytest.fixture
 def moto_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[AwsEnv]:
-    """An emulated account with a data bucket, a definitions bucket, the task runner and the deployer
-    (definitions uploaded to ``pipelines/`` trigger the deployer)."""
+    """An account with a data bucket, a definitions bucket, the task runner, the deployer (uploads
+    to ``pipelines/`` trigger it) and the run-events function: moto in-process, or LocalStack when
+    ``AWS_ENDPOINT_URL`` is set."""
     import boto3
 
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
@@ -225,109 +280,65 @@ def moto_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[AwsEnv
         prefix = f"udop-t{uuid.uuid4().hex[:8]}"
         session = boto3.session.Session(region_name=REGION)
         s3 = session.client("s3")
-        env = AwsEnv(
-            prefix=prefix,
-            session=session,
-            data_bucket=f"{prefix}-data",
-            definitions_bucket=f"{prefix}-definitions",
-            role_arn="",
-            lambdas=lambdas,
-            database_url=f"sqlite:///{(tmp_path / 'udop.db').as_posix()}",
-        )
+        env = AwsEnv(prefix=prefix, session=session, data_bucket=f"{prefix}-data",
+                     definitions_bucket=f"{prefix}-definitions", role_arn="", lambdas=lambdas,
+                     log_root=str(tmp_path / "calls"))
+        lambda_db_url = env.database_url = f"sqlite:///{(tmp_path / 'udop.db').as_posix()}"
+        redis_url = REDIS_URL
+        layers: list[str] = []
+        if LOCALSTACK:
+            env.log_root = f"s3://{env.data_bucket}/calls"
+            env.database_url, lambda_db_url = _pg_schema_urls(prefix)
+            redis_url = os.environ.get("UDOP_TEST_LAMBDA_REDIS_URL", "redis://host.docker.internal:6379/0")
+            layers = [a for a in os.environ.get("UDOP_TEST_LAMBDA_LAYERS", "").split(",") if a]
+        else:
+            (tmp_path / "calls").mkdir()
         for bucket in (env.data_bucket, env.definitions_bucket):
             s3.create_bucket(Bucket=bucket)
-        iam = session.client("iam")
-        trust = {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Effect": "Allow",
-                    "Action": "sts:AssumeRole",
-                    "Principal": {"Service": ["lambda.amazonaws.com", "states.amazonaws.com"]},
-                }
-            ],
-        }
-        env.role_arn = iam.create_role(RoleName=f"{prefix}-role", AssumeRolePolicyDocument=json.dumps(trust))[
-            "Role"
-        ]["Arn"]
-        lam = session.client("lambda")
+        trust = {"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Action": "sts:AssumeRole",
+            "Principal": {"Service": ["lambda.amazonaws.com", "states.amazonaws.com"]}}]}
+        env.role_arn = session.client("iam").create_role(
+            RoleName=f"{prefix}-role", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
         logs = session.client("logs")
         logs.create_log_group(logGroupName=f"/aws/vendedlogs/states/{prefix}")
-        env.log_group_arn = logs.describe_log_groups(logGroupNamePrefix=f"/aws/vendedlogs/states/{prefix}")[
-            "logGroups"][0]["arn"]
-        common = {
-            "UDOP_DEFINITIONS_BUCKET": env.definitions_bucket,
-            "UDOP_DATA_BUCKET": env.data_bucket,
-            "UDOP_DATABASE_URL": env.database_url,
-            "POWERTOOLS_TRACE_DISABLED": "true",
-            "POWERTOOLS_METRICS_NAMESPACE": "udop-tests",
-        }
-        env.functions["task_runner"] = f"{prefix}-task-runner"
-        env.task_runner_arn = lam.create_function(
-            FunctionName=env.functions["task_runner"],
-            Runtime="python3.12",
-            Role=env.role_arn,
-            Handler="app.handler",
-            Code={"ZipFile": _zip_of(FUNCTIONS / "task_runner")},
-            Timeout=120,
-            Environment={
-                "Variables": {
-                    **common,
-                    "UDOP_STATE_URL": REDIS_URL,
-                    "UDOP_TMP_DIR": str(tmp_path),
-                    "UDOP_CODE_DIR": str(TASK_CODE),
-                    "UDOP_TEST_FUNCTION_DIR": "task_runner",
-                    "POWERTOOLS_SERVICE_NAME": "udop-task-runner",
-                }
-            },
-        )["FunctionArn"]
-        env.functions["deployer"] = f"{prefix}-deployer"
-        env.deployer_arn = lam.create_function(
-            FunctionName=env.functions["deployer"],
-            Runtime="python3.12",
-            Role=env.role_arn,
-            Handler="app.handler",
-            Code={"ZipFile": _zip_of(FUNCTIONS / "deployer")},
-            Timeout=60,
-            Environment={
-                "Variables": {
-                    **common,
-                    "UDOP_TASK_RUNNER_ARN": env.task_runner_arn,
-                    "UDOP_STATE_MACHINE_ROLE_ARN": env.role_arn,
-                    "UDOP_STATE_MACHINE_LOG_GROUP_ARN": env.log_group_arn,
-                    "UDOP_TEST_FUNCTION_DIR": "deployer",
-                    "POWERTOOLS_SERVICE_NAME": "udop-deployer",
-                }
-            },
-        )["FunctionArn"]
-        env.functions["run_events"] = f"{prefix}-run-events"
-        env.run_events_arn = lam.create_function(
-            FunctionName=env.functions["run_events"],
-            Runtime="python3.12",
-            Role=env.role_arn,
-            Handler="app.handler",
-            Code={"ZipFile": _zip_of(FUNCTIONS / "run_events")},
-            Timeout=60,
-            Environment={
-                "Variables": {
-                    **common,
-                    "UDOP_TEST_FUNCTION_DIR": "run_events",
-                    "POWERTOOLS_SERVICE_NAME": "udop-run-events",
-                }
-            },
-        )["FunctionArn"]
+        env.log_group_arn = logs.describe_log_groups(
+            logGroupNamePrefix=f"/aws/vendedlogs/states/{prefix}")["logGroups"][0]["arn"]
+        common = {"UDOP_DEFINITIONS_BUCKET": env.definitions_bucket, "UDOP_DATA_BUCKET": env.data_bucket,
+                  "UDOP_DATABASE_URL": lambda_db_url, "POWERTOOLS_TRACE_DISABLED": "true",
+                  "POWERTOOLS_METRICS_NAMESPACE": "udop-tests"}
+        lam = session.client("lambda")
+
+        def create(name: str, timeout: int, variables: dict[str, str]) -> str:
+            env.functions[name] = f"{prefix}-{name.replace('_', '-')}"
+            arn = lam.create_function(
+                FunctionName=env.functions[name], Runtime="python3.12", Role=env.role_arn,
+                Handler="app.handler", Code={"ZipFile": _package(name)}, Timeout=timeout, MemorySize=1024,
+                Layers=layers,
+                Environment={"Variables": {**common, **variables, "UDOP_TEST_FUNCTION_DIR": name,
+                                           "POWERTOOLS_SERVICE_NAME": f"udop-{name.replace('_', '-')}"}},
+            )["FunctionArn"]
+            if LOCALSTACK:
+                lam.get_waiter("function_active_v2").wait(FunctionName=arn)
+            return str(arn)
+
+        runner_vars = {"UDOP_STATE_URL": redis_url}
+        if not LOCALSTACK:  # in-process: the tasks' files live on this machine
+            runner_vars.update(UDOP_TMP_DIR=str(tmp_path), UDOP_CODE_DIR=str(TASK_CODE))
+        env.task_runner_arn = create("task_runner", 120, runner_vars)
+        env.deployer_arn = create("deployer", 60, {
+            "UDOP_TASK_RUNNER_ARN": env.task_runner_arn, "UDOP_STATE_MACHINE_ROLE_ARN": env.role_arn,
+            "UDOP_STATE_MACHINE_LOG_GROUP_ARN": env.log_group_arn})
+        env.run_events_arn = create("run_events", 60, {})
+        if LOCALSTACK:
+            lam.add_permission(FunctionName=env.deployer_arn, StatementId="s3",
+                               Action="lambda:InvokeFunction", Principal="s3.amazonaws.com",
+                               SourceArn=f"arn:aws:s3:::{env.definitions_bucket}")
         s3.put_bucket_notification_configuration(
             Bucket=env.definitions_bucket,
-            NotificationConfiguration={
-                "LambdaFunctionConfigurations": [
-                    {
-                        "LambdaFunctionArn": env.deployer_arn,
-                        "Events": ["s3:ObjectCreated:*"],
-                        "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "pipelines/"}]}},
-                    }
-                ]
-            },
-        )
+            NotificationConfiguration={"LambdaFunctionConfigurations": [{
+                "LambdaFunctionArn": env.deployer_arn, "Events": ["s3:ObjectCreated:*"],
+                "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "pipelines/"}]}}}]})
         yield env
     finally:
         if lambdas is not None:

@@ -40,10 +40,9 @@ def cli_env(moto_aws: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
 def test_deploy_run_fail_redrive_and_runs_show_from_the_command_line(
     cli_env: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    log_dir = tmp_path / "calls"
-    log_dir.mkdir()
-    flag = tmp_path / "fault"
-    flag.write_text("set")
+    log_dir = cli_env.log_root
+    flag = cli_env.flag("fault")
+    cli_env.set_flag(flag, True)
     path = tmp_path / "cli-flow.yaml"
     path.write_text(
         textwrap.dedent(f"""\
@@ -81,11 +80,11 @@ def test_deploy_run_fail_redrive_and_runs_show_from_the_command_line(
     assert shown["executor"] == "stepfunctions"
     assert {t["task_id"]: t["state"] for t in shown["tasks"]} == {"numbers": "succeeded", "big": "failed"}
 
-    flag.unlink()
+    cli_env.set_flag(flag, False)
     code, out, err = _udop(capsys, "redrive", run_id)
     assert code == 0, err
     assert f"run {run_id} succeeded" in out
-    assert (log_dir / "numbers.calls").read_text().count(run_id) == 1
+    assert cli_env.calls("numbers", run_id) == 1
 
     code, out, err = _udop(capsys, "runs", "list", "--pipeline", "cli-flow")
     assert code == 0, err

@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import in_process_only
 from udop.cli_aws import deploy_file, run_on_stepfunctions
 from udop.states import RunState, TaskState
 
@@ -110,6 +111,7 @@ def _normal(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+@in_process_only  # the extract reads files of this machine, which a LocalStack Lambda cannot see
 def test_data_pipeline_gives_the_same_rows_locally_and_on_step_functions(
     moto_aws: Any, store: Any, tmp_path: Path
 ) -> None:

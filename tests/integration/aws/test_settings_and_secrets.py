@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from conftest import in_process_only
 from udop.aws.secrets import url_with_secret
 from udop.aws.settings import RunnerSettings, load_settings
 from udop.errors import ConfigError
@@ -27,6 +28,7 @@ def test_missing_settings_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "UDOP_DEFINITIONS_BUCKET" not in message
 
 
+@in_process_only  # the package is a stub: only the in-process emulation imports the real handler
 def test_a_task_runner_without_its_settings_fails_at_cold_start_naming_the_variable(moto_aws: Any) -> None:
     lam = moto_aws.client("lambda")
     config = lam.get_function_configuration(FunctionName=moto_aws.task_runner_arn)
@@ -34,7 +36,8 @@ def test_a_task_runner_without_its_settings_fails_at_cold_start_naming_the_varia
     del variables["UDOP_STATE_URL"]
     lam.create_function(FunctionName=f"{moto_aws.prefix}-misconfigured",
                         Runtime="python3.12",
-                        Role=moto_aws.role_arn, Handler="app.handler", Code={"ZipFile": b"PK\x05\x06" + bytes(18)},
+                        Role=moto_aws.role_arn, Handler="app.handler",
+                        Code={"ZipFile": b"PK\x05\x06" + bytes(18)},
                         Environment={"Variables": variables})
     resp = lam.invoke(FunctionName=f"{moto_aws.prefix}-misconfigured", Payload=b"{}")
     body = json.loads(resp["Payload"].read())

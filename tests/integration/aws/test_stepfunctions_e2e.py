@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import textwrap
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ def _write(tmp_path: Path, name: str, text: str) -> Path:
     return path
 
 
-def _flow(tmp_path: Path, log_dir: Path) -> Path:
+def _flow(tmp_path: Path, log_dir: str) -> Path:
     return _write(
         tmp_path,
         "flow",
@@ -86,19 +87,13 @@ def _read_s3_table(aws: Any, uri: str) -> Any:
     return pa.concat_tables(tables)
 
 
-def _calls(log_dir: Path, task: str, run_id: str) -> int:
-    log = log_dir / f"{task}.calls"
-    return log.read_text().count(run_id) if log.exists() else 0
-
-
 def test_same_rows_locally_and_through_step_functions(moto_aws: Any, store: Any, tmp_path: Path) -> None:
     from udop.executor.local import LocalExecutor
     from udop.spec.loader import load_pipeline
     from udop.store import open_store
     from udop.tasks.contract import Manifest
 
-    log_dir = tmp_path / "calls"
-    log_dir.mkdir()
+    log_dir = moto_aws.log_root
     path = _flow(tmp_path, log_dir)
     _deploy(moto_aws, store, path)
     code, run = _run(moto_aws, store, path)
@@ -138,8 +133,7 @@ def test_same_rows_locally_and_through_step_functions(moto_aws: Any, store: Any,
 def test_a_task_that_fails_twice_is_retried_by_the_state_machine(
     moto_aws: Any, store: Any, tmp_path: Path
 ) -> None:
-    log_dir = tmp_path / "calls"
-    log_dir.mkdir()
+    log_dir = moto_aws.log_root
     path = _write(
         tmp_path,
         "retries",
@@ -157,7 +151,7 @@ def test_a_task_that_fails_twice_is_retried_by_the_state_machine(
     _deploy(moto_aws, store, path)
     code, run = _run(moto_aws, store, path)
     assert code == 0, run.error
-    assert _calls(log_dir, "flaky", run.id) == 3
+    assert moto_aws.calls("flaky", run.id) == 3
     task = store.get_run(run.id).tasks[0]
     assert task.state == TaskState.SUCCEEDED
     assert [a.state for a in task.attempts] == [
@@ -172,10 +166,9 @@ def test_a_task_that_fails_twice_is_retried_by_the_state_machine(
 def test_a_failing_task_fails_the_run_and_redrive_finishes_it_without_rerunning_succeeded_tasks(
     moto_aws: Any, store: Any, tmp_path: Path
 ) -> None:
-    log_dir = tmp_path / "calls"
-    log_dir.mkdir()
-    flag = tmp_path / "fault"
-    flag.write_text("set")
+    log_dir = moto_aws.log_root
+    flag = moto_aws.flag("fault")
+    moto_aws.set_flag(flag, True)
     path = _write(
         tmp_path,
         "faulty",
@@ -205,9 +198,9 @@ def test_a_failing_task_fails_the_run_and_redrive_finishes_it_without_rerunning_
     assert tasks["big"].error_type == "udop.FatalError"  # not retried: a fatal error
     assert len(tasks["big"].attempts) == 1
     assert tasks["report"].state == TaskState.UPSTREAM_FAILED
-    assert _calls(log_dir, "big", run.id) == 1
+    assert moto_aws.calls("big", run.id) == 1
 
-    flag.unlink()  # the fault is fixed
+    moto_aws.set_flag(flag, False)  # the fault is fixed
     code = redrive_and_follow(run.id, store=store, sfn=moto_aws.client("stepfunctions"), poll=0.05)
     assert code == 0
     after = store.get_run(run.id)
@@ -215,9 +208,9 @@ def test_a_failing_task_fails_the_run_and_redrive_finishes_it_without_rerunning_
     assert {t.task_id: t.state for t in after.tasks} == dict.fromkeys(
         ["numbers", "big", "report"], TaskState.SUCCEEDED
     )
-    assert _calls(log_dir, "numbers", run.id) == 1  # not run again
-    assert _calls(log_dir, "big", run.id) == 2
-    assert _calls(log_dir, "report", run.id) == 1
+    assert moto_aws.calls("numbers", run.id) == 1  # not run again
+    assert moto_aws.calls("big", run.id) == 2
+    assert moto_aws.calls("report", run.id) == 1
     report = next(t for t in after.tasks if t.task_id == "report")
     rows = _read_s3_table(moto_aws, report.result["output"]["uri"]).to_pylist()
     assert [r["value"] for r in rows] == [30, 40, 50]  # ids 3..5 (id > 2) times 10
@@ -226,18 +219,13 @@ def test_a_failing_task_fails_the_run_and_redrive_finishes_it_without_rerunning_
 def test_uploading_definitions_deploys_good_ones_and_keeps_the_old_machine_on_broken_ones(
     moto_aws: Any, store: Any, tmp_path: Path
 ) -> None:
-    from udop.aws.definitions import status_key
-
-    log_dir = tmp_path / "calls"
-    log_dir.mkdir()
+    log_dir = moto_aws.log_root
     s3 = moto_aws.client("s3")
     sfn = moto_aws.client("stepfunctions")
     good = _flow(tmp_path, log_dir).read_text()
     # moto delivers the key URL-encoded (pipelines%2Fflow.yaml), as S3 does: the deployer decodes it
     s3.put_object(Bucket=moto_aws.definitions_bucket, Key="pipelines/flow.yaml", Body=good.encode())
-    status = json.loads(
-        s3.get_object(Bucket=moto_aws.definitions_bucket, Key=status_key("flow"))["Body"].read()
-    )
+    status = moto_aws.status("flow")
     assert status["ok"] is True, status
     assert status["version"] == 1
     machine = sfn.describe_state_machine(stateMachineArn=status["state_machine_arn"])
@@ -249,9 +237,7 @@ def test_uploading_definitions_deploys_good_ones_and_keeps_the_old_machine_on_br
 
     broken = good.replace("depends_on: [by_two, by_five]", "depends_on: [by_two, nowhere]")
     s3.put_object(Bucket=moto_aws.definitions_bucket, Key="pipelines/flow.yaml", Body=broken.encode())
-    report = json.loads(
-        s3.get_object(Bucket=moto_aws.definitions_bucket, Key=status_key("flow"))["Body"].read()
-    )
+    report = moto_aws.status("flow", previous=status)
     assert report["ok"] is False
     assert any("nowhere" in e["message"] and "depends_on" in (e["path"] or "") for e in report["errors"]), (
         report
@@ -275,8 +261,7 @@ def test_run_events_function_records_aws_runs_in_the_metadata_store(
     from udop.cli_aws import start_run
     from udop.spec.loader import load_pipeline
 
-    log_dir = tmp_path / "calls"
-    log_dir.mkdir()
+    log_dir = moto_aws.log_root
     path = _flow(tmp_path, log_dir)
     _deploy(moto_aws, store, path)
     sfn = moto_aws.client("stepfunctions")
@@ -313,12 +298,11 @@ def test_run_events_takes_the_run_id_from_the_input_of_executions_it_did_not_nam
     """A schedule starts executions with generated names; the run id comes from the input."""
     from conftest import load_event
 
-    log_dir = tmp_path / "calls"
-    log_dir.mkdir()
+    log_dir = moto_aws.log_root
     path = _flow(tmp_path, log_dir)
     deployed = _deploy(moto_aws, store, path)
     sfn = moto_aws.client("stepfunctions")
-    run_id = "scheduled-20260102"
+    run_id = f"scheduled-{uuid.uuid4().hex[:12]}"  # unique: idempotency records outlive the test in Redis
     run_input = {"run": {"run_id": run_id, "params": {}, "logical_date": "2026-01-02T06:00:00+00:00",
                          "trigger": "schedule"}}
     arn = sfn.start_execution(stateMachineArn=deployed.state_machine_arn, name="0b9d2c5e-generated",
@@ -336,4 +320,4 @@ def test_run_events_takes_the_run_id_from_the_input_of_executions_it_did_not_nam
     assert run.external_id == arn
     assert run.logical_date.isoformat().startswith("2026-01-02T06:00")
     assert {t.state for t in run.tasks} == {TaskState.SUCCEEDED}
-    assert _calls(log_dir, "totals", run_id) == 1
+    assert moto_aws.calls("totals", run_id) == 1

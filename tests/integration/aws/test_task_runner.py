@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -17,7 +16,7 @@ from udop.spec.models import Pipeline
 pytestmark = [pytest.mark.aws, pytest.mark.redis]
 
 
-def _pipeline(log_dir: Path, flag: Path) -> Pipeline:
+def _pipeline(log_dir: str, flag: str) -> Pipeline:
     return Pipeline.model_validate(
         {
             "apiVersion": "udop/v1",
@@ -67,10 +66,9 @@ def _payload(run_id: str, task_id: str, attempt: int = 0) -> dict[str, Any]:
 
 
 @pytest.fixture
-def deployed(moto_aws: Any, tmp_path: Path) -> tuple[Any, Path, Path]:
-    log_dir = tmp_path / "calls"
-    log_dir.mkdir()
-    flag = tmp_path / "fault"
+def deployed(moto_aws: Any) -> tuple[Any, str, str]:
+    log_dir = moto_aws.log_root
+    flag = moto_aws.flag("fault")
     pipeline = _pipeline(log_dir, flag)
     put_version(
         moto_aws.client("s3"), moto_aws.definitions_bucket, "runner-test", 1, canonical_definition(pipeline)
@@ -105,19 +103,19 @@ def test_output_goes_to_its_deterministic_key_and_downstream_reads_it(deployed: 
 def test_second_invocation_for_a_succeeded_task_returns_its_manifest_without_running_it(
     deployed: Any,
 ) -> None:
-    aws, log_dir, _ = deployed
+    aws, _, _ = deployed
     run_id = uuid.uuid4().hex
     first, err = _invoke(aws, _payload(run_id, "numbers"))
     assert err is None, first
     again, err = _invoke(aws, _payload(run_id, "numbers", attempt=1))
     assert err is None, again
-    assert (log_dir / "numbers.calls").read_text().count(run_id) == 1
+    assert aws.calls("numbers", run_id) == 1
     assert again["output"] == first["output"]
     assert (first["reused"], again["reused"]) == (False, True)
     # another run does the work again
     other = uuid.uuid4().hex
     _invoke(aws, _payload(other, "numbers"))
-    assert (log_dir / "numbers.calls").read_text().count(other) == 1
+    assert aws.calls("numbers", other) == 1
 
 
 def test_errors_reach_the_state_machine_by_their_udop_names(deployed: Any) -> None:
@@ -132,13 +130,13 @@ def test_errors_reach_the_state_machine_by_their_udop_names(deployed: Any) -> No
     assert body["reused"] is False
 
     _invoke(aws, _payload(run_id, "numbers"))
-    flag.write_text("on")
+    aws.set_flag(flag, True)
     body, err = _invoke(aws, _payload(run_id, "big"))
     assert err
     assert body["errorType"] == "udop.FatalError"
     assert "fault flag" in body["errorMessage"]
     # a failed attempt leaves nothing behind that a later attempt would reuse
-    flag.unlink()
+    aws.set_flag(flag, False)
     body, err = _invoke(aws, _payload(run_id, "big", attempt=1))
     assert err is None
     assert body["reused"] is False

@@ -1,9 +1,13 @@
-"""Callables of the test pipelines' ``python`` tasks. Every call appends a line to
-``<log_dir>/<task>.calls`` so tests can count how often a task really ran (on the same machine the
-in-process Lambda and the test share a file system)."""
+"""Callables of the test pipelines' ``python`` tasks.
+
+Every call is logged under ``log_dir`` — a folder (moto: the in-process Lambda shares this machine's
+files) or an ``s3://`` prefix (LocalStack: the Lambda runs in a container) — so that tests can count
+how often a task really ran. Fault flags work the same way.
+"""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +17,54 @@ import pyarrow.compute as pc
 from udop.errors import FatalError, RetryableError
 
 
+def _s3() -> Any:
+    import boto3
+
+    return boto3.client("s3")
+
+
+def _split(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return bucket, key
+
+
+def count_calls(log_dir: str, task: str, run_id: str) -> int:
+    if log_dir.startswith("s3://"):
+        bucket, key = _split(f"{log_dir.rstrip('/')}/{task}/{run_id}/")
+        return int(_s3().list_objects_v2(Bucket=bucket, Prefix=key).get("KeyCount", 0))
+    log = Path(log_dir) / f"{task}.calls"
+    return log.read_text().count(run_id) if log.exists() else 0
+
+
+def set_flag(flag: str, on: bool) -> None:
+    if flag.startswith("s3://"):
+        bucket, key = _split(flag)
+        if on:
+            _s3().put_object(Bucket=bucket, Key=key, Body=b"set")
+        else:
+            _s3().delete_object(Bucket=bucket, Key=key)
+    elif on:
+        Path(flag).write_text("set")
+    else:
+        Path(flag).unlink(missing_ok=True)
+
+
+def _flag_set(flag: str) -> bool:
+    if flag.startswith("s3://"):
+        bucket, key = _split(flag)
+        return int(_s3().list_objects_v2(Bucket=bucket, Prefix=key).get("KeyCount", 0)) > 0
+    return Path(flag).exists()
+
+
 def _count(context: Any, log_dir: str) -> int:
-    log = Path(log_dir) / f"{context.task_id}.calls"
-    with log.open("a") as f:
-        f.write(f"{context.run_id} attempt={context.attempt}\n")
-    return len(log.read_text().splitlines())
+    """Log this call; returns how many calls of this task this run has made so far."""
+    if log_dir.startswith("s3://"):
+        bucket, key = _split(f"{log_dir.rstrip('/')}/{context.task_id}/{context.run_id}/{uuid.uuid4().hex}")
+        _s3().put_object(Bucket=bucket, Key=key, Body=f"attempt={context.attempt}".encode())
+    else:
+        with (Path(log_dir) / f"{context.task_id}.calls").open("a") as f:
+            f.write(f"{context.run_id} attempt={context.attempt}\n")
+    return count_calls(log_dir, context.task_id, context.run_id)
 
 
 def numbers(context: Any, inputs: dict[str, Any], *, n: int, log_dir: str) -> pa.Table:
@@ -51,7 +98,7 @@ def flaky(context: Any, inputs: dict[str, Any], *, fail_times: int, log_dir: str
 def fails_while(context: Any, inputs: dict[str, Any], *, flag: str, log_dir: str) -> pa.Table:
     """Fails (not retryable) while the file ``flag`` exists: a fault the test removes later."""
     _count(context, log_dir)
-    if Path(flag).exists():
+    if _flag_set(flag):
         raise FatalError(f"bad input: fault flag {flag} is set")
     upstream = next(iter(inputs.values())).to_arrow()
     return upstream.filter(pc.greater(upstream["id"], 2))
