@@ -52,8 +52,13 @@ def _serve_static(body: bytes, port: int) -> None:
     async def page(_: Any) -> Response:
         return Response(body, media_type="application/json")
 
-    uvicorn.run(Starlette(routes=[Route("/runs", page)]), host="127.0.0.1", port=port, log_level="warning",
-                access_log=False)
+    uvicorn.run(
+        Starlette(routes=[Route("/runs", page)]),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+    )
 
 
 def seed(database_url: str, runs: int) -> float:
@@ -62,20 +67,34 @@ def seed(database_url: str, runs: int) -> float:
     store = open_store(database_url)
     tasks = [f"t{i}" for i in range(5)]
     for name in ("orders", "customers", "inventory", "billing"):
-        store.register_pipeline(name, {"apiVersion": "udop/v1", "kind": "Pipeline", "metadata": {"name": name},
-                                       "spec": {"tasks": [{"id": t, "type": "python", "callable": "m:f"}
-                                                          for t in tasks]}})
+        store.register_pipeline(
+            name,
+            {
+                "apiVersion": "udop/v1",
+                "kind": "Pipeline",
+                "metadata": {"name": name},
+                "spec": {"tasks": [{"id": t, "type": "python", "callable": "m:f"} for t in tasks]},
+            },
+        )
     start = time.perf_counter()
     day = datetime(2026, 1, 1, tzinfo=UTC)
     for i in range(runs):
-        store.create_run(run_id=f"run-{i:06d}", pipeline=("orders", "customers", "inventory", "billing")[i % 4],
-                         pipeline_version=1, task_ids=tasks, params={"n": i}, logical_date=day + timedelta(hours=i))
+        store.create_run(
+            run_id=f"run-{i:06d}",
+            pipeline=("orders", "customers", "inventory", "billing")[i % 4],
+            pipeline_version=1,
+            task_ids=tasks,
+            params={"n": i},
+            logical_date=day + timedelta(hours=i),
+        )
     elapsed = time.perf_counter() - start
     store.close()
     return elapsed
 
 
-async def _client(port: int, request: bytes, stop_at: float, latencies: list[float], errors: list[int]) -> None:
+async def _client(
+    port: int, request: bytes, stop_at: float, latencies: list[float], errors: list[int]
+) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         while time.perf_counter() < stop_at:
@@ -105,16 +124,21 @@ def load(port: int, path: str, headers: dict[str, str], clients: int, seconds: f
         warm = time.perf_counter() + 1.0  # connections, caches, the JIT-less interpreter's first calls
         await asyncio.gather(*(_client(port, request, warm, [], []) for _ in range(clients)))
         begin = time.perf_counter()
-        await asyncio.gather(*(_client(port, request, begin + seconds, latencies, errors)
-                               for _ in range(clients)))
+        await asyncio.gather(
+            *(_client(port, request, begin + seconds, latencies, errors) for _ in range(clients))
+        )
         return time.perf_counter() - begin
 
     elapsed = asyncio.run(main())
     if errors:
         raise SystemExit(f"{path}: {len(errors)} answers were not 200 (first: {errors[0]})")
     ordered = sorted(latencies)
-    return {"rps": len(latencies) / elapsed, "p50": statistics.median(ordered) * 1000,
-            "p99": ordered[int(len(ordered) * 0.99) - 1] * 1000, "n": len(latencies)}
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50": statistics.median(ordered) * 1000,
+        "p99": ordered[int(len(ordered) * 0.99) - 1] * 1000,
+        "n": len(latencies),
+    }
 
 
 def _wait(port: int) -> None:
@@ -149,8 +173,9 @@ def main() -> None:
     seconds = seed(url, args.runs)
     print(f"seeded {args.runs} runs in {seconds:.1f} s ({url.split('://')[0]})")
 
-    token = jwt.encode({"sub": "bench", "role": "viewer", "exp": int(time.time()) + 3600}, SECRET,
-                       algorithm="HS256")
+    token = jwt.encode(
+        {"sub": "bench", "role": "viewer", "exp": int(time.time()) + 3600}, SECRET, algorithm="HS256"
+    )
     auth = {"Authorization": f"Bearer {token}"}
     udop, port = _run_server(_serve_udop, url, os.path.join(tmp, "data"))
     try:
@@ -162,7 +187,8 @@ def main() -> None:
         results = {
             "GET /runs (JWT, 50 a page)": load(port, "/runs", auth, args.clients, args.seconds),
             "GET /runs?pipeline=orders&state=pending": load(
-                port, "/runs?pipeline=orders&state=pending", auth, args.clients, args.seconds),
+                port, "/runs?pipeline=orders&state=pending", auth, args.clients, args.seconds
+            ),
             "baseline: GET /health (same server)": load(port, "/health", {}, args.clients, args.seconds),
         }
     finally:
@@ -170,8 +196,9 @@ def main() -> None:
         udop.join(10)
     static, sport = _run_server(_serve_static, page)
     try:
-        results[f"baseline: bare Starlette, same {len(page)} B page"] = load(sport, "/runs", {}, args.clients,
-                                                                             args.seconds)
+        results[f"baseline: bare Starlette, same {len(page)} B page"] = load(
+            sport, "/runs", {}, args.clients, args.seconds
+        )
     finally:
         static.terminate()
         static.join(10)

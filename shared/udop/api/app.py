@@ -7,6 +7,7 @@ traceback.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -39,21 +40,34 @@ log = logging.getLogger("udop.api")
 _MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-def create_app(settings: ApiSettings | None = None, *, store: MetadataStore | None = None,
-               launcher: RunLauncher | None = None, engine: Engine | None = None) -> FastAPI:
+def create_app(
+    settings: ApiSettings | None = None,
+    *,
+    store: MetadataStore | None = None,
+    launcher: RunLauncher | None = None,
+    engine: Engine | None = None,
+) -> FastAPI:
     """Build the app. ``store``/``launcher``/``engine`` default to what ``settings`` describe."""
     settings = settings or load_api_settings()
     if store is None:
         from udop.store import open_store
 
+        if settings.database_url is None:  # the embedded default under UDOP_HOME: ours to create
+            settings.home.mkdir(parents=True, exist_ok=True)
         store = open_store(settings.resolved_database_url)
     engine = engine or getattr(store, "engine", None) or create_engine(settings.resolved_database_url)
     ensure_api_tables(engine)
     if launcher is None:
         launcher = _default_launcher(settings, store)
     keys = ApiKeys(engine)
-    ctx = ApiContext(settings=settings, store=store, audit=AuditLog(engine), keys=keys,
-                     auth=Authenticator(settings, keys), launcher=launcher)
+    ctx = ApiContext(
+        settings=settings,
+        store=store,
+        audit=AuditLog(engine),
+        keys=keys,
+        auth=Authenticator(settings, keys),
+        launcher=launcher,
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -62,13 +76,18 @@ def create_app(settings: ApiSettings | None = None, *, store: MetadataStore | No
         launcher.close()
 
     app = FastAPI(
-        title="udop", version=_version(), lifespan=lifespan, root_path=settings.api_root_path,
+        title="udop",
+        version=_version(),
+        lifespan=lifespan,
+        root_path=settings.api_root_path,
         description="Pipelines and runs of the Universal Data Orchestration Platform. Authenticate with "
-                    "a bearer JWT or an X-API-Key; roles are viewer < operator < admin.",
-        responses={401: {"model": _problem(), "description": "no or invalid credentials"},
-                   403: {"model": _problem(), "description": "the caller's role is too low"},
-                   422: {"model": _problem(), "description": "the request is invalid"},
-                   503: {"model": _problem(), "description": "the metadata store is unavailable"}},
+        "a bearer JWT or an X-API-Key; roles are viewer < operator < admin.",
+        responses={
+            401: {"model": _problem(), "description": "no or invalid credentials"},
+            403: {"model": _problem(), "description": "the caller's role is too low"},
+            422: {"model": _problem(), "description": "the request is invalid"},
+            503: {"model": _problem(), "description": "the metadata store is unavailable"},
+        },
     )
     app.state.udop = ctx
     app.include_router(pipelines.router)
@@ -100,8 +119,12 @@ def _default_launcher(settings: ApiSettings, store: MetadataStore) -> RunLaunche
         from udop.api.stepfunctions import StepFunctionsLauncher
 
         return StepFunctionsLauncher(store, settings)
-    return LocalLauncher(store, workers=settings.local_workers, max_runs=settings.max_concurrent_runs,
-                         data_root=settings.resolved_data_root)
+    return LocalLauncher(
+        store,
+        workers=settings.local_workers,
+        max_runs=settings.max_concurrent_runs,
+        data_root=settings.resolved_data_root,
+    )
 
 
 def _add_health(app: FastAPI, ctx: ApiContext, engine: Engine) -> None:
@@ -115,8 +138,11 @@ def _add_health(app: FastAPI, ctx: ApiContext, engine: Engine) -> None:
         except Exception as exc:  # any failure to reach the database is "unavailable", not a 500
             log.warning("health: metadata store unavailable: %s", exc)
             ok = False
-        body = Health(status="ok" if ok else "unavailable", store="ok" if ok else "unreachable",
-                      executor=ctx.launcher.executor_name)
+        body = Health(
+            status="ok" if ok else "unavailable",
+            store="ok" if ok else "unreachable",
+            executor=ctx.launcher.executor_name,
+        )
         return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
 
@@ -146,8 +172,10 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"path": ".".join(str(p) for p in e.get("loc", ())), "line": None, "message": e.get("msg", "")}
-                  for e in exc.errors()]
+        errors = [
+            {"path": ".".join(str(p) for p in e.get("loc", ())), "line": None, "message": e.get("msg", "")}
+            for e in exc.errors()
+        ]
         where = errors[0]["path"] if errors else "request"
         message = f"{where}: {errors[0]['message']}" if errors else "invalid request"
         return _detail(request, 422, message, errors=errors)
@@ -216,14 +244,17 @@ class AuditMiddleware:
         principal: Principal | None = state.get("principal")
         route = scope.get("route")
         client = scope.get("client")
-        try:
+        # a failed write is logged loudly by AuditLog.record; the call itself has already happened
+        with contextlib.suppress(StoreError):
             await run_in_threadpool(
                 self.audit.record,
                 actor=principal.subject if principal else "anonymous",
                 actor_kind=principal.kind if principal else "anonymous",
                 role=principal.role.label if principal and principal.role else None,
                 action=getattr(route, "name", None) or "unknown",
-                method=method, path=scope.get("path", ""), status=status,
-                detail=detail or state.get("audit_detail"), client=client[0] if client else None)
-        except StoreError:
-            pass  # already logged loudly by AuditLog.record; the call itself has happened
+                method=method,
+                path=scope.get("path", ""),
+                status=status,
+                detail=detail or state.get("audit_detail"),
+                client=client[0] if client else None,
+            )

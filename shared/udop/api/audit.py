@@ -11,6 +11,7 @@ import base64
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -64,13 +65,15 @@ def ensure_api_tables(engine: Engine) -> None:
 
     The Alembic revision does the same with the same checks, so either may run first.
     """
-    import udop.api.keys  # noqa: F401 - registers udop_api_keys on API_METADATA
+    from udop.api.keys import api_keys_table  # keys imports this module: import here
 
     try:
-        API_METADATA.create_all(engine, checkfirst=True)
+        API_METADATA.create_all(engine, tables=[audit_log_table, api_keys_table], checkfirst=True)
     except SQLAlchemyError as exc:
-        raise StoreError(f"could not create the audit log and API key tables: {type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0]}") from exc
+        raise StoreError(
+            f"could not create the audit log and API key tables: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0]}"
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -120,12 +123,30 @@ class AuditLog:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def record(self, *, actor: str, actor_kind: str, role: str | None, action: str, method: str,
-               path: str, status: int, detail: str | None = None, client: str | None = None) -> None:
+    def record(
+        self,
+        *,
+        actor: str,
+        actor_kind: str,
+        role: str | None,
+        action: str,
+        method: str,
+        path: str,
+        status: int,
+        detail: str | None = None,
+        client: str | None = None,
+    ) -> None:
         row = {
-            "at": datetime.now(UTC), "actor": actor[:255], "actor_kind": actor_kind, "role": role,
-            "action": action[:64], "method": method[:8], "path": path[:1024], "status": status,
-            "outcome": outcome_for(status), "detail": detail[:_DETAIL_MAX] if detail else None,
+            "at": datetime.now(UTC),
+            "actor": actor[:255],
+            "actor_kind": actor_kind,
+            "role": role,
+            "action": action[:64],
+            "method": method[:8],
+            "path": path[:1024],
+            "status": status,
+            "outcome": outcome_for(status),
+            "detail": detail[:_DETAIL_MAX] if detail else None,
             "client": client[:64] if client else None,
         }
         try:
@@ -136,8 +157,14 @@ class AuditLog:
             log.error("audit log write failed for %s %s by %s: %s", method, path, actor, exc)
             raise StoreError(f"audit log write failed: {type(exc).__name__}") from exc
 
-    def list(self, *, actor: str | None = None, outcome: str | None = None, limit: int = 50,
-             before_id: int | None = None) -> list[AuditEntry]:
+    def list(
+        self,
+        *,
+        actor: str | None = None,
+        outcome: str | None = None,
+        limit: int = 50,
+        before_id: int | None = None,
+    ) -> list[AuditEntry]:
         """Newest first; ``before_id`` continues a page."""
         t = audit_log_table
         query = select(t).order_by(t.c.id.desc()).limit(limit)
@@ -152,7 +179,7 @@ class AuditLog:
                 rows = conn.execute(query).mappings().all()
         except SQLAlchemyError as exc:
             raise StoreError(f"audit log read failed: {type(exc).__name__}") from exc
-        return [AuditEntry(**{k: _aware(v) for k, v in row.items()}) for row in rows]
+        return [AuditEntry(**cast(dict[str, Any], {k: _aware(v) for k, v in row.items()})) for row in rows]
 
 
 def _aware(value: object) -> object:

@@ -69,9 +69,17 @@ class Authenticator:
         self._secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
         # PyJWKClient caches the key set and refetches it when a token names an unknown "kid".
         # The cooldown stops a flood of tokens with made-up "kid"s from hammering the issuer.
-        self._jwks = jwt.PyJWKClient(settings.jwks_url, cache_keys=True, lifespan=300, timeout=5,
-                                     cooldown_duration=settings.jwks_refresh_cooldown) \
-            if settings.jwks_url else None
+        self._jwks = (
+            jwt.PyJWKClient(
+                settings.jwks_url,
+                cache_keys=True,
+                lifespan=300,
+                timeout=5,
+                cooldown_duration=settings.jwks_refresh_cooldown,
+            )
+            if settings.jwks_url
+            else None
+        )
 
     def authenticate(self, authorization: str | None, api_key: str | None) -> Principal:
         if api_key:
@@ -100,14 +108,21 @@ class Authenticator:
         alg = header.get("alg")
         options: dict[str, Any] = {"require": ["exp", "sub"]}
         # issuer and audience describe the OIDC issuer; HS256 tokens are the deployment's own
-        kwargs: dict[str, Any] = {"issuer": self.settings.jwt_issuer, "audience": self.settings.jwt_audience,
-                                  "options": options}
+        kwargs: dict[str, Any] = {
+            "issuer": self.settings.jwt_issuer,
+            "audience": self.settings.jwt_audience,
+            "options": options,
+        }
         if self.settings.jwt_audience is None:
             options["verify_aud"] = False
         try:
             if alg == "HS256" and self._secret is not None:
-                claims = jwt.decode(token, self._secret, algorithms=["HS256"],
-                                    options={"require": ["exp", "sub"], "verify_aud": False})
+                claims = jwt.decode(
+                    token,
+                    self._secret,
+                    algorithms=["HS256"],
+                    options={"require": ["exp", "sub"], "verify_aud": False},
+                )
             elif alg in self._ASYMMETRIC and self._jwks is not None:
                 try:
                     signing_key = self._jwks.get_signing_key_from_jwt(token)

@@ -5,19 +5,34 @@ The main CLI registers them: ``cli.add_command(serve)`` and ``cli.add_command(ap
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from udop.errors import UdopError
+
+if TYPE_CHECKING:  # imported lazily below: `udop --help` must not pay for SQLAlchemy
+    from sqlalchemy import Engine
+
+    from udop.api.keys import ApiKeys
 
 __all__ = ["api_key", "serve"]
 
 
 @click.command("serve")
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="interface to listen on; 0.0.0.0 exposes the API to the network")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="interface to listen on; 0.0.0.0 exposes the API to the network",
+)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+)
 def serve(host: str, port: int, log_level: str) -> None:
     """Serve the REST API (OpenAPI at /openapi.json, docs at /docs).
 
@@ -50,9 +65,16 @@ def create_key(name: str, role: str) -> None:
 
     keys, engine = _keys()
     record, key = keys.create(name=name, role=role, created_by="cli")
-    AuditLog(engine).record(actor="cli", actor_kind="cli", role=None, action="create_api_key", method="CLI",
-                            path="udop api-key create", status=201,
-                            detail=f"api key {record.id} ({record.name}, {record.role})")
+    AuditLog(engine).record(
+        actor="cli",
+        actor_kind="cli",
+        role=None,
+        action="create_api_key",
+        method="CLI",
+        path="udop api-key create",
+        status=201,
+        detail=f"api key {record.id} ({record.name}, {record.role})",
+    )
     click.echo(f"id:   {record.id}\nrole: {record.role}\nkey:  {key}")
     click.echo("The key is shown this once; store it in your secret manager.", err=True)
 
@@ -75,12 +97,20 @@ def revoke_key(key_id: str) -> None:
     keys, engine = _keys()
     if not keys.revoke(key_id):
         raise click.ClickException(f"no active API key {key_id!r}; see 'udop api-key list'")
-    AuditLog(engine).record(actor="cli", actor_kind="cli", role=None, action="revoke_api_key", method="CLI",
-                            path="udop api-key revoke", status=204, detail=f"api key {key_id} revoked")
+    AuditLog(engine).record(
+        actor="cli",
+        actor_kind="cli",
+        role=None,
+        action="revoke_api_key",
+        method="CLI",
+        path="udop api-key revoke",
+        status=204,
+        detail=f"api key {key_id} revoked",
+    )
     click.echo(f"revoked {key_id}")
 
 
-def _keys() -> tuple[object, object]:
+def _keys() -> tuple[ApiKeys, Engine]:
     from udop.api.audit import ensure_api_tables
     from udop.api.keys import ApiKeys
     from udop.api.settings import load_api_settings
@@ -88,8 +118,10 @@ def _keys() -> tuple[object, object]:
 
     try:
         settings = load_api_settings()
+        if settings.database_url is None:  # the embedded default under UDOP_HOME: ours to create
+            settings.home.mkdir(parents=True, exist_ok=True)
         store = open_store(settings.resolved_database_url)
-        engine = store.engine  # type: ignore[attr-defined]
+        engine = store.engine
         ensure_api_tables(engine)
     except UdopError as exc:
         raise click.ClickException(str(exc)) from None

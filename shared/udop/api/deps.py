@@ -42,9 +42,12 @@ _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="a servi
 def needs(role: Role) -> Callable[..., Principal]:
     """A dependency that authenticates the caller and checks it has at least ``role``."""
 
-    def check(request: Request, bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
-              api_key: Annotated[str | None, Security(_api_key)],
-              ctx: Annotated[ApiContext, Depends(context)]) -> Principal:
+    def check(
+        request: Request,
+        bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+        api_key: Annotated[str | None, Security(_api_key)],
+        ctx: Annotated[ApiContext, Depends(context)],
+    ) -> Principal:
         if bearer is not None:
             authorization: str | None = f"{bearer.scheme} {bearer.credentials}"
         else:

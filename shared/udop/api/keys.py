@@ -62,13 +62,27 @@ class ApiKeys:
         """A new key; the second value is the full key, which is never stored nor shown again."""
         key_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(32)
-        record = ApiKeyRecord(id=key_id, name=name, role=role, created_at=datetime.now(UTC),
-                              created_by=created_by, revoked_at=None)
+        record = ApiKeyRecord(
+            id=key_id,
+            name=name,
+            role=role,
+            created_at=datetime.now(UTC),
+            created_by=created_by,
+            revoked_at=None,
+        )
         try:
             with self.engine.begin() as conn:  # one statement: atomic on its own
-                conn.execute(insert(api_keys_table).values(
-                    id=key_id, name=name, role=role, secret_hash=_hash(secret),
-                    created_at=record.created_at, created_by=created_by, revoked_at=None))
+                conn.execute(
+                    insert(api_keys_table).values(
+                        id=key_id,
+                        name=name,
+                        role=role,
+                        secret_hash=_hash(secret),
+                        created_at=record.created_at,
+                        created_by=created_by,
+                        revoked_at=None,
+                    )
+                )
         except SQLAlchemyError as exc:
             raise StoreError(f"could not store the API key: {type(exc).__name__}") from exc
         return record, f"udop_{key_id}_{secret}"
@@ -81,7 +95,11 @@ class ApiKeys:
         key_id, secret = match.groups()
         try:
             with self.engine.connect() as conn:
-                row = conn.execute(select(api_keys_table).where(api_keys_table.c.id == key_id)).mappings().first()
+                row = (
+                    conn.execute(select(api_keys_table).where(api_keys_table.c.id == key_id))
+                    .mappings()
+                    .first()
+                )
         except SQLAlchemyError as exc:
             raise StoreError(f"could not read API keys: {type(exc).__name__}") from exc
         if row is None or row["revoked_at"] is not None:
@@ -93,7 +111,11 @@ class ApiKeys:
     def list(self) -> list[ApiKeyRecord]:
         try:
             with self.engine.connect() as conn:
-                rows = conn.execute(select(api_keys_table).order_by(api_keys_table.c.created_at)).mappings().all()
+                rows = (
+                    conn.execute(select(api_keys_table).order_by(api_keys_table.c.created_at))
+                    .mappings()
+                    .all()
+                )
         except SQLAlchemyError as exc:
             raise StoreError(f"could not read API keys: {type(exc).__name__}") from exc
         return [_record(r) for r in rows]
@@ -103,8 +125,11 @@ class ApiKeys:
         t = api_keys_table
         try:
             with self.engine.begin() as conn:  # one statement: atomic on its own
-                result = conn.execute(update(t).where(t.c.id == key_id, t.c.revoked_at.is_(None))
-                                      .values(revoked_at=datetime.now(UTC)))
+                result = conn.execute(
+                    update(t)
+                    .where(t.c.id == key_id, t.c.revoked_at.is_(None))
+                    .values(revoked_at=datetime.now(UTC))
+                )
         except SQLAlchemyError as exc:
             raise StoreError(f"could not revoke the API key: {type(exc).__name__}") from exc
         return bool(result.rowcount)

@@ -32,6 +32,10 @@ def definition_of(pipeline: Pipeline) -> dict[str, Any]:
     return pipeline.model_dump(mode="json", by_alias=True)
 
 
+def task_ids(pipeline: Pipeline) -> list[str]:
+    return [task.id for task in pipeline.spec.tasks]  # type: ignore[attr-defined]  # a union mypy cannot see
+
+
 class RunLauncher(Protocol):
     executor_name: str
 
@@ -39,8 +43,9 @@ class RunLauncher(Protocol):
         """Record (and where needed deploy) a validated definition; ``SpecErrors`` if it cannot be."""
         ...
 
-    def trigger(self, pipeline: Pipeline, *, params: Mapping[str, Any], logical_date: datetime | None,
-                run_id: str) -> RunRecord:
+    def trigger(
+        self, pipeline: Pipeline, *, params: Mapping[str, Any], logical_date: datetime | None, run_id: str
+    ) -> RunRecord:
         """Record the run and start it without waiting; ``SpecErrors`` for bad parameters."""
         ...
 
@@ -66,8 +71,9 @@ class LocalLauncher:
 
     executor_name = "local"
 
-    def __init__(self, store: MetadataStore, *, workers: int = 4, max_runs: int = 4,
-                 data_root: str | None = None) -> None:
+    def __init__(
+        self, store: MetadataStore, *, workers: int = 4, max_runs: int = 4, data_root: str | None = None
+    ) -> None:
         self.store = store
         self.workers = workers
         self.data_root = data_root
@@ -82,14 +88,21 @@ class LocalLauncher:
     def register(self, pipeline: Pipeline, text: bytes, filename: str) -> PipelineVersionRecord:
         return self.store.register_pipeline(pipeline.name, definition_of(pipeline))
 
-    def trigger(self, pipeline: Pipeline, *, params: Mapping[str, Any], logical_date: datetime | None,
-                run_id: str) -> RunRecord:
+    def trigger(
+        self, pipeline: Pipeline, *, params: Mapping[str, Any], logical_date: datetime | None, run_id: str
+    ) -> RunRecord:
         values = resolve_params(pipeline, params)
         SpecErrors.collect(check_env(pipeline))
         version = self.store.register_pipeline(pipeline.name, definition_of(pipeline))
-        run = self.store.create_run(run_id=run_id, pipeline=pipeline.name, pipeline_version=version.version,
-                                    task_ids=[t.id for t in pipeline.spec.tasks], params=_jsonable(values),
-                                    logical_date=logical_date or datetime.now(UTC), executor="local")
+        run = self.store.create_run(
+            run_id=run_id,
+            pipeline=pipeline.name,
+            pipeline_version=version.version,
+            task_ids=task_ids(pipeline),
+            params=_jsonable(values),
+            logical_date=logical_date or datetime.now(UTC),
+            executor="local",
+        )
         self._submit(pipeline, run.id)
         return run
 

@@ -59,9 +59,13 @@ class PipelineVersion(Body):
 
     @classmethod
     def from_record(cls, rec: PipelineVersionRecord, *, with_definition: bool) -> PipelineVersion:
-        return cls(version=rec.version, content_hash=rec.content_hash, created_at=rec.created_at,
-                   state_machine_arn=rec.state_machine_arn,
-                   definition=rec.definition if with_definition else None)
+        return cls(
+            version=rec.version,
+            content_hash=rec.content_hash,
+            created_at=rec.created_at,
+            state_machine_arn=rec.state_machine_arn,
+            definition=rec.definition if with_definition else None,
+        )
 
 
 class PipelineSummary(Body):
@@ -71,8 +75,11 @@ class PipelineSummary(Body):
 
     @classmethod
     def from_record(cls, rec: PipelineRecord) -> PipelineSummary:
-        return cls(name=rec.name, created_at=rec.created_at,
-                   latest_version=rec.latest.version if rec.latest else None)
+        return cls(
+            name=rec.name,
+            created_at=rec.created_at,
+            latest_version=rec.latest.version if rec.latest else None,
+        )
 
 
 class PipelineDetail(PipelineSummary):
@@ -80,9 +87,12 @@ class PipelineDetail(PipelineSummary):
 
     @classmethod
     def from_record(cls, rec: PipelineRecord) -> PipelineDetail:
-        return cls(name=rec.name, created_at=rec.created_at,
-                   latest_version=rec.latest.version if rec.latest else None,
-                   versions=[PipelineVersion.from_record(v, with_definition=True) for v in rec.versions])
+        return cls(
+            name=rec.name,
+            created_at=rec.created_at,
+            latest_version=rec.latest.version if rec.latest else None,
+            versions=[PipelineVersion.from_record(v, with_definition=True) for v in rec.versions],
+        )
 
 
 class PipelineRegistered(Body):
@@ -107,8 +117,14 @@ class Attempt(Body):
 
     @classmethod
     def from_record(cls, rec: AttemptRecord) -> Attempt:
-        return cls(number=rec.number, state=rec.state, started_at=rec.started_at, ended_at=rec.ended_at,
-                   error_type=rec.error_type, error_message=rec.error_message)
+        return cls(
+            number=rec.number,
+            state=rec.state,
+            started_at=rec.started_at,
+            ended_at=rec.ended_at,
+            error_type=rec.error_type,
+            error_message=rec.error_message,
+        )
 
 
 class TaskRun(Body):
@@ -123,9 +139,16 @@ class TaskRun(Body):
 
     @classmethod
     def from_record(cls, rec: TaskRunRecord) -> TaskRun:
-        return cls(task_id=rec.task_id, state=rec.state, started_at=rec.started_at, ended_at=rec.ended_at,
-                   error_type=rec.error_type, error_message=rec.error_message, result=rec.result,
-                   attempts=[Attempt.from_record(a) for a in rec.attempts])
+        return cls(
+            task_id=rec.task_id,
+            state=rec.state,
+            started_at=rec.started_at,
+            ended_at=rec.ended_at,
+            error_type=rec.error_type,
+            error_message=rec.error_message,
+            result=rec.result,
+            attempts=[Attempt.from_record(a) for a in rec.attempts],
+        )
 
 
 class RunSummary(Body):
@@ -144,10 +167,20 @@ class RunSummary(Body):
 
     @classmethod
     def fields_of(cls, rec: RunRecord) -> dict[str, Any]:
-        return {"id": rec.id, "pipeline": rec.pipeline, "pipeline_version": rec.pipeline_version,
-                "state": rec.state, "executor": rec.executor, "params": rec.params,
-                "logical_date": rec.logical_date, "created_at": rec.created_at, "started_at": rec.started_at,
-                "ended_at": rec.ended_at, "error": rec.error, "external_id": rec.external_id}
+        return {
+            "id": rec.id,
+            "pipeline": rec.pipeline,
+            "pipeline_version": rec.pipeline_version,
+            "state": rec.state,
+            "executor": rec.executor,
+            "params": rec.params,
+            "logical_date": rec.logical_date,
+            "created_at": rec.created_at,
+            "started_at": rec.started_at,
+            "ended_at": rec.ended_at,
+            "error": rec.error,
+            "external_id": rec.external_id,
+        }
 
     @classmethod
     def from_record(cls, rec: RunRecord) -> RunSummary:
@@ -185,8 +218,15 @@ class Lineage(Body):
 
     @classmethod
     def from_record(cls, rec: LineageRecord) -> Lineage:
-        return cls(task_id=rec.task_id, inputs=rec.inputs, output_uri=rec.output_uri, rows=rec.rows,
-                   bytes=rec.bytes, schema_fingerprint=rec.schema_fingerprint, recorded_at=rec.recorded_at)
+        return cls(
+            task_id=rec.task_id,
+            inputs=rec.inputs,
+            output_uri=rec.output_uri,
+            rows=rec.rows,
+            bytes=rec.bytes,
+            schema_fingerprint=rec.schema_fingerprint,
+            recorded_at=rec.recorded_at,
+        )
 
 
 class Check(Body):
@@ -200,8 +240,15 @@ class Check(Body):
 
     @classmethod
     def from_record(cls, rec: CheckRecord) -> Check:
-        return cls(task_id=rec.task_id, rule=rec.rule, severity=rec.severity, passed=rec.passed,
-                   failing_rows=rec.failing_rows, sample=rec.sample, message=rec.message)
+        return cls(
+            task_id=rec.task_id,
+            rule=rec.rule,
+            severity=rec.severity,
+            passed=rec.passed,
+            failing_rows=rec.failing_rows,
+            sample=rec.sample,
+            message=rec.message,
+        )
 
 
 class Identity(Body):
@@ -211,8 +258,12 @@ class Identity(Body):
 
 
 class ApiKeyRequest(Body):
-    name: str = Field(min_length=1, max_length=255, pattern=r"^[\w .@:-]+$",
-                      description="what the service account is, e.g. 'airflow-prod'")
+    name: str = Field(
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\w .@:-]+$",
+        description="what the service account is, e.g. 'airflow-prod'",
+    )
     role: Literal["viewer", "operator", "admin"]
 
 
@@ -226,8 +277,14 @@ class ApiKey(Body):
 
     @classmethod
     def from_record(cls, rec: ApiKeyRecord) -> ApiKey:
-        return cls(id=rec.id, name=rec.name, role=rec.role, created_at=rec.created_at,
-                   created_by=rec.created_by, revoked_at=rec.revoked_at)
+        return cls(
+            id=rec.id,
+            name=rec.name,
+            role=rec.role,
+            created_at=rec.created_at,
+            created_by=rec.created_by,
+            revoked_at=rec.revoked_at,
+        )
 
 
 class ApiKeyCreated(ApiKey):

@@ -21,17 +21,22 @@ MIN_SECRET_BYTES = 32
 
 class ApiSettings(Settings):
     jwt_secret: SecretStr | None = Field(
-        None, description="HS256 shared secret (at least 32 bytes) for locally issued tokens")
+        None, description="HS256 shared secret (at least 32 bytes) for locally issued tokens"
+    )
     jwks_url: str | None = Field(
-        None, description="JWKS URL of an OIDC issuer (Cognito: https://cognito-idp.<region>.amazonaws.com/"
-                          "<pool>/.well-known/jwks.json); RS256/ES256 tokens are verified against it")
+        None,
+        description="JWKS URL of an OIDC issuer (Cognito: https://cognito-idp.<region>.amazonaws.com/"
+        "<pool>/.well-known/jwks.json); RS256/ES256 tokens are verified against it",
+    )
     jwks_refresh_cooldown: float = Field(
-        30.0, ge=0, description="seconds between forced JWKS refetches for an unknown key id (0: no limit)")
+        30.0, ge=0, description="seconds between forced JWKS refetches for an unknown key id (0: no limit)"
+    )
     jwt_issuer: str | None = Field(None, description="required 'iss' claim, when set")
     jwt_audience: str | None = Field(None, description="required 'aud' claim, when set")
     jwt_role_claim: str = Field("role", description="claim holding the role; 'cognito:groups' is also read")
     executor: Literal["local", "stepfunctions"] = Field(
-        "local", description="where triggered runs go: a background LocalExecutor or Step Functions")
+        "local", description="where triggered runs go: a background LocalExecutor or Step Functions"
+    )
     # where the serverless platform is (the CDK app's outputs); needed when executor is stepfunctions
     definitions_bucket: str | None = Field(None, description="bucket of deployed definition versions")
     data_bucket: str | None = Field(None, description="bucket holding datasets (passed to runs)")
@@ -40,8 +45,12 @@ class ApiSettings(Settings):
     local_workers: int = Field(4, ge=1, le=64, description="worker threads of each local run")
     max_concurrent_runs: int = Field(4, ge=1, le=256, description="local runs executing at once")
     api_threads: int = Field(
-        8, ge=1, le=256, description="threads serving blocking handlers (store calls); few threads contend less "
-                                     "for the GIL, so the latency tail is shorter")
+        8,
+        ge=1,
+        le=256,
+        description="threads serving blocking handlers (store calls); few threads contend less "
+        "for the GIL, so the latency tail is shorter",
+    )
     api_root_path: str = Field("", description="path prefix behind a proxy, e.g. '/prod' on API Gateway")
 
     @field_validator("jwt_secret")

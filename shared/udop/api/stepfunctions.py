@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from udop.api.launcher import definition_of
+from udop.api.launcher import task_ids
 from udop.api.settings import ApiSettings
 from udop.errors import ConfigError, InputError, SpecError, SpecErrors, StoreError
 from udop.spec.models import Pipeline
@@ -30,12 +30,15 @@ _REQUIRED = ("definitions_bucket", "task_runner_arn", "state_machine_role_arn")
 class StepFunctionsLauncher:
     executor_name = "stepfunctions"
 
-    def __init__(self, store: MetadataStore, settings: ApiSettings, *, sfn: Any = None, s3: Any = None) -> None:
+    def __init__(
+        self, store: MetadataStore, settings: ApiSettings, *, sfn: Any = None, s3: Any = None
+    ) -> None:
         missing = [f"UDOP_{name.upper()}" for name in _REQUIRED if not getattr(settings, name)]
         if missing:
-            raise ConfigError(f"UDOP_EXECUTOR=stepfunctions needs {', '.join(missing)} "
-                              "(the CDK app's stack outputs)")
-        import boto3
+            raise ConfigError(
+                f"UDOP_EXECUTOR=stepfunctions needs {', '.join(missing)} (the CDK app's stack outputs)"
+            )
+        import boto3  # type: ignore[import-untyped]
 
         self.store = store
         self.settings = settings
@@ -48,12 +51,21 @@ class StepFunctionsLauncher:
         from udop.aws.deployer import deploy_definition
 
         key = upload_key(pipeline.name, ".json" if filename.endswith(".json") else ".yaml")
-        result = deploy_definition(text, source=key, bucket=str(self.settings.definitions_bucket), s3=self.s3,
-                                   sfn=self.sfn, store=self.store, task_runner_arn=str(self.settings.task_runner_arn),
-                                   role_arn=str(self.settings.state_machine_role_arn))
+        result = deploy_definition(
+            text,
+            source=key,
+            bucket=str(self.settings.definitions_bucket),
+            s3=self.s3,
+            sfn=self.sfn,
+            store=self.store,
+            task_runner_arn=str(self.settings.task_runner_arn),
+            role_arn=str(self.settings.state_machine_role_arn),
+        )
         if not result.ok:
-            raise SpecErrors([SpecError(e["message"], path=e.get("path"), line=e.get("line"))
-                              for e in result.errors] or [SpecError("the definition could not be deployed")])
+            raise SpecErrors(
+                [SpecError(e["message"], path=e.get("path"), line=e.get("line")) for e in result.errors]
+                or [SpecError("the definition could not be deployed")]
+            )
         # the bucket stays the source of truth; its deployer sees this content deployed and skips it
         self.s3.put_object(Bucket=self.settings.definitions_bucket, Key=key, Body=text)
         record = self.store.get_pipeline(pipeline.name)
@@ -62,22 +74,31 @@ class StepFunctionsLauncher:
             raise StoreError(f"pipeline {pipeline.name!r} was deployed but is not in the metadata store")
         return latest
 
-    def trigger(self, pipeline: Pipeline, *, params: Mapping[str, Any], logical_date: datetime | None,
-                run_id: str) -> RunRecord:
+    def trigger(
+        self, pipeline: Pipeline, *, params: Mapping[str, Any], logical_date: datetime | None, run_id: str
+    ) -> RunRecord:
         from udop.cli_aws import start_run
         from udop.executor.local import _jsonable
         from udop.spec.params import resolve_params
 
         values = _jsonable(resolve_params(pipeline, params))
         logical = logical_date or datetime.now(UTC)
-        run_id, execution_arn, _ = start_run(pipeline, params, store=self.store, sfn=self.sfn, run_id=run_id,
-                                             logical_date=logical)
+        run_id, execution_arn, _ = start_run(
+            pipeline, params, store=self.store, sfn=self.sfn, run_id=run_id, logical_date=logical
+        )
         record = self.store.get_pipeline(pipeline.name)
         version = record.latest.version if record and record.latest else 1
         try:
-            return self.store.create_run(run_id=run_id, pipeline=pipeline.name, pipeline_version=version,
-                                         task_ids=[t.id for t in pipeline.spec.tasks], params=values,
-                                         logical_date=logical, executor="stepfunctions", external_id=execution_arn)
+            return self.store.create_run(
+                run_id=run_id,
+                pipeline=pipeline.name,
+                pipeline_version=version,
+                task_ids=task_ids(pipeline),
+                params=values,
+                logical_date=logical,
+                executor="stepfunctions",
+                external_id=execution_arn,
+            )
         except StoreError:
             existing = self.store.get_run(run_id)  # the run-events function recorded it first
             if existing is None:
@@ -89,15 +110,18 @@ class StepFunctionsLauncher:
             raise InputError(f"run {run.id!r} has already ended ({run.state.value})")
         if not run.external_id:
             raise InputError(f"run {run.id!r} has no Step Functions execution to stop")
-        self.sfn.stop_execution(executionArn=self._latest_execution(run), error="udop.Cancelled",
-                                cause=reason[:32768])
+        self.sfn.stop_execution(
+            executionArn=self._latest_execution(run), error="udop.Cancelled", cause=reason[:32768]
+        )
         return self._sync(run)
 
     def resume(self, run: RunRecord, pipeline: Pipeline) -> RunRecord:
         from udop.cli_aws import redrive_run
 
         if run.state not in (RunState.FAILED, RunState.CANCELLED):
-            raise InputError(f"run {run.id!r} is {run.state.value}; only a failed or cancelled run can be redriven")
+            raise InputError(
+                f"run {run.id!r} is {run.state.value}; only a failed or cancelled run can be redriven"
+            )
         redrive_run(run.id, store=self.store, sfn=self.sfn)
         return run
 
@@ -110,8 +134,12 @@ class StepFunctionsLauncher:
 
         arn = str(run.external_id)
         machine = self.sfn.describe_execution(executionArn=arn)["stateMachineArn"]
-        ours = [e for page in self.sfn.get_paginator("list_executions").paginate(stateMachineArn=machine)
-                for e in page["executions"] if run_id_of_execution(e["name"]) == run.id]
+        ours = [
+            e
+            for page in self.sfn.get_paginator("list_executions").paginate(stateMachineArn=machine)
+            for e in page["executions"]
+            if run_id_of_execution(e["name"]) == run.id
+        ]
         return str(max(ours, key=lambda e: e["startDate"])["executionArn"]) if ours else arn
 
     def _sync(self, run: RunRecord) -> RunRecord:

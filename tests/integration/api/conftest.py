@@ -35,7 +35,7 @@ def open_test_store(url: str) -> Any:
     return open_store(url)
 
 
-TASKS = '''
+TASKS = """
 import threading
 
 import pyarrow as pa
@@ -65,7 +65,7 @@ def numbers(context, inputs, n=5):
 def total(context, inputs, source="numbers"):
     table = inputs[source].to_arrow() if hasattr(inputs[source], "to_arrow") else inputs[source]
     return {"sum": sum(table.column("n").to_pylist())}
-'''
+"""
 
 
 def free_port() -> socket.socket:
@@ -82,7 +82,9 @@ class LiveServer:
         self.sock = free_port()
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=2)
+        config = uvicorn.Config(
+            app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=2
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
@@ -101,8 +103,9 @@ class LiveServer:
         self.sock.close()
 
 
-def make_token(role: str | list[str] | None, *, sub: str = "alice", secret: str = SECRET, ttl: int = 600,
-               **claims: Any) -> str:
+def make_token(
+    role: str | list[str] | None, *, sub: str = "alice", secret: str = SECRET, ttl: int = 600, **claims: Any
+) -> str:
     body: dict[str, Any] = {"sub": sub, "exp": int(time.time()) + ttl, "iat": int(time.time()), **claims}
     if role is not None:
         body["role"] = role
@@ -159,7 +162,10 @@ class Api:
         from udop.api.audit import audit_log_table
 
         with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(select(audit_log_table).order_by(audit_log_table.c.id)).mappings()]
+            return [
+                dict(r)
+                for r in conn.execute(select(audit_log_table).order_by(audit_log_table.c.id)).mappings()
+            ]
 
 
 @pytest.fixture
@@ -186,7 +192,9 @@ def api_factory(tmp_path: Path, tasks_module: tuple[str, ModuleType]) -> Iterato
         cfg = ApiSettings(database_url=url, data_root=str(tmp_path / "data"), jwt_secret=SECRET, **settings)
         app = create_app(cfg, store=store)
         server = LiveServer(app).__enter__()
-        api = Api(url=server.url, store=store, engine=store.engine, tasks=tasks_module[1], module=tasks_module[0])
+        api = Api(
+            url=server.url, store=store, engine=store.engine, tasks=tasks_module[1], module=tasks_module[0]
+        )
         opened.append((server, api))
         return api
 

@@ -31,17 +31,31 @@ def _last_id(api: Api) -> int:
     return rows[-1]["id"] if rows else 0
 
 
-@pytest.mark.parametrize(("case", "headers", "reason"), [
-    ("no token", {}, "no credentials"),
-    ("bad signature", bearer(make_token("admin", secret="another-secret-" + "x" * 40)), "signature is invalid"),
-    ("expired", bearer(make_token("admin", ttl=-60)), "expired"),
-    ("not a JWT", bearer("abc.def"), "malformed"),
-    ("basic auth", {"Authorization": "Basic YWxpY2U6cGFzcw=="}, "Bearer"),
-    ("unsigned", bearer(jwt.encode({"sub": "eve", "role": "admin", "exp": time.time() + 60}, None,
-                                   algorithm="none")), "not accepted"),
-    ("unknown API key", {"X-API-Key": "udop_0123456789ab_" + "z" * 43}, "invalid or revoked"),
-])
-def test_bad_credentials_are_401_and_audited(api: Api, case: str, headers: dict[str, str], reason: str) -> None:
+@pytest.mark.parametrize(
+    ("case", "headers", "reason"),
+    [
+        ("no token", {}, "no credentials"),
+        (
+            "bad signature",
+            bearer(make_token("admin", secret="another-secret-" + "x" * 40)),
+            "signature is invalid",
+        ),
+        ("expired", bearer(make_token("admin", ttl=-60)), "expired"),
+        ("not a JWT", bearer("abc.def"), "malformed"),
+        ("basic auth", {"Authorization": "Basic YWxpY2U6cGFzcw=="}, "Bearer"),
+        (
+            "unsigned",
+            bearer(
+                jwt.encode({"sub": "eve", "role": "admin", "exp": time.time() + 60}, None, algorithm="none")
+            ),
+            "not accepted",
+        ),
+        ("unknown API key", {"X-API-Key": "udop_0123456789ab_" + "z" * 43}, "invalid or revoked"),
+    ],
+)
+def test_bad_credentials_are_401_and_audited(
+    api: Api, case: str, headers: dict[str, str], reason: str
+) -> None:
     start = _last_id(api)
     with httpx.Client(base_url=api.url, headers=headers) as c:
         r = c.get("/runs")
@@ -49,7 +63,9 @@ def test_bad_credentials_are_401_and_audited(api: Api, case: str, headers: dict[
         assert reason in r.json()["detail"]
         assert r.headers["www-authenticate"] == "Bearer"
         # a mutating call is refused the same way and nothing is registered
-        assert c.post("/pipelines", content="x", headers={"Content-Type": "application/yaml"}).status_code == 401
+        assert (
+            c.post("/pipelines", content="x", headers={"Content-Type": "application/yaml"}).status_code == 401
+        )
     rows = _audit_since(api, start)
     assert [(r["method"], r["path"], r["status"], r["outcome"], r["actor"]) for r in rows] == [
         ("GET", "/runs", 401, "unauthenticated", "anonymous"),
@@ -71,8 +87,10 @@ def test_roles_are_enforced_per_endpoint_and_refusals_audited(api: Api) -> None:
     assert api.register(definition, viewer).status_code == 403
     rows = _audit_since(api, start)
     assert len(rows) == 1
-    assert rows[0]["actor"] == "vic" and rows[0]["role"] == "viewer"
-    assert rows[0]["status"] == 403 and rows[0]["outcome"] == "denied"
+    assert rows[0]["actor"] == "vic"
+    assert rows[0]["role"] == "viewer"
+    assert rows[0]["status"] == 403
+    assert rows[0]["outcome"] == "denied"
     assert "operator" in rows[0]["detail"]
 
     assert nobody.get("/pipelines").status_code == 403
@@ -89,8 +107,12 @@ def test_roles_are_enforced_per_endpoint_and_refusals_audited(api: Api) -> None:
 
     refused = [r for r in _audit_since(api, start) if r["status"] == 403]
     assert {(r["method"], r["path"]) for r in refused} >= {
-        ("POST", "/pipelines/roles/runs"), ("DELETE", "/pipelines/roles"), ("GET", "/audit"),
-        ("POST", "/api-keys"), ("GET", "/pipelines")}
+        ("POST", "/pipelines/roles/runs"),
+        ("DELETE", "/pipelines/roles"),
+        ("GET", "/audit"),
+        ("POST", "/api-keys"),
+        ("GET", "/pipelines"),
+    }
 
 
 def test_every_mutating_call_is_audited_and_admins_read_the_log_over_the_api(api: Api) -> None:
@@ -98,22 +120,33 @@ def test_every_mutating_call_is_audited_and_admins_read_the_log_over_the_api(api
     assert api.register(api.definition("audited", [api.task("a", "maybe_fail")]), operator).status_code == 201
     run_id = operator.post("/pipelines/audited/runs").json()["run_id"]
     api.wait_for_run(run_id, {"succeeded", "failed"})
-    assert operator.post("/pipelines", content="kind: Nope",
-                         headers={"Content-Type": "application/yaml"}).status_code == 422
+    assert (
+        operator.post(
+            "/pipelines", content="kind: Nope", headers={"Content-Type": "application/yaml"}
+        ).status_code
+        == 422
+    )
     api.client("viewer").get("/runs")  # reads are not audited
 
     admin = api.client("admin", sub="ada")
     page = admin.get("/audit", params={"actor": "olga"}).json()
     got = [(i["action"], i["status"], i["outcome"]) for i in page["items"]]
-    assert got == [("register_pipeline", 422, "rejected"), ("trigger_run", 202, "success"),
-                   ("register_pipeline", 201, "success")]  # newest first
+    assert got == [
+        ("register_pipeline", 422, "rejected"),
+        ("trigger_run", 202, "success"),
+        ("register_pipeline", 201, "success"),
+    ]  # newest first
     trigger = page["items"][1]
-    assert run_id in trigger["detail"] and trigger["role"] == "operator" and trigger["actor_kind"] == "jwt"
+    assert run_id in trigger["detail"]
+    assert trigger["role"] == "operator"
+    assert trigger["actor_kind"] == "jwt"
 
     # cursor pagination of the log, one row a page, gives the same rows
     seen, cursor = [], None
     while True:
-        body = admin.get("/audit", params={"actor": "olga", "limit": 1, **({"cursor": cursor} if cursor else {})}).json()
+        body = admin.get(
+            "/audit", params={"actor": "olga", "limit": 1, **({"cursor": cursor} if cursor else {})}
+        ).json()
         seen += [i["id"] for i in body["items"]]
         cursor = body["next_cursor"]
         if not cursor:
@@ -148,7 +181,11 @@ def test_api_keys_are_shown_once_stored_hashed_scoped_by_role_and_revocable(api:
 
     start = _last_id(api)
     with httpx.Client(base_url=api.url, headers={"X-API-Key": key}) as svc:
-        assert svc.get("/me").json() == {"subject": f"apikey:{body['id']}", "role": "operator", "kind": "api_key"}
+        assert svc.get("/me").json() == {
+            "subject": f"apikey:{body['id']}",
+            "role": "operator",
+            "kind": "api_key",
+        }
         assert api.register(api.definition("by-key", [api.task("a", "maybe_fail")]), svc).status_code == 201
         assert svc.get("/audit").status_code == 403
     with httpx.Client(base_url=api.url, headers=bearer(key)) as svc2:  # also as a bearer token
@@ -158,12 +195,14 @@ def test_api_keys_are_shown_once_stored_hashed_scoped_by_role_and_revocable(api:
         assert bad.get("/pipelines").status_code == 401
     rows = _audit_since(api, start)
     assert ("register_pipeline", f"apikey:{body['id']}", "api_key") in {
-        (r["action"], r["actor"], r["actor_kind"]) for r in rows}
+        (r["action"], r["actor"], r["actor_kind"]) for r in rows
+    }
 
     assert admin.delete(f"/api-keys/{body['id']}").status_code == 204
     with httpx.Client(base_url=api.url, headers={"X-API-Key": key}) as revoked:
         r = revoked.get("/pipelines")
-        assert r.status_code == 401 and "revoked" in r.json()["detail"]
+        assert r.status_code == 401
+        assert "revoked" in r.json()["detail"]
     assert admin.delete(f"/api-keys/{body['id']}").status_code == 404
     assert admin.post("/api-keys", json={"name": "x", "role": "superuser"}).status_code == 422
 
@@ -216,7 +255,9 @@ ISSUER = "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_test"
 def oidc(api_factory: Callable[..., Api]) -> Iterator[tuple[Api, rsa.RSAPrivateKey, JwksServer]]:
     key = _rsa()
     server = JwksServer([_jwk(key, "k1")])
-    api = api_factory(jwks_url=server.url, jwt_issuer=ISSUER, jwt_audience="udop-api", jwks_refresh_cooldown=0)
+    api = api_factory(
+        jwks_url=server.url, jwt_issuer=ISSUER, jwt_audience="udop-api", jwks_refresh_cooldown=0
+    )
     yield api, key, server
     server.close()
 
@@ -226,7 +267,9 @@ def _rs256(key: rsa.RSAPrivateKey, kid: str = "k1", **claims: Any) -> str:
     return jwt.encode(body, key, algorithm="RS256", headers={"kid": kid})
 
 
-def test_rs256_tokens_verified_against_the_issuers_jwks(oidc: tuple[Api, rsa.RSAPrivateKey, JwksServer]) -> None:
+def test_rs256_tokens_verified_against_the_issuers_jwks(
+    oidc: tuple[Api, rsa.RSAPrivateKey, JwksServer],
+) -> None:
     api, key, server = oidc
     start = _last_id(api)
 
@@ -245,7 +288,8 @@ def test_rs256_tokens_verified_against_the_issuers_jwks(oidc: tuple[Api, rsa.RSA
     # an unknown kid: the key set is refetched, still not there
     hits = server.hits
     unknown = call(_rs256(_rsa(), kid="k2", role="admin"))
-    assert unknown.status_code == 401 and "not in the issuer's key set" in unknown.json()["detail"]
+    assert unknown.status_code == 401
+    assert "not in the issuer's key set" in unknown.json()["detail"]
     assert server.hits == hits + 1
     assert call(_rs256(key, role="admin", iss="https://evil.example")).status_code == 401
     assert call(_rs256(key, role="admin", aud="someone-else")).status_code == 401

@@ -21,9 +21,20 @@ def test_openapi_and_docs_are_served(api: Api) -> None:
     c = api.client(None)
     spec = c.get("/openapi.json").json()
     assert spec["openapi"].startswith("3.")
-    for path in ("/pipelines", "/pipelines/{name}", "/pipelines/{name}/runs", "/runs", "/runs/{run_id}",
-                 "/runs/{run_id}/cancel", "/runs/{run_id}/resume", "/runs/{run_id}/lineage",
-                 "/runs/{run_id}/checks", "/health", "/audit", "/api-keys"):
+    for path in (
+        "/pipelines",
+        "/pipelines/{name}",
+        "/pipelines/{name}/runs",
+        "/runs",
+        "/runs/{run_id}",
+        "/runs/{run_id}/cancel",
+        "/runs/{run_id}/resume",
+        "/runs/{run_id}/lineage",
+        "/runs/{run_id}/checks",
+        "/health",
+        "/audit",
+        "/api-keys",
+    ):
         assert path in spec["paths"], path
     assert {"HTTPBearer", "APIKeyHeader"} <= set(spec["components"]["securitySchemes"])
     assert "swagger" in c.get("/docs").text.lower()
@@ -33,17 +44,23 @@ def test_register_versions_only_on_change_and_get_lists_every_version(api: Api) 
     first = api.definition("sales", [api.task("a", "maybe_fail")])
     r = api.register(first)
     assert r.status_code == 201
-    assert r.json()["version"] == 1 and r.json()["created"] is True
+    assert r.json()["version"] == 1
+    assert r.json()["created"] is True
 
     again = api.register(first)  # the same definition: no new version
     assert again.status_code == 200
     assert again.json() == {**r.json(), "created": False}
 
     # JSON bodies are accepted too; a changed definition is version 2
-    changed = {"apiVersion": "udop/v1", "kind": "Pipeline", "metadata": {"name": "sales"},
-               "spec": {"tasks": [api.task("a", "maybe_fail"), api.task("b", "maybe_fail", depends_on=["a"])]}}
+    changed = {
+        "apiVersion": "udop/v1",
+        "kind": "Pipeline",
+        "metadata": {"name": "sales"},
+        "spec": {"tasks": [api.task("a", "maybe_fail"), api.task("b", "maybe_fail", depends_on=["a"])]},
+    }
     r2 = api.client("operator").post("/pipelines", json=changed)
-    assert r2.status_code == 201 and r2.json()["version"] == 2
+    assert r2.status_code == 201
+    assert r2.json()["version"] == 2
 
     viewer = api.client("viewer")
     detail = viewer.get("/pipelines/sales").json()
@@ -54,15 +71,17 @@ def test_register_versions_only_on_change_and_get_lists_every_version(api: Api) 
 
 
 def test_an_invalid_definition_is_422_with_every_error_and_its_path(api: Api) -> None:
-    text = "\n".join([
-        "apiVersion: udop/v1",
-        "kind: Pipeline",
-        "metadata: {name: broken}",
-        "spec:",
-        "  tasks:",
-        f"    - {{id: a, type: python, callable: '{api.module}:maybe_fail', retries: 3}}",
-        "    - {id: b, type: no_such_type}",
-    ])
+    text = "\n".join(
+        [
+            "apiVersion: udop/v1",
+            "kind: Pipeline",
+            "metadata: {name: broken}",
+            "spec:",
+            "  tasks:",
+            f"    - {{id: a, type: python, callable: '{api.module}:maybe_fail', retries: 3}}",
+            "    - {id: b, type: no_such_type}",
+        ]
+    )
     r = api.register(text)
     assert r.status_code == 422
     errors = r.json()["errors"]
@@ -74,7 +93,8 @@ def test_an_invalid_definition_is_422_with_every_error_and_its_path(api: Api) ->
     assert api.client("viewer").get("/pipelines/broken").status_code == 404  # nothing was stored
 
     not_yaml = api.register("apiVersion: [unclosed")
-    assert not_yaml.status_code == 422 and not_yaml.json()["errors"]
+    assert not_yaml.status_code == 422
+    assert not_yaml.json()["errors"]
 
     # the DAG is checked too: an unknown dependency is named with its path
     dangling = api.register(api.definition("dangling", [api.task("a", "maybe_fail", depends_on=["nope"])]))
@@ -91,9 +111,13 @@ def test_delete_needs_admin_and_removes_the_pipeline(api: Api) -> None:
 
 
 def test_trigger_answers_202_before_the_run_ends_and_the_run_then_succeeds(api: Api) -> None:
-    api.register(api.definition("gated", [api.task("wait", "wait_for_gate"), api.task("after", "maybe_fail",
-                                                                                     depends_on=["wait"])],
-                                params={"day": {"type": "str", "default": "mon"}}))
+    api.register(
+        api.definition(
+            "gated",
+            [api.task("wait", "wait_for_gate"), api.task("after", "maybe_fail", depends_on=["wait"])],
+            params={"day": {"type": "str", "default": "mon"}},
+        )
+    )
     r = api.client("operator").post("/pipelines/gated/runs", json={"params": {"day": "tue"}})
     assert r.status_code == 202
     run_id = r.json()["run_id"]
@@ -108,16 +132,20 @@ def test_trigger_answers_202_before_the_run_ends_and_the_run_then_succeeds(api: 
     done = api.wait_for_run(run_id, {"succeeded", "failed"})
     assert done["state"] == "succeeded", done
     tasks = {t["task_id"]: t for t in done["tasks"]}
-    assert tasks["wait"]["state"] == "succeeded" and tasks["after"]["state"] == "succeeded"
+    assert tasks["wait"]["state"] == "succeeded"
+    assert tasks["after"]["state"] == "succeeded"
     assert [a["state"] for a in tasks["wait"]["attempts"]] == ["succeeded"]
     assert tasks["wait"]["result"]["value"] == {"waited": True}
 
 
 def test_trigger_rejects_unknown_params_and_unknown_pipelines(api: Api) -> None:
-    api.register(api.definition("p", [api.task("a", "maybe_fail")], params={"n": {"type": "int", "default": 1}}))
+    api.register(
+        api.definition("p", [api.task("a", "maybe_fail")], params={"n": {"type": "int", "default": 1}})
+    )
     op = api.client("operator")
     bad = op.post("/pipelines/p/runs", json={"params": {"m": 2}})
-    assert bad.status_code == 422 and "unknown parameter 'm'" in bad.json()["detail"]
+    assert bad.status_code == 422
+    assert "unknown parameter 'm'" in bad.json()["detail"]
     wrong_type = op.post("/pipelines/p/runs", json={"params": {"n": "many"}})
     assert wrong_type.status_code == 422
     assert op.post("/pipelines/nope/runs", json={}).status_code == 404
@@ -125,8 +153,11 @@ def test_trigger_rejects_unknown_params_and_unknown_pipelines(api: Api) -> None:
 
 
 def test_a_failed_run_shows_its_error_and_resume_reruns_only_what_failed(api: Api) -> None:
-    api.register(api.definition("flaky", [api.task("first", "numbers"),
-                                          api.task("second", "maybe_fail", depends_on=["first"])]))
+    api.register(
+        api.definition(
+            "flaky", [api.task("first", "numbers"), api.task("second", "maybe_fail", depends_on=["first"])]
+        )
+    )
     api.tasks.fail["on"] = True
     run_id = api.client("operator").post("/pipelines/flaky/runs").json()["run_id"]
     failed = api.wait_for_run(run_id, {"succeeded", "failed"})
@@ -151,8 +182,11 @@ def test_a_failed_run_shows_its_error_and_resume_reruns_only_what_failed(api: Ap
 
 
 def test_cancel_stops_a_running_run(api: Api) -> None:
-    api.register(api.definition("slow", [api.task("wait", "wait_for_gate"),
-                                         api.task("later", "maybe_fail", depends_on=["wait"])]))
+    api.register(
+        api.definition(
+            "slow", [api.task("wait", "wait_for_gate"), api.task("later", "maybe_fail", depends_on=["wait"])]
+        )
+    )
     run_id = api.client("operator").post("/pipelines/slow/runs").json()["run_id"]
     api.wait_for_run(run_id, {"running"})
     r = api.client("operator").post(f"/runs/{run_id}/cancel")
@@ -170,16 +204,32 @@ def test_cancel_stops_a_running_run(api: Api) -> None:
 def _seed_runs(api: Api) -> list[tuple[str, str, str]]:
     """Runs created straight in the store: (id, pipeline, state), in creation order."""
     for name in ("alpha", "beta"):
-        api.store.register_pipeline(name, json.loads(json.dumps(
-            {"apiVersion": "udop/v1", "kind": "Pipeline", "metadata": {"name": name},
-             "spec": {"tasks": [{"id": "a", "type": "python", "callable": "m:f"}]}})))
+        api.store.register_pipeline(
+            name,
+            json.loads(
+                json.dumps(
+                    {
+                        "apiVersion": "udop/v1",
+                        "kind": "Pipeline",
+                        "metadata": {"name": name},
+                        "spec": {"tasks": [{"id": "a", "type": "python", "callable": "m:f"}]},
+                    }
+                )
+            ),
+        )
     made = []
     start = datetime(2026, 1, 1, tzinfo=UTC)
     for i in range(7):
         name = "alpha" if i % 3 else "beta"
         run_id = f"run-{i:02d}"
-        api.store.create_run(run_id=run_id, pipeline=name, pipeline_version=1, task_ids=["a"], params={"i": i},
-                             logical_date=start + timedelta(days=i))
+        api.store.create_run(
+            run_id=run_id,
+            pipeline=name,
+            pipeline_version=1,
+            task_ids=["a"],
+            params={"i": i},
+            logical_date=start + timedelta(days=i),
+        )
         state = "pending"
         if i % 2:
             api.store.set_run_state(run_id, RunState.RUNNING)
@@ -209,7 +259,8 @@ def test_list_runs_filters_and_pages_with_a_cursor(api: Api) -> None:
     newest_first = [m[0] for m in reversed(made)]
 
     ids, pages = _all_pages(api, limit=3)
-    assert ids == newest_first and pages == 3
+    assert ids == newest_first
+    assert pages == 3
 
     alpha, _ = _all_pages(api, pipeline="alpha", limit=2)
     assert alpha == [m[0] for m in reversed(made) if m[1] == "alpha"]
@@ -227,28 +278,53 @@ def test_list_runs_filters_and_pages_with_a_cursor(api: Api) -> None:
 
 
 def test_lineage_and_quality_results_of_a_run(api: Api) -> None:
-    api.store.register_pipeline("q", {"apiVersion": "udop/v1", "kind": "Pipeline", "metadata": {"name": "q"},
-                                      "spec": {"tasks": [{"id": "load", "type": "python", "callable": "m:f"}]}})
-    api.store.create_run(run_id="r-q", pipeline="q", pipeline_version=1, task_ids=["load"], params={},
-                         logical_date=datetime(2026, 1, 1, tzinfo=UTC))
+    api.store.register_pipeline(
+        "q",
+        {
+            "apiVersion": "udop/v1",
+            "kind": "Pipeline",
+            "metadata": {"name": "q"},
+            "spec": {"tasks": [{"id": "load", "type": "python", "callable": "m:f"}]},
+        },
+    )
+    api.store.create_run(
+        run_id="r-q",
+        pipeline="q",
+        pipeline_version=1,
+        task_ids=["load"],
+        params={},
+        logical_date=datetime(2026, 1, 1, tzinfo=UTC),
+    )
     api.store.set_run_state("r-q", RunState.RUNNING)
     api.store.start_attempt("r-q", "load", 1)
-    result = TaskResult(output=Manifest(uri="/data/runs/q/r-q/load/", rows=42, bytes=1000,
-                                        schema_fingerprint="abc"),
-                        inputs=("s3://bucket/in.csv",),
-                        checks=(CheckResult(rule="not_null(id)", severity="error", passed=True),
-                                CheckResult(rule="row_count >= 100", severity="warn", passed=False,
-                                            failing_rows=58, message="42 rows")))
-    api.store.finish_attempt("r-q", "load", 1, attempt_state=AttemptState.SUCCEEDED,
-                             task_state=TaskState.SUCCEEDED, result=result.to_dict())
+    result = TaskResult(
+        output=Manifest(uri="/data/runs/q/r-q/load/", rows=42, bytes=1000, schema_fingerprint="abc"),
+        inputs=("s3://bucket/in.csv",),
+        checks=(
+            CheckResult(rule="not_null(id)", severity="error", passed=True),
+            CheckResult(
+                rule="row_count >= 100", severity="warn", passed=False, failing_rows=58, message="42 rows"
+            ),
+        ),
+    )
+    api.store.finish_attempt(
+        "r-q",
+        "load",
+        1,
+        attempt_state=AttemptState.SUCCEEDED,
+        task_state=TaskState.SUCCEEDED,
+        result=result.to_dict(),
+    )
     c = api.client("viewer")
     lineage = c.get("/runs/r-q/lineage").json()
     assert len(lineage) == 1
-    assert lineage[0]["task_id"] == "load" and lineage[0]["rows"] == 42
+    assert lineage[0]["task_id"] == "load"
+    assert lineage[0]["rows"] == 42
     assert lineage[0]["output_uri"] == "/data/runs/q/r-q/load/"
     assert lineage[0]["inputs"] == ["s3://bucket/in.csv"]
     checks = {ch["rule"]: ch for ch in c.get("/runs/r-q/checks").json()}
     assert checks["not_null(id)"]["passed"] is True
-    assert checks["row_count >= 100"]["passed"] is False and checks["row_count >= 100"]["failing_rows"] == 58
+    assert checks["row_count >= 100"]["passed"] is False
+    assert checks["row_count >= 100"]["failing_rows"] == 58
     assert c.get("/runs/nope/lineage").status_code == 404
     assert c.get("/runs/nope/checks").status_code == 404

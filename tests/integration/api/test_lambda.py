@@ -50,15 +50,17 @@ class FakeLambdaContext:
 
 
 @pytest.fixture
-def lambda_handler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                   tasks_module: tuple[str, ModuleType]) -> Iterator[Callable[[dict[str, Any]], dict[str, Any]]]:
+def lambda_handler(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tasks_module: tuple[str, ModuleType]
+) -> Iterator[Callable[[dict[str, Any]], dict[str, Any]]]:
     monkeypatch.setenv("UDOP_DATABASE_URL", f"sqlite:///{tmp_path / 'meta.db'}")
     monkeypatch.setenv("UDOP_DATA_ROOT", str(tmp_path / "data"))
     monkeypatch.setenv("UDOP_JWT_SECRET", SECRET)
     monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "udop-api")
     name = f"udop_api_lambda_{uuid.uuid4().hex[:8]}"
     spec = importlib.util.spec_from_file_location(name, HANDLER)
-    assert spec and spec.loader
+    assert spec
+    assert spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # the cold start
     context = FakeLambdaContext()
@@ -79,7 +81,8 @@ def test_health_event(lambda_handler: Callable[[dict[str, Any]], dict[str, Any]]
 
 
 def test_register_trigger_and_follow_a_run_through_api_gateway_events(
-        lambda_handler: Callable[[dict[str, Any]], dict[str, Any]], tasks_module: tuple[str, ModuleType]) -> None:
+    lambda_handler: Callable[[dict[str, Any]], dict[str, Any]], tasks_module: tuple[str, ModuleType]
+) -> None:
     token = make_token("operator", sub="lambda-user")
     fill = {"token": token, "pipeline": "from-lambda", "callable": f"{tasks_module[0]}:maybe_fail"}
 
@@ -108,7 +111,9 @@ def test_register_trigger_and_follow_a_run_through_api_gateway_events(
     assert [r["id"] for r in page["items"]] == [run_id]
 
 
-def test_refusals_through_api_gateway_events(lambda_handler: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+def test_refusals_through_api_gateway_events(
+    lambda_handler: Callable[[dict[str, Any]], dict[str, Any]],
+) -> None:
     fill = {"pipeline": "p", "callable": "m:f"}
     no_token = lambda_handler(load_event("post_pipeline_no_token.json", **fill))
     assert no_token["statusCode"] == 401
@@ -122,8 +127,16 @@ def test_refusals_through_api_gateway_events(lambda_handler: Callable[[dict[str,
     paths = {e["path"] for e in _json(invalid)["errors"]}
     assert {"metadata.name", "spec.tasks"} <= paths, paths
 
-    audit = _json(lambda_handler(load_event("get_runs_filtered.json", pipeline="p", token=make_token("admin"))
-                                 | {"path": "/audit", "resource": "/audit", "queryStringParameters": None,
-                                    "multiValueQueryStringParameters": None}))
+    audit = _json(
+        lambda_handler(
+            load_event("get_runs_filtered.json", pipeline="p", token=make_token("admin"))
+            | {
+                "path": "/audit",
+                "resource": "/audit",
+                "queryStringParameters": None,
+                "multiValueQueryStringParameters": None,
+            }
+        )
+    )
     outcomes = [(i["status"], i["client"]) for i in audit["items"]]
     assert outcomes == [(422, "203.0.113.7"), (403, "203.0.113.7"), (401, "203.0.113.7")]

@@ -52,7 +52,8 @@ def _columns(engine: Engine, table: str) -> dict[str, tuple[str, bool]]:
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_the_api_revision_follows_the_store_head_and_matches_the_api_tables(
-        backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     from alembic.script import ScriptDirectory
 
     from udop.api.audit import API_METADATA, ensure_api_tables
@@ -65,7 +66,9 @@ def test_the_api_revision_follows_the_store_head_and_matches_the_api_tables(
     assert chain.get_heads() == ["0002"], "the API revision must be the one head"
     assert chain.get_revision("0002").down_revision in store_heads
 
-    url = request.getfixturevalue("postgres_url") if backend == "postgres" else f"sqlite:///{tmp_path / 'm.db'}"
+    url = (
+        request.getfixturevalue("postgres_url") if backend == "postgres" else f"sqlite:///{tmp_path / 'm.db'}"
+    )
     migrated = create_engine(url)
     _alembic(migrated, scripts, "head")
     reference = create_engine(f"sqlite:///{tmp_path / 'ref.db'}" if backend == "sqlite" else url)
@@ -80,7 +83,9 @@ def test_the_api_revision_follows_the_store_head_and_matches_the_api_tables(
         for table in API_METADATA.tables.values():
             got = _columns(migrated, table.name)
             assert set(got) == {c.name for c in table.columns}
-            assert {n: nullable for n, (_, nullable) in got.items()} == {c.name: c.nullable for c in table.columns}
+            assert {n: nullable for n, (_, nullable) in got.items()} == {
+                c.name: c.nullable for c in table.columns
+            }
 
     # idempotent with the API's own create-if-missing, both ways round
     ensure_api_tables(migrated)
@@ -107,4 +112,8 @@ def test_the_api_end_to_end_on_postgres(api_factory: Callable[..., Api], postgre
         assert svc.post("/pipelines/pg/runs").status_code == 403
     audit = api.client("admin").get("/audit").json()["items"]
     assert [(i["action"], i["status"]) for i in audit[:4]] == [
-        ("trigger_run", 403), ("create_api_key", 201), ("trigger_run", 202), ("register_pipeline", 201)]
+        ("trigger_run", 403),
+        ("create_api_key", 201),
+        ("trigger_run", 202),
+        ("register_pipeline", 201),
+    ]

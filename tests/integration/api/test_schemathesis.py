@@ -20,11 +20,21 @@ pytestmark = pytest.mark.slow  # 25 generated requests for each of the ~17 opera
 
 @pytest.fixture
 def api_schema(api: Api) -> schemathesis.BaseSchema:
-    definition = {"apiVersion": "udop/v1", "kind": "Pipeline", "metadata": {"name": "demo"},
-                  "spec": {"tasks": [{"id": "a", "type": "python", "callable": f"{api.module}:maybe_fail"}]}}
+    definition = {
+        "apiVersion": "udop/v1",
+        "kind": "Pipeline",
+        "metadata": {"name": "demo"},
+        "spec": {"tasks": [{"id": "a", "type": "python", "callable": f"{api.module}:maybe_fail"}]},
+    }
     api.store.register_pipeline("demo", definition)
-    api.store.create_run(run_id="run-1", pipeline="demo", pipeline_version=1, task_ids=["a"], params={},
-                         logical_date=datetime(2026, 1, 1, tzinfo=UTC))
+    api.store.create_run(
+        run_id="run-1",
+        pipeline="demo",
+        pipeline_version=1,
+        task_ids=["a"],
+        params={},
+        logical_date=datetime(2026, 1, 1, tzinfo=UTC),
+    )
     return schemathesis.openapi.from_url(f"{api.url}/openapi.json")
 
 

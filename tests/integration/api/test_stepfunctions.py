@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import LiveServer, SECRET, bearer, make_token
+from .conftest import SECRET, LiveServer, bearer, make_token
 
 pytestmark = [pytest.mark.aws, pytest.mark.redis, pytest.mark.slow]
 
@@ -25,7 +25,8 @@ def _harness() -> Any:
     name = "udop_aws_test_harness"
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, _HARNESS_PATH)
-        assert spec and spec.loader
+        assert spec
+        assert spec.loader
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
@@ -42,15 +43,21 @@ def _run_event(moto: Any, run: dict[str, Any], status: str) -> None:
     execution = sfn.describe_execution(executionArn=run["external_id"])
     machine = execution["stateMachineArn"]
     text = events.read_text()
-    for key, value in {"execution_arn": run["external_id"], "state_machine_arn": machine, "name": execution["name"],
-                       "status": status, "account": machine.split(":")[4]}.items():
+    for key, value in {
+        "execution_arn": run["external_id"],
+        "state_machine_arn": machine,
+        "name": execution["name"],
+        "status": status,
+        "account": machine.split(":")[4],
+    }.items():
         text = text.replace("{" + key + "}", value)
     resp = moto.client("lambda").invoke(FunctionName=moto.run_events_arn, Payload=text)
     assert resp.get("FunctionError") is None, resp["Payload"].read()
 
 
-def test_deploy_trigger_follow_and_redrive_through_the_api(moto_aws: Any, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_deploy_trigger_follow_and_redrive_through_the_api(
+    moto_aws: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import httpx
 
     from udop.api import ApiSettings, create_app
@@ -58,9 +65,15 @@ def test_deploy_trigger_follow_and_redrive_through_the_api(moto_aws: Any, tmp_pa
     from udop.store import open_store
 
     monkeypatch.setenv("UDOP_DATA_BUCKET", moto_aws.data_bucket)
-    settings = ApiSettings(database_url=moto_aws.database_url, jwt_secret=SECRET, executor="stepfunctions",
-                           definitions_bucket=moto_aws.definitions_bucket, data_bucket=moto_aws.data_bucket,
-                           task_runner_arn=moto_aws.task_runner_arn, state_machine_role_arn=moto_aws.role_arn)
+    settings = ApiSettings(
+        database_url=moto_aws.database_url,
+        jwt_secret=SECRET,
+        executor="stepfunctions",
+        definitions_bucket=moto_aws.definitions_bucket,
+        data_bucket=moto_aws.data_bucket,
+        task_runner_arn=moto_aws.task_runner_arn,
+        state_machine_role_arn=moto_aws.role_arn,
+    )
     store = open_store(moto_aws.database_url)
     sfn = moto_aws.client("stepfunctions")
     launcher = StepFunctionsLauncher(store, settings, sfn=sfn, s3=moto_aws.client("s3"))
@@ -69,35 +82,63 @@ def test_deploy_trigger_follow_and_redrive_through_the_api(moto_aws: Any, tmp_pa
     flag = tmp_path / "fault"
     flag.write_text("set")
     definition = {
-        "apiVersion": "udop/v1", "kind": "Pipeline", "metadata": {"name": "api-aws"},
-        "spec": {"params": {"n": {"type": "int", "default": 3}}, "tasks": [
-            {"id": "numbers", "type": "python", "callable": "udop_aws_test_tasks:numbers",
-             "args": {"n": "${params.n}", "log_dir": str(log_dir)}},
-            {"id": "big", "type": "python", "callable": "udop_aws_test_tasks:fails_while", "depends_on": ["numbers"],
-             "args": {"flag": str(flag), "log_dir": str(log_dir)}}]}}
+        "apiVersion": "udop/v1",
+        "kind": "Pipeline",
+        "metadata": {"name": "api-aws"},
+        "spec": {
+            "params": {"n": {"type": "int", "default": 3}},
+            "tasks": [
+                {
+                    "id": "numbers",
+                    "type": "python",
+                    "callable": "udop_aws_test_tasks:numbers",
+                    "args": {"n": "${params.n}", "log_dir": str(log_dir)},
+                },
+                {
+                    "id": "big",
+                    "type": "python",
+                    "callable": "udop_aws_test_tasks:fails_while",
+                    "depends_on": ["numbers"],
+                    "args": {"flag": str(flag), "log_dir": str(log_dir)},
+                },
+            ],
+        },
+    }
     try:
-        with LiveServer(create_app(settings, store=store, launcher=launcher)) as server, \
-                httpx.Client(base_url=server.url, headers=bearer(make_token("admin")), timeout=120) as c:
+        with (
+            LiveServer(create_app(settings, store=store, launcher=launcher)) as server,
+            httpx.Client(base_url=server.url, headers=bearer(make_token("admin")), timeout=120) as c,
+        ):
             assert c.get("/health").json()["executor"] == "stepfunctions"
             # a definition the compiler refuses is a 422 and deploys nothing
-            broken = {**definition, "spec": {"tasks": [{"id": "a", "type": "python", "callable": "m:f",
-                                                        "depends_on": ["a"]}]}}
+            broken = {
+                **definition,
+                "spec": {"tasks": [{"id": "a", "type": "python", "callable": "m:f", "depends_on": ["a"]}]},
+            }
             assert c.post("/pipelines", json=broken).status_code == 422
 
             created = c.post("/pipelines", json=definition)
             assert created.status_code == 201, created.text
             version = c.get("/pipelines/api-aws").json()["versions"][-1]
             machine = version["state_machine_arn"]
-            assert machine and sfn.describe_state_machine(stateMachineArn=machine)["status"] == "ACTIVE"
+            assert machine
+            assert sfn.describe_state_machine(stateMachineArn=machine)["status"] == "ACTIVE"
             key = "pipelines/api-aws.json"
-            assert json.loads(moto_aws.client("s3").get_object(Bucket=moto_aws.definitions_bucket,
-                                                                Key=key)["Body"].read()) == definition
+            assert (
+                json.loads(
+                    moto_aws.client("s3")
+                    .get_object(Bucket=moto_aws.definitions_bucket, Key=key)["Body"]
+                    .read()
+                )
+                == definition
+            )
 
             accepted = c.post("/pipelines/api-aws/runs", json={"params": {"n": 4}})
             assert accepted.status_code == 202, accepted.text
             run_id = accepted.json()["run_id"]
             run = c.get(f"/runs/{run_id}").json()
-            assert run["executor"] == "stepfunctions" and run["params"] == {"n": 4}
+            assert run["executor"] == "stepfunctions"
+            assert run["params"] == {"n": 4}
             assert sfn.describe_execution(executionArn=run["external_id"])["name"] == run_id
 
             moto_aws.wait_execution(run["external_id"])
@@ -111,8 +152,10 @@ def test_deploy_trigger_follow_and_redrive_through_the_api(moto_aws: Any, tmp_pa
 
             flag.unlink()  # the fault is fixed: redrive from the failed task
             assert c.post(f"/runs/{run_id}/resume").status_code == 202
-            latest = max((e for e in sfn.list_executions(stateMachineArn=machine)["executions"]),
-                         key=lambda e: e["startDate"])
+            latest = max(
+                (e for e in sfn.list_executions(stateMachineArn=machine)["executions"]),
+                key=lambda e: e["startDate"],
+            )
             moto_aws.wait_execution(latest["executionArn"])
             _run_event(moto_aws, {**run, "external_id": latest["executionArn"]}, "SUCCEEDED")
             done = c.get(f"/runs/{run_id}").json()

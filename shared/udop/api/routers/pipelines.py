@@ -29,12 +29,19 @@ _DEFINITION_BODY: dict[str, Any] = {
 }
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, openapi_extra=_DEFINITION_BODY,
-             responses={200: {"model": PipelineRegistered, "description": "the definition was already the latest"},
-                        413: {"model": Problem}, 422: {"model": Problem, "description": "every error, located"}})
-async def register_pipeline(request: Request, response: Response,
-                            _: Operator,
-                            ctx: Ctx) -> PipelineRegistered:
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra=_DEFINITION_BODY,
+    responses={
+        200: {"model": PipelineRegistered, "description": "the definition was already the latest"},
+        413: {"model": Problem},
+        422: {"model": Problem, "description": "every error, located"},
+    },
+)
+async def register_pipeline(
+    request: Request, response: Response, _: Operator, ctx: Ctx
+) -> PipelineRegistered:
     """Register a pipeline, or add a version when its definition changed (matched by metadata.name)."""
     body = await request.body()
     if len(body) > MAX_DEFINITION_BYTES:
@@ -53,9 +60,12 @@ async def register_pipeline(request: Request, response: Response,
     created = latest is None or latest.version != version.version
     if not created:
         response.status_code = status.HTTP_200_OK
-    request.state.audit_detail = f"pipeline {pipeline.name} version {version.version}" + ("" if created else " (unchanged)")
-    return PipelineRegistered(name=pipeline.name, version=version.version, content_hash=version.content_hash,
-                              created=created)
+    request.state.audit_detail = f"pipeline {pipeline.name} version {version.version}" + (
+        "" if created else " (unchanged)"
+    )
+    return PipelineRegistered(
+        name=pipeline.name, version=version.version, content_hash=version.content_hash, created=created
+    )
 
 
 class DefinitionInvalid(Exception):
@@ -69,14 +79,12 @@ def _invalid(errors: list[SpecError]) -> DefinitionInvalid:
 
 
 @router.get("")
-def list_pipelines(_: Viewer,
-                   ctx: Ctx) -> list[PipelineSummary]:
+def list_pipelines(_: Viewer, ctx: Ctx) -> list[PipelineSummary]:
     return [PipelineSummary.from_record(p) for p in ctx.store.list_pipelines()]
 
 
 @router.get("/{name}", responses={404: {"model": Problem}})
-def get_pipeline(name: PipelineName, _: Viewer,
-                 ctx: Ctx) -> PipelineDetail:
+def get_pipeline(name: PipelineName, _: Viewer, ctx: Ctx) -> PipelineDetail:
     """A pipeline with every version and its definition, oldest first."""
     record = ctx.store.get_pipeline(name)
     if record is None:
@@ -85,8 +93,7 @@ def get_pipeline(name: PipelineName, _: Viewer,
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, responses={404: {"model": Problem}})
-def delete_pipeline(request: Request, name: PipelineName, _: Admin,
-                    ctx: Ctx) -> None:
+def delete_pipeline(request: Request, name: PipelineName, _: Admin, ctx: Ctx) -> None:
     if not ctx.store.delete_pipeline(name):
         raise HTTPException(404, f"no pipeline {name!r}")
     request.state.audit_detail = f"pipeline {name} deleted"

@@ -23,7 +23,9 @@ def _pipeline_version(ctx: ApiContext, name: str, version: int | None = None) ->
     record = ctx.store.get_pipeline(name)
     if record is None or not record.versions:
         raise HTTPException(404, f"no pipeline {name!r}; register it with POST /pipelines first")
-    chosen = record.latest if version is None else next((v for v in record.versions if v.version == version), None)
+    chosen = (
+        record.latest if version is None else next((v for v in record.versions if v.version == version), None)
+    )
     if chosen is None:
         raise HTTPException(404, f"pipeline {name!r} has no version {version}")
     return Pipeline.model_validate(chosen.definition)
@@ -40,28 +42,43 @@ def _accepted(run: RunRecord, state: RunState) -> RunAccepted:
     return RunAccepted(run_id=run.id, pipeline=run.pipeline, state=state, href=f"/runs/{run.id}")
 
 
-@router.post("/pipelines/{name}/runs", status_code=status.HTTP_202_ACCEPTED,
-             responses={404: {"model": Problem}, 422: {"model": Problem}})
-def trigger_run(request: Request, response: Response, name: Annotated[str, Path(max_length=200)],
-                _: Operator, ctx: Ctx, body: RunRequest | None = None) -> RunAccepted:
+@router.post(
+    "/pipelines/{name}/runs",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={404: {"model": Problem}, 422: {"model": Problem}},
+)
+def trigger_run(
+    request: Request,
+    response: Response,
+    name: Annotated[str, Path(max_length=200)],
+    _: Operator,
+    ctx: Ctx,
+    body: RunRequest | None = None,
+) -> RunAccepted:
     """Start a run of the pipeline's latest version; answers at once, before any task runs."""
     from udop.executor.local import new_run_id
 
     body = body or RunRequest()
     pipeline = _pipeline_version(ctx, name)
-    run = ctx.launcher.trigger(pipeline, params=body.params, logical_date=body.logical_date, run_id=new_run_id())
+    run = ctx.launcher.trigger(
+        pipeline, params=body.params, logical_date=body.logical_date, run_id=new_run_id()
+    )
     response.headers["Location"] = f"/runs/{run.id}"
     request.state.audit_detail = f"run {run.id} of {name} v{run.pipeline_version}"
     return _accepted(run, run.state)
 
 
 @router.get("/runs", responses={400: {"model": Problem}})
-def list_runs(_: Viewer, ctx: Ctx,
-              pipeline: Annotated[str | None, Query(max_length=200)] = None,
-              state: RunState | None = None,
-              limit: Annotated[int, Query(ge=1, le=500)] = 50,
-              cursor: Annotated[str | None, Query(max_length=400, description="the previous page's next_cursor")]
-              = None) -> RunPage:
+def list_runs(
+    _: Viewer,
+    ctx: Ctx,
+    pipeline: Annotated[str | None, Query(max_length=200)] = None,
+    state: RunState | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[
+        str | None, Query(max_length=400, description="the previous page's next_cursor")
+    ] = None,
+) -> RunPage:
     """Newest first."""
     before = None
     if cursor:
@@ -75,30 +92,32 @@ def list_runs(_: Viewer, ctx: Ctx,
         raise HTTPException(400, "the cursor's run no longer exists; start again without a cursor") from None
     more = len(runs) > limit
     runs = runs[:limit]
-    return RunPage(items=[RunSummary.from_record(r) for r in runs],
-                   next_cursor=encode_cursor(runs[-1].id) if more and runs else None)
+    return RunPage(
+        items=[RunSummary.from_record(r) for r in runs],
+        next_cursor=encode_cursor(runs[-1].id) if more and runs else None,
+    )
 
 
 @router.get("/runs/{run_id}", responses={404: {"model": Problem}})
-def get_run(run_id: RunId, _: Viewer,
-            ctx: Ctx) -> RunDetail:
+def get_run(run_id: RunId, _: Viewer, ctx: Ctx) -> RunDetail:
     """The run with each task's state, attempts and errors."""
     return RunDetail.from_record(_run(ctx, run_id))
 
 
 @router.post("/runs/{run_id}/cancel", responses={404: {"model": Problem}, 409: {"model": Problem}})
-def cancel_run(request: Request, run_id: RunId, principal: Operator,
-               ctx: Ctx) -> RunDetail:
+def cancel_run(request: Request, run_id: RunId, principal: Operator, ctx: Ctx) -> RunDetail:
     run = _run(ctx, run_id)
     record = ctx.launcher.cancel(run, reason=f"cancelled by {principal.subject}")
     request.state.audit_detail = f"run {run_id} cancelled"
     return RunDetail.from_record(record)
 
 
-@router.post("/runs/{run_id}/resume", status_code=status.HTTP_202_ACCEPTED,
-             responses={404: {"model": Problem}, 409: {"model": Problem}})
-def resume_run(request: Request, run_id: RunId, _: Operator,
-               ctx: Ctx) -> RunAccepted:
+@router.post(
+    "/runs/{run_id}/resume",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={404: {"model": Problem}, 409: {"model": Problem}},
+)
+def resume_run(request: Request, run_id: RunId, _: Operator, ctx: Ctx) -> RunAccepted:
     """Run a failed or cancelled run again from the tasks that did not succeed (a redrive on AWS)."""
     run = _run(ctx, run_id)
     pipeline = _pipeline_version(ctx, run.pipeline, run.pipeline_version)
@@ -108,16 +127,14 @@ def resume_run(request: Request, run_id: RunId, _: Operator,
 
 
 @router.get("/runs/{run_id}/lineage", responses={404: {"model": Problem}})
-def run_lineage(run_id: RunId, _: Viewer,
-                ctx: Ctx) -> list[Lineage]:
+def run_lineage(run_id: RunId, _: Viewer, ctx: Ctx) -> list[Lineage]:
     """What each task read and wrote: inputs, output URI, rows, bytes, schema fingerprint."""
     _run(ctx, run_id)
     return [Lineage.from_record(r) for r in ctx.store.get_lineage(run_id)]
 
 
 @router.get("/runs/{run_id}/checks", responses={404: {"model": Problem}})
-def run_checks(run_id: RunId, _: Viewer,
-               ctx: Ctx) -> list[Check]:
+def run_checks(run_id: RunId, _: Viewer, ctx: Ctx) -> list[Check]:
     """Data-quality results of the run's validate tasks."""
     _run(ctx, run_id)
     return [Check.from_record(r) for r in ctx.store.get_checks(run_id)]
