@@ -27,9 +27,20 @@ from sqlalchemy.pool import StaticPool
 from udop.errors import StoreError
 
 __all__ = ["begin", "canonical_json", "create_store_engine", "is_memory", "json_dumps", "mask_url",
-           "parse_url", "transaction"]
+           "parse_url", "sqlite_timestamp", "transaction"]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def sqlite_timestamp(value: dt.datetime) -> str:
+    """A timestamp as the store keeps it in SQLite: naive UTC text with microseconds.
+
+    The same text SQLAlchemy writes for ``UTCDateTime`` (a test holds the two together), so rows
+    written through the hot path and through SQLAlchemy compare and sort alike.
+    """
+    v = value.astimezone(dt.UTC) if value.tzinfo is not None else value
+    return (f"{v.year:04d}-{v.month:02d}-{v.day:02d} "
+            f"{v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}")
 
 
 def _json_default(value: Any) -> Any:

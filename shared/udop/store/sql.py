@@ -12,6 +12,7 @@ cannot make an illegal move.
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -35,6 +36,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 
 from udop.errors import RunNotFound, StoreError, TransitionError
@@ -48,7 +50,14 @@ from udop.store.api import (
     RunRecord,
     TaskRunRecord,
 )
-from udop.store.engine import canonical_json, is_memory, json_dumps, mask_url, transaction
+from udop.store.engine import (
+    canonical_json,
+    is_memory,
+    json_dumps,
+    mask_url,
+    sqlite_timestamp,
+    transaction,
+)
 from udop.store.tables import attempts, check_results, lineage, pipeline_versions, pipelines, runs, task_runs
 
 __all__ = ["SqlMetadataStore", "canonical_json", "content_hash", "predecessors"]
@@ -132,6 +141,53 @@ _INSERT_LINEAGE = insert(lineage)
 _INSERT_CHECK = insert(check_results)
 
 
+# --- the SQLite hot path ------------------------------------------------------------------------------
+# start_attempt and finish_attempt run once per task attempt. On SQLite, where a statement costs the
+# database a few microseconds, SQLAlchemy's per-execution work (about 35 us a statement) would be most
+# of the cost, so there the same Core statements, compiled once here, go straight to the driver
+# with values converted as SQLAlchemy would (UTC text timestamps, JSON text).
+
+
+class _Compiled:
+    """A Core statement compiled once for sqlite3 with named parameters, plus its fixed values."""
+
+    __slots__ = ("defaults", "sql")
+
+    _DIALECT = SQLiteDialect_pysqlite(paramstyle="named")
+
+    def __init__(self, stmt: Any) -> None:
+        compiled = stmt.compile(dialect=self._DIALECT)
+        self.sql: str = compiled.string
+        self.defaults: dict[str, Any] = dict(compiled.params)
+
+    def __call__(self, **values: Any) -> dict[str, Any]:
+        return {**self.defaults, **values}
+
+
+_SQLITE_START_TASK = _Compiled(_START_TASK)
+_SQLITE_INSERT_ATTEMPT = _Compiled(_INSERT_ATTEMPT)
+_SQLITE_INSERT_LINEAGE = _Compiled(insert(lineage).values(
+    {c: bindparam(c) for c in ("run_id", "task_id", "inputs", "output_uri", "rows", "bytes",
+                               "schema_fingerprint", "recorded_at")}))
+_SQLITE_INSERT_CHECK = _Compiled(insert(check_results).values(
+    {c: bindparam(c) for c in ("run_id", "task_id", "rule", "severity", "passed", "failing_rows", "sample",
+                               "message")}))
+
+
+@cache
+def _sqlite_finish_attempt(state: AttemptState) -> _Compiled:
+    return _Compiled(_finish_attempt_stmt(state))
+
+
+@cache
+def _sqlite_finish_task(state: TaskState) -> _Compiled:
+    return _Compiled(_finish_task_stmt(state))
+
+
+class _Refused(Exception):
+    """The guarded UPDATE matched no row; raised inside the transaction so that it rolls back."""
+
+
 class SqlMetadataStore:
     """The metadata store on an SQLAlchemy engine (build it with ``udop.store.open_store``)."""
 
@@ -142,6 +198,7 @@ class SqlMetadataStore:
         # a :memory: SQLite database is one shared connection: one transaction at a time
         self._lock: AbstractContextManager[Any] = (
             threading.RLock() if is_memory(engine.url) else nullcontext())
+        self._sqlite = engine.dialect.name == "sqlite"
         dialect_insert = postgresql_insert if self._postgres else sqlite_insert
         self._insert_pipeline = dialect_insert(pipelines).on_conflict_do_nothing(index_elements=["name"])
 
@@ -173,6 +230,28 @@ class SqlMetadataStore:
 
     def _write(self) -> AbstractContextManager[Connection]:
         return self._tx(True)
+
+    @contextmanager
+    def _sqlite_write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction on the bare sqlite3 connection (see "the SQLite hot path")."""
+        with self._lock:
+            pooled = self._engine.raw_connection()
+            try:
+                db: sqlite3.Connection = pooled.driver_connection  # type: ignore[assignment]
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                except BaseException:
+                    if db.in_transaction:
+                        db.rollback()
+                    raise
+                db.commit()
+            except (sqlite3.IntegrityError, _Refused):
+                raise
+            except sqlite3.Error as exc:
+                raise StoreError(f"metadata database {self._where}: {exc}") from None
+            finally:
+                pooled.close()
 
     # --- pipelines ---------------------------------------------------------------------------------
 
@@ -365,6 +444,9 @@ class SqlMetadataStore:
 
     def start_attempt(self, run_id: str, task_id: str, number: int) -> None:
         """Attempt ``number`` of the task starts: the task moves to running (pending/retrying before)."""
+        if self._sqlite:
+            self._sqlite_start_attempt(run_id, task_id, number)
+            return
         params = {"r": run_id, "t": task_id, "n": number, "now": _now()}
         try:
             with self._write() as conn:
@@ -372,6 +454,22 @@ class SqlMetadataStore:
                     self._raise_task_problem(conn, run_id, task_id, TaskState.RUNNING)
                 conn.execute(_INSERT_ATTEMPT, params)
         except IntegrityError:
+            raise TransitionError(f"run {run_id!r} task {task_id!r}: attempt {number} was already started") \
+                from None
+
+    def _sqlite_start_attempt(self, run_id: str, task_id: str, number: int) -> None:
+        now = sqlite_timestamp(_now())
+        try:
+            with self._sqlite_write() as db:
+                if db.execute(_SQLITE_START_TASK.sql,
+                              _SQLITE_START_TASK(r=run_id, t=task_id, now=now)).rowcount != 1:
+                    raise _Refused
+                db.execute(_SQLITE_INSERT_ATTEMPT.sql, _SQLITE_INSERT_ATTEMPT(r=run_id, t=task_id, n=number,
+                                                                              now=now))
+        except _Refused:
+            with self._read() as conn:
+                self._raise_task_problem(conn, run_id, task_id, TaskState.RUNNING)
+        except sqlite3.IntegrityError:
             raise TransitionError(f"run {run_id!r} task {task_id!r}: attempt {number} was already started") \
                 from None
 
@@ -385,6 +483,10 @@ class SqlMetadataStore:
         """
         attempt_state = AttemptState(attempt_state)
         task_state = TaskState(task_state)
+        if self._sqlite:
+            self._sqlite_finish_attempt(run_id, task_id, number, attempt_state, task_state,
+                                        error_type=error_type, error_message=error_message, result=result)
+            return
         now = _now()
         succeeded = task_state is TaskState.SUCCEEDED
         params = {"r": run_id, "t": task_id, "n": number, "now": now,
@@ -399,6 +501,40 @@ class SqlMetadataStore:
                 self._raise_task_problem(conn, run_id, task_id, task_state)
             if result:
                 self._record_result(conn, run_id, task_id, result, now)
+
+    def _sqlite_finish_attempt(self, run_id: str, task_id: str, number: int, attempt_state: AttemptState,
+                               task_state: TaskState, *, error_type: str | None, error_message: str | None,
+                               result: dict[str, Any] | None) -> None:
+        now = sqlite_timestamp(_now())
+        succeeded = task_state is TaskState.SUCCEEDED
+        try:
+            result_json = None if result is None else json_dumps(result)
+            lineage_row, check_rows = _result_rows(run_id, task_id, result, now)
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"run {run_id!r} task {task_id!r}: the result cannot be stored as JSON: {exc}") \
+                from None
+        attempt_stmt = _sqlite_finish_attempt(attempt_state)
+        task_stmt = _sqlite_finish_task(task_state)
+        try:
+            with self._sqlite_write() as db:
+                if db.execute(attempt_stmt.sql, attempt_stmt(
+                        r=run_id, t=task_id, n=number, now=now, etype=error_type,
+                        emsg=error_message)).rowcount != 1:
+                    raise _Refused("attempt")
+                if db.execute(task_stmt.sql, task_stmt(
+                        r=run_id, t=task_id, ended=now if is_terminal(task_state) else None,
+                        etype=None if succeeded else error_type, emsg=None if succeeded else error_message,
+                        result=result_json)).rowcount != 1:
+                    raise _Refused("task")
+                if lineage_row is not None:
+                    db.execute(_SQLITE_INSERT_LINEAGE.sql, lineage_row)
+                if check_rows:
+                    db.executemany(_SQLITE_INSERT_CHECK.sql, check_rows)
+        except _Refused as refused:
+            with self._read() as conn:
+                if refused.args == ("attempt",):
+                    self._raise_attempt_problem(conn, run_id, task_id, number, attempt_state)
+                self._raise_task_problem(conn, run_id, task_id, task_state)
 
     def _record_result(self, conn: Connection, run_id: str, task_id: str, result: dict[str, Any],
                        now: datetime) -> None:
@@ -500,7 +636,7 @@ class SqlMetadataStore:
             raise RunNotFound(f"no run {run_id!r} in the metadata store")
         raise RunNotFound(f"run {run_id!r} has no task {task_id!r}")
 
-    def _raise_task_problem(self, conn: Connection, run_id: str, task_id: str, new: TaskState) -> None:
+    def _raise_task_problem(self, conn: Connection, run_id: str, task_id: str, new: TaskState) -> NoReturn:
         current = conn.execute(select(task_runs.c.state).where(
             task_runs.c.run_id == run_id, task_runs.c.task_id == task_id)).scalar()
         if current is None:
@@ -508,7 +644,7 @@ class SqlMetadataStore:
         raise _transition_error(f"run {run_id!r} task {task_id!r}", current, new)
 
     def _raise_attempt_problem(self, conn: Connection, run_id: str, task_id: str, number: int,
-                               new: AttemptState) -> None:
+                               new: AttemptState) -> NoReturn:
         current = conn.execute(select(attempts.c.state).where(
             attempts.c.run_id == run_id, attempts.c.task_id == task_id, attempts.c.number == number)).scalar()
         if current is None:
@@ -563,3 +699,23 @@ def _run(row: Row[Any], tasks: Sequence[TaskRunRecord] | Iterable[TaskRunRecord]
                      logical_date=row.logical_date, created_at=row.created_at, started_at=row.started_at,
                      ended_at=row.ended_at, error=row.error, external_id=row.external_id, owner=row.owner,
                      tasks=list(tasks))
+
+
+def _result_rows(run_id: str, task_id: str, result: dict[str, Any] | None,
+                 now: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """The lineage row and check rows a task result adds, as sqlite3 parameters."""
+    if not result:
+        return None, []
+    lineage_row = None
+    output = result.get("output")
+    if output:
+        lineage_row = _SQLITE_INSERT_LINEAGE(
+            run_id=run_id, task_id=task_id, inputs=json_dumps(list(result.get("inputs") or [])),
+            output_uri=output.get("uri"), rows=output.get("rows"), bytes=output.get("bytes"),
+            schema_fingerprint=output.get("schema_fingerprint"), recorded_at=now)
+    check_rows = [
+        _SQLITE_INSERT_CHECK(run_id=run_id, task_id=task_id, rule=c["rule"], severity=c["severity"],
+                             passed=1 if c["passed"] else 0, failing_rows=int(c.get("failing_rows") or 0),
+                             sample=json_dumps(list(c.get("sample") or [])), message=c.get("message") or "")
+        for c in (result.get("checks") or [])]
+    return lineage_row, check_rows

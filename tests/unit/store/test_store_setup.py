@@ -214,3 +214,21 @@ def test_timestamps_are_stored_as_utc() -> None:
     assert t.process_result_value(datetime(2026, 6, 1, 12, 0), sqlite.dialect()) == datetime(
         2026, 6, 1, 12, 0, tzinfo=UTC)
     assert t.process_result_value(paris, postgresql.dialect()).tzinfo is UTC  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("value", [
+    datetime(2026, 6, 1, 12, 0, tzinfo=UTC),  # no microseconds: still written with six digits
+    datetime(2026, 6, 1, 14, 0, 0, 1, tzinfo=timezone(timedelta(hours=2))),
+    datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-11))),
+])
+def test_hot_path_timestamps_are_the_text_sqlalchemy_writes(value: datetime) -> None:
+    """start/finish_attempt write SQLite text themselves; it must equal what every other write produces,
+    or times would sort and compare wrongly."""
+    from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
+
+    from udop.store.engine import sqlite_timestamp
+
+    dialect = SQLiteDialect_pysqlite()
+    through_sqlalchemy = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)(value)  # type: ignore[misc]
+    assert isinstance(through_sqlalchemy, str)
+    assert sqlite_timestamp(value) == through_sqlalchemy
