@@ -71,11 +71,26 @@ class Session:
             self.con = duckdb.connect(":memory:")
             _configure(self.con, self._spill, memory_limit)
         else:
-            self.con = _shared().cursor()
-        if context is not None and context.on_cancel is not None:
-            context.on_cancel(self.con.interrupt)
+            shared = _shared()
+            with _shared_lock:
+                self.con = shared.cursor()
+        self._closed = threading.Event()
+        if context is not None:
+            if context.on_cancel is not None:
+                context.on_cancel(self.con.interrupt)
+            # executors that only set cancel_event (the Lambda task runner near its deadline) stop us too
+            threading.Thread(target=self._watch, args=(context.cancel_event,), daemon=True,
+                             name=f"udop-cancel-{context.task_id}").start()
+
+    def _watch(self, cancel: threading.Event) -> None:
+        while not self._closed.is_set():
+            if cancel.wait(0.1):
+                if not self._closed.is_set():
+                    self.con.interrupt()
+                return
 
     def close(self) -> None:
+        self._closed.set()
         self.con.close()
         if self._spill is not None:
             shutil.rmtree(self._spill, ignore_errors=True)

@@ -179,3 +179,22 @@ def test_cancel_hook_interrupts_duckdb(tmp_path):
     assert isinstance(errors[0], TaskTimeout)
     assert "task 't'" in str(errors[0])
     assert not (tmp_path / "data" / "runs" / "t" / "r1" / "t").exists()
+
+
+def test_cancel_event_alone_interrupts_duckdb(tmp_path):
+    # the Lambda task runner sets only cancel_event near its deadline; no on_cancel hook
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "x.parquet")
+    pipeline = make_pipeline([
+        {"id": "a", "type": "extract", "source": {"connector": "parquet", "path": "x.parquet"}},
+        {"id": "t", "type": "transform", "depends_on": "a", "steps": [
+            {"sql": "SELECT sum(a.range * b.range) AS s FROM range(100000000) a, range(100000) b"}]},
+    ])
+    results = {"a": run_task(context_for(pipeline, "a", tmp_path), pipeline.task("a"), {})}
+    ctx = context_for(pipeline, "t", tmp_path)
+    timer = threading.Timer(0.5, ctx.cancel_event.set)
+    timer.start()
+    started = time.monotonic()
+    with pytest.raises(TaskTimeout, match="task 't'"):
+        run_task(ctx, pipeline.task("t"), results)
+    assert time.monotonic() - started < 10
+    timer.cancel()
