@@ -85,7 +85,8 @@ class Emitter:
     """Builds one state machine's definition; a fresh one per machine (state names are per machine)."""
 
     def __init__(self, *, pipeline: str, version: int, tasks: dict[str, TaskSettings], root: bool,
-                 map_mode: str, inline_max_items: int, runner_key: str) -> None:
+                 map_mode: str, inline_max_items: int, runner_key: str, catch: bool = True) -> None:
+        self.catch = catch
         self.pipeline = pipeline
         self.version = version
         self.tasks = tasks
@@ -129,6 +130,12 @@ class Emitter:
             state["Next"] = FAIL_STATE
         else:
             state["End"] = True
+
+    def _guard(self, state: dict[str, Any], name: str, task: str, states: dict[str, Any], top: bool) -> None:
+        """Catch every error of ``state`` into a record of the failure (when catching is on)."""
+        if self.catch:
+            state["Catch"] = self._catch(f"{name} failed")
+            self._record(f"{name} failed", task, states, top)
 
     def _catch(self, target: str) -> list[dict[str, Any]]:
         return [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.failure", "Next": target}]
@@ -200,9 +207,8 @@ class Emitter:
         state = self._invoke(s, self.payload(s.task_id))
         # the runner's answer (a manifest) is dropped: downstream tasks read it from S3 themselves
         state["ResultPath"] = None
-        state["Catch"] = self._catch(f"{name} failed")
         states[name] = state
-        self._record(f"{name} failed", s.task_id, states, top)
+        self._guard(state, s.task_id, s.task_id, states, top)
         return name, self._chain(state)
 
     def _parallel(self, node: Parallel, states: dict[str, Any], top: bool) -> Emitted:
@@ -212,6 +218,12 @@ class Emitter:
         for branch in node.branches:
             start, sub = self.scope(branch, top=False)
             branches.append({"StartAt": start, "States": sub})
+        if not self.catch:
+            # a branch's failure fails the Parallel and the execution right there
+            plain: dict[str, Any] = {"Type": "Parallel", "Branches": branches, "InputPath": None,
+                                     "ResultPath": None}
+            states[name] = plain
+            return name, self._chain(plain)
         check, failed = f"{name} ok?", f"{name} failed"
         states[name] = {"Type": "Parallel", "Branches": branches,
                         # branches start from {} and end with {} or {"failure": ...}: the result is
@@ -243,10 +255,9 @@ class Emitter:
                                 "Input": {"run.$": "$$.Execution.Input.run",
                                           "root_execution.$": self.execution_path,
                                           "AWS_STEP_FUNCTIONS_STARTED_BY_EXECUTION_ID.$": "$$.Execution.Id"}},
-                 "ResultSelector": {"status.$": "$.Status"}, "ResultPath": None,
-                 "Catch": self._catch(f"{name} failed")}
+                 "ResultSelector": {"status.$": "$.Status"}, "ResultPath": None}
         states[name] = state
-        self._record(f"{name} failed", node.name, states, top)
+        self._guard(state, name, node.name, states, top)
         return name, self._chain(state)
 
     # -- foreach -------------------------------------------------------------------------------------
@@ -282,15 +293,19 @@ class Emitter:
                 keys = "$.Contents[*].Key"
             states[listing] = {"Type": "Task", "Resource": S3_LIST, "Parameters": params,
                                "ResultSelector": {"keys.$": keys, "truncated.$": "$.IsTruncated"},
-                               "ResultPath": "$.items", "Next": check,
-                               "Catch": self._catch(f"{name} failed")}
+                               "ResultPath": "$.items", "Next": check}
+            if self.catch:
+                states[listing]["Catch"] = self._catch(f"{name} failed")
             too_many = f"{name} too many items"
             states[check] = {"Type": "Choice", "Choices": [
                 {"Variable": "$.items.truncated", "BooleanEquals": True, "Next": too_many}], "Default": name}
             cause = (f"task {s.task_id!r}: its input {fe.input!r} has more than {self.inline_max_items} "
                      f"{fe.over}, the most an inline Map lists; compile with map_mode='distributed'")
-            states[too_many] = {"Type": "Pass", "Result": {"Error": "udop.FatalError", "Cause": cause},
-                                "ResultPath": "$.failure", "Next": f"{name} failed"}
+            if self.catch:
+                states[too_many] = {"Type": "Pass", "Result": {"Error": "udop.FatalError", "Cause": cause},
+                                    "ResultPath": "$.failure", "Next": f"{name} failed"}
+            else:
+                states[too_many] = {"Type": "Fail", "Error": "udop.FatalError", "Cause": cause}
             processor["ProcessorConfig"] = {"Mode": "INLINE"}
             state["ItemsPath"] = "$.items.keys"
             # replaces the item list with its length, so the listing does not travel on
@@ -317,7 +332,6 @@ class Emitter:
         state["ItemSelector"] = {"run.$": "$$.Execution.Input.run", "execution.$": self.execution_path,
                                  "item": {"key.$": item_value, "index.$": "$$.Map.Item.Index"}}
         state["ItemProcessor"] = processor
-        state["Catch"] = self._catch(f"{name} failed")
         states[name] = state
-        self._record(f"{name} failed", s.task_id, states, top)
+        self._guard(state, name, s.task_id, states, top)
         return entry, self._chain(state)

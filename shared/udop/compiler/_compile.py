@@ -42,6 +42,10 @@ class CompileOptions:
     inline_max_items: int = 100
     #: Parallel states nest at most this deep; deeper parts run as topological levels
     max_depth: int = MAX_DEPTH
+    #: True: a failed task is caught and recorded, unrelated branches finish, then the run fails
+    #: (the LocalExecutor's semantics). False: no Catch; the first failure stops the execution at
+    #: the failed task, which is what Step Functions' RedriveExecution resumes from.
+    catch_failures: bool = True
     #: DefinitionSubstitutions key of the task runner function's ARN
     runner_key: str = "TaskRunnerArn"
 
@@ -150,7 +154,7 @@ class _Compiler:
     def _emitter(self, root: bool) -> Emitter:
         return Emitter(pipeline=self.name, version=self.options.version, tasks=self.settings, root=root,
                        map_mode=self.options.map_mode, inline_max_items=self.options.inline_max_items,
-                       runner_key=self.options.runner_key)
+                       runner_key=self.options.runner_key, catch=self.options.catch_failures)
 
     # -- costs --------------------------------------------------------------------------------------
     def cost(self, node: Any) -> _Cost:

@@ -302,3 +302,20 @@ def test_interval_rounding_matches_the_policy() -> None:
         p = make_pipeline({"a": []}, extra={"a": {"retry": {"max_attempts": 2, "base_delay": base}}})
         rule = compile_pipeline(p).definition["States"]["a"]["Retry"][0]
         assert rule["IntervalSeconds"] == expected == max(1, math.ceil(base))
+
+
+def test_catching_can_be_turned_off_so_redrive_resumes_at_the_failed_task() -> None:
+    deps = {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"], "e": ["d"]}
+    extra = {"e": {"foreach": {"input": "d"}}}
+    plain = compile_pipeline(make_pipeline(deps, extra=extra), options=CompileOptions(catch_failures=False))
+    inline = compile_pipeline(make_pipeline(deps, extra=extra),
+                              options=CompileOptions(catch_failures=False, map_mode="inline"))
+    for c in (plain, inline):
+        states = all_states(c.definition["States"])
+        assert not [n for n, s in states if "Catch" in s]
+        assert not [n for n, s in states if n.endswith(" failed") and s["Type"] == "Pass"]
+        assert walk(c).before["e"] == {"a", "b", "c", "d"}
+    too_many = dict(all_states(inline.definition["States"]))["e too many items"]
+    assert too_many["Type"] == "Fail"
+    assert too_many["Error"] == "udop.FatalError"
+    assert_valid([plain, inline])

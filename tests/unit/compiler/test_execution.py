@@ -193,3 +193,15 @@ def test_foreach_runs_the_task_once_per_file_of_its_input(sfn: Any, map_mode: st
     assert sorted(i["index"] for i in items) == list(range(5))
     assert runner.succeeded()[0] == "src"
     assert runner.succeeded()[-1] == "after"
+
+
+def test_without_catching_the_execution_fails_at_the_task_for_redrive(sfn: Any) -> None:
+    session, holder = sfn
+    holder["runner"] = runner = ScriptedRunner(fail={"bad": "udop.FatalError"})
+    deps = {"start": [], "bad": ["start"], "ok": ["start"], "after": ["bad", "ok"]}
+    compiled = compile_pipeline(make_pipeline(deps), options=CompileOptions(catch_failures=False))
+    desc = _run(session, _deploy(session, compiled))
+    assert desc["status"] == "FAILED"
+    assert desc["error"] == "udop.FatalError"
+    assert "bad broke" in desc["cause"]  # the runner's own error payload
+    assert "after" not in runner.succeeded()
