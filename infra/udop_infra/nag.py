@@ -11,10 +11,10 @@ from constructs import IConstruct
 if TYPE_CHECKING:
     from udop_infra.stack import UdopStack
 
-LAMBDA_MANAGED_POLICIES = [
-    "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]",
-    "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole]",
-]
+#: CDK's own custom-resource functions (not ours) use this managed policy
+LAMBDA_BASIC_EXECUTION = (
+    "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]"
+)
 
 
 def add_checks(app: cdk.App) -> None:
@@ -34,7 +34,7 @@ def acknowledge_findings(stack: UdopStack) -> None:
         if child.node.id.startswith("BucketNotificationsHandler"):
             acknowledge(
                 child,
-                LAMBDA_MANAGED_POLICIES[0],
+                LAMBDA_BASIC_EXECUTION,
                 "CDK's bucket-notifications custom resource; it only writes its own logs",
             )
     acknowledge(
@@ -77,13 +77,6 @@ def acknowledge_findings(stack: UdopStack) -> None:
     for name, function in runtime.functions.items():
         role = function.role
         assert role is not None
-        for rule in LAMBDA_MANAGED_POLICIES:
-            acknowledge(
-                role,
-                rule,
-                "AWS's policies for exactly this: writing the function's own logs and "
-                "managing the ENIs a function in a VPC needs",
-            )
         acknowledge(
             function,
             "AwsSolutions-L1",
@@ -93,7 +86,8 @@ def acknowledge_findings(stack: UdopStack) -> None:
         acknowledge(
             role,
             "AwsSolutions-IAM5[Resource::*]",
-            "X-Ray PutTraceSegments/PutTelemetryRecords"
+            "the ENI actions of a function in a VPC (Describe* has no resource-level scoping; "
+            "Lambda picks the subnet at run time), X-Ray PutTraceSegments/PutTelemetryRecords"
             + (
                 ", states:ListStateMachines and the CloudWatch Logs delivery APIs"
                 if name == "deployer"
@@ -159,26 +153,49 @@ def acknowledge_findings(stack: UdopStack) -> None:
         main = f"udop-{pipeline.source.pipeline.name}"
         for name, machine in [(main, pipeline.state_machine), *pipeline.children.items()]:
             # only present when the definition has foreach tasks (Distributed Map) or was split
-            acknowledge(machine.role, f"AwsSolutions-IAM5[Resource::{states_arn}:execution:{name}/*]",
-                        "a Distributed Map runs each item as a child execution named at run time")
-            acknowledge(machine.role, f"AwsSolutions-IAM5[Resource::{states_arn}:execution:{name}-*]",
-                        "executions of this pipeline's own child state machines (ids made per run)")
-            acknowledge(machine.role, "AwsSolutions-IAM5[Resource::<StorageData6BB23F4E.Arn>/runs/*]",
-                        "a Distributed Map lists a task's output files and writes its results under runs/")
-            acknowledge(machine.role, "AwsSolutions-IAM5[Resource::*]",
-                        "X-Ray tracing and CloudWatch Logs vended-log delivery (logging ALL) accept no "
-                        "resource narrower than '*'")
-            acknowledge(machine.role, "AwsSolutions-IAM5[Resource::<RuntimeTaskRunnerFunctionF8BF871E.Arn>:*]",
-                        "invoking the task runner's published versions and aliases as well as $LATEST")
+            acknowledge(
+                machine.role,
+                f"AwsSolutions-IAM5[Resource::{states_arn}:execution:{name}/*]",
+                "a Distributed Map runs each item as a child execution named at run time",
+            )
+            acknowledge(
+                machine.role,
+                f"AwsSolutions-IAM5[Resource::{states_arn}:execution:{name}-*]",
+                "executions of this pipeline's own child state machines (ids made per run)",
+            )
+            acknowledge(
+                machine.role,
+                "AwsSolutions-IAM5[Resource::<StorageData6BB23F4E.Arn>/runs/*]",
+                "a Distributed Map lists a task's output files and writes its results under runs/",
+            )
+            acknowledge(
+                machine.role,
+                "AwsSolutions-IAM5[Resource::*]",
+                "X-Ray tracing and CloudWatch Logs vended-log delivery (logging ALL) accept no "
+                "resource narrower than '*'",
+            )
+            acknowledge(
+                machine.role,
+                "AwsSolutions-IAM5[Resource::<RuntimeTaskRunnerFunctionF8BF871E.Arn>:*]",
+                "invoking the task runner's published versions and aliases as well as $LATEST",
+            )
     for child in stack.node.children:
         if child.node.id.startswith("Custom::CDKBucketDeployment"):
-            for rule in [LAMBDA_MANAGED_POLICIES[0], "AwsSolutions-L1",
-                         *(f"AwsSolutions-IAM5[Action::s3:{a}]"
-                           for a in ("GetBucket*", "GetObject*", "List*", "Abort*", "DeleteObject*")),
-                         "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:s3:::cdk-hnb659fds-assets-"
-                         "<AWS::AccountId>-<AWS::Region>/*]",
-                         "AwsSolutions-IAM5[Resource::<StorageDefinitionsDF965240.Arn>/*]"]:
-                acknowledge(child, rule,
-                            "CDK's bucket-deployment custom resource (runs only during cdk deploy): it copies "
-                            "the definition versions from the CDK asset bucket into versions/ with prune off; "
-                            "its runtime and grants are CDK's")
+            for rule in [
+                LAMBDA_BASIC_EXECUTION,
+                "AwsSolutions-L1",
+                *(
+                    f"AwsSolutions-IAM5[Action::s3:{a}]"
+                    for a in ("GetBucket*", "GetObject*", "List*", "Abort*", "DeleteObject*")
+                ),
+                "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:s3:::cdk-hnb659fds-assets-"
+                "<AWS::AccountId>-<AWS::Region>/*]",
+                "AwsSolutions-IAM5[Resource::<StorageDefinitionsDF965240.Arn>/*]",
+            ]:
+                acknowledge(
+                    child,
+                    rule,
+                    "CDK's bucket-deployment custom resource (runs only during cdk deploy): it copies "
+                    "the definition versions from the CDK asset bucket into versions/ with prune off; "
+                    "its runtime and grants are CDK's",
+                )

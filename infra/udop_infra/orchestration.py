@@ -232,8 +232,12 @@ def _grant_used_resources(
             # a Distributed Map's ResultWriter uploads its results in parts
             machine.add_to_role_policy(
                 iam.PolicyStatement(
-                    actions=["s3:PutObject", "s3:GetObject", "s3:ListMultipartUploadParts",
-                             "s3:AbortMultipartUpload"],
+                    actions=[
+                        "s3:PutObject",
+                        "s3:GetObject",
+                        "s3:ListMultipartUploadParts",
+                        "s3:AbortMultipartUpload",
+                    ],
                     resources=[storage.data.arn_for_objects("runs/*")],
                 )
             )

@@ -65,6 +65,35 @@ class PipelineFunction(Construct):
     ) -> None:
         super().__init__(scope, id)
         self.log_group = logs.LogGroup(self, "Logs", retention=config.log_retention)
+        # our own role instead of AWSLambdaBasicExecutionRole (logs on every log group) and
+        # AWSLambdaVPCAccessExecutionRole: logs only to this function's group
+        self.role = iam.Role(
+            self,
+            "Role",
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description=f"udop {spec.name} function",
+        )
+        self.role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["logs:CreateLogStream", "logs:PutLogEvents"],
+                resources=[self.log_group.log_group_arn],
+            )
+        )
+        self.role.add_to_policy(
+            iam.PolicyStatement(
+                # the ENIs of a function in a VPC: EC2 offers no resource-level scoping for Describe*,
+                # and Lambda creates the interfaces in subnets chosen at run time
+                actions=[
+                    "ec2:CreateNetworkInterface",
+                    "ec2:DescribeNetworkInterfaces",
+                    "ec2:DescribeSubnets",
+                    "ec2:DeleteNetworkInterface",
+                    "ec2:AssignPrivateIpAddresses",
+                    "ec2:UnassignPrivateIpAddresses",
+                ],
+                resources=["*"],
+            )
+        )
         self.function = lambda_.Function(
             self,
             "Function",
@@ -79,6 +108,7 @@ class PipelineFunction(Construct):
             ephemeral_storage_size=Size.mebibytes(spec.ephemeral_mb),
             tracing=lambda_.Tracing.ACTIVE,
             log_group=self.log_group,
+            role=self.role,
             vpc=network.vpc,
             vpc_subnets=network.private_subnets,
             security_groups=[network.functions_sg],
@@ -208,8 +238,13 @@ class Runtime(Construct):
         )
         self.deployed_state_machine_role.add_to_policy(
             iam.PolicyStatement(
-                actions=["s3:GetObject", "s3:PutObject", "s3:ListMultipartUploadParts", "s3:AbortMultipartUpload"],
-                resources=[storage.data.arn_for_objects("runs/*")]
+                actions=[
+                    "s3:GetObject",
+                    "s3:PutObject",
+                    "s3:ListMultipartUploadParts",
+                    "s3:AbortMultipartUpload",
+                ],
+                resources=[storage.data.arn_for_objects("runs/*")],
             )
         )
 

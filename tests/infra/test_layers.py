@@ -52,9 +52,11 @@ def test_every_function_fits_lambda_with_20_mb_to_spare(built: ModuleType) -> No
     assert {k: tuple(v) for k, v in built.FUNCTION_LAYERS.items()} == FUNCTION_LAYERS  # build == deploy
     for function, layers in FUNCTION_LAYERS.items():
         total = unzipped_size(REPO / "functions" / function) + sum(
-            unzipped_size(built.BUILD / layer) for layer in layers)
+            unzipped_size(built.BUILD / layer) for layer in layers
+        )
         assert total <= LAMBDA_LIMIT - SPARE, (
-            f"{function}: {total / 2**20:.1f} MiB with {', '.join(layers)}; limit {LAMBDA_LIMIT / 2**20:.0f} MiB")
+            f"{function}: {total / 2**20:.1f} MiB with {', '.join(layers)}; limit {LAMBDA_LIMIT / 2**20:.0f} MiB"
+        )
 
 
 def test_layers_are_trimmed_compiled_for_312_and_leave_boto_to_the_runtime(built: ModuleType) -> None:
@@ -77,11 +79,19 @@ def test_layers_are_trimmed_compiled_for_312_and_leave_boto_to_the_runtime(built
 
 def test_the_task_runner_imports_from_its_layers_with_python312(built: ModuleType) -> None:
     python312 = built.find_python312()
-    path = os.pathsep.join(str(built.BUILD / layer / "python") for layer in ("core", "connectors", "transforms"))
-    code = ("import pyarrow.parquet, duckdb, sqlalchemy, psycopg, redis, pydantic; "
-            "from aws_lambda_powertools import Logger, Metrics, Tracer; import udop.tasks; "
-            "print(duckdb.sql('select 21 * 2').fetchall()[0][0])")
-    proc = subprocess.run([python312, "-I", "-c", f"import sys; sys.path[:0] = {path.split(os.pathsep)!r}; {code}"],
-                          capture_output=True, text=True, timeout=120)
+    path = os.pathsep.join(
+        str(built.BUILD / layer / "python") for layer in ("core", "connectors", "transforms")
+    )
+    code = (
+        "import pyarrow.parquet, duckdb, sqlalchemy, psycopg, redis, pydantic; "
+        "from aws_lambda_powertools import Logger, Metrics, Tracer; import udop.tasks; "
+        "print(duckdb.sql('select 21 * 2').fetchall()[0][0])"
+    )
+    proc = subprocess.run(
+        [python312, "-I", "-c", f"import sys; sys.path[:0] = {path.split(os.pathsep)!r}; {code}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "42"

@@ -23,11 +23,20 @@ CFN_LINT_IGNORED = ["W3005"]
 
 def offline_env() -> dict[str, str]:
     """No credentials, no instance metadata, validation on (the fast tier turns it off)."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AWS_", "CDK_")) or k == "CDK_DISABLE_VERSION_CHECK"}
-    env.update({"AWS_EC2_METADATA_DISABLED": "true", "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20",
-                "CDK_DISABLE_VERSION_CHECK": "1", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
-                "AWS_CONFIG_FILE": "/nonexistent"})
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AWS_", "CDK_")) or k == "CDK_DISABLE_VERSION_CHECK"
+    }
+    env.update(
+        {
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20",
+            "CDK_DISABLE_VERSION_CHECK": "1",
+            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+            "AWS_CONFIG_FILE": "/nonexistent",
+        }
+    )
     return env
 
 
@@ -36,12 +45,30 @@ def cdk_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cdk-synth")
     # the repository's pipelines plus the test ones (a foreach task needs more IAM than the example)
     pipelines = tmp_path_factory.mktemp("pipelines")
-    for source in [*(REPO / "pipelines").glob("*.yaml"), *(Path(__file__).parent / "pipelines").glob("*.yaml")]:
+    for source in [
+        *(REPO / "pipelines").glob("*.yaml"),
+        *(Path(__file__).parent / "pipelines").glob("*.yaml"),
+    ]:
         shutil.copy(source, pipelines)
     proc = subprocess.run(
-        [str(REPO / "node_modules" / ".bin" / "cdk"), "synth", "--quiet", "--no-notices", "--output", str(out),
-         "-c", "udop:assets=placeholder", "-c", f"udop:pipelinesDir={pipelines}"],
-        cwd=REPO, env=offline_env(), capture_output=True, text=True, timeout=240)
+        [
+            str(REPO / "node_modules" / ".bin" / "cdk"),
+            "synth",
+            "--quiet",
+            "--no-notices",
+            "--output",
+            str(out),
+            "-c",
+            "udop:assets=placeholder",
+            "-c",
+            f"udop:pipelinesDir={pipelines}",
+        ],
+        cwd=REPO,
+        env=offline_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "AwsSolutions" not in proc.stdout + proc.stderr  # every finding is acknowledged
     return out
@@ -60,8 +87,18 @@ def test_npx_cdk_synth_is_clean_offline_with_validation_and_nag(cdk_out: Path) -
 
 
 def test_cfn_lint_accepts_every_template(cdk_out: Path) -> None:
-    proc = subprocess.run([str(REPO / ".venv" / "bin" / "cfn-lint"), "--ignore-checks", *CFN_LINT_IGNORED,
-                           "--", *map(str, templates(cdk_out))], capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [
+            str(REPO / ".venv" / "bin" / "cfn-lint"),
+            "--ignore-checks",
+            *CFN_LINT_IGNORED,
+            "--",
+            *map(str, templates(cdk_out)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -77,17 +114,30 @@ def test_asl_validator_accepts_every_state_machine(cdk_out: Path, tmp_path: Path
                 files.append(path)
     assert len(files) >= 2
     for path in files:
-        proc = subprocess.run([str(REPO / "node_modules" / ".bin" / "asl-validator"), "--json-path", str(path)],
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [str(REPO / "node_modules" / ".bin" / "asl-validator"), "--json-path", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_nag_is_really_on_an_unacknowledged_finding_fails_the_synth(tmp_path: Path) -> None:
     # deletion protection off is a legitimate setting for a test account, but not one we acknowledge
-    env = {**offline_env(), "CDK_OUTDIR": str(tmp_path), "CDK_CONTEXT_JSON": json.dumps(
-        {"udop:assets": "placeholder", "udop:deletionProtection": False})}
-    proc = subprocess.run([str(REPO / ".venv" / "bin" / "python"), str(REPO / "infra" / "app.py")],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    env = {
+        **offline_env(),
+        "CDK_OUTDIR": str(tmp_path),
+        "CDK_CONTEXT_JSON": json.dumps({"udop:assets": "placeholder", "udop:deletionProtection": False}),
+    }
+    proc = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "python"), str(REPO / "infra" / "app.py")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     output: Any = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "AwsSolutions-RDS10" in output

@@ -22,7 +22,8 @@ def role_actions(resources: dict[str, Any], role_id: str) -> dict[str, list[Any]
             for st in res["Properties"]["PolicyDocument"]["Statement"]:
                 for action in st["Action"] if isinstance(st["Action"], list) else [st["Action"]]:
                     out.setdefault(action, []).extend(
-                        st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]])
+                        st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
+                    )
     return out
 
 
@@ -31,31 +32,46 @@ def lid(stack: Any, construct: Any) -> str:
 
 
 @pytest.fixture
-def split_stack(synth_app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, dict[str, Any]]:
-    tasks = "\n".join(f"    - {{id: t{i}, type: python, callable: 'jobs:step'"
-                      + (f", depends_on: [t{i - 1}]" if i else "") + "}" for i in range(40))
+def split_stack(
+    synth_app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Any, dict[str, Any]]:
+    tasks = "\n".join(
+        f"    - {{id: t{i}, type: python, callable: 'jobs:step'"
+        + (f", depends_on: [t{i - 1}]" if i else "")
+        + "}"
+        for i in range(40)
+    )
     (tmp_path / "big.yaml").write_text(
-        f"apiVersion: udop/v1\nkind: Pipeline\nmetadata: {{name: big}}\nspec:\n  tasks:\n{tasks}\n")
+        f"apiVersion: udop/v1\nkind: Pipeline\nmetadata: {{name: big}}\nspec:\n  tasks:\n{tasks}\n"
+    )
 
     def small_budget(source: Any) -> Any:  # the same compiler, with a budget that forces a split
-        return compile_pipeline(source.pipeline,
-                                options=CompileOptions(version=source.version, max_definition_bytes=20_000))
+        return compile_pipeline(
+            source.pipeline, options=CompileOptions(version=source.version, max_definition_bytes=20_000)
+        )
 
     monkeypatch.setattr(orchestration, "compile_source", small_budget)
     stack, template = synth_app(tmp_path / "out", **{"udop:pipelinesDir": str(tmp_path)})
     return stack, template.to_json()["Resources"]
 
 
-def test_split_pipeline_becomes_a_parent_that_starts_its_children(split_stack: tuple[Any, dict[str, Any]]) -> None:
+def test_split_pipeline_becomes_a_parent_that_starts_its_children(
+    split_stack: tuple[Any, dict[str, Any]],
+) -> None:
     stack, resources = split_stack
     big = stack.orchestration.pipelines["big"]
     assert set(big.children) == {"udop-big-part1", "udop-big-part2"}
-    machines = {r["Properties"]["StateMachineName"]: (k, r["Properties"]) for k, r in resources.items()
-                if r["Type"] == "AWS::StepFunctions::StateMachine"}
+    machines = {
+        r["Properties"]["StateMachineName"]: (k, r["Properties"])
+        for k, r in resources.items()
+        if r["Type"] == "AWS::StepFunctions::StateMachine"
+    }
     assert set(machines) == {"udop-big", "udop-big-part1", "udop-big-part2"}
     parent = machines["udop-big"][1]
-    assert parent["DefinitionSubstitutions"] == {"Child_part1Arn": {"Ref": machines["udop-big-part1"][0]},
-                                                 "Child_part2Arn": {"Ref": machines["udop-big-part2"][0]}}
+    assert parent["DefinitionSubstitutions"] == {
+        "Child_part1Arn": {"Ref": machines["udop-big-part1"][0]},
+        "Child_part2Arn": {"Ref": machines["udop-big-part2"][0]},
+    }
     assert parent["DefinitionString"] == big.compiled.to_json()
     runner = {"Fn::GetAtt": [lid(stack, stack.runtime.task_runner), "Arn"]}
     for part in ("udop-big-part1", "udop-big-part2"):
@@ -66,7 +82,8 @@ def test_split_pipeline_becomes_a_parent_that_starts_its_children(split_stack: t
     # the parent runs no task: it may start exactly its two children, and invoke nothing
     actions = role_actions(resources, lid(stack, big.state_machine.role))
     assert sorted(actions["states:StartExecution"], key=json.dumps) == sorted(
-        [{"Ref": machines["udop-big-part1"][0]}, {"Ref": machines["udop-big-part2"][0]}], key=json.dumps)
+        [{"Ref": machines["udop-big-part1"][0]}, {"Ref": machines["udop-big-part2"][0]}], key=json.dumps
+    )
     assert "lambda:InvokeFunction" not in actions
     assert ":execution:udop-big-*" in json.dumps(actions["states:DescribeExecution"])
     assert "StepFunctionsGetEventsForStepFunctionsExecutionRule" in json.dumps(actions["events:PutRule"])
@@ -75,8 +92,9 @@ def test_split_pipeline_becomes_a_parent_that_starts_its_children(split_stack: t
     assert runner in child_actions["lambda:InvokeFunction"]
 
 
-def test_foreach_gets_s3_and_child_execution_rights_on_the_data_bucket_only(synth_app: Any,
-                                                                             tmp_path: Path) -> None:
+def test_foreach_gets_s3_and_child_execution_rights_on_the_data_bucket_only(
+    synth_app: Any, tmp_path: Path
+) -> None:
     shutil.copy(HERE / "pipelines" / "fan-out.yaml", tmp_path)
     stack, template = synth_app(tmp_path / "out", **{"udop:pipelinesDir": str(tmp_path)})
     resources = template.to_json()["Resources"]
@@ -94,8 +112,9 @@ def test_foreach_gets_s3_and_child_execution_rights_on_the_data_bucket_only(synt
     assert schedule["State"] == "DISABLED"
 
 
-def test_unknown_service_integration_is_refused(synth_app: Any, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unknown_service_integration_is_refused(
+    synth_app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     shutil.copy(HERE / "pipelines" / "fan-out.yaml", tmp_path)
     real = orchestration.compile_source
 

@@ -150,9 +150,16 @@ def test_environment_holds_no_secret_values(resources: dict[str, Any]) -> None:
 
 # --- IAM -----------------------------------------------------------------------------------------------
 
-#: actions AWS does not let a policy scope to a resource (checked against the service authorization
-#: reference): a "*" resource is only acceptable for these
+#: actions a policy cannot usefully scope to a named resource (AWS service authorization reference;
+#: ENIs as noted): a "*" resource is only acceptable for these
 UNSCOPABLE = {
+    # a VPC function's ENIs: Describe* cannot be scoped, and Lambda names the interfaces at run time
+    "ec2:CreateNetworkInterface",
+    "ec2:DescribeNetworkInterfaces",
+    "ec2:DescribeSubnets",
+    "ec2:DeleteNetworkInterface",
+    "ec2:AssignPrivateIpAddresses",
+    "ec2:UnassignPrivateIpAddresses",
     "xray:PutTraceSegments",
     "xray:PutTelemetryRecords",
     "xray:GetSamplingRules",
@@ -184,6 +191,22 @@ def test_no_star_resource_where_a_name_is_known(resources: dict[str, Any]) -> No
     for lid, st in statements(resources):
         for action in as_list(st.get("Action", [])):
             assert action != "*" and not action.endswith(":*"), f"{lid}: {action}"
+
+
+def test_functions_log_only_to_their_own_group_without_managed_policies(
+    stack: Any, resources: dict[str, Any]
+) -> None:
+    for name, function in stack.runtime.functions.items():
+        role = resources[logical_id(stack, function.role)]["Properties"]
+        assert "ManagedPolicyArns" not in role, name
+        log_group = logical_id(stack, function.node.scope.log_group)
+        granted = [
+            st
+            for lid, st in statements(resources)
+            if {"Ref": logical_id(stack, function.role)} in resources[lid]["Properties"].get("Roles", [])
+            and "logs:PutLogEvents" in as_list(st["Action"])
+        ]
+        assert [st["Resource"] for st in granted] == [{"Fn::GetAtt": [log_group, "Arn"]}], name
 
 
 def test_task_runner_role_touches_only_its_buckets_and_secret(stack: Any, resources: dict[str, Any]) -> None:
