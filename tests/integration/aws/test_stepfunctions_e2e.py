@@ -321,3 +321,37 @@ def test_run_events_takes_the_run_id_from_the_input_of_executions_it_did_not_nam
     assert run.logical_date.isoformat().startswith("2026-01-02T06:00")
     assert {t.state for t in run.tasks} == {TaskState.SUCCEEDED}
     assert moto_aws.calls("totals", run_id) == 1
+
+
+def test_a_split_pipeline_deploys_its_child_machines_first_with_their_arns_filled_in(
+    moto_aws: Any, store: Any, tmp_path: Path
+) -> None:
+    """moto cannot execute ``startExecution.sync:2`` (see tests/unit/compiler), so this checks the
+    deployment only: every machine exists and no ``${...}`` substitution is left in any definition."""
+    from udop.aws.deployer import deploy_definition
+    from udop.compiler import CompileOptions, compile_pipeline
+
+    tasks = "\n".join(
+        f"    - {{id: t{i}, type: python, callable: 'udop_aws_test_tasks:numbers', "
+        f"args: {{n: 1, log_dir: '{moto_aws.log_root}'}}{', depends_on: [t' + str(i - 1) + ']' if i else ''}}}"
+        for i in range(12)
+    )
+    text = f"apiVersion: udop/v1\nkind: Pipeline\nmetadata: {{name: chain}}\nspec:\n  tasks:\n{tasks}\n"
+    sfn = moto_aws.client("stepfunctions")
+    result = deploy_definition(
+        text, source="pipelines/chain.yaml", bucket=moto_aws.definitions_bucket, s3=moto_aws.client("s3"),
+        sfn=sfn, store=store, task_runner_arn=moto_aws.task_runner_arn, role_arn=moto_aws.role_arn,
+        compile_fn=lambda p, version: compile_pipeline(
+            p, options=CompileOptions(version=version, max_history_events=40)),
+    )
+    assert result.ok, result.errors
+    machines = {m["name"]: m["stateMachineArn"] for m in sfn.list_state_machines()["stateMachines"]}
+    children = sorted(n for n in machines if n.startswith("udop-chain-"))
+    assert len(children) >= 2
+    main = sfn.describe_state_machine(stateMachineArn=machines["udop-chain"])["definition"]
+    assert "${" not in main
+    for name in children:
+        definition = sfn.describe_state_machine(stateMachineArn=machines[name])["definition"]
+        assert "${" not in definition
+        assert moto_aws.task_runner_arn in definition or any(machines[c] in definition for c in children)
+    assert any(machines[c] in main for c in children)
