@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import functools
 import json
+import os
 import re
 import sqlite3
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePath
@@ -166,7 +169,16 @@ def create_store_engine(url: URL) -> Engine:
                                    connect_args={"connect_timeout": 10})
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
         raise StoreError(f"metadata database URL {mask_url(url)!r}: {exc}") from None
+    # a forked child must not use its parent's pooled connections (SQLite file locks and sockets are
+    # per process): it starts with an empty pool and leaves the parent's connections alone
+    os.register_at_fork(after_in_child=functools.partial(_forget_pool, weakref.ref(engine)))
     return engine
+
+
+def _forget_pool(ref: weakref.ref[Engine]) -> None:
+    engine = ref()
+    if engine is not None:
+        engine.dispose(close=False)
 
 
 def sqlite_folder(url: URL) -> Path | None:

@@ -152,3 +152,16 @@ def _in_processes(target: Any, args_for: list[tuple[Any, ...]]) -> list[Any]:
     assert not errors, errors[0]
     assert all(p.exitcode == 0 for p in procs)
     return [detail for _, detail in results]
+
+
+def _write_in_forked_child(store: Any, out: Any) -> None:
+    """Runs in a fork: uses the parent's store object (and so its engine) as a forked worker would."""
+    try:
+        inherited = store.engine.pool.checkedin()  # connections of the parent's pool usable here
+        store.create_run(run_id="from-child", pipeline="p", pipeline_version=1, task_ids=TASKS, params={},
+                         logical_date=datetime.now(UTC))
+        store.set_run_state("from-child", RunState.RUNNING)
+        store.start_attempt("from-child", TASKS[0], 1)
+        out.put(("ok", inherited))
+    except BaseException:
+        out.put(("error", traceback.format_exc()))

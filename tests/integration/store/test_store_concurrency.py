@@ -122,3 +122,32 @@ def test_processes_opening_a_fresh_database_at_once_all_succeed(db_url: str) -> 
             assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").all() == [(HEAD,)]
     finally:
         store.close()
+
+
+def test_a_forked_child_can_keep_using_the_parents_store(store: Any) -> None:
+    """A fork inherits the pool; the child must open its own connections (SQLite: "do not carry an open
+    database connection across a fork"; PostgreSQL: two processes on one socket), and the parent's stay
+    good."""
+    import multiprocessing as mp
+
+    from store_workers import _write_in_forked_child  # type: ignore[import-not-found]
+
+    version = store.register_pipeline("p", DEFINITION).version
+    assert version == 1
+    store.create_run(run_id="from-parent", pipeline="p", pipeline_version=1, task_ids=TASKS, params={},
+                     logical_date=datetime.now(UTC))
+    assert store.engine.pool.checkedin() >= 1  # the pool now holds an open connection
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_write_in_forked_child, args=(store, out))
+    child.start()
+    status, detail = out.get(timeout=60)
+    child.join(timeout=60)
+    assert status == "ok", detail
+    assert detail == 0  # the child saw none of the parent's connections
+    assert child.exitcode == 0
+    store.set_run_state("from-parent", RunState.RUNNING)  # the parent's pooled connection still works
+    store.start_attempt("from-parent", TASKS[0], 1)
+    assert {r.id: r.state for r in store.list_runs()} == {"from-child": RunState.RUNNING,
+                                                          "from-parent": RunState.RUNNING}
+    assert store.get_run("from-child").tasks[0].state is TaskState.RUNNING
