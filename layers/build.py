@@ -82,7 +82,8 @@ def find_python312() -> str:
             continue
         if out.strip() == "(3, 12)":
             return candidate
-    raise SystemExit("layers/build.py: no python3.12 found; install it or set UDOP_PYTHON312=/path/to/python3.12")
+    raise SystemExit("layers/build.py: no python3.12 found; install it or set "
+                     "UDOP_PYTHON312=/path/to/python3.12")
 
 
 def dist_name(name: str) -> str:
@@ -242,21 +243,24 @@ def refresh_own_packages(python312: str) -> None:
             shutil.rmtree(old)
     for package in OWN_PACKAGES:
         if package.exists():
-            shutil.copytree(package, site / package.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            shutil.copytree(package, site / package.name,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
             compile_bytecode(python312, site / package.name)
     write_own_dist_info(site)
 
 
 def report() -> dict[str, int]:
+    """Unzipped sizes in MiB: Lambda's 250 MB limit is 262,144,000 bytes, i.e. 250 MiB."""
+    mib = 1024 * 1024
     sizes = {layer: folder_size(BUILD / layer) for layer in LAYERS if (BUILD / layer).exists()}
     for layer, size in sizes.items():
-        print(f"  layer {layer:<11} {size / 1e6:8.1f} MB unzipped")
+        print(f"  layer {layer:<11} {size / mib:8.1f} MiB unzipped")
     for function, layers in FUNCTION_LAYERS.items():
-        code = folder_size(ROOT / "functions" / function) if (ROOT / "functions" / function).exists() else 0
-        total = code + sum(sizes.get(layer, 0) for layer in layers)
+        folder = ROOT / "functions" / function
+        total = (folder_size(folder) if folder.exists() else 0) + sum(sizes.get(layer, 0) for layer in layers)
         flag = "ok" if total <= BUDGET else "OVER BUDGET"
-        print(f"  function {function:<12} {total / 1e6:8.1f} MB (code + {', '.join(layers)}; "
-              f"budget {BUDGET / 1e6:.1f} MB) {flag}")
+        print(f"  function {function:<12} {total / mib:8.1f} MiB (code + {', '.join(layers)}; "
+              f"budget {BUDGET / mib:.0f} MiB = 250 less 20 spare) {flag}")
     return sizes
 
 
