@@ -192,8 +192,12 @@ def follow_run(run_id: str, sm_arn: str, execution_arn: str, *, store: Any, sfn:
 
 
 def run_on_stepfunctions(pipeline_path: str, params: Mapping[str, Any], follow: bool = True, *,
+                         run_id: str | None = None, logical_date: datetime | None = None,
                          store: Any = None, sfn: Any = None, poll: float | None = None) -> int:
-    """``udop run FILE --executor stepfunctions``: start, follow with progress, exit 0/1 by the run."""
+    """``udop run FILE --executor stepfunctions``: start, follow with progress, exit 0/1 by the run.
+
+    ``run_id`` and ``logical_date`` are the ``--run-id`` / ``--logical-date`` options (default: a new
+    id, now). With ``follow=False`` it returns 0 once the execution started."""
     from udop.cli.progress import make_display
     from udop.store import open_store
 
@@ -202,7 +206,8 @@ def run_on_stepfunctions(pipeline_path: str, params: Mapping[str, Any], follow: 
     own_store = store is None
     store = store or open_store()
     try:
-        run_id, execution_arn, sm_arn = start_run(pipeline, params, store=store, sfn=sfn)
+        run_id, execution_arn, sm_arn = start_run(pipeline, params, store=store, sfn=sfn, run_id=run_id,
+                                                  logical_date=logical_date)
         click.echo(f"run {run_id} started: {execution_arn}")
         if not follow:
             return 0

@@ -331,11 +331,12 @@ def test_a_split_pipeline_deploys_its_child_machines_first_with_their_arns_fille
     from udop.aws.deployer import deploy_definition
     from udop.compiler import CompileOptions, compile_pipeline
 
-    tasks = "\n".join(
-        f"    - {{id: t{i}, type: python, callable: 'udop_aws_test_tasks:numbers', "
-        f"args: {{n: 1, log_dir: '{moto_aws.log_root}'}}{', depends_on: [t' + str(i - 1) + ']' if i else ''}}}"
-        for i in range(12)
-    )
+    def task(i: int) -> str:
+        after = f", depends_on: [t{i - 1}]" if i else ""
+        return (f"    - {{id: t{i}, type: python, callable: 'udop_aws_test_tasks:numbers', "
+                f"args: {{n: 1, log_dir: '{moto_aws.log_root}'}}{after}}}")
+
+    tasks = "\n".join(task(i) for i in range(12))
     text = f"apiVersion: udop/v1\nkind: Pipeline\nmetadata: {{name: chain}}\nspec:\n  tasks:\n{tasks}\n"
     sfn = moto_aws.client("stepfunctions")
     result = deploy_definition(
