@@ -48,7 +48,7 @@ def test_udop_serve_serves_the_api_until_stopped(tmp_path: Path) -> None:
         assert (tmp_path / ".udop" / "udop.db").exists()  # the embedded default store
     finally:
         proc.terminate()
-        out, err = proc.communicate(timeout=20)
+        _, err = proc.communicate(timeout=20)
     # uvicorn shuts down cleanly, then re-raises the signal it caught
     assert proc.returncode in (0, -signal.SIGTERM), err
     assert "Traceback" not in err
@@ -58,7 +58,7 @@ def test_udop_serve_serves_the_api_until_stopped(tmp_path: Path) -> None:
 def test_udop_serve_refuses_a_bad_setting_in_one_line(tmp_path: Path) -> None:
     env = {**os.environ, "UDOP_HOME": str(tmp_path), "UDOP_JWT_SECRET": "short"}
     done = subprocess.run(
-        [str(UDOP), "serve", "--port", "1"], env=env, capture_output=True, text=True, timeout=60
+        [str(UDOP), "serve", "--port", "1"], env=env, capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode != 0
     assert "UDOP_JWT_SECRET" in done.stderr
@@ -79,7 +79,8 @@ def test_api_keys_from_the_command_line(api: Api, monkeypatch: pytest.MonkeyPatc
     with httpx.Client(base_url=api.url, headers={"X-API-Key": key}) as svc:
         assert svc.get("/me").json()["role"] == "operator"
         listed = runner.invoke(api_key, ["list"])
-        assert key_id in listed.stdout and "nightly-etl" in listed.stdout
+        assert key_id in listed.stdout
+        assert "nightly-etl" in listed.stdout
         assert key not in listed.stdout
         assert runner.invoke(api_key, ["revoke", key_id]).exit_code == 0
         assert svc.get("/me").status_code == 401

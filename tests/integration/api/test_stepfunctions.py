@@ -77,10 +77,9 @@ def test_deploy_trigger_follow_and_redrive_through_the_api(
     store = open_store(moto_aws.database_url)
     sfn = moto_aws.client("stepfunctions")
     launcher = StepFunctionsLauncher(store, settings, sfn=sfn, s3=moto_aws.client("s3"))
-    log_dir = tmp_path / "calls"
-    log_dir.mkdir()
-    flag = tmp_path / "fault"
-    flag.write_text("set")
+    log_dir = moto_aws.log_root
+    flag = moto_aws.flag("api-fault")
+    moto_aws.set_flag(flag, True)
     definition = {
         "apiVersion": "udop/v1",
         "kind": "Pipeline",
@@ -92,14 +91,14 @@ def test_deploy_trigger_follow_and_redrive_through_the_api(
                     "id": "numbers",
                     "type": "python",
                     "callable": "udop_aws_test_tasks:numbers",
-                    "args": {"n": "${params.n}", "log_dir": str(log_dir)},
+                    "args": {"n": "${params.n}", "log_dir": log_dir},
                 },
                 {
                     "id": "big",
                     "type": "python",
                     "callable": "udop_aws_test_tasks:fails_while",
                     "depends_on": ["numbers"],
-                    "args": {"flag": str(flag), "log_dir": str(log_dir)},
+                    "args": {"flag": flag, "log_dir": log_dir},
                 },
             ],
         },
@@ -150,7 +149,7 @@ def test_deploy_trigger_follow_and_redrive_through_the_api(
             assert tasks["big"]["state"] == "failed"
             assert tasks["big"]["attempts"][-1]["error_type"] == "udop.FatalError"
 
-            flag.unlink()  # the fault is fixed: redrive from the failed task
+            moto_aws.set_flag(flag, False)  # the fault is fixed: redrive from the failed task
             assert c.post(f"/runs/{run_id}/resume").status_code == 202
             latest = max(
                 (e for e in sfn.list_executions(stateMachineArn=machine)["executions"]),
@@ -161,8 +160,8 @@ def test_deploy_trigger_follow_and_redrive_through_the_api(
             done = c.get(f"/runs/{run_id}").json()
             assert done["state"] == "succeeded", done
             # the redrive ran only the failed task again
-            assert len((log_dir / "numbers.calls").read_text().splitlines()) == 1
-            assert len((log_dir / "big.calls").read_text().splitlines()) == 2
+            assert moto_aws.calls("numbers", run_id) == 1
+            assert moto_aws.calls("big", run_id) == 2
             assert c.post(f"/runs/{run_id}/resume").status_code == 409
             assert c.post(f"/runs/{run_id}/cancel").status_code == 409
     finally:
