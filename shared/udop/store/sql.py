@@ -263,7 +263,10 @@ class SqlMetadataStore:
         updated when one is given). Different: a new version ``latest + 1``, even if an older
         version had this content, so that ``latest`` is always what was registered last.
         """
-        digest = content_hash(definition)
+        try:
+            digest = content_hash(definition)
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"pipeline {name!r}: the definition cannot be stored as JSON: {exc}") from None
         now = _now()
         with self._write() as conn:
             conn.execute(self._insert_pipeline, {"name": name, "created_at": now})
@@ -283,11 +286,7 @@ class SqlMetadataStore:
             version = 1 if latest is None else latest.version + 1
             values = {"pipeline": name, "version": version, "content_hash": digest,
                       "definition": definition, "state_machine_arn": state_machine_arn, "created_at": now}
-            try:
-                conn.execute(insert(pipeline_versions), values)
-            except (TypeError, ValueError) as exc:
-                raise StoreError(f"pipeline {name!r}: the definition cannot be stored as JSON: {exc}") \
-                    from None
+            conn.execute(insert(pipeline_versions), values)
         return PipelineVersionRecord(pipeline=name, version=version, content_hash=digest,
                                      definition=definition, created_at=now,
                                      state_machine_arn=state_machine_arn)
@@ -487,6 +486,11 @@ class SqlMetadataStore:
             self._sqlite_finish_attempt(run_id, task_id, number, attempt_state, task_state,
                                         error_type=error_type, error_message=error_message, result=result)
             return
+        try:
+            json_dumps(result)  # psycopg would raise a bare TypeError mid-transaction
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"run {run_id!r} task {task_id!r}: the result cannot be stored as JSON: {exc}") \
+                from None
         now = _now()
         succeeded = task_state is TaskState.SUCCEEDED
         params = {"r": run_id, "t": task_id, "n": number, "now": now,

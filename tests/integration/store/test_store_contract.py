@@ -565,3 +565,15 @@ def test_timestamps_are_utc_on_the_database_too(db_url: str, store: MetadataStor
     finally:
         engine.dispose()
     assert str(value).startswith("2026-05-06 12:08:09")
+
+
+def test_a_result_that_is_not_json_is_refused_and_changes_nothing(store: MetadataStore) -> None:
+    _new_run(store, "r1")
+    store.set_run_state("r1", RunState.RUNNING)
+    store.start_attempt("r1", "a", 1)
+    before = store.get_run("r1")
+    with pytest.raises(StoreError, match="JSON"):
+        store.finish_attempt("r1", "a", 1, attempt_state=AttemptState.SUCCEEDED, task_state=TaskState.SUCCEEDED,
+                             result={"output": {"uri": "/x"}, "value": object()})
+    assert store.get_run("r1") == before
+    assert store.get_lineage("r1") == []

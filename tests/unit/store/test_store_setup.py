@@ -232,3 +232,24 @@ def test_hot_path_timestamps_are_the_text_sqlalchemy_writes(value: datetime) -> 
     through_sqlalchemy = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)(value)  # type: ignore[misc]
     assert isinstance(through_sqlalchemy, str)
     assert sqlite_timestamp(value) == through_sqlalchemy
+
+
+def test_a_file_that_is_not_a_database_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "meta.db"
+    garbage = b"this is a spreadsheet, not a database" * 200
+    path.write_bytes(garbage)
+    with pytest.raises(StoreError, match="not a database") as info:
+        open_store(f"sqlite:///{path}")
+    assert "\n" not in str(info.value)
+    assert str(path) in str(info.value)
+    assert path.read_bytes() == garbage
+
+
+def test_a_definition_that_is_not_json_is_refused(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'meta.db'}")
+    try:
+        with pytest.raises(StoreError, match="pipeline 'p'.*JSON"):
+            store.register_pipeline("p", {"when": object()})
+        assert store.get_pipeline("p") is None
+    finally:
+        store.close()
