@@ -21,7 +21,7 @@ import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
 import udop.spec.models  # noqa: F401 - builds the task union before data_tasks is imported
 from udop.errors import DataQualityError, FatalError, TaskTimeout
-from udop.spec.data_tasks import FILE_CONNECTORS
+from udop.spec.data_tasks import FILE_CONNECTORS, data_inputs
 from udop.tasks.contract import CheckResult, Manifest, TaskContext, TaskResult
 from udop_transforms._checks import RuleError, evaluate_rules
 from udop_transforms._engine import (
@@ -79,7 +79,7 @@ def _input_manifest(task_id: str, dep: str, inputs: Mapping[str, TaskResult]) ->
 def _register_inputs(session: Session, task: Any, inputs: Mapping[str, TaskResult], *,
                      widen: bool = True) -> dict[str, list[tuple[str, str]]]:
     columns = {}
-    for dep in task.depends_on:
+    for dep in data_inputs(task):
         manifest = _input_manifest(task.id, dep, inputs)
         if not Path(manifest.uri).exists():
             raise FatalError(f"task {task.id!r}: input {dep!r}: dataset {manifest.uri} does not exist "
@@ -195,7 +195,7 @@ def run_transform(context: TaskContext, task: Any, inputs: Mapping[str, TaskResu
             index, kind, message = found
             raise FatalError(f"task {task.id!r}: steps[{index}] ({kind}): {message}") from exc.__cause__
     return TaskResult(output=manifest, checks=tuple(checks),
-                      inputs=tuple(_input_manifest(task.id, d, inputs).uri for d in task.depends_on),
+                      inputs=tuple(_input_manifest(task.id, d, inputs).uri for d in data_inputs(task)),
                       metrics={"rows": manifest.rows})
 
 

@@ -30,6 +30,7 @@ from udop.spec.data_tasks import (
     FilterStep,
     SortStep,
     SqlStep,
+    data_inputs,
     step_kind,
 )
 from udop.spec.params import REFERENCE, coerce_param
@@ -146,11 +147,12 @@ def _extract_schema(session: Session, task: Any, base: Path, where: str,
 
 def _empty_inputs(session: Session, task: Any, schemas: Mapping[str, list[Column] | None]
                   ) -> dict[str, list[Column]] | None:
-    if not all(schemas.get(d) is not None for d in task.depends_on):
+    needed = data_inputs(task)
+    if not all(schemas.get(d) is not None for d in needed):
         return None
     columns = {}
     try:
-        for dep in task.depends_on:
+        for dep in needed:
             cols = schemas[dep]
             assert cols is not None
             table = ident(f"_empty_{dep}")

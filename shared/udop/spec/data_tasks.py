@@ -34,6 +34,7 @@ __all__ = [
     "TargetSpec",
     "TransformTask",
     "ValidateTask",
+    "data_inputs",
 ]
 
 #: connectors the transform layer reads and writes itself; any other name goes to ``udop.connectors``
@@ -420,6 +421,21 @@ def _primary_input(task: Any) -> Any:
     if task.input is None and not task.depends_on:
         raise ValueError("a data task needs an input: list it in depends_on")
     return task
+
+
+def data_inputs(task: Any) -> list[str]:
+    """The dependencies whose data a data task reads: its input, the tasks its join/union steps name,
+    and, when it has a ``sql`` step, every dependency (other dependencies only order the run)."""
+    steps = list(getattr(task, "steps", ()))
+    if any(isinstance(s, SqlStep) for s in steps):
+        return list(task.depends_on)
+    wanted = {task.primary_input}
+    for step in steps:
+        if isinstance(step, JoinStep):
+            wanted.add(step.join.with_)
+        elif isinstance(step, UnionStep):
+            wanted.update(step.union.with_)
+    return [d for d in task.depends_on if d in wanted]
 
 
 class TransformTask(DataTaskBase):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from decimal import Decimal, localcontext
 from pathlib import Path
 
@@ -423,3 +424,26 @@ def test_output_is_replaced_whole_on_a_retry(sources, run, tmp_path):
     assert sorted(p.name for p in out_dir.iterdir()) == ["part-0.parquet"]
     assert set(pq.read_table(out_dir)["month"].to_pylist()) == {2}
     assert not [p for p in out_dir.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_dependencies_without_data_only_order_the_run(sources, run, tmp_path):
+    # a python task (no dataset) upstream of a transform that does not read it
+    (tmp_path / "marker.py").write_text("def go(context, inputs):\n    return {'ok': True}\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        results = run(
+            [
+                {"id": "marker", "type": "python", "callable": "marker:go"},
+                *_extracts(),
+                {
+                    "id": "t",
+                    "type": "transform",
+                    "depends_on": ["marker", "flights"],
+                    "input": "flights",
+                    "steps": [{"limit": 2}],
+                },
+            ]
+        )
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert results["t"].output.rows == 2
