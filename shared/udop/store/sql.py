@@ -12,6 +12,7 @@ cannot make an illegal move.
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -265,6 +266,7 @@ class SqlMetadataStore:
         """
         try:
             digest = content_hash(definition)
+            stored = json.loads(json_dumps(definition))  # what get_pipeline will return
         except (TypeError, ValueError) as exc:
             raise StoreError(f"pipeline {name!r}: the definition cannot be stored as JSON: {exc}") from None
         now = _now()
@@ -288,7 +290,7 @@ class SqlMetadataStore:
                       "definition": definition, "state_machine_arn": state_machine_arn, "created_at": now}
             conn.execute(insert(pipeline_versions), values)
         return PipelineVersionRecord(pipeline=name, version=version, content_hash=digest,
-                                     definition=definition, created_at=now,
+                                     definition=stored, created_at=now,
                                      state_machine_arn=state_machine_arn)
 
     def get_pipeline(self, name: str) -> PipelineRecord | None:
@@ -327,7 +329,7 @@ class SqlMetadataStore:
                "state": RunState.PENDING.value, "executor": executor, "params": params,
                "logical_date": logical_date, "created_at": now, "external_id": external_id}
         try:
-            json_dumps(params)
+            stored_params = json.loads(json_dumps(params))  # what get_run will return
         except (TypeError, ValueError) as exc:
             raise StoreError(f"run {run_id!r}: its parameters cannot be stored as JSON: {exc}") from None
         try:
@@ -342,7 +344,7 @@ class SqlMetadataStore:
                                                external_id) from None
         stored_date = logical_date if logical_date.tzinfo else logical_date.replace(tzinfo=UTC)
         return RunRecord(id=run_id, pipeline=pipeline, pipeline_version=pipeline_version,
-                         state=RunState.PENDING, executor=executor, params=params,
+                         state=RunState.PENDING, executor=executor, params=stored_params,
                          logical_date=stored_date.astimezone(UTC), created_at=now, external_id=external_id,
                          tasks=[TaskRunRecord(task_id=t, state=TaskState.PENDING) for t in task_ids])
 

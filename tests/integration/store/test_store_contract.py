@@ -176,6 +176,7 @@ def test_run_lifecycle(store: MetadataStore) -> None:
         logical_date=datetime(2026, 3, 1, 12, 0, tzinfo=timezone(timedelta(hours=2))),
     )
     assert created.state is RunState.PENDING
+    assert created.params == {"month": 7, "day": "2026-03-01"}  # as get_run will return them
     assert [(t.task_id, t.state) for t in created.tasks] == [
         ("a", TaskState.PENDING),
         ("b", TaskState.PENDING),
