@@ -14,6 +14,7 @@ tests on 5,000-task DAGs stay fast.
 
 from __future__ import annotations
 
+import random
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -125,6 +126,9 @@ def _find_cycle(deps: Mapping[str, Sequence[str]], done: set[str]) -> list[str]:
     return [*path[index[cur]:], cur][::-1]
 
 
+#: random draws of task times the forced-cut choice averages over
+CUT_SAMPLES = 4
+
 #: Parallel states nested deeper than this are not generated: below it, a part is scheduled as
 #: plain topological levels (a Series of Parallels), which bounds the definition's nesting.
 MAX_DEPTH = 24
@@ -144,6 +148,10 @@ def schedule(deps: Mapping[str, Sequence[str]], *, max_depth: int = MAX_DEPTH) -
 class _Decomposer:
     def __init__(self, deps: Mapping[str, Sequence[str]], max_depth: int) -> None:
         self.max_depth = max_depth
+        # fixed draws of task times (exponential, mean 1) for choosing forced cuts: the same DAG
+        # always compiles to the same definition
+        rng = random.Random(20261126)
+        self.samples = [[rng.expovariate(1.0) for _ in deps] for _ in range(CUT_SAMPLES)]
         self.names = _topological(deps)
         index = {t: i for i, t in enumerate(self.names)}
         n = len(self.names)
@@ -232,15 +240,46 @@ class _Decomposer:
         return [members[a:b] for a, b in pairwise(bounds) if b > a]
 
     def _forced_cut(self, members: list[int], mask: int) -> list[list[int]]:
-        """Split a part that is not series-parallel into ``P`` then ``Q`` at the level (earliest
-        or latest start) that makes the fewest task pairs wait without depending on each other."""
-        best: tuple[int, int] | None = None
+        """Split a part that is not series-parallel into ``P`` then ``Q`` (``P`` closed under
+        dependencies): all tasks up to a topological level, earliest-start or latest-start levels.
+
+        Of those cuts, the one with the shortest expected ``critical path(P) + critical path(Q)``
+        over a few fixed draws of random task times (what the split costs when tasks take uneven
+        time; with equal times every level cut costs nothing), then the fewest false dependencies.
+        Both sides' critical paths for every level come from one forward and one backward pass: a
+        task's longest chain within ``P`` only involves its ancestors, which are all in ``P``.
+        """
+        best: tuple[float, int, int] | None = None
         chosen: tuple[dict[int, int], int] | None = None
+        inner_parents = {v: [p for p in self.parents[v] if mask >> p & 1] for v in members}
+        inner_children = {v: [c for c in self.children[v] if mask >> c & 1] for v in members}
         for levels in (self._levels(members, mask), self._levels_from_end(members, mask)):
+            top = max(levels.values())
             by_level: dict[int, list[int]] = {}
             for v in members:
                 by_level.setdefault(levels[v], []).append(v)
-            top = max(by_level)
+            expected = [0.0] * top  # cut after level t, for t < top
+            for times in self.samples:
+                down: dict[int, float] = {}
+                for v in members:
+                    ps = inner_parents[v]
+                    down[v] = times[v] + (max([down[p] for p in ps]) if ps else 0.0)
+                up: dict[int, float] = {}
+                for v in reversed(members):
+                    cs = inner_children[v]
+                    up[v] = times[v] + (max([up[c] for c in cs]) if cs else 0.0)
+                # p_best[t]: critical path of levels <= t; q_best[t]: of levels >= t
+                p_best, q_best = [0.0] * (top + 1), [0.0] * (top + 1)
+                running = 0.0
+                for t in range(top + 1):
+                    running = max(running, *[down[v] for v in by_level[t]])
+                    p_best[t] = running
+                running = 0.0
+                for t in range(top, -1, -1):
+                    running = max(running, *[up[v] for v in by_level[t]])
+                    q_best[t] = running
+                for t in range(top):
+                    expected[t] += p_best[t] + q_best[t + 1]
             p_mask, q_mask = 0, mask
             p_count, q_count = 0, len(members)
             comparable = 0  # pairs p < q across the cut
@@ -256,7 +295,7 @@ class _Decomposer:
                 p_mask |= layer_mask
                 p_count += len(layer)
                 q_count -= len(layer)
-                key = (p_count * q_count - comparable, abs(p_count - q_count))
+                key = (round(expected[t], 9), p_count * q_count - comparable, abs(p_count - q_count))
                 if p_count and q_count and (best is None or key < best):
                     best, chosen = key, (levels, t)
         assert chosen is not None, "a connected part of two or more tasks has at least two levels"
