@@ -6,14 +6,19 @@ FastAPI app's. ``lifespan="off"``: a Lambda has no shutdown hook to run it.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from mangum import Mangum
 
 from udop.api import create_app, load_api_settings
 from udop.aws.observability import logger
+from udop.errors import ConfigError
 
 SETTINGS = load_api_settings()
+if SETTINGS.executor != "stepfunctions" and os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+    # Lambda freezes the process after each answer: a run in a background thread would stall
+    raise ConfigError("the API function needs UDOP_EXECUTOR=stepfunctions (runs cannot execute inside it)")
 APP = create_app(SETTINGS)
 _ADAPTER = Mangum(APP, lifespan="off")
 

@@ -328,3 +328,11 @@ def test_lineage_and_quality_results_of_a_run(api: Api) -> None:
     assert checks["row_count >= 100"]["failing_rows"] == 58
     assert c.get("/runs/nope/lineage").status_code == 404
     assert c.get("/runs/nope/checks").status_code == 404
+
+
+def test_an_oversized_definition_is_refused_with_413(api: Api) -> None:
+    from udop.spec.loader import MAX_DEFINITION_BYTES
+
+    r = api.register("#" * (MAX_DEFINITION_BYTES + 1))
+    assert r.status_code == 413
+    assert str(MAX_DEFINITION_BYTES) in r.json()["detail"]

@@ -140,3 +140,17 @@ def test_refusals_through_api_gateway_events(
     )
     outcomes = [(i["status"], i["client"]) for i in audit["items"]]
     assert outcomes == [(422, "203.0.113.7"), (403, "203.0.113.7"), (401, "203.0.113.7")]
+
+
+def test_the_function_refuses_to_start_runs_inside_lambda(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from udop.errors import ConfigError
+
+    monkeypatch.setenv("UDOP_DATABASE_URL", f"sqlite:///{tmp_path / 'meta.db'}")
+    monkeypatch.setenv("UDOP_JWT_SECRET", SECRET)
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "udop-api")  # as the Lambda runtime sets it
+    spec = importlib.util.spec_from_file_location(f"udop_api_lambda_{uuid.uuid4().hex[:8]}", HANDLER)
+    assert spec and spec.loader
+    with pytest.raises(ConfigError, match="UDOP_EXECUTOR=stepfunctions"):
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))

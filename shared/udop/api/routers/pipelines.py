@@ -43,9 +43,7 @@ async def register_pipeline(
     request: Request, response: Response, _: Operator, ctx: Ctx
 ) -> PipelineRegistered:
     """Register a pipeline, or add a version when its definition changed (matched by metadata.name)."""
-    body = await request.body()
-    if len(body) > MAX_DEFINITION_BYTES:
-        raise HTTPException(413, f"a definition may have at most {MAX_DEFINITION_BYTES} bytes")
+    body = await _read_limited(request, MAX_DEFINITION_BYTES)
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     filename = "request.json" if kind.endswith("json") else "request.yaml"
     try:
@@ -66,6 +64,22 @@ async def register_pipeline(
     return PipelineRegistered(
         name=pipeline.name, version=version.version, content_hash=version.content_hash, created=created
     )
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to be over ``limit`` (never held whole)."""
+    too_big = HTTPException(413, f"a definition may have at most {limit} bytes")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_big
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class DefinitionInvalid(Exception):
