@@ -151,6 +151,7 @@ def test_the_function_refuses_to_start_runs_inside_lambda(
     monkeypatch.setenv("UDOP_JWT_SECRET", SECRET)
     monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "udop-api")  # as the Lambda runtime sets it
     spec = importlib.util.spec_from_file_location(f"udop_api_lambda_{uuid.uuid4().hex[:8]}", HANDLER)
-    assert spec and spec.loader
+    assert spec
+    assert spec.loader
     with pytest.raises(ConfigError, match="UDOP_EXECUTOR=stepfunctions"):
         spec.loader.exec_module(importlib.util.module_from_spec(spec))
