@@ -140,7 +140,7 @@ def start_run(pipeline: Any, params: Mapping[str, Any], *, store: Any, sfn: Any,
     a repeated start of the same run fail instead of running twice.
     """
     from udop.aws.definitions import canonical_definition
-    from udop.aws.deployer import content_hash
+    from udop.store.sql import content_hash
     from udop.executor.local import _jsonable, new_run_id
     from udop.spec.params import resolve_params
 

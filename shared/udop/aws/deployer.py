@@ -105,10 +105,14 @@ def deploy_definition(text: str | bytes, *, source: str, bucket: str, s3: Any, s
             logger.info("definition unchanged; already deployed", extra={"pipeline": name})
             return DeployResult(**{**previous, "skipped": True,
                                    "deployed_at": previous.get("deployed_at", result.deployed_at)})
-        version = store.register_pipeline(name, definition).version
+        # compile before recording anything: a pipeline over a limit must not leave a version behind
+        version = _next_version(store, name, definition)
+        compiled = _compile(pipeline, version, compile_fn)
+        registered = store.register_pipeline(name, definition).version
+        if registered != version:  # another deployment registered in between
+            version, compiled = registered, _compile(pipeline, registered, compile_fn)
         result.version = version
         put_version(s3, bucket, name, version, definition)
-        compiled = _compile(pipeline, version, compile_fn)
         result.state_machine_arn, result.state_machine_version_arn = _deploy_machines(
             sfn, compiled, task_runner_arn=task_runner_arn, role_arn=role_arn, log_group_arn=log_group_arn)
         store.register_pipeline(name, definition, state_machine_arn=result.state_machine_arn)
@@ -124,6 +128,17 @@ def deploy_definition(text: str | bytes, *, source: str, bucket: str, s3: Any, s
         metrics.add_metric(name="PipelinesDeployed", unit="Count", value=1)
     put_json(s3, bucket, status_key(name), result.to_dict())
     return result
+
+
+def _next_version(store: Any, name: str, definition: dict[str, Any]) -> int:
+    """The version ``register_pipeline`` will give ``definition``: the latest if unchanged, else next."""
+    from udop.store.sql import content_hash as store_hash
+
+    record = store.get_pipeline(name)
+    latest = record.latest if record is not None else None
+    if latest is None:
+        return 1
+    return int(latest.version) if latest.content_hash == store_hash(definition) else int(latest.version) + 1
 
 
 def _compile(pipeline: Any, version: int, compile_fn: Callable[..., Any] | None) -> Any:

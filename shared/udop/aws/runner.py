@@ -27,7 +27,7 @@ from udop.aws.definitions import DefinitionCache
 from udop.aws.observability import logger, metrics
 from udop.aws.s3 import S3Staging, get_json, put_json
 from udop.aws.settings import RunnerSettings
-from udop.errors import FatalError, RetryableError
+from udop.errors import FatalError, RetryableError, StoreError
 from udop.tasks.contract import TaskContext, TaskResult
 
 __all__ = ["TaskPayload", "result_key", "run_payload", "state_key"]
@@ -102,8 +102,31 @@ def run_payload(event: Mapping[str, Any], *, settings: RunnerSettings, s3: Any, 
     ``{"task_id", "output": manifest or None, "reused": bool}``.
 
     Raises udop task errors (``RetryableError``, ``FatalError``, ``DataQualityError``) or whatever
-    the task code raised; the handler names them for the state machine.
+    the task code raised; the handler names them for the state machine. An unreachable state store
+    or a transient S3 failure is retryable; a missing object or a denied access is not.
     """
+    from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+
+    try:
+        return _run_payload(event, settings=settings, s3=s3, state=state, remaining_ms=remaining_ms)
+    except StoreError as exc:
+        raise RetryableError(f"state store: {exc}") from exc
+    except BotoCoreError as exc:
+        raise RetryableError(f"AWS: {exc}") from exc
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in _FATAL_AWS_ERRORS:
+            raise FatalError(f"AWS: {exc}") from exc
+        raise RetryableError(f"AWS: {exc}") from exc
+
+
+#: S3 error codes another attempt cannot fix
+_FATAL_AWS_ERRORS = frozenset({"NoSuchKey", "NoSuchBucket", "AccessDenied", "403", "404",
+                               "InvalidObjectState"})
+
+
+def _run_payload(event: Mapping[str, Any], *, settings: RunnerSettings, s3: Any, state: Any,
+                 remaining_ms: int | None) -> dict[str, Any]:
     payload = TaskPayload.parse(event)
     logger.append_keys(pipeline=payload.pipeline, run_id=payload.run_id, task_id=payload.task_id,
                        attempt=payload.attempt)

@@ -149,3 +149,17 @@ def test_a_payload_for_an_undeployed_version_is_a_fatal_error_naming_it(deployed
     assert err
     assert body["errorType"] == "udop.FatalError"
     assert "version 7 is not deployed" in body["errorMessage"]
+
+
+def test_an_unreachable_state_store_is_a_retryable_error(deployed: Any) -> None:
+    aws, _, _ = deployed
+    lam = aws.client("lambda")
+    config = lam.get_function_configuration(FunctionName=aws.task_runner_arn)
+    variables = {**config["Environment"]["Variables"], "UDOP_STATE_URL": "redis://127.0.0.1:1/0"}
+    lam.update_function_configuration(FunctionName=aws.task_runner_arn, Environment={"Variables": variables})
+    if aws.lambdas is not None:
+        aws.lambdas.modules.clear()  # a new configuration means a new cold start
+    body, err = _invoke(aws, _payload(uuid.uuid4().hex, "numbers"))
+    assert err
+    assert body["errorType"] == "udop.RetryableError"
+    assert "state store" in body["errorMessage"]
