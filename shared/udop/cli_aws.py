@@ -140,9 +140,9 @@ def start_run(pipeline: Any, params: Mapping[str, Any], *, store: Any, sfn: Any,
     a repeated start of the same run fail instead of running twice.
     """
     from udop.aws.definitions import canonical_definition
-    from udop.store.sql import content_hash
     from udop.executor.local import _jsonable, new_run_id
     from udop.spec.params import resolve_params
+    from udop.store.sql import content_hash
 
     values = _jsonable(resolve_params(pipeline, params))
     sm_arn = _state_machine_arn(sfn, pipeline.name)
