@@ -13,13 +13,16 @@ from mangum import Mangum
 
 from udop.api import create_app, load_api_settings
 from udop.aws.observability import logger
+from udop.aws.secrets import url_with_secret
 from udop.errors import ConfigError
+from udop.store import open_store
 
 SETTINGS = load_api_settings()
 if SETTINGS.executor != "stepfunctions" and os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
     # Lambda freezes the process after each answer: a run in a background thread would stall
     raise ConfigError("the API function needs UDOP_EXECUTOR=stepfunctions (runs cannot execute inside it)")
-APP = create_app(SETTINGS)
+STORE = open_store(url_with_secret(SETTINGS.resolved_database_url, SETTINGS.database_secret_arn))
+APP = create_app(SETTINGS, store=STORE)
 _ADAPTER = Mangum(APP, lifespan="off")
 
 

@@ -139,8 +139,10 @@ class LocalLauncher:
             from udop.executor.local import _owner_alive
 
             if run.state == RunState.RUNNING and _owner_alive(run.owner):
-                raise InputError(f"run {run.id!r} is executing in process {run.owner}, not in this server; "
-                                 "stop it there (Ctrl-C)")
+                raise InputError(
+                    f"run {run.id!r} is executing in process {run.owner}, not in this server; "
+                    "stop it there (Ctrl-C)"
+                )
             # Queued here but not started, or started by a process that is gone: record it directly.
             if future is not None and not future.cancel():
                 with self._lock:

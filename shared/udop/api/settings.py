@@ -42,6 +42,9 @@ class ApiSettings(Settings):
     data_bucket: str | None = Field(None, description="bucket holding datasets (passed to runs)")
     task_runner_arn: str | None = Field(None, description="the task runner Lambda the state machines invoke")
     state_machine_role_arn: str | None = Field(None, description="the role the state machines run as")
+    database_secret_arn: str | None = Field(
+        None, description="on AWS: the secret holding the metadata database's password (read at cold start)"
+    )
     local_workers: int = Field(4, ge=1, le=64, description="worker threads of each local run")
     max_concurrent_runs: int = Field(4, ge=1, le=256, description="local runs executing at once")
     api_threads: int = Field(
