@@ -38,7 +38,8 @@ print(f"{time.perf_counter() - start:.4f}")
 
 def load_build():  # type: ignore[no-untyped-def]
     spec = importlib.util.spec_from_file_location("layers_build", REPO / "layers" / "build.py")
-    assert spec and spec.loader
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -55,12 +56,20 @@ def runtime_dir() -> Path:
 
 
 def run_once(python312: str, path: list[Path], *, bytecode: bool, cwd: Path) -> float:
-    env = {"PATH": os.environ.get("PATH", ""), "AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "x",
-           "AWS_SECRET_ACCESS_KEY": "x", "AWS_EC2_METADATA_DISABLED": "true",
-           "UDOP_DATA_BUCKET": "bench-data", "UDOP_DEFINITIONS_BUCKET": "bench-defs",
-           "UDOP_STATE_URL": "redis://127.0.0.1:6379/0", "POWERTOOLS_SERVICE_NAME": "udop-task-runner",
-           "POWERTOOLS_TRACE_DISABLED": "1", "POWERTOOLS_METRICS_NAMESPACE": "udop",
-           "PYTHONPATH": os.pathsep.join(map(str, path))}
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "x",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "UDOP_DATA_BUCKET": "bench-data",
+        "UDOP_DEFINITIONS_BUCKET": "bench-defs",
+        "UDOP_STATE_URL": "redis://127.0.0.1:6379/0",
+        "POWERTOOLS_SERVICE_NAME": "udop-task-runner",
+        "POWERTOOLS_TRACE_DISABLED": "1",
+        "POWERTOOLS_METRICS_NAMESPACE": "udop",
+        "PYTHONPATH": os.pathsep.join(map(str, path)),
+    }
     args = [python312, "-I"] if bytecode else [python312, "-X", f"pycache_prefix={tempfile.mkdtemp()}"]
     if not bytecode:
         env["PYTHONDONTWRITEBYTECODE"] = "1"
@@ -89,8 +98,10 @@ def main() -> int:
     baseline = [run_once(python312, path, bytecode=False, cwd=code) for _ in range(args.runs)]
     print(f"task runner cold import, python3.12, {args.runs} fresh processes each (seconds)")
     print(f"{'variant':<44}{'median':>8}{'min':>8}{'max':>8}")
-    for name, times in [("layers as built (unchecked-hash .pyc)", built),
-                        ("baseline: no usable .pyc (1980 timestamps)", baseline)]:
+    for name, times in [
+        ("layers as built (unchecked-hash .pyc)", built),
+        ("baseline: no usable .pyc (1980 timestamps)", baseline),
+    ]:
         print(f"{name:<44}{statistics.median(times):>8.3f}{min(times):>8.3f}{max(times):>8.3f}")
     print(f"speed-up: {statistics.median(baseline) / statistics.median(built):.1f}x")
     return 0

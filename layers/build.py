@@ -62,7 +62,8 @@ OWN_PACKAGES = [
 #: in the Lambda python3.12 runtime already (jmespath is too, but Powertools needs it and it is tiny)
 RUNTIME_PROVIDED = {"boto3", "botocore", "s3transfer"}
 
-PLATFORMS = ["manylinux_2_34_x86_64", "manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"]
+PLATFORMS = ["manylinux_2_34_x86_64", "manylinux_2_28_x86_64", "manylinux_2_17_x86_64",
+             "manylinux2014_x86_64"]
 #: Lambda: function + all layers, unzipped; the budget keeps 20 MB to spare
 LAMBDA_UNZIPPED_LIMIT = 262_144_000
 SPARE = 20 * 1024 * 1024

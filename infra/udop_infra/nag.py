@@ -116,7 +116,10 @@ def acknowledge_findings(stack: UdopStack) -> None:
             "the deployer reads uploaded definitions and writes status reports (pipelines/) and "
             "the definition versions the task runner loads (versions/); names come from uploads",
         )
-    state_machines = "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>:stateMachine:udop-*]"
+    state_machines = (
+        "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>"
+        ":stateMachine:udop-*]"
+    )
     for scope in (runtime.deployer.role, runtime.deployed_state_machine_role):
         acknowledge(
             scope,

@@ -18,6 +18,10 @@ from aws_cdk import aws_scheduler as scheduler
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
+from udop.aws.definitions import canonical_definition, version_key
+from udop.compiler import CompileError, CompileOptions, compile_pipeline
+from udop.errors import SpecErrors
+from udop.spec.loader import load_pipeline
 from udop_infra.config import REPO_ROOT, ContextError, DeploymentConfig
 from udop_infra.runtime import STATE_MACHINE_PREFIX, Runtime, grant_state_machine_basics
 from udop_infra.storage import Storage
@@ -47,10 +51,6 @@ def find_definitions(folder: Path) -> list[Path]:
 
 
 def load_definitions(folder: Path) -> list[PipelineSource]:
-    from udop.aws.definitions import canonical_definition
-    from udop.errors import SpecErrors
-    from udop.spec.loader import load_pipeline
-
     sources, names = [], {}
     for path in find_definitions(folder):
         shown = path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
@@ -77,8 +77,6 @@ def definition_version(canonical: dict[str, Any]) -> int:
 
 def compile_source(source: PipelineSource) -> Any:
     """``udop compile`` for one definition: the same function the CLI and the deployer call."""
-    from udop.compiler import CompileError, CompileOptions, compile_pipeline
-
     try:
         return compile_pipeline(source.pipeline, options=CompileOptions(version=source.version))
     except CompileError as exc:
@@ -335,8 +333,6 @@ class Orchestration(Construct):
         self, scope: Construct, id: str, *, config: DeploymentConfig, runtime: Runtime, storage: Storage
     ) -> None:
         super().__init__(scope, id)
-        from udop.aws.definitions import canonical_definition, version_key
-
         self.pipelines: dict[str, PipelineStateMachines] = {}
         self.schedules: dict[str, scheduler.CfnSchedule] = {}
         sources = load_definitions(config.pipelines_dir)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from udop.compiler import CompileOptions, compile_pipeline
 from udop_infra import orchestration
 

@@ -8,7 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aws_cdk import Token
 from aws_cdk.assertions import Capture, Match
+
+from udop.aws.definitions import canonical_definition, version_key
+from udop.compiler import CompileOptions, compile_pipeline
+from udop.spec.loader import load_pipeline
+from udop.spec.models import Schedule
+from udop_infra import runtime
+from udop_infra.config import ContextError
+from udop_infra.orchestration import definition_version, schedule_expression
 
 pytestmark = pytest.mark.infra
 REPO = Path(__file__).resolve().parents[2]
@@ -42,7 +51,7 @@ def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-# --- storage -----------------------------------------------------------------------------------------
+# --- storage --------------------------------------------------------------------------------------
 
 
 def test_every_bucket_is_encrypted_private_and_tls_only(resources: dict[str, Any]) -> None:
@@ -90,7 +99,7 @@ def test_run_data_expiry_follows_context_and_can_be_off(synth: Any, tmp_path: Pa
     assert [r["Id"] for r in data["LifecycleConfiguration"]["Rules"]] == ["abort-incomplete-uploads"]
 
 
-# --- functions -----------------------------------------------------------------------------------------
+# --- functions ------------------------------------------------------------------------------------
 
 
 def test_functions_run_python312_traced_in_private_subnets(stack: Any, resources: dict[str, Any]) -> None:
@@ -148,7 +157,7 @@ def test_environment_holds_no_secret_values(resources: dict[str, Any]) -> None:
     assert "SecretString" not in text
 
 
-# --- IAM -----------------------------------------------------------------------------------------------
+# --- IAM ------------------------------------------------------------------------------------------
 
 #: actions a policy cannot usefully scope to a named resource (AWS service authorization reference;
 #: ENIs as noted): a "*" resource is only acceptable for these
@@ -190,7 +199,8 @@ def test_no_star_resource_where_a_name_is_known(resources: dict[str, Any]) -> No
         assert actions <= UNSCOPABLE, f"{lid}: {sorted(actions - UNSCOPABLE)} on '*'"
     for lid, st in statements(resources):
         for action in as_list(st.get("Action", [])):
-            assert action != "*" and not action.endswith(":*"), f"{lid}: {action}"
+            assert action != "*", lid
+            assert not action.endswith(":*"), f"{lid}: {action}"
 
 
 def test_functions_log_only_to_their_own_group_without_managed_policies(
@@ -220,7 +230,8 @@ def test_task_runner_role_touches_only_its_buckets_and_secret(stack: Any, resour
     data, definitions = logical_id(stack, stack.storage.data), logical_id(stack, stack.storage.definitions)
     assert set(granted) >= {"s3:GetObject", "s3:PutObject", "s3:ListBucket", "secretsmanager:GetSecretValue"}
     text = json.dumps(granted["s3:PutObject"])
-    assert data in text and definitions not in text  # never writes definitions
+    assert data in text
+    assert definitions not in text  # never writes definitions
     assert granted["s3:ListBucket"] == [{"Fn::GetAtt": [data, "Arn"]}]
     assert granted["secretsmanager:GetSecretValue"] == [{"Ref": logical_id(stack, stack.data.cache_secret)}]
     assert not any(a.startswith(("states:", "iam:", "rds:", "elasticache:")) for a in granted)
@@ -255,7 +266,7 @@ def test_deployer_may_pass_only_the_state_machine_role_to_step_functions(
     ]
 
 
-# --- data services ---------------------------------------------------------------------------------------
+# --- data services --------------------------------------------------------------------------------
 
 
 def test_database_encrypted_private_backed_up_with_secret_and_proxy(
@@ -268,7 +279,8 @@ def test_database_encrypted_private_backed_up_with_secret_and_proxy(
     assert db["BackupRetentionPeriod"] == 7
     assert db["Engine"] == "postgres"
     password = db["MasterUserPassword"]["Fn::Join"][1]
-    assert password[0] == "{{resolve:secretsmanager:" and password[2] == ":SecretString:password::}}"
+    assert password[0] == "{{resolve:secretsmanager:"
+    assert password[2] == ":SecretString:password::}}"
     assert resources[password[1]["Ref"]]["Type"] == "AWS::SecretsManager::Secret"
     subnet_group = resources[db["DBSubnetGroupName"]["Ref"]]["Properties"]
     private = {logical_id(stack, s) for s in stack.network.vpc.isolated_subnets}
@@ -321,12 +333,11 @@ def test_only_functions_reach_the_proxy_and_cache(stack: Any, resources: dict[st
             for r in of_type(resources, "AWS::EC2::SecurityGroupIngress").values()
             if r["Properties"]["GroupId"] == {"Fn::GetAtt": [logical_id(stack, sg), "GroupId"]}
         ]
-        assert ingress and all(
-            rule["SourceSecurityGroupId"]["Fn::GetAtt"][0] == functions_sg for rule in ingress
-        )
+        assert ingress
+        assert all(rule["SourceSecurityGroupId"]["Fn::GetAtt"][0] == functions_sg for rule in ingress)
 
 
-# --- network -----------------------------------------------------------------------------------------------
+# --- network --------------------------------------------------------------------------------------
 
 
 def test_vpc_endpoints_replace_a_nat_gateway(resources: dict[str, Any]) -> None:
@@ -354,7 +365,7 @@ def test_nat_is_optional_by_context(synth: Any, tmp_path: Path) -> None:
     template.resource_count_is("AWS::EC2::NatGateway", 1)
 
 
-# --- triggers ----------------------------------------------------------------------------------------------
+# --- triggers -------------------------------------------------------------------------------------
 
 
 def test_pipeline_uploads_notify_the_deployer(stack: Any, template: Any) -> None:
@@ -401,15 +412,10 @@ def test_execution_status_changes_go_to_run_events(stack: Any, template: Any) ->
     assert prefix.endswith(':stateMachine:udop-"]]}')
 
 
-# --- orchestration -------------------------------------------------------------------------------------------
+# --- orchestration --------------------------------------------------------------------------------
 
 
 def test_state_machine_definition_is_the_compiler_output(stack: Any, template: Any) -> None:
-    from udop.aws.definitions import canonical_definition
-    from udop.compiler import CompileOptions, compile_pipeline
-    from udop.spec.loader import load_pipeline
-    from udop_infra.orchestration import definition_version
-
     pipeline = load_pipeline(REPO / "pipelines" / "daily-sales.yaml")
     version = definition_version(canonical_definition(pipeline))
     compiled = compile_pipeline(pipeline, options=CompileOptions(version=version))
@@ -432,14 +438,12 @@ def test_state_machine_definition_is_the_compiler_output(stack: Any, template: A
 def test_task_runner_loads_the_version_the_machine_was_compiled_from(
     stack: Any, resources: dict[str, Any]
 ) -> None:
-    from udop.aws.definitions import canonical_definition, version_key
-    from udop.spec.loader import load_pipeline
-
     pipeline = load_pipeline(REPO / "pipelines" / "daily-sales.yaml")
     machine = stack.orchestration.pipelines["daily-sales"]
     definition = json.loads(machine.compiled.to_json())
     payloads = [s["Parameters"]["Payload"] for s in _all_states(definition) if s.get("Type") == "Task"]
-    assert payloads and {p["version"] for p in payloads} == {machine.source.version}
+    assert payloads
+    assert {p["version"] for p in payloads} == {machine.source.version}
     deployment = next(iter(of_type(resources, "Custom::CDKBucketDeployment").values()))["Properties"]
     assert deployment["Prune"] is False  # never deletes other versions or uploads
     assert deployment["DestinationBucketName"] == {"Ref": logical_id(stack, stack.storage.definitions)}
@@ -516,9 +520,6 @@ def test_schedule_starts_the_pipeline_with_a_run_context(stack: Any, template: A
     ],
 )
 def test_cron_to_eventbridge_scheduler(cron: str, expected: str) -> None:
-    from udop.spec.models import Schedule
-    from udop_infra.orchestration import schedule_expression
-
     assert schedule_expression(Schedule(cron=cron)) == expected
 
 
@@ -527,22 +528,15 @@ def test_cron_to_eventbridge_scheduler(cron: str, expected: str) -> None:
     [("1 hours", "rate(1 hour)"), ("15 minute", "rate(15 minutes)"), ("2 days", "rate(2 days)")],
 )
 def test_rate_to_eventbridge_scheduler(rate: str, expected: str) -> None:
-    from udop.spec.models import Schedule
-    from udop_infra.orchestration import schedule_expression
-
     assert schedule_expression(Schedule(rate=rate)) == expected
 
 
 def test_cron_restricting_both_day_fields_is_refused() -> None:
-    from udop.spec.models import Schedule
-    from udop_infra.config import ContextError
-    from udop_infra.orchestration import schedule_expression
-
     with pytest.raises(ContextError, match="day of the month and the day of the week"):
         schedule_expression(Schedule(cron="0 0 1 * 1"))
 
 
-# --- observability ---------------------------------------------------------------------------------------------
+# --- observability --------------------------------------------------------------------------------
 
 
 def test_alarms_on_failed_runs_task_runner_errors_and_throttles(stack: Any, template: Any) -> None:
@@ -568,22 +562,20 @@ def test_alarms_on_failed_runs_task_runner_errors_and_throttles(stack: Any, temp
     template.has_resource_properties("AWS::SNS::Topic", {"KmsMasterKeyId": Match.any_value()})
     body = Capture()
     template.has_resource_properties("AWS::CloudWatch::Dashboard", {"DashboardBody": body})
-    assert "Throttles" in json.dumps(body.as_object()) and "ExecutionsFailed" in json.dumps(body.as_object())
+    assert "Throttles" in json.dumps(body.as_object())
+    assert "ExecutionsFailed" in json.dumps(body.as_object())
 
 
-# --- the app as a whole ------------------------------------------------------------------------------------------
+# --- the app as a whole ---------------------------------------------------------------------------
 
 
 def test_env_agnostic(stack: Any, resources: dict[str, Any]) -> None:
-    from aws_cdk import Token
-
-    assert Token.is_unresolved(stack.account) and Token.is_unresolved(stack.region)
+    assert Token.is_unresolved(stack.account)
+    assert Token.is_unresolved(stack.region)
     assert not re.search(r"\b\d{12}\b", json.dumps(resources))  # no account id anywhere
 
 
 def test_bad_context_is_one_line_naming_the_key(synth: Any, tmp_path: Path) -> None:
-    from udop_infra.config import ContextError
-
     with pytest.raises(ContextError, match=r"^context udop:logRetentionDays: 42 is not one of"):
         synth(tmp_path / "a", **{"udop:logRetentionDays": 42})
     with pytest.raises(ContextError, match=r"^context udop:natGateways: 'two' is not a whole number$"):
@@ -591,8 +583,6 @@ def test_bad_context_is_one_line_naming_the_key(synth: Any, tmp_path: Path) -> N
 
 
 def test_broken_pipeline_definition_stops_synth_naming_the_file(synth: Any, tmp_path: Path) -> None:
-    from udop_infra.config import ContextError
-
     (tmp_path / "bad.yaml").write_text(
         "apiVersion: udop/v1\nkind: Pipeline\nmetadata: {name: bad}\n"
         "spec:\n  tasks:\n    - {id: a, type: python, callable: 'm:f', depends_on: [nope]}\n"
@@ -604,9 +594,6 @@ def test_broken_pipeline_definition_stops_synth_naming_the_file(synth: Any, tmp_
 def test_unbuilt_layers_stop_a_real_synth(
     synth: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from udop_infra import runtime
-    from udop_infra.config import ContextError
-
     monkeypatch.setattr(runtime, "REPO_ROOT", tmp_path)
     with pytest.raises(ContextError, match=r"layer 'core' is not built .*python layers/build\.py"):
         synth(tmp_path / "out", **{"udop:assets": "build", "udop:pipelinesDir": str(tmp_path)})
