@@ -4,6 +4,7 @@ the task runner Lambda, with nested Parallel states for the DAG and Map states f
 See docs/compiler.md for how a DAG becomes states, the failure semantics and the limits.
 """
 
+from udop.compiler._asl import substitution_key
 from udop.compiler._compile import (
     DEFINITION_LIMIT_BYTES,
     HISTORY_LIMIT_EVENTS,
@@ -40,4 +41,5 @@ __all__ = [
     "iter_steps",
     "makespan",
     "schedule",
+    "substitution_key",
 ]

@@ -231,10 +231,9 @@ class _Compiler:
         if total.fits(budget):
             return Parallel(tuple(branches))
         # too many branches even as calls: groups of branches become child machines
-        return self._fit_items(branches, budget, lambda xs: Parallel(tuple(xs)) if len(xs) > 1 else xs[0],
-                               overhead=fixed)
+        return self._fit_items(branches, budget, lambda xs: Parallel(tuple(xs)) if len(xs) > 1 else xs[0])
 
-    def _fit_items(self, items: list[Any], budget: _Cost, join: Any, overhead: _Cost | None = None) -> Any:
+    def _fit_items(self, items: list[Any], budget: _Cost, join: Any) -> Any:
         whole = join(items)
         if self.cost(whole).fits(budget):
             return whole

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from typing import Any
 
 import pytest
@@ -319,3 +320,16 @@ def test_catching_can_be_turned_off_so_redrive_resumes_at_the_failed_task() -> N
     assert too_many["Type"] == "Fail"
     assert too_many["Error"] == "udop.FatalError"
     assert_valid([plain, inline])
+
+
+def test_the_same_pipeline_compiles_to_the_same_definition() -> None:
+    # deployers compare definitions to decide whether to update a state machine
+    rng = random.Random(11)
+    deps = {f"t{i}": [f"t{j}" for j in rng.sample(range(max(0, i - 10), i), min(i, rng.randint(0, 3)))]
+            for i in range(150)}
+    options = CompileOptions(max_definition_bytes=50_000)
+    first = compile_pipeline(make_pipeline(deps), options=options)
+    again = compile_pipeline(make_pipeline(deps), options=options)
+    assert first.to_json() == again.to_json()
+    assert [c.to_json() for c in first.all_children()] == [c.to_json() for c in again.all_children()]
+    assert [c.name for c in first.all_children()] == [c.name for c in again.all_children()]
