@@ -356,3 +356,28 @@ def test_a_split_pipeline_deploys_its_child_machines_first_with_their_arns_fille
         assert "${" not in definition
         assert moto_aws.task_runner_arn in definition or any(machines[c] in definition for c in children)
     assert any(machines[c] in main for c in children)
+
+
+def test_the_deployer_decodes_event_keys_and_ignores_its_own_status_reports(
+    moto_aws: Any, store: Any, tmp_path: Path
+) -> None:
+    from conftest import load_event
+
+    text = _flow(tmp_path, moto_aws.log_root).read_bytes()
+    # this put deploys it (the bucket notifies the deployer); the events below name it URL-encoded,
+    # as S3 does: undecoded, "pipelines%2Fflow.yaml" would not look like a definition at all
+    moto_aws.client("s3").put_object(Bucket=moto_aws.definitions_bucket, Key="pipelines/flow.yaml", Body=text)
+    lam = moto_aws.client("lambda")
+
+    def invoke(raw_key: str) -> dict[str, Any]:
+        event = load_event("s3_put_definition.json", bucket=moto_aws.definitions_bucket, key=raw_key)
+        resp = lam.invoke(FunctionName=moto_aws.deployer_arn, Payload=json.dumps(event))
+        body = json.loads(resp["Payload"].read())
+        assert resp.get("FunctionError") is None, body
+        return dict(body)
+
+    assert invoke("pipelines%2Fflow.status.json") == {"deployed": []}
+    assert invoke("pipelines%2Fflow.yaml") == {
+        "deployed": [{"pipeline": "flow", "ok": True, "version": 1, "errors": []}]
+    }
+    assert store.get_pipeline("flow").latest.version == 1
