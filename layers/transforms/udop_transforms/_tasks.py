@@ -20,7 +20,7 @@ import duckdb
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
 import udop.spec.models  # noqa: F401 - builds the task union before data_tasks is imported
-from udop.errors import DataQualityError, FatalError, TaskTimeout
+from udop.errors import DataQualityError, FatalError, InputError, TaskTimeout
 from udop.spec.data_tasks import FILE_CONNECTORS, data_inputs
 from udop.tasks.contract import CheckResult, Manifest, TaskContext, TaskResult
 from udop_transforms._checks import RuleError, evaluate_rules
@@ -66,6 +66,15 @@ def _duckdb_errors(task_id: str, where: str) -> Iterator[None]:
         err = FatalError(f"task {task_id!r}: {where}: {clean_error(exc)}")
         err.locatable = True  # type: ignore[attr-defined]  # a data error: worth finding its step
         raise err from None
+
+
+@contextmanager
+def _input_errors(task_id: str, where: str) -> Iterator[None]:
+    """A connector's configuration error (unknown connector or option) cannot be fixed by a retry."""
+    try:
+        yield
+    except InputError as exc:
+        raise FatalError(f"task {task_id!r}: {where}: {exc}") from None
 
 
 def _input_manifest(task_id: str, dep: str, inputs: Mapping[str, TaskResult]) -> Manifest:
@@ -128,8 +137,9 @@ def run_extract(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult
     source = task.source
     if source.connector not in FILE_CONNECTORS:
         connectors = _connectors(task.id, source.connector)
-        manifest = connectors.extract_to_parquet(context, source.model_dump(exclude_unset=True),
-                                                  context.output_uri)
+        with _input_errors(task.id, "source"):
+            manifest = connectors.extract_to_parquet(context, source.model_dump(exclude_unset=True),
+                                                      context.output_uri)
         return TaskResult(output=manifest, inputs=(f"{source.connector}:{source.connection or ''}",))
     path = _resolve(context, str(context.render(source.path)))
     files = matching_files(path)
@@ -246,7 +256,8 @@ def run_load(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult]) 
     if target.connector not in FILE_CONNECTORS:
         connectors = _connectors(task.id, target.connector)
         spec = target.model_dump(exclude_unset=True)
-        metrics = connectors.load_from_parquet(context, spec, manifest, inputs)
+        with _input_errors(task.id, "target"):
+            metrics = connectors.load_from_parquet(context, spec, manifest, inputs)
         return TaskResult(inputs=(manifest.uri,), metrics=dict(metrics or {}))
     path = _resolve(context, str(context.render(target.path)))
     with Session(memory_limit=task.memory_limit, context=context) as session:

@@ -100,6 +100,8 @@ def check_pipeline(pipeline: Any, base_dir: str | Path | None = None) -> list[Sp
             where = f"spec.tasks[{index}]"
             found: list[SpecError] = []
             schema: list[Column] | None = None
+            if task.type in ("extract", "load"):
+                _check_connector(task, where, found)
             if task.type == "extract":
                 schema = _extract_schema(session, task, base, where, found)
             elif task.type == "transform":
@@ -121,6 +123,22 @@ def check_pipeline(pipeline: Any, base_dir: str | Path | None = None) -> list[Sp
             schemas[task.id] = None if found and task.type in ("extract", "transform") else schema
             errors += found
     return errors
+
+
+def _check_connector(task: Any, where: str, found: list[SpecError]) -> None:
+    spec, field = (task.source, "source") if task.type == "extract" else (task.target, "target")
+    if spec.connector in FILE_CONNECTORS:
+        return
+    try:
+        from udop.connectors import available_connectors  # noqa: PLC0415 - optional framework
+    except ImportError:
+        known: list[str] = []
+    else:
+        known = list(available_connectors())
+    if spec.connector not in known:
+        names = ", ".join([*FILE_CONNECTORS, *known])
+        found.append(SpecError(f"task {task.id!r}: unknown connector {spec.connector!r} (installed: {names})",
+                               path=f"{where}.{field}.connector"))
 
 
 def _extract_schema(session: Session, task: Any, base: Path, where: str,

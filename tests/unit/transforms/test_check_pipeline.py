@@ -139,3 +139,11 @@ def test_ragged_csv_source_is_rejected_before_running(base):
 def test_plugin_entry_point_is_registered():
     (ep,) = [e for e in entry_points(group="udop.validators") if e.name == "transforms"]
     assert ep.load() is check_pipeline
+
+
+def test_unknown_connector_is_rejected_before_running(base):
+    p = pipeline(target={"connector": "postgress", "table": "x"})
+    (err,) = check_pipeline(p, base)
+    assert err.path == "spec.tasks[4].target.connector"
+    assert "unknown connector 'postgress'" in str(err)
+    assert "postgres" in str(err)
