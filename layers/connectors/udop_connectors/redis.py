@@ -1,0 +1,221 @@
+"""The ``redis`` connector: string keys, hashes and streams.
+
+Reads scan keys matching ``pattern`` (``SCAN``, never ``KEYS``) or page through a stream with
+``XRANGE``; writes go in ONE ``MULTI``/``EXEC`` transaction, so a load that fails part way leaves
+nothing behind. Streams carry a ``position`` column (``ms * 1_000_000 + seq`` of the entry id)
+that works as an incremental watermark.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any, ClassVar, Literal, NoReturn
+
+import pyarrow as pa
+from pydantic import ConfigDict, Field, model_validator
+
+from udop.connectors import Connector, ConnectorSettings, Secret
+from udop.connectors.base import WriteMode
+from udop_connectors._arrow import records_to_batch, schema_from_mapping
+
+__all__ = ["RedisConnector", "RedisSettings"]
+
+_SEQ = 1_000_000
+
+
+class RedisSettings(ConnectorSettings):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: Secret | None = Field(None, description="redis://[user:password@]host:port/db or rediss://")
+    host: str = "127.0.0.1"
+    port: int = 6379
+    db: int = 0
+    username: str | None = None
+    password: Secret | None = None
+    ssl: bool = False
+    kind: Literal["keys", "hash", "stream"] = "keys"
+    pattern: str | None = Field(None, description="keys/hash: SCAN MATCH pattern, e.g. 'user:*'")
+    stream: str | None = Field(None, description="stream: the stream's key")
+    key_column: str = "key"
+    value_column: str = "value"
+    key_prefix: str = Field("", description="write: prepended to the key column's values")
+    ttl: int | None = Field(None, ge=1, description="write: expire written keys after this many seconds")
+    columns: dict[str, str] | None = None
+    max_entries: int | None = Field(None, ge=1, description="stream: read at most this many entries")
+
+    @model_validator(mode="after")
+    def _needs(self) -> RedisSettings:
+        if self.kind == "stream" and not self.stream:
+            raise ValueError("kind: stream needs 'stream' (the stream's key)")
+        return self
+
+
+class RedisConnector(Connector):
+    name = "redis"
+    Settings: ClassVar[type[ConnectorSettings]] = RedisSettings
+    pushes_down_incremental = True
+
+    settings: RedisSettings
+
+    def __init__(self, settings: ConnectorSettings, **kwargs: Any) -> None:
+        super().__init__(settings, **kwargs)
+        self._client: Any = None
+        self.pushes_down_incremental = self.settings.kind == "stream"
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import redis
+
+            s = self.settings
+            if s.url is not None:
+                url = self.secret(s.url) or ""
+                self._client = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5,
+                                                    socket_timeout=30)
+            else:
+                self._client = redis.Redis(host=s.host, port=s.port, db=s.db, username=s.username,
+                                           password=self.secret(s.password), ssl=s.ssl,
+                                           decode_responses=True, socket_connect_timeout=5, socket_timeout=30)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _error(self, exc: Exception, doing: str) -> NoReturn:
+        import redis
+
+        text = " ".join(str(exc).split())[:300]
+        if isinstance(exc, redis.AuthenticationError | redis.exceptions.AuthorizationError):
+            self.fail(f"{doing}: login refused (check the user and password): {text}", retryable=False)
+        if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+            self.fail(f"{doing}: cannot reach Redis: {text}", retryable=True)
+        if isinstance(exc, redis.ResponseError) and text.startswith(("NOAUTH", "WRONGPASS")):
+            self.fail(f"{doing}: login refused (check the user and password): {text}", retryable=False)
+        self.fail(f"{doing}: {text}", retryable=False)
+
+    def check(self) -> None:
+        import redis
+
+        try:
+            self.client.ping()
+        except redis.RedisError as exc:
+            self._error(exc, "ping")
+
+    # -- read --------------------------------------------------------------------------------------
+    def read(self, *, since: Any = None) -> Iterator[pa.RecordBatch]:
+        import redis
+
+        try:
+            if self.settings.kind == "stream":
+                yield from self._read_stream(since)
+            else:
+                yield from self._read_keys()
+        except redis.RedisError as exc:
+            self._error(exc, "read")
+
+    def _read_keys(self) -> Iterator[pa.RecordBatch]:
+        s = self.settings
+        if not s.pattern:
+            self.fail(f"kind: {s.kind} needs 'pattern' to read (e.g. 'user:*')", retryable=False)
+        typed = schema_from_mapping(s.columns)
+        keys: list[str] = []
+        for key in self.client.scan_iter(match=s.pattern, count=1000):
+            keys.append(key)
+            if len(keys) >= s.batch_size:
+                yield self._fetch(keys, typed)
+                keys = []
+        if keys:
+            yield self._fetch(keys, typed)
+
+    def _fetch(self, keys: list[str], typed: pa.Schema | None) -> pa.RecordBatch:
+        s = self.settings
+        if s.kind == "keys":
+            values = self.client.mget(keys)
+            rows = [{s.key_column: k, s.value_column: v} for k, v in zip(keys, values, strict=True)
+                    if v is not None]
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            for k in keys:
+                pipe.hgetall(k)
+            rows = [{s.key_column: k, **h} for k, h in zip(keys, pipe.execute(), strict=True) if h]
+        return records_to_batch(rows, typed) if rows else pa.RecordBatch.from_pydict(
+            {s.key_column: pa.array([], pa.string())})
+
+    def _read_stream(self, since: Any) -> Iterator[pa.RecordBatch]:
+        s = self.settings
+        typed = schema_from_mapping(s.columns)
+        start = "-" if since is None else f"({int(since) // _SEQ}-{int(since) % _SEQ}"
+        read = 0
+        while True:
+            count = s.batch_size if s.max_entries is None else min(s.batch_size, s.max_entries - read)
+            if count <= 0:
+                return
+            entries = self.client.xrange(s.stream, min=start, max="+", count=count)
+            if not entries:
+                return
+            rows = []
+            for entry_id, fields in entries:
+                ms, _, seq = entry_id.partition("-")
+                rows.append({"id": entry_id, "position": int(ms) * _SEQ + int(seq), **fields})
+            batch = records_to_batch(rows, None if typed is None else pa.schema(
+                [pa.field("id", pa.string()), pa.field("position", pa.int64()), *typed]))
+            read += len(rows)
+            yield batch
+            start = f"({entries[-1][0]}"
+
+    # -- write -------------------------------------------------------------------------------------
+    def write(self, batches: Iterable[pa.RecordBatch], mode: WriteMode | None = None,
+              keys: list[str] | None = None) -> int:
+        import redis
+
+        mode, _ = self.resolve_mode(mode, keys)
+        s = self.settings
+        if s.kind == "stream" and mode != "append":
+            self.fail("a stream can only be appended to (mode: append)", retryable=False)
+        try:
+            pipe = self.client.pipeline(transaction=True)
+            if mode == "overwrite":
+                if not s.pattern:
+                    self.fail("mode: overwrite needs 'pattern' (the keys to replace)", retryable=False)
+                old = list(self.client.scan_iter(match=s.pattern, count=1000))
+                for i in range(0, len(old), 1000):
+                    pipe.delete(*old[i:i + 1000])
+            total = 0
+            for batch in batches:
+                if batch.num_rows and s.kind != "stream" and s.key_column not in batch.schema.names:
+                    self.fail(f"the data has no key column {s.key_column!r} (set 'key_column')", retryable=False)
+                for row in batch.to_pylist():
+                    self._queue(pipe, row)
+                    total += 1
+            pipe.execute()  # MULTI ... EXEC: all of it or nothing
+            return total
+        except redis.RedisError as exc:
+            self._error(exc, "write")
+
+    def _queue(self, pipe: Any, row: dict[str, Any]) -> None:
+        s = self.settings
+        if s.kind == "stream":
+            pipe.xadd(s.stream, {k: _text(v) for k, v in row.items() if v is not None})
+            return
+        key = s.key_prefix + str(row[s.key_column])
+        if s.kind == "keys":
+            if s.value_column not in row:
+                self.fail(f"the data has no value column {s.value_column!r} (set 'value_column')", retryable=False)
+            pipe.set(key, _text(row[s.value_column]), ex=s.ttl)
+        else:
+            fields = {k: _text(v) for k, v in row.items() if k != s.key_column and v is not None}
+            pipe.delete(key)
+            if fields:
+                pipe.hset(key, mapping=fields)
+            if s.ttl:
+                pipe.expire(key, s.ttl)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return "" if value is None else str(value)
