@@ -90,8 +90,9 @@ class SourceSpec(BaseModel):
     quote: str | None = Field(None, description="csv: quote character (default '\"')")
     null_values: list[str] | None = Field(None, description="csv: strings read as NULL (default: 'NA' "
                                                             "and the empty string)")
-    columns: dict[str, str] | None = Field(None, description="csv/json: column name -> SQL type; "
-                                                             "skips type detection for these")
+    columns: dict[str, str] | None = Field(None, description="column name -> SQL type; csv: overrides the "
+                                                             "detected type of these columns; json/ndjson: "
+                                                             "the columns to read, with their types")
 
     @model_validator(mode="after")
     def _file_options(self) -> SourceSpec:

@@ -189,3 +189,11 @@ def test_partition_by_unknown_column(data, run):
 def test_unknown_connector_is_a_fatal_error_naming_the_task(data, run):
     with pytest.raises(FatalError, match=r"^task 'x': source: unknown connector 'nosuch'"):
         run([{"id": "x", "type": "extract", "source": {"connector": "nosuch", "table": "t"}}])
+
+
+def test_json_columns_choose_and_type_the_columns(tmp_path, run):
+    (tmp_path / "a.ndjson").write_text('{"k": "1", "v": "2024-01-02", "x": 1}\n')
+    t = extract(run, {"connector": "ndjson", "path": "a.ndjson", "columns": {"k": "integer", "v": "date"}})
+    assert t.column_names == ["k", "v"]
+    assert t.schema.field("k").type == pa.int32()
+    assert t.schema.field("v").type == pa.date32()
