@@ -66,16 +66,18 @@ class RedisConnector(Connector):
     def client(self) -> Any:
         if self._client is None:
             import redis
+            from redis.backoff import ExponentialBackoff
+            from redis.retry import Retry
 
             s = self.settings
+            # a short client-side retry: the task's own retry policy handles longer outages
+            opts = {"decode_responses": True, "socket_connect_timeout": 5, "socket_timeout": 30,
+                    "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 2)}
             if s.url is not None:
-                url = self.secret(s.url) or ""
-                self._client = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5,
-                                                    socket_timeout=30)
+                self._client = redis.Redis.from_url(self.secret(s.url) or "", **opts)
             else:
                 self._client = redis.Redis(host=s.host, port=s.port, db=s.db, username=s.username,
-                                           password=self.secret(s.password), ssl=s.ssl,
-                                           decode_responses=True, socket_connect_timeout=5, socket_timeout=30)
+                                           password=self.secret(s.password), ssl=s.ssl, **opts)
         return self._client
 
     def close(self) -> None:
