@@ -447,3 +447,9 @@ def test_dependencies_without_data_only_order_the_run(sources, run, tmp_path):
     finally:
         sys.path.remove(str(tmp_path))
     assert results["t"].output.rows == 2
+
+
+def test_empty_result_is_a_readable_dataset_with_its_columns(sources, run):
+    t = transform(run, [{"filter": "false"}, {"derive": {"x": "delay * 2"}}])
+    assert t.num_rows == 0
+    assert t.column_names == ["id", "carrier", "delay", "month", "x"]
