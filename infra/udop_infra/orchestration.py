@@ -23,7 +23,7 @@ from udop.compiler import CompileError, CompileOptions, compile_pipeline
 from udop.errors import SpecErrors
 from udop.spec.loader import load_pipeline
 from udop_infra.config import REPO_ROOT, ContextError, DeploymentConfig
-from udop_infra.runtime import STATE_MACHINE_PREFIX, Runtime, grant_state_machine_basics
+from udop_infra.runtime import STATE_MACHINE_PREFIX, Runtime, grant_state_machine_basics, sync_rule_arn
 from udop_infra.storage import Storage
 
 DEFINITION_SUFFIXES = (".yaml", ".yml", ".json")
@@ -207,13 +207,7 @@ def _grant_used_resources(
             machine.add_to_role_policy(
                 iam.PolicyStatement(
                     actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
-                    resources=[
-                        stack.format_arn(
-                            service="events",
-                            resource="rule",
-                            resource_name="StepFunctionsGetEventsForStepFunctionsExecutionRule",
-                        )
-                    ],
+                    resources=[sync_rule_arn(stack)],
                 )
             )
         elif base in S3_LIST:

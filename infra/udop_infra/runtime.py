@@ -232,6 +232,13 @@ class Runtime(Construct):
                 resources=[self.execution_arn_pattern],
             )
         )
+        # split pipelines: a parent follows its children (startExecution.sync) through this managed rule
+        self.deployed_state_machine_role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
+                resources=[sync_rule_arn(stack)],
+            )
+        )
         # foreach tasks as Distributed Map: list the input's files, write the map results
         self.deployed_state_machine_role.add_to_policy(
             iam.PolicyStatement(actions=["s3:ListBucket"], resources=[storage.data.bucket_arn])
@@ -370,6 +377,13 @@ class Runtime(Construct):
             "deployer": self.deployer,
             "run_events": self.run_events,
         }
+
+
+def sync_rule_arn(stack: Stack) -> str:
+    """The EventBridge rule Step Functions manages for ``startExecution.sync`` integrations."""
+    return stack.format_arn(
+        service="events", resource="rule", resource_name="StepFunctionsGetEventsForStepFunctionsExecutionRule"
+    )
 
 
 def grant_state_machine_basics(role: iam.IRole, task_runner: lambda_.IFunction) -> None:
