@@ -205,3 +205,36 @@ def test_without_catching_the_execution_fails_at_the_task_for_redrive(sfn: Any) 
     assert desc["error"] == "udop.FatalError"
     assert "bad broke" in desc["cause"]  # the runner's own error payload
     assert "after" not in runner.succeeded()
+
+
+def test_an_inline_map_over_too_many_files_fails_instead_of_dropping_some(sfn: Any) -> None:
+    session, holder = sfn
+    holder["runner"] = runner = ScriptedRunner()
+    s3 = session.client("s3")
+    s3.create_bucket(Bucket="udop-data")
+    for i in range(5):
+        s3.put_object(Bucket="udop-data", Key=f"runs/fan/run-1/src/part-{i}.parquet", Body=b"x")
+    p = make_pipeline({"src": [], "each": ["src"]}, name="fan", extra={"each": {"foreach": {"input": "src"}}})
+    options = CompileOptions(map_mode="inline", inline_max_items=3)
+    desc = _run(session, _deploy(session, compile_pipeline(p, options=options)))
+    assert desc["status"] == "FAILED"
+    assert desc["error"] == "udop.FatalError"
+    assert "more than 3 files" in desc["cause"]
+    assert runner.succeeded() == ["src"]
+
+
+def test_a_task_over_its_timeout_fails_the_run_as_a_udop_timeout(sfn: Any) -> None:
+    session, holder = sfn
+    scripted = ScriptedRunner()
+
+    def slow(event: dict[str, Any]) -> tuple[str, bool]:
+        if event["task_id"] == "slow":
+            time.sleep(2.5)
+        return scripted(event)
+    holder["runner"] = slow  # type: ignore[assignment]
+    p = make_pipeline({"slow": [], "next": ["slow"]}, extra={"slow": {"timeout": "1s"}})
+    desc = _run(session, _deploy(session, compile_pipeline(p)))
+    assert desc["status"] == "FAILED"
+    assert desc["error"] == "udop.TaskTimeout"  # a Fail state may not raise States.Timeout itself
+    assert "States.Timeout in task slow" in desc["cause"]
+    assert "next" not in scripted.succeeded()
