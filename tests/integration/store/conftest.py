@@ -13,21 +13,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+from sqlalchemy.engine import make_url
+
+from udop.store import open_store
 
 ADMIN_URL = os.environ.get("UDOP_TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def _admin(sql: str, url: str = ADMIN_URL) -> None:
-    import psycopg
-
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(sql)  # type: ignore[arg-type]
 
 
 def _with_database(url: str, database: str) -> str:
-    from sqlalchemy.engine import make_url
-
     return (
         make_url(url)
         .set(drivername="postgresql+psycopg", database=database)
@@ -68,8 +68,6 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def open_db(db_url: str) -> Iterator[Callable[[], Any]]:
     """Open (and later close) stores on the test's database."""
-    from udop.store import open_store
-
     opened: list[Any] = []
 
     def _open() -> Any:

@@ -12,8 +12,14 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
+# imported here, before a spawned child waits at the start line, so that the processes really collide on
+# the migration itself rather than on imports
+import alembic.command  # noqa: F401
+
+import udop.store.sql  # noqa: F401
 from udop.errors import TransitionError
 from udop.states import AttemptState, RunState, TaskState
+from udop.store import open_store
 
 DEFINITION = {"apiVersion": "udop/v1", "metadata": {"name": "p"}, "spec": {"tasks": [{"id": "a"}]}}
 TASKS = ["extract", "transform", "load"]
@@ -25,8 +31,6 @@ RUNS_PER_THREAD = 4
 def _run_lifecycles(url: str, prefix: str, start: Any, out: Any) -> None:
     """Open the store, then in several threads drive whole runs from pending to succeeded."""
     try:
-        from udop.store import open_store
-
         store = open_store(url)
         start.wait(timeout=60)
         version = store.register_pipeline("p", DEFINITION).version
@@ -81,8 +85,6 @@ def _run_lifecycles(url: str, prefix: str, start: Any, out: Any) -> None:
 def _race_for_tasks(url: str, run_id: str, start: Any, out: Any) -> None:
     """Every thread of every process tries to start attempt 1 of every task and to finish the run."""
     try:
-        from udop.store import open_store
-
         store = open_store(url)
         start.wait(timeout=60)
         won: list[str] = []
@@ -121,12 +123,6 @@ def _race_for_tasks(url: str, run_id: str, start: Any, out: Any) -> None:
 
 def _open_only(url: str, start: Any, out: Any) -> None:
     try:
-        # import everything first, so that the processes really collide on the migration itself
-        import alembic.command  # noqa: F401
-
-        import udop.store.sql  # noqa: F401
-        from udop.store import open_store
-
         start.wait(timeout=60)
         store = open_store(url)
         store.register_pipeline("p", DEFINITION)
@@ -158,8 +154,14 @@ def _write_in_forked_child(store: Any, out: Any) -> None:
     """Runs in a fork: uses the parent's store object (and so its engine) as a forked worker would."""
     try:
         inherited = store.engine.pool.checkedin()  # connections of the parent's pool usable here
-        store.create_run(run_id="from-child", pipeline="p", pipeline_version=1, task_ids=TASKS, params={},
-                         logical_date=datetime.now(UTC))
+        store.create_run(
+            run_id="from-child",
+            pipeline="p",
+            pipeline_version=1,
+            task_ids=TASKS,
+            params={},
+            logical_date=datetime.now(UTC),
+        )
         store.set_run_state("from-child", RunState.RUNNING)
         store.start_attempt("from-child", TASKS[0], 1)
         out.put(("ok", inherited))

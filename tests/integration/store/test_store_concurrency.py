@@ -7,6 +7,7 @@ processes racing to start the same task: exactly one wins).
 
 from __future__ import annotations
 
+import multiprocessing as mp
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +23,7 @@ from store_workers import (  # type: ignore[import-not-found]  # next to this fi
     _open_only,
     _race_for_tasks,
     _run_lifecycles,
+    _write_in_forked_child,
 )
 
 from udop.states import AttemptState, RunState, TaskState
@@ -128,14 +130,16 @@ def test_a_forked_child_can_keep_using_the_parents_store(store: Any) -> None:
     """A fork inherits the pool; the child must open its own connections (SQLite: "do not carry an open
     database connection across a fork"; PostgreSQL: two processes on one socket), and the parent's stay
     good."""
-    import multiprocessing as mp
-
-    from store_workers import _write_in_forked_child  # type: ignore[import-not-found]
-
     version = store.register_pipeline("p", DEFINITION).version
     assert version == 1
-    store.create_run(run_id="from-parent", pipeline="p", pipeline_version=1, task_ids=TASKS, params={},
-                     logical_date=datetime.now(UTC))
+    store.create_run(
+        run_id="from-parent",
+        pipeline="p",
+        pipeline_version=1,
+        task_ids=TASKS,
+        params={},
+        logical_date=datetime.now(UTC),
+    )
     assert store.engine.pool.checkedin() >= 1  # the pool now holds an open connection
     ctx = mp.get_context("fork")
     out = ctx.Queue()
@@ -148,6 +152,8 @@ def test_a_forked_child_can_keep_using_the_parents_store(store: Any) -> None:
     assert child.exitcode == 0
     store.set_run_state("from-parent", RunState.RUNNING)  # the parent's pooled connection still works
     store.start_attempt("from-parent", TASKS[0], 1)
-    assert {r.id: r.state for r in store.list_runs()} == {"from-child": RunState.RUNNING,
-                                                          "from-parent": RunState.RUNNING}
+    assert {r.id: r.state for r in store.list_runs()} == {
+        "from-child": RunState.RUNNING,
+        "from-parent": RunState.RUNNING,
+    }
     assert store.get_run("from-child").tasks[0].state is TaskState.RUNNING

@@ -574,7 +574,13 @@ def test_a_result_that_is_not_json_is_refused_and_changes_nothing(store: Metadat
     store.start_attempt("r1", "a", 1)
     before = store.get_run("r1")
     with pytest.raises(StoreError, match="JSON"):
-        store.finish_attempt("r1", "a", 1, attempt_state=AttemptState.SUCCEEDED, task_state=TaskState.SUCCEEDED,
-                             result={"output": {"uri": "/x"}, "value": object()})
+        store.finish_attempt(
+            "r1",
+            "a",
+            1,
+            attempt_state=AttemptState.SUCCEEDED,
+            task_state=TaskState.SUCCEEDED,
+            result={"output": {"uri": "/x"}, "value": object()},
+        )
     assert store.get_run("r1") == before
     assert store.get_lineage("r1") == []

@@ -13,11 +13,14 @@ from pathlib import Path
 
 import pytest
 from alembic.script import ScriptDirectory
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 
 from udop.errors import StoreError, TransitionError
+from udop.settings import get_settings
 from udop.states import AttemptState, RunState, TaskState, check_transition
 from udop.store import migrate, open_store
-from udop.store.engine import mask_url, parse_url
+from udop.store.engine import mask_url, parse_url, sqlite_timestamp
 from udop.store.schema import HEAD, MIGRATIONS, REVISIONS
 from udop.store.sql import content_hash, predecessors
 from udop.store.tables import UTCDateTime
@@ -64,10 +67,13 @@ def test_mask_url_hides_the_password() -> None:
     assert "pa55" not in mask_url("not a url://u:pa55@h")
 
 
-@pytest.mark.parametrize(("url", "fragment"), [
-    ("mysql://root@localhost/x", "only sqlite:// and postgresql:// are supported"),
-    ("::::", "is not a valid URL"),
-])
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("mysql://root@localhost/x", "only sqlite:// and postgresql:// are supported"),
+        ("::::", "is not a valid URL"),
+    ],
+)
 def test_unusable_urls_are_one_line_errors(url: str, fragment: str) -> None:
     with pytest.raises(StoreError, match=fragment) as info:
         open_store(url)
@@ -96,8 +102,6 @@ def test_an_explicit_sqlite_path_in_a_missing_folder_is_refused(tmp_path: Path) 
 
 
 def test_the_default_store_lives_under_udop_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from udop.settings import get_settings
-
     home = tmp_path / "deep" / ".udop"
     monkeypatch.setenv("UDOP_HOME", str(home))
     get_settings.cache_clear()
@@ -121,8 +125,12 @@ def test_every_sqlite_connection_gets_the_concurrency_settings(tmp_path: Path) -
 
         def read_pragmas() -> None:
             with store.engine.connect() as conn:
-                seen.append(tuple(conn.exec_driver_sql(f"PRAGMA {name}").scalar()
-                                  for name in ("journal_mode", "busy_timeout", "foreign_keys", "synchronous")))
+                seen.append(
+                    tuple(
+                        conn.exec_driver_sql(f"PRAGMA {name}").scalar()
+                        for name in ("journal_mode", "busy_timeout", "foreign_keys", "synchronous")
+                    )
+                )
 
         threads = [threading.Thread(target=read_pragmas) for _ in range(3)]
         for t in threads:
@@ -141,8 +149,14 @@ def test_in_memory_store_serves_several_threads() -> None:
         version = store.register_pipeline("p", {"a": 1}).version
 
         def one(n: int) -> None:
-            store.create_run(run_id=f"r{n}", pipeline="p", pipeline_version=version, task_ids=["a"], params={},
-                             logical_date=datetime.now(UTC))
+            store.create_run(
+                run_id=f"r{n}",
+                pipeline="p",
+                pipeline_version=version,
+                task_ids=["a"],
+                params={},
+                logical_date=datetime.now(UTC),
+            )
             store.set_run_state(f"r{n}", RunState.RUNNING)
 
         threads = [threading.Thread(target=one, args=(n,)) for n in range(8)]
@@ -159,9 +173,15 @@ def test_values_that_are_not_json_are_refused_before_anything_is_written(tmp_pat
     store = open_store(f"sqlite:///{tmp_path / 'meta.db'}")
     try:
         store.register_pipeline("p", {"a": 1})
-        with pytest.raises(StoreError, match="run 'r1'.*JSON"):
-            store.create_run(run_id="r1", pipeline="p", pipeline_version=1, task_ids=["a"],
-                             params={"x": object()}, logical_date=datetime.now(UTC))
+        with pytest.raises(StoreError, match=r"run 'r1'.*JSON"):
+            store.create_run(
+                run_id="r1",
+                pipeline="p",
+                pipeline_version=1,
+                task_ids=["a"],
+                params={"x": object()},
+                logical_date=datetime.now(UTC),
+            )
         assert store.get_run("r1") is None
     finally:
         store.close()
@@ -192,10 +212,14 @@ def test_opening_an_up_to_date_database_does_not_load_alembic(tmp_path: Path) ->
     """Every `udop run` opens the store: when nothing is due it costs one SELECT, not an Alembic import."""
     url = f"sqlite:///{tmp_path / 'meta.db'}"
     migrate(url)
-    code = ("import sys, json; from udop.store import open_store; s = open_store(sys.argv[1]); "
-            "print(json.dumps(['alembic' in sys.modules, s.list_pipelines() == []]))")
+    code = (
+        "import sys, json; from udop.store import open_store; s = open_store(sys.argv[1]); "
+        "print(json.dumps(['alembic' in sys.modules, s.list_pipelines() == []]))"
+    )
     env = {**os.environ, "UDOP_HOME": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", code, url], capture_output=True, text=True, check=True, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", code, url], capture_output=True, text=True, check=True, env=env
+    )
     assert json.loads(out.stdout) == [False, True]
 
 
@@ -203,8 +227,6 @@ def test_opening_an_up_to_date_database_does_not_load_alembic(tmp_path: Path) ->
 
 
 def test_timestamps_are_stored_as_utc() -> None:
-    from sqlalchemy.dialects import postgresql, sqlite
-
     t = UTCDateTime()
     paris = datetime(2026, 6, 1, 14, 0, tzinfo=timezone(timedelta(hours=2)))
     assert t.process_bind_param(paris, sqlite.dialect()) == datetime(2026, 6, 1, 12, 0)
@@ -212,22 +234,22 @@ def test_timestamps_are_stored_as_utc() -> None:
     # naive values are taken to be UTC already
     assert t.process_bind_param(datetime(2026, 6, 1, 12, 0), sqlite.dialect()) == datetime(2026, 6, 1, 12, 0)
     assert t.process_result_value(datetime(2026, 6, 1, 12, 0), sqlite.dialect()) == datetime(
-        2026, 6, 1, 12, 0, tzinfo=UTC)
+        2026, 6, 1, 12, 0, tzinfo=UTC
+    )
     assert t.process_result_value(paris, postgresql.dialect()).tzinfo is UTC  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("value", [
-    datetime(2026, 6, 1, 12, 0, tzinfo=UTC),  # no microseconds: still written with six digits
-    datetime(2026, 6, 1, 14, 0, 0, 1, tzinfo=timezone(timedelta(hours=2))),
-    datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-11))),
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        datetime(2026, 6, 1, 12, 0, tzinfo=UTC),  # no microseconds: still written with six digits
+        datetime(2026, 6, 1, 14, 0, 0, 1, tzinfo=timezone(timedelta(hours=2))),
+        datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-11))),
+    ],
+)
 def test_hot_path_timestamps_are_the_text_sqlalchemy_writes(value: datetime) -> None:
     """start/finish_attempt write SQLite text themselves; it must equal what every other write produces,
     or times would sort and compare wrongly."""
-    from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
-
-    from udop.store.engine import sqlite_timestamp
-
     dialect = SQLiteDialect_pysqlite()
     through_sqlalchemy = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)(value)  # type: ignore[misc]
     assert isinstance(through_sqlalchemy, str)
@@ -248,7 +270,7 @@ def test_a_file_that_is_not_a_database_is_refused_untouched(tmp_path: Path) -> N
 def test_a_definition_that_is_not_json_is_refused(tmp_path: Path) -> None:
     store = open_store(f"sqlite:///{tmp_path / 'meta.db'}")
     try:
-        with pytest.raises(StoreError, match="pipeline 'p'.*JSON"):
+        with pytest.raises(StoreError, match=r"pipeline 'p'.*JSON"):
             store.register_pipeline("p", {"when": object()})
         assert store.get_pipeline("p") is None
     finally:
