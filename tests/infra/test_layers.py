@@ -77,7 +77,10 @@ def test_layers_are_trimmed_compiled_for_312_and_leave_boto_to_the_runtime(built
             assert not flags & 0b10, f"{pyc}: checks its source (should be unchecked-hash)"
     pyarrow = built.BUILD / "connectors" / "python" / "pyarrow"
     assert not list(pyarrow.glob("*flight*"))
-    assert (built.BUILD / "core" / "python" / "udop-0.1.0.dist-info" / "entry_points.txt").exists()
+    # the task types and connectors are found through entry points: the layer must carry them
+    entry_points = (built.BUILD / "core" / "python" / "udop-0.1.0.dist-info" / "entry_points.txt").read_text()
+    assert "[udop.task_types]" in entry_points
+    assert "s3 = udop_connectors.objects:S3Connector" in entry_points
 
 
 def test_the_task_runner_imports_from_its_layers_with_python312(built: ModuleType) -> None:
