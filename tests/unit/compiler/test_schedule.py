@@ -177,3 +177,22 @@ def test_cycle_and_unknown_dependency_are_input_errors() -> None:
         schedule({"a": ["zz"]})
     with pytest.raises(SpecErrors, match="cycle"):
         compile_pipeline(make_pipeline({"a": ["b"], "b": ["a"]}))
+
+
+def test_random_dags_split_into_child_machines_keep_their_order() -> None:
+    compiled: list[CompiledPipeline] = []
+    tiny = CompileOptions(max_history_events=120, max_definition_bytes=12_000)
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(random_dags(max_tasks=40))
+    def check(deps: dict[str, list[str]]) -> None:
+        c = compile_pipeline(make_pipeline(deps), options=tiny)
+        _check_order(deps, c)
+        for m in (c, *c.all_children()):
+            assert m.estimates.definition_bytes <= tiny.max_definition_bytes
+            assert m.estimates.max_history_events <= tiny.max_history_events
+        compiled.append(c)
+
+    check()
+    assert any(c.children for c in compiled), "the budgets are small enough to force splits"
+    assert_valid(compiled)
