@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,9 @@ import pytest
 from aws_cdk import Token
 from aws_cdk.assertions import Capture, Match
 
+from udop.aws import settings as aws_settings
 from udop.aws.definitions import canonical_definition, version_key
+from udop.aws.settings import load_settings
 from udop.compiler import CompileOptions, compile_pipeline
 from udop.spec.loader import load_pipeline
 from udop.spec.models import Schedule
@@ -597,3 +600,21 @@ def test_unbuilt_layers_stop_a_real_synth(
     monkeypatch.setattr(runtime, "REPO_ROOT", tmp_path)
     with pytest.raises(ContextError, match=r"layer 'core' is not built .*python layers/build\.py"):
         synth(tmp_path / "out", **{"udop:assets": "build", "udop:pipelinesDir": str(tmp_path)})
+
+
+@pytest.mark.parametrize(
+    ("function", "settings_class"),
+    [("task_runner", "RunnerSettings"), ("deployer", "DeployerSettings"), ("run_events", "EventsSettings")],
+)
+def test_each_function_gets_every_setting_it_validates_at_cold_start(
+    stack: Any, resources: dict[str, Any], monkeypatch: pytest.MonkeyPatch, function: str, settings_class: str
+) -> None:
+    env = resources[logical_id(stack, stack.runtime.functions[function])]["Properties"]["Environment"]
+    for name in [n for n in os.environ if n.startswith("UDOP_")]:
+        monkeypatch.delenv(name)
+    for name, value in env["Variables"].items():
+        monkeypatch.setenv(name, value if isinstance(value, str) else "resolved-at-deploy")
+    loaded = load_settings(getattr(aws_settings, settings_class))  # raises ConfigError naming a gap
+    for field, info in type(loaded).model_fields.items():
+        if info.is_required():
+            assert f"UDOP_{field.upper()}" in env["Variables"], field
