@@ -16,6 +16,7 @@ from udop.store import open_store
 
 SETTINGS = load_settings(EventsSettings)
 SFN = boto3.client("stepfunctions")
+S3 = boto3.client("s3")
 STORE = open_store(url_with_secret(SETTINGS.database_url, SETTINGS.database_secret_arn))
 
 
@@ -24,7 +25,7 @@ STORE = open_store(url_with_secret(SETTINGS.database_url, SETTINGS.database_secr
 @tracer.capture_lambda_handler
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     metrics.add_metric(name="ExecutionStatusEvents", unit="Count", value=1)
-    run = record_status_event(event, store=STORE, sfn=SFN)
+    run = record_status_event(event, store=STORE, sfn=SFN, s3=S3, data_bucket=SETTINGS.data_bucket)
     if run is None:
         return {"run_id": None}
     return {"run_id": run.id, "state": str(run.state)}

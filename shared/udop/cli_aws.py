@@ -171,11 +171,14 @@ def follow_run(run_id: str, sm_arn: str, execution_arn: str, *, store: Any, sfn:
     from udop.executor.events import RunEvent
 
     seen: dict[str, tuple[str, int]] = {}
+    data_bucket = os.environ.get("UDOP_DATA_BUCKET")  # full results (checks, lineage) when known
+    s3 = _client("s3") if data_bucket else None
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         status = sfn.describe_execution(executionArn=execution_arn)["status"]
         arns = run_execution_arns(execution_arn, run_id, execution_arn.rsplit(":", 1)[-1])
-        run = sync_run(store, sfn, state_machine_arn=sm_arn, run_id=run_id, execution_arns=arns)
+        run = sync_run(store, sfn, state_machine_arn=sm_arn, run_id=run_id, execution_arns=arns,
+                       s3=s3, data_bucket=data_bucket)
         if run is not None and on_event is not None:
             for task in run.tasks:
                 now = (task.state.value, len(task.attempts))

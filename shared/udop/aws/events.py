@@ -60,7 +60,8 @@ def pipeline_of_state_machine(arn: str) -> str:
     return name.removeprefix("udop-")
 
 
-def record_status_event(event: dict[str, Any], *, store: Any, sfn: Any) -> Any:
+def record_status_event(event: dict[str, Any], *, store: Any, sfn: Any, s3: Any = None,
+                        data_bucket: str | None = None) -> Any:
     """Handle one EventBridge "Step Functions Execution Status Change" event; returns the run record
     (None when the execution is not a udop pipeline's)."""
     detail = event.get("detail") or {}
@@ -73,10 +74,10 @@ def record_status_event(event: dict[str, Any], *, store: Any, sfn: Any) -> Any:
     # the run id is in the input; an execution started by udop is also named after it
     run_input = _json(detail.get("input")) or _json(sfn.describe_execution(executionArn=arn).get("input"))
     run_id = str((run_input.get("run") or {}).get("run_id") or run_id_of_execution(name))
-    if run_id != run_id_of_execution(name):  # e.g. started by a schedule: one execution, one run
-        return sync_run(store, sfn, state_machine_arn=sm_arn, run_id=run_id, execution_arns=[arn])
-    return sync_run(store, sfn, state_machine_arn=sm_arn, run_id=run_id,
-                    execution_arns=run_execution_arns(arn, run_id, name))
+    # not named after its run (e.g. started by a schedule): one execution, one run
+    arns = [arn] if run_id != run_id_of_execution(name) else run_execution_arns(arn, run_id, name)
+    return sync_run(store, sfn, state_machine_arn=sm_arn, run_id=run_id, execution_arns=arns, s3=s3,
+                    data_bucket=data_bucket)
 
 
 def _json(text: Any) -> dict[str, Any]:
@@ -190,9 +191,13 @@ def _ensure_run(store: Any, run_id: str, pipeline: str, first: _Execution) -> An
 
 
 def sync_run(store: Any, sfn: Any, *, state_machine_arn: str, run_id: str,
-             execution_arns: list[str] | None = None) -> Any:
+             execution_arns: list[str] | None = None, s3: Any = None, data_bucket: str | None = None) -> Any:
     """Bring the run's records up to date with its executions (``execution_arns``, default: those of
-    the state machine named after the run); returns the run record."""
+    the state machine named after the run); returns the run record.
+
+    With ``s3`` and ``data_bucket`` a succeeded task's full result (quality checks, lineage inputs)
+    is read from the result object the task runner wrote; else the execution history's small
+    response (the output manifest) is recorded."""
     executions = _executions(sfn, state_machine_arn, run_id, execution_arns)
     if not executions:
         return store.get_run(run_id)
@@ -222,6 +227,8 @@ def sync_run(store: Any, sfn: Any, *, state_machine_arn: str, run_id: str,
         record = tasks.get(task_id)
         if record is None:
             continue
+        if s3 is not None and data_bucket:
+            _full_results(s3, data_bucket, pipeline, run_id, attempts)
         _sync_task(store, run_id, record, attempts, execution_running=running)
 
     if not running:
@@ -246,6 +253,22 @@ def _move_run(store: Any, run: Any, state: RunState, *, error: str | None = None
     if run.state == RunState.PENDING:
         run = store.set_run_state(run.id, RunState.RUNNING)
     return store.set_run_state(run.id, state, error=error)
+
+
+def _full_results(s3: Any, bucket: str, pipeline: str, run_id: str,
+                  attempts: list[ExecutionAttempt]) -> None:
+    from udop.aws.runner import result_key
+    from udop.aws.s3 import get_json
+
+    for attempt in attempts:
+        if attempt.state is AttemptState.SUCCEEDED:
+            try:
+                body = get_json(s3, bucket, result_key(pipeline, run_id, attempt.task_id))
+            except Exception as exc:  # AccessDenied and friends: keep the history's summary
+                logger.warning("cannot read the task's result object", extra={"error": str(exc)})
+                return
+            if isinstance(body, dict):
+                attempt.result = body
 
 
 def _sync_task(store: Any, run_id: str, record: Any, attempts: list[ExecutionAttempt], *,

@@ -41,6 +41,7 @@ class DeployerSettings(_AwsSettings):
 class EventsSettings(_AwsSettings):
     database_url: str = Field(description="metadata store URL (run and task records)")
     database_secret_arn: str | None = Field(None, description="secret holding the database password")
+    data_bucket: str | None = Field(None, description="where task results (checks, lineage) are read")
 
 
 S = TypeVar("S", bound=_AwsSettings)

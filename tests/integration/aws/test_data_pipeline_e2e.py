@@ -113,7 +113,7 @@ def _normal(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @in_process_only  # the extract reads files of this machine, which a LocalStack Lambda cannot see
 def test_data_pipeline_gives_the_same_rows_locally_and_on_step_functions(
-    moto_aws: Any, store: Any, tmp_path: Path
+    moto_aws: Any, store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from udop.executor.local import LocalExecutor
     from udop.spec.loader import load_pipeline
@@ -133,6 +133,7 @@ def test_data_pipeline_gives_the_same_rows_locally_and_on_step_functions(
     assert result.ok, result.errors
 
     aws_out = tmp_path / "aws-out"
+    monkeypatch.setenv("UDOP_DATA_BUCKET", moto_aws.data_bucket)  # lets the CLI record checks and lineage
     code = run_on_stepfunctions(
         str(path), {"out": str(aws_out)}, store=store, sfn=moto_aws.client("stepfunctions"), poll=0.05
     )
@@ -149,8 +150,18 @@ def test_data_pipeline_gives_the_same_rows_locally_and_on_step_functions(
     local = LocalExecutor(local_store, workers=2, data_root=str(tmp_path / "local-data")).run(
         load_pipeline(str(path)), params={"out": str(local_out)}
     )
-    local_store.close()
     assert local.state == RunState.SUCCEEDED
+    local_checks = sorted(
+        (c.task_id, c.rule, c.passed, c.failing_rows) for c in local_store.get_checks(local.id))
+    local_store.close()
+    aws_checks = sorted((c.task_id, c.rule, c.passed, c.failing_rows) for c in store.get_checks(run.id))
+    assert aws_checks == local_checks
+    assert len(aws_checks) >= 3  # the three rules of the validate task
+    lineage = {r.task_id: r for r in store.get_lineage(run.id)}
+    assert lineage["delays"].output_uri == delays["uri"]
+    assert lineage["delays"].rows == len(_expected(flights, airlines))
+    prefix = f"s3://{moto_aws.data_bucket}/runs/carrier-delays/{run.id}/"
+    assert sorted(lineage["delays"].inputs) == [f"{prefix}carriers/", f"{prefix}flights/"]
 
     aws_rows = pq.read_table(aws_out / "carrier_delays.parquet").to_pylist()
     local_rows = pq.read_table(local_out / "carrier_delays.parquet").to_pylist()
