@@ -111,14 +111,14 @@ class Session:
         columns = self.describe(f"SELECT * FROM {source_sql}")
         select = "*"
         if widen_decimals:
-            wide = [(n, t) for n, t in columns
-                    if t.startswith("DECIMAL(") and not t.startswith("DECIMAL(38,")]
+            wide = {n: f"DECIMAL(38,{t.split(',')[1].rstrip(')')})" for n, t in columns
+                    if t.startswith("DECIMAL(") and not t.startswith("DECIMAL(38,")}
             if wide:
-                parts = [f"CAST({ident(n)} AS DECIMAL(38,{t.split(',')[1].rstrip(')')})) AS {ident(n)}"
-                         for n, t in wide]
+                parts = [f"CAST({ident(n)} AS {t}) AS {ident(n)}" for n, t in wide.items()]
                 select = f"* REPLACE ({', '.join(parts)})"
+                columns = [(n, wide.get(n, t)) for n, t in columns]
         self.con.execute(f"CREATE OR REPLACE TEMP VIEW {ident(name)} AS SELECT {select} FROM {source_sql}")
-        return self.describe(f"SELECT * FROM {ident(name)}")
+        return columns
 
     def register_manifest(self, name: str, manifest: Manifest) -> list[Column]:
         return self.register_view(name, dataset_reader(manifest))

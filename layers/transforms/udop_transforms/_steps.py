@@ -63,6 +63,8 @@ class Plan:
     ctes: list[tuple[str, str]] = field(default_factory=list)
     #: (step index, kind, query up to and including that step): to find the step a run-time error is in
     history: list[tuple[int, str, str]] = field(default_factory=list)
+    #: steps added since the last successful describe, same shape as ``history``
+    pending: list[tuple[int, str, str]] = field(default_factory=list)
 
     def query(self) -> str:
         if not self.ctes:
@@ -80,39 +82,66 @@ class Plan:
     def restart(self, relation: str, columns: list[Column]) -> None:
         self.ctes, self.current, self.columns = [], relation, columns
 
+    def verify(self) -> None:
+        """Bind the pending steps; learn the columns, or raise ``StepError`` for the first bad step."""
+        if not self.pending:
+            return
+        sql = self.query()
+        try:
+            self.columns = self.session.describe(sql, self.params.used_in(sql))
+        except duckdb.Error as exc:
+            for index, kind, prefix in self.pending[:-1]:
+                try:
+                    self.session.describe(prefix, self.params.used_in(prefix))
+                except duckdb.Error as first:
+                    raise StepError(index, kind, clean_error(first)) from None
+            index, kind, _ = self.pending[-1]
+            raise StepError(index, kind, clean_error(exc)) from None
+        self.pending.clear()
+
 
 #: called for a ``check`` step: (step index, rules, plan) -> None; may materialize and restart the plan
 CheckHook = Callable[[int, list[Any], Plan], None]
 
 
+#: steps after which the columns are those before: their binding can wait for the next describe
+_SAME_COLUMNS = (FilterStep, SortStep, LimitStep, DistinctStep)
+
+
 def compile_steps(session: Session, steps: list[Any], primary: str, inputs: dict[str, list[Column]],
-                  params: Params, *, on_check: CheckHook | None = None) -> Plan:
-    """Build the plan of ``steps`` over the view ``primary``; ``inputs`` are the views' columns."""
+                  params: Params, *, on_check: CheckHook | None = None, verify: bool = True) -> Plan:
+    """Build the plan of ``steps`` over the view ``primary``; ``inputs`` are the views' columns.
+
+    A step that changes the columns is bound at once (``DESCRIBE``, no data read) so the next step
+    knows its columns; one that keeps them (filter, sort, limit, distinct) is bound with the next
+    describe, and a failure is traced back to the first step whose prefix fails to bind. With
+    ``verify=False`` the last pending steps are left for the caller (the run binds them anyway and
+    calls ``plan.verify()`` if it fails): one describe fewer per task.
+    """
     plan = Plan(session, params, ident(primary), list(inputs[primary]), inputs)
     for index, step in enumerate(steps):
         kind = step_kind(step)
         try:
             if isinstance(step, CheckStep):
+                plan.verify()
                 if on_check is not None:
                     on_check(index, list(step.check), plan)
                 continue
             sql = _STEP_SQL[type(step)](plan, step)
         except ValueError as exc:
             raise StepError(index, kind, str(exc)) from None
-        name = f"s{len(plan.ctes)}"
-        previous = (plan.ctes[:], plan.current, plan.columns)
-        plan.ctes.append((name, sql))
-        plan.current = name
-        try:
-            plan.columns = session.describe(plan.query(), plan.bound_params())
-        except duckdb.Error as exc:
-            plan.ctes, plan.current, plan.columns = previous
-            raise StepError(index, kind, clean_error(exc)) from None
+        plan.ctes.append((f"s{len(plan.ctes)}", sql))
+        plan.current = plan.ctes[-1][0]
         plan.history.append((index, kind, plan.query()))
-        dupes = sorted({n for n in plan.names if plan.names.count(n) > 1})
-        if dupes:
-            raise StepError(index, kind, f"the result has duplicate column names {', '.join(dupes)}; "
-                                         "rename one side first")
+        plan.pending.append((index, kind, plan.query()))
+        if not isinstance(step, _SAME_COLUMNS):
+            plan.verify()
+            dupes = sorted({n for n in plan.names if plan.names.count(n) > 1})
+            if dupes:
+                raise StepError(index, kind, f"the result has duplicate column names {', '.join(dupes)}; "
+                                             "rename one side first")
+    if verify:
+        plan.verify()
     return plan
 
 

@@ -191,7 +191,7 @@ def run_transform(context: TaskContext, task: Any, inputs: Mapping[str, TaskResu
 
         try:
             plan = compile_steps(session, list(task.steps), task.primary_input, columns, params,
-                                 on_check=on_check)
+                                 on_check=on_check, verify=False)
         except StepError as exc:
             raise FatalError(f"task {task.id!r}: {exc}") from None
         try:
@@ -199,7 +199,13 @@ def run_transform(context: TaskContext, task: Any, inputs: Mapping[str, TaskResu
         except TaskTimeout:
             raise
         except FatalError as exc:
-            found = locate_failure(plan) if getattr(exc, "locatable", False) else None
+            if not getattr(exc, "locatable", False):
+                raise
+            try:
+                plan.verify()  # the steps whose binding was left to the run itself
+            except StepError as bad:
+                raise FatalError(f"task {task.id!r}: {bad}") from None
+            found = locate_failure(plan)
             if found is None:
                 raise
             index, kind, message = found
