@@ -36,19 +36,23 @@ def schema_fingerprint(schema: pa.Schema) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-_default_state: StateStore | None = None
+_default_states: dict[str, StateStore] = {}
 
 
 def _state(context: TaskContext) -> StateStore:
+    """The executor's state store (``services["state"]``), else the one ``UDOP_STATE_URL`` names
+    (default: SQLite under ``UDOP_HOME``), opened once per URL."""
     state = context.services.get("state") if context.services else None
     if state is not None:
         return state  # type: ignore[no-any-return]
-    global _default_state
-    if _default_state is None:
-        from udop.state import open_state_store
+    from udop.settings import get_settings
+    from udop.state import open_state_store
 
-        _default_state = open_state_store()
-    return _default_state
+    settings = get_settings()
+    url = settings.state_url or f"sqlite:///{(settings.home / 'state.db').absolute().as_posix()}"
+    if url not in _default_states:
+        _default_states[url] = open_state_store(url)
+    return _default_states[url]
 
 
 def _connections(context: TaskContext) -> Mapping[str, Any]:
