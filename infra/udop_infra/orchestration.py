@@ -298,6 +298,18 @@ def _dow(number: str, cron: str) -> str:
     return _DOW[number]
 
 
+SCHEDULE_NAME_MAX = 64
+
+
+def schedule_name(pipeline: str) -> str:
+    """``udop-<pipeline>``, shortened with a hash when longer than a schedule name may be (64)."""
+    name = f"{STATE_MACHINE_PREFIX}{pipeline}"
+    if len(name) <= SCHEDULE_NAME_MAX:
+        return name
+    digest = hashlib.sha256(pipeline.encode()).hexdigest()[:8]
+    return f"{name[: SCHEDULE_NAME_MAX - 9]}-{digest}"
+
+
 def run_input(pipeline: Any, data_bucket: str) -> dict[str, Any]:
     """The execution input of a scheduled run: the run context the compiled Task states pass on."""
     missing = [name for name, spec in pipeline.spec.params.items() if spec.is_required]
@@ -371,7 +383,7 @@ class Orchestration(Construct):
             self.schedules[source.pipeline.name] = scheduler.CfnSchedule(
                 self,
                 f"{self.pipelines[source.pipeline.name].node.id}Schedule",
-                name=f"{STATE_MACHINE_PREFIX}{source.pipeline.name}",
+                name=schedule_name(source.pipeline.name),
                 description=f"udop: runs pipeline {source.pipeline.name}",
                 schedule_expression=schedule_expression(schedule),
                 schedule_expression_timezone=schedule.timezone,

@@ -20,7 +20,7 @@ from udop.spec.loader import load_pipeline
 from udop.spec.models import Schedule
 from udop_infra import runtime
 from udop_infra.config import ContextError
-from udop_infra.orchestration import definition_version, schedule_expression
+from udop_infra.orchestration import definition_version, schedule_expression, schedule_name
 
 pytestmark = pytest.mark.infra
 REPO = Path(__file__).resolve().parents[2]
@@ -532,6 +532,14 @@ def test_cron_to_eventbridge_scheduler(cron: str, expected: str) -> None:
 )
 def test_rate_to_eventbridge_scheduler(rate: str, expected: str) -> None:
     assert schedule_expression(Schedule(rate=rate)) == expected
+
+
+def test_schedule_names_fit_eventbridge_scheduler() -> None:
+    assert schedule_name("daily-sales") == "udop-daily-sales"
+    long_a, long_b = "a" * 62 + "x", "a" * 62 + "y"  # the longest pipeline names (63)
+    assert len(schedule_name(long_a)) == 64
+    assert schedule_name(long_a) != schedule_name(long_b)
+    assert schedule_name(long_a).startswith("udop-aaaa")
 
 
 def test_cron_restricting_both_day_fields_is_refused() -> None:
