@@ -28,95 +28,90 @@ THREADS = 3
 RUNS_PER_THREAD = 4
 
 
-def _run_lifecycles(url: str, prefix: str, start: Any, out: Any) -> None:
-    """Open the store, then in several threads drive whole runs from pending to succeeded."""
+def _lifecycles(store: Any, prefix: str, k: int, version: int) -> None:
+    """Drive whole runs from pending to succeeded, with a retry in every task."""
+    for i in range(RUNS_PER_THREAD):
+        run_id = f"{prefix}-{k}-{i}"
+        store.create_run(
+            run_id=run_id,
+            pipeline="p",
+            pipeline_version=version,
+            task_ids=TASKS,
+            params={"i": i},
+            logical_date=datetime.now(UTC),
+        )
+        store.set_run_state(run_id, RunState.RUNNING, owner=f"{prefix}@test")
+        for task in TASKS:
+            store.start_attempt(run_id, task, 1)
+            store.finish_attempt(
+                run_id,
+                task,
+                1,
+                attempt_state=AttemptState.FAILED,
+                task_state=TaskState.RETRYING,
+                error_type="X",
+                error_message="retry",
+            )
+            store.start_attempt(run_id, task, 2)
+            store.finish_attempt(
+                run_id,
+                task,
+                2,
+                attempt_state=AttemptState.SUCCEEDED,
+                task_state=TaskState.SUCCEEDED,
+                result={
+                    "output": {"uri": f"/{run_id}/{task}", "rows": i},
+                    "inputs": [],
+                    "checks": [{"rule": "r", "severity": "warn", "passed": True}],
+                },
+            )
+        store.set_run_state(run_id, RunState.SUCCEEDED)
+
+
+class _Race:
+    """Moves won and refused by the contending threads of one process."""
+
+    def __init__(self) -> None:
+        self.won: list[str] = []
+        self.refused = 0
+        self.lock = threading.Lock()
+
+    def attempt(self, move: str, do: Any) -> bool:
+        try:
+            do()
+        except TransitionError:
+            with self.lock:
+                self.refused += 1
+            return False
+        with self.lock:
+            self.won.append(move)
+        return True
+
+
+def _contend(store: Any, run_id: str, race: _Race) -> None:
+    """Try to start attempt 1 of every task of the shared run, and to finish the run."""
+    for task in TASKS:
+        if race.attempt(task, lambda task=task: store.start_attempt(run_id, task, 1)):
+            store.finish_attempt(
+                run_id, task, 1, attempt_state=AttemptState.SUCCEEDED, task_state=TaskState.SUCCEEDED
+            )
+    race.attempt("<run>", lambda: store.set_run_state(run_id, RunState.SUCCEEDED))
+
+
+def _write_and_race(url: str, prefix: str, contended: str, start: Any, out: Any) -> None:
+    """In threads at once: some drive this process's own runs, others race for the shared run."""
     try:
         store = open_store(url)
         start.wait(timeout=60)
         version = store.register_pipeline("p", DEFINITION).version
-
-        def one_thread(k: int) -> None:
-            for i in range(RUNS_PER_THREAD):
-                run_id = f"{prefix}-{k}-{i}"
-                store.create_run(
-                    run_id=run_id,
-                    pipeline="p",
-                    pipeline_version=version,
-                    task_ids=TASKS,
-                    params={"i": i},
-                    logical_date=datetime.now(UTC),
-                )
-                store.set_run_state(run_id, RunState.RUNNING, owner=f"{prefix}@test")
-                for task in TASKS:
-                    store.start_attempt(run_id, task, 1)
-                    store.finish_attempt(
-                        run_id,
-                        task,
-                        1,
-                        attempt_state=AttemptState.FAILED,
-                        task_state=TaskState.RETRYING,
-                        error_type="X",
-                        error_message="retry",
-                    )
-                    store.start_attempt(run_id, task, 2)
-                    store.finish_attempt(
-                        run_id,
-                        task,
-                        2,
-                        attempt_state=AttemptState.SUCCEEDED,
-                        task_state=TaskState.SUCCEEDED,
-                        result={
-                            "output": {"uri": f"/{run_id}/{task}", "rows": i},
-                            "inputs": [],
-                            "checks": [{"rule": "r", "severity": "warn", "passed": True}],
-                        },
-                    )
-                store.set_run_state(run_id, RunState.SUCCEEDED)
-
-        with ThreadPoolExecutor(THREADS) as pool:
-            for f in [pool.submit(one_thread, k) for k in range(THREADS)]:
+        race = _Race()
+        with ThreadPoolExecutor(2 * THREADS) as pool:
+            futures = [pool.submit(_lifecycles, store, prefix, k, version) for k in range(THREADS)]
+            futures += [pool.submit(_contend, store, contended, race) for _ in range(THREADS)]
+            for f in futures:
                 f.result()
         store.close()
-        out.put(("ok", prefix))
-    except BaseException:
-        out.put(("error", traceback.format_exc()))
-
-
-def _race_for_tasks(url: str, run_id: str, start: Any, out: Any) -> None:
-    """Every thread of every process tries to start attempt 1 of every task and to finish the run."""
-    try:
-        store = open_store(url)
-        start.wait(timeout=60)
-        won: list[str] = []
-        refused = 0
-        lock = threading.Lock()
-
-        def contend(_: int) -> None:
-            nonlocal refused
-            for task in TASKS:
-                try:
-                    store.start_attempt(run_id, task, 1)
-                except TransitionError:
-                    with lock:
-                        refused += 1
-                    continue
-                with lock:
-                    won.append(task)
-                store.finish_attempt(
-                    run_id, task, 1, attempt_state=AttemptState.SUCCEEDED, task_state=TaskState.SUCCEEDED
-                )
-            try:
-                store.set_run_state(run_id, RunState.SUCCEEDED)
-                with lock:
-                    won.append("<run>")
-            except TransitionError:
-                with lock:
-                    refused += 1
-
-        with ThreadPoolExecutor(THREADS) as pool:
-            list(pool.map(contend, range(THREADS)))
-        store.close()
-        out.put(("ok", (won, refused)))
+        out.put(("ok", (race.won, race.refused)))
     except BaseException:
         out.put(("error", traceback.format_exc()))
 

@@ -21,8 +21,7 @@ from store_workers import (  # type: ignore[import-not-found]  # next to this fi
     THREADS,
     _in_processes,
     _open_only,
-    _race_for_tasks,
-    _run_lifecycles,
+    _write_and_race,
     _write_in_forked_child,
 )
 
@@ -34,18 +33,30 @@ from udop.store.schema import HEAD
 
 
 @pytest.mark.slow
-def test_processes_and_threads_write_runs_at_once(db_url: str, open_db: Any) -> None:
-    open_db()  # migrated up front: this test is about writing, the migration race has its own
+def test_processes_and_threads_write_at_once(db_url: str, open_db: Any) -> None:
+    """Each process runs threads driving its own runs and threads racing for one shared run."""
+    store = open_db()  # migrated up front: this test is about writing, the migration race has its own
+    version = store.register_pipeline("p", DEFINITION).version
+    store.create_run(
+        run_id="contended",
+        pipeline="p",
+        pipeline_version=version,
+        task_ids=TASKS,
+        params={},
+        logical_date=datetime.now(UTC),
+    )
+    store.set_run_state("contended", RunState.RUNNING)
     prefixes = [f"proc{n}" for n in range(PROCESSES)]
-    _in_processes(_run_lifecycles, [(db_url, prefix) for prefix in prefixes])
 
-    store = open_db()
-    runs = store.list_runs(limit=1000)
+    results = _in_processes(_write_and_race, [(db_url, prefix, "contended") for prefix in prefixes])
+
+    # every run written, each through its whole lifecycle
+    runs = {r.id: r for r in store.list_runs(limit=1000)}
     expected = {f"{p}-{k}-{i}" for p in prefixes for k in range(THREADS) for i in range(RUNS_PER_THREAD)}
-    assert {r.id for r in runs} == expected
-    assert {r.state for r in runs} == {RunState.SUCCEEDED}
+    assert set(runs) == {*expected, "contended"}
+    assert {r.state for r in runs.values()} == {RunState.SUCCEEDED}
     assert [v.version for v in store.get_pipeline("p").versions] == [1]  # concurrent registrations agree
-    for run_id in sorted(expected)[::7]:
+    for run_id in sorted(expected)[::5]:
         run = store.get_run(run_id)
         assert [t.state for t in run.tasks] == [TaskState.SUCCEEDED] * len(TASKS)
         assert all(
@@ -58,30 +69,13 @@ def test_processes_and_threads_write_runs_at_once(db_url: str, open_db: Any) -> 
         )
         assert len(store.get_checks(run_id)) == len(TASKS)
 
-
-@pytest.mark.slow
-def test_racing_writers_cannot_both_make_the_same_move(db_url: str, open_db: Any) -> None:
-    store = open_db()
-    version = store.register_pipeline("p", DEFINITION).version
-    store.create_run(
-        run_id="contended",
-        pipeline="p",
-        pipeline_version=version,
-        task_ids=TASKS,
-        params={},
-        logical_date=datetime.now(UTC),
-    )
-    store.set_run_state("contended", RunState.RUNNING)
-
-    results = _in_processes(_race_for_tasks, [(db_url, "contended")] * PROCESSES)
-
+    # every contested move made exactly once; every other contender refused
     wins = [w for won, _ in results for w in won]
-    assert sorted(wins) == sorted([*TASKS, "<run>"])  # each move made exactly once
+    assert sorted(wins) == sorted([*TASKS, "<run>"])
     contenders = PROCESSES * THREADS
     assert sum(refused for _, refused in results) == contenders * (len(TASKS) + 1) - len(wins)
-    run = store.get_run("contended")
-    assert run.state is RunState.SUCCEEDED
-    assert [[a.number for a in t.attempts] for t in run.tasks] == [[1]] * len(TASKS)
+    contended = store.get_run("contended")
+    assert [[a.number for a in t.attempts] for t in contended.tasks] == [[1]] * len(TASKS)
 
 
 def test_threads_share_one_store(store: Any) -> None:
