@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -725,3 +725,10 @@ def _result_rows(run_id: str, task_id: str, result: dict[str, Any] | None,
                              sample=json_dumps(list(c.get("sample") or [])), message=c.get("message") or "")
         for c in (result.get("checks") or [])]
     return lineage_row, check_rows
+
+
+if TYPE_CHECKING:
+    from udop.store.api import MetadataStore
+
+    def _implements_the_protocol(store: SqlMetadataStore) -> MetadataStore:
+        return store  # mypy checks every method's signature against the protocol here
