@@ -166,3 +166,62 @@ def test_deploy_trigger_follow_and_redrive_through_the_api(
             assert c.post(f"/runs/{run_id}/cancel").status_code == 409
     finally:
         store.close()
+
+
+def test_cancel_stops_the_execution(
+    moto_aws: Any, monkeypatch: pytest.MonkeyPatch, tasks_module: tuple[str, Any]
+) -> None:
+    import httpx
+
+    from udop.api import ApiSettings, create_app
+    from udop.api.stepfunctions import StepFunctionsLauncher
+    from udop.store import open_store
+
+    module, tasks = tasks_module  # the task runner runs in this process: it can wait at the test's gate
+    monkeypatch.setenv("UDOP_DATA_BUCKET", moto_aws.data_bucket)
+    settings = ApiSettings(
+        database_url=moto_aws.database_url,
+        jwt_secret=SECRET,
+        executor="stepfunctions",
+        definitions_bucket=moto_aws.definitions_bucket,
+        data_bucket=moto_aws.data_bucket,
+        task_runner_arn=moto_aws.task_runner_arn,
+        state_machine_role_arn=moto_aws.role_arn,
+    )
+    store = open_store(moto_aws.database_url)
+    sfn = moto_aws.client("stepfunctions")
+    launcher = StepFunctionsLauncher(store, settings, sfn=sfn, s3=moto_aws.client("s3"))
+    definition = {
+        "apiVersion": "udop/v1",
+        "kind": "Pipeline",
+        "metadata": {"name": "api-stop"},
+        "spec": {
+            "tasks": [
+                {"id": "wait", "type": "python", "callable": f"{module}:wait_for_gate"},
+                {"id": "after", "type": "python", "callable": f"{module}:maybe_fail", "depends_on": ["wait"]},
+            ]
+        },
+    }
+    try:
+        with (
+            LiveServer(create_app(settings, store=store, launcher=launcher)) as server,
+            httpx.Client(base_url=server.url, headers=bearer(make_token("operator")), timeout=120) as c,
+        ):
+            assert c.post("/pipelines", json=definition).status_code == 201
+            run_id = c.post("/pipelines/api-stop/runs").json()["run_id"]
+            arn = c.get(f"/runs/{run_id}").json()["external_id"]
+            assert sfn.describe_execution(executionArn=arn)["status"] == "RUNNING"  # blocked at the gate
+            cancelled = c.post(f"/runs/{run_id}/cancel")
+            assert cancelled.status_code == 200, cancelled.text
+            # moto notices the stop when the running task returns (AWS stops at once)
+            tasks.gate.set()
+            assert moto_aws.wait_execution(arn)["status"] == "ABORTED"
+            run = c.get(f"/runs/{run_id}").json()
+            _run_event(moto_aws, run, "ABORTED")
+            after = c.get(f"/runs/{run_id}").json()
+            assert after["state"] == "cancelled"
+            assert {t["task_id"]: t["state"] for t in after["tasks"]}["after"] == "cancelled"
+            assert c.post(f"/runs/{run_id}/cancel").status_code == 409
+    finally:
+        tasks.gate.set()
+        store.close()
