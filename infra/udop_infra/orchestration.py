@@ -115,10 +115,11 @@ class PipelineStateMachines(Construct):
     ) -> sfn.StateMachine:
         substitutions: dict[str, str] = {}
         child_arns: list[str] = []
-        for index, child in enumerate(compiled.children):
+        for child in compiled.children:
             # the compiler names a child "<pipeline>-<part>"; every udop machine carries the prefix
             child_name = f"{STATE_MACHINE_PREFIX}{child.machine_name}"
-            machine = self._state_machine(child, child_name, f"Child{index + 1}", runtime, storage)
+            # construct id from the (unique) machine name: grandchildren live in the same scope
+            machine = self._state_machine(child, child_name, f"Child-{child.machine_name}", runtime, storage)
             key = f"Child_{child.name}Arn"
             if key not in compiled.substitutions:
                 raise ContextError(

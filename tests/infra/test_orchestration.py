@@ -32,28 +32,34 @@ def lid(stack: Any, construct: Any) -> str:
     return str(stack.get_logical_id(construct.node.default_child))
 
 
-@pytest.fixture
-def split_stack(
-    synth_app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def synth_split(
+    synth_app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, tasks: int, budget: int
 ) -> tuple[Any, dict[str, Any]]:
-    tasks = "\n".join(
+    lines = "\n".join(
         f"    - {{id: t{i}, type: python, callable: 'jobs:step'"
         + (f", depends_on: [t{i - 1}]" if i else "")
         + "}"
-        for i in range(40)
+        for i in range(tasks)
     )
     (tmp_path / "big.yaml").write_text(
-        f"apiVersion: udop/v1\nkind: Pipeline\nmetadata: {{name: big}}\nspec:\n  tasks:\n{tasks}\n"
+        f"apiVersion: udop/v1\nkind: Pipeline\nmetadata: {{name: big}}\nspec:\n  tasks:\n{lines}\n"
     )
 
     def small_budget(source: Any) -> Any:  # the same compiler, with a budget that forces a split
         return compile_pipeline(
-            source.pipeline, options=CompileOptions(version=source.version, max_definition_bytes=20_000)
+            source.pipeline, options=CompileOptions(version=source.version, max_definition_bytes=budget)
         )
 
     monkeypatch.setattr(orchestration, "compile_source", small_budget)
     stack, template = synth_app(tmp_path / "out", **{"udop:pipelinesDir": str(tmp_path)})
     return stack, template.to_json()["Resources"]
+
+
+@pytest.fixture
+def split_stack(
+    synth_app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Any, dict[str, Any]]:
+    return synth_split(synth_app, tmp_path, monkeypatch, tasks=40, budget=20_000)
 
 
 def test_split_pipeline_becomes_a_parent_that_starts_its_children(
@@ -91,6 +97,36 @@ def test_split_pipeline_becomes_a_parent_that_starts_its_children(
     child_actions = role_actions(resources, lid(stack, big.children["udop-big-part1"].role))
     assert "states:StartExecution" not in child_actions
     assert runner in child_actions["lambda:InvokeFunction"]
+
+
+def test_nested_split_each_machine_starts_exactly_its_own_children(
+    synth_app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack, resources = synth_split(synth_app, tmp_path, monkeypatch, tasks=20, budget=3000)
+    big = stack.orchestration.pipelines["big"]
+    compiled = big.compiled
+    assert any(child.children for child in compiled.children)  # really three levels
+    by_name = {
+        r["Properties"]["StateMachineName"]: (k, r["Properties"])
+        for k, r in resources.items()
+        if r["Type"] == "AWS::StepFunctions::StateMachine"
+    }
+    machines = [compiled, *compiled.all_children()]
+    assert set(by_name) == {f"udop-{m.machine_name}" for m in machines}
+    for machine in machines:
+        _, props = by_name[f"udop-{machine.machine_name}"]
+        children = {
+            f"Child_{c.name}Arn": {"Ref": by_name[f"udop-{c.machine_name}"][0]} for c in machine.children
+        }
+        assert props["DefinitionString"] == machine.to_json()
+        assert {
+            k: v for k, v in props.get("DefinitionSubstitutions", {}).items() if k != "TaskRunnerArn"
+        } == children
+        role = props["RoleArn"]["Fn::GetAtt"][0]
+        started = role_actions(resources, role).get("states:StartExecution", [])
+        assert sorted(started, key=json.dumps) == sorted(children.values(), key=json.dumps), (
+            machine.machine_name
+        )
 
 
 def test_foreach_gets_s3_and_child_execution_rights_on_the_data_bucket_only(
