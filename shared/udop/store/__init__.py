@@ -28,10 +28,11 @@ def _engine_for(url: str | None, *, migrating: bool) -> Engine:
     from udop.store.engine import create_store_engine, mask_url, parse_url, sqlite_folder  # noqa: PLC0415
     from udop.store.schema import ensure_schema, upgrade  # noqa: PLC0415
 
-    parsed = parse_url(get_settings().resolved_database_url if url is None else url)
+    default = get_settings().resolved_database_url
+    parsed = parse_url(default if url is None else url)
     folder = sqlite_folder(parsed)
     if folder is not None and not folder.is_dir():
-        if url is None:  # the default under UDOP_HOME: ours to create
+        if url in (None, default):  # the default under UDOP_HOME: ours to create
             folder.mkdir(parents=True, exist_ok=True)
         else:
             raise StoreError(f"metadata database {mask_url(parsed)}: folder {str(folder)!r} does not exist; "

@@ -115,6 +115,17 @@ def test_the_default_store_lives_under_udop_home(tmp_path: Path, monkeypatch: py
         assert conn.execute("SELECT name FROM pipelines").fetchall() == [("p",)]
 
 
+def test_the_default_url_passed_explicitly_also_creates_udop_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API server and the CLI pass settings.resolved_database_url on: same as no URL."""
+    home = tmp_path / "fresh" / ".udop"
+    monkeypatch.setenv("UDOP_HOME", str(home))
+    get_settings.cache_clear()
+    open_store(get_settings().resolved_database_url).close()
+    assert (home / "udop.db").is_file()
+
+
 # --- SQLite settings ------------------------------------------------------------------------------------
 
 
