@@ -107,7 +107,7 @@ def is_memory(url: URL) -> bool:
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    # sqlite3 must not issue BEGIN/COMMIT behind our back: the "begin" hook below does it
+    # sqlite3 must not issue BEGIN/COMMIT behind our back: begin() below (and the hot path) does it
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
