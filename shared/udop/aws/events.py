@@ -257,18 +257,27 @@ def _move_run(store: Any, run: Any, state: RunState, *, error: str | None = None
 
 def _full_results(s3: Any, bucket: str, pipeline: str, run_id: str,
                   attempts: list[ExecutionAttempt]) -> None:
-    from udop.aws.runner import result_key
+    """Replace the history's summaries with the result objects the task runner wrote: the full
+    result of a success, the check results of the last attempt that failed a quality rule."""
+    from udop.aws.runner import failed_checks_key, result_key
     from udop.aws.s3 import get_json
 
-    for attempt in attempts:
+    quality = [i for i, a in enumerate(attempts) if a.error_type == "udop.DataQualityError"]
+    last_dq = quality[-1] if quality else None
+    for i, attempt in enumerate(attempts):
         if attempt.state is AttemptState.SUCCEEDED:
-            try:
-                body = get_json(s3, bucket, result_key(pipeline, run_id, attempt.task_id))
-            except Exception as exc:  # AccessDenied and friends: keep the history's summary
-                logger.warning("cannot read the task's result object", extra={"error": str(exc)})
-                return
-            if isinstance(body, dict):
-                attempt.result = body
+            key = result_key(pipeline, run_id, attempt.task_id)
+        elif i == last_dq:
+            key = failed_checks_key(pipeline, run_id, attempt.task_id)
+        else:
+            continue
+        try:
+            body = get_json(s3, bucket, key)
+        except Exception as exc:  # AccessDenied and friends: keep the history's summary
+            logger.warning("cannot read the task's result object", extra={"key": key, "error": str(exc)})
+            return
+        if isinstance(body, dict):
+            attempt.result = body
 
 
 def _sync_task(store: Any, run_id: str, record: Any, attempts: list[ExecutionAttempt], *,

@@ -27,10 +27,10 @@ from udop.aws.definitions import DefinitionCache
 from udop.aws.observability import logger, metrics
 from udop.aws.s3 import S3Staging, get_json, put_json
 from udop.aws.settings import RunnerSettings
-from udop.errors import FatalError, RetryableError, StoreError
+from udop.errors import DataQualityError, FatalError, RetryableError, StoreError
 from udop.tasks.contract import TaskContext, TaskResult
 
-__all__ = ["TaskPayload", "result_key", "run_payload", "state_key"]
+__all__ = ["TaskPayload", "failed_checks_key", "result_key", "run_payload", "state_key"]
 
 #: how long a finished task's result is kept for idempotency: longer than the 14-day redrive window
 RESULT_TTL = 15 * 86400.0
@@ -93,6 +93,11 @@ def result_key(pipeline: str, run_id: str, task_id: str) -> str:
     return f"results/{pipeline}/{run_id}/{task_id}.json"
 
 
+def failed_checks_key(pipeline: str, run_id: str, task_id: str) -> str:
+    """The S3 key of the check results of a task's last attempt that failed a quality rule."""
+    return f"results/{pipeline}/{run_id}/{task_id}.failed-checks.json"
+
+
 _definitions = DefinitionCache()
 
 
@@ -152,7 +157,16 @@ def _run_payload(event: Mapping[str, Any], *, settings: RunnerSettings, s3: Any,
     try:
         if (done := state.get(key)) is not None:  # finished while we waited for the lock
             return _response(payload.task_id, json.loads(done), reused=True)
-        result = _run(payload, pipeline, task, settings=settings, s3=s3, remaining_ms=remaining_ms)
+        try:
+            result = _run(payload, pipeline, task, settings=settings, s3=s3, remaining_ms=remaining_ms)
+        except DataQualityError as exc:
+            # the rules' results, for `udop runs show` (run events read them back)
+            checks = getattr(exc, "checks", None)
+            if checks:
+                put_json(s3, settings.data_bucket, failed_checks_key(payload.pipeline, payload.run_id,
+                                                                     payload.task_id),
+                         TaskResult(checks=tuple(checks)).to_dict())
+            raise
         body = result.to_dict()
         put_json(s3, settings.data_bucket, result_key(payload.pipeline, payload.run_id, payload.task_id),
                  body)
@@ -205,7 +219,10 @@ def _run(payload: TaskPayload, pipeline: Any, task: Any, *, settings: RunnerSett
                 raise RetryableError(f"uploading the output of {payload.task_id!r} failed: {exc}") from None
             output = replace(output, uri=staging.to_remote(output.uri), files=files,
                              bytes=output.bytes if output.bytes is not None else size)
-        return replace(result, output=output, inputs=tuple(staging.to_remote(i) for i in result.inputs))
+        # lineage as the LocalExecutor records it: what the task read, else its inputs' datasets
+        lineage = result.inputs or tuple(r.output.uri if r.output else f"task:{tid}"
+                                         for tid, r in inputs.items())
+        return replace(result, output=output, inputs=tuple(staging.to_remote(i) for i in lineage))
 
 
 def _stage_input(staging: S3Staging, s3: Any, settings: RunnerSettings, payload: TaskPayload,

@@ -37,7 +37,7 @@ def _nycflights(tmp_path: Path) -> tuple[Path, Path]:
     return paths
 
 
-def _pipeline(tmp_path: Path, flights: Path, airlines: Path) -> Path:
+def _pipeline(tmp_path: Path, flights: Path, airlines: Path, extra_rule: str = "") -> Path:
     path = tmp_path / "carrier-delays.yaml"
     path.write_text(
         textwrap.dedent(f"""\
@@ -70,7 +70,8 @@ def _pipeline(tmp_path: Path, flights: Path, airlines: Path) -> Path:
             - id: checks
               type: validate
               depends_on: [delays]
-              rules: [{{not_null: [carrier, name]}}, {{unique: [carrier]}}, {{row_count: {{min: 1}}}}]
+              rules: [{{not_null: [carrier, name]}}, {{unique: [carrier]}},
+                      {{row_count: {{min: 1}}}}{extra_rule}]
             - id: publish
               type: load
               depends_on: [checks]
@@ -167,3 +168,31 @@ def test_data_pipeline_gives_the_same_rows_locally_and_on_step_functions(
     local_rows = pq.read_table(local_out / "carrier_delays.parquet").to_pylist()
     assert aws_rows == local_rows
     assert _normal(aws_rows) == _normal(_expected(flights, airlines))
+
+
+@in_process_only
+def test_a_failed_quality_rule_fails_the_aws_run_and_its_checks_are_recorded(
+    moto_aws: Any, store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flights, airlines = _nycflights(tmp_path)
+    path = _pipeline(tmp_path, flights, airlines, extra_rule=", {range: {column: avg_delay, max: 10}}")
+    result = deploy_file(str(path), definitions_bucket=moto_aws.definitions_bucket,
+                         task_runner_arn=moto_aws.task_runner_arn, role_arn=moto_aws.role_arn, store=store,
+                         s3=moto_aws.client("s3"), sfn=moto_aws.client("stepfunctions"))
+    assert result.ok, result.errors
+    monkeypatch.setenv("UDOP_DATA_BUCKET", moto_aws.data_bucket)
+    code = run_on_stepfunctions(str(path), {"out": str(tmp_path / "out")}, store=store,
+                                sfn=moto_aws.client("stepfunctions"), poll=0.05)
+    assert code == 1
+    run = store.get_run(store.list_runs(pipeline="carrier-delays", limit=1)[0].id)
+    assert run.state == RunState.FAILED
+    tasks = {t.task_id: t for t in run.tasks}
+    assert tasks["checks"].state == TaskState.FAILED
+    assert tasks["checks"].error_type == "udop.DataQualityError"
+    assert len(tasks["checks"].attempts) == 1  # a quality failure is not retried
+    assert tasks["publish"].state == TaskState.UPSTREAM_FAILED
+    assert not (tmp_path / "out").exists()  # nothing was loaded
+    failed = [c for c in store.get_checks(run.id) if not c.passed]
+    too_late = sum(1 for r in _expected(flights, airlines) if r["avg_delay"] > 10)
+    assert [(c.task_id, c.failing_rows) for c in failed] == [("checks", too_late)]
+    assert too_late > 0
