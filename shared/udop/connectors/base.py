@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar, Literal, NoReturn
 
@@ -119,10 +121,25 @@ class Connector:
             self.fail("mode: upsert needs 'keys' (the key columns)", retryable=False)
         return mode, keys
 
+    #: options that say what to read or write, not where: they do not split the circuit breaker
+    _TASK_OPTIONS: ClassVar[frozenset[str]] = frozenset({
+        "mode", "keys", "incremental", "batch_size", "circuit_breaker", "table", "query", "params",
+        "columns", "partition_by", "records", "pagination", "pattern", "stream", "queue"})
+
+    def breaker_key(self) -> str:
+        """A named connection has one breaker; an inline one gets one per endpoint (its settings
+        minus the per-task options, secrets masked), so one bad host does not trip the others."""
+        if self.connection != self.name:
+            return self.connection
+        data = self.settings.model_dump(mode="json", exclude=set(self._TASK_OPTIONS))
+        digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        return f"{self.name}@{digest}"
+
     def breaker(self) -> CircuitBreaker | None:
         if self.state is None:
             return None
-        return CircuitBreaker(self.state, self.connection, self.settings.circuit_breaker)
+        return CircuitBreaker(self.state, self.breaker_key(), self.settings.circuit_breaker,
+                              label=self.describe())
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.connection!r} {self.settings!r}>"

@@ -287,3 +287,12 @@ def test_incremental_filter_for_connectors_that_cannot_push_it_down(tmp_path: Pa
     assert pq.read_table(Path(ctx.output_uri)).column("id").to_pylist() == [3, 4]
     pending = json.loads(state.get(f"udop:watermark-pending:{p.name}:r1:ext") or "{}")
     assert json.loads(pending["value"]) == {"t": "datetime", "v": "2024-01-04T00:00:00"}
+
+
+def test_inline_connectors_get_a_breaker_per_endpoint(tmp_path: Path) -> None:
+    a = get_connector({"connector": "postgres", "host": "db-a", "table": "t1"})
+    a2 = get_connector({"connector": "postgres", "host": "db-a", "table": "t2", "mode": "upsert", "keys": ["id"]})
+    b = get_connector({"connector": "postgres", "host": "db-b", "table": "t1"})
+    named = get_connector({"connection": "wh", "table": "t"}, connections={"wh": {"connector": "postgres"}})
+    assert a.breaker_key() == a2.breaker_key() != b.breaker_key()
+    assert named.breaker_key() == "wh"
