@@ -157,7 +157,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def auth_error(request: Request, exc: AuthError) -> JSONResponse:
         if exc.principal is not None:
             request.state.principal = exc.principal
-        return _detail(request, exc.status, exc.reason)
+        response = _detail(request, exc.status, exc.reason)
+        if exc.claimed:
+            request.state.audit_detail = f"{exc.reason} (credentials claimed {exc.claimed!r}, unverified)"
+        return response
 
     @app.exception_handler(DefinitionInvalid)
     async def definition_invalid(request: Request, exc: DefinitionInvalid) -> JSONResponse:

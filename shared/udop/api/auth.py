@@ -58,6 +58,8 @@ class AuthError(Exception):
         self.status = status
         self.reason = reason
         self.principal = principal
+        #: who the refused credentials claimed to be (unverified): for the audit log only
+        self.claimed: str | None = None
 
 
 class Authenticator:
@@ -92,12 +94,20 @@ class Authenticator:
             raise AuthError(401, "the Authorization header must read 'Bearer <token>'")
         if looks_like_api_key(token):
             return self._from_api_key(token)
-        return self._from_jwt(token)
+        try:
+            return self._from_jwt(token)
+        except AuthError as exc:
+            exc.claimed = _claimed_subject(token)
+            raise
 
     def _from_api_key(self, key: str) -> Principal:
         record = self.keys.verify(key.strip())
         if record is None:
-            raise AuthError(401, "invalid or revoked API key")
+            error = AuthError(401, "invalid or revoked API key")
+            parts = key.strip().split("_")
+            if len(parts) >= 3 and len(parts[1]) == 12:
+                error.claimed = f"apikey:{parts[1][:12]}"
+            raise error
         return Principal(subject=f"apikey:{record.id}", role=Role.parse(record.role), kind="api_key")
 
     def _from_jwt(self, token: str) -> Principal:
@@ -150,6 +160,16 @@ class Authenticator:
                 if isinstance(item, str):
                     found = max(found, Role.parse(item.removeprefix("udop-")))
         return found
+
+
+def _claimed_subject(token: str) -> str | None:
+    """The ``sub`` a refused token claims, unverified; None when it has none."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.InvalidTokenError:
+        return None
+    sub = claims.get("sub")
+    return str(sub)[:100] if sub is not None else None
 
 
 def require(principal: Principal, role: Role) -> None:

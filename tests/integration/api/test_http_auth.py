@@ -72,6 +72,17 @@ def test_bad_credentials_are_401_and_audited(
         ("POST", "/pipelines", 401, "unauthenticated", "anonymous"),
     ]
     assert reason in rows[0]["detail"]
+    # who the refused credentials claimed to be is kept for investigation, marked unverified
+    claimed = {
+        "bad signature": "alice",
+        "expired": "alice",
+        "unsigned": "eve",
+        "unknown API key": "apikey:0123456789ab",
+    }.get(case)
+    if claimed:
+        assert f"claimed {claimed!r}, unverified" in rows[0]["detail"]
+    else:
+        assert "claimed" not in rows[0]["detail"]
     assert rows[0]["action"] == "list_runs"
     assert rows[0]["client"] == "127.0.0.1"
     assert api.client("viewer").get("/pipelines").json() == []
