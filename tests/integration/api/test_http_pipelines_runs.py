@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from udop.states import AttemptState, RunState, TaskState
 from udop.tasks.contract import CheckResult, Manifest, TaskResult
@@ -336,3 +337,42 @@ def test_an_oversized_definition_is_refused_with_413(api: Api) -> None:
     r = api.register("#" * (MAX_DEFINITION_BYTES + 1))
     assert r.status_code == 413
     assert str(MAX_DEFINITION_BYTES) in r.json()["detail"]
+
+
+def test_lineage_and_checks_of_a_real_extract_and_validate_run(api: Api, tmp_path: Path) -> None:
+    csv = tmp_path / "people.csv"
+    csv.write_text("id,name\n1,ann\n2,\n3,cy\n")  # one missing name
+    doc = {
+        "apiVersion": "udop/v1",
+        "kind": "Pipeline",
+        "metadata": {"name": "people"},
+        "spec": {
+            "tasks": [
+                {"id": "people", "type": "extract", "source": {"connector": "csv", "path": str(csv)}},
+                {
+                    "id": "checks",
+                    "type": "validate",
+                    "depends_on": ["people"],
+                    "rules": [
+                        {"row_count": {"min": 1}},
+                        {"not_null": ["name"], "severity": "warn"},
+                    ],
+                },
+            ]
+        },
+    }
+    assert api.client("operator").post("/pipelines", json=doc).status_code == 201
+    run_id = api.client("operator").post("/pipelines/people/runs").json()["run_id"]
+    assert api.wait_for_run(run_id, {"succeeded", "failed"})["state"] == "succeeded"
+
+    c = api.client("viewer")
+    lineage = {entry["task_id"]: entry for entry in c.get(f"/runs/{run_id}/lineage").json()}
+    assert lineage["people"]["rows"] == 3
+    assert str(csv) in " ".join(lineage["people"]["inputs"])
+    assert lineage["people"]["output_uri"].rstrip("/").endswith(f"runs/people/{run_id}/people")
+    checks = c.get(f"/runs/{run_id}/checks").json()
+    by_severity = {ch["severity"]: ch for ch in checks}
+    assert by_severity["error"]["passed"] is True  # row_count >= 1
+    warn = by_severity["warn"]  # not_null(name): one row fails, a warning does not fail the run
+    assert warn["passed"] is False
+    assert warn["failing_rows"] == 1
