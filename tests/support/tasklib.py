@@ -102,3 +102,21 @@ def sleep_once(context, inputs, seconds=60.0, marker="started"):
         while time.monotonic() < deadline and not context.cancelled:
             time.sleep(0.01)
     return {"calls": calls}
+
+
+def partitioned(context, inputs, keys=("a", "b", "c"), per_key=10):
+    """Write a hive-partitioned dataset (k=a/, k=b/, ...) and hand back its manifest."""
+    import pyarrow.parquet as pq
+
+    from udop.tasks import Manifest
+
+    table = pa.table({"k": [k for k in keys for _ in range(per_key)], "v": list(range(len(keys) * per_key))})
+    pq.write_to_dataset(table, root_path=context.output_uri, partition_cols=["k"])
+    return Manifest(uri=context.output_uri, rows=table.num_rows)
+
+
+def count_item(context, inputs, source="parts"):
+    _count(context.task_id)
+    item = inputs[source]
+    table = item.to_arrow()
+    return pa.table({"item": [Path(item.uri).name], "rows": [table.num_rows], "total": [sum(table["v"].to_pylist())]})

@@ -34,6 +34,7 @@ from udop.spec.params import check_env, resolve_params
 from udop.states import AttemptState, RunState, TaskState
 from udop.store.api import MetadataStore, RunRecord
 from udop.tasks.contract import TaskContext, TaskResult
+from udop.tasks.foreach import run_foreach
 from udop.tasks.registry import run_task
 
 __all__ = ["LocalExecutor", "new_run_id"]
@@ -303,7 +304,10 @@ class _Run:
     def _work(self, context: TaskContext, task: Any, inputs: dict[str, TaskResult]) -> None:
         """Runs in a worker thread: only computes, never touches run state."""
         try:
-            result = run_task(context, task, inputs)
+            if task.foreach is not None:
+                result = run_foreach(context, task, inputs, workers=self.ex.workers)
+            else:
+                result = run_task(context, task, inputs)
             if not result.inputs:
                 lineage = tuple(r.output.uri if r.output else f"task:{tid}" for tid, r in inputs.items())
                 result = TaskResult(output=result.output, value=result.value, inputs=lineage,

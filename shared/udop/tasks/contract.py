@@ -129,6 +129,8 @@ class TaskContext:
     on_cancel: Callable[[Callable[[], None]], None] | None = None
     #: settings and services (state store, connection resolver) the executor makes available
     services: Mapping[str, Any] = field(default_factory=dict)
+    #: set for one item of a ``foreach`` task: its output goes below the task's folder
+    output_override: str | None = None
 
     @property
     def pipeline_name(self) -> str:
@@ -140,6 +142,8 @@ class TaskContext:
 
     @property
     def output_uri(self) -> str:
+        if self.output_override is not None:
+            return self.output_override
         return dataset_uri(self.data_root, self.pipeline_name, self.run_id, self.task_id)
 
     @property
