@@ -103,6 +103,8 @@ def deploy_definition(text: str | bytes, *, source: str, bucket: str, s3: Any, s
         if (previous and previous.get("ok") and previous.get("content_hash") == result.content_hash
                 and previous.get("state_machine_arn")):
             logger.info("definition unchanged; already deployed", extra={"pipeline": name})
+            # the caller's store may not have it yet (deployed by the function, run from a laptop)
+            store.register_pipeline(name, definition, state_machine_arn=previous["state_machine_arn"])
             return DeployResult(**{**previous, "skipped": True,
                                    "deployed_at": previous.get("deployed_at", result.deployed_at)})
         # compile before recording anything: a pipeline over a limit must not leave a version behind

@@ -381,3 +381,26 @@ def test_the_deployer_decodes_event_keys_and_ignores_its_own_status_reports(
         "deployed": [{"pipeline": "flow", "ok": True, "version": 1, "errors": []}]
     }
     assert store.get_pipeline("flow").latest.version == 1
+
+
+def test_a_pipeline_deployed_by_upload_runs_from_a_cli_with_its_own_store_after_udop_deploy(
+    moto_aws: Any, tmp_path: Path
+) -> None:
+    from udop.errors import InputError
+    from udop.store import open_store
+
+    path = _flow(tmp_path, moto_aws.log_root)
+    moto_aws.client("s3").put_object(Bucket=moto_aws.definitions_bucket, Key="pipelines/flow.yaml",
+                                     Body=path.read_bytes())
+    assert moto_aws.status("flow")["ok"] is True
+    laptop = open_store(f"sqlite:///{tmp_path / 'laptop.db'}")
+    try:
+        with pytest.raises(InputError, match="udop deploy"):
+            _run(moto_aws, laptop, path)
+        again = _deploy(moto_aws, laptop, path)
+        assert again.skipped  # nothing changed on AWS
+        assert laptop.get_pipeline("flow").latest.state_machine_arn == again.state_machine_arn
+        code, run = _run(moto_aws, laptop, path)
+        assert code == 0, run.error
+    finally:
+        laptop.close()
