@@ -157,6 +157,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def auth_error(request: Request, exc: AuthError) -> JSONResponse:
         if exc.principal is not None:
             request.state.principal = exc.principal
+        request.state.audit_always = True  # an auth failure is audited whatever its status (503: JWKS down)
         response = _detail(request, exc.status, exc.reason)
         if exc.claimed:
             request.state.audit_detail = f"{exc.reason} (credentials claimed {exc.claimed!r}, unverified)"
@@ -241,9 +242,9 @@ class AuditMiddleware:
 
     async def _maybe_record(self, scope: Scope, status: int, detail: str | None = None) -> None:
         method = scope["method"]
-        if method not in _MUTATING and status not in (401, 403):
-            return
         state = scope.get("state", {})
+        if method not in _MUTATING and status not in (401, 403) and not state.get("audit_always"):
+            return
         principal: Principal | None = state.get("principal")
         route = scope.get("route")
         client = scope.get("client")

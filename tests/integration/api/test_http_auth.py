@@ -7,6 +7,7 @@ the test, as Cognito or any OIDC issuer would serve them.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -316,3 +317,27 @@ def test_rs256_tokens_verified_against_the_issuers_jwks(
     refused = [r for r in _audit_since(api, start) if r["status"] == 401]
     assert len(refused) == 5
     assert all(r["path"] == "/me" and r["actor"] == "anonymous" for r in refused)
+
+
+def test_an_unreachable_issuer_is_503_not_a_silent_pass_and_is_audited(
+    api_factory: Callable[..., Api],
+) -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    dead = f"http://127.0.0.1:{sock.getsockname()[1]}/jwks.json"  # bound, never listening: refused
+    api = api_factory(jwks_url=dead)
+    try:
+        token = _rs256(_rsa(), iss=ISSUER, aud="udop-api", role="admin")
+        with httpx.Client(base_url=api.url, headers=bearer(token)) as c:
+            r = c.get("/runs")
+        assert r.status_code == 503
+        assert "JWKS" in r.json()["detail"]
+        row = api.audit_rows()[-1]
+        assert (row["path"], row["status"], row["outcome"], row["actor"]) == (
+            "/runs",
+            503,
+            "error",
+            "anonymous",
+        )
+    finally:
+        sock.close()
