@@ -41,6 +41,8 @@ def _configure(con: duckdb.DuckDBPyConnection, spill: str, memory_limit: str | N
         con.execute(f"SET threads = {int(settings.duckdb_threads)}")
     # results without ORDER BY may come in any order; lets DuckDB stream and spill more freely
     con.execute("SET preserve_insertion_order = false")
+    # a task reads each input's Parquet footer twice (DESCRIBE to compile, then the query); keep it
+    con.execute("SET parquet_metadata_cache = true")
 
 
 def _shared() -> duckdb.DuckDBPyConnection:
@@ -105,9 +107,10 @@ class Session:
         rows = self.con.execute(f"DESCRIBE {sql}", params or None).fetchall()
         return [(str(r[0]), str(r[1])) for r in rows]
 
-    def register_view(self, name: str, source_sql: str, *, widen_decimals: bool = True) -> list[Column]:
-        """``CREATE VIEW name`` over a table function; decimals become DECIMAL(38, s) so that
-        decimal(15,2) * decimal(15,2) stays an exact decimal instead of overflowing DuckDB's 18 digits."""
+    def register_view(self, name: str, source_sql: str, *, widen_decimals: bool = False) -> list[Column]:
+        """``CREATE VIEW name`` over a table function. With ``widen_decimals`` decimal columns become
+        DECIMAL(38, s), so that decimal(15,2) * decimal(15,2) is computed in 38 digits instead of
+        overflowing DuckDB's 18-digit fast path (used when a task's first run hit that overflow)."""
         columns = self.describe(f"SELECT * FROM {source_sql}")
         select = "*"
         if widen_decimals:

@@ -65,6 +65,8 @@ def _duckdb_errors(task_id: str, where: str) -> Iterator[None]:
     except duckdb.Error as exc:
         err = FatalError(f"task {task_id!r}: {where}: {clean_error(exc)}")
         err.locatable = True  # type: ignore[attr-defined]  # a data error: worth finding its step
+        err.decimal_overflow = (isinstance(exc, duckdb.OutOfRangeException)  # type: ignore[attr-defined]
+                                and "DECIMAL" in str(exc))
         raise err from None
 
 
@@ -86,7 +88,7 @@ def _input_manifest(task_id: str, dep: str, inputs: Mapping[str, TaskResult]) ->
 
 
 def _register_inputs(session: Session, task: Any, inputs: Mapping[str, TaskResult], *,
-                     widen: bool = True) -> dict[str, list[tuple[str, str]]]:
+                     widen: bool) -> dict[str, list[tuple[str, str]]]:
     columns = {}
     for dep in data_inputs(task):
         manifest = _input_manifest(task.id, dep, inputs)
@@ -168,9 +170,24 @@ def _source_error(task: Any, source: Any, files: list[str], path: str, exc: duck
 
 
 def run_transform(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult]) -> TaskResult:
+    try:
+        manifest, checks = _transform(context, task, inputs, widen=False)
+    except FatalError as exc:
+        if not getattr(exc, "decimal_overflow", False):
+            raise
+        # DuckDB multiplies decimals of up to 18 digits in 18 digits (fast) and stops on overflow;
+        # run again with every decimal input as DECIMAL(38, s): exact, a little slower
+        manifest, checks = _transform(context, task, inputs, widen=True)
+    return TaskResult(output=manifest, checks=tuple(checks),
+                      inputs=tuple(_input_manifest(task.id, d, inputs).uri for d in data_inputs(task)),
+                      metrics={"rows": manifest.rows})
+
+
+def _transform(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult], *,
+               widen: bool) -> tuple[Manifest, list[CheckResult]]:
     checks: list[CheckResult] = []
     with Session(memory_limit=task.memory_limit, context=context) as session:
-        columns = _register_inputs(session, task, inputs)
+        columns = _register_inputs(session, task, inputs, widen=widen)
         params = Params(context.template_scope())
 
         def on_check(index: int, rules: list[Any], plan: Plan) -> None:
@@ -199,7 +216,7 @@ def run_transform(context: TaskContext, task: Any, inputs: Mapping[str, TaskResu
         except TaskTimeout:
             raise
         except FatalError as exc:
-            if not getattr(exc, "locatable", False):
+            if not getattr(exc, "locatable", False) or getattr(exc, "decimal_overflow", False):
                 raise
             try:
                 plan.verify()  # the steps whose binding was left to the run itself
@@ -210,28 +227,36 @@ def run_transform(context: TaskContext, task: Any, inputs: Mapping[str, TaskResu
                 raise
             index, kind, message = found
             raise FatalError(f"task {task.id!r}: steps[{index}] ({kind}): {message}") from exc.__cause__
-    return TaskResult(output=manifest, checks=tuple(checks),
-                      inputs=tuple(_input_manifest(task.id, d, inputs).uri for d in data_inputs(task)),
-                      metrics={"rows": manifest.rows})
+    return manifest, checks
 
 
 def run_validate(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult]) -> TaskResult:
     manifest = _input_manifest(task.id, task.primary_input, inputs)
-    with Session(memory_limit=task.memory_limit, context=context) as session:
-        columns = _register_inputs(session, task, inputs)
-        params = Params(context.template_scope())
-        try:
-            with _duckdb_errors(task.id, "evaluating rules"):
-                checks = evaluate_rules(session, ident(task.primary_input), columns[task.primary_input],
-                                        list(task.rules), params, sample_rows=task.sample_rows,
-                                        logical_date=context.logical_date)
-        except RuleError as exc:
-            raise FatalError(f"task {task.id!r}: {exc}") from None
+    try:
+        checks = _evaluate(context, task, inputs, widen=False)
+    except FatalError as exc:
+        if not getattr(exc, "decimal_overflow", False):
+            raise
+        checks = _evaluate(context, task, inputs, widen=True)  # see run_transform
     if any(not c.passed and c.severity == "error" for c in checks):
         raise _quality_error(task.id, checks)
     output = _pass_through(context, manifest)
     return TaskResult(output=output, checks=tuple(checks), inputs=(manifest.uri,),
                       metrics={"rows": output.rows, "rules_failed_warn": sum(not c.passed for c in checks)})
+
+
+def _evaluate(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult], *,
+              widen: bool) -> list[CheckResult]:
+    with Session(memory_limit=task.memory_limit, context=context) as session:
+        columns = _register_inputs(session, task, inputs, widen=widen)
+        params = Params(context.template_scope())
+        try:
+            with _duckdb_errors(task.id, "evaluating rules"):
+                return evaluate_rules(session, ident(task.primary_input), columns[task.primary_input],
+                                      list(task.rules), params, sample_rows=task.sample_rows,
+                                      logical_date=context.logical_date)
+        except RuleError as exc:
+            raise FatalError(f"task {task.id!r}: {exc}") from None
 
 
 def _pass_through(context: TaskContext, manifest: Manifest) -> Manifest:

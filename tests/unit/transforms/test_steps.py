@@ -453,3 +453,17 @@ def test_empty_result_is_a_readable_dataset_with_its_columns(sources, run):
     t = transform(run, [{"filter": "false"}, {"derive": {"x": "delay * 2"}}])
     assert t.num_rows == 0
     assert t.column_names == ["id", "carrier", "delay", "month", "x"]
+
+
+@pytest.mark.parametrize(("a", "precision"), [(Decimal("12.50"), 18), (Decimal("9999999999999.99"), 38)])
+def test_decimal_product_type_widens_only_when_the_values_need_it(tmp_path, run, a, precision):
+    pq.write_table(pa.table({"a": pa.array([a], pa.decimal128(15, 2))}), tmp_path / "d.parquet")
+    results = run([{"id": "d", "type": "extract", "source": {"connector": "parquet", "path": "d.parquet"}},
+                   {"id": "t", "type": "transform", "depends_on": "d", "steps": [{"derive": {"p": "a * a"}}]},
+                   {"id": "v", "type": "validate", "depends_on": "d",
+                    "rules": [{"expect": "a * a > 0"}]}])
+    out = pq.read_table(Path(results["t"].output.uri))
+    assert out.schema.field("p").type == pa.decimal128(precision, 4)
+    with localcontext(prec=80):
+        assert out["p"].to_pylist() == [a * a]
+    assert results["v"].checks[0].passed
