@@ -138,6 +138,11 @@ def acknowledge_findings(stack: UdopStack) -> None:
         )
     acknowledge(
         runtime.run_events.role,
+        "AwsSolutions-IAM5[Resource::<StorageData6BB23F4E.Arn>/results/*]",
+        "run events reads the results the task runner wrote, results/<pipeline>/<run_id>/<task>.json",
+    )
+    acknowledge(
+        runtime.run_events.role,
         "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>:execution:udop-*]",
         "run events reads the history of any execution of a udop-<pipeline> state machine",
     )

@@ -342,6 +342,12 @@ class Runtime(Construct):
             {**common_env, **db_env},
         )
         data.db_secret.grant_read(self.run_events)
+        # task results (quality checks, lineage) the runner wrote: results/<pipeline>/<run>/<task>.json
+        self.run_events.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["s3:GetObject"], resources=[storage.data.arn_for_objects("results/*")]
+            )
+        )
         self.run_events.add_to_role_policy(
             iam.PolicyStatement(
                 actions=["states:DescribeExecution", "states:GetExecutionHistory"],

@@ -254,6 +254,22 @@ def test_state_machine_permissions_are_scoped_to_udop_machines(resources: dict[s
     assert seen
 
 
+def test_run_events_reads_task_results_and_execution_history_only(
+    stack: Any, resources: dict[str, Any]
+) -> None:
+    role = logical_id(stack, stack.runtime.run_events.role)
+    granted: dict[str, list[Any]] = {}
+    for lid, st in statements(resources):
+        if {"Ref": role} in resources[lid]["Properties"].get("Roles", []):
+            for action in as_list(st["Action"]):
+                granted.setdefault(action, []).extend(as_list(st["Resource"]))
+    data = logical_id(stack, stack.storage.data)
+    assert granted["s3:GetObject"] == [{"Fn::Join": ["", [{"Fn::GetAtt": [data, "Arn"]}, "/results/*"]]}]
+    assert not any(a.startswith("s3:") and a != "s3:GetObject" for a in granted)
+    history = json.dumps(granted["states:GetExecutionHistory"])
+    assert ":execution:udop-*" in history
+
+
 def test_deployer_may_pass_only_the_state_machine_role_to_step_functions(
     stack: Any, resources: dict[str, Any]
 ) -> None:
