@@ -16,6 +16,7 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -42,11 +43,19 @@ FILE_CONNECTORS: tuple[str, ...] = ("csv", "parquet", "json", "ndjson")
 
 Severity = Literal["error", "warn"]
 #: one name, or a list of names (``unique: id`` and ``unique: [id]`` mean the same)
-Names = Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)]
+_ONE_OR_MANY = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+Names = Annotated[
+    list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v), WithJsonSchema(_ONE_OR_MANY)
+]
 ColumnList = Annotated[Names, Field(min_length=1)]
 #: a DuckDB memory size such as '2GB' or '512MB'
-MemorySize = Annotated[str, Field(pattern=r"^\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$",
-                                  description="a memory size, e.g. '512MB' or '2GB'")]
+MemorySize = Annotated[
+    str,
+    Field(
+        pattern=r"^\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$",
+        description="a memory size, e.g. '512MB' or '2GB'",
+    ),
+]
 
 
 def _yaml_on(value: Any) -> Any:
@@ -79,20 +88,29 @@ class SourceSpec(BaseModel):
 
     connector: str = Field(description="csv, parquet, json, ndjson, or an installed connector's name")
     connection: str | None = Field(None, description="a named connection from spec.connections")
-    path: str | None = Field(None, description="file connectors: a path or glob (`data/*.csv`, "
-                                               "`data/**/*.parquet`); ${params.x} is rendered")
+    path: str | None = Field(
+        None,
+        description="file connectors: a path or glob (`data/*.csv`, "
+        "`data/**/*.parquet`); ${params.x} is rendered",
+    )
     hive_partitioning: bool | None = Field(
-        None, description="file connectors: read `key=value` folders as columns (default: detect)")
-    union_by_name: bool = Field(False, description="file connectors: files with different columns are "
-                                                   "combined by column name")
+        None, description="file connectors: read `key=value` folders as columns (default: detect)"
+    )
+    union_by_name: bool = Field(
+        False, description="file connectors: files with different columns are combined by column name"
+    )
     delimiter: str | None = Field(None, description="csv: field separator (default ',')")
     header: bool | None = Field(None, description="csv: the first row holds column names (default true)")
     quote: str | None = Field(None, description="csv: quote character (default '\"')")
-    null_values: list[str] | None = Field(None, description="csv: strings read as NULL (default: 'NA' "
-                                                            "and the empty string)")
-    columns: dict[str, str] | None = Field(None, description="column name -> SQL type; csv: overrides the "
-                                                             "detected type of these columns; json/ndjson: "
-                                                             "the columns to read, with their types")
+    null_values: list[str] | None = Field(
+        None, description="csv: strings read as NULL (default: 'NA' and the empty string)"
+    )
+    columns: dict[str, str] | None = Field(
+        None,
+        description="column name -> SQL type; csv: overrides the "
+        "detected type of these columns; json/ndjson: "
+        "the columns to read, with their types",
+    )
 
     @model_validator(mode="after")
     def _file_options(self) -> SourceSpec:
@@ -100,8 +118,9 @@ class SourceSpec(BaseModel):
             if not self.path:
                 raise ValueError(f"connector {self.connector!r} needs a 'path' (a file or glob)")
             if self.model_extra:
-                raise ValueError(f"connector {self.connector!r} does not take "
-                                 f"{', '.join(map(repr, self.model_extra))}")
+                raise ValueError(
+                    f"connector {self.connector!r} does not take {', '.join(map(repr, self.model_extra))}"
+                )
             csv_only = {"delimiter": self.delimiter, "header": self.header, "quote": self.quote}
             given = [k for k, v in csv_only.items() if v is not None]
             if given and self.connector != "csv":
@@ -118,13 +137,14 @@ class TargetSpec(BaseModel):
     connector: str = Field(description="csv, parquet, json, ndjson, or an installed connector's name")
     connection: str | None = Field(None, description="a named connection from spec.connections")
     path: str | None = Field(None, description="file connectors: output file or folder; ${...} rendered")
-    mode: str = Field("overwrite", description="file connectors: overwrite | append; other connectors "
-                                               "define theirs (e.g. upsert)")
+    mode: str = Field(
+        "overwrite",
+        description="file connectors: overwrite | append; other connectors define theirs (e.g. upsert)",
+    )
     partition_by: Names | None = Field(None, description="write `col=value/` folders (hive style)")
     keys: Names | None = Field(None, description="key columns, for connectors that merge/upsert")
     delimiter: str | None = Field(None, description="csv: field separator (default ',')")
     header: bool | None = Field(None, description="csv: write a header row (default true)")
-
 
     @model_validator(mode="after")
     def _file_options(self) -> TargetSpec:
@@ -134,8 +154,9 @@ class TargetSpec(BaseModel):
             if self.mode not in ("overwrite", "append"):
                 raise ValueError(f"mode {self.mode!r}: file connectors write with 'overwrite' or 'append'")
             if self.model_extra:
-                raise ValueError(f"connector {self.connector!r} does not take "
-                                 f"{', '.join(map(repr, self.model_extra))}")
+                raise ValueError(
+                    f"connector {self.connector!r} does not take {', '.join(map(repr, self.model_extra))}"
+                )
             if self.partition_by and self.connector not in ("parquet", "csv"):
                 raise ValueError("partition_by is supported for parquet and csv targets")
         return self
@@ -146,8 +167,9 @@ class TargetSpec(BaseModel):
 
 
 class RuleBase(SpecModel):
-    severity: Severity = Field("error", description="error: the task fails (after all rules ran); "
-                                                    "warn: the result is only recorded")
+    severity: Severity = Field(
+        "error", description="error: the task fails (after all rules ran); warn: the result is only recorded"
+    )
     name: str | None = Field(None, description="a name for the rule in results (default: derived)")
 
 
@@ -212,8 +234,10 @@ class FreshnessSpec(SpecModel):
     column: str = Field(description="a date or timestamp column")
     max_age: Duration = Field(description="the newest value must be at most this old")
     relative_to: Literal["now", "logical_date"] = Field(
-        "now", description="now: the wall clock; logical_date: the run's logical date and time "
-                           "(backfills stay valid)")
+        "now",
+        description="now: the wall clock; logical_date: the run's logical date and time "
+        "(backfills stay valid)",
+    )
 
 
 class FreshnessRule(RuleBase):
@@ -221,22 +245,32 @@ class FreshnessRule(RuleBase):
 
 
 class ExpectRule(RuleBase):
-    expect: str = Field(description="a SQL predicate every row must satisfy; rows where it is false fail "
-                                    "(NULL passes); ${params.x} is a bound parameter")
+    expect: str = Field(
+        description="a SQL predicate every row must satisfy; rows where it is false fail "
+        "(NULL passes); ${params.x} is a bound parameter"
+    )
 
 
-RULE_KINDS = frozenset({"not_null", "unique", "accepted_values", "range", "regex", "row_count",
-                        "freshness", "expect"})
+RULE_KINDS = frozenset(
+    {"not_null", "unique", "accepted_values", "range", "regex", "row_count", "freshness", "expect"}
+)
 
 Rule = Annotated[
-    Annotated[NotNullRule, Tag("not_null")] | Annotated[UniqueRule, Tag("unique")]
-    | Annotated[AcceptedValuesRule, Tag("accepted_values")] | Annotated[RangeRule, Tag("range")]
-    | Annotated[RegexRule, Tag("regex")] | Annotated[RowCountRule, Tag("row_count")]
-    | Annotated[FreshnessRule, Tag("freshness")] | Annotated[ExpectRule, Tag("expect")],
-    Discriminator(lambda v: _one_key(v, RULE_KINDS, frozenset({"severity", "name"})),
-                  custom_error_type="unknown_rule",
-                  custom_error_message="a rule is one of " + ", ".join(sorted(RULE_KINDS))
-                                       + " (plus optional severity and name)"),
+    Annotated[NotNullRule, Tag("not_null")]
+    | Annotated[UniqueRule, Tag("unique")]
+    | Annotated[AcceptedValuesRule, Tag("accepted_values")]
+    | Annotated[RangeRule, Tag("range")]
+    | Annotated[RegexRule, Tag("regex")]
+    | Annotated[RowCountRule, Tag("row_count")]
+    | Annotated[FreshnessRule, Tag("freshness")]
+    | Annotated[ExpectRule, Tag("expect")],
+    Discriminator(
+        lambda v: _one_key(v, RULE_KINDS, frozenset({"severity", "name"})),
+        custom_error_type="unknown_rule",
+        custom_error_message="a rule is one of "
+        + ", ".join(sorted(RULE_KINDS))
+        + " (plus optional severity and name)",
+    ),
 ]
 
 
@@ -256,8 +290,9 @@ class SelectColumns(SpecModel):
 
 
 class SelectStep(SpecModel):
-    select: list[str] | SelectColumns = Field(description="column names to keep (a list), or "
-                                                          "{exclude: [...]}")
+    select: list[str] | SelectColumns = Field(
+        description="column names to keep (a list), or {exclude: [...]}"
+    )
 
 
 class RenameStep(SpecModel):
@@ -265,8 +300,9 @@ class RenameStep(SpecModel):
 
 
 class CastStep(SpecModel):
-    cast: dict[str, str] = Field(min_length=1, description="column -> SQL type, e.g. decimal(15,2), "
-                                                           "date, bigint, varchar")
+    cast: dict[str, str] = Field(
+        min_length=1, description="column -> SQL type, e.g. decimal(15,2), date, bigint, varchar"
+    )
 
 
 class FilterStep(SpecModel):
@@ -274,8 +310,10 @@ class FilterStep(SpecModel):
 
 
 class DeriveStep(SpecModel):
-    derive: dict[str, str] = Field(min_length=1, description="new (or replaced) column -> SQL expression; "
-                                                             "later entries may use earlier ones")
+    derive: dict[str, str] = Field(
+        min_length=1,
+        description="new (or replaced) column -> SQL expression; later entries may use earlier ones",
+    )
 
 
 AggregateFunction = Literal["sum", "avg", "min", "max", "count", "count_distinct"]
@@ -284,9 +322,11 @@ AggregateFunction = Literal["sum", "avg", "min", "max", "count", "count_distinct
 class AggregateSpec(SpecModel):
     by: Names = Field(default_factory=list, description="group by these columns (none: one row)")
     metrics: dict[str, str | dict[AggregateFunction, str]] = Field(
-        min_length=1, description="output column -> an aggregate SQL expression (`avg(dep_delay)`, "
-                                  "`count(*)`) or {function: column-or-expression} with function one "
-                                  "of sum, avg, min, max, count, count_distinct")
+        min_length=1,
+        description="output column -> an aggregate SQL expression (`avg(dep_delay)`, "
+        "`count(*)`) or {function: column-or-expression} with function one "
+        "of sum, avg, min, max, count, count_distinct",
+    )
 
     @field_validator("metrics")
     @classmethod
@@ -306,11 +346,13 @@ JoinHow = Literal["inner", "left", "right", "full", "semi", "anti"]
 
 class JoinSpec(SpecModel):
     with_: TaskId = Field(alias="with", description="the other input: a task id in depends_on")
-    on: Names | dict[str, str] = Field(description="key columns with the same name on both sides, "
-                                                       "or {left_column: right_column}")
+    on: Names | dict[str, str] = Field(
+        description="key columns with the same name on both sides, or {left_column: right_column}"
+    )
     how: JoinHow = "inner"
-    suffix: str | None = Field(None, description="appended to the other side's non-key columns whose "
-                                                 "names clash (default: _<with>)")
+    suffix: str | None = Field(
+        None, description="appended to the other side's non-key columns whose names clash (default: _<with>)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -330,8 +372,11 @@ class JoinStep(SpecModel):
 
 
 class UnionSpec(SpecModel):
-    with_: Annotated[list[TaskId], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)] = Field(
-        alias="with", min_length=1, description="task ids in depends_on")
+    with_: Annotated[
+        list[TaskId],
+        BeforeValidator(lambda v: [v] if isinstance(v, str) else v),
+        WithJsonSchema(_ONE_OR_MANY),
+    ] = Field(alias="with", min_length=1, description="task ids in depends_on")
     by_name: bool = Field(True, description="match columns by name (missing ones become NULL)")
     distinct: bool = Field(False, description="drop duplicate rows (UNION instead of UNION ALL)")
 
@@ -342,8 +387,10 @@ class UnionStep(SpecModel):
 
 class DedupeSpec(SpecModel):
     on: ColumnList = Field(description="key columns: one row is kept per key")
-    order_by: Names = Field(default_factory=list, description="tie-break: the first row in this order "
-                                                                   "wins, e.g. ['updated_at desc']")
+    order_by: Names = Field(
+        default_factory=list,
+        description="tie-break: the first row in this order wins, e.g. ['updated_at desc']",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -353,7 +400,8 @@ class DedupeSpec(SpecModel):
 
 class DistinctStep(SpecModel):
     distinct: Literal[True] | DedupeSpec = Field(
-        description="true: drop duplicate rows; {on: [...], order_by: [...]}: keep one row per key")
+        description="true: drop duplicate rows; {on: [...], order_by: [...]}: keep one row per key"
+    )
 
 
 class SortStep(SpecModel):
@@ -365,28 +413,53 @@ class LimitStep(SpecModel):
 
 
 class SqlStep(SpecModel):
-    sql: str = Field(description="one SELECT; `this` is the data so far and every dependency is a "
-                                 "table named by its task id; ${params.x} is a bound parameter")
+    sql: str = Field(
+        description="one SELECT; `this` is the data so far and every dependency is a "
+        "table named by its task id; ${params.x} is a bound parameter"
+    )
 
 
 class CheckStep(SpecModel):
     check: list[Rule] = Field(min_length=1, description="quality rules over the data at this point")
 
 
-STEP_KINDS = frozenset({"select", "rename", "cast", "filter", "derive", "aggregate", "join", "union",
-                        "distinct", "sort", "limit", "sql", "check"})
+STEP_KINDS = frozenset(
+    {
+        "select",
+        "rename",
+        "cast",
+        "filter",
+        "derive",
+        "aggregate",
+        "join",
+        "union",
+        "distinct",
+        "sort",
+        "limit",
+        "sql",
+        "check",
+    }
+)
 
 Step = Annotated[
-    Annotated[SelectStep, Tag("select")] | Annotated[RenameStep, Tag("rename")]
-    | Annotated[CastStep, Tag("cast")] | Annotated[FilterStep, Tag("filter")]
-    | Annotated[DeriveStep, Tag("derive")] | Annotated[AggregateStep, Tag("aggregate")]
-    | Annotated[JoinStep, Tag("join")] | Annotated[UnionStep, Tag("union")]
-    | Annotated[DistinctStep, Tag("distinct")] | Annotated[SortStep, Tag("sort")]
-    | Annotated[LimitStep, Tag("limit")] | Annotated[SqlStep, Tag("sql")]
+    Annotated[SelectStep, Tag("select")]
+    | Annotated[RenameStep, Tag("rename")]
+    | Annotated[CastStep, Tag("cast")]
+    | Annotated[FilterStep, Tag("filter")]
+    | Annotated[DeriveStep, Tag("derive")]
+    | Annotated[AggregateStep, Tag("aggregate")]
+    | Annotated[JoinStep, Tag("join")]
+    | Annotated[UnionStep, Tag("union")]
+    | Annotated[DistinctStep, Tag("distinct")]
+    | Annotated[SortStep, Tag("sort")]
+    | Annotated[LimitStep, Tag("limit")]
+    | Annotated[SqlStep, Tag("sql")]
     | Annotated[CheckStep, Tag("check")],
-    Discriminator(lambda v: _one_key(v, STEP_KINDS), custom_error_type="unknown_step",
-                  custom_error_message="a step is a mapping with one key, one of "
-                                       + ", ".join(sorted(STEP_KINDS))),
+    Discriminator(
+        lambda v: _one_key(v, STEP_KINDS),
+        custom_error_type="unknown_step",
+        custom_error_message="a step is a mapping with one key, one of " + ", ".join(sorted(STEP_KINDS)),
+    ),
 ]
 
 
@@ -404,9 +477,12 @@ def rule_kind(rule: BaseModel) -> str:
 
 
 class DataTaskBase(TaskBase):
-    memory_limit: MemorySize | None = Field(None, description="DuckDB memory limit for this task; beyond "
-                                                              "it DuckDB spills to disk (default: "
-                                                              "UDOP_DUCKDB_MEMORY_LIMIT)")
+    memory_limit: MemorySize | None = Field(
+        None,
+        description="DuckDB memory limit for this task; beyond "
+        "it DuckDB spills to disk (default: "
+        "UDOP_DUCKDB_MEMORY_LIMIT)",
+    )
 
 
 class ExtractTask(DataTaskBase):
@@ -443,8 +519,9 @@ class TransformTask(DataTaskBase):
     """Applies steps to an input (by default the first of depends_on), compiled to one DuckDB query."""
 
     type: Literal["transform"]
-    input: TaskId | None = Field(None, description="the data the steps start from (default: the first "
-                                                   "of depends_on)")
+    input: TaskId | None = Field(
+        None, description="the data the steps start from (default: the first of depends_on)"
+    )
     steps: list[Step] = Field(min_length=1)
 
     @property
