@@ -2,6 +2,9 @@
 (Arrow batches, COPY underneath) against plain psycopg COPY (binary, rows as Python tuples) in the
 same process, on the same table shape. Target: udop >= 0.7x the baseline.
 
+Also printed, for reference: the wire-only ceiling (COPY of ready-made CSV bytes / reading COPY
+output without parsing it), which no client that produces or consumes values can reach.
+
     .venv/bin/python benchmarks/connectors_postgres.py [--rows 1000000] [--dsn postgresql://...]
 """
 
@@ -52,7 +55,17 @@ def main() -> None:
     for t in (base_t, udop_t):
         conn.execute(f"CREATE TABLE {t} ({COLUMNS})")
     target = {"connector": "postgres", "url": args.dsn, "table": udop_t}
-    results: dict[str, list[float]] = {"base_write": [], "udop_write": [], "base_read": [], "udop_read": []}
+    results: dict[str, list[float]] = {"base_write": [], "udop_write": [], "base_read": [], "udop_read": [],
+                                       "raw_write": [], "raw_read": []}
+    import io
+
+    import pyarrow.csv as pacsv
+
+    csv_chunks = []
+    for b in batches:
+        sink = io.BytesIO()
+        pacsv.write_csv(b, sink, pacsv.WriteOptions(include_header=False))
+        csv_chunks.append(sink.getvalue())
     try:
         for _ in range(args.repeat):
             conn.execute(f"TRUNCATE {base_t}")
@@ -63,6 +76,20 @@ def main() -> None:
                 for row in tuples:
                     copy.write_row(row)
             results["base_write"].append(time.perf_counter() - t0)
+
+            conn.execute(f"TRUNCATE {base_t}")
+            t0 = time.perf_counter()
+            with conn.transaction(), conn.cursor() as cur, \
+                    cur.copy(f"COPY {base_t} FROM STDIN (FORMAT csv)") as copy:
+                for chunk in csv_chunks:
+                    copy.write(chunk)
+            results["raw_write"].append(time.perf_counter() - t0)
+
+            t0 = time.perf_counter()
+            with conn.cursor() as cur, cur.copy(f"COPY (SELECT * FROM {base_t}) TO STDOUT (FORMAT csv)") as copy:
+                for _chunk in copy:
+                    pass
+            results["raw_read"].append(time.perf_counter() - t0)
 
             t0 = time.perf_counter()
             with get_connector(target) as c:
@@ -96,6 +123,10 @@ def main() -> None:
     for op in ("write", "read"):
         b, u = args.rows / best[f"base_{op}"], args.rows / best[f"udop_{op}"]
         print(f"{op:8}{b:>22,.0f}{u:>16,.0f}{u / b:>15.2f}x")
+    for op in ("write", "read"):
+        raw = args.rows / best[f"raw_{op}"]
+        print(f"wire-only COPY {op} (no values made or parsed): {raw:,.0f} rows/s; "
+              f"udop at {args.rows / best[f'udop_{op}'] / raw:.2f}x of it")
 
 
 if __name__ == "__main__":

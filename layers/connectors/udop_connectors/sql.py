@@ -124,20 +124,26 @@ class _CopyReader(io.RawIOBase):
 
     def __init__(self, copy: Any) -> None:
         self._chunks = iter(copy)
-        self._pending = memoryview(b"")
+        self._buffer = bytearray()
+        self._done = False
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
-        while not self._pending:
+        # libpq hands COPY output over one row at a time: gather rows until the caller's buffer is
+        # full (bytearray += is C), so Arrow pays one Python round trip per block, not per row
+        want = len(buffer)
+        pending = self._buffer
+        chunks = self._chunks
+        while len(pending) < want and not self._done:
             try:
-                self._pending = memoryview(next(self._chunks))
+                pending += next(chunks)
             except StopIteration:
-                return 0
-        n = min(len(buffer), len(self._pending))
-        buffer[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
+                self._done = True
+        n = min(want, len(pending))
+        buffer[:n] = pending[:n]
+        del pending[:n]
         return n
 
 
@@ -238,8 +244,8 @@ class SqlConnector(Connector):
                 or "database is locked" in lower):
             self.fail(f"{prefix}{text}", retryable=True)
         driver_operational = type(orig).__name__ == "OperationalError"
-        if not sqlstate and code is None and (driver_operational or isinstance(exc, sa_exc.OperationalError)
-                                              and "sqlite" not in self.driver):
+        if not sqlstate and code is None and (driver_operational or (isinstance(exc, sa_exc.OperationalError)
+                                              and "sqlite" not in self.driver)):
             self.fail(f"{prefix}cannot connect: {text}", retryable=True)
         self.fail(f"{prefix}{text}", retryable=False)
 
@@ -356,7 +362,7 @@ class SqlConnector(Connector):
                 parse = pacsv.ParseOptions(newlines_in_values=True)
                 got = False
                 with cur.copy(f"COPY ({bound}) TO STDOUT WITH (FORMAT csv)") as copy:
-                    reader = io.BufferedReader(_CopyReader(copy), buffer_size=1 << 20)
+                    reader = io.BufferedReader(_CopyReader(copy), buffer_size=4 << 20)
                     try:
                         stream = pacsv.open_csv(reader, read_options=read_opts, parse_options=parse,
                                                 convert_options=convert)
