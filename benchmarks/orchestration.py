@@ -32,8 +32,12 @@ def _pipeline(n: int, shape: str) -> dict:
         elif shape == "fanout" and i:
             task["depends_on"] = ["t0"]
         tasks.append(task)
-    return {"apiVersion": "udop/v1", "kind": "Pipeline", "metadata": {"name": f"bench-{shape}"},
-            "spec": {"tasks": tasks}}
+    return {
+        "apiVersion": "udop/v1",
+        "kind": "Pipeline",
+        "metadata": {"name": f"bench-{shape}"},
+        "spec": {"tasks": tasks},
+    }
 
 
 def _udop(n: int, shape: str, workdir: Path, workers: int) -> float:
@@ -78,6 +82,7 @@ def _threadpool(n: int, shape: str, workers: int) -> float:
 
 def _help_time(repeat: int) -> tuple[float, float]:
     udop = str(Path(sys.executable).parent / "udop")
+
     def best(cmd: list[str]) -> float:
         times = []
         for _ in range(repeat):
@@ -85,6 +90,7 @@ def _help_time(repeat: int) -> tuple[float, float]:
             subprocess.run(cmd, check=True, capture_output=True)
             times.append(time.perf_counter() - start)
         return min(times)
+
     return best([udop, "--help"]), best([sys.executable, "-c", "pass"])
 
 
@@ -108,8 +114,10 @@ def main() -> None:
             print(f"{shape:<8} {udop / n * 1000:>13.3f} {pool / n * 1000:>19.4f} {direct / n * 1000:>20.5f}")
         print("target: <= 1 ms/task (reference: Prefect 3.9 chain ~10.7 ms/task on this machine class)")
         helped, bare = _help_time(max(3, args.repeat))
-        print(f"`udop --help` in a fresh process: {helped:.3f} s (bare `python -c pass`: {bare:.3f} s; "
-              "target < 0.5 s)")
+        print(
+            f"`udop --help` in a fresh process: {helped:.3f} s (bare `python -c pass`: {bare:.3f} s; "
+            "target < 0.5 s)"
+        )
         samples = [_udop(50, "chain", workdir, 1) for _ in range(3)]
         print(f"sanity: 50-task chain {statistics.median(samples) * 1000 / 50:.3f} ms/task")
 

@@ -35,8 +35,6 @@ POSTGRES_URL = os.environ.get("UDOP_TEST_POSTGRES_URL", "postgresql+psycopg://po
 REDIS_URL = os.environ.get("UDOP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
-
-
 class Project:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -46,15 +44,24 @@ class Project:
     def fn(self, name: str) -> str:
         return f"{self.module}:{name}"
 
-    def task(self, task_id: str, fn: str = "noop", *, depends_on: list[str] | None = None, **fields: Any) -> dict[str, Any]:
+    def task(
+        self, task_id: str, fn: str = "noop", *, depends_on: list[str] | None = None, **fields: Any
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {"id": task_id, "type": "python", "callable": self.fn(fn)}
         if depends_on:
             body["depends_on"] = depends_on
         body.update(fields)
         return body
 
-    def pipeline(self, tasks: list[dict[str, Any]], *, name: str = "demo", params: dict[str, Any] | None = None,
-                 defaults: dict[str, Any] | None = None, file: str = "pipeline.yaml") -> Path:
+    def pipeline(
+        self,
+        tasks: list[dict[str, Any]],
+        *,
+        name: str = "demo",
+        params: dict[str, Any] | None = None,
+        defaults: dict[str, Any] | None = None,
+        file: str = "pipeline.yaml",
+    ) -> Path:
         spec: dict[str, Any] = {"tasks": tasks}
         if params:
             spec["params"] = params

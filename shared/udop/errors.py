@@ -54,8 +54,9 @@ class SpecError(InputError):
     ``pipeline.yaml:12: spec.tasks[2].depends_on[0]: unknown task 'x'``.
     """
 
-    def __init__(self, message: str, *, file: str | None = None, path: str | None = None,
-                 line: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, file: str | None = None, path: str | None = None, line: int | None = None
+    ) -> None:
         self.message = message
         self.file = file
         self.path = path

@@ -21,7 +21,9 @@ class Settings(BaseSettings):
     home: Path = Field(Path(".udop"), description="local working folder (metadata, data, state)")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<home>/udop.db")
     data_root: str | None = Field(None, description="where datasets go; default <home>/data; s3://... on AWS")
-    state_url: str | None = Field(None, description="redis://... for the state store; default SQLite in <home>")
+    state_url: str | None = Field(
+        None, description="redis://... for the state store; default SQLite in <home>"
+    )
     duckdb_memory_limit: str | None = Field(None, description="e.g. '2GB'; DuckDB spills beyond it")
     duckdb_threads: int | None = Field(None, ge=1)
 

@@ -50,10 +50,20 @@ _RUN = {
 }
 
 _TASK = {
-    TaskState.PENDING: {TaskState.RUNNING, TaskState.UPSTREAM_FAILED, TaskState.CANCELLED,
-                        TaskState.SUCCEEDED, TaskState.FAILED},  # the last two: reported by AWS events
-    TaskState.RUNNING: {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.RETRYING, TaskState.CANCELLED,
-                        TaskState.PENDING},  # -> pending: resumed after the process died
+    TaskState.PENDING: {
+        TaskState.RUNNING,
+        TaskState.UPSTREAM_FAILED,
+        TaskState.CANCELLED,
+        TaskState.SUCCEEDED,
+        TaskState.FAILED,
+    },  # the last two: reported by AWS events
+    TaskState.RUNNING: {
+        TaskState.SUCCEEDED,
+        TaskState.FAILED,
+        TaskState.RETRYING,
+        TaskState.CANCELLED,
+        TaskState.PENDING,
+    },  # -> pending: resumed after the process died
     TaskState.RETRYING: {TaskState.RUNNING, TaskState.CANCELLED, TaskState.PENDING, TaskState.FAILED},
     TaskState.FAILED: {TaskState.PENDING},
     TaskState.UPSTREAM_FAILED: {TaskState.PENDING},
@@ -62,8 +72,12 @@ _TASK = {
 }
 
 _ATTEMPT = {
-    AttemptState.RUNNING: {AttemptState.SUCCEEDED, AttemptState.FAILED, AttemptState.TIMED_OUT,
-                           AttemptState.ABANDONED},
+    AttemptState.RUNNING: {
+        AttemptState.SUCCEEDED,
+        AttemptState.FAILED,
+        AttemptState.TIMED_OUT,
+        AttemptState.ABANDONED,
+    },
     AttemptState.SUCCEEDED: set(),
     AttemptState.FAILED: set(),
     AttemptState.TIMED_OUT: set(),
@@ -75,9 +89,17 @@ S = TypeVar("S", RunState, TaskState, AttemptState)
 _TABLES: dict[type, dict] = {RunState: _RUN, TaskState: _TASK, AttemptState: _ATTEMPT}
 
 _TERMINAL = {
-    RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED,
-    TaskState.SUCCEEDED, TaskState.FAILED, TaskState.UPSTREAM_FAILED, TaskState.CANCELLED,
-    AttemptState.SUCCEEDED, AttemptState.FAILED, AttemptState.TIMED_OUT, AttemptState.ABANDONED,
+    RunState.SUCCEEDED,
+    RunState.FAILED,
+    RunState.CANCELLED,
+    TaskState.SUCCEEDED,
+    TaskState.FAILED,
+    TaskState.UPSTREAM_FAILED,
+    TaskState.CANCELLED,
+    AttemptState.SUCCEEDED,
+    AttemptState.FAILED,
+    AttemptState.TIMED_OUT,
+    AttemptState.ABANDONED,
 }
 
 

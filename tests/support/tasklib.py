@@ -119,4 +119,6 @@ def count_item(context, inputs, source="parts"):
     _count(context.task_id)
     item = inputs[source]
     table = item.to_arrow()
-    return pa.table({"item": [Path(item.uri).name], "rows": [table.num_rows], "total": [sum(table["v"].to_pylist())]})
+    return pa.table(
+        {"item": [Path(item.uri).name], "rows": [table.num_rows], "total": [sum(table["v"].to_pylist())]}
+    )

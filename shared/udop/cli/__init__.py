@@ -44,7 +44,8 @@ class LazyGroup(click.Group):
         except ImportError as exc:
             raise click.ClickException(
                 f"'udop {cmd_name}' is not available: {exc}. Install udop with all extras "
-                "(bash scripts/bootstrap.sh) or the extra this command needs (e.g. udop[api], udop[aws]).") from None
+                "(bash scripts/bootstrap.sh) or the extra this command needs (e.g. udop[api], udop[aws])."
+            ) from None
         return command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -53,7 +54,9 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.version_option(package_name="udop", prog_name="udop")
 def cli() -> None:
     """udop runs data pipelines: on this machine (SQLite + Parquet under .udop/) or on AWS Step
@@ -92,7 +95,8 @@ def main(argv: list[str] | None = None) -> Any:
     except Exception as exc:
         if os.environ.get("UDOP_DEBUG"):
             raise
-        click.echo(f"udop: internal error: {type(exc).__name__}: {exc} (set UDOP_DEBUG=1 for a traceback)",
-                   err=True)
+        click.echo(
+            f"udop: internal error: {type(exc).__name__}: {exc} (set UDOP_DEBUG=1 for a traceback)", err=True
+        )
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

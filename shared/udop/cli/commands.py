@@ -56,18 +56,48 @@ def validate(files: tuple[str, ...], no_import: bool) -> None:
 
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--param", "-p", "params", multiple=True, metavar="KEY=VALUE", help="Set a parameter (repeatable).")
-@click.option("--resume", "resume", metavar="RUN_ID", help="Resume a failed, cancelled or killed run: "
-              "run only the tasks that did not succeed.")
-@click.option("--workers", "-w", type=click.IntRange(1, 256), default=4, show_default=True,
-              help="Tasks run at the same time.")
-@click.option("--executor", type=click.Choice(["local", "stepfunctions"]), default="local", show_default=True,
-              help="Where to run: this machine, or the pipeline's deployed Step Functions state machine.")
-@click.option("--logical-date", metavar="ISO-DATE", help="The run's logical date (${run.logical_date}); default now.")
+@click.option(
+    "--param", "-p", "params", multiple=True, metavar="KEY=VALUE", help="Set a parameter (repeatable)."
+)
+@click.option(
+    "--resume",
+    "resume",
+    metavar="RUN_ID",
+    help="Resume a failed, cancelled or killed run: run only the tasks that did not succeed.",
+)
+@click.option(
+    "--workers",
+    "-w",
+    type=click.IntRange(1, 256),
+    default=4,
+    show_default=True,
+    help="Tasks run at the same time.",
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "stepfunctions"]),
+    default="local",
+    show_default=True,
+    help="Where to run: this machine, or the pipeline's deployed Step Functions state machine.",
+)
+@click.option(
+    "--logical-date", metavar="ISO-DATE", help="The run's logical date (${run.logical_date}); default now."
+)
 @click.option("--run-id", metavar="ID", help="Use this id for the new run instead of a generated one.")
-@click.option("--progress/--no-progress", default=None, help="Live display (default when stdout is a terminal).")
-def run(file: str, params: tuple[str, ...], resume: str | None, workers: int, executor: str,
-        logical_date: str | None, run_id: str | None, progress: bool | None) -> None:
+@click.option(
+    "--progress/--no-progress", default=None, help="Live display (default when stdout is a terminal)."
+)
+def run(
+    file: str,
+    *,
+    params: tuple[str, ...],
+    resume: str | None,
+    workers: int,
+    executor: str,
+    logical_date: str | None,
+    run_id: str | None,
+    progress: bool | None,
+) -> None:
     """Run the pipeline in FILE and show each task's state; exit 0 if it succeeded, 1 if it failed."""
     given = _parse_params(params)
     if executor == "stepfunctions":
@@ -80,7 +110,9 @@ def run(file: str, params: tuple[str, ...], resume: str | None, workers: int, ex
         try:
             logical = datetime.fromisoformat(logical_date)
         except ValueError:
-            raise click.BadParameter(f"{logical_date!r} is not an ISO date or datetime", param_hint="--logical-date") from None
+            raise click.BadParameter(
+                f"{logical_date!r} is not an ISO date or datetime", param_hint="--logical-date"
+            ) from None
         logical = logical if logical.tzinfo else logical.replace(tzinfo=UTC)
     if resume and run_id:
         raise InputError("give either --resume RUN_ID or --run-id ID, not both")
@@ -92,11 +124,16 @@ def run(file: str, params: tuple[str, ...], resume: str | None, workers: int, ex
     store = open_store()
     live = sys.stdout.isatty() if progress is None else progress
     display = make_display(pipeline, live=live)
-    executor_ = LocalExecutor(store, workers=workers, on_event=display.event,
-                              services={"base_dir": str(Path(file).parent.resolve())})
+    executor_ = LocalExecutor(
+        store,
+        workers=workers,
+        on_event=display.event,
+        services={"base_dir": str(Path(file).parent.resolve())},
+    )
     with display:
-        record = executor_.run(pipeline, params=given, run_id=resume or run_id, resume=bool(resume),
-                               logical_date=logical)
+        record = executor_.run(
+            pipeline, params=given, run_id=resume or run_id, resume=bool(resume), logical_date=logical
+        )
     final = store.get_run(record.id)
     display.summary(final, store.get_checks(record.id))
     store.close()

@@ -11,8 +11,15 @@ import click
 
 from udop.executor.events import RunEvent
 
-_STYLE = {"pending": "dim", "running": "cyan", "retrying": "yellow", "succeeded": "green",
-          "failed": "red", "upstream_failed": "magenta", "cancelled": "dim"}
+_STYLE = {
+    "pending": "dim",
+    "running": "cyan",
+    "retrying": "yellow",
+    "succeeded": "green",
+    "failed": "red",
+    "upstream_failed": "magenta",
+    "cancelled": "dim",
+}
 
 
 def make_display(pipeline: Any, *, live: bool) -> Display:
@@ -25,7 +32,8 @@ class Display:
         self.started = time.monotonic()
         self.rows: dict[str, dict[str, Any]] = {
             t.id: {"type": t.type, "state": "pending", "attempt": 0, "since": None, "message": ""}
-            for t in pipeline.spec.tasks}
+            for t in pipeline.spec.tasks
+        }
 
     def __enter__(self) -> Display:
         return self
@@ -56,19 +64,27 @@ class Display:
         took = (run.ended_at - run.started_at).total_seconds() if run.ended_at and run.started_at else 0.0
         parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         colour = "green" if run.state.value == "succeeded" else "red"
-        click.echo(f"\nrun {run.id} " + click.style(run.state.value, fg=colour, bold=True) +
-                   f" in {took:.2f}s ({parts})")
+        click.echo(
+            f"\nrun {run.id} "
+            + click.style(run.state.value, fg=colour, bold=True)
+            + f" in {took:.2f}s ({parts})"
+        )
         for task in run.tasks:
             if task.state.value == "failed":
-                click.echo(f"  {task.task_id}: {task.error_type}: {(task.error_message or '').splitlines()[0] if task.error_message else ''}")
+                first_line = (task.error_message or "").splitlines()[0] if task.error_message else ""
+                click.echo(f"  {task.task_id}: {task.error_type}: {first_line}")
         failed_checks = [c for c in checks if not c.passed]
         if checks:
-            click.echo(f"quality checks: {len(checks) - len(failed_checks)} passed, "
-                       f"{sum(1 for c in failed_checks if c.severity == 'error')} failed, "
-                       f"{sum(1 for c in failed_checks if c.severity != 'error')} warned")
+            click.echo(
+                f"quality checks: {len(checks) - len(failed_checks)} passed, "
+                f"{sum(1 for c in failed_checks if c.severity == 'error')} failed, "
+                f"{sum(1 for c in failed_checks if c.severity != 'error')} warned"
+            )
             for c in failed_checks:
-                click.echo(f"  [{c.severity}] {c.task_id}: {c.rule}: {c.failing_rows} failing rows"
-                           + (f" ({c.message})" if c.message else ""))
+                click.echo(
+                    f"  [{c.severity}] {c.task_id}: {c.rule}: {c.failing_rows} failing rows"
+                    + (f" ({c.message})" if c.message else "")
+                )
         if run.state.value != "succeeded":
             click.echo(f"resume with: udop run <FILE> --resume {run.id}   details: udop runs show {run.id}")
 
@@ -98,7 +114,9 @@ class LiveDisplay(Display):
 
         self.console = Console()
         # get_renderable: redrawn on every refresh, so running tasks' clocks tick between events
-        self.live = Live(console=self.console, refresh_per_second=8, transient=False, get_renderable=self._table)
+        self.live = Live(
+            console=self.console, refresh_per_second=8, transient=False, get_renderable=self._table
+        )
         self.live.__enter__()
         return self
 
@@ -114,14 +132,27 @@ class LiveDisplay(Display):
         from rich.table import Table
 
         done = sum(1 for r in self.rows.values() if r["state"] == "succeeded")
-        table = Table(title=f"{self.pipeline.name}: {done}/{len(self.rows)} tasks done, "
-                      f"{time.monotonic() - self.started:.1f}s", title_justify="left", expand=False)
+        table = Table(
+            title=f"{self.pipeline.name}: {done}/{len(self.rows)} tasks done, "
+            f"{time.monotonic() - self.started:.1f}s",
+            title_justify="left",
+            expand=False,
+        )
         for col in ("task", "type", "state", "attempt", "time", "note"):
             table.add_column(col, overflow="fold" if col == "note" else "ellipsis")
         now = time.monotonic()
         for tid, row in self.rows.items():
-            secs = row.get("elapsed") if row["state"] != "running" else (now - row["since"] if row["since"] else None)
-            table.add_row(tid, row["type"], f"[{_STYLE.get(row['state'], '')}]{row['state']}[/]",
-                          str(row["attempt"] or ""), f"{secs:.1f}s" if secs is not None else "",
-                          (row["message"] or "")[:80])
+            secs = (
+                row.get("elapsed")
+                if row["state"] != "running"
+                else (now - row["since"] if row["since"] else None)
+            )
+            table.add_row(
+                tid,
+                row["type"],
+                f"[{_STYLE.get(row['state'], '')}]{row['state']}[/]",
+                str(row["attempt"] or ""),
+                f"{secs:.1f}s" if secs is not None else "",
+                (row["message"] or "")[:80],
+            )
         return table

@@ -43,8 +43,10 @@ def list_runs(pipeline: str | None, state: str | None, limit: int, as_json: bool
     click.echo(f"{'RUN ID':<24} {'PIPELINE':<24} {'STATE':<10} {'EXECUTOR':<13} {'STARTED':<20} DURATION")
     for r in records:
         started = r.started_at.strftime("%Y-%m-%d %H:%M:%S") if r.started_at else ""
-        click.echo(f"{r.id:<24} {r.pipeline:<24} {r.state.value:<10} {r.executor:<13} {started:<20} "
-                   f"{_duration(r.started_at, r.ended_at)}")
+        click.echo(
+            f"{r.id:<24} {r.pipeline:<24} {r.state.value:<10} {r.executor:<13} {started:<20} "
+            f"{_duration(r.started_at, r.ended_at)}"
+        )
 
 
 @runs.command("show")
@@ -76,8 +78,10 @@ def show(run_id: str, as_json: bool) -> None:
     click.echo(f"duration  {_duration(run.started_at, run.ended_at) or '-'}")
     click.echo("\ntasks")
     for task in run.tasks:
-        click.echo(f"  {task.task_id:<24} {task.state.value:<16} attempts={len(task.attempts)} "
-                   f"{_duration(task.started_at, task.ended_at)}")
+        click.echo(
+            f"  {task.task_id:<24} {task.state.value:<16} attempts={len(task.attempts)} "
+            f"{_duration(task.started_at, task.ended_at)}"
+        )
         for a in task.attempts:
             line = f"      #{a.number} {a.state.value:<10} {_duration(a.started_at, a.ended_at)}"
             if a.error_type:
@@ -88,19 +92,34 @@ def show(run_id: str, as_json: bool) -> None:
         click.echo("\nlineage")
         for item in lineage:
             rows = f"{item.rows:,} rows" if item.rows is not None else "rows unknown"
-            click.echo(f"  {item.task_id}: {', '.join(item.inputs) or '(no inputs)'} -> {item.output_uri} ({rows})")
+            click.echo(
+                f"  {item.task_id}: {', '.join(item.inputs) or '(no inputs)'} -> {item.output_uri} ({rows})"
+            )
     if checks:
         click.echo("\nquality checks")
         for c in checks:
             status = "pass" if c.passed else ("FAIL" if c.severity == "error" else "warn")
-            click.echo(f"  {status:<4} {c.task_id}: {c.rule}" + ("" if c.passed else f" ({c.failing_rows} failing rows)")
-                       + (f": {c.message}" if c.message and not c.passed else ""))
+            click.echo(
+                f"  {status:<4} {c.task_id}: {c.rule}"
+                + ("" if c.passed else f" ({c.failing_rows} failing rows)")
+                + (f": {c.message}" if c.message and not c.passed else "")
+            )
             for sample in c.sample[:3] if not c.passed else []:
                 click.echo(f"         e.g. {json.dumps(sample, default=str)}")
 
 
 def _run_json(r: Any) -> dict[str, Any]:
-    return {"id": r.id, "pipeline": r.pipeline, "version": r.pipeline_version, "state": r.state.value,
-            "executor": r.executor, "params": r.params, "logical_date": r.logical_date,
-            "created_at": r.created_at, "started_at": r.started_at, "ended_at": r.ended_at,
-            "error": r.error, "external_id": r.external_id}
+    return {
+        "id": r.id,
+        "pipeline": r.pipeline,
+        "version": r.pipeline_version,
+        "state": r.state.value,
+        "executor": r.executor,
+        "params": r.params,
+        "logical_date": r.logical_date,
+        "created_at": r.created_at,
+        "started_at": r.started_at,
+        "ended_at": r.ended_at,
+        "error": r.error,
+        "external_id": r.external_id,
+    }

@@ -14,6 +14,7 @@ worker slot is given back at once.
 from __future__ import annotations
 
 import heapq
+import logging
 import os
 import queue
 import random
@@ -38,6 +39,8 @@ from udop.tasks.foreach import run_foreach
 from udop.tasks.registry import run_task
 
 __all__ = ["LocalExecutor", "new_run_id"]
+
+_log = logging.getLogger("udop.executor")
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -118,9 +121,16 @@ class _WorkerPool:
 class LocalExecutor:
     """Run pipelines with ``workers`` tasks at a time, persisting every state change to ``store``."""
 
-    def __init__(self, store: MetadataStore, *, workers: int = 4, data_root: str | None = None,
-                 on_event: Callable[[RunEvent], None] | None = None,
-                 services: Mapping[str, Any] | None = None, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        store: MetadataStore,
+        *,
+        workers: int = 4,
+        data_root: str | None = None,
+        on_event: Callable[[RunEvent], None] | None = None,
+        services: Mapping[str, Any] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         if workers < 1:
             raise InputError("--workers must be at least 1")
         if data_root is None:
@@ -136,8 +146,15 @@ class LocalExecutor:
 
     # ------------------------------------------------------------------ entry point
 
-    def run(self, pipeline: Pipeline, *, params: Mapping[str, Any] | None = None, run_id: str | None = None,
-            resume: bool = False, logical_date: datetime | None = None) -> RunRecord:
+    def run(
+        self,
+        pipeline: Pipeline,
+        *,
+        params: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+        resume: bool = False,
+        logical_date: datetime | None = None,
+    ) -> RunRecord:
         """Run ``pipeline`` (or resume run ``run_id``) to the end and return its final record.
 
         Raises ``InputError`` (``SpecErrors``, a missing parameter, an unknown run) before anything runs.
@@ -150,17 +167,24 @@ class LocalExecutor:
             values = resolve_params(pipeline, params)
             SpecErrors.collect(check_env(pipeline))
             logical = logical_date or datetime.now(UTC)
-            version = self.store.register_pipeline(pipeline.name, pipeline.model_dump(mode="json", by_alias=True))
-            run = self.store.create_run(run_id=run_id or new_run_id(), pipeline=pipeline.name,
-                                        pipeline_version=version.version,
-                                        task_ids=[t.id for t in pipeline.spec.tasks],
-                                        params=_jsonable(values), logical_date=logical)
+            version = self.store.register_pipeline(
+                pipeline.name, pipeline.model_dump(mode="json", by_alias=True)
+            )
+            run = self.store.create_run(
+                run_id=run_id or new_run_id(),
+                pipeline=pipeline.name,
+                pipeline_version=version.version,
+                task_ids=[t.id for t in pipeline.spec.tasks],
+                params=_jsonable(values),
+                logical_date=logical,
+            )
             self.store.set_run_state(run.id, RunState.RUNNING, owner=_owner())
         self.on_event(RunEvent("run", run.id, RunState.RUNNING.value))
         return _Run(self, pipeline, run.id, values, logical).execute()
 
-    def _prepare_resume(self, pipeline: Pipeline, run_id: str,
-                        params: Mapping[str, Any] | None) -> tuple[RunRecord, dict[str, Any], datetime]:
+    def _prepare_resume(
+        self, pipeline: Pipeline, run_id: str, params: Mapping[str, Any] | None
+    ) -> tuple[RunRecord, dict[str, Any], datetime]:
         from udop.errors import RunNotFound
 
         run = self.store.get_run(run_id)
@@ -175,8 +199,10 @@ class LocalExecutor:
         if run.state in (RunState.RUNNING, RunState.PENDING) and _owner_alive(run.owner):
             raise InputError(f"run {run_id!r} is still running in process {run.owner}")
         if {t.task_id for t in run.tasks} != {t.id for t in pipeline.spec.tasks}:
-            raise InputError(f"the definition's tasks differ from run {run_id!r}'s; resume with the same "
-                             "definition or start a new run")
+            raise InputError(
+                f"the definition's tasks differ from run {run_id!r}'s; resume with the same "
+                "definition or start a new run"
+            )
         values = resolve_params(pipeline, run.params)
         SpecErrors.collect(check_env(pipeline))
         self.store.reset_for_resume(run_id)
@@ -185,14 +211,23 @@ class LocalExecutor:
 
 
 def _jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v.isoformat() if isinstance(v, datetime) or hasattr(v, "isoformat") else v for k, v in values.items()}
+    return {
+        k: v.isoformat() if isinstance(v, datetime) or hasattr(v, "isoformat") else v
+        for k, v in values.items()
+    }
 
 
 class _Run:
     """One execution of the scheduling loop. Only the calling thread touches state or the store."""
 
-    def __init__(self, executor: LocalExecutor, pipeline: Pipeline, run_id: str, params: dict[str, Any],
-                 logical_date: datetime) -> None:
+    def __init__(
+        self,
+        executor: LocalExecutor,
+        pipeline: Pipeline,
+        run_id: str,
+        params: dict[str, Any],
+        logical_date: datetime,
+    ) -> None:
         self.ex = executor
         self.store = executor.store
         self.pipeline = pipeline
@@ -209,7 +244,9 @@ class _Run:
         self.ready: list[tuple[int, str]] = []  # heap by topological position
         self.retries: list[tuple[float, int, str]] = []  # heap of (due time, position, task id)
         self.inflight: dict[tuple[str, int], _Attempt] = {}
-        self.done: queue.SimpleQueue[tuple[str, int, TaskResult | None, dict[str, Any] | None, BaseException | None]] = queue.SimpleQueue()
+        self.done: queue.SimpleQueue[
+            tuple[str, int, TaskResult | None, dict[str, Any] | None, BaseException | None]
+        ] = queue.SimpleQueue()
         self.failures: list[str] = []
 
     # ------------------------------------------------------------------ setup
@@ -241,7 +278,11 @@ class _Run:
             raise
         finally:
             self.pool.shutdown()
-        final = RunState.SUCCEEDED if all(s == TaskState.SUCCEEDED for s in self.state.values()) else RunState.FAILED
+        final = (
+            RunState.SUCCEEDED
+            if all(s == TaskState.SUCCEEDED for s in self.state.values())
+            else RunState.FAILED
+        )
         error = "; ".join(self.failures) if final == RunState.FAILED else None
         if final == RunState.FAILED and not error:
             error = "not every task succeeded"
@@ -290,11 +331,20 @@ class _Run:
         self.state[tid] = TaskState.RUNNING
         self.ex.on_event(RunEvent("task", self.run_id, TaskState.RUNNING.value, tid, number))
         timeout = self.pipeline.timeout_for(task)
-        attempt = _Attempt(tid, number, context=None, deadline=time.monotonic() + timeout if timeout else None)  # type: ignore[arg-type]
+        attempt = _Attempt(
+            tid, number, context=None, deadline=time.monotonic() + timeout if timeout else None
+        )  # type: ignore[arg-type]
         attempt.context = TaskContext(
-            pipeline=self.pipeline, task_id=tid, run_id=self.run_id, attempt=number,
-            logical_date=self.logical_date, params=self.params, data_root=self.ex.data_root,
-            on_cancel=attempt.cancel_hooks.append, services=self.ex.services)
+            pipeline=self.pipeline,
+            task_id=tid,
+            run_id=self.run_id,
+            attempt=number,
+            logical_date=self.logical_date,
+            params=self.params,
+            data_root=self.ex.data_root,
+            on_cancel=attempt.cancel_hooks.append,
+            services=self.ex.services,
+        )
         self.inflight[(tid, number)] = attempt
         inputs = {d: self.results[d] for d in task.depends_on}
         context = attempt.context
@@ -310,26 +360,46 @@ class _Run:
                 result = run_task(context, task, inputs)
             if not result.inputs:
                 lineage = tuple(r.output.uri if r.output else f"task:{tid}" for tid, r in inputs.items())
-                result = TaskResult(output=result.output, value=result.value, inputs=lineage,
-                                    checks=result.checks, metrics=result.metrics)
+                result = TaskResult(
+                    output=result.output,
+                    value=result.value,
+                    inputs=lineage,
+                    checks=result.checks,
+                    metrics=result.metrics,
+                )
             body = result.to_dict()  # serialisation errors (a too-large value) fail the attempt here
             self.done.put((context.task_id, context.attempt, result, body, None))
         except BaseException as exc:  # every failure is reported to the loop, which decides
             self.done.put((context.task_id, context.attempt, None, None, exc))
 
-    def _finish(self, tid: str, number: int, result: TaskResult | None, body: dict[str, Any] | None,
-                exc: BaseException | None) -> None:
+    def _finish(
+        self,
+        tid: str,
+        number: int,
+        result: TaskResult | None,
+        body: dict[str, Any] | None,
+        exc: BaseException | None,
+    ) -> None:
         attempt = self.inflight.pop((tid, number), None)
         if attempt is None:
             return  # a late answer from an attempt that already timed out: ignored
         if exc is None:
             assert result is not None
-            self.store.finish_attempt(self.run_id, tid, number, attempt_state=AttemptState.SUCCEEDED,
-                                      task_state=TaskState.SUCCEEDED, result=body)
+            self.store.finish_attempt(
+                self.run_id,
+                tid,
+                number,
+                attempt_state=AttemptState.SUCCEEDED,
+                task_state=TaskState.SUCCEEDED,
+                result=body,
+            )
             self.state[tid] = TaskState.SUCCEEDED
             self.results[tid] = result
-            self.ex.on_event(RunEvent("task", self.run_id, TaskState.SUCCEEDED.value, tid, number,
-                                      message=_summary(result)))
+            self.ex.on_event(
+                RunEvent(
+                    "task", self.run_id, TaskState.SUCCEEDED.value, tid, number, message=_summary(result)
+                )
+            )
             for child in self.children[tid]:
                 self.waiting[child] -= 1
                 if self.waiting[child] == 0 and self.state[child] == TaskState.PENDING:
@@ -344,11 +414,12 @@ class _Run:
         for hook in attempt.cancel_hooks:
             try:
                 hook()
-            except Exception:  # a hook failing must not stop the run; the attempt is abandoned anyway
-                pass
+            except Exception as exc:  # a hook failing must not stop the run; the attempt is abandoned anyway
+                _log.warning("cancel hook of task %r failed: %s", attempt.task_id, exc)
         timeout = self.pipeline.timeout_for(self.tasks[attempt.task_id])
-        exc = TaskTimeout(f"task {attempt.task_id!r} attempt {attempt.number} ran longer than its "
-                          f"timeout of {timeout:g}s")
+        exc = TaskTimeout(
+            f"task {attempt.task_id!r} attempt {attempt.number} ran longer than its timeout of {timeout:g}s"
+        )
         self._failed(attempt.task_id, attempt.number, AttemptState.TIMED_OUT, exc)
 
     def _failed(self, tid: str, number: int, attempt_state: AttemptState, exc: BaseException) -> None:
@@ -359,46 +430,88 @@ class _Run:
         body = TaskResult(checks=tuple(checks)).to_dict() if checks else None
         retryable = not isinstance(exc, FatalError | KeyboardInterrupt | SystemExit)
         if retryable and number < policy.max_attempts:
-            self.store.finish_attempt(self.run_id, tid, number, attempt_state=attempt_state,
-                                      task_state=TaskState.RETRYING, error_type=kind, error_message=message,
-                                      result=body)
+            self.store.finish_attempt(
+                self.run_id,
+                tid,
+                number,
+                attempt_state=attempt_state,
+                task_state=TaskState.RETRYING,
+                error_type=kind,
+                error_message=message,
+                result=body,
+            )
             self.state[tid] = TaskState.RETRYING
             delay = policy.delay(number)
             if policy.jitter == "full":
                 delay = self.ex.rng.uniform(0, delay)
             heapq.heappush(self.retries, (time.monotonic() + delay, self.order[tid], tid))
-            self.ex.on_event(RunEvent("task", self.run_id, TaskState.RETRYING.value, tid, number,
-                                      message=f"{kind}: {message} (retry in {delay:.1f}s)"))
+            self.ex.on_event(
+                RunEvent(
+                    "task",
+                    self.run_id,
+                    TaskState.RETRYING.value,
+                    tid,
+                    number,
+                    message=f"{kind}: {message} (retry in {delay:.1f}s)",
+                )
+            )
             return
-        self.store.finish_attempt(self.run_id, tid, number, attempt_state=attempt_state,
-                                  task_state=TaskState.FAILED, error_type=kind, error_message=message, result=body)
+        self.store.finish_attempt(
+            self.run_id,
+            tid,
+            number,
+            attempt_state=attempt_state,
+            task_state=TaskState.FAILED,
+            error_type=kind,
+            error_message=message,
+            result=body,
+        )
         self.state[tid] = TaskState.FAILED
         self.failures.append(f"task {tid!r} failed: {kind}: {message}")
-        self.ex.on_event(RunEvent("task", self.run_id, TaskState.FAILED.value, tid, number,
-                                  message=f"{kind}: {message}"))
-        blocked = [t for t in downstream(self.pipeline, tid, self.children) if self.state[t] == TaskState.PENDING]
+        self.ex.on_event(
+            RunEvent("task", self.run_id, TaskState.FAILED.value, tid, number, message=f"{kind}: {message}")
+        )
+        blocked = [
+            t for t in downstream(self.pipeline, tid, self.children) if self.state[t] == TaskState.PENDING
+        ]
         if blocked:
-            self.store.set_task_states(self.run_id, blocked, TaskState.UPSTREAM_FAILED,
-                                       error_message=f"upstream task {tid!r} failed")
+            self.store.set_task_states(
+                self.run_id, blocked, TaskState.UPSTREAM_FAILED, error_message=f"upstream task {tid!r} failed"
+            )
             for t in blocked:
                 self.state[t] = TaskState.UPSTREAM_FAILED
-                self.ex.on_event(RunEvent("task", self.run_id, TaskState.UPSTREAM_FAILED.value, t,
-                                          message=f"upstream task {tid!r} failed"))
+                self.ex.on_event(
+                    RunEvent(
+                        "task",
+                        self.run_id,
+                        TaskState.UPSTREAM_FAILED.value,
+                        t,
+                        message=f"upstream task {tid!r} failed",
+                    )
+                )
 
     def _cancel(self, reason: str) -> None:
         """Interrupted: abandon running attempts and mark the run cancelled, as far as the store allows."""
         try:
             for (tid, number), attempt in list(self.inflight.items()):
                 attempt.context.cancel_event.set()
-                self.store.finish_attempt(self.run_id, tid, number, attempt_state=AttemptState.ABANDONED,
-                                          task_state=TaskState.CANCELLED, error_type="Cancelled", error_message=reason)
+                self.store.finish_attempt(
+                    self.run_id,
+                    tid,
+                    number,
+                    attempt_state=AttemptState.ABANDONED,
+                    task_state=TaskState.CANCELLED,
+                    error_type="Cancelled",
+                    error_message=reason,
+                )
             waiting = [t for t, s in self.state.items() if s in (TaskState.PENDING, TaskState.RETRYING)]
             if waiting:
                 self.store.set_task_states(self.run_id, waiting, TaskState.CANCELLED, error_message=reason)
             self.store.set_run_state(self.run_id, RunState.CANCELLED, error=f"cancelled: {reason}")
             self.ex.on_event(RunEvent("run", self.run_id, RunState.CANCELLED.value, message=reason))
-        except Exception:  # the store itself may be what failed; resume will repair the records
-            pass
+        except Exception as exc:  # the store itself may be what failed; resume repairs the records
+            _log.warning("run %s: could not record the cancellation (%s); `udop run --resume %s` "
+                         "repairs the records", self.run_id, exc, self.run_id)
 
 
 def _message(exc: BaseException) -> str:

@@ -28,33 +28,49 @@ def check_dag(pipeline: Pipeline, loaded: LoadedDefinition | None = None) -> lis
     first_index: dict[str, int] = {}
     for i, task in enumerate(pipeline.spec.tasks):
         if task.id in first_index:
-            errors.append(_error(loaded, ("spec", "tasks", i, "id"),
-                                 f"duplicate task id {task.id!r} (first used by spec.tasks[{first_index[task.id]}])"))
+            errors.append(
+                _error(
+                    loaded,
+                    ("spec", "tasks", i, "id"),
+                    f"duplicate task id {task.id!r} (first used by spec.tasks[{first_index[task.id]}])",
+                )
+            )
         else:
             first_index[task.id] = i
     for i, task in enumerate(pipeline.spec.tasks):
         for j, dep in enumerate(task.depends_on):
             if dep == task.id:
-                errors.append(_error(loaded, ("spec", "tasks", i, "depends_on", j),
-                                     f"task {task.id!r} depends on itself"))
+                errors.append(
+                    _error(
+                        loaded, ("spec", "tasks", i, "depends_on", j), f"task {task.id!r} depends on itself"
+                    )
+                )
             elif dep not in first_index:
                 import difflib
 
                 close = difflib.get_close_matches(dep, list(first_index), n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
-                errors.append(_error(loaded, ("spec", "tasks", i, "depends_on", j), f"unknown task {dep!r}{hint}"))
+                errors.append(
+                    _error(loaded, ("spec", "tasks", i, "depends_on", j), f"unknown task {dep!r}{hint}")
+                )
         if task.depends_on and len(set(task.depends_on)) != len(task.depends_on):
             errors.append(_error(loaded, ("spec", "tasks", i, "depends_on"), "a dependency is listed twice"))
         if task.foreach is not None and task.foreach.input not in task.depends_on:
-            errors.append(_error(loaded, ("spec", "tasks", i, "foreach", "input"),
-                                 f"foreach input {task.foreach.input!r} must be one of depends_on"))
+            errors.append(
+                _error(
+                    loaded,
+                    ("spec", "tasks", i, "foreach", "input"),
+                    f"foreach input {task.foreach.input!r} must be one of depends_on",
+                )
+            )
     if errors:
         return errors
     cycle = find_cycle(pipeline)
     if cycle:
         i = first_index[cycle[0]]
-        errors.append(_error(loaded, ("spec", "tasks", i, "depends_on"),
-                             "dependency cycle: " + " -> ".join(cycle)))
+        errors.append(
+            _error(loaded, ("spec", "tasks", i, "depends_on"), "dependency cycle: " + " -> ".join(cycle))
+        )
     return errors
 
 
@@ -83,7 +99,7 @@ def find_cycle(pipeline: Pipeline) -> list[str] | None:
                 nxt = deps[idx]
                 if color[nxt] == grey:
                     # the task that depends on `nxt` ... back to nxt; print in "depends on" order
-                    cycle = path[path.index(nxt):]
+                    cycle = path[path.index(nxt) :]
                     return [*cycle, nxt]
                 if color[nxt] == white:
                     stack.append((nxt, 0))

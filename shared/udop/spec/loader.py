@@ -49,8 +49,7 @@ class LoadedDefinition:
         return None
 
     def error(self, path: PathKey, message: str) -> SpecError:
-        return SpecError(message, file=self.filename, path=format_path(path) or None,
-                         line=self.line_of(path))
+        return SpecError(message, file=self.filename, path=format_path(path) or None, line=self.line_of(path))
 
 
 def format_path(path: PathKey) -> str:
@@ -71,8 +70,10 @@ def _read(source: str | Path) -> bytes:
     try:
         size = path.stat().st_size
         if size > MAX_DEFINITION_BYTES:
-            raise SpecError(f"file is {size} bytes; a definition may have at most {MAX_DEFINITION_BYTES}",
-                            file=str(source))
+            raise SpecError(
+                f"file is {size} bytes; a definition may have at most {MAX_DEFINITION_BYTES}",
+                file=str(source),
+            )
         return path.read_bytes()
     except FileNotFoundError:
         raise SpecError("no such file", file=str(source)) from None
@@ -91,8 +92,9 @@ def _decode(raw: bytes | str, filename: str) -> str:
         try:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
-            raise SpecError(f"not UTF-8 text (invalid byte at offset {exc.start}); expected YAML or JSON",
-                            file=filename) from None
+            raise SpecError(
+                f"not UTF-8 text (invalid byte at offset {exc.start}); expected YAML or JSON", file=filename
+            ) from None
     if not text.strip():
         raise SpecError("file is empty; expected a udop/v1 Pipeline definition", file=filename)
     return text
@@ -110,9 +112,12 @@ class _Builder:
     def build(self, node: yaml.Node, path: PathKey = ()) -> Any:
         self.visited += 1
         if self.visited > MAX_NODES:
-            raise SpecError(f"document expands to more than {MAX_NODES} nodes "
-                            "(a YAML alias bomb?); write the definition out without deep aliases",
-                            file=self.filename, line=node.start_mark.line + 1)
+            raise SpecError(
+                f"document expands to more than {MAX_NODES} nodes "
+                "(a YAML alias bomb?); write the definition out without deep aliases",
+                file=self.filename,
+                line=node.start_mark.line + 1,
+            )
         if path not in self.lines:
             self.lines[path] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
@@ -121,11 +126,19 @@ class _Builder:
             for key_node, value_node in node.value:
                 key = self.build(key_node, path)
                 if isinstance(key, list | dict):
-                    raise SpecError("a mapping key must be a plain value", file=self.filename,
-                                    path=format_path(path) or None, line=key_node.start_mark.line + 1)
+                    raise SpecError(
+                        "a mapping key must be a plain value",
+                        file=self.filename,
+                        path=format_path(path) or None,
+                        line=key_node.start_mark.line + 1,
+                    )
                 if key in out:
-                    raise SpecError(f"duplicate key {key!r}", file=self.filename,
-                                    path=format_path(path) or None, line=key_node.start_mark.line + 1)
+                    raise SpecError(
+                        f"duplicate key {key!r}",
+                        file=self.filename,
+                        path=format_path(path) or None,
+                        line=key_node.start_mark.line + 1,
+                    )
                 out[key] = self.build(value_node, (*path, str(key)))
             return out
         if isinstance(node, yaml.SequenceNode):
@@ -139,16 +152,20 @@ def _parse_yaml(text: str, filename: str) -> LoadedDefinition:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = " ".join(str(p) for p in (exc.context, exc.problem) if p)
-        raise SpecError(f"malformed YAML: {problem}", file=filename,
-                        line=mark.line + 1 if mark else None) from None
+        raise SpecError(
+            f"malformed YAML: {problem}", file=filename, line=mark.line + 1 if mark else None
+        ) from None
     except yaml.YAMLError as exc:
         raise SpecError(f"malformed YAML: {exc}", file=filename) from None
     nodes = [n for n in nodes if n is not None]
     if not nodes:
         raise SpecError("file is empty; expected a udop/v1 Pipeline definition", file=filename)
     if len(nodes) > 1:
-        raise SpecError("the file holds several YAML documents; put one pipeline per file", file=filename,
-                        line=nodes[1].start_mark.line + 1)
+        raise SpecError(
+            "the file holds several YAML documents; put one pipeline per file",
+            file=filename,
+            line=nodes[1].start_mark.line + 1,
+        )
     builder = _Builder(filename)
     try:
         data = builder.build(nodes[0])
@@ -169,7 +186,9 @@ def _parse_json(text: str, filename: str) -> LoadedDefinition:
     try:
         data = json.loads(text, object_pairs_hook=no_duplicates)
     except json.JSONDecodeError as exc:
-        raise SpecError(f"malformed JSON: {exc.msg} (column {exc.colno})", file=filename, line=exc.lineno) from None
+        raise SpecError(
+            f"malformed JSON: {exc.msg} (column {exc.colno})", file=filename, line=exc.lineno
+        ) from None
     except RecursionError:
         raise SpecError("malformed JSON: nested too deeply", file=filename) from None
     return LoadedDefinition(data, filename, {})
@@ -184,8 +203,12 @@ def parse_definition(text: str | bytes, filename: str = "<definition>") -> Loade
         loaded = _parse_yaml(decoded, filename)
     if not isinstance(loaded.data, dict):
         kind = type(loaded.data).__name__ if loaded.data is not None else "null"
-        raise SpecError(f"the document is a {kind}, not a mapping; expected "
-                        f"'apiVersion: {API_VERSION}' and 'kind: Pipeline' at the top", file=filename, line=1)
+        raise SpecError(
+            f"the document is a {kind}, not a mapping; expected "
+            f"'apiVersion: {API_VERSION}' and 'kind: Pipeline' at the top",
+            file=filename,
+            line=1,
+        )
     return loaded
 
 
@@ -218,8 +241,14 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
             elif origin is dict and isinstance(part, str):
                 following += _unwrap(typing.get_args(tp)[1])
         # a discriminated union puts the tag in the location: keep the member it names
-        tagged = [t for t in current if isinstance(t, type) and issubclass(t, BaseModel)
-                  and "type" in t.model_fields and part in typing.get_args(t.model_fields["type"].annotation)]
+        tagged = [
+            t
+            for t in current
+            if isinstance(t, type)
+            and issubclass(t, BaseModel)
+            and "type" in t.model_fields
+            and part in typing.get_args(t.model_fields["type"].annotation)
+        ]
         current = following or tagged
         if not current:
             return None
@@ -233,8 +262,14 @@ def _clean_loc(loc: tuple[Any, ...]) -> PathKey:
     for i, part in enumerate(loc):
         if isinstance(part, str) and ("[" in part or "(" in part):
             continue
-        if (isinstance(part, str) and i > 0 and isinstance(loc[i - 1], int) and part in TASK_TYPES
-                and i >= 2 and loc[i - 2] == "tasks"):
+        if (
+            isinstance(part, str)
+            and i > 0
+            and isinstance(loc[i - 1], int)
+            and part in TASK_TYPES
+            and i >= 2
+            and loc[i - 2] == "tasks"
+        ):
             continue
         out.append(part)
     return tuple(out)
@@ -255,7 +290,9 @@ def _message(err: Any) -> str:
         return f"missing required key {loc[-1]!r}" if loc else "missing required key"
     if kind == "union_tag_invalid":
         tag = err["ctx"]["tag"]
-        return f"unknown task type {tag!r}{_close(str(tag), list(TASK_TYPES))} (known: {', '.join(TASK_TYPES)})"
+        return (
+            f"unknown task type {tag!r}{_close(str(tag), list(TASK_TYPES))} (known: {', '.join(TASK_TYPES)})"
+        )
     if kind == "union_tag_not_found":
         return f"missing 'type' (one of: {', '.join(TASK_TYPES)})"
     msg = str(err["msg"]).removeprefix("Value error, ")
@@ -300,8 +337,13 @@ def validate_definition(loaded: LoadedDefinition) -> Pipeline:
     return pipeline
 
 
-def load_pipeline(source: str | Path | bytes, *, filename: str | None = None,
-                  import_callables: bool = False, base_dir: str | Path | None = None) -> Pipeline:
+def load_pipeline(
+    source: str | Path | bytes,
+    *,
+    filename: str | None = None,
+    import_callables: bool = False,
+    base_dir: str | Path | None = None,
+) -> Pipeline:
     """Load and check a definition.
 
     ``source`` is a path, or the text itself when ``filename`` is given. With ``import_callables``

@@ -117,8 +117,9 @@ class PythonTask(TaskBase):
     """Calls ``package.module:function(context, inputs, **args)``; a user's own code."""
 
     type: Literal["python"]
-    callable: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$",
-                          description="'package.module:function'")
+    callable: str = Field(
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$", description="'package.module:function'"
+    )
     args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments; ${...} rendered")
 
 

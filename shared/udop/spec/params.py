@@ -21,8 +21,16 @@ if TYPE_CHECKING:
     from udop.spec.loader import LoadedDefinition
     from udop.spec.models import ParamSpec, Pipeline
 
-__all__ = ["RUN_FIELDS", "REFERENCE", "check_env", "check_references", "coerce_param", "find_references",
-           "render", "resolve_params"]
+__all__ = [
+    "REFERENCE",
+    "RUN_FIELDS",
+    "check_env",
+    "check_references",
+    "coerce_param",
+    "find_references",
+    "render",
+    "resolve_params",
+]
 
 REFERENCE = re.compile(r"(?<!\$)\$\{\s*([A-Za-z_]\w*)\.([A-Za-z_][\w.-]*)\s*\}")
 RUN_FIELDS = ("id", "logical_date", "logical_ts", "attempt", "pipeline", "task")
@@ -30,7 +38,9 @@ _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
 
 
-def find_references(value: Any, path: tuple[str | int, ...] = ()) -> Iterator[tuple[tuple[str | int, ...], str, str]]:
+def find_references(
+    value: Any, path: tuple[str | int, ...] = ()
+) -> Iterator[tuple[tuple[str | int, ...], str, str]]:
     """Yield ``(path, namespace, name)`` for every ``${ns.name}`` in strings inside ``value``."""
     if isinstance(value, str):
         for m in REFERENCE.finditer(value):
@@ -57,14 +67,17 @@ def check_references(pipeline: Pipeline, loaded: LoadedDefinition | None = None)
                 import difflib
 
                 close = difflib.get_close_matches(name, list(declared), n=1)
-                message = (f"unknown parameter 'params.{name}'" +
-                           (f"; did you mean 'params.{close[0]}'?" if close else "; declare it under spec.params"))
+                message = f"unknown parameter 'params.{name}'" + (
+                    f"; did you mean 'params.{close[0]}'?" if close else "; declare it under spec.params"
+                )
             elif ns == "run" and name not in RUN_FIELDS:
                 message = f"unknown run field 'run.{name}' (known: {', '.join(RUN_FIELDS)})"
             elif ns not in ("params", "run", "env"):
                 message = f"unknown reference namespace {ns!r} in '${{{ns}.{name}}}' (use params, run or env)"
             if message:
-                errors.append(loaded.error(path, message) if loaded else SpecError(message, path=format_path(path)))
+                errors.append(
+                    loaded.error(path, message) if loaded else SpecError(message, path=format_path(path))
+                )
     return errors
 
 
@@ -94,7 +107,11 @@ def coerce_param(name: str, spec: ParamSpec, value: Any) -> Any:
                 return False
             raise ValueError
         if kind == "date":
-            return value if isinstance(value, date) and not isinstance(value, datetime) else date.fromisoformat(str(value))
+            return (
+                value
+                if isinstance(value, date) and not isinstance(value, datetime)
+                else date.fromisoformat(str(value))
+            )
         if kind == "datetime":
             return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
     except (TypeError, ValueError):
@@ -116,8 +133,16 @@ def resolve_params(pipeline: Pipeline, given: Mapping[str, Any] | None = None) -
             import difflib
 
             close = difflib.get_close_matches(name, list(declared), n=1)
-            errors.append(SpecError(f"unknown parameter {name!r}" + (f"; did you mean {close[0]!r}?" if close else
-                                    f" (declared: {', '.join(declared) or 'none'})")))
+            errors.append(
+                SpecError(
+                    f"unknown parameter {name!r}"
+                    + (
+                        f"; did you mean {close[0]!r}?"
+                        if close
+                        else f" (declared: {', '.join(declared) or 'none'})"
+                    )
+                )
+            )
     values: dict[str, Any] = {}
     for name, spec in declared.items():
         if name in given:
@@ -125,8 +150,12 @@ def resolve_params(pipeline: Pipeline, given: Mapping[str, Any] | None = None) -
         elif spec.default is not None:
             raw = spec.default
         elif spec.is_required:
-            errors.append(SpecError(f"parameter {name!r} has no default and no value; "
-                                    f"give it with --param {name}=VALUE", path=f"spec.params.{name}"))
+            errors.append(
+                SpecError(
+                    f"parameter {name!r} has no default and no value; give it with --param {name}=VALUE",
+                    path=f"spec.params.{name}",
+                )
+            )
             continue
         else:
             values[name] = None

@@ -40,19 +40,31 @@ def format_duration(seconds: float) -> str:
 Duration = Annotated[
     float,
     BeforeValidator(parse_duration),
-    WithJsonSchema({
-        "anyOf": [
-            {"type": "number", "minimum": 0},
-            {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$"},
-        ],
-        "description": "a duration: '250ms', '30s', '10m', '1h', '1d' or a number of seconds",
-    }),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0},
+                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$"},
+            ],
+            "description": "a duration: '250ms', '30s', '10m', '1h', '1d' or a number of seconds",
+        }
+    ),
 ]
 
 #: a task id: used in file paths, state names and SQL relation names, so kept simple
-TaskId = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$",
-                              description="letters, digits, '_' and '-', starting with a letter or '_'")]
+TaskId = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$",
+        description="letters, digits, '_' and '-', starting with a letter or '_'",
+    ),
+]
 
 #: a pipeline name: used in S3 keys, state machine names and file paths
-PipelineName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
-                                    description="lower-case letters, digits, '_' and '-' (at most 63)")]
+PipelineName = Annotated[
+    str,
+    Field(
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
+        description="lower-case letters, digits, '_' and '-' (at most 63)",
+    ),
+]

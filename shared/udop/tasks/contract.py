@@ -40,8 +40,14 @@ class Manifest:
     files: int = 1
 
     def to_dict(self) -> dict[str, Any]:
-        return {"uri": self.uri, "rows": self.rows, "bytes": self.bytes,
-                "schema_fingerprint": self.schema_fingerprint, "format": self.format, "files": self.files}
+        return {
+            "uri": self.uri,
+            "rows": self.rows,
+            "bytes": self.bytes,
+            "schema_fingerprint": self.schema_fingerprint,
+            "format": self.format,
+            "files": self.files,
+        }
 
     def to_arrow(self) -> Any:
         """Read the whole dataset as a pyarrow Table (local paths)."""
@@ -54,9 +60,14 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Manifest:
-        return cls(uri=data["uri"], rows=data.get("rows"), bytes=data.get("bytes"),
-                   schema_fingerprint=data.get("schema_fingerprint"), format=data.get("format", "parquet"),
-                   files=data.get("files", 1))
+        return cls(
+            uri=data["uri"],
+            rows=data.get("rows"),
+            bytes=data.get("bytes"),
+            schema_fingerprint=data.get("schema_fingerprint"),
+            format=data.get("format", "parquet"),
+            files=data.get("files", 1),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,14 +82,25 @@ class CheckResult:
     message: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rule": self.rule, "severity": self.severity, "passed": self.passed,
-                "failing_rows": self.failing_rows, "sample": self.sample, "message": self.message}
+        return {
+            "rule": self.rule,
+            "severity": self.severity,
+            "passed": self.passed,
+            "failing_rows": self.failing_rows,
+            "sample": self.sample,
+            "message": self.message,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CheckResult:
-        return cls(rule=data["rule"], severity=data["severity"], passed=data["passed"],
-                   failing_rows=data.get("failing_rows", 0), sample=list(data.get("sample", [])),
-                   message=data.get("message", ""))
+        return cls(
+            rule=data["rule"],
+            severity=data["severity"],
+            passed=data["passed"],
+            failing_rows=data.get("failing_rows", 0),
+            sample=list(data.get("sample", [])),
+            message=data.get("message", ""),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,23 +115,31 @@ class TaskResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form; what the task runner returns to Step Functions and the store keeps."""
-        body = {"output": self.output.to_dict() if self.output else None, "value": self.value,
-                "inputs": list(self.inputs), "checks": [c.to_dict() for c in self.checks],
-                "metrics": dict(self.metrics)}
+        body = {
+            "output": self.output.to_dict() if self.output else None,
+            "value": self.value,
+            "inputs": list(self.inputs),
+            "checks": [c.to_dict() for c in self.checks],
+            "metrics": dict(self.metrics),
+        }
         size = len(json.dumps(body["value"], default=str))
         if size > MAX_VALUE_BYTES:
             raise PayloadTooLarge(
                 f"the task's return value is {size} bytes as JSON, over the {MAX_VALUE_BYTES}-byte limit "
-                "for values passed between tasks; return a table (written as Parquet) instead")
+                "for values passed between tasks; return a table (written as Parquet) instead"
+            )
         return body
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TaskResult:
         out = data.get("output")
-        return cls(output=Manifest.from_dict(out) if out else None, value=data.get("value"),
-                   inputs=tuple(data.get("inputs", ())),
-                   checks=tuple(CheckResult.from_dict(c) for c in data.get("checks", ())),
-                   metrics=dict(data.get("metrics", {})))
+        return cls(
+            output=Manifest.from_dict(out) if out else None,
+            value=data.get("value"),
+            inputs=tuple(data.get("inputs", ())),
+            checks=tuple(CheckResult.from_dict(c) for c in data.get("checks", ())),
+            metrics=dict(data.get("metrics", {})),
+        )
 
 
 @dataclass
@@ -160,8 +190,15 @@ class TaskContext:
     def template_scope(self) -> dict[str, Mapping[str, Any]]:
         import os
 
-        return {"params": self.params,
-                "run": {"id": self.run_id, "logical_date": self.logical_date.date().isoformat(),
-                        "logical_ts": self.logical_date.isoformat(), "attempt": self.attempt,
-                        "pipeline": self.pipeline_name, "task": self.task_id},
-                "env": os.environ}
+        return {
+            "params": self.params,
+            "run": {
+                "id": self.run_id,
+                "logical_date": self.logical_date.date().isoformat(),
+                "logical_ts": self.logical_date.isoformat(),
+                "attempt": self.attempt,
+                "pipeline": self.pipeline_name,
+                "task": self.task_id,
+            },
+            "env": os.environ,
+        }

@@ -55,7 +55,9 @@ def write_parquet(data: Any, uri: str) -> Manifest:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return Manifest(uri=str(final) + "/", rows=rows, bytes=size, schema_fingerprint=schema_fingerprint(data.schema))
+    return Manifest(
+        uri=str(final) + "/", rows=rows, bytes=size, schema_fingerprint=schema_fingerprint(data.schema)
+    )
 
 
 def read_arrow(manifest: Manifest) -> Any:

@@ -25,8 +25,11 @@ DATA_SUFFIXES = (".parquet", ".csv", ".json", ".ndjson", ".jsonl")
 
 
 def _is_data(path: Path) -> bool:
-    return (path.is_file() and path.suffix in DATA_SUFFIXES
-            and not any(part.startswith(("_", ".")) for part in path.parts[-1:]))
+    return (
+        path.is_file()
+        and path.suffix in DATA_SUFFIXES
+        and not any(part.startswith(("_", ".")) for part in path.parts[-1:])
+    )
 
 
 def list_items(manifest: Manifest, over: str) -> list[str]:
@@ -36,8 +39,11 @@ def list_items(manifest: Manifest, over: str) -> list[str]:
         return [str(root)]
     if not root.is_dir():
         raise FatalError(f"foreach input {manifest.uri} does not exist")
-    files = sorted(p for p in root.rglob("*") if _is_data(p)
-                   and not any(part.startswith((".", "_")) for part in p.relative_to(root).parts))
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if _is_data(p) and not any(part.startswith((".", "_")) for part in p.relative_to(root).parts)
+    )
     if over == "files":
         return [str(p) for p in files]
     folders = sorted({str(p.parent) for p in files if p.parent != root})
@@ -48,7 +54,9 @@ def item_uri(context: TaskContext, index: int) -> str:
     return f"{context.output_uri.rstrip('/')}/item-{index:05d}/"
 
 
-def run_item(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult], item: str, index: int) -> TaskResult:
+def run_item(
+    context: TaskContext, task: Any, inputs: Mapping[str, TaskResult], item: str, index: int
+) -> TaskResult:
     """Run ``task`` for one item: its ``foreach.input`` narrowed to ``item``, output below the task."""
     from udop.tasks.registry import run_task
 
@@ -56,28 +64,44 @@ def run_item(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult], 
     assert source.output is not None
     narrowed = dict(inputs)
     narrowed[task.foreach.input] = dataclasses.replace(
-        source, output=dataclasses.replace(source.output, uri=item, rows=None, bytes=None, files=1))
+        source, output=dataclasses.replace(source.output, uri=item, rows=None, bytes=None, files=1)
+    )
     item_context = dataclasses.replace(context, output_override=item_uri(context, index))
     return run_task(item_context, task, narrowed)
 
 
-def run_foreach(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult], *, workers: int) -> TaskResult:
+def run_foreach(
+    context: TaskContext, task: Any, inputs: Mapping[str, TaskResult], *, workers: int
+) -> TaskResult:
     """Run every item (at most ``max_concurrency`` or ``workers`` at a time) and combine the results."""
     source = inputs.get(task.foreach.input)
     if source is None or source.output is None:
         raise FatalError(f"task {task.id!r}: foreach input {task.foreach.input!r} wrote no dataset")
     items = list_items(source.output, task.foreach.over)
     limit = task.foreach.max_concurrency or workers
-    with ThreadPoolExecutor(max(1, min(limit, len(items) or 1)), thread_name_prefix=f"udop-{task.id}") as pool:
-        results = list(pool.map(lambda pair: run_item(context, task, inputs, pair[1], pair[0]), enumerate(items)))
+    with ThreadPoolExecutor(
+        max(1, min(limit, len(items) or 1)), thread_name_prefix=f"udop-{task.id}"
+    ) as pool:
+        results = list(
+            pool.map(lambda pair: run_item(context, task, inputs, pair[1], pair[0]), enumerate(items))
+        )
     outputs = [r.output for r in results if r.output is not None]
     rows = [o.rows for o in outputs]
-    output = Manifest(
-        uri=context.output_uri, format=outputs[0].format if outputs else "parquet",
-        rows=sum(r for r in rows if r is not None) if outputs and None not in rows else None,
-        bytes=sum(o.bytes or 0 for o in outputs) if outputs else 0,
-        schema_fingerprint=outputs[0].schema_fingerprint if outputs else None,
-        files=sum(o.files for o in outputs)) if outputs else None
-    return TaskResult(output=output, inputs=(source.output.uri,),
-                      checks=tuple(c for r in results for c in r.checks),
-                      metrics={"items": len(items)})
+    output = (
+        Manifest(
+            uri=context.output_uri,
+            format=outputs[0].format if outputs else "parquet",
+            rows=sum(r for r in rows if r is not None) if outputs and None not in rows else None,
+            bytes=sum(o.bytes or 0 for o in outputs) if outputs else 0,
+            schema_fingerprint=outputs[0].schema_fingerprint if outputs else None,
+            files=sum(o.files for o in outputs),
+        )
+        if outputs
+        else None
+    )
+    return TaskResult(
+        output=output,
+        inputs=(source.output.uri,),
+        checks=tuple(c for r in results for c in r.checks),
+        metrics={"items": len(items)},
+    )

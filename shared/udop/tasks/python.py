@@ -48,7 +48,9 @@ def import_callable(spec: str, base_dir: str | Path | None = None) -> Callable[.
     return obj  # type: ignore[no-any-return]
 
 
-def check_callables(pipeline: Pipeline, loaded: LoadedDefinition | None, base_dir: str | Path) -> list[SpecError]:
+def check_callables(
+    pipeline: Pipeline, loaded: LoadedDefinition | None, base_dir: str | Path
+) -> list[SpecError]:
     errors = []
     for i, task in enumerate(pipeline.spec.tasks):
         if task.type != "python":
@@ -57,7 +59,9 @@ def check_callables(pipeline: Pipeline, loaded: LoadedDefinition | None, base_di
             import_callable(task.callable, base_dir)
         except ValueError as exc:
             path = ("spec", "tasks", i, "callable")
-            errors.append(loaded.error(path, str(exc)) if loaded else SpecError(str(exc), path=".".join(map(str, path))))
+            errors.append(
+                loaded.error(path, str(exc)) if loaded else SpecError(str(exc), path=".".join(map(str, path)))
+            )
     return errors
 
 

@@ -28,8 +28,10 @@ def get_handler(task_type: str) -> Handler:
         return run_python_task
     ep = _entry_points().get(task_type)
     if ep is None:
-        raise FatalError(f"no handler for task type {task_type!r} is installed "
-                         f"(entry point group {ENTRY_POINT_GROUP!r}); is the udop package complete?")
+        raise FatalError(
+            f"no handler for task type {task_type!r} is installed "
+            f"(entry point group {ENTRY_POINT_GROUP!r}); is the udop package complete?"
+        )
     handler: Handler = ep.load()
     return handler
 

@@ -19,16 +19,27 @@ UDOP = str(Path(sys.executable).parent / "udop")
 
 
 def test_a_run_killed_mid_way_resumes_where_it_stopped(project: Any) -> None:
-    path = project.pipeline([
-        project.task("first", "record"),
-        project.task("slow", "sleep_once", depends_on=["first"], args={"seconds": 120}),
-        project.task("side", "record"),
-        project.task("last", "record", depends_on=["slow"]),
-    ])
-    env = {**os.environ, "UDOP_DATABASE_URL": f"sqlite:///{project.root / 'meta.db'}",
-           "UDOP_DATA_ROOT": str(project.root / "data")}
-    proc = subprocess.Popen([UDOP, "run", str(path), "--workers", "1"], cwd=project.root, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    path = project.pipeline(
+        [
+            project.task("first", "record"),
+            project.task("slow", "sleep_once", depends_on=["first"], args={"seconds": 120}),
+            project.task("side", "record"),
+            project.task("last", "record", depends_on=["slow"]),
+        ]
+    )
+    env = {
+        **os.environ,
+        "UDOP_DATABASE_URL": f"sqlite:///{project.root / 'meta.db'}",
+        "UDOP_DATA_ROOT": str(project.root / "data"),
+    }
+    proc = subprocess.Popen(
+        [UDOP, "run", str(path), "--workers", "1"],
+        cwd=project.root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     marker = project.root / "started"
     deadline = time.monotonic() + 60
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -46,8 +57,14 @@ def test_a_run_killed_mid_way_resumes_where_it_stopped(project: Any) -> None:
     tasks = {t.task_id: t for t in killed.tasks}
     assert tasks["first"].state == TaskState.SUCCEEDED and tasks["slow"].state == TaskState.RUNNING
 
-    resumed = subprocess.run([UDOP, "run", str(path), "--resume", run_id], cwd=project.root, env=env,
-                             capture_output=True, text=True, timeout=120)
+    resumed = subprocess.run(  # noqa: PLW1510 - the return code is what is checked
+        [UDOP, "run", str(path), "--resume", run_id],
+        cwd=project.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     final = store.get_run(run_id)
     assert final is not None and final.state == RunState.SUCCEEDED
@@ -60,12 +77,25 @@ def test_a_run_killed_mid_way_resumes_where_it_stopped(project: Any) -> None:
 
 
 def test_two_runs_at_once_share_one_sqlite_store(project: Any) -> None:
-    path = project.pipeline([project.task(f"t{i}", "record", depends_on=[f"t{i-1}"] if i else None)
-                             for i in range(20)])
-    env = {**os.environ, "UDOP_DATABASE_URL": f"sqlite:///{project.root / 'meta.db'}",
-           "UDOP_DATA_ROOT": str(project.root / "data")}
-    procs = [subprocess.Popen([UDOP, "run", str(path)], cwd=project.root, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for _ in range(3)]
+    path = project.pipeline(
+        [project.task(f"t{i}", "record", depends_on=[f"t{i - 1}"] if i else None) for i in range(20)]
+    )
+    env = {
+        **os.environ,
+        "UDOP_DATABASE_URL": f"sqlite:///{project.root / 'meta.db'}",
+        "UDOP_DATA_ROOT": str(project.root / "data"),
+    }
+    procs = [
+        subprocess.Popen(
+            [UDOP, "run", str(path)],
+            cwd=project.root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(3)
+    ]
     outputs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], outputs
     from udop.store import open_store

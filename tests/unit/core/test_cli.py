@@ -45,7 +45,9 @@ def test_init_then_run_the_example_then_look_at_it(cli: Any, tmp_path: Path) -> 
     # the figure the example reports equals an independent computation over its own output
     import pyarrow.parquet as pq
 
-    orders = pq.read_table(next(x for x in body["lineage"] if x["task_id"] == "orders")["output_uri"]).to_pandas()
+    orders = pq.read_table(
+        next(x for x in body["lineage"] if x["task_id"] == "orders")["output_uri"]
+    ).to_pandas()
     best = orders.groupby("region")["amount"].sum().max()
     assert report["result"]["value"]["amount"] == pytest.approx(round(best, 2))
 
@@ -57,7 +59,9 @@ def test_init_refuses_to_overwrite(cli: Any, tmp_path: Path) -> None:
 
 
 def test_failed_run_exits_1_and_says_how_to_resume(cli: Any, project: Any) -> None:
-    path = project.pipeline([project.task("bad", "fail_fatal"), project.task("after", "record", depends_on=["bad"])])
+    path = project.pipeline(
+        [project.task("bad", "fail_fatal"), project.task("after", "record", depends_on=["bad"])]
+    )
     code, out, _ = cli("run", str(path), cwd=project.root)
     assert code == 1
     assert "bad failed: udop.FatalError: bad data: column 'x' missing" in out
@@ -65,15 +69,20 @@ def test_failed_run_exits_1_and_says_how_to_resume(cli: Any, project: Any) -> No
     assert "--resume" in out
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("", "p.yaml: file is empty"),
-    ("apiVersion: udop/v1\nkind: Pipeline\nmetadata: {name: x}\nspec: {tasks: [{id: a, type: python, callable: 'nope_mod:f'}]}\n",
-     "p.yaml:4: spec.tasks[0].callable: cannot import module 'nope_mod'"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "p.yaml: file is empty"),
+        (
+            "apiVersion: udop/v1\nkind: Pipeline\nmetadata: {name: x}\nspec: {tasks: [{id: a, type: python, callable: 'nope_mod:f'}]}\n",
+            "p.yaml:4: spec.tasks[0].callable: cannot import module 'nope_mod'",
+        ),
+    ],
+)
 def test_invalid_definition_exits_2_with_one_line(cli: Any, tmp_path: Path, text: str, message: str) -> None:
     (tmp_path / "p.yaml").write_text(text)
     for command in (("validate", "p.yaml"), ("run", "p.yaml")):
-        code, out, err = cli(*command, cwd=tmp_path)
+        code, _out, err = cli(*command, cwd=tmp_path)
         assert code == 2
         assert err.strip().startswith(message), err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -112,7 +121,7 @@ def test_graph_formats(cli: Any, project: Any) -> None:
 
 
 def test_schema_describes_the_definition(cli: Any, tmp_path: Path) -> None:
-    code, out, _ = cli("schema")
+    _code, out, _ = cli("schema")
     schema = json.loads(out)
     assert schema["title"] == "udop/v1 Pipeline"
     assert set(schema["required"]) == {"apiVersion", "kind", "metadata", "spec"}
@@ -123,6 +132,8 @@ def test_schema_describes_the_definition(cli: Any, tmp_path: Path) -> None:
 def test_entry_point_prints_no_traceback_for_bad_input(tmp_path: Path) -> None:
     (tmp_path / "p.yaml").write_bytes(b"\x00\x01\x02")
     udop = Path(sys.executable).parent / "udop"
-    proc = subprocess.run([str(udop), "validate", "p.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(  # noqa: PLW1510 - the return code is what is checked
+        [str(udop), "validate", "p.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2
     assert proc.stderr == "p.yaml: not a text file (it contains NUL bytes); expected YAML or JSON\n"

@@ -13,13 +13,23 @@ from udop.states import RunState
 
 
 @pytest.mark.parametrize("over", ["partitions", "files"])
-def test_foreach_runs_once_per_partition_and_combines_the_outputs(project: Any, store: Any, over: str) -> None:
-    path = project.pipeline([
-        project.task("parts", "partitioned"),
-        project.task("per_part", "count_item", depends_on=["parts"],
-                     foreach={"input": "parts", "over": over, "max_concurrency": 2}),
-    ])
-    executor = LocalExecutor(store, data_root=str(project.root / "data"), services={"base_dir": str(project.root)})
+def test_foreach_runs_once_per_partition_and_combines_the_outputs(
+    project: Any, store: Any, over: str
+) -> None:
+    path = project.pipeline(
+        [
+            project.task("parts", "partitioned"),
+            project.task(
+                "per_part",
+                "count_item",
+                depends_on=["parts"],
+                foreach={"input": "parts", "over": over, "max_concurrency": 2},
+            ),
+        ]
+    )
+    executor = LocalExecutor(
+        store, data_root=str(project.root / "data"), services={"base_dir": str(project.root)}
+    )
     run = executor.run(load_pipeline(path, import_callables=True))
     assert run.state == RunState.SUCCEEDED
     record = {t.task_id: t for t in store.get_run(run.id).tasks}["per_part"]

@@ -19,8 +19,9 @@ FAST_RETRY = {"max_attempts": 3, "base_delay": "10ms", "max_delay": "50ms"}
 
 def _run(project: Any, store: Any, path: Any, *, workers: int = 4, **kwargs: Any) -> Any:
     pipeline = load_pipeline(path, import_callables=True)
-    executor = LocalExecutor(store, workers=workers, data_root=str(project.root / "data"),
-                             services={"base_dir": str(project.root)})
+    executor = LocalExecutor(
+        store, workers=workers, data_root=str(project.root / "data"), services={"base_dir": str(project.root)}
+    )
     record = executor.run(pipeline, **kwargs)
     return store.get_run(record.id)
 
@@ -31,17 +32,25 @@ def _tasks(run: Any) -> dict[str, Any]:
 
 def test_independent_tasks_run_at_the_same_time(project: Any, store: Any) -> None:
     # rendezvous succeeds only when both tasks are inside it together (a barrier with a timeout)
-    path = project.pipeline([project.task("left", "rendezvous", args={"key": project.module}),
-                             project.task("right", "rendezvous", args={"key": project.module}),
-                             project.task("join", "record", depends_on=["left", "right"])])
+    path = project.pipeline(
+        [
+            project.task("left", "rendezvous", args={"key": project.module}),
+            project.task("right", "rendezvous", args={"key": project.module}),
+            project.task("join", "record", depends_on=["left", "right"]),
+        ]
+    )
     run = _run(project, store, path, workers=2)
     assert run.state == RunState.SUCCEEDED
     assert _tasks(run)["join"].result["value"]["inputs"] == ["left", "right"]
 
 
 def test_dependencies_pass_datasets_by_reference(project: Any, store: Any) -> None:
-    path = project.pipeline([project.task("numbers", "numbers", args={"n": 5}),
-                             project.task("doubled", "double", depends_on=["numbers"])])
+    path = project.pipeline(
+        [
+            project.task("numbers", "numbers", args={"n": 5}),
+            project.task("doubled", "double", depends_on=["numbers"]),
+        ]
+    )
     run = _run(project, store, path)
     doubled = _tasks(run)["doubled"].result["output"]
     assert doubled["rows"] == 5 and doubled["uri"].endswith(f"/runs/demo/{run.id}/doubled/")
@@ -54,20 +63,26 @@ def test_dependencies_pass_datasets_by_reference(project: Any, store: Any) -> No
 
 
 def test_a_task_failing_twice_then_succeeding_is_retried(project: Any, store: Any) -> None:
-    path = project.pipeline([project.task("flaky", "fail_until", args={"name": "flaky", "succeed_on": 3},
-                                          retry=FAST_RETRY)])
+    path = project.pipeline(
+        [project.task("flaky", "fail_until", args={"name": "flaky", "succeed_on": 3}, retry=FAST_RETRY)]
+    )
     run = _run(project, store, path)
     flaky = _tasks(run)["flaky"]
     assert run.state == RunState.SUCCEEDED
-    assert [a.state for a in flaky.attempts] == [AttemptState.FAILED, AttemptState.FAILED, AttemptState.SUCCEEDED]
+    assert [a.state for a in flaky.attempts] == [
+        AttemptState.FAILED,
+        AttemptState.FAILED,
+        AttemptState.SUCCEEDED,
+    ]
     assert flaky.attempts[0].error_type == "ConnectionError"
     assert flaky.attempts[0].error_message == "transient failure 1"
     assert project.count("flaky") == 3
 
 
 def test_retries_stop_at_max_attempts(project: Any, store: Any) -> None:
-    path = project.pipeline([project.task("flaky", "fail_until", args={"name": "flaky", "succeed_on": 99},
-                                          retry=FAST_RETRY)])
+    path = project.pipeline(
+        [project.task("flaky", "fail_until", args={"name": "flaky", "succeed_on": 99}, retry=FAST_RETRY)]
+    )
     run = _run(project, store, path)
     assert run.state == RunState.FAILED
     assert len(_tasks(run)["flaky"].attempts) == 3
@@ -91,8 +106,9 @@ def test_backoff_is_exponential_capped_and_fully_jittered() -> None:
 
 def test_retry_waits_are_observed(project: Any, store: Any) -> None:
     retry = {"max_attempts": 3, "base_delay": "200ms", "backoff_rate": 2, "max_delay": 1, "jitter": "none"}
-    path = project.pipeline([project.task("flaky", "fail_until", args={"name": "flaky", "succeed_on": 3},
-                                          retry=retry)])
+    path = project.pipeline(
+        [project.task("flaky", "fail_until", args={"name": "flaky", "succeed_on": 3}, retry=retry)]
+    )
     run = _run(project, store, path)
     a1, a2, a3 = _tasks(run)["flaky"].attempts
     assert (a2.started_at - a1.ended_at).total_seconds() >= 0.19
@@ -100,9 +116,18 @@ def test_retry_waits_are_observed(project: Any, store: Any) -> None:
 
 
 def test_timeout_ends_the_attempt_and_frees_the_worker(project: Any, store: Any) -> None:
-    path = project.pipeline([project.task("slow", "sleep", args={"seconds": 30}, timeout="300ms",
-                                          retry={"max_attempts": 2, "base_delay": "10ms"}),
-                             project.task("after", "record")])
+    path = project.pipeline(
+        [
+            project.task(
+                "slow",
+                "sleep",
+                args={"seconds": 30},
+                timeout="300ms",
+                retry={"max_attempts": 2, "base_delay": "10ms"},
+            ),
+            project.task("after", "record"),
+        ]
+    )
     started = time.monotonic()
     run = _run(project, store, path, workers=1)
     assert time.monotonic() - started < 10
@@ -112,36 +137,51 @@ def test_timeout_ends_the_attempt_and_frees_the_worker(project: Any, store: Any)
     assert tasks["after"].state == TaskState.SUCCEEDED  # the single worker slot was given back
 
 
-def test_failure_marks_dependants_upstream_failed_and_unrelated_branches_finish(project: Any, store: Any) -> None:
-    path = project.pipeline([
-        project.task("bad", "fail_fatal"),
-        project.task("child", "record", depends_on=["bad"]),
-        project.task("grandchild", "record", depends_on=["child"]),
-        project.task("other", "record"),
-        project.task("other_child", "record", depends_on=["other"]),
-    ])
+def test_failure_marks_dependants_upstream_failed_and_unrelated_branches_finish(
+    project: Any, store: Any
+) -> None:
+    path = project.pipeline(
+        [
+            project.task("bad", "fail_fatal"),
+            project.task("child", "record", depends_on=["bad"]),
+            project.task("grandchild", "record", depends_on=["child"]),
+            project.task("other", "record"),
+            project.task("other_child", "record", depends_on=["other"]),
+        ]
+    )
     run = _run(project, store, path)
     states = {tid: t.state for tid, t in _tasks(run).items()}
     assert run.state == RunState.FAILED
-    assert states == {"bad": TaskState.FAILED, "child": TaskState.UPSTREAM_FAILED,
-                      "grandchild": TaskState.UPSTREAM_FAILED, "other": TaskState.SUCCEEDED,
-                      "other_child": TaskState.SUCCEEDED}
+    assert states == {
+        "bad": TaskState.FAILED,
+        "child": TaskState.UPSTREAM_FAILED,
+        "grandchild": TaskState.UPSTREAM_FAILED,
+        "other": TaskState.SUCCEEDED,
+        "other_child": TaskState.SUCCEEDED,
+    }
     assert project.count("child") == 0
 
 
 def test_resume_runs_only_what_did_not_succeed(project: Any, store: Any) -> None:
-    path = project.pipeline([
-        project.task("first", "record"),
-        project.task("gate", "fail_unless_flag", depends_on=["first"]),
-        project.task("last", "record", depends_on=["gate"]),
-        project.task("side", "record"),
-    ])
+    path = project.pipeline(
+        [
+            project.task("first", "record"),
+            project.task("gate", "fail_unless_flag", depends_on=["first"]),
+            project.task("last", "record", depends_on=["gate"]),
+            project.task("side", "record"),
+        ]
+    )
     run = _run(project, store, path)
     assert run.state == RunState.FAILED
     (project.root / "fixed").write_text("")
     resumed = _run(project, store, path, run_id=run.id, resume=True)
     assert resumed.id == run.id and resumed.state == RunState.SUCCEEDED
-    assert (project.count("first"), project.count("gate"), project.count("last"), project.count("side")) == (1, 2, 1, 1)
+    assert (project.count("first"), project.count("gate"), project.count("last"), project.count("side")) == (
+        1,
+        2,
+        1,
+        1,
+    )
     gate = _tasks(resumed)["gate"]
     assert [a.number for a in gate.attempts] == [1, 2]
     # the resumed task still got its upstream's output from the store
@@ -159,9 +199,20 @@ def test_resume_refuses_a_succeeded_run_and_an_unknown_one(project: Any, store: 
 
 def test_parameters_are_typed_overridable_and_rendered(project: Any, store: Any) -> None:
     path = project.pipeline(
-        [project.task("t", "echo_args", args={"month": "${params.month}", "label": "m=${params.month} d=${run.logical_date}",
-                                              "run": "${run.id}", "home": "${env.UDOP_HOME}"})],
-        params={"month": {"type": "int", "default": 1}})
+        [
+            project.task(
+                "t",
+                "echo_args",
+                args={
+                    "month": "${params.month}",
+                    "label": "m=${params.month} d=${run.logical_date}",
+                    "run": "${run.id}",
+                    "home": "${env.UDOP_HOME}",
+                },
+            )
+        ],
+        params={"month": {"type": "int", "default": 1}},
+    )
     run = _run(project, store, path, params={"month": "7"})
     value = _tasks(run)["t"].result["value"]
     assert value["month"] == 7 and value["run"] == run.id
@@ -171,7 +222,9 @@ def test_parameters_are_typed_overridable_and_rendered(project: Any, store: Any)
 
 def test_missing_or_bad_parameters_fail_before_anything_runs(project: Any, store: Any) -> None:
     path = project.pipeline([project.task("t", "record")], params={"month": {"type": "int"}})
-    with pytest.raises(SpecErrors, match="parameter 'month' has no default and no value; give it with --param month=VALUE"):
+    with pytest.raises(
+        SpecErrors, match="parameter 'month' has no default and no value; give it with --param month=VALUE"
+    ):
         _run(project, store, path)
     with pytest.raises(SpecErrors, match="parameter 'month': 'june' is not a valid int"):
         _run(project, store, path, params={"month": "june"})

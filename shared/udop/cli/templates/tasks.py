@@ -14,12 +14,14 @@ REGIONS = {"n": "North", "s": "South", "e": "East", "w": "West"}
 
 def make_orders(context, inputs, count, seed, day):
     rng = random.Random(seed)
-    return pa.table({
-        "order_id": pa.array(range(1, count + 1), pa.int64()),
-        "region": [rng.choice(list(REGIONS)) for _ in range(count)],
-        "amount": pa.array([round(rng.uniform(5, 500), 2) for _ in range(count)], pa.float64()),
-        "day": [day] * count,
-    })
+    return pa.table(
+        {
+            "order_id": pa.array(range(1, count + 1), pa.int64()),
+            "region": [rng.choice(list(REGIONS)) for _ in range(count)],
+            "amount": pa.array([round(rng.uniform(5, 500), 2) for _ in range(count)], pa.float64()),
+            "day": [day] * count,
+        }
+    )
 
 
 def load_regions(context, inputs):
@@ -39,4 +41,9 @@ def top_region(context, inputs):
     best = pc.index(totals["amount"], pc.max(totals["amount"])).as_py()
     row = totals.slice(best, 1).to_pylist()[0]
     context_note = f"run {context.run_id}"
-    return {"region": row["name"], "amount": round(row["amount"], 2), "orders": row["orders"], "note": context_note}
+    return {
+        "region": row["name"],
+        "amount": round(row["amount"], 2),
+        "orders": row["orders"],
+        "note": context_note,
+    }
