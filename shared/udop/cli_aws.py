@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from udop.errors import ConfigError, InputError, RunNotFound, UdopError
+from udop.errors import ConfigError, InputError, RunNotFound, TransitionError, UdopError
 
 __all__ = ["compile_command", "deploy_command", "redrive_command", "redrive_run", "run_on_stepfunctions"]
 
@@ -174,11 +174,20 @@ def follow_run(run_id: str, sm_arn: str, execution_arn: str, *, store: Any, sfn:
     data_bucket = os.environ.get("UDOP_DATA_BUCKET")  # full results (checks, lineage) when known
     s3 = _client("s3") if data_bucket else None
     deadline = None if timeout is None else time.monotonic() + timeout
+    conflicts = 0
     while True:
         status = sfn.describe_execution(executionArn=execution_arn)["status"]
         arns = run_execution_arns(execution_arn, run_id, execution_arn.rsplit(":", 1)[-1])
-        run = sync_run(store, sfn, state_machine_arn=sm_arn, run_id=run_id, execution_arns=arns,
-                       s3=s3, data_bucket=data_bucket)
+        try:
+            run = sync_run(store, sfn, state_machine_arn=sm_arn, run_id=run_id, execution_arns=arns,
+                           s3=s3, data_bucket=data_bucket)
+            conflicts = 0
+        except TransitionError:
+            # the run-events function wrote the same change at the same moment: read the store again
+            conflicts += 1
+            if conflicts > 3:
+                raise
+            continue
         if run is not None and on_event is not None:
             for task in run.tasks:
                 now = (task.state.value, len(task.attempts))

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from udop.aws.observability import logger
-from udop.errors import UdopError
+from udop.errors import StoreError, TransitionError, UdopError
 from udop.states import AttemptState, RunState, TaskState
 
 __all__ = ["REDRIVE_SEPARATOR", "ExecutionAttempt", "record_status_event", "sync_run"]
@@ -37,6 +37,7 @@ class ExecutionAttempt:
     error_message: str | None = None
     result: dict[str, Any] | None = None
     reused: bool = False
+    version: int | None = None  # the pipeline version compiled into the payload
 
 
 @dataclass
@@ -76,8 +77,16 @@ def record_status_event(event: dict[str, Any], *, store: Any, sfn: Any, s3: Any 
     run_id = str((run_input.get("run") or {}).get("run_id") or run_id_of_execution(name))
     # not named after its run (e.g. started by a schedule): one execution, one run
     arns = [arn] if run_id != run_id_of_execution(name) else run_execution_arns(arn, run_id, name)
-    return sync_run(store, sfn, state_machine_arn=sm_arn, run_id=run_id, execution_arns=arns, s3=s3,
-                    data_bucket=data_bucket)
+    for attempt in range(3):
+        try:
+            return sync_run(store, sfn, state_machine_arn=sm_arn, run_id=run_id, execution_arns=arns, s3=s3,
+                            data_bucket=data_bucket)
+        except TransitionError:
+            # another writer (a concurrent event, `udop run` following the run) got there first:
+            # read the store again and write only what is still missing
+            if attempt == 2:
+                raise
+    return None
 
 
 def _json(text: Any) -> dict[str, Any]:
@@ -132,7 +141,9 @@ def _attempts(sfn: Any, execution_arn: str) -> list[ExecutionAttempt]:
             payload = params.get("Payload") or {}
             task_id = payload.get("task_id") if isinstance(payload, dict) else None
             if task_id:
-                attempts[ev_id] = ExecutionAttempt(task_id=task_id, started_at=ev["timestamp"])
+                version = payload.get("version")
+                attempts[ev_id] = ExecutionAttempt(task_id=task_id, started_at=ev["timestamp"],
+                                                   version=int(version) if version is not None else None)
         elif kind == "TaskStarted" and ev.get("previousEventId") in attempts:
             started_of[ev_id] = ev["previousEventId"]
         elif kind in ("TaskSucceeded", "TaskFailed", "TaskTimedOut", "TaskStartFailed", "TaskSubmitFailed"):
@@ -170,23 +181,31 @@ def _ensure_run(store: Any, run_id: str, pipeline: str, first: _Execution) -> An
     if run is not None:
         return run
     ctx = first.input.get("run") or {}
-    version = ctx.get("pipeline_version")
     record = store.get_pipeline(pipeline)
+    known = {v.version: v for v in (record.versions if record else [])}
+    # the version compiled into the Task payloads is the one that ran; the input's is what the
+    # starter's store said; either must be in this store to be recorded
+    candidates: list[Any] = [a.version for a in first.attempts if a.version is not None]
+    candidates.append(ctx.get("pipeline_version"))
+    version = next((int(v) for v in candidates if v is not None and int(v) in known), None)
     if version is None:
         if record is None or record.latest is None:
             raise UdopError(f"execution {first.arn}: pipeline {pipeline!r} is not in the metadata store; "
                             "deploy it with `udop deploy` (or an upload to the definitions bucket)")
         version = record.latest.version
-    versions = record.versions if record else []
-    definition = next((v.definition for v in versions if v.version == version), None)
-    task_ids = [t["id"] for t in (definition or {}).get("spec", {}).get("tasks", [])]
+    definition = known[version].definition if version in known else {}
+    task_ids = [t["id"] for t in definition.get("spec", {}).get("tasks", [])]
     logical = ctx.get("logical_date")
     logical_date = datetime.fromisoformat(logical) if logical else first.started
     if logical_date.tzinfo is None:
         logical_date = logical_date.replace(tzinfo=UTC)
-    store.create_run(run_id=run_id, pipeline=pipeline, pipeline_version=int(version), task_ids=task_ids,
-                     params=dict(ctx.get("params") or {}), logical_date=logical_date,
-                     executor="stepfunctions", external_id=first.arn)
+    try:
+        store.create_run(run_id=run_id, pipeline=pipeline, pipeline_version=version, task_ids=task_ids,
+                         params=dict(ctx.get("params") or {}), logical_date=logical_date,
+                         executor="stepfunctions", external_id=first.arn)
+    except StoreError:
+        if store.get_run(run_id) is None:  # not a concurrent writer creating it first: a real problem
+            raise
     return store.get_run(run_id)
 
 

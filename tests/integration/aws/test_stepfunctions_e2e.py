@@ -404,3 +404,43 @@ def test_a_pipeline_deployed_by_upload_runs_from_a_cli_with_its_own_store_after_
         assert code == 0, run.error
     finally:
         laptop.close()
+
+
+def test_concurrent_status_events_for_one_run_record_it_once(
+    moto_aws: Any, store: Any, tmp_path: Path
+) -> None:
+    """EventBridge delivers RUNNING and SUCCEEDED close together, to concurrent function instances."""
+    import threading
+
+    from udop.aws.events import record_status_event
+    from udop.cli_aws import start_run
+    from udop.spec.loader import load_pipeline
+    from udop.store import open_store
+
+    path = _flow(tmp_path, moto_aws.log_root)
+    _deploy(moto_aws, store, path)
+    sfn = moto_aws.client("stepfunctions")
+    run_id, arn, sm_arn = start_run(load_pipeline(str(path)), {}, store=store, sfn=sfn)
+    assert moto_aws.wait_execution(arn)["status"] == "SUCCEEDED"
+    event = {"detail": {"executionArn": arn, "stateMachineArn": sm_arn, "name": run_id,
+                        "status": "SUCCEEDED"}}
+    errors: list[BaseException] = []
+
+    def handle() -> None:
+        own = open_store(moto_aws.database_url)  # one store per function instance
+        try:
+            record_status_event(event, store=own, sfn=moto_aws.client("stepfunctions"))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            own.close()
+
+    threads = [threading.Thread(target=handle) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    run = store.get_run(run_id)
+    assert run.state == RunState.SUCCEEDED
+    assert [(t.state, len(t.attempts)) for t in run.tasks] == [(TaskState.SUCCEEDED, 1)] * 4
