@@ -134,7 +134,7 @@ class Session:
 
 def dataset_reader(manifest: Manifest) -> str:
     """A DuckDB table function reading a task's output (a folder of Parquet, or a load's target)."""
-    from udop_transforms._files import reader_sql  # noqa: PLC0415 - _files imports this module
+    from udop_transforms._files import reader_sql
 
     return reader_sql(manifest.format if manifest.format != "parquet" else "parquet",
                       _dataset_glob(manifest.uri, manifest.format))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Iterable, Mapping
+from datetime import date, datetime
 from typing import Any
 
 import duckdb
@@ -46,7 +47,7 @@ class Params:
             if space is None or name not in space:
                 raise ValueError(f"unknown reference '${{{ns}.{name}}}'")
             out.append(text[pos : m.start()])
-            out.append(self.add(space[name]))
+            out.append(self.add(_typed(ns, name, space[name])))
             pos = m.end()
         out.append(text[pos:])
         return "".join(out).replace("$${", "${")
@@ -61,6 +62,20 @@ class Params:
         """Only the parameters a statement refers to (DuckDB rejects unused ones)."""
         used = set(re.findall(r"\$(p\d+)\b", sql))
         return {k: v for k, v in self.values.items() if k in used}
+
+
+def _typed(ns: str, name: str, value: Any) -> Any:
+    """The run's dates bind as DATE / TIMESTAMP (the template scope holds them as ISO text for paths),
+    so ``${run.logical_date} - INTERVAL 1 DAY`` works in SQL."""
+    if ns == "run" and isinstance(value, str):
+        try:
+            if name == "logical_date":
+                return date.fromisoformat(value)
+            if name == "logical_ts":
+                return datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    return value
 
 
 def check_expression(text: str) -> None:

@@ -130,7 +130,7 @@ def _check_connector(task: Any, where: str, found: list[SpecError]) -> None:
     if spec.connector in FILE_CONNECTORS:
         return
     try:
-        from udop.connectors import available_connectors  # noqa: PLC0415 - optional framework
+        from udop.connectors import available_connectors
     except ImportError:
         known: list[str] = []
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import date
 from decimal import Decimal, localcontext
 from pathlib import Path
 
@@ -467,3 +468,15 @@ def test_decimal_product_type_widens_only_when_the_values_need_it(tmp_path, run,
     with localcontext(prec=80):
         assert out["p"].to_pylist() == [a * a]
     assert results["v"].checks[0].passed
+
+
+def test_run_dates_bind_as_dates(tmp_path, run):
+    # the test context's logical date is 2024-01-02
+    days = [date(2023, 12, 31), date(2024, 1, 1), date(2024, 1, 2)]
+    pq.write_table(pa.table({"d": days}), tmp_path / "d.parquet")
+    results = run([{"id": "d", "type": "extract", "source": {"connector": "parquet", "path": "d.parquet"}},
+                   {"id": "t", "type": "transform", "depends_on": "d",
+                    "steps": [{"filter": "d >= ${run.logical_date} - INTERVAL 1 DAY"},
+                              {"derive": {"age": "${run.logical_ts} - d"}}, {"sort": "d"}]}])
+    out = pq.read_table(Path(results["t"].output.uri))
+    assert out["d"].to_pylist() == days[1:]
