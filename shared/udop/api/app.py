@@ -28,7 +28,7 @@ from udop.api.keys import ApiKeys
 from udop.api.launcher import LocalLauncher, RunLauncher
 from udop.api.routers import admin, pipelines, runs
 from udop.api.routers.pipelines import DefinitionInvalid
-from udop.api.schemas import Health
+from udop.api.schemas import Health, Problem
 from udop.api.settings import ApiSettings, load_api_settings
 from udop.errors import InputError, RunNotFound, SpecErrors, StoreError, TransitionError
 from udop.store.api import MetadataStore
@@ -83,10 +83,10 @@ def create_app(
         description="Pipelines and runs of the Universal Data Orchestration Platform. Authenticate with "
         "a bearer JWT or an X-API-Key; roles are viewer < operator < admin.",
         responses={
-            401: {"model": _problem(), "description": "no or invalid credentials"},
-            403: {"model": _problem(), "description": "the caller's role is too low"},
-            422: {"model": _problem(), "description": "the request is invalid"},
-            503: {"model": _problem(), "description": "the metadata store is unavailable"},
+            401: {"model": Problem, "description": "no or invalid credentials"},
+            403: {"model": Problem, "description": "the caller's role is too low"},
+            422: {"model": Problem, "description": "the request is invalid"},
+            503: {"model": Problem, "description": "the metadata store is unavailable"},
         },
     )
     app.state.udop = ctx
@@ -97,12 +97,6 @@ def create_app(
     _add_error_handlers(app)
     app.add_middleware(AuditMiddleware, audit=ctx.audit)
     return app
-
-
-def _problem() -> Any:
-    from udop.api.schemas import Problem
-
-    return Problem
 
 
 def _version() -> str:

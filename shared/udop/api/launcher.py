@@ -58,8 +58,29 @@ class RunLauncher(Protocol):
     def close(self) -> None: ...
 
 
+#: why the run in a thread (by ident) is being interrupted
+_REASONS: dict[int, str] = {}
+
+
 class RunCancelled(BaseException):
-    """Raised inside a local run's thread to stop it; the executor then cancels its tasks."""
+    """Raised inside a local run's thread to stop it; the executor then cancels its tasks.
+
+    The interpreter raises it without arguments; ``str()`` reads the reason recorded for the thread
+    it is raised in, so the executor's record of the cancellation says who or what stopped the run.
+    """
+
+    def __str__(self) -> str:
+        return _REASONS.get(threading.get_ident(), "cancelled")
+
+
+def _interrupt(ident: int, reason: str) -> None:
+    """Raise ``RunCancelled`` in the thread ``ident`` at its next Python instruction.
+
+    The LocalExecutor has no cooperative stop yet: this interrupts its scheduling loop the way Ctrl-C
+    would; its BaseException handler abandons running attempts and records the cancellation.
+    """
+    _REASONS[ident] = reason
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(RunCancelled))
 
 
 def _jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -82,6 +103,7 @@ class LocalLauncher:
         self._threads: dict[str, int] = {}  # run id -> ident of the thread executing it
         self._futures: dict[str, Future[None]] = {}
         self._cancelled: set[str] = set()  # cancelled after their thread took them, before it started
+        self._reasons: dict[str, str] = {}  # why a run was interrupted, for its record
 
     # ------------------------------------------------------------------ API side
 
@@ -127,9 +149,10 @@ class LocalLauncher:
             ident = self._threads.get(run.id)
             future = self._futures.get(run.id)
         if ident is not None:
-            # The executor has no cooperative stop yet: interrupt its scheduling thread the way Ctrl-C
-            # would; its BaseException handler abandons running attempts and records the cancellation.
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(RunCancelled))
+            with self._lock:
+                self._reasons[run.id] = reason
+                if run.id in self._threads:
+                    _interrupt(ident, reason)
             if future is not None:
                 try:
                     future.result(timeout=10)
@@ -154,7 +177,13 @@ class LocalLauncher:
         return record
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Stop: queued runs stay pending and running ones are cancelled; both can be resumed later."""
+        with self._lock:
+            running = list(self._threads.items())
+            for run_id, ident in running:
+                self._reasons[run_id] = "the server stopped"
+                _interrupt(ident, "the server stopped")
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     # ------------------------------------------------------------------ background side
 
@@ -178,12 +207,15 @@ class LocalLauncher:
             finally:
                 with self._lock:
                     self._threads.pop(run_id, None)
+                    _REASONS.pop(threading.get_ident(), None)
         except RunCancelled:
-            log.info("run %s cancelled", run_id)
-            self._record_cancelled(run_id)
-        except Exception:
+            with self._lock:
+                reason = self._reasons.pop(run_id, "cancelled through the API")
+            log.info("run %s cancelled: %s", run_id, reason)
+            self._record_cancelled(run_id, reason)
+        except Exception as exc:
             log.exception("run %s failed to execute", run_id)
-            self._fail(run_id)
+            self._fail(run_id, exc)
         finally:
             with self._lock:
                 self._futures.pop(run_id, None)
@@ -198,13 +230,15 @@ class LocalLauncher:
             self.store.set_task_states(run_id, waiting, TaskState.CANCELLED, error_message=reason)
         self.store.set_run_state(run_id, RunState.CANCELLED, error=f"cancelled: {reason}")
 
-    def _fail(self, run_id: str) -> None:
+    def _fail(self, run_id: str, exc: Exception) -> None:
+        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         try:
             run = self.store.get_run(run_id)
             if run is not None and not is_terminal(run.state):
                 if run.state == RunState.PENDING:
-                    self.store.set_run_state(run_id, RunState.FAILED, error="the run could not start")
-                else:
-                    self.store.set_run_state(run_id, RunState.FAILED, error="the executor stopped")
+                    self.store.set_run_state(run_id, RunState.RUNNING)  # failed runs have been running
+                self.store.set_run_state(
+                    run_id, RunState.FAILED, error=f"the run could not execute: {message}"
+                )
         except Exception:
             log.exception("could not record that run %s failed", run_id)

@@ -48,11 +48,12 @@ class ApiSettings(Settings):
     local_workers: int = Field(4, ge=1, le=64, description="worker threads of each local run")
     max_concurrent_runs: int = Field(4, ge=1, le=256, description="local runs executing at once")
     api_threads: int = Field(
-        8,
+        40,
         ge=1,
         le=256,
-        description="threads serving blocking handlers (store calls); few threads contend less "
-        "for the GIL, so the latency tail is shorter",
+        description="threads serving blocking handlers (store calls); 40 is anyio's default. Compare "
+        "with benchmarks/api_runs.py before changing it: on a loaded 2-core machine 2, 8 and 40 were "
+        "within the run-to-run noise",
     )
     api_root_path: str = Field("", description="path prefix behind a proxy, e.g. '/prod' on API Gateway")
 

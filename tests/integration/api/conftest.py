@@ -124,6 +124,12 @@ class Api:
     tasks: ModuleType
     module: str
     clients: list[httpx.Client] = field(default_factory=list)
+    server: LiveServer | None = None
+
+    def stop(self) -> None:
+        """Shut the server down as Ctrl-C would (the store stays open for the test to read)."""
+        assert self.server is not None
+        self.server.__exit__()
 
     def client(self, role: str | None = "admin", *, sub: str | None = None, **kw: Any) -> httpx.Client:
         headers = bearer(make_token(role, sub=sub or f"{role}-user")) if role else {}
@@ -193,7 +199,12 @@ def api_factory(tmp_path: Path, tasks_module: tuple[str, ModuleType]) -> Iterato
         app = create_app(cfg, store=store)
         server = LiveServer(app).__enter__()
         api = Api(
-            url=server.url, store=store, engine=store.engine, tasks=tasks_module[1], module=tasks_module[0]
+            url=server.url,
+            store=store,
+            engine=store.engine,
+            tasks=tasks_module[1],
+            module=tasks_module[0],
+            server=server,
         )
         opened.append((server, api))
         return api

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -194,12 +195,31 @@ def test_cancel_stops_a_running_run(api: Api) -> None:
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["state"] == "cancelled"
+    assert "cancelled by operator-user" in body["error"]
     assert {t["task_id"]: t["state"] for t in body["tasks"]}["later"] == "cancelled"
     api.tasks.gate.set()
     # it stays cancelled: the late task result does not revive it
     assert api.client("viewer").get(f"/runs/{run_id}").json()["state"] == "cancelled"
     assert api.client("operator").post(f"/runs/{run_id}/cancel").status_code == 409
     assert api.client("operator").post("/runs/no-such-run/cancel").status_code == 404
+
+
+def test_stopping_the_server_cancels_its_runs_and_another_server_resumes_them(
+    api_factory: Callable[..., Api],
+) -> None:
+    first = api_factory()
+    first.register(first.definition("long", [first.task("wait", "wait_for_gate")]))
+    run_id = first.client("operator").post("/pipelines/long/runs").json()["run_id"]
+    first.wait_for_run(run_id, {"running"})
+    first.stop()
+    stopped = first.store.get_run(run_id)
+    assert stopped.state == RunState.CANCELLED
+    assert "the server stopped" in (stopped.error or "")
+
+    first.tasks.gate.set()
+    second = api_factory()  # the same metadata database
+    assert second.client("operator").post(f"/runs/{run_id}/resume").status_code == 202
+    assert second.wait_for_run(run_id, {"succeeded", "failed"})["state"] == "succeeded"
 
 
 def _seed_runs(api: Api) -> list[tuple[str, str, str]]:
