@@ -37,7 +37,8 @@ spec:
 
 def udop(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {"UDOP_HOME": str(root / ".udop"), "PATH": "/usr/bin:/bin"}
-    return subprocess.run([*UDOP, *args], cwd=root, capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run([*UDOP, *args], check=False, cwd=root, capture_output=True, text=True, env=env,
+                          timeout=120)
 
 
 def write(
