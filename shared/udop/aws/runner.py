@@ -27,7 +27,7 @@ from udop.aws.definitions import DefinitionCache
 from udop.aws.observability import logger, metrics
 from udop.aws.s3 import S3Staging, get_json, put_json
 from udop.aws.settings import RunnerSettings
-from udop.errors import DataQualityError, FatalError, RetryableError, StoreError
+from udop.errors import DataQualityError, FatalError, RetryableError, StoreError, TaskTimeout
 from udop.tasks.contract import TaskContext, TaskResult
 
 __all__ = ["TaskPayload", "failed_checks_key", "result_key", "run_payload", "state_key"]
@@ -196,21 +196,38 @@ def _run(payload: TaskPayload, pipeline: Any, task: Any, *, settings: RunnerSett
                               attempt=payload.attempt, logical_date=payload.logical_date,
                               params=payload.params, data_root=tmp,
                               services={"base_dir": settings.code_dir} if settings.code_dir else {})
-        timer = None
-        if remaining_ms is not None:
-            # Lambda kills the process at its deadline; ask the task to stop a little before
-            timer = threading.Timer(max(0.0, remaining_ms / 1000 - CANCEL_MARGIN), context.cancel_event.set)
+        hooks: list[Any] = []
+        context.on_cancel = hooks.append  # e.g. the transform engine's DuckDB interrupt
+
+        def cancel() -> None:
+            context.cancel_event.set()
+            for hook in hooks:
+                try:
+                    hook()
+                except Exception:  # a failing hook must not keep the others from running
+                    logger.warning("a cancel hook failed", exc_info=True)
+
+        # stop at the task's timeout (the state machine's TimeoutSeconds does not stop the Lambda) or
+        # a little before the Lambda deadline, whichever comes first
+        limits = [t for t in (pipeline.timeout_for(task),
+                              None if remaining_ms is None else max(0.0, remaining_ms / 1000 - CANCEL_MARGIN))
+                  if t is not None]
+        timer = threading.Timer(min(limits), cancel) if limits else None
+        if timer is not None:
             timer.daemon = True
             timer.start()
         try:
             result = run_task(context, task, inputs)
+        except Exception as exc:
+            if context.cancelled:
+                raise TaskTimeout(f"task {payload.task_id!r} was stopped after {min(limits):g}s") from exc
+            raise
         finally:
             if timer is not None:
                 timer.cancel()
         if context.cancelled:
-            from udop.errors import TaskTimeout
-
-            raise TaskTimeout(f"task {payload.task_id!r} was stopped before the Lambda time limit")
+            raise TaskTimeout(f"task {payload.task_id!r} was stopped after {min(limits):g}s (its timeout "
+                              "or the Lambda time limit)")
         output = result.output
         if output is not None and output.uri.startswith(tmp):
             try:

@@ -43,6 +43,13 @@ def _pipeline(log_dir: str, flag: str) -> Pipeline:
                         "callable": "udop_aws_test_tasks:flaky",
                         "args": {"fail_times": 1, "log_dir": str(log_dir)},
                     },
+                    {
+                        "id": "slow",
+                        "type": "python",
+                        "callable": "udop_aws_test_tasks:sleepy",
+                        "timeout": "1s",
+                        "args": {"log_dir": str(log_dir)},
+                    },
                 ]
             },
         }
@@ -163,3 +170,13 @@ def test_an_unreachable_state_store_is_a_retryable_error(deployed: Any) -> None:
     assert err
     assert body["errorType"] == "udop.RetryableError"
     assert "state store" in body["errorMessage"]
+
+
+def test_a_task_over_its_timeout_is_stopped_and_reported_retryable(deployed: Any) -> None:
+    aws, _, _ = deployed
+    body, err = _invoke(aws, _payload(uuid.uuid4().hex, "slow"))
+    # uncancelled, the task would succeed after 30 s with {"stopped": false}: an error means it was stopped
+    assert err
+    assert body["errorType"] == "udop.RetryableError"
+    assert "TaskTimeout" in body["errorMessage"]
+    assert "stopped after 1s" in body["errorMessage"]

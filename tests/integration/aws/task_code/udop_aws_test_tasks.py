@@ -102,3 +102,10 @@ def fails_while(context: Any, inputs: dict[str, Any], *, flag: str, log_dir: str
         raise FatalError(f"bad input: fault flag {flag} is set")
     upstream = next(iter(inputs.values())).to_arrow()
     return upstream.filter(pc.greater(upstream["id"], 2))
+
+
+def sleepy(context: Any, inputs: dict[str, Any], *, log_dir: str) -> dict[str, bool]:
+    """Runs until it is cancelled (as a long task polling ``cancel_event`` does), at most 30 s."""
+    _count(context, log_dir)
+    stopped = context.cancel_event.wait(30)
+    return {"stopped": stopped}
