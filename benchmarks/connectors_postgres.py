@@ -30,14 +30,22 @@ def make_batches(rows: int, batch: int = 50_000) -> list[pa.RecordBatch]:
     for start in range(0, rows, batch):
         n = min(batch, rows - start)
         ids = pa.array(range(start, start + n), pa.int64())
-        out.append(pa.RecordBatch.from_pydict({
-            "id": ids,
-            "name": pa.array([f"customer-{i % 9973}" for i in range(start, start + n)]),
-            "amount": pa.array([Decimal(i % 100000) / 100 for i in range(start, start + n)], pa.decimal128(12, 2)),
-            "ts": pa.array([base + dt.timedelta(seconds=i) for i in range(start, start + n)],
-                           pa.timestamp("us", "UTC")),
-            "flag": pa.array([i % 3 == 0 for i in range(start, start + n)]),
-        }))
+        out.append(
+            pa.RecordBatch.from_pydict(
+                {
+                    "id": ids,
+                    "name": pa.array([f"customer-{i % 9973}" for i in range(start, start + n)]),
+                    "amount": pa.array(
+                        [Decimal(i % 100000) / 100 for i in range(start, start + n)], pa.decimal128(12, 2)
+                    ),
+                    "ts": pa.array(
+                        [base + dt.timedelta(seconds=i) for i in range(start, start + n)],
+                        pa.timestamp("us", "UTC"),
+                    ),
+                    "flag": pa.array([i % 3 == 0 for i in range(start, start + n)]),
+                }
+            )
+        )
     return out
 
 
@@ -55,8 +63,14 @@ def main() -> None:
     for t in (base_t, udop_t):
         conn.execute(f"CREATE TABLE {t} ({COLUMNS})")
     target = {"connector": "postgres", "url": args.dsn, "table": udop_t}
-    results: dict[str, list[float]] = {"base_write": [], "udop_write": [], "base_read": [], "udop_read": [],
-                                       "raw_write": [], "raw_read": []}
+    results: dict[str, list[float]] = {
+        "base_write": [],
+        "udop_write": [],
+        "base_read": [],
+        "udop_read": [],
+        "raw_write": [],
+        "raw_read": [],
+    }
     import io
 
     import pyarrow.csv as pacsv
@@ -70,8 +84,11 @@ def main() -> None:
         for _ in range(args.repeat):
             conn.execute(f"TRUNCATE {base_t}")
             t0 = time.perf_counter()
-            with conn.transaction(), conn.cursor() as cur, \
-                    cur.copy(f"COPY {base_t} FROM STDIN (FORMAT BINARY)") as copy:
+            with (
+                conn.transaction(),
+                conn.cursor() as cur,
+                cur.copy(f"COPY {base_t} FROM STDIN (FORMAT BINARY)") as copy,
+            ):
                 copy.set_types(["int8", "text", "numeric", "timestamptz", "bool"])
                 for row in tuples:
                     copy.write_row(row)
@@ -79,14 +96,20 @@ def main() -> None:
 
             conn.execute(f"TRUNCATE {base_t}")
             t0 = time.perf_counter()
-            with conn.transaction(), conn.cursor() as cur, \
-                    cur.copy(f"COPY {base_t} FROM STDIN (FORMAT csv)") as copy:
+            with (
+                conn.transaction(),
+                conn.cursor() as cur,
+                cur.copy(f"COPY {base_t} FROM STDIN (FORMAT csv)") as copy,
+            ):
                 for chunk in csv_chunks:
                     copy.write(chunk)
             results["raw_write"].append(time.perf_counter() - t0)
 
             t0 = time.perf_counter()
-            with conn.cursor() as cur, cur.copy(f"COPY (SELECT * FROM {base_t}) TO STDOUT (FORMAT csv)") as copy:
+            with (
+                conn.cursor() as cur,
+                cur.copy(f"COPY (SELECT * FROM {base_t}) TO STDOUT (FORMAT csv)") as copy,
+            ):
                 for _chunk in copy:
                     pass
             results["raw_read"].append(time.perf_counter() - t0)
@@ -99,7 +122,10 @@ def main() -> None:
 
             t0 = time.perf_counter()
             n = 0
-            with conn.cursor() as cur, cur.copy(f"COPY (SELECT * FROM {base_t}) TO STDOUT (FORMAT BINARY)") as copy:
+            with (
+                conn.cursor() as cur,
+                cur.copy(f"COPY (SELECT * FROM {base_t}) TO STDOUT (FORMAT BINARY)") as copy,
+            ):
                 copy.set_types(["int8", "text", "numeric", "timestamptz", "bool"])
                 for _row in copy.rows():
                     n += 1
@@ -125,8 +151,10 @@ def main() -> None:
         print(f"{op:8}{b:>22,.0f}{u:>16,.0f}{u / b:>15.2f}x")
     for op in ("write", "read"):
         raw = args.rows / best[f"raw_{op}"]
-        print(f"wire-only COPY {op} (no values made or parsed): {raw:,.0f} rows/s; "
-              f"udop at {args.rows / best[f'udop_{op}'] / raw:.2f}x of it")
+        print(
+            f"wire-only COPY {op} (no values made or parsed): {raw:,.0f} rows/s; "
+            f"udop at {args.rows / best[f'udop_{op}'] / raw:.2f}x of it"
+        )
 
 
 if __name__ == "__main__":

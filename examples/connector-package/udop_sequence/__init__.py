@@ -39,8 +39,9 @@ class SequenceConnector(Connector):
         size = s.batch_size * s.step
         for lo in range(first, s.stop, size):
             values = range(lo, min(lo + size, s.stop), s.step)
-            yield pa.RecordBatch.from_pydict({"n": pa.array(values, pa.int64()),
-                                              "square": pa.array([v * v for v in values], pa.int64())})
+            yield pa.RecordBatch.from_pydict(
+                {"n": pa.array(values, pa.int64()), "square": pa.array([v * v for v in values], pa.int64())}
+            )
 
     def check(self) -> None:
         if self.settings.stop < self.settings.start:

@@ -9,11 +9,22 @@ from typing import Any
 import pyarrow as pa
 
 _TYPE_NAMES: dict[str, pa.DataType] = {
-    "string": pa.string(), "str": pa.string(), "int": pa.int64(), "int64": pa.int64(),
-    "int32": pa.int32(), "float": pa.float64(), "float64": pa.float64(), "double": pa.float64(),
-    "bool": pa.bool_(), "boolean": pa.bool_(), "date": pa.date32(),
-    "timestamp": pa.timestamp("us"), "timestamptz": pa.timestamp("us", "UTC"),
-    "datetime": pa.timestamp("us", "UTC"), "json": pa.string(), "binary": pa.binary(),
+    "string": pa.string(),
+    "str": pa.string(),
+    "int": pa.int64(),
+    "int64": pa.int64(),
+    "int32": pa.int32(),
+    "float": pa.float64(),
+    "float64": pa.float64(),
+    "double": pa.float64(),
+    "bool": pa.bool_(),
+    "boolean": pa.bool_(),
+    "date": pa.date32(),
+    "timestamp": pa.timestamp("us"),
+    "timestamptz": pa.timestamp("us", "UTC"),
+    "datetime": pa.timestamp("us", "UTC"),
+    "json": pa.string(),
+    "binary": pa.binary(),
 }
 
 
@@ -25,7 +36,9 @@ def parse_type(name: str) -> pa.DataType:
         p, _, s = key[8:-1].partition(",")
         return pa.decimal128(int(p), int(s or 0))
     if key not in _TYPE_NAMES:
-        raise ValueError(f"unknown type {name!r}; use one of {', '.join(sorted(_TYPE_NAMES))} or decimal(p,s)")
+        raise ValueError(
+            f"unknown type {name!r}; use one of {', '.join(sorted(_TYPE_NAMES))} or decimal(p,s)"
+        )
     return _TYPE_NAMES[key]
 
 
@@ -50,8 +63,9 @@ def records_to_batch(records: Sequence[Mapping[str, Any]], schema: pa.Schema | N
         for f in schema:
             values = columns[f.name]
             if pa.types.is_string(f.type):
-                values = [_jsonable(v) if v is None or isinstance(v, str | dict | list) else str(v)
-                          for v in values]
+                values = [
+                    _jsonable(v) if v is None or isinstance(v, str | dict | list) else str(v) for v in values
+                ]
             try:
                 arrays.append(pa.array(values, type=f.type))
             except (pa.ArrowInvalid, pa.ArrowTypeError):

@@ -124,8 +124,9 @@ class HttpConnector(Connector):
                     auth = httpx.BasicAuth(a.username or "", self.secret(a.password) or "")
                 elif a.location == "header":
                     headers[a.name] = self.secret(a.value) or ""
-            self._client = httpx.Client(headers=headers, auth=auth, timeout=self.settings.timeout,
-                                        follow_redirects=True)
+            self._client = httpx.Client(
+                headers=headers, auth=auth, timeout=self.settings.timeout, follow_redirects=True
+            )
         return self._client
 
     def close(self) -> None:
@@ -140,16 +141,21 @@ class HttpConnector(Connector):
         return {}
 
     # -- one request, with retries -----------------------------------------------------------------
-    def request(self, method: str, url: str, *, params: dict[str, Any] | None = None,
-                json_body: Any = None) -> Any:
+    def request(
+        self, method: str, url: str, *, params: dict[str, Any] | None = None, json_body: Any = None
+    ) -> Any:
         """Send with retries; the parsed JSON of a 2xx response (None when empty)."""
-        return self._json(self.send(method, url, params=params, json_body=json_body), method, url.split("?")[0])
+        return self._json(
+            self.send(method, url, params=params, json_body=json_body), method, url.split("?", maxsplit=1)[0]
+        )
 
-    def send(self, method: str, url: str, *, params: dict[str, Any] | None = None, json_body: Any = None) -> Any:
+    def send(
+        self, method: str, url: str, *, params: dict[str, Any] | None = None, json_body: Any = None
+    ) -> Any:
         import httpx
 
         r = self.settings.retry
-        shown = url.split("?")[0]
+        shown = url.split("?", maxsplit=1)[0]
         for attempt in range(1, r.attempts + 1):
             wait = min(r.max_delay, r.base_delay * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
             try:
@@ -161,8 +167,11 @@ class HttpConnector(Connector):
                 response = self.client.request(method, target, params=query or None, json=json_body)
             except httpx.TransportError as exc:
                 if attempt == r.attempts:
-                    self.fail(f"{method} {shown}: cannot reach the server ({type(exc).__name__}) after "
-                              f"{attempt} attempts", retryable=True)
+                    self.fail(
+                        f"{method} {shown}: cannot reach the server ({type(exc).__name__}) after "
+                        f"{attempt} attempts",
+                        retryable=True,
+                    )
                 time.sleep(wait)
                 continue
             status = response.status_code
@@ -173,8 +182,11 @@ class HttpConnector(Connector):
                 time.sleep(min(r.max_delay, told) if told is not None else wait)
                 continue
             if status >= 400:
-                hint = {401: " (check the credentials)", 403: " (the credentials lack permission)",
-                        404: " (check the URL)"}.get(status, "")
+                hint = {
+                    401: " (check the credentials)",
+                    403: " (the credentials lack permission)",
+                    404: " (check the URL)",
+                }.get(status, "")
                 self.fail(f"{method} {shown}: HTTP {status} {response.reason_phrase}{hint}", retryable=False)
             return response
         raise AssertionError("unreachable")
@@ -187,8 +199,11 @@ class HttpConnector(Connector):
             return response.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
             start = " ".join(response.text[:60].split())
-            self.fail(f"{method} {shown} returned {kind}, not JSON (it starts with {start!r}); "
-                      "check the URL and the credentials", retryable=False)
+            self.fail(
+                f"{method} {shown} returned {kind}, not JSON (it starts with {start!r}); "
+                "check the URL and the credentials",
+                retryable=False,
+            )
 
     # -- read --------------------------------------------------------------------------------------
     def schema(self) -> pa.Schema | None:
@@ -199,8 +214,10 @@ class HttpConnector(Connector):
         if records is None:
             if self.settings.records:
                 return []
-            self.fail(f"{shown}: the response is not a list; set 'records' to the JSON path of the list",
-                      retryable=False)
+            self.fail(
+                f"{shown}: the response is not a list; set 'records' to the JSON path of the list",
+                retryable=False,
+            )
         if isinstance(records, dict):
             records = [records]
         if not isinstance(records, list):
@@ -251,7 +268,7 @@ class HttpConnector(Connector):
 
     def _get(self, url: str, params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         response = self.send(self.settings.method, url, params=params, json_body=self.settings.body)
-        return self._json(response, self.settings.method, url.split("?")[0]), dict(response.links)
+        return self._json(response, self.settings.method, url.split("?", maxsplit=1)[0]), dict(response.links)
 
     def read(self, *, since: Any = None) -> Iterator[pa.RecordBatch]:
         typed = self.schema()
@@ -263,8 +280,9 @@ class HttpConnector(Connector):
         next(iter(self.pages()), None)
 
     # -- write -------------------------------------------------------------------------------------
-    def write(self, batches: Iterable[pa.RecordBatch], mode: WriteMode | None = None,
-              keys: list[str] | None = None) -> int:
+    def write(
+        self, batches: Iterable[pa.RecordBatch], mode: WriteMode | None = None, keys: list[str] | None = None
+    ) -> int:
         """POST the records as JSON arrays of ``write_batch`` records. Not transactional: an API
         cannot roll back, so a failed load may have delivered some requests."""
         self.resolve_mode(mode, keys)
@@ -272,9 +290,13 @@ class HttpConnector(Connector):
         for batch in batches:
             rows = batch.to_pylist()
             for start in range(0, len(rows), self.settings.write_batch):
-                chunk = rows[start:start + self.settings.write_batch]
-                self.request("POST", self.settings.url, params=self.settings.params,
-                             json_body=json.loads(json.dumps(chunk, default=str)))
+                chunk = rows[start : start + self.settings.write_batch]
+                self.request(
+                    "POST",
+                    self.settings.url,
+                    params=self.settings.params,
+                    json_body=json.loads(json.dumps(chunk, default=str)),
+                )
                 total += len(chunk)
         return total
 
@@ -298,7 +320,9 @@ class GraphQLConnector(HttpConnector):
         s = self.settings
         variables = dict(s.variables)
         for _ in range(s.pagination.max_pages):
-            data = self.request("POST", s.url, params=s.params, json_body={"query": s.query, "variables": variables})
+            data = self.request(
+                "POST", s.url, params=s.params, json_body={"query": s.query, "variables": variables}
+            )
             if isinstance(data, dict) and data.get("errors"):
                 first = data["errors"][0]
                 message = first.get("message", first) if isinstance(first, dict) else first
@@ -309,6 +333,7 @@ class GraphQLConnector(HttpConnector):
                 return
             variables[s.cursor_variable] = info["endCursor"]
 
-    def write(self, batches: Iterable[pa.RecordBatch], mode: WriteMode | None = None,
-              keys: list[str] | None = None) -> int:
+    def write(
+        self, batches: Iterable[pa.RecordBatch], mode: WriteMode | None = None, keys: list[str] | None = None
+    ) -> int:
         self.fail("the graphql connector reads only", retryable=False)

@@ -34,8 +34,14 @@ from udop_connectors._arrow import records_to_batch, schema_from_mapping
 __all__ = ["AzureBlobConnector", "GCSConnector", "LocalConnector", "ObjectSettings", "S3Connector"]
 
 Format = Literal["parquet", "csv", "json", "ndjson"]
-_EXT = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".json": "json", ".ndjson": "ndjson",
-        ".jsonl": "ndjson"}
+_EXT = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".csv": "csv",
+    ".json": "json",
+    ".ndjson": "ndjson",
+    ".jsonl": "ndjson",
+}
 _PARTITION = re.compile(r"^([A-Za-z_][\w-]*)=(.*)$")
 
 
@@ -80,7 +86,7 @@ class ObjectConnector(Connector):
         path = self.settings.path
         if any(ch in path for ch in "*?["):
             cut = min(path.index(ch) for ch in "*?[" if ch in path)
-            root = path[:path.rfind("/", 0, cut) + 1]
+            root = path[: path.rfind("/", 0, cut) + 1]
             return root, path
         return path, None
 
@@ -88,8 +94,11 @@ class ObjectConnector(Connector):
         root, pattern = self._root_and_pattern()
         names = self._list(root)
         if pattern is not None:
-            names = [n for n in names if fnmatch.fnmatchcase(n, pattern)
-                     or fnmatch.fnmatchcase(n, pattern.replace("**/", ""))]
+            names = [
+                n
+                for n in names
+                if fnmatch.fnmatchcase(n, pattern) or fnmatch.fnmatchcase(n, pattern.replace("**/", ""))
+            ]
         names = [n for n in names if not Path(n).name.startswith(("_", "."))]
         if not names:
             self.fail(f"no files at {self.settings.path}", retryable=False)
@@ -100,7 +109,7 @@ class ObjectConnector(Connector):
         if not self.settings.hive_partitioning:
             return {}
         values = {}
-        for part in name.split("://")[-1].split("/")[:-1]:
+        for part in name.rsplit("://", maxsplit=1)[-1].split("/")[:-1]:
             m = _PARTITION.match(part)
             if m:
                 values[m.group(1)] = m.group(2)
@@ -116,9 +125,7 @@ class ObjectConnector(Connector):
                 self._fetch(name, local)
                 extra = self._partition_values(name)
                 for batch in self._read_file(local, self._format(name), name):
-                    if extra:
-                        batch = _with_constants(batch, extra)
-                    yield batch
+                    yield _with_constants(batch, extra) if extra else batch
                 local.unlink()
 
     def _read_file(self, path: Path, fmt: str, name: str) -> Iterator[pa.RecordBatch]:
@@ -129,16 +136,27 @@ class ObjectConnector(Connector):
                 yield from pq.ParquetFile(path).iter_batches(batch_size=s.batch_size)
             elif fmt == "csv":
                 stream = pacsv.open_csv(
-                    path, read_options=pacsv.ReadOptions(autogenerate_column_names=not s.header),
+                    path,
+                    read_options=pacsv.ReadOptions(autogenerate_column_names=not s.header),
                     parse_options=pacsv.ParseOptions(delimiter=s.delimiter, newlines_in_values=True),
-                    convert_options=pacsv.ConvertOptions(column_types={f.name: f.type for f in typed or []}))
+                    convert_options=pacsv.ConvertOptions(column_types={f.name: f.type for f in typed or []}),
+                )
                 yield from stream
             elif fmt == "ndjson":
                 # JSON has no date type: temporal columns are parsed as text, then cast
-                as_text = pa.schema([pa.field(f.name, pa.string()) if pa.types.is_temporal(f.type) else f
-                                     for f in typed]) if typed else None
-                stream = pajson.open_json(path, parse_options=pajson.ParseOptions(
-                    explicit_schema=as_text, unexpected_field_behavior="ignore" if typed else "infer"))
+                as_text = (
+                    pa.schema(
+                        [pa.field(f.name, pa.string()) if pa.types.is_temporal(f.type) else f for f in typed]
+                    )
+                    if typed
+                    else None
+                )
+                stream = pajson.open_json(
+                    path,
+                    parse_options=pajson.ParseOptions(
+                        explicit_schema=as_text, unexpected_field_behavior="ignore" if typed else "infer"
+                    ),
+                )
                 for batch in stream:
                     yield batch.cast(typed) if typed is not None else batch
             else:
@@ -147,19 +165,24 @@ class ObjectConnector(Connector):
                 if isinstance(data, dict):
                     data = [data]
                 if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-                    self.fail(f"{name}: a JSON file must hold an object or an array of objects", retryable=False)
+                    self.fail(
+                        f"{name}: a JSON file must hold an object or an array of objects", retryable=False
+                    )
                 for start in range(0, len(data), s.batch_size):
-                    yield records_to_batch(data[start:start + s.batch_size], typed)
+                    yield records_to_batch(data[start : start + s.batch_size], typed)
         except (pa.ArrowInvalid, json.JSONDecodeError, UnicodeDecodeError) as exc:
             self.fail(f"{name} is not valid {fmt}: {' '.join(str(exc).split())[:300]}", retryable=False)
 
-    def write(self, batches: Iterable[pa.RecordBatch], mode: WriteMode | None = None,
-              keys: list[str] | None = None) -> int:
+    def write(
+        self, batches: Iterable[pa.RecordBatch], mode: WriteMode | None = None, keys: list[str] | None = None
+    ) -> int:
         mode, _ = self.resolve_mode(mode, keys)
         fmt = self.settings.format or _EXT.get(Path(self.settings.path.rstrip("/")).suffix.lower(), "parquet")
         staging = Path(tempfile.mkdtemp(prefix="udop-objects-out-"))
         try:
-            rows = _FileWriters(staging, fmt, self.settings, token=uuid.uuid4().hex[:8]).write_all(batches, self)
+            rows = _FileWriters(staging, fmt, self.settings, token=uuid.uuid4().hex[:8]).write_all(
+                batches, self
+            )
             self._publish(staging, self.settings.path.rstrip("/") + "/", mode)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -193,15 +216,24 @@ class _FileWriters:
             return pq.ParquetWriter(path, schema, compression="zstd"), None, 0
         if self.fmt == "csv":
             handle = path.open("wb")
-            return pacsv.CSVWriter(handle, schema, write_options=pacsv.WriteOptions(
-                include_header=self.settings.header, delimiter=self.settings.delimiter)), handle, 0
+            return (
+                pacsv.CSVWriter(
+                    handle,
+                    schema,
+                    write_options=pacsv.WriteOptions(
+                        include_header=self.settings.header, delimiter=self.settings.delimiter
+                    ),
+                ),
+                handle,
+                0,
+            )
         handle = path.open("w", encoding="utf-8")
         if self.fmt == "json":
             handle.write("[")
         return None, handle, 0
 
     def _close(self, folder: str) -> None:
-        writer, handle, rows = self.open.pop(folder)
+        writer, handle, _rows = self.open.pop(folder)
         if writer is not None:
             writer.close()
         if handle is not None:
@@ -340,9 +372,12 @@ class S3Connector(ObjectConnector):
             code = exc.response.get("Error", {}).get("Code", "")
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
             retryable = status >= 500 or code in ("SlowDown", "RequestTimeout", "ThrottlingException")
-            hint = {"NoSuchBucket": "the bucket does not exist", "AccessDenied": "access denied",
-                    "InvalidAccessKeyId": "the access key is not valid",
-                    "SignatureDoesNotMatch": "the secret key is wrong"}.get(code, code)
+            hint = {
+                "NoSuchBucket": "the bucket does not exist",
+                "AccessDenied": "access denied",
+                "InvalidAccessKeyId": "the access key is not valid",
+                "SignatureDoesNotMatch": "the secret key is wrong",
+            }.get(code, code)
             self.fail(f"{what}: {hint}", retryable=retryable)
         except botocore.exceptions.NoCredentialsError:
             self.fail(f"{what}: no AWS credentials found", retryable=False)
@@ -356,8 +391,12 @@ class S3Connector(ObjectConnector):
 
         def collect() -> None:
             for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-                names.extend(f"s3://{bucket}/{o['Key']}" for o in page.get("Contents", [])
-                             if not o["Key"].endswith("/"))
+                names.extend(
+                    f"s3://{bucket}/{o['Key']}"
+                    for o in page.get("Contents", [])
+                    if not o["Key"].endswith("/")
+                )
+
         self._call(f"list s3://{bucket}/{prefix}", collect)
         return names
 
@@ -379,8 +418,12 @@ class S3Connector(ObjectConnector):
             new.add(f"s3://{bucket}/{key}")
         stale = [self._split(n)[1] for n in old if n not in new]
         for i in range(0, len(stale), 1000):
-            self._call(f"delete old files under s3://{bucket}/{prefix}", self.client.delete_objects,
-                       Bucket=bucket, Delete={"Objects": [{"Key": k} for k in stale[i:i + 1000]]})
+            self._call(
+                f"delete old files under s3://{bucket}/{prefix}",
+                self.client.delete_objects,
+                Bucket=bucket,
+                Delete={"Objects": [{"Key": k} for k in stale[i : i + 1000]]},
+            )
 
 
 class _FsspecConnector(ObjectConnector):
@@ -394,8 +437,10 @@ class _FsspecConnector(ObjectConnector):
         try:
             import fsspec
         except ImportError:
-            self.fail(f"needs the optional packages fsspec and {self.package} (pip install {self.package})",
-                      retryable=False)
+            self.fail(
+                f"needs the optional packages fsspec and {self.package} (pip install {self.package})",
+                retryable=False,
+            )
         return fsspec.filesystem(self.protocol, **self.settings.storage_options)
 
     def _list(self, root: str) -> list[str]:
@@ -432,4 +477,3 @@ class AzureBlobConnector(_FsspecConnector):
     name = "azure"
     protocol = "az"
     package = "adlfs"
-

@@ -34,7 +34,9 @@ class RabbitMQSettings(ConnectorSettings):
     exchange: str = Field("", description="write: exchange to publish to ('' is the default exchange)")
     routing_key: str | None = None
     max_messages: int = Field(10_000, ge=1, description="read at most this many messages per run")
-    wait: Duration = Field(0.0, description="read: how long to wait for more messages once the queue is empty")
+    wait: Duration = Field(
+        0.0, description="read: how long to wait for more messages once the queue is empty"
+    )
     format: Literal["json", "text"] = Field("json", description="message bodies: JSON objects or plain text")
     columns: dict[str, str] | None = None
 
@@ -56,7 +58,9 @@ class RabbitMQConnector(Connector):
         import pika.exceptions as pe
 
         text = " ".join(str(exc).split())[:300] or type(exc).__name__
-        if isinstance(exc, pe.ProbableAuthenticationError | pe.AuthenticationError | pe.ProbableAccessDeniedError):
+        if isinstance(
+            exc, pe.ProbableAuthenticationError | pe.AuthenticationError | pe.ProbableAccessDeniedError
+        ):
             self.fail(f"{doing}: login refused (check the user and password)", retryable=False)
         if isinstance(exc, pe.ChannelClosedByBroker) and exc.reply_code == 404:
             self.fail(f"{doing}: {exc.reply_text}", retryable=False)
@@ -74,9 +78,14 @@ class RabbitMQConnector(Connector):
                 params = pika.URLParameters(self.secret(s.url) or "")
             else:
                 params = pika.ConnectionParameters(
-                    host=s.host, port=s.port, virtual_host=s.vhost,
+                    host=s.host,
+                    port=s.port,
+                    virtual_host=s.vhost,
                     credentials=pika.PlainCredentials(s.user, self.secret(s.password) or "guest"),
-                    connection_attempts=1, socket_timeout=5, blocked_connection_timeout=30)
+                    connection_attempts=1,
+                    socket_timeout=5,
+                    blocked_connection_timeout=30,
+                )
             try:
                 self._conn = pika.BlockingConnection(params)
                 self._channel = self._conn.channel()
@@ -110,7 +119,7 @@ class RabbitMQConnector(Connector):
         try:
             channel = self.channel
             while got < s.max_messages:
-                method, props, body = channel.basic_get(s.queue, auto_ack=False)
+                method, _props, body = channel.basic_get(s.queue, auto_ack=False)
                 if method is None:
                     if time.monotonic() >= idle_until:
                         break
@@ -133,8 +142,11 @@ class RabbitMQConnector(Connector):
         try:
             data = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError):
-            self.fail(f"queue {self.settings.queue!r}: message {tag} is not JSON (it starts with "
-                      f"{body[:40]!r}); use format: text, or remove it", retryable=False)
+            self.fail(
+                f"queue {self.settings.queue!r}: message {tag} is not JSON (it starts with "
+                f"{body[:40]!r}); use format: text, or remove it",
+                retryable=False,
+            )
         return data if isinstance(data, dict) else {"value": data}
 
     def acknowledge(self) -> None:
@@ -149,8 +161,9 @@ class RabbitMQConnector(Connector):
             self._error(exc, "acknowledge")
         self._last_tag = None
 
-    def write(self, batches: Iterable[pa.RecordBatch], mode: WriteMode | None = None,
-              keys: list[str] | None = None) -> int:
+    def write(
+        self, batches: Iterable[pa.RecordBatch], mode: WriteMode | None = None, keys: list[str] | None = None
+    ) -> int:
         import pika
         import pika.exceptions
 
@@ -164,8 +177,9 @@ class RabbitMQConnector(Connector):
             try:
                 for batch in batches:
                     for row in batch.to_pylist():
-                        channel.basic_publish(s.exchange, s.routing_key or s.queue,
-                                              json.dumps(row, default=str).encode(), props)
+                        channel.basic_publish(
+                            s.exchange, s.routing_key or s.queue, json.dumps(row, default=str).encode(), props
+                        )
                         total += 1
             except BaseException:
                 if channel.is_open:

@@ -71,13 +71,24 @@ class RedisConnector(Connector):
 
             s = self.settings
             # a short client-side retry: the task's own retry policy handles longer outages
-            opts = {"decode_responses": True, "socket_connect_timeout": 5, "socket_timeout": 30,
-                    "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 2)}
+            opts = {
+                "decode_responses": True,
+                "socket_connect_timeout": 5,
+                "socket_timeout": 30,
+                "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+            }
             if s.url is not None:
                 self._client = redis.Redis.from_url(self.secret(s.url) or "", **opts)
             else:
-                self._client = redis.Redis(host=s.host, port=s.port, db=s.db, username=s.username,
-                                           password=self.secret(s.password), ssl=s.ssl, **opts)
+                self._client = redis.Redis(
+                    host=s.host,
+                    port=s.port,
+                    db=s.db,
+                    username=s.username,
+                    password=self.secret(s.password),
+                    ssl=s.ssl,
+                    **opts,
+                )
         return self._client
 
     def close(self) -> None:
@@ -135,15 +146,21 @@ class RedisConnector(Connector):
         s = self.settings
         if s.kind == "keys":
             values = self.client.mget(keys)
-            rows = [{s.key_column: k, s.value_column: v} for k, v in zip(keys, values, strict=True)
-                    if v is not None]
+            rows = [
+                {s.key_column: k, s.value_column: v}
+                for k, v in zip(keys, values, strict=True)
+                if v is not None
+            ]
         else:
             pipe = self.client.pipeline(transaction=False)
             for k in keys:
                 pipe.hgetall(k)
             rows = [{s.key_column: k, **h} for k, h in zip(keys, pipe.execute(), strict=True) if h]
-        return records_to_batch(rows, typed) if rows else pa.RecordBatch.from_pydict(
-            {s.key_column: pa.array([], pa.string())})
+        return (
+            records_to_batch(rows, typed)
+            if rows
+            else pa.RecordBatch.from_pydict({s.key_column: pa.array([], pa.string())})
+        )
 
     def _read_stream(self, since: Any) -> Iterator[pa.RecordBatch]:
         s = self.settings
@@ -161,15 +178,20 @@ class RedisConnector(Connector):
             for entry_id, fields in entries:
                 ms, _, seq = entry_id.partition("-")
                 rows.append({"id": entry_id, "position": int(ms) * _SEQ + int(seq), **fields})
-            batch = records_to_batch(rows, None if typed is None else pa.schema(
-                [pa.field("id", pa.string()), pa.field("position", pa.int64()), *typed]))
+            batch = records_to_batch(
+                rows,
+                None
+                if typed is None
+                else pa.schema([pa.field("id", pa.string()), pa.field("position", pa.int64()), *typed]),
+            )
             read += len(rows)
             yield batch
             start = f"({entries[-1][0]}"
 
     # -- write -------------------------------------------------------------------------------------
-    def write(self, batches: Iterable[pa.RecordBatch], mode: WriteMode | None = None,
-              keys: list[str] | None = None) -> int:
+    def write(
+        self, batches: Iterable[pa.RecordBatch], mode: WriteMode | None = None, keys: list[str] | None = None
+    ) -> int:
         import redis
 
         mode, _ = self.resolve_mode(mode, keys)
@@ -183,11 +205,13 @@ class RedisConnector(Connector):
                     self.fail("mode: overwrite needs 'pattern' (the keys to replace)", retryable=False)
                 old = list(self.client.scan_iter(match=s.pattern, count=1000))
                 for i in range(0, len(old), 1000):
-                    pipe.delete(*old[i:i + 1000])
+                    pipe.delete(*old[i : i + 1000])
             total = 0
             for batch in batches:
                 if batch.num_rows and s.kind != "stream" and s.key_column not in batch.schema.names:
-                    self.fail(f"the data has no key column {s.key_column!r} (set 'key_column')", retryable=False)
+                    self.fail(
+                        f"the data has no key column {s.key_column!r} (set 'key_column')", retryable=False
+                    )
                 for row in batch.to_pylist():
                     self._queue(pipe, row)
                     total += 1
@@ -204,7 +228,9 @@ class RedisConnector(Connector):
         key = s.key_prefix + str(row[s.key_column])
         if s.kind == "keys":
             if s.value_column not in row:
-                self.fail(f"the data has no value column {s.value_column!r} (set 'value_column')", retryable=False)
+                self.fail(
+                    f"the data has no value column {s.value_column!r} (set 'value_column')", retryable=False
+                )
             pipe.set(key, _text(row[s.value_column]), ex=s.ttl)
         else:
             fields = {k: _text(v) for k, v in row.items() if k != s.key_column and v is not None}

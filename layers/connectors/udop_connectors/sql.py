@@ -106,17 +106,31 @@ def _sql_to_arrow(t: Any) -> pa.DataType:
 
 # PostgreSQL type OIDs -> Arrow, for COPY reads of any query
 _PG_OIDS: dict[int, pa.DataType] = {
-    16: pa.bool_(), 20: pa.int64(), 21: pa.int16(), 23: pa.int32(), 26: pa.int64(),
-    700: pa.float32(), 701: pa.float64(), 1082: pa.date32(), 1083: pa.time64("us"),
-    1114: pa.timestamp("us"), 1184: pa.timestamp("us", "UTC"),
+    16: pa.bool_(),
+    20: pa.int64(),
+    21: pa.int16(),
+    23: pa.int32(),
+    26: pa.int64(),
+    700: pa.float32(),
+    701: pa.float64(),
+    1082: pa.date32(),
+    1083: pa.time64("us"),
+    1114: pa.timestamp("us"),
+    1184: pa.timestamp("us", "UTC"),
 }
-_COPY_WRITABLE = (pa.types.is_boolean, pa.types.is_integer, pa.types.is_floating, pa.types.is_decimal,
-                  pa.types.is_string, pa.types.is_large_string, pa.types.is_date, pa.types.is_timestamp,
-                  pa.types.is_time)
-try:
+_COPY_WRITABLE = (
+    pa.types.is_boolean,
+    pa.types.is_integer,
+    pa.types.is_floating,
+    pa.types.is_decimal,
+    pa.types.is_string,
+    pa.types.is_large_string,
+    pa.types.is_date,
+    pa.types.is_timestamp,
+    pa.types.is_time,
+)
+if hasattr(pa.types, "is_string_view"):
     _COPY_WRITABLE = (*_COPY_WRITABLE, pa.types.is_string_view)
-except AttributeError:  # pragma: no cover - older pyarrow
-    pass
 
 
 class _CopyReader(io.RawIOBase):
@@ -175,8 +189,14 @@ class SqlConnector(Connector):
             elif backend in ("mysql", "mariadb") and "+" not in url.drivername:
                 url = url.set(drivername="mysql+pymysql")
             return url
-        return sa.URL.create(self.driver, username=s.user, password=self.secret(s.password),
-                             host=s.host, port=s.port, database=s.database)
+        return sa.URL.create(
+            self.driver,
+            username=s.user,
+            password=self.secret(s.password),
+            host=s.host,
+            port=s.port,
+            database=s.database,
+        )
 
     def _connect_args(self) -> dict[str, Any]:
         return {"connect_timeout": self.settings.connect_timeout}
@@ -184,8 +204,9 @@ class SqlConnector(Connector):
     @property
     def engine(self) -> sa.Engine:
         if self._engine is None:
-            self._engine = sa.create_engine(self._url(), poolclass=NullPool,
-                                            connect_args=self._connect_args())
+            self._engine = sa.create_engine(
+                self._url(), poolclass=NullPool, connect_args=self._connect_args()
+            )
         return self._engine
 
     def close(self) -> None:
@@ -211,7 +232,8 @@ class SqlConnector(Connector):
             with self.engine.connect() as conn:
                 conn.execute(sa.text("SELECT 1"))
                 if self.settings.table and not sa.inspect(conn).has_table(
-                        self.settings.table, schema=self.settings.db_schema):
+                    self.settings.table, schema=self.settings.db_schema
+                ):
                     self.fail(f"table {self._display_table()} does not exist", retryable=False)
         except sa_exc.SQLAlchemyError as exc:
             self._db_error(exc)
@@ -229,23 +251,41 @@ class SqlConnector(Connector):
         sqlstate = getattr(orig, "sqlstate", None) or ""
         code = orig.args[0] if getattr(orig, "args", None) and isinstance(orig.args[0], int) else None
         prefix = f"{doing}: " if doing else ""
-        if (sqlstate.startswith("28") or code == 1045 or "password authentication failed" in lower
-                or "access denied" in lower or "authentication failed" in lower
-                or ('fatal: role "' in lower and "does not exist" in lower)):
+        if (
+            sqlstate.startswith("28")
+            or code == 1045
+            or "password authentication failed" in lower
+            or "access denied" in lower
+            or "authentication failed" in lower
+            or ('fatal: role "' in lower and "does not exist" in lower)
+        ):
             self.fail(f"{prefix}login refused (check the user and password): {text}", retryable=False)
-        if sqlstate == "3D000" or code == 1049 or ('fatal: database "' in lower and "does not exist" in lower):
+        if (
+            sqlstate == "3D000"
+            or code == 1049
+            or ('fatal: database "' in lower and "does not exist" in lower)
+        ):
             self.fail(f"{prefix}database does not exist: {text}", retryable=False)
         if sqlstate in ("42P01", "3F000") or code == 1146 or "no such table" in lower:
             self.fail(f"{prefix}table does not exist: {text}", retryable=False)
         if isinstance(exc, sa_exc.NoSuchTableError):
             self.fail(f"{prefix}table {exc} does not exist", retryable=False)
         retry_states = ("08", "40001", "40P01", "53", "57P", "55P03")
-        if (sqlstate.startswith(retry_states) or code in (2002, 2003, 2006, 2013, 1205, 1213)
-                or "database is locked" in lower):
+        if (
+            sqlstate.startswith(retry_states)
+            or code in (2002, 2003, 2006, 2013, 1205, 1213)
+            or "database is locked" in lower
+        ):
             self.fail(f"{prefix}{text}", retryable=True)
         driver_operational = type(orig).__name__ == "OperationalError"
-        if not sqlstate and code is None and (driver_operational or (isinstance(exc, sa_exc.OperationalError)
-                                              and "sqlite" not in self.driver)):
+        if (
+            not sqlstate
+            and code is None
+            and (
+                driver_operational
+                or (isinstance(exc, sa_exc.OperationalError) and "sqlite" not in self.driver)
+            )
+        ):
             self.fail(f"{prefix}cannot connect: {text}", retryable=True)
         self.fail(f"{prefix}{text}", retryable=False)
 
@@ -260,9 +300,13 @@ class SqlConnector(Connector):
             self.fail("a source needs 'table' or 'query'", retryable=False)
         if s.incremental is not None and since is not None:
             since_value = since
-            if isinstance(since, dt.datetime) and since.tzinfo is not None and self.dialect_name != "postgresql":
+            if (
+                isinstance(since, dt.datetime)
+                and since.tzinfo is not None
+                and self.dialect_name != "postgresql"
+            ):
                 since_value = since.astimezone(dt.UTC).replace(tzinfo=None)
-            sql = (f"SELECT * FROM ({sql}) AS udop_src WHERE {self.q(s.incremental.column)} > :udop_since")
+            sql = f"SELECT * FROM ({sql}) AS udop_src WHERE {self.q(s.incremental.column)} > :udop_since"
             params["udop_since"] = since_value
         return sql, params
 
@@ -280,8 +324,9 @@ class SqlConnector(Connector):
                 self._db_error(exc, "read")
             raise
 
-    def _statement(self, conn: sa.Connection, sql: str, params: dict[str, Any], since: Any
-                   ) -> tuple[Any, dict[str, Any], dict[str, pa.DataType]]:
+    def _statement(
+        self, conn: sa.Connection, sql: str, params: dict[str, Any], since: Any
+    ) -> tuple[Any, dict[str, Any], dict[str, pa.DataType]]:
         """A table read goes through a reflected ``Table`` so the driver's values get SQLAlchemy's
         type processing (SQLite dates, booleans); a query is taken as text."""
         s = self.settings
@@ -291,8 +336,10 @@ class SqlConnector(Connector):
         stmt = sa.select(table)
         if s.incremental is not None and since is not None:
             if s.incremental.column not in table.c:
-                self.fail(f"incremental column {s.incremental.column!r} is not in table "
-                          f"{self._display_table()}", retryable=False)
+                self.fail(
+                    f"incremental column {s.incremental.column!r} is not in table {self._display_table()}",
+                    retryable=False,
+                )
             stmt = stmt.where(table.c[s.incremental.column] > params["udop_since"])
         return stmt, {}, {c.name: _sql_to_arrow(c.type) for c in table.c}
 
@@ -307,7 +354,9 @@ class SqlConnector(Connector):
                 columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
                 arrays = []
                 for i, name in enumerate(names):
-                    values = [json.dumps(v, default=str) if isinstance(v, dict | list) else v for v in columns[i]]
+                    values = [
+                        json.dumps(v, default=str) if isinstance(v, dict | list) else v for v in columns[i]
+                    ]
                     wanted = schema.field(i).type if schema is not None else (types or {}).get(name)
                     arrays.append(self._array(values, wanted))
                 batch = pa.RecordBatch.from_arrays(arrays, names=names)
@@ -318,14 +367,19 @@ class SqlConnector(Connector):
                 yield batch
             if schema is None:
                 yield pa.RecordBatch.from_arrays(
-                    [pa.array([], type=(types or {}).get(n, pa.string())) for n in names], names=names)
+                    [pa.array([], type=(types or {}).get(n, pa.string())) for n in names], names=names
+                )
 
     @staticmethod
     def _array(values: list[Any], wanted: pa.DataType | None) -> pa.Array:
         if wanted is not None:
             if pa.types.is_timestamp(wanted) and wanted.tz is None:
-                values = [v.astimezone(dt.UTC).replace(tzinfo=None)
-                          if isinstance(v, dt.datetime) and v.tzinfo else v for v in values]
+                values = [
+                    v.astimezone(dt.UTC).replace(tzinfo=None)
+                    if isinstance(v, dt.datetime) and v.tzinfo
+                    else v
+                    for v in values
+                ]
             if pa.types.is_string(wanted):
                 values = [v if v is None or isinstance(v, str) else str(v) for v in values]
             try:
@@ -357,15 +411,21 @@ class SqlConnector(Connector):
                     self.fail("the query returns two columns with the same name; alias them", retryable=False)
                 read_opts = pacsv.ReadOptions(column_names=schema.names, block_size=4 << 20)
                 convert = pacsv.ConvertOptions(
-                    column_types={f.name: f.type for f in schema}, true_values=["t"], false_values=["f"],
-                    null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False)
+                    column_types={f.name: f.type for f in schema},
+                    true_values=["t"],
+                    false_values=["f"],
+                    null_values=[""],
+                    strings_can_be_null=True,
+                    quoted_strings_can_be_null=False,
+                )
                 parse = pacsv.ParseOptions(newlines_in_values=True)
                 got = False
                 with cur.copy(f"COPY ({bound}) TO STDOUT WITH (FORMAT csv)") as copy:
                     reader = io.BufferedReader(_CopyReader(copy), buffer_size=4 << 20)
                     try:
-                        stream = pacsv.open_csv(reader, read_options=read_opts, parse_options=parse,
-                                                convert_options=convert)
+                        stream = pacsv.open_csv(
+                            reader, read_options=read_opts, parse_options=parse, convert_options=convert
+                        )
                     except pa.ArrowInvalid as exc:
                         if "Empty CSV file" not in str(exc):
                             raise
@@ -378,11 +438,14 @@ class SqlConnector(Connector):
                     for _ in copy:  # drain, so the connection is usable afterwards
                         pass
                 if not got:
-                    yield pa.RecordBatch.from_arrays([pa.array([], type=f.type) for f in schema], schema=schema)
+                    yield pa.RecordBatch.from_arrays(
+                        [pa.array([], type=f.type) for f in schema], schema=schema
+                    )
 
     # -- write -------------------------------------------------------------------------------------
-    def write(self, batches: Iterable[pa.RecordBatch], mode: WriteMode | None = None,
-              keys: list[str] | None = None) -> int:
+    def write(
+        self, batches: Iterable[pa.RecordBatch], mode: WriteMode | None = None, keys: list[str] | None = None
+    ) -> int:
         mode, keys = self.resolve_mode(mode, keys)
         self._require_table()
         it = iter(batches)
@@ -391,20 +454,28 @@ class SqlConnector(Connector):
             self.fail("nothing to write: no batches and no schema", retryable=False)
         for key in keys:
             if key not in first.schema.names:
-                self.fail(f"key column {key!r} is not in the data (columns: {', '.join(first.schema.names)})",
-                          retryable=False)
+                self.fail(
+                    f"key column {key!r} is not in the data (columns: {', '.join(first.schema.names)})",
+                    retryable=False,
+                )
         try:
             with self.engine.begin() as conn:
                 table = self._target_table(conn, first.schema, mode, keys)
                 if mode == "overwrite":
                     # PostgreSQL's TRUNCATE is transactional (and frees the space); elsewhere DELETE is
                     # (MySQL's TRUNCATE commits on its own)
-                    conn.execute(sa.text(f"TRUNCATE {self._qtable()}") if self.dialect_name == "postgresql"
-                                 else table.delete())
-                if (self.dialect_name == "postgresql" and self.settings.use_copy
-                        and all(any(ok(f.type) for ok in _COPY_WRITABLE) for f in first.schema)):
-                    return self._write_copy(conn, table, first, it, mode, keys)
-                return self._write_rows(conn, table, first, it, mode, keys)
+                    conn.execute(
+                        sa.text(f"TRUNCATE {self._qtable()}")
+                        if self.dialect_name == "postgresql"
+                        else table.delete()
+                    )
+                if (
+                    self.dialect_name == "postgresql"
+                    and self.settings.use_copy
+                    and all(any(ok(f.type) for ok in _COPY_WRITABLE) for f in first.schema)
+                ):
+                    return self._write_copy(conn, table, first, it, mode=mode, keys=keys)
+                return self._write_rows(conn, table, first, it, mode=mode, keys=keys)
         except sa_exc.SQLAlchemyError as exc:
             self._db_error(exc, f"write to table {self._display_table()}")
         except Exception as exc:
@@ -417,19 +488,27 @@ class SqlConnector(Connector):
         metadata = sa.MetaData(schema=db_schema)
         inspector = sa.inspect(conn)
         if not inspector.has_table(name, schema=db_schema):
-            columns = [sa.Column(f.name, _arrow_to_sql(f.type, key=f.name in keys, dialect=self.dialect_name),
-                                 primary_key=f.name in keys and mode == "upsert",
-                                 nullable=not (f.name in keys and mode == "upsert"))
-                       for f in schema]
+            columns = [
+                sa.Column(
+                    f.name,
+                    _arrow_to_sql(f.type, key=f.name in keys, dialect=self.dialect_name),
+                    primary_key=f.name in keys and mode == "upsert",
+                    nullable=not (f.name in keys and mode == "upsert"),
+                )
+                for f in schema
+            ]
             table = sa.Table(name, metadata, *columns)
             table.create(conn)
             return table
         table = sa.Table(name, metadata, autoload_with=conn)
         missing = [n for n in schema.names if n not in table.c]
         if missing:
-            self.fail(f"the data does not match table {self._display_table()}: column(s) "
-                      f"{', '.join(missing)} are not in the table (it has {', '.join(table.c.keys())}); "
-                      "the table was not changed", retryable=False)
+            self.fail(
+                f"the data does not match table {self._display_table()}: column(s) "
+                f"{', '.join(missing)} are not in the table (it has {', '.join(table.c.keys())}); "
+                "the table was not changed",
+                retryable=False,
+            )
         return table
 
     @staticmethod
@@ -452,8 +531,16 @@ class SqlConnector(Connector):
     def _upsert_statement(self, table: sa.Table, keys: list[str], columns: list[str]) -> Any:
         raise NotImplementedError
 
-    def _write_rows(self, conn: sa.Connection, table: sa.Table, first: pa.RecordBatch,
-                    rest: Iterator[pa.RecordBatch], mode: str, keys: list[str]) -> int:
+    def _write_rows(
+        self,
+        conn: sa.Connection,
+        table: sa.Table,
+        first: pa.RecordBatch,
+        rest: Iterator[pa.RecordBatch],
+        *,
+        mode: str,
+        keys: list[str],
+    ) -> int:
         columns = first.schema.names
         stmt = self._upsert_statement(table, keys, columns) if mode == "upsert" else table.insert()
         naive = self.dialect_name != "postgresql"
@@ -465,8 +552,16 @@ class SqlConnector(Connector):
                 total += part.num_rows
         return total
 
-    def _write_copy(self, conn: sa.Connection, table: sa.Table, first: pa.RecordBatch,
-                    rest: Iterator[pa.RecordBatch], mode: str, keys: list[str]) -> int:
+    def _write_copy(
+        self,
+        conn: sa.Connection,
+        table: sa.Table,
+        first: pa.RecordBatch,
+        rest: Iterator[pa.RecordBatch],
+        *,
+        mode: str,
+        keys: list[str],
+    ) -> int:
         raise NotImplementedError
 
 
@@ -480,11 +575,22 @@ class PostgresConnector(SqlConnector):
 
         stmt = insert(table)
         updates = {c: stmt.excluded[c] for c in columns if c not in keys}
-        return stmt.on_conflict_do_update(index_elements=keys, set_=updates) if updates \
+        return (
+            stmt.on_conflict_do_update(index_elements=keys, set_=updates)
+            if updates
             else stmt.on_conflict_do_nothing(index_elements=keys)
+        )
 
-    def _write_copy(self, conn: sa.Connection, table: sa.Table, first: pa.RecordBatch,
-                    rest: Iterator[pa.RecordBatch], mode: str, keys: list[str]) -> int:
+    def _write_copy(
+        self,
+        conn: sa.Connection,
+        table: sa.Table,
+        first: pa.RecordBatch,
+        rest: Iterator[pa.RecordBatch],
+        *,
+        mode: str,
+        keys: list[str],
+    ) -> int:
         raw = conn.connection.driver_connection
         assert raw is not None
         columns = first.schema.names
@@ -507,13 +613,16 @@ class PostgresConnector(SqlConnector):
                 key_cols = ", ".join(self.q(k) for k in keys)
                 updates = ", ".join(f"{self.q(c)} = EXCLUDED.{self.q(c)}" for c in columns if c not in keys)
                 action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
-                cur.execute(f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {dest} "
-                            f"ON CONFLICT ({key_cols}) {action}")
+                cur.execute(
+                    f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {dest} "
+                    f"ON CONFLICT ({key_cols}) {action}"
+                )
         return total
 
 
-def _csv_chunks(batches: Iterator[pa.RecordBatch], columns: list[str]
-                ) -> Iterator[tuple[pa.RecordBatch, memoryview]]:
+def _csv_chunks(
+    batches: Iterator[pa.RecordBatch], columns: list[str]
+) -> Iterator[tuple[pa.RecordBatch, memoryview]]:
     """CSV for COPY, formatted in a second thread while the first one sends (Arrow releases the GIL),
     at most two batches ahead so memory stays bounded. Strings are always quoted, so an empty
     string ("") and NULL (nothing) stay apart."""
@@ -532,10 +641,11 @@ def _csv_chunks(batches: Iterator[pa.RecordBatch], columns: list[str]
                     return
                 if batch.num_rows == 0:
                     continue
-                if batch.schema.names != columns:
-                    batch = batch.select(columns)
-                arrays = [a.cast(pa.timestamp(a.type.unit)) if pa.types.is_timestamp(a.type) and a.type.tz
-                          else a for a in batch.columns]
+                picked = batch if batch.schema.names == columns else batch.select(columns)
+                arrays = [
+                    a.cast(pa.timestamp(a.type.unit)) if pa.types.is_timestamp(a.type) and a.type.tz else a
+                    for a in picked.columns
+                ]
                 sink = io.BytesIO()
                 pacsv.write_csv(pa.RecordBatch.from_arrays(arrays, names=columns), sink, options)
                 out.put((batch, sink.getbuffer()))
@@ -601,6 +711,8 @@ class SQLiteConnector(SqlConnector):
 
         stmt = insert(table)
         updates = {c: stmt.excluded[c] for c in columns if c not in keys}
-        return stmt.on_conflict_do_update(index_elements=keys, set_=updates) if updates \
+        return (
+            stmt.on_conflict_do_update(index_elements=keys, set_=updates)
+            if updates
             else stmt.on_conflict_do_nothing(index_elements=keys)
-
+        )

@@ -13,7 +13,23 @@ from udop.connectors.io import extract_to_parquet, iter_parquet, load_from_parqu
 from udop.connectors.registry import available_connectors, connector_class, get_connector, register_connector
 from udop.connectors.secrets import Secret, SecretRef, mask_text
 
-__all__ = ["BreakerSettings", "CircuitBreaker", "CircuitOpen", "Connector", "ConnectorSettings",
-           "IncrementalSpec", "Secret", "SecretRef", "WriteMode", "available_connectors",
-           "connector_class", "extract_to_parquet", "get_connector", "iter_parquet", "load_from_parquet",
-           "mask_text", "register_connector", "schema_fingerprint"]
+__all__ = [
+    "BreakerSettings",
+    "CircuitBreaker",
+    "CircuitOpen",
+    "Connector",
+    "ConnectorSettings",
+    "IncrementalSpec",
+    "Secret",
+    "SecretRef",
+    "WriteMode",
+    "available_connectors",
+    "connector_class",
+    "extract_to_parquet",
+    "get_connector",
+    "iter_parquet",
+    "load_from_parquet",
+    "mask_text",
+    "register_connector",
+    "schema_fingerprint",
+]

@@ -60,8 +60,9 @@ class Connector:
     #: write modes this connector supports
     write_modes: ClassVar[tuple[str, ...]] = ("append", "overwrite", "upsert")
 
-    def __init__(self, settings: ConnectorSettings, *, connection: str | None = None,
-                 state: StateStore | None = None) -> None:
+    def __init__(
+        self, settings: ConnectorSettings, *, connection: str | None = None, state: StateStore | None = None
+    ) -> None:
         self.settings = settings
         self.connection = connection or self.name
         self.state = state
@@ -71,8 +72,9 @@ class Connector:
     def read(self, *, since: Any = None) -> Iterator[pa.RecordBatch]:
         self.fail(f"the {self.name} connector cannot be read from", retryable=False)
 
-    def write(self, batches: Iterable[pa.RecordBatch], mode: WriteMode | None = None,
-              keys: list[str] | None = None) -> int:
+    def write(
+        self, batches: Iterable[pa.RecordBatch], mode: WriteMode | None = None, keys: list[str] | None = None
+    ) -> int:
         """Write all batches; returns the number of rows written."""
         self.fail(f"the {self.name} connector cannot be written to", retryable=False)
 
@@ -103,8 +105,11 @@ class Connector:
         return mask_text(text, self._secrets)
 
     def describe(self) -> str:
-        return (f"connection {self.connection!r} ({self.name})" if self.connection != self.name
-                else f"connector {self.name!r}")
+        return (
+            f"connection {self.connection!r} ({self.name})"
+            if self.connection != self.name
+            else f"connector {self.name!r}"
+        )
 
     def fail(self, message: str, *, retryable: bool) -> NoReturn:
         """Raise the one-line error: the connection's name, what went wrong, secrets masked."""
@@ -115,16 +120,33 @@ class Connector:
         mode = mode or self.settings.mode
         keys = list(keys if keys is not None else self.settings.keys)
         if mode not in self.write_modes:
-            self.fail(f"mode {mode!r} is not supported; use one of {', '.join(self.write_modes)}",
-                      retryable=False)
+            self.fail(
+                f"mode {mode!r} is not supported; use one of {', '.join(self.write_modes)}", retryable=False
+            )
         if mode == "upsert" and not keys:
             self.fail("mode: upsert needs 'keys' (the key columns)", retryable=False)
         return mode, keys
 
     #: options that say what to read or write, not where: they do not split the circuit breaker
-    _TASK_OPTIONS: ClassVar[frozenset[str]] = frozenset({
-        "mode", "keys", "incremental", "batch_size", "circuit_breaker", "table", "query", "params",
-        "columns", "partition_by", "records", "pagination", "pattern", "stream", "queue"})
+    _TASK_OPTIONS: ClassVar[frozenset[str]] = frozenset(
+        {
+            "mode",
+            "keys",
+            "incremental",
+            "batch_size",
+            "circuit_breaker",
+            "table",
+            "query",
+            "params",
+            "columns",
+            "partition_by",
+            "records",
+            "pagination",
+            "pattern",
+            "stream",
+            "queue",
+        }
+    )
 
     def breaker_key(self) -> str:
         """A named connection has one breaker; an inline one gets one per endpoint (its settings
@@ -138,8 +160,9 @@ class Connector:
     def breaker(self) -> CircuitBreaker | None:
         if self.state is None:
             return None
-        return CircuitBreaker(self.state, self.breaker_key(), self.settings.circuit_breaker,
-                              label=self.describe())
+        return CircuitBreaker(
+            self.state, self.breaker_key(), self.settings.circuit_breaker, label=self.describe()
+        )
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.connection!r} {self.settings!r}>"

@@ -29,8 +29,14 @@ class BreakerSettings(BaseModel):
 
 
 class CircuitBreaker:
-    def __init__(self, state: StateStore, connection: str, settings: BreakerSettings | None = None,
-                 *, label: str | None = None) -> None:
+    def __init__(
+        self,
+        state: StateStore,
+        connection: str,
+        settings: BreakerSettings | None = None,
+        *,
+        label: str | None = None,
+    ) -> None:
         self.state = state
         self.connection = connection
         self.label = label or f"connection {connection!r}"
@@ -47,9 +53,11 @@ class CircuitBreaker:
             return
         remaining = float(until) - time.time()
         if remaining > 0:
-            raise CircuitOpen(f"{self.label}: circuit open after "
-                              f"{self.settings.failures} consecutive failures; not trying again for "
-                              f"{remaining:.0f}s")
+            raise CircuitOpen(
+                f"{self.label}: circuit open after "
+                f"{self.settings.failures} consecutive failures; not trying again for "
+                f"{remaining:.0f}s"
+            )
         # cooldown over: one probe at a time (the probe key expires if the prober dies)
         if not self.state.set_if_absent(self._probe, "1", ttl=max(self.settings.cooldown, 1.0)):
             raise CircuitOpen(f"{self.label}: circuit half-open, another call is probing it")

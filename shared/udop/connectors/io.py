@@ -23,8 +23,7 @@ from udop.errors import FatalError
 from udop.state.api import StateStore
 from udop.tasks.contract import Manifest, TaskContext, TaskResult
 
-__all__ = ["extract_to_parquet", "iter_parquet", "load_from_parquet", "schema_fingerprint",
-           "write_parquet"]
+__all__ = ["extract_to_parquet", "iter_parquet", "load_from_parquet", "schema_fingerprint", "write_parquet"]
 
 PART_NAME = "part-00000.parquet"
 #: keys of a source/target whose values are SQL or templates of their own: never ${...}-rendered
@@ -94,8 +93,10 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema, where: str) -> pa.RecordB
         return batch
     if set(batch.schema.names) - set(schema.names):
         new = sorted(set(batch.schema.names) - set(schema.names))
-        raise FatalError(f"{where}: a later batch has columns {new} that the first batch did not have; "
-                         "give the source an explicit 'schema'")
+        raise FatalError(
+            f"{where}: a later batch has columns {new} that the first batch did not have; "
+            "give the source an explicit 'schema'"
+        )
     columns = []
     for field in schema:
         if field.name in batch.schema.names:
@@ -103,20 +104,31 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema, where: str) -> pa.RecordB
                 columns.append(batch.column(field.name).cast(field.type))
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 have = batch.schema.field(field.name).type
-                raise FatalError(f"{where}: column {field.name!r} is {have} in a later batch but {field.type} "
-                                 "in the first; give the source an explicit 'schema'") from None
+                raise FatalError(
+                    f"{where}: column {field.name!r} is {have} in a later batch but {field.type} "
+                    "in the first; give the source an explicit 'schema'"
+                ) from None
         else:
             columns.append(pa.nulls(batch.num_rows, type=field.type))
     return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
-def write_parquet(batches: Iterator[pa.RecordBatch], output_uri: str, *, schema: pa.Schema | None = None,
-                  where: str = "extract", context: TaskContext | None = None) -> Manifest:
+def write_parquet(
+    batches: Iterator[pa.RecordBatch],
+    output_uri: str,
+    *,
+    schema: pa.Schema | None = None,
+    where: str = "extract",
+    context: TaskContext | None = None,
+) -> Manifest:
     """Stream ``batches`` into ``<output_uri>/part-00000.parquet`` atomically: readers see the old
     output or the complete new one, never a part (local: temp dir + rename; S3: one PUT per file,
     then stale files of an earlier attempt are removed)."""
-    staging = Path(tempfile.mkdtemp(prefix="udop-extract-")) if _is_s3(output_uri) else \
-        Path(f"{output_uri.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}")
+    staging = (
+        Path(tempfile.mkdtemp(prefix="udop-extract-"))
+        if _is_s3(output_uri)
+        else Path(f"{output_uri.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}")
+    )
     staging.mkdir(parents=True, exist_ok=True)
     part = staging / PART_NAME
     rows = 0
@@ -125,10 +137,10 @@ def write_parquet(batches: Iterator[pa.RecordBatch], output_uri: str, *, schema:
         for batch in batches:
             if writer is None:
                 writer = pq.ParquetWriter(part, schema or batch.schema, compression="zstd")
-            batch = _conform(batch, writer.schema, where)
-            if batch.num_rows:
-                writer.write_batch(batch)
-                rows += batch.num_rows
+            conformed = _conform(batch, writer.schema, where)
+            if conformed.num_rows:
+                writer.write_batch(conformed)
+                rows += conformed.num_rows
         if writer is None:
             writer = pq.ParquetWriter(part, schema or pa.schema([]), compression="zstd")
         final_schema = writer.schema
@@ -144,8 +156,14 @@ def write_parquet(batches: Iterator[pa.RecordBatch], output_uri: str, *, schema:
             writer.close()
         shutil.rmtree(staging, ignore_errors=True)
     uri = output_uri if output_uri.endswith("/") else output_uri + "/"
-    return Manifest(uri=uri, rows=rows, bytes=size, schema_fingerprint=schema_fingerprint(final_schema),
-                    format="parquet", files=1)
+    return Manifest(
+        uri=uri,
+        rows=rows,
+        bytes=size,
+        schema_fingerprint=schema_fingerprint(final_schema),
+        format="parquet",
+        files=1,
+    )
 
 
 def _publish_local(staging: Path, output_uri: str) -> None:
@@ -165,21 +183,30 @@ def _publish_s3(part: Path, output_uri: str, context: TaskContext | None) -> Non
     bucket, prefix = _split_s3(output_uri)
     prefix = prefix.rstrip("/") + "/"
     client.upload_file(str(part), bucket, prefix + PART_NAME)
-    stale = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-             for o in page.get("Contents", []) if o["Key"] != prefix + PART_NAME]
+    stale = [
+        o["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for o in page.get("Contents", [])
+        if o["Key"] != prefix + PART_NAME
+    ]
     for i in range(0, len(stale), 1000):
-        client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in stale[i:i + 1000]]})
+        client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in stale[i : i + 1000]]})
 
 
-def iter_parquet(uri: str, *, batch_size: int = 65_536, context: TaskContext | None = None
-                 ) -> Iterator[pa.RecordBatch]:
+def iter_parquet(
+    uri: str, *, batch_size: int = 65_536, context: TaskContext | None = None
+) -> Iterator[pa.RecordBatch]:
     """Batches of every Parquet file at ``uri`` (a file, a folder, or an s3:// prefix), in name order.
     Yields one empty batch with the schema when there are no rows, so a writer still knows it."""
     if _is_s3(uri):
         client = _s3_client(context)
         bucket, prefix = _split_s3(uri)
-        keys = sorted(o["Key"] for page in client.get_paginator("list_objects_v2").paginate(
-            Bucket=bucket, Prefix=prefix) for o in page.get("Contents", []) if o["Key"].endswith(".parquet"))
+        keys = sorted(
+            o["Key"]
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            for o in page.get("Contents", [])
+            if o["Key"].endswith(".parquet")
+        )
         with tempfile.TemporaryDirectory(prefix="udop-load-") as tmp:
             for i, key in enumerate(keys):
                 local = Path(tmp) / f"{i}.parquet"
@@ -231,11 +258,15 @@ def extract_to_parquet(context: TaskContext, source: Mapping[str, Any], output_u
         high: list[Any] = [since]
 
         def batches() -> Iterator[pa.RecordBatch]:
-            for batch in connector.read(since=since):
+            for raw in connector.read(since=since):
+                batch = raw
                 if inc is not None:
                     if inc.column not in batch.schema.names:
-                        connector.fail(f"incremental column {inc.column!r} is not in the data "
-                                       f"(columns: {', '.join(batch.schema.names)})", retryable=False)
+                        connector.fail(
+                            f"incremental column {inc.column!r} is not in the data "
+                            f"(columns: {', '.join(batch.schema.names)})",
+                            retryable=False,
+                        )
                     if since is not None and not connector.pushes_down_incremental:
                         batch = wm.filter_newer(batch, inc.column, since)
                     if high[0] is since and since is not None:
@@ -251,20 +282,34 @@ def extract_to_parquet(context: TaskContext, source: Mapping[str, Any], output_u
         breaker = connector.breaker()
         if breaker is not None:
             with breaker.guard():
-                manifest = write_parquet(batches(), output_uri, schema=connector.schema(),
-                                         where=connector.describe(), context=context)
+                manifest = write_parquet(
+                    batches(),
+                    output_uri,
+                    schema=connector.schema(),
+                    where=connector.describe(),
+                    context=context,
+                )
         else:
-            manifest = write_parquet(batches(), output_uri, schema=connector.schema(),
-                                     where=connector.describe(), context=context)
+            manifest = write_parquet(
+                batches(), output_uri, schema=connector.schema(), where=connector.describe(), context=context
+            )
         if key is not None and high[0] is not None and high[0] != since:
-            wm.record_pending(state, pipeline=context.pipeline_name, run_id=context.run_id,
-                              task_id=context.task_id, key=key, value=high[0], previous=since)
+            wm.record_pending(
+                state,
+                pipeline=context.pipeline_name,
+                run_id=context.run_id,
+                task_id=context.task_id,
+                key=key,
+                value=high[0],
+                previous=since,
+            )
         connector.acknowledge()
     return manifest
 
 
-def load_from_parquet(context: TaskContext, target: Mapping[str, Any], manifest: Manifest,
-                      inputs: Mapping[str, TaskResult]) -> dict[str, Any]:
+def load_from_parquet(
+    context: TaskContext, target: Mapping[str, Any], manifest: Manifest, inputs: Mapping[str, TaskResult]
+) -> dict[str, Any]:
     """Write the dataset ``manifest`` points at into ``target``; commit upstream watermarks after.
 
     The connector's ``write`` commits once (or raises with the target unchanged); watermarks move
@@ -283,7 +328,12 @@ def load_from_parquet(context: TaskContext, target: Mapping[str, Any], manifest:
             rows = connector.write(batches, mode, keys)  # type: ignore[arg-type]
     advanced: list[dict[str, Any]] = []
     if getattr(context.pipeline, "spec", None) is not None:
-        advanced = wm.commit_pending(state, pipeline=context.pipeline, run_id=context.run_id,
-                                     load_id=context.task_id)
-    return {"rows_written": rows, "connection": connector.connection, "mode": mode,
-            "watermarks_committed": advanced}
+        advanced = wm.commit_pending(
+            state, pipeline=context.pipeline, run_id=context.run_id, load_id=context.task_id
+        )
+    return {
+        "rows_written": rows,
+        "connection": connector.connection,
+        "mode": mode,
+        "watermarks_committed": advanced,
+    }

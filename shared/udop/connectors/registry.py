@@ -15,8 +15,13 @@ from udop.connectors.secrets import mask_text
 from udop.errors import ConfigError
 from udop.state.api import StateStore
 
-__all__ = ["ENTRY_POINT_GROUP", "available_connectors", "connector_class", "get_connector",
-           "register_connector"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "available_connectors",
+    "connector_class",
+    "get_connector",
+    "register_connector",
+]
 
 ENTRY_POINT_GROUP = "udop.connectors"
 _registered: dict[str, type[Connector]] = {}
@@ -46,13 +51,17 @@ def connector_class(name: str) -> type[Connector]:
         _entry_points.cache_clear()  # a package may have been installed since the first look
         ep = _entry_points().get(name)
     if ep is None:
-        raise ConfigError(f"unknown connector {name!r}; installed: {', '.join(available_connectors())} "
-                          f"(third-party connectors register in entry point group {ENTRY_POINT_GROUP!r})")
+        raise ConfigError(
+            f"unknown connector {name!r}; installed: {', '.join(available_connectors())} "
+            f"(third-party connectors register in entry point group {ENTRY_POINT_GROUP!r})"
+        )
     try:
         cls = ep.load()
     except ImportError as exc:
-        raise ConfigError(f"connector {name!r} cannot be loaded ({exc}); is its extra installed, "
-                          f"e.g. pip install 'udop[{name}]'?") from None
+        raise ConfigError(
+            f"connector {name!r} cannot be loaded ({exc}); is its extra installed, "
+            f"e.g. pip install 'udop[{name}]'?"
+        ) from None
     if not (isinstance(cls, type) and issubclass(cls, Connector)):
         raise ConfigError(f"connector {name!r}: entry point {ep.value} is not a udop Connector class")
     return cls
@@ -67,8 +76,12 @@ def as_dict(value: Any) -> dict[str, Any]:
     return dict(value)
 
 
-def get_connector(spec_or_name: str | Mapping[str, Any], *, connections: Mapping[str, Any] | None = None,
-                  state: StateStore | None = None) -> Connector:
+def get_connector(
+    spec_or_name: str | Mapping[str, Any],
+    *,
+    connections: Mapping[str, Any] | None = None,
+    state: StateStore | None = None,
+) -> Connector:
     """Build a connector from a source/target mapping (or a connection or connector name).
 
     ``{connector: postgres, connection: warehouse, table: t, ...}``: the named connection's settings
@@ -77,8 +90,9 @@ def get_connector(spec_or_name: str | Mapping[str, Any], *, connections: Mapping
     """
     connections = connections or {}
     if isinstance(spec_or_name, str):
-        spec: dict[str, Any] = ({"connection": spec_or_name} if spec_or_name in connections
-                                else {"connector": spec_or_name})
+        spec: dict[str, Any] = (
+            {"connection": spec_or_name} if spec_or_name in connections else {"connector": spec_or_name}
+        )
     else:
         spec = as_dict(spec_or_name)
     connection = spec.get("connection")
@@ -91,8 +105,10 @@ def get_connector(spec_or_name: str | Mapping[str, Any], *, connections: Mapping
         base = as_dict(connections[connection])
         named = base.pop("connector", None)
         if connector is not None and named is not None and connector != named:
-            raise ConfigError(f"connection {connection!r} is a {named!r} connection, "
-                              f"but the task asks for connector {connector!r}")
+            raise ConfigError(
+                f"connection {connection!r} is a {named!r} connection, "
+                f"but the task asks for connector {connector!r}"
+            )
         connector = connector or named
         settings.update(base)
     if not connector:
@@ -104,6 +120,7 @@ def get_connector(spec_or_name: str | Mapping[str, Any], *, connections: Mapping
         parsed = cls.Settings.model_validate(settings)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(settings)'}: {err['msg']}" for err in exc.errors())
+            f"{'.'.join(str(p) for p in err['loc']) or '(settings)'}: {err['msg']}" for err in exc.errors()
+        )
         raise ConfigError(mask_text(f"{where}: {problems}")) from None
     return cls(parsed, connection=connection, state=state)

@@ -79,8 +79,13 @@ class SecretRef:
             response = boto3.client("secretsmanager").get_secret_value(SecretId=self.ref)
         except botocore.exceptions.ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("ResourceNotFoundException", "AccessDeniedException", "DecryptionFailure",
-                        "InvalidParameterException", "InvalidRequestException"):
+            if code in (
+                "ResourceNotFoundException",
+                "AccessDeniedException",
+                "DecryptionFailure",
+                "InvalidParameterException",
+                "InvalidRequestException",
+            ):
                 raise ConfigError(f"secret {{secret: {self.ref}}}: {code}") from None
             raise ConnectionFailed(f"secret {{secret: {self.ref}}}: Secrets Manager error {code}") from None
         except botocore.exceptions.BotoCoreError as exc:
@@ -93,23 +98,34 @@ class SecretRef:
         try:
             return str(json.loads(text)[self.key])
         except (ValueError, KeyError, TypeError):
-            raise ConfigError(f"secret {{secret: {self.ref}, key: {self.key}}}: the secret is not a JSON "
-                              f"object with key {self.key!r}") from None
+            raise ConfigError(
+                f"secret {{secret: {self.ref}, key: {self.key}}}: the secret is not a JSON "
+                f"object with key {self.key!r}"
+            ) from None
 
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
         return core_schema.no_info_plain_validator_function(
-            cls.parse, serialization=core_schema.plain_serializer_function_ser_schema(_serialize))
+            cls.parse, serialization=core_schema.plain_serializer_function_ser_schema(_serialize)
+        )
 
     @classmethod
-    def __get_pydantic_json_schema__(cls, schema: CoreSchema, handler: GetJsonSchemaHandler) -> dict[str, Any]:
-        return {"anyOf": [
-            {"type": "string"},
-            {"type": "object", "properties": {"env": {"type": "string"}}, "required": ["env"]},
-            {"type": "object", "properties": {"file": {"type": "string"}}, "required": ["file"]},
-            {"type": "object", "properties": {"secret": {"type": "string"}, "key": {"type": "string"}},
-             "required": ["secret"]},
-        ], "description": "a secret: {env: NAME}, {file: PATH}, {secret: name-or-arn} or a literal"}
+    def __get_pydantic_json_schema__(
+        cls, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> dict[str, Any]:
+        return {
+            "anyOf": [
+                {"type": "string"},
+                {"type": "object", "properties": {"env": {"type": "string"}}, "required": ["env"]},
+                {"type": "object", "properties": {"file": {"type": "string"}}, "required": ["file"]},
+                {
+                    "type": "object",
+                    "properties": {"secret": {"type": "string"}, "key": {"type": "string"}},
+                    "required": ["secret"],
+                },
+            ],
+            "description": "a secret: {env: NAME}, {file: PATH}, {secret: name-or-arn} or a literal",
+        }
 
     def __repr__(self) -> str:
         return f"SecretRef({MASK})" if self.kind == "literal" else f"SecretRef({self.kind}={self.ref!r})"
@@ -117,8 +133,12 @@ class SecretRef:
     __str__ = __repr__
 
     def __eq__(self, other: object) -> bool:
-        return (isinstance(other, SecretRef) and (self.kind, self.ref, self.key, self._literal)
-                == (other.kind, other.ref, other.key, other._literal))
+        return isinstance(other, SecretRef) and (self.kind, self.ref, self.key, self._literal) == (
+            other.kind,
+            other.ref,
+            other.key,
+            other._literal,
+        )
 
     def __hash__(self) -> int:
         return hash((self.kind, self.ref, self.key))

@@ -21,8 +21,15 @@ import pyarrow.compute as pc
 
 from udop.state.api import StateStore
 
-__all__ = ["PENDING_TTL", "commit_pending", "committed_key", "decode", "encode", "read_committed",
-           "record_pending"]
+__all__ = [
+    "PENDING_TTL",
+    "commit_pending",
+    "committed_key",
+    "decode",
+    "encode",
+    "read_committed",
+    "record_pending",
+]
 
 #: pending watermarks live as long as a failed run can be redriven (Step Functions: 14 days)
 PENDING_TTL = 15 * 86400.0
@@ -98,8 +105,9 @@ def filter_newer(batch: pa.RecordBatch, column: str, since: Any) -> pa.RecordBat
     return batch.filter(pc.fill_null(mask, False))
 
 
-def record_pending(state: StateStore, *, pipeline: str, run_id: str, task_id: str, key: str,
-                   value: Any, previous: Any) -> dict[str, Any]:
+def record_pending(
+    state: StateStore, *, pipeline: str, run_id: str, task_id: str, key: str, value: Any, previous: Any
+) -> dict[str, Any]:
     record = {"key": key, "value": encode(value), "previous": encode(previous)}
     state.set(_pending_key(pipeline, run_id, task_id), json.dumps(record), ttl=PENDING_TTL)
     return record
@@ -137,8 +145,9 @@ def _loads_below(tasks: dict[str, Any], extract_id: str) -> set[str]:
     return {tid for tid, t in tasks.items() if t.type == "load" and extract_id in _ancestors(tasks, tid)}
 
 
-def commit_pending(state: StateStore, *, pipeline: Any, run_id: str, load_id: str,
-                   extract_ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
+def commit_pending(
+    state: StateStore, *, pipeline: Any, run_id: str, load_id: str, extract_ids: Iterable[str] | None = None
+) -> list[dict[str, Any]]:
     """After load ``load_id`` committed: advance the watermarks of the extracts upstream of it whose
     every downstream load has now committed. Returns what advanced (key and value)."""
     name = str(pipeline.metadata.name)

@@ -32,8 +32,9 @@ class StateStore(Protocol):
         """Store ``value`` only when ``key`` holds nothing (or an expired value); True when stored."""
         ...
 
-    def compare_and_set(self, key: str, expected: str | None, value: str, *,
-                        ttl: float | None = None) -> bool:
+    def compare_and_set(
+        self, key: str, expected: str | None, value: str, *, ttl: float | None = None
+    ) -> bool:
         """Store ``value`` only when ``key`` currently holds ``expected`` (None: absent)."""
         ...
 
@@ -90,10 +91,13 @@ class Lock:
 
     def __enter__(self) -> Lock:
         if not self.acquire():
-            raise LockNotAcquired(f"lock {self.name!r} is held by another run or worker "
-                                  f"(waited {self.wait:g}s); try again later")
+            raise LockNotAcquired(
+                f"lock {self.name!r} is held by another run or worker "
+                f"(waited {self.wait:g}s); try again later"
+            )
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.release()

@@ -45,8 +45,9 @@ class MemoryStateStore:
             self._data[key] = (value, self._expiry(ttl))
             return True
 
-    def compare_and_set(self, key: str, expected: str | None, value: str, *,
-                        ttl: float | None = None) -> bool:
+    def compare_and_set(
+        self, key: str, expected: str | None, value: str, *, ttl: float | None = None
+    ) -> bool:
         with self._mutex:
             if self._live(key) != expected:
                 return False

@@ -27,5 +27,7 @@ def open_state_store(url: str | None = None) -> StateStore:
         from udop.state.memory import MemoryStateStore
 
         return MemoryStateStore()
-    raise ConfigError(f"UDOP_STATE_URL {url.split('@')[-1]!r}: expected redis://..., rediss://..., "
-                      "sqlite:///path or memory://")
+    raise ConfigError(
+        f"UDOP_STATE_URL {url.split('@')[-1]!r}: expected redis://..., rediss://..., "
+        "sqlite:///path or memory://"
+    )

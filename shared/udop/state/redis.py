@@ -33,8 +33,10 @@ class RedisStateStore:
     def from_url(cls, url: str, *, prefix: str = "") -> RedisStateStore:
         import redis as redis_lib
 
-        return cls(redis_lib.Redis.from_url(url, decode_responses=True, socket_timeout=10,
-                                            socket_connect_timeout=5), prefix=prefix)
+        return cls(
+            redis_lib.Redis.from_url(url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5),
+            prefix=prefix,
+        )
 
     def _k(self, key: str) -> str:
         return self.prefix + key
@@ -62,7 +64,7 @@ class RedisStateStore:
             with self.client.pipeline() as pipe:
                 while True:
                     try:
-                        pipe.watch(self._k(key))
+                        pipe.watch(self._k(key))  # type: ignore[no-untyped-call]
                         current = self._text(pipe.get(self._k(key)))
                         result = body(pipe, current)
                         if result is not None:
@@ -72,6 +74,7 @@ class RedisStateStore:
                         return default
                     except redis_lib.WatchError:
                         continue
+
         return self._call(run)
 
     def get(self, key: str) -> str | None:
@@ -83,14 +86,16 @@ class RedisStateStore:
     def set_if_absent(self, key: str, value: str, *, ttl: float | None = None) -> bool:
         return bool(self._call(lambda: self.client.set(self._k(key), value, px=_px(ttl), nx=True)))
 
-    def compare_and_set(self, key: str, expected: str | None, value: str, *,
-                        ttl: float | None = None) -> bool:
+    def compare_and_set(
+        self, key: str, expected: str | None, value: str, *, ttl: float | None = None
+    ) -> bool:
         def body(pipe: Any, current: str | None) -> bool | None:
             if current != expected:
                 return False
             pipe.multi()
             pipe.set(self._k(key), value, px=_px(ttl))
             return None
+
         return self._watched(key, body, True)
 
     def incr(self, key: str, amount: int = 1, *, ttl: float | None = None) -> int:
@@ -100,6 +105,7 @@ class RedisStateStore:
                     pipe.set(self._k(key), 0, px=_px(ttl), nx=True)
                 pipe.incrby(self._k(key), amount)
                 return int(pipe.execute()[-1])
+
         import redis as redis_lib
 
         try:
@@ -119,6 +125,7 @@ class RedisStateStore:
             pipe.multi()
             pipe.delete(self._k(key))
             return None
+
         return self._watched(key, body, True)
 
     def lock(self, name: str, *, ttl: float = 60.0, wait: float = 0.0) -> Lock:

@@ -37,8 +37,7 @@ class SQLiteStateStore:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             try:
-                conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
-                                       check_same_thread=False)
+                conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
             except sqlite3.Error as exc:
@@ -75,9 +74,11 @@ class SQLiteStateStore:
     @staticmethod
     def _put(conn: sqlite3.Connection, key: str, value: str, ttl: float | None) -> None:
         expires = None if ttl is None else time.time() + ttl
-        conn.execute("INSERT INTO udop_state (key, value, expires) VALUES (?, ?, ?) "
-                     "ON CONFLICT(key) DO UPDATE SET value = excluded.value, expires = excluded.expires",
-                     (key, value, expires))
+        conn.execute(
+            "INSERT INTO udop_state (key, value, expires) VALUES (?, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value, expires = excluded.expires",
+            (key, value, expires),
+        )
 
     def get(self, key: str) -> str | None:
         row = self._conn().execute("SELECT value, expires FROM udop_state WHERE key = ?", (key,)).fetchone()
@@ -94,15 +95,18 @@ class SQLiteStateStore:
                 return False
             self._put(c, key, value, ttl)
             return True
+
         return self._tx(body)
 
-    def compare_and_set(self, key: str, expected: str | None, value: str, *,
-                        ttl: float | None = None) -> bool:
+    def compare_and_set(
+        self, key: str, expected: str | None, value: str, *, ttl: float | None = None
+    ) -> bool:
         def body(c: sqlite3.Connection) -> bool:
             if self._live(c, key) != expected:
                 return False
             self._put(c, key, value, ttl)
             return True
+
         return self._tx(body)
 
     def incr(self, key: str, amount: int = 1, *, ttl: float | None = None) -> int:
@@ -117,6 +121,7 @@ class SQLiteStateStore:
                 raise StoreError(f"state key {key!r} does not hold an integer") from None
             c.execute("UPDATE udop_state SET value = ? WHERE key = ?", (str(new), key))
             return new
+
         return self._tx(body)
 
     def delete(self, key: str) -> bool:
@@ -124,6 +129,7 @@ class SQLiteStateStore:
             present = self._live(c, key) is not None
             c.execute("DELETE FROM udop_state WHERE key = ?", (key,))
             return present
+
         return self._tx(body)
 
     def delete_if_equals(self, key: str, expected: str) -> bool:
@@ -132,6 +138,7 @@ class SQLiteStateStore:
                 return False
             c.execute("DELETE FROM udop_state WHERE key = ?", (key,))
             return True
+
         return self._tx(body)
 
     def lock(self, name: str, *, ttl: float = 60.0, wait: float = 0.0) -> Lock:

@@ -96,6 +96,7 @@ class StateStoreContract:
         def work() -> None:
             for _ in range(50):
                 store.incr("counter")
+
         threads = [threading.Thread(target=work) for _ in range(4)]
         for t in threads:
             t.start()
@@ -112,6 +113,7 @@ class StateStoreContract:
                 new = str(int(current or "0") + 1)
                 if store.compare_and_set("cas", current, new):
                     done += 1
+
         threads = [threading.Thread(target=work) for _ in range(4)]
         for t in threads:
             t.start()
@@ -127,6 +129,7 @@ class StateStoreContract:
             barrier.wait()
             if store.set_if_absent("once", str(i)):
                 wins.append(i)
+
         threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
         for t in threads:
             t.start()
@@ -147,9 +150,8 @@ class StateStoreContract:
     def test_lock_context_manager_and_wait(self, store: StateStore) -> None:
         holder = store.lock("cm", ttl=30)
         holder.acquire()
-        with pytest.raises(LockNotAcquired, match="'cm'"):
-            with store.lock("cm", wait=0.05):
-                pass
+        with pytest.raises(LockNotAcquired, match="'cm'"), store.lock("cm", wait=0.05):
+            pass
         threading.Timer(0.1, holder.release).start()
         with store.lock("cm", wait=5) as lock:
             assert lock.held

@@ -37,10 +37,18 @@ ContextFactory = Callable[..., TaskContext]
 def context_for(tmp_path: Path) -> ContextFactory:
     """``context_for(pipeline, task_id, run_id=..., state=...)``: what an executor hands a task."""
 
-    def make(pipeline: Pipeline, task_id: str, *, run_id: str = "run-1", state: Any = None,
-             attempt: int = 1) -> TaskContext:
-        return TaskContext(pipeline=pipeline, task_id=task_id, run_id=run_id, attempt=attempt,
-                           logical_date=dt.datetime(2024, 1, 1, tzinfo=dt.UTC), params={},
-                           data_root=str(tmp_path / "data"),
-                           services={"state": state if state is not None else MemoryStateStore()})
+    def make(
+        pipeline: Pipeline, task_id: str, *, run_id: str = "run-1", state: Any = None, attempt: int = 1
+    ) -> TaskContext:
+        return TaskContext(
+            pipeline=pipeline,
+            task_id=task_id,
+            run_id=run_id,
+            attempt=attempt,
+            logical_date=dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
+            params={},
+            data_root=str(tmp_path / "data"),
+            services={"state": state if state is not None else MemoryStateStore()},
+        )
+
     return make

@@ -1,5 +1,5 @@
-"""Helpers for the connector integration tests (imported by name: test folders are not packages): real PostgreSQL, MariaDB, Redis, RabbitMQ on this
-machine; every test works in tables/keys/queues of its own (unique names, dropped afterwards)."""
+"""Helpers for the connector integration tests, imported by name (test folders are not packages):
+every test works in tables of its own (unique names, dropped afterwards)."""
 
 from __future__ import annotations
 
@@ -41,9 +41,14 @@ class Tables:
         self.engine.dispose()
 
 
-def make_pipeline(tasks: list[dict[str, Any]], connections: dict[str, Any] | None = None,
-                  name: str | None = None) -> Pipeline:
-    return Pipeline.model_validate({
-        "apiVersion": "udop/v1", "kind": "Pipeline",
-        "metadata": {"name": name or f"p-{uuid.uuid4().hex[:8]}"},
-        "spec": {"connections": connections or {}, "tasks": tasks}})
+def make_pipeline(
+    tasks: list[dict[str, Any]], connections: dict[str, Any] | None = None, name: str | None = None
+) -> Pipeline:
+    return Pipeline.model_validate(
+        {
+            "apiVersion": "udop/v1",
+            "kind": "Pipeline",
+            "metadata": {"name": name or f"p-{uuid.uuid4().hex[:8]}"},
+            "spec": {"connections": connections or {}, "tasks": tasks},
+        }
+    )

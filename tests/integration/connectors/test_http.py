@@ -26,8 +26,13 @@ class Api(BaseHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:
         pass
 
-    def _send(self, status: int, body: Any, headers: dict[str, str] | None = None,
-              content_type: str = "application/json") -> None:
+    def _send(
+        self,
+        status: int,
+        body: Any,
+        headers: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> None:
         data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -44,21 +49,21 @@ class Api(BaseHTTPRequestHandler):
         n = len(Api.hits[url.path])
         if url.path == "/pages":  # page-number pagination, an empty page ends it
             page = int(q.get("page", 1))
-            self._send(200, {"data": {"items": ITEMS[(page - 1) * 10: page * 10]}})
+            self._send(200, {"data": {"items": ITEMS[(page - 1) * 10 : page * 10]}})
         elif url.path == "/offset":
             off, lim = int(q["offset"]), int(q["limit"])
-            self._send(200, {"results": ITEMS[off: off + lim]})
+            self._send(200, {"results": ITEMS[off : off + lim]})
         elif url.path == "/cursor":
             start = int(q.get("cursor", 0))
             nxt = start + 7 if start + 7 < len(ITEMS) else None
-            self._send(200, {"items": ITEMS[start: start + 7], "meta": {"next": nxt}})
+            self._send(200, {"items": ITEMS[start : start + 7], "meta": {"next": nxt}})
         elif url.path == "/link":
             start = int(q.get("from", 0))
             headers = {}
             if start + 10 < len(ITEMS):
                 port = self.server.server_address[1]
                 headers["Link"] = f'<http://127.0.0.1:{port}/link?from={start + 10}>; rel="next"'
-            self._send(200, ITEMS[start: start + 10], headers)
+            self._send(200, ITEMS[start : start + 10], headers)
         elif url.path == "/flaky":  # two 503s, then the data
             if n <= 2:
                 self._send(503, {"error": "busy"})
@@ -75,9 +80,12 @@ class Api(BaseHTTPRequestHandler):
             self._send(200, "<!doctype html><html><body>Login</body></html>", content_type="text/html")
         elif url.path == "/secure":
             auth = self.headers.get("Authorization", "")
-            ok = (auth == "Bearer tok-123"
-                  or auth == "Basic " + base64.b64encode(b"ann:pw-456").decode()
-                  or self.headers.get("X-Key") == "key-789" or q.get("api_key") == "key-789")
+            ok = (
+                auth == "Bearer tok-123"
+                or auth == "Basic " + base64.b64encode(b"ann:pw-456").decode()
+                or self.headers.get("X-Key") == "key-789"
+                or q.get("api_key") == "key-789"
+            )
             if ok:
                 self._send(200, ITEMS[:1])
             else:
@@ -93,10 +101,21 @@ class Api(BaseHTTPRequestHandler):
             if "broken" in body["query"]:
                 self._send(200, {"errors": [{"message": "Cannot query field 'broken'"}]})
                 return
-            nodes = ITEMS[after: after + 5]
+            nodes = ITEMS[after : after + 5]
             end = after + len(nodes)
-            self._send(200, {"data": {"shop": {"items": {
-                "nodes": nodes, "pageInfo": {"hasNextPage": end < len(ITEMS), "endCursor": str(end)}}}}})
+            self._send(
+                200,
+                {
+                    "data": {
+                        "shop": {
+                            "items": {
+                                "nodes": nodes,
+                                "pageInfo": {"hasNextPage": end < len(ITEMS), "endCursor": str(end)},
+                            }
+                        }
+                    }
+                },
+            )
         elif url.path == "/ingest":
             Api.posted.append(body)
             self._send(201, {"ok": True})
@@ -124,12 +143,15 @@ def read(spec: dict[str, Any]) -> list[dict[str, Any]]:
         return [r for b in c.read() for r in b.to_pylist()]
 
 
-@pytest.mark.parametrize(("path", "extra"), [
-    ("/pages", {"records": "data.items", "pagination": {"type": "page"}}),
-    ("/offset", {"records": "$.results", "pagination": {"type": "offset", "page_size": 5}}),
-    ("/cursor", {"records": "items", "pagination": {"type": "cursor", "cursor_path": "meta.next"}}),
-    ("/link", {"pagination": {"type": "link"}}),
-])
+@pytest.mark.parametrize(
+    ("path", "extra"),
+    [
+        ("/pages", {"records": "data.items", "pagination": {"type": "page"}}),
+        ("/offset", {"records": "$.results", "pagination": {"type": "offset", "page_size": 5}}),
+        ("/cursor", {"records": "items", "pagination": {"type": "cursor", "cursor_path": "meta.next"}}),
+        ("/link", {"pagination": {"type": "link"}}),
+    ],
+)
 def test_every_pagination_style_reads_all_records_once(api: str, path: str, extra: dict[str, Any]) -> None:
     assert read({"connector": "http", "url": api + path, **extra}) == ITEMS
 
@@ -147,10 +169,11 @@ def test_429_waits_as_long_as_retry_after_says(api: str) -> None:
 
 def test_persistent_5xx_is_retryable_and_named(api: str) -> None:
     connections = {"shop": {"connector": "http", "url": api + "/down", "retry": FAST}}
-    with pytest.raises(ConnectionFailed, match=r"^connection 'shop' \(http\): GET .*/down: HTTP 500 after 3"):
-        read_spec = {"connection": "shop"}
-        with get_connector(read_spec, connections=connections) as c:
-            list(c.read())
+    with (
+        get_connector({"connection": "shop"}, connections=connections) as c,
+        pytest.raises(ConnectionFailed, match=r"^connection 'shop' \(http\): GET .*/down: HTTP 500 after 3"),
+    ):
+        list(c.read())
 
 
 def test_html_instead_of_json_is_one_clear_fatal_line(api: str) -> None:
@@ -162,20 +185,31 @@ def test_html_instead_of_json_is_one_clear_fatal_line(api: str) -> None:
     assert "\n" not in message
 
 
-@pytest.mark.parametrize("auth", [
-    {"type": "bearer", "token": "tok-123"},
-    {"type": "basic", "username": "ann", "password": "pw-456"},
-    {"type": "api_key", "name": "X-Key", "value": "key-789"},
-    {"type": "api_key", "name": "api_key", "value": "key-789", "in": "query"},
-])
+@pytest.mark.parametrize(
+    "auth",
+    [
+        {"type": "bearer", "token": "tok-123"},
+        {"type": "basic", "username": "ann", "password": "pw-456"},
+        {"type": "api_key", "name": "X-Key", "value": "key-789"},
+        {"type": "api_key", "name": "api_key", "value": "key-789", "in": "query"},
+    ],
+)
 def test_auth_styles(api: str, auth: dict[str, Any]) -> None:
     assert read({"connector": "http", "url": api + "/secure", "auth": auth}) == ITEMS[:1]
 
 
 def test_wrong_credentials_are_fatal_and_do_not_leak(api: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("UDOP_TEST_API_TOKEN", "wrong-token-000")
-    spec = {"connector": "http", "url": api + "/secure",
-            "auth": {"type": "api_key", "name": "api_key", "value": {"env": "UDOP_TEST_API_TOKEN"}, "in": "query"}}
+    spec = {
+        "connector": "http",
+        "url": api + "/secure",
+        "auth": {
+            "type": "api_key",
+            "name": "api_key",
+            "value": {"env": "UDOP_TEST_API_TOKEN"},
+            "in": "query",
+        },
+    }
     with pytest.raises(FatalError, match="HTTP 401 Unauthorized \\(check the credentials\\)") as info:
         read(spec)
     assert "wrong-token-000" not in str(info.value)
@@ -187,16 +221,26 @@ def test_unreachable_server_is_retryable() -> None:
 
 
 def test_columns_fix_types_and_drop_other_fields(api: str) -> None:
-    rows = read({"connector": "http", "url": api + "/link", "pagination": {"type": "link"},
-                 "columns": {"id": "int", "price": "decimal(10,2)"}})
+    rows = read(
+        {
+            "connector": "http",
+            "url": api + "/link",
+            "pagination": {"type": "link"},
+            "columns": {"id": "int", "price": "decimal(10,2)"},
+        }
+    )
     assert [str(r["price"]) for r in rows[:2]] == ["1.25", "2.50"]
     assert set(rows[0]) == {"id", "price"}
 
 
 def test_graphql_cursor_pagination(api: str) -> None:
-    spec = {"connector": "graphql", "url": api + "/graphql",
-            "query": "query($after: String) { shop { items(after: $after) { nodes { id name price } } } }",
-            "records": "data.shop.items.nodes", "page_info": "data.shop.items.pageInfo"}
+    spec = {
+        "connector": "graphql",
+        "url": api + "/graphql",
+        "query": "query($after: String) { shop { items(after: $after) { nodes { id name price } } } }",
+        "records": "data.shop.items.nodes",
+        "page_info": "data.shop.items.pageInfo",
+    }
     assert read(spec) == ITEMS
     with pytest.raises(FatalError, match="GraphQL error: Cannot query field 'broken'"):
         read({**spec, "query": "{ broken }"})

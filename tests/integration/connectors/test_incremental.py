@@ -30,18 +30,35 @@ T0 = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)
 
 def add_rows(tables: Tables, table: str, ids: range, amount: int = 10) -> None:
     for i in ids:
-        tables.execute(f"INSERT INTO {table} (id, amount, updated_at) VALUES (:i, :a, :u)",
-                       {"i": i, "a": amount if i != 6 else 5000, "u": T0 + dt.timedelta(hours=i)})
+        tables.execute(
+            f"INSERT INTO {table} (id, amount, updated_at) VALUES (:i, :a, :u)",
+            {"i": i, "a": amount if i != 6 else 5000, "u": T0 + dt.timedelta(hours=i)},
+        )
 
 
 def pipeline_for(src: str, dst: str, name: str) -> Any:
-    return make_pipeline([
-        {"id": "ext", "type": "extract",
-         "source": {"connector": "postgres", "connection": "db", "table": src,
-                    "incremental": {"column": "updated_at"}}},
-        {"id": "load", "type": "load", "depends_on": ["ext"],
-         "target": {"connector": "postgres", "connection": "db", "table": dst, "mode": "append"}},
-    ], connections={"db": PG}, name=name)
+    return make_pipeline(
+        [
+            {
+                "id": "ext",
+                "type": "extract",
+                "source": {
+                    "connector": "postgres",
+                    "connection": "db",
+                    "table": src,
+                    "incremental": {"column": "updated_at"},
+                },
+            },
+            {
+                "id": "load",
+                "type": "load",
+                "depends_on": ["ext"],
+                "target": {"connector": "postgres", "connection": "db", "table": dst, "mode": "append"},
+            },
+        ],
+        connections={"db": PG},
+        name=name,
+    )
 
 
 def run_extract(ctx: TaskContext) -> TaskResult:
@@ -57,8 +74,10 @@ def run_load(ctx: TaskContext, extracted: TaskResult) -> dict[str, Any]:
 def test_failed_load_then_retry_and_next_run_lose_and_duplicate_nothing(pg: Tables, context_for: Any) -> None:
     src, dst = pg.new("src"), pg.new("dst")
     pg.execute(f"CREATE TABLE {src} (id INT PRIMARY KEY, amount INT, updated_at TIMESTAMPTZ)")
-    pg.execute(f"CREATE TABLE {dst} (id INT, amount INT CONSTRAINT small CHECK (amount < 1000), "
-               "updated_at TIMESTAMPTZ)")
+    pg.execute(
+        f"CREATE TABLE {dst} (id INT, amount INT CONSTRAINT small CHECK (amount < 1000), "
+        "updated_at TIMESTAMPTZ)"
+    )
     pipeline = pipeline_for(src, dst, "inc-pg")
     state = MemoryStateStore()
     add_rows(pg, src, range(1, 4))
@@ -129,29 +148,42 @@ LOAD_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_sigkill_during_the_load_loses_and_duplicates_nothing(pg: Tables, context_for: Any,
-                                                               tmp_path: Path) -> None:
+def test_sigkill_during_the_load_loses_and_duplicates_nothing(
+    pg: Tables, context_for: Any, tmp_path: Path
+) -> None:
     src, dst = pg.new("src"), pg.new("dst")
     pg.execute(f"CREATE TABLE {src} (id INT PRIMARY KEY, amount INT, updated_at TIMESTAMPTZ)")
     pg.execute(f"CREATE TABLE {dst} (id INT, amount INT, updated_at TIMESTAMPTZ)")
-    pg.execute(f"INSERT INTO {src} SELECT i, i % 100, timestamptz '2024-01-01' + i * interval '1 second' "
-               "FROM generate_series(1, 300000) AS i")
+    pg.execute(
+        f"INSERT INTO {src} SELECT i, i % 100, timestamptz '2024-01-01' + i * interval '1 second' "
+        "FROM generate_series(1, 300000) AS i"
+    )
     pipeline = pipeline_for(src, dst, "inc-kill")
     state = SQLiteStateStore(tmp_path / "state.db")
     ctx = context_for(pipeline, "ext", run_id="r1", state=state)
     extracted = run_extract(ctx)
     assert extracted.output is not None and extracted.output.rows == 300000
-    args = {"pipeline": pipeline.model_dump(mode="json", by_alias=True, exclude_unset=True), "run_id": "r1",
-            "data_root": ctx.data_root, "state": str(tmp_path / "state.db"),
-            "manifest": extracted.output.to_dict()}
-    proc = subprocess.Popen([sys.executable, "-c", LOAD_SCRIPT, json.dumps(args)], stdout=subprocess.PIPE,
-                            text=True, env={**os.environ})
+    args = {
+        "pipeline": pipeline.model_dump(mode="json", by_alias=True, exclude_unset=True),
+        "run_id": "r1",
+        "data_root": ctx.data_root,
+        "state": str(tmp_path / "state.db"),
+        "manifest": extracted.output.to_dict(),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LOAD_SCRIPT, json.dumps(args)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ},
+    )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "loading"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # wait until the COPY into the target is under way
-        active = pg.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE :q AND state = 'active'",
-                            {"q": f"COPY%{dst}%"})
+        active = pg.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE :q AND state = 'active'",
+            {"q": f"COPY%{dst}%"},
+        )
         if active[0][0]:
             break
         time.sleep(0.01)
@@ -169,6 +201,7 @@ def test_sigkill_during_the_load_loses_and_duplicates_nothing(pg: Tables, contex
     r2 = run_extract(context_for(pipeline, "ext", run_id="r2", state=state))
     assert r2.output is not None and r2.output.rows == 300000
     run_load(context_for(pipeline, "load", run_id="r2", state=state), r2)
-    assert pg.execute(f"SELECT count(*), count(DISTINCT id), min(id), max(id) FROM {dst}") == \
-        [(300000, 300000, 1, 300000)]
+    assert pg.execute(f"SELECT count(*), count(DISTINCT id), min(id), max(id) FROM {dst}") == [
+        (300000, 300000, 1, 300000)
+    ]
     state.close()

@@ -22,12 +22,14 @@ from udop.tasks.contract import TaskContext, TaskResult
 
 
 def flights(n: int = 12) -> pa.RecordBatch:
-    return pa.RecordBatch.from_pydict({
-        "id": pa.array(range(n), pa.int64()),
-        "carrier": [["AA", "UA", "DL"][i % 3] for i in range(n)],
-        "delay": [float(i) * 1.5 for i in range(n)],
-        "day": pa.array([dt.date(2024, 1, 1 + i % 5) for i in range(n)], pa.date32()),
-    })
+    return pa.RecordBatch.from_pydict(
+        {
+            "id": pa.array(range(n), pa.int64()),
+            "carrier": [["AA", "UA", "DL"][i % 3] for i in range(n)],
+            "delay": [float(i) * 1.5 for i in range(n)],
+            "day": pa.array([dt.date(2024, 1, 1 + i % 5) for i in range(n)], pa.date32()),
+        }
+    )
 
 
 def read_rows(spec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -75,7 +77,9 @@ def test_bad_json_and_missing_files_are_fatal(tmp_path: Path) -> None:
     with pytest.raises(FatalError, match="no files at"):
         read_rows({"connector": "local", "path": str(tmp_path / "nothing" / "*.csv")})
     with pytest.raises(FatalError, match="mode 'upsert' is not supported"):
-        get_connector({"connector": "local", "path": str(tmp_path / "x")}).write([flights()], "upsert", ["id"])
+        get_connector({"connector": "local", "path": str(tmp_path / "x")}).write(
+            [flights()], "upsert", ["id"]
+        )
 
 
 @pytest.fixture
@@ -101,8 +105,9 @@ def test_s3_partitioned_parquet_round_trip_and_overwrite(s3: Any) -> None:
     first = keys(s3, "flights/")
     assert [k.split("/")[1] for k in first] == ["carrier=AA", "carrier=DL", "carrier=UA"]
     got = read_rows({"connector": "s3", "path": "s3://lake/flights/"})
-    assert [(r["id"], r["carrier"], r["delay"]) for r in got] == \
-        [(r["id"], r["carrier"], r["delay"]) for r in flights().to_pylist()]
+    assert [(r["id"], r["carrier"], r["delay"]) for r in got] == [
+        (r["id"], r["carrier"], r["delay"]) for r in flights().to_pylist()
+    ]
     with get_connector(spec) as c:
         c.write([flights(2)], "overwrite")
     assert not set(keys(s3, "flights/")) & set(first)  # the old files are gone
@@ -123,34 +128,65 @@ def test_s3_csv_glob_and_ndjson(s3: Any) -> None:
 @pytest.mark.aws
 def test_s3_missing_bucket_is_fatal_and_names_the_connection(s3: Any) -> None:
     connections = {"lake2": {"connector": "s3", "path": "s3://no-such-bucket/x/"}}
-    with pytest.raises(FatalError, match=r"^connection 'lake2' \(s3\): list s3://no-such-bucket/x/: "
-                                         "the bucket does not exist"):
-        with get_connector("lake2", connections=connections) as c:
-            list(c.read())
+    with (
+        pytest.raises(
+            FatalError,
+            match=r"^connection 'lake2' \(s3\): list s3://no-such-bucket/x/: "
+            "the bucket does not exist",
+        ),
+        get_connector("lake2", connections=connections) as c,
+    ):
+        list(c.read())
 
 
 @pytest.mark.aws
 def test_extract_and_load_through_s3_prefixes(s3: Any, tmp_path: Path) -> None:
-    s3.put_object(Bucket="lake", Key="in/data.json", Body=json.dumps([{"id": i, "v": i * i} for i in range(5)]))
-    pipeline = Pipeline.model_validate({
-        "apiVersion": "udop/v1", "kind": "Pipeline", "metadata": {"name": "s3p"},
-        "spec": {"tasks": [
-            {"id": "ext", "type": "extract", "source": {"connector": "s3", "path": "s3://lake/in/data.json"}},
-            {"id": "load", "type": "load", "depends_on": ["ext"],
-             "target": {"connector": "local", "path": str(tmp_path / "out"), "format": "csv"}}]}})
+    s3.put_object(
+        Bucket="lake", Key="in/data.json", Body=json.dumps([{"id": i, "v": i * i} for i in range(5)])
+    )
+    pipeline = Pipeline.model_validate(
+        {
+            "apiVersion": "udop/v1",
+            "kind": "Pipeline",
+            "metadata": {"name": "s3p"},
+            "spec": {
+                "tasks": [
+                    {
+                        "id": "ext",
+                        "type": "extract",
+                        "source": {"connector": "s3", "path": "s3://lake/in/data.json"},
+                    },
+                    {
+                        "id": "load",
+                        "type": "load",
+                        "depends_on": ["ext"],
+                        "target": {"connector": "local", "path": str(tmp_path / "out"), "format": "csv"},
+                    },
+                ]
+            },
+        }
+    )
 
     def ctx(task: str) -> TaskContext:
-        return TaskContext(pipeline=pipeline, task_id=task, run_id="r1", attempt=1,
-                           logical_date=dt.datetime(2024, 1, 1, tzinfo=dt.UTC), params={},
-                           data_root="s3://lake/udop", services={"state": MemoryStateStore()})
+        return TaskContext(
+            pipeline=pipeline,
+            task_id=task,
+            run_id="r1",
+            attempt=1,
+            logical_date=dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
+            params={},
+            data_root="s3://lake/udop",
+            services={"state": MemoryStateStore()},
+        )
 
     c = ctx("ext")
     manifest = extract_to_parquet(c, pipeline.task("ext").source, c.output_uri)
     assert manifest.uri == "s3://lake/udop/runs/s3p/r1/ext/"
     assert manifest.rows == 5
     assert keys(s3, "udop/runs/s3p/r1/ext/") == ["udop/runs/s3p/r1/ext/part-00000.parquet"]
-    metrics = load_from_parquet(ctx("load"), pipeline.task("load").target, manifest,
-                                {"ext": TaskResult(output=manifest)})
+    metrics = load_from_parquet(
+        ctx("load"), pipeline.task("load").target, manifest, {"ext": TaskResult(output=manifest)}
+    )
     assert metrics["rows_written"] == 5
     (out,) = (tmp_path / "out").iterdir()
     lines = out.read_text().splitlines()

@@ -37,8 +37,9 @@ spec:
 """
 
 
-def test_incremental_sync_through_the_local_executor(pg: Tables, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_incremental_sync_through_the_local_executor(
+    pg: Tables, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("UDOP_TEST_WAREHOUSE_PASSWORD", "unused-with-trust-auth")
     db = tmp_path / "shop.db"
     with sqlite3.connect(db) as conn:

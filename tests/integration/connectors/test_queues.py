@@ -46,18 +46,28 @@ def test_redis_keys_and_hashes_round_trip(rds: tuple[redis_lib.Redis, str]) -> N
         assert c.write([batch]) == 3
     assert client.get(prefix + "k:b") == "2"
     got = rows({"connector": "redis", "kind": "keys", "pattern": prefix + "k:*", "batch_size": 2})
-    assert sorted((r["key"], r["value"]) for r in got) == [(prefix + f"k:{x}", v) for x, v in
-                                                            zip("abc", "123", strict=True)]
+    assert sorted((r["key"], r["value"]) for r in got) == [
+        (prefix + f"k:{x}", v) for x, v in zip("abc", "123", strict=True)
+    ]
     users = pa.RecordBatch.from_pydict({"id": ["u1", "u2"], "name": ["Ann", "Bo"], "age": [31, None]})
     spec = {"connector": "redis", "kind": "hash", "key_column": "id", "key_prefix": prefix + "user:"}
     with get_connector(spec) as c:
         c.write([users])
     assert client.hgetall(prefix + "user:u1") == {"name": "Ann", "age": "31"}
     assert client.hgetall(prefix + "user:u2") == {"name": "Bo"}
-    got = rows({"connector": "redis", "kind": "hash", "pattern": prefix + "user:*", "key_column": "id",
-                "columns": {"id": "string", "name": "string", "age": "int"}})
-    assert sorted(got, key=lambda r: r["id"]) == [{"id": prefix + "user:u1", "name": "Ann", "age": 31},
-                                                  {"id": prefix + "user:u2", "name": "Bo", "age": None}]
+    got = rows(
+        {
+            "connector": "redis",
+            "kind": "hash",
+            "pattern": prefix + "user:*",
+            "key_column": "id",
+            "columns": {"id": "string", "name": "string", "age": "int"},
+        }
+    )
+    assert sorted(got, key=lambda r: r["id"]) == [
+        {"id": prefix + "user:u1", "name": "Ann", "age": 31},
+        {"id": prefix + "user:u2", "name": "Bo", "age": None},
+    ]
 
 
 @pytest.mark.redis
@@ -82,28 +92,63 @@ def test_redis_stream_incremental_extract(rds: tuple[redis_lib.Redis, str], tmp_
     stream = prefix + "events"
     for i in range(5):
         client.xadd(stream, {"n": str(i)})
-    pipeline = Pipeline.model_validate({
-        "apiVersion": "udop/v1", "kind": "Pipeline", "metadata": {"name": "stream-p"},
-        "spec": {"tasks": [
-            {"id": "ext", "type": "extract", "source": {"connector": "redis", "kind": "stream", "stream": stream,
-                                                       "batch_size": 2, "incremental": {"column": "position"}}},
-            {"id": "load", "type": "load", "depends_on": ["ext"],
-             "target": {"connector": "local", "path": str(tmp_path / "out")}}]}})
+    pipeline = Pipeline.model_validate(
+        {
+            "apiVersion": "udop/v1",
+            "kind": "Pipeline",
+            "metadata": {"name": "stream-p"},
+            "spec": {
+                "tasks": [
+                    {
+                        "id": "ext",
+                        "type": "extract",
+                        "source": {
+                            "connector": "redis",
+                            "kind": "stream",
+                            "stream": stream,
+                            "batch_size": 2,
+                            "incremental": {"column": "position"},
+                        },
+                    },
+                    {
+                        "id": "load",
+                        "type": "load",
+                        "depends_on": ["ext"],
+                        "target": {"connector": "local", "path": str(tmp_path / "out")},
+                    },
+                ]
+            },
+        }
+    )
     state = MemoryStateStore()
 
     def extract(run: str) -> Any:
-        ctx = TaskContext(pipeline=pipeline, task_id="ext", run_id=run, attempt=1,
-                          logical_date=dt.datetime(2024, 1, 1, tzinfo=dt.UTC), params={},
-                          data_root=str(tmp_path / "data"), services={"state": state})
+        ctx = TaskContext(
+            pipeline=pipeline,
+            task_id="ext",
+            run_id=run,
+            attempt=1,
+            logical_date=dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
+            params={},
+            data_root=str(tmp_path / "data"),
+            services={"state": state},
+        )
         return extract_to_parquet(ctx, pipeline.task("ext").source, ctx.output_uri)
 
     from udop.connectors import load_from_parquet
     from udop.tasks.contract import TaskResult
 
     def load(run: str, manifest: Any) -> None:
-        ctx = TaskContext(pipeline=pipeline, task_id="load", run_id=run, attempt=1,
-                          logical_date=dt.datetime(2024, 1, 1, tzinfo=dt.UTC), params={},
-                          data_root=str(tmp_path / "data"), services={"state": state})
+        ctx = TaskContext(
+            pipeline=pipeline,
+            task_id="load",
+            run_id=run,
+            attempt=1,
+            logical_date=dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
+            params={},
+            data_root=str(tmp_path / "data"),
+            services={"state": state},
+        )
         load_from_parquet(ctx, pipeline.task("load").target, manifest, {"ext": TaskResult(output=manifest)})
 
     first = extract("r1")
@@ -123,7 +168,13 @@ def test_redis_unreachable_and_wrong_password(rds: tuple[redis_lib.Redis, str]) 
     with pytest.raises(ConnectionFailed, match="cannot reach Redis"):
         rows({"connector": "redis", "port": 1, "pattern": "x*"})
     with pytest.raises(FatalError) as info:
-        rows({"connector": "redis", "url": "redis://udop_nobody:not-the-pw-42@127.0.0.1:6379/0", "pattern": "x*"})
+        rows(
+            {
+                "connector": "redis",
+                "url": "redis://udop_nobody:not-the-pw-42@127.0.0.1:6379/0",
+                "pattern": "x*",
+            }
+        )
     assert "not-the-pw-42" not in str(info.value)
 
 
@@ -144,21 +195,41 @@ def depth(channel: Any, name: str) -> int:
 
 
 @pytest.mark.rabbitmq
-def test_rabbitmq_publish_then_consume_a_bounded_batch_acked_after_the_write(queue: tuple[Any, str],
-                                                                           tmp_path: Path) -> None:
+def test_rabbitmq_publish_then_consume_a_bounded_batch_acked_after_the_write(
+    queue: tuple[Any, str], tmp_path: Path
+) -> None:
     channel, name = queue
     batch = pa.RecordBatch.from_pydict({"id": list(range(25)), "kind": ["order"] * 25})
     with get_connector({"connector": "rabbitmq", "queue": name}) as c:
         assert c.write([batch]) == 25
     assert depth(channel, name) == 25
 
-    pipeline = Pipeline.model_validate({
-        "apiVersion": "udop/v1", "kind": "Pipeline", "metadata": {"name": "mq"},
-        "spec": {"tasks": [{"id": "ext", "type": "extract",
-                            "source": {"connector": "rabbitmq", "queue": name, "max_messages": 10}}]}})
-    ctx = TaskContext(pipeline=pipeline, task_id="ext", run_id="r1", attempt=1,
-                      logical_date=dt.datetime(2024, 1, 1, tzinfo=dt.UTC), params={},
-                      data_root=str(tmp_path), services={"state": MemoryStateStore()})
+    pipeline = Pipeline.model_validate(
+        {
+            "apiVersion": "udop/v1",
+            "kind": "Pipeline",
+            "metadata": {"name": "mq"},
+            "spec": {
+                "tasks": [
+                    {
+                        "id": "ext",
+                        "type": "extract",
+                        "source": {"connector": "rabbitmq", "queue": name, "max_messages": 10},
+                    }
+                ]
+            },
+        }
+    )
+    ctx = TaskContext(
+        pipeline=pipeline,
+        task_id="ext",
+        run_id="r1",
+        attempt=1,
+        logical_date=dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
+        params={},
+        data_root=str(tmp_path),
+        services={"state": MemoryStateStore()},
+    )
     manifest = extract_to_parquet(ctx, pipeline.task("ext").source, ctx.output_uri)
     assert manifest.rows == 10
     assert depth(channel, name) == 15  # the 10 were acked after the Parquet was in place
@@ -175,8 +246,10 @@ def test_rabbitmq_failed_extract_leaves_messages_queued(queue: tuple[Any, str], 
     channel, name = queue
     for body in (b'{"id": 1}', b"not json"):
         channel.basic_publish("", name, body)
-    with get_connector({"connector": "rabbitmq", "queue": name}) as c, \
-            pytest.raises(FatalError, match="is not JSON"):
+    with (
+        get_connector({"connector": "rabbitmq", "queue": name}) as c,
+        pytest.raises(FatalError, match="is not JSON"),
+    ):
         list(c.read())
     assert depth(channel, name) == 2
     got = rows({"connector": "rabbitmq", "queue": name, "format": "text"})
@@ -189,6 +262,8 @@ def test_rabbitmq_bad_credentials_and_missing_queue() -> None:
     with pytest.raises(FatalError, match="login refused") as info:
         rows({"connector": "rabbitmq", "url": "amqp://guest:bad-pw-77@127.0.0.1:5672/%2F", "queue": "q"})
     assert "bad-pw-77" not in str(info.value)
-    with get_connector({"connector": "rabbitmq", "queue": f"udop-missing-{uuid.uuid4().hex}"}) as c, \
-            pytest.raises(FatalError, match="NOT_FOUND"):
+    with (
+        get_connector({"connector": "rabbitmq", "queue": f"udop-missing-{uuid.uuid4().hex}"}) as c,
+        pytest.raises(FatalError, match="NOT_FOUND"),
+    ):
         c.check()

@@ -12,18 +12,19 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+from connectors_support import MYSQL, MYSQL_URL, PG, PG_URL, Tables
 
 from udop.connectors import get_connector
 from udop.errors import ConfigError, ConnectionFailed, FatalError
 
-from connectors_support import MYSQL, MYSQL_URL, PG, PG_URL, Tables
 
-
-@pytest.fixture(params=[
-    pytest.param("postgres", marks=pytest.mark.postgres),
-    pytest.param("mysql", marks=pytest.mark.mysql),
-    "sqlite",
-])
+@pytest.fixture(
+    params=[
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mysql", marks=pytest.mark.mysql),
+        "sqlite",
+    ]
+)
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[dict[str, Any], Tables]]:
     if request.param == "postgres":
         tables, spec = Tables(PG_URL), dict(PG)
@@ -37,14 +38,18 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[dict[st
 
 
 def people(ids: list[int], suffix: str = "") -> pa.RecordBatch:
-    return pa.RecordBatch.from_pydict({
-        "id": pa.array(ids, pa.int64()),
-        "name": [f"name-{i}{suffix}" if i % 5 else ("" if i % 10 else None) for i in ids],
-        "amount": pa.array([Decimal(i) / 4 for i in ids], pa.decimal128(12, 2)),
-        "seen": pa.array([dt.datetime(2024, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=i) for i in ids],
-                         pa.timestamp("us", "UTC")),
-        "flag": [i % 2 == 0 for i in ids],
-    })
+    return pa.RecordBatch.from_pydict(
+        {
+            "id": pa.array(ids, pa.int64()),
+            "name": [f"name-{i}{suffix}" if i % 5 else ("" if i % 10 else None) for i in ids],
+            "amount": pa.array([Decimal(i) / 4 for i in ids], pa.decimal128(12, 2)),
+            "seen": pa.array(
+                [dt.datetime(2024, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=i) for i in ids],
+                pa.timestamp("us", "UTC"),
+            ),
+            "flag": [i % 2 == 0 for i in ids],
+        }
+    )
 
 
 def read_all(spec: dict[str, Any], **options: Any) -> list[dict[str, Any]]:
@@ -86,8 +91,13 @@ def test_append_overwrite_upsert(db: tuple[dict[str, Any], Tables]) -> None:
         c.write([people([2, 3, 5], suffix="-new")], "upsert", ["id"])
     rows = read_all(spec, table=table)
     assert [r["id"] for r in rows] == [1, 2, 3, 4, 5]
-    assert {r["id"]: r["name"] for r in rows} == {1: "name-1", 2: "name-2-new", 3: "name-3-new",
-                                                  4: "name-4", 5: ""}
+    assert {r["id"]: r["name"] for r in rows} == {
+        1: "name-1",
+        2: "name-2-new",
+        3: "name-3-new",
+        4: "name-4",
+        5: "",
+    }
     with get_connector(target) as c:
         assert c.write([people([7, 8])], "overwrite") == 2
     assert [r["id"] for r in read_all(spec, table=table)] == [7, 8]
@@ -111,8 +121,11 @@ def test_query_with_bound_parameters(db: tuple[dict[str, Any], Tables]) -> None:
     table = tables.new()
     with get_connector({**spec, "table": table}) as c:
         c.write([people(list(range(1, 11)))])
-    got = read_all(spec, query=f"SELECT id, name FROM {table} WHERE id > :low AND name <> :skip",
-                   params={"low": 6, "skip": "name-7"})
+    got = read_all(
+        spec,
+        query=f"SELECT id, name FROM {table} WHERE id > :low AND name <> :skip",
+        params={"low": 6, "skip": "name-7"},
+    )
     assert [r["id"] for r in got] == [8, 9]
     # a parameter is a value, never SQL
     evil = read_all(spec, query=f"SELECT id FROM {table} WHERE name = :n", params={"n": "x' OR '1'='1"})
@@ -122,8 +135,9 @@ def test_query_with_bound_parameters(db: tuple[dict[str, Any], Tables]) -> None:
 def test_identifiers_are_quoted(db: tuple[dict[str, Any], Tables]) -> None:
     spec, tables = db
     table = tables.new("Mixed Case")
-    batch = pa.RecordBatch.from_pydict({"id": pa.array([1, 2], pa.int64()), "select": ["x", "y"],
-                                        "Odd Name": [1.5, 2.5]})
+    batch = pa.RecordBatch.from_pydict(
+        {"id": pa.array([1, 2], pa.int64()), "select": ["x", "y"], "Odd Name": [1.5, 2.5]}
+    )
     with get_connector({**spec, "table": table}) as c:
         c.write([batch], "upsert", ["id"])
         c.write([batch], "upsert", ["id"])
@@ -145,7 +159,7 @@ def test_reads_stream_in_batches(db: tuple[dict[str, Any], Tables]) -> None:
 
 
 def test_missing_table_is_fatal_and_named(db: tuple[dict[str, Any], Tables]) -> None:
-    spec, tables = db
+    spec, _ = db
     with get_connector({**spec, "table": "udop_no_such_table_x"}) as c, pytest.raises(FatalError) as info:
         list(c.read())
     assert "udop_no_such_table_x" in str(info.value)
@@ -172,8 +186,16 @@ def test_upsert_needs_keys(db: tuple[dict[str, Any], Tables]) -> None:
 
 @pytest.mark.postgres
 def test_postgres_unreachable_host_is_retryable() -> None:
-    conn = {"connector": "postgres", "host": "127.0.0.1", "port": 1, "user": "postgres",
-            "password": "s3cret-pw", "database": "test", "table": "t", "connect_timeout": 2}
+    conn = {
+        "connector": "postgres",
+        "host": "127.0.0.1",
+        "port": 1,
+        "user": "postgres",
+        "password": "s3cret-pw",
+        "database": "test",
+        "table": "t",
+        "connect_timeout": 2,
+    }
     with get_connector(conn) as c, pytest.raises(ConnectionFailed) as info:
         c.check()
     message = str(info.value)
@@ -184,10 +206,19 @@ def test_postgres_unreachable_host_is_retryable() -> None:
 
 @pytest.mark.postgres
 def test_postgres_unknown_user_is_fatal_without_the_password() -> None:
-    connections = {"warehouse": {"connector": "postgres", "host": "127.0.0.1", "user": "udop_nobody",
-                                 "password": "hunter2-secret", "database": "test"}}
-    with get_connector({"connection": "warehouse", "table": "t"}, connections=connections) as c, \
-            pytest.raises(FatalError) as info:
+    connections = {
+        "warehouse": {
+            "connector": "postgres",
+            "host": "127.0.0.1",
+            "user": "udop_nobody",
+            "password": "hunter2-secret",
+            "database": "test",
+        }
+    }
+    with (
+        get_connector({"connection": "warehouse", "table": "t"}, connections=connections) as c,
+        pytest.raises(FatalError) as info,
+    ):
         c.check()
     message = str(info.value)
     assert message.startswith("connection 'warehouse' (postgres): ")
@@ -198,8 +229,10 @@ def test_postgres_unknown_user_is_fatal_without_the_password() -> None:
 @pytest.mark.mysql
 def test_mysql_wrong_password_is_fatal_and_masked() -> None:
     url = "mysql://root:wrong-pass-123@127.0.0.1:3306/test"
-    with get_connector({"connector": "mysql", "url": url, "table": "t"}) as c, \
-            pytest.raises(FatalError) as info:
+    with (
+        get_connector({"connector": "mysql", "url": url, "table": "t"}) as c,
+        pytest.raises(FatalError) as info,
+    ):
         c.check()
     message = str(info.value)
     assert "login refused" in message
@@ -209,8 +242,10 @@ def test_mysql_wrong_password_is_fatal_and_masked() -> None:
 
 @pytest.mark.mysql
 def test_mysql_unreachable_is_retryable() -> None:
-    with get_connector({**MYSQL, "port": 1, "table": "t", "connect_timeout": 2}) as c, \
-            pytest.raises(ConnectionFailed, match="connector 'mysql'"):
+    with (
+        get_connector({**MYSQL, "port": 1, "table": "t", "connect_timeout": 2}) as c,
+        pytest.raises(ConnectionFailed, match="connector 'mysql'"),
+    ):
         list(c.read())
 
 

@@ -38,20 +38,32 @@ from udop.tasks.contract import TaskContext, TaskResult
 
 
 def pipeline(tasks: list[dict[str, Any]], connections: dict[str, Any] | None = None) -> Pipeline:
-    return Pipeline.model_validate({"apiVersion": "udop/v1", "kind": "Pipeline",
-                                    "metadata": {"name": f"p-{uuid.uuid4().hex[:6]}"},
-                                    "spec": {"connections": connections or {}, "tasks": tasks}})
+    return Pipeline.model_validate(
+        {
+            "apiVersion": "udop/v1",
+            "kind": "Pipeline",
+            "metadata": {"name": f"p-{uuid.uuid4().hex[:6]}"},
+            "spec": {"connections": connections or {}, "tasks": tasks},
+        }
+    )
 
 
 def context(p: Pipeline, task_id: str, tmp_path: Path, state: Any, run_id: str = "r1") -> TaskContext:
-    return TaskContext(pipeline=p, task_id=task_id, run_id=run_id, attempt=1,
-                       logical_date=dt.datetime(2024, 1, 1, tzinfo=dt.UTC), params={"n": 3},
-                       data_root=str(tmp_path / "data"), services={"state": state})
+    return TaskContext(
+        pipeline=p,
+        task_id=task_id,
+        run_id=run_id,
+        attempt=1,
+        logical_date=dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
+        params={"n": 3},
+        data_root=str(tmp_path / "data"),
+        services={"state": state},
+    )
 
 
 # -- registry and settings ------------------------------------------------------------------------
 def test_unknown_connector_lists_the_installed_ones() -> None:
-    with pytest.raises(ConfigError, match="unknown connector 'nope'.*postgres"):
+    with pytest.raises(ConfigError, match=r"unknown connector 'nope'.*postgres"):
         get_connector({"connector": "nope"})
 
 
@@ -61,7 +73,7 @@ def test_connection_settings_merge_under_the_task_options(tmp_path: Path) -> Non
     assert c.settings.table == "override"
     assert c.settings.database == str(tmp_path / "a.db")
     assert c.connection == "db"
-    with pytest.raises(ConfigError, match="unknown connection 'other'.*db"):
+    with pytest.raises(ConfigError, match=r"unknown connection 'other'.*db"):
         get_connector({"connection": "other"}, connections=connections)
     with pytest.raises(ConfigError, match="is a 'sqlite' connection"):
         get_connector({"connector": "postgres", "connection": "db"}, connections=connections)
@@ -70,14 +82,18 @@ def test_connection_settings_merge_under_the_task_options(tmp_path: Path) -> Non
 
 
 # -- secrets --------------------------------------------------------------------------------------
-def test_secrets_resolve_from_env_and_file_and_never_show(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                                         ) -> None:
+def test_secrets_resolve_from_env_and_file_and_never_show(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("UDOP_TEST_PW", "env-pass-1")
     (tmp_path / "pw").write_text("file-pass-2\n")
     env, file = SecretRef.parse({"env": "UDOP_TEST_PW"}), SecretRef.parse({"file": str(tmp_path / "pw")})
     literal = SecretRef.parse("literal-pass-3")
-    assert (env.get_secret_value(), file.get_secret_value(), literal.get_secret_value()) == \
-        ("env-pass-1", "file-pass-2", "literal-pass-3")
+    assert (env.get_secret_value(), file.get_secret_value(), literal.get_secret_value()) == (
+        "env-pass-1",
+        "file-pass-2",
+        "literal-pass-3",
+    )
     c = get_connector({"connector": "postgres", "host": "h", "password": "literal-pass-3", "table": "t"})
     shown = repr(c) + str(c.settings) + c.settings.model_dump_json()
     assert "literal-pass-3" not in shown
@@ -142,8 +158,15 @@ def test_errors_mask_resolved_secrets(tmp_path: Path, monkeypatch: pytest.Monkey
 # -- circuit breaker ------------------------------------------------------------------------------
 def test_breaker_opens_after_n_failures_then_lets_one_probe(tmp_path: Path) -> None:
     state = MemoryStateStore()
-    p = pipeline([{"id": "ext", "type": "extract",
-                   "source": {"connector": "flaky-test", "circuit_breaker": {"failures": 2, "cooldown": 0.3}}}])
+    p = pipeline(
+        [
+            {
+                "id": "ext",
+                "type": "extract",
+                "source": {"connector": "flaky-test", "circuit_breaker": {"failures": 2, "cooldown": 0.3}},
+            }
+        ]
+    )
     source = p.task("ext").source
     _Flaky.down, _Flaky.calls = True, 0
 
@@ -207,9 +230,21 @@ def sqlite_ids(path: Path, table: str) -> list[int]:
 def test_extract_writes_parquet_atomically_and_replaces_an_earlier_attempt(tmp_path: Path) -> None:
     db = tmp_path / "src.db"
     make_sqlite(db, [(i, f"n{i}") for i in range(1, 6)])
-    p = pipeline([{"id": "ext", "type": "extract", "source": {"connector": "sqlite", "database": str(db),
-                                                             "query": "SELECT * FROM src WHERE id <= :n",
-                                                             "params": {"n": 4}, "batch_size": 2}}])
+    p = pipeline(
+        [
+            {
+                "id": "ext",
+                "type": "extract",
+                "source": {
+                    "connector": "sqlite",
+                    "database": str(db),
+                    "query": "SELECT * FROM src WHERE id <= :n",
+                    "params": {"n": 4},
+                    "batch_size": 2,
+                },
+            }
+        ]
+    )
     ctx = context(p, "ext", tmp_path, MemoryStateStore())
     out = Path(ctx.output_uri)
     out.mkdir(parents=True)
@@ -236,14 +271,32 @@ def test_extract_failure_leaves_no_partial_output(tmp_path: Path) -> None:
 def test_watermark_waits_for_every_downstream_load(tmp_path: Path) -> None:
     src, dst = tmp_path / "src.db", tmp_path / "dst.db"
     make_sqlite(src, [(1, "a"), (2, "b")])
-    p = pipeline([
-        {"id": "ext", "type": "extract",
-         "source": {"connector": "sqlite", "database": str(src), "table": "src", "incremental": {"column": "id"}}},
-        {"id": "load_a", "type": "load", "depends_on": ["ext"],
-         "target": {"connector": "sqlite", "database": str(dst), "table": "a", "mode": "append"}},
-        {"id": "load_b", "type": "load", "depends_on": ["ext"],
-         "target": {"connector": "sqlite", "database": str(dst), "table": "b", "mode": "append"}},
-    ])
+    p = pipeline(
+        [
+            {
+                "id": "ext",
+                "type": "extract",
+                "source": {
+                    "connector": "sqlite",
+                    "database": str(src),
+                    "table": "src",
+                    "incremental": {"column": "id"},
+                },
+            },
+            {
+                "id": "load_a",
+                "type": "load",
+                "depends_on": ["ext"],
+                "target": {"connector": "sqlite", "database": str(dst), "table": "a", "mode": "append"},
+            },
+            {
+                "id": "load_b",
+                "type": "load",
+                "depends_on": ["ext"],
+                "target": {"connector": "sqlite", "database": str(dst), "table": "b", "mode": "append"},
+            },
+        ]
+    )
     state = MemoryStateStore()
 
     def extract(run: str) -> TaskResult:
@@ -252,8 +305,9 @@ def test_watermark_waits_for_every_downstream_load(tmp_path: Path) -> None:
 
     def load(run: str, task_id: str, r: TaskResult) -> dict[str, Any]:
         assert r.output is not None
-        return load_from_parquet(context(p, task_id, tmp_path, state, run), p.task(task_id).target,
-                                 r.output, {"ext": r})
+        return load_from_parquet(
+            context(p, task_id, tmp_path, state, run), p.task(task_id).target, r.output, {"ext": r}
+        )
 
     r1 = extract("r1")
     assert load("r1", "load_a", r1)["watermarks_committed"] == []  # load_b has not committed yet
@@ -274,12 +328,24 @@ def test_incremental_filter_for_connectors_that_cannot_push_it_down(tmp_path: Pa
         name = "rows-test"
 
         def read(self, *, since: Any = None) -> Iterator[pa.RecordBatch]:
-            yield pa.RecordBatch.from_pydict({"id": [1, 2, 3], "ts": [dt.datetime(2024, 1, d) for d in (1, 2, 3)]})
+            yield pa.RecordBatch.from_pydict(
+                {"id": [1, 2, 3], "ts": [dt.datetime(2024, 1, d) for d in (1, 2, 3)]}
+            )
             yield pa.RecordBatch.from_pydict({"id": [4], "ts": [dt.datetime(2024, 1, 4)]})
 
     register_connector(Rows)
-    p = pipeline([{"id": "ext", "type": "extract",
-                   "source": {"connector": "rows-test", "incremental": {"column": "ts", "initial": "2024-01-02"}}}])
+    p = pipeline(
+        [
+            {
+                "id": "ext",
+                "type": "extract",
+                "source": {
+                    "connector": "rows-test",
+                    "incremental": {"column": "ts", "initial": "2024-01-02"},
+                },
+            }
+        ]
+    )
     state = MemoryStateStore()
     ctx = context(p, "ext", tmp_path, state)
     m = extract_to_parquet(ctx, p.task("ext").source, ctx.output_uri)
@@ -291,7 +357,9 @@ def test_incremental_filter_for_connectors_that_cannot_push_it_down(tmp_path: Pa
 
 def test_inline_connectors_get_a_breaker_per_endpoint(tmp_path: Path) -> None:
     a = get_connector({"connector": "postgres", "host": "db-a", "table": "t1"})
-    a2 = get_connector({"connector": "postgres", "host": "db-a", "table": "t2", "mode": "upsert", "keys": ["id"]})
+    a2 = get_connector(
+        {"connector": "postgres", "host": "db-a", "table": "t2", "mode": "upsert", "keys": ["id"]}
+    )
     b = get_connector({"connector": "postgres", "host": "db-b", "table": "t1"})
     named = get_connector({"connection": "wh", "table": "t"}, connections={"wh": {"connector": "postgres"}})
     assert a.breaker_key() == a2.breaker_key() != b.breaker_key()

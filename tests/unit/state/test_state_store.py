@@ -16,8 +16,8 @@ from udop.state.testing import StateStoreContract
 
 class TestMemoryStateStore(StateStoreContract):
     @pytest.fixture
-    def store(self) -> Iterator[MemoryStateStore]:
-        yield MemoryStateStore()
+    def store(self) -> MemoryStateStore:
+        return MemoryStateStore()
 
 
 class TestSQLiteStateStore(StateStoreContract):
