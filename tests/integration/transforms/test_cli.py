@@ -11,6 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+pytestmark = pytest.mark.slow  # each test starts the CLI a few times
+
 UDOP = [sys.executable, "-c", "from udop.cli import main; main()"]
 
 PIPELINE = """\
