@@ -92,6 +92,23 @@ def seed(database_url: str, runs: int) -> float:
     return elapsed
 
 
+def _direct_list_runs(database_url: str, seconds: float) -> float:
+    """Calls per second of the store query behind one GET /runs page, without HTTP or auth."""
+    from udop.store import open_store
+
+    store = open_store(database_url)
+    try:
+        calls = 0
+        stop = time.perf_counter() + min(seconds, 3.0)
+        begin = time.perf_counter()
+        while time.perf_counter() < stop:
+            store.list_runs(limit=51)
+            calls += 1
+        return calls / (time.perf_counter() - begin)
+    finally:
+        store.close()
+
+
 async def _client(
     port: int, request: bytes, stop_at: float, latencies: list[float], errors: list[int]
 ) -> None:
@@ -173,6 +190,7 @@ def main() -> None:
     seconds = seed(url, args.runs)
     print(f"seeded {args.runs} runs in {seconds:.1f} s ({url.split('://')[0]})")
 
+    data_layer = _direct_list_runs(url, args.seconds)
     token = jwt.encode(
         {"sub": "bench", "role": "viewer", "exp": int(time.time()) + 3600}, SECRET, algorithm="HS256"
     )
@@ -203,6 +221,10 @@ def main() -> None:
         static.terminate()
         static.join(10)
 
+    print(
+        f"\ndata layer alone: store.list_runs(limit=51) in one thread: {data_layer:.0f} calls/s "
+        f"({1000 / data_layer:.1f} ms a call): the ceiling of GET /runs on one core"
+    )
     print(f"\n{args.clients} concurrent clients, {args.seconds:g} s each, loopback, {os.cpu_count()} CPUs")
     print(f"{'':48} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'requests':>9}")
     for name, r in results.items():
