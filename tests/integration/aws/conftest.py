@@ -12,6 +12,7 @@ async effects are polled. See docs/localstack.md.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import io
 import json
@@ -253,6 +254,13 @@ def moto_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[AwsEnv
     """An account with a data bucket, a definitions bucket, the task runner, the deployer (uploads
     to ``pipelines/`` trigger it) and the run-events function: moto in-process, or LocalStack when
     ``AWS_ENDPOINT_URL`` is set."""
+    with aws_account(monkeypatch, tmp_path) as env:
+        yield env
+
+
+@contextlib.contextmanager
+def aws_account(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[AwsEnv]:
+    """The ``moto_aws`` fixture as a context manager (benchmarks/ use it outside pytest)."""
     import boto3
 
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
