@@ -297,6 +297,7 @@ def _staged_files(staging: Path) -> list[Path]:
 
 class LocalConnector(ObjectConnector):
     name = "local"
+    path_options = ("path",)
 
     def _list(self, root: str) -> list[str]:
         base = Path(root)

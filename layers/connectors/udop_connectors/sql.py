@@ -696,6 +696,7 @@ class MySQLConnector(SqlConnector):
 class SQLiteConnector(SqlConnector):
     name = "sqlite"
     driver = "sqlite"
+    path_options = ("database",)
     dialect_name = "sqlite"
 
     def _connect_args(self) -> dict[str, Any]:

@@ -57,6 +57,8 @@ class Connector:
     #: True when ``read(since=...)`` filters on the incremental column itself (e.g. in SQL);
     #: otherwise the framework filters the batches it gets
     pushes_down_incremental: ClassVar[bool] = False
+    #: options holding local file paths: relative ones are taken from the definition's folder
+    path_options: ClassVar[tuple[str, ...]] = ()
     #: write modes this connector supports
     write_modes: ClassVar[tuple[str, ...]] = ("append", "overwrite", "upsert")
 

@@ -54,6 +54,11 @@ def _state(context: TaskContext) -> StateStore:
     return _default_states[url]
 
 
+def _base_dir(context: TaskContext) -> str | None:
+    base = context.services.get("base_dir") if context.services else None
+    return str(base) if base else None
+
+
 def _connections(context: TaskContext) -> Mapping[str, Any]:
     spec = getattr(context.pipeline, "spec", None)
     return getattr(spec, "connections", None) or {}
@@ -248,7 +253,9 @@ def extract_to_parquet(context: TaskContext, source: Mapping[str, Any], output_u
     new watermark is recorded as pending for this run and committed by the load(s) downstream.
     """
     state = _state(context)
-    connector = get_connector(_render(context, source), connections=_connections(context), state=state)
+    connector = get_connector(
+        _render(context, source), connections=_connections(context), state=state, base_dir=_base_dir(context)
+    )
     with connector:
         inc = connector.settings.incremental
         key = _incremental_key(context, connector)
@@ -316,7 +323,9 @@ def load_from_parquet(
     only after it returned.
     """
     state = _state(context)
-    connector = get_connector(_render(context, target), connections=_connections(context), state=state)
+    connector = get_connector(
+        _render(context, target), connections=_connections(context), state=state, base_dir=_base_dir(context)
+    )
     with connector:
         mode, keys = connector.resolve_mode(None, None)
         batches = iter_parquet(manifest.uri, context=context)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from functools import cache
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -81,6 +82,7 @@ def get_connector(
     *,
     connections: Mapping[str, Any] | None = None,
     state: StateStore | None = None,
+    base_dir: str | None = None,
 ) -> Connector:
     """Build a connector from a source/target mapping (or a connection or connector name).
 
@@ -115,6 +117,12 @@ def get_connector(
         raise ConfigError("a source or target needs 'connector' (or a 'connection' that names one)")
     settings.update({k: v for k, v in spec.items() if k not in _ROUTING_KEYS})
     cls = connector_class(connector)
+    if base_dir:
+        # relative local paths are relative to the pipeline definition's folder, as for file sources
+        for option in cls.path_options:
+            value = settings.get(option)
+            if isinstance(value, str) and value and "://" not in value and value != ":memory:":
+                settings[option] = str(Path(base_dir) / Path(value).expanduser())
     where = f"connection {connection!r} ({connector})" if connection else f"connector {connector!r}"
     try:
         parsed = cls.Settings.model_validate(settings)

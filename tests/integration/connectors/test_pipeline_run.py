@@ -23,7 +23,7 @@ kind: Pipeline
 metadata: {{name: orders-sync}}
 spec:
   connections:
-    shop: {{connector: sqlite, database: "{db}"}}
+    shop: {{connector: sqlite, database: shop.db}}  # relative to the definition
     warehouse: {{connector: postgres, host: 127.0.0.1, user: postgres, database: test,
                 password: {{env: UDOP_TEST_WAREHOUSE_PASSWORD}}}}
   tasks:
@@ -46,10 +46,15 @@ def test_incremental_sync_through_the_local_executor(
         conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, total REAL)")
         conn.executemany("INSERT INTO orders VALUES (?, ?)", [(i, i * 2.5) for i in range(1, 6)])
     table = pg.new("orders")
-    pipeline = load_pipeline(PIPELINE.format(db=db, table=table), filename="orders.yaml")
+    pipeline = load_pipeline(PIPELINE.format(table=table), filename="orders.yaml")
     store = open_store(f"sqlite:///{tmp_path / 'meta.db'}")
     state = SQLiteStateStore(tmp_path / "state.db")
-    executor = LocalExecutor(store, workers=2, data_root=str(tmp_path / "data"), services={"state": state})
+    executor = LocalExecutor(
+        store,
+        workers=2,
+        data_root=str(tmp_path / "data"),
+        services={"state": state, "base_dir": str(tmp_path)},
+    )
 
     first = executor.run(pipeline, run_id=f"r1-{uuid.uuid4().hex[:6]}")
     assert first.state.value == "succeeded", first
