@@ -32,6 +32,8 @@ class SQLiteStateStore:
         self._all: list[sqlite3.Connection] = []
         self._guard = threading.Lock()
         self._tx(lambda c: c.execute(_SCHEMA))
+        # expired values are skipped on read; sweep them on open so the file does not only grow
+        self._tx(lambda c: c.execute("DELETE FROM udop_state WHERE expires <= ?", (time.time(),)))
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)

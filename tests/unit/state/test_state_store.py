@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,3 +68,16 @@ def test_open_state_store_urls(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="UDOP_STATE_URL") as info:
         open_state_store("mongodb://user:hunter2@host/db")
     assert "hunter2" not in str(info.value)
+
+
+def test_sqlite_sweeps_expired_values_on_open(tmp_path: Path) -> None:
+    store = SQLiteStateStore(tmp_path / "s.db")
+    store.set("short", "x", ttl=0.05)
+    store.set("long", "y", ttl=3600)
+    store.close()
+    time.sleep(0.1)
+    SQLiteStateStore(tmp_path / "s.db").close()
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "s.db") as conn:
+        assert [r[0] for r in conn.execute("SELECT key FROM udop_state")] == ["long"]
