@@ -126,7 +126,8 @@ def main() -> None:
         f"{serverless / tasks * 1000:6.0f} ms/task   x{serverless / local:.1f}"
     )
     print(
-        f"  idempotent replay of finished tasks  {reused * 1000:8.0f} ms   {reused / tasks * 1000:6.0f} ms/task"
+        f"  idempotent replay of finished tasks  {reused * 1000:8.0f} ms   "
+        f"{reused / tasks * 1000:6.0f} ms/task"
     )
 
 
