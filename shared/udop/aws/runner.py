@@ -133,6 +133,11 @@ _FATAL_AWS_ERRORS = frozenset({"NoSuchKey", "NoSuchBucket", "AccessDenied", "403
 def _run_payload(event: Mapping[str, Any], *, settings: RunnerSettings, s3: Any, state: Any,
                  remaining_ms: int | None) -> dict[str, Any]:
     payload = TaskPayload.parse(event)
+    if event.get("item") is not None:
+        # a Map state's item: neither executor runs foreach tasks yet, and idempotency per task id
+        # would make every item after the first "reuse" the first one's result
+        raise FatalError(f"task {payload.task_id!r}: foreach (one invocation per file or partition) is not "
+                         "supported by the task runner yet; remove `foreach` from the task")
     logger.append_keys(pipeline=payload.pipeline, run_id=payload.run_id, task_id=payload.task_id,
                        attempt=payload.attempt)
     pipeline = _definitions.get(s3, settings.definitions_bucket, payload.pipeline, payload.version)

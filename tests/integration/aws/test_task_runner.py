@@ -180,3 +180,14 @@ def test_a_task_over_its_timeout_is_stopped_and_reported_retryable(deployed: Any
     assert body["errorType"] == "udop.RetryableError"
     assert "TaskTimeout" in body["errorMessage"]
     assert "stopped after 1s" in body["errorMessage"]
+
+
+def test_a_map_item_is_refused_rather_than_run_once_for_all_items(deployed: Any) -> None:
+    aws, _, _ = deployed
+    run_id = uuid.uuid4().hex
+    payload = {**_payload(run_id, "numbers"), "item": {"key": "runs/x/part-0.parquet", "index": 0}}
+    body, err = _invoke(aws, payload)
+    assert err
+    assert body["errorType"] == "udop.FatalError"
+    assert "foreach" in body["errorMessage"]
+    assert aws.calls("numbers", run_id) == 0
