@@ -58,13 +58,21 @@ class Plan:
     session: Session
     params: Params
     current: str
-    columns: list[Column]
+    known: list[Column]  # the columns at the last describe (see ``columns``)
     inputs: dict[str, list[Column]]
     ctes: list[tuple[str, str]] = field(default_factory=list)
     #: (step index, kind, query up to and including that step): to find the step a run-time error is in
     history: list[tuple[int, str, str]] = field(default_factory=list)
     #: steps added since the last successful describe, same shape as ``history``
     pending: list[tuple[int, str, str]] = field(default_factory=list)
+    #: a pending step changed the columns: ``columns`` describes the query before answering
+    stale: bool = False
+
+    @property
+    def columns(self) -> list[Column]:
+        if self.stale:
+            self.verify()
+        return self.known
 
     def query(self) -> str:
         if not self.ctes:
@@ -80,7 +88,7 @@ class Plan:
         return self.params.used_in(self.query())
 
     def restart(self, relation: str, columns: list[Column]) -> None:
-        self.ctes, self.current, self.columns = [], relation, columns
+        self.ctes, self.current, self.known, self.stale = [], relation, columns, False
 
     def verify(self) -> None:
         """Bind the pending steps; learn the columns, or raise ``StepError`` for the first bad step."""
@@ -88,7 +96,7 @@ class Plan:
             return
         sql = self.query()
         try:
-            self.columns = self.session.describe(sql, self.params.used_in(sql))
+            columns = self.session.describe(sql, self.params.used_in(sql))
         except duckdb.Error as exc:
             for index, kind, prefix in self.pending[:-1]:
                 try:
@@ -97,6 +105,13 @@ class Plan:
                     raise StepError(index, kind, clean_error(first)) from None
             index, kind, _ = self.pending[-1]
             raise StepError(index, kind, clean_error(exc)) from None
+        names = [c[0] for c in columns]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            index, kind, _ = next(p for p in reversed(self.pending) if p[1] not in _SAME_COLUMN_KINDS)
+            raise StepError(index, kind, f"the result has duplicate column names {', '.join(dupes)}; "
+                                         "rename one side first")
+        self.known, self.stale = columns, False
         self.pending.clear()
 
 
@@ -104,19 +119,19 @@ class Plan:
 CheckHook = Callable[[int, list[Any], Plan], None]
 
 
-#: steps after which the columns are those before: their binding can wait for the next describe
+#: steps after which the columns are those before
 _SAME_COLUMNS = (FilterStep, SortStep, LimitStep, DistinctStep)
+_SAME_COLUMN_KINDS = frozenset({"filter", "sort", "limit", "distinct"})
 
 
 def compile_steps(session: Session, steps: list[Any], primary: str, inputs: dict[str, list[Column]],
                   params: Params, *, on_check: CheckHook | None = None, verify: bool = True) -> Plan:
     """Build the plan of ``steps`` over the view ``primary``; ``inputs`` are the views' columns.
 
-    A step that changes the columns is bound at once (``DESCRIBE``, no data read) so the next step
-    knows its columns; one that keeps them (filter, sort, limit, distinct) is bound with the next
-    describe, and a failure is traced back to the first step whose prefix fails to bind. With
-    ``verify=False`` the last pending steps are left for the caller (the run binds them anyway and
-    calls ``plan.verify()`` if it fails): one describe fewer per task.
+    Steps are bound (``DESCRIBE``, no data read) only when a later step needs the columns they
+    produce, and at the end; a binding failure is traced back to the first step whose prefix fails.
+    With ``verify=False`` the final binding is left to the caller (the run binds the query anyway and
+    calls ``plan.verify()`` if it fails), so a task like filter + aggregate needs no describe at all.
     """
     plan = Plan(session, params, ident(primary), list(inputs[primary]), inputs)
     for index, step in enumerate(steps):
@@ -135,11 +150,7 @@ def compile_steps(session: Session, steps: list[Any], primary: str, inputs: dict
         plan.history.append((index, kind, plan.query()))
         plan.pending.append((index, kind, plan.query()))
         if not isinstance(step, _SAME_COLUMNS):
-            plan.verify()
-            dupes = sorted({n for n in plan.names if plan.names.count(n) > 1})
-            if dupes:
-                raise StepError(index, kind, f"the result has duplicate column names {', '.join(dupes)}; "
-                                             "rename one side first")
+            plan.stale = True
     if verify:
         plan.verify()
     return plan
@@ -162,6 +173,12 @@ def locate_failure(plan: Plan, max_steps: int = 20) -> tuple[int, str, str] | No
     return None
 
 
+def _unique(names: list[str]) -> None:
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"the result has duplicate column names {', '.join(dupes)}; rename one side first")
+
+
 def _need(plan: Plan, names: list[str], where: str = "") -> None:
     for name in names:
         if name not in plan.names:
@@ -182,11 +199,13 @@ def _select(plan: Plan, step: SelectStep) -> str:
     columns = spec.columns if isinstance(spec, SelectColumns) else spec
     assert columns is not None
     _need(plan, columns)
+    _unique(columns)
     return f"SELECT {', '.join(map(ident, columns))} FROM {plan.current}"
 
 
 def _rename(plan: Plan, step: RenameStep) -> str:
     _need(plan, list(step.rename))
+    _unique([step.rename.get(n, n) for n in plan.names])
     pairs = ", ".join(f"{ident(old)} AS {ident(new)}" for old, new in step.rename.items())
     return f"SELECT * RENAME ({pairs}) FROM {plan.current}"
 
@@ -239,6 +258,7 @@ def _aggregate(plan: Plan, step: AggregateStep) -> str:
         else:
             expr = _expr(plan, metric)
         items.append(f"{expr} AS {ident(name)}")
+    _unique([*spec.by, *spec.metrics])
     group = f" GROUP BY {', '.join(map(ident, spec.by))}" if spec.by else ""
     return f"SELECT {', '.join(items)} FROM {plan.current}{group}"
 
@@ -265,7 +285,8 @@ def _join(plan: Plan, step: JoinStep) -> str:
     left_keys = {a for a, _ in pairs}
     cond = " AND ".join(f"l.{ident(a)} = r.{ident(b)}" for a, b in pairs)
     items = []
-    for name in plan.names:
+    names = list(plan.names)
+    for name in names:
         if name in left_keys and how in ("right", "full"):
             b = next(b for a, b in pairs if a == name)
             items.append(f"coalesce(l.{ident(name)}, r.{ident(b)}) AS {ident(name)}")
@@ -276,6 +297,8 @@ def _join(plan: Plan, step: JoinStep) -> str:
             continue  # equal to the left key (or merged into it)
         alias = name + suffix if name in plan.names else name
         items.append(f"r.{ident(name)} AS {ident(alias)}")
+        names.append(alias)
+    _unique(names)
     sql_how = {"inner": "INNER", "left": "LEFT", "right": "RIGHT", "full": "FULL OUTER"}[how]
     return f"SELECT {', '.join(items)} FROM {plan.current} AS l {sql_how} JOIN {right_rel} AS r ON {cond}"
 
@@ -295,7 +318,12 @@ def _order_items(plan: Plan, items: list[str]) -> str:
             raise ValueError(f"cannot read sort order {item!r}; write 'column', 'column desc' or "
                              "'expr asc nulls last'")
         expr = m.group("expr")
-        expr = ident(expr) if expr in plan.names else _expr(plan, expr)
+        try:
+            expr = _expr(plan, expr)
+        except ValueError:
+            if expr not in plan.names:  # a column whose name is not an expression, e.g. "my col"
+                raise
+            expr = ident(expr)
         part = expr + (f" {m.group('dir').upper()}" if m.group("dir") else "")
         if m.group("nulls"):
             part += f" NULLS {m.group('nulls').upper()}"

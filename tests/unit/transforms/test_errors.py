@@ -198,3 +198,16 @@ def test_cancel_event_alone_interrupts_duckdb(tmp_path):
         run_task(ctx, pipeline.task("t"), results)
     assert time.monotonic() - started < 10
     timer.cancel()
+
+
+@pytest.mark.parametrize(("steps", "where"), [
+    ([{"select": ["id", "id"]}], "steps[0] (select)"),
+    ([{"rename": {"name": "id"}}], "steps[0] (rename)"),
+    ([{"aggregate": {"by": ["name"], "metrics": {"name": "count(*)"}}}], "steps[0] (aggregate)"),
+    ([{"derive": {"label": "1", "label_b": "2"}},
+      {"join": {"with": "b", "on": {"id": "key"}, "suffix": "_b"}}, {"limit": 1}], "steps[1] (join)"),
+])
+def test_steps_that_would_duplicate_a_column_name(src, run, steps, where):
+    with pytest.raises(FatalError) as info:
+        transform(run, steps)
+    assert one_line(info).startswith(f"task 't': {where}: the result has duplicate column names")
