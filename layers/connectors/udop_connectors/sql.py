@@ -613,9 +613,11 @@ class PostgresConnector(SqlConnector):
                 key_cols = ", ".join(self.q(k) for k in keys)
                 updates = ", ".join(f"{self.q(c)} = EXCLUDED.{self.q(c)}" for c in columns if c not in keys)
                 action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
+                # a key twice in one load: the last row wins (ON CONFLICT would refuse to touch a
+                # row twice); ctid follows COPY's insertion order in the fresh temporary table
                 cur.execute(
-                    f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {dest} "
-                    f"ON CONFLICT ({key_cols}) {action}"
+                    f"INSERT INTO {target} ({cols}) SELECT DISTINCT ON ({key_cols}) {cols} FROM {dest} "
+                    f"ORDER BY {key_cols}, ctid DESC ON CONFLICT ({key_cols}) {action}"
                 )
         return total
 

@@ -270,3 +270,16 @@ def test_postgres_schema_option_and_copy_upsert(pg: Tables) -> None:
         assert rows == [(1, "name-1"), (2, "name-2!"), (3, "name-3!")]
     finally:
         pg.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def test_upsert_with_a_key_twice_in_one_load_keeps_the_last_row(db: tuple[dict[str, Any], Tables]) -> None:
+    spec, tables = db
+    table = tables.new()
+    with get_connector({**spec, "table": table}) as c:
+        c.write([people([1, 2])], "upsert", ["id"])
+        again = pa.RecordBatch.from_pydict(
+            {"id": pa.array([2, 3, 2], pa.int64()), "name": ["first", "x", "last"]}
+        )
+        c.write([again], "upsert", ["id"])
+    rows = tables.execute(f"SELECT id, name FROM {table} ORDER BY id")
+    assert rows == [(1, "name-1"), (2, "last"), (3, "x")]
