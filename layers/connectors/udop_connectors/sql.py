@@ -104,6 +104,32 @@ def _sql_to_arrow(t: Any) -> pa.DataType:
     return pa.string()
 
 
+def _kind(t: pa.DataType) -> str:
+    if pa.types.is_null(t):
+        return "null"
+    if pa.types.is_boolean(t):
+        return "bool"
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return "number"
+    if pa.types.is_temporal(t):
+        return "time"
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
+        return "binary"
+    if pa.types.is_nested(t):
+        return "nested"
+    return "text"
+
+
+def _compatible(data: pa.DataType, column: pa.DataType) -> bool:
+    """Would the database take these values without silently changing them? (SQLite would store
+    text in an INTEGER column; PostgreSQL fails half way through a COPY.) Text columns take
+    anything; booleans and numbers mix (MySQL keeps booleans as integers)."""
+    have, want = _kind(data), _kind(column)
+    if have == "null" or want in ("text", have):
+        return True
+    return {have, want} == {"bool", "number"}
+
+
 # PostgreSQL type OIDs -> Arrow, for COPY reads of any query
 _PG_OIDS: dict[int, pa.DataType] = {
     16: pa.bool_(),
@@ -507,6 +533,17 @@ class SqlConnector(Connector):
                 f"the data does not match table {self._display_table()}: column(s) "
                 f"{', '.join(missing)} are not in the table (it has {', '.join(table.c.keys())}); "
                 "the table was not changed",
+                retryable=False,
+            )
+        clashes = [
+            f"{f.name} is {f.type} in the data but {table.c[f.name].type} in the table"
+            for f in schema
+            if not _compatible(f.type, _sql_to_arrow(table.c[f.name].type))
+        ]
+        if clashes:
+            self.fail(
+                f"the data does not match table {self._display_table()}: {'; '.join(clashes)}; "
+                "cast the column(s) in a transform step; the table was not changed",
                 retryable=False,
             )
         return table

@@ -4,6 +4,7 @@ modes, one-transaction writes, bound parameters, quoting, streaming and the bad-
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -283,3 +284,16 @@ def test_upsert_with_a_key_twice_in_one_load_keeps_the_last_row(db: tuple[dict[s
         c.write([again], "upsert", ["id"])
     rows = tables.execute(f"SELECT id, name FROM {table} ORDER BY id")
     assert rows == [(1, "name-1"), (2, "last"), (3, "x")]
+
+
+def test_text_into_a_number_column_is_refused_before_writing(db: tuple[dict[str, Any], Tables]) -> None:
+    spec, tables = db
+    table = tables.new()
+    tables.execute(f"CREATE TABLE {table} (id BIGINT, amount NUMERIC(10, 2))")
+    tables.execute(f"INSERT INTO {table} VALUES (1, 2.5)")
+    batch = pa.RecordBatch.from_pydict({"id": pa.array([2], pa.int64()), "amount": ["lots"]})
+    with get_connector({**spec, "table": table}) as c, pytest.raises(FatalError) as info:
+        c.write([batch], "overwrite")
+    clash = r"amount is string in the data but (NUMERIC|DECIMAL)\(10, 2\) in the table"
+    assert re.search(clash, str(info.value))
+    assert [(r[0], float(r[1])) for r in tables.execute(f"SELECT id, amount FROM {table}")] == [(1, 2.5)]
