@@ -364,3 +364,21 @@ def test_inline_connectors_get_a_breaker_per_endpoint(tmp_path: Path) -> None:
     named = get_connector({"connection": "wh", "table": "t"}, connections={"wh": {"connector": "postgres"}})
     assert a.breaker_key() == a2.breaker_key() != b.breaker_key()
     assert named.breaker_key() == "wh"
+
+
+def test_mask_text_hides_url_passwords_and_known_secrets() -> None:
+    from udop.connectors import mask_text
+
+    text = "could not connect to postgresql://loader:pa55word@db:5432/x with token abc123token"
+    masked = mask_text(text, {"abc123token"})
+    assert masked == "could not connect to postgresql://loader:**********@db:5432/x with token **********"
+
+
+def test_sql_url_password_never_shows(tmp_path: Path) -> None:
+    url = "postgresql://loader:url-pass-9@127.0.0.1:1/x"
+    c = get_connector({"connector": "postgres", "url": url, "table": "t", "connect_timeout": 1})
+    assert "url-pass-9" not in repr(c)
+    with pytest.raises(ConnectionFailed) as info:
+        c.check()
+    assert "url-pass-9" not in str(info.value)
+    assert str(info.value).startswith("connector 'postgres': ")
