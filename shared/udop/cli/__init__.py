@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "deploy": ("udop.cli_aws:deploy_command", "Deploy a pipeline as a Step Functions state machine."),
     "redrive": ("udop.cli_aws:redrive_command", "Resume a failed Step Functions run from the failed task."),
     "serve": ("udop.api.cli:serve", "Serve the REST API on this machine."),
+    "api-key": ("udop.api.cli:api_key", "Create, list and revoke API keys of service accounts."),
 }
 
 

@@ -4,9 +4,9 @@ Revision ID: 0002
 Revises: 0001
 Create Date: 2026-11-26
 
-Kept beside the API until the store adds "0002" to ``udop.store.schema.REVISIONS``; then it moves to
-``shared/udop/store/migrations/versions/`` unchanged. The API creates the same tables itself when they
-are missing (``udop.api.audit.ensure_api_tables``), so both steps skip a table that already exists.
+The API also creates the same tables when they are missing (``udop.api.audit.ensure_api_tables``,
+for databases an API process opened before this revision existed), so this step skips a table that
+already exists.
 """
 
 from __future__ import annotations
