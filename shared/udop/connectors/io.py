@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from udop.connectors import watermark as wm
 from udop.connectors.base import Connector
 from udop.connectors.registry import as_dict, get_connector
-from udop.errors import FatalError
+from udop.errors import FatalError, TaskTimeout
 from udop.state.api import StateStore
 from udop.tasks.contract import Manifest, TaskContext, TaskResult
 
@@ -239,6 +239,19 @@ def _iter_files(files: list[Path], batch_size: int, *, last: bool) -> Iterator[p
         yield pa.RecordBatch.from_pylist([], schema=schema)
 
 
+def _until_cancelled(
+    context: TaskContext, batches: Iterator[pa.RecordBatch], where: str
+) -> Iterator[pa.RecordBatch]:
+    """Stop between batches once the attempt timed out or the run was cancelled; a load's
+    transaction then rolls back, an extract's temporary output is removed."""
+    for batch in batches:
+        if context.cancelled:
+            raise TaskTimeout(
+                f"task {context.task_id!r}: interrupted ({where}) because it was cancelled or timed out"
+            )
+        yield batch
+
+
 def _incremental_key(context: TaskContext, connector: Connector) -> str | None:
     inc = connector.settings.incremental
     if inc is None:
@@ -265,7 +278,7 @@ def extract_to_parquet(context: TaskContext, source: Mapping[str, Any], output_u
         high: list[Any] = [since]
 
         def batches() -> Iterator[pa.RecordBatch]:
-            for raw in connector.read(since=since):
+            for raw in _until_cancelled(context, connector.read(since=since), connector.describe()):
                 batch = raw
                 if inc is not None:
                     if inc.column not in batch.schema.names:
@@ -328,7 +341,7 @@ def load_from_parquet(
     )
     with connector:
         mode, keys = connector.resolve_mode(None, None)
-        batches = iter_parquet(manifest.uri, context=context)
+        batches = _until_cancelled(context, iter_parquet(manifest.uri, context=context), connector.describe())
         breaker = connector.breaker()
         if breaker is not None:
             with breaker.guard():

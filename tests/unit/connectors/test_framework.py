@@ -31,7 +31,7 @@ from udop.connectors import (
     register_connector,
 )
 from udop.connectors.breaker import BreakerSettings
-from udop.errors import ConfigError, ConnectionFailed, FatalError
+from udop.errors import ConfigError, ConnectionFailed, FatalError, TaskTimeout
 from udop.spec.models import Pipeline
 from udop.state import MemoryStateStore
 from udop.tasks.contract import TaskContext, TaskResult
@@ -382,3 +382,32 @@ def test_sql_url_password_never_shows(tmp_path: Path) -> None:
         c.check()
     assert "url-pass-9" not in str(info.value)
     assert str(info.value).startswith("connector 'postgres': ")
+
+
+def test_a_cancelled_load_changes_nothing(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src.db", tmp_path / "dst.db"
+    make_sqlite(src, [(i, f"n{i}") for i in range(1, 1001)])
+    make_sqlite(dst, [(0, "before")])
+    p = pipeline(
+        [
+            {
+                "id": "ext",
+                "type": "extract",
+                "source": {"connector": "sqlite", "database": str(src), "table": "src", "batch_size": 100},
+            },
+            {
+                "id": "load",
+                "type": "load",
+                "depends_on": ["ext"],
+                "target": {"connector": "sqlite", "database": str(dst), "table": "src", "mode": "overwrite"},
+            },
+        ]
+    )
+    state = MemoryStateStore()
+    ctx = context(p, "ext", tmp_path, state)
+    manifest = extract_to_parquet(ctx, p.task("ext").source, ctx.output_uri)
+    load_ctx = context(p, "load", tmp_path, state)
+    load_ctx.cancel_event.set()
+    with pytest.raises(TaskTimeout, match="cancelled or timed out"):
+        load_from_parquet(load_ctx, p.task("load").target, manifest, {"ext": TaskResult(output=manifest)})
+    assert sqlite_ids(dst, "src") == [0]
