@@ -11,6 +11,7 @@ behind, so handling the same event twice, or events out of order, changes nothin
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -38,6 +39,7 @@ class ExecutionAttempt:
     result: dict[str, Any] | None = None
     reused: bool = False
     version: int | None = None  # the pipeline version compiled into the payload
+    exited: bool = False  # its Task state was left after it (Catch): no retry follows
 
 
 @dataclass
@@ -144,6 +146,11 @@ def _attempts(sfn: Any, execution_arn: str) -> list[ExecutionAttempt]:
                 version = payload.get("version")
                 attempts[ev_id] = ExecutionAttempt(task_id=task_id, started_at=ev["timestamp"],
                                                    version=int(version) if version is not None else None)
+        elif kind == "TaskStateExited":
+            name = (ev.get("stateExitedEventDetails") or {}).get("name")
+            last = next((a for k, a in sorted(attempts.items(), reverse=True) if a.task_id == name), None)
+            if last is not None:
+                last.exited = True
         elif kind == "TaskStarted" and ev.get("previousEventId") in attempts:
             started_of[ev_id] = ev["previousEventId"]
         elif kind in ("TaskSucceeded", "TaskFailed", "TaskTimedOut", "TaskStartFailed", "TaskSubmitFailed"):
@@ -246,9 +253,11 @@ def sync_run(store: Any, sfn: Any, *, state_machine_arn: str, run_id: str,
         record = tasks.get(task_id)
         if record is None:
             continue
+        fetch = None
         if s3 is not None and data_bucket:
-            _full_results(s3, data_bucket, pipeline, run_id, attempts)
-        _sync_task(store, run_id, record, attempts, execution_running=running)
+            def fetch(attempts: list[ExecutionAttempt], _p: str = pipeline) -> None:
+                _full_results(s3, data_bucket, _p, run_id, attempts)
+        _sync_task(store, run_id, record, attempts, execution_running=running, fetch=fetch)
 
     if not running:
         fresh = store.get_run(run_id)
@@ -300,10 +309,14 @@ def _full_results(s3: Any, bucket: str, pipeline: str, run_id: str,
 
 
 def _sync_task(store: Any, run_id: str, record: Any, attempts: list[ExecutionAttempt], *,
-               execution_running: bool) -> None:
+               execution_running: bool, fetch: Callable[[list[ExecutionAttempt]], None] | None) -> None:
     if record.state == TaskState.SUCCEEDED:
         return
     recorded = {a.number: a for a in record.attempts}
+    finished = {a.number for a in record.attempts if a.state != AttemptState.RUNNING}
+    if fetch is not None and any(a.state is not None and n not in finished
+                                 for n, a in enumerate(attempts, start=1)):
+        fetch(attempts)  # the result objects, read only when something new will be written
     if record.state in (TaskState.FAILED, TaskState.UPSTREAM_FAILED, TaskState.CANCELLED) and \
             len(attempts) > len(recorded):
         store.set_task_states(run_id, [record.task_id], TaskState.PENDING)
@@ -318,7 +331,7 @@ def _sync_task(store: Any, run_id: str, record: Any, attempts: list[ExecutionAtt
         last = number == len(attempts)
         if attempt.state is AttemptState.SUCCEEDED:
             task_state = TaskState.SUCCEEDED
-        elif last and not execution_running:
+        elif last and (attempt.exited or not execution_running):
             task_state = TaskState.FAILED
         else:
             task_state = TaskState.RETRYING

@@ -444,3 +444,51 @@ def test_concurrent_status_events_for_one_run_record_it_once(
     run = store.get_run(run_id)
     assert run.state == RunState.SUCCEEDED
     assert [(t.state, len(t.attempts)) for t in run.tasks] == [(TaskState.SUCCEEDED, 1)] * 4
+
+
+def test_a_caught_failure_shows_as_failed_while_other_branches_still_run(
+    moto_aws: Any, store: Any, tmp_path: Path
+) -> None:
+    import time
+
+    from udop.aws.events import sync_run
+    from udop.cli_aws import start_run
+    from udop.spec.loader import load_pipeline
+
+    log_dir = moto_aws.log_root
+    fault, hold = moto_aws.flag("fault"), moto_aws.flag("hold")
+    moto_aws.set_flag(fault, True)
+    moto_aws.set_flag(hold, True)
+    path = _write(tmp_path, "branches", f"""\
+        apiVersion: udop/v1
+        kind: Pipeline
+        metadata: {{name: branches}}
+        spec:
+          tasks:
+            - {{id: numbers, type: python, callable: "udop_aws_test_tasks:numbers",
+               args: {{n: 5, log_dir: "{log_dir}"}}}}
+            - {{id: bad, type: python, callable: "udop_aws_test_tasks:fails_while", depends_on: [numbers],
+               args: {{flag: "{fault}", log_dir: "{log_dir}"}}}}
+            - {{id: busy, type: python, callable: "udop_aws_test_tasks:held", depends_on: [numbers],
+               args: {{flag: "{hold}", log_dir: "{log_dir}"}}}}
+        """)
+    _deploy(moto_aws, store, path)
+    sfn = moto_aws.client("stepfunctions")
+    run_id, arn, sm_arn = start_run(load_pipeline(str(path)), {}, store=store, sfn=sfn)
+    try:
+        for _ in range(600):  # until the caught failure is recorded (at most about 30 s)
+            run = sync_run(store, sfn, state_machine_arn=sm_arn, run_id=run_id)
+            states = {t.task_id: t.state for t in run.tasks}
+            if states["bad"] == TaskState.FAILED:
+                break
+            time.sleep(0.05)
+        assert states["bad"] == TaskState.FAILED  # not "retrying": the Catch took it
+        assert sfn.describe_execution(executionArn=arn)["status"] == "RUNNING"  # busy still holds its branch
+        assert run.state == RunState.RUNNING
+    finally:
+        moto_aws.set_flag(hold, False)
+    assert moto_aws.wait_execution(arn)["status"] == "FAILED"
+    final = sync_run(store, sfn, state_machine_arn=sm_arn, run_id=run_id)
+    assert final.state == RunState.FAILED
+    assert {t.task_id: t.state for t in final.tasks} == {
+        "numbers": TaskState.SUCCEEDED, "bad": TaskState.FAILED, "busy": TaskState.SUCCEEDED}

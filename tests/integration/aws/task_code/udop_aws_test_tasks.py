@@ -109,3 +109,14 @@ def sleepy(context: Any, inputs: dict[str, Any], *, log_dir: str) -> dict[str, b
     _count(context, log_dir)
     stopped = context.cancel_event.wait(30)
     return {"stopped": stopped}
+
+
+def held(context: Any, inputs: dict[str, Any], *, flag: str, log_dir: str) -> dict[str, bool]:
+    """Waits (at most 60 s) while the flag is set: keeps a branch busy until the test lets it go."""
+    import time
+
+    _count(context, log_dir)
+    deadline = time.monotonic() + 60
+    while _flag_set(flag) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return {"released": not _flag_set(flag)}
