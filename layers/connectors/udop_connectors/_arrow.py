@@ -4,42 +4,46 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import pyarrow as pa
+from pydantic import AfterValidator
 
 _TYPE_NAMES: dict[str, pa.DataType] = {
-    "string": pa.string(),
-    "str": pa.string(),
-    "int": pa.int64(),
-    "int64": pa.int64(),
-    "int32": pa.int32(),
-    "float": pa.float64(),
-    "float64": pa.float64(),
-    "double": pa.float64(),
-    "bool": pa.bool_(),
-    "boolean": pa.bool_(),
-    "date": pa.date32(),
-    "timestamp": pa.timestamp("us"),
-    "timestamptz": pa.timestamp("us", "UTC"),
-    "datetime": pa.timestamp("us", "UTC"),
-    "json": pa.string(),
-    "binary": pa.binary(),
-}
+    "string": pa.string(), "str": pa.string(), "text": pa.string(), "varchar": pa.string(),
+    "int": pa.int64(), "int64": pa.int64(), "bigint": pa.int64(), "integer": pa.int64(),
+    "int32": pa.int32(), "smallint": pa.int16(),
+    "float": pa.float64(), "float64": pa.float64(), "double": pa.float64(), "real": pa.float32(),
+    "bool": pa.bool_(), "boolean": pa.bool_(), "date": pa.date32(),
+    "timestamp": pa.timestamp("us"), "timestamptz": pa.timestamp("us", "UTC"),
+    "timestamp with time zone": pa.timestamp("us", "UTC"), "datetime": pa.timestamp("us", "UTC"),
+    "json": pa.string(), "binary": pa.binary(), "blob": pa.binary(),
+}  # fmt: skip
 
 
 def parse_type(name: str) -> pa.DataType:
-    """A type named in a source's ``schema:`` option: string, int, float, bool, date, timestamp,
-    timestamptz, json, binary, or ``decimal(p,s)``."""
+    """A type named in a ``columns:`` option: string, int, float, bool, date, timestamp, timestamptz,
+    json, binary, ``decimal(p,s)``, or the SQL spelling of one (VARCHAR, BIGINT, DOUBLE, ...)."""
     key = name.strip().lower()
-    if key.startswith("decimal(") and key.endswith(")"):
-        p, _, s = key[8:-1].partition(",")
-        return pa.decimal128(int(p), int(s or 0))
+    for prefix in ("decimal(", "numeric("):
+        if key.startswith(prefix) and key.endswith(")"):
+            p, _, s = key[len(prefix) : -1].partition(",")
+            return pa.decimal128(int(p), int(s or 0))
     if key not in _TYPE_NAMES:
         raise ValueError(
             f"unknown type {name!r}; use one of {', '.join(sorted(_TYPE_NAMES))} or decimal(p,s)"
         )
     return _TYPE_NAMES[key]
+
+
+def _check_columns(value: dict[str, str] | None) -> dict[str, str] | None:
+    for column_type in (value or {}).values():
+        parse_type(column_type)
+    return value
+
+
+#: a ``columns: {name: type}`` option, its type names checked when the settings are validated
+ColumnTypes = Annotated[dict[str, str] | None, AfterValidator(_check_columns)]
 
 
 def schema_from_mapping(columns: Mapping[str, str] | None) -> pa.Schema | None:

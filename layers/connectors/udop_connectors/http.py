@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from udop.connectors import Connector, ConnectorSettings, Secret
 from udop.connectors.base import WriteMode
 from udop.spec.types import Duration
-from udop_connectors._arrow import records_to_batch, schema_from_mapping
+from udop_connectors._arrow import ColumnTypes, records_to_batch, schema_from_mapping
 
 __all__ = ["GraphQLConnector", "HttpConnector", "HttpSettings"]
 
@@ -68,7 +68,7 @@ class HttpSettings(ConnectorSettings):
     pagination: Pagination = Pagination()
     retry: Retry = Retry()
     timeout: Duration = 30.0
-    columns: dict[str, str] | None = Field(None, description="column -> type; other fields are dropped")
+    columns: ColumnTypes = Field(None, description="column -> type; other fields are dropped")
     incremental_param: str | None = Field(None, description="query parameter that gets the watermark")
     write_batch: int = Field(500, ge=1, description="records per POST when writing")
 

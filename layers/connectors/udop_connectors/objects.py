@@ -29,7 +29,7 @@ from pydantic import ConfigDict, Field
 
 from udop.connectors import Connector, ConnectorSettings
 from udop.connectors.base import WriteMode
-from udop_connectors._arrow import records_to_batch, schema_from_mapping
+from udop_connectors._arrow import ColumnTypes, records_to_batch, schema_from_mapping
 
 __all__ = ["AzureBlobConnector", "GCSConnector", "LocalConnector", "ObjectSettings", "S3Connector"]
 
@@ -52,7 +52,7 @@ class ObjectSettings(ConnectorSettings):
     format: Format | None = Field(None, description="default: from the file extension, else parquet")
     partition_by: list[str] = Field(default_factory=list, description="write key=value/ folders")
     hive_partitioning: bool = Field(True, description="read key=value/ folders as (string) columns")
-    columns: dict[str, str] | None = Field(None, description="csv/json: column -> type, skips detection")
+    columns: ColumnTypes = Field(None, description="csv/json: column -> type, skips detection")
     delimiter: str = Field(",", min_length=1, max_length=1)
     header: bool = True
     max_rows_per_file: int = Field(1_000_000, ge=1)

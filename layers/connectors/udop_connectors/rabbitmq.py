@@ -16,7 +16,7 @@ from pydantic import ConfigDict, Field
 from udop.connectors import Connector, ConnectorSettings, Secret
 from udop.connectors.base import WriteMode
 from udop.spec.types import Duration
-from udop_connectors._arrow import records_to_batch, schema_from_mapping
+from udop_connectors._arrow import ColumnTypes, records_to_batch, schema_from_mapping
 
 __all__ = ["RabbitMQConnector", "RabbitMQSettings"]
 
@@ -38,7 +38,7 @@ class RabbitMQSettings(ConnectorSettings):
         0.0, description="read: how long to wait for more messages once the queue is empty"
     )
     format: Literal["json", "text"] = Field("json", description="message bodies: JSON objects or plain text")
-    columns: dict[str, str] | None = None
+    columns: ColumnTypes = None
 
 
 class RabbitMQConnector(Connector):

@@ -16,7 +16,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from udop.connectors import Connector, ConnectorSettings, Secret
 from udop.connectors.base import WriteMode
-from udop_connectors._arrow import records_to_batch, schema_from_mapping
+from udop_connectors._arrow import ColumnTypes, records_to_batch, schema_from_mapping
 
 __all__ = ["RedisConnector", "RedisSettings"]
 
@@ -40,7 +40,7 @@ class RedisSettings(ConnectorSettings):
     value_column: str = "value"
     key_prefix: str = Field("", description="write: prepended to the key column's values")
     ttl: int | None = Field(None, ge=1, description="write: expire written keys after this many seconds")
-    columns: dict[str, str] | None = None
+    columns: ColumnTypes = None
     max_entries: int | None = Field(None, ge=1, description="stream: read at most this many entries")
 
     @model_validator(mode="after")

@@ -411,3 +411,10 @@ def test_a_cancelled_load_changes_nothing(tmp_path: Path) -> None:
     with pytest.raises(TaskTimeout, match="cancelled or timed out"):
         load_from_parquet(load_ctx, p.task("load").target, manifest, {"ext": TaskResult(output=manifest)})
     assert sqlite_ids(dst, "src") == [0]
+
+
+def test_column_types_are_checked_with_the_settings() -> None:
+    with pytest.raises(ConfigError, match=r"^connector 'local': columns: .*unknown type 'wibble'"):
+        get_connector({"connector": "local", "path": "x", "columns": {"a": "BIGINT", "b": "wibble"}})
+    ok = get_connector({"connector": "local", "path": "x", "columns": {"a": "BIGINT", "b": "numeric(9,2)"}})
+    assert str(ok.schema()) == "a: int64\nb: decimal128(9, 2)"
