@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from udop.connectors.base import Connector, ConnectorSettings, IncrementalSpec, WriteMode
 from udop.connectors.breaker import BreakerSettings, CircuitBreaker, CircuitOpen
-from udop.connectors.io import extract_to_parquet, iter_parquet, load_from_parquet, schema_fingerprint
+from udop.connectors.io import (
+    commit_watermarks,
+    extract_to_parquet,
+    iter_parquet,
+    load_from_parquet,
+    schema_fingerprint,
+)
 from udop.connectors.registry import available_connectors, connector_class, get_connector, register_connector
 from udop.connectors.secrets import Secret, SecretRef, mask_text
 
@@ -24,6 +30,7 @@ __all__ = [
     "SecretRef",
     "WriteMode",
     "available_connectors",
+    "commit_watermarks",
     "connector_class",
     "extract_to_parquet",
     "get_connector",

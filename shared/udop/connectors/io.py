@@ -23,7 +23,14 @@ from udop.errors import FatalError, TaskTimeout
 from udop.state.api import StateStore
 from udop.tasks.contract import Manifest, TaskContext, TaskResult
 
-__all__ = ["extract_to_parquet", "iter_parquet", "load_from_parquet", "schema_fingerprint", "write_parquet"]
+__all__ = [
+    "commit_watermarks",
+    "extract_to_parquet",
+    "iter_parquet",
+    "load_from_parquet",
+    "schema_fingerprint",
+    "write_parquet",
+]
 
 PART_NAME = "part-00000.parquet"
 #: keys of a source/target whose values are SQL or templates of their own: never ${...}-rendered
@@ -327,6 +334,18 @@ def extract_to_parquet(context: TaskContext, source: Mapping[str, Any], output_u
     return manifest
 
 
+def commit_watermarks(context: TaskContext, *, state: StateStore | None = None) -> list[dict[str, Any]]:
+    """Call from a ``load`` task after its write has committed (``load_from_parquet`` does): marks
+    this load done for the incremental extracts upstream of it, and advances each extract's
+    watermark once every load downstream of it is done. Loads that write files themselves must call
+    it too, or the watermark of an extract feeding them never moves. Returns what advanced."""
+    if getattr(context.pipeline, "spec", None) is None:
+        return []
+    return wm.commit_pending(
+        state or _state(context), pipeline=context.pipeline, run_id=context.run_id, load_id=context.task_id
+    )
+
+
 def load_from_parquet(
     context: TaskContext, target: Mapping[str, Any], manifest: Manifest, inputs: Mapping[str, TaskResult]
 ) -> dict[str, Any]:
@@ -348,11 +367,7 @@ def load_from_parquet(
                 rows = connector.write(batches, mode, keys)  # type: ignore[arg-type]
         else:
             rows = connector.write(batches, mode, keys)  # type: ignore[arg-type]
-    advanced: list[dict[str, Any]] = []
-    if getattr(context.pipeline, "spec", None) is not None:
-        advanced = wm.commit_pending(
-            state, pipeline=context.pipeline, run_id=context.run_id, load_id=context.task_id
-        )
+    advanced = commit_watermarks(context, state=state)
     return {
         "rows_written": rows,
         "connection": connector.connection,

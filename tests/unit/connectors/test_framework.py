@@ -418,3 +418,25 @@ def test_column_types_are_checked_with_the_settings() -> None:
         get_connector({"connector": "local", "path": "x", "columns": {"a": "BIGINT", "b": "wibble"}})
     ok = get_connector({"connector": "local", "path": "x", "columns": {"a": "BIGINT", "b": "numeric(9,2)"}})
     assert str(ok.schema()) == "a: int64\nb: decimal128(9, 2)"
+
+
+def test_a_load_that_writes_files_itself_commits_through_commit_watermarks(tmp_path: Path) -> None:
+    from udop.connectors import commit_watermarks
+
+    src = tmp_path / "src.db"
+    make_sqlite(src, [(1, "a"), (2, "b")])
+    p = pipeline([
+        {"id": "ext", "type": "extract",
+         "source": {"connector": "sqlite", "database": str(src), "table": "src",
+                    "incremental": {"column": "id"}}},
+        {"id": "to_csv", "type": "load", "depends_on": ["ext"],
+         "target": {"connector": "csv", "path": str(tmp_path / "out.csv")}},
+    ])  # fmt: skip
+    state = MemoryStateStore()
+    ctx = context(p, "ext", tmp_path, state)
+    assert extract_to_parquet(ctx, p.task("ext").source, ctx.output_uri).rows == 2
+    # ... the file load writes out.csv itself, then:
+    advanced = commit_watermarks(context(p, "to_csv", tmp_path, state))
+    assert advanced == [{"key": f"udop:watermark:{p.name}:ext", "value": 2}]
+    ctx2 = context(p, "ext", tmp_path, state, run_id="r2")
+    assert extract_to_parquet(ctx2, p.task("ext").source, ctx2.output_uri).rows == 0
