@@ -61,16 +61,22 @@ def compile_command(file: str, output: str | None) -> None:
     from udop.compiler import compile_pipeline
 
     compiled = compile_pipeline(_load(file))
-    text = compiled.to_json()
+    text = compiled.to_json(indent=2)
+    children = compiled.all_children()
     if output is None:
         click.echo(text)
-        return
-    Path(output).write_text(text + "\n")
-    from udop.aws.deployer import _children
-
-    for child_name, child in _children(compiled):
-        Path(output).with_suffix(f".{child_name}.json").write_text(child.to_json() + "\n")
-    click.echo(f"{output}: {len(text.encode())} bytes", err=True)
+        if children:
+            click.echo(f"note: {len(children)} child state machine(s) not shown; write them with -o FILE",
+                       err=True)
+    else:
+        Path(output).write_text(text + "\n")
+        for child in children:
+            Path(output).with_suffix(f".{child.name}.json").write_text(child.to_json(indent=2) + "\n")
+    for machine in [compiled, *children]:
+        est = machine.estimates
+        click.echo(f"udop-{machine.machine_name}: {est.definition_bytes:,} bytes, {est.states} states, "
+                   f"{est.tasks} tasks, up to {est.max_history_events:,} history events per execution",
+                   err=True)
 
 
 @click.command("deploy")
