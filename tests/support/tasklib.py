@@ -122,3 +122,10 @@ def count_item(context, inputs, source="parts"):
     return pa.table(
         {"item": [Path(item.uri).name], "rows": [table.num_rows], "total": [sum(table["v"].to_pylist())]}
     )
+
+
+def bad_setting(context, inputs, **args):
+    from udop.errors import ConfigError
+
+    _count(context.task_id)
+    raise ConfigError("connection 'warehouse': unknown connector 'postgress'")

@@ -14,12 +14,9 @@ from udop.errors import InputError, SpecErrors
 
 
 def _load(path: str, *, import_callables: bool = True) -> Any:
-    from udop.spec.checks import run_plugin_checks
     from udop.spec.loader import load_pipeline
 
-    pipeline = load_pipeline(path, import_callables=import_callables)
-    SpecErrors.collect(run_plugin_checks(pipeline, path))
-    return pipeline
+    return load_pipeline(path, import_callables=import_callables, plugin_checks=True)
 
 
 def _parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -103,7 +100,9 @@ def run(
     if executor == "stepfunctions":
         from udop.cli_aws import run_on_stepfunctions
 
-        raise click.exceptions.Exit(run_on_stepfunctions(file, given, follow=True))
+        raise click.exceptions.Exit(
+            run_on_stepfunctions(file, given, follow=True, run_id=run_id, logical_date=logical_date)
+        )
     pipeline = _load(file)
     logical = None
     if logical_date:

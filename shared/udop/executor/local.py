@@ -428,7 +428,8 @@ class _Run:
         kind, message = error_type(exc), _message(exc)
         checks = getattr(exc, "checks", None)
         body = TaskResult(checks=tuple(checks)).to_dict() if checks else None
-        retryable = not isinstance(exc, FatalError | KeyboardInterrupt | SystemExit)
+        # InputError raised inside a task (an unknown connector, a malformed setting) cannot heal by itself
+        retryable = not isinstance(exc, FatalError | InputError | KeyboardInterrupt | SystemExit)
         if retryable and number < policy.max_attempts:
             self.store.finish_attempt(
                 self.run_id,

@@ -15,7 +15,7 @@ from udop.errors import SpecError
 GROUP = "udop.validators"
 
 
-def run_plugin_checks(pipeline: Any, file: str | Path | None = None) -> list[SpecError]:
+def run_plugin_checks(pipeline: Any, file: str | Path | None = None, loaded: Any = None) -> list[SpecError]:
     types_used = {t.type for t in pipeline.spec.tasks}
     if types_used <= {"python"}:
         return []  # no installed check applies; skip importing them (keeps `udop run` start fast)
@@ -23,5 +23,16 @@ def run_plugin_checks(pipeline: Any, file: str | Path | None = None) -> list[Spe
     for ep in entry_points(group=GROUP):
         check = ep.load()
         for err in check(pipeline, Path(file).parent if file else Path(".")):
-            errors.append(err if err.file or file is None else err.located(str(file)))
+            line = loaded.line_of(parse_path(err.path)) if loaded is not None and err.path else None
+            errors.append(err if err.file or file is None else err.located(str(file), line))
     return errors
+
+
+def parse_path(path: str) -> tuple[str | int, ...]:
+    """``spec.tasks[2].steps[1]`` -> ``("spec", "tasks", 2, "steps", 1)``."""
+    import re
+
+    parts: list[str | int] = []
+    for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", path):
+        parts.append(int(index) if index else name)
+    return tuple(parts)

@@ -343,12 +343,14 @@ def load_pipeline(
     filename: str | None = None,
     import_callables: bool = False,
     base_dir: str | Path | None = None,
+    plugin_checks: bool = False,
 ) -> Pipeline:
     """Load and check a definition.
 
     ``source`` is a path, or the text itself when ``filename`` is given. With ``import_callables``
     each ``python`` task's callable is imported (from ``base_dir``, default the file's folder), so a
-    typo fails before anything runs.
+    typo fails before anything runs. With ``plugin_checks`` the installed task types check their own
+    fields too (e.g. the SQL of transform steps; entry point group ``udop.validators``).
     """
     try:
         if filename is None:
@@ -365,4 +367,8 @@ def load_pipeline(
         from udop.tasks.python import check_callables
 
         SpecErrors.collect(check_callables(pipeline, loaded, base_dir or "."))
+    if plugin_checks:
+        from udop.spec.checks import run_plugin_checks
+
+        SpecErrors.collect(run_plugin_checks(pipeline, filename, loaded))
     return pipeline

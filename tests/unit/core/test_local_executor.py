@@ -244,3 +244,10 @@ def test_a_too_large_return_value_fails_the_task_with_a_clear_error(project: Any
     run = _run(project, store, path)
     big = _tasks(run)["big"]
     assert big.error_type == "udop.PayloadTooLarge" and "return a table" in big.error_message
+
+
+def test_a_configuration_error_inside_a_task_is_not_retried(project: Any, store: Any) -> None:
+    path = project.pipeline([project.task("cfg", "bad_setting", retry=FAST_RETRY)])
+    run = _run(project, store, path)
+    assert project.count("cfg") == 1
+    assert _tasks(run)["cfg"].error_type == "udop.ConfigError"
