@@ -97,13 +97,6 @@ def run(
 ) -> None:
     """Run the pipeline in FILE and show each task's state; exit 0 if it succeeded, 1 if it failed."""
     given = _parse_params(params)
-    if executor == "stepfunctions":
-        from udop.cli_aws import run_on_stepfunctions
-
-        raise click.exceptions.Exit(
-            run_on_stepfunctions(file, given, follow=True, run_id=run_id, logical_date=logical_date)
-        )
-    pipeline = _load(file)
     logical = None
     if logical_date:
         try:
@@ -113,6 +106,13 @@ def run(
                 f"{logical_date!r} is not an ISO date or datetime", param_hint="--logical-date"
             ) from None
         logical = logical if logical.tzinfo else logical.replace(tzinfo=UTC)
+    if executor == "stepfunctions":
+        from udop.cli_aws import run_on_stepfunctions
+
+        raise click.exceptions.Exit(
+            run_on_stepfunctions(file, given, follow=True, run_id=run_id, logical_date=logical)
+        )
+    pipeline = _load(file)
     if resume and run_id:
         raise InputError("give either --resume RUN_ID or --run-id ID, not both")
 
