@@ -46,12 +46,16 @@ LAYERS: dict[str, list[str]] = {
     "connectors": ["pyarrow", "pymysql", "httpx", "pika"],
     # the transform engine
     "transforms": ["duckdb"],
+    # the REST API (FastAPI behind Mangum, JWT/JWKS checks): its own layer, not core, because the
+    # task runner (core + connectors + transforms) has ~6 MiB left in its budget and these are ~20
+    "api": ["fastapi", "mangum", "pyjwt[crypto]"],
 }
 #: which layers each function in functions/ uses, bottom first (at most 5 per function)
 FUNCTION_LAYERS: dict[str, list[str]] = {
     "task_runner": ["core", "connectors", "transforms"],
     "deployer": ["core"],
     "run_events": ["core"],
+    "api": ["core", "api"],
 }
 #: our own packages, copied as source into the core layer (with one dist-info for entry points)
 OWN_PACKAGES = [
@@ -205,6 +209,15 @@ def layer_inputs_hash(layer: str, constraints: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def shared_lower_layers(layer: str) -> list[str]:
+    """The layers loaded below ``layer`` by every function that uses it: what it need not repeat.
+    (The api layer comes after connectors in ``LAYERS`` but the API function does not load
+    connectors, so anyio and idna, which httpx brought into connectors, must stay in the api layer.)"""
+    users = [layers for layers in FUNCTION_LAYERS.values() if layer in layers]
+    below = [name for name in LAYERS if list(LAYERS).index(name) < list(LAYERS).index(layer)]
+    return [name for name in below if users and all(name in layers for layers in users)]
+
+
 def build_layer(layer: str, python312: str, constraints: str, *, force: bool) -> Path:
     out = BUILD / layer
     site = out / "python"
@@ -222,7 +235,7 @@ def build_layer(layer: str, python312: str, constraints: str, *, force: bool) ->
     pip_install(python312, site, LAYERS[layer], constraints_file)
     # a layer below this one in every function that uses it already provides these
     provided = set(RUNTIME_PROVIDED)
-    for lower in list(LAYERS)[: list(LAYERS).index(layer)]:
+    for lower in shared_lower_layers(layer):
         provided |= set(installed_dists(BUILD / lower / "python"))
     for name, info in installed_dists(site).items():
         if name in provided:

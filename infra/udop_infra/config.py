@@ -5,6 +5,7 @@ Every setting has a safe default; a malformed value stops the synth with one lin
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,16 @@ CONTEXT_KEYS: dict[str, tuple[Any, str]] = {
     "udop:taskRunnerMemoryMb": (2048, "task runner memory (CPU scales with it)"),
     "udop:alarmEmail": ("", "e-mail address subscribed to the alarm topic (empty: none)"),
     "udop:pipelinesDir": ("pipelines", "folder of pipeline definitions compiled at synth time"),
+    "udop:apiStageName": ("prod", "API Gateway stage of the REST API (the URL's first path segment)"),
+    "udop:apiThrottleRateLimit": (50, "REST API stage throttling: steady requests per second"),
+    "udop:apiThrottleBurstLimit": (100, "REST API stage throttling: burst of requests above the rate"),
+    "udop:jwksUrl": (
+        "",
+        "JWKS URL of an external OIDC issuer for the API's bearer tokens (empty: a Cognito user "
+        "pool is created and its keys are used)",
+    ),
+    "udop:jwtIssuer": ("", "required 'iss' of bearer tokens when udop:jwksUrl is set"),
+    "udop:jwtAudience": ("", "required 'aud' of bearer tokens when udop:jwksUrl is set"),
     "udop:assets": (
         "build",
         "'build': layers from layers/.build (python layers/build.py); "
@@ -79,6 +90,18 @@ class DeploymentConfig:
     alarm_email: str
     pipelines_dir: Path
     assets: str
+    # the REST API (udop_infra.api); defaults so that a config built by hand needs no API settings
+    api_stage_name: str = "prod"
+    api_throttle_rate_limit: int = 50
+    api_throttle_burst_limit: int = 100
+    jwks_url: str = ""
+    jwt_issuer: str = ""
+    jwt_audience: str = ""
+
+    @property
+    def external_issuer(self) -> bool:
+        """Bearer tokens come from an OIDC issuer given in context, not a Cognito pool of ours."""
+        return bool(self.jwks_url)
 
     @property
     def log_retention(self) -> logs.RetentionDays:
@@ -100,6 +123,21 @@ class DeploymentConfig:
                 f"context udop:logRetentionDays: {retention} is not one of "
                 f"{', '.join(map(str, RETENTION_DAYS))}"
             )
+        stage = str(get("udop:apiStageName"))
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,128}", stage):
+            raise ContextError(
+                f"context udop:apiStageName: {stage!r} must be 1-128 letters, digits, '-' or '_'"
+            )
+        jwks_url, issuer, audience = (
+            str(get(key)).strip() for key in ("udop:jwksUrl", "udop:jwtIssuer", "udop:jwtAudience")
+        )
+        if jwks_url and not jwks_url.startswith("https://"):
+            raise ContextError(f"context udop:jwksUrl: {jwks_url!r} must be an https:// URL")
+        if (issuer or audience) and not jwks_url:
+            raise ContextError(
+                "context udop:jwtIssuer/udop:jwtAudience: set udop:jwksUrl too (without it the "
+                "stack's own Cognito user pool issues the tokens and sets both)"
+            )
         return cls(
             nat_gateways=_int(get, "udop:natGateways", minimum=0),
             max_azs=_int(get, "udop:maxAzs", minimum=1),
@@ -115,6 +153,12 @@ class DeploymentConfig:
             alarm_email=str(get("udop:alarmEmail")),
             pipelines_dir=pipelines_dir if pipelines_dir.is_absolute() else REPO_ROOT / pipelines_dir,
             assets=assets,
+            api_stage_name=stage,
+            api_throttle_rate_limit=_int(get, "udop:apiThrottleRateLimit", minimum=1),
+            api_throttle_burst_limit=_int(get, "udop:apiThrottleBurstLimit", minimum=1),
+            jwks_url=jwks_url,
+            jwt_issuer=issuer,
+            jwt_audience=audience,
         )
 
 

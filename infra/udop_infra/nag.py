@@ -187,6 +187,7 @@ def acknowledge_findings(stack: UdopStack) -> None:
                 "AwsSolutions-IAM5[Resource::<RuntimeTaskRunnerFunctionF8BF871E.Arn>:*]",
                 "invoking the task runner's published versions and aliases as well as $LATEST",
             )
+    acknowledge_api_findings(stack)
     for child in stack.node.children:
         if child.node.id.startswith("Custom::CDKBucketDeployment"):
             for rule in [
@@ -207,3 +208,78 @@ def acknowledge_findings(stack: UdopStack) -> None:
                     "the definition versions from the CDK asset bucket into versions/ with prune off; "
                     "its runtime and grants are CDK's",
                 )
+
+
+def acknowledge_api_findings(stack: UdopStack) -> None:
+    """The REST API (udop_infra.api): its function, role and API Gateway resources."""
+    api = stack.api
+    function, role = api.function, api.function_construct.role
+    acknowledge(
+        function,
+        "AwsSolutions-L1",
+        "python3.12 on purpose: the layers hold wheels and bytecode built for CPython 3.12 "
+        "(layers/build.py); moving the runtime means rebuilding them, tested",
+    )
+    acknowledge(
+        role,
+        "AwsSolutions-IAM5[Resource::*]",
+        "the ENI actions of a function in a VPC (Describe* has no resource-level scoping; Lambda "
+        "picks the subnet at run time), X-Ray PutTraceSegments/PutTelemetryRecords and "
+        "states:ListStateMachines (finding udop-<pipeline> by name) accept no resource narrower than '*'",
+    )
+    for rule in (
+        "AwsSolutions-IAM5[Resource::<StorageDefinitionsDF965240.Arn>/pipelines/*]",
+        "AwsSolutions-IAM5[Resource::<StorageDefinitionsDF965240.Arn>/versions/*]",
+    ):
+        acknowledge(
+            role,
+            rule,
+            "POST /pipelines deploys like the deployer: it writes the upload and reads/writes the status "
+            "report (pipelines/) and the definition versions the task runner loads (versions/); names "
+            "come from requests",
+        )
+    states_arn = "arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>"
+    acknowledge(
+        role,
+        f"AwsSolutions-IAM5[Resource::{states_arn}:stateMachine:udop-*]",
+        "the API creates, updates and starts the udop-<pipeline> state machines; pipelines are "
+        "deployed at run time, so their names are not known at synth",
+    )
+    acknowledge(
+        role,
+        f"AwsSolutions-IAM5[Resource::{states_arn}:stateMachine:udop-*:*]",
+        "published versions of the udop-<pipeline> state machines",
+    )
+    acknowledge(
+        role,
+        f"AwsSolutions-IAM5[Resource::{states_arn}:execution:udop-*]",
+        "executions of the udop-<pipeline> state machines, named per run: stop, redrive, describe, history",
+    )
+    cloud_watch_role = api.rest_api.node.try_find_child("CloudWatchRole")
+    if cloud_watch_role is not None:
+        acknowledge(
+            cloud_watch_role,
+            "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+            "AmazonAPIGatewayPushToCloudWatchLogs]",
+            "API Gateway's account-wide logging role (access and execution logs need it); AWS's "
+            "managed policy is the documented one and covers only CloudWatch Logs",
+        )
+    acknowledge(
+        api.rest_api,
+        "AwsSolutions-APIG4",
+        "authorization is the application's: every route but /health needs a bearer token (verified "
+        "against the user pool's keys) or an API key (X-API-Key, hashed in the metadata database) "
+        "and a role; a gateway authorizer could check only the tokens, not the API keys",
+    )
+    acknowledge(
+        api.rest_api,
+        "AwsSolutions-COG4",
+        "the application verifies the Cognito ID tokens itself (signature, issuer, audience, expiry) "
+        "and also accepts API keys, which a Cognito authorizer would refuse",
+    )
+    acknowledge(
+        api.rest_api,
+        "AwsSolutions-APIG3",
+        "a WAF web ACL is priced per ACL and per request; stage throttling (udop:apiThrottleRateLimit, "
+        "udop:apiThrottleBurstLimit) bounds the load, and an operator can attach an ACL to the stage",
+    )

@@ -7,6 +7,7 @@ from typing import Any
 from aws_cdk import CfnOutput, Stack
 from constructs import Construct
 
+from udop_infra.api import Api
 from udop_infra.config import DeploymentConfig
 from udop_infra.data import Data
 from udop_infra.nag import acknowledge_findings
@@ -38,6 +39,15 @@ class UdopStack(Stack):
         self.observability = Observability(
             self, "Observability", config=config, runtime=self.runtime, orchestration=self.orchestration
         )
+        self.api = Api(
+            self,
+            "Api",
+            config=config,
+            network=self.network,
+            storage=self.storage,
+            data=self.data,
+            runtime=self.runtime,
+        )
         CfnOutput(
             self,
             "DefinitionsBucket",
@@ -47,4 +57,18 @@ class UdopStack(Stack):
         CfnOutput(self, "DataBucket", value=self.storage.data.bucket_name)
         CfnOutput(self, "TaskRunnerArn", value=self.runtime.task_runner.function_arn)
         CfnOutput(self, "DashboardName", value=self.observability.dashboard.dashboard_name)
+        CfnOutput(
+            self,
+            "ApiUrl",
+            value=self.api.rest_api.url,
+            description="the REST API (stage URL); GET <url>health answers without credentials",
+        )
+        if self.api.user_pool is not None and self.api.user_pool_client is not None:
+            CfnOutput(
+                self,
+                "ApiUserPoolId",
+                value=self.api.user_pool.user_pool_id,
+                description="Cognito user pool of the API's users (groups viewer, operator, admin)",
+            )
+            CfnOutput(self, "ApiUserPoolClientId", value=self.api.user_pool_client.user_pool_client_id)
         acknowledge_findings(self)

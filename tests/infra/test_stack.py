@@ -275,14 +275,14 @@ def test_deployer_may_pass_only_the_state_machine_role_to_step_functions(
 ) -> None:
     passes = [st for _, st in statements(resources) if "iam:PassRole" in as_list(st["Action"])]
     role = logical_id(stack, stack.runtime.deployed_state_machine_role)
-    assert passes == [
-        {
-            "Action": "iam:PassRole",
-            "Effect": "Allow",
-            "Condition": {"StringEquals": {"iam:PassedToService": "states.amazonaws.com"}},
-            "Resource": {"Fn::GetAtt": [role, "Arn"]},
-        }
-    ]
+    only_this_role = {
+        "Action": "iam:PassRole",
+        "Effect": "Allow",
+        "Condition": {"StringEquals": {"iam:PassedToService": "states.amazonaws.com"}},
+        "Resource": {"Fn::GetAtt": [role, "Arn"]},
+    }
+    # the deployer's and the REST API's (which deploys on POST /pipelines)
+    assert passes == [only_this_role, only_this_role]
 
 
 # --- data services --------------------------------------------------------------------------------
@@ -366,7 +366,7 @@ def test_vpc_endpoints_replace_a_nat_gateway(resources: dict[str, Any]) -> None:
         name = json.dumps(endpoint["Properties"]["ServiceName"])
         services.add(
             (
-                re.search(r"\.(s3|states|secretsmanager|logs|monitoring)\"", name).group(1),
+                re.search(r"\.(s3|states|secretsmanager|logs|monitoring|cognito-idp)\"", name).group(1),
                 endpoint["Properties"].get("VpcEndpointType", "Gateway"),
             )
         )
@@ -376,6 +376,7 @@ def test_vpc_endpoints_replace_a_nat_gateway(resources: dict[str, Any]) -> None:
         ("secretsmanager", "Interface"),
         ("logs", "Interface"),
         ("monitoring", "Interface"),
+        ("cognito-idp", "Interface"),  # the API function fetches the user pool's keys (JWKS)
     }
 
 
