@@ -30,7 +30,8 @@ from udop.aws.settings import RunnerSettings
 from udop.errors import DataQualityError, FatalError, RetryableError, StoreError, TaskTimeout
 from udop.tasks.contract import TaskContext, TaskResult
 
-__all__ = ["TaskPayload", "failed_checks_key", "result_key", "run_payload", "state_key"]
+__all__ = ["TaskPayload", "failed_checks_key", "item_result_key", "partitions_key", "result_key",
+           "run_payload", "state_key"]
 
 #: how long a finished task's result is kept for idempotency: longer than the 14-day redrive window
 RESULT_TTL = 15 * 86400.0
@@ -98,6 +99,60 @@ def failed_checks_key(pipeline: str, run_id: str, task_id: str) -> str:
     return f"results/{pipeline}/{run_id}/{task_id}.failed-checks.json"
 
 
+def item_result_key(pipeline: str, run_id: str, task_id: str, index: int) -> str:
+    """The S3 key of one foreach item's ``TaskResult`` JSON; the finalize step combines them."""
+    return f"results/{pipeline}/{run_id}/{task_id}/item-{index:05d}.json"
+
+
+def partitions_key(output_key: str) -> str:
+    """The partition list a task writes into its output folder when a ``foreach: {over: partitions}``
+    reads it: a JSON array of S3 prefixes, which a Distributed Map's ``ItemReader`` reads."""
+    return f"{output_key.rstrip('/')}/_partitions.json"
+
+
+@dataclass(frozen=True)
+class ForeachItem:
+    """One Map iteration: an S3 key (a file, or a partition prefix ending in ``/``) and its index."""
+
+    key: str
+    index: int
+    skipped: bool
+
+
+def _record_id(task_id: str, item: ForeachItem | None) -> str:
+    return task_id if item is None else f"{task_id}/item-{item.index:05d}"
+
+
+def _input_prefix(payload: TaskPayload, settings: RunnerSettings, input_task: str) -> str:
+    """The S3 key prefix of a task's output folder in this run (what the compiled Map lists)."""
+    from udop.aws.s3 import split_uri
+
+    root = (payload.data_root or f"s3://{settings.data_bucket}").rstrip("/") + "/"
+    return f"{split_uri(root)[1]}runs/{payload.pipeline}/{payload.run_id}/{input_task}/"
+
+
+def _item_of(event: Mapping[str, Any], payload: TaskPayload, task: Any,
+             settings: RunnerSettings) -> ForeachItem | None:
+    from udop.tasks.foreach import is_skipped
+
+    raw = event.get("item")
+    if raw is None:
+        return None
+    if getattr(task, "foreach", None) is None:
+        raise FatalError(f"task {payload.task_id!r} has no `foreach` but was invoked for a Map item; "
+                         "redeploy the pipeline so the state machine matches its definition")
+    try:
+        key, index = str(raw["key"]), int(raw["index"])
+    except (KeyError, TypeError, ValueError):
+        raise FatalError(f"task {payload.task_id!r}: malformed Map item {raw!r}; expected "
+                         '{"key": <S3 key>, "index": <n>}') from None
+    prefix = _input_prefix(payload, settings, task.foreach.input)
+    if not key.startswith(prefix):
+        raise FatalError(f"task {payload.task_id!r}: Map item {key!r} is not below the output of its "
+                         f"foreach input {task.foreach.input!r} ({prefix})")
+    return ForeachItem(key=key, index=index, skipped=is_skipped(key.removeprefix(prefix), task.foreach.over))
+
+
 _definitions = DefinitionCache()
 
 
@@ -133,11 +188,6 @@ _FATAL_AWS_ERRORS = frozenset({"NoSuchKey", "NoSuchBucket", "AccessDenied", "403
 def _run_payload(event: Mapping[str, Any], *, settings: RunnerSettings, s3: Any, state: Any,
                  remaining_ms: int | None) -> dict[str, Any]:
     payload = TaskPayload.parse(event)
-    if event.get("item") is not None:
-        # a Map state's item: neither executor runs foreach tasks yet, and idempotency per task id
-        # would make every item after the first "reuse" the first one's result
-        raise FatalError(f"task {payload.task_id!r}: foreach (one invocation per file or partition) is not "
-                         "supported by the task runner yet; remove `foreach` from the task")
     logger.append_keys(pipeline=payload.pipeline, run_id=payload.run_id, task_id=payload.task_id,
                        attempt=payload.attempt)
     pipeline = _definitions.get(s3, settings.definitions_bucket, payload.pipeline, payload.version)
@@ -147,23 +197,32 @@ def _run_payload(event: Mapping[str, Any], *, settings: RunnerSettings, s3: Any,
         raise FatalError(f"pipeline {payload.pipeline!r} version {payload.version} has no task "
                          f"{payload.task_id!r}") from None
 
-    key = state_key(payload.pipeline, payload.run_id, payload.task_id)
+    item = _item_of(event, payload, task, settings)
+    if event.get("finalize"):
+        return _finalize(payload, pipeline, task, settings=settings, s3=s3, state=state)
+    if item is not None and item.skipped:
+        logger.info("not a data item of the foreach input; skipped", extra={"item": item.key})
+        return {"task_id": payload.task_id, "item": item.index, "skipped": True}
+
+    key = state_key(payload.pipeline, payload.run_id, _record_id(payload.task_id, item))
     if (done := state.get(key)) is not None:
         logger.info("task already succeeded in this run; returning its result")
         metrics.add_metric(name="TaskReused", unit="Count", value=1)
         return _response(payload.task_id, json.loads(done), reused=True)
 
     timeout = pipeline.timeout_for(task)
-    lock = state.lock(f"task:{payload.pipeline}:{payload.run_id}:{payload.task_id}",
+    lock = state.lock(f"task:{payload.pipeline}:{payload.run_id}:{_record_id(payload.task_id, item)}",
                       ttl=(timeout or 900.0) + 60.0)
     if not lock.acquire():
-        raise RetryableError(f"task {payload.task_id!r} of run {payload.run_id} is being run by another "
+        what = f"item {item.index} of task" if item is not None else "task"
+        raise RetryableError(f"{what} {payload.task_id!r} of run {payload.run_id} is being run by another "
                              "invocation right now")
     try:
         if (done := state.get(key)) is not None:  # finished while we waited for the lock
             return _response(payload.task_id, json.loads(done), reused=True)
         try:
-            result = _run(payload, pipeline, task, settings=settings, s3=s3, remaining_ms=remaining_ms)
+            result = _run(payload, pipeline, task, settings=settings, s3=s3, remaining_ms=remaining_ms,
+                          item=item)
         except DataQualityError as exc:
             # the rules' results, for `udop runs show` (run events read them back)
             checks = getattr(exc, "checks", None)
@@ -173,8 +232,9 @@ def _run_payload(event: Mapping[str, Any], *, settings: RunnerSettings, s3: Any,
                          TaskResult(checks=tuple(checks)).to_dict())
             raise
         body = result.to_dict()
-        put_json(s3, settings.data_bucket, result_key(payload.pipeline, payload.run_id, payload.task_id),
-                 body)
+        put_json(s3, settings.data_bucket, result_key(payload.pipeline, payload.run_id, payload.task_id)
+                 if item is None else item_result_key(payload.pipeline, payload.run_id, payload.task_id,
+                                                      item.index), body)
         state.set(key, json.dumps(body, default=str), ttl=RESULT_TTL)
     finally:
         lock.release()
@@ -190,13 +250,19 @@ def _response(task_id: str, body: Mapping[str, Any], *, reused: bool) -> dict[st
 
 
 def _run(payload: TaskPayload, pipeline: Any, task: Any, *, settings: RunnerSettings, s3: Any,
-         remaining_ms: int | None) -> TaskResult:
+         remaining_ms: int | None, item: ForeachItem | None = None) -> TaskResult:
+    from udop.tasks.foreach import run_item
     from udop.tasks.registry import run_task
 
     remote_root = (payload.data_root or f"s3://{settings.data_bucket}").rstrip("/")
     with tempfile.TemporaryDirectory(prefix="udop-", dir=settings.tmp_dir) as tmp:
         staging = S3Staging(s3, remote_root, Path(tmp))
-        inputs = {dep: _stage_input(staging, s3, settings, payload, dep) for dep in task.depends_on}
+        narrowed = None if item is None else task.foreach.input
+        inputs = {dep: _stage_input(staging, s3, settings, payload, dep, whole=dep != narrowed)
+                  for dep in task.depends_on}
+        local_item = None
+        if item is not None:
+            local_item = _stage_item(staging, payload, task, item)
         context = TaskContext(pipeline=pipeline, task_id=payload.task_id, run_id=payload.run_id,
                               attempt=payload.attempt, logical_date=payload.logical_date,
                               params=payload.params, data_root=tmp,
@@ -222,7 +288,11 @@ def _run(payload: TaskPayload, pipeline: Any, task: Any, *, settings: RunnerSett
             timer.daemon = True
             timer.start()
         try:
-            result = run_task(context, task, inputs)
+            if item is not None:
+                assert local_item is not None
+                result = run_item(context, task, inputs, local_item, item.index)
+            else:
+                result = run_task(context, task, inputs)
         except Exception as exc:
             if context.cancelled:
                 raise TaskTimeout(f"task {payload.task_id!r} was stopped after {min(limits):g}s") from exc
@@ -239,6 +309,8 @@ def _run(payload: TaskPayload, pipeline: Any, task: Any, *, settings: RunnerSett
                 files, size = staging.upload(staging.to_local(output.uri).rstrip("/"))
             except OSError as exc:
                 raise RetryableError(f"uploading the output of {payload.task_id!r} failed: {exc}") from None
+            if item is None and _read_by_partitions(pipeline, payload.task_id):
+                _write_partitions(staging, output.uri, staging.to_remote(output.uri))
             output = replace(output, uri=staging.to_remote(output.uri), files=files,
                              bytes=output.bytes if output.bytes is not None else size)
         # lineage as the LocalExecutor records it: what the task read, else its inputs' datasets
@@ -248,7 +320,9 @@ def _run(payload: TaskPayload, pipeline: Any, task: Any, *, settings: RunnerSett
 
 
 def _stage_input(staging: S3Staging, s3: Any, settings: RunnerSettings, payload: TaskPayload,
-                 dep: str) -> TaskResult:
+                 dep: str, *, whole: bool = True) -> TaskResult:
+    """An upstream task's result with its dataset staged locally (only its location when not
+    ``whole``: a foreach item stages its own file or partition)."""
     body = get_json(s3, settings.data_bucket, result_key(payload.pipeline, payload.run_id, dep))
     if body is None:
         raise FatalError(f"task {payload.task_id!r}: upstream task {dep!r} has no result in run "
@@ -256,8 +330,78 @@ def _stage_input(staging: S3Staging, s3: Any, settings: RunnerSettings, payload:
                          f"{result_key(payload.pipeline, payload.run_id, dep)})")
     upstream = TaskResult.from_dict(body)
     if upstream.output is None:
+        if not whole:
+            raise FatalError(f"task {payload.task_id!r}: foreach input {dep!r} wrote no dataset")
         return upstream
-    if staging.download(upstream.output.uri) == 0:
+    if whole and staging.download(upstream.output.uri) == 0:
         raise FatalError(f"task {payload.task_id!r}: the output of {dep!r} at {upstream.output.uri} "
                          "holds no files")
     return replace(upstream, output=replace(upstream.output, uri=staging.to_local(upstream.output.uri)))
+
+
+def _stage_item(staging: S3Staging, payload: TaskPayload, task: Any, item: ForeachItem) -> str:
+    """Download one Map item (a file, or every data file under a partition prefix); its local path."""
+    from udop.tasks.foreach import DATA_SUFFIXES
+
+    uri = f"s3://{staging.bucket}/{item.key}"
+    if staging.download(uri) == 0 or (
+        item.key.endswith("/")
+        and not any(p.is_file() and p.suffix in DATA_SUFFIXES and not p.name.startswith((".", "_"))
+                    for p in Path(staging.to_local(uri)).rglob("*"))
+    ):
+        raise FatalError(f"task {payload.task_id!r}: foreach item {item.index} ({uri}) holds no data files")
+    return staging.to_local(uri).rstrip("/")
+
+
+def _read_by_partitions(pipeline: Any, task_id: str) -> bool:
+    """Whether some task runs ``foreach: {input: task_id, over: partitions}``."""
+    return any(t.foreach is not None and t.foreach.input == task_id and t.foreach.over == "partitions"
+               for t in pipeline.tasks)
+
+
+def _write_partitions(staging: S3Staging, local_uri: str, remote_uri: str) -> None:
+    """Write ``_partitions.json`` (the partitions as :func:`udop.tasks.foreach.list_items` finds them
+    locally, as S3 prefixes) into the output folder; the compiled Distributed Map reads it."""
+    from udop.aws.s3 import split_uri
+    from udop.tasks.contract import Manifest
+    from udop.tasks.foreach import list_items
+
+    if not Path(local_uri).is_dir():
+        return  # a single file: one item, listed by the Map itself
+    prefixes = []
+    for folder in list_items(Manifest(uri=local_uri), "partitions"):
+        remote = staging.to_remote(folder.rstrip("/"))
+        prefixes.append(split_uri(remote)[1].rstrip("/") + "/")
+    put_json(staging.s3, staging.bucket, partitions_key(split_uri(remote_uri.rstrip("/") + "/")[1]), prefixes)
+
+
+def _finalize(payload: TaskPayload, pipeline: Any, task: Any, *, settings: RunnerSettings, s3: Any,
+              state: Any) -> dict[str, Any]:
+    """After a foreach task's Map: combine the recorded item results into the task's result object,
+    where downstream tasks, run events and lineage read a task's result."""
+    from udop.tasks.contract import dataset_uri
+    from udop.tasks.foreach import combine
+
+    if task.foreach is None:
+        raise FatalError(f"task {payload.task_id!r} has no `foreach` but was asked to combine Map items; "
+                         "redeploy the pipeline so the state machine matches its definition")
+    key = state_key(payload.pipeline, payload.run_id, payload.task_id)
+    if (done := state.get(key)) is not None:
+        return _response(payload.task_id, json.loads(done), reused=True)
+    source = get_json(s3, settings.data_bucket,
+                      result_key(payload.pipeline, payload.run_id, task.foreach.input))
+    if source is None or not source.get("output"):
+        raise FatalError(f"task {payload.task_id!r}: foreach input {task.foreach.input!r} has no result in "
+                         f"run {payload.run_id}")
+    prefix = item_result_key(payload.pipeline, payload.run_id, payload.task_id, 0).rsplit("/", 1)[0] + "/"
+    keys = sorted(o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
+        Bucket=settings.data_bucket, Prefix=prefix) for o in page.get("Contents", []))
+    results = [TaskResult.from_dict(get_json(s3, settings.data_bucket, k)) for k in keys]
+    remote_root = (payload.data_root or f"s3://{settings.data_bucket}").rstrip("/")
+    result = combine(dataset_uri(remote_root, payload.pipeline, payload.run_id, payload.task_id),
+                     source["output"]["uri"], results)
+    body = result.to_dict()
+    put_json(s3, settings.data_bucket, result_key(payload.pipeline, payload.run_id, payload.task_id), body)
+    state.set(key, json.dumps(body, default=str), ttl=RESULT_TTL)
+    metrics.add_metric(name="TaskSucceeded", unit="Count", value=1)
+    return _response(payload.task_id, body, reused=False)

@@ -334,4 +334,12 @@ class Emitter:
         state["ItemProcessor"] = processor
         states[name] = state
         self._guard(state, name, s.task_id, states, top)
-        return entry, self._chain(state)
+        # the items' results are combined into the task's one result object (downstream tasks, run
+        # events and lineage read it) by one more runner call; nothing about the items is in the state
+        combine_name = f"{name} combine"
+        combine = self._invoke(s, {**self.payload(s.task_id), "finalize": True})
+        combine["ResultPath"] = None
+        state["Next"] = combine_name
+        states[combine_name] = combine
+        self._guard(combine, s.task_id, s.task_id, states, top)
+        return entry, self._chain(combine)

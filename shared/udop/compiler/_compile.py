@@ -192,6 +192,8 @@ class _Compiler:
             events = 5 + 2 + 4 + self.options.inline_max_items * (2 + per_call) + RECORD_EVENTS
         else:
             events = DIST_MAP_EVENTS  # items run as child executions with their own histories
+        if s.foreach is not None:
+            events += per_call  # the call that combines the items' results
         result = _Cost(size, events)
         self._step_cost[task_id] = result
         return result

@@ -19,7 +19,7 @@ from typing import Any
 from udop.errors import FatalError
 from udop.tasks.contract import Manifest, TaskContext, TaskResult
 
-__all__ = ["DATA_SUFFIXES", "item_uri", "list_items", "run_foreach", "run_item"]
+__all__ = ["DATA_SUFFIXES", "combine", "is_skipped", "item_uri", "list_items", "run_foreach", "run_item"]
 
 DATA_SUFFIXES = (".parquet", ".csv", ".json", ".ndjson", ".jsonl")
 
@@ -30,6 +30,16 @@ def _is_data(path: Path) -> bool:
         and path.suffix in DATA_SUFFIXES
         and not any(part.startswith(("_", ".")) for part in path.parts[-1:])
     )
+
+
+def is_skipped(relative: str, over: str) -> bool:
+    """Whether an item path relative to the input's folder (an S3 key below its prefix on AWS) is not
+    an item :func:`list_items` would give: hidden or ``_``-prefixed parts (``_partitions.json``, a
+    Distributed Map's ``_map/`` results), and for ``files`` anything that is not a data file."""
+    parts = [p for p in relative.split("/") if p]
+    if any(part.startswith((".", "_")) for part in parts):
+        return True
+    return over == "files" and not (parts and Path(parts[-1]).suffix in DATA_SUFFIXES)
 
 
 def list_items(manifest: Manifest, over: str) -> list[str]:
@@ -85,11 +95,18 @@ def run_foreach(
         results = list(
             pool.map(lambda pair: run_item(context, task, inputs, pair[1], pair[0]), enumerate(items))
         )
+    return combine(context.output_uri, source.output.uri, results)
+
+
+def combine(output_uri: str, source_uri: str, results: list[TaskResult]) -> TaskResult:
+    """One result for a foreach task from its items' results (in item order): the task folder as one
+    dataset, rows and files summed, checks concatenated, metrics ``{"items": n}``. The task runner's
+    finalize step (AWS) combines the recorded item results with this too."""
     outputs = [r.output for r in results if r.output is not None]
     rows = [o.rows for o in outputs]
     output = (
         Manifest(
-            uri=context.output_uri,
+            uri=output_uri,
             format=outputs[0].format if outputs else "parquet",
             rows=sum(r for r in rows if r is not None) if outputs and None not in rows else None,
             bytes=sum(o.bytes or 0 for o in outputs) if outputs else 0,
@@ -101,7 +118,7 @@ def run_foreach(
     )
     return TaskResult(
         output=output,
-        inputs=(source.output.uri,),
+        inputs=(source_uri,),
         checks=tuple(c for r in results for c in r.checks),
-        metrics={"items": len(items)},
+        metrics={"items": len(results)},
     )

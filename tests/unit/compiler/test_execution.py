@@ -178,10 +178,14 @@ def test_foreach_runs_the_task_once_per_file_of_its_input(sfn: Any, map_mode: st
         s3.put_object(Bucket="udop-data", Key=key, Body=b"x")
     s3.put_object(Bucket="udop-data", Key="runs/fan/run-1/other/part-0.parquet", Body=b"x")  # not an input
     items: list[dict[str, Any]] = []
+    combined: list[int] = []  # how many items had run when the combine step was called
     scripted = runner.__call__
 
     def recording(event: dict[str, Any]) -> tuple[str, bool]:
-        if event["task_id"] == "each":
+        if event["task_id"] == "each" and event.get("finalize"):
+            assert "item" not in event
+            combined.append(len(items))
+        elif event["task_id"] == "each":
             items.append(event["item"])
         return scripted(event)
     holder["runner"] = recording  # type: ignore[assignment]
@@ -191,6 +195,7 @@ def test_foreach_runs_the_task_once_per_file_of_its_input(sfn: Any, map_mode: st
     assert desc["status"] == "SUCCEEDED", desc
     assert sorted(i["key"] for i in items) == keys
     assert sorted(i["index"] for i in items) == list(range(5))
+    assert combined == [5]  # one combine call, after every item
     assert runner.succeeded()[0] == "src"
     assert runner.succeeded()[-1] == "after"
 
