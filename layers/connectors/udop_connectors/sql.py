@@ -359,7 +359,15 @@ class SqlConnector(Connector):
         if s.query or not s.table:
             return sa.text(sql), params, {}
         table = sa.Table(s.table, sa.MetaData(schema=s.db_schema), autoload_with=conn)
-        stmt = sa.select(table)
+        # MySQL's reflected DOUBLE/FLOAT return Decimal objects (asdecimal=True): read them as floats
+        stmt = sa.select(
+            *[
+                sa.type_coerce(c, sa.Double()).label(c.name)
+                if isinstance(c.type, sa.Float) and getattr(c.type, "asdecimal", False)
+                else c
+                for c in table.c
+            ]
+        )
         if s.incremental is not None and since is not None:
             if s.incremental.column not in table.c:
                 self.fail(
@@ -371,30 +379,59 @@ class SqlConnector(Connector):
 
     def _read_rows(self, sql: str, params: dict[str, Any], since: Any = None) -> Iterator[pa.RecordBatch]:
         size = self.settings.batch_size
+        opened: list[sa.CursorResult[Any]] = []
         with self.engine.connect() as conn:
-            stmt, bound, types = self._statement(conn, sql, params, since)
-            result = conn.execution_options(stream_results=True, yield_per=size).execute(stmt, bound)
-            names = list(result.keys())
-            schema: pa.Schema | None = None
-            for rows in result.partitions(size):
-                columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
-                arrays = []
-                for i, name in enumerate(names):
-                    values = [
-                        json.dumps(v, default=str) if isinstance(v, dict | list) else v for v in columns[i]
-                    ]
-                    wanted = schema.field(i).type if schema is not None else (types or {}).get(name)
-                    arrays.append(self._array(values, wanted))
-                batch = pa.RecordBatch.from_arrays(arrays, names=names)
-                if schema is None:
-                    schema = batch.schema
-                elif not batch.schema.equals(schema):
-                    batch = batch.cast(schema)
-                yield batch
+            try:
+                yield from self._stream_rows(conn, sql, params, since, size=size, opened=opened)
+            except BaseException:
+                # stopped early (an error, or the consumer closed us): close the server-side
+                # cursor (MySQL's driver skips over the unread rest), or drop a broken connection
+                try:
+                    if opened:
+                        opened[0].close()
+                except Exception:
+                    conn.invalidate()
+                raise
+
+    def _stream_rows(
+        self,
+        conn: sa.Connection,
+        sql: str,
+        params: dict[str, Any],
+        since: Any,
+        *,
+        size: int,
+        opened: list[sa.CursorResult[Any]],
+    ) -> Iterator[pa.RecordBatch]:
+        stmt, bound, types = self._statement(conn, sql, params, since)
+        result = conn.execution_options(stream_results=True, yield_per=size).execute(stmt, bound)
+        opened.append(result)
+        names = list(result.keys())
+        schema: pa.Schema | None = None
+        for rows in result.partitions(size):
+            columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
+            arrays = []
+            for i, name in enumerate(names):
+                values = [json.dumps(v, default=str) if isinstance(v, dict | list) else v for v in columns[i]]
+                wanted = schema.field(i).type if schema is not None else (types or {}).get(name)
+                arrays.append(self._array(values, wanted))
+            batch = pa.RecordBatch.from_arrays(arrays, names=names)
             if schema is None:
-                yield pa.RecordBatch.from_arrays(
-                    [pa.array([], type=(types or {}).get(n, pa.string())) for n in names], names=names
-                )
+                schema = batch.schema
+            elif not batch.schema.equals(schema):
+                try:
+                    batch = batch.cast(schema)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                    self.fail(
+                        f"read: a column changed type between batches ({' '.join(str(exc).split())}); "
+                        "read a table (typed by its columns) or CAST the query's columns",
+                        retryable=False,
+                    )
+            yield batch
+        if schema is None:
+            yield pa.RecordBatch.from_arrays(
+                [pa.array([], type=(types or {}).get(n, pa.string())) for n in names], names=names
+            )
 
     @staticmethod
     def _array(values: list[Any], wanted: pa.DataType | None) -> pa.Array:
@@ -411,7 +448,10 @@ class SqlConnector(Connector):
             try:
                 return pa.array(values, type=wanted)
             except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-                pass
+                try:  # e.g. Decimal objects for a float column
+                    return pa.array(values).cast(wanted)
+                except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError):
+                    pass
         arr = pa.array(values)
         return arr.cast(pa.string()) if pa.types.is_null(arr.type) else arr
 

@@ -297,3 +297,18 @@ def test_text_into_a_number_column_is_refused_before_writing(db: tuple[dict[str,
     clash = r"amount is string in the data but (NUMERIC|DECIMAL)\(10, 2\) in the table"
     assert re.search(clash, str(info.value))
     assert [(r[0], float(r[1])) for r in tables.execute(f"SELECT id, amount FROM {table}")] == [(1, 2.5)]
+
+
+@pytest.mark.parametrize("use_copy", [True, False])
+def test_stopping_a_read_early_is_clean(db: tuple[dict[str, Any], Tables], use_copy: bool) -> None:
+    spec, tables = db
+    table = tables.new()
+    with get_connector({**spec, "table": table}) as c:
+        c.write([people(list(range(20_000)))])
+    with get_connector({**spec, "table": table, "batch_size": 1000, "use_copy": use_copy}) as c:
+        stream = c.read()
+        first = next(stream)
+        stream.close()  # a consumer that had enough: no warning, no stuck connection
+        assert first.num_rows > 0
+        c.check()
+        assert sum(b.num_rows for b in c.read()) == 20_000
