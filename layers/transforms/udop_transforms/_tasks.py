@@ -312,4 +312,19 @@ def run_load(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult]) 
     if total is None:
         out = Manifest(uri=out.uri, rows=None, bytes=out.bytes, schema_fingerprint=None, format=out.format,
                        files=out.files)
+    if _has_incremental_extract(context.pipeline):
+        # the files are published: incremental extracts upstream may now advance their watermarks
+        from udop.connectors import commit_watermarks
+
+        commit_watermarks(context)
     return TaskResult(output=out, inputs=(manifest.uri,), metrics={"rows_written": rows})
+
+
+def _has_incremental_extract(pipeline: Any) -> bool:
+    for t in pipeline.spec.tasks:
+        source = getattr(t, "source", None) if t.type == "extract" else None
+        if source is not None:
+            fields = source.model_dump() if hasattr(source, "model_dump") else dict(source)
+            if fields.get("incremental"):
+                return True
+    return False

@@ -70,3 +70,47 @@ def test_incremental_sync_through_the_local_executor(
     assert extracted.result["output"]["rows"] == 2  # only the new rows
     assert pg.execute(f"SELECT count(*), sum(total) FROM {table}") == [(7, 337.5)]
     state.close()
+
+
+FILE_PIPELINE = """
+apiVersion: udop/v1
+kind: Pipeline
+metadata: {name: orders-to-files}
+spec:
+  connections:
+    shop: {connector: sqlite, database: shop.db}
+  tasks:
+    - id: orders
+      type: extract
+      source: {connection: shop, connector: sqlite, table: orders, incremental: {column: id}}
+    - id: publish
+      type: load
+      depends_on: [orders]
+      target: {connector: parquet, path: out/orders, mode: append}
+"""
+
+
+def test_a_file_load_advances_the_watermark_of_its_incremental_extract(tmp_path: Path) -> None:
+    import pyarrow.dataset as ds
+
+    db = tmp_path / "shop.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, total REAL)")
+        conn.executemany("INSERT INTO orders VALUES (?, ?)", [(i, i * 1.0) for i in range(1, 4)])
+    pipeline = load_pipeline(FILE_PIPELINE, filename="files.yaml")
+    store = open_store(f"sqlite:///{tmp_path / 'meta.db'}")
+    state = SQLiteStateStore(tmp_path / "state.db")
+    executor = LocalExecutor(store, data_root=str(tmp_path / "data"),
+                             services={"state": state, "base_dir": str(tmp_path)})
+    assert executor.run(pipeline).state.value == "succeeded"
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO orders VALUES (4, 4.0)")
+    second = executor.run(pipeline)
+    assert second.state.value == "succeeded"
+    record = store.get_run(second.id)
+    assert record is not None
+    assert next(t for t in record.tasks if t.task_id == "orders").result["output"]["rows"] == 1
+    ids = sorted(ds.dataset(tmp_path / "out" / "orders", format="parquet").to_table()["id"].to_pylist())
+    assert ids == [1, 2, 3, 4]  # nothing lost, nothing loaded twice
+    state.close()
+    store.close()
