@@ -40,6 +40,7 @@ class ExecutionAttempt:
     reused: bool = False
     version: int | None = None  # the pipeline version compiled into the payload
     exited: bool = False  # its Task state was left after it (Catch): no retry follows
+    item: bool = False  # one item of a foreach task's inline Map: an attempt only when it failed
 
 
 @dataclass
@@ -145,10 +146,13 @@ def _attempts(sfn: Any, execution_arn: str) -> list[ExecutionAttempt]:
             if task_id:
                 version = payload.get("version")
                 attempts[ev_id] = ExecutionAttempt(task_id=task_id, started_at=ev["timestamp"],
-                                                   version=int(version) if version is not None else None)
+                                                   version=int(version) if version is not None else None,
+                                                   item=payload.get("item") is not None)
         elif kind == "TaskStateExited":
             name = (ev.get("stateExitedEventDetails") or {}).get("name")
-            last = next((a for k, a in sorted(attempts.items(), reverse=True) if a.task_id == name), None)
+            # a foreach task's Map items are followed by its "<task> combine" Task state
+            last = next((a for k, a in sorted(attempts.items(), reverse=True)
+                         if name in (a.task_id, f"{a.task_id} combine") and not a.item), None)
             if last is not None:
                 last.exited = True
         elif kind == "TaskStarted" and ev.get("previousEventId") in attempts:
@@ -169,7 +173,9 @@ def _attempts(sfn: Any, execution_arn: str) -> list[ExecutionAttempt]:
                 attempt.state = AttemptState.TIMED_OUT if kind == "TaskTimedOut" else AttemptState.FAILED
                 attempt.error_type = details.get("error")
                 attempt.error_message = _cause_message(details.get("cause"))
-    return [attempts[k] for k in sorted(attempts)]
+    # a foreach task's result is its combine call's; of its items only the failures are shown
+    return [attempts[k] for k in sorted(attempts)
+            if not attempts[k].item or attempts[k].state in (AttemptState.FAILED, AttemptState.TIMED_OUT)]
 
 
 def _cause_message(cause: str | None) -> str | None:

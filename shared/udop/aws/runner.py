@@ -356,7 +356,7 @@ def _stage_item(staging: S3Staging, payload: TaskPayload, task: Any, item: Forea
 def _read_by_partitions(pipeline: Any, task_id: str) -> bool:
     """Whether some task runs ``foreach: {input: task_id, over: partitions}``."""
     return any(t.foreach is not None and t.foreach.input == task_id and t.foreach.over == "partitions"
-               for t in pipeline.tasks)
+               for t in pipeline.spec.tasks)
 
 
 def _write_partitions(staging: S3Staging, local_uri: str, remote_uri: str) -> None:
