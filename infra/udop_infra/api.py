@@ -175,7 +175,8 @@ class Api(Construct):
             "Client",
             user_pool_client_name="udop-api",
             generate_secret=False,
-            auth_flows=cognito.AuthFlow(user_srp=True),
+            # SRP for SDKs and browsers; password auth (TLS, to Cognito) for `aws cognito-idp initiate-auth`
+            auth_flows=cognito.AuthFlow(user_srp=True, user_password=True),
             prevent_user_existence_errors=True,
             id_token_validity=Duration.hours(1),
             access_token_validity=Duration.hours(1),
