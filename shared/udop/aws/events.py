@@ -40,7 +40,7 @@ class ExecutionAttempt:
     reused: bool = False
     version: int | None = None  # the pipeline version compiled into the payload
     exited: bool = False  # its Task state was left after it (Catch): no retry follows
-    item: bool = False  # one item of a foreach task's inline Map: an attempt only when it failed
+    item: bool = False  # a foreach task's inline Map item or listing: an attempt only when it failed
 
 
 @dataclass
@@ -147,7 +147,8 @@ def _attempts(sfn: Any, execution_arn: str) -> list[ExecutionAttempt]:
                 version = payload.get("version")
                 attempts[ev_id] = ExecutionAttempt(task_id=task_id, started_at=ev["timestamp"],
                                                    version=int(version) if version is not None else None,
-                                                   item=payload.get("item") is not None)
+                                                   item=payload.get("item") is not None
+                                                   or bool(payload.get("list")))
         elif kind == "TaskStateExited":
             name = (ev.get("stateExitedEventDetails") or {}).get("name")
             # a foreach task's Map items are followed by its "<task> combine" Task state

@@ -200,6 +200,8 @@ def _run_payload(event: Mapping[str, Any], *, settings: RunnerSettings, s3: Any,
     item = _item_of(event, payload, task, settings)
     if event.get("finalize"):
         return _finalize(payload, pipeline, task, settings=settings, s3=s3, state=state)
+    if event.get("list"):
+        return _list_partitions(payload, task, settings=settings, s3=s3, max_items=event.get("max_items"))
     if item is not None and item.skipped:
         logger.info("not a data item of the foreach input; skipped", extra={"item": item.key})
         return {"task_id": payload.task_id, "item": item.index, "skipped": True}
@@ -232,9 +234,13 @@ def _run_payload(event: Mapping[str, Any], *, settings: RunnerSettings, s3: Any,
                          TaskResult(checks=tuple(checks)).to_dict())
             raise
         body = result.to_dict()
-        put_json(s3, settings.data_bucket, result_key(payload.pipeline, payload.run_id, payload.task_id)
-                 if item is None else item_result_key(payload.pipeline, payload.run_id, payload.task_id,
-                                                      item.index), body)
+        if item is None:
+            put_json(s3, settings.data_bucket, result_key(payload.pipeline, payload.run_id, payload.task_id),
+                     body)
+        else:  # with the item's key: the combine step checks that every item has its result
+            put_json(s3, settings.data_bucket, item_result_key(payload.pipeline, payload.run_id,
+                                                               payload.task_id, item.index),
+                     {**body, "item": {"key": item.key, "index": item.index}})
         state.set(key, json.dumps(body, default=str), ttl=RESULT_TTL)
     finally:
         lock.release()
@@ -396,7 +402,16 @@ def _finalize(payload: TaskPayload, pipeline: Any, task: Any, *, settings: Runne
     prefix = item_result_key(payload.pipeline, payload.run_id, payload.task_id, 0).rsplit("/", 1)[0] + "/"
     keys = sorted(o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
         Bucket=settings.data_bucket, Prefix=prefix) for o in page.get("Contents", []))
-    results = [TaskResult.from_dict(get_json(s3, settings.data_bucket, k)) for k in keys]
+    bodies = [get_json(s3, settings.data_bucket, k) for k in keys]
+    expected = _expected_items(s3, settings, payload, task)
+    done = {str((b.get("item") or {}).get("key")) for b in bodies}
+    missing = [k for k in expected if k not in done]
+    if missing:
+        # a Map tolerating failures (or an emulator) can end with items that never succeeded
+        raise FatalError(f"task {payload.task_id!r}: {len(missing)} of {len(expected)} foreach items have no "
+                         f"result (failed or never ran), e.g. s3://{settings.data_bucket}/{missing[0]}; "
+                         "the task's output would be incomplete")
+    results = [TaskResult.from_dict(b) for b in bodies if str((b.get("item") or {}).get("key")) in expected]
     remote_root = (payload.data_root or f"s3://{settings.data_bucket}").rstrip("/")
     result = combine(dataset_uri(remote_root, payload.pipeline, payload.run_id, payload.task_id),
                      source["output"]["uri"], results)
@@ -405,3 +420,33 @@ def _finalize(payload: TaskPayload, pipeline: Any, task: Any, *, settings: Runne
     state.set(key, json.dumps(body, default=str), ttl=RESULT_TTL)
     metrics.add_metric(name="TaskSucceeded", unit="Count", value=1)
     return _response(payload.task_id, body, reused=False)
+
+
+def _expected_items(s3: Any, settings: RunnerSettings, payload: TaskPayload, task: Any) -> set[str]:
+    """The S3 keys the compiled Map runs as items (what :func:`list_items` gives locally): the data
+    files under the input's prefix, or the partitions its ``_partitions.json`` lists."""
+    from udop.tasks.foreach import is_skipped
+
+    prefix = _input_prefix(payload, settings, task.foreach.input)
+    if task.foreach.over == "partitions":
+        listed = get_json(s3, settings.data_bucket, partitions_key(prefix))
+        if not isinstance(listed, list):
+            raise FatalError(f"task {payload.task_id!r}: its foreach input {task.foreach.input!r} wrote no "
+                             f"partition list (s3://{settings.data_bucket}/{partitions_key(prefix)})")
+        return {str(k) for k in listed}
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=settings.data_bucket, Prefix=prefix)
+    return {o["Key"] for page in pages for o in page.get("Contents", [])
+            if not is_skipped(o["Key"].removeprefix(prefix), "files")}
+
+
+def _list_partitions(payload: TaskPayload, task: Any, *, settings: RunnerSettings, s3: Any,
+                     max_items: Any) -> dict[str, Any]:
+    """An inline Map's items over partitions: the keys of ``_partitions.json``, or none and
+    ``truncated`` when there are more than ``max_items`` (the state machine then fails the task)."""
+    if task.foreach is None or task.foreach.over != "partitions":
+        raise FatalError(f"task {payload.task_id!r} has no `foreach: {{over: partitions}}` but was asked to "
+                         "list partitions; redeploy the pipeline so the state machine matches its definition")
+    keys = sorted(_expected_items(s3, settings, payload, task))
+    if max_items is not None and len(keys) > int(max_items):
+        return {"keys": [], "truncated": True}
+    return {"keys": keys, "truncated": False}

@@ -284,21 +284,27 @@ class Emitter:
         if inline:
             listing = f"{name} list"
             check = f"{name} listed?"
-            params: dict[str, Any] = {"Bucket.$": "$$.Execution.Input.run.data_bucket",
-                                      "Prefix.$": self._key(fe.input), "MaxKeys": self.inline_max_items}
+            too_many = f"{name} too many items"
             if fe.over == "partitions":
-                params["Delimiter"] = "/"
-                keys = "$.CommonPrefixes[*].Prefix"
+                # the partitions the upstream's runner wrote to `_partitions.json` (as the LocalExecutor
+                # finds them), handed over by the runner: at most inline_max_items keys, else truncated
+                list_call = self._invoke(s, {**self.payload(s.task_id), "list": True,
+                                             "max_items": self.inline_max_items})
+                list_call.update(ResultSelector={"keys.$": "$.Payload.keys",
+                                                 "truncated.$": "$.Payload.truncated"},
+                                 ResultPath="$.items", Next=check)
+                states[listing] = list_call
             else:
-                keys = "$.Contents[*].Key"
-            states[listing] = {"Type": "Task", "Resource": S3_LIST, "Parameters": params,
-                               "ResultSelector": {"keys.$": keys, "truncated.$": "$.IsTruncated"},
-                               "ResultPath": "$.items", "Next": check}
+                params = {"Bucket.$": "$$.Execution.Input.run.data_bucket",
+                          "Prefix.$": self._key(fe.input), "MaxKeys": self.inline_max_items}
+                states[listing] = {"Type": "Task", "Resource": S3_LIST, "Parameters": params,
+                                   "ResultSelector": {"keys.$": "$.Contents[*].Key",
+                                                      "truncated.$": "$.IsTruncated"},
+                                   "ResultPath": "$.items", "Next": check}
+            over = {"Variable": "$.items.truncated", "BooleanEquals": True}
             if self.catch:
                 states[listing]["Catch"] = self._catch(f"{name} failed")
-            too_many = f"{name} too many items"
-            states[check] = {"Type": "Choice", "Choices": [
-                {"Variable": "$.items.truncated", "BooleanEquals": True, "Next": too_many}], "Default": name}
+            states[check] = {"Type": "Choice", "Choices": [{**over, "Next": too_many}], "Default": name}
             cause = (f"task {s.task_id!r}: its input {fe.input!r} has more than {self.inline_max_items} "
                      f"{fe.over}, the most an inline Map lists; compile with map_mode='distributed'")
             if self.catch:

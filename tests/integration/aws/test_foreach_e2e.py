@@ -23,9 +23,10 @@ from udop.states import RunState, TaskState
 pytestmark = [pytest.mark.aws, pytest.mark.redis, pytest.mark.slow]
 
 
-def _pipeline(tmp_path: Path, over: str, log_dir: str) -> Path:
+def _pipeline(tmp_path: Path, over: str, log_dir: str, fail_key: str = "") -> Path:
     path = tmp_path / "fanout.yaml"
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         apiVersion: udop/v1
         kind: Pipeline
         metadata: {{name: fanout}}
@@ -37,9 +38,10 @@ def _pipeline(tmp_path: Path, over: str, log_dir: str) -> Path:
               callable: "udop_foreach_tasks:per_item"
               depends_on: [parts]
               foreach: {{input: parts, over: {over}, max_concurrency: 2}}
-              args: {{log_dir: "{log_dir}"}}
+              args: {{log_dir: "{log_dir}", fail_key: "{fail_key}"}}
             - {{id: summary, type: python, callable: "udop_foreach_tasks:summary", depends_on: [per_item]}}
-        """))
+        """)
+    )
     return path
 
 
@@ -60,14 +62,23 @@ def _deploy(aws: Any, store: Any, path: Path, map_mode: str) -> None:
     def compile_fn(pipeline: Any, *, version: int) -> Any:
         return compile_pipeline(pipeline, options=CompileOptions(version=version, map_mode=map_mode))
 
-    result = deploy_definition(path.read_bytes(), source="pipelines/fanout.yaml",
-                               bucket=aws.definitions_bucket, s3=aws.client("s3"),
-                               sfn=aws.client("stepfunctions"), store=store,
-                               task_runner_arn=aws.task_runner_arn, role_arn=aws.role_arn,
-                               compile_fn=compile_fn)
+    result = deploy_definition(
+        path.read_bytes(),
+        source="pipelines/fanout.yaml",
+        bucket=aws.definitions_bucket,
+        s3=aws.client("s3"),
+        sfn=aws.client("stepfunctions"),
+        store=store,
+        task_runner_arn=aws.task_runner_arn,
+        role_arn=aws.role_arn,
+        compile_fn=compile_fn,
+    )
     assert result.ok, result.errors
-    definition = json.loads(aws.client("stepfunctions").describe_state_machine(
-        stateMachineArn=result.state_machine_arn)["definition"])
+    definition = json.loads(
+        aws.client("stepfunctions").describe_state_machine(stateMachineArn=result.state_machine_arn)[
+            "definition"
+        ]
+    )
     mode = definition["States"]["per_item"]["ItemProcessor"]["ProcessorConfig"]["Mode"]
     assert mode == map_mode.upper()
 
@@ -76,11 +87,15 @@ def _read_s3(aws: Any, uri: str) -> pa.Table:
     """Every parquet object under ``uri`` (the way a reader of the folder sees it)."""
     s3 = aws.client("s3")
     bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
-                  if o["Key"].endswith(".parquet"))
+    keys = sorted(
+        o["Key"]
+        for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+        if o["Key"].endswith(".parquet")
+    )
     assert keys, uri
-    return pa.concat_tables([pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=k)["Body"].read()))
-                             for k in keys])
+    return pa.concat_tables(
+        [pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=k)["Body"].read())) for k in keys]
+    )
 
 
 def _calls(log_dir: str, run_id: str) -> int:
@@ -89,15 +104,17 @@ def _calls(log_dir: str, run_id: str) -> int:
 
 
 @in_process_only  # the call log is a local file
-@pytest.mark.parametrize("map_mode", ["inline", "distributed"])
-@pytest.mark.parametrize("over", ["files", "partitions"])
+@pytest.mark.parametrize(
+    "case", ["files/inline", "files/distributed", "partitions/inline", "partitions/distributed"]
+)
 def test_foreach_gives_the_same_rows_locally_and_on_step_functions(
-    moto_aws: Any, store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, over: str, map_mode: str
+    moto_aws: Any, store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
 ) -> None:
     from udop.executor.local import LocalExecutor
     from udop.spec.loader import load_pipeline
     from udop.store import open_store
 
+    over, map_mode = case.split("/")
     log_dir = moto_aws.log_root
     path = _pipeline(tmp_path, over, log_dir)
     _deploy(moto_aws, store, path, map_mode)
@@ -106,8 +123,9 @@ def test_foreach_gives_the_same_rows_locally_and_on_step_functions(
     run = store.get_run(store.list_runs(pipeline="fanout", limit=1)[0].id)
     assert code == 0, run.error
     assert run.state == RunState.SUCCEEDED
-    assert {t.task_id: t.state for t in run.tasks} == dict.fromkeys(["parts", "per_item", "summary"],
-                                                                   TaskState.SUCCEEDED)
+    assert {t.task_id: t.state for t in run.tasks} == dict.fromkeys(
+        ["parts", "per_item", "summary"], TaskState.SUCCEEDED
+    )
     expected = _expected_items(over)
     assert _calls(log_dir, run.id) == len(expected)  # one call per item; `_SUCCESS` is not an item
 
@@ -127,7 +145,8 @@ def test_foreach_gives_the_same_rows_locally_and_on_step_functions(
 
     local_store = open_store(f"sqlite:///{tmp_path / 'local.db'}")
     local = LocalExecutor(local_store, workers=2, data_root=str(tmp_path / "local-data")).run(
-        load_pipeline(str(path), import_callables=True))
+        load_pipeline(str(path), import_callables=True)
+    )
     local_record = {t.task_id: t for t in local_store.get_run(local.id).tasks}["per_item"].result
     local_store.close()
     assert local.state == RunState.SUCCEEDED
@@ -135,9 +154,17 @@ def test_foreach_gives_the_same_rows_locally_and_on_step_functions(
     local_summary = pq.read_table(str(tmp_path / "local-data" / "runs" / "fanout" / local.id / "summary"))
 
     assert aws_items == local_items == expected
-    assert aws_summary == local_summary.to_pylist() == [
-        {"items": len(expected), "rows": sum(r["rows"] for r in expected),
-         "total": sum(r["total"] for r in expected)}]
+    assert (
+        aws_summary
+        == local_summary.to_pylist()
+        == [
+            {
+                "items": len(expected),
+                "rows": sum(r["rows"] for r in expected),
+                "total": sum(r["total"] for r in expected),
+            }
+        ]
+    )
     assert local_record["metrics"] == per_item["metrics"]
     assert local_record["output"]["rows"] == per_item["output"]["rows"]
 
@@ -157,11 +184,18 @@ def test_reinvoking_an_item_or_the_combine_step_does_no_work_twice(
     s3 = moto_aws.client("s3")
     bucket = moto_aws.data_bucket
     execution = moto_aws.client("stepfunctions").describe_execution(executionArn=run.external_id)
-    base = {"run": json.loads(execution["input"])["run"], "pipeline": "fanout", "version": 1,
-            "task_id": "per_item", "execution": run.external_id, "attempt": 0}
+    base = {
+        "run": json.loads(execution["input"])["run"],
+        "pipeline": "fanout",
+        "version": 1,
+        "task_id": "per_item",
+        "execution": run.external_id,
+        "attempt": 0,
+    }
     # the partitions the upstream listed for the Distributed Map
-    partitions = json.loads(s3.get_object(Bucket=bucket, Key=f"runs/fanout/{run.id}/parts/_partitions.json")
-                            ["Body"].read())
+    partitions = json.loads(
+        s3.get_object(Bucket=bucket, Key=f"runs/fanout/{run.id}/parts/_partitions.json")["Body"].read()
+    )
     assert partitions == [f"runs/fanout/{run.id}/parts/k={k}/" for k in data.KEYS]
     item_key = f"runs/fanout/{run.id}/per_item/item-00001/"
     before = {o["Key"]: o["ETag"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=item_key)["Contents"]}
@@ -189,3 +223,28 @@ def test_reinvoking_an_item_or_the_combine_step_does_no_work_twice(
         skipped = invoke({**base, "item": {"key": f"runs/fanout/{run.id}/parts/{key}", "index": 10 + i}})
         assert skipped == {"task_id": "per_item", "item": 10 + i, "skipped": True}
     assert _calls(log_dir, run.id) == len(data.KEYS)
+
+
+@in_process_only
+@pytest.mark.parametrize("map_mode", ["inline", "distributed"])
+def test_a_failed_item_fails_the_foreach_task_and_nothing_downstream_runs(
+    moto_aws: Any, store: Any, tmp_path: Path, map_mode: str
+) -> None:
+    path = _pipeline(tmp_path, "partitions", moto_aws.log_root, fail_key="b")
+    _deploy(moto_aws, store, path, map_mode)
+    code = run_on_stepfunctions(str(path), {}, store=store, sfn=moto_aws.client("stepfunctions"), poll=0.05)
+    run = store.get_run(store.list_runs(pipeline="fanout", limit=1)[0].id)
+    assert code == 1
+    assert run.state == RunState.FAILED
+    # the item's own error (the Map failed), or the combine step finding the item without a result
+    # (moto's Distributed Map ends successfully when an item fails, which AWS does not)
+    assert "bad item: key b" in (run.error or "") or "parts/k=b/" in (run.error or "")
+    tasks = {t.task_id: t for t in run.tasks}
+    assert tasks["parts"].state == TaskState.SUCCEEDED
+    assert tasks["per_item"].state == TaskState.FAILED
+    assert tasks["summary"].state == TaskState.UPSTREAM_FAILED
+    s3 = moto_aws.client("s3")
+    # no combined result: downstream readers cannot mistake the items that did finish for the task
+    assert "Contents" not in s3.list_objects_v2(
+        Bucket=moto_aws.data_bucket, Prefix=f"results/fanout/{run.id}/per_item.json"
+    )

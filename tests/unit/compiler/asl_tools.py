@@ -86,8 +86,8 @@ class Walk:
 
 def _task_of(state: dict[str, Any]) -> str | None:
     if state["Type"] == "Task" and state["Resource"] == LAMBDA_INVOKE:
-        if state["Parameters"]["Payload"].get("finalize"):
-            return None  # a foreach task's combine step, after its Map: not another run of the task
+        if state["Parameters"]["Payload"].get("finalize") or state["Parameters"]["Payload"].get("list"):
+            return None  # a foreach task's listing or combine step: not another run of the task
         return str(state["Parameters"]["Payload"]["task_id"])
     if state["Type"] == "Map":
         inner = state["ItemProcessor"]["States"]

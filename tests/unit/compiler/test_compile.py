@@ -204,7 +204,12 @@ def test_inline_map_lists_at_most_the_cap_and_fails_beyond_it() -> None:
     assert m["ItemProcessor"]["ProcessorConfig"] == {"Mode": "INLINE"}
     assert m["ItemsPath"] == "$.items.keys"
     parts = compile_pipeline(_foreach_pipeline("partitions"), options=CompileOptions(map_mode="inline"))
-    assert parts.definition["States"]["each list"]["Parameters"]["Delimiter"] == "/"
+    # partitions: the list the upstream's runner wrote, as for the distributed Map
+    part_list = parts.definition["States"]["each list"]
+    assert part_list["Resource"] == "arn:aws:states:::lambda:invoke"
+    assert part_list["Parameters"]["Payload"]["list"] is True
+    assert part_list["Parameters"]["Payload"]["max_items"] == 100
+    assert part_list["ResultSelector"]["truncated.$"] == "$.Payload.truncated"  # the same cap check
     assert_valid([c, parts, compile_pipeline(_foreach_pipeline()),
                   compile_pipeline(_foreach_pipeline("partitions"))])
 

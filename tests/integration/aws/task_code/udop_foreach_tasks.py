@@ -34,22 +34,40 @@ def parts(context: Any, inputs: dict[str, Any]) -> Manifest:
             vs = values(ki, j)
             pq.write_table(pa.table({"key": [key] * len(vs), "v": vs}), folder / f"part-{j}.parquet")
     (root / "_SUCCESS").write_text("")
-    return Manifest(uri=context.output_uri, rows=len(KEYS) * FILES_PER_KEY * ROWS_PER_FILE,
-                    files=len(KEYS) * FILES_PER_KEY)
+    return Manifest(
+        uri=context.output_uri,
+        rows=len(KEYS) * FILES_PER_KEY * ROWS_PER_FILE,
+        files=len(KEYS) * FILES_PER_KEY,
+    )
 
 
-def per_item(context: Any, inputs: dict[str, Any], *, log_dir: str) -> pa.Table:
-    """One row per item: its keys, row count, sum and smallest value of ``v``."""
+def per_item(context: Any, inputs: dict[str, Any], *, log_dir: str, fail_key: str = "") -> pa.Table:
+    """One row per item: its keys, row count, sum and smallest value of ``v``. Fails (not
+    retryable) on the item holding key ``fail_key``."""
+    from udop.errors import FatalError
+
     with (Path(log_dir) / "per_item.calls").open("a") as f:
         f.write(f"{context.run_id} {inputs['parts'].uri}\n")
     table = inputs["parts"].to_arrow()
-    return pa.table({"keys": [",".join(sorted(set(table["key"].to_pylist())))],
-                     "rows": [table.num_rows], "total": [sum(table["v"].to_pylist())],
-                     "first": [min(table["v"].to_pylist())]})
+    if fail_key and fail_key in table["key"].to_pylist():
+        raise FatalError(f"bad item: key {fail_key}")
+    return pa.table(
+        {
+            "keys": [",".join(sorted(set(table["key"].to_pylist())))],
+            "rows": [table.num_rows],
+            "total": [sum(table["v"].to_pylist())],
+            "first": [min(table["v"].to_pylist())],
+        }
+    )
 
 
 def summary(context: Any, inputs: dict[str, Any]) -> pa.Table:
     """The combined output of ``per_item`` read as one dataset: items, rows and the grand total."""
     table = inputs["per_item"].to_arrow()
-    return pa.table({"items": [table.num_rows], "rows": [sum(table["rows"].to_pylist())],
-                     "total": [sum(table["total"].to_pylist())]})
+    return pa.table(
+        {
+            "items": [table.num_rows],
+            "rows": [sum(table["rows"].to_pylist())],
+            "total": [sum(table["total"].to_pylist())],
+        }
+    )
