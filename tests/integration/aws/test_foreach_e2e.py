@@ -17,13 +17,13 @@ import pytest
 import udop_foreach_tasks as data
 
 from conftest import in_process_only
-from udop.cli_aws import run_on_stepfunctions
+from udop.cli_aws import redrive_and_follow, run_on_stepfunctions
 from udop.states import RunState, TaskState
 
 pytestmark = [pytest.mark.aws, pytest.mark.redis, pytest.mark.slow]
 
 
-def _pipeline(tmp_path: Path, over: str, log_dir: str, fail_key: str = "") -> Path:
+def _pipeline(tmp_path: Path, over: str, log_dir: str, fail_key: str = "", flag: str = "") -> Path:
     path = tmp_path / "fanout.yaml"
     path.write_text(
         textwrap.dedent(f"""\
@@ -38,7 +38,7 @@ def _pipeline(tmp_path: Path, over: str, log_dir: str, fail_key: str = "") -> Pa
               callable: "udop_foreach_tasks:per_item"
               depends_on: [parts]
               foreach: {{input: parts, over: {over}, max_concurrency: 2}}
-              args: {{log_dir: "{log_dir}", fail_key: "{fail_key}"}}
+              args: {{log_dir: "{log_dir}", fail_key: "{fail_key}", flag: "{flag}"}}
             - {{id: summary, type: python, callable: "udop_foreach_tasks:summary", depends_on: [per_item]}}
         """)
     )
@@ -248,3 +248,31 @@ def test_a_failed_item_fails_the_foreach_task_and_nothing_downstream_runs(
     assert "Contents" not in s3.list_objects_v2(
         Bucket=moto_aws.data_bucket, Prefix=f"results/fanout/{run.id}/per_item.json"
     )
+
+
+@in_process_only
+@pytest.mark.parametrize("map_mode", ["inline", "distributed"])
+def test_a_redrive_after_a_failed_item_runs_only_that_item_again(
+    moto_aws: Any, store: Any, tmp_path: Path, map_mode: str
+) -> None:
+    flag = tmp_path / "broken"
+    flag.write_text("set")
+    log_dir = moto_aws.log_root
+    path = _pipeline(tmp_path, "partitions", log_dir, fail_key="b", flag=str(flag))
+    _deploy(moto_aws, store, path, map_mode)
+    sfn = moto_aws.client("stepfunctions")
+    assert run_on_stepfunctions(str(path), {}, store=store, sfn=sfn, poll=0.05) == 1
+    run_id = store.list_runs(pipeline="fanout", limit=1)[0].id
+
+    flag.unlink()  # the fault is fixed
+    assert redrive_and_follow(run_id, store=store, sfn=sfn, poll=0.05) == 0
+    run = store.get_run(run_id)
+    assert run.state == RunState.SUCCEEDED
+    log = [line.split() for line in (Path(log_dir) / "per_item.calls").read_text().splitlines()]
+    calls = sorted(Path(uri).name for rid, uri in log if rid == run_id)
+    assert calls == ["k=a", "k=b", "k=b", "k=c"]  # the items that had succeeded did not run again
+    summary = _read_s3(moto_aws, f"s3://{moto_aws.data_bucket}/runs/fanout/{run_id}/summary/").to_pylist()
+    expected = _expected_items("partitions")
+    assert summary == [
+        {"items": 3, "rows": sum(r["rows"] for r in expected), "total": sum(r["total"] for r in expected)}
+    ]

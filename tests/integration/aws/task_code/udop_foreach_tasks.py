@@ -41,15 +41,17 @@ def parts(context: Any, inputs: dict[str, Any]) -> Manifest:
     )
 
 
-def per_item(context: Any, inputs: dict[str, Any], *, log_dir: str, fail_key: str = "") -> pa.Table:
+def per_item(
+    context: Any, inputs: dict[str, Any], *, log_dir: str, fail_key: str = "", flag: str = ""
+) -> pa.Table:
     """One row per item: its keys, row count, sum and smallest value of ``v``. Fails (not
-    retryable) on the item holding key ``fail_key``."""
+    retryable) on the item holding key ``fail_key`` (while the file ``flag`` exists, if given)."""
     from udop.errors import FatalError
 
     with (Path(log_dir) / "per_item.calls").open("a") as f:
         f.write(f"{context.run_id} {inputs['parts'].uri}\n")
     table = inputs["parts"].to_arrow()
-    if fail_key and fail_key in table["key"].to_pylist():
+    if fail_key and fail_key in table["key"].to_pylist() and (not flag or Path(flag).exists()):
         raise FatalError(f"bad item: key {fail_key}")
     return pa.table(
         {
