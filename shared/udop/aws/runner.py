@@ -198,6 +198,8 @@ def _run_payload(event: Mapping[str, Any], *, settings: RunnerSettings, s3: Any,
                          f"{payload.task_id!r}") from None
 
     item = _item_of(event, payload, task, settings)
+    if item is not None:
+        logger.append_keys(item=item.index)
     if event.get("finalize"):
         return _finalize(payload, pipeline, task, settings=settings, s3=s3, state=state)
     if event.get("list"):

@@ -276,3 +276,40 @@ def test_a_redrive_after_a_failed_item_runs_only_that_item_again(
     assert summary == [
         {"items": 3, "rows": sum(r["rows"] for r in expected), "total": sum(r["total"] for r in expected)}
     ]
+
+
+@in_process_only
+@pytest.mark.parametrize("map_mode", ["inline", "distributed"])
+def test_a_foreach_over_a_foreach_tasks_output_runs_once_per_item_file(
+    moto_aws: Any, store: Any, tmp_path: Path, map_mode: str
+) -> None:
+    # the first foreach's folder holds item-NNNNN/ outputs (and, distributed, the Map's _map/ results)
+    path = _pipeline(tmp_path, "partitions", moto_aws.log_root)
+    path.write_text(
+        path.read_text()
+        + textwrap.indent(
+            textwrap.dedent("""\
+        - id: again
+          type: python
+          callable: "udop_foreach_tasks:relabel"
+          depends_on: [per_item]
+          foreach: {input: per_item, over: files}
+          args: {source: per_item}
+        """),
+            "    ",
+        )
+    )
+    _deploy(moto_aws, store, path, map_mode)
+    code = run_on_stepfunctions(str(path), {}, store=store, sfn=moto_aws.client("stepfunctions"), poll=0.05)
+    run = store.get_run(store.list_runs(pipeline="fanout", limit=1)[0].id)
+    assert code == 0, run.error
+    if map_mode == "distributed":  # the Map's own result files sit in the folder the second one lists
+        listed = moto_aws.client("s3").list_objects_v2(
+            Bucket=moto_aws.data_bucket, Prefix=f"runs/fanout/{run.id}/per_item/_map/"
+        )
+        assert listed.get("KeyCount", 0) > 0
+    again = {t.task_id: t for t in run.tasks}["again"].result
+    assert again["metrics"] == {"items": len(data.KEYS)}
+    rows = _read_s3(moto_aws, again["output"]["uri"]).to_pylist()
+    expected = _expected_items("partitions")
+    assert sorted(rows, key=lambda r: r["first"]) == [{**r, "seen": True} for r in expected]

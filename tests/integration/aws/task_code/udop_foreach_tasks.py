@@ -73,3 +73,9 @@ def summary(context: Any, inputs: dict[str, Any]) -> pa.Table:
             "total": [sum(table["total"].to_pylist())],
         }
     )
+
+
+def relabel(context: Any, inputs: dict[str, Any], *, source: str) -> pa.Table:
+    """A second foreach over a foreach task's output: each of its item files, with a mark."""
+    table = inputs[source].to_arrow()
+    return table.append_column("seen", pa.array([True] * table.num_rows))
