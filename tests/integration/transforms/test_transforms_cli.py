@@ -68,7 +68,9 @@ def test_unknown_column_is_rejected_before_running(root):
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1
-    assert lines[0].startswith("pipeline.yaml: spec.tasks[1].steps[0]: task 'totals', filter step: ")
+    step_line = next(i for i, text in enumerate((root / "pipeline.yaml").read_text().splitlines(), 1)
+                     if "amont" in text)
+    assert lines[0].startswith(f"pipeline.yaml:{step_line}: spec.tasks[1].steps[0]: task 'totals', filter step: ")
     assert '"amont"' in lines[0]
     ran = udop(root, "run", "pipeline.yaml", "--no-progress")
     assert ran.returncode == 2
