@@ -4,8 +4,6 @@ inputs registered as views, and atomic Parquet output with its manifest."""
 from __future__ import annotations
 
 import atexit
-import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -20,6 +18,7 @@ import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
 from udop.settings import get_settings
 from udop.tasks.contract import Manifest, TaskContext
+from udop.tasks.datasets import schema_fingerprint
 from udop_transforms._sql import ident, literal
 
 __all__ = ["Column", "Session", "dataset_files", "fingerprint", "manifest_for", "publish_dir", "scratch_dir"]
@@ -174,9 +173,8 @@ def dataset_files(path: Path, suffix: str = ".parquet") -> list[Path]:
 
 
 def fingerprint(schema: Any) -> str:
-    """A stable hash of an Arrow schema: field names, types and nullability, in order (no metadata)."""
-    canon = [[f.name, str(f.type), bool(f.nullable)] for f in schema]
-    return "sha256:" + hashlib.sha256(json.dumps(canon).encode()).hexdigest()
+    """The core's schema fingerprint (one definition for every task type)."""
+    return schema_fingerprint(schema)
 
 
 def manifest_for(uri: str, files: list[Path], rows: int, fmt: str = "parquet") -> Manifest:

@@ -4,7 +4,6 @@ and ``load_from_parquet`` (a manifest's Parquet -> target, then commit pending w
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -22,6 +21,7 @@ from udop.connectors.registry import as_dict, get_connector
 from udop.errors import FatalError, TaskTimeout
 from udop.state.api import StateStore
 from udop.tasks.contract import Manifest, TaskContext, TaskResult
+from udop.tasks.datasets import schema_fingerprint
 
 __all__ = [
     "commit_watermarks",
@@ -35,11 +35,6 @@ __all__ = [
 PART_NAME = "part-00000.parquet"
 #: keys of a source/target whose values are SQL or templates of their own: never ${...}-rendered
 _NOT_RENDERED = ("query", "sql")
-
-
-def schema_fingerprint(schema: pa.Schema) -> str:
-    text = ",".join(f"{f.name}:{f.type}:{'null' if f.nullable else 'notnull'}" for f in schema)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 _default_states: dict[str, StateStore] = {}

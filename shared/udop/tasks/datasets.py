@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import uuid
@@ -15,9 +16,13 @@ __all__ = ["publish_dir", "read_arrow", "schema_fingerprint", "write_parquet"]
 
 
 def schema_fingerprint(schema: Any) -> str:
-    """A stable short hash of an Arrow schema's field names and types (metadata ignored)."""
-    text = ";".join(f"{f.name}:{f.type}:{int(f.nullable)}" for f in schema)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    """A stable hash of an Arrow schema: field names, types and nullability, in order (no metadata).
+
+    The one definition every task type uses, so equal schemas get equal fingerprints in manifests
+    whatever wrote them.
+    """
+    canon = [[f.name, str(f.type), bool(f.nullable)] for f in schema]
+    return "sha256:" + hashlib.sha256(json.dumps(canon).encode()).hexdigest()
 
 
 def publish_dir(staging: Path, final: Path) -> None:
