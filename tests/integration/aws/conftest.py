@@ -39,18 +39,12 @@ REDIS_URL = os.environ.get("UDOP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 LOCALSTACK = bool(os.environ.get("AWS_ENDPOINT_URL"))
 REGION = "us-east-1"
 
-# the test pipelines' python callables, and this folder (``from conftest import load_event``)
+# the test pipelines' python callables, and this folder (``from aws_support import load_event``)
 for _folder in (TASK_CODE, Path(__file__).resolve().parent):
     if str(_folder) not in sys.path:
         sys.path.insert(0, str(_folder))
 
 
-def load_event(fixture: str, **replace: str) -> dict[str, Any]:
-    """A JSON event fixture from tests/events/, with ``{placeholders}`` filled in."""
-    text = (EVENTS / fixture).read_text()
-    for key, value in replace.items():
-        text = text.replace("{" + key + "}", value)
-    return json.loads(text)
 
 
 @dataclass
@@ -221,7 +215,6 @@ class AwsEnv:
             time.sleep(0.05)
 
 
-in_process_only = pytest.mark.skipif(LOCALSTACK, reason="needs the in-process emulation (moto)")
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import in_process_only
+from aws_support import in_process_only
 from udop.cli_aws import deploy_file, run_on_stepfunctions
 from udop.states import RunState, TaskState
 

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import udop_foreach_tasks as data
 
-from conftest import in_process_only
+from aws_support import in_process_only
 from udop.cli_aws import redrive_and_follow, run_on_stepfunctions
 from udop.states import RunState, TaskState
 

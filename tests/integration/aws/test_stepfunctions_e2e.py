@@ -257,7 +257,7 @@ def test_uploading_definitions_deploys_good_ones_and_keeps_the_old_machine_on_br
 def test_run_events_function_records_aws_runs_in_the_metadata_store(
     moto_aws: Any, store: Any, tmp_path: Path
 ) -> None:
-    from conftest import load_event
+    from aws_support import load_event
     from udop.cli_aws import start_run
     from udop.spec.loader import load_pipeline
 
@@ -296,7 +296,7 @@ def test_run_events_takes_the_run_id_from_the_input_of_executions_it_did_not_nam
     moto_aws: Any, store: Any, tmp_path: Path
 ) -> None:
     """A schedule starts executions with generated names; the run id comes from the input."""
-    from conftest import load_event
+    from aws_support import load_event
 
     log_dir = moto_aws.log_root
     path = _flow(tmp_path, log_dir)
@@ -361,7 +361,7 @@ def test_a_split_pipeline_deploys_its_child_machines_first_with_their_arns_fille
 def test_the_deployer_decodes_event_keys_and_ignores_its_own_status_reports(
     moto_aws: Any, store: Any, tmp_path: Path
 ) -> None:
-    from conftest import load_event
+    from aws_support import load_event
 
     text = _flow(tmp_path, moto_aws.log_root).read_bytes()
     # this put deploys it (the bucket notifies the deployer); the events below name it URL-encoded,
