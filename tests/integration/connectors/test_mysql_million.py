@@ -29,7 +29,11 @@ def test_one_million_rows_round_trip_through_mariadb(mysql: Tables, context_for:
     )
     pipeline = make_pipeline(
         [
-            {"id": "ext", "type": "extract", "source": {"connector": "mysql", "connection": "db", "table": src}},
+            {
+                "id": "ext",
+                "type": "extract",
+                "source": {"connector": "mysql", "connection": "db", "table": src},
+            },
             {
                 "id": "load",
                 "type": "load",
@@ -66,4 +70,9 @@ def test_one_million_rows_round_trip_through_mariadb(mysql: Tables, context_for:
         f"sum(label <> CONCAT(REPEAT('x', 40), id MOD 1000)) FROM {dst}"
     )[0]
     assert (count, distinct, int(id_sum), int(amount_sum), int(bad)) == (
-        ROWS, ROWS, ROWS * (ROWS - 1) // 2, sum(i % 997 for i in range(ROWS)), 0)
+        ROWS,
+        ROWS,
+        ROWS * (ROWS - 1) // 2,
+        sum(i % 997 for i in range(ROWS)),
+        0,
+    )
