@@ -18,7 +18,14 @@ from constructs import Construct
 from udop_infra.config import DeploymentConfig
 from udop_infra.data import Data
 from udop_infra.network import Network
-from udop_infra.runtime import FUNCTION_LAYERS, FunctionSpec, PipelineFunction, Runtime, _function_code
+from udop_infra.runtime import (
+    FUNCTION_LAYERS,
+    LOG_DELIVERY_ACTIONS,
+    FunctionSpec,
+    PipelineFunction,
+    Runtime,
+    _function_code,
+)
 from udop_infra.storage import Storage
 
 #: the roles the API knows (udop.api.auth.Role), read from the ``cognito:groups`` claim
@@ -93,6 +100,8 @@ class Api(Construct):
                 "UDOP_DATABASE_SECRET_ARN": data.db_secret.secret_arn,
                 "UDOP_TASK_RUNNER_ARN": runtime.task_runner.function_arn,
                 "UDOP_STATE_MACHINE_ROLE_ARN": runtime.deployed_state_machine_role.role_arn,
+                # POST /pipelines creates machines like the deployer: same logging and tracing
+                "UDOP_STATE_MACHINE_LOG_GROUP_ARN": runtime.state_machine_logs.log_group_arn,
                 # API Gateway passes paths without the stage; FastAPI's docs links need it
                 "UDOP_API_ROOT_PATH": f"/{config.api_stage_name}",
                 **jwt_env,
@@ -269,8 +278,9 @@ class Api(Construct):
         )
         fn.add_to_role_policy(
             iam.PolicyStatement(
-                # finding a state machine by its name: ListStateMachines accepts no narrower resource
-                actions=["states:ListStateMachines"],
+                # finding a state machine by its name, and the vended-log delivery of the machines'
+                # logging configuration: these accept no narrower resource
+                actions=["states:ListStateMachines", *LOG_DELIVERY_ACTIONS],
                 resources=["*"],
             )
         )

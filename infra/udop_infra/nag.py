@@ -116,6 +116,11 @@ def acknowledge_findings(stack: UdopStack) -> None:
             "the deployer reads uploaded definitions and writes status reports (pipelines/) and "
             "the definition versions the task runner loads (versions/); names come from uploads",
         )
+    acknowledge(
+        runtime.deployed_state_machine_role,
+        "AwsSolutions-IAM5[Resource::*]",
+        "X-Ray tracing of the state machines the deployer creates accepts no resource narrower than '*'",
+    )
     state_machines = (
         "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>"
         ":stateMachine:udop-*]"
@@ -224,8 +229,9 @@ def acknowledge_api_findings(stack: UdopStack) -> None:
         role,
         "AwsSolutions-IAM5[Resource::*]",
         "the ENI actions of a function in a VPC (Describe* has no resource-level scoping; Lambda "
-        "picks the subnet at run time), X-Ray PutTraceSegments/PutTelemetryRecords and "
-        "states:ListStateMachines (finding udop-<pipeline> by name) accept no resource narrower than '*'",
+        "picks the subnet at run time), X-Ray PutTraceSegments/PutTelemetryRecords, "
+        "states:ListStateMachines (finding udop-<pipeline> by name) and the CloudWatch Logs delivery "
+        "APIs (the deployed machines' logging) accept no resource narrower than '*'",
     )
     for rule in (
         "AwsSolutions-IAM5[Resource::<StorageDefinitionsDF965240.Arn>/pipelines/*]",

@@ -3,11 +3,12 @@ permissions, the S3 notification that deploys uploaded definitions and the execu
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aws_cdk import ArnFormat, Duration, Size, Stack
+from aws_cdk import ArnFormat, Duration, Size, Stack, Stage
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
@@ -33,6 +34,19 @@ FUNCTION_LAYERS = {
     "run_events": ("core",),
     "api": ("core", "api"),
 }
+
+#: what creating or updating a state machine with a loggingConfiguration needs from its caller
+#: (CloudWatch Logs vended-log delivery); these accept no resource narrower than "*"
+LOG_DELIVERY_ACTIONS = (
+    "logs:CreateLogDelivery",
+    "logs:GetLogDelivery",
+    "logs:UpdateLogDelivery",
+    "logs:DeleteLogDelivery",
+    "logs:ListLogDeliveries",
+    "logs:PutResourcePolicy",
+    "logs:DescribeResourcePolicies",
+    "logs:DescribeLogGroups",
+)
 
 
 @dataclass(frozen=True)
@@ -169,12 +183,14 @@ class Runtime(Construct):
         }
         state_env = {"UDOP_STATE_URL": data.state_url, "UDOP_STATE_SECRET_ARN": data.cache_secret.secret_arn}
 
-        def make(spec: FunctionSpec, environment: dict[str, str]) -> lambda_.Function:
+        def make(
+            spec: FunctionSpec, environment: dict[str, str], code: lambda_.Code | None = None
+        ) -> lambda_.Function:
             construct = PipelineFunction(
                 self,
                 "".join(part.capitalize() for part in spec.name.split("_")),
                 spec=spec,
-                code=_function_code(spec.name, config),
+                code=code or _function_code(spec.name, config),
                 layers=[self.layers[name] for name in FUNCTION_LAYERS[spec.name]],
                 environment=environment,
                 network=network,
@@ -183,6 +199,11 @@ class Runtime(Construct):
             return construct.function
 
         # --- task runner: one task per invocation --------------------------------------------------
+        # with the Python modules beside the definitions, which python tasks' callables come from
+        stage = Stage.of(self)
+        outdir = Path(stage.outdir) if stage is not None else Path(tempfile.mkdtemp(prefix="udop-assets-"))
+        runner_code, code_dir = _task_runner_code(config, outdir)
+        self.pipeline_code_dir = code_dir
         self.task_runner = make(
             FunctionSpec(
                 "task_runner",
@@ -191,7 +212,8 @@ class Runtime(Construct):
                 timeout=Duration.minutes(15),
                 ephemeral_mb=4096,
             ),
-            {**common_env, **state_env},
+            {**common_env, **state_env, **({"UDOP_CODE_DIR": code_dir} if code_dir else {})},
+            code=runner_code,
         )
         # explicit actions instead of grant_read_write(): no s3:*Object* wildcards
         self.task_runner.add_to_role_policy(
@@ -231,6 +253,19 @@ class Runtime(Construct):
             iam.PolicyStatement(
                 actions=["states:DescribeExecution", "states:StopExecution"],
                 resources=[self.execution_arn_pattern],
+            )
+        )
+        # X-Ray tracing, which the deployer turns on for every machine it creates (as CDK's
+        # tracing_enabled=True does for its own): these accept no resource narrower than "*"
+        self.deployed_state_machine_role.add_to_policy(
+            iam.PolicyStatement(
+                actions=[
+                    "xray:PutTraceSegments",
+                    "xray:PutTelemetryRecords",
+                    "xray:GetSamplingRules",
+                    "xray:GetSamplingTargets",
+                ],
+                resources=["*"],
             )
         )
         # split pipelines: a parent follows its children (startExecution.sync) through this managed rule
@@ -311,17 +346,7 @@ class Runtime(Construct):
             iam.PolicyStatement(
                 # these APIs accept no resource narrower than "*": finding a state machine by name, and
                 # CloudWatch Logs vended-log delivery for the state machines' logging configuration
-                actions=[
-                    "states:ListStateMachines",
-                    "logs:CreateLogDelivery",
-                    "logs:GetLogDelivery",
-                    "logs:UpdateLogDelivery",
-                    "logs:DeleteLogDelivery",
-                    "logs:ListLogDeliveries",
-                    "logs:PutResourcePolicy",
-                    "logs:DescribeResourcePolicies",
-                    "logs:DescribeLogGroups",
-                ],
+                actions=["states:ListStateMachines", *LOG_DELIVERY_ACTIONS],
                 resources=["*"],
             )
         )
@@ -405,6 +430,13 @@ def grant_state_machine_basics(role: iam.IRole, task_runner: lambda_.IFunction) 
 
 # --- assets -----------------------------------------------------------------------------------------
 
+FUNCTION_CODE_EXCLUDE = ["__pycache__", "*.pyc"]
+#: the folder of the task runner's deployment package holding the Python code found beside the
+#: definitions (udop:pipelinesDir); the runner puts it on sys.path (UDOP_CODE_DIR)
+PIPELINE_CODE_DIR = "pipeline_code"
+#: where Lambda unpacks a function's deployment package
+LAMBDA_TASK_ROOT = "/var/task"
+
 _PLACEHOLDERS: dict[str, Path] = {}
 
 
@@ -431,7 +463,22 @@ def _layer_code(name: str, config: DeploymentConfig) -> lambda_.Code:
     return lambda_.Code.from_asset(str(folder), exclude=[".inputs"])
 
 
-def _function_code(name: str, config: DeploymentConfig) -> lambda_.Code:
+def pipeline_code_files(folder: Path) -> list[Path]:
+    """The Python modules and packages beside the definitions in ``folder``, as paths relative to it:
+    every ``.py`` file in it and its subfolders, except in ``__pycache__`` and hidden folders."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        path.relative_to(folder)
+        for path in folder.rglob("*.py")
+        if path.is_file()
+        and not any(
+            part == "__pycache__" or part.startswith(".") for part in path.relative_to(folder).parts[:-1]
+        )
+    )
+
+
+def _function_folder(name: str, config: DeploymentConfig) -> Path:
     folder = REPO_ROOT / "functions" / name
     if not (folder / "app.py").is_file():
         if config.assets != "placeholder":
@@ -440,4 +487,35 @@ def _function_code(name: str, config: DeploymentConfig) -> lambda_.Code:
             f"function-{name}",
             {"app.py": "def handler(event, context):\n    raise RuntimeError('placeholder code')\n"},
         )
-    return lambda_.Code.from_asset(str(folder), exclude=["__pycache__", "*.pyc"])
+    return folder
+
+
+def _function_code(name: str, config: DeploymentConfig) -> lambda_.Code:
+    return lambda_.Code.from_asset(str(_function_folder(name, config)), exclude=FUNCTION_CODE_EXCLUDE)
+
+
+def _task_runner_code(config: DeploymentConfig, outdir: Path) -> tuple[lambda_.Code, str | None]:
+    """The task runner's code and its ``UDOP_CODE_DIR`` (None when there is no pipeline code).
+
+    With Python files beside the definitions, ``functions/task_runner/`` and those files (under
+    ``pipeline_code/``, folders kept) are staged together in the cloud assembly's folder and that
+    becomes the asset: a plain folder copy, so no Docker and no bundling step (which a synth may
+    skip: ``aws:cdk:bundling-stacks``) is involved, and the asset hash follows the files' content.
+    Only ``.py`` files are shipped; anything else a module reads must come from S3 or a connector.
+    """
+    folder = _function_folder("task_runner", config)
+    files = pipeline_code_files(config.pipelines_dir)
+    if not files:
+        return lambda_.Code.from_asset(str(folder), exclude=FUNCTION_CODE_EXCLUDE), None
+    staged = outdir / ".udop-staging" / "task_runner"
+    shutil.rmtree(staged, ignore_errors=True)
+    shutil.copytree(folder, staged, ignore=shutil.ignore_patterns(*FUNCTION_CODE_EXCLUDE))
+    if (staged / PIPELINE_CODE_DIR).exists():
+        raise ContextError(
+            f"functions/task_runner/{PIPELINE_CODE_DIR} exists: that name is where the pipelines' "
+            "Python code is shipped; rename it"
+        )
+    for rel in files:
+        (staged / PIPELINE_CODE_DIR / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(config.pipelines_dir / rel, staged / PIPELINE_CODE_DIR / rel)
+    return lambda_.Code.from_asset(str(staged)), f"{LAMBDA_TASK_ROOT}/{PIPELINE_CODE_DIR}"

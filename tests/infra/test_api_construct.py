@@ -237,6 +237,8 @@ def test_api_environment_points_at_the_platform_like_the_other_functions(
         "UDOP_DATA_BUCKET",
         "UDOP_TASK_RUNNER_ARN",
         "UDOP_STATE_MACHINE_ROLE_ARN",
+        # POST /pipelines deploys machines that log like the deployer's
+        "UDOP_STATE_MACHINE_LOG_GROUP_ARN",
     ):
         assert env[same] == deployer[same], same
     assert env["UDOP_TASK_RUNNER_ARN"] == {
@@ -330,7 +332,8 @@ def test_bad_api_context_is_one_line_naming_the_key(synth_app: Any, tmp_path: Pa
 def test_api_role_is_least_privilege(stack: Any, resources: dict[str, Any]) -> None:
     role = logical_id(stack, stack.api.function_construct.role)
     granted = grants(resources, role)
-    # "*" only where AWS offers nothing narrower: ENIs of a VPC function, X-Ray, finding a machine by name
+    # "*" only where AWS offers nothing narrower: ENIs of a VPC function, X-Ray, finding a machine by
+    # name, the vended-log delivery of the machines' logging configuration
     star = {a for a, res in granted.items() if "*" in res}
     assert star == {
         "ec2:CreateNetworkInterface",
@@ -342,6 +345,14 @@ def test_api_role_is_least_privilege(stack: Any, resources: dict[str, Any]) -> N
         "xray:PutTraceSegments",
         "xray:PutTelemetryRecords",
         "states:ListStateMachines",
+        "logs:CreateLogDelivery",
+        "logs:GetLogDelivery",
+        "logs:UpdateLogDelivery",
+        "logs:DeleteLogDelivery",
+        "logs:ListLogDeliveries",
+        "logs:PutResourcePolicy",
+        "logs:DescribeResourcePolicies",
+        "logs:DescribeLogGroups",
     }
     assert all(granted[a] == ["*"] for a in star)
     machines, executions = (

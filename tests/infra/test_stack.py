@@ -643,3 +643,37 @@ def test_each_function_gets_every_setting_it_validates_at_cold_start(
     for field, info in type(loaded).model_fields.items():
         if info.is_required():
             assert f"UDOP_{field.upper()}" in env["Variables"], field
+
+
+def test_machines_the_deployer_creates_may_trace_and_log_like_the_cdk_ones(
+    stack: Any, resources: dict[str, Any]
+) -> None:
+    # the deployer creates udop-<name> machines with X-Ray on and logging ALL to this log group
+    role = logical_id(stack, stack.runtime.deployed_state_machine_role)
+    role_actions = {
+        a
+        for lid, st in statements(resources)
+        if {"Ref": role} in resources[lid]["Properties"].get("Roles", [])
+        for a in as_list(st["Action"])
+    }
+    assert {"xray:PutTraceSegments", "xray:PutTelemetryRecords"} <= role_actions
+    deployer = resources[logical_id(stack, stack.runtime.deployer)]["Properties"]
+    log_group = deployer["Environment"]["Variables"]["UDOP_STATE_MACHINE_LOG_GROUP_ARN"]
+    assert log_group == {"Fn::GetAtt": [logical_id(stack, stack.runtime.state_machine_logs), "Arn"]}
+    deployer_role = deployer["Role"]["Fn::GetAtt"][0]
+    deployer_actions = {
+        a
+        for lid, st in statements(resources)
+        if {"Ref": deployer_role} in resources[lid]["Properties"].get("Roles", [])
+        for a in as_list(st["Action"])
+    }
+    # CreateStateMachine/UpdateStateMachine with a loggingConfiguration need vended-log delivery
+    assert {
+        "logs:CreateLogDelivery",
+        "logs:GetLogDelivery",
+        "logs:UpdateLogDelivery",
+        "logs:ListLogDeliveries",
+        "logs:PutResourcePolicy",
+        "logs:DescribeResourcePolicies",
+        "logs:DescribeLogGroups",
+    } <= deployer_actions

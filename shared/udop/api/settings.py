@@ -42,6 +42,9 @@ class ApiSettings(Settings):
     data_bucket: str | None = Field(None, description="bucket holding datasets (passed to runs)")
     task_runner_arn: str | None = Field(None, description="the task runner Lambda the state machines invoke")
     state_machine_role_arn: str | None = Field(None, description="the role the state machines run as")
+    state_machine_log_group_arn: str | None = Field(
+        None, description="where the state machines POST /pipelines deploys log (level ALL)"
+    )
     database_secret_arn: str | None = Field(
         None, description="on AWS: the secret holding the metadata database's password (read at cold start)"
     )

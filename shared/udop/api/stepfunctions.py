@@ -60,6 +60,7 @@ class StepFunctionsLauncher:
             store=self.store,
             task_runner_arn=str(self.settings.task_runner_arn),
             role_arn=str(self.settings.state_machine_role_arn),
+            log_group_arn=self.settings.state_machine_log_group_arn,
         )
         if not result.ok:
             raise SpecErrors(

@@ -186,14 +186,22 @@ def _find_state_machine(sfn: Any, name: str) -> str | None:
     return None
 
 
+def observability_config(log_group_arn: str | None) -> dict[str, Any]:
+    """What the CDK app gives its own state machines (infra/udop_infra/orchestration.py): X-Ray
+    tracing and, with a log group, logging level ALL with execution data; sent on create and on
+    update, so a machine first created without them gets them at its next deployment."""
+    extra: dict[str, Any] = {"tracingConfiguration": {"enabled": True}}
+    if log_group_arn:
+        extra["loggingConfiguration"] = {"level": "ALL", "includeExecutionData": True, "destinations": [
+            {"cloudWatchLogsLogGroup": {"logGroupArn": log_group_arn}}]}
+    return extra
+
+
 def _create_or_update(sfn: Any, name: str, asl: str, role_arn: str,
                       log_group_arn: str | None = None) -> tuple[str, str | None]:
     """Create or update ``name``; returns (state machine ARN, published version ARN)."""
     arn = _find_state_machine(sfn, name)
-    extra: dict[str, Any] = {}
-    if log_group_arn:
-        extra["loggingConfiguration"] = {"level": "ERROR", "includeExecutionData": False, "destinations": [
-            {"cloudWatchLogsLogGroup": {"logGroupArn": log_group_arn}}]}
+    extra = observability_config(log_group_arn)
     try:
         if arn is None:
             resp = sfn.create_state_machine(name=name, definition=asl, roleArn=role_arn, type="STANDARD",

@@ -230,9 +230,12 @@ def test_uploading_definitions_deploys_good_ones_and_keeps_the_old_machine_on_br
     assert status["version"] == 1
     machine = sfn.describe_state_machine(stateMachineArn=status["state_machine_arn"])
     assert machine["name"] == "udop-flow"
+    # the same logging and tracing as the machines the CDK app deploys (orchestration.py)
     logging = machine["loggingConfiguration"]
-    assert logging["level"] == "ERROR"
+    assert logging["level"] == "ALL"
+    assert logging["includeExecutionData"] is True
     assert logging["destinations"][0]["cloudWatchLogsLogGroup"]["logGroupArn"] == moto_aws.log_group_arn
+    assert machine["tracingConfiguration"] == {"enabled": True}
     assert store.get_pipeline("flow").latest.state_machine_arn == status["state_machine_arn"]
 
     broken = good.replace("depends_on: [by_two, by_five]", "depends_on: [by_two, nowhere]")
@@ -252,6 +255,31 @@ def test_uploading_definitions_deploys_good_ones_and_keeps_the_old_machine_on_br
     path = tmp_path / "flow.yaml"
     code, run = _run(moto_aws, store, path)
     assert code == 0, run.error
+
+
+def test_redeploying_turns_on_logging_and_tracing_of_a_machine_created_without_them(
+    moto_aws: Any, store: Any, tmp_path: Path
+) -> None:
+    s3 = moto_aws.client("s3")
+    sfn = moto_aws.client("stepfunctions")
+    # as an older deployer left it: no execution data logged, no X-Ray
+    old = sfn.create_state_machine(
+        name="udop-flow",
+        definition=json.dumps({"StartAt": "Done", "States": {"Done": {"Type": "Succeed"}}}),
+        roleArn=moto_aws.role_arn,
+        loggingConfiguration={"level": "ERROR", "includeExecutionData": False, "destinations": [
+            {"cloudWatchLogsLogGroup": {"logGroupArn": moto_aws.log_group_arn}}]},
+    )["stateMachineArn"]
+    text = _flow(tmp_path, moto_aws.log_root).read_text()
+    s3.put_object(Bucket=moto_aws.definitions_bucket, Key="pipelines/flow.yaml", Body=text.encode())
+    status = moto_aws.status("flow")
+    assert status["ok"] is True, status
+    assert status["state_machine_arn"] == old  # updated in place, not a second machine
+    machine = sfn.describe_state_machine(stateMachineArn=old)
+    assert "numbers" in json.loads(machine["definition"])["States"]  # the pipeline's definition now
+    assert machine["loggingConfiguration"]["level"] == "ALL"
+    assert machine["loggingConfiguration"]["includeExecutionData"] is True
+    assert machine["tracingConfiguration"] == {"enabled": True}
 
 
 def test_run_events_function_records_aws_runs_in_the_metadata_store(
@@ -492,3 +520,33 @@ def test_a_caught_failure_shows_as_failed_while_other_branches_still_run(
     assert final.state == RunState.FAILED
     assert {t.task_id: t.state for t in final.tasks} == {
         "numbers": TaskState.SUCCEEDED, "bad": TaskState.FAILED, "busy": TaskState.SUCCEEDED}
+
+
+def test_post_pipelines_deploys_machines_that_log_and_trace_like_the_deployers(
+    moto_aws: Any, store: Any, tmp_path: Path
+) -> None:
+    from udop.api import ApiSettings
+    from udop.api.stepfunctions import StepFunctionsLauncher
+    from udop.spec.loader import load_pipeline
+
+    settings = ApiSettings(
+        database_url="sqlite://",
+        jwt_secret="x" * 32,
+        executor="stepfunctions",
+        definitions_bucket=moto_aws.definitions_bucket,
+        data_bucket=moto_aws.data_bucket,
+        task_runner_arn=moto_aws.task_runner_arn,
+        state_machine_role_arn=moto_aws.role_arn,
+        state_machine_log_group_arn=moto_aws.log_group_arn,
+    )
+    sfn = moto_aws.client("stepfunctions")
+    launcher = StepFunctionsLauncher(store, settings, sfn=sfn, s3=moto_aws.client("s3"))
+    path = _flow(tmp_path, moto_aws.log_root)
+    launcher.register(load_pipeline(str(path)), path.read_bytes(), "flow.yaml")
+    arn = store.get_pipeline("flow").latest.state_machine_arn
+    machine = sfn.describe_state_machine(stateMachineArn=arn)
+    logging = machine["loggingConfiguration"]
+    assert logging["level"] == "ALL"
+    assert logging["includeExecutionData"] is True
+    assert logging["destinations"][0]["cloudWatchLogsLogGroup"]["logGroupArn"] == moto_aws.log_group_arn
+    assert machine["tracingConfiguration"] == {"enabled": True}

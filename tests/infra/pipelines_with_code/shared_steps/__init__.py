@@ -1,0 +1,1 @@
+"""Fixture: a package beside the definition."""
