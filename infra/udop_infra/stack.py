@@ -56,6 +56,10 @@ class UdopStack(Stack):
         )
         CfnOutput(self, "DataBucket", value=self.storage.data.bucket_name)
         CfnOutput(self, "TaskRunnerArn", value=self.runtime.task_runner.function_arn)
+        # what `udop deploy FILE` needs besides the above (UDOP_STATE_MACHINE_ROLE_ARN,
+        # UDOP_STATE_MACHINE_LOG_GROUP_ARN): machines it creates run and log like the deployer's
+        CfnOutput(self, "StateMachineRoleArn", value=self.runtime.deployed_state_machine_role.role_arn)
+        CfnOutput(self, "StateMachineLogGroupArn", value=self.runtime.state_machine_logs.log_group_arn)
         CfnOutput(self, "DashboardName", value=self.observability.dashboard.dashboard_name)
         CfnOutput(
             self,

@@ -84,8 +84,11 @@ def compile_command(file: str, output: str | None) -> None:
 @click.option("--definitions-bucket", help="Default: $UDOP_DEFINITIONS_BUCKET.")
 @click.option("--task-runner-arn", help="Default: $UDOP_TASK_RUNNER_ARN.")
 @click.option("--state-machine-role-arn", help="Default: $UDOP_STATE_MACHINE_ROLE_ARN.")
+@click.option("--state-machine-log-group-arn",
+              help="Log group of the state machine (level ALL); default: $UDOP_STATE_MACHINE_LOG_GROUP_ARN, "
+                   "unset: no logging.")
 def deploy_command(file: str, definitions_bucket: str | None, task_runner_arn: str | None,
-                   state_machine_role_arn: str | None) -> None:
+                   state_machine_role_arn: str | None, state_machine_log_group_arn: str | None) -> None:
     """Deploy FILE as the state machine udop-<name> (created or updated, a new version published).
 
     The definition is validated and deployed now (errors are printed, and the existing state machine
@@ -93,7 +96,9 @@ def deploy_command(file: str, definitions_bucket: str | None, task_runner_arn: s
     """
     result = deploy_file(file, definitions_bucket=_env("UDOP_DEFINITIONS_BUCKET", definitions_bucket),
                          task_runner_arn=_env("UDOP_TASK_RUNNER_ARN", task_runner_arn),
-                         role_arn=_env("UDOP_STATE_MACHINE_ROLE_ARN", state_machine_role_arn))
+                         role_arn=_env("UDOP_STATE_MACHINE_ROLE_ARN", state_machine_role_arn),
+                         log_group_arn=state_machine_log_group_arn
+                         or os.environ.get("UDOP_STATE_MACHINE_LOG_GROUP_ARN") or None)
     if not result.ok:
         for err in result.errors:
             click.echo(err["text"], err=True)
@@ -103,7 +108,8 @@ def deploy_command(file: str, definitions_bucket: str | None, task_runner_arn: s
 
 
 def deploy_file(file: str, *, definitions_bucket: str, task_runner_arn: str, role_arn: str,
-                store: Any = None, s3: Any = None, sfn: Any = None) -> Any:
+                log_group_arn: str | None = None, store: Any = None, s3: Any = None,
+                sfn: Any = None) -> Any:
     from udop.aws.definitions import upload_key
     from udop.aws.deployer import deploy_definition
     from udop.store import open_store
@@ -118,7 +124,8 @@ def deploy_file(file: str, *, definitions_bucket: str, task_runner_arn: str, rol
     try:
         result = deploy_definition(text, source=key, bucket=definitions_bucket, s3=s3,
                                    sfn=sfn or _client("stepfunctions"), store=store,
-                                   task_runner_arn=task_runner_arn, role_arn=role_arn)
+                                   task_runner_arn=task_runner_arn, role_arn=role_arn,
+                                   log_group_arn=log_group_arn)
         if result.ok:
             # the deployer function sees the same content already deployed and leaves it
             s3.put_object(Bucket=definitions_bucket, Key=key, Body=text)

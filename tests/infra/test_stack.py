@@ -677,3 +677,13 @@ def test_machines_the_deployer_creates_may_trace_and_log_like_the_cdk_ones(
         "logs:DescribeResourcePolicies",
         "logs:DescribeLogGroups",
     } <= deployer_actions
+
+
+def test_outputs_give_udop_deploy_what_the_deployer_function_gets(stack: Any, template: Any) -> None:
+    # `udop deploy FILE` from a laptop creates machines that run and log like the deployer's
+    outputs = template.to_json()["Outputs"]
+    deployer_env = template.to_json()["Resources"][logical_id(stack, stack.runtime.deployer)]["Properties"][
+        "Environment"
+    ]["Variables"]
+    assert outputs["StateMachineRoleArn"]["Value"] == deployer_env["UDOP_STATE_MACHINE_ROLE_ARN"]
+    assert outputs["StateMachineLogGroupArn"]["Value"] == deployer_env["UDOP_STATE_MACHINE_LOG_GROUP_ARN"]

@@ -30,6 +30,7 @@ def cli_env(moto_aws: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("UDOP_DATA_BUCKET", moto_aws.data_bucket)
     monkeypatch.setenv("UDOP_TASK_RUNNER_ARN", moto_aws.task_runner_arn)
     monkeypatch.setenv("UDOP_STATE_MACHINE_ROLE_ARN", moto_aws.role_arn)
+    monkeypatch.setenv("UDOP_STATE_MACHINE_LOG_GROUP_ARN", moto_aws.log_group_arn)
     monkeypatch.setenv("UDOP_DATABASE_URL", moto_aws.database_url)
     monkeypatch.setattr("udop.cli_aws.POLL_SECONDS", 0.05)
     get_settings.cache_clear()
@@ -60,6 +61,16 @@ def test_deploy_run_fail_redrive_and_runs_show_from_the_command_line(
     code, out, err = _udop(capsys, "deploy", str(path))
     assert code == 0, err
     assert "cli-flow: version 1 deployed" in out
+    # logged and traced like the machines the deployer function and the CDK app create
+    machine = cli_env.client("stepfunctions").describe_state_machine(
+        stateMachineArn=out.rsplit("-> ", 1)[1].strip()
+    )
+    assert machine["loggingConfiguration"]["level"] == "ALL"
+    assert machine["loggingConfiguration"]["includeExecutionData"] is True
+    assert machine["loggingConfiguration"]["destinations"] == [
+        {"cloudWatchLogsLogGroup": {"logGroupArn": cli_env.log_group_arn}}
+    ]
+    assert machine["tracingConfiguration"] == {"enabled": True}
 
     broken = tmp_path / "broken.yaml"
     broken.write_text(path.read_text().replace("depends_on: [numbers]", "depends_on: [numbres]"))
