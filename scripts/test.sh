@@ -15,6 +15,9 @@ if [ -z "${UDOP_SKIP_LAYERS:-}" ] && command -v python3.12 >/dev/null 2>&1; then
   echo "udop: building the Lambda layers (layers/build.py)"
   .venv/bin/python layers/build.py >/dev/null || { echo "udop: layer build failed" >&2; exit 1; }
 fi
+# Lint first: a second, and it names the file and line of every problem.
+.venv/bin/ruff check shared layers/connectors layers/transforms layers/build.py functions infra tests benchmarks \
+  || { echo "udop: ruff found problems (fix them, or run 'ruff check --fix')" >&2; exit 1; }
 # Two workers: the suite is mostly waiting on databases, subprocesses and node; 2 cores is the CI size.
 workers=${UDOP_TEST_WORKERS:-2}
 .venv/bin/python -m pytest -n "$workers" --dist loadfile "$@"

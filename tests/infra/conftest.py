@@ -33,9 +33,9 @@ def synth(tmp_dir: Path, **context: Any) -> tuple[Any, Any]:
     """(stack, Template) of the app with ``context`` on top of cdk.json's and the fast tier's."""
     # imported here, not at the top: CDK_VALIDATION must be in the environment before the jsii
     # runtime (started by the first aws_cdk import) reads it
-    from aws_cdk.assertions import Template  # noqa: PLC0415
+    from aws_cdk.assertions import Template
 
-    from app import build_app  # noqa: PLC0415
+    from app import build_app
 
     _, stack = build_app({**FAST_CONTEXT, **context}, nag=False, outdir=str(tmp_dir))
     return stack, Template.from_stack(stack)

@@ -166,11 +166,6 @@ def _deploy_machines(sfn: Any, compiled: Any, *, task_runner_arn: str, role_arn:
                              _substitute(compiled.to_json(), subs), role_arn, log_group_arn)
 
 
-def _children(compiled: Any) -> list[tuple[str, Any]]:
-    """``(child name, compiled child)`` of every child machine, deepest first."""
-    return [(c.name, c) for c in compiled.all_children()]
-
-
 def _substitute(asl: str, subs: dict[str, str]) -> str:
     # CreateStateMachine has no DefinitionSubstitutions (CloudFormation does): replace here
     for key, value in subs.items():

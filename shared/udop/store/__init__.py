@@ -22,11 +22,11 @@ __all__ = ["SqlMetadataStore", "migrate", "open_store"]
 
 def _engine_for(url: str | None, *, migrating: bool) -> Engine:
     # lazy: see the module docstring
-    from sqlalchemy.exc import DBAPIError  # noqa: PLC0415
+    from sqlalchemy.exc import DBAPIError
 
-    from udop.settings import get_settings  # noqa: PLC0415
-    from udop.store.engine import create_store_engine, mask_url, parse_url, sqlite_folder  # noqa: PLC0415
-    from udop.store.schema import ensure_schema, upgrade  # noqa: PLC0415
+    from udop.settings import get_settings
+    from udop.store.engine import create_store_engine, mask_url, parse_url, sqlite_folder
+    from udop.store.schema import ensure_schema, upgrade
 
     default = get_settings().resolved_database_url
     parsed = parse_url(default if url is None else url)
@@ -62,14 +62,14 @@ def open_store(url: str | None = None) -> SqlMetadataStore:
     Concurrent first-time openers are safe: one migrates, the others wait and find it done.
     An unreachable database or a bad URL is a one-line ``StoreError`` (password masked).
     """
-    from udop.store.sql import SqlMetadataStore  # noqa: PLC0415
+    from udop.store.sql import SqlMetadataStore
 
     return SqlMetadataStore(_engine_for(url, migrating=False))
 
 
 def migrate(url: str | None = None) -> str:
     """Upgrade the metadata database at ``url`` to the latest schema; return the revision reached."""
-    from udop.store.schema import HEAD  # noqa: PLC0415
+    from udop.store.schema import HEAD
 
     _engine_for(url, migrating=True).dispose()
     return HEAD
@@ -77,7 +77,7 @@ def migrate(url: str | None = None) -> str:
 
 def __getattr__(name: str) -> Any:
     if name == "SqlMetadataStore":
-        from udop.store.sql import SqlMetadataStore  # noqa: PLC0415
+        from udop.store.sql import SqlMetadataStore
 
         return SqlMetadataStore
     raise AttributeError(f"module 'udop.store' has no attribute {name!r}")

@@ -77,8 +77,8 @@ def upgrade(engine: Engine) -> str:
 
 def _run_alembic(conn: Connection) -> None:
     # imported only when a migration is due: Alembic costs ~0.3 s to import
-    from alembic import command  # noqa: PLC0415
-    from alembic.config import Config  # noqa: PLC0415
+    from alembic import command
+    from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))

@@ -11,8 +11,8 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-
 from aws_support import in_process_only
+
 from udop.cli_aws import deploy_file, run_on_stepfunctions
 from udop.states import RunState, TaskState
 

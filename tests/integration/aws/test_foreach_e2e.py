@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import udop_foreach_tasks as data
-
 from aws_support import in_process_only
+
 from udop.cli_aws import redrive_and_follow, run_on_stepfunctions
 from udop.states import RunState, TaskState
 

@@ -7,8 +7,8 @@ import urllib.parse
 from typing import Any
 
 import pytest
-
 from aws_support import in_process_only
+
 from udop.aws.secrets import url_with_secret
 from udop.aws.settings import RunnerSettings, load_settings
 from udop.errors import ConfigError

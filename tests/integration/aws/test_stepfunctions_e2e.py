@@ -286,6 +286,7 @@ def test_run_events_function_records_aws_runs_in_the_metadata_store(
     moto_aws: Any, store: Any, tmp_path: Path
 ) -> None:
     from aws_support import load_event
+
     from udop.cli_aws import start_run
     from udop.spec.loader import load_pipeline
 
