@@ -218,15 +218,7 @@ class Lineage(Body):
 
     @classmethod
     def from_record(cls, rec: LineageRecord) -> Lineage:
-        return cls(
-            task_id=rec.task_id,
-            inputs=rec.inputs,
-            output_uri=rec.output_uri,
-            rows=rec.rows,
-            bytes=rec.bytes,
-            schema_fingerprint=rec.schema_fingerprint,
-            recorded_at=rec.recorded_at,
-        )
+        return cls.model_validate(rec, from_attributes=True)  # the same fields, by name
 
 
 class Check(Body):
@@ -240,15 +232,7 @@ class Check(Body):
 
     @classmethod
     def from_record(cls, rec: CheckRecord) -> Check:
-        return cls(
-            task_id=rec.task_id,
-            rule=rec.rule,
-            severity=rec.severity,
-            passed=rec.passed,
-            failing_rows=rec.failing_rows,
-            sample=rec.sample,
-            message=rec.message,
-        )
+        return cls.model_validate(rec, from_attributes=True)  # the same fields, by name
 
 
 class Identity(Body):
