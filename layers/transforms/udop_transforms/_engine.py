@@ -10,6 +10,7 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,8 @@ class Session:
             with _shared_lock:
                 self.con = shared.cursor()
         self._closed = threading.Event()
+        #: what must outlive the connection's queries (e.g. source files staged for a view); closed last
+        self.cleanup = ExitStack()
         if context is not None:
             if context.on_cancel is not None:
                 context.on_cancel(self.con.interrupt)
@@ -93,6 +96,7 @@ class Session:
     def close(self) -> None:
         self._closed.set()
         self.con.close()
+        self.cleanup.close()
         if self._spill is not None:
             shutil.rmtree(self._spill, ignore_errors=True)
 

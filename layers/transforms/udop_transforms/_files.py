@@ -31,17 +31,21 @@ def _struct(columns: dict[str, str]) -> str:
     return "{" + ", ".join(f"{literal(k)}: {literal(v)}" for k, v in columns.items()) + "}"
 
 
-def reader_sql(connector: str, path: str, source: Any = None) -> str:
-    """A DuckDB table function call reading ``path`` (a file, folder or glob) with ``source``'s options."""
+def reader_sql(connector: str, path: str | list[str], source: Any = None) -> str:
+    """A DuckDB table function call reading ``path`` (a file, folder or glob, or a list of files) with
+    ``source``'s options."""
     opts: list[str] = []
     hive = getattr(source, "hive_partitioning", None)
     if hive is not None:
         opts.append(f"hive_partitioning = {_bool(hive)}")
+        if hive and getattr(source, "hive_strings", False):
+            opts.append("hive_types_autocast = false")
     if getattr(source, "union_by_name", False):
         opts.append("union_by_name = true")
     columns = getattr(source, "columns", None)
+    path_sql = "[" + ", ".join(literal(p) for p in path) + "]" if not isinstance(path, str) else literal(path)
     if connector == "parquet":
-        return f"read_parquet({literal(path)}{''.join(', ' + o for o in opts)})"
+        return f"read_parquet({path_sql}{''.join(', ' + o for o in opts)})"
     if connector == "csv":
         delim = getattr(source, "delimiter", None) or ","
         header = getattr(source, "header", None)
@@ -54,13 +58,13 @@ def reader_sql(connector: str, path: str, source: Any = None) -> str:
         opts.append(f"nullstr = [{', '.join(literal(n) for n in nulls)}]")
         if columns:
             opts.append(f"types = {_struct(columns)}")
-        return f"read_csv({literal(path)}, {', '.join(opts)})"
+        return f"read_csv({path_sql}, {', '.join(opts)})"
     if connector in ("json", "ndjson"):
         fmt = "newline_delimited" if connector == "ndjson" else "auto"
         opts.append(f"format = {literal(fmt)}")
         if columns:
             opts.append(f"columns = {_struct(columns)}")
-        return f"read_json({literal(path)}, {', '.join(opts)})"
+        return f"read_json({path_sql}, {', '.join(opts)})"
     raise ValueError(f"{connector!r} is not a file connector")
 
 

@@ -8,6 +8,7 @@ under ``context.output_uri`` and raises ``FatalError`` (bad data or definition; 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import shutil
@@ -28,11 +29,24 @@ from udop_transforms._engine import (
     Session,
     dataset_files,
     dataset_reader,
+    fingerprint,
     manifest_for,
     publish_dir,
     scratch_dir,
 )
 from udop_transforms._files import SNIFF_ROWS, diagnose_csv, matching_files, reader_sql, write_target
+from udop_transforms._snapshot import (
+    SNAPSHOT_FORMAT,
+    Snapshot,
+    SourceFile,
+    list_s3,
+    read_snapshot,
+    s3_client,
+    s3_footers,
+    stat_local,
+    verified_files,
+    write_snapshot,
+)
 from udop_transforms._sql import Params, clean_error, ident, missing_column_message
 from udop_transforms._steps import Plan, StepError, compile_steps, locate_failure
 
@@ -87,7 +101,7 @@ def _input_manifest(task_id: str, dep: str, inputs: Mapping[str, TaskResult]) ->
     return result.output
 
 
-def _register_inputs(session: Session, task: Any, inputs: Mapping[str, TaskResult], *,
+def _register_inputs(session: Session, context: TaskContext, task: Any, inputs: Mapping[str, TaskResult], *,
                      widen: bool) -> dict[str, list[tuple[str, str]]]:
     columns = {}
     for dep in data_inputs(task):
@@ -95,6 +109,13 @@ def _register_inputs(session: Session, task: Any, inputs: Mapping[str, TaskResul
         if not Path(manifest.uri).exists():
             raise FatalError(f"task {task.id!r}: input {dep!r}: dataset {manifest.uri} does not exist "
                              "(was it removed after its run?)")
+        if manifest.format == SNAPSHOT_FORMAT:
+            snap = read_snapshot(manifest)
+            files = session.cleanup.enter_context(verified_files(context, task.id, dep, snap))
+            with _duckdb_errors(task.id, f"input {dep!r} ({snap.path})"):
+                columns[dep] = session.register_view(dep, reader_sql(snap.connector, files, snap),
+                                                     widen_decimals=widen)
+            continue
         with _duckdb_errors(task.id, f"input {dep!r} ({manifest.uri})"):
             columns[dep] = session.register_view(dep, dataset_reader(manifest), widen_decimals=widen)
     return columns
@@ -137,6 +158,14 @@ def _connectors(task_id: str, name: str) -> Any:
 
 def run_extract(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult]) -> TaskResult:
     source = task.source
+    in_place = (not task.materialize and task.foreach is None
+                and read_in_place_downstream(context.pipeline, task.id))
+    if in_place and source.connector == "parquet":
+        return _snapshot_local(context, task)
+    if in_place and source.connector == "s3" and _s3_parquet(source):
+        result = _snapshot_s3(context, task)
+        if result is not None:
+            return result
     if source.connector not in FILE_CONNECTORS:
         connectors = _connectors(task.id, source.connector)
         with _input_errors(task.id, "source"):
@@ -163,6 +192,86 @@ def run_extract(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult
                       metrics={"rows": manifest.rows, "files_read": len(files)})
 
 
+def read_in_place_downstream(pipeline: Any, task_id: str) -> bool:
+    """Whether every task reading ``task_id``'s data reads through DuckDB here (transform, validate
+    whose own readers do, load to a file), so the data may stay where it is. A python task, a foreach,
+    or a load through a connector gets a Parquet copy."""
+    for t in pipeline.spec.tasks:
+        if task_id not in t.depends_on:
+            continue
+        if t.foreach is not None or t.type not in ("transform", "validate", "load"):
+            return False
+        if task_id not in data_inputs(t):
+            continue  # only orders the run
+        if t.type == "load" and t.target.connector not in FILE_CONNECTORS:
+            return False
+        if t.type == "validate" and not read_in_place_downstream(pipeline, t.id):
+            return False
+    return True
+
+
+def _snapshot_local(context: TaskContext, task: Any) -> TaskResult:
+    source = task.source
+    path = _resolve(context, str(context.render(source.path)))
+    names = matching_files(path)
+    if not names:
+        raise FatalError(f"task {task.id!r}: source: no {source.connector} file matches {path!r}")
+    files = stat_local(names)  # before reading: a change while we read is caught by the readers
+    return _snapshot_files(context, task, path, files)
+
+
+def _s3_parquet(source: Any) -> bool:
+    """An ``s3`` source DuckDB can read as the connector would: Parquet (or no format given), no options
+    beyond the path and hive partitioning, no named connection (its credentials are the connector's)."""
+    spec = source.model_dump(exclude_unset=True)
+    return (set(spec) <= {"connector", "path", "format", "hive_partitioning"}
+            and str(spec.get("path") or "").startswith("s3://") and spec.get("format") in (None, "parquet"))
+
+
+def _snapshot_s3(context: TaskContext, task: Any) -> TaskResult | None:
+    """The snapshot of an S3 Parquet source, or None when its objects are not all Parquet (the connector
+    then reads each by its extension, as before)."""
+    spec = task.source.model_dump(exclude_unset=True)
+    path = str(context.render(spec["path"]))
+    with _input_errors(task.id, "source"):
+        files = list_s3(s3_client(context), path)
+    if not files:
+        raise FatalError(f"task {task.id!r}: source: no object matches {path!r}")
+    if spec.get("format") is None and not all(f.path.lower().endswith((".parquet", ".pq")) for f in files):
+        return None
+    hive = bool(spec.get("hive_partitioning", True))
+    try:
+        rows, schema = s3_footers(s3_client(context), files, hive)
+    except FatalError as exc:
+        raise FatalError(f"task {task.id!r}: source: {exc}") from None
+    snap = Snapshot(task=task.id, connector="parquet", path=path, files=files, rows=rows,
+                    schema_fingerprint=fingerprint(schema), hive_partitioning=hive, hive_strings=True,
+                    on_change=task.on_source_change)
+    manifest = write_snapshot(snap, context.output_uri)
+    return TaskResult(output=manifest, inputs=(path,),
+                      metrics={"rows": manifest.rows, "files_read": len(files), "read_in_place": True})
+
+
+def _snapshot_files(context: TaskContext, task: Any, path: str, files: tuple[SourceFile, ...]) -> TaskResult:
+    source = task.source
+    snap = Snapshot(task=task.id, connector=source.connector, path=path, files=files, rows=0,
+                    schema_fingerprint=None, hive_partitioning=source.hive_partitioning,
+                    union_by_name=source.union_by_name, on_change=task.on_source_change)
+    local = [f.path for f in files]
+    with Session(memory_limit=task.memory_limit, context=context) as session:
+        try:
+            session.register_view("_source", reader_sql(snap.connector, local, snap), widen_decimals=False)
+            # Parquet row counts come from the footers; DuckDB answers count(*) without a scan
+            row = session.con.execute("SELECT count(*) FROM _source").fetchall()[0]
+            schema = session.con.sql("SELECT * FROM _source LIMIT 0").to_arrow_table().schema
+        except duckdb.Error as exc:
+            raise FatalError(f"task {task.id!r}: source {path}: {clean_error(exc)}") from None
+    snap = dataclasses.replace(snap, rows=int(row[0]) if row else 0, schema_fingerprint=fingerprint(schema))
+    manifest = write_snapshot(snap, context.output_uri)
+    return TaskResult(output=manifest, inputs=(path,),
+                      metrics={"rows": manifest.rows, "files_read": len(files), "read_in_place": True})
+
+
 def _source_error(task: Any, source: Any, files: list[str], path: str, exc: duckdb.Error) -> FatalError:
     if source.connector == "csv" and (ragged := diagnose_csv(files, source.delimiter or ",")):
         return FatalError(f"task {task.id!r}: source: {ragged}")
@@ -187,7 +296,7 @@ def _transform(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult]
                widen: bool) -> tuple[Manifest, list[CheckResult]]:
     checks: list[CheckResult] = []
     with Session(memory_limit=task.memory_limit, context=context) as session:
-        columns = _register_inputs(session, task, inputs, widen=widen)
+        columns = _register_inputs(session, context, task, inputs, widen=widen)
         params = Params(context.template_scope())
 
         def on_check(index: int, rules: list[Any], plan: Plan) -> None:
@@ -248,7 +357,7 @@ def run_validate(context: TaskContext, task: Any, inputs: Mapping[str, TaskResul
 def _evaluate(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult], *,
               widen: bool) -> list[CheckResult]:
     with Session(memory_limit=task.memory_limit, context=context) as session:
-        columns = _register_inputs(session, task, inputs, widen=widen)
+        columns = _register_inputs(session, context, task, inputs, widen=widen)
         params = Params(context.template_scope())
         try:
             with _duckdb_errors(task.id, "evaluating rules"):
@@ -277,8 +386,10 @@ def _pass_through(context: TaskContext, manifest: Manifest) -> Manifest:
         publish_dir(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    # a snapshot passes through as itself: its count is of the source files it names
     return Manifest(uri=context.output_uri, rows=manifest.rows, bytes=manifest.bytes,
-                    schema_fingerprint=manifest.schema_fingerprint, format=manifest.format, files=len(files))
+                    schema_fingerprint=manifest.schema_fingerprint, format=manifest.format,
+                    files=manifest.files if manifest.format == SNAPSHOT_FORMAT else len(files))
 
 
 def run_load(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult]) -> TaskResult:
@@ -292,7 +403,7 @@ def run_load(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult]) 
         return TaskResult(inputs=(manifest.uri,), metrics=dict(metrics or {}))
     path = _resolve(context, str(context.render(target.path)))
     with Session(memory_limit=task.memory_limit, context=context) as session:
-        columns = _register_inputs(session, task, inputs, widen=False)
+        columns = _register_inputs(session, context, task, inputs, widen=False)
         names = [c[0] for c in columns[task.primary_input]]
         for col in target.partition_by or []:
             if col not in names:

@@ -486,10 +486,23 @@ class DataTaskBase(TaskBase):
 
 
 class ExtractTask(DataTaskBase):
-    """Reads a source into a Parquet dataset at the task's output location."""
+    """Reads a source. Parquet files are read in place: the task records a snapshot of them (files with
+    size and mtime, or ETag on S3, and the schema) and the tasks downstream read the files themselves;
+    any other source, or ``materialize: true``, is copied into a Parquet dataset at the task's output
+    location."""
 
     type: Literal["extract"]
     source: SourceSpec
+    materialize: bool = Field(
+        False,
+        description="copy the source into the run's folder as Parquet (a frozen landing copy) instead of "
+        "reading Parquet files in place",
+    )
+    on_source_change: Literal["fail", "resnapshot"] = Field(
+        "fail",
+        description="when a source read in place changed after this task recorded it (a resume, a retry "
+        "or a later task finds other files): fail with an error, or read the files as they are now",
+    )
 
 
 def _primary_input(task: Any) -> Any:

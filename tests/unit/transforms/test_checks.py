@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from transform_helpers import read_output
 
 from udop.errors import DataQualityError, FatalError
 from udop.tasks import CheckResult
@@ -187,7 +188,7 @@ def test_warn_rules_pass_the_input_through(orders, run):
     assert out.uri.endswith("/v/")
     assert out.rows == 6
     assert out.schema_fingerprint == results["o"].output.schema_fingerprint
-    assert pq.read_table(out.uri).to_pydict() == pq.read_table(results["o"].output.uri).to_pydict()
+    assert read_output(out).to_pydict() == read_output(results["o"].output).to_pydict()
 
 
 def test_error_rule_fails_after_all_rules_ran_and_carries_every_result(orders, run, tmp_path):

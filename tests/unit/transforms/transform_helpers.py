@@ -34,3 +34,19 @@ def context_for(
         data_root=str(root / "data"),
         services={"base_dir": str(root)},
     )
+
+
+def read_output(manifest: Any) -> Any:
+    """A task's output as a pyarrow Table: its Parquet folder, or the source files an extract read in
+    place (through the same reader the tasks downstream use)."""
+    import duckdb
+    import pyarrow.parquet as pq
+
+    from udop_transforms._files import reader_sql
+    from udop_transforms._snapshot import SNAPSHOT_FORMAT, read_snapshot
+
+    if manifest.format != SNAPSHOT_FORMAT:
+        return pq.read_table(manifest.uri)
+    snap = read_snapshot(manifest)
+    return duckdb.connect().sql(f"SELECT * FROM {reader_sql(snap.connector, [f.path for f in snap.files], snap)}"
+                                ).to_arrow_table()
