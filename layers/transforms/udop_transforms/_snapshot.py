@@ -21,13 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from udop.errors import FatalError, RetryableError
-from udop.tasks.contract import Manifest, TaskContext
+from udop.tasks.contract import SNAPSHOT_FORMAT, Manifest, TaskContext
 
 __all__ = ["SNAPSHOT_FORMAT", "SNAPSHOT_NAME", "Snapshot", "SourceFile", "list_s3", "read_snapshot",
            "s3_client", "s3_footers", "s3_pattern", "stat_local", "verified_files", "write_snapshot"]
 
-#: ``Manifest.format`` of an extract read in place: its ``uri`` is a folder holding the snapshot only
-SNAPSHOT_FORMAT = "snapshot"
 SNAPSHOT_NAME = "_snapshot.json"
 
 
@@ -107,7 +105,7 @@ def s3_footers(s3: Any, files: tuple[SourceFile, ...], hive: bool) -> tuple[int,
     connector reads them."""
     import io
 
-    import pyarrow as pa
+    import pyarrow as pa  # type: ignore[import-untyped]
     import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
     rows, schema = 0, None
@@ -175,7 +173,7 @@ def _local_change(f: SourceFile) -> str | None:
 def s3_client(context: TaskContext) -> Any:
     client = context.services.get("s3_client") if context.services else None
     if client is None:
-        import boto3
+        import boto3  # type: ignore[import-untyped]
 
         client = boto3.client("s3")
     return client

@@ -223,7 +223,8 @@ def _snapshot_local(context: TaskContext, task: Any) -> TaskResult:
 def _s3_parquet(source: Any) -> bool:
     """An ``s3`` source DuckDB can read as the connector would: Parquet (or no format given), no options
     beyond the path and hive partitioning, no named connection (its credentials are the connector's)."""
-    spec = source.model_dump(exclude_unset=True)
+    # defaults left out: a definition read back from its stored form has every field set
+    spec = source.model_dump(exclude_defaults=True)
     return (set(spec) <= {"connector", "path", "format", "hive_partitioning"}
             and str(spec.get("path") or "").startswith("s3://") and spec.get("format") in (None, "parquet"))
 
@@ -231,7 +232,7 @@ def _s3_parquet(source: Any) -> bool:
 def _snapshot_s3(context: TaskContext, task: Any) -> TaskResult | None:
     """The snapshot of an S3 Parquet source, or None when its objects are not all Parquet (the connector
     then reads each by its extension, as before)."""
-    spec = task.source.model_dump(exclude_unset=True)
+    spec = task.source.model_dump(exclude_defaults=True)
     path = str(context.render(spec["path"]))
     with _input_errors(task.id, "source"):
         files = list_s3(s3_client(context), path)

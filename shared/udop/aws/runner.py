@@ -28,7 +28,7 @@ from udop.aws.observability import logger, metrics
 from udop.aws.s3 import S3Staging, get_json, put_json
 from udop.aws.settings import RunnerSettings
 from udop.errors import DataQualityError, FatalError, RetryableError, StoreError, TaskTimeout
-from udop.tasks.contract import TaskContext, TaskResult
+from udop.tasks.contract import SNAPSHOT_FORMAT, TaskContext, TaskResult
 
 __all__ = ["TaskPayload", "failed_checks_key", "item_result_key", "partitions_key", "result_key",
            "run_payload", "state_key"]
@@ -319,7 +319,9 @@ def _run(payload: TaskPayload, pipeline: Any, task: Any, *, settings: RunnerSett
                 raise RetryableError(f"uploading the output of {payload.task_id!r} failed: {exc}") from None
             if item is None and _read_by_partitions(pipeline, payload.task_id):
                 _write_partitions(staging, output.uri, staging.to_remote(output.uri))
-            output = replace(output, uri=staging.to_remote(output.uri), files=files,
+            output = replace(output, uri=staging.to_remote(output.uri),
+                             # a snapshot's counts are of the source files it names, not of itself
+                             files=output.files if output.format == SNAPSHOT_FORMAT else files,
                              bytes=output.bytes if output.bytes is not None else size)
         # lineage as the LocalExecutor records it: what the task read, else its inputs' datasets
         lineage = result.inputs or tuple(r.output.uri if r.output else f"task:{tid}"

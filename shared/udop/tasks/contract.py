@@ -16,11 +16,18 @@ from typing import Any
 
 from udop.errors import PayloadTooLarge
 
-__all__ = ["MAX_VALUE_BYTES", "CheckResult", "Manifest", "TaskContext", "TaskResult", "dataset_uri"]
+__all__ = ["MAX_VALUE_BYTES", "SNAPSHOT_FORMAT", "CheckResult", "Manifest", "TaskContext", "TaskResult",
+           "dataset_uri"]
 
 #: a python task's return value travels by value only up to this size (Step Functions carries
 #: 256 KiB per state; a task with many parents must stay far below that)
 MAX_VALUE_BYTES = 8 * 1024
+
+
+#: ``Manifest.format`` of a source read in place: ``uri`` is a folder holding only ``_snapshot.json``
+#: (the source files with their size and mtime or ETag, and the schema); ``rows``, ``bytes``,
+#: ``files`` and ``schema_fingerprint`` describe the source files themselves
+SNAPSHOT_FORMAT = "snapshot"
 
 
 def dataset_uri(data_root: str, pipeline: str, run_id: str, task_id: str) -> str:
