@@ -1,4 +1,7 @@
-"""TPC-H Q1, Q6 and Q3 at scale factor 1 as udop transform tasks, against the same SQL run directly in DuckDB.
+"""TPC-H Q1, Q6 and Q3 at SF1: the transform task alone, in-process, against the same SQL in DuckDB.
+
+This times one step of a pipeline, not what a user waits for: no process start, no extract, no load,
+no metadata. ``pipelines_e2e.py`` measures whole ``udop run`` processes against a DuckDB script.
 
 Both sides run in this process over the same Parquet files (written by ``tpchgen-cli`` into
 benchmarks/.data/, generated when missing). The udop side is a ``transform`` task called through
