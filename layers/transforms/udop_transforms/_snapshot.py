@@ -22,6 +22,8 @@ from typing import Any
 
 from udop.errors import FatalError, RetryableError
 from udop.tasks.contract import SNAPSHOT_FORMAT, Manifest, TaskContext
+from udop_transforms._engine import publish_dir, scratch_dir
+from udop_transforms._files import matching_files
 
 __all__ = ["SNAPSHOT_FORMAT", "SNAPSHOT_NAME", "Snapshot", "SourceFile", "list_s3", "read_snapshot",
            "s3_client", "s3_footers", "s3_pattern", "stat_local", "verified_files", "write_snapshot"]
@@ -131,8 +133,6 @@ def s3_footers(s3: Any, files: tuple[SourceFile, ...], hive: bool) -> tuple[int,
 
 def write_snapshot(snapshot: Snapshot, output_uri: str) -> Manifest:
     """The snapshot as the extract's output: one small file in its folder, published atomically."""
-    from udop_transforms._engine import publish_dir, scratch_dir
-
     final = Path(output_uri)
     tmp = scratch_dir(final)
     try:
@@ -197,12 +197,7 @@ def verified_files(context: TaskContext, task_id: str, dep: str, snap: Snapshot)
     files = snap.files
     remote = bool(files) and files[0].path.startswith("s3://")
     if snap.on_change == "resnapshot":
-        if remote:
-            files = list_s3(s3_client(context), snap.path)
-        else:
-            from udop_transforms._files import matching_files
-
-            files = stat_local(matching_files(snap.path))
+        files = list_s3(s3_client(context), snap.path) if remote else stat_local(matching_files(snap.path))
         if not files:
             raise FatalError(f"task {task_id!r}: input {dep!r}: no file matches {snap.path!r} any more")
     elif not remote:
