@@ -96,8 +96,9 @@ NOOP = {
 }
 
 
-def measure(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
-    """(wall seconds, peak RSS MiB) of one child process; fails loudly when it fails."""
+def measure(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, float]:
+    """(wall seconds, peak RSS MiB, CPU seconds) of one child process; fails loudly when it fails.
+    CPU time (user + system, all threads) suffers less than wall time from other work on the machine."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert proc.stdout is not None
@@ -109,7 +110,7 @@ def measure(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, floa
         raise SystemExit(
             f"{' '.join(cmd)} failed ({proc.returncode}):\n{output.decode(errors='replace')[-3000:]}"
         )
-    return wall, usage.ru_maxrss / 1024
+    return wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
 def read_rows(path: Path) -> list[tuple[Any, ...]]:
@@ -141,14 +142,16 @@ def same_rows(a: list[tuple[Any, ...]], b: list[tuple[Any, ...]], ordered: bool)
     )
 
 
-def report(name: str, udop: list[tuple[float, float]], base: list[tuple[float, float]], equal: bool) -> None:
-    uw, ur = [w for w, _ in udop], [r for _, r in udop]
-    bw, br = [w for w, _ in base], [r for _, r in base]
+def report(name: str, udop: list[tuple[float, float, float]], base: list[tuple[float, float, float]],
+           equal: bool) -> None:
+    uw, ur, uc = ([r[i] for r in udop] for i in range(3))
+    bw, br, bc = ([r[i] for r in base] for i in range(3))
     print(
         f"{name:10} {min(uw):7.2f} {statistics.median(uw):7.2f}   {min(bw):7.2f} {statistics.median(bw):7.2f}"
         f"   {min(uw) / min(bw):5.2f}x {statistics.median(uw) / statistics.median(bw):5.2f}x"
         f"   {statistics.median(ur):6.0f} {statistics.median(br):6.0f}"
         f" {statistics.median(ur) / statistics.median(br):5.2f}x"
+        f"   {min(uc):6.2f} {min(bc):6.2f} {min(uc) / min(bc):5.2f}x"
         f"   {'equal' if equal else 'DIFFERENT'}",
         flush=True,
     )
@@ -174,15 +177,15 @@ def main(argv: list[str] | None = None) -> int:
     ok = True
     print(
         f"whole process, {args.repeat} alternating runs per side after one warm-up each; "
-        f"TPC-H scale {args.scale:g}; wall seconds, peak RSS MiB (median)"
+        f"TPC-H scale {args.scale:g}; wall seconds, peak RSS MiB (median), CPU seconds (best)"
     )
     print(
         f"{'pipeline':10} {'udop':>7} {'':>7}   {'duckdb':>7} {'':>7}   {'ratio':>6} {'':>6}   "
-        f"{'RSS':>6} {'':>6} {'':>6}"
+        f"{'RSS':>6} {'':>6} {'':>6}   {'CPU':>6} {'':>6} {'':>6}"
     )
     print(
         f"{'':10} {'best':>7} {'median':>7}   {'best':>7} {'median':>7}   {'best':>6} {'median':>6}   "
-        f"{'udop':>6} {'duckdb':>6} {'ratio':>6}"
+        f"{'udop':>6} {'duckdb':>6} {'ratio':>6}   {'udop':>6} {'duckdb':>6} {'ratio':>6}"
     )
     with tempfile.TemporaryDirectory(prefix="udop-e2e-") as tmp_:
         tmp = Path(tmp_)
@@ -221,8 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                 ordered = False
             else:
                 raise SystemExit(f"unknown pipeline {name!r}; choose from Q1,Q3,Q6,flights")
-            udop_runs: list[tuple[float, float]] = []
-            base_runs: list[tuple[float, float]] = []
+            udop_runs: list[tuple[float, float, float]] = []
+            base_runs: list[tuple[float, float, float]] = []
             # one metadata database per pipeline, as on a user's machine (created by the warm-up run);
             # each run's data is removed after it, so no run reuses another's output
             run_env = {**env, "UDOP_HOME": str(work / ".udop")}
@@ -247,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                 w, _ = measure(
                     udop_cmd(work / "pipeline.yaml"), {**env, "UDOP_HOME": str(work / ".udop")}, work
                 )
-                p, _ = measure([sys.executable, "-c", "import duckdb"], env, work)
+                p, _, _ = measure([sys.executable, "-c", "import duckdb"], env, work)
                 if i:
                     runs.append(w)
                     bare.append(p)
