@@ -33,6 +33,15 @@ class ApiSettings(Settings):
     )
     jwt_issuer: str | None = Field(None, description="required 'iss' claim, when set")
     jwt_audience: str | None = Field(None, description="required 'aud' claim, when set")
+    jwt_max_lifetime: int = Field(
+        86400,
+        ge=0,
+        description="longest token lifetime accepted, in seconds ('exp' - 'iat'); tokens without 'iat' are "
+        "refused while it is set; 0 turns the check off",
+    )
+    jwt_leeway: int = Field(
+        30, ge=0, le=300, description="clock skew allowed when checking 'exp', 'nbf' and 'iat', in seconds"
+    )
     jwt_role_claim: str = Field("role", description="claim holding the role; 'cognito:groups' is also read")
     executor: Literal["local", "stepfunctions"] = Field(
         "local", description="where triggered runs go: a background LocalExecutor or Step Functions"
