@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import time
 import types
 import typing
@@ -25,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 from udop.errors import SpecError, SpecErrors
 from udop.spec.models import API_VERSION, TASK_TYPES, Pipeline
 
-__all__ = ["MAX_DEFINITION_BYTES", "LoadedDefinition", "load_pipeline", "parse_definition"]
+__all__ = ["MAX_DEFINITION_BYTES", "LoadedDefinition", "load_pipeline", "parse_definition", "unstorable_text"]
 
 #: a definition larger than this is certainly a mistake (the largest real ones are a few hundred KB)
 MAX_DEFINITION_BYTES = 10 * 1024 * 1024
@@ -266,6 +267,33 @@ def _parse_json(text: str, filename: str, budget: _Budget) -> LoadedDefinition:
     return LoadedDefinition(data, filename, {})
 
 
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+
+
+def unstorable_text(data: Any) -> str | None:
+    """The path of the first key or string in ``data`` that no metadata database can store (it holds
+    NUL or a lone surrogate: YAML and JSON escapes can write both), or None when there is none."""
+    path = _unstorable_path(data)
+    return None if path is None else format_path(path)
+
+
+def _unstorable_path(data: Any) -> PathKey | None:
+    stack: list[tuple[Any, PathKey]] = [(data, ())]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, str):
+            if _UNSTORABLE.search(value):
+                return path
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(key, str) and _UNSTORABLE.search(key):
+                    return path
+                stack.append((item, (*path, str(key))))
+        elif isinstance(value, list):
+            stack.extend((item, (*path, i)) for i, item in enumerate(value))
+    return None
+
+
 def _check_shape(data: Any, budget: _Budget) -> None:
     """The depth and node limits for JSON, which the C parser builds whole (quickly) before we see it."""
     stack: list[tuple[Any, int]] = [(data, 1)]
@@ -301,6 +329,8 @@ def parse_definition(
         loaded = _parse_json(decoded, filename, budget)
     else:
         loaded = _parse_yaml(decoded, filename, budget)
+    if (where := _unstorable_path(loaded.data)) is not None:
+        raise loaded.error(where, "holds a NUL or a lone surrogate (a \\0 or \\ud800 escape); remove it")
     if not isinstance(loaded.data, dict):
         kind = type(loaded.data).__name__ if loaded.data is not None else "null"
         raise SpecError(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any
 
+import anyio
+import anyio.to_thread
 from fastapi import APIRouter, HTTPException, Path, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
@@ -47,7 +50,14 @@ async def register_pipeline(
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     filename = "request.json" if kind.endswith("json") else "request.yaml"
     try:
-        pipeline = load_pipeline(body, filename=filename)
+        # off the event loop, a few at a time, within a time budget: /health answers while a hostile
+        # upload is being refused, and many of them cannot take every worker thread
+        pipeline = await anyio.to_thread.run_sync(
+            functools.partial(
+                load_pipeline, body, filename=filename, time_budget=ctx.settings.definition_parse_seconds
+            ),
+            limiter=ctx.parsers,
+        )
     except SpecErrors as exc:
         raise _invalid(exc.errors) from None
     except SpecError as exc:
