@@ -136,7 +136,6 @@ class RequestGuard:
                 detail = exc.reason
                 if exc.claimed:
                     detail = f"{exc.reason} (credentials claimed {exc.claimed!r}, unverified)"
-                state["audit_always"] = True
                 extra = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
                 if exc.status == 401:
                     self.limiter.failed(ip)
@@ -191,6 +190,7 @@ async def _refuse(
     audit_detail: str | None = None,
 ) -> None:
     state["audit_detail"] = audit_detail or detail
+    state["audit_always"] = True  # a refused request is audited whatever its method
     state.setdefault("audit_action", "refused_by_guard")
     body = json.dumps({"detail": detail}).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]

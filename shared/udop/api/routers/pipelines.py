@@ -94,7 +94,8 @@ async def _read_limited(request: Request, limit: int) -> bytes:
 
 class DefinitionInvalid(Exception):
     def __init__(self, errors: list[SpecError]) -> None:
-        super().__init__(f"the definition has {len(errors)} error(s)")
+        # one error is the answer's detail itself ("request.yaml:5: nested more than ...")
+        super().__init__(str(errors[0]) if len(errors) == 1 else f"the definition has {len(errors)} errors")
         self.errors = errors
 
 
