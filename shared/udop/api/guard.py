@@ -194,6 +194,8 @@ async def _refuse(
     state.setdefault("audit_action", "refused_by_guard")
     body = json.dumps({"detail": detail}).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    # the body (if any) was not read: closing is cheaper than draining what a flood still sends
+    raw.append((b"connection", b"close"))
     raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})

@@ -200,7 +200,7 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             stderr=subprocess.STDOUT,
             cwd=root,
         )
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # a loaded CI machine starts Python slowly
     while True:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:

@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 
@@ -124,12 +125,14 @@ def test_a_streamed_body_is_cut_at_the_limit(served: Any) -> None:
             yield b"#" * (1024 * 1024)
 
     try:
-        answer = served.client("operator").post(
-            "/pipelines", content=chunks(), headers={"Content-Type": "application/yaml"}
+        status: int | None = (
+            served.client("operator")
+            .post("/pipelines", content=chunks(), headers={"Content-Type": "application/yaml"})
+            .status_code
         )
-    except Exception as exc:  # the server may close the connection while the client still sends
-        pytest.fail(f"no answer: {exc!r}")
-    assert answer.status_code == 413
+    except httpx.TransportError:
+        status = None  # the server answered 413 and hung up while the client was still sending
+    assert status in (413, None)
     rows = served.audit_since(start)
     assert [(r["status"], r["path"]) for r in rows] == [(413, "/pipelines")]
 
