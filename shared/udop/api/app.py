@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+import anyio
 import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -24,13 +27,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from udop.api.audit import AuditLog, ensure_api_tables
 from udop.api.auth import Authenticator, AuthError, Principal
 from udop.api.deps import ApiContext
+from udop.api.guard import FailureLimiter, RequestGuard
 from udop.api.keys import ApiKeys
 from udop.api.launcher import LocalLauncher, RunLauncher
 from udop.api.routers import admin, pipelines, runs
 from udop.api.routers.pipelines import DefinitionInvalid
 from udop.api.schemas import Health, Problem
 from udop.api.settings import ApiSettings, load_api_settings
-from udop.errors import InputError, RunNotFound, SpecErrors, StoreError, TransitionError
+from udop.errors import ConfigError, InputError, RunNotFound, SpecErrors, StoreError, TransitionError
 from udop.store.api import MetadataStore
 
 __all__ = ["create_app"]
@@ -57,13 +61,17 @@ def create_app(
         store = open_store(settings.resolved_database_url)
     engine = engine or getattr(store, "engine", None) or create_engine(settings.resolved_database_url)
     ensure_api_tables(engine)
+    if settings.code_dir:
+        _add_code_dir(settings.code_dir)
     if launcher is None:
         launcher = _default_launcher(settings, store)
     keys = ApiKeys(engine)
+    audit = AuditLog(engine, retention_days=settings.audit_retention_days)
+    audit.prune()
     ctx = ApiContext(
         settings=settings,
         store=store,
-        audit=AuditLog(engine),
+        audit=audit,
         keys=keys,
         auth=Authenticator(settings, keys),
         launcher=launcher,
@@ -72,6 +80,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
+        ctx.parsers = anyio.CapacityLimiter(settings.definition_parsers)
         yield
         launcher.close()
 
@@ -95,8 +104,25 @@ def create_app(
     app.include_router(admin.router)
     _add_health(app, ctx, engine)
     _add_error_handlers(app)
+    # the last added is the outermost: the audit middleware sees what the guard refuses
+    app.add_middleware(
+        RequestGuard,
+        auth=ctx.auth,
+        max_body_bytes=settings.max_body_bytes,
+        limiter=FailureLimiter(settings.auth_failure_limit, settings.auth_failure_window),
+    )
     app.add_middleware(AuditMiddleware, audit=ctx.audit)
     return app
+
+
+def _add_code_dir(folder: str) -> None:
+    """Put the folder holding python tasks' code first on sys.path, as ``udop run`` does with the
+    definition's folder, so that ``tasks:fn`` imports on a server started from anywhere."""
+    path = Path(folder).expanduser().resolve()
+    if not path.is_dir():
+        raise ConfigError(f"environment variable UDOP_CODE_DIR: {folder!r} is not a folder")
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
 
 def _version() -> str:
@@ -249,7 +275,7 @@ class AuditMiddleware:
                 actor=principal.subject if principal else "anonymous",
                 actor_kind=principal.kind if principal else "anonymous",
                 role=principal.role.label if principal and principal.role else None,
-                action=getattr(route, "name", None) or "unknown",
+                action=getattr(route, "name", None) or state.get("audit_action") or "unknown",
                 method=method,
                 path=scope.get("path", ""),
                 status=status,

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
+import threading
+import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -24,6 +27,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    delete,
     insert,
     select,
 )
@@ -31,7 +35,17 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from udop.errors import StoreError
 
-__all__ = ["API_METADATA", "AuditEntry", "AuditLog", "audit_log_table", "ensure_api_tables"]
+__all__ = [
+    "API_METADATA",
+    "AuditEntry",
+    "AuditLog",
+    "audit_log_table",
+    "decode_cursor",
+    "decode_id_cursor",
+    "encode_cursor",
+    "ensure_api_tables",
+    "printable",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +72,18 @@ audit_log_table = Table(
 )
 
 _DETAIL_MAX = 2000
+#: how often at most the rows past the retention are deleted (on the next write after it)
+_PRUNE_EVERY = 3600.0
+#: the largest id either backend's BIGINT holds; a cursor past it is not one we issued
+_MAX_ID = 2**63 - 1
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def printable(value: str, limit: int) -> str:
+    """``value`` as any database and terminal accept it: lone surrogates and control characters
+    (NUL, which PostgreSQL refuses in text, included) written as escapes, then cut to ``limit``."""
+    text = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)[:limit]
 
 
 def ensure_api_tables(engine: Engine) -> None:
@@ -109,19 +135,65 @@ def encode_cursor(value: int | str) -> str:
     return base64.urlsafe_b64encode(str(value).encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> str:
-    """The value inside an opaque cursor; ``ValueError`` when it is not one of ours."""
+def decode_cursor(cursor: str, pattern: str = r"[!-~]{1,300}") -> str:
+    """The value inside an opaque cursor; ``ValueError`` when it is not one of ours.
+
+    The value must match ``pattern`` (default: printable ASCII, as run ids are): a forged cursor holding
+    NUL, surrogates or odd bytes never reaches the database.
+    """
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError("cursor is not one this API returned") from exc
+    if not re.fullmatch(pattern, value):
+        raise ValueError("cursor is not one this API returned")
+    return value
+
+
+def decode_id_cursor(cursor: str) -> int:
+    """An integer id inside a cursor, within the range a BIGINT holds; ``ValueError`` otherwise."""
+    value = int(decode_cursor(cursor, r"[0-9]{1,19}"))
+    if not 0 < value <= _MAX_ID:
+        raise ValueError("cursor is not one this API returned")
+    return value
 
 
 class AuditLog:
-    """Writes and reads audit rows with its own short transactions on the store's engine."""
+    """Writes and reads audit rows with its own short transactions on the store's engine.
 
-    def __init__(self, engine: Engine) -> None:
+    With ``retention_days`` rows older than that are deleted, at most once an hour, on a write.
+    """
+
+    def __init__(self, engine: Engine, *, retention_days: int = 0) -> None:
         self.engine = engine
+        self.retention_days = retention_days
+        self._next_prune = 0.0
+        self._prune_lock = threading.Lock()
+
+    def prune(self, now: datetime | None = None) -> int:
+        """Delete the rows past the retention; the number deleted (0 when rows are kept forever)."""
+        if self.retention_days <= 0:
+            return 0
+        cutoff = (now or datetime.now(UTC)) - timedelta(days=self.retention_days)
+        try:
+            with self.engine.begin() as conn:
+                result = conn.execute(delete(audit_log_table).where(audit_log_table.c.at < cutoff))
+        except SQLAlchemyError as exc:
+            raise StoreError(f"audit log prune failed: {type(exc).__name__}") from exc
+        return int(result.rowcount or 0)
+
+    def _maybe_prune(self) -> None:
+        if self.retention_days <= 0 or time.monotonic() < self._next_prune:
+            return
+        if not self._prune_lock.acquire(blocking=False):  # another thread is at it
+            return
+        try:
+            self._next_prune = time.monotonic() + _PRUNE_EVERY
+            self.prune()
+        except StoreError as exc:
+            log.warning("%s; trying again in an hour", exc)
+        finally:
+            self._prune_lock.release()
 
     def record(
         self,
@@ -136,18 +208,19 @@ class AuditLog:
         detail: str | None = None,
         client: str | None = None,
     ) -> None:
+        # every text is made storable: a request may carry any byte, and its row must still be written
         row = {
             "at": datetime.now(UTC),
-            "actor": actor[:255],
-            "actor_kind": actor_kind,
-            "role": role,
-            "action": action[:64],
-            "method": method[:8],
-            "path": path[:1024],
+            "actor": printable(actor, 255),
+            "actor_kind": printable(actor_kind, 16),
+            "role": printable(role, 16) if role else None,
+            "action": printable(action, 64),
+            "method": printable(method, 8),
+            "path": printable(path, 1024),
             "status": status,
             "outcome": outcome_for(status),
-            "detail": detail[:_DETAIL_MAX] if detail else None,
-            "client": client[:64] if client else None,
+            "detail": printable(detail, _DETAIL_MAX) if detail else None,
+            "client": printable(client, 64) if client else None,
         }
         try:
             with self.engine.begin() as conn:  # one statement: atomic on its own
@@ -156,6 +229,7 @@ class AuditLog:
             # The call itself already happened; losing its audit row must at least be loud.
             log.error("audit log write failed for %s %s by %s: %s", method, path, actor, exc)
             raise StoreError(f"audit log write failed: {type(exc).__name__}") from exc
+        self._maybe_prune()
 
     def list(
         self,

@@ -9,6 +9,7 @@ Roles are ordered ``viewer < operator < admin``; an endpoint names the least rol
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -116,23 +117,22 @@ class Authenticator:
         except jwt.InvalidTokenError:
             raise AuthError(401, "malformed bearer token") from None
         alg = header.get("alg")
-        options: dict[str, Any] = {"require": ["exp", "sub"]}
-        # issuer and audience describe the OIDC issuer; HS256 tokens are the deployment's own
+        settings = self.settings
+        # issuer and audience bind a token to this deployment whatever signed it: an HS256 token minted
+        # for another service sharing the secret must not pass here
+        required = ["exp", "sub"]
+        if settings.jwt_max_lifetime:
+            required.append("iat")  # without "iat" a lifetime cannot be bounded
+        options: dict[str, Any] = {"require": required, "verify_aud": settings.jwt_audience is not None}
         kwargs: dict[str, Any] = {
-            "issuer": self.settings.jwt_issuer,
-            "audience": self.settings.jwt_audience,
+            "issuer": settings.jwt_issuer,
+            "audience": settings.jwt_audience,
             "options": options,
+            "leeway": settings.jwt_leeway,
         }
-        if self.settings.jwt_audience is None:
-            options["verify_aud"] = False
         try:
             if alg == "HS256" and self._secret is not None:
-                claims = jwt.decode(
-                    token,
-                    self._secret,
-                    algorithms=["HS256"],
-                    options={"require": ["exp", "sub"], "verify_aud": False},
-                )
+                claims = jwt.decode(token, self._secret, algorithms=["HS256"], **kwargs)
             elif alg in self._ASYMMETRIC and self._jwks is not None:
                 try:
                     signing_key = self._jwks.get_signing_key_from_jwt(token)
@@ -149,7 +149,24 @@ class Authenticator:
             raise AuthError(401, "the token's signature is invalid") from None
         except jwt.InvalidTokenError as exc:
             raise AuthError(401, f"invalid token: {exc}") from None
+        self._check_lifetime(claims)
         return Principal(subject=str(claims["sub"]), role=self._role(claims), kind="jwt")
+
+    def _check_lifetime(self, claims: dict[str, Any]) -> None:
+        """A stolen long-lived token is a standing key: refuse tokens minted to live too long."""
+        limit = self.settings.jwt_max_lifetime
+        if not limit:
+            return
+        exp, iat = claims.get("exp"), claims.get("iat")
+        if not isinstance(exp, int | float) or not isinstance(iat, int | float):
+            raise AuthError(401, "invalid token: 'exp' and 'iat' must be numbers")
+        if exp - iat > limit:
+            raise AuthError(
+                401, f"the token lives {int(exp - iat)} s; this server accepts tokens of at most {limit} s"
+            )
+        # an "iat" in the future would stretch the window past the limit
+        if iat > time.time() + self.settings.jwt_leeway:
+            raise AuthError(401, "invalid token: it was issued in the future ('iat')")
 
     def _role(self, claims: dict[str, Any]) -> Role:
         found = Role.NONE

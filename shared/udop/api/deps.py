@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
+import anyio
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
@@ -27,6 +28,8 @@ class ApiContext:
     keys: ApiKeys
     auth: Authenticator
     launcher: RunLauncher
+    #: how many uploaded definitions are parsed at once; made at start, in the server's event loop
+    parsers: anyio.CapacityLimiter | None = None
 
 
 def context(request: Request) -> ApiContext:
@@ -52,8 +55,11 @@ def needs(role: Role) -> Callable[..., Principal]:
             authorization: str | None = f"{bearer.scheme} {bearer.credentials}"
         else:
             authorization = request.headers.get("authorization")
-        principal = ctx.auth.authenticate(authorization, api_key)
-        request.state.principal = principal  # the audit middleware reads it
+        # a request with a body was authenticated by the guard before its body was read
+        principal: Principal | None = getattr(request.state, "principal", None)
+        if principal is None:
+            principal = ctx.auth.authenticate(authorization, api_key)
+            request.state.principal = principal  # the audit middleware reads it
         require(principal, role)
         return principal
 

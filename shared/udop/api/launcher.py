@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 
 def definition_of(pipeline: Pipeline) -> dict[str, Any]:
     """The stored form of a definition: the same dump the LocalExecutor registers, so one definition
-    posted to the API and run from the CLI is one version, not two."""
-    return pipeline.model_dump(mode="json", by_alias=True)
+    posted to the API and run from the CLI is one version, not two. Only what was written is kept:
+    defaults filled in would reach the connectors as options they refuse (``path: null``)."""
+    return pipeline.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
 
 def task_ids(pipeline: Pipeline) -> list[str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from udop.api.audit import AuditEntry
 from udop.api.keys import ApiKeyRecord
@@ -105,6 +105,17 @@ class PipelineRegistered(Body):
 class RunRequest(Body):
     params: dict[str, Any] = Field(default_factory=dict, description="values for the pipeline's params")
     logical_date: datetime | None = Field(None, description="the run's logical date; default now (UTC)")
+
+    @field_validator("params")
+    @classmethod
+    def _storable(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # the run's params are stored: PostgreSQL refuses NUL in JSON text and no driver encodes a lone
+        # surrogate, so such a value is the caller's error (422), not an unavailable store (503)
+        from udop.spec.loader import unstorable_text
+
+        if (where := unstorable_text(value)) is not None:
+            raise ValueError(f"{where or 'a value'} holds a NUL character or a lone surrogate")
+        return value
 
 
 class Attempt(Body):

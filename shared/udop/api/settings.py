@@ -33,6 +33,15 @@ class ApiSettings(Settings):
     )
     jwt_issuer: str | None = Field(None, description="required 'iss' claim, when set")
     jwt_audience: str | None = Field(None, description="required 'aud' claim, when set")
+    jwt_max_lifetime: int = Field(
+        86400,
+        ge=0,
+        description="longest token lifetime accepted, in seconds ('exp' - 'iat'); tokens without 'iat' are "
+        "refused while it is set; 0 turns the check off",
+    )
+    jwt_leeway: int = Field(
+        30, ge=0, le=300, description="clock skew allowed when checking 'exp', 'nbf' and 'iat', in seconds"
+    )
     jwt_role_claim: str = Field("role", description="claim holding the role; 'cognito:groups' is also read")
     executor: Literal["local", "stepfunctions"] = Field(
         "local", description="where triggered runs go: a background LocalExecutor or Step Functions"
@@ -57,6 +66,33 @@ class ApiSettings(Settings):
         description="threads serving blocking handlers (store calls); 40 is anyio's default. Compare "
         "with benchmarks/api_runs.py before changing it: on a loaded 2-core machine 2, 8 and 40 were "
         "within the run-to-run noise",
+    )
+    max_body_bytes: int = Field(
+        10 * 1024 * 1024,
+        ge=1024,
+        description="largest request body accepted; refused from Content-Length, or as soon as a "
+        "streamed body passes it, before anything reads it (a definition may have at most 10 MiB)",
+    )
+    definition_parse_seconds: float = Field(
+        10.0, gt=0, le=300, description="time budget for parsing one uploaded definition (off the event loop)"
+    )
+    definition_parsers: int = Field(
+        2, ge=1, le=64, description="uploaded definitions parsed at once; more wait their turn"
+    )
+    auth_failure_limit: int = Field(
+        30,
+        ge=0,
+        description="failed authentications a client (by address) may have within auth_failure_window "
+        "before it gets 429 with Retry-After; 0 turns the limit off",
+    )
+    auth_failure_window: float = Field(60.0, gt=0, description="seconds the failures above are counted over")
+    audit_retention_days: int = Field(
+        365, ge=0, description="audit rows older than this many days are deleted; 0 keeps them forever"
+    )
+    code_dir: str | None = Field(
+        None,
+        description="folder put first on sys.path of the server, where python tasks' modules are "
+        "imported from (e.g. the project folder holding tasks.py); the task runner's UDOP_CODE_DIR",
     )
     api_root_path: str = Field("", description="path prefix behind a proxy, e.g. '/prod' on API Gateway")
 

@@ -30,8 +30,10 @@ def version_key(name: str, version: int) -> str:
 
 
 def canonical_definition(pipeline: Any) -> dict[str, Any]:
-    """The JSON form of a validated ``Pipeline`` that is stored and hashed (defaults filled in)."""
-    data: dict[str, Any] = pipeline.model_dump(mode="json", by_alias=True)
+    """The JSON form of a validated ``Pipeline`` that is stored and hashed: the keys the definition set,
+    as the API and ``udop run`` store it (defaults filled in would reach connectors as options they
+    refuse, e.g. ``path: null``)."""
+    data: dict[str, Any] = pipeline.model_dump(mode="json", by_alias=True, exclude_unset=True)
     return data
 
 

@@ -168,7 +168,7 @@ class LocalExecutor:
             SpecErrors.collect(check_env(pipeline))
             logical = logical_date or datetime.now(UTC)
             version = self.store.register_pipeline(
-                pipeline.name, pipeline.model_dump(mode="json", by_alias=True)
+                pipeline.name, pipeline.model_dump(mode="json", by_alias=True, exclude_unset=True)
             )
             run = self.store.create_run(
                 run_id=run_id or new_run_id(),

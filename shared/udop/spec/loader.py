@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
+import time
 import types
 import typing
 from collections.abc import Iterator
@@ -24,12 +26,15 @@ from pydantic import BaseModel, ValidationError
 from udop.errors import SpecError, SpecErrors
 from udop.spec.models import API_VERSION, TASK_TYPES, Pipeline
 
-__all__ = ["MAX_DEFINITION_BYTES", "LoadedDefinition", "load_pipeline", "parse_definition"]
+__all__ = ["MAX_DEFINITION_BYTES", "LoadedDefinition", "load_pipeline", "parse_definition", "unstorable_text"]
 
 #: a definition larger than this is certainly a mistake (the largest real ones are a few hundred KB)
 MAX_DEFINITION_BYTES = 10 * 1024 * 1024
-#: YAML nodes visited while building the document; an alias bomb ("billion laughs") hits this first
+#: YAML/JSON nodes in a document, counted while it is parsed and again while aliases are expanded; a
+#: hostile upload (millions of list items, a "billion laughs" alias bomb) stops here, not at memory's end
 MAX_NODES = 200_000
+#: nesting of mappings and lists; real definitions stay under ten, and Python's parsers recurse per level
+MAX_DEPTH = 100
 
 PathKey = tuple[str | int, ...]
 
@@ -100,17 +105,83 @@ def _decode(raw: bytes | str, filename: str) -> str:
     return text
 
 
+class _Budget:
+    """A parse's time limit: checked every few thousand nodes, so a slow document stops on time."""
+
+    def __init__(self, filename: str, seconds: float | None) -> None:
+        self.filename = filename
+        self.seconds = seconds
+        self.deadline = None if seconds is None else time.monotonic() + seconds
+
+    def check(self, line: int | None = None) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise SpecError(
+                f"parsing took longer than {self.seconds:g} s; the definition is too large or too complex",
+                file=self.filename,
+                line=line,
+            )
+
+
+#: libyaml when installed (it is a wheel dependency of PyYAML on every platform udop ships to): the pure
+#: Python scanner spends ~70 us per value, which a 10 MB upload turns into a minute
+_YAML_LOADER: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _check_events(text: str, budget: _Budget) -> None:
+    """Depth, node count and time limits, enforced on the parser's event stream before anything is built.
+
+    Events arrive one at a time, so a 2-million-item list stops at the limit instead of becoming a
+    node tree first, and a 500-deep nesting stops before the (recursive) composer sees it.
+    """
+    depth = nodes = 0
+    for event in yaml.parse(text, Loader=_YAML_LOADER):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            nodes += 1
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+            continue
+        elif isinstance(event, yaml.ScalarEvent | yaml.AliasEvent):
+            nodes += 1
+        else:
+            continue
+        if depth > MAX_DEPTH or nodes > MAX_NODES or nodes % 4096 == 0:
+            line = event.start_mark.line + 1
+            if depth > MAX_DEPTH:
+                raise SpecError(
+                    f"nested more than {MAX_DEPTH} levels deep; a definition does not need this",
+                    file=budget.filename,
+                    line=line,
+                )
+            if nodes > MAX_NODES:
+                raise SpecError(
+                    f"the document has more than {MAX_NODES} values; a definition does not need this",
+                    file=budget.filename,
+                    line=line,
+                )
+            budget.check(line)
+
+
 class _Builder:
     """Builds Python objects from a composed YAML node tree, recording each node's line."""
 
-    def __init__(self, filename: str) -> None:
+    def __init__(self, filename: str, budget: _Budget | None = None) -> None:
         self.filename = filename
+        self.budget = budget or _Budget(filename, None)
         self.lines: dict[PathKey, int] = {}
         self.visited = 0
         self.constructor = yaml.SafeLoader("")  # used only for its scalar constructors
 
     def build(self, node: yaml.Node, path: PathKey = ()) -> Any:
         self.visited += 1
+        if self.visited % 4096 == 0:
+            self.budget.check(node.start_mark.line + 1)
+        if len(path) > MAX_DEPTH:  # aliases can nest what the composer saw shallow
+            raise SpecError(
+                f"nested more than {MAX_DEPTH} levels deep (through aliases)",
+                file=self.filename,
+                line=node.start_mark.line + 1,
+            )
         if self.visited > MAX_NODES:
             raise SpecError(
                 f"document expands to more than {MAX_NODES} nodes "
@@ -146,9 +217,10 @@ class _Builder:
         return self.constructor.construct_object(node, deep=True)
 
 
-def _parse_yaml(text: str, filename: str) -> LoadedDefinition:
+def _parse_yaml(text: str, filename: str, budget: _Budget) -> LoadedDefinition:
     try:
-        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        _check_events(text, budget)
+        nodes = list(yaml.compose_all(text, Loader=_YAML_LOADER))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = " ".join(str(p) for p in (exc.context, exc.problem) if p)
@@ -157,24 +229,24 @@ def _parse_yaml(text: str, filename: str) -> LoadedDefinition:
         ) from None
     except yaml.YAMLError as exc:
         raise SpecError(f"malformed YAML: {exc}", file=filename) from None
-    nodes = [n for n in nodes if n is not None]
-    if not nodes:
+    found = [n for n in nodes if n is not None]
+    if not found:
         raise SpecError("file is empty; expected a udop/v1 Pipeline definition", file=filename)
-    if len(nodes) > 1:
+    if len(found) > 1:
         raise SpecError(
             "the file holds several YAML documents; put one pipeline per file",
             file=filename,
-            line=nodes[1].start_mark.line + 1,
+            line=found[1].start_mark.line + 1,
         )
-    builder = _Builder(filename)
+    builder = _Builder(filename, budget)
     try:
-        data = builder.build(nodes[0])
+        data = builder.build(found[0])
     except yaml.YAMLError as exc:
         raise SpecError(f"malformed YAML: {exc}", file=filename) from None
     return LoadedDefinition(data, filename, builder.lines)
 
 
-def _parse_json(text: str, filename: str) -> LoadedDefinition:
+def _parse_json(text: str, filename: str, budget: _Budget) -> LoadedDefinition:
     def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key, value in pairs:
@@ -190,17 +262,75 @@ def _parse_json(text: str, filename: str) -> LoadedDefinition:
             f"malformed JSON: {exc.msg} (column {exc.colno})", file=filename, line=exc.lineno
         ) from None
     except RecursionError:
-        raise SpecError("malformed JSON: nested too deeply", file=filename) from None
+        raise SpecError(f"nested more than {MAX_DEPTH} levels deep", file=filename) from None
+    _check_shape(data, budget)
     return LoadedDefinition(data, filename, {})
 
 
-def parse_definition(text: str | bytes, filename: str = "<definition>") -> LoadedDefinition:
-    """Parse YAML or JSON text (JSON when the file name ends in .json or the text starts with '{')."""
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+
+
+def unstorable_text(data: Any) -> str | None:
+    """The path of the first key or string in ``data`` that no metadata database can store (it holds
+    NUL or a lone surrogate: YAML and JSON escapes can write both), or None when there is none."""
+    path = _unstorable_path(data)
+    return None if path is None else format_path(path)
+
+
+def _unstorable_path(data: Any) -> PathKey | None:
+    stack: list[tuple[Any, PathKey]] = [(data, ())]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, str):
+            if _UNSTORABLE.search(value):
+                return path
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(key, str) and _UNSTORABLE.search(key):
+                    return path
+                stack.append((item, (*path, str(key))))
+        elif isinstance(value, list):
+            stack.extend((item, (*path, i)) for i, item in enumerate(value))
+    return None
+
+
+def _check_shape(data: Any, budget: _Budget) -> None:
+    """The depth and node limits for JSON, which the C parser builds whole (quickly) before we see it."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    nodes = 0
+    while stack:
+        value, depth = stack.pop()
+        nodes += 1
+        if depth > MAX_DEPTH:
+            raise SpecError(f"nested more than {MAX_DEPTH} levels deep", file=budget.filename)
+        if nodes > MAX_NODES:
+            raise SpecError(
+                f"the document has more than {MAX_NODES} values; a definition does not need this",
+                file=budget.filename,
+            )
+        if nodes % 4096 == 0:
+            budget.check()
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+
+
+def parse_definition(
+    text: str | bytes, filename: str = "<definition>", *, time_budget: float | None = None
+) -> LoadedDefinition:
+    """Parse YAML or JSON text (JSON when the file name ends in .json or the text starts with '{').
+
+    Depth, node count and ``time_budget`` (seconds, none by default) are enforced while parsing.
+    """
     decoded = _decode(text, filename)
+    budget = _Budget(filename, time_budget)
     if filename.endswith(".json") or decoded.lstrip().startswith("{"):
-        loaded = _parse_json(decoded, filename)
+        loaded = _parse_json(decoded, filename, budget)
     else:
-        loaded = _parse_yaml(decoded, filename)
+        loaded = _parse_yaml(decoded, filename, budget)
+    if (where := _unstorable_path(loaded.data)) is not None:
+        raise loaded.error(where, "holds a NUL or a lone surrogate (a \\0 or \\ud800 escape); remove it")
     if not isinstance(loaded.data, dict):
         kind = type(loaded.data).__name__ if loaded.data is not None else "null"
         raise SpecError(
@@ -344,6 +474,7 @@ def load_pipeline(
     import_callables: bool = False,
     base_dir: str | Path | None = None,
     plugin_checks: bool = False,
+    time_budget: float | None = None,
 ) -> Pipeline:
     """Load and check a definition.
 
@@ -351,6 +482,7 @@ def load_pipeline(
     each ``python`` task's callable is imported (from ``base_dir``, default the file's folder), so a
     typo fails before anything runs. With ``plugin_checks`` the installed task types check their own
     fields too (e.g. the SQL of transform steps; entry point group ``udop.validators``).
+    ``time_budget`` bounds the parse in seconds (the API sets it: an upload is hostile input).
     """
     try:
         if filename is None:
@@ -359,7 +491,7 @@ def load_pipeline(
             base_dir = base_dir or Path(source).parent  # type: ignore[arg-type]
         else:
             raw = source  # type: ignore[assignment]
-        loaded = parse_definition(raw, filename)
+        loaded = parse_definition(raw, filename, time_budget=time_budget)
     except SpecError as exc:
         raise SpecErrors([exc]) from None
     pipeline = validate_definition(loaded)

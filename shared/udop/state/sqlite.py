@@ -27,7 +27,10 @@ class SQLiteStateStore:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         if self.path != ":memory:":
+            from udop.store.engine import create_private_file
+
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            create_private_file(self.path)  # watermarks and task state: the owner's alone
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._guard = threading.Lock()

@@ -29,8 +29,8 @@ from sqlalchemy.pool import StaticPool
 
 from udop.errors import StoreError
 
-__all__ = ["begin", "canonical_json", "create_store_engine", "is_memory", "json_dumps", "mask_url",
-           "parse_url", "sqlite_timestamp", "transaction"]
+__all__ = ["begin", "canonical_json", "create_private_file", "create_store_engine", "is_memory", "json_dumps",
+           "mask_url", "parse_url", "sqlite_timestamp", "transaction"]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -149,10 +149,27 @@ def transaction(engine: Engine, *, write: bool) -> Iterator[Connection]:
         conn.commit()
 
 
+def create_private_file(path: str | Path) -> None:
+    """Create an SQLite database file readable by its owner only (0600), unless it exists already.
+
+    It holds run records, parameters and audit rows; SQLite gives its -wal and -shm files the mode of
+    the database file, so creating this one private makes all three private.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError:
+        return  # a folder missing or not writable: sqlite3's own open reports it, in its words
+    os.close(fd)
+
+
 def create_store_engine(url: URL) -> Engine:
     """An engine for ``url`` (already parsed with ``parse_url``), safe to share between threads."""
     try:
         if url.get_backend_name() == "sqlite":
+            if not is_memory(url) and url.database and not url.database.startswith("file:"):
+                create_private_file(url.database)
             if is_memory(url):
                 # one shared connection; SqlMetadataStore serialises access to it with a lock
                 engine = create_engine(url, poolclass=StaticPool, json_serializer=json_dumps,

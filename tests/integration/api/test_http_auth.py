@@ -275,7 +275,8 @@ def oidc(api_factory: Callable[..., Api]) -> Iterator[tuple[Api, rsa.RSAPrivateK
 
 
 def _rs256(key: rsa.RSAPrivateKey, kid: str = "k1", **claims: Any) -> str:
-    body = {"sub": "carol", "iss": ISSUER, "aud": "udop-api", "exp": int(time.time()) + 300, **claims}
+    now = int(time.time())
+    body = {"sub": "carol", "iss": ISSUER, "aud": "udop-api", "iat": now, "exp": now + 300, **claims}
     return jwt.encode(body, key, algorithm="RS256", headers={"kid": kid})
 
 
@@ -312,11 +313,13 @@ def test_rs256_tokens_verified_against_the_issuers_jwks(
     server.keys.append(_jwk(new, "k3"))
     assert call(_rs256(new, kid="k3", role="viewer")).json()["role"] == "viewer"
 
-    # an HS256 token is still accepted alongside (the local secret is configured too)
-    assert call(make_token("viewer")).status_code == 200
+    # an HS256 token is still accepted alongside (the local secret is configured too), when it names
+    # this deployment's issuer and audience like any other token
+    assert call(make_token("viewer", iss=ISSUER, aud="udop-api")).status_code == 200
     refused = [r for r in _audit_since(api, start) if r["status"] == 401]
     assert len(refused) == 5
     assert all(r["path"] == "/me" and r["actor"] == "anonymous" for r in refused)
+    assert call(make_token("viewer")).status_code == 401
 
 
 def test_an_unreachable_issuer_is_503_not_a_silent_pass_and_is_audited(

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 
-from udop.api.audit import decode_cursor, encode_cursor
+from udop.api.audit import decode_id_cursor, encode_cursor
 from udop.api.deps import Admin, Anyone, Ctx
 from udop.api.schemas import ApiKey, ApiKeyCreated, ApiKeyRequest, AuditItem, AuditPage, Identity, Problem
 
@@ -56,7 +56,7 @@ def read_audit_log(
     before = None
     if cursor:
         try:
-            before = int(decode_cursor(cursor))
+            before = decode_id_cursor(cursor)
         except ValueError:
             raise HTTPException(400, "cursor is not one this API returned; start again without it") from None
     rows = ctx.audit.list(actor=actor, outcome=outcome, limit=limit + 1, before_id=before)

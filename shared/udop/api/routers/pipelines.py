@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any
 
+import anyio
+import anyio.to_thread
 from fastapi import APIRouter, HTTPException, Path, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
@@ -47,7 +50,14 @@ async def register_pipeline(
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     filename = "request.json" if kind.endswith("json") else "request.yaml"
     try:
-        pipeline = load_pipeline(body, filename=filename)
+        # off the event loop, a few at a time, within a time budget: /health answers while a hostile
+        # upload is being refused, and many of them cannot take every worker thread
+        pipeline = await anyio.to_thread.run_sync(
+            functools.partial(
+                load_pipeline, body, filename=filename, time_budget=ctx.settings.definition_parse_seconds
+            ),
+            limiter=ctx.parsers,
+        )
     except SpecErrors as exc:
         raise _invalid(exc.errors) from None
     except SpecError as exc:
@@ -84,7 +94,8 @@ async def _read_limited(request: Request, limit: int) -> bytes:
 
 class DefinitionInvalid(Exception):
     def __init__(self, errors: list[SpecError]) -> None:
-        super().__init__(f"the definition has {len(errors)} error(s)")
+        # one error is the answer's detail itself ("request.yaml:5: nested more than ...")
+        super().__init__(str(errors[0]) if len(errors) == 1 else f"the definition has {len(errors)} errors")
         self.errors = errors
 
 
