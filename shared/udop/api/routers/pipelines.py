@@ -10,7 +10,9 @@ from starlette.concurrency import run_in_threadpool
 from udop.api.deps import Admin, Ctx, Operator, Viewer
 from udop.api.schemas import PipelineDetail, PipelineRegistered, PipelineSummary, Problem
 from udop.errors import SpecError, SpecErrors
+from udop.sandbox import active
 from udop.spec.loader import MAX_DEFINITION_BYTES, load_pipeline
+from udop.spec.secure import mask_definition
 
 router = APIRouter(prefix="/pipelines", tags=["pipelines"])
 
@@ -47,7 +49,9 @@ async def register_pipeline(
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     filename = "request.json" if kind.endswith("json") else "request.yaml"
     try:
-        pipeline = load_pipeline(body, filename=filename)
+        # under the server's policy: a python task's module is checked before it is imported
+        with active(ctx.launcher.policy):
+            pipeline = load_pipeline(body, filename=filename)
     except SpecErrors as exc:
         raise _invalid(exc.errors) from None
     except SpecError as exc:
@@ -103,7 +107,11 @@ def get_pipeline(name: PipelineName, _: Viewer, ctx: Ctx) -> PipelineDetail:
     record = ctx.store.get_pipeline(name)
     if record is None:
         raise HTTPException(404, f"no pipeline {name!r}")
-    return PipelineDetail.from_record(record)
+    detail = PipelineDetail.from_record(record)
+    # never a secret value, whoever stored the definition and however (rows from before masking too)
+    for version in detail.versions:
+        version.definition = mask_definition(version.definition)
+    return detail
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, responses={404: {"model": Problem}})
