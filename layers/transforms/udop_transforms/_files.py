@@ -123,15 +123,13 @@ def _file_marker(file: Path) -> Path:
 
 
 def _refuse_foreign(final: Path, single: bool) -> None:
-    """A server replaces or extends only what udop wrote: a folder holding udop's marker, or a file
-    with its marker beside it. Anything else at the target stays as it is."""
+    """A server replaces or extends only what udop wrote: a file or folder with udop's marker beside
+    it. Anything else at the target stays as it is."""
     if not final.exists() and not final.is_symlink():
         return
     if final.is_symlink():
         raise ValueError(f"{str(final)!r} is a symbolic link; a server does not write through links")
-    ours = _file_marker(final).is_file() if single else (final / OUTPUT_MARKER).is_file()
-    if single and final.is_dir():
-        ours = False
+    ours = _file_marker(final).is_file() and final.is_dir() != single
     if not ours:
         raise ValueError(f"{str(final)!r} exists and was not written by udop; a server does not replace "
                          "or add to files it did not write (choose a new path)")
@@ -141,8 +139,9 @@ def write_target(session: Session, sql: str, params: dict[str, Any], target: Any
                  path: str, *, foreign_ok: bool = True) -> tuple[int, list[Path]]:
     """Write the query's rows to a file target; returns (rows, files now at the target).
 
-    Every target udop writes is marked (``.udop-output`` in a folder, ``.<name>.udop-output`` beside a
-    file); without ``foreign_ok`` (server mode) an existing target lacking the mark is refused.
+    Every target udop writes is marked (``.<name>.udop-output`` beside the file or folder, so readers
+    of the data never see it); without ``foreign_ok`` (server mode) an existing target lacking the
+    mark is refused.
     """
     connector = target.connector
     final = Path(path)
@@ -174,7 +173,7 @@ def write_target(session: Session, sql: str, params: dict[str, Any], target: Any
         row = session.con.execute(f"COPY ({sql}) TO {literal(str(copy_to))} ({options})",
                                   params or None).fetchone()
         rows = int(row[0]) if row else 0
-        (tmp_dir / OUTPUT_MARKER).touch()
+        _file_marker(final).touch()
         if target.mode == "overwrite" or not final.exists():
             publish_dir(tmp_dir, final)
         else:

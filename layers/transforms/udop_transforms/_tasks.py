@@ -69,9 +69,7 @@ def _duckdb_errors(task_id: str, where: str) -> Iterator[None]:
                          "raise memory_limit (or UDOP_DUCKDB_MEMORY_LIMIT) or give the spill folder "
                          "more room") from None
     except duckdb.Error as exc:
-        hint = ("; udop does not install DuckDB extensions while running"
-                if isinstance(exc, duckdb.CatalogException) and " extension" in str(exc) else "")
-        err = FatalError(f"task {task_id!r}: {where}: {clean_error(exc)}{hint}")
+        err = FatalError(f"task {task_id!r}: {where}: {clean_error(exc)}")
         err.locatable = True  # type: ignore[attr-defined]  # a data error: worth finding its step
         err.decimal_overflow = (isinstance(exc, duckdb.OutOfRangeException)  # type: ignore[attr-defined]
                                 and "DECIMAL" in str(exc))

@@ -119,10 +119,14 @@ def check_definition(pipeline: Any, policy: Policy, *, check_modules: bool = Tru
             error(where, str(exc).removeprefix("secret: "))
     for i, task in enumerate(pipeline.spec.tasks):
         if task.type == "python" and check_modules:
+            module, _, attr = task.callable.partition(":")
             try:
-                policy.check_module(task.callable.partition(":")[0], what="callable")
+                policy.check_module(module, what="callable")
             except SandboxViolation as exc:
                 error(("spec", "tasks", i, "callable"), str(exc).removeprefix("callable: "))
+            if any(part.startswith("_") for part in attr.split(".")):
+                error(("spec", "tasks", i, "callable"),
+                      f"{task.callable!r}: a server runs only public functions (no name starting with '_')")
         for part in ("source", "target"):
             spec = getattr(task, part, None) if task.type in ("extract", "load") else None
             path = getattr(spec, "path", None)
