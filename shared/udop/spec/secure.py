@@ -23,8 +23,8 @@ from udop.spec.params import find_references
 
 __all__ = ["REFERENCE_FORMS", "check_definition", "check_inline_secrets", "inline_secrets", "mask_definition"]
 
-REFERENCE_FORMS = ("{env: NAME} (an allowlisted variable), {secret: name-or-arn} (AWS Secrets Manager / "
-                   "SSM Parameter Store) or {file: NAME} (the secrets folder)")
+REFERENCE_FORMS = ("{env: NAME} (an allowlisted variable), {secret: name-or-arn} (AWS Secrets Manager) "
+                   "or {file: NAME} (the secrets folder)")
 
 _URL_PASSWORD = re.compile(r"[a-zA-Z][\w+.-]*://[^:/@\s]*:(?P<pw>[^@\s]+)@")
 _REF_ONLY = re.compile(r"^\s*\$\{\s*[A-Za-z_]\w*\.[A-Za-z_][\w.-]*\s*\}\s*$")
