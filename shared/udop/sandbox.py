@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextvars
 import itertools
+import logging
 import os
 import re
 import threading
@@ -40,6 +41,7 @@ __all__ = [
     "TrustMode",
     "active",
     "current",
+    "install_log_redaction",
     "looks_secret_name",
     "redactor",
     "server_policy",
@@ -251,6 +253,7 @@ def server_policy(*, data_root: str | None, roots: Iterable[str] = (), code_dir:
     s = settings or _settings()
     all_roots = [r for r in (data_root, *roots, *_split(s.sandbox_roots)) if r]
     redactor.add_environment_secrets()
+    install_log_redaction()
     return Policy(
         mode="server",
         roots=tuple(dict.fromkeys(str(r) for r in all_roots)),
@@ -348,3 +351,31 @@ _URL_PASSWORD = re.compile(r"(?P<pre>[a-zA-Z][\w+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]
 redactor = Redactor()
 redactor.add_rule("url-password", lambda text: _URL_PASSWORD.sub(
     lambda m: m.group("pre") + MASK + m.group("post"), text))
+
+
+def _redact_record(record: logging.LogRecord) -> None:
+    try:
+        message = record.getMessage()
+    except Exception:  # a malformed call (wrong args) is logging's to report, not ours
+        return
+    clean = redactor.redact(message)
+    if clean != message:
+        record.msg, record.args = clean, None
+    if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
+        record.exc_text = redactor.redact(logging.Formatter().formatException(record.exc_info))
+
+
+def install_log_redaction() -> None:
+    """Every log record of this process, from any logger to any handler (uvicorn's, Powertools',
+    the CLI's), is redacted when it is created: message and traceback. Idempotent."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "udop_redacting", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        _redact_record(record)
+        return record
+
+    factory.udop_redacting = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)

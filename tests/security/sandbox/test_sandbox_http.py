@@ -62,7 +62,7 @@ def test_env_secret_in_a_derive_is_refused_at_registration_naming_the_field(api:
     text = _doc("envleak", [
         {"id": "e", "type": "extract", "source": {"connector": "csv", "path": str(tmp_path / "in.csv")}},
         {"id": "t", "type": "transform", "depends_on": ["e"],
-         "steps": [{"derive": {"s": "'${env.UDOP_JWT_SECRET}'"}},
+         "steps": [{"derive": {"s": "${env.UDOP_JWT_SECRET}"}},
                    {"check": [{"accepted_values": {"column": "s", "values": ["x"]}}]}]},
     ])
     body = _refusal(api, text)

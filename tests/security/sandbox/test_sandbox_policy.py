@@ -135,7 +135,7 @@ def test_env_references_and_callables_are_checked_on_a_server(tmp_path: Path) ->
         {"id": "a", "type": "python", "callable": "builtins:print"},
         {"id": "b", "type": "python", "callable": "os:system"},
         {"id": "e", "type": "extract", "source": {"connector": "csv", "path": "/etc/passwd"}},
-        {"id": "t", "type": "transform", "depends_on": ["e"], "steps": [{"derive": {"s": "'${env.UDOP_JWT_SECRET}'"}}]},
+        {"id": "t", "type": "transform", "depends_on": ["e"], "steps": [{"derive": {"s": "${env.UDOP_JWT_SECRET}"}}]},
         {"id": "l", "type": "load", "depends_on": ["t"], "target": {"connector": "csv", "path": "/tmp/evil.csv"}},
     ])
     errors: list[SpecError] = check_definition(pipeline, _server(tmp_path))
