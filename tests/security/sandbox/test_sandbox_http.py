@@ -225,3 +225,23 @@ def test_get_pipeline_masks_a_secret_stored_before_the_server_checked(api: Api, 
     text = api.client("viewer").get("/pipelines/legacy").text
     assert "**********" in text
     _assert_nothing_leaked(text)
+
+
+def test_an_allowlisted_secret_variable_never_shows_in_check_samples(
+    api_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the administrator allowed the variable (e.g. to salt a hash); its value is still a secret
+    monkeypatch.setenv("UDOP_ENV_ALLOWLIST", "UDOP_CANARY_PASSWORD")
+    api = api_factory()
+    (tmp_path / "in.csv").write_text("a\n1\n")
+    assert api.register(_doc("samples", [
+        {"id": "e", "type": "extract", "source": {"connector": "csv", "path": str(tmp_path / "in.csv")}},
+        {"id": "t", "type": "transform", "depends_on": ["e"],
+         "steps": [{"derive": {"s": "${env.UDOP_CANARY_PASSWORD}"}},
+                   {"check": [{"accepted_values": {"column": "s", "values": ["x"]}}]}]},
+    ])).status_code == 201
+    with caplog.at_level(logging.DEBUG):
+        body, seen = _run(api, "samples")
+    assert body["state"] == "failed"
+    assert "**********" in seen  # the failing row is shown, its secret value masked
+    _assert_nothing_leaked(seen, caplog.text, _stored(tmp_path))
