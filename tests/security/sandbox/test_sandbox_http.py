@@ -245,3 +245,50 @@ def test_an_allowlisted_secret_variable_never_shows_in_check_samples(
     assert body["state"] == "failed"
     assert "**********" in seen  # the failing row is shown, its secret value masked
     _assert_nothing_leaked(seen, caplog.text, _stored(tmp_path))
+
+
+@pytest.fixture
+def postgres_url() -> Any:
+    import psycopg
+
+    name = f"udop_sandbox_{uuid.uuid4().hex[:12]}"
+    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+
+
+def _rows(engine: Any) -> str:
+    from sqlalchemy import MetaData, select
+
+    meta = MetaData()
+    meta.reflect(engine)
+    with engine.connect() as conn:
+        return "\n".join(repr(list(conn.execute(select(t)))) for t in meta.sorted_tables)
+
+
+@pytest.mark.postgres
+def test_on_postgres_metadata_nothing_secret_is_stored_or_shown(
+    api_factory: Any, postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UDOP_ENV_ALLOWLIST", "UDOP_CANARY_PASSWORD")
+    api = api_factory(database_url=postgres_url)
+    (tmp_path / "in.csv").write_text("a\n1\n")
+    extract = {"id": "e", "type": "extract", "source": {"connector": "csv", "path": str(tmp_path / "in.csv")}}
+    refused = [
+        _refusal(api, _doc("pg1", [extract, {"id": "t", "type": "transform", "depends_on": ["e"],
+                                             "steps": [{"derive": {"s": "${env.UDOP_JWT_SECRET}"}}]}])),
+        _refusal(api, _doc("pg2", [extract], connections={
+            "wh": {"connector": "postgres", "url": f"postgresql://u:{CANARY}@db/x"}})),
+    ]
+    assert api.register(_doc("pg3", [extract, {
+        "id": "t", "type": "transform", "depends_on": ["e"],
+        "steps": [{"derive": {"s": "${env.UDOP_CANARY_PASSWORD}"}},
+                  {"sql": "SELECT this.*, (SELECT count(*) FROM read_text('/etc/passwd')) AS n FROM this"}]}])
+    ).status_code == 201
+    body, seen = _run(api, "pg3")
+    assert body["state"] == "failed"
+    assert "refused by the server's sandbox" in seen
+    _assert_nothing_leaked(*refused, seen, _rows(api.engine))
