@@ -31,7 +31,7 @@ def _doc(name: str, tasks: list[dict[str, Any]], **spec: Any) -> str:
 
 def _stored(tmp_path: Path) -> str:
     with sqlite3.connect(tmp_path / "meta.db") as conn:
-        return "\n".join(conn.iterdump())
+        return "\n".join(str(line) for line in conn.iterdump())
 
 
 def _assert_nothing_leaked(*texts: str) -> None:
@@ -54,7 +54,7 @@ def _run(api: Api, name: str) -> tuple[dict[str, Any], str]:
 def _refusal(api: Api, text: str) -> str:
     resp = api.register(text)
     assert resp.status_code == 422, resp.text
-    return resp.text
+    return str(resp.text)
 
 
 def test_env_secret_in_a_derive_is_refused_at_registration_naming_the_field(api: Api, tmp_path: Path) -> None:
@@ -123,9 +123,9 @@ def test_a_symlink_out_of_the_roots_is_not_followed(api: Api, tmp_path: Path) ->
     link = tmp_path / "data" / "passwd.csv"
     link.symlink_to("/etc/passwd")
     # named directly: refused at registration, the link resolved
-    body = _refusal(api, _doc("symlink", [
+    refused = _refusal(api, _doc("symlink", [
         {"id": "e", "type": "extract", "source": {"connector": "csv", "path": str(link)}}]))
-    assert "spec.tasks[0].source.path" in body
+    assert "spec.tasks[0].source.path" in refused
     # matched by a glob below a root: refused when the run finds it
     assert api.register(_doc("symlink", [
         {"id": "e", "type": "extract",
@@ -254,10 +254,10 @@ def postgres_url() -> Any:
     name = f"udop_sandbox_{uuid.uuid4().hex[:12]}"
     admin = "postgresql://postgres@127.0.0.1:5432/postgres"
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+        conn.execute(f'CREATE DATABASE "{name}"'.encode())
     yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
 
 
 def _rows(engine: Any) -> str:

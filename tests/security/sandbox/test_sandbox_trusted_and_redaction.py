@@ -49,7 +49,7 @@ def test_udop_run_is_trusted_and_the_same_definition_is_refused_on_a_server(
     assert table.column("etc_files").to_pylist()[0] > 0
     # stored masked, even in trusted mode
     stored = store.get_pipeline(pipeline.name)
-    assert stored is not None
+    assert stored is not None and stored.latest is not None
     text = repr(stored.latest.definition)
     assert "inline-pw-123" not in text and MASK in text
 
