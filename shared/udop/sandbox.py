@@ -96,6 +96,12 @@ class SandboxSettings(BaseSettings):
     python_modules: str = Field("", description="top-level modules python tasks may name in server mode "
                                 "(default: the modules in UDOP_CODE_DIR)")
     code_dir: Path | None = Field(None, description="folder holding the pipelines' python code")
+    secret_allowlist: str = Field("", description="name prefixes {secret: ...} may reference in server "
+                                  "mode (none: any secret the role can read, except the platform's own)")
+    state_secret_arn: str | None = Field(None, description="the platform's Redis AUTH secret (never "
+                                         "readable by a definition)")
+    database_secret_arn: str | None = Field(None, description="the platform's database secret (never "
+                                            "readable by a definition)")
 
 
 def _settings() -> SandboxSettings:
@@ -126,6 +132,10 @@ class Policy:
     secrets_dir: str | None = None
     python_modules: tuple[str, ...] = ()
     code_dir: str | None = None
+    #: name prefixes ``{secret: ...}`` may use (empty: any but ``platform_secrets``)
+    secret_prefixes: tuple[str, ...] = ()
+    #: the platform's own secrets (database, Redis AUTH): no definition may reference them
+    platform_secrets: frozenset[str] = frozenset()
     #: DuckDB extensions a server-mode session may use: the ones linked into udop's DuckDB
     extensions: tuple[str, ...] = ("core_functions", "icu", "json", "parquet")
 
@@ -211,6 +221,18 @@ class Policy:
             raise SandboxViolation(f"{what}: {{file: {path}}} is not inside the secrets folder "
                                    f"{self.secrets_dir}")
 
+    def check_secret_ref(self, ref: str, *, what: str) -> None:
+        """``{secret: ref}``: not one of the platform's own secrets, and within the allowlist if set."""
+        if not self.is_server:
+            return
+        name = _secret_name(ref)
+        if any(name == _secret_name(own) for own in self.platform_secrets):
+            raise SandboxViolation(f"{what}: {{secret: {ref}}} is one of the platform's own secrets; "
+                                   "a definition may not use it")
+        if self.secret_prefixes and not any(name.startswith(p) for p in self.secret_prefixes):
+            raise SandboxViolation(f"{what}: {{secret: {ref}}} is not in this server's allowlist "
+                                   f"(UDOP_SECRET_ALLOWLIST: {', '.join(self.secret_prefixes)})")
+
     def secret_file_path(self, path: str) -> Path:
         """Where a ``{file:}`` secret is read: relative to the secrets folder on a server."""
         if self.is_server and self.secrets_dir is not None:
@@ -245,6 +267,14 @@ class Policy:
         return tuple(found)
 
 
+def _secret_name(ref: str) -> str:
+    """A Secrets Manager reference by name or ARN, as its name (an ARN's random suffix dropped)."""
+    if ref.startswith("arn:") and ":secret:" in ref:
+        name = ref.split(":secret:", 1)[1]
+        return re.sub(r"-[A-Za-z0-9]{6}$", "", name)
+    return ref
+
+
 def server_policy(*, data_root: str | None, roots: Iterable[str] = (), code_dir: str | None = None,
                   settings: SandboxSettings | None = None) -> Policy:
     """The server-mode policy: the data root and ``UDOP_SANDBOX_ROOTS`` (and ``roots``), the env
@@ -261,6 +291,8 @@ def server_policy(*, data_root: str | None, roots: Iterable[str] = (), code_dir:
         secrets_dir=str(s.secrets_dir) if s.secrets_dir else None,
         python_modules=_split(s.python_modules),
         code_dir=code_dir or (str(s.code_dir) if s.code_dir else None),
+        secret_prefixes=_split(s.secret_allowlist),
+        platform_secrets=frozenset(a for a in (s.state_secret_arn, s.database_secret_arn) if a),
     )
 
 

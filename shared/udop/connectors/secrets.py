@@ -77,6 +77,7 @@ class SecretRef:
                 return policy.secret_file_path(self.ref).read_text(encoding="utf-8").rstrip("\r\n")
             except OSError as exc:
                 raise ConfigError(f"secret {{file: {self.ref}}}: cannot read it ({exc.strerror})") from None
+        policy.check_secret_ref(self.ref, what="secret")
         return self._from_secrets_manager()
 
     def _from_secrets_manager(self) -> str:

@@ -115,6 +115,8 @@ def check_definition(pipeline: Any, policy: Policy, *, check_modules: bool = Tru
                 policy.check_env(ref.ref, what="secret")
             elif ref.kind == "file":
                 policy.check_secret_file(ref.ref, what="secret")
+            else:
+                policy.check_secret_ref(ref.ref, what="secret")
         except SandboxViolation as exc:
             error(where, str(exc).removeprefix("secret: "))
     for i, task in enumerate(pipeline.spec.tasks):

