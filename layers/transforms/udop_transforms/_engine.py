@@ -17,6 +17,8 @@ from typing import Any
 import duckdb
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
+from udop.errors import FatalError
+from udop.sandbox import Policy, current
 from udop.settings import get_settings
 from udop.tasks.contract import Manifest, TaskContext
 from udop.tasks.datasets import schema_fingerprint
@@ -28,10 +30,34 @@ Column = tuple[str, str]  # (name, DuckDB type)
 
 
 _shared_lock = threading.Lock()
-_shared_db: duckdb.DuckDBPyConnection | None = None
+#: one shared database per policy's allowed folders (None: trusted, unrestricted)
+_shared_dbs: dict[tuple[str, ...] | None, duckdb.DuckDBPyConnection] = {}
+
+#: connection options of a server-mode database: nothing may be installed or auto-loaded
+_LOCKED_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False,
+                  "allow_community_extensions": False, "allow_unsigned_extensions": False}
 
 
-def _configure(con: duckdb.DuckDBPyConnection, spill: str, memory_limit: str | None) -> None:
+def _connect(policy: Policy) -> duckdb.DuckDBPyConnection:
+    return duckdb.connect(":memory:", config=dict(_LOCKED_CONFIG) if policy.is_server else {})
+
+
+def _lock_down(con: duckdb.DuckDBPyConnection, policy: Policy, spill: str) -> None:
+    """Server mode: files only below the policy's roots and the spill folder, no extension beyond
+    the ones udop ships (they are linked in), and no way for SQL to change any of it back."""
+    loaded = {r[0] for r in con.execute("SELECT extension_name FROM duckdb_extensions() WHERE loaded"
+                                        ).fetchall()}
+    extra = loaded - set(policy.extensions)
+    if extra:  # a DuckDB build linking more than we vetted: refuse rather than run unvetted code
+        raise FatalError(f"DuckDB has extensions loaded that a server does not allow: {sorted(extra)}")
+    dirs = [*policy.allowed_directories(), os.path.realpath(spill).rstrip("/") + "/"]
+    con.execute(f"SET allowed_directories = [{', '.join(literal(d) for d in dirs)}]")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+
+
+def _configure(con: duckdb.DuckDBPyConnection, spill: str, memory_limit: str | None,
+               policy: Policy) -> None:
     settings = get_settings()
     con.execute(f"SET temp_directory = {literal(spill)}")
     limit = memory_limit or settings.duckdb_memory_limit
@@ -43,20 +69,23 @@ def _configure(con: duckdb.DuckDBPyConnection, spill: str, memory_limit: str | N
     con.execute("SET preserve_insertion_order = false")
     # a task reads each input's Parquet footer twice (DESCRIBE to compile, then the query); keep it
     con.execute("SET parquet_metadata_cache = true")
+    if policy.is_server:
+        _lock_down(con, policy, spill)
 
 
-def _shared() -> duckdb.DuckDBPyConnection:
-    """One in-memory DuckDB per process: its thread pool, file caches and memory limit are shared by
-    the tasks running in this process (each task gets its own connection, so its views are private)."""
-    global _shared_db  # noqa: PLW0603 - one per process on purpose
+def _shared(policy: Policy) -> duckdb.DuckDBPyConnection:
+    """One in-memory DuckDB per process (per set of allowed folders on a server): its thread pool,
+    file caches and memory limit are shared by the tasks running in this process (each task gets its
+    own connection, so its views are private)."""
+    key = tuple(policy.allowed_directories()) if policy.is_server else None
     with _shared_lock:
-        if _shared_db is None:
+        if key not in _shared_dbs:
             spill = tempfile.mkdtemp(prefix="udop-duckdb-")
-            con = duckdb.connect(":memory:")
-            _configure(con, spill, None)
+            con = _connect(policy)
+            _configure(con, spill, None, policy)
             atexit.register(shutil.rmtree, spill, True)
-            _shared_db = con
-        return _shared_db
+            _shared_dbs[key] = con
+        return _shared_dbs[key]
 
 
 class Session:
@@ -68,12 +97,15 @@ class Session:
 
     def __init__(self, *, memory_limit: str | None = None, context: TaskContext | None = None) -> None:
         self._spill: str | None = None
+        policy = context.policy if context is not None else current()
+        if policy.is_server and context is not None:
+            policy = policy.with_roots(context.data_root)  # its inputs and output live there
         if memory_limit:
             self._spill = tempfile.mkdtemp(prefix="udop-duckdb-")
-            self.con = duckdb.connect(":memory:")
-            _configure(self.con, self._spill, memory_limit)
+            self.con = _connect(policy)
+            _configure(self.con, self._spill, memory_limit, policy)
         else:
-            shared = _shared()
+            shared = _shared(policy)
             with _shared_lock:
                 self.con = shared.cursor()
         self._closed = threading.Event()

@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from udop.sandbox import OUTPUT_MARKER
 from udop_transforms._engine import Session, dataset_files, publish_dir, scratch_dir
 from udop_transforms._sql import ident, literal
 
@@ -121,12 +122,36 @@ def _copy_options(connector: str, target: Any, partition_by: list[str] | None = 
     return ", ".join(opts)
 
 
+def _file_marker(file: Path) -> Path:
+    return file.parent / f".{file.name}{OUTPUT_MARKER}"
+
+
+def _refuse_foreign(final: Path, single: bool) -> None:
+    """A server replaces or extends only what udop wrote: a file or folder with udop's marker beside
+    it. Anything else at the target stays as it is."""
+    if not final.exists() and not final.is_symlink():
+        return
+    if final.is_symlink():
+        raise ValueError(f"{str(final)!r} is a symbolic link; a server does not write through links")
+    ours = _file_marker(final).is_file() and final.is_dir() != single
+    if not ours:
+        raise ValueError(f"{str(final)!r} exists and was not written by udop; a server does not replace "
+                         "or add to files it did not write (choose a new path)")
+
+
 def write_target(session: Session, sql: str, params: dict[str, Any], target: Any,
-                 path: str) -> tuple[int, list[Path]]:
-    """Write the query's rows to a file target; returns (rows, files now at the target)."""
+                 path: str, *, foreign_ok: bool = True) -> tuple[int, list[Path]]:
+    """Write the query's rows to a file target; returns (rows, files now at the target).
+
+    Every target udop writes is marked (``.<name>.udop-output`` beside the file or folder, so readers
+    of the data never see it); without ``foreign_ok`` (server mode) an existing target lacking the
+    mark is refused.
+    """
     connector = target.connector
     final = Path(path)
     ext = FILE_EXTENSIONS[connector][0]
+    if not foreign_ok:
+        _refuse_foreign(final, _single_file(path, connector))
     if _single_file(path, connector):
         if target.partition_by:
             raise ValueError(f"partition_by needs a folder target, not the file name {path!r}")
@@ -139,6 +164,7 @@ def write_target(session: Session, sql: str, params: dict[str, Any], target: Any
         try:
             copy = f"COPY ({query}) TO {literal(str(tmp))} ({_copy_options(connector, target)})"
             written = session.con.execute(copy, params or None).fetchone()
+            _file_marker(final).touch()
             os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
@@ -151,6 +177,7 @@ def write_target(session: Session, sql: str, params: dict[str, Any], target: Any
         row = session.con.execute(f"COPY ({sql}) TO {literal(str(copy_to))} ({options})",
                                   params or None).fetchone()
         rows = int(row[0]) if row else 0
+        _file_marker(final).touch()
         if target.mode == "overwrite" or not final.exists():
             publish_dir(tmp_dir, final)
         else:

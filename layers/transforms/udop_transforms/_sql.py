@@ -98,6 +98,8 @@ def clean_error(exc: BaseException) -> str:
             first += f" (candidates: {ln.split(':', 1)[1].strip()})"
         elif ln.startswith("Did you mean"):
             first += f" ({ln})"
+    if "extension" in first and ("INSTALL" in text or "not in the catalog" in text):
+        first += "; udop does not install DuckDB extensions while running"
     return first
 
 

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
 import udop.spec.models  # noqa: F401 - builds the task union before data_tasks is imported
 from udop.errors import DataQualityError, FatalError, InputError, TaskTimeout
+from udop.sandbox import SandboxViolation
 from udop.spec.data_tasks import FILE_CONNECTORS, data_inputs
 from udop.tasks.contract import CheckResult, Manifest, TaskContext, TaskResult
 from udop_transforms._checks import RuleError, evaluate_rules
@@ -56,12 +57,13 @@ __all__ = ["run_extract", "run_load", "run_transform", "run_validate"]
 # ------------------------------------------------------------------------------------- helpers
 
 
-def _resolve(context: TaskContext, path: str) -> str:
-    """Relative paths are relative to the definition's folder (``services['base_dir']``) if known."""
+def _resolve(context: TaskContext, path: str, what: str) -> str:
+    """Relative paths are relative to the definition's folder (``services['base_dir']``) if known; on a
+    server the result must lie below the policy's roots (``what`` names the field in the error)."""
     base = context.services.get("base_dir") if context.services else None
     if base and not os.path.isabs(path):
-        return os.path.join(str(base), path)
-    return path
+        path = os.path.join(str(base), path)
+    return context.policy.confine(path, what=f"task {context.task_id!r}: {what}")
 
 
 @contextmanager
@@ -72,6 +74,10 @@ def _duckdb_errors(task_id: str, where: str) -> Iterator[None]:
     except duckdb.InterruptException:
         raise TaskTimeout(f"task {task_id!r}: interrupted ({where}) because it was cancelled or timed out"
                           ) from None
+    except duckdb.PermissionException as exc:
+        raise SandboxViolation(f"task {task_id!r}: {where}: refused by the server's sandbox "
+                               f"({clean_error(exc)}); a server reads and writes only below its "
+                               "configured folders") from None
     except duckdb.OutOfMemoryException as exc:
         raise FatalError(f"task {task_id!r}: {where}: out of memory even with spilling ({clean_error(exc)}); "
                          "raise memory_limit (or UDOP_DUCKDB_MEMORY_LIMIT) or give the spill folder "
@@ -172,8 +178,8 @@ def run_extract(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult
             manifest = connectors.extract_to_parquet(context, source.model_dump(exclude_unset=True),
                                                       context.output_uri)
         return TaskResult(output=manifest, inputs=(f"{source.connector}:{source.connection or ''}",))
-    path = _resolve(context, str(context.render(source.path)))
-    files = matching_files(path)
+    path = _resolve(context, str(context.render(source.path)), "source.path")
+    files = context.policy.confine_files(matching_files(path), what=f"task {task.id!r}: source.path")
     if not files:
         raise FatalError(f"task {task.id!r}: source: no {source.connector} file matches {path!r}")
     if source.connector == "csv" and (ragged := diagnose_csv(files, source.delimiter or ",", SNIFF_ROWS, 20)):
@@ -402,7 +408,7 @@ def run_load(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult]) 
         with _input_errors(task.id, "target"):
             metrics = connectors.load_from_parquet(context, spec, manifest, inputs)
         return TaskResult(inputs=(manifest.uri,), metrics=dict(metrics or {}))
-    path = _resolve(context, str(context.render(target.path)))
+    path = _resolve(context, str(context.render(target.path)), "target.path")
     with Session(memory_limit=task.memory_limit, context=context) as session:
         columns = _register_inputs(session, context, task, inputs, widen=False)
         names = [c[0] for c in columns[task.primary_input]]
@@ -413,7 +419,8 @@ def run_load(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult]) 
         with _duckdb_errors(task.id, f"writing {path}"):
             try:
                 query = f"SELECT * FROM {ident(task.primary_input)}"
-                rows, files = write_target(session, query, {}, target, path)
+                rows, files = write_target(session, query, {}, target, path,
+                                           foreign_ok=not context.policy.is_server)
             except ValueError as exc:
                 raise FatalError(f"task {task.id!r}: target: {exc}") from None
     if target.connector == "parquet":

@@ -18,6 +18,7 @@ import duckdb
 
 import udop.spec.models  # noqa: F401 - builds the task union before data_tasks is imported
 from udop.errors import SpecError
+from udop.sandbox import SandboxViolation, current
 from udop.spec.data_tasks import (
     FILE_CONNECTORS,
     AggregateStep,
@@ -147,7 +148,12 @@ def _extract_schema(session: Session, task: Any, base: Path, where: str,
     if source.connector not in FILE_CONNECTORS or REFERENCE.search(source.path or ""):
         return None
     path = source.path if os.path.isabs(source.path) else str(base / source.path)
-    files = matching_files(path)
+    try:
+        # on a server a path outside the roots is not even looked at (the policy check reports it)
+        files = current().confine_files(matching_files(current().confine(path, what="source.path")),
+                                        what="source.path")
+    except SandboxViolation:
+        return None
     if not files:
         return None  # may be written by an earlier task or exist where the run happens
     if source.connector == "csv" and (ragged := diagnose_csv(files, source.delimiter or ",", SNIFF_ROWS, 20)):

@@ -16,8 +16,11 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from udop.errors import InputError, RunNotFound, SpecErrors
+from udop.sandbox import Policy, server_policy
+from udop.settings import get_settings
 from udop.spec.models import Pipeline
 from udop.spec.params import check_env, resolve_params
+from udop.spec.secure import check_definition, mask_definition
 from udop.states import RunState, TaskState, is_terminal
 from udop.store.api import MetadataStore, PipelineVersionRecord, RunRecord
 
@@ -28,9 +31,12 @@ log = logging.getLogger(__name__)
 
 def definition_of(pipeline: Pipeline) -> dict[str, Any]:
     """The stored form of a definition: the same dump the LocalExecutor registers, so one definition
-    posted to the API and run from the CLI is one version, not two. Only what was written is kept:
-    defaults filled in would reach the connectors as options they refuse (``path: null``)."""
-    return pipeline.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    posted to the API and run from the CLI is one version, not two. Only what was written is kept
+    (defaults filled in would reach the connectors as options they refuse: ``path: null``), and
+    inline secrets are masked."""
+    return mask_definition(  # type: ignore[no-any-return]
+        pipeline.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    )
 
 
 def task_ids(pipeline: Pipeline) -> list[str]:
@@ -39,6 +45,8 @@ def task_ids(pipeline: Pipeline) -> list[str]:
 
 class RunLauncher(Protocol):
     executor_name: str
+    #: what definitions registered and run here may touch (server mode)
+    policy: Policy
 
     def register(self, pipeline: Pipeline, text: bytes, filename: str) -> PipelineVersionRecord:
         """Record (and where needed deploy) a validated definition; ``SpecErrors`` if it cannot be."""
@@ -94,9 +102,17 @@ class LocalLauncher:
     executor_name = "local"
 
     def __init__(
-        self, store: MetadataStore, *, workers: int = 4, max_runs: int = 4, data_root: str | None = None
+        self,
+        store: MetadataStore,
+        *,
+        workers: int = 4,
+        max_runs: int = 4,
+        data_root: str | None = None,
+        policy: Policy | None = None,
     ) -> None:
         self.store = store
+        #: a server's runs are sandboxed; the default is the server policy over ``data_root``
+        self.policy = policy or server_policy(data_root=data_root or get_settings().resolved_data_root)
         self.workers = workers
         self.data_root = data_root
         self._pool = ThreadPoolExecutor(max_workers=max_runs, thread_name_prefix="udop-run")
@@ -109,13 +125,15 @@ class LocalLauncher:
     # ------------------------------------------------------------------ API side
 
     def register(self, pipeline: Pipeline, text: bytes, filename: str) -> PipelineVersionRecord:
+        SpecErrors.collect(check_definition(pipeline, self.policy))
         return self.store.register_pipeline(pipeline.name, definition_of(pipeline))
 
     def trigger(
         self, pipeline: Pipeline, *, params: Mapping[str, Any], logical_date: datetime | None, run_id: str
     ) -> RunRecord:
+        SpecErrors.collect(check_definition(pipeline, self.policy))
         values = resolve_params(pipeline, params)
-        SpecErrors.collect(check_env(pipeline))
+        SpecErrors.collect(check_env(pipeline, self.policy.environ()))
         version = self.store.register_pipeline(pipeline.name, definition_of(pipeline))
         run = self.store.create_run(
             run_id=run_id,
@@ -202,7 +220,8 @@ class LocalLauncher:
                     return  # cancelled while queued
                 self._threads[run_id] = threading.get_ident()
             try:
-                executor = LocalExecutor(self.store, workers=self.workers, data_root=self.data_root)
+                executor = LocalExecutor(self.store, workers=self.workers, data_root=self.data_root,
+                                         policy=self.policy)
                 # The run is already recorded: "resume" it from its first task on.
                 executor.run(pipeline, run_id=run_id, resume=True)
             finally:

@@ -16,6 +16,7 @@ from typing import Any
 from udop.api.launcher import task_ids
 from udop.api.settings import ApiSettings
 from udop.errors import ConfigError, InputError, SpecError, SpecErrors, StoreError
+from udop.sandbox import server_policy
 from udop.spec.models import Pipeline
 from udop.states import RunState, is_terminal
 from udop.store.api import MetadataStore, PipelineVersionRecord, RunRecord
@@ -44,6 +45,9 @@ class StepFunctionsLauncher:
         self.settings = settings
         self.sfn = sfn or boto3.client("stepfunctions")
         self.s3 = s3 or boto3.client("s3")
+        #: checked at registration; the task runner checks again (and the python modules) when it runs
+        bucket = settings.data_bucket
+        self.policy = server_policy(data_root=f"s3://{bucket}" if bucket else None)
 
     def register(self, pipeline: Pipeline, text: bytes, filename: str) -> PipelineVersionRecord:
         """Compile and deploy the state machine now; the existing one stays if that fails."""
@@ -61,6 +65,7 @@ class StepFunctionsLauncher:
             task_runner_arn=str(self.settings.task_runner_arn),
             role_arn=str(self.settings.state_machine_role_arn),
             log_group_arn=self.settings.state_machine_log_group_arn,
+            policy=self.policy,
         )
         if not result.ok:
             raise SpecErrors(

@@ -20,6 +20,7 @@ from udop.aws.definitions import canonical_definition, put_version, status_key
 from udop.aws.observability import logger, metrics
 from udop.aws.s3 import get_json, put_json
 from udop.errors import InputError, SpecError, SpecErrors
+from udop.sandbox import Policy
 
 __all__ = ["DeployResult", "deploy_definition", "deploy_s3_object", "pipeline_name_of_key",
            "state_machine_name"]
@@ -78,14 +79,19 @@ def content_hash(definition: dict[str, Any]) -> str:
 
 def deploy_definition(text: str | bytes, *, source: str, bucket: str, s3: Any, sfn: Any, store: Any,
                       task_runner_arn: str, role_arn: str, log_group_arn: str | None = None,
-                      compile_fn: Callable[..., Any] | None = None) -> DeployResult:
+                      compile_fn: Callable[..., Any] | None = None,
+                      policy: Policy | None = None) -> DeployResult:
     """Validate, compile and deploy one definition; always writes the status report.
 
     ``source`` is the definitions-bucket key (``pipelines/<name>.yaml``) or, from the CLI, a file
     name; the pipeline's ``metadata.name`` must match the key's name so that the report and the
     state machine can be found from the key.
+
+    A deployed definition runs in the task runner, a server: inline secrets are always refused (the
+    stored version would hold them), and with ``policy`` everything else it oversteps too.
     """
     from udop.spec.loader import load_pipeline
+    from udop.spec.secure import check_definition, check_inline_secrets
 
     key_name = pipeline_name_of_key(source) if source.startswith("pipelines/") else None
     name = key_name or source.rsplit("/", 1)[-1].rsplit(".", 1)[0]
@@ -97,6 +103,10 @@ def deploy_definition(text: str | bytes, *, source: str, bucket: str, s3: Any, s
                             f"pipelines/{pipeline.name}{source[source.rfind('.'):]}",
                             file=source, path="metadata.name")
         name = result.pipeline = pipeline.name
+        # python modules live with the task runner, which checks them itself before running
+        refused = (check_definition(pipeline, policy, check_modules=False) if policy is not None
+                   else check_inline_secrets(pipeline))
+        SpecErrors.collect([e.located(source) for e in refused])
         definition = canonical_definition(pipeline)
         result.content_hash = content_hash(definition)
         previous = get_json(s3, bucket, status_key(name))
@@ -210,7 +220,8 @@ def _create_or_update(sfn: Any, name: str, asl: str, role_arn: str,
 
 
 def deploy_s3_object(bucket: str, raw_key: str, *, s3: Any, sfn: Any, store: Any, task_runner_arn: str,
-                     role_arn: str, log_group_arn: str | None = None) -> DeployResult | None:
+                     role_arn: str, log_group_arn: str | None = None,
+                     policy: Policy | None = None) -> DeployResult | None:
     """Deploy the object an S3 event names (keys arrive URL-encoded); None for keys we ignore."""
     key = urllib.parse.unquote_plus(raw_key)
     if pipeline_name_of_key(key) is None:
@@ -223,4 +234,5 @@ def deploy_s3_object(bucket: str, raw_key: str, *, s3: Any, sfn: Any, store: Any
         logger.warning("definition deleted before it could be deployed", extra={"key": key})
         return None
     return deploy_definition(body, source=key, bucket=bucket, s3=s3, sfn=sfn, store=store,
-                             task_runner_arn=task_runner_arn, role_arn=role_arn, log_group_arn=log_group_arn)
+                             task_runner_arn=task_runner_arn, role_arn=role_arn, log_group_arn=log_group_arn,
+                             policy=policy)

@@ -28,6 +28,8 @@ from udop.aws.observability import logger, metrics
 from udop.aws.s3 import S3Staging, get_json, put_json
 from udop.aws.settings import RunnerSettings
 from udop.errors import DataQualityError, FatalError, RetryableError, StoreError, TaskTimeout
+from udop.sandbox import Policy, SandboxViolation, server_policy
+from udop.spec.secure import check_definition
 from udop.tasks.contract import SNAPSHOT_FORMAT, TaskContext, TaskResult
 
 __all__ = ["TaskPayload", "failed_checks_key", "item_result_key", "partitions_key", "result_key",
@@ -156,6 +158,12 @@ def _item_of(event: Mapping[str, Any], payload: TaskPayload, task: Any,
 _definitions = DefinitionCache()
 
 
+def runner_policy(settings: RunnerSettings) -> Policy:
+    """The task runner is a server: its tasks use only its staging folder and the allowlists of
+    ``UDOP_SANDBOX_*``; python callables come from ``UDOP_CODE_DIR`` (the pipelines' code)."""
+    return server_policy(data_root=settings.tmp_dir, code_dir=settings.code_dir)
+
+
 def run_payload(event: Mapping[str, Any], *, settings: RunnerSettings, s3: Any, state: Any,
                 remaining_ms: int | None = None) -> dict[str, Any]:
     """Run the task ``event`` names (or return its earlier result) and return a small response:
@@ -191,6 +199,12 @@ def _run_payload(event: Mapping[str, Any], *, settings: RunnerSettings, s3: Any,
     logger.append_keys(pipeline=payload.pipeline, run_id=payload.run_id, task_id=payload.task_id,
                        attempt=payload.attempt)
     pipeline = _definitions.get(s3, settings.definitions_bucket, payload.pipeline, payload.version)
+    policy = runner_policy(settings)
+    refused = check_definition(pipeline, policy)
+    if refused:
+        raise SandboxViolation(f"pipeline {payload.pipeline!r} version {payload.version} is refused by the "
+                               f"task runner's sandbox: {refused[0]}"
+                               + (f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""))
     try:
         task = pipeline.task(payload.task_id)
     except KeyError:
@@ -274,7 +288,8 @@ def _run(payload: TaskPayload, pipeline: Any, task: Any, *, settings: RunnerSett
         context = TaskContext(pipeline=pipeline, task_id=payload.task_id, run_id=payload.run_id,
                               attempt=payload.attempt, logical_date=payload.logical_date,
                               params=payload.params, data_root=tmp,
-                              services={"base_dir": settings.code_dir} if settings.code_dir else {})
+                              services={"base_dir": settings.code_dir} if settings.code_dir else {},
+                              policy=runner_policy(settings))
         hooks: list[Any] = []
         context.on_cancel = hooks.append  # e.g. the transform engine's DuckDB interrupt
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from udop import sandbox
 from udop.connectors.base import Connector
 from udop.connectors.secrets import mask_text
 from udop.errors import ConfigError
@@ -124,6 +125,12 @@ def get_connector(
             if isinstance(value, str) and value and "://" not in value and value != ":memory:":
                 settings[option] = str(Path(base_dir) / Path(value).expanduser())
     where = f"connection {connection!r} ({connector})" if connection else f"connector {connector!r}"
+    policy = sandbox.current()
+    for option in cls.path_options:
+        value = settings.get(option)
+        # local files only: remote URIs go through the connector's own credentials
+        if isinstance(value, str) and value and "://" not in value and value != ":memory:":
+            policy.confine(value, what=f"{where}: {option}")
     try:
         parsed = cls.Settings.model_validate(settings)
     except ValidationError as exc:

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
 from pydantic_core import CoreSchema, core_schema
 
+from udop import sandbox
 from udop.errors import ConfigError, ConnectionFailed
+from udop.sandbox import redactor
 
 __all__ = ["MASK", "Secret", "SecretRef", "mask_text"]
 
-MASK = "**********"
+MASK = sandbox.MASK
 
 
 class SecretRef:
@@ -56,19 +56,28 @@ class SecretRef:
         return "a literal value" if self.kind == "literal" else f"{self.kind} {self.ref!r}"
 
     def get_secret_value(self) -> str:
-        """Resolve now. Errors name the reference, never a value."""
+        """Resolve now, under the active policy (on a server: allowlisted variables, the secrets
+        folder). The value is registered with the redactor. Errors name the reference, never a value."""
+        value = self._resolve(sandbox.current())
+        redactor.add_secret(value)
+        return value
+
+    def _resolve(self, policy: sandbox.Policy) -> str:
         if self.kind == "literal":
             return self._literal or ""
         if self.kind == "env":
+            policy.check_env(self.ref, what=f"secret {{env: {self.ref}}}")
             value = os.environ.get(self.ref)
             if value is None:
                 raise ConfigError(f"secret {{env: {self.ref}}}: environment variable {self.ref} is not set")
             return value
         if self.kind == "file":
+            policy.check_secret_file(self.ref, what="secret")
             try:
-                return Path(self.ref).expanduser().read_text(encoding="utf-8").rstrip("\r\n")
+                return policy.secret_file_path(self.ref).read_text(encoding="utf-8").rstrip("\r\n")
             except OSError as exc:
                 raise ConfigError(f"secret {{file: {self.ref}}}: cannot read it ({exc.strerror})") from None
+        policy.check_secret_ref(self.ref, what="secret")
         return self._from_secrets_manager()
 
     def _from_secrets_manager(self) -> str:
@@ -156,11 +165,9 @@ def _serialize(value: SecretRef) -> Any:
 #: a settings field holding a secret (a password, token, key)
 Secret = SecretRef
 
-_URL_PASSWORD = re.compile(r"(?P<pre>[a-zA-Z][\w+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?P<post>@)")
-
-
 def mask_text(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` with every known secret value and every password in a URL replaced by a mask."""
+    """``text`` with ``secrets``, every secret the process resolved and what the redactor's rules
+    match (a password in a URL) replaced by a mask."""
     for secret in sorted((s for s in secrets if s and len(s) >= 3), key=len, reverse=True):
         text = text.replace(secret, MASK)
-    return _URL_PASSWORD.sub(lambda m: m.group("pre") + MASK + m.group("post"), text)
+    return redactor.redact(text)

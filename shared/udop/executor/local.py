@@ -29,9 +29,11 @@ from typing import Any
 
 from udop.errors import FatalError, InputError, SpecErrors, TaskTimeout, error_type
 from udop.executor.events import RunEvent
+from udop.sandbox import Policy
 from udop.spec.dag import dependants, downstream, topological_order
 from udop.spec.models import Pipeline
 from udop.spec.params import check_env, resolve_params
+from udop.spec.secure import mask_definition
 from udop.states import AttemptState, RunState, TaskState
 from udop.store.api import MetadataStore, RunRecord
 from udop.tasks.contract import TaskContext, TaskResult
@@ -130,6 +132,7 @@ class LocalExecutor:
         on_event: Callable[[RunEvent], None] | None = None,
         services: Mapping[str, Any] | None = None,
         rng: random.Random | None = None,
+        policy: Policy | None = None,
     ) -> None:
         if workers < 1:
             raise InputError("--workers must be at least 1")
@@ -143,6 +146,8 @@ class LocalExecutor:
         self.on_event = on_event or (lambda _event: None)
         self.services = dict(services or {})
         self.rng = rng or random.Random()
+        #: what tasks may touch; ``udop run`` leaves it trusted, a server passes its own
+        self.policy = policy or Policy.trusted()
 
     # ------------------------------------------------------------------ entry point
 
@@ -165,10 +170,12 @@ class LocalExecutor:
             run, values, logical = self._prepare_resume(pipeline, run_id, params)
         else:
             values = resolve_params(pipeline, params)
-            SpecErrors.collect(check_env(pipeline))
+            SpecErrors.collect(check_env(pipeline, self.policy.environ()))
             logical = logical_date or datetime.now(UTC)
+            # inline secrets of a trusted file are kept masked (a server refuses them before this)
             version = self.store.register_pipeline(
-                pipeline.name, pipeline.model_dump(mode="json", by_alias=True, exclude_unset=True)
+                pipeline.name,
+                mask_definition(pipeline.model_dump(mode="json", by_alias=True, exclude_unset=True)),
             )
             run = self.store.create_run(
                 run_id=run_id or new_run_id(),
@@ -344,6 +351,7 @@ class _Run:
             data_root=self.ex.data_root,
             on_cancel=attempt.cancel_hooks.append,
             services=self.ex.services,
+            policy=self.ex.policy,
         )
         self.inflight[(tid, number)] = attempt
         inputs = {d: self.results[d] for d in task.depends_on}

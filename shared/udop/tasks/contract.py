@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from udop.errors import PayloadTooLarge
+from udop.sandbox import Policy, current
 
 __all__ = ["MAX_VALUE_BYTES", "SNAPSHOT_FORMAT", "CheckResult", "Manifest", "TaskContext", "TaskResult",
            "dataset_uri"]
@@ -168,6 +169,8 @@ class TaskContext:
     services: Mapping[str, Any] = field(default_factory=dict)
     #: set for one item of a ``foreach`` task: its output goes below the task's folder
     output_override: str | None = None
+    #: what the task may touch: the executor's (trusted for ``udop run``, server for the API/runner)
+    policy: Policy = field(default_factory=current)
 
     @property
     def pipeline_name(self) -> str:
@@ -195,8 +198,6 @@ class TaskContext:
         return render(value, self.template_scope())
 
     def template_scope(self) -> dict[str, Mapping[str, Any]]:
-        import os
-
         return {
             "params": self.params,
             "run": {
@@ -207,5 +208,5 @@ class TaskContext:
                 "pipeline": self.pipeline_name,
                 "task": self.task_id,
             },
-            "env": os.environ,
+            "env": self.policy.environ(),  # on a server: the allowlisted variables only
         }

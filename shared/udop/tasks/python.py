@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from udop.errors import FatalError, SpecError
+from udop.sandbox import SandboxViolation, current
 from udop.tasks.contract import Manifest, TaskContext, TaskResult
 
 if TYPE_CHECKING:
@@ -26,12 +27,23 @@ __all__ = ["check_callables", "import_callable", "run_python_task"]
 
 
 def import_callable(spec: str, base_dir: str | Path | None = None) -> Callable[..., Any]:
-    """Import ``package.module:attr.path``; ``base_dir`` is put on ``sys.path`` first."""
+    """Import ``package.module:attr.path``; ``base_dir`` is put on ``sys.path`` first.
+
+    On a server the module must be one the active policy allows, checked before anything is imported;
+    and a name starting with ``_`` (``os:_exit``, ``tasks:__builtins__``) is never reachable.
+    """
+    module_name, _, attr_path = spec.partition(":")
+    policy = current()
+    try:
+        policy.check_module(module_name, what="callable")
+    except SandboxViolation as exc:
+        raise ValueError(str(exc).removeprefix("callable: ")) from None
+    if policy.is_server and any(p.startswith("_") for p in attr_path.split(".")):
+        raise ValueError(f"{spec!r}: a server runs only public functions (no name starting with '_')")
     if base_dir is not None:
         folder = str(Path(base_dir).resolve())
         if folder not in sys.path:
             sys.path.insert(0, folder)
-    module_name, _, attr_path = spec.partition(":")
     try:
         obj: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

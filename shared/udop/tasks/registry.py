@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from functools import cache
 from importlib.metadata import entry_points
 from typing import Any
 
 from udop.errors import FatalError
-from udop.tasks.contract import TaskContext, TaskResult
+from udop.sandbox import active, redactor
+from udop.tasks.contract import CheckResult, TaskContext, TaskResult
 
 Handler = Callable[[TaskContext, Any, Mapping[str, TaskResult]], TaskResult]
 
@@ -37,5 +39,37 @@ def get_handler(task_type: str) -> Handler:
 
 
 def run_task(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult]) -> TaskResult:
-    """Run one attempt of ``task``. ``inputs`` maps each dependency's id to its result."""
-    return get_handler(task.type)(context, task, inputs)
+    """Run one attempt of ``task``. ``inputs`` maps each dependency's id to its result.
+
+    The attempt runs under ``context.policy`` (what it may touch); its check samples and messages and
+    the message of any error it raises pass through the redactor, which is what the store, the API
+    and the logs then see.
+    """
+    with active(context.policy):
+        try:
+            result = get_handler(task.type)(context, task, inputs)
+        except Exception as exc:
+            raise redact_error(exc) from None
+    if not result.checks:
+        return result
+    return replace(result, checks=redact_checks(result.checks))
+
+
+def redact_checks(checks: Iterable[CheckResult]) -> tuple[CheckResult, ...]:
+    return tuple(replace(c, sample=redactor.redact_value(c.sample), message=redactor.redact(c.message))
+                 for c in checks)
+
+
+def redact_error(exc: Exception) -> Exception:
+    """The same error (same class, same attributes) with its message redacted."""
+    text = str(exc)
+    clean = redactor.redact(text)
+    checks = getattr(exc, "checks", None)
+    if clean == text and not checks:
+        return exc
+    exc.args = (clean,)
+    if hasattr(exc, "message"):
+        exc.message = redactor.redact(str(exc.message))
+    if checks:
+        exc.checks = redact_checks(checks)  # type: ignore[attr-defined]
+    return exc

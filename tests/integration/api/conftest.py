@@ -175,8 +175,9 @@ class Api:
 
 
 @pytest.fixture
-def tasks_module(tmp_path: Path) -> Iterator[tuple[str, ModuleType]]:
+def tasks_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, ModuleType]]:
     name = f"udop_api_tasks_{uuid.uuid4().hex[:10]}"
+    monkeypatch.setenv("UDOP_PYTHON_MODULES", name)  # the server runs python tasks from it only
     (tmp_path / f"{name}.py").write_text(textwrap.dedent(TASKS))
     sys.path.insert(0, str(tmp_path))
     module = importlib.import_module(name)
@@ -187,9 +188,13 @@ def tasks_module(tmp_path: Path) -> Iterator[tuple[str, ModuleType]]:
 
 
 @pytest.fixture
-def api_factory(tmp_path: Path, tasks_module: tuple[str, ModuleType]) -> Iterator[Callable[..., Api]]:
+def api_factory(
+    tmp_path: Path, tasks_module: tuple[str, ModuleType], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., Api]]:
     from udop.api import ApiSettings, create_app
 
+    # the server's sandbox: sources and targets of these tests live in the test's folder
+    monkeypatch.setenv("UDOP_SANDBOX_ROOTS", str(tmp_path))
     opened: list[tuple[LiveServer, Api]] = []
 
     def start(**settings: Any) -> Api:

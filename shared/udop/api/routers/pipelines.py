@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
 import anyio.to_thread
@@ -13,7 +13,13 @@ from starlette.concurrency import run_in_threadpool
 from udop.api.deps import Admin, Ctx, Operator, Viewer
 from udop.api.schemas import PipelineDetail, PipelineRegistered, PipelineSummary, Problem
 from udop.errors import SpecError, SpecErrors
+from udop.sandbox import active
 from udop.spec.loader import MAX_DEFINITION_BYTES, load_pipeline
+from udop.spec.secure import mask_definition
+
+if TYPE_CHECKING:
+    from udop.sandbox import Policy
+    from udop.spec.models import Pipeline
 
 router = APIRouter(prefix="/pipelines", tags=["pipelines"])
 
@@ -51,10 +57,11 @@ async def register_pipeline(
     filename = "request.json" if kind.endswith("json") else "request.yaml"
     try:
         # off the event loop, a few at a time, within a time budget: /health answers while a hostile
-        # upload is being refused, and many of them cannot take every worker thread
+        # upload is being refused, and many of them cannot take every worker thread; under the
+        # server's policy: a python task's module is checked before it is imported
         pipeline = await anyio.to_thread.run_sync(
             functools.partial(
-                load_pipeline, body, filename=filename, time_budget=ctx.settings.definition_parse_seconds
+                _load_under_policy, ctx.launcher.policy, body, filename, ctx.settings.definition_parse_seconds
             ),
             limiter=ctx.parsers,
         )
@@ -114,7 +121,11 @@ def get_pipeline(name: PipelineName, _: Viewer, ctx: Ctx) -> PipelineDetail:
     record = ctx.store.get_pipeline(name)
     if record is None:
         raise HTTPException(404, f"no pipeline {name!r}")
-    return PipelineDetail.from_record(record)
+    detail = PipelineDetail.from_record(record)
+    # never a secret value, whoever stored the definition and however (rows from before masking too)
+    for version in detail.versions:
+        version.definition = mask_definition(version.definition)
+    return detail
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, responses={404: {"model": Problem}})
@@ -122,3 +133,8 @@ def delete_pipeline(request: Request, name: PipelineName, _: Admin, ctx: Ctx) ->
     if not ctx.store.delete_pipeline(name):
         raise HTTPException(404, f"no pipeline {name!r}")
     request.state.audit_detail = f"pipeline {name} deleted"
+
+
+def _load_under_policy(policy: Policy, body: bytes, filename: str, budget: float) -> Pipeline:
+    with active(policy):
+        return load_pipeline(body, filename=filename, time_budget=budget)
