@@ -4,6 +4,7 @@ and ``load_from_parquet`` (a manifest's Parquet -> target, then commit pending w
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -15,8 +16,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from udop import faults
 from udop.connectors import watermark as wm
-from udop.connectors.base import Connector
+from udop.connectors.base import Connector, LoadEntry
 from udop.connectors.registry import as_dict, get_connector
 from udop.errors import FatalError, TaskTimeout
 from udop.state.api import StateStore
@@ -27,6 +29,7 @@ __all__ = [
     "commit_watermarks",
     "extract_to_parquet",
     "iter_parquet",
+    "load_entry",
     "load_from_parquet",
     "schema_fingerprint",
     "write_parquet",
@@ -341,31 +344,59 @@ def commit_watermarks(context: TaskContext, *, state: StateStore | None = None) 
     )
 
 
+def load_entry(context: TaskContext, manifest: Manifest, *, state: StateStore | None = None) -> LoadEntry:
+    """This load's ledger entry: the run, the task (and ``foreach`` item), its input and the
+    watermark ranges of this run's extracts upstream of it."""
+    item = context.output_override.rstrip("/").rsplit("/", 1)[-1] if context.output_override else ""
+    ranges: list[dict[str, Any]] = []
+    if getattr(context.pipeline, "spec", None) is not None:
+        ranges = wm.pending_upstream(
+            state or _state(context),
+            pipeline=context.pipeline,
+            run_id=context.run_id,
+            load_id=context.task_id,
+        )
+    return LoadEntry(
+        pipeline=context.pipeline_name,
+        run_id=context.run_id,
+        task_id=context.task_id,
+        item=item,
+        input=manifest.uri,
+        watermarks=json.dumps(ranges, sort_keys=True),
+    )
+
+
 def load_from_parquet(
     context: TaskContext, target: Mapping[str, Any], manifest: Manifest, inputs: Mapping[str, TaskResult]
 ) -> dict[str, Any]:
     """Write the dataset ``manifest`` points at into ``target``; commit upstream watermarks after.
 
-    The connector's ``write`` commits once (or raises with the target unchanged); watermarks move
-    only after it returned.
+    The connector's ``write_once`` commits once (or raises with the target unchanged); a target
+    with a load ledger commits this load's entry with the rows, and a load that finds its entry
+    (a retry or ``--resume`` after a crash past the commit) writes nothing and reports the rows
+    of the first time. Watermarks move only after the write returned (or the entry was found).
     """
     state = _state(context)
     connector = get_connector(
         _render(context, target), connections=_connections(context), state=state, base_dir=_base_dir(context)
     )
+    entry = load_entry(context, manifest, state=state)
     with connector:
         mode, keys = connector.resolve_mode(None, None)
         batches = _until_cancelled(context, iter_parquet(manifest.uri, context=context), connector.describe())
         breaker = connector.breaker()
         if breaker is not None:
             with breaker.guard():
-                rows = connector.write(batches, mode, keys)  # type: ignore[arg-type]
+                rows, found = connector.write_once(batches, mode, keys, entry)
         else:
-            rows = connector.write(batches, mode, keys)  # type: ignore[arg-type]
+            rows, found = connector.write_once(batches, mode, keys, entry)
+    faults.point("load-committed")
     advanced = commit_watermarks(context, state=state)
+    faults.point("watermark-committed")
     return {
         "rows_written": rows,
         "connection": connector.connection,
         "mode": mode,
         "watermarks_committed": advanced,
+        "ledger": "already loaded" if found else ("recorded" if connector.keeps_ledger else "none"),
     }

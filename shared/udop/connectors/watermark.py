@@ -145,6 +145,21 @@ def _loads_below(tasks: dict[str, Any], extract_id: str) -> set[str]:
     return {tid for tid, t in tasks.items() if t.type == "load" and extract_id in _ancestors(tasks, tid)}
 
 
+def pending_upstream(state: StateStore, *, pipeline: Any, run_id: str, load_id: str) -> list[dict[str, Any]]:
+    """The watermark ranges ({key, previous, value}, encoded) this run's extracts upstream of load
+    ``load_id`` recorded as pending: what the load consumes, for its ledger entry."""
+    name = str(pipeline.metadata.name)
+    tasks = _tasks(pipeline)
+    if load_id not in tasks:
+        return []
+    found = []
+    for extract_id in sorted(_ancestors(tasks, load_id)):
+        text = state.get(_pending_key(name, run_id, extract_id))
+        if text is not None:
+            found.append({"extract": extract_id, **json.loads(text)})
+    return found
+
+
 def commit_pending(
     state: StateStore, *, pipeline: Any, run_id: str, load_id: str, extract_ids: Iterable[str] | None = None
 ) -> list[dict[str, Any]]:
