@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from udop.connectors.breaker import BreakerSettings, CircuitBreaker
 from udop.connectors.secrets import SecretRef, mask_text
 from udop.errors import ConnectionFailed, FatalError
+from udop.spec.types import Duration
 from udop.state.api import StateStore
 
 __all__ = ["Connector", "ConnectorSettings", "IncrementalSpec", "LoadEntry", "WriteMode"]
@@ -29,6 +30,14 @@ class IncrementalSpec(BaseModel):
     column: str = Field(description="a timestamp or an increasing id")
     initial: Any = Field(None, description="the watermark of the very first run (default: read all)")
     key: str | None = Field(None, description="state key suffix; default <pipeline>:<task>")
+    lease: Duration = Field(
+        3600.0,
+        description="how long a run holds the watermark without renewing it (a crashed run on "
+        "another machine blocks it at most this long)",
+    )
+    wait: Duration = Field(
+        0.0, description="how long a run waits for another run holding the watermark before failing"
+    )
 
 
 @dataclass(frozen=True, slots=True)
