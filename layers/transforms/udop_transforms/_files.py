@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from udop import faults
 from udop_transforms._engine import Session, dataset_files, publish_dir, scratch_dir
 from udop_transforms._sql import ident, literal
 
@@ -118,8 +119,11 @@ def _copy_options(connector: str, target: Any, partition_by: list[str] | None = 
 
 
 def write_target(session: Session, sql: str, params: dict[str, Any], target: Any,
-                 path: str) -> tuple[int, list[Path]]:
-    """Write the query's rows to a file target; returns (rows, files now at the target)."""
+                 path: str, *, token: str | None = None) -> tuple[int, list[Path]]:
+    """Write the query's rows to a file target; returns (rows, files now at the target).
+
+    ``token`` names an appended file after its load, so a load repeated after a crash replaces
+    its own file instead of adding a second copy."""
     connector = target.connector
     final = Path(path)
     ext = FILE_EXTENSIONS[connector][0]
@@ -135,6 +139,7 @@ def write_target(session: Session, sql: str, params: dict[str, Any], target: Any
         try:
             copy = f"COPY ({query}) TO {literal(str(tmp))} ({_copy_options(connector, target)})"
             written = session.con.execute(copy, params or None).fetchone()
+            faults.point("load-before-commit")
             os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
@@ -142,11 +147,13 @@ def write_target(session: Session, sql: str, params: dict[str, Any], target: Any
 
     tmp_dir = scratch_dir(final)
     try:
-        copy_to = tmp_dir if target.partition_by else tmp_dir / f"part-{uuid.uuid4().hex[:12]}{ext}"
+        name = token or uuid.uuid4().hex[:12]
+        copy_to = tmp_dir if target.partition_by else tmp_dir / f"part-{name}{ext}"
         options = _copy_options(connector, target, target.partition_by)
         row = session.con.execute(f"COPY ({sql}) TO {literal(str(copy_to))} ({options})",
                                   params or None).fetchone()
         rows = int(row[0]) if row else 0
+        faults.point("load-before-commit")
         if target.mode == "overwrite" or not final.exists():
             publish_dir(tmp_dir, final)
         else:

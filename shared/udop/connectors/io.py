@@ -34,6 +34,7 @@ __all__ = [
     "load_from_parquet",
     "recover_watermark",
     "schema_fingerprint",
+    "state_for",
     "write_parquet",
 ]
 
@@ -43,6 +44,11 @@ _NOT_RENDERED = ("query", "sql")
 
 
 _default_states: dict[str, StateStore] = {}
+
+
+def state_for(context: TaskContext) -> StateStore:
+    """The state store a task of ``context`` uses (see ``_state``)."""
+    return _state(context)
 
 
 def _state(context: TaskContext) -> StateStore:
