@@ -288,7 +288,9 @@ def run_load(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult]) 
     manifest = _input_manifest(task.id, task.primary_input, inputs)
     if target.connector not in FILE_CONNECTORS:
         connectors = _connectors(task.id, target.connector)
-        spec = target.model_dump(exclude_unset=True)
+        # a stored (canonical) definition spells out every field, unset ones as None: drop those,
+        # or the connector refuses the file-only options (path, partition_by, ...) as unknown
+        spec = {k: v for k, v in target.model_dump(exclude_unset=True).items() if v is not None}
         with _input_errors(task.id, "target"):
             metrics = connectors.load_from_parquet(context, spec, manifest, inputs)
         return TaskResult(inputs=(manifest.uri,), metrics=dict(metrics or {}))
