@@ -27,7 +27,8 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 from pydantic import ConfigDict, Field
 
-from udop.connectors import Connector, ConnectorSettings
+from udop import faults
+from udop.connectors import Connector, ConnectorSettings, LoadEntry
 from udop.connectors.base import WriteMode
 from udop_connectors._arrow import ColumnTypes, records_to_batch, schema_from_mapping
 
@@ -176,13 +177,45 @@ class ObjectConnector(Connector):
     def write(
         self, batches: Iterable[pa.RecordBatch], mode: WriteMode | None = None, keys: list[str] | None = None
     ) -> int:
+        return self._write(batches, mode, keys, uuid.uuid4().hex[:8])
+
+    keeps_ledger = True
+
+    def _ledger_key(self, entry: LoadEntry) -> str:
+        return f"udop:load-ledger:{self.name}:{entry.key}:{self.settings.path}"
+
+    def loaded(self, entry: LoadEntry) -> int | None:
+        if self.state is None:
+            return None
+        found = self.state.get(self._ledger_key(entry))
+        return None if found is None else int(found)
+
+    def write_once(
+        self, batches: Iterable[pa.RecordBatch], mode: str, keys: list[str], entry: LoadEntry
+    ) -> tuple[int, bool]:
+        """Files named after the load (``part-<load key>-n``): a load repeated after a crash
+        between its publish and its ledger record writes the same names again, replacing its own
+        files, so the target holds its rows once either way."""
+        found = self.loaded(entry)
+        if found is not None:
+            return found, True
+        rows = self._write(batches, mode, keys, entry.key[:16])  # type: ignore[arg-type]
+        if self.state is not None:
+            self.state.set(self._ledger_key(entry), str(rows), ttl=15 * 86400.0)
+        return rows, False
+
+    def _staging(self) -> Path:
+        return Path(tempfile.mkdtemp(prefix="udop-objects-out-"))
+
+    def _write(
+        self, batches: Iterable[pa.RecordBatch], mode: WriteMode | None, keys: list[str] | None, token: str
+    ) -> int:
         mode, _ = self.resolve_mode(mode, keys)
         fmt = self.settings.format or _EXT.get(Path(self.settings.path.rstrip("/")).suffix.lower(), "parquet")
-        staging = Path(tempfile.mkdtemp(prefix="udop-objects-out-"))
+        staging = self._staging()
         try:
-            rows = _FileWriters(staging, fmt, self.settings, token=uuid.uuid4().hex[:8]).write_all(
-                batches, self
-            )
+            rows = _FileWriters(staging, fmt, self.settings, token=token).write_all(batches, self)
+            faults.point("load-before-commit")
             self._publish(staging, self.settings.path.rstrip("/") + "/", mode)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -319,6 +352,15 @@ class LocalConnector(ObjectConnector):
         except OSError:
             shutil.copyfile(name, dest)
 
+    def _staging(self) -> Path:
+        # beside the target, on its file system: publishing is then a rename (never a copy across
+        # devices, which os.replace refuses), and made with the user's umask, not mkdtemp's 0700
+        final = Path(self.settings.path.rstrip("/"))
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = final.with_name(f".{final.name}.udop-{uuid.uuid4().hex[:8]}")
+        staging.mkdir()
+        return staging
+
     def _publish(self, staging: Path, root: str, mode: str) -> None:
         final = Path(root.rstrip("/"))
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -328,16 +370,14 @@ class LocalConnector(ObjectConnector):
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(f, dest)
             return
-        # overwrite: move the staged folder next to the target, then swap it in with renames
-        swap = final.with_name(f".{final.name}.udop-{uuid.uuid4().hex[:8]}")
-        shutil.move(str(staging), swap)
+        # overwrite: swap the staged folder in with renames
         if final.exists():
             old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
             os.replace(final, old)
-            os.replace(swap, final)
+            os.replace(staging, final)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(swap, final)
+            os.replace(staging, final)
 
 
 class S3Connector(ObjectConnector):

@@ -1,7 +1,10 @@
 """The ``rabbitmq`` connector: consume a bounded batch of messages, acknowledged only after what was
 read is safely stored (``acknowledge`` is called by ``extract_to_parquet`` once the Parquet output is
 in place; a crash before that returns the messages to the queue), and publish rows as persistent
-JSON messages inside one AMQP transaction."""
+JSON messages inside one AMQP transaction with ``mandatory`` routing (an unroutable message is an
+error). The broker cannot commit a load's ledger entry with its messages, so the entry goes to the
+state store right after: a crash between the two repeats the load, at-least-once; every message
+carries a stable ``message_id`` (run, task, row position) for consumers to drop repeats."""
 
 from __future__ import annotations
 
@@ -13,12 +16,16 @@ from typing import Any, ClassVar, Literal, NoReturn
 import pyarrow as pa
 from pydantic import ConfigDict, Field
 
-from udop.connectors import Connector, ConnectorSettings, Secret
+from udop import faults
+from udop.connectors import Connector, ConnectorSettings, LoadEntry, Secret
 from udop.connectors.base import WriteMode
 from udop.spec.types import Duration
 from udop_connectors._arrow import ColumnTypes, records_to_batch, schema_from_mapping
 
 __all__ = ["RabbitMQConnector", "RabbitMQSettings"]
+
+#: a load's ledger entry (in the state store) lives as long as its run can be resumed or redriven
+LEDGER_TTL = 15 * 86400.0
 
 
 class RabbitMQSettings(ConnectorSettings):
@@ -161,31 +168,89 @@ class RabbitMQConnector(Connector):
             self._error(exc, "acknowledge")
         self._last_tag = None
 
+    keeps_ledger = True
+
+    def _ledger_key(self, entry: LoadEntry) -> str:
+        return f"udop:load-ledger:rabbitmq:{entry.key}:{self.settings.exchange}:{self._routing_key()}"
+
+    def _routing_key(self) -> str:
+        return self.settings.routing_key or self.settings.queue
+
+    def loaded(self, entry: LoadEntry) -> int | None:
+        if self.state is None:
+            return None
+        found = self.state.get(self._ledger_key(entry))
+        return None if found is None else int(json.loads(found)["rows"])
+
     def write(
         self, batches: Iterable[pa.RecordBatch], mode: WriteMode | None = None, keys: list[str] | None = None
     ) -> int:
+        return self._publish(batches, mode, keys, None)
+
+    def write_once(
+        self, batches: Iterable[pa.RecordBatch], mode: str, keys: list[str], entry: LoadEntry
+    ) -> tuple[int, bool]:
+        found = self.loaded(entry)
+        if found is not None:
+            return found, True
+        rows = self._publish(batches, mode, keys, entry)  # type: ignore[arg-type]
+        if self.state is not None:
+            # the window between the broker's commit and this record is the at-least-once part:
+            # a load repeated after a crash right here publishes again, with the same message ids
+            self.state.set(self._ledger_key(entry), json.dumps({"rows": rows}), ttl=LEDGER_TTL)
+        return rows, False
+
+    def _publish(
+        self,
+        batches: Iterable[pa.RecordBatch],
+        mode: WriteMode | None,
+        keys: list[str] | None,
+        entry: LoadEntry | None,
+    ) -> int:
+        """Publish every row inside one AMQP transaction with ``mandatory`` set: ``tx.commit-ok``
+        is the broker's confirmation that it took every message (persisted, for a durable queue),
+        a failure before it delivers none, and a message no queue takes is an error, not a silent
+        drop. A load's messages carry ids from its run, task and row position."""
         import pika
         import pika.exceptions
 
         self.resolve_mode(mode, keys)
         s = self.settings
-        props = pika.BasicProperties(content_type="application/json", delivery_mode=2)
+        exchange, routing_key = s.exchange, self._routing_key()
+        returned: list[bytes] = []
         total = 0
         try:
             channel = self.channel
+            channel.add_on_return_callback(lambda _ch, _method, _props, body: returned.append(body))
             channel.tx_select()
             try:
                 for batch in batches:
                     for row in batch.to_pylist():
-                        channel.basic_publish(
-                            s.exchange, s.routing_key or s.queue, json.dumps(row, default=str).encode(), props
+                        props = pika.BasicProperties(
+                            content_type="application/json",
+                            delivery_mode=2,
+                            message_id=entry.message_id(total) if entry is not None else None,
                         )
+                        body = json.dumps(row, default=str).encode()
+                        channel.basic_publish(exchange, routing_key, body, props, mandatory=True)
                         total += 1
+                faults.point("load-before-commit")
             except BaseException:
                 if channel.is_open:
                     channel.tx_rollback()
                 raise
             channel.tx_commit()  # every message or none
+            # the broker sends a basic.return for each unroutable message before commit-ok; pika
+            # hands them to the callback on the next pass over the connection's events
+            self._conn.process_data_events(0)
         except pika.exceptions.AMQPError as exc:
-            self._error(exc, f"publish to {s.exchange or 'the default exchange'}")
+            self._error(exc, f"publish to {exchange or 'the default exchange'}")
+        if returned:
+            # one exchange and routing key per load: when one message finds no queue, none do
+            self.fail(
+                f"publish to {exchange or 'the default exchange'} with routing key {routing_key!r}: "
+                f"no queue took the {len(returned)} message(s) (does the queue exist, is it bound?); "
+                "nothing was delivered",
+                retryable=False,
+            )
         return total

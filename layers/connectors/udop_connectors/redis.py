@@ -2,7 +2,8 @@
 
 Reads scan keys matching ``pattern`` (``SCAN``, never ``KEYS``) or page through a stream with
 ``XRANGE``; writes go in ONE ``MULTI``/``EXEC`` transaction, so a load that fails part way leaves
-nothing behind. Streams carry a ``position`` column (``ms * 1_000_000 + seq`` of the entry id)
+nothing behind, and a load's ledger entry (``udop:load-ledger:<load>``) commits
+in it. Streams carry a ``position`` column (``ms * 1_000_000 + seq`` of the entry id)
 that works as an incremental watermark.
 """
 
@@ -14,7 +15,8 @@ from typing import Any, ClassVar, Literal, NoReturn
 import pyarrow as pa
 from pydantic import ConfigDict, Field, model_validator
 
-from udop.connectors import Connector, ConnectorSettings, Secret
+from udop import faults
+from udop.connectors import Connector, ConnectorSettings, LoadEntry, Secret
 from udop.connectors.base import WriteMode
 from udop_connectors._arrow import ColumnTypes, records_to_batch, schema_from_mapping
 
@@ -192,14 +194,55 @@ class RedisConnector(Connector):
     def write(
         self, batches: Iterable[pa.RecordBatch], mode: WriteMode | None = None, keys: list[str] | None = None
     ) -> int:
+        return self._write(batches, mode, keys, None)[0]
+
+    keeps_ledger = True
+
+    @staticmethod
+    def _ledger_key(entry: LoadEntry) -> str:
+        return f"udop:load-ledger:{entry.key}"
+
+    def loaded(self, entry: LoadEntry) -> int | None:
+        import redis
+
+        try:
+            found = self.client.get(self._ledger_key(entry))
+        except redis.RedisError as exc:
+            self._error(exc, "read the load ledger")
+        return None if found is None else int(found)
+
+    def write_once(
+        self, batches: Iterable[pa.RecordBatch], mode: str, keys: list[str], entry: LoadEntry
+    ) -> tuple[int, bool]:
+        return self._write(batches, mode, keys, entry)  # type: ignore[arg-type]
+
+    def _write(
+        self,
+        batches: Iterable[pa.RecordBatch],
+        mode: WriteMode | None,
+        keys: list[str] | None,
+        entry: LoadEntry | None,
+    ) -> tuple[int, bool]:
+        """One ``MULTI``/``EXEC``; with a ledger entry the transaction also sets the entry's key,
+        under ``WATCH``, so two attempts of one load cannot both commit and a repeated load finds
+        the entry and writes nothing. Stream entries of a load carry ``udop_id`` (run, task, row
+        position) as well."""
         import redis
 
         mode, _ = self.resolve_mode(mode, keys)
         s = self.settings
         if s.kind == "stream" and mode != "append":
             self.fail("a stream can only be appended to (mode: append)", retryable=False)
+        ledger = self._ledger_key(entry) if entry is not None else None
         try:
             pipe = self.client.pipeline(transaction=True)
+            if ledger is not None:
+                pipe.watch(ledger)
+                found = pipe.get(ledger)
+                if found is not None:
+                    pipe.reset()
+                    return int(found), True
+                pipe.multi()
             if mode == "overwrite":
                 if not s.pattern:
                     self.fail("mode: overwrite needs 'pattern' (the keys to replace)", retryable=False)
@@ -213,10 +256,20 @@ class RedisConnector(Connector):
                         f"the data has no key column {s.key_column!r} (set 'key_column')", retryable=False
                     )
                 for row in batch.to_pylist():
-                    self._queue(pipe, row)
+                    if s.kind == "stream" and entry is not None:
+                        self._queue(pipe, {**row, "udop_id": entry.message_id(total)})
+                    else:
+                        self._queue(pipe, row)
                     total += 1
+            if ledger is not None:
+                pipe.set(ledger, str(total))
+            faults.point("load-before-commit")
             pipe.execute()  # MULTI ... EXEC: all of it or nothing
-            return total
+            return total, False
+        except redis.WatchError:
+            # another attempt of this load committed first
+            assert entry is not None
+            return int(self.loaded(entry) or 0), True
         except redis.RedisError as exc:
             self._error(exc, "write")
 

@@ -22,10 +22,33 @@ from pydantic import ConfigDict, Field, model_validator
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import NullPool
 
-from udop.connectors import Connector, ConnectorSettings, Secret
+from udop import faults
+from udop.connectors import Connector, ConnectorSettings, LoadEntry, Secret
 from udop.connectors.base import WriteMode
+from udop.errors import ConnectionFailed, FatalError
 
-__all__ = ["MySQLConnector", "PostgresConnector", "SQLiteConnector", "SqlSettings"]
+__all__ = ["LEDGER_TABLE", "MySQLConnector", "PostgresConnector", "SQLiteConnector", "SqlSettings"]
+
+#: the load ledger: one row per committed load, written in the same transaction as its rows, in the
+#: target table's database and schema
+LEDGER_TABLE = "udop_load_ledger"
+
+
+def _ledger_table(db_schema: str | None) -> sa.Table:
+    return sa.Table(
+        LEDGER_TABLE,
+        sa.MetaData(schema=db_schema),
+        sa.Column("load_key", sa.String(40), primary_key=True),
+        sa.Column("pipeline", sa.String(255), nullable=False),
+        sa.Column("run_id", sa.String(255), nullable=False),
+        sa.Column("task_id", sa.String(255), nullable=False),
+        sa.Column("item", sa.String(255), nullable=False),
+        sa.Column("target_table", sa.String(255), primary_key=True),
+        sa.Column("input", sa.Text(), nullable=False),
+        sa.Column("watermarks", sa.Text(), nullable=False),
+        sa.Column("rows_written", sa.BigInteger(), nullable=False),
+        sa.Column("committed_at", sa.DateTime(), nullable=False),
+    )
 
 
 class SqlSettings(ConnectorSettings):
@@ -512,6 +535,56 @@ class SqlConnector(Connector):
     def write(
         self, batches: Iterable[pa.RecordBatch], mode: WriteMode | None = None, keys: list[str] | None = None
     ) -> int:
+        return self._write(batches, mode, keys, None)[0]
+
+    keeps_ledger = True
+
+    def write_once(
+        self, batches: Iterable[pa.RecordBatch], mode: str, keys: list[str], entry: LoadEntry
+    ) -> tuple[int, bool]:
+        try:
+            return self._write(batches, mode, keys, entry)  # type: ignore[arg-type]
+        except (FatalError, ConnectionFailed):
+            # two attempts of one load raced and the other committed first (the ledger's primary
+            # key refused this one): that load is done, report it
+            found = self.loaded(entry)
+            if found is None:
+                raise
+            return found, True
+
+    def loaded(self, entry: LoadEntry) -> int | None:
+        try:
+            with self.engine.connect() as conn:
+                if not sa.inspect(conn).has_table(LEDGER_TABLE, schema=self.settings.db_schema):
+                    return None
+                ledger = _ledger_table(self.settings.db_schema)
+                found = conn.execute(
+                    sa.select(ledger.c.rows_written).where(
+                        ledger.c.load_key == entry.key,
+                        ledger.c.target_table == self._display_table()[:255],
+                    )
+                ).scalar()
+        except sa_exc.SQLAlchemyError as exc:
+            self._db_error(exc, f"read the load ledger {LEDGER_TABLE}")
+        return None if found is None else int(found)
+
+    def _ensure_ledger(self) -> sa.Table:
+        ledger = _ledger_table(self.settings.db_schema)
+        try:
+            with self.engine.begin() as conn:
+                ledger.create(conn, checkfirst=True)
+        except sa_exc.SQLAlchemyError:
+            # another load created it at the same moment; anything else shows on the write
+            pass
+        return ledger
+
+    def _write(
+        self,
+        batches: Iterable[pa.RecordBatch],
+        mode: WriteMode | None,
+        keys: list[str] | None,
+        entry: LoadEntry | None,
+    ) -> tuple[int, bool]:
         mode, keys = self.resolve_mode(mode, keys)
         self._require_table()
         it = iter(batches)
@@ -524,9 +597,21 @@ class SqlConnector(Connector):
                     f"key column {key!r} is not in the data (columns: {', '.join(first.schema.names)})",
                     retryable=False,
                 )
+        ledger = self._ensure_ledger() if entry is not None else None
         try:
             with self.engine.begin() as conn:
+                # MySQL commits on its own around CREATE TABLE: create before the ledger is read, so
+                # the check and the rows share one transaction
                 table = self._target_table(conn, first.schema, mode, keys)
+                if ledger is not None and entry is not None:
+                    found = conn.execute(
+                        sa.select(ledger.c.rows_written).where(
+                            ledger.c.load_key == entry.key,
+                        ledger.c.target_table == self._display_table()[:255],
+                        )
+                    ).scalar()
+                    if found is not None:
+                        return int(found), True
                 if mode == "overwrite":
                     # PostgreSQL's TRUNCATE is transactional (and frees the space); elsewhere DELETE is
                     # (MySQL's TRUNCATE commits on its own)
@@ -540,8 +625,26 @@ class SqlConnector(Connector):
                     and self.settings.use_copy
                     and all(any(ok(f.type) for ok in _COPY_WRITABLE) for f in first.schema)
                 ):
-                    return self._write_copy(conn, table, first, it, mode=mode, keys=keys)
-                return self._write_rows(conn, table, first, it, mode=mode, keys=keys)
+                    rows = self._write_copy(conn, table, first, it, mode=mode, keys=keys)
+                else:
+                    rows = self._write_rows(conn, table, first, it, mode=mode, keys=keys)
+                if ledger is not None and entry is not None:
+                    conn.execute(
+                        ledger.insert().values(
+                            load_key=entry.key,
+                            pipeline=entry.pipeline[:255],
+                            run_id=entry.run_id[:255],
+                            task_id=entry.task_id[:255],
+                            item=entry.item[:255],
+                            target_table=self._display_table()[:255],
+                            input=entry.input,
+                            watermarks=entry.watermarks,
+                            rows_written=rows,
+                            committed_at=dt.datetime.now(dt.UTC).replace(tzinfo=None),
+                        )
+                    )
+                faults.point("load-before-commit")
+                return rows, False
         except sa_exc.SQLAlchemyError as exc:
             self._db_error(exc, f"write to table {self._display_table()}")
         except Exception as exc:

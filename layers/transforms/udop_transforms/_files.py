@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from udop import faults
 from udop.sandbox import OUTPUT_MARKER
 from udop_transforms._engine import Session, dataset_files, publish_dir, scratch_dir
 from udop_transforms._sql import ident, literal
@@ -140,12 +141,13 @@ def _refuse_foreign(final: Path, single: bool) -> None:
 
 
 def write_target(session: Session, sql: str, params: dict[str, Any], target: Any,
-                 path: str, *, foreign_ok: bool = True) -> tuple[int, list[Path]]:
+                 path: str, *, foreign_ok: bool = True, token: str | None = None) -> tuple[int, list[Path]]:
     """Write the query's rows to a file target; returns (rows, files now at the target).
 
     Every target udop writes is marked (``.<name>.udop-output`` beside the file or folder, so readers
     of the data never see it); without ``foreign_ok`` (server mode) an existing target lacking the
-    mark is refused.
+    mark is refused. ``token`` names an appended file after its load, so a load repeated after a
+    crash replaces its own file instead of adding a second copy.
     """
     connector = target.connector
     final = Path(path)
@@ -165,6 +167,7 @@ def write_target(session: Session, sql: str, params: dict[str, Any], target: Any
             copy = f"COPY ({query}) TO {literal(str(tmp))} ({_copy_options(connector, target)})"
             written = session.con.execute(copy, params or None).fetchone()
             _file_marker(final).touch()
+            faults.point("load-before-commit")
             os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
@@ -172,12 +175,14 @@ def write_target(session: Session, sql: str, params: dict[str, Any], target: Any
 
     tmp_dir = scratch_dir(final)
     try:
-        copy_to = tmp_dir if target.partition_by else tmp_dir / f"part-{uuid.uuid4().hex[:12]}{ext}"
+        name = token or uuid.uuid4().hex[:12]
+        copy_to = tmp_dir if target.partition_by else tmp_dir / f"part-{name}{ext}"
         options = _copy_options(connector, target, target.partition_by)
         row = session.con.execute(f"COPY ({sql}) TO {literal(str(copy_to))} ({options})",
                                   params or None).fetchone()
         rows = int(row[0]) if row else 0
         _file_marker(final).touch()
+        faults.point("load-before-commit")
         if target.mode == "overwrite" or not final.exists():
             publish_dir(tmp_dir, final)
         else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import os
 import shutil
 from collections.abc import Iterator, Mapping
@@ -21,6 +22,7 @@ import duckdb
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
 import udop.spec.models  # noqa: F401 - builds the task union before data_tasks is imported
+from udop import faults
 from udop.errors import DataQualityError, FatalError, InputError, TaskTimeout
 from udop.sandbox import SandboxViolation
 from udop.spec.data_tasks import FILE_CONNECTORS, data_inputs
@@ -404,11 +406,49 @@ def run_load(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult]) 
     manifest = _input_manifest(task.id, task.primary_input, inputs)
     if target.connector not in FILE_CONNECTORS:
         connectors = _connectors(task.id, target.connector)
-        spec = target.model_dump(exclude_unset=True)
+        # a stored (canonical) definition spells out every field, unset ones as None: drop those,
+        # or the connector refuses the file-only options (path, partition_by, ...) as unknown
+        spec = {k: v for k, v in target.model_dump(exclude_unset=True).items() if v is not None}
         with _input_errors(task.id, "target"):
             metrics = connectors.load_from_parquet(context, spec, manifest, inputs)
         return TaskResult(inputs=(manifest.uri,), metrics=dict(metrics or {}))
     path = _resolve(context, str(context.render(target.path)), "target.path")
+    from udop.connectors.io import load_entry, state_for
+
+    state = state_for(context)
+    entry = load_entry(context, manifest, state=state)
+    # the file target's ledger: in the state store, written once the files are published; a load
+    # repeated after a crash before it writes the same file names again (see write_target)
+    ledger_key = f"udop:load-ledger:file:{entry.key}:{path}"
+    found = state.get(ledger_key)
+    if found is not None:
+        done = json.loads(found)
+        rows, files = int(done["rows"]), [Path(f) for f in done["files"] if Path(f).exists()]
+    else:
+        rows, files = _write_file_target(context, task, inputs, target=target, path=path,
+                                          token=entry.key[:16])
+        state.set(ledger_key, json.dumps({"rows": rows, "files": [str(f) for f in files]}), ttl=15 * 86400.0)
+    if target.connector == "parquet":
+        total: int | None = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    else:
+        total = rows if target.mode == "overwrite" else None
+    out = manifest_for(path, files, total or 0, fmt=target.connector)
+    if total is None:
+        out = Manifest(uri=out.uri, rows=None, bytes=out.bytes, schema_fingerprint=None, format=out.format,
+                       files=out.files)
+    faults.point("load-committed")
+    if _has_incremental_extract(context.pipeline):
+        # the files are published: incremental extracts upstream may now advance their watermarks
+        from udop.connectors import commit_watermarks
+
+        commit_watermarks(context)
+    faults.point("watermark-committed")
+    return TaskResult(output=out, inputs=(manifest.uri,),
+                      metrics={"rows_written": rows, "ledger": "already loaded" if found else "recorded"})
+
+
+def _write_file_target(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult], *, target: Any,
+                       path: str, token: str) -> tuple[int, list[Path]]:
     with Session(memory_limit=task.memory_limit, context=context) as session:
         columns = _register_inputs(session, context, task, inputs, widen=False)
         names = [c[0] for c in columns[task.primary_input]]
@@ -419,24 +459,10 @@ def run_load(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult]) 
         with _duckdb_errors(task.id, f"writing {path}"):
             try:
                 query = f"SELECT * FROM {ident(task.primary_input)}"
-                rows, files = write_target(session, query, {}, target, path,
-                                           foreign_ok=not context.policy.is_server)
+                return write_target(session, query, {}, target, path,
+                                    foreign_ok=not context.policy.is_server, token=token)
             except ValueError as exc:
                 raise FatalError(f"task {task.id!r}: target: {exc}") from None
-    if target.connector == "parquet":
-        total: int | None = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-    else:
-        total = rows if target.mode == "overwrite" else None
-    out = manifest_for(path, files, total or 0, fmt=target.connector)
-    if total is None:
-        out = Manifest(uri=out.uri, rows=None, bytes=out.bytes, schema_fingerprint=None, format=out.format,
-                       files=out.files)
-    if _has_incremental_extract(context.pipeline):
-        # the files are published: incremental extracts upstream may now advance their watermarks
-        from udop.connectors import commit_watermarks
-
-        commit_watermarks(context)
-    return TaskResult(output=out, inputs=(manifest.uri,), metrics={"rows_written": rows})
 
 
 def _has_incremental_extract(pipeline: Any) -> bool:

@@ -240,7 +240,7 @@ def _run_payload(event: Mapping[str, Any], *, settings: RunnerSettings, s3: Any,
             return _response(payload.task_id, json.loads(done), reused=True)
         try:
             result = _run(payload, pipeline, task, settings=settings, s3=s3, remaining_ms=remaining_ms,
-                          item=item)
+                          item=item, state=state)
         except DataQualityError as exc:
             # the rules' results, for `udop runs show` (run events read them back)
             checks = getattr(exc, "checks", None)
@@ -272,7 +272,7 @@ def _response(task_id: str, body: Mapping[str, Any], *, reused: bool) -> dict[st
 
 
 def _run(payload: TaskPayload, pipeline: Any, task: Any, *, settings: RunnerSettings, s3: Any,
-         remaining_ms: int | None, item: ForeachItem | None = None) -> TaskResult:
+         remaining_ms: int | None, item: ForeachItem | None = None, state: Any = None) -> TaskResult:
     from udop.tasks.foreach import run_item
     from udop.tasks.registry import run_task
 
@@ -285,10 +285,14 @@ def _run(payload: TaskPayload, pipeline: Any, task: Any, *, settings: RunnerSett
         local_item = None
         if item is not None:
             local_item = _stage_item(staging, payload, task, item)
+        # the runner's state store (Redis) also holds watermarks, their leases and the ledger
+        # entries of targets without a transaction of their own: the same store on every Lambda
+        services: dict[str, Any] = {"state": state} if state is not None else {}
+        if settings.code_dir:
+            services["base_dir"] = settings.code_dir
         context = TaskContext(pipeline=pipeline, task_id=payload.task_id, run_id=payload.run_id,
                               attempt=payload.attempt, logical_date=payload.logical_date,
-                              params=payload.params, data_root=tmp,
-                              services={"base_dir": settings.code_dir} if settings.code_dir else {},
+                              params=payload.params, data_root=tmp, services=services,
                               policy=runner_policy(settings))
         hooks: list[Any] = []
         context.on_cancel = hooks.append  # e.g. the transform engine's DuckDB interrupt

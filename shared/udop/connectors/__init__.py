@@ -7,7 +7,7 @@ docs/connector_development.md.
 
 from __future__ import annotations
 
-from udop.connectors.base import Connector, ConnectorSettings, IncrementalSpec, WriteMode
+from udop.connectors.base import Connector, ConnectorSettings, IncrementalSpec, LoadEntry, WriteMode
 from udop.connectors.breaker import BreakerSettings, CircuitBreaker, CircuitOpen
 from udop.connectors.io import (
     commit_watermarks,
@@ -26,6 +26,7 @@ __all__ = [
     "Connector",
     "ConnectorSettings",
     "IncrementalSpec",
+    "LoadEntry",
     "Secret",
     "SecretRef",
     "WriteMode",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, NoReturn
 
 import pyarrow as pa
@@ -13,9 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from udop.connectors.breaker import BreakerSettings, CircuitBreaker
 from udop.connectors.secrets import SecretRef, mask_text
 from udop.errors import ConnectionFailed, FatalError
+from udop.spec.types import Duration
 from udop.state.api import StateStore
 
-__all__ = ["Connector", "ConnectorSettings", "IncrementalSpec", "WriteMode"]
+__all__ = ["Connector", "ConnectorSettings", "IncrementalSpec", "LoadEntry", "WriteMode"]
 
 WriteMode = Literal["append", "overwrite", "upsert"]
 
@@ -28,6 +30,42 @@ class IncrementalSpec(BaseModel):
     column: str = Field(description="a timestamp or an increasing id")
     initial: Any = Field(None, description="the watermark of the very first run (default: read all)")
     key: str | None = Field(None, description="state key suffix; default <pipeline>:<task>")
+    lease: Duration = Field(
+        3600.0,
+        description="how long a run holds the watermark without renewing it (a crashed run on "
+        "another machine blocks it at most this long)",
+    )
+    wait: Duration = Field(
+        0.0, description="how long a run waits for another run holding the watermark before failing"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LoadEntry:
+    """One load's entry in its target's load ledger: which load (pipeline, run, task and, for a
+    ``foreach`` item, the item) wrote how many rows from which input, and the watermark ranges it
+    consumed. A target that keeps a ledger commits the entry with the rows, so a retried or resumed
+    load finds it and writes nothing again."""
+
+    pipeline: str
+    run_id: str
+    task_id: str
+    item: str = ""
+    #: the input dataset (its URI), for people reading the ledger
+    input: str = ""
+    #: JSON list of the watermark ranges ({key, previous, value}) this load consumed
+    watermarks: str = "[]"
+
+    @property
+    def key(self) -> str:
+        """A fixed-length key naming this load (fits any database's primary key)."""
+        raw = json.dumps([self.pipeline, self.run_id, self.task_id, self.item])
+        return hashlib.sha256(raw.encode()).hexdigest()[:40]
+
+    def message_id(self, position: int) -> str:
+        """The id of the row at ``position`` of this load, the same on every retry (for consumers
+        of targets without a ledger, such as queues, to drop duplicates)."""
+        return f"{self.key}:{position}"
 
 
 class ConnectorSettings(BaseModel):
@@ -79,6 +117,23 @@ class Connector:
     ) -> int:
         """Write all batches; returns the number of rows written."""
         self.fail(f"the {self.name} connector cannot be written to", retryable=False)
+
+    #: True when ``write_once`` commits a ``LoadEntry`` with the rows (see ``loaded``)
+    keeps_ledger: ClassVar[bool] = False
+
+    def write_once(
+        self, batches: Iterable[pa.RecordBatch], mode: str, keys: list[str], entry: LoadEntry
+    ) -> tuple[int, bool]:
+        """Write like ``write`` unless ``entry`` is already in the target's ledger; returns the rows
+        written (or, when found, the rows the earlier load wrote) and whether it was found. Targets
+        that keep a ledger commit the entry in the same transaction as the rows; others just write
+        (at-least-once: a load repeated after a crash writes again)."""
+        return self.write(batches, mode, keys), False  # type: ignore[arg-type]
+
+    def loaded(self, entry: LoadEntry) -> int | None:
+        """The rows ``entry``'s load committed, or None when the ledger has no such entry (or the
+        target keeps no ledger)."""
+        return None
 
     def check(self) -> None:
         """Open the connection and make one cheap call; raise like ``read`` would."""

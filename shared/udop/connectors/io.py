@@ -4,9 +4,11 @@ and ``load_from_parquet`` (a manifest's Parquet -> target, then commit pending w
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -15,10 +17,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from udop import faults
 from udop.connectors import watermark as wm
-from udop.connectors.base import Connector
+from udop.connectors.base import Connector, LoadEntry
 from udop.connectors.registry import as_dict, get_connector
-from udop.errors import FatalError, TaskTimeout
+from udop.errors import ConfigError, FatalError, TaskTimeout
 from udop.state.api import StateStore
 from udop.tasks.contract import Manifest, TaskContext, TaskResult
 from udop.tasks.datasets import schema_fingerprint
@@ -27,8 +30,11 @@ __all__ = [
     "commit_watermarks",
     "extract_to_parquet",
     "iter_parquet",
+    "load_entry",
     "load_from_parquet",
+    "recover_watermark",
     "schema_fingerprint",
+    "state_for",
     "write_parquet",
 ]
 
@@ -38,6 +44,11 @@ _NOT_RENDERED = ("query", "sql")
 
 
 _default_states: dict[str, StateStore] = {}
+
+
+def state_for(context: TaskContext) -> StateStore:
+    """The state store a task of ``context`` uses (see ``_state``)."""
+    return _state(context)
 
 
 def _state(context: TaskContext) -> StateStore:
@@ -261,11 +272,81 @@ def _incremental_key(context: TaskContext, connector: Connector) -> str | None:
     return wm.committed_key(context.pipeline_name, context.task_id, inc.key)
 
 
+def _renewing(
+    state: StateStore, keys: list[str], run_id: str, ttl: float, batches: Iterator[pa.RecordBatch]
+) -> Iterator[pa.RecordBatch]:
+    """Renew this run's watermark leases while batches flow (at most every minute)."""
+    last = time.monotonic()
+    for batch in batches:
+        if keys and time.monotonic() - last > 60:
+            for key in keys:
+                wm.renew_lease(state, key, run_id, ttl=ttl)
+            last = time.monotonic()
+        yield batch
+
+
+def _ledger_has(context: TaskContext, state: StateStore, run_id: str, extract_id: str, load_id: str) -> bool:
+    """Whether load ``load_id`` of run ``run_id`` committed: its marker in the state store, or its
+    entry in the target's load ledger (which commits with the rows, so it also covers a crash
+    between the target's commit and the marker)."""
+    if state.get(wm.loaded_key(context.pipeline_name, run_id, extract_id, load_id)):
+        return True
+    task = context.pipeline.task(load_id)
+    target = getattr(task, "target", None)
+    if target is None or not hasattr(target, "model_dump"):
+        return False
+    try:
+        connector = get_connector(
+            _render(context, target.model_dump(exclude_unset=True)),
+            connections=_connections(context),
+            state=state,
+            base_dir=_base_dir(context),
+        )
+    except (ConfigError, FatalError, ValueError):
+        return False  # not a connector target (a file target): only its marker counts
+    with connector:
+        if not connector.keeps_ledger:
+            return False
+        entry = LoadEntry(pipeline=context.pipeline_name, run_id=run_id, task_id=load_id)
+        return connector.loaded(entry) is not None
+
+
+def recover_watermark(context: TaskContext, state: StateStore, key: str, previous_run: str) -> str:
+    """Settle the range run ``previous_run`` read for this extract and left uncommitted (it crashed
+    or failed): when every load below committed it (the ledger says so), advance the watermark to
+    it; when none did, hand the range to this run and mark the old run's range abandoned, so
+    resuming that run cannot load it again; when only some did, refuse. Returns what it did."""
+    name = context.pipeline_name
+    pending_text = state.get(wm.pending_key(name, previous_run, context.task_id))
+    if pending_text is None:
+        return "nothing pending"
+    pending = json.loads(pending_text)
+    if pending["key"] != key:
+        return "nothing pending"
+    loads = wm.loads_below(context.pipeline, context.task_id)
+    done = [lid for lid in loads if _ledger_has(context, state, previous_run, context.task_id, lid)]
+    if loads and len(done) == len(loads):
+        wm.advance(state, key, pending["value"])
+        state.delete(wm.pending_key(name, previous_run, context.task_id))
+        return f"run {previous_run} had loaded its range; watermark advanced"
+    if done:
+        raise FatalError(
+            f"task {context.task_id!r}: run {previous_run} stopped after loading its rows into "
+            f"{', '.join(done)} but not {', '.join(sorted(set(loads) - set(done)))}; resume it "
+            f"with --resume {previous_run} before starting a new run"
+        )
+    state.set(wm.abandoned_key(name, previous_run, context.task_id), context.run_id, ttl=wm.PENDING_TTL)
+    state.delete(wm.pending_key(name, previous_run, context.task_id))
+    return f"run {previous_run} had not loaded its range; this run reads it again"
+
+
 def extract_to_parquet(context: TaskContext, source: Mapping[str, Any], output_uri: str) -> Manifest:
     """Read ``source`` through its connector and write it as Parquet at ``output_uri``.
 
-    With ``incremental: {column: ...}`` only rows newer than the committed watermark are read; the
-    new watermark is recorded as pending for this run and committed by the load(s) downstream.
+    With ``incremental: {column: ...}`` the run first takes the watermark's lease (a second run of
+    the pipeline is refused, or waits ``incremental.wait``), settles a range an earlier run left
+    uncommitted (``recover_watermark``), then reads only rows newer than the committed watermark;
+    the new watermark is recorded as pending for this run and committed by the load(s) downstream.
     """
     state = _state(context)
     connector = get_connector(
@@ -274,59 +355,78 @@ def extract_to_parquet(context: TaskContext, source: Mapping[str, Any], output_u
     with connector:
         inc = connector.settings.incremental
         key = _incremental_key(context, connector)
-        since = wm.read_committed(state, key) if key else None
-        if inc is not None and since is None:
-            since = inc.initial
-        high: list[Any] = [since]
-
-        def batches() -> Iterator[pa.RecordBatch]:
-            for raw in _until_cancelled(context, connector.read(since=since), connector.describe()):
-                batch = raw
-                if inc is not None:
-                    if inc.column not in batch.schema.names:
-                        connector.fail(
-                            f"incremental column {inc.column!r} is not in the data "
-                            f"(columns: {', '.join(batch.schema.names)})",
-                            retryable=False,
-                        )
-                    if since is not None and not connector.pushes_down_incremental:
-                        batch = wm.filter_newer(batch, inc.column, since)
-                    if high[0] is since and since is not None:
-                        try:
-                            high[0] = wm.coerce(since, batch.schema.field(inc.column).type)
-                        except ValueError as exc:
-                            connector.fail(f"incremental: {exc}", retryable=False)
-                    top = wm.batch_max(batch, inc.column)
-                    if top is not None and (high[0] is None or top > high[0]):
-                        high[0] = top
-                yield batch
-
-        breaker = connector.breaker()
-        if breaker is not None:
-            with breaker.guard():
-                manifest = write_parquet(
-                    batches(),
-                    output_uri,
-                    schema=connector.schema(),
-                    where=connector.describe(),
-                    context=context,
-                )
-        else:
-            manifest = write_parquet(
-                batches(), output_uri, schema=connector.schema(), where=connector.describe(), context=context
-            )
-        if key is not None and high[0] is not None and high[0] != since:
+        if key is not None and inc is not None:
+            previous = wm.acquire_lease(state, key, context.run_id, ttl=inc.lease, wait=inc.wait)
+            if previous is not None:
+                recover_watermark(context, state, key, previous)
+        try:
+            manifest, high, since = _extract(context, connector, state, key, output_uri)
+        except BaseException:
+            if key is not None:
+                mine = state.get(wm.pending_key(context.pipeline_name, context.run_id, context.task_id))
+                wm.release_lease(state, key, context.run_id, committed=mine is None)
+            raise
+        if key is not None and high is not None and high != since:
             wm.record_pending(
                 state,
                 pipeline=context.pipeline_name,
                 run_id=context.run_id,
                 task_id=context.task_id,
                 key=key,
-                value=high[0],
+                value=high,
                 previous=since,
             )
+        elif key is not None:
+            wm.release_lease(state, key, context.run_id, committed=True)  # nothing new: nothing to commit
         connector.acknowledge()
     return manifest
+
+
+def _extract(
+    context: TaskContext, connector: Connector, state: StateStore, key: str | None, output_uri: str
+) -> tuple[Manifest, Any, Any]:
+    inc = connector.settings.incremental
+    since = wm.read_committed(state, key) if key else None
+    if inc is not None and since is None:
+        since = inc.initial
+    high: list[Any] = [since]
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for raw in _until_cancelled(context, connector.read(since=since), connector.describe()):
+            batch = raw
+            if inc is not None:
+                if inc.column not in batch.schema.names:
+                    connector.fail(
+                        f"incremental column {inc.column!r} is not in the data "
+                        f"(columns: {', '.join(batch.schema.names)})",
+                        retryable=False,
+                    )
+                if since is not None and not connector.pushes_down_incremental:
+                    batch = wm.filter_newer(batch, inc.column, since)
+                if high[0] is since and since is not None:
+                    try:
+                        high[0] = wm.coerce(since, batch.schema.field(inc.column).type)
+                    except ValueError as exc:
+                        connector.fail(f"incremental: {exc}", retryable=False)
+                top = wm.batch_max(batch, inc.column)
+                if top is not None and (high[0] is None or top > high[0]):
+                    high[0] = top
+            yield batch
+
+    keys = [key] if key else []
+    ttl = inc.lease if inc is not None else wm.LEASE_TTL
+    stream = _renewing(state, keys, context.run_id, ttl, batches())
+    breaker = connector.breaker()
+    if breaker is not None:
+        with breaker.guard():
+            manifest = write_parquet(
+                stream, output_uri, schema=connector.schema(), where=connector.describe(), context=context
+            )
+    else:
+        manifest = write_parquet(
+            stream, output_uri, schema=connector.schema(), where=connector.describe(), context=context
+        )
+    return manifest, high[0], since
 
 
 def commit_watermarks(context: TaskContext, *, state: StateStore | None = None) -> list[dict[str, Any]]:
@@ -341,31 +441,93 @@ def commit_watermarks(context: TaskContext, *, state: StateStore | None = None) 
     )
 
 
+def _refuse_abandoned(context: TaskContext, state: StateStore) -> None:
+    """A run whose uncommitted range a later run took over (``recover_watermark``) must not load
+    it as well: resuming it would load those rows twice."""
+    if getattr(context.pipeline, "spec", None) is None or context.task_id not in {
+        t.id for t in context.pipeline.spec.tasks
+    }:
+        return
+    for extract_id in wm.extracts_above(context.pipeline, context.task_id):
+        taker = state.get(wm.abandoned_key(context.pipeline_name, context.run_id, extract_id))
+        if taker:
+            raise FatalError(
+                f"task {context.task_id!r}: run {taker} already read the rows of extract "
+                f"{extract_id!r} again after this run stopped, so this run must not load them; "
+                "start a new run instead of resuming this one"
+            )
+
+
+def load_entry(context: TaskContext, manifest: Manifest, *, state: StateStore | None = None) -> LoadEntry:
+    """This load's ledger entry: the run, the task (and ``foreach`` item), its input and the
+    watermark ranges of this run's extracts upstream of it."""
+    item = context.output_override.rstrip("/").rsplit("/", 1)[-1] if context.output_override else ""
+    ranges: list[dict[str, Any]] = []
+    if getattr(context.pipeline, "spec", None) is not None:
+        ranges = wm.pending_upstream(
+            state or _state(context),
+            pipeline=context.pipeline,
+            run_id=context.run_id,
+            load_id=context.task_id,
+        )
+    return LoadEntry(
+        pipeline=context.pipeline_name,
+        run_id=context.run_id,
+        task_id=context.task_id,
+        item=item,
+        input=manifest.uri,
+        watermarks=json.dumps(ranges, sort_keys=True),
+    )
+
+
 def load_from_parquet(
     context: TaskContext, target: Mapping[str, Any], manifest: Manifest, inputs: Mapping[str, TaskResult]
 ) -> dict[str, Any]:
     """Write the dataset ``manifest`` points at into ``target``; commit upstream watermarks after.
 
-    The connector's ``write`` commits once (or raises with the target unchanged); watermarks move
-    only after it returned.
+    The connector's ``write_once`` commits once (or raises with the target unchanged); a target
+    with a load ledger commits this load's entry with the rows, and a load that finds its entry
+    (a retry or ``--resume`` after a crash past the commit) writes nothing and reports the rows
+    of the first time. Watermarks move only after the write returned (or the entry was found).
     """
     state = _state(context)
     connector = get_connector(
         _render(context, target), connections=_connections(context), state=state, base_dir=_base_dir(context)
     )
-    with connector:
-        mode, keys = connector.resolve_mode(None, None)
-        batches = _until_cancelled(context, iter_parquet(manifest.uri, context=context), connector.describe())
-        breaker = connector.breaker()
-        if breaker is not None:
-            with breaker.guard():
-                rows = connector.write(batches, mode, keys)  # type: ignore[arg-type]
-        else:
-            rows = connector.write(batches, mode, keys)  # type: ignore[arg-type]
+    entry = load_entry(context, manifest, state=state)
+    ranges = json.loads(entry.watermarks)
+    _refuse_abandoned(context, state)
+    lease_keys = [r["key"] for r in ranges]
+    for key in lease_keys:
+        wm.renew_lease(state, key, context.run_id)
+    try:
+        with connector:
+            mode, keys = connector.resolve_mode(None, None)
+            batches = _renewing(
+                state,
+                lease_keys,
+                context.run_id,
+                wm.LEASE_TTL,
+                _until_cancelled(context, iter_parquet(manifest.uri, context=context), connector.describe()),
+            )
+            breaker = connector.breaker()
+            if breaker is not None:
+                with breaker.guard():
+                    rows, found = connector.write_once(batches, mode, keys, entry)
+            else:
+                rows, found = connector.write_once(batches, mode, keys, entry)
+    except BaseException:
+        # the write rolled back: the next run may take the range (after checking the ledger)
+        for key in lease_keys:
+            wm.release_lease(state, key, context.run_id, committed=False)
+        raise
+    faults.point("load-committed")
     advanced = commit_watermarks(context, state=state)
+    faults.point("watermark-committed")
     return {
         "rows_written": rows,
         "connection": connector.connection,
         "mode": mode,
         "watermarks_committed": advanced,
+        "ledger": "already loaded" if found else ("recorded" if connector.keeps_ledger else "none"),
     }

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import socket
+import time
 from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
@@ -19,20 +22,126 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from udop.errors import FatalError
 from udop.state.api import StateStore
 
 __all__ = [
+    "LEASE_TTL",
     "PENDING_TTL",
+    "WatermarkBusy",
+    "abandoned_key",
+    "acquire_lease",
+    "advance",
     "commit_pending",
     "committed_key",
     "decode",
     "encode",
+    "extracts_above",
+    "loaded_key",
+    "loads_below",
+    "pending_key",
+    "pending_upstream",
     "read_committed",
     "record_pending",
+    "release_lease",
+    "renew_lease",
 ]
 
 #: pending watermarks live as long as a failed run can be redriven (Step Functions: 14 days)
 PENDING_TTL = 15 * 86400.0
+
+
+#: how long a run holds a watermark's lease without renewing it (extracts and loads renew it as they
+#: go); a holder that crashed on another machine blocks the watermark at most this long
+LEASE_TTL = 3600.0
+
+
+class WatermarkBusy(FatalError):
+    """Another live run holds the watermark's lease: reading now would load its range twice."""
+
+
+def _lease_key(key: str) -> str:
+    return f"udop:watermark-lease:{key}"
+
+
+def _owner() -> str:
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def _owner_dead(owner: str) -> bool:
+    """True only when ``owner`` (pid@host) is a process on this machine that no longer exists."""
+    pid, _, host = owner.partition("@")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def acquire_lease(
+    state: StateStore, key: str, run_id: str, *, ttl: float = LEASE_TTL, wait: float = 0.0
+) -> str | None:
+    """Take the lease on watermark ``key`` for ``run_id`` (again, when the run already held it).
+
+    Free when nobody holds it, when its holder released it, when the lease expired, or when the
+    holder was a process on this machine that is gone. Returns the run that held it before when
+    that was another run which never committed (its range may need recovery, see
+    ``io.recover_watermark``); raises ``WatermarkBusy`` naming the holder when it stays held for
+    ``wait`` seconds."""
+    lease_key = _lease_key(key)
+    deadline = time.monotonic() + wait
+    while True:
+        text = state.get(lease_key)
+        held = json.loads(text) if text else None
+        now = time.time()
+        free = (
+            held is None
+            or held["run_id"] == run_id
+            or held["until"] <= now
+            or _owner_dead(held.get("owner", ""))
+        )
+        if free:
+            record = json.dumps({"run_id": run_id, "owner": _owner(), "until": now + ttl})
+            if state.compare_and_set(lease_key, text, record, ttl=PENDING_TTL):
+                return held["run_id"] if held is not None and held["run_id"] != run_id else None
+            continue
+        assert held is not None
+        if time.monotonic() >= deadline:
+            until = dt.datetime.fromtimestamp(held["until"], dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+            raise WatermarkBusy(
+                f"watermark {key!r} is held by run {held['run_id']} (process {held.get('owner', '?')}, "
+                f"lease until {until}); wait for that run to finish, or if it died resume it "
+                f"with --resume {held['run_id']}"
+            )
+        time.sleep(0.2)
+
+
+def renew_lease(state: StateStore, key: str, run_id: str, *, ttl: float = LEASE_TTL) -> None:
+    """Push the lease's expiry on while ``run_id`` still holds it."""
+    lease_key = _lease_key(key)
+    text = state.get(lease_key)
+    held = json.loads(text) if text else None
+    if held is not None and held["run_id"] == run_id:
+        record = json.dumps({**held, "until": time.time() + ttl})
+        state.compare_and_set(lease_key, text, record, ttl=PENDING_TTL)
+
+
+def release_lease(state: StateStore, key: str, run_id: str, *, committed: bool) -> None:
+    """Give the lease up. After the watermark committed nothing is left to check; otherwise the
+    record stays (expired) so the next run checks whether this run's range was loaded after all."""
+    lease_key = _lease_key(key)
+    text = state.get(lease_key)
+    held = json.loads(text) if text else None
+    if held is None or held["run_id"] != run_id:
+        return
+    if committed:
+        state.delete_if_equals(lease_key, text or "")
+    else:
+        state.compare_and_set(lease_key, text, json.dumps({**held, "until": 0}), ttl=PENDING_TTL)
 
 
 def encode(value: Any) -> str:
@@ -69,6 +178,18 @@ def committed_key(pipeline: str, task_id: str, custom: str | None = None) -> str
 
 def _pending_key(pipeline: str, run_id: str, task_id: str) -> str:
     return f"udop:watermark-pending:{pipeline}:{run_id}:{task_id}"
+
+
+def pending_key(pipeline: str, run_id: str, task_id: str) -> str:
+    return _pending_key(pipeline, run_id, task_id)
+
+
+def abandoned_key(pipeline: str, run_id: str, extract_id: str) -> str:
+    return f"udop:watermark-abandoned:{pipeline}:{run_id}:{extract_id}"
+
+
+def loaded_key(pipeline: str, run_id: str, extract_id: str, load_id: str) -> str:
+    return _loaded_key(pipeline, run_id, extract_id, load_id)
 
 
 def _loaded_key(pipeline: str, run_id: str, extract_id: str, load_id: str) -> str:
@@ -141,8 +262,38 @@ def _ancestors(tasks: dict[str, Any], task_id: str) -> set[str]:
     return seen
 
 
+def extracts_above(pipeline: Any, load_id: str) -> list[str]:
+    """The tasks upstream of ``load_id`` (extracts among them), sorted."""
+    return sorted(_ancestors(_tasks(pipeline), load_id))
+
+
+def advance(state: StateStore, key: str, value_text: str) -> bool:
+    """Move the committed watermark forward to ``value_text`` (encoded); never backwards."""
+    return _advance(state, key, value_text)
+
+
+def loads_below(pipeline: Any, extract_id: str) -> list[str]:
+    """The load tasks downstream of ``extract_id``, sorted."""
+    return sorted(_loads_below(_tasks(pipeline), extract_id))
+
+
 def _loads_below(tasks: dict[str, Any], extract_id: str) -> set[str]:
     return {tid for tid, t in tasks.items() if t.type == "load" and extract_id in _ancestors(tasks, tid)}
+
+
+def pending_upstream(state: StateStore, *, pipeline: Any, run_id: str, load_id: str) -> list[dict[str, Any]]:
+    """The watermark ranges ({key, previous, value}, encoded) this run's extracts upstream of load
+    ``load_id`` recorded as pending: what the load consumes, for its ledger entry."""
+    name = str(pipeline.metadata.name)
+    tasks = _tasks(pipeline)
+    if load_id not in tasks:
+        return []
+    found = []
+    for extract_id in sorted(_ancestors(tasks, load_id)):
+        text = state.get(_pending_key(name, run_id, extract_id))
+        if text is not None:
+            found.append({"extract": extract_id, **json.loads(text)})
+    return found
 
 
 def commit_pending(
@@ -165,4 +316,5 @@ def commit_pending(
             if _advance(state, pending["key"], pending["value"]):
                 advanced.append({"key": pending["key"], "value": json.loads(pending["value"])["v"]})
             state.delete(_pending_key(name, run_id, extract_id))
+            release_lease(state, pending["key"], run_id, committed=True)
     return advanced

@@ -191,3 +191,46 @@ def test_a_map_item_is_refused_rather_than_run_once_for_all_items(deployed: Any)
     assert body["errorType"] == "udop.FatalError"
     assert "foreach" in body["errorMessage"]
     assert aws.calls("numbers", run_id) == 0
+
+
+@pytest.mark.postgres
+def test_a_load_repeated_after_its_commit_finds_its_ledger_entry_and_loads_nothing_twice(
+    moto_aws: Any,
+) -> None:
+    """Redrive of a load that committed into PostgreSQL but died before the runner recorded its
+    result (the task-result key is gone): the same ledger as locally keeps the rows single."""
+    import redis as redis_lib
+    import sqlalchemy as sa
+
+    from udop.aws.runner import state_key
+
+    table = f"udop_runner_{uuid.uuid4().hex[:10]}"
+    name = f"runner-eo-{uuid.uuid4().hex[:6]}"
+    target = {"connector": "postgres", "host": "127.0.0.1", "user": "postgres", "database": "test",
+              "table": table, "mode": "append"}
+    pipeline = Pipeline.model_validate({
+        "apiVersion": "udop/v1", "kind": "Pipeline", "metadata": {"name": name},
+        "spec": {"tasks": [
+            {"id": "numbers", "type": "python", "callable": "udop_aws_test_tasks:numbers",
+             "args": {"n": 10, "log_dir": str(moto_aws.log_root)}},
+            {"id": "load", "type": "load", "depends_on": ["numbers"], "target": target},
+        ]},
+    })
+    put_version(moto_aws.client("s3"), moto_aws.definitions_bucket, name, 1, canonical_definition(pipeline))
+    run_id = uuid.uuid4().hex
+    engine = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/test", poolclass=sa.pool.NullPool)
+    client = redis_lib.Redis.from_url("redis://127.0.0.1:6379/0")
+    try:
+        for task in ("numbers", "load", "load"):
+            body, err = _invoke(moto_aws, {**_payload(run_id, task), "pipeline": name})
+            assert err is None, body
+            # the runner "died" after the target's commit: its result record is gone
+            client.delete(state_key(name, run_id, "load"))
+        with engine.connect() as conn:
+            got = conn.execute(sa.text(f"SELECT count(*), count(DISTINCT id) FROM {table}")).one()
+        assert tuple(got) == (10, 10)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+        engine.dispose()
+        client.close()

@@ -148,21 +148,25 @@ LOAD_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_sigkill_during_the_load_loses_and_duplicates_nothing(
-    pg: Tables, context_for: Any, tmp_path: Path
+@pytest.mark.parametrize(("fault", "committed"), [("load-before-commit", 0), ("load-committed", 100_000)])
+def test_sigkill_around_the_load_commit_loses_and_duplicates_nothing(
+    pg: Tables, context_for: Any, tmp_path: Path, fault: str, committed: int
 ) -> None:
+    """The load process dies (SIGKILL, at a named point) with its rows sent but not committed, or
+    committed with the watermark not yet advanced: the next run loads every row exactly once."""
+    n = 100_000
     src, dst = pg.new("src"), pg.new("dst")
     pg.execute(f"CREATE TABLE {src} (id INT PRIMARY KEY, amount INT, updated_at TIMESTAMPTZ)")
     pg.execute(f"CREATE TABLE {dst} (id INT, amount INT, updated_at TIMESTAMPTZ)")
     pg.execute(
         f"INSERT INTO {src} SELECT i, i % 100, timestamptz '2024-01-01' + i * interval '1 second' "
-        "FROM generate_series(1, 300000) AS i"
+        f"FROM generate_series(1, {n}) AS i"
     )
-    pipeline = pipeline_for(src, dst, "inc-kill")
+    pipeline = pipeline_for(src, dst, f"inc-kill-{fault}")
     state = SQLiteStateStore(tmp_path / "state.db")
     ctx = context_for(pipeline, "ext", run_id="r1", state=state)
     extracted = run_extract(ctx)
-    assert extracted.output is not None and extracted.output.rows == 300000
+    assert extracted.output is not None and extracted.output.rows == n
     args = {
         "pipeline": pipeline.model_dump(mode="json", by_alias=True, exclude_unset=True),
         "run_id": "r1",
@@ -170,38 +174,63 @@ def test_sigkill_during_the_load_loses_and_duplicates_nothing(
         "state": str(tmp_path / "state.db"),
         "manifest": extracted.output.to_dict(),
     }
-    proc = subprocess.Popen(
+    proc = subprocess.run(
         [sys.executable, "-c", LOAD_SCRIPT, json.dumps(args)],
-        stdout=subprocess.PIPE,
+        capture_output=True,
         text=True,
-        env={**os.environ},
+        env={**os.environ, "UDOP_FAULT_INJECT": fault},
+        timeout=120,
+        check=False,
     )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "loading"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:  # wait until the COPY into the target is under way
-        active = pg.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE :q AND state = 'active'",
-            {"q": f"COPY%{dst}%"},
-        )
-        if active[0][0]:
-            break
-        time.sleep(0.01)
-    else:
-        proc.kill()
-        proc.wait(30)
-        proc.stdout.close()
-        pytest.fail("the load never started its COPY")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(30)
-    proc.stdout.close()
-    time.sleep(0.5)  # the server notices the dead client and rolls its transaction back
-    assert pg.execute(f"SELECT count(*) FROM {dst}") == [(0,)]
-    # the next run re-extracts everything (the watermark did not move) and loads it exactly once
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    assert "done" not in proc.stdout
+    time.sleep(0.5)  # the server notices the dead client and rolls an open transaction back
+    assert pg.execute(f"SELECT count(*) FROM {dst}") == [(committed,)]
+    # the next run settles r1's range from the target's load ledger: loaded, so the watermark
+    # moves past it; not loaded, so it is read again
     r2 = run_extract(context_for(pipeline, "ext", run_id="r2", state=state))
-    assert r2.output is not None and r2.output.rows == 300000
+    assert r2.output is not None and r2.output.rows == n - committed
     run_load(context_for(pipeline, "load", run_id="r2", state=state), r2)
     assert pg.execute(f"SELECT count(*), count(DISTINCT id), min(id), max(id) FROM {dst}") == [
-        (300000, 300000, 1, 300000)
+        (n, n, 1, n)
     ]
+    state.close()
+
+
+@pytest.mark.slow
+def test_a_resumed_load_finds_its_ledger_entry_and_commits_the_watermark(
+    pg: Tables, context_for: Any, tmp_path: Path
+) -> None:
+    """Killed between the load's commit and the watermark's: the same run's retried load finds
+    its entry, writes nothing, reports the first count and advances the watermark."""
+    src, dst = pg.new("src"), pg.new("dst")
+    pg.execute(f"CREATE TABLE {src} (id INT PRIMARY KEY, amount INT, updated_at TIMESTAMPTZ)")
+    pg.execute(f"CREATE TABLE {dst} (id INT, amount INT, updated_at TIMESTAMPTZ)")
+    add_rows(pg, src, range(1, 51))
+    pipeline = pipeline_for(src, dst, "inc-resume")
+    state = SQLiteStateStore(tmp_path / "state.db")
+    ctx = context_for(pipeline, "ext", run_id="r1", state=state)
+    extracted = run_extract(ctx)
+    assert extracted.output is not None
+    args = {
+        "pipeline": pipeline.model_dump(mode="json", by_alias=True, exclude_unset=True),
+        "run_id": "r1",
+        "data_root": ctx.data_root,
+        "state": str(tmp_path / "state.db"),
+        "manifest": extracted.output.to_dict(),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", LOAD_SCRIPT, json.dumps(args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "UDOP_FAULT_INJECT": "load-committed"},
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == -signal.SIGKILL
+    assert pg.execute(f"SELECT count(*) FROM {dst}") == [(50,)]
+    again = run_load(context_for(pipeline, "load", run_id="r1", state=state, attempt=2), extracted)
+    assert again["rows_written"] == 50 and again["ledger"] == "already loaded"
+    assert again["watermarks_committed"][0]["value"].startswith("2024-03-03T02:00:00")
+    assert pg.execute(f"SELECT count(*), count(DISTINCT id) FROM {dst}") == [(50, 50)]
     state.close()

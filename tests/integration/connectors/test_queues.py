@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +19,7 @@ import pyarrow as pa
 import pytest
 import redis as redis_lib
 
-from udop.connectors import extract_to_parquet, get_connector
+from udop.connectors import LoadEntry, extract_to_parquet, get_connector
 from udop.errors import ConnectionFailed, FatalError
 from udop.spec.models import Pipeline
 from udop.state import MemoryStateStore
@@ -164,6 +168,21 @@ def test_redis_stream_incremental_extract(rds: tuple[redis_lib.Redis, str], tmp_
 
 
 @pytest.mark.redis
+def test_redis_stream_load_commits_its_ledger_entry_with_the_entries(rds: tuple[redis_lib.Redis, str]) -> None:
+    client, prefix = rds
+    stream = prefix + "out"
+    entry = LoadEntry(pipeline=prefix, run_id="r1", task_id="load")
+    batch = pa.RecordBatch.from_pydict({"n": [1, 2, 3]})
+    spec = {"connector": "redis", "kind": "stream", "stream": stream}
+    with get_connector(spec) as c:
+        assert c.write_once([batch], "append", [], entry) == (3, False)
+        assert c.write_once([batch], "append", [], entry) == (3, True)  # a retry writes nothing
+    entries = client.xrange(stream)
+    assert [fields["udop_id"] for _id, fields in entries] == [entry.message_id(i) for i in range(3)]
+    client.delete(f"udop:load-ledger:{entry.key}")
+
+
+@pytest.mark.redis
 def test_redis_unreachable_and_wrong_password(rds: tuple[redis_lib.Redis, str]) -> None:
     with pytest.raises(ConnectionFailed, match="cannot reach Redis"):
         rows({"connector": "redis", "port": 1, "pattern": "x*"})
@@ -234,11 +253,73 @@ def test_rabbitmq_publish_then_consume_a_bounded_batch_acked_after_the_write(
     assert manifest.rows == 10
     assert depth(channel, name) == 15  # the 10 were acked after the Parquet was in place
 
-    # a consumer that dies before its write committed acks nothing: the messages come back
-    c = get_connector({"connector": "rabbitmq", "queue": name, "max_messages": 10})
-    assert sum(b.num_rows for b in c.read()) == 10
-    c.close()
+    # a consumer killed (SIGKILL) after reading, before its write committed, acked nothing: the
+    # broker hands the messages back
+    consumer = subprocess.Popen(
+        [sys.executable, "-c", CONSUMER, name],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert consumer.stdout is not None
+    assert consumer.stdout.readline().strip() == "read 10"
+    consumer.send_signal(signal.SIGKILL)
+    consumer.wait(30)
+    consumer.stdout.close()
+    deadline = time.monotonic() + 10
+    while depth(channel, name) != 15 and time.monotonic() < deadline:
+        time.sleep(0.1)  # the broker requeues once it sees the connection gone
     assert depth(channel, name) == 15
+
+
+CONSUMER = """
+import sys, time
+from udop.connectors import get_connector
+c = get_connector({"connector": "rabbitmq", "queue": sys.argv[1], "max_messages": 10})
+print("read", sum(b.num_rows for b in c.read()), flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.rabbitmq
+def test_rabbitmq_publish_fails_mid_load_and_delivers_nothing(queue: tuple[Any, str]) -> None:
+    channel, name = queue
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        yield pa.RecordBatch.from_pydict({"id": list(range(100))})
+        raise FatalError("the input broke after 100 rows")
+
+    with (
+        get_connector({"connector": "rabbitmq", "queue": name}) as c,
+        pytest.raises(FatalError, match="after 100 rows"),
+    ):
+        c.write(batches())
+    assert depth(channel, name) == 0  # the 100 published before the failure were rolled back
+
+
+@pytest.mark.rabbitmq
+def test_rabbitmq_load_into_a_missing_queue_is_an_error(queue: tuple[Any, str]) -> None:
+    _channel, name = queue
+    batch = pa.RecordBatch.from_pydict({"id": [1, 2, 3]})
+    with (
+        get_connector({"connector": "rabbitmq", "queue": f"{name}-missing"}) as c,
+        pytest.raises(FatalError, match="no queue took the 3 message"),
+    ):
+        c.write([batch])
+
+
+@pytest.mark.rabbitmq
+def test_rabbitmq_load_messages_carry_ids_and_a_repeat_finds_the_ledger(queue: tuple[Any, str]) -> None:
+    channel, name = queue
+    state = MemoryStateStore()
+    entry = LoadEntry(pipeline="p", run_id="r1", task_id="load")
+    batch = pa.RecordBatch.from_pydict({"id": [1, 2, 3]})
+    with get_connector({"connector": "rabbitmq", "queue": name}, state=state) as c:
+        assert c.write_once([batch], "append", [], entry) == (3, False)
+        assert c.write_once([batch], "append", [], entry) == (3, True)  # a retry: nothing sent
+    ids = []
+    while (got := channel.basic_get(name, auto_ack=True))[0] is not None:
+        ids.append(got[1].message_id)
+    assert ids == [entry.message_id(i) for i in range(3)]
 
 
 @pytest.mark.rabbitmq

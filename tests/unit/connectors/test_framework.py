@@ -31,6 +31,7 @@ from udop.connectors import (
     register_connector,
 )
 from udop.connectors.breaker import BreakerSettings
+from udop.connectors.watermark import WatermarkBusy
 from udop.errors import ConfigError, ConnectionFailed, FatalError, TaskTimeout
 from udop.spec.models import Pipeline
 from udop.state import MemoryStateStore
@@ -311,13 +312,27 @@ def test_watermark_waits_for_every_downstream_load(tmp_path: Path) -> None:
 
     r1 = extract("r1")
     assert load("r1", "load_a", r1)["watermarks_committed"] == []  # load_b has not committed yet
-    # run r1 dies before load_b; the next run still reads rows 1-2
+    # run r1 stops before load_b: a new run may not read (load_a would get rows 1-2 twice) ...
     make_sqlite(src, [(3, "c")])
+    with pytest.raises(WatermarkBusy, match=r"held by run r1.*--resume r1"):
+        extract("r2")
+    # ... not even once r1's lease is gone: its ledger shows load_a done and load_b not
+    lease_key = f"udop:watermark-lease:udop:watermark:{p.name}:ext"
+    held = json.loads(state.get(lease_key) or "{}")
+    state.set(lease_key, json.dumps({**held, "until": 0}))
+    with pytest.raises(FatalError, match="run r1 stopped after loading its rows into load_a but not load_b"):
+        extract("r2")
+    # resuming r1 finishes load_b and commits the watermark; the next run reads only row 3
+    m = load("r1", "load_b", r1)
+    assert m["watermarks_committed"] == [{"key": f"udop:watermark:{p.name}:ext", "value": 2}]
     r2 = extract("r2")
-    assert r2.output is not None and r2.output.rows == 3
+    assert r2.output is not None and r2.output.rows == 1
     load("r2", "load_a", r2)
     m = load("r2", "load_b", r2)
     assert m["watermarks_committed"] == [{"key": f"udop:watermark:{p.name}:ext", "value": 3}]
+    with sqlite3.connect(dst) as conn:
+        assert conn.execute("SELECT count(*), count(DISTINCT id) FROM a").fetchone() == (3, 3)
+        assert conn.execute("SELECT count(*), count(DISTINCT id) FROM b").fetchone() == (3, 3)
     make_sqlite(src, [(4, "d")])
     r3 = extract("r3")
     assert r3.output is not None and r3.output.rows == 1
