@@ -125,6 +125,16 @@ class Session:
                     self.con.interrupt()
                 return
 
+    def usage(self) -> dict[str, Any]:
+        """DuckDB's memory limit in effect and, for a session with a database of its own (a per-task
+        ``memory_limit``), whether it spilled to disk: DuckDB writes to its spill folder only then.
+        The shared database spills for every task of the process, so it cannot say whose spill it was."""
+        ((limit,),) = self.con.execute("SELECT current_setting('memory_limit')").fetchall()
+        out: dict[str, Any] = {"memory_limit": str(limit)}
+        if self._spill is not None:
+            out["spilled"] = any(Path(self._spill).iterdir())
+        return out
+
     def close(self) -> None:
         self._closed.set()
         self.con.close()

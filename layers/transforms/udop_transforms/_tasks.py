@@ -220,7 +220,7 @@ def read_in_place_downstream(pipeline: Any, task_id: str) -> bool:
 
 def _snapshot_local(context: TaskContext, task: Any) -> TaskResult:
     source = task.source
-    path = _resolve(context, str(context.render(source.path)))
+    path = _resolve(context, str(context.render(source.path)), "source.path")
     names = matching_files(path)
     if not names:
         raise FatalError(f"task {task.id!r}: source: no {source.connector} file matches {path!r}")
@@ -289,20 +289,24 @@ def _source_error(task: Any, source: Any, files: list[str], path: str, exc: duck
 
 def run_transform(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult]) -> TaskResult:
     try:
-        manifest, checks = _transform(context, task, inputs, widen=False)
+        manifest, checks, usage = _transform(context, task, inputs, widen=False)
     except FatalError as exc:
         if not getattr(exc, "decimal_overflow", False):
             raise
         # DuckDB multiplies decimals of up to 18 digits in 18 digits (fast) and stops on overflow;
         # run again with every decimal input as DECIMAL(38, s): exact, a little slower
-        manifest, checks = _transform(context, task, inputs, widen=True)
+        manifest, checks, usage = _transform(context, task, inputs, widen=True)
+    metrics: dict[str, Any] = {"rows": manifest.rows}
+    if task.memory_limit:
+        # what a user tuning memory_limit needs to see: the limit DuckDB applied, and whether it spilled
+        metrics.update(usage)
     return TaskResult(output=manifest, checks=tuple(checks),
                       inputs=tuple(_input_manifest(task.id, d, inputs).uri for d in data_inputs(task)),
-                      metrics={"rows": manifest.rows})
+                      metrics=metrics)
 
 
 def _transform(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult], *,
-               widen: bool) -> tuple[Manifest, list[CheckResult]]:
+               widen: bool) -> tuple[Manifest, list[CheckResult], dict[str, Any]]:
     checks: list[CheckResult] = []
     with Session(memory_limit=task.memory_limit, context=context) as session:
         columns = _register_inputs(session, context, task, inputs, widen=widen)
@@ -345,7 +349,8 @@ def _transform(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult]
                 raise
             index, kind, message = found
             raise FatalError(f"task {task.id!r}: steps[{index}] ({kind}): {message}") from exc.__cause__
-    return manifest, checks
+        usage = session.usage()
+    return manifest, checks, usage
 
 
 def run_validate(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult]) -> TaskResult:

@@ -44,6 +44,9 @@ __all__ = ["LocalExecutor", "new_run_id"]
 
 _log = logging.getLogger("udop.executor")
 
+#: how long a finished run waits for its timed-out attempts to unwind (all of them together)
+ABANDONED_GRACE_SECONDS = 3.0
+
 
 def new_run_id(now: datetime | None = None) -> str:
     """Sortable and readable: ``20261126T010919-3fa9c2``."""
@@ -79,6 +82,7 @@ class _Attempt:
     cancel_hooks: list[Callable[[], None]] = field(default_factory=list)
     work: Callable[[], None] | None = None
     abandoned: bool = False
+    returned: threading.Event = field(default_factory=threading.Event)
 
 
 class _WorkerPool:
@@ -104,7 +108,10 @@ class _WorkerPool:
             if job is None or job.abandoned:
                 return  # shut down, or a replacement thread already took this one's place
             assert job.work is not None
-            job.work()
+            try:
+                job.work()
+            finally:
+                job.returned.set()
             if job.abandoned:
                 return
 
@@ -251,6 +258,7 @@ class _Run:
         self.ready: list[tuple[int, str]] = []  # heap by topological position
         self.retries: list[tuple[float, int, str]] = []  # heap of (due time, position, task id)
         self.inflight: dict[tuple[str, int], _Attempt] = {}
+        self.abandoned: list[_Attempt] = []
         self.done: queue.SimpleQueue[
             tuple[str, int, TaskResult | None, dict[str, Any] | None, BaseException | None]
         ] = queue.SimpleQueue()
@@ -285,6 +293,7 @@ class _Run:
             raise
         finally:
             self.pool.shutdown()
+            self._let_abandoned_attempts_stop()
         final = (
             RunState.SUCCEEDED
             if all(s == TaskState.SUCCEEDED for s in self.state.values())
@@ -415,9 +424,20 @@ class _Run:
         else:
             self._failed(tid, number, AttemptState.FAILED, exc)
 
+    def _let_abandoned_attempts_stop(self) -> None:
+        """Give cancelled attempts a moment to unwind before the run returns: a DuckDB query told to stop
+        removes its half-written files, and a process that exits while a thread is still inside DuckDB
+        aborts (SIGABRT) instead of exiting with the run's status."""
+        until = time.monotonic() + ABANDONED_GRACE_SECONDS
+        for attempt in self.abandoned:
+            if not attempt.returned.wait(max(0.0, until - time.monotonic())):
+                _log.warning("task %r attempt %d is still running after it was cancelled; leaving it",
+                             attempt.task_id, attempt.number)
+
     def _timeout(self, key: tuple[str, int], attempt: _Attempt) -> None:
         del self.inflight[key]
         self.pool.abandon(attempt)
+        self.abandoned.append(attempt)
         attempt.context.cancel_event.set()
         for hook in attempt.cancel_hooks:
             try:
@@ -504,6 +524,7 @@ class _Run:
         try:
             for (tid, number), attempt in list(self.inflight.items()):
                 attempt.context.cancel_event.set()
+                self.abandoned.append(attempt)
                 self.store.finish_attempt(
                     self.run_id,
                     tid,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
 import uuid
 from typing import Any
 
@@ -48,6 +50,12 @@ def _pipeline(log_dir: str, flag: str) -> Pipeline:
                         "type": "python",
                         "callable": "udop_aws_test_tasks:sleepy",
                         "timeout": "1s",
+                        "args": {"log_dir": str(log_dir)},
+                    },
+                    {
+                        "id": "untimed",
+                        "type": "python",
+                        "callable": "udop_aws_test_tasks:sleepy",
                         "args": {"log_dir": str(log_dir)},
                     },
                 ]
@@ -180,6 +188,48 @@ def test_a_task_over_its_timeout_is_stopped_and_reported_retryable(deployed: Any
     assert body["errorType"] == "udop.RetryableError"
     assert "TaskTimeout" in body["errorMessage"]
     assert "stopped after 1s" in body["errorMessage"]
+
+
+def test_a_task_without_a_timeout_is_stopped_ten_seconds_before_the_lambda_deadline(deployed: Any) -> None:
+    aws, _, _ = deployed
+    run_id = uuid.uuid4().hex
+    # a warm function first (in moto the handler module stays loaded), so the time the invocation
+    # spends before the task begins is small next to the margin
+    assert not _invoke(aws, _payload(run_id, "numbers"))[1]
+    aws.client("lambda").update_function_configuration(FunctionName=aws.task_runner_arn, Timeout=12)
+    body, err = _invoke(aws, _payload(run_id, "untimed"))
+    # uncancelled it would run 30 s, past the function's 12 s; the runner stops it at 12 - 10 = 2 s,
+    # leaving the Lambda time to report the error instead of being killed by the service
+    assert err
+    assert body["errorType"] == "udop.RetryableError"
+    stopped = re.search(r"stopped after ([0-9.]+)s", body["errorMessage"])
+    assert stopped is not None, body
+    assert 0.5 < float(stopped.group(1)) <= 2.0  # less what the invocation spent before the task began
+    assert aws.calls("untimed", run_id) == 1
+
+
+def test_a_task_another_invocation_is_running_is_refused_with_a_retryable_error(deployed: Any) -> None:
+    from udop.state import open_state_store
+
+    aws, _, _ = deployed
+    run_id = uuid.uuid4().hex
+    state = open_state_store(os.environ.get("UDOP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    # the runner's lock on this task of this run, held as a concurrent invocation would hold it
+    other = state.lock(f"task:runner-test:{run_id}:numbers", ttl=60)
+    assert other.acquire()
+    try:
+        body, err = _invoke(aws, _payload(run_id, "numbers"))
+        assert err
+        assert body["errorType"] == "udop.RetryableError"
+        assert "is being run by another invocation right now" in body["errorMessage"]
+        assert aws.calls("numbers", run_id) == 0  # not run twice at once
+    finally:
+        other.release()
+    # once the other invocation is done, the retry runs it
+    body, err = _invoke(aws, _payload(run_id, "numbers"))
+    assert not err, body
+    assert aws.calls("numbers", run_id) == 1
+    state.close()
 
 
 def test_a_map_item_is_refused_rather_than_run_once_for_all_items(deployed: Any) -> None:

@@ -1,4 +1,5 @@
-"""A transform over more data than its memory limit spills to disk instead of failing."""
+"""A transform over more data than its memory limit spills to disk instead of failing: the task's
+DuckDB runs under the task's ``memory_limit`` (not the process's) and reports that it spilled."""
 
 from __future__ import annotations
 
@@ -64,6 +65,9 @@ def test_sort_bigger_than_the_memory_limit_spills(tmp_path: Path) -> None:
     )
     result = run_task(ctx, pipeline.task("t"), {"big": TaskResult(output=Manifest(uri=str(src)))})
     assert result.output.rows == ROWS
+    # the task's own limit was the one DuckDB applied, and the sort did not fit in it: it spilled
+    assert result.metrics["memory_limit"] == "95.3 MiB"  # DuckDB's rendering of 100MB
+    assert result.metrics["spilled"] is True
     out = pq.ParquetFile(Path(result.output.uri) / "part-0.parquet")
     head = out.read_row_group(0)["payload"].to_pylist()
     assert head == sorted(head, reverse=True)

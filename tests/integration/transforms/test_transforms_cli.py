@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -77,20 +78,47 @@ def test_unknown_column_is_rejected_before_running(root):
     assert not (root / "out").exists()
 
 
-def test_a_failed_run_keeps_the_previous_load_output(root):
-    write(root)
+COPY_PIPELINE = """\
+apiVersion: udop/v1
+kind: Pipeline
+metadata: {name: copy-orders}
+spec:
+  tasks:
+    - id: orders
+      type: extract
+      source: {connector: parquet, path: orders.parquet}
+    - id: publish
+      type: load
+      depends_on: [orders]
+      target: {connector: parquet, path: out/orders.parquet}
+"""
+
+
+def test_a_load_that_fails_while_writing_keeps_the_previous_output(root):
+    (root / "pipeline.yaml").write_text(COPY_PIPELINE)
     first = udop(root, "run", "pipeline.yaml", "--no-progress")
     assert first.returncode == 0, first.stderr
-    target = root / "out" / "totals.parquet"
-    before = pq.read_table(target).to_pydict()
-    assert sorted(zip(before["region"], before["total"], strict=True)) == [("eu", 1.5), ("us", 2.0)]
+    target = root / "out" / "orders.parquet"
+    before = pq.read_table(target)
+    assert before.num_rows == 3
 
-    (root / "orders.parquet").unlink()  # the next run's input is gone
+    # the next run's input is large and its load has a deadline it cannot meet: the extract succeeds,
+    # the load is interrupted while its COPY is writing
+    duckdb.sql(
+        "COPY (SELECT 'eu' AS region, range::DOUBLE AS amount, md5(range::VARCHAR) AS note "
+        f"FROM range(500000)) TO '{root / 'orders.parquet'}' (FORMAT parquet)"
+    )
+    (root / "pipeline.yaml").write_text(
+        COPY_PIPELINE.replace("      depends_on: [orders]\n", "      depends_on: [orders]\n      timeout: 200ms\n")
+    )
     second = udop(root, "run", "pipeline.yaml", "--no-progress")
-    assert second.returncode == 1
-    assert "task 'orders': source: no parquet file matches" in second.stdout + second.stderr
-    assert "Traceback" not in second.stdout + second.stderr
-    assert pq.read_table(target).to_pydict() == before
+    output = second.stdout + second.stderr
+    assert second.returncode == 1, output
+    assert "Traceback" not in output
+    assert "orders succeeded: 500,000 rows" in output
+    assert "publish: udop.TaskTimeout: task 'publish' attempt 1 ran longer than its timeout" in output
+    assert pq.read_table(target).equals(before)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["orders.parquet"]  # nothing left aside
 
 
 def test_ragged_csv_is_rejected_before_running(root):

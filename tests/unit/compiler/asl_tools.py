@@ -13,7 +13,7 @@ import re
 import subprocess
 import tempfile
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,55 +197,90 @@ def _intrinsic(expr: str, data: Any) -> Any:
 
 
 @dataclass
-class Sizes:
+class Simulation:
     largest_state: int = 0
     largest_result: int = 0
+    ran: list[str] = field(default_factory=list)  # tasks invoked, in order
+    end_state: str = ""  # the top-level state the execution ended in
+    end_type: str = ""  # Succeed, Fail, or a state with End
+    error: str | None = None  # a Fail state's Error and Cause, as Step Functions would report them
+    cause: str | None = None
 
 
-def simulate(definition: dict[str, Any], execution_input: dict[str, Any], *, fail: bool,
-             cause_bytes: int = 4096) -> Sizes:
-    """Push ``execution_input`` through the machine with every task succeeding (``fail=False``) or
-    every task failing with an error whose Cause has ``cause_bytes``; record the largest state and
-    the largest raw Parallel result as JSON bytes."""
-    sizes = Sizes()
+def failure_cause(task: str, cause_bytes: int) -> str:
+    """The Cause the simulator gives a failing task: names the task, padded to ``cause_bytes``."""
+    head = f"task {task!r} failed: "
+    return head + "x" * max(0, cause_bytes - len(head))
+
+
+def _matches(rule: dict[str, Any], data: Any) -> bool:
+    try:
+        value = _get(data, rule["Variable"])
+    except (KeyError, IndexError):
+        return rule.get("IsPresent") is False
+    if "IsPresent" in rule:
+        return bool(rule["IsPresent"])
+    if "StringEquals" in rule:
+        return value == rule["StringEquals"]
+    if "StringMatches" in rule:
+        return re.fullmatch(re.escape(rule["StringMatches"]).replace(r"\*", ".*"), str(value)) is not None
+    raise AssertionError(f"simulator does not know the Choice rule {rule}")
+
+
+def _path_or_value(state: dict[str, Any], key: str, data: Any) -> str | None:
+    if key in state:
+        return str(state[key])
+    path = state.get(f"{key}Path")
+    if path is None:
+        return None
+    return str(_intrinsic(path, data) if path.startswith("States.") else _get(data, path))
+
+
+def simulate(definition: dict[str, Any], execution_input: dict[str, Any], *,
+             fail: bool | Collection[str], cause_bytes: int = 4096,
+             error: str = "udop.FatalError") -> Simulation:
+    """Push ``execution_input`` through the machine; the tasks in ``fail`` (or every task, with
+    ``fail=True``) fail with ``error`` and a Cause of ``cause_bytes`` naming the task (see
+    ``failure_cause``), the others succeed. Records the largest state and the largest raw Parallel
+    result as JSON bytes, the tasks run, and the state the execution ends in with its Error/Cause."""
+    sim = Simulation()
 
     def size(data: Any) -> int:
         return len(json.dumps(data, separators=(",", ":")))
 
-    def run(sc: dict[str, Any], data: Any) -> Any:
+    def failing(task: str | None) -> bool:
+        return task is not None and (fail is True or (not isinstance(fail, bool) and task in fail))
+
+    def run(sc: dict[str, Any], data: Any, *, top: bool) -> Any:
         name = sc["StartAt"]
         while True:
             state = sc["States"][name]
-            sizes.largest_state = max(sizes.largest_state, size(data))
+            sim.largest_state = max(sim.largest_state, size(data))
             kind = state["Type"]
             nxt = state.get("Next")
             if kind in {"Task", "Map"}:
-                if fail:
-                    error = {"Error": "udop.FatalError", "Cause": "x" * cause_bytes}
+                task = _task_of(state)
+                if task is not None:
+                    sim.ran.append(task)
+                if failing(task):
+                    assert task is not None
+                    failure = {"Error": error, "Cause": failure_cause(task, cause_bytes)}
                     catch = state["Catch"][0]
-                    data = {**data, catch["ResultPath"][2:]: error}
+                    data = {**data, catch["ResultPath"][2:]: failure}
                     nxt = catch["Next"]
                 elif state.get("ResultPath", "$") is not None:
                     result = {"status": 200}
                     data = {**data, state["ResultPath"][2:]: result} if state["ResultPath"] != "$" else result
             elif kind == "Parallel":
                 inner = {} if state.get("InputPath", "$") is None else data
-                raw = [run(branch, inner) for branch in state["Branches"]]
-                sizes.largest_result = max(sizes.largest_result, size(raw))
+                raw = [run(branch, inner, top=False) for branch in state["Branches"]]
+                sim.largest_result = max(sim.largest_result, size(raw))
                 assert state["ResultSelector"] == {"failures.$": "$[*].failure"}
                 selected = {"failures": [b["failure"] for b in raw if "failure" in b]}
                 data = {**data, state["ResultPath"][2:]: selected}
             elif kind == "Choice":
-                nxt = state["Default"]
-                for rule in state["Choices"]:
-                    try:
-                        _get(data, rule["Variable"])
-                        present = True
-                    except (KeyError, IndexError):
-                        present = False
-                    if "IsPresent" in rule and present == rule["IsPresent"]:
-                        nxt = rule["Next"]
-                        break
+                nxt = next((rule["Next"] for rule in state["Choices"] if _matches(rule, data)),
+                           state["Default"])
             elif kind == "Pass":
                 value = data if state.get("InputPath", "$") == "$" else _get(data, state["InputPath"])
                 if "Parameters" in state:
@@ -253,12 +288,15 @@ def simulate(definition: dict[str, Any], execution_input: dict[str, Any], *, fai
                 if "Result" in state:
                     value = state["Result"]
                 data = {**data, state["ResultPath"][2:]: value}
-            elif kind in ("Succeed", "Fail"):
-                return data
-            sizes.largest_state = max(sizes.largest_state, size(data))
-            if nxt is None:
+            sim.largest_state = max(sim.largest_state, size(data))
+            if kind in ("Succeed", "Fail") or nxt is None:
+                if top:
+                    sim.end_state, sim.end_type = name, kind
+                    if kind == "Fail":
+                        sim.error = _path_or_value(state, "Error", data)
+                        sim.cause = _path_or_value(state, "Cause", data)
                 return data
             name = nxt
 
-    run(definition, execution_input)
-    return sizes
+    run(definition, execution_input, top=True)
+    return sim

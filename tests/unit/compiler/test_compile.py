@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from asl_tools import (
     assert_valid,
+    failure_cause,
     failure_routes,
     make_pipeline,
     simulate,
@@ -117,9 +118,25 @@ def test_failures_end_in_fail_with_the_tasks_error_or_leave_the_branch() -> None
 def test_simulated_failure_reaches_fail_with_the_tasks_error() -> None:
     deps = {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"]}
     c = compile_pipeline(make_pipeline(deps))
-    # every task failing: a fails first, at the top, with its own error and cause
-    sizes = simulate(c.definition, RUN_INPUT, fail=True, cause_bytes=100)
-    assert sizes.largest_state < 2 * KIB
+    # a fails at the top: the execution fails with a's own error and cause, nothing after it runs
+    out = simulate(c.definition, RUN_INPUT, fail={"a"}, cause_bytes=100)
+    assert (out.end_type, out.ran) == ("Fail", ["a"])
+    assert (out.error, out.cause) == ("udop.FatalError", failure_cause("a", 100))
+    assert out.largest_state < 2 * KIB
+    # c fails inside a Parallel branch: b still finishes, d never starts, the run fails with c's error
+    # (the cause points at the task record, as a branch carries a fixed-size failure)
+    out = simulate(c.definition, RUN_INPUT, fail={"c"}, cause_bytes=100)
+    assert out.end_type == "Fail"
+    assert sorted(out.ran) == ["a", "b", "c"]
+    assert (out.error, out.cause) == ("udop.FatalError", "udop.FatalError in task c; its message is in the task record")
+    # a task that times out (States.Timeout from Step Functions) ends as udop.TaskTimeout naming it
+    out = simulate(c.definition, RUN_INPUT, fail={"d"}, cause_bytes=100, error="States.Timeout")
+    assert out.end_type == "Fail" and out.ran[-1] == "d"
+    assert (out.error, out.cause) == ("udop.TaskTimeout", f"States.Timeout in task d: {failure_cause('d', 100)}")
+    # and with nothing failing, the run ends in success
+    ok = simulate(c.definition, RUN_INPUT, fail=False)
+    assert (ok.end_state, ok.end_type, ok.error) == ("d", "Task", None)  # d ends the machine
+    assert sorted(ok.ran) == ["a", "b", "c", "d"]
 
 
 def test_five_hundred_parents_keep_every_state_small() -> None:

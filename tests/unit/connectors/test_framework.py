@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -35,7 +36,7 @@ from udop.connectors.watermark import WatermarkBusy
 from udop.errors import ConfigError, ConnectionFailed, FatalError, TaskTimeout
 from udop.spec.models import Pipeline
 from udop.state import MemoryStateStore
-from udop.tasks.contract import TaskContext, TaskResult
+from udop.tasks.contract import Manifest, TaskContext, TaskResult
 
 
 def pipeline(tasks: list[dict[str, Any]], connections: dict[str, Any] | None = None) -> Pipeline:
@@ -399,32 +400,48 @@ def test_sql_url_password_never_shows(tmp_path: Path) -> None:
     assert str(info.value).startswith("connector 'postgres': ")
 
 
-def test_a_cancelled_load_changes_nothing(tmp_path: Path) -> None:
-    src, dst = tmp_path / "src.db", tmp_path / "dst.db"
-    make_sqlite(src, [(i, f"n{i}") for i in range(1, 1001)])
+class _CancelOnceStarted(threading.Event):
+    """A cancel signal that arrives once the load has taken its first batch (the overwrite has begun:
+    the table was emptied and that batch inserted, in the load's open transaction)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = 0
+
+    def is_set(self) -> bool:
+        self.asked += 1
+        if self.asked == 2:  # asked again before the second batch
+            self.set()
+        return super().is_set()
+
+
+@pytest.mark.parametrize("mode", ["overwrite", "append"])
+def test_a_load_cancelled_part_way_changes_nothing(tmp_path: Path, mode: str) -> None:
+    dst = tmp_path / "dst.db"
     make_sqlite(dst, [(0, "before")])
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    for i in range(2):  # two files: the load writes them as two batches
+        ids = list(range(1 + 500 * i, 501 + 500 * i))
+        pq.write_table(pa.table({"id": ids, "name": [f"n{x}" for x in ids]}), dataset / f"part-{i}.parquet")
+    manifest = Manifest(uri=str(dataset))
     p = pipeline(
         [
-            {
-                "id": "ext",
-                "type": "extract",
-                "source": {"connector": "sqlite", "database": str(src), "table": "src", "batch_size": 100},
-            },
+            {"id": "ext", "type": "python", "callable": "x:y"},
             {
                 "id": "load",
                 "type": "load",
                 "depends_on": ["ext"],
-                "target": {"connector": "sqlite", "database": str(dst), "table": "src", "mode": "overwrite"},
+                "target": {"connector": "sqlite", "database": str(dst), "table": "src", "mode": mode},
             },
         ]
     )
-    state = MemoryStateStore()
-    ctx = context(p, "ext", tmp_path, state)
-    manifest = extract_to_parquet(ctx, p.task("ext").source, ctx.output_uri)
-    load_ctx = context(p, "load", tmp_path, state)
-    load_ctx.cancel_event.set()
+    load_ctx = context(p, "load", tmp_path, MemoryStateStore())
+    cancel = _CancelOnceStarted()
+    load_ctx.cancel_event = cancel
     with pytest.raises(TaskTimeout, match="cancelled or timed out"):
         load_from_parquet(load_ctx, p.task("load").target, manifest, {"ext": TaskResult(output=manifest)})
+    assert cancel.asked == 2  # it stopped before the second batch, not before the first
     assert sqlite_ids(dst, "src") == [0]
 
 

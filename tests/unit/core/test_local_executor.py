@@ -96,12 +96,48 @@ def test_a_fatal_error_is_not_retried(project: Any, store: Any) -> None:
     assert _tasks(run)["bad"].error_type == "udop.FatalError"
 
 
-def test_backoff_is_exponential_capped_and_fully_jittered() -> None:
+def test_backoff_is_exponential_and_capped() -> None:
     policy = RetryPolicy(max_attempts=10, base_delay=2, backoff_rate=3, max_delay=30)
     assert [policy.delay(n) for n in range(1, 6)] == [2, 6, 18, 30, 30]
-    rng = random.Random(1)
-    waits = [rng.uniform(0, policy.delay(3)) for _ in range(2000)]
-    assert 0 <= min(waits) < 1 and 17 < max(waits) <= 18  # spread over the whole interval
+
+
+class _Draws(random.Random):
+    """The executor's random source, answering a fixed point of each range it is asked for."""
+
+    def __init__(self, fraction: float) -> None:
+        super().__init__(0)
+        self.fraction = fraction
+        self.asked: list[tuple[float, float]] = []
+
+    def uniform(self, a: float, b: float) -> float:
+        self.asked.append((a, b))
+        return a + (b - a) * self.fraction
+
+
+@pytest.mark.parametrize("jitter", ["full", "none"])
+def test_the_executor_draws_each_retry_wait_from_zero_to_the_backoff(
+    project: Any, store: Any, jitter: str
+) -> None:
+    retry = {"max_attempts": 3, "base_delay": "200ms", "backoff_rate": 2, "max_delay": 1, "jitter": jitter}
+    path = project.pipeline(
+        [project.task("flaky", "fail_until", args={"name": "flaky", "succeed_on": 3}, retry=retry)]
+    )
+    rng = _Draws(0.5)
+    events: list[Any] = []
+    executor = LocalExecutor(
+        store, data_root=str(project.root / "data"), services={"base_dir": str(project.root)},
+        on_event=events.append, rng=rng,
+    )
+    record = executor.run(load_pipeline(path, import_callables=True))
+    assert record.state == RunState.SUCCEEDED
+    waits = [e.message.rsplit("retry in ", 1)[1] for e in events if e.state == TaskState.RETRYING.value]
+    if jitter == "full":
+        # full jitter: uniform over [0, backoff] for each retry, and the drawn value is the wait
+        assert rng.asked == [(0, 0.2), (0, 0.4)]
+        assert waits == ["0.1s)", "0.2s)"]
+    else:
+        assert rng.asked == []
+        assert waits == ["0.2s)", "0.4s)"]
 
 
 def test_retry_waits_are_observed(project: Any, store: Any) -> None:

@@ -10,9 +10,10 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from transform_helpers import read_output
+from transform_helpers import context_for, make_pipeline, read_output
 
 from udop.errors import FatalError
+from udop.tasks import run_task
 
 
 def extract(run, source: dict) -> pa.Table:
@@ -151,34 +152,63 @@ def test_partition_by_writes_hive_folders(data, run):
     assert len(list((data / "lake" / "k=a").glob("*.parquet"))) == 2
 
 
-def _corrupt_pages(path: Path) -> None:
-    """Garble the compressed data pages but keep the footer, so the schema still reads."""
-    raw = bytearray(path.read_bytes())
-    footer = int.from_bytes(raw[-8:-4], "little") + 8
-    for i in range(8, len(raw) - footer - 4):
-        raw[i] = 0xAB
-    path.write_bytes(bytes(raw))
+def _poison(folder: Path) -> None:
+    """Replace a task's Parquet output with many good row groups followed by one whose data pages are
+    garbled (the footer still reads): a reader fails part-way through, after rows were written."""
+    for old in folder.glob("*.parquet"):
+        old.unlink()
+    file = folder / "part-0.parquet"
+    rows = 50_000
+    pq.write_table(pa.table({"k": [f"x{i}" for i in range(rows)], "v": list(range(rows))}), file,
+                   compression="zstd", row_group_size=5_000)
+    meta = pq.ParquetFile(file).metadata
+    last = meta.row_group(meta.num_row_groups - 1)
+    raw = bytearray(file.read_bytes())
+    for c in range(last.num_columns):
+        col = last.column(c)
+        start = col.dictionary_page_offset or col.data_page_offset
+        for i in range(start + 16, start + col.total_compressed_size):
+            raw[i] = 0xAB
+    file.write_bytes(bytes(raw))
 
 
-def test_failed_load_leaves_previous_target_intact(data, run, tmp_path):
-    for target in ({"connector": "parquet", "path": "lake"}, {"connector": "csv", "path": "out.csv"}):
-        load(run, target)
-        path = data / target["path"]
-        before = read_any(path, target["connector"])
-        pq.write_table(
-            pa.table({"k": [f"x{i}" for i in range(10000)], "v": list(range(10000))}),
-            tmp_path / "data.parquet",
-            compression="zstd",
-        )
-        _corrupt_pages(tmp_path / "data.parquet")
-        with pytest.raises(FatalError, match=r"task '(e|l)'") as info:
-            load(run, target, run_id="r2")
-        assert "\n" not in str(info.value)
-        assert read_any(path, target["connector"]) == before
-        # nothing left aside (udop's ownership marker beside the target is meant to stay)
-        assert not [p for p in path.parent.iterdir()
-                    if p.name.startswith(".") and not p.name.endswith(".udop-output")]
-        pq.write_table(DATA, tmp_path / "data.parquet")
+def _targets(root: Path) -> list[Path]:
+    """Everything under ``root`` except udop's own data folder (where task outputs go)."""
+    return sorted(p.relative_to(root) for p in root.rglob("*") if p.relative_to(root).parts[0] != "data")
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        {"connector": "parquet", "path": "lake"},
+        {"connector": "parquet", "path": "lake", "partition_by": ["k"]},
+        {"connector": "parquet", "path": "out.parquet"},
+        {"connector": "csv", "path": "out.csv"},
+        {"connector": "parquet", "path": "lake", "mode": "append"},
+    ],
+    ids=["folder", "partitioned", "file", "csv-file", "folder-append"],
+)
+def test_a_load_failing_while_it_writes_leaves_the_previous_target_intact(data, run, tmp_path, target):
+    load(run, {**target, "mode": "overwrite"})
+    path = data / target["path"]
+    before = read_any(path, target["connector"])
+    listing = _targets(data)
+    # the next run's extract succeeds; its output then breaks part-way through the load's read
+    pipeline = make_pipeline([
+        # materialize: the load reads the extract's own copy, which is then broken (not the source)
+        {"id": "e", "type": "extract", "materialize": True,
+         "source": {"connector": "parquet", "path": "data.parquet"}},
+        {"id": "l", "type": "load", "depends_on": "e", "target": target},
+    ])
+    extracted = run_task(context_for(pipeline, "e", tmp_path, run_id="r2"), pipeline.task("e"), {})
+    assert extracted.output.rows == 3
+    _poison(Path(extracted.output.uri))
+    with pytest.raises(FatalError, match=r"^task 'l': writing ") as info:
+        run_task(context_for(pipeline, "l", tmp_path, run_id="r2"), pipeline.task("l"), {"e": extracted})
+    assert "\n" not in str(info.value)
+    assert read_any(path, target["connector"]) == before
+    # nothing left aside: no half-written file or folder beside the target
+    assert _targets(data) == listing
 
 
 def test_partition_by_unknown_column(data, run):
