@@ -169,14 +169,16 @@ def returns(context, inputs, kind="object"):
     return values[kind]()
 
 
-def wait_for_cancel(context, inputs, marker="started", seconds=60.0):
-    """On its first call, run until told to stop; leave a file saying it saw the cancellation, then
-    give up. Later calls (a resume) return at once."""
+def wait_for_cancel(context, inputs, marker="started", seconds=60.0, until=None):
+    """On its first call, run until told to stop (or until the file `until` appears); leave a file
+    saying it saw the cancellation, then give up. Later calls (a resume) return at once."""
     if _count(context.task_id) > 1:
         return {"waited": 0}
     (HERE / marker).write_text(str(os.getpid()))
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and not context.cancelled:
+        if until and (HERE / until).exists():
+            return {"waited": "until"}
         time.sleep(0.01)
     if context.cancelled:
         (HERE / f"{context.task_id}.saw-cancel").write_text("yes")
