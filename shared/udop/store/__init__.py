@@ -63,18 +63,19 @@ def _engine_for(url: str | None, *, migrating: bool, expect_history_in: str | No
         else:
             raise StoreError(f"metadata database {mask_url(parsed)}: folder {str(folder)!r} does not exist; "
                              "create it or point UDOP_DATABASE_URL elsewhere")
-    found = _run_outputs(expect_history_in)
+    # outputs are counted only when the database is new, so a long history costs nothing here
     sqlite_file = parsed.get_backend_name() == "sqlite" and not is_memory(parsed) and folder is not None
-    if found and sqlite_file and parsed.database is not None:
+    if expect_history_in and sqlite_file and parsed.database is not None:
         db = Path(parsed.database)
-        if not db.exists() or db.stat().st_size == 0:
-            raise _history_lost(mask_url(parsed), "does not exist", str(expect_history_in), found)
+        if (not db.exists() or db.stat().st_size == 0) and (found := _run_outputs(expect_history_in)):
+            raise _history_lost(mask_url(parsed), "does not exist", expect_history_in, found)
     engine = create_store_engine(parsed)
     try:
-        if found and not sqlite_file:
+        if expect_history_in and not sqlite_file:
             with transaction(engine, write=False) as conn:
-                if current_revision(conn) is None:
-                    raise _history_lost(mask_url(parsed), "has no udop tables", str(expect_history_in), found)
+                fresh = current_revision(conn) is None
+            if fresh and (found := _run_outputs(expect_history_in)):
+                raise _history_lost(mask_url(parsed), "has no udop tables", expect_history_in, found)
         if migrating:
             upgrade(engine)
         else:
