@@ -33,10 +33,13 @@ if TYPE_CHECKING:
 
 __all__ = ["STARTUP_ALLOWANCE", "ChildAttempt", "compute", "needs_process"]
 
-#: modules the fork server imports once, so that each child starts with them loaded (pyarrow: most
-#: task modules import it or pandas, and it takes a second or two to import on a busy machine)
-_PRELOAD = ["udop.executor.attempt", "udop.tasks.python", "udop.tasks.registry", "udop.tasks.foreach",
-            "pyarrow"]
+#: modules the fork server imports once, so that each child starts with them loaded: the definition
+#: models (their task types come from the installed layers), pyarrow (most task modules import it or
+#: pandas; a second or two to import on a busy machine). Each child still imports the main module as
+#: ``__mp_main__``, as with the spawn method: a script driving udop should import it inside its
+#: ``if __name__ == "__main__":`` block (the ``udop`` command's script imports only ``udop.cli``).
+_PRELOAD = ["udop.executor.attempt", "udop.spec.models", "udop.tasks.python", "udop.tasks.registry",
+            "udop.tasks.foreach", "pyarrow"]
 _CONTEXTS: list[ForkServerContext] = []  # the one fork-server context, once made
 _CONTEXT_LOCK = threading.Lock()
 
