@@ -51,9 +51,7 @@ def _udop(n: int, shape: str, workdir: Path, workers: int, timeout: str | None =
 
     pipeline = Pipeline.model_validate(_pipeline(n, shape, timeout))
     store = open_store(f"sqlite:///{workdir / f'{shape}-{time.time_ns()}.db'}")
-    executor = LocalExecutor(
-        store, workers=workers, data_root=str(workdir / "data"), services={"base_dir": str(workdir)}
-    )
+    executor = LocalExecutor(store, workers=workers, data_root=str(workdir / "data"))
     start = time.perf_counter()
     record = executor.run(pipeline)
     took = time.perf_counter() - start
