@@ -160,6 +160,8 @@ def run(
     def waiting(message: str) -> None:
         click.echo(f"udop: waiting: {message}", err=True)
 
+    from udop.errors import RunLimitReached
+
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with display:
@@ -173,6 +175,12 @@ def run(
                 wait=wait,
                 on_wait=waiting,
             )
+    except RunLimitReached:
+        if not stopped_by:
+            raise
+        name = signal.Signals(stopped_by[0]).name
+        click.echo(f"udop: stopped ({name}) while waiting for a free slot; nothing ran", err=True)
+        raise click.exceptions.Exit(128 + stopped_by[0]) from None
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -170,7 +170,11 @@ class LocalExecutor:
         self._active: _Run | None = None
 
     def request_stop(self, reason: str) -> None:
-        """Cancel the run in progress cooperatively (safe to call from a signal handler)."""
+        """Cancel the run in progress cooperatively (safe to call from a signal handler).
+
+        The executor stays stopped: a run it is waiting to start (``wait``) is given up, and a later
+        ``run`` stops at once. Make a new executor to run again.
+        """
         self._stop_reason = reason
         self._stop.set()
         active = self._active
