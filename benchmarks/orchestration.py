@@ -2,7 +2,9 @@
 
 1,000 no-op `python` tasks as a chain and as a wide fan-out, metadata persisted to SQLite; printed
 per task beside baselines run in the same process: calling the functions directly, and running the
-same graph through a bare ThreadPoolExecutor (what a scheduler without persistence costs).
+same graph through a bare ThreadPoolExecutor (what a scheduler without persistence costs). Then a
+short chain of the same tasks with a `timeout`, whose attempts each run in a child process (so that
+a timed-out one can be killed), beside the same chain without one.
 Target: at most 1 ms per task (Prefect 3.9 took about 10.7 ms per task for the chain on this
 machine class, as measured by the team; Prefect is not installed here). `udop --help` target: 0.5 s.
 
@@ -23,10 +25,12 @@ from pathlib import Path
 MODULE = "udop_bench_noop"
 
 
-def _pipeline(n: int, shape: str) -> dict:
+def _pipeline(n: int, shape: str, timeout: str | None = None) -> dict:
     tasks = []
     for i in range(n):
         task = {"id": f"t{i}", "type": "python", "callable": f"{MODULE}:noop"}
+        if timeout:
+            task["timeout"] = timeout
         if shape == "chain" and i:
             task["depends_on"] = [f"t{i - 1}"]
         elif shape == "fanout" and i:
@@ -40,12 +44,12 @@ def _pipeline(n: int, shape: str) -> dict:
     }
 
 
-def _udop(n: int, shape: str, workdir: Path, workers: int) -> float:
+def _udop(n: int, shape: str, workdir: Path, workers: int, timeout: str | None = None) -> float:
     from udop.executor.local import LocalExecutor
     from udop.spec.models import Pipeline
     from udop.store import open_store
 
-    pipeline = Pipeline.model_validate(_pipeline(n, shape))
+    pipeline = Pipeline.model_validate(_pipeline(n, shape, timeout))
     store = open_store(f"sqlite:///{workdir / f'{shape}-{time.time_ns()}.db'}")
     executor = LocalExecutor(store, workers=workers, data_root=str(workdir / "data"))
     start = time.perf_counter()
@@ -120,6 +124,15 @@ def main() -> None:
         )
         samples = [_udop(50, "chain", workdir, 1) for _ in range(3)]
         print(f"sanity: 50-task chain {statistics.median(samples) * 1000 / 50:.3f} ms/task")
+        short = 20
+        _udop(2, "chain", workdir, 1, timeout="1h")  # the fork server starts once per process
+        child = min(_udop(short, "chain", workdir, 1, timeout="1h") for _ in range(args.repeat))
+        thread = min(_udop(short, "chain", workdir, 1) for _ in range(args.repeat))
+        print(
+            f"{short}-task chain with a timeout (each attempt in a child process): "
+            f"{child / short * 1000:.1f} ms/task; the same chain without a timeout (worker threads): "
+            f"{thread / short * 1000:.3f} ms/task"
+        )
 
 
 if __name__ == "__main__":

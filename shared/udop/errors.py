@@ -22,6 +22,7 @@ __all__ = [
     "InputError",
     "PayloadTooLarge",
     "RetryableError",
+    "RunLimitReached",
     "RunNotFound",
     "SpecError",
     "SpecErrors",
@@ -96,6 +97,12 @@ class ConfigError(InputError):
 
 class RunNotFound(InputError):
     """No run with that id in the metadata store."""
+
+
+class RunLimitReached(UdopError):
+    """The pipeline already has ``max_active_runs`` runs in progress; the CLI exits 3."""
+
+    exit_code = 3
 
 
 class StoreError(UdopError):

@@ -129,3 +129,58 @@ def bad_setting(context, inputs, **args):
 
     _count(context.task_id)
     raise ConfigError("connection 'warehouse': unknown connector 'postgress'")
+
+
+def stubborn_effect(context, inputs, seconds=3.0, name="effects"):
+    """Ignore cancellation: the first attempt sleeps `seconds` in one call, then has a side effect.
+
+    Later attempts have their side effect at once. Each effect appends the attempt number to a file,
+    so a test sees whether a timed-out attempt's effect ever happened.
+    """
+    if context.attempt == 1:
+        (HERE / "stubborn.started").write_text(str(os.getpid()))
+        time.sleep(seconds)  # not interruptible by a cancel event
+    with (HERE / f"{name}.log").open("a") as fh:
+        fh.write(f"{context.attempt}\n")
+    return {"attempt": context.attempt}
+
+
+def returns(context, inputs, kind="object"):
+    """Return a value of a type user code returns often (or an unstorable one)."""
+    import datetime as dt
+    import decimal
+
+    import numpy as np
+    import pandas as pd
+
+    values = {
+        "object": object,
+        "numpy": lambda: {
+            "sum": pd.Series([1, 2, 3]).sum(),
+            "mean": np.float32(1.5),
+            "flag": np.bool_(True),
+            "when": pd.Timestamp("2026-11-30T05:00:00Z"),
+            "day": dt.date(2026, 11, 30),
+            "at": dt.datetime(2026, 11, 30, 5, 0, tzinfo=dt.UTC),
+            "price": decimal.Decimal("12.30"),
+            "arr": np.array([1, 2]),
+        },
+    }
+    return values[kind]()
+
+
+def wait_for_cancel(context, inputs, marker="started", seconds=60.0, until=None):
+    """On its first call, run until told to stop (or until the file `until` appears); leave a file
+    saying it saw the cancellation, then give up. Later calls (a resume) return at once."""
+    if _count(context.task_id) > 1:
+        return {"waited": 0}
+    (HERE / marker).write_text(str(os.getpid()))
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not context.cancelled:
+        if until and (HERE / until).exists():
+            return {"waited": "until"}
+        time.sleep(0.01)
+    if context.cancelled:
+        (HERE / f"{context.task_id}.saw-cancel").write_text("yes")
+        raise FatalError("stopped")
+    return {"waited": seconds}

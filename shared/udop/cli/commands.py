@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -84,6 +85,16 @@ def validate(files: tuple[str, ...], no_import: bool) -> None:
 @click.option(
     "--progress/--no-progress", default=None, help="Live display (default when stdout is a terminal)."
 )
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="When the pipeline's max_active_runs are taken, wait for a free slot instead of exiting 3.",
+)
+@click.option(
+    "--on-new-version",
+    is_flag=True,
+    help="With --resume: go on under the edited definition (stored as a new version) instead of refusing.",
+)
 def run(
     file: str,
     *,
@@ -94,8 +105,14 @@ def run(
     logical_date: str | None,
     run_id: str | None,
     progress: bool | None,
+    wait: bool,
+    on_new_version: bool,
 ) -> None:
-    """Run the pipeline in FILE and show each task's state; exit 0 if it succeeded, 1 if it failed."""
+    """Run the pipeline in FILE and show each task's state.
+
+    Exit 0 if it succeeded, 1 if it failed, 3 if the pipeline's max_active_runs are taken (without
+    --wait), 130 on SIGINT and 143 on SIGTERM (the run is cancelled cleanly; --resume continues it).
+    """
     given = _parse_params(params)
     logical = None
     if logical_date:
@@ -115,12 +132,15 @@ def run(
     pipeline = _load(file)
     if resume and run_id:
         raise InputError("give either --resume RUN_ID or --run-id ID, not both")
+    if on_new_version and not resume:
+        raise InputError("--on-new-version goes with --resume RUN_ID")
 
     from udop.cli.progress import make_display
     from udop.executor.local import LocalExecutor
+    from udop.settings import get_settings
     from udop.store import open_store
 
-    store = open_store()
+    store = open_store(expect_history_in=get_settings().resolved_data_root)
     live = sys.stdout.isatty() if progress is None else progress
     display = make_display(pipeline, live=live)
     executor_ = LocalExecutor(
@@ -129,13 +149,48 @@ def run(
         on_event=display.event,
         services={"base_dir": str(Path(file).parent.resolve())},
     )
-    with display:
-        record = executor_.run(
-            pipeline, params=given, run_id=resume or run_id, resume=bool(resume), logical_date=logical
-        )
+    stopped_by: list[int] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        if stopped_by:  # a second signal: stop waiting for the tasks
+            raise KeyboardInterrupt
+        stopped_by.append(signum)
+        executor_.request_stop(signal.Signals(signum).name)
+
+    def waiting(message: str) -> None:
+        click.echo(f"udop: waiting: {message}", err=True)
+
+    from udop.errors import RunLimitReached
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with display:
+            record = executor_.run(
+                pipeline,
+                params=given,
+                run_id=resume or run_id,
+                resume=bool(resume),
+                logical_date=logical,
+                on_new_version=on_new_version,
+                wait=wait,
+                on_wait=waiting,
+            )
+    except RunLimitReached:
+        if not stopped_by:
+            raise
+        name = signal.Signals(stopped_by[0]).name
+        click.echo(f"udop: stopped ({name}) while waiting for a free slot; nothing ran", err=True)
+        raise click.exceptions.Exit(128 + stopped_by[0]) from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     final = store.get_run(record.id)
     display.summary(final, store.get_checks(record.id))
     store.close()
+    if stopped_by and record.state == "cancelled":
+        click.echo(f"udop: run {record.id} cancelled ({signal.Signals(stopped_by[0]).name}); "
+                   f"continue it with: udop run {file} --resume {record.id}", err=True)
+        raise click.exceptions.Exit(128 + stopped_by[0])
     raise click.exceptions.Exit(0 if record.state == "succeeded" else 1)
 
 

@@ -6,9 +6,17 @@ max delay; a per-attempt timeout; a task that fails for good marks its dependant
 change and persists it through the metadata store before acting on it, so a run killed at any point
 (even SIGKILL) resumes from what the store says: ``run(..., run_id=ID, resume=True)``.
 
-A timed-out attempt's thread cannot be killed in Python: it is told to stop (``context.cancel_event``
-and the ``on_cancel`` hooks, e.g. DuckDB's interrupt), abandoned, and its late result ignored; its
-worker slot is given back at once.
+A timed-out attempt is stopped before its retry starts. A ``python`` task with a timeout runs in a
+child process, killed at the timeout (``udop.executor.attempt``). Other attempts run in threads,
+which cannot be killed in Python: a timed-out one is told to stop (``context.cancel_event`` and the
+``on_cancel`` hooks, e.g. DuckDB's interrupt) and its worker slot is given back at once, but its
+retry waits until it has returned; one that does not return within ``stop_grace`` seconds fails its
+task for good rather than run alongside its retry.
+
+``request_stop`` (the CLI calls it on SIGINT and SIGTERM) cancels a run cooperatively: running
+attempts are told to stop and given ``stop_grace`` seconds, then the run ends ``cancelled`` and
+``--resume`` continues it. While it runs, a run holds a lease in the metadata store, renewed every
+few seconds, which with the pipeline's ``max_active_runs`` keeps further runs out.
 """
 
 from __future__ import annotations
@@ -27,7 +35,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from udop.errors import FatalError, InputError, SpecErrors, TaskTimeout, error_type
+from udop.errors import (
+    FatalError,
+    InputError,
+    RunLimitReached,
+    SpecErrors,
+    StoreError,
+    TaskTimeout,
+    error_type,
+)
+from udop.executor.attempt import STARTUP_ALLOWANCE, ChildAttempt, compute, needs_process
 from udop.executor.events import RunEvent
 from udop.sandbox import Policy
 from udop.spec.dag import dependants, downstream, topological_order
@@ -35,10 +52,8 @@ from udop.spec.models import Pipeline
 from udop.spec.params import check_env, resolve_params
 from udop.spec.secure import mask_definition
 from udop.states import AttemptState, RunState, TaskState
-from udop.store.api import MetadataStore, RunRecord
+from udop.store.api import MetadataStore, RunRecord, RunSlot
 from udop.tasks.contract import TaskContext, TaskResult
-from udop.tasks.foreach import run_foreach
-from udop.tasks.registry import run_task
 
 __all__ = ["LocalExecutor", "new_run_id"]
 
@@ -83,6 +98,7 @@ class _Attempt:
     work: Callable[[], None] | None = None
     abandoned: bool = False
     returned: threading.Event = field(default_factory=threading.Event)
+    child: ChildAttempt | None = None  # set when the attempt runs in a child process
 
 
 class _WorkerPool:
@@ -140,6 +156,8 @@ class LocalExecutor:
         services: Mapping[str, Any] | None = None,
         rng: random.Random | None = None,
         policy: Policy | None = None,
+        lease_seconds: float = 60.0,
+        stop_grace: float = 10.0,
     ) -> None:
         if workers < 1:
             raise InputError("--workers must be at least 1")
@@ -155,6 +173,29 @@ class LocalExecutor:
         self.rng = rng or random.Random()
         #: what tasks may touch; ``udop run`` leaves it trusted, a server passes its own
         self.policy = policy or Policy.trusted()
+        #: a run's lease in the metadata store; renewed every third of it while the run goes on
+        self.lease_seconds = lease_seconds
+        #: how long a stopped or timed-out attempt may take to return before it is given up
+        self.stop_grace = stop_grace
+        self._stop = threading.Event()
+        self._stop_reason = ""
+        self._active: _Run | None = None
+
+    def request_stop(self, reason: str) -> None:
+        """Cancel the run in progress cooperatively (safe to call from a signal handler).
+
+        The executor stays stopped: a run it is waiting to start (``wait``) is given up, and a later
+        ``run`` stops at once. Make a new executor to run again.
+        """
+        self._stop_reason = reason
+        self._stop.set()
+        active = self._active
+        if active is not None:
+            active.done.put(None)  # wakes the loop; SimpleQueue.put is reentrant
+
+    def _slot(self, pipeline: Pipeline) -> RunSlot:
+        return RunSlot(owner=_owner(), lease_seconds=self.lease_seconds,
+                       max_active=pipeline.active_run_limit(), alive=_holder_alive)
 
     # ------------------------------------------------------------------ entry point
 
@@ -166,15 +207,45 @@ class LocalExecutor:
         run_id: str | None = None,
         resume: bool = False,
         logical_date: datetime | None = None,
+        on_new_version: bool = False,
+        wait: bool = False,
+        on_wait: Callable[[str], None] | None = None,
     ) -> RunRecord:
         """Run ``pipeline`` (or resume run ``run_id``) to the end and return its final record.
 
-        Raises ``InputError`` (``SpecErrors``, a missing parameter, an unknown run) before anything runs.
+        Raises ``InputError`` (``SpecErrors``, a missing parameter, an unknown run, a resume whose
+        definition changed without ``on_new_version``) before anything runs, and ``RunLimitReached``
+        when the pipeline's ``max_active_runs`` are taken, unless ``wait``: then it waits for a free
+        slot (``on_wait`` is told why, once). A run cancelled by ``request_stop`` returns its
+        ``cancelled`` record.
         """
+        while True:
+            try:
+                return self._run_once(pipeline, params, run_id=run_id, resume=resume,
+                                      logical_date=logical_date, on_new_version=on_new_version)
+            except RunLimitReached as exc:
+                if not wait:
+                    raise
+                if on_wait is not None:
+                    on_wait(str(exc))
+                    on_wait = None
+                if self._stop.wait(min(2.0, self.lease_seconds / 3)):
+                    raise RunLimitReached(f"{exc} (stopped while waiting)") from None
+
+    def _run_once(
+        self,
+        pipeline: Pipeline,
+        params: Mapping[str, Any] | None,
+        *,
+        run_id: str | None,
+        resume: bool,
+        logical_date: datetime | None,
+        on_new_version: bool,
+    ) -> RunRecord:
         if resume:
             if run_id is None:
                 raise InputError("resume needs a run id")
-            run, values, logical = self._prepare_resume(pipeline, run_id, params)
+            run, values, logical = self._prepare_resume(pipeline, run_id, params, on_new_version)
         else:
             values = resolve_params(pipeline, params)
             SpecErrors.collect(check_env(pipeline, self.policy.environ()))
@@ -191,13 +262,18 @@ class LocalExecutor:
                 task_ids=[t.id for t in pipeline.spec.tasks],
                 params=_jsonable(values),
                 logical_date=logical,
+                slot=self._slot(pipeline),
             )
-            self.store.set_run_state(run.id, RunState.RUNNING, owner=_owner())
         self.on_event(RunEvent("run", run.id, RunState.RUNNING.value))
-        return _Run(self, pipeline, run.id, values, logical).execute()
+        active = _Run(self, pipeline, run.id, values, logical)
+        self._active = active
+        try:
+            return active.execute()
+        finally:
+            self._active = None
 
     def _prepare_resume(
-        self, pipeline: Pipeline, run_id: str, params: Mapping[str, Any] | None
+        self, pipeline: Pipeline, run_id: str, params: Mapping[str, Any] | None, on_new_version: bool
     ) -> tuple[RunRecord, dict[str, Any], datetime]:
         from udop.errors import RunNotFound
 
@@ -217,11 +293,46 @@ class LocalExecutor:
                 f"the definition's tasks differ from run {run_id!r}'s; resume with the same "
                 "definition or start a new run"
             )
+        new_version = self._check_version(pipeline, run, on_new_version)
         values = resolve_params(pipeline, run.params)
         SpecErrors.collect(check_env(pipeline))
-        self.store.reset_for_resume(run_id)
-        self.store.set_run_state(run_id, RunState.RUNNING, owner=_owner())
+        if new_version is not None:
+            new_version = self.store.register_pipeline(
+                pipeline.name, pipeline.model_dump(mode="json", by_alias=True)
+            ).version
+            self.on_event(RunEvent("run", run_id, "resuming", message=(
+                f"resuming on version {new_version} of {pipeline.name!r} (the run started on version "
+                f"{run.pipeline_version})")))
+        self.store.reset_for_resume(run_id, slot=self._slot(pipeline), pipeline_version=new_version)
         return run, values, run.logical_date
+
+    def _check_version(self, pipeline: Pipeline, run: RunRecord, on_new_version: bool) -> int | None:
+        """None when ``pipeline`` is the version ``run`` runs on; else 0, if allowed to change."""
+        from udop.store.sql import content_hash
+
+        record = self.store.get_pipeline(pipeline.name)
+        versions = record.versions if record else []
+        stored = next((v for v in versions if v.version == run.pipeline_version), None)
+        given = content_hash(pipeline.model_dump(mode="json", by_alias=True))
+        if stored is None or stored.content_hash == given:
+            return None
+        if not on_new_version:
+            raise InputError(
+                f"run {run.id!r} runs version {run.pipeline_version} of pipeline {pipeline.name!r}, and the "
+                "definition given differs from it (edited since); restore it, or resume with "
+                "--on-new-version to go on under the edited definition (stored as a new version)"
+            )
+        return 0
+
+
+def _holder_alive(owner: str | None) -> bool:
+    """Whether the process holding a run may still be running: dead only if it is ours to ask."""
+    if not owner or "@" not in owner:
+        return True
+    pid, host = owner.split("@", 1)
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # another machine: its lease decides
+    return int(pid) == os.getpid() or _owner_alive(owner)
 
 
 def _jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -259,10 +370,14 @@ class _Run:
         self.retries: list[tuple[float, int, str]] = []  # heap of (due time, position, task id)
         self.inflight: dict[tuple[str, int], _Attempt] = {}
         self.abandoned: list[_Attempt] = []
+        # None: a wake-up (request_stop)
         self.done: queue.SimpleQueue[
-            tuple[str, int, TaskResult | None, dict[str, Any] | None, BaseException | None]
+            tuple[str, int, TaskResult | None, dict[str, Any] | None, BaseException | None] | None
         ] = queue.SimpleQueue()
         self.failures: list[str] = []
+        # timed-out thread attempts not yet returned: (task id, number) -> give up at (monotonic)
+        self.stopping: dict[tuple[str, int], float] = {}
+        self.lease_due = time.monotonic() + executor.lease_seconds / 3
 
     # ------------------------------------------------------------------ setup
 
@@ -286,8 +401,11 @@ class _Run:
         self.pool = _WorkerPool(self.ex.workers)
         try:
             while self.ready or self.inflight or self.retries:
+                if self.ex._stop.is_set():
+                    return self._stop(self.ex._stop_reason or "stopped")
                 self._launch_ready()
                 self._wait_and_handle()
+                self._renew_lease()
         except BaseException as exc:  # KeyboardInterrupt, SystemExit, a store failure: stop cleanly
             self._cancel(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
             raise
@@ -306,6 +424,15 @@ class _Run:
         self.ex.on_event(RunEvent("run", self.run_id, final.value, message=error))
         return record
 
+    def _renew_lease(self) -> None:
+        now = time.monotonic()
+        if now < self.lease_due:
+            return
+        self.lease_due = now + self.ex.lease_seconds / 3
+        if not self.store.renew_lease(self.run_id, _owner(), self.ex.lease_seconds):
+            _log.warning("run %s: its lease in the metadata store is no longer held by this process",
+                         self.run_id)
+
     def _launch_ready(self) -> None:
         while self.ready and len(self.inflight) < self.ex.workers:
             _, tid = heapq.heappop(self.ready)
@@ -315,6 +442,7 @@ class _Run:
         times = [a.deadline for a in self.inflight.values() if a.deadline is not None]
         if self.retries:
             times.append(self.retries[0][0])
+        times.extend(self.stopping.values())
         return min(times) if times else None
 
     def _wait_and_handle(self) -> None:
@@ -333,9 +461,18 @@ class _Run:
         for key, attempt in list(self.inflight.items()):
             if attempt.deadline is not None and now >= attempt.deadline:
                 self._timeout(key, attempt)
+        for key, give_up in list(self.stopping.items()):
+            if now >= give_up:
+                self._did_not_stop(*key)
+        held = []
         while self.retries and self.retries[0][0] <= now:
-            _, position, tid = heapq.heappop(self.retries)
-            heapq.heappush(self.ready, (position, tid))
+            due, position, tid = heapq.heappop(self.retries)
+            if any(key[0] == tid for key in self.stopping):
+                held.append((due, position, tid))  # its timed-out attempt has not returned yet
+            else:
+                heapq.heappush(self.ready, (position, tid))
+        for entry in held:
+            heapq.heappush(self.retries, entry)
 
     # ------------------------------------------------------------------ attempts
 
@@ -365,26 +502,29 @@ class _Run:
         self.inflight[(tid, number)] = attempt
         inputs = {d: self.results[d] for d in task.depends_on}
         context = attempt.context
-        attempt.work = lambda: self._work(context, task, inputs)
+        if needs_process(task, timeout):
+            assert timeout is not None
+            attempt.child = ChildAttempt(context, task, inputs, self.ex.workers)
+            attempt.deadline = time.monotonic() + timeout + STARTUP_ALLOWANCE
+
+            def started(attempt: _Attempt = attempt, timeout: float = timeout) -> None:
+                attempt.deadline = time.monotonic() + timeout  # one float store: safe across threads
+
+            attempt.child.on_started = started
+        child = attempt.child
+        attempt.work = lambda: self._work(context, task, inputs, child)
         self.pool.submit(attempt)
 
-    def _work(self, context: TaskContext, task: Any, inputs: dict[str, TaskResult]) -> None:
-        """Runs in a worker thread: only computes, never touches run state."""
+    def _work(
+        self, context: TaskContext, task: Any, inputs: dict[str, TaskResult], child: ChildAttempt | None
+    ) -> None:
+        """Runs in a worker thread: only computes (or waits for the child that does), never touches
+        run state. An unstorable result raises here and fails this attempt alone."""
         try:
-            if task.foreach is not None:
-                result = run_foreach(context, task, inputs, workers=self.ex.workers)
+            if child is not None:
+                result, body = child.run()
             else:
-                result = run_task(context, task, inputs)
-            if not result.inputs:
-                lineage = tuple(r.output.uri if r.output else f"task:{tid}" for tid, r in inputs.items())
-                result = TaskResult(
-                    output=result.output,
-                    value=result.value,
-                    inputs=lineage,
-                    checks=result.checks,
-                    metrics=result.metrics,
-                )
-            body = result.to_dict()  # serialisation errors (a too-large value) fail the attempt here
+                result, body = compute(context, task, inputs, self.ex.workers)
             self.done.put((context.task_id, context.attempt, result, body, None))
         except BaseException as exc:  # every failure is reported to the loop, which decides
             self.done.put((context.task_id, context.attempt, None, None, exc))
@@ -399,17 +539,23 @@ class _Run:
     ) -> None:
         attempt = self.inflight.pop((tid, number), None)
         if attempt is None:
-            return  # a late answer from an attempt that already timed out: ignored
+            # a late answer from an attempt that already timed out: ignored, but now its retry may go
+            self.stopping.pop((tid, number), None)
+            return
         if exc is None:
             assert result is not None
-            self.store.finish_attempt(
-                self.run_id,
-                tid,
-                number,
-                attempt_state=AttemptState.SUCCEEDED,
-                task_state=TaskState.SUCCEEDED,
-                result=body,
-            )
+            try:
+                self.store.finish_attempt(
+                    self.run_id,
+                    tid,
+                    number,
+                    attempt_state=AttemptState.SUCCEEDED,
+                    task_state=TaskState.SUCCEEDED,
+                    result=body,
+                )
+            except StoreError as store_exc:  # the result could not be kept: this task fails, not the run
+                self._failed(tid, number, AttemptState.FAILED, FatalError(str(store_exc)))
+                return
             self.state[tid] = TaskState.SUCCEEDED
             self.results[tid] = result
             self.ex.on_event(
@@ -437,18 +583,40 @@ class _Run:
     def _timeout(self, key: tuple[str, int], attempt: _Attempt) -> None:
         del self.inflight[key]
         self.pool.abandon(attempt)
-        self.abandoned.append(attempt)
+        if attempt.child is not None:
+            attempt.child.kill()  # gone before the timeout is recorded and the retry can start
+        else:
+            self.abandoned.append(attempt)  # waited for (briefly) before the run returns
+            self._tell_to_stop(attempt)
+            self.stopping[key] = time.monotonic() + self.ex.stop_grace
+        timeout = self.pipeline.timeout_for(self.tasks[attempt.task_id])
+        exc = TaskTimeout(
+            f"task {attempt.task_id!r} attempt {attempt.number} ran longer than its timeout of {timeout:g}s"
+        )
+        self._failed(attempt.task_id, attempt.number, AttemptState.TIMED_OUT, exc)
+
+    def _tell_to_stop(self, attempt: _Attempt) -> None:
         attempt.context.cancel_event.set()
         for hook in attempt.cancel_hooks:
             try:
                 hook()
             except Exception as exc:  # a hook failing must not stop the run; the attempt is abandoned anyway
                 _log.warning("cancel hook of task %r failed: %s", attempt.task_id, exc)
-        timeout = self.pipeline.timeout_for(self.tasks[attempt.task_id])
-        exc = TaskTimeout(
-            f"task {attempt.task_id!r} attempt {attempt.number} ran longer than its timeout of {timeout:g}s"
+
+    def _did_not_stop(self, tid: str, number: int) -> None:
+        """A timed-out thread attempt ignored its cancellation: its retry must not run beside it."""
+        del self.stopping[(tid, number)]
+        if self.state[tid] != TaskState.RETRYING:
+            return
+        self.retries = [entry for entry in self.retries if entry[2] != tid]
+        heapq.heapify(self.retries)
+        message = (
+            f"attempt {number} did not stop within {self.ex.stop_grace:g}s after its timeout; not retried, "
+            "so that two attempts never run at once"
         )
-        self._failed(attempt.task_id, attempt.number, AttemptState.TIMED_OUT, exc)
+        self.store.set_task_states(self.run_id, [tid], TaskState.FAILED, error_message=message)
+        self.state[tid] = TaskState.FAILED
+        self._failed_for_good(tid, number, f"udop.FatalError: {message}")
 
     def _failed(self, tid: str, number: int, attempt_state: AttemptState, exc: BaseException) -> None:
         task = self.tasks[tid]
@@ -496,10 +664,11 @@ class _Run:
             result=body,
         )
         self.state[tid] = TaskState.FAILED
-        self.failures.append(f"task {tid!r} failed: {kind}: {message}")
-        self.ex.on_event(
-            RunEvent("task", self.run_id, TaskState.FAILED.value, tid, number, message=f"{kind}: {message}")
-        )
+        self._failed_for_good(tid, number, f"{kind}: {message}")
+
+    def _failed_for_good(self, tid: str, number: int, error: str) -> None:
+        self.failures.append(f"task {tid!r} failed: {error}")
+        self.ex.on_event(RunEvent("task", self.run_id, TaskState.FAILED.value, tid, number, message=error))
         blocked = [
             t for t in downstream(self.pipeline, tid, self.children) if self.state[t] == TaskState.PENDING
         ]
@@ -519,12 +688,44 @@ class _Run:
                     )
                 )
 
+    def _stop(self, reason: str) -> RunRecord:
+        """Stop requested: tell running attempts to stop and give them ``stop_grace`` seconds to wind
+        down (roll back, close connections), then cancel them, what waits, and the run. An attempt
+        that returns after it was told to stop counts as cancelled even if it returned a result (it
+        may have cut its work short, as the task runner on AWS assumes too); resume runs it again."""
+        for attempt in self.inflight.values():
+            if attempt.child is not None:
+                attempt.child.kill()
+            else:
+                self._tell_to_stop(attempt)
+        give_up = time.monotonic() + self.ex.stop_grace
+        while self.inflight and time.monotonic() < give_up:
+            try:
+                item = self.done.get(timeout=max(0.0, give_up - time.monotonic()))
+            except queue.Empty:
+                break
+            if item is None:
+                continue
+            tid, number = item[0], item[1]
+            if self.inflight.pop((tid, number), None) is None:
+                continue  # a late answer from an attempt that had timed out before
+            self.store.finish_attempt(self.run_id, tid, number, attempt_state=AttemptState.ABANDONED,
+                                      task_state=TaskState.CANCELLED, error_type="Cancelled",
+                                      error_message=reason)
+            self.state[tid] = TaskState.CANCELLED
+        self._cancel(reason)
+        record = self.store.get_run(self.run_id)
+        assert record is not None
+        return record
+
     def _cancel(self, reason: str) -> None:
         """Interrupted: abandon running attempts and mark the run cancelled, as far as the store allows."""
         try:
             for (tid, number), attempt in list(self.inflight.items()):
                 attempt.context.cancel_event.set()
                 self.abandoned.append(attempt)
+                if attempt.child is not None:
+                    attempt.child.kill()
                 self.store.finish_attempt(
                     self.run_id,
                     tid,
@@ -534,6 +735,7 @@ class _Run:
                     error_type="Cancelled",
                     error_message=reason,
                 )
+            self.inflight.clear()
             waiting = [t for t, s in self.state.items() if s in (TaskState.PENDING, TaskState.RETRYING)]
             if waiting:
                 self.store.set_task_states(self.run_id, waiting, TaskState.CANCELLED, error_message=reason)

@@ -152,6 +152,13 @@ class PipelineBody(SpecModel):
     defaults: Defaults = Defaults()
     connections: dict[str, ConnectionSpec] = Field(default_factory=dict)
     schedule: Schedule | None = None
+    max_active_runs: int | None = Field(
+        None,
+        ge=1,
+        le=10000,
+        description="runs of this pipeline at the same time; default 1 when an extract is incremental "
+        "(two runs would read the same watermark), otherwise no limit",
+    )
     tasks: list[Task] = Field(min_length=1)  # type: ignore[valid-type]
 
 
@@ -178,6 +185,24 @@ class Pipeline(SpecModel):
 
     def timeout_for(self, task: TaskBase) -> float | None:
         return task.timeout if task.timeout is not None else self.spec.defaults.timeout
+
+    def active_run_limit(self) -> int | None:
+        """``spec.max_active_runs``, or its default: 1 with an incremental extract, else no limit."""
+        if self.spec.max_active_runs is not None:
+            return self.spec.max_active_runs
+        return 1 if self.has_incremental_extract() else None
+
+    def has_incremental_extract(self) -> bool:
+        for task in self.spec.tasks:
+            source = getattr(task, "source", None)
+            if source is None:
+                continue
+            extra = source.model_extra or {}
+            connection = self.spec.connections.get(source.connection) if source.connection else None
+            settings = (connection.model_extra or {}) if connection is not None else {}
+            if extra.get("incremental") or settings.get("incremental"):
+                return True
+        return False
 
 
 def _task_types() -> tuple[str, ...]:

@@ -8,6 +8,7 @@ records does not pay for it.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from udop.errors import StoreError
@@ -20,13 +21,38 @@ if TYPE_CHECKING:
 __all__ = ["SqlMetadataStore", "migrate", "open_store"]
 
 
-def _engine_for(url: str | None, *, migrating: bool) -> Engine:
+def _run_outputs(data_root: str | None) -> int:
+    """How many runs left outputs under a local data root (``<root>/runs/<pipeline>/<run_id>/``)."""
+    if not data_root or "://" in data_root:
+        return 0
+    runs = Path(data_root) / "runs"
+    if not runs.is_dir():
+        return 0
+    return sum(1 for pipeline in runs.iterdir() if pipeline.is_dir() for run in pipeline.iterdir()
+               if run.is_dir())
+
+
+def _history_lost(where: str, missing: str, data_root: str, found: int) -> StoreError:
+    return StoreError(
+        f"metadata database {where} {missing}, but data root {data_root} holds the outputs of {found} "
+        f"run(s): the run history is lost, not new. Restore the database (or point UDOP_DATABASE_URL at "
+        f"it); to start over with an empty history, move {Path(data_root) / 'runs'} aside first")
+
+
+def _engine_for(url: str | None, *, migrating: bool, expect_history_in: str | None = None) -> Engine:
     # lazy: see the module docstring
     from sqlalchemy.exc import DBAPIError
 
     from udop.settings import get_settings
-    from udop.store.engine import create_store_engine, mask_url, parse_url, sqlite_folder
-    from udop.store.schema import ensure_schema, upgrade
+    from udop.store.engine import (
+        create_store_engine,
+        is_memory,
+        mask_url,
+        parse_url,
+        sqlite_folder,
+        transaction,
+    )
+    from udop.store.schema import current_revision, ensure_schema, upgrade
 
     default = get_settings().resolved_database_url
     parsed = parse_url(default if url is None else url)
@@ -37,8 +63,19 @@ def _engine_for(url: str | None, *, migrating: bool) -> Engine:
         else:
             raise StoreError(f"metadata database {mask_url(parsed)}: folder {str(folder)!r} does not exist; "
                              "create it or point UDOP_DATABASE_URL elsewhere")
+    # outputs are counted only when the database is new, so a long history costs nothing here
+    sqlite_file = parsed.get_backend_name() == "sqlite" and not is_memory(parsed) and folder is not None
+    if expect_history_in and sqlite_file and parsed.database is not None:
+        db = Path(parsed.database)
+        if (not db.exists() or db.stat().st_size == 0) and (found := _run_outputs(expect_history_in)):
+            raise _history_lost(mask_url(parsed), "does not exist", expect_history_in, found)
     engine = create_store_engine(parsed)
     try:
+        if expect_history_in and not sqlite_file:
+            with transaction(engine, write=False) as conn:
+                fresh = current_revision(conn) is None
+            if fresh and (found := _run_outputs(expect_history_in)):
+                raise _history_lost(mask_url(parsed), "has no udop tables", expect_history_in, found)
         if migrating:
             upgrade(engine)
         else:
@@ -56,15 +93,18 @@ def _engine_for(url: str | None, *, migrating: bool) -> Engine:
     return engine
 
 
-def open_store(url: str | None = None) -> SqlMetadataStore:
+def open_store(url: str | None = None, *, expect_history_in: str | None = None) -> SqlMetadataStore:
     """Open the metadata store at ``url`` (default: the UDOP_DATABASE_URL setting), migrating if behind.
 
     Concurrent first-time openers are safe: one migrates, the others wait and find it done.
     An unreachable database or a bad URL is a one-line ``StoreError`` (password masked).
+    ``expect_history_in``: a data root; when it holds run outputs but the database does not exist
+    (SQLite) or has no udop tables (PostgreSQL), the history was lost: a ``StoreError`` says so
+    instead of starting an empty database.
     """
     from udop.store.sql import SqlMetadataStore
 
-    return SqlMetadataStore(_engine_for(url, migrating=False))
+    return SqlMetadataStore(_engine_for(url, migrating=False, expect_history_in=expect_history_in))
 
 
 def migrate(url: str | None = None) -> str:

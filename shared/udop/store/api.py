@@ -7,6 +7,7 @@ inside the store's own transaction, so two writers cannot make an illegal move.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -94,8 +95,28 @@ class RunRecord:
     error: str | None = None
     external_id: str | None = None  # the execution ARN on AWS
     owner: str | None = None  # "pid@host" of the local process running it
+    lease_expires_at: datetime | None = None  # renewed by the owner while it runs
     # filled by get_run, find_run_by_external_id and create_run; empty from list_runs and set_run_state
     tasks: list[TaskRunRecord] = field(default_factory=list)
+
+
+def _anyone_alive(owner: str | None) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class RunSlot:
+    """Start a run only while fewer than ``max_active`` other runs of its pipeline are live.
+
+    A run is live while its lease (``lease_seconds``, renewed by its owner) has not expired and
+    ``alive(owner)`` says its process still exists (a process on this machine can be asked at once;
+    elsewhere the lease decides). ``max_active=None`` means no limit; the lease is still taken.
+    """
+
+    owner: str
+    lease_seconds: float
+    max_active: int | None = None
+    alive: Callable[[str | None], bool] = _anyone_alive
 
 
 class MetadataStore(Protocol):
@@ -111,7 +132,7 @@ class MetadataStore(Protocol):
     # runs
     def create_run(self, *, run_id: str, pipeline: str, pipeline_version: int, task_ids: list[str],
                    params: dict[str, Any], logical_date: datetime, executor: str = "local",
-                   external_id: str | None = None) -> RunRecord: ...
+                   external_id: str | None = None, slot: RunSlot | None = None) -> RunRecord: ...
     def get_run(self, run_id: str) -> RunRecord | None: ...
     def find_run_by_external_id(self, external_id: str) -> RunRecord | None: ...
     def list_runs(self, *, pipeline: str | None = None, state: RunState | None = None, limit: int = 50,
@@ -126,7 +147,9 @@ class MetadataStore(Protocol):
                        error_message: str | None = None, result: dict[str, Any] | None = None) -> None: ...
     def set_task_states(self, run_id: str, task_ids: list[str], state: TaskState,
                         *, error_message: str | None = None) -> None: ...
-    def reset_for_resume(self, run_id: str) -> list[str]: ...
+    def reset_for_resume(self, run_id: str, *, slot: RunSlot | None = None,
+                         pipeline_version: int | None = None) -> list[str]: ...
+    def renew_lease(self, run_id: str, owner: str, lease_seconds: float) -> bool: ...
 
     # what the tasks left behind
     def get_lineage(self, run_id: str) -> list[LineageRecord]: ...

@@ -17,7 +17,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -40,7 +40,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 
-from udop.errors import RunNotFound, StoreError, TransitionError
+from udop.errors import RunLimitReached, RunNotFound, StoreError, TransitionError
 from udop.states import AttemptState, RunState, TaskState, check_transition, is_terminal
 from udop.store.api import (
     AttemptRecord,
@@ -49,6 +49,7 @@ from udop.store.api import (
     PipelineRecord,
     PipelineVersionRecord,
     RunRecord,
+    RunSlot,
     TaskRunRecord,
 )
 from udop.store.engine import (
@@ -323,17 +324,26 @@ class SqlMetadataStore:
 
     def create_run(self, *, run_id: str, pipeline: str, pipeline_version: int, task_ids: list[str],
                    params: dict[str, Any], logical_date: datetime, executor: str = "local",
-                   external_id: str | None = None) -> RunRecord:
+                   external_id: str | None = None, slot: RunSlot | None = None) -> RunRecord:
+        """Record a new run, pending; with ``slot``, running under its owner and lease instead, in
+        the same transaction that checks ``slot.max_active`` (``RunLimitReached`` if it is full)."""
         now = _now()
+        state = RunState.PENDING if slot is None else RunState.RUNNING
+        owner = slot.owner if slot is not None else None
+        started = now if slot is not None else None
+        lease = now + timedelta(seconds=slot.lease_seconds) if slot is not None else None
         row = {"id": run_id, "pipeline": pipeline, "pipeline_version": pipeline_version,
-               "state": RunState.PENDING.value, "executor": executor, "params": params,
-               "logical_date": logical_date, "created_at": now, "external_id": external_id}
+               "state": state.value, "executor": executor, "params": params,
+               "logical_date": logical_date, "created_at": now, "external_id": external_id,
+               "owner": owner, "started_at": started, "lease_expires_at": lease}
         try:
             stored_params = json.loads(json_dumps(params))  # what get_run will return
         except (TypeError, ValueError) as exc:
             raise StoreError(f"run {run_id!r}: its parameters cannot be stored as JSON: {exc}") from None
         try:
             with self._write() as conn:
+                if slot is not None:
+                    self._claim_slot(conn, pipeline, run_id, slot, now)
                 conn.execute(insert(runs), row)
                 if task_ids:
                     conn.execute(insert(task_runs), [
@@ -344,8 +354,9 @@ class SqlMetadataStore:
                                                external_id) from None
         stored_date = logical_date if logical_date.tzinfo else logical_date.replace(tzinfo=UTC)
         return RunRecord(id=run_id, pipeline=pipeline, pipeline_version=pipeline_version,
-                         state=RunState.PENDING, executor=executor, params=stored_params,
+                         state=state, executor=executor, params=stored_params,
                          logical_date=stored_date.astimezone(UTC), created_at=now, external_id=external_id,
+                         started_at=started, owner=owner, lease_expires_at=lease,
                          tasks=[TaskRunRecord(task_id=t, state=TaskState.PENDING) for t in task_ids])
 
     def _explain_create_failure(self, run_id: str, pipeline: str, version: int, task_ids: list[str],
@@ -366,6 +377,41 @@ class SqlMetadataStore:
         if dupes:
             return StoreError(f"run {run_id!r}: task ids repeated: {', '.join(dupes)}")
         return StoreError(f"run {run_id!r} could not be created (a constraint of the metadata store failed)")
+
+    def _claim_slot(self, conn: Connection, pipeline: str, run_id: str, slot: RunSlot,
+                    now: datetime) -> None:
+        """Refuse (``RunLimitReached``) when ``slot.max_active`` other runs of the pipeline are live.
+
+        Called inside the write transaction that then starts the run: on PostgreSQL the pipeline's
+        row is locked first, so two starters of one pipeline check one after the other; SQLite's
+        write transaction already holds the database's write lock.
+        """
+        if slot.max_active is None:
+            return
+        conn.execute(select(pipelines.c.name).where(pipelines.c.name == pipeline).with_for_update())
+        rows = conn.execute(
+            select(runs.c.id, runs.c.owner, runs.c.lease_expires_at)
+            .where(runs.c.pipeline == pipeline, runs.c.state == RunState.RUNNING.value,
+                   runs.c.id != run_id, runs.c.lease_expires_at > now)
+            .order_by(runs.c.created_at, runs.c.id)).all()
+        live = [r for r in rows if slot.alive(r.owner)]
+        if len(live) >= slot.max_active:
+            first = live[0]
+            where = f" in process {first.owner}" if first.owner else ""
+            others = f" (and {len(live) - 1} more)" if len(live) > 1 else ""
+            raise RunLimitReached(
+                f"pipeline {pipeline!r} already has {len(live)} active run(s), its max_active_runs is "
+                f"{slot.max_active}: run {first.id!r} is running{where}{others}; wait for it "
+                "(udop run --wait) or stop it")
+
+    def renew_lease(self, run_id: str, owner: str, lease_seconds: float) -> bool:
+        """Extend the lease of a running run that ``owner`` holds; False if it holds it no longer."""
+        now = _now()
+        with self._write() as conn:
+            return bool(conn.execute(
+                update(runs).where(runs.c.id == run_id, runs.c.owner == owner,
+                                   runs.c.state == RunState.RUNNING.value)
+                .values(lease_expires_at=now + timedelta(seconds=lease_seconds))).rowcount)
 
     def get_run(self, run_id: str) -> RunRecord | None:
         with self._read() as conn:
@@ -426,6 +472,8 @@ class SqlMetadataStore:
         now = _now()
         values: dict[str, Any] = {"state": state.value, "error": error,
                                   "ended_at": now if is_terminal(state) else None}
+        if is_terminal(state):
+            values["lease_expires_at"] = None
         if state is RunState.RUNNING:
             values["started_at"] = func.coalesce(runs.c.started_at, now)
         if owner is not None:
@@ -595,20 +643,27 @@ class SqlMetadataStore:
                 raise TransitionError(f"run {run_id!r}: tasks changed concurrently while moving to "
                                       f"{state.value}; try again")
 
-    def reset_for_resume(self, run_id: str) -> list[str]:
+    def reset_for_resume(self, run_id: str, *, slot: RunSlot | None = None,
+                         pipeline_version: int | None = None) -> list[str]:
         """Make a failed, cancelled or dead run resumable, in one transaction.
 
         Attempts still running become abandoned; every task that did not succeed goes back to
         pending (its error, result, lineage and checks are cleared); the run moves to running.
+        With ``slot`` the run is taken over by its owner and lease, after the ``max_active`` check
+        (``RunLimitReached``); with ``pipeline_version`` it goes on under that version.
         Returns the ids of the tasks now pending (all that will run again), in task order.
         """
         now = _now()
         with self._write() as conn:
-            current = conn.execute(select(runs.c.state).where(runs.c.id == run_id).with_for_update()).scalar()
-            if current is None:
+            head = conn.execute(select(runs.c.state, runs.c.pipeline)
+                                .where(runs.c.id == run_id).with_for_update()).first()
+            if head is None:
                 raise RunNotFound(f"no run {run_id!r} in the metadata store")
+            current = head.state
             if current not in predecessors(RunState.RUNNING):
                 raise _transition_error(f"run {run_id!r}", current, RunState.RUNNING)
+            if slot is not None:
+                self._claim_slot(conn, head.pipeline, run_id, slot, now)
             rows = conn.execute(select(task_runs.c.task_id, task_runs.c.state)
                                 .where(task_runs.c.run_id == run_id,
                                        task_runs.c.state != TaskState.SUCCEEDED.value)
@@ -630,9 +685,13 @@ class SqlMetadataStore:
                                      error_type=None, error_message=None, result=None))
                 for table in (lineage, check_results):
                     conn.execute(delete(table).where(table.c.run_id == run_id, table.c.task_id.in_(reset)))
-            conn.execute(update(runs).where(runs.c.id == run_id)
-                         .values(state=RunState.RUNNING.value, ended_at=None, error=None,
-                                 started_at=func.coalesce(runs.c.started_at, now)))
+            values: dict[str, Any] = {"state": RunState.RUNNING.value, "ended_at": None, "error": None,
+                                      "started_at": func.coalesce(runs.c.started_at, now)}
+            if slot is not None:
+                values.update(owner=slot.owner, lease_expires_at=now + timedelta(seconds=slot.lease_seconds))
+            if pipeline_version is not None:
+                values["pipeline_version"] = pipeline_version
+            conn.execute(update(runs).where(runs.c.id == run_id).values(**values))
         return [t for t, _ in rows]
 
     # --- diagnosis of a refused change (inside the failing transaction, which then rolls back) -----
@@ -704,7 +763,7 @@ def _run(row: Row[Any], tasks: Sequence[TaskRunRecord] | Iterable[TaskRunRecord]
                      state=RunState(row.state), executor=row.executor, params=row.params,
                      logical_date=row.logical_date, created_at=row.created_at, started_at=row.started_at,
                      ended_at=row.ended_at, error=row.error, external_id=row.external_id, owner=row.owner,
-                     tasks=list(tasks))
+                     lease_expires_at=row.lease_expires_at, tasks=list(tasks))
 
 
 def _result_rows(run_id: str, task_id: str, result: dict[str, Any] | None,

@@ -110,6 +110,8 @@ runs = Table(
     Column("error", Text()),
     Column("external_id", String(), unique=True),  # the execution ARN on AWS
     Column("owner", String()),  # "pid@host" of the local process running it
+    # renewed by that process while it runs; a run whose lease expired counts as dead (max_active_runs)
+    Column("lease_expires_at", UTCDateTime()),
     # deleting a pipeline deletes its runs and everything under them
     ForeignKeyConstraint(["pipeline", "pipeline_version"],
                          ["pipeline_versions.pipeline", "pipeline_versions.version"], ondelete="CASCADE"),

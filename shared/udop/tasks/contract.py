@@ -7,18 +7,21 @@ manifests (and small JSON values from ``python`` tasks), never rows.
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
 import json
+import math
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from udop.errors import PayloadTooLarge
+from udop.errors import FatalError, PayloadTooLarge
 from udop.sandbox import Policy, current
 
 __all__ = ["MAX_VALUE_BYTES", "SNAPSHOT_FORMAT", "CheckResult", "Manifest", "TaskContext", "TaskResult",
-           "dataset_uri"]
+           "dataset_uri", "json_value"]
 
 #: a python task's return value travels by value only up to this size (Step Functions carries
 #: 256 KiB per state; a task with many parents must stay far below that)
@@ -29,6 +32,57 @@ MAX_VALUE_BYTES = 8 * 1024
 #: (the source files with their size and mtime or ETag, and the schema); ``rows``, ``bytes``,
 #: ``files`` and ``schema_fingerprint`` describe the source files themselves
 SNAPSHOT_FORMAT = "snapshot"
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def json_value(value: Any) -> Any:
+    """``value`` as plain JSON types, or a one-line ``FatalError`` naming what cannot be stored.
+
+    What a user's function naturally returns is converted rather than refused: numpy and pandas
+    scalars (``Series.sum()`` gives ``numpy.int64``), dates, datetimes and times (ISO text),
+    decimals (text, so no digit is lost), tuples and sets (lists). NaN and infinities become null,
+    as JSON has no such numbers.
+    """
+    if type(value) in _PLAIN:
+        return None if type(value) is float and not math.isfinite(value) else value
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str | int | float | bool) and k is not None:
+                raise FatalError(f"a dict key of type {_type_name(k)} cannot be stored as JSON")
+            out[k if isinstance(k, str) else json.dumps(k)] = json_value(v)
+        return out
+    if isinstance(value, list | tuple | set | frozenset):
+        return [json_value(v) for v in value]
+    if isinstance(value, str | bool):  # subclasses (e.g. StrEnum members)
+        return str(value) if isinstance(value, str) else bool(value)
+    if isinstance(value, int | float):
+        return json_value(int(value) if isinstance(value, int) else float(value))
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return str(value) if value.is_finite() else None
+    module = type(value).__module__.split(".")[0]
+    if module in ("numpy", "pandas"):
+        if module == "pandas" and type(value).__name__ in ("NaTType", "NAType"):
+            return None
+        if hasattr(value, "isoformat"):  # pandas.Timestamp
+            return value.isoformat()
+        if type(value).__name__ == "ndarray":
+            return json_value(value.tolist())
+        item = getattr(value, "item", None)
+        if callable(item):  # a numpy scalar: int64, float32, bool_, datetime64, str_
+            plain = item()
+            if type(plain) is not type(value):
+                return json_value(plain)
+    raise FatalError(f"a value of type {_type_name(value)} cannot be stored as JSON")
+
+
+def _type_name(value: Any) -> str:
+    kind = type(value)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
 
 
 def dataset_uri(data_root: str, pipeline: str, run_id: str, task_id: str) -> str:
@@ -122,15 +176,25 @@ class TaskResult:
     metrics: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form; what the task runner returns to Step Functions and the store keeps."""
+        """JSON-safe form; what the task runner returns to Step Functions and the store keeps.
+
+        Raises ``FatalError`` when the value or metrics hold something JSON cannot carry (see
+        ``json_value``) and ``PayloadTooLarge`` when the value is over ``MAX_VALUE_BYTES``.
+        """
+        try:
+            value = json_value(self.value)
+            metrics = json_value(dict(self.metrics))
+        except FatalError as exc:
+            raise FatalError(f"the task's result cannot be stored: {exc}; return JSON values "
+                             "(numbers, text, lists, dicts), a table or None") from None
         body = {
             "output": self.output.to_dict() if self.output else None,
-            "value": self.value,
+            "value": value,
             "inputs": list(self.inputs),
             "checks": [c.to_dict() for c in self.checks],
-            "metrics": dict(self.metrics),
+            "metrics": metrics,
         }
-        size = len(json.dumps(body["value"], default=str))
+        size = len(json.dumps(value))
         if size > MAX_VALUE_BYTES:
             raise PayloadTooLarge(
                 f"the task's return value is {size} bytes as JSON, over the {MAX_VALUE_BYTES}-byte limit "
