@@ -20,7 +20,7 @@ from udop.sandbox import Policy, server_policy
 from udop.settings import get_settings
 from udop.spec.models import Pipeline
 from udop.spec.params import check_env, resolve_params
-from udop.spec.secure import check_definition, mask_definition
+from udop.spec.secure import check_definition, stored_definition
 from udop.states import RunState, TaskState, is_terminal
 from udop.store.api import MetadataStore, PipelineVersionRecord, RunRecord
 
@@ -34,9 +34,7 @@ def definition_of(pipeline: Pipeline) -> dict[str, Any]:
     posted to the API and run from the CLI is one version, not two. Only what was written is kept
     (defaults filled in would reach the connectors as options they refuse: ``path: null``), and
     inline secrets are masked."""
-    return mask_definition(  # type: ignore[no-any-return]
-        pipeline.model_dump(mode="json", by_alias=True, exclude_unset=True)
-    )
+    return stored_definition(pipeline)
 
 
 def task_ids(pipeline: Pipeline) -> list[str]:

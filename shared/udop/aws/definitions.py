@@ -33,8 +33,9 @@ def canonical_definition(pipeline: Any) -> dict[str, Any]:
     """The JSON form of a validated ``Pipeline`` that is stored and hashed: the keys the definition set,
     as the API and ``udop run`` store it (defaults filled in would reach connectors as options they
     refuse, e.g. ``path: null``)."""
-    data: dict[str, Any] = pipeline.model_dump(mode="json", by_alias=True, exclude_unset=True)
-    return data
+    from udop.spec.secure import stored_definition
+
+    return stored_definition(pipeline)
 
 
 def put_version(s3: Any, bucket: str, name: str, version: int, definition: dict[str, Any]) -> None:

@@ -50,7 +50,7 @@ from udop.sandbox import Policy
 from udop.spec.dag import dependants, downstream, topological_order
 from udop.spec.models import Pipeline
 from udop.spec.params import check_env, resolve_params
-from udop.spec.secure import mask_definition
+from udop.spec.secure import stored_definition
 from udop.states import AttemptState, RunState, TaskState
 from udop.store.api import MetadataStore, RunRecord, RunSlot
 from udop.tasks.contract import TaskContext, TaskResult
@@ -253,7 +253,7 @@ class LocalExecutor:
             # inline secrets of a trusted file are kept masked (a server refuses them before this)
             version = self.store.register_pipeline(
                 pipeline.name,
-                mask_definition(pipeline.model_dump(mode="json", by_alias=True, exclude_unset=True)),
+                stored_definition(pipeline),
             )
             run = self.store.create_run(
                 run_id=run_id or new_run_id(),
@@ -295,10 +295,10 @@ class LocalExecutor:
             )
         new_version = self._check_version(pipeline, run, on_new_version)
         values = resolve_params(pipeline, run.params)
-        SpecErrors.collect(check_env(pipeline))
+        SpecErrors.collect(check_env(pipeline, self.policy.environ()))
         if new_version is not None:
             new_version = self.store.register_pipeline(
-                pipeline.name, pipeline.model_dump(mode="json", by_alias=True)
+                pipeline.name, stored_definition(pipeline)
             ).version
             self.on_event(RunEvent("run", run_id, "resuming", message=(
                 f"resuming on version {new_version} of {pipeline.name!r} (the run started on version "
@@ -313,7 +313,7 @@ class LocalExecutor:
         record = self.store.get_pipeline(pipeline.name)
         versions = record.versions if record else []
         stored = next((v for v in versions if v.version == run.pipeline_version), None)
-        given = content_hash(pipeline.model_dump(mode="json", by_alias=True))
+        given = content_hash(stored_definition(pipeline))
         if stored is None or stored.content_hash == given:
             return None
         if not on_new_version:

@@ -141,6 +141,15 @@ def check_definition(pipeline: Any, policy: Policy, *, check_modules: bool = Tru
     return errors
 
 
+def stored_definition(pipeline: Any) -> dict[str, Any]:
+    """The one form of a validated ``Pipeline`` that is stored, hashed and compared (registration by
+    ``udop run``, the API and the deployer; resume's version check): the keys the definition set
+    (defaults filled in would reach connectors as options they refuse, e.g. ``path: null``), with
+    inline secret values masked."""
+    doc: dict[str, Any] = mask_definition(pipeline.model_dump(mode="json", by_alias=True, exclude_unset=True))
+    return doc
+
+
 def mask_definition(doc: Any) -> Any:
     """``doc`` (a definition as JSON) with every inline secret value masked; references stay."""
     hits = {where for where, _ in inline_secrets(doc)}

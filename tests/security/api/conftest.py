@@ -238,7 +238,12 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     assert SECRET not in text
 
 
+#: this module, taken while it is being imported: later ``sys.modules["conftest"]`` may be another
+#: folder's conftest (tests/security/sandbox has one too, and neither folder is a package)
+_HELPERS = sys.modules[__name__]
+
+
 @pytest.fixture
 def helpers() -> Any:
     """The module-level helpers, for test modules (a conftest is not importable by name)."""
-    return sys.modules[__name__]
+    return _HELPERS
