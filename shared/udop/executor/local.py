@@ -8,7 +8,8 @@ change and persists it through the metadata store before acting on it, so a run 
 
 A timed-out attempt's thread cannot be killed in Python: it is told to stop (``context.cancel_event``
 and the ``on_cancel`` hooks, e.g. DuckDB's interrupt), abandoned, and its late result ignored; its
-worker slot is given back at once.
+worker slot is given back at once. At its end the run waits up to ``ABANDONED_GRACE_SECONDS`` for such
+attempts to return, so they clean up before the process exits.
 """
 
 from __future__ import annotations
