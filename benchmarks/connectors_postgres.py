@@ -90,7 +90,8 @@ def main() -> None:
     pipeline = Pipeline.model_validate({
         "apiVersion": "udop/v1", "kind": "Pipeline", "metadata": {"name": "bench"},
         "spec": {"tasks": [
-            {"id": "ext", "type": "extract", "source": {"connector": "postgres", "url": args.dsn, "table": src}},
+            {"id": "ext", "type": "extract",
+             "source": {"connector": "postgres", "url": args.dsn, "table": src}},
             {"id": "load", "type": "load", "depends_on": "ext", "target": {
                 "connector": "postgres", "url": args.dsn, "table": udop_t, "mode": "overwrite"}},
         ]},

@@ -17,6 +17,8 @@ task for good rather than run alongside its retry.
 attempts are told to stop and given ``stop_grace`` seconds, then the run ends ``cancelled`` and
 ``--resume`` continues it. While it runs, a run holds a lease in the metadata store, renewed every
 few seconds, which with the pipeline's ``max_active_runs`` keeps further runs out.
+At its end the run waits up to ``ABANDONED_GRACE_SECONDS`` for abandoned thread attempts to
+return, so they clean up before the process exits.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import threading
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -12,11 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from connectors_support import MYSQL, MYSQL_URL, PG, PG_URL, Tables
 
-from udop.connectors import get_connector
-from udop.errors import ConfigError, ConnectionFailed, FatalError
+from udop.connectors import get_connector, load_from_parquet
+from udop.errors import ConfigError, ConnectionFailed, FatalError, TaskTimeout
+from udop.spec.models import Pipeline
+from udop.state import MemoryStateStore
+from udop.tasks.contract import Manifest, TaskContext, TaskResult
 
 
 @pytest.fixture(
@@ -312,3 +317,48 @@ def test_stopping_a_read_early_is_clean(db: tuple[dict[str, Any], Tables], use_c
         assert first.num_rows > 0
         c.check()
         assert sum(b.num_rows for b in c.read()) == 20_000
+
+
+class _CancelOnceStarted(threading.Event):
+    """A cancel signal that arrives once the load took its first batch: the overwrite has begun
+    (TRUNCATE/DELETE and that batch's COPY/INSERT ran in the load's open transaction)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = 0
+
+    def is_set(self) -> bool:
+        self.asked += 1
+        if self.asked == 2:
+            self.set()
+        return super().is_set()
+
+
+def test_a_load_cancelled_part_way_through_an_overwrite_rolls_back(db, tmp_path: Path) -> None:
+    spec, tables = db
+    table = tables.new("cancel")
+    with get_connector({**spec, "table": table}) as c:
+        c.write(iter([people([1, 2, 3])]), "overwrite", [])
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    for i in range(2):  # two files: two batches
+        pq.write_table(pa.Table.from_batches([people(list(range(100 + 500 * i, 600 + 500 * i)))]),
+                       dataset / f"part-{i}.parquet")
+    manifest = Manifest(uri=str(dataset))
+    pipeline = Pipeline.model_validate({
+        "apiVersion": "udop/v1", "kind": "Pipeline", "metadata": {"name": f"p-{uuid.uuid4().hex[:8]}"},
+        "spec": {"tasks": [
+            {"id": "ext", "type": "python", "callable": "x:y"},
+            {"id": "load", "type": "load", "depends_on": "ext",
+             "target": {**spec, "table": table, "mode": "overwrite"}},
+        ]},
+    })
+    context = TaskContext(pipeline=pipeline, task_id="load", run_id="r1", attempt=1,
+                          logical_date=dt.datetime(2024, 1, 1, tzinfo=dt.UTC), params={},
+                          data_root=str(tmp_path / "data"), services={"state": MemoryStateStore()})
+    cancel = _CancelOnceStarted()
+    context.cancel_event = cancel
+    with pytest.raises(TaskTimeout, match="cancelled or timed out"):
+        load_from_parquet(context, pipeline.task("load").target, manifest, {"ext": TaskResult(output=manifest)})
+    assert cancel.asked == 2  # stopped before the second batch, after the first was written
+    assert [r["id"] for r in read_all(spec, table=table)] == [1, 2, 3]

@@ -184,9 +184,8 @@ def _targets(root: Path) -> list[Path]:
         {"connector": "parquet", "path": "lake", "partition_by": ["k"]},
         {"connector": "parquet", "path": "out.parquet"},
         {"connector": "csv", "path": "out.csv"},
-        {"connector": "parquet", "path": "lake", "mode": "append"},
     ],
-    ids=["folder", "partitioned", "file", "csv-file", "folder-append"],
+    ids=["folder", "partitioned", "file", "csv-file"],
 )
 def test_a_load_failing_while_it_writes_leaves_the_previous_target_intact(data, run, tmp_path, target):
     load(run, {**target, "mode": "overwrite"})
