@@ -40,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BIN = Path(sys.executable).parent
 
-QUERIES: dict[str, tuple[str, list[dict[str, Any]], list[str], dict[str, Any]]] = {
+QUERIES: dict[str, tuple[str, list[Any], list[str], dict[str, Any]]] = {
     "Q1": (Q1_SQL, Q1_STEPS, ["lineitem"], {"delta": {"type": "int", "default": 90}}),
     "Q3": (
         Q3_SQL,
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             runs = []
             bare = []
             for i in range(args.repeat + 1):
-                w, _ = measure(
+                w, _, _ = measure(
                     udop_cmd(work / "pipeline.yaml"), {**env, "UDOP_HOME": str(work / ".udop")}, work
                 )
                 p, _, _ = measure([sys.executable, "-c", "import duckdb"], env, work)
