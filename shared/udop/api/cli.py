@@ -5,6 +5,7 @@ The main CLI registers them: ``cli.add_command(serve)`` and ``cli.add_command(ap
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 import click
@@ -47,6 +48,9 @@ def serve(host: str, port: int, log_level: str) -> None:
         app = create_app()
     except UdopError as exc:
         raise click.ClickException(str(exc)) from None
+    # Runs and definition parses are CPU-bound threads of this process; a shorter GIL switch interval
+    # (default 5 ms) lets the event loop answer between their slices (benchmarks/api_hostile_upload.py)
+    sys.setswitchinterval(0.001)
     # one process: local runs execute in its threads, and a second process would not see them
     uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1, proxy_headers=False)
 
