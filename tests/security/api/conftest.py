@@ -163,6 +163,19 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _wait_until_healthy(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 180  # a loaded CI machine starts Python slowly
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, "udop serve did not answer"
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     backend: str = request.param
@@ -200,16 +213,14 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             stderr=subprocess.STDOUT,
             cwd=root,
         )
-    deadline = time.monotonic() + 180  # a loaded CI machine starts Python slowly
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert proc.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, "udop serve did not answer"
-        time.sleep(0.2)
+    try:
+        _wait_until_healthy(port, proc, log)
+    except BaseException:
+        proc.kill()  # a server that never answered must not outlive the test session
+        proc.wait(10)
+        if database:
+            _admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        raise
     engine = create_engine(url)
     server = Served(
         url=f"http://127.0.0.1:{port}",
