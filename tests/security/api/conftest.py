@@ -183,6 +183,7 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     home = root / ".udop"
     code = root / "code"
     code.mkdir()
+    (root / "sources").mkdir()
     (code / "sec_tasks.py").write_text(textwrap.dedent(TASKS))
     env = {k: v for k, v in os.environ.items() if not k.startswith("UDOP_") and k not in ("PYTHONPATH",)}
     env.update(
@@ -192,6 +193,8 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         UDOP_JWT_ISSUER=ISSUER,
         UDOP_JWT_AUDIENCE=AUDIENCE,
         UDOP_CODE_DIR=str(code),
+        # the one folder besides the data root that this server's definitions may read (sandbox)
+        UDOP_SANDBOX_ROOTS=str(root / "sources"),
         UDOP_AUTH_FAILURE_LIMIT=str(FAILURE_LIMIT),
         UDOP_AUTH_FAILURE_WINDOW="600",
     )

@@ -7,7 +7,6 @@ import sqlite3
 import stat
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 
@@ -32,9 +31,10 @@ def _register_and_run(served: Any, text: str, name: str) -> dict[str, Any]:
 
 
 def test_a_pipeline_reading_a_database_connector_runs_when_registered_through_the_api(
-    served: Any, helpers: Any, tmp_path: Path
+    served: Any, helpers: Any
 ) -> None:
-    source = tmp_path / f"shop-{uuid.uuid4().hex[:6]}.db"
+    # below the server's sandbox roots: a server reads no file outside them
+    source = served.home.parent / "sources" / f"shop-{uuid.uuid4().hex[:6]}.db"
     with sqlite3.connect(source) as db:
         db.execute("CREATE TABLE orders (id INTEGER, amount REAL)")
         db.executemany("INSERT INTO orders VALUES (?, ?)", [(1, 9.5), (2, 20.0)])
