@@ -113,28 +113,36 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
 
         yield Target("{connector: local, path: out, format: parquet, mode: append}", count_files)
     elif kind == "rabbitmq":
-        conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1"))
-        channel = conn.channel()
         queue = f"udop-test-{uuid.uuid4().hex[:10]}"
-        channel.queue_declare(queue, durable=True)
+
+        def channel() -> Any:
+            # a connection per use: an idle one misses its heartbeats while udop runs
+            return pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1")).channel()
+
+        ch = channel()
+        ch.queue_declare(queue, durable=True)
+        ch.connection.close()
 
         def count_messages() -> tuple[int, int]:
             # consumers de-duplicate on message_id: count messages and distinct ids, then requeue
+            ch = channel()
             ids: list[str] = []
             tag = None
             while True:
-                method, props, _body = channel.basic_get(queue, auto_ack=False)
+                method, props, _body = ch.basic_get(queue, auto_ack=False)
                 if method is None:
                     break
                 tag = method.delivery_tag
                 ids.append(props.message_id)
             if tag is not None:
-                channel.basic_nack(tag, multiple=True, requeue=True)
+                ch.basic_nack(tag, multiple=True, requeue=True)
+            ch.connection.close()
             return len(ids), len(set(ids))
 
         yield Target(f"{{connector: rabbitmq, queue: {queue}}}", count_messages)
-        channel.queue_delete(queue)
-        conn.close()
+        ch = channel()
+        ch.queue_delete(queue)
+        ch.connection.close()
     else:  # pragma: no cover - a typo in the parametrisation
         raise AssertionError(kind)
 

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import shutil
+import stat
+import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -192,3 +197,32 @@ def test_extract_and_load_through_s3_prefixes(s3: Any, tmp_path: Path) -> None:
     lines = out.read_text().splitlines()
     assert lines[0] == '"id","v"'
     assert [tuple(map(int, line.split(","))) for line in lines[1:]] == [(i, i * i) for i in range(5)]
+
+
+def test_local_target_on_another_file_system_appends_with_normal_modes(tmp_path: Path) -> None:
+    """The local connector stages beside its target, so appending to a folder on another file
+    system than the temp folder renames within one device (no EXDEV), and what it publishes gets
+    the user's umask, not mkdtemp's 0700."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == Path(tempfile.gettempdir()).stat().st_dev:
+        pytest.skip("needs /dev/shm on a file system other than the temp folder")
+    out = shm / f"udop-test-{uuid.uuid4().hex[:10]}"
+    umask = os.umask(0o022)
+    try:
+        batch = pa.RecordBatch.from_pydict({"id": [1, 2]})
+        for mode in ("overwrite", "append"):
+            with get_connector({"connector": "local", "path": str(out), "format": "parquet"}) as c:
+                assert c.write([batch], mode) == 2
+        assert sorted(pq_ids(out)) == [1, 1, 2, 2]
+        assert stat.S_IMODE(out.stat().st_mode) == 0o755
+        assert all(stat.S_IMODE(f.stat().st_mode) == 0o644 for f in out.iterdir())
+        assert not [p for p in shm.iterdir() if p.name.startswith(f".{out.name}.")]  # no staging left
+    finally:
+        os.umask(umask)
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def pq_ids(folder: Path) -> list[int]:
+    import pyarrow.dataset as ds
+
+    return list(ds.dataset(folder, format="parquet").to_table().column("id").to_pylist())
