@@ -44,9 +44,9 @@ from udop.errors import (
     SpecErrors,
     StoreError,
     TaskTimeout,
-    error_type,
+    classify,
 )
-from udop.executor.attempt import STARTUP_ALLOWANCE, ChildAttempt, compute, needs_process
+from udop.executor.attempt import STARTUP_ALLOWANCE, ChildAttempt, compute, failed_checks, needs_process
 from udop.executor.events import RunEvent
 from udop.sandbox import Policy
 from udop.spec.dag import dependants, downstream, topological_order
@@ -623,12 +623,10 @@ class _Run:
     def _failed(self, tid: str, number: int, attempt_state: AttemptState, exc: BaseException) -> None:
         task = self.tasks[tid]
         policy = self.pipeline.retry_for(task)
-        kind, message = error_type(exc), _message(exc)
-        checks = getattr(exc, "checks", None)
-        body = TaskResult(checks=tuple(checks)).to_dict() if checks else None
-        # InputError raised inside a task (an unknown connector, a malformed setting) cannot heal by itself
-        retryable = not isinstance(exc, FatalError | InputError | KeyboardInterrupt | SystemExit)
-        if retryable and number < policy.max_attempts:
+        failure = classify(exc)  # the same rule as the task runner's and the compiled Retry's
+        kind, message = failure.name, failure.message
+        body = failed_checks(exc)
+        if policy.retries(kind, failure.retryable) and number < policy.max_attempts:
             self.store.finish_attempt(
                 self.run_id,
                 tid,
@@ -746,11 +744,6 @@ class _Run:
         except Exception as exc:  # the store itself may be what failed; resume repairs the records
             _log.warning("run %s: could not record the cancellation (%s); `udop run --resume %s` "
                          "repairs the records", self.run_id, exc, self.run_id)
-
-
-def _message(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text[:4000]
 
 
 def _summary(result: TaskResult) -> str | None:
