@@ -22,9 +22,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "NOT_RETRIED",
+    "RETRIED",
     "ConfigError",
     "ConnectionFailed",
     "DataQualityError",
+    "Failure",
     "FatalError",
     "InputError",
     "PayloadTooLarge",
@@ -38,9 +41,6 @@ __all__ = [
     "TaskTimeout",
     "TransitionError",
     "UdopError",
-    "NOT_RETRIED",
-    "RETRIED",
-    "Failure",
     "classify",
     "error_name",
     "error_type",

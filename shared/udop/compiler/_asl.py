@@ -204,7 +204,8 @@ class Emitter:
         if s.retry_on is not None:
             names = [*s.retry_on, *(TIMEOUT_ALIASES[n] for n in s.retry_on if n in TIMEOUT_ALIASES)]
             return [{"ErrorEquals": names, **backoff}, dict(LAMBDA_TRANSIENT_RETRY)]
-        return [dict(NOT_RETRIED_RULE), dict(LAMBDA_TRANSIENT_RETRY), {"ErrorEquals": ["States.ALL"], **backoff}]
+        return [dict(NOT_RETRIED_RULE), dict(LAMBDA_TRANSIENT_RETRY),
+                {"ErrorEquals": ["States.ALL"], **backoff}]
 
     def _invoke(self, s: TaskSettings, payload: dict[str, Any]) -> dict[str, Any]:
         return {"Type": "Task", "Resource": LAMBDA_INVOKE,
