@@ -24,6 +24,7 @@ from dataclasses import dataclass
 __all__ = [
     "NOT_RETRIED",
     "RETRIED",
+    "STATES_ALIASES",
     "ConfigError",
     "ConnectionFailed",
     "DataQualityError",
@@ -45,6 +46,7 @@ __all__ = [
     "error_name",
     "error_type",
     "is_retryable",
+    "recorded_name",
 ]
 
 
@@ -215,6 +217,19 @@ def _public_classes() -> list[type[UdopError]]:
 NOT_RETRIED: tuple[str, ...] = tuple(sorted(error_name(k) for k in _public_classes() if not is_retryable(k)))
 #: the udop error names that are retried (any foreign name is too)
 RETRIED: tuple[str, ...] = tuple(sorted(error_name(k) for k in _public_classes() if is_retryable(k)))
+
+
+#: Step Functions' own name for the same failure: a Task state's ``TimeoutSeconds`` ending an attempt
+#: is a ``udop.TaskTimeout`` (compiled ``retry_on`` lists both; run records show the udop name)
+STATES_ALIASES: dict[str, str] = {"udop.TaskTimeout": "States.Timeout"}
+
+
+def recorded_name(name: str | None) -> str | None:
+    """The name a run record keeps for an error name the state machine reported."""
+    for ours, theirs in STATES_ALIASES.items():
+        if name == theirs:
+            return ours
+    return name
 
 
 def error_type(exc: BaseException) -> str:

@@ -23,9 +23,14 @@ TASK_CODE = AWS_TESTS / "task_code"
 
 def _aws_fixtures() -> Any:
     """tests/integration/aws/conftest.py under its own name (``import conftest`` is ambiguous)."""
+    import sys
+
+    if (loaded := sys.modules.get("udop_aws_fixtures")) is not None:
+        return loaded
     spec = importlib.util.spec_from_file_location("udop_aws_fixtures", AWS_TESTS / "conftest.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules["udop_aws_fixtures"] = module
     spec.loader.exec_module(module)  # also puts task_code/ on sys.path
     return module
 
@@ -153,7 +158,8 @@ def local(monkeypatch: pytest.MonkeyPatch, tmp: Path) -> Iterator[Executor]:
 def stepfunctions(monkeypatch: pytest.MonkeyPatch, tmp: Path) -> Iterator[Executor]:
     from udop.store import open_store
 
-    with _aws_fixtures().aws_account(monkeypatch, tmp) as aws:
+    (tmp / "aws").mkdir()
+    with _aws_fixtures().aws_account(monkeypatch, tmp / "aws") as aws:
         monkeypatch.setenv("UDOP_DATA_BUCKET", aws.data_bucket)  # follow_run reads full results
         store = open_store(aws.database_url)
         try:

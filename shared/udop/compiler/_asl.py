@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from udop.compiler._schedule import Node, Parallel, Series, Step
-from udop.errors import NOT_RETRIED, FatalError, TaskTimeout, error_name
+from udop.errors import NOT_RETRIED, STATES_ALIASES, FatalError, TaskTimeout, error_name
 
 LAMBDA_INVOKE = "arn:aws:states:::lambda:invoke"
 START_CHILD = "arn:aws:states:::states:startExecution.sync:2"
@@ -24,8 +24,6 @@ S3_LIST = "arn:aws:states:::aws-sdk:s3:listObjectsV2"
 #: rule retries everything else, foreign exceptions included, as the LocalExecutor does; the task
 #: runner raises the same names (both from ``udop.errors.classify``)
 NOT_RETRIED_RULE = {"ErrorEquals": list(NOT_RETRIED), "MaxAttempts": 0}
-#: a Lambda-level timeout (the state's ``TimeoutSeconds``) is a ``udop.TaskTimeout`` locally
-TIMEOUT_ALIASES = {"udop.TaskTimeout": "States.Timeout"}
 LAMBDA_TRANSIENT_ERRORS = ["Lambda.ServiceException", "Lambda.AWSLambdaException",
                            "Lambda.SdkClientException", "Lambda.TooManyRequestsException"]
 LAMBDA_TRANSIENT_RETRY = {"ErrorEquals": LAMBDA_TRANSIENT_ERRORS, "IntervalSeconds": 1, "BackoffRate": 2.0,
@@ -202,7 +200,7 @@ class Emitter:
         if s.jitter:
             backoff["JitterStrategy"] = "FULL"
         if s.retry_on is not None:
-            names = [*s.retry_on, *(TIMEOUT_ALIASES[n] for n in s.retry_on if n in TIMEOUT_ALIASES)]
+            names = [*s.retry_on, *(STATES_ALIASES[n] for n in s.retry_on if n in STATES_ALIASES)]
             return [{"ErrorEquals": names, **backoff}, dict(LAMBDA_TRANSIENT_RETRY)]
         return [dict(NOT_RETRIED_RULE), dict(LAMBDA_TRANSIENT_RETRY),
                 {"ErrorEquals": ["States.ALL"], **backoff}]
