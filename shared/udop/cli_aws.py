@@ -136,9 +136,9 @@ def deploy_file(file: str, *, definitions_bucket: str, task_runner_arn: str, rol
 
 
 def _state_machine_arn(sfn: Any, pipeline: str) -> str:
-    from udop.aws.deployer import _find_state_machine, state_machine_name
+    from udop.aws.deployer import find_state_machine, state_machine_name
 
-    arn = _find_state_machine(sfn, state_machine_name(pipeline))
+    arn = find_state_machine(sfn, state_machine_name(pipeline))
     if arn is None:
         raise InputError(f"pipeline {pipeline!r} is not deployed (no state machine "
                          f"{state_machine_name(pipeline)}); run `udop deploy FILE` first")
@@ -153,11 +153,11 @@ def start_run(pipeline: Any, params: Mapping[str, Any], *, store: Any, sfn: Any,
     a repeated start of the same run fail instead of running twice.
     """
     from udop.aws.definitions import canonical_definition
-    from udop.executor.local import _jsonable, new_run_id
-    from udop.spec.params import resolve_params
+    from udop.executor.local import new_run_id
+    from udop.spec.params import jsonable_params, resolve_params
     from udop.store.sql import content_hash
 
-    values = _jsonable(resolve_params(pipeline, params))
+    values = jsonable_params(resolve_params(pipeline, params))
     sm_arn = _state_machine_arn(sfn, pipeline.name)
     record = store.get_pipeline(pipeline.name)
     version = record.latest if record else None

@@ -84,10 +84,9 @@ class StepFunctionsLauncher:
         self, pipeline: Pipeline, *, params: Mapping[str, Any], logical_date: datetime | None, run_id: str
     ) -> RunRecord:
         from udop.cli_aws import start_run
-        from udop.executor.local import _jsonable
-        from udop.spec.params import resolve_params
+        from udop.spec.params import jsonable_params, resolve_params
 
-        values = _jsonable(resolve_params(pipeline, params))
+        values = jsonable_params(resolve_params(pipeline, params))
         logical = logical_date or datetime.now(UTC)
         run_id, execution_arn, _ = start_run(
             pipeline, params, store=self.store, sfn=self.sfn, run_id=run_id, logical_date=logical

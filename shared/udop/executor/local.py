@@ -51,13 +51,13 @@ from udop.executor.events import RunEvent
 from udop.sandbox import Policy
 from udop.spec.dag import dependants, downstream, topological_order
 from udop.spec.models import Pipeline
-from udop.spec.params import check_env, resolve_params
+from udop.spec.params import check_env, jsonable_params, resolve_params
 from udop.spec.secure import stored_definition
 from udop.states import AttemptState, RunState, TaskState
 from udop.store.api import MetadataStore, RunRecord, RunSlot
 from udop.tasks.contract import TaskContext, TaskResult
 
-__all__ = ["LocalExecutor", "new_run_id"]
+__all__ = ["LocalExecutor", "new_run_id", "owner_alive"]
 
 _log = logging.getLogger("udop.executor")
 
@@ -75,7 +75,8 @@ def _owner() -> str:
     return f"{os.getpid()}@{socket.gethostname()}"
 
 
-def _owner_alive(owner: str | None) -> bool:
+def owner_alive(owner: str | None) -> bool:
+    """Whether ``owner`` (``pid@host``) is another live process on this machine."""
     if not owner or "@" not in owner:
         return False
     pid, host = owner.split("@", 1)
@@ -262,7 +263,7 @@ class LocalExecutor:
                 pipeline=pipeline.name,
                 pipeline_version=version.version,
                 task_ids=[t.id for t in pipeline.spec.tasks],
-                params=_jsonable(values),
+                params=jsonable_params(values),
                 logical_date=logical,
                 slot=self._slot(pipeline),
             )
@@ -288,7 +289,7 @@ class LocalExecutor:
             raise InputError("a resumed run keeps the parameters it started with; do not pass --param")
         if run.state == RunState.SUCCEEDED:
             raise InputError(f"run {run_id!r} already succeeded; nothing to resume")
-        if run.state in (RunState.RUNNING, RunState.PENDING) and _owner_alive(run.owner):
+        if run.state in (RunState.RUNNING, RunState.PENDING) and owner_alive(run.owner):
             raise InputError(f"run {run_id!r} is still running in process {run.owner}")
         if {t.task_id for t in run.tasks} != {t.id for t in pipeline.spec.tasks}:
             raise InputError(
@@ -334,14 +335,7 @@ def _holder_alive(owner: str | None) -> bool:
     pid, host = owner.split("@", 1)
     if host != socket.gethostname() or not pid.isdigit():
         return True  # another machine: its lease decides
-    return int(pid) == os.getpid() or _owner_alive(owner)
-
-
-def _jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        k: v.isoformat() if isinstance(v, datetime) or hasattr(v, "isoformat") else v
-        for k, v in values.items()
-    }
+    return int(pid) == os.getpid() or owner_alive(owner)
 
 
 class _Run:
