@@ -105,4 +105,14 @@ SCENARIOS = [
              flag=True,
              resumed={"state": "succeeded", "checks": [], "tasks": {
                  "a": A_OK, "w": task("succeeded", [FAILED_FATAL, OK], 3, ID, ["dataset:a"])}}),
+    Scenario("foreach_with_one_failing_item",
+             _t('{id: parts, type: python, callable: "udop_foreach_tasks:parts"}')
+             + _t('{id: each, type: python, callable: "udop_foreach_tasks:per_item", depends_on: [parts], '
+                  'foreach: {input: parts, over: partitions}, args: {log_dir: "{log_dir}", fail_key: b}}')
+             + _t('{id: after, type: python, callable: "udop_conformance_tasks:doubled", depends_on: [each], '
+                  'args: {source: each, log_dir: "{log_dir}"}}'),
+             {"state": "failed", "checks": [], "tasks": {
+                 "parts": task("succeeded", [OK], 60, None),
+                 "each": task("failed", [FAILED_FATAL]),
+                 "after": task("upstream_failed", [])}}),
 ]
