@@ -117,7 +117,7 @@ class StepFunctions:
     name: str = "stepfunctions"
 
     def _deploy(self, path: Path) -> None:
-        from udop.cli_aws import deploy_file
+        from udop.aws.runs import deploy_file
 
         result = deploy_file(str(path), definitions_bucket=self.aws.definitions_bucket,
                              task_runner_arn=self.aws.task_runner_arn, role_arn=self.aws.role_arn,
@@ -125,7 +125,7 @@ class StepFunctions:
         assert result.ok, result.errors
 
     def run(self, path: Path) -> tuple[str, dict[str, Any]]:
-        from udop.cli_aws import follow_run, start_run
+        from udop.aws.runs import follow_run, start_run
         from udop.spec.loader import load_pipeline
 
         self._deploy(path)
@@ -135,7 +135,7 @@ class StepFunctions:
         return run_id, view(self.store, run_id)
 
     def resume(self, path: Path, run_id: str) -> dict[str, Any]:
-        from udop.cli_aws import redrive_and_follow
+        from udop.cli.aws import redrive_and_follow
 
         redrive_and_follow(run_id, store=self.store, sfn=self.aws.client("stepfunctions"))
         return view(self.store, run_id)

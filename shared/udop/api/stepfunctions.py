@@ -1,6 +1,6 @@
 """Runs on AWS: the API deploys definitions and starts, stops and redrives Step Functions executions.
 
-The serverless engineer's code does the work (``udop.aws.deployer``, ``udop.cli_aws``,
+The serverless engineer's code does the work (``udop.aws.deployer``, ``udop.aws.runs``,
 ``udop.aws.events``); this adapter gives it the launcher's shape. The run record is written at once,
 so ``GET /runs/{id}`` finds a run the moment the API answered 202; the run-events function keeps it
 up to date from then on.
@@ -83,7 +83,7 @@ class StepFunctionsLauncher:
     def trigger(
         self, pipeline: Pipeline, *, params: Mapping[str, Any], logical_date: datetime | None, run_id: str
     ) -> RunRecord:
-        from udop.cli_aws import start_run
+        from udop.aws.runs import start_run
         from udop.spec.params import jsonable_params, resolve_params
 
         values = jsonable_params(resolve_params(pipeline, params))
@@ -121,7 +121,7 @@ class StepFunctionsLauncher:
         return self._sync(run)
 
     def resume(self, run: RunRecord, pipeline: Pipeline) -> RunRecord:
-        from udop.cli_aws import redrive_run
+        from udop.aws.runs import redrive_run
 
         if run.state not in (RunState.FAILED, RunState.CANCELLED):
             raise InputError(
