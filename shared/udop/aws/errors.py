@@ -9,16 +9,23 @@ its class name (``ValueError``) and is retried by the compiled catch-all rule, a
 
 from __future__ import annotations
 
-from functools import cache
+import threading
 
 from udop.errors import classify
 
 __all__ = ["for_state_machine", "state_machine_name"]
 
 
-@cache
+_NAMED: dict[tuple[str, type[BaseException]], type[BaseException]] = {}
+_NAMED_LOCK = threading.Lock()
+
+
 def _named(name: str, base: type[BaseException]) -> type[BaseException]:
-    return type(name, (base,), {"__module__": "udop.aws.errors"})
+    # one class per (name, base): made once, as a warm Lambda raises the same errors again
+    with _NAMED_LOCK:
+        if (name, base) not in _NAMED:
+            _NAMED[(name, base)] = type(name, (base,), {"__module__": "udop.aws.errors"})
+        return _NAMED[(name, base)]
 
 
 def state_machine_name(exc: BaseException) -> str:

@@ -481,8 +481,9 @@ class _Run:
         self.ex.on_event(RunEvent("task", self.run_id, TaskState.RUNNING.value, tid, number))
         timeout = self.pipeline.timeout_for(task)
         attempt = _Attempt(
-            tid, number, context=None, deadline=time.monotonic() + timeout if timeout else None
-        )  # type: ignore[arg-type]
+            tid, number, context=None,  # type: ignore[arg-type]  # set just below; it needs the attempt
+            deadline=time.monotonic() + timeout if timeout else None,
+        )
         attempt.context = TaskContext(
             pipeline=self.pipeline,
             task_id=tid,
