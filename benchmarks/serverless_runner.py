@@ -43,7 +43,7 @@ def main() -> None:
     from test_data_pipeline_e2e import _nycflights, _pipeline
 
     from conftest import aws_account  # the tests' emulated account
-    from udop.cli_aws import deploy_file, follow_run, start_run
+    from udop.aws.runs import deploy_file, follow_run, start_run
     from udop.executor.local import LocalExecutor
     from udop.spec.loader import load_pipeline
     from udop.store import open_store

@@ -4,20 +4,31 @@ Two families matter outside the library:
 
 * ``SpecError`` and friends: the user's input is wrong. The CLI prints ``str(err)`` (one line
   naming the file and the place in it) and exits 2. Nothing has run.
-* ``TaskError`` and its subclasses: raised while a task runs. Their *class names* are part of the
-  contract with the compiled Step Functions definition: ``Retry`` names ``udop.RetryableError``
-  and ``Catch`` names ``States.ALL``; the task runner reports ``errorType`` as
-  ``error_type(exc)``.
+* ``TaskError`` and its subclasses: raised while a task runs.
+
+Every executor decides what a failed attempt means with one function, :func:`classify`: its
+stable error name (``udop.<Class>`` for the classes defined here, the nearest of them for a udop
+subclass defined elsewhere, the class name for anything else) and whether another attempt may
+help. The rule: ``FatalError`` and ``InputError`` (and their subclasses) are never retried;
+everything else is, foreign exceptions from user code included (a ``ValueError`` is retried). A
+retry policy's ``retry_on`` narrows that to the names it lists. The LocalExecutor records these
+names, the task runner raises them as Lambda ``errorType`` and the compiler derives the compiled
+``Retry`` from the same classes (:data:`NOT_RETRIED`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 __all__ = [
+    "NOT_RETRIED",
+    "RETRIED",
+    "STATES_ALIASES",
     "ConfigError",
     "ConnectionFailed",
     "DataQualityError",
+    "Failure",
     "FatalError",
     "InputError",
     "PayloadTooLarge",
@@ -31,7 +42,11 @@ __all__ = [
     "TaskTimeout",
     "TransitionError",
     "UdopError",
+    "classify",
+    "error_name",
     "error_type",
+    "is_retryable",
+    "recorded_name",
 ]
 
 
@@ -141,14 +156,82 @@ class PayloadTooLarge(FatalError):
     """A value meant to travel between tasks is over the size that may travel by value."""
 
 
-def error_type(exc: BaseException) -> str:
-    """The name the state machine and the metadata store use for an exception.
+def _public(kind: type[BaseException]) -> type[BaseException]:
+    """The nearest class of ``kind``'s ancestry defined in this module (udop subclasses elsewhere,
+    such as ``SandboxViolation``, are reported under the public name of their category)."""
+    for base in kind.__mro__:
+        if base.__module__ == __name__:
+            return base
+    return kind
 
-    udop's own task errors are prefixed ``udop.`` so that ``Retry``/``Catch`` ``ErrorEquals`` can name
-    them without colliding with ``States.*`` or ``Lambda.*`` names. Anything else is reported by its
-    class name: an unexpected exception is not retried by the compiled definition unless the task's
-    retry policy says ``retry_on: any``.
-    """
-    if isinstance(exc, UdopError):
-        return f"udop.{type(exc).__name__}"
-    return type(exc).__name__
+
+def error_name(exc: BaseException | type[BaseException]) -> str:
+    """The stable name the metadata store, the task runner's ``errorType`` and the compiled
+    ``Retry``/``Catch`` use: ``udop.TaskTimeout``, ``udop.FatalError``..., or a foreign class name
+    (``ValueError``). ``ErrorEquals`` matches names exactly, so a subclass keeps its own name
+    (``udop.ConnectionFailed`` is not folded into ``udop.RetryableError``)."""
+    kind = exc if isinstance(exc, type) else type(exc)
+    if issubclass(kind, UdopError):
+        return f"udop.{_public(kind).__name__}"
+    return kind.__name__
+
+
+def is_retryable(exc: BaseException | type[BaseException]) -> bool:
+    """Whether another attempt may help: not for ``FatalError``/``InputError`` (an unknown connector,
+    bad data), nor for an interrupt; yes for everything else, a foreign exception included."""
+    kind = exc if isinstance(exc, type) else type(exc)
+    if not issubclass(kind, Exception):
+        return False  # KeyboardInterrupt, SystemExit
+    return not issubclass(kind, FatalError | InputError)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """What a failed attempt means, the same on every executor."""
+
+    name: str
+    retryable: bool
+    message: str
+
+
+
+def classify(exc: BaseException) -> Failure:
+    """The one rule for a failed attempt (see the module docstring)."""
+    message = (str(exc).strip() or type(exc).__name__)[:4000]
+    return Failure(name=error_name(exc), retryable=is_retryable(exc), message=message)
+
+
+def _public_classes() -> list[type[UdopError]]:
+    found: list[type[UdopError]] = []
+    pending: list[type[UdopError]] = [UdopError]
+    while pending:
+        kind = pending.pop(0)
+        if kind.__module__ == __name__ and kind not in found:
+            found.append(kind)
+        pending.extend(kind.__subclasses__())
+    return found
+
+
+#: the udop error names no retry policy retries; the compiled ``Retry`` lists them first with
+#: ``MaxAttempts: 0`` so that the catch-all rule after them retries everything else, as locally
+NOT_RETRIED: tuple[str, ...] = tuple(sorted(error_name(k) for k in _public_classes() if not is_retryable(k)))
+#: the udop error names that are retried (any foreign name is too)
+RETRIED: tuple[str, ...] = tuple(sorted(error_name(k) for k in _public_classes() if is_retryable(k)))
+
+
+#: Step Functions' own name for the same failure: a Task state's ``TimeoutSeconds`` ending an attempt
+#: is a ``udop.TaskTimeout`` (compiled ``retry_on`` lists both; run records show the udop name)
+STATES_ALIASES: dict[str, str] = {"udop.TaskTimeout": "States.Timeout"}
+
+
+def recorded_name(name: str | None) -> str | None:
+    """The name a run record keeps for an error name the state machine reported."""
+    for ours, theirs in STATES_ALIASES.items():
+        if name == theirs:
+            return ours
+    return name
+
+
+def error_type(exc: BaseException) -> str:
+    """Alias of :func:`error_name`, kept for callers written before it."""
+    return error_name(exc)

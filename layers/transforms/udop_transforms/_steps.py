@@ -39,7 +39,7 @@ __all__ = ["Plan", "StepError", "compile_steps", "locate_failure"]
 
 _AGG_SQL = {"sum": "sum({})", "avg": "avg({})", "min": "min({})", "max": "max({})", "count": "count({})",
             "count_distinct": "count(DISTINCT {})"}
-_SORT = re.compile(r"^(?P<expr>.+?)(?:\s+(?P<dir>asc|desc))?(?:\s+nulls\s+(?P<nulls>first|last))?\s*$",
+SORT_ITEM = re.compile(r"^(?P<expr>.+?)(?:\s+(?P<dir>asc|desc))?(?:\s+nulls\s+(?P<nulls>first|last))?\s*$",
                    re.IGNORECASE | re.DOTALL)
 
 
@@ -313,7 +313,7 @@ def _union(plan: Plan, step: UnionStep) -> str:
 def _order_items(plan: Plan, items: list[str]) -> str:
     out = []
     for item in items:
-        m = _SORT.match(item.strip())
+        m = SORT_ITEM.match(item.strip())
         if not m:
             raise ValueError(f"cannot read sort order {item!r}; write 'column', 'column desc' or "
                              "'expr asc nulls last'")

@@ -39,7 +39,7 @@ from udop_transforms._checks import RuleError, bind_rules
 from udop_transforms._engine import Column, Session
 from udop_transforms._files import SNIFF_ROWS, diagnose_csv, matching_files, reader_sql
 from udop_transforms._sql import Params, check_expression, clean_error, ident, missing_column_message
-from udop_transforms._steps import _SORT, Plan, StepError, compile_steps
+from udop_transforms._steps import SORT_ITEM, Plan, StepError, compile_steps
 
 __all__ = ["check_pipeline"]
 
@@ -252,7 +252,7 @@ def _syntax_errors(task: Any, params: Params) -> Iterator[tuple[int, str]]:
             items = step.sort if isinstance(step, SortStep) else (
                 step.distinct.order_by if isinstance(step.distinct, DedupeSpec) else [])
             for item in items:
-                m = _SORT.match(item.strip())
+                m = SORT_ITEM.match(item.strip())
                 texts.append(m.group("expr") if m else item)
         elif isinstance(step, CastStep):
             texts = [f"CAST(NULL AS {t})" for t in step.cast.values()]

@@ -39,6 +39,7 @@ __all__ = [
     "API_METADATA",
     "AuditEntry",
     "AuditLog",
+    "as_utc",
     "audit_log_table",
     "decode_cursor",
     "decode_id_cursor",
@@ -253,10 +254,10 @@ class AuditLog:
                 rows = conn.execute(query).mappings().all()
         except SQLAlchemyError as exc:
             raise StoreError(f"audit log read failed: {type(exc).__name__}") from exc
-        return [AuditEntry(**cast(dict[str, Any], {k: _aware(v) for k, v in row.items()})) for row in rows]
+        return [AuditEntry(**cast(dict[str, Any], {k: as_utc(v) for k, v in row.items()})) for row in rows]
 
 
-def _aware(value: object) -> object:
+def as_utc(value: object) -> object:
     # SQLite hands datetimes back without a zone; every time udop stores is UTC.
     if isinstance(value, datetime) and value.tzinfo is None:
         return value.replace(tzinfo=UTC)

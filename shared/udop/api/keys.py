@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Column, DateTime, Engine, String, Table, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from udop.api.audit import API_METADATA, _aware
+from udop.api.audit import API_METADATA, as_utc
 from udop.errors import StoreError
 
 __all__ = ["ApiKeyRecord", "ApiKeys", "api_keys_table"]
@@ -136,5 +136,5 @@ class ApiKeys:
 
 
 def _record(row: object) -> ApiKeyRecord:
-    data = {k: _aware(row[k]) for k in ("id", "name", "role", "created_at", "created_by", "revoked_at")}  # type: ignore[index]
+    data = {k: as_utc(row[k]) for k in ("id", "name", "role", "created_at", "created_by", "revoked_at")}  # type: ignore[index]
     return ApiKeyRecord(**data)  # type: ignore[arg-type]

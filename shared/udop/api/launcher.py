@@ -19,7 +19,7 @@ from udop.errors import InputError, RunNotFound, SpecErrors
 from udop.sandbox import Policy, server_policy
 from udop.settings import get_settings
 from udop.spec.models import Pipeline
-from udop.spec.params import check_env, resolve_params
+from udop.spec.params import check_env, jsonable_params, resolve_params
 from udop.spec.secure import check_definition, stored_definition
 from udop.states import RunState, TaskState, is_terminal
 from udop.store.api import MetadataStore, PipelineVersionRecord, RunRecord
@@ -90,10 +90,6 @@ def _interrupt(ident: int, reason: str) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(RunCancelled))
 
 
-def _jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in values.items()}
-
-
 class LocalLauncher:
     """Runs each triggered run in a background thread of this process, at most ``max_runs`` at once."""
 
@@ -138,7 +134,7 @@ class LocalLauncher:
             pipeline=pipeline.name,
             pipeline_version=version.version,
             task_ids=task_ids(pipeline),
-            params=_jsonable(values),
+            params=jsonable_params(values),
             logical_date=logical_date or datetime.now(UTC),
             executor="local",
         )
@@ -152,9 +148,9 @@ class LocalLauncher:
         if run.state == RunState.SUCCEEDED:
             raise InputError(f"run {run.id!r} already succeeded; nothing to resume")
         if run.state in (RunState.RUNNING, RunState.PENDING) and run.owner is not None:
-            from udop.executor.local import _owner_alive
+            from udop.executor.local import owner_alive
 
-            if _owner_alive(run.owner):
+            if owner_alive(run.owner):
                 raise InputError(f"run {run.id!r} is still running in process {run.owner}")
         self._submit(pipeline, run.id)
         return run
@@ -176,9 +172,9 @@ class LocalLauncher:
                 except Exception as exc:  # the run's own failure is in the store; not this call's error
                     log.info("run %s ended with %s while cancelling", run.id, exc)
         else:
-            from udop.executor.local import _owner_alive
+            from udop.executor.local import owner_alive
 
-            if run.state == RunState.RUNNING and _owner_alive(run.owner):
+            if run.state == RunState.RUNNING and owner_alive(run.owner):
                 raise InputError(
                     f"run {run.id!r} is executing in process {run.owner}, not in this server; "
                     "stop it there (Ctrl-C)"

@@ -1,6 +1,6 @@
 """Runs on AWS: the API deploys definitions and starts, stops and redrives Step Functions executions.
 
-The serverless engineer's code does the work (``udop.aws.deployer``, ``udop.cli_aws``,
+The serverless engineer's code does the work (``udop.aws.deployer``, ``udop.aws.runs``,
 ``udop.aws.events``); this adapter gives it the launcher's shape. The run record is written at once,
 so ``GET /runs/{id}`` finds a run the moment the API answered 202; the run-events function keeps it
 up to date from then on.
@@ -83,11 +83,10 @@ class StepFunctionsLauncher:
     def trigger(
         self, pipeline: Pipeline, *, params: Mapping[str, Any], logical_date: datetime | None, run_id: str
     ) -> RunRecord:
-        from udop.cli_aws import start_run
-        from udop.executor.local import _jsonable
-        from udop.spec.params import resolve_params
+        from udop.aws.runs import start_run
+        from udop.spec.params import jsonable_params, resolve_params
 
-        values = _jsonable(resolve_params(pipeline, params))
+        values = jsonable_params(resolve_params(pipeline, params))
         logical = logical_date or datetime.now(UTC)
         run_id, execution_arn, _ = start_run(
             pipeline, params, store=self.store, sfn=self.sfn, run_id=run_id, logical_date=logical
@@ -122,7 +121,7 @@ class StepFunctionsLauncher:
         return self._sync(run)
 
     def resume(self, run: RunRecord, pipeline: Pipeline) -> RunRecord:
-        from udop.cli_aws import redrive_run
+        from udop.aws.runs import redrive_run
 
         if run.state not in (RunState.FAILED, RunState.CANCELLED):
             raise InputError(

@@ -22,8 +22,8 @@ from udop.aws.s3 import get_json, put_json
 from udop.errors import InputError, SpecError, SpecErrors
 from udop.sandbox import Policy
 
-__all__ = ["DeployResult", "deploy_definition", "deploy_s3_object", "pipeline_name_of_key",
-           "state_machine_name"]
+__all__ = ["DeployResult", "deploy_definition", "deploy_s3_object", "find_state_machine",
+           "pipeline_name_of_key", "state_machine_name"]
 
 SOURCE_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -183,7 +183,7 @@ def _substitute(asl: str, subs: dict[str, str]) -> str:
     return asl
 
 
-def _find_state_machine(sfn: Any, name: str) -> str | None:
+def find_state_machine(sfn: Any, name: str) -> str | None:
     for page in sfn.get_paginator("list_state_machines").paginate():
         for sm in page["stateMachines"]:
             if sm["name"] == name:
@@ -205,7 +205,7 @@ def observability_config(log_group_arn: str | None) -> dict[str, Any]:
 def _create_or_update(sfn: Any, name: str, asl: str, role_arn: str,
                       log_group_arn: str | None = None) -> tuple[str, str | None]:
     """Create or update ``name``; returns (state machine ARN, published version ARN)."""
-    arn = _find_state_machine(sfn, name)
+    arn = find_state_machine(sfn, name)
     extra = observability_config(log_group_arn)
     try:
         if arn is None:

@@ -1,37 +1,36 @@
 """Errors as the state machine sees them.
 
-Lambda reports an exception's ``errorType`` as its class name. The compiled ``Retry``/``Catch``
-name ``udop.RetryableError`` etc. (``udop.errors.error_type``), so the handler re-raises a subclass
-of the original category whose class name is exactly that string.
+Lambda reports an exception's ``errorType`` as its class name, and the compiled ``Retry``/``Catch``
+match names exactly. The handler re-raises a udop error as an exception whose class name is its
+stable name from :func:`udop.errors.classify` (``udop.TaskTimeout``, ``udop.ConnectionFailed``,
+``udop.DataQualityError``...): the same name the LocalExecutor records. A foreign exception keeps
+its class name (``ValueError``) and is retried by the compiled catch-all rule, as locally.
 """
 
 from __future__ import annotations
 
-from functools import cache
+import threading
 
-from udop.errors import FatalError, RetryableError, TaskError, UdopError, error_type
+from udop.errors import classify
 
-__all__ = ["for_state_machine"]
+__all__ = ["for_state_machine", "state_machine_name"]
 
-@cache
+
+_NAMED: dict[tuple[str, type[BaseException]], type[BaseException]] = {}
+_NAMED_LOCK = threading.Lock()
+
+
 def _named(name: str, base: type[BaseException]) -> type[BaseException]:
-    return type(name, (base,), {"__module__": "udop.aws.errors"})
+    # one class per (name, base): made once, as a warm Lambda raises the same errors again
+    with _NAMED_LOCK:
+        if (name, base) not in _NAMED:
+            _NAMED[(name, base)] = type(name, (base,), {"__module__": "udop.aws.errors"})
+        return _NAMED[(name, base)]
 
 
 def state_machine_name(exc: BaseException) -> str:
-    """``udop.RetryableError``, ``udop.DataQualityError``, ``udop.FatalError`` or a foreign class name.
-
-    Subclasses (``ConnectionFailed``, ``TaskTimeout``, ``PayloadTooLarge``...) are folded into their
-    category: ``ErrorEquals`` matches names exactly, without any notion of inheritance."""
-    from udop.errors import DataQualityError
-
-    if isinstance(exc, RetryableError):
-        return "udop.RetryableError"
-    if isinstance(exc, DataQualityError):
-        return "udop.DataQualityError"
-    if isinstance(exc, TaskError | UdopError):
-        return "udop.FatalError"
-    return error_type(exc)
+    """The ``errorType`` the state machine sees for ``exc``: :func:`udop.errors.error_name`."""
+    return classify(exc).name
 
 
 def for_state_machine(exc: BaseException) -> BaseException:
@@ -39,7 +38,10 @@ def for_state_machine(exc: BaseException) -> BaseException:
     name = state_machine_name(exc)
     if type(exc).__name__ == name:
         return exc
-    base = RetryableError if isinstance(exc, RetryableError) else (
-        FatalError if isinstance(exc, UdopError) else Exception)
+    # the named class derives from the original's, so retryability read from it is unchanged
+    # (a udop subclass defined elsewhere, e.g. SandboxViolation, keeps its class name in the message)
     message = str(exc) if type(exc).__name__ == name.removeprefix("udop.") else f"{type(exc).__name__}: {exc}"
-    return _named(name, base)(message)
+    try:
+        return _named(name, type(exc))(message)
+    except TypeError:  # a constructor with other arguments: keep the name only
+        return _named(name, Exception)(message)

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from udop.aws.observability import logger
-from udop.errors import StoreError, TransitionError, UdopError
+from udop.errors import StoreError, TaskTimeout, TransitionError, UdopError, error_name, recorded_name
 from udop.states import AttemptState, RunState, TaskState
 
 __all__ = ["REDRIVE_SEPARATOR", "ExecutionAttempt", "record_status_event", "sync_run"]
@@ -171,8 +171,11 @@ def _attempts(sfn: Any, execution_arn: str) -> list[ExecutionAttempt]:
                 attempt.result = {"output": payload.get("output")} if isinstance(payload, dict) else None
             else:
                 details: dict[str, Any] = next((v for k, v in ev.items() if k.endswith("EventDetails")), {})
-                attempt.state = AttemptState.TIMED_OUT if kind == "TaskTimedOut" else AttemptState.FAILED
-                attempt.error_type = details.get("error")
+                # the names the LocalExecutor records: Step Functions' timeout and the runner's are
+                # both a udop.TaskTimeout, and both a timed-out attempt
+                attempt.error_type = recorded_name(details.get("error"))
+                timed_out = kind == "TaskTimedOut" or attempt.error_type == error_name(TaskTimeout)
+                attempt.state = AttemptState.TIMED_OUT if timed_out else AttemptState.FAILED
                 attempt.error_message = _cause_message(details.get("cause"))
     # a foreach task's result is its combine call's; of its items only the failures are shown
     return [attempts[k] for k in sorted(attempts)

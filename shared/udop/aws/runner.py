@@ -28,6 +28,7 @@ from udop.aws.observability import logger, metrics
 from udop.aws.s3 import S3Staging, get_json, put_json
 from udop.aws.settings import RunnerSettings
 from udop.errors import DataQualityError, FatalError, RetryableError, StoreError, TaskTimeout
+from udop.executor.attempt import failed_checks, lineage
 from udop.sandbox import Policy, SandboxViolation, server_policy
 from udop.spec.secure import check_definition
 from udop.tasks.contract import SNAPSHOT_FORMAT, TaskContext, TaskResult
@@ -243,11 +244,10 @@ def _run_payload(event: Mapping[str, Any], *, settings: RunnerSettings, s3: Any,
                           item=item, state=state)
         except DataQualityError as exc:
             # the rules' results, for `udop runs show` (run events read them back)
-            checks = getattr(exc, "checks", None)
+            checks = failed_checks(exc)
             if checks:
                 put_json(s3, settings.data_bucket, failed_checks_key(payload.pipeline, payload.run_id,
-                                                                     payload.task_id),
-                         TaskResult(checks=tuple(checks)).to_dict())
+                                                                     payload.task_id), checks)
             raise
         body = result.to_dict()
         if item is None:
@@ -343,9 +343,8 @@ def _run(payload: TaskPayload, pipeline: Any, task: Any, *, settings: RunnerSett
                              files=output.files if output.format == SNAPSHOT_FORMAT else files,
                              bytes=output.bytes if output.bytes is not None else size)
         # lineage as the LocalExecutor records it: what the task read, else its inputs' datasets
-        lineage = result.inputs or tuple(r.output.uri if r.output else f"task:{tid}"
-                                         for tid, r in inputs.items())
-        return replace(result, output=output, inputs=tuple(staging.to_remote(i) for i in lineage))
+        read = lineage(result, inputs)
+        return replace(result, output=output, inputs=tuple(staging.to_remote(i) for i in read))
 
 
 def _stage_input(staging: S3Staging, s3: Any, settings: RunnerSettings, payload: TaskPayload,

@@ -23,9 +23,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "graph": ("udop.cli.commands:graph", "Draw a pipeline's task graph as Mermaid or Graphviz dot."),
     "schema": ("udop.cli.commands:schema", "Print the JSON Schema of pipeline definitions."),
     "runs": ("udop.cli.runs:runs", "List runs and show one run's tasks, attempts and lineage."),
-    "compile": ("udop.cli_aws:compile_command", "Compile a pipeline to a Step Functions definition (ASL)."),
-    "deploy": ("udop.cli_aws:deploy_command", "Deploy a pipeline as a Step Functions state machine."),
-    "redrive": ("udop.cli_aws:redrive_command", "Resume a failed Step Functions run from the failed task."),
+    "compile": ("udop.cli.aws:compile_command", "Compile a pipeline to a Step Functions definition (ASL)."),
+    "deploy": ("udop.cli.aws:deploy_command", "Deploy a pipeline as a Step Functions state machine."),
+    "redrive": ("udop.cli.aws:redrive_command", "Resume a failed Step Functions run from the failed task."),
     "serve": ("udop.api.cli:serve", "Serve the REST API on this machine."),
     "api-key": ("udop.api.cli:api_key", "Create, list and revoke API keys of service accounts."),
 }

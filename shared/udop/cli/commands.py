@@ -124,7 +124,7 @@ def run(
             ) from None
         logical = logical if logical.tzinfo else logical.replace(tzinfo=UTC)
     if executor == "stepfunctions":
-        from udop.cli_aws import run_on_stepfunctions
+        from udop.cli.aws import run_on_stepfunctions
 
         raise click.exceptions.Exit(
             run_on_stepfunctions(file, given, follow=True, run_id=run_id, logical_date=logical)

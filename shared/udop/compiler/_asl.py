@@ -15,13 +15,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from udop.compiler._schedule import Node, Parallel, Series, Step
+from udop.errors import NOT_RETRIED, STATES_ALIASES, FatalError, TaskTimeout, error_name
 
 LAMBDA_INVOKE = "arn:aws:states:::lambda:invoke"
 START_CHILD = "arn:aws:states:::states:startExecution.sync:2"
 S3_LIST = "arn:aws:states:::aws-sdk:s3:listObjectsV2"
-#: names the compiled Retry uses; the task runner raises these (see ``udop.errors.error_type``).
-#: ``States.Timeout`` is there because a timed-out attempt is retryable under the LocalExecutor too.
-RETRYABLE_ERRORS = ["udop.RetryableError", "udop.TaskTimeout", "udop.ConnectionFailed", "States.Timeout"]
+#: names never retried: the first Retry rule stops them (``MaxAttempts: 0``) before the catch-all
+#: rule retries everything else, foreign exceptions included, as the LocalExecutor does; the task
+#: runner raises the same names (both from ``udop.errors.classify``)
+NOT_RETRIED_RULE = {"ErrorEquals": list(NOT_RETRIED), "MaxAttempts": 0}
 LAMBDA_TRANSIENT_ERRORS = ["Lambda.ServiceException", "Lambda.AWSLambdaException",
                            "Lambda.SdkClientException", "Lambda.TooManyRequestsException"]
 LAMBDA_TRANSIENT_RETRY = {"ErrorEquals": LAMBDA_TRANSIENT_ERRORS, "IntervalSeconds": 1, "BackoffRate": 2.0,
@@ -44,8 +46,8 @@ def _fail_states() -> dict[str, Any]:
             "Default": "Task failed"},
         "Task failed": {"Type": "Fail", "Comment": "Error and Cause are the failed task's",
                         "ErrorPath": "$.failure.Error", "CausePath": "$.failure.Cause"},
-        "Task timed out": {"Type": "Fail", "Error": "udop.TaskTimeout", "CausePath": cause},
-        "Task stopped": {"Type": "Fail", "Error": "udop.FatalError", "CausePath": cause},
+        "Task timed out": {"Type": "Fail", "Error": error_name(TaskTimeout), "CausePath": cause},
+        "Task stopped": {"Type": "Fail", "Error": error_name(FatalError), "CausePath": cause},
     }
 
 
@@ -79,6 +81,7 @@ class TaskSettings:
     jitter: bool
     timeout_seconds: int
     foreach: Any = None  # udop.spec.models.ForEach | None
+    retry_on: tuple[str, ...] | None = None  # the policy's error names; None: every retryable one
 
 
 class Emitter:
@@ -185,17 +188,22 @@ class Emitter:
                 "execution.$": execution or self.execution_path, "attempt.$": "$$.State.RetryCount"}
 
     def _retry(self, s: TaskSettings) -> list[dict[str, Any]]:
-        retry: list[dict[str, Any]] = []
-        if s.max_attempts > 1:
-            interval = max(1, math.ceil(s.base_delay))
-            rule: dict[str, Any] = {"ErrorEquals": RETRYABLE_ERRORS, "IntervalSeconds": interval,
-                                    "BackoffRate": float(s.backoff_rate), "MaxAttempts": s.max_attempts - 1,
-                                    "MaxDelaySeconds": max(interval, math.ceil(s.max_delay))}
-            if s.jitter:
-                rule["JitterStrategy"] = "FULL"
-            retry.append(rule)
-        retry.append(dict(LAMBDA_TRANSIENT_RETRY))
-        return retry
+        """The task's retry policy as ``Retry`` rules matching what ``udop.errors.classify`` and the
+        policy's ``retry_on`` decide locally (``States.ALL`` must be alone and last)."""
+        if s.max_attempts <= 1:
+            return [dict(LAMBDA_TRANSIENT_RETRY)]
+        # Step Functions' shortest interval is 1 s (a listed difference: docs/executors.md)
+        interval = max(1, math.ceil(s.base_delay))
+        backoff: dict[str, Any] = {"IntervalSeconds": interval, "BackoffRate": float(s.backoff_rate),
+                                   "MaxAttempts": s.max_attempts - 1,
+                                   "MaxDelaySeconds": max(interval, math.ceil(s.max_delay))}
+        if s.jitter:
+            backoff["JitterStrategy"] = "FULL"
+        if s.retry_on is not None:
+            names = [*s.retry_on, *(STATES_ALIASES[n] for n in s.retry_on if n in STATES_ALIASES)]
+            return [{"ErrorEquals": names, **backoff}, dict(LAMBDA_TRANSIENT_RETRY)]
+        return [dict(NOT_RETRIED_RULE), dict(LAMBDA_TRANSIENT_RETRY),
+                {"ErrorEquals": ["States.ALL"], **backoff}]
 
     def _invoke(self, s: TaskSettings, payload: dict[str, Any]) -> dict[str, Any]:
         return {"Type": "Task", "Resource": LAMBDA_INVOKE,

@@ -149,7 +149,8 @@ class _Compiler:
         seconds = LAMBDA_MAX_SECONDS if timeout is None else max(1, math.ceil(timeout))
         return TaskSettings(task_id=task.id, max_attempts=retry.max_attempts, base_delay=retry.base_delay,
                             backoff_rate=retry.backoff_rate, max_delay=retry.max_delay,
-                            jitter=retry.jitter == "full", timeout_seconds=seconds, foreach=task.foreach)
+                            jitter=retry.jitter == "full", timeout_seconds=seconds, foreach=task.foreach,
+                            retry_on=retry.retry_on)
 
     def _emitter(self, root: bool) -> Emitter:
         return Emitter(pipeline=self.name, version=self.options.version, tasks=self.settings, root=root,

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from multiprocessing.context import ForkServerContext
     from multiprocessing.process import BaseProcess
 
-__all__ = ["STARTUP_ALLOWANCE", "ChildAttempt", "compute", "needs_process"]
+__all__ = ["STARTUP_ALLOWANCE", "ChildAttempt", "compute", "failed_checks", "lineage", "needs_process"]
 
 #: modules the fork server imports once, so that each child starts with them loaded: the definition
 #: models (their task types come from the installed layers), pyarrow (most task modules import it or
@@ -63,17 +63,28 @@ def compute(
     else:
         result = run_task(context, task, dict(inputs))
     body = result.to_dict()
-    lineage = result.inputs or tuple(
-        r.output.uri if r.output else f"task:{tid}" for tid, r in inputs.items()
-    )
+    read = lineage(result, inputs)
     if not result.inputs:
-        body["inputs"] = list(lineage)
+        body["inputs"] = list(read)
     # downstream tasks see the stored value (numpy scalars converted), the same as after a resume
     result = TaskResult(
-        output=result.output, value=body["value"], inputs=tuple(lineage), checks=result.checks,
+        output=result.output, value=body["value"], inputs=read, checks=result.checks,
         metrics=body["metrics"],
     )
     return result, body
+
+
+def lineage(result: TaskResult, inputs: Mapping[str, TaskResult]) -> tuple[str, ...]:
+    """What an attempt read, as every executor records it: what the task said it read, else its
+    upstream tasks' datasets (``task:<id>`` for an upstream without one)."""
+    return result.inputs or tuple(r.output.uri if r.output else f"task:{tid}" for tid, r in inputs.items())
+
+
+def failed_checks(exc: BaseException) -> dict[str, Any] | None:
+    """The result body kept for a failed attempt: the check results a ``DataQualityError`` carries
+    (``udop runs show`` shows which rule failed), else nothing."""
+    checks = getattr(exc, "checks", None)
+    return TaskResult(checks=tuple(checks)).to_dict() if checks else None
 
 
 def _fork_server() -> ForkServerContext:

@@ -44,20 +44,20 @@ from udop.errors import (
     SpecErrors,
     StoreError,
     TaskTimeout,
-    error_type,
+    classify,
 )
-from udop.executor.attempt import STARTUP_ALLOWANCE, ChildAttempt, compute, needs_process
+from udop.executor.attempt import STARTUP_ALLOWANCE, ChildAttempt, compute, failed_checks, needs_process
 from udop.executor.events import RunEvent
 from udop.sandbox import Policy
 from udop.spec.dag import dependants, downstream, topological_order
 from udop.spec.models import Pipeline
-from udop.spec.params import check_env, resolve_params
+from udop.spec.params import check_env, jsonable_params, resolve_params
 from udop.spec.secure import stored_definition
 from udop.states import AttemptState, RunState, TaskState
 from udop.store.api import MetadataStore, RunRecord, RunSlot
 from udop.tasks.contract import TaskContext, TaskResult
 
-__all__ = ["LocalExecutor", "new_run_id"]
+__all__ = ["LocalExecutor", "new_run_id", "owner_alive"]
 
 _log = logging.getLogger("udop.executor")
 
@@ -75,7 +75,8 @@ def _owner() -> str:
     return f"{os.getpid()}@{socket.gethostname()}"
 
 
-def _owner_alive(owner: str | None) -> bool:
+def owner_alive(owner: str | None) -> bool:
+    """Whether ``owner`` (``pid@host``) is another live process on this machine."""
     if not owner or "@" not in owner:
         return False
     pid, host = owner.split("@", 1)
@@ -262,7 +263,7 @@ class LocalExecutor:
                 pipeline=pipeline.name,
                 pipeline_version=version.version,
                 task_ids=[t.id for t in pipeline.spec.tasks],
-                params=_jsonable(values),
+                params=jsonable_params(values),
                 logical_date=logical,
                 slot=self._slot(pipeline),
             )
@@ -288,7 +289,7 @@ class LocalExecutor:
             raise InputError("a resumed run keeps the parameters it started with; do not pass --param")
         if run.state == RunState.SUCCEEDED:
             raise InputError(f"run {run_id!r} already succeeded; nothing to resume")
-        if run.state in (RunState.RUNNING, RunState.PENDING) and _owner_alive(run.owner):
+        if run.state in (RunState.RUNNING, RunState.PENDING) and owner_alive(run.owner):
             raise InputError(f"run {run_id!r} is still running in process {run.owner}")
         if {t.task_id for t in run.tasks} != {t.id for t in pipeline.spec.tasks}:
             raise InputError(
@@ -334,14 +335,7 @@ def _holder_alive(owner: str | None) -> bool:
     pid, host = owner.split("@", 1)
     if host != socket.gethostname() or not pid.isdigit():
         return True  # another machine: its lease decides
-    return int(pid) == os.getpid() or _owner_alive(owner)
-
-
-def _jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        k: v.isoformat() if isinstance(v, datetime) or hasattr(v, "isoformat") else v
-        for k, v in values.items()
-    }
+    return int(pid) == os.getpid() or owner_alive(owner)
 
 
 class _Run:
@@ -487,8 +481,9 @@ class _Run:
         self.ex.on_event(RunEvent("task", self.run_id, TaskState.RUNNING.value, tid, number))
         timeout = self.pipeline.timeout_for(task)
         attempt = _Attempt(
-            tid, number, context=None, deadline=time.monotonic() + timeout if timeout else None
-        )  # type: ignore[arg-type]
+            tid, number, context=None,  # type: ignore[arg-type]  # set just below; it needs the attempt
+            deadline=time.monotonic() + timeout if timeout else None,
+        )
         attempt.context = TaskContext(
             pipeline=self.pipeline,
             task_id=tid,
@@ -623,12 +618,10 @@ class _Run:
     def _failed(self, tid: str, number: int, attempt_state: AttemptState, exc: BaseException) -> None:
         task = self.tasks[tid]
         policy = self.pipeline.retry_for(task)
-        kind, message = error_type(exc), _message(exc)
-        checks = getattr(exc, "checks", None)
-        body = TaskResult(checks=tuple(checks)).to_dict() if checks else None
-        # InputError raised inside a task (an unknown connector, a malformed setting) cannot heal by itself
-        retryable = not isinstance(exc, FatalError | InputError | KeyboardInterrupt | SystemExit)
-        if retryable and number < policy.max_attempts:
+        failure = classify(exc)  # the same rule as the task runner's and the compiled Retry's
+        kind, message = failure.name, failure.message
+        body = failed_checks(exc)
+        if policy.retries(kind, failure.retryable) and number < policy.max_attempts:
             self.store.finish_attempt(
                 self.run_id,
                 tid,
@@ -746,11 +739,6 @@ class _Run:
         except Exception as exc:  # the store itself may be what failed; resume repairs the records
             _log.warning("run %s: could not record the cancellation (%s); `udop run --resume %s` "
                          "repairs the records", self.run_id, exc, self.run_id)
-
-
-def _message(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text[:4000]
 
 
 def _summary(result: TaskResult) -> str | None:

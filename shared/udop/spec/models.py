@@ -34,6 +34,30 @@ class RetryPolicy(SpecModel):
     backoff_rate: float = Field(2.0, ge=1.0, le=10.0, description="factor applied to the wait per attempt")
     max_delay: Duration = Field(300.0, description="the wait between attempts never exceeds this")
     jitter: Literal["full", "none"] = "full"
+    retry_on: tuple[str, ...] | None = Field(
+        None, description="error names retried (e.g. [udop.ConnectionFailed, ValueError]); default: "
+        "every retryable error. A FatalError/InputError name cannot be listed: those are never retried")
+
+    @field_validator("retry_on")
+    @classmethod
+    def _retryable_names(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        from udop.errors import NOT_RETRIED
+
+        if value is None:
+            return None
+        for name in value:
+            if name in NOT_RETRIED:
+                raise ValueError(f"{name} is never retried (another attempt cannot fix it); remove it")
+            if not name or name.startswith(("States.", "Lambda.")):
+                raise ValueError(f"{name!r} is not a udop or exception class name; name errors as run "
+                                 "records show them, e.g. udop.TaskTimeout or ValueError")
+        if not value:
+            raise ValueError("an empty list retries nothing; use max_attempts: 1 instead")
+        return value
+
+    def retries(self, name: str, retryable: bool) -> bool:
+        """Whether this policy retries a failure named ``name`` (see ``udop.errors.classify``)."""
+        return retryable and (self.retry_on is None or name in self.retry_on)
 
     def delay(self, attempt: int) -> float:
         """The un-jittered wait after attempt number ``attempt`` (1-based) failed."""
@@ -181,7 +205,12 @@ class Pipeline(SpecModel):
         raise KeyError(task_id)
 
     def retry_for(self, task: TaskBase) -> RetryPolicy:
-        return task.retry or self.spec.defaults.retry
+        """The task's ``retry`` merged field by field over ``spec.defaults.retry``: a field the task
+        writes wins, one it leaves out comes from the defaults (not from the built-in default)."""
+        defaults = self.spec.defaults.retry
+        if task.retry is None:
+            return defaults
+        return defaults.model_copy(update={k: getattr(task.retry, k) for k in task.retry.model_fields_set})
 
     def timeout_for(self, task: TaskBase) -> float | None:
         return task.timeout if task.timeout is not None else self.spec.defaults.timeout

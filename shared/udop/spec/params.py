@@ -28,6 +28,7 @@ __all__ = [
     "check_references",
     "coerce_param",
     "find_references",
+    "jsonable_params",
     "render",
     "resolve_params",
 ]
@@ -210,3 +211,8 @@ def _lookup(scope: Mapping[str, Mapping[str, Any]], ns: str, name: str) -> Any:
         return scope[ns][name]
     except KeyError:
         raise SpecError(f"'${{{ns}.{name}}}' has no value") from None
+
+
+def jsonable_params(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Resolved parameters as stored with a run: dates and datetimes as ISO text."""
+    return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in values.items()}

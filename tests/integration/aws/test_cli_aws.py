@@ -32,7 +32,7 @@ def cli_env(moto_aws: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("UDOP_STATE_MACHINE_ROLE_ARN", moto_aws.role_arn)
     monkeypatch.setenv("UDOP_STATE_MACHINE_LOG_GROUP_ARN", moto_aws.log_group_arn)
     monkeypatch.setenv("UDOP_DATABASE_URL", moto_aws.database_url)
-    monkeypatch.setattr("udop.cli_aws.POLL_SECONDS", 0.05)
+    monkeypatch.setattr("udop.aws.runs.POLL_SECONDS", 0.05)
     get_settings.cache_clear()
     yield moto_aws
     get_settings.cache_clear()

@@ -17,7 +17,7 @@ import pytest
 import udop_foreach_tasks as data
 from aws_support import in_process_only
 
-from udop.cli_aws import redrive_and_follow, run_on_stepfunctions
+from udop.cli.aws import redrive_and_follow, run_on_stepfunctions
 from udop.states import RunState, TaskState
 
 pytestmark = [pytest.mark.aws, pytest.mark.redis, pytest.mark.slow]

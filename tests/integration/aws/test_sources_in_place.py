@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 from aws_support import in_process_only
 
-from udop.cli_aws import deploy_file, run_on_stepfunctions
+from udop.aws.runs import deploy_file
+from udop.cli.aws import run_on_stepfunctions
 from udop.errors import FatalError
 from udop.states import RunState, TaskState
 

@@ -13,7 +13,8 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from udop.cli_aws import deploy_file, redrive_and_follow, run_on_stepfunctions
+from udop.aws.runs import deploy_file
+from udop.cli.aws import redrive_and_follow, run_on_stepfunctions
 from udop.states import AttemptState, RunState, TaskState
 
 pytestmark = [pytest.mark.aws, pytest.mark.redis, pytest.mark.slow]
@@ -287,7 +288,7 @@ def test_run_events_function_records_aws_runs_in_the_metadata_store(
 ) -> None:
     from aws_support import load_event
 
-    from udop.cli_aws import start_run
+    from udop.aws.runs import start_run
     from udop.spec.loader import load_pipeline
 
     log_dir = moto_aws.log_root
@@ -442,7 +443,7 @@ def test_concurrent_status_events_for_one_run_record_it_once(
     import threading
 
     from udop.aws.events import record_status_event
-    from udop.cli_aws import start_run
+    from udop.aws.runs import start_run
     from udop.spec.loader import load_pipeline
     from udop.store import open_store
 
@@ -481,7 +482,7 @@ def test_a_caught_failure_shows_as_failed_while_other_branches_still_run(
     import time
 
     from udop.aws.events import sync_run
-    from udop.cli_aws import start_run
+    from udop.aws.runs import start_run
     from udop.spec.loader import load_pipeline
 
     log_dir = moto_aws.log_root

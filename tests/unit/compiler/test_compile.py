@@ -20,6 +20,7 @@ from asl_tools import (
 )
 
 from udop.compiler import CompileError, CompileOptions, compile_pipeline
+from udop.errors import NOT_RETRIED
 
 RUN_INPUT = {"run": {"run_id": "r-2026-11-26", "logical_date": "2026-11-26", "data_root": "s3://data/udop/",
                      "data_bucket": "data", "data_prefix": "udop/",
@@ -58,16 +59,19 @@ def test_retry_policy_and_timeout_become_retry_and_timeout_seconds() -> None:
         "b": {"retry": {"max_attempts": 2, "base_delay": "250ms", "jitter": "none"}},
         "c": {"retry": {"max_attempts": 1}}})
     states = dict(all_states(compile_pipeline(p).definition["States"]))
-    udop_errors = ["udop.RetryableError", "udop.TaskTimeout", "udop.ConnectionFailed", "States.Timeout"]
     lambda_errors = ["Lambda.ServiceException", "Lambda.AWSLambdaException", "Lambda.SdkClientException",
                      "Lambda.TooManyRequestsException"]
-    a_retry, a_lambda = states["a"]["Retry"]
-    assert a_retry == {"ErrorEquals": udop_errors, "IntervalSeconds": 3, "BackoffRate": 3.0, "MaxAttempts": 3,
+    # never-retried names first (stopped), Lambda's transient errors, then everything else per the
+    # policy: a foreign ValueError is retried, as by the LocalExecutor
+    a_fatal, a_lambda, a_retry = states["a"]["Retry"]
+    assert a_fatal == {"ErrorEquals": list(NOT_RETRIED), "MaxAttempts": 0}
+    assert {"udop.FatalError", "udop.DataQualityError", "udop.InputError"} <= set(a_fatal["ErrorEquals"])
+    assert a_retry == {"ErrorEquals": ["States.ALL"], "IntervalSeconds": 3, "BackoffRate": 3.0, "MaxAttempts": 3,
                        "MaxDelaySeconds": 61, "JitterStrategy": "FULL"}
     assert a_lambda["ErrorEquals"] == lambda_errors
     assert a_lambda["MaxAttempts"] >= 1
     assert states["a"]["TimeoutSeconds"] == 600
-    b_retry = states["b"]["Retry"][0]
+    b_retry = states["b"]["Retry"][-1]
     # 250 ms rounds up to the 1 s minimum; no jitter asked, none given
     assert b_retry["IntervalSeconds"] == 1
     assert b_retry["MaxAttempts"] == 1
@@ -77,12 +81,30 @@ def test_retry_policy_and_timeout_become_retry_and_timeout_seconds() -> None:
     assert [r["ErrorEquals"] for r in states["c"]["Retry"]] == [lambda_errors]
 
 
+def test_retry_on_names_only_those_errors_and_a_timeout_its_lambda_alias() -> None:
+    p = make_pipeline({"a": []}, extra={"a": {"retry": {"max_attempts": 3,
+                                                         "retry_on": ["udop.TaskTimeout", "ValueError"]}}})
+    rules = compile_pipeline(p).definition["States"]["a"]["Retry"]
+    assert rules[0]["ErrorEquals"] == ["udop.TaskTimeout", "ValueError", "States.Timeout"]
+    assert rules[0]["MaxAttempts"] == 2
+    assert all("States.ALL" not in r["ErrorEquals"] for r in rules)
+
+
+def test_a_task_retry_merges_over_the_defaults_field_by_field() -> None:
+    defaults = {"retry": {"max_attempts": 4, "base_delay": "3s", "max_delay": "1m"}}
+    p = make_pipeline({"a": []}, defaults=defaults, extra={"a": {"retry": {"max_attempts": 2}}})
+    policy = p.retry_for(p.task("a"))
+    assert (policy.max_attempts, policy.base_delay, policy.max_delay) == (2, 3.0, 60.0)
+    rule = compile_pipeline(p).definition["States"]["a"]["Retry"][-1]
+    assert (rule["MaxAttempts"], rule["IntervalSeconds"], rule["MaxDelaySeconds"]) == (1, 3, 60)
+
+
 def test_pipeline_defaults_apply_when_a_task_sets_nothing() -> None:
     defaults = {"retry": {"max_attempts": 3, "base_delay": "2s", "max_delay": "1m"}, "timeout": "90s"}
     p = make_pipeline({"a": []}, defaults=defaults)
     state = compile_pipeline(p).definition["States"]["a"]
-    assert state["Retry"][0]["MaxAttempts"] == 2
-    assert state["Retry"][0]["MaxDelaySeconds"] == 60
+    assert state["Retry"][-1]["MaxAttempts"] == 2
+    assert state["Retry"][-1]["MaxDelaySeconds"] == 60
     assert state["TimeoutSeconds"] == 90
 
 
@@ -323,7 +345,7 @@ def test_the_validator_helper_rejects_broken_definitions() -> None:
 def test_interval_rounding_matches_the_policy() -> None:
     for base, expected in [(0.1, 1), (1.0, 1), (1.01, 2), (30, 30)]:
         p = make_pipeline({"a": []}, extra={"a": {"retry": {"max_attempts": 2, "base_delay": base}}})
-        rule = compile_pipeline(p).definition["States"]["a"]["Retry"][0]
+        rule = compile_pipeline(p).definition["States"]["a"]["Retry"][-1]
         assert rule["IntervalSeconds"] == expected == max(1, math.ceil(base))
 
 

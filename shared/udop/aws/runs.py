@@ -1,0 +1,186 @@
+"""Runs of deployed pipelines on Step Functions: deploy a file, start a run, follow it into the
+metadata store, redrive a failed one. What ``udop deploy | run --executor stepfunctions | redrive``
+(``udop.cli.aws``) and the REST API both call; no click here.
+
+Clients are passed in (tests, the API) or made from the usual boto3 configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from udop.errors import InputError, RunNotFound, TransitionError, UdopError
+
+__all__ = ["POLL_SECONDS", "client", "deploy_file", "follow_run", "redrive_run", "start_run",
+           "state_machine_arn"]
+
+#: seconds between polls while following an execution
+POLL_SECONDS = 1.0
+
+
+def client(service: str) -> Any:
+    import boto3  # type: ignore[import-untyped]
+
+    return boto3.client(service)
+
+
+def _load(path: str) -> Any:
+    from udop.spec.loader import load_pipeline
+
+    return load_pipeline(path)
+
+
+def deploy_file(file: str, *, definitions_bucket: str, task_runner_arn: str, role_arn: str,
+                log_group_arn: str | None = None, store: Any = None, s3: Any = None,
+                sfn: Any = None) -> Any:
+    from udop.aws.definitions import upload_key
+    from udop.aws.deployer import deploy_definition
+    from udop.store import open_store
+
+    pipeline = _load(file)  # SpecErrors: one line each, exit 2, nothing deployed
+    suffix = Path(file).suffix if Path(file).suffix in (".yaml", ".yml", ".json") else ".yaml"
+    key = upload_key(pipeline.name, suffix)
+    text = Path(file).read_bytes()
+    s3 = s3 or client("s3")
+    own_store = store is None
+    store = store or open_store()
+    try:
+        result = deploy_definition(text, source=key, bucket=definitions_bucket, s3=s3,
+                                   sfn=sfn or client("stepfunctions"), store=store,
+                                   task_runner_arn=task_runner_arn, role_arn=role_arn,
+                                   log_group_arn=log_group_arn)
+        if result.ok:
+            # the deployer function sees the same content already deployed and leaves it
+            s3.put_object(Bucket=definitions_bucket, Key=key, Body=text)
+        return result
+    finally:
+        if own_store:
+            store.close()
+
+
+def state_machine_arn(sfn: Any, pipeline: str) -> str:
+    from udop.aws.deployer import find_state_machine, state_machine_name
+
+    arn = find_state_machine(sfn, state_machine_name(pipeline))
+    if arn is None:
+        raise InputError(f"pipeline {pipeline!r} is not deployed (no state machine "
+                         f"{state_machine_name(pipeline)}); run `udop deploy FILE` first")
+    return arn
+
+
+def start_run(pipeline: Any, params: Mapping[str, Any], *, store: Any, sfn: Any, run_id: str | None = None,
+              logical_date: datetime | None = None) -> tuple[str, str, str]:
+    """Start an execution of the deployed pipeline; returns (run id, execution ARN, state machine ARN).
+
+    The execution is named after the run id: moto names unnamed executions "None", and a name makes
+    a repeated start of the same run fail instead of running twice.
+    """
+    from udop.aws.definitions import canonical_definition
+    from udop.executor.local import new_run_id
+    from udop.spec.params import jsonable_params, resolve_params
+    from udop.store.sql import content_hash
+
+    values = jsonable_params(resolve_params(pipeline, params))
+    sm_arn = state_machine_arn(sfn, pipeline.name)
+    record = store.get_pipeline(pipeline.name)
+    version = record.latest if record else None
+    if version is None or version.content_hash != content_hash(canonical_definition(pipeline)):
+        raise InputError(f"pipeline {pipeline.name!r}: the deployed version differs from this file; "
+                         "run `udop deploy FILE` first")
+    run_id = run_id or new_run_id()
+    logical = logical_date or datetime.now(UTC)
+    run_ctx: dict[str, Any] = {"run_id": run_id, "params": values, "logical_date": logical.isoformat(),
+                               "pipeline_version": version.version}
+    if data_bucket := os.environ.get("UDOP_DATA_BUCKET"):
+        # foreach Map states list the data bucket themselves; the runner defaults to its own setting
+        run_ctx.update(data_bucket=data_bucket, data_prefix="")
+    run_input = {"run": run_ctx}
+    resp = sfn.start_execution(stateMachineArn=sm_arn, name=run_id, input=json.dumps(run_input))
+    return run_id, str(resp["executionArn"]), sm_arn
+
+
+def follow_run(run_id: str, sm_arn: str, execution_arn: str, *, store: Any, sfn: Any,
+               on_event: Callable[[Any], None] | None = None, poll: float | None = None,
+               timeout: float | None = None) -> Any:
+    """Poll the execution, mirror it into the store, report task changes; returns the final run."""
+    from udop.aws.events import run_execution_arns, sync_run
+    from udop.executor.events import RunEvent
+
+    seen: dict[str, tuple[str, int]] = {}
+    data_bucket = os.environ.get("UDOP_DATA_BUCKET")  # full results (checks, lineage) when known
+    s3 = client("s3") if data_bucket else None
+    deadline = None if timeout is None else time.monotonic() + timeout
+    conflicts = 0
+    while True:
+        status = sfn.describe_execution(executionArn=execution_arn)["status"]
+        arns = run_execution_arns(execution_arn, run_id, execution_arn.rsplit(":", 1)[-1])
+        try:
+            run = sync_run(store, sfn, state_machine_arn=sm_arn, run_id=run_id, execution_arns=arns,
+                           s3=s3, data_bucket=data_bucket)
+            conflicts = 0
+        except TransitionError:
+            # the run-events function wrote the same change at the same moment: read the store again
+            conflicts += 1
+            if conflicts > 3:
+                raise
+            continue
+        if run is not None and on_event is not None:
+            for task in run.tasks:
+                now = (task.state.value, len(task.attempts))
+                if seen.get(task.task_id) != now:
+                    seen[task.task_id] = now
+                    on_event(RunEvent("task", run_id, task.state.value, task.task_id,
+                                      len(task.attempts) or None,
+                                      message=task.error_message))
+        if status != "RUNNING":
+            return run
+        if deadline is not None and time.monotonic() > deadline:
+            raise UdopError(f"run {run_id} still running after {timeout:g}s")
+        time.sleep(POLL_SECONDS if poll is None else poll)
+
+
+def redrive_run(run_id: str, *, store: Any, sfn: Any) -> tuple[str, str]:
+    """Resume a failed run from its failed tasks; returns (execution ARN, state machine ARN).
+
+    ``RedriveExecution`` where the service has it (AWS, within 14 days). Where it does not (moto),
+    a new execution of the same run, named ``<run_id>--redrive-<n>``: the task runner's
+    idempotency records are keyed by run id, so tasks that already succeeded return their results
+    without running again and only the failed task and those after it do work.
+    """
+    from udop.aws.events import REDRIVE_SEPARATOR, run_id_of_execution
+
+    run = store.get_run(run_id)
+    if run is None:
+        raise RunNotFound(f"no run {run_id!r} in the metadata store")
+    if run.executor != "stepfunctions" or not run.external_id:
+        raise InputError(f"run {run_id!r} ran locally; resume it with `udop run FILE --resume {run_id}`")
+    if run.state == "succeeded":
+        raise InputError(f"run {run_id!r} already succeeded; nothing to redrive")
+    first = sfn.describe_execution(executionArn=run.external_id)
+    sm_arn = first["stateMachineArn"]
+    ours = sorted((e for page in sfn.get_paginator("list_executions").paginate(stateMachineArn=sm_arn)
+                   for e in page["executions"] if run_id_of_execution(e["name"]) == run_id),
+                  key=lambda e: e["startDate"])
+    redrives = [e for e in ours if REDRIVE_SEPARATOR in e["name"]]
+    latest = str(ours[-1]["executionArn"]) if ours else run.external_id
+    status = sfn.describe_execution(executionArn=latest)["status"]
+    if status == "RUNNING":
+        raise InputError(f"run {run_id!r} is still running ({latest})")
+    try:
+        sfn.redrive_execution(executionArn=latest)
+        return latest, sm_arn
+    except (NotImplementedError, AttributeError):
+        pass
+    except Exception as exc:  # botocore raises ClientError for an operation the endpoint lacks
+        code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+        if code not in ("InvalidAction", "NotImplemented", "UnknownOperationException", "501", "404"):
+            raise InputError(f"run {run_id!r}: redrive refused: {exc}") from None
+    name = f"{run_id}{REDRIVE_SEPARATOR}{len(redrives) + 1}"
+    resp = sfn.start_execution(stateMachineArn=sm_arn, name=name, input=first["input"])
+    return str(resp["executionArn"]), sm_arn

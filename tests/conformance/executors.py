@@ -1,0 +1,175 @@
+"""The executors the conformance suite runs every scenario on, behind one small interface.
+
+Each entry turns a pipeline file into the run record the metadata store keeps, normalised
+(:func:`view`) so that records from different executors compare field by field. A later executor
+(Celery) adds one class and one entry in ``EXECUTORS``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+
+AWS_TESTS = Path(__file__).resolve().parents[1] / "integration" / "aws"
+TASK_CODE = AWS_TESTS / "task_code"
+
+
+def _aws_fixtures() -> Any:
+    """tests/integration/aws/conftest.py under its own name (``import conftest`` is ambiguous)."""
+    import sys
+
+    if (loaded := sys.modules.get("udop_aws_fixtures")) is not None:
+        return loaded
+    spec = importlib.util.spec_from_file_location("udop_aws_fixtures", AWS_TESTS / "conftest.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["udop_aws_fixtures"] = module
+    spec.loader.exec_module(module)  # also puts task_code/ on sys.path
+    return module
+
+
+_DATASET = re.compile(r"^(?:s3://[^/]+/|.*/)runs/[^/]+/[^/]+/([^/]+)/?$")
+
+
+def _lineage(uri: str) -> str:
+    """A dataset a task read, without the executor's root and run id: ``dataset:<task>``."""
+    found = _DATASET.match(uri)
+    return f"dataset:{found.group(1)}" if found else uri
+
+
+def view(store: Any, run_id: str) -> dict[str, Any]:
+    """The run record as every executor must write it: run state; per task its state, attempts
+    (state and error name), output rows and schema fingerprint, lineage; the check results."""
+    run = store.get_run(run_id)
+    assert run is not None, run_id
+    tasks: dict[str, Any] = {}
+    for t in run.tasks:
+        result = t.result or {}
+        output = result.get("output") or {}
+        tasks[t.task_id] = {
+            "state": t.state.value,
+            "attempts": [(a.state.value, a.error_type) for a in t.attempts],
+            "rows": output.get("rows"),
+            "schema": output.get("schema_fingerprint"),
+            "lineage": sorted(_lineage(u) for u in result.get("inputs") or []),
+        }
+    checks = sorted((c.task_id, c.rule, c.passed, c.failing_rows) for c in store.get_checks(run_id))
+    return {"state": run.state.value, "tasks": tasks, "checks": checks}
+
+
+class Executor(Protocol):
+    name: str
+
+    def run(self, path: Path) -> tuple[str, dict[str, Any]]:
+        """Run the pipeline file to its end; its run id and :func:`view`."""
+
+    def resume(self, path: Path, run_id: str) -> dict[str, Any]:
+        """Continue a failed run (``udop run --resume`` / ``udop redrive``); its :func:`view`."""
+
+
+@dataclass
+class Local:
+    tmp: Path
+    name: str = "local"
+
+    def __post_init__(self) -> None:
+        from udop.store import open_store
+
+        self.store = open_store(f"sqlite:///{self.tmp / 'local.db'}")
+
+    def _executor(self) -> Any:
+        import random
+
+        from udop.executor.local import LocalExecutor
+
+        return LocalExecutor(self.store, workers=2, data_root=str(self.tmp / "local-data"),
+                             rng=random.Random(1), services={"base_dir": str(TASK_CODE)})
+
+    def run(self, path: Path) -> tuple[str, dict[str, Any]]:
+        from udop.spec.loader import load_pipeline
+
+        record = self._executor().run(load_pipeline(str(path)), params={})
+        return record.id, view(self.store, record.id)
+
+    def resume(self, path: Path, run_id: str) -> dict[str, Any]:
+        from udop.spec.loader import load_pipeline
+
+        self._executor().run(load_pipeline(str(path)), run_id=run_id, resume=True)
+        return view(self.store, run_id)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+@dataclass
+class StepFunctions:
+    """moto executing the compiled state machine, each Task invoking our real task runner."""
+
+    aws: Any
+    store: Any
+    name: str = "stepfunctions"
+
+    def _deploy(self, path: Path) -> None:
+        from udop.aws.runs import deploy_file
+
+        result = deploy_file(str(path), definitions_bucket=self.aws.definitions_bucket,
+                             task_runner_arn=self.aws.task_runner_arn, role_arn=self.aws.role_arn,
+                             store=self.store, s3=self.aws.client("s3"), sfn=self.aws.client("stepfunctions"))
+        assert result.ok, result.errors
+
+    def run(self, path: Path) -> tuple[str, dict[str, Any]]:
+        from udop.aws.runs import follow_run, start_run
+        from udop.spec.loader import load_pipeline
+
+        self._deploy(path)
+        sfn = self.aws.client("stepfunctions")
+        run_id, execution, machine = start_run(load_pipeline(str(path)), {}, store=self.store, sfn=sfn)
+        follow_run(run_id, machine, execution, store=self.store, sfn=sfn, poll=0.05, timeout=120)
+        return run_id, view(self.store, run_id)
+
+    def resume(self, path: Path, run_id: str) -> dict[str, Any]:
+        from udop.cli.aws import redrive_and_follow
+
+        redrive_and_follow(run_id, store=self.store, sfn=self.aws.client("stepfunctions"))
+        return view(self.store, run_id)
+
+
+@contextlib.contextmanager
+def local(monkeypatch: pytest.MonkeyPatch, tmp: Path) -> Iterator[Executor]:
+    import sys
+
+    monkeypatch.syspath_prepend(str(TASK_CODE))
+    sys.modules.pop("udop_conformance_tasks", None)
+    runner = Local(tmp)
+    try:
+        yield runner
+    finally:
+        runner.close()
+
+
+@contextlib.contextmanager
+def stepfunctions(monkeypatch: pytest.MonkeyPatch, tmp: Path) -> Iterator[Executor]:
+    from udop.store import open_store
+
+    (tmp / "aws").mkdir()
+    with _aws_fixtures().aws_account(monkeypatch, tmp / "aws") as aws:
+        monkeypatch.setenv("UDOP_DATA_BUCKET", aws.data_bucket)  # follow_run reads full results
+        store = open_store(aws.database_url)
+        try:
+            yield StepFunctions(aws, store)
+        finally:
+            store.close()
+
+
+#: name -> how to make one, and the marks its tests carry
+EXECUTORS = [
+    pytest.param(local, id="local"),
+    pytest.param(stepfunctions, id="stepfunctions", marks=[pytest.mark.aws, pytest.mark.redis, pytest.mark.slow]),
+]

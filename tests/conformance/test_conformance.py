@@ -1,0 +1,35 @@
+"""One pipeline, one behaviour: every scenario of ``scenarios.SCENARIOS`` on every executor of
+``executors.EXECUTORS`` must write the run record the table says, field by field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conformance.executors import EXECUTORS
+from conformance.scenarios import SCENARIOS, Scenario
+
+
+def _expected(record: dict[str, object], scenario: Scenario, executor: str) -> dict[str, object]:
+    return {**record, **scenario.differences.get(executor, {})}
+
+
+@pytest.mark.parametrize("make", EXECUTORS)
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
+def test_the_run_record_is_the_tables(make, scenario: Scenario, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    log_dir = tmp_path / "calls"
+    log_dir.mkdir()
+    flag = tmp_path / "fault"
+    if scenario.flag:
+        flag.write_text("set")
+    path = tmp_path / f"{scenario.name}.yaml"
+    path.write_text(scenario.yaml(str(log_dir), str(flag)))
+    with make(monkeypatch, tmp_path) as executor:
+        run_id, record = executor.run(path)
+        assert record == _expected(scenario.expected, scenario, executor.name)
+        if scenario.resumed is not None:
+            flag.unlink()
+            after = executor.resume(path, run_id)
+            assert after == _expected(scenario.resumed, scenario, executor.name)
