@@ -1,13 +1,20 @@
-"""Requests per second and p99 latency of ``GET /runs`` under 50 concurrent clients on loopback,
-with 10,000 runs in the metadata store (SQLite file by default, or ``--database-url``).
+"""Requests per second and p99 latency of ``GET /runs`` and ``GET /runs/{id}`` under 50 concurrent
+clients on loopback, with 10,000 runs in the metadata store: a fresh SQLite file and a fresh
+PostgreSQL database (``--postgres-url``; ``--no-postgres`` to skip it).
 
-Printed beside two baselines measured in the same run: the same server's unauthenticated
+Printed beside the baselines measured in the same run: the data layer alone (the store call behind
+one page, in one thread: the ceiling of the endpoint on one core), the same server's unauthenticated
 ``GET /health`` (one ``SELECT 1``) and a bare Starlette app on the same uvicorn returning a
 pre-rendered page of the same size (what the HTTP stack alone costs). The server runs in its own
 process (one uvicorn worker, as ``udop serve`` runs it); the load comes from this process through
-50 keep-alive connections speaking plain HTTP/1.1, so the client costs little CPU.
+50 keep-alive connections speaking plain HTTP/1.1, so the client costs little CPU. Each load is
+repeated ``--repeats`` times and the best and the median are printed: the machine may be shared.
 
-    .venv/bin/python benchmarks/api_runs.py [--runs 10000] [--clients 50] [--seconds 10]
+Last, the cold start of the API Lambda handler (a fresh process: import of ``functions/api/app.py``
+plus its first ``GET /runs`` through Mangum) beside the task runner's (a fresh process importing
+``functions/task_runner/app.py``), both from this repository's venv.
+
+    .venv/bin/python benchmarks/api_runs.py [--runs 10000] [--clients 50] [--seconds 5] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -18,14 +25,19 @@ import multiprocessing
 import os
 import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import jwt
 
 SECRET = "benchmark-secret-" + "b" * 32
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _free_port() -> int:
@@ -159,7 +171,7 @@ def load(port: int, path: str, headers: dict[str, str], clients: int, seconds: f
 
 
 def _wait(port: int) -> None:
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
@@ -177,25 +189,33 @@ def _run_server(target: Any, *args: Any) -> tuple[multiprocessing.process.BasePr
     return proc, port
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=10_000)
-    parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
-    args = parser.parse_args()
+def _token() -> str:
+    now = int(time.time())
+    claims = {"sub": "bench", "role": "viewer", "iat": now, "exp": now + 3600}
+    return jwt.encode(claims, SECRET, algorithm="HS256")
 
-    tmp = tempfile.mkdtemp(prefix="udop-bench-api-")
-    url = args.database_url or f"sqlite:///{os.path.join(tmp, 'meta.db')}"
+
+def repeated(port: int, path: str, headers: dict[str, str], args: argparse.Namespace) -> dict[str, float]:
+    """``load`` ``--repeats`` times: the best and the median of req/s and of p99."""
+    runs = [load(port, path, headers, args.clients, args.seconds) for _ in range(args.repeats)]
+    rps = [r["rps"] for r in runs]
+    p99 = [r["p99"] for r in runs]
+    return {
+        "rps": max(rps),
+        "rps_med": statistics.median(rps),
+        "p99": min(p99),
+        "p99_med": statistics.median(p99),
+        "n": sum(r["n"] for r in runs),
+    }
+
+
+def measure_backend(url: str, label: str, args: argparse.Namespace, tmp: str) -> tuple[dict[str, Any], bytes]:
     seconds = seed(url, args.runs)
-    print(f"seeded {args.runs} runs in {seconds:.1f} s ({url.split('://')[0]})")
-
+    print(f"{label}: seeded {args.runs} runs in {seconds:.1f} s", flush=True)
     data_layer = _direct_list_runs(url, args.seconds)
-    token = jwt.encode(
-        {"sub": "bench", "role": "viewer", "exp": int(time.time()) + 3600}, SECRET, algorithm="HS256"
-    )
-    auth = {"Authorization": f"Bearer {token}"}
+    auth = {"Authorization": f"Bearer {_token()}"}
     udop, port = _run_server(_serve_udop, url, os.path.join(tmp, "data"))
+    run_id = f"run-{args.runs // 2:06d}"
     try:
         import urllib.request
 
@@ -203,32 +223,197 @@ def main() -> None:
         with urllib.request.urlopen(req) as resp:
             page = resp.read()
         results = {
-            "GET /runs (JWT, 50 a page)": load(port, "/runs", auth, args.clients, args.seconds),
-            "GET /runs?pipeline=orders&state=pending": load(
-                port, "/runs?pipeline=orders&state=pending", auth, args.clients, args.seconds
+            f"{label}: GET /runs (JWT, 50 a page)": repeated(port, "/runs", auth, args),
+            f"{label}: GET /runs?pipeline=orders&state=pending": repeated(
+                port, "/runs?pipeline=orders&state=pending", auth, args
             ),
-            "baseline: GET /health (same server)": load(port, "/health", {}, args.clients, args.seconds),
+            f"{label}: GET /runs/{{id}} (5 tasks)": repeated(port, f"/runs/{run_id}", auth, args),
+            f"{label}: baseline GET /health (same server)": repeated(port, "/health", {}, args),
         }
     finally:
         udop.terminate()
         udop.join(10)
+    return {"data_layer": data_layer, "results": results}, page
+
+
+def _postgres_database(admin_url: str) -> tuple[str, Any]:
+    """A fresh database on the server of ``admin_url`` and a function that drops it."""
+    import psycopg
+
+    name = f"udop_bench_{uuid.uuid4().hex[:10]}"
+    conninfo = admin_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    return conninfo.rsplit("/", 1)[0] + f"/{name}", drop
+
+
+COLD_API = r"""
+import importlib.util, json, sys, time
+start = time.perf_counter()
+spec = importlib.util.spec_from_file_location("app", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+imported = time.perf_counter()
+
+class Context:
+    function_name = "udop-api"
+    function_version = "$LATEST"
+    invoked_function_arn = "arn:aws:lambda:eu-west-1:123456789012:function:udop-api"
+    memory_limit_in_mb = 512
+    aws_request_id = "c6af9ac6-7b61-11e6-9a41-93e8deadbeef"
+    log_group_name = "/aws/lambda/udop-api"
+    log_stream_name = "cold"
+    def get_remaining_time_in_millis(self):
+        return 29_000
+
+headers = {"Host": "x.execute-api.eu-west-1.amazonaws.com", "Authorization": "Bearer " + sys.argv[2],
+           "X-Forwarded-Proto": "https", "X-Forwarded-Port": "443", "X-Forwarded-For": "203.0.113.7"}
+event = {"resource": "/{proxy+}", "path": "/runs", "httpMethod": "GET", "headers": headers,
+         "multiValueHeaders": {k: [v] for k, v in headers.items()}, "queryStringParameters": None,
+         "multiValueQueryStringParameters": None, "pathParameters": {"proxy": "runs"},
+         "stageVariables": None, "body": None, "isBase64Encoded": False,
+         "requestContext": {"resourcePath": "/{proxy+}", "httpMethod": "GET", "path": "/prod/runs",
+                            "stage": "prod", "requestId": "r1", "accountId": "123456789012",
+                            "identity": {"sourceIp": "203.0.113.7"}, "requestTimeEpoch": 0}}
+response = module.handler(event, Context())
+done = time.perf_counter()
+assert response["statusCode"] == 200, response
+assert len(json.loads(response["body"])["items"]) == 50
+print(f"{imported - start:.4f} {done - imported:.4f}")
+"""
+
+COLD_RUNNER = r"""
+import importlib.util, sys, time
+start = time.perf_counter()
+spec = importlib.util.spec_from_file_location("app", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+print(f"{time.perf_counter() - start:.4f}")
+"""
+
+
+def cold_starts(url: str, tmp: str, runs: int) -> dict[str, list[float]]:
+    """Fresh processes: the API handler's import and first GET /runs; the task runner's import."""
+    shared = str(REPO / "shared")
+    base = {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": shared,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "x",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "POWERTOOLS_TRACE_DISABLED": "1",
+        "POWERTOOLS_METRICS_NAMESPACE": "udop",
+    }
+    api_env = {
+        **base,
+        "UDOP_DATABASE_URL": url,
+        "UDOP_DATA_ROOT": os.path.join(tmp, "data"),
+        "UDOP_JWT_SECRET": SECRET,
+        "POWERTOOLS_SERVICE_NAME": "udop-api",
+    }
+    runner_env = {
+        **base,
+        "UDOP_DATA_BUCKET": "bench-data",
+        "UDOP_DEFINITIONS_BUCKET": "bench-defs",
+        "UDOP_STATE_URL": "redis://127.0.0.1:6379/0",
+        "POWERTOOLS_SERVICE_NAME": "udop-task-runner",
+    }
+    found: dict[str, list[float]] = {
+        "api import": [],
+        "api first GET /runs": [],
+        "api total": [],
+        "runner": [],
+    }
+    for _ in range(runs):
+        api = str(REPO / "functions" / "api" / "app.py")
+        out = subprocess.run(
+            [sys.executable, "-c", COLD_API, api, _token()],
+            env=api_env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if out.returncode != 0:
+            raise SystemExit(f"api_runs: the API handler's cold start failed:\n{out.stderr[-3000:]}")
+        imported, first = map(float, out.stdout.split()[-2:])
+        found["api import"].append(imported)
+        found["api first GET /runs"].append(first)
+        found["api total"].append(imported + first)
+        runner = str(REPO / "functions" / "task_runner" / "app.py")
+        out = subprocess.run(
+            [sys.executable, "-c", COLD_RUNNER, runner],
+            env=runner_env,
+            capture_output=True,
+            check=False,
+            text=True,
+        )
+        if out.returncode != 0:
+            raise SystemExit(f"api_runs: the task runner's cold import failed:\n{out.stderr[-3000:]}")
+        found["runner"].append(float(out.stdout.split()[-1]))
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=10_000)
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--repeats", type=int, default=3, help="loads per figure; best and median printed")
+    parser.add_argument("--cold-runs", type=int, default=3, help="fresh processes per cold start")
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("UDOP_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+        help="a server where a fresh database is created (and dropped after)",
+    )
+    parser.add_argument("--no-postgres", action="store_true")
+    args = parser.parse_args()
+
+    tmp = tempfile.mkdtemp(prefix="udop-bench-api-")
+    sqlite_url = f"sqlite:///{os.path.join(tmp, 'meta.db')}"
+    backends: dict[str, dict[str, Any]] = {}
+    backends["SQLite"], page = measure_backend(sqlite_url, "SQLite", args, tmp)
+    if not args.no_postgres:
+        pg_url, drop = _postgres_database(args.postgres_url)
+        try:
+            backends["PostgreSQL"], _ = measure_backend(pg_url, "PostgreSQL", args, tmp)
+        finally:
+            drop()
     static, sport = _run_server(_serve_static, page)
     try:
-        results[f"baseline: bare Starlette, same {len(page)} B page"] = load(
-            sport, "/runs", {}, args.clients, args.seconds
-        )
+        bare = repeated(sport, "/runs", {}, args)
     finally:
         static.terminate()
         static.join(10)
+    cold = cold_starts(sqlite_url, tmp, args.cold_runs)
 
     print(
-        f"\ndata layer alone: store.list_runs(limit=51) in one thread: {data_layer:.0f} calls/s "
-        f"({1000 / data_layer:.1f} ms a call): the ceiling of GET /runs on one core"
+        f"\n{args.clients} concurrent clients, {args.seconds:g} s a load, best and median of {args.repeats} "
+        f"loads, loopback, {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f}: the machine may be "
+        "shared, so figures vary from run to run)"
     )
-    print(f"\n{args.clients} concurrent clients, {args.seconds:g} s each, loopback, {os.cpu_count()} CPUs")
-    print(f"{'':48} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'requests':>9}")
-    for name, r in results.items():
-        print(f"{name:48} {r['rps']:8.0f} {r['p50']:8.1f} {r['p99']:8.1f} {r['n']:9.0f}")
+    for label, found in backends.items():
+        rate = found["data_layer"]
+        print(
+            f"  {label} data layer alone: store.list_runs(limit=51) in one thread: {rate:.0f} calls/s "
+            f"({1000 / rate:.1f} ms a call): the ceiling of GET /runs on one core"
+        )
+    print(f"{'':52} {'req/s best':>10} {'median':>8} {'p99 ms best':>12} {'median':>8}")
+    rows = [(k, v) for found in backends.values() for k, v in found["results"].items()]
+    rows.append((f"baseline: bare Starlette, same {len(page)} B page", bare))
+    for name, r in rows:
+        print(f"{name:52} {r['rps']:10.0f} {r['rps_med']:8.0f} {r['p99']:12.1f} {r['p99_med']:8.1f}")
+    print(f"\ncold start, {args.cold_runs} fresh processes each (this venv, SQLite store): best / median s")
+    for name, values in cold.items():
+        label = {"runner": "task runner: import of functions/task_runner/app.py"}.get(
+            name, f"API Lambda handler: {name}"
+        )
+        print(f"  {label:60} {min(values):6.2f} / {statistics.median(values):6.2f}")
 
 
 if __name__ == "__main__":

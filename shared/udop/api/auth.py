@@ -9,7 +9,10 @@ Roles are ordered ``viewer < operator < admin``; an endpoint names the least rol
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -63,12 +66,29 @@ class AuthError(Exception):
         self.claimed: str | None = None
 
 
+#: verified credentials remembered at once; only valid credentials are kept, so this bounds the memory a
+#: caller holding many valid tokens can take, not what a guesser can
+_CACHE_SIZE = 10_000
+
+
 class Authenticator:
+    """Verifies credentials, and remembers each verified one so that a client's next calls cost a lookup.
+
+    A JWT is remembered until its ``exp`` (its claims cannot change; with a JWKS issuer also at most
+    ``auth_cache_seconds``, as the issuer may withdraw a key), an API key for ``auth_cache_seconds``: a
+    key revoked through this server is forgotten at once, one revoked elsewhere (another instance, the
+    CLI) stops working here within that delay. Failures are never remembered.
+    """
+
     _ASYMMETRIC = ("RS256", "RS384", "RS512", "ES256", "ES384", "PS256")
 
     def __init__(self, settings: ApiSettings, keys: ApiKeys) -> None:
         self.settings = settings
         self.keys = keys
+        # keyed by a hash of the credential: the cache holds no secret a memory dump would show
+        self._cache: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        keys.on_revoke(self.forget_api_key)
         self._secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
         # PyJWKClient caches the key set and refetches it when a token names an unknown "kid".
         # The cooldown stops a flood of tokens with made-up "kid"s from hammering the issuer.
@@ -84,9 +104,59 @@ class Authenticator:
             else None
         )
 
-    def authenticate(self, authorization: str | None, api_key: str | None) -> Principal:
+    @staticmethod
+    def _cache_key(authorization: str | None, api_key: str | None) -> bytes:
         if api_key:
-            return self._from_api_key(api_key)
+            return b"k" + hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).digest()
+        return b"a" + hashlib.sha256((authorization or "").encode("utf-8", "surrogatepass")).digest()
+
+    def cached(self, authorization: str | None, api_key: str | None) -> Principal | None:
+        """The principal of credentials verified before and still remembered; None otherwise. No I/O."""
+        if self.settings.auth_cache_seconds <= 0 or not (authorization or api_key):
+            return None
+        key = self._cache_key(authorization, api_key)
+        entry = self._cache.get(key)
+        if entry is None:
+            return None
+        if entry[1] <= time.time():
+            with self._cache_lock:
+                self._cache.pop(key, None)
+            return None
+        return entry[0]
+
+    def _remember(
+        self, authorization: str | None, api_key: str | None, principal: Principal, until: float
+    ) -> None:
+        if self.settings.auth_cache_seconds <= 0 or until <= time.time():
+            return
+        key = self._cache_key(authorization, api_key)
+        with self._cache_lock:
+            self._cache[key] = (principal, until)
+            self._cache.move_to_end(key)
+            while len(self._cache) > _CACHE_SIZE:
+                self._cache.popitem(last=False)
+
+    def forget_api_key(self, key_id: str) -> None:
+        """Drop every remembered use of the API key ``key_id`` (called when it is revoked here)."""
+        subject = f"apikey:{key_id}"
+        with self._cache_lock:
+            for key in [k for k, (p, _) in self._cache.items() if p.subject == subject]:
+                del self._cache[key]
+
+    def authenticate(self, authorization: str | None, api_key: str | None) -> Principal:
+        """Verify the credentials (from the cache when remembered); ``AuthError`` when refused."""
+        principal = self.cached(authorization, api_key)
+        if principal is not None:
+            return principal
+        principal, until = self._verify(authorization, api_key)
+        self._remember(authorization, api_key, principal, until)
+        return principal
+
+    def _verify(self, authorization: str | None, api_key: str | None) -> tuple[Principal, float]:
+        """The principal and until when (epoch seconds) it may be remembered."""
+        keep = time.time() + self.settings.auth_cache_seconds
+        if api_key:
+            return self._from_api_key(api_key), keep
         if not authorization:
             raise AuthError(401, "no credentials: send 'Authorization: Bearer <token>' or 'X-API-Key'")
         scheme, _, token = authorization.partition(" ")
@@ -94,12 +164,16 @@ class Authenticator:
         if scheme.lower() != "bearer" or not token:
             raise AuthError(401, "the Authorization header must read 'Bearer <token>'")
         if looks_like_api_key(token):
-            return self._from_api_key(token)
+            return self._from_api_key(token), keep
         try:
-            return self._from_jwt(token)
+            principal, claims, asymmetric = self._from_jwt(token)
         except AuthError as exc:
             exc.claimed = _claimed_subject(token)
             raise
+        exp = claims["exp"]
+        # PyJWT also accepts an integer written as a string; anything odd is simply not remembered
+        until = float(exp) if isinstance(exp, int | float) else 0.0
+        return principal, min(until, keep) if asymmetric else until
 
     def _from_api_key(self, key: str) -> Principal:
         record = self.keys.verify(key.strip())
@@ -111,7 +185,7 @@ class Authenticator:
             raise error
         return Principal(subject=f"apikey:{record.id}", role=Role.parse(record.role), kind="api_key")
 
-    def _from_jwt(self, token: str) -> Principal:
+    def _from_jwt(self, token: str) -> tuple[Principal, dict[str, Any], bool]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
@@ -150,7 +224,8 @@ class Authenticator:
         except jwt.InvalidTokenError as exc:
             raise AuthError(401, f"invalid token: {exc}") from None
         self._check_lifetime(claims)
-        return Principal(subject=str(claims["sub"]), role=self._role(claims), kind="jwt")
+        principal = Principal(subject=str(claims["sub"]), role=self._role(claims), kind="jwt")
+        return principal, claims, alg != "HS256"
 
     def _check_lifetime(self, claims: dict[str, Any]) -> None:
         """A stolen long-lived token is a standing key: refuse tokens minted to live too long."""

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
 import anyio
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from udop.api.audit import AuditLog
 from udop.api.auth import Authenticator, AuthError, Principal, Role, require
@@ -32,7 +33,8 @@ class ApiContext:
     parsers: anyio.CapacityLimiter | None = None
 
 
-def context(request: Request) -> ApiContext:
+async def context(request: Request) -> ApiContext:
+    # async: a plain function here would cost every request a hop to the thread pool
     ctx: ApiContext = request.app.state.udop
     return ctx
 
@@ -42,10 +44,14 @@ _bearer = HTTPBearer(auto_error=False, description="a JWT (HS256 or from the OID
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="a service account's API key")
 
 
-def needs(role: Role) -> Callable[..., Principal]:
-    """A dependency that authenticates the caller and checks it has at least ``role``."""
+def needs(role: Role) -> Callable[..., Awaitable[Principal]]:
+    """A dependency that authenticates the caller and checks it has at least ``role``.
 
-    def check(
+    Credentials verified before are taken from the authenticator's cache on the event loop; only the
+    first use of a credential goes to a worker thread (an API key is a database read, a JWKS a fetch).
+    """
+
+    async def check(
         request: Request,
         bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
         api_key: Annotated[str | None, Security(_api_key)],
@@ -58,7 +64,9 @@ def needs(role: Role) -> Callable[..., Principal]:
         # a request with a body was authenticated by the guard before its body was read
         principal: Principal | None = getattr(request.state, "principal", None)
         if principal is None:
-            principal = ctx.auth.authenticate(authorization, api_key)
+            principal = ctx.auth.cached(authorization, api_key)
+            if principal is None:
+                principal = await run_in_threadpool(ctx.auth.authenticate, authorization, api_key)
             request.state.principal = principal  # the audit middleware reads it
         require(principal, role)
         return principal

@@ -127,8 +127,9 @@ class RequestGuard:
         ).lower()
         if has_body and not public:
             try:
-                state["principal"] = await run_in_threadpool(
-                    self.auth.authenticate, headers.get("authorization"), headers.get("x-api-key")
+                authorization, api_key = headers.get("authorization"), headers.get("x-api-key")
+                state["principal"] = self.auth.cached(authorization, api_key) or await run_in_threadpool(
+                    self.auth.authenticate, authorization, api_key
                 )
             except AuthError as exc:
                 if exc.principal is not None:

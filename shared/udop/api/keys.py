@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -57,6 +58,11 @@ def looks_like_api_key(value: str) -> bool:
 class ApiKeys:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._revoked_listeners: list[Callable[[str], None]] = []
+
+    def on_revoke(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(key_id)`` after a key is revoked through this object (e.g. to drop caches)."""
+        self._revoked_listeners.append(listener)
 
     def create(self, *, name: str, role: str, created_by: str) -> tuple[ApiKeyRecord, str]:
         """A new key; the second value is the full key, which is never stored nor shown again."""
@@ -132,6 +138,8 @@ class ApiKeys:
                 )
         except SQLAlchemyError as exc:
             raise StoreError(f"could not revoke the API key: {type(exc).__name__}") from exc
+        for listener in self._revoked_listeners:
+            listener(key_id)
         return bool(result.rowcount)
 
 

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import to_json
 
 from udop.api.audit import AuditEntry
 from udop.api.keys import ApiKeyRecord
@@ -205,6 +206,35 @@ class RunDetail(RunSummary):
     def from_record(cls, rec: RunRecord) -> RunDetail:
         return cls(**cls.fields_of(rec), tasks=[TaskRun.from_record(t) for t in rec.tasks])
 
+    @classmethod
+    def json_of(cls, rec: RunRecord) -> bytes:
+        """The JSON of ``from_record(rec)``, written straight from the record (see ``run_page_json``)."""
+        fields = cls.fields_of(rec)
+        fields["tasks"] = [
+            {
+                "task_id": t.task_id,
+                "state": t.state,
+                "started_at": t.started_at,
+                "ended_at": t.ended_at,
+                "error_type": t.error_type,
+                "error_message": t.error_message,
+                "result": t.result,
+                "attempts": [
+                    {
+                        "number": a.number,
+                        "state": a.state,
+                        "started_at": a.started_at,
+                        "ended_at": a.ended_at,
+                        "error_type": a.error_type,
+                        "error_message": a.error_message,
+                    }
+                    for a in t.attempts
+                ],
+            }
+            for t in rec.tasks
+        ]
+        return to_json(fields, inf_nan_mode="null")
+
 
 class RunAccepted(Body):
     run_id: str
@@ -216,6 +246,16 @@ class RunAccepted(Body):
 class RunPage(Body):
     items: list[RunSummary]
     next_cursor: str | None = Field(None, description="pass as ?cursor= for the next page; null at the end")
+
+
+def run_page_json(records: list[RunRecord], next_cursor: str | None) -> bytes:
+    """The JSON of a ``RunPage`` of ``records``, written by pydantic-core straight from the records.
+
+    Store records need no validation, and building 50 models only to dump them again was half the
+    CPU of a ``GET /runs``; the bytes are the same as the models' (a test holds the two together).
+    """
+    page = {"items": [RunSummary.fields_of(r) for r in records], "next_cursor": next_cursor}
+    return to_json(page, inf_nan_mode="null")
 
 
 class Lineage(Body):

@@ -42,6 +42,15 @@ class ApiSettings(Settings):
     jwt_leeway: int = Field(
         30, ge=0, le=300, description="clock skew allowed when checking 'exp', 'nbf' and 'iat', in seconds"
     )
+    auth_cache_seconds: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="how long a verified API key is remembered, i.e. the longest an API key revoked on "
+        "another server instance (or with the CLI) keeps working here; a key revoked through this server "
+        "stops at once. A JWT is remembered until its 'exp' (JWKS-signed ones also at most this long). "
+        "0 verifies every request",
+    )
     jwt_role_claim: str = Field("role", description="claim holding the role; 'cognito:groups' is also read")
     executor: Literal["local", "stepfunctions"] = Field(
         "local", description="where triggered runs go: a background LocalExecutor or Step Functions"

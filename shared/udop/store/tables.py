@@ -119,6 +119,7 @@ runs = Table(
     Index(None, "created_at", "id"),
     Index(None, "pipeline", "created_at", "id"),
     Index(None, "state", "created_at", "id"),
+    Index(None, "pipeline", "state", "created_at", "id"),  # both filters at once (revision 0004)
 )
 
 task_runs = Table(
