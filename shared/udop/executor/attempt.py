@@ -21,6 +21,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from udop.errors import FatalError
+from udop.observability.context import correlation_id
+from udop.observability.tasklogs import attempt_scope
 from udop.sandbox import Policy, active
 from udop.tasks.contract import TaskContext, TaskResult
 from udop.tasks.foreach import run_foreach
@@ -98,6 +100,7 @@ class _Job:
     inputs: dict[str, dict[str, Any]]
     workers: int
     policy: Policy  # a server's limits hold in the child too
+    correlation_id: str | None = None  # the child's log lines carry the run's correlation id too
 
 
 #: how long a child may take to start before its task's timeout begins to count
@@ -126,6 +129,7 @@ class ChildAttempt:
             inputs={k: v.to_dict() for k, v in inputs.items()},
             workers=workers,
             policy=context.policy,
+            correlation_id=correlation_id(),
         )
         self._lock = threading.Lock()
         self._process: BaseProcess | None = None
@@ -230,7 +234,11 @@ def _child(job: _Job, results: Connection, lifeline: Connection) -> None:
             import_callable(context.task.callable, job.services.get("base_dir"))
     results.send(("started", None))
     try:
-        _, body = compute(context, context.task, inputs, job.workers)
+        # the child appends to the same per-attempt log file the executor points at
+        with attempt_scope(data_root=job.data_root, run_id=job.run_id, pipeline=context.pipeline_name,
+                           task_id=job.task_id, attempt=job.attempt,
+                           logical_date=job.logical_date.isoformat(), correlation_id=job.correlation_id):
+            _, body = compute(context, context.task, inputs, job.workers)
         message: tuple[str, Any] = ("ok", body)
     except BaseException as exc:  # every failure goes back to the executor, which decides
         message = ("error", _portable(exc))
