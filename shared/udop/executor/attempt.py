@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from udop.errors import FatalError
 from udop.observability.context import correlation_id
+from udop.observability.logs import configure, configured
 from udop.observability.tasklogs import attempt_scope
 from udop.sandbox import Policy, active
 from udop.tasks.contract import TaskContext, TaskResult
@@ -101,6 +102,7 @@ class _Job:
     workers: int
     policy: Policy  # a server's limits hold in the child too
     correlation_id: str | None = None  # the child's log lines carry the run's correlation id too
+    logging: tuple[str, int] | None = None  # the parent's log format and level, repeated in the child
 
 
 #: how long a child may take to start before its task's timeout begins to count
@@ -130,6 +132,7 @@ class ChildAttempt:
             workers=workers,
             policy=context.policy,
             correlation_id=correlation_id(),
+            logging=configured(),
         )
         self._lock = threading.Lock()
         self._process: BaseProcess | None = None
@@ -214,6 +217,8 @@ def _watch_parent(lifeline: Connection) -> None:
 
 def _child(job: _Job, results: Connection, lifeline: Connection) -> None:
     threading.Thread(target=_watch_parent, args=(lifeline,), daemon=True).start()
+    if job.logging is not None:
+        configure(job.logging[0], level=job.logging[1])
     context = TaskContext(
         pipeline=job.pipeline,
         task_id=job.task_id,

@@ -22,6 +22,12 @@ __all__ = ["JsonFormatter", "LogFormat", "TextFormatter", "configure", "resolve_
 
 LogFormat = Literal["json", "text"]
 _HANDLER_NAME = "udop-console"
+_configured: list[tuple[LogFormat, int]] = []  # what configure() chose, for child processes to repeat
+
+
+def configured() -> tuple[LogFormat, int] | None:
+    """The (format, level) this process was configured with, if any."""
+    return _configured[-1] if _configured else None
 
 
 class JsonFormatter(logging.Formatter):
@@ -102,4 +108,5 @@ def configure(fmt: str | None = None, *, level: int | str = logging.INFO, stream
         handler.setFormatter(JsonFormatter() if chosen == "json" else TextFormatter())
         root.addHandler(handler)
         root.setLevel(level)
+        _configured[:] = [(chosen, root.level)]
     return chosen
