@@ -122,6 +122,11 @@ class _Router:
             self._partial.text = rest
             for line in lines:
                 capture.write_line(f"{self._name}: {line}")
+            if capture.redact:  # a task's output reaches the process's own stream masked too
+                from udop.sandbox import redactor
+
+                self._real.write(redactor.redact(text))
+                return len(text)
         return int(self._real.write(text))
 
     def flush(self) -> None:
