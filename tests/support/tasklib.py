@@ -186,7 +186,7 @@ def wait_for_cancel(context, inputs, marker="started", seconds=60.0, until=None)
     return {"waited": seconds}
 
 
-def chatty(context, inputs, message="hello", lines=1, fail=False, secret=None):
+def chatty(context, inputs, *, message="hello", lines=1, fail=False, secret=None):
     """Logs through `logging`, prints to stdout and stderr (observability tests)."""
     import logging
     import sys

@@ -91,7 +91,8 @@ def show(run_id: str, as_json: bool) -> None:
             click.echo(line)
     logs = _log_files(run.id)
     if logs:
-        click.echo(f"\nlogs      udop logs {run.id}  ({len(logs)} attempt logs under {logs[0][2].parent.parent})")
+        folder = logs[0][2].parent.parent
+        click.echo(f"\nlogs      udop logs {run.id}  ({len(logs)} attempt logs under {folder})")
     if lineage:
         click.echo("\nlineage")
         for item in lineage:

@@ -24,7 +24,7 @@ _NULL: AbstractContextManager[None] = contextlib.nullcontext()
 class MetricsSink(Protocol):
     def run_finished(self, pipeline: str, state: str) -> None: ...
     def task_finished(self, pipeline: str, task: str, state: str) -> None: ...
-    def attempt_finished(self, pipeline: str, task: str, state: str, seconds: float,
+    def attempt_finished(self, pipeline: str, task: str, state: str, *, seconds: float,
                          rows_read: int | None, rows_written: int | None, retried: bool) -> None: ...
 
 
@@ -57,7 +57,8 @@ def task_ended(run: Any, task: str, state: str) -> None:
 def attempt_finished(pipeline: str, task: str, state: str, seconds: float, *, rows_read: int | None = None,
                      rows_written: int | None = None, retried: bool = False) -> None:
     for sink in _sinks:
-        sink.attempt_finished(pipeline, task, state, seconds, rows_read, rows_written, retried)
+        sink.attempt_finished(pipeline, task, state, seconds=seconds, rows_read=rows_read,
+                              rows_written=rows_written, retried=retried)
 
 
 def run_span(run: Any) -> AbstractContextManager[Any]:

@@ -45,7 +45,7 @@ class PrometheusSink:
     def task_finished(self, pipeline: str, task: str, state: str) -> None:
         self.tasks.labels(pipeline, state).inc()
 
-    def attempt_finished(self, pipeline: str, task: str, state: str, seconds: float,
+    def attempt_finished(self, pipeline: str, task: str, state: str, *, seconds: float,
                          rows_read: int | None, rows_written: int | None, retried: bool) -> None:
         self.attempts.labels(pipeline, task, state).observe(seconds)
         if rows_read:

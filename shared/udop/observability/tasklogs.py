@@ -22,7 +22,8 @@ from typing import IO, Any
 
 from udop.observability.context import _current, bound
 
-__all__ = ["AttemptLog", "attempt_log_path", "attempt_scope", "install_capture", "max_bytes", "read_attempt_log"]
+__all__ = ["AttemptLog", "attempt_log_path", "attempt_logs", "attempt_scope", "install_capture", "max_bytes",
+           "read_attempt_log"]
 
 DEFAULT_MAX_BYTES = 1_048_576
 
@@ -37,7 +38,8 @@ def max_bytes() -> int:
     except ValueError:
         from udop.errors import ConfigError
 
-        raise ConfigError(f"environment variable UDOP_TASK_LOG_MAX_BYTES: {raw!r} is not a whole number") from None
+        raise ConfigError(
+            f"environment variable UDOP_TASK_LOG_MAX_BYTES: {raw!r} is not a whole number") from None
     return max(0, value)
 
 

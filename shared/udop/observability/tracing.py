@@ -50,7 +50,8 @@ def _setup_from_environment() -> bool:
             "tracing is configured but OpenTelemetry is not installed (pip install 'udop[otel]'); no spans")
         return False
     endpoint = os.environ.get("UDOP_OTEL_ENDPOINT")
-    exporter = OTLPSpanExporter(endpoint=endpoint.rstrip("/") + "/v1/traces") if endpoint else OTLPSpanExporter()
+    exporter = (OTLPSpanExporter(endpoint=endpoint.rstrip("/") + "/v1/traces") if endpoint
+                else OTLPSpanExporter())
     service = os.environ.get("OTEL_SERVICE_NAME") or "udop"
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
     provider.add_span_processor(BatchSpanProcessor(exporter))

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-
 from tests.integration.api.conftest import Api
+
 from udop.observability.logs import configure
 from udop.sandbox import MASK
 
