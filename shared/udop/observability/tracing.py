@@ -14,7 +14,8 @@ from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["attempt_span", "enabled", "end_task_span", "inject", "reset", "run_span", "span", "use_provider"]
+__all__ = ["attempt_span", "enabled", "end_task_span", "extract", "inject", "outgoing_headers", "reset",
+           "run_span", "span", "use_provider"]
 
 _state: dict[str, Any] = {}  # "on": bool once decided, "tracer": the tracer
 _lock = threading.Lock()
@@ -145,6 +146,19 @@ def attempt_span(run: Any, task: str, attempt: int) -> Iterator[Any]:
             if capture is not None:
                 capture.write_line(f"udop: attempt failed: {type(exc).__name__}: {exc}")
             raise
+
+
+def outgoing_headers() -> dict[str, str]:
+    """Headers for an outgoing HTTP call: ``X-Correlation-Id`` and, when tracing, ``traceparent``."""
+    from udop.observability.context import correlation_id
+
+    headers: dict[str, str] = {}
+    cid = correlation_id()
+    if cid:
+        headers["X-Correlation-Id"] = cid
+    if enabled():
+        inject(headers)
+    return headers
 
 
 def inject(carrier: MutableMapping[str, str]) -> MutableMapping[str, str]:
