@@ -4,6 +4,7 @@ server receives, and no OpenTelemetry import at all when tracing is off."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -129,7 +130,8 @@ record = LocalExecutor(store, data_root={str(tmp_path / 'data')!r}).run(load_pip
 assert record.state.value == "succeeded", record
 print(sorted(m for m in sys.modules if m.startswith("opentelemetry")))
 """
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("OTEL_", "UDOP_OTEL"))}
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "UDOP_OTEL"))}
+    out = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, env=env,
+                         timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
