@@ -14,8 +14,8 @@ from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["attempt_span", "enabled", "end_task_span", "extract", "inject", "outgoing_headers", "reset",
-           "run_span", "span", "use_provider"]
+__all__ = ["attempt_span", "enabled", "end_task_span", "extract", "inject", "outgoing_headers", "remote_span",
+           "reset", "run_span", "span", "use_provider"]
 
 _state: dict[str, Any] = {}  # "on": bool once decided, "tracer": the tracer
 _lock = threading.Lock()
@@ -86,6 +86,18 @@ def span(name: str, attributes: Mapping[str, Any] | None = None) -> Iterator[Any
         yield None
         return
     with _tracer().start_as_current_span(name, attributes=dict(attributes or {})) as current:
+        yield current
+
+
+@contextmanager
+def remote_span(name: str, traceparent: str | None, attributes: Mapping[str, Any]) -> Iterator[Any]:
+    """A span whose parent is a W3C ``traceparent`` from another process (the task runner's attempt
+    below the run that started the execution); a no-op when tracing is off."""
+    if not enabled():
+        yield None
+        return
+    parent = extract(traceparent)
+    with _tracer().start_as_current_span(name, context=parent, attributes=dict(attributes)) as current:
         yield current
 
 
