@@ -85,8 +85,7 @@ class AttemptLog:
             if self._file is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._file = self.path.open("a", encoding="utf-8")
-            self._file.write(data)
-            self._file.flush()
+            self._file.write(data)  # flushed when the attempt ends (close), not per line
             self.written += len(data)
 
     def write_record(self, record: logging.LogRecord) -> None:
