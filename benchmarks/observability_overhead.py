@@ -4,6 +4,8 @@ A chain of N `python` tasks, each logging one INFO line through `logging`, run b
 with SQLite metadata, in four modes measured in one process, interleaved, median of --repeat:
 
   off      no log handler (the root logger at WARNING drops the line), tracing off
+  quiet    `configure("json")` at INFO, but the tasks' logger at WARNING: the setup's own cost per
+           task (ids bound per attempt, stdout routing) without a line to write
   json     `configure("json")` at INFO: the line is formatted as JSON with the run's ids (to
            /dev/null) and captured into the attempt's log file under the data root
   tracing  tracing on, spans to the SDK's in-memory exporter (no network), logs off
@@ -52,9 +54,10 @@ def _set_mode(mode: str, devnull: object) -> None:
     root = logging.getLogger()
     root.handlers[:] = []
     root.setLevel(logging.WARNING)
+    logging.getLogger("bench.user").setLevel(logging.WARNING if mode == "quiet" else logging.NOTSET)
     tracing.reset()
     tracing._state["on"] = False  # decided: off (what an unset environment decides)
-    if mode in ("json", "both"):
+    if mode in ("json", "both", "quiet"):
         configure("json", level=logging.INFO, stream=devnull)  # type: ignore[arg-type]
     if mode in ("tracing", "both"):
         provider = TracerProvider()
@@ -83,7 +86,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=300)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    modes = ["off", "json", "tracing", "both"]
+    modes = ["off", "quiet", "json", "tracing", "both"]
     times: dict[str, list[float]] = {m: [] for m in modes}
     with tempfile.TemporaryDirectory() as tmp, open("/dev/null", "w") as devnull:
         workdir = Path(tmp)

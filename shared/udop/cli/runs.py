@@ -91,7 +91,7 @@ def show(run_id: str, as_json: bool) -> None:
             click.echo(line)
     logs = _log_files(run.id)
     if logs:
-        folder = logs[0][2].parent.parent
+        folder = logs[0][2].parent
         click.echo(f"\nlogs      udop logs {run.id}  ({len(logs)} attempt logs under {folder})")
     if lineage:
         click.echo("\nlineage")

@@ -1,6 +1,6 @@
 """Per-attempt task logs: what a task logs through ``logging`` and prints to stdout/stderr, kept in a
-file per attempt under the data root (``<data_root>/_logs/<run>/<task>/<attempt>.log``), with a size
-limit, so that ``udop logs``, ``udop runs show`` and the API find it after the run.
+file per attempt under the data root (``<data_root>/_logs/<run>/<task>.<attempt>.log``: one folder
+per run, since creating a folder costs as much as the file), with a size limit, so that ``udop logs``, ``udop runs show`` and the API find it after the run.
 
 Records are captured by the log record factory (not a root handler): capture then needs no handler
 configuration, and costs one context-variable lookup per record outside attempts. stdout and stderr
@@ -53,7 +53,7 @@ def attempt_log_path(data_root: str, run_id: str, task_id: str, attempt: int) ->
     if "://" in data_root and not data_root.startswith("file://"):
         return None
     root = Path(data_root.removeprefix("file://"))
-    return root / "_logs" / _safe(run_id) / _safe(task_id) / f"{int(attempt)}.log"
+    return root / "_logs" / _safe(run_id) / f"{_safe(task_id)}.{int(attempt)}.log"
 
 
 class AttemptLog:
@@ -198,17 +198,13 @@ def read_attempt_log(path: Path, *, limit: int | None = None) -> str:
 def attempt_logs(data_root: str, run_id: str, task_id: str | None = None) -> Iterator[tuple[str, int, Path]]:
     """(task id, attempt, path) of every stored log of a run (or of one task), in order."""
     base = attempt_log_path(data_root, run_id, task_id or "_", 1)
-    if base is None:
+    if base is None or not base.parent.is_dir():
         return
-    run_dir = base.parent.parent
-    if not run_dir.is_dir():
-        return
-    tasks = [run_dir / _safe(task_id)] if task_id else sorted(p for p in run_dir.iterdir() if p.is_dir())
-    for folder in tasks:
-        if not folder.is_dir():
-            continue
-        numbered = sorted((int(p.stem), p) for p in folder.glob("*.log") if p.stem.isdigit())
-        for number, path in numbered:
-            yield folder.name, number, path
+    found = []
+    for path in base.parent.glob(f"{_safe(task_id)}.*.log" if task_id else "*.log"):
+        task, _, number = path.name.removesuffix(".log").rpartition(".")
+        if task and number.isdigit():
+            found.append((task, int(number), path))
+    yield from sorted(found)
 
 
