@@ -11,6 +11,7 @@ with SQLite metadata, in four modes measured in one process, interleaved, median
   tracing  tracing on, spans to the SDK's in-memory exporter (no network), logs off
   both     json + tracing
 
+and `off` once more at the end of each round (its difference from the first is the noise floor).
 Per-task overhead of a mode = (its run time - the `off` run time) / N. Targets: json adds at most
 0.1 ms per task; tracing off costs ~0 (the `off` mode already includes the tracing-off checks, and
 the hook calls are timed on their own at the end, per call).
@@ -57,6 +58,7 @@ def _set_mode(mode: str, devnull: object) -> None:
     logging.getLogger("bench.user").setLevel(logging.WARNING if mode == "quiet" else logging.NOTSET)
     tracing.reset()
     tracing._state["on"] = False  # decided: off (what an unset environment decides)
+    mode = mode.removesuffix("-again")
     if mode in ("json", "both", "quiet"):
         configure("json", level=logging.INFO, stream=devnull)  # type: ignore[arg-type]
     if mode in ("tracing", "both"):
@@ -86,7 +88,8 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=300)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    modes = ["off", "quiet", "json", "tracing", "both"]
+    # `off` again last: its distance from the first `off` is the noise floor of this machine
+    modes = ["off", "quiet", "json", "tracing", "both", "off-again"]
     times: dict[str, list[float]] = {m: [] for m in modes}
     with tempfile.TemporaryDirectory() as tmp, open("/dev/null", "w") as devnull:
         workdir = Path(tmp)
