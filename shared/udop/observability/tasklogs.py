@@ -1,6 +1,7 @@
 """Per-attempt task logs: what a task logs through ``logging`` and prints to stdout/stderr, kept in a
 file per attempt under the data root (``<data_root>/_logs/<run>/<task>.<attempt>.log``: one folder
-per run, since creating a folder costs as much as the file), with a size limit, so that ``udop logs``, ``udop runs show`` and the API find it after the run.
+per run, since creating a folder costs as much as the file), with a size limit, so that
+``udop logs``, ``udop runs show`` and the API find it after the run.
 
 Records are captured by the log record factory (not a root handler): capture then needs no handler
 configuration, and costs one context-variable lookup per record outside attempts. stdout and stderr
