@@ -184,3 +184,20 @@ def wait_for_cancel(context, inputs, marker="started", seconds=60.0, until=None)
         (HERE / f"{context.task_id}.saw-cancel").write_text("yes")
         raise FatalError("stopped")
     return {"waited": seconds}
+
+
+def chatty(context, inputs, *, message="hello", lines=1, fail=False, secret=None):
+    """Logs through `logging`, prints to stdout and stderr (observability tests)."""
+    import logging
+    import sys
+
+    log = logging.getLogger("user.code")
+    for i in range(lines):
+        log.warning("%s %d from %s", message, i, context.task_id)
+    print(f"printed {message}")
+    print(f"to stderr {message}", file=sys.stderr)
+    if secret:
+        log.warning("the secret is %s", secret)
+    if fail:
+        raise ValueError(f"chatty failed: {message}")
+    return {"said": message}

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from udop.connectors import Connector, ConnectorSettings, Secret
 from udop.connectors.base import WriteMode
+from udop.observability.tracing import outgoing_headers, span
 from udop.spec.types import Duration
 from udop_connectors._arrow import ColumnTypes, records_to_batch, schema_from_mapping
 
@@ -164,7 +165,10 @@ class HttpConnector(Connector):
                 if query and target.query:  # httpx would drop the URL's own query (a Link's next page)
                     query = {**dict(target.params), **query}
                     target = target.copy_with(query=None)
-                response = self.client.request(method, target, params=query or None, json=json_body)
+                # the run's correlation id and W3C traceparent go along, so the server's logs join ours
+                with span(f"HTTP {method}", {"http.request.method": method, "url.full": shown}):
+                    response = self.client.request(method, target, params=query or None, json=json_body,
+                                                   headers=outgoing_headers())
             except httpx.TransportError as exc:
                 if attempt == r.attempts:
                     self.fail(

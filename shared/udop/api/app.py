@@ -30,7 +30,7 @@ from udop.api.deps import ApiContext
 from udop.api.guard import FailureLimiter, RequestGuard
 from udop.api.keys import ApiKeys
 from udop.api.launcher import LocalLauncher, RunLauncher
-from udop.api.routers import admin, pipelines, runs
+from udop.api.routers import admin, observability, pipelines, runs
 from udop.api.routers.pipelines import DefinitionInvalid
 from udop.api.schemas import Health, Problem
 from udop.api.settings import ApiSettings, load_api_settings
@@ -102,6 +102,8 @@ def create_app(
     app.include_router(pipelines.router)
     app.include_router(runs.router)
     app.include_router(admin.router)
+    app.include_router(observability.router)
+    _add_metrics(launcher)
     _add_health(app, ctx, engine)
     _add_error_handlers(app)
     # the last added is the outermost: the audit middleware sees what the guard refuses
@@ -112,7 +114,20 @@ def create_app(
         limiter=FailureLimiter(settings.auth_failure_limit, settings.auth_failure_window),
     )
     app.add_middleware(AuditMiddleware, audit=ctx.audit)
+    # outermost: the audit row and every log line of the request carry its correlation id
+    app.add_middleware(observability.CorrelationMiddleware)
     return app
+
+
+def _add_metrics(launcher: RunLauncher) -> None:
+    """Count this process's runs for /metrics."""
+    from udop.observability.prometheus import sink
+
+    backlog = getattr(launcher, "backlog", None)
+    if callable(backlog):
+        sink().watch_backlog(backlog)
+    else:
+        sink()
 
 
 def _add_code_dir(folder: str) -> None:

@@ -52,7 +52,9 @@ def serve(host: str, port: int, log_level: str) -> None:
     # (default 5 ms) lets the event loop answer between their slices (benchmarks/api_hostile_upload.py)
     sys.setswitchinterval(0.001)
     # one process: local runs execute in its threads, and a second process would not see them
-    uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1, proxy_headers=False)
+    # log_config=None: uvicorn's loggers go through udop's one setup (--log-format, ids, redaction)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1, proxy_headers=False,
+                log_config=None)
 
 
 @click.group("api-key")

@@ -7,6 +7,7 @@ at once, then hands it to an executor.
 
 from __future__ import annotations
 
+import contextvars
 import ctypes
 import logging
 import threading
@@ -189,6 +190,11 @@ class LocalLauncher:
             raise RunNotFound(f"no run {run.id!r} in the metadata store")
         return record
 
+    def backlog(self) -> int:
+        """Runs accepted and not yet started (what /metrics reports as queued)."""
+        with self._lock:
+            return max(0, len(self._futures) - len(self._threads))
+
     def close(self) -> None:
         """Stop: queued runs stay pending and running ones are cancelled; both can be resumed later."""
         with self._lock:
@@ -202,7 +208,9 @@ class LocalLauncher:
 
     def _submit(self, pipeline: Pipeline, run_id: str) -> None:
         with self._lock:
-            self._futures[run_id] = self._pool.submit(self._execute, pipeline, run_id)
+            # the run inherits the request's context: its log lines carry the request's correlation id
+            self._futures[run_id] = self._pool.submit(contextvars.copy_context().run, self._execute,
+                                                      pipeline, run_id)
 
     def _execute(self, pipeline: Pipeline, run_id: str) -> None:
         from udop.executor.local import LocalExecutor

@@ -10,10 +10,19 @@ import os
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 
-__all__ = ["logger", "metrics", "tracer"]
+__all__ = ["emit_metric", "logger", "metrics", "tracer"]
 
 _SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "udop")
 
 logger = Logger(service=_SERVICE)
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "udop"), service=_SERVICE)
 tracer = Tracer(service=_SERVICE)
+
+
+def emit_metric(name: str, unit: str, value: float, dimensions: dict[str, str]) -> None:
+    """One EMF metric with its own dimensions, named as on ``/metrics`` (``udop_tasks``, ...)."""
+    from aws_lambda_powertools.metrics import MetricUnit, single_metric
+
+    with single_metric(name=name, unit=MetricUnit(unit), value=value, namespace=metrics.namespace) as metric:
+        for key, dim in dimensions.items():
+            metric.add_dimension(name=key, value=dim)

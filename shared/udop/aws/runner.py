@@ -17,18 +17,22 @@ from __future__ import annotations
 import json
 import tempfile
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from udop.aws.definitions import DefinitionCache
-from udop.aws.observability import logger, metrics
+from udop.aws.observability import emit_metric, logger, metrics
 from udop.aws.s3 import S3Staging, get_json, put_json
 from udop.aws.settings import RunnerSettings
 from udop.errors import DataQualityError, FatalError, RetryableError, StoreError, TaskTimeout
 from udop.executor.attempt import failed_checks, lineage
+from udop.observability import tracing
+from udop.observability.context import bound
 from udop.sandbox import Policy, SandboxViolation, server_policy
 from udop.spec.secure import check_definition
 from udop.tasks.contract import SNAPSHOT_FORMAT, TaskContext, TaskResult
@@ -177,7 +181,8 @@ def run_payload(event: Mapping[str, Any], *, settings: RunnerSettings, s3: Any, 
     from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 
     try:
-        return _run_payload(event, settings=settings, s3=s3, state=state, remaining_ms=remaining_ms)
+        with _observed(event):
+            return _run_payload(event, settings=settings, s3=s3, state=state, remaining_ms=remaining_ms)
     except StoreError as exc:
         raise RetryableError(f"state store: {exc}") from exc
     except BotoCoreError as exc:
@@ -187,6 +192,40 @@ def run_payload(event: Mapping[str, Any], *, settings: RunnerSettings, s3: Any, 
         if code in _FATAL_AWS_ERRORS:
             raise FatalError(f"AWS: {exc}") from exc
         raise RetryableError(f"AWS: {exc}") from exc
+
+
+@contextmanager
+def _observed(event: Mapping[str, Any]) -> Iterator[None]:
+    """The run's correlation id (from the request that started it) on every log line, the attempt's
+    span below the run's trace, and the attempt's metrics under the names /metrics uses."""
+    run = event.get("run") if isinstance(event, Mapping) else None
+    run = run if isinstance(run, Mapping) else {}
+    cid = str(run.get("correlation_id") or event.get("execution") or "") or None
+    if cid:
+        logger.set_correlation_id(cid)
+    task_id, pipeline = str(event.get("task_id") or ""), str(event.get("pipeline") or "")
+    try:
+        attempt = int(event.get("attempt") or 0) + 1
+    except (TypeError, ValueError):
+        attempt = 0  # the payload's own check names the problem
+    started = time.monotonic()
+    state = "failed"
+    with bound(correlation_id=cid, run_id=str(run.get("run_id") or "") or None, pipeline=pipeline or None,
+               task_id=task_id or None, attempt=attempt or None,
+               logical_date=str(run.get("logical_date") or "") or None), \
+            tracing.remote_span(f"attempt {task_id}#{attempt}", run.get("traceparent"),
+                                {"udop.run_id": str(run.get("run_id") or ""), "udop.task_id": task_id,
+                                 "udop.attempt": attempt}):
+        try:
+            yield
+            state = "succeeded"
+        finally:
+            # own EMF blobs: the handler's metrics keep their dimensions (alarms select on them)
+            dims = {"pipeline": pipeline or "unknown", "state": state}
+            emit_metric("udop_attempt_duration_seconds", "Seconds", time.monotonic() - started, dims)
+            emit_metric("udop_tasks", "Count", 1, dims)
+            if attempt > 1:
+                emit_metric("udop_retries", "Count", 1, {"pipeline": dims["pipeline"]})
 
 
 #: S3 error codes another attempt cannot fix
@@ -263,6 +302,7 @@ def _run_payload(event: Mapping[str, Any], *, settings: RunnerSettings, s3: Any,
     metrics.add_metric(name="TaskSucceeded", unit="Count", value=1)
     if result.output is not None and result.output.rows is not None:
         metrics.add_metric(name="RowsWritten", unit="Count", value=result.output.rows)
+        emit_metric("udop_rows_written", "Count", result.output.rows, {"pipeline": payload.pipeline})
     return _response(payload.task_id, body, reused=False)
 
 

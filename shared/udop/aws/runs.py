@@ -100,8 +100,16 @@ def start_run(pipeline: Any, params: Mapping[str, Any], *, store: Any, sfn: Any,
     if data_bucket := os.environ.get("UDOP_DATA_BUCKET"):
         # foreach Map states list the data bucket themselves; the runner defaults to its own setting
         run_ctx.update(data_bucket=data_bucket, data_prefix="")
-    run_input = {"run": run_ctx}
-    resp = sfn.start_execution(stateMachineArn=sm_arn, name=run_id, input=json.dumps(run_input))
+    from udop.observability import tracing
+    from udop.observability.context import correlation_id, new_correlation_id
+
+    # every task state passes `run` to the task runner: its log lines and spans join this request's
+    run_ctx["correlation_id"] = correlation_id() or new_correlation_id()
+    with tracing.span(f"run {pipeline.name}", {"udop.run_id": run_id, "udop.pipeline": pipeline.name}):
+        if traceparent := tracing.inject({}).get("traceparent"):
+            run_ctx["traceparent"] = traceparent
+        run_input = {"run": run_ctx}
+        resp = sfn.start_execution(stateMachineArn=sm_arn, name=run_id, input=json.dumps(run_input))
     return run_id, str(resp["executionArn"]), sm_arn
 
 

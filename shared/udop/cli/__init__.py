@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "graph": ("udop.cli.commands:graph", "Draw a pipeline's task graph as Mermaid or Graphviz dot."),
     "schema": ("udop.cli.commands:schema", "Print the JSON Schema of pipeline definitions."),
     "runs": ("udop.cli.runs:runs", "List runs and show one run's tasks, attempts and lineage."),
+    "logs": ("udop.cli.runs:logs", "Print the logs a run's tasks wrote (per attempt)."),
     "compile": ("udop.cli.aws:compile_command", "Compile a pipeline to a Step Functions definition (ASL)."),
     "deploy": ("udop.cli.aws:deploy_command", "Deploy a pipeline as a Step Functions state machine."),
     "redrive": ("udop.cli.aws:redrive_command", "Resume a failed Step Functions run from the failed task."),
@@ -59,7 +60,13 @@ class LazyGroup(click.Group):
     cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
 )
 @click.version_option(package_name="udop", prog_name="udop")
-def cli() -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="Log lines as human text or JSON (default: the UDOP_LOG_FORMAT setting, else text).",
+)
+def cli(log_format: str | None) -> None:
     """udop runs data pipelines: on this machine (SQLite + Parquet under .udop/) or on AWS Step
     Functions, from the same pipeline.yaml.
 
@@ -69,6 +76,13 @@ def cli() -> None:
       udop run pipeline.yaml
       udop runs show <RUN_ID>
     """
+    import logging
+
+    from udop.observability.logs import configure
+
+    configure(log_format, level=logging.INFO)
+    # migrations announce themselves at INFO on every first open: not news to a CLI user
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -67,6 +67,7 @@ def show(run_id: str, as_json: bool) -> None:
         body["tasks"] = [asdict(t) for t in run.tasks]
         body["lineage"] = [asdict(x) for x in lineage]
         body["checks"] = [asdict(c) for c in checks]
+        body["logs"] = [{"task_id": t, "attempt": n, "path": str(p)} for t, n, p in _log_files(run.id)]
         click.echo(json.dumps(body, indent=2, default=str))
         return
     click.echo(f"run       {run.id}")
@@ -88,6 +89,10 @@ def show(run_id: str, as_json: bool) -> None:
                 first = (a.error_message or "").splitlines()[0] if a.error_message else ""
                 line += f"  {a.error_type}: {first}"
             click.echo(line)
+    logs = _log_files(run.id)
+    if logs:
+        folder = logs[0][2].parent
+        click.echo(f"\nlogs      udop logs {run.id}  ({len(logs)} attempt logs under {folder})")
     if lineage:
         click.echo("\nlineage")
         for item in lineage:
@@ -123,3 +128,37 @@ def _run_json(r: Any) -> dict[str, Any]:
         "error": r.error,
         "external_id": r.external_id,
     }
+
+
+def _log_files(run_id: str, task_id: str | None = None) -> list[tuple[str, int, Any]]:
+    from udop.observability.tasklogs import attempt_logs
+    from udop.settings import get_settings
+
+    return list(attempt_logs(get_settings().resolved_data_root, run_id, task_id))
+
+
+@click.command("logs")
+@click.argument("run_id")
+@click.argument("task_id", required=False)
+@click.option("--attempt", type=click.IntRange(1), help="Only this attempt (default: every attempt).")
+def logs(run_id: str, task_id: str | None, attempt: int | None) -> None:
+    """Print what the tasks of run RUN_ID (or only TASK_ID) logged and printed, attempt by attempt."""
+    from udop.observability.tasklogs import read_attempt_log
+    from udop.store import open_store
+
+    store = open_store()
+    run = store.get_run(run_id)
+    if run is None:
+        raise RunNotFound(f"no run {run_id!r} in the metadata store (see `udop runs list`)")
+    if task_id is not None and task_id not in {t.task_id for t in run.tasks}:
+        raise RunNotFound(f"run {run_id!r} has no task {task_id!r} (see `udop runs show {run_id}`)")
+    found = [(t, n, p) for t, n, p in _log_files(run_id, task_id) if attempt is None or n == attempt]
+    if not found:
+        where = f"task {task_id!r} of run {run_id!r}" if task_id else f"run {run_id!r}"
+        click.echo(f"no logs for {where}: its tasks logged nothing here"
+                   + (f" (an AWS run's logs are in CloudWatch: `udop runs show {run_id}`)"
+                      if run.executor != "local" else ""), err=True)
+        return
+    for task, number, path in found:
+        click.echo(f"==> {task} attempt {number} <==")
+        click.echo(read_attempt_log(path), nl=False)

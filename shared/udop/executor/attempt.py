@@ -21,6 +21,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from udop.errors import FatalError
+from udop.observability.context import correlation_id
+from udop.observability.logs import configure, configured
+from udop.observability.tasklogs import attempt_scope
 from udop.sandbox import Policy, active
 from udop.tasks.contract import TaskContext, TaskResult
 from udop.tasks.foreach import run_foreach
@@ -109,6 +112,8 @@ class _Job:
     inputs: dict[str, dict[str, Any]]
     workers: int
     policy: Policy  # a server's limits hold in the child too
+    correlation_id: str | None = None  # the child's log lines carry the run's correlation id too
+    logging: tuple[str, int] | None = None  # the parent's log format and level, repeated in the child
 
 
 #: how long a child may take to start before its task's timeout begins to count
@@ -137,6 +142,8 @@ class ChildAttempt:
             inputs={k: v.to_dict() for k, v in inputs.items()},
             workers=workers,
             policy=context.policy,
+            correlation_id=correlation_id(),
+            logging=configured(),
         )
         self._lock = threading.Lock()
         self._process: BaseProcess | None = None
@@ -221,6 +228,8 @@ def _watch_parent(lifeline: Connection) -> None:
 
 def _child(job: _Job, results: Connection, lifeline: Connection) -> None:
     threading.Thread(target=_watch_parent, args=(lifeline,), daemon=True).start()
+    if job.logging is not None:
+        configure(job.logging[0], level=job.logging[1])
     context = TaskContext(
         pipeline=job.pipeline,
         task_id=job.task_id,
@@ -241,7 +250,11 @@ def _child(job: _Job, results: Connection, lifeline: Connection) -> None:
             import_callable(context.task.callable, job.services.get("base_dir"))
     results.send(("started", None))
     try:
-        _, body = compute(context, context.task, inputs, job.workers)
+        # the child appends to the same per-attempt log file the executor points at
+        with attempt_scope(data_root=job.data_root, run_id=job.run_id, pipeline=context.pipeline_name,
+                           task_id=job.task_id, attempt=job.attempt,
+                           logical_date=job.logical_date.isoformat(), correlation_id=job.correlation_id):
+            _, body = compute(context, context.task, inputs, job.workers)
         message: tuple[str, Any] = ("ok", body)
     except BaseException as exc:  # every failure goes back to the executor, which decides
         message = ("error", _portable(exc))

@@ -48,6 +48,9 @@ from udop.errors import (
 )
 from udop.executor.attempt import STARTUP_ALLOWANCE, ChildAttempt, compute, failed_checks, needs_process
 from udop.executor.events import RunEvent
+from udop.observability import hooks
+from udop.observability.context import bound, current, new_correlation_id
+from udop.observability.tasklogs import attempt_scope
 from udop.sandbox import Policy
 from udop.spec.dag import dependants, downstream, topological_order
 from udop.spec.models import Pipeline
@@ -374,6 +377,13 @@ class _Run:
         # timed-out thread attempts not yet returned: (task id, number) -> give up at (monotonic)
         self.stopping: dict[tuple[str, int], float] = {}
         self.lease_due = time.monotonic() + executor.lease_seconds / 3
+        # worker threads do not inherit context variables: each attempt binds the run's ids itself
+        self.correlation_id = current().correlation_id or new_correlation_id()
+        self.logical_iso = logical_date.isoformat()
+        self.started_mono: dict[tuple[str, int], float] = {}
+        self.traceparent: str | None = None  # a W3C parent for the run's span (set by a caller)
+        self.trace_context: Any = None  # the run span's context, parent of the task spans
+        self.final_state: str | None = None
 
     # ------------------------------------------------------------------ setup
 
@@ -393,6 +403,13 @@ class _Run:
     # ------------------------------------------------------------------ the loop
 
     def execute(self) -> RunRecord:
+        with bound(correlation_id=self.correlation_id, run_id=self.run_id, pipeline=self.pipeline.name,
+                   logical_date=self.logical_iso), hooks.run_span(self):
+            record = self._execute()
+        hooks.run_finished(self.pipeline.name, record.state.value)
+        return record
+
+    def _execute(self) -> RunRecord:
         self._load()
         self.pool = _WorkerPool(self.ex.workers)
         try:
@@ -417,6 +434,7 @@ class _Run:
         if final == RunState.FAILED and not error:
             error = "not every task succeeded"
         record = self.store.set_run_state(self.run_id, final, error=error)
+        self.final_state = final.value
         self.ex.on_event(RunEvent("run", self.run_id, final.value, message=error))
         return record
 
@@ -477,6 +495,7 @@ class _Run:
         number = self.attempts_done[tid] + 1
         self.attempts_done[tid] = number
         self.store.start_attempt(self.run_id, tid, number)
+        self.started_mono[(tid, number)] = time.monotonic()
         self.state[tid] = TaskState.RUNNING
         self.ex.on_event(RunEvent("task", self.run_id, TaskState.RUNNING.value, tid, number))
         timeout = self.pipeline.timeout_for(task)
@@ -518,10 +537,14 @@ class _Run:
         """Runs in a worker thread: only computes (or waits for the child that does), never touches
         run state. An unstorable result raises here and fails this attempt alone."""
         try:
-            if child is not None:
-                result, body = child.run()
-            else:
-                result, body = compute(context, task, inputs, self.ex.workers)
+            with attempt_scope(data_root=context.data_root, run_id=self.run_id, pipeline=self.pipeline.name,
+                               task_id=context.task_id, attempt=context.attempt,
+                               logical_date=self.logical_iso, correlation_id=self.correlation_id), \
+                    hooks.attempt_span(self, context.task_id, context.attempt):
+                if child is not None:
+                    result, body = child.run()
+                else:
+                    result, body = compute(context, task, inputs, self.ex.workers)
             self.done.put((context.task_id, context.attempt, result, body, None))
         except BaseException as exc:  # every failure is reported to the loop, which decides
             self.done.put((context.task_id, context.attempt, None, None, exc))
@@ -555,6 +578,8 @@ class _Run:
                 return
             self.state[tid] = TaskState.SUCCEEDED
             self.results[tid] = result
+            self._observe(tid, number, AttemptState.SUCCEEDED.value, result=result)
+            hooks.task_ended(self, tid, TaskState.SUCCEEDED.value)
             self.ex.on_event(
                 RunEvent(
                     "task", self.run_id, TaskState.SUCCEEDED.value, tid, number, message=_summary(result)
@@ -633,6 +658,7 @@ class _Run:
                 result=body,
             )
             self.state[tid] = TaskState.RETRYING
+            self._observe(tid, number, attempt_state.value, retried=True)
             delay = policy.delay(number)
             if policy.jitter == "full":
                 delay = self.ex.rng.uniform(0, delay)
@@ -659,10 +685,24 @@ class _Run:
             result=body,
         )
         self.state[tid] = TaskState.FAILED
+        self._observe(tid, number, attempt_state.value)
         self._failed_for_good(tid, number, f"{kind}: {message}")
+
+    def _observe(self, tid: str, number: int, state: str, *, result: TaskResult | None = None,
+                 retried: bool = False) -> None:
+        started = self.started_mono.pop((tid, number), None)
+        seconds = time.monotonic() - started if started is not None else 0.0
+        written = result.output.rows if result is not None and result.output is not None else None
+        read = None
+        if result is not None:
+            upstream = [self.results[d].output for d in self.tasks[tid].depends_on if d in self.results]
+            read = sum(o.rows or 0 for o in upstream if o is not None) if upstream else None
+        hooks.attempt_finished(self.pipeline.name, tid, state, seconds, rows_read=read, rows_written=written,
+                               retried=retried)
 
     def _failed_for_good(self, tid: str, number: int, error: str) -> None:
         self.failures.append(f"task {tid!r} failed: {error}")
+        hooks.task_ended(self, tid, TaskState.FAILED.value)
         self.ex.on_event(RunEvent("task", self.run_id, TaskState.FAILED.value, tid, number, message=error))
         blocked = [
             t for t in downstream(self.pipeline, tid, self.children) if self.state[t] == TaskState.PENDING
@@ -673,6 +713,7 @@ class _Run:
             )
             for t in blocked:
                 self.state[t] = TaskState.UPSTREAM_FAILED
+                hooks.task_ended(self, t, TaskState.UPSTREAM_FAILED.value)
                 self.ex.on_event(
                     RunEvent(
                         "task",

@@ -62,6 +62,16 @@ def numbers(context, inputs, n=5):
     return pa.table({"n": pa.array(range(int(n)), pa.int64())})
 
 
+def chatty(context, inputs, message="hello", fail=False, **args):
+    import logging
+
+    logging.getLogger("user.code").warning("said %s in %s", message, context.task_id)
+    print(f"printed {message}")
+    if fail:
+        raise ValueError(f"failed {message}")
+    return {"said": message}
+
+
 def total(context, inputs, source="numbers"):
     table = inputs[source].to_arrow() if hasattr(inputs[source], "to_arrow") else inputs[source]
     return {"sum": sum(table.column("n").to_pylist())}
