@@ -177,9 +177,9 @@ def run_extract(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult
     if source.connector not in FILE_CONNECTORS:
         connectors = _connectors(task.id, source.connector)
         with _input_errors(task.id, "source"):
-            manifest = connectors.extract_to_parquet(context, source.model_dump(exclude_unset=True),
-                                                      context.output_uri)
-        return TaskResult(output=manifest, inputs=(f"{source.connector}:{source.connection or ''}",))
+            spec = source.model_dump(exclude_unset=True)
+            manifest = connectors.extract_to_parquet(context, spec, context.output_uri)
+        return TaskResult(output=manifest, inputs=(connectors.dataset_of(context, spec),))
     path = _resolve(context, str(context.render(source.path)), "source.path")
     files = context.policy.confine_files(matching_files(path), what=f"task {task.id!r}: source.path")
     if not files:
@@ -416,7 +416,11 @@ def run_load(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult]) 
         spec = {k: v for k, v in target.model_dump(exclude_unset=True).items() if v is not None}
         with _input_errors(task.id, "target"):
             metrics = connectors.load_from_parquet(context, spec, manifest, inputs)
-        return TaskResult(inputs=(manifest.uri,), metrics=dict(metrics or {}))
+            target_uri = connectors.dataset_of(context, spec)
+        rows = (metrics or {}).get("rows_written")
+        written = Manifest(uri=target_uri, rows=rows if isinstance(rows, int) else None,
+                           schema_fingerprint=manifest.schema_fingerprint, format=target.connector)
+        return TaskResult(inputs=(manifest.uri,), metrics=dict(metrics or {}), written=(written,))
     path = _resolve(context, str(context.render(target.path)), "target.path")
     from udop.connectors.io import load_entry, state_for
 
