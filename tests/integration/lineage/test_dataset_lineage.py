@@ -112,6 +112,11 @@ def test_a_run_records_every_dataset_by_its_openlineage_name(
     # the run's own intermediate dataset links the two
     assert records["totals"].inputs == [records["orders"].output_uri]
     assert records["totals"].schema_fingerprint == records["to_mart"].schema_fingerprint
+    # the column mapping of the transform, over the extract's dataset
+    totals = next(t for t in store.get_run(run.id).tasks if t.task_id == "totals")  # type: ignore[union-attr]
+    upstream = records["orders"].output_uri
+    assert totals.result["column_lineage"] == {
+        "id": [[upstream, "id"]], "region": [[upstream, "region"]], "doubled": [[upstream, "amount"]]}
     for r in records.values():
         assert "pg-secret-never-shown" not in repr(r)
     state.close()
