@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from udop.connectors import Connector, ConnectorSettings, Secret
 from udop.connectors.base import WriteMode
+from udop.lineage.naming import Dataset, url_dataset
 from udop.observability.tracing import outgoing_headers, span
 from udop.spec.types import Duration
 from udop_connectors._arrow import ColumnTypes, records_to_batch, schema_from_mapping
@@ -105,6 +106,10 @@ class HttpConnector(Connector):
     write_modes = ("append",)
 
     settings: HttpSettings
+
+    def dataset(self) -> Dataset:
+        # the URL without user info or query string: an API key in ?key=... is not a name
+        return url_dataset(self.settings.url)
 
     def __init__(self, settings: ConnectorSettings, **kwargs: Any) -> None:
         super().__init__(settings, **kwargs)

@@ -30,6 +30,7 @@ from pydantic import ConfigDict, Field
 from udop import faults
 from udop.connectors import Connector, ConnectorSettings, LoadEntry
 from udop.connectors.base import WriteMode
+from udop.lineage.naming import Dataset, file_dataset, url_dataset
 from udop_connectors._arrow import ColumnTypes, records_to_batch, schema_from_mapping
 
 __all__ = ["AzureBlobConnector", "GCSConnector", "LocalConnector", "ObjectSettings", "S3Connector"]
@@ -82,6 +83,12 @@ class ObjectConnector(Connector):
         if self.settings.format:
             return self.settings.format
         return _EXT.get(Path(name).suffix.lower(), "parquet")
+
+    def dataset(self) -> Dataset:
+        path = self.settings.path
+        if "://" in path:  # s3://bucket/prefix, gs://..., az://...: the bucket is the namespace
+            return url_dataset(path)
+        return file_dataset(path)
 
     def _root_and_pattern(self) -> tuple[str, str | None]:
         path = self.settings.path

@@ -19,6 +19,7 @@ from pydantic import ConfigDict, Field
 from udop import faults
 from udop.connectors import Connector, ConnectorSettings, LoadEntry, Secret
 from udop.connectors.base import WriteMode
+from udop.lineage.naming import Dataset, host_dataset, url_dataset
 from udop.spec.types import Duration
 from udop_connectors._arrow import ColumnTypes, records_to_batch, schema_from_mapping
 
@@ -54,6 +55,14 @@ class RabbitMQConnector(Connector):
     write_modes = ("append",)
 
     settings: RabbitMQSettings
+
+    def dataset(self) -> Dataset:
+        s = self.settings
+        # written through an exchange the messages go to exchange/routing key, else to the queue
+        name = f"{s.exchange}/{s.routing_key or s.queue}" if s.exchange else s.queue
+        if s.url is not None:
+            return url_dataset(self.secret(s.url) or "", default_port=5672, scheme="rabbitmq", name=name)
+        return host_dataset("rabbitmq", s.host, s.port, name)
 
     def __init__(self, settings: ConnectorSettings, **kwargs: Any) -> None:
         super().__init__(settings, **kwargs)

@@ -18,6 +18,7 @@ from pydantic import ConfigDict, Field, model_validator
 from udop import faults
 from udop.connectors import Connector, ConnectorSettings, LoadEntry, Secret
 from udop.connectors.base import WriteMode
+from udop.lineage.naming import Dataset, host_dataset, url_dataset
 from udop_connectors._arrow import ColumnTypes, records_to_batch, schema_from_mapping
 
 __all__ = ["RedisConnector", "RedisSettings"]
@@ -58,6 +59,15 @@ class RedisConnector(Connector):
     pushes_down_incremental = True
 
     settings: RedisSettings
+
+    def dataset(self) -> Dataset:
+        s = self.settings
+        name = s.stream if s.kind == "stream" and s.stream else (s.pattern or f"{s.key_prefix}*")
+        if s.url is not None:
+            found = url_dataset(self.secret(s.url) or "", default_port=6379, scheme="redis")
+            db = found.name or str(s.db)
+            return Dataset(found.namespace, f"{db}/{name}")
+        return host_dataset("redis", s.host, s.port, f"{s.db}/{name}")
 
     def __init__(self, settings: ConnectorSettings, **kwargs: Any) -> None:
         super().__init__(settings, **kwargs)

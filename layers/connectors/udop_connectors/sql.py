@@ -26,6 +26,7 @@ from udop import faults
 from udop.connectors import Connector, ConnectorSettings, LoadEntry, Secret
 from udop.connectors.base import WriteMode
 from udop.errors import ConnectionFailed, FatalError
+from udop.lineage.naming import Dataset, file_dataset, host_dataset
 
 __all__ = ["LEDGER_TABLE", "MySQLConnector", "PostgresConnector", "SQLiteConnector", "SqlSettings"]
 
@@ -246,6 +247,26 @@ class SqlConnector(Connector):
             port=s.port,
             database=s.database,
         )
+
+    #: OpenLineage's scheme and default port for this database
+    lineage_scheme: ClassVar[str] = ""
+    default_port: ClassVar[int | None] = None
+
+    def dataset(self) -> Dataset:
+        url = self._url()  # password dropped below: only host, port and database name it
+        s = self.settings
+        where = s.table or "query"  # a query reads the database; its tables are in column lineage
+        if url.get_backend_name() == "sqlite":
+            path = file_dataset(url.database or ":memory:").name
+            return Dataset("sqlite", f"{path}.{where}")
+        scheme = self.lineage_scheme or url.get_backend_name()
+        parts = [url.database or ""]
+        if scheme == "postgres":
+            parts.append(s.db_schema or "public")
+        elif s.db_schema:
+            parts.append(s.db_schema)
+        parts.append(where)
+        return host_dataset(scheme, url.host, url.port or self.default_port, ".".join(p for p in parts if p))
 
     def _connect_args(self) -> dict[str, Any]:
         return {"connect_timeout": self.settings.connect_timeout}
@@ -749,6 +770,8 @@ class PostgresConnector(SqlConnector):
     name = "postgres"
     driver = "postgresql+psycopg"
     dialect_name = "postgresql"
+    lineage_scheme = "postgres"
+    default_port = 5432
 
     def _upsert_statement(self, table: sa.Table, keys: list[str], columns: list[str]) -> Any:
         from sqlalchemy.dialects.postgresql import insert
@@ -863,6 +886,8 @@ class MySQLConnector(SqlConnector):
     name = "mysql"
     driver = "mysql+pymysql"
     dialect_name = "mysql"
+    lineage_scheme = "mysql"  # MariaDB too: OpenLineage names both mysql://
+    default_port = 3306
 
     def _connect_args(self) -> dict[str, Any]:
         return {"connect_timeout": self.settings.connect_timeout, "charset": "utf8mb4"}

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq  # type: ignore[import-untyped]
 import udop.spec.models  # noqa: F401 - builds the task union before data_tasks is imported
 from udop import faults
 from udop.errors import DataQualityError, FatalError, InputError, TaskTimeout
+from udop.lineage.columns import ColumnLineage, column_lineage, compose
 from udop.sandbox import SandboxViolation
 from udop.spec.data_tasks import FILE_CONNECTORS, data_inputs
 from udop.tasks.contract import CheckResult, Manifest, TaskContext, TaskResult
@@ -177,9 +178,9 @@ def run_extract(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult
     if source.connector not in FILE_CONNECTORS:
         connectors = _connectors(task.id, source.connector)
         with _input_errors(task.id, "source"):
-            manifest = connectors.extract_to_parquet(context, source.model_dump(exclude_unset=True),
-                                                      context.output_uri)
-        return TaskResult(output=manifest, inputs=(f"{source.connector}:{source.connection or ''}",))
+            spec = source.model_dump(exclude_unset=True)
+            manifest = connectors.extract_to_parquet(context, spec, context.output_uri)
+        return TaskResult(output=manifest, inputs=(connectors.dataset_of(context, spec),))
     path = _resolve(context, str(context.render(source.path)), "source.path")
     files = context.policy.confine_files(matching_files(path), what=f"task {task.id!r}: source.path")
     if not files:
@@ -288,29 +289,40 @@ def _source_error(task: Any, source: Any, files: list[str], path: str, exc: duck
 
 
 def run_transform(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult]) -> TaskResult:
+    columns: ColumnLineage = {}
     try:
-        manifest, checks, usage = _transform(context, task, inputs, widen=False)
+        manifest, checks, usage = _transform(context, task, inputs, widen=False, lineage=columns)
     except FatalError as exc:
         if not getattr(exc, "decimal_overflow", False):
             raise
         # DuckDB multiplies decimals of up to 18 digits in 18 digits (fast) and stops on overflow;
         # run again with every decimal input as DECIMAL(38, s): exact, a little slower
-        manifest, checks, usage = _transform(context, task, inputs, widen=True)
+        manifest, checks, usage = _transform(context, task, inputs, widen=True, lineage=columns)
     metrics: dict[str, Any] = {"rows": manifest.rows}
     if task.memory_limit:
         # what a user tuning memory_limit needs to see: the limit DuckDB applied, and whether it spilled
         metrics.update(usage)
     return TaskResult(output=manifest, checks=tuple(checks),
                       inputs=tuple(_input_manifest(task.id, d, inputs).uri for d in data_inputs(task)),
-                      metrics=metrics)
+                      metrics=metrics, columns=_column_uris(task, inputs, columns))
+
+
+def _column_uris(task: Any, inputs: Mapping[str, TaskResult],
+                 found: ColumnLineage) -> dict[str, list[list[str]]]:
+    """Column lineage with each input relation (a task id) named by its dataset's URI."""
+    uris = {d: _input_manifest(task.id, d, inputs).uri for d in data_inputs(task)}
+    return {col: [[uris.get(rel, rel), name] for rel, name in sources] for col, sources in found.items()}
 
 
 def _transform(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult], *,
-               widen: bool) -> tuple[Manifest, list[CheckResult], dict[str, Any]]:
+               widen: bool, lineage: ColumnLineage) -> tuple[Manifest, list[CheckResult], dict[str, Any]]:
+    """Run the steps; fills ``lineage`` with the output's column lineage (over input task ids)."""
     checks: list[CheckResult] = []
     with Session(memory_limit=task.memory_limit, context=context) as session:
         columns = _register_inputs(session, context, task, inputs, widen=widen)
         params = Params(context.template_scope())
+        relations = {name: [c[0] for c in cols] for name, cols in columns.items()}
+        earlier: dict[str, ColumnLineage] = {}  # the tables checks restart the query from
 
         def on_check(index: int, rules: list[Any], plan: Plan) -> None:
             table = f"_check_{index}"
@@ -318,6 +330,8 @@ def _transform(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult]
                 session.con.execute(f"CREATE TEMP TABLE {ident(table)} AS {plan.query()}",
                                     plan.bound_params() or None)
                 cols = session.describe(f"SELECT * FROM {ident(table)}")
+                earlier[table] = compose(column_lineage(plan.query(), relations), earlier)
+                relations[table] = [c[0] for c in cols]
                 try:
                     results = evaluate_rules(session, ident(table), cols, rules, params,
                                              logical_date=context.logical_date)
@@ -350,28 +364,36 @@ def _transform(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult]
             index, kind, message = found
             raise FatalError(f"task {task.id!r}: steps[{index}] ({kind}): {message}") from exc.__cause__
         usage = session.usage()
+        lineage.clear()
+        lineage.update(compose(column_lineage(plan.query(), relations), earlier))
     return manifest, checks, usage
 
 
 def run_validate(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult]) -> TaskResult:
     manifest = _input_manifest(task.id, task.primary_input, inputs)
+    names: list[str] = []
     try:
-        checks = _evaluate(context, task, inputs, widen=False)
+        checks = _evaluate(context, task, inputs, widen=False, names=names)
     except FatalError as exc:
         if not getattr(exc, "decimal_overflow", False):
             raise
-        checks = _evaluate(context, task, inputs, widen=True)  # see run_transform
+        checks = _evaluate(context, task, inputs, widen=True, names=names)  # see run_transform
     if any(not c.passed and c.severity == "error" for c in checks):
         raise _quality_error(task.id, checks)
     output = _pass_through(context, manifest)
+    # a validate task passes its input through: each column is the input's column of that name
+    columns = {n: [[manifest.uri, n]] for n in names}
     return TaskResult(output=output, checks=tuple(checks), inputs=(manifest.uri,),
-                      metrics={"rows": output.rows, "rules_failed_warn": sum(not c.passed for c in checks)})
+                      metrics={"rows": output.rows, "rules_failed_warn": sum(not c.passed for c in checks)},
+                      columns=columns)
 
 
 def _evaluate(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult], *,
-              widen: bool) -> list[CheckResult]:
+              widen: bool, names: list[str]) -> list[CheckResult]:
+    """The rules' results; fills ``names`` with the validated input's columns."""
     with Session(memory_limit=task.memory_limit, context=context) as session:
         columns = _register_inputs(session, context, task, inputs, widen=widen)
+        names[:] = [c[0] for c in columns[task.primary_input]]
         params = Params(context.template_scope())
         try:
             with _duckdb_errors(task.id, "evaluating rules"):
@@ -416,7 +438,11 @@ def run_load(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult]) 
         spec = {k: v for k, v in target.model_dump(exclude_unset=True).items() if v is not None}
         with _input_errors(task.id, "target"):
             metrics = connectors.load_from_parquet(context, spec, manifest, inputs)
-        return TaskResult(inputs=(manifest.uri,), metrics=dict(metrics or {}))
+            target_uri = connectors.dataset_of(context, spec)
+        rows = (metrics or {}).get("rows_written")
+        written = Manifest(uri=target_uri, rows=rows if isinstance(rows, int) else None,
+                           schema_fingerprint=manifest.schema_fingerprint, format=target.connector)
+        return TaskResult(inputs=(manifest.uri,), metrics=dict(metrics or {}), written=(written,))
     path = _resolve(context, str(context.render(target.path)), "target.path")
     from udop.connectors.io import load_entry, state_for
 

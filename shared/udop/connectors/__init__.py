@@ -11,6 +11,7 @@ from udop.connectors.base import Connector, ConnectorSettings, IncrementalSpec, 
 from udop.connectors.breaker import BreakerSettings, CircuitBreaker, CircuitOpen
 from udop.connectors.io import (
     commit_watermarks,
+    dataset_of,
     extract_to_parquet,
     iter_parquet,
     load_from_parquet,
@@ -33,6 +34,7 @@ __all__ = [
     "available_connectors",
     "commit_watermarks",
     "connector_class",
+    "dataset_of",
     "extract_to_parquet",
     "get_connector",
     "iter_parquet",

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from udop.connectors.breaker import BreakerSettings, CircuitBreaker
 from udop.connectors.secrets import SecretRef, mask_text
 from udop.errors import ConnectionFailed, FatalError
+from udop.lineage.naming import Dataset
 from udop.spec.types import Duration
 from udop.state.api import StateStore
 
@@ -147,6 +148,16 @@ class Connector:
     def schema(self) -> pa.Schema | None:
         """The schema of an empty read, when the connector can tell without rows."""
         return None
+
+    def dataset(self) -> Dataset:
+        """What this connector reads or writes, named as OpenLineage names datasets (``namespace`` +
+        ``name``, no credentials). Connectors override it; this fallback names the connection."""
+        return Dataset("udop", f"{self.name}:{self.connection}")
+
+    def lineage_dataset(self) -> Dataset:
+        """``dataset()`` with every secret this connector resolved masked out, whatever an override did."""
+        found = self.dataset()
+        return Dataset(self.mask(found.namespace), self.mask(found.name))
 
     # -- helpers for implementations -------------------------------------------------------------
     def secret(self, ref: SecretRef | None) -> str | None:

@@ -340,6 +340,19 @@ def recover_watermark(context: TaskContext, state: StateStore, key: str, previou
     return f"run {previous_run} had not loaded its range; this run reads it again"
 
 
+def dataset_of(context: TaskContext, spec: Mapping[str, Any]) -> str:
+    """The lineage URI of the source or target ``spec`` (see ``udop.lineage``): the connector's
+    ``dataset()``, with any secret it resolved masked. Opens no connection."""
+    connector = get_connector(
+        _render(context, spec), connections=_connections(context), state=_state(context),
+        base_dir=_base_dir(context),
+    )
+    try:
+        return connector.lineage_dataset().uri
+    finally:
+        connector.close()
+
+
 def extract_to_parquet(context: TaskContext, source: Mapping[str, Any], output_uri: str) -> Manifest:
     """Read ``source`` through its connector and write it as Parquet at ``output_uri``.
 

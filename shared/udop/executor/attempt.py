@@ -72,7 +72,7 @@ def compute(
     # downstream tasks see the stored value (numpy scalars converted), the same as after a resume
     result = TaskResult(
         output=result.output, value=body["value"], inputs=read, checks=result.checks,
-        metrics=body["metrics"],
+        metrics=body["metrics"], written=result.written, columns=result.columns,
     )
     return result, body
 

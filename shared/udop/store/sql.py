@@ -592,7 +592,7 @@ class SqlMetadataStore:
 
     def _record_result(self, conn: Connection, run_id: str, task_id: str, result: dict[str, Any],
                        now: datetime) -> None:
-        output = result.get("output")
+        output = _lineage_output(result)
         if output:
             conn.execute(_INSERT_LINEAGE, {
                 "run_id": run_id, "task_id": task_id, "inputs": list(result.get("inputs") or []),
@@ -774,13 +774,23 @@ def _run(row: Row[Any], tasks: Sequence[TaskRunRecord] | Iterable[TaskRunRecord]
                      owner=owner, lease_expires_at=lease_expires_at, tasks=list(tasks))
 
 
+def _lineage_output(result: dict[str, Any]) -> dict[str, Any] | None:
+    """The dataset a task's lineage row names: its own output, else what it wrote outside the run
+    (a load into a database, queue or API leaves a row too)."""
+    output = result.get("output")
+    if output:
+        return output  # type: ignore[no-any-return]
+    written = result.get("written") or []
+    return written[0] if written else None
+
+
 def _result_rows(run_id: str, task_id: str, result: dict[str, Any] | None,
                  now: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """The lineage row and check rows a task result adds, as sqlite3 parameters."""
     if not result:
         return None, []
     lineage_row = None
-    output = result.get("output")
+    output = _lineage_output(result)
     if output:
         lineage_row = _SQLITE_INSERT_LINEAGE(
             run_id=run_id, task_id=task_id, inputs=json_dumps(list(result.get("inputs") or [])),

@@ -174,6 +174,11 @@ class TaskResult:
     inputs: tuple[str, ...] = ()  # lineage: the URIs (or task ids) read
     checks: tuple[CheckResult, ...] = ()
     metrics: Mapping[str, Any] = field(default_factory=dict)
+    #: lineage: datasets written outside the run (a load's table, queue, key space), named as
+    #: ``udop.lineage`` names them; ``output`` stays the run's own dataset
+    written: tuple[Manifest, ...] = ()
+    #: column lineage: output column -> [[input dataset URI, input column], ...]
+    columns: Mapping[str, list[list[str]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form; what the task runner returns to Step Functions and the store keeps.
@@ -194,6 +199,10 @@ class TaskResult:
             "checks": [c.to_dict() for c in self.checks],
             "metrics": metrics,
         }
+        if self.written:  # absent otherwise: results stored before lineage of loads look the same
+            body["written"] = [m.to_dict() for m in self.written]
+        if self.columns:
+            body["column_lineage"] = {k: [list(s) for s in v] for k, v in self.columns.items()}
         size = len(json.dumps(value))
         if size > MAX_VALUE_BYTES:
             raise PayloadTooLarge(
@@ -211,6 +220,8 @@ class TaskResult:
             inputs=tuple(data.get("inputs", ())),
             checks=tuple(CheckResult.from_dict(c) for c in data.get("checks", ())),
             metrics=dict(data.get("metrics", {})),
+            written=tuple(Manifest.from_dict(m) for m in data.get("written", ())),
+            columns=dict(data.get("column_lineage", {})),
         )
 
 
