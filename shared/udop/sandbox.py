@@ -284,6 +284,9 @@ def server_policy(*, data_root: str | None, roots: Iterable[str] = (), code_dir:
     all_roots = [r for r in (data_root, *roots, *_split(s.sandbox_roots)) if r]
     redactor.add_environment_secrets()
     install_log_redaction()
+    from udop.masking import apply_setting  # the detectors live beside, not inside, this leaf module
+
+    apply_setting(server=True)
     return Policy(
         mode="server",
         roots=tuple(dict.fromkeys(str(r) for r in all_roots)),
@@ -318,6 +321,10 @@ def active(policy: Policy) -> Iterator[Policy]:
 
 Rule = Callable[[str], str]
 
+#: a definition's own patterns and masked columns, for work running in this context (see ``scope``)
+_scoped: contextvars.ContextVar[tuple[tuple[re.Pattern[str], ...], frozenset[str]]] = \
+    contextvars.ContextVar("udop_masking_scope", default=((), frozenset()))
+
 
 @dataclass
 class Redactor:
@@ -342,6 +349,26 @@ class Redactor:
         with self._lock:
             self._rules[name] = rule
 
+    def remove_rule(self, name: str) -> None:
+        with self._lock:
+            self._rules.pop(name, None)
+
+    @contextmanager
+    def scope(self, patterns: Iterable[str] = (), columns: Iterable[str] = ()) -> Iterator[None]:
+        """Within this block (this thread or task), also mask what ``patterns`` match and the values
+        of ``columns`` in mappings (check samples): a definition's ``spec.masking``."""
+        compiled = tuple(re.compile(p) for p in patterns)
+        names = frozenset(c.lower() for c in columns)
+        if not compiled and not names:
+            yield
+            return
+        outer = _scoped.get()
+        token = _scoped.set((outer[0] + compiled, outer[1] | names))
+        try:
+            yield
+        finally:
+            _scoped.reset(token)
+
     def add_pattern(self, name: str, pattern: str | re.Pattern[str], replacement: str = MASK) -> None:
         compiled = re.compile(pattern) if isinstance(pattern, str) else pattern
         self.add_rule(name, lambda text: compiled.sub(replacement, text))
@@ -362,6 +389,8 @@ class Redactor:
                 text = text.replace(value, MASK)
         for rule in rules:
             text = rule(text)
+        for pattern in _scoped.get()[0]:
+            text = pattern.sub(MASK, text)
         return text
 
     def redact_value(self, value: Any) -> Any:
@@ -369,7 +398,9 @@ class Redactor:
         if isinstance(value, str):
             return self.redact(value)
         if isinstance(value, Mapping):
-            return {self.redact_value(k): self.redact_value(v) for k, v in value.items()}
+            columns = _scoped.get()[1]
+            return {self.redact_value(k): MASK if columns and isinstance(k, str) and k.lower() in columns
+                    and v is not None else self.redact_value(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
             return [self.redact_value(v) for v in value]
         if isinstance(value, bytes | bytearray):
