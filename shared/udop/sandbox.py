@@ -200,10 +200,12 @@ class Policy:
 
     # -- environment and secrets -----------------------------------------------------------------
     def environ(self) -> Mapping[str, str]:
-        """The environment ``${env.X}`` sees: all of it when trusted, the allowlist on a server."""
+        """The environment ``${env.X}`` sees: all of it when trusted, the allowlist on a server.
+        A secret-named variable's value is registered with the redactor when it is read, so a
+        ``${env.API_TOKEN}`` passed as an argument is masked in the errors and logs it reaches."""
         if not self.is_server:
-            return os.environ
-        return {k: v for k, v in os.environ.items() if k in self.env_allowlist}
+            return _SecretNoting(os.environ)
+        return _SecretNoting({k: v for k, v in os.environ.items() if k in self.env_allowlist})
 
     def check_env(self, name: str, *, what: str) -> None:
         if self.is_server and name not in self.env_allowlist:
@@ -265,6 +267,26 @@ class Policy:
             elif entry.is_dir() and (entry / "__init__.py").exists():
                 found.append(entry.name)
         return tuple(found)
+
+
+class _SecretNoting(Mapping[str, str]):
+    def __init__(self, data: Mapping[str, str]) -> None:
+        self._data = data
+
+    def __getitem__(self, key: str) -> str:
+        value = self._data[key]
+        if looks_secret_name(key):
+            redactor.add_secret(value)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
 
 
 def _secret_name(ref: str) -> str:
