@@ -39,6 +39,7 @@ __all__ = [
     "anomaly_check",
     "band",
     "notify_run_end",
+    "notify_stored_run",
     "send",
     "with_anomaly_checks",
 ]
@@ -193,6 +194,27 @@ def notify_run_end(
     except Exception as exc:  # an alert is best effort: the run's outcome is already recorded
         log.error("alerts for run %s not sent: %s", run_id, redactor.redact(str(exc)))
         return []
+
+
+def notify_stored_run(store: Any, run_id: str) -> list[Notification]:
+    """``notify_run_end`` for a run whose definition is only in the store (the AWS run-events path:
+    the run ended in Step Functions). Never raises."""
+    try:
+        run = store.get_run(run_id)
+        record = store.get_pipeline(run.pipeline) if run else None
+        version = (
+            next((v for v in record.versions if v.version == run.pipeline_version), None) if record else None
+        )
+        alerts = ((version.definition if version else {}).get("spec") or {}).get("alerts")
+        if not alerts:
+            return []
+        from udop.spec.models import Pipeline
+
+        pipeline = Pipeline.model_validate(version.definition)  # type: ignore[union-attr]
+    except Exception as exc:
+        log.error("alerts for run %s not sent: %s", run_id, redactor.redact(str(exc)))
+        return []
+    return notify_run_end(store, pipeline, run_id)
 
 
 def _notify(
