@@ -193,13 +193,17 @@ class SlaSpec(SpecModel):
     notify: list[AlertTarget] = Field(min_length=1)
 
 
+AnomalyMetric = Literal["rows", "duration"]
+ANOMALY_METRICS: tuple[AnomalyMetric, ...] = ("rows", "duration")
+
+
 class AnomalySpec(SpecModel):
     """Flag a task whose rows or duration leave median ± k·MAD of its last successful runs."""
 
     last: int = Field(20, ge=3, le=500, description="how many recent successful runs form the band")
     min_runs: int = Field(5, ge=3, description="no verdict before this many successful runs")
     k: float = Field(5.0, gt=0, description="band width in (scaled) median absolute deviations")
-    metrics: list[Literal["rows", "duration"]] = Field(default_factory=lambda: ["rows", "duration"])
+    metrics: list[AnomalyMetric] = Field(default_factory=lambda: list(ANOMALY_METRICS))
     notify: list[AlertTarget] = Field(default_factory=list)
 
 
