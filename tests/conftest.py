@@ -29,6 +29,9 @@ def _isolated_udop_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: p
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
+    from udop.masking import remove_detectors
+
+    remove_detectors()  # a server policy turns them on for the whole process; tests share one
 
 
 POSTGRES_URL = os.environ.get("UDOP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

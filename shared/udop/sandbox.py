@@ -200,10 +200,12 @@ class Policy:
 
     # -- environment and secrets -----------------------------------------------------------------
     def environ(self) -> Mapping[str, str]:
-        """The environment ``${env.X}`` sees: all of it when trusted, the allowlist on a server."""
+        """The environment ``${env.X}`` sees: all of it when trusted, the allowlist on a server.
+        A secret-named variable's value is registered with the redactor when it is read, so a
+        ``${env.API_TOKEN}`` passed as an argument is masked in the errors and logs it reaches."""
         if not self.is_server:
-            return os.environ
-        return {k: v for k, v in os.environ.items() if k in self.env_allowlist}
+            return _SecretNoting(os.environ)
+        return _SecretNoting({k: v for k, v in os.environ.items() if k in self.env_allowlist})
 
     def check_env(self, name: str, *, what: str) -> None:
         if self.is_server and name not in self.env_allowlist:
@@ -267,6 +269,26 @@ class Policy:
         return tuple(found)
 
 
+class _SecretNoting(Mapping[str, str]):
+    def __init__(self, data: Mapping[str, str]) -> None:
+        self._data = data
+
+    def __getitem__(self, key: str) -> str:
+        value = self._data[key]
+        if looks_secret_name(key):
+            redactor.add_secret(value)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+
 def _secret_name(ref: str) -> str:
     """A Secrets Manager reference by name or ARN, as its name (an ARN's random suffix dropped)."""
     if ref.startswith("arn:") and ":secret:" in ref:
@@ -284,6 +306,9 @@ def server_policy(*, data_root: str | None, roots: Iterable[str] = (), code_dir:
     all_roots = [r for r in (data_root, *roots, *_split(s.sandbox_roots)) if r]
     redactor.add_environment_secrets()
     install_log_redaction()
+    from udop.masking import apply_setting  # the detectors live beside, not inside, this leaf module
+
+    apply_setting(server=True)
     return Policy(
         mode="server",
         roots=tuple(dict.fromkeys(str(r) for r in all_roots)),
@@ -318,6 +343,10 @@ def active(policy: Policy) -> Iterator[Policy]:
 
 Rule = Callable[[str], str]
 
+#: a definition's own patterns and masked columns, for work running in this context (see ``scope``)
+_scoped: contextvars.ContextVar[tuple[tuple[re.Pattern[str], ...], frozenset[str]]] = \
+    contextvars.ContextVar("udop_masking_scope", default=((), frozenset()))
+
 
 @dataclass
 class Redactor:
@@ -342,6 +371,26 @@ class Redactor:
         with self._lock:
             self._rules[name] = rule
 
+    def remove_rule(self, name: str) -> None:
+        with self._lock:
+            self._rules.pop(name, None)
+
+    @contextmanager
+    def scope(self, patterns: Iterable[str] = (), columns: Iterable[str] = ()) -> Iterator[None]:
+        """Within this block (this thread or task), also mask what ``patterns`` match and the values
+        of ``columns`` in mappings (check samples): a definition's ``spec.masking``."""
+        compiled = tuple(re.compile(p) for p in patterns)
+        names = frozenset(c.lower() for c in columns)
+        if not compiled and not names:
+            yield
+            return
+        outer = _scoped.get()
+        token = _scoped.set((outer[0] + compiled, outer[1] | names))
+        try:
+            yield
+        finally:
+            _scoped.reset(token)
+
     def add_pattern(self, name: str, pattern: str | re.Pattern[str], replacement: str = MASK) -> None:
         compiled = re.compile(pattern) if isinstance(pattern, str) else pattern
         self.add_rule(name, lambda text: compiled.sub(replacement, text))
@@ -362,6 +411,8 @@ class Redactor:
                 text = text.replace(value, MASK)
         for rule in rules:
             text = rule(text)
+        for pattern in _scoped.get()[0]:
+            text = pattern.sub(MASK, text)
         return text
 
     def redact_value(self, value: Any) -> Any:
@@ -369,7 +420,9 @@ class Redactor:
         if isinstance(value, str):
             return self.redact(value)
         if isinstance(value, Mapping):
-            return {self.redact_value(k): self.redact_value(v) for k, v in value.items()}
+            columns = _scoped.get()[1]
+            return {self.redact_value(k): MASK if columns and isinstance(k, str) and k.lower() in columns
+                    and v is not None else self.redact_value(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
             return [self.redact_value(v) for v in value]
         if isinstance(value, bytes | bytearray):

@@ -14,6 +14,7 @@ from typing import Any
 import duckdb
 
 import udop.spec.models  # noqa: F401 - builds the task union before data_tasks is imported
+from udop.sandbox import MASK
 from udop.spec.data_tasks import (
     AggregateStep,
     CastStep,
@@ -24,6 +25,7 @@ from udop.spec.data_tasks import (
     FilterStep,
     JoinStep,
     LimitStep,
+    MaskStep,
     RenameStep,
     SelectColumns,
     SelectStep,
@@ -67,6 +69,8 @@ class Plan:
     pending: list[tuple[int, str, str]] = field(default_factory=list)
     #: a pending step changed the columns: ``columns`` describes the query before answering
     stale: bool = False
+    #: resolve secret references (a mask step's salt) while compiling: at run time, not at validate
+    resolve_secrets: bool = True
 
     @property
     def columns(self) -> list[Column]:
@@ -121,11 +125,12 @@ CheckHook = Callable[[int, list[Any], Plan], None]
 
 #: steps after which the columns are those before
 _SAME_COLUMNS = (FilterStep, SortStep, LimitStep, DistinctStep)
-_SAME_COLUMN_KINDS = frozenset({"filter", "sort", "limit", "distinct"})
+_SAME_COLUMN_KINDS = frozenset({"filter", "sort", "limit", "distinct", "mask"})
 
 
 def compile_steps(session: Session, steps: list[Any], primary: str, inputs: dict[str, list[Column]],
-                  params: Params, *, on_check: CheckHook | None = None, verify: bool = True) -> Plan:
+                  params: Params, *, on_check: CheckHook | None = None, verify: bool = True,
+                  resolve_secrets: bool = True) -> Plan:
     """Build the plan of ``steps`` over the view ``primary``; ``inputs`` are the views' columns.
 
     Steps are bound (``DESCRIBE``, no data read) only when a later step needs the columns they
@@ -133,7 +138,8 @@ def compile_steps(session: Session, steps: list[Any], primary: str, inputs: dict
     With ``verify=False`` the final binding is left to the caller (the run binds the query anyway and
     calls ``plan.verify()`` if it fails), so a task like filter + aggregate needs no describe at all.
     """
-    plan = Plan(session, params, ident(primary), list(inputs[primary]), inputs)
+    plan = Plan(session, params, ident(primary), list(inputs[primary]), inputs,
+                resolve_secrets=resolve_secrets)
     for index, step in enumerate(steps):
         kind = step_kind(step)
         try:
@@ -361,8 +367,39 @@ def _sql(plan: Plan, step: SqlStep) -> str:
     return f"WITH this AS (SELECT * FROM {plan.current}) SELECT * FROM ({text})"
 
 
+def _mask(plan: Plan, step: MaskStep) -> str:
+    spec = step.mask
+    _need(plan, list(spec.columns))
+    salt_placeholder = ""
+    if spec.salt is not None and "hash" in spec.columns.values():
+        salt = ""
+        if plan.resolve_secrets:
+            from udop.connectors.secrets import SecretRef
+            from udop.errors import ConfigError
+
+            try:
+                salt = SecretRef.parse(spec.salt).get_secret_value()
+            except ConfigError as exc:  # the step's error: one line naming the task and the step
+                raise ValueError(f"salt: {exc}") from None
+            if not salt:
+                raise ValueError("the salt resolved to an empty value; give a non-empty secret")
+        salt_placeholder = plan.params.add(salt)  # bound, never spliced into the query text
+    parts = []
+    for column, method in spec.columns.items():
+        col = f"CAST({ident(column)} AS VARCHAR)"
+        if method == "hash":
+            expr = f"sha256({salt_placeholder} || {col})"
+        elif method == "redact":
+            expr = f"'{MASK}'"
+        else:
+            n = method.keep_last
+            expr = f"repeat('*', greatest(length({col}) - {n}, 0)) || right({col}, {n})"
+        parts.append(f"CASE WHEN {ident(column)} IS NULL THEN NULL ELSE {expr} END AS {ident(column)}")
+    return f"SELECT * REPLACE ({', '.join(parts)}) FROM {plan.current}"
+
+
 _STEP_SQL: dict[type, Callable[[Plan, Any], str]] = {
     SelectStep: _select, RenameStep: _rename, CastStep: _cast, FilterStep: _filter, DeriveStep: _derive,
     AggregateStep: _aggregate, JoinStep: _join, UnionStep: _union, DistinctStep: _distinct,
-    SortStep: _sort, LimitStep: _limit, SqlStep: _sql,
+    SortStep: _sort, LimitStep: _limit, SqlStep: _sql, MaskStep: _mask,
 }

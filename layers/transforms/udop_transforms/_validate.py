@@ -207,7 +207,7 @@ def _check_transform(session: Session, task: Any, schemas: Mapping[str, list[Col
 
     try:
         plan = compile_steps(session, list(task.steps), task.primary_input, columns, params,
-                             on_check=on_check)
+                             on_check=on_check, resolve_secrets=False)
     except StepError as exc:
         found.append(SpecError(f"task {task.id!r}, {exc.kind} step: {exc.message}",
                                path=f"{where}.steps[{exc.index}]"))

@@ -284,6 +284,10 @@ def sync_run(store: Any, sfn: Any, *, state_machine_arn: str, run_id: str,
             if target is not RunState.SUCCEEDED:
                 error = f"{latest.error}: {_cause_message(latest.cause)}" if latest.error else latest.status
             _move_run(store, fresh, target, error=error)
+            if target in (RunState.SUCCEEDED, RunState.FAILED):
+                from udop.alerts import notify_stored_run  # best effort: never fails the event
+
+                notify_stored_run(store, run_id)
     return store.get_run(run_id)
 
 

@@ -130,6 +130,11 @@ def run(
             run_on_stepfunctions(file, given, follow=True, run_id=run_id, logical_date=logical)
         )
     pipeline = _load(file)
+    from udop.masking import apply_setting
+    from udop.sandbox import install_log_redaction
+
+    if apply_setting(server=False):  # UDOP_MASK_PII=on: the detectors for a trusted run too
+        install_log_redaction()
     if resume and run_id:
         raise InputError("give either --resume RUN_ID or --run-id ID, not both")
     if on_new_version and not resume:

@@ -52,6 +52,7 @@ from udop.observability import hooks
 from udop.observability.context import bound, current, new_correlation_id
 from udop.observability.tasklogs import attempt_scope
 from udop.sandbox import Policy
+from udop.sandbox import active as sandbox_active
 from udop.spec.dag import dependants, downstream, topological_order
 from udop.spec.models import Pipeline
 from udop.spec.params import check_env, jsonable_params, resolve_params
@@ -274,9 +275,15 @@ class LocalExecutor:
         active = _Run(self, pipeline, run.id, values, logical)
         self._active = active
         try:
-            return active.execute()
+            record = active.execute()
         finally:
             self._active = None
+        if getattr(pipeline.spec, "alerts", None) is not None:
+            from udop.alerts import notify_run_end
+
+            with sandbox_active(self.policy):
+                notify_run_end(self.store, pipeline, record.id)
+        return record
 
     def _prepare_resume(
         self, pipeline: Pipeline, run_id: str, params: Mapping[str, Any] | None, on_new_version: bool
@@ -564,6 +571,10 @@ class _Run:
             return
         if exc is None:
             assert result is not None
+            if body is not None and getattr(self.pipeline.spec, "alerts", None) is not None:
+                from udop.alerts import with_anomaly_checks
+
+                body = with_anomaly_checks(self.store, self.pipeline, self.run_id, tid, body)
             try:
                 self.store.finish_attempt(
                     self.run_id,

@@ -419,6 +419,49 @@ class SqlStep(SpecModel):
     )
 
 
+MaskMethod = Literal["hash", "redact"]
+
+
+class KeepLast(SpecModel):
+    keep_last: int = Field(ge=1, le=64, description="keep the last N characters, mask the rest with '*'")
+
+
+class MaskSpec(SpecModel):
+    columns: dict[str, MaskMethod | KeepLast] = Field(
+        min_length=1,
+        description="column -> hash (salted SHA-256, hex), redact (the mask text; NULL stays NULL) or "
+        "{keep_last: N}",
+    )
+    salt: dict[str, str] | None = Field(
+        None,
+        description="the salt of `hash`: a secret reference ({secret: name}, {env: NAME}, {file: PATH}); "
+        "required when a column is hashed",
+    )
+
+    @field_validator("salt")
+    @classmethod
+    def _reference(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return None
+        kinds = [k for k in ("env", "file", "secret") if k in value]
+        if len(kinds) != 1 or set(value) - {"env", "file", "secret", "key"}:
+            raise ValueError("salt is a secret reference: {secret: name}, {env: NAME} or {file: PATH}")
+        return value
+
+    @model_validator(mode="after")
+    def _salted(self) -> MaskSpec:
+        hashed = [c for c, m in self.columns.items() if m == "hash"]
+        if hashed and self.salt is None:
+            raise ValueError(f"column {hashed[0]!r} is hashed: give a salt ({{secret: name}} or "
+                             "{env: NAME}); an unsalted hash of an email or card number is "
+                             "reversible by lookup")
+        return self
+
+
+class MaskStep(SpecModel):
+    mask: MaskSpec
+
+
 class CheckStep(SpecModel):
     check: list[Rule] = Field(min_length=1, description="quality rules over the data at this point")
 
@@ -437,6 +480,7 @@ STEP_KINDS = frozenset(
         "sort",
         "limit",
         "sql",
+        "mask",
         "check",
     }
 )
@@ -454,6 +498,7 @@ Step = Annotated[
     | Annotated[SortStep, Tag("sort")]
     | Annotated[LimitStep, Tag("limit")]
     | Annotated[SqlStep, Tag("sql")]
+    | Annotated[MaskStep, Tag("mask")]
     | Annotated[CheckStep, Tag("check")],
     Discriminator(
         lambda v: _one_key(v, STEP_KINDS),

@@ -171,6 +171,73 @@ class Metadata(SpecModel):
     tags: list[str] = Field(default_factory=list)
 
 
+class MaskingSpec(SpecModel):
+    """What the redactor masks for this pipeline besides secrets and the built-in detectors."""
+
+    patterns: list[str] = Field(default_factory=list, description="regular expressions whose matches "
+                                "are masked in logs, errors, check samples and responses of this pipeline")
+    columns: list[str] = Field(default_factory=list, description="columns whose values are masked in "
+                               "check samples (case-insensitive names)")
+
+    @field_validator("patterns")
+    @classmethod
+    def _compiles(cls, value: list[str]) -> list[str]:
+        for i, pattern in enumerate(value):
+            try:
+                compiled = re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"patterns[{i}] is not a regular expression: {exc}") from None
+            if compiled.match(""):
+                raise ValueError(f"patterns[{i}] matches the empty string; it would mask nothing useful")
+        return value
+
+
+class AlertTarget(SpecModel):
+    """Where a notification goes: a webhook (Slack-compatible JSON) or an SNS topic (AWS)."""
+
+    webhook: str | dict[str, str] | None = Field(
+        None, description="an https URL, or a secret reference holding one ({secret: name}, {env: NAME})")
+    sns: str | None = Field(None, pattern=r"^arn:aws[a-z-]*:sns:", description="an SNS topic ARN")
+
+    @model_validator(mode="after")
+    def _one(self) -> AlertTarget:
+        if (self.webhook is None) == (self.sns is None):
+            raise ValueError("an alert target is exactly one of {webhook: URL} or {sns: TOPIC_ARN}")
+        if isinstance(self.webhook, str) and not re.match(r"^https?://", self.webhook):
+            raise ValueError("webhook: give an http(s) URL or a secret reference ({secret: name})")
+        if isinstance(self.webhook, dict):
+            kinds = [k for k in ("env", "file", "secret") if k in self.webhook]
+            if len(kinds) != 1 or set(self.webhook) - {"env", "file", "secret", "key"}:
+                raise ValueError("webhook: a secret reference is {secret: name}, {env: NAME} or {file: PATH}")
+        return self
+
+
+class SlaSpec(SpecModel):
+    max_duration: Duration = Field(gt=0, description="a run taking longer than this is reported")
+    notify: list[AlertTarget] = Field(min_length=1)
+
+
+AnomalyMetric = Literal["rows", "duration"]
+ANOMALY_METRICS: tuple[AnomalyMetric, ...] = ("rows", "duration")
+
+
+class AnomalySpec(SpecModel):
+    """Flag a task whose rows or duration leave median ± k·MAD of its last successful runs."""
+
+    last: int = Field(20, ge=3, le=500, description="how many recent successful runs form the band")
+    min_runs: int = Field(5, ge=3, description="no verdict before this many successful runs")
+    k: float = Field(5.0, gt=0, description="band width in (scaled) median absolute deviations")
+    metrics: list[AnomalyMetric] = Field(default_factory=lambda: list(ANOMALY_METRICS))
+    notify: list[AlertTarget] = Field(default_factory=list)
+
+
+class AlertsSpec(SpecModel):
+    on_failure: list[AlertTarget] = Field(default_factory=list, description="notified when a run fails")
+    on_success: list[AlertTarget] = Field(default_factory=list, description="notified when a run succeeds")
+    sla: SlaSpec | None = None
+    anomaly: AnomalySpec | None = None
+
+
 class PipelineBody(SpecModel):
     params: dict[str, ParamSpec] = Field(default_factory=dict)
     defaults: Defaults = Defaults()
@@ -184,6 +251,8 @@ class PipelineBody(SpecModel):
         "(two runs would read the same watermark), otherwise no limit",
     )
     tasks: list[Task] = Field(min_length=1)  # type: ignore[valid-type]
+    masking: MaskingSpec | None = None
+    alerts: AlertsSpec | None = None
 
 
 class Pipeline(SpecModel):

@@ -45,14 +45,16 @@ def run_task(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult]) 
     the message of any error it raises pass through the redactor, which is what the store, the API
     and the logs then see.
     """
-    with active(context.policy):
+    masking = getattr(getattr(context.pipeline, "spec", None), "masking", None)
+    with active(context.policy), redactor.scope(masking.patterns if masking else (),
+                                                masking.columns if masking else ()):
         try:
             result = get_handler(task.type)(context, task, inputs)
         except Exception as exc:
             raise redact_error(exc) from None
-    if not result.checks:
-        return result
-    return replace(result, checks=redact_checks(result.checks))
+        if not result.checks:
+            return result
+        return replace(result, checks=redact_checks(result.checks))
 
 
 def redact_checks(checks: Iterable[CheckResult]) -> tuple[CheckResult, ...]:

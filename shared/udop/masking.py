@@ -1,0 +1,138 @@
+"""PII masking: the built-in detectors the one redactor (``udop.sandbox.redactor``) applies on top of
+secret values, and the switch that turns them on.
+
+Detectors are conservative where a false positive would hide useful text: a card number must pass the
+Luhn check, an IBAN its mod-97 checksum and an IPv6 address Python's parser; a phone number must be
+written in international form (``+41 44 668 18 00``) or the North-American ``(555) 123-4567`` shape,
+so dates, durations and row counts stay readable.
+
+``UDOP_MASK_PII`` (``auto`` default: on in server mode, off for ``udop run``; ``on``; ``off``) decides;
+the server policy and ``udop run`` call ``apply_setting``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+from typing import Literal
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from udop.errors import ConfigError
+from udop.sandbox import MASK, Redactor, redactor
+
+__all__ = [
+    "DETECTORS",
+    "MaskingSettings",
+    "apply_setting",
+    "iban_ok",
+    "install_detectors",
+    "luhn_ok",
+    "remove_detectors",
+]
+
+PiiSwitch = Literal["auto", "on", "off"]
+
+
+class MaskingSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="UDOP_", frozen=True, extra="ignore")
+
+    mask_pii: PiiSwitch = Field(
+        "auto",
+        description="built-in PII detectors in logs, errors, check "
+        "samples and responses: auto (on in server mode), on, off",
+    )
+
+
+def luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def iban_ok(text: str) -> bool:
+    compact = text.replace(" ", "").upper()
+    if not 15 <= len(compact) <= 34:
+        return False
+    moved = compact[4:] + compact[:4]
+    try:
+        number = int("".join(str(int(ch, 36)) for ch in moved))
+    except ValueError:
+        return False
+    return number % 97 == 1
+
+
+def _checked(pattern: str, accept: Callable[[str], bool], flags: int = 0) -> Callable[[str], str]:
+    compiled = re.compile(pattern, flags)
+
+    def rule(text: str) -> str:
+        return compiled.sub(lambda m: MASK if accept(m.group(0)) else m.group(0), text)
+
+    return rule
+
+
+def _card(candidate: str) -> bool:
+    digits = re.sub(r"[ -]", "", candidate)
+    return 13 <= len(digits) <= 19 and luhn_ok(digits)
+
+
+def _ipv6(candidate: str) -> bool:
+    try:
+        ipaddress.IPv6Address(candidate)
+    except ValueError:
+        return False
+    return True
+
+
+def _plain(pattern: str, flags: int = 0) -> Callable[[str], str]:
+    compiled = re.compile(pattern, flags)
+    return lambda text: compiled.sub(MASK, text)
+
+
+#: name -> rule, in the order they run (tokens before emails, cards before phone numbers)
+DETECTORS: dict[str, Callable[[str], str]] = {
+    "pii-jwt": _plain(r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"),
+    "pii-aws-key": _plain(r"(?<![A-Z0-9])(?:AKIA|ASIA|ABIA|ACCA|AIDA|AROA)[A-Z0-9]{16}(?![A-Z0-9])"),
+    "pii-email": _plain(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
+    "pii-iban": _checked(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b", iban_ok),
+    "pii-card": _checked(r"(?<![\d.])\d(?:[ -]?\d){12,18}(?![\d.])", _card),
+    "pii-ipv6": _checked(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|:)(?![\w:])", _ipv6),
+    "pii-ipv4": _plain(
+        r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}"
+        r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\d.])"
+    ),
+    "pii-phone": _plain(
+        r"(?<![\w+])\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){2,5}\d(?!\d)"
+        r"|(?<!\w)\(\d{3}\) ?\d{3}[ .-]\d{4}(?!\d)"
+    ),
+}
+
+
+def install_detectors(target: Redactor = redactor) -> None:
+    for name, rule in DETECTORS.items():
+        target.add_rule(name, rule)
+
+
+def remove_detectors(target: Redactor = redactor) -> None:
+    for name in DETECTORS:
+        target.remove_rule(name)
+
+
+def apply_setting(*, server: bool, target: Redactor = redactor) -> bool:
+    """Turn the detectors on or off for this process per ``UDOP_MASK_PII``; returns whether on."""
+    try:
+        switch = MaskingSettings().mask_pii
+    except ValidationError as exc:
+        raise ConfigError(f"environment variable UDOP_MASK_PII: {exc.errors()[0]['msg']}") from None
+    on = switch == "on" or (switch == "auto" and server)
+    if on:
+        install_detectors(target)
+    else:
+        remove_detectors(target)
+    return on
