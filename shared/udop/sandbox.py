@@ -43,6 +43,7 @@ __all__ = [
     "current",
     "install_log_redaction",
     "looks_secret_name",
+    "noting_secrets",
     "redactor",
     "server_policy",
 ]
@@ -200,12 +201,10 @@ class Policy:
 
     # -- environment and secrets -----------------------------------------------------------------
     def environ(self) -> Mapping[str, str]:
-        """The environment ``${env.X}`` sees: all of it when trusted, the allowlist on a server.
-        A secret-named variable's value is registered with the redactor when it is read, so a
-        ``${env.API_TOKEN}`` passed as an argument is masked in the errors and logs it reaches."""
+        """The environment ``${env.X}`` sees: all of it when trusted, the allowlist on a server."""
         if not self.is_server:
-            return _SecretNoting(os.environ)
-        return _SecretNoting({k: v for k, v in os.environ.items() if k in self.env_allowlist})
+            return os.environ
+        return {k: v for k, v in os.environ.items() if k in self.env_allowlist}
 
     def check_env(self, name: str, *, what: str) -> None:
         if self.is_server and name not in self.env_allowlist:
@@ -267,6 +266,13 @@ class Policy:
             elif entry.is_dir() and (entry / "__init__.py").exists():
                 found.append(entry.name)
         return tuple(found)
+
+
+def noting_secrets(environ: Mapping[str, str]) -> Mapping[str, str]:
+    """``environ`` as ``${env.X}`` reads it: a secret-named variable's value is registered with the
+    redactor when it is read, so a ``${env.API_TOKEN}`` passed as an argument is masked in the errors
+    and logs it reaches."""
+    return _SecretNoting(environ)
 
 
 class _SecretNoting(Mapping[str, str]):

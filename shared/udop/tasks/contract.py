@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from udop.errors import FatalError, PayloadTooLarge
-from udop.sandbox import Policy, current
+from udop.sandbox import Policy, current, noting_secrets
 
 __all__ = ["MAX_VALUE_BYTES", "SNAPSHOT_FORMAT", "CheckResult", "Manifest", "TaskContext", "TaskResult",
            "dataset_uri", "json_value"]
@@ -283,5 +283,6 @@ class TaskContext:
                 "pipeline": self.pipeline_name,
                 "task": self.task_id,
             },
-            "env": self.policy.environ(),  # on a server: the allowlisted variables only
+            # on a server: the allowlisted variables only; secret-named values read are masked after
+            "env": noting_secrets(self.policy.environ()),
         }
