@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "graph": ("udop.cli.commands:graph", "Draw a pipeline's task graph as Mermaid or Graphviz dot."),
     "schema": ("udop.cli.commands:schema", "Print the JSON Schema of pipeline definitions."),
     "runs": ("udop.cli.runs:runs", "List runs and show one run's tasks, attempts and lineage."),
+    "lineage": ("udop.cli.lineage:lineage", "Show what a dataset came from or fed, across runs."),
     "compile": ("udop.cli_aws:compile_command", "Compile a pipeline to a Step Functions definition (ASL)."),
     "deploy": ("udop.cli_aws:deploy_command", "Deploy a pipeline as a Step Functions state machine."),
     "redrive": ("udop.cli_aws:redrive_command", "Resume a failed Step Functions run from the failed task."),
