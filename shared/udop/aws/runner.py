@@ -345,7 +345,11 @@ def _run(payload: TaskPayload, pipeline: Any, task: Any, *, settings: RunnerSett
         # lineage as the LocalExecutor records it: what the task read, else its inputs' datasets
         lineage = result.inputs or tuple(r.output.uri if r.output else f"task:{tid}"
                                          for tid, r in inputs.items())
-        return replace(result, output=output, inputs=tuple(staging.to_remote(i) for i in lineage))
+        # column lineage names the inputs by their S3 URIs too, not by the Lambda's staging paths
+        columns = {col: [[staging.to_remote(uri), name] for uri, name in sources]
+                   for col, sources in result.columns.items()}
+        return replace(result, output=output, inputs=tuple(staging.to_remote(i) for i in lineage),
+                       columns=columns)
 
 
 def _stage_input(staging: S3Staging, s3: Any, settings: RunnerSettings, payload: TaskPayload,
