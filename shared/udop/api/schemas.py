@@ -266,10 +266,15 @@ class Lineage(Body):
     bytes: int | None
     schema_fingerprint: str | None
     recorded_at: datetime
+    #: column lineage of transform/validate tasks: output column -> [[input dataset, input column]]
+    columns: dict[str, list[list[str]]] = Field(default_factory=dict)
 
     @classmethod
-    def from_record(cls, rec: LineageRecord) -> Lineage:
-        return cls.model_validate(rec, from_attributes=True)  # the same fields, by name
+    def from_record(cls, rec: LineageRecord, columns: dict[str, list[list[str]]] | None = None) -> Lineage:
+        found = cls.model_validate(rec, from_attributes=True)  # the same fields, by name
+        if columns:
+            found.columns = columns
+        return found
 
 
 class Check(Body):

@@ -384,7 +384,11 @@ def _run(payload: TaskPayload, pipeline: Any, task: Any, *, settings: RunnerSett
                              bytes=output.bytes if output.bytes is not None else size)
         # lineage as the LocalExecutor records it: what the task read, else its inputs' datasets
         read = lineage(result, inputs)
-        return replace(result, output=output, inputs=tuple(staging.to_remote(i) for i in read))
+        # column lineage names the inputs by their S3 URIs too, not by the Lambda's staging paths
+        columns = {col: [[staging.to_remote(uri), name] for uri, name in sources]
+                   for col, sources in result.columns.items()}
+        return replace(result, output=output, inputs=tuple(staging.to_remote(i) for i in read),
+                       columns=columns)
 
 
 def _stage_input(staging: S3Staging, s3: Any, settings: RunnerSettings, payload: TaskPayload,

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "schema": ("udop.cli.commands:schema", "Print the JSON Schema of pipeline definitions."),
     "runs": ("udop.cli.runs:runs", "List runs and show one run's tasks, attempts and lineage."),
     "logs": ("udop.cli.runs:logs", "Print the logs a run's tasks wrote (per attempt)."),
+    "lineage": ("udop.cli.lineage:lineage", "Show what a dataset came from or fed, across runs."),
     "compile": ("udop.cli.aws:compile_command", "Compile a pipeline to a Step Functions definition (ASL)."),
     "deploy": ("udop.cli.aws:deploy_command", "Deploy a pipeline as a Step Functions state machine."),
     "redrive": ("udop.cli.aws:redrive_command", "Resume a failed Step Functions run from the failed task."),

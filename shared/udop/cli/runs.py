@@ -94,12 +94,18 @@ def show(run_id: str, as_json: bool) -> None:
         folder = logs[0][2].parent
         click.echo(f"\nlogs      udop logs {run.id}  ({len(logs)} attempt logs under {folder})")
     if lineage:
+        from udop.lineage.columns import task_column_lineage
+
+        columns = task_column_lineage(run)
         click.echo("\nlineage")
         for item in lineage:
             rows = f"{item.rows:,} rows" if item.rows is not None else "rows unknown"
             click.echo(
                 f"  {item.task_id}: {', '.join(item.inputs) or '(no inputs)'} -> {item.output_uri} ({rows})"
             )
+            for column, sources in columns.get(item.task_id, {}).items():
+                named = ", ".join(f"{uri}#{name}" for uri, name in sources) or "(computed)"
+                click.echo(f"      {column} <- {named}")
     if checks:
         click.echo("\nquality checks")
         for c in checks:

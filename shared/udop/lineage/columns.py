@@ -8,6 +8,7 @@ no column lineage, never a failed task.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 #: output column -> sorted list of (input relation, input column)
 ColumnLineage = dict[str, list[tuple[str, str]]]
@@ -63,3 +64,13 @@ def compose(later: ColumnLineage, earlier: Mapping[str, ColumnLineage]) -> Colum
                 resolved.add((relation, col))
         out[column] = sorted(resolved)
     return out
+
+
+def task_column_lineage(run: Any) -> dict[str, dict[str, list[list[str]]]]:
+    """Task id -> the column lineage its stored result holds (a ``RunRecord``'s tasks)."""
+    found: dict[str, dict[str, list[list[str]]]] = {}
+    for task in getattr(run, "tasks", ()):
+        columns = (task.result or {}).get("column_lineage")
+        if columns:
+            found[task.task_id] = dict(columns)
+    return found

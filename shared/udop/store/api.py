@@ -70,6 +70,18 @@ class LineageRecord:
 
 
 @dataclass(frozen=True)
+class LineageEdge:
+    """One lineage row with the run's pipeline: what ``udop lineage`` walks across runs."""
+
+    pipeline: str
+    run_id: str
+    task_id: str
+    inputs: list[str]
+    output_uri: str
+    recorded_at: datetime
+
+
+@dataclass(frozen=True)
 class CheckRecord:
     task_id: str
     rule: str
@@ -154,5 +166,6 @@ class MetadataStore(Protocol):
     # what the tasks left behind
     def get_lineage(self, run_id: str) -> list[LineageRecord]: ...
     def get_checks(self, run_id: str) -> list[CheckRecord]: ...
+    def lineage_edges(self, limit: int = 100_000) -> list[LineageEdge]: ...
 
     def close(self) -> None: ...

@@ -45,6 +45,7 @@ from udop.states import AttemptState, RunState, TaskState, check_transition, is_
 from udop.store.api import (
     AttemptRecord,
     CheckRecord,
+    LineageEdge,
     LineageRecord,
     PipelineRecord,
     PipelineVersionRecord,
@@ -720,6 +721,18 @@ class SqlMetadataStore:
         raise _transition_error(f"run {run_id!r} task {task_id!r} attempt {number}", current, new)
 
     # --- what the tasks left behind ----------------------------------------------------------------
+
+    def lineage_edges(self, limit: int = 100_000) -> list[LineageEdge]:
+        """The newest ``limit`` lineage rows of every run (each with its pipeline), newest first."""
+        query = (select(lineage.c.run_id, lineage.c.task_id, lineage.c.inputs, lineage.c.output_uri,
+                        lineage.c.recorded_at, runs.c.pipeline)
+                 .join(runs, runs.c.id == lineage.c.run_id)
+                 .where(lineage.c.output_uri.is_not(None))
+                 .order_by(lineage.c.id.desc()).limit(limit))
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [LineageEdge(pipeline=r.pipeline, run_id=r.run_id, task_id=r.task_id, inputs=list(r.inputs),
+                            output_uri=r.output_uri, recorded_at=r.recorded_at) for r in rows]
 
     def get_lineage(self, run_id: str) -> list[LineageRecord]:
         with self._read() as conn:

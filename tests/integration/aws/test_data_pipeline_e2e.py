@@ -164,6 +164,10 @@ def test_data_pipeline_gives_the_same_rows_locally_and_on_step_functions(
     assert lineage["delays"].rows == len(_expected(flights, airlines))
     prefix = f"s3://{moto_aws.data_bucket}/runs/carrier-delays/{run.id}/"
     assert sorted(lineage["delays"].inputs) == [f"{prefix}carriers/", f"{prefix}flights/"]
+    # column lineage on Lambda names the inputs by their S3 URIs, as the local run names its paths
+    columns = next(t for t in run.tasks if t.task_id == "delays").result["column_lineage"]
+    assert columns["name"] == [[f"{prefix}carriers/", "name"]]
+    assert columns["avg_delay"] == [[f"{prefix}flights/", "dep_delay"]]
 
     aws_rows = pq.read_table(aws_out / "carrier_delays.parquet").to_pylist()
     local_rows = pq.read_table(local_out / "carrier_delays.parquet").to_pylist()

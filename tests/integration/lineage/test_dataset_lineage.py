@@ -3,6 +3,10 @@ named as OpenLineage names it, loads leave a lineage record, and secrets never a
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,12 +18,14 @@ import sqlalchemy as sa
 from moto import mock_aws
 
 from udop.executor.local import LocalExecutor
+from udop.lineage.graph import walk
 from udop.spec.loader import load_pipeline
 from udop.state.sqlite import SQLiteStateStore
 from udop.store import open_store
 
 pytestmark = [pytest.mark.postgres, pytest.mark.mysql]
 
+UDOP = str(Path(sys.executable).parent / "udop")  # the installed command, as a user runs it
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 MYSQL_URL = "mysql+pymysql://root@127.0.0.1:3306/test"
 
@@ -120,3 +126,23 @@ def test_a_run_records_every_dataset_by_its_openlineage_name(
     for r in records.values():
         assert "pg-secret-never-shown" not in repr(r)
     state.close()
+
+    # across runs: the MariaDB table's upstream reaches the PostgreSQL table (as `udop lineage` and
+    # GET /lineage answer it), and `udop runs show` prints the column mapping
+    edges = store.lineage_edges()
+    mart = f"mysql://127.0.0.1:3306/test.{dst}"
+    source = f"postgres://127.0.0.1:5432/test.public.{src}"
+    found = {h.dataset: h for h in walk(edges, mart, "upstream")}
+    assert found[source].depth == 3 and found[source].task_id == "orders"
+    assert {mart, f"s3://lake/{prefix}"} <= {h.dataset for h in walk(edges, source, "downstream")}
+    env = {**os.environ, "UDOP_DATABASE_URL": f"sqlite:///{tmp_path / 'meta.db'}"}
+    shown = subprocess.run([UDOP, "runs", "show", run.id], env=env,
+                           capture_output=True, text=True, check=True).stdout
+    assert f"doubled <- {upstream}#amount" in shown, shown
+    up = subprocess.run([UDOP, "lineage", mart, "--json"], env=env,
+                        capture_output=True, text=True, check=True).stdout
+    assert source in {h["dataset"] for h in json.loads(up)["datasets"]}
+    missing = subprocess.run([UDOP, "lineage", "mysql://nowhere:3306/x.y"],
+                             check=False, env=env, capture_output=True, text=True)
+    assert missing.returncode != 0 and "no recorded run" in missing.stderr
+    assert "Traceback" not in missing.stderr

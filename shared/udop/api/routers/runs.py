@@ -20,6 +20,7 @@ from udop.api.schemas import (
     run_page_json,
 )
 from udop.errors import RunNotFound
+from udop.lineage.columns import task_column_lineage
 from udop.spec.models import Pipeline
 from udop.states import RunState
 from udop.store.api import RunRecord
@@ -148,9 +149,11 @@ def resume_run(request: Request, run_id: RunId, _: Operator, ctx: Ctx) -> RunAcc
 
 @router.get("/runs/{run_id}/lineage", responses={404: {"model": Problem}})
 def run_lineage(run_id: RunId, _: Viewer, ctx: Ctx) -> list[Lineage]:
-    """What each task read and wrote: inputs, output URI, rows, bytes, schema fingerprint."""
-    _run(ctx, run_id)
-    return [Lineage.from_record(r) for r in ctx.store.get_lineage(run_id)]
+    """What each task read and wrote: inputs, output URI, rows, bytes, schema fingerprint, and for
+    transform and validate tasks which input columns each output column derives from."""
+    run = _run(ctx, run_id)
+    columns = task_column_lineage(run)
+    return [Lineage.from_record(r, columns.get(r.task_id)) for r in ctx.store.get_lineage(run_id)]
 
 
 @router.get("/runs/{run_id}/checks", responses={404: {"model": Problem}})
