@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -66,8 +67,14 @@ def test_udop_serve_refuses_a_bad_setting_in_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
-def test_api_keys_from_the_command_line(api: Api, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_api_keys_from_the_command_line(
+    api_factory: Callable[..., Api], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     from udop.api.cli import api_key
+
+    # a key revoked with the CLI stops working on a running server within UDOP_AUTH_CACHE_SECONDS
+    # (test_http_fast_paths holds that bound); with 0 it is at once, which this test can assert
+    api = api_factory(auth_cache_seconds=0)
 
     monkeypatch.setenv("UDOP_DATABASE_URL", f"sqlite:///{tmp_path / 'meta.db'}")  # the server's store
     runner = CliRunner()
