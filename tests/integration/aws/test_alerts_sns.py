@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from udop.cli_aws import deploy_file
+from udop.aws.runs import deploy_file
 from udop.states import RunState
 
 pytestmark = [pytest.mark.aws, pytest.mark.redis, pytest.mark.slow]
@@ -29,7 +29,7 @@ def _topic_with_queue(aws: Any) -> tuple[str, Any, str]:
 
 def test_a_failed_execution_publishes_its_failure_to_sns(moto_aws: Any, store: Any, tmp_path: Path) -> None:
     from udop.aws.events import record_status_event
-    from udop.cli_aws import start_run
+    from udop.aws.runs import start_run
     from udop.spec.loader import load_pipeline
 
     topic, sqs, queue_url = _topic_with_queue(moto_aws)
