@@ -207,7 +207,10 @@ def verified_files(context: TaskContext, task_id: str, dep: str, snap: Snapshot)
     if not remote:
         yield [f.path for f in files]
         return
-    tmp = tempfile.mkdtemp(prefix="udop-source-")
+    # under the task's data root: a server's DuckDB may read only below its allowed folders
+    root = Path(context.data_root)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="udop-source-", dir=root)
     try:
         yield _download(context, task_id, dep, replace(snap, files=files), Path(tmp))
     finally:

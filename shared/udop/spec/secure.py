@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from udop.connectors.secrets import SecretRef
 from udop.errors import SpecError
 from udop.sandbox import MASK, Policy, SandboxViolation, looks_secret_name
 from udop.spec.loader import format_path
 from udop.spec.params import find_references
+
+if TYPE_CHECKING:
+    from udop.connectors.secrets import SecretRef
 
 __all__ = ["REFERENCE_FORMS", "check_definition", "check_inline_secrets", "inline_secrets", "mask_definition"]
 
@@ -60,6 +62,9 @@ def _walk(value: Any, path: Path) -> Iterator[tuple[Path, Any]]:
 
 def inline_secrets(doc: Any, path: Path = ()) -> Iterator[tuple[Path, str]]:
     """``(path, why)`` for every secret value written into ``doc`` itself."""
+    # imported here: udop.connectors pulls in pyarrow, which the API Lambda's layers do not carry
+    from udop.connectors.secrets import SecretRef
+
     for where, value in _walk(doc, path):
         if isinstance(value, SecretRef):
             if value.kind == "literal":
@@ -74,6 +79,8 @@ def inline_secrets(doc: Any, path: Path = ()) -> Iterator[tuple[Path, str]]:
 
 
 def _references(doc: Any, path: Path = ()) -> Iterator[tuple[Path, SecretRef]]:
+    from udop.connectors.secrets import SecretRef
+
     for where, value in _walk(doc, path):
         if isinstance(value, SecretRef) and value.kind != "literal":
             yield where, value
