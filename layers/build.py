@@ -48,7 +48,7 @@ LAYERS: dict[str, list[str]] = {
     "transforms": ["duckdb"],
     # the REST API (FastAPI behind Mangum, JWT/JWKS checks): its own layer, not core, because the
     # task runner (core + connectors + transforms) has ~6 MiB left in its budget and these are ~20
-    "api": ["fastapi", "mangum", "pyjwt[crypto]"],
+    "api": ["fastapi", "mangum", "pyjwt[crypto]", "prometheus-client"],  # prometheus: /metrics
 }
 #: which layers each function in functions/ uses, bottom first (at most 5 per function)
 FUNCTION_LAYERS: dict[str, list[str]] = {

@@ -223,5 +223,7 @@ def test_two_runs_of_one_incremental_pipeline_started_together_load_once(
     assert 0 in codes, outputs
     for run, other, code, out in zip(("ra", "rb"), ("rb", "ra"), codes, outputs, strict=True):
         if code != 0:  # refused in one line naming the other run: by max_active_runs, or the watermark lease
-            assert f"is held by run {other}" in out or f"run '{other}' is running" in out, out
+            if f"run '{other}' is running" in out:
+                continue  # max_active_runs refused it before it started: nothing was recorded
+            assert f"is held by run {other}" in out, out
             assert f"run {run} failed" in out, out
