@@ -41,6 +41,8 @@ LAYERS: dict[str, list[str]] = {
     "core": [
         "pydantic", "pydantic-settings", "pyyaml", "click", "sqlalchemy", "alembic",
         "psycopg[binary]", "redis", "aws-lambda-powertools[tracer]",
+        # column lineage runs in the task runner; OpenLineage events leave the runner and run events
+        "sqlglot", "openlineage-python",
     ],
     # Arrow/Parquet interchange and the connector drivers
     "connectors": ["pyarrow", "pymysql", "httpx", "pika"],

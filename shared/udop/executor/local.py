@@ -48,6 +48,7 @@ from udop.errors import (
 )
 from udop.executor.attempt import STARTUP_ALLOWANCE, ChildAttempt, compute, failed_checks, needs_process
 from udop.executor.events import RunEvent
+from udop.lineage import openlineage
 from udop.observability import hooks
 from udop.observability.context import bound, current, new_correlation_id
 from udop.observability.tasklogs import attempt_scope
@@ -271,13 +272,17 @@ class LocalExecutor:
                 logical_date=logical,
                 slot=self._slot(pipeline),
             )
-        self.on_event(RunEvent("run", run.id, RunState.RUNNING.value))
         active = _Run(self, pipeline, run.id, values, logical)
+        notify = self.on_event  # with UDOP_OPENLINEAGE=1 the run's events go to OpenLineage too
+        self.on_event = openlineage.listen(notify, self.store, pipeline, run.id, logical_date=logical,
+                                           results=active.results)
+        self.on_event(RunEvent("run", run.id, RunState.RUNNING.value))
         self._active = active
         try:
             record = active.execute()
         finally:
             self._active = None
+            self.on_event = notify
         if getattr(pipeline.spec, "alerts", None) is not None:
             from udop.alerts import notify_run_end
 
