@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 #: the characters that make a path a pattern; a dataset is named by the folder above the first one
 _GLOB = re.compile(r"[*?\[{]")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+#: schemes whose names are object keys: ``s3://b/raw/`` and ``s3://b/raw/*.parquet`` name ``s3://b/raw``
+_OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "wasbs", "hdfs"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +39,8 @@ class Dataset:
         if rest.startswith("/"):
             return cls(scheme, rest)
         authority, _, name = rest.partition("/")
+        if scheme in _OBJECT_STORES:  # a prefix as the connector names it: no pattern, no final "/"
+            name = _strip_glob(name).rstrip("/")
         return cls(f"{scheme}://{authority}", name)
 
 
