@@ -41,8 +41,7 @@ LAYERS: dict[str, list[str]] = {
     "core": [
         "pydantic", "pydantic-settings", "pyyaml", "click", "sqlalchemy", "alembic",
         "psycopg[binary]", "redis", "aws-lambda-powertools[tracer]",
-        # column lineage runs in the task runner; OpenLineage events leave the runner and run events
-        "sqlglot", "openlineage-python",
+        "sqlglot",  # column lineage of transform and validate tasks runs in the task runner
     ],
     # Arrow/Parquet interchange and the connector drivers
     "connectors": ["pyarrow", "pymysql", "httpx", "pika"],
@@ -51,12 +50,15 @@ LAYERS: dict[str, list[str]] = {
     # the REST API (FastAPI behind Mangum, JWT/JWKS checks): its own layer, not core, because the
     # task runner (core + connectors + transforms) has ~6 MiB left in its budget and these are ~20
     "api": ["fastapi", "mangum", "pyjwt[crypto]", "prometheus-client"],  # prometheus: /metrics
+    # OpenLineage events (UDOP_OPENLINEAGE=1) are sent by the run events, which record every attempt:
+    # the client and its HTTP stack (~10 MiB) do not fit beside pyarrow and DuckDB in the task runner
+    "openlineage": ["openlineage-python"],
 }
 #: which layers each function in functions/ uses, bottom first (at most 5 per function)
 FUNCTION_LAYERS: dict[str, list[str]] = {
     "task_runner": ["core", "connectors", "transforms"],
     "deployer": ["core"],
-    "run_events": ["core"],
+    "run_events": ["core", "openlineage"],
     "api": ["core", "api"],
 }
 #: our own packages, copied as source into the core layer (with one dist-info for entry points)

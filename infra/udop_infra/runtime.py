@@ -26,12 +26,12 @@ from udop_infra.storage import Storage
 #: state machines udop manages are all named ``udop-<pipeline>`` (deployed by CDK or by the deployer)
 STATE_MACHINE_PREFIX = "udop-"
 RUNTIME = lambda_.Runtime.PYTHON_3_12
-LAYER_NAMES = ("core", "connectors", "transforms", "api")
+LAYER_NAMES = ("core", "connectors", "transforms", "api", "openlineage")
 #: the layers each function loads, bottom first; kept in step with layers/build.py FUNCTION_LAYERS
 FUNCTION_LAYERS = {
     "task_runner": ("core", "connectors", "transforms"),
     "deployer": ("core",),
-    "run_events": ("core",),
+    "run_events": ("core", "openlineage"),  # OpenLineage events leave from where attempts are recorded
     "api": ("core", "api"),
 }
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from udop.aws.observability import logger
 from udop.errors import StoreError, TaskTimeout, TransitionError, UdopError, error_name, recorded_name
-from udop.lineage import openlineage  # run events where the run starts and ends (UDOP_OPENLINEAGE)
+from udop.lineage import openlineage
 from udop.states import AttemptState, RunState, TaskState
 
 __all__ = ["REDRIVE_SEPARATOR", "ExecutionAttempt", "record_status_event", "sync_run"]
@@ -240,6 +240,7 @@ def sync_run(store: Any, sfn: Any, *, state_machine_arn: str, run_id: str,
         return store.get_run(run_id)
     pipeline = pipeline_of_state_machine(state_machine_arn)
     run = _ensure_run(store, run_id, pipeline, executions[0])
+    before = run
     latest = executions[-1]
     target = _RUN_STATE.get(latest.status, RunState.RUNNING)
 
@@ -255,7 +256,6 @@ def sync_run(store: Any, sfn: Any, *, state_machine_arn: str, run_id: str,
     if run.state == RunState.PENDING:
         store.set_run_state(run_id, RunState.RUNNING)
         run = store.get_run(run_id)  # set_run_state's record carries no tasks
-        openlineage.run_changed(pipeline, run_id, "running", logical_date=run.logical_date)
     elif run.state in (RunState.FAILED, RunState.CANCELLED) and (target != run.state or seen > recorded):
         store.reset_for_resume(run_id)  # a redrive (real or emulated) went on after the run ended
         run = store.get_run(run_id)
@@ -286,13 +286,13 @@ def sync_run(store: Any, sfn: Any, *, state_machine_arn: str, run_id: str,
             if target is not RunState.SUCCEEDED:
                 error = f"{latest.error}: {_cause_message(latest.cause)}" if latest.error else latest.status
             _move_run(store, fresh, target, error=error)
-            openlineage.run_changed(pipeline, run_id, target.value, logical_date=fresh.logical_date,
-                                    error=error)
             if target in (RunState.SUCCEEDED, RunState.FAILED):
                 from udop.alerts import notify_stored_run  # best effort: never fails the event
 
                 notify_stored_run(store, run_id)
-    return store.get_run(run_id)
+    after = store.get_run(run_id)
+    openlineage.recorded(before, after, store)  # with UDOP_OPENLINEAGE=1: events of what was recorded
+    return after
 
 
 def _move_run(store: Any, run: Any, state: RunState, *, error: str | None = None) -> Any:

@@ -31,7 +31,6 @@ from udop.aws.s3 import S3Staging, get_json, put_json
 from udop.aws.settings import RunnerSettings
 from udop.errors import DataQualityError, FatalError, RetryableError, StoreError, TaskTimeout
 from udop.executor.attempt import failed_checks, lineage
-from udop.lineage import openlineage
 from udop.observability import tracing
 from udop.observability.context import bound
 from udop.sandbox import Policy, SandboxViolation, server_policy
@@ -280,11 +279,8 @@ def _run_payload(event: Mapping[str, Any], *, settings: RunnerSettings, s3: Any,
         if (done := state.get(key)) is not None:  # finished while we waited for the lock
             return _response(payload.task_id, json.loads(done), reused=True)
         try:
-            with openlineage.task_attempt(payload.pipeline, payload.run_id, _record_id(payload.task_id, item),
-                                          payload.attempt) as lineage_done:  # with UDOP_OPENLINEAGE=1
-                result = _run(payload, pipeline, task, settings=settings, s3=s3, remaining_ms=remaining_ms,
-                              item=item, state=state)
-                lineage_done(result)
+            result = _run(payload, pipeline, task, settings=settings, s3=s3, remaining_ms=remaining_ms,
+                          item=item, state=state)
         except DataQualityError as exc:
             # the rules' results, for `udop runs show` (run events read them back)
             checks = failed_checks(exc)

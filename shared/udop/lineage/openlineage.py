@@ -24,16 +24,15 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from udop.lineage.masking import masked_dataset, masked_text
 from udop.lineage.naming import Dataset
 
-__all__ = ["ENV", "RunListener", "emit", "enabled", "listen", "reset_client", "run_changed", "run_uuid",
-           "stats", "task_attempt", "task_uuid"]
+__all__ = ["ENV", "RunListener", "emit", "enabled", "listen", "recorded", "reset_client", "run_uuid", "stats",
+           "task_uuid"]
 
 ENV = "UDOP_OPENLINEAGE"
 #: uuid5 namespace of udop's OpenLineage run ids (fixed: ids must be the same in every process)
@@ -103,8 +102,8 @@ def emit(event: Any) -> bool:
 # -------------------------------------------------------------------------------- events
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat()
+def _now(at: datetime | None = None) -> str:
+    return (at or datetime.now(UTC)).isoformat()
 
 
 def _engine_facets() -> dict[str, Any]:
@@ -144,7 +143,7 @@ def _error_facet(error: str | None) -> dict[str, Any]:
 
 
 def run_event(event_type: str, pipeline: str, run_id: str, *, logical_date: datetime | str | None = None,
-              error: str | None = None) -> Any:
+              error: str | None = None, at: datetime | None = None) -> Any:
     """The event of a run (the pipeline's job) moving to ``event_type``."""
     from openlineage.client.event_v2 import Run, RunEvent, RunState
     from openlineage.client.facet_v2 import nominal_time_run
@@ -154,14 +153,14 @@ def run_event(event_type: str, pipeline: str, run_id: str, *, logical_date: date
         when = logical_date.isoformat() if isinstance(logical_date, datetime) else str(logical_date)
         facets["nominalTime"] = nominal_time_run.NominalTimeRunFacet(nominalStartTime=when)
     facets.update(_error_facet(error))
-    return RunEvent(eventType=RunState[event_type], eventTime=_now(),
+    return RunEvent(eventType=RunState[event_type], eventTime=_now(at),
                     run=Run(run_uuid(pipeline, run_id), facets), job=_job(pipeline, "PIPELINE"),
                     inputs=[], outputs=[])
 
 
 def task_event(event_type: str, pipeline: str, run_id: str, task_id: str, attempt: int, *,
                result: Any = None, upstream: Sequence[Any] = (), checks: Sequence[Any] = (),
-               error: str | None = None) -> Any:
+               error: str | None = None, at: datetime | None = None) -> Any:
     """The event of a task attempt moving to ``event_type``. ``result`` (a ``TaskResult``) gives a
     COMPLETE event its datasets; before it, ``upstream`` (the manifests of its inputs) names what it
     will read. ``checks``: the quality results of a failed attempt."""
@@ -182,7 +181,7 @@ def task_event(event_type: str, pipeline: str, run_id: str, task_id: str, attemp
         inputs, outputs = _inputs([m.uri for m in upstream if m is not None]), []
     if checks:
         _add_assertions(inputs, outputs, checks)
-    return RunEvent(eventType=RunState[event_type], eventTime=_now(),
+    return RunEvent(eventType=RunState[event_type], eventTime=_now(at),
                     run=Run(task_uuid(pipeline, run_id, task_id, attempt), facets),
                     job=_job(f"{pipeline}.{task_id}", "TASK"), inputs=inputs, outputs=outputs)
 
@@ -300,9 +299,9 @@ def _add_assertions(inputs: list[Any], outputs: list[Any], checks: Sequence[Any]
         outputs[0].facets["dataQualityAssertions"] = facet
 
 
-def _safely(what: str, build: Callable[[], Any]) -> None:
+def _safely(what: str, build: Callable[..., Any], *args: Any, **kw: Any) -> None:
     try:
-        event = build()
+        event = build(*args, **kw)
     except Exception as exc:  # a bug here must not fail the task either
         stats["failed"] += 1
         _log.warning("OpenLineage: the %s event could not be built: %s", what, masked_text(str(exc)))
@@ -377,40 +376,77 @@ def listen(notify: Callable[[Any], None], store: Any, pipeline: Any, run_id: str
     return RunListener(notify, store, pipeline, run_id, logical_date=logical_date, results=results)
 
 
-@contextmanager
-def task_attempt(pipeline: str, run_id: str, task_id: str, attempt: int) -> Iterator[Callable[[Any], None]]:
-    """Around one task attempt where nothing else reports it (the task runner on Lambda): START now,
-    FAIL when the block raises (with the checks a ``DataQualityError`` carries), COMPLETE when the
-    yielded function is given the result."""
-    if not enabled():
-        yield _ignore
+_ATTEMPT_END = {"succeeded": "COMPLETE", "failed": "FAIL", "timed_out": "FAIL", "abandoned": "ABORT"}
+
+
+def recorded(before: Any, after: Any, store: Any) -> None:
+    """The events of what one update of a run's records added (``before`` and ``after`` are its
+    ``RunRecord``): where no executor reports as it goes, as on AWS, where the run events
+    (``udop.aws.events.sync_run``) record the executions' attempts. Each event carries the time the
+    record gives (an attempt's start and end), not the time it was noticed."""
+    if before is None or after is None or not enabled():
         return
-    _safely(f"START of task {task_id}", lambda: task_event("START", pipeline, run_id, task_id, attempt))
-
-    def complete(result: Any) -> None:
-        _safely(f"COMPLETE of task {task_id}",
-                lambda: task_event("COMPLETE", pipeline, run_id, task_id, attempt, result=result))
-
     try:
-        yield complete
-    except BaseException as exc:
-        failed = [c for c in getattr(exc, "checks", None) or () if not c.passed]
-        error = f"{type(exc).__name__}: {exc}"
-        _safely(f"FAIL of task {task_id}", lambda: task_event(
-            "FAIL", pipeline, run_id, task_id, attempt, checks=failed, error=error))
-        raise
+        _recorded(before, after, store)
+    except Exception as exc:  # never the run events' problem
+        stats["failed"] += 1
+        _log.warning("OpenLineage: %s", masked_text(str(exc)))
 
 
-def _ignore(_result: Any) -> None:
-    return None
+def _recorded(before: Any, after: Any, store: Any) -> None:
+    name, run_id = after.pipeline, after.id
+    was, now = str(before.state), str(after.state)
+    if now != "pending" and (was == "pending" or (was != "running" and now == "running")):
+        _safely(f"START of run {run_id}", run_event, "START", name, run_id, logical_date=after.logical_date,
+                at=after.started_at)
+    seen = {(t.task_id, a.number): str(a.state) for t in before.tasks for a in t.attempts}
+    changes: list[tuple[datetime, int, str, Any, Any]] = []  # (time, order, kind, task, attempt)
+    for task in after.tasks:
+        for attempt in task.attempts:
+            old = seen.get((task.task_id, attempt.number))
+            if old is None:
+                changes.append((attempt.started_at, 0, "START", task, attempt))
+            state = str(attempt.state)
+            if state in _ATTEMPT_END and old in (None, "running"):
+                ended = attempt.ended_at or attempt.started_at
+                changes.append((ended, 1, _ATTEMPT_END[state], task, attempt))
+    depends_on: dict[str, list[str]] | None = None
+    results = {t.task_id: t.result for t in after.tasks if t.result}
+    for at, _, kind, task, attempt in sorted(changes, key=lambda c: (c[0], c[1])):
+        tid, number = task.task_id, attempt.number
+        if kind == "COMPLETE" and task.result:
+            from udop.tasks.contract import TaskResult
+
+            result = TaskResult.from_dict(task.result)
+            _safely(f"COMPLETE of task {tid}", task_event, "COMPLETE", name, run_id, tid, number,
+                    result=result, at=at)
+            continue
+        if depends_on is None:
+            depends_on = _depends_on(store, after)
+        upstream = [_manifest(results.get(d)) for d in depends_on.get(tid, [])]
+        checks = []
+        if kind == "FAIL":
+            checks = [c for c in store.get_checks(run_id) if c.task_id == tid and not c.passed]
+        error = f"{attempt.error_type}: {attempt.error_message}" if attempt.error_message else None
+        _safely(f"{kind} of task {tid}", task_event, kind, name, run_id, tid, number, upstream=upstream,
+                checks=checks, at=at, error=error)
+    end = _RUN_STATES.get(now)
+    if end in ("COMPLETE", "FAIL", "ABORT") and was != now:
+        _safely(f"{end} of run {run_id}", run_event, end, name, run_id, logical_date=after.logical_date,
+                at=after.ended_at, error=after.error if end != "COMPLETE" else None)
 
 
-def run_changed(pipeline: str, run_id: str, state: str, *, logical_date: datetime | str | None = None,
-                error: str | None = None) -> None:
-    """A run moved to ``state`` (``running``, ``succeeded``, ``failed``, ``cancelled``) where no executor
-    reports it (the run-events Lambda on AWS)."""
-    kind = _RUN_STATES.get(state)
-    if kind is None or not enabled():
-        return
-    _safely(f"{kind} of run {run_id}", lambda: run_event(kind, pipeline, run_id, logical_date=logical_date,
-                                                         error=error if kind != "COMPLETE" else None))
+def _manifest(result: Mapping[str, Any] | None) -> Any:
+    from udop.tasks.contract import Manifest
+
+    out = (result or {}).get("output")
+    return Manifest.from_dict(out) if out else None
+
+
+def _depends_on(store: Any, run: Any) -> dict[str, list[str]]:
+    """Task id -> the tasks it depends on, from the definition the run ran (the metadata store's)."""
+    record = store.get_pipeline(run.pipeline)
+    versions = {v.version: v for v in (record.versions if record else [])}
+    found = versions.get(run.pipeline_version)
+    tasks = (found.definition if found else {}).get("spec", {}).get("tasks", [])
+    return {t["id"]: list(t.get("depends_on") or []) for t in tasks if isinstance(t, dict) and "id" in t}

@@ -41,6 +41,7 @@ from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 
 from udop.errors import RunLimitReached, RunNotFound, StoreError, TransitionError
+from udop.lineage.masking import masked_uri, masked_uris  # lineage rows are stored as a user may see them
 from udop.states import AttemptState, RunState, TaskState, check_transition, is_terminal
 from udop.store.api import (
     AttemptRecord,
@@ -596,8 +597,9 @@ class SqlMetadataStore:
         output = _lineage_output(result)
         if output:
             conn.execute(_INSERT_LINEAGE, {
-                "run_id": run_id, "task_id": task_id, "inputs": list(result.get("inputs") or []),
-                "output_uri": output.get("uri"), "rows": output.get("rows"), "bytes": output.get("bytes"),
+                "run_id": run_id, "task_id": task_id, "inputs": masked_uris(result.get("inputs") or []),
+                "output_uri": masked_uri(output.get("uri")), "rows": output.get("rows"),
+                "bytes": output.get("bytes"),
                 "schema_fingerprint": output.get("schema_fingerprint"), "recorded_at": now})
         checks = result.get("checks") or []
         if checks:
@@ -806,8 +808,8 @@ def _result_rows(run_id: str, task_id: str, result: dict[str, Any] | None,
     output = _lineage_output(result)
     if output:
         lineage_row = _SQLITE_INSERT_LINEAGE(
-            run_id=run_id, task_id=task_id, inputs=json_dumps(list(result.get("inputs") or [])),
-            output_uri=output.get("uri"), rows=output.get("rows"), bytes=output.get("bytes"),
+            run_id=run_id, task_id=task_id, inputs=json_dumps(masked_uris(result.get("inputs") or [])),
+            output_uri=masked_uri(output.get("uri")), rows=output.get("rows"), bytes=output.get("bytes"),
             schema_fingerprint=output.get("schema_fingerprint"), recorded_at=now)
     check_rows = [
         _SQLITE_INSERT_CHECK(run_id=run_id, task_id=task_id, rule=c["rule"], severity=c["severity"],

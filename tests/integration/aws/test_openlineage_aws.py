@@ -1,6 +1,7 @@
-"""OpenLineage on AWS: the task runner sends each task's events, the run events (here: `udop run`
-following the execution, the same code as the run-events Lambda) the run's; the parent run facet
-links them though they come from different processes. S3 datasets are named ``s3://bucket`` + prefix."""
+"""OpenLineage on AWS: the run events (here `udop run` following the execution, the same code as the
+run-events Lambda) send the run's events and each task attempt's as they record them, with the task
+runner's full results (datasets, column lineage, row counts); the parent run facet links them. S3
+datasets are named ``s3://bucket`` + prefix."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from udop.lineage import openlineage
 from udop.states import RunState
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lineage"))
-from ol_schema import validate_event  # noqa: E402
+from ol_schema import validate_event
 
 pytestmark = [pytest.mark.aws, pytest.mark.redis, pytest.mark.slow]
 
@@ -53,7 +54,7 @@ def _pipeline(tmp_path: Path, bucket: str) -> Path:
 
 
 @in_process_only  # the events file is on this machine
-def test_task_runner_and_run_events_send_linked_openlineage_events(
+def test_a_step_functions_run_sends_linked_openlineage_events(
     moto_aws: Any, store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     events_file = tmp_path / "ol.jsonl"
