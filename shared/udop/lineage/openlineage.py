@@ -14,14 +14,18 @@ outside the run) named as ``udop.lineage`` names them, with schema, column-linea
 a FAIL event carries the error message and the checks that failed. Every name and message passes the
 redactor first (``udop.lineage.masking``).
 
-Emission never fails a task or a run: an error is logged and counted (``stats``).
+Emission never fails a task or a run: an error is logged and counted (``stats``). An executor hands
+its events to one sender thread (building and serialising an event costs the client about a
+millisecond), and the end of a run waits until its events are sent (``FLUSH_SECONDS`` at most).
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import os
+import queue
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -342,9 +346,11 @@ class RunListener:
             if kind == "ABORT":
                 for tid, number in list(self.open.items()):
                     self._task("ABORT", tid, number, error=event.message)
-            _safely(f"{kind} of run {self.run_id}", lambda: run_event(
-                kind, name, self.run_id, logical_date=self.logical_date,
-                error=event.message if kind != "COMPLETE" else None))
+            _sender.submit(f"{kind} of run {self.run_id}", run_event, kind, name, self.run_id,
+                           logical_date=self.logical_date, at=datetime.now(UTC),
+                           error=event.message if kind != "COMPLETE" else None)
+            if kind != "START":
+                _sender.flush(FLUSH_SECONDS)  # the run's events are out before its caller goes on
             return
         tid, number = event.task_id, event.attempt
         if tid is None or number is None:
@@ -364,8 +370,53 @@ class RunListener:
         return [getattr(self.results.get(d), "output", None) for d in self.pipeline.task(tid).depends_on]
 
     def _task(self, kind: str, tid: str, number: int, **kw: Any) -> None:
-        name = self.pipeline.name
-        _safely(f"{kind} of task {tid}", lambda: task_event(kind, name, self.run_id, tid, number, **kw))
+        _sender.submit(f"{kind} of task {tid}", task_event, kind, self.pipeline.name, self.run_id, tid,
+                       number, at=datetime.now(UTC), **kw)
+
+
+class _Sender:
+    """One thread per process that builds and sends the events an executor hands it, in order: the
+    client's serialisation costs about a millisecond an event, which a task should not wait for."""
+
+    def __init__(self) -> None:
+        self.queue: queue.SimpleQueue[tuple[str, Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = \
+            queue.SimpleQueue()
+        self.pending = 0
+        self.idle = threading.Condition()
+        self.thread: threading.Thread | None = None
+
+    def submit(self, what: str, build: Callable[..., Any], *args: Any, **kw: Any) -> None:
+        with self.idle:
+            self.pending += 1
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._loop, name="udop-openlineage", daemon=True)
+                self.thread.start()
+        self.queue.put((what, build, args, kw))
+
+    def _loop(self) -> None:
+        while True:
+            what, build, args, kw = self.queue.get()
+            try:
+                _safely(what, build, *args, **kw)
+            finally:
+                with self.idle:
+                    self.pending -= 1
+                    if not self.pending:
+                        self.idle.notify_all()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every event handed over is sent (or given up); False after ``timeout``."""
+        with self.idle:
+            done = self.idle.wait_for(lambda: not self.pending, timeout)
+        if not done:
+            _log.warning("OpenLineage: %d events still unsent after %gs", self.pending, timeout)
+        return done
+
+
+_sender = _Sender()
+#: how long the end of a run waits for its events to be sent
+FLUSH_SECONDS = 30.0
+atexit.register(_sender.flush, FLUSH_SECONDS)
 
 
 def listen(notify: Callable[[Any], None], store: Any, pipeline: Any, run_id: str, *,
