@@ -146,3 +146,54 @@ def test_a_run_records_every_dataset_by_its_openlineage_name(
                              check=False, env=env, capture_output=True, text=True)
     assert missing.returncode != 0 and "no recorded run" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_openlineage_events_name_postgres_mariadb_and_s3_with_the_column_mapping(
+    tables: tuple[str, str], s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ol_schema import validate_event
+
+    from udop.lineage import openlineage
+
+    events_file = tmp_path / "ol.jsonl"
+    monkeypatch.setenv("UDOP_OPENLINEAGE", "1")
+    monkeypatch.setenv("OPENLINEAGE__TRANSPORT__TYPE", "file")
+    monkeypatch.setenv("OPENLINEAGE__TRANSPORT__LOG_FILE_PATH", str(events_file))
+    monkeypatch.setenv("OPENLINEAGE__TRANSPORT__APPEND", "true")
+    monkeypatch.setenv("UDOP_TEST_LINEAGE_URL",
+                       "postgresql://postgres:pg-secret-never-shown@127.0.0.1:5432/test?sslmode=disable")
+    openlineage.reset_client()
+    src, dst = tables
+    prefix = f"marts/{uuid.uuid4().hex[:8]}"
+    name = f"lin-{uuid.uuid4().hex[:6]}"
+    pipeline = load_pipeline(PIPELINE.format(name=name, src=src, dst=dst, prefix=prefix), filename="l.yaml")
+    store = open_store(f"sqlite:///{tmp_path / 'meta.db'}")
+    state = SQLiteStateStore(tmp_path / "state.db")
+    executor = LocalExecutor(store, workers=2, data_root=str(tmp_path / "data"),
+                             services={"state": state, "base_dir": str(tmp_path)})
+    try:
+        run = executor.run(pipeline, run_id=f"r-{uuid.uuid4().hex[:6]}")
+    finally:
+        state.close()
+        openlineage.reset_client()
+    assert run.state.value == "succeeded", run
+    text = events_file.read_text()
+    assert "pg-secret-never-shown" not in text
+    events = {(e["job"]["name"], e["eventType"]): e for e in map(json.loads, text.splitlines())}
+    for event in events.values():
+        validate_event(event)
+    extract = events[(f"{name}.orders", "COMPLETE")]
+    assert [(d["namespace"], d["name"]) for d in extract["inputs"]] == [
+        ("postgres://127.0.0.1:5432", f"test.public.{src}")]
+    staged = extract["outputs"][0]
+    totals = events[(f"{name}.totals", "COMPLETE")]["outputs"][0]
+    mapping = {col: [(f["namespace"], f["name"], f["field"]) for f in v["inputFields"]]
+               for col, v in totals["facets"]["columnLineage"]["fields"].items()}
+    assert mapping == {c: [("file", staged["name"], s)] for c, s in
+                       (("id", "id"), ("region", "region"), ("doubled", "amount"))}
+    mart = events[(f"{name}.to_mart", "COMPLETE")]["outputs"]
+    assert [(d["namespace"], d["name"]) for d in mart] == [("mysql://127.0.0.1:3306", f"test.{dst}")]
+    assert mart[0]["outputFacets"]["outputStatistics"]["rowCount"] == 3
+    assert set(mart[0]["facets"]["columnLineage"]["fields"]) == {"id", "region", "doubled"}
+    lake = events[(f"{name}.to_lake", "COMPLETE")]["outputs"]
+    assert [(d["namespace"], d["name"]) for d in lake] == [("s3://lake", prefix)]
