@@ -76,7 +76,7 @@ PLATFORMS = ["manylinux_2_34_x86_64", "manylinux_2_28_x86_64", "manylinux_2_17_x
 LAMBDA_UNZIPPED_LIMIT = 262_144_000
 SPARE = 20 * 1024 * 1024
 BUDGET = LAMBDA_UNZIPPED_LIMIT - SPARE
-BUILD_VERSION = "4"  # bump when the trimming rules change
+BUILD_VERSION = "5"  # bump when the trimming rules change
 
 
 def find_python312() -> str:
@@ -134,10 +134,14 @@ def remove_dist(folder: Path, dist_info: Path) -> None:
 
 #: pyarrow parts nothing in udop loads: C++ test helpers, C++ sources, Cython declarations
 PYARROW_UNUSED = ("_pyarrow_cpp_tests", "src", "includes")
+#: sqlglot's per-dialect modules kept: column lineage follows the SQL DuckDB runs, and sqlglot imports
+#: a dialect only when asked for it; the other ~35 dialects (~3 MiB) would push the task runner over
+SQLGLOT_KEEP = {"__init__", "dialect", "base", "duckdb"}
 
 
 def trim(folder: Path) -> None:
-    """Drop what a Lambda never loads: tests, headers, Cython sources, pyarrow Flight, caches."""
+    """Drop what a Lambda never loads: tests, headers, Cython sources, pyarrow Flight, caches, sqlglot's
+    other dialects."""
     pyarrow = folder / "pyarrow"
     if pyarrow.is_dir():
         for path in pyarrow.iterdir():
@@ -152,6 +156,13 @@ def trim(folder: Path) -> None:
                 lib.unlink()  # libx.so beside libx.so.NNNN: link-time only
         for lib in list(pyarrow.glob("lib*.so.*.*")):
             lib.unlink()  # libx.so.NNNN.1.0 beside libx.so.NNNN: link-time only
+    sqlglot = folder / "sqlglot"
+    if sqlglot.is_dir():
+        shutil.rmtree(sqlglot / "executor", ignore_errors=True)  # its SQL interpreter in Python: unused
+        for sub in ("dialects", "generators", "parsers"):
+            for path in (sqlglot / sub).glob("*.py"):
+                if path.stem not in SQLGLOT_KEEP:
+                    path.unlink()
     for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
         if not path.exists():
             continue

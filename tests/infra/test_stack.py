@@ -126,7 +126,7 @@ def test_each_function_carries_only_its_layers(stack: Any, resources: dict[str, 
     expected = {
         "task_runner": ["core", "connectors", "transforms"],
         "deployer": ["core"],
-        "run_events": ["core"],
+        "run_events": ["core", "openlineage"],  # it sends the OpenLineage events on AWS
     }
     for name, function in stack.runtime.functions.items():
         layers = resources[logical_id(stack, function)]["Properties"]["Layers"]
