@@ -17,7 +17,22 @@ ColumnLineage = dict[str, list[tuple[str, str]]]
 def column_lineage(sql: str, columns: Mapping[str, Sequence[str]], *,
                    dialect: str = "duckdb") -> ColumnLineage:
     """The lineage of every output column of ``sql`` over the relations ``columns`` describes
-    (relation name -> its column names). Empty when the query cannot be followed."""
+    (relation name -> its column names). Empty when the query cannot be followed.
+
+    Remembered by the query's text and input columns (``udop.lineage.cache``): a pipeline run again
+    runs the same SQL, and following it with sqlglot costs more than many queries take to run."""
+    from udop.lineage.cache import lineage_cache
+
+    cache = lineage_cache()
+    key = cache.key(sql, columns, dialect)
+    found = cache.get(key)
+    if found is None:
+        found = _follow(sql, columns, dialect)
+        cache.put(key, found)
+    return found
+
+
+def _follow(sql: str, columns: Mapping[str, Sequence[str]], dialect: str) -> ColumnLineage:
     try:
         from sqlglot import exp, parse_one
         from sqlglot.errors import SqlglotError
