@@ -15,7 +15,6 @@ import os
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
-from functools import cache
 from pathlib import Path
 
 __all__ = ["LineageCache", "lineage_cache"]
@@ -90,14 +89,20 @@ class LineageCache:
             self._memory[key] = {c: list(s) for c, s in value.items()}
 
 
-@cache
+_caches: dict[Path | None, LineageCache] = {}
+_caches_lock = threading.Lock()
+
+
 def lineage_cache() -> LineageCache:
-    """The process's cache, in the folder of the current settings' home."""
+    """The cache in the current settings' home (one per home, kept for the process)."""
     from udop.errors import ConfigError
     from udop.settings import get_settings
 
     try:
-        home = get_settings().home
+        folder: Path | None = Path(get_settings().home).absolute() / "cache" / "column-lineage"
     except ConfigError:
-        return LineageCache(None)
-    return LineageCache(Path(home).absolute() / "cache" / "column-lineage")
+        folder = None
+    with _caches_lock:
+        if folder not in _caches:
+            _caches[folder] = LineageCache(folder)
+        return _caches[folder]
