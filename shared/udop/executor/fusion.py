@@ -97,7 +97,7 @@ class Fusion:
         if early is not None:
             return early
         load_id = self.chains.get(task.id)
-        runner = chain_runner()
+        runner = chain_runner() if load_id is not None else None  # loads the layer: only for a chain
         if load_id is None or runner is None:
             return compute(context, task, inputs, workers)
         with self._lock:
