@@ -9,6 +9,7 @@ reads an old answer. A damaged or unreadable entry is recomputed, never an error
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -79,8 +80,9 @@ class LineageCache:
             file.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_text(json.dumps(value, separators=(",", ":")))
             os.replace(tmp, file)  # whole or not at all: a concurrent reader never sees half a file
-        except OSError:
-            tmp.unlink(missing_ok=True)  # a read-only home: the memory cache is enough
+        except OSError:  # a read-only home: the memory cache is enough
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
 
     def _remember(self, key: str, value: ColumnLineage) -> None:
         with self._lock:
