@@ -113,7 +113,9 @@ def test_an_error_in_the_transforms_query_is_the_transforms_own(tmp_path, store)
     run = _run(tmp_path, store, tasks)
     tasks_ = _by_id(run)
     assert tasks_["totals"].state == TaskState.FAILED
-    assert "Could not convert" in tasks_["totals"].error_message or "convert" in tasks_["totals"].error_message
+    # the transform's own error, naming its step, as without fusion
+    assert tasks_["totals"].error_type == "udop.FatalError"
+    assert tasks_["totals"].error_message.startswith("task 'totals': steps[0] (derive): Could not convert")
     assert tasks_["publish"].state == TaskState.UPSTREAM_FAILED
     assert not (tmp_path / "out" / "totals.csv").exists()
 
