@@ -169,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--only", default="Q1,Q3,Q6,flights", help="comma-separated: Q1,Q3,Q6,flights")
     parser.add_argument("--fixed", action="store_true", help="also time a 1-task no-op pipeline")
+    parser.add_argument(
+        "--no-bytecode-cache",
+        action="store_true",
+        help="keep PYTHONDONTWRITEBYTECODE from the environment (every udop run then compiles its modules)",
+    )
     args = parser.parse_args(argv)
     only = [x.strip() for x in args.only.split(",") if x.strip()]
     data = HERE / ".data" / f"tpch-sf{args.scale:g}"
@@ -178,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"whole process, {args.repeat} alternating runs per side after one warm-up each; "
         f"TPC-H scale {args.scale:g}; wall seconds, peak RSS MiB (median), CPU seconds (best)"
+        + ("; bytecode not cached" if args.no_bytecode_cache else "")
     )
     print(
         f"{'pipeline':10} {'udop':>7} {'':>7}   {'duckdb':>7} {'':>7}   {'ratio':>6} {'':>6}   "
@@ -190,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="udop-e2e-") as tmp_:
         tmp = Path(tmp_)
         env = {k: v for k, v in os.environ.items() if not k.startswith("UDOP_")}
+        if not args.no_bytecode_cache:
+            # as on a user's machine, the warm-up run leaves .pyc files that later runs load; with
+            # PYTHONDONTWRITEBYTECODE set (some CI and sandbox shells), every run compiles udop's,
+            # pydantic's and SQLAlchemy's sources again, about 1 s of CPU the DuckDB script never pays
+            env.pop("PYTHONDONTWRITEBYTECODE", None)
         for name in only:
             work = tmp / name
             work.mkdir()

@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     )
     duckdb_memory_limit: str | None = Field(None, description="e.g. '2GB'; DuckDB spills beyond it")
     duckdb_threads: int | None = Field(None, ge=1)
+    fuse: bool = Field(True, description="run a transform inside the file load that alone reads it")
 
     @property
     def resolved_database_url(self) -> str:

@@ -111,6 +111,8 @@ class Session:
         self._closed = threading.Event()
         #: what must outlive the connection's queries (e.g. source files staged for a view); closed last
         self.cleanup = ExitStack()
+        #: inputs read as a subquery rather than a view (a fused transform's query and its parameters)
+        self.deferred: dict[str, tuple[str, dict[str, Any]]] = {}
         if context is not None:
             if context.on_cancel is not None:
                 context.on_cancel(self.con.interrupt)

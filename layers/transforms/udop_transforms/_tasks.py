@@ -118,6 +118,15 @@ def _register_inputs(session: Session, context: TaskContext, task: Any, inputs: 
         if not Path(manifest.uri).exists():
             raise FatalError(f"task {task.id!r}: input {dep!r}: dataset {manifest.uri} does not exist "
                              "(was it removed after its run?)")
+        if manifest.format == "view":  # a fused transform's output: its query runs inside this one's
+            from udop_transforms._fusion import view_query
+
+            columns[dep], sql, bound = view_query(session, context, task.id, dep, manifest, widen=widen)
+            if task.type == "load":
+                session.deferred[dep] = (sql, bound)  # a subquery of the load's COPY
+            else:
+                session.con.execute(f"CREATE TEMP TABLE {ident(dep)} AS {sql}", bound or None)
+            continue
         if manifest.format == SNAPSHOT_FORMAT:
             snap = read_snapshot(manifest)
             files = session.cleanup.enter_context(verified_files(context, task.id, dep, snap))
@@ -490,7 +499,10 @@ def _write_file_target(context: TaskContext, task: Any, inputs: Mapping[str, Tas
         with _duckdb_errors(task.id, f"writing {path}"):
             try:
                 query = f"SELECT * FROM {ident(task.primary_input)}"
-                return write_target(session, query, {}, target, path,
+                sql, bound = session.deferred.get(task.primary_input, (None, {}))
+                if sql is not None:
+                    query = f"SELECT * FROM ({sql}) AS {ident(task.primary_input)}"
+                return write_target(session, query, bound, target, path,
                                     foreign_ok=not context.policy.is_server, token=token)
             except ValueError as exc:
                 raise FatalError(f"task {task.id!r}: target: {exc}") from None

@@ -19,8 +19,7 @@ from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow as pa  # type: ignore[import-untyped]
 
 from udop.errors import FatalError
 from udop.state.api import StateStore
@@ -203,6 +202,9 @@ def read_committed(state: StateStore, key: str) -> Any:
 def batch_max(batch: pa.RecordBatch, column: str) -> Any:
     if batch.num_rows == 0:
         return None
+    # imported here: it costs ~0.2 s to import, and most runs never get here
+    import pyarrow.compute as pc  # type: ignore[import-untyped]
+
     return pc.max(batch.column(column)).as_py()
 
 
@@ -221,6 +223,8 @@ def coerce(value: Any, type_: pa.DataType) -> Any:
 
 def filter_newer(batch: pa.RecordBatch, column: str, since: Any) -> pa.RecordBatch:
     """Rows whose ``column`` is greater than ``since`` (for connectors that cannot filter)."""
+    import pyarrow.compute as pc  # see batch_max
+
     col = batch.column(column)
     mask = pc.greater(col, pa.scalar(coerce(since, col.type), type=col.type))
     return batch.filter(pc.fill_null(mask, False))

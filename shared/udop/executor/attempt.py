@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from multiprocessing.context import ForkServerContext
     from multiprocessing.process import BaseProcess
 
-__all__ = ["STARTUP_ALLOWANCE", "ChildAttempt", "compute", "failed_checks", "lineage", "needs_process"]
+__all__ = ["STARTUP_ALLOWANCE", "ChildAttempt", "compute", "failed_checks", "lineage", "needs_process",
+           "stored_result"]
 
 #: modules the fork server imports once, so that each child starts with them loaded: the definition
 #: models (their task types come from the installed layers), pyarrow (most task modules import it or
@@ -65,6 +66,11 @@ def compute(
         result = run_foreach(context, task, dict(inputs), workers=workers)
     else:
         result = run_task(context, task, dict(inputs))
+    return stored_result(result, inputs)
+
+
+def stored_result(result: TaskResult, inputs: Mapping[str, TaskResult]) -> tuple[TaskResult, dict[str, Any]]:
+    """``result`` as the store keeps it (the JSON body) and as downstream tasks see it."""
     body = result.to_dict()
     read = lineage(result, inputs)
     if not result.inputs:

@@ -46,8 +46,9 @@ from udop.errors import (
     TaskTimeout,
     classify,
 )
-from udop.executor.attempt import STARTUP_ALLOWANCE, ChildAttempt, compute, failed_checks, needs_process
+from udop.executor.attempt import STARTUP_ALLOWANCE, ChildAttempt, failed_checks, needs_process
 from udop.executor.events import RunEvent
+from udop.executor.fusion import Fusion
 from udop.lineage import openlineage
 from udop.observability import hooks
 from udop.observability.context import bound, current, new_correlation_id
@@ -396,6 +397,7 @@ class _Run:
         self.traceparent: str | None = None  # a W3C parent for the run's span (set by a caller)
         self.trace_context: Any = None  # the run span's context, parent of the task spans
         self.final_state: str | None = None
+        self.fusion = Fusion(pipeline, lambda tid: self.attempts_done[tid] + 1)
 
     # ------------------------------------------------------------------ setup
 
@@ -510,7 +512,7 @@ class _Run:
         self.started_mono[(tid, number)] = time.monotonic()
         self.state[tid] = TaskState.RUNNING
         self.ex.on_event(RunEvent("task", self.run_id, TaskState.RUNNING.value, tid, number))
-        timeout = self.pipeline.timeout_for(task)
+        timeout = self.fusion.timeout(tid, self.pipeline.timeout_for(task))
         attempt = _Attempt(
             tid, number, context=None,  # type: ignore[arg-type]  # set just below; it needs the attempt
             deadline=time.monotonic() + timeout if timeout else None,
@@ -556,7 +558,7 @@ class _Run:
                 if child is not None:
                     result, body = child.run()
                 else:
-                    result, body = compute(context, task, inputs, self.ex.workers)
+                    result, body = self.fusion.compute(context, task, inputs, self.ex.workers)
             self.done.put((context.task_id, context.attempt, result, body, None))
         except BaseException as exc:  # every failure is reported to the loop, which decides
             self.done.put((context.task_id, context.attempt, None, None, exc))

@@ -7,10 +7,6 @@ no column lineage, never a failed task.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,32 +14,22 @@ from typing import Any
 ColumnLineage = dict[str, list[tuple[str, str]]]
 
 
-#: sha256 of (dialect, SQL, input relations and columns) -> lineage: the compiled step SQL of a
-#: transform is the same run after run (parameters are bound, not inlined), so a process that runs a
-#: pipeline again (``udop serve``, a scheduler, a warm Lambda) follows it once
-_CACHE: OrderedDict[str, ColumnLineage] = OrderedDict()
-_CACHE_SIZE = 512
-_cache_lock = threading.Lock()
-
-
 def column_lineage(sql: str, columns: Mapping[str, Sequence[str]], *,
                    dialect: str = "duckdb") -> ColumnLineage:
     """The lineage of every output column of ``sql`` over the relations ``columns`` describes
-    (relation name -> its column names). Empty when the query cannot be followed. Kept by the hash of
-    its inputs: the same query over the same columns is followed once per process."""
-    key = hashlib.sha256(json.dumps([dialect, sql, sorted((k, list(v)) for k, v in columns.items())])
-                         .encode()).hexdigest()
-    with _cache_lock:
-        found = _CACHE.get(key)
-        if found is not None:
-            _CACHE.move_to_end(key)
+    (relation name -> its column names). Empty when the query cannot be followed.
+
+    Remembered by the query's text and input columns (``udop.lineage.cache``): a pipeline run again
+    runs the same SQL, and following it with sqlglot costs more than many queries take to run."""
+    from udop.lineage.cache import lineage_cache
+
+    cache = lineage_cache()
+    key = cache.key(sql, columns, dialect)
+    found = cache.get(key)
     if found is None:
         found = _follow(sql, columns, dialect)
-        with _cache_lock:
-            _CACHE[key] = found
-            while len(_CACHE) > _CACHE_SIZE:
-                _CACHE.popitem(last=False)
-    return {k: list(v) for k, v in found.items()}
+        cache.put(key, found)
+    return found
 
 
 def _follow(sql: str, columns: Mapping[str, Sequence[str]], dialect: str) -> ColumnLineage:

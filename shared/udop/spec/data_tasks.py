@@ -581,6 +581,9 @@ class TransformTask(DataTaskBase):
         None, description="the data the steps start from (default: the first of depends_on)"
     )
     steps: list[Step] = Field(min_length=1)
+    fuse: bool = Field(
+        True, description="when only a file load reads this task's output, run the steps inside the load's "
+        "query instead of writing them to Parquet first (see docs/data-tasks.md, Fusion)")
 
     @property
     def primary_input(self) -> str:

@@ -12,6 +12,7 @@ inline secret value replaced by a mask.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -62,11 +63,13 @@ def _walk(value: Any, path: Path) -> Iterator[tuple[Path, Any]]:
 
 def inline_secrets(doc: Any, path: Path = ()) -> Iterator[tuple[Path, str]]:
     """``(path, why)`` for every secret value written into ``doc`` itself."""
-    # imported here: udop.connectors pulls in pyarrow, which the API Lambda's layers do not carry
-    from udop.connectors.secrets import SecretRef
+    # a SecretRef exists only once its module is imported; importing it here would pull in the whole
+    # connector framework (pyarrow), which the API Lambda does not carry and `udop run` need not load
+    module = sys.modules.get("udop.connectors.secrets")
+    secret_ref: type[SecretRef] | None = getattr(module, "SecretRef", None)
 
     for where, value in _walk(doc, path):
-        if isinstance(value, SecretRef):
+        if secret_ref is not None and isinstance(value, secret_ref):
             if value.kind == "literal":
                 yield where, "holds a secret value written inline"
         elif isinstance(value, str):

@@ -35,7 +35,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
@@ -203,8 +202,13 @@ class SqlMetadataStore:
         self._lock: AbstractContextManager[Any] = (
             threading.RLock() if is_memory(engine.url) else nullcontext())
         self._sqlite = engine.dialect.name == "sqlite"
-        dialect_insert = postgresql_insert if self._postgres else sqlite_insert
-        self._insert_pipeline = dialect_insert(pipelines).on_conflict_do_nothing(index_elements=["name"])
+        if self._postgres:  # imported only here: the PostgreSQL dialect costs ~50 ms to import
+            from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+            self._insert_pipeline: Any = postgresql_insert(pipelines).on_conflict_do_nothing(
+                index_elements=["name"])
+        else:
+            self._insert_pipeline = sqlite_insert(pipelines).on_conflict_do_nothing(index_elements=["name"])
 
     @property
     def engine(self) -> Engine:

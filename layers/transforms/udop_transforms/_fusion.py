@@ -1,0 +1,133 @@
+"""Fusion: a transform whose output only a file load reads runs inside that load's query.
+
+The transform records a *view* instead of writing Parquet: ``_view.json`` in its output folder names
+the task and the inputs it read (their manifests, so snapshots are checked as for any reader), and
+its manifest carries the schema fingerprint its query produces. The load then writes
+``COPY (SELECT * FROM (<the transform's query>)) TO <target>``: one DuckDB query from the sources to
+the target, with projections and filters pushed into the source scan, no intermediate table.
+
+``run_fused`` runs the pair in one attempt (the local executor calls it through the entry point group
+``udop.task_chains``); each task still gets its own result: the transform's rows are the rows the
+load wrote. A load that runs on its own later (a retry, a resume after a crash between the two)
+finds the view and runs the transform's query again inside its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from udop.errors import FatalError
+from udop.lineage.columns import column_lineage
+from udop.spec.data_tasks import FILE_CONNECTORS, CheckStep, data_inputs
+from udop.tasks.contract import Manifest, TaskContext, TaskResult
+from udop_transforms._engine import Column, Session, fingerprint, publish_dir, scratch_dir
+from udop_transforms._sql import Params
+from udop_transforms._steps import StepError, compile_steps
+
+__all__ = ["VIEW_FORMAT", "VIEW_NAME", "fusable", "run_fused", "view_query"]
+
+VIEW_FORMAT = "view"
+VIEW_NAME = "_view.json"
+
+
+def fusable(transform: Any, load: Any) -> bool:
+    """Whether ``transform`` may run inside ``load``'s query: ``load`` reads it alone and writes files
+    whose row count is the transform's (a single file appended to also holds its earlier rows), and
+    ``transform`` has no ``check`` step (whose results must come from the data before the load)."""
+    if transform.type != "transform" or load.type != "load" or not getattr(transform, "fuse", True):
+        return False
+    if transform.foreach is not None or load.foreach is not None or list(load.depends_on) != [transform.id]:
+        return False
+    if any(isinstance(step, CheckStep) for step in transform.steps):
+        return False
+    target = load.target
+    if target.connector not in FILE_CONNECTORS:
+        return False
+    from udop_transforms._files import FILE_EXTENSIONS
+
+    single = str(target.path or "").lower().endswith(FILE_EXTENSIONS[target.connector])
+    return not (target.mode == "append" and single)
+
+
+def run_fused(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult],
+              load_context: TaskContext, load: Any) -> tuple[TaskResult, TaskResult]:
+    """The transform ``task`` and the file ``load`` reading it, as one query: (transform's result,
+    load's result). Raises whatever either raises; the caller then runs the transform on its own, so
+    that an error is reported by the task it belongs to."""
+    from udop_transforms._tasks import run_load
+
+    view = _record_view(context, task, inputs, load.id)
+    loaded = run_load(load_context, load, {task.id: view})
+    rows = loaded.metrics.get("rows_written")
+    rows = rows if isinstance(rows, int) else None
+    assert view.output is not None
+    output = dataclasses.replace(view.output, rows=rows)
+    return dataclasses.replace(view, output=output, metrics={**view.metrics, "rows": rows}), loaded
+
+
+def _record_view(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult],
+                 load_id: str) -> TaskResult:
+    from udop_transforms._tasks import _column_uris, _input_manifest
+
+    with Session(memory_limit=task.memory_limit, context=context) as session:
+        columns, sql, params = _compile(session, context, task, inputs, widen=False)
+        empty = session.con.sql(f"SELECT * FROM ({sql}) LIMIT 0", params=params or None)
+        schema = empty.to_arrow_table().schema
+    relations = {name: [c[0] for c in cols] for name, cols in columns.items()}
+    lineage = column_lineage(sql, relations)
+    recipe = {"version": 1, "task": task.id, "attempt": context.attempt,
+              "inputs": {d: _input_manifest(task.id, d, inputs).to_dict() for d in data_inputs(task)}}
+    final = Path(context.output_uri)
+    tmp = scratch_dir(final)
+    try:
+        (tmp / VIEW_NAME).write_text(json.dumps(recipe, indent=1))
+        publish_dir(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    manifest = Manifest(uri=context.output_uri, rows=None, bytes=0, schema_fingerprint=fingerprint(schema),
+                        format=VIEW_FORMAT, files=0)
+    return TaskResult(output=manifest,
+                      inputs=tuple(_input_manifest(task.id, d, inputs).uri for d in data_inputs(task)),
+                      metrics={"rows": None, "fused_into": load_id},
+                      columns=_column_uris(task, inputs, lineage))
+
+
+def _compile(session: Session, context: TaskContext, task: Any, inputs: Mapping[str, TaskResult], *,
+             widen: bool) -> tuple[dict[str, list[Column]], str, dict[str, Any]]:
+    """Register the transform's inputs in ``session`` and compile its steps: (inputs' columns, query,
+    bound parameters)."""
+    from udop_transforms._tasks import _register_inputs
+
+    columns = _register_inputs(session, context, task, inputs, widen=widen)
+    try:
+        plan = compile_steps(session, list(task.steps), task.primary_input, columns,
+                             Params(context.template_scope()), verify=False)
+    except StepError as exc:
+        raise FatalError(f"task {task.id!r}: {exc}") from None
+    return columns, plan.query(), plan.bound_params()
+
+
+def view_query(session: Session, context: TaskContext, reader: str, dep: str, manifest: Manifest, *,
+               widen: bool) -> tuple[list[Column], str, dict[str, Any]]:
+    """The query of the transform whose view ``manifest`` is, over its inputs registered in ``session``:
+    (its columns, the query, its parameters). ``reader`` is the task reading it (for messages)."""
+    path = Path(manifest.uri) / VIEW_NAME
+    try:
+        recipe = json.loads(path.read_text())
+        task_id, attempt = str(recipe["task"]), int(recipe["attempt"])
+        inputs = {d: TaskResult(output=Manifest.from_dict(m)) for d, m in dict(recipe["inputs"]).items()}
+    except FileNotFoundError:
+        raise FatalError(f"task {reader!r}: input {dep!r}: the view {path} does not exist (was the run's "
+                         "folder removed?)") from None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise FatalError(f"task {reader!r}: input {dep!r}: the view {path} is not readable ({exc}); run "
+                         "the pipeline again") from None
+    task = context.pipeline.task(task_id)
+    own = dataclasses.replace(context, task_id=task_id, attempt=attempt, output_override=None)
+    _, sql, params = _compile(session, own, task, inputs, widen=widen)
+    return session.describe(f"SELECT * FROM ({sql})", params), sql, params
