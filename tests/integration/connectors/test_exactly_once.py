@@ -59,6 +59,22 @@ def test_sigkill_at_each_commit_boundary_then_resume_loads_each_row_once(
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("kind", ["postgres", "file"])
+def test_sigterm_mid_load_cancels_the_run_and_resume_loads_each_row_once(tmp_path: Path, kind: str) -> None:
+    """SIGTERM (what systemd and Kubernetes send) arrives with every row sent and the target's commit
+    next: the load's thread carries on and commits while the run is cancelled (exit 143) and records
+    the load as cancelled; ``--resume`` runs the load again, which finds its ledger entry."""
+    with open_target(kind, tmp_path) as target:
+        cell = run_cell(tmp_path, kind, target, "load-before-commit:SIGTERM")
+    assert cell.killed.returncode == 128 + signal.SIGTERM, cell.killed.stdout + cell.killed.stderr
+    assert "--resume r1" in cell.killed.stderr and "Traceback" not in cell.killed.stderr
+    assert cell.resumed.returncode == 0, cell.resumed.stdout + cell.resumed.stderr
+    assert cell.after_resume == (FIRST, FIRST)
+    assert cell.nxt.returncode == 0, cell.nxt.stdout + cell.nxt.stderr
+    assert cell.after_next == (FIRST + MORE, FIRST + MORE)
+
+
+@pytest.mark.postgres
 @pytest.mark.parametrize("target", ["postgres"], indirect=True)
 @pytest.mark.parametrize("fault", ["load-before-commit", "load-committed"])
 def test_a_new_run_after_a_crash_settles_the_crashed_range_from_the_ledger(
