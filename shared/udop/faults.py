@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 __all__ = ["POINTS", "point"]
 
@@ -28,3 +29,6 @@ def point(name: str) -> None:
     where, _, signame = os.environ.get("UDOP_FAULT_INJECT", "").partition(":")
     if where == name:
         os.kill(os.getpid(), _SIGNALS.get(signame or "SIGKILL", signal.SIGKILL))
+        # (a signal that returns) the main thread takes the stop request while this one waits, as it
+        # would during a commit that takes a while; then this thread goes on to commit
+        time.sleep(2.0)

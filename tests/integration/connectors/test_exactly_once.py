@@ -31,7 +31,8 @@ from exactly_once_support import (
 
 from udop.faults import POINTS
 
-pytestmark = pytest.mark.slow
+# each test starts `udop run` three times or more: on a loaded 2-core machine that can pass 300 s
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @pytest.fixture
