@@ -4,19 +4,31 @@ point, so tests can create the crash windows around a load's commits (see docs/t
 Points: ``load-before-commit`` (rows sent, target transaction not yet committed),
 ``load-committed`` (target committed, watermarks not yet advanced) and ``watermark-committed``
 (watermarks advanced, the task not yet recorded as succeeded in the metadata store).
+
+``<point>:SIGTERM`` (or ``:SIGINT``) sends that signal instead and goes on: the stop request of a
+service manager arriving at that moment, while the load's thread carries on to its commit.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 __all__ = ["POINTS", "point"]
 
 POINTS = ("load-before-commit", "load-committed", "watermark-committed")
 
 
+_SIGNALS = {"SIGKILL": signal.SIGKILL, "SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT}
+
+
 def point(name: str) -> None:
-    """Die here, at once and without cleanup, when ``UDOP_FAULT_INJECT`` names this point."""
-    if os.environ.get("UDOP_FAULT_INJECT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
+    """Die here, at once and without cleanup, when ``UDOP_FAULT_INJECT`` names this point (or send
+    the signal it names after the point, ``load-committed:SIGTERM``)."""
+    where, _, signame = os.environ.get("UDOP_FAULT_INJECT", "").partition(":")
+    if where == name:
+        os.kill(os.getpid(), _SIGNALS.get(signame or "SIGKILL", signal.SIGKILL))
+        # (a signal that returns) the main thread takes the stop request while this one waits, as it
+        # would during a commit that takes a while; then this thread goes on to commit
+        time.sleep(2.0)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import socket
 import time
 from collections.abc import Iterable
 from decimal import Decimal
@@ -21,6 +19,7 @@ from typing import Any
 
 import pyarrow as pa  # type: ignore[import-untyped]
 
+from udop import procid
 from udop.errors import FatalError
 from udop.state.api import StateStore
 
@@ -64,21 +63,13 @@ def _lease_key(key: str) -> str:
 
 
 def _owner() -> str:
-    return f"{os.getpid()}@{socket.gethostname()}"
+    # the process doing the run's work now (pid, start time, host, boot): see udop.procid
+    return procid.current()
 
 
 def _owner_dead(owner: str) -> bool:
-    """True only when ``owner`` (pid@host) is a process on this machine that no longer exists."""
-    pid, _, host = owner.partition("@")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    """True only when ``owner`` is a process of this machine that no longer exists."""
+    return bool(owner) and procid.dead(owner)
 
 
 def acquire_lease(
@@ -112,20 +103,22 @@ def acquire_lease(
         if time.monotonic() >= deadline:
             until = dt.datetime.fromtimestamp(held["until"], dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
             raise WatermarkBusy(
-                f"watermark {key!r} is held by run {held['run_id']} (process {held.get('owner', '?')}, "
-                f"lease until {until}); wait for that run to finish, or if it died resume it "
-                f"with --resume {held['run_id']}"
+                f"watermark {key!r} is held by run {held['run_id']} "
+                f"({procid.describe(held.get('owner', '?'))}, lease until {until}); wait for that run "
+                f"to finish, or if it died resume it with --resume {held['run_id']}"
             )
         time.sleep(0.2)
 
 
 def renew_lease(state: StateStore, key: str, run_id: str, *, ttl: float = LEASE_TTL) -> None:
-    """Push the lease's expiry on while ``run_id`` still holds it."""
+    """Push the lease's expiry on while ``run_id`` still holds it, naming this process (the one doing
+    the run's work now) as its owner: when a run's tasks run in different processes (a load after
+    the extract, a resumed run), the lease is dead when the process that last worked on it died."""
     lease_key = _lease_key(key)
     text = state.get(lease_key)
     held = json.loads(text) if text else None
     if held is not None and held["run_id"] == run_id:
-        record = json.dumps({**held, "until": time.time() + ttl})
+        record = json.dumps({**held, "owner": _owner(), "until": time.time() + ttl})
         state.compare_and_set(lease_key, text, record, ttl=PENDING_TTL)
 
 

@@ -16,10 +16,11 @@ import os
 import pickle
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from udop import procid
 from udop.errors import FatalError
 from udop.observability.context import correlation_id
 from udop.observability.logs import configure, configured
@@ -120,6 +121,8 @@ class _Job:
     policy: Policy  # a server's limits hold in the child too
     correlation_id: str | None = None  # the child's log lines carry the run's correlation id too
     logging: tuple[str, int] | None = None  # the parent's log format and level, repeated in the child
+    # the child acts for the executor's process: a watermark lease it renews stays the run's
+    run_process: str = field(default_factory=procid.current)
 
 
 #: how long a child may take to start before its task's timeout begins to count
@@ -234,6 +237,7 @@ def _watch_parent(lifeline: Connection) -> None:
 
 def _child(job: _Job, results: Connection, lifeline: Connection) -> None:
     threading.Thread(target=_watch_parent, args=(lifeline,), daemon=True).start()
+    procid.adopt(job.run_process)
     if job.logging is not None:
         configure(job.logging[0], level=job.logging[1])
     context = TaskContext(

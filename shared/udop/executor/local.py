@@ -8,17 +8,19 @@ change and persists it through the metadata store before acting on it, so a run 
 
 A timed-out attempt is stopped before its retry starts. A ``python`` task with a timeout runs in a
 child process, killed at the timeout (``udop.executor.attempt``). Other attempts run in threads,
-which cannot be killed in Python: a timed-out one is told to stop (``context.cancel_event`` and the
-``on_cancel`` hooks, e.g. DuckDB's interrupt) and its worker slot is given back at once, but its
-retry waits until it has returned; one that does not return within ``stop_grace`` seconds fails its
-task for good rather than run alongside its retry.
+which cannot be killed in Python; for them there is one mechanism, ``stopping``: an attempt told to
+stop (``context.cancel_event`` and the ``on_cancel`` hooks, e.g. DuckDB's interrupt) — at its
+timeout or when the run is cancelled — is kept there, with a give-up time ``stop_grace`` seconds
+later, until its thread returns. Its worker slot is given back at once; its retry waits while it
+is there; at the give-up time its task fails for good rather than run alongside its retry, and
+the executor stops waiting for it. When the run ends, it waits for the attempts still stopping up
+to their give-up times, so that they clean up (a DuckDB query removes its half-written files)
+before the process exits.
 
 ``request_stop`` (the CLI calls it on SIGINT and SIGTERM) cancels a run cooperatively: running
 attempts are told to stop and given ``stop_grace`` seconds, then the run ends ``cancelled`` and
 ``--resume`` continues it. While it runs, a run holds a lease in the metadata store, renewed every
 few seconds, which with the pipeline's ``max_active_runs`` keeps further runs out.
-At its end the run waits up to ``ABANDONED_GRACE_SECONDS`` for abandoned thread attempts to
-return, so they clean up before the process exits.
 """
 
 from __future__ import annotations
@@ -67,10 +69,6 @@ __all__ = ["LocalExecutor", "new_run_id", "owner_alive"]
 
 _log = logging.getLogger("udop.executor")
 
-#: how long a finished run waits for its timed-out attempts to unwind (all of them together)
-ABANDONED_GRACE_SECONDS = 3.0
-
-
 def new_run_id(now: datetime | None = None) -> str:
     """Sortable and readable: ``20261126T010919-3fa9c2``."""
     now = now or datetime.now(UTC)
@@ -108,6 +106,7 @@ class _Attempt:
     abandoned: bool = False
     returned: threading.Event = field(default_factory=threading.Event)
     child: ChildAttempt | None = None  # set when the attempt runs in a child process
+    give_up: float = 0.0  # told to stop: when the executor stops waiting for it (monotonic)
 
 
 class _WorkerPool:
@@ -381,14 +380,13 @@ class _Run:
         self.ready: list[tuple[int, str]] = []  # heap by topological position
         self.retries: list[tuple[float, int, str]] = []  # heap of (due time, position, task id)
         self.inflight: dict[tuple[str, int], _Attempt] = {}
-        self.abandoned: list[_Attempt] = []
         # None: a wake-up (request_stop)
         self.done: queue.SimpleQueue[
             tuple[str, int, TaskResult | None, dict[str, Any] | None, BaseException | None] | None
         ] = queue.SimpleQueue()
         self.failures: list[str] = []
-        # timed-out thread attempts not yet returned: (task id, number) -> give up at (monotonic)
-        self.stopping: dict[tuple[str, int], float] = {}
+        # thread attempts told to stop (timed out, cancelled) whose thread has not returned yet
+        self.stopping: dict[tuple[str, int], _Attempt] = {}
         self.lease_due = time.monotonic() + executor.lease_seconds / 3
         # worker threads do not inherit context variables: each attempt binds the run's ids itself
         self.correlation_id = current().correlation_id or new_correlation_id()
@@ -438,7 +436,7 @@ class _Run:
             raise
         finally:
             self.pool.shutdown()
-            self._let_abandoned_attempts_stop()
+            self._wait_for_stopping_attempts()
         final = (
             RunState.SUCCEEDED
             if all(s == TaskState.SUCCEEDED for s in self.state.values())
@@ -470,7 +468,7 @@ class _Run:
         times = [a.deadline for a in self.inflight.values() if a.deadline is not None]
         if self.retries:
             times.append(self.retries[0][0])
-        times.extend(self.stopping.values())
+        times.extend(a.give_up for a in self.stopping.values())
         return min(times) if times else None
 
     def _wait_and_handle(self) -> None:
@@ -489,8 +487,8 @@ class _Run:
         for key, attempt in list(self.inflight.items()):
             if attempt.deadline is not None and now >= attempt.deadline:
                 self._timeout(key, attempt)
-        for key, give_up in list(self.stopping.items()):
-            if now >= give_up:
+        for key, attempt in list(self.stopping.items()):
+            if now >= attempt.give_up:
                 self._did_not_stop(*key)
         held = []
         while self.retries and self.retries[0][0] <= now:
@@ -610,25 +608,32 @@ class _Run:
         else:
             self._failed(tid, number, AttemptState.FAILED, exc)
 
-    def _let_abandoned_attempts_stop(self) -> None:
-        """Give cancelled attempts a moment to unwind before the run returns: a DuckDB query told to stop
-        removes its half-written files, and a process that exits while a thread is still inside DuckDB
-        aborts (SIGABRT) instead of exiting with the run's status."""
-        until = time.monotonic() + ABANDONED_GRACE_SECONDS
-        for attempt in self.abandoned:
-            if not attempt.returned.wait(max(0.0, until - time.monotonic())):
-                _log.warning("task %r attempt %d is still running after it was cancelled; leaving it",
+    def _wait_for_stopping_attempts(self) -> None:
+        """Before the run returns, wait for the attempts still stopping up to their give-up times: a
+        DuckDB query told to stop removes its half-written files, and a process that exits while a
+        thread is still inside DuckDB aborts (SIGABRT) instead of exiting with the run's status."""
+        for attempt in self.stopping.values():
+            if not attempt.returned.wait(max(0.0, attempt.give_up - time.monotonic())):
+                _log.warning("task %r attempt %d is still running after it was told to stop; leaving it",
                              attempt.task_id, attempt.number)
+        self.stopping.clear()
+
+    def _stop_attempt(self, attempt: _Attempt, give_up: float | None = None) -> None:
+        """Stop a running attempt: a child process is killed (gone when this returns); a thread is
+        told to stop and kept in ``stopping`` until it returns or ``give_up`` passes."""
+        if attempt.child is not None:
+            attempt.child.kill()
+            return
+        if (attempt.task_id, attempt.number) in self.stopping:
+            return  # told already (a cancel after its timeout): its give-up time stands
+        self._tell_to_stop(attempt)
+        attempt.give_up = give_up if give_up is not None else time.monotonic() + self.ex.stop_grace
+        self.stopping[(attempt.task_id, attempt.number)] = attempt
 
     def _timeout(self, key: tuple[str, int], attempt: _Attempt) -> None:
         del self.inflight[key]
         self.pool.abandon(attempt)
-        if attempt.child is not None:
-            attempt.child.kill()  # gone before the timeout is recorded and the retry can start
-        else:
-            self.abandoned.append(attempt)  # waited for (briefly) before the run returns
-            self._tell_to_stop(attempt)
-            self.stopping[key] = time.monotonic() + self.ex.stop_grace
+        self._stop_attempt(attempt)  # a child is gone before the timeout is recorded and the retry starts
         timeout = self.pipeline.timeout_for(self.tasks[attempt.task_id])
         exc = TaskTimeout(
             f"task {attempt.task_id!r} attempt {attempt.number} ran longer than its timeout of {timeout:g}s"
@@ -644,8 +649,11 @@ class _Run:
                 _log.warning("cancel hook of task %r failed: %s", attempt.task_id, exc)
 
     def _did_not_stop(self, tid: str, number: int) -> None:
-        """A timed-out thread attempt ignored its cancellation: its retry must not run beside it."""
-        del self.stopping[(tid, number)]
+        """A thread attempt told to stop ignored it past its give-up time: the executor stops waiting
+        for it, and its retry must not run beside it."""
+        attempt = self.stopping.pop((tid, number))
+        _log.warning("task %r attempt %d is still running after it was told to stop; leaving it",
+                     attempt.task_id, attempt.number)
         if self.state[tid] != TaskState.RETRYING:
             return
         self.retries = [entry for entry in self.retries if entry[2] != tid]
@@ -747,12 +755,9 @@ class _Run:
         down (roll back, close connections), then cancel them, what waits, and the run. An attempt
         that returns after it was told to stop counts as cancelled even if it returned a result (it
         may have cut its work short, as the task runner on AWS assumes too); resume runs it again."""
-        for attempt in self.inflight.values():
-            if attempt.child is not None:
-                attempt.child.kill()
-            else:
-                self._tell_to_stop(attempt)
         give_up = time.monotonic() + self.ex.stop_grace
+        for attempt in self.inflight.values():
+            self._stop_attempt(attempt, give_up)
         while self.inflight and time.monotonic() < give_up:
             try:
                 item = self.done.get(timeout=max(0.0, give_up - time.monotonic()))
@@ -761,6 +766,7 @@ class _Run:
             if item is None:
                 continue
             tid, number = item[0], item[1]
+            self.stopping.pop((tid, number), None)
             if self.inflight.pop((tid, number), None) is None:
                 continue  # a late answer from an attempt that had timed out before
             self.store.finish_attempt(self.run_id, tid, number, attempt_state=AttemptState.ABANDONED,
@@ -776,10 +782,7 @@ class _Run:
         """Interrupted: abandon running attempts and mark the run cancelled, as far as the store allows."""
         try:
             for (tid, number), attempt in list(self.inflight.items()):
-                attempt.context.cancel_event.set()
-                self.abandoned.append(attempt)
-                if attempt.child is not None:
-                    attempt.child.kill()
+                self._stop_attempt(attempt)
                 self.store.finish_attempt(
                     self.run_id,
                     tid,

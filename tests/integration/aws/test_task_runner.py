@@ -284,3 +284,65 @@ def test_a_load_repeated_after_its_commit_finds_its_ledger_entry_and_loads_nothi
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
         engine.dispose()
         client.close()
+
+
+@pytest.mark.postgres
+def test_a_redriven_map_item_of_a_load_finds_its_ledger_entry_and_loads_nothing_twice(
+    moto_aws: Any,
+) -> None:
+    """A ``foreach`` load (a Map state: one runner invocation per partition) into PostgreSQL: each
+    item commits its rows with its own ledger entry (run, task, item). An item whose invocation died
+    after the commit (its result record gone) and is redriven finds its entry and writes nothing;
+    an item that never ran loads its rows once."""
+    import redis as redis_lib
+    import sqlalchemy as sa
+    import udop_foreach_tasks as data
+
+    from udop.aws.runner import state_key
+
+    table = f"udop_runner_{uuid.uuid4().hex[:10]}"
+    name = f"runner-map-{uuid.uuid4().hex[:6]}"
+    target = {"connector": "postgres", "host": "127.0.0.1", "user": "postgres", "database": "test",
+              "table": table, "mode": "append"}
+    pipeline = Pipeline.model_validate({
+        "apiVersion": "udop/v1", "kind": "Pipeline", "metadata": {"name": name},
+        "spec": {"tasks": [
+            {"id": "parts", "type": "python", "callable": "udop_foreach_tasks:parts"},
+            {"id": "load", "type": "load", "depends_on": ["parts"], "target": target,
+             "foreach": {"input": "parts", "over": "partitions"}},
+        ]},
+    })
+    put_version(moto_aws.client("s3"), moto_aws.definitions_bucket, name, 1, canonical_definition(pipeline))
+    run_id = uuid.uuid4().hex
+    prefix = f"runs/{name}/{run_id}/parts/"
+    items = [{"key": f"{prefix}k={key}/", "index": i} for i, key in enumerate(data.KEYS)]
+    engine = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/test", poolclass=sa.pool.NullPool)
+    client = redis_lib.Redis.from_url("redis://127.0.0.1:6379/0")
+
+    def rows() -> tuple[int, int]:
+        with engine.connect() as conn:
+            got = conn.execute(sa.text(f"SELECT count(*), count(DISTINCT v) FROM {table}")).one()
+        return int(got[0]), int(got[1])
+
+    per_item = data.FILES_PER_KEY * data.ROWS_PER_FILE
+    try:
+        body, err = _invoke(moto_aws, {**_payload(run_id, "parts"), "pipeline": name})
+        assert err is None, body
+        # the Map ran items 0 and 1; both committed, then their invocations "died" before the runner
+        # recorded their results
+        for item in items[:2]:
+            body, err = _invoke(moto_aws, {**_payload(run_id, "load"), "pipeline": name, "item": item})
+            assert err is None, body
+            client.delete(state_key(name, run_id, f"load/item-{item['index']:05d}"))
+        assert rows() == (2 * per_item, 2 * per_item)
+        # the redrive runs every item not recorded as done: 0 and 1 again, and 2 for the first time
+        for item in items:
+            body, err = _invoke(moto_aws, {**_payload(run_id, "load", attempt=1), "pipeline": name,
+                                           "item": item})
+            assert err is None, body
+        assert rows() == (3 * per_item, 3 * per_item)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+        engine.dispose()
+        client.close()

@@ -148,9 +148,6 @@ LOAD_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="known: the resumed run finds the watermark lease held by the test worker's own "
-                   "process (the lease outlives the killed run in-process); exactly-once is covered by "
-                   "test_exactly_once.py", strict=False)
 @pytest.mark.parametrize(("fault", "committed"), [("load-before-commit", 0), ("load-committed", 100_000)])
 def test_sigkill_around_the_load_commit_loses_and_duplicates_nothing(
     pg: Tables, context_for: Any, tmp_path: Path, fault: str, committed: int
