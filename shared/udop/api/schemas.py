@@ -183,7 +183,8 @@ class RunSummary(Body):
             "id": rec.id,
             "pipeline": rec.pipeline,
             "pipeline_version": rec.pipeline_version,
-            "state": rec.state,
+            # the value, not the enum: pydantic-core's to_json infers an enum's type slowly (~3 us a value)
+            "state": rec.state.value,
             "executor": rec.executor,
             "params": rec.params,
             "logical_date": rec.logical_date,
@@ -213,7 +214,7 @@ class RunDetail(RunSummary):
         fields["tasks"] = [
             {
                 "task_id": t.task_id,
-                "state": t.state,
+                "state": t.state.value,
                 "started_at": t.started_at,
                 "ended_at": t.ended_at,
                 "error_type": t.error_type,
@@ -222,7 +223,7 @@ class RunDetail(RunSummary):
                 "attempts": [
                     {
                         "number": a.number,
-                        "state": a.state,
+                        "state": a.state.value,
                         "started_at": a.started_at,
                         "ended_at": a.ended_at,
                         "error_type": a.error_type,
