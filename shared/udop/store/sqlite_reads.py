@@ -110,10 +110,12 @@ def _run(row: tuple[Any, ...], tasks: list[TaskRunRecord]) -> RunRecord:
     return _make(RunRecord, {
         "id": id_, "pipeline": pipeline, "pipeline_version": version,
         "state": _RUN_STATES.get(state) or RunState(state), "executor": executor, "params": _json(params),
-        "logical_date": _ts(logical_date),
-        "created_at": _ts(created_at), "started_at": _ts(started_at), "ended_at": _ts(ended_at),
+        "logical_date": _ts(logical_date), "created_at": _ts(created_at),
+        # most runs listed have not started or ended: no call for a NULL
+        "started_at": None if started_at is None else _ts(started_at),
+        "ended_at": None if ended_at is None else _ts(ended_at),
         "error": error, "external_id": external_id, "owner": owner,
-        "lease_expires_at": _ts(lease_expires_at), "tasks": tasks})
+        "lease_expires_at": None if lease_expires_at is None else _ts(lease_expires_at), "tasks": tasks})
 
 
 def list_runs(db: sqlite3.Connection, *, pipeline: str | None, state: RunState | None, limit: int,
