@@ -107,6 +107,8 @@ def test_ordinary_reads_are_answered_as_the_routes_answer_them(served: tuple[Any
             ("/runs", "limit=500&pipeline=p&state=pending&unknown=1", auth),
             ("/runs", f"cursor={cursor}&limit=1", auth),
             ("/runs", "pipeline=none", auth),
+            ("/runs", "pipeline=zzz&pipeline=p&limit=1", auth),  # a repeated parameter: the last one
+            ("/runs", "pipeline=%C3%BC%20x", auth),
             ("/runs/r2", "", auth),
             ("/runs/r1", "", {"Authorization": f"Bearer   {token}"}),  # the same credential to HTTPBearer
             ("/health", "", {}),
