@@ -172,7 +172,18 @@ async def _client(
         writer.close()
 
 
-def load(port: int, path: str, headers: dict[str, str], clients: int, seconds: float) -> dict[str, float]:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load(
+    port: int, path: str, headers: dict[str, str], clients: int, seconds: float, *, pid: int = 0
+) -> dict[str, float]:
     lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", *(f"{k}: {v}" for k, v in headers.items())]
     request = ("\r\n".join(lines) + "\r\n\r\n").encode()
     latencies: list[float] = []
@@ -187,7 +198,22 @@ def load(port: int, path: str, headers: dict[str, str], clients: int, seconds: f
         )
         return time.perf_counter() - begin
 
-    elapsed = asyncio.run(main())
+    cpu = [0.0]
+
+    async def measured() -> float:
+        # the server's CPU per request: unlike req/s, barely moved by what else the machine runs
+        warm = time.perf_counter() + 1.0
+        await asyncio.gather(*(_client(port, request, warm, [], []) for _ in range(clients)))
+        cpu[0] = _cpu_seconds(pid)
+        begin = time.perf_counter()
+        await asyncio.gather(
+            *(_client(port, request, begin + seconds, latencies, errors) for _ in range(clients))
+        )
+        elapsed = time.perf_counter() - begin
+        cpu[0] = _cpu_seconds(pid) - cpu[0]
+        return elapsed
+
+    elapsed = asyncio.run(measured() if pid else main())
     if errors:
         raise SystemExit(f"{path}: {len(errors)} answers were not 200 (first: {errors[0]})")
     ordered = sorted(latencies)
@@ -196,6 +222,7 @@ def load(port: int, path: str, headers: dict[str, str], clients: int, seconds: f
         "p50": statistics.median(ordered) * 1000,
         "p99": ordered[int(len(ordered) * 0.99) - 1] * 1000,
         "n": len(latencies),
+        "cpu_us": cpu[0] / max(len(latencies), 1) * 1e6,
     }
 
 
@@ -224,9 +251,11 @@ def _token() -> str:
     return jwt.encode(claims, SECRET, algorithm="HS256")
 
 
-def repeated(port: int, path: str, headers: dict[str, str], args: argparse.Namespace) -> dict[str, float]:
-    """``load`` ``--repeats`` times: the best and the median of req/s and of p99."""
-    runs = [load(port, path, headers, args.clients, args.seconds) for _ in range(args.repeats)]
+def repeated(
+    port: int, path: str, headers: dict[str, str], args: argparse.Namespace, pid: int = 0
+) -> dict[str, float]:
+    """``load`` ``--repeats`` times: the best and the median of req/s, of p99 and of server CPU a request."""
+    runs = [load(port, path, headers, args.clients, args.seconds, pid=pid) for _ in range(args.repeats)]
     rps = [r["rps"] for r in runs]
     p99 = [r["p99"] for r in runs]
     return {
@@ -235,6 +264,7 @@ def repeated(port: int, path: str, headers: dict[str, str], args: argparse.Names
         "p99": min(p99),
         "p99_med": statistics.median(p99),
         "n": sum(r["n"] for r in runs),
+        "cpu_us": min(r["cpu_us"] for r in runs),
     }
 
 
@@ -245,6 +275,7 @@ def measure_backend(url: str, label: str, args: argparse.Namespace, tmp: str) ->
     auth = {"Authorization": f"Bearer {_token()}"}
     udop, port = _run_server(_serve_udop, url, os.path.join(tmp, "data"))
     run_id = f"run-{args.runs // 2:06d}"
+    pid = udop.pid or 0
     try:
         import urllib.request
 
@@ -252,12 +283,12 @@ def measure_backend(url: str, label: str, args: argparse.Namespace, tmp: str) ->
         with urllib.request.urlopen(req) as resp:
             page = resp.read()
         results = {
-            f"{label}: GET /runs (JWT, 50 a page)": repeated(port, "/runs", auth, args),
+            f"{label}: GET /runs (JWT, 50 a page)": repeated(port, "/runs", auth, args, pid),
             f"{label}: GET /runs?pipeline=orders&state=pending": repeated(
-                port, "/runs?pipeline=orders&state=pending", auth, args
+                port, "/runs?pipeline=orders&state=pending", auth, args, pid
             ),
-            f"{label}: GET /runs/{{id}} (5 tasks)": repeated(port, f"/runs/{run_id}", auth, args),
-            f"{label}: baseline GET /health (same server)": repeated(port, "/health", {}, args),
+            f"{label}: GET /runs/{{id}} (5 tasks)": repeated(port, f"/runs/{run_id}", auth, args, pid),
+            f"{label}: baseline GET /health (same server)": repeated(port, "/health", {}, args, pid),
         }
     finally:
         udop.terminate()
@@ -415,7 +446,7 @@ def main() -> None:
             drop()
     static, sport = _run_server(_serve_static, page)
     try:
-        bare = repeated(sport, "/runs", {}, args)
+        bare = repeated(sport, "/runs", {}, args, static.pid or 0)
     finally:
         static.terminate()
         static.join(10)
@@ -432,11 +463,15 @@ def main() -> None:
             f"  {label} data layer alone: store.list_runs(limit=51) in one thread: {rate:.0f} calls/s "
             f"({1000 / rate:.1f} ms a call): the ceiling of GET /runs on one core"
         )
-    print(f"{'':52} {'req/s best':>10} {'median':>8} {'p99 ms best':>12} {'median':>8}")
+    heads = ("req/s best", "median", "p99 ms best", "median", "server CPU us/req")
+    print(f"{'':52} {heads[0]:>10} {heads[1]:>8} {heads[2]:>12} {heads[3]:>8} {heads[4]:>18}")
     rows = [(k, v) for found in backends.values() for k, v in found["results"].items()]
     rows.append((f"baseline: bare Starlette, same {len(page)} B page", bare))
     for name, r in rows:
-        print(f"{name:52} {r['rps']:10.0f} {r['rps_med']:8.0f} {r['p99']:12.1f} {r['p99_med']:8.1f}")
+        print(
+            f"{name:52} {r['rps']:10.0f} {r['rps_med']:8.0f} {r['p99']:12.1f} {r['p99_med']:8.1f} "
+            f"{r['cpu_us']:18.0f}"
+        )
     print(f"\ncold start, {args.cold_runs} fresh processes each (this venv, SQLite store): best / median s")
     for name, values in cold.items():
         label = {"runner": "task runner: import of functions/task_runner/app.py"}.get(

@@ -20,7 +20,7 @@ import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -30,6 +30,7 @@ from udop.api.deps import ApiContext
 from udop.api.guard import FailureLimiter, RequestGuard
 from udop.api.keys import ApiKeys
 from udop.api.launcher import LocalLauncher, RunLauncher
+from udop.api.reads import FastReads, health_answer
 from udop.api.routers import admin, lineage, observability, pipelines, runs
 from udop.api.routers.pipelines import DefinitionInvalid
 from udop.api.schemas import Health, Problem
@@ -107,6 +108,9 @@ def create_app(
     app.include_router(lineage.router)
     _add_health(app, ctx, engine)
     _add_error_handlers(app)
+    # the first added is the innermost: ordinary GET /runs, /runs/{id} and /health are answered here,
+    # after the guard, the audit and the correlation id, without FastAPI's per-request work
+    app.add_middleware(FastReads, ctx=ctx, engine=engine)
     # the last added is the outermost: the audit middleware sees what the guard refuses
     app.add_middleware(
         RequestGuard,
@@ -167,13 +171,9 @@ def _add_health(app: FastAPI, ctx: ApiContext, engine: Engine) -> None:
     @app.get("/health", tags=["health"], responses={503: {"model": Health}})
     def health() -> JSONResponse:
         """Unauthenticated: 200 when the metadata store answers, 503 when it does not."""
-        try:
-            with engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-            ok = True
-        except Exception as exc:  # any failure to reach the database is "unavailable", not a 500
-            log.warning("health: metadata store unavailable: %s", exc)
-            ok = False
+        ok, why = health_answer(engine)
+        if not ok:
+            log.warning("health: metadata store unavailable: %s", why)
         body = Health(
             status="ok" if ok else "unavailable",
             store="ok" if ok else "unreachable",

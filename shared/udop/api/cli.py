@@ -34,7 +34,13 @@ __all__ = ["api_key", "serve"]
     show_default=True,
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
 )
-def serve(host: str, port: int, log_level: str) -> None:
+@click.option(
+    "--access-log/--no-access-log",
+    default=True,
+    show_default=True,
+    help="one log line per request (formatted and redacted like every line: CPU on each request)",
+)
+def serve(host: str, port: int, log_level: str, access_log: bool) -> None:
     """Serve the REST API (OpenAPI at /openapi.json, docs at /docs).
 
     Settings come from UDOP_* variables: UDOP_DATABASE_URL, UDOP_JWT_SECRET, UDOP_JWKS_URL, ...
@@ -53,8 +59,9 @@ def serve(host: str, port: int, log_level: str) -> None:
     sys.setswitchinterval(0.001)
     # one process: local runs execute in its threads, and a second process would not see them
     # log_config=None: uvicorn's loggers go through udop's one setup (--log-format, ids, redaction)
+    # http and loop "auto": httptools and uvloop, which the api extra installs (benchmarks/api_runs.py)
     uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1, proxy_headers=False,
-                log_config=None)
+                log_config=None, access_log=access_log)
 
 
 @click.group("api-key")

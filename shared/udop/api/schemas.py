@@ -11,6 +11,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import to_json
 
+try:
+    import orjson as _orjson
+except ImportError:  # the API Lambda layer ships without it: pydantic-core writes the same bytes
+    _orjson = None  # type: ignore[assignment]
+
 from udop.api.audit import AuditEntry
 from udop.api.keys import ApiKeyRecord
 from udop.states import AttemptState, RunState, TaskState
@@ -183,7 +188,8 @@ class RunSummary(Body):
             "id": rec.id,
             "pipeline": rec.pipeline,
             "pipeline_version": rec.pipeline_version,
-            "state": rec.state,
+            # the value, not the enum: pydantic-core's to_json infers an enum's type slowly (~3 us a value)
+            "state": rec.state.value,
             "executor": rec.executor,
             "params": rec.params,
             "logical_date": rec.logical_date,
@@ -213,7 +219,7 @@ class RunDetail(RunSummary):
         fields["tasks"] = [
             {
                 "task_id": t.task_id,
-                "state": t.state,
+                "state": t.state.value,
                 "started_at": t.started_at,
                 "ended_at": t.ended_at,
                 "error_type": t.error_type,
@@ -222,7 +228,7 @@ class RunDetail(RunSummary):
                 "attempts": [
                     {
                         "number": a.number,
-                        "state": a.state,
+                        "state": a.state.value,
                         "started_at": a.started_at,
                         "ended_at": a.ended_at,
                         "error_type": a.error_type,
@@ -233,7 +239,7 @@ class RunDetail(RunSummary):
             }
             for t in rec.tasks
         ]
-        return to_json(fields, inf_nan_mode="null")
+        return _dumps(fields)
 
 
 class RunAccepted(Body):
@@ -255,7 +261,19 @@ def run_page_json(records: list[RunRecord], next_cursor: str | None) -> bytes:
     CPU of a ``GET /runs``; the bytes are the same as the models' (a test holds the two together).
     """
     page = {"items": [RunSummary.fields_of(r) for r in records], "next_cursor": next_cursor}
-    return to_json(page, inf_nan_mode="null")
+    return _dumps(page)
+
+
+def _dumps(value: Any) -> bytes:
+    """JSON as pydantic-core writes it (UTC as ``Z``, NaN/inf as null), by orjson when it can: it writes
+    a page's timestamps several times faster. What orjson refuses (an integer past 64 bits, a key that
+    is not a string) goes to pydantic-core (``tests/integration/api/test_http_fast_reads.py``)."""
+    if _orjson is not None:
+        try:
+            return _orjson.dumps(value, option=_orjson.OPT_UTC_Z)
+        except TypeError:  # orjson.JSONEncodeError
+            pass
+    return to_json(value, inf_nan_mode="null")
 
 
 class Lineage(Body):

@@ -42,6 +42,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from udop.errors import RunLimitReached, RunNotFound, StoreError, TransitionError
 from udop.lineage.masking import masked_uri, masked_uris  # lineage rows are stored as a user may see them
 from udop.states import AttemptState, RunState, TaskState, check_transition, is_terminal
+from udop.store import sqlite_reads
 from udop.store.api import (
     AttemptRecord,
     CheckRecord,
@@ -261,6 +262,24 @@ class SqlMetadataStore:
             finally:
                 pooled.close()
 
+    @contextmanager
+    def _sqlite_read(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction on the bare sqlite3 connection (see ``udop.store.sqlite_reads``)."""
+        with self._lock:
+            pooled = self._engine.raw_connection()
+            try:
+                db: sqlite3.Connection = pooled.driver_connection  # type: ignore[assignment]
+                db.execute("BEGIN")
+                try:
+                    yield db
+                finally:
+                    if db.in_transaction:
+                        db.commit()  # a read: nothing to keep or undo
+            except sqlite3.Error as exc:
+                raise StoreError(f"metadata database {self._where}: {exc}") from None
+            finally:
+                pooled.close()
+
     # --- pipelines ---------------------------------------------------------------------------------
 
     def register_pipeline(self, name: str, definition: dict[str, Any],
@@ -420,6 +439,9 @@ class SqlMetadataStore:
                 .values(lease_expires_at=now + timedelta(seconds=lease_seconds))).rowcount)
 
     def get_run(self, run_id: str) -> RunRecord | None:
+        if self._sqlite:
+            with self._sqlite_read() as db:
+                return sqlite_reads.get_run(db, run_id)
         with self._read() as conn:
             return self._load_run(conn, select(runs).where(runs.c.id == run_id))
 
@@ -452,6 +474,9 @@ class SqlMetadataStore:
         """Runs newest first; ``before`` is the id of a run: only runs created before it are listed."""
         if limit <= 0:
             return []
+        if self._sqlite:
+            with self._sqlite_read() as db:
+                return sqlite_reads.list_runs(db, pipeline=pipeline, state=state, limit=limit, before=before)
         stmt = select(runs).order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit)
         if pipeline is not None:
             stmt = stmt.where(runs.c.pipeline == pipeline)

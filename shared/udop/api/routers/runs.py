@@ -7,8 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
-from udop.api.audit import decode_cursor, encode_cursor
+from udop.api.audit import decode_cursor
 from udop.api.deps import ApiContext, Ctx, Operator, Viewer
+from udop.api.reads import run_json, runs_page_json
 from udop.api.schemas import (
     Check,
     Lineage,
@@ -17,7 +18,6 @@ from udop.api.schemas import (
     RunDetail,
     RunPage,
     RunRequest,
-    run_page_json,
 )
 from udop.errors import RunNotFound
 from udop.lineage.columns import task_column_lineage
@@ -100,14 +100,11 @@ async def list_runs(
 
     def page() -> bytes:
         try:
-            runs = ctx.store.list_runs(pipeline=pipeline, state=state, limit=limit + 1, before=before)
+            return runs_page_json(ctx, pipeline, state, limit, before)
         except RunNotFound:
             raise HTTPException(
                 400, "the cursor's run no longer exists; start again without a cursor"
             ) from None
-        more = len(runs) > limit
-        runs = runs[:limit]
-        return run_page_json(runs, encode_cursor(runs[-1].id) if more and runs else None)
 
     # the store call and the JSON in one trip to a worker thread: the event loop never waits on the
     # database, and the request pays one thread hand-off, not one per dependency and handler
@@ -117,7 +114,10 @@ async def list_runs(
 @router.get("/runs/{run_id}", response_model=RunDetail, responses={404: {"model": Problem}})
 async def get_run(run_id: RunId, _: Viewer, ctx: Ctx) -> Response:
     """The run with each task's state, attempts and errors."""
-    return _json(await run_in_threadpool(lambda: RunDetail.json_of(_run(ctx, run_id))))
+    body = await run_in_threadpool(run_json, ctx, run_id)
+    if body is None:
+        raise HTTPException(404, f"no run {run_id!r}")
+    return _json(body)
 
 
 def _json(body: bytes) -> Response:
