@@ -105,10 +105,15 @@ class Schedule(SpecModel):
     def _one_of(self) -> Schedule:
         if (self.cron is None) == (self.rate is None):
             raise ValueError("give exactly one of 'cron' or 'rate'")
-        if self.cron is not None and len(self.cron.split()) != 5:
-            raise ValueError(f"cron {self.cron!r} must have five fields (minute hour day month weekday)")
-        if self.rate is not None and not re.fullmatch(r"\d+ (minute|minutes|hour|hours|day|days)", self.rate):
-            raise ValueError(f"rate {self.rate!r} must look like '15 minutes', '1 hour' or '2 days'")
+        from udop.schedule.expr import check_cron, check_timezone, rate_seconds
+
+        if self.cron is not None:
+            check_cron(self.cron)
+        if self.rate is not None:
+            if not re.fullmatch(r"\d+ (minute|minutes|hour|hours|day|days)", self.rate):
+                raise ValueError(f"rate {self.rate!r} must look like '15 minutes', '1 hour' or '2 days'")
+            rate_seconds(self.rate)
+        check_timezone(self.timezone)
         return self
 
 
