@@ -100,6 +100,12 @@ class Schedule(SpecModel):
     rate: str | None = Field(None, description="a fixed rate, e.g. '1 hour', '15 minutes'")
     timezone: str = "UTC"
     enabled: bool = True
+    catchup: Literal["none", "latest", "all"] = Field(
+        "latest", description="ticks missed while no scheduler ran (local scheduler): start none, only "
+        "the latest, or all of them, within catchup_window")
+    catchup_window: str = Field("1 day", description="how far back missed ticks count, e.g. '6 hours'")
+    jitter: int = Field(0, ge=0, le=3600, description="start up to this many seconds after the tick (a "
+                        "fixed offset per pipeline); on AWS, the schedule's flexible time window")
 
     @model_validator(mode="after")
     def _one_of(self) -> Schedule:
@@ -113,6 +119,8 @@ class Schedule(SpecModel):
             if not re.fullmatch(r"\d+ (minute|minutes|hour|hours|day|days)", self.rate):
                 raise ValueError(f"rate {self.rate!r} must look like '15 minutes', '1 hour' or '2 days'")
             rate_seconds(self.rate)
+        if not re.fullmatch(r"\d+ (minute|minutes|hour|hours|day|days)", self.catchup_window):
+            raise ValueError(f"catchup_window {self.catchup_window!r} must look like '6 hours' or '1 day'")
         check_timezone(self.timezone)
         return self
 
