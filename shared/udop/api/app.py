@@ -30,7 +30,7 @@ from udop.api.deps import ApiContext
 from udop.api.guard import FailureLimiter, RequestGuard
 from udop.api.keys import ApiKeys
 from udop.api.launcher import LocalLauncher, RunLauncher
-from udop.api.routers import admin, lineage, observability, pipelines, runs
+from udop.api.routers import admin, backfills, lineage, observability, pipelines, runs
 from udop.api.routers.pipelines import DefinitionInvalid
 from udop.api.schemas import Health, Problem
 from udop.api.settings import ApiSettings, load_api_settings
@@ -105,6 +105,7 @@ def create_app(
     app.include_router(observability.router)
     _add_metrics(launcher)
     app.include_router(lineage.router)
+    app.include_router(backfills.router)
     _add_health(app, ctx, engine)
     _add_error_handlers(app)
     # the last added is the outermost: the audit middleware sees what the guard refuses
