@@ -100,10 +100,11 @@ class ScheduleStore:
         with transaction(self._engine, write=False) as conn:
             value: datetime | None = conn.execute(
                 select(func.max(schedule_ticks.c.tick)).where(schedule_ticks.c.pipeline == pipeline)).scalar()
-        if value is not None and value.tzinfo is None:  # func.max loses the column type on SQLite
-            value = datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
-        elif isinstance(value, str):
-            value = datetime.fromisoformat(value).replace(tzinfo=UTC)
+        # max() keeps the column's type (UTCDateTime: aware UTC on both backends); be safe anyway
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
         return value
 
     def ticks(self, pipeline: str | None = None, limit: int = 100) -> list[TickRecord]:
