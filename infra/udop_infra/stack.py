@@ -11,11 +11,11 @@ from udop_infra.api import Api
 from udop_infra.config import DeploymentConfig
 from udop_infra.data import Data
 from udop_infra.nag import acknowledge_findings
-from udop_infra.schedules import ScheduleManagement
 from udop_infra.network import Network
 from udop_infra.observability import Observability
 from udop_infra.orchestration import Orchestration
 from udop_infra.runtime import Runtime
+from udop_infra.schedules import ScheduleManagement
 from udop_infra.storage import Storage
 
 
