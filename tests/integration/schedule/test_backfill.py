@@ -73,3 +73,14 @@ def test_a_cancelled_backfill_stops_and_resume_finishes_it(project: Any, store: 
     assert done.state == "succeeded" and done.counts() == {"succeeded": 4}
     assert done.dates[first] == cancelled.dates[first]  # the same run, resumed
     assert [b.id for b in ScheduleStore(store).list_backfills("demo")] == [record.id]
+
+
+def test_unknown_backfills_and_folders_are_one_line_errors(cli: Any, tmp_path: Any) -> None:
+    for args, message in [
+        (("backfills", "show", "bf-nope"), "no backfill 'bf-nope'"),
+        (("backfills", "cancel", "bf-nope"), "no backfill 'bf-nope'"),
+        (("scheduler", "--pipelines", str(tmp_path / "missing")), "is not a folder of pipeline definitions"),
+    ]:
+        code, _, err = cli(*args)
+        assert code == 2, err
+        assert message in err and len(err.strip().splitlines()) == 1, err
