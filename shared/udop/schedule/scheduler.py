@@ -33,8 +33,8 @@ from udop.schedule.store import ScheduleStore
 from udop.spec.models import Pipeline
 from udop.store.sql import SqlMetadataStore
 
-__all__ = ["Clock", "DirectoryPipelines", "Fired", "ScheduledPipeline", "Scheduler", "SystemClock",
-           "jitter_offset"]
+__all__ = ["Clock", "DirectoryPipelines", "Fired", "ScheduledPipeline", "Scheduler", "StorePipelines",
+           "SystemClock", "jitter_offset", "serve_scheduler", "start_in_background"]
 
 log = logging.getLogger(__name__)
 
@@ -317,3 +317,66 @@ class DirectoryPipelines:
                 names[sp.pipeline.name] = path
                 self._current.append(sp)
         return list(self._current)
+
+
+class StorePipelines:
+    """The scheduled pipelines registered in the metadata store (``POST /pipelines`` on a local
+    server): each one's latest version, re-read every ``recheck_seconds``."""
+
+    def __init__(self, store: SqlMetadataStore, *, recheck_seconds: float = 5.0) -> None:
+        self.store = store
+        self.recheck_seconds = recheck_seconds
+        self._checked = 0.0
+        self._parsed: dict[tuple[str, int], Pipeline | None] = {}
+        self._current: list[ScheduledPipeline] = []
+
+    def __call__(self) -> list[ScheduledPipeline]:
+        from pydantic import ValidationError
+
+        if self._current and time.monotonic() - self._checked < self.recheck_seconds:
+            return list(self._current)
+        self._checked = time.monotonic()
+        current = []
+        for record in self.store.list_pipelines():
+            latest = record.latest
+            if latest is None:
+                continue
+            key = (record.name, latest.version)
+            if key not in self._parsed:
+                try:
+                    self._parsed[key] = Pipeline.model_validate(latest.definition)
+                except ValidationError as exc:  # stored by an older udop: reported, not scheduled
+                    log.warning("pipeline %s version %s cannot be scheduled: %s", record.name,
+                                latest.version, _first_line(exc))
+                    self._parsed[key] = None
+            pipeline = self._parsed[key]
+            if pipeline is not None and pipeline.spec.schedule is not None:
+                current.append(ScheduledPipeline(pipeline))
+        self._current = current
+        return list(current)
+
+
+def start_in_background(scheduler: Scheduler) -> Callable[[], None]:
+    """Run ``scheduler`` in a daemon thread; returns the function that stops it (and its runs)."""
+    stop = threading.Event()
+    thread = threading.Thread(target=scheduler.run_forever, args=(stop,), name="udop-scheduler", daemon=True)
+    thread.start()
+
+    def halt() -> None:
+        stop.set()
+        thread.join()
+        scheduler.close()
+
+    return halt
+
+
+def serve_scheduler(ctx: Any) -> Callable[[], None] | None:
+    """``udop serve --scheduler``: schedule the server's registered pipelines under its policy (the
+    runs are API input); None when the server runs on Step Functions (EventBridge schedules there)."""
+    if ctx.launcher.executor_name != "local":
+        log.warning("udop serve --scheduler: runs go to Step Functions here; EventBridge Scheduler "
+                    "starts scheduled pipelines (docs/scheduling.md)")
+        return None
+    scheduler = Scheduler(ctx.store, StorePipelines(ctx.store), policy=ctx.launcher.policy,
+                          data_root=getattr(ctx.launcher, "data_root", None))
+    return start_in_background(scheduler)

@@ -256,3 +256,48 @@ def test_two_schedulers_on_one_store_start_one_run_per_tick(
     finally:
         for s in stores:
             s.close()
+
+
+def test_pipelines_registered_in_the_store_are_scheduled_at_their_latest_version(
+    project: Any, store: Any, make_scheduler: Callable[..., Scheduler]
+) -> None:
+    from udop.schedule.scheduler import StorePipelines
+    from udop.spec.secure import stored_definition
+
+    sp = _scheduled(project, {"cron": "*/5 * * * *"})
+    unscheduled = _scheduled(project, {"cron": "0 0 * * *"}, name="other", file="other.yaml")
+    store.register_pipeline("demo", stored_definition(sp.pipeline))
+    doc = stored_definition(unscheduled.pipeline)
+    doc["spec"].pop("schedule")
+    store.register_pipeline("other", doc)
+    source = StorePipelines(store, recheck_seconds=0)
+    assert [p.pipeline.name for p in source()] == ["demo"]
+    clock = FakeClock(_utc(2026, 5, 1))
+    scheduler = make_scheduler([], clock)
+    scheduler.pipelines = source
+    scheduler.poll()
+    clock.at = _utc(2026, 5, 1, 0, 5)
+    [fired] = scheduler.poll()
+    scheduler.wait_idle(timeout=60)
+    assert fired.outcome == "started" and _logical_dates(store) == [_utc(2026, 5, 1, 0, 5)]
+    # a new version without the schedule stops it
+    doc = stored_definition(sp.pipeline)
+    doc["spec"].pop("schedule")
+    store.register_pipeline("demo", doc)
+    assert source() == []
+
+
+def test_udop_serve_scheduler_starts_and_stops_with_the_server(store: Any) -> None:
+    from types import SimpleNamespace
+
+    from udop.schedule.scheduler import serve_scheduler
+
+    local = SimpleNamespace(store=store, launcher=SimpleNamespace(executor_name="local", policy=Policy.trusted(),
+                                                                 data_root=None))
+    halt = serve_scheduler(local)
+    assert halt is not None
+    assert any(t.name == "udop-scheduler" for t in threading.enumerate())
+    halt()
+    assert not any(t.name == "udop-scheduler" for t in threading.enumerate())
+    on_aws = SimpleNamespace(store=store, launcher=SimpleNamespace(executor_name="stepfunctions"))
+    assert serve_scheduler(on_aws) is None
