@@ -71,6 +71,8 @@ class Fired:
     detail: str | None = None
     #: seconds from the tick (plus jitter) to the run being recorded as running
     delay: float | None = None
+    #: parameters of the run (a file trigger passes the file); none: the defaults
+    params: dict[str, Any] = field(default_factory=dict)
     future: Future[None] | None = field(default=None, repr=False)
 
 
@@ -102,6 +104,7 @@ class Scheduler:
         data_root: str | None = None,
         grace_seconds: float = 60.0,
         max_sleep: float = 5.0,
+        settle_seconds: float = 1.0,
     ) -> None:
         import os
         import socket
@@ -119,6 +122,10 @@ class Scheduler:
         self.max_sleep = max_sleep
         self._pool = ThreadPoolExecutor(max_workers=max_runs, thread_name_prefix="udop-sched")
         self._last: dict[str, datetime] = {}  # pipeline -> the latest tick considered
+        self._events: dict[str, set[str]] = {}  # pipeline -> trigger events already claimed (by anyone)
+        self._refused: set[str] = set()  # pipelines whose trigger folder the policy refuses (said once)
+        #: a file younger than this may still be being written: it triggers at a later poll
+        self.settle_seconds = settle_seconds
         self._lock = threading.Lock()
         self._executors: dict[str, Any] = {}  # run id -> LocalExecutor (to stop them on close)
         self.fired: list[Fired] = []
@@ -158,6 +165,8 @@ class Scheduler:
         now = self.clock.now()
         won: list[Fired] = []
         for sp in self.pipelines():
+            if sp.pipeline.spec.trigger is not None:
+                won.extend(self._files_landed(sp, now))
             schedule = sp.pipeline.spec.schedule
             if schedule is None or not schedule.enabled:
                 continue
@@ -172,6 +181,49 @@ class Scheduler:
                 self._last[sp.pipeline.name] = latest
         with self._lock:
             self.fired.extend(won)
+        return won
+
+    def _files_landed(self, sp: ScheduledPipeline, now: datetime) -> list[Fired]:
+        """One run per new file version under the trigger's folder (path, mtime and size): claimed in
+        the metadata store, so one run per version whatever the number of schedulers."""
+        from udop.executor.local import new_run_id
+
+        trigger = sp.pipeline.spec.trigger
+        assert trigger is not None
+        name = sp.pipeline.name
+        folder = Path(trigger.files.path)
+        if not folder.is_absolute() and sp.base_dir:
+            folder = Path(sp.base_dir) / folder
+        try:
+            self.policy.confine(str(folder), what="spec.trigger.files.path")
+        except UdopError as exc:
+            if name not in self._refused:
+                self._refused.add(name)
+                log.error("trigger of %s: %s", name, _first_line(exc))
+            return []
+        if name not in self._events:
+            self._events[name] = self.ticks.seen_events(name)
+        seen = self._events[name]
+        settled = time.time() - self.settle_seconds
+        won = []
+        for path in sorted(folder.glob(trigger.files.pattern)) if folder.is_dir() else []:
+            try:
+                st = path.stat()
+            except OSError:
+                continue  # gone meanwhile
+            if not path.is_file() or st.st_mtime > settled:
+                continue  # still being written: next poll
+            event = f"{path.relative_to(folder)}@{st.st_mtime_ns}:{st.st_size}"
+            if event in seen:
+                continue
+            seen.add(event)
+            run_id = new_run_id()
+            if not self.ticks.claim_event(name, event, self.owner, run_id):
+                continue
+            params = {trigger.files.param: str(path)} if trigger.files.param else {}
+            fired = Fired(name, now, run_id=run_id, params=params)
+            fired.future = self._pool.submit(self._start, sp, fired)
+            won.append(fired)
         return won
 
     def next_wake(self, now: datetime) -> datetime:
@@ -194,7 +246,7 @@ class Scheduler:
         from udop.spec.secure import check_definition
 
         pipeline = sp.pipeline
-        run_id = new_run_id()
+        run_id = fired.run_id or new_run_id()
         fired.run_id = run_id
 
         def on_event(event: RunEvent) -> None:
@@ -213,7 +265,7 @@ class Scheduler:
             with self._lock:
                 self._executors[run_id] = executor
             try:
-                executor.run(pipeline, run_id=run_id, logical_date=fired.tick)
+                executor.run(pipeline, params=fired.params, run_id=run_id, logical_date=fired.tick)
             finally:
                 with self._lock:
                     self._executors.pop(run_id, None)
@@ -304,7 +356,7 @@ class DirectoryPipelines:
                 except SpecErrors as exc:
                     self.on_error(str(exc).splitlines()[0])
                 else:
-                    if pipeline.spec.schedule is not None:
+                    if pipeline.spec.schedule is not None or pipeline.spec.trigger is not None:
                         self._loaded[path] = ScheduledPipeline(pipeline, str(path.parent.resolve()))
             self._seen = files
             names: dict[str, Path] = {}
@@ -350,7 +402,8 @@ class StorePipelines:
                                 latest.version, _first_line(exc))
                     self._parsed[key] = None
             pipeline = self._parsed[key]
-            if pipeline is not None and pipeline.spec.schedule is not None:
+            if pipeline is not None and (pipeline.spec.schedule is not None
+                                         or pipeline.spec.trigger is not None):
                 current.append(ScheduledPipeline(pipeline))
         self._current = current
         return list(current)

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from udop.errors import InputError, StoreError
 from udop.store.engine import transaction
 from udop.store.sql import SqlMetadataStore
-from udop.store.tables import backfill_runs, backfills, runs, schedule_ticks
+from udop.store.tables import backfill_runs, backfills, runs, schedule_ticks, trigger_events
 
 __all__ = ["BackfillRecord", "ScheduleStore", "TickRecord"]
 
@@ -115,6 +115,23 @@ class ScheduleStore:
             rows = conn.execute(stmt).all()
         return [TickRecord(r.pipeline, r.tick, r.claimed_by, r.claimed_at, r.outcome, r.run_id, r.detail)
                 for r in rows]
+
+    # --- trigger events ------------------------------------------------------------------------
+
+    def claim_event(self, pipeline: str, event: str, owner: str, run_id: str) -> bool:
+        """True if this caller is the first to see ``event`` (e.g. a file version) for ``pipeline``."""
+        try:
+            with transaction(self._engine, write=True) as conn:
+                conn.execute(insert(trigger_events).values(
+                    pipeline=pipeline, event=event, claimed_by=owner, claimed_at=_now(), run_id=run_id))
+        except IntegrityError:
+            return False
+        return True
+
+    def seen_events(self, pipeline: str) -> set[str]:
+        with transaction(self._engine, write=False) as conn:
+            return {r.event for r in conn.execute(
+                select(trigger_events.c.event).where(trigger_events.c.pipeline == pipeline)).all()}
 
     # --- backfills ---------------------------------------------------------------------------------
 

@@ -251,11 +251,24 @@ class AlertsSpec(SpecModel):
     anomaly: AnomalySpec | None = None
 
 
+class FilesTrigger(SpecModel):
+    """Start a run per file that lands (or changes) under ``path`` (local scheduler, polled)."""
+
+    path: str = Field(description="folder watched, relative to the scheduler's working directory")
+    pattern: str = Field("*", description="glob of the file names that count, e.g. '*.csv'")
+    param: str | None = Field(None, description="a declared str parameter that receives the file's path")
+
+
+class Trigger(SpecModel):
+    files: FilesTrigger
+
+
 class PipelineBody(SpecModel):
     params: dict[str, ParamSpec] = Field(default_factory=dict)
     defaults: Defaults = Defaults()
     connections: dict[str, ConnectionSpec] = Field(default_factory=dict)
     schedule: Schedule | None = None
+    trigger: Trigger | None = None
     max_active_runs: int | None = Field(
         None,
         ge=1,
@@ -266,6 +279,14 @@ class PipelineBody(SpecModel):
     tasks: list[Task] = Field(min_length=1)  # type: ignore[valid-type]
     masking: MaskingSpec | None = None
     alerts: AlertsSpec | None = None
+
+    @model_validator(mode="after")
+    def _trigger_param_declared(self) -> PipelineBody:
+        param = self.trigger.files.param if self.trigger is not None else None
+        if param is not None and param not in self.params:
+            raise ValueError(f"trigger.files.param {param!r} is not a declared parameter; declare it "
+                             "under params")
+        return self
 
 
 class Pipeline(SpecModel):

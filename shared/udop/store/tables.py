@@ -41,6 +41,7 @@ __all__ = [
     "runs",
     "schedule_ticks",
     "task_runs",
+    "trigger_events",
 ]
 
 
@@ -225,4 +226,15 @@ backfill_runs = Table(
     Column("logical_date", UTCDateTime(), primary_key=True),
     Column("run_id", String()),
     ForeignKeyConstraint(["backfill_id"], ["backfills.id"], ondelete="CASCADE"),
+)
+
+#: one row per (pipeline, event) a trigger fired: a file version (path, mtime, size); the primary key
+#: de-duplicates, so one run per object version whatever the number of schedulers
+trigger_events = Table(
+    "trigger_events", metadata,
+    Column("pipeline", String(), primary_key=True),
+    Column("event", String(), primary_key=True),
+    Column("claimed_by", String(), nullable=False),
+    Column("claimed_at", UTCDateTime(), nullable=False),
+    Column("run_id", String()),
 )

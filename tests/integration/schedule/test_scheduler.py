@@ -301,3 +301,70 @@ def test_udop_serve_scheduler_starts_and_stops_with_the_server(store: Any) -> No
     assert not any(t.name == "udop-scheduler" for t in threading.enumerate())
     on_aws = SimpleNamespace(store=store, launcher=SimpleNamespace(executor_name="stepfunctions"))
     assert serve_scheduler(on_aws) is None
+
+
+def _triggered(project: Any, folder: Path, *, name: str = "landing") -> ScheduledPipeline:
+    path = project.pipeline([project.task("a", "echo_args", args={"file": "${params.file}"})], name=name,
+                            params={"file": {"type": "str"}}, file=f"{name}.yaml")
+    doc = yaml.safe_load(path.read_text())
+    doc["spec"]["trigger"] = {"files": {"path": str(folder), "pattern": "*.csv", "param": "file"}}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return ScheduledPipeline(load_pipeline(path), str(project.root))
+
+
+def _land(path: Path, text: str, age: float = 7200.0) -> None:
+    import os
+    import time
+
+    path.write_text(text)
+    stamp = time.time() - age  # settled: not being written any more
+    os.utime(path, (stamp, stamp))
+
+
+def test_a_file_landing_starts_one_run_per_file_version_with_the_file_as_parameter(
+    project: Any, db_url: str, make_scheduler: Callable[..., Scheduler], tmp_path: Path
+) -> None:
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    sp = _triggered(project, folder)
+    stores = [open_store(db_url), open_store(db_url)]
+    try:
+        clock = FakeClock(_utc(2026, 5, 1))
+        schedulers = [make_scheduler([sp], clock, on=s, owner=f"s{i}") for i, s in enumerate(stores)]
+        for s in schedulers:
+            s.settle_seconds = 3600  # a file written during the test is surely "being written"
+        _land(folder / "a.csv", "x\n1\n")
+        _land(folder / "notes.txt", "not a csv")
+        (folder / "fresh.csv").write_text("still being written")  # too young (now): not yet
+        _race(schedulers, clock, minutes=2)  # both poll, at the same moments
+        runs = stores[0].list_runs(pipeline="landing")
+        assert [r.params for r in runs] == [{"file": str(folder / "a.csv")}]
+        run = stores[0].get_run(runs[0].id)
+        assert run is not None and run.state == "succeeded"
+        assert run.tasks[0].result is not None
+        assert run.tasks[0].result["value"] == {"file": str(folder / "a.csv")}
+        # the same version again: nothing; a new version of it (changed): one more run
+        _land(folder / "a.csv", "x\n1\n2\n", age=7000)
+        _land(folder / "fresh.csv", "written now")  # its writer finished a while ago
+        _race(schedulers, clock, minutes=2)
+        files = sorted(r.params["file"] for r in stores[0].list_runs(pipeline="landing"))
+        assert files == [str(folder / "a.csv")] * 2 + [str(folder / "fresh.csv")]
+        # a scheduler started later does not run what was already run
+        late = make_scheduler([sp], clock, on=stores[1], owner="late")
+        assert late.poll() == []
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_a_server_refuses_a_trigger_folder_outside_its_roots(
+    project: Any, store: Any, make_scheduler: Callable[..., Scheduler], tmp_path: Path
+) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    _land(outside / "a.csv", "x\n")
+    sp = _triggered(project, outside)
+    server = make_scheduler([sp], FakeClock(_utc(2026, 5, 1)),
+                            policy=server_policy(data_root=str(tmp_path / "data")))
+    assert server.poll() == [] and server.poll() == []
+    assert store.list_runs(pipeline="landing") == []

@@ -96,3 +96,15 @@ def test_rate_ticks_are_aligned_to_the_epoch_and_strictly_after() -> None:
     assert next_fire(every_15, _utc(2026, 1, 1, 10, 15)) == _utc(2026, 1, 1, 10, 30)
     assert list(islice(fires_between(Schedule(rate="1 day"), _utc(2026, 1, 1, 0), None), 2)) == [
         _utc(2026, 1, 2), _utc(2026, 1, 3)]
+
+
+def test_a_file_triggers_parameter_must_be_declared(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "apiVersion: udop/v1\nkind: Pipeline\nmetadata: {name: p}\nspec:\n"
+        "  trigger: {files: {path: incoming, param: file}}\n"
+        '  tasks: [{id: a, type: python, callable: "os:getcwd"}]\n'
+    )
+    with pytest.raises(SystemExit):
+        main(["validate", str(path)])
+    assert "trigger.files.param 'file' is not a declared parameter" in capsys.readouterr().err

@@ -1,5 +1,6 @@
-"""Schedules and backfills: the tick claims two schedulers on one database share, backfills with their
-logical dates, and an index for listing runs by logical date.
+"""Schedules, backfills and file triggers: the tick claims two schedulers on one database share,
+backfills with their logical dates, trigger events (one run per file version), and an index for
+listing runs by logical date.
 
 Revision ID: 0005
 Revises: 0004
@@ -61,9 +62,19 @@ def upgrade() -> None:
                                 ondelete="CASCADE"),
     )
     op.create_index("ix_runs_logical_date_created_at", "runs", ["logical_date", "created_at"])
+    op.create_table(
+        "trigger_events",
+        sa.Column("pipeline", sa.String(), nullable=False),
+        sa.Column("event", sa.String(), nullable=False),
+        sa.Column("claimed_by", sa.String(), nullable=False),
+        sa.Column("claimed_at", _TS, nullable=False),
+        sa.Column("run_id", sa.String(), nullable=True),
+        sa.PrimaryKeyConstraint("pipeline", "event", name="pk_trigger_events"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("trigger_events")
     op.drop_index("ix_runs_logical_date_created_at", table_name="runs")
     op.drop_table("backfill_runs")
     op.drop_index("ix_backfills_pipeline_created_at", table_name="backfills")
