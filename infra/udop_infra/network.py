@@ -15,6 +15,8 @@ INTERFACE_ENDPOINTS = {
     "SecretsManager": ec2.InterfaceVpcEndpointAwsService.SECRETS_MANAGER,
     "Logs": ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_LOGS,
     "Monitoring": ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_MONITORING,
+    # EventBridge Scheduler: the deployer and the API create the pipelines' schedules
+    "Scheduler": ec2.InterfaceVpcEndpointAwsService("scheduler"),
 }
 
 

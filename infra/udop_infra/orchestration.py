@@ -21,6 +21,8 @@ from constructs import Construct
 from udop.aws.definitions import canonical_definition, version_key
 from udop.compiler import CompileError, CompileOptions, compile_pipeline
 from udop.errors import SpecErrors
+from udop.schedule.expr import eventbridge_expression, scheduled_input
+from udop.schedule.expr import schedule_name as _schedule_name
 from udop.spec.loader import load_pipeline
 from udop_infra.config import REPO_ROOT, ContextError, DeploymentConfig
 from udop_infra.runtime import STATE_MACHINE_PREFIX, Runtime, grant_state_machine_basics, sync_rule_arn
@@ -266,70 +268,25 @@ def _grant_used_resources(
 
 # --- schedules ---------------------------------------------------------------------------------------
 
-_DOW = {str(i): str(i + 1) for i in range(7)} | {"7": "1"}
-
-
 def schedule_expression(schedule: Any) -> str:
-    """``schedule`` (five-field cron or rate) -> an EventBridge Scheduler expression.
-
-    Scheduler cron has six fields (minute hour day-of-month month day-of-week year), numbers days
-    of the week 1-7 from Sunday (cron: 0-6, 7 = Sunday too) and needs '?' in one day field.
-    """
-    if schedule.rate is not None:
-        value, unit = schedule.rate.split()
-        unit = unit.rstrip("s") + ("" if int(value) == 1 else "s")
-        return f"rate({value} {unit})"
-    minute, hour, dom, month, dow = schedule.cron.split()
-    if dow == "*":
-        dow = "?"
-    elif dom == "*":
-        dom = "?"
-    else:
-        raise ContextError(
-            f"cron {schedule.cron!r}: EventBridge Scheduler cannot restrict both the day "
-            "of the month and the day of the week; use '*' for one of them"
-        )
-    dow = re.sub(r"\d+", lambda m: _dow(m.group(0), schedule.cron), dow)
-    return f"cron({minute} {hour} {dom} {month} {dow} *)"
-
-
-def _dow(number: str, cron: str) -> str:
-    if number not in _DOW:
-        raise ContextError(f"cron {cron!r}: day of week {number} is not 0-7")
-    return _DOW[number]
-
-
-SCHEDULE_NAME_MAX = 64
+    """``schedule`` -> an EventBridge Scheduler expression (the one conversion, in udop.schedule.expr)."""
+    try:
+        return eventbridge_expression(schedule)
+    except ValueError as exc:
+        raise ContextError(str(exc)) from None
 
 
 def schedule_name(pipeline: str) -> str:
     """``udop-<pipeline>``, shortened with a hash when longer than a schedule name may be (64)."""
-    name = f"{STATE_MACHINE_PREFIX}{pipeline}"
-    if len(name) <= SCHEDULE_NAME_MAX:
-        return name
-    digest = hashlib.sha256(pipeline.encode()).hexdigest()[:8]
-    return f"{name[: SCHEDULE_NAME_MAX - 9]}-{digest}"
+    return _schedule_name(pipeline, STATE_MACHINE_PREFIX)
 
 
 def run_input(pipeline: Any, data_bucket: str) -> dict[str, Any]:
     """The execution input of a scheduled run: the run context the compiled Task states pass on."""
-    missing = [name for name, spec in pipeline.spec.params.items() if spec.is_required]
-    if missing:
-        raise ContextError(
-            f"pipeline {pipeline.name!r}: a schedule cannot supply required parameter(s) "
-            f"{', '.join(missing)}; give them defaults"
-        )
-    return {
-        "run": {
-            "run_id": "<aws.scheduler.execution-id>",
-            "logical_date": "<aws.scheduler.scheduled-time>",
-            "params": {name: spec.default for name, spec in pipeline.spec.params.items()},
-            "data_root": f"s3://{data_bucket}",
-            "data_bucket": data_bucket,
-            "data_prefix": "",
-            "trigger": "schedule",
-        }
-    }
+    try:
+        return scheduled_input(pipeline, data_bucket)
+    except ValueError as exc:
+        raise ContextError(str(exc)) from None
 
 
 class Orchestration(Construct):

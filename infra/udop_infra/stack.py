@@ -15,6 +15,7 @@ from udop_infra.network import Network
 from udop_infra.observability import Observability
 from udop_infra.orchestration import Orchestration
 from udop_infra.runtime import Runtime
+from udop_infra.schedules import ScheduleManagement
 from udop_infra.storage import Storage
 
 
@@ -48,6 +49,10 @@ class UdopStack(Stack):
             data=self.data,
             runtime=self.runtime,
         )
+        # the deployer and POST /pipelines create each pipeline's schedule beside its state machine
+        self.schedules = ScheduleManagement(
+            self, "Schedules", runtime=self.runtime, functions=[self.runtime.deployer, self.api.function])
+        CfnOutput(self, "SchedulerRoleArn", value=self.schedules.role.role_arn)
         CfnOutput(
             self,
             "DefinitionsBucket",

@@ -31,7 +31,7 @@ from udop.api.guard import FailureLimiter, RequestGuard
 from udop.api.keys import ApiKeys
 from udop.api.launcher import LocalLauncher, RunLauncher
 from udop.api.reads import FastReads, health_answer
-from udop.api.routers import admin, lineage, observability, pipelines, runs
+from udop.api.routers import admin, backfills, lineage, observability, pipelines, runs
 from udop.api.routers.pipelines import DefinitionInvalid
 from udop.api.schemas import Health, Problem
 from udop.api.settings import ApiSettings, load_api_settings
@@ -106,6 +106,7 @@ def create_app(
     app.include_router(observability.router)
     _add_metrics(launcher)
     app.include_router(lineage.router)
+    app.include_router(backfills.router)
     _add_health(app, ctx, engine)
     _add_error_handlers(app)
     # the first added is the innermost: ordinary GET /runs, /runs/{id} and /health are answered here,

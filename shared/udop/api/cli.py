@@ -40,7 +40,9 @@ __all__ = ["api_key", "serve"]
     show_default=True,
     help="one log line per request (formatted and redacted like every line: CPU on each request)",
 )
-def serve(host: str, port: int, log_level: str, access_log: bool) -> None:
+@click.option("--scheduler", "with_scheduler", is_flag=True,
+              help="Also start the runs of registered pipelines that have a schedule (docs/scheduling.md).")
+def serve(host: str, port: int, log_level: str, access_log: bool, with_scheduler: bool) -> None:
     """Serve the REST API (OpenAPI at /openapi.json, docs at /docs).
 
     Settings come from UDOP_* variables: UDOP_DATABASE_URL, UDOP_JWT_SECRET, UDOP_JWKS_URL, ...
@@ -59,9 +61,16 @@ def serve(host: str, port: int, log_level: str, access_log: bool) -> None:
     sys.setswitchinterval(0.001)
     # one process: local runs execute in its threads, and a second process would not see them
     # log_config=None: uvicorn's loggers go through udop's one setup (--log-format, ids, redaction)
-    # http and loop "auto": httptools and uvloop, which the api extra installs (benchmarks/api_runs.py)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1, proxy_headers=False,
-                log_config=None, access_log=access_log)
+    from udop.schedule.scheduler import serve_scheduler
+
+    halt = serve_scheduler(app.state.udop) if with_scheduler else None
+    try:
+        # http and loop "auto": httptools and uvloop, which the api extra installs (benchmarks/api_runs.py)
+        uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1, proxy_headers=False,
+                    log_config=None, access_log=access_log)
+    finally:
+        if halt is not None:
+            halt()
 
 
 @click.group("api-key")

@@ -56,6 +56,7 @@ class DeployResult:
     state_machine_version_arn: str | None = None
     errors: list[dict[str, Any]] = field(default_factory=list)
     skipped: bool = False  # the same content was already deployed
+    schedule: str | None = None  # what became of the EventBridge Scheduler schedule (udop.schedule.aws)
     deployed_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,7 +81,7 @@ def content_hash(definition: dict[str, Any]) -> str:
 def deploy_definition(text: str | bytes, *, source: str, bucket: str, s3: Any, sfn: Any, store: Any,
                       task_runner_arn: str, role_arn: str, log_group_arn: str | None = None,
                       compile_fn: Callable[..., Any] | None = None,
-                      policy: Policy | None = None) -> DeployResult:
+                      policy: Policy | None = None, schedules: Any = None) -> DeployResult:
     """Validate, compile and deploy one definition; always writes the status report.
 
     ``source`` is the definitions-bucket key (``pipelines/<name>.yaml``) or, from the CLI, a file
@@ -107,6 +108,7 @@ def deploy_definition(text: str | bytes, *, source: str, bucket: str, s3: Any, s
         refused = (check_definition(pipeline, policy, check_modules=False) if policy is not None
                    else check_inline_secrets(pipeline))
         SpecErrors.collect([e.located(source) for e in refused])
+        _check_schedulable(pipeline, source)
         definition = canonical_definition(pipeline)
         result.content_hash = content_hash(definition)
         previous = get_json(s3, bucket, status_key(name))
@@ -116,7 +118,9 @@ def deploy_definition(text: str | bytes, *, source: str, bucket: str, s3: Any, s
             # the caller's store may not have it yet (deployed by the function, run from a laptop)
             store.register_pipeline(name, definition, state_machine_arn=previous["state_machine_arn"])
             return DeployResult(**{**previous, "skipped": True,
-                                   "deployed_at": previous.get("deployed_at", result.deployed_at)})
+                                   "deployed_at": previous.get("deployed_at", result.deployed_at),
+                                   "schedule": _sync_schedule(schedules, pipeline,
+                                                              previous["state_machine_arn"])})
         # compile before recording anything: a pipeline over a limit must not leave a version behind
         version = _next_version(store, name, definition)
         compiled = _compile(pipeline, version, compile_fn)
@@ -128,6 +132,7 @@ def deploy_definition(text: str | bytes, *, source: str, bucket: str, s3: Any, s
         result.state_machine_arn, result.state_machine_version_arn = _deploy_machines(
             sfn, compiled, task_runner_arn=task_runner_arn, role_arn=role_arn, log_group_arn=log_group_arn)
         store.register_pipeline(name, definition, state_machine_arn=result.state_machine_arn)
+        result.schedule = _sync_schedule(schedules, pipeline, result.state_machine_arn)
         result.ok = True
     except InputError as exc:  # SpecErrors, a compile limit, a bad setting: the user's to fix
         result.errors = _error_dicts(exc)
@@ -140,6 +145,27 @@ def deploy_definition(text: str | bytes, *, source: str, bucket: str, s3: Any, s
         metrics.add_metric(name="PipelinesDeployed", unit="Count", value=1)
     put_json(s3, bucket, status_key(name), result.to_dict())
     return result
+
+
+def _check_schedulable(pipeline: Any, source: str) -> None:
+    """A schedule must be able to start a run: refused before anything is deployed."""
+    if pipeline.spec.schedule is not None:
+        from udop.schedule.expr import scheduled_input
+
+        try:
+            scheduled_input(pipeline, "-")
+        except ValueError as exc:
+            raise SpecError(str(exc), file=source, path="spec.schedule") from None
+
+
+def _sync_schedule(target: Any, pipeline: Any, state_machine_arn: str) -> str | None:
+    from udop.schedule.aws import ScheduleTarget, sync_schedule
+
+    target = target if target is not None else ScheduleTarget.from_env()
+    if target is None:
+        return ("not deployed: set UDOP_SCHEDULER_ROLE_ARN and UDOP_DATA_BUCKET"
+                if pipeline.spec.schedule is not None else None)
+    return sync_schedule(target, pipeline, state_machine_arn)
 
 
 def _next_version(store: Any, name: str, definition: dict[str, Any]) -> int:

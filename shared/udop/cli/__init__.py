@@ -29,6 +29,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "deploy": ("udop.cli.aws:deploy_command", "Deploy a pipeline as a Step Functions state machine."),
     "redrive": ("udop.cli.aws:redrive_command", "Resume a failed Step Functions run from the failed task."),
     "serve": ("udop.api.cli:serve", "Serve the REST API on this machine."),
+    "scheduler": ("udop.cli.schedule:scheduler", "Start scheduled pipelines' runs at their ticks."),
+    "backfill": ("udop.cli.schedule:backfill", "Run a pipeline once per logical date of a range."),
+    "backfills": ("udop.cli.schedule:backfills", "List, show, cancel and resume backfills."),
     "api-key": ("udop.api.cli:api_key", "Create, list and revoke API keys of service accounts."),
 }
 

@@ -98,6 +98,8 @@ def deploy_command(file: str, definitions_bucket: str | None, task_runner_arn: s
         raise click.exceptions.Exit(2)
     note = " (unchanged)" if result.skipped else ""
     click.echo(f"{result.pipeline}: version {result.version} deployed{note} -> {result.state_machine_arn}")
+    if result.schedule and result.schedule != "none":
+        click.echo(f"{result.pipeline}: schedule {result.schedule}")
 
 
 def run_on_stepfunctions(pipeline_path: str, params: Mapping[str, Any], follow: bool = True, *,

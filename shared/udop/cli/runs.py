@@ -26,26 +26,33 @@ def runs() -> None:
 @click.option("--pipeline", help="Only runs of this pipeline.")
 @click.option("--state", type=click.Choice(["pending", "running", "succeeded", "failed", "cancelled"]))
 @click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True)
+@click.option("--logical-date", metavar="ISO-DATE", help="Only runs of this logical date (UTC if no offset).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def list_runs(pipeline: str | None, state: str | None, limit: int, as_json: bool) -> None:
+def list_runs(pipeline: str | None, state: str | None, limit: int, logical_date: str | None,
+              as_json: bool) -> None:
     """List runs, newest first."""
+    from udop.schedule.backfill import parse_date
     from udop.states import RunState
     from udop.store import open_store
 
     store = open_store()
-    records = store.list_runs(pipeline=pipeline, state=RunState(state) if state else None, limit=limit)
+    logical = parse_date(logical_date, what="--logical-date") if logical_date else None
+    records = store.list_runs(pipeline=pipeline, state=RunState(state) if state else None, limit=limit,
+                              logical_date=logical)
     if as_json:
         click.echo(json.dumps([_run_json(r) for r in records], indent=2, default=str))
         return
     if not records:
         click.echo("no runs yet: start one with `udop run pipeline.yaml`")
         return
-    click.echo(f"{'RUN ID':<24} {'PIPELINE':<24} {'STATE':<10} {'EXECUTOR':<13} {'STARTED':<20} DURATION")
+    click.echo(f"{'RUN ID':<24} {'PIPELINE':<24} {'STATE':<10} {'EXECUTOR':<13} {'LOGICAL DATE':<20} "
+               f"{'STARTED':<20} DURATION")
     for r in records:
         started = r.started_at.strftime("%Y-%m-%d %H:%M:%S") if r.started_at else ""
+        logical_text = r.logical_date.strftime("%Y-%m-%d %H:%M:%S")
         click.echo(
-            f"{r.id:<24} {r.pipeline:<24} {r.state.value:<10} {r.executor:<13} {started:<20} "
-            f"{_duration(r.started_at, r.ended_at)}"
+            f"{r.id:<24} {r.pipeline:<24} {r.state.value:<10} {r.executor:<13} {logical_text:<20} "
+            f"{started:<20} {_duration(r.started_at, r.ended_at)}"
         )
 
 

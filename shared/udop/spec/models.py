@@ -100,15 +100,28 @@ class Schedule(SpecModel):
     rate: str | None = Field(None, description="a fixed rate, e.g. '1 hour', '15 minutes'")
     timezone: str = "UTC"
     enabled: bool = True
+    catchup: Literal["none", "latest", "all"] = Field(
+        "latest", description="ticks missed while no scheduler ran (local scheduler): start none, only "
+        "the latest, or all of them, within catchup_window")
+    catchup_window: str = Field("1 day", description="how far back missed ticks count, e.g. '6 hours'")
+    jitter: int = Field(0, ge=0, le=3600, description="start up to this many seconds after the tick (a "
+                        "fixed offset per pipeline); on AWS, the schedule's flexible time window")
 
     @model_validator(mode="after")
     def _one_of(self) -> Schedule:
         if (self.cron is None) == (self.rate is None):
             raise ValueError("give exactly one of 'cron' or 'rate'")
-        if self.cron is not None and len(self.cron.split()) != 5:
-            raise ValueError(f"cron {self.cron!r} must have five fields (minute hour day month weekday)")
-        if self.rate is not None and not re.fullmatch(r"\d+ (minute|minutes|hour|hours|day|days)", self.rate):
-            raise ValueError(f"rate {self.rate!r} must look like '15 minutes', '1 hour' or '2 days'")
+        from udop.schedule.expr import check_cron, check_timezone, rate_seconds
+
+        if self.cron is not None:
+            check_cron(self.cron)
+        if self.rate is not None:
+            if not re.fullmatch(r"\d+ (minute|minutes|hour|hours|day|days)", self.rate):
+                raise ValueError(f"rate {self.rate!r} must look like '15 minutes', '1 hour' or '2 days'")
+            rate_seconds(self.rate)
+        if not re.fullmatch(r"\d+ (minute|minutes|hour|hours|day|days)", self.catchup_window):
+            raise ValueError(f"catchup_window {self.catchup_window!r} must look like '6 hours' or '1 day'")
+        check_timezone(self.timezone)
         return self
 
 
@@ -238,11 +251,24 @@ class AlertsSpec(SpecModel):
     anomaly: AnomalySpec | None = None
 
 
+class FilesTrigger(SpecModel):
+    """Start a run per file that lands (or changes) under ``path`` (local scheduler, polled)."""
+
+    path: str = Field(description="folder watched, relative to the scheduler's working directory")
+    pattern: str = Field("*", description="glob of the file names that count, e.g. '*.csv'")
+    param: str | None = Field(None, description="a declared str parameter that receives the file's path")
+
+
+class Trigger(SpecModel):
+    files: FilesTrigger
+
+
 class PipelineBody(SpecModel):
     params: dict[str, ParamSpec] = Field(default_factory=dict)
     defaults: Defaults = Defaults()
     connections: dict[str, ConnectionSpec] = Field(default_factory=dict)
     schedule: Schedule | None = None
+    trigger: Trigger | None = None
     max_active_runs: int | None = Field(
         None,
         ge=1,
@@ -253,6 +279,14 @@ class PipelineBody(SpecModel):
     tasks: list[Task] = Field(min_length=1)  # type: ignore[valid-type]
     masking: MaskingSpec | None = None
     alerts: AlertsSpec | None = None
+
+    @model_validator(mode="after")
+    def _trigger_param_declared(self) -> PipelineBody:
+        param = self.trigger.files.param if self.trigger is not None else None
+        if param is not None and param not in self.params:
+            raise ValueError(f"trigger.files.param {param!r} is not a declared parameter; declare it "
+                             "under params")
+        return self
 
 
 class Pipeline(SpecModel):

@@ -470,14 +470,17 @@ class SqlMetadataStore:
         return _run(head, tasks)
 
     def list_runs(self, *, pipeline: str | None = None, state: RunState | None = None, limit: int = 50,
-                  before: str | None = None) -> list[RunRecord]:
-        """Runs newest first; ``before`` is the id of a run: only runs created before it are listed."""
+                  before: str | None = None, logical_date: datetime | None = None) -> list[RunRecord]:
+        """Runs newest first; ``before`` is the id of a run: only runs created before it are listed.
+        ``logical_date``: only runs of that logical date (the one a schedule or backfill gave them)."""
         if limit <= 0:
             return []
         if self._sqlite:
             with self._sqlite_read() as db:
                 return sqlite_reads.list_runs(db, pipeline=pipeline, state=state, limit=limit, before=before)
         stmt = select(runs).order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit)
+        if logical_date is not None:
+            stmt = stmt.where(runs.c.logical_date == logical_date)
         if pipeline is not None:
             stmt = stmt.where(runs.c.pipeline == pipeline)
         if state is not None:

@@ -31,13 +31,17 @@ __all__ = [
     "JSONType",
     "UTCDateTime",
     "attempts",
+    "backfill_runs",
+    "backfills",
     "check_results",
     "lineage",
     "metadata",
     "pipeline_versions",
     "pipelines",
     "runs",
+    "schedule_ticks",
     "task_runs",
+    "trigger_events",
 ]
 
 
@@ -120,6 +124,7 @@ runs = Table(
     Index(None, "pipeline", "created_at", "id"),
     Index(None, "state", "created_at", "id"),
     Index(None, "pipeline", "state", "created_at", "id"),  # both filters at once (revision 0004)
+    Index(None, "logical_date", "created_at"),  # runs list --logical-date (revision 0005)
 )
 
 task_runs = Table(
@@ -180,4 +185,56 @@ check_results = Table(
     ForeignKeyConstraint(["run_id", "task_id"], ["task_runs.run_id", "task_runs.task_id"],
                          ondelete="CASCADE"),
     Index(None, "run_id", "task_id"),
+)
+
+# --- schedules and backfills (revision 0005; udop.schedule.store reads and writes these) ---------------
+
+#: one row per (pipeline, tick) a scheduler fired: the primary key is the claim, so of two schedulers on
+#: one database only the one whose INSERT lands starts a run for that tick
+schedule_ticks = Table(
+    "schedule_ticks", metadata,
+    Column("pipeline", String(), primary_key=True),
+    Column("tick", UTCDateTime(), primary_key=True),
+    Column("claimed_by", String(), nullable=False),  # "pid@host" of the scheduler
+    Column("claimed_at", UTCDateTime(), nullable=False),
+    Column("outcome", String(16), nullable=False),  # claimed | started | skipped | failed
+    Column("run_id", String()),
+    Column("detail", Text()),
+)
+
+backfills = Table(
+    "backfills", metadata,
+    Column("id", String(), primary_key=True),
+    Column("pipeline", String(), nullable=False),
+    Column("state", String(16), nullable=False),  # running | succeeded | failed | cancelled
+    Column("start", UTCDateTime(), nullable=False),
+    Column("end", UTCDateTime(), nullable=False),
+    Column("step", String(16), nullable=False),
+    Column("max_parallel", Integer(), nullable=False),
+    Column("params", JSONType, nullable=False),
+    Column("executor", String(32), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("ended_at", UTCDateTime()),
+    Column("error", Text()),
+    Index(None, "pipeline", "created_at"),
+)
+
+#: the logical dates of a backfill and the run each has (none yet: not started)
+backfill_runs = Table(
+    "backfill_runs", metadata,
+    Column("backfill_id", String(), primary_key=True),
+    Column("logical_date", UTCDateTime(), primary_key=True),
+    Column("run_id", String()),
+    ForeignKeyConstraint(["backfill_id"], ["backfills.id"], ondelete="CASCADE"),
+)
+
+#: one row per (pipeline, event) a trigger fired: a file version (path, mtime, size); the primary key
+#: de-duplicates, so one run per object version whatever the number of schedulers
+trigger_events = Table(
+    "trigger_events", metadata,
+    Column("pipeline", String(), primary_key=True),
+    Column("event", String(), primary_key=True),
+    Column("claimed_by", String(), nullable=False),
+    Column("claimed_at", UTCDateTime(), nullable=False),
+    Column("run_id", String()),
 )

@@ -132,6 +132,9 @@ def get_pipeline(name: PipelineName, _: Viewer, ctx: Ctx) -> PipelineDetail:
 def delete_pipeline(request: Request, name: PipelineName, _: Admin, ctx: Ctx) -> None:
     if not ctx.store.delete_pipeline(name):
         raise HTTPException(404, f"no pipeline {name!r}")
+    from udop.schedule.aws import forget_pipeline  # its EventBridge schedule goes too (Step Functions)
+
+    forget_pipeline(ctx.launcher.executor_name, name)
     request.state.audit_detail = f"pipeline {name} deleted"
 
 

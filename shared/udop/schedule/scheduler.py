@@ -1,0 +1,435 @@
+"""The local scheduler: starts each pipeline's runs at its schedule's ticks (``udop scheduler``).
+
+Each tick is claimed in the metadata store before its run starts (``ScheduleStore.claim_tick``), so
+any number of schedulers on one database start one run per tick. Ticks missed while no scheduler
+ran are caught up per ``schedule.catchup`` within ``schedule.catchup_window``; ``schedule.jitter``
+delays every tick of a pipeline by the same offset (a hash of its name), which spreads pipelines
+ticking at the same minute. A tick whose run cannot start because the pipeline's
+``max_active_runs`` are taken is recorded as skipped, not queued: the next tick runs as usual.
+
+Scheduled runs are hostile input by default (the server-mode ``udop.sandbox`` Policy, as for the
+API): whoever can write a definition into the folder a scheduler reads gets runs without typing a
+command. ``trusted=True`` (``udop scheduler --trusted``) runs them as ``udop run`` does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from udop.errors import RunLimitReached, SpecErrors, UdopError
+from udop.executor.events import RunEvent
+from udop.sandbox import Policy
+from udop.schedule.expr import fires_between, rate_seconds
+from udop.schedule.store import ScheduleStore
+from udop.spec.models import Pipeline
+from udop.store.sql import SqlMetadataStore
+
+__all__ = ["Clock", "DirectoryPipelines", "Fired", "ScheduledPipeline", "Scheduler", "StorePipelines",
+           "SystemClock", "jitter_offset", "serve_scheduler", "start_in_background"]
+
+log = logging.getLogger(__name__)
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+    def sleep(self, seconds: float, stop: threading.Event) -> None: ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def sleep(self, seconds: float, stop: threading.Event) -> None:
+        stop.wait(seconds)
+
+
+@dataclass(frozen=True)
+class ScheduledPipeline:
+    pipeline: Pipeline
+    #: the folder its python tasks import from (trusted mode; a server's code_dir otherwise)
+    base_dir: str | None = None
+
+
+@dataclass
+class Fired:
+    """A tick this scheduler claimed, and what became of it."""
+
+    pipeline: str
+    tick: datetime
+    run_id: str | None = None
+    outcome: str = "claimed"  # started | skipped | failed
+    detail: str | None = None
+    #: seconds from the tick (plus jitter) to the run being recorded as running
+    delay: float | None = None
+    #: parameters of the run (a file trigger passes the file); none: the defaults
+    params: dict[str, Any] = field(default_factory=dict)
+    future: Future[None] | None = field(default=None, repr=False)
+
+
+def jitter_offset(pipeline: str, jitter: int) -> timedelta:
+    """A fixed offset in [0, jitter] seconds per pipeline name: the same on every scheduler."""
+    if jitter <= 0:
+        return timedelta(0)
+    digest = int.from_bytes(hashlib.sha256(pipeline.encode()).digest()[:4], "big")
+    return timedelta(seconds=digest % (jitter + 1))
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+class Scheduler:
+    """Fire the ticks of ``pipelines()`` on ``store``; ``poll`` once, or ``run_forever``."""
+
+    def __init__(
+        self,
+        store: SqlMetadataStore,
+        pipelines: Callable[[], Sequence[ScheduledPipeline]],
+        *,
+        policy: Policy,
+        clock: Clock | None = None,
+        owner: str | None = None,
+        max_runs: int = 8,
+        workers: int = 4,
+        data_root: str | None = None,
+        grace_seconds: float = 60.0,
+        max_sleep: float = 5.0,
+        settle_seconds: float = 1.0,
+    ) -> None:
+        import os
+        import socket
+
+        self.store = store
+        self.ticks = ScheduleStore(store)
+        self.pipelines = pipelines
+        self.policy = policy
+        self.clock = clock or SystemClock()
+        self.owner = owner or f"scheduler-{os.getpid()}@{socket.gethostname()}"
+        self.workers = workers
+        self.data_root = data_root
+        #: catchup "none": a tick later than this is missed, not run
+        self.grace = timedelta(seconds=grace_seconds)
+        self.max_sleep = max_sleep
+        self._pool = ThreadPoolExecutor(max_workers=max_runs, thread_name_prefix="udop-sched")
+        self._last: dict[str, datetime] = {}  # pipeline -> the latest tick considered
+        self._events: dict[str, set[str]] = {}  # pipeline -> trigger events already claimed (by anyone)
+        self._refused: set[str] = set()  # pipelines whose trigger folder the policy refuses (said once)
+        #: a file younger than this may still be being written: it triggers at a later poll
+        self.settle_seconds = settle_seconds
+        self._lock = threading.Lock()
+        self._executors: dict[str, Any] = {}  # run id -> LocalExecutor (to stop them on close)
+        self.fired: list[Fired] = []
+
+    # ------------------------------------------------------------------ deciding
+
+    def _due(self, sp: ScheduledPipeline, now: datetime) -> tuple[list[datetime], datetime | None]:
+        """(ticks to fire now, the latest tick considered) for one pipeline at ``now``."""
+        schedule = sp.pipeline.spec.schedule
+        assert schedule is not None
+        name = sp.pipeline.name
+        effective = now - jitter_offset(name, schedule.jitter)
+        last = self._last.get(name)
+        if last is None:
+            last = self.ticks.last_tick(name)
+            if last is None:  # never scheduled: nothing was missed, start from now
+                last = effective
+                self._last[name] = last
+        window_start = effective - timedelta(seconds=rate_seconds(schedule.catchup_window))
+        due = list(fires_between(schedule, max(last, window_start), effective))
+        if not due:
+            return [], None
+        if schedule.catchup == "all":
+            chosen = due
+        elif schedule.catchup == "latest":
+            chosen = due[-1:]
+        else:
+            chosen = [t for t in due[-1:] if effective - t <= self.grace]
+        for missed in due:
+            if missed not in chosen:
+                log.info("schedule of %s: tick %s missed (catchup %s)", name, missed.isoformat(),
+                         schedule.catchup)
+        return chosen, due[-1]
+
+    def poll(self) -> list[Fired]:
+        """Claim and start every tick due now; return the ticks this scheduler won."""
+        now = self.clock.now()
+        won: list[Fired] = []
+        for sp in self.pipelines():
+            if sp.pipeline.spec.trigger is not None:
+                won.extend(self._files_landed(sp, now))
+            schedule = sp.pipeline.spec.schedule
+            if schedule is None or not schedule.enabled:
+                continue
+            chosen, latest = self._due(sp, now)
+            for tick in chosen:
+                if not self.ticks.claim_tick(sp.pipeline.name, tick, self.owner):
+                    continue  # another scheduler has it
+                fired = Fired(sp.pipeline.name, tick)
+                fired.future = self._pool.submit(self._start, sp, fired)
+                won.append(fired)
+            if latest is not None:
+                self._last[sp.pipeline.name] = latest
+        with self._lock:
+            self.fired.extend(won)
+        return won
+
+    def _files_landed(self, sp: ScheduledPipeline, now: datetime) -> list[Fired]:
+        """One run per new file version under the trigger's folder (path, mtime and size): claimed in
+        the metadata store, so one run per version whatever the number of schedulers."""
+        from udop.executor.local import new_run_id
+
+        trigger = sp.pipeline.spec.trigger
+        assert trigger is not None
+        name = sp.pipeline.name
+        folder = Path(trigger.files.path)
+        if not folder.is_absolute() and sp.base_dir:
+            folder = Path(sp.base_dir) / folder
+        try:
+            self.policy.confine(str(folder), what="spec.trigger.files.path")
+        except UdopError as exc:
+            if name not in self._refused:
+                self._refused.add(name)
+                log.error("trigger of %s: %s", name, _first_line(exc))
+            return []
+        if name not in self._events:
+            self._events[name] = self.ticks.seen_events(name)
+        seen = self._events[name]
+        settled = time.time() - self.settle_seconds
+        won = []
+        for path in sorted(folder.glob(trigger.files.pattern)) if folder.is_dir() else []:
+            try:
+                st = path.stat()
+            except OSError:
+                continue  # gone meanwhile
+            if not path.is_file() or st.st_mtime > settled:
+                continue  # still being written: next poll
+            event = f"{path.relative_to(folder)}@{st.st_mtime_ns}:{st.st_size}"
+            if event in seen:
+                continue
+            seen.add(event)
+            run_id = new_run_id()
+            if not self.ticks.claim_event(name, event, self.owner, run_id):
+                continue
+            params = {trigger.files.param: str(path)} if trigger.files.param else {}
+            fired = Fired(name, now, run_id=run_id, params=params)
+            fired.future = self._pool.submit(self._start, sp, fired)
+            won.append(fired)
+        return won
+
+    def next_wake(self, now: datetime) -> datetime:
+        """When the next tick of any pipeline is due (at most ``max_sleep`` seconds away)."""
+        wake = now + timedelta(seconds=self.max_sleep)
+        for sp in self.pipelines():
+            schedule = sp.pipeline.spec.schedule
+            if schedule is None or not schedule.enabled:
+                continue
+            offset = jitter_offset(sp.pipeline.name, schedule.jitter)
+            after = self._last.get(sp.pipeline.name, now - offset)
+            upcoming = next(fires_between(schedule, after, None)) + offset
+            wake = min(wake, upcoming)
+        return wake
+
+    # ------------------------------------------------------------------ starting
+
+    def _start(self, sp: ScheduledPipeline, fired: Fired) -> None:
+        from udop.executor.local import LocalExecutor, new_run_id
+        from udop.spec.secure import check_definition
+
+        pipeline = sp.pipeline
+        run_id = fired.run_id or new_run_id()
+        fired.run_id = run_id
+
+        def on_event(event: RunEvent) -> None:
+            if event.kind == "run" and event.state == "running" and fired.outcome == "claimed":
+                schedule = pipeline.spec.schedule
+                jitter = jitter_offset(pipeline.name, schedule.jitter if schedule else 0)
+                fired.delay = (self.clock.now() - fired.tick - jitter).total_seconds()
+                fired.outcome = "started"
+                self.ticks.finish_tick(pipeline.name, fired.tick, outcome="started", run_id=run_id)
+
+        try:
+            SpecErrors.collect(check_definition(pipeline, self.policy))
+            services = {"base_dir": sp.base_dir} if sp.base_dir and not self.policy.is_server else {}
+            executor = LocalExecutor(self.store, workers=self.workers, data_root=self.data_root,
+                                     policy=self.policy, on_event=on_event, services=services)
+            with self._lock:
+                self._executors[run_id] = executor
+            try:
+                executor.run(pipeline, params=fired.params, run_id=run_id, logical_date=fired.tick)
+            finally:
+                with self._lock:
+                    self._executors.pop(run_id, None)
+        except RunLimitReached as exc:
+            self._finish(fired, "skipped", None, f"max_active_runs: {_first_line(exc)}")
+        except (UdopError, OSError) as exc:
+            if fired.outcome == "claimed":
+                self._finish(fired, "failed", None, _first_line(exc))
+            else:
+                log.warning("scheduled run %s of %s: %s", run_id, pipeline.name, _first_line(exc))
+        except Exception as exc:  # a bug must not stop the scheduler; the tick says what happened
+            log.exception("scheduled run %s of %s failed to start", run_id, pipeline.name)
+            if fired.outcome == "claimed":
+                self._finish(fired, "failed", None, _first_line(exc))
+
+    def _finish(self, fired: Fired, outcome: str, run_id: str | None, detail: str) -> None:
+        fired.outcome, fired.detail = outcome, detail
+        fired.run_id = run_id
+        log.warning("schedule of %s: tick %s %s: %s", fired.pipeline, fired.tick.isoformat(), outcome, detail)
+        self.ticks.finish_tick(fired.pipeline, fired.tick, outcome=outcome, run_id=run_id, detail=detail)
+
+    # ------------------------------------------------------------------ running
+
+    def wait_idle(self, timeout: float | None = None) -> None:
+        """Wait for the runs started so far to end (tests, and a clean stop)."""
+        with self._lock:
+            futures = [f.future for f in self.fired if f.future is not None]
+        for future in futures:
+            future.result(timeout=timeout)
+
+    def run_forever(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.poll()
+            except UdopError as exc:  # e.g. the database is unreachable for a moment: try again
+                log.error("scheduler: %s", _first_line(exc))
+            now = self.clock.now()
+            self.clock.sleep(max(0.0, (self.next_wake(now) - now).total_seconds()), stop)
+
+    def close(self) -> None:
+        """Stop: running scheduled runs are cancelled cleanly (``udop run --resume`` continues them)."""
+        with self._lock:
+            for executor in self._executors.values():
+                executor.request_stop("the scheduler stopped")
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class DirectoryPipelines:
+    """The scheduled definitions in a folder, reloaded when a file changes (by mtime and size).
+
+    A file that does not load is reported once (one line) and left out until it changes.
+    """
+
+    SUFFIXES = (".yaml", ".yml", ".json")
+
+    def __init__(self, folder: str | Path, *, on_error: Callable[[str], None] | None = None,
+                 recheck_seconds: float = 5.0) -> None:
+        self.folder = Path(folder)
+        self.on_error = on_error or (lambda line: log.warning("%s", line))
+        self.recheck_seconds = recheck_seconds
+        self._seen: dict[Path, tuple[int, int]] = {}
+        self._loaded: dict[Path, ScheduledPipeline] = {}
+        self._current: list[ScheduledPipeline] = []
+        self._checked = 0.0
+
+    def _files(self) -> dict[Path, tuple[int, int]]:
+        out = {}
+        for path in sorted(self.folder.iterdir()):
+            if path.suffix in self.SUFFIXES and not path.name.endswith(".status.json") and path.is_file():
+                st = path.stat()
+                out[path] = (st.st_mtime_ns, st.st_size)
+        return out
+
+    def __call__(self) -> list[ScheduledPipeline]:
+        from udop.spec.loader import load_pipeline
+
+        if time.monotonic() - self._checked >= self.recheck_seconds or not self._seen:
+            self._checked = time.monotonic()
+            files = self._files()
+            for path in set(self._loaded) - set(files):
+                del self._loaded[path]
+            for path, stamp in files.items():
+                if self._seen.get(path) == stamp:
+                    continue
+                self._loaded.pop(path, None)
+                try:
+                    pipeline = load_pipeline(path)
+                except SpecErrors as exc:
+                    self.on_error(str(exc).splitlines()[0])
+                else:
+                    if pipeline.spec.schedule is not None or pipeline.spec.trigger is not None:
+                        self._loaded[path] = ScheduledPipeline(pipeline, str(path.parent.resolve()))
+            self._seen = files
+            names: dict[str, Path] = {}
+            self._current = []
+            for path, sp in self._loaded.items():
+                if sp.pipeline.name in names:
+                    self.on_error(f"{path}: pipeline {sp.pipeline.name!r} is also defined in "
+                                  f"{names[sp.pipeline.name]}; scheduling the first")
+                    continue
+                names[sp.pipeline.name] = path
+                self._current.append(sp)
+        return list(self._current)
+
+
+class StorePipelines:
+    """The scheduled pipelines registered in the metadata store (``POST /pipelines`` on a local
+    server): each one's latest version, re-read every ``recheck_seconds``."""
+
+    def __init__(self, store: SqlMetadataStore, *, recheck_seconds: float = 5.0) -> None:
+        self.store = store
+        self.recheck_seconds = recheck_seconds
+        self._checked = 0.0
+        self._parsed: dict[tuple[str, int], Pipeline | None] = {}
+        self._current: list[ScheduledPipeline] = []
+
+    def __call__(self) -> list[ScheduledPipeline]:
+        from pydantic import ValidationError
+
+        if self._current and time.monotonic() - self._checked < self.recheck_seconds:
+            return list(self._current)
+        self._checked = time.monotonic()
+        current = []
+        for record in self.store.list_pipelines():
+            latest = record.latest
+            if latest is None:
+                continue
+            key = (record.name, latest.version)
+            if key not in self._parsed:
+                try:
+                    self._parsed[key] = Pipeline.model_validate(latest.definition)
+                except ValidationError as exc:  # stored by an older udop: reported, not scheduled
+                    log.warning("pipeline %s version %s cannot be scheduled: %s", record.name,
+                                latest.version, _first_line(exc))
+                    self._parsed[key] = None
+            pipeline = self._parsed[key]
+            if pipeline is not None and (pipeline.spec.schedule is not None
+                                         or pipeline.spec.trigger is not None):
+                current.append(ScheduledPipeline(pipeline))
+        self._current = current
+        return list(current)
+
+
+def start_in_background(scheduler: Scheduler) -> Callable[[], None]:
+    """Run ``scheduler`` in a daemon thread; returns the function that stops it (and its runs)."""
+    stop = threading.Event()
+    thread = threading.Thread(target=scheduler.run_forever, args=(stop,), name="udop-scheduler", daemon=True)
+    thread.start()
+
+    def halt() -> None:
+        stop.set()
+        thread.join()
+        scheduler.close()
+
+    return halt
+
+
+def serve_scheduler(ctx: Any) -> Callable[[], None] | None:
+    """``udop serve --scheduler``: schedule the server's registered pipelines under its policy (the
+    runs are API input); None when the server runs on Step Functions (EventBridge schedules there)."""
+    if ctx.launcher.executor_name != "local":
+        log.warning("udop serve --scheduler: runs go to Step Functions here; EventBridge Scheduler "
+                    "starts scheduled pipelines (docs/scheduling.md)")
+        return None
+    scheduler = Scheduler(ctx.store, StorePipelines(ctx.store), policy=ctx.launcher.policy,
+                          data_root=getattr(ctx.launcher, "data_root", None))
+    return start_in_background(scheduler)
