@@ -811,7 +811,7 @@ _RUN_COLUMNS = ("id", "pipeline", "pipeline_version", "state", "executor", "para
 assert tuple(runs.c.keys()) == _RUN_COLUMNS, "runs' columns changed: update _run"
 
 
-def _run(row: Row[Any], tasks: Sequence[TaskRunRecord] | Iterable[TaskRunRecord] = ()) -> RunRecord:
+def _run(row: Sequence[Any], tasks: Sequence[TaskRunRecord] | Iterable[TaskRunRecord] = ()) -> RunRecord:
     # unpacked by position: reading 14 columns by name cost more than the query of a GET /runs page
     (id_, pipeline, version, state, executor, params, logical_date, created_at, started_at, ended_at,
      error, external_id, owner, lease_expires_at) = row
