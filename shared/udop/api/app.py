@@ -34,6 +34,7 @@ from udop.api.routers import admin, lineage, observability, pipelines, runs
 from udop.api.routers.pipelines import DefinitionInvalid
 from udop.api.schemas import Health, Problem
 from udop.api.settings import ApiSettings, load_api_settings
+from udop.api.ui import mount_ui
 from udop.errors import ConfigError, InputError, RunNotFound, SpecErrors, StoreError, TransitionError
 from udop.store.api import MetadataStore
 
@@ -106,6 +107,7 @@ def create_app(
     _add_metrics(launcher)
     app.include_router(lineage.router)
     _add_health(app, ctx, engine)
+    mount_ui(app)  # the web UI at /ui/ (docs/ui.md): static assets over this same API
     _add_error_handlers(app)
     # the last added is the outermost: the audit middleware sees what the guard refuses
     app.add_middleware(
