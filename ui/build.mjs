@@ -10,18 +10,18 @@ const here = dirname(fileURLToPath(import.meta.url));
 const out = resolve(process.argv[2] ?? join(here, "..", "shared", "udop", "api", "ui_dist"));
 rmSync(out, { recursive: true, force: true });
 mkdirSync(out, { recursive: true });
-await build({
+const common = {
   absWorkingDir: here,
-  entryPoints: ["src/main.tsx"],
   bundle: true,
   minify: true,
-  format: "esm",
   target: "es2020",
   jsx: "automatic",
   jsxImportSource: "preact",
   legalComments: "external", // the bundled libraries' licence headers, beside the bundle
   charset: "utf8",
-  outfile: join(out, "app.js"),
   logLevel: "warning",
-});
+};
+await build({ ...common, entryPoints: ["src/main.tsx"], format: "esm", outfile: join(out, "app.js") });
+// dagre runs in a (classic) Web Worker: a large graph is laid out while the page stays usable
+await build({ ...common, entryPoints: ["src/layout-worker.ts"], format: "iife", outfile: join(out, "layout-worker.js") });
 for (const name of ["index.html", "app.css"]) copyFileSync(join(here, "src", name), join(out, name));

@@ -22,13 +22,14 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-
 from tests.integration.api.conftest import SECRET, LiveServer, bearer, make_token
 
 CHROMIUM = Path(os.environ.get("UDOP_CHROMIUM", "/usr/bin/chromium"))
 UI_DIR = Path(__file__).resolve().parents[2] / "ui"
 #: screenshots of the main pages, kept after the run for a person to look at
-ARTIFACTS = Path(os.environ.get("UDOP_TEST_ARTIFACTS", Path(tempfile.gettempdir()) / "udop-test-artifacts")) / "ui"
+ARTIFACTS = (
+    Path(os.environ.get("UDOP_TEST_ARTIFACTS", Path(tempfile.gettempdir()) / "udop-test-artifacts")) / "ui"
+)
 
 TASKS = """
 import threading
@@ -134,35 +135,55 @@ def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiServer]:
         store = open_store(url)
         settings = ApiSettings(database_url=url, data_root=str(root / "data"), jwt_secret=SECRET)
         server = LiveServer(create_app(settings, store=store)).__enter__()
-        admin = httpx.Client(base_url=server.url, headers=bearer(make_token("admin", sub="admin-user")), timeout=30)
+        admin = httpx.Client(
+            base_url=server.url, headers=bearer(make_token("admin", sub="admin-user")), timeout=30
+        )
         try:
-            params = {"n": {"type": "int", "default": 3}, "label": {"type": "str", "default": "x"},
-                      "shout": {"type": "bool", "default": False}}
+            params = {
+                "n": {"type": "int", "default": 3},
+                "label": {"type": "str", "default": "x"},
+                "shout": {"type": "bool", "default": False},
+            }
             shop = [
-                {"id": "extract", "callable": "extract", "args": {"n": "${params.n}", "label": "${params.label}"}},
+                {
+                    "id": "extract",
+                    "callable": "extract",
+                    "args": {"n": "${params.n}", "label": "${params.label}"},
+                },
                 {"id": "check", "callable": "check", "depends_on": ["extract"]},
                 {"id": "report", "callable": "noop", "depends_on": ["check"]},
                 {"id": "archive", "callable": "noop", "depends_on": ["extract"]},
             ]
             for text in (
-                _definition("shop", module, [dict(t) for t in shop], params=params,
-                            schedule={"cron": "0 6 * * *"}),
+                _definition(
+                    "shop", module, [dict(t) for t in shop], params=params, schedule={"cron": "0 6 * * *"}
+                ),
                 # a second version: the pipeline page diffs the two
-                _definition("shop", module, [dict(t) for t in shop] + [
-                    {"id": "notify", "callable": "noop", "depends_on": ["report", "archive"]}],
-                    params=params, schedule={"cron": "0 6 * * *"}),
-                _definition("flaky", module, [
-                    {"id": "prepare", "callable": "noop"},
-                    {"id": "flaky", "callable": "flaky", "depends_on": ["prepare"]},
-                    {"id": "publish", "callable": "noop", "depends_on": ["flaky"]},
-                ]),
+                _definition(
+                    "shop",
+                    module,
+                    [dict(t) for t in shop]
+                    + [{"id": "notify", "callable": "noop", "depends_on": ["report", "archive"]}],
+                    params=params,
+                    schedule={"cron": "0 6 * * *"},
+                ),
+                _definition(
+                    "flaky",
+                    module,
+                    [
+                        {"id": "prepare", "callable": "noop"},
+                        {"id": "flaky", "callable": "flaky", "depends_on": ["prepare"]},
+                        {"id": "publish", "callable": "noop", "depends_on": ["flaky"]},
+                    ],
+                ),
             ):
                 r = admin.post("/pipelines", content=text, headers={"Content-Type": "application/yaml"})
                 assert r.status_code in (200, 201), r.text
             created = admin.post("/api-keys", json={"name": "ui-operator", "role": "operator"})
             assert created.status_code == 201, created.text
-            yield UiServer(url=server.url, store=store, tasks=tasks, operator_key=created.json()["key"],
-                           admin=admin)
+            yield UiServer(
+                url=server.url, store=store, tasks=tasks, operator_key=created.json()["key"], admin=admin
+            )
         finally:
             tasks.gate.set()
             admin.close()

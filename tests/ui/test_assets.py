@@ -44,12 +44,16 @@ def test_the_page_is_served_with_a_strict_content_security_policy(ui_server: UiS
 def test_committed_build_is_what_the_lockfile_builds(tmp_path: Path) -> None:
     node = shutil.which("node")
     if node is None or not (UI_DIR / "node_modules" / "esbuild").exists():
-        pytest.skip("UI BUILD CHECK SKIPPED: needs node and `npm ci --prefix ui` (scripts/bootstrap.sh runs it)")
+        pytest.skip(
+            "UI BUILD CHECK SKIPPED: needs node and `npm ci --prefix ui` (scripts/bootstrap.sh runs it)"
+        )
     subprocess.run([node, str(UI_DIR / "build.mjs"), str(tmp_path)], check=True, timeout=120)
     built = sorted(p.name for p in tmp_path.iterdir())
     assert built == sorted(p.name for p in UI_DIST.iterdir())
     stale = [name for name in built if (tmp_path / name).read_bytes() != (UI_DIST / name).read_bytes()]
-    assert not stale, f"{stale} differ from ui/src: run `node ui/build.mjs` and commit shared/udop/api/ui_dist/"
+    assert not stale, (
+        f"{stale} differ from ui/src: run `node ui/build.mjs` and commit shared/udop/api/ui_dist/"
+    )
 
 
 @pytest.mark.slow
@@ -57,8 +61,12 @@ def test_the_wheel_ships_the_ui(tmp_path: Path) -> None:
     uv = REPO / ".tools" / "bin" / "uv"
     if not uv.exists():
         pytest.skip("needs the project's uv (scripts/bootstrap.sh installs it)")
-    subprocess.run([str(uv), "build", "--wheel", "--quiet", "-o", str(tmp_path), str(REPO)], check=True,
-                   timeout=300, capture_output=True)
+    subprocess.run(
+        [str(uv), "build", "--wheel", "--quiet", "-o", str(tmp_path), str(REPO)],
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
     (wheel,) = tmp_path.glob("udop-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for asset in ("index.html", "app.js", "app.css"):

@@ -7,20 +7,11 @@ import re
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
 from .conftest import UI_DIR, UiServer, shot
 
 pytestmark = pytest.mark.slow
-
-expect: Any = None
-
-
-@pytest.fixture(autouse=True)
-def _expect() -> None:
-    global expect
-    from playwright.sync_api import expect as playwright_expect
-
-    expect = playwright_expect
 
 
 def sign_in(page: Any, server: UiServer, credential: str) -> None:
@@ -80,7 +71,9 @@ def test_operator_triggers_a_run_with_typed_params_and_watches_the_dag_succeed(
     assert run["params"] == {"n": 7, "label": "from the browser", "shout": True}
     # the trigger went through the API and is audited under the signed-in user
     audit = ui_server.admin.get("/audit", params={"limit": 50}).json()["items"]
-    assert any(a["actor"] == "olga" and a["path"] == "/pipelines/shop/runs" and a["status"] == 202 for a in audit)
+    assert any(
+        a["actor"] == "olga" and a["path"] == "/pipelines/shop/runs" and a["status"] == 202 for a in audit
+    )
     # a task's rows, schema, lineage and check results with their (masked) sample
     node(page, "extract").focus()
     page.keyboard.press("Enter")
@@ -127,8 +120,10 @@ def test_failed_task_shows_error_and_logs_and_resume_finishes_the_run(page: Any,
     expect(node(page, "publish")).to_have_attribute("data-state", "succeeded")
     expect(page.get_by_role("button", name="Resume run")).to_have_count(0)
     audit = ui_server.admin.get("/audit", params={"limit": 50}).json()["items"]
-    assert any(a["path"] == f"/runs/{run_id}/resume" and a["status"] == 202 and a["actor_kind"] == "api_key"
-               for a in audit), audit
+    assert any(
+        a["path"] == f"/runs/{run_id}/resume" and a["status"] == 202 and a["actor_kind"] == "api_key"
+        for a in audit
+    ), audit
 
 
 def test_a_running_run_can_be_cancelled_from_its_page(page: Any, ui_server: UiServer) -> None:
@@ -175,13 +170,19 @@ PAGES = ["#/pipelines", "#/pipelines/shop", "#/runs", "#/lineage"]
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
-def test_main_pages_have_no_serious_accessibility_violation(browser: Any, ui_server: UiServer, scheme: str) -> None:
+def test_main_pages_have_no_serious_accessibility_violation(
+    browser: Any, ui_server: UiServer, scheme: str
+) -> None:
     axe = UI_DIR / "node_modules" / "axe-core" / "axe.min.js"
     if not axe.exists():
-        pytest.skip(f"ACCESSIBILITY CHECK SKIPPED: {axe} is missing; run `npm ci --prefix ui` (bootstrap does)")
+        pytest.skip(
+            f"ACCESSIBILITY CHECK SKIPPED: {axe} is missing; run `npm ci --prefix ui` (bootstrap does)"
+        )
     source = axe.read_text()
     # bypass_csp: axe is injected by the test; the page's own policy forbids inline scripts
-    context = browser.new_context(color_scheme=scheme, bypass_csp=True, viewport={"width": 1280, "height": 900})
+    context = browser.new_context(
+        color_scheme=scheme, bypass_csp=True, viewport={"width": 1280, "height": 900}
+    )
     page = context.new_page()
     try:
         run_id = ui_server.trigger("shop")

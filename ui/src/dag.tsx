@@ -1,49 +1,37 @@
-// A task graph laid out by dagre (no layout of our own): boxes coloured by state, edges as dagre routes
-// them. The layout depends only on the tasks and their edges, so a run page that polls recolours the
-// boxes without laying the graph out again.
-import dagre from "@dagrejs/dagre";
-import { useMemo } from "preact/hooks";
+// A task graph laid out by dagre (no layout of our own) in a Web Worker: boxes coloured by state, edges as
+// dagre routes them. The layout depends only on the tasks and their edges, so a run page that polls
+// recolours the boxes without laying the graph out again.
+import { useEffect, useState } from "preact/hooks";
+import type { DagNode, Laid } from "./layout";
 
-export interface DagNode {
-  id: string;
-  label?: string;
-  deps: string[];
-}
+export type { DagNode };
 
-interface Laid {
-  width: number;
-  height: number;
-  nodes: { id: string; label: string; x: number; y: number; w: number; h: number }[];
-  edges: { from: string; to: string; d: string }[];
-}
+let worker: Worker | null = null;
+let next = 0;
+const waiting = new Map<number, (r: { laid?: Laid; error?: string }) => void>();
+const cache = new Map<string, Laid>();
 
-const NODE_H = 30;
-
-export function layoutDag(nodes: DagNode[], direction: "LR" | "TB" = "LR"): Laid {
-  const g = new dagre.graphlib.Graph();
-  g.setGraph({ rankdir: direction, nodesep: 12, ranksep: 40, marginx: 8, marginy: 8 });
-  g.setDefaultEdgeLabel(() => ({}));
-  const ids = new Set(nodes.map((n) => n.id));
-  for (const n of nodes) {
-    const label = n.label ?? n.id;
-    g.setNode(n.id, { label, width: Math.min(240, 24 + 7 * label.length), height: NODE_H });
+function layoutOffThread(key: string, nodes: DagNode[]): Promise<Laid> {
+  const hit = cache.get(key);
+  if (hit) return Promise.resolve(hit);
+  if (!worker) {
+    worker = new Worker(new URL("layout-worker.js", import.meta.url));
+    worker.onmessage = (ev: MessageEvent<{ id: number; laid?: Laid; error?: string }>) => {
+      waiting.get(ev.data.id)?.(ev.data);
+      waiting.delete(ev.data.id);
+    };
   }
-  for (const n of nodes) for (const d of n.deps) if (ids.has(d)) g.setEdge(d, n.id);
-  dagre.layout(g);
-  const graph = g.graph();
-  return {
-    width: Math.ceil(graph.width ?? 0),
-    height: Math.ceil(graph.height ?? 0),
-    nodes: g.nodes().map((id) => {
-      const n = g.node(id) as unknown as { label: string; x: number; y: number; width: number; height: number };
-      return { id, label: n.label, x: n.x, y: n.y, w: n.width, h: n.height };
-    }),
-    edges: g.edges().map((e) => {
-      const points = (g.edge(e) as unknown as { points: { x: number; y: number }[] }).points ?? [];
-      const d = points.map((p, i) => `${i ? "L" : "M"}${p.x.toFixed(1)},${p.y.toFixed(1)}`).join(" ");
-      return { from: e.v, to: e.w, d };
-    }),
-  };
+  const id = ++next;
+  return new Promise((resolve, reject) => {
+    waiting.set(id, (r) => {
+      if (r.laid) {
+        if (cache.size > 20) cache.clear();
+        cache.set(key, r.laid);
+        resolve(r.laid);
+      } else reject(new Error(r.error ?? "layout failed"));
+    });
+    worker!.postMessage({ id, nodes });
+  });
 }
 
 export function Dag(props: {
@@ -54,8 +42,21 @@ export function Dag(props: {
   label: string;
 }) {
   const key = props.nodes.map((n) => `${n.id}<${n.deps.join(",")}`).join(";");
-  // eslint-disable-next-line react-hooks/exhaustive-deps
-  const laid = useMemo(() => layoutDag(props.nodes), [key]);
+  const [laid, setLaid] = useState<Laid | null>(cache.get(key) ?? null);
+  const [error, setError] = useState<string | null>(null);
+  useEffect(() => {
+    let current = true;
+    layoutOffThread(key, props.nodes).then(
+      (l) => current && setLaid(l),
+      (e: Error) => current && setError(e.message),
+    );
+    return () => {
+      current = false;
+    };
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [key]);
+  if (error) return <p class="error">The graph could not be laid out: {error}</p>;
+  if (!laid) return <p aria-live="polite" data-testid="dag-pending">Laying out {props.nodes.length} tasks…</p>;
   const states = props.states ?? {};
   const select = props.onSelect;
   return (

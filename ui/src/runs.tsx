@@ -1,4 +1,4 @@
-import { useMemo, useState } from "preact/hooks";
+import { useMemo, useRef, useState } from "preact/hooks";
 import {
   type Check,
   type Definition,
@@ -385,8 +385,12 @@ export function RunPage(props: { id: string; me: Identity; task?: string | null 
   const [selected, setSelected] = useState<string | null>(props.task ?? null);
   const [actionError, setActionError] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
-  // live until the run is over; a resume makes it live again
-  const run = usePoll(() => get<RunDetail>(`runs/${enc}`), [props.id], (d) => (d && TERMINAL.has(d.state) ? null : 1500));
+  // live until the run is over; after a cancel or resume, live for a while whatever the state says (the
+  // executor may not have moved the run yet when the next read arrives)
+  const followUntil = useRef(0);
+  const run = usePoll(() => get<RunDetail>(`runs/${enc}`), [props.id], (d) =>
+    d && TERMINAL.has(d.state) && Date.now() > followUntil.current ? null : 1500,
+  );
   const r = run.data;
   const terminal = r ? TERMINAL.has(r.state) : false;
   const def = usePoll(
@@ -399,7 +403,8 @@ export function RunPage(props: { id: string; me: Identity; task?: string | null 
     [props.id, r?.state],
     null,
   );
-  const nodes: DagNode[] = useMemo(() => {
+  const nodes: DagNode[] | null = useMemo(() => {
+    if (def.data === null && !def.error) return null; // the definition's edges first: one layout, not two
     const tasks = r?.tasks ?? [];
     const spec = def.data?.spec.tasks ?? [];
     const known = new Set(spec.map((t) => t.id));
@@ -408,7 +413,7 @@ export function RunPage(props: { id: string; me: Identity; task?: string | null 
       ...tasks.filter((t) => !known.has(t.task_id)).map((t) => ({ id: t.task_id, deps: [] })),
     ];
     // eslint-disable-next-line react-hooks/exhaustive-deps
-  }, [def.data, r?.tasks.length]);
+  }, [def.data, def.error, r?.tasks.length]);
   if (!r) return run.error ? <ErrorLine error={run.error} /> : <Loading />;
   const states = Object.fromEntries(r.tasks.map((t) => [t.task_id, t.state]));
   const act = async (what: "cancel" | "resume") => {
@@ -416,6 +421,7 @@ export function RunPage(props: { id: string; me: Identity; task?: string | null 
     setActionError(null);
     try {
       await post(`runs/${enc}/${what}`);
+      followUntil.current = Date.now() + 15000;
       run.reload();
     } catch (e) {
       setActionError((e as Error).message);
@@ -469,7 +475,11 @@ export function RunPage(props: { id: string; me: Identity; task?: string | null 
       <ErrorLine error={actionError} />
       <h2>Graph</h2>
       <p class="hint">Select a task (click, or Tab to it and press Enter) for its attempts, logs, output and checks.</p>
-      <Dag label={`tasks of run ${r.id}`} nodes={nodes} states={states} selected={selected} onSelect={setSelected} />
+      {nodes ? (
+        <Dag label={`tasks of run ${r.id}`} nodes={nodes} states={states} selected={selected} onSelect={setSelected} />
+      ) : (
+        <p aria-live="polite">Reading the graph…</p>
+      )}
       {task ? <TaskPanel run={r} task={task} lineage={extra.data?.[0] ?? []} checks={extra.data?.[1] ?? []} /> : null}
       <h2>Timeline</h2>
       <Gantt run={r} onSelect={setSelected} />
