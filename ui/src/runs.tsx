@@ -344,7 +344,8 @@ function TaskPanel(props: { run: RunDetail; task: TaskRun; lineage: Lineage[]; c
                 <span class={`badge state-${c.passed ? "succeeded" : c.severity === "warn" ? "pending" : "failed"}`}>
                   {c.passed ? "passed" : c.severity === "warn" ? "warning" : "failed"}
                 </span> <code>{c.rule}</code>{" "}
-                ({c.severity}): {c.message} {c.failing_rows ? `, ${c.failing_rows} failing rows` : ""}
+                ({c.severity}): {c.message}
+                {c.failing_rows ? ` (${c.failing_rows} failing rows)` : ""}
               </p>
               {c.sample.length ? (
                 <table aria-label={`sample of rows failing ${c.rule} (masked)`}>
