@@ -71,3 +71,43 @@ def test_the_wheel_ships_the_ui(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for asset in ("index.html", "app.js", "app.css"):
         assert f"udop/api/ui_dist/{asset}" in names
+
+
+def test_the_api_lambda_serves_the_ui_through_api_gateway(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On AWS the same app answers API Gateway's proxy events: the page, its script, the redirect."""
+    import importlib.util
+    import json
+    import uuid
+
+    from tests.integration.api.test_lambda import HANDLER, FakeLambdaContext, load_event
+
+    monkeypatch.setenv("UDOP_DATABASE_URL", f"sqlite:///{tmp_path / 'meta.db'}")
+    monkeypatch.setenv("UDOP_DATA_ROOT", str(tmp_path / "data"))
+    monkeypatch.setenv("UDOP_JWT_SECRET", "lambda-ui-secret-" + "x" * 32)
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "udop-api")
+    spec = importlib.util.spec_from_file_location(f"udop_api_lambda_ui_{uuid.uuid4().hex[:8]}", HANDLER)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    try:
+
+        def get(path: str) -> dict[str, object]:
+            event = load_event("get_health.json")
+            event.update(path=path, resource="/{proxy+}", pathParameters={"proxy": path.lstrip("/")})
+            event["requestContext"].update(resourcePath="/{proxy+}", path=f"/prod{path}")
+            response: dict[str, object] = module.handler(event, FakeLambdaContext())
+            return response
+
+        page = get("/ui/")
+        assert page["statusCode"] == 200, page
+        assert '<script type="module" src="app.js">' in str(page["body"])
+        assert "script-src 'self'" in json.dumps(page["headers"])
+        script = get("/ui/app.js")
+        assert script["statusCode"] == 200 and "javascript" in json.dumps(script["headers"])
+        root = get("/")
+        assert root["statusCode"] == 307 and json.dumps(root["headers"]).find('"ui/"') > 0
+    finally:
+        module.APP.state.udop.launcher.close()
+        module.APP.state.udop.store.close()
