@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -169,7 +170,7 @@ def runs_pages(browser: Any, url: str, pages: int) -> list[float]:
     return times
 
 
-def _serve(database_url: str, data_root: str) -> tuple[multiprocessing.Process, str]:
+def _serve(database_url: str, data_root: str) -> tuple[BaseProcess, str]:
     import httpx
 
     port = _free_port()

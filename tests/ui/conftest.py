@@ -8,6 +8,7 @@ browser tests skip and say how to get it; ``scripts/test.sh`` installs it when i
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import sys
 import tempfile
@@ -21,7 +22,6 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 from tests.integration.api.conftest import SECRET, LiveServer, bearer, make_token
 
 CHROMIUM = Path(os.environ.get("UDOP_CHROMIUM", "/usr/bin/chromium"))
@@ -85,7 +85,7 @@ class UiServer:
     admin: httpx.Client
 
     def token(self, role: str, sub: str | None = None) -> str:
-        return make_token(role, sub=sub or f"{role}-user", ttl=3600)
+        return str(make_token(role, sub=sub or f"{role}-user", ttl=3600))
 
     def trigger(self, pipeline: str, params: dict[str, Any] | None = None) -> str:
         r = self.admin.post(f"/pipelines/{pipeline}/runs", json={"params": params or {}})
@@ -114,7 +114,7 @@ def _definition(name: str, module: str, tasks: list[dict[str, Any]], **spec: Any
         "metadata": {"name": name, "owner": "data-team", "tags": ["ui", "demo"]},
         "spec": {**spec, "tasks": tasks},
     }
-    return yaml.safe_dump(doc, sort_keys=False)
+    return json.dumps(doc)
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,7 @@ def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiServer]:
                 "label": {"type": "str", "default": "x"},
                 "shout": {"type": "bool", "default": False},
             }
-            shop = [
+            shop: list[dict[str, Any]] = [
                 {
                     "id": "extract",
                     "callable": "extract",
@@ -177,7 +177,7 @@ def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiServer]:
                     ],
                 ),
             ):
-                r = admin.post("/pipelines", content=text, headers={"Content-Type": "application/yaml"})
+                r = admin.post("/pipelines", content=text, headers={"Content-Type": "application/json"})
                 assert r.status_code in (200, 201), r.text
             created = admin.post("/api-keys", json={"name": "ui-operator", "role": "operator"})
             assert created.status_code == 201, created.text
