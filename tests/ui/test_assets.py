@@ -111,3 +111,22 @@ def test_the_api_lambda_serves_the_ui_through_api_gateway(
     finally:
         module.APP.state.udop.launcher.close()
         module.APP.state.udop.store.close()
+
+
+def test_without_a_build_there_is_no_ui_and_the_api_is_unaffected(tmp_path: Path) -> None:
+    from fastapi import FastAPI
+    from tests.integration.api.conftest import LiveServer
+
+    from udop.api.ui import mount_ui
+
+    app = FastAPI()
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    mount_ui(app, folder=tmp_path)  # an empty folder: no index.html
+    with LiveServer(app) as server, httpx.Client(base_url=server.url) as client:
+        assert client.get("/ui/").status_code == 404
+        assert client.get("/").status_code == 404
+        assert client.get("/health").json() == {"status": "ok"}
