@@ -16,4 +16,8 @@ if [ "${1:-}" != "--python-only" ]; then
   if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
     npm ci --no-audit --no-fund --loglevel=error
   fi
+  # the web UI's build tools and axe-core for its browser tests (ui/package-lock.json, docs/ui.md)
+  if [ ! -d ui/node_modules ] || [ ui/package-lock.json -nt ui/node_modules/.package-lock.json ]; then
+    npm ci --prefix ui --no-audit --no-fund --loglevel=error
+  fi
 fi

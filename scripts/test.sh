@@ -15,6 +15,14 @@ if [ -z "${UDOP_SKIP_LAYERS:-}" ] && command -v python3.12 >/dev/null 2>&1; then
   echo "udop: building the Lambda layers (layers/build.py)"
   .venv/bin/python layers/build.py >/dev/null || { echo "udop: layer build failed" >&2; exit 1; }
 fi
+# The web UI's browser tests drive Debian's Chromium (Playwright's own browser download is not
+# reachable): installed here when missing and we can (root, apt-get); otherwise they skip and say why.
+if [ ! -x /usr/bin/chromium ] && [ -z "${UDOP_CHROMIUM:-}" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "udop: installing Debian's chromium for the UI browser tests (tests/ui)"
+  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; }; } \
+    || echo "udop: could not install chromium; the UI browser tests will skip" >&2
+fi
 # Lint first: a second, and it names the file and line of every problem.
 .venv/bin/ruff check shared layers/connectors layers/transforms layers/build.py functions infra tests benchmarks \
   || { echo "udop: ruff found problems (fix them, or run 'ruff check --fix')" >&2; exit 1; }

@@ -35,6 +35,7 @@ from udop.api.routers import admin, backfills, lineage, observability, pipelines
 from udop.api.routers.pipelines import DefinitionInvalid
 from udop.api.schemas import Health, Problem
 from udop.api.settings import ApiSettings, load_api_settings
+from udop.api.ui import mount_ui
 from udop.errors import ConfigError, InputError, RunNotFound, SpecErrors, StoreError, TransitionError
 from udop.store.api import MetadataStore
 
@@ -108,6 +109,7 @@ def create_app(
     app.include_router(lineage.router)
     app.include_router(backfills.router)
     _add_health(app, ctx, engine)
+    mount_ui(app)  # the web UI at /ui/ (docs/ui.md): static assets over this same API
     _add_error_handlers(app)
     # the first added is the innermost: ordinary GET /runs, /runs/{id} and /health are answered here,
     # after the guard, the audit and the correlation id, without FastAPI's per-request work
