@@ -35,9 +35,9 @@ Computed = tuple[TaskResult, dict[str, Any]]
 @cache
 def chain_runner() -> tuple[Callable[..., bool], Callable[..., tuple[TaskResult, TaskResult]]] | None:
     """(fusable(transform, load), run_fused(...)) from the installed transforms layer, or None."""
-    from importlib.metadata import entry_points
+    from udop.plugins import entry_points_of
 
-    for ep in entry_points(group=CHAIN_GROUP):
+    for ep in entry_points_of(CHAIN_GROUP):
         if ep.name == "transform-load":
             run = ep.load()
             module = __import__(run.__module__, fromlist=["fusable"])

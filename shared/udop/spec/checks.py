@@ -6,11 +6,11 @@ list[SpecError]``. The core never imports a layer by name.
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 from udop.errors import SpecError
+from udop.plugins import entry_points_of
 
 GROUP = "udop.validators"
 
@@ -20,7 +20,7 @@ def run_plugin_checks(pipeline: Any, file: str | Path | None = None, loaded: Any
     if types_used <= {"python"}:
         return []  # no installed check applies; skip importing them (keeps `udop run` start fast)
     errors: list[SpecError] = []
-    for ep in entry_points(group=GROUP):
+    for ep in entry_points_of(GROUP):
         check = ep.load()
         for err in check(pipeline, Path(file).parent if file else Path(".")):
             line = loaded.line_of(parse_path(err.path)) if loaded is not None and err.path else None

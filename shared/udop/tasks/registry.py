@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from functools import cache
-from importlib.metadata import entry_points
 from typing import Any
 
 from udop.errors import FatalError
@@ -19,7 +18,9 @@ ENTRY_POINT_GROUP = "udop.task_types"
 
 @cache
 def _entry_points() -> dict[str, Any]:
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    from udop.plugins import entry_points_of
+
+    return {ep.name: ep for ep in entry_points_of(ENTRY_POINT_GROUP)}
 
 
 @cache

@@ -175,3 +175,23 @@ def test_chains_that_need_the_table_are_not_fused(tmp_path, store, change):
     run = _run(tmp_path, store, tasks)
     assert run.state == RunState.SUCCEEDED
     assert _by_id(run)["totals"].result["output"]["format"] == "parquet"
+
+
+def test_a_transform_reading_a_view_gets_its_rows(tmp_path):
+    """A definition edited before a resume (``--on-new-version``) may put another reader after a
+    transform that ran fused: the view's query is run into a table for it."""
+    from udop_transforms import run_fused
+
+    pq.write_table(ORDERS, tmp_path / "orders.parquet")
+    tasks = [*_tasks(), {"id": "top", "type": "transform", "depends_on": ["totals"],
+                         "steps": [{"filter": "n > 1"}, {"select": ["region"]}]}]
+    pipeline = make_pipeline(tasks, {"min": {"type": "float", "default": 6.5}})
+    params = {"min": 6.5}
+    extract = run_task(context_for(pipeline, "orders", tmp_path, params), pipeline.task("orders"), {})
+    view, _ = run_fused(context_for(pipeline, "totals", tmp_path, params), pipeline.task("totals"),
+                        {"orders": extract}, context_for(pipeline, "publish", tmp_path, params),
+                        pipeline.task("publish"))
+    top = run_task(context_for(pipeline, "top", tmp_path, params), pipeline.task("top"),
+                   {"totals": TaskResult(output=view.output)})
+    assert top.output is not None and top.output.rows == 1
+    assert pq.read_table(top.output.uri).to_pylist() == [{"region": "us"}]
