@@ -379,7 +379,8 @@ def test_api_role_is_least_privilege(stack: Any, resources: dict[str, Any]) -> N
     ):
         assert json.dumps(granted[action]) == executions, action
     assert ":execution:udop-*" in executions
-    # the only role it may pass is the state machines', and only to Step Functions
+    # the only roles it may pass are the state machines' (to Step Functions) and the schedules' (to
+    # EventBridge Scheduler)
     passes = [st for st in role_statements(resources, role) if "iam:PassRole" in as_list(st["Action"])]
     assert passes == [
         {
@@ -387,7 +388,13 @@ def test_api_role_is_least_privilege(stack: Any, resources: dict[str, Any]) -> N
             "Effect": "Allow",
             "Condition": {"StringEquals": {"iam:PassedToService": "states.amazonaws.com"}},
             "Resource": {"Fn::GetAtt": [logical_id(stack, stack.runtime.deployed_state_machine_role), "Arn"]},
-        }
+        },
+        {
+            "Action": "iam:PassRole",
+            "Effect": "Allow",
+            "Condition": {"StringEquals": {"iam:PassedToService": "scheduler.amazonaws.com"}},
+            "Resource": {"Fn::GetAtt": [logical_id(stack, stack.schedules.role), "Arn"]},
+        },
     ]
     # S3: the definitions bucket only (uploads, status reports, versions); never the data bucket
     definitions = logical_id(stack, stack.storage.definitions)

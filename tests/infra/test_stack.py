@@ -281,8 +281,17 @@ def test_deployer_may_pass_only_the_state_machine_role_to_step_functions(
         "Condition": {"StringEquals": {"iam:PassedToService": "states.amazonaws.com"}},
         "Resource": {"Fn::GetAtt": [role, "Arn"]},
     }
-    # the deployer's and the REST API's (which deploys on POST /pipelines)
-    assert passes == [only_this_role, only_this_role]
+    # the deployer's and the REST API's (which deploys on POST /pipelines); besides, each may pass the
+    # schedules' role to EventBridge Scheduler only (tests/infra/test_schedules_infra.py)
+    scheduler = logical_id(stack, stack.schedules.role)
+    to_scheduler = {
+        "Action": "iam:PassRole",
+        "Effect": "Allow",
+        "Condition": {"StringEquals": {"iam:PassedToService": "scheduler.amazonaws.com"}},
+        "Resource": {"Fn::GetAtt": [scheduler, "Arn"]},
+    }
+    assert sorted(passes, key=str) == sorted([only_this_role, only_this_role, to_scheduler, to_scheduler],
+                                             key=str)
 
 
 # --- data services --------------------------------------------------------------------------------
@@ -366,7 +375,7 @@ def test_vpc_endpoints_replace_a_nat_gateway(resources: dict[str, Any]) -> None:
         name = json.dumps(endpoint["Properties"]["ServiceName"])
         services.add(
             (
-                re.search(r"\.(s3|states|secretsmanager|logs|monitoring|cognito-idp)\"", name).group(1),
+                re.search(r"\.(s3|states|secretsmanager|logs|monitoring|cognito-idp|scheduler)\"", name).group(1),
                 endpoint["Properties"].get("VpcEndpointType", "Gateway"),
             )
         )
@@ -377,6 +386,7 @@ def test_vpc_endpoints_replace_a_nat_gateway(resources: dict[str, Any]) -> None:
         ("logs", "Interface"),
         ("monitoring", "Interface"),
         ("cognito-idp", "Interface"),  # the API function fetches the user pool's keys (JWKS)
+        ("scheduler", "Interface"),  # the deployer and the API manage the pipelines' schedules
     }
 
 

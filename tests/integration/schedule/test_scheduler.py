@@ -331,8 +331,8 @@ def test_a_file_landing_starts_one_run_per_file_version_with_the_file_as_paramet
     try:
         clock = FakeClock(_utc(2026, 5, 1))
         schedulers = [make_scheduler([sp], clock, on=s, owner=f"s{i}") for i, s in enumerate(stores)]
-        for s in schedulers:
-            s.settle_seconds = 3600  # a file written during the test is surely "being written"
+        for each in schedulers:
+            each.settle_seconds = 3600  # a file written during the test is surely "being written"
         _land(folder / "a.csv", "x\n1\n")
         _land(folder / "notes.txt", "not a csv")
         (folder / "fresh.csv").write_text("still being written")  # too young (now): not yet
