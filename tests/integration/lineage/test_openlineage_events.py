@@ -1,6 +1,7 @@
-"""OpenLineage events of real runs, captured by the client's file transport and validated against the
-specification's JSON schemas: START/COMPLETE/FAIL/ABORT for the run and each task, in order, with
-datasets, schema, column lineage, row counts and data-quality facets; off unless UDOP_OPENLINEAGE."""
+"""OpenLineage events of real runs, captured by the client's file transport and checked by ``ol_schema``
+(the client's typed model and our JSON Schema): START/COMPLETE/FAIL/ABORT for the run and each task, in
+order, with datasets, schema, column lineage, row counts and data-quality facets; off unless
+UDOP_OPENLINEAGE."""
 
 from __future__ import annotations
 
