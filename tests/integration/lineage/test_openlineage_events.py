@@ -1,6 +1,7 @@
-"""OpenLineage events of real runs, captured by the client's file transport and validated against the
-specification's JSON schemas: START/COMPLETE/FAIL/ABORT for the run and each task, in order, with
-datasets, schema, column lineage, row counts and data-quality facets; off unless UDOP_OPENLINEAGE."""
+"""OpenLineage events of real runs, captured by the client's file transport and checked by ``ol_schema``
+(the client's typed model and our JSON Schema): START/COMPLETE/FAIL/ABORT for the run and each task, in
+order, with datasets, schema, column lineage, row counts and data-quality facets; off unless
+UDOP_OPENLINEAGE."""
 
 from __future__ import annotations
 
@@ -180,3 +181,37 @@ def test_off_by_default_nothing_is_sent(tmp_path: Path, monkeypatch: pytest.Monk
     run, _, _, _ = _run(tmp_path)
     assert run.state.value == "succeeded"
     assert not path.exists()
+
+
+def test_a_cancelled_run_aborts_itself_and_its_running_task(
+    events_file: Path, tmp_path: Path, project: Any
+) -> None:
+    import threading
+
+    path = project.pipeline([project.task("first"), project.task("slow", "wait_for_cancel", depends_on=["first"],
+                                                                 args={"marker": "started"})],
+                            name=f"ol-{uuid.uuid4().hex[:6]}")
+    pipeline = load_pipeline(str(path))
+    store = open_store(f"sqlite:///{tmp_path / 'meta.db'}")
+    executor = LocalExecutor(store, workers=2, data_root=str(tmp_path / "data"), stop_grace=5)
+    marker = project.root / "started"
+
+    def stop_when_started() -> None:
+        for _ in range(3000):
+            if marker.exists():
+                executor.request_stop("test stops it")
+                return
+            threading.Event().wait(0.01)
+
+    stopper = threading.Thread(target=stop_when_started)
+    stopper.start()
+    run = executor.run(pipeline)
+    stopper.join()
+    assert run.state.value == "cancelled"
+    events = _events(events_file)
+    for event in events:
+        validate_event(event)
+    p = pipeline.name
+    assert [_key(e) for e in events] == [
+        (p, "START"), (f"{p}.first", "START"), (f"{p}.first", "COMPLETE"), (f"{p}.slow", "START"),
+        (f"{p}.slow", "ABORT"), (p, "ABORT")]

@@ -50,6 +50,7 @@ def test_each_recorded_change_is_sent_once(events: Path, tmp_path: Path) -> None
                          result=TaskResult(output=Manifest(uri="s3://data/runs/p/r1/a/", rows=2)).to_dict())
     store.start_attempt("r1", "b", 1)
     middle = store.get_run("r1")
+    assert middle is not None
     openlineage.recorded(before, middle, store)
     assert [(e["job"]["name"], e["eventType"]) for e in _read(events)] == [
         ("p", "START"), ("p.a", "START"), ("p.a", "COMPLETE"), ("p.b", "START")]
