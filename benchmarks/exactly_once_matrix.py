@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration" / "connectors"))
 
-from exactly_once_support import (  # type: ignore[import-not-found]  # (the path above)
+from exactly_once_support import (  # type: ignore[import-not-found,unused-ignore]  # (the path above)
     FIRST,
     MORE,
     TARGETS,
