@@ -21,7 +21,7 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from udop.errors import ConfigError
-from udop.sandbox import MASK, Redactor, redactor
+from udop.redaction import MASK, Redactor, redactor
 
 __all__ = [
     "DETECTORS",

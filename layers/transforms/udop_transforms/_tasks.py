@@ -21,7 +21,6 @@ from typing import Any
 import duckdb
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
-import udop.spec.models  # noqa: F401 - builds the task union before data_tasks is imported
 from udop import faults
 from udop.errors import DataQualityError, FatalError, InputError, TaskTimeout
 from udop.lineage.columns import ColumnLineage, column_lineage, compose
