@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import signal
 
+from udop.settings import ProcessSettings, load_settings
+
 __all__ = ["POINTS", "point"]
 
 POINTS = ("load-before-commit", "load-committed", "watermark-committed")
@@ -18,5 +20,5 @@ POINTS = ("load-before-commit", "load-committed", "watermark-committed")
 
 def point(name: str) -> None:
     """Die here, at once and without cleanup, when ``UDOP_FAULT_INJECT`` names this point."""
-    if os.environ.get("UDOP_FAULT_INJECT") == name:
+    if load_settings(ProcessSettings).fault_inject == name:
         os.kill(os.getpid(), signal.SIGKILL)

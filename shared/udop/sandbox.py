@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field
 
-from udop.errors import ConfigError, FatalError
+from udop.errors import FatalError
 from udop.masking import apply_setting
 from udop.redaction import MASK, Redactor, looks_secret_name, redactor
+from udop.settings import PlatformSecrets, load_settings
 
 __all__ = [
     "MASK",
@@ -62,10 +62,9 @@ def _split(value: str | None) -> tuple[str, ...]:
     return tuple(p.strip() for p in (value or "").split(",") if p.strip())
 
 
-class SandboxSettings(BaseSettings):
-    """The server-mode policy's settings (prefix ``UDOP_``); lists are comma-separated."""
-
-    model_config = SettingsConfigDict(env_prefix="UDOP_", frozen=True, extra="ignore")
+class SandboxSettings(PlatformSecrets):
+    """The server-mode policy's settings (prefix ``UDOP_``); lists are comma-separated. The platform's
+    own secrets (``PlatformSecrets``) are never readable by a definition."""
 
     sandbox_roots: str = Field("", description="folders (or s3:// prefixes) server-mode sources and "
                                "targets may use, besides the data root")
@@ -78,19 +77,10 @@ class SandboxSettings(BaseSettings):
     code_dir: Path | None = Field(None, description="folder holding the pipelines' python code")
     secret_allowlist: str = Field("", description="name prefixes {secret: ...} may reference in server "
                                   "mode (none: any secret the role can read, except the platform's own)")
-    state_secret_arn: str | None = Field(None, description="the platform's Redis AUTH secret (never "
-                                         "readable by a definition)")
-    database_secret_arn: str | None = Field(None, description="the platform's database secret (never "
-                                            "readable by a definition)")
 
 
 def _settings() -> SandboxSettings:
-    try:
-        return SandboxSettings()
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        name = "UDOP_" + str(err["loc"][0]).upper() if err["loc"] else "UDOP_*"
-        raise ConfigError(f"environment variable {name}: {err['msg']}") from None
+    return load_settings(SandboxSettings)
 
 
 def _real(path: str | Path) -> Path:
