@@ -508,7 +508,7 @@ class SqlMetadataStore:
                 from None
 
     def _sqlite_start_attempt(self, run_id: str, task_id: str, number: int) -> None:
-        params = _sqlite_values(_start_params(run_id, task_id, number, _now()))
+        params = _start_params(run_id, task_id, number, sqlite_timestamp(_now()))
         try:
             with self._sqlite_write() as db:
                 if db.execute(_SQLITE_START_TASK.sql, _SQLITE_START_TASK(**params)).rowcount != 1:
@@ -557,13 +557,13 @@ class SqlMetadataStore:
                                task_state: TaskState, *, error_type: str | None, error_message: str | None,
                                result: dict[str, Any] | None) -> None:
         params, task_params, lineage_row, check_rows = _finish_rows(
-            run_id, task_id, number, _now(), task_state, error_type=error_type, error_message=error_message,
-            result=result)
+            run_id, task_id, number, sqlite_timestamp(_now()), task_state, error_type=error_type,
+            error_message=error_message, result=result)
         try:
-            params, task_params = _sqlite_values(params), _sqlite_values(task_params)
+            task_params["result"] = None if result is None else json_dumps(result)
             if lineage_row is not None:
-                lineage_row = _SQLITE_INSERT_LINEAGE(**_sqlite_values(lineage_row))
-            check_rows = [_SQLITE_INSERT_CHECK(**_sqlite_values(row)) for row in check_rows]
+                lineage_row = _SQLITE_INSERT_LINEAGE(**_sqlite_json(lineage_row))
+            check_rows = [_SQLITE_INSERT_CHECK(**_sqlite_json(row)) for row in check_rows]
         except (TypeError, ValueError) as exc:
             raise StoreError(f"run {run_id!r} task {task_id!r}: the result cannot be stored as JSON: {exc}") \
                 from None
@@ -776,14 +776,14 @@ def _lineage_output(result: dict[str, Any]) -> dict[str, Any] | None:
 
 
 # --- the rows a write adds: built once here for both paths (SQLAlchemy's, and the SQLite hot path's,
-# which converts the same values with _sqlite_values) -----------------------------------------------
+# which passes the time as SQLite text and converts JSON and booleans with _sqlite_json) -------------
 
-def _start_params(run_id: str, task_id: str, number: int, now: datetime) -> dict[str, Any]:
-    """The parameters of ``_START_TASK`` and ``_INSERT_ATTEMPT``."""
+def _start_params(run_id: str, task_id: str, number: int, now: datetime | str) -> dict[str, Any]:
+    """The parameters of ``_START_TASK`` and ``_INSERT_ATTEMPT`` (``now`` as SQLite text on the hot path)."""
     return {"r": run_id, "t": task_id, "n": number, "now": now}
 
 
-def _finish_rows(run_id: str, task_id: str, number: int, now: datetime, task_state: TaskState, *,
+def _finish_rows(run_id: str, task_id: str, number: int, now: datetime | str, task_state: TaskState, *,
                  error_type: str | None, error_message: str | None, result: dict[str, Any] | None,
                  ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None, list[dict[str, Any]]]:
     """What ``finish_attempt`` writes: the attempt's and the task's update parameters, the lineage row
@@ -809,13 +809,12 @@ def _finish_rows(run_id: str, task_id: str, number: int, now: datetime, task_sta
     return attempt, task, lineage_row, check_rows
 
 
-def _sqlite_values(row: dict[str, Any]) -> dict[str, Any]:
-    """``row`` as SQLAlchemy would bind it on SQLite: UTC text timestamps, JSON text, 0/1 booleans."""
+def _sqlite_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A lineage or check row as SQLAlchemy binds it on SQLite: JSON columns as text, booleans as 0/1
+    (the timestamps are given as SQLite text already)."""
     out = dict(row)
     for key, value in row.items():
-        if isinstance(value, datetime):
-            out[key] = sqlite_timestamp(value)
-        elif isinstance(value, dict | list):
+        if isinstance(value, list):
             out[key] = json_dumps(value)
         elif isinstance(value, bool):
             out[key] = int(value)
