@@ -28,4 +28,4 @@ _ADAPTER = Mangum(APP, lifespan="off")
 
 @logger.inject_lambda_context(correlation_id_path="requestContext.requestId", clear_state=True)
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return _ADAPTER(event, context)  # type: ignore[arg-type]
+    return _ADAPTER(event, context)

@@ -318,7 +318,7 @@ def send(
 ) -> None:
     body = notification.payload()
     if target.sns:
-        import boto3  # type: ignore[import-untyped]
+        import boto3
 
         region = str(target.sns).split(":")[3]
         boto3.client("sns", region_name=region).publish(

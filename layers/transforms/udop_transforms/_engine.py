@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow.parquet as pq  # type: ignore[import-untyped]
+import pyarrow.parquet as pq
 
 from udop.errors import FatalError
 from udop.sandbox import Policy, current

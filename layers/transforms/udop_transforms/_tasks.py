@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow.parquet as pq  # type: ignore[import-untyped]
+import pyarrow.parquet as pq
 
 from udop import faults
 from udop.errors import DataQualityError, FatalError, InputError, TaskTimeout

@@ -12,10 +12,14 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from udop.errors import InputError, RunNotFound, TransitionError, UdopError
 from udop.settings import AwsResources, load_settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_stepfunctions import SFNClient
 
 __all__ = ["POLL_SECONDS", "client", "deploy_file", "follow_run", "redrive_run", "start_run",
            "state_machine_arn"]
@@ -24,10 +28,17 @@ __all__ = ["POLL_SECONDS", "client", "deploy_file", "follow_run", "redrive_run",
 POLL_SECONDS = 1.0
 
 
-def client(service: str) -> Any:
-    import boto3  # type: ignore[import-untyped]
+@overload
+def client(service: Literal["s3"]) -> S3Client: ...
+@overload
+def client(service: Literal["stepfunctions"]) -> SFNClient: ...
+def client(service: Literal["s3", "stepfunctions"]) -> S3Client | SFNClient:
+    """A client from the usual boto3 configuration (``AWS_ENDPOINT_URL`` included)."""
+    import boto3
 
-    return boto3.client(service)
+    if service == "s3":
+        return boto3.client("s3")
+    return boto3.client("stepfunctions")
 
 
 def _load(path: str) -> Any:

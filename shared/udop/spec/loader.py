@@ -137,7 +137,7 @@ def _check_events(text: str, budget: _Budget) -> None:
         else:
             continue
         if depth > MAX_DEPTH or nodes > MAX_NODES or nodes % 4096 == 0:
-            line = event.start_mark.line + 1
+            line = event.start_mark.line + 1 if event.start_mark is not None else None
             if depth > MAX_DEPTH:
                 raise SpecError(
                     f"nested more than {MAX_DEPTH} levels deep; a definition does not need this",

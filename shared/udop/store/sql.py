@@ -15,11 +15,11 @@ import hashlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
 from sqlalchemy import (
     Connection,
@@ -755,10 +755,10 @@ _RUN_COLUMNS = ("id", "pipeline", "pipeline_version", "state", "executor", "para
 assert tuple(runs.c.keys()) == _RUN_COLUMNS, "runs' columns changed: update _run"
 
 
-def _run(row: Row[Any], tasks: Sequence[TaskRunRecord] | Iterable[TaskRunRecord] = ()) -> RunRecord:
+def _run(row: Row[Any], tasks: Iterable[TaskRunRecord] = ()) -> RunRecord:
     # unpacked by position: reading 14 columns by name cost more than the query of a GET /runs page
     (id_, pipeline, version, state, executor, params, logical_date, created_at, started_at, ended_at,
-     error, external_id, owner, lease_expires_at) = row
+     error, external_id, owner, lease_expires_at) = cast("tuple[Any, ...]", row)  # a Row is a tuple
     return RunRecord(id=id_, pipeline=pipeline, pipeline_version=version, state=RunState(state),
                      executor=executor, params=params, logical_date=logical_date, created_at=created_at,
                      started_at=started_at, ended_at=ended_at, error=error, external_id=external_id,
