@@ -6,7 +6,6 @@ FastAPI app's. ``lifespan="off"``: a Lambda has no shutdown hook to run it.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from mangum import Mangum
@@ -15,10 +14,11 @@ from udop.api import create_app, load_api_settings
 from udop.aws.observability import logger
 from udop.aws.secrets import url_with_secret
 from udop.errors import ConfigError
+from udop.settings import ProcessSettings, load_settings
 from udop.store import open_store
 
 SETTINGS = load_api_settings()
-if SETTINGS.executor != "stepfunctions" and os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+if SETTINGS.executor != "stepfunctions" and load_settings(ProcessSettings).lambda_function_name:
     # Lambda freezes the process after each answer: a run in a background thread would stall
     raise ConfigError("the API function needs UDOP_EXECUTOR=stepfunctions (runs cannot execute inside it)")
 STORE = open_store(url_with_secret(SETTINGS.resolved_database_url, SETTINGS.database_secret_arn))
@@ -28,4 +28,4 @@ _ADAPTER = Mangum(APP, lifespan="off")
 
 @logger.inject_lambda_context(correlation_id_path="requestContext.requestId", clear_state=True)
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return _ADAPTER(event, context)  # type: ignore[arg-type]
+    return _ADAPTER(event, context)

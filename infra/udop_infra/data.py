@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 from aws_cdk import Duration, RemovalPolicy, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_elasticache as elasticache
@@ -155,5 +157,9 @@ class Data(Construct):
         )
 
 
-def _selection_kwargs(selection: ec2.SubnetSelection) -> dict[str, object]:
+class _Selection(TypedDict):
+    subnet_type: ec2.SubnetType | None
+
+
+def _selection_kwargs(selection: ec2.SubnetSelection) -> _Selection:
     return {"subnet_type": selection.subnet_type}

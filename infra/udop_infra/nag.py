@@ -22,7 +22,10 @@ def add_checks(app: cdk.App) -> None:
     cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
 
 
-def acknowledge(scope: IConstruct, rule: str, reason: str) -> None:
+def acknowledge(scope: IConstruct | None, rule: str, reason: str) -> None:
+    # a function's ``role`` is optional in CDK's types; ours always have one
+    if scope is None:
+        raise ValueError(f"nothing to acknowledge {rule} on")
     cdk.Validations.of(scope).acknowledge(cdk.Acknowledgment(id=rule, reason=reason))
 
 

@@ -53,7 +53,8 @@ def find_definitions(folder: Path) -> list[Path]:
 
 
 def load_definitions(folder: Path) -> list[PipelineSource]:
-    sources, names = [], {}
+    sources: list[PipelineSource] = []
+    names: dict[str, Path] = {}
     for path in find_definitions(folder):
         shown = path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
         try:

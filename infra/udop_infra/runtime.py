@@ -305,7 +305,6 @@ class Runtime(Construct):
                 "UDOP_TASK_RUNNER_ARN": self.task_runner.function_arn,
                 "UDOP_STATE_MACHINE_ROLE_ARN": self.deployed_state_machine_role.role_arn,
                 "UDOP_STATE_MACHINE_LOG_GROUP_ARN": self.state_machine_logs.log_group_arn,
-                "UDOP_STATE_MACHINE_PREFIX": STATE_MACHINE_PREFIX,
             },
         )
         # reads uploads, writes status reports (pipelines/) and the versions the task runner loads

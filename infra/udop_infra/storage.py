@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from udop_infra.config import DeploymentConfig
+
+
+class _BucketDefaults(TypedDict):
+    """What every udop bucket sets (the keyword arguments of ``s3.Bucket``)."""
+
+    encryption: s3.BucketEncryption
+    enforce_ssl: bool
+    minimum_tls_version: float
+    block_public_access: s3.BlockPublicAccess
+    object_ownership: s3.ObjectOwnership
+    removal_policy: RemovalPolicy
+    auto_delete_objects: bool
 
 
 class Storage(Construct):
@@ -15,7 +29,7 @@ class Storage(Construct):
     def __init__(self, scope: Construct, id: str, *, config: DeploymentConfig) -> None:
         super().__init__(scope, id)
         removal = RemovalPolicy.RETAIN if config.deletion_protection else RemovalPolicy.DESTROY
-        common = {
+        common: _BucketDefaults = {
             "encryption": s3.BucketEncryption.S3_MANAGED,
             "enforce_ssl": True,
             "minimum_tls_version": 1.2,

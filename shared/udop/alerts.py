@@ -28,9 +28,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from udop.sandbox import redactor
+from udop.settings import UdopSettings, load_settings
 from udop.states import RunState, TaskState
 
 __all__ = [
@@ -50,9 +50,7 @@ log = logging.getLogger("udop.alerts")
 _MAD_SCALE = 1.4826
 
 
-class AlertSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="UDOP_", frozen=True, extra="ignore")
-
+class AlertSettings(UdopSettings):
     public_url: str | None = Field(
         None,
         description="the API's base URL, for the run link in alerts "
@@ -220,7 +218,7 @@ def notify_stored_run(store: Any, run_id: str) -> list[Notification]:
 def _notify(
     alerts: Any, run: Any, checks: Iterable[Any], resolve: Callable[[Any], str] | None
 ) -> list[Notification]:
-    settings = AlertSettings()
+    settings = load_settings(AlertSettings)
     link = (
         f"{settings.public_url.rstrip('/')}/runs/{run.id}"
         if settings.public_url
@@ -320,7 +318,7 @@ def send(
 ) -> None:
     body = notification.payload()
     if target.sns:
-        import boto3  # type: ignore[import-untyped]
+        import boto3
 
         region = str(target.sns).split(":")[3]
         boto3.client("sns", region_name=region).publish(

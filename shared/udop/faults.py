@@ -15,6 +15,8 @@ import os
 import signal
 import time
 
+from udop.settings import ProcessSettings, load_settings
+
 __all__ = ["POINTS", "point"]
 
 POINTS = ("load-before-commit", "load-committed", "watermark-committed")
@@ -26,7 +28,7 @@ _SIGNALS = {"SIGKILL": signal.SIGKILL, "SIGTERM": signal.SIGTERM, "SIGINT": sign
 def point(name: str) -> None:
     """Die here, at once and without cleanup, when ``UDOP_FAULT_INJECT`` names this point (or send
     the signal it names after the point, ``load-committed:SIGTERM``)."""
-    where, _, signame = os.environ.get("UDOP_FAULT_INJECT", "").partition(":")
+    where, _, signame = (load_settings(ProcessSettings).fault_inject or "").partition(":")
     if where == name:
         os.kill(os.getpid(), _SIGNALS.get(signame or "SIGKILL", signal.SIGKILL))
         # (a signal that returns) the main thread takes the stop request while this one waits, as it

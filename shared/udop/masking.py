@@ -17,11 +17,10 @@ import re
 from collections.abc import Callable
 from typing import Literal
 
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field
 
-from udop.errors import ConfigError
-from udop.sandbox import MASK, Redactor, redactor
+from udop.redaction import MASK, Redactor, redactor
+from udop.settings import UdopSettings, load_settings
 
 __all__ = [
     "DETECTORS",
@@ -36,9 +35,7 @@ __all__ = [
 PiiSwitch = Literal["auto", "on", "off"]
 
 
-class MaskingSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="UDOP_", frozen=True, extra="ignore")
-
+class MaskingSettings(UdopSettings):
     mask_pii: PiiSwitch = Field(
         "auto",
         description="built-in PII detectors in logs, errors, check "
@@ -126,10 +123,7 @@ def remove_detectors(target: Redactor = redactor) -> None:
 
 def apply_setting(*, server: bool, target: Redactor = redactor) -> bool:
     """Turn the detectors on or off for this process per ``UDOP_MASK_PII``; returns whether on."""
-    try:
-        switch = MaskingSettings().mask_pii
-    except ValidationError as exc:
-        raise ConfigError(f"environment variable UDOP_MASK_PII: {exc.errors()[0]['msg']}") from None
+    switch = load_settings(MaskingSettings).mask_pii
     on = switch == "on" or (switch == "auto" and server)
     if on:
         install_detectors(target)

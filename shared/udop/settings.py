@@ -1,23 +1,123 @@
 """Settings read from the environment (prefix ``UDOP_``), validated once at start.
 
+The one base of every process's settings (CLI, API, task runner, deployer, run events, workers):
+each settings class derives from ``UdopSettings`` and is read with ``load_settings``, which names
+every bad variable in one message. No other module reads ``os.environ`` for its configuration
+(``tests/unit/core/test_settings_single_source.py`` holds that).
+
 A Lambda with a missing or malformed variable fails at cold start naming the variable, not at the
 first request. Locally everything has a default under ``.udop/`` in the working directory.
 """
 
 from __future__ import annotations
 
-from functools import cache
+import os
+from functools import cache, lru_cache
 from pathlib import Path
+from typing import TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from udop.errors import ConfigError
 
+__all__ = ["AwsResources", "PlatformSecrets", "ProcessSettings", "Settings", "UdopSettings", "get_settings",
+           "load_settings"]
 
-class Settings(BaseSettings):
+
+class UdopSettings(BaseSettings):
+    """The base of every settings class: ``UDOP_`` variables, frozen, other variables ignored."""
+
     model_config = SettingsConfigDict(env_prefix="UDOP_", frozen=True, extra="ignore")
 
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def _variable(cls: type[BaseSettings], loc: tuple[int | str, ...]) -> str:
+    if not loc:
+        return "UDOP_*"
+    field = cls.model_fields.get(str(loc[0]))
+    alias = field.validation_alias if field is not None else None
+    if isinstance(alias, AliasChoices):
+        return " or ".join(str(a) for a in alias.choices)
+    if isinstance(alias, str):
+        return alias
+    prefix = cls.model_config.get("env_prefix") or ""
+    return (prefix + str(loc[0])).upper()
+
+
+@cache
+def _names(cls: type[BaseSettings]) -> tuple[str, ...]:
+    """The environment variables ``cls`` reads."""
+    prefix = str(cls.model_config.get("env_prefix") or "")
+    names: list[str] = []
+    for name, field in cls.model_fields.items():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            names += [str(a) for a in alias.choices]
+        elif isinstance(alias, str):
+            names.append(alias)
+        else:
+            names.append(prefix + name)
+    return tuple(n.upper() for n in names)
+
+
+@lru_cache(maxsize=256)
+def _load(cls: type[S], _environment: tuple[str | None, ...]) -> S:
+    try:
+        return cls()
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = _variable(cls, tuple(err["loc"]))
+            problems.append(f"{name} is missing" if err["type"] == "missing" else f"{name}: {err['msg']}")
+        raise ConfigError(f"{cls.__name__}: environment variable " + "; ".join(problems)) from None
+
+
+def load_settings(cls: type[S]) -> S:
+    """Read ``cls`` from the environment; one ``ConfigError`` naming every bad variable.
+
+    Read again only when one of its variables changed (reading is ~5 ms; some settings are looked
+    up per task attempt, and tests change variables between calls)."""
+    settings: S = _load(cls, tuple(os.environ.get(name) for name in _names(cls)))
+    return settings
+
+
+class PlatformSecrets(UdopSettings):
+    """The platform's own secrets: read by the task runner and the functions, never by a definition."""
+
+    state_secret_arn: str | None = Field(None, description="the platform's Redis AUTH secret")
+    database_secret_arn: str | None = Field(None, description="the platform's database secret")
+
+
+class AwsResources(UdopSettings):
+    """Where the CLI and the API find the deployed platform (the CDK app prints them as outputs)."""
+
+    data_bucket: str | None = Field(None, description="bucket of datasets and task results")
+    definitions_bucket: str | None = Field(None, description="bucket of pipeline definitions")
+    task_runner_arn: str | None = Field(None, description="the task runner Lambda the state machines invoke")
+    state_machine_role_arn: str | None = Field(None, description="the role the state machines run as")
+    state_machine_log_group_arn: str | None = Field(None, description="where deployed machines log")
+
+
+class ProcessSettings(UdopSettings):
+    """How this process logs, traces and fails: read where they are used, in every process."""
+
+    log_format: str | None = Field(None, description="json or text")
+    task_log_max_bytes: str | None = Field(None, description="bytes of a task's captured log per attempt")
+    debug: str | None = Field(None, description="show tracebacks (the CLI)")
+    fault_inject: str | None = Field(None, description="test-only: the crash point (udop.faults)")
+    otel_endpoint: str | None = Field(None, description="OTLP/HTTP endpoint for traces")
+    otlp_endpoint: str | None = Field(None, validation_alias=AliasChoices(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"))
+    otel_service_name: str | None = Field(None, validation_alias="OTEL_SERVICE_NAME")
+    powertools_service_name: str = Field("udop", validation_alias="POWERTOOLS_SERVICE_NAME")
+    powertools_metrics_namespace: str = Field("udop", validation_alias="POWERTOOLS_METRICS_NAMESPACE")
+    lambda_function_name: str | None = Field(None, validation_alias="AWS_LAMBDA_FUNCTION_NAME")
+
+
+class Settings(UdopSettings):
     home: Path = Field(Path(".udop"), description="local working folder (metadata, data, state)")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<home>/udop.db")
     data_root: str | None = Field(None, description="where datasets go; default <home>/data; s3://... on AWS")
@@ -39,9 +139,4 @@ class Settings(BaseSettings):
 
 @cache
 def get_settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        name = "UDOP_" + str(err["loc"][0]).upper() if err["loc"] else "UDOP_*"
-        raise ConfigError(f"environment variable {name}: {err['msg']}") from None
+    return load_settings(Settings)

@@ -7,7 +7,7 @@ change; an illegal move is a ``TransitionError``, never a silent overwrite.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from udop.errors import TransitionError
 
@@ -86,7 +86,7 @@ _ATTEMPT = {
 
 S = TypeVar("S", RunState, TaskState, AttemptState)
 
-_TABLES: dict[type, dict] = {RunState: _RUN, TaskState: _TASK, AttemptState: _ATTEMPT}
+_TABLES: dict[type, dict[Any, Any]] = {RunState: _RUN, TaskState: _TASK, AttemptState: _ATTEMPT}
 
 _TERMINAL = {
     RunState.SUCCEEDED,

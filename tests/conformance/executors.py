@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import re
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -64,11 +66,38 @@ def view(store: Any, run_id: str) -> dict[str, Any]:
     return {"state": run.state.value, "tasks": tasks, "checks": checks}
 
 
+@dataclass(frozen=True)
+class Cancel:
+    """Cancel the run once ``when()`` is true, then call ``then()`` (the test lets the working task
+    return: moto, unlike AWS, ends a stopped execution only when its Task call has returned)."""
+
+    when: Callable[[], bool]
+    then: Callable[[], None]
+
+
+def _when(cancel: Cancel | None, act: Callable[[], None]) -> None:
+    """Cancel from another thread once the scenario says so, as a user would."""
+    if cancel is None:
+        return
+
+    def watch() -> None:
+        deadline = time.monotonic() + 60
+        while not cancel.when():
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
+        act()
+        cancel.then()
+
+    threading.Thread(target=watch, daemon=True, name="conformance-cancel").start()
+
+
 class Executor(Protocol):
     name: str
 
-    def run(self, path: Path) -> tuple[str, dict[str, Any]]:
-        """Run the pipeline file to its end; its run id and :func:`view`."""
+    def run(self, path: Path, cancel: Cancel | None = None) -> tuple[str, dict[str, Any]]:
+        """Run the pipeline file to its end; its run id and :func:`view`. With ``cancel``, the
+        run is cancelled the executor's own way meanwhile."""
 
     def resume(self, path: Path, run_id: str) -> dict[str, Any]:
         """Continue a failed run (``udop run --resume`` / ``udop redrive``); its :func:`view`."""
@@ -92,10 +121,12 @@ class Local:
         return LocalExecutor(self.store, workers=2, data_root=str(self.tmp / "local-data"),
                              rng=random.Random(1), services={"base_dir": str(TASK_CODE)})
 
-    def run(self, path: Path) -> tuple[str, dict[str, Any]]:
+    def run(self, path: Path, cancel: Cancel | None = None) -> tuple[str, dict[str, Any]]:
         from udop.spec.loader import load_pipeline
 
-        record = self._executor().run(load_pipeline(str(path)), params={})
+        executor = self._executor()
+        _when(cancel, lambda: executor.request_stop("cancelled by the user"))
+        record = executor.run(load_pipeline(str(path)), params={})
         return record.id, view(self.store, record.id)
 
     def resume(self, path: Path, run_id: str) -> dict[str, Any]:
@@ -115,6 +146,7 @@ class StepFunctions:
     aws: Any
     store: Any
     name: str = "stepfunctions"
+    _in_flight: int | None = None
 
     def _deploy(self, path: Path) -> None:
         from udop.aws.runs import deploy_file
@@ -124,18 +156,30 @@ class StepFunctions:
                              store=self.store, s3=self.aws.client("s3"), sfn=self.aws.client("stepfunctions"))
         assert result.ok, result.errors
 
-    def run(self, path: Path) -> tuple[str, dict[str, Any]]:
+    def run(self, path: Path, cancel: Cancel | None = None) -> tuple[str, dict[str, Any]]:
         from udop.aws.runs import follow_run, start_run
         from udop.spec.loader import load_pipeline
 
         self._deploy(path)
         sfn = self.aws.client("stepfunctions")
         run_id, execution, machine = start_run(load_pipeline(str(path)), {}, store=self.store, sfn=sfn)
+
+        def stop() -> None:
+            # the task runner invocation in flight goes on (as on AWS); resume waits for it to return
+            self._in_flight = len(self.aws.lambdas.invocations) if self.aws.lambdas is not None else None
+            sfn.stop_execution(executionArn=execution, error="udop.Cancelled", cause="cancelled by the user")
+
+        _when(cancel, stop)
         follow_run(run_id, machine, execution, store=self.store, sfn=sfn, poll=0.05, timeout=120)
         return run_id, view(self.store, run_id)
 
     def resume(self, path: Path, run_id: str) -> dict[str, Any]:
         from udop.cli.aws import redrive_and_follow
+
+        if self._in_flight is not None:  # a cancelled attempt's invocation returns first
+            deadline = time.monotonic() + 60
+            while len(self.aws.lambdas.invocations) <= self._in_flight and time.monotonic() < deadline:
+                time.sleep(0.02)
 
         redrive_and_follow(run_id, store=self.store, sfn=self.aws.client("stepfunctions"))
         return view(self.store, run_id)

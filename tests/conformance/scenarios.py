@@ -32,6 +32,7 @@ class Scenario:
     defaults: str = FAST
     flag: bool = False  # a fault flag set for the run (tasks read it as {flag})
     resumed: dict[str, Any] | None = None  # the record after the flag is cleared and the run resumed
+    cancel_at: str | None = None  # cancel the run (the executor's own way) once this task has started
     differences: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def yaml(self, log_dir: str, flag: str) -> str:
@@ -55,6 +56,7 @@ DOUBLED = _t('{id: b, type: python, callable: "udop_conformance_tasks:doubled", 
 A_OK = task("succeeded", [OK], 5, ID)
 B_OK = task("succeeded", [OK], 5, TWICE, ["dataset:a"])
 FAILED_FATAL = ("failed", "udop.FatalError")
+CANCELLED = ("abandoned", "Cancelled")
 
 SCENARIOS = [
     Scenario("success", ROWS + DOUBLED,
@@ -105,6 +107,18 @@ SCENARIOS = [
              flag=True,
              resumed={"state": "succeeded", "checks": [], "tasks": {
                  "a": A_OK, "w": task("succeeded", [FAILED_FATAL, OK], 3, ID, ["dataset:a"])}}),
+    Scenario("cancel",
+             # LocalExecutor.request_stop / Step Functions StopExecution while w works; resumed after
+             ROWS + _t('{id: w, type: python, callable: "udop_conformance_tasks:waits", depends_on: [a], '
+                       'args: {flag: "{flag}", log_dir: "{log_dir}"}}')
+             + _t('{id: after, type: python, callable: "udop_conformance_tasks:doubled", depends_on: [w], '
+                  'args: {source: w, log_dir: "{log_dir}"}}'),
+             {"state": "cancelled", "checks": [], "tasks": {
+                 "a": A_OK, "w": task("cancelled", [CANCELLED]), "after": task("cancelled", [])}},
+             flag=True, cancel_at="w",
+             resumed={"state": "succeeded", "checks": [], "tasks": {
+                 "a": A_OK, "w": task("succeeded", [CANCELLED, OK], 1, ID, ["dataset:a"]),
+                 "after": task("succeeded", [OK], 1, TWICE, ["dataset:w"])}}),
     Scenario("foreach_with_one_failing_item",
              _t('{id: parts, type: python, callable: "udop_foreach_tasks:parts"}')
              + _t('{id: each, type: python, callable: "udop_foreach_tasks:per_item", depends_on: [parts], '

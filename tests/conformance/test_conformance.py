@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance.executors import EXECUTORS
+from conformance.executors import EXECUTORS, Cancel
 from conformance.scenarios import SCENARIOS, Scenario
 
 
@@ -26,10 +26,14 @@ def test_the_run_record_is_the_tables(make, scenario: Scenario, tmp_path: Path, 
         flag.write_text("set")
     path = tmp_path / f"{scenario.name}.yaml"
     path.write_text(scenario.yaml(str(log_dir), str(flag)))
+    cancel = None
+    if scenario.cancel_at is not None:
+        cancel = Cancel(when=(log_dir / f"{scenario.cancel_at}.calls").exists,
+                        then=lambda: flag.unlink(missing_ok=True))
     with make(monkeypatch, tmp_path) as executor:
-        run_id, record = executor.run(path)
+        run_id, record = executor.run(path, cancel)
+        flag.unlink(missing_ok=True)
         assert record == _expected(scenario.expected, scenario, executor.name)
         if scenario.resumed is not None:
-            flag.unlink()
             after = executor.resume(path, run_id)
             assert after == _expected(scenario.resumed, scenario, executor.name)

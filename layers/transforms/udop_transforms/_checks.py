@@ -13,7 +13,6 @@ from uuid import UUID
 
 import duckdb
 
-import udop.spec.models  # noqa: F401 - builds the task union before data_tasks is imported
 from udop.spec.data_tasks import (
     AcceptedValuesRule,
     ExpectRule,

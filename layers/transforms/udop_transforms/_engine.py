@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow.parquet as pq  # type: ignore[import-untyped]
+import pyarrow.parquet as pq
 
 from udop.errors import FatalError
 from udop.sandbox import Policy, current
 from udop.settings import get_settings
 from udop.tasks.contract import Manifest, TaskContext
 from udop.tasks.datasets import schema_fingerprint
+from udop_transforms._readers import reader_sql
 from udop_transforms._sql import ident, literal
 
 __all__ = ["Column", "Session", "dataset_files", "fingerprint", "manifest_for", "publish_dir", "scratch_dir"]
@@ -181,8 +182,6 @@ class Session:
 
 def dataset_reader(manifest: Manifest) -> str:
     """A DuckDB table function reading a task's output (a folder of Parquet, or a load's target)."""
-    from udop_transforms._files import reader_sql
-
     return reader_sql(manifest.format if manifest.format != "parquet" else "parquet",
                       _dataset_glob(manifest.uri, manifest.format))
 

@@ -107,8 +107,8 @@ def s3_footers(s3: Any, files: tuple[SourceFile, ...], hive: bool) -> tuple[int,
     connector reads them."""
     import io
 
-    import pyarrow as pa  # type: ignore[import-untyped]
-    import pyarrow.parquet as pq  # type: ignore[import-untyped]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     rows, schema = 0, None
     for f in files:
@@ -173,7 +173,7 @@ def _local_change(f: SourceFile) -> str | None:
 def s3_client(context: TaskContext) -> Any:
     client = context.services.get("s3_client") if context.services else None
     if client is None:
-        import boto3  # type: ignore[import-untyped]
+        import boto3
 
         client = boto3.client("s3")
     return client
@@ -218,7 +218,7 @@ def verified_files(context: TaskContext, task_id: str, dep: str, snap: Snapshot)
 
 
 def _download(context: TaskContext, task_id: str, dep: str, snap: Snapshot, dest: Path) -> list[str]:
-    from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+    from botocore.exceptions import BotoCoreError, ClientError
 
     s3 = s3_client(context)
     local = []

@@ -13,7 +13,6 @@ from typing import Any
 
 import duckdb
 
-import udop.spec.models  # noqa: F401 - builds the task union before data_tasks is imported
 from udop.sandbox import MASK
 from udop.spec.data_tasks import (
     AggregateStep,

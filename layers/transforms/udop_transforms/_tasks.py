@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow.parquet as pq  # type: ignore[import-untyped]
+import pyarrow.parquet as pq
 
-import udop.spec.models  # noqa: F401 - builds the task union before data_tasks is imported
 from udop import faults
 from udop.errors import DataQualityError, FatalError, InputError, TaskTimeout
 from udop.lineage.columns import ColumnLineage, column_lineage, compose

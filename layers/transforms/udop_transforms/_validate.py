@@ -16,7 +16,6 @@ from typing import Any
 
 import duckdb
 
-import udop.spec.models  # noqa: F401 - builds the task union before data_tasks is imported
 from udop.errors import SpecError
 from udop.sandbox import SandboxViolation, current
 from udop.spec.data_tasks import (

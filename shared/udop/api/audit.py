@@ -17,22 +17,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
-    BigInteger,
-    Column,
-    DateTime,
     Engine,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
     delete,
     insert,
     select,
 )
 from sqlalchemy.exc import SQLAlchemyError
 
+from udop.api.tables import API_METADATA, as_utc, audit_log_table, ensure_api_tables
 from udop.errors import StoreError
 
 __all__ = [
@@ -50,28 +42,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: the API's own tables (audit log, API keys); the store's tables live in their own MetaData
-API_METADATA = MetaData()
-
-audit_log_table = Table(
-    "udop_audit_log",
-    API_METADATA,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
-    Column("at", DateTime(timezone=True), nullable=False),
-    Column("actor", String(255), nullable=False),  # token subject, "apikey:<id>", or "anonymous"
-    Column("actor_kind", String(16), nullable=False),  # jwt | api_key | anonymous
-    Column("role", String(16), nullable=True),
-    Column("action", String(64), nullable=False),  # the endpoint's name, e.g. "trigger_run"
-    Column("method", String(8), nullable=False),
-    Column("path", String(1024), nullable=False),
-    Column("status", Integer, nullable=False),
-    Column("outcome", String(16), nullable=False),  # success | denied | unauthenticated | rejected | error
-    Column("detail", Text, nullable=True),
-    Column("client", String(64), nullable=True),
-    Index("ix_udop_audit_log_at", "at"),
-    Index("ix_udop_audit_log_actor", "actor"),
-)
-
 _DETAIL_MAX = 2000
 #: how often at most the rows past the retention are deleted (on the next write after it)
 _PRUNE_EVERY = 3600.0
@@ -85,22 +55,6 @@ def printable(value: str, limit: int) -> str:
     (NUL, which PostgreSQL refuses in text, included) written as escapes, then cut to ``limit``."""
     text = value.encode("utf-8", "backslashreplace").decode("utf-8")
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)[:limit]
-
-
-def ensure_api_tables(engine: Engine) -> None:
-    """Create the API's tables when missing (a database migrated before the API revision existed).
-
-    The Alembic revision does the same with the same checks, so either may run first.
-    """
-    from udop.api.keys import api_keys_table  # keys imports this module: import here
-
-    try:
-        API_METADATA.create_all(engine, tables=[audit_log_table, api_keys_table], checkfirst=True)
-    except SQLAlchemyError as exc:
-        raise StoreError(
-            f"could not create the audit log and API key tables: {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0]}"
-        ) from exc
 
 
 @dataclass(frozen=True)
@@ -255,10 +209,3 @@ class AuditLog:
         except SQLAlchemyError as exc:
             raise StoreError(f"audit log read failed: {type(exc).__name__}") from exc
         return [AuditEntry(**cast(dict[str, Any], {k: as_utc(v) for k, v in row.items()})) for row in rows]
-
-
-def as_utc(value: object) -> object:
-    # SQLite hands datetimes back without a zone; every time udop stores is UTC.
-    if isinstance(value, datetime) and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value

@@ -14,25 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Column, DateTime, Engine, String, Table, insert, select, update
+from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from udop.api.audit import API_METADATA, as_utc
+from udop.api.tables import api_keys_table, as_utc
 from udop.errors import StoreError
 
 __all__ = ["ApiKeyRecord", "ApiKeys", "api_keys_table"]
-
-api_keys_table = Table(
-    "udop_api_keys",
-    API_METADATA,
-    Column("id", String(32), primary_key=True),
-    Column("name", String(255), nullable=False),
-    Column("role", String(16), nullable=False),
-    Column("secret_hash", String(64), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("created_by", String(255), nullable=False),
-    Column("revoked_at", DateTime(timezone=True), nullable=True),
-)
 
 _KEY = re.compile(r"^udop_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})$")
 

@@ -39,7 +39,7 @@ def definition_of(pipeline: Pipeline) -> dict[str, Any]:
 
 
 def task_ids(pipeline: Pipeline) -> list[str]:
-    return [task.id for task in pipeline.spec.tasks]  # type: ignore[attr-defined]  # a union mypy cannot see
+    return [task.id for task in pipeline.spec.tasks]
 
 
 class RunLauncher(Protocol):

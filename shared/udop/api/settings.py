@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, field_validator
 
-from udop.errors import ConfigError
-from udop.settings import Settings
+from udop.settings import Settings, load_settings
 
 __all__ = ["ApiSettings", "load_api_settings"]
 
@@ -115,9 +114,4 @@ class ApiSettings(Settings):
 
 def load_api_settings() -> ApiSettings:
     """Read the settings from the environment; a bad variable is a ``ConfigError`` naming it."""
-    try:
-        return ApiSettings()
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        name = "UDOP_" + str(err["loc"][0]).upper() if err["loc"] else "UDOP_*"
-        raise ConfigError(f"environment variable {name}: {err['msg']}") from None
+    return load_settings(ApiSettings)

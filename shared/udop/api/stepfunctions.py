@@ -39,7 +39,7 @@ class StepFunctionsLauncher:
             raise ConfigError(
                 f"UDOP_EXECUTOR=stepfunctions needs {', '.join(missing)} (the CDK app's stack outputs)"
             )
-        import boto3  # type: ignore[import-untyped]
+        import boto3
 
         self.store = store
         self.settings = settings
@@ -73,7 +73,7 @@ class StepFunctionsLauncher:
                 or [SpecError("the definition could not be deployed")]
             )
         # the bucket stays the source of truth; its deployer sees this content deployed and skips it
-        self.s3.put_object(Bucket=self.settings.definitions_bucket, Key=key, Body=text)
+        self.s3.put_object(Bucket=str(self.settings.definitions_bucket), Key=key, Body=text)
         record = self.store.get_pipeline(pipeline.name)
         latest = record.latest if record else None
         if latest is None:
@@ -150,6 +150,6 @@ class StepFunctionsLauncher:
     def _sync(self, run: RunRecord) -> RunRecord:
         from udop.aws.events import sync_run
 
-        machine = self.sfn.describe_execution(executionArn=run.external_id)["stateMachineArn"]
+        machine = self.sfn.describe_execution(executionArn=str(run.external_id))["stateMachineArn"]
         synced = sync_run(self.store, self.sfn, state_machine_arn=machine, run_id=run.id)
         return synced if synced is not None else run

@@ -125,8 +125,21 @@ def _executions(sfn: Any, state_machine_arn: str, run_id: str,
                                input=_json(desc.get("input")), error=desc.get("error"),
                                cause=desc.get("cause"))
         execution.attempts = _attempts(sfn, execution.arn)
+        if execution.status == "ABORTED":
+            _cancelled(execution)
         out.append(execution)
     return sorted(out, key=lambda e: e.started)
+
+
+def _cancelled(execution: _Execution) -> None:
+    """A stopped execution: an attempt whose Task state was not left was cancelled, as the
+    LocalExecutor records it, even if its invocation returned a result after the stop (the
+    execution ignores it; resume runs the task again)."""
+    for attempt in execution.attempts:
+        if not attempt.exited and attempt.state in (None, AttemptState.SUCCEEDED):
+            attempt.state, attempt.result, attempt.reused = AttemptState.ABANDONED, None, False
+            attempt.error_type = "Cancelled"
+            attempt.error_message = _cause_message(execution.cause) or "the execution was stopped"
 
 
 def _attempts(sfn: Any, execution_arn: str) -> list[ExecutionAttempt]:
@@ -276,7 +289,8 @@ def sync_run(store: Any, sfn: Any, *, state_machine_arn: str, run_id: str,
         open_tasks = [t.task_id for t in fresh.tasks if t.state in (TaskState.PENDING,)]
         retrying = [t.task_id for t in fresh.tasks if t.state in (TaskState.RETRYING, TaskState.RUNNING)]
         if retrying:
-            store.set_task_states(run_id, retrying, TaskState.FAILED)
+            store.set_task_states(run_id, retrying, TaskState.CANCELLED if target is RunState.CANCELLED
+                                  else TaskState.FAILED)
         if open_tasks and target is not RunState.SUCCEEDED:
             store.set_task_states(run_id, open_tasks, TaskState.UPSTREAM_FAILED if target is RunState.FAILED
                                   else TaskState.CANCELLED)
@@ -349,6 +363,8 @@ def _sync_task(store: Any, run_id: str, record: Any, attempts: list[ExecutionAtt
         last = number == len(attempts)
         if attempt.state is AttemptState.SUCCEEDED:
             task_state = TaskState.SUCCEEDED
+        elif attempt.state is AttemptState.ABANDONED:
+            task_state = TaskState.CANCELLED
         elif last and (attempt.exited or not execution_running):
             task_state = TaskState.FAILED
         else:

@@ -6,16 +6,17 @@ service name comes from ``POWERTOOLS_SERVICE_NAME`` (set per function by the CDK
 
 from __future__ import annotations
 
-import os
-
 from aws_lambda_powertools import Logger, Metrics, Tracer
+
+from udop.settings import ProcessSettings, load_settings
 
 __all__ = ["emit_metric", "logger", "metrics", "tracer"]
 
-_SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "udop")
+_PROCESS = load_settings(ProcessSettings)
+_SERVICE = _PROCESS.powertools_service_name
 
 logger = Logger(service=_SERVICE)
-metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "udop"), service=_SERVICE)
+metrics = Metrics(namespace=_PROCESS.powertools_metrics_namespace, service=_SERVICE)
 tracer = Tracer(service=_SERVICE)
 
 

@@ -178,7 +178,7 @@ def run_payload(event: Mapping[str, Any], *, settings: RunnerSettings, s3: Any, 
     the task code raised; the handler names them for the state machine. An unreachable state store
     or a transient S3 failure is retryable; a missing object or a denied access is not.
     """
-    from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+    from botocore.exceptions import BotoCoreError, ClientError
 
     try:
         with _observed(event):
@@ -468,7 +468,7 @@ def _finalize(payload: TaskPayload, pipeline: Any, task: Any, *, settings: Runne
     prefix = item_result_key(payload.pipeline, payload.run_id, payload.task_id, 0).rsplit("/", 1)[0] + "/"
     keys = sorted(o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
         Bucket=settings.data_bucket, Prefix=prefix) for o in page.get("Contents", []))
-    bodies = [get_json(s3, settings.data_bucket, k) for k in keys]
+    bodies: list[dict[str, Any]] = [get_json(s3, settings.data_bucket, k) or {} for k in keys]
     expected = _expected_items(s3, settings, payload, task)
     done = {str((b.get("item") or {}).get("key")) for b in bodies}
     missing = [k for k in expected if k not in done]

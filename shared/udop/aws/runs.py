@@ -8,14 +8,18 @@ Clients are passed in (tests, the API) or made from the usual boto3 configuratio
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from udop.errors import InputError, RunNotFound, TransitionError, UdopError
+from udop.settings import AwsResources, load_settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_stepfunctions import SFNClient
 
 __all__ = ["POLL_SECONDS", "client", "deploy_file", "follow_run", "redrive_run", "start_run",
            "state_machine_arn"]
@@ -24,10 +28,17 @@ __all__ = ["POLL_SECONDS", "client", "deploy_file", "follow_run", "redrive_run",
 POLL_SECONDS = 1.0
 
 
-def client(service: str) -> Any:
-    import boto3  # type: ignore[import-untyped]
+@overload
+def client(service: Literal["s3"]) -> S3Client: ...
+@overload
+def client(service: Literal["stepfunctions"]) -> SFNClient: ...
+def client(service: Literal["s3", "stepfunctions"]) -> S3Client | SFNClient:
+    """A client from the usual boto3 configuration (``AWS_ENDPOINT_URL`` included)."""
+    import boto3
 
-    return boto3.client(service)
+    if service == "s3":
+        return boto3.client("s3")
+    return boto3.client("stepfunctions")
 
 
 def _load(path: str) -> Any:
@@ -97,7 +108,7 @@ def start_run(pipeline: Any, params: Mapping[str, Any], *, store: Any, sfn: Any,
     logical = logical_date or datetime.now(UTC)
     run_ctx: dict[str, Any] = {"run_id": run_id, "params": values, "logical_date": logical.isoformat(),
                                "pipeline_version": version.version}
-    if data_bucket := os.environ.get("UDOP_DATA_BUCKET"):
+    if data_bucket := load_settings(AwsResources).data_bucket:
         # foreach Map states list the data bucket themselves; the runner defaults to its own setting
         run_ctx.update(data_bucket=data_bucket, data_prefix="")
     from udop.observability import tracing
@@ -121,7 +132,7 @@ def follow_run(run_id: str, sm_arn: str, execution_arn: str, *, store: Any, sfn:
     from udop.executor.events import RunEvent
 
     seen: dict[str, tuple[str, int]] = {}
-    data_bucket = os.environ.get("UDOP_DATA_BUCKET")  # full results (checks, lineage) when known
+    data_bucket = load_settings(AwsResources).data_bucket  # full results (checks, lineage) when known
     s3 = client("s3") if data_bucket else None
     deadline = None if timeout is None else time.monotonic() + timeout
     conflicts = 0

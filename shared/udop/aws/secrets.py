@@ -33,7 +33,7 @@ def url_with_secret(url: str, secret_arn: str | None, client: Any = None) -> str
     if not secret_arn:
         return url
     if client is None:
-        import boto3  # type: ignore[import-untyped]
+        import boto3
 
         client = boto3.client("secretsmanager")
     try:

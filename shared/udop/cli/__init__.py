@@ -7,7 +7,6 @@ Errors are one line on stderr, never a traceback (``UDOP_DEBUG=1`` shows one).
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 from typing import Any
 
@@ -104,7 +103,7 @@ def main(argv: list[str] | None = None) -> Any:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except UdopError as exc:
-        if os.environ.get("UDOP_DEBUG"):
+        if _debug():
             raise
         click.echo(str(exc), err=True)
         sys.exit(exc.exit_code)
@@ -112,10 +111,17 @@ def main(argv: list[str] | None = None) -> Any:
         click.echo("udop: interrupted", err=True)
         sys.exit(130)
     except Exception as exc:
-        if os.environ.get("UDOP_DEBUG"):
+        if _debug():
             raise
         click.echo(
             f"udop: internal error: {type(exc).__name__}: {exc} (set UDOP_DEBUG=1 for a traceback)", err=True
         )
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _debug() -> bool:
+    """``UDOP_DEBUG`` set: show the traceback (read only when something failed)."""
+    from udop.settings import ProcessSettings, load_settings
+
+    return bool(load_settings(ProcessSettings).debug)

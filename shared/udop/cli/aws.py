@@ -10,7 +10,6 @@ CDK app's outputs name them: ``UDOP_DEFINITIONS_BUCKET``, ``UDOP_TASK_RUNNER_ARN
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Mapping
 from datetime import datetime
@@ -22,13 +21,14 @@ import click
 from udop.aws.runs import client as _client
 from udop.aws.runs import deploy_file, follow_run, redrive_run, start_run
 from udop.errors import ConfigError
+from udop.settings import AwsResources, load_settings
 
 __all__ = ["compile_command", "deploy_command", "redrive_and_follow", "redrive_command",
            "run_on_stepfunctions"]
 
 
 def _env(name: str, given: str | None) -> str:
-    value = given or os.environ.get(name)
+    value = given or getattr(load_settings(AwsResources), name.removeprefix("UDOP_").lower())
     if not value:
         raise ConfigError(f"{name} is not set: export it (the CDK app prints it as a stack output) "
                           f"or pass --{name.removeprefix('UDOP_').lower().replace('_', '-')}")
@@ -91,7 +91,7 @@ def deploy_command(file: str, definitions_bucket: str | None, task_runner_arn: s
                          task_runner_arn=_env("UDOP_TASK_RUNNER_ARN", task_runner_arn),
                          role_arn=_env("UDOP_STATE_MACHINE_ROLE_ARN", state_machine_role_arn),
                          log_group_arn=state_machine_log_group_arn
-                         or os.environ.get("UDOP_STATE_MACHINE_LOG_GROUP_ARN") or None)
+                         or load_settings(AwsResources).state_machine_log_group_arn or None)
     if not result.ok:
         for err in result.errors:
             click.echo(err["text"], err=True)

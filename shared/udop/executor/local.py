@@ -407,8 +407,8 @@ class _Run:
             self.attempts_done[task.task_id] = len(task.attempts)
             if task.state == TaskState.SUCCEEDED and task.result is not None:
                 self.results[task.task_id] = TaskResult.from_dict(task.result)
-        for tid, task in self.tasks.items():
-            self.waiting[tid] = sum(1 for d in task.depends_on if self.state[d] != TaskState.SUCCEEDED)
+        for tid, spec_task in self.tasks.items():
+            self.waiting[tid] = sum(1 for d in spec_task.depends_on if self.state[d] != TaskState.SUCCEEDED)
             if self.state[tid] == TaskState.PENDING and self.waiting[tid] == 0:
                 heapq.heappush(self.ready, (self.order[tid], tid))
 

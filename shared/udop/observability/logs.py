@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from typing import IO, Literal
 
 from udop.observability.context import current
+from udop.settings import ProcessSettings, load_settings
 
 __all__ = ["JsonFormatter", "LogFormat", "TextFormatter", "configure", "resolve_format"]
 
@@ -76,7 +76,7 @@ def _iso(created: float) -> str:
 
 def resolve_format(fmt: str | None = None) -> LogFormat:
     """``fmt`` if given, else the ``UDOP_LOG_FORMAT`` setting, else text."""
-    value = (fmt or os.environ.get("UDOP_LOG_FORMAT") or "text").strip().lower()
+    value = (fmt or load_settings(ProcessSettings).log_format or "text").strip().lower()
     if value not in ("json", "text"):
         from udop.errors import ConfigError
 

@@ -12,7 +12,6 @@ attempts in worker threads each keep their own output.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import threading
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from udop.observability.context import _current, bound
+from udop.settings import ProcessSettings, load_settings
 
 __all__ = ["AttemptLog", "attempt_log_path", "attempt_logs", "attempt_scope", "install_capture", "max_bytes",
            "read_attempt_log"]
@@ -31,7 +31,7 @@ DEFAULT_MAX_BYTES = 1_048_576
 
 def max_bytes() -> int:
     """The ``UDOP_TASK_LOG_MAX_BYTES`` setting (default 1 MiB per attempt)."""
-    raw = os.environ.get("UDOP_TASK_LOG_MAX_BYTES")
+    raw = load_settings(ProcessSettings).task_log_max_bytes
     if not raw:
         return DEFAULT_MAX_BYTES
     try:

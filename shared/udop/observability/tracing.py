@@ -8,11 +8,12 @@ directly (tests: the SDK's in-memory exporter).
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import Any
+
+from udop.settings import ProcessSettings, load_settings
 
 __all__ = ["attempt_span", "enabled", "end_task_span", "extract", "inject", "outgoing_headers", "remote_span",
            "reset", "run_span", "span", "use_provider"]
@@ -23,8 +24,8 @@ _task_spans: dict[tuple[str, str], Any] = {}  # (run id, task id) -> open span
 
 
 def _configured() -> bool:
-    return bool(os.environ.get("UDOP_OTEL_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-                or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+    process = load_settings(ProcessSettings)
+    return bool(process.otel_endpoint or process.otlp_endpoint)
 
 
 def enabled() -> bool:
@@ -50,10 +51,11 @@ def _setup_from_environment() -> bool:
         logging.getLogger("udop.observability").warning(
             "tracing is configured but OpenTelemetry is not installed (pip install 'udop[otel]'); no spans")
         return False
-    endpoint = os.environ.get("UDOP_OTEL_ENDPOINT")
+    process = load_settings(ProcessSettings)
+    endpoint = process.otel_endpoint
     exporter = (OTLPSpanExporter(endpoint=endpoint.rstrip("/") + "/v1/traces") if endpoint
                 else OTLPSpanExporter())
-    service = os.environ.get("OTEL_SERVICE_NAME") or "udop"
+    service = process.otel_service_name or "udop"
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)

@@ -17,7 +17,7 @@ __all__ = ["check_dag", "dependants", "find_cycle", "to_dot", "to_mermaid", "top
 def _error(loaded: LoadedDefinition | None, path: tuple[str | int, ...], message: str) -> SpecError:
     if loaded is not None:
         return loaded.error(path, message)
-    from udop.spec.loader import format_path
+    from udop.spec.location import format_path
 
     return SpecError(message, path=format_path(path))
 

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from udop.spec.models import SpecModel, TaskBase
+from udop.spec.base import SpecModel, TaskBase
 from udop.spec.types import Duration, TaskId
 
 __all__ = [

@@ -24,7 +24,10 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from udop.errors import SpecError, SpecErrors
+from udop.spec.dag import check_dag
+from udop.spec.location import PathKey, format_path
 from udop.spec.models import API_VERSION, TASK_TYPES, Pipeline
+from udop.spec.params import check_references
 
 __all__ = ["MAX_DEFINITION_BYTES", "LoadedDefinition", "load_pipeline", "parse_definition", "unstorable_text"]
 
@@ -35,8 +38,6 @@ MAX_DEFINITION_BYTES = 10 * 1024 * 1024
 MAX_NODES = 200_000
 #: nesting of mappings and lists; real definitions stay under ten, and Python's parsers recurse per level
 MAX_DEPTH = 100
-
-PathKey = tuple[str | int, ...]
 
 
 @dataclass
@@ -55,16 +56,6 @@ class LoadedDefinition:
 
     def error(self, path: PathKey, message: str) -> SpecError:
         return SpecError(message, file=self.filename, path=format_path(path) or None, line=self.line_of(path))
-
-
-def format_path(path: PathKey) -> str:
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
 
 
 # --------------------------------------------------------------------------- reading and parsing
@@ -146,7 +137,7 @@ def _check_events(text: str, budget: _Budget) -> None:
         else:
             continue
         if depth > MAX_DEPTH or nodes > MAX_NODES or nodes % 4096 == 0:
-            line = event.start_mark.line + 1
+            line = event.start_mark.line + 1 if event.start_mark is not None else None
             if depth > MAX_DEPTH:
                 raise SpecError(
                     f"nested more than {MAX_DEPTH} levels deep; a definition does not need this",
@@ -449,9 +440,6 @@ def _validation_errors(exc: ValidationError, loaded: LoadedDefinition) -> Iterat
 
 def validate_definition(loaded: LoadedDefinition) -> Pipeline:
     """Validate a parsed document: models, DAG, references. Raises ``SpecErrors``."""
-    from udop.spec.dag import check_dag
-    from udop.spec.params import check_references
-
     data = loaded.data
     api = data.get("apiVersion")
     if api != API_VERSION:

@@ -7,61 +7,18 @@ checking the DAG live in ``udop.spec.loader`` and ``udop.spec.dag``.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from udop.spec.types import Duration, PipelineName, TaskId
+from udop.spec.base import ForEach, RetryPolicy, SpecModel, TaskBase
+from udop.spec.data_tasks import DATA_TASK_MODELS, ExtractTask, LoadTask, TransformTask, ValidateTask
+from udop.spec.types import Duration, PipelineName
+
+__all__ = ["API_VERSION", "TASK_TYPES", "AlertTarget", "ConnectionSpec", "Defaults", "ForEach", "MaskingSpec",
+           "ParamSpec", "Pipeline", "PythonTask", "RetryPolicy", "Schedule", "SpecModel", "Task", "TaskBase"]
 
 API_VERSION = "udop/v1"
-
-
-class SpecModel(BaseModel):
-    """Base of every spec model: frozen, and unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-class RetryPolicy(SpecModel):
-    """Exponential backoff with full jitter, as Step Functions' ``Retry`` does it.
-
-    Attempt ``n`` (n >= 2) waits ``min(max_delay, base_delay * backoff_rate ** (n - 2))``; with
-    ``jitter: full`` a uniformly random part of that.
-    """
-
-    max_attempts: int = Field(1, ge=1, le=100, description="attempts in all, the first included")
-    base_delay: Duration = Field(1.0, description="wait before the second attempt")
-    backoff_rate: float = Field(2.0, ge=1.0, le=10.0, description="factor applied to the wait per attempt")
-    max_delay: Duration = Field(300.0, description="the wait between attempts never exceeds this")
-    jitter: Literal["full", "none"] = "full"
-    retry_on: tuple[str, ...] | None = Field(
-        None, description="error names retried (e.g. [udop.ConnectionFailed, ValueError]); default: "
-        "every retryable error. A FatalError/InputError name cannot be listed: those are never retried")
-
-    @field_validator("retry_on")
-    @classmethod
-    def _retryable_names(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        from udop.errors import NOT_RETRIED
-
-        if value is None:
-            return None
-        for name in value:
-            if name in NOT_RETRIED:
-                raise ValueError(f"{name} is never retried (another attempt cannot fix it); remove it")
-            if not name or name.startswith(("States.", "Lambda.")):
-                raise ValueError(f"{name!r} is not a udop or exception class name; name errors as run "
-                                 "records show them, e.g. udop.TaskTimeout or ValueError")
-        if not value:
-            raise ValueError("an empty list retries nothing; use max_attempts: 1 instead")
-        return value
-
-    def retries(self, name: str, retryable: bool) -> bool:
-        """Whether this policy retries a failure named ``name`` (see ``udop.errors.classify``)."""
-        return retryable and (self.retry_on is None or name in self.retry_on)
-
-    def delay(self, attempt: int) -> float:
-        """The un-jittered wait after attempt number ``attempt`` (1-based) failed."""
-        return min(self.max_delay, self.base_delay * self.backoff_rate ** max(0, attempt - 1))
 
 
 class Defaults(SpecModel):
@@ -125,31 +82,6 @@ class Schedule(SpecModel):
         return self
 
 
-class ForEach(SpecModel):
-    """Run the task once per file or partition of one input (a Map state on AWS)."""
-
-    input: TaskId = Field(description="the dependency whose output is split")
-    over: Literal["files", "partitions"] = "files"
-    max_concurrency: int = Field(0, ge=0, le=10000, description="0 means no limit")
-
-
-class TaskBase(SpecModel):
-    """Fields every task type has."""
-
-    id: TaskId
-    type: str
-    description: str | None = None
-    depends_on: list[TaskId] = Field(default_factory=list)
-    retry: RetryPolicy | None = Field(None, description="overrides spec.defaults.retry")
-    timeout: Duration | None = Field(None, description="overrides spec.defaults.timeout")
-    foreach: ForEach | None = None
-
-    @field_validator("depends_on", mode="before")
-    @classmethod
-    def _single_dependency(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
-
-
 class PythonTask(TaskBase):
     """Calls ``package.module:function(context, inputs, **args)``; a user's own code."""
 
@@ -160,21 +92,9 @@ class PythonTask(TaskBase):
     args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments; ${...} rendered")
 
 
-def _task_union() -> Any:
-    from udop.spec.data_tasks import DATA_TASK_MODELS
-
-    models = (PythonTask, *DATA_TASK_MODELS)
-    return Annotated[models[0] if len(models) == 1 else _union(models), Field(discriminator="type")]
-
-
-def _union(models: tuple[type, ...]) -> Any:
-    from typing import Union
-
-    return Union[models]  # noqa: UP007 - built from a runtime tuple
-
-
-Task = _task_union()
-TASK_TYPES: tuple[str, ...] = ()  # filled below from the union's members
+#: any task of a pipeline, told apart by its ``type``
+Task = Annotated[PythonTask | ExtractTask | TransformTask | ValidateTask | LoadTask,
+                 Field(discriminator="type")]
 
 
 class Metadata(SpecModel):
@@ -276,7 +196,7 @@ class PipelineBody(SpecModel):
         description="runs of this pipeline at the same time; default 1 when an extract is incremental "
         "(two runs would read the same watermark), otherwise no limit",
     )
-    tasks: list[Task] = Field(min_length=1)  # type: ignore[valid-type]
+    tasks: list[Task] = Field(min_length=1)
     masking: MaskingSpec | None = None
     alerts: AlertsSpec | None = None
 
@@ -338,9 +258,8 @@ class Pipeline(SpecModel):
 
 
 def _task_types() -> tuple[str, ...]:
-    from udop.spec.data_tasks import DATA_TASK_MODELS
-
-    return tuple(m.model_fields["type"].annotation.__args__[0] for m in (PythonTask, *DATA_TASK_MODELS))
+    models: tuple[type[TaskBase], ...] = (PythonTask, *DATA_TASK_MODELS)
+    return tuple(get_args(m.model_fields["type"].annotation)[0] for m in models)  # each a Literal
 
 
 TASK_TYPES = _task_types()

@@ -56,7 +56,7 @@ def find_references(
 
 def check_references(pipeline: Pipeline, loaded: LoadedDefinition | None = None) -> list[SpecError]:
     """Unknown namespaces, undeclared params and unknown run fields, located in the tasks."""
-    from udop.spec.loader import format_path
+    from udop.spec.location import format_path
 
     errors = []
     declared = pipeline.spec.params
@@ -171,7 +171,7 @@ def resolve_params(pipeline: Pipeline, given: Mapping[str, Any] | None = None) -
 
 def check_env(pipeline: Pipeline, environ: Mapping[str, str] | None = None) -> list[SpecError]:
     """Every ``${env.X}`` used by a task whose variable is not set."""
-    from udop.spec.loader import format_path
+    from udop.spec.location import format_path
 
     environ = os.environ if environ is None else environ
     errors = []

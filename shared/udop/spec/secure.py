@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from udop.errors import SpecError
 from udop.sandbox import MASK, Policy, SandboxViolation, looks_secret_name
-from udop.spec.loader import format_path
+from udop.spec.location import format_path
 from udop.spec.params import find_references
 
 if TYPE_CHECKING:

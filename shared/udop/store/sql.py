@@ -15,11 +15,11 @@ import hashlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
 from sqlalchemy import (
     Connection,
@@ -475,7 +475,7 @@ class SqlMetadataStore:
         ``logical_date``: only runs of that logical date (the one a schedule or backfill gave them)."""
         if limit <= 0:
             return []
-        if self._sqlite:
+        if self._sqlite and logical_date is None:  # the hot read (GET /runs); a date filter is rarer
             with self._sqlite_read() as db:
                 return sqlite_reads.list_runs(db, pipeline=pipeline, state=state, limit=limit, before=before)
         stmt = select(runs).order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit)
@@ -530,7 +530,7 @@ class SqlMetadataStore:
         if self._sqlite:
             self._sqlite_start_attempt(run_id, task_id, number)
             return
-        params = {"r": run_id, "t": task_id, "n": number, "now": _now()}
+        params = _start_params(run_id, task_id, number, _now())
         try:
             with self._write() as conn:
                 if conn.execute(_START_TASK, params).rowcount != 1:
@@ -541,14 +541,12 @@ class SqlMetadataStore:
                 from None
 
     def _sqlite_start_attempt(self, run_id: str, task_id: str, number: int) -> None:
-        now = sqlite_timestamp(_now())
+        params = _start_params(run_id, task_id, number, sqlite_timestamp(_now()))
         try:
             with self._sqlite_write() as db:
-                if db.execute(_SQLITE_START_TASK.sql,
-                              _SQLITE_START_TASK(r=run_id, t=task_id, now=now)).rowcount != 1:
+                if db.execute(_SQLITE_START_TASK.sql, _SQLITE_START_TASK(**params)).rowcount != 1:
                     raise _Refused
-                db.execute(_SQLITE_INSERT_ATTEMPT.sql, _SQLITE_INSERT_ATTEMPT(r=run_id, t=task_id, n=number,
-                                                                              now=now))
+                db.execute(_SQLITE_INSERT_ATTEMPT.sql, _SQLITE_INSERT_ATTEMPT(**params))
         except _Refused:
             with self._read() as conn:
                 self._raise_task_problem(conn, run_id, task_id, TaskState.RUNNING)
@@ -575,29 +573,30 @@ class SqlMetadataStore:
         except (TypeError, ValueError) as exc:
             raise StoreError(f"run {run_id!r} task {task_id!r}: the result cannot be stored as JSON: {exc}") \
                 from None
-        now = _now()
-        succeeded = task_state is TaskState.SUCCEEDED
-        params = {"r": run_id, "t": task_id, "n": number, "now": now,
-                  "etype": error_type, "emsg": error_message}
-        task_params = {"r": run_id, "t": task_id, "ended": now if is_terminal(task_state) else None,
-                       "etype": None if succeeded else error_type,
-                       "emsg": None if succeeded else error_message, "result": result}
+        params, task_params, lineage_row, check_rows = _finish_rows(
+            run_id, task_id, number, _now(), task_state, error_type=error_type, error_message=error_message,
+            result=result)
         with self._write() as conn:
             if conn.execute(_finish_attempt_stmt(attempt_state), params).rowcount != 1:
                 self._raise_attempt_problem(conn, run_id, task_id, number, attempt_state)
             if conn.execute(_finish_task_stmt(task_state), task_params).rowcount != 1:
                 self._raise_task_problem(conn, run_id, task_id, task_state)
-            if result:
-                self._record_result(conn, run_id, task_id, result, now)
+            if lineage_row is not None:
+                conn.execute(_INSERT_LINEAGE, lineage_row)
+            if check_rows:
+                conn.execute(_INSERT_CHECK, check_rows)
 
     def _sqlite_finish_attempt(self, run_id: str, task_id: str, number: int, attempt_state: AttemptState,
                                task_state: TaskState, *, error_type: str | None, error_message: str | None,
                                result: dict[str, Any] | None) -> None:
-        now = sqlite_timestamp(_now())
-        succeeded = task_state is TaskState.SUCCEEDED
+        params, task_params, lineage_row, check_rows = _finish_rows(
+            run_id, task_id, number, sqlite_timestamp(_now()), task_state, error_type=error_type,
+            error_message=error_message, result=result)
         try:
-            result_json = None if result is None else json_dumps(result)
-            lineage_row, check_rows = _result_rows(run_id, task_id, result, now)
+            task_params["result"] = None if result is None else json_dumps(result)
+            if lineage_row is not None:
+                lineage_row = _SQLITE_INSERT_LINEAGE(**_sqlite_json(lineage_row))
+            check_rows = [_SQLITE_INSERT_CHECK(**_sqlite_json(row)) for row in check_rows]
         except (TypeError, ValueError) as exc:
             raise StoreError(f"run {run_id!r} task {task_id!r}: the result cannot be stored as JSON: {exc}") \
                 from None
@@ -605,14 +604,9 @@ class SqlMetadataStore:
         task_stmt = _sqlite_finish_task(task_state)
         try:
             with self._sqlite_write() as db:
-                if db.execute(attempt_stmt.sql, attempt_stmt(
-                        r=run_id, t=task_id, n=number, now=now, etype=error_type,
-                        emsg=error_message)).rowcount != 1:
+                if db.execute(attempt_stmt.sql, attempt_stmt(**params)).rowcount != 1:
                     raise _Refused("attempt")
-                if db.execute(task_stmt.sql, task_stmt(
-                        r=run_id, t=task_id, ended=now if is_terminal(task_state) else None,
-                        etype=None if succeeded else error_type, emsg=None if succeeded else error_message,
-                        result=result_json)).rowcount != 1:
+                if db.execute(task_stmt.sql, task_stmt(**task_params)).rowcount != 1:
                     raise _Refused("task")
                 if lineage_row is not None:
                     db.execute(_SQLITE_INSERT_LINEAGE.sql, lineage_row)
@@ -623,23 +617,6 @@ class SqlMetadataStore:
                 if refused.args == ("attempt",):
                     self._raise_attempt_problem(conn, run_id, task_id, number, attempt_state)
                 self._raise_task_problem(conn, run_id, task_id, task_state)
-
-    def _record_result(self, conn: Connection, run_id: str, task_id: str, result: dict[str, Any],
-                       now: datetime) -> None:
-        output = _lineage_output(result)
-        if output:
-            conn.execute(_INSERT_LINEAGE, {
-                "run_id": run_id, "task_id": task_id, "inputs": masked_uris(result.get("inputs") or []),
-                "output_uri": masked_uri(output.get("uri")), "rows": output.get("rows"),
-                "bytes": output.get("bytes"),
-                "schema_fingerprint": output.get("schema_fingerprint"), "recorded_at": now})
-        checks = result.get("checks") or []
-        if checks:
-            conn.execute(_INSERT_CHECK, [
-                {"run_id": run_id, "task_id": task_id, "rule": c["rule"], "severity": c["severity"],
-                 "passed": bool(c["passed"]), "failing_rows": int(c.get("failing_rows") or 0),
-                 "sample": list(c.get("sample") or []), "message": c.get("message") or ""}
-                for c in checks])
 
     def set_task_states(self, run_id: str, task_ids: list[str], state: TaskState,
                         *, error_message: str | None = None) -> None:
@@ -811,10 +788,10 @@ _RUN_COLUMNS = ("id", "pipeline", "pipeline_version", "state", "executor", "para
 assert tuple(runs.c.keys()) == _RUN_COLUMNS, "runs' columns changed: update _run"
 
 
-def _run(row: Sequence[Any], tasks: Sequence[TaskRunRecord] | Iterable[TaskRunRecord] = ()) -> RunRecord:
+def _run(row: Sequence[Any], tasks: Iterable[TaskRunRecord] = ()) -> RunRecord:
     # unpacked by position: reading 14 columns by name cost more than the query of a GET /runs page
     (id_, pipeline, version, state, executor, params, logical_date, created_at, started_at, ended_at,
-     error, external_id, owner, lease_expires_at) = row
+     error, external_id, owner, lease_expires_at) = cast("tuple[Any, ...]", row)  # a Row is a tuple
     return RunRecord(id=id_, pipeline=pipeline, pipeline_version=version, state=RunState(state),
                      executor=executor, params=params, logical_date=logical_date, created_at=created_at,
                      started_at=started_at, ended_at=ended_at, error=error, external_id=external_id,
@@ -831,24 +808,51 @@ def _lineage_output(result: dict[str, Any]) -> dict[str, Any] | None:
     return written[0] if written else None
 
 
-def _result_rows(run_id: str, task_id: str, result: dict[str, Any] | None,
-                 now: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    """The lineage row and check rows a task result adds, as sqlite3 parameters."""
+# --- the rows a write adds: built once here for both paths (SQLAlchemy's, and the SQLite hot path's,
+# which passes the time as SQLite text and converts JSON and booleans with _sqlite_json) -------------
+
+def _start_params(run_id: str, task_id: str, number: int, now: datetime | str) -> dict[str, Any]:
+    """The parameters of ``_START_TASK`` and ``_INSERT_ATTEMPT`` (``now`` as SQLite text on the hot path)."""
+    return {"r": run_id, "t": task_id, "n": number, "now": now}
+
+
+def _finish_rows(run_id: str, task_id: str, number: int, now: datetime | str, task_state: TaskState, *,
+                 error_type: str | None, error_message: str | None, result: dict[str, Any] | None,
+                 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None, list[dict[str, Any]]]:
+    """What ``finish_attempt`` writes: the attempt's and the task's update parameters, the lineage row
+    (a result with an output, or something written outside the run) and the check rows."""
+    succeeded = task_state is TaskState.SUCCEEDED
+    attempt = {"r": run_id, "t": task_id, "n": number, "now": now, "etype": error_type, "emsg": error_message}
+    task = {"r": run_id, "t": task_id, "ended": now if is_terminal(task_state) else None,
+            "etype": None if succeeded else error_type, "emsg": None if succeeded else error_message,
+            "result": result}
     if not result:
-        return None, []
+        return attempt, task, None, []
     lineage_row = None
     output = _lineage_output(result)
     if output:
-        lineage_row = _SQLITE_INSERT_LINEAGE(
-            run_id=run_id, task_id=task_id, inputs=json_dumps(masked_uris(result.get("inputs") or [])),
-            output_uri=masked_uri(output.get("uri")), rows=output.get("rows"), bytes=output.get("bytes"),
-            schema_fingerprint=output.get("schema_fingerprint"), recorded_at=now)
-    check_rows = [
-        _SQLITE_INSERT_CHECK(run_id=run_id, task_id=task_id, rule=c["rule"], severity=c["severity"],
-                             passed=1 if c["passed"] else 0, failing_rows=int(c.get("failing_rows") or 0),
-                             sample=json_dumps(list(c.get("sample") or [])), message=c.get("message") or "")
-        for c in (result.get("checks") or [])]
-    return lineage_row, check_rows
+        lineage_row = {"run_id": run_id, "task_id": task_id,
+                       "inputs": masked_uris(result.get("inputs") or []),
+                       "output_uri": masked_uri(output.get("uri")), "rows": output.get("rows"),
+                       "bytes": output.get("bytes"), "schema_fingerprint": output.get("schema_fingerprint"),
+                       "recorded_at": now}
+    check_rows = [{"run_id": run_id, "task_id": task_id, "rule": c["rule"], "severity": c["severity"],
+                   "passed": bool(c["passed"]), "failing_rows": int(c.get("failing_rows") or 0),
+                   "sample": list(c.get("sample") or []), "message": c.get("message") or ""}
+                  for c in (result.get("checks") or [])]
+    return attempt, task, lineage_row, check_rows
+
+
+def _sqlite_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A lineage or check row as SQLAlchemy binds it on SQLite: JSON columns as text, booleans as 0/1
+    (the timestamps are given as SQLite text already)."""
+    out = dict(row)
+    for key, value in row.items():
+        if isinstance(value, list):
+            out[key] = json_dumps(value)
+        elif isinstance(value, bool):
+            out[key] = int(value)
+    return out
 
 
 if TYPE_CHECKING:

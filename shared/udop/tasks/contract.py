@@ -19,6 +19,7 @@ from typing import Any
 
 from udop.errors import FatalError, PayloadTooLarge
 from udop.sandbox import Policy, current, noting_secrets
+from udop.tasks.datasets import Manifest
 
 __all__ = ["MAX_VALUE_BYTES", "SNAPSHOT_FORMAT", "CheckResult", "Manifest", "TaskContext", "TaskResult",
            "dataset_uri", "json_value"]
@@ -88,48 +89,6 @@ def _type_name(value: Any) -> str:
 def dataset_uri(data_root: str, pipeline: str, run_id: str, task_id: str) -> str:
     """The deterministic location of a task's output, local path or ``s3://`` URI."""
     return f"{data_root.rstrip('/')}/runs/{pipeline}/{run_id}/{task_id}/"
-
-
-@dataclass(frozen=True, slots=True)
-class Manifest:
-    """A small reference to a dataset: where it is and what it holds."""
-
-    uri: str
-    rows: int | None = None
-    bytes: int | None = None
-    schema_fingerprint: str | None = None
-    format: str = "parquet"
-    files: int = 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "uri": self.uri,
-            "rows": self.rows,
-            "bytes": self.bytes,
-            "schema_fingerprint": self.schema_fingerprint,
-            "format": self.format,
-            "files": self.files,
-        }
-
-    def to_arrow(self) -> Any:
-        """Read the whole dataset as a pyarrow Table (local paths)."""
-        from udop.tasks.datasets import read_arrow
-
-        return read_arrow(self)
-
-    def to_pandas(self) -> Any:
-        return self.to_arrow().to_pandas()
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Manifest:
-        return cls(
-            uri=data["uri"],
-            rows=data.get("rows"),
-            bytes=data.get("bytes"),
-            schema_fingerprint=data.get("schema_fingerprint"),
-            format=data.get("format", "parquet"),
-            files=data.get("files", 1),
-        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,12 +7,12 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from udop.tasks.contract import Manifest
-
-__all__ = ["publish_dir", "read_arrow", "schema_fingerprint", "write_parquet"]
+__all__ = ["Manifest", "publish_dir", "read_arrow", "schema_fingerprint", "write_parquet"]
 
 
 def schema_fingerprint(schema: Any) -> str:
@@ -36,6 +36,46 @@ def publish_dir(staging: Path, final: Path) -> None:
         os.replace(final, old)
     os.replace(staging, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """A small reference to a dataset: where it is and what it holds."""
+
+    uri: str
+    rows: int | None = None
+    bytes: int | None = None
+    schema_fingerprint: str | None = None
+    format: str = "parquet"
+    files: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "uri": self.uri,
+            "rows": self.rows,
+            "bytes": self.bytes,
+            "schema_fingerprint": self.schema_fingerprint,
+            "format": self.format,
+            "files": self.files,
+        }
+
+    def to_arrow(self) -> Any:
+        """Read the whole dataset as a pyarrow Table (local paths)."""
+        return read_arrow(self)
+
+    def to_pandas(self) -> Any:
+        return self.to_arrow().to_pandas()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Manifest:
+        return cls(
+            uri=data["uri"],
+            rows=data.get("rows"),
+            bytes=data.get("bytes"),
+            schema_fingerprint=data.get("schema_fingerprint"),
+            format=data.get("format", "parquet"),
+            files=data.get("files", 1),
+        )
 
 
 def write_parquet(data: Any, uri: str) -> Manifest:

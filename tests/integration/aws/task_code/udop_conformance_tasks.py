@@ -4,6 +4,7 @@ the LocalExecutor and by the task runner (``UDOP_CODE_DIR``). Calls are counted 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -55,3 +56,12 @@ def slow(context: Any, inputs: dict[str, Any], *, seconds: float, log_dir: str) 
     while time.monotonic() < until and not context.cancelled:
         time.sleep(0.02)
     return {"stopped": bool(context.cancelled)}
+
+
+def waits(context: Any, inputs: dict[str, Any], *, flag: str, log_dir: str, seconds: float = 30) -> pa.Table:
+    """Works while the fault flag is set, until told to stop: the run is cancelled meanwhile."""
+    _count(context, log_dir)
+    until = time.monotonic() + seconds
+    while time.monotonic() < until and Path(flag).exists() and not context.cancelled:
+        time.sleep(0.02)
+    return pa.table({"id": pa.array([1], pa.int64())})
