@@ -41,6 +41,9 @@ class ExecutionAttempt:
     version: int | None = None  # the pipeline version compiled into the payload
     exited: bool = False  # its Task state was left after it (Catch): no retry follows
     item: bool = False  # a foreach task's inline Map item or listing: an attempt only when it failed
+    execution: str = ""  # the execution and retry count of its payload: where its log pointer is
+    retry: int = 0
+    log: dict[str, Any] | None = None  # where its log lines are (CloudWatch)
 
 
 @dataclass
@@ -148,7 +151,9 @@ def _attempts(sfn: Any, execution_arn: str) -> list[ExecutionAttempt]:
                 attempts[ev_id] = ExecutionAttempt(task_id=task_id, started_at=ev["timestamp"],
                                                    version=int(version) if version is not None else None,
                                                    item=payload.get("item") is not None
-                                                   or bool(payload.get("list")))
+                                                   or bool(payload.get("list")),
+                                                   execution=str(payload.get("execution") or ""),
+                                                   retry=_int(payload.get("attempt")))
         elif kind == "TaskStateExited":
             name = (ev.get("stateExitedEventDetails") or {}).get("name")
             # a foreach task's Map items are followed by its "<task> combine" Task state
@@ -180,6 +185,13 @@ def _attempts(sfn: Any, execution_arn: str) -> list[ExecutionAttempt]:
     # a foreach task's result is its combine call's; of its items only the failures are shown
     return [attempts[k] for k in sorted(attempts)
             if not attempts[k].item or attempts[k].state in (AttemptState.FAILED, AttemptState.TIMED_OUT)]
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _cause_message(cause: str | None) -> str | None:
@@ -267,6 +279,7 @@ def sync_run(store: Any, sfn: Any, *, state_machine_arn: str, run_id: str,
         if s3 is not None and data_bucket:
             def fetch(attempts: list[ExecutionAttempt], _p: str = pipeline) -> None:
                 _full_results(s3, data_bucket, _p, run_id, attempts)
+                _log_pointers(s3, data_bucket, _p, run_id, attempts)
         _sync_task(store, run_id, record, attempts, execution_running=running, fetch=fetch)
 
     if not running:
@@ -322,6 +335,17 @@ def _full_results(s3: Any, bucket: str, pipeline: str, run_id: str,
             attempt.result = body
 
 
+def _log_pointers(s3: Any, bucket: str, pipeline: str, run_id: str,
+                  attempts: list[ExecutionAttempt]) -> None:
+    """Where each ended attempt's lines are (the pointer its invocation wrote), for its record."""
+    from udop.aws.tasklogs import read_log_pointer
+
+    for attempt in attempts:
+        if attempt.state is not None and attempt.log is None and not attempt.reused:
+            attempt.log = read_log_pointer(s3, bucket, pipeline, run_id, attempt.task_id,
+                                           execution=attempt.execution, retry=attempt.retry)
+
+
 def _sync_task(store: Any, run_id: str, record: Any, attempts: list[ExecutionAttempt], *,
                execution_running: bool, fetch: Callable[[list[ExecutionAttempt]], None] | None) -> None:
     if record.state == TaskState.SUCCEEDED:
@@ -352,4 +376,4 @@ def _sync_task(store: Any, run_id: str, record: Any, attempts: list[ExecutionAtt
         store.finish_attempt(run_id, record.task_id, number, attempt_state=attempt.state,
                              task_state=task_state,
                              error_type=attempt.error_type, error_message=attempt.error_message,
-                             result=attempt.result)
+                             result=attempt.result, log=attempt.log)

@@ -128,7 +128,8 @@ def _finish_attempt_stmt(state: AttemptState) -> Any:
     return (update(attempts)
             .where(_ATTEMPT_KEY, _in_states(attempts.c.state, predecessors(state)))
             .values(state=state.value, ended_at=bindparam("now"), error_type=bindparam("etype"),
-                    error_message=bindparam("emsg")))
+                    error_message=bindparam("emsg"),
+                    log=func.coalesce(bindparam("log", type_=attempts.c.log.type), attempts.c.log)))
 
 
 @cache
@@ -435,7 +436,7 @@ class SqlMetadataStore:
         for a in attempt_rows:
             by_task.setdefault(a.task_id, []).append(AttemptRecord(
                 number=a.number, state=AttemptState(a.state), started_at=a.started_at, ended_at=a.ended_at,
-                error_type=a.error_type, error_message=a.error_message))
+                error_type=a.error_type, error_message=a.error_message, log=a.log))
         tasks = [TaskRunRecord(task_id=t.task_id, state=TaskState(t.state), started_at=t.started_at,
                                ended_at=t.ended_at, error_type=t.error_type, error_message=t.error_message,
                                result=t.result, attempts=by_task.get(t.task_id, []))
@@ -525,17 +526,20 @@ class SqlMetadataStore:
 
     def finish_attempt(self, run_id: str, task_id: str, number: int, *, attempt_state: AttemptState,
                        task_state: TaskState, error_type: str | None = None,
-                       error_message: str | None = None, result: dict[str, Any] | None = None) -> None:
+                       error_message: str | None = None, result: dict[str, Any] | None = None,
+                       log: dict[str, Any] | None = None) -> None:
         """End an attempt and move its task, in one transaction.
 
         The task run keeps ``result`` and (unless it succeeded) the error. A result with an
         ``output`` manifest adds a lineage row; each item of ``result["checks"]`` a check row.
+        ``log`` says where the attempt's log lines are (kept on the attempt; None keeps what is there).
         """
         attempt_state = AttemptState(attempt_state)
         task_state = TaskState(task_state)
         if self._sqlite:
             self._sqlite_finish_attempt(run_id, task_id, number, attempt_state, task_state,
-                                        error_type=error_type, error_message=error_message, result=result)
+                                        error_type=error_type, error_message=error_message, result=result,
+                                        log=log)
             return
         try:
             json_dumps(result)  # psycopg would raise a bare TypeError mid-transaction
@@ -545,7 +549,7 @@ class SqlMetadataStore:
         now = _now()
         succeeded = task_state is TaskState.SUCCEEDED
         params = {"r": run_id, "t": task_id, "n": number, "now": now,
-                  "etype": error_type, "emsg": error_message}
+                  "etype": error_type, "emsg": error_message, "log": log}
         task_params = {"r": run_id, "t": task_id, "ended": now if is_terminal(task_state) else None,
                        "etype": None if succeeded else error_type,
                        "emsg": None if succeeded else error_message, "result": result}
@@ -559,11 +563,12 @@ class SqlMetadataStore:
 
     def _sqlite_finish_attempt(self, run_id: str, task_id: str, number: int, attempt_state: AttemptState,
                                task_state: TaskState, *, error_type: str | None, error_message: str | None,
-                               result: dict[str, Any] | None) -> None:
+                               result: dict[str, Any] | None, log: dict[str, Any] | None = None) -> None:
         now = sqlite_timestamp(_now())
         succeeded = task_state is TaskState.SUCCEEDED
         try:
             result_json = None if result is None else json_dumps(result)
+            log_json = None if log is None else json_dumps(log)
             lineage_row, check_rows = _result_rows(run_id, task_id, result, now)
         except (TypeError, ValueError) as exc:
             raise StoreError(f"run {run_id!r} task {task_id!r}: the result cannot be stored as JSON: {exc}") \
@@ -574,7 +579,7 @@ class SqlMetadataStore:
             with self._sqlite_write() as db:
                 if db.execute(attempt_stmt.sql, attempt_stmt(
                         r=run_id, t=task_id, n=number, now=now, etype=error_type,
-                        emsg=error_message)).rowcount != 1:
+                        emsg=error_message, log=log_json)).rowcount != 1:
                     raise _Refused("attempt")
                 if db.execute(task_stmt.sql, task_stmt(
                         r=run_id, t=task_id, ended=now if is_terminal(task_state) else None,
