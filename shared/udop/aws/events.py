@@ -280,7 +280,8 @@ def sync_run(store: Any, sfn: Any, *, state_machine_arn: str, run_id: str,
             def fetch(attempts: list[ExecutionAttempt], _p: str = pipeline) -> None:
                 _full_results(s3, data_bucket, _p, run_id, attempts)
                 _log_pointers(s3, data_bucket, _p, run_id, attempts)
-        _sync_task(store, run_id, record, attempts, execution_running=running, fetch=fetch)
+        _sync_task(store, run_id, record, attempts, execution_running=running, fetch=fetch,
+                   checked=lambda task_id, result: _with_anomaly_checks(store, run, task_id, result))
 
     if not running:
         fresh = store.get_run(run_id)
@@ -346,8 +347,26 @@ def _log_pointers(s3: Any, bucket: str, pipeline: str, run_id: str,
                                            execution=attempt.execution, retry=attempt.retry)
 
 
+def _with_anomaly_checks(store: Any, run: Any, task_id: str, result: dict[str, Any] | None) -> Any:
+    """A succeeded task's result with its anomaly checks (``spec.alerts.anomaly``), as the local
+    executor records them; rows only (the stored times of AWS tasks are when they were recorded)."""
+    from udop.alerts import stored_pipeline_with_alerts, with_anomaly_checks
+
+    if result is None:
+        return result
+    try:
+        pipeline = stored_pipeline_with_alerts(store, run)
+    except Exception as exc:  # never fails the event: the run is recorded without the check
+        logger.warning("anomaly check skipped", extra={"run_id": run.id, "error": str(exc)})
+        return result
+    if pipeline is None or pipeline.spec.alerts.anomaly is None:
+        return result
+    return with_anomaly_checks(store, pipeline, run.id, task_id, result, metrics=("rows",))
+
+
 def _sync_task(store: Any, run_id: str, record: Any, attempts: list[ExecutionAttempt], *,
-               execution_running: bool, fetch: Callable[[list[ExecutionAttempt]], None] | None) -> None:
+               execution_running: bool, fetch: Callable[[list[ExecutionAttempt]], None] | None,
+               checked: Callable[[str, Any], Any] | None = None) -> None:
     if record.state == TaskState.SUCCEEDED:
         return
     recorded = {a.number: a for a in record.attempts}
@@ -373,7 +392,10 @@ def _sync_task(store: Any, run_id: str, record: Any, attempts: list[ExecutionAtt
             task_state = TaskState.FAILED
         else:
             task_state = TaskState.RETRYING
+        result = attempt.result
+        if task_state is TaskState.SUCCEEDED and checked is not None:
+            result = checked(record.task_id, result)
         store.finish_attempt(run_id, record.task_id, number, attempt_state=attempt.state,
                              task_state=task_state,
                              error_type=attempt.error_type, error_message=attempt.error_message,
-                             result=attempt.result, log=attempt.log)
+                             result=result, log=attempt.log)

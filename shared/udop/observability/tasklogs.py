@@ -199,7 +199,8 @@ class AttemptLog:
 
 class StreamCapture:
     """Inside a Lambda attempt: printed lines become JSON lines with the attempt's ids on the real
-    stdout (the function's CloudWatch stream); log records are the root handler's to format."""
+    stdout (the function's CloudWatch stream); log records are the root handler's to format. A line
+    that is a JSON object already (an EMF metric blob, a structured log line) passes unchanged."""
 
     echo = False
     redact = True
@@ -213,6 +214,11 @@ class StreamCapture:
         from udop.sandbox import redactor
 
         name, _, message = line.partition(": ")
+        if message.startswith("{") and message.endswith("}") and _json_object(message):
+            # already structured: EMF metric blobs (Powertools prints them) and JSON log lines pass as
+            # they are, or CloudWatch would not read the metrics
+            self._stream.write(redactor.redact(message) + "\n")
+            return
         body: dict[str, Any] = {"ts": _iso(time.time()), "level": "INFO" if name == "stdout" else "WARNING",
                                 "logger": f"task.{name}", "message": redactor.redact(message)}
         body.update(self._fields)
@@ -223,6 +229,13 @@ class StreamCapture:
 
     def close(self) -> None:
         return None
+
+
+def _json_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
 
 
 class _Router:
