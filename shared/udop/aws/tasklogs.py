@@ -70,6 +70,7 @@ def attempt_logging(event: Mapping[str, Any], *, s3: Any = None, bucket: str | N
 
     _configure_once()
     install_capture()
+    _annotate_xray(event)
     where = pointer(request_id)
     if where is not None and s3 is not None and bucket and _records_attempt(event):
         run = event.get("run") if isinstance(event.get("run"), Mapping) else {}
@@ -86,6 +87,22 @@ def attempt_logging(event: Mapping[str, Any], *, s3: Any = None, bucket: str | N
         capture = StreamCapture(_STDOUT, current().fields())
         with bound(capture=capture):
             yield where
+
+
+def _annotate_xray(event: Mapping[str, Any]) -> None:
+    """The run's W3C trace id as an annotation of the invocation's X-Ray trace (searchable there as
+    ``annotation.w3c_trace_id``), so an OpenTelemetry trace and the X-Ray one can be found together."""
+    run = event.get("run")
+    traceparent = run.get("traceparent") if isinstance(run, Mapping) else None
+    parts = str(traceparent or "").split("-")
+    if len(parts) != 4 or len(parts[1]) != 32:
+        return
+    try:
+        from udop.aws.observability import tracer
+
+        tracer.put_annotation(key="w3c_trace_id", value=parts[1])
+    except Exception as exc:  # no segment (tracing off): nothing to annotate
+        logging.getLogger("udop.aws").debug("no X-Ray annotation: %s", exc)
 
 
 def _records_attempt(event: Mapping[str, Any]) -> bool:
