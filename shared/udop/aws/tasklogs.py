@@ -22,9 +22,6 @@ from udop.observability.context import bound, current
 
 __all__ = ["attempt_logging", "log_pointer_key", "read_log_pointer"]
 
-_configured: list[bool] = []
-
-
 class _Stdout:
     """The process's real stdout, looked up at each write (a test harness may swap sys.stdout)."""
 
@@ -48,16 +45,18 @@ def log_pointer_key(pipeline: str, run_id: str, task_id: str, execution: str, re
 
 
 def _configure_once() -> None:
-    if _configured:
-        return
-    from udop.observability.logs import configure
+    """JSON lines on stdout from the root logger, unless that is already so (checked per invocation:
+    something in the process, a CLI in tests, may have configured logging differently since)."""
+    from udop.observability.logs import JsonFormatter, configure
 
     root = logging.getLogger()
+    if any(getattr(h, "stream", None) is _STDOUT and isinstance(h.formatter, JsonFormatter)
+           for h in root.handlers) and root.level <= logging.INFO:
+        return
     for handler in list(root.handlers):  # the runtime's plain-text handler (LambdaLoggerHandler)
         if type(handler).__name__.startswith("Lambda"):
             root.removeHandler(handler)
     configure("json", level=logging.INFO, stream=_STDOUT)  # type: ignore[arg-type]
-    _configured.append(True)
 
 
 @contextmanager

@@ -35,8 +35,8 @@ from udop.observability.context import _current, bound
 from udop.observability.logs import _iso
 
 __all__ = ["AttemptLog", "RecordingLogs", "StreamCapture", "attempt_key", "attempt_log_path", "attempt_scope",
-           "delegate", "describe", "install_capture", "log_record", "max_bytes", "read_attempt_lines",
-           "recording_logs", "render_log", "run_log_path", "stored_logs"]
+           "delegate", "describe", "install_capture", "log_record", "max_bytes", "public_log",
+           "read_attempt_lines", "recording_logs", "render_log", "run_log_path", "stored_logs"]
 
 DEFAULT_MAX_BYTES = 1_048_576
 
@@ -441,6 +441,16 @@ def stored_logs(run: Any, task_id: str | None = None, attempt: int | None = None
             if log is not None and not (log.get("kind") == "file" and log.get("bytes") == 0):
                 found.append((task.task_id, a.number, dict(log)))
     return found
+
+
+def public_log(log: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """What the API says about an attempt's log: a CloudWatch pointer whole; of a local file its
+    size and truncation, not the server's path (the lines are served by the logs endpoint)."""
+    if not log:
+        return None
+    if log.get("kind") == "file":
+        return {k: log[k] for k in ("kind", "bytes", "truncated") if k in log}
+    return dict(log)
 
 
 def describe(log: Mapping[str, Any]) -> str:
