@@ -316,6 +316,7 @@ def _route_streams() -> None:
 #: (run, task, attempt) -> the store record of an attempt whose scope ended in this process
 _finished: dict[tuple[str, str, int], AttemptLog] = {}
 _finished_lock = threading.Lock()
+_MAX_FINISHED = 4096
 
 
 @contextmanager
@@ -336,6 +337,8 @@ def attempt_scope(*, data_root: str, run_id: str, pipeline: str, task_id: str, a
             if not capture.delegated:
                 with _finished_lock:
                     _finished[(run_id, task_id, attempt)] = capture
+                    if len(_finished) > _MAX_FINISHED:  # an attempt recorded before its scope ended
+                        del _finished[next(iter(_finished))]  # (a timeout) is never asked for again
 
 
 def delegate() -> None:
