@@ -98,10 +98,13 @@ def band(history: Sequence[float], k: float) -> tuple[float, float]:
 
 
 def anomaly_check(
-    store: Any, pipeline: Any, run_id: str, task_id: str, result: dict[str, Any]
+    store: Any, pipeline: Any, run_id: str, task_id: str, result: dict[str, Any], *,
+    metrics: Iterable[str] | None = None,
 ) -> list[dict[str, Any]]:
     """The anomaly check results (check-result dicts) for ``task_id`` of ``run_id``, which just
-    succeeded with ``result``; none when the pipeline asks for no anomaly check or history is short."""
+    succeeded with ``result``; none when the pipeline asks for no anomaly check or history is short.
+    ``metrics`` narrows the definition's metrics (the AWS path checks rows only: its stored task
+    times are when the run-events function recorded them, not when the task ran)."""
     alerts = getattr(pipeline.spec, "alerts", None)
     spec = alerts.anomaly if alerts is not None else None
     if spec is None:
@@ -129,6 +132,8 @@ def anomaly_check(
             history["duration"].append((old.ended_at - old.started_at).total_seconds())
     out = []
     for metric in spec.metrics:
+        if metrics is not None and metric not in metrics:
+            continue
         value, past_values = now_value[metric], history[metric]
         if value is None or len(past_values) < spec.min_runs:
             continue
@@ -153,12 +158,13 @@ def anomaly_check(
 
 
 def with_anomaly_checks(
-    store: Any, pipeline: Any, run_id: str, task_id: str, result: dict[str, Any]
+    store: Any, pipeline: Any, run_id: str, task_id: str, result: dict[str, Any], *,
+    metrics: Iterable[str] | None = None,
 ) -> dict[str, Any]:
     """``result`` with the task's anomaly checks added to its checks (stored with the attempt). A
     failure to compute them is logged and leaves ``result`` as it was: it must not fail the task."""
     try:
-        found = anomaly_check(store, pipeline, run_id, task_id, result)
+        found = anomaly_check(store, pipeline, run_id, task_id, result, metrics=metrics)
     except Exception as exc:
         log.error(
             "anomaly check of task %s in run %s skipped: %s", task_id, run_id, redactor.redact(str(exc))
@@ -198,21 +204,26 @@ def notify_stored_run(store: Any, run_id: str) -> list[Notification]:
     """``notify_run_end`` for a run whose definition is only in the store (the AWS run-events path:
     the run ended in Step Functions). Never raises."""
     try:
-        run = store.get_run(run_id)
-        record = store.get_pipeline(run.pipeline) if run else None
-        version = (
-            next((v for v in record.versions if v.version == run.pipeline_version), None) if record else None
-        )
-        alerts = ((version.definition if version else {}).get("spec") or {}).get("alerts")
-        if not alerts:
+        pipeline = stored_pipeline_with_alerts(store, store.get_run(run_id))
+        if pipeline is None:
             return []
-        from udop.spec.models import Pipeline
-
-        pipeline = Pipeline.model_validate(version.definition)  # type: ignore[union-attr]
     except Exception as exc:
         log.error("alerts for run %s not sent: %s", run_id, redactor.redact(str(exc)))
         return []
     return notify_run_end(store, pipeline, run_id)
+
+
+def stored_pipeline_with_alerts(store: Any, run: Any) -> Any:
+    """The run's pipeline (the version it ran, from the store) when it has ``spec.alerts``, else None."""
+    record = store.get_pipeline(run.pipeline) if run else None
+    versions = record.versions if record else []
+    version = next((v for v in versions if v.version == run.pipeline_version), None)
+    alerts = ((version.definition if version else {}).get("spec") or {}).get("alerts")
+    if not alerts or version is None:
+        return None
+    from udop.spec.models import Pipeline
+
+    return Pipeline.model_validate(version.definition)
 
 
 def _notify(

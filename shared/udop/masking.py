@@ -92,6 +92,21 @@ def _plain(pattern: str, flags: int = 0) -> Callable[[str], str]:
     return lambda text: compiled.sub(MASK, text)
 
 
+def _guarded(could_match: Callable[[str], bool], rule: Callable[[str], str]) -> Callable[[str], str]:
+    """``rule`` run only on text that ``could_match`` (a check in C: a substring, a count) says might
+    hold a match: most log lines hold none, and the regular expressions cost far more than the check."""
+    return lambda text: rule(text) if could_match(text) else text
+
+
+_DIGITS = str.maketrans("", "", "0123456789")
+_KEY_PREFIXES = ("AKIA", "ASIA", "ABIA", "ACCA", "AIDA", "AROA")
+_IBAN_START = re.compile(r"[A-Z]{2}\d{2}")
+
+
+def _digits(text: str) -> int:
+    return len(text) - len(text.translate(_DIGITS))
+
+
 #: name -> rule, in the order they run (tokens before emails, cards before phone numbers)
 DETECTORS: dict[str, Callable[[str], str]] = {
     "pii-jwt": _plain(r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"),
@@ -109,6 +124,19 @@ DETECTORS: dict[str, Callable[[str], str]] = {
         r"|(?<!\w)\(\d{3}\) ?\d{3}[ .-]\d{4}(?!\d)"
     ),
 }
+
+#: what a text must contain for each detector to possibly match
+_COULD_MATCH: dict[str, Callable[[str], bool]] = {
+    "pii-jwt": lambda text: "eyJ" in text,
+    "pii-aws-key": lambda text: any(p in text for p in _KEY_PREFIXES),
+    "pii-email": lambda text: "@" in text,
+    "pii-iban": lambda text: _IBAN_START.search(text) is not None,
+    "pii-card": lambda text: _digits(text) >= 13,
+    "pii-ipv6": lambda text: text.count(":") >= 2,
+    "pii-ipv4": lambda text: text.count(".") >= 3,
+    "pii-phone": lambda text: ("+" in text or "(" in text) and _digits(text) >= 4,
+}
+DETECTORS = {name: _guarded(_COULD_MATCH[name], rule) for name, rule in DETECTORS.items()}
 
 
 def install_detectors(target: Redactor = redactor) -> None:

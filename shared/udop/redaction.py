@@ -54,21 +54,31 @@ class Redactor:
     _values: set[str] = field(default_factory=set)
     _rules: dict[str, Rule] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    #: what ``redact`` applies, rebuilt when a secret or rule changes (read without the lock: each
+    #: line of every log passes here, and replacing a tuple is atomic)
+    _snapshot: tuple[tuple[str, ...], tuple[Rule, ...]] = ((), ())
+
+    def _changed(self) -> None:  # with the lock held
+        self._snapshot = (tuple(sorted(self._values, key=len, reverse=True)), tuple(self._rules.values()))
 
     def add_secret(self, value: str | None) -> None:
         """Remember a resolved secret; too-short values would mask ordinary text, so they are not."""
         if value and len(value) >= 4:
             with self._lock:
-                self._values.add(value)
+                if value not in self._values:
+                    self._values.add(value)
+                    self._changed()
 
     def add_rule(self, name: str, rule: Rule) -> None:
         """Register (or replace) a rule: a function from text to text with the sensitive parts masked."""
         with self._lock:
             self._rules[name] = rule
+            self._changed()
 
     def remove_rule(self, name: str) -> None:
         with self._lock:
             self._rules.pop(name, None)
+            self._changed()
 
     @contextmanager
     def scope(self, patterns: Iterable[str] = (), columns: Iterable[str] = ()) -> Iterator[None]:
@@ -98,9 +108,7 @@ class Redactor:
                 self.add_secret(value)
 
     def redact(self, text: str) -> str:
-        with self._lock:
-            values = sorted(self._values, key=len, reverse=True)
-            rules = list(self._rules.values())
+        values, rules = self._snapshot
         for value in values:
             if value in text:
                 text = text.replace(value, MASK)

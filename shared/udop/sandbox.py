@@ -328,7 +328,7 @@ def install_log_redaction() -> None:
     """Every log record of this process, from any logger to any handler (uvicorn's, Powertools',
     the CLI's), is redacted when it is created: message and traceback. Idempotent."""
     previous = logging.getLogRecordFactory()
-    if getattr(previous, "udop_redacting", False):
+    if factory_installed(previous, "udop_redacting"):
         return
 
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
@@ -337,4 +337,15 @@ def install_log_redaction() -> None:
         return record
 
     factory.udop_redacting = True  # type: ignore[attr-defined]
+    factory.udop_previous = previous  # type: ignore[attr-defined]
     logging.setLogRecordFactory(factory)
+
+
+def factory_installed(factory: Any, marker: str) -> bool:
+    """Whether a record factory marked ``marker`` is ``factory`` or below it in udop's chain (another
+    udop factory may have been put on top since: installing again would run it twice per record)."""
+    while factory is not None:
+        if getattr(factory, marker, False):
+            return True
+        factory = getattr(factory, "udop_previous", None)
+    return False

@@ -131,9 +131,14 @@ class Attempt(Body):
     ended_at: datetime | None = None
     error_type: str | None = None
     error_message: str | None = None
+    log: dict[str, Any] | None = Field(
+        None, description="where the attempt's log lines are: CloudWatch log group, stream and request id "
+        "on AWS; locally their size (read them at /runs/{id}/tasks/{task}/logs)")
 
     @classmethod
     def from_record(cls, rec: AttemptRecord) -> Attempt:
+        from udop.observability.tasklogs import public_log
+
         return cls(
             number=rec.number,
             state=rec.state,
@@ -141,6 +146,7 @@ class Attempt(Body):
             ended_at=rec.ended_at,
             error_type=rec.error_type,
             error_message=rec.error_message,
+            log=public_log(rec.log),
         )
 
 
@@ -215,6 +221,8 @@ class RunDetail(RunSummary):
     @classmethod
     def json_of(cls, rec: RunRecord) -> bytes:
         """The JSON of ``from_record(rec)``, written straight from the record (see ``run_page_json``)."""
+        from udop.observability.tasklogs import public_log
+
         fields = cls.fields_of(rec)
         fields["tasks"] = [
             {
@@ -233,6 +241,7 @@ class RunDetail(RunSummary):
                         "ended_at": a.ended_at,
                         "error_type": a.error_type,
                         "error_message": a.error_message,
+                        "log": public_log(a.log),
                     }
                     for a in t.attempts
                 ],

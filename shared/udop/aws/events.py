@@ -42,6 +42,9 @@ class ExecutionAttempt:
     version: int | None = None  # the pipeline version compiled into the payload
     exited: bool = False  # its Task state was left after it (Catch): no retry follows
     item: bool = False  # a foreach task's inline Map item or listing: an attempt only when it failed
+    execution: str = ""  # the execution and retry count of its payload: where its log pointer is
+    retry: int = 0
+    log: dict[str, Any] | None = None  # where its log lines are (CloudWatch)
 
 
 @dataclass
@@ -162,7 +165,9 @@ def _attempts(sfn: Any, execution_arn: str) -> list[ExecutionAttempt]:
                 attempts[ev_id] = ExecutionAttempt(task_id=task_id, started_at=ev["timestamp"],
                                                    version=int(version) if version is not None else None,
                                                    item=payload.get("item") is not None
-                                                   or bool(payload.get("list")))
+                                                   or bool(payload.get("list")),
+                                                   execution=str(payload.get("execution") or ""),
+                                                   retry=_int(payload.get("attempt")))
         elif kind == "TaskStateExited":
             name = (ev.get("stateExitedEventDetails") or {}).get("name")
             # a foreach task's Map items are followed by its "<task> combine" Task state
@@ -194,6 +199,13 @@ def _attempts(sfn: Any, execution_arn: str) -> list[ExecutionAttempt]:
     # a foreach task's result is its combine call's; of its items only the failures are shown
     return [attempts[k] for k in sorted(attempts)
             if not attempts[k].item or attempts[k].state in (AttemptState.FAILED, AttemptState.TIMED_OUT)]
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _cause_message(cause: str | None) -> str | None:
@@ -282,7 +294,9 @@ def sync_run(store: Any, sfn: Any, *, state_machine_arn: str, run_id: str,
         if s3 is not None and data_bucket:
             def fetch(attempts: list[ExecutionAttempt], _p: str = pipeline) -> None:
                 _full_results(s3, data_bucket, _p, run_id, attempts)
-        _sync_task(store, run_id, record, attempts, execution_running=running, fetch=fetch)
+                _log_pointers(s3, data_bucket, _p, run_id, attempts)
+        _sync_task(store, run_id, record, attempts, execution_running=running, fetch=fetch,
+                   checked=lambda task_id, result: _with_anomaly_checks(store, run, task_id, result))
 
     if not running:
         fresh = store.get_run(run_id)
@@ -340,8 +354,37 @@ def _full_results(s3: Any, bucket: str, pipeline: str, run_id: str,
             attempt.result = body
 
 
+def _log_pointers(s3: Any, bucket: str, pipeline: str, run_id: str,
+                  attempts: list[ExecutionAttempt]) -> None:
+    """Where each ended attempt's lines are (the pointer its invocation wrote), for its record."""
+    from udop.aws.tasklogs import read_log_pointer
+
+    for attempt in attempts:
+        if attempt.state is not None and attempt.log is None and not attempt.reused:
+            attempt.log = read_log_pointer(s3, bucket, pipeline, run_id, attempt.task_id,
+                                           execution=attempt.execution, retry=attempt.retry)
+
+
+def _with_anomaly_checks(store: Any, run: Any, task_id: str, result: dict[str, Any] | None) -> Any:
+    """A succeeded task's result with its anomaly checks (``spec.alerts.anomaly``), as the local
+    executor records them; rows only (the stored times of AWS tasks are when they were recorded)."""
+    from udop.alerts import stored_pipeline_with_alerts, with_anomaly_checks
+
+    if result is None:
+        return result
+    try:
+        pipeline = stored_pipeline_with_alerts(store, run)
+    except Exception as exc:  # never fails the event: the run is recorded without the check
+        logger.warning("anomaly check skipped", extra={"run_id": run.id, "error": str(exc)})
+        return result
+    if pipeline is None or pipeline.spec.alerts.anomaly is None:
+        return result
+    return with_anomaly_checks(store, pipeline, run.id, task_id, result, metrics=("rows",))
+
+
 def _sync_task(store: Any, run_id: str, record: Any, attempts: list[ExecutionAttempt], *,
-               execution_running: bool, fetch: Callable[[list[ExecutionAttempt]], None] | None) -> None:
+               execution_running: bool, fetch: Callable[[list[ExecutionAttempt]], None] | None,
+               checked: Callable[[str, Any], Any] | None = None) -> None:
     if record.state == TaskState.SUCCEEDED:
         return
     recorded = {a.number: a for a in record.attempts}
@@ -369,7 +412,10 @@ def _sync_task(store: Any, run_id: str, record: Any, attempts: list[ExecutionAtt
             task_state = TaskState.FAILED
         else:
             task_state = TaskState.RETRYING
+        result = attempt.result
+        if task_state is TaskState.SUCCEEDED and checked is not None:
+            result = checked(record.task_id, result)
         store.finish_attempt(run_id, record.task_id, number, attempt_state=attempt.state,
                              task_state=task_state,
                              error_type=attempt.error_type, error_message=attempt.error_message,
-                             result=attempt.result)
+                             result=result, log=attempt.log)

@@ -29,6 +29,7 @@ from udop.aws.definitions import DefinitionCache
 from udop.aws.observability import emit_metric, logger, metrics
 from udop.aws.s3 import S3Staging, get_json, put_json
 from udop.aws.settings import RunnerSettings
+from udop.aws.tasklogs import attempt_logging
 from udop.errors import DataQualityError, FatalError, RetryableError, StoreError, TaskTimeout
 from udop.executor.attempt import failed_checks, lineage
 from udop.observability import tracing
@@ -181,7 +182,8 @@ def run_payload(event: Mapping[str, Any], *, settings: RunnerSettings, s3: Any, 
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
-        with _observed(event):
+        with _observed(event), attempt_logging(event, s3=s3, bucket=settings.data_bucket,
+                                               request_id=logger.get_current_keys().get("function_request_id")):
             return _run_payload(event, settings=settings, s3=s3, state=state, remaining_ms=remaining_ms)
     except StoreError as exc:
         raise RetryableError(f"state store: {exc}") from exc

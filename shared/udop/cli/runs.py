@@ -74,7 +74,7 @@ def show(run_id: str, as_json: bool) -> None:
         body["tasks"] = [asdict(t) for t in run.tasks]
         body["lineage"] = [asdict(x) for x in lineage]
         body["checks"] = [asdict(c) for c in checks]
-        body["logs"] = [{"task_id": t, "attempt": n, "path": str(p)} for t, n, p in _log_files(run.id)]
+        body["logs"] = [{"task_id": t, "attempt": n, **log} for t, n, log in _log_files(run)]
         click.echo(json.dumps(body, indent=2, default=str))
         return
     click.echo(f"run       {run.id}")
@@ -96,10 +96,13 @@ def show(run_id: str, as_json: bool) -> None:
                 first = (a.error_message or "").splitlines()[0] if a.error_message else ""
                 line += f"  {a.error_type}: {first}"
             click.echo(line)
-    logs = _log_files(run.id)
+    logs = _log_files(run)
     if logs:
-        folder = logs[0][2].parent
-        click.echo(f"\nlogs      udop logs {run.id}  ({len(logs)} attempt logs under {folder})")
+        from udop.observability.tasklogs import describe
+
+        click.echo(f"\nlogs      udop logs {run.id}  ({len(logs)} attempt logs)")
+        for task_id, number, log in logs:
+            click.echo(f"  {task_id}#{number}: {describe(log)}")
     if lineage:
         from udop.lineage.columns import task_column_lineage
 
@@ -143,11 +146,12 @@ def _run_json(r: Any) -> dict[str, Any]:
     }
 
 
-def _log_files(run_id: str, task_id: str | None = None) -> list[tuple[str, int, Any]]:
-    from udop.observability.tasklogs import attempt_logs
+def _log_files(run: Any, task_id: str | None = None,
+               attempt: int | None = None) -> list[tuple[str, int, Any]]:
+    from udop.observability.tasklogs import stored_logs
     from udop.settings import get_settings
 
-    return list(attempt_logs(get_settings().resolved_data_root, run_id, task_id))
+    return stored_logs(run, task_id, attempt, data_root=get_settings().resolved_data_root)
 
 
 @click.command("logs")
@@ -156,7 +160,7 @@ def _log_files(run_id: str, task_id: str | None = None) -> list[tuple[str, int, 
 @click.option("--attempt", type=click.IntRange(1), help="Only this attempt (default: every attempt).")
 def logs(run_id: str, task_id: str | None, attempt: int | None) -> None:
     """Print what the tasks of run RUN_ID (or only TASK_ID) logged and printed, attempt by attempt."""
-    from udop.observability.tasklogs import read_attempt_log
+    from udop.observability.tasklogs import render_log
     from udop.store import open_store
 
     store = open_store()
@@ -165,13 +169,11 @@ def logs(run_id: str, task_id: str | None, attempt: int | None) -> None:
         raise RunNotFound(f"no run {run_id!r} in the metadata store (see `udop runs list`)")
     if task_id is not None and task_id not in {t.task_id for t in run.tasks}:
         raise RunNotFound(f"run {run_id!r} has no task {task_id!r} (see `udop runs show {run_id}`)")
-    found = [(t, n, p) for t, n, p in _log_files(run_id, task_id) if attempt is None or n == attempt]
+    found = _log_files(run, task_id, attempt)
     if not found:
         where = f"task {task_id!r} of run {run_id!r}" if task_id else f"run {run_id!r}"
-        click.echo(f"no logs for {where}: its tasks logged nothing here"
-                   + (f" (an AWS run's logs are in CloudWatch: `udop runs show {run_id}`)"
-                      if run.executor != "local" else ""), err=True)
+        click.echo(f"no logs for {where}: its tasks logged nothing", err=True)
         return
-    for task, number, path in found:
+    for task, number, log in found:
         click.echo(f"==> {task} attempt {number} <==")
-        click.echo(read_attempt_log(path), nl=False)
+        click.echo(render_log(log), nl=False)

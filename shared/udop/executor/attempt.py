@@ -24,7 +24,7 @@ from udop import procid
 from udop.errors import FatalError
 from udop.observability.context import correlation_id
 from udop.observability.logs import configure, configured
-from udop.observability.tasklogs import attempt_scope
+from udop.observability.tasklogs import attempt_scope, delegate
 from udop.sandbox import Policy, active
 from udop.tasks.contract import TaskContext, TaskResult
 from udop.tasks.foreach import run_foreach
@@ -160,6 +160,7 @@ class ChildAttempt:
         self.on_started: Callable[[], None] = lambda: None
 
     def run(self) -> tuple[TaskResult, dict[str, Any]]:
+        delegate()  # the child writes this attempt's log lines
         context = _fork_server()
         results, results_in = context.Pipe(duplex=False)
         lifeline_out, lifeline = context.Pipe(duplex=False)

@@ -54,7 +54,7 @@ from udop.executor.fusion import Fusion
 from udop.lineage import openlineage
 from udop.observability import hooks
 from udop.observability.context import bound, current, new_correlation_id
-from udop.observability.tasklogs import attempt_scope
+from udop.observability.tasklogs import attempt_scope, recording_logs
 from udop.sandbox import Policy
 from udop.sandbox import active as sandbox_active
 from udop.spec.dag import dependants, downstream, topological_order
@@ -365,7 +365,7 @@ class _Run:
         logical_date: datetime,
     ) -> None:
         self.ex = executor
-        self.store = executor.store
+        self.store = recording_logs(executor.store, executor.data_root)  # keeps each attempt's log record
         self.pipeline = pipeline
         self.run_id = run_id
         self.params = params

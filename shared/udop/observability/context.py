@@ -28,6 +28,8 @@ class LogContext:
     task_id: str | None = None
     attempt: int | None = None
     logical_date: str | None = None
+    #: the Lambda request id of the invocation running the attempt (on AWS)
+    request_id: str | None = None
     #: where this attempt's own log lines and output go (None outside an attempt)
     capture: AttemptLog | None = None
 

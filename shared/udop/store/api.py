@@ -44,6 +44,9 @@ class AttemptRecord:
     ended_at: datetime | None = None
     error_type: str | None = None
     error_message: str | None = None
+    #: where its log lines are (``udop.observability.tasklogs.render_log`` reads it): {"kind": "file",
+    #: "path", "key", "bytes", "truncated"} or {"kind": "cloudwatch", "log_group", "log_stream", "request_id"}
+    log: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,8 @@ class MetadataStore(Protocol):
     def start_attempt(self, run_id: str, task_id: str, number: int) -> None: ...
     def finish_attempt(self, run_id: str, task_id: str, number: int, *, attempt_state: AttemptState,
                        task_state: TaskState, error_type: str | None = None,
-                       error_message: str | None = None, result: dict[str, Any] | None = None) -> None: ...
+                       error_message: str | None = None, result: dict[str, Any] | None = None,
+                       log: dict[str, Any] | None = None) -> None: ...
     def set_task_states(self, run_id: str, task_ids: list[str], state: TaskState,
                         *, error_message: str | None = None) -> None: ...
     def reset_for_resume(self, run_id: str, *, slot: RunSlot | None = None,

@@ -15,7 +15,7 @@ import hashlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -129,7 +129,8 @@ def _finish_attempt_stmt(state: AttemptState) -> Any:
     return (update(attempts)
             .where(_ATTEMPT_KEY, _in_states(attempts.c.state, predecessors(state)))
             .values(state=state.value, ended_at=bindparam("now"), error_type=bindparam("etype"),
-                    error_message=bindparam("emsg")))
+                    error_message=bindparam("emsg"),
+                    log=func.coalesce(bindparam("log", type_=attempts.c.log.type), attempts.c.log)))
 
 
 @cache
@@ -462,7 +463,7 @@ class SqlMetadataStore:
         for a in attempt_rows:
             by_task.setdefault(a.task_id, []).append(AttemptRecord(
                 number=a.number, state=AttemptState(a.state), started_at=a.started_at, ended_at=a.ended_at,
-                error_type=a.error_type, error_message=a.error_message))
+                error_type=a.error_type, error_message=a.error_message, log=a.log))
         tasks = [TaskRunRecord(task_id=t.task_id, state=TaskState(t.state), started_at=t.started_at,
                                ended_at=t.ended_at, error_type=t.error_type, error_message=t.error_message,
                                result=t.result, attempts=by_task.get(t.task_id, []))
@@ -556,17 +557,20 @@ class SqlMetadataStore:
 
     def finish_attempt(self, run_id: str, task_id: str, number: int, *, attempt_state: AttemptState,
                        task_state: TaskState, error_type: str | None = None,
-                       error_message: str | None = None, result: dict[str, Any] | None = None) -> None:
+                       error_message: str | None = None, result: dict[str, Any] | None = None,
+                       log: dict[str, Any] | None = None) -> None:
         """End an attempt and move its task, in one transaction.
 
         The task run keeps ``result`` and (unless it succeeded) the error. A result with an
         ``output`` manifest adds a lineage row; each item of ``result["checks"]`` a check row.
+        ``log`` says where the attempt's log lines are (kept on the attempt; None keeps what is there).
         """
         attempt_state = AttemptState(attempt_state)
         task_state = TaskState(task_state)
         if self._sqlite:
             self._sqlite_finish_attempt(run_id, task_id, number, attempt_state, task_state,
-                                        error_type=error_type, error_message=error_message, result=result)
+                                        error_type=error_type, error_message=error_message, result=result,
+                                        log=log)
             return
         try:
             json_dumps(result)  # psycopg would raise a bare TypeError mid-transaction
@@ -575,7 +579,7 @@ class SqlMetadataStore:
                 from None
         params, task_params, lineage_row, check_rows = _finish_rows(
             run_id, task_id, number, _now(), task_state, error_type=error_type, error_message=error_message,
-            result=result)
+            result=result, log=log)
         with self._write() as conn:
             if conn.execute(_finish_attempt_stmt(attempt_state), params).rowcount != 1:
                 self._raise_attempt_problem(conn, run_id, task_id, number, attempt_state)
@@ -588,11 +592,12 @@ class SqlMetadataStore:
 
     def _sqlite_finish_attempt(self, run_id: str, task_id: str, number: int, attempt_state: AttemptState,
                                task_state: TaskState, *, error_type: str | None, error_message: str | None,
-                               result: dict[str, Any] | None) -> None:
+                               result: dict[str, Any] | None, log: dict[str, Any] | None = None) -> None:
         params, task_params, lineage_row, check_rows = _finish_rows(
             run_id, task_id, number, sqlite_timestamp(_now()), task_state, error_type=error_type,
-            error_message=error_message, result=result)
+            error_message=error_message, result=result, log=log)
         try:
+            params["log"] = None if log is None else json_dumps(log)
             task_params["result"] = None if result is None else json_dumps(result)
             if lineage_row is not None:
                 lineage_row = _SQLITE_INSERT_LINEAGE(**_sqlite_json(lineage_row))
@@ -818,11 +823,13 @@ def _start_params(run_id: str, task_id: str, number: int, now: datetime | str) -
 
 def _finish_rows(run_id: str, task_id: str, number: int, now: datetime | str, task_state: TaskState, *,
                  error_type: str | None, error_message: str | None, result: dict[str, Any] | None,
+                 log: dict[str, Any] | None = None,
                  ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None, list[dict[str, Any]]]:
     """What ``finish_attempt`` writes: the attempt's and the task's update parameters, the lineage row
     (a result with an output, or something written outside the run) and the check rows."""
     succeeded = task_state is TaskState.SUCCEEDED
-    attempt = {"r": run_id, "t": task_id, "n": number, "now": now, "etype": error_type, "emsg": error_message}
+    attempt = {"r": run_id, "t": task_id, "n": number, "now": now, "etype": error_type, "emsg": error_message,
+               "log": log}
     task = {"r": run_id, "t": task_id, "ended": now if is_terminal(task_state) else None,
             "etype": None if succeeded else error_type, "emsg": None if succeeded else error_message,
             "result": result}

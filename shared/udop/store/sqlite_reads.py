@@ -143,11 +143,12 @@ def get_run(db: sqlite3.Connection, run_id: str) -> RunRecord | None:
     if head is None:
         return None
     by_task: dict[str, list[AttemptRecord]] = {}
-    for _run_id, task_id, number, state, started, ended, etype, emsg in db.execute(
+    for _run_id, task_id, number, state, started, ended, etype, emsg, log in db.execute(
             _ATTEMPTS_SQL, {"run_id": run_id}):
         by_task.setdefault(task_id, []).append(_make(AttemptRecord, {
             "number": number, "state": _ATTEMPT_STATES.get(state) or AttemptState(state),
-            "started_at": _ts(started), "ended_at": _ts(ended), "error_type": etype, "error_message": emsg}))
+            "started_at": _ts(started), "ended_at": _ts(ended), "error_type": etype, "error_message": emsg,
+            "log": _json(log)}))
     tasks = [
         _make(TaskRunRecord, {
             "task_id": task_id, "state": _TASK_STATES.get(state) or TaskState(state),

@@ -151,6 +151,9 @@ attempts = Table(
     Column("ended_at", UTCDateTime()),
     Column("error_type", String()),
     Column("error_message", Text()),
+    # where the attempt's own log lines are: a local file and the attempt's tag in it, or a CloudWatch
+    # log group/stream/request id; with their size and whether they were cut (revision 0006)
+    Column("log", JSONType),
     ForeignKeyConstraint(["run_id", "task_id"], ["task_runs.run_id", "task_runs.task_id"],
                          ondelete="CASCADE"),
 )

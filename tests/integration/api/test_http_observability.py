@@ -77,6 +77,11 @@ def test_a_task_s_logs_are_served_to_viewers_with_secrets_masked(
     assert "attempt 1 <==" not in second and "attempt 2 <==" in second
     assert viewer.get(f"/runs/{run_id}/tasks/nope/logs").status_code == 404
     assert api.client(None).get(f"/runs/{run_id}/tasks/leak/logs").status_code == 401
+    # the run says how much each attempt logged (kept with the attempt), not where on the server
+    (task,) = viewer.get(f"/runs/{run_id}").json()["tasks"]
+    logs = [a["log"] for a in task["attempts"]]
+    assert [(x["kind"], x["truncated"]) for x in logs] == [("file", False), ("file", False)]
+    assert all(x["bytes"] > 0 and "path" not in x for x in logs)
 
 
 def test_metrics_count_runs_tasks_attempts_rows_and_retries(api: Api) -> None:

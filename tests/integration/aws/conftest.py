@@ -107,11 +107,16 @@ class InProcessLambdas:
         fn.logs_backend.ensure_log_group(fn.logs_group_name)
         if isinstance(event, str | bytes):
             event = json.loads(event or "{}")
-        self._apply_env(dict(fn.environment_vars))
+        stream = f"2026/11/30/[$LATEST]{uuid.uuid4().hex}"
+        # what the Lambda runtime sets: where the invocation's lines go
+        self._apply_env({**fn.environment_vars, "AWS_LAMBDA_LOG_GROUP_NAME": fn.logs_group_name,
+                         "AWS_LAMBDA_LOG_STREAM_NAME": stream})
         context = FakeLambdaContext(
             function_name=fn.function_name,
             invoked_function_arn=fn.function_arn,
             timeout_s=float(fn.timeout or 3),
+            log_group_name=fn.logs_group_name,
+            log_stream_name=stream,
         )
         try:
             module = self._module(fn)

@@ -14,7 +14,7 @@ import pytest
 from udop.executor.local import LocalExecutor
 from udop.observability.context import bound
 from udop.observability.logs import configure
-from udop.observability.tasklogs import attempt_log_path
+from udop.observability.tasklogs import render_log
 from udop.spec.loader import load_pipeline
 
 
@@ -28,6 +28,14 @@ def console() -> Iterator[io.StringIO]:
     yield stream
     root.handlers[:] = before[0]
     root.setLevel(before[1])
+
+
+def _log(store: Any, record: Any, task_id: str, number: int) -> tuple[dict[str, Any], str]:
+    """The attempt's log record as the store keeps it, and its text read through that record."""
+    task = next(t for t in store.get_run(record.id).tasks if t.task_id == task_id)
+    log = next(a.log for a in task.attempts if a.number == number)
+    assert log is not None, f"{task_id}#{number} has no log record in the store"
+    return log, render_log(log)
 
 
 def _run(project: Any, store: Any, path: Path, **kwargs: Any) -> Any:
@@ -63,15 +71,14 @@ def test_each_attempt_keeps_its_logs_and_output(project: Any, store: Any, consol
     retry = {"max_attempts": 2, "base_delay": "10ms", "max_delay": "10ms"}
     path = project.pipeline([project.task("flaky", "chatty", args={"message": "m", "fail": True}, retry=retry)])
     record = _run(project, store, path)
-    data = str(project.root / "data")
-    first = attempt_log_path(data, record.id, "flaky", 1)
-    second = attempt_log_path(data, record.id, "flaky", 2)
-    assert first is not None and second is not None
-    text = first.read_text()
+    first_log, text = _log(store, record, "flaky", 1)
     assert "WARNING user.code: m 0 from flaky" in text
     assert "stdout: printed m" in text and "stderr: to stderr m" in text
     assert "udop: attempt failed: ValueError: chatty failed: m" in text
-    assert second.exists() and text.count("printed m") == 1  # attempt 2 wrote to its own file
+    assert first_log["kind"] == "file" and first_log["bytes"] == len(text.encode())
+    assert not first_log["truncated"]
+    _, second = _log(store, record, "flaky", 2)
+    assert text.count("printed m") == 1 and second.count("printed m") == 1  # each attempt its own lines
 
 
 def test_a_log_stops_at_its_size_limit(
@@ -80,11 +87,10 @@ def test_a_log_stops_at_its_size_limit(
     monkeypatch.setenv("UDOP_TASK_LOG_MAX_BYTES", "2000")
     path = project.pipeline([project.task("loud", "chatty", args={"lines": 500})])
     record = _run(project, store, path)
-    log = attempt_log_path(str(project.root / "data"), record.id, "loud", 1)
-    assert log is not None
-    text = log.read_text()
+    log, text = _log(store, record, "loud", 1)
     assert len(text.encode()) <= 2000 + 100
     assert text.rstrip().endswith("[udop: log truncated at 2000 bytes (UDOP_TASK_LOG_MAX_BYTES)]")
+    assert log["truncated"] is True and log["bytes"] <= 2000 + 100
 
 
 def test_a_secret_logged_by_a_task_is_masked_in_its_log(
@@ -96,9 +102,9 @@ def test_a_secret_logged_by_a_task_is_masked_in_its_log(
     redactor.add_secret(secret)
     path = project.pipeline([project.task("leak", "chatty", args={"secret": secret})])
     record = _run(project, store, path)
-    log = attempt_log_path(str(project.root / "data"), record.id, "leak", 1)
-    assert log is not None
-    assert "the secret is" in log.read_text() and secret not in log.read_text()
+    log, text = _log(store, record, "leak", 1)
+    assert "the secret is" in text and secret not in text
+    assert secret not in Path(log["path"]).read_text()  # masked in the file itself, not only when read
     assert secret not in console.getvalue()
 
 
@@ -126,3 +132,29 @@ def test_udop_logs_prints_a_run_s_task_logs_and_runs_show_points_at_them(
     finally:
         root.handlers[:] = before[0]
         root.setLevel(before[1])
+
+
+def test_udop_logs_reads_the_location_kept_with_the_attempt_not_a_guessed_path(
+    project: Any, cli: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The run wrote its logs under a data root the CLI's settings do not name: the store knows."""
+    from udop.settings import get_settings
+    from udop.store import open_store
+
+    db = tmp_path / "shared-meta.db"
+    store = open_store(f"sqlite:///{db}")
+    path = project.pipeline([project.task("a", "chatty", args={"message": "elsewhere", "lines": 3})])
+    record = _run(project, store, path)  # data root: <project>/data
+    store.close()
+    monkeypatch.setenv("UDOP_DATABASE_URL", f"sqlite:///{db}")
+    monkeypatch.setenv("UDOP_DATA_ROOT", str(tmp_path / "some-other-root"))
+    get_settings.cache_clear()
+    code, out, err = cli("logs", record.id, "a")
+    assert code == 0, err
+    assert "elsewhere 0 from a" in out and "elsewhere 2 from a" in out
+    code, out, err = cli("runs", "show", record.id, "--json")
+    assert code == 0, err
+    (entry,) = json.loads(out)["logs"]
+    assert entry["task_id"] == "a" and entry["attempt"] == 1 and entry["kind"] == "file"
+    assert entry["bytes"] > 0 and entry["truncated"] is False
+    assert entry["path"].startswith(str(project.root / "data"))

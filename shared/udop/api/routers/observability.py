@@ -38,7 +38,7 @@ def task_logs(
     attempt: Annotated[int | None, Query(ge=1, description="one attempt; default: every attempt")] = None,
 ) -> PlainTextResponse:
     """What the task logged and printed, attempt by attempt (secrets masked)."""
-    from udop.observability.tasklogs import attempt_logs, read_attempt_log
+    from udop.observability.tasklogs import render_log, stored_logs
 
     run = ctx.store.get_run(run_id)
     if run is None:
@@ -48,10 +48,8 @@ def task_logs(
     parts: list[str] = []
     left = MAX_LOG_RESPONSE
     data_root = getattr(ctx.launcher, "data_root", None) or ctx.settings.resolved_data_root
-    for _task, number, path in attempt_logs(data_root, run_id, task_id):
-        if attempt is not None and number != attempt:
-            continue
-        text = f"==> {task_id} attempt {number} <==\n" + read_attempt_log(path, limit=left)
+    for _task, number, log in stored_logs(run, task_id, attempt, data_root=data_root):
+        text = f"==> {task_id} attempt {number} <==\n" + render_log(log, limit=left)
         parts.append(text)
         left -= len(text)
         if left <= 0:

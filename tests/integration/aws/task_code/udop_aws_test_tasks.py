@@ -120,3 +120,16 @@ def held(context: Any, inputs: dict[str, Any], *, flag: str, log_dir: str) -> di
     while _flag_set(flag) and time.monotonic() < deadline:
         time.sleep(0.05)
     return {"released": not _flag_set(flag)}
+
+
+def chatty(context: Any, inputs: dict[str, Any], *, message: str, fail_times: int = 0,
+           log_dir: str) -> dict[str, int]:
+    """Logs through `logging` and prints (observability tests); fails its first ``fail_times`` calls."""
+    import logging
+
+    calls = _count(context, log_dir)
+    logging.getLogger("user.code").warning("%s from %s call %d", message, context.task_id, calls)
+    print(f"printed {message} call {calls}")
+    if calls <= fail_times:
+        raise RetryableError(f"chatty failure number {calls}")
+    return {"calls": calls}
