@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
-import pyarrow as pa  # type: ignore[import-untyped]
+import pyarrow as pa
 
 from udop import procid
 from udop.errors import FatalError
@@ -196,7 +196,7 @@ def batch_max(batch: pa.RecordBatch, column: str) -> Any:
     if batch.num_rows == 0:
         return None
     # imported here: it costs ~0.2 s to import, and most runs never get here
-    import pyarrow.compute as pc  # type: ignore[import-untyped]
+    import pyarrow.compute as pc
 
     return pc.max(batch.column(column)).as_py()
 

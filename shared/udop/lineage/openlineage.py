@@ -270,7 +270,7 @@ def _schema_of(manifest: Any) -> list[tuple[str, str]] | None:
         return None
     path = path.removeprefix("file://")
     try:
-        import pyarrow.parquet as pq  # type: ignore[import-untyped]
+        import pyarrow.parquet as pq
 
         if os.path.isdir(path):
             first = next((e.path for e in sorted(os.scandir(path), key=lambda e: e.name)

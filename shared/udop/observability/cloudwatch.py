@@ -53,7 +53,7 @@ def render_pointer(log: Mapping[str, Any], *, limit: int | None = None, fetch: b
 
 def _fetch(log: Mapping[str, Any], client: Any) -> list[str]:
     if client is None:
-        import boto3  # type: ignore[import-untyped]
+        import boto3
 
         client = boto3.client("logs", **({"region_name": log["region"]} if log.get("region") else {}))
     request_id = str(log.get("request_id") or "")

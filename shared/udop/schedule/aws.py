@@ -38,7 +38,7 @@ class ScheduleTarget:
         if not role or not bucket:
             return None
         if client is None:
-            import boto3  # type: ignore[import-untyped]
+            import boto3
 
             client = boto3.client("scheduler")
         return cls(client=client, role_arn=role, data_bucket=bucket,
