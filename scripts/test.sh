@@ -29,12 +29,12 @@ fi
 # Types: mypy strict (config in pyproject.toml), run beside the tests (it is CPU-bound for ~2 min on a
 # fresh clone, the tests mostly wait on databases and subprocesses); its verdict is checked at the end.
 # Each function's app.py is its own program (they are all named "app"), so each is checked on its own.
-# layers/connectors is not in yet: see docs/contributing.md for what is left there.
 # UDOP_SKIP_MYPY=1 leaves it out (a developer running one test file).
 mypy_log=$(mktemp)
 if [ -z "${UDOP_SKIP_MYPY:-}" ]; then
   (
-    .venv/bin/mypy shared/udop layers/transforms/udop_transforms infra/udop_infra infra/app.py || exit 1
+    .venv/bin/mypy shared/udop layers/transforms/udop_transforms layers/connectors/udop_connectors \
+      infra/udop_infra infra/app.py || exit 1
     for app in functions/*/app.py; do .venv/bin/mypy "$app" || exit 1; done
   ) >"$mypy_log" 2>&1 &
   mypy_pid=$!

@@ -103,7 +103,7 @@ def _retry_after(value: str | None) -> float | None:
 class HttpConnector(Connector):
     name = "http"
     Settings: ClassVar[type[ConnectorSettings]] = HttpSettings
-    write_modes = ("append",)
+    write_modes: ClassVar[tuple[str, ...]] = ("append",)
 
     settings: HttpSettings
 

@@ -255,16 +255,16 @@ class _FileWriters:
         if self.fmt == "parquet":
             return pq.ParquetWriter(path, schema, compression="zstd"), None, 0
         if self.fmt == "csv":
-            handle = path.open("wb")
+            binary = path.open("wb")
             return (
                 pacsv.CSVWriter(
-                    handle,
+                    binary,
                     schema,
                     write_options=pacsv.WriteOptions(
                         include_header=self.settings.header, delimiter=self.settings.delimiter
                     ),
                 ),
-                handle,
+                binary,
                 0,
             )
         handle = path.open("w", encoding="utf-8")

@@ -10,7 +10,7 @@ that works as an incremental watermark.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any, ClassVar, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NoReturn, TypedDict
 
 import pyarrow as pa
 from pydantic import ConfigDict, Field, model_validator
@@ -21,9 +21,21 @@ from udop.connectors.base import WriteMode
 from udop.lineage.naming import Dataset, host_dataset, url_dataset
 from udop_connectors._arrow import ColumnTypes, records_to_batch, schema_from_mapping
 
+if TYPE_CHECKING:  # redis is imported when a client is first needed (the layer's cold start)
+    from redis.retry import Retry
+
 __all__ = ["RedisConnector", "RedisSettings"]
 
 _SEQ = 1_000_000
+
+
+class _ClientOptions(TypedDict):
+    """The options both client constructors (URL or host/port) get."""
+
+    decode_responses: bool
+    socket_connect_timeout: float
+    socket_timeout: float
+    retry: Retry
 
 
 class RedisSettings(ConnectorSettings):
@@ -83,7 +95,7 @@ class RedisConnector(Connector):
 
             s = self.settings
             # a short client-side retry: the task's own retry policy handles longer outages
-            opts = {
+            opts: _ClientOptions = {
                 "decode_responses": True,
                 "socket_connect_timeout": 5,
                 "socket_timeout": 30,

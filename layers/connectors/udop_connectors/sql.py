@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar, NoReturn
 
 import pyarrow as pa
@@ -168,7 +168,7 @@ _PG_OIDS: dict[int, pa.DataType] = {
     1114: pa.timestamp("us"),
     1184: pa.timestamp("us", "UTC"),
 }
-_COPY_WRITABLE = (
+_COPY_WRITABLE: tuple[Callable[[Any], bool], ...] = (
     pa.types.is_boolean,
     pa.types.is_integer,
     pa.types.is_floating,
@@ -714,7 +714,7 @@ class SqlConnector(Connector):
 
     @staticmethod
     def _rows(batch: pa.RecordBatch, naive_utc: bool) -> list[dict[str, Any]]:
-        rows = batch.to_pylist()
+        rows: list[dict[str, Any]] = batch.to_pylist()
         if naive_utc:
             tz_cols = [f.name for f in batch.schema if pa.types.is_timestamp(f.type) and f.type.tz]
             for row in rows:

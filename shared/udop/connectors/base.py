@@ -94,8 +94,9 @@ class Connector:
     name: ClassVar[str] = ""
     Settings: ClassVar[type[ConnectorSettings]] = ConnectorSettings
     #: True when ``read(since=...)`` filters on the incremental column itself (e.g. in SQL);
-    #: otherwise the framework filters the batches it gets
-    pushes_down_incremental: ClassVar[bool] = False
+    #: otherwise the framework filters the batches it gets. An instance may set it from its settings
+    #: (Redis pushes down for a stream, not for keys), so it is not a ClassVar
+    pushes_down_incremental: bool = False
     #: options holding local file paths: relative ones are taken from the definition's folder
     path_options: ClassVar[tuple[str, ...]] = ()
     #: write modes this connector supports
@@ -184,7 +185,7 @@ class Connector:
         text = self.mask(f"{self.describe()}: {message}")
         raise (ConnectionFailed if retryable else FatalError)(text)
 
-    def resolve_mode(self, mode: str | None, keys: list[str] | None) -> tuple[str, list[str]]:
+    def resolve_mode(self, mode: WriteMode | None, keys: list[str] | None) -> tuple[WriteMode, list[str]]:
         mode = mode or self.settings.mode
         keys = list(keys if keys is not None else self.settings.keys)
         if mode not in self.write_modes:
