@@ -29,7 +29,7 @@ from pydantic import Field
 from udop.errors import FatalError
 from udop.masking import apply_setting
 from udop.redaction import MASK, Redactor, looks_secret_name, redactor
-from udop.settings import PlatformSecrets, load_settings
+from udop.settings import CodeSettings, PlatformSecrets, load_settings
 
 __all__ = [
     "MASK",
@@ -62,7 +62,7 @@ def _split(value: str | None) -> tuple[str, ...]:
     return tuple(p.strip() for p in (value or "").split(",") if p.strip())
 
 
-class SandboxSettings(PlatformSecrets):
+class SandboxSettings(PlatformSecrets, CodeSettings):
     """The server-mode policy's settings (prefix ``UDOP_``); lists are comma-separated. The platform's
     own secrets (``PlatformSecrets``) are never readable by a definition."""
 
@@ -74,7 +74,6 @@ class SandboxSettings(PlatformSecrets):
                                      "from in server mode (none: {file:} refused)")
     python_modules: str = Field("", description="top-level modules python tasks may name in server mode "
                                 "(default: the modules in UDOP_CODE_DIR)")
-    code_dir: Path | None = Field(None, description="folder holding the pipelines' python code")
     secret_allowlist: str = Field("", description="name prefixes {secret: ...} may reference in server "
                                   "mode (none: any secret the role can read, except the platform's own)")
 
@@ -288,7 +287,7 @@ def server_policy(*, data_root: str | None, roots: Iterable[str] = (), code_dir:
         env_allowlist=frozenset(_split(s.env_allowlist)),
         secrets_dir=str(s.secrets_dir) if s.secrets_dir else None,
         python_modules=_split(s.python_modules),
-        code_dir=code_dir or (str(s.code_dir) if s.code_dir else None),
+        code_dir=code_dir or s.code_dir or None,
         secret_prefixes=_split(s.secret_allowlist),
         platform_secrets=frozenset(a for a in (s.state_secret_arn, s.database_secret_arn) if a),
     )

@@ -14,21 +14,37 @@ from __future__ import annotations
 import os
 from functools import cache, lru_cache
 from pathlib import Path
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
-from pydantic import AliasChoices, Field, ValidationError
+from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from udop.errors import ConfigError
 
-__all__ = ["AwsResources", "PlatformSecrets", "ProcessSettings", "Settings", "UdopSettings", "get_settings",
-           "load_settings"]
+__all__ = ["AwsResources", "CodeSettings", "PlatformSecrets", "ProcessSettings", "Settings", "StoreSettings",
+           "UdopSettings", "get_settings", "load_settings", "required_variables"]
 
 
 class UdopSettings(BaseSettings):
-    """The base of every settings class: ``UDOP_`` variables, frozen, other variables ignored."""
+    """The base of every settings class: ``UDOP_`` variables, frozen, other variables ignored.
 
-    model_config = SettingsConfigDict(env_prefix="UDOP_", frozen=True, extra="ignore")
+    A field is declared once, in the one class that groups it (optional when some process can do
+    without it); a process that cannot names it in ``requires``, and a missing one is reported as
+    ``UDOP_X is missing`` in the same message as every other bad variable."""
+
+    # defaults go through the validators too, so a required field left at None is reported
+    model_config = SettingsConfigDict(env_prefix="UDOP_", frozen=True, extra="ignore", validate_default=True)
+
+    #: fields declared optional in a shared class that this process cannot run without
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    @field_validator("*")
+    @classmethod
+    def _present_when_required(cls, value: object, info: ValidationInfo) -> object:
+        if value is None and info.field_name in cls.requires:
+            raise PydanticCustomError("missing", "Field required")
+        return value
 
 
 S = TypeVar("S", bound=BaseSettings)
@@ -47,20 +63,27 @@ def _variable(cls: type[BaseSettings], loc: tuple[int | str, ...]) -> str:
     return (prefix + str(loc[0])).upper()
 
 
+def _field_names(cls: type[BaseSettings], name: str) -> list[str]:
+    """The environment variables field ``name`` of ``cls`` is read from."""
+    alias = cls.model_fields[name].validation_alias
+    if isinstance(alias, AliasChoices):
+        return [str(a).upper() for a in alias.choices]
+    if isinstance(alias, str):
+        return [alias.upper()]
+    return [(str(cls.model_config.get("env_prefix") or "") + name).upper()]
+
+
 @cache
 def _names(cls: type[BaseSettings]) -> tuple[str, ...]:
     """The environment variables ``cls`` reads."""
-    prefix = str(cls.model_config.get("env_prefix") or "")
-    names: list[str] = []
-    for name, field in cls.model_fields.items():
-        alias = field.validation_alias
-        if isinstance(alias, AliasChoices):
-            names += [str(a) for a in alias.choices]
-        elif isinstance(alias, str):
-            names.append(alias)
-        else:
-            names.append(prefix + name)
-    return tuple(n.upper() for n in names)
+    return tuple(n for name in cls.model_fields for n in _field_names(cls, name))
+
+
+def required_variables(cls: type[BaseSettings]) -> tuple[str, ...]:
+    """The variables ``cls`` cannot be loaded without (its required fields and its ``requires``)."""
+    requires: tuple[str, ...] = getattr(cls, "requires", ())
+    return tuple(n for name, field in cls.model_fields.items() if field.is_required() or name in requires
+                 for n in _field_names(cls, name))
 
 
 @lru_cache(maxsize=256)
@@ -84,6 +107,27 @@ def load_settings(cls: type[S]) -> S:
     return settings
 
 
+class StoreSettings(UdopSettings):
+    """Where the metadata store and the state store are: optional locally (defaults under the home
+    folder, see ``Settings``); the functions that use them require them."""
+
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<home>/udop.db")
+    state_url: str | None = Field(
+        None, description="redis://... for the state store (ElastiCache on AWS); default SQLite in <home>"
+    )
+
+
+class CodeSettings(UdopSettings):
+    """Where python tasks' modules are imported from (the server, the task runner, the sandbox)."""
+
+    code_dir: str | None = Field(
+        None,
+        description="folder put first on sys.path, where python tasks' modules are imported from (e.g. the "
+        "project folder holding tasks.py); in server mode its top-level modules are the ones python tasks "
+        "may name unless UDOP_PYTHON_MODULES says otherwise",
+    )
+
+
 class PlatformSecrets(UdopSettings):
     """The platform's own secrets: read by the task runner and the functions, never by a definition."""
 
@@ -99,6 +143,10 @@ class AwsResources(UdopSettings):
     task_runner_arn: str | None = Field(None, description="the task runner Lambda the state machines invoke")
     state_machine_role_arn: str | None = Field(None, description="the role the state machines run as")
     state_machine_log_group_arn: str | None = Field(None, description="where deployed machines log")
+    scheduler_role_arn: str | None = Field(
+        None, description="the role EventBridge Scheduler starts runs as; unset: deploys touch no schedule"
+    )
+    schedule_group: str = Field("default", description="the EventBridge Scheduler group of udop's schedules")
 
 
 class ProcessSettings(UdopSettings):
@@ -115,15 +163,16 @@ class ProcessSettings(UdopSettings):
     powertools_service_name: str = Field("udop", validation_alias="POWERTOOLS_SERVICE_NAME")
     powertools_metrics_namespace: str = Field("udop", validation_alias="POWERTOOLS_METRICS_NAMESPACE")
     lambda_function_name: str | None = Field(None, validation_alias="AWS_LAMBDA_FUNCTION_NAME")
+    lambda_log_group_name: str | None = Field(None, validation_alias="AWS_LAMBDA_LOG_GROUP_NAME")
+    lambda_log_stream_name: str | None = Field(None, validation_alias="AWS_LAMBDA_LOG_STREAM_NAME")
+    aws_region: str | None = Field(None, validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION"))
+    openlineage: str | None = Field(None, description="1, true, yes or on: emit OpenLineage events")
+    openlineage_namespace: str | None = Field(None, validation_alias="OPENLINEAGE_NAMESPACE")
 
 
-class Settings(UdopSettings):
+class Settings(StoreSettings):
     home: Path = Field(Path(".udop"), description="local working folder (metadata, data, state)")
-    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<home>/udop.db")
     data_root: str | None = Field(None, description="where datasets go; default <home>/data; s3://... on AWS")
-    state_url: str | None = Field(
-        None, description="redis://... for the state store; default SQLite in <home>"
-    )
     duckdb_memory_limit: str | None = Field(None, description="e.g. '2GB'; DuckDB spills beyond it")
     duckdb_threads: int | None = Field(None, ge=1)
     fuse: bool = Field(True, description="run a transform inside the file load that alone reads it")

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
-from udop.settings import Settings, load_settings
+from udop.settings import AwsResources, CodeSettings, PlatformSecrets, Settings, load_settings
 
 __all__ = ["ApiSettings", "load_api_settings"]
 
@@ -18,7 +18,9 @@ __all__ = ["ApiSettings", "load_api_settings"]
 MIN_SECRET_BYTES = 32
 
 
-class ApiSettings(Settings):
+class ApiSettings(Settings, AwsResources, PlatformSecrets, CodeSettings):
+    # the platform's buckets and ARNs (AwsResources) are needed when executor is stepfunctions;
+    # database_secret_arn (PlatformSecrets): on AWS, the metadata database's password, read at cold start
     jwt_secret: SecretStr | None = Field(
         None, description="HS256 shared secret (at least 32 bytes) for locally issued tokens"
     )
@@ -54,17 +56,6 @@ class ApiSettings(Settings):
     executor: Literal["local", "stepfunctions"] = Field(
         "local", description="where triggered runs go: a background LocalExecutor or Step Functions"
     )
-    # where the serverless platform is (the CDK app's outputs); needed when executor is stepfunctions
-    definitions_bucket: str | None = Field(None, description="bucket of deployed definition versions")
-    data_bucket: str | None = Field(None, description="bucket holding datasets (passed to runs)")
-    task_runner_arn: str | None = Field(None, description="the task runner Lambda the state machines invoke")
-    state_machine_role_arn: str | None = Field(None, description="the role the state machines run as")
-    state_machine_log_group_arn: str | None = Field(
-        None, description="where the state machines POST /pipelines deploys log (level ALL)"
-    )
-    database_secret_arn: str | None = Field(
-        None, description="on AWS: the secret holding the metadata database's password (read at cold start)"
-    )
     local_workers: int = Field(4, ge=1, le=64, description="worker threads of each local run")
     max_concurrent_runs: int = Field(4, ge=1, le=256, description="local runs executing at once")
     api_threads: int = Field(
@@ -96,11 +87,6 @@ class ApiSettings(Settings):
     auth_failure_window: float = Field(60.0, gt=0, description="seconds the failures above are counted over")
     audit_retention_days: int = Field(
         365, ge=0, description="audit rows older than this many days are deleted; 0 keeps them forever"
-    )
-    code_dir: str | None = Field(
-        None,
-        description="folder put first on sys.path of the server, where python tasks' modules are "
-        "imported from (e.g. the project folder holding tasks.py); the task runner's UDOP_CODE_DIR",
     )
     api_root_path: str = Field("", description="path prefix behind a proxy, e.g. '/prod' on API Gateway")
 

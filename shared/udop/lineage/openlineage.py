@@ -34,6 +34,7 @@ from typing import Any
 
 from udop.lineage.masking import masked_dataset, masked_text
 from udop.lineage.naming import Dataset
+from udop.settings import ProcessSettings, load_settings
 
 __all__ = ["ENV", "RunListener", "emit", "enabled", "listen", "recorded", "reset_client", "run_uuid", "stats",
            "task_uuid"]
@@ -53,11 +54,11 @@ _schemas: dict[str, list[tuple[str, str]]] = {}
 
 
 def enabled() -> bool:
-    return os.environ.get(ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    return (load_settings(ProcessSettings).openlineage or "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def job_namespace() -> str:
-    return os.environ.get("OPENLINEAGE_NAMESPACE") or "udop"
+    return load_settings(ProcessSettings).openlineage_namespace or "udop"
 
 
 def run_uuid(pipeline: str, run_id: str) -> str:

@@ -8,9 +8,10 @@ when CloudWatch Logs can be read from here (boto3 and credentials), else the poi
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
+
+from udop.settings import ProcessSettings, load_settings
 
 __all__ = ["pointer", "render_pointer"]
 
@@ -20,14 +21,14 @@ MAX_EVENTS = 2000
 
 def pointer(request_id: str | None) -> dict[str, Any] | None:
     """Where this Lambda invocation's lines go; None outside Lambda (no log group in the environment)."""
-    group = os.environ.get("AWS_LAMBDA_LOG_GROUP_NAME")
-    stream = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME")
+    process = load_settings(ProcessSettings)
+    group, stream = process.lambda_log_group_name, process.lambda_log_stream_name
     if not group or not stream:
         return None
     found: dict[str, Any] = {"kind": "cloudwatch", "log_group": group, "log_stream": stream}
     if request_id:
         found["request_id"] = request_id
-    if region := os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"):
+    if region := process.aws_region:
         found["region"] = region
     return found
 

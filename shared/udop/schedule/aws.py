@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
 from udop.schedule.expr import eventbridge_expression, schedule_name, scheduled_input
+from udop.settings import AwsResources, load_settings
 
 __all__ = ["ScheduleTarget", "delete_schedule", "forget_pipeline", "schedule_request", "sync_schedule"]
 
@@ -33,8 +33,8 @@ class ScheduleTarget:
     def from_env(cls, client: Any = None) -> ScheduleTarget | None:
         """From ``UDOP_SCHEDULER_ROLE_ARN`` and ``UDOP_DATA_BUCKET`` (the CDK stack's outputs); None
         when the role is not set: then no schedule is touched and the deploy result says so."""
-        role = os.environ.get("UDOP_SCHEDULER_ROLE_ARN")
-        bucket = os.environ.get("UDOP_DATA_BUCKET")
+        resources = load_settings(AwsResources)
+        role, bucket = resources.scheduler_role_arn, resources.data_bucket
         if not role or not bucket:
             return None
         if client is None:
@@ -42,7 +42,7 @@ class ScheduleTarget:
 
             client = boto3.client("scheduler")
         return cls(client=client, role_arn=role, data_bucket=bucket,
-                   group=os.environ.get("UDOP_SCHEDULE_GROUP", "default"))
+                   group=resources.schedule_group)
 
 
 def schedule_request(pipeline: Any, state_machine_arn: str, target: ScheduleTarget) -> dict[str, Any]:
