@@ -21,18 +21,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from udop.errors import FatalError
 from udop.lineage.columns import column_lineage
 from udop.spec.data_tasks import FILE_CONNECTORS, CheckStep, data_inputs
 from udop.tasks.contract import Manifest, TaskContext, TaskResult
-from udop_transforms._engine import Column, Session, fingerprint, publish_dir, scratch_dir
-from udop_transforms._sql import Params
-from udop_transforms._steps import StepError, compile_steps
+from udop_transforms._engine import Session, fingerprint, publish_dir, scratch_dir
+from udop_transforms._views import VIEW_FORMAT, VIEW_NAME, compile_transform, view_query
 
 __all__ = ["VIEW_FORMAT", "VIEW_NAME", "fusable", "run_fused", "view_query"]
-
-VIEW_FORMAT = "view"
-VIEW_NAME = "_view.json"
 
 
 def fusable(transform: Any, load: Any) -> bool:
@@ -72,10 +67,11 @@ def run_fused(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult],
 
 def _record_view(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult],
                  load_id: str) -> TaskResult:
-    from udop_transforms._tasks import _column_uris, _input_manifest
+    from udop_transforms._tasks import _column_uris, _input_manifest, _register_inputs
 
     with Session(memory_limit=task.memory_limit, context=context) as session:
-        columns, sql, params = _compile(session, context, task, inputs, widen=False)
+        columns, sql, params = compile_transform(session, context, task, inputs, widen=False,
+                                                 register=_register_inputs)
         empty = session.con.sql(f"SELECT * FROM ({sql}) LIMIT 0", params=params or None)
         schema = empty.to_arrow_table().schema
     relations = {name: [c[0] for c in cols] for name, cols in columns.items()}
@@ -95,39 +91,3 @@ def _record_view(context: TaskContext, task: Any, inputs: Mapping[str, TaskResul
                       inputs=tuple(_input_manifest(task.id, d, inputs).uri for d in data_inputs(task)),
                       metrics={"rows": None, "fused_into": load_id},
                       columns=_column_uris(task, inputs, lineage))
-
-
-def _compile(session: Session, context: TaskContext, task: Any, inputs: Mapping[str, TaskResult], *,
-             widen: bool) -> tuple[dict[str, list[Column]], str, dict[str, Any]]:
-    """Register the transform's inputs in ``session`` and compile its steps: (inputs' columns, query,
-    bound parameters)."""
-    from udop_transforms._tasks import _register_inputs
-
-    columns = _register_inputs(session, context, task, inputs, widen=widen)
-    try:
-        plan = compile_steps(session, list(task.steps), task.primary_input, columns,
-                             Params(context.template_scope()), verify=False)
-    except StepError as exc:
-        raise FatalError(f"task {task.id!r}: {exc}") from None
-    return columns, plan.query(), plan.bound_params()
-
-
-def view_query(session: Session, context: TaskContext, reader: str, dep: str, manifest: Manifest, *,
-               widen: bool) -> tuple[list[Column], str, dict[str, Any]]:
-    """The query of the transform whose view ``manifest`` is, over its inputs registered in ``session``:
-    (its columns, the query, its parameters). ``reader`` is the task reading it (for messages)."""
-    path = Path(manifest.uri) / VIEW_NAME
-    try:
-        recipe = json.loads(path.read_text())
-        task_id, attempt = str(recipe["task"]), int(recipe["attempt"])
-        inputs = {d: TaskResult(output=Manifest.from_dict(m)) for d, m in dict(recipe["inputs"]).items()}
-    except FileNotFoundError:
-        raise FatalError(f"task {reader!r}: input {dep!r}: the view {path} does not exist (was the run's "
-                         "folder removed?)") from None
-    except (ValueError, TypeError, KeyError) as exc:
-        raise FatalError(f"task {reader!r}: input {dep!r}: the view {path} is not readable ({exc}); run "
-                         "the pipeline again") from None
-    task = context.pipeline.task(task_id)
-    own = dataclasses.replace(context, task_id=task_id, attempt=attempt, output_override=None)
-    _, sql, params = _compile(session, own, task, inputs, widen=widen)
-    return session.describe(f"SELECT * FROM ({sql})", params), sql, params

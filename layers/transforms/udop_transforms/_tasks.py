@@ -118,9 +118,10 @@ def _register_inputs(session: Session, context: TaskContext, task: Any, inputs: 
             raise FatalError(f"task {task.id!r}: input {dep!r}: dataset {manifest.uri} does not exist "
                              "(was it removed after its run?)")
         if manifest.format == "view":  # a fused transform's output: its query runs inside this one's
-            from udop_transforms._fusion import view_query
+            from udop_transforms._views import view_query
 
-            columns[dep], sql, bound = view_query(session, context, task.id, dep, manifest, widen=widen)
+            columns[dep], sql, bound = view_query(session, context, task.id, dep, manifest, widen=widen,
+                                                  register=_register_inputs)
             if task.type == "load":
                 session.deferred[dep] = (sql, bound)  # a subquery of the load's COPY
             else:

@@ -17,6 +17,7 @@ from functools import lru_cache
 from typing import IO, Literal
 
 from udop.observability.context import LogContext, current
+from udop.observability.timestamps import iso_time as _iso
 from udop.settings import ProcessSettings, load_settings
 
 __all__ = ["JsonFormatter", "LogFormat", "TextFormatter", "configure", "resolve_format"]
@@ -86,16 +87,6 @@ class TextFormatter(logging.Formatter):
         if record.exc_text:
             line += "\n" + record.exc_text
         return line
-
-
-def _iso(created: float) -> str:
-    second = int(created)
-    return f"{_second(second)}.{int((created - second) * 1000):03d}Z"
-
-
-@lru_cache(maxsize=8)
-def _second(second: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
 def resolve_format(fmt: str | None = None) -> LogFormat:

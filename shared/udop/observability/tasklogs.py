@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from udop.observability.context import _current, bound
-from udop.observability.logs import _iso
+from udop.observability.timestamps import iso_time as _iso
 from udop.settings import ProcessSettings, load_settings
 
 __all__ = ["AttemptLog", "RecordingLogs", "StreamCapture", "attempt_key", "attempt_log_path", "attempt_scope",
