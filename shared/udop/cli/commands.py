@@ -79,6 +79,9 @@ def validate(files: tuple[str, ...], no_import: bool) -> None:
     help="Where to run: this machine, or the pipeline's deployed Step Functions state machine.",
 )
 @click.option(
+    "--stack", help="With --executor stepfunctions: the deployed udop stack ($UDOP_STACK_NAME, else Udop)."
+)
+@click.option(
     "--logical-date", metavar="ISO-DATE", help="The run's logical date (${run.logical_date}); default now."
 )
 @click.option("--run-id", metavar="ID", help="Use this id for the new run instead of a generated one.")
@@ -102,6 +105,7 @@ def run(
     resume: str | None,
     workers: int,
     executor: str,
+    stack: str | None,
     logical_date: str | None,
     run_id: str | None,
     progress: bool | None,
@@ -127,7 +131,7 @@ def run(
         from udop.cli.aws import run_on_stepfunctions
 
         raise click.exceptions.Exit(
-            run_on_stepfunctions(file, given, follow=True, run_id=run_id, logical_date=logical)
+            run_on_stepfunctions(file, given, follow=True, run_id=run_id, logical_date=logical, stack=stack)
         )
     pipeline = _load(file)
     from udop.masking import apply_setting
