@@ -81,6 +81,8 @@ def validate(files: tuple[str, ...], no_import: bool) -> None:
 @click.option(
     "--stack", help="With --executor stepfunctions: the deployed udop stack ($UDOP_STACK_NAME, else Udop)."
 )
+@click.option("--emulate", is_flag=True, help="With --executor stepfunctions: rehearse on moto in this "
+              "process (nothing deployed; needs udop[emulate]).")
 @click.option(
     "--logical-date", metavar="ISO-DATE", help="The run's logical date (${run.logical_date}); default now."
 )
@@ -106,6 +108,7 @@ def run(
     workers: int,
     executor: str,
     stack: str | None,
+    emulate: bool,
     logical_date: str | None,
     run_id: str | None,
     progress: bool | None,
@@ -127,6 +130,12 @@ def run(
                 f"{logical_date!r} is not an ISO date or datetime", param_hint="--logical-date"
             ) from None
         logical = logical if logical.tzinfo else logical.replace(tzinfo=UTC)
+    if emulate and executor != "stepfunctions":
+        raise InputError("--emulate goes with --executor stepfunctions")
+    if emulate:
+        from udop.cli.emulate import rehearse
+
+        raise click.exceptions.Exit(rehearse(file, given, run_id=run_id, logical_date=logical))
     if executor == "stepfunctions":
         from udop.cli.aws import run_on_stepfunctions
 
