@@ -86,8 +86,9 @@ def _aws_environment() -> Iterator[None]:
         yield
 
 
-def _invoker(account: EmulatedAccount, *, code_dir: Path, tmp: Path) -> Any:
-    """``LambdaFunction._invoke_lambda`` running the task runner in-process."""
+def _invoker(account: EmulatedAccount, *, code_dir: Path, tmp: Path) -> tuple[Any, Any]:
+    """``LambdaFunction._invoke_lambda`` running the task runner in-process, and its state store
+    (idempotency records of this rehearsal only)."""
     import boto3
 
     from udop.aws.errors import for_state_machine
@@ -115,7 +116,7 @@ def _invoker(account: EmulatedAccount, *, code_dir: Path, tmp: Path) -> Any:
         account.invocations.append((task_id, False))
         return json.dumps(result), False, ""
 
-    return invoke
+    return invoke, state
 
 
 def _package() -> bytes:
@@ -179,7 +180,9 @@ def emulated_account(code_dir: Path) -> Iterator[EmulatedAccount]:
         account.task_runner_arn = boto3.client("lambda", region_name=REGION).create_function(
             FunctionName=f"{prefix}-task-runner", Runtime="python3.12", Role=role_arn, Handler="app.handler",
             Code={"ZipFile": _package()}, Timeout=900, MemorySize=1024)["FunctionArn"]
-        invoke = _invoker(account, code_dir=code_dir, tmp=tmp)
+        invoke, state = _invoker(account, code_dir=code_dir, tmp=tmp)
+        if close := getattr(state, "close", None):
+            stack.callback(close)
 
         def _invoke_lambda(self: Any, event: Any = None) -> tuple[str, bool, str]:
             return invoke(self, event)  # type: ignore[no-any-return]
