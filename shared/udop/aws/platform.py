@@ -42,7 +42,8 @@ class StackSettings(UdopSettings):
                                                      f"{DEFAULT_STACK_NAME})")
 
 
-_REGION_HINT = "set AWS_REGION (or AWS_DEFAULT_REGION, or a region in your AWS profile)"
+# botocore reads AWS_DEFAULT_REGION, not AWS_REGION (the Lambda runtime's name)
+_REGION_HINT = "set AWS_DEFAULT_REGION (or a region in your AWS profile)"
 _CREDENTIALS_HINT = ("set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
                      "(`aws configure` writes a profile)")
 
@@ -68,7 +69,7 @@ def aws_errors() -> Iterator[None]:
         if isinstance(exc, ProfileNotFound):
             raise ConfigError(f"{exc}: set AWS_PROFILE to a profile in ~/.aws/config") from None
         if isinstance(exc, EndpointConnectionError):
-            raise ConfigError(f"{exc}: check AWS_REGION and AWS_ENDPOINT_URL") from None
+            raise ConfigError(f"{exc}: check AWS_DEFAULT_REGION and AWS_ENDPOINT_URL") from None
         raise
 
 
@@ -103,8 +104,8 @@ class Platform:
                         region = self._cfn.meta.region_name
                         raise ConfigError(
                             f"stack {self.stack_name!r} not found in {region}: deploy it (npx cdk deploy), "
-                            "or name the deployed stack with UDOP_STACK_NAME or --stack, or set AWS_REGION "
-                            "to its region") from None
+                            "or name the deployed stack with UDOP_STACK_NAME or --stack, or set "
+                            "AWS_DEFAULT_REGION to its region") from None
                     raise ConfigError(f"cannot read stack {self.stack_name!r}: {error.get('Code')}: "
                                       f"{error.get('Message')}") from None
             self._outputs = {str(o["OutputKey"]): str(o["OutputValue"])

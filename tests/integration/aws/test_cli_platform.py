@@ -125,7 +125,7 @@ def test_no_region_is_one_line_saying_what_to_set(
         code, _, err = _udop(capsys, *args)
         assert code == 2, (args, err)
         assert err.strip().count("\n") == 0, err
-        assert "AWS_REGION" in err and "internal error" not in err, err
+        assert "set AWS_DEFAULT_REGION" in err and "internal error" not in err, err
 
 
 def test_a_stack_that_is_not_there_names_the_setting(
@@ -135,7 +135,8 @@ def test_a_stack_that_is_not_there_names_the_setting(
     code, _, err = _udop(capsys, "deploy", str(path), "--stack", "NotDeployed")
     assert code == 2
     assert err.strip() == ("stack 'NotDeployed' not found in us-east-1: deploy it (npx cdk deploy), or name the "
-                           "deployed stack with UDOP_STACK_NAME or --stack, or set AWS_REGION to its region")
+                           "deployed stack with UDOP_STACK_NAME or --stack, or set AWS_DEFAULT_REGION to its "
+                           "region")
 
 
 def test_a_missing_output_names_the_variable(
