@@ -19,6 +19,7 @@ import aws_cdk as cdk
 
 from udop_infra.config import ContextError
 from udop_infra.nag import add_checks
+from udop_infra.platform import UdopPlatform
 from udop_infra.stack import UdopStack
 
 CDK_JSON = Path(__file__).resolve().parent.parent / "cdk.json"
@@ -35,7 +36,7 @@ def build_app(
 ) -> tuple[cdk.App, UdopStack]:
     """The app with its one stack; ``nag`` defaults to context ``udop:nag`` (true)."""
     app = cdk.App(context={**default_context(), **(context or {})}, outdir=outdir)
-    stack = UdopStack(app, str(app.node.try_get_context("udop:stackName") or "Udop"))
+    stack = UdopPlatform(app, str(app.node.try_get_context("udop:stackName") or "Udop"))
     if nag is None:
         nag = str(
             app.node.try_get_context("udop:nag") if app.node.try_get_context("udop:nag") is not None else True

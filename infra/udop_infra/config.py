@@ -108,9 +108,15 @@ class DeploymentConfig:
         return getattr(logs.RetentionDays, RETENTION_DAYS[self.log_retention_days])  # type: ignore[no-any-return]
 
     @classmethod
-    def from_node(cls, node: Node) -> DeploymentConfig:
+    def from_node(cls, node: Node, overrides: dict[str, Any] | None = None, *,
+                  base_dir: Path = REPO_ROOT) -> DeploymentConfig:
+        """From context; ``overrides`` (context key -> value, e.g. ``UdopPlatformProps``) win and are
+        checked the same way. A relative ``udop:pipelinesDir`` is taken from ``base_dir``."""
+
         def get(key: str) -> Any:
-            value = node.try_get_context(key)
+            value = (overrides or {}).get(key)
+            if value is None:
+                value = node.try_get_context(key)
             return CONTEXT_KEYS[key][0] if value is None else value
 
         pipelines_dir = Path(str(get("udop:pipelinesDir")))
@@ -151,7 +157,7 @@ class DeploymentConfig:
             log_retention_days=retention,
             task_runner_memory_mb=_int(get, "udop:taskRunnerMemoryMb", minimum=128),
             alarm_email=str(get("udop:alarmEmail")),
-            pipelines_dir=pipelines_dir if pipelines_dir.is_absolute() else REPO_ROOT / pipelines_dir,
+            pipelines_dir=pipelines_dir if pipelines_dir.is_absolute() else base_dir / pipelines_dir,
             assets=assets,
             api_stage_name=stage,
             api_throttle_rate_limit=_int(get, "udop:apiThrottleRateLimit", minimum=1),

@@ -86,8 +86,10 @@ def state_machine_arn(sfn: Any, pipeline: str) -> str:
 
 
 def start_run(pipeline: Any, params: Mapping[str, Any], *, store: Any, sfn: Any, run_id: str | None = None,
-              logical_date: datetime | None = None) -> tuple[str, str, str]:
+              logical_date: datetime | None = None, data_bucket: str | None = None) -> tuple[str, str, str]:
     """Start an execution of the deployed pipeline; returns (run id, execution ARN, state machine ARN).
+
+    ``data_bucket``: default the ``UDOP_DATA_BUCKET`` setting (the CLI passes the stack's output).
 
     The execution is named after the run id: moto names unnamed executions "None", and a name makes
     a repeated start of the same run fail instead of running twice.
@@ -108,7 +110,7 @@ def start_run(pipeline: Any, params: Mapping[str, Any], *, store: Any, sfn: Any,
     logical = logical_date or datetime.now(UTC)
     run_ctx: dict[str, Any] = {"run_id": run_id, "params": values, "logical_date": logical.isoformat(),
                                "pipeline_version": version.version}
-    if data_bucket := load_settings(AwsResources).data_bucket:
+    if data_bucket := data_bucket or load_settings(AwsResources).data_bucket:
         # foreach Map states list the data bucket themselves; the runner defaults to its own setting
         run_ctx.update(data_bucket=data_bucket, data_prefix="")
     from udop.observability import tracing
@@ -126,13 +128,16 @@ def start_run(pipeline: Any, params: Mapping[str, Any], *, store: Any, sfn: Any,
 
 def follow_run(run_id: str, sm_arn: str, execution_arn: str, *, store: Any, sfn: Any,
                on_event: Callable[[Any], None] | None = None, poll: float | None = None,
-               timeout: float | None = None) -> Any:
-    """Poll the execution, mirror it into the store, report task changes; returns the final run."""
+               timeout: float | None = None, data_bucket: str | None = None) -> Any:
+    """Poll the execution, mirror it into the store, report task changes; returns the final run.
+
+    ``data_bucket``: default the ``UDOP_DATA_BUCKET`` setting."""
     from udop.aws.events import run_execution_arns, sync_run
     from udop.executor.events import RunEvent
 
     seen: dict[str, tuple[str, int]] = {}
-    data_bucket = load_settings(AwsResources).data_bucket  # full results (checks, lineage) when known
+    # full results (checks, lineage) when known
+    data_bucket = data_bucket or load_settings(AwsResources).data_bucket
     s3 = client("s3") if data_bucket else None
     deadline = None if timeout is None else time.monotonic() + timeout
     conflicts = 0

@@ -2,9 +2,10 @@
 work is ``udop.aws.runs``.
 
 They talk to the AWS account of the usual boto3 configuration, or to ``AWS_ENDPOINT_URL``
-(LocalStack, a moto server). Where the platform's resources are comes from the environment, as the
-CDK app's outputs name them: ``UDOP_DEFINITIONS_BUCKET``, ``UDOP_TASK_RUNNER_ARN``,
-``UDOP_STATE_MACHINE_ROLE_ARN``; run records go to the configured metadata store
+(LocalStack, a moto server). Where the platform's resources are comes from the deployed stack's
+outputs (``udop.aws.platform``: stack ``UDOP_STACK_NAME`` or ``--stack``, default ``Udop``); an
+option or a variable (``UDOP_DEFINITIONS_BUCKET``, ``UDOP_TASK_RUNNER_ARN``,
+``UDOP_STATE_MACHINE_ROLE_ARN``, ...) wins. Run records go to the configured metadata store
 (``UDOP_DATABASE_URL``), the same one the run-events function writes.
 """
 
@@ -18,21 +19,16 @@ from typing import Any
 
 import click
 
+from udop.aws.platform import Platform, aws_errors
 from udop.aws.runs import client as _client
 from udop.aws.runs import deploy_file, follow_run, redrive_run, start_run
-from udop.errors import ConfigError
-from udop.settings import AwsResources, load_settings
 
 __all__ = ["compile_command", "deploy_command", "redrive_and_follow", "redrive_command",
            "run_on_stepfunctions"]
 
 
-def _env(name: str, given: str | None) -> str:
-    value = given or getattr(load_settings(AwsResources), name.removeprefix("UDOP_").lower())
-    if not value:
-        raise ConfigError(f"{name} is not set: export it (the CDK app prints it as a stack output) "
-                          f"or pass --{name.removeprefix('UDOP_').lower().replace('_', '-')}")
-    return value
+_STACK_HELP = "The deployed udop stack whose outputs name the platform's resources (default: " \
+              "$UDOP_STACK_NAME, else Udop)."
 
 
 def _load(path: str) -> Any:
@@ -74,24 +70,31 @@ def compile_command(file: str, output: str | None) -> None:
 
 @click.command("deploy")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--definitions-bucket", help="Default: $UDOP_DEFINITIONS_BUCKET.")
-@click.option("--task-runner-arn", help="Default: $UDOP_TASK_RUNNER_ARN.")
-@click.option("--state-machine-role-arn", help="Default: $UDOP_STATE_MACHINE_ROLE_ARN.")
+@click.option("--stack", help=_STACK_HELP)
+@click.option("--definitions-bucket", help="Default: $UDOP_DEFINITIONS_BUCKET, else the stack's output.")
+@click.option("--task-runner-arn", help="Default: $UDOP_TASK_RUNNER_ARN, else the stack's output.")
+@click.option("--state-machine-role-arn",
+              help="Default: $UDOP_STATE_MACHINE_ROLE_ARN, else the stack's output.")
 @click.option("--state-machine-log-group-arn",
               help="Log group of the state machine (level ALL); default: $UDOP_STATE_MACHINE_LOG_GROUP_ARN, "
-                   "unset: no logging.")
-def deploy_command(file: str, definitions_bucket: str | None, task_runner_arn: str | None,
-                   state_machine_role_arn: str | None, state_machine_log_group_arn: str | None) -> None:
+                   "else the stack's output; neither: no logging.")
+def deploy_command(file: str, *, stack: str | None, definitions_bucket: str | None,
+                   task_runner_arn: str | None, state_machine_role_arn: str | None,
+                   state_machine_log_group_arn: str | None) -> None:
     """Deploy FILE as the state machine udop-<name> (created or updated, a new version published).
 
     The definition is validated and deployed now (errors are printed, and the existing state machine
     is left as it was), then uploaded to pipelines/<name>.<ext> in the definitions bucket.
     """
-    result = deploy_file(file, definitions_bucket=_env("UDOP_DEFINITIONS_BUCKET", definitions_bucket),
-                         task_runner_arn=_env("UDOP_TASK_RUNNER_ARN", task_runner_arn),
-                         role_arn=_env("UDOP_STATE_MACHINE_ROLE_ARN", state_machine_role_arn),
-                         log_group_arn=state_machine_log_group_arn
-                         or load_settings(AwsResources).state_machine_log_group_arn or None)
+    _load(file)  # a bad definition is reported before any AWS configuration is looked at
+    platform = Platform(stack)
+    with aws_errors():
+        result = deploy_file(file,
+                             definitions_bucket=platform.require("definitions_bucket", definitions_bucket),
+                             task_runner_arn=platform.require("task_runner_arn", task_runner_arn),
+                             role_arn=platform.require("state_machine_role_arn", state_machine_role_arn),
+                             log_group_arn=platform.optional("state_machine_log_group_arn",
+                                                             state_machine_log_group_arn))
     if not result.ok:
         for err in result.errors:
             click.echo(err["text"], err=True)
@@ -104,28 +107,37 @@ def deploy_command(file: str, definitions_bucket: str | None, task_runner_arn: s
 
 def run_on_stepfunctions(pipeline_path: str, params: Mapping[str, Any], follow: bool = True, *,
                          run_id: str | None = None, logical_date: datetime | None = None,
-                         store: Any = None, sfn: Any = None, poll: float | None = None) -> int:
+                         store: Any = None, sfn: Any = None, poll: float | None = None,
+                         stack: str | None = None) -> int:
     """``udop run FILE --executor stepfunctions``: start, follow with progress, exit 0/1 by the run.
 
     ``run_id`` and ``logical_date`` are the ``--run-id`` / ``--logical-date`` options (default: a new
     id, now). With ``follow=False`` it returns 0 once the execution started."""
+    pipeline = _load(pipeline_path)
+    with aws_errors():
+        return _run(pipeline, params, follow, run_id=run_id, logical_date=logical_date, store=store, sfn=sfn,
+                    poll=poll, stack=stack)
+
+
+def _run(pipeline: Any, params: Mapping[str, Any], follow: bool, *, run_id: str | None,
+         logical_date: datetime | None, store: Any, sfn: Any, poll: float | None, stack: str | None) -> int:
     from udop.cli.progress import make_display
     from udop.store import open_store
 
-    pipeline = _load(pipeline_path)
     sfn = sfn or _client("stepfunctions")
+    data_bucket = Platform(stack).optional("data_bucket")
     own_store = store is None
     store = store or open_store()
     try:
         run_id, execution_arn, sm_arn = start_run(pipeline, params, store=store, sfn=sfn, run_id=run_id,
-                                                  logical_date=logical_date)
+                                                  logical_date=logical_date, data_bucket=data_bucket)
         click.echo(f"run {run_id} started: {execution_arn}")
         if not follow:
             return 0
         display = make_display(pipeline, live=sys.stdout.isatty())
         with display:
             run = follow_run(run_id, sm_arn, execution_arn, store=store, sfn=sfn, on_event=display.event,
-                             poll=poll)
+                             poll=poll, data_bucket=data_bucket)
         display.summary(run, store.get_checks(run_id))
         if run.state != "succeeded" and run.error:
             click.echo(f"error: {run.error}", err=True)
@@ -138,17 +150,21 @@ def run_on_stepfunctions(pipeline_path: str, params: Mapping[str, Any], follow: 
 @click.command("redrive")
 @click.argument("run_id")
 @click.option("--follow/--no-follow", default=True, show_default=True, help="Follow the run to its end.")
-def redrive_command(run_id: str, follow: bool) -> None:
+@click.option("--stack", help=_STACK_HELP)
+def redrive_command(run_id: str, follow: bool, stack: str | None) -> None:
     """Resume the failed Step Functions run RUN_ID from its failed task; exit 0/1 by the run."""
-    raise click.exceptions.Exit(redrive_and_follow(run_id, follow=follow))
+    with aws_errors():
+        code = redrive_and_follow(run_id, follow=follow, stack=stack)
+    raise click.exceptions.Exit(code)
 
 
 def redrive_and_follow(run_id: str, *, follow: bool = True, store: Any = None, sfn: Any = None,
-                       poll: float | None = None) -> int:
+                       poll: float | None = None, stack: str | None = None) -> int:
     from udop.executor.events import RunEvent
     from udop.store import open_store
 
     sfn = sfn or _client("stepfunctions")
+    data_bucket = Platform(stack).optional("data_bucket")
     own_store = store is None
     store = store or open_store()
     try:
@@ -161,7 +177,8 @@ def redrive_and_follow(run_id: str, *, follow: bool = True, store: Any = None, s
             attempt = f" (attempt {event.attempt})" if event.attempt else ""
             click.echo(f"  {event.task_id}: {event.state}{attempt}")
 
-        run = follow_run(run_id, sm_arn, execution_arn, store=store, sfn=sfn, on_event=show, poll=poll)
+        run = follow_run(run_id, sm_arn, execution_arn, store=store, sfn=sfn, on_event=show, poll=poll,
+                         data_bucket=data_bucket)
         click.echo(f"run {run_id} {run.state.value}" + (f": {run.error}" if run.error else ""))
         return 0 if run.state == "succeeded" else 1
     finally:

@@ -79,6 +79,11 @@ def validate(files: tuple[str, ...], no_import: bool) -> None:
     help="Where to run: this machine, or the pipeline's deployed Step Functions state machine.",
 )
 @click.option(
+    "--stack", help="With --executor stepfunctions: the deployed udop stack ($UDOP_STACK_NAME, else Udop)."
+)
+@click.option("--emulate", is_flag=True, help="With --executor stepfunctions: rehearse on moto in this "
+              "process (nothing deployed; needs udop[emulate]).")
+@click.option(
     "--logical-date", metavar="ISO-DATE", help="The run's logical date (${run.logical_date}); default now."
 )
 @click.option("--run-id", metavar="ID", help="Use this id for the new run instead of a generated one.")
@@ -102,6 +107,8 @@ def run(
     resume: str | None,
     workers: int,
     executor: str,
+    stack: str | None,
+    emulate: bool,
     logical_date: str | None,
     run_id: str | None,
     progress: bool | None,
@@ -123,11 +130,17 @@ def run(
                 f"{logical_date!r} is not an ISO date or datetime", param_hint="--logical-date"
             ) from None
         logical = logical if logical.tzinfo else logical.replace(tzinfo=UTC)
+    if emulate and executor != "stepfunctions":
+        raise InputError("--emulate goes with --executor stepfunctions")
+    if emulate:
+        from udop.cli.emulate import rehearse
+
+        raise click.exceptions.Exit(rehearse(file, given, run_id=run_id, logical_date=logical))
     if executor == "stepfunctions":
         from udop.cli.aws import run_on_stepfunctions
 
         raise click.exceptions.Exit(
-            run_on_stepfunctions(file, given, follow=True, run_id=run_id, logical_date=logical)
+            run_on_stepfunctions(file, given, follow=True, run_id=run_id, logical_date=logical, stack=stack)
         )
     pipeline = _load(file)
     from udop.masking import apply_setting

@@ -29,6 +29,7 @@ ALLOWED = {
     "shared/udop/redaction.py": "registers secret-looking variables' values with the redactor",
     "layers/transforms/udop_transforms/_validate.py": "${env.X} at check time (a user's variable)",
     "infra/app.py": "sets a variable for the jsii node subprocess",
+    "shared/udop/aws/emulate.py": "points boto3 at the rehearsal's moto account for its duration",
 }
 
 

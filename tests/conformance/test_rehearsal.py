@@ -1,0 +1,82 @@
+"""``udop run FILE --executor stepfunctions --emulate`` (``udop.aws.emulate``): the state machine
+executed by moto in-process with the real task runner writes the run record the LocalExecutor
+writes (the conformance table's), and reports what Step Functions would count."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conformance.executors import TASK_CODE, local, view
+from conformance.scenarios import SCENARIOS, Scenario
+
+pytestmark = [pytest.mark.slow]
+
+REHEARSED = ("flaky_value_error", "upstream_failed_and_independent_branch", "foreach_with_one_failing_item")
+
+
+def _udop(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    from udop.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return int(exit_info.value.code or 0), out, err
+
+
+def _file(tmp_path: Path, scenario: Scenario, who: str) -> Path:
+    log_dir = tmp_path / f"calls-{who}"
+    log_dir.mkdir()
+    path = tmp_path / f"{scenario.name}-{who}.yaml"
+    path.write_text(scenario.yaml(str(log_dir), str(tmp_path / "no-fault-flag")))
+    return path
+
+
+@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s.name in REHEARSED], ids=lambda s: s.name)
+def test_the_rehearsal_writes_the_local_executors_record(
+    scenario: Scenario, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from udop.store import open_store
+
+    with local(monkeypatch, tmp_path) as executor:
+        _, local_record = executor.run(_file(tmp_path, scenario, "local"))
+
+    monkeypatch.setenv("UDOP_DATABASE_URL", f"sqlite:///{(tmp_path / 'rehearsal.db').as_posix()}")
+    path = _file(tmp_path, scenario, "emulated")
+    # the task runner's sandbox (as on AWS) imports python tasks only from the code next to the pipeline
+    for module in ("udop_conformance_tasks.py", "udop_aws_test_tasks.py", "udop_foreach_tasks.py"):
+        shutil.copy(TASK_CODE / module, tmp_path / module)
+    code, out, err = _udop(capsys, "run", str(path), "--executor", "stepfunctions", "--emulate")
+    assert code == (0 if scenario.expected["state"] == "succeeded" else 1), err
+    run_id = out.split("run ", 1)[1].split()[0]
+    store = open_store()
+    try:
+        record = view(store, run_id)
+        assert store.get_run(run_id).executor == "stepfunctions"
+    finally:
+        store.close()
+    assert record == local_record == scenario.expected
+    # the figures Step Functions would count, and what moto does not show
+    assert "history events (AWS quota 25,000 per execution), largest payload" in out
+    assert "note (moto, not AWS): IAM is not checked" in err
+    assert "Traceback" not in err
+
+
+def test_emulate_needs_the_stepfunctions_executor(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _file(tmp_path, SCENARIOS[0], "local")
+    code, _, err = _udop(capsys, "run", str(path), "--emulate")
+    assert code == 2
+    assert err.strip() == "--emulate goes with --executor stepfunctions"
+
+
+def test_a_definition_that_does_not_compile_is_one_line_and_nothing_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _file(tmp_path, SCENARIOS[0], "broken")
+    path.write_text(path.read_text().replace("depends_on: [a]", "depends_on: [nope]"))
+    code, out, err = _udop(capsys, "run", str(path), "--executor", "stepfunctions", "--emulate")
+    assert code == 2
+    assert "nope" in err
+    assert "started" not in out
