@@ -198,6 +198,12 @@ class Scheduler:
         trigger = sp.pipeline.spec.trigger.files if sp.pipeline.spec.trigger is not None else None
         assert trigger is not None
         name = sp.pipeline.name
+        if trigger.path.startswith("s3://"):  # an EventBridge rule starts those on AWS (udop deploy)
+            if name not in self._refused:
+                self._refused.add(name)
+                log.warning("trigger of %s: %s is watched on AWS only (udop deploy creates its EventBridge "
+                            "rule); the local scheduler ignores it", name, trigger.path)
+            return []
         folder = Path(trigger.path)
         if not folder.is_absolute() and sp.base_dir:
             folder = Path(sp.base_dir) / folder
