@@ -132,3 +132,21 @@ def test_without_a_param_the_downstream_runs_with_its_defaults(project: Any, sto
         assert run.params == {"upstream": "none"} and run.state == "succeeded"
     finally:
         scheduler.close()
+
+
+def test_the_local_scheduler_leaves_s3_triggers_to_aws(
+    project: Any, store: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = project.pipeline([project.task("a", "noop")], name="landing", params={"file": {"type": "str"}},
+                            file="landing.yaml")
+    doc = yaml.safe_load(path.read_text())
+    doc["spec"]["trigger"] = {"files": {"path": "s3://bucket/incoming/", "param": "file"}}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    sp = ScheduledPipeline(load_pipeline(path), str(project.root))
+    scheduler = Scheduler(store, lambda: [sp], policy=Policy.trusted(), clock=FakeClock(datetime.now(UTC)))
+    try:
+        assert scheduler.poll() == [] and scheduler.poll() == []
+    finally:
+        scheduler.close()
+    said = [r.getMessage() for r in caplog.records if "s3://bucket/incoming/" in r.getMessage()]
+    assert len(said) == 1 and "on AWS only" in said[0]  # said once, not at every poll
