@@ -1,6 +1,8 @@
 """Run-events Lambda: EventBridge "Step Functions Execution Status Change" events update the run and
 task records in the metadata store (``udop runs list/show`` then show AWS runs). The work is
-``udop.aws.events.record_status_event``."""
+``udop.aws.events.record_status_event``. It is also the starter of S3 triggers: an upload under a
+pipeline's ``trigger: files: {path: s3://...}`` starts one execution per object version
+(``udop.schedule.s3events.start_from_s3_event``)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from udop.aws.events import record_status_event
 from udop.aws.observability import logger, metrics, tracer
 from udop.aws.secrets import url_with_secret
 from udop.aws.settings import EventsSettings, load_settings
+from udop.schedule.s3events import MARKER, start_from_s3_event
 from udop.store import open_store
 
 SETTINGS = load_settings(EventsSettings)
@@ -24,6 +27,9 @@ STORE = open_store(url_with_secret(SETTINGS.database_url, SETTINGS.database_secr
 @metrics.log_metrics
 @tracer.capture_lambda_handler
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    if MARKER in event:  # an S3 upload under a pipeline's trigger path (udop.schedule.s3events)
+        metrics.add_metric(name="S3TriggerEvents", unit="Count", value=1)
+        return start_from_s3_event(event, SFN)
     metrics.add_metric(name="ExecutionStatusEvents", unit="Count", value=1)
     run = record_status_event(event, store=STORE, sfn=SFN, s3=S3, data_bucket=SETTINGS.data_bucket)
     if run is None:

@@ -17,6 +17,7 @@ from udop_infra.orchestration import Orchestration
 from udop_infra.runtime import Runtime
 from udop_infra.schedules import ScheduleManagement
 from udop_infra.storage import Storage
+from udop_infra.triggers import S3TriggerManagement
 
 
 class UdopStack(Stack):
@@ -53,6 +54,10 @@ class UdopStack(Stack):
         self.schedules = ScheduleManagement(
             self, "Schedules", runtime=self.runtime, functions=[self.runtime.deployer, self.api.function])
         CfnOutput(self, "SchedulerRoleArn", value=self.schedules.role.role_arn)
+        # ... and the EventBridge rule of an S3 trigger (udop.schedule.s3events)
+        self.triggers = S3TriggerManagement(self, "S3Triggers", runtime=self.runtime, storage=self.storage,
+                                            functions=[self.runtime.deployer, self.api.function])
+        CfnOutput(self, "TriggerFunctionArn", value=self.triggers.starter.function_arn)
         CfnOutput(
             self,
             "DefinitionsBucket",

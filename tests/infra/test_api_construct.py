@@ -405,9 +405,16 @@ def test_api_role_is_least_privilege(stack: Any, resources: dict[str, Any]) -> N
     assert granted["s3:GetObject"] == objects
     assert granted["s3:PutObject"] == objects
     assert granted["s3:ListBucket"] == [{"Fn::GetAtt": [definitions, "Arn"]}]
+    # ... and of the data bucket only its notification settings (an S3 trigger switches on its
+    # EventBridge notifications, udop.schedule.s3events), none of its objects
+    data = logical_id(stack, stack.storage.data)
+    assert granted["s3:GetBucketNotification"] == granted["s3:PutBucketNotification"] == [
+        {"Fn::GetAtt": [data, "Arn"]}]
     assert sorted(a for a in granted if a.startswith("s3:")) == [
+        "s3:GetBucketNotification",
         "s3:GetObject",
         "s3:ListBucket",
+        "s3:PutBucketNotification",
         "s3:PutObject",
     ]
     # the database password, nothing else in Secrets Manager (not the cache's AUTH token)

@@ -57,6 +57,7 @@ class DeployResult:
     errors: list[dict[str, Any]] = field(default_factory=list)
     skipped: bool = False  # the same content was already deployed
     schedule: str | None = None  # what became of the EventBridge Scheduler schedule (udop.schedule.aws)
+    trigger: str | None = None  # what became of the S3 trigger's EventBridge rule (udop.schedule.s3events)
     deployed_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
 
     def to_dict(self) -> dict[str, Any]:
@@ -81,7 +82,8 @@ def content_hash(definition: dict[str, Any]) -> str:
 def deploy_definition(text: str | bytes, *, source: str, bucket: str, s3: Any, sfn: Any, store: Any,
                       task_runner_arn: str, role_arn: str, log_group_arn: str | None = None,
                       compile_fn: Callable[..., Any] | None = None,
-                      policy: Policy | None = None, schedules: Any = None) -> DeployResult:
+                      policy: Policy | None = None, schedules: Any = None,
+                      triggers: Any = None) -> DeployResult:
     """Validate, compile and deploy one definition; always writes the status report.
 
     ``source`` is the definitions-bucket key (``pipelines/<name>.yaml``) or, from the CLI, a file
@@ -120,7 +122,9 @@ def deploy_definition(text: str | bytes, *, source: str, bucket: str, s3: Any, s
             return DeployResult(**{**previous, "skipped": True,
                                    "deployed_at": previous.get("deployed_at", result.deployed_at),
                                    "schedule": _sync_schedule(schedules, pipeline,
-                                                              previous["state_machine_arn"])})
+                                                              previous["state_machine_arn"]),
+                                   "trigger": _sync_trigger(triggers, pipeline,
+                                                            previous["state_machine_arn"])})
         # compile before recording anything: a pipeline over a limit must not leave a version behind
         version = _next_version(store, name, definition)
         compiled = _compile(pipeline, version, compile_fn)
@@ -133,6 +137,7 @@ def deploy_definition(text: str | bytes, *, source: str, bucket: str, s3: Any, s
             sfn, compiled, task_runner_arn=task_runner_arn, role_arn=role_arn, log_group_arn=log_group_arn)
         store.register_pipeline(name, definition, state_machine_arn=result.state_machine_arn)
         result.schedule = _sync_schedule(schedules, pipeline, result.state_machine_arn)
+        result.trigger = _sync_trigger(triggers, pipeline, result.state_machine_arn)
         result.ok = True
     except InputError as exc:  # SpecErrors, a compile limit, a bad setting: the user's to fix
         result.errors = _error_dicts(exc)
@@ -156,6 +161,9 @@ def _check_schedulable(pipeline: Any, source: str) -> None:
             scheduled_input(pipeline, "-")
         except ValueError as exc:
             raise SpecError(str(exc), file=source, path="spec.schedule") from None
+    from udop.schedule.s3events import check_s3_trigger
+
+    check_s3_trigger(pipeline, source)
 
 
 def _sync_schedule(target: Any, pipeline: Any, state_machine_arn: str) -> str | None:
@@ -166,6 +174,12 @@ def _sync_schedule(target: Any, pipeline: Any, state_machine_arn: str) -> str | 
         return ("not deployed: set UDOP_SCHEDULER_ROLE_ARN and UDOP_DATA_BUCKET"
                 if pipeline.spec.schedule is not None else None)
     return sync_schedule(target, pipeline, state_machine_arn)
+
+
+def _sync_trigger(target: Any, pipeline: Any, state_machine_arn: str) -> str | None:
+    from udop.schedule.s3events import sync_from_env
+
+    return sync_from_env(target, pipeline, state_machine_arn)
 
 
 def _next_version(store: Any, name: str, definition: dict[str, Any]) -> int:

@@ -103,6 +103,8 @@ def deploy_command(file: str, *, stack: str | None, definitions_bucket: str | No
     click.echo(f"{result.pipeline}: version {result.version} deployed{note} -> {result.state_machine_arn}")
     if result.schedule and result.schedule != "none":
         click.echo(f"{result.pipeline}: schedule {result.schedule}")
+    if result.trigger and result.trigger != "none":
+        click.echo(f"{result.pipeline}: S3 trigger rule {result.trigger}")
 
 
 def run_on_stepfunctions(pipeline_path: str, params: Mapping[str, Any], follow: bool = True, *,

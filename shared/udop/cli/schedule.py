@@ -80,7 +80,9 @@ def scheduler(folder: str, trusted: bool, max_runs: int, workers: int) -> None:
 @click.option("--max-parallel", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Runs at the same time (the pipeline's max_active_runs still applies).")
 @click.option("--param", "-p", "params", multiple=True, metavar="NAME=VALUE", help="Parameter of every run.")
-@click.option("--executor", type=click.Choice(["local"]), default="local", show_default=True)
+@click.option("--executor", type=click.Choice(["local", "stepfunctions"]), default="local", show_default=True,
+              help="stepfunctions: one execution per date of the deployed pipeline, started and followed "
+              "from here (docs/scheduling.md).")
 @click.option("--workers", type=click.IntRange(1, 64), default=4, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the backfill as JSON at the end.")
 def backfill(file: str, *, start: str, end: str, step: str, max_parallel: int, params: tuple[str, ...],
@@ -91,14 +93,13 @@ def backfill(file: str, *, start: str, end: str, step: str, max_parallel: int, p
     cancels and resumes it.
     """
     from udop.cli.commands import _load, _parse_params
-    from udop.schedule.backfill import BackfillRunner, parse_date
+    from udop.schedule.backfill import parse_date
     from udop.settings import get_settings
     from udop.store import open_store
 
     pipeline = _load(file)
     store = open_store(expect_history_in=get_settings().resolved_data_root)
-    runner = BackfillRunner(store, pipeline, workers=workers,
-                            services={"base_dir": str(Path(file).parent.resolve())})
+    runner = _runner(executor, store, pipeline, file, workers)
     record = runner.create(start=parse_date(start, what="--from"), end=parse_date(end, what="--to"),
                            step=step, max_parallel=max_parallel, params=_parse_params(params),
                            executor=executor)
@@ -196,12 +197,25 @@ def resume(backfill_id: str, file: str, workers: int, as_json: bool) -> None:
     """Go on with a failed or cancelled backfill: new runs for dates without one, failed and cancelled
     runs resumed from their failed tasks, succeeded ones left alone."""
     from udop.cli.commands import _load
-    from udop.schedule.backfill import BackfillRunner
     from udop.settings import get_settings
     from udop.store import open_store
 
     pipeline = _load(file)
     store = open_store(expect_history_in=get_settings().resolved_data_root)
-    runner = BackfillRunner(store, pipeline, workers=workers,
-                            services={"base_dir": str(Path(file).parent.resolve())})
+    from udop.schedule.store import ScheduleStore
+
+    record = ScheduleStore(store).get_backfill(backfill_id)
+    runner = _runner(record.executor if record else "local", store, pipeline, file, workers)
     _run(runner, backfill_id, resume=True, as_json=as_json)
+
+
+def _runner(executor: str, store: Any, pipeline: Any, file: str, workers: int) -> Any:
+    from udop.schedule.backfill import BackfillRunner
+
+    if executor == "stepfunctions":
+        from udop.aws.runs import client
+        from udop.schedule.sfn_backfill import StepFunctionsBackfillRunner
+
+        return StepFunctionsBackfillRunner(store, pipeline, sfn=client("stepfunctions"))
+    return BackfillRunner(store, pipeline, workers=workers,
+                          services={"base_dir": str(Path(file).parent.resolve())})

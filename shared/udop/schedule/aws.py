@@ -105,9 +105,14 @@ def delete_schedule(target: ScheduleTarget, pipeline: str) -> bool:
 
 
 def forget_pipeline(executor_name: str, pipeline: str) -> None:
-    """A pipeline deleted through the API on Step Functions stops being scheduled."""
+    """A pipeline deleted through the API on Step Functions stops being scheduled (and triggered)."""
     if executor_name != "stepfunctions":
         return
     target = ScheduleTarget.from_env()
     if target is not None:
         delete_schedule(target, pipeline)
+    from udop.schedule.s3events import S3TriggerTarget, delete_s3_trigger
+
+    triggers = S3TriggerTarget.from_env()
+    if triggers is not None:
+        delete_s3_trigger(triggers.events, pipeline)

@@ -73,6 +73,8 @@ class Fired:
     delay: float | None = None
     #: parameters of the run (a file trigger passes the file); none: the defaults
     params: dict[str, Any] = field(default_factory=dict)
+    #: claimed as a trigger event (a file, an upstream run), not as a row of ``schedule_ticks``
+    event: str | None = None
     future: Future[None] | None = field(default=None, repr=False)
 
 
@@ -123,6 +125,8 @@ class Scheduler:
         self._pool = ThreadPoolExecutor(max_workers=max_runs, thread_name_prefix="udop-sched")
         self._last: dict[str, datetime] = {}  # pipeline -> the latest tick considered
         self._events: dict[str, set[str]] = {}  # pipeline -> trigger events already claimed (by anyone)
+        #: trigger "after": upstream runs that ended before this are not looked at (per downstream)
+        self._after_since: dict[str, datetime] = {}
         self._refused: set[str] = set()  # pipelines whose trigger folder the policy refuses (said once)
         #: a file younger than this may still be being written: it triggers at a later poll
         self.settle_seconds = settle_seconds
@@ -165,8 +169,11 @@ class Scheduler:
         now = self.clock.now()
         won: list[Fired] = []
         for sp in self.pipelines():
-            if sp.pipeline.spec.trigger is not None:
+            trigger = sp.pipeline.spec.trigger
+            if trigger is not None and trigger.files is not None:
                 won.extend(self._files_landed(sp, now))
+            if trigger is not None and trigger.after is not None:
+                won.extend(self._upstream_succeeded(sp, now))
             schedule = sp.pipeline.spec.schedule
             if schedule is None or not schedule.enabled:
                 continue
@@ -188,10 +195,16 @@ class Scheduler:
         the metadata store, so one run per version whatever the number of schedulers."""
         from udop.executor.local import new_run_id
 
-        trigger = sp.pipeline.spec.trigger
+        trigger = sp.pipeline.spec.trigger.files if sp.pipeline.spec.trigger is not None else None
         assert trigger is not None
         name = sp.pipeline.name
-        folder = Path(trigger.files.path)
+        if trigger.path.startswith("s3://"):  # an EventBridge rule starts those on AWS (udop deploy)
+            if name not in self._refused:
+                self._refused.add(name)
+                log.warning("trigger of %s: %s is watched on AWS only (udop deploy creates its EventBridge "
+                            "rule); the local scheduler ignores it", name, trigger.path)
+            return []
+        folder = Path(trigger.path)
         if not folder.is_absolute() and sp.base_dir:
             folder = Path(sp.base_dir) / folder
         try:
@@ -206,7 +219,7 @@ class Scheduler:
         seen = self._events[name]
         settled = time.time() - self.settle_seconds
         won = []
-        for path in sorted(folder.glob(trigger.files.pattern)) if folder.is_dir() else []:
+        for path in sorted(folder.glob(trigger.pattern)) if folder.is_dir() else []:
             try:
                 st = path.stat()
             except OSError:
@@ -220,8 +233,44 @@ class Scheduler:
             run_id = new_run_id()
             if not self.ticks.claim_event(name, event, self.owner, run_id):
                 continue
-            params = {trigger.files.param: str(path)} if trigger.files.param else {}
-            fired = Fired(name, now, run_id=run_id, params=params)
+            params = {trigger.param: str(path)} if trigger.param else {}
+            fired = Fired(name, now, run_id=run_id, params=params, event=event)
+            fired.future = self._pool.submit(self._start, sp, fired)
+            won.append(fired)
+        return won
+
+    def _upstream_succeeded(self, sp: ScheduledPipeline, now: datetime) -> list[Fired]:
+        """One run per succeeded run of the upstream pipeline (``trigger: after:``), claimed in the
+        metadata store as the event ``run:<upstream run id>``, so one downstream run per upstream run
+        whatever the number of schedulers. The downstream run gets the upstream run's logical date.
+
+        Upstream runs that ended before ``window`` are not looked at; nor those that ended before any
+        scheduler first saw the downstream (it missed nothing): the first one records that moment as
+        the event ``after:since``, which every scheduler reads."""
+        from udop.executor.local import new_run_id
+
+        after = sp.pipeline.spec.trigger.after if sp.pipeline.spec.trigger is not None else None
+        assert after is not None
+        name = sp.pipeline.name
+        if name not in self._events:
+            self._events[name] = self.ticks.seen_events(name)
+        seen = self._events[name]
+        since = now - timedelta(seconds=rate_seconds(after.window))
+        if name not in self._after_since:
+            self.ticks.claim_event(name, "after:since", self.owner, None, at=now)  # the first one wins
+            self._after_since[name] = self.ticks.event_claimed_at(name, "after:since") or now
+        since = max(since, self._after_since[name])
+        won = []
+        for upstream_id, logical_date in self.ticks.succeeded_runs(after.pipeline, since):
+            event = f"run:{upstream_id}"
+            if event in seen:
+                continue
+            seen.add(event)
+            run_id = new_run_id()
+            if not self.ticks.claim_event(name, event, self.owner, run_id):
+                continue
+            params = {after.param: upstream_id} if after.param else {}
+            fired = Fired(name, logical_date, run_id=run_id, params=params, event=event)
             fired.future = self._pool.submit(self._start, sp, fired)
             won.append(fired)
         return won
@@ -255,7 +304,8 @@ class Scheduler:
                 jitter = jitter_offset(pipeline.name, schedule.jitter if schedule else 0)
                 fired.delay = (self.clock.now() - fired.tick - jitter).total_seconds()
                 fired.outcome = "started"
-                self.ticks.finish_tick(pipeline.name, fired.tick, outcome="started", run_id=run_id)
+                if fired.event is None:
+                    self.ticks.finish_tick(pipeline.name, fired.tick, outcome="started", run_id=run_id)
 
         try:
             SpecErrors.collect(check_definition(pipeline, self.policy))
@@ -284,8 +334,10 @@ class Scheduler:
     def _finish(self, fired: Fired, outcome: str, run_id: str | None, detail: str) -> None:
         fired.outcome, fired.detail = outcome, detail
         fired.run_id = run_id
-        log.warning("schedule of %s: tick %s %s: %s", fired.pipeline, fired.tick.isoformat(), outcome, detail)
-        self.ticks.finish_tick(fired.pipeline, fired.tick, outcome=outcome, run_id=run_id, detail=detail)
+        what = fired.event or f"tick {fired.tick.isoformat()}"
+        log.warning("schedule of %s: %s %s: %s", fired.pipeline, what, outcome, detail)
+        if fired.event is None:
+            self.ticks.finish_tick(fired.pipeline, fired.tick, outcome=outcome, run_id=run_id, detail=detail)
 
     # ------------------------------------------------------------------ running
 

@@ -118,15 +118,32 @@ class ScheduleStore:
 
     # --- trigger events ------------------------------------------------------------------------
 
-    def claim_event(self, pipeline: str, event: str, owner: str, run_id: str) -> bool:
+    def claim_event(self, pipeline: str, event: str, owner: str, run_id: str | None,
+                    at: datetime | None = None) -> bool:
         """True if this caller is the first to see ``event`` (e.g. a file version) for ``pipeline``."""
         try:
             with transaction(self._engine, write=True) as conn:
                 conn.execute(insert(trigger_events).values(
-                    pipeline=pipeline, event=event, claimed_by=owner, claimed_at=_now(), run_id=run_id))
+                    pipeline=pipeline, event=event, claimed_by=owner, claimed_at=at or _now(), run_id=run_id))
         except IntegrityError:
             return False
         return True
+
+    def event_claimed_at(self, pipeline: str, event: str) -> datetime | None:
+        with transaction(self._engine, write=False) as conn:
+            value: datetime | None = conn.execute(
+                select(trigger_events.c.claimed_at)
+                .where(trigger_events.c.pipeline == pipeline, trigger_events.c.event == event)).scalar()
+        return value
+
+    def succeeded_runs(self, pipeline: str, since: datetime) -> list[tuple[str, datetime]]:
+        """(run id, logical date) of ``pipeline``'s runs that succeeded at or after ``since``, oldest
+        first: what a ``trigger: after:`` downstream starts from."""
+        stmt = (select(runs.c.id, runs.c.logical_date)
+                .where(runs.c.pipeline == pipeline, runs.c.state == "succeeded", runs.c.ended_at >= since)
+                .order_by(runs.c.ended_at, runs.c.id))
+        with transaction(self._engine, write=False) as conn:
+            return [(str(r.id), r.logical_date) for r in conn.execute(stmt).all()]
 
     def seen_events(self, pipeline: str) -> set[str]:
         with transaction(self._engine, write=False) as conn:

@@ -179,8 +179,30 @@ class FilesTrigger(SpecModel):
     param: str | None = Field(None, description="a declared str parameter that receives the file's path")
 
 
+class AfterTrigger(SpecModel):
+    """Start a run each time a run of another pipeline succeeds (local scheduler; docs/scheduling.md)."""
+
+    pipeline: str = Field(description="the upstream pipeline's name (metadata.name)")
+    param: str | None = Field(None, description="a declared str parameter that receives the upstream run id")
+    window: str = Field("1 day", description="upstream successes while no scheduler ran that still count, "
+                        "e.g. '6 hours'")
+
+    @model_validator(mode="after")
+    def _window(self) -> AfterTrigger:
+        if not re.fullmatch(r"\d+ (minute|minutes|hour|hours|day|days)", self.window):
+            raise ValueError(f"window {self.window!r} must look like '6 hours' or '1 day'")
+        return self
+
+
 class Trigger(SpecModel):
-    files: FilesTrigger
+    files: FilesTrigger | None = None
+    after: AfterTrigger | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Trigger:
+        if (self.files is None) == (self.after is None):
+            raise ValueError("give exactly one of 'files' or 'after'")
+        return self
 
 
 class PipelineBody(SpecModel):
@@ -202,10 +224,12 @@ class PipelineBody(SpecModel):
 
     @model_validator(mode="after")
     def _trigger_param_declared(self) -> PipelineBody:
-        param = self.trigger.files.param if self.trigger is not None else None
-        if param is not None and param not in self.params:
-            raise ValueError(f"trigger.files.param {param!r} is not a declared parameter; declare it "
-                             "under params")
+        trigger = self.trigger
+        for kind, spec in (("files", trigger and trigger.files), ("after", trigger and trigger.after)):
+            param = spec.param if spec else None
+            if param is not None and param not in self.params:
+                raise ValueError(f"trigger.{kind}.param {param!r} is not a declared parameter; declare it "
+                                 "under params")
         return self
 
 
@@ -216,6 +240,14 @@ class Pipeline(SpecModel):
     kind: Literal["Pipeline"]
     metadata: Metadata
     spec: PipelineBody
+
+    @model_validator(mode="after")
+    def _not_after_itself(self) -> Pipeline:
+        after = self.spec.trigger.after if self.spec.trigger is not None else None
+        if after is not None and after.pipeline == self.metadata.name:
+            raise ValueError(f"spec.trigger.after.pipeline {after.pipeline!r} is this pipeline: a pipeline "
+                             "cannot start after its own runs; name another pipeline")
+        return self
 
     @property
     def name(self) -> str:
