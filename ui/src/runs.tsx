@@ -29,15 +29,15 @@ export function RunsPage(props: { query: URLSearchParams }) {
   const [history, setHistory] = useState<string[]>([]);
   const pipelines = usePoll(() => get<PipelineSummary[]>("pipelines"), [], null);
   const page = usePoll(
-    () => get<RunPageBody>(`runs${q({ pipeline, state, limit: PAGE, cursor })}`),
-    [pipeline, state, cursor],
+    () => get<RunPageBody>(`runs${q({ pipeline, state, logical_date: date, limit: PAGE, cursor })}`),
+    [pipeline, state, date, cursor],
     3000, // live: the page is read again every 3 s
   );
   const go = (next: Record<string, string>) => {
     const merged: Record<string, string> = { pipeline, state, date, cursor: "", ...next };
     location.hash = href("runs", merged);
   };
-  const items = (page.data?.items ?? []).filter((r) => !date || r.logical_date.slice(0, 10) === date);
+  const items = page.data?.items ?? [];
   return (
     <section>
       <h1>Runs</h1>
@@ -66,10 +66,10 @@ export function RunsPage(props: { query: URLSearchParams }) {
         </label>
         <label for="f-date">
           logical date{" "}
-          <input id="f-date" type="date" value={date} onChange={(e) => go({ date: (e.target as HTMLInputElement).value, cursor })} />
+          <input id="f-date" type="date" value={date} onChange={(e) => { setHistory([]); go({ date: (e.target as HTMLInputElement).value }); }} />
         </label>
       </form>
-      {date ? <p class="hint">The logical date filters the runs of the page shown (the API filters pipeline and state).</p> : null}
+      {date ? <p class="hint">Runs whose logical date is {date} at 00:00 UTC (the date a schedule or backfill gives a run).</p> : null}
       <ErrorLine error={page.error} />
       {!page.data ? (
         <Loading />

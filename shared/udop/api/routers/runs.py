@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
@@ -19,7 +20,7 @@ from udop.api.schemas import (
     RunPage,
     RunRequest,
 )
-from udop.errors import RunNotFound
+from udop.errors import InputError, RunNotFound
 from udop.lineage.columns import task_column_lineage
 from udop.spec.models import Pipeline
 from udop.states import RunState
@@ -83,14 +84,24 @@ def trigger_run(
 async def list_runs(
     _: Viewer,
     ctx: Ctx,
+    *,
     pipeline: Annotated[str | None, Query(max_length=200)] = None,
     state: RunState | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[
         str | None, Query(max_length=400, description="the previous page's next_cursor")
     ] = None,
+    logical_date: Annotated[
+        str | None,
+        Query(
+            max_length=40,
+            description="only runs of this logical date: an ISO date (midnight UTC) or datetime (UTC "
+            "when it has no offset), as `udop runs list --logical-date` reads it",
+        ),
+    ] = None,
 ) -> Response:
     """Newest first."""
+    logical = _logical_date(logical_date)
     before = None
     if cursor:
         try:
@@ -100,7 +111,7 @@ async def list_runs(
 
     def page() -> bytes:
         try:
-            return runs_page_json(ctx, pipeline, state, limit, before)
+            return runs_page_json(ctx, pipeline, state, limit, before, logical_date=logical)
         except RunNotFound:
             raise HTTPException(
                 400, "the cursor's run no longer exists; start again without a cursor"
@@ -109,6 +120,17 @@ async def list_runs(
     # the store call and the JSON in one trip to a worker thread: the event loop never waits on the
     # database, and the request pays one thread hand-off, not one per dependency and handler
     return _json(await run_in_threadpool(page))
+
+
+def _logical_date(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    from udop.schedule.backfill import parse_date
+
+    try:
+        return parse_date(text, what="logical_date")
+    except InputError as exc:
+        raise HTTPException(422, str(exc)) from None
 
 
 @router.get("/runs/{run_id}", response_model=RunDetail, responses={404: {"model": Problem}})
