@@ -19,22 +19,25 @@ import { Dag, type DagNode } from "./dag";
 import { ErrorLine, Loading, StateBadge, TERMINAL, fmtDuration, fmtTime, href, usePoll } from "./util";
 
 const RUN_STATES = ["pending", "running", "succeeded", "failed", "cancelled"];
+// how a run was started (the API's trigger filter)
+const TRIGGERS = ["cli", "api", "schedule", "trigger", "backfill"];
 const PAGE = 50;
 
 export function RunsPage(props: { query: URLSearchParams }) {
   const pipeline = props.query.get("pipeline") ?? "";
   const state = props.query.get("state") ?? "";
   const date = props.query.get("date") ?? "";
+  const trigger = props.query.get("trigger") ?? "";
   const cursor = props.query.get("cursor") ?? "";
   const [history, setHistory] = useState<string[]>([]);
   const pipelines = usePoll(() => get<PipelineSummary[]>("pipelines"), [], null);
   const page = usePoll(
-    () => get<RunPageBody>(`runs${q({ pipeline, state, logical_date: date, limit: PAGE, cursor })}`),
-    [pipeline, state, date, cursor],
+    () => get<RunPageBody>(`runs${q({ pipeline, state, logical_date: date, trigger, limit: PAGE, cursor })}`),
+    [pipeline, state, date, trigger, cursor],
     3000, // live: the page is read again every 3 s
   );
   const go = (next: Record<string, string>) => {
-    const merged: Record<string, string> = { pipeline, state, date, cursor: "", ...next };
+    const merged: Record<string, string> = { pipeline, state, date, trigger, cursor: "", ...next };
     location.hash = href("runs", merged);
   };
   const items = page.data?.items ?? [];
@@ -64,6 +67,17 @@ export function RunsPage(props: { query: URLSearchParams }) {
             ))}
           </select>
         </label>
+        <label for="f-trigger">
+          started by{" "}
+          <select id="f-trigger" value={trigger} onChange={(e) => { setHistory([]); go({ trigger: (e.target as HTMLSelectElement).value }); }}>
+            <option value="">all</option>
+            {TRIGGERS.map((t) => (
+              <option key={t} value={t}>
+                {t}
+              </option>
+            ))}
+          </select>
+        </label>
         <label for="f-date">
           logical date{" "}
           <input id="f-date" type="date" value={date} onChange={(e) => { setHistory([]); go({ date: (e.target as HTMLInputElement).value }); }} />
@@ -83,6 +97,7 @@ export function RunsPage(props: { query: URLSearchParams }) {
               <th scope="col">logical date</th>
               <th scope="col">created</th>
               <th scope="col">duration</th>
+              <th scope="col">started by</th>
               <th scope="col">executor</th>
             </tr>
           </thead>
@@ -101,6 +116,7 @@ export function RunsPage(props: { query: URLSearchParams }) {
                 <td>{fmtTime(r.logical_date)}</td>
                 <td>{fmtTime(r.created_at)}</td>
                 <td>{fmtDuration(r.started_at, r.ended_at)}</td>
+                <td data-testid="trigger">{r.trigger ?? "–"}</td>
                 <td>{r.executor}</td>
               </tr>
             ))}
@@ -451,6 +467,8 @@ export function RunPage(props: { id: string; me: Identity; task?: string | null 
         <dd>{fmtTime(r.started_at)}</dd>
         <dt>duration</dt>
         <dd>{fmtDuration(r.started_at, r.ended_at)}</dd>
+        <dt>started by</dt>
+        <dd>{r.trigger ?? "–"}</dd>
         <dt>executor</dt>
         <dd>{r.executor}</dd>
         <dt>params</dt>

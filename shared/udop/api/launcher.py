@@ -138,6 +138,7 @@ class LocalLauncher:
             params=jsonable_params(values),
             logical_date=logical_date or datetime.now(UTC),
             executor="local",
+            trigger="api",
         )
         self._submit(pipeline, run.id)
         return run

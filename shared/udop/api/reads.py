@@ -66,13 +66,15 @@ def runs_page_json(
     before: str | None,
     *,
     logical_date: datetime | None = None,
+    trigger: str | None = None,
 ) -> bytes:
     """The JSON of a ``RunPage``: ``limit`` runs newest first and the cursor of the next page.
 
     ``RunNotFound`` when ``before`` names a run that no longer exists.
     """
     runs = ctx.store.list_runs(
-        pipeline=pipeline, state=state, limit=limit + 1, before=before, logical_date=logical_date
+        pipeline=pipeline, state=state, limit=limit + 1, before=before, logical_date=logical_date,
+        trigger=trigger,
     )
     more = len(runs) > limit
     runs = runs[:limit]

@@ -89,7 +89,8 @@ class StepFunctionsLauncher:
         values = jsonable_params(resolve_params(pipeline, params))
         logical = logical_date or datetime.now(UTC)
         run_id, execution_arn, _ = start_run(
-            pipeline, params, store=self.store, sfn=self.sfn, run_id=run_id, logical_date=logical
+            pipeline, params, store=self.store, sfn=self.sfn, run_id=run_id, logical_date=logical,
+            trigger="api",
         )
         record = self.store.get_pipeline(pipeline.name)
         version = record.latest.version if record and record.latest else 1
@@ -103,6 +104,7 @@ class StepFunctionsLauncher:
                 logical_date=logical,
                 executor="stepfunctions",
                 external_id=execution_arn,
+                trigger="api",
             )
         except StoreError:
             existing = self.store.get_run(run_id)  # the run-events function recorded it first

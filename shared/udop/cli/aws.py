@@ -118,7 +118,7 @@ def run_on_stepfunctions(pipeline_path: str, params: Mapping[str, Any], follow: 
     store = store or open_store()
     try:
         run_id, execution_arn, sm_arn = start_run(pipeline, params, store=store, sfn=sfn, run_id=run_id,
-                                                  logical_date=logical_date)
+                                                  logical_date=logical_date, trigger="cli")
         click.echo(f"run {run_id} started: {execution_arn}")
         if not follow:
             return 0

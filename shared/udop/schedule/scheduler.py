@@ -74,6 +74,8 @@ class Fired:
     #: parameters of the run (a file trigger passes the file); none: the defaults
     params: dict[str, Any] = field(default_factory=dict)
     future: Future[None] | None = field(default=None, repr=False)
+    #: how its run is recorded as started: a schedule's tick, or a file trigger's event
+    trigger: str = "schedule"
 
 
 def jitter_offset(pipeline: str, jitter: int) -> timedelta:
@@ -221,7 +223,7 @@ class Scheduler:
             if not self.ticks.claim_event(name, event, self.owner, run_id):
                 continue
             params = {trigger.files.param: str(path)} if trigger.files.param else {}
-            fired = Fired(name, now, run_id=run_id, params=params)
+            fired = Fired(name, now, run_id=run_id, params=params, trigger="trigger")
             fired.future = self._pool.submit(self._start, sp, fired)
             won.append(fired)
         return won
@@ -265,7 +267,8 @@ class Scheduler:
             with self._lock:
                 self._executors[run_id] = executor
             try:
-                executor.run(pipeline, params=fired.params, run_id=run_id, logical_date=fired.tick)
+                executor.run(pipeline, params=fired.params, run_id=run_id, logical_date=fired.tick,
+                             trigger=fired.trigger)
             finally:
                 with self._lock:
                     self._executors.pop(run_id, None)

@@ -6,6 +6,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import yaml
+
+from udop.executor.local import LocalExecutor
+from udop.spec.models import Pipeline
+
 from .conftest import Api
 
 
@@ -57,3 +62,29 @@ def test_list_runs_filters_by_logical_date_on_the_server(api: Api) -> None:
     bad = c.get("/runs", params={"logical_date": "last tuesday"})
     assert bad.status_code == 422
     assert "not an ISO date" in bad.json()["detail"]
+
+
+def test_runs_record_how_they_were_started_and_list_filters_by_it(api: Api) -> None:
+    text = api.definition("both", [api.task("a", "maybe_fail")])
+    api.register(text)
+    op = api.client("operator")
+    from_api = op.post("/pipelines/both/runs").json()["run_id"]
+    api.wait_for_run(from_api, {"succeeded"})
+    # the same pipeline run in-process as `udop run` and a backfill run it (on the same store)
+    pipeline = Pipeline.model_validate(yaml.safe_load(text))
+    executor = LocalExecutor(api.store, workers=1)
+    from_cli = executor.run(pipeline, trigger="cli").id
+    from_backfill = executor.run(pipeline, trigger="backfill").id
+    unsaid = executor.run(pipeline).id
+
+    c = api.client("viewer")
+    assert c.get("/runs").json()["items"][0]["id"] == unsaid  # warm the credential cache
+    by_id = {r["id"]: r["trigger"] for r in c.get("/runs").json()["items"]}
+    assert by_id == {from_api: "api", from_cli: "cli", from_backfill: "backfill", unsaid: None}
+    assert c.get(f"/runs/{from_api}").json()["trigger"] == "api"
+    for trigger, expected in (("api", [from_api]), ("cli", [from_cli]), ("backfill", [from_backfill]),
+                              ("schedule", [])):
+        assert _ids(c.get("/runs", params={"trigger": trigger}).json()) == expected, trigger
+    both = c.get("/runs", params={"trigger": "cli", "pipeline": "both", "state": "succeeded"}).json()
+    assert _ids(both) == [from_cli]
+    assert c.get("/runs", params={"trigger": "carrier-pigeon"}).status_code == 422

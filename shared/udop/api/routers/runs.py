@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
@@ -29,6 +29,8 @@ from udop.store.api import RunRecord
 router = APIRouter(tags=["runs"])
 
 RunId = Annotated[str, Path(description="the run's id", max_length=100)]
+#: ``udop.store.api.RUN_TRIGGERS``
+Trigger = Literal["cli", "api", "schedule", "trigger", "backfill"]
 
 
 def _pipeline_version(ctx: ApiContext, name: str, version: int | None = None) -> Pipeline:
@@ -99,6 +101,10 @@ async def list_runs(
             "when it has no offset), as `udop runs list --logical-date` reads it",
         ),
     ] = None,
+    trigger: Annotated[
+        Trigger | None,
+        Query(description="only runs started this way (runs recorded before udop kept it have none)"),
+    ] = None,
 ) -> Response:
     """Newest first."""
     logical = _logical_date(logical_date)
@@ -111,7 +117,7 @@ async def list_runs(
 
     def page() -> bytes:
         try:
-            return runs_page_json(ctx, pipeline, state, limit, before, logical_date=logical)
+            return runs_page_json(ctx, pipeline, state, limit, before, logical_date=logical, trigger=trigger)
         except RunNotFound:
             raise HTTPException(
                 400, "the cursor's run no longer exists; start again without a cursor"
