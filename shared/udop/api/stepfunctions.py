@@ -132,6 +132,13 @@ class StepFunctionsLauncher:
         redrive_run(run.id, store=self.store, sfn=self.sfn)
         return run
 
+    def retry(self, run: RunRecord, pipeline: Pipeline, task_id: str) -> list[str]:
+        # a redrive re-runs only what failed; a succeeded state of an execution cannot be run again
+        raise InputError(
+            f"run {run.id!r}: retrying from a task is not available on Step Functions; resume (redrive) "
+            "re-runs what failed, or trigger a new run"
+        )
+
     def close(self) -> None:
         pass
 

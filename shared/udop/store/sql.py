@@ -718,6 +718,40 @@ class SqlMetadataStore:
             conn.execute(update(runs).where(runs.c.id == run_id).values(**values))
         return [t for t, _ in rows]
 
+    def reset_for_retry(self, run_id: str, task_ids: list[str]) -> list[str]:
+        """Queue an ended run again with ``task_ids`` (a task and everything downstream of it) back to
+        pending, whatever their state, in one transaction; their results, lineage and checks are
+        cleared, their attempts kept (the next attempt numbers follow on). The run becomes pending,
+        with no owner, for an executor's resume to take over (which also runs again every other task
+        that did not succeed).
+
+        The one move out of ``succeeded`` there is: an operator's explicit request, never an
+        executor's (``udop.states`` still refuses it to them). ``TransitionError`` while the run is
+        pending or running: it must end (or be cancelled) first. Returns the ids reset, in task order.
+        """
+        ids = list(dict.fromkeys(task_ids))
+        with self._write() as conn:
+            current = conn.execute(select(runs.c.state).where(runs.c.id == run_id).with_for_update()).scalar()
+            if current is None:
+                raise RunNotFound(f"no run {run_id!r} in the metadata store")
+            if not is_terminal(RunState(current)):
+                raise TransitionError(f"run {run_id!r} is {current}; retry a task once the run has ended "
+                                      "(or cancel it first)")
+            found = [t for (t,) in conn.execute(
+                select(task_runs.c.task_id).where(task_runs.c.run_id == run_id, task_runs.c.task_id.in_(ids))
+                .order_by(task_runs.c.position).with_for_update()).all()]
+            if missing := [t for t in ids if t not in found]:
+                raise RunNotFound(f"run {run_id!r} has no task {missing[0]!r}")
+            conn.execute(update(task_runs)
+                         .where(task_runs.c.run_id == run_id, task_runs.c.task_id.in_(ids))
+                         .values(state=TaskState.PENDING.value, started_at=None, ended_at=None,
+                                 error_type=None, error_message=None, result=None))
+            for table in (lineage, check_results):
+                conn.execute(delete(table).where(table.c.run_id == run_id, table.c.task_id.in_(ids)))
+            conn.execute(update(runs).where(runs.c.id == run_id).values(
+                state=RunState.PENDING.value, ended_at=None, error=None, owner=None, lease_expires_at=None))
+        return found
+
     # --- diagnosis of a refused change (inside the failing transaction, which then rolls back) -----
 
     def _raise_missing(self, conn: Connection, run_id: str, task_id: str) -> NoReturn:

@@ -175,6 +175,29 @@ def resume_run(request: Request, run_id: RunId, _: Operator, ctx: Ctx) -> RunAcc
     return _accepted(run, RunState.RUNNING if run.state != RunState.PENDING else RunState.PENDING)
 
 
+@router.post(
+    "/runs/{run_id}/tasks/{task_id}/retry",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={404: {"model": Problem}, 409: {"model": Problem}},
+)
+def retry_task(
+    request: Request,
+    run_id: RunId,
+    task_id: Annotated[str, Path(description="the task to run again, with everything downstream of it",
+                                 max_length=200)],
+    _: Operator,
+    ctx: Ctx,
+) -> RunAccepted:
+    """Run an ended run again from a task: it and every task downstream of it go back to pending, then
+    the run resumes as ``/resume`` does (tasks elsewhere that did not succeed run again too). 409 while
+    the run is pending or running."""
+    run = _run(ctx, run_id)
+    pipeline = _pipeline_version(ctx, run.pipeline, run.pipeline_version)
+    reset = ctx.launcher.retry(run, pipeline, task_id)
+    request.state.audit_detail = f"run {run_id} retried from task {task_id} ({len(reset)} tasks reset)"
+    return _accepted(run, RunState.PENDING)
+
+
 @router.get("/runs/{run_id}/lineage", responses={404: {"model": Problem}})
 def run_lineage(run_id: RunId, _: Viewer, ctx: Ctx) -> list[Lineage]:
     """What each task read and wrote: inputs, output URI, rows, bytes, schema fingerprint, and for
