@@ -212,7 +212,15 @@ function Json(props: { value: unknown; label: string }) {
   );
 }
 
-function TaskPanel(props: { run: RunDetail; task: TaskRun; lineage: Lineage[]; checks: Check[] }) {
+function TaskPanel(props: {
+  run: RunDetail;
+  task: TaskRun;
+  lineage: Lineage[];
+  checks: Check[];
+  // set only for roles that may retry (operator, admin)
+  onRetry?: (taskId: string) => void;
+  busy?: boolean;
+}) {
   const { run, task } = props;
   const [logs, setLogs] = useState<string | null>(null);
   const [logError, setLogError] = useState<string | null>(null);
@@ -240,6 +248,18 @@ function TaskPanel(props: { run: RunDetail; task: TaskRun; lineage: Lineage[]; c
         <dt>duration</dt>
         <dd>{fmtDuration(task.started_at, task.ended_at)}</dd>
       </dl>
+      {props.onRetry && TERMINAL.has(run.state) ? (
+        <div class="row actions">
+          <button
+            type="button"
+            disabled={props.busy}
+            onClick={() => props.onRetry!(task.task_id)}
+            title="Run this task and every task downstream of it again, in this run"
+          >
+            Retry from here
+          </button>
+        </div>
+      ) : null}
       {task.error_message ? (
         <p class="error" data-testid="task-error">
           <strong>{task.error_type ?? "error"}</strong>: {task.error_message}
@@ -433,7 +453,7 @@ export function RunPage(props: { id: string; me: Identity; task?: string | null 
   }, [def.data, def.error, r?.tasks.length]);
   if (!r) return run.error ? <ErrorLine error={run.error} /> : <Loading />;
   const states = Object.fromEntries(r.tasks.map((t) => [t.task_id, t.state]));
-  const act = async (what: "cancel" | "resume") => {
+  const act = async (what: string) => {
     setBusy(true);
     setActionError(null);
     try {
@@ -499,7 +519,16 @@ export function RunPage(props: { id: string; me: Identity; task?: string | null 
       ) : (
         <p aria-live="polite">Reading the graph…</p>
       )}
-      {task ? <TaskPanel run={r} task={task} lineage={extra.data?.[0] ?? []} checks={extra.data?.[1] ?? []} /> : null}
+      {task ? (
+        <TaskPanel
+          run={r}
+          task={task}
+          lineage={extra.data?.[0] ?? []}
+          checks={extra.data?.[1] ?? []}
+          onRetry={operator ? (id) => act(`tasks/${encodeURIComponent(id)}/retry`) : undefined}
+          busy={busy}
+        />
+      ) : null}
       <h2>Timeline</h2>
       <Gantt run={r} onSelect={setSelected} />
     </section>
