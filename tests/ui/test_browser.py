@@ -100,6 +100,11 @@ def test_failed_task_shows_error_and_logs_and_resume_finishes_the_run(page: Any,
     page.get_by_role("link", name="Runs").click()
     runs = page.get_by_test_id("runs")
     expect(runs.locator(f'[data-run="{run_id}"]')).to_contain_text("failed")
+    expect(runs.locator(f'[data-run="{run_id}"] [data-testid="trigger"]')).to_have_text("api")
+    page.get_by_label("started by").select_option("schedule")  # the server's filter: no such run
+    expect(runs.locator(f'[data-run="{run_id}"]')).to_have_count(0)
+    page.get_by_label("started by").select_option("api")
+    expect(runs.locator(f'[data-run="{run_id}"]')).to_have_count(1)
     page.get_by_label("state").select_option("failed")
     expect(runs.locator("tbody tr")).not_to_have_count(0)
     for state in runs.locator("tbody tr td:nth-child(3)").all_inner_texts():
@@ -122,6 +127,32 @@ def test_failed_task_shows_error_and_logs_and_resume_finishes_the_run(page: Any,
     audit = ui_server.admin.get("/audit", params={"limit": 50}).json()["items"]
     assert any(
         a["path"] == f"/runs/{run_id}/resume" and a["status"] == 202 and a["actor_kind"] == "api_key"
+        for a in audit
+    ), audit
+
+
+def test_retry_from_a_task_runs_it_and_what_follows_it_again(page: Any, ui_server: UiServer) -> None:
+    ui_server.tasks.fail["on"] = True
+    run_id = ui_server.trigger("flaky")
+    ui_server.wait_for(run_id, {"failed"})
+    sign_in(page, ui_server, ui_server.operator_key)
+    page.goto(f"{ui_server.url}/ui/#/runs/{run_id}")
+    expect(node(page, "flaky")).to_have_attribute("data-state", "failed")
+    node(page, "flaky").click()
+    panel = page.get_by_test_id("task-panel")
+    expect(panel).to_contain_text("told to fail by the test")
+    ui_server.tasks.fail["on"] = False
+    panel.get_by_role("button", name="Retry from here").click()
+    expect(page.get_by_test_id("run-state")).to_have_attribute("data-state", "succeeded", timeout=30_000)
+    expect(node(page, "publish")).to_have_attribute("data-state", "succeeded")
+    expect(node(page, "flaky")).to_have_attribute("data-state", "succeeded")
+    run = ui_server.admin.get(f"/runs/{run_id}").json()
+    attempts = {t["task_id"]: [a["state"] for a in t["attempts"]] for t in run["tasks"]}
+    assert attempts["prepare"] == ["succeeded"]  # upstream of the retried task: not run again
+    assert attempts["flaky"][0] == "failed" and attempts["flaky"][-1] == "succeeded"
+    audit = ui_server.admin.get("/audit", params={"limit": 50}).json()["items"]
+    assert any(
+        a["path"] == f"/runs/{run_id}/tasks/flaky/retry" and a["status"] == 202 and a["actor_kind"] == "api_key"
         for a in audit
     ), audit
 
@@ -150,7 +181,7 @@ def _trigger_waiting(server: UiServer) -> str:
     return server.trigger("waiting")
 
 
-def test_a_viewer_sees_no_trigger_cancel_or_resume(page: Any, ui_server: UiServer) -> None:
+def test_a_viewer_sees_no_trigger_cancel_resume_or_retry(page: Any, ui_server: UiServer) -> None:
     ui_server.tasks.fail["on"] = True
     run_id = ui_server.trigger("flaky")
     ui_server.wait_for(run_id, {"failed"})
@@ -160,6 +191,9 @@ def test_a_viewer_sees_no_trigger_cancel_or_resume(page: Any, ui_server: UiServe
     expect(node(page, "flaky")).to_have_attribute("data-state", "failed")
     expect(page.get_by_role("button", name="Resume run")).to_have_count(0)
     expect(page.get_by_role("button", name="Cancel run")).to_have_count(0)
+    node(page, "flaky").click()
+    expect(page.get_by_test_id("task-panel")).to_contain_text("told to fail by the test")
+    expect(page.get_by_role("button", name="Retry from here")).to_have_count(0)
     page.goto(f"{ui_server.url}/ui/#/pipelines/shop")
     expect(page.get_by_role("heading", name="Pipeline shop")).to_be_visible()
     expect(page.get_by_test_id("trigger")).to_have_count(0)

@@ -153,6 +153,7 @@ export interface RunSummary {
   started_at: string | null;
   ended_at: string | null;
   error: string | null;
+  trigger: "cli" | "api" | "schedule" | "trigger" | "backfill" | null;
 }
 export interface RunDetail extends RunSummary {
   tasks: TaskRun[];

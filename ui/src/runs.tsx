@@ -19,25 +19,28 @@ import { Dag, type DagNode } from "./dag";
 import { ErrorLine, Loading, StateBadge, TERMINAL, fmtDuration, fmtTime, href, usePoll } from "./util";
 
 const RUN_STATES = ["pending", "running", "succeeded", "failed", "cancelled"];
+// how a run was started (the API's trigger filter)
+const TRIGGERS = ["cli", "api", "schedule", "trigger", "backfill"];
 const PAGE = 50;
 
 export function RunsPage(props: { query: URLSearchParams }) {
   const pipeline = props.query.get("pipeline") ?? "";
   const state = props.query.get("state") ?? "";
   const date = props.query.get("date") ?? "";
+  const trigger = props.query.get("trigger") ?? "";
   const cursor = props.query.get("cursor") ?? "";
   const [history, setHistory] = useState<string[]>([]);
   const pipelines = usePoll(() => get<PipelineSummary[]>("pipelines"), [], null);
   const page = usePoll(
-    () => get<RunPageBody>(`runs${q({ pipeline, state, limit: PAGE, cursor })}`),
-    [pipeline, state, cursor],
+    () => get<RunPageBody>(`runs${q({ pipeline, state, logical_date: date, trigger, limit: PAGE, cursor })}`),
+    [pipeline, state, date, trigger, cursor],
     3000, // live: the page is read again every 3 s
   );
   const go = (next: Record<string, string>) => {
-    const merged: Record<string, string> = { pipeline, state, date, cursor: "", ...next };
+    const merged: Record<string, string> = { pipeline, state, date, trigger, cursor: "", ...next };
     location.hash = href("runs", merged);
   };
-  const items = (page.data?.items ?? []).filter((r) => !date || r.logical_date.slice(0, 10) === date);
+  const items = page.data?.items ?? [];
   return (
     <section>
       <h1>Runs</h1>
@@ -64,12 +67,23 @@ export function RunsPage(props: { query: URLSearchParams }) {
             ))}
           </select>
         </label>
+        <label for="f-trigger">
+          started by{" "}
+          <select id="f-trigger" value={trigger} onChange={(e) => { setHistory([]); go({ trigger: (e.target as HTMLSelectElement).value }); }}>
+            <option value="">all</option>
+            {TRIGGERS.map((t) => (
+              <option key={t} value={t}>
+                {t}
+              </option>
+            ))}
+          </select>
+        </label>
         <label for="f-date">
           logical date{" "}
-          <input id="f-date" type="date" value={date} onChange={(e) => go({ date: (e.target as HTMLInputElement).value, cursor })} />
+          <input id="f-date" type="date" value={date} onChange={(e) => { setHistory([]); go({ date: (e.target as HTMLInputElement).value }); }} />
         </label>
       </form>
-      {date ? <p class="hint">The logical date filters the runs of the page shown (the API filters pipeline and state).</p> : null}
+      {date ? <p class="hint">Runs whose logical date is {date} at 00:00 UTC (the date a schedule or backfill gives a run).</p> : null}
       <ErrorLine error={page.error} />
       {!page.data ? (
         <Loading />
@@ -83,6 +97,7 @@ export function RunsPage(props: { query: URLSearchParams }) {
               <th scope="col">logical date</th>
               <th scope="col">created</th>
               <th scope="col">duration</th>
+              <th scope="col">started by</th>
               <th scope="col">executor</th>
             </tr>
           </thead>
@@ -101,6 +116,7 @@ export function RunsPage(props: { query: URLSearchParams }) {
                 <td>{fmtTime(r.logical_date)}</td>
                 <td>{fmtTime(r.created_at)}</td>
                 <td>{fmtDuration(r.started_at, r.ended_at)}</td>
+                <td data-testid="trigger">{r.trigger ?? "–"}</td>
                 <td>{r.executor}</td>
               </tr>
             ))}
@@ -196,7 +212,15 @@ function Json(props: { value: unknown; label: string }) {
   );
 }
 
-function TaskPanel(props: { run: RunDetail; task: TaskRun; lineage: Lineage[]; checks: Check[] }) {
+function TaskPanel(props: {
+  run: RunDetail;
+  task: TaskRun;
+  lineage: Lineage[];
+  checks: Check[];
+  // set only for roles that may retry (operator, admin)
+  onRetry?: (taskId: string) => void;
+  busy?: boolean;
+}) {
   const { run, task } = props;
   const [logs, setLogs] = useState<string | null>(null);
   const [logError, setLogError] = useState<string | null>(null);
@@ -224,6 +248,18 @@ function TaskPanel(props: { run: RunDetail; task: TaskRun; lineage: Lineage[]; c
         <dt>duration</dt>
         <dd>{fmtDuration(task.started_at, task.ended_at)}</dd>
       </dl>
+      {props.onRetry && TERMINAL.has(run.state) ? (
+        <div class="row actions">
+          <button
+            type="button"
+            disabled={props.busy}
+            onClick={() => props.onRetry!(task.task_id)}
+            title="Run this task and every task downstream of it again, in this run"
+          >
+            Retry from here
+          </button>
+        </div>
+      ) : null}
       {task.error_message ? (
         <p class="error" data-testid="task-error">
           <strong>{task.error_type ?? "error"}</strong>: {task.error_message}
@@ -417,7 +453,7 @@ export function RunPage(props: { id: string; me: Identity; task?: string | null 
   }, [def.data, def.error, r?.tasks.length]);
   if (!r) return run.error ? <ErrorLine error={run.error} /> : <Loading />;
   const states = Object.fromEntries(r.tasks.map((t) => [t.task_id, t.state]));
-  const act = async (what: "cancel" | "resume") => {
+  const act = async (what: string) => {
     setBusy(true);
     setActionError(null);
     try {
@@ -451,6 +487,8 @@ export function RunPage(props: { id: string; me: Identity; task?: string | null 
         <dd>{fmtTime(r.started_at)}</dd>
         <dt>duration</dt>
         <dd>{fmtDuration(r.started_at, r.ended_at)}</dd>
+        <dt>started by</dt>
+        <dd>{r.trigger ?? "–"}</dd>
         <dt>executor</dt>
         <dd>{r.executor}</dd>
         <dt>params</dt>
@@ -481,7 +519,16 @@ export function RunPage(props: { id: string; me: Identity; task?: string | null 
       ) : (
         <p aria-live="polite">Reading the graph…</p>
       )}
-      {task ? <TaskPanel run={r} task={task} lineage={extra.data?.[0] ?? []} checks={extra.data?.[1] ?? []} /> : null}
+      {task ? (
+        <TaskPanel
+          run={r}
+          task={task}
+          lineage={extra.data?.[0] ?? []}
+          checks={extra.data?.[1] ?? []}
+          onRetry={operator ? (id) => act(`tasks/${encodeURIComponent(id)}/retry`) : undefined}
+          busy={busy}
+        />
+      ) : null}
       <h2>Timeline</h2>
       <Gantt run={r} onSelect={setSelected} />
     </section>

@@ -63,6 +63,11 @@ class RunLauncher(Protocol):
         """Start a failed or cancelled run again from the tasks that did not succeed."""
         ...
 
+    def retry(self, run: RunRecord, pipeline: Pipeline, task_id: str) -> list[str]:
+        """Start an ended run again from ``task_id``: it and every task downstream of it go back to
+        pending, then the run resumes. Returns the ids reset; ``InputError`` while the run is live."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -138,6 +143,7 @@ class LocalLauncher:
             params=jsonable_params(values),
             logical_date=logical_date or datetime.now(UTC),
             executor="local",
+            trigger="api",
         )
         self._submit(pipeline, run.id)
         return run
@@ -155,6 +161,19 @@ class LocalLauncher:
                 raise InputError(f"run {run.id!r} is still running in process {run.owner}")
         self._submit(pipeline, run.id)
         return run
+
+    def retry(self, run: RunRecord, pipeline: Pipeline, task_id: str) -> list[str]:
+        from udop.spec.dag import downstream
+
+        if task_id not in {t.id for t in pipeline.spec.tasks}:
+            raise RunNotFound(f"run {run.id!r} has no task {task_id!r}")
+        with self._lock:  # the reset and the submission together: no resume or retry in between
+            if run.id in self._futures:
+                raise InputError(f"run {run.id!r} is still running in this server; retry once it has ended")
+            reset = self.store.reset_for_retry(run.id, [task_id, *downstream(pipeline, task_id)])
+            self._futures[run.id] = self._pool.submit(contextvars.copy_context().run, self._execute,
+                                                      pipeline, run.id)
+        return reset
 
     def cancel(self, run: RunRecord, *, reason: str) -> RunRecord:
         if is_terminal(run.state):

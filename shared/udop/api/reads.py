@@ -9,7 +9,8 @@ its correlation id, and answers these three only when the request is an ordinary
 
 * the credentials are in the authenticator's cache (verified before, not expired, not revoked) and
   hold at least the viewer role;
-* every query parameter the endpoint reads is well-formed and within its limits.
+* every query parameter the endpoint reads is well-formed and within its limits, and there is no
+  other (a filter only the route applies, such as ``logical_date``, or one it will refuse).
 
 Anything else (no or unknown credentials, a role too low, a bad parameter or cursor, a missing run, the
 store failing) goes on to the FastAPI route, which answers exactly as before (401/403 audited, 422, 400,
@@ -41,6 +42,7 @@ from udop.store.engine import is_memory
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from datetime import datetime
 
     from udop.api.deps import ApiContext
 
@@ -51,16 +53,29 @@ log = logging.getLogger("udop.api")
 _T = TypeVar("_T")
 _STATES = frozenset(s.value for s in RunState)
 _JSON_HEADERS = b"application/json"
+#: the query parameters of ``GET /runs`` answered here; any other (``logical_date``, ``trigger``, a typo)
+#: goes to the route, which applies it or refuses it: never a page silently unfiltered
+_PAGE_PARAMS = frozenset({"pipeline", "state", "limit", "cursor"})
 
 
 def runs_page_json(
-    ctx: ApiContext, pipeline: str | None, state: RunState | None, limit: int, before: str | None
+    ctx: ApiContext,
+    pipeline: str | None,
+    state: RunState | None,
+    limit: int,
+    before: str | None,
+    *,
+    logical_date: datetime | None = None,
+    trigger: str | None = None,
 ) -> bytes:
     """The JSON of a ``RunPage``: ``limit`` runs newest first and the cursor of the next page.
 
     ``RunNotFound`` when ``before`` names a run that no longer exists.
     """
-    runs = ctx.store.list_runs(pipeline=pipeline, state=state, limit=limit + 1, before=before)
+    runs = ctx.store.list_runs(
+        pipeline=pipeline, state=state, limit=limit + 1, before=before, logical_date=logical_date,
+        trigger=trigger,
+    )
     more = len(runs) > limit
     runs = runs[:limit]
     return run_page_json(runs, encode_cursor(runs[-1].id) if more and runs else None)
@@ -212,6 +227,8 @@ class FastReads:
     def _page(self, scope: Scope) -> Callable[[], bytes] | None:
         """The page of ``GET /runs`` the query asks for, or None when the route must judge the query."""
         query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+        if not query.keys() <= _PAGE_PARAMS:
+            return None
         pipeline = query.get("pipeline")
         if pipeline is not None and not 0 < len(pipeline) <= 200:
             return None

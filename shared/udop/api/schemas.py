@@ -187,6 +187,11 @@ class RunSummary(Body):
     ended_at: datetime | None = None
     error: str | None = None
     external_id: str | None = None
+    trigger: str | None = Field(
+        None,
+        description="how the run was started: cli, api, schedule, trigger (a file event) or backfill; "
+        "null for runs recorded before udop kept it",
+    )
 
     @classmethod
     def fields_of(cls, rec: RunRecord) -> dict[str, Any]:
@@ -204,6 +209,7 @@ class RunSummary(Body):
             "ended_at": rec.ended_at,
             "error": rec.error,
             "external_id": rec.external_id,
+            "trigger": rec.trigger,
         }
 
     @classmethod

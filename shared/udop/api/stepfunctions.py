@@ -89,7 +89,8 @@ class StepFunctionsLauncher:
         values = jsonable_params(resolve_params(pipeline, params))
         logical = logical_date or datetime.now(UTC)
         run_id, execution_arn, _ = start_run(
-            pipeline, params, store=self.store, sfn=self.sfn, run_id=run_id, logical_date=logical
+            pipeline, params, store=self.store, sfn=self.sfn, run_id=run_id, logical_date=logical,
+            trigger="api",
         )
         record = self.store.get_pipeline(pipeline.name)
         version = record.latest.version if record and record.latest else 1
@@ -103,6 +104,7 @@ class StepFunctionsLauncher:
                 logical_date=logical,
                 executor="stepfunctions",
                 external_id=execution_arn,
+                trigger="api",
             )
         except StoreError:
             existing = self.store.get_run(run_id)  # the run-events function recorded it first
@@ -129,6 +131,13 @@ class StepFunctionsLauncher:
             )
         redrive_run(run.id, store=self.store, sfn=self.sfn)
         return run
+
+    def retry(self, run: RunRecord, pipeline: Pipeline, task_id: str) -> list[str]:
+        # a redrive re-runs only what failed; a succeeded state of an execution cannot be run again
+        raise InputError(
+            f"run {run.id!r}: retrying from a task is not available on Step Functions; resume (redrive) "
+            "re-runs what failed, or trigger a new run"
+        )
 
     def close(self) -> None:
         pass

@@ -245,7 +245,8 @@ def _ensure_run(store: Any, run_id: str, pipeline: str, first: _Execution) -> An
     try:
         store.create_run(run_id=run_id, pipeline=pipeline, pipeline_version=version, task_ids=task_ids,
                          params=dict(ctx.get("params") or {}), logical_date=logical_date,
-                         executor="stepfunctions", external_id=first.arn)
+                         executor="stepfunctions", external_id=first.arn,
+                         trigger=_trigger(ctx.get("trigger")))
     except StoreError:
         if store.get_run(run_id) is None:  # not a concurrent writer creating it first: a real problem
             raise
@@ -419,3 +420,11 @@ def _sync_task(store: Any, run_id: str, record: Any, attempts: list[ExecutionAtt
                              task_state=task_state,
                              error_type=attempt.error_type, error_message=attempt.error_message,
                              result=result, log=attempt.log)
+
+
+def _trigger(value: Any) -> str | None:
+    """The execution input's ``trigger`` (an EventBridge schedule's is ``schedule``) when it is one udop
+    knows; anything else from an input someone else wrote is not recorded."""
+    from udop.store.api import RUN_TRIGGERS
+
+    return value if isinstance(value, str) and value in RUN_TRIGGERS else None

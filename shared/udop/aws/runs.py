@@ -86,7 +86,8 @@ def state_machine_arn(sfn: Any, pipeline: str) -> str:
 
 
 def start_run(pipeline: Any, params: Mapping[str, Any], *, store: Any, sfn: Any, run_id: str | None = None,
-              logical_date: datetime | None = None, data_bucket: str | None = None) -> tuple[str, str, str]:
+              logical_date: datetime | None = None, data_bucket: str | None = None,
+              trigger: str | None = None) -> tuple[str, str, str]:
     """Start an execution of the deployed pipeline; returns (run id, execution ARN, state machine ARN).
 
     ``data_bucket``: default the ``UDOP_DATA_BUCKET`` setting (the CLI passes the stack's output).
@@ -110,6 +111,8 @@ def start_run(pipeline: Any, params: Mapping[str, Any], *, store: Any, sfn: Any,
     logical = logical_date or datetime.now(UTC)
     run_ctx: dict[str, Any] = {"run_id": run_id, "params": values, "logical_date": logical.isoformat(),
                                "pipeline_version": version.version}
+    if trigger is not None:  # how it was started, for the run-events function that records the run
+        run_ctx["trigger"] = trigger
     if data_bucket := data_bucket or load_settings(AwsResources).data_bucket:
         # foreach Map states list the data bucket themselves; the runner defaults to its own setting
         run_ctx.update(data_bucket=data_bucket, data_prefix="")

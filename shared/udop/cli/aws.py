@@ -132,7 +132,8 @@ def _run(pipeline: Any, params: Mapping[str, Any], follow: bool, *, run_id: str 
     store = store or open_store()
     try:
         run_id, execution_arn, sm_arn = start_run(pipeline, params, store=store, sfn=sfn, run_id=run_id,
-                                                  logical_date=logical_date, data_bucket=data_bucket)
+                                                  logical_date=logical_date, data_bucket=data_bucket,
+                                                  trigger="cli")
         click.echo(f"run {run_id} started: {execution_arn}")
         if not follow:
             return 0

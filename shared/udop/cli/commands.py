@@ -192,6 +192,7 @@ def run(
                 on_new_version=on_new_version,
                 wait=wait,
                 on_wait=waiting,
+                trigger="cli",
             )
     except RunLimitReached:
         if not stopped_by:

@@ -136,6 +136,7 @@ def _run_json(r: Any) -> dict[str, Any]:
         "version": r.pipeline_version,
         "state": r.state.value,
         "executor": r.executor,
+        "trigger": r.trigger,
         "params": r.params,
         "logical_date": r.logical_date,
         "created_at": r.created_at,

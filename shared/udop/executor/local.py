@@ -218,8 +218,10 @@ class LocalExecutor:
         on_new_version: bool = False,
         wait: bool = False,
         on_wait: Callable[[str], None] | None = None,
+        trigger: str | None = None,
     ) -> RunRecord:
         """Run ``pipeline`` (or resume run ``run_id``) to the end and return its final record.
+        ``trigger``: how a new run was started, recorded with it (``udop.store.api.RUN_TRIGGERS``).
 
         Raises ``InputError`` (``SpecErrors``, a missing parameter, an unknown run, a resume whose
         definition changed without ``on_new_version``) before anything runs, and ``RunLimitReached``
@@ -230,7 +232,8 @@ class LocalExecutor:
         while True:
             try:
                 return self._run_once(pipeline, params, run_id=run_id, resume=resume,
-                                      logical_date=logical_date, on_new_version=on_new_version)
+                                      logical_date=logical_date, on_new_version=on_new_version,
+                                      trigger=trigger)
             except RunLimitReached as exc:
                 if not wait:
                     raise
@@ -249,6 +252,7 @@ class LocalExecutor:
         resume: bool,
         logical_date: datetime | None,
         on_new_version: bool,
+        trigger: str | None = None,
     ) -> RunRecord:
         if resume:
             if run_id is None:
@@ -271,6 +275,7 @@ class LocalExecutor:
                 params=jsonable_params(values),
                 logical_date=logical,
                 slot=self._slot(pipeline),
+                trigger=trigger,
             )
         active = _Run(self, pipeline, run.id, values, logical)
         notify = self.on_event  # with UDOP_OPENLINEAGE=1 the run's events go to OpenLineage too

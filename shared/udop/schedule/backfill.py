@@ -200,7 +200,7 @@ class BackfillRunner:
                 executor.run(self.pipeline, run_id=run_id, resume=True, wait=True)
             else:
                 executor.run(self.pipeline, params=record.params, run_id=run_id, logical_date=logical,
-                             wait=True)
+                             wait=True, trigger="backfill")
         except RunLimitReached:  # stopped while waiting for a slot (cancelled)
             pass
         except UdopError as exc:

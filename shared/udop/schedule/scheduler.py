@@ -76,6 +76,8 @@ class Fired:
     #: claimed as a trigger event (a file, an upstream run), not as a row of ``schedule_ticks``
     event: str | None = None
     future: Future[None] | None = field(default=None, repr=False)
+    #: how its run is recorded as started: a schedule's tick, or a file trigger's event
+    trigger: str = "schedule"
 
 
 def jitter_offset(pipeline: str, jitter: int) -> timedelta:
@@ -234,7 +236,7 @@ class Scheduler:
             if not self.ticks.claim_event(name, event, self.owner, run_id):
                 continue
             params = {trigger.param: str(path)} if trigger.param else {}
-            fired = Fired(name, now, run_id=run_id, params=params, event=event)
+            fired = Fired(name, now, run_id=run_id, params=params, event=event, trigger="trigger")
             fired.future = self._pool.submit(self._start, sp, fired)
             won.append(fired)
         return won
@@ -270,7 +272,7 @@ class Scheduler:
             if not self.ticks.claim_event(name, event, self.owner, run_id):
                 continue
             params = {after.param: upstream_id} if after.param else {}
-            fired = Fired(name, logical_date, run_id=run_id, params=params, event=event)
+            fired = Fired(name, logical_date, run_id=run_id, params=params, event=event, trigger="trigger")
             fired.future = self._pool.submit(self._start, sp, fired)
             won.append(fired)
         return won
@@ -315,7 +317,8 @@ class Scheduler:
             with self._lock:
                 self._executors[run_id] = executor
             try:
-                executor.run(pipeline, params=fired.params, run_id=run_id, logical_date=fired.tick)
+                executor.run(pipeline, params=fired.params, run_id=run_id, logical_date=fired.tick,
+                             trigger=fired.trigger)
             finally:
                 with self._lock:
                     self._executors.pop(run_id, None)

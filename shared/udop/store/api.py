@@ -14,6 +14,9 @@ from typing import Any, Protocol
 
 from udop.states import AttemptState, RunState, TaskState
 
+#: how a run can be started, as ``RunRecord.trigger`` records it
+RUN_TRIGGERS: tuple[str, ...] = ("cli", "api", "schedule", "trigger", "backfill")
+
 
 @dataclass(frozen=True)
 class PipelineVersionRecord:
@@ -111,6 +114,9 @@ class RunRecord:
     external_id: str | None = None  # the execution ARN on AWS
     owner: str | None = None  # "pid@host" of the local process running it
     lease_expires_at: datetime | None = None  # renewed by the owner while it runs
+    #: how the run was started: "cli", "api", "schedule", "trigger" (a file event), "backfill"; None for a
+    #: run recorded before udop kept it, or created by a caller that did not say
+    trigger: str | None = None
     # filled by get_run, find_run_by_external_id and create_run; empty from list_runs and set_run_state
     tasks: list[TaskRunRecord] = field(default_factory=list)
 
@@ -147,11 +153,13 @@ class MetadataStore(Protocol):
     # runs
     def create_run(self, *, run_id: str, pipeline: str, pipeline_version: int, task_ids: list[str],
                    params: dict[str, Any], logical_date: datetime, executor: str = "local",
-                   external_id: str | None = None, slot: RunSlot | None = None) -> RunRecord: ...
+                   external_id: str | None = None, slot: RunSlot | None = None,
+                   trigger: str | None = None) -> RunRecord: ...
     def get_run(self, run_id: str) -> RunRecord | None: ...
     def find_run_by_external_id(self, external_id: str) -> RunRecord | None: ...
     def list_runs(self, *, pipeline: str | None = None, state: RunState | None = None, limit: int = 50,
-                  before: str | None = None, logical_date: datetime | None = None) -> list[RunRecord]: ...
+                  before: str | None = None, logical_date: datetime | None = None,
+                  trigger: str | None = None) -> list[RunRecord]: ...
     def set_run_state(self, run_id: str, state: RunState, *, error: str | None = None,
                       owner: str | None = None) -> RunRecord: ...
 
@@ -163,6 +171,7 @@ class MetadataStore(Protocol):
                        log: dict[str, Any] | None = None) -> None: ...
     def set_task_states(self, run_id: str, task_ids: list[str], state: TaskState,
                         *, error_message: str | None = None) -> None: ...
+    def reset_for_retry(self, run_id: str, task_ids: list[str]) -> list[str]: ...
     def reset_for_resume(self, run_id: str, *, slot: RunSlot | None = None,
                          pipeline_version: int | None = None) -> list[str]: ...
     def renew_lease(self, run_id: str, owner: str, lease_seconds: float) -> bool: ...

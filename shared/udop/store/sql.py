@@ -350,9 +350,11 @@ class SqlMetadataStore:
 
     def create_run(self, *, run_id: str, pipeline: str, pipeline_version: int, task_ids: list[str],
                    params: dict[str, Any], logical_date: datetime, executor: str = "local",
-                   external_id: str | None = None, slot: RunSlot | None = None) -> RunRecord:
+                   external_id: str | None = None, slot: RunSlot | None = None,
+                   trigger: str | None = None) -> RunRecord:
         """Record a new run, pending; with ``slot``, running under its owner and lease instead, in
-        the same transaction that checks ``slot.max_active`` (``RunLimitReached`` if it is full)."""
+        the same transaction that checks ``slot.max_active`` (``RunLimitReached`` if it is full).
+        ``trigger``: how it was started (``RUN_TRIGGERS``)."""
         now = _now()
         state = RunState.PENDING if slot is None else RunState.RUNNING
         owner = slot.owner if slot is not None else None
@@ -361,7 +363,7 @@ class SqlMetadataStore:
         row = {"id": run_id, "pipeline": pipeline, "pipeline_version": pipeline_version,
                "state": state.value, "executor": executor, "params": params,
                "logical_date": logical_date, "created_at": now, "external_id": external_id,
-               "owner": owner, "started_at": started, "lease_expires_at": lease}
+               "owner": owner, "started_at": started, "lease_expires_at": lease, "trigger": trigger}
         try:
             stored_params = json.loads(json_dumps(params))  # what get_run will return
         except (TypeError, ValueError) as exc:
@@ -382,7 +384,7 @@ class SqlMetadataStore:
         return RunRecord(id=run_id, pipeline=pipeline, pipeline_version=pipeline_version,
                          state=state, executor=executor, params=stored_params,
                          logical_date=stored_date.astimezone(UTC), created_at=now, external_id=external_id,
-                         started_at=started, owner=owner, lease_expires_at=lease,
+                         started_at=started, owner=owner, lease_expires_at=lease, trigger=trigger,
                          tasks=[TaskRunRecord(task_id=t, state=TaskState.PENDING) for t in task_ids])
 
     def _explain_create_failure(self, run_id: str, pipeline: str, version: int, task_ids: list[str],
@@ -471,17 +473,22 @@ class SqlMetadataStore:
         return _run(head, tasks)
 
     def list_runs(self, *, pipeline: str | None = None, state: RunState | None = None, limit: int = 50,
-                  before: str | None = None, logical_date: datetime | None = None) -> list[RunRecord]:
+                  before: str | None = None, logical_date: datetime | None = None,
+                  trigger: str | None = None) -> list[RunRecord]:
         """Runs newest first; ``before`` is the id of a run: only runs created before it are listed.
-        ``logical_date``: only runs of that logical date (the one a schedule or backfill gave them)."""
+        ``logical_date``: only runs of that logical date (the one a schedule or backfill gave them);
+        ``trigger``: only runs started that way."""
         if limit <= 0:
             return []
-        if self._sqlite and logical_date is None:  # the hot read (GET /runs); a date filter is rarer
+        # the hot read (GET /runs); a date or trigger filter is rarer
+        if self._sqlite and logical_date is None and trigger is None:
             with self._sqlite_read() as db:
                 return sqlite_reads.list_runs(db, pipeline=pipeline, state=state, limit=limit, before=before)
         stmt = select(runs).order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit)
         if logical_date is not None:
             stmt = stmt.where(runs.c.logical_date == logical_date)
+        if trigger is not None:
+            stmt = stmt.where(runs.c.trigger == trigger)
         if pipeline is not None:
             stmt = stmt.where(runs.c.pipeline == pipeline)
         if state is not None:
@@ -711,6 +718,40 @@ class SqlMetadataStore:
             conn.execute(update(runs).where(runs.c.id == run_id).values(**values))
         return [t for t, _ in rows]
 
+    def reset_for_retry(self, run_id: str, task_ids: list[str]) -> list[str]:
+        """Queue an ended run again with ``task_ids`` (a task and everything downstream of it) back to
+        pending, whatever their state, in one transaction; their results, lineage and checks are
+        cleared, their attempts kept (the next attempt numbers follow on). The run becomes pending,
+        with no owner, for an executor's resume to take over (which also runs again every other task
+        that did not succeed).
+
+        The one move out of ``succeeded`` there is: an operator's explicit request, never an
+        executor's (``udop.states`` still refuses it to them). ``TransitionError`` while the run is
+        pending or running: it must end (or be cancelled) first. Returns the ids reset, in task order.
+        """
+        ids = list(dict.fromkeys(task_ids))
+        with self._write() as conn:
+            current = conn.execute(select(runs.c.state).where(runs.c.id == run_id).with_for_update()).scalar()
+            if current is None:
+                raise RunNotFound(f"no run {run_id!r} in the metadata store")
+            if not is_terminal(RunState(current)):
+                raise TransitionError(f"run {run_id!r} is {current}; retry a task once the run has ended "
+                                      "(or cancel it first)")
+            found = [t for (t,) in conn.execute(
+                select(task_runs.c.task_id).where(task_runs.c.run_id == run_id, task_runs.c.task_id.in_(ids))
+                .order_by(task_runs.c.position).with_for_update()).all()]
+            if missing := [t for t in ids if t not in found]:
+                raise RunNotFound(f"run {run_id!r} has no task {missing[0]!r}")
+            conn.execute(update(task_runs)
+                         .where(task_runs.c.run_id == run_id, task_runs.c.task_id.in_(ids))
+                         .values(state=TaskState.PENDING.value, started_at=None, ended_at=None,
+                                 error_type=None, error_message=None, result=None))
+            for table in (lineage, check_results):
+                conn.execute(delete(table).where(table.c.run_id == run_id, table.c.task_id.in_(ids)))
+            conn.execute(update(runs).where(runs.c.id == run_id).values(
+                state=RunState.PENDING.value, ended_at=None, error=None, owner=None, lease_expires_at=None))
+        return found
+
     # --- diagnosis of a refused change (inside the failing transaction, which then rolls back) -----
 
     def _raise_missing(self, conn: Connection, run_id: str, task_id: str) -> NoReturn:
@@ -789,18 +830,19 @@ def _version(row: Row[Any], **override: Any) -> PipelineVersionRecord:
 
 #: the column order ``_run`` unpacks; every caller selects ``runs``' columns in table order
 _RUN_COLUMNS = ("id", "pipeline", "pipeline_version", "state", "executor", "params", "logical_date",
-                "created_at", "started_at", "ended_at", "error", "external_id", "owner", "lease_expires_at")
+                "created_at", "started_at", "ended_at", "error", "external_id", "owner", "lease_expires_at",
+                "trigger")
 assert tuple(runs.c.keys()) == _RUN_COLUMNS, "runs' columns changed: update _run"
 
 
 def _run(row: Sequence[Any], tasks: Iterable[TaskRunRecord] = ()) -> RunRecord:
-    # unpacked by position: reading 14 columns by name cost more than the query of a GET /runs page
+    # unpacked by position: reading 15 columns by name cost more than the query of a GET /runs page
     (id_, pipeline, version, state, executor, params, logical_date, created_at, started_at, ended_at,
-     error, external_id, owner, lease_expires_at) = cast("tuple[Any, ...]", row)  # a Row is a tuple
+     error, external_id, owner, lease_expires_at, trigger) = cast("tuple[Any, ...]", row)  # a Row is a tuple
     return RunRecord(id=id_, pipeline=pipeline, pipeline_version=version, state=RunState(state),
                      executor=executor, params=params, logical_date=logical_date, created_at=created_at,
                      started_at=started_at, ended_at=ended_at, error=error, external_id=external_id,
-                     owner=owner, lease_expires_at=lease_expires_at, tasks=list(tasks))
+                     owner=owner, lease_expires_at=lease_expires_at, trigger=trigger, tasks=list(tasks))
 
 
 def _lineage_output(result: dict[str, Any]) -> dict[str, Any] | None:

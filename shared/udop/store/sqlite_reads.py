@@ -106,7 +106,7 @@ def _make(cls: type[_R], values: dict[str, Any]) -> _R:
 
 def _run(row: tuple[Any, ...], tasks: list[TaskRunRecord]) -> RunRecord:
     (id_, pipeline, version, state, executor, params, logical_date, created_at, started_at, ended_at,
-     error, external_id, owner, lease_expires_at) = row
+     error, external_id, owner, lease_expires_at, trigger) = row
     return _make(RunRecord, {
         "id": id_, "pipeline": pipeline, "pipeline_version": version,
         "state": _RUN_STATES.get(state) or RunState(state), "executor": executor, "params": _json(params),
@@ -115,7 +115,8 @@ def _run(row: tuple[Any, ...], tasks: list[TaskRunRecord]) -> RunRecord:
         "started_at": None if started_at is None else _ts(started_at),
         "ended_at": None if ended_at is None else _ts(ended_at),
         "error": error, "external_id": external_id, "owner": owner,
-        "lease_expires_at": None if lease_expires_at is None else _ts(lease_expires_at), "tasks": tasks})
+        "lease_expires_at": None if lease_expires_at is None else _ts(lease_expires_at), "trigger": trigger,
+        "tasks": tasks})
 
 
 def list_runs(db: sqlite3.Connection, *, pipeline: str | None, state: RunState | None, limit: int,

@@ -116,6 +116,8 @@ runs = Table(
     Column("owner", String()),  # "pid@host" of the local process running it
     # renewed by that process while it runs; a run whose lease expired counts as dead (max_active_runs)
     Column("lease_expires_at", UTCDateTime()),
+    # how the run was started: cli, api, schedule, trigger (a file event), backfill; NULL before 0007
+    Column("trigger", String(16)),
     # deleting a pipeline deletes its runs and everything under them
     ForeignKeyConstraint(["pipeline", "pipeline_version"],
                          ["pipeline_versions.pipeline", "pipeline_versions.version"], ondelete="CASCADE"),
@@ -125,6 +127,7 @@ runs = Table(
     Index(None, "state", "created_at", "id"),
     Index(None, "pipeline", "state", "created_at", "id"),  # both filters at once (revision 0004)
     Index(None, "logical_date", "created_at"),  # runs list --logical-date (revision 0005)
+    Index(None, "trigger", "created_at", "id"),  # GET /runs?trigger= (revision 0007)
 )
 
 task_runs = Table(

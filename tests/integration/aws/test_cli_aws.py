@@ -89,6 +89,7 @@ def test_deploy_run_fail_redrive_and_runs_show_from_the_command_line(
     shown = json.loads(out)
     assert shown["state"] == "failed"
     assert shown["executor"] == "stepfunctions"
+    assert shown["trigger"] == "cli"  # carried in the execution input to the record of the run
     assert {t["task_id"]: t["state"] for t in shown["tasks"]} == {"numbers": "succeeded", "big": "failed"}
 
     cli_env.set_flag(flag, False)

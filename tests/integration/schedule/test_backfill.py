@@ -28,6 +28,7 @@ def test_a_backfill_runs_each_logical_date_once_and_runs_list_filters_by_it(proj
     code, out, _ = cli("runs", "list", "--logical-date", "2024-01-02", "--json")
     [run] = json.loads(out)
     assert run["id"] == body["dates"][1]["run_id"]
+    assert run["trigger"] == "backfill"
     assert run["logical_date"].startswith("2024-01-02 00:00:00")
     code, out, _ = cli("runs", "list")
     assert "LOGICAL DATE" in out and "2024-01-03 00:00:00" in out

@@ -88,6 +88,7 @@ def test_a_daily_schedule_fires_once_per_day_through_both_dst_changes(
     assert _logical_dates(store) == [_utc(2026, 3, 28, 1, 30), _utc(2026, 3, 29, 1, 0),
                                      _utc(2026, 3, 30, 0, 30)]
     assert all(r.state == "succeeded" for r in store.list_runs(pipeline="demo"))
+    assert {r.trigger for r in store.list_runs(pipeline="demo")} == {"schedule"}  # recorded as started
     # fall back: 2026-10-25 02:30 Paris happens twice; one run (a pipeline the store has not seen)
     fall = _scheduled(project, {"cron": "30 2 * * *", "timezone": "Europe/Paris"}, name="fall",
                       file="fall.yaml")
@@ -339,6 +340,7 @@ def test_a_file_landing_starts_one_run_per_file_version_with_the_file_as_paramet
         _race(schedulers, clock, minutes=2)  # both poll, at the same moments
         runs = stores[0].list_runs(pipeline="landing")
         assert [r.params for r in runs] == [{"file": str(folder / "a.csv")}]
+        assert runs[0].trigger == "trigger"  # started by a file event, not a schedule's tick
         run = stores[0].get_run(runs[0].id)
         assert run is not None and run.state == "succeeded"
         assert run.tasks[0].result is not None

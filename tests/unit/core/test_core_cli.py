@@ -33,6 +33,7 @@ def test_init_then_run_the_example_then_look_at_it(cli: Any, tmp_path: Path) -> 
     listed = json.loads(out)
     assert [r["id"] for r in listed] == [run_id] and listed[0]["state"] == "succeeded"
     assert listed[0]["params"] == {"orders": 500, "seed": 7}
+    assert listed[0]["trigger"] == "cli"
     code, out, _ = cli("runs", "show", run_id, cwd=project)
     assert code == 0
     for task in ("orders", "regions", "totals", "report"):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
@@ -19,7 +20,7 @@ from udop.api.schemas import (
     RunPage,
     RunRequest,
 )
-from udop.errors import RunNotFound
+from udop.errors import InputError, RunNotFound
 from udop.lineage.columns import task_column_lineage
 from udop.spec.models import Pipeline
 from udop.states import RunState
@@ -28,6 +29,8 @@ from udop.store.api import RunRecord
 router = APIRouter(tags=["runs"])
 
 RunId = Annotated[str, Path(description="the run's id", max_length=100)]
+#: ``udop.store.api.RUN_TRIGGERS``
+Trigger = Literal["cli", "api", "schedule", "trigger", "backfill"]
 
 
 def _pipeline_version(ctx: ApiContext, name: str, version: int | None = None) -> Pipeline:
@@ -83,14 +86,28 @@ def trigger_run(
 async def list_runs(
     _: Viewer,
     ctx: Ctx,
+    *,
     pipeline: Annotated[str | None, Query(max_length=200)] = None,
     state: RunState | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[
         str | None, Query(max_length=400, description="the previous page's next_cursor")
     ] = None,
+    logical_date: Annotated[
+        str | None,
+        Query(
+            max_length=40,
+            description="only runs of this logical date: an ISO date (midnight UTC) or datetime (UTC "
+            "when it has no offset), as `udop runs list --logical-date` reads it",
+        ),
+    ] = None,
+    trigger: Annotated[
+        Trigger | None,
+        Query(description="only runs started this way (runs recorded before udop kept it have none)"),
+    ] = None,
 ) -> Response:
     """Newest first."""
+    logical = _logical_date(logical_date)
     before = None
     if cursor:
         try:
@@ -100,7 +117,7 @@ async def list_runs(
 
     def page() -> bytes:
         try:
-            return runs_page_json(ctx, pipeline, state, limit, before)
+            return runs_page_json(ctx, pipeline, state, limit, before, logical_date=logical, trigger=trigger)
         except RunNotFound:
             raise HTTPException(
                 400, "the cursor's run no longer exists; start again without a cursor"
@@ -109,6 +126,17 @@ async def list_runs(
     # the store call and the JSON in one trip to a worker thread: the event loop never waits on the
     # database, and the request pays one thread hand-off, not one per dependency and handler
     return _json(await run_in_threadpool(page))
+
+
+def _logical_date(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    from udop.schedule.backfill import parse_date
+
+    try:
+        return parse_date(text, what="logical_date")
+    except InputError as exc:
+        raise HTTPException(422, str(exc)) from None
 
 
 @router.get("/runs/{run_id}", response_model=RunDetail, responses={404: {"model": Problem}})
@@ -145,6 +173,29 @@ def resume_run(request: Request, run_id: RunId, _: Operator, ctx: Ctx) -> RunAcc
     ctx.launcher.resume(run, pipeline)
     request.state.audit_detail = f"run {run_id} resumed"
     return _accepted(run, RunState.RUNNING if run.state != RunState.PENDING else RunState.PENDING)
+
+
+@router.post(
+    "/runs/{run_id}/tasks/{task_id}/retry",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={404: {"model": Problem}, 409: {"model": Problem}},
+)
+def retry_task(
+    request: Request,
+    run_id: RunId,
+    task_id: Annotated[str, Path(description="the task to run again, with everything downstream of it",
+                                 max_length=200)],
+    _: Operator,
+    ctx: Ctx,
+) -> RunAccepted:
+    """Run an ended run again from a task: it and every task downstream of it go back to pending, then
+    the run resumes as ``/resume`` does (tasks elsewhere that did not succeed run again too). 409 while
+    the run is pending or running."""
+    run = _run(ctx, run_id)
+    pipeline = _pipeline_version(ctx, run.pipeline, run.pipeline_version)
+    reset = ctx.launcher.retry(run, pipeline, task_id)
+    request.state.audit_detail = f"run {run_id} retried from task {task_id} ({len(reset)} tasks reset)"
+    return _accepted(run, RunState.PENDING)
 
 
 @router.get("/runs/{run_id}/lineage", responses={404: {"model": Problem}})
