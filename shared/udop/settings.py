@@ -147,6 +147,8 @@ class AwsResources(UdopSettings):
         None, description="the role EventBridge Scheduler starts runs as; unset: deploys touch no schedule"
     )
     schedule_group: str = Field("default", description="the EventBridge Scheduler group of udop's schedules")
+    trigger_function_arn: str | None = Field(
+        None, description="the function S3 trigger rules target (starts a run per object version)")
 
 
 class ProcessSettings(UdopSettings):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -115,8 +114,10 @@ class S3TriggerTarget:
     def from_env(cls, events: Any = None, s3: Any = None) -> S3TriggerTarget | None:
         """From ``UDOP_TRIGGER_FUNCTION_ARN`` and ``UDOP_DATA_BUCKET`` (the CDK stack's outputs); None
         when not set: then no rule is touched and the deploy result says so."""
-        function_arn = os.environ.get("UDOP_TRIGGER_FUNCTION_ARN")
-        bucket = os.environ.get("UDOP_DATA_BUCKET")
+        from udop.settings import AwsResources, load_settings
+
+        resources = load_settings(AwsResources)
+        function_arn, bucket = resources.trigger_function_arn, resources.data_bucket
         if not function_arn or not bucket:
             return None
         import boto3
