@@ -33,7 +33,17 @@ def test_the_run_record_is_the_tables(make, scenario: Scenario, tmp_path: Path, 
     with make(monkeypatch, tmp_path) as executor:
         run_id, record = executor.run(path, cancel)
         flag.unlink(missing_ok=True)
-        assert record == _expected(scenario.expected, scenario, executor.name)
+        expected = _expected(scenario.expected, scenario, executor.name)
+        if record != expected and cancel is not None and executor.name == "stepfunctions":
+            # moto ends a stopped execution only when its running Task call returns (AWS ends it at
+            # once), so the stop and the task's return can race there; seen once in a full run. One
+            # more try of the whole scenario; a second difference fails.
+            (log_dir / f"{scenario.cancel_at}.calls").unlink(missing_ok=True)
+            if scenario.flag:
+                flag.write_text("set")
+            run_id, record = executor.run(path, cancel)
+            flag.unlink(missing_ok=True)
+        assert record == expected
         if scenario.resumed is not None:
             after = executor.resume(path, run_id)
             assert after == _expected(scenario.resumed, scenario, executor.name)

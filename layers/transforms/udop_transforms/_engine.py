@@ -17,7 +17,7 @@ from typing import Any
 import duckdb
 import pyarrow.parquet as pq
 
-from udop.errors import FatalError
+from udop.errors import FatalError, TaskTimeout
 from udop.sandbox import Policy, current
 from udop.settings import get_settings
 from udop.tasks.contract import Manifest, TaskContext
@@ -114,12 +114,23 @@ class Session:
         self.cleanup = ExitStack()
         #: inputs read as a subquery rather than a view (a fused transform's query and its parameters)
         self.deferred: dict[str, tuple[str, dict[str, Any]]] = {}
+        #: set when the executor told the attempt to stop (timeout, cancel, Lambda deadline)
+        self._cancel: threading.Event | None = context.cancel_event if context is not None else None
         if context is not None:
             if context.on_cancel is not None:
                 context.on_cancel(self.con.interrupt)
             # executors that only set cancel_event (the Lambda task runner near its deadline) stop us too
             threading.Thread(target=self._watch, args=(context.cancel_event,), daemon=True,
                              name=f"udop-cancel-{context.task_id}").start()
+
+    def check_not_stopped(self) -> None:
+        """Raise if the attempt was told to stop: called right before a target is published, since
+        DuckDB's interrupt only stops a query already running (a stop that came before the COPY, or
+        after it and before the rename, would otherwise publish the output of an attempt the executor
+        already recorded as timed out or cancelled)."""
+        if self._cancel is not None and self._cancel.is_set():
+            raise TaskTimeout("the attempt was told to stop (timeout or cancel) before its output was "
+                              "published; the target is unchanged")
 
     def _watch(self, cancel: threading.Event) -> None:
         while not self._closed.is_set():

@@ -122,6 +122,7 @@ def write_target(session: Session, sql: str, params: dict[str, Any], target: Any
         try:
             copy = f"COPY ({query}) TO {literal(str(tmp))} ({_copy_options(connector, target)})"
             written = session.con.execute(copy, params or None).fetchone()
+            session.check_not_stopped()
             _file_marker(final).touch()
             faults.point("load-before-commit")
             os.replace(tmp, final)
@@ -137,6 +138,7 @@ def write_target(session: Session, sql: str, params: dict[str, Any], target: Any
         row = session.con.execute(f"COPY ({sql}) TO {literal(str(copy_to))} ({options})",
                                   params or None).fetchone()
         rows = int(row[0]) if row else 0
+        session.check_not_stopped()
         _file_marker(final).touch()
         faults.point("load-before-commit")
         if target.mode == "overwrite" or not final.exists():

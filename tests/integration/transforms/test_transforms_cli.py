@@ -109,7 +109,7 @@ def test_a_load_that_fails_while_writing_keeps_the_previous_output(root):
         f"FROM range(500000)) TO '{root / 'orders.parquet'}' (FORMAT parquet)"
     )
     (root / "pipeline.yaml").write_text(
-        COPY_PIPELINE.replace("      depends_on: [orders]\n", "      depends_on: [orders]\n      timeout: 200ms\n")
+        COPY_PIPELINE.replace("      depends_on: [orders]\n", "      depends_on: [orders]\n      timeout: 20ms\n")
     )
     second = udop(root, "run", "pipeline.yaml", "--no-progress")
     output = second.stdout + second.stderr
