@@ -22,6 +22,12 @@ from typing import Any
 
 import httpx
 import pytest
+
+# anyio imports its file module lazily, on the first static file a server thread sends; under pytest that
+# import goes through assertion rewriting (ast.parse), and CPython 3.11's parser is not safe against a
+# parse running in the main thread at the same time ("AST constructor recursion depth mismatch").
+# Imported here, in the main thread, before any server starts.
+from anyio import open_file as _anyio_open_file  # noqa: F401
 from tests.integration.api.conftest import SECRET, LiveServer, bearer, make_token
 
 CHROMIUM = Path(os.environ.get("UDOP_CHROMIUM", "/usr/bin/chromium"))
