@@ -11,6 +11,8 @@ behind, so handling the same event twice, or events out of order, changes nothin
 from __future__ import annotations
 
 import json
+import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -84,16 +86,22 @@ def record_status_event(event: dict[str, Any], *, store: Any, sfn: Any, s3: Any 
     run_id = str((run_input.get("run") or {}).get("run_id") or run_id_of_execution(name))
     # not named after its run (e.g. started by a schedule): one execution, one run
     arns = [arn] if run_id != run_id_of_execution(name) else run_execution_arns(arn, run_id, name)
-    for attempt in range(3):
+    for attempt in range(_SYNC_TRIES):
         try:
             return sync_run(store, sfn, state_machine_arn=sm_arn, run_id=run_id, execution_arns=arns, s3=s3,
                             data_bucket=data_bucket)
         except TransitionError:
             # another writer (a concurrent event, `udop run` following the run) got there first:
-            # read the store again and write only what is still missing
-            if attempt == 2:
+            # read the store again and write only what is still missing; a random pause so that
+            # several instances delivered the same events at once do not collide again and again
+            if attempt == _SYNC_TRIES - 1:
                 raise
+            time.sleep(random.uniform(0, 0.05 * (attempt + 1)))
     return None
+
+
+#: how many times a status event re-reads the store after another writer got there first
+_SYNC_TRIES = 8
 
 
 def _json(text: Any) -> dict[str, Any]:
