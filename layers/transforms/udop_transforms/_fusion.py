@@ -24,7 +24,7 @@ from typing import Any
 from udop.lineage.columns import column_lineage
 from udop.spec.data_tasks import FILE_CONNECTORS, CheckStep, data_inputs
 from udop.tasks.contract import Manifest, TaskContext, TaskResult
-from udop_transforms._engine import Session, fingerprint, publish_dir, scratch_dir
+from udop_transforms._engine import Session, publish_dir, query_fingerprint, scratch_dir
 from udop_transforms._views import VIEW_FORMAT, VIEW_NAME, compile_transform, view_query
 
 __all__ = ["VIEW_FORMAT", "VIEW_NAME", "fusable", "run_fused", "view_query"]
@@ -72,8 +72,7 @@ def _record_view(context: TaskContext, task: Any, inputs: Mapping[str, TaskResul
     with Session(memory_limit=task.memory_limit, context=context) as session:
         columns, sql, params = compile_transform(session, context, task, inputs, widen=False,
                                                  register=_register_inputs)
-        empty = session.con.sql(f"SELECT * FROM ({sql}) LIMIT 0", params=params or None)
-        schema = empty.to_arrow_table().schema
+        schema_fp = query_fingerprint(session, f"SELECT * FROM ({sql})", params)
     relations = {name: [c[0] for c in cols] for name, cols in columns.items()}
     lineage = column_lineage(sql, relations)
     recipe = {"version": 1, "task": task.id, "attempt": context.attempt,
@@ -85,7 +84,7 @@ def _record_view(context: TaskContext, task: Any, inputs: Mapping[str, TaskResul
         publish_dir(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    manifest = Manifest(uri=context.output_uri, rows=None, bytes=0, schema_fingerprint=fingerprint(schema),
+    manifest = Manifest(uri=context.output_uri, rows=None, bytes=0, schema_fingerprint=schema_fp,
                         format=VIEW_FORMAT, files=0)
     return TaskResult(output=manifest,
                       inputs=tuple(_input_manifest(task.id, d, inputs).uri for d in data_inputs(task)),

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow.parquet as pq
 
 from udop import faults
 from udop.errors import DataQualityError, FatalError, InputError, TaskTimeout
@@ -35,6 +34,7 @@ from udop_transforms._engine import (
     fingerprint,
     manifest_for,
     publish_dir,
+    query_fingerprint,
     scratch_dir,
 )
 from udop_transforms._files import SNIFF_ROWS, diagnose_csv, matching_files, reader_sql, write_target
@@ -282,10 +282,10 @@ def _snapshot_files(context: TaskContext, task: Any, path: str, files: tuple[Sou
             session.register_view("_source", reader_sql(snap.connector, local, snap), widen_decimals=False)
             # Parquet row counts come from the footers; DuckDB answers count(*) without a scan
             row = session.con.execute("SELECT count(*) FROM _source").fetchall()[0]
-            schema = session.con.sql("SELECT * FROM _source LIMIT 0").to_arrow_table().schema
+            schema_fp = query_fingerprint(session, "SELECT * FROM _source")
         except duckdb.Error as exc:
             raise FatalError(f"task {task.id!r}: source {path}: {clean_error(exc)}") from None
-    snap = dataclasses.replace(snap, rows=int(row[0]) if row else 0, schema_fingerprint=fingerprint(schema))
+    snap = dataclasses.replace(snap, rows=int(row[0]) if row else 0, schema_fingerprint=schema_fp)
     manifest = write_snapshot(snap, context.output_uri)
     return TaskResult(output=manifest, inputs=(path,),
                       metrics={"rows": manifest.rows, "files_read": len(files), "read_in_place": True})
@@ -469,6 +469,8 @@ def run_load(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult]) 
                                           token=entry.key[:16])
         state.set(ledger_key, json.dumps({"rows": rows, "files": [str(f) for f in files]}), ttl=15 * 86400.0)
     if target.connector == "parquet":
+        import pyarrow.parquet as pq  # only for a Parquet target: most runs never need pyarrow
+
         total: int | None = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
     else:
         total = rows if target.mode == "overwrite" else None

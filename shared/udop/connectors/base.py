@@ -6,9 +6,8 @@ import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NoReturn
 
-import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from udop.connectors.breaker import BreakerSettings, CircuitBreaker
@@ -17,6 +16,9 @@ from udop.errors import ConnectionFailed, FatalError
 from udop.lineage.naming import Dataset
 from udop.spec.types import Duration
 from udop.state.api import StateStore
+
+if TYPE_CHECKING:  # pyarrow only in signatures here: a run that never reads a connector never imports it
+    import pyarrow as pa
 
 __all__ = ["Connector", "ConnectorSettings", "IncrementalSpec", "LoadEntry", "WriteMode"]
 

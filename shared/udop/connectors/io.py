@@ -12,10 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING, Any
 
 from udop import faults
 from udop.connectors import watermark as wm
@@ -25,6 +22,10 @@ from udop.errors import ConfigError, FatalError, TaskTimeout
 from udop.state.api import StateStore
 from udop.tasks.contract import Manifest, TaskContext, TaskResult
 from udop.tasks.datasets import schema_fingerprint
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
 __all__ = [
     "commit_watermarks",
@@ -107,6 +108,8 @@ def _s3_client(context: TaskContext | None) -> Any:
 
 
 def _conform(batch: pa.RecordBatch, schema: pa.Schema, where: str) -> pa.RecordBatch:
+    import pyarrow as pa  # where used: a file load's ledger (load_entry, state_for) needs no pyarrow
+
     if batch.schema.equals(schema):
         return batch
     if set(batch.schema.names) - set(schema.names):
@@ -142,6 +145,9 @@ def write_parquet(
     """Stream ``batches`` into ``<output_uri>/part-00000.parquet`` atomically: readers see the old
     output or the complete new one, never a part (local: temp dir + rename; S3: one PUT per file,
     then stale files of an earlier attempt are removed)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     staging = (
         Path(tempfile.mkdtemp(prefix="udop-extract-"))
         if _is_s3(output_uri)
@@ -240,6 +246,9 @@ def iter_parquet(
 
 
 def _iter_files(files: list[Path], batch_size: int, *, last: bool) -> Iterator[pa.RecordBatch]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     schema = None
     any_rows = False
     for f in files:

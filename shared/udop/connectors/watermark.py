@@ -15,13 +15,14 @@ import json
 import time
 from collections.abc import Iterable
 from decimal import Decimal
-from typing import Any
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any
 
 from udop import procid
 from udop.errors import FatalError
 from udop.state.api import StateStore
+
+if TYPE_CHECKING:  # imported where used: the ledger and lease functions run without pyarrow
+    import pyarrow as pa
 
 __all__ = [
     "LEASE_TTL",
@@ -205,6 +206,8 @@ def coerce(value: Any, type_: pa.DataType) -> Any:
     """``value`` (e.g. an ``initial`` watermark written as text) as a Python value of the column's type."""
     if value is None:
         return None
+    import pyarrow as pa
+
     try:
         return pa.scalar(value, type=type_).as_py()
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
@@ -216,6 +219,7 @@ def coerce(value: Any, type_: pa.DataType) -> Any:
 
 def filter_newer(batch: pa.RecordBatch, column: str, since: Any) -> pa.RecordBatch:
     """Rows whose ``column`` is greater than ``since`` (for connectors that cannot filter)."""
+    import pyarrow as pa
     import pyarrow.compute as pc  # see batch_max
 
     col = batch.column(column)
