@@ -195,3 +195,22 @@ def test_a_transform_reading_a_view_gets_its_rows(tmp_path):
                    {"totals": TaskResult(output=view.output)})
     assert top.output is not None and top.output.rows == 1
     assert pq.read_table(top.output.uri).to_pylist() == [{"region": "us"}]
+
+
+@pytest.mark.parametrize(
+    "sql_type",
+    ["BOOLEAN", "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT",
+     "FLOAT", "DOUBLE", "VARCHAR", "BLOB", "DATE", "TIME", "TIMESTAMP", "TIMESTAMP_S", "TIMESTAMP_MS",
+     "TIMESTAMP_NS", "DECIMAL(15,2)", "DECIMAL(38,10)", "DECIMAL(4,0)",
+     # not in the table: asked of DuckDB's Arrow export
+     "TIMESTAMPTZ", "HUGEINT", "UUID", "INTEGER[]", "STRUCT(a INTEGER, b VARCHAR)", "INTERVAL"],
+)
+def test_query_fingerprint_is_the_one_of_duckdbs_arrow_export(sql_type: str) -> None:
+    """The fingerprint a fused transform and a snapshot record is computed from DESCRIBE without
+    pyarrow; it must equal the one of the Arrow schema DuckDB exports for the same query."""
+    from udop_transforms._engine import Session, query_fingerprint
+
+    sql = f"SELECT NULL::{sql_type} AS c, 1::BIGINT AS \"odd name\""
+    with Session() as session:
+        exported = session.con.sql(f"SELECT * FROM ({sql}) LIMIT 0").to_arrow_table().schema
+        assert query_fingerprint(session, sql) == schema_fingerprint(exported)
