@@ -6,7 +6,8 @@ metadata database per pipeline, as on a user's machine; each run's data removed 
 baseline is a short Python script running the same SQL with DuckDB over the same files and writing
 the same CSV, also as a subprocess. The two
 alternate, so drift on a shared machine touches both alike. Printed: wall time (best and median) and
-peak RSS (the child's ``ru_maxrss`` from ``wait4``, best and median), and whether the two CSVs hold
+peak RSS (the child's ``ru_maxrss`` from ``wait4``, taken by a bare interpreter that starts it, see
+``measure``), and whether the two CSVs hold
 equal rows (the script fails when they do not). ``--fixed`` adds the start-up cost of a 1-task no-op
 pipeline. The flights example runs its own pipeline (from ``examples/flights``) against the same
 queries written directly in DuckDB.
@@ -19,6 +20,7 @@ Data: ``tpchgen-cli parquet -s <scale>`` into benchmarks/.data/tpch-sf<scale>/, 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shutil
@@ -27,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
@@ -96,21 +97,42 @@ NOOP = {
 }
 
 
+#: run by a small ``python -S`` process that starts the measured command and reports on it: a child's
+#: ``ru_maxrss`` starts at its parent's peak RSS (Linux folds the spawning process's memory into it at
+#: exec), so a command started from this benchmark (which imports udop, ~100+ MiB) could never report
+#: less than that; started from a bare interpreter (~10 MiB) it reports its own peak
+_MEASURE = """
+import json, os, subprocess, sys, time
+t0 = time.perf_counter()
+proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+output = proc.stdout.read()
+_, status, usage = os.wait4(proc.pid, 0)
+wall = time.perf_counter() - t0
+sys.stdout.buffer.write(output)
+print(json.dumps([wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime,
+                  os.waitstatus_to_exitcode(status)]))
+"""
+
+
 def measure(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, float]:
     """(wall seconds, peak RSS MiB, CPU seconds) of one child process; fails loudly when it fails.
     CPU time (user + system, all threads) suffers less than wall time from other work on the machine."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert proc.stdout is not None
-    output = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(
-            f"{' '.join(cmd)} failed ({proc.returncode}):\n{output.decode(errors='replace')[-3000:]}"
-        )
-    return wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
+    proc = subprocess.run(
+        [sys.executable, "-S", "-c", _MEASURE, *cmd],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        check=False,
+    )
+    output, _, last = proc.stdout.rstrip().rpartition(b"\n")
+    try:
+        wall, rss, cpu, code = json.loads(last)
+    except ValueError:
+        code, output = proc.returncode or 1, proc.stdout
+    if code != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({code}):\n{output.decode(errors='replace')[-3000:]}")
+    return float(wall), float(rss), float(cpu)
 
 
 def read_rows(path: Path) -> list[tuple[Any, ...]]:
