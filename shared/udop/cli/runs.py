@@ -31,7 +31,7 @@ def runs() -> None:
 @click.option("--trigger", type=click.Choice(list(RUN_TRIGGERS)),
               help="Only runs started this way (as GET /runs?trigger=).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def list_runs(pipeline: str | None, state: str | None, limit: int, logical_date: str | None,
+def list_runs(*, pipeline: str | None, state: str | None, limit: int, logical_date: str | None,
               trigger: str | None, as_json: bool) -> None:
     """List runs, newest first."""
     from udop.schedule.backfill import parse_date
