@@ -211,3 +211,39 @@ def redrive_run(run_id: str, *, store: Any, sfn: Any) -> tuple[str, str]:
     name = f"{run_id}{REDRIVE_SEPARATOR}{len(redrives) + 1}"
     resp = sfn.start_execution(stateMachineArn=sm_arn, name=name, input=first["input"])
     return str(resp["executionArn"]), sm_arn
+
+
+def retry_run_from(run_id: str, task_ids: list[str], *, store: Any, sfn: Any) -> tuple[list[str], str, str]:
+    """"Retry from here" on Step Functions: run an ended run again from a task (``task_ids``: it and
+    everything downstream of it); returns (the ids reset, execution ARN, state machine ARN).
+
+    A redrive cannot run a succeeded state again, so this starts a new execution of the same run,
+    named ``<run_id>--redrive-<n>`` (as an emulated redrive), with the first execution's input plus
+    ``run.rerun_tasks``: the task runner returns the stored result of every other task that
+    succeeded in the run without running it, and runs the listed ones again (their results from
+    before are not reused). The run record is reset as locally (``reset_for_retry``: the tasks back
+    to pending, their attempts kept, the run pending) before the execution starts; the run-events
+    function then records the new attempts on top of the old ones."""
+    import json
+
+    from udop.aws.events import REDRIVE_SEPARATOR, run_id_of_execution
+
+    run = store.get_run(run_id)
+    if run is None:
+        raise RunNotFound(f"no run {run_id!r} in the metadata store")
+    if run.executor != "stepfunctions" or not run.external_id:
+        raise InputError(f"run {run_id!r} ran locally; retry it there")
+    first = sfn.describe_execution(executionArn=run.external_id)
+    sm_arn = first["stateMachineArn"]
+    ours = sorted((e for page in sfn.get_paginator("list_executions").paginate(stateMachineArn=sm_arn)
+                   for e in page["executions"] if run_id_of_execution(e["name"]) == run_id),
+                  key=lambda e: e["startDate"])
+    if any(e["status"] == "RUNNING" for e in ours):
+        raise InputError(f"run {run_id!r} is still running; retry a task once the run has ended")
+    reset = store.reset_for_retry(run_id, task_ids)  # TransitionError while the store says it runs
+    body = json.loads(first.get("input") or "{}")
+    body.setdefault("run", {})["rerun_tasks"] = reset
+    redrives = [e for e in ours if REDRIVE_SEPARATOR in e["name"]]
+    name = f"{run_id}{REDRIVE_SEPARATOR}{len(redrives) + 1}"
+    resp = sfn.start_execution(stateMachineArn=sm_arn, name=name, input=json.dumps(body))
+    return reset, str(resp["executionArn"]), sm_arn
