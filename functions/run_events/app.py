@@ -17,6 +17,7 @@ from udop.aws.secrets import url_with_secret
 from udop.aws.settings import EventsSettings, load_settings
 from udop.schedule.afterevents import AFTER_MARKER, start_from_after_event
 from udop.schedule.s3events import MARKER, start_from_s3_event
+from udop.schedule.sfn_parent import is_parent_machine, record_parent_event
 from udop.store import open_store
 
 SETTINGS = load_settings(EventsSettings)
@@ -36,6 +37,12 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         metrics.add_metric(name="AfterTriggerEvents", unit="Count", value=1)
         return start_from_after_event(event, SFN)
     metrics.add_metric(name="ExecutionStatusEvents", unit="Count", value=1)
+    if is_parent_machine(str((event.get("detail") or {}).get("stateMachineArn") or "")):
+        # a backfill's parent execution (udop.schedule.sfn_parent): its state is the backfill's
+        backfill = record_parent_event(event, STORE)
+        if backfill is None:
+            return {"backfill_id": None}
+        return {"backfill_id": backfill.id, "state": backfill.state}
     run = record_status_event(event, store=STORE, sfn=SFN, s3=S3, data_bucket=SETTINGS.data_bucket)
     if run is None:
         return {"run_id": None}

@@ -85,18 +85,11 @@ def state_machine_arn(sfn: Any, pipeline: str) -> str:
     return arn
 
 
-def start_run(pipeline: Any, params: Mapping[str, Any], *, store: Any, sfn: Any, run_id: str | None = None,
-              logical_date: datetime | None = None, data_bucket: str | None = None,
-              trigger: str | None = None) -> tuple[str, str, str]:
-    """Start an execution of the deployed pipeline; returns (run id, execution ARN, state machine ARN).
-
-    ``data_bucket``: default the ``UDOP_DATA_BUCKET`` setting (the CLI passes the stack's output).
-
-    The execution is named after the run id: moto names unnamed executions "None", and a name makes
-    a repeated start of the same run fail instead of running twice.
-    """
+def run_context(pipeline: Any, params: Mapping[str, Any], *, store: Any, sfn: Any,
+                data_bucket: str | None = None, trigger: str | None = None) -> tuple[str, dict[str, Any]]:
+    """(state machine ARN, the execution input's ``run`` without run id and logical date) of a run of
+    the deployed ``pipeline``; ``InputError`` when the deployed version is not this definition."""
     from udop.aws.definitions import canonical_definition
-    from udop.executor.local import new_run_id
     from udop.spec.params import jsonable_params, resolve_params
     from udop.store.sql import content_hash
 
@@ -107,15 +100,32 @@ def start_run(pipeline: Any, params: Mapping[str, Any], *, store: Any, sfn: Any,
     if version is None or version.content_hash != content_hash(canonical_definition(pipeline)):
         raise InputError(f"pipeline {pipeline.name!r}: the deployed version differs from this file; "
                          "run `udop deploy FILE` first")
-    run_id = run_id or new_run_id()
-    logical = logical_date or datetime.now(UTC)
-    run_ctx: dict[str, Any] = {"run_id": run_id, "params": values, "logical_date": logical.isoformat(),
-                               "pipeline_version": version.version}
+    run_ctx: dict[str, Any] = {"params": values, "pipeline_version": version.version}
     if trigger is not None:  # how it was started, for the run-events function that records the run
         run_ctx["trigger"] = trigger
     if data_bucket := data_bucket or load_settings(AwsResources).data_bucket:
         # foreach Map states list the data bucket themselves; the runner defaults to its own setting
         run_ctx.update(data_bucket=data_bucket, data_prefix="")
+    return sm_arn, run_ctx
+
+
+def start_run(pipeline: Any, params: Mapping[str, Any], *, store: Any, sfn: Any, run_id: str | None = None,
+              logical_date: datetime | None = None, data_bucket: str | None = None,
+              trigger: str | None = None) -> tuple[str, str, str]:
+    """Start an execution of the deployed pipeline; returns (run id, execution ARN, state machine ARN).
+
+    ``data_bucket``: default the ``UDOP_DATA_BUCKET`` setting (the CLI passes the stack's output).
+
+    The execution is named after the run id: moto names unnamed executions "None", and a name makes
+    a repeated start of the same run fail instead of running twice.
+    """
+    from udop.executor.local import new_run_id
+
+    sm_arn, run_ctx = run_context(pipeline, params, store=store, sfn=sfn, data_bucket=data_bucket,
+                                  trigger=trigger)
+    run_id = run_id or new_run_id()
+    logical = logical_date or datetime.now(UTC)
+    run_ctx = {"run_id": run_id, **run_ctx, "logical_date": logical.isoformat()}
     from udop.observability import tracing
     from udop.observability.context import correlation_id, new_correlation_id
 
