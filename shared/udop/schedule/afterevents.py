@@ -60,9 +60,9 @@ def after_trigger_of(pipeline: Any) -> str | None:
 def upstream_state_machine_arn(state_machine_arn: str, upstream: str) -> str:
     """The upstream's state machine in the same account and region: ``...:stateMachine:udop-<upstream>``
     (it need not exist yet: the rule fires once it does)."""
-    from udop.aws.deployer import state_machine_name
-
-    return state_machine_arn.rsplit(":", 1)[0] + ":" + state_machine_name(upstream)
+    # the deployer's name for a pipeline's machine (udop.aws.deployer.state_machine_name), spelt out
+    # here: the deployer imports this module
+    return state_machine_arn.rsplit(":", 1)[0] + f":udop-{upstream}"
 
 
 def event_pattern(upstream_arn: str) -> dict[str, Any]:
