@@ -1,13 +1,13 @@
 """A backfill on Step Functions as one parent execution (``udop.schedule.sfn_parent``), on moto.
 
-moto 5.2.5 cannot run ``states:startExecution.sync:2`` (its parameter normalisation loses
-``StateMachineArn``: tests/unit/compiler/test_execution.py), so the parent cannot fan out for real
-here; its ASL is checked by asl-validator (tests/unit/schedule/test_sfn_parent.py). What runs here:
-the start (parent machine, its input, the dates file, the dates' run ids recorded as one backfill),
-the listing, the parent's status event through the real run-events handler setting the backfill's
-state, and, on a moto that does not execute (executions stay running, as a long backfill's do),
-cancel as one unit (parent and dates' executions stopped) and resume (a new parent whose dates go on
-as redrives of their runs)."""
+moto 5.2.5 runs ``states:startExecution.sync:2`` only after a fix of two conversions in its Step
+Functions service integration (``sync2_on_moto`` below: it hands botocore the parameters as
+``StateMachineArn`` where botocore wants ``stateMachineArn``, and gives back the response in
+botocore's case and with datetimes); with it, the parent runs for real here: its Distributed Map
+starts one execution of the pipeline per date, each running our task runner, and the parent ends
+with the dates. Also here: the listing, the parent's status event through the real run-events
+handler setting the backfill's state, resume as redrives of the dates' runs, and, on a moto that
+does not execute (executions stay running, as a long backfill's do), cancel as one unit."""
 
 from __future__ import annotations
 
@@ -33,10 +33,17 @@ from udop.schedule.sfn_parent import (
 from udop.schedule.store import ScheduleStore
 from udop.spec.loader import load_pipeline
 
-pytestmark = [pytest.mark.aws]
+pytestmark = [pytest.mark.aws, pytest.mark.redis, pytest.mark.slow]
 
 
-def _pipeline(tmp_path: Path, log_dir: str) -> Path:
+def _pipeline(tmp_path: Path, log_dir: str, flag: str | None = None) -> Path:
+    failing = (
+        f'''
+            - {{id: checked, type: python, callable: "udop_aws_test_tasks:fails_while", depends_on: [numbers],
+               args: {{flag: "{flag}", log_dir: "{log_dir}"}}}}'''
+        if flag
+        else ""
+    )
     path = tmp_path / "daily.yaml"
     path.write_text(
         textwrap.dedent(f"""\
@@ -47,8 +54,9 @@ def _pipeline(tmp_path: Path, log_dir: str) -> Path:
           params: {{region: {{type: str, default: eu}}}}
           tasks:
             - {{id: numbers, type: python, callable: "udop_aws_test_tasks:numbers",
-               args: {{n: 3, log_dir: "{log_dir}"}}}}
-        """)
+               args: {{n: 3, log_dir: "{log_dir}"}}}}""")
+        + textwrap.indent(textwrap.dedent(failing), "    ")
+        + "\n"
     )
     return path
 
@@ -63,12 +71,61 @@ def _create(runner: ParentBackfillRunner, max_parallel: int = 2) -> Any:
     )
 
 
+@pytest.fixture
+def sync2_on_moto(monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto's ``states:startExecution(.sync:2)`` integration with its two case conversions fixed (as
+    ``_invoke_lambda`` is replaced in conftest.py to run our handlers): the request goes to botocore in
+    botocore's member names, the response comes back in the service integration's (``ExecutionArn``,
+    dates as epoch milliseconds), as Step Functions gives them."""
+    import datetime as dt
+
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import state_task_service_sfn
+
+    cls = state_task_service_sfn.StateTaskServiceSfn
+    call, normalise = cls._eval_service_task, cls._normalise_response
+
+    def integration_case(response: dict[str, Any]) -> dict[str, Any]:
+        return {
+            k[:1].upper() + k[1:]: int(v.timestamp() * 1000) if isinstance(v, dt.datetime) else v
+            for k, v in response.items()
+        }
+
+    def eval_service_task(
+        self: Any,
+        env: Any,
+        resource_runtime_part: Any,
+        normalised_parameters: dict[str, Any],
+        state_credentials: Any,
+    ) -> Any:
+        out = call(
+            self,
+            env=env,
+            resource_runtime_part=resource_runtime_part,
+            normalised_parameters={k[:1].lower() + k[1:]: v for k, v in normalised_parameters.items()},
+            state_credentials=state_credentials,
+        )
+        env.stack[-1] = integration_case(env.stack[-1])
+        return out
+
+    def normalise_response(self: Any, response: Any, *args: Any, **kwargs: Any) -> None:
+        normalise(self, response, *args, **kwargs)
+        fixed = integration_case(response)
+        response.clear()
+        response.update(fixed)
+
+    monkeypatch.setattr(cls, "_eval_service_task", eval_service_task)
+    monkeypatch.setattr(cls, "_normalise_response", normalise_response)
+
+
 @in_process_only
-def test_a_backfill_starts_one_parent_execution_and_its_status_event_ends_the_backfill(
+@pytest.mark.usefixtures("sync2_on_moto")
+def test_one_parent_execution_runs_every_date_and_a_resume_redrives_the_failed_ones(
     moto_aws: Any, store: Any, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sfn, s3 = moto_aws.client("stepfunctions"), moto_aws.client("s3")
-    path = _pipeline(tmp_path, moto_aws.log_root)
+    flag = moto_aws.flag("fault")
+    moto_aws.set_flag(flag, True)
+    path = _pipeline(tmp_path, moto_aws.log_root, flag)
     deployed = deploy_file(
         str(path),
         definitions_bucket=moto_aws.definitions_bucket,
@@ -108,23 +165,28 @@ def test_a_backfill_starts_one_parent_execution_and_its_status_event_ends_the_ba
         (run_id, run_id, logical.isoformat()) for logical, run_id in recorded.dates.items()
     ]
 
-    # one unit in the metadata store: listed with its dates' runs
+    # one unit in the metadata store, listed with its dates' runs while the parent runs
     from udop.settings import get_settings
 
     monkeypatch.setenv("UDOP_DATABASE_URL", moto_aws.database_url)
     get_settings.cache_clear()  # read again with this URL (tests/conftest.py clears it after the test)
     code, out, err = cli("backfills", "show", record.id, "--json")
     assert code == 0, err
-    shown = json.loads(out)
-    assert shown["state"] == "running" and [d["run_id"] for d in shown["dates"]] == list(
-        recorded.dates.values()
-    )
+    assert [d["run_id"] for d in json.loads(out)["dates"]] == list(recorded.dates.values())
 
-    # moto runs the parent's Map, but each date's child start fails (see the module's docstring): the
-    # dates are caught as failed and the parent fails at its end
-    ended = moto_aws.wait_execution(arn)
+    # every date ran as an execution of the pipeline started by the parent; each failed (the fault),
+    # none stopped the others, and the parent failed at its end
+    failed = runner.follow(record.id, arn)
+    ended = sfn.describe_execution(executionArn=arn)
     assert (ended["status"], ended.get("error")) == ("FAILED", "udop.BackfillFailed"), ended
-    # its status event, through the real run-events handler, ends the backfill
+    assert failed.state == "failed" and failed.counts() == {"failed": 3}
+    executions = sfn.list_executions(stateMachineArn=deployed.state_machine_arn)["executions"]
+    assert sorted(e["name"] for e in executions) == sorted(recorded.dates.values())
+    runs = {r.logical_date: r for r in store.list_runs(pipeline="daily")}
+    assert sorted(runs) == sorted(recorded.dates)
+    assert {(r.trigger, r.executor) for r in runs.values()} == {("backfill", "stepfunctions")}
+    # the parent's status event, through the real run-events handler, sets the backfill's state too
+    ScheduleStore(store).set_backfill_state(record.id, "running")
     event = load_event(
         "sfn_execution_status_change.json",
         execution_arn=arn,
@@ -135,8 +197,23 @@ def test_a_backfill_starts_one_parent_execution_and_its_status_event_ends_the_ba
     )
     resp = moto_aws.client("lambda").invoke(FunctionName=moto_aws.run_events_arn, Payload=json.dumps(event))
     assert json.loads(resp["Payload"].read()) == {"backfill_id": record.id, "state": "failed"}
-    final = ScheduleStore(store).get_backfill(record.id)
-    assert final is not None and final.state == "failed" and "parent execution failed" in (final.error or "")
+
+    # fixed: a resume is a new parent whose dates go on as redrives of the same runs
+    moto_aws.set_flag(flag, False)
+    again = runner.start(record.id, resume=True)
+    assert sfn.describe_execution(executionArn=again)["name"] == f"{record.id}--resume-1"
+    done = runner.follow(record.id, again)
+    assert sfn.describe_execution(executionArn=again)["status"] == "SUCCEEDED"
+    assert done.state == "succeeded" and done.counts() == {"succeeded": 3}
+    for run_id in done.dates.values():
+        assert run_id is not None
+        assert moto_aws.calls("numbers", run_id) == 1  # reused, not run again
+        assert moto_aws.calls("checked", run_id) == 2
+    assert len(store.list_runs(pipeline="daily")) == 3  # no new run
+    assert [e["name"] for e in parent_executions(sfn, "daily", record.id)] == [
+        record.id,
+        f"{record.id}--resume-1",
+    ]
 
 
 @pytest.fixture

@@ -3,8 +3,7 @@ compiled pipelines), a Distributed Map over the dates file whose concurrency com
 one ``startExecution.sync:2`` per date named after the date's execution, a failed date caught so the
 others go on, and the parent failing at the end when any date failed.
 
-moto 5.2.5 cannot run ``startExecution.sync:2`` (tests/unit/compiler/test_execution.py), so the
-parent is checked here and its start, listing and cancel on moto in
+The parent runs for real on moto (with its ``startExecution.sync:2`` integration fixed for the test) in
 tests/integration/aws/test_backfill_parent_on_stepfunctions.py."""
 
 from __future__ import annotations
