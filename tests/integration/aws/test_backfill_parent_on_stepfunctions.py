@@ -312,3 +312,44 @@ def test_cancel_stops_the_parent_and_its_dates_and_resume_redrives_them(
         assert resumed is not None and resumed.state == "running"
     finally:
         store.close()
+
+
+@in_process_only
+@pytest.mark.usefixtures("sync2_on_moto")
+def test_udop_backfill_on_stepfunctions_runs_a_parent_and_exits_0_when_every_date_succeeded(
+    moto_aws: Any, store: Any, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from udop.settings import get_settings
+
+    path = _pipeline(tmp_path, moto_aws.log_root)
+    for key, value in {
+        "UDOP_DEFINITIONS_BUCKET": moto_aws.definitions_bucket,
+        "UDOP_DATA_BUCKET": moto_aws.data_bucket,
+        "UDOP_TASK_RUNNER_ARN": moto_aws.task_runner_arn,
+        "UDOP_STATE_MACHINE_ROLE_ARN": moto_aws.role_arn,
+        "UDOP_DATABASE_URL": moto_aws.database_url,
+    }.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    code, _, err = cli("deploy", str(path))
+    assert code == 0, err
+    code, out, err = cli(
+        "backfill",
+        str(path),
+        "--from",
+        "2024-01-01",
+        "--to",
+        "2024-01-02",
+        "--executor",
+        "stepfunctions",
+        "--max-parallel",
+        "2",
+        "--json",
+    )
+    assert code == 0, err
+    assert "parent execution" in err
+    # (stdout also has the in-process task runner's metric lines: the CLI's JSON is the indented one)
+    body = json.loads(out[out.index("{\n") :])
+    assert body["state"] == "succeeded" and body["counts"] == {"succeeded": 2}
+    code, out, _ = cli("runs", "list", "--trigger", "backfill", "--json")
+    assert sorted(r["logical_date"][:10] for r in json.loads(out)) == ["2024-01-01", "2024-01-02"]
