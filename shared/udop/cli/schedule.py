@@ -39,7 +39,10 @@ def _summary(record: Any) -> str:
               help="Scheduled runs at the same time in this process.")
 @click.option("--workers", type=click.IntRange(1, 64), default=4, show_default=True,
               help="Tasks at a time within one run.")
-def scheduler(folder: str, trusted: bool, max_runs: int, workers: int) -> None:
+@click.option("--lease", "lease_seconds", type=click.IntRange(10, 86400), default=300, show_default=True,
+              help="Seconds after which a tick claimed by a scheduler whose run never started (it died) "
+              "is started by another.")
+def scheduler(*, folder: str, trusted: bool, max_runs: int, workers: int, lease_seconds: int) -> None:
     """Start the runs of every scheduled pipeline in a folder at its ticks, until Ctrl-C.
 
     Any number of schedulers may share one metadata store: each tick starts one run.
@@ -55,7 +58,8 @@ def scheduler(folder: str, trusted: bool, max_runs: int, workers: int) -> None:
     policy = Policy.trusted() if trusted else server_policy(data_root=data_root)
     store = open_store(expect_history_in=data_root)
     source = DirectoryPipelines(folder, on_error=lambda line: click.echo(f"udop: {line}", err=True))
-    sched = Scheduler(store, source, policy=policy, max_runs=max_runs, workers=workers, data_root=data_root)
+    sched = Scheduler(store, source, policy=policy, max_runs=max_runs, workers=workers, data_root=data_root,
+                      lease_seconds=lease_seconds)
     names = [sp.pipeline.name for sp in source()]
     mode = "trusted" if trusted else "sandboxed (server mode)"
     click.echo(f"udop: scheduling {len(names)} pipeline(s) from {folder}, {mode}: "
