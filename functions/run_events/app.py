@@ -39,7 +39,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     metrics.add_metric(name="ExecutionStatusEvents", unit="Count", value=1)
     if is_parent_machine(str((event.get("detail") or {}).get("stateMachineArn") or "")):
         # a backfill's parent execution (udop.schedule.sfn_parent): its state is the backfill's
-        backfill = record_parent_event(event, STORE)
+        backfill = record_parent_event(event, STORE, SFN)
         if backfill is None:
             return {"backfill_id": None}
         return {"backfill_id": backfill.id, "state": backfill.state}

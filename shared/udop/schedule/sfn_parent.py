@@ -360,15 +360,28 @@ def _set_state(ticks: ScheduleStore, backfill_id: str, status: str, error: Any, 
     ticks.set_backfill_state(backfill_id, state, error=detail)
 
 
-def record_parent_event(event: Mapping[str, Any], store: Any) -> BackfillRecord | None:
-    """The run-events function's part: a parent execution's status change sets its backfill's state."""
+def record_parent_event(event: Mapping[str, Any], store: Any, sfn: Any = None) -> BackfillRecord | None:
+    """The run-events function's part: a parent execution's status change sets its backfill's state.
+    With ``sfn``, the event of a parent a resume has followed since (``<id>--resume-<n+1>`` exists; a
+    late or redelivered event) is ignored."""
     detail = event.get("detail") or {}
-    name = str(detail.get("name") or str(detail.get("executionArn", "")).rsplit(":", 1)[-1])
+    arn = str(detail.get("executionArn", ""))
+    name = str(detail.get("name") or arn.rsplit(":", 1)[-1])
     ticks = ScheduleStore(store)
     backfill_id = backfill_of_execution(name)
     if ticks.get_backfill(backfill_id) is None:
         log.info("no backfill %s in the metadata store; its parent's event is ignored", backfill_id)
         return None
+    if sfn is not None and arn:
+        attempt = int(name.split(RESUME_SEPARATOR, 1)[1]) if RESUME_SEPARATOR in name else 0
+        later = arn[: len(arn) - len(name)] + f"{backfill_id}{RESUME_SEPARATOR}{attempt + 1}"
+        try:
+            sfn.describe_execution(executionArn=later)
+        except sfn.exceptions.ExecutionDoesNotExist:
+            pass
+        else:
+            log.info("backfill %s: %s was resumed since; its event is ignored", backfill_id, name)
+            return ticks.get_backfill(backfill_id)
     _set_state(ticks, backfill_id, str(detail.get("status")), detail.get("error"), detail.get("cause"))
     return ticks.get_backfill(backfill_id)
 

@@ -210,6 +210,9 @@ def test_one_parent_execution_runs_every_date_and_a_resume_redrives_the_failed_o
         assert moto_aws.calls("numbers", run_id) == 1  # reused, not run again
         assert moto_aws.calls("checked", run_id) == 2
     assert len(store.list_runs(pipeline="daily")) == 3  # no new run
+    # the first parent's FAILED event delivered late changes nothing: a resume followed it
+    resp = moto_aws.client("lambda").invoke(FunctionName=moto_aws.run_events_arn, Payload=json.dumps(event))
+    assert json.loads(resp["Payload"].read()) == {"backfill_id": record.id, "state": "succeeded"}
     assert [e["name"] for e in parent_executions(sfn, "daily", record.id)] == [
         record.id,
         f"{record.id}--resume-1",
