@@ -242,6 +242,12 @@ class Api(Construct):
         fn.add_to_role_policy(
             iam.PolicyStatement(actions=["s3:ListBucket"], resources=[storage.definitions.bucket_arn])
         )
+        # a backfill on Step Functions: the parent execution's Map reads its logical dates from here
+        fn.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["s3:PutObject"], resources=[storage.data.arn_for_objects("runs/*/_backfills/*")]
+            )
+        )
         data.db_secret.grant_read(fn)
         machines = runtime.state_machine_arn_pattern
         fn.add_to_role_policy(

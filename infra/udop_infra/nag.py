@@ -247,6 +247,13 @@ def acknowledge_api_findings(stack: UdopStack) -> None:
             "report (pipelines/) and the definition versions the task runner loads (versions/); names "
             "come from requests",
         )
+    acknowledge(
+        role,
+        "AwsSolutions-IAM5[Resource::<StorageData6BB23F4E.Arn>/runs/*/_backfills/*]",
+        "POST /pipelines/{name}/backfills on Step Functions writes the dates file the backfill's parent "
+        "execution reads (runs/<pipeline>/_backfills/<id>/dates-<n>.json); pipeline and id come from "
+        "requests",
+    )
     states_arn = "arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>"
     acknowledge(
         role,

@@ -1,5 +1,6 @@
 """Orchestration: one Step Functions state machine per definition in ``pipelines/``, compiled at synth
-time by the project's compiler, plus EventBridge Scheduler schedules from each pipeline's ``schedule``."""
+time by the project's compiler, plus EventBridge Scheduler schedules from each pipeline's ``schedule``
+and the EventBridge rule of each ``trigger: after:`` (``udop.schedule.afterevents``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from aws_cdk import ArnFormat, Stack
+from aws_cdk import aws_events as events
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3_deployment as s3deploy
@@ -21,6 +23,7 @@ from constructs import Construct
 from udop.aws.definitions import canonical_definition, version_key
 from udop.compiler import CompileError, CompileOptions, compile_pipeline
 from udop.errors import SpecErrors
+from udop.schedule import afterevents
 from udop.schedule.expr import eventbridge_expression, scheduled_input
 from udop.schedule.expr import schedule_name as _schedule_name
 from udop.spec.loader import load_pipeline
@@ -357,3 +360,52 @@ class Orchestration(Construct):
                     ),
                 ),
             )
+        self.after_rules: dict[str, events.CfnRule] = {}
+        for source in sources:
+            upstream = afterevents.after_trigger_of(source.pipeline)
+            if upstream is not None:
+                rule = self._after_rule(source.pipeline, upstream, runtime, storage)
+                self.after_rules[source.pipeline.name] = rule
+
+    def _after_rule(self, pipeline: Any, upstream: str, runtime: Runtime, storage: Storage) -> events.CfnRule:
+        """``udop-<name>-after``: the upstream's SUCCEEDED executions start this pipeline through the
+        starter (the run-events function), exactly as ``udop deploy`` creates it. The upstream may be
+        in this app or deployed at run time (then its ARN is the name it will have)."""
+        if upstream in self.pipelines:
+            upstream_arn = self.pipelines[upstream].state_machine.state_machine_arn
+        else:
+            upstream_arn = Stack.of(self).format_arn(
+                service="states",
+                resource="stateMachine",
+                resource_name=f"{STATE_MACHINE_PREFIX}{upstream}",
+                arn_format=ArnFormat.COLON_RESOURCE_NAME,
+            )
+        machine = self.pipelines[pipeline.name]
+        try:
+            wrapped = afterevents.trigger_input(
+                pipeline, machine.state_machine.state_machine_arn, storage.data.bucket_name, upstream_arn
+            )
+        except ValueError as exc:
+            raise ContextError(str(exc)) from None
+        target = afterevents.target_request(runtime.run_events.function_arn, wrapped)
+        return events.CfnRule(
+            self,
+            f"{machine.node.id}AfterTrigger",
+            name=afterevents.rule_name(pipeline.name),
+            description=f"udop: a succeeded run of {upstream} starts pipeline {pipeline.name}",
+            state="ENABLED",
+            event_pattern=afterevents.event_pattern(upstream_arn),
+            targets=[
+                events.CfnRule.TargetProperty(
+                    id=target["Id"],
+                    arn=target["Arn"],
+                    input_transformer=events.CfnRule.InputTransformerProperty(
+                        input_template=target["InputTransformer"]["InputTemplate"]
+                    ),
+                    retry_policy=events.CfnRule.RetryPolicyProperty(
+                        maximum_event_age_in_seconds=target["RetryPolicy"]["MaximumEventAgeInSeconds"],
+                        maximum_retry_attempts=target["RetryPolicy"]["MaximumRetryAttempts"],
+                    ),
+                )
+            ],
+        )

@@ -396,17 +396,20 @@ def test_api_role_is_least_privilege(stack: Any, resources: dict[str, Any]) -> N
             "Resource": {"Fn::GetAtt": [logical_id(stack, stack.schedules.role), "Arn"]},
         },
     ]
-    # S3: the definitions bucket only (uploads, status reports, versions); never the data bucket
+    # S3: the definitions bucket (uploads, status reports, versions)
     definitions = logical_id(stack, stack.storage.definitions)
     objects = [
         {"Fn::Join": ["", [{"Fn::GetAtt": [definitions, "Arn"]}, "/pipelines/*"]]},
         {"Fn::Join": ["", [{"Fn::GetAtt": [definitions, "Arn"]}, "/versions/*"]]},
     ]
     assert granted["s3:GetObject"] == objects
-    assert granted["s3:PutObject"] == objects
+    # ... and, in the data bucket, only a Step Functions backfill's dates files (udop.schedule.sfn_parent)
+    backfill_dates = {"Fn::Join": ["", [{"Fn::GetAtt": [logical_id(stack, stack.storage.data), "Arn"]},
+                                        "/runs/*/_backfills/*"]]}
+    assert granted["s3:PutObject"] == [*objects, backfill_dates]
     assert granted["s3:ListBucket"] == [{"Fn::GetAtt": [definitions, "Arn"]}]
-    # ... and of the data bucket only its notification settings (an S3 trigger switches on its
-    # EventBridge notifications, udop.schedule.s3events), none of its objects
+    # ... and of the data bucket its notification settings (an S3 trigger switches on its
+    # EventBridge notifications, udop.schedule.s3events); of its objects only the backfill dates files
     data = logical_id(stack, stack.storage.data)
     assert granted["s3:GetBucketNotification"] == granted["s3:PutBucketNotification"] == [
         {"Fn::GetAtt": [data, "Arn"]}]

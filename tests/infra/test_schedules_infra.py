@@ -45,3 +45,16 @@ def test_deployer_and_api_manage_udop_schedules_with_one_role(stack: Any, resour
               for st in res["Properties"]["PolicyDocument"]["Statement"]]
     assert [st["Action"] for st in starts] == ["states:StartExecution"]
     assert ":stateMachine:udop-*" in json.dumps(starts[0]["Resource"])
+
+
+def test_the_api_may_write_backfill_dates_files_in_the_data_bucket_only(stack: Any, resources: dict[str, Any]) -> None:
+    """POST /pipelines/{name}/backfills on Step Functions writes the parent's dates file; nothing else
+    of the data bucket is writable by the API."""
+    fn_role = stack.get_logical_id(stack.api.function.role.node.default_child)
+    data = stack.get_logical_id(stack.storage.data.node.default_child)
+    puts = [st["Resource"] for res in resources.values() if res["Type"] == "AWS::IAM::Policy"
+            and {"Ref": fn_role} in res["Properties"]["Roles"]
+            for st in res["Properties"]["PolicyDocument"]["Statement"]
+            if "s3:PutObject" in (st["Action"] if isinstance(st["Action"], list) else [st["Action"]])
+            and data in json.dumps(st["Resource"])]
+    assert puts == [{"Fn::Join": ["", [{"Fn::GetAtt": [data, "Arn"]}, "/runs/*/_backfills/*"]]}]

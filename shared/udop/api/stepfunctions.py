@@ -15,7 +15,7 @@ from typing import Any
 
 from udop.api.launcher import task_ids
 from udop.api.settings import ApiSettings
-from udop.errors import ConfigError, InputError, SpecError, SpecErrors, StoreError
+from udop.errors import ConfigError, InputError, RunNotFound, SpecError, SpecErrors, StoreError
 from udop.sandbox import server_policy
 from udop.spec.models import Pipeline
 from udop.states import RunState, is_terminal
@@ -133,11 +133,16 @@ class StepFunctionsLauncher:
         return run
 
     def retry(self, run: RunRecord, pipeline: Pipeline, task_id: str) -> list[str]:
-        # a redrive re-runs only what failed; a succeeded state of an execution cannot be run again
-        raise InputError(
-            f"run {run.id!r}: retrying from a task is not available on Step Functions; resume (redrive) "
-            "re-runs what failed, or trigger a new run"
-        )
+        """A new execution of the run that runs ``task_id`` and everything downstream again and reuses
+        the other tasks' results (``udop.aws.runs.retry_run_from``)."""
+        from udop.aws.runs import retry_run_from
+        from udop.spec.dag import downstream
+
+        if task_id not in {t.id for t in pipeline.spec.tasks}:
+            raise RunNotFound(f"run {run.id!r} has no task {task_id!r}")
+        reset, _, _ = retry_run_from(run.id, [task_id, *downstream(pipeline, task_id)], store=self.store,
+                                     sfn=self.sfn)
+        return reset
 
     def close(self) -> None:
         pass

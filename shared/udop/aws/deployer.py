@@ -58,6 +58,7 @@ class DeployResult:
     skipped: bool = False  # the same content was already deployed
     schedule: str | None = None  # what became of the EventBridge Scheduler schedule (udop.schedule.aws)
     trigger: str | None = None  # what became of the S3 trigger's EventBridge rule (udop.schedule.s3events)
+    after_trigger: str | None = None  # ... and of the after-trigger's rule (udop.schedule.afterevents)
     deployed_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,7 +125,9 @@ def deploy_definition(text: str | bytes, *, source: str, bucket: str, s3: Any, s
                                    "schedule": _sync_schedule(schedules, pipeline,
                                                               previous["state_machine_arn"]),
                                    "trigger": _sync_trigger(triggers, pipeline,
-                                                            previous["state_machine_arn"])})
+                                                            previous["state_machine_arn"]),
+                                   "after_trigger": _sync_after(triggers, pipeline,
+                                                                previous["state_machine_arn"])})
         # compile before recording anything: a pipeline over a limit must not leave a version behind
         version = _next_version(store, name, definition)
         compiled = _compile(pipeline, version, compile_fn)
@@ -138,6 +141,7 @@ def deploy_definition(text: str | bytes, *, source: str, bucket: str, s3: Any, s
         store.register_pipeline(name, definition, state_machine_arn=result.state_machine_arn)
         result.schedule = _sync_schedule(schedules, pipeline, result.state_machine_arn)
         result.trigger = _sync_trigger(triggers, pipeline, result.state_machine_arn)
+        result.after_trigger = _sync_after(triggers, pipeline, result.state_machine_arn)
         result.ok = True
     except InputError as exc:  # SpecErrors, a compile limit, a bad setting: the user's to fix
         result.errors = _error_dicts(exc)
@@ -164,6 +168,9 @@ def _check_schedulable(pipeline: Any, source: str) -> None:
     from udop.schedule.s3events import check_s3_trigger
 
     check_s3_trigger(pipeline, source)
+    from udop.schedule.afterevents import check_after_trigger
+
+    check_after_trigger(pipeline, source)
 
 
 def _sync_schedule(target: Any, pipeline: Any, state_machine_arn: str) -> str | None:
@@ -180,6 +187,17 @@ def _sync_trigger(target: Any, pipeline: Any, state_machine_arn: str) -> str | N
     from udop.schedule.s3events import sync_from_env
 
     return sync_from_env(target, pipeline, state_machine_arn)
+
+
+def _sync_after(target: Any, pipeline: Any, state_machine_arn: str) -> str | None:
+    from udop.schedule.afterevents import after_trigger_of, sync_after_trigger
+    from udop.schedule.s3events import S3TriggerTarget
+
+    target = target if target is not None else S3TriggerTarget.from_env()
+    if target is None:
+        return ("not deployed: set UDOP_TRIGGER_FUNCTION_ARN and UDOP_DATA_BUCKET"
+                if after_trigger_of(pipeline) is not None else None)
+    return sync_after_trigger(target, pipeline, state_machine_arn)
 
 
 def _next_version(store: Any, name: str, definition: dict[str, Any]) -> int:

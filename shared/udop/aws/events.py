@@ -280,9 +280,12 @@ def sync_run(store: Any, sfn: Any, *, state_machine_arn: str, run_id: str,
 
     by_task: dict[str, list[ExecutionAttempt]] = {}
     for execution in executions:
+        # "retry from here" (udop.aws.runs.retry_run_from): these tasks run again in this execution
+        rerun = set((execution.input.get("run") or {}).get("rerun_tasks") or [])
         for attempt in execution.attempts:
             done = by_task.get(attempt.task_id, [])
-            if any(a.state is AttemptState.SUCCEEDED for a in done):
+            if any(a.state is AttemptState.SUCCEEDED for a in done) and not (
+                    attempt.task_id in rerun and not attempt.reused):
                 continue  # later invocations of a succeeded task only returned its result
             by_task.setdefault(attempt.task_id, []).append(attempt)
     seen = sum(len(a) for a in by_task.values())

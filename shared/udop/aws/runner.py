@@ -60,6 +60,9 @@ class TaskPayload:
     params: Mapping[str, Any] = field(default_factory=dict)
     logical_date: datetime = field(default_factory=lambda: datetime.now(UTC))
     data_root: str | None = None
+    #: "retry from here": the tasks this execution runs again although they succeeded in the run
+    #: (``udop.aws.runs.retry_run_from``); their earlier results are not reused
+    rerun_tasks: frozenset[str] = frozenset()
 
     @classmethod
     def parse(cls, event: Mapping[str, Any]) -> TaskPayload:
@@ -90,11 +93,28 @@ class TaskPayload:
         return cls(pipeline=str(event["pipeline"]), version=version, task_id=str(event["task_id"]),
                    run_id=str(run_id), execution=execution, attempt=attempt,
                    params=dict(run.get("params") or {}), logical_date=logical_date,
-                   data_root=data_root)
+                   data_root=data_root, rerun_tasks=frozenset(str(t) for t in run.get("rerun_tasks") or []))
 
 
 def state_key(pipeline: str, run_id: str, task_id: str) -> str:
     return f"udop:task-result:{pipeline}:{run_id}:{task_id}"
+
+
+def _stored_result(state: Any, key: str, payload: TaskPayload) -> Any:
+    """The result a task (or item) stored when it succeeded in this run, to return instead of running
+    it again; for a task this execution re-runs ("retry from here"), only a result this very execution
+    stored counts (a duplicate invocation), not the one from before the retry."""
+    done = state.get(key)
+    rerun = payload.task_id in payload.rerun_tasks
+    if done is not None and rerun and state.get(f"{key}:by") != payload.execution:
+        return None
+    return done
+
+
+def _store_result(state: Any, key: str, payload: TaskPayload, body: str) -> None:
+    if payload.task_id in payload.rerun_tasks:
+        state.set(f"{key}:by", payload.execution, ttl=RESULT_TTL)
+    state.set(key, body, ttl=RESULT_TTL)
 
 
 def result_key(pipeline: str, run_id: str, task_id: str) -> str:
@@ -265,7 +285,7 @@ def _run_payload(event: Mapping[str, Any], *, settings: RunnerSettings, s3: Any,
         return {"task_id": payload.task_id, "item": item.index, "skipped": True}
 
     key = state_key(payload.pipeline, payload.run_id, _record_id(payload.task_id, item))
-    if (done := state.get(key)) is not None:
+    if (done := _stored_result(state, key, payload)) is not None:
         logger.info("task already succeeded in this run; returning its result")
         metrics.add_metric(name="TaskReused", unit="Count", value=1)
         return _response(payload.task_id, json.loads(done), reused=True)
@@ -278,7 +298,7 @@ def _run_payload(event: Mapping[str, Any], *, settings: RunnerSettings, s3: Any,
         raise RetryableError(f"{what} {payload.task_id!r} of run {payload.run_id} is being run by another "
                              "invocation right now")
     try:
-        if (done := state.get(key)) is not None:  # finished while we waited for the lock
+        if (done := _stored_result(state, key, payload)) is not None:  # finished while we waited for the lock
             return _response(payload.task_id, json.loads(done), reused=True)
         try:
             result = _run(payload, pipeline, task, settings=settings, s3=s3, remaining_ms=remaining_ms,
@@ -298,7 +318,7 @@ def _run_payload(event: Mapping[str, Any], *, settings: RunnerSettings, s3: Any,
             put_json(s3, settings.data_bucket, item_result_key(payload.pipeline, payload.run_id,
                                                                payload.task_id, item.index),
                      {**body, "item": {"key": item.key, "index": item.index}})
-        state.set(key, json.dumps(body, default=str), ttl=RESULT_TTL)
+        _store_result(state, key, payload, json.dumps(body, default=str))
     finally:
         lock.release()
     metrics.add_metric(name="TaskSucceeded", unit="Count", value=1)
@@ -460,7 +480,7 @@ def _finalize(payload: TaskPayload, pipeline: Any, task: Any, *, settings: Runne
         raise FatalError(f"task {payload.task_id!r} has no `foreach` but was asked to combine Map items; "
                          "redeploy the pipeline so the state machine matches its definition")
     key = state_key(payload.pipeline, payload.run_id, payload.task_id)
-    if (done := state.get(key)) is not None:
+    if (done := _stored_result(state, key, payload)) is not None:
         return _response(payload.task_id, json.loads(done), reused=True)
     source = get_json(s3, settings.data_bucket,
                       result_key(payload.pipeline, payload.run_id, task.foreach.input))
@@ -485,7 +505,7 @@ def _finalize(payload: TaskPayload, pipeline: Any, task: Any, *, settings: Runne
                      source["output"]["uri"], results)
     body = result.to_dict()
     put_json(s3, settings.data_bucket, result_key(payload.pipeline, payload.run_id, payload.task_id), body)
-    state.set(key, json.dumps(body, default=str), ttl=RESULT_TTL)
+    _store_result(state, key, payload, json.dumps(body, default=str))
     metrics.add_metric(name="TaskSucceeded", unit="Count", value=1)
     return _response(payload.task_id, body, reused=False)
 

@@ -85,18 +85,11 @@ def state_machine_arn(sfn: Any, pipeline: str) -> str:
     return arn
 
 
-def start_run(pipeline: Any, params: Mapping[str, Any], *, store: Any, sfn: Any, run_id: str | None = None,
-              logical_date: datetime | None = None, data_bucket: str | None = None,
-              trigger: str | None = None) -> tuple[str, str, str]:
-    """Start an execution of the deployed pipeline; returns (run id, execution ARN, state machine ARN).
-
-    ``data_bucket``: default the ``UDOP_DATA_BUCKET`` setting (the CLI passes the stack's output).
-
-    The execution is named after the run id: moto names unnamed executions "None", and a name makes
-    a repeated start of the same run fail instead of running twice.
-    """
+def run_context(pipeline: Any, params: Mapping[str, Any], *, store: Any, sfn: Any,
+                data_bucket: str | None = None, trigger: str | None = None) -> tuple[str, dict[str, Any]]:
+    """(state machine ARN, the execution input's ``run`` without run id and logical date) of a run of
+    the deployed ``pipeline``; ``InputError`` when the deployed version is not this definition."""
     from udop.aws.definitions import canonical_definition
-    from udop.executor.local import new_run_id
     from udop.spec.params import jsonable_params, resolve_params
     from udop.store.sql import content_hash
 
@@ -107,15 +100,32 @@ def start_run(pipeline: Any, params: Mapping[str, Any], *, store: Any, sfn: Any,
     if version is None or version.content_hash != content_hash(canonical_definition(pipeline)):
         raise InputError(f"pipeline {pipeline.name!r}: the deployed version differs from this file; "
                          "run `udop deploy FILE` first")
-    run_id = run_id or new_run_id()
-    logical = logical_date or datetime.now(UTC)
-    run_ctx: dict[str, Any] = {"run_id": run_id, "params": values, "logical_date": logical.isoformat(),
-                               "pipeline_version": version.version}
+    run_ctx: dict[str, Any] = {"params": values, "pipeline_version": version.version}
     if trigger is not None:  # how it was started, for the run-events function that records the run
         run_ctx["trigger"] = trigger
     if data_bucket := data_bucket or load_settings(AwsResources).data_bucket:
         # foreach Map states list the data bucket themselves; the runner defaults to its own setting
         run_ctx.update(data_bucket=data_bucket, data_prefix="")
+    return sm_arn, run_ctx
+
+
+def start_run(pipeline: Any, params: Mapping[str, Any], *, store: Any, sfn: Any, run_id: str | None = None,
+              logical_date: datetime | None = None, data_bucket: str | None = None,
+              trigger: str | None = None) -> tuple[str, str, str]:
+    """Start an execution of the deployed pipeline; returns (run id, execution ARN, state machine ARN).
+
+    ``data_bucket``: default the ``UDOP_DATA_BUCKET`` setting (the CLI passes the stack's output).
+
+    The execution is named after the run id: moto names unnamed executions "None", and a name makes
+    a repeated start of the same run fail instead of running twice.
+    """
+    from udop.executor.local import new_run_id
+
+    sm_arn, run_ctx = run_context(pipeline, params, store=store, sfn=sfn, data_bucket=data_bucket,
+                                  trigger=trigger)
+    run_id = run_id or new_run_id()
+    logical = logical_date or datetime.now(UTC)
+    run_ctx = {"run_id": run_id, **run_ctx, "logical_date": logical.isoformat()}
     from udop.observability import tracing
     from udop.observability.context import correlation_id, new_correlation_id
 
@@ -211,3 +221,39 @@ def redrive_run(run_id: str, *, store: Any, sfn: Any) -> tuple[str, str]:
     name = f"{run_id}{REDRIVE_SEPARATOR}{len(redrives) + 1}"
     resp = sfn.start_execution(stateMachineArn=sm_arn, name=name, input=first["input"])
     return str(resp["executionArn"]), sm_arn
+
+
+def retry_run_from(run_id: str, task_ids: list[str], *, store: Any, sfn: Any) -> tuple[list[str], str, str]:
+    """"Retry from here" on Step Functions: run an ended run again from a task (``task_ids``: it and
+    everything downstream of it); returns (the ids reset, execution ARN, state machine ARN).
+
+    A redrive cannot run a succeeded state again, so this starts a new execution of the same run,
+    named ``<run_id>--redrive-<n>`` (as an emulated redrive), with the first execution's input plus
+    ``run.rerun_tasks``: the task runner returns the stored result of every other task that
+    succeeded in the run without running it, and runs the listed ones again (their results from
+    before are not reused). The run record is reset as locally (``reset_for_retry``: the tasks back
+    to pending, their attempts kept, the run pending) before the execution starts; the run-events
+    function then records the new attempts on top of the old ones."""
+    import json
+
+    from udop.aws.events import REDRIVE_SEPARATOR, run_id_of_execution
+
+    run = store.get_run(run_id)
+    if run is None:
+        raise RunNotFound(f"no run {run_id!r} in the metadata store")
+    if run.executor != "stepfunctions" or not run.external_id:
+        raise InputError(f"run {run_id!r} ran locally; retry it there")
+    first = sfn.describe_execution(executionArn=run.external_id)
+    sm_arn = first["stateMachineArn"]
+    ours = sorted((e for page in sfn.get_paginator("list_executions").paginate(stateMachineArn=sm_arn)
+                   for e in page["executions"] if run_id_of_execution(e["name"]) == run_id),
+                  key=lambda e: e["startDate"])
+    if any(e["status"] == "RUNNING" for e in ours):
+        raise InputError(f"run {run_id!r} is still running; retry a task once the run has ended")
+    reset = store.reset_for_retry(run_id, task_ids)  # TransitionError while the store says it runs
+    body = json.loads(first.get("input") or "{}")
+    body.setdefault("run", {})["rerun_tasks"] = reset
+    redrives = [e for e in ours if REDRIVE_SEPARATOR in e["name"]]
+    name = f"{run_id}{REDRIVE_SEPARATOR}{len(redrives) + 1}"
+    resp = sfn.start_execution(stateMachineArn=sm_arn, name=name, input=json.dumps(body))
+    return reset, str(resp["executionArn"]), sm_arn

@@ -105,6 +105,8 @@ def deploy_command(file: str, *, stack: str | None, definitions_bucket: str | No
         click.echo(f"{result.pipeline}: schedule {result.schedule}")
     if result.trigger and result.trigger != "none":
         click.echo(f"{result.pipeline}: S3 trigger rule {result.trigger}")
+    if result.after_trigger and result.after_trigger != "none":
+        click.echo(f"{result.pipeline}: after-trigger rule {result.after_trigger}")
 
 
 def run_on_stepfunctions(pipeline_path: str, params: Mapping[str, Any], follow: bool = True, *,

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from udop.errors import RunNotFound
+from udop.store.api import RUN_TRIGGERS
 
 
 def _duration(start: Any, end: Any) -> str:
@@ -27,9 +28,11 @@ def runs() -> None:
 @click.option("--state", type=click.Choice(["pending", "running", "succeeded", "failed", "cancelled"]))
 @click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True)
 @click.option("--logical-date", metavar="ISO-DATE", help="Only runs of this logical date (UTC if no offset).")
+@click.option("--trigger", type=click.Choice(list(RUN_TRIGGERS)),
+              help="Only runs started this way (as GET /runs?trigger=).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def list_runs(pipeline: str | None, state: str | None, limit: int, logical_date: str | None,
-              as_json: bool) -> None:
+def list_runs(*, pipeline: str | None, state: str | None, limit: int, logical_date: str | None,
+              trigger: str | None, as_json: bool) -> None:
     """List runs, newest first."""
     from udop.schedule.backfill import parse_date
     from udop.states import RunState
@@ -38,7 +41,7 @@ def list_runs(pipeline: str | None, state: str | None, limit: int, logical_date:
     store = open_store()
     logical = parse_date(logical_date, what="--logical-date") if logical_date else None
     records = store.list_runs(pipeline=pipeline, state=RunState(state) if state else None, limit=limit,
-                              logical_date=logical)
+                              logical_date=logical, trigger=trigger)
     if as_json:
         click.echo(json.dumps([_run_json(r) for r in records], indent=2, default=str))
         return

@@ -39,7 +39,10 @@ def _summary(record: Any) -> str:
               help="Scheduled runs at the same time in this process.")
 @click.option("--workers", type=click.IntRange(1, 64), default=4, show_default=True,
               help="Tasks at a time within one run.")
-def scheduler(folder: str, trusted: bool, max_runs: int, workers: int) -> None:
+@click.option("--lease", "lease_seconds", type=click.IntRange(10, 86400), default=300, show_default=True,
+              help="Seconds after which a tick claimed by a scheduler whose run never started (it died) "
+              "is started by another.")
+def scheduler(*, folder: str, trusted: bool, max_runs: int, workers: int, lease_seconds: int) -> None:
     """Start the runs of every scheduled pipeline in a folder at its ticks, until Ctrl-C.
 
     Any number of schedulers may share one metadata store: each tick starts one run.
@@ -55,7 +58,8 @@ def scheduler(folder: str, trusted: bool, max_runs: int, workers: int) -> None:
     policy = Policy.trusted() if trusted else server_policy(data_root=data_root)
     store = open_store(expect_history_in=data_root)
     source = DirectoryPipelines(folder, on_error=lambda line: click.echo(f"udop: {line}", err=True))
-    sched = Scheduler(store, source, policy=policy, max_runs=max_runs, workers=workers, data_root=data_root)
+    sched = Scheduler(store, source, policy=policy, max_runs=max_runs, workers=workers, data_root=data_root,
+                      lease_seconds=lease_seconds)
     names = [sp.pipeline.name for sp in source()]
     mode = "trusted" if trusted else "sandboxed (server mode)"
     click.echo(f"udop: scheduling {len(names)} pipeline(s) from {folder}, {mode}: "
@@ -83,10 +87,15 @@ def scheduler(folder: str, trusted: bool, max_runs: int, workers: int) -> None:
 @click.option("--executor", type=click.Choice(["local", "stepfunctions"]), default="local", show_default=True,
               help="stepfunctions: one execution per date of the deployed pipeline, started and followed "
               "from here (docs/scheduling.md).")
+@click.option("--fan-out", type=click.Choice(["parent", "client"]), default="parent", show_default=True,
+              help="stepfunctions only: one parent execution fanning out on AWS (runs without this "
+              "process), or executions started and followed from here.")
+@click.option("--stack", help="stepfunctions, parent: the CloudFormation stack whose outputs name the data "
+              "bucket and the state machine role (default: $UDOP_DATA_BUCKET, $UDOP_STATE_MACHINE_ROLE_ARN).")
 @click.option("--workers", type=click.IntRange(1, 64), default=4, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the backfill as JSON at the end.")
 def backfill(file: str, *, start: str, end: str, step: str, max_parallel: int, params: tuple[str, ...],
-             executor: str, workers: int, as_json: bool) -> None:
+             executor: str, fan_out: str, stack: str | None, workers: int, as_json: bool) -> None:
     """Run the pipeline in FILE once per logical date from --from to --to.
 
     Exit 0 when every date succeeded, 1 otherwise. The backfill is one unit: `udop backfills` lists,
@@ -99,7 +108,8 @@ def backfill(file: str, *, start: str, end: str, step: str, max_parallel: int, p
 
     pipeline = _load(file)
     store = open_store(expect_history_in=get_settings().resolved_data_root)
-    runner = _runner(executor, store, pipeline, file, workers)
+    runner = _runner(executor if executor == "local" or fan_out == "client" else "stepfunctions-parent",
+                     store, pipeline, file, workers, stack=stack)
     record = runner.create(start=parse_date(start, what="--from"), end=parse_date(end, what="--to"),
                            step=step, max_parallel=max_parallel, params=_parse_params(params),
                            executor=executor)
@@ -109,6 +119,11 @@ def backfill(file: str, *, start: str, end: str, step: str, max_parallel: int, p
 
 
 def _run(runner: Any, backfill_id: str, *, resume: bool, as_json: bool) -> None:
+    from udop.schedule.sfn_parent import ParentBackfillRunner
+
+    if isinstance(runner, ParentBackfillRunner):
+        _run_parent(runner, backfill_id, resume=resume, as_json=as_json)
+        return
     stops: list[int] = []
 
     def stop(signum: int, _frame: object) -> None:
@@ -128,6 +143,28 @@ def _run(runner: Any, backfill_id: str, *, resume: bool, as_json: bool) -> None:
         runner.store.close()
     click.echo(json.dumps(_backfill_json(final), indent=2) if as_json else _summary(final))
     if final.state == "cancelled":
+        click.echo(f"udop: continue it with: udop backfills resume {backfill_id} FILE", err=True)
+    raise click.exceptions.Exit(0 if final.state == "succeeded" else 1)
+
+
+def _run_parent(runner: Any, backfill_id: str, *, resume: bool, as_json: bool) -> None:
+    """Start the parent execution and follow it; Ctrl-C stops following, not the backfill."""
+    from udop.aws.platform import aws_errors
+
+    with aws_errors():
+        arn = runner.start(backfill_id, resume=resume)
+    click.echo(f"udop: parent execution {arn} (Ctrl-C stops following it; `udop backfills cancel "
+               f"{backfill_id}` stops the backfill)", err=True)
+    try:
+        with aws_errors():
+            final = runner.follow(backfill_id, arn)
+    except KeyboardInterrupt:
+        click.echo(f"udop: backfill {backfill_id} goes on on Step Functions", err=True)
+        raise click.exceptions.Exit(130) from None
+    finally:
+        runner.store.close()
+    click.echo(json.dumps(_backfill_json(final), indent=2) if as_json else _summary(final))
+    if final.state != "succeeded":
         click.echo(f"udop: continue it with: udop backfills resume {backfill_id} FILE", err=True)
     raise click.exceptions.Exit(0 if final.state == "succeeded" else 1)
 
@@ -181,11 +218,23 @@ def show_backfill(backfill_id: str, as_json: bool) -> None:
 @backfills.command("cancel")
 @click.argument("backfill_id")
 def cancel(backfill_id: str) -> None:
-    """Stop a backfill: its runner stops its running runs and starts no more."""
+    """Stop a backfill: its runner stops its running runs and starts no more (on Step Functions with a
+    parent execution: the parent and its dates' executions are stopped)."""
     from udop.schedule.backfill import cancel_backfill
+    from udop.schedule.sfn_parent import EXECUTOR, stop_parent_backfill
+    from udop.schedule.store import ScheduleStore
     from udop.store import open_store
 
-    click.echo(_summary(cancel_backfill(open_store(), backfill_id)))
+    store = open_store()
+    record = ScheduleStore(store).get_backfill(backfill_id)
+    if record is not None and record.executor == EXECUTOR:
+        from udop.aws.platform import aws_errors
+        from udop.aws.runs import client
+
+        with aws_errors():
+            click.echo(_summary(stop_parent_backfill(store, client("stepfunctions"), backfill_id)))
+        return
+    click.echo(_summary(cancel_backfill(store, backfill_id)))
 
 
 @backfills.command("resume")
@@ -209,9 +258,19 @@ def resume(backfill_id: str, file: str, workers: int, as_json: bool) -> None:
     _run(runner, backfill_id, resume=True, as_json=as_json)
 
 
-def _runner(executor: str, store: Any, pipeline: Any, file: str, workers: int) -> Any:
+def _runner(executor: str, store: Any, pipeline: Any, file: str, workers: int, *,
+            stack: str | None = None) -> Any:
     from udop.schedule.backfill import BackfillRunner
 
+    if executor == "stepfunctions-parent":
+        from udop.aws.platform import Platform
+        from udop.aws.runs import client
+        from udop.schedule.sfn_parent import ParentBackfillRunner
+
+        platform = Platform(stack)
+        return ParentBackfillRunner(store, pipeline, sfn=client("stepfunctions"), s3=client("s3"),
+                                    role_arn=platform.require("state_machine_role_arn"),
+                                    data_bucket=platform.require("data_bucket"))
     if executor == "stepfunctions":
         from udop.aws.runs import client
         from udop.schedule.sfn_backfill import StepFunctionsBackfillRunner

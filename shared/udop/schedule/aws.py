@@ -116,3 +116,6 @@ def forget_pipeline(executor_name: str, pipeline: str) -> None:
     triggers = S3TriggerTarget.from_env()
     if triggers is not None:
         delete_s3_trigger(triggers.events, pipeline)
+        from udop.schedule.afterevents import delete_after_trigger
+
+        delete_after_trigger(triggers.events, pipeline)

@@ -105,6 +105,8 @@ class BackfillRunner:
         self._lock = threading.Lock()
         self._active: dict[datetime, Any] = {}  # logical date -> its LocalExecutor
         self._cancelled = threading.Event()
+        #: python modules are checked where the tasks run (on Step Functions: by the task runner)
+        self.check_modules = True
 
     def create(self, *, start: datetime, end: datetime, step: str, max_parallel: int,
                params: Mapping[str, Any] | None = None, executor: str = "local") -> BackfillRecord:
@@ -115,7 +117,7 @@ class BackfillRunner:
 
         if max_parallel < 1:
             raise InputError("--max-parallel must be at least 1")
-        SpecErrors.collect(check_definition(self.pipeline, self.policy))
+        SpecErrors.collect(check_definition(self.pipeline, self.policy, check_modules=self.check_modules))
         resolve_params(self.pipeline, params)
         dates = logical_dates(start, end, parse_step(step))
         self.store.register_pipeline(self.pipeline.name, _stored(self.pipeline))

@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from udop.errors import RunLimitReached, SpecErrors, UdopError
+from udop.errors import RunLimitReached, SpecErrors, StoreError, UdopError
 from udop.executor.events import RunEvent
 from udop.sandbox import Policy
 from udop.schedule.expr import fires_between, rate_seconds
@@ -109,6 +109,7 @@ class Scheduler:
         grace_seconds: float = 60.0,
         max_sleep: float = 5.0,
         settle_seconds: float = 1.0,
+        lease_seconds: float = 300.0,
     ) -> None:
         import os
         import socket
@@ -124,6 +125,8 @@ class Scheduler:
         #: catchup "none": a tick later than this is missed, not run
         self.grace = timedelta(seconds=grace_seconds)
         self.max_sleep = max_sleep
+        #: a tick claimed this long ago whose run never started is taken over by another scheduler
+        self.lease = timedelta(seconds=lease_seconds)
         self._pool = ThreadPoolExecutor(max_workers=max_runs, thread_name_prefix="udop-sched")
         self._last: dict[str, datetime] = {}  # pipeline -> the latest tick considered
         self._events: dict[str, set[str]] = {}  # pipeline -> trigger events already claimed (by anyone)
@@ -168,6 +171,8 @@ class Scheduler:
 
     def poll(self) -> list[Fired]:
         """Claim and start every tick due now; return the ticks this scheduler won."""
+        from udop.executor.local import new_run_id
+
         now = self.clock.now()
         won: list[Fired] = []
         for sp in self.pipelines():
@@ -181,15 +186,54 @@ class Scheduler:
                 continue
             chosen, latest = self._due(sp, now)
             for tick in chosen:
-                if not self.ticks.claim_tick(sp.pipeline.name, tick, self.owner):
+                run_id = new_run_id()
+                if not self.ticks.claim_tick(sp.pipeline.name, tick, self.owner, run_id=run_id, at=now):
                     continue  # another scheduler has it
-                fired = Fired(sp.pipeline.name, tick)
+                fired = Fired(sp.pipeline.name, tick, run_id=run_id)
                 fired.future = self._pool.submit(self._start, sp, fired)
                 won.append(fired)
             if latest is not None:
                 self._last[sp.pipeline.name] = latest
+        won.extend(self._retake_stale(now))
         with self._lock:
             self.fired.extend(won)
+        return won
+
+    def _retake_stale(self, now: datetime) -> list[Fired]:
+        """Ticks claimed more than ``lease`` ago whose run never started (the scheduler that claimed
+        them died in between): one scheduler takes each over and starts its run, under the run id the
+        claim recorded, so that even a claimer that was only slow cannot make it two runs. A tick whose
+        run exists after all is recorded as started; one older than its pipeline's catch-up window is
+        recorded as failed (as a missed tick, it would not be run any more)."""
+        stale = self.ticks.stale_ticks(now - self.lease)
+        if not stale:
+            return []
+        known = {sp.pipeline.name: sp for sp in self.pipelines()
+                 if sp.pipeline.spec.schedule is not None and sp.pipeline.spec.schedule.enabled}
+        won = []
+        for tick in stale:
+            sp = known.get(tick.pipeline)
+            if sp is None:
+                continue  # not this scheduler's pipeline (another folder, or no longer scheduled)
+            if tick.run_id is not None and self.store.get_run(tick.run_id) is not None:
+                self.ticks.finish_tick(tick.pipeline, tick.tick, outcome="started", run_id=tick.run_id)
+                continue
+            schedule = sp.pipeline.spec.schedule
+            assert schedule is not None
+            if not self.ticks.retake_tick(tick, self.owner, now):
+                continue  # another scheduler took it over first
+            too_old = now - tick.tick > timedelta(seconds=rate_seconds(schedule.catchup_window))
+            if too_old:
+                self.ticks.finish_tick(tick.pipeline, tick.tick, outcome="failed",
+                                       detail=f"claimed by {tick.claimed_by}, whose run never started; "
+                                              "older than the catch-up window when taken over")
+                continue
+            log.warning("schedule of %s: tick %s was claimed by %s at %s and its run never started; "
+                        "starting it", tick.pipeline, tick.tick.isoformat(), tick.claimed_by,
+                        tick.claimed_at.isoformat())
+            fired = Fired(tick.pipeline, tick.tick, run_id=tick.run_id)
+            fired.future = self._pool.submit(self._start, sp, fired)
+            won.append(fired)
         return won
 
     def _files_landed(self, sp: ScheduledPipeline, now: datetime) -> list[Fired]:
@@ -324,6 +368,17 @@ class Scheduler:
                     self._executors.pop(run_id, None)
         except RunLimitReached as exc:
             self._finish(fired, "skipped", None, f"max_active_runs: {_first_line(exc)}")
+        except StoreError as exc:
+            if fired.outcome == "claimed" and "already exists" in str(exc) and self.store.get_run(run_id):
+                # a tick taken over after its lease, whose first claimer was only slow and started the
+                # run (the same id) first: that run is the tick's one run
+                fired.outcome = "started"
+                if fired.event is None:
+                    self.ticks.finish_tick(pipeline.name, fired.tick, outcome="started", run_id=run_id)
+            elif fired.outcome == "claimed":
+                self._finish(fired, "failed", None, _first_line(exc))
+            else:
+                log.warning("scheduled run %s of %s: %s", run_id, pipeline.name, _first_line(exc))
         except (UdopError, OSError) as exc:
             if fired.outcome == "claimed":
                 self._finish(fired, "failed", None, _first_line(exc))

@@ -78,16 +78,42 @@ class ScheduleStore:
 
     # --- ticks -------------------------------------------------------------------------------------
 
-    def claim_tick(self, pipeline: str, tick: datetime, owner: str) -> bool:
+    def claim_tick(self, pipeline: str, tick: datetime, owner: str, *, run_id: str | None = None,
+                   at: datetime | None = None) -> bool:
         """True if this caller won ``tick`` of ``pipeline`` (and must start its run); False if another
-        scheduler claimed it first."""
+        scheduler claimed it first. ``run_id``: the id its run will have (a scheduler that takes the
+        tick over after a lease starts the run under the same id, so at most one run exists)."""
         try:
             with transaction(self._engine, write=True) as conn:
                 conn.execute(insert(schedule_ticks).values(
-                    pipeline=pipeline, tick=tick, claimed_by=owner, claimed_at=_now(), outcome="claimed"))
+                    pipeline=pipeline, tick=tick, claimed_by=owner, claimed_at=at or _now(),
+                    outcome="claimed", run_id=run_id))
         except IntegrityError:
             return False
         return True
+
+    def stale_ticks(self, claimed_before: datetime, limit: int = 100) -> list[TickRecord]:
+        """Ticks still only ``claimed`` (their run never recorded as started) since before
+        ``claimed_before``: their scheduler died between the claim and the start."""
+        stmt = (select(schedule_ticks)
+                .where(schedule_ticks.c.outcome == "claimed", schedule_ticks.c.claimed_at < claimed_before)
+                .order_by(schedule_ticks.c.tick).limit(limit))
+        with transaction(self._engine, write=False) as conn:
+            rows = conn.execute(stmt).all()
+        return [TickRecord(r.pipeline, r.tick, r.claimed_by, r.claimed_at, r.outcome, r.run_id, r.detail)
+                for r in rows]
+
+    def retake_tick(self, stale: TickRecord, owner: str, at: datetime) -> bool:
+        """Take over a stale claim: True for exactly one of the schedulers that try (the row must still
+        be the claim they read: same owner, same claim time, still ``claimed``)."""
+        with transaction(self._engine, write=True) as conn:
+            changed = conn.execute(
+                update(schedule_ticks)
+                .where(schedule_ticks.c.pipeline == stale.pipeline, schedule_ticks.c.tick == stale.tick,
+                       schedule_ticks.c.outcome == "claimed", schedule_ticks.c.claimed_by == stale.claimed_by,
+                       schedule_ticks.c.claimed_at == stale.claimed_at)
+                .values(claimed_by=owner, claimed_at=at)).rowcount
+        return bool(changed)
 
     def finish_tick(self, pipeline: str, tick: datetime, *, outcome: str, run_id: str | None = None,
                     detail: str | None = None) -> None:

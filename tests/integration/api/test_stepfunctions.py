@@ -162,6 +162,26 @@ def test_deploy_trigger_follow_and_redrive_through_the_api(
             # the redrive ran only the failed task again
             assert moto_aws.calls("numbers", run_id) == 1
             assert moto_aws.calls("big", run_id) == 2
+
+            # "retry from here" on the succeeded run: a new execution of the same run runs `big` (and
+            # what is downstream of it) again and reuses `numbers`' result
+            retried = c.post(f"/runs/{run_id}/tasks/big/retry")
+            assert retried.status_code == 202, retried.text
+            pending = c.get(f"/runs/{run_id}").json()
+            assert pending["state"] == "pending"
+            assert {t["task_id"]: t["state"] for t in pending["tasks"]} == {"numbers": "succeeded", "big": "pending"}
+            latest = max(sfn.list_executions(stateMachineArn=machine)["executions"], key=lambda e: e["startDate"])
+            assert latest["name"] == f"{run_id}--redrive-2"
+            assert moto_aws.wait_execution(latest["executionArn"])["status"] == "SUCCEEDED"
+            _run_event(moto_aws, {**run, "external_id": latest["executionArn"]}, "SUCCEEDED")
+            again = c.get(f"/runs/{run_id}").json()
+            assert again["state"] == "succeeded", again
+            tasks = {t["task_id"]: t for t in again["tasks"]}
+            assert [a["state"] for a in tasks["big"]["attempts"]] == ["failed", "succeeded", "succeeded"]
+            assert len(tasks["numbers"]["attempts"]) == 1
+            assert moto_aws.calls("numbers", run_id) == 1
+            assert moto_aws.calls("big", run_id) == 3
+            assert c.post(f"/runs/{run_id}/tasks/nope/retry").status_code == 404
             assert c.post(f"/runs/{run_id}/resume").status_code == 409
             assert c.post(f"/runs/{run_id}/cancel").status_code == 409
     finally:

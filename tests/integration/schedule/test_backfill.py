@@ -32,6 +32,13 @@ def test_a_backfill_runs_each_logical_date_once_and_runs_list_filters_by_it(proj
     assert run["logical_date"].startswith("2024-01-02 00:00:00")
     code, out, _ = cli("runs", "list")
     assert "LOGICAL DATE" in out and "2024-01-03 00:00:00" in out
+    # as GET /runs?trigger=: the three backfill runs, none started otherwise
+    code, out, _ = cli("runs", "list", "--trigger", "backfill", "--json")
+    assert code == 0 and sorted(r["id"] for r in json.loads(out)) == sorted(d["run_id"] for d in body["dates"])
+    code, out, _ = cli("runs", "list", "--trigger", "schedule", "--json")
+    assert code == 0 and json.loads(out) == []
+    code, _, err = cli("runs", "list", "--trigger", "nope")
+    assert code == 2 and "--trigger" in err
     code, out, _ = cli("backfills", "list")
     assert body["id"] in out and "3 succeeded" in out
 

@@ -259,6 +259,61 @@ def test_two_schedulers_on_one_store_start_one_run_per_tick(
             s.close()
 
 
+def test_a_tick_claimed_by_a_scheduler_that_died_is_started_once_by_another_after_the_lease(
+    project: Any, db_url: str, make_scheduler: Callable[..., Scheduler]
+) -> None:
+    sp = _scheduled(project, {"cron": "0 * * * *"})
+    clock = FakeClock(_utc(2026, 5, 1, 0, 30))
+    stores = [open_store(db_url) for _ in range(3)]
+    try:
+        dead = make_scheduler([sp], clock, on=stores[0], owner="dead")
+        dead.poll()
+        claimed: list[Any] = []
+        # the process dies between the claim and the start: the claim is all it leaves behind
+        dead._start = lambda sp, fired: claimed.append(fired)  # type: ignore[method-assign]
+        clock.at = _utc(2026, 5, 1, 1, 0)
+        [fired] = dead.poll()
+        assert fired.run_id is not None and claimed == [fired]
+        live = [make_scheduler([sp], clock, on=s, owner=f"live{i}") for i, s in enumerate(stores[1:])]
+        for s in live:
+            s.poll()  # within the lease: the claim is respected
+        assert stores[1].list_runs(pipeline="demo") == []
+        clock.at = _utc(2026, 5, 1, 1, 6)  # past the 5-minute lease: both race to take it over
+        barrier = threading.Barrier(len(live))
+
+        def go(s: Scheduler) -> None:
+            barrier.wait()
+            s.poll()
+
+        threads = [threading.Thread(target=go, args=(s,)) for s in live]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for s in live:
+            s.wait_idle(timeout=120)
+        retaken = [f for s in live for f in s.fired if f.tick == _utc(2026, 5, 1, 1)]
+        assert len(retaken) == 1 and retaken[0].outcome == "started"
+        [run] = stores[1].list_runs(pipeline="demo")
+        assert (run.id, run.logical_date, run.state) == (fired.run_id, _utc(2026, 5, 1, 1), "succeeded")
+        [tick] = ScheduleStore(stores[1]).ticks("demo")
+        taker = "live0" if retaken[0] in live[0].fired else "live1"
+        assert (tick.outcome, tick.run_id, tick.claimed_by) == ("started", fired.run_id, taker)
+        # the claimer was only slow after all and starts it now: the same run id, no second run
+        Scheduler._start(dead, sp, fired)
+        assert len(stores[1].list_runs(pipeline="demo")) == 1
+        assert ScheduleStore(stores[1]).ticks("demo")[0].outcome == "started"
+        # later polls leave the tick alone
+        clock.at = _utc(2026, 5, 1, 1, 20)
+        for s in live:
+            s.poll()
+            s.wait_idle(timeout=60)
+        assert len(stores[1].list_runs(pipeline="demo")) == 1
+    finally:
+        for s in stores:
+            s.close()
+
+
 def test_pipelines_registered_in_the_store_are_scheduled_at_their_latest_version(
     project: Any, store: Any, make_scheduler: Callable[..., Scheduler]
 ) -> None:

@@ -1,7 +1,8 @@
 """Backfills over the API: start one (an operator, as for triggering a run), list, inspect, cancel.
 
 The backfill runs in a background thread of this server under its sandbox policy, one run per
-logical date, like ``udop backfill``; the answer (202) comes as soon as it is recorded.
+logical date, like ``udop backfill``; the answer (202) comes as soon as it is recorded. On a Step
+Functions server it is one parent execution fanning out on AWS (``udop.schedule.sfn_parent``).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def _aware(value: datetime) -> datetime:
     "/pipelines/{name}/backfills",
     status_code=status.HTTP_202_ACCEPTED,
     response_model_by_alias=True,
-    responses={404: {"model": Problem}, 422: {"model": Problem}, 501: {"model": Problem}},
+    responses={404: {"model": Problem}, 422: {"model": Problem}},
 )
 def start_backfill(
     request: Request,
@@ -94,10 +95,9 @@ def start_backfill(
     from udop.api.routers.runs import _pipeline_version
     from udop.schedule.backfill import BackfillRunner
 
-    if ctx.launcher.executor_name != "local":
-        raise HTTPException(501, "backfills through the API run on the local executor only; on Step "
-                            "Functions start one run per logical date (POST /pipelines/{name}/runs)")
     pipeline = _pipeline_version(ctx, name)
+    if ctx.launcher.executor_name == "stepfunctions":
+        return _start_parent(request, response, ctx, pipeline, body)
     runner = BackfillRunner(ctx.store, pipeline, policy=ctx.launcher.policy,  # type: ignore[arg-type]
                             data_root=getattr(ctx.launcher, "data_root", None))
     try:
@@ -122,6 +122,30 @@ def start_backfill(
     return BackfillDetail.of(record)
 
 
+def _start_parent(request: Request, response: Response, ctx: ApiContext, pipeline: Any,
+                  body: BackfillRequest) -> BackfillDetail:
+    """On Step Functions: one parent execution fans out over the dates (``udop.schedule.sfn_parent``);
+    nothing runs in this server."""
+    from udop.schedule.sfn_parent import ParentBackfillRunner
+
+    launcher: Any = ctx.launcher
+    settings = launcher.settings
+    runner = ParentBackfillRunner(ctx.store, pipeline, sfn=launcher.sfn, s3=launcher.s3,
+                                  role_arn=str(settings.state_machine_role_arn),
+                                  data_bucket=str(settings.data_bucket), policy=launcher.policy)
+    try:
+        record = runner.create(start=_aware(body.start), end=_aware(body.end), step=body.step,
+                               max_parallel=body.max_parallel, params=body.params)
+    except InputError as exc:
+        raise HTTPException(422, str(exc)) from None
+    runner.start(record.id)
+    started = _schedule_store(ctx).get_backfill(record.id)
+    response.headers["Location"] = f"/backfills/{record.id}"
+    request.state.audit_detail = (f"backfill {record.id} of {pipeline.name}: {len(record.dates)} logical "
+                                  "date(s), one parent execution on Step Functions")
+    return BackfillDetail.of(started or record)
+
+
 @router.get("/backfills", response_model_by_alias=True)
 def list_backfills(_: Viewer, ctx: Ctx, pipeline: str | None = None) -> list[BackfillDetail]:
     return [BackfillDetail.of(r) for r in _schedule_store(ctx).list_backfills(pipeline)]
@@ -141,11 +165,17 @@ def cancel_backfill(request: Request, backfill_id: Annotated[str, Path(max_lengt
                     ctx: Ctx) -> BackfillDetail:
     """Stop a backfill: its running runs are cancelled and no more start."""
     from udop.schedule.backfill import cancel_backfill as cancel
+    from udop.schedule.sfn_parent import EXECUTOR, stop_parent_backfill
 
-    if _schedule_store(ctx).get_backfill(backfill_id) is None:
+    found = _schedule_store(ctx).get_backfill(backfill_id)
+    if found is None:
         raise HTTPException(404, f"no backfill {backfill_id!r}")
     try:
-        record = cancel(ctx.store, backfill_id)  # type: ignore[arg-type]
+        if found.executor == EXECUTOR:  # a parent execution on Step Functions: stop it and its dates
+            launcher: Any = ctx.launcher
+            record = stop_parent_backfill(ctx.store, launcher.sfn, backfill_id)
+        else:
+            record = cancel(ctx.store, backfill_id)  # type: ignore[arg-type]
     except InputError as exc:
         raise HTTPException(409, str(exc)) from None
     request.state.audit_detail = f"backfill {backfill_id} cancelled"
