@@ -106,7 +106,6 @@ def test_a_fused_chain_runs_in_one_invocation_with_the_local_executors_records(
     moto_aws: Any, store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from conformance.executors import view
-
     from udop.executor.local import LocalExecutor
     from udop.spec.loader import load_pipeline
     from udop.store import open_store
@@ -158,7 +157,6 @@ def test_a_load_failing_in_a_fused_chain_is_the_loads_failure_as_locally(
     """The fused query fails at the target; the transform then runs alone (its Parquet to S3) and the
     load alone, whose error the run records against the load, as the LocalExecutor does."""
     from conformance.executors import view
-
     from udop.executor.local import LocalExecutor
     from udop.spec.loader import load_pipeline
     from udop.store import open_store
@@ -212,7 +210,7 @@ def test_a_retried_fused_chain_loads_exactly_once(
 ) -> None:
     """The invocation is lost after the load committed and before the tasks' results were recorded:
     the retry runs the chain again, and the load finds its ledger entry and writes nothing."""
-    import udop.aws.runner as runner
+    from udop.aws import runner
 
     bucket = _lake(moto_aws)
     # appending to a folder adds part files: a second write would show as rows twice
