@@ -380,6 +380,10 @@ def _run_chain(payload: TaskPayload, pipeline: Any, task: Any, load_id: str, *, 
                 raise for_fused_task(_translated(exc), load.id) from exc
     finally:
         lock.release()
+    rows = (l_body.get("output") or {}).get("rows")
+    if not l_reused and isinstance(rows, int):
+        metrics.add_metric(name="RowsWritten", unit="Count", value=rows)
+        emit_metric("udop_rows_written", "Count", rows, {"pipeline": payload.pipeline})
     return _chain_response((task.id, t_body, t_reused), (load.id, l_body, l_reused))
 
 
