@@ -37,7 +37,15 @@ from udop.observability import tracing
 from udop.observability.context import bound
 from udop.sandbox import Policy, SandboxViolation, server_policy
 from udop.spec.secure import check_definition
-from udop.tasks.contract import SNAPSHOT_FORMAT, VIEW_FORMAT, VIEW_NAME, TaskContext, TaskResult
+from udop.tasks.contract import (
+    SNAPSHOT_FORMAT,
+    SOURCE_FILES,
+    VIEW_FORMAT,
+    VIEW_NAME,
+    SourceFiles,
+    TaskContext,
+    TaskResult,
+)
 
 __all__ = ["TaskPayload", "failed_checks_key", "item_result_key", "partitions_key", "result_key",
            "run_payload", "state_key"]
@@ -351,6 +359,16 @@ def _run_chain(payload: TaskPayload, pipeline: Any, task: Any, load_id: str, *, 
         metrics.add_metric(name="TaskReused", unit="Count", value=2)
         return _chain_response((task.id, json.loads(t_done), True), (load.id, json.loads(l_done), True))
     timeout = _chain_timeout(pipeline, task, load)
+    # the state's TimeoutSeconds is the sum of the two timeouts: the runs after a failed fused query
+    # share what is left of it (and of the Lambda's time), so the runner stops them first and names
+    # the task that was running
+    started = time.monotonic()
+
+    def left() -> int | None:
+        limits = [ms for ms in (remaining_ms, None if timeout is None else int(timeout * 1000))
+                  if ms is not None]
+        return None if not limits else max(0, min(limits) - int((time.monotonic() - started) * 1000))
+
     lock = state.lock(f"task:{payload.pipeline}:{payload.run_id}:{task.id}", ttl=(timeout or 900.0) + 60.0)
     if not lock.acquire():
         raise RetryableError(f"task {task.id!r} (fused with {load.id!r}) of run {payload.run_id} is being "
@@ -360,24 +378,26 @@ def _run_chain(payload: TaskPayload, pipeline: Any, task: Any, load_id: str, *, 
         t_reused, l_reused = t_raw is not None, l_raw is not None
         t_body = json.loads(t_raw) if t_raw is not None else None
         l_body = json.loads(l_raw) if l_raw is not None else None
+        fused: tuple[TaskResult, TaskResult] | None = None
         if t_body is None:
             fused = _run_fused(payload, pipeline, task, load, settings=settings, s3=s3, state=state,
                                remaining_ms=remaining_ms, timeout=timeout)
             if fused is not None:
                 t_body = _record(payload, task.id, fused[0], settings=settings, s3=s3, state=state)
-                l_body = _record(payload, load.id, fused[1], settings=settings, s3=s3, state=state)
             else:
-                result = _run(payload, pipeline, task, settings=settings, s3=s3, remaining_ms=remaining_ms,
+                result = _run(payload, pipeline, task, settings=settings, s3=s3, remaining_ms=left(),
                               state=state)
                 t_body = _record(payload, task.id, result, settings=settings, s3=s3, state=state)
-        if l_body is None:
-            own = replace(payload, task_id=load.id)
-            try:
-                result = _run(own, pipeline, load, settings=settings, s3=s3, remaining_ms=remaining_ms,
-                              state=state)
+        # from here on whatever fails is the load's: its attempt in the run record
+        own = replace(payload, task_id=load.id)
+        try:
+            if fused is not None and l_body is None:
+                l_body = _record(own, load.id, fused[1], settings=settings, s3=s3, state=state)
+            if l_body is None:
+                result = _run(own, pipeline, load, settings=settings, s3=s3, remaining_ms=left(), state=state)
                 l_body = _record(own, load.id, result, settings=settings, s3=s3, state=state)
-            except Exception as exc:
-                raise for_fused_task(_translated(exc), load.id) from exc
+        except Exception as exc:
+            raise for_fused_task(_translated(exc), load.id) from exc
     finally:
         lock.release()
     rows = (l_body.get("output") or {}).get("rows")
@@ -588,6 +608,8 @@ def _attempt(payload: TaskPayload, pipeline: Any, task: Any, *, settings: Runner
         # the runner's state store (Redis) also holds watermarks, their leases and the ledger
         # entries of targets without a transaction of their own: the same store on every Lambda
         services: dict[str, Any] = {"state": state} if state is not None else {}
+        # S3 source objects fetched once per invocation, removed with its folder
+        services[SOURCE_FILES] = SourceFiles()
         if settings.code_dir:
             services["base_dir"] = settings.code_dir
         context = TaskContext(pipeline=pipeline, task_id=payload.task_id, run_id=payload.run_id,
