@@ -187,6 +187,26 @@ def test_a_load_failing_in_a_fused_chain_is_the_loads_failure_as_locally(
     keys = _keys(moto_aws.client("s3"), moto_aws.data_bucket, f"runs/blocked/{run.id}/totals/")
     assert keys and all(k.endswith(".parquet") for k in keys)
 
+    # once the target can be written, a redrive runs the load alone (the transform is not run again)
+    # and the records are the LocalExecutor's after its resume
+    from udop.cli.aws import redrive_and_follow
+
+    blocker.unlink()
+    before = len(_runner_calls(moto_aws))
+    assert redrive_and_follow(run.id, store=store, sfn=moto_aws.client("stepfunctions")) == 0
+    assert [(c["task_id"], c.get("fused")) for c in _runner_calls(moto_aws)[before:]] == [
+        ("orders", None), ("totals", "publish")]
+    local_store = open_store(f"sqlite:///{tmp_path / 'local.db'}")
+    try:
+        LocalExecutor(local_store, workers=2, data_root=str(tmp_path / "local-data"),
+                      rng=random.Random(1)).run(load_pipeline(str(path)), run_id=local.id, resume=True)
+        expected = view(local_store, local.id)
+    finally:
+        local_store.close()
+    record = view(store, run.id)
+    assert record == expected and record["state"] == "succeeded"
+    assert pq.read_table(blocker / "totals.parquet").num_rows == 2
+
 
 def test_fuse_false_keeps_two_states_and_the_transforms_parquet(
     moto_aws: Any, store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -205,11 +225,22 @@ def test_fuse_false_keeps_two_states_and_the_transforms_parquet(
     assert pq.read_table(tmp_path / "out" / "totals.parquet").num_rows == 2
 
 
+@pytest.mark.parametrize("case", [
+    # nothing recorded: the retry runs the fused query again
+    ("totals", {"totals": [("failed", "udop.RetryableError"), ("succeeded", None)],
+                "publish": [("succeeded", None)]}),
+    # the transform recorded: the retry runs the load alone, over the transform's view
+    ("publish", {"totals": [("succeeded", None)],
+                 "publish": [("failed", "udop.RetryableError"), ("succeeded", None)]}),
+], ids=["transform-unrecorded", "load-unrecorded"])
 def test_a_retried_fused_chain_loads_exactly_once(
-    moto_aws: Any, store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    moto_aws: Any, store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    case: tuple[str, dict[str, list[tuple[str, str | None]]]],
 ) -> None:
-    """The invocation is lost after the load committed and before the tasks' results were recorded:
-    the retry runs the chain again, and the load finds its ledger entry and writes nothing."""
+    """The invocation is lost after the load committed and before the task ``lost``'s result was
+    recorded: the retry redoes what has no record, and the load finds its ledger entry and writes
+    nothing again."""
+    lost, attempts = case
     from udop.aws import runner
 
     bucket = _lake(moto_aws)
@@ -218,22 +249,21 @@ def test_a_retried_fused_chain_loads_exactly_once(
                      retry="defaults: {retry: {max_attempts: 3, base_delay: 1s, jitter: none}}")
     _deploy(moto_aws, store, path)
     record = runner._record
-    lost: list[str] = []
+    failed: list[str] = []
 
     def lost_once(payload: Any, task_id: str, result: Any, **kwargs: Any) -> Any:
-        if task_id == "totals" and not lost:
-            lost.append(task_id)
+        if task_id == lost and not failed:
+            failed.append(task_id)
             raise RetryableError("the invocation was lost after the load committed")
         return record(payload, task_id, result, **kwargs)
 
     monkeypatch.setattr(runner, "_record", lost_once)
     run = _run(moto_aws, store, path, tmp_path / "out", monkeypatch)
-    assert lost == ["totals"]
+    assert failed == [lost]
     assert run.state == RunState.SUCCEEDED, run.error
     assert pq.read_table(tmp_path / "out" / "totals").num_rows == 2  # loaded once, not twice
     tasks = {t.task_id: t for t in run.tasks}
-    assert [(a.state.value, a.error_type) for a in tasks["totals"].attempts] == [
-        ("failed", "udop.RetryableError"), ("succeeded", None)]
-    assert [(a.state.value, a.error_type) for a in tasks["publish"].attempts] == [("succeeded", None)]
+    assert {t: [(a.state.value, a.error_type) for a in tasks[t].attempts] for t in attempts} == attempts
     assert tasks["publish"].result["metrics"]["ledger"] == "already loaded"
     assert tasks["totals"].result["output"]["rows"] == 2
+    assert [c["task_id"] for c in _runner_calls(moto_aws)] == ["orders", "totals", "totals"]
