@@ -144,7 +144,11 @@ def _executions(sfn: Any, state_machine_arn: str, run_id: str,
         if execution.status == "ABORTED":
             _cancelled(execution)
         out.append(execution)
-    return sorted(out, key=lambda e: e.started)
+    out.sort(key=lambda e: e.started)
+    done: set[str] = set()  # a redrive's fused state may find its transform done by an earlier execution
+    for execution in out:
+        execution.attempts = _split_fused(execution.attempts, done)
+    return out
 
 
 def _cancelled(execution: _Execution) -> None:
@@ -214,18 +218,17 @@ def _attempts(sfn: Any, execution_arn: str) -> list[ExecutionAttempt]:
                 attempt.state = AttemptState.TIMED_OUT if timed_out else AttemptState.FAILED
                 attempt.error_message = _cause_message(details.get("cause"))
     # a foreach task's result is its combine call's; of its items only the failures are shown
-    return _split_fused([attempts[k] for k in sorted(attempts)
-                         if not attempts[k].item or attempts[k].state in (AttemptState.FAILED,
-                                                                           AttemptState.TIMED_OUT)])
+    return [attempts[k] for k in sorted(attempts)
+            if not attempts[k].item or attempts[k].state in (AttemptState.FAILED, AttemptState.TIMED_OUT)]
 
 
-def _split_fused(attempts: list[ExecutionAttempt]) -> list[ExecutionAttempt]:
+def _split_fused(attempts: list[ExecutionAttempt], done: set[str]) -> list[ExecutionAttempt]:
     """A fused Task state's invocations as the attempts of its two tasks (docs/aws.md, "Fused
     chains"): a success is both tasks' success; an error marked ``[task <load>]`` is the load's
     (the transform then succeeded in that invocation); any other error is the transform's, unless
-    the transform already succeeded, when only its load was left to run."""
+    the transform already succeeded, when only its load was left to run. ``done`` holds the fused
+    transforms that succeeded so far in the run's executions, in order; it is updated."""
     out: list[ExecutionAttempt] = []
-    done: set[str] = set()  # transforms of fused states that succeeded in this execution
     for attempt in attempts:
         load = attempt.fused
         if load is None:
