@@ -127,6 +127,8 @@ def test_a_fused_chain_runs_in_one_invocation_with_the_local_executors_records(
     s3 = moto_aws.client("s3")
     assert _keys(s3, moto_aws.data_bucket, "runs/") == [f"runs/fused/{run.id}/orders/_snapshot.json",
                                                         f"runs/fused/{run.id}/totals/_view.json"]
+    # nowhere in the data bucket is there any Parquet (the source's or an intermediate table)
+    assert not [k for k in _keys(s3, moto_aws.data_bucket, "") if k.endswith(".parquet")]
     results = [k for k in _keys(s3, moto_aws.data_bucket, f"results/fused/{run.id}/") if "/_logs/" not in k]
     assert results == [f"results/fused/{run.id}/{t}.json" for t in ("orders", "publish", "totals")]
 
@@ -223,6 +225,9 @@ def test_fuse_false_keeps_two_states_and_the_transforms_parquet(
     keys = _keys(moto_aws.client("s3"), moto_aws.data_bucket, f"runs/apart/{run.id}/totals/")
     assert keys and all(k.endswith(".parquet") for k in keys)
     assert pq.read_table(tmp_path / "out" / "totals.parquet").num_rows == 2
+    # unfused too, the source is read in place: its prefix holds only the snapshot
+    assert _keys(moto_aws.client("s3"), moto_aws.data_bucket, f"runs/apart/{run.id}/orders/") == [
+        f"runs/apart/{run.id}/orders/_snapshot.json"]
 
 
 @pytest.mark.parametrize("case", [
