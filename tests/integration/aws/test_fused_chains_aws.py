@@ -6,6 +6,7 @@ and the transform's view lands under the run's prefix; a retried chain loads onc
 from __future__ import annotations
 
 import io
+import json
 import random
 import textwrap
 from pathlib import Path
@@ -77,8 +78,6 @@ def _deploy(aws: Any, store: Any, path: Path) -> dict[str, Any]:
     result = deploy_file(str(path), definitions_bucket=aws.definitions_bucket, task_runner_arn=aws.task_runner_arn,
                          role_arn=aws.role_arn, store=store, s3=s3, sfn=sfn)
     assert result.ok, result.errors
-    import json
-
     arn = sfn.list_state_machines()["stateMachines"]
     machine = next(m for m in arn if m["name"] == f"udop-{path.stem}")
     return dict(json.loads(sfn.describe_state_machine(stateMachineArn=machine["stateMachineArn"])["definition"]))
@@ -151,6 +150,27 @@ def test_a_fused_chain_runs_in_one_invocation_with_the_local_executors_records(
     lineage = {r.task_id: r for r in store.get_lineage(run.id)}
     assert lineage["totals"].inputs == [f"s3://{moto_aws.data_bucket}/runs/fused/{run.id}/orders/"]
     assert lineage["publish"].inputs == [f"s3://{moto_aws.data_bucket}/runs/fused/{run.id}/totals/"]
+
+    # a load run on its own later (its record gone, another target) reads the transform's view: the
+    # transform's query again over the inputs the view names in S3, the source fetched in place
+    from conftest import REDIS_URL
+    from udop.aws.runner import state_key
+    from udop.state import open_state_store
+
+    state = open_state_store(REDIS_URL)
+    try:
+        assert state.delete(state_key("fused", run.id, "publish"))
+    finally:
+        state.close()
+    execution = json.loads(moto_aws.client("stepfunctions").describe_execution(
+        executionArn=run.external_id)["input"])
+    execution["run"]["params"] = {"out": str(tmp_path / "again")}
+    answer = json.loads(moto_aws.client("lambda").invoke(FunctionName=moto_aws.task_runner_arn, Payload=json.dumps(
+        {**execution, "pipeline": "fused", "version": 1, "task_id": "publish", "execution": "again",
+         "attempt": 0}))["Payload"].read())
+    assert answer["reused"] is False and answer["output"]["rows"] == 2, answer
+    assert pq.read_table(tmp_path / "again" / "totals.parquet").equals(
+        pq.read_table(tmp_path / "aws-out" / "totals.parquet"))
 
 
 def test_a_load_failing_in_a_fused_chain_is_the_loads_failure_as_locally(
