@@ -205,6 +205,8 @@ def stepfunctions(monkeypatch: pytest.MonkeyPatch, tmp: Path) -> Iterator[Execut
     (tmp / "aws").mkdir()
     with _aws_fixtures().aws_account(monkeypatch, tmp / "aws") as aws:
         monkeypatch.setenv("UDOP_DATA_BUCKET", aws.data_bucket)  # follow_run reads full results
+        # the task runner is a server: file loads may write to the scenarios' folder (not only its own)
+        monkeypatch.setenv("UDOP_SANDBOX_ROOTS", str(tmp))
         store = open_store(aws.database_url)
         try:
             yield StepFunctions(aws, store)

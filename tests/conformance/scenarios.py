@@ -19,6 +19,9 @@ from udop.tasks.datasets import schema_fingerprint
 
 ID = schema_fingerprint(pa.schema([("id", pa.int64())]))
 TWICE = schema_fingerprint(pa.schema([("id", pa.int64()), ("twice", pa.int64())]))
+#: a Parquet target's columns: DuckDB's writer marks those it found free of nulls as required
+TWICE_REQUIRED = schema_fingerprint(pa.schema([pa.field("id", pa.int64(), nullable=False),
+                                               pa.field("twice", pa.int64(), nullable=False)]))
 CALLS = schema_fingerprint(pa.schema([("calls", pa.int64())]))
 FAST = "retry: {max_attempts: 3, base_delay: 50ms, backoff_rate: 1.0, jitter: none}"
 OK = ("succeeded", None)
@@ -119,6 +122,15 @@ SCENARIOS = [
              resumed={"state": "succeeded", "checks": [], "tasks": {
                  "a": A_OK, "w": task("succeeded", [CANCELLED, OK], 1, ID, ["dataset:a"]),
                  "after": task("succeeded", [OK], 1, TWICE, ["dataset:w"])}}),
+    Scenario("fused_transform_and_file_load",
+             # the transform runs inside its load's query (locally: one attempt of the transform; on
+             # Step Functions: one Task state); each task keeps its own record
+             ROWS + _t('{id: t, type: transform, depends_on: [a], steps: [{derive: {twice: "id * 2"}}]}')
+             + _t('{id: l, type: load, depends_on: [t], target: {connector: parquet, '
+                  'path: "{log_dir}/out.parquet"}}'),
+             {"state": "succeeded", "checks": [], "tasks": {
+                 "a": A_OK, "t": task("succeeded", [OK], 5, TWICE, ["dataset:a"]),
+                 "l": task("succeeded", [OK], 5, TWICE_REQUIRED, ["dataset:t"])}}),
     Scenario("foreach_with_one_failing_item",
              _t('{id: parts, type: python, callable: "udop_foreach_tasks:parts"}')
              + _t('{id: each, type: python, callable: "udop_foreach_tasks:per_item", depends_on: [parts], '

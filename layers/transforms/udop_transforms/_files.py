@@ -16,14 +16,13 @@ from typing import Any
 
 from udop import faults
 from udop.sandbox import OUTPUT_MARKER
+from udop.spec.data_tasks import FILE_EXTENSIONS
 from udop_transforms._engine import Session, dataset_files, publish_dir, scratch_dir
 from udop_transforms._readers import bool_sql, reader_sql
 from udop_transforms._sql import ident, literal
 
 __all__ = ["FILE_EXTENSIONS", "diagnose_csv", "reader_sql", "write_target"]
 
-FILE_EXTENSIONS = {"parquet": (".parquet",), "csv": (".csv", ".tsv", ".txt"), "json": (".json",),
-                   "ndjson": (".ndjson", ".jsonl")}
 
 
 def matching_files(path: str) -> list[str]:

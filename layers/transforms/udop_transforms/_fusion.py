@@ -22,31 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from udop.lineage.columns import column_lineage
-from udop.spec.data_tasks import FILE_CONNECTORS, CheckStep, data_inputs
+from udop.spec.data_tasks import data_inputs, fusable
 from udop.tasks.contract import Manifest, TaskContext, TaskResult
 from udop_transforms._engine import Session, publish_dir, query_fingerprint, scratch_dir
 from udop_transforms._views import VIEW_FORMAT, VIEW_NAME, compile_transform, view_query
 
 __all__ = ["VIEW_FORMAT", "VIEW_NAME", "fusable", "run_fused", "view_query"]
-
-
-def fusable(transform: Any, load: Any) -> bool:
-    """Whether ``transform`` may run inside ``load``'s query: ``load`` reads it alone and writes files
-    whose row count is the transform's (a single file appended to also holds its earlier rows), and
-    ``transform`` has no ``check`` step (whose results must come from the data before the load)."""
-    if transform.type != "transform" or load.type != "load" or not getattr(transform, "fuse", True):
-        return False
-    if transform.foreach is not None or load.foreach is not None or list(load.depends_on) != [transform.id]:
-        return False
-    if any(isinstance(step, CheckStep) for step in transform.steps):
-        return False
-    target = load.target
-    if target.connector not in FILE_CONNECTORS:
-        return False
-    from udop_transforms._files import FILE_EXTENSIONS
-
-    single = str(target.path or "").lower().endswith(FILE_EXTENSIONS[target.connector])
-    return not (target.mode == "append" and single)
 
 
 def run_fused(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult],

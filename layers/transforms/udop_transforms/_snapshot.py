@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from udop.errors import FatalError, RetryableError
-from udop.tasks.contract import SNAPSHOT_FORMAT, Manifest, TaskContext
+from udop.tasks.contract import SNAPSHOT_FORMAT, SOURCE_FILES, Manifest, SourceFiles, TaskContext
 from udop_transforms._engine import publish_dir, scratch_dir
 from udop_transforms._files import matching_files
 
@@ -210,6 +210,16 @@ def verified_files(context: TaskContext, task_id: str, dep: str, snap: Snapshot)
     # under the task's data root: a server's DuckDB may read only below its allowed folders
     root = Path(context.data_root)
     root.mkdir(parents=True, exist_ok=True)
+    kept = (context.services or {}).get(SOURCE_FILES)
+    if isinstance(kept, SourceFiles):
+        # the caller keeps what this attempt fetched until the attempt ends: a source read twice in
+        # one attempt (a fused transform's schema, then its load's query) is fetched once
+        key = json.dumps([[f.path, f.etag] for f in files])
+        if key not in kept.fetched:
+            dest = Path(tempfile.mkdtemp(prefix="udop-source-", dir=root))
+            kept.fetched[key] = _download(context, task_id, dep, replace(snap, files=files), dest)
+        yield kept.fetched[key]
+        return
     tmp = tempfile.mkdtemp(prefix="udop-source-", dir=root)
     try:
         yield _download(context, task_id, dep, replace(snap, files=files), Path(tmp))

@@ -14,15 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from udop.errors import FatalError
-from udop.tasks.contract import Manifest, TaskContext, TaskResult
+from udop.tasks.contract import VIEW_FORMAT, VIEW_NAME, Manifest, TaskContext, TaskResult
 from udop_transforms._engine import Column, Session
 from udop_transforms._sql import Params
 from udop_transforms._steps import StepError, compile_steps
 
 __all__ = ["VIEW_FORMAT", "VIEW_NAME", "Register", "compile_transform", "view_query"]
 
-VIEW_FORMAT = "view"
-VIEW_NAME = "_view.json"
 
 #: ``_tasks._register_inputs``: register a task's inputs in a session, giving each input's columns
 Register = Callable[..., dict[str, list[Column]]]

@@ -9,11 +9,16 @@ its class name (``ValueError``) and is retried by the compiled catch-all rule, a
 
 from __future__ import annotations
 
+import re
 import threading
 
 from udop.errors import classify
 
-__all__ = ["for_state_machine", "state_machine_name"]
+__all__ = ["FUSED_TASK", "for_fused_task", "for_state_machine", "fused_task_of", "state_machine_name"]
+
+#: how a fused Task state's error names the task it belongs to when that is not the state's own task
+#: (the load of a transform fused with it): ``[task publish] <message>``; the run events split on it
+FUSED_TASK = re.compile(r"^\[task ([A-Za-z_][A-Za-z0-9_-]*)\] ")
 
 
 _NAMED: dict[tuple[str, type[BaseException]], type[BaseException]] = {}
@@ -45,3 +50,24 @@ def for_state_machine(exc: BaseException) -> BaseException:
         return _named(name, type(exc))(message)
     except TypeError:  # a constructor with other arguments: keep the name only
         return _named(name, Exception)(message)
+
+
+def for_fused_task(exc: BaseException, task_id: str) -> BaseException:
+    """:func:`for_state_machine` of ``exc`` with its message starting ``[task <task_id>] ``: the error of
+    a fused chain's second task, which the run events record as that task's attempt."""
+    named = for_state_machine(exc)
+    name = state_machine_name(exc)
+    message = f"[task {task_id}] {named}"
+    try:
+        return _named(name, type(named))(message)
+    except TypeError:
+        return _named(name, Exception)(message)
+
+
+def fused_task_of(message: str | None) -> tuple[str | None, str | None]:
+    """(the task a fused state's error names, the message without that mark); (None, message) when
+    it names none."""
+    found = FUSED_TASK.match(message or "")
+    if found is None:
+        return None, message
+    return found.group(1), (message or "")[found.end():]

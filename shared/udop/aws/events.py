@@ -14,10 +14,11 @@ import json
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from udop.aws.errors import fused_task_of
 from udop.aws.observability import logger
 from udop.errors import StoreError, TaskTimeout, TransitionError, UdopError, error_name, recorded_name
 from udop.lineage import openlineage
@@ -47,6 +48,10 @@ class ExecutionAttempt:
     execution: str = ""  # the execution and retry count of its payload: where its log pointer is
     retry: int = 0
     log: dict[str, Any] | None = None  # where its log lines are (CloudWatch)
+    #: a fused Task state's invocation: the load run with the task (split into its own attempt)
+    fused: str | None = None
+    fused_response: dict[str, Any] | None = None  # the load's part of a fused invocation's answer
+    log_task: str | None = None  # whose attempt log holds its lines (a fused load's: its transform's)
 
 
 @dataclass
@@ -139,7 +144,11 @@ def _executions(sfn: Any, state_machine_arn: str, run_id: str,
         if execution.status == "ABORTED":
             _cancelled(execution)
         out.append(execution)
-    return sorted(out, key=lambda e: e.started)
+    out.sort(key=lambda e: e.started)
+    done: set[str] = set()  # a redrive's fused state may find its transform done by an earlier execution
+    for execution in out:
+        execution.attempts = _split_fused(execution.attempts, done)
+    return out
 
 
 def _cancelled(execution: _Execution) -> None:
@@ -175,7 +184,9 @@ def _attempts(sfn: Any, execution_arn: str) -> list[ExecutionAttempt]:
                                                    item=payload.get("item") is not None
                                                    or bool(payload.get("list")),
                                                    execution=str(payload.get("execution") or ""),
-                                                   retry=_int(payload.get("attempt")))
+                                                   retry=_int(payload.get("attempt")),
+                                                   fused=str(payload["fused"]) if payload.get("fused")
+                                                   else None)
         elif kind == "TaskStateExited":
             name = (ev.get("stateExitedEventDetails") or {}).get("name")
             # a foreach task's Map items are followed by its "<task> combine" Task state
@@ -196,6 +207,8 @@ def _attempts(sfn: Any, execution_arn: str) -> list[ExecutionAttempt]:
                 attempt.state = AttemptState.SUCCEEDED
                 attempt.reused = bool(payload.get("reused")) if isinstance(payload, dict) else False
                 attempt.result = {"output": payload.get("output")} if isinstance(payload, dict) else None
+                fused = payload.get("fused") if isinstance(payload, dict) else None
+                attempt.fused_response = fused if isinstance(fused, dict) else None
             else:
                 details: dict[str, Any] = next((v for k, v in ev.items() if k.endswith("EventDetails")), {})
                 # the names the LocalExecutor records: Step Functions' timeout and the runner's are
@@ -207,6 +220,42 @@ def _attempts(sfn: Any, execution_arn: str) -> list[ExecutionAttempt]:
     # a foreach task's result is its combine call's; of its items only the failures are shown
     return [attempts[k] for k in sorted(attempts)
             if not attempts[k].item or attempts[k].state in (AttemptState.FAILED, AttemptState.TIMED_OUT)]
+
+
+def _split_fused(attempts: list[ExecutionAttempt], done: set[str]) -> list[ExecutionAttempt]:
+    """A fused Task state's invocations as the attempts of its two tasks (docs/aws.md, "Fused
+    chains"): a success is both tasks' success; an error marked ``[task <load>]`` is the load's
+    (the transform then succeeded in that invocation); any other error is the transform's, unless
+    the transform already succeeded, when only its load was left to run. ``done`` holds the fused
+    transforms that succeeded so far in the run's executions, in order; it is updated."""
+    out: list[ExecutionAttempt] = []
+    for attempt in attempts:
+        load = attempt.fused
+        if load is None:
+            out.append(attempt)
+            continue
+        first = replace(attempt, fused=None, fused_response=None)
+        second = replace(attempt, task_id=load, fused=None, fused_response=None, result=None, reused=False,
+                         log_task=attempt.task_id)
+        if attempt.state is AttemptState.SUCCEEDED:
+            answer = attempt.fused_response or {}
+            second.reused = bool(answer.get("reused"))
+            second.result = {"output": answer.get("output")}
+            out += [first, second]
+            done.add(attempt.task_id)
+            continue
+        named, message = fused_task_of(attempt.error_message)
+        if named == load:
+            second.error_message = message
+            first.state, first.error_type, first.error_message = AttemptState.SUCCEEDED, None, None
+            first.exited = False
+            out += [first, second]
+            done.add(attempt.task_id)
+        elif attempt.task_id in done:
+            out.append(second)  # a timeout or a stop while the load ran alone
+        else:
+            out.append(first)
+    return out
 
 
 def _int(value: Any) -> int:
@@ -225,6 +274,11 @@ def _cause_message(cause: str | None) -> str | None:
     except ValueError:
         return cause
     return str(body.get("errorMessage", cause)) if isinstance(body, dict) else cause
+
+
+def _run_error(cause: str | None) -> str | None:
+    """The message a failed run records: the task's, without a fused state's mark of whose it is."""
+    return fused_task_of(_cause_message(cause))[1]
 
 
 def _ensure_run(store: Any, run_id: str, pipeline: str, first: _Execution) -> Any:
@@ -324,7 +378,7 @@ def sync_run(store: Any, sfn: Any, *, state_machine_arn: str, run_id: str,
         if fresh.state != target:
             error = None
             if target is not RunState.SUCCEEDED:
-                error = f"{latest.error}: {_cause_message(latest.cause)}" if latest.error else latest.status
+                error = f"{latest.error}: {_run_error(latest.cause)}" if latest.error else latest.status
             _move_run(store, fresh, target, error=error)
             if target in (RunState.SUCCEEDED, RunState.FAILED):
                 from udop.alerts import notify_stored_run  # best effort: never fails the event
@@ -373,7 +427,7 @@ def _log_pointers(s3: Any, bucket: str, pipeline: str, run_id: str,
 
     for attempt in attempts:
         if attempt.state is not None and attempt.log is None and not attempt.reused:
-            attempt.log = read_log_pointer(s3, bucket, pipeline, run_id, attempt.task_id,
+            attempt.log = read_log_pointer(s3, bucket, pipeline, run_id, attempt.log_task or attempt.task_id,
                                            execution=attempt.execution, retry=attempt.retry)
 
 

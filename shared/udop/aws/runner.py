@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from udop.aws.definitions import DefinitionCache
+from udop.aws.errors import for_fused_task
 from udop.aws.observability import emit_metric, logger, metrics
 from udop.aws.s3 import S3Staging, get_json, put_json
 from udop.aws.settings import RunnerSettings
@@ -36,7 +37,15 @@ from udop.observability import tracing
 from udop.observability.context import bound
 from udop.sandbox import Policy, SandboxViolation, server_policy
 from udop.spec.secure import check_definition
-from udop.tasks.contract import SNAPSHOT_FORMAT, TaskContext, TaskResult
+from udop.tasks.contract import (
+    SNAPSHOT_FORMAT,
+    SOURCE_FILES,
+    VIEW_FORMAT,
+    VIEW_NAME,
+    SourceFiles,
+    TaskContext,
+    TaskResult,
+)
 
 __all__ = ["TaskPayload", "failed_checks_key", "item_result_key", "partitions_key", "result_key",
            "run_payload", "state_key"]
@@ -199,21 +208,32 @@ def run_payload(event: Mapping[str, Any], *, settings: RunnerSettings, s3: Any, 
     the task code raised; the handler names them for the state machine. An unreachable state store
     or a transient S3 failure is retryable; a missing object or a denied access is not.
     """
-    from botocore.exceptions import BotoCoreError, ClientError
-
     try:
         with _observed(event), attempt_logging(event, s3=s3, bucket=settings.data_bucket,
                                                request_id=logger.get_current_keys().get("function_request_id")):
             return _run_payload(event, settings=settings, s3=s3, state=state, remaining_ms=remaining_ms)
-    except StoreError as exc:
-        raise RetryableError(f"state store: {exc}") from exc
-    except BotoCoreError as exc:
-        raise RetryableError(f"AWS: {exc}") from exc
-    except ClientError as exc:
+    except Exception as exc:
+        translated = _translated(exc)
+        if translated is exc:
+            raise
+        raise translated from exc
+
+
+def _translated(exc: BaseException) -> BaseException:
+    """An unreachable state store or a transient S3 failure is retryable; a missing object or a denied
+    access is not; anything else is itself."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(exc, StoreError):
+        return RetryableError(f"state store: {exc}")
+    if isinstance(exc, BotoCoreError):
+        return RetryableError(f"AWS: {exc}")
+    if isinstance(exc, ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
         if code in _FATAL_AWS_ERRORS:
-            raise FatalError(f"AWS: {exc}") from exc
-        raise RetryableError(f"AWS: {exc}") from exc
+            return FatalError(f"AWS: {exc}")
+        return RetryableError(f"AWS: {exc}")
+    return exc
 
 
 @contextmanager
@@ -284,6 +304,13 @@ def _run_payload(event: Mapping[str, Any], *, settings: RunnerSettings, s3: Any,
         logger.info("not a data item of the foreach input; skipped", extra={"item": item.key})
         return {"task_id": payload.task_id, "item": item.index, "skipped": True}
 
+    if event.get("fused") is not None:
+        if item is not None:
+            raise FatalError(f"task {payload.task_id!r}: a fused chain has no Map items; redeploy the "
+                             "pipeline so the state machine matches its definition")
+        return _run_chain(payload, pipeline, task, str(event["fused"]), settings=settings, s3=s3, state=state,
+                          remaining_ms=remaining_ms)
+
     key = state_key(payload.pipeline, payload.run_id, _record_id(payload.task_id, item))
     if (done := _stored_result(state, key, payload)) is not None:
         logger.info("task already succeeded in this run; returning its result")
@@ -328,6 +355,162 @@ def _run_payload(event: Mapping[str, Any], *, settings: RunnerSettings, s3: Any,
     return _response(payload.task_id, body, reused=False)
 
 
+def _run_chain(payload: TaskPayload, pipeline: Any, task: Any, load_id: str, *, settings: RunnerSettings,
+               s3: Any, state: Any, remaining_ms: int | None) -> dict[str, Any]:
+    """A transform and the file load fused into its Task state (``"fused": <load>`` in the payload):
+    one DuckDB query from the transform's inputs into the target, each task keeping its own result
+    object and idempotency record. What a retry redoes follows from those records:
+
+    * neither task recorded: the fused query; if it fails for any reason but a timeout, the transform
+      alone (its Parquet to S3, as unfused), then the load alone, in this same invocation;
+    * the transform recorded, the load not: the load alone (it reads the transform's Parquet, or runs
+      the transform's query again over the inputs its view names);
+    * both recorded: nothing (their stored results).
+
+    An error of the load leaves as ``[task <load>] <message>`` under the usual error name, so that the
+    run events record it as the load's attempt; any other error is the transform's.
+    """
+    load = _fused_load(payload, pipeline, task, load_id)
+    t_key = state_key(payload.pipeline, payload.run_id, task.id)
+    l_key = state_key(payload.pipeline, payload.run_id, load.id)
+    t_done, l_done = state.get(t_key), state.get(l_key)
+    if t_done is not None and l_done is not None:
+        logger.info("fused tasks already succeeded in this run; returning their results")
+        metrics.add_metric(name="TaskReused", unit="Count", value=2)
+        return _chain_response((task.id, json.loads(t_done), True), (load.id, json.loads(l_done), True))
+    timeout = _chain_timeout(pipeline, task, load)
+    # the state's TimeoutSeconds is the sum of the two timeouts: the runs after a failed fused query
+    # share what is left of it (and of the Lambda's time), so the runner stops them first and names
+    # the task that was running
+    started = time.monotonic()
+
+    def left() -> int | None:
+        limits = [ms for ms in (remaining_ms, None if timeout is None else int(timeout * 1000))
+                  if ms is not None]
+        return None if not limits else max(0, min(limits) - int((time.monotonic() - started) * 1000))
+
+    lock = state.lock(f"task:{payload.pipeline}:{payload.run_id}:{task.id}", ttl=(timeout or 900.0) + 60.0)
+    if not lock.acquire():
+        raise RetryableError(f"task {task.id!r} (fused with {load.id!r}) of run {payload.run_id} is being "
+                             "run by another invocation right now")
+    try:
+        t_raw, l_raw = state.get(t_key), state.get(l_key)
+        t_reused, l_reused = t_raw is not None, l_raw is not None
+        t_body = json.loads(t_raw) if t_raw is not None else None
+        l_body = json.loads(l_raw) if l_raw is not None else None
+        fused: tuple[TaskResult, TaskResult] | None = None
+        if t_body is None:
+            fused = _run_fused(payload, pipeline, task, load, settings=settings, s3=s3, state=state,
+                               remaining_ms=remaining_ms, timeout=timeout)
+            if fused is not None:
+                t_body = _record(payload, task.id, fused[0], settings=settings, s3=s3, state=state)
+            else:
+                result = _run(payload, pipeline, task, settings=settings, s3=s3, remaining_ms=left(),
+                              state=state)
+                t_body = _record(payload, task.id, result, settings=settings, s3=s3, state=state)
+        # from here on whatever fails is the load's: its attempt in the run record
+        own = replace(payload, task_id=load.id)
+        try:
+            if fused is not None and l_body is None:
+                l_body = _record(own, load.id, fused[1], settings=settings, s3=s3, state=state)
+            if l_body is None:
+                result = _run(own, pipeline, load, settings=settings, s3=s3, remaining_ms=left(), state=state)
+                l_body = _record(own, load.id, result, settings=settings, s3=s3, state=state)
+        except Exception as exc:
+            raise for_fused_task(_translated(exc), load.id) from exc
+    finally:
+        lock.release()
+    rows = (l_body.get("output") or {}).get("rows")
+    if not l_reused and isinstance(rows, int):
+        metrics.add_metric(name="RowsWritten", unit="Count", value=rows)
+        emit_metric("udop_rows_written", "Count", rows, {"pipeline": payload.pipeline})
+    return _chain_response((task.id, t_body, t_reused), (load.id, l_body, l_reused))
+
+
+def _fused_load(payload: TaskPayload, pipeline: Any, task: Any, load_id: str) -> Any:
+    """The load the payload fuses into ``task``, checked against the definition's own rule."""
+    from udop.spec.data_tasks import fusable
+
+    try:
+        load = pipeline.task(load_id)
+    except KeyError:
+        load = None
+    if load is None or not fusable(task, load):
+        raise FatalError(f"task {task.id!r}: the state machine fuses it with {load_id!r}, which pipeline "
+                         f"{payload.pipeline!r} version {payload.version} does not allow; redeploy the "
+                         "pipeline so the state machine matches its definition")
+    return load
+
+
+def _chain_timeout(pipeline: Any, task: Any, load: Any) -> float | None:
+    """A fused attempt does both tasks' work: the sum of their timeouts (none if either has none)."""
+    mine, theirs = pipeline.timeout_for(task), pipeline.timeout_for(load)
+    return None if mine is None or theirs is None else mine + theirs
+
+
+def _run_fused(payload: TaskPayload, pipeline: Any, task: Any, load: Any, *, settings: RunnerSettings,
+               s3: Any, state: Any, remaining_ms: int | None,
+               timeout: float | None) -> tuple[TaskResult, TaskResult] | None:
+    """(the transform's result, the load's) of the fused query, or None when it failed for a reason
+    the tasks run on their own will report (a timeout or a stop is raised as such)."""
+    from udop.executor.fusion import chain_runner
+    from udop.sandbox import active, redactor
+    from udop.tasks.registry import redact_error
+
+    runner = chain_runner()
+    if runner is None:
+        return None  # no transforms layer to fuse with: the tasks run on their own
+    masking = getattr(pipeline.spec, "masking", None)
+    with _attempt(payload, pipeline, task, settings=settings, s3=s3, remaining_ms=remaining_ms, state=state,
+                  timeout=timeout, timeout_given=True) as at:
+        load_context = replace(at.context, task_id=load.id, output_override=None)
+
+        def work() -> tuple[TaskResult, TaskResult]:
+            with active(at.context.policy), redactor.scope(masking.patterns if masking else (),
+                                                           masking.columns if masking else ()):
+                try:
+                    return runner[1](at.context, task, dict(at.inputs), load_context, load)
+                except Exception as exc:
+                    raise redact_error(exc) from None
+
+        try:
+            result, loaded = at.guarded(work)
+        except TaskTimeout:
+            raise
+        except Exception as exc:
+            if at.context.cancelled:
+                raise
+            logger.info("fused run failed; running the tasks on their own",
+                        extra={"load": load.id, "error_type": type(exc).__name__})
+            return None
+        # the load read the view the transform recorded: its lineage names the transform's dataset
+        second = at.finish(load.id, loaded, {task.id: result})
+        first = at.finish(task.id, result, at.inputs)
+        rows = result.metrics.get("rows")
+        metrics.add_metric(name="FusedChains", unit="Count", value=1)
+        logger.info("transform and load ran as one query", extra={"load": load.id, "rows": rows})
+        return first, second
+
+
+def _record(payload: TaskPayload, task_id: str, result: TaskResult, *, settings: RunnerSettings, s3: Any,
+            state: Any) -> dict[str, Any]:
+    """Keep a finished task's result: its result object (downstream tasks, run events and lineage read
+    it) and its idempotency record. Returns the stored body."""
+    body = result.to_dict()
+    put_json(s3, settings.data_bucket, result_key(payload.pipeline, payload.run_id, task_id), body)
+    state.set(state_key(payload.pipeline, payload.run_id, task_id), json.dumps(body, default=str),
+              ttl=RESULT_TTL)
+    metrics.add_metric(name="TaskSucceeded", unit="Count", value=1)
+    return body
+
+
+def _chain_response(first: tuple[str, Mapping[str, Any], bool],
+                    second: tuple[str, Mapping[str, Any], bool]) -> dict[str, Any]:
+    """The transform's response with the load's under ``fused`` (both small)."""
+    return {**_response(first[0], first[1], reused=first[2]),
+            "fused": _response(second[0], second[1], reused=second[2])}
+
+
 def _response(task_id: str, body: Mapping[str, Any], *, reused: bool) -> dict[str, Any]:
     # small on purpose: a state's output must not grow with the data or the number of parents
     return {"task_id": task_id, "output": body.get("output"), "reused": reused}
@@ -338,71 +521,90 @@ def _run(payload: TaskPayload, pipeline: Any, task: Any, *, settings: RunnerSett
     from udop.tasks.foreach import run_item
     from udop.tasks.registry import run_task
 
-    remote_root = (payload.data_root or f"s3://{settings.data_bucket}").rstrip("/")
-    with tempfile.TemporaryDirectory(prefix="udop-", dir=settings.tmp_dir) as tmp:
-        staging = S3Staging(s3, remote_root, Path(tmp))
-        narrowed = None if item is None else task.foreach.input
-        inputs = {dep: _stage_input(staging, s3, settings, payload, dep, whole=dep != narrowed)
-                  for dep in task.depends_on}
+    with _attempt(payload, pipeline, task, settings=settings, s3=s3, remaining_ms=remaining_ms, item=item,
+                  state=state) as at:
         local_item = None
         if item is not None:
-            local_item = _stage_item(staging, payload, task, item)
-        # the runner's state store (Redis) also holds watermarks, their leases and the ledger
-        # entries of targets without a transaction of their own: the same store on every Lambda
-        services: dict[str, Any] = {"state": state} if state is not None else {}
-        if settings.code_dir:
-            services["base_dir"] = settings.code_dir
-        context = TaskContext(pipeline=pipeline, task_id=payload.task_id, run_id=payload.run_id,
-                              attempt=payload.attempt, logical_date=payload.logical_date,
-                              params=payload.params, data_root=tmp, services=services,
-                              policy=runner_policy(settings))
-        hooks: list[Any] = []
-        context.on_cancel = hooks.append  # e.g. the transform engine's DuckDB interrupt
+            local_item = _stage_item(at.staging, payload, task, item)
 
-        def cancel() -> None:
-            context.cancel_event.set()
-            for hook in hooks:
-                try:
-                    hook()
-                except Exception:  # a failing hook must not keep the others from running
-                    logger.warning("a cancel hook failed", exc_info=True)
+        def work() -> TaskResult:
+            if item is not None:
+                assert local_item is not None
+                return run_item(at.context, task, at.inputs, local_item, item.index)
+            return run_task(at.context, task, at.inputs)
 
-        # stop at the task's timeout (the state machine's TimeoutSeconds does not stop the Lambda) or
-        # a little before the Lambda deadline, whichever comes first
-        limits = [t for t in (pipeline.timeout_for(task),
-                              None if remaining_ms is None else max(0.0, remaining_ms / 1000 - CANCEL_MARGIN))
-                  if t is not None]
-        timer = threading.Timer(min(limits), cancel) if limits else None
-        if timer is not None:
+        result = at.guarded(work)
+        return at.finish(payload.task_id, result, at.inputs, partitions=item is None)
+
+
+@dataclass
+class _Attempt:
+    """One invocation's work on local disk: the staged inputs, the task's context and its stop timer."""
+
+    payload: TaskPayload
+    pipeline: Any
+    staging: S3Staging
+    tmp: str
+    context: TaskContext
+    inputs: dict[str, TaskResult]
+    limit: float | None
+
+    def guarded(self, work: Any) -> Any:
+        """``work()``, stopped at the attempt's time limit (a ``TaskTimeout`` then)."""
+        limit = self.limit
+        timer = None
+        if limit is not None:
+            timer = threading.Timer(limit, self.cancel)
             timer.daemon = True
             timer.start()
         try:
-            if item is not None:
-                assert local_item is not None
-                result = run_item(context, task, inputs, local_item, item.index)
-            else:
-                result = run_task(context, task, inputs)
+            result = work()
         except Exception as exc:
-            if context.cancelled:
-                raise TaskTimeout(f"task {payload.task_id!r} was stopped after {min(limits):g}s") from exc
+            if self.context.cancelled:
+                raise TaskTimeout(f"task {self.context.task_id!r} was stopped after {limit or 0:g}s") from exc
             raise
         finally:
             if timer is not None:
                 timer.cancel()
-        if context.cancelled:
-            raise TaskTimeout(f"task {payload.task_id!r} was stopped after {min(limits):g}s (its timeout "
+        if self.context.cancelled:
+            raise TaskTimeout(f"task {self.context.task_id!r} was stopped after {limit or 0:g}s (its timeout "
                               "or the Lambda time limit)")
+        return result
+
+    def cancel(self) -> None:
+        self.context.cancel_event.set()
+        for hook in self.hooks:
+            try:
+                hook()
+            except Exception:  # a failing hook must not keep the others from running
+                logger.warning("a cancel hook failed", exc_info=True)
+
+    @property
+    def hooks(self) -> list[Any]:
+        return self._hooks
+
+    def __post_init__(self) -> None:
+        self._hooks: list[Any] = []
+        self.context.on_cancel = self._hooks.append  # e.g. the transform engine's DuckDB interrupt
+
+    def finish(self, task_id: str, result: TaskResult, inputs: Mapping[str, TaskResult], *,
+               partitions: bool = False) -> TaskResult:
+        """``result`` as stored: its output uploaded to its S3 key, lineage by S3 URIs."""
+        staging, tmp = self.staging, self.tmp
         output = result.output
         if output is not None and output.uri.startswith(tmp):
+            if output.format == VIEW_FORMAT:
+                _view_inputs(staging, output.uri, staging.to_remote)  # the inputs it names, in S3
             try:
                 files, size = staging.upload(staging.to_local(output.uri).rstrip("/"))
             except OSError as exc:
-                raise RetryableError(f"uploading the output of {payload.task_id!r} failed: {exc}") from None
-            if item is None and _read_by_partitions(pipeline, payload.task_id):
+                raise RetryableError(f"uploading the output of {task_id!r} failed: {exc}") from None
+            if partitions and _read_by_partitions(self.pipeline, task_id):
                 _write_partitions(staging, output.uri, staging.to_remote(output.uri))
             output = replace(output, uri=staging.to_remote(output.uri),
-                             # a snapshot's counts are of the source files it names, not of itself
-                             files=output.files if output.format == SNAPSHOT_FORMAT else files,
+                             # a snapshot's counts are of the source files it names, not of itself; a
+                             # view's are of what its load wrote
+                             files=output.files if output.format in (SNAPSHOT_FORMAT, VIEW_FORMAT) else files,
                              bytes=output.bytes if output.bytes is not None else size)
         # lineage as the LocalExecutor records it: what the task read, else its inputs' datasets
         read = lineage(result, inputs)
@@ -411,6 +613,36 @@ def _run(payload: TaskPayload, pipeline: Any, task: Any, *, settings: RunnerSett
                    for col, sources in result.columns.items()}
         return replace(result, output=output, inputs=tuple(staging.to_remote(i) for i in read),
                        columns=columns)
+
+
+@contextmanager
+def _attempt(payload: TaskPayload, pipeline: Any, task: Any, *, settings: RunnerSettings, s3: Any,
+             remaining_ms: int | None, item: ForeachItem | None = None, state: Any = None,
+             timeout: float | None = None, timeout_given: bool = False) -> Iterator[_Attempt]:
+    remote_root = (payload.data_root or f"s3://{settings.data_bucket}").rstrip("/")
+    with tempfile.TemporaryDirectory(prefix="udop-", dir=settings.tmp_dir) as tmp:
+        staging = S3Staging(s3, remote_root, Path(tmp))
+        narrowed = None if item is None else task.foreach.input
+        inputs = {dep: _stage_input(staging, s3, settings, payload, dep, whole=dep != narrowed)
+                  for dep in task.depends_on}
+        # the runner's state store (Redis) also holds watermarks, their leases and the ledger
+        # entries of targets without a transaction of their own: the same store on every Lambda
+        services: dict[str, Any] = {"state": state} if state is not None else {}
+        # S3 source objects fetched once per invocation, removed with its folder
+        services[SOURCE_FILES] = SourceFiles()
+        if settings.code_dir:
+            services["base_dir"] = settings.code_dir
+        context = TaskContext(pipeline=pipeline, task_id=payload.task_id, run_id=payload.run_id,
+                              attempt=payload.attempt, logical_date=payload.logical_date,
+                              params=payload.params, data_root=tmp, services=services,
+                              policy=runner_policy(settings))
+        # stop at the task's timeout (the state machine's TimeoutSeconds does not stop the Lambda) or
+        # a little before the Lambda deadline, whichever comes first
+        limits = [t for t in (timeout if timeout_given else pipeline.timeout_for(task),
+                              None if remaining_ms is None else max(0.0, remaining_ms / 1000 - CANCEL_MARGIN))
+                  if t is not None]
+        yield _Attempt(payload=payload, pipeline=pipeline, staging=staging, tmp=tmp, context=context,
+                       inputs=inputs, limit=min(limits) if limits else None)
 
 
 def _stage_input(staging: S3Staging, s3: Any, settings: RunnerSettings, payload: TaskPayload,
@@ -430,7 +662,31 @@ def _stage_input(staging: S3Staging, s3: Any, settings: RunnerSettings, payload:
     if whole and staging.download(upstream.output.uri) == 0:
         raise FatalError(f"task {payload.task_id!r}: the output of {dep!r} at {upstream.output.uri} "
                          "holds no files")
-    return replace(upstream, output=replace(upstream.output, uri=staging.to_local(upstream.output.uri)))
+    local = staging.to_local(upstream.output.uri)
+    if whole and upstream.output.format == VIEW_FORMAT:
+        # a fused transform's view: the reader runs its query over the inputs it names, staged too
+        _view_inputs(staging, local, lambda uri: _stage_view_input(staging, uri))
+    return replace(upstream, output=replace(upstream.output, uri=local))
+
+
+def _view_inputs(staging: S3Staging, folder: str, move: Any) -> None:
+    """Rewrite the input URIs ``_view.json`` in ``folder`` names with ``move`` (local <-> S3)."""
+    path = Path(folder) / VIEW_NAME
+    try:
+        recipe = json.loads(path.read_text())
+        for manifest in dict(recipe["inputs"]).values():
+            manifest["uri"] = move(str(manifest["uri"]))
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise FatalError(f"the view {staging.to_remote(str(path))} is not readable ({exc}); run the "
+                         "pipeline again") from None
+    path.write_text(json.dumps(recipe, indent=1))
+
+
+def _stage_view_input(staging: S3Staging, uri: str) -> str:
+    """One input of a view (a dataset or a snapshot under the run's prefix) downloaded; its local path."""
+    if uri.startswith(staging.remote_root + "/"):
+        staging.download(uri)
+    return staging.to_local(uri)
 
 
 def _stage_item(staging: S3Staging, payload: TaskPayload, task: Any, item: ForeachItem) -> str:

@@ -82,6 +82,8 @@ class TaskSettings:
     timeout_seconds: int
     foreach: Any = None  # udop.spec.models.ForEach | None
     retry_on: tuple[str, ...] | None = None  # the policy's error names; None: every retryable one
+    #: the file load run inside this transform's Task state, as one query (docs/compiler.md, "Fused")
+    fused: str | None = None
 
 
 class Emitter:
@@ -212,7 +214,14 @@ class Emitter:
 
     def _task(self, s: TaskSettings, states: dict[str, Any], top: bool) -> Emitted:
         name = s.task_id
-        state = self._invoke(s, self.payload(s.task_id))
+        payload = self.payload(s.task_id)
+        if s.fused is not None:
+            # one invocation runs the transform and its file load as one query; each keeps its own
+            # result and record (the runner writes both, the run events split the attempts)
+            payload["fused"] = s.fused
+        state = self._invoke(s, payload)
+        if s.fused is not None:
+            state = {"Comment": f"{s.task_id} fused with its load {s.fused}", **state}
         # the runner's answer (a manifest) is dropped: downstream tasks read it from S3 themselves
         state["ResultPath"] = None
         states[name] = state

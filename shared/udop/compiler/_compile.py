@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from udop.compiler._asl import ChildCall, Emitter, TaskSettings, substitution_key
 from udop.compiler._schedule import MAX_DEPTH, Node, Parallel, ScheduleError, Series, Step, schedule
-from udop.errors import InputError, SpecErrors
+from udop.errors import ConfigError, InputError, SpecErrors
+from udop.settings import get_settings
 from udop.spec.dag import check_dag
+from udop.spec.data_tasks import fused_chains
 
 __all__ = ["CompileError", "CompileOptions", "CompiledPipeline", "Estimates", "compile_pipeline"]
 
@@ -48,6 +50,9 @@ class CompileOptions:
     catch_failures: bool = True
     #: DefinitionSubstitutions key of the task runner function's ARN
     runner_key: str = "TaskRunnerArn"
+    #: a transform whose only reader is a file load runs with it in one Task state (one query, see
+    #: docs/compiler.md "Fused chains"); None: as ``UDOP_FUSE`` says (default on)
+    fuse: bool | None = None
 
     def __post_init__(self) -> None:
         if (self.max_definition_bytes > DEFINITION_LIMIT_BYTES
@@ -133,6 +138,15 @@ class _Compiler:
         self.options = options
         self.name = str(pipeline.metadata.name)
         self.settings = {t.id: self._settings(t) for t in pipeline.spec.tasks}
+        #: transform id -> the file load fused into its Task state
+        self.fused = self._fused() if _fusion_on(options) else {}
+        for transform, load in self.fused.items():
+            t, ld = self.settings[transform], self.settings[load]
+            # a fused invocation does both tasks' work: the sum of their timeouts (900 s when neither
+            # has one; _fused keeps only pairs within a Lambda's 900 s)
+            both = (self.pipeline.timeout_for(self.pipeline.task(transform)) is not None)
+            self.settings[transform] = replace(t, fused=load, timeout_seconds=(
+                t.timeout_seconds + ld.timeout_seconds if both else LAMBDA_MAX_SECONDS))
         self.parts = 0
         self._costs: dict[int, _Cost] = {}
         self._keep: list[Any] = []  # keeps nodes alive while their id() keys the cost cache
@@ -151,6 +165,33 @@ class _Compiler:
                             backoff_rate=retry.backoff_rate, max_delay=retry.max_delay,
                             jitter=retry.jitter == "full", timeout_seconds=seconds, foreach=task.foreach,
                             retry_on=retry.retry_on)
+
+    def _fused(self) -> dict[str, str]:
+        """The fusable chains (``udop.spec.data_tasks.fused_chains``, the local executor's rule) that
+        one Task state can run: both tasks under the same retry policy (a state has one ``Retry``)
+        and, together, within the time a Lambda may run."""
+        chains = {}
+        for transform, load in fused_chains(self.pipeline).items():
+            t, ld = self.pipeline.task(transform), self.pipeline.task(load)
+            if self.pipeline.retry_for(t) != self.pipeline.retry_for(ld):
+                continue
+            timeouts = [self.pipeline.timeout_for(t), self.pipeline.timeout_for(ld)]
+            if any(x is not None for x in timeouts) and sum(x or LAMBDA_MAX_SECONDS for x in timeouts) > \
+                    LAMBDA_MAX_SECONDS:
+                continue
+            chains[transform] = load
+        return chains
+
+    def deps(self) -> dict[str, list[str]]:
+        """The task graph the schedule is built from: a fused load is part of its transform's step,
+        and whatever read the load waits for that step."""
+        into = {load: transform for transform, load in self.fused.items()}
+        out: dict[str, list[str]] = {}
+        for task in self.pipeline.spec.tasks:
+            if task.id in into:
+                continue
+            out[task.id] = list(dict.fromkeys(into.get(d, d) for d in task.depends_on))
+        return out
 
     def _emitter(self, root: bool) -> Emitter:
         return Emitter(pipeline=self.name, version=self.options.version, tasks=self.settings, root=root,
@@ -281,7 +322,7 @@ class _Compiler:
         definition = emitter.machine(node, comment)
         calls = list(_calls(node))
         children = [self.build(c.body, name=c.name, root=False) for c in calls]
-        tasks = tuple(_tasks(node))
+        tasks = tuple(t for step in _tasks(node) for t in (step, self.fused.get(step)) if t is not None)
         text = json.dumps(definition, separators=(",", ":"))
         events = self.cost(node).events + MACHINE_EVENTS
         estimates = Estimates(definition_bytes=len(text.encode()), max_history_events=events,
@@ -290,6 +331,15 @@ class _Compiler:
         return CompiledPipeline(name=name, machine_name=self.name if root else f"{self.name}-{name}",
                                 definition=definition, substitutions=subs, estimates=estimates,
                                 task_ids=tasks, children=children)
+
+
+def _fusion_on(options: CompileOptions) -> bool:
+    if options.fuse is not None:
+        return options.fuse
+    try:
+        return bool(get_settings().fuse)
+    except ConfigError:  # a bad UDOP_* variable elsewhere: compile as documented by default
+        return True
 
 
 def _calls(node: Any) -> Iterator[ChildCall]:
@@ -335,7 +385,7 @@ def compile_pipeline(pipeline: Any, *, options: CompileOptions | None = None) ->
     options = options or CompileOptions()
     SpecErrors.collect(check_dag(pipeline))
     compiler = _Compiler(pipeline, options)
-    deps = {t.id: list(t.depends_on) for t in pipeline.spec.tasks}
+    deps = compiler.deps()
     try:
         tree: Node = schedule(deps, max_depth=options.max_depth)
     except ScheduleError as exc:  # check_dag catches these first; kept for direct callers

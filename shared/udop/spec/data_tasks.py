@@ -27,6 +27,7 @@ from udop.spec.types import Duration, TaskId
 __all__ = [
     "DATA_TASK_MODELS",
     "FILE_CONNECTORS",
+    "FILE_EXTENSIONS",
     "ExtractTask",
     "LoadTask",
     "Rule",
@@ -36,10 +37,16 @@ __all__ = [
     "TransformTask",
     "ValidateTask",
     "data_inputs",
+    "fusable",
+    "fused_chains",
 ]
 
 #: connectors the transform layer reads and writes itself; any other name goes to ``udop.connectors``
 FILE_CONNECTORS: tuple[str, ...] = ("csv", "parquet", "json", "ndjson")
+#: a file connector's target path ending in one of these names one file; any other path a folder
+FILE_EXTENSIONS: dict[str, tuple[str, ...]] = {
+    "parquet": (".parquet",), "csv": (".csv", ".tsv", ".txt"), "json": (".json",),
+    "ndjson": (".ndjson", ".jsonl")}
 
 Severity = Literal["error", "warn"]
 #: one name, or a list of names (``unique: id`` and ``unique: [id]`` mean the same)
@@ -640,3 +647,36 @@ class LoadTask(DataTaskBase):
 
 
 DATA_TASK_MODELS: tuple[type[TaskBase], ...] = (ExtractTask, TransformTask, ValidateTask, LoadTask)
+
+
+def fusable(transform: Any, load: Any) -> bool:
+    """Whether ``transform`` may run inside ``load``'s query (docs/data-tasks.md, "Fusion"): ``load``
+    reads it alone and writes files whose row count is the transform's (a single file appended to
+    also holds its earlier rows), and ``transform`` has no ``check`` step (whose results must come
+    from the data before the load) and does not say ``fuse: false``. The one rule of the local
+    executor and of the compiler."""
+    if transform.type != "transform" or load.type != "load" or not getattr(transform, "fuse", True):
+        return False
+    if transform.foreach is not None or load.foreach is not None or list(load.depends_on) != [transform.id]:
+        return False
+    if any(isinstance(step, CheckStep) for step in transform.steps):
+        return False
+    target = load.target
+    if target.connector not in FILE_CONNECTORS:
+        return False
+    single = str(target.path or "").lower().endswith(FILE_EXTENSIONS[target.connector])
+    return not (target.mode == "append" and single)
+
+
+def fused_chains(pipeline: Any) -> dict[str, str]:
+    """transform id -> the id of the file load that alone reads it, for every fusable pair."""
+    readers: dict[str, list[Any]] = {}
+    for task in pipeline.spec.tasks:
+        for dep in task.depends_on:
+            readers.setdefault(dep, []).append(task)
+    chains: dict[str, str] = {}
+    for task in pipeline.spec.tasks:
+        after = readers.get(task.id, [])
+        if task.type == "transform" and len(after) == 1 and fusable(task, after[0]):
+            chains[task.id] = after[0].id
+    return chains

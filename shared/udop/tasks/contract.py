@@ -21,8 +21,8 @@ from udop.errors import FatalError, PayloadTooLarge
 from udop.sandbox import Policy, current, noting_secrets
 from udop.tasks.datasets import Manifest
 
-__all__ = ["MAX_VALUE_BYTES", "SNAPSHOT_FORMAT", "CheckResult", "Manifest", "TaskContext", "TaskResult",
-           "dataset_uri", "json_value"]
+__all__ = ["MAX_VALUE_BYTES", "SNAPSHOT_FORMAT", "SOURCE_FILES", "VIEW_FORMAT", "VIEW_NAME", "CheckResult",
+           "Manifest", "SourceFiles", "TaskContext", "TaskResult", "dataset_uri", "json_value"]
 
 #: a python task's return value travels by value only up to this size (Step Functions carries
 #: 256 KiB per state; a task with many parents must stay far below that)
@@ -33,6 +33,21 @@ MAX_VALUE_BYTES = 8 * 1024
 #: (the source files with their size and mtime or ETag, and the schema); ``rows``, ``bytes``,
 #: ``files`` and ``schema_fingerprint`` describe the source files themselves
 SNAPSHOT_FORMAT = "snapshot"
+#: ``Manifest.format`` of a transform fused into its file load: ``uri`` is a folder holding only
+#: ``VIEW_NAME`` (the task and the manifests of the inputs its query reads), ``rows`` what the load wrote
+VIEW_FORMAT, VIEW_NAME = "view", "_view.json"
+
+
+@dataclass
+class SourceFiles:
+    """Remote source files an attempt fetched to local disk (under its data root), by snapshot: given
+    as ``services[SOURCE_FILES]`` by an executor whose attempt's data root is removed with it (the task
+    runner's ``/tmp`` folder), so that a source read twice in one attempt is fetched once."""
+
+    fetched: dict[str, list[str]] = field(default_factory=dict)
+
+
+SOURCE_FILES = "source_files"
 
 
 _PLAIN = (str, int, float, bool, type(None))

@@ -107,11 +107,14 @@ def walk(compiled: CompiledPipeline, durations: Mapping[str, float] | None = Non
             kind = state["Type"]
             task = _task_of(state)
             if task is not None:
-                result.before[task] = done
-                result.runs[task] += 1
-                result.start[task] = now
+                # a fused Task state runs the transform and its file load in one invocation
+                fused = state["Parameters"]["Payload"].get("fused") if kind == "Task" else None
+                for one in (task, fused) if fused else (task,):
+                    result.before[one] = done
+                    result.runs[one] += 1
+                    result.start[one] = now
                 now += 1.0 if durations is None else durations[task]
-                done = done | {task}
+                done = done | {task} | ({fused} if fused else set())
             elif kind == "Task" and state["Resource"] == START_CHILD:
                 key = state["Parameters"]["StateMachineArn"][2:-1]
                 done, now = scope(by_key[key].definition, done, now)
