@@ -24,7 +24,7 @@ from typing import Any
 
 from constructs import Construct
 
-from udop_infra.config import REPO_ROOT, DeploymentConfig
+from udop_infra.config import REPO_ROOT, SOURCE_TREE, DeploymentConfig
 from udop_infra.stack import UdopStack
 
 __all__ = ["UdopPlatform", "UdopPlatformProps"]
@@ -84,7 +84,7 @@ class UdopPlatformProps:
     jwks_url: str | None = None
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
-    #: "build" (layers from layers/.build) or "placeholder" (synth-only checks)
+    #: "build" (layers built during synth, cached) or "placeholder" (synth-only checks, never deploy)
     assets: str | None = None
 
     def context(self) -> dict[str, Any]:
@@ -104,8 +104,9 @@ class UdopPlatform(UdopStack):
     def __init__(self, scope: Construct, id: str = "Udop", *, props: UdopPlatformProps | None = None,
                  **kwargs: Any) -> None:
         overrides = (props or UdopPlatformProps()).context()
-        # a relative pipelines_dir prop is the team app's own folder; the context key keeps its meaning
-        base = Path.cwd() if "udop:pipelinesDir" in overrides else REPO_ROOT
+        # a relative pipelines_dir prop is the team app's own folder, as is the context key's value in an
+        # installed udop; in udop's source tree the context key keeps its meaning (the repository's)
+        base = Path.cwd() if "udop:pipelinesDir" in overrides or not SOURCE_TREE else REPO_ROOT
         config = DeploymentConfig.from_node(scope.node, overrides, base_dir=base)
         self.props = props
         super().__init__(scope, id, config=config, **kwargs)
