@@ -1,6 +1,6 @@
 """Prebuild the Lambda layers for python3.12 x86_64 without Docker (optional: ``cdk synth`` builds them).
 
-    python layers/build.py            # build what is missing or stale, link it into layers/.build, print sizes
+    python layers/build.py            # build what is missing or stale, link into layers/.build, print sizes
     python layers/build.py --force    # rebuild every layer
 
 The layers are built by ``udop_infra.layers``, the same code CDK's local bundling runs during a synth,
@@ -43,8 +43,10 @@ def report() -> dict[str, int]:
         folder = layer_build.functions_dir() / function
         total = (folder_size(folder) if folder.exists() else 0) + sum(sizes.get(layer, 0) for layer in layers)
         flag = "ok" if total <= BUDGET else "OVER BUDGET"
-        print(f"  function {function:<12} {total / mib:8.1f} MiB (code + {', '.join(layers)}; "
-              f"budget {BUDGET / mib:.0f} MiB = 250 less 20 spare) {flag}")
+        print(
+            f"  function {function:<12} {total / mib:8.1f} MiB (code + {', '.join(layers)}; "
+            f"budget {BUDGET / mib:.0f} MiB = 250 less 20 spare) {flag}"
+        )
     return sizes
 
 

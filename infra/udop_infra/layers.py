@@ -41,8 +41,15 @@ from pathlib import Path
 LAYERS: dict[str, list[str]] = {
     # the udop packages themselves, settings, spec, metadata store, state store, observability
     "core": [
-        "pydantic", "pydantic-settings", "pyyaml", "click", "sqlalchemy", "alembic",
-        "psycopg[binary]", "redis", "aws-lambda-powertools[tracer]",
+        "pydantic",
+        "pydantic-settings",
+        "pyyaml",
+        "click",
+        "sqlalchemy",
+        "alembic",
+        "psycopg[binary]",
+        "redis",
+        "aws-lambda-powertools[tracer]",
         "sqlglot",  # column lineage of transform and validate tasks runs in the task runner
     ],
     # Arrow/Parquet interchange and the connector drivers
@@ -67,13 +74,22 @@ FUNCTION_LAYERS: dict[str, tuple[str, ...]] = {
 OWN_PACKAGES = ("udop", "udop_connectors", "udop_transforms")
 #: in the Lambda python3.12 runtime already (jmespath is too, but Powertools needs it and it is tiny)
 RUNTIME_PROVIDED = {"boto3", "botocore", "s3transfer"}
-PLATFORMS = ["manylinux_2_34_x86_64", "manylinux_2_28_x86_64", "manylinux_2_17_x86_64",
-             "manylinux2014_x86_64"]
+PLATFORMS = [
+    "manylinux_2_34_x86_64",
+    "manylinux_2_28_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+]
 #: the Lambda environment uv.lock's markers are evaluated for
 LAMBDA_MARKERS = {
-    "implementation_name": "cpython", "platform_python_implementation": "CPython",
-    "python_version": "3.12", "python_full_version": "3.12.0", "sys_platform": "linux",
-    "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+    "python_version": "3.12",
+    "python_full_version": "3.12.0",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+    "os_name": "posix",
 }
 #: Lambda: function + all layers, unzipped; the budget keeps 20 MB to spare
 LAMBDA_UNZIPPED_LIMIT = 262_144_000
@@ -151,8 +167,9 @@ def package_dir(name: str) -> Path:
 
 
 def _own_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts
-                  and p.suffix != ".pyc")
+    return sorted(
+        p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+    )
 
 
 def own_packages_hash() -> str:
@@ -202,18 +219,28 @@ def find_python312() -> str:
 
     configured = load_settings(LayerBuildSettings).python312
     home = Path.home()
-    candidates = [configured or "", shutil.which("python3.12") or "",
-                  *sorted(str(p) for p in home.glob(".pyenv/versions/3.12*/bin/python3.12"))]
+    candidates = [
+        configured or "",
+        shutil.which("python3.12") or "",
+        *sorted(str(p) for p in home.glob(".pyenv/versions/3.12*/bin/python3.12")),
+    ]
     for candidate in filter(None, candidates):
         try:
-            out = subprocess.run([candidate, "-c", "import sys; print(sys.version_info[:2])"],
-                                 capture_output=True, text=True, check=True, timeout=60).stdout
+            out = subprocess.run(
+                [candidate, "-c", "import sys; print(sys.version_info[:2])"],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=60,
+            ).stdout
         except (OSError, subprocess.SubprocessError):
             continue
         if out.strip() == "(3, 12)":
             return candidate
-    raise LayerBuildError("building the Lambda layers needs CPython 3.12 (the Lambda runtime's version): "
-                          "install python3.12 or set UDOP_PYTHON312=/path/to/python3.12")
+    raise LayerBuildError(
+        "building the Lambda layers needs CPython 3.12 (the Lambda runtime's version): "
+        "install python3.12 or set UDOP_PYTHON312=/path/to/python3.12"
+    )
 
 
 def installed_dists(folder: Path) -> dict[str, Path]:
@@ -275,12 +302,16 @@ def trim(folder: Path) -> None:
         if not path.exists():
             continue
         name = path.name
-        if path.is_dir() and (name in {"tests", "__pycache__", "include", "_duckdb-stubs"} or
-                              (name == "flight" and "pyarrow" in path.parts) or
-                              (name == "testing" and path.parent.name == "sqlalchemy")):
+        if path.is_dir() and (
+            name in {"tests", "__pycache__", "include", "_duckdb-stubs"}
+            or (name == "flight" and "pyarrow" in path.parts)
+            or (name == "testing" and path.parent.name == "sqlalchemy")
+        ):
             shutil.rmtree(path)
-        elif path.is_file() and (path.suffix in {".h", ".hpp", ".pyx", ".pxd", ".pxi", ".cpp", ".c", ".pyi"}
-                                 or ("pyarrow" in path.parts and "flight" in name)):
+        elif path.is_file() and (
+            path.suffix in {".h", ".hpp", ".pyx", ".pxd", ".pxi", ".cpp", ".c", ".pyi"}
+            or ("pyarrow" in path.parts and "flight" in name)
+        ):
             path.unlink()
 
 
@@ -290,13 +321,29 @@ def strip_shared_objects(folder: Path) -> None:
     objects = [str(p) for p in folder.rglob("*") if p.is_file() and re.search(r"\.so(\.|$)", p.name)]
     for start in range(0, len(objects), 200):
         # a few vendored objects are not ELF files strip understands; leaving them as they are is fine
-        subprocess.run(["strip", "--strip-unneeded", *objects[start:start + 200]], check=False,
-                       stderr=subprocess.DEVNULL)
+        subprocess.run(
+            ["strip", "--strip-unneeded", *objects[start : start + 200]],
+            check=False,
+            stderr=subprocess.DEVNULL,
+        )
 
 
 def compile_bytecode(python312: str, folder: Path) -> None:
-    subprocess.run([python312, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
-                    str(folder)], check=False, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            python312,
+            "-m",
+            "compileall",
+            "-q",
+            "-j",
+            "0",
+            "--invalidation-mode",
+            "unchecked-hash",
+            str(folder),
+        ],
+        check=False,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def folder_size(folder: Path) -> int:
@@ -304,15 +351,34 @@ def folder_size(folder: Path) -> int:
 
 
 def _pip_install(python312: str, target: Path, requirements: list[str], constraints: Path) -> None:
-    cmd = [python312, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-           "--target", str(target), "--only-binary=:all:", "--implementation", "cp",
-           "--python-version", "3.12", *(arg for p in PLATFORMS for arg in ("--platform", p)),
-           "--cache-dir", str(cache_root() / "pip"), "-c", str(constraints), *requirements]
+    cmd = [
+        python312,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--target",
+        str(target),
+        "--only-binary=:all:",
+        "--implementation",
+        "cp",
+        "--python-version",
+        "3.12",
+        *(arg for p in PLATFORMS for arg in ("--platform", p)),
+        "--cache-dir",
+        str(cache_root() / "pip"),
+        "-c",
+        str(constraints),
+        *requirements,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["pip failed"])[-1]
-        raise LayerBuildError(f"installing {' '.join(requirements)} for python3.12 manylinux x86_64 failed "
-                              f"(pip: {last}); check access to the package index")
+        raise LayerBuildError(
+            f"installing {' '.join(requirements)} for python3.12 manylinux x86_64 failed "
+            f"(pip: {last}); check access to the package index"
+        )
 
 
 def _publish(built: Path, target: Path) -> Path:
@@ -339,8 +405,11 @@ def build_site(layer: str) -> Path:
     site = work / "python"
     site.mkdir()
     (work / "constraints.txt").write_text(constraints)
-    print(f"udop: building the {layer} layer ({' '.join(LAYERS[layer])}) for python3.12 x86_64",
-          file=sys.stderr, flush=True)
+    print(
+        f"udop: building the {layer} layer ({' '.join(LAYERS[layer])}) for python3.12 x86_64",
+        file=sys.stderr,
+        flush=True,
+    )
     _pip_install(python312, site, LAYERS[layer], work / "constraints.txt")
     # a layer below this one in every function that uses it already provides these
     provided = set(RUNTIME_PROVIDED)
@@ -406,8 +475,10 @@ def stage_layer(layer: str, output_dir: Path) -> None:
 
 def layer_requirements(layer: str) -> str:
     """What the layer is built from, as a requirements file (the asset's source folder shows it)."""
-    lines = [f"# udop {udop_version()} layer {layer!r}: python3.12 manylinux x86_64, pinned by uv.lock",
-             *LAYERS[layer]]
+    lines = [
+        f"# udop {udop_version()} layer {layer!r}: python3.12 manylinux x86_64, pinned by uv.lock",
+        *LAYERS[layer],
+    ]
     if layer == "core":
         lines.append("# + the udop packages: " + ", ".join(OWN_PACKAGES))
     return "\n".join(lines) + "\n"

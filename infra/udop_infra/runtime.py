@@ -484,8 +484,10 @@ def _layer_code(name: str, config: DeploymentConfig, stack: Stack) -> lambda_.Co
         except layer_build.LayerBuildError as exc:
             raise ContextError(f"layer '{name}': {exc}") from None
     requirements = layer_build.layer_requirements(name)
-    source = _placeholder(f"layer-source-{name}-{hashlib.sha256(requirements.encode()).hexdigest()[:12]}",
-                          {"requirements.txt": requirements})
+    source = _placeholder(
+        f"layer-source-{name}-{hashlib.sha256(requirements.encode()).hexdigest()[:12]}",
+        {"requirements.txt": requirements},
+    )
     return lambda_.Code.from_asset(
         str(source),
         asset_hash_type=cdk.AssetHashType.CUSTOM,

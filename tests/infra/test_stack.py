@@ -20,7 +20,6 @@ from udop.settings import required_variables
 from udop.spec.loader import load_pipeline
 from udop.spec.models import Schedule
 from udop_infra import layers as layer_build
-from udop_infra import runtime
 from udop_infra.config import ContextError
 from udop_infra.orchestration import definition_version, schedule_expression, schedule_name
 

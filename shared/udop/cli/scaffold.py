@@ -47,8 +47,10 @@ def write_aws_project(directory: Path) -> list[Path]:
         raise InputError(f"{directory} already exists and is not empty; choose a new folder name")
     name = directory.resolve().name
     if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name):
-        raise InputError(f"{name!r}: a project name is lower-case letters, digits, '.', '_' or '-' "
-                         "(it names the npm package); choose another folder name")
+        raise InputError(
+            f"{name!r}: a project name is lower-case letters, digits, '.', '_' or '-' "
+            "(it names the npm package); choose another folder name"
+        )
     values = {"{{NAME}}": name, "{{UDOP_VERSION}}": importlib.metadata.version("udop")}
     source = files("udop.cli") / "templates"
     written = []

@@ -10,6 +10,7 @@ see udop's docs/deployment.md. ``UdopPlatform`` is a CDK stack: add your own sta
 import sys
 
 import aws_cdk as cdk
+
 from udop_infra.config import ContextError
 from udop_infra.nag import add_checks
 from udop_infra.platform import UdopPlatform, UdopPlatformProps

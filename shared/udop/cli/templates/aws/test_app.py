@@ -24,10 +24,21 @@ def test_the_app_synthesizes_a_state_machine_per_pipeline(tmp_path: Path) -> Non
     context = json.loads((ROOT / "cdk.json").read_text())["context"]
     # bundling off: the layers are built by `cdk deploy`, not by the tests; their hashes are real
     context["aws:cdk:bundling-stacks"] = []
-    env = {**os.environ, "CDK_OUTDIR": str(tmp_path), "CDK_CONTEXT_JSON": json.dumps(context),
-           "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}
-    proc = subprocess.run([sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          check=False, timeout=600)
+    env = {
+        **os.environ,
+        "CDK_OUTDIR": str(tmp_path),
+        "CDK_CONTEXT_JSON": json.dumps(context),
+        "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20",
+    }
+    proc = subprocess.run(
+        [sys.executable, "app.py"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "AwsSolutions-" not in proc.stdout + proc.stderr  # cdk-nag found nothing unacknowledged
     template = json.loads((tmp_path / "Udop.template.json").read_text())
