@@ -16,10 +16,9 @@ from conformance.scenarios import SCENARIOS, Scenario
 
 pytestmark = [pytest.mark.slow]
 
-#: every scenario one `udop run` plays; not "timeout" (a 60 s task would run out its minute: moto does
-#: not stop a Task state at its TimeoutSeconds), "resume_after_failure" and "cancel" (a second command
-#: or a signal mid-run; the conformance table plays them on moto through the API)
-REHEARSED = ("success", "flaky_value_error", "fatal_error", "data_quality_error",
+#: every scenario one `udop run` plays; not "resume_after_failure" and "cancel" (a second command or a
+#: signal mid-run; the conformance table plays them on moto through the API)
+REHEARSED = ("success", "flaky_value_error", "fatal_error", "timeout", "data_quality_error",
              "upstream_failed_and_independent_branch", "task_retry_overrides_defaults",
              "foreach_with_one_failing_item")
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "flights"
