@@ -374,7 +374,8 @@ def _pip_install(python312: str, target: Path, requirements: list[str], constrai
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["pip failed"])[-1]
+        lines = proc.stderr.strip().splitlines() or ["pip failed"]
+        last = next((line for line in lines if line.startswith("ERROR:")), lines[-1])
         raise LayerBuildError(
             f"installing {' '.join(requirements)} for python3.12 manylinux x86_64 failed "
             f"(pip: {last}); check access to the package index"

@@ -24,10 +24,10 @@ from typing import Any
 
 from constructs import Construct
 
-from udop_infra.config import REPO_ROOT, SOURCE_TREE, DeploymentConfig
+from udop_infra.config import REPO_ROOT, SOURCE_TREE, ContextError, DeploymentConfig
 from udop_infra.stack import UdopStack
 
-__all__ = ["UdopPlatform", "UdopPlatformProps"]
+__all__ = ["UdopPlatform", "UdopPlatformProps", "synth_error"]
 
 #: prop -> the context key it stands for
 _CONTEXT_KEY = {
@@ -110,3 +110,16 @@ class UdopPlatform(UdopStack):
         config = DeploymentConfig.from_node(scope.node, overrides, base_dir=base)
         self.props = props
         super().__init__(scope, id, config=config, **kwargs)
+
+
+def synth_error(exc: BaseException) -> str | None:
+    """The one line to print for a synth stopped by bad input: a setting (``ContextError``) or a layer
+    that could not be built (raised inside CDK's bundling, so it arrives wrapped by jsii); ``None``
+    for anything else (a bug: let its traceback show)."""
+    if isinstance(exc, ContextError):
+        return str(exc)
+    text = str(exc)
+    if isinstance(exc, RuntimeError) and text.startswith("Failed to bundle asset") and "/Runtime/" in text:
+        layer = text.split("/Runtime/", 1)[1].split("Layer/", 1)[0].lower()
+        return f"layer '{layer}': {text.rsplit('RuntimeError: ', 1)[-1]}"
+    return None

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -458,12 +457,9 @@ class _LayerBundling:
         self.layer = layer
 
     def try_bundle(self, output_dir: str, *args: Any, **kwargs: Any) -> bool:
-        try:
-            layer_build.stage_layer(self.layer, Path(output_dir))
-        except layer_build.LayerBuildError as exc:
-            # raised through jsii and the CDK CLI, which bury the message in their own traces
-            print(f"udop: layer '{self.layer}': {exc}", file=sys.stderr, flush=True)
-            raise
+        # a LayerBuildError reaches the app wrapped by jsii ("Failed to bundle asset ..."): the apps
+        # print its one line (udop_infra.platform.synth_error)
+        layer_build.stage_layer(self.layer, Path(output_dir))
         return True
 
 

@@ -642,6 +642,22 @@ def test_without_python312_a_synth_that_builds_layers_stops_with_one_line(
         synth(tmp_path / "out", **{"udop:assets": "build", "aws:cdk:bundling-stacks": ["**"]})
 
 
+def test_a_layer_that_cannot_be_built_stops_the_synth_with_one_line(
+    synth: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from udop_infra.platform import synth_error
+
+    def no_index(layer: str, output_dir: Path) -> None:
+        raise layer_build.LayerBuildError(f"installing {layer} failed (pip: ERROR: no index); check access")
+
+    monkeypatch.setattr(layer_build, "stage_layer", no_index)
+    with pytest.raises(RuntimeError) as caught:
+        synth(tmp_path / "out", **{"udop:assets": "build", "aws:cdk:bundling-stacks": ["**"]})
+    # raised inside CDK's bundling, wrapped by jsii: the apps print this line and exit 2
+    assert synth_error(caught.value) == "layer 'core': installing core failed (pip: ERROR: no index); check access"
+    assert synth_error(ValueError("a bug")) is None
+
+
 def _layer_keys(template: Any, stack: Any) -> dict[str, str]:
     resources = template.to_json()["Resources"]
     return {name: resources[logical_id(stack, layer)]["Properties"]["Content"]["S3Key"]

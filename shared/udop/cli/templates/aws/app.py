@@ -11,9 +11,8 @@ import sys
 
 import aws_cdk as cdk
 
-from udop_infra.config import ContextError
 from udop_infra.nag import add_checks
-from udop_infra.platform import UdopPlatform, UdopPlatformProps
+from udop_infra.platform import UdopPlatform, UdopPlatformProps, synth_error
 
 #: the CloudFormation stack; `udop deploy` / `udop run --executor stepfunctions` find it by this name
 #: (set UDOP_STACK_NAME if you change it)
@@ -35,9 +34,12 @@ def build(app: cdk.App) -> UdopPlatform:
 def main() -> int:
     app = cdk.App()
     try:
-        build(app)
-    except ContextError as exc:
-        print(f"{{NAME}}: {exc}", file=sys.stderr)
+        build(app)  # builds the Lambda layers (CDK local bundling, cached in ~/.cache/udop)
+    except Exception as exc:
+        message = synth_error(exc)  # a bad setting, a layer that cannot be built: one line, exit 2
+        if message is None:
+            raise
+        print(f"{{NAME}}: {message}", file=sys.stderr)
         return 2
     add_checks(app)  # cdk-nag AwsSolutions: a finding that is not acknowledged fails the synth
     app.synth()
