@@ -17,9 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import aws_cdk as cdk
 
-from udop_infra.config import ContextError
 from udop_infra.nag import add_checks
-from udop_infra.platform import UdopPlatform
+from udop_infra.platform import UdopPlatform, synth_error
 from udop_infra.stack import UdopStack
 
 CDK_JSON = Path(__file__).resolve().parent.parent / "cdk.json"
@@ -50,8 +49,11 @@ def main() -> int:
     try:
         app, _ = build_app()
         app.synth()
-    except ContextError as exc:
-        print(f"udop infra: {exc}", file=sys.stderr)
+    except Exception as exc:
+        message = synth_error(exc)  # a bad setting or a layer that cannot be built: one line
+        if message is None:
+            raise
+        print(f"udop infra: {message}", file=sys.stderr)
         return 2
     return 0
 

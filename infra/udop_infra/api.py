@@ -17,9 +17,9 @@ from constructs import Construct
 
 from udop_infra.config import DeploymentConfig
 from udop_infra.data import Data
+from udop_infra.layers import FUNCTION_LAYERS
 from udop_infra.network import Network
 from udop_infra.runtime import (
-    FUNCTION_LAYERS,
     LOG_DELIVERY_ACTIONS,
     FunctionSpec,
     PipelineFunction,

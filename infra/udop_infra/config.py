@@ -14,6 +14,8 @@ from aws_cdk import aws_logs as logs
 from constructs import Node
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+#: udop's own source tree (infra/app.py beside this package), not an installed wheel
+SOURCE_TREE = (REPO_ROOT / "infra" / "app.py").is_file()
 
 #: context key -> (default, help); the names appear in docs/deployment.md
 CONTEXT_KEYS: dict[str, tuple[Any, str]] = {
@@ -42,7 +44,7 @@ CONTEXT_KEYS: dict[str, tuple[Any, str]] = {
     "udop:jwtAudience": ("", "required 'aud' of bearer tokens when udop:jwksUrl is set"),
     "udop:assets": (
         "build",
-        "'build': layers from layers/.build (python layers/build.py); "
+        "'build': the layers built during synth (CDK local bundling, cached under ~/.cache/udop); "
         "'placeholder': tiny stand-ins, for synth-only checks",
     ),
 }

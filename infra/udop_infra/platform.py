@@ -24,10 +24,10 @@ from typing import Any
 
 from constructs import Construct
 
-from udop_infra.config import REPO_ROOT, DeploymentConfig
+from udop_infra.config import REPO_ROOT, SOURCE_TREE, ContextError, DeploymentConfig
 from udop_infra.stack import UdopStack
 
-__all__ = ["UdopPlatform", "UdopPlatformProps"]
+__all__ = ["UdopPlatform", "UdopPlatformProps", "synth_error"]
 
 #: prop -> the context key it stands for
 _CONTEXT_KEY = {
@@ -84,7 +84,7 @@ class UdopPlatformProps:
     jwks_url: str | None = None
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
-    #: "build" (layers from layers/.build) or "placeholder" (synth-only checks)
+    #: "build" (layers built during synth, cached) or "placeholder" (synth-only checks, never deploy)
     assets: str | None = None
 
     def context(self) -> dict[str, Any]:
@@ -104,8 +104,22 @@ class UdopPlatform(UdopStack):
     def __init__(self, scope: Construct, id: str = "Udop", *, props: UdopPlatformProps | None = None,
                  **kwargs: Any) -> None:
         overrides = (props or UdopPlatformProps()).context()
-        # a relative pipelines_dir prop is the team app's own folder; the context key keeps its meaning
-        base = Path.cwd() if "udop:pipelinesDir" in overrides else REPO_ROOT
+        # a relative pipelines_dir prop is the team app's own folder, as is the context key's value in an
+        # installed udop; in udop's source tree the context key keeps its meaning (the repository's)
+        base = Path.cwd() if "udop:pipelinesDir" in overrides or not SOURCE_TREE else REPO_ROOT
         config = DeploymentConfig.from_node(scope.node, overrides, base_dir=base)
         self.props = props
         super().__init__(scope, id, config=config, **kwargs)
+
+
+def synth_error(exc: BaseException) -> str | None:
+    """The one line to print for a synth stopped by bad input: a setting (``ContextError``) or a layer
+    that could not be built (raised inside CDK's bundling, so it arrives wrapped by jsii); ``None``
+    for anything else (a bug: let its traceback show)."""
+    if isinstance(exc, ContextError):
+        return str(exc)
+    text = str(exc)
+    if isinstance(exc, RuntimeError) and text.startswith("Failed to bundle asset") and "/Runtime/" in text:
+        layer = text.split("/Runtime/", 1)[1].split("Layer/", 1)[0].lower()
+        return f"layer '{layer}': {text.rsplit('RuntimeError: ', 1)[-1]}"
+    return None

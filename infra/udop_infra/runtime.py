@@ -3,11 +3,15 @@ permissions, the S3 notification that deploys uploaded definitions and the execu
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import aws_cdk as cdk
+import jsii
 from aws_cdk import ArnFormat, Duration, Size, Stack, Stage
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
@@ -18,22 +22,17 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_notifications as s3n
 from constructs import Construct
 
-from udop_infra.config import REPO_ROOT, ContextError, DeploymentConfig
+from udop_infra import layers as layer_build
+from udop_infra.config import ContextError, DeploymentConfig
 from udop_infra.data import Data
+from udop_infra.layers import FUNCTION_LAYERS, LAYERS
 from udop_infra.network import Network
 from udop_infra.storage import Storage
 
 #: state machines udop manages are all named ``udop-<pipeline>`` (deployed by CDK or by the deployer)
 STATE_MACHINE_PREFIX = "udop-"
 RUNTIME = lambda_.Runtime.PYTHON_3_12
-LAYER_NAMES = ("core", "connectors", "transforms", "api", "openlineage")
-#: the layers each function loads, bottom first; kept in step with layers/build.py FUNCTION_LAYERS
-FUNCTION_LAYERS = {
-    "task_runner": ("core", "connectors", "transforms"),
-    "deployer": ("core",),
-    "run_events": ("core", "openlineage"),  # OpenLineage events leave from where attempts are recorded
-    "api": ("core", "api"),
-}
+LAYER_NAMES = tuple(LAYERS)
 
 #: what creating or updating a state machine with a loggingConfiguration needs from its caller
 #: (CloudWatch Logs vended-log delivery); these accept no resource narrower than "*"
@@ -153,10 +152,10 @@ class Runtime(Construct):
             name: lambda_.LayerVersion(
                 self,
                 f"{name.capitalize()}Layer",
-                code=_layer_code(name, config),
+                code=_layer_code(name, config, stack),
                 compatible_runtimes=[RUNTIME],
                 compatible_architectures=[lambda_.Architecture.X86_64],
-                description=f"udop {name} layer (python3.12 x86_64, built by layers/build.py)",
+                description=f"udop {name} layer (python3.12 x86_64)",
             )
             for name in LAYER_NAMES
         }
@@ -450,16 +449,49 @@ def _placeholder(kind: str, files: dict[str, str]) -> Path:
     return _PLACEHOLDERS[kind]
 
 
-def _layer_code(name: str, config: DeploymentConfig) -> lambda_.Code:
-    folder = REPO_ROOT / "layers" / ".build" / name
+@jsii.implements(cdk.ILocalBundling)
+class _LayerBundling:
+    """Builds a layer on this machine when CDK bundles its asset (no Docker: the image is never run)."""
+
+    def __init__(self, layer: str) -> None:
+        self.layer = layer
+
+    def try_bundle(self, output_dir: str, *args: Any, **kwargs: Any) -> bool:
+        # a LayerBuildError reaches the app wrapped by jsii ("Failed to bundle asset ..."): the apps
+        # print its one line (udop_infra.platform.synth_error)
+        layer_build.stage_layer(self.layer, Path(output_dir))
+        return True
+
+
+#: the image CDK would run if local bundling declined; it never does (try_bundle returns True or raises)
+_NO_DOCKER_IMAGE = "public.ecr.aws/sam/build-python3.12"
+
+
+def _layer_code(name: str, config: DeploymentConfig, stack: Stack) -> lambda_.Code:
+    """The layer built during synth by CDK local bundling, its asset hash computed from its inputs
+    (requirements, uv.lock pins, udop's version and, for core, udop's files): a synth whose layers
+    are cached, or one that skips bundling, gets the same hash without building anything."""
     if config.assets == "placeholder":
         folder = _placeholder(f"layer-{name}", {"python/udop_placeholder.py": "# placeholder layer\n"})
-    elif not (folder / "python").is_dir():
-        raise ContextError(
-            f"layer '{name}' is not built ({folder}): run `python layers/build.py` first, "
-            "or pass -c udop:assets=placeholder for a synth-only check"
-        )
-    return lambda_.Code.from_asset(str(folder), exclude=[".inputs"])
+        return lambda_.Code.from_asset(str(folder))
+    if stack.bundling_required:
+        try:
+            layer_build.find_python312()
+        except layer_build.LayerBuildError as exc:
+            raise ContextError(f"layer '{name}': {exc}") from None
+    requirements = layer_build.layer_requirements(name)
+    source = _placeholder(
+        f"layer-source-{name}-{hashlib.sha256(requirements.encode()).hexdigest()[:12]}",
+        {"requirements.txt": requirements},
+    )
+    return lambda_.Code.from_asset(
+        str(source),
+        asset_hash_type=cdk.AssetHashType.CUSTOM,
+        asset_hash=layer_build.layer_asset_hash(name),
+        bundling=cdk.BundlingOptions(
+            image=cdk.DockerImage.from_registry(_NO_DOCKER_IMAGE), local=_LayerBundling(name)
+        ),
+    )
 
 
 def pipeline_code_files(folder: Path) -> list[Path]:
@@ -478,7 +510,7 @@ def pipeline_code_files(folder: Path) -> list[Path]:
 
 
 def _function_folder(name: str, config: DeploymentConfig) -> Path:
-    folder = REPO_ROOT / "functions" / name
+    folder = layer_build.functions_dir() / name
     if not (folder / "app.py").is_file():
         if config.assets != "placeholder":
             raise ContextError(f"functions/{name}/app.py is missing: the {name} function cannot be deployed")

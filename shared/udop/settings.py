@@ -22,7 +22,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from udop.errors import ConfigError
 
-__all__ = ["AwsResources", "CodeSettings", "PlatformSecrets", "ProcessSettings", "Settings", "StoreSettings",
+__all__ = ["AwsResources", "CodeSettings", "LayerBuildSettings", "PlatformSecrets", "ProcessSettings",
+           "Settings", "StoreSettings",
            "UdopSettings", "get_settings", "load_settings", "required_variables"]
 
 
@@ -149,6 +150,18 @@ class AwsResources(UdopSettings):
     schedule_group: str = Field("default", description="the EventBridge Scheduler group of udop's schedules")
     trigger_function_arn: str | None = Field(
         None, description="the function S3 trigger rules target (starts a run per object version)")
+
+
+class LayerBuildSettings(UdopSettings):
+    """How a ``cdk synth`` builds the Lambda layers (``udop_infra.layers``, CDK local bundling): read by
+    the CDK app only, never by a pipeline."""
+
+    python312: str | None = Field(
+        None, description="a CPython 3.12 interpreter (the Lambda runtime's version) that compiles the "
+        "layers' bytecode and runs pip; default: python3.12 on PATH, then pyenv's")
+    cache_dir: Path | None = Field(
+        None, description="where built layers and downloaded wheels are kept between synths; default "
+        "~/.cache/udop")
 
 
 class ProcessSettings(UdopSettings):

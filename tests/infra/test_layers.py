@@ -15,7 +15,8 @@ from types import ModuleType
 
 import pytest
 
-from udop_infra.runtime import FUNCTION_LAYERS, pipeline_code_files
+from udop_infra.layers import FUNCTION_LAYERS
+from udop_infra.runtime import pipeline_code_files
 
 pytestmark = [pytest.mark.infra, pytest.mark.slow]
 

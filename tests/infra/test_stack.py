@@ -19,7 +19,7 @@ from udop.compiler import CompileOptions, compile_pipeline
 from udop.settings import required_variables
 from udop.spec.loader import load_pipeline
 from udop.spec.models import Schedule
-from udop_infra import runtime
+from udop_infra import layers as layer_build
 from udop_infra.config import ContextError
 from udop_infra.orchestration import definition_version, schedule_expression, schedule_name
 
@@ -631,12 +631,70 @@ def test_broken_pipeline_definition_stops_synth_naming_the_file(synth: Any, tmp_
         synth(tmp_path / "out", **{"udop:pipelinesDir": str(tmp_path)})
 
 
-def test_unbuilt_layers_stop_a_real_synth(
+def test_without_python312_a_synth_that_builds_layers_stops_with_one_line(
     synth: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(runtime, "REPO_ROOT", tmp_path)
-    with pytest.raises(ContextError, match=r"layer 'core' is not built .*python layers/build\.py"):
-        synth(tmp_path / "out", **{"udop:assets": "build", "udop:pipelinesDir": str(tmp_path)})
+    def no_python312() -> str:
+        raise layer_build.LayerBuildError("building the Lambda layers needs CPython 3.12 (...)")
+
+    monkeypatch.setattr(layer_build, "find_python312", no_python312)
+    with pytest.raises(ContextError, match=r"^layer 'core': building the Lambda layers needs CPython 3\.12"):
+        synth(tmp_path / "out", **{"udop:assets": "build", "aws:cdk:bundling-stacks": ["**"]})
+
+
+def test_a_layer_that_cannot_be_built_stops_the_synth_with_one_line(
+    synth: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from udop_infra.platform import synth_error
+
+    def no_index(layer: str, output_dir: Path) -> None:
+        raise layer_build.LayerBuildError(f"installing {layer} failed (pip: ERROR: no index); check access")
+
+    monkeypatch.setattr(layer_build, "stage_layer", no_index)
+    with pytest.raises(RuntimeError) as caught:
+        synth(tmp_path / "out", **{"udop:assets": "build", "aws:cdk:bundling-stacks": ["**"]})
+    # raised inside CDK's bundling, wrapped by jsii: the apps print this line and exit 2
+    assert synth_error(caught.value) == "layer 'core': installing core failed (pip: ERROR: no index); check access"
+    assert synth_error(ValueError("a bug")) is None
+
+
+def _layer_keys(template: Any, stack: Any) -> dict[str, str]:
+    resources = template.to_json()["Resources"]
+    return {name: resources[logical_id(stack, layer)]["Properties"]["Content"]["S3Key"]
+            for name, layer in stack.runtime.layers.items()}
+
+
+def test_built_layers_are_hashed_from_their_inputs_and_udops_version(
+    synth: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # bundling skipped (as `cdk deploy OtherStack` does for this one): the hashes are the real ones,
+    # computed from requirements, uv.lock's pins, udop's version and (core) udop's files
+    stack, template = synth(tmp_path / "a", **{"udop:assets": "build"})
+    keys = _layer_keys(template, stack)
+    again = _layer_keys(*reversed(synth(tmp_path / "b", **{"udop:assets": "build"})))
+    assert keys == again
+    assert len(set(keys.values())) == len(keys)
+    monkeypatch.setattr(layer_build, "udop_version", lambda: "99.0.0")
+    upgraded = _layer_keys(*reversed(synth(tmp_path / "c", **{"udop:assets": "build"})))
+    assert all(upgraded[name] != keys[name] for name in keys)  # an upgrade redeploys every layer
+
+
+def test_the_layer_pins_are_uv_locks_for_the_lambda_runtime() -> None:
+    import subprocess
+
+    exported = subprocess.run(
+        [str(REPO / ".tools" / "bin" / "uv"), "export", "--frozen", "--no-dev", "--all-extras", "--no-hashes",
+         "--no-emit-project", "--no-header", "--no-annotate"],
+        cwd=REPO, capture_output=True, text=True, check=True, timeout=60).stdout
+    pins = dict(line.split("==") for line in layer_build.locked_constraints().splitlines())
+    for line in exported.splitlines():
+        if not line or line.startswith((" ", "#")):
+            continue
+        requirement, _, marker = line.partition(" ; ")
+        name, version = requirement.split("==")
+        if "win32" in marker or "emscripten" in marker or "PyPy" in marker or "< '3.12'" in marker:
+            continue
+        assert pins[layer_build.dist_name(name)] == version, name
 
 
 @pytest.mark.parametrize(

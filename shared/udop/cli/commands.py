@@ -243,10 +243,32 @@ def schema(output: str | None) -> None:
 @click.command()
 @click.argument("directory", default=".", type=click.Path(file_okay=False))
 @click.option("--force", is_flag=True, help="Overwrite files that already exist.")
-def init(directory: str, force: bool) -> None:
-    """Create DIRECTORY (default: here) with an example pipeline you can run at once."""
-    from udop.cli.scaffold import write_project
+@click.option(
+    "--aws",
+    "aws",
+    is_flag=True,
+    help="A team repository for AWS instead: CDK app, pipelines/, requirements, a test (udop[cdk]).",
+)
+def init(directory: str, force: bool, aws: bool) -> None:
+    """Create DIRECTORY (default: here) with an example pipeline you can run at once.
 
+    With --aws, DIRECTORY (a new folder, e.g. `udop init --aws data-platform`) becomes a repository
+    that deploys the udop platform and its pipelines with `npx cdk deploy` and tests them with `pytest`."""
+    from udop.cli.scaffold import write_aws_project, write_project
+
+    if aws:
+        if force:
+            raise click.UsageError(
+                "--force does not go with --aws (it never writes into a folder that has files)"
+            )
+        written = write_aws_project(Path(directory))
+        for path in written:
+            click.echo(f"created {path}")
+        click.echo(
+            f"\nNext: cd {directory} && python3 -m venv .venv && . .venv/bin/activate && "
+            "pip install -r requirements.txt && npm ci\n      npx cdk deploy   # and: pytest"
+        )
+        return
     written = write_project(Path(directory), force=force)
     for path in written:
         click.echo(f"created {path}")

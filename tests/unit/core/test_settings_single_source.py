@@ -30,6 +30,8 @@ ALLOWED = {
     "layers/transforms/udop_transforms/_validate.py": "${env.X} at check time (a user's variable)",
     "infra/app.py": "sets a variable for the jsii node subprocess",
     "shared/udop/aws/emulate.py": "points boto3 at the rehearsal's moto account for its duration",
+    "shared/udop/cli/templates/aws/test_app.py": "a team's own test (`udop init --aws`), not udop code: "
+    "its synth subprocess gets the user's environment",
 }
 
 
