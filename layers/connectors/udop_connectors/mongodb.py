@@ -19,8 +19,9 @@ import decimal
 import json
 import re
 import uuid
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, ClassVar, Literal, NoReturn
+from typing import Any, ClassVar, Literal, NoReturn, TypedDict
 from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
@@ -57,6 +58,15 @@ _FATAL_CODES: dict[int, str] = {
     280: "the change stream cannot continue from the stored position",
     260: "invalid resume token",
 }
+
+
+class _ClientOptions(TypedDict):
+    """The options every ``MongoClient`` gets (URL or host/port)."""
+
+    serverSelectionTimeoutMS: int
+    connectTimeoutMS: int
+    tz_aware: bool
+    appname: str
 
 
 class MongoSettings(ConnectorSettings):
@@ -269,24 +279,27 @@ class MongoConnector(Connector):
 
             s = self.settings
             timeout_ms = int(s.connect_timeout * 1000)
-            opts: dict[str, Any] = {
+            opts: _ClientOptions = {
                 "serverSelectionTimeoutMS": timeout_ms,
                 "connectTimeoutMS": timeout_ms,
                 "tz_aware": True,
                 "appname": "udop",
             }
+            url = self._url()
             try:
-                url = self._url()
-                if url is not None:
-                    self._client = pymongo.MongoClient(url, **opts)
-                else:
-                    auth: dict[str, Any] = {}
-                    if s.user is not None:
-                        auth = {"username": s.user, "password": self.secret(s.password)}
-                        if s.auth_source:
-                            auth["authSource"] = s.auth_source
-                    self._client = pymongo.MongoClient(s.host, s.port, **opts, **auth)
-            except (ConfigurationError, ValueError, TypeError) as exc:
+                with warnings.catch_warnings():
+                    # pymongo only warns about an unknown or malformed URL option: a typo is an error here
+                    warnings.simplefilter("error", UserWarning)
+                    if url is not None:
+                        self._client = pymongo.MongoClient(url, **opts)
+                    else:
+                        auth: dict[str, Any] = {}
+                        if s.user is not None:
+                            auth = {"username": s.user, "password": self.secret(s.password)}
+                            if s.auth_source:
+                                auth["authSource"] = s.auth_source
+                        self._client = pymongo.MongoClient(s.host, s.port, **opts, **auth)
+            except (ConfigurationError, ValueError, TypeError, UserWarning) as exc:
                 self.fail(f"bad connection settings: {_message(exc)}", retryable=False)
         return self._client
 
@@ -502,8 +515,8 @@ class MongoConnector(Connector):
         with the position the stream reached, so the next read misses nothing.
 
         Each row is one change: ``_position``, ``_op`` (insert, update, replace, delete, ...),
-        ``_cluster_time``, ``_key`` (the document's ``_id``) and the document's other fields (``full_document``:
-        the whole document after an update by default; none for a delete)."""
+        ``_cluster_time``, ``_key`` (the document's ``_id``) and the document's other fields
+        (``full_document``: the whole document after an update by default; none for a delete)."""
         from bson import Timestamp, json_util
 
         s = self.settings

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import shutil
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,7 +84,12 @@ def test_filtered_projected_scan_equals_the_documents(db: Any) -> None:
     }  # fmt: skip
     # declared columns: only those fields, in those types (the projection follows from them)
     schema, rows = read_rows(
-        {**spec, "collection": "items", "filter": {"qty": {"$lt": 2}}, "columns": {"sku": "string", "qty": "float"}}
+        {
+            **spec,
+            "collection": "items",
+            "filter": {"qty": {"$lt": 2}},
+            "columns": {"sku": "string", "qty": "float"},
+        }
     )
     assert schema == pa.schema([("sku", pa.string()), ("qty", pa.float64())])
     assert sorted(rows, key=lambda r: r["sku"]) == [{"sku": "s0", "qty": 0.0}, {"sku": "s1", "qty": 1.0}]
@@ -90,7 +98,10 @@ def test_filtered_projected_scan_equals_the_documents(db: Any) -> None:
         {**spec, "collection": "items",
          "pipeline": [{"$match": {"qty": {"$lt": 5}}}, {"$group": {"_id": "$price", "n": {"$sum": 1}}}]}
     )  # fmt: skip
-    assert sorted((r["_id"], r["n"]) for r in rows) == [(decimal.Decimal("1.25"), 1), (decimal.Decimal("2.5"), 5)]
+    assert sorted((r["_id"], r["n"]) for r in rows) == [
+        (decimal.Decimal("1.25"), 1),
+        (decimal.Decimal("2.5"), 5),
+    ]
 
 
 def test_a_field_that_appears_after_the_first_batch_is_a_one_line_error(db: Any) -> None:
@@ -99,7 +110,9 @@ def test_a_field_that_appears_after_the_first_batch_is_a_one_line_error(db: Any)
     with pytest.raises(FatalError) as err:
         read_rows({**spec, "collection": "loose", "batch_size": 3})
     assert "late" in str(err.value) and "columns" in str(err.value) and "\n" not in str(err.value)
-    _, rows = read_rows({**spec, "collection": "loose", "batch_size": 3, "columns": {"a": "int", "late": "bool"}})
+    _, rows = read_rows(
+        {**spec, "collection": "loose", "batch_size": 3, "columns": {"a": "int", "late": "bool"}}
+    )
     assert rows[-1] == {"a": 9, "late": True}
 
 
@@ -136,7 +149,10 @@ def test_incremental_runs_pick_up_only_new_documents_and_upsert_them(db: Any, tm
         first = run(pipeline, tmp_path, state)
         assert first["orders"]["output"]["rows"] == 4
         database.orders.insert_many(
-            [{"_id": ObjectId(), "n": i, "updated": dt.datetime(2024, 1, 2, i, tzinfo=dt.UTC)} for i in (2, 7)]
+            [
+                {"_id": ObjectId(), "n": i, "updated": dt.datetime(2024, 1, 2, i, tzinfo=dt.UTC)}
+                for i in (2, 7)
+            ]
         )
         second = run(pipeline, tmp_path, state)
         assert second["orders"]["output"]["rows"] == 2  # only the new ones
@@ -172,7 +188,12 @@ def test_upsert_by_key_is_idempotent_and_the_last_row_of_a_key_wins(db: Any) -> 
         assert c.write([batch]) == 3
     got = sorted(database.people.find({}, {"_id": 0}), key=lambda d: d["email"])
     assert got == [
-        {"email": "a@x", "name": "Annie", "born": dt.datetime(1991, 3, 4, tzinfo=dt.UTC), "score": Decimal128("2.25")},
+        {
+            "email": "a@x",
+            "name": "Annie",
+            "born": dt.datetime(1991, 3, 4, tzinfo=dt.UTC),
+            "score": Decimal128("2.25"),
+        },
         {"email": "b@x", "name": "Bo", "born": None, "score": None},
     ]
     # a partial row updates its columns and keeps the others
@@ -215,7 +236,10 @@ def test_a_repeated_load_finds_its_ledger_entry_and_writes_nothing(
         ledger = client[name].udop_load_ledger.find_one({"run_id": "r1"})
         assert ledger is not None and ledger["rows_written"] == 3 and ledger["input"] == "mem://x"
         if where == "standalone":
-            with pytest.raises(FatalError, match="standalone"), get_connector({**target, "transactions": True}) as c:
+            with (
+                pytest.raises(FatalError, match="standalone"),
+                get_connector({**target, "transactions": True}) as c,
+            ):
                 c.write([batch])
     finally:
         client.drop_database(name)
@@ -228,9 +252,10 @@ def test_a_failing_load_in_a_transaction_leaves_the_collection_unchanged(db: Any
     entry = LoadEntry(pipeline="p", run_id="r1", task_id="load")
     good = pa.RecordBatch.from_pydict({"_id": [2, 3], "v": ["a", "b"]})
     clash = pa.RecordBatch.from_pydict({"_id": [2], "v": ["dup"]})  # a key twice in one load
-    with pytest.raises(FatalError, match="duplicate key") as err, get_connector(
-        {**spec, "collection": "uniq"}
-    ) as c:
+    with (
+        pytest.raises(FatalError, match="duplicate key") as err,
+        get_connector({**spec, "collection": "uniq"}) as c,
+    ):
         c.write_once([good, clash], "overwrite", [], entry)
     assert "\n" not in str(err.value)
     # the overwrite's delete rolled back with the rest
@@ -257,12 +282,19 @@ def test_change_stream_resumes_from_the_stored_position(db: Any, tmp_path: Path)
     assert positions == sorted(positions) and positions[0] > start
     rows = [r for b, _ in pairs for r in b.to_pylist()]
     assert [(r["_op"], r["_key"], r["v"]) for r in rows] == [
-        *(("insert", str(i), i) for i in range(5)), ("update", "1", 10), ("delete", "4", None)
+        *(("insert", str(i), i) for i in range(5)),
+        ("update", "1", 10),
+        ("delete", "4", None),
     ]
     # resuming from the middle gives exactly the rest
     with get_connector(source) as c:
         rest = [r for b, _ in c.read_changes(positions[0]) for r in b.to_pylist()]
-    assert [(r["_op"], r["_key"]) for r in rest] == [("insert", "3"), ("insert", "4"), ("update", "1"), ("delete", "4")]
+    assert [(r["_op"], r["_key"]) for r in rest] == [
+        ("insert", "3"),
+        ("insert", "4"),
+        ("update", "1"),
+        ("delete", "4"),
+    ]
 
     # the same reader as an extract: the position is kept as the watermark, committed by the load
     pipeline = make_pipeline(
@@ -310,14 +342,25 @@ def test_bad_credentials_and_unknown_collections_are_one_line_errors(
     with pytest.raises(FatalError) as err:
         read_rows({"connector": "mongodb", "url": url, "collection": "orders"})
     text = str(err.value)
-    assert text.startswith("connector 'mongodb': read shop.orders: login refused (check the user and password)")
+    assert text.startswith(
+        "connector 'mongodb': read shop.orders: login refused (check the user and password)"
+    )
     assert "wrong-pass-123" not in text and "\n" not in text
     monkeypatch.setenv("H17M_MONGO_PW", "wrong-pass-456")
     host, port = with_auth.split(":")
-    with pytest.raises(FatalError) as err, get_connector(
-        {"connector": "mongodb", "host": host, "port": int(port), "user": "alice",
-         "password": {"env": "H17M_MONGO_PW"}, "database": "shop"}
-    ) as c:
+    with (
+        pytest.raises(FatalError) as err,
+        get_connector(
+            {
+                "connector": "mongodb",
+                "host": host,
+                "port": int(port),
+                "user": "alice",
+                "password": {"env": "H17M_MONGO_PW"},
+                "database": "shop",
+            }
+        ) as c,
+    ):
         c.check()
     assert str(err.value).startswith("connector 'mongodb': ping: login refused")
     assert "wrong-pass-456" not in str(err.value)
@@ -325,8 +368,7 @@ def test_bad_credentials_and_unknown_collections_are_one_line_errors(
     with pytest.raises(FatalError) as err:
         read_rows({"connector": "mongodb", "url": good, "collection": "nope"})
     assert str(err.value) == (
-        "connector 'mongodb': read shop.nope: collection 'nope' does not exist in database 'shop' "
-        "(it has no collections)"
+        "connector 'mongodb': collection 'nope' does not exist in database 'shop' (it has no collections)"
     )
     with pytest.raises(FatalError, match="needs 'database'"):
         read_rows({"connector": "mongodb", "url": server, "collection": "x"})
@@ -355,3 +397,55 @@ def test_parquet_output_of_an_extract_keeps_the_schema(db: Any, tmp_path: Path) 
     table = pq.read_table(out["uri"])
     assert table.num_rows == 0
     assert table.schema.field("n").type == pa.int64()
+
+
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "mongodb" / "pipeline.yaml"
+
+
+@pytest.mark.slow  # the CLI in a process of its own: ~20 s on the loaded 2-core machine
+def test_the_example_pipeline_runs_end_to_end_through_udop_run(server: str, tmp_path: Path) -> None:
+    """examples/mongodb: MongoDB -> transform -> validate -> Parquet, by the real `udop run` command,
+    against figures computed here from the same documents."""
+    name = f"h17m_{uuid.uuid4().hex[:8]}"
+    client: pymongo.MongoClient[Any] = pymongo.MongoClient(server, tz_aware=True)
+    try:
+        docs = [
+            {"region": region, "status": status, "total": Decimal128(f"{10 + i}.50"),
+             "placed_at": dt.datetime(2024, 5, 1 + i % 3, 12, tzinfo=dt.UTC),
+             "items": [{"sku": "a", "qty": 1}] * (1 + i % 2), "note": "ignored"}
+            for i, (region, status) in enumerate(
+                [("eu", "paid"), ("eu", "shipped"), ("us", "paid"), ("eu", "cancelled"), ("us", "paid"),
+                 ("eu", "paid"), ("us", "shipped"), ("us", "draft")]
+            )
+        ]  # fmt: skip
+        client[name].orders.insert_many(docs)
+        client[name].orders.create_index("status")
+        shutil.copyfile(EXAMPLE, tmp_path / "pipeline.yaml")
+        env = {
+            "UDOP_HOME": str(tmp_path / ".udop"),
+            "PATH": "/usr/bin:/bin",
+            "MONGODB_URL": f"{server}{name}",
+        }
+        done = subprocess.run(
+            [sys.executable, "-c", "from udop.cli import main; main()", "run", "pipeline.yaml"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+    finally:
+        client.drop_database(name)
+        client.close()
+    got = pq.read_table(tmp_path / "out" / "revenue.parquet").to_pylist()
+    expected: dict[tuple[str, dt.date], dict[str, Any]] = {}
+    for d in docs:
+        if d["status"] not in ("paid", "shipped"):
+            continue
+        row = expected.setdefault(
+            (d["region"], d["placed_at"].date()), {"orders": 0, "revenue": decimal.Decimal(0), "lines": 0}
+        )
+        row["orders"] += 1
+        row["revenue"] += d["total"].to_decimal()
+        row["lines"] += len(d["items"])
+    assert [
+        ((r["region"], r["day"]), {"orders": r["orders"], "revenue": r["revenue"], "lines": r["lines"]})
+        for r in got
+    ] == sorted(expected.items())
