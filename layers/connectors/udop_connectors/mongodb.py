@@ -363,6 +363,12 @@ class MongoConnector(Connector):
         labels = {"TransientTransactionError", "UnknownTransactionCommitResult", "RetryableWriteError"}
         if isinstance(exc, PyMongoError) and any(exc.has_error_label(label) for label in labels):
             self.fail(f"{doing}: {text}", retryable=True)
+        if code == 112:  # WriteConflict
+            self.fail(
+                f"{doing}: {text} (another transaction holds these documents: perhaps one of a load "
+                "that died, which the server aborts after transactionLifetimeLimitSeconds)",
+                retryable=True,
+            )
         if isinstance(exc, OperationFailure | BulkWriteError) and code in _RETRYABLE_CODES:
             self.fail(f"{doing}: {text}", retryable=True)
         if isinstance(code, int) and code in _FATAL_CODES:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import shutil
+import signal
 import subprocess
 import sys
 import uuid
@@ -32,8 +33,11 @@ from udop.store import open_store
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A replica-set member (transactions and change streams on)."""
-    srv = SecantusDBServer(storage_path=str(tmp_path_factory.mktemp("mongo")))
+    """A replica-set member (transactions and change streams on). A transaction left open by a killed
+    process is aborted after 3 s idle (MongoDB's transactionLifetimeLimitSeconds, 60 by default)."""
+    srv = SecantusDBServer(
+        storage_path=str(tmp_path_factory.mktemp("mongo")), transaction_lifetime_seconds=3.0
+    )
     srv.start()
     yield srv.uri
     srv.stop()
@@ -449,3 +453,53 @@ def test_the_example_pipeline_runs_end_to_end_through_udop_run(server: str, tmp_
         ((r["region"], r["day"]), {"orders": r["orders"], "revenue": r["revenue"], "lines": r["lines"]})
         for r in got
     ] == sorted(expected.items())
+
+
+@pytest.mark.slow  # three `udop run` processes per fault
+@pytest.mark.parametrize("fault", ["load-before-commit", "load-committed"])
+def test_sigkill_around_the_commit_then_resume_loads_each_row_once(
+    server: str, tmp_path: Path, fault: str
+) -> None:
+    """``udop run`` kills itself inside the load's transaction, or right after it committed (before
+    the watermark moved); ``--resume`` then loads the rows, or finds the ledger entry and writes
+    nothing; a next run loads only the rows added since. The transaction the killed process left open
+    holds its writes until the server aborts it: the resumed load meets a write conflict and the
+    task's retry policy tries again."""
+    from exactly_once_support import add_source_rows, udop
+
+    name = f"h17m_{uuid.uuid4().hex[:8]}"
+    client: pymongo.MongoClient[Any] = pymongo.MongoClient(server)
+    target = f"{{connector: mongodb, url: '{server}', database: {name}, collection: dst, mode: append}}"
+    try:
+        add_source_rows(tmp_path / "shop.db", range(1, 301))
+        (tmp_path / "p.yaml").write_text(
+            f"""
+apiVersion: udop/v1
+kind: Pipeline
+metadata: {{name: eo-{uuid.uuid4().hex[:8]}}}
+spec:
+  defaults: {{retry: {{max_attempts: 8, base_delay: 1s, max_delay: 2s}}}}
+  tasks:
+    - id: orders
+      type: extract
+      source: {{connector: sqlite, database: shop.db, table: orders, incremental: {{column: id}}}}
+    - id: publish
+      type: load
+      depends_on: [orders]
+      target: {target}
+"""
+        )
+        killed = udop(tmp_path, "--run-id", "r1", fault=fault)
+        assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+        resumed = udop(tmp_path, "--resume", "r1")
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        dst = client[name].dst
+        assert dst.count_documents({}) == 300 and len(dst.distinct("id")) == 300
+        add_source_rows(tmp_path / "shop.db", range(301, 351))
+        nxt = udop(tmp_path, "--run-id", "r2")
+        assert nxt.returncode == 0, nxt.stdout + nxt.stderr
+        assert dst.count_documents({}) == 350 and len(dst.distinct("id")) == 350
+        assert client[name].udop_load_ledger.count_documents({}) == 2
+    finally:
+        client.drop_database(name)
+        client.close()
