@@ -22,7 +22,7 @@ import uuid
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Literal, NoReturn, TypedDict
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import pyarrow as pa
 from pydantic import ConfigDict, Field, model_validator
@@ -43,6 +43,12 @@ POSITION_COLUMN = "_position"
 _CHANGE_NAMES = frozenset({POSITION_COLUMN, "_op", "_cluster_time", "_key", "_id"})
 _POSITION = re.compile(r"^(\d{10})\.(\d{10})\.(\d{6})\|(.+)$", re.S)
 
+# URL options that read files of the host the driver runs on, and mechanisms that sign in with the
+# host's own credentials: refused on a server (docs/security.md)
+_HOST_FILE_OPTIONS = frozenset(
+    {"tlscafile", "tlscertificatekeyfile", "tlscrlfile", "sslcafile", "sslcrlfile", "sslpemkeyfile"}
+)
+_HOST_MECHANISMS = frozenset({"MONGODB-AWS", "GSSAPI", "MONGODB-OIDC", "MONGODB-X509"})
 # server error codes a retry can fix (network-ish, elections, write conflicts, time limits)
 _RETRYABLE_CODES = frozenset(
     {6, 7, 50, 89, 91, 112, 117, 133, 134, 189, 202, 251, 262, 9001, 10107, 11600, 11602, 13435, 13436}
@@ -269,7 +275,27 @@ class MongoConnector(Connector):
             password = None
         if password:
             self._secrets.update({password, unquote(password)})
+        self._refuse_host_access(url)
         return url
+
+    def _refuse_host_access(self, url: str) -> None:
+        """On a server, a definition's URL may not make the driver read the host's files (TLS key
+        and CA files) or sign in with the host's own credentials (AWS role, Kerberos, OIDC, X.509)."""
+        from udop import sandbox
+
+        if not sandbox.current().is_server:
+            return
+        options = {k.lower(): v for k, v in parse_qsl(urlsplit(url).query)}
+        found = sorted(k for k in options if k in _HOST_FILE_OPTIONS)
+        mechanism = options.get("authmechanism", "").upper()
+        if mechanism in _HOST_MECHANISMS:
+            found.append(f"authMechanism={mechanism}")
+        if found:
+            self.fail(
+                f"on a server the URL may not use {', '.join(found)} (they read this host's files or "
+                "credentials); use user and password",
+                retryable=False,
+            )
 
     @property
     def client(self) -> Any:

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 from bson import Binary, Decimal128, Int64, ObjectId, Timestamp
 
+from udop import sandbox
 from udop.connectors import get_connector
 from udop.errors import ConfigError, ConnectionFailed, FatalError
 from udop_connectors.mongodb import _bson, _infer_type, _parse_position, _plain, _position
@@ -106,3 +107,20 @@ def test_an_unreachable_server_is_retryable_and_a_bad_url_is_not() -> None:
         ):
             c.check()
         assert "pw-888" not in str(err2.value) and "\n" not in str(err2.value)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "tlsCAFile=/etc/ssl/ca.pem",
+        "tls=true&tlsCertificateKeyFile=/root/key.pem",
+        "authMechanism=MONGODB-AWS",
+    ],
+)
+def test_a_server_refuses_urls_that_read_host_files_or_credentials(query: str) -> None:
+    url = f"mongodb://db.example:27017/shop?{query}"
+    with sandbox.active(sandbox.Policy(mode="server")), pytest.raises(FatalError, match="on a server") as err:
+        get_connector({"connector": "mongodb", "url": url, "collection": "c"}).check()
+    assert "\n" not in str(err.value)
+    # trusted (udop run on your own machine): the same URL is taken as it is
+    assert get_connector({"connector": "mongodb", "url": url, "collection": "c"})._url() == url
