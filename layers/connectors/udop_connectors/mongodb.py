@@ -300,6 +300,7 @@ class MongoConnector(Connector):
     @property
     def client(self) -> Any:
         if self._client is None:
+            self._need_driver()
             import pymongo
             from pymongo.errors import ConfigurationError
 
@@ -328,6 +329,16 @@ class MongoConnector(Connector):
             except (ConfigurationError, ValueError, TypeError, UserWarning) as exc:
                 self.fail(f"bad connection settings: {_message(exc)}", retryable=False)
         return self._client
+
+    def _need_driver(self) -> None:
+        try:
+            import pymongo  # noqa: F401
+        except ImportError:
+            self.fail(
+                "needs the pymongo driver: pip install 'udop[mongodb]' (the AWS task runner's layers "
+                "do not hold it)",
+                retryable=False,
+            )
 
     def _database_name(self) -> str:
         s = self.settings
@@ -359,6 +370,7 @@ class MongoConnector(Connector):
             self._client = None
 
     def check(self) -> None:
+        self._need_driver()
         from pymongo.errors import PyMongoError
 
         try:
@@ -420,6 +432,7 @@ class MongoConnector(Connector):
         return self._end
 
     def read(self, *, since: Any = None) -> Iterator[pa.RecordBatch]:
+        self._need_driver()
         from pymongo.errors import PyMongoError
 
         self._end = None
@@ -642,6 +655,7 @@ class MongoConnector(Connector):
         return f"{entry.key}:{self._collection_name()}"
 
     def loaded(self, entry: LoadEntry) -> int | None:
+        self._need_driver()
         from pymongo.errors import PyMongoError
 
         try:
@@ -679,6 +693,7 @@ class MongoConnector(Connector):
         """With a transaction: the rows, an ``overwrite``'s delete and the ledger entry commit
         together (a repeated load finds the entry and writes nothing; two racing attempts collide on
         the entry's ``_id`` and one rolls back). Without: rows first, then the entry."""
+        self._need_driver()
         from pymongo.errors import DuplicateKeyError, PyMongoError
 
         mode, keys = self.resolve_mode(mode, keys)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import sys
 import uuid
 
 import pyarrow as pa
@@ -124,3 +125,9 @@ def test_a_server_refuses_urls_that_read_host_files_or_credentials(query: str) -
     assert "\n" not in str(err.value)
     # trusted (udop run on your own machine): the same URL is taken as it is
     assert get_connector({"connector": "mongodb", "url": url, "collection": "c"})._url() == url
+
+
+def test_without_the_driver_the_error_says_which_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pymongo", None)  # as where the extra is not installed
+    with pytest.raises(FatalError, match=r"pip install 'udop\[mongodb\]'"):
+        list(get_connector({"connector": "mongodb", "database": "d", "collection": "c"}).read())
