@@ -73,6 +73,7 @@ class _ClientOptions(TypedDict):
     connectTimeoutMS: int
     tz_aware: bool
     appname: str
+    datetime_conversion: str
 
 
 class MongoSettings(ConnectorSettings):
@@ -130,12 +131,14 @@ def _plain(value: Any) -> Any:
     """A BSON value as a plain Python value Arrow takes: ObjectId -> its hex text, Decimal128 ->
     Decimal, BSON Timestamp -> datetime, UUID -> text, nested documents and arrays -> relaxed
     extended JSON text (``{"$oid": ...}`` inside), other BSON types -> their text."""
-    from bson import Binary, Decimal128, Int64, ObjectId, Timestamp, json_util
-
-    if value is None or isinstance(value, str | bool | float | dt.datetime):
+    if value is None or isinstance(value, str | float | dt.datetime):
         return value
-    if isinstance(value, Int64 | int):
-        return int(value)
+    if isinstance(value, int):
+        return value if type(value) in (int, bool) else int(value)  # bson's Int64 -> int
+    from bson import Binary, DatetimeMS, Decimal128, ObjectId, Timestamp, json_util
+
+    if isinstance(value, DatetimeMS):
+        return str(int(value))  # a date outside years 1-9999: its milliseconds since 1970
     if isinstance(value, ObjectId):
         return str(value)
     if isinstance(value, Decimal128):
@@ -206,6 +209,8 @@ def _array(values: list[Any], type_: pa.DataType) -> pa.Array:
 def _bson(value: Any) -> Any:
     """A value of ``RecordBatch.to_pylist()`` as something BSON stores: dates become midnight UTC,
     decimals Decimal128, times their ISO text; lists and structs recursively."""
+    if value is None or isinstance(value, str | int | float | bytes):
+        return value
     from bson import Decimal128
 
     if isinstance(value, dict):
@@ -311,6 +316,9 @@ class MongoConnector(Connector):
                 "connectTimeoutMS": timeout_ms,
                 "tz_aware": True,
                 "appname": "udop",
+                # a date outside Python's years 1-9999 comes back as its milliseconds (read as text)
+                # instead of failing the whole read
+                "datetime_conversion": "DATETIME_AUTO",
             }
             url = self._url()
             try:
@@ -448,10 +456,17 @@ class MongoConnector(Connector):
 
     def _projection(self) -> dict[str, Any] | None:
         s = self.settings
+        picked: dict[str, Any] | None = None
         if isinstance(s.projection, list):
-            return {name: 1 for name in s.projection}
-        if s.projection is not None:
-            return dict(s.projection)
+            picked = {name: 1 for name in s.projection}
+        elif s.projection is not None:
+            picked = dict(s.projection)
+        if picked is not None:
+            inc = s.incremental
+            including = any(v for k, v in picked.items() if k != "_id")
+            if inc is not None and not s.changes and including and inc.column not in picked:
+                picked[inc.column] = 1  # the watermark is computed from it
+            return picked
         if s.columns:
             return {name: 1 for name in s.columns} | ({} if "_id" in s.columns else {"_id": 0})
         return None
@@ -465,13 +480,11 @@ class MongoConnector(Connector):
         inc = self.settings.incremental
         if inc is None or since is None:
             return {}
-        forms: list[Any] = [since]
+        forms: list[Any] = [_bson(since)]  # a Decimal as Decimal128 (numbers compare across types)
         if isinstance(since, str) and ObjectId.is_valid(since):
             forms.append(ObjectId(since))
         if isinstance(since, str) and (when := _start_time(since)) is not None:
             forms.append(when)
-        if isinstance(since, decimal.Decimal):
-            forms = [float(since)]
         if len(forms) == 1:
             return {inc.column: {"$gt": forms[0]}}
         return {"$or": [{inc.column: {"$gt": form}} for form in forms]}

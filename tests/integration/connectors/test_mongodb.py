@@ -143,7 +143,8 @@ def test_incremental_runs_pick_up_only_new_documents_and_upsert_them(db: Any, tm
     pipeline = make_pipeline(
         [
             {"id": "orders", "type": "extract",
-             "source": {**spec, "collection": "orders", "incremental": {"column": "updated"}}},
+             "source": {**spec, "collection": "orders", "projection": ["n"],  # 'updated' is added
+                        "incremental": {"column": "updated"}}},
             {"id": "copy", "type": "load", "depends_on": ["orders"],
              "target": {**spec, "collection": "copy", "mode": "upsert", "keys": ["n"]}},
         ]

@@ -10,7 +10,7 @@ import uuid
 
 import pyarrow as pa
 import pytest
-from bson import Binary, Decimal128, Int64, ObjectId, Timestamp
+from bson import Binary, DatetimeMS, Decimal128, Int64, ObjectId, Timestamp
 
 from udop import sandbox
 from udop.connectors import get_connector
@@ -56,6 +56,7 @@ def test_a_change_stream_is_incremental_on_its_position() -> None:
         ([[1, 2]], pa.string()),
         ([1, "x"], pa.string()),
         ([None, None], pa.string()),
+        ([DatetimeMS(253_402_300_800_000 * 2)], pa.string()),  # past year 9999: its milliseconds
     ],
 )
 def test_the_first_batch_decides_a_fields_type(values: list[object], expected: pa.DataType) -> None:
