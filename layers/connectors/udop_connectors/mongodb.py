@@ -604,10 +604,10 @@ class MongoConnector(Connector):
         stages = json_util.loads(json.dumps(s.pipeline or []))
         read = 0
         last: str | None = None
-        with (
-            self.client.start_session() as session,
-            db[name].watch(stages, session=session, **options) as stream,
-        ):
+        # the server's time before the stream opens: every change the stream has yet to deliver comes
+        # later, so a position of "here" made from it sorts before all of them
+        before = db.command("ping").get("operationTime") if parsed is None else None
+        with db[name].watch(stages, **options) as stream:
             rows: list[dict[str, Any]] = []
             while limit is None or read < limit:
                 change = stream.try_next()
@@ -631,13 +631,12 @@ class MongoConnector(Connector):
             elif last is None and parsed is None:
                 # a first read with no change: where the stream stands now is the position to keep,
                 # or the changes until the next run would be missed
-                now = session.operation_time or db.command("ping").get("operationTime")
                 token = stream.resume_token
-                if now is None or token is None:
+                if not isinstance(before, Timestamp) or token is None:
                     self.fail("changes: the server reported no position for the stream", retryable=False)
                 yield (
                     self._to_batch([], schema or pa.schema(_change_fields())),
-                    _position(now.time, now.inc, 0, token),
+                    _position(before.time, before.inc, 0, token),
                 )
 
     def _change_row(self, change: Mapping[str, Any], position: str) -> dict[str, Any]:
