@@ -528,8 +528,9 @@ class MongoConnector(Connector):
         # writes an empty file, and a declared schema() an empty typed one
 
     def _to_batch(self, docs: Sequence[Mapping[str, Any]], schema: pa.Schema | None) -> pa.RecordBatch:
-        """Documents -> one batch. With ``schema`` (declared, or the first batch's) only its fields
-        are kept and a field it lacks fails the read; without, the first batch decides (``_infer_type``)."""
+        """Documents -> one batch in ``schema``: declared columns keep only their fields; the first
+        batch's inferred schema refuses a field it lacks. Without a schema, these documents decide
+        it (``_infer_type``)."""
         rows = [{k: _plain(v) for k, v in doc.items()} for doc in docs]
         if schema is None:
             names: dict[str, None] = {}
@@ -724,6 +725,7 @@ class MongoConnector(Connector):
                         db[name].create_index([(k, 1) for k in keys], unique=True, name="udop_upsert_keys")
             if not transactional:
                 rows = self._write_rows(db[name], batches, mode, keys, None)
+                faults.point("load-before-commit")  # here, the documents are in and the entry is not
                 if entry is not None:
                     db[LEDGER_COLLECTION].insert_one(self._ledger_doc(entry, rows))
                 return rows, False
