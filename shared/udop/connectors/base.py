@@ -220,6 +220,10 @@ class Connector:
             "pattern",
             "stream",
             "queue",
+            "collection",
+            "filter",
+            "projection",
+            "pipeline",
         }
     )
 

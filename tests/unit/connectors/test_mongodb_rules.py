@@ -132,3 +132,11 @@ def test_without_the_driver_the_error_says_which_extra_to_install(monkeypatch: p
     monkeypatch.setitem(sys.modules, "pymongo", None)  # as where the extra is not installed
     with pytest.raises(FatalError, match=r"pip install 'udop\[mongodb\]'"):
         list(get_connector({"connector": "mongodb", "database": "d", "collection": "c"}).read())
+
+
+def test_collections_of_one_server_share_its_circuit_breaker() -> None:
+    base = {"connector": "mongodb", "host": "db.example", "database": "shop"}
+    orders = get_connector({**base, "collection": "orders", "filter": {"a": 1}})
+    users = get_connector({**base, "collection": "users", "pipeline": [{"$match": {}}]})
+    other = get_connector({**base, "host": "other.example", "collection": "orders"})
+    assert orders.breaker_key() == users.breaker_key() != other.breaker_key()
