@@ -277,6 +277,7 @@ def test_change_stream_resumes_from_the_stored_position(db: Any, tmp_path: Path)
         pairs = list(c.read_changes(None))
     assert [b.num_rows for b, _ in pairs] == [0]  # nothing yet, but a position of now
     start = pairs[0][1]
+    before = (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)).isoformat()
     database.cs.insert_many([{"_id": i, "v": i} for i in range(5)])
     database.cs.update_one({"_id": 1}, {"$set": {"v": 10}})
     database.cs.delete_one({"_id": 4})
@@ -300,6 +301,11 @@ def test_change_stream_resumes_from_the_stored_position(db: Any, tmp_path: Path)
         ("update", "1"),
         ("delete", "4"),
     ]
+
+    # an ISO time starts there; extra stages filter the change events
+    with get_connector({**source, "pipeline": [{"$match": {"operationType": {"$ne": "insert"}}}]}) as c:
+        since_time = [(r["_op"], r["_key"]) for b, _ in c.read_changes(before) for r in b.to_pylist()]
+    assert since_time == [("update", "1"), ("delete", "4")]
 
     # the same reader as an extract: the position is kept as the watermark, committed by the load
     pipeline = make_pipeline(
