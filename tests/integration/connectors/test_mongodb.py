@@ -302,6 +302,12 @@ def test_change_stream_resumes_from_the_stored_position(db: Any, tmp_path: Path)
         ("delete", "4"),
     ]
 
+    # max_changes bounds a read; the next one goes on from its position
+    with get_connector(source) as c:
+        first_four = list(c.read_changes(start, max_changes=4))
+        rest_of_them = list(c.read_changes(first_four[-1][1]))
+    assert sum(b.num_rows for b, _ in first_four) == 4 and sum(b.num_rows for b, _ in rest_of_them) == 3
+
     # an ISO time starts there; extra stages filter the change events
     with get_connector({**source, "pipeline": [{"$match": {"operationType": {"$ne": "insert"}}}]}) as c:
         since_time = [(r["_op"], r["_key"]) for b, _ in c.read_changes(before) for r in b.to_pylist()]
@@ -510,3 +516,23 @@ spec:
     finally:
         client.drop_database(name)
         client.close()
+
+
+def test_lists_structs_and_times_are_written_as_arrays_documents_and_text(db: Any) -> None:
+    database, spec = db
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "k": [1],
+            "tags": pa.array([["a", "b"]], pa.list_(pa.string())),
+            "dims": pa.array([{"w": 2, "h": 3.5}], pa.struct([("w", pa.int64()), ("h", pa.float64())])),
+            "at": pa.array([dt.time(7, 30)], pa.time64("us")),
+        }
+    )
+    with get_connector({**spec, "collection": "shapes"}) as c:
+        assert c.write([batch]) == 1
+    assert database.shapes.find_one({}, {"_id": 0}) == {
+        "k": 1,
+        "tags": ["a", "b"],
+        "dims": {"w": 2, "h": 3.5},
+        "at": "07:30:00",
+    }
