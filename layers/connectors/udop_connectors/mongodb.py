@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import functools
 import json
 import re
 import uuid
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Literal, NoReturn, TypedDict
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -127,33 +128,46 @@ class MongoSettings(ConnectorSettings):
 
 
 # -- BSON -> Arrow --------------------------------------------------------------------------------
+#: types pymongo decodes to that Arrow takes as they are
+_SIMPLE = frozenset({str, int, float, bool, type(None), dt.datetime})
+
+
 def _plain(value: Any) -> Any:
     """A BSON value as a plain Python value Arrow takes: ObjectId -> its hex text, Decimal128 ->
     Decimal, BSON Timestamp -> datetime, UUID -> text, nested documents and arrays -> relaxed
     extended JSON text (``{"$oid": ...}`` inside), other BSON types -> their text."""
-    if value is None or isinstance(value, str | float | dt.datetime):
+    kind = type(value)
+    if kind in _SIMPLE:
         return value
-    if isinstance(value, int):
-        return value if type(value) in (int, bool) else int(value)  # bson's Int64 -> int
-    from bson import Binary, DatetimeMS, Decimal128, ObjectId, Timestamp, json_util
-
-    if isinstance(value, DatetimeMS):
-        return str(int(value))  # a date outside years 1-9999: its milliseconds since 1970
-    if isinstance(value, ObjectId):
-        return str(value)
-    if isinstance(value, Decimal128):
-        return value.to_decimal()
-    if isinstance(value, Timestamp):
-        return value.as_datetime()
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, Binary):
-        return str(value.as_uuid()) if value.subtype == 4 else bytes(value)
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, dict | list):
-        return json_util.dumps(value, json_options=json_util.RELAXED_JSON_OPTIONS, ensure_ascii=False)
+    convert = _converters().get(kind)
+    if convert is not None:
+        return convert(value)
+    if isinstance(value, int):  # a subclass: bool is simple, bson's Int64 is not
+        return int(value)
     return str(value)
+
+
+@functools.cache
+def _converters() -> dict[type, Callable[[Any], Any]]:
+    """BSON types -> their plain value, by exact type (one dict lookup per value; bson is imported
+    once, when a first value needs it)."""
+    from bson import Binary, DatetimeMS, Decimal128, Int64, ObjectId, Timestamp, json_util
+
+    def nested(value: Any) -> str:
+        return json_util.dumps(value, json_options=json_util.RELAXED_JSON_OPTIONS, ensure_ascii=False)
+
+    return {
+        ObjectId: str,
+        Decimal128: Decimal128.to_decimal,
+        Int64: int,
+        Timestamp: Timestamp.as_datetime,
+        DatetimeMS: lambda v: str(int(v)),  # a date outside years 1-9999: its milliseconds since 1970
+        uuid.UUID: str,
+        Binary: lambda v: str(v.as_uuid()) if v.subtype == 4 else bytes(v),
+        bytes: lambda v: v,
+        dict: nested,
+        list: nested,
+    }
 
 
 def _infer_type(values: list[Any]) -> pa.DataType:
@@ -195,13 +209,11 @@ def _text(value: Any) -> Any:
 
 def _array(values: list[Any], type_: pa.DataType) -> pa.Array:
     if pa.types.is_string(type_):
-        return pa.array([_text(v) for v in values], type=type_)
-    if pa.types.is_decimal(type_):
-        values = [v.quantize(decimal.Decimal(1).scaleb(-type_.scale)) if v is not None else None
-                  for v in values]  # fmt: skip
+        return pa.array([v if v is None or type(v) is str else _text(v) for v in values], type=type_)
     try:
+        # a decimal with more places than the column has fails here rather than being rounded
         return pa.array(values, type=type_)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, decimal.InvalidOperation):
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
         return pa.array(values).cast(type_)  # e.g. ISO text -> date, int -> float
 
 
@@ -531,7 +543,8 @@ class MongoConnector(Connector):
         """Documents -> one batch in ``schema``: declared columns keep only their fields; the first
         batch's inferred schema refuses a field it lacks. Without a schema, these documents decide
         it (``_infer_type``)."""
-        rows = [{k: _plain(v) for k, v in doc.items()} for doc in docs]
+        simple = _SIMPLE  # the values most documents hold pass as they are (a set lookup per value)
+        rows = [{k: v if type(v) in simple else _plain(v) for k, v in doc.items()} for doc in docs]
         if schema is None:
             names: dict[str, None] = {}
             for row in rows:
