@@ -118,6 +118,14 @@ def test_a_field_that_appears_after_the_first_batch_is_a_one_line_error(db: Any)
         {**spec, "collection": "loose", "batch_size": 3, "columns": {"a": "int", "late": "bool"}}
     )
     assert rows[-1] == {"a": 9, "late": True}
+    # a decimal with more places than the first batch's column fails rather than being rounded
+    database.prices.insert_many(
+        [{"_id": i, "p": Decimal128("1.5")} for i in range(3)] + [{"_id": 3, "p": Decimal128("9.125")}]
+    )
+    with pytest.raises(FatalError, match="field 'p' does not fit decimal128"):
+        read_rows({**spec, "collection": "prices", "batch_size": 3})
+    _, rows = read_rows({**spec, "collection": "prices", "batch_size": 3, "columns": {"p": "string"}})
+    assert [r["p"] for r in rows] == ["1.5", "1.5", "1.5", "9.125"]
 
 
 def run(pipeline: Any, tmp_path: Path, state: SQLiteStateStore, run_id: str | None = None) -> Any:
