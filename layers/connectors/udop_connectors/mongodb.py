@@ -453,6 +453,7 @@ class MongoConnector(Connector):
 
     def read(self, *, since: Any = None) -> Iterator[pa.RecordBatch]:
         self._need_driver()
+        from bson.errors import BSONError
         from pymongo.errors import PyMongoError
 
         self._end = None
@@ -465,6 +466,8 @@ class MongoConnector(Connector):
             yield from self._read_documents(since)
         except PyMongoError as exc:
             self._error(exc, f"read {self._where()}")
+        except BSONError as exc:  # a document the driver cannot decode (e.g. invalid UTF-8)
+            self.fail(f"read {self._where()}: {_message(exc)}", retryable=False)
 
     def _projection(self) -> dict[str, Any] | None:
         s = self.settings
@@ -501,9 +504,27 @@ class MongoConnector(Connector):
             return {inc.column: {"$gt": forms[0]}}
         return {"$or": [{inc.column: {"$gt": form}} for form in forms]}
 
-    def _read_documents(self, since: Any) -> Iterator[pa.RecordBatch]:
+    def _extended_json(self, value: Any, option: str) -> Any:
+        """An option as the driver wants it: MongoDB extended JSON (``{"$oid": ...}``, ``{"$date":
+        ...}``) turned into BSON values, and the dates YAML parsed (``2024-01-01``) into BSON dates."""
         from bson import json_util
+        from bson.errors import BSONError
 
+        def default(v: Any) -> Any:
+            if isinstance(v, dt.datetime):
+                return {"$date": (v if v.tzinfo else v.replace(tzinfo=dt.UTC)).isoformat()}
+            if isinstance(v, dt.date):
+                return {"$date": f"{v.isoformat()}T00:00:00Z"}
+            if isinstance(v, decimal.Decimal):
+                return {"$numberDecimal": str(v)}
+            raise TypeError(f"{type(v).__name__} values cannot be sent to MongoDB")
+
+        try:
+            return json_util.loads(json.dumps(value, default=default))
+        except (TypeError, ValueError, BSONError) as exc:  # e.g. {"$oid": "not-hex"}
+            self.fail(f"{option}: {_message(exc)}", retryable=False)
+
+    def _read_documents(self, since: Any) -> Iterator[pa.RecordBatch]:
         s = self.settings
         db = self.client[self._database_name()]
         name = self._collection_name()
@@ -511,12 +532,12 @@ class MongoConnector(Connector):
         collection = db[name]
         condition = self._since_filter(since)
         if s.pipeline is not None:
-            stages = json_util.loads(json.dumps(s.pipeline))
+            stages = self._extended_json(s.pipeline, "pipeline")
             if condition:
                 stages.append({"$match": condition})
             cursor = collection.aggregate(stages, batchSize=s.batch_size, allowDiskUse=True)
         else:
-            query = json_util.loads(json.dumps(s.filter))
+            query = self._extended_json(s.filter, "filter")
             if condition:
                 query = {"$and": [query, condition]} if query else condition
             cursor = collection.find(query, self._projection(), batch_size=s.batch_size)
@@ -589,7 +610,7 @@ class MongoConnector(Connector):
         Each row is one change: ``_position``, ``_op`` (insert, update, replace, delete, ...),
         ``_cluster_time``, ``_key`` (the document's ``_id``) and the document's other fields
         (``full_document``: the whole document after an update by default; none for a delete)."""
-        from bson import Timestamp, json_util
+        from bson import Timestamp
 
         s = self.settings
         limit = max_changes if max_changes is not None else s.max_changes
@@ -615,7 +636,7 @@ class MongoConnector(Connector):
             options["start_at_operation_time"] = Timestamp(int(start.timestamp()), 0)
         typed = schema_from_mapping(s.columns)
         schema = None if typed is None else self.schema()
-        stages = json_util.loads(json.dumps(s.pipeline or []))
+        stages = self._extended_json(s.pipeline or [], "pipeline")
         read = 0
         last: str | None = None
         # the server's time before the stream opens: every change the stream has yet to deliver comes
@@ -720,6 +741,7 @@ class MongoConnector(Connector):
         together (a repeated load finds the entry and writes nothing; two racing attempts collide on
         the entry's ``_id`` and one rolls back). Without: rows first, then the entry."""
         self._need_driver()
+        from bson.errors import BSONError
         from pymongo.errors import DuplicateKeyError, PyMongoError
 
         mode, keys = self.resolve_mode(mode, keys)
@@ -760,6 +782,10 @@ class MongoConnector(Connector):
             self._error(exc, f"write to {self._where()}")
         except PyMongoError as exc:
             self._error(exc, f"write to {self._where()}")
+        except (BSONError, OverflowError) as exc:  # e.g. an unsigned 64-bit integer past 2**63
+            self.fail(
+                f"write to {self._where()}: a value MongoDB cannot store: {_message(exc)}", retryable=False
+            )
 
     def _ledger_doc(self, entry: LoadEntry, rows: int) -> dict[str, Any]:
         return {

@@ -97,6 +97,14 @@ def test_filtered_projected_scan_equals_the_documents(db: Any) -> None:
     )
     assert schema == pa.schema([("sku", pa.string()), ("qty", pa.float64())])
     assert sorted(rows, key=lambda r: r["sku"]) == [{"sku": "s0", "qty": 0.0}, {"sku": "s1", "qty": 1.0}]
+    # a date as YAML gives it, and extended JSON, in a filter
+    _, rows = read_rows({**spec, "collection": "items", "filter": {"at": {"$gte": dt.date(2024, 1, 3)}}})
+    assert len(rows) == 10
+    _, rows = read_rows({**spec, "collection": "items", "filter": {"_id": {"$oid": str(oid)}}})
+    assert [r["sku"] for r in rows] == ["a"]
+    with pytest.raises(FatalError, match=r"^connector 'mongodb': filter: .*not a valid ObjectId") as err:
+        read_rows({**spec, "collection": "items", "filter": {"_id": {"$oid": "not-hex"}}})
+    assert "\n" not in str(err.value)
     # an aggregation pipeline instead of a find
     _, rows = read_rows(
         {**spec, "collection": "items",
@@ -544,3 +552,15 @@ def test_lists_structs_and_times_are_written_as_arrays_documents_and_text(db: An
         "dims": {"w": 2, "h": 3.5},
         "at": "07:30:00",
     }
+
+
+def test_a_value_mongodb_cannot_store_is_a_one_line_error(db: Any) -> None:
+    database, spec = db
+    batch = pa.RecordBatch.from_pydict({"big": pa.array([2**64 - 1], pa.uint64())})
+    with (
+        pytest.raises(FatalError, match="a value MongoDB cannot store") as err,
+        get_connector({**spec, "collection": "big"}) as c,
+    ):
+        c.write([batch])
+    assert "\n" not in str(err.value)
+    assert "big" not in database.list_collection_names() or database.big.count_documents({}) == 0
