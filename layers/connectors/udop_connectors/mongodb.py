@@ -742,7 +742,7 @@ class MongoConnector(Connector):
         the entry's ``_id`` and one rolls back). Without: rows first, then the entry."""
         self._need_driver()
         from bson.errors import BSONError
-        from pymongo.errors import DuplicateKeyError, PyMongoError
+        from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
         mode, keys = self.resolve_mode(mode, keys)
         name = self._collection_name()
@@ -755,7 +755,11 @@ class MongoConnector(Connector):
             for needed in (name, LEDGER_COLLECTION if entry is not None else None):
                 if needed is not None and needed not in existing:
                     # collections are created outside the transaction (servers before 4.4 cannot in one)
-                    db.create_collection(needed, check_exists=False)
+                    try:
+                        db.create_collection(needed, check_exists=False)
+                    except OperationFailure as exc:
+                        if exc.code != 48:  # NamespaceExists: another load created it just now
+                            raise
                     if needed == name and mode == "upsert" and keys != ["_id"]:
                         db[name].create_index([(k, 1) for k in keys], unique=True, name="udop_upsert_keys")
             if not transactional:
