@@ -148,6 +148,12 @@ class Connector:
     def close(self) -> None:
         """Release connections and clients."""
 
+    def position(self) -> Any:
+        """After ``read``: the watermark to keep when it is not the incremental column's highest
+        value (a change stream's resume position, known even when no change came); None lets the
+        framework take the column's maximum."""
+        return None
+
     def schema(self) -> pa.Schema | None:
         """The schema of an empty read, when the connector can tell without rows."""
         return None
@@ -216,6 +222,10 @@ class Connector:
             "pattern",
             "stream",
             "queue",
+            "collection",
+            "filter",
+            "projection",
+            "pipeline",
         }
     )
 

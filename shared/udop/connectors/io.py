@@ -448,6 +448,9 @@ def _extract(
         manifest = write_parquet(
             stream, output_uri, schema=connector.schema(), where=connector.describe(), context=context
         )
+    end = connector.position()
+    if end is not None:
+        high[0] = end
     return manifest, high[0], since
 
 

@@ -186,6 +186,32 @@ def rabbit_queue() -> Iterator[str]:
     conn.close()
 
 
+@pytest.fixture
+def mongo_host(tmp_path: Path) -> Iterator[str]:
+    """SecantusDB in this process, requiring a login (user ``lin``, password ``SECRET``): host:port."""
+    import pymongo
+    from secantus import SecantusDBServer
+
+    path = str(tmp_path / "mongo")
+    server = SecantusDBServer(storage_path=path)
+    server.start()
+    client: pymongo.MongoClient[Any] = pymongo.MongoClient(server.uri)
+    client.admin.command("createUser", "lin", pwd=SECRET, roles=["root"])
+    client.close()
+    server.stop()
+    server = SecantusDBServer(storage_path=path, require_auth=True)
+    server.start()
+    yield server.uri.removeprefix("mongodb://").rstrip("/")
+    server.stop()
+
+
+def _mongodb(request: pytest.FixtureRequest, tmp_path: Path) -> Case:
+    host = request.getfixturevalue("mongo_host")
+    url = f"mongodb://lin:{SECRET}@{host}/shop?authSource=admin"
+    spec = {"connector": "mongodb", "url": url, "collection": "kv"}
+    return Case({**spec, "mode": "append"}, spec, f"mongodb://{host}/shop.kv", f"mongodb://{host}/shop.kv")
+
+
 CASES: dict[str, tuple[Callable[[pytest.FixtureRequest, Path], Case], list[Any]]] = {
     "postgres": (_postgres, [pytest.mark.postgres]),
     "mariadb": (_mariadb, [pytest.mark.mysql]),
@@ -196,6 +222,7 @@ CASES: dict[str, tuple[Callable[[pytest.FixtureRequest, Path], Case], list[Any]]
     "graphql": (_graphql, []),
     "redis": (_redis, [pytest.mark.redis]),
     "rabbitmq": (_rabbitmq, [pytest.mark.rabbitmq]),
+    "mongodb": (_mongodb, []),
 }
 
 

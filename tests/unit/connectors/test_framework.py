@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import boto3
 import pyarrow as pa
@@ -472,3 +472,46 @@ def test_a_load_that_writes_files_itself_commits_through_commit_watermarks(tmp_p
     assert advanced == [{"key": f"udop:watermark:{p.name}:ext", "value": 2}]
     ctx2 = context(p, "ext", tmp_path, state, run_id="r2")
     assert extract_to_parquet(ctx2, p.task("ext").source, ctx2.output_uri).rows == 0
+
+
+def test_a_source_reporting_its_position_keeps_it_as_the_watermark_even_without_rows(tmp_path: Path) -> None:
+    """``Connector.position()``: a change stream knows where it stands after a read that found
+    nothing; that position (not the column's maximum) is kept pending and committed by the load."""
+    seen: list[Any] = []
+
+    class Changes(Connector):
+        name = "changes-test"
+        pushes_down_incremental = True
+        feed: ClassVar[list[list[int]]] = [[], [7, 8]]
+
+        def read(self, *, since: Any = None) -> Iterator[pa.RecordBatch]:
+            seen.append(since)
+            rows = Changes.feed.pop(0)
+            self._end = f"p{len(seen)}"
+            yield pa.RecordBatch.from_pydict({"pos": pa.array([f"x{r}" for r in rows], pa.string())})
+
+        def position(self) -> Any:
+            return self._end
+
+    register_connector(Changes)
+    dst = tmp_path / "dst.db"
+    p = pipeline(
+        [
+            {"id": "ext", "type": "extract", "source": {"connector": "changes-test", "incremental": {"column": "pos"}}},
+            {"id": "load", "type": "load", "depends_on": ["ext"],
+             "target": {"connector": "sqlite", "database": str(dst), "table": "t"}},
+        ]
+    )  # fmt: skip
+    state = MemoryStateStore()
+    for run in ("r1", "r2"):
+        ctx = context(p, "ext", tmp_path, state, run)
+        r = TaskResult(output=extract_to_parquet(ctx, p.task("ext").source, ctx.output_uri))
+        assert r.output is not None
+        done = load_from_parquet(
+            context(p, "load", tmp_path, state, run), p.task("load").target, r.output, {"ext": r}
+        )
+        # the position the source reported, not max(pos) ("x8" > "p2" as text)
+        assert done["watermarks_committed"] == [
+            {"key": f"udop:watermark:{p.name}:ext", "value": f"p{run[-1]}"}
+        ]
+    assert seen == [None, "p1"]

@@ -32,6 +32,9 @@ from udop.lineage.columns import column_lineage, compose
     ({"connector": "rabbitmq", "queue": "jobs"}, "rabbitmq://127.0.0.1:5672/jobs"),
     ({"connector": "rabbitmq", "url": "amqp://guest:hunter2@mq.example/vh", "queue": "jobs"},
      "rabbitmq://mq.example:5672/jobs"),
+    ({"connector": "mongodb", "database": "shop", "collection": "orders"}, "mongodb://127.0.0.1:27017/shop.orders"),
+    ({"connector": "mongodb", "url": "mongodb://u:hunter2@db.example/shop?authSource=admin", "collection": "o"},
+     "mongodb://db.example:27017/shop.o"),
 ])
 def test_every_connector_names_its_dataset_without_secrets(spec: dict[str, object], uri: str) -> None:
     found = get_connector(spec).lineage_dataset()
