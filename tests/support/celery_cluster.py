@@ -3,6 +3,7 @@ and benchmark: one key prefix and one PostgreSQL schema of their own, removed at
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -94,10 +95,8 @@ class Cluster:
     @staticmethod
     def kill(process: subprocess.Popen[bytes]) -> None:
         """SIGKILL the worker and its pool processes at once."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         process.wait(10)
 
     def close(self) -> None:
