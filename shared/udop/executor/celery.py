@@ -35,7 +35,7 @@ from udop.sandbox import Policy
 from udop.settings import CelerySettings, load_settings
 from udop.spec.models import Pipeline
 from udop.spec.params import jsonable_params, resolve_params
-from udop.states import AttemptState, RunState
+from udop.states import AttemptState
 from udop.store.api import MetadataStore, RunRecord
 from udop.tasks.contract import CheckResult, TaskContext, TaskResult
 
@@ -243,18 +243,15 @@ class CeleryExecutor(LocalExecutor):
 
     def _prepare_resume(self, pipeline: Pipeline, run_id: str, params: Mapping[str, Any] | None,
                         on_new_version: bool) -> tuple[RunRecord, dict[str, Any], datetime]:
-        # a coordinator that died left attempts running on workers: they are stopped before the
-        # resume records them abandoned and runs their tasks again
+        # a coordinator that died left attempts running on workers: once the resume has recorded
+        # them abandoned (a delivery of them that comes later is not run), their processes are stopped
         run = self.store.get_run(run_id)
-        if run is not None and run.state in (RunState.RUNNING, RunState.PENDING):
-            from udop.executor.local import owner_alive
-
-            if not owner_alive(run.owner):
-                for task in run.tasks:
-                    for attempt in task.attempts:
-                        if attempt.state == AttemptState.RUNNING:
-                            self.revoke(celery_task_id(run_id, task.task_id, attempt.number))
-        return super()._prepare_resume(pipeline, run_id, params, on_new_version)
+        running = [celery_task_id(run_id, task.task_id, attempt.number) for task in (run.tasks if run else [])
+                   for attempt in task.attempts if attempt.state == AttemptState.RUNNING]
+        prepared = super()._prepare_resume(pipeline, run_id, params, on_new_version)
+        for celery_id in running:
+            self.revoke(celery_id)
+        return prepared
 
     def revoke(self, celery_id: str) -> None:
         """Stop an attempt wherever it is: discarded if still queued, its worker process killed if it runs."""
@@ -274,12 +271,28 @@ class _CeleryRunLoop(RunLoop):
         record = executor.store.get_run(run_id)
         assert record is not None
         self.version = record.pipeline_version  # workers read this version of the definition
+        self.to_revoke: list[str] = []
 
     def _new_pool(self) -> WorkerPool:
         return _CeleryPool(self)
 
     def _stop_attempt(self, attempt: InflightAttempt, give_up: float | None = None) -> None:
-        self.ex.revoke(celery_task_id(self.run_id, attempt.task_id, attempt.number))
+        # revoked once its end is recorded (below): a delivery that comes after sees it ended, not running
+        self.to_revoke.append(celery_task_id(self.run_id, attempt.task_id, attempt.number))
+
+    def _revoke_stopped(self) -> None:
+        while self.to_revoke:
+            self.ex.revoke(self.to_revoke.pop())
+
+    def _timeout(self, key: tuple[str, int], attempt: InflightAttempt) -> None:
+        super()._timeout(key, attempt)
+        self._revoke_stopped()
+
+    def _cancel(self, reason: str) -> None:
+        try:
+            super()._cancel(reason)
+        finally:
+            self._revoke_stopped()
 
     def _stop(self, reason: str) -> RunRecord:
         # the workers' processes are killed at once: nothing to wait for before recording the cancel
