@@ -81,8 +81,8 @@ def _preload() -> None:
     it and start with them loaded (importing pyarrow and the task types takes seconds on a busy machine)."""
     import importlib
 
-    for module in ("pyarrow", "pyarrow.parquet", "udop.tasks.registry", "udop.tasks.python", "udop.tasks.foreach",
-                   "udop.spec.models", "udop.store.sql"):
+    for module in ("pyarrow", "pyarrow.parquet", "udop.tasks.registry", "udop.tasks.python",
+                   "udop.tasks.foreach", "udop.spec.models", "udop.store.sql"):
         importlib.import_module(module)
     from udop.plugins import entry_points_of
     from udop.tasks.registry import ENTRY_POINT_GROUP, get_handler

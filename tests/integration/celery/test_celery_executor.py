@@ -212,3 +212,36 @@ def test_a_sqlite_metadata_store_is_refused_with_one_line(tmp_path: Path) -> Non
         "--executor celery needs a metadata store every worker reaches: set "
         "UDOP_DATABASE_URL=postgresql://... (a SQLite file is one machine's; UDOP_CELERY_SINGLE_MACHINE=1 "
         "allows it when all workers run here)"]
+
+
+def test_the_api_launcher_runs_on_workers_and_cancels_the_attempt_they_compute(
+        workers: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from udop.api.launcher import CeleryLauncher
+    from udop.sandbox import Policy
+    from udop.spec.loader import load_pipeline
+    from udop.store import open_store
+
+    for name in ("UDOP_CELERY_BROKER_URL", "UDOP_CELERY_PREFIX"):
+        monkeypatch.setenv(name, workers.env[name])
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    path = _pipeline(tmp_path, "through-api",
+                     f"    - {{id: rows, type: python, callable: 'celery_tasks:rows', args: {{n: 10}}}}\n"
+                     f"    - {{id: held, type: python, callable: 'celery_tasks:held', depends_on: [rows], "
+                     f"args: {{marks: '{marks}', source: rows}}}}\n")
+    workers.start_worker("api", env={"UDOP_CODE_DIR": str(HERE)})  # as a server, python tasks come from there
+    store = open_store(workers.database_url)
+    launcher = CeleryLauncher(store, workers=2, data_root=workers.data_root, policy=Policy.trusted())
+    pipeline = load_pipeline(str(path))
+    run = launcher.trigger(pipeline, params={}, logical_date=None, run_id="through-api-1")
+    _until((marks / "started-1").exists, why="'held' to start on the worker")
+    cancelled = launcher.cancel(run, reason="stopped by an operator")
+    assert cancelled.state == RunState.CANCELLED
+    assert _attempts(cancelled, "rows") == [("succeeded", None)]
+    assert _attempts(cancelled, "held") == [("abandoned", "Cancelled")]
+    time.sleep(1.0)  # the worker's process is killed by the revoke: 'held' never finishes
+    (marks / "release").write_text("go")
+    time.sleep(1.0)
+    assert not (marks / "done-1").exists()
+    launcher.close()
+    store.close()
