@@ -42,13 +42,16 @@ from udop.tasks.contract import CheckResult, TaskContext, TaskResult
 if TYPE_CHECKING:
     from celery import Celery
 
-__all__ = ["TASK_NAME", "CeleryExecutor", "celery_task_id", "make_app", "process_init", "run_message",
-           "worker_setup"]
+__all__ = ["TASK_NAME", "TIMED_TASK_NAME", "CeleryExecutor", "celery_task_id", "make_app", "process_init",
+           "run_message", "worker_setup"]
 
 _log = logging.getLogger("udop.executor")
 
-#: the one Celery task udop sends: compute one attempt
+#: the Celery task udop sends: compute one attempt
 TASK_NAME = "udop.attempt"
+#: the same for a task with a timeout: the worker reports its start (its timeout counts from there),
+#: a write the others are spared
+TIMED_TASK_NAME = "udop.attempt.timed"
 #: seconds a worker may run an attempt past its task's timeout before Celery kills it (the
 #: coordinator stops it at the timeout; this holds when the coordinator is gone)
 HARD_LIMIT_MARGIN = 30.0
@@ -74,7 +77,6 @@ def make_app(settings: CelerySettings | None = None) -> Celery:
         task_serializer="json", result_serializer="json", accept_content=["json"],
         # at-least-once: acknowledged after the attempt, delivered again if its worker is lost
         task_acks_late=True, task_reject_on_worker_lost=True, worker_prefetch_multiplier=1,
-        task_track_started=True,  # the coordinator counts a task's timeout from its start on a worker
         task_default_queue=s.celery_queue,
         broker_transport_options={
             "global_keyprefix": prefix, "visibility_timeout": s.celery_visibility_timeout,
@@ -88,6 +90,8 @@ def make_app(settings: CelerySettings | None = None) -> Celery:
         broker_connection_retry_on_startup=True,
     )
     app.task(name=TASK_NAME)(run_message)
+    # the coordinator counts a task's timeout from its start on a worker, not from its time in the queue
+    app.task(name=TIMED_TASK_NAME, track_started=True)(run_message)
     return app
 
 
@@ -343,7 +347,7 @@ class _CeleryPool(WorkerPool):
             options["time_limit"] = timeout + HARD_LIMIT_MARGIN
         with self._lock:
             self._pending[celery_id] = (job, timeout)
-        self.app.send_task(TASK_NAME, args=[message], **options)
+        self.app.send_task(TASK_NAME if timeout is None else TIMED_TASK_NAME, args=[message], **options)
 
     def abandon(self, job: InflightAttempt) -> None:
         """A timed-out attempt: ``RunLoop._stop_attempt`` revokes it; its answer, if any, is ignored."""
