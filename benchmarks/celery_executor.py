@@ -72,6 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--cpu-loops", type=int, default=20_000_000)
+    parser.add_argument("--prefetch", type=int, default=1, help="udop worker --prefetch-multiplier")
     args = parser.parse_args()
 
     from support.celery_cluster import Cluster
@@ -95,8 +96,9 @@ def main() -> None:
         print(f"LocalExecutor, {args.tasks} no-op tasks, 2 threads, PostgreSQL: {local_s:.2f} s, "
               f"{local_s / args.tasks * 1000:.2f} ms per task ({_load()})")
 
-        first = cluster.start_worker("one", concurrency=1)
-        cluster.start_worker("two", concurrency=1)
+        prefetch = ["--prefetch-multiplier", str(args.prefetch)]
+        first = cluster.start_worker("one", *prefetch, concurrency=1)
+        cluster.start_worker("two", *prefetch, concurrency=1)
 
         def celery() -> CeleryExecutor:
             # 8 attempts in flight: each worker has the next one at hand when it finishes one
@@ -106,7 +108,8 @@ def main() -> None:
         _timed(celery(), _noops(20))  # warm: the workers' task processes
         celery_s = _timed(celery(), _noops(args.tasks))
         per_task = celery_s / args.tasks * 1000
-        print(f"CeleryExecutor, {args.tasks} no-op tasks, 2 workers: {celery_s:.2f} s, {per_task:.2f} ms per "
+        print(f"CeleryExecutor, {args.tasks} no-op tasks, 2 workers (prefetch {args.prefetch}): "
+              f"{celery_s:.2f} s, {per_task:.2f} ms per "
               f"task, {per_task - local_s / args.tasks * 1000:+.2f} ms beside the LocalExecutor "
               f"(target <= 5 ms per task) ({_load()})")
 

@@ -63,13 +63,14 @@ class Cluster:
             self._app = make_app(self.settings())
         return self._app
 
-    def start_worker(self, name: str, *args: str, concurrency: int = 2,
+    def start_worker(self, name: str, *args: str, concurrency: int = 2, trusted: bool = True,
                      env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        """``udop worker --trusted`` in a session of its own (SIGKILL of its group kills the whole
+        """``udop worker [--trusted]`` in a session of its own (SIGKILL of its group kills the whole
         worker, as a lost machine or container would); waits until it answers a ping."""
         log = open(self.root / f"worker-{name}.log", "ab")  # noqa: SIM115  (kept open for the process)
         process = subprocess.Popen(
-            [UDOP, "worker", "--trusted", "-c", str(concurrency), "-n", f"{name}@%h", "-l", "INFO", *args],
+            [UDOP, "worker", *(["--trusted"] if trusted else []), "-c", str(concurrency), "-n", f"{name}@%h",
+             "-l", "INFO", *args],
             env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             cwd=self.root,
         )

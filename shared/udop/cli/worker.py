@@ -36,6 +36,10 @@ def _bytes(text: str | None) -> int | None:
               help="Kill an attempt that runs longer (for tasks without a timeout of their own).")
 @click.option("--max-tasks-per-child", type=click.IntRange(min=1),
               help="Replace a task process after N attempts.")
+@click.option("--prefetch-multiplier", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Tasks each process holds ready beyond the one it computes: more saves a round trip "
+              "per short task; a task held behind a long one waits for it (or for another worker only once "
+              "this one is lost).")
 @click.option("--trusted", is_flag=True,
               help="Run definitions as your own (any path, module, variable); default: the server policy "
               "over the data root (docs/security.md).")
@@ -43,7 +47,8 @@ def _bytes(text: str | None) -> int | None:
 @click.option("--loglevel", "-l", default="WARNING", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 def worker(*, concurrency: int, queues: str | None, max_memory_per_task: str | None, time_limit: float | None,
-           max_tasks_per_child: int | None, trusted: bool, hostname: str | None, loglevel: str) -> None:
+           max_tasks_per_child: int | None, prefetch_multiplier: int, trusted: bool, hostname: str | None,
+           loglevel: str) -> None:
     """Start a Celery worker: take attempts from the Redis broker ($UDOP_CELERY_BROKER_URL), compute
     them on the shared data root and metadata store ($UDOP_DATA_ROOT, $UDOP_DATABASE_URL).
 
@@ -68,7 +73,8 @@ def worker(*, concurrency: int, queues: str | None, max_memory_per_task: str | N
     _preload()
     argv = ["worker", "--pool", "prefork", "--concurrency", str(concurrency),
             "--queues", queues or settings.celery_queue, "--loglevel", loglevel.upper(),
-            "--without-gossip", "--hostname", hostname or "udop@%h"]
+            "--without-gossip", "--hostname", hostname or "udop@%h",
+            "--prefetch-multiplier", str(prefetch_multiplier)]
     if time_limit is not None:
         argv += ["--time-limit", str(time_limit)]
     if max_tasks_per_child is not None:

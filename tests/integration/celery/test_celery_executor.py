@@ -245,3 +245,25 @@ def test_the_api_launcher_runs_on_workers_and_cancels_the_attempt_they_compute(
     assert not (marks / "done-1").exists()
     launcher.close()
     store.close()
+
+
+def test_a_server_mode_worker_computes_only_on_its_own_data_root(workers: Cluster, tmp_path: Path) -> None:
+    from udop.executor.celery import CeleryExecutor
+    from udop.spec.loader import load_pipeline
+    from udop.store import open_store
+
+    path = _pipeline(tmp_path, "server-mode", "    - {id: rows, type: python, callable: 'celery_tasks:rows', "
+                                              "args: {n: 3}, retry: {max_attempts: 1}}\n")
+    # no --trusted: the server policy over the worker's data root, python modules from UDOP_CODE_DIR
+    workers.start_worker("server", trusted=False, env={"UDOP_CODE_DIR": str(HERE)})
+    store = open_store(workers.database_url)
+    records = {}
+    for root in (workers.data_root, str(tmp_path / "elsewhere")):
+        executor = CeleryExecutor(store, app=workers.app, settings=workers.settings(), workers=2, data_root=root)
+        records[root] = store.get_run(executor.run(load_pipeline(str(path)), params={}).id)
+    assert records[workers.data_root].state == RunState.SUCCEEDED
+    elsewhere = records[str(tmp_path / "elsewhere")]
+    assert _attempts(elsewhere, "rows") == [("failed", "udop.FatalError")]
+    assert "coordinator and workers must share one data root" in (elsewhere.tasks[0].error_message or "")
+    assert not (tmp_path / "elsewhere").exists()  # nothing written outside the worker's root
+    store.close()
