@@ -57,6 +57,9 @@ TIMED_TASK_NAME = "udop.attempt.timed"
 HARD_LIMIT_MARGIN = 30.0
 #: seconds between full polls of the in-flight results (pub/sub wakes the coordinator before that)
 _POLL = 0.5
+#: deliveries of one attempt after which a worker gives up on it: a task whose process dies each time
+#: (killed for memory, a crash in native code) would otherwise come back for ever
+MAX_DELIVERIES = 5
 
 
 def celery_task_id(run_id: str, task_id: str, attempt: int) -> str:
@@ -89,9 +92,9 @@ def make_app(settings: CelerySettings | None = None) -> Celery:
         worker_hijack_root_logger=False, worker_send_task_events=False,
         broker_connection_retry_on_startup=True,
     )
-    app.task(name=TASK_NAME)(run_message)
+    app.task(name=TASK_NAME, bind=True)(_delivered)
     # the coordinator counts a task's timeout from its start on a worker, not from its time in the queue
-    app.task(name=TIMED_TASK_NAME, track_started=True)(run_message)
+    app.task(name=TIMED_TASK_NAME, track_started=True, bind=True)(_delivered)
     return app
 
 
@@ -170,6 +173,21 @@ def _definition(store: MetadataStore, name: str, version: int) -> Pipeline:
             raise FatalError(f"refused by this worker's server policy: {exc}") from None
     _Worker.definitions[(name, version)] = pipeline
     return pipeline
+
+
+def _delivered(task: Any, message: Mapping[str, Any]) -> dict[str, Any]:
+    """The Celery task: count this delivery of the attempt, then ``run_message``."""
+    key = f"{task.app.backend.get_key_for_task(task.request.id)}.deliveries"
+    try:
+        with task.app.backend.client.pipeline() as pipe:
+            count = int(pipe.incr(key).expire(key, 86400).execute()[0])
+    except Exception:  # counting is a safeguard; the attempt runs without it
+        count = 1
+    if count > MAX_DELIVERIES:
+        return {"error": {"name": "udop.FatalError", "retryable": False, "checks": None, "message": (
+            f"the attempt was delivered {count} times and its worker process was lost each time (killed, "
+            "out of memory, crashed); not run again")}}
+    return run_message(message)
 
 
 def run_message(message: Mapping[str, Any]) -> dict[str, Any]:

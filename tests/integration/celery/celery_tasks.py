@@ -34,3 +34,12 @@ def where(context: Any, inputs: dict[str, Any]) -> dict[str, str | None]:
 def hungry(context: Any, inputs: dict[str, Any], *, mb: int) -> int:
     block = bytearray(mb * 1024 * 1024)
     return len(block)
+
+
+def dies(context: Any, inputs: dict[str, Any], *, marks: str) -> None:
+    """Its process dies at once, every time (as one killed for its memory would)."""
+    import signal
+
+    with open(Path(marks) / "deliveries", "a") as out:
+        out.write("x")
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -267,3 +267,23 @@ def test_a_server_mode_worker_computes_only_on_its_own_data_root(workers: Cluste
     assert "coordinator and workers must share one data root" in (elsewhere.tasks[0].error_message or "")
     assert not (tmp_path / "elsewhere").exists()  # nothing written outside the worker's root
     store.close()
+
+
+def test_an_attempt_whose_process_dies_each_time_fails_after_a_few_deliveries(
+        workers: Cluster, tmp_path: Path) -> None:
+    from udop.executor.celery import MAX_DELIVERIES
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    path = _pipeline(tmp_path, "poison", f"    - {{id: dies, type: python, callable: 'celery_tasks:dies', "
+                                         f"args: {{marks: '{marks}'}}, retry: {{max_attempts: 1}}}}\n")
+    workers.start_worker("poisoned")
+    executor = _executor(workers, tmp_path)
+    thread, out = _in_thread(executor, path)
+    thread.join(120)
+    assert out and out[0].state == RunState.FAILED
+    record = executor.store.get_run(out[0].id)
+    assert _attempts(record, "dies") == [("failed", "udop.FatalError")]
+    assert f"delivered {MAX_DELIVERIES + 1} times" in (record.tasks[0].error_message or "")
+    assert (marks / "deliveries").read_text() == "x" * MAX_DELIVERIES  # ran each time until the limit
+    executor.store.close()
