@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from udop.errors import FatalError, InputError, ReportedFailure, classify
+from udop.errors import ConfigError, FatalError, InputError, ReportedFailure, classify
 from udop.executor.attempt import STARTUP_ALLOWANCE, compute, failed_checks
 from udop.executor.local import InflightAttempt, LocalExecutor, RunLoop, WorkerPool
 from udop.observability.tasklogs import attempt_scope
@@ -296,7 +296,11 @@ class _CeleryRunLoop(RunLoop):
         self.to_revoke: list[str] = []
 
     def _new_pool(self) -> WorkerPool:
-        return _CeleryPool(self)
+        try:
+            return _CeleryPool(self)
+        except ConfigError as exc:
+            self._cancel(str(exc))
+            raise
 
     def _stop_attempt(self, attempt: InflightAttempt, give_up: float | None = None) -> None:
         # revoked once its end is recorded (below): a delivery that comes after sees it ended, not running
@@ -339,10 +343,15 @@ class _CeleryPool(WorkerPool):
         self._lock = threading.Lock()
         self._pending: dict[str, tuple[InflightAttempt, float | None]] = {}  # celery id -> attempt, timeout
         self._closed = threading.Event()
-        self._subscribed = threading.Event()
+        probe = self.backend.get_key_for_task("x")
+        self.prefix = (probe.decode() if isinstance(probe, bytes) else str(probe))[:-1]
+        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        try:  # subscribed before the first task is sent: no answer can come before it
+            self.pubsub.psubscribe(self.prefix + _glob_escape(f"udop.{loop.run_id}.") + "*")
+        except Exception as exc:
+            raise _unreachable(loop.ex.settings, exc) from None
         self._thread = threading.Thread(target=self._follow, name="udop-celery-results", daemon=True)
         self._thread.start()
-        self._subscribed.wait(10)
 
     def submit(self, job: InflightAttempt) -> None:
         loop = self.loop
@@ -365,7 +374,10 @@ class _CeleryPool(WorkerPool):
             options["time_limit"] = timeout + HARD_LIMIT_MARGIN
         with self._lock:
             self._pending[celery_id] = (job, timeout)
-        self.app.send_task(TASK_NAME if timeout is None else TIMED_TASK_NAME, args=[message], **options)
+        try:
+            self.app.send_task(TASK_NAME if timeout is None else TIMED_TASK_NAME, args=[message], **options)
+        except Exception as exc:  # the loop cancels the run (resumable) and the command says why
+            raise _unreachable(self.loop.ex.settings, exc) from None
 
     def abandon(self, job: InflightAttempt) -> None:
         """A timed-out attempt: ``RunLoop._stop_attempt`` revokes it; its answer, if any, is ignored."""
@@ -379,34 +391,25 @@ class _CeleryPool(WorkerPool):
     # ------------------------------------------------------------------ the results thread
 
     def _follow(self) -> None:
-        probe = self.backend.get_key_for_task("x")
-        prefix = (probe.decode() if isinstance(probe, bytes) else str(probe))[:-1]
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-        pattern = prefix + _glob_escape(f"udop.{self.loop.run_id}.") + "*"
-        try:
-            pubsub.psubscribe(pattern)
-            pubsub.get_message(timeout=1.0)  # the subscription's confirmation
-        finally:
-            self._subscribed.set()
+        prefix = self.prefix
         next_poll = time.monotonic() + _POLL
         try:
             while not self._closed.is_set():
                 try:
-                    message = pubsub.get_message(timeout=0.1)
-                except Exception as exc:  # a lost connection: the polls go on
-                    _log.warning("run %s: the results channel failed (%s); polling", self.loop.run_id, exc)
-                    message = None
+                    message = self.pubsub.get_message(timeout=0.1)
+                    if message is not None and message.get("type") == "pmessage":
+                        channel = message["channel"]
+                        channel = channel.decode() if isinstance(channel, bytes) else str(channel)
+                        self._handle(channel[len(prefix):], message["data"])
+                    if time.monotonic() >= next_poll:
+                        next_poll = time.monotonic() + _POLL
+                        self._poll(prefix)
+                except Exception as exc:  # a lost connection, an unreadable result: the polls go on
+                    _log.warning("run %s: reading results failed (%s); trying again", self.loop.run_id, exc)
                     self._closed.wait(_POLL)
-                if message is not None and message.get("type") == "pmessage":
-                    channel = message["channel"]
-                    channel = channel.decode() if isinstance(channel, bytes) else str(channel)
-                    self._handle(channel[len(prefix):], message["data"])
-                if time.monotonic() >= next_poll:
-                    next_poll = time.monotonic() + _POLL
-                    self._poll(prefix)
         finally:
             with contextlib.suppress(Exception):
-                pubsub.close()
+                self.pubsub.close()
 
     def _poll(self, prefix: str) -> None:
         with self._lock:
@@ -455,6 +458,14 @@ class _CeleryPool(WorkerPool):
             why = answer.get("skipped") if isinstance(answer, dict) else repr(answer)
             done.put((job.task_id, job.number, None, None,
                       FatalError(f"the worker did not run the attempt: {why}")))
+
+
+def _unreachable(settings: CelerySettings, exc: Exception) -> ConfigError:
+    from udop.store.engine import mask_url
+
+    return ConfigError(f"the Celery broker {mask_url(settings.celery_broker_url)} cannot be reached "
+                       f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}): start it "
+                       "or set UDOP_CELERY_BROKER_URL; the run is cancelled, continue it with --resume")
 
 
 def _reported(error: Mapping[str, Any]) -> ReportedFailure:

@@ -287,3 +287,20 @@ def test_an_attempt_whose_process_dies_each_time_fails_after_a_few_deliveries(
     assert f"delivered {MAX_DELIVERIES + 1} times" in (record.tasks[0].error_message or "")
     assert (marks / "deliveries").read_text() == "x" * MAX_DELIVERIES  # ran each time until the limit
     executor.store.close()
+
+
+def test_an_unreachable_broker_is_one_line_and_the_run_can_be_resumed(workers: Cluster, tmp_path: Path) -> None:
+    path = _pipeline(tmp_path, "no-broker", "    - {id: rows, type: python, callable: 'celery_tasks:rows', "
+                                           "args: {n: 4}}\n")
+    env = {**workers.env, "UDOP_CELERY_BROKER_URL": "redis://127.0.0.1:1/0"}  # nothing listens there
+    command = [UDOP, "run", str(path), "--executor", "celery", "--no-progress"]
+    done = subprocess.run([*command, "--run-id", "no-broker-1"], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, check=False, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        "the Celery broker redis://127.0.0.1:1/0 cannot be reached (")
+    assert "Traceback" not in done.stderr
+    workers.start_worker("after-outage")
+    again = subprocess.run([*command, "--resume", "no-broker-1"], env=workers.env, cwd=tmp_path,
+                           capture_output=True, text=True, check=False, timeout=120)
+    assert again.returncode == 0, again.stderr
