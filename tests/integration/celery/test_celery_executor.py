@@ -131,6 +131,34 @@ def test_a_worker_killed_after_its_load_committed_is_replaced_and_the_rows_load_
     executor.store.close()
 
 
+def test_a_worker_killed_mid_task_has_its_task_delivered_to_another_and_the_attempt_recorded_once(
+        workers: Cluster, tmp_path: Path) -> None:
+    db = tmp_path / "dst.db"
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    path = _pipeline(tmp_path, "worker-killed-mid-task",
+                     f"    - {{id: rows, type: python, callable: 'celery_tasks:rows', args: {{n: {ROWS}}}}}\n"
+                     f"    - {{id: held, type: python, callable: 'celery_tasks:held', depends_on: [rows], "
+                     f"args: {{marks: '{marks}', source: rows}}}}\n" + _load(db, "held"))
+    short = {"UDOP_CELERY_VISIBILITY_TIMEOUT": "4"}
+    first = workers.start_worker("first", env=short)
+    executor = _executor(workers, tmp_path)
+    thread, out = _in_thread(executor, path)
+    _until((marks / "started-1").exists, why="'held' to start on the first worker")
+    killed_pid = (marks / "started-1").read_text()
+    Cluster.kill(first)  # SIGKILL of the worker and its task process, in the middle of 'held'
+    (marks / "started-1").unlink()
+    (marks / "release").write_text("go")
+    workers.start_worker("second", env=short)
+    thread.join(120)
+    assert out and out[0].state == RunState.SUCCEEDED
+    record = executor.store.get_run(out[0].id)
+    assert _attempts(record, "held") == [("succeeded", None)]  # delivered twice, one attempt
+    assert (marks / "started-1").read_text() != killed_pid  # computed again, by the second worker
+    assert _count(db) == (ROWS, ROWS)
+    executor.store.close()
+
+
 def test_the_coordinator_killed_mid_run_is_resumed_and_the_killed_attempt_never_finishes(
         workers: Cluster, tmp_path: Path) -> None:
     db = tmp_path / "dst.db"
