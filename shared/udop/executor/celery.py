@@ -177,7 +177,8 @@ def _definition(store: MetadataStore, name: str, version: int) -> Pipeline:
 
 def _delivered(task: Any, message: Mapping[str, Any]) -> dict[str, Any]:
     """The Celery task: count this delivery of the attempt, then ``run_message``."""
-    key = f"{task.app.backend.get_key_for_task(task.request.id)}.deliveries"
+    meta_key = task.app.backend.get_key_for_task(task.request.id)
+    key = (meta_key.decode() if isinstance(meta_key, bytes) else str(meta_key)) + ".deliveries"
     try:
         with task.app.backend.client.pipeline() as pipe:
             count = int(pipe.incr(key).expire(key, 86400).execute()[0])
