@@ -85,7 +85,7 @@ def main() -> None:
     code.mkdir()
     (code / "udop_bench_celery.py").write_text(TASKS)
     sys.path.insert(0, str(code))
-    cluster = Cluster(root)
+    cluster = Cluster(root, remove_root=True)
     try:
         store = open_store(cluster.database_url)
         services = {"base_dir": str(code)}

@@ -245,7 +245,7 @@ def _cluster() -> Any:
 
         from support.celery_cluster import Cluster
 
-        cluster = Cluster(Path(tempfile.mkdtemp(prefix="udop-conformance-celery-")))
+        cluster = Cluster(Path(tempfile.mkdtemp(prefix="udop-conformance-celery-")), remove_root=True)
         atexit.register(cluster.close)
         _CLUSTERS.append(cluster)
         # three processes: a killed one (timeout, cancel) is replaced while two attempts go on

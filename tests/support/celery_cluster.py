@@ -23,8 +23,9 @@ REDIS = os.environ.get("UDOP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 class Cluster:
     """A metadata schema, a key prefix and the workers started on them (``start_worker``)."""
 
-    def __init__(self, root: Path, *, visibility_timeout: float = 3600.0) -> None:
+    def __init__(self, root: Path, *, visibility_timeout: float = 3600.0, remove_root: bool = False) -> None:
         self.root = root
+        self.remove_root = remove_root  # a folder of its own (not pytest's): removed at close
         self.prefix = f"udop-test-{uuid.uuid4().hex[:10]}"
         self.schema = f"celery_{uuid.uuid4().hex[:12]}"
         self._plain = POSTGRES.replace("postgresql+psycopg://", "postgresql://")
@@ -115,3 +116,7 @@ class Cluster:
         client.close()
         with psycopg.connect(self._plain, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{self.schema}" CASCADE')  # type: ignore[arg-type]
+        if self.remove_root:
+            import shutil
+
+            shutil.rmtree(self.root, ignore_errors=True)
