@@ -176,7 +176,7 @@ def _runs(args: argparse.Namespace) -> None:
               f"{best:8.3f} {(best - best_base) / args.tasks * 1000:9.3f}")
     print(f"(log files written in the json runs: {len(logs)})")
 
-    from udop.executor.local import _Run  # noqa: F401  (imported for the hooks below to be warm)
+    from udop.executor.local import RunLoop  # noqa: F401  (imported for the hooks below to be warm)
     from udop.observability import hooks, tracing
 
     tracing.reset()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "NOT_RETRIED",
@@ -32,6 +33,7 @@ __all__ = [
     "FatalError",
     "InputError",
     "PayloadTooLarge",
+    "ReportedFailure",
     "RetryableError",
     "RunLimitReached",
     "RunNotFound",
@@ -195,8 +197,20 @@ class Failure:
 
 
 
+class ReportedFailure(Exception):
+    """A failure classified in another process (a Celery worker) and reported by name: ``classify``
+    gives back what was decided there. ``checks`` are the check results a ``DataQualityError`` carried."""
+
+    def __init__(self, failure: Failure, checks: tuple[Any, ...] = ()) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+        self.checks = checks
+
+
 def classify(exc: BaseException) -> Failure:
     """The one rule for a failed attempt (see the module docstring)."""
+    if isinstance(exc, ReportedFailure):
+        return exc.failure
     message = (str(exc).strip() or type(exc).__name__)[:4000]
     return Failure(name=error_name(exc), retryable=is_retryable(exc), message=message)
 

@@ -22,8 +22,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from udop.errors import ConfigError
 
-__all__ = ["AwsResources", "CodeSettings", "LayerBuildSettings", "PlatformSecrets", "ProcessSettings",
-           "Settings", "StoreSettings",
+__all__ = ["AwsResources", "CelerySettings", "CodeSettings", "LayerBuildSettings", "PlatformSecrets",
+           "ProcessSettings", "Settings", "StoreSettings",
            "UdopSettings", "get_settings", "load_settings", "required_variables"]
 
 
@@ -162,6 +162,28 @@ class LayerBuildSettings(UdopSettings):
     cache_dir: Path | None = Field(
         None, description="where built layers and downloaded wheels are kept between synths; default "
         "~/.cache/udop")
+
+
+class CelerySettings(UdopSettings):
+    """The Celery executor (``udop run --executor celery``, ``udop worker``): the broker, the result
+    backend and the delivery guarantees. Coordinator and workers must read the same values."""
+
+    celery_broker_url: str = Field("redis://127.0.0.1:6379/0", description="the Redis broker of the workers")
+    celery_result_url: str | None = Field(
+        None, description="where results go (small bodies); default the broker")
+    celery_prefix: str = Field(
+        "udop", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="prefix of every Redis key and queue: deployments sharing one Redis keep apart")
+    celery_queue: str = Field(
+        "udop", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
+        description="the queue of tasks that name none (a task's queue: sends it elsewhere)")
+    celery_visibility_timeout: float = Field(
+        3600.0, gt=0, description="seconds after which a task taken by a worker that never acknowledged it "
+        "(killed) is delivered again; must exceed the longest task's run time")
+    celery_restore_interval: float = Field(
+        10.0, gt=0, description="seconds between a worker's sweeps for such tasks")
+    celery_single_machine: bool = Field(
+        False, description="allow a SQLite metadata store (coordinator and workers on this one machine)")
 
 
 class ProcessSettings(UdopSettings):

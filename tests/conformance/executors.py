@@ -2,7 +2,8 @@
 
 Each entry turns a pipeline file into the run record the metadata store keeps, normalised
 (:func:`view`) so that records from different executors compare field by field. A later executor
-(Celery) adds one class and one entry in ``EXECUTORS``.
+(Celery) adds one class and one entry in ``EXECUTORS``: ``celery`` runs real ``udop worker``
+processes on the shared Redis and PostgreSQL (tests/support/celery_cluster.py).
 """
 
 from __future__ import annotations
@@ -214,8 +215,58 @@ def stepfunctions(monkeypatch: pytest.MonkeyPatch, tmp: Path) -> Iterator[Execut
             store.close()
 
 
+@dataclass
+class CeleryRunner(Local):
+    """The Celery executor's coordinator here, attempts computed by real ``udop worker`` processes."""
+
+    cluster: Any = None
+    name: str = "celery"
+
+    def __post_init__(self) -> None:
+        from udop.store import open_store
+
+        self.store = open_store(self.cluster.database_url)
+
+    def _executor(self) -> Any:
+        import random
+
+        from udop.executor.celery import CeleryExecutor
+
+        return CeleryExecutor(self.store, app=self.cluster.app, settings=self.cluster.settings(), workers=2,
+                              data_root=str(self.tmp / "celery-data"), rng=random.Random(1),
+                              services={"base_dir": str(TASK_CODE)})
+
+
+_CLUSTERS: list[Any] = []  # one set of workers for the whole session, started by the first scenario
+
+
+def _cluster() -> Any:
+    if not _CLUSTERS:
+        import atexit
+        import tempfile
+
+        from support.celery_cluster import Cluster
+
+        cluster = Cluster(Path(tempfile.mkdtemp(prefix="udop-conformance-celery-")), remove_root=True)
+        atexit.register(cluster.close)
+        _CLUSTERS.append(cluster)
+        # three processes: a killed one (timeout, cancel) is replaced while two attempts go on
+        cluster.start_worker("conformance", concurrency=3)
+    return _CLUSTERS[0]
+
+
+@contextlib.contextmanager
+def celery(monkeypatch: pytest.MonkeyPatch, tmp: Path) -> Iterator[Executor]:
+    runner = CeleryRunner(tmp, cluster=_cluster())
+    try:
+        yield runner
+    finally:
+        runner.close()
+
+
 #: name -> how to make one, and the marks its tests carry
 EXECUTORS = [
     pytest.param(local, id="local"),
     pytest.param(stepfunctions, id="stepfunctions", marks=[pytest.mark.aws, pytest.mark.redis, pytest.mark.slow]),
+    pytest.param(celery, id="celery", marks=[pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]),
 ]

@@ -162,6 +162,11 @@ def _default_launcher(settings: ApiSettings, store: MetadataStore) -> RunLaunche
         from udop.api.stepfunctions import StepFunctionsLauncher
 
         return StepFunctionsLauncher(store, settings)
+    if settings.executor == "celery":
+        from udop.api.launcher import CeleryLauncher
+
+        return CeleryLauncher(store, workers=settings.local_workers, max_runs=settings.max_concurrent_runs,
+                              data_root=settings.resolved_data_root)
     return LocalLauncher(
         store,
         workers=settings.local_workers,

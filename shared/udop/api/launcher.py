@@ -14,7 +14,7 @@ import threading
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from udop.errors import InputError, RunNotFound, SpecErrors
 from udop.sandbox import Policy, server_policy
@@ -25,7 +25,10 @@ from udop.spec.secure import check_definition, stored_definition
 from udop.states import RunState, TaskState, is_terminal
 from udop.store.api import MetadataStore, PipelineVersionRecord, RunRecord
 
-__all__ = ["LocalLauncher", "RunCancelled", "RunLauncher", "definition_of"]
+if TYPE_CHECKING:
+    from udop.executor.local import LocalExecutor
+
+__all__ = ["CeleryLauncher", "LocalLauncher", "RunCancelled", "RunLauncher", "definition_of"]
 
 log = logging.getLogger(__name__)
 
@@ -231,9 +234,12 @@ class LocalLauncher:
             self._futures[run_id] = self._pool.submit(contextvars.copy_context().run, self._execute,
                                                       pipeline, run_id)
 
-    def _execute(self, pipeline: Pipeline, run_id: str) -> None:
+    def _executor(self) -> LocalExecutor:
         from udop.executor.local import LocalExecutor
 
+        return LocalExecutor(self.store, workers=self.workers, data_root=self.data_root, policy=self.policy)
+
+    def _execute(self, pipeline: Pipeline, run_id: str) -> None:
         try:
             with self._lock:
                 if run_id in self._cancelled:
@@ -241,8 +247,7 @@ class LocalLauncher:
                     return  # cancelled while queued
                 self._threads[run_id] = threading.get_ident()
             try:
-                executor = LocalExecutor(self.store, workers=self.workers, data_root=self.data_root,
-                                         policy=self.policy)
+                executor = self._executor()
                 # The run is already recorded: "resume" it from its first task on.
                 executor.run(pipeline, run_id=run_id, resume=True)
             finally:
@@ -283,3 +288,23 @@ class LocalLauncher:
                 )
         except Exception:
             log.exception("could not record that run %s failed", run_id)
+
+
+class CeleryLauncher(LocalLauncher):
+    """Follows each triggered run in a background thread of this server, as ``LocalLauncher`` does, while
+    Celery workers (``udop worker``) compute its attempts (``UDOP_EXECUTOR=celery``)."""
+
+    executor_name = "celery"
+
+    def __init__(self, store: MetadataStore, **kwargs: Any) -> None:
+        from udop.executor.celery import CeleryExecutor, make_app
+
+        super().__init__(store, **kwargs)
+        self.app = make_app()
+        CeleryExecutor(store, app=self.app)  # a SQLite store is refused when the server starts
+
+    def _executor(self) -> LocalExecutor:
+        from udop.executor.celery import CeleryExecutor
+
+        return CeleryExecutor(self.store, app=self.app, workers=self.workers, data_root=self.data_root,
+                              policy=self.policy)

@@ -53,8 +53,9 @@ class ApiSettings(Settings, AwsResources, PlatformSecrets, CodeSettings):
         "0 verifies every request",
     )
     jwt_role_claim: str = Field("role", description="claim holding the role; 'cognito:groups' is also read")
-    executor: Literal["local", "stepfunctions"] = Field(
-        "local", description="where triggered runs go: a background LocalExecutor or Step Functions"
+    executor: Literal["local", "stepfunctions", "celery"] = Field(
+        "local", description="where triggered runs go: a background LocalExecutor, Step Functions, or Celery "
+        "workers (this server follows each run; its attempts run on `udop worker` processes)"
     )
     local_workers: int = Field(4, ge=1, le=64, description="worker threads of each local run")
     max_concurrent_runs: int = Field(4, ge=1, le=256, description="local runs executing at once")

@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "backfill": ("udop.cli.schedule:backfill", "Run a pipeline once per logical date of a range."),
     "backfills": ("udop.cli.schedule:backfills", "List, show, cancel and resume backfills."),
     "api-key": ("udop.api.cli:api_key", "Create, list and revoke API keys of service accounts."),
+    "worker": ("udop.cli.worker:worker", "Start a Celery worker for runs with --executor celery."),
 }
 
 

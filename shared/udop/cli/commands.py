@@ -73,10 +73,11 @@ def validate(files: tuple[str, ...], no_import: bool) -> None:
 )
 @click.option(
     "--executor",
-    type=click.Choice(["local", "stepfunctions"]),
+    type=click.Choice(["local", "stepfunctions", "celery"]),
     default="local",
     show_default=True,
-    help="Where to run: this machine, or the pipeline's deployed Step Functions state machine.",
+    help="Where to run: this machine, the pipeline's deployed Step Functions state machine, or Celery "
+    "workers (`udop worker`; this process follows the run, --workers attempts at a time).",
 )
 @click.option(
     "--stack", help="With --executor stepfunctions: the deployed udop stack ($UDOP_STACK_NAME, else Udop)."
@@ -161,12 +162,14 @@ def run(
     store = open_store(expect_history_in=get_settings().resolved_data_root)
     live = sys.stdout.isatty() if progress is None else progress
     display = make_display(pipeline, live=live)
-    executor_ = LocalExecutor(
-        store,
-        workers=workers,
-        on_event=display.event,
-        services={"base_dir": str(Path(file).parent.resolve())},
-    )
+    services = {"base_dir": str(Path(file).parent.resolve())}
+    if executor == "celery":
+        from udop.executor.celery import CeleryExecutor
+
+        executor_: LocalExecutor = CeleryExecutor(store, workers=workers, on_event=display.event,
+                                                  services=services)
+    else:
+        executor_ = LocalExecutor(store, workers=workers, on_event=display.event, services=services)
     stopped_by: list[int] = []
 
     def stop(signum: int, _frame: object) -> None:

@@ -42,7 +42,11 @@ def _summary(record: Any) -> str:
 @click.option("--lease", "lease_seconds", type=click.IntRange(10, 86400), default=300, show_default=True,
               help="Seconds after which a tick claimed by a scheduler whose run never started (it died) "
               "is started by another.")
-def scheduler(*, folder: str, trusted: bool, max_runs: int, workers: int, lease_seconds: int) -> None:
+@click.option("--executor", type=click.Choice(["local", "celery"]), default="local", show_default=True,
+              help="celery: the runs' attempts go to Celery workers (`udop worker`); this process "
+              "follows the runs.")
+def scheduler(*, folder: str, trusted: bool, max_runs: int, workers: int, lease_seconds: int,
+              executor: str) -> None:
     """Start the runs of every scheduled pipeline in a folder at its ticks, until Ctrl-C.
 
     Any number of schedulers may share one metadata store: each tick starts one run.
@@ -58,8 +62,17 @@ def scheduler(*, folder: str, trusted: bool, max_runs: int, workers: int, lease_
     policy = Policy.trusted() if trusted else server_policy(data_root=data_root)
     store = open_store(expect_history_in=data_root)
     source = DirectoryPipelines(folder, on_error=lambda line: click.echo(f"udop: {line}", err=True))
+    make_executor = None
+    if executor == "celery":
+        import functools
+
+        from udop.executor.celery import CeleryExecutor, make_app
+
+        app = make_app()
+        CeleryExecutor(store, app=app)  # refuses a SQLite store at start, not at the first tick
+        make_executor = functools.partial(CeleryExecutor, app=app)
     sched = Scheduler(store, source, policy=policy, max_runs=max_runs, workers=workers, data_root=data_root,
-                      lease_seconds=lease_seconds)
+                      lease_seconds=lease_seconds, executor=make_executor)
     names = [sp.pipeline.name for sp in source()]
     mode = "trusted" if trusted else "sandboxed (server mode)"
     click.echo(f"udop: scheduling {len(names)} pipeline(s) from {folder}, {mode}: "

@@ -65,7 +65,7 @@ from udop.states import AttemptState, RunState, TaskState
 from udop.store.api import MetadataStore, RunRecord, RunSlot
 from udop.tasks.contract import TaskContext, TaskResult
 
-__all__ = ["LocalExecutor", "new_run_id", "owner_alive"]
+__all__ = ["InflightAttempt", "LocalExecutor", "RunLoop", "WorkerPool", "new_run_id", "owner_alive"]
 
 _log = logging.getLogger("udop.executor")
 
@@ -96,7 +96,7 @@ def owner_alive(owner: str | None) -> bool:
 
 
 @dataclass
-class _Attempt:
+class InflightAttempt:
     task_id: str
     number: int
     context: TaskContext
@@ -109,7 +109,7 @@ class _Attempt:
     give_up: float = 0.0  # told to stop: when the executor stops waiting for it (monotonic)
 
 
-class _WorkerPool:
+class WorkerPool:
     """Long-lived worker threads (starting a thread per attempt costs ~1 ms under GIL contention).
 
     An abandoned attempt (timed out) keeps its thread until the task returns, if ever; a
@@ -117,7 +117,7 @@ class _WorkerPool:
     """
 
     def __init__(self, size: int) -> None:
-        self.jobs: queue.SimpleQueue[_Attempt | None] = queue.SimpleQueue()
+        self.jobs: queue.SimpleQueue[InflightAttempt | None] = queue.SimpleQueue()
         self.live = 0
         for _ in range(size):
             self._spawn()
@@ -139,10 +139,10 @@ class _WorkerPool:
             if job.abandoned:
                 return
 
-    def submit(self, job: _Attempt) -> None:
+    def submit(self, job: InflightAttempt) -> None:
         self.jobs.put(job)
 
-    def abandon(self, job: _Attempt) -> None:
+    def abandon(self, job: InflightAttempt) -> None:
         job.abandoned = True
         self._spawn()
 
@@ -187,7 +187,10 @@ class LocalExecutor:
         self.stop_grace = stop_grace
         self._stop = threading.Event()
         self._stop_reason = ""
-        self._active: _Run | None = None
+        self._active: RunLoop | None = None
+
+    #: whether a ``python`` task with a timeout runs each attempt in a child process of this one
+    child_processes = True
 
     def request_stop(self, reason: str) -> None:
         """Cancel the run in progress cooperatively (safe to call from a signal handler).
@@ -277,7 +280,7 @@ class LocalExecutor:
                 slot=self._slot(pipeline),
                 trigger=trigger,
             )
-        active = _Run(self, pipeline, run.id, values, logical)
+        active = self._new_run(pipeline, run.id, values, logical)
         notify = self.on_event  # with UDOP_OPENLINEAGE=1 the run's events go to OpenLineage too
         self.on_event = openlineage.listen(notify, self.store, pipeline, run.id, logical_date=logical,
                                            results=active.results)
@@ -294,6 +297,10 @@ class LocalExecutor:
             with sandbox_active(self.policy):
                 notify_run_end(self.store, pipeline, record.id)
         return record
+
+    def _new_run(self, pipeline: Pipeline, run_id: str, params: dict[str, Any], logical: datetime) -> RunLoop:
+        """The scheduling loop of one run (another executor keeps the loop and sends attempts elsewhere)."""
+        return RunLoop(self, pipeline, run_id, params, logical)
 
     def _prepare_resume(
         self, pipeline: Pipeline, run_id: str, params: Mapping[str, Any] | None, on_new_version: bool
@@ -358,7 +365,7 @@ def _holder_alive(owner: str | None) -> bool:
     return int(pid) == os.getpid() or owner_alive(owner)
 
 
-class _Run:
+class RunLoop:
     """One execution of the scheduling loop. Only the calling thread touches state or the store."""
 
     def __init__(
@@ -384,14 +391,14 @@ class _Run:
         self.waiting: dict[str, int] = {}  # task id -> dependencies not yet succeeded
         self.ready: list[tuple[int, str]] = []  # heap by topological position
         self.retries: list[tuple[float, int, str]] = []  # heap of (due time, position, task id)
-        self.inflight: dict[tuple[str, int], _Attempt] = {}
+        self.inflight: dict[tuple[str, int], InflightAttempt] = {}
         # None: a wake-up (request_stop)
         self.done: queue.SimpleQueue[
             tuple[str, int, TaskResult | None, dict[str, Any] | None, BaseException | None] | None
         ] = queue.SimpleQueue()
         self.failures: list[str] = []
         # thread attempts told to stop (timed out, cancelled) whose thread has not returned yet
-        self.stopping: dict[tuple[str, int], _Attempt] = {}
+        self.stopping: dict[tuple[str, int], InflightAttempt] = {}
         self.lease_due = time.monotonic() + executor.lease_seconds / 3
         # worker threads do not inherit context variables: each attempt binds the run's ids itself
         self.correlation_id = current().correlation_id or new_correlation_id()
@@ -428,7 +435,7 @@ class _Run:
 
     def _execute(self) -> RunRecord:
         self._load()
-        self.pool = _WorkerPool(self.ex.workers)
+        self.pool = self._new_pool()
         try:
             while self.ready or self.inflight or self.retries:
                 if self.ex._stop.is_set():
@@ -454,6 +461,10 @@ class _Run:
         self.final_state = final.value
         self.ex.on_event(RunEvent("run", self.run_id, final.value, message=error))
         return record
+
+    def _new_pool(self) -> WorkerPool:
+        """Where attempts go: worker threads of this process (``udop.executor.celery``: Celery workers)."""
+        return WorkerPool(self.ex.workers)
 
     def _renew_lease(self) -> None:
         now = time.monotonic()
@@ -516,7 +527,7 @@ class _Run:
         self.state[tid] = TaskState.RUNNING
         self.ex.on_event(RunEvent("task", self.run_id, TaskState.RUNNING.value, tid, number))
         timeout = self.fusion.timeout(tid, self.pipeline.timeout_for(task))
-        attempt = _Attempt(
+        attempt = InflightAttempt(
             tid, number, context=None,  # type: ignore[arg-type]  # set just below; it needs the attempt
             deadline=time.monotonic() + timeout if timeout else None,
         )
@@ -535,12 +546,12 @@ class _Run:
         self.inflight[(tid, number)] = attempt
         inputs = {d: self.results[d] for d in task.depends_on}
         context = attempt.context
-        if needs_process(task, timeout):
+        if self.ex.child_processes and needs_process(task, timeout):
             assert timeout is not None
             attempt.child = ChildAttempt(context, task, inputs, self.ex.workers)
             attempt.deadline = time.monotonic() + timeout + STARTUP_ALLOWANCE
 
-            def started(attempt: _Attempt = attempt, timeout: float = timeout) -> None:
+            def started(attempt: InflightAttempt = attempt, timeout: float = timeout) -> None:
                 attempt.deadline = time.monotonic() + timeout  # one float store: safe across threads
 
             attempt.child.on_started = started
@@ -623,7 +634,7 @@ class _Run:
                              attempt.task_id, attempt.number)
         self.stopping.clear()
 
-    def _stop_attempt(self, attempt: _Attempt, give_up: float | None = None) -> None:
+    def _stop_attempt(self, attempt: InflightAttempt, give_up: float | None = None) -> None:
         """Stop a running attempt: a child process is killed (gone when this returns); a thread is
         told to stop and kept in ``stopping`` until it returns or ``give_up`` passes."""
         if attempt.child is not None:
@@ -635,7 +646,7 @@ class _Run:
         attempt.give_up = give_up if give_up is not None else time.monotonic() + self.ex.stop_grace
         self.stopping[(attempt.task_id, attempt.number)] = attempt
 
-    def _timeout(self, key: tuple[str, int], attempt: _Attempt) -> None:
+    def _timeout(self, key: tuple[str, int], attempt: InflightAttempt) -> None:
         del self.inflight[key]
         self.pool.abandon(attempt)
         self._stop_attempt(attempt)  # a child is gone before the timeout is recorded and the retry starts
@@ -645,7 +656,7 @@ class _Run:
         )
         self._failed(attempt.task_id, attempt.number, AttemptState.TIMED_OUT, exc)
 
-    def _tell_to_stop(self, attempt: _Attempt) -> None:
+    def _tell_to_stop(self, attempt: InflightAttempt) -> None:
         attempt.context.cancel_event.set()
         for hook in attempt.cancel_hooks:
             try:

@@ -23,7 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from udop.errors import RunLimitReached, SpecErrors, StoreError, UdopError
 from udop.executor.events import RunEvent
@@ -32,6 +32,9 @@ from udop.schedule.expr import fires_between, rate_seconds
 from udop.schedule.store import ScheduleStore
 from udop.spec.models import Pipeline
 from udop.store.sql import SqlMetadataStore
+
+if TYPE_CHECKING:
+    from udop.executor.local import LocalExecutor
 
 __all__ = ["Clock", "DirectoryPipelines", "Fired", "ScheduledPipeline", "Scheduler", "StorePipelines",
            "SystemClock", "jitter_offset", "serve_scheduler", "start_in_background"]
@@ -110,6 +113,7 @@ class Scheduler:
         max_sleep: float = 5.0,
         settle_seconds: float = 1.0,
         lease_seconds: float = 300.0,
+        executor: Callable[..., LocalExecutor] | None = None,
     ) -> None:
         import os
         import socket
@@ -122,6 +126,9 @@ class Scheduler:
         self.owner = owner or f"scheduler-{os.getpid()}@{socket.gethostname()}"
         self.workers = workers
         self.data_root = data_root
+        #: makes each run's executor (the LocalExecutor's arguments): ``CeleryExecutor`` sends the
+        #: runs' attempts to Celery workers
+        self.make_executor = executor
         #: catchup "none": a tick later than this is missed, not run
         self.grace = timedelta(seconds=grace_seconds)
         self.max_sleep = max_sleep
@@ -356,8 +363,9 @@ class Scheduler:
         try:
             SpecErrors.collect(check_definition(pipeline, self.policy))
             services = {"base_dir": sp.base_dir} if sp.base_dir and not self.policy.is_server else {}
-            executor = LocalExecutor(self.store, workers=self.workers, data_root=self.data_root,
-                                     policy=self.policy, on_event=on_event, services=services)
+            executor = (self.make_executor or LocalExecutor)(
+                self.store, workers=self.workers, data_root=self.data_root, policy=self.policy,
+                on_event=on_event, services=services)
             with self._lock:
                 self._executors[run_id] = executor
             try:

@@ -78,6 +78,11 @@ class TaskBase(SpecModel):
     retry: RetryPolicy | None = Field(None, description="overrides spec.defaults.retry")
     timeout: Duration | None = Field(None, description="overrides spec.defaults.timeout")
     foreach: ForEach | None = None
+    queue: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
+        description="with --executor celery: the worker queue this task goes to (e.g. gpu, big-memory); "
+        "other executors run every task alike",
+    )
 
     @field_validator("depends_on", mode="before")
     @classmethod

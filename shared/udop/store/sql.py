@@ -448,6 +448,20 @@ class SqlMetadataStore:
         with self._read() as conn:
             return self._load_run(conn, select(runs).where(runs.c.id == run_id))
 
+    def attempt_state(self, run_id: str, task_id: str, number: int) -> AttemptState | None:
+        """The state of one attempt (None if it was never started): what a Celery worker checks before
+        it runs a delivered attempt, which may have been ended meanwhile (timed out, cancelled, resumed)."""
+        with self._read() as conn:
+            state = conn.execute(select(attempts.c.state).where(
+                attempts.c.run_id == run_id, attempts.c.task_id == task_id,
+                attempts.c.number == number)).scalar()
+        return None if state is None else AttemptState(state)
+
+    @property
+    def dialect(self) -> str:
+        """The database's SQLAlchemy dialect name (``sqlite``, ``postgresql``)."""
+        return str(self._engine.dialect.name)
+
     def find_run_by_external_id(self, external_id: str) -> RunRecord | None:
         """The run started as ``external_id`` (an execution ARN), with its tasks like ``get_run``."""
         with self._read() as conn:
