@@ -1,0 +1,250 @@
+"""The stream runner behind ``udop stream FILE``: consume the pipeline's stream source in micro-batches,
+each one run of the pipeline (trigger ``stream``) whose stream task is given the batch as Parquet in the
+run's folder, and advance the source's positions only after the run (so its loads) committed.
+
+Exactly once, with the load ledger: a batch is recorded ``pending`` (its positions, its run id) after its
+Parquet is written and before its run starts; a process killed anywhere after that finds the pending
+batch when it starts again and resumes that run, whose committed loads find their ledger entries and
+write nothing; only then do the positions move, in the transaction that settles the batch.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from udop.executor.local import LocalExecutor, new_run_id
+from udop.spec.models import Pipeline, StreamTrigger
+from udop.states import RunState
+from udop.store.sql import SqlMetadataStore
+from udop.stream.source import StreamBatch, StreamSource
+from udop.stream.store import BatchRecord, StreamStore
+from udop.tasks.contract import TaskResult, dataset_uri
+from udop.tasks.datasets import Manifest, write_parquet
+
+__all__ = ["StreamFigures", "StreamRunner", "open_source"]
+
+
+@dataclass
+class StreamFigures:
+    """What ``udop stream`` shows while it runs."""
+
+    messages: int = 0
+    batches: int = 0
+    failed_tries: int = 0
+    dead_lettered: int = 0
+    lag: int | None = None
+    last_rows: int = 0
+    last_seconds: float = 0.0
+    last_run: str | None = None
+    last_state: str | None = None
+    started: float = field(default_factory=time.monotonic)
+    #: (monotonic time, messages so far) of recent batches: the rate over the last ~10 s
+    recent: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=64))
+
+    def rate(self) -> float:
+        now = time.monotonic()
+        while len(self.recent) > 1 and now - self.recent[0][0] > 10:
+            self.recent.popleft()
+        if not self.recent:
+            return 0.0
+        since, count = self.recent[0]
+        span = now - since
+        if span <= 0 or len(self.recent) < 2:
+            elapsed = now - self.started
+            return self.messages / elapsed if elapsed > 0 else 0.0
+        return (self.messages - count) / span
+
+    def line(self) -> str:
+        lag = "?" if self.lag is None else f"{self.lag:,}"
+        last = (
+            f"last batch {self.last_rows:,} msgs in {self.last_seconds:.2f} s ({self.last_state}, run "
+            f"{self.last_run})"
+            if self.last_run
+            else "no batch yet"
+        )
+        extra = f", {self.dead_lettered} dead-lettered" if self.dead_lettered else ""
+        return (
+            f"udop stream: {self.messages:,} msgs in {self.batches:,} batches, {self.rate():,.0f} msgs/s, "
+            f"lag {lag}{extra}; {last}"
+        )
+
+
+def open_source(pipeline: Pipeline, *, base_dir: str | None = None, state: Any = None) -> StreamSource:
+    """The connector named by the stream's source (its connection's settings merged in), as a stream."""
+    from udop.connectors import get_connector
+
+    stream = _stream(pipeline)
+    task = pipeline.task(stream.id)
+    connector = get_connector(
+        task.source, connections=pipeline.spec.connections, state=state, base_dir=base_dir
+    )
+    source: StreamSource = connector.stream()
+    return source
+
+
+def _stream(pipeline: Pipeline) -> StreamTrigger:
+    stream = pipeline.stream
+    if stream is None:
+        from udop.errors import InputError
+
+        raise InputError(
+            f"pipeline {pipeline.name!r} has no stream trigger (spec.trigger.stream); run it with udop run"
+        )
+    return stream
+
+
+class StreamRunner:
+    """Consume until ``stop`` is set; the batch in flight then finishes and commits.
+
+    ``halt`` (a second signal) stops the run in flight as well: its batch stays pending and the next start
+    resumes it.
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        store: SqlMetadataStore,
+        executor: LocalExecutor,
+        source: StreamSource,
+        *,
+        stop: threading.Event | None = None,
+        report: Callable[[StreamFigures], None] | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.stream = _stream(pipeline)
+        self.store = store
+        self.batches = StreamStore(store)
+        self.executor = executor
+        self.source = source
+        self.stop = stop or threading.Event()
+        self.halted = False
+        self.report = report or (lambda _figures: None)
+        self.figures = StreamFigures()
+
+    def halt(self) -> None:
+        self.halted = True
+        self.stop.set()
+        self.executor.request_stop("stream halted")
+
+    def run(self, *, max_batches: int | None = None) -> StreamFigures:
+        """Consume until stopped (or ``max_batches`` batches ran, for tests and benchmarks)."""
+        pending = self.batches.pending(self.pipeline.name)
+        if pending is not None:
+            self._recover(pending)
+        self.source.seek(self.batches.positions(self.pipeline.name))
+        while not self.stop.is_set() and (max_batches is None or self.figures.batches < max_batches):
+            batch = self.source.poll(self.stream.max_batch_rows, self.stream.max_batch_seconds, self.stop)
+            self.figures.lag = self.source.lag()
+            if batch is None or batch.rows == 0:
+                self.report(self.figures)
+                continue
+            self._process(batch)
+        return self.figures
+
+    # ------------------------------------------------------------------ one batch
+
+    def _process(self, batch: StreamBatch) -> None:
+        run_id = new_run_id()
+        uri = dataset_uri(self.executor.data_root, self.pipeline.name, run_id, self.stream.id)
+        manifest = write_parquet(batch.table, uri)
+        start = self.batches.positions(self.pipeline.name)
+        self.batches.begin(self.pipeline.name, run_id, start, batch.end, batch.acks, batch.rows)
+        self._run(run_id, manifest, batch.end, batch.acks, batch.rows, resume=False, tries=1)
+
+    def _recover(self, pending: BatchRecord) -> None:
+        run = self.store.get_run(pending.run_id)
+        if run is None:  # killed before its run was recorded: nothing of it ran, read it again
+            self.batches.settle(
+                self.pipeline.name,
+                pending.run_id,
+                "discarded",
+                error="the process stopped before the batch's run started",
+            )
+            return
+        if run.state == RunState.SUCCEEDED:  # killed after the run, before the positions moved
+            self.batches.settle(self.pipeline.name, pending.run_id, "committed")
+            self.source.commit(pending.end, pending.acks)
+            return
+        task = next(t for t in run.tasks if t.task_id == self.stream.id)
+        if task.result is not None:
+            manifest = TaskResult.from_dict(task.result).output
+            assert manifest is not None
+        else:
+            manifest = Manifest(
+                uri=dataset_uri(self.executor.data_root, self.pipeline.name, pending.run_id, self.stream.id),
+                rows=pending.messages,
+            )
+        self._run(
+            pending.run_id,
+            manifest,
+            pending.end,
+            pending.acks,
+            pending.messages,
+            resume=True,
+            tries=pending.tries,
+        )
+
+    def _run(
+        self,
+        run_id: str,
+        manifest: Manifest,
+        end: Mapping[str, Any],
+        acks: list[Any],
+        rows: int,
+        *,
+        resume: bool,
+        tries: int,
+    ) -> None:
+        name = self.pipeline.name
+        began = time.monotonic()
+        while True:
+            record = self.executor.run(
+                self.pipeline,
+                run_id=run_id,
+                resume=resume,
+                given={self.stream.id: TaskResult(output=manifest)},
+                trigger="stream",
+            )
+            resume = True
+            if record.state == RunState.SUCCEEDED:
+                self.batches.settle(name, run_id, "committed")
+                self.source.commit(end, acks)
+                self._done(run_id, rows, began, "committed")
+                return
+            if self.halted or record.state == RunState.CANCELLED:
+                return  # stays pending: the next start resumes it
+            self.figures.failed_tries += 1
+            dead = self.stream.dead_letter
+            if dead is not None and tries >= dead.after:
+                self._dead_letter(run_id, manifest)
+                self.batches.settle(name, run_id, "dead_letter", error=record.error)
+                self.source.commit(end, acks)
+                self.figures.dead_lettered += rows
+                self._done(run_id, rows, began, "dead-lettered")
+                return
+            tries = self.batches.tried(name, run_id, record.error)
+            self.figures.last_run, self.figures.last_state = run_id, f"failed, try {tries} next"
+            self.report(self.figures)
+            if self.stop.wait(self.stream.retry_delay) and self.halted:
+                return
+
+    def _done(self, run_id: str, rows: int, began: float, state: str) -> None:
+        f = self.figures
+        f.messages += rows
+        f.batches += 1
+        f.last_rows, f.last_seconds, f.last_run, f.last_state = rows, time.monotonic() - began, run_id, state
+        f.recent.append((time.monotonic(), f.messages))
+        self.report(f)
+
+    def _dead_letter(self, run_id: str, manifest: Manifest) -> None:
+        """Write the batch's messages (its Parquet, as read) to the dead-letter target, once per batch."""
+        from udop.stream.deadletter import write_dead_letter
+
+        dead = self.stream.dead_letter
+        assert dead is not None
+        write_dead_letter(self.pipeline, run_id, manifest, dead.target, self.executor.services)
