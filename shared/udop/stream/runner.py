@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from udop import faults
 from udop.executor.local import LocalExecutor, new_run_id
 from udop.spec.models import Pipeline, StreamTrigger
 from udop.states import RunState
@@ -212,6 +213,7 @@ class StreamRunner:
             )
             resume = True
             if record.state == RunState.SUCCEEDED:
+                faults.point("stream-run-succeeded")
                 self.batches.settle(name, run_id, "committed")
                 self.source.commit(end, acks)
                 self._done(run_id, rows, began, "committed")
