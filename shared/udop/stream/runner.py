@@ -215,6 +215,7 @@ class StreamRunner:
             if record.state == RunState.SUCCEEDED:
                 faults.point("stream-run-succeeded")
                 self.batches.settle(name, run_id, "committed")
+                faults.point("stream-offsets-committed")
                 self.source.commit(end, acks)
                 self._done(run_id, rows, began, "committed")
                 return

@@ -8,13 +8,30 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-__all__ = ["create_topic", "produce", "tansu", "unique"]
+import sqlalchemy as sa
+
+__all__ = [
+    "PG_URL",
+    "count_rows",
+    "create_topic",
+    "definition",
+    "produce",
+    "tansu",
+    "udop",
+    "unique",
+    "wait_for",
+]
+
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+UDOP = str(Path(sys.executable).parent / "udop")
 
 
 def _binary() -> str:
@@ -111,3 +128,66 @@ def produce(
                 producer.poll(0.1)
     left = producer.flush(30)
     assert left == 0, f"{left} messages not delivered"
+
+
+def definition(
+    name: str, connection: str, options: str, target: str, *, rows: int = 300, extra: str = ""
+) -> str:
+    """A stream pipeline: source -> derive/select -> validate (id not null) -> load into ``target``."""
+    return f"""
+apiVersion: udop/v1
+kind: Pipeline
+metadata: {{name: {name}}}
+spec:
+  connections:
+    bus: {connection}
+  trigger:
+    stream:
+      source: {{connection: bus, {options}}}
+      id: orders
+      max_batch_rows: {rows}
+      max_batch_seconds: 0.5
+      retry_delay: 0
+{extra}
+  tasks:
+    - id: priced
+      type: transform
+      depends_on: [orders]
+      steps:
+        - derive: {{total: "amount * 2"}}
+        - select: [id, amount, total]
+    - id: checked
+      type: validate
+      depends_on: [priced]
+      rules: [{{not_null: [id]}}]
+    - id: land
+      type: load
+      depends_on: [checked]
+      target: {target}
+"""
+
+
+def udop(tmp: Path, *args: str, fault: str | None = None) -> subprocess.Popen[str]:
+    env = {**os.environ, "UDOP_HOME": str(tmp / ".udop")}
+    env.pop("UDOP_FAULT_INJECT", None)
+    if fault:
+        env["UDOP_FAULT_INJECT"] = fault
+    return subprocess.Popen(
+        [UDOP, *args], env=env, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def count_rows(engine: sa.Engine, table: str) -> tuple[int, int]:
+    with engine.begin() as conn:
+        exists = conn.execute(sa.text("SELECT to_regclass(:t)"), {"t": f'"{table}"'}).scalar()
+        if exists is None:
+            return 0, 0
+        got = conn.execute(sa.text(f'SELECT count(*), count(DISTINCT id) FROM "{table}"')).one()
+    return int(got[0]), int(got[1])
+
+
+def wait_for(check: Any, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)

@@ -5,21 +5,17 @@ exactly once; SIGTERM finishes the batch in flight and exits 0."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow.dataset as ds
 import pytest
 import sqlalchemy as sa
-from streams_support import create_topic, produce, unique
+from streams_support import count_rows, create_topic, definition, produce, udop, unique, wait_for
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 UDOP = str(Path(sys.executable).parent / "udop")
@@ -27,74 +23,15 @@ UDOP = str(Path(sys.executable).parent / "udop")
 pytestmark = [pytest.mark.slow]
 
 
-@pytest.fixture
-def pg_table() -> Iterator[tuple[sa.Engine, str]]:
-    engine = sa.create_engine(PG_URL, poolclass=sa.pool.NullPool)
-    name = f"h17_stream_{uuid.uuid4().hex[:10]}"
-    yield engine, name
-    with engine.begin() as conn:
-        conn.execute(sa.text(f'DROP TABLE IF EXISTS "{name}"'))
-    engine.dispose()
-
-
-def _definition(bootstrap: str, topic: str, target: str, *, rows: int = 300, extra: str = "") -> str:
-    return f"""
-apiVersion: udop/v1
-kind: Pipeline
-metadata: {{name: {topic}}}
-spec:
-  connections:
-    bus: {{connector: kafka, bootstrap_servers: "{bootstrap}"}}
-  trigger:
-    stream:
-      source: {{connection: bus, topic: {topic}}}
-      id: orders
-      max_batch_rows: {rows}
-      max_batch_seconds: 0.5
-      retry_delay: 0
-{extra}
-  tasks:
-    - id: priced
-      type: transform
-      depends_on: [orders]
-      steps:
-        - derive: {{total: "amount * 2"}}
-        - select: [id, amount, total, _partition, _offset]
-    - id: checked
-      type: validate
-      depends_on: [priced]
-      rules: [{{not_null: [id]}}]
-    - id: land
-      type: load
-      depends_on: [checked]
-      target: {target}
-"""
-
-
-def _udop(tmp: Path, *args: str, fault: str | None = None) -> subprocess.Popen[str]:
-    env = {**os.environ, "UDOP_HOME": str(tmp / ".udop")}
-    env.pop("UDOP_FAULT_INJECT", None)
-    if fault:
-        env["UDOP_FAULT_INJECT"] = fault
-    return subprocess.Popen(
-        [UDOP, *args], env=env, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+def _kafka_definition(bootstrap: str, topic: str, target: str, *, rows: int = 300, extra: str = "") -> str:
+    return definition(
+        topic,
+        f'{{connector: kafka, bootstrap_servers: "{bootstrap}"}}',
+        f"topic: {topic}",
+        target,
+        rows=rows,
+        extra=extra,
     )
-
-
-def _count(engine: sa.Engine, table: str) -> tuple[int, int]:
-    with engine.begin() as conn:
-        exists = conn.execute(sa.text("SELECT to_regclass(:t)"), {"t": f'"{table}"'}).scalar()
-        if exists is None:
-            return 0, 0
-        got = conn.execute(sa.text(f'SELECT count(*), count(DISTINCT id) FROM "{table}"')).one()
-    return int(got[0]), int(got[1])
-
-
-def _wait_for(check: Any, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def test_killed_inside_batches_then_restarted_loads_every_message_once(
@@ -109,28 +46,28 @@ def test_killed_inside_batches_then_restarted_loads_every_message_once(
         "{connector: postgres, host: 127.0.0.1, port: 5432, user: postgres, database: test, "
         f"table: {table}, mode: append}}"
     )
-    (tmp_path / "p.yaml").write_text(_definition(kafka, topic, target))
+    (tmp_path / "p.yaml").write_text(_kafka_definition(kafka, topic, target))
 
     # killed right after its first batch's rows committed in PostgreSQL, before the run or offsets knew
-    first = _udop(tmp_path, "stream", "p.yaml", fault="load-committed")
+    first = udop(tmp_path, "stream", "p.yaml", fault="load-committed")
     _out, err = first.communicate(timeout=120)
     assert first.returncode == -signal.SIGKILL, err
-    after_first = _count(engine, table)
+    after_first = count_rows(engine, table)
     assert 0 < after_first[0] <= 300 and after_first[0] == after_first[1]
     # killed after the (resumed) batch's run succeeded, before its offsets moved
-    second = _udop(tmp_path, "stream", "p.yaml", fault="stream-run-succeeded")
+    second = udop(tmp_path, "stream", "p.yaml", fault="stream-run-succeeded")
     _out, err = second.communicate(timeout=120)
     assert second.returncode == -signal.SIGKILL, err
-    assert _count(engine, table) == after_first  # the resumed run found its load in the ledger
+    assert count_rows(engine, table) == after_first  # the resumed run found its load in the ledger
 
-    third = _udop(tmp_path, "stream", "p.yaml")
-    _wait_for(lambda: _count(engine, table)[0] >= total, f"{total} rows in {table}")
+    third = udop(tmp_path, "stream", "p.yaml")
+    wait_for(lambda: count_rows(engine, table)[0] >= total, f"{total} rows in {table}")
     time.sleep(1.0)  # a repeat would land about now
     third.send_signal(signal.SIGTERM)
     _out, err = third.communicate(timeout=60)
     assert third.returncode == 0, err
     assert "stopped after" in err and "msgs/s" in err and "lag" in err
-    assert _count(engine, table) == (total, total)
+    assert count_rows(engine, table) == (total, total)
 
     from udop.store import open_store
     from udop.stream.store import StreamStore
@@ -174,7 +111,7 @@ def test_a_failing_batch_goes_to_the_dead_letter_and_the_stream_moves_on(kafka: 
         ]
     )
     target = f"{{connector: parquet, path: {tmp_path / 'out'}, mode: append}}"
-    (tmp_path / "p.yaml").write_text(_definition(kafka, topic, target, rows=3, extra=dead))
+    (tmp_path / "p.yaml").write_text(_kafka_definition(kafka, topic, target, rows=3, extra=dead))
     pipeline = load_pipeline(tmp_path / "p.yaml")
     store = open_store(f"sqlite:///{tmp_path / 'meta.db'}")
     executor = LocalExecutor(store, data_root=str(tmp_path / "data"), services={"base_dir": str(tmp_path)})
@@ -211,7 +148,7 @@ def test_sigterm_between_batches_exits_0_with_nothing_pending(kafka: str, tmp_pa
     create_topic(kafka, topic, partitions=1)
     produce(kafka, topic, [{"id": i, "amount": 1} for i in range(50)], partitions=1)
     (tmp_path / "p.yaml").write_text(
-        _definition(kafka, topic, f"{{connector: parquet, path: {tmp_path / 'o'}}}", rows=10)
+        _kafka_definition(kafka, topic, f"{{connector: parquet, path: {tmp_path / 'o'}}}", rows=10)
     )
     pipeline = load_pipeline(tmp_path / "p.yaml")
     store = open_store(f"sqlite:///{tmp_path / 'meta.db'}")
