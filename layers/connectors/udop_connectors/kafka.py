@@ -298,25 +298,31 @@ class KafkaStream:
         return self._batch(messages)
 
     def _batch(self, messages: list[Any]) -> StreamBatch:
-        partitions = [m.partition() for m in messages]
-        offsets = [m.offset() for m in messages]
+        keys: list[bytes | None] = []
+        values: list[bytes | None] = []
+        partitions: list[int] = []
+        offsets: list[int] = []
+        stamps: list[int] = []
+        end: dict[str, int] = {}
+        for m in messages:  # one pass: per-message calls into the client are the cost here
+            p, o = m.partition(), m.offset()
+            keys.append(m.key())
+            values.append(m.value())
+            partitions.append(p)
+            offsets.append(o)
+            stamps.append(m.timestamp()[1])
+            end[str(p)] = o + 1  # a partition's messages arrive in offset order
         meta = {
             "_key": pa.array(
-                [None if (k := m.key()) is None else k.decode("utf-8", "replace") for m in messages],
-                type=pa.string(),
+                [None if k is None else k.decode("utf-8", "replace") for k in keys], pa.string()
             ),
             "_partition": pa.array(partitions, type=pa.int32()),
             "_offset": pa.array(offsets, type=pa.int64()),
-            "_timestamp": pa.array([m.timestamp()[1] for m in messages], type=pa.timestamp("ms", "UTC")),
+            "_timestamp": pa.array(stamps, type=pa.timestamp("ms", "UTC")),
         }
-        table = messages_table(
-            [m.value() for m in messages], meta, self.connector.settings.format, self.schema
-        )
-        end: dict[str, int] = {}
-        for p, o in zip(partitions, offsets, strict=True):
-            end[str(p)] = max(end.get(str(p), 0), o + 1)
-        for p, o in end.items():
-            self.next[int(p)] = o
+        table = messages_table(values, meta, self.connector.settings.format, self.schema)
+        for p_text, o in end.items():
+            self.next[int(p_text)] = o
         return StreamBatch(table=table, end=end)
 
     def commit(self, end: Mapping[str, Any], acks: list[Any]) -> None:

@@ -10,6 +10,8 @@ write nothing; only then do the positions move, in the transaction that settles 
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import threading
 import time
 from collections import deque
@@ -133,19 +135,64 @@ class StreamRunner:
         self.executor.request_stop("stream halted")
 
     def run(self, *, max_batches: int | None = None) -> StreamFigures:
-        """Consume until stopped (or ``max_batches`` batches ran, for tests and benchmarks)."""
+        """Consume until stopped (or ``max_batches`` batches ran, for tests and benchmarks).
+
+        A reader thread polls the next batch while the current one runs, through a queue of one: at
+        most one batch waits (back-pressure: a slow sink slows consumption, memory stays bounded). A
+        batch read but not yet recorded when the runner stops is read again at the next start (Kafka:
+        its offsets were never stored; Redis: never acknowledged, so still pending).
+        """
         pending = self.batches.pending(self.pipeline.name)
         if pending is not None:
             self._recover(pending)
         self.source.seek(self.batches.positions(self.pipeline.name))
-        while not self.stop.is_set() and (max_batches is None or self.figures.batches < max_batches):
-            batch = self.source.poll(self.stream.max_batch_rows, self.stream.max_batch_seconds, self.stop)
-            self.figures.lag = self.source.lag()
-            if batch is None or batch.rows == 0:
-                self.report(self.figures)
-                continue
-            self._process(batch)
+        ahead: queue.Queue[StreamBatch | BaseException | None] = queue.Queue(maxsize=1)
+        done = threading.Event()
+        reader = threading.Thread(
+            target=self._read_ahead, args=(ahead, done), name="udop-stream-reader", daemon=True
+        )
+        reader.start()
+        try:
+            while not self.stop.is_set() and (max_batches is None or self.figures.batches < max_batches):
+                try:
+                    item = ahead.get(timeout=0.5)
+                except queue.Empty:
+                    self.report(self.figures)
+                    continue
+                if isinstance(item, BaseException):
+                    raise item
+                if item is None:
+                    self.figures.lag = self.source.lag()
+                    self.report(self.figures)
+                    continue
+                self._process(item)
+                self.figures.lag = self.source.lag()
+        finally:
+            done.set()
+            while reader.is_alive():  # unblock a reader waiting for room, then let it see ``done``
+                with contextlib.suppress(queue.Empty):
+                    ahead.get_nowait()
+                reader.join(0.1)
         return self.figures
+
+    def _read_ahead(
+        self, ahead: queue.Queue[StreamBatch | BaseException | None], done: threading.Event
+    ) -> None:
+        while not done.is_set():
+            item: StreamBatch | BaseException | None
+            try:
+                batch = self.source.poll(self.stream.max_batch_rows, self.stream.max_batch_seconds, done)
+                item = batch if batch is not None and batch.rows else None
+            except BaseException as exc:  # a source error ends the stream: the main thread raises it
+                item = exc
+            while not done.is_set():
+                try:
+                    ahead.put(item, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item, BaseException):
+                return
 
     # ------------------------------------------------------------------ one batch
 
