@@ -51,7 +51,8 @@ def test_killed_between_commit_and_xack_then_restarted_loads_every_entry_once(
     assert first.returncode == -signal.SIGKILL, err
     loaded = count_rows(engine, table)
     assert 0 < loaded[0] <= 200 and loaded[0] == loaded[1]
-    assert client.xpending(stream_key, group)["pending"] == loaded[0]  # committed, never acknowledged
+    # committed but never acknowledged (and, read ahead by the reader thread, the next batch's entries)
+    assert client.xpending(stream_key, group)["pending"] >= loaded[0]
 
     again = udop(tmp_path, "stream", "p.yaml")
     wait_for(lambda: count_rows(engine, table)[0] >= total, f"{total} rows in {table}")
