@@ -9,9 +9,12 @@ SQS and Kinesis event shapes (``sqs_event_table``, ``kinesis_event_table``).
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
@@ -380,3 +383,103 @@ class KinesisStream:
 
     def close(self) -> None:
         self.connector.close()
+
+
+# ------------------------------------------------------------------------------ Lambda event batches
+
+
+@dataclass(frozen=True)
+class LambdaBatch:
+    """A Lambda event source mapping's delivery as one micro-batch."""
+
+    #: what the mapping reads: the queue's or stream's ARN, or ``kafka:<topic>``
+    source: str
+    table: pa.Table
+    #: the positions after the batch (Kinesis: shard -> sequence; Kafka: partition -> next offset)
+    end: dict[str, Any]
+    #: names the delivery: the same records give the same id (a retried delivery resumes its run)
+    digest: str
+    #: the response that makes the service deliver the whole batch again (``batchItemFailures``)
+    all_failed: list[dict[str, str]]
+
+
+def lambda_event_batch(
+    event: Mapping[str, Any], fmt: str = "json", schema: pa.Schema | None = None
+) -> LambdaBatch:
+    """The records of an SQS, Kinesis or Kafka (MSK, self-managed) event as a table."""
+    records = event.get("Records")
+    if isinstance(records, list) and records:
+        kind = records[0].get("eventSource")
+        source = str(records[0].get("eventSourceARN", ""))
+        if kind == "aws:sqs":
+            ids = [str(r["messageId"]) for r in records]
+            table = sqs_event_table(records, fmt, schema)
+            return LambdaBatch(source, table, {}, _digest(source, ids), [{"itemIdentifier": i} for i in ids])
+        if kind == "aws:kinesis":
+            parts = [r["kinesis"] for r in records]
+            shards = [str(r.get("eventID", "")).split(":", 1)[0] for r in records]
+            end: dict[str, Any] = {}
+            for shard, part in zip(shards, parts, strict=True):
+                end[shard] = part["sequenceNumber"]
+            table = kinesis_event_table(parts, shards, fmt, schema)
+            sequences = [str(p["sequenceNumber"]) for p in parts]
+            return LambdaBatch(
+                source, table, end, _digest(source, sequences), [{"itemIdentifier": sequences[0]}]
+            )
+    by_partition = event.get("records")
+    if event.get("eventSource") in ("aws:kafka", "SelfManagedKafka") and isinstance(by_partition, Mapping):
+        messages = [m for part in by_partition.values() for m in part]
+        if messages:
+            topic = str(messages[0]["topic"])
+            end = {}
+            for m in messages:
+                end[str(m["partition"])] = max(int(end.get(str(m["partition"]), 0)), int(m["offset"]) + 1)
+            values = [None if m.get("value") is None else base64.b64decode(m["value"]) for m in messages]
+            meta = {
+                "_key": pa.array(
+                    [
+                        None
+                        if m.get("key") is None
+                        else base64.b64decode(m["key"]).decode("utf-8", "replace")
+                        for m in messages
+                    ],
+                    pa.string(),
+                ),
+                "_partition": pa.array([int(m["partition"]) for m in messages], pa.int32()),
+                "_offset": pa.array([int(m["offset"]) for m in messages], pa.int64()),
+                "_timestamp": pa.array([int(m.get("timestamp") or 0) for m in messages], pa.int64()).cast(
+                    pa.timestamp("ms", "UTC")
+                ),
+            }
+            table = messages_table(values, meta, fmt, schema)
+            source = f"kafka:{topic}"
+            keys = [f"{m['partition']}:{m['offset']}" for m in messages]
+            return LambdaBatch(source, table, end, _digest(source, keys), [])
+    raise ValueError(
+        "not an SQS, Kinesis or Kafka event with records (the stream runner's event source "
+        "mappings send those)"
+    )
+
+
+def _digest(source: str, ids: Sequence[str]) -> str:
+    raw = json.dumps([source, ids[0], ids[-1], len(ids)])
+    return hashlib.sha256(raw.encode()).hexdigest()[:20]
+
+
+def lambda_event_source(event: Mapping[str, Any]) -> str:
+    """The source an event source mapping's event came from (as ``LambdaBatch.source`` names it)."""
+    records = event.get("Records")
+    if isinstance(records, list) and records and isinstance(records[0], Mapping):
+        return str(records[0].get("eventSourceARN", ""))
+    by_partition = event.get("records")
+    if isinstance(by_partition, Mapping):
+        for part in by_partition.values():
+            if part:
+                return f"kafka:{part[0]['topic']}"
+    raise ValueError("not an SQS, Kinesis or Kafka event with records")
+
+
+def lambda_decoder(event: Mapping[str, Any], options: Mapping[str, Any]) -> LambdaBatch:
+    """``lambda_event_batch`` with the stream source's ``format`` and ``columns`` options."""
+    schema = schema_from_mapping(options.get("columns"))
+    return lambda_event_batch(event, str(options.get("format") or "json"), schema)

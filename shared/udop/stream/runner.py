@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+
 from udop import faults
 from udop.executor.local import LocalExecutor, new_run_id
 from udop.spec.models import Pipeline, StreamTrigger
@@ -113,7 +115,7 @@ class StreamRunner:
         pipeline: Pipeline,
         store: SqlMetadataStore,
         executor: LocalExecutor,
-        source: StreamSource,
+        source: StreamSource | None,
         *,
         stop: threading.Event | None = None,
         report: Callable[[StreamFigures], None] | None = None,
@@ -128,6 +130,9 @@ class StreamRunner:
         self.halted = False
         self.report = report or (lambda _figures: None)
         self.figures = StreamFigures()
+        #: run_batch: one try per call, the caller retries (a Lambda delivery)
+        self.once = False
+        self._last: RunState | None = None
 
     def halt(self) -> None:
         self.halted = True
@@ -142,14 +147,17 @@ class StreamRunner:
         batch read but not yet recorded when the runner stops is read again at the next start (Kafka:
         its offsets were never stored; Redis: never acknowledged, so still pending).
         """
+        source = self.source
+        if source is None:
+            raise ValueError("run() consumes a source; give StreamRunner one (run_batch takes batches in)")
         pending = self.batches.pending(self.pipeline.name)
         if pending is not None:
             self._recover(pending)
-        self.source.seek(self.batches.positions(self.pipeline.name))
+        source.seek(self.batches.positions(self.pipeline.name))
         ahead: queue.Queue[StreamBatch | BaseException | None] = queue.Queue(maxsize=1)
         done = threading.Event()
         reader = threading.Thread(
-            target=self._read_ahead, args=(ahead, done), name="udop-stream-reader", daemon=True
+            target=self._read_ahead, args=(source, ahead, done), name="udop-stream-reader", daemon=True
         )
         reader.start()
         try:
@@ -162,11 +170,11 @@ class StreamRunner:
                 if isinstance(item, BaseException):
                     raise item
                 if item is None:
-                    self.figures.lag = self.source.lag()
+                    self.figures.lag = source.lag()
                     self.report(self.figures)
                     continue
                 self._process(item)
-                self.figures.lag = self.source.lag()
+                self.figures.lag = source.lag()
         finally:
             done.set()
             while reader.is_alive():  # unblock a reader waiting for room, then let it see ``done``
@@ -176,12 +184,15 @@ class StreamRunner:
         return self.figures
 
     def _read_ahead(
-        self, ahead: queue.Queue[StreamBatch | BaseException | None], done: threading.Event
+        self,
+        source: StreamSource,
+        ahead: queue.Queue[StreamBatch | BaseException | None],
+        done: threading.Event,
     ) -> None:
         while not done.is_set():
             item: StreamBatch | BaseException | None
             try:
-                batch = self.source.poll(self.stream.max_batch_rows, self.stream.max_batch_seconds, done)
+                batch = source.poll(self.stream.max_batch_rows, self.stream.max_batch_seconds, done)
                 item = batch if batch is not None and batch.rows else None
             except BaseException as exc:  # a source error ends the stream: the main thread raises it
                 item = exc
@@ -216,7 +227,8 @@ class StreamRunner:
             return
         if run.state == RunState.SUCCEEDED:  # killed after the run, before the positions moved
             self.batches.settle(self.pipeline.name, pending.run_id, "committed")
-            self.source.commit(pending.end, pending.acks)
+            if self.source is not None:
+                self.source.commit(pending.end, pending.acks)
             return
         task = next(t for t in run.tasks if t.task_id == self.stream.id)
         if task.result is not None:
@@ -263,17 +275,22 @@ class StreamRunner:
                 faults.point("stream-run-succeeded")
                 self.batches.settle(name, run_id, "committed")
                 faults.point("stream-offsets-committed")
-                self.source.commit(end, acks)
+                if self.source is not None:
+                    self.source.commit(end, acks)
                 self._done(run_id, rows, began, "committed")
                 return
-            if self.halted or record.state == RunState.CANCELLED:
+            if self.halted or record.state == RunState.CANCELLED or self.once:
+                if self.once:  # the caller retries the delivery (Lambda): the next try resumes this run
+                    self.batches.tried(name, run_id, record.error)
+                    self._last = record.state
                 return  # stays pending: the next start resumes it
             self.figures.failed_tries += 1
             dead = self.stream.dead_letter
             if dead is not None and tries >= dead.after:
                 self._dead_letter(run_id, manifest)
                 self.batches.settle(name, run_id, "dead_letter", error=record.error)
-                self.source.commit(end, acks)
+                if self.source is not None:
+                    self.source.commit(end, acks)
                 self.figures.dead_lettered += rows
                 self._done(run_id, rows, began, "dead-lettered")
                 return
@@ -282,6 +299,28 @@ class StreamRunner:
             self.report(self.figures)
             if self.stop.wait(self.stream.retry_delay) and self.halted:
                 return
+
+    def run_batch(self, table: pa.Table, *, run_id: str, end: Mapping[str, Any]) -> RunState:
+        """Run one batch handed in from outside (a Lambda event's records) as run ``run_id``, once.
+
+        ``run_id`` names the delivery (derived from its records): a delivery tried again resumes the run
+        of its first try, whose committed loads find their ledger entries, and a delivery whose batch
+        already committed does nothing. Returns the run's state; a failed batch stays pending.
+        """
+        self.once = True
+        name = self.pipeline.name
+        existing = self.batches.batch(name, run_id)
+        if existing is not None and existing.state != "pending":
+            return RunState.SUCCEEDED  # committed (or dead-lettered) by an earlier delivery
+        self._last = RunState.SUCCEEDED
+        if existing is not None:
+            self._recover(existing)
+            return self._last
+        uri = dataset_uri(self.executor.data_root, name, run_id, self.stream.id)
+        manifest = write_parquet(table, uri)
+        self.batches.begin(name, run_id, self.batches.positions(name), end, [], int(table.num_rows))
+        self._run(run_id, manifest, end, [], int(table.num_rows), resume=False, tries=1)
+        return self._last
 
     def _done(self, run_id: str, rows: int, began: float, state: str) -> None:
         f = self.figures

@@ -72,6 +72,15 @@ class StreamStore:
             ).first()
         return _record(row) if row is not None else None
 
+    def batch(self, pipeline: str, run_id: str) -> BatchRecord | None:
+        with transaction(self._engine, write=False) as conn:
+            row = conn.execute(
+                select(stream_batches).where(
+                    stream_batches.c.pipeline == pipeline, stream_batches.c.run_id == run_id
+                )
+            ).first()
+        return _record(row) if row is not None else None
+
     def batches(self, pipeline: str, limit: int = 100) -> list[BatchRecord]:
         with transaction(self._engine, write=False) as conn:
             rows = conn.execute(
