@@ -60,6 +60,7 @@ FUNCTION_LAYERS: dict[str, list[str]] = {
     "deployer": ["core"],
     "run_events": ["core", "openlineage"],
     "api": ["core", "api"],
+    "stream_runner": ["core", "connectors", "transforms"],
 }
 #: our own packages, copied as source into the core layer (with one dist-info for entry points)
 OWN_PACKAGES = [

@@ -33,6 +33,7 @@ FUNCTION_LAYERS = {
     "deployer": ("core",),
     "run_events": ("core", "openlineage"),  # OpenLineage events leave from where attempts are recorded
     "api": ("core", "api"),
+    "stream_runner": ("core", "connectors", "transforms"),  # udop_infra.streams
 }
 
 #: what creating or updating a state machine with a loggingConfiguration needs from its caller
@@ -190,7 +191,7 @@ class Runtime(Construct):
                 self,
                 "".join(part.capitalize() for part in spec.name.split("_")),
                 spec=spec,
-                code=code or _function_code(spec.name, config),
+                code=code or function_code(spec.name, config),
                 layers=[self.layers[name] for name in FUNCTION_LAYERS[spec.name]],
                 environment=environment,
                 network=network,
@@ -489,7 +490,8 @@ def _function_folder(name: str, config: DeploymentConfig) -> Path:
     return folder
 
 
-def _function_code(name: str, config: DeploymentConfig) -> lambda_.Code:
+def function_code(name: str, config: DeploymentConfig) -> lambda_.Code:
+    """``functions/<name>/`` as a function's code (a placeholder in the fast test tier)."""
     return lambda_.Code.from_asset(str(_function_folder(name, config)), exclude=FUNCTION_CODE_EXCLUDE)
 
 
