@@ -60,7 +60,6 @@ class StreamProcessing(Construct):
                 "UDOP_DATABASE_SECRET_ARN": data.db_secret.secret_arn,
                 "UDOP_STATE_URL": data.state_url,
                 "UDOP_STATE_SECRET_ARN": data.cache_secret.secret_arn,
-                **({"UDOP_CODE_DIR": runtime.pipeline_code_dir} if runtime.pipeline_code_dir else {}),
             },
             network=network,
             config=config,
