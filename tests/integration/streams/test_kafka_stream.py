@@ -170,3 +170,52 @@ def test_sigterm_between_batches_exits_0_with_nothing_pending(kafka: str, tmp_pa
     finally:
         source.close()
         store.close()
+
+
+def test_a_load_produces_rows_as_json_messages_with_stable_ids(kafka: str, tmp_path: Path) -> None:
+    import json
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    from udop.executor.local import LocalExecutor
+    from udop.spec.loader import load_pipeline
+    from udop.store import open_store
+
+    topic = unique("sink")
+    create_topic(kafka, topic, partitions=1)
+    (tmp_path / "orders.csv").write_text("id,amount\n1,3.5\n2,4.0\n3,0.5\n")
+    (tmp_path / "p.yaml").write_text(f"""
+apiVersion: udop/v1
+kind: Pipeline
+metadata: {{name: {topic}}}
+spec:
+  tasks:
+    - {{id: orders, type: extract, source: {{connector: csv, path: orders.csv}}}}
+    - id: publish
+      type: load
+      depends_on: [orders]
+      target: {{connector: kafka, bootstrap_servers: "{kafka}", topic: {topic}, key_column: id}}
+""")
+    store = open_store(f"sqlite:///{tmp_path / 'meta.db'}")
+    try:
+        record = LocalExecutor(
+            store, data_root=str(tmp_path / "data"), services={"base_dir": str(tmp_path)}
+        ).run(load_pipeline(tmp_path / "p.yaml"))
+        assert record.state == "succeeded", record.error
+    finally:
+        store.close()
+    consumer = Consumer({"bootstrap.servers": kafka, "group.id": "h17-check", "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    got: list[Any] = []
+    deadline = time.monotonic() + 20
+    while len(got) < 3 and time.monotonic() < deadline:
+        got += [m for m in consumer.consume(10, 0.5) if m.error() is None]
+    consumer.close()
+    assert [json.loads(m.value()) for m in got] == [
+        {"id": 1, "amount": 3.5},
+        {"id": 2, "amount": 4.0},
+        {"id": 3, "amount": 0.5},
+    ]
+    assert [m.key() for m in got] == [b"1", b"2", b"3"]
+    ids = [dict(m.headers())["udop-message-id"] for m in got]
+    assert len(set(ids)) == 3 and all(i.endswith((b":0", b":1", b":2")) for i in ids)
