@@ -285,9 +285,13 @@ class KafkaStream:
             for m in got:
                 err = m.error()
                 if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        continue
-                    self.connector.error(KafkaException(err), "consuming")
+                    # librdkafka reconnects and refetches by itself after transient errors; only a fatal
+                    # one (a deleted topic, refused credentials) ends the stream
+                    if err.code() != KafkaError._PARTITION_EOF and (
+                        err.fatal() or err.name() in _FATAL_CODES
+                    ):
+                        self.connector.error(KafkaException(err), "consuming")
+                    continue
                 messages.append(m)
             if messages and deadline is None:
                 deadline = time.monotonic() + max_seconds

@@ -194,7 +194,9 @@ class StreamRunner:
             try:
                 batch = source.poll(self.stream.max_batch_rows, self.stream.max_batch_seconds, done)
                 item = batch if batch is not None and batch.rows else None
-            except BaseException as exc:  # a source error ends the stream: the main thread raises it
+            # a source error ends the stream (the main thread raises it): retrying here could skip what
+            # the failed poll had read; a restart resumes from udop's positions
+            except BaseException as exc:
                 item = exc
             while not done.is_set():
                 try:
@@ -313,13 +315,23 @@ class StreamRunner:
         if existing is not None and existing.state != "pending":
             return RunState.SUCCEEDED  # committed (or dead-lettered) by an earlier delivery
         self._last = RunState.SUCCEEDED
-        if existing is not None:
-            self._recover(existing)
+        if existing is not None and self.store.get_run(run_id) is not None:
+            self._recover(existing)  # an earlier try's run: resumed (or, if it succeeded, settled)
             return self._last
+        # new, or an earlier try stopped before its run was recorded: nothing of it ran
         uri = dataset_uri(self.executor.data_root, name, run_id, self.stream.id)
         manifest = write_parquet(table, uri)
-        self.batches.begin(name, run_id, self.batches.positions(name), end, [], int(table.num_rows))
-        self._run(run_id, manifest, end, [], int(table.num_rows), resume=False, tries=1)
+        if existing is None:
+            self.batches.begin(name, run_id, self.batches.positions(name), end, [], int(table.num_rows))
+        self._run(
+            run_id,
+            manifest,
+            end,
+            [],
+            int(table.num_rows),
+            resume=False,
+            tries=1 if existing is None else existing.tries,
+        )
         return self._last
 
     def _done(self, run_id: str, rows: int, began: float, state: str) -> None:
