@@ -219,3 +219,35 @@ spec:
     assert [m.key() for m in got] == [b"1", b"2", b"3"]
     ids = [dict(m.headers())["udop-message-id"] for m in got]
     assert len(set(ids)) == 3 and all(i.endswith((b":0", b":1", b":2")) for i in ids)
+
+
+def test_sigterm_in_the_middle_of_a_batch_finishes_and_commits_it_then_exits_0(
+    kafka: str, pg_table: tuple[sa.Engine, str], tmp_path: Path
+) -> None:
+    engine, table = pg_table
+    topic = unique("drain")
+    create_topic(kafka, topic)
+    produce(kafka, topic, [{"id": i, "amount": 1} for i in range(500)])
+    target = (
+        "{connector: postgres, host: 127.0.0.1, port: 5432, user: postgres, database: test, "
+        f"table: {table}, mode: append}}"
+    )
+    (tmp_path / "p.yaml").write_text(_kafka_definition(kafka, topic, target, rows=200))
+    # SIGTERM arrives while the first batch's load is committing: that batch ends and commits, no other starts
+    proc = udop(tmp_path, "stream", "p.yaml", fault="load-committed:SIGTERM")
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "(SIGTERM)" in err
+    rows = count_rows(engine, table)
+    assert 0 < rows[0] <= 200 and rows[0] == rows[1]
+
+    from udop.store import open_store
+    from udop.stream.store import StreamStore
+
+    store = open_store(f"sqlite:///{tmp_path / '.udop' / 'udop.db'}")
+    try:
+        (batch,) = StreamStore(store).batches(topic)
+        assert batch.state == "committed" and batch.messages == rows[0]
+        assert StreamStore(store).pending(topic) is None
+    finally:
+        store.close()
