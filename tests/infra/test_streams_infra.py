@@ -94,3 +94,24 @@ def test_mappings_added_in_the_app_report_partial_batch_failures(tmp_path: Path)
         "AWS::Lambda::EventSourceMapping",
         {"EventSourceArn": "arn:aws:kafka:us-east-1:111111111111:cluster/events/abc", "Topics": ["orders"]},
     )
+
+
+def test_the_stream_runner_gets_every_setting_it_validates_at_cold_start(
+    stack: Any, resources: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from udop.aws.settings import StreamRunnerSettings
+    from udop.settings import load_settings, required_variables
+
+    env = resources[stack.get_logical_id(stack.streams.function.node.default_child)]["Properties"][
+        "Environment"
+    ]
+    for name in [n for n in os.environ if n.startswith("UDOP_")]:
+        monkeypatch.delenv(name)
+    for name, value in env["Variables"].items():
+        monkeypatch.setenv(name, value if isinstance(value, str) else "resolved-at-deploy")
+    load_settings(StreamRunnerSettings)  # raises ConfigError naming a gap
+    required = required_variables(StreamRunnerSettings)
+    assert set(required) >= {"UDOP_DEFINITIONS_BUCKET", "UDOP_DATABASE_URL"}
+    assert all(name in env["Variables"] for name in required)
