@@ -103,6 +103,9 @@ class KafkaConnector(Connector):
             conf["sasl.username"] = s.sasl_username
         if s.sasl_password is not None:
             conf["sasl.password"] = self.secret(s.sasl_password)
+        # librdkafka retries a lost broker by itself and logs each try; what matters surfaces as an error
+        # of a call (one line, through self.fail). Level 2: only its critical lines (``config`` may lower it)
+        conf["log_level"] = 2
         conf.update(s.config)
         conf["error_cb"] = self._on_error
         conf["logger"] = _QUIET
@@ -113,11 +116,13 @@ class KafkaConnector(Connector):
 
     def error(self, exc: BaseException, doing: str) -> NoReturn:
         code = _code(exc)
-        retryable = code not in _FATAL_CODES
+        err = exc.args[0] if exc.args else None
+        text = (
+            err.str() if callable(getattr(err, "str", None)) else str(exc).splitlines()[0] if str(exc) else ""
+        )
         self.fail(
-            f"{doing} topic {self.settings.topic!r}: {code or type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}",
-            retryable=retryable,
+            f"{doing} topic {self.settings.topic!r}: {text} ({code or type(exc).__name__})",
+            retryable=code not in _FATAL_CODES,
         )
 
     def partitions_of(self, client: Any) -> list[int]:
