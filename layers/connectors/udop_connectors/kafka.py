@@ -116,10 +116,9 @@ class KafkaConnector(Connector):
 
     def error(self, exc: BaseException, doing: str) -> NoReturn:
         code = _code(exc)
-        err = exc.args[0] if exc.args else None
-        text = (
-            err.str() if callable(getattr(err, "str", None)) else str(exc).splitlines()[0] if str(exc) else ""
-        )
+        err: Any = exc.args[0] if exc.args else None
+        describe = getattr(err, "str", None)
+        text = str(describe()) if callable(describe) else (str(exc).splitlines() or [""])[0]
         self.fail(
             f"{doing} topic {self.settings.topic!r}: {text} ({code or type(exc).__name__})",
             retryable=code not in _FATAL_CODES,
