@@ -31,15 +31,14 @@ class RunnerSettings(PlatformSecrets, AwsResources, StoreSettings, CodeSettings)
     tmp_dir: str = Field("/tmp", description="local staging area for a task's inputs and output")
 
 
-class StreamRunnerSettings(PlatformSecrets, AwsResources, StoreSettings, CodeSettings):
+class StreamRunnerSettings(RunnerSettings):
+    #: the task runner's settings (tmp_dir: the micro-batches' datasets), other requirements:
     #: definitions_bucket: the deployed versions and which pipeline each source feeds; database_url: the
-    #: batches' runs and offsets; state_url (optional): ledgers of file loads, watermarks
+    #: batches' runs and offsets; state_url (optional here): ledgers of file loads, watermarks
     requires: ClassVar[tuple[str, ...]] = ("definitions_bucket", "database_url")
     if TYPE_CHECKING:
         definitions_bucket: str
         database_url: str
-
-    tmp_dir: str = Field("/tmp", description="local folder of the micro-batches' datasets")
 
 
 class DeployerSettings(PlatformSecrets, AwsResources, StoreSettings):
