@@ -186,3 +186,22 @@ def test_a_kinesis_delivery_runs_and_a_failed_one_is_retried_from_its_first_reco
     assert sorted(ds.dataset(out).to_table().column("id").to_pylist()) == [0, 1, 2]
     bad = {"Records": [record(10, b"{}"), record(11, json.dumps({"id": 11}).encode())]}
     assert _invoke(env, bad) == {"batchItemFailures": [{"itemIdentifier": f"4959{10:040d}"}]}
+
+
+def test_an_uploaded_stream_pipeline_is_refused_with_a_pointer_to_udop_deploy(
+    moto_aws: Any, tmp_path: Path
+) -> None:
+    s3 = moto_aws.client("s3")
+    name = f"{moto_aws.prefix}-uploaded"
+    text = _definition(
+        tmp_path, name, f"{{connector: sqs, queue: {moto_aws.prefix}-q}}", Path("out")
+    ).read_text()
+    s3.put_object(Bucket=moto_aws.definitions_bucket, Key=f"pipelines/{name}.yaml", Body=text.encode())
+    status = json.loads(
+        s3.get_object(Bucket=moto_aws.definitions_bucket, Key=f"pipelines/{name}.status.json")["Body"].read()
+    )
+    assert status["ok"] is False
+    assert "deploy it with udop deploy FILE" in status["errors"][0]["text"]
+    assert not moto_aws.client("lambda").list_event_source_mappings(FunctionName=moto_aws.stream_runner_arn)[
+        "EventSourceMappings"
+    ]
