@@ -47,6 +47,9 @@ class RabbitMQSettings(ConnectorSettings):
     max_messages: int = Field(10_000, ge=1, description="read at most this many messages per run")
     prefetch: int = Field(10_000, ge=1, le=65_535, description="udop stream: unacknowledged messages the "
                           "broker may hand this consumer at once")
+    queue_type: Literal["classic", "stream"] = Field(
+        "classic", description="udop stream: 'stream' for a stream queue (x-queue-type: stream), read "
+        "from the offset udop keeps")
     wait: Duration = Field(
         0.0, description="read: how long to wait for more messages once the queue is empty"
     )
@@ -275,8 +278,10 @@ class RabbitMQConnector(Connector):
 
 class RabbitMQStream:
     """A queue consumed continuously (``udop stream``), with a prefetch window as the broker's side of
-    back-pressure. A batch's messages are acknowledged only after it committed in udop; the ids
-    (``message_id``) of the last committed batch are udop's position, so a message the broker hands
+    back-pressure. A stream queue (``queue_type: stream``) is read from the offset udop keeps (the
+    ``x-stream-offset`` after the last committed batch), as Kafka is. For a classic queue, a batch's
+    messages are acknowledged only after it committed in udop; the ids (``message_id``) of the last
+    committed batch are udop's position, so a message the broker hands
     back after a crash between the commit and the ack is acknowledged, not loaded again. Messages
     without a ``message_id`` cannot be told apart: for them that moment is at-least-once.
 
@@ -290,11 +295,15 @@ class RabbitMQStream:
         self._ack_up_to: int | None = None
         self._lock = threading.Lock()
         self._deliveries: Any = None
+        self.offset: int | str = "first"
 
     def seek(self, positions: Mapping[str, Any]) -> None:
         import pika.exceptions
 
         self.committed = set(positions.get("committed", []))
+        offset = positions.get("offset")
+        self.offset = int(offset) if offset is not None else "first"
+        self._deliveries = None  # a stream queue's consumer starts at the offset given when it is made
         try:
             self.connector.channel.basic_qos(prefetch_count=self.connector.settings.prefetch)
         except pika.exceptions.AMQPError as exc:
@@ -313,15 +322,27 @@ class RabbitMQStream:
         bodies: list[bytes] = []
         ids: list[str | None] = []
         tags: list[int] = []
+        offsets: list[int] = []
         deadline: float | None = None
         try:
             self._send_acks()
             channel = self.connector.channel
+            stream_queue = s.queue_type == "stream"
             if self._deliveries is None:  # one consumer for the stream's life: its deliveries stay in order
-                self._deliveries = channel.consume(s.queue, inactivity_timeout=0.2)
+                arguments = {"x-stream-offset": self.offset} if stream_queue else None
+                self._deliveries = channel.consume(s.queue, inactivity_timeout=0.2, arguments=arguments)
             for method, props, body in self._deliveries:
                 self._send_acks()
-                if method is not None:
+                if method is not None and stream_queue:
+                    # a stream queue's ack is flow control only (nothing is removed or redelivered): at once
+                    channel.basic_ack(delivery_tag=method.delivery_tag)
+                    offsets.append(int((props.headers or {})["x-stream-offset"]))
+                    bodies.append(body)
+                    ids.append(getattr(props, "message_id", None))
+                    tags.append(method.delivery_tag)
+                    if deadline is None:
+                        deadline = time.monotonic() + max_seconds
+                elif method is not None:
                     message_id = getattr(props, "message_id", None)
                     if method.redelivered and message_id is not None and message_id in self.committed:
                         channel.basic_ack(delivery_tag=method.delivery_tag)  # committed before a crash
@@ -341,12 +362,18 @@ class RabbitMQStream:
         if not bodies:
             return None
         meta = {"_message_id": pa.array(ids, pa.string()), "_delivery_tag": pa.array(tags, pa.int64())}
+        if offsets:
+            meta["_offset"] = pa.array(offsets, pa.int64())
+            table = messages_table(bodies, meta, s.format, self.schema)
+            return StreamBatch(table=table, end={"offset": max(offsets) + 1})  # udop's position: exactly once
         table = messages_table(bodies, meta, s.format, self.schema)
         committed = [i for i in ids if i is not None]
         return StreamBatch(table=table, end={"committed": committed}, acks=[max(tags)])
 
     def commit(self, end: Mapping[str, Any], acks: list[Any]) -> None:
         with self._lock:
+            if "offset" in end:
+                self.offset = int(end["offset"])
             self.committed = set(end.get("committed", []))
             if acks:
                 self._ack_up_to = max(int(acks[0]), self._ack_up_to or 0)
