@@ -22,7 +22,7 @@ from udop.store import open_store
 from udop.stream.runner import StreamRunner, open_source
 from udop.stream.store import StreamStore
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, pytest.mark.aws]
 
 LOCALSTACK = bool(os.environ.get("AWS_ENDPOINT_URL"))
 REGION = "us-east-1"

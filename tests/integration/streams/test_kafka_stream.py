@@ -20,7 +20,7 @@ from streams_support import count_rows, create_topic, definition, produce, udop,
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 UDOP = str(Path(sys.executable).parent / "udop")
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 
 def _kafka_definition(bootstrap: str, topic: str, target: str, *, rows: int = 300, extra: str = "") -> str:
