@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +38,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration" / "streams"))
-from streams_support import PG_URL, create_topic, tansu  # noqa: E402
+from streams_support import (  # type: ignore[import-not-found,unused-ignore]  # (the path above)
+    PG_URL,
+    create_topic,
+    tansu,
+)
 
-from udop.stream import StreamBatch  # noqa: E402
+from udop.stream import StreamBatch
 
 PG = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -130,8 +134,9 @@ spec:
 """
 
 
-def run_udop(bootstrap: str, topic: str, target: str, expect: int, batch: int, seconds: float,
-             work: Path) -> Timed:
+def run_udop(
+    bootstrap: str, topic: str, target: str, *, expect: int, batch: int, seconds: float, work: Path
+) -> Timed:
     from udop.executor.local import LocalExecutor
     from udop.spec.loader import load_pipeline
     from udop.store import open_store
@@ -157,15 +162,30 @@ def run_udop(bootstrap: str, topic: str, target: str, expect: int, batch: int, s
     return source
 
 
-def run_plain(bootstrap: str, topic: str, sink: str, table: str, folder: Path, expect: int, batch: int,
-              seconds: float) -> Timed:
+def run_plain(
+    bootstrap: str,
+    topic: str,
+    sink: str,
+    *,
+    table: str,
+    folder: Path,
+    expect: int,
+    batch: int,
+    seconds: float,
+) -> Timed:
     import psycopg
     import pyarrow.json as pajson
     import pyarrow.parquet as pq
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "plain", "enable.auto.commit": False,
-                         "queued.max.messages.kbytes": 16384})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "plain",
+            "enable.auto.commit": False,
+            "queued.max.messages.kbytes": 16384,
+        }
+    )
     consumer.assign([TopicPartition(topic, p, 0) for p in (0, 1)])
     schema = pa.schema([("id", pa.int64()), ("amount", pa.int64()), ("name", pa.string())])
     timed = Timed(None)
@@ -185,14 +205,21 @@ def run_plain(bootstrap: str, topic: str, sink: str, table: str, folder: Path, e
         if not messages:
             continue
         stamps = [m.timestamp()[1] / 1000 for m in messages]
-        data = pajson.read_json(pa.BufferReader(b"\n".join(m.value() for m in messages)),
-                                parse_options=pajson.ParseOptions(explicit_schema=schema))
+        data = pajson.read_json(
+            pa.BufferReader(b"\n".join(m.value() for m in messages)),
+            parse_options=pajson.ParseOptions(explicit_schema=schema),
+        )
         data = data.filter(pc.greater_equal(data["amount"], 0))
         data = data.append_column("total", pc.multiply(data["amount"], 2))
         if conn is not None:
-            with conn.transaction(), conn.cursor() as cur, \
-                    cur.copy(f'COPY "{table}" (id, amount, name, total) FROM STDIN') as copy:
-                for row in zip(*(data[c].to_pylist() for c in ("id", "amount", "name", "total")), strict=True):
+            with (
+                conn.transaction(),
+                conn.cursor() as cur,
+                cur.copy(f'COPY "{table}" (id, amount, name, total) FROM STDIN') as copy,
+            ):
+                for row in zip(
+                    *(data[c].to_pylist() for c in ("id", "amount", "name", "total")), strict=True
+                ):
                     copy.write_row(row)
         else:
             pq.write_table(data, folder / f"part-{n}.parquet")
@@ -217,7 +244,9 @@ def latency(label: str, sink: str, timed: Timed) -> None:
     lat = sorted(timed.latencies)
     p50 = statistics.median(lat)
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-    print(f"  {sink:<9} {label:<9} p50 {p50 * 1000:>7.0f} ms   p99 {p99 * 1000:>7.0f} ms   ({len(lat):,} msgs)")
+    print(
+        f"  {sink:<9} {label:<9} p50 {p50 * 1000:>7.0f} ms   p99 {p99 * 1000:>7.0f} ms   ({len(lat):,} msgs)"
+    )
 
 
 def main() -> None:
@@ -241,10 +270,14 @@ def main() -> None:
             folder.mkdir()
             tables.append(table)
             with engine.begin() as conn:
-                conn.execute(sa.text(f'CREATE TABLE "{table}" (id bigint, amount bigint, name text, total bigint)'))
+                conn.execute(
+                    sa.text(f'CREATE TABLE "{table}" (id bigint, amount bigint, name text, total bigint)')
+                )
             if sink == "postgres":
-                spec = ("{connector: postgres, host: 127.0.0.1, port: 5432, user: postgres, database: test, "
-                        f"table: {table}, mode: append}}")
+                spec = (
+                    "{connector: postgres, host: 127.0.0.1, port: 5432, user: postgres, database: test, "
+                    f"table: {table}, mode: append}}"
+                )
             else:
                 spec = f"{{connector: parquet, path: {folder}, mode: append}}"
             return spec, table, folder
@@ -257,15 +290,26 @@ def main() -> None:
             if rate is None:
                 produce(bootstrap, topic, count)
             else:
-                producer = threading.Thread(target=produce, args=(bootstrap, topic, count), kwargs={"rate": rate})
+                producer = threading.Thread(
+                    target=produce, args=(bootstrap, topic, count), kwargs={"rate": rate}
+                )
                 producer.start()
             started = time.monotonic()
-            run: Callable[[], Timed]
             if label == "udop":
-                run = lambda: run_udop(bootstrap, topic, spec, count, args.batch, seconds, work)  # noqa: E731
+                timed = run_udop(
+                    bootstrap, topic, spec, expect=count, batch=args.batch, seconds=seconds, work=work
+                )
             else:
-                run = lambda: run_plain(bootstrap, topic, sink, table, folder, count, args.batch, seconds)  # noqa: E731
-            timed = run()
+                timed = run_plain(
+                    bootstrap,
+                    topic,
+                    sink,
+                    table=table,
+                    folder=folder,
+                    expect=count,
+                    batch=args.batch,
+                    seconds=seconds,
+                )
             if producer is not None:
                 producer.join()
             if sink == "postgres":
@@ -297,8 +341,10 @@ def main() -> None:
             with engine.begin() as conn:
                 for table in tables:
                     conn.execute(sa.text(f'DROP TABLE IF EXISTS "{table}"'))
-    print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (shared machine: other "
-          "engineers' tests run beside this)")
+    print(
+        f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (shared machine: other "
+        "engineers' tests run beside this)"
+    )
 
 
 if __name__ == "__main__":
