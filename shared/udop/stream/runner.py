@@ -27,7 +27,7 @@ from udop.spec.models import Pipeline, StreamTrigger
 from udop.states import RunState
 from udop.store.sql import SqlMetadataStore
 from udop.stream.source import StreamBatch, StreamSource
-from udop.stream.store import BatchRecord, StreamStore
+from udop.stream.store import LEASE_TTL, BatchRecord, StreamLease, StreamStore
 from udop.tasks.contract import TaskResult, dataset_uri
 from udop.tasks.datasets import Manifest, write_parquet
 
@@ -119,6 +119,7 @@ class StreamRunner:
         *,
         stop: threading.Event | None = None,
         report: Callable[[StreamFigures], None] | None = None,
+        state: Any = None,
     ) -> None:
         self.pipeline = pipeline
         self.stream = _stream(pipeline)
@@ -130,6 +131,8 @@ class StreamRunner:
         self.halted = False
         self.report = report or (lambda _figures: None)
         self.figures = StreamFigures()
+        #: the state store of the stream's lease (one udop stream per pipeline); default UDOP_STATE_URL
+        self.state = state
         #: run_batch: one try per call, the caller retries (a Lambda delivery)
         self.once = False
         self._last: RunState | None = None
@@ -150,6 +153,23 @@ class StreamRunner:
         source = self.source
         if source is None:
             raise ValueError("run() consumes a source; give StreamRunner one (run_batch takes batches in)")
+        state = self.state
+        if state is None:
+            from udop.state import open_state_store
+
+            state = open_state_store()
+        lease = StreamLease(state, self.pipeline.name)
+        try:
+            lease.acquire()
+            try:
+                return self._consume(source, lease, max_batches)
+            finally:
+                lease.release()
+        finally:
+            if self.state is None:
+                state.close()
+
+    def _consume(self, source: StreamSource, lease: StreamLease, max_batches: int | None) -> StreamFigures:
         pending = self.batches.pending(self.pipeline.name)
         if pending is not None:
             self._recover(pending)
@@ -160,12 +180,16 @@ class StreamRunner:
             target=self._read_ahead, args=(source, ahead, done), name="udop-stream-reader", daemon=True
         )
         reader.start()
+        renew_at = time.monotonic() + LEASE_TTL / 3
         try:
             while not self.stop.is_set() and (max_batches is None or self.figures.batches < max_batches):
                 try:
                     item = ahead.get(timeout=0.5)
                 except queue.Empty:
                     self.report(self.figures)
+                    if time.monotonic() >= renew_at:
+                        lease.renew()
+                        renew_at = time.monotonic() + LEASE_TTL / 3
                     continue
                 if isinstance(item, BaseException):
                     raise item
@@ -175,6 +199,9 @@ class StreamRunner:
                     continue
                 self._process(item)
                 self.figures.lag = source.lag()
+                if time.monotonic() >= renew_at:
+                    lease.renew()
+                    renew_at = time.monotonic() + LEASE_TTL / 3
         finally:
             done.set()
             while reader.is_alive():  # unblock a reader waiting for room, then let it see ``done``

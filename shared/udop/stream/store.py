@@ -176,3 +176,58 @@ class StreamStore:
                         pipeline=pipeline, positions=end, updated_at=now, batches=1, messages=row.messages
                     )
                 )
+
+
+#: how long a stream's lease outlives a holder that stopped renewing it (one on another machine)
+LEASE_TTL = 60.0
+
+
+class StreamLease:
+    """One ``udop stream`` per pipeline: a lease in the state store (``udop:stream-lease:<pipeline>``),
+    renewed while the stream runs. A holder that died on this machine is taken over at once; one on
+    another machine after ``LEASE_TTL`` seconds without renewal."""
+
+    def __init__(self, state: Any, pipeline: str) -> None:
+        import os
+        import socket
+        import uuid
+
+        self.state = state
+        self.pipeline = pipeline
+        self.key = f"udop:stream-lease:{pipeline}"
+        self.token = f"{os.getpid()}@{socket.gethostname()}#{uuid.uuid4().hex}"
+
+    def acquire(self) -> None:
+        import socket
+
+        from udop.errors import InputError
+        from udop.executor.local import owner_alive
+
+        for _ in range(3):
+            if self.state.set_if_absent(self.key, self.token, ttl=LEASE_TTL):
+                return
+            held = self.state.get(self.key)
+            if held is None:
+                continue  # expired in between
+            owner = held.split("#", 1)[0]
+            if owner.rsplit("@", 1)[-1] == socket.gethostname() and not owner_alive(owner):
+                if self.state.compare_and_set(self.key, held, self.token, ttl=LEASE_TTL):
+                    return  # its holder died here (killed): taken over
+                continue
+            raise InputError(
+                f"pipeline {self.pipeline!r} is already streamed by process {owner}; stop it "
+                f"first (a holder on another machine frees it {LEASE_TTL:g} s after it stops)"
+            )
+        raise InputError(f"pipeline {self.pipeline!r}: the stream's lease keeps changing hands; try again")
+
+    def renew(self) -> None:
+        from udop.errors import StoreError
+
+        if not self.state.compare_and_set(self.key, self.token, self.token, ttl=LEASE_TTL):
+            raise StoreError(
+                f"pipeline {self.pipeline!r}: this udop stream lost its lease (another process "
+                "took the stream over); stopping"
+            )
+
+    def release(self) -> None:
+        self.state.delete_if_equals(self.key, self.token)

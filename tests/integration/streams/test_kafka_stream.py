@@ -251,3 +251,26 @@ def test_sigterm_in_the_middle_of_a_batch_finishes_and_commits_it_then_exits_0(
         assert StreamStore(store).pending(topic) is None
     finally:
         store.close()
+
+
+def test_a_second_udop_stream_of_the_same_pipeline_is_refused(kafka: str, tmp_path: Path) -> None:
+    topic = unique("lease")
+    create_topic(kafka, topic, partitions=1)
+    produce(kafka, topic, [{"id": i, "amount": 1} for i in range(20)], partitions=1)
+    (tmp_path / "p.yaml").write_text(
+        _kafka_definition(
+            kafka, topic, f"{{connector: parquet, path: {tmp_path / 'out'}, mode: append}}", rows=10
+        )
+    )
+    first = udop(tmp_path, "stream", "p.yaml")
+    try:
+        wait_for(lambda: (tmp_path / "out").exists() and any((tmp_path / "out").iterdir()), "the first batch")
+        second = udop(tmp_path, "stream", "p.yaml")
+        _out, err = second.communicate(timeout=60)
+        assert second.returncode == 2, err
+        assert f"pipeline '{topic}' is already streamed by process {first.pid}@" in err
+        assert len(err.strip().splitlines()) == 1
+    finally:
+        first.send_signal(signal.SIGTERM)
+        _out, err = first.communicate(timeout=60)
+    assert first.returncode == 0, err
