@@ -24,7 +24,7 @@ from udop_infra.runtime import (
     FunctionSpec,
     PipelineFunction,
     Runtime,
-    _function_code,
+    function_code,
 )
 from udop_infra.storage import Storage
 
@@ -88,7 +88,7 @@ class Api(Construct):
                 memory_mb=1024,
                 timeout=API_TIMEOUT,
             ),
-            code=_function_code("api", config),
+            code=function_code("api", config),
             layers=[runtime.layers[name] for name in FUNCTION_LAYERS["api"]],
             environment={
                 # runs go to Step Functions: a Lambda is frozen after each answer, so it cannot run them

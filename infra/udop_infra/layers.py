@@ -69,6 +69,7 @@ FUNCTION_LAYERS: dict[str, tuple[str, ...]] = {
     "deployer": ("core",),
     "run_events": ("core", "openlineage"),  # OpenLineage events leave from where attempts are recorded
     "api": ("core", "api"),
+    "stream_runner": ("core", "connectors", "transforms"),  # udop_infra.streams
 }
 #: our own packages, copied as source into the core layer (with one dist-info for entry points)
 OWN_PACKAGES = ("udop", "udop_connectors", "udop_transforms")

@@ -77,7 +77,7 @@ def acknowledge_findings(stack: UdopStack) -> None:
         "ElastiCache AUTH tokens rotate through ModifyReplicationGroup (AuthTokenUpdateStrategy "
         "ROTATE), not through a Secrets Manager rotation function",
     )
-    for name, function in runtime.functions.items():
+    for name, function in [*runtime.functions.items(), ("stream_runner", stack.streams.function)]:
         role = function.role
         assert role is not None
         acknowledge(
@@ -104,6 +104,16 @@ def acknowledge_findings(stack: UdopStack) -> None:
         "tasks write datasets under keys made at run time (runs/<pipeline>/<run_id>/<task>/, "
         "results/...): the data bucket's objects are the task runner's working area",
     )
+    for rule in (
+        "AwsSolutions-IAM5[Resource::<StorageDefinitionsDF965240.Arn>/versions/*]",
+        "AwsSolutions-IAM5[Resource::<StorageDefinitionsDF965240.Arn>/streams/*]",
+    ):
+        acknowledge(
+            stack.streams.function.role,
+            rule,
+            "the stream runner reads the deployed definition versions (versions/<name>/<version>.json) and "
+            "which pipeline each source feeds (streams/by-source/<hash>.json), named at deploy time",
+        )
     acknowledge(
         runtime.task_runner.role,
         "AwsSolutions-IAM5[Resource::<StorageDefinitionsDF965240.Arn>/versions/*]",

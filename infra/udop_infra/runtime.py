@@ -189,7 +189,7 @@ class Runtime(Construct):
                 self,
                 "".join(part.capitalize() for part in spec.name.split("_")),
                 spec=spec,
-                code=code or _function_code(spec.name, config),
+                code=code or function_code(spec.name, config),
                 layers=[self.layers[name] for name in FUNCTION_LAYERS[spec.name]],
                 environment=environment,
                 network=network,
@@ -521,7 +521,8 @@ def _function_folder(name: str, config: DeploymentConfig) -> Path:
     return folder
 
 
-def _function_code(name: str, config: DeploymentConfig) -> lambda_.Code:
+def function_code(name: str, config: DeploymentConfig) -> lambda_.Code:
+    """``functions/<name>/`` as a function's code (a placeholder in the fast test tier)."""
     return lambda_.Code.from_asset(str(_function_folder(name, config)), exclude=FUNCTION_CODE_EXCLUDE)
 
 

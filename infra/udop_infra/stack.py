@@ -17,6 +17,7 @@ from udop_infra.orchestration import Orchestration
 from udop_infra.runtime import Runtime
 from udop_infra.schedules import ScheduleManagement
 from udop_infra.storage import Storage
+from udop_infra.streams import StreamProcessing
 from udop_infra.triggers import S3TriggerManagement
 
 
@@ -66,6 +67,10 @@ class UdopStack(Stack):
         )
         CfnOutput(self, "DataBucket", value=self.storage.data.bucket_name)
         CfnOutput(self, "TaskRunnerArn", value=self.runtime.task_runner.function_arn)
+        # stream pipelines: event source mappings (udop deploy, or StreamProcessing.add_*) feed this
+        self.streams = StreamProcessing(self, "Streams", config=config, network=self.network,
+                                        storage=self.storage, data=self.data, runtime=self.runtime)
+        CfnOutput(self, "StreamRunnerArn", value=self.streams.function.function_arn)
         # what `udop deploy FILE` needs besides the above (UDOP_STATE_MACHINE_ROLE_ARN,
         # UDOP_STATE_MACHINE_LOG_GROUP_ARN): machines it creates run and log like the deployer's
         CfnOutput(self, "StateMachineRoleArn", value=self.runtime.deployed_state_machine_role.role_arn)

@@ -3,7 +3,9 @@ point, so tests can create the crash windows around a load's commits (see docs/t
 
 Points: ``load-before-commit`` (rows sent, target transaction not yet committed),
 ``load-committed`` (target committed, watermarks not yet advanced) and ``watermark-committed``
-(watermarks advanced, the task not yet recorded as succeeded in the metadata store).
+(watermarks advanced, the task not yet recorded as succeeded in the metadata store) and
+``stream-run-succeeded`` (a stream batch's run succeeded, its offsets not yet advanced) and
+``stream-offsets-committed`` (offsets advanced, the broker not yet told: Redis XACK, RabbitMQ ack).
 
 ``<point>:SIGTERM`` (or ``:SIGINT``) sends that signal instead and goes on: the stop request of a
 service manager arriving at that moment, while the load's thread carries on to its commit.
@@ -17,9 +19,11 @@ import time
 
 from udop.settings import ProcessSettings, load_settings
 
-__all__ = ["POINTS", "point"]
+__all__ = ["POINTS", "STREAM_POINTS", "point"]
 
 POINTS = ("load-before-commit", "load-committed", "watermark-committed")
+#: the stream runner's own point (udop stream), apart from the load points the batch-run tests cycle through
+STREAM_POINTS = ("stream-run-succeeded", "stream-offsets-committed")
 
 
 _SIGNALS = {"SIGKILL": signal.SIGKILL, "SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT}

@@ -150,6 +150,8 @@ class AwsResources(UdopSettings):
     schedule_group: str = Field("default", description="the EventBridge Scheduler group of udop's schedules")
     trigger_function_arn: str | None = Field(
         None, description="the function S3 trigger rules target (starts a run per object version)")
+    stream_runner_arn: str | None = Field(
+        None, description="the function stream pipelines' event source mappings invoke (udop deploy)")
 
 
 class LayerBuildSettings(UdopSettings):

@@ -101,3 +101,52 @@ def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
             chunk = []
     if chunk:
         yield chunk
+
+
+def messages_table(values: Sequence[bytes | None], meta: Mapping[str, pa.Array], fmt: str,
+                   schema: pa.Schema | None = None) -> pa.Table:
+    """Message bodies and their metadata columns (``_partition``, ``_offset``...) as one table.
+
+    ``json``: each body is an object whose fields become columns (parsed by Arrow's JSON reader; when a
+    body is not a JSON object, every row is parsed on its own and such rows keep their body in ``_raw``
+    with the fields null, so one bad message does not stop the batch: a validate rule can send it to the
+    dead letter). ``text``: one ``value`` column; ``bytes``: one binary ``value`` column.
+    """
+    import pyarrow.json as pajson
+
+    if fmt == "text":
+        texts = [None if v is None else v.decode("utf-8", "replace") for v in values]
+        body = pa.table({"value": pa.array(texts, type=pa.string())})
+    elif fmt == "bytes":
+        body = pa.table({"value": pa.array(list(values), type=pa.binary())})
+    else:
+        body = None
+        joined = b"\n".join(v if v is not None and b"\n" not in v else b"null" for v in values)
+        if values and all(v and v.lstrip()[:1] == b"{" for v in values):
+            parse = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore") \
+                if schema is not None else None
+            try:
+                body = pajson.read_json(pa.BufferReader(joined), parse_options=parse)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                body = None
+            if body is not None and body.num_rows != len(values):
+                body = None
+        if body is None:
+            records: list[dict[str, Any]] = []
+            for v in values:
+                try:
+                    parsed = json.loads(v) if v is not None else None
+                except ValueError:
+                    parsed = None
+                if isinstance(parsed, dict):
+                    records.append(parsed)
+                else:
+                    records.append({"_raw": None if v is None else v.decode("utf-8", "replace")})
+            body = pa.Table.from_batches([records_to_batch(records, None)]) if records else pa.table({})
+            if schema is not None:
+                keep = [f for f in schema] + ([pa.field("_raw", pa.string())] if "_raw" in body.column_names
+                                              else [])
+                body = pa.Table.from_batches([records_to_batch(body.to_pylist(), pa.schema(keep))])
+    for name, array in meta.items():
+        body = body.append_column(name, array)
+    return body

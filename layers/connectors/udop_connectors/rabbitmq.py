@@ -8,9 +8,11 @@ carries a stable ``message_id`` (run, task, row position) for consumers to drop 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar, Literal, NoReturn
 
 import pyarrow as pa
@@ -21,9 +23,10 @@ from udop.connectors import Connector, ConnectorSettings, LoadEntry, Secret
 from udop.connectors.base import WriteMode
 from udop.lineage.naming import Dataset, host_dataset, url_dataset
 from udop.spec.types import Duration
-from udop_connectors._arrow import ColumnTypes, records_to_batch, schema_from_mapping
+from udop.stream import StreamBatch
+from udop_connectors._arrow import ColumnTypes, messages_table, records_to_batch, schema_from_mapping
 
-__all__ = ["RabbitMQConnector", "RabbitMQSettings"]
+__all__ = ["RabbitMQConnector", "RabbitMQSettings", "RabbitMQStream"]
 
 #: a load's ledger entry (in the state store) lives as long as its run can be resumed or redriven
 LEDGER_TTL = 15 * 86400.0
@@ -42,6 +45,11 @@ class RabbitMQSettings(ConnectorSettings):
     exchange: str = Field("", description="write: exchange to publish to ('' is the default exchange)")
     routing_key: str | None = None
     max_messages: int = Field(10_000, ge=1, description="read at most this many messages per run")
+    prefetch: int = Field(10_000, ge=1, le=65_535, description="udop stream: unacknowledged messages the "
+                          "broker may hand this consumer at once")
+    queue_type: Literal["classic", "stream"] = Field(
+        "classic", description="udop stream: 'stream' for a stream queue (x-queue-type: stream), read "
+        "from the offset udop keeps")
     wait: Duration = Field(
         0.0, description="read: how long to wait for more messages once the queue is empty"
     )
@@ -165,6 +173,9 @@ class RabbitMQConnector(Connector):
             )
         return data if isinstance(data, dict) else {"value": data}
 
+    def stream(self) -> RabbitMQStream:
+        return RabbitMQStream(self)
+
     def acknowledge(self) -> None:
         """Ack everything read so far (one ``basic_ack`` with ``multiple=True``)."""
         import pika.exceptions
@@ -263,3 +274,118 @@ class RabbitMQConnector(Connector):
                 retryable=False,
             )
         return total
+
+
+class RabbitMQStream:
+    """A queue consumed continuously (``udop stream``), with a prefetch window as the broker's side of
+    back-pressure. A stream queue (``queue_type: stream``) is read from the offset udop keeps (the
+    ``x-stream-offset`` after the last committed batch), as Kafka is. For a classic queue, a batch's
+    messages are acknowledged only after it committed in udop; the ids (``message_id``) of the last
+    committed batch are udop's position, so a message the broker hands
+    back after a crash between the commit and the ack is acknowledged, not loaded again. Messages
+    without a ``message_id`` cannot be told apart: for them that moment is at-least-once.
+
+    pika's connection belongs to one thread: the reader thread polls, and the acknowledgements the
+    runner asks for are sent by it at its next poll (or by ``close``)."""
+
+    def __init__(self, connector: RabbitMQConnector) -> None:
+        self.connector = connector
+        self.schema = schema_from_mapping(connector.settings.columns)
+        self.committed: set[str] = set()
+        self._ack_up_to: int | None = None
+        self._lock = threading.Lock()
+        self._deliveries: Any = None
+        self.offset: int | str = "first"
+
+    def seek(self, positions: Mapping[str, Any]) -> None:
+        import pika.exceptions
+
+        self.committed = set(positions.get("committed", []))
+        offset = positions.get("offset")
+        self.offset = int(offset) if offset is not None else "first"
+        self._deliveries = None  # a stream queue's consumer starts at the offset given when it is made
+        try:
+            self.connector.channel.basic_qos(prefetch_count=self.connector.settings.prefetch)
+        except pika.exceptions.AMQPError as exc:
+            self.connector._error(exc, f"consume from queue {self.connector.settings.queue!r}")
+
+    def _send_acks(self) -> None:
+        with self._lock:
+            tag, self._ack_up_to = self._ack_up_to, None
+        if tag is not None:
+            self.connector.channel.basic_ack(delivery_tag=tag, multiple=True)
+
+    def poll(self, max_rows: int, max_seconds: float, stop: threading.Event) -> StreamBatch | None:
+        import pika.exceptions
+
+        s = self.connector.settings
+        bodies: list[bytes] = []
+        ids: list[str | None] = []
+        tags: list[int] = []
+        offsets: list[int] = []
+        deadline: float | None = None
+        try:
+            self._send_acks()
+            channel = self.connector.channel
+            stream_queue = s.queue_type == "stream"
+            if self._deliveries is None:  # one consumer for the stream's life: its deliveries stay in order
+                arguments = {"x-stream-offset": self.offset} if stream_queue else None
+                self._deliveries = channel.consume(s.queue, inactivity_timeout=0.2, arguments=arguments)
+            for method, props, body in self._deliveries:
+                self._send_acks()
+                if method is not None and stream_queue:
+                    # a stream queue's ack is flow control only (nothing is removed or redelivered): at once
+                    channel.basic_ack(delivery_tag=method.delivery_tag)
+                    offsets.append(int((props.headers or {})["x-stream-offset"]))
+                    bodies.append(body)
+                    ids.append(getattr(props, "message_id", None))
+                    tags.append(method.delivery_tag)
+                    if deadline is None:
+                        deadline = time.monotonic() + max_seconds
+                elif method is not None:
+                    message_id = getattr(props, "message_id", None)
+                    if method.redelivered and message_id is not None and message_id in self.committed:
+                        channel.basic_ack(delivery_tag=method.delivery_tag)  # committed before a crash
+                    else:
+                        bodies.append(body)
+                        ids.append(message_id)
+                        tags.append(method.delivery_tag)
+                        if deadline is None:
+                            deadline = time.monotonic() + max_seconds
+                full = len(bodies) >= max_rows
+                if full or stop.is_set() or (deadline is not None and time.monotonic() >= deadline):
+                    break
+                if method is None and not bodies:
+                    break  # idle: let the runner report and look at its stop flag
+        except pika.exceptions.AMQPError as exc:
+            self.connector._error(exc, f"consume from queue {s.queue!r}")
+        if not bodies:
+            return None
+        meta = {"_message_id": pa.array(ids, pa.string()), "_delivery_tag": pa.array(tags, pa.int64())}
+        if offsets:
+            meta["_offset"] = pa.array(offsets, pa.int64())
+            table = messages_table(bodies, meta, s.format, self.schema)
+            return StreamBatch(table=table, end={"offset": max(offsets) + 1})  # udop's position: exactly once
+        table = messages_table(bodies, meta, s.format, self.schema)
+        committed = [i for i in ids if i is not None]
+        return StreamBatch(table=table, end={"committed": committed}, acks=[max(tags)])
+
+    def commit(self, end: Mapping[str, Any], acks: list[Any]) -> None:
+        with self._lock:
+            if "offset" in end:
+                self.offset = int(end["offset"])
+            self.committed = set(end.get("committed", []))
+            if acks:
+                self._ack_up_to = max(int(acks[0]), self._ack_up_to or 0)
+
+    def lag(self) -> int | None:
+        return None
+
+    def close(self) -> None:
+        import pika.exceptions
+
+        # not acknowledged: the broker hands them back, and the committed ids skip them
+        with contextlib.suppress(pika.exceptions.AMQPError):
+            self._send_acks()
+        self._deliveries = None
+        self.connector.close()

@@ -9,7 +9,9 @@ that works as an incremental watermark.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, NoReturn, TypedDict
 
 import pyarrow as pa
@@ -19,12 +21,13 @@ from udop import faults
 from udop.connectors import Connector, ConnectorSettings, LoadEntry, Secret
 from udop.connectors.base import WriteMode
 from udop.lineage.naming import Dataset, host_dataset, url_dataset
+from udop.stream import StreamBatch
 from udop_connectors._arrow import ColumnTypes, records_to_batch, schema_from_mapping
 
 if TYPE_CHECKING:  # redis is imported when a client is first needed (the layer's cold start)
     from redis.retry import Retry
 
-__all__ = ["RedisConnector", "RedisSettings"]
+__all__ = ["RedisConnector", "RedisSettings", "RedisStream"]
 
 _SEQ = 1_000_000
 
@@ -57,6 +60,10 @@ class RedisSettings(ConnectorSettings):
     ttl: int | None = Field(None, ge=1, description="write: expire written keys after this many seconds")
     columns: ColumnTypes = None
     max_entries: int | None = Field(None, ge=1, description="stream: read at most this many entries")
+    group: str | None = Field(None, description="udop stream: the consumer group (default udop-<stream>)")
+    consumer: str = Field("udop", description="udop stream: this consumer's name in the group")
+    start: Literal["earliest", "latest"] = Field(
+        "earliest", description="udop stream: where a new consumer group starts")
 
     @model_validator(mode="after")
     def _needs(self) -> RedisSettings:
@@ -139,6 +146,11 @@ class RedisConnector(Connector):
             self.client.ping()
         except redis.RedisError as exc:
             self._error(exc, "ping")
+
+    def stream(self) -> RedisStream:
+        if self.settings.kind != "stream" or not self.settings.stream:
+            self.fail("udop stream reads a Redis stream: set kind: stream and stream: <key>", retryable=False)
+        return RedisStream(self)
 
     # -- read --------------------------------------------------------------------------------------
     def read(self, *, since: Any = None) -> Iterator[pa.RecordBatch]:
@@ -322,3 +334,115 @@ def _text(value: Any) -> str:
     if isinstance(value, bool):
         return "1" if value else "0"
     return "" if value is None else str(value)
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class RedisStream:
+    """A Redis stream consumed by a consumer group: entries are acknowledged (``XACK``) only after their
+    batch committed in udop, and the last committed id is udop's position. On start the consumer's
+    pending entries (read before a crash, never acknowledged) come first: those at or before the
+    committed position were committed and are only acknowledged, the rest form batches again."""
+
+    def __init__(self, connector: RedisConnector) -> None:
+        self.connector = connector
+        s = connector.settings
+        assert s.stream is not None
+        self.key: str = s.stream
+        self.group = s.group or f"udop-{s.stream}"
+        self.schema = schema_from_mapping(s.columns)
+        self.committed: str | None = None
+        #: where the next read of this consumer's pending entries starts (None: none left)
+        self.pel_after: str | None = "0"
+
+    def _call(self, doing: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        import redis
+
+        try:
+            return fn(*args, **kwargs)
+        except redis.RedisError as exc:
+            self.connector._error(exc, f"{doing} stream {self.key!r}")
+
+    def seek(self, positions: Mapping[str, Any]) -> None:
+        import redis
+
+        self.committed = positions.get(self.key)
+        client = self.connector.client
+        first = self.committed or ("0" if self.connector.settings.start == "earliest" else "$")
+        try:
+            client.xgroup_create(self.key, self.group, id=first, mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                self.connector._error(exc, f"creating consumer group {self.group!r} of")
+        except redis.RedisError as exc:
+            self.connector._error(exc, f"creating consumer group {self.group!r} of")
+        self.pel_after = "0"
+
+    def poll(self, max_rows: int, max_seconds: float, stop: threading.Event) -> StreamBatch | None:
+        entries = self._pending(max_rows) if self.pel_after is not None else []
+        if not entries:
+            entries = self._new(max_rows, max_seconds, stop)
+        if not entries:
+            return None
+        rows = [dict(fields) for _entry_id, fields in entries]
+        body = pa.Table.from_batches([records_to_batch(rows, self.schema)])
+        ids = [entry_id for entry_id, _fields in entries]
+        body = body.append_column("_id", pa.array(ids, type=pa.string()))
+        return StreamBatch(table=body, end={self.key: ids[-1]}, acks=ids)
+
+    def _read(self, start: str, count: int, block: int | None) -> list[tuple[str, dict[str, str]]]:
+        consumer = self.connector.settings.consumer
+        got = self._call("reading", self.connector.client.xreadgroup, self.group, consumer, {self.key: start},
+                         count=count, block=block)
+        return list(got[0][1]) if got else []
+
+    def _pending(self, max_rows: int) -> list[tuple[str, dict[str, str]]]:
+        """This consumer's entries read before a restart and never acknowledged, oldest first."""
+        entries: list[tuple[str, dict[str, str]]] = []
+        while self.pel_after is not None and len(entries) < max_rows:
+            found = self._read(self.pel_after, max_rows - len(entries), None)
+            if not found:
+                self.pel_after = None  # done: new entries from here
+                break
+            self.pel_after = found[-1][0]
+            stale = [i for i, _f in found if self.committed and _id_key(i) <= _id_key(self.committed)]
+            if stale:  # committed before a crash that came before their XACK
+                self._call("acknowledging", self.connector.client.xack, self.key, self.group, *stale)
+            entries.extend((i, f) for i, f in found if i not in set(stale))
+        return entries
+
+    def _new(self, max_rows: int, max_seconds: float, stop: threading.Event
+             ) -> list[tuple[str, dict[str, str]]]:
+        entries: list[tuple[str, dict[str, str]]] = []
+        deadline: float | None = None
+        while len(entries) < max_rows and not stop.is_set():
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            wait = 0.5 if deadline is None else max(0.001, min(0.5, deadline - now))
+            found = self._read(">", max_rows - len(entries), int(wait * 1000))
+            entries.extend(found)
+            if not entries:
+                break  # nothing for half a second: the runner reports and looks at its stop flag
+            if deadline is None:
+                deadline = time.monotonic() + max_seconds
+        return entries
+
+    def commit(self, end: Mapping[str, Any], acks: list[Any]) -> None:
+        if acks:
+            self._call("acknowledging", self.connector.client.xack, self.key, self.group, *acks)
+        self.committed = end.get(self.key, self.committed)
+
+    def lag(self) -> int | None:
+        groups = self._call("describing", self.connector.client.xinfo_groups, self.key)
+        for group in groups:
+            if group.get("name") == self.group:
+                lag = group.get("lag")
+                return int(lag) if lag is not None else None
+        return None
+
+    def close(self) -> None:
+        self.connector.close()

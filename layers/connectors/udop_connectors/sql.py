@@ -10,8 +10,10 @@ as it was.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import json
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar, NoReturn
 
@@ -33,6 +35,13 @@ __all__ = ["LEDGER_TABLE", "MySQLConnector", "PostgresConnector", "SQLiteConnect
 #: the load ledger: one row per committed load, written in the same transaction as its rows, in the
 #: target table's database and schema
 LEDGER_TABLE = "udop_load_ledger"
+
+
+#: engines by URL and connect arguments, shared by the connectors of a process. With NullPool an engine
+#: holds no connection, only SQLAlchemy's compiled-statement cache: kept, it makes the reflection and
+#: ledger queries of repeated loads into one database (a stream's micro-batches) cheap to compile
+_ENGINES: dict[str, sa.Engine] = {}
+_ENGINES_LOCK = threading.Lock()
 
 
 def _ledger_table(db_schema: str | None) -> sa.Table:
@@ -274,15 +283,19 @@ class SqlConnector(Connector):
     @property
     def engine(self) -> sa.Engine:
         if self._engine is None:
-            self._engine = sa.create_engine(
-                self._url(), poolclass=NullPool, connect_args=self._connect_args()
-            )
+            url, args = self._url(), self._connect_args()
+            raw = json.dumps([url.render_as_string(hide_password=False), args], sort_keys=True, default=str)
+            key = hashlib.sha256(raw.encode()).hexdigest()
+            with _ENGINES_LOCK:
+                engine = _ENGINES.get(key)
+                if engine is None:
+                    engine = _ENGINES[key] = sa.create_engine(url, poolclass=NullPool, connect_args=args)
+            self._engine = engine
         return self._engine
 
     def close(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
+        # the engine stays for the next connector of the same database (NullPool: it holds no connection)
+        self._engine = None
 
     def q(self, name: str) -> str:
         return self.engine.dialect.identifier_preparer.quote(name)

@@ -158,6 +158,10 @@ def deploy_definition(text: str | bytes, *, source: str, bucket: str, s3: Any, s
 
 def _check_schedulable(pipeline: Any, source: str) -> None:
     """A schedule must be able to start a run: refused before anything is deployed."""
+    if getattr(pipeline, "stream", None) is not None:
+        raise SpecError("a stream pipeline is not a state machine: deploy it with udop deploy FILE, which "
+                        "maps its source to the stream runner (docs/streams.md)", file=source,
+                        path="spec.trigger.stream")
     if pipeline.spec.schedule is not None:
         from udop.schedule.expr import scheduled_input
 

@@ -30,6 +30,7 @@ OUTPUTS: dict[str, str] = {
     "definitions_bucket": "DefinitionsBucket",
     "data_bucket": "DataBucket",
     "task_runner_arn": "TaskRunnerArn",
+    "stream_runner_arn": "StreamRunnerArn",
     "state_machine_role_arn": "StateMachineRoleArn",
     "state_machine_log_group_arn": "StateMachineLogGroupArn",
 }

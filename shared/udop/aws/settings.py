@@ -12,7 +12,7 @@ from pydantic import Field
 
 from udop.settings import AwsResources, CodeSettings, PlatformSecrets, StoreSettings, load_settings
 
-__all__ = ["DeployerSettings", "EventsSettings", "RunnerSettings", "load_settings"]
+__all__ = ["DeployerSettings", "EventsSettings", "RunnerSettings", "StreamRunnerSettings", "load_settings"]
 
 # Each field is declared once, in the shared class that groups it (udop.settings); a function lists
 # in ``requires`` the ones it cannot start without. The ``if TYPE_CHECKING`` blocks tell mypy what
@@ -29,6 +29,16 @@ class RunnerSettings(PlatformSecrets, AwsResources, StoreSettings, CodeSettings)
         state_url: str
 
     tmp_dir: str = Field("/tmp", description="local staging area for a task's inputs and output")
+
+
+class StreamRunnerSettings(RunnerSettings):
+    #: the task runner's settings (tmp_dir: the micro-batches' datasets), other requirements:
+    #: definitions_bucket: the deployed versions and which pipeline each source feeds; database_url: the
+    #: batches' runs and offsets; state_url (optional here): ledgers of file loads, watermarks
+    requires: ClassVar[tuple[str, ...]] = ("definitions_bucket", "database_url")
+    if TYPE_CHECKING:
+        definitions_bucket: str
+        database_url: str
 
 
 class DeployerSettings(PlatformSecrets, AwsResources, StoreSettings):

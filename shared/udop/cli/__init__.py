@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "init": ("udop.cli.commands:init", "Create a project folder with an example pipeline."),
     "validate": ("udop.cli.commands:validate", "Check definitions without running them."),
     "run": ("udop.cli.commands:run", "Run a pipeline (locally by default) and show its progress."),
+    "stream": ("udop.cli.stream:stream", "Consume a stream pipeline's source in micro-batches."),
     "graph": ("udop.cli.commands:graph", "Draw a pipeline's task graph as Mermaid or Graphviz dot."),
     "schema": ("udop.cli.commands:schema", "Print the JSON Schema of pipeline definitions."),
     "runs": ("udop.cli.runs:runs", "List runs and show one run's tasks, attempts and lineage."),

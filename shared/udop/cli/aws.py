@@ -86,8 +86,11 @@ def deploy_command(file: str, *, stack: str | None, definitions_bucket: str | No
     The definition is validated and deployed now (errors are printed, and the existing state machine
     is left as it was), then uploaded to pipelines/<name>.<ext> in the definitions bucket.
     """
-    _load(file)  # a bad definition is reported before any AWS configuration is looked at
+    pipeline = _load(file)  # a bad definition is reported before any AWS configuration is looked at
     platform = Platform(stack)
+    if pipeline.stream is not None:
+        _deploy_stream(pipeline, platform, definitions_bucket)
+        return
     with aws_errors():
         result = deploy_file(file,
                              definitions_bucket=platform.require("definitions_bucket", definitions_bucket),
@@ -107,6 +110,28 @@ def deploy_command(file: str, *, stack: str | None, definitions_bucket: str | No
         click.echo(f"{result.pipeline}: S3 trigger rule {result.trigger}")
     if result.after_trigger and result.after_trigger != "none":
         click.echo(f"{result.pipeline}: after-trigger rule {result.after_trigger}")
+
+
+def _deploy_stream(pipeline: Any, platform: Platform, definitions_bucket: str | None) -> None:
+    """A stream pipeline: a new version in the definitions bucket and an event source mapping on the
+    stream-runner function (docs/streams.md)."""
+    import boto3
+
+    from udop.aws.streams import deploy_stream
+    from udop.store import open_store
+
+    bucket = platform.require("definitions_bucket", definitions_bucket)
+    function_arn = platform.require("stream_runner_arn")
+    make: Any = boto3.client  # boto3 reads AWS_ENDPOINT_URL itself
+    store = open_store()
+    try:
+        with aws_errors():
+            done = deploy_stream(pipeline, bucket=bucket, s3=make("s3"), lam=make("lambda"), store=store,
+                                 function_arn=function_arn, client=make)
+    finally:
+        store.close()
+    click.echo(f"{done.pipeline}: version {done.version} deployed -> event source mapping "
+               f"{done.mapping_uuid} ({done.source} -> {function_arn})")
 
 
 def run_on_stepfunctions(pipeline_path: str, params: Mapping[str, Any], follow: bool = True, *,

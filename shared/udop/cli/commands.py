@@ -144,6 +144,9 @@ def run(
             run_on_stepfunctions(file, given, follow=True, run_id=run_id, logical_date=logical, stack=stack)
         )
     pipeline = _load(file)
+    if pipeline.stream is not None:
+        raise InputError(f"{file}: {pipeline.name!r} is a stream pipeline (spec.trigger.stream): run it "
+                         f"with udop stream {file}")
     from udop.masking import apply_setting
     from udop.sandbox import install_log_redaction
 

@@ -142,6 +142,11 @@ class Connector:
     def check(self) -> None:
         """Open the connection and make one cheap call; raise like ``read`` would."""
 
+    def stream(self) -> Any:
+        """This source consumed continuously (``udop stream``): a ``udop.stream.StreamSource``."""
+        self.fail(f"the {self.name} connector cannot be consumed as a stream (spec.trigger.stream)",
+                  retryable=False)
+
     def acknowledge(self) -> None:
         """Called after what ``read`` returned is safely stored (queues ack their messages here)."""
 

@@ -222,9 +222,12 @@ class LocalExecutor:
         wait: bool = False,
         on_wait: Callable[[str], None] | None = None,
         trigger: str | None = None,
+        given: Mapping[str, TaskResult] | None = None,
     ) -> RunRecord:
         """Run ``pipeline`` (or resume run ``run_id``) to the end and return its final record.
         ``trigger``: how a new run was started, recorded with it (``udop.store.api.RUN_TRIGGERS``).
+        ``given``: results of tasks that do not run, recorded as their one succeeded attempt (a stream's
+        micro-batch stands in for its extract task this way); a resumed run records those it lacks.
 
         Raises ``InputError`` (``SpecErrors``, a missing parameter, an unknown run, a resume whose
         definition changed without ``on_new_version``) before anything runs, and ``RunLimitReached``
@@ -236,7 +239,7 @@ class LocalExecutor:
             try:
                 return self._run_once(pipeline, params, run_id=run_id, resume=resume,
                                       logical_date=logical_date, on_new_version=on_new_version,
-                                      trigger=trigger)
+                                      trigger=trigger, given=given)
             except RunLimitReached as exc:
                 if not wait:
                     raise
@@ -256,6 +259,7 @@ class LocalExecutor:
         logical_date: datetime | None,
         on_new_version: bool,
         trigger: str | None = None,
+        given: Mapping[str, TaskResult] | None = None,
     ) -> RunRecord:
         if resume:
             if run_id is None:
@@ -280,6 +284,8 @@ class LocalExecutor:
                 slot=self._slot(pipeline),
                 trigger=trigger,
             )
+        if given:
+            self._record_given(run.id, given)
         active = self._new_run(pipeline, run.id, values, logical)
         notify = self.on_event  # with UDOP_OPENLINEAGE=1 the run's events go to OpenLineage too
         self.on_event = openlineage.listen(notify, self.store, pipeline, run.id, logical_date=logical,
@@ -301,6 +307,17 @@ class LocalExecutor:
     def _new_run(self, pipeline: Pipeline, run_id: str, params: dict[str, Any], logical: datetime) -> RunLoop:
         """The scheduling loop of one run (another executor keeps the loop and sends attempts elsewhere)."""
         return RunLoop(self, pipeline, run_id, params, logical)
+
+    def _record_given(self, run_id: str, given: Mapping[str, TaskResult]) -> None:
+        record = self.store.get_run(run_id)
+        assert record is not None
+        for task in record.tasks:
+            if task.task_id in given and task.state != TaskState.SUCCEEDED:
+                number = len(task.attempts) + 1
+                self.store.start_attempt(run_id, task.task_id, number)
+                self.store.finish_attempt(run_id, task.task_id, number, attempt_state=AttemptState.SUCCEEDED,
+                                          task_state=TaskState.SUCCEEDED,
+                                          result=given[task.task_id].to_dict())
 
     def _prepare_resume(
         self, pipeline: Pipeline, run_id: str, params: Mapping[str, Any] | None, on_new_version: bool

@@ -12,11 +12,20 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from udop.spec.base import ForEach, RetryPolicy, SpecModel, TaskBase
-from udop.spec.data_tasks import DATA_TASK_MODELS, ExtractTask, LoadTask, TransformTask, ValidateTask
-from udop.spec.types import Duration, PipelineName
+from udop.spec.data_tasks import (
+    DATA_TASK_MODELS,
+    ExtractTask,
+    LoadTask,
+    SourceSpec,
+    TargetSpec,
+    TransformTask,
+    ValidateTask,
+)
+from udop.spec.types import Duration, PipelineName, TaskId
 
 __all__ = ["API_VERSION", "TASK_TYPES", "AlertTarget", "ConnectionSpec", "Defaults", "ForEach", "MaskingSpec",
-           "ParamSpec", "Pipeline", "PythonTask", "RetryPolicy", "Schedule", "SpecModel", "Task", "TaskBase"]
+           "ParamSpec", "Pipeline", "PythonTask", "RetryPolicy", "Schedule", "SpecModel", "StreamTrigger",
+           "Task", "TaskBase"]
 
 API_VERSION = "udop/v1"
 
@@ -194,14 +203,53 @@ class AfterTrigger(SpecModel):
         return self
 
 
+class StreamSourceSpec(BaseModel):
+    """Where a stream reads: a connector (``kafka``, ``redis``, ...) or a named connection, plus the
+    stream source's options (``topic``, ``stream``, ``queue``...), validated when the stream opens."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    connector: str | None = Field(None, description="a stream connector's name, e.g. kafka or redis")
+    connection: str | None = Field(None, description="a named connection from spec.connections")
+
+    @model_validator(mode="after")
+    def _names_one(self) -> StreamSourceSpec:
+        if self.connector is None and self.connection is None:
+            raise ValueError("a stream source needs 'connection' (a name from spec.connections) or "
+                             "'connector'")
+        return self
+
+
+class DeadLetterSpec(SpecModel):
+    """Where the messages of a batch that keeps failing go, so the stream moves on."""
+
+    after: int = Field(3, ge=1, le=100, description="tries of one batch (the first and its resumes) before "
+                       "its messages go to the target")
+    target: TargetSpec = Field(description="any load target: a folder of Parquet files, a table, a topic")
+
+
+class StreamTrigger(SpecModel):
+    """Consume ``source`` continuously (``udop stream FILE``): each micro-batch is a run of this pipeline
+    whose task ``id`` (an extract standing in for the source) holds the batch's messages."""
+
+    source: StreamSourceSpec
+    id: TaskId = Field("stream", description="the task id the batch goes by: tasks list it in depends_on")
+    max_batch_rows: int = Field(10_000, ge=1, le=10_000_000, description="a batch ends at this many messages")
+    max_batch_seconds: float = Field(5.0, gt=0, le=3600, description="... or this long after its first one")
+    dead_letter: DeadLetterSpec | None = Field(None, description="without it, a failing batch is retried "
+                                               "until it passes (the stream waits)")
+    retry_delay: float = Field(5.0, ge=0, le=3600, description="seconds between tries of a failed batch")
+
+
 class Trigger(SpecModel):
     files: FilesTrigger | None = None
     after: AfterTrigger | None = None
+    stream: StreamTrigger | None = None
 
     @model_validator(mode="after")
     def _one_of(self) -> Trigger:
-        if (self.files is None) == (self.after is None):
-            raise ValueError("give exactly one of 'files' or 'after'")
+        if sum(x is not None for x in (self.files, self.after, self.stream)) != 1:
+            raise ValueError("give exactly one of 'files', 'after' or 'stream'")
         return self
 
 
@@ -230,7 +278,31 @@ class PipelineBody(SpecModel):
             if param is not None and param not in self.params:
                 raise ValueError(f"trigger.{kind}.param {param!r} is not a declared parameter; declare it "
                                  "under params")
+        if trigger is not None and trigger.stream is not None:
+            self._add_stream_task(trigger.stream)
         return self
+
+    def _add_stream_task(self, stream: StreamTrigger) -> None:
+        """The batch stands in for an extract task named ``stream.id``: append it (unless the definition
+        has it, as a stored one does), so the DAG, the executors and lineage see an ordinary extract."""
+        source = stream.source
+        connector = source.connector
+        if source.connection is not None:
+            connection = self.connections.get(source.connection)
+            if connection is None:
+                known = ", ".join(sorted(self.connections)) or "none defined"
+                raise ValueError(f"trigger.stream.source.connection {source.connection!r} is not in "
+                                 f"spec.connections ({known})")
+            connector = connector or connection.connector
+        for task in self.tasks:
+            if task.id == stream.id:
+                if task.type != "extract":
+                    raise ValueError(f"trigger.stream.id {stream.id!r} is a {task.type} task; the stream's "
+                                     "id names the batch the tasks read: pick another id")
+                return
+        options = {k: v for k, v in source.model_dump(exclude_unset=True).items() if k != "connector"}
+        extract = ExtractTask(id=stream.id, type="extract", source=SourceSpec(connector=connector, **options))
+        object.__setattr__(self, "tasks", [*self.tasks, extract])  # frozen: set once, while validating
 
 
 class Pipeline(SpecModel):
@@ -252,6 +324,11 @@ class Pipeline(SpecModel):
     @property
     def name(self) -> str:
         return self.metadata.name
+
+    @property
+    def stream(self) -> StreamTrigger | None:
+        """The stream trigger, for a pipeline ``udop stream`` runs."""
+        return self.spec.trigger.stream if self.spec.trigger is not None else None
 
     def task(self, task_id: str) -> Any:
         for task in self.spec.tasks:

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from udop.states import AttemptState, RunState, TaskState
 
 #: how a run can be started, as ``RunRecord.trigger`` records it
-RUN_TRIGGERS: tuple[str, ...] = ("cli", "api", "schedule", "trigger", "backfill")
+RUN_TRIGGERS: tuple[str, ...] = ("cli", "api", "schedule", "trigger", "backfill", "stream")
 
 
 @dataclass(frozen=True)

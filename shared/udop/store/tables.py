@@ -40,6 +40,8 @@ __all__ = [
     "pipelines",
     "runs",
     "schedule_ticks",
+    "stream_batches",
+    "stream_offsets",
     "task_runs",
     "trigger_events",
 ]
@@ -256,4 +258,35 @@ trigger_events = Table(
     Column("claimed_by", String(), nullable=False),
     Column("claimed_at", UTCDateTime(), nullable=False),
     Column("run_id", String()),
+)
+
+# --- streams (revision 0008; udop.stream.store reads and writes these) ---------------------------
+
+#: where each stream pipeline's source stands: the positions after the last committed batch
+#: (Kafka ``{"topic:partition": next offset}``, a Redis stream's last id, ...), JSON
+stream_offsets = Table(
+    "stream_offsets", metadata,
+    Column("pipeline", String(), primary_key=True),
+    Column("positions", JSONType, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("batches", BigInteger(), nullable=False),
+    Column("messages", BigInteger(), nullable=False),
+)
+
+#: one row per micro-batch: its run, the positions it starts at and ends after, and what became of it
+#: (pending: its loads may or may not have committed, a restart resumes its run; committed; dead_letter)
+stream_batches = Table(
+    "stream_batches", metadata,
+    Column("pipeline", String(), primary_key=True),
+    Column("run_id", String(), primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("start_positions", JSONType, nullable=False),
+    Column("end_positions", JSONType, nullable=False),
+    Column("acks", JSONType),
+    Column("messages", Integer(), nullable=False),
+    Column("tries", Integer(), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("ended_at", UTCDateTime()),
+    Column("error", Text()),
+    Index(None, "pipeline", "state"),
 )

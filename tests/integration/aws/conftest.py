@@ -171,6 +171,7 @@ class AwsEnv:
     task_runner_arn: str = ""
     deployer_arn: str = ""
     run_events_arn: str = ""
+    stream_runner_arn: str = ""
     log_group_arn: str = ""
     database_url: str = ""
     functions: dict[str, str] = field(default_factory=dict)
@@ -336,6 +337,7 @@ def aws_account(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Aws
             "UDOP_TASK_RUNNER_ARN": env.task_runner_arn, "UDOP_STATE_MACHINE_ROLE_ARN": env.role_arn,
             "UDOP_STATE_MACHINE_LOG_GROUP_ARN": env.log_group_arn})
         env.run_events_arn = create("run_events", 60, {})
+        env.stream_runner_arn = create("stream_runner", 120, runner_vars)
         if LOCALSTACK:
             lam.add_permission(FunctionName=env.deployer_arn, StatementId="s3",
                                Action="lambda:InvokeFunction", Principal="s3.amazonaws.com",

@@ -29,7 +29,7 @@ def _validate(tmp_path: Path, trigger: str, params: str = "") -> str:
     ("{after: {pipeline: up, param: run}}", "trigger.after.param 'run' is not a declared parameter"),
     ("{after: {pipeline: up, status: failed}}", "spec.trigger.after.status: unknown key 'status'"),
     ("{after: {pipeline: up, window: soon}}", "window 'soon' must look like '6 hours' or '1 day'"),
-    ("{after: {pipeline: up}, files: {path: in}}", "spec.trigger: give exactly one of 'files' or 'after'"),
+    ("{after: {pipeline: up}, files: {path: in}}", "spec.trigger: give exactly one of 'files', 'after' or 'stream'"),
 ])
 def test_a_bad_after_trigger_is_one_located_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], trigger: str, message: str

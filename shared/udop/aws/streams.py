@@ -1,0 +1,206 @@
+"""Stream pipelines on AWS: each deploys as a Lambda event source mapping (SQS, Kinesis, self-managed
+Kafka; MSK through the CDK construct) on the stream-runner function, which runs every delivery as one
+micro-batch in-process (the local executor over the shared layers, a run with trigger ``stream``
+recorded in the metadata store) and answers with ``batchItemFailures``.
+
+The definitions bucket holds what the function needs: ``versions/<name>/<version>.json`` (as for state
+machines) and ``streams/by-source/<hash>.json`` naming the pipeline and version a source feeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from udop.aws.definitions import DefinitionCache, canonical_definition, put_version
+from udop.aws.s3 import get_json, put_json
+from udop.errors import FatalError, InputError, RetryableError, SpecErrors
+from udop.states import RunState
+
+__all__ = ["StreamDeployment", "deploy_stream", "mapping_key", "run_stream_event"]
+
+
+class _Delivery(Protocol):
+    """One delivery as a batch (``udop_connectors.aws_streams.LambdaBatch``)."""
+
+    @property
+    def source(self) -> str: ...
+    @property
+    def table(self) -> Any: ...
+    @property
+    def end(self) -> dict[str, Any]: ...
+    @property
+    def digest(self) -> str: ...
+    @property
+    def all_failed(self) -> list[dict[str, str]]: ...
+
+
+def mapping_key(source: str) -> str:
+    """Where the pipeline fed by ``source`` (a queue or stream ARN, ``kafka:<topic>``) is recorded."""
+    return f"streams/by-source/{hashlib.sha256(source.encode()).hexdigest()[:32]}.json"
+
+
+@dataclass
+class StreamDeployment:
+    pipeline: str
+    version: int
+    source: str
+    mapping_uuid: str
+    state: str
+
+
+def _source_options(pipeline: Any) -> tuple[str, dict[str, Any]]:
+    """The stream's connector and its validated settings (connection merged), as a dict."""
+    from udop.connectors import get_connector
+
+    stream = pipeline.stream
+    connector = get_connector(pipeline.task(stream.id).source, connections=pipeline.spec.connections)
+    return connector.name, connector.settings.model_dump()
+
+
+def deploy_stream(
+    pipeline: Any,
+    *,
+    bucket: str,
+    s3: Any,
+    lam: Any,
+    store: Any,
+    function_arn: str,
+    client: Callable[[str], Any],
+) -> StreamDeployment:
+    """Record ``pipeline``'s definition as a new version and create (or update) its event source mapping
+    on the stream-runner function ``function_arn``. ``client(service)`` makes the SQS/Kinesis client
+    used to find the source's ARN. Raises ``InputError`` for a source Lambda cannot map."""
+    from udop.spec.secure import check_inline_secrets
+
+    stream = pipeline.stream
+    if stream is None:
+        raise InputError(f"pipeline {pipeline.name!r} has no spec.trigger.stream")
+    SpecErrors.collect(check_inline_secrets(pipeline))
+    kind, options = _source_options(pipeline)
+    batch = {
+        "BatchSize": min(stream.max_batch_rows, 10_000),
+        "MaximumBatchingWindowInSeconds": min(300, math.ceil(stream.max_batch_seconds)),
+    }
+    starting = "TRIM_HORIZON" if options.get("start", "earliest") == "earliest" else "LATEST"
+    params: dict[str, Any]
+    if kind == "sqs":
+        url = options.get("queue_url") or client("sqs").get_queue_url(QueueName=options["queue"])["QueueUrl"]
+        arn = client("sqs").get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
+        source = arn
+        params = {"EventSourceArn": arn, **batch, "FunctionResponseTypes": ["ReportBatchItemFailures"]}
+    elif kind == "kinesis":
+        arn = client("kinesis").describe_stream_summary(StreamName=options["stream"])[
+            "StreamDescriptionSummary"
+        ]["StreamARN"]
+        source = arn
+        params = {
+            "EventSourceArn": arn,
+            **batch,
+            "StartingPosition": starting,
+            "FunctionResponseTypes": ["ReportBatchItemFailures"],
+        }
+    elif kind == "kafka":
+        source = f"kafka:{options['topic']}"
+        params = {
+            "SelfManagedEventSource": {
+                "Endpoints": {"KAFKA_BOOTSTRAP_SERVERS": options["bootstrap_servers"].split(",")}
+            },
+            "Topics": [options["topic"]],
+            **batch,
+            "StartingPosition": starting,
+        }
+    else:
+        raise InputError(
+            f"pipeline {pipeline.name!r}: a {kind!r} stream cannot be deployed to AWS; event source "
+            "mappings read sqs, kinesis and kafka (udop stream runs any stream source)"
+        )
+    definition = canonical_definition(pipeline)
+    version = store.register_pipeline(pipeline.name, definition).version
+    put_version(s3, bucket, pipeline.name, version, definition)
+    put_json(
+        s3, bucket, mapping_key(source), {"pipeline": pipeline.name, "version": version, "source": source}
+    )
+    found = [
+        m
+        for m in lam.list_event_source_mappings(FunctionName=function_arn).get("EventSourceMappings", [])
+        if m.get("EventSourceArn") == params.get("EventSourceArn")
+        and m.get("Topics", []) == params.get("Topics", [])
+    ]
+    if found:
+        updatable = {
+            k: v
+            for k, v in params.items()
+            if k in ("BatchSize", "MaximumBatchingWindowInSeconds", "FunctionResponseTypes")
+        }
+        got = lam.update_event_source_mapping(UUID=found[0]["UUID"], FunctionName=function_arn, **updatable)
+    else:
+        got = lam.create_event_source_mapping(FunctionName=function_arn, Enabled=True, **params)
+    return StreamDeployment(pipeline.name, version, source, str(got["UUID"]), str(got.get("State", "")))
+
+
+_definitions = DefinitionCache()
+
+
+def run_stream_event(
+    event: Mapping[str, Any],
+    *,
+    bucket: str,
+    s3: Any,
+    store: Any,
+    policy: Any,
+    data_root: str,
+    source_of: Callable[[Mapping[str, Any]], str],
+    decode: Callable[[Mapping[str, Any], Mapping[str, Any]], _Delivery],
+) -> dict[str, Any]:
+    """Run one delivery of an event source mapping as a micro-batch of the pipeline its source feeds.
+
+    Returns ``{"batchItemFailures": [...]}``: empty when the batch's run succeeded (or an earlier try of
+    the same delivery did), else what makes the service deliver the batch again (every SQS message;
+    the first Kinesis record, from which the shard is retried). A failed Kafka batch raises
+    ``RetryableError`` (Kafka mappings retry the whole batch on an error). ``source_of`` and
+    ``decode`` read the event (the connectors layer's ``lambda_event_source`` / ``lambda_decoder``).
+    """
+    from udop.executor.local import LocalExecutor
+    from udop.spec.secure import check_definition
+    from udop.stream.runner import StreamRunner
+
+    try:
+        source = source_of(event)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FatalError(f"stream runner: {exc}") from None
+    mapping = get_json(s3, bucket, mapping_key(source))
+    if mapping is None:
+        raise FatalError(
+            f"stream runner: no pipeline is deployed for {source} (udop deploy a pipeline whose "
+            "spec.trigger.stream reads it)"
+        )
+    pipeline = _definitions.get(s3, bucket, str(mapping["pipeline"]), int(mapping["version"]))
+    refused = check_definition(pipeline, policy)
+    if refused:
+        raise FatalError(
+            f"pipeline {pipeline.name!r} is refused by the stream runner's sandbox: {refused[0]}"
+        )
+    task = pipeline.task(pipeline.stream.id)
+    connection = pipeline.spec.connections.get(task.source.connection) if task.source.connection else None
+    options = {
+        **((connection.model_extra or {}) if connection is not None else {}),
+        **(task.source.model_extra or {}),
+    }
+    delivery = decode(event, options)
+    executor = LocalExecutor(store, workers=2, data_root=data_root, policy=policy)
+    state = StreamRunner(pipeline, store, executor, None).run_batch(
+        delivery.table, run_id=f"stream-{delivery.digest}", end=delivery.end
+    )
+    if state == RunState.SUCCEEDED:
+        return {"batchItemFailures": []}
+    if delivery.all_failed:
+        return {"batchItemFailures": delivery.all_failed}
+    raise RetryableError(
+        f"pipeline {pipeline.name!r}: the batch's run stream-{delivery.digest} {state.value}"
+    )

@@ -1,0 +1,233 @@
+"""Stream positions and micro-batches in the metadata database (tables in ``udop.store.tables``,
+revision 0008). A batch is recorded ``pending`` before its run starts and ``committed`` together with
+the pipeline's new positions, in one transaction, after its loads committed."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import insert, select, update
+
+from udop.store.engine import transaction
+from udop.store.sql import SqlMetadataStore
+from udop.store.tables import stream_batches, stream_offsets
+
+__all__ = ["BatchRecord", "StreamStore"]
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    pipeline: str
+    run_id: str
+    state: str  # pending | committed | dead_letter | discarded
+    start: dict[str, Any]
+    end: dict[str, Any]
+    acks: list[Any]
+    messages: int
+    tries: int
+    error: str | None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _record(row: Any) -> BatchRecord:
+    return BatchRecord(
+        row.pipeline,
+        row.run_id,
+        row.state,
+        dict(row.start_positions),
+        dict(row.end_positions),
+        list(row.acks or []),
+        row.messages,
+        row.tries,
+        row.error,
+    )
+
+
+class StreamStore:
+    """A stream pipeline's committed positions and its batches, beside the runs of a ``SqlMetadataStore``."""
+
+    def __init__(self, store: SqlMetadataStore) -> None:
+        self._engine = store.engine
+
+    def positions(self, pipeline: str) -> dict[str, Any]:
+        with transaction(self._engine, write=False) as conn:
+            value = conn.execute(
+                select(stream_offsets.c.positions).where(stream_offsets.c.pipeline == pipeline)
+            ).scalar()
+        return dict(value or {})
+
+    def pending(self, pipeline: str) -> BatchRecord | None:
+        """The batch whose outcome is not settled yet (at most one: batches run one at a time)."""
+        with transaction(self._engine, write=False) as conn:
+            row = conn.execute(
+                select(stream_batches)
+                .where(stream_batches.c.pipeline == pipeline, stream_batches.c.state == "pending")
+                .order_by(stream_batches.c.created_at.desc())
+            ).first()
+        return _record(row) if row is not None else None
+
+    def batch(self, pipeline: str, run_id: str) -> BatchRecord | None:
+        with transaction(self._engine, write=False) as conn:
+            row = conn.execute(
+                select(stream_batches).where(
+                    stream_batches.c.pipeline == pipeline, stream_batches.c.run_id == run_id
+                )
+            ).first()
+        return _record(row) if row is not None else None
+
+    def batches(self, pipeline: str, limit: int = 100) -> list[BatchRecord]:
+        with transaction(self._engine, write=False) as conn:
+            rows = conn.execute(
+                select(stream_batches)
+                .where(stream_batches.c.pipeline == pipeline)
+                .order_by(stream_batches.c.created_at.desc())
+                .limit(limit)
+            ).all()
+        return [_record(r) for r in rows]
+
+    def begin(  # noqa: PLR0917 - one batch's fields, named at the one call
+        self,
+        pipeline: str,
+        run_id: str,
+        start: Mapping[str, Any],
+        end: Mapping[str, Any],
+        acks: list[Any],
+        messages: int,
+    ) -> None:
+        with transaction(self._engine, write=True) as conn:
+            conn.execute(
+                insert(stream_batches).values(
+                    pipeline=pipeline,
+                    run_id=run_id,
+                    state="pending",
+                    start_positions=dict(start),
+                    end_positions=dict(end),
+                    acks=acks,
+                    messages=messages,
+                    tries=1,
+                    created_at=_now(),
+                )
+            )
+
+    def tried(self, pipeline: str, run_id: str, error: str | None) -> int:
+        """Count one more try of a pending batch (its run failed and is resumed); returns the tries."""
+        with transaction(self._engine, write=True) as conn:
+            conn.execute(
+                update(stream_batches)
+                .where(stream_batches.c.pipeline == pipeline, stream_batches.c.run_id == run_id)
+                .values(tries=stream_batches.c.tries + 1, error=error)
+            )
+            tries: int = conn.execute(
+                select(stream_batches.c.tries).where(
+                    stream_batches.c.pipeline == pipeline, stream_batches.c.run_id == run_id
+                )
+            ).scalar_one()
+        return tries
+
+    def settle(self, pipeline: str, run_id: str, state: str, *, error: str | None = None) -> None:
+        """End a pending batch: ``committed`` or ``dead_letter`` move the pipeline's positions to the
+        batch's end in the same transaction; ``discarded`` (nothing of it ran) leaves them."""
+        now = _now()
+        with transaction(self._engine, write=True) as conn:
+            row = conn.execute(
+                select(stream_batches).where(
+                    stream_batches.c.pipeline == pipeline, stream_batches.c.run_id == run_id
+                )
+            ).one()
+            conn.execute(
+                update(stream_batches)
+                .where(
+                    stream_batches.c.pipeline == pipeline,
+                    stream_batches.c.run_id == run_id,
+                    stream_batches.c.state == "pending",
+                )
+                .values(state=state, ended_at=now, error=error)
+            )
+            if state == "discarded":
+                return
+            end = {
+                **(
+                    conn.execute(
+                        select(stream_offsets.c.positions).where(stream_offsets.c.pipeline == pipeline)
+                    ).scalar()
+                    or {}
+                ),
+                **dict(row.end_positions),
+            }
+            moved = conn.execute(
+                update(stream_offsets)
+                .where(stream_offsets.c.pipeline == pipeline)
+                .values(
+                    positions=end,
+                    updated_at=now,
+                    batches=stream_offsets.c.batches + 1,
+                    messages=stream_offsets.c.messages + row.messages,
+                )
+            )
+            if moved.rowcount == 0:
+                conn.execute(
+                    insert(stream_offsets).values(
+                        pipeline=pipeline, positions=end, updated_at=now, batches=1, messages=row.messages
+                    )
+                )
+
+
+#: how long a stream's lease outlives a holder that stopped renewing it (one on another machine)
+LEASE_TTL = 60.0
+
+
+class StreamLease:
+    """One ``udop stream`` per pipeline: a lease in the state store (``udop:stream-lease:<pipeline>``),
+    renewed while the stream runs. A holder that died on this machine is taken over at once; one on
+    another machine after ``LEASE_TTL`` seconds without renewal."""
+
+    def __init__(self, state: Any, pipeline: str) -> None:
+        import os
+        import socket
+        import uuid
+
+        self.state = state
+        self.pipeline = pipeline
+        self.key = f"udop:stream-lease:{pipeline}"
+        self.token = f"{os.getpid()}@{socket.gethostname()}#{uuid.uuid4().hex}"
+
+    def acquire(self) -> None:
+        import socket
+
+        from udop.errors import InputError
+        from udop.executor.local import owner_alive
+
+        for _ in range(3):
+            if self.state.set_if_absent(self.key, self.token, ttl=LEASE_TTL):
+                return
+            held = self.state.get(self.key)
+            if held is None:
+                continue  # expired in between
+            owner = held.split("#", 1)[0]
+            if owner.rsplit("@", 1)[-1] == socket.gethostname() and not owner_alive(owner):
+                if self.state.compare_and_set(self.key, held, self.token, ttl=LEASE_TTL):
+                    return  # its holder died here (killed): taken over
+                continue
+            raise InputError(
+                f"pipeline {self.pipeline!r} is already streamed by process {owner}; stop it "
+                f"first (a holder on another machine frees it {LEASE_TTL:g} s after it stops)"
+            )
+        raise InputError(f"pipeline {self.pipeline!r}: the stream's lease keeps changing hands; try again")
+
+    def renew(self) -> None:
+        from udop.errors import StoreError
+
+        if not self.state.compare_and_set(self.key, self.token, self.token, ttl=LEASE_TTL):
+            raise StoreError(
+                f"pipeline {self.pipeline!r}: this udop stream lost its lease (another process "
+                "took the stream over); stopping"
+            )
+
+    def release(self) -> None:
+        self.state.delete_if_equals(self.key, self.token)

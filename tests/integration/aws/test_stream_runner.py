@@ -1,0 +1,207 @@
+"""Stream pipelines on (emulated) AWS: ``udop deploy`` creates the event source mapping on the stream
+runner, and the stream runner Lambda (the real handler, invoked through moto with SQS and Kinesis event
+shapes) runs each delivery as a recorded micro-batch, reports failed batches item by item, and a
+delivery repeated after its batch committed writes nothing again."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow.dataset as ds
+import pytest
+
+pytestmark = [pytest.mark.aws, pytest.mark.slow]
+
+
+def _udop(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    from udop.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return int(exit_info.value.code or 0), out, err
+
+
+@pytest.fixture
+def deploy_env(moto_aws: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    from udop.settings import get_settings
+
+    monkeypatch.setenv("UDOP_DEFINITIONS_BUCKET", moto_aws.definitions_bucket)
+    monkeypatch.setenv("UDOP_STREAM_RUNNER_ARN", moto_aws.stream_runner_arn)
+    monkeypatch.setenv("UDOP_DATABASE_URL", moto_aws.database_url)
+    get_settings.cache_clear()
+    yield moto_aws
+    get_settings.cache_clear()
+
+
+def _definition(tmp: Path, name: str, source: str, out: Path) -> Path:
+    path = tmp / f"{name}.yaml"
+    path.write_text(f"""
+apiVersion: udop/v1
+kind: Pipeline
+metadata: {{name: {name}}}
+spec:
+  trigger:
+    stream:
+      source: {source}
+      id: events
+      max_batch_rows: 100
+      max_batch_seconds: 2
+  tasks:
+    - id: checked
+      type: validate
+      depends_on: [events]
+      rules: [{{not_null: [id]}}]
+    - id: land
+      type: load
+      depends_on: [checked]
+      target: {{connector: parquet, path: {out}, mode: append}}
+""")
+    return path
+
+
+def _invoke(env: Any, event: dict[str, Any]) -> dict[str, Any]:
+    lam = env.client("lambda")
+    got = lam.invoke(FunctionName=env.stream_runner_arn, Payload=json.dumps(event).encode())
+    body = json.loads(got["Payload"].read())
+    assert "FunctionError" not in got, body
+    return dict(body)
+
+
+def _sqs_event(queue_arn: str, bodies: list[str]) -> dict[str, Any]:
+    return {
+        "Records": [
+            {
+                "messageId": str(uuid.uuid4()),
+                "receiptHandle": f"handle-{i}",
+                "body": body,
+                "attributes": {
+                    "ApproximateReceiveCount": "1",
+                    "SentTimestamp": "1764460800000",
+                    "SenderId": "AIDAEXAMPLE",
+                    "ApproximateFirstReceiveTimestamp": "1764460800001",
+                },
+                "messageAttributes": {},
+                "md5OfBody": "",
+                "eventSource": "aws:sqs",
+                "eventSourceARN": queue_arn,
+                "awsRegion": "us-east-1",
+            }
+            for i, body in enumerate(bodies)
+        ]
+    }
+
+
+def test_deploy_maps_the_queue_and_each_delivery_is_a_batch_run(
+    deploy_env: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = deploy_env
+    sqs, lam = env.client("sqs"), env.client("lambda")
+    queue = f"{env.prefix}-orders"
+    url = sqs.create_queue(QueueName=queue)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    out = tmp_path / "out"
+    name = f"{env.prefix}-orders"
+    path = _definition(tmp_path, name, f"{{connector: sqs, queue: {queue}}}", out)
+
+    code, stdout, err = _udop(capsys, "deploy", str(path))
+    assert code == 0, err
+    assert "event source mapping" in stdout and arn in stdout
+    (mapping,) = lam.list_event_source_mappings(FunctionName=env.stream_runner_arn)["EventSourceMappings"]
+    assert mapping["EventSourceArn"] == arn
+    assert mapping["BatchSize"] == 100 and mapping["MaximumBatchingWindowInSeconds"] == 2
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    code, _stdout, err = _udop(capsys, "deploy", str(path))  # again: the mapping is updated, not doubled
+    assert code == 0, err
+    assert len(lam.list_event_source_mappings(FunctionName=env.stream_runner_arn)["EventSourceMappings"]) == 1
+
+    event = _sqs_event(arn, [json.dumps({"id": i, "amount": i * 2}) for i in range(5)])
+    assert _invoke(env, event) == {"batchItemFailures": []}
+    assert sorted(ds.dataset(out).to_table().column("id").to_pylist()) == list(range(5))
+    assert _invoke(env, event) == {"batchItemFailures": []}  # delivered again: already committed
+    assert ds.dataset(out).to_table().num_rows == 5
+
+    poison = _sqs_event(arn, [json.dumps({"id": 9}), "not json"])
+    failed = _invoke(env, poison)
+    assert failed == {"batchItemFailures": [{"itemIdentifier": r["messageId"]} for r in poison["Records"]]}
+    assert ds.dataset(out).to_table().num_rows == 5  # the validate rule stopped the batch before its load
+
+    from udop.store import open_store
+    from udop.stream.store import StreamStore
+
+    store = open_store(env.database_url)
+    try:
+        runs = store.list_runs(pipeline=name, limit=10)
+        assert sorted(r.state for r in runs) == ["failed", "succeeded"]
+        assert {r.trigger for r in runs} == {"stream"}
+        states = sorted(b.state for b in StreamStore(store).batches(name))
+        assert states == ["committed", "pending"]
+    finally:
+        store.close()
+
+
+def test_a_kinesis_delivery_runs_and_a_failed_one_is_retried_from_its_first_record(
+    deploy_env: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = deploy_env
+    kinesis, lam = env.client("kinesis"), env.client("lambda")
+    stream = f"{env.prefix}-clicks"
+    kinesis.create_stream(StreamName=stream, ShardCount=1)
+    arn = kinesis.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]["StreamARN"]
+    out = tmp_path / "clicks"
+    path = _definition(tmp_path, f"{env.prefix}-clicks", f"{{connector: kinesis, stream: {stream}}}", out)
+    code, _stdout, err = _udop(capsys, "deploy", str(path))
+    assert code == 0, err
+    (mapping,) = [
+        m
+        for m in lam.list_event_source_mappings(FunctionName=env.stream_runner_arn)["EventSourceMappings"]
+        if m["EventSourceArn"] == arn
+    ]
+    assert mapping["StartingPosition"] == "TRIM_HORIZON"
+
+    def record(seq: int, data: bytes) -> dict[str, Any]:
+        return {
+            "kinesis": {
+                "kinesisSchemaVersion": "1.0",
+                "partitionKey": "k",
+                "sequenceNumber": f"4959{seq:040d}",
+                "data": base64.b64encode(data).decode(),
+                "approximateArrivalTimestamp": 1764460800.5,
+            },
+            "eventSource": "aws:kinesis",
+            "eventVersion": "1.0",
+            "eventID": f"shardId-000000000000:4959{seq:040d}",
+            "eventName": "aws:kinesis:record",
+            "invokeIdentityArn": env.role_arn,
+            "awsRegion": "us-east-1",
+            "eventSourceARN": arn,
+        }
+
+    good = {"Records": [record(i, json.dumps({"id": i}).encode()) for i in range(3)]}
+    assert _invoke(env, good) == {"batchItemFailures": []}
+    assert sorted(ds.dataset(out).to_table().column("id").to_pylist()) == [0, 1, 2]
+    bad = {"Records": [record(10, b"{}"), record(11, json.dumps({"id": 11}).encode())]}
+    assert _invoke(env, bad) == {"batchItemFailures": [{"itemIdentifier": f"4959{10:040d}"}]}
+
+
+def test_an_uploaded_stream_pipeline_is_refused_with_a_pointer_to_udop_deploy(
+    moto_aws: Any, tmp_path: Path
+) -> None:
+    s3 = moto_aws.client("s3")
+    name = f"{moto_aws.prefix}-uploaded"
+    text = _definition(
+        tmp_path, name, f"{{connector: sqs, queue: {moto_aws.prefix}-q}}", Path("out")
+    ).read_text()
+    s3.put_object(Bucket=moto_aws.definitions_bucket, Key=f"pipelines/{name}.yaml", Body=text.encode())
+    status = json.loads(
+        s3.get_object(Bucket=moto_aws.definitions_bucket, Key=f"pipelines/{name}.status.json")["Body"].read()
+    )
+    assert status["ok"] is False
+    assert "deploy it with udop deploy FILE" in status["errors"][0]["text"]
+    assert not moto_aws.client("lambda").list_event_source_mappings(FunctionName=moto_aws.stream_runner_arn)[
+        "EventSourceMappings"
+    ]
