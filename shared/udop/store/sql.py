@@ -629,8 +629,8 @@ class SqlMetadataStore:
                     raise _Refused
                 db.execute(insert.sql, insert(**params))
         except _Refused:
-            with self._read() as conn:
-                self._raise_task_problem(conn, run_id, task_id, TaskState.RUNNING)
+            with self._sqlite_read() as db:
+                _sqlite_raise_task_problem(db, run_id, task_id, TaskState.RUNNING)
         except sqlite3.IntegrityError:
             raise TransitionError(f"run {run_id!r} task {task_id!r}: attempt {number} was already started") \
                 from None
@@ -706,10 +706,10 @@ class SqlMetadataStore:
                 if check_rows:
                     db.executemany(insert_check.sql, check_rows)
         except _Refused as refused:
-            with self._read() as conn:
+            with self._sqlite_read() as db:
                 if refused.args == ("attempt",):
-                    self._raise_attempt_problem(conn, run_id, task_id, number, attempt_state)
-                self._raise_task_problem(conn, run_id, task_id, task_state)
+                    _sqlite_raise_attempt_problem(db, run_id, task_id, number, attempt_state)
+                _sqlite_raise_task_problem(db, run_id, task_id, task_state)
 
     def set_task_states(self, run_id: str, task_ids: list[str], state: TaskState,
                         *, error_message: str | None = None) -> None:
@@ -979,6 +979,25 @@ def _sqlite_scalar(db: sqlite3.Connection, name: str, **values: Any) -> Any:
     stmt = _q(name)
     row = db.execute(stmt.sql, stmt(**values)).fetchone()
     return None if row is None else row[0]
+
+
+def _sqlite_raise_task_problem(db: sqlite3.Connection, run_id: str, task_id: str, new: TaskState) -> NoReturn:
+    """``_raise_task_problem`` on the bare sqlite3 connection."""
+    current = _sqlite_scalar(db, "TASK_STATE", r=run_id, t=task_id)
+    if current is None:
+        raise _missing(_sqlite_scalar(db, "RUN_STATE", run=run_id) is not None, run_id, task_id)
+    raise _transition_error(f"run {run_id!r} task {task_id!r}", current, new)
+
+
+def _sqlite_raise_attempt_problem(db: sqlite3.Connection, run_id: str, task_id: str, number: int,
+                                  new: AttemptState) -> NoReturn:
+    """``_raise_attempt_problem`` on the bare sqlite3 connection."""
+    current = _sqlite_scalar(db, "ATTEMPT_STATE", r=run_id, t=task_id, n=number)
+    if current is None:
+        if _sqlite_scalar(db, "TASK_STATE", r=run_id, t=task_id) is None:
+            raise _missing(_sqlite_scalar(db, "RUN_STATE", run=run_id) is not None, run_id, task_id)
+        raise TransitionError(f"run {run_id!r} task {task_id!r}: attempt {number} was never started")
+    raise _transition_error(f"run {run_id!r} task {task_id!r} attempt {number}", current, new)
 
 
 def _check_slot(pipeline: str, slot: RunSlot, rows: list[tuple[str, str | None]]) -> None:

@@ -153,6 +153,14 @@ SQL: dict[str, tuple[str, dict[str, Any]]] = {
         "SELECT task_runs.task_id, task_runs.state \nFROM task_runs \nWHERE task_runs.run_id = :r AND task_runs.task_id IN (__[POSTCOMPILE_ids]) ORDER BY task_runs.task_id",
         {"r": None, "ids": None},
     ),
+    "TASK_STATE": (
+        "SELECT task_runs.state \nFROM task_runs \nWHERE task_runs.run_id = :r AND task_runs.task_id = :t",
+        {"r": None, "t": None},
+    ),
+    "ATTEMPT_STATE": (
+        "SELECT attempts.state \nFROM attempts \nWHERE attempts.run_id = :r AND attempts.task_id = :t AND attempts.number = :n",
+        {"r": None, "t": None, "n": None},
+    ),
     "LINEAGE": (
         "SELECT lineage.id, lineage.run_id, lineage.task_id, lineage.inputs, lineage.output_uri, lineage.rows, lineage.bytes, lineage.schema_fingerprint, lineage.recorded_at \nFROM lineage \nWHERE lineage.run_id = :r ORDER BY lineage.id",
         {"r": None},

@@ -202,6 +202,12 @@ def statements() -> dict[str, Any]:
         .where(task_runs.c.run_id == bindparam("r"),
                task_runs.c.task_id.in_(bindparam("ids", expanding=True)))
         .order_by(task_runs.c.task_id),
+        # the diagnosis of a refused change
+        "TASK_STATE": select(task_runs.c.state).where(task_runs.c.run_id == bindparam("r"),
+                                                      task_runs.c.task_id == bindparam("t")),
+        "ATTEMPT_STATE": select(attempts.c.state).where(attempts.c.run_id == bindparam("r"),
+                                                        attempts.c.task_id == bindparam("t"),
+                                                        attempts.c.number == bindparam("n")),
         # what the tasks left behind
         "LINEAGE": select(lineage).where(lineage.c.run_id == bindparam("r")).order_by(lineage.c.id),
         "CHECKS": select(check_results).where(check_results.c.run_id == bindparam("r"))

@@ -6,6 +6,7 @@ path, row by row, and the same records read back."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,8 @@ def _rows(store: SqlMetadataStore) -> dict[str, list[dict[str, Any]]]:
 
 @pytest.fixture
 def stores(tmp_path: Path) -> Any:
-    hot = open_store(f"sqlite:///{tmp_path / 'hot.db'}")
+    open_store(f"sqlite:///{tmp_path / 'hot.db'}").close()  # created and migrated through SQLAlchemy
+    hot = open_store(f"sqlite:///{tmp_path / 'hot.db'}")  # then opened on sqlite3 alone, as a udop run is
     general = open_store(f"sqlite:///{tmp_path / 'general.db'}")
     general._sqlite = False  # the SQLAlchemy path, as on PostgreSQL
     try:
@@ -115,6 +117,7 @@ def stores(tmp_path: Path) -> Any:
 def test_the_hot_path_and_the_sqlalchemy_path_write_the_same_rows(stores: Any) -> None:
     hot, general = stores
     _run(hot)
+    assert hot._engine is None  # every operation above went to sqlite3: no engine was made
     _run(general)
     written = _rows(hot)
     assert written == _rows(general)
@@ -147,3 +150,33 @@ def test_both_paths_read_back_the_same_records(stores: Any) -> None:
         return out
 
     assert records(hot) == records(general)
+
+
+def test_both_paths_refuse_alike(stores: Any) -> None:
+    hot, general = stores
+
+    def refusals(store: SqlMetadataStore) -> list[tuple[type, str]]:
+        _run(store)
+        calls: list[Callable[[], object]] = [
+            lambda: store.start_attempt("r1", "a", 3),  # a succeeded
+            lambda: store.start_attempt("nope", "a", 1),
+            lambda: store.start_attempt("r1", "zz", 1),
+            lambda: store.finish_attempt("r1", "b", 9, attempt_state=AttemptState.SUCCEEDED,
+                                         task_state=TaskState.SUCCEEDED),
+            lambda: store.finish_attempt("r1", "b", 1, attempt_state=AttemptState.FAILED,
+                                         task_state=TaskState.FAILED),
+            lambda: store.finish_attempt("r1", "zz", 1, attempt_state=AttemptState.FAILED,
+                                         task_state=TaskState.FAILED),
+            lambda: store.set_run_state("nope", RunState.FAILED),
+        ]
+        out: list[tuple[type, str]] = []
+        for call in calls:
+            with pytest.raises((TransitionError, RunNotFound)) as refused:
+                call()
+            out.append((type(refused.value), str(refused.value)))
+        return out
+
+    said = refusals(hot)
+    assert said == refusals(general)
+    assert said[3] == (TransitionError, "run 'r1' task 'b': attempt 9 was never started")
+    assert said[1][0] is RunNotFound and said[2][0] is RunNotFound
