@@ -1,4 +1,5 @@
-"""``SqlMetadataStore``: the ``MetadataStore`` protocol on SQLite or PostgreSQL (SQLAlchemy Core).
+"""``SqlMetadataStore``: the ``MetadataStore`` protocol on SQLite or PostgreSQL (SQLAlchemy Core; on SQLite,
+every operation of a run goes to sqlite3 with the SQL text of the same statements: "the SQLite path").
 
 Every method is one transaction. A state change is one ``UPDATE ... WHERE state IN (<legal
 predecessors>)`` whose row count says whether the move was legal; the predecessor sets are derived
