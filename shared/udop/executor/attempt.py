@@ -11,9 +11,7 @@ in a thread, where an attempt costs far less.
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
-import pickle
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -98,6 +96,8 @@ def failed_checks(exc: BaseException) -> dict[str, Any] | None:
 
 
 def _fork_server() -> ForkServerContext:
+    import multiprocessing  # with pickle ~10 ms of every run; only an attempt in a child process needs it
+
     with _CONTEXT_LOCK:
         if not _CONTEXTS:
             context = multiprocessing.get_context("forkserver")
@@ -207,6 +207,8 @@ class ChildAttempt:
 
 def _picklable(services: Mapping[str, Any]) -> dict[str, Any]:
     # services such as an open state store stay in this process; the child gets what can travel
+    import pickle
+
     kept = {}
     for key, value in services.items():
         try:
@@ -219,6 +221,8 @@ def _picklable(services: Mapping[str, Any]) -> dict[str, Any]:
 
 def _portable(exc: BaseException) -> BaseException:
     """``exc`` if it survives pickling, else an exception of the same class name and message."""
+    import pickle
+
     try:
         pickle.loads(pickle.dumps(exc))
     except Exception:

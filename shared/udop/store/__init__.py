@@ -3,7 +3,8 @@
 ``open_store()`` opens the database named by ``UDOP_DATABASE_URL`` (default: SQLite under
 ``.udop/``), brings its schema up to date when behind, and returns a ``SqlMetadataStore``.
 SQLAlchemy is imported on first use, not by ``import udop.store.api``: a Lambda that only needs the
-records does not pay for it.
+records does not pay for it. A store on an SQLite file whose schema is up to date opens without it at
+all (sqlite3 reads the revision, and every operation of a run has an SQLite path in ``store.sql``).
 """
 
 from __future__ import annotations
@@ -93,6 +94,42 @@ def _engine_for(url: str | None, *, migrating: bool, expect_history_in: str | No
     return engine
 
 
+def _open_sqlite(url: str | None, expect_history_in: str | None) -> SqlMetadataStore | None:
+    """The store on sqlite3 connections, without SQLAlchemy, when the URL names an SQLite file whose
+    schema is current; None otherwise (a new or older database, another URL: the engine path)."""
+    import sqlite3
+
+    from udop.settings import get_settings
+    from udop.store.engine import SqliteConnections, create_private_file, sqlite_file_path, sqlite_revision
+    from udop.store.schema import HEAD
+
+    default = get_settings().resolved_database_url
+    given = default if url is None else url
+    path = sqlite_file_path(given)
+    if path is None:
+        return None
+    db_file = Path(path)
+    if not db_file.parent.is_dir() or not db_file.exists() or db_file.stat().st_size == 0:
+        return None  # to create: the engine path creates it, migrates it and says what is wrong
+    create_private_file(path)
+    connections = SqliteConnections(path)
+    try:
+        db = connections.acquire()
+        try:
+            revision = sqlite_revision(db)
+        finally:
+            connections.release(db)
+    except sqlite3.Error:
+        connections.close()
+        return None  # the engine path opens it again and words the error
+    if revision != HEAD:
+        connections.close()
+        return None
+    from udop.store.sql import SqlMetadataStore
+
+    return SqlMetadataStore(connections=connections, url=given)
+
+
 def open_store(url: str | None = None, *, expect_history_in: str | None = None) -> SqlMetadataStore:
     """Open the metadata store at ``url`` (default: the UDOP_DATABASE_URL setting), migrating if behind.
 
@@ -104,6 +141,8 @@ def open_store(url: str | None = None, *, expect_history_in: str | None = None) 
     """
     from udop.store.sql import SqlMetadataStore
 
+    if (store := _open_sqlite(url, expect_history_in)) is not None:
+        return store
     return SqlMetadataStore(_engine_for(url, migrating=False, expect_history_in=expect_history_in))
 
 

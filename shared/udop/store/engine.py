@@ -16,21 +16,22 @@ import json
 import os
 import re
 import sqlite3
+import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePath
-from typing import Any
-
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-from sqlalchemy.pool import StaticPool
+from typing import TYPE_CHECKING, Any
 
 from udop.errors import StoreError
 
-__all__ = ["begin", "canonical_json", "create_private_file", "create_store_engine", "is_memory", "json_dumps",
-           "mask_url", "parse_url", "sqlite_timestamp", "transaction"]
+if TYPE_CHECKING:  # SQLAlchemy is imported where an engine is made: a run on SQLite does without it
+    from sqlalchemy import Engine
+    from sqlalchemy.engine import URL, Connection
+
+__all__ = ["SqliteConnections", "begin", "canonical_json", "create_private_file", "create_store_engine",
+           "is_memory", "json_dumps", "mask_url", "parse_url", "sqlite_file_path", "sqlite_revision",
+           "sqlite_timestamp", "transaction"]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -73,6 +74,11 @@ _PASSWORD_IN_URL = re.compile(r"(://[^:/@]*:)[^@]*@")
 
 def mask_url(url: str | URL) -> str:
     """The URL with its password replaced by ``***``, safe to print."""
+    if isinstance(url, str) and sqlite_file_path(url) is not None:
+        return url  # no password to hide, and no SQLAlchemy to import for it
+    from sqlalchemy.engine import URL, make_url
+    from sqlalchemy.exc import ArgumentError
+
     if isinstance(url, URL):
         return url.render_as_string(hide_password=True)
     try:
@@ -86,6 +92,9 @@ def parse_url(url: str) -> URL:
 
     ``postgresql://`` and ``postgres://`` mean psycopg 3 (the driver udop ships with).
     """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):
@@ -166,6 +175,10 @@ def create_private_file(path: str | Path) -> None:
 
 def create_store_engine(url: URL) -> Engine:
     """An engine for ``url`` (already parsed with ``parse_url``), safe to share between threads."""
+    from sqlalchemy import create_engine, event
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+    from sqlalchemy.pool import StaticPool
+
     try:
         if url.get_backend_name() == "sqlite":
             if not is_memory(url) and url.database and not url.database.startswith("file:"):
@@ -205,3 +218,75 @@ def sqlite_folder(url: URL) -> Path | None:
     if url.database.startswith("file:"):
         return None
     return Path(url.database).parent
+
+
+_SQLITE_FILE_URL = re.compile(r"sqlite(?:\+pysqlite)?:///(?P<path>[^?%]+)")
+
+
+def sqlite_file_path(url: str) -> str | None:
+    """The database file of a plain ``sqlite:///path`` URL (no query, no escapes, not ``:memory:`` or
+    a ``file:`` URI), as SQLAlchemy's URL would name it; None for any other URL."""
+    found = _SQLITE_FILE_URL.fullmatch(url)
+    if found is None:
+        return None
+    path = found["path"]
+    if path == ":memory:" or path.startswith("file:"):
+        return None
+    return path
+
+
+def _connect_sqlite(path: str) -> sqlite3.Connection:
+    # as SQLAlchemy's pysqlite dialect connects (no type detection), then the store's pragmas
+    db = sqlite3.connect(path, check_same_thread=False)
+    _sqlite_on_connect(db, None)
+    return db
+
+
+class SqliteConnections:
+    """sqlite3 connections to one database file, set up as an engine's are (``_sqlite_on_connect``),
+    kept for reuse: what the store uses on SQLite until an operation needs SQLAlchemy."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._idle: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        # a forked child must not use its parent's connections (file locks are per process)
+        os.register_at_fork(after_in_child=functools.partial(_forget_connections, weakref.ref(self)))
+
+    def acquire(self) -> sqlite3.Connection:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return _connect_sqlite(self.path)
+
+    def release(self, db: sqlite3.Connection) -> None:
+        if db.in_transaction:
+            db.rollback()
+        with self._lock:
+            self._idle.append(db)
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for db in idle:
+            db.close()
+
+
+def _forget_connections(ref: weakref.ref[SqliteConnections]) -> None:
+    connections = ref()
+    if connections is not None:
+        connections._idle = []  # the parent's, left open for the parent
+
+
+def sqlite_revision(db: sqlite3.Connection) -> str | None:
+    """The database's Alembic revision read with sqlite3 (None: never migrated); what
+    ``udop.store.schema.current_revision`` reads through SQLAlchemy."""
+    db.execute("BEGIN")
+    try:
+        if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
+                      ).fetchone() is None:
+            return None
+        row = db.execute("SELECT version_num FROM alembic_version").fetchone()
+        return None if row is None else str(row[0])
+    finally:
+        db.commit()

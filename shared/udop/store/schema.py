@@ -10,12 +10,13 @@ Both backends have transactional DDL, so a failed migration leaves the database 
 from __future__ import annotations
 
 from pathlib import Path
-
-from sqlalchemy import Connection, Engine, text
-from sqlalchemy.exc import DBAPIError
+from typing import TYPE_CHECKING
 
 from udop.errors import StoreError
 from udop.store.engine import mask_url, transaction
+
+if TYPE_CHECKING:  # imported where used: a run on SQLite reads HEAD without SQLAlchemy
+    from sqlalchemy import Connection, Engine
 
 __all__ = ["HEAD", "REVISIONS", "current_revision", "ensure_schema", "upgrade"]
 
@@ -31,6 +32,8 @@ _PG_LOCK_KEY = 0x75646F70
 
 def current_revision(conn: Connection) -> str | None:
     """The database's Alembic revision, or None for an empty (never migrated) database."""
+    from sqlalchemy import text
+
     if conn.dialect.name == "sqlite":
         exists = conn.exec_driver_sql(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'").first()
@@ -60,6 +63,8 @@ def ensure_schema(engine: Engine) -> str:
 
 def upgrade(engine: Engine) -> str:
     """Run the pending migrations under the migration lock; return the revision reached."""
+    from sqlalchemy import text
+
     with transaction(engine, write=True) as conn:  # BEGIN IMMEDIATE on SQLite: the write lock
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
@@ -79,6 +84,7 @@ def _run_alembic(conn: Connection) -> None:
     # imported only when a migration is due: Alembic costs ~0.3 s to import
     from alembic import command
     from alembic.config import Config
+    from sqlalchemy.exc import DBAPIError
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))

@@ -1,10 +1,12 @@
-"""The SQLite read path of the two reads an API serves most: a page of runs and one run with its tasks.
+"""The SQLite read path: a page of runs and one run with its tasks (what an API serves most), and the
+other reads of a ``udop run`` (its pipeline's versions, checks, lineage, a run row an UPDATE returned).
 
 Through SQLAlchemy a ``list_runs`` page of 51 rows cost about five times what sqlite3 takes to fetch
 it: per-statement compilation-cache work, then a result processor per value (timestamps parsed by a
 regular expression, JSON decoded, UTC attached). Here the same Core statements, compiled once, go
 straight to the driver, and the values are converted as ``UTCDateTime`` and ``JSONType`` convert them:
 naive UTC text to an aware UTC ``datetime`` (``datetime.fromisoformat``, in C), JSON text to Python.
+The SQL text is ``udop.store.sqlite_sql``'s (compiled from the Core statements; no SQLAlchemy here).
 The records are equal to the SQLAlchemy path's (``tests/integration/store/test_sqlite_reads.py``).
 """
 
@@ -18,43 +20,38 @@ from functools import cache
 from typing import Any, TypeVar
 
 from pydantic_core import from_json
-from sqlalchemy import and_, bindparam, or_, select
-from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 
 from udop.errors import RunNotFound
 from udop.states import AttemptState, RunState, TaskState
-from udop.store.api import AttemptRecord, RunRecord, TaskRunRecord
-from udop.store.tables import attempts, runs, task_runs
+from udop.store.api import (
+    AttemptRecord,
+    CheckRecord,
+    LineageRecord,
+    PipelineRecord,
+    PipelineVersionRecord,
+    RunRecord,
+    TaskRunRecord,
+)
+from udop.store.sqlite_sql import SQL
 
-__all__ = ["get_run", "list_runs"]
-
-_DIALECT = SQLiteDialect_pysqlite(paramstyle="named")
-
-
-def _sql(stmt: Any) -> str:
-    return str(stmt.compile(dialect=_DIALECT))
+__all__ = ["get_checks", "get_lineage", "get_pipeline", "get_run", "list_runs", "pipeline_version",
+           "run_record"]
 
 
 @cache
 def _list_sql(pipeline: bool, state: bool, before: bool) -> str:
-    stmt = select(runs).order_by(runs.c.created_at.desc(), runs.c.id.desc())
-    if pipeline:
-        stmt = stmt.where(runs.c.pipeline == bindparam("pipeline"))
-    if state:
-        stmt = stmt.where(runs.c.state == bindparam("state"))
-    if before:
-        at: Any = bindparam("cursor_at")
-        stmt = stmt.where(or_(runs.c.created_at < at,
-                              and_(runs.c.created_at == at, runs.c.id < bindparam("before"))))
-    return _sql(stmt) + " LIMIT :limit"  # SQLAlchemy's SQLite LIMIT comes with an OFFSET to bind too
+    name = "LIST_RUNS" + "_PIPELINE" * pipeline + "_STATE" * state + "_BEFORE" * before
+    return SQL[name][0] + " LIMIT :limit"  # SQLAlchemy's SQLite LIMIT comes with an OFFSET to bind too
 
 
-_CURSOR_SQL = _sql(select(runs.c.created_at).where(runs.c.id == bindparam("before")))
-_RUN_SQL = _sql(select(runs).where(runs.c.id == bindparam("run_id")))
-_TASKS_SQL = _sql(select(task_runs).where(task_runs.c.run_id == bindparam("run_id"))
-                  .order_by(task_runs.c.position))
-_ATTEMPTS_SQL = _sql(select(attempts).where(attempts.c.run_id == bindparam("run_id"))
-                     .order_by(attempts.c.task_id, attempts.c.number))
+_CURSOR_SQL = SQL["CURSOR"][0]
+_RUN_SQL = SQL["RUN"][0]
+_TASKS_SQL = SQL["TASKS"][0]
+_ATTEMPTS_SQL = SQL["ATTEMPTS"][0]
+_PIPELINE_SQL = SQL["PIPELINE"][0]
+_VERSIONS_SQL = SQL["VERSIONS"][0]
+_LINEAGE_SQL = SQL["LINEAGE"][0]
+_CHECKS_SQL = SQL["CHECKS"][0]
 
 _R = TypeVar("_R")
 _parse = datetime.fromisoformat
@@ -160,3 +157,43 @@ def get_run(db: sqlite3.Connection, run_id: str) -> RunRecord | None:
             _TASKS_SQL, {"run_id": run_id})
     ]
     return _run(head, tasks)
+
+
+def run_record(row: tuple[Any, ...]) -> RunRecord:
+    """A ``runs`` row (all its columns, in table order: ``SELECT`` or ``RETURNING``) as a record."""
+    return _run(row, [])
+
+
+def pipeline_version(row: tuple[Any, ...]) -> PipelineVersionRecord:
+    """A ``pipeline_versions`` row (all its columns, in table order) as a record."""
+    pipeline, version, content_hash, definition, state_machine_arn, created_at = row
+    return PipelineVersionRecord(pipeline=pipeline, version=version, content_hash=content_hash,
+                                 definition=_json(definition), created_at=_ts(created_at),  # type: ignore[arg-type]
+                                 state_machine_arn=state_machine_arn)
+
+
+def get_pipeline(db: sqlite3.Connection, name: str) -> PipelineRecord | None:
+    """``SqlMetadataStore.get_pipeline`` on the bare sqlite3 connection, inside the caller's transaction."""
+    head = db.execute(_PIPELINE_SQL, {"name": name}).fetchone()
+    if head is None:
+        return None
+    name_, created_at = head
+    versions = [pipeline_version(r) for r in db.execute(_VERSIONS_SQL, {"name": name})]
+    return PipelineRecord(name=name_, created_at=_ts(created_at), versions=versions)  # type: ignore[arg-type]
+
+
+def get_lineage(db: sqlite3.Connection, run_id: str) -> list[LineageRecord]:
+    """``SqlMetadataStore.get_lineage`` on the bare sqlite3 connection, inside the caller's transaction."""
+    return [LineageRecord(task_id=task_id, inputs=list(_json(inputs)), output_uri=output_uri, rows=rows,
+                          bytes=bytes_, schema_fingerprint=fingerprint,
+                          recorded_at=_ts(recorded_at))  # type: ignore[arg-type]
+            for _id, _run_id, task_id, inputs, output_uri, rows, bytes_, fingerprint, recorded_at
+            in db.execute(_LINEAGE_SQL, {"r": run_id})]
+
+
+def get_checks(db: sqlite3.Connection, run_id: str) -> list[CheckRecord]:
+    """``SqlMetadataStore.get_checks`` on the bare sqlite3 connection, inside the caller's transaction."""
+    return [CheckRecord(task_id=task_id, rule=rule, severity=severity, passed=bool(passed),
+                        failing_rows=failing_rows, sample=list(_json(sample)), message=message)
+            for _id, _run_id, task_id, rule, severity, passed, failing_rows, sample, message
+            in db.execute(_CHECKS_SQL, {"r": run_id})]
