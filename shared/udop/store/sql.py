@@ -501,6 +501,10 @@ class SqlMetadataStore:
     def attempt_state(self, run_id: str, task_id: str, number: int) -> AttemptState | None:
         """The state of one attempt (None if it was never started): what a Celery worker checks before
         it runs a delivered attempt, which may have been ended meanwhile (timed out, cancelled, resumed)."""
+        from sqlalchemy import select
+
+        from udop.store.tables import attempts
+
         with self._read() as conn:
             state = conn.execute(select(attempts.c.state).where(
                 attempts.c.run_id == run_id, attempts.c.task_id == task_id,
@@ -510,7 +514,7 @@ class SqlMetadataStore:
     @property
     def dialect(self) -> str:
         """The database's SQLAlchemy dialect name (``sqlite``, ``postgresql``)."""
-        return str(self._engine.dialect.name)
+        return "sqlite" if self._sqlite else str(self.engine.dialect.name)
 
     def find_run_by_external_id(self, external_id: str) -> RunRecord | None:
         """The run started as ``external_id`` (an execution ARN), with its tasks like ``get_run``."""
