@@ -36,6 +36,8 @@ def fusable(transform: Any, load: Any) -> bool:
     ``transform`` has no ``check`` step (whose results must come from the data before the load)."""
     if transform.type != "transform" or load.type != "load" or not getattr(transform, "fuse", True):
         return False
+    if getattr(transform, "engine", "duckdb") != "duckdb":  # its query runs elsewhere, not in the load's
+        return False
     if transform.foreach is not None or load.foreach is not None or list(load.depends_on) != [transform.id]:
         return False
     if any(isinstance(step, CheckStep) for step in transform.steps):

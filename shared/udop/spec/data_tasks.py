@@ -581,6 +581,12 @@ class TransformTask(DataTaskBase):
         None, description="the data the steps start from (default: the first of depends_on)"
     )
     steps: list[Step] = Field(min_length=1)
+    engine: Literal["duckdb", "spark", "athena"] = Field(
+        "duckdb",
+        description="where the SQL runs: duckdb (in the task's process), spark (PySpark locally, EMR "
+        "Serverless on AWS) or athena (on AWS; DuckDB locally). The same steps are transpiled from "
+        "DuckDB SQL with sqlglot; see docs/engines.md",
+    )
     fuse: bool = Field(
         True, description="when only a file load reads this task's output, run the steps inside the load's "
         "query instead of writing them to Parquet first (see docs/data-tasks.md, Fusion)")
@@ -611,6 +617,12 @@ class ValidateTask(DataTaskBase):
     input: TaskId | None = Field(None, description="the data checked (default: the first of depends_on)")
     rules: list[Rule] = Field(min_length=1)
     sample_rows: int = Field(5, ge=0, le=100, description="failing rows kept per rule as examples")
+    engine: Literal["duckdb", "spark", "athena"] = Field(
+        "duckdb",
+        description="where the SQL runs: duckdb (in the task's process), spark (PySpark locally, EMR "
+        "Serverless on AWS) or athena (on AWS; DuckDB locally). The same steps are transpiled from "
+        "DuckDB SQL with sqlglot; see docs/engines.md",
+    )
 
     @property
     def primary_input(self) -> str:
