@@ -30,7 +30,7 @@ from udop_transforms._steps import Plan, StepError, compile_steps
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["Register", "evaluate_on_spark", "spark_session", "transform_on_spark"]
+__all__ = ["Register", "evaluate_on_spark", "spark_session", "stop_spark", "transform_on_spark"]
 
 #: ``_tasks._register_inputs``, handed in (this module must not import ``_tasks``)
 Register = Callable[..., dict[str, list[Column]]]
@@ -71,6 +71,14 @@ def spark_session() -> SparkSession:
             session.sparkContext.setLogLevel("ERROR")
             _sessions["local"] = session
         return _sessions["local"]
+
+
+def stop_spark() -> None:
+    """Stop the process's SparkSession (tests; a later task starts a new one)."""
+    with _lock:
+        session = _sessions.pop("local", None)
+    if session is not None:
+        session.stop()
 
 
 def _error_text(exc: BaseException) -> str:

@@ -631,6 +631,9 @@ class ValidateTask(DataTaskBase):
     @model_validator(mode="after")
     def _inputs_known(self) -> ValidateTask:
         _primary_input(self)
+        if self.engine == "athena":
+            raise ValueError("engine: validate tasks run on duckdb or spark (athena runs transform steps "
+                             "only; validate an athena transform's output with engine: duckdb or spark)")
         return self
 
 
