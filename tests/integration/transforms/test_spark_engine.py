@@ -25,7 +25,7 @@ from udop.states import RunState, TaskState
 from udop.store import open_store
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
-from tpch import Q1_STEPS, Q3_STEPS, Q6_STEPS  # noqa: E402
+from tpch import Q1_STEPS, Q3_STEPS, Q6_STEPS
 
 pytestmark = [pytest.mark.slow,
               # PySpark 4.3 warns on import that it does not fully support pandas 3
@@ -57,7 +57,7 @@ def spark() -> Iterator[None]:
     stop_spark()
 
 
-def write_pipeline(root: Path, name: str, data: Path, engine: str, extra: list[dict[str, Any]] | None = None,
+def write_pipeline(root: Path, name: str, data: Path, engine: str, *, extra: list[dict[str, Any]] | None = None,
                    timeout: str | None = None) -> Path:
     steps, tables, params = QUERIES[name]
     tasks: list[dict[str, Any]] = [
@@ -93,7 +93,7 @@ def rows_of(uri: str) -> list[dict[str, Any]]:
 def same(a: Any, b: Any) -> bool:
     """Sums and keys exactly; an average of decimals is a DOUBLE on DuckDB and a decimal rounded to
     scale + 4 on Spark: equal to that many places."""
-    if isinstance(a, Decimal) and isinstance(b, float) or isinstance(a, float) and isinstance(b, Decimal):
+    if (isinstance(a, Decimal) and isinstance(b, float)) or (isinstance(a, float) and isinstance(b, Decimal)):
         dec = a if isinstance(a, Decimal) else b
         places = -dec.as_tuple().exponent  # type: ignore[operator]
         return round(Decimal(str(a if isinstance(a, float) else b)), places) == dec

@@ -24,7 +24,7 @@ from udop_transforms._sql import Params
 from udop_transforms._steps import compile_steps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
-from tpch import Q1_STEPS, Q3_STEPS, Q6_STEPS  # noqa: E402
+from tpch import Q1_STEPS, Q3_STEPS, Q6_STEPS
 
 
 @pytest.fixture
@@ -114,7 +114,7 @@ def test_validate_tasks_run_on_duckdb_or_spark():
 
 
 def test_an_unknown_engine_is_a_spec_error():
-    with pytest.raises(Exception, match="duckdb.*spark.*athena"):
+    with pytest.raises(Exception, match=r"duckdb.*spark.*athena"):
         make_pipeline([{"id": "a", "type": "python", "callable": "m:f"},
                        {"id": "t", "type": "transform", "engine": "flink", "depends_on": ["a"],
                         "steps": [{"limit": 1}]}])
