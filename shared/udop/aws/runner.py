@@ -256,6 +256,12 @@ def _run_payload(event: Mapping[str, Any], *, settings: RunnerSettings, s3: Any,
     item = _item_of(event, payload, task, settings)
     if item is not None:
         logger.append_keys(item=item.index)
+    if event.get("engine_phase"):
+        # the compiler emits EMR Serverless / Athena states (docs/engines.md); this runner does not yet
+        # prepare their jobs or record them: fail the task at once rather than run Spark inside a Lambda
+        raise FatalError(f"task {payload.task_id!r}: engine {getattr(task, 'engine', '?')}: this task runner "
+                         "does not yet prepare or record EMR Serverless / Athena jobs; run the pipeline "
+                         "locally (udop run) or set engine: duckdb for AWS")
     if event.get("finalize"):
         return _finalize(payload, pipeline, task, settings=settings, s3=s3, state=state)
     if event.get("list"):

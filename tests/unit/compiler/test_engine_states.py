@@ -1,0 +1,123 @@
+"""Transform tasks with ``engine: spark`` / ``engine: athena`` on Step Functions: a prepare call, the
+``.sync`` job state (EMR Serverless ``startJobRun`` / Athena ``startQueryExecution``) carrying the task's
+Retry and TimeoutSeconds, and a record call; every state's failure caught into the task's record. The
+definitions pass asl-validator; moto accepts the API calls the job states make (it runs no job or
+query, so only the calls and their parameters are checked here)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import boto3
+import pytest
+from asl_tools import assert_valid
+from moto import mock_aws
+
+from udop.compiler import CompileError, compile_pipeline
+from udop.spec.models import Pipeline
+
+pytestmark = pytest.mark.aws
+
+
+def pipeline(**query_extra: Any) -> Pipeline:
+    tasks = [
+        {"id": "orders", "type": "extract", "source": {"connector": "s3", "path": "s3://lake/orders/"}},
+        {"id": "big", "type": "transform", "engine": "spark", "depends_on": ["orders"],
+         "steps": [{"aggregate": {"by": ["region"], "metrics": {"n": "count(*)"}}}],
+         "retry": {"max_attempts": 3, "base_delay": "5s"}, "timeout": "2h", **query_extra},
+        {"id": "scan", "type": "transform", "engine": "athena", "depends_on": ["orders"],
+         "steps": [{"filter": "amount > 100"}]},
+        {"id": "checks", "type": "validate", "engine": "spark", "depends_on": ["big"],
+         "rules": [{"not_null": ["region"]}]},
+    ]
+    return Pipeline.model_validate({"apiVersion": "udop/v1", "kind": "Pipeline", "metadata": {"name": "eng"},
+                                    "spec": {"tasks": tasks}})
+
+
+def flat(states: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name, state in states.items():
+        out[name] = state
+        for branch in state.get("Branches", ()):
+            out.update(flat(branch["States"]))
+    return out
+
+
+def test_spark_and_athena_tasks_compile_to_prepare_job_record() -> None:
+    compiled = compile_pipeline(pipeline())
+    states = flat(compiled.definition["States"])
+    # prepare -> job -> record, each caught into the task's failure record
+    assert states["big"]["Next"] == "big job" and states["big job"]["Next"] == "big record"
+    assert states["big"]["Parameters"]["Payload"]["engine_phase"] == "prepare"
+    assert states["big record"]["Parameters"]["Payload"]["engine_phase"] == "finish"
+    for name in ("big", "big job", "big record"):
+        assert states[name]["Catch"][0]["ErrorEquals"] == ["States.ALL"]
+    job = states["big job"]
+    assert job["Resource"] == "arn:aws:states:::emr-serverless:startJobRun.sync"
+    assert job["TimeoutSeconds"] == 7200  # over Lambda's 900 s: the job is not a Lambda
+    retry_all = job["Retry"][-1]
+    assert retry_all["ErrorEquals"] == ["States.ALL"] and retry_all["MaxAttempts"] == 2
+    assert retry_all["IntervalSeconds"] == 5
+    assert job["Parameters"]["ApplicationId"] == "${EmrApplicationId}"
+    athena = states["scan job"]
+    assert athena["Resource"] == "arn:aws:states:::athena:startQueryExecution.sync"
+    assert athena["Parameters"]["WorkGroup"] == "${AthenaWorkGroup}"
+    assert athena["ResultSelector"]["bytes_scanned.$"] == "$.QueryExecution.Statistics.DataScannedInBytes"
+    # a duckdb task is one Lambda call as before; a spark validate gets the same three states
+    assert states["orders"]["Resource"] == "arn:aws:states:::lambda:invoke" and "orders job" not in states
+    assert states["checks job"]["Resource"].startswith("arn:aws:states:::emr-serverless")
+    assert set(compiled.substitutions) == {"TaskRunnerArn", "EmrApplicationId", "EmrJobRoleArn",
+                                           "SparkEntryPoint", "AthenaWorkGroup", "GlueDatabase"}
+    assert_valid(compiled)
+
+
+def test_foreach_on_an_engine_task_is_a_compile_error() -> None:
+    with pytest.raises(CompileError, match=r"task 'big': foreach runs on Lambda"):
+        compile_pipeline(pipeline(foreach={"input": "orders"}))
+
+
+def _resolve(params: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """The Parameters a state sends, with substitutions and paths filled from ``values``."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            out[key] = _resolve(value, values)
+        elif key.endswith(".$"):
+            out[key[:-2]] = values[value]
+        else:
+            out[key] = re.sub(r"\$\{(\w+)\}", lambda m: values[m.group(1)], value)
+    return out
+
+
+def _to_boto(params: dict[str, Any]) -> dict[str, Any]:
+    """Step Functions' optimized integrations name parameters in PascalCase; boto3 in camelCase for
+    EMR Serverless."""
+    def camel(name: str) -> str:
+        return name[0].lower() + name[1:]
+    return {camel(k): _to_boto(v) if isinstance(v, dict) else v for k, v in params.items()}
+
+
+def test_moto_accepts_the_job_states_calls() -> None:
+    states = flat(compile_pipeline(pipeline()).definition["States"])
+    with mock_aws():
+        emr = boto3.client("emr-serverless", region_name="us-east-1")
+        app = emr.create_application(name="udop", releaseLabel="emr-7.5.0", type="SPARK")["applicationId"]
+        values = {"EmrApplicationId": app, "EmrJobRoleArn": "arn:aws:iam::123456789012:role/udop-emr-job",
+                  "SparkEntryPoint": "s3://code/udop/spark/udop_spark_entry.py",
+                  "$.engine.job.name": "eng-big-run1", "States.UUID()": "7d1c3c4e-0000-4000-8000-000000000001",
+                  "States.Array($.engine.job.spec_uri)": ["s3://data/runs/eng/run1/big/_job.json"]}
+        started = emr.start_job_run(**_to_boto(_resolve(states["big job"]["Parameters"], values)))
+        run = emr.get_job_run(applicationId=app, jobRunId=started["jobRunId"])["jobRun"]
+        assert run["jobDriver"]["sparkSubmit"]["entryPoint"] == "s3://code/udop/spark/udop_spark_entry.py"
+        assert run["jobDriver"]["sparkSubmit"]["entryPointArguments"] == ["s3://data/runs/eng/run1/big/_job.json"]
+
+        athena = boto3.client("athena", region_name="us-east-1")
+        athena.create_work_group(Name="udop", Configuration={"BytesScannedCutoffPerQuery": 10 * 1024**3})
+        values = {"AthenaWorkGroup": "udop", "GlueDatabase": "udop_runs",
+                  "$.engine.job.query": "UNLOAD (SELECT 1 AS x) TO 's3://data/runs/eng/run1/scan/' "
+                                        "WITH (format = 'PARQUET')",
+                  "States.UUID()": "7d1c3c4e-0000-4000-8000-000000000002"}
+        query = athena.start_query_execution(**_resolve(states["scan job"]["Parameters"], values))
+        got = athena.get_query_execution(QueryExecutionId=query["QueryExecutionId"])["QueryExecution"]
+        assert got["WorkGroup"] == "udop" and got["QueryExecutionContext"]["Database"] == "udop_runs"
