@@ -9,6 +9,7 @@ temp views are private, and its own job group, which a timeout or cancel cancels
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import uuid
@@ -26,11 +27,12 @@ from udop_transforms._engine import Column, Session, dataset_files, manifest_for
 from udop_transforms._snapshot import SNAPSHOT_FORMAT, read_snapshot, verified_files
 from udop_transforms._sql import Params
 from udop_transforms._steps import Plan, StepError, compile_steps
+from udop_transforms.spark_entry import encode_params, run_job
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import SparkSession
 
-__all__ = ["Register", "evaluate_on_spark", "spark_session", "stop_spark", "transform_on_spark"]
+__all__ = ["Register", "evaluate_on_spark", "job_spec", "spark_session", "stop_spark", "transform_on_spark"]
 
 #: ``_tasks._register_inputs``, handed in (this module must not import ``_tasks``)
 Register = Callable[..., dict[str, list[Column]]]
@@ -147,6 +149,14 @@ def _input_paths(context: TaskContext, task: Any, inputs: Mapping[str, TaskResul
     return out
 
 
+def job_spec(sql: str, params: Mapping[str, Any], inputs: Mapping[str, list[str]], output: str
+             ) -> dict[str, Any]:
+    """The spec ``spark_entry`` runs (locally here, on EMR Serverless from S3): JSON all the way, so the
+    local path exercises exactly what a remote job reads."""
+    spec = {"sql": sql, "params": encode_params(dict(params)), "inputs": dict(inputs), "output": output}
+    return dict(json.loads(json.dumps(spec)))
+
+
 def _views(job: _Job, paths: Mapping[str, list[str]]) -> None:
     for name, files in paths.items():
         job.spark.read.parquet(*files).createOrReplaceTempView(name)
@@ -173,11 +183,12 @@ def _locate(job: _Job, task: Any, plan: Plan, columns: Mapping[str, list[Column]
     return None
 
 
-def _write(job: _Job, frame: DataFrame, context: TaskContext) -> Manifest:
+def _write(job: _Job, sql: str, params: Mapping[str, Any], paths: Mapping[str, list[str]],
+           context: TaskContext) -> Manifest:
     final = Path(context.output_uri)
     tmp = scratch_dir(final)
     try:
-        frame.write.mode("overwrite").parquet(str(tmp))
+        run_job(job.spark, job_spec(sql, params, paths, str(tmp)))
         for junk in [*tmp.rglob(".*.crc"), *tmp.rglob("_SUCCESS")]:
             junk.unlink()
         if job.stopped():
@@ -205,9 +216,7 @@ def transform_on_spark(context: TaskContext, task: Any, inputs: Mapping[str, Tas
         paths = _input_paths(context, task, inputs, session)
         job = _Job(context)
         try:
-            _views(job, paths)
-            frame = job.spark.sql(sql, args=plan.bound_params())
-            manifest = _write(job, frame, context)
+            manifest = _write(job, sql, plan.bound_params(), paths, context)
         except TaskTimeout:
             raise
         except Exception as exc:

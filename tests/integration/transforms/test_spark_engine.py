@@ -6,6 +6,7 @@ One SparkSession for the module (starting the JVM takes seconds), stopped at the
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -171,3 +172,23 @@ def test_a_timeout_cancels_the_spark_job(tmp_path: Path, tpch: Path, spark: None
     while tracker.getActiveJobsIds() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert tracker.getActiveJobsIds() == []
+
+
+def test_the_shipped_entry_script_runs_a_spec_file(tmp_path: Path, tpch: Path, spark: None) -> None:
+    """What EMR Serverless runs: the entry script, given the URI of a job spec (a local path here)."""
+    import duckdb
+
+    from udop_transforms import spark_entry
+    from udop_transforms._spark import job_spec
+
+    sql = ("SELECT `l_returnflag`, count(*) AS `n` FROM `lineitem` WHERE `l_shipdate` <= :p0 "
+           "GROUP BY `l_returnflag`")
+    spec = job_spec(sql, {"p0": date(1995, 6, 17)}, {"lineitem": [str(tpch / "lineitem.parquet")]},
+                    str(tmp_path / "out"))
+    assert spec["params"] == {"p0": {"type": "date", "value": "1995-06-17"}}
+    (tmp_path / "job.json").write_text(json.dumps(spec))
+    assert spark_entry.main(["udop_spark_entry.py", str(tmp_path / "job.json")]) == 0
+    got = sorted((r["l_returnflag"], r["n"]) for r in pq.read_table(tmp_path / "out").to_pylist())
+    want = duckdb.sql(f"SELECT l_returnflag, count(*) FROM '{tpch / 'lineitem.parquet'}' "
+                      "WHERE l_shipdate <= DATE '1995-06-17' GROUP BY 1 ORDER BY 1").fetchall()
+    assert got == [tuple(r) for r in want]
