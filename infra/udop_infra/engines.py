@@ -1,0 +1,165 @@
+"""Engines beyond Lambda for ``engine: spark`` and ``engine: athena`` transform tasks (docs/engines.md).
+
+Created only when a pipeline uses them or a prop asks for them: an EMR Serverless Spark application
+(auto-start, auto-stop when idle, a maximum capacity) with the role its jobs run as, and udop's Spark
+entry script as an asset in the CDK assets bucket; an Athena workgroup that enforces its result
+location (under the data bucket) and a per-query bytes-scanned limit, and the Glue database where the
+task runner registers a table per input dataset.
+"""
+
+from __future__ import annotations
+
+from aws_cdk import Stack
+from aws_cdk import aws_athena as athena
+from aws_cdk import aws_emrserverless as emr
+from aws_cdk import aws_glue as glue
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_s3_assets as s3_assets
+from aws_cdk import aws_stepfunctions as sfn
+from constructs import Construct
+
+from udop_infra.config import REPO_ROOT, DeploymentConfig
+from udop_infra.storage import Storage
+
+__all__ = ["AthenaEngine", "Engines", "SparkEngine"]
+
+ENTRY_SCRIPT = REPO_ROOT / "layers" / "transforms" / "udop_transforms" / "spark_entry.py"
+#: EMR Serverless release whose Spark runs the SQL sqlglot writes (Spark 3.5; PySpark 4.3 locally)
+EMR_RELEASE = "emr-7.5.0"
+
+
+class SparkEngine(Construct):
+    """The EMR Serverless application ``engine: spark`` tasks run on, its job role and entry script."""
+
+    def __init__(self, scope: Construct, id: str, *, config: DeploymentConfig, storage: Storage) -> None:
+        super().__init__(scope, id)
+        stack = Stack.of(self)
+        self.application = emr.CfnApplication(
+            self, "Application", release_label=EMR_RELEASE, type="SPARK",
+            name=f"{stack.stack_name}-udop-spark",
+            auto_start_configuration=emr.CfnApplication.AutoStartConfigurationProperty(enabled=True),
+            auto_stop_configuration=emr.CfnApplication.AutoStopConfigurationProperty(
+                enabled=True, idle_timeout_minutes=config.spark_idle_minutes),
+            maximum_capacity=emr.CfnApplication.MaximumAllowedResourcesProperty(
+                cpu=f"{config.spark_max_vcpu} vCPU", memory=f"{config.spark_max_memory_gb} GB"),
+        )
+        self.entry = s3_assets.Asset(self, "EntryScript", path=str(ENTRY_SCRIPT))
+        self.job_role = iam.Role(
+            self, "JobRole", assumed_by=iam.ServicePrincipal("emr-serverless.amazonaws.com"),
+            description="udop engine: spark jobs: read the run's inputs and sources, write its outputs")
+        self.entry.grant_read(self.job_role)
+        storage.data.grant_read_write(self.job_role, "runs/*")
+        storage.data.grant_read(self.job_role)
+
+    @property
+    def substitutions(self) -> dict[str, str]:
+        return {"EmrApplicationId": self.application.attr_application_id,
+                "EmrJobRoleArn": self.job_role.role_arn, "SparkEntryPoint": self.entry.s3_object_url}
+
+    def grant_run(self, machine: sfn.StateMachine) -> None:
+        """What ``startJobRun.sync`` needs: start, watch and cancel job runs, pass the job role, and the
+        managed EventBridge rule through which Step Functions learns that a run ended."""
+        stack = Stack.of(self)
+        app_arn = stack.format_arn(service="emr-serverless", resource="/applications",
+                                   resource_name=self.application.attr_application_id)
+        machine.add_to_role_policy(iam.PolicyStatement(
+            actions=["emr-serverless:StartJobRun", "emr-serverless:GetJobRun", "emr-serverless:CancelJobRun",
+                     "emr-serverless:GetDashboardForJobRun"],
+            resources=[app_arn, f"{app_arn}/jobruns/*"]))
+        machine.add_to_role_policy(iam.PolicyStatement(
+            actions=["iam:PassRole"], resources=[self.job_role.role_arn],
+            conditions={"StringLike": {"iam:PassedToService": "emr-serverless.amazonaws.com"}}))
+        machine.add_to_role_policy(iam.PolicyStatement(
+            actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
+            resources=[stack.format_arn(service="events", resource="rule",
+                                        resource_name="StepFunctionsGetEventsForEMRServerlessJobRule")]))
+
+
+class AthenaEngine(Construct):
+    """The Athena workgroup ``engine: athena`` tasks run in, and the Glue database of their inputs."""
+
+    def __init__(self, scope: Construct, id: str, *, config: DeploymentConfig, storage: Storage) -> None:
+        super().__init__(scope, id)
+        stack = Stack.of(self)
+        self.database_name = f"udop_{stack.stack_name.lower().replace('-', '_')}"
+        self.database = glue.CfnDatabase(
+            self, "Database", catalog_id=stack.account,
+            database_input=glue.CfnDatabase.DatabaseInputProperty(
+                name=self.database_name, description="udop: one table per input dataset of an athena task"))
+        self.storage = storage
+        self.workgroup = athena.CfnWorkGroup(
+            self, "WorkGroup", name=f"{stack.stack_name}-udop", state="ENABLED",
+            description="udop engine: athena tasks",
+            work_group_configuration=athena.CfnWorkGroup.WorkGroupConfigurationProperty(
+                enforce_work_group_configuration=True,
+                publish_cloud_watch_metrics_enabled=True,
+                bytes_scanned_cutoff_per_query=config.athena_bytes_scanned_cutoff,
+                result_configuration=athena.CfnWorkGroup.ResultConfigurationProperty(
+                    output_location=f"s3://{storage.data.bucket_name}/athena-results/",
+                    encryption_configuration=athena.CfnWorkGroup.EncryptionConfigurationProperty(
+                        encryption_option="SSE_S3"))),
+        )
+
+    @property
+    def substitutions(self) -> dict[str, str]:
+        return {"AthenaWorkGroup": self.workgroup.ref, "GlueDatabase": self.database_name}
+
+    def grant_run(self, machine: sfn.StateMachine) -> None:
+        """What ``startQueryExecution.sync`` needs: the query runs with the state machine's
+        credentials, so it reads the inputs, writes the run's output and the workgroup's results."""
+        stack = Stack.of(self)
+        machine.add_to_role_policy(iam.PolicyStatement(
+            actions=["athena:StartQueryExecution", "athena:GetQueryExecution", "athena:StopQueryExecution",
+                     "athena:GetWorkGroup"],
+            resources=[stack.format_arn(service="athena", resource="workgroup",
+                                        resource_name=self.workgroup.ref)]))
+        machine.add_to_role_policy(iam.PolicyStatement(
+            actions=["glue:GetDatabase", "glue:GetTable", "glue:GetPartitions"],
+            resources=[stack.format_arn(service="glue", resource="catalog"),
+                       stack.format_arn(service="glue", resource="database",
+                                        resource_name=self.database_name),
+                       stack.format_arn(service="glue", resource="table",
+                                        resource_name=f"{self.database_name}/*")]))
+        self.storage.data.grant_read(machine)
+        self.storage.data.grant_read_write(machine, "runs/*")
+        self.storage.data.grant_read_write(machine, "athena-results/*")
+
+
+class Engines:
+    """Creates each engine once, on first use by a pipeline (or up front when its prop is set)."""
+
+    def __init__(self, scope: Construct, *, config: DeploymentConfig, storage: Storage) -> None:
+        self.scope, self.config, self.storage = scope, config, storage
+        self._spark: SparkEngine | None = None
+        self._athena: AthenaEngine | None = None
+        if config.spark_engine:
+            self.spark()
+        if config.athena_engine:
+            self.athena()
+
+    def spark(self) -> SparkEngine:
+        if self._spark is None:
+            self._spark = SparkEngine(self.scope, "Spark", config=self.config, storage=self.storage)
+        return self._spark
+
+    def athena(self) -> AthenaEngine:
+        if self._athena is None:
+            self._athena = AthenaEngine(self.scope, "Athena", config=self.config, storage=self.storage)
+        return self._athena
+
+    def substitution(self, key: str) -> str | None:
+        """The value of a compiled definition's engine substitution, creating the engine it names."""
+        for make in (self.spark, self.athena):
+            if key in _KEYS[make.__name__]:
+                return make().substitutions[key]
+        return None
+
+    def grant(self, machine: sfn.StateMachine, substitutions: list[str]) -> None:
+        if any(k in _KEYS["spark"] for k in substitutions):
+            self.spark().grant_run(machine)
+        if any(k in _KEYS["athena"] for k in substitutions):
+            self.athena().grant_run(machine)
+
+
+_KEYS = {"spark": ("EmrApplicationId", "EmrJobRoleArn", "SparkEntryPoint"),
+         "athena": ("AthenaWorkGroup", "GlueDatabase")}
