@@ -19,6 +19,7 @@ from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
 from udop_infra.config import REPO_ROOT, DeploymentConfig
+from udop_infra.nag import acknowledge
 from udop_infra.storage import Storage
 
 __all__ = ["AthenaEngine", "Engines", "SparkEngine"]
@@ -47,9 +48,14 @@ class SparkEngine(Construct):
         self.job_role = iam.Role(
             self, "JobRole", assumed_by=iam.ServicePrincipal("emr-serverless.amazonaws.com"),
             description="udop engine: spark jobs: read the run's inputs and sources, write its outputs")
-        self.entry.grant_read(self.job_role)
-        storage.data.grant_read_write(self.job_role, "runs/*")
-        storage.data.grant_read(self.job_role)
+        entry_arn = self.entry.bucket.arn_for_objects(self.entry.s3_object_key)
+        self.job_role.add_to_policy(iam.PolicyStatement(actions=["s3:GetObject"], resources=[entry_arn]))
+        _data_access(self.job_role, storage, write_prefixes=["runs/*"], delete=True)
+        acknowledge(self.job_role, f"AwsSolutions-IAM5[Resource::<{_data_token(storage)}.Arn>/*]",
+                    "Spark jobs read a run's inputs and the sources read in place anywhere in the data "
+                    "bucket (their keys are the pipeline's, not known when deploying)")
+        acknowledge(self.job_role, f"AwsSolutions-IAM5[Resource::<{_data_token(storage)}.Arn>/runs/*]",
+                    "Spark jobs write (and on a retry replace) a task's output under runs/<pipeline>/<run>/")
 
     @property
     def substitutions(self) -> dict[str, str]:
@@ -66,6 +72,10 @@ class SparkEngine(Construct):
             actions=["emr-serverless:StartJobRun", "emr-serverless:GetJobRun", "emr-serverless:CancelJobRun",
                      "emr-serverless:GetDashboardForJobRun"],
             resources=[app_arn, f"{app_arn}/jobruns/*"]))
+        app_id = stack.get_logical_id(self.application)
+        acknowledge(machine.role, "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:emr-serverless:"
+                    f"<AWS::Region>:<AWS::AccountId>:/applications/<{app_id}.ApplicationId>/jobruns/*]",
+                    "job run ids are made per run: watch and cancel the job runs of udop's own application")
         machine.add_to_role_policy(iam.PolicyStatement(
             actions=["iam:PassRole"], resources=[self.job_role.role_arn],
             conditions={"StringLike": {"iam:PassedToService": "emr-serverless.amazonaws.com"}}))
@@ -120,9 +130,39 @@ class AthenaEngine(Construct):
                                         resource_name=self.database_name),
                        stack.format_arn(service="glue", resource="table",
                                         resource_name=f"{self.database_name}/*")]))
-        self.storage.data.grant_read(machine)
-        self.storage.data.grant_read_write(machine, "runs/*")
-        self.storage.data.grant_read_write(machine, "athena-results/*")
+        _data_access(machine.role, self.storage, write_prefixes=["runs/*", "athena-results/*"], delete=False)
+        acknowledge(machine.role, "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:glue:<AWS::Region>:"
+                    f"<AWS::AccountId>:table/{self.database_name}/*]",
+                    "one table per input dataset of a run is registered in udop's own Glue database")
+        token = _data_token(self.storage)
+        acknowledge(machine.role, f"AwsSolutions-IAM5[Resource::<{token}.Arn>/*]",
+                    "Athena reads with the state machine's credentials: a run's inputs and the sources "
+                    "read in place anywhere in the data bucket")
+        acknowledge(machine.role, f"AwsSolutions-IAM5[Resource::<{token}.Arn>/runs/*]",
+                    "UNLOAD writes a task's output under runs/<pipeline>/<run>/")
+        acknowledge(machine.role, f"AwsSolutions-IAM5[Resource::<{token}.Arn>/athena-results/*]",
+                    "the workgroup's enforced result location (query metadata and manifests)")
+
+
+def _data_token(storage: Storage) -> str:
+    """The logical id cdk-nag shows for the data bucket in a finding (``<LogicalId.Arn>``)."""
+    resource = storage.data.node.default_child
+    assert resource is not None
+    return Stack.of(storage).get_logical_id(resource)  # type: ignore[arg-type]
+
+
+def _data_access(role: iam.IRole, storage: Storage, *, write_prefixes: list[str], delete: bool) -> None:
+    """Read anywhere in the data bucket, write only below ``write_prefixes``: explicit actions, no
+    ``s3:*Object*`` wildcards."""
+    bucket = storage.data
+    role.add_to_principal_policy(iam.PolicyStatement(
+        actions=["s3:ListBucket", "s3:GetBucketLocation"], resources=[bucket.bucket_arn]))
+    role.add_to_principal_policy(iam.PolicyStatement(actions=["s3:GetObject"],
+                                                     resources=[bucket.arn_for_objects("*")]))
+    writes = ["s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"]
+    role.add_to_principal_policy(iam.PolicyStatement(
+        actions=[*writes, *(["s3:DeleteObject"] if delete else [])],
+        resources=[bucket.arn_for_objects(p) for p in write_prefixes]))
 
 
 class Engines:
