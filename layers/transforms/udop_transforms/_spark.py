@@ -108,10 +108,12 @@ class _Job:
             self.spark.sparkContext.cancelJobGroup(self.group)
 
     def _watch(self) -> None:
+        # keeps cancelling until the task is done: a stop that came before the job was submitted (the
+        # task was still compiling) must still cancel the job it submits afterwards
         while not self._done.is_set():
             if self.cancel.wait(0.1):
                 self.stop()
-                return
+                self._done.wait(0.5)
 
     def stopped(self) -> bool:
         return self.cancel.is_set()
@@ -186,6 +188,8 @@ def _locate(job: _Job, task: Any, plan: Plan, columns: Mapping[str, list[Column]
 def _write(job: _Job, sql: str, params: Mapping[str, Any], paths: Mapping[str, list[str]],
            context: TaskContext) -> Manifest:
     final = Path(context.output_uri)
+    if job.stopped():
+        raise TaskTimeout("the attempt was told to stop (timeout or cancel) before its Spark job started")
     tmp = scratch_dir(final)
     try:
         run_job(job.spark, job_spec(sql, params, paths, str(tmp)))
