@@ -125,8 +125,18 @@ class _Job:
                 self.spark.catalog.dropTempView(name.name)
 
 
-def _input_paths(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult], session: Session
-                 ) -> dict[str, list[str]]:
+def _base_path(pattern: str, files: list[str]) -> str | None:
+    """The folder above hive-style ``key=value`` folders of a source read in place (Spark's
+    ``basePath``), so their keys become columns as they do in DuckDB; None when there are none."""
+    cut = min([i for i, ch in enumerate(pattern) if ch in "*?[{"] or [len(pattern)])
+    base = pattern[:cut].rsplit("/", 1)[0] if cut < len(pattern) else str(Path(pattern).parent)
+    if any("=" in part for f in files for part in Path(f).relative_to(base).parts[:-1]):
+        return base
+    return None
+
+
+def _input_paths(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult], session: Session,
+                 base_paths: dict[str, str] | None = None) -> dict[str, list[str]]:
     """The Parquet files of each input: a task's output folder, or a source read in place."""
     out: dict[str, list[str]] = {}
     for dep in data_inputs(task):
@@ -141,6 +151,9 @@ def _input_paths(context: TaskContext, task: Any, inputs: Mapping[str, TaskResul
                                  f"{snap.connector} read in place: set materialize: true on {dep!r}")
             files = session.cleanup.enter_context(verified_files(context, task.id, dep, snap))
             out[dep] = [str(f) for f in files]
+            base = _base_path(snap.path, out[dep]) if snap.hive_partitioning is not False else None
+            if base is not None and base_paths is not None:
+                base_paths[dep] = base
         elif manifest.format == "parquet":
             out[dep] = [str(f) for f in dataset_files(Path(manifest.uri))]
         else:
@@ -151,17 +164,21 @@ def _input_paths(context: TaskContext, task: Any, inputs: Mapping[str, TaskResul
     return out
 
 
-def job_spec(sql: str, params: Mapping[str, Any], inputs: Mapping[str, list[str]], output: str
-             ) -> dict[str, Any]:
+def job_spec(sql: str, params: Mapping[str, Any], inputs: Mapping[str, list[str]], output: str,
+             base_paths: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The spec ``spark_entry`` runs (locally here, on EMR Serverless from S3): JSON all the way, so the
     local path exercises exactly what a remote job reads."""
-    spec = {"sql": sql, "params": encode_params(dict(params)), "inputs": dict(inputs), "output": output}
+    spec = {"sql": sql, "params": encode_params(dict(params)), "inputs": dict(inputs), "output": output,
+            "base_paths": dict(base_paths or {})}
     return dict(json.loads(json.dumps(spec)))
 
 
-def _views(job: _Job, paths: Mapping[str, list[str]]) -> None:
+def _views(job: _Job, paths: Mapping[str, list[str]], base_paths: Mapping[str, str]) -> None:
     for name, files in paths.items():
-        job.spark.read.parquet(*files).createOrReplaceTempView(name)
+        reader = job.spark.read
+        if name in base_paths:
+            reader = reader.option("basePath", base_paths[name])
+        reader.parquet(*files).createOrReplaceTempView(name)
 
 
 def _spark_sql(task: Any, plan: Plan, columns: Mapping[str, list[Column]]) -> str:
@@ -186,13 +203,13 @@ def _locate(job: _Job, task: Any, plan: Plan, columns: Mapping[str, list[Column]
 
 
 def _write(job: _Job, sql: str, params: Mapping[str, Any], paths: Mapping[str, list[str]],
-           context: TaskContext) -> Manifest:
+           context: TaskContext, *, base_paths: Mapping[str, str]) -> Manifest:
     final = Path(context.output_uri)
     if job.stopped():
         raise TaskTimeout("the attempt was told to stop (timeout or cancel) before its Spark job started")
     tmp = scratch_dir(final)
     try:
-        run_job(job.spark, job_spec(sql, params, paths, str(tmp)))
+        run_job(job.spark, job_spec(sql, params, paths, str(tmp), base_paths))
         for junk in [*tmp.rglob(".*.crc"), *tmp.rglob("_SUCCESS")]:
             junk.unlink()
         if job.stopped():
@@ -217,10 +234,11 @@ def transform_on_spark(context: TaskContext, task: Any, inputs: Mapping[str, Tas
         except StepError as exc:
             raise FatalError(f"task {task.id!r}: {exc}") from None
         sql = _spark_sql(task, plan, columns)
-        paths = _input_paths(context, task, inputs, session)
+        base_paths: dict[str, str] = {}
+        paths = _input_paths(context, task, inputs, session, base_paths)
         job = _Job(context)
         try:
-            manifest = _write(job, sql, plan.bound_params(), paths, context)
+            manifest = _write(job, sql, plan.bound_params(), paths, context, base_paths=base_paths)
         except TaskTimeout:
             raise
         except Exception as exc:
@@ -276,10 +294,11 @@ def evaluate_on_spark(context: TaskContext, task: Any, inputs: Mapping[str, Task
     ``evaluate`` is called with a session whose ``con`` runs transpiled SQL on Spark."""
     with Session(context=context) as session:
         columns = register(session, context, task, inputs, widen=False)
-        paths = _input_paths(context, task, inputs, session)
+        base_paths: dict[str, str] = {}
+        paths = _input_paths(context, task, inputs, session, base_paths)
         job = _Job(context)
         try:
-            _views(job, paths)
+            _views(job, paths, base_paths)
             shim = _RuleSession(session, _SparkCursor(job, columns, task.id))
             try:
                 # duck-typed: evaluate_rules uses only describe() and con.execute/fetch*/description

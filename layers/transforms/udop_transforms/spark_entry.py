@@ -6,7 +6,8 @@ and is the EMR Serverless job's entry point, called with the URI of the job's sp
 paths run this code. The spec::
 
     {"sql": "<Spark SQL, parameters :p0 ...>", "params": {"p0": {"type": "date", "value": "1994-01-01"}},
-     "inputs": {"<view name>": ["<parquet file or folder URI>", ...]}, "output": "<folder URI>"}
+     "inputs": {"<view name>": ["<parquet file or folder URI>", ...]}, "output": "<folder URI>",
+     "base_paths": {"<view name>": "<folder whose key=value subfolders are partition columns>"}}
 """
 
 from __future__ import annotations
@@ -54,8 +55,12 @@ def decode_params(encoded: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def run_job(spark: Any, spec: dict[str, Any]) -> None:
     """Register each input as a temp view, run the SQL, write the result as Parquet (zstd)."""
+    base_paths = spec.get("base_paths", {})
     for name, paths in spec["inputs"].items():
-        spark.read.parquet(*paths).createOrReplaceTempView(name)
+        reader = spark.read
+        if name in base_paths:  # hive-partitioned files: key=value folders below it become columns
+            reader = reader.option("basePath", base_paths[name])
+        reader.parquet(*paths).createOrReplaceTempView(name)
     frame = spark.sql(spec["sql"], args=decode_params(spec.get("params", {})))
     frame.write.mode("overwrite").option("compression", "zstd").parquet(spec["output"])
 

@@ -192,3 +192,24 @@ def test_the_shipped_entry_script_runs_a_spec_file(tmp_path: Path, tpch: Path, s
     want = duckdb.sql(f"SELECT l_returnflag, count(*) FROM '{tpch / 'lineitem.parquet'}' "
                       "WHERE l_shipdate <= DATE '1995-06-17' GROUP BY 1 ORDER BY 1").fetchall()
     assert got == [tuple(r) for r in want]
+
+
+def test_a_hive_partitioned_source_read_in_place_keeps_its_partition_columns(tmp_path: Path,
+                                                                            spark: None) -> None:
+    import pyarrow as pa
+
+    for region, amounts in {"eu": [1.5, 2.5], "us": [4.0]}.items():
+        folder = tmp_path / "sales" / f"region={region}"
+        folder.mkdir(parents=True)
+        pq.write_table(pa.table({"amount": amounts}), folder / "part.parquet")
+    doc = {"apiVersion": "udop/v1", "kind": "Pipeline", "metadata": {"name": "hive"}, "spec": {"tasks": [
+        {"id": "sales", "type": "extract", "source": {"connector": "parquet", "path": "sales/*/*.parquet"}},
+        {"id": "totals", "type": "transform", "engine": "spark", "depends_on": ["sales"],
+         "steps": [{"aggregate": {"by": ["region"], "metrics": {"total": {"sum": "amount"}}}},
+                   {"sort": ["region"]}]}]}}
+    file = tmp_path / "hive.yaml"
+    file.write_text(yaml.safe_dump(doc, sort_keys=False))
+    record, _, _ = run(tmp_path, file)
+    assert record.state == RunState.SUCCEEDED, [t.error_message for t in record.tasks]
+    task = next(t for t in record.tasks if t.task_id == "totals")
+    assert rows_of(task.result["output"]["uri"]) == [{"region": "eu", "total": 4.0}, {"region": "us", "total": 4.0}]
