@@ -44,17 +44,29 @@ def pipeline(name: str, engine: str) -> Pipeline:
     declared = {k: {"type": PARAM_TYPES[k], "default": v} for k, v in params.items()}
     tasks: list[dict[str, Any]] = [{"id": t, "type": "python", "callable": "bench:noop"} for t in inputs]
     tasks.append({"id": "q", "type": "transform", "engine": engine, "depends_on": inputs, "steps": steps})
-    return Pipeline.model_validate({"apiVersion": "udop/v1", "kind": "Pipeline",
-                                    "metadata": {"name": f"{name.lower()}-{engine}"},
-                                    "spec": {"params": declared, "tasks": tasks}})
+    return Pipeline.model_validate(
+        {
+            "apiVersion": "udop/v1",
+            "kind": "Pipeline",
+            "metadata": {"name": f"{name.lower()}-{engine}"},
+            "spec": {"params": declared, "tasks": tasks},
+        }
+    )
 
 
 def run(name: str, engine: str, data: Path, work: Path, attempt: int) -> list[dict[str, Any]]:
     _, _, inputs, params = QUERIES[name]
     p = pipeline(name, engine)
     values = {k: coerce_param(k, p.spec.params[k], v) for k, v in params.items()}
-    ctx = TaskContext(pipeline=p, task_id="q", run_id=f"bench-{attempt}", attempt=1,
-                      logical_date=datetime.now(UTC), params=values, data_root=str(work))
+    ctx = TaskContext(
+        pipeline=p,
+        task_id="q",
+        run_id=f"bench-{attempt}",
+        attempt=1,
+        logical_date=datetime.now(UTC),
+        params=values,
+        data_root=str(work),
+    )
     upstream = {t: TaskResult(output=Manifest(uri=str(data / f"{t}.parquet"))) for t in inputs}
     result = run_task(ctx, p.task("q"), upstream)
     assert result.output is not None
@@ -71,8 +83,9 @@ def same_value(a: Any, b: Any) -> bool:
 
 
 def same(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
-    return len(a) == len(b) and all(list(x) == list(y) and all(same_value(x[k], y[k]) for k in x)
-                                    for x, y in zip(a, b, strict=True))
+    return len(a) == len(b) and all(
+        list(x) == list(y) and all(same_value(x[k], y[k]) for k in x) for x, y in zip(a, b, strict=True)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,10 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     spark_session()
     print(f"SparkSession start (local[*]): {time.perf_counter() - t0:.1f} s (once per process, not below)")
-    print(f"TPC-H scale {args.scale:g}, transform task only, {args.repeat} runs per engine after a warm-up, "
-          "wall seconds. The machine is shared (2 cores, other engineers' tests running): read the best.")
-    print(f"{'query':6} {'duckdb best':>12} {'spark best':>11} {'ratio':>6}   {'duckdb med':>11} "
-          f"{'spark med':>10}  result")
+    print(
+        f"TPC-H scale {args.scale:g}, transform task only, {args.repeat} runs per engine after a warm-up, "
+        "wall seconds. The machine is shared (2 cores, other engineers' tests running): read the best."
+    )
+    print(
+        f"{'query':6} {'duckdb best':>12} {'spark best':>11} {'ratio':>6}   {'duckdb med':>11} "
+        f"{'spark med':>10}  result"
+    )
     ok = True
     with tempfile.TemporaryDirectory(prefix="udop-engines-") as tmp:
         for name in ("Q1", "Q3", "Q6"):
@@ -105,11 +122,15 @@ def main(argv: list[str] | None = None) -> int:
                     rows[engine] = run(name, engine, data, Path(tmp) / engine, i)
                     spent.append(time.perf_counter() - t0)
             d, s = min(times["duckdb"]), min(times["spark"])
-            equal = same(sorted(rows["duckdb"], key=str) if name != "Q3" else rows["duckdb"],
-                         sorted(rows["spark"], key=str) if name != "Q3" else rows["spark"])
+            equal = same(
+                sorted(rows["duckdb"], key=str) if name != "Q3" else rows["duckdb"],
+                sorted(rows["spark"], key=str) if name != "Q3" else rows["spark"],
+            )
             ok &= equal
-            print(f"{name:6} {d:12.2f} {s:11.2f} {s / d:5.1f}x   {statistics.median(times['duckdb']):11.2f} "
-                  f"{statistics.median(times['spark']):10.2f}  {'equal' if equal else 'DIFFERENT'}")
+            print(
+                f"{name:6} {d:12.2f} {s:11.2f} {s / d:5.1f}x   {statistics.median(times['duckdb']):11.2f} "
+                f"{statistics.median(times['spark']):10.2f}  {'equal' if equal else 'DIFFERENT'}"
+            )
     return 0 if ok else 1
 
 

@@ -36,53 +36,95 @@ class SparkEngine(Construct):
         super().__init__(scope, id)
         stack = Stack.of(self)
         self.application = emr.CfnApplication(
-            self, "Application", release_label=EMR_RELEASE, type="SPARK",
+            self,
+            "Application",
+            release_label=EMR_RELEASE,
+            type="SPARK",
             name=f"{stack.stack_name}-udop-spark",
             auto_start_configuration=emr.CfnApplication.AutoStartConfigurationProperty(enabled=True),
             auto_stop_configuration=emr.CfnApplication.AutoStopConfigurationProperty(
-                enabled=True, idle_timeout_minutes=config.spark_idle_minutes),
+                enabled=True, idle_timeout_minutes=config.spark_idle_minutes
+            ),
             maximum_capacity=emr.CfnApplication.MaximumAllowedResourcesProperty(
-                cpu=f"{config.spark_max_vcpu} vCPU", memory=f"{config.spark_max_memory_gb} GB"),
+                cpu=f"{config.spark_max_vcpu} vCPU", memory=f"{config.spark_max_memory_gb} GB"
+            ),
         )
         self.entry = s3_assets.Asset(self, "EntryScript", path=str(ENTRY_SCRIPT))
         self.job_role = iam.Role(
-            self, "JobRole", assumed_by=iam.ServicePrincipal("emr-serverless.amazonaws.com"),
-            description="udop engine: spark jobs: read the run's inputs and sources, write its outputs")
+            self,
+            "JobRole",
+            assumed_by=iam.ServicePrincipal("emr-serverless.amazonaws.com"),
+            description="udop engine: spark jobs: read the run's inputs and sources, write its outputs",
+        )
         entry_arn = self.entry.bucket.arn_for_objects(self.entry.s3_object_key)
         self.job_role.add_to_policy(iam.PolicyStatement(actions=["s3:GetObject"], resources=[entry_arn]))
         _data_access(self.job_role, storage, write_prefixes=["runs/*"], delete=True)
-        acknowledge(self.job_role, f"AwsSolutions-IAM5[Resource::<{_data_token(storage)}.Arn>/*]",
-                    "Spark jobs read a run's inputs and the sources read in place anywhere in the data "
-                    "bucket (their keys are the pipeline's, not known when deploying)")
-        acknowledge(self.job_role, f"AwsSolutions-IAM5[Resource::<{_data_token(storage)}.Arn>/runs/*]",
-                    "Spark jobs write (and on a retry replace) a task's output under runs/<pipeline>/<run>/")
+        acknowledge(
+            self.job_role,
+            f"AwsSolutions-IAM5[Resource::<{_data_token(storage)}.Arn>/*]",
+            "Spark jobs read a run's inputs and the sources read in place anywhere in the data "
+            "bucket (their keys are the pipeline's, not known when deploying)",
+        )
+        acknowledge(
+            self.job_role,
+            f"AwsSolutions-IAM5[Resource::<{_data_token(storage)}.Arn>/runs/*]",
+            "Spark jobs write (and on a retry replace) a task's output under runs/<pipeline>/<run>/",
+        )
 
     @property
     def substitutions(self) -> dict[str, str]:
-        return {"EmrApplicationId": self.application.attr_application_id,
-                "EmrJobRoleArn": self.job_role.role_arn, "SparkEntryPoint": self.entry.s3_object_url}
+        return {
+            "EmrApplicationId": self.application.attr_application_id,
+            "EmrJobRoleArn": self.job_role.role_arn,
+            "SparkEntryPoint": self.entry.s3_object_url,
+        }
 
     def grant_run(self, machine: sfn.StateMachine) -> None:
         """What ``startJobRun.sync`` needs: start, watch and cancel job runs, pass the job role, and the
         managed EventBridge rule through which Step Functions learns that a run ended."""
         stack = Stack.of(self)
-        app_arn = stack.format_arn(service="emr-serverless", resource="/applications",
-                                   resource_name=self.application.attr_application_id)
-        machine.add_to_role_policy(iam.PolicyStatement(
-            actions=["emr-serverless:StartJobRun", "emr-serverless:GetJobRun", "emr-serverless:CancelJobRun",
-                     "emr-serverless:GetDashboardForJobRun"],
-            resources=[app_arn, f"{app_arn}/jobruns/*"]))
+        app_arn = stack.format_arn(
+            service="emr-serverless",
+            resource="/applications",
+            resource_name=self.application.attr_application_id,
+        )
+        machine.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=[
+                    "emr-serverless:StartJobRun",
+                    "emr-serverless:GetJobRun",
+                    "emr-serverless:CancelJobRun",
+                    "emr-serverless:GetDashboardForJobRun",
+                ],
+                resources=[app_arn, f"{app_arn}/jobruns/*"],
+            )
+        )
         app_id = stack.get_logical_id(self.application)
-        acknowledge(machine.role, "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:emr-serverless:"
-                    f"<AWS::Region>:<AWS::AccountId>:/applications/<{app_id}.ApplicationId>/jobruns/*]",
-                    "job run ids are made per run: watch and cancel the job runs of udop's own application")
-        machine.add_to_role_policy(iam.PolicyStatement(
-            actions=["iam:PassRole"], resources=[self.job_role.role_arn],
-            conditions={"StringLike": {"iam:PassedToService": "emr-serverless.amazonaws.com"}}))
-        machine.add_to_role_policy(iam.PolicyStatement(
-            actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
-            resources=[stack.format_arn(service="events", resource="rule",
-                                        resource_name="StepFunctionsGetEventsForEMRServerlessJobRule")]))
+        acknowledge(
+            machine.role,
+            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:emr-serverless:"
+            f"<AWS::Region>:<AWS::AccountId>:/applications/<{app_id}.ApplicationId>/jobruns/*]",
+            "job run ids are made per run: watch and cancel the job runs of udop's own application",
+        )
+        machine.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["iam:PassRole"],
+                resources=[self.job_role.role_arn],
+                conditions={"StringLike": {"iam:PassedToService": "emr-serverless.amazonaws.com"}},
+            )
+        )
+        machine.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
+                resources=[
+                    stack.format_arn(
+                        service="events",
+                        resource="rule",
+                        resource_name="StepFunctionsGetEventsForEMRServerlessJobRule",
+                    )
+                ],
+            )
+        )
 
 
 class AthenaEngine(Construct):
@@ -93,12 +135,19 @@ class AthenaEngine(Construct):
         stack = Stack.of(self)
         self.database_name = f"udop_{stack.stack_name.lower().replace('-', '_')}"
         self.database = glue.CfnDatabase(
-            self, "Database", catalog_id=stack.account,
+            self,
+            "Database",
+            catalog_id=stack.account,
             database_input=glue.CfnDatabase.DatabaseInputProperty(
-                name=self.database_name, description="udop: one table per input dataset of an athena task"))
+                name=self.database_name, description="udop: one table per input dataset of an athena task"
+            ),
+        )
         self.storage = storage
         self.workgroup = athena.CfnWorkGroup(
-            self, "WorkGroup", name=f"{stack.stack_name}-udop", state="ENABLED",
+            self,
+            "WorkGroup",
+            name=f"{stack.stack_name}-udop",
+            state="ENABLED",
             description="udop engine: athena tasks",
             work_group_configuration=athena.CfnWorkGroup.WorkGroupConfigurationProperty(
                 enforce_work_group_configuration=True,
@@ -107,7 +156,10 @@ class AthenaEngine(Construct):
                 result_configuration=athena.CfnWorkGroup.ResultConfigurationProperty(
                     output_location=f"s3://{storage.data.bucket_name}/athena-results/",
                     encryption_configuration=athena.CfnWorkGroup.EncryptionConfigurationProperty(
-                        encryption_option="SSE_S3"))),
+                        encryption_option="SSE_S3"
+                    ),
+                ),
+            ),
         )
 
     @property
@@ -118,30 +170,55 @@ class AthenaEngine(Construct):
         """What ``startQueryExecution.sync`` needs: the query runs with the state machine's
         credentials, so it reads the inputs, writes the run's output and the workgroup's results."""
         stack = Stack.of(self)
-        machine.add_to_role_policy(iam.PolicyStatement(
-            actions=["athena:StartQueryExecution", "athena:GetQueryExecution", "athena:StopQueryExecution",
-                     "athena:GetWorkGroup"],
-            resources=[stack.format_arn(service="athena", resource="workgroup",
-                                        resource_name=self.workgroup.ref)]))
-        machine.add_to_role_policy(iam.PolicyStatement(
-            actions=["glue:GetDatabase", "glue:GetTable", "glue:GetPartitions"],
-            resources=[stack.format_arn(service="glue", resource="catalog"),
-                       stack.format_arn(service="glue", resource="database",
-                                        resource_name=self.database_name),
-                       stack.format_arn(service="glue", resource="table",
-                                        resource_name=f"{self.database_name}/*")]))
+        machine.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=[
+                    "athena:StartQueryExecution",
+                    "athena:GetQueryExecution",
+                    "athena:StopQueryExecution",
+                    "athena:GetWorkGroup",
+                ],
+                resources=[
+                    stack.format_arn(service="athena", resource="workgroup", resource_name=self.workgroup.ref)
+                ],
+            )
+        )
+        machine.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["glue:GetDatabase", "glue:GetTable", "glue:GetPartitions"],
+                resources=[
+                    stack.format_arn(service="glue", resource="catalog"),
+                    stack.format_arn(service="glue", resource="database", resource_name=self.database_name),
+                    stack.format_arn(
+                        service="glue", resource="table", resource_name=f"{self.database_name}/*"
+                    ),
+                ],
+            )
+        )
         _data_access(machine.role, self.storage, write_prefixes=["runs/*", "athena-results/*"], delete=False)
-        acknowledge(machine.role, "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:glue:<AWS::Region>:"
-                    f"<AWS::AccountId>:table/{self.database_name}/*]",
-                    "one table per input dataset of a run is registered in udop's own Glue database")
+        acknowledge(
+            machine.role,
+            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:glue:<AWS::Region>:"
+            f"<AWS::AccountId>:table/{self.database_name}/*]",
+            "one table per input dataset of a run is registered in udop's own Glue database",
+        )
         token = _data_token(self.storage)
-        acknowledge(machine.role, f"AwsSolutions-IAM5[Resource::<{token}.Arn>/*]",
-                    "Athena reads with the state machine's credentials: a run's inputs and the sources "
-                    "read in place anywhere in the data bucket")
-        acknowledge(machine.role, f"AwsSolutions-IAM5[Resource::<{token}.Arn>/runs/*]",
-                    "UNLOAD writes a task's output under runs/<pipeline>/<run>/")
-        acknowledge(machine.role, f"AwsSolutions-IAM5[Resource::<{token}.Arn>/athena-results/*]",
-                    "the workgroup's enforced result location (query metadata and manifests)")
+        acknowledge(
+            machine.role,
+            f"AwsSolutions-IAM5[Resource::<{token}.Arn>/*]",
+            "Athena reads with the state machine's credentials: a run's inputs and the sources "
+            "read in place anywhere in the data bucket",
+        )
+        acknowledge(
+            machine.role,
+            f"AwsSolutions-IAM5[Resource::<{token}.Arn>/runs/*]",
+            "UNLOAD writes a task's output under runs/<pipeline>/<run>/",
+        )
+        acknowledge(
+            machine.role,
+            f"AwsSolutions-IAM5[Resource::<{token}.Arn>/athena-results/*]",
+            "the workgroup's enforced result location (query metadata and manifests)",
+        )
 
 
 def _data_token(storage: Storage) -> str:
@@ -155,14 +232,19 @@ def _data_access(role: iam.IRole, storage: Storage, *, write_prefixes: list[str]
     """Read anywhere in the data bucket, write only below ``write_prefixes``: explicit actions, no
     ``s3:*Object*`` wildcards."""
     bucket = storage.data
-    role.add_to_principal_policy(iam.PolicyStatement(
-        actions=["s3:ListBucket", "s3:GetBucketLocation"], resources=[bucket.bucket_arn]))
-    role.add_to_principal_policy(iam.PolicyStatement(actions=["s3:GetObject"],
-                                                     resources=[bucket.arn_for_objects("*")]))
+    role.add_to_principal_policy(
+        iam.PolicyStatement(actions=["s3:ListBucket", "s3:GetBucketLocation"], resources=[bucket.bucket_arn])
+    )
+    role.add_to_principal_policy(
+        iam.PolicyStatement(actions=["s3:GetObject"], resources=[bucket.arn_for_objects("*")])
+    )
     writes = ["s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"]
-    role.add_to_principal_policy(iam.PolicyStatement(
-        actions=[*writes, *(["s3:DeleteObject"] if delete else [])],
-        resources=[bucket.arn_for_objects(p) for p in write_prefixes]))
+    role.add_to_principal_policy(
+        iam.PolicyStatement(
+            actions=[*writes, *(["s3:DeleteObject"] if delete else [])],
+            resources=[bucket.arn_for_objects(p) for p in write_prefixes],
+        )
+    )
 
 
 class Engines:
@@ -201,5 +283,7 @@ class Engines:
             self.athena().grant_run(machine)
 
 
-_KEYS = {"spark": ("EmrApplicationId", "EmrJobRoleArn", "SparkEntryPoint"),
-         "athena": ("AthenaWorkGroup", "GlueDatabase")}
+_KEYS = {
+    "spark": ("EmrApplicationId", "EmrJobRoleArn", "SparkEntryPoint"),
+    "athena": ("AthenaWorkGroup", "GlueDatabase"),
+}

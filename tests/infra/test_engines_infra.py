@@ -18,22 +18,45 @@ def test_engines_exist_only_when_a_pipeline_uses_them(synth_app: Any, tmp_path: 
     folder = tmp_path / "pipelines"
     folder.mkdir()
     shutil.copy(PIPELINES / "engines.yaml", folder)
-    _, template = synth_app(tmp_path / "out", **{"udop:pipelinesDir": str(folder),
-                                                 "udop:sparkMaxVcpu": 8, "udop:athenaBytesScannedCutoff": 10**9})
-    template.has_resource_properties("AWS::EMRServerless::Application", {
-        "Type": "SPARK", "AutoStartConfiguration": {"Enabled": True},
-        "AutoStopConfiguration": {"Enabled": True, "IdleTimeoutMinutes": 15},
-        "MaximumCapacity": {"Cpu": "8 vCPU", "Memory": "64 GB"}})
-    template.has_resource_properties("AWS::Athena::WorkGroup", {"WorkGroupConfiguration": Match.object_like({
-        "BytesScannedCutoffPerQuery": 10**9, "EnforceWorkGroupConfiguration": True})})
+    _, template = synth_app(
+        tmp_path / "out",
+        **{"udop:pipelinesDir": str(folder), "udop:sparkMaxVcpu": 8, "udop:athenaBytesScannedCutoff": 10**9},
+    )
+    template.has_resource_properties(
+        "AWS::EMRServerless::Application",
+        {
+            "Type": "SPARK",
+            "AutoStartConfiguration": {"Enabled": True},
+            "AutoStopConfiguration": {"Enabled": True, "IdleTimeoutMinutes": 15},
+            "MaximumCapacity": {"Cpu": "8 vCPU", "Memory": "64 GB"},
+        },
+    )
+    template.has_resource_properties(
+        "AWS::Athena::WorkGroup",
+        {
+            "WorkGroupConfiguration": Match.object_like(
+                {"BytesScannedCutoffPerQuery": 10**9, "EnforceWorkGroupConfiguration": True}
+            )
+        },
+    )
     template.resource_count_is("AWS::Glue::Database", 1)
     machines = template.find_resources("AWS::StepFunctions::StateMachine")
-    engines = next(m for m in machines.values() if "engines" in json.dumps(m["Properties"]["StateMachineName"]))
+    engines = next(
+        m for m in machines.values() if "engines" in json.dumps(m["Properties"]["StateMachineName"])
+    )
     subs = engines["Properties"]["DefinitionSubstitutions"]
-    assert {"EmrApplicationId", "EmrJobRoleArn", "SparkEntryPoint", "AthenaWorkGroup", "GlueDatabase"} <= set(subs)
+    assert {"EmrApplicationId", "EmrJobRoleArn", "SparkEntryPoint", "AthenaWorkGroup", "GlueDatabase"} <= set(
+        subs
+    )
     policies = json.dumps(template.find_resources("AWS::IAM::Policy"))
-    for action in ("emr-serverless:StartJobRun", "emr-serverless:CancelJobRun", "iam:PassRole",
-                   "athena:StartQueryExecution", "athena:StopQueryExecution", "glue:GetTable"):
+    for action in (
+        "emr-serverless:StartJobRun",
+        "emr-serverless:CancelJobRun",
+        "iam:PassRole",
+        "athena:StartQueryExecution",
+        "athena:StopQueryExecution",
+        "glue:GetTable",
+    ):
         assert action in policies, action
     assert "StepFunctionsGetEventsForEMRServerlessJobRule" in policies
 
@@ -44,6 +67,8 @@ def test_no_engine_resources_without_a_pipeline_or_prop(synth_app: Any, tmp_path
     _, template = synth_app(tmp_path / "out", **{"udop:pipelinesDir": str(folder)})
     template.resource_count_is("AWS::EMRServerless::Application", 0)
     template.resource_count_is("AWS::Athena::WorkGroup", 0)
-    _, template = synth_app(tmp_path / "out2", **{"udop:pipelinesDir": str(folder), "udop:athenaEngine": True})
+    _, template = synth_app(
+        tmp_path / "out2", **{"udop:pipelinesDir": str(folder), "udop:athenaEngine": True}
+    )
     template.resource_count_is("AWS::Athena::WorkGroup", 1)
     template.resource_count_is("AWS::EMRServerless::Application", 0)

@@ -32,8 +32,9 @@ def _regex_full_match(node: exp.Expression) -> exp.Expression:
     """DuckDB's ``regexp_full_match`` (the regex rule) exists in neither Spark nor Trino: an anchored
     ``regexp_like`` means the same (RE2 and Java regexes agree on the patterns rules use)."""
     if isinstance(node, exp.RegexpFullMatch):
-        anchored = exp.Concat(expressions=[exp.Literal.string("^(?:"), node.expression,
-                                           exp.Literal.string(")$")])
+        anchored = exp.Concat(
+            expressions=[exp.Literal.string("^(?:"), node.expression, exp.Literal.string(")$")]
+        )
         return exp.RegexpLike(this=node.this, expression=anchored)
     return node
 
@@ -41,8 +42,11 @@ def _regex_full_match(node: exp.Expression) -> exp.Expression:
 def _interval_of_expression(node: exp.Expression) -> exp.Expression:
     """``INTERVAL (expr) DAY`` (DuckDB, e.g. a bound parameter) as ``(expr) * INTERVAL '1' DAY``: Spark
     and Trino take only a literal inside INTERVAL but both multiply an interval by a number."""
-    if isinstance(node, exp.Interval) and node.this is not None and not (
-            isinstance(node.this, exp.Literal) and node.this.is_string):
+    if (
+        isinstance(node, exp.Interval)
+        and node.this is not None
+        and not (isinstance(node.this, exp.Literal) and node.this.is_string)
+    ):
         if node.unit is None:
             return node
         one = exp.Interval(this=exp.Literal.string("1"), unit=node.unit.copy())
@@ -53,14 +57,20 @@ def _interval_of_expression(node: exp.Expression) -> exp.Expression:
 def _refuse(tree: exp.Expression, engine: str) -> None:
     for node in tree.walk():
         if isinstance(node, exp.Anonymous):
-            raise EngineError(f"function {node.name!r} is unknown to the SQL transpiler, so udop cannot "
-                              f"tell whether {engine} has it; use a function both engines share")
+            raise EngineError(
+                f"function {node.name!r} is unknown to the SQL transpiler, so udop cannot "
+                f"tell whether {engine} has it; use a function both engines share"
+            )
         if isinstance(node, exp.Union) and node.args.get("by_name"):
-            raise EngineError(f"{engine} has no UNION BY NAME; union by position (by_name: false) "
-                              "after select steps that line the columns up")
+            raise EngineError(
+                f"{engine} has no UNION BY NAME; union by position (by_name: false) "
+                "after select steps that line the columns up"
+            )
         if engine == "athena" and isinstance(node, exp.Placeholder | exp.Parameter):
-            raise EngineError("athena tasks cannot bind ${...} references yet (their SQL is fixed at "
-                              "deploy time); write the value into the step")
+            raise EngineError(
+                "athena tasks cannot bind ${...} references yet (their SQL is fixed at "
+                "deploy time); write the value into the step"
+            )
 
 
 def to_dialect(sql: str, schemas: Mapping[str, Sequence[tuple[str, str]]], engine: str) -> str:
@@ -69,8 +79,9 @@ def to_dialect(sql: str, schemas: Mapping[str, Sequence[tuple[str, str]]], engin
     try:
         tree = sqlglot.parse_one(sql, read="duckdb")
         schema: dict[str, object] = {name: dict(cols) for name, cols in schemas.items()}
-        tree = qualify(tree, schema=schema, dialect="duckdb", quote_identifiers=True,
-                       validate_qualify_columns=False)
+        tree = qualify(
+            tree, schema=schema, dialect="duckdb", quote_identifiers=True, validate_qualify_columns=False
+        )
         tree = tree.transform(_regex_full_match).transform(_interval_of_expression)
         _refuse(tree, engine)
         return tree.sql(dialect, unsupported_level=ErrorLevel.RAISE)
@@ -94,9 +105,9 @@ def round_trip(sql: str, engine: str) -> str:
     return again
 
 
-def first_unsupported_step(history: Sequence[tuple[int, str, str]],
-                           schemas: Mapping[str, Sequence[tuple[str, str]]],
-                           engine: str) -> tuple[int, str, str] | None:
+def first_unsupported_step(
+    history: Sequence[tuple[int, str, str]], schemas: Mapping[str, Sequence[tuple[str, str]]], engine: str
+) -> tuple[int, str, str] | None:
     """(step index, kind, message) of the first step whose query ``engine`` cannot express: the
     compiler's queries up to each step (``Plan.history``) are transpiled in order."""
     for index, kind, query in history:

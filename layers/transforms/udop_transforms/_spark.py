@@ -40,6 +40,7 @@ Register = Callable[..., dict[str, list[Column]]]
 _lock = threading.Lock()
 _sessions: dict[str, SparkSession] = {}  # the one session, under "local"
 
+_COMMIT_PROTOCOL = "org.apache.spark.sql.execution.datasources.SQLHadoopMapReduceCommitProtocol"
 #: Spark settings for one machine: no UI, few shuffle partitions (the default 200 costs seconds on small
 #: data), UTC, Parquet timestamps as int64 micros (not INT96), and no ``parquet.`/path``` file queries
 #: in SQL (a step reads only the inputs udop registers)
@@ -51,8 +52,7 @@ _CONF = {
     "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
     "spark.sql.parquet.compression.codec": "zstd",
     "spark.sql.runSQLOnFiles": "false",
-    "spark.sql.sources.commitProtocolClass":
-        "org.apache.spark.sql.execution.datasources.SQLHadoopMapReduceCommitProtocol",
+    "spark.sql.sources.commitProtocolClass": _COMMIT_PROTOCOL,
     "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
 }
 
@@ -64,8 +64,9 @@ def spark_session() -> SparkSession:
             try:
                 from pyspark.sql import SparkSession
             except ModuleNotFoundError:
-                raise FatalError("engine: spark needs PySpark: install udop[spark] (and Java 17 or later)"
-                                 ) from None
+                raise FatalError(
+                    "engine: spark needs PySpark: install udop[spark] (and Java 17 or later)"
+                ) from None
             builder = SparkSession.builder.master("local[*]").appName("udop")
             for key, value in _CONF.items():
                 builder = builder.config(key, value)
@@ -97,8 +98,9 @@ class _Job:
         self.group = f"udop-{context.task_id}-{uuid.uuid4().hex[:8]}"
         self.cancel = context.cancel_event
         self._done = threading.Event()
-        self.spark.sparkContext.setJobGroup(self.group, f"udop task {context.task_id}",
-                                            interruptOnCancel=True)
+        self.spark.sparkContext.setJobGroup(
+            self.group, f"udop task {context.task_id}", interruptOnCancel=True
+        )
         if context.on_cancel is not None:
             context.on_cancel(self.stop)
         threading.Thread(target=self._watch, daemon=True, name=f"udop-spark-cancel-{context.task_id}").start()
@@ -135,8 +137,13 @@ def _base_path(pattern: str, files: list[str]) -> str | None:
     return None
 
 
-def _input_paths(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult], session: Session,
-                 base_paths: dict[str, str] | None = None) -> dict[str, list[str]]:
+def _input_paths(
+    context: TaskContext,
+    task: Any,
+    inputs: Mapping[str, TaskResult],
+    session: Session,
+    base_paths: dict[str, str] | None = None,
+) -> dict[str, list[str]]:
     """The Parquet files of each input: a task's output folder, or a source read in place."""
     out: dict[str, list[str]] = {}
     for dep in data_inputs(task):
@@ -147,8 +154,10 @@ def _input_paths(context: TaskContext, task: Any, inputs: Mapping[str, TaskResul
         if manifest.format == SNAPSHOT_FORMAT:
             snap = read_snapshot(manifest)
             if snap.connector != "parquet":
-                raise FatalError(f"task {task.id!r}: engine spark reads Parquet; input {dep!r} is "
-                                 f"{snap.connector} read in place: set materialize: true on {dep!r}")
+                raise FatalError(
+                    f"task {task.id!r}: engine spark reads Parquet; input {dep!r} is "
+                    f"{snap.connector} read in place: set materialize: true on {dep!r}"
+                )
             files = session.cleanup.enter_context(verified_files(context, task.id, dep, snap))
             out[dep] = [str(f) for f in files]
             base = _base_path(snap.path, out[dep]) if snap.hive_partitioning is not False else None
@@ -157,19 +166,30 @@ def _input_paths(context: TaskContext, task: Any, inputs: Mapping[str, TaskResul
         elif manifest.format == "parquet":
             out[dep] = [str(f) for f in dataset_files(Path(manifest.uri))]
         else:
-            raise FatalError(f"task {task.id!r}: engine spark reads Parquet; input {dep!r} is "
-                             f"{manifest.format}")
+            raise FatalError(
+                f"task {task.id!r}: engine spark reads Parquet; input {dep!r} is {manifest.format}"
+            )
         if not out[dep]:
             raise FatalError(f"task {task.id!r}: input {dep!r} has no Parquet files at {manifest.uri}")
     return out
 
 
-def job_spec(sql: str, params: Mapping[str, Any], inputs: Mapping[str, list[str]], output: str,
-             base_paths: Mapping[str, str] | None = None) -> dict[str, Any]:
+def job_spec(
+    sql: str,
+    params: Mapping[str, Any],
+    inputs: Mapping[str, list[str]],
+    output: str,
+    base_paths: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
     """The spec ``spark_entry`` runs (locally here, on EMR Serverless from S3): JSON all the way, so the
     local path exercises exactly what a remote job reads."""
-    spec = {"sql": sql, "params": encode_params(dict(params)), "inputs": dict(inputs), "output": output,
-            "base_paths": dict(base_paths or {})}
+    spec = {
+        "sql": sql,
+        "params": encode_params(dict(params)),
+        "inputs": dict(inputs),
+        "output": output,
+        "base_paths": dict(base_paths or {}),
+    }
     return dict(json.loads(json.dumps(spec)))
 
 
@@ -202,8 +222,15 @@ def _locate(job: _Job, task: Any, plan: Plan, columns: Mapping[str, list[Column]
     return None
 
 
-def _write(job: _Job, sql: str, params: Mapping[str, Any], paths: Mapping[str, list[str]],
-           context: TaskContext, *, base_paths: Mapping[str, str]) -> Manifest:
+def _write(
+    job: _Job,
+    sql: str,
+    params: Mapping[str, Any],
+    paths: Mapping[str, list[str]],
+    context: TaskContext,
+    *,
+    base_paths: Mapping[str, str],
+) -> Manifest:
     final = Path(context.output_uri)
     if job.stopped():
         raise TaskTimeout("the attempt was told to stop (timeout or cancel) before its Spark job started")
@@ -213,8 +240,10 @@ def _write(job: _Job, sql: str, params: Mapping[str, Any], paths: Mapping[str, l
         for junk in [*tmp.rglob(".*.crc"), *tmp.rglob("_SUCCESS")]:
             junk.unlink()
         if job.stopped():
-            raise TaskTimeout("the attempt was told to stop (timeout or cancel) before its output was "
-                              "published; the target is unchanged")
+            raise TaskTimeout(
+                "the attempt was told to stop (timeout or cancel) before its output was "
+                "published; the target is unchanged"
+            )
         files = dataset_files(tmp)
         rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)  # from the footers
         publish_dir(tmp, final)
@@ -223,8 +252,9 @@ def _write(job: _Job, sql: str, params: Mapping[str, Any], paths: Mapping[str, l
     return manifest_for(context.output_uri, dataset_files(final), rows)
 
 
-def transform_on_spark(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult], *,
-                       register: Register) -> tuple[Manifest, str, dict[str, list[Column]]]:
+def transform_on_spark(
+    context: TaskContext, task: Any, inputs: Mapping[str, TaskResult], *, register: Register
+) -> tuple[Manifest, str, dict[str, list[Column]]]:
     """Run the steps on Spark: (manifest, the DuckDB query lineage is read from, input columns)."""
     with Session(context=context) as session:
         columns = register(session, context, task, inputs, widen=False)
@@ -243,8 +273,9 @@ def transform_on_spark(context: TaskContext, task: Any, inputs: Mapping[str, Tas
             raise
         except Exception as exc:
             if job.stopped():
-                raise TaskTimeout(f"task {task.id!r}: Spark job cancelled because the attempt timed out or "
-                                  "was cancelled") from None
+                raise TaskTimeout(
+                    f"task {task.id!r}: Spark job cancelled because the attempt timed out or was cancelled"
+                ) from None
             where = _locate(job, task, plan, columns) or f"running on spark: {_error_text(exc)}"
             raise FatalError(f"task {task.id!r}: {where}") from None
         finally:
@@ -287,8 +318,14 @@ class _RuleSession:
         return self.session.describe(sql, params)
 
 
-def evaluate_on_spark(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult], *,
-                      register: Register, evaluate: Callable[..., Any]) -> tuple[Any, list[str]]:
+def evaluate_on_spark(
+    context: TaskContext,
+    task: Any,
+    inputs: Mapping[str, TaskResult],
+    *,
+    register: Register,
+    evaluate: Callable[..., Any],
+) -> tuple[Any, list[str]]:
     """A validate task's rules counted on Spark: (``evaluate(session, columns)``'s answer, input's columns).
 
     ``evaluate`` is called with a session whose ``con`` runs transpiled SQL on Spark."""
@@ -307,8 +344,10 @@ def evaluate_on_spark(context: TaskContext, task: Any, inputs: Mapping[str, Task
                 raise
             except Exception as exc:
                 if job.stopped():
-                    raise TaskTimeout(f"task {task.id!r}: Spark job cancelled because the attempt timed out "
-                                      "or was cancelled") from None
+                    raise TaskTimeout(
+                        f"task {task.id!r}: Spark job cancelled because the attempt timed out "
+                        "or was cancelled"
+                    ) from None
                 raise FatalError(f"task {task.id!r}: evaluating rules on spark: {_error_text(exc)}") from None
         finally:
             job.close()

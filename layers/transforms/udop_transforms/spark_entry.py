@@ -21,8 +21,13 @@ from typing import Any
 __all__ = ["decode_params", "encode_params", "main", "run_job"]
 
 _DECODE: dict[str, Any] = {
-    "int": int, "float": float, "str": str, "bool": bool, "decimal": Decimal,
-    "date": dt.date.fromisoformat, "datetime": dt.datetime.fromisoformat,
+    "int": int,
+    "float": float,
+    "str": str,
+    "bool": bool,
+    "decimal": Decimal,
+    "date": dt.date.fromisoformat,
+    "datetime": dt.datetime.fromisoformat,
 }
 
 

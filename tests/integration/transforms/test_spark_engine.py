@@ -28,14 +28,19 @@ from udop.store import open_store
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
 from tpch import Q1_STEPS, Q3_STEPS, Q6_STEPS
 
-pytestmark = [pytest.mark.slow,
-              # PySpark 4.3 warns on import that it does not fully support pandas 3
-              pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning")]
+pytestmark = [
+    pytest.mark.slow,
+    # PySpark 4.3 warns on import that it does not fully support pandas 3
+    pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning"),
+]
 
 QUERIES: dict[str, tuple[list[Any], list[str], dict[str, Any]]] = {
     "q1": (Q1_STEPS, ["lineitem"], {"delta": {"type": "int", "default": 90}}),
-    "q3": (Q3_STEPS, ["customer", "orders", "lineitem"],
-           {"segment": {"type": "str", "default": "BUILDING"}, "day": {"type": "date", "default": "1995-03-15"}}),
+    "q3": (
+        Q3_STEPS,
+        ["customer", "orders", "lineitem"],
+        {"segment": {"type": "str", "default": "BUILDING"}, "day": {"type": "date", "default": "1995-03-15"}},
+    ),
     "q6": (Q6_STEPS, ["lineitem"], {"start": {"type": "date", "default": "1994-01-01"}}),
 }
 
@@ -44,8 +49,11 @@ QUERIES: dict[str, tuple[list[Any], list[str], dict[str, Any]]] = {
 def tpch(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = tmp_path_factory.mktemp("tpch")
     tool = Path(sys.executable).parent / "tpchgen-cli"
-    subprocess.run([str(tool), "parquet", "-s", "0.01", "--tables", "lineitem,orders,customer", "-o", str(data)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [str(tool), "parquet", "-s", "0.01", "--tables", "lineitem,orders,customer", "-o", str(data)],
+        check=True,
+        capture_output=True,
+    )
     return data
 
 
@@ -58,20 +66,37 @@ def spark() -> Iterator[None]:
     stop_spark()
 
 
-def write_pipeline(root: Path, name: str, data: Path, engine: str, *, extra: list[dict[str, Any]] | None = None,
-                   timeout: str | None = None) -> Path:
+def write_pipeline(
+    root: Path,
+    name: str,
+    data: Path,
+    engine: str,
+    *,
+    extra: list[dict[str, Any]] | None = None,
+    timeout: str | None = None,
+) -> Path:
     steps, tables, params = QUERIES[name]
     tasks: list[dict[str, Any]] = [
         {"id": t, "type": "extract", "source": {"connector": "parquet", "path": str(data / f"{t}.parquet")}}
-        for t in tables]
-    query: dict[str, Any] = {"id": "query", "type": "transform", "engine": engine, "depends_on": tables,
-                             "steps": steps}
+        for t in tables
+    ]
+    query: dict[str, Any] = {
+        "id": "query",
+        "type": "transform",
+        "engine": engine,
+        "depends_on": tables,
+        "steps": steps,
+    }
     if timeout:
         query["timeout"] = timeout
     tasks.append(query)
     tasks += extra or []
-    doc = {"apiVersion": "udop/v1", "kind": "Pipeline", "metadata": {"name": f"{name}-{engine}"},
-           "spec": {"params": params, "tasks": tasks}}
+    doc = {
+        "apiVersion": "udop/v1",
+        "kind": "Pipeline",
+        "metadata": {"name": f"{name}-{engine}"},
+        "spec": {"params": params, "tasks": tasks},
+    }
     file = root / f"{name}-{engine}.yaml"
     file.write_text(yaml.safe_dump(doc, sort_keys=False))
     return file
@@ -80,7 +105,9 @@ def write_pipeline(root: Path, name: str, data: Path, engine: str, *, extra: lis
 def run(root: Path, file: Path) -> Any:
     store = open_store(f"sqlite:///{root / 'meta.db'}")
     try:
-        executor = LocalExecutor(store, workers=2, data_root=str(root / "data"), services={"base_dir": str(root)})
+        executor = LocalExecutor(
+            store, workers=2, data_root=str(root / "data"), services={"base_dir": str(root)}
+        )
         record = executor.run(load_pipeline(str(file)))
         return store.get_run(record.id), store.get_lineage(record.id), store.get_checks(record.id)
     finally:
@@ -120,7 +147,9 @@ def test_tpch_on_spark_gives_duckdbs_answer(tmp_path: Path, tpch: Path, spark: N
         assert len(found.inputs) == len(QUERIES[name][1])
         if engine == "spark":
             assert task.result["metrics"]["engine"] == "spark"
-            assert not list(Path(output["uri"]).glob("_SUCCESS")) and not list(Path(output["uri"]).glob(".*crc"))
+            assert not list(Path(output["uri"]).glob("_SUCCESS")) and not list(
+                Path(output["uri"]).glob(".*crc")
+            )
     duck, spk = answers["duckdb"], answers["spark"]
     assert [list(r) for r in duck] == [list(r) for r in spk]  # same columns in the same order
     if name != "q3":  # Q1 is sorted on its keys, Q6 one row; Q3 is sorted on revenue: compare in order too
@@ -131,12 +160,16 @@ def test_tpch_on_spark_gives_duckdbs_answer(tmp_path: Path, tpch: Path, spark: N
         assert any(r["sum_charge"] == Decimal("526165934.000839") for r in spk)  # SF0.01, A/F
 
 
-def test_validate_on_spark_records_checks_and_fails_on_an_error_rule(tmp_path: Path, tpch: Path,
-                                                                     spark: None) -> None:
-    rules = [{"not_null": ["l_returnflag"]}, {"regex": {"column": "l_linestatus", "pattern": "[OF]"}},
-             {"unique": ["l_returnflag", "l_linestatus"]},
-             {"range": {"column": "count_order", "min": 20000}, "severity": "warn"},
-             {"accepted_values": {"column": "l_returnflag", "values": ["A", "N"]}}]
+def test_validate_on_spark_records_checks_and_fails_on_an_error_rule(
+    tmp_path: Path, tpch: Path, spark: None
+) -> None:
+    rules = [
+        {"not_null": ["l_returnflag"]},
+        {"regex": {"column": "l_linestatus", "pattern": "[OF]"}},
+        {"unique": ["l_returnflag", "l_linestatus"]},
+        {"range": {"column": "count_order", "min": 20000}, "severity": "warn"},
+        {"accepted_values": {"column": "l_returnflag", "values": ["A", "N"]}},
+    ]
     checks = {"id": "checks", "type": "validate", "engine": "spark", "depends_on": ["query"], "rules": rules}
     record, _, found = run(tmp_path, write_pipeline(tmp_path, "q1", tpch, "spark", extra=[checks]))
     assert record.state == RunState.FAILED
@@ -156,7 +189,9 @@ def test_a_timeout_cancels_the_spark_job(tmp_path: Path, tpch: Path, spark: None
     doc = yaml.safe_load(file.read_text())
     query = doc["spec"]["tasks"][-1]
     # far too much work for 3 s: a three-way cross join of 60,000 rows
-    query["steps"] = [{"sql": "SELECT count(*) AS n FROM this a, this b, this c WHERE a.l_tax + b.l_tax > c.l_tax"}]
+    query["steps"] = [
+        {"sql": "SELECT count(*) AS n FROM this a, this b, this c WHERE a.l_tax + b.l_tax > c.l_tax"}
+    ]
     query["retry"] = {"max_attempts": 1}
     file.write_text(yaml.safe_dump(doc, sort_keys=False))
     record, _, _ = run(tmp_path, file)
@@ -181,35 +216,63 @@ def test_the_shipped_entry_script_runs_a_spec_file(tmp_path: Path, tpch: Path, s
     from udop_transforms import spark_entry
     from udop_transforms._spark import job_spec
 
-    sql = ("SELECT `l_returnflag`, count(*) AS `n` FROM `lineitem` WHERE `l_shipdate` <= :p0 "
-           "GROUP BY `l_returnflag`")
-    spec = job_spec(sql, {"p0": date(1995, 6, 17)}, {"lineitem": [str(tpch / "lineitem.parquet")]},
-                    str(tmp_path / "out"))
+    sql = (
+        "SELECT `l_returnflag`, count(*) AS `n` FROM `lineitem` WHERE `l_shipdate` <= :p0 "
+        "GROUP BY `l_returnflag`"
+    )
+    spec = job_spec(
+        sql, {"p0": date(1995, 6, 17)}, {"lineitem": [str(tpch / "lineitem.parquet")]}, str(tmp_path / "out")
+    )
     assert spec["params"] == {"p0": {"type": "date", "value": "1995-06-17"}}
     (tmp_path / "job.json").write_text(json.dumps(spec))
     assert spark_entry.main(["udop_spark_entry.py", str(tmp_path / "job.json")]) == 0
     got = sorted((r["l_returnflag"], r["n"]) for r in pq.read_table(tmp_path / "out").to_pylist())
-    want = duckdb.sql(f"SELECT l_returnflag, count(*) FROM '{tpch / 'lineitem.parquet'}' "
-                      "WHERE l_shipdate <= DATE '1995-06-17' GROUP BY 1 ORDER BY 1").fetchall()
+    want = duckdb.sql(
+        f"SELECT l_returnflag, count(*) FROM '{tpch / 'lineitem.parquet'}' "
+        "WHERE l_shipdate <= DATE '1995-06-17' GROUP BY 1 ORDER BY 1"
+    ).fetchall()
     assert got == [tuple(r) for r in want]
 
 
-def test_a_hive_partitioned_source_read_in_place_keeps_its_partition_columns(tmp_path: Path,
-                                                                            spark: None) -> None:
+def test_a_hive_partitioned_source_read_in_place_keeps_its_partition_columns(
+    tmp_path: Path, spark: None
+) -> None:
     import pyarrow as pa
 
     for region, amounts in {"eu": [1.5, 2.5], "us": [4.0]}.items():
         folder = tmp_path / "sales" / f"region={region}"
         folder.mkdir(parents=True)
         pq.write_table(pa.table({"amount": amounts}), folder / "part.parquet")
-    doc = {"apiVersion": "udop/v1", "kind": "Pipeline", "metadata": {"name": "hive"}, "spec": {"tasks": [
-        {"id": "sales", "type": "extract", "source": {"connector": "parquet", "path": "sales/*/*.parquet"}},
-        {"id": "totals", "type": "transform", "engine": "spark", "depends_on": ["sales"],
-         "steps": [{"aggregate": {"by": ["region"], "metrics": {"total": {"sum": "amount"}}}},
-                   {"sort": ["region"]}]}]}}
+    doc = {
+        "apiVersion": "udop/v1",
+        "kind": "Pipeline",
+        "metadata": {"name": "hive"},
+        "spec": {
+            "tasks": [
+                {
+                    "id": "sales",
+                    "type": "extract",
+                    "source": {"connector": "parquet", "path": "sales/*/*.parquet"},
+                },
+                {
+                    "id": "totals",
+                    "type": "transform",
+                    "engine": "spark",
+                    "depends_on": ["sales"],
+                    "steps": [
+                        {"aggregate": {"by": ["region"], "metrics": {"total": {"sum": "amount"}}}},
+                        {"sort": ["region"]},
+                    ],
+                },
+            ]
+        },
+    }
     file = tmp_path / "hive.yaml"
     file.write_text(yaml.safe_dump(doc, sort_keys=False))
     record, _, _ = run(tmp_path, file)
     assert record.state == RunState.SUCCEEDED, [t.error_message for t in record.tasks]
     task = next(t for t in record.tasks if t.task_id == "totals")
-    assert rows_of(task.result["output"]["uri"]) == [{"region": "eu", "total": 4.0}, {"region": "us", "total": 4.0}]
+    assert rows_of(task.result["output"]["uri"]) == [
+        {"region": "eu", "total": 4.0},
+        {"region": "us", "total": 4.0},
+    ]

@@ -23,16 +23,34 @@ pytestmark = pytest.mark.aws
 def pipeline(**query_extra: Any) -> Pipeline:
     tasks = [
         {"id": "orders", "type": "extract", "source": {"connector": "s3", "path": "s3://lake/orders/"}},
-        {"id": "big", "type": "transform", "engine": "spark", "depends_on": ["orders"],
-         "steps": [{"aggregate": {"by": ["region"], "metrics": {"n": "count(*)"}}}],
-         "retry": {"max_attempts": 3, "base_delay": "5s"}, "timeout": "2h", **query_extra},
-        {"id": "scan", "type": "transform", "engine": "athena", "depends_on": ["orders"],
-         "steps": [{"filter": "amount > 100"}]},
-        {"id": "checks", "type": "validate", "engine": "spark", "depends_on": ["big"],
-         "rules": [{"not_null": ["region"]}]},
+        {
+            "id": "big",
+            "type": "transform",
+            "engine": "spark",
+            "depends_on": ["orders"],
+            "steps": [{"aggregate": {"by": ["region"], "metrics": {"n": "count(*)"}}}],
+            "retry": {"max_attempts": 3, "base_delay": "5s"},
+            "timeout": "2h",
+            **query_extra,
+        },
+        {
+            "id": "scan",
+            "type": "transform",
+            "engine": "athena",
+            "depends_on": ["orders"],
+            "steps": [{"filter": "amount > 100"}],
+        },
+        {
+            "id": "checks",
+            "type": "validate",
+            "engine": "spark",
+            "depends_on": ["big"],
+            "rules": [{"not_null": ["region"]}],
+        },
     ]
-    return Pipeline.model_validate({"apiVersion": "udop/v1", "kind": "Pipeline", "metadata": {"name": "eng"},
-                                    "spec": {"tasks": tasks}})
+    return Pipeline.model_validate(
+        {"apiVersion": "udop/v1", "kind": "Pipeline", "metadata": {"name": "eng"}, "spec": {"tasks": tasks}}
+    )
 
 
 def flat(states: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -67,8 +85,14 @@ def test_spark_and_athena_tasks_compile_to_prepare_job_record() -> None:
     # a duckdb task is one Lambda call as before; a spark validate gets the same three states
     assert states["orders"]["Resource"] == "arn:aws:states:::lambda:invoke" and "orders job" not in states
     assert states["checks job"]["Resource"].startswith("arn:aws:states:::emr-serverless")
-    assert set(compiled.substitutions) == {"TaskRunnerArn", "EmrApplicationId", "EmrJobRoleArn",
-                                           "SparkEntryPoint", "AthenaWorkGroup", "GlueDatabase"}
+    assert set(compiled.substitutions) == {
+        "TaskRunnerArn",
+        "EmrApplicationId",
+        "EmrJobRoleArn",
+        "SparkEntryPoint",
+        "AthenaWorkGroup",
+        "GlueDatabase",
+    }
     assert_valid(compiled)
 
 
@@ -93,8 +117,10 @@ def _resolve(params: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
 def _to_boto(params: dict[str, Any]) -> dict[str, Any]:
     """Step Functions' optimized integrations name parameters in PascalCase; boto3 in camelCase for
     EMR Serverless."""
+
     def camel(name: str) -> str:
         return name[0].lower() + name[1:]
+
     return {camel(k): _to_boto(v) if isinstance(v, dict) else v for k, v in params.items()}
 
 
@@ -103,21 +129,30 @@ def test_moto_accepts_the_job_states_calls() -> None:
     with mock_aws():
         emr = boto3.client("emr-serverless", region_name="us-east-1")
         app = emr.create_application(name="udop", releaseLabel="emr-7.5.0", type="SPARK")["applicationId"]
-        values = {"EmrApplicationId": app, "EmrJobRoleArn": "arn:aws:iam::123456789012:role/udop-emr-job",
-                  "SparkEntryPoint": "s3://code/udop/spark/udop_spark_entry.py",
-                  "$.engine.job.name": "eng-big-run1", "States.UUID()": "7d1c3c4e-0000-4000-8000-000000000001",
-                  "States.Array($.engine.job.spec_uri)": ["s3://data/runs/eng/run1/big/_job.json"]}
+        values = {
+            "EmrApplicationId": app,
+            "EmrJobRoleArn": "arn:aws:iam::123456789012:role/udop-emr-job",
+            "SparkEntryPoint": "s3://code/udop/spark/udop_spark_entry.py",
+            "$.engine.job.name": "eng-big-run1",
+            "States.UUID()": "7d1c3c4e-0000-4000-8000-000000000001",
+            "States.Array($.engine.job.spec_uri)": ["s3://data/runs/eng/run1/big/_job.json"],
+        }
         started = emr.start_job_run(**_to_boto(_resolve(states["big job"]["Parameters"], values)))
         run = emr.get_job_run(applicationId=app, jobRunId=started["jobRunId"])["jobRun"]
         assert run["jobDriver"]["sparkSubmit"]["entryPoint"] == "s3://code/udop/spark/udop_spark_entry.py"
-        assert run["jobDriver"]["sparkSubmit"]["entryPointArguments"] == ["s3://data/runs/eng/run1/big/_job.json"]
+        assert run["jobDriver"]["sparkSubmit"]["entryPointArguments"] == [
+            "s3://data/runs/eng/run1/big/_job.json"
+        ]
 
         athena = boto3.client("athena", region_name="us-east-1")
         athena.create_work_group(Name="udop", Configuration={"BytesScannedCutoffPerQuery": 10 * 1024**3})
-        values = {"AthenaWorkGroup": "udop", "GlueDatabase": "udop_runs",
-                  "$.engine.job.query": "UNLOAD (SELECT 1 AS x) TO 's3://data/runs/eng/run1/scan/' "
-                                        "WITH (format = 'PARQUET')",
-                  "States.UUID()": "7d1c3c4e-0000-4000-8000-000000000002"}
+        values = {
+            "AthenaWorkGroup": "udop",
+            "GlueDatabase": "udop_runs",
+            "$.engine.job.query": "UNLOAD (SELECT 1 AS x) TO 's3://data/runs/eng/run1/scan/' "
+            "WITH (format = 'PARQUET')",
+            "States.UUID()": "7d1c3c4e-0000-4000-8000-000000000002",
+        }
         query = athena.start_query_execution(**_resolve(states["scan job"]["Parameters"], values))
         got = athena.get_query_execution(QueryExecutionId=query["QueryExecutionId"])["QueryExecution"]
         assert got["WorkGroup"] == "udop" and got["QueryExecutionContext"]["Database"] == "udop_runs"

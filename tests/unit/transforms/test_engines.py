@@ -29,21 +29,37 @@ from tpch import Q1_STEPS, Q3_STEPS, Q6_STEPS
 
 @pytest.fixture
 def base(tmp_path: Path) -> Path:
-    pq.write_table(pa.table({"id": [1, 2], "carrier": ["AA", "UA"], "delay": [3.0, 20.0]}),
-                   tmp_path / "flights.parquet")
+    pq.write_table(
+        pa.table({"id": [1, 2], "carrier": ["AA", "UA"], "delay": [3.0, 20.0]}), tmp_path / "flights.parquet"
+    )
     pq.write_table(pa.table({"carrier": ["AA"], "name": ["American"]}), tmp_path / "carriers.parquet")
     return tmp_path
 
 
-def pipeline(engine: str, steps: list, rules: list | None = None, params: dict | None = None,
-             validate_engine: str | None = None):
+def pipeline(
+    engine: str,
+    steps: list,
+    rules: list | None = None,
+    params: dict | None = None,
+    validate_engine: str | None = None,
+):
     tasks = [
         {"id": "flights", "type": "extract", "source": {"connector": "parquet", "path": "flights.parquet"}},
         {"id": "carriers", "type": "extract", "source": {"connector": "parquet", "path": "carriers.parquet"}},
-        {"id": "t", "type": "transform", "engine": engine, "depends_on": ["flights", "carriers"],
-         "steps": steps},
-        {"id": "v", "type": "validate", "engine": validate_engine or engine, "depends_on": ["t"],
-         "rules": rules or [{"row_count": {"min": 0}}]},
+        {
+            "id": "t",
+            "type": "transform",
+            "engine": engine,
+            "depends_on": ["flights", "carriers"],
+            "steps": steps,
+        },
+        {
+            "id": "v",
+            "type": "validate",
+            "engine": validate_engine or engine,
+            "depends_on": ["t"],
+            "rules": rules or [{"row_count": {"min": 0}}],
+        },
     ]
     return make_pipeline(tasks, params)
 
@@ -64,8 +80,12 @@ GOOD_STEPS = [
 
 @pytest.mark.parametrize("engine", ["spark", "athena"])
 def test_every_kind_of_step_transpiles(base, engine):
-    rules = [{"not_null": ["carrier"]}, {"regex": {"column": "carrier", "pattern": "[A-Z]{2}"}},
-             {"accepted_values": {"column": "carrier", "values": ["AA", "UA"]}}, {"unique": ["carrier"]}]
+    rules = [
+        {"not_null": ["carrier"]},
+        {"regex": {"column": "carrier", "pattern": "[A-Z]{2}"}},
+        {"accepted_values": {"column": "carrier", "values": ["AA", "UA"]}},
+        {"unique": ["carrier"]},
+    ]
     assert check_pipeline(pipeline(engine, GOOD_STEPS, rules, validate_engine="spark"), base) == []
 
 
@@ -80,8 +100,9 @@ def test_union_by_name_is_refused_on_spark_naming_task_step_and_engine(base):
 
 
 def test_a_function_the_transpiler_does_not_know_is_refused(base):
-    (err,) = check_pipeline(pipeline("spark", [{"derive": {"x": "damerau_levenshtein(carrier, 'AA')"}}]),
-                            base)
+    (err,) = check_pipeline(
+        pipeline("spark", [{"derive": {"x": "damerau_levenshtein(carrier, 'AA')"}}]), base
+    )
     assert err.path == "spec.tasks[2].steps[0]"
     assert "task 't', derive step: engine spark: function 'damerau_levenshtein'" in str(err)
 
@@ -115,31 +136,58 @@ def test_validate_tasks_run_on_duckdb_or_spark():
 
 def test_an_unknown_engine_is_a_spec_error():
     with pytest.raises(Exception, match=r"duckdb.*spark.*athena"):
-        make_pipeline([{"id": "a", "type": "python", "callable": "m:f"},
-                       {"id": "t", "type": "transform", "engine": "flink", "depends_on": ["a"],
-                        "steps": [{"limit": 1}]}])
+        make_pipeline(
+            [
+                {"id": "a", "type": "python", "callable": "m:f"},
+                {
+                    "id": "t",
+                    "type": "transform",
+                    "engine": "flink",
+                    "depends_on": ["a"],
+                    "steps": [{"limit": 1}],
+                },
+            ]
+        )
 
 
-TPCH = {"lineitem": [("l_orderkey", "BIGINT"), ("l_quantity", "DECIMAL(15,2)"),
-                     ("l_extendedprice", "DECIMAL(15,2)"), ("l_discount", "DECIMAL(15,2)"),
-                     ("l_tax", "DECIMAL(15,2)"), ("l_returnflag", "VARCHAR"), ("l_linestatus", "VARCHAR"),
-                     ("l_shipdate", "DATE")],
-        "orders": [("o_orderkey", "BIGINT"), ("o_custkey", "BIGINT"), ("o_orderdate", "DATE"),
-                   ("o_shippriority", "INTEGER")],
-        "customer": [("c_custkey", "BIGINT"), ("c_mktsegment", "VARCHAR")]}
+TPCH = {
+    "lineitem": [
+        ("l_orderkey", "BIGINT"),
+        ("l_quantity", "DECIMAL(15,2)"),
+        ("l_extendedprice", "DECIMAL(15,2)"),
+        ("l_discount", "DECIMAL(15,2)"),
+        ("l_tax", "DECIMAL(15,2)"),
+        ("l_returnflag", "VARCHAR"),
+        ("l_linestatus", "VARCHAR"),
+        ("l_shipdate", "DATE"),
+    ],
+    "orders": [
+        ("o_orderkey", "BIGINT"),
+        ("o_custkey", "BIGINT"),
+        ("o_orderdate", "DATE"),
+        ("o_shippriority", "INTEGER"),
+    ],
+    "customer": [("c_custkey", "BIGINT"), ("c_mktsegment", "VARCHAR")],
+}
 
 
-@pytest.mark.parametrize(("steps", "tables", "scope"), [
-    (Q1_STEPS, ["lineitem"], {"delta": 90}),
-    (Q3_STEPS, ["customer", "orders", "lineitem"], {"segment": "BUILDING", "day": date(1995, 3, 15)}),
-    (Q6_STEPS, ["lineitem"], {"start": date(1994, 1, 1)}),
-], ids=["Q1", "Q3", "Q6"])
+@pytest.mark.parametrize(
+    ("steps", "tables", "scope"),
+    [
+        (Q1_STEPS, ["lineitem"], {"delta": 90}),
+        (Q3_STEPS, ["customer", "orders", "lineitem"], {"segment": "BUILDING", "day": date(1995, 3, 15)}),
+        (Q6_STEPS, ["lineitem"], {"start": date(1994, 1, 1)}),
+    ],
+    ids=["Q1", "Q3", "Q6"],
+)
 def test_tpch_steps_in_athena_sql_parse_and_round_trip(steps, tables, scope):
     """Athena cannot run here: its SQL (references written in, as an athena task must) is parsed as
     Athena SQL and survives the transpiler's round trip unchanged."""
     from udop.spec.data_tasks import TransformTask
 
-    task = TransformTask.model_validate({"id": "q", "type": "transform", "depends_on": tables, "steps": steps})
+    task = TransformTask.model_validate(
+        {"id": "q", "type": "transform", "depends_on": tables, "steps": steps}
+    )
     with Session() as session:
         for name in tables:
             body = ", ".join(f'"{c}" {t}' for c, t in TPCH[name])
@@ -150,8 +198,13 @@ def test_tpch_steps_in_athena_sql_parse_and_round_trip(steps, tables, scope):
         # an athena task has no bound references: write the values into the SQL for this check
         sql = plan.query()
         for key, value in sorted(plan.params.values.items(), reverse=True):
-            literal = (str(value) if isinstance(value, int) else f"DATE '{value}'" if isinstance(value, date)
-                       else f"'{value}'")
+            literal = (
+                str(value)
+                if isinstance(value, int)
+                else f"DATE '{value}'"
+                if isinstance(value, date)
+                else f"'{value}'"
+            )
             sql = sql.replace(f"${key}", literal)
     athena = to_dialect(sql, columns, "athena")
     assert round_trip(athena, "athena") == athena
