@@ -32,7 +32,16 @@ from udop_transforms.spark_entry import encode_params, run_job
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-__all__ = ["Register", "evaluate_on_spark", "job_spec", "spark_session", "stop_spark", "transform_on_spark"]
+__all__ = [
+    "Register",
+    "base_path",
+    "evaluate_on_spark",
+    "job_spec",
+    "spark_session",
+    "spark_sql",
+    "stop_spark",
+    "transform_on_spark",
+]
 
 #: ``_tasks._register_inputs``, handed in (this module must not import ``_tasks``)
 Register = Callable[..., dict[str, list[Column]]]
@@ -127,7 +136,7 @@ class _Job:
                 self.spark.catalog.dropTempView(name.name)
 
 
-def _base_path(pattern: str, files: list[str]) -> str | None:
+def base_path(pattern: str, files: list[str]) -> str | None:
     """The folder above hive-style ``key=value`` folders of a source read in place (Spark's
     ``basePath``), so their keys become columns as they do in DuckDB; None when there are none."""
     cut = min([i for i, ch in enumerate(pattern) if ch in "*?[{"] or [len(pattern)])
@@ -160,7 +169,7 @@ def _input_paths(
                 )
             files = session.cleanup.enter_context(verified_files(context, task.id, dep, snap))
             out[dep] = [str(f) for f in files]
-            base = _base_path(snap.path, out[dep]) if snap.hive_partitioning is not False else None
+            base = base_path(snap.path, out[dep]) if snap.hive_partitioning is not False else None
             if base is not None and base_paths is not None:
                 base_paths[dep] = base
         elif manifest.format == "parquet":
@@ -201,7 +210,7 @@ def _views(job: _Job, paths: Mapping[str, list[str]], base_paths: Mapping[str, s
         reader.parquet(*files).createOrReplaceTempView(name)
 
 
-def _spark_sql(task: Any, plan: Plan, columns: Mapping[str, list[Column]]) -> str:
+def spark_sql(task: Any, plan: Plan, columns: Mapping[str, list[Column]]) -> str:
     try:
         return to_dialect(plan.query(), columns, "spark")
     except EngineError as exc:
@@ -263,7 +272,7 @@ def transform_on_spark(
             plan = compile_steps(session, list(task.steps), task.primary_input, columns, params)
         except StepError as exc:
             raise FatalError(f"task {task.id!r}: {exc}") from None
-        sql = _spark_sql(task, plan, columns)
+        sql = spark_sql(task, plan, columns)
         base_paths: dict[str, str] = {}
         paths = _input_paths(context, task, inputs, session, base_paths)
         job = _Job(context)

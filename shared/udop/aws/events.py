@@ -172,15 +172,19 @@ def _attempts(sfn: Any, execution_arn: str) -> list[ExecutionAttempt]:
                 version = payload.get("version")
                 attempts[ev_id] = ExecutionAttempt(task_id=task_id, started_at=ev["timestamp"],
                                                    version=int(version) if version is not None else None,
+                                                   # foreach items and listings, and an engine
+                                                   # task's prepare call, show only when they fail
                                                    item=payload.get("item") is not None
-                                                   or bool(payload.get("list")),
+                                                   or bool(payload.get("list"))
+                                                   or payload.get("engine_phase") == "prepare",
                                                    execution=str(payload.get("execution") or ""),
                                                    retry=_int(payload.get("attempt")))
         elif kind == "TaskStateExited":
             name = (ev.get("stateExitedEventDetails") or {}).get("name")
             # a foreach task's Map items are followed by its "<task> combine" Task state
             last = next((a for k, a in sorted(attempts.items(), reverse=True)
-                         if name in (a.task_id, f"{a.task_id} combine") and not a.item), None)
+                         if name in (a.task_id, f"{a.task_id} combine", f"{a.task_id} record")
+                         and not a.item), None)
             if last is not None:
                 last.exited = True
         elif kind == "TaskStarted" and ev.get("previousEventId") in attempts:
