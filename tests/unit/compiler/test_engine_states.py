@@ -6,6 +6,7 @@ query, so only the calls and their parameters are checked here)."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -156,3 +157,95 @@ def test_moto_accepts_the_job_states_calls() -> None:
         query = athena.start_query_execution(**_resolve(states["scan job"]["Parameters"], values))
         got = athena.get_query_execution(QueryExecutionId=query["QueryExecutionId"])["QueryExecution"]
         assert got["WorkGroup"] == "udop" and got["QueryExecutionContext"]["Database"] == "udop_runs"
+
+
+class _History:
+    """An execution history as Step Functions pages it (a fake of the one call run events make)."""
+
+    def __init__(self, events: list[dict[str, Any]]) -> None:
+        self.events = events
+
+    def get_paginator(self, name: str) -> Any:
+        assert name == "get_execution_history"
+        return self
+
+    def paginate(self, **_: Any) -> list[dict[str, Any]]:
+        return [{"events": self.events}]
+
+
+def _history(job_outcome: dict[str, Any]) -> list[dict[str, Any]]:
+    """prepare call -> job state (EMR Serverless) -> record call when the job succeeded."""
+    from datetime import UTC, datetime
+
+    at = datetime(2026, 11, 30, tzinfo=UTC)
+    payload = {"task_id": "big", "version": 1, "execution": "arn:x", "attempt": 0}
+
+    def lam(phase: str) -> dict[str, Any]:
+        params = {"FunctionName": "arn:f", "Payload": {**payload, "engine_phase": phase}}
+        return {"resourceType": "lambda", "resource": "invoke", "parameters": json.dumps(params)}
+
+    evs: list[dict[str, Any]] = [
+        {"type": "TaskStateEntered", "stateEnteredEventDetails": {"name": "big"}},
+        {"type": "TaskScheduled", "taskScheduledEventDetails": lam("prepare")},
+        {"type": "TaskStarted"},
+        {"type": "TaskSucceeded", "taskSucceededEventDetails": {"output": "{}"}},
+        {"type": "TaskStateExited", "stateExitedEventDetails": {"name": "big"}},
+        {"type": "TaskStateEntered", "stateEnteredEventDetails": {"name": "big job"}},
+        {
+            "type": "TaskScheduled",
+            "taskScheduledEventDetails": {
+                "resourceType": "emr-serverless",
+                "resource": "startJobRun.sync",
+                "parameters": "{}",
+            },
+        },
+        {"type": "TaskStarted"},
+        job_outcome,
+    ]
+    if job_outcome["type"] == "TaskSucceeded":
+        evs += [
+            {"type": "TaskStateEntered", "stateEnteredEventDetails": {"name": "big record"}},
+            {"type": "TaskScheduled", "taskScheduledEventDetails": lam("finish")},
+            {"type": "TaskStarted"},
+            {
+                "type": "TaskSucceeded",
+                "taskSucceededEventDetails": {
+                    "output": json.dumps(
+                        {"Payload": {"task_id": "big", "output": {"uri": "s3://d/runs/x/", "rows": 3}}}
+                    )
+                },
+            },
+            {"type": "TaskStateExited", "stateExitedEventDetails": {"name": "big record"}},
+        ]
+    for i, ev in enumerate(evs, start=1):
+        ev.update(id=i, previousEventId=i - 1, timestamp=at)
+    return evs
+
+
+def test_run_records_show_the_record_call_or_the_failed_job_as_the_attempt() -> None:
+    from udop.aws.events import _attempts
+    from udop.states import AttemptState
+
+    ok = _attempts(
+        _History(_history({"type": "TaskSucceeded", "taskSucceededEventDetails": {"output": "{}"}})), "arn:x"
+    )
+    assert [(a.task_id, a.state) for a in ok] == [("big", AttemptState.SUCCEEDED)]
+    assert ok[0].result == {"output": {"uri": "s3://d/runs/x/", "rows": 3}} and ok[0].exited
+
+    failed = _attempts(
+        _History(
+            _history(
+                {
+                    "type": "TaskFailed",
+                    "taskFailedEventDetails": {
+                        "error": "EMRServerless.JobRunFailed",
+                        "cause": "the Spark driver exited with code 1",
+                    },
+                }
+            )
+        ),
+        "arn:x",
+    )
+    assert [(a.task_id, a.state, a.error_type) for a in failed] == [
+        ("big", AttemptState.FAILED, "EMRServerless.JobRunFailed")
+    ]
