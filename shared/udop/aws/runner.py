@@ -327,6 +327,9 @@ def _engine_phase(event: Mapping[str, Any], payload: TaskPayload, pipeline: Any,
     if not found:
         raise FatalError(f"task {payload.task_id!r}: engine {engine}: this task runner cannot prepare or "
                          "record its jobs yet (engine: spark is built; athena runs only locally for now)")
+    if task.type != "transform":
+        raise FatalError(f"task {payload.task_id!r}: engine {engine} on AWS runs transform steps only; "
+                         "validate its output with engine: duckdb (rules on Spark run locally only)")
     calls = next(iter(found)).load()
     remote_root = (payload.data_root or f"s3://{settings.data_bucket}").rstrip("/")
     output_uri = f"{remote_root}/runs/{payload.pipeline}/{payload.run_id}/{payload.task_id}/"
