@@ -144,6 +144,10 @@ class _Compiler:
         retry = self.pipeline.retry_for(task)
         timeout = self.pipeline.timeout_for(task)
         engine = str(getattr(task, "engine", "duckdb"))
+        if engine in ENGINE_SUBSTITUTIONS and task.type != "transform":
+            raise CompileError(f"pipeline {self.name!r}: task {task.id!r}: engine {engine} on AWS runs "
+                               "transform tasks only (rules on Spark run locally); set engine: duckdb on it "
+                               "for AWS")
         if engine in ENGINE_SUBSTITUTIONS and task.foreach is not None:
             raise CompileError(f"pipeline {self.name!r}: task {task.id!r}: foreach runs on Lambda; a task "
                                f"with engine: {engine} spreads its own work (drop foreach)")

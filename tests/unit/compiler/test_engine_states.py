@@ -44,7 +44,7 @@ def pipeline(**query_extra: Any) -> Pipeline:
         {
             "id": "checks",
             "type": "validate",
-            "engine": "spark",
+            "engine": "duckdb",
             "depends_on": ["big"],
             "rules": [{"not_null": ["region"]}],
         },
@@ -83,9 +83,9 @@ def test_spark_and_athena_tasks_compile_to_prepare_job_record() -> None:
     assert athena["Resource"] == "arn:aws:states:::athena:startQueryExecution.sync"
     assert athena["Parameters"]["WorkGroup"] == "${AthenaWorkGroup}"
     assert athena["ResultSelector"]["bytes_scanned.$"] == "$.QueryExecution.Statistics.DataScannedInBytes"
-    # a duckdb task is one Lambda call as before; a spark validate gets the same three states
+    # a duckdb task is one Lambda call as before
     assert states["orders"]["Resource"] == "arn:aws:states:::lambda:invoke" and "orders job" not in states
-    assert states["checks job"]["Resource"].startswith("arn:aws:states:::emr-serverless")
+    assert "checks job" not in states
     assert set(compiled.substitutions) == {
         "TaskRunnerArn",
         "EmrApplicationId",
@@ -95,6 +95,14 @@ def test_spark_and_athena_tasks_compile_to_prepare_job_record() -> None:
         "GlueDatabase",
     }
     assert_valid(compiled)
+
+
+def test_a_spark_validate_task_is_a_compile_error_on_aws() -> None:
+    p = pipeline()
+    doc = p.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    doc["spec"]["tasks"][-1]["engine"] = "spark"
+    with pytest.raises(CompileError, match=r"task 'checks': engine spark on AWS runs transform tasks only"):
+        compile_pipeline(Pipeline.model_validate(doc))
 
 
 def test_foreach_on_an_engine_task_is_a_compile_error() -> None:
