@@ -14,6 +14,7 @@ from aws_cdk import aws_athena as athena
 from aws_cdk import aws_emrserverless as emr
 from aws_cdk import aws_glue as glue
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3_assets as s3_assets
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
@@ -32,7 +33,15 @@ EMR_RELEASE = "emr-7.5.0"
 class SparkEngine(Construct):
     """The EMR Serverless application ``engine: spark`` tasks run on, its job role and entry script."""
 
-    def __init__(self, scope: Construct, id: str, *, config: DeploymentConfig, storage: Storage) -> None:
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        config: DeploymentConfig,
+        storage: Storage,
+        runner: lambda_.IFunction,
+    ) -> None:
         super().__init__(scope, id)
         stack = Stack.of(self)
         self.application = emr.CfnApplication(
@@ -69,6 +78,24 @@ class SparkEngine(Construct):
             self.job_role,
             f"AwsSolutions-IAM5[Resource::<{_data_token(storage)}.Arn>/runs/*]",
             "Spark jobs write (and on a retry replace) a task's output under runs/<pipeline>/<run>/",
+        )
+
+        # the finish call reads the job run's billed resources (its cost)
+        runner_app_arn = stack.format_arn(
+            service="emr-serverless",
+            resource="/applications",
+            resource_name=self.application.attr_application_id,
+        )
+        runner.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["emr-serverless:GetJobRun"], resources=[f"{runner_app_arn}/jobruns/*"]
+            )
+        )
+        acknowledge(
+            runner.role,
+            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:emr-serverless:<AWS::Region>:<AWS::AccountId>:"
+            f"/applications/<{stack.get_logical_id(self.application)}.ApplicationId>/jobruns/*]",
+            "the task runner reads the billed resources of udop's own job runs (ids made per run)",
         )
 
     @property
@@ -130,7 +157,15 @@ class SparkEngine(Construct):
 class AthenaEngine(Construct):
     """The Athena workgroup ``engine: athena`` tasks run in, and the Glue database of their inputs."""
 
-    def __init__(self, scope: Construct, id: str, *, config: DeploymentConfig, storage: Storage) -> None:
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        config: DeploymentConfig,
+        storage: Storage,
+        runner: lambda_.IFunction,
+    ) -> None:
         super().__init__(scope, id)
         stack = Stack.of(self)
         self.database_name = f"udop_{stack.stack_name.lower().replace('-', '_')}"
@@ -160,6 +195,33 @@ class AthenaEngine(Construct):
                     ),
                 ),
             ),
+        )
+
+        # the prepare call registers a table per input dataset of a run, the finish call drops them
+        runner.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=[
+                    "glue:GetDatabase",
+                    "glue:GetTable",
+                    "glue:CreateTable",
+                    "glue:UpdateTable",
+                    "glue:DeleteTable",
+                ],
+                resources=[
+                    stack.format_arn(service="glue", resource="catalog"),
+                    stack.format_arn(service="glue", resource="database", resource_name=self.database_name),
+                    stack.format_arn(
+                        service="glue", resource="table", resource_name=f"{self.database_name}/*"
+                    ),
+                ],
+            )
+        )
+        acknowledge(
+            runner.role,
+            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:glue:<AWS::Region>:<AWS::AccountId>:"
+            f"table/{self.database_name}/*]",
+            "the task runner registers and drops one table per input dataset of a run in udop's own Glue "
+            "database",
         )
 
     @property
@@ -250,8 +312,10 @@ def _data_access(role: iam.IRole, storage: Storage, *, write_prefixes: list[str]
 class Engines:
     """Creates each engine once, on first use by a pipeline (or up front when its prop is set)."""
 
-    def __init__(self, scope: Construct, *, config: DeploymentConfig, storage: Storage) -> None:
-        self.scope, self.config, self.storage = scope, config, storage
+    def __init__(
+        self, scope: Construct, *, config: DeploymentConfig, storage: Storage, runner: lambda_.IFunction
+    ) -> None:
+        self.scope, self.config, self.storage, self.runner = scope, config, storage, runner
         self._spark: SparkEngine | None = None
         self._athena: AthenaEngine | None = None
         if config.spark_engine:
@@ -261,12 +325,16 @@ class Engines:
 
     def spark(self) -> SparkEngine:
         if self._spark is None:
-            self._spark = SparkEngine(self.scope, "Spark", config=self.config, storage=self.storage)
+            self._spark = SparkEngine(
+                self.scope, "Spark", config=self.config, storage=self.storage, runner=self.runner
+            )
         return self._spark
 
     def athena(self) -> AthenaEngine:
         if self._athena is None:
-            self._athena = AthenaEngine(self.scope, "Athena", config=self.config, storage=self.storage)
+            self._athena = AthenaEngine(
+                self.scope, "Athena", config=self.config, storage=self.storage, runner=self.runner
+            )
         return self._athena
 
     def substitution(self, key: str) -> str | None:

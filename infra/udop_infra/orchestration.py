@@ -310,7 +310,7 @@ class Orchestration(Construct):
         super().__init__(scope, id)
         self.pipelines: dict[str, PipelineStateMachines] = {}
         self.schedules: dict[str, scheduler.CfnSchedule] = {}
-        self.engines = Engines(self, config=config, storage=storage)
+        self.engines = Engines(self, config=config, storage=storage, runner=runtime.task_runner)
         sources = load_definitions(config.pipelines_dir)
         for source in sources:
             name = source.pipeline.name

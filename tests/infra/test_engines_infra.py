@@ -72,3 +72,21 @@ def test_no_engine_resources_without_a_pipeline_or_prop(synth_app: Any, tmp_path
     )
     template.resource_count_is("AWS::Athena::WorkGroup", 1)
     template.resource_count_is("AWS::EMRServerless::Application", 0)
+
+
+def test_the_task_runner_may_manage_the_runs_glue_tables_and_read_job_billing(
+    synth_app: Any, tmp_path: Path
+) -> None:
+    folder = tmp_path / "pipelines"
+    folder.mkdir()
+    shutil.copy(PIPELINES / "engines.yaml", folder)
+    stack, template = synth_app(tmp_path / "out", **{"udop:pipelinesDir": str(folder)})
+    runner_role = stack.resolve(stack.runtime.task_runner.role.role_name)
+    policies = [
+        p
+        for p in template.find_resources("AWS::IAM::Policy").values()
+        if runner_role in p["Properties"].get("Roles", [])
+    ]
+    actions = json.dumps([p["Properties"]["PolicyDocument"] for p in policies])
+    for action in ("glue:CreateTable", "glue:DeleteTable", "emr-serverless:GetJobRun"):
+        assert action in actions, action

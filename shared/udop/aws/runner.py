@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from udop.aws.definitions import DefinitionCache
 from udop.aws.observability import emit_metric, logger, metrics
@@ -325,8 +325,8 @@ def _engine_phase(event: Mapping[str, Any], payload: TaskPayload, pipeline: Any,
     engine = getattr(task, "engine", "duckdb")
     found = entry_points(group="udop.engine_jobs", name=engine)
     if not found:
-        raise FatalError(f"task {payload.task_id!r}: engine {engine}: this task runner cannot prepare or "
-                         "record its jobs yet (engine: spark is built; athena runs only locally for now)")
+        raise FatalError(f"task {payload.task_id!r}: engine {engine}: no udop.engine_jobs entry point "
+                         "for it is installed (the udop transforms layer provides spark and athena)")
     if task.type != "transform":
         raise FatalError(f"task {payload.task_id!r}: engine {engine} on AWS runs transform steps only; "
                          "validate its output with engine: duckdb (rules on Spark run locally only)")
@@ -341,16 +341,23 @@ def _engine_phase(event: Mapping[str, Any], payload: TaskPayload, pipeline: Any,
             context = TaskContext(pipeline=pipeline, task_id=payload.task_id, run_id=payload.run_id,
                                   attempt=payload.attempt, logical_date=payload.logical_date,
                                   params=payload.params, data_root=tmp, policy=runner_policy(settings))
-            spec = calls["prepare"](context, task, inputs, s3=s3, output_uri=output_uri)
+            extra: dict[str, Any] = {}
+            if engine == "athena":  # a Glue table per input, in the platform's database
+                extra = {"glue": _aws_client("glue"), "database": str(event.get("glue_database") or "")}
+            spec = calls["prepare"](context, task, inputs, s3=s3, output_uri=output_uri, **extra)
         put_json(s3, settings.data_bucket, spec_key, spec)
-        return {"task_id": payload.task_id, "spec_uri": f"s3://{settings.data_bucket}/{spec_key}",
-                "name": f"udop-{payload.pipeline}-{payload.task_id}-{payload.run_id}"[:255]}
+        answer = {"task_id": payload.task_id, "spec_uri": f"s3://{settings.data_bucket}/{spec_key}",
+                  "name": f"udop-{payload.pipeline}-{payload.task_id}-{payload.run_id}"[:255]}
+        if "query" in spec:  # athena: the state runs it
+            answer["query"] = spec["query"]
+        return answer
     spec = get_json(s3, settings.data_bucket, spec_key)
     if spec is None:
         raise FatalError(f"task {payload.task_id!r}: its job spec s3://{settings.data_bucket}/{spec_key} "
                          "is missing (the prepare call did not run in this run)")
     job_run = event.get("job_run") if isinstance(event.get("job_run"), Mapping) else {}
-    result = calls["finish"](task, spec, s3=s3, job_run=job_run, emr=_emr_client())
+    client = {"glue": _aws_client("glue")} if engine == "athena" else {"emr": _aws_client("emr-serverless")}
+    result = calls["finish"](task, spec, s3=s3, job_run=job_run, **client)
     body = result.to_dict()
     put_json(s3, settings.data_bucket, result_key(payload.pipeline, payload.run_id, payload.task_id), body)
     state.set(state_key(payload.pipeline, payload.run_id, payload.task_id), json.dumps(body, default=str),
@@ -358,10 +365,10 @@ def _engine_phase(event: Mapping[str, Any], payload: TaskPayload, pipeline: Any,
     return _response(payload.task_id, body, reused=False)
 
 
-def _emr_client() -> Any:
+def _aws_client(service: Literal["glue", "emr-serverless"]) -> Any:
     import boto3
 
-    return boto3.client("emr-serverless")
+    return boto3.client(service)
 
 
 def _remote_input(staging: S3Staging, s3: Any, settings: RunnerSettings, payload: TaskPayload,

@@ -240,7 +240,8 @@ class Emitter:
         TimeoutSeconds; a failure anywhere is caught into the task's failure record as for any task.
         """
         name = s.task_id
-        prepare = self._invoke(s, {**self.payload(s.task_id), "engine_phase": "prepare"})
+        extra = {"glue_database": "${GlueDatabase}"} if s.engine == "athena" else {}
+        prepare = self._invoke(s, {**self.payload(s.task_id), "engine_phase": "prepare", **extra})
         prepare.update(ResultSelector={"job.$": "$.Payload"}, ResultPath="$.engine", Next=f"{name} job")
         states[name] = prepare
         self._guard(prepare, name, s.task_id, states, top)

@@ -144,3 +144,98 @@ def test_prepare_job_finish_on_emulated_aws(moto_aws: Any, tmp_path: Path) -> No
         io.BytesIO(s3.get_object(Bucket=out_bucket, Key=out_prefix + written[0].name)["Body"].read())
     )
     assert table.num_rows <= 3
+
+
+def test_athena_prepare_registers_glue_tables_and_finish_records_the_unload(moto_aws: Any) -> None:
+    """Athena runs no query on moto: the prepared UNLOAD is checked by parsing and the transpiler's
+    round trip, moto accepts it, and the finish call reads what an UNLOAD would have written."""
+    import duckdb
+    import sqlglot
+
+    from udop_transforms._dialects import round_trip
+
+    aws = moto_aws
+    s3, glue = aws.client("s3"), aws.client("glue")
+    pipeline = _pipeline(str(aws.log_root)).model_dump(mode="json", by_alias=True, exclude_unset=True)
+    pipeline["spec"]["tasks"][1].update(
+        engine="athena",
+        steps=[
+            {"filter": "id > 2"},
+            {"aggregate": {"by": ["grp"], "metrics": {"n": "count(*)", "total": {"sum": "id"}}}},
+        ],
+    )
+    put_version(
+        s3, aws.definitions_bucket, "sparky", 1, canonical_definition(Pipeline.model_validate(pipeline))
+    )
+    glue.create_database(DatabaseInput={"Name": "udop_test"})
+    run_id = uuid.uuid4().hex
+    _, err = _invoke(aws, _payload(run_id, "numbers"))
+    assert err is None
+
+    prepared, err = _invoke(
+        aws, _payload(run_id, "groups", engine_phase="prepare", glue_database="udop_test")
+    )
+    assert err is None, prepared
+    ((table,),) = [[t["Name"] for t in glue.get_tables(DatabaseName="udop_test")["TableList"]]]
+    described = glue.get_table(DatabaseName="udop_test", Name=table)["Table"]["StorageDescriptor"]
+    assert described["Location"] == f"s3://{aws.data_bucket}/runs/sparky/{run_id}/numbers/"
+    assert [(c["Name"], c["Type"]) for c in described["Columns"]] == [("id", "bigint"), ("grp", "bigint")]
+    query = prepared["query"]
+    output = f"s3://{aws.data_bucket}/runs/sparky/{run_id}/groups/"
+    assert query.startswith("UNLOAD (") and query.endswith(
+        f"TO '{output}' WITH (format = 'PARQUET', compression = 'ZSTD')"
+    )
+    select = query[len("UNLOAD (") : query.rindex(") TO '")]
+    assert round_trip(select, "athena") == select
+    tables = list(sqlglot.parse_one(select, read="athena").find_all(sqlglot.exp.Table))
+    # the input is read from its Glue table; everything else is the query's own CTEs (s0, s1)
+    assert {(t.db, t.name) for t in tables if t.db} == {("udop_test", table)}
+    assert all(t.name.startswith("s") for t in tables if not t.db)
+    athena = aws.client("athena")
+    athena.create_work_group(Name="udop")
+    started = athena.start_query_execution(
+        QueryString=query, WorkGroup="udop", QueryExecutionContext={"Database": "udop_test"}
+    )
+
+    # what the UNLOAD would write: Parquet files without an extension
+    numbers = [
+        o["Key"]
+        for o in s3.list_objects_v2(Bucket=aws.data_bucket, Prefix=f"runs/sparky/{run_id}/numbers/")[
+            "Contents"
+        ]
+    ]
+    table_data = pq.read_table(
+        io.BytesIO(s3.get_object(Bucket=aws.data_bucket, Key=numbers[0])["Body"].read())
+    )
+    con = duckdb.connect()
+    con.register("numbers", table_data)
+    result_table = con.sql(
+        "SELECT grp, count(*) AS n, sum(id) AS total FROM numbers WHERE id > 2 GROUP BY grp"
+    ).to_arrow_table()
+    buf = io.BytesIO()
+    pq.write_table(result_table, buf)
+    s3.put_object(
+        Bucket=aws.data_bucket,
+        Key=f"runs/sparky/{run_id}/groups/20261130_000000_00001_abcde",
+        Body=buf.getvalue(),
+    )
+
+    finished, err = _invoke(
+        aws,
+        _payload(
+            run_id,
+            "groups",
+            engine_phase="finish",
+            job_run={"query_execution_id": started["QueryExecutionId"], "bytes_scanned": 12345},
+        ),
+    )
+    assert err is None, finished
+    assert finished["output"]["rows"] == 3
+    result = json.loads(
+        s3.get_object(Bucket=aws.data_bucket, Key=f"results/sparky/{run_id}/groups.json")["Body"].read()
+    )
+    assert result["metrics"]["athena_bytes_scanned"] == 12345 and result["metrics"]["engine"] == "athena"
+    assert result["column_lineage"]["total"] == [
+        [f"s3://{aws.data_bucket}/runs/sparky/{run_id}/numbers/", "id"]
+    ]
+    assert glue.get_tables(DatabaseName="udop_test")["TableList"] == []  # the run's tables are dropped
