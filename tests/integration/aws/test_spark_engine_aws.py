@@ -13,6 +13,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from udop.aws.definitions import canonical_definition, put_version
 from udop.spec.models import Pipeline
@@ -239,3 +240,25 @@ def test_athena_prepare_registers_glue_tables_and_finish_records_the_unload(moto
         [f"s3://{aws.data_bucket}/runs/sparky/{run_id}/numbers/", "id"]
     ]
     assert glue.get_tables(DatabaseName="udop_test")["TableList"] == []  # the run's tables are dropped
+
+
+def test_the_deployer_refuses_engine_pipelines_it_cannot_wire(moto_aws: Any, store: Any) -> None:
+    from udop.aws.deployer import deploy_definition
+
+    text = yaml.safe_dump(
+        _pipeline(str(moto_aws.log_root)).model_dump(mode="json", by_alias=True, exclude_unset=True)
+    )
+    sfn = moto_aws.client("stepfunctions")
+    result = deploy_definition(
+        text,
+        source="pipelines/sparky.yaml",
+        bucket=moto_aws.definitions_bucket,
+        s3=moto_aws.client("s3"),
+        sfn=sfn,
+        store=store,
+        task_runner_arn=moto_aws.task_runner_arn,
+        role_arn=moto_aws.role_arn,
+    )
+    assert not result.ok
+    assert "engine: spark; deploy it with the CDK app" in json.dumps(result.errors)
+    assert "udop-sparky" not in [m["name"] for m in sfn.list_state_machines()["stateMachines"]]
