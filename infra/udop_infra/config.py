@@ -42,6 +42,13 @@ CONTEXT_KEYS: dict[str, tuple[Any, str]] = {
     ),
     "udop:jwtIssuer": ("", "required 'iss' of bearer tokens when udop:jwksUrl is set"),
     "udop:jwtAudience": ("", "required 'aud' of bearer tokens when udop:jwksUrl is set"),
+    # engine: spark / engine: athena (udop_infra.engines): created when a pipeline uses them or asked for
+    "udop:sparkEngine": (False, "create the EMR Serverless application even if no pipeline uses it yet"),
+    "udop:sparkMaxVcpu": (16, "EMR Serverless application's maximum capacity, vCPUs"),
+    "udop:sparkMaxMemoryGb": (64, "EMR Serverless application's maximum capacity, GB of memory"),
+    "udop:sparkIdleMinutes": (15, "EMR Serverless application stops after this many idle minutes"),
+    "udop:athenaEngine": (False, "create the Athena workgroup even if no pipeline uses it yet"),
+    "udop:athenaBytesScannedCutoff": (100 * 1024**3, "Athena workgroup's per-query bytes-scanned limit"),
     "udop:assets": (
         "build",
         "'build': the layers built during synth (CDK local bundling, cached under ~/.cache/udop); "
@@ -99,6 +106,12 @@ class DeploymentConfig:
     jwks_url: str = ""
     jwt_issuer: str = ""
     jwt_audience: str = ""
+    spark_engine: bool = False
+    spark_max_vcpu: int = 16
+    spark_max_memory_gb: int = 64
+    spark_idle_minutes: int = 15
+    athena_engine: bool = False
+    athena_bytes_scanned_cutoff: int = 100 * 1024**3
 
     @property
     def external_issuer(self) -> bool:
@@ -167,6 +180,13 @@ class DeploymentConfig:
             jwks_url=jwks_url,
             jwt_issuer=issuer,
             jwt_audience=audience,
+            spark_engine=_bool(get, "udop:sparkEngine"),
+            spark_max_vcpu=_int(get, "udop:sparkMaxVcpu", minimum=1),
+            spark_max_memory_gb=_int(get, "udop:sparkMaxMemoryGb", minimum=1),
+            spark_idle_minutes=_int(get, "udop:sparkIdleMinutes", minimum=1),
+            athena_engine=_bool(get, "udop:athenaEngine"),
+            # Athena's smallest per-query cutoff is 10 MB
+            athena_bytes_scanned_cutoff=_int(get, "udop:athenaBytesScannedCutoff", minimum=10_000_000),
         )
 
 

@@ -28,11 +28,14 @@ from udop.schedule.expr import eventbridge_expression, scheduled_input
 from udop.schedule.expr import schedule_name as _schedule_name
 from udop.spec.loader import load_pipeline
 from udop_infra.config import REPO_ROOT, ContextError, DeploymentConfig
+from udop_infra.engines import Engines
 from udop_infra.runtime import STATE_MACHINE_PREFIX, Runtime, grant_state_machine_basics, sync_rule_arn
 from udop_infra.storage import Storage
 
 DEFINITION_SUFFIXES = (".yaml", ".yml", ".json")
 LAMBDA_INVOKE = "arn:aws:states:::lambda:invoke"
+EMR_SERVERLESS_RUN = "arn:aws:states:::emr-serverless:startJobRun.sync"
+ATHENA_QUERY = "arn:aws:states:::athena:startQueryExecution.sync"
 START_CHILD = "arn:aws:states:::states:startExecution.sync:2"
 S3_LIST = ("arn:aws:states:::aws-sdk:s3:listObjectsV2", "arn:aws:states:::s3:listObjectsV2")
 S3_GET = "arn:aws:states:::s3:getObject"
@@ -101,9 +104,11 @@ class PipelineStateMachines(Construct):
         runtime: Runtime,
         storage: Storage,
         config: DeploymentConfig,
+        engines: Engines,
     ) -> None:
         super().__init__(scope, id)
         self.source = source
+        self.engines = engines
         self.compiled = compile_source(source)
         self.log_group = logs.LogGroup(
             self,
@@ -138,6 +143,8 @@ class PipelineStateMachines(Construct):
         for key in compiled.substitutions:
             if key == "TaskRunnerArn":
                 substitutions[key] = runtime.task_runner.function_arn
+            elif (value := self.engines.substitution(key)) is not None:
+                substitutions[key] = value
             elif key not in substitutions:
                 raise ContextError(
                     f"{self.source.path.name}: the compiled definition needs a substitution "
@@ -158,6 +165,7 @@ class PipelineStateMachines(Construct):
         if "TaskRunnerArn" in compiled.substitutions:  # a parent of split parts runs no task itself
             grant_state_machine_basics(machine.role, runtime.task_runner)
         _grant_used_resources(machine, compiled.definition, name, child_arns, storage)
+        self.engines.grant(machine, compiled.substitutions)
         return machine
 
 
@@ -193,6 +201,8 @@ def _grant_used_resources(
         base = resource.split("${")[0]
         if base == LAMBDA_INVOKE or resource.startswith("${TaskRunnerArn"):
             continue  # granted by grant_state_machine_basics
+        if base in (EMR_SERVERLESS_RUN, ATHENA_QUERY):
+            continue  # granted by the engine's construct (udop_infra.engines)
         if base.startswith("arn:aws:states:::states:startExecution"):
             machine.add_to_role_policy(
                 iam.PolicyStatement(actions=["states:StartExecution"], resources=child_arns)
@@ -303,12 +313,14 @@ class Orchestration(Construct):
         super().__init__(scope, id)
         self.pipelines: dict[str, PipelineStateMachines] = {}
         self.schedules: dict[str, scheduler.CfnSchedule] = {}
+        self.engines = Engines(self, config=config, storage=storage, runner=runtime.task_runner)
         sources = load_definitions(config.pipelines_dir)
         for source in sources:
             name = source.pipeline.name
             construct_id = "".join(part.capitalize() for part in re.split(r"[-_]", name))
             self.pipelines[name] = PipelineStateMachines(
-                self, construct_id, source=source, runtime=runtime, storage=storage, config=config
+                self, construct_id, source=source, runtime=runtime, storage=storage, config=config,
+                engines=self.engines,
             )
         if sources:
             # the task runner loads exactly the version a state machine was compiled from

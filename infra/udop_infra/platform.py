@@ -51,6 +51,12 @@ _CONTEXT_KEY = {
     "jwt_issuer": "udop:jwtIssuer",
     "jwt_audience": "udop:jwtAudience",
     "assets": "udop:assets",
+    "spark_engine": "udop:sparkEngine",
+    "spark_max_vcpu": "udop:sparkMaxVcpu",
+    "spark_max_memory_gb": "udop:sparkMaxMemoryGb",
+    "spark_idle_minutes": "udop:sparkIdleMinutes",
+    "athena_engine": "udop:athenaEngine",
+    "athena_bytes_scanned_cutoff": "udop:athenaBytesScannedCutoff",
 }
 
 
@@ -86,6 +92,15 @@ class UdopPlatformProps:
     jwt_audience: str | None = None
     #: "build" (layers built during synth, cached) or "placeholder" (synth-only checks, never deploy)
     assets: str | None = None
+    #: engine: spark / athena tasks (docs/engines.md): the EMR Serverless application and the Athena
+    #: workgroup are created when a pipeline uses them, or always with these set to True
+    spark_engine: bool | None = None
+    spark_max_vcpu: int | None = None
+    spark_max_memory_gb: int | None = None
+    spark_idle_minutes: int | None = None
+    athena_engine: bool | None = None
+    #: the workgroup's per-query bytes-scanned limit (a query over it is cancelled)
+    athena_bytes_scanned_cutoff: int | None = None
 
     def context(self) -> dict[str, Any]:
         """The props that are set, as the context keys they stand for."""

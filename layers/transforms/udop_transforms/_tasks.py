@@ -298,6 +298,8 @@ def _source_error(task: Any, source: Any, files: list[str], path: str, exc: duck
 
 
 def run_transform(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult]) -> TaskResult:
+    if task.engine == "spark":
+        return _transform_spark(context, task, inputs)
     columns: ColumnLineage = {}
     try:
         manifest, checks, usage = _transform(context, task, inputs, widen=False, lineage=columns)
@@ -314,6 +316,18 @@ def run_transform(context: TaskContext, task: Any, inputs: Mapping[str, TaskResu
     return TaskResult(output=manifest, checks=tuple(checks),
                       inputs=tuple(_input_manifest(task.id, d, inputs).uri for d in data_inputs(task)),
                       metrics=metrics, columns=_column_uris(task, inputs, columns))
+
+
+def _transform_spark(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult]) -> TaskResult:
+    """``engine: spark``: the same steps on local PySpark (``athena`` runs on DuckDB off AWS)."""
+    from udop_transforms._spark import transform_on_spark
+
+    manifest, query, columns = transform_on_spark(context, task, inputs, register=_register_inputs)
+    relations = {name: [c[0] for c in cols] for name, cols in columns.items()}
+    uris = tuple(_input_manifest(task.id, d, inputs).uri for d in data_inputs(task))
+    return TaskResult(output=manifest, inputs=uris,
+                      metrics={"rows": manifest.rows, "engine": "spark"},
+                      columns=_column_uris(task, inputs, column_lineage(query, relations)))
 
 
 def _column_uris(task: Any, inputs: Mapping[str, TaskResult],
@@ -382,7 +396,10 @@ def run_validate(context: TaskContext, task: Any, inputs: Mapping[str, TaskResul
     manifest = _input_manifest(task.id, task.primary_input, inputs)
     names: list[str] = []
     try:
-        checks = _evaluate(context, task, inputs, widen=False, names=names)
+        if task.engine == "spark":
+            checks = _evaluate_spark(context, task, inputs, names=names)
+        else:
+            checks = _evaluate(context, task, inputs, widen=False, names=names)
     except FatalError as exc:
         if not getattr(exc, "decimal_overflow", False):
             raise
@@ -411,6 +428,26 @@ def _evaluate(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult],
                                       logical_date=context.logical_date)
         except RuleError as exc:
             raise FatalError(f"task {task.id!r}: {exc}") from None
+
+
+def _evaluate_spark(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult], *,
+                    names: list[str]) -> list[CheckResult]:
+    """The rules counted on local PySpark, their SQL transpiled from the DuckDB the rules compile to."""
+    from udop_transforms._spark import evaluate_on_spark
+
+    params = Params(context.template_scope())
+
+    def evaluate(session: Session, columns: dict[str, list[tuple[str, str]]]) -> list[CheckResult]:
+        try:
+            return evaluate_rules(session, ident(task.primary_input), columns[task.primary_input],
+                                  list(task.rules), params, sample_rows=task.sample_rows,
+                                  logical_date=context.logical_date)
+        except RuleError as exc:
+            raise FatalError(f"task {task.id!r}: {exc}") from None
+
+    checks, found = evaluate_on_spark(context, task, inputs, register=_register_inputs, evaluate=evaluate)
+    names[:] = found
+    return list(checks)
 
 
 def _pass_through(context: TaskContext, manifest: Manifest) -> Manifest:

@@ -31,10 +31,12 @@ from udop.spec.data_tasks import (
     SortStep,
     SqlStep,
     data_inputs,
+    rule_kind,
     step_kind,
 )
 from udop.spec.params import REFERENCE, coerce_param
 from udop_transforms._checks import RuleError, bind_rules
+from udop_transforms._dialects import EngineError, first_unsupported_step, to_dialect
 from udop_transforms._engine import Column, Session
 from udop_transforms._files import SNIFF_ROWS, diagnose_csv, matching_files, reader_sql
 from udop_transforms._sql import Params, check_expression, clean_error, ident, missing_column_message
@@ -105,7 +107,9 @@ def check_pipeline(pipeline: Any, base_dir: str | Path | None = None) -> list[Sp
             if task.type == "extract":
                 schema = _extract_schema(session, task, base, where, found)
             elif task.type == "transform":
-                schema = _check_transform(session, task, schemas, scope=scope, where=where, found=found)
+                found += _engine_step_errors(task, where)
+                if not found:
+                    schema = _check_transform(session, task, schemas, scope=scope, where=where, found=found)
             elif task.type == "validate":
                 schema = schemas.get(task.primary_input)
                 _check_rules(session, task, list(task.rules), schema, scope=scope, where=f"{where}.rules",
@@ -211,7 +215,25 @@ def _check_transform(session: Session, task: Any, schemas: Mapping[str, list[Col
         found.append(SpecError(f"task {task.id!r}, {exc.kind} step: {exc.message}",
                                path=f"{where}.steps[{exc.index}]"))
         return None
+    if task.engine != "duckdb":
+        bad = first_unsupported_step(plan.history, columns, task.engine)
+        if bad is not None:
+            index, kind, message = bad
+            found.append(SpecError(f"task {task.id!r}, {kind} step: engine {task.engine}: {message}",
+                                   path=f"{where}.steps[{index}]"))
+            return None
     return plan.columns
+
+
+def _engine_step_errors(task: Any, where: str) -> list[SpecError]:
+    """Steps no engine but DuckDB runs, whatever the schemas: a ``check`` step materialises the data
+    so far inside the task's own DuckDB session."""
+    if getattr(task, "engine", "duckdb") == "duckdb":
+        return []
+    return [SpecError(f"task {task.id!r}, check step: engine {task.engine}: check steps run on duckdb only; "
+                      f"put the rules in a validate task with engine: {task.engine}",
+                      path=f"{where}.steps[{index}]")
+            for index, step in enumerate(task.steps) if isinstance(step, CheckStep)]
 
 
 def _check_rules(session: Session, task: Any, rules: list[Any], schema: list[Column] | None, *,
@@ -229,7 +251,16 @@ def _check_rules(session: Session, task: Any, rules: list[Any], schema: list[Col
     body = ", ".join(f"{ident(n)} {t}" for n, t in schema)
     try:
         session.con.execute(f"CREATE OR REPLACE TEMP TABLE {table} ({body})")
-        bind_rules(session, table, schema, rules, params)
+        compiled = bind_rules(session, table, schema, rules, params)
+        if task.engine != "duckdb":
+            name = f"_empty_{task.id}"
+            for row in compiled.rows:
+                sql = f"SELECT count(*) FILTER (WHERE {row.predicate}) FROM {table}"
+                try:
+                    to_dialect(sql, {name: schema}, task.engine)
+                except EngineError as bad:
+                    raise RuleError(row.index, rule_kind(rules[row.index]),
+                                    f"engine {task.engine}: {bad}") from None
     except RuleError as exc:
         found.append(SpecError(f"task {task.id!r}, {exc.kind} rule: {exc.message}",
                                path=f"{where}[{exc.index}]"))

@@ -131,6 +131,7 @@ def deploy_definition(text: str | bytes, *, source: str, bucket: str, s3: Any, s
         # compile before recording anything: a pipeline over a limit must not leave a version behind
         version = _next_version(store, name, definition)
         compiled = _compile(pipeline, version, compile_fn)
+        _check_engines(compiled, name, source)
         registered = store.register_pipeline(name, definition).version
         if registered != version:  # another deployment registered in between
             version, compiled = registered, _compile(pipeline, registered, compile_fn)
@@ -154,6 +155,18 @@ def deploy_definition(text: str | bytes, *, source: str, bucket: str, s3: Any, s
         metrics.add_metric(name="PipelinesDeployed", unit="Count", value=1)
     put_json(s3, bucket, status_key(name), result.to_dict())
     return result
+
+
+def _check_engines(compiled: Any, name: str, source: str) -> None:
+    """A pipeline with ``engine: spark``/``athena`` tasks needs the EMR Serverless application or the
+    Athena workgroup of the CDK platform, which this deployer does not know (docs/engines.md)."""
+    from udop.compiler import ENGINE_SUBSTITUTIONS
+
+    engines = sorted(e for e, keys in ENGINE_SUBSTITUTIONS.items() if keys[0] in compiled.substitutions)
+    if engines:
+        raise SpecError(f"pipeline {name!r} has tasks with engine: {', '.join(engines)}; deploy it with "
+                        "the CDK app (udop_infra), which creates the engines and passes them to its state "
+                        "machine; this deployer does not yet", file=source)
 
 
 def _check_schedulable(pipeline: Any, source: str) -> None:

@@ -162,6 +162,11 @@ def _cancelled(execution: _Execution) -> None:
             attempt.error_message = _cause_message(execution.cause) or "the execution was stopped"
 
 
+#: the compiler's name for an engine task's job state, and the integrations it uses (docs/engines.md)
+ENGINE_JOB_SUFFIX = " job"
+ENGINE_RESOURCE_TYPES = ("emr-serverless", "athena")
+
+
 def _attempts(sfn: Any, execution_arn: str) -> list[ExecutionAttempt]:
     """One attempt per task-runner invocation, in the order they were scheduled."""
     events: dict[int, dict[str, Any]] = {}
@@ -170,10 +175,19 @@ def _attempts(sfn: Any, execution_arn: str) -> list[ExecutionAttempt]:
             events[ev["id"]] = ev
     attempts: dict[int, ExecutionAttempt] = {}  # TaskScheduled event id -> attempt
     started_of: dict[int, int] = {}  # TaskStarted id -> TaskScheduled id
+    entered = ""  # the Task state entered last: an engine task's "<task> job" has no udop payload
     for ev_id in sorted(events):
         ev = events[ev_id]
         kind = ev["type"]
-        if kind == "TaskScheduled":
+        if kind == "TaskStateEntered":
+            entered = str((ev.get("stateEnteredEventDetails") or {}).get("name") or "")
+        elif kind == "TaskScheduled" and entered.endswith(ENGINE_JOB_SUFFIX) and (
+                ev["taskScheduledEventDetails"].get("resourceType") in ENGINE_RESOURCE_TYPES):
+            # an EMR Serverless job run or Athena query: shown as the task's attempt only when it fails
+            # (its success is recorded by the "<task> record" call that follows)
+            attempts[ev_id] = ExecutionAttempt(task_id=entered.removesuffix(ENGINE_JOB_SUFFIX),
+                                               started_at=ev["timestamp"], item=True)
+        elif kind == "TaskScheduled":
             params = json.loads(ev["taskScheduledEventDetails"].get("parameters") or "{}")
             payload = params.get("Payload") or {}
             task_id = payload.get("task_id") if isinstance(payload, dict) else None
@@ -181,8 +195,11 @@ def _attempts(sfn: Any, execution_arn: str) -> list[ExecutionAttempt]:
                 version = payload.get("version")
                 attempts[ev_id] = ExecutionAttempt(task_id=task_id, started_at=ev["timestamp"],
                                                    version=int(version) if version is not None else None,
+                                                   # foreach items and listings, and an engine
+                                                   # task's prepare call, show only when they fail
                                                    item=payload.get("item") is not None
-                                                   or bool(payload.get("list")),
+                                                   or bool(payload.get("list"))
+                                                   or payload.get("engine_phase") == "prepare",
                                                    execution=str(payload.get("execution") or ""),
                                                    retry=_int(payload.get("attempt")),
                                                    fused=str(payload["fused"]) if payload.get("fused")
@@ -191,7 +208,8 @@ def _attempts(sfn: Any, execution_arn: str) -> list[ExecutionAttempt]:
             name = (ev.get("stateExitedEventDetails") or {}).get("name")
             # a foreach task's Map items are followed by its "<task> combine" Task state
             last = next((a for k, a in sorted(attempts.items(), reverse=True)
-                         if name in (a.task_id, f"{a.task_id} combine") and not a.item), None)
+                         if name in (a.task_id, f"{a.task_id} combine", f"{a.task_id} record")
+                         and not a.item), None)
             if last is not None:
                 last.exited = True
         elif kind == "TaskStarted" and ev.get("previousEventId") in attempts:

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from udop.aws.definitions import DefinitionCache
 from udop.aws.errors import for_fused_task
@@ -296,6 +296,8 @@ def _run_payload(event: Mapping[str, Any], *, settings: RunnerSettings, s3: Any,
     item = _item_of(event, payload, task, settings)
     if item is not None:
         logger.append_keys(item=item.index)
+    if event.get("engine_phase"):
+        return _engine_phase(event, payload, pipeline, task, settings=settings, s3=s3, state=state)
     if event.get("finalize"):
         return _finalize(payload, pipeline, task, settings=settings, s3=s3, state=state)
     if event.get("list"):
@@ -509,6 +511,82 @@ def _chain_response(first: tuple[str, Mapping[str, Any], bool],
     """The transform's response with the load's under ``fused`` (both small)."""
     return {**_response(first[0], first[1], reused=first[2]),
             "fused": _response(second[0], second[1], reused=second[2])}
+
+
+def engine_job_key(pipeline: str, run_id: str, task_id: str) -> str:
+    """The S3 key of an engine task's job spec (beside the run's results, not in its output folder,
+    which the job replaces)."""
+    return f"results/{pipeline}/{run_id}/{task_id}.engine-job.json"
+
+
+def _engine_phase(event: Mapping[str, Any], payload: TaskPayload, pipeline: Any, task: Any, *,
+                  settings: RunnerSettings, s3: Any, state: Any) -> dict[str, Any]:
+    """``engine: spark``: before the EMR Serverless job run, write its spec and answer where it is;
+    after it, record the task's result from what the job wrote (docs/engines.md)."""
+    from importlib.metadata import entry_points
+
+    engine = getattr(task, "engine", "duckdb")
+    found = entry_points(group="udop.engine_jobs", name=engine)
+    if not found:
+        raise FatalError(f"task {payload.task_id!r}: engine {engine}: no udop.engine_jobs entry point "
+                         "for it is installed (the udop transforms layer provides spark and athena)")
+    if task.type != "transform":
+        raise FatalError(f"task {payload.task_id!r}: engine {engine} on AWS runs transform steps only; "
+                         "validate its output with engine: duckdb (rules on Spark run locally only)")
+    calls = next(iter(found)).load()
+    remote_root = (payload.data_root or f"s3://{settings.data_bucket}").rstrip("/")
+    output_uri = f"{remote_root}/runs/{payload.pipeline}/{payload.run_id}/{payload.task_id}/"
+    spec_key = engine_job_key(payload.pipeline, payload.run_id, payload.task_id)
+    if event["engine_phase"] == "prepare":
+        with tempfile.TemporaryDirectory(prefix="udop-", dir=settings.tmp_dir) as tmp:
+            staging = S3Staging(s3, remote_root, Path(tmp))
+            inputs = {dep: _remote_input(staging, s3, settings, payload, dep) for dep in task.depends_on}
+            context = TaskContext(pipeline=pipeline, task_id=payload.task_id, run_id=payload.run_id,
+                                  attempt=payload.attempt, logical_date=payload.logical_date,
+                                  params=payload.params, data_root=tmp, policy=runner_policy(settings))
+            extra: dict[str, Any] = {}
+            if engine == "athena":  # a Glue table per input, in the platform's database
+                extra = {"glue": _aws_client("glue"), "database": str(event.get("glue_database") or "")}
+            spec = calls["prepare"](context, task, inputs, s3=s3, output_uri=output_uri, **extra)
+        put_json(s3, settings.data_bucket, spec_key, spec)
+        answer = {"task_id": payload.task_id, "spec_uri": f"s3://{settings.data_bucket}/{spec_key}",
+                  "name": f"udop-{payload.pipeline}-{payload.task_id}-{payload.run_id}"[:255]}
+        if "query" in spec:  # athena: the state runs it
+            answer["query"] = spec["query"]
+        return answer
+    spec = get_json(s3, settings.data_bucket, spec_key)
+    if spec is None:
+        raise FatalError(f"task {payload.task_id!r}: its job spec s3://{settings.data_bucket}/{spec_key} "
+                         "is missing (the prepare call did not run in this run)")
+    job_run = event.get("job_run") if isinstance(event.get("job_run"), Mapping) else {}
+    client = {"glue": _aws_client("glue")} if engine == "athena" else {"emr": _aws_client("emr-serverless")}
+    result = calls["finish"](task, spec, s3=s3, job_run=job_run, **client)
+    body = result.to_dict()
+    put_json(s3, settings.data_bucket, result_key(payload.pipeline, payload.run_id, payload.task_id), body)
+    state.set(state_key(payload.pipeline, payload.run_id, payload.task_id), json.dumps(body, default=str),
+              ttl=RESULT_TTL)
+    return _response(payload.task_id, body, reused=False)
+
+
+def _aws_client(service: Literal["glue", "emr-serverless"]) -> Any:
+    import boto3
+
+    return boto3.client(service)
+
+
+def _remote_input(staging: S3Staging, s3: Any, settings: RunnerSettings, payload: TaskPayload,
+                  dep: str) -> TaskResult:
+    """An upstream result for a job that reads S3 itself: only a snapshot (one small file naming the
+    source objects) is staged; a dataset stays where it is."""
+    body = get_json(s3, settings.data_bucket, result_key(payload.pipeline, payload.run_id, dep))
+    if body is None:
+        raise FatalError(f"task {payload.task_id!r}: upstream task {dep!r} has no result in run "
+                         f"{payload.run_id}")
+    upstream = TaskResult.from_dict(body)
+    if upstream.output is not None and upstream.output.format == SNAPSHOT_FORMAT:
+        staging.download(upstream.output.uri)
+        return replace(upstream, output=replace(upstream.output, uri=staging.to_local(upstream.output.uri)))
+    return upstream
 
 
 def _response(task_id: str, body: Mapping[str, Any], *, reused: bool) -> dict[str, Any]:

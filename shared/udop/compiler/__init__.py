@@ -4,7 +4,7 @@ the task runner Lambda, with nested Parallel states for the DAG and Map states f
 See docs/compiler.md for how a DAG becomes states, the failure semantics and the limits.
 """
 
-from udop.compiler._asl import substitution_key
+from udop.compiler._asl import ENGINE_SUBSTITUTIONS, substitution_key
 from udop.compiler._compile import (
     DEFINITION_LIMIT_BYTES,
     HISTORY_LIMIT_EVENTS,
@@ -27,6 +27,7 @@ from udop.compiler._schedule import (
 
 __all__ = [
     "DEFINITION_LIMIT_BYTES",
+    "ENGINE_SUBSTITUTIONS",
     "HISTORY_LIMIT_EVENTS",
     "CompileError",
     "CompileOptions",

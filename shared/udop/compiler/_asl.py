@@ -20,6 +20,13 @@ from udop.errors import NOT_RETRIED, STATES_ALIASES, FatalError, TaskTimeout, er
 LAMBDA_INVOKE = "arn:aws:states:::lambda:invoke"
 START_CHILD = "arn:aws:states:::states:startExecution.sync:2"
 S3_LIST = "arn:aws:states:::aws-sdk:s3:listObjectsV2"
+EMR_SERVERLESS_RUN = "arn:aws:states:::emr-serverless:startJobRun.sync"
+ATHENA_QUERY = "arn:aws:states:::athena:startQueryExecution.sync"
+#: DefinitionSubstitutions an engine's states need, from the platform (docs/engines.md)
+ENGINE_SUBSTITUTIONS: dict[str, tuple[str, ...]] = {
+    "spark": ("EmrApplicationId", "EmrJobRoleArn", "SparkEntryPoint"),
+    "athena": ("AthenaWorkGroup", "GlueDatabase"),
+}
 #: names never retried: the first Retry rule stops them (``MaxAttempts: 0``) before the catch-all
 #: rule retries everything else, foreign exceptions included, as the LocalExecutor does; the task
 #: runner raises the same names (both from ``udop.errors.classify``)
@@ -84,6 +91,7 @@ class TaskSettings:
     retry_on: tuple[str, ...] | None = None  # the policy's error names; None: every retryable one
     #: the file load run inside this transform's Task state, as one query (docs/compiler.md, "Fused")
     fused: str | None = None
+    engine: str = "duckdb"  # spark / athena: the SQL runs on EMR Serverless / Athena (docs/engines.md)
 
 
 class Emitter:
@@ -213,6 +221,8 @@ class Emitter:
                 "TimeoutSeconds": s.timeout_seconds, "Retry": self._retry(s)}
 
     def _task(self, s: TaskSettings, states: dict[str, Any], top: bool) -> Emitted:
+        if s.engine in ENGINE_SUBSTITUTIONS:
+            return self._engine_task(s, states, top)
         name = s.task_id
         payload = self.payload(s.task_id)
         if s.fused is not None:
@@ -227,6 +237,51 @@ class Emitter:
         states[name] = state
         self._guard(state, s.task_id, s.task_id, states, top)
         return name, self._chain(state)
+
+    def _engine_task(self, s: TaskSettings, states: dict[str, Any], top: bool) -> Emitted:
+        """A task whose SQL runs on Spark (EMR Serverless) or Athena: three states.
+
+        ``<task>`` asks the runner to *prepare* (record the attempt, write the job's spec with this run's
+        input and output locations, answer the job's parameters into ``$.engine.job``); ``<task> job``
+        runs it with the ``.sync`` integration (Step Functions waits for the job run or query); ``<task>
+        record`` asks the runner to *finish* (row counts from the output's Parquet footers, lineage,
+        cost: EMR vCPU-hours or Athena bytes scanned). The job state carries the task's Retry and
+        TimeoutSeconds; a failure anywhere is caught into the task's failure record as for any task.
+        """
+        name = s.task_id
+        extra = {"glue_database": "${GlueDatabase}"} if s.engine == "athena" else {}
+        prepare = self._invoke(s, {**self.payload(s.task_id), "engine_phase": "prepare", **extra})
+        prepare.update(ResultSelector={"job.$": "$.Payload"}, ResultPath="$.engine", Next=f"{name} job")
+        states[name] = prepare
+        self._guard(prepare, name, s.task_id, states, top)
+        job: dict[str, Any]
+        if s.engine == "spark":
+            job = {"Type": "Task", "Resource": EMR_SERVERLESS_RUN, "Parameters": {
+                "ApplicationId": "${EmrApplicationId}", "ExecutionRoleArn": "${EmrJobRoleArn}",
+                "Name.$": "$.engine.job.name", "ClientToken.$": "States.UUID()",
+                "JobDriver": {"SparkSubmit": {
+                    "EntryPoint": "${SparkEntryPoint}",
+                    "EntryPointArguments.$": "States.Array($.engine.job.spec_uri)"}}}}
+            # the job run's answer is kept whole (a few hundred bytes; its shape differs between the
+            # start and the .sync answer): the record call reads its id and asks EMR for the billing
+        else:
+            job = {"Type": "Task", "Resource": ATHENA_QUERY, "Parameters": {
+                "QueryString.$": "$.engine.job.query", "WorkGroup": "${AthenaWorkGroup}",
+                "ClientRequestToken.$": "States.UUID()",
+                "QueryExecutionContext": {"Database": "${GlueDatabase}"}},
+                "ResultSelector": {"query_execution_id.$": "$.QueryExecution.QueryExecutionId",
+                                   "bytes_scanned.$": "$.QueryExecution.Statistics.DataScannedInBytes"}}
+        job.update(TimeoutSeconds=s.timeout_seconds, Retry=self._retry(s), ResultPath="$.engine.run",
+                   Next=f"{name} record")
+        states[f"{name} job"] = job
+        self._guard(job, f"{name} job", s.task_id, states, top)
+        finish = self._invoke(s, {**self.payload(s.task_id), "engine_phase": "finish",
+                                  "job.$": "$.engine.job", "job_run.$": "$.engine.run"})
+        finish["TimeoutSeconds"] = min(s.timeout_seconds, 900)
+        finish["ResultPath"] = None
+        states[f"{name} record"] = finish
+        self._guard(finish, f"{name} record", s.task_id, states, top)
+        return name, self._chain(finish)
 
     def _parallel(self, node: Parallel, states: dict[str, Any], top: bool) -> Emitted:
         self.parallels += 1

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from udop.compiler._asl import ChildCall, Emitter, TaskSettings, substitution_key
+from udop.compiler._asl import ENGINE_SUBSTITUTIONS, ChildCall, Emitter, TaskSettings, substitution_key
 from udop.compiler._schedule import MAX_DEPTH, Node, Parallel, ScheduleError, Series, Step, schedule
 from udop.errors import ConfigError, InputError, SpecErrors
 from udop.settings import get_settings
@@ -21,6 +21,8 @@ __all__ = ["CompileError", "CompileOptions", "CompiledPipeline", "Estimates", "c
 DEFINITION_LIMIT_BYTES = 1_048_576
 HISTORY_LIMIT_EVENTS = 25_000
 LAMBDA_MAX_SECONDS = 900
+#: default TimeoutSeconds of an EMR Serverless job or Athena query state (a task may set more)
+ENGINE_MAX_SECONDS = 6 * 3600
 
 
 class CompileError(InputError):
@@ -155,6 +157,21 @@ class _Compiler:
     def _settings(self, task: Any) -> TaskSettings:
         retry = self.pipeline.retry_for(task)
         timeout = self.pipeline.timeout_for(task)
+        engine = str(getattr(task, "engine", "duckdb"))
+        if engine in ENGINE_SUBSTITUTIONS and task.type != "transform":
+            raise CompileError(f"pipeline {self.name!r}: task {task.id!r}: engine {engine} on AWS runs "
+                               "transform tasks only (rules on Spark run locally); set engine: duckdb on it "
+                               "for AWS")
+        if engine in ENGINE_SUBSTITUTIONS and task.foreach is not None:
+            raise CompileError(f"pipeline {self.name!r}: task {task.id!r}: foreach runs on Lambda; a task "
+                               f"with engine: {engine} spreads its own work (drop foreach)")
+        if engine in ENGINE_SUBSTITUTIONS:
+            # the job runs on EMR Serverless / Athena, not in a Lambda: Step Functions' own cap applies
+            seconds = ENGINE_MAX_SECONDS if timeout is None else max(1, math.ceil(timeout))
+            return TaskSettings(task_id=task.id, max_attempts=retry.max_attempts, base_delay=retry.base_delay,
+                                backoff_rate=retry.backoff_rate, max_delay=retry.max_delay,
+                                jitter=retry.jitter == "full", timeout_seconds=seconds, foreach=None,
+                                retry_on=retry.retry_on, engine=engine)
         if timeout is not None and timeout > LAMBDA_MAX_SECONDS:
             raise CompileError(
                 f"pipeline {self.name!r}: task {task.id!r}: timeout {timeout:g}s is over the "
@@ -227,7 +244,10 @@ class _Compiler:
         self._emitter(root=False).emit(Step(task_id), states, top=False)
         size = len(json.dumps(states, separators=(",", ":")))
         per_call = TASK_EVENTS + RETRY_EVENTS * (s.max_attempts - 1)
-        if s.foreach is None:
+        if s.engine in ENGINE_SUBSTITUTIONS:
+            # prepare and record calls (Lambda) around the job state, which retries per the policy
+            events = 2 * TASK_EVENTS + per_call + RECORD_EVENTS
+        elif s.foreach is None:
             events = per_call + RECORD_EVENTS
         elif self.options.map_mode == "inline":
             # list (Task 5) + Choice (2) + Map (4) + per item: iteration started/succeeded (2) + the call
@@ -328,6 +348,8 @@ class _Compiler:
         estimates = Estimates(definition_bytes=len(text.encode()), max_history_events=events,
                               states=_count_states(definition["States"]), tasks=len(tasks))
         subs = ([self.options.runner_key] if tasks else []) + [substitution_key(c.name) for c in calls]
+        engines = sorted({self.settings[t].engine for t in tasks} & set(ENGINE_SUBSTITUTIONS))
+        subs += [key for e in engines for key in ENGINE_SUBSTITUTIONS[e]]
         return CompiledPipeline(name=name, machine_name=self.name if root else f"{self.name}-{name}",
                                 definition=definition, substitutions=subs, estimates=estimates,
                                 task_ids=tasks, children=children)

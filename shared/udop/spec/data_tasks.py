@@ -588,6 +588,12 @@ class TransformTask(DataTaskBase):
         None, description="the data the steps start from (default: the first of depends_on)"
     )
     steps: list[Step] = Field(min_length=1)
+    engine: Literal["duckdb", "spark", "athena"] = Field(
+        "duckdb",
+        description="where the SQL runs: duckdb (in the task's process), spark (PySpark locally, EMR "
+        "Serverless on AWS) or athena (on AWS; DuckDB locally). The same steps are transpiled from "
+        "DuckDB SQL with sqlglot; see docs/engines.md",
+    )
     fuse: bool = Field(
         True, description="when only a file load reads this task's output, run the steps inside the load's "
         "query instead of writing them to Parquet first (see docs/data-tasks.md, Fusion)")
@@ -618,6 +624,12 @@ class ValidateTask(DataTaskBase):
     input: TaskId | None = Field(None, description="the data checked (default: the first of depends_on)")
     rules: list[Rule] = Field(min_length=1)
     sample_rows: int = Field(5, ge=0, le=100, description="failing rows kept per rule as examples")
+    engine: Literal["duckdb", "spark", "athena"] = Field(
+        "duckdb",
+        description="where the SQL runs: duckdb (in the task's process), spark (PySpark locally, EMR "
+        "Serverless on AWS) or athena (on AWS; DuckDB locally). The same steps are transpiled from "
+        "DuckDB SQL with sqlglot; see docs/engines.md",
+    )
 
     @property
     def primary_input(self) -> str:
@@ -626,6 +638,9 @@ class ValidateTask(DataTaskBase):
     @model_validator(mode="after")
     def _inputs_known(self) -> ValidateTask:
         _primary_input(self)
+        if self.engine == "athena":
+            raise ValueError("engine: validate tasks run on duckdb or spark (athena runs transform steps "
+                             "only; validate an athena transform's output with engine: duckdb or spark)")
         return self
 
 
@@ -656,6 +671,8 @@ def fusable(transform: Any, load: Any) -> bool:
     from the data before the load) and does not say ``fuse: false``. The one rule of the local
     executor and of the compiler."""
     if transform.type != "transform" or load.type != "load" or not getattr(transform, "fuse", True):
+        return False
+    if getattr(transform, "engine", "duckdb") != "duckdb":  # its query runs elsewhere, not in the load's
         return False
     if transform.foreach is not None or load.foreach is not None or list(load.depends_on) != [transform.id]:
         return False

@@ -1,0 +1,301 @@
+"""``engine: spark`` on AWS, the task runner's two calls around the EMR Serverless job run.
+
+``prepare_spark``: the job spec (the steps' Spark SQL, typed parameters, the S3 files of each input,
+the output folder) from the inputs' schemas read from their Parquet footers on S3 (ranged reads, no
+data downloaded). ``finish_spark``: the task's result from what the job wrote: rows and schema from
+the output's Parquet footers, column lineage from the DuckDB query, and the job run's billed vCPU-hours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import Any
+
+from udop.errors import FatalError
+from udop.lineage.columns import column_lineage
+from udop.spec.data_tasks import data_inputs
+from udop.tasks.contract import Manifest, TaskContext, TaskResult
+from udop_transforms._engine import Session, fingerprint
+from udop_transforms._snapshot import SNAPSHOT_FORMAT, list_s3, read_snapshot, s3_footers
+from udop_transforms._spark import base_path, job_spec, spark_sql
+from udop_transforms._sql import Params, ident
+from udop_transforms._steps import StepError, compile_steps
+
+__all__ = [
+    "ATHENA",
+    "SPARK",
+    "finish_athena",
+    "finish_spark",
+    "glue_table_name",
+    "prepare_athena",
+    "prepare_spark",
+]
+
+
+def prepare_spark(
+    context: TaskContext, task: Any, inputs: Mapping[str, TaskResult], *, s3: Any, output_uri: str
+) -> dict[str, Any]:
+    """The job spec for ``spark_entry`` (plus what ``finish_spark`` needs: the DuckDB query and the
+    input relations' columns, for lineage). A snapshot input's manifest must be readable locally."""
+    files: dict[str, list[str]] = {}
+    base_paths: dict[str, str] = {}
+    schemas: dict[str, Any] = {}
+    for dep in data_inputs(task):
+        result = inputs.get(dep)
+        manifest = result.output if result is not None else None
+        if manifest is None:
+            raise FatalError(f"task {task.id!r}: input {dep!r} has no dataset")
+        if manifest.format == SNAPSHOT_FORMAT:
+            snap = read_snapshot(manifest)
+            found = snap.files
+            base = (
+                base_path(snap.path, [f.path for f in found]) if snap.hive_partitioning is not False else None
+            )
+            if base is not None:
+                base_paths[dep] = base
+        elif manifest.format == "parquet" and manifest.uri.startswith("s3://"):
+            found = list_s3(s3, manifest.uri.rstrip("/") + "/*.parquet")
+        else:
+            raise FatalError(
+                f"task {task.id!r}: engine spark on AWS reads Parquet on S3; input {dep!r} is "
+                f"{manifest.format} at {manifest.uri}"
+            )
+        if not found:
+            raise FatalError(f"task {task.id!r}: input {dep!r} has no Parquet files at {manifest.uri}")
+        try:
+            _, schemas[dep] = s3_footers(s3, found, dep in base_paths)
+        except FatalError as exc:
+            raise FatalError(f"task {task.id!r}: input {dep!r}: {exc}") from None
+        files[dep] = [f.path for f in found]
+    with Session(context=context) as session:
+        columns = {}
+        for dep, schema in schemas.items():
+            holder = f"_schema_{dep}"
+            session.con.register(holder, schema.empty_table())
+            columns[dep] = session.register_view(dep, ident(holder))
+        params = Params(context.template_scope())
+        try:
+            plan = compile_steps(session, list(task.steps), task.primary_input, columns, params)
+        except StepError as exc:
+            raise FatalError(f"task {task.id!r}: {exc}") from None
+        spec = job_spec(spark_sql(task, plan, columns), plan.bound_params(), files, output_uri, base_paths)
+        spec["duckdb_query"] = plan.query()
+        spec["relations"] = {name: [c[0] for c in cols] for name, cols in columns.items()}
+        spec["input_uris"] = {dep: inputs[dep].output.uri for dep in files}  # type: ignore[union-attr]
+    return spec
+
+
+def _job_run_ids(job_run: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(application id, job run id) from the ``.sync`` state's answer, whichever shape it has."""
+    inner = job_run.get("JobRun") if isinstance(job_run.get("JobRun"), Mapping) else job_run
+    assert isinstance(inner, Mapping)
+    app = inner.get("ApplicationId") or inner.get("applicationId")
+    run = inner.get("JobRunId") or inner.get("jobRunId")
+    return (str(app) if app else None), (str(run) if run else None)
+
+
+def finish_spark(
+    task: Any, spec: Mapping[str, Any], *, s3: Any, job_run: Mapping[str, Any], emr: Any = None
+) -> TaskResult:
+    """The task's result from the Parquet the job wrote under ``spec['output']``."""
+    output = str(spec["output"]).rstrip("/") + "/"
+    found = list_s3(s3, output + "*.parquet")
+    rows, schema = s3_footers(s3, found, False) if found else (0, None)
+    manifest = Manifest(
+        uri=output,
+        rows=rows,
+        bytes=sum(f.size for f in found),
+        schema_fingerprint=fingerprint(schema) if schema is not None else None,
+        format="parquet",
+        files=len(found),
+    )
+    metrics: dict[str, Any] = {"rows": rows, "engine": "spark"}
+    app, run = _job_run_ids(job_run)
+    if run is not None:
+        metrics["emr_job_run_id"] = run
+    if emr is not None and app is not None and run is not None:
+        billed = (
+            emr.get_job_run(applicationId=app, jobRunId=run)["jobRun"].get("billedResourceUtilization") or {}
+        )
+        if billed.get("vCPUHour") is not None:
+            metrics["emr_vcpu_hours"] = float(billed["vCPUHour"])
+    uris: Mapping[str, str] = spec.get("input_uris", {})
+    found_columns = column_lineage(str(spec["duckdb_query"]), dict(spec.get("relations", {})))
+    columns = {
+        col: [[uris.get(rel, rel), name] for rel, name in sources] for col, sources in found_columns.items()
+    }
+    return TaskResult(output=manifest, inputs=tuple(uris.values()), metrics=metrics, columns=columns)
+
+
+#: found by the task runner through the entry point group ``udop.engine_jobs`` (the core never imports
+#: a layer by name): the calls before and after an EMR Serverless job run
+SPARK = {"prepare": prepare_spark, "finish": finish_spark}
+
+
+# ------------------------------------------------------------------------------------------ athena
+
+#: Arrow types as Glue/Hive column types (what Athena reads Parquet columns as)
+_HIVE_TYPES = {
+    "int8": "tinyint",
+    "int16": "smallint",
+    "int32": "int",
+    "int64": "bigint",
+    "uint8": "smallint",
+    "uint16": "int",
+    "uint32": "bigint",
+    "float": "float",
+    "double": "double",
+    "bool": "boolean",
+    "string": "string",
+    "large_string": "string",
+    "string_view": "string",
+    "date32[day]": "date",
+    "binary": "binary",
+    "large_binary": "binary",
+}
+
+
+def _hive_type(arrow_type: Any) -> str:
+    import pyarrow as pa
+
+    if pa.types.is_decimal(arrow_type):
+        return f"decimal({arrow_type.precision},{arrow_type.scale})"
+    if pa.types.is_timestamp(arrow_type):
+        return "timestamp"
+    name = str(arrow_type)
+    if name not in _HIVE_TYPES:
+        raise FatalError(f"a {name} column has no Athena table type udop maps; cast it in an earlier task")
+    return _HIVE_TYPES[name]
+
+
+def glue_table_name(pipeline: str, run_id: str, dep: str) -> str:
+    """One table per input dataset of a run: lower case, letters, digits and '_' (Glue's rules)."""
+    import re
+
+    return re.sub(r"[^a-z0-9_]", "_", f"udop_{pipeline}_{run_id}_{dep}".lower())[:255]
+
+
+def prepare_athena(
+    context: TaskContext,
+    task: Any,
+    inputs: Mapping[str, TaskResult],
+    *,
+    s3: Any,
+    output_uri: str,
+    glue: Any,
+    database: str,
+) -> dict[str, Any]:
+    """Register a Glue table per input dataset and answer the ``UNLOAD`` query writing the task's
+    output as Parquet under ``output_uri`` (plus what ``finish_athena`` needs)."""
+    from sqlglot import exp, parse_one
+
+    from udop_transforms._dialects import to_dialect
+
+    tables: dict[str, str] = {}
+    schemas: dict[str, Any] = {}
+    for dep in data_inputs(task):
+        result = inputs.get(dep)
+        manifest = result.output if result is not None else None
+        if manifest is None or manifest.format != "parquet" or not manifest.uri.startswith("s3://"):
+            raise FatalError(
+                f"task {task.id!r}: engine athena reads a task's Parquet output on S3; input {dep!r} is "
+                f"{'nothing' if manifest is None else manifest.format} (a source read in place needs "
+                "materialize: true on its extract)"
+            )
+        found = list_s3(s3, manifest.uri.rstrip("/") + "/*")
+        if not found:
+            raise FatalError(f"task {task.id!r}: input {dep!r} has no files at {manifest.uri}")
+        _, schemas[dep] = s3_footers(s3, found, False)
+        name = glue_table_name(context.pipeline.metadata.name, context.run_id, dep)
+        columns = [{"Name": f.name, "Type": _hive_type(f.type)} for f in schemas[dep]]
+        table = {
+            "Name": name,
+            "TableType": "EXTERNAL_TABLE",
+            "Parameters": {"classification": "parquet", "udop:run": context.run_id},
+            "StorageDescriptor": {
+                "Columns": columns,
+                "Location": manifest.uri.rstrip("/") + "/",
+                "InputFormat": "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat",
+                "OutputFormat": "org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat",
+                "SerdeInfo": {
+                    "SerializationLibrary": "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"
+                },
+            },
+        }
+        try:
+            glue.create_table(DatabaseName=database, TableInput=table)
+        except glue.exceptions.AlreadyExistsException:  # a retried prepare: same run, same table
+            glue.update_table(DatabaseName=database, TableInput=table)
+        tables[dep] = name
+    with Session(context=context) as session:
+        relations = {}
+        for dep, schema in schemas.items():
+            holder = f"_schema_{dep}"
+            session.con.register(holder, schema.empty_table())
+            relations[dep] = session.register_view(dep, ident(holder))
+        params = Params(context.template_scope())
+        try:
+            plan = compile_steps(session, list(task.steps), task.primary_input, relations, params)
+        except StepError as exc:
+            raise FatalError(f"task {task.id!r}: {exc}") from None
+        query = plan.query()
+    try:
+        athena_sql = to_dialect(query, relations, "athena")
+    except ValueError as exc:
+        raise FatalError(f"task {task.id!r}: engine athena: {exc}") from None
+    tree = parse_one(athena_sql, read="athena")
+    for node in tree.find_all(exp.Table):
+        if node.name in tables and not node.args.get("db"):
+            node.set("this", exp.to_identifier(tables[node.name], quoted=True))
+            node.set("db", exp.to_identifier(database, quoted=True))
+            if not node.alias:
+                node.set("alias", exp.TableAlias(this=exp.to_identifier(node.name, quoted=True)))
+    select = tree.sql("athena")
+    location = output_uri.replace("'", "''")
+    unload = f"UNLOAD ({select}) TO '{location}' WITH (format = 'PARQUET', compression = 'ZSTD')"
+    return {
+        "query": unload,
+        "output": output_uri,
+        "tables": sorted(tables.values()),
+        "database": database,
+        "duckdb_query": query,
+        "relations": {name: [c[0] for c in cols] for name, cols in relations.items()},
+        "input_uris": {dep: inputs[dep].output.uri for dep in tables},  # type: ignore[union-attr]
+    }
+
+
+def finish_athena(
+    task: Any, spec: Mapping[str, Any], *, s3: Any, job_run: Mapping[str, Any], glue: Any = None
+) -> TaskResult:
+    """The task's result from the Parquet ``UNLOAD`` wrote (its files have no extension); the run's
+    Glue tables are dropped; the query's bytes scanned are the task's cost."""
+    output = str(spec["output"]).rstrip("/") + "/"
+    found = list_s3(s3, output + "*")
+    rows, schema = s3_footers(s3, found, False) if found else (0, None)
+    manifest = Manifest(
+        uri=output,
+        rows=rows,
+        bytes=sum(f.size for f in found),
+        schema_fingerprint=fingerprint(schema) if schema is not None else None,
+        format="parquet",
+        files=len(found),
+    )
+    metrics: dict[str, Any] = {"rows": rows, "engine": "athena"}
+    if job_run.get("query_execution_id"):
+        metrics["athena_query_execution_id"] = str(job_run["query_execution_id"])
+    if job_run.get("bytes_scanned") is not None:
+        metrics["athena_bytes_scanned"] = int(job_run["bytes_scanned"])
+    if glue is not None:
+        for name in spec.get("tables", []):
+            with contextlib.suppress(glue.exceptions.EntityNotFoundException):
+                glue.delete_table(DatabaseName=spec["database"], Name=name)
+    uris: Mapping[str, str] = spec.get("input_uris", {})
+    found_columns = column_lineage(str(spec["duckdb_query"]), dict(spec.get("relations", {})))
+    columns = {
+        col: [[uris.get(rel, rel), name] for rel, name in sources] for col, sources in found_columns.items()
+    }
+    return TaskResult(output=manifest, inputs=tuple(uris.values()), metrics=metrics, columns=columns)
+
+
+ATHENA = {"prepare": prepare_athena, "finish": finish_athena}

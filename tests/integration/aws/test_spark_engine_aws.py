@@ -1,0 +1,264 @@
+"""``engine: spark`` on emulated AWS: the task runner's prepare call writes the EMR Serverless job's spec
+(Spark SQL, typed parameters, the input's S3 objects, the output folder) from the input's Parquet
+footers; the spec, run by udop's entry script on local Spark (moto runs no job), gives the answer; the
+finish call records the result from the output's footers, with lineage and the job run's billing."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from udop.aws.definitions import canonical_definition, put_version
+from udop.spec.models import Pipeline
+
+pytestmark = [
+    pytest.mark.aws,
+    pytest.mark.redis,
+    pytest.mark.slow,  # starts Spark
+    pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning"),
+]
+
+
+def _pipeline(log_dir: str) -> Pipeline:
+    tasks = [
+        {
+            "id": "numbers",
+            "type": "python",
+            "callable": "udop_aws_test_tasks:numbers",
+            "args": {"n": 10, "log_dir": log_dir},
+        },
+        {
+            "id": "groups",
+            "type": "transform",
+            "engine": "spark",
+            "depends_on": ["numbers"],
+            "steps": [
+                {"filter": "id > ${params.min}"},
+                {"aggregate": {"by": ["grp"], "metrics": {"n": "count(*)", "total": {"sum": "id"}}}},
+                {"sort": ["grp"]},
+            ],
+        },
+    ]
+    return Pipeline.model_validate(
+        {
+            "apiVersion": "udop/v1",
+            "kind": "Pipeline",
+            "metadata": {"name": "sparky"},
+            "spec": {"params": {"min": {"type": "int", "default": 2}}, "tasks": tasks},
+        }
+    )
+
+
+def _invoke(aws: Any, payload: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    resp = aws.client("lambda").invoke(FunctionName=aws.task_runner_arn, Payload=json.dumps(payload))
+    return json.loads(resp["Payload"].read()), resp.get("FunctionError")
+
+
+def _payload(run_id: str, task_id: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "run": {"run_id": run_id, "params": {"min": 2}, "logical_date": "2026-01-02"},
+        "pipeline": "sparky",
+        "version": 1,
+        "task_id": task_id,
+        "attempt": 0,
+        "execution": f"arn:aws:states:us-east-1:123456789012:execution:udop-sparky:{run_id}",
+        **extra,
+    }
+
+
+def test_prepare_job_finish_on_emulated_aws(moto_aws: Any, tmp_path: Path) -> None:
+    aws = moto_aws
+    s3 = aws.client("s3")
+    put_version(s3, aws.definitions_bucket, "sparky", 1, canonical_definition(_pipeline(str(aws.log_root))))
+    run_id = uuid.uuid4().hex
+    _, err = _invoke(aws, _payload(run_id, "numbers"))
+    assert err is None
+
+    prepared, err = _invoke(aws, _payload(run_id, "groups", engine_phase="prepare"))
+    assert err is None, prepared
+    bucket, _, key = prepared["spec_uri"].removeprefix("s3://").partition("/")
+    spec = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    assert spec["output"] == f"s3://{aws.data_bucket}/runs/sparky/{run_id}/groups/"
+    assert spec["params"] == {"p0": {"type": "int", "value": 2}}  # bound, typed, never spliced
+    (numbers,) = spec["inputs"]["numbers"]
+    assert numbers.startswith(f"s3://{aws.data_bucket}/runs/sparky/{run_id}/numbers/")
+
+    # what EMR Serverless would do: the entry script over the spec (S3 objects fetched to local files)
+    from udop_transforms import spark_entry
+    from udop_transforms._spark import spark_session, stop_spark
+
+    b, _, k = numbers.removeprefix("s3://").partition("/")
+    local_in = tmp_path / "numbers.parquet"
+    local_in.write_bytes(s3.get_object(Bucket=b, Key=k)["Body"].read())
+    local = {**spec, "inputs": {"numbers": [str(local_in)]}, "output": str(tmp_path / "out")}
+    try:
+        spark_entry.run_job(spark_session(), local)
+    finally:
+        stop_spark()
+    written = sorted((tmp_path / "out").glob("*.parquet"))
+    rows = [r for f in written for r in pq.read_table(f).to_pylist()]
+    # numbers 1..10 with id > 2, grouped by id % 3
+    assert sorted((r["grp"], r["n"], r["total"]) for r in rows) == [(0, 3, 18), (1, 3, 21), (2, 2, 13)]
+    out_bucket, _, out_prefix = spec["output"].removeprefix("s3://").partition("/")
+    for f in written:
+        s3.put_object(Bucket=out_bucket, Key=out_prefix + f.name, Body=f.read_bytes())
+
+    emr = aws.client("emr-serverless")
+    app = emr.create_application(name="udop", releaseLabel="emr-7.5.0", type="SPARK")["applicationId"]
+    job = emr.start_job_run(
+        applicationId=app,
+        executionRoleArn="arn:aws:iam::123456789012:role/udop-emr",
+        jobDriver={
+            "sparkSubmit": {
+                "entryPoint": "s3://code/udop_spark_entry.py",
+                "entryPointArguments": [prepared["spec_uri"]],
+            }
+        },
+    )
+    finished, err = _invoke(
+        aws,
+        _payload(
+            run_id,
+            "groups",
+            engine_phase="finish",
+            job_run={"ApplicationId": app, "JobRunId": job["jobRunId"]},
+        ),
+    )
+    assert err is None, finished
+    assert finished["output"]["rows"] == 3 and finished["output"]["uri"] == spec["output"]
+    result = json.loads(
+        s3.get_object(Bucket=aws.data_bucket, Key=f"results/sparky/{run_id}/groups.json")["Body"].read()
+    )
+    assert result["metrics"]["engine"] == "spark" and result["metrics"]["emr_job_run_id"] == job["jobRunId"]
+    assert result["output"]["schema_fingerprint"]
+    numbers_uri = f"s3://{aws.data_bucket}/runs/sparky/{run_id}/numbers/"
+    assert result["inputs"] == [numbers_uri]
+    assert result["column_lineage"]["total"] == [[numbers_uri, "id"]]
+    table = pq.read_table(
+        io.BytesIO(s3.get_object(Bucket=out_bucket, Key=out_prefix + written[0].name)["Body"].read())
+    )
+    assert table.num_rows <= 3
+
+
+def test_athena_prepare_registers_glue_tables_and_finish_records_the_unload(moto_aws: Any) -> None:
+    """Athena runs no query on moto: the prepared UNLOAD is checked by parsing and the transpiler's
+    round trip, moto accepts it, and the finish call reads what an UNLOAD would have written."""
+    import duckdb
+    import sqlglot
+
+    from udop_transforms._dialects import round_trip
+
+    aws = moto_aws
+    s3, glue = aws.client("s3"), aws.client("glue")
+    pipeline = _pipeline(str(aws.log_root)).model_dump(mode="json", by_alias=True, exclude_unset=True)
+    pipeline["spec"]["tasks"][1].update(
+        engine="athena",
+        steps=[
+            {"filter": "id > 2"},
+            {"aggregate": {"by": ["grp"], "metrics": {"n": "count(*)", "total": {"sum": "id"}}}},
+        ],
+    )
+    put_version(
+        s3, aws.definitions_bucket, "sparky", 1, canonical_definition(Pipeline.model_validate(pipeline))
+    )
+    glue.create_database(DatabaseInput={"Name": "udop_test"})
+    run_id = uuid.uuid4().hex
+    _, err = _invoke(aws, _payload(run_id, "numbers"))
+    assert err is None
+
+    prepared, err = _invoke(
+        aws, _payload(run_id, "groups", engine_phase="prepare", glue_database="udop_test")
+    )
+    assert err is None, prepared
+    ((table,),) = [[t["Name"] for t in glue.get_tables(DatabaseName="udop_test")["TableList"]]]
+    described = glue.get_table(DatabaseName="udop_test", Name=table)["Table"]["StorageDescriptor"]
+    assert described["Location"] == f"s3://{aws.data_bucket}/runs/sparky/{run_id}/numbers/"
+    assert [(c["Name"], c["Type"]) for c in described["Columns"]] == [("id", "bigint"), ("grp", "bigint")]
+    query = prepared["query"]
+    output = f"s3://{aws.data_bucket}/runs/sparky/{run_id}/groups/"
+    assert query.startswith("UNLOAD (") and query.endswith(
+        f"TO '{output}' WITH (format = 'PARQUET', compression = 'ZSTD')"
+    )
+    select = query[len("UNLOAD (") : query.rindex(") TO '")]
+    assert round_trip(select, "athena") == select
+    tables = list(sqlglot.parse_one(select, read="athena").find_all(sqlglot.exp.Table))
+    # the input is read from its Glue table; everything else is the query's own CTEs (s0, s1)
+    assert {(t.db, t.name) for t in tables if t.db} == {("udop_test", table)}
+    assert all(t.name.startswith("s") for t in tables if not t.db)
+    athena = aws.client("athena")
+    athena.create_work_group(Name="udop")
+    started = athena.start_query_execution(
+        QueryString=query, WorkGroup="udop", QueryExecutionContext={"Database": "udop_test"}
+    )
+
+    # what the UNLOAD would write: Parquet files without an extension
+    numbers = [
+        o["Key"]
+        for o in s3.list_objects_v2(Bucket=aws.data_bucket, Prefix=f"runs/sparky/{run_id}/numbers/")[
+            "Contents"
+        ]
+    ]
+    table_data = pq.read_table(
+        io.BytesIO(s3.get_object(Bucket=aws.data_bucket, Key=numbers[0])["Body"].read())
+    )
+    con = duckdb.connect()
+    con.register("numbers", table_data)
+    result_table = con.sql(
+        "SELECT grp, count(*) AS n, sum(id) AS total FROM numbers WHERE id > 2 GROUP BY grp"
+    ).to_arrow_table()
+    buf = io.BytesIO()
+    pq.write_table(result_table, buf)
+    s3.put_object(
+        Bucket=aws.data_bucket,
+        Key=f"runs/sparky/{run_id}/groups/20261130_000000_00001_abcde",
+        Body=buf.getvalue(),
+    )
+
+    finished, err = _invoke(
+        aws,
+        _payload(
+            run_id,
+            "groups",
+            engine_phase="finish",
+            job_run={"query_execution_id": started["QueryExecutionId"], "bytes_scanned": 12345},
+        ),
+    )
+    assert err is None, finished
+    assert finished["output"]["rows"] == 3
+    result = json.loads(
+        s3.get_object(Bucket=aws.data_bucket, Key=f"results/sparky/{run_id}/groups.json")["Body"].read()
+    )
+    assert result["metrics"]["athena_bytes_scanned"] == 12345 and result["metrics"]["engine"] == "athena"
+    assert result["column_lineage"]["total"] == [
+        [f"s3://{aws.data_bucket}/runs/sparky/{run_id}/numbers/", "id"]
+    ]
+    assert glue.get_tables(DatabaseName="udop_test")["TableList"] == []  # the run's tables are dropped
+
+
+def test_the_deployer_refuses_engine_pipelines_it_cannot_wire(moto_aws: Any, store: Any) -> None:
+    from udop.aws.deployer import deploy_definition
+
+    text = yaml.safe_dump(
+        _pipeline(str(moto_aws.log_root)).model_dump(mode="json", by_alias=True, exclude_unset=True)
+    )
+    sfn = moto_aws.client("stepfunctions")
+    result = deploy_definition(
+        text,
+        source="pipelines/sparky.yaml",
+        bucket=moto_aws.definitions_bucket,
+        s3=moto_aws.client("s3"),
+        sfn=sfn,
+        store=store,
+        task_runner_arn=moto_aws.task_runner_arn,
+        role_arn=moto_aws.role_arn,
+    )
+    assert not result.ok
+    assert "engine: spark; deploy it with the CDK app" in json.dumps(result.errors)
+    assert "udop-sparky" not in [m["name"] for m in sfn.list_state_machines()["stateMachines"]]
