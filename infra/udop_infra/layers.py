@@ -96,7 +96,7 @@ LAMBDA_MARKERS = {
 LAMBDA_UNZIPPED_LIMIT = 262_144_000
 SPARE = 20 * 1024 * 1024
 BUDGET = LAMBDA_UNZIPPED_LIMIT - SPARE
-BUILD_VERSION = "6"  # bump when the trimming rules change
+BUILD_VERSION = "7"  # bump when the trimming code changes (its lists are in the key already)
 
 #: where this package finds the functions' code and uv.lock: inside the installed wheel
 #: (``udop_infra/_assets``), else udop's source tree
@@ -197,7 +197,8 @@ def shared_lower_layers(layer: str) -> list[str]:
 def site_key(layer: str, constraints: str) -> str:
     """The hash of what a layer's third-party part is built from (requirements, pins, rules)."""
     lower = {name: LAYERS[name] for name in shared_lower_layers(layer)}
-    payload = json.dumps([BUILD_VERSION, PLATFORMS, LAYERS[layer], lower, constraints])
+    rules = [sorted(SQLGLOT_KEEP), list(UNUSED_PACKAGE_DIRS), list(PYARROW_UNUSED)]
+    payload = json.dumps([BUILD_VERSION, rules, PLATFORMS, LAYERS[layer], lower, constraints])
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
@@ -270,14 +271,26 @@ def remove_dist(folder: Path, dist_info: Path) -> None:
 
 #: pyarrow parts nothing in udop loads: C++ test helpers, C++ sources, Cython declarations
 PYARROW_UNUSED = ("_pyarrow_cpp_tests", "src", "includes")
-#: sqlglot's per-dialect modules kept: column lineage follows the SQL DuckDB runs, and sqlglot imports
-#: a dialect only when asked for it; the other ~35 dialects (~3 MiB) would push the task runner over
-SQLGLOT_KEEP = {"__init__", "dialect", "base", "duckdb"}
+#: sqlglot's per-dialect modules kept: column lineage follows the SQL DuckDB runs; `engine: athena` and
+#: `engine: spark` tasks transpile it in the task runner (athena < trino < presto, spark < spark2 <
+#: hive < mysql: what the two import); sqlglot imports a dialect only when asked for it, and the other
+#: ~30 dialects (~3 MiB) would push the task runner over
+SQLGLOT_KEEP = {"__init__", "dialect", "base", "duckdb",
+                "athena", "trino", "presto", "spark", "spark2", "hive", "mysql"}
+#: never imported on Lambda: SQLAlchemy dialects of databases udop has no connector for; Powertools'
+#: REST event handler and JWT alpha (the API function runs FastAPI through Mangum; the functions use
+#: Powertools' Logger, Metrics and Tracer only) — ~4.4 MiB the task runner's budget needs
+UNUSED_PACKAGE_DIRS = (
+    ("sqlalchemy", "dialects", "mssql"),
+    ("sqlalchemy", "dialects", "oracle"),
+    ("aws_lambda_powertools", "event_handler"),
+    ("aws_lambda_powertools", "utilities", "auth_alpha"),
+)
 
 
 def trim(folder: Path) -> None:
     """Drop what a Lambda never loads: tests, headers, Cython sources, pyarrow Flight, caches, sqlglot's
-    other dialects."""
+    other dialects, ``UNUSED_PACKAGE_DIRS``."""
     pyarrow = folder / "pyarrow"
     if pyarrow.is_dir():
         for path in pyarrow.iterdir():
@@ -292,6 +305,8 @@ def trim(folder: Path) -> None:
                 lib.unlink()  # libx.so beside libx.so.NNNN: link-time only
         for lib in list(pyarrow.glob("lib*.so.*.*")):
             lib.unlink()  # libx.so.NNNN.1.0 beside libx.so.NNNN: link-time only
+    for parts in UNUSED_PACKAGE_DIRS:
+        shutil.rmtree(folder.joinpath(*parts), ignore_errors=True)
     sqlglot = folder / "sqlglot"
     if sqlglot.is_dir():
         shutil.rmtree(sqlglot / "executor", ignore_errors=True)  # its SQL interpreter in Python: unused

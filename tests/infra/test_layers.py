@@ -97,6 +97,9 @@ def test_the_task_runner_imports_from_its_layers_with_python312(built: ModuleTyp
     code = (
         "import pyarrow.parquet, duckdb, sqlalchemy, psycopg, redis, pydantic; "
         "from aws_lambda_powertools import Logger, Metrics, Tracer; import udop.tasks; "
+        # the runner transpiles engine: athena / engine: spark tasks' SQL: their dialects are kept
+        "from udop_transforms._dialects import to_dialect; "
+        "s = {'t': [('x', 'INTEGER')]}; assert to_dialect('SELECT x FROM t', s, 'athena') and to_dialect('SELECT x FROM t', s, 'spark'); "
         "print(duckdb.sql('select 21 * 2').fetchall()[0][0])"
     )
     proc = subprocess.run(
