@@ -18,9 +18,10 @@ from constructs import Construct
 
 from udop_infra.config import DeploymentConfig
 from udop_infra.data import Data
+from udop_infra.layers import FUNCTION_LAYERS
 from udop_infra.nag import acknowledge
 from udop_infra.network import Network
-from udop_infra.runtime import FUNCTION_LAYERS, FunctionSpec, PipelineFunction, Runtime, function_code
+from udop_infra.runtime import FunctionSpec, PipelineFunction, Runtime, function_code
 from udop_infra.storage import Storage
 
 #: queues and streams ``udop deploy`` may map to the stream runner at run time are named like this
