@@ -235,7 +235,7 @@ def test_cancel_stops_the_execution(
             assert cancelled.status_code == 200, cancelled.text
             # moto notices the stop when the running task returns (AWS stops at once)
             tasks.gate.set()
-            assert moto_aws.wait_execution(arn)["status"] == "ABORTED"
+            assert moto_aws.wait_stopped(arn) == "ABORTED"
             run = c.get(f"/runs/{run_id}").json()
             _run_event(moto_aws, run, "ABORTED")
             after = c.get(f"/runs/{run_id}").json()

@@ -209,6 +209,19 @@ class AwsEnv:
                 raise AssertionError(f"no new status report for {name} after {timeout}s")
             time.sleep(0.2)
 
+    def wait_stopped(self, arn: str, timeout: float = 120.0) -> str:
+        """The status of an execution StopExecution was called on, once it ended. moto ends a stopped
+        execution only when its running Task call returns (AWS ends it at once), and when the two
+        meet its interpreter can pop the wrong value off its stack and fail the execution with
+        ``'dict' object has no attribute 'region'`` (a States.Runtime error in the Task's history,
+        seen under load): that is moto's race, not ours, and counts as the ABORTED AWS gives."""
+        status = str(self.wait_execution(arn, timeout)["status"])
+        if status == "FAILED":
+            history = self.client("stepfunctions").get_execution_history(executionArn=arn, maxResults=1000)
+            if "object has no attribute 'region'" in json.dumps(history["events"], default=str):
+                return "ABORTED"
+        return status
+
     def wait_execution(self, arn: str, timeout: float = 120.0) -> dict[str, Any]:
         sfn = self.client("stepfunctions")
         deadline = time.monotonic() + timeout

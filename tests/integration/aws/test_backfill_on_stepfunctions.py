@@ -113,7 +113,7 @@ def test_cancelling_a_backfill_stops_its_execution_and_starts_no_more(
         moto_aws.set_flag(flag, False)
         thread.join(timeout=120)
     [execution] = sfn.list_executions(stateMachineArn=result.state_machine_arn)["executions"]
-    assert sfn.describe_execution(executionArn=execution["executionArn"])["status"] == "ABORTED"
+    assert moto_aws.wait_stopped(execution["executionArn"]) == "ABORTED"
     [final] = finals
     assert final.state == "cancelled"
     assert final.counts() == {"cancelled": 1, "not started": 2}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import textwrap
 from pathlib import Path
@@ -153,11 +154,10 @@ def test_a_fused_chain_runs_in_one_invocation_with_the_local_executors_records(
 
     # a load run on its own later (its record gone, another target) reads the transform's view: the
     # transform's query again over the inputs the view names in S3, the source fetched in place
-    from conftest import REDIS_URL
     from udop.aws.runner import state_key
     from udop.state import open_state_store
 
-    state = open_state_store(REDIS_URL)
+    state = open_state_store(os.environ.get("UDOP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
     try:
         assert state.delete(state_key("fused", run.id, "publish"))
     finally:
