@@ -8,6 +8,10 @@ moto runs Lambda code only inside Docker; every invocation path goes through
 the rehearsal by a call to the task runner, errors returned with the names the compiled
 ``Retry``/``Catch`` match (as the task runner function does).
 
+moto's account lives in this process; with ``keep`` (one folder per run) what a resume needs
+outlives it: the buckets' objects, the task runner's state store and the executions' histories
+(``RecordedExecutions`` serves the earlier ones to the run record's sync).
+
 Needs the ``emulate`` extra (moto). Where moto differs from AWS is listed in ``MOTO_DIFFERENCES``.
 """
 
