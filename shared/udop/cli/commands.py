@@ -136,7 +136,7 @@ def run(
     if emulate:
         from udop.cli.emulate import rehearse
 
-        raise click.exceptions.Exit(rehearse(file, given, run_id=run_id, logical_date=logical))
+        raise click.exceptions.Exit(rehearse(file, given, run_id=run_id, resume=resume, logical_date=logical))
     if executor == "stepfunctions":
         from udop.cli.aws import run_on_stepfunctions
 

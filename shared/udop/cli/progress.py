@@ -57,7 +57,7 @@ class Display:
     def show(self, event: RunEvent) -> None:
         raise NotImplementedError
 
-    def summary(self, run: Any, checks: list[Any]) -> None:
+    def summary(self, run: Any, checks: list[Any], *, resume: str = "udop run <FILE> --resume") -> None:
         counts: dict[str, int] = {}
         for task in run.tasks:
             counts[task.state.value] = counts.get(task.state.value, 0) + 1
@@ -86,7 +86,7 @@ class Display:
                     + (f" ({c.message})" if c.message else "")
                 )
         if run.state.value != "succeeded":
-            click.echo(f"resume with: udop run <FILE> --resume {run.id}   details: udop runs show {run.id}")
+            click.echo(f"resume with: {resume} {run.id}   details: udop runs show {run.id}")
 
 
 class LineDisplay(Display):
