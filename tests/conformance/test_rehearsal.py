@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -70,6 +71,14 @@ def _record(run_id: str) -> dict[str, object]:
         store.close()
 
 
+def _run_id(out: str) -> str:
+    """The run id the command printed (``run 20261130T131441-074231``), not the first word after
+    some other line's "run " (a log line on the same stdout can say "one run per ...")."""
+    found = re.search(r"\brun (\d{8}T\d{6}-[0-9a-f]{6})\b", out)
+    assert found is not None, out[-2000:]
+    return found.group(1)
+
+
 def _scenario(name: str) -> Scenario:
     return next(s for s in SCENARIOS if s.name == name)
 
@@ -84,7 +93,7 @@ def test_the_rehearsal_writes_the_local_executors_record(
     path = _rehearsal_setup(tmp_path, monkeypatch, scenario)
     code, out, err = _udop(capsys, "run", str(path), "--executor", "stepfunctions", "--emulate")
     assert code == (0 if scenario.expected["state"] == "succeeded" else 1), err
-    run_id = out.split("run ", 1)[1].split()[0]
+    run_id = _run_id(out)
     assert _record(run_id) == local_record == scenario.expected
     # the figures Step Functions would count, and what moto does not show
     assert "history events (AWS quota 25,000 per execution), largest payload" in out
@@ -134,7 +143,7 @@ def test_the_flights_example_rehearses_to_the_local_executors_record_and_data(
         code, out, err = _udop(capsys, *args)
         assert code == 0, err
         assert "Traceback" not in err
-        run_id = out.split("run ", 1)[1].split()[0]
+        run_id = _run_id(out)
         store = open_store()
         try:
             # the sources' lineage names their files: the same ones, in each run's own folder
@@ -172,7 +181,7 @@ def test_a_failed_rehearsal_resumes_in_a_second_command_to_the_local_executors_r
     path.write_text(scenario.yaml(str(tmp_path / "calls-emulated"), str(flag)))
     code, out, err = _udop(capsys, "run", str(path), "--executor", "stepfunctions", "--emulate")
     assert code == 1, err
-    run_id = out.split("run ", 1)[1].split()[0]
+    run_id = _run_id(out)
     assert _record(run_id) == local_failed == scenario.expected
     flag.unlink()
 
@@ -232,7 +241,7 @@ def test_a_signal_cancels_the_rehearsal_and_a_resume_finishes_it_as_the_local_ex
         if process.poll() is None:
             process.kill()
     assert process.returncode == 130, err
-    run_id = out.split("run ", 1)[1].split()[0]
+    run_id = _run_id(out)
     ours = [line for line in err.splitlines() if line.startswith("udop:")]
     assert ours == [f"udop: stopping run {run_id} (SIGINT): the execution is stopped; waiting for the task in "
                     "flight to return (a second signal does not wait)",
