@@ -147,6 +147,110 @@ def test_prepare_job_finish_on_emulated_aws(moto_aws: Any, tmp_path: Path) -> No
     assert table.num_rows <= 3
 
 
+def _validate_pipeline(log_dir: str) -> Pipeline:
+    doc = _pipeline(log_dir).model_dump(mode="json", by_alias=True, exclude_unset=True)
+    numbers = doc["spec"]["tasks"][0]
+    checks = {
+        "id": "checks",
+        "type": "validate",
+        "engine": "spark",
+        "depends_on": ["numbers"],
+        "rules": [
+            {"not_null": ["id"]},
+            {"range": {"column": "id", "max": 8}, "severity": "warn"},  # 9 and 10 fail
+            {"unique": ["grp"], "severity": "warn"},  # 3 groups over 10 rows
+            {"row_count": {"min": 1}},
+        ],
+    }
+    strict = {
+        "id": "strict",
+        "type": "validate",
+        "engine": "spark",
+        "depends_on": ["numbers"],
+        "rules": [{"expect": "id > ${params.min}"}],  # error severity: ids 1 and 2 fail
+    }
+    doc["spec"]["tasks"] = [numbers, checks, strict]
+    doc["spec"]["masking"] = {"columns": ["GRP"]}
+    return Pipeline.model_validate(doc)
+
+
+def test_spark_validate_prepare_job_finish_on_emulated_aws(moto_aws: Any, tmp_path: Path) -> None:
+    """A spark validate task on AWS: the prepare call's rule queries, run by the entry script on local
+    Spark (moto runs no job), give the check results a duckdb validate records, samples masked; an
+    error rule that fails fails the record call with udop.DataQualityError, its checks kept."""
+    from udop_transforms import spark_entry
+    from udop_transforms._spark import spark_session, stop_spark
+
+    aws = moto_aws
+    s3 = aws.client("s3")
+    put_version(
+        s3, aws.definitions_bucket, "sparky", 1, canonical_definition(_validate_pipeline(str(aws.log_root)))
+    )
+    run_id = uuid.uuid4().hex
+    _, err = _invoke(aws, _payload(run_id, "numbers"))
+    assert err is None
+    specs = {}
+    for task in ("checks", "strict"):
+        prepared, err = _invoke(aws, _payload(run_id, task, engine_phase="prepare"))
+        assert err is None, prepared
+        bucket, _, key = prepared["spec_uri"].removeprefix("s3://").partition("/")
+        specs[task] = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    spec = specs["checks"]
+    assert spec["results"] == f"s3://{aws.data_bucket}/runs/sparky/{run_id}/checks.checks/"
+    assert spec["mask"]["columns"] == ["grp"]
+    assert specs["strict"]["queries"][0]["params"] == {"p0": {"type": "int", "value": 2}}  # bound, typed
+    (numbers,) = spec["inputs"]["numbers"]
+    b, _, k = numbers.removeprefix("s3://").partition("/")
+    local_in = tmp_path / "numbers.parquet"
+    local_in.write_bytes(s3.get_object(Bucket=b, Key=k)["Body"].read())
+    try:  # what EMR Serverless would do: the entry script over each spec, its JSON put where it writes
+        for task_spec in specs.values():
+            answer = spark_entry.run_checks(
+                spark_session(), {**task_spec, "inputs": {"numbers": [str(local_in)]}}
+            )
+            out_bucket, _, out_prefix = task_spec["results"].removeprefix("s3://").partition("/")
+            s3.put_object(
+                Bucket=out_bucket, Key=out_prefix + "part-00000.txt", Body=json.dumps(answer).encode()
+            )
+    finally:
+        stop_spark()
+
+    finished, err = _invoke(
+        aws, _payload(run_id, "checks", engine_phase="finish", job_run={"JobRunId": "j1"})
+    )
+    assert err is None, finished
+    result = json.loads(
+        s3.get_object(Bucket=aws.data_bucket, Key=f"results/sparky/{run_id}/checks.json")["Body"].read()
+    )
+    checks = {c["rule"]: c for c in result["checks"]}
+    assert [c["passed"] for c in result["checks"]] == [True, False, False, True]
+    assert checks["range(id)"]["failing_rows"] == 2 and checks["range(id)"]["message"] == "2 of 10 rows fail"
+    assert sorted(r["id"] for r in checks["range(id)"]["sample"]) == [9, 10]
+    assert {r["grp"] for r in checks["range(id)"]["sample"]} == {"**********"}  # masked as locally
+    assert checks["unique(grp)"]["failing_rows"] == 10
+    assert checks["row_count"]["message"] == "10 rows; expected at least 1"
+    assert result["metrics"]["rules_failed_warn"] == 2 and result["metrics"]["engine"] == "spark"
+    assert result["metrics"]["emr_job_run_id"] == "j1"
+    numbers_uri = f"s3://{aws.data_bucket}/runs/sparky/{run_id}/numbers/"
+    assert result["inputs"] == [numbers_uri] and result["column_lineage"]["grp"] == [[numbers_uri, "grp"]]
+    # the validated data passes through to the task's own folder, as a duckdb validate's does
+    assert result["output"]["uri"] == f"s3://{aws.data_bucket}/runs/sparky/{run_id}/checks/"
+    assert result["output"]["rows"] == 10
+    copied = s3.list_objects_v2(Bucket=aws.data_bucket, Prefix=f"runs/sparky/{run_id}/checks/")["Contents"]
+    assert len(copied) == result["output"]["files"] == 1
+
+    failed, err = _invoke(aws, _payload(run_id, "strict", engine_phase="finish", job_run={}))
+    assert err is not None and failed["errorType"] == "udop.DataQualityError", failed
+    assert "1 of 1 data-quality rules failed" in failed["errorMessage"]
+    kept = json.loads(
+        s3.get_object(Bucket=aws.data_bucket, Key=f"results/sparky/{run_id}/strict.failed-checks.json")[
+            "Body"
+        ].read()
+    )
+    (check,) = kept["checks"]
+    assert check["failing_rows"] == 2 and sorted(r["id"] for r in check["sample"]) == [1, 2]
+
+
 def test_athena_prepare_registers_glue_tables_and_finish_records_the_unload(moto_aws: Any) -> None:
     """Athena runs no query on moto: the prepared UNLOAD is checked by parsing and the transpiler's
     round trip, moto accepts it, and the finish call reads what an UNLOAD would have written."""
