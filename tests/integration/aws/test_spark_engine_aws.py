@@ -346,23 +346,131 @@ def test_athena_prepare_registers_glue_tables_and_finish_records_the_unload(moto
     assert glue.get_tables(DatabaseName="udop_test")["TableList"] == []  # the run's tables are dropped
 
 
-def test_the_deployer_refuses_engine_pipelines_it_cannot_wire(moto_aws: Any, store: Any) -> None:
-    from udop.aws.deployer import deploy_definition
-
-    text = yaml.safe_dump(
-        _pipeline(str(moto_aws.log_root)).model_dump(mode="json", by_alias=True, exclude_unset=True)
+def test_the_deployer_refuses_engine_pipelines_when_the_platform_has_no_engines(moto_aws: Any) -> None:
+    """The deployer function of a platform without engines (no UDOP_EMR_* settings) refuses an
+    upload with one error naming what to enable, and makes no state machine."""
+    doc = _pipeline(str(moto_aws.log_root)).model_dump(mode="json", by_alias=True, exclude_unset=True)
+    moto_aws.client("s3").put_object(
+        Bucket=moto_aws.definitions_bucket, Key="pipelines/sparky.yaml", Body=yaml.safe_dump(doc).encode()
+    )
+    report = moto_aws.status("sparky")
+    assert not report["ok"]
+    (error,) = report["errors"]
+    assert error["text"] == (
+        "pipelines/sparky.yaml: pipeline 'sparky' has tasks with engine: spark but the platform has no such "
+        "engine: deploy the CDK app with spark_engine=True (context udop:sparkEngine), then deploy this "
+        "pipeline again"
     )
     sfn = moto_aws.client("stepfunctions")
-    result = deploy_definition(
-        text,
-        source="pipelines/sparky.yaml",
-        bucket=moto_aws.definitions_bucket,
-        s3=moto_aws.client("s3"),
-        sfn=sfn,
-        store=store,
-        task_runner_arn=moto_aws.task_runner_arn,
-        role_arn=moto_aws.role_arn,
-    )
-    assert not result.ok
-    assert "engine: spark; deploy it with the CDK app" in json.dumps(result.errors)
     assert "udop-sparky" not in [m["name"] for m in sfn.list_state_machines()["stateMachines"]]
+
+
+_ENGINE_ENV = {
+    "UDOP_EMR_APPLICATION_ID": "00fabc123",
+    "UDOP_EMR_JOB_ROLE_ARN": "arn:aws:iam::123456789012:role/udop-emr-job",
+    "UDOP_SPARK_ENTRY_POINT": "s3://cdk-assets-123456789012/abc123.py",
+}
+
+
+def test_the_deployer_wires_the_platforms_engines_into_the_machine(
+    moto_aws: Any, store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the platform's engines in its settings (the CDK stack sets them on the deployer and the
+    API), a spark pipeline deploys: the machine's job states name the application, role and script;
+    an athena task still needs the Athena engine and is refused, naming it."""
+    from udop.aws.deployer import deploy_definition, engine_substitutions
+    from udop.settings import AwsResources, load_settings
+
+    for key, value in _ENGINE_ENV.items():
+        monkeypatch.setenv(key, value)
+    engines = engine_substitutions(load_settings(AwsResources))
+    assert engines == {
+        "EmrApplicationId": "00fabc123",
+        "EmrJobRoleArn": "arn:aws:iam::123456789012:role/udop-emr-job",
+        "SparkEntryPoint": "s3://cdk-assets-123456789012/abc123.py",
+    }
+    pipeline = _validate_pipeline(str(moto_aws.log_root)).model_dump(
+        mode="json", by_alias=True, exclude_unset=True
+    )
+    pipeline["spec"]["tasks"].insert(
+        1, _pipeline("").model_dump(mode="json", by_alias=True)["spec"]["tasks"][1]
+    )
+    sfn = moto_aws.client("stepfunctions")
+
+    def deploy(doc: dict[str, Any]) -> Any:
+        return deploy_definition(
+            yaml.safe_dump(doc),
+            source="pipelines/sparky.yaml",
+            bucket=moto_aws.definitions_bucket,
+            s3=moto_aws.client("s3"),
+            sfn=sfn,
+            store=store,
+            task_runner_arn=moto_aws.task_runner_arn,
+            role_arn=moto_aws.role_arn,
+            engines=engines,
+        )
+
+    result = deploy(pipeline)
+    assert result.ok, result.errors
+    asl = sfn.describe_state_machine(stateMachineArn=result.state_machine_arn)["definition"]
+    assert "${" not in asl
+    states = json.loads(asl)["States"]
+    flat = {}
+    pending = [states]
+    while pending:
+        for name, state in pending.pop().items():
+            flat[name] = state
+            pending += [b["States"] for b in state.get("Branches", ())]
+    for task in ("groups", "checks", "strict"):
+        params = flat[f"{task} job"]["Parameters"]
+        assert params["ApplicationId"] == "00fabc123"
+        assert params["ExecutionRoleArn"] == _ENGINE_ENV["UDOP_EMR_JOB_ROLE_ARN"]
+        assert params["JobDriver"]["SparkSubmit"]["EntryPoint"] == _ENGINE_ENV["UDOP_SPARK_ENTRY_POINT"]
+
+    pipeline["spec"]["tasks"][1]["engine"] = "athena"
+    refused = deploy(pipeline)
+    assert not refused.ok
+    assert (
+        "engine: athena but the platform has no such engine: deploy the CDK app with athena_engine=True"
+        in (refused.errors[0]["text"])
+    )
+
+
+def test_udop_deploy_file_reads_the_engines_from_the_settings(
+    moto_aws: Any,
+    store: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from udop.cli import main
+    from udop.settings import get_settings
+
+    for key, value in {
+        "UDOP_DEFINITIONS_BUCKET": moto_aws.definitions_bucket,
+        "UDOP_TASK_RUNNER_ARN": moto_aws.task_runner_arn,
+        "UDOP_STATE_MACHINE_ROLE_ARN": moto_aws.role_arn,
+        "UDOP_DATABASE_URL": moto_aws.database_url,
+    }.items():
+        monkeypatch.setenv(key, value)
+    path = tmp_path / "sparky.yaml"
+    path.write_text(yaml.safe_dump(_pipeline(str(moto_aws.log_root)).model_dump(mode="json", by_alias=True)))
+
+    def deploy() -> tuple[int, str, str]:
+        get_settings.cache_clear()
+        with pytest.raises(SystemExit) as exit_info:
+            main(["deploy", str(path)])
+        out, err = capsys.readouterr()
+        return int(exit_info.value.code or 0), out, err
+
+    code, _, err = deploy()  # no engine settings and no stack outputs: refused, nothing deployed
+    assert code == 2 and "the platform has no such engine: deploy the CDK app with spark_engine=True" in err
+    for key, value in _ENGINE_ENV.items():
+        monkeypatch.setenv(key, value)
+    code, out, err = deploy()
+    get_settings.cache_clear()
+    assert code == 0, err
+    asl = moto_aws.client("stepfunctions").describe_state_machine(
+        stateMachineArn=out.rsplit("-> ", 1)[1].strip()
+    )["definition"]
+    assert '"ApplicationId": "00fabc123"' in asl or '"ApplicationId":"00fabc123"' in asl
