@@ -251,7 +251,7 @@ def test_the_shipped_entry_script_runs_a_spec_file(tmp_path: Path, tpch: Path, s
     (written,) = [f for f in (tmp_path / "checks").iterdir() if f.name.startswith("part-")]
     counted, sampled = json.loads(written.read_text())["results"]
     total, newest = (spark_entry.decode_value(v) for v in counted["rows"][0])
-    assert [(total, newest)] == duckdb.sql(
+    assert [(total, newest)] == duckdb.execute(
         f"SELECT count(*), max(l_shipdate) FROM '{tpch / 'lineitem.parquet'}'"
     ).fetchall()
     assert sampled["columns"] == ["l_returnflag", "l_comment"] and len(sampled["rows"]) == 2
