@@ -7,7 +7,7 @@ from typing import Any
 
 import boto3
 
-from udop.aws.deployer import deploy_s3_object
+from udop.aws.deployer import deploy_s3_object, engine_substitutions
 from udop.aws.observability import logger, metrics, tracer
 from udop.aws.secrets import url_with_secret
 from udop.aws.settings import DeployerSettings, load_settings
@@ -32,7 +32,8 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         result = deploy_s3_object(record["s3"]["bucket"]["name"], record["s3"]["object"]["key"], s3=S3,
                                   sfn=SFN, store=STORE, task_runner_arn=SETTINGS.task_runner_arn,
                                   role_arn=SETTINGS.state_machine_role_arn,
-                                  log_group_arn=SETTINGS.state_machine_log_group_arn, policy=POLICY)
+                                  log_group_arn=SETTINGS.state_machine_log_group_arn, policy=POLICY,
+                                  engines=engine_substitutions(SETTINGS))
         if result is not None:
             results.append({"pipeline": result.pipeline, "ok": result.ok, "version": result.version,
                             "errors": [e["text"] for e in result.errors]})

@@ -25,6 +25,14 @@ from udop_infra.storage import Storage
 
 __all__ = ["AthenaEngine", "Engines", "SparkEngine"]
 
+#: substitution -> the setting (udop.settings.AwsResources) the deployer reads it from
+ENGINE_SETTINGS = {
+    "EmrApplicationId": "UDOP_EMR_APPLICATION_ID",
+    "EmrJobRoleArn": "UDOP_EMR_JOB_ROLE_ARN",
+    "SparkEntryPoint": "UDOP_SPARK_ENTRY_POINT",
+    "AthenaWorkGroup": "UDOP_ATHENA_WORKGROUP",
+    "GlueDatabase": "UDOP_GLUE_DATABASE",
+}
 ENTRY_SCRIPT = REPO_ROOT / "layers" / "transforms" / "udop_transforms" / "spark_entry.py"
 #: EMR Serverless release whose Spark runs the SQL sqlglot writes (Spark 3.5; PySpark 4.3 locally)
 EMR_RELEASE = "emr-7.5.0"
@@ -106,7 +114,7 @@ class SparkEngine(Construct):
             "SparkEntryPoint": self.entry.s3_object_url,
         }
 
-    def grant_run(self, machine: sfn.StateMachine) -> None:
+    def grant_run(self, role: iam.IRole) -> None:
         """What ``startJobRun.sync`` needs: start, watch and cancel job runs, pass the job role, and the
         managed EventBridge rule through which Step Functions learns that a run ended."""
         stack = Stack.of(self)
@@ -115,7 +123,7 @@ class SparkEngine(Construct):
             resource="/applications",
             resource_name=self.application.attr_application_id,
         )
-        machine.add_to_role_policy(
+        role.add_to_principal_policy(
             iam.PolicyStatement(
                 actions=[
                     "emr-serverless:StartJobRun",
@@ -128,19 +136,19 @@ class SparkEngine(Construct):
         )
         app_id = stack.get_logical_id(self.application)
         acknowledge(
-            machine.role,
+            role,
             "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:emr-serverless:"
             f"<AWS::Region>:<AWS::AccountId>:/applications/<{app_id}.ApplicationId>/jobruns/*]",
             "job run ids are made per run: watch and cancel the job runs of udop's own application",
         )
-        machine.add_to_role_policy(
+        role.add_to_principal_policy(
             iam.PolicyStatement(
                 actions=["iam:PassRole"],
                 resources=[self.job_role.role_arn],
                 conditions={"StringLike": {"iam:PassedToService": "emr-serverless.amazonaws.com"}},
             )
         )
-        machine.add_to_role_policy(
+        role.add_to_principal_policy(
             iam.PolicyStatement(
                 actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
                 resources=[
@@ -228,11 +236,11 @@ class AthenaEngine(Construct):
     def substitutions(self) -> dict[str, str]:
         return {"AthenaWorkGroup": self.workgroup.ref, "GlueDatabase": self.database_name}
 
-    def grant_run(self, machine: sfn.StateMachine) -> None:
+    def grant_run(self, role: iam.IRole) -> None:
         """What ``startQueryExecution.sync`` needs: the query runs with the state machine's
         credentials, so it reads the inputs, writes the run's output and the workgroup's results."""
         stack = Stack.of(self)
-        machine.add_to_role_policy(
+        role.add_to_principal_policy(
             iam.PolicyStatement(
                 actions=[
                     "athena:StartQueryExecution",
@@ -245,7 +253,7 @@ class AthenaEngine(Construct):
                 ],
             )
         )
-        machine.add_to_role_policy(
+        role.add_to_principal_policy(
             iam.PolicyStatement(
                 actions=["glue:GetDatabase", "glue:GetTable", "glue:GetPartitions"],
                 resources=[
@@ -257,27 +265,27 @@ class AthenaEngine(Construct):
                 ],
             )
         )
-        _data_access(machine.role, self.storage, write_prefixes=["runs/*", "athena-results/*"], delete=False)
+        _data_access(role, self.storage, write_prefixes=["runs/*", "athena-results/*"], delete=False)
         acknowledge(
-            machine.role,
+            role,
             "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:glue:<AWS::Region>:"
             f"<AWS::AccountId>:table/{self.database_name}/*]",
             "one table per input dataset of a run is registered in udop's own Glue database",
         )
         token = _data_token(self.storage)
         acknowledge(
-            machine.role,
+            role,
             f"AwsSolutions-IAM5[Resource::<{token}.Arn>/*]",
             "Athena reads with the state machine's credentials: a run's inputs and the sources "
             "read in place anywhere in the data bucket",
         )
         acknowledge(
-            machine.role,
+            role,
             f"AwsSolutions-IAM5[Resource::<{token}.Arn>/runs/*]",
             "UNLOAD writes a task's output under runs/<pipeline>/<run>/",
         )
         acknowledge(
-            machine.role,
+            role,
             f"AwsSolutions-IAM5[Resource::<{token}.Arn>/athena-results/*]",
             "the workgroup's enforced result location (query metadata and manifests)",
         )
@@ -346,9 +354,24 @@ class Engines:
 
     def grant(self, machine: sfn.StateMachine, substitutions: list[str]) -> None:
         if any(k in _KEYS["spark"] for k in substitutions):
-            self.spark().grant_run(machine)
+            self.spark().grant_run(machine.role)
         if any(k in _KEYS["athena"] for k in substitutions):
-            self.athena().grant_run(machine)
+            self.athena().grant_run(machine.role)
+
+    def share(self, role: iam.IRole, functions: list[lambda_.Function]) -> dict[str, str]:
+        """Let machines made outside CDK (the deployer, ``POST /pipelines``, ``udop deploy FILE``) use
+        the engines that exist: their state machine ``role`` may run jobs/queries, and ``functions``
+        get the substitutions as ``UDOP_*`` settings; answers the substitutions (stack outputs)."""
+        found: dict[str, str] = {}
+        for engine in (self._spark, self._athena):
+            if engine is None:
+                continue
+            engine.grant_run(role)
+            found.update(engine.substitutions)
+        for fn in functions:
+            for key, value in found.items():
+                fn.add_environment(ENGINE_SETTINGS[key], value)
+        return found
 
 
 _KEYS = {

@@ -90,4 +90,10 @@ class UdopStack(Stack):
                 description="Cognito user pool of the API's users (groups viewer, operator, admin)",
             )
             CfnOutput(self, "ApiUserPoolClientId", value=self.api.user_pool_client.user_pool_client_id)
+        # the engines this stack has (udop_infra.engines), for the machines the deployers make
+        engines = self.orchestration.engines.share(
+            self.runtime.deployed_state_machine_role, [self.runtime.deployer, self.api.function]
+        )
+        for key, value in engines.items():
+            CfnOutput(self, key, value=value)
         acknowledge_findings(self)

@@ -152,6 +152,12 @@ class AwsResources(UdopSettings):
         None, description="the function S3 trigger rules target (starts a run per object version)")
     stream_runner_arn: str | None = Field(
         None, description="the function stream pipelines' event source mappings invoke (udop deploy)")
+    # engine: spark / athena (docs/engines.md): the platform's engines, for machines the deployer makes
+    emr_application_id: str | None = Field(None, description="EMR Serverless application of engine: spark")
+    emr_job_role_arn: str | None = Field(None, description="the role engine: spark job runs run as")
+    spark_entry_point: str | None = Field(None, description="S3 URL of udop's Spark entry script")
+    athena_workgroup: str | None = Field(None, description="Athena workgroup of engine: athena queries")
+    glue_database: str | None = Field(None, description="Glue database of engine: athena input tables")
 
 
 class LayerBuildSettings(UdopSettings):

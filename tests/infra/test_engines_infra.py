@@ -90,3 +90,34 @@ def test_the_task_runner_may_manage_the_runs_glue_tables_and_read_job_billing(
     actions = json.dumps([p["Properties"]["PolicyDocument"] for p in policies])
     for action in ("glue:CreateTable", "glue:DeleteTable", "emr-serverless:GetJobRun"):
         assert action in actions, action
+
+
+def test_the_deployers_get_the_engines_the_stack_has(synth_app: Any, tmp_path: Path) -> None:
+    """With the spark engine asked for (no pipeline in the app), the deployer function and the API get
+    its substitutions as settings, the stack prints them as outputs (``udop deploy FILE``), and the
+    role of the machines they make may run its jobs; no Athena settings without the Athena engine."""
+    folder = tmp_path / "pipelines"
+    folder.mkdir()
+    stack, template = synth_app(
+        tmp_path / "out", **{"udop:pipelinesDir": str(folder), "udop:sparkEngine": True}
+    )
+    for fn in (stack.runtime.deployer, stack.api.function):
+        logical = stack.get_logical_id(fn.node.default_child)
+        env = template.find_resources("AWS::Lambda::Function")[logical]["Properties"]["Environment"][
+            "Variables"
+        ]
+        assert {"UDOP_EMR_APPLICATION_ID", "UDOP_EMR_JOB_ROLE_ARN", "UDOP_SPARK_ENTRY_POINT"} <= set(env)
+        assert "UDOP_ATHENA_WORKGROUP" not in env
+    outputs = template.find_outputs("*")
+    assert {"EmrApplicationId", "EmrJobRoleArn", "SparkEntryPoint"} <= set(outputs)
+    assert "AthenaWorkGroup" not in outputs
+    role = stack.resolve(stack.runtime.deployed_state_machine_role.role_name)
+    actions = json.dumps(
+        [
+            p["Properties"]["PolicyDocument"]
+            for p in template.find_resources("AWS::IAM::Policy").values()
+            if role in p["Properties"].get("Roles", [])
+        ]
+    )
+    for action in ("emr-serverless:StartJobRun", "emr-serverless:CancelJobRun", "iam:PassRole"):
+        assert action in actions, action

@@ -9,35 +9,40 @@ the output's Parquet footers, column lineage from the DuckDB query, and the job 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from udop.errors import FatalError
 from udop.lineage.columns import column_lineage
 from udop.spec.data_tasks import data_inputs
-from udop.tasks.contract import Manifest, TaskContext, TaskResult
+from udop.tasks.contract import CheckResult, Manifest, TaskContext, TaskResult
+from udop_transforms._dialects import EngineError, to_dialect
 from udop_transforms._engine import Session, fingerprint
 from udop_transforms._snapshot import SNAPSHOT_FORMAT, list_s3, read_snapshot, s3_footers
 from udop_transforms._spark import base_path, job_spec, spark_sql
 from udop_transforms._sql import Params, ident
 from udop_transforms._steps import StepError, compile_steps
+from udop_transforms.spark_entry import encode_params
 
 __all__ = [
     "ATHENA",
     "SPARK",
+    "checks_uri",
     "finish_athena",
     "finish_spark",
+    "finish_spark_validate",
     "glue_table_name",
     "prepare_athena",
     "prepare_spark",
+    "prepare_spark_validate",
 ]
 
 
-def prepare_spark(
-    context: TaskContext, task: Any, inputs: Mapping[str, TaskResult], *, s3: Any, output_uri: str
-) -> dict[str, Any]:
-    """The job spec for ``spark_entry`` (plus what ``finish_spark`` needs: the DuckDB query and the
-    input relations' columns, for lineage). A snapshot input's manifest must be readable locally."""
+def _s3_inputs(
+    task: Any, inputs: Mapping[str, TaskResult], *, s3: Any
+) -> tuple[dict[str, list[str]], dict[str, str], dict[str, Any]]:
+    """Each input's S3 Parquet files, hive base paths and Arrow schema (from the footers)."""
     files: dict[str, list[str]] = {}
     base_paths: dict[str, str] = {}
     schemas: dict[str, Any] = {}
@@ -68,6 +73,15 @@ def prepare_spark(
         except FatalError as exc:
             raise FatalError(f"task {task.id!r}: input {dep!r}: {exc}") from None
         files[dep] = [f.path for f in found]
+    return files, base_paths, schemas
+
+
+def prepare_spark(
+    context: TaskContext, task: Any, inputs: Mapping[str, TaskResult], *, s3: Any, output_uri: str
+) -> dict[str, Any]:
+    """The job spec for ``spark_entry`` (plus what ``finish_spark`` needs: the DuckDB query and the
+    input relations' columns, for lineage). A snapshot input's manifest must be readable locally."""
+    files, base_paths, schemas = _s3_inputs(task, inputs, s3=s3)
     with Session(context=context) as session:
         columns = {}
         for dep, schema in schemas.items():
@@ -128,9 +142,217 @@ def finish_spark(
     return TaskResult(output=manifest, inputs=tuple(uris.values()), metrics=metrics, columns=columns)
 
 
+# ------------------------------------------------------------------------------- spark: validate
+
+
+class _Recorder:
+    """A DuckDB cursor over empty tables of the inputs' schemas that notes every query the rule
+    evaluator sends. Its counts answer 1 instead of 0, so the evaluator also sends the sample queries
+    it would send for failing rules: the job runs all of them, the finish call uses what it needs."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.queries: list[tuple[str, dict[str, Any]]] = []
+        self.description: list[tuple[str]] | None = None
+        self._cursor: Any = None
+
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> _Recorder:
+        if sql not in {q for q, _ in self.queries}:
+            self.queries.append((sql, dict(params or {})))
+        self._cursor = self.session.con.execute(sql, params or None)
+        self.description = [(d[0],) for d in self._cursor.description or []]
+        return self
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        row = self._cursor.fetchone()
+        return None if row is None else tuple(1 if v == 0 and isinstance(v, int) else v for v in row)
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return list(self._cursor.fetchall())
+
+
+class _Replay:
+    """The rule evaluator's cursor answered from the job's results, by the DuckDB query sent."""
+
+    def __init__(self, answers: Mapping[str, dict[str, Any]]) -> None:
+        self.answers = answers
+        self.description: list[tuple[str]] | None = None
+        self._rows: list[tuple[Any, ...]] = []
+
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> _Replay:
+        from udop_transforms.spark_entry import decode_value
+
+        if sql not in self.answers:
+            raise FatalError(
+                "the job's check results do not answer a rule query (was the job spec "
+                "written by another udop version?)"
+            )
+        found = self.answers[sql]
+        self.description = [(name,) for name in found["columns"]]
+        self._rows = [tuple(decode_value(v) for v in row) for row in found["rows"]]
+        return self
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        return self._rows[0] if self._rows else None
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return list(self._rows)
+
+
+class _RuleShim:
+    """What ``evaluate_rules`` uses of a ``Session``: ``describe`` (binding) and ``con``."""
+
+    def __init__(self, con: Any, session: Session | None = None) -> None:
+        self.con, self.session = con, session
+
+    def describe(self, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
+        return self.session.describe(sql, params) if self.session is not None else []
+
+
+def checks_uri(output_uri: str) -> str:
+    """Where a spark validate job writes its check results: beside the task's output folder."""
+    return output_uri.rstrip("/") + ".checks/"
+
+
+def _rules(context: TaskContext, task: Any, session: Any, columns: list[Any]) -> list[CheckResult]:
+    from udop_transforms._checks import RuleError, evaluate_rules
+
+    params = Params(context.template_scope())
+    try:
+        return evaluate_rules(
+            cast(Session, session),
+            ident(task.primary_input),
+            columns,
+            list(task.rules),
+            params,
+            sample_rows=task.sample_rows,
+            logical_date=context.logical_date,
+        )
+    except RuleError as exc:
+        raise FatalError(f"task {task.id!r}: {exc}") from None
+
+
+def prepare_spark_validate(
+    context: TaskContext, task: Any, inputs: Mapping[str, TaskResult], *, s3: Any, output_uri: str
+) -> dict[str, Any]:
+    """The job spec of a validate task: the rules' queries (DuckDB SQL bound over empty tables of the
+    input's schema, transpiled to Spark SQL) and where to write their rows."""
+    from udop.redaction import MASK
+
+    files, base_paths, schemas = _s3_inputs(task, inputs, s3=s3)
+    with Session(context=context) as session:
+        columns: dict[str, Any] = {}
+        for dep, schema in schemas.items():
+            holder = f"_schema_{dep}"
+            session.con.register(holder, schema.empty_table())
+            columns[dep] = session.register_view(dep, ident(holder))
+        recorder = _Recorder(session)
+        _rules(context, task, _RuleShim(recorder, session), columns[task.primary_input])
+        queries = []
+        for sql, params in recorder.queries:
+            try:
+                queries.append({"sql": to_dialect(sql, columns, "spark"), "params": encode_params(params)})
+            except EngineError as exc:
+                raise FatalError(f"task {task.id!r}: rules: engine spark: {exc}") from None
+    masking = getattr(context.pipeline.spec, "masking", None)
+    manifest = inputs[task.primary_input].output
+    assert manifest is not None  # _s3_inputs refused an input without a dataset
+    return {
+        "queries": queries,
+        "duckdb_queries": [sql for sql, _ in recorder.queries],
+        "inputs": files,
+        "base_paths": base_paths,
+        "results": checks_uri(output_uri),
+        "output": output_uri,
+        "mask": {
+            "columns": [c.lower() for c in (masking.columns if masking else ())],
+            "patterns": list(masking.patterns if masking else ()),
+            "text": MASK,
+        },
+        "input_manifest": manifest.to_dict(),
+        "relation": [c[0] for c in columns[task.primary_input]],
+    }
+
+
+def _copy_through(s3: Any, manifest: Manifest, output_uri: str) -> Manifest:
+    """The validated dataset at the task's own location (server-side copies), as a duckdb validate
+    passes it through; a source read in place passes through as its snapshot."""
+    if manifest.format == SNAPSHOT_FORMAT:
+        return manifest
+    found = list_s3(s3, manifest.uri.rstrip("/") + "/*")
+    out_bucket, _, out_prefix = output_uri.removeprefix("s3://").partition("/")
+    src_prefix = manifest.uri.removeprefix("s3://").partition("/")[2].rstrip("/") + "/"
+    for f in found:
+        bucket, _, key = f.path.removeprefix("s3://").partition("/")
+        target = out_prefix.rstrip("/") + "/" + key.removeprefix(src_prefix)
+        s3.copy_object(Bucket=out_bucket, Key=target, CopySource={"Bucket": bucket, "Key": key})
+    return Manifest(
+        uri=output_uri,
+        rows=manifest.rows,
+        bytes=manifest.bytes,
+        schema_fingerprint=manifest.schema_fingerprint,
+        format=manifest.format,
+        files=len(found),
+    )
+
+
+def finish_spark_validate(
+    context: TaskContext,
+    task: Any,
+    spec: Mapping[str, Any],
+    *,
+    s3: Any,
+    job_run: Mapping[str, Any],
+    emr: Any = None,
+) -> TaskResult:
+    """The check results from the rows the job wrote (the rule evaluator replayed over them); an
+    ``error`` rule that failed raises ``DataQualityError`` carrying them, as a duckdb validate does."""
+    from udop_transforms._tasks import _quality_error
+
+    found = list_s3(s3, str(spec["results"]).rstrip("/") + "/*")
+    if not found:
+        raise FatalError(f"task {task.id!r}: the Spark job wrote no check results at {spec['results']}")
+    text = "".join(
+        s3.get_object(Bucket=b, Key=k)["Body"].read().decode()
+        for b, _, k in (f.path.removeprefix("s3://").partition("/") for f in found)
+    )
+    results = json.loads(text)["results"]
+    answers = dict(zip(spec["duckdb_queries"], results, strict=True))
+    names = list(spec["relation"])
+    checks = _rules(context, task, _RuleShim(_Replay(answers)), [(n, "") for n in names])
+    if any(not c.passed and c.severity == "error" for c in checks):
+        raise _quality_error(task.id, checks)
+    upstream = Manifest.from_dict(spec["input_manifest"])
+    output = _copy_through(s3, upstream, str(spec["output"]))
+    metrics: dict[str, Any] = {
+        "rows": output.rows,
+        "rules_failed_warn": sum(not c.passed for c in checks),
+        "engine": "spark",
+    }
+    app, run = _job_run_ids(job_run)
+    if run is not None:
+        metrics["emr_job_run_id"] = run
+    if emr is not None and app is not None and run is not None:
+        billed = (
+            emr.get_job_run(applicationId=app, jobRunId=run)["jobRun"].get("billedResourceUtilization") or {}
+        )
+        if billed.get("vCPUHour") is not None:
+            metrics["emr_vcpu_hours"] = float(billed["vCPUHour"])
+    columns = {n: [[upstream.uri, n]] for n in names}
+    return TaskResult(
+        output=output, checks=tuple(checks), inputs=(upstream.uri,), metrics=metrics, columns=columns
+    )
+
+
 #: found by the task runner through the entry point group ``udop.engine_jobs`` (the core never imports
-#: a layer by name): the calls before and after an EMR Serverless job run
-SPARK = {"prepare": prepare_spark, "finish": finish_spark}
+#: a layer by name): the calls before and after an EMR Serverless job run (``*_validate``: a validate
+#: task's; they take the task's context)
+SPARK = {
+    "prepare": prepare_spark,
+    "finish": finish_spark,
+    "prepare_validate": prepare_spark_validate,
+    "finish_validate": finish_spark_validate,
+}
 
 
 # ------------------------------------------------------------------------------------------ athena
@@ -189,8 +411,6 @@ def prepare_athena(
     """Register a Glue table per input dataset and answer the ``UNLOAD`` query writing the task's
     output as Parquet under ``output_uri`` (plus what ``finish_athena`` needs)."""
     from sqlglot import exp, parse_one
-
-    from udop_transforms._dialects import to_dialect
 
     tables: dict[str, str] = {}
     schemas: dict[str, Any] = {}

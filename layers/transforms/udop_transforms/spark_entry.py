@@ -8,17 +8,23 @@ paths run this code. The spec::
     {"sql": "<Spark SQL, parameters :p0 ...>", "params": {"p0": {"type": "date", "value": "1994-01-01"}},
      "inputs": {"<view name>": ["<parquet file or folder URI>", ...]}, "output": "<folder URI>",
      "base_paths": {"<view name>": "<folder whose key=value subfolders are partition columns>"}}
+
+A validate task's spec has ``queries`` (``[{"sql", "params"}]``, the rules' Spark SQL) and ``results``
+(a folder URI) instead of ``sql`` and ``output``: each query's rows (values typed as parameters are,
+the values of ``mask.columns`` and what ``mask.patterns`` match replaced by ``mask.text``) are written
+there as one JSON document, ``{"results": [{"columns": [...], "rows": [[...]]}]}``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import sys
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["decode_params", "encode_params", "main", "run_job"]
+__all__ = ["decode_params", "decode_value", "encode_params", "main", "run_checks", "run_job"]
 
 _DECODE: dict[str, Any] = {
     "int": int,
@@ -55,7 +61,28 @@ def encode_params(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def decode_params(encoded: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    return {key: _DECODE[item["type"]](item["value"]) for key, item in encoded.items()}
+    return {key: decode_value(item) for key, item in encoded.items()}
+
+
+def decode_value(item: dict[str, Any]) -> Any:
+    return None if item["type"] == "null" else _DECODE[item["type"]](item["value"])
+
+
+def _encode_value(value: Any, mask: dict[str, Any], column: str) -> dict[str, Any]:
+    """One result value, typed; masked as the task's ``spec.masking`` says (a check sample is stored)."""
+    if value is None:
+        return {"type": "null", "value": None}
+    if column.lower() in mask.get("columns", []):
+        return {"type": "str", "value": mask.get("text", "**********")}
+    if isinstance(value, bytes | bytearray):
+        value = bytes(value).decode("utf-8", "replace")
+    if isinstance(value, str):
+        for pattern in mask.get("patterns", []):
+            value = re.sub(pattern, mask.get("text", "**********"), value)
+    try:
+        return encode_params({"v": value})["v"]
+    except ValueError:  # a list, a map, a struct...: as text, like a sample shows it
+        return {"type": "str", "value": str(value)}
 
 
 def run_job(spark: Any, spec: dict[str, Any]) -> None:
@@ -70,6 +97,27 @@ def run_job(spark: Any, spec: dict[str, Any]) -> None:
     frame.write.mode("overwrite").option("compression", "zstd").parquet(spec["output"])
 
 
+def run_checks(spark: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    """A validate task's rule queries over the registered inputs: their rows, typed (and masked)."""
+    base_paths = spec.get("base_paths", {})
+    for name, paths in spec["inputs"].items():
+        reader = spark.read
+        if name in base_paths:
+            reader = reader.option("basePath", base_paths[name])
+        reader.parquet(*paths).createOrReplaceTempView(name)
+    mask = spec.get("mask", {})
+    results = []
+    for query in spec["queries"]:
+        frame = spark.sql(query["sql"], args=decode_params(query.get("params", {})))
+        names = list(frame.columns)
+        rows = [
+            [_encode_value(v, mask, n) for n, v in zip(names, tuple(row), strict=True)]
+            for row in frame.collect()
+        ]
+        results.append({"columns": names, "rows": rows})
+    return {"results": results}
+
+
 def main(argv: list[str]) -> int:
     from pyspark.sql import SparkSession
 
@@ -79,8 +127,15 @@ def main(argv: list[str]) -> int:
     spark = SparkSession.builder.appName("udop").getOrCreate()
     spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
     spark.conf.set("spark.sql.runSQLOnFiles", "false")
+    spark.conf.set("spark.sql.session.timeZone", "UTC")  # as locally: timestamps read and counted in UTC
     spec = json.loads("\n".join(spark.sparkContext.textFile(argv[1], 1).collect()))
-    run_job(spark, spec)
+    if "queries" in spec:  # a validate task: one small JSON document with every query's rows
+        text = json.dumps(run_checks(spark, spec))
+        spark.createDataFrame([(text,)], "value string").coalesce(1).write.mode("overwrite").text(
+            spec["results"]
+        )
+    else:
+        run_job(spark, spec)
     return 0
 
 

@@ -52,7 +52,7 @@ class StepFunctionsLauncher:
     def register(self, pipeline: Pipeline, text: bytes, filename: str) -> PipelineVersionRecord:
         """Compile and deploy the state machine now; the existing one stays if that fails."""
         from udop.aws.definitions import upload_key
-        from udop.aws.deployer import deploy_definition
+        from udop.aws.deployer import deploy_definition, engine_substitutions
 
         key = upload_key(pipeline.name, ".json" if filename.endswith(".json") else ".yaml")
         result = deploy_definition(
@@ -66,6 +66,7 @@ class StepFunctionsLauncher:
             role_arn=str(self.settings.state_machine_role_arn),
             log_group_arn=self.settings.state_machine_log_group_arn,
             policy=self.policy,
+            engines=engine_substitutions(self.settings),
         )
         if not result.ok:
             raise SpecErrors(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -22,8 +22,8 @@ from udop.aws.s3 import get_json, put_json
 from udop.errors import InputError, SpecError, SpecErrors
 from udop.sandbox import Policy
 
-__all__ = ["DeployResult", "deploy_definition", "deploy_s3_object", "find_state_machine",
-           "pipeline_name_of_key", "state_machine_name"]
+__all__ = ["DeployResult", "deploy_definition", "deploy_s3_object", "engine_substitutions",
+           "find_state_machine", "pipeline_name_of_key", "state_machine_name"]
 
 SOURCE_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -84,7 +84,7 @@ def deploy_definition(text: str | bytes, *, source: str, bucket: str, s3: Any, s
                       task_runner_arn: str, role_arn: str, log_group_arn: str | None = None,
                       compile_fn: Callable[..., Any] | None = None,
                       policy: Policy | None = None, schedules: Any = None,
-                      triggers: Any = None) -> DeployResult:
+                      triggers: Any = None, engines: Mapping[str, str] | None = None) -> DeployResult:
     """Validate, compile and deploy one definition; always writes the status report.
 
     ``source`` is the definitions-bucket key (``pipelines/<name>.yaml``) or, from the CLI, a file
@@ -93,6 +93,10 @@ def deploy_definition(text: str | bytes, *, source: str, bucket: str, s3: Any, s
 
     A deployed definition runs in the task runner, a server: inline secrets are always refused (the
     stored version would hold them), and with ``policy`` everything else it oversteps too.
+
+    ``engines`` holds the platform's engine substitutions (``EmrApplicationId`` ...; see
+    ``engine_substitutions``): a pipeline with ``engine: spark``/``athena`` tasks deploys only when the
+    ones its engines need are there.
     """
     from udop.spec.loader import load_pipeline
     from udop.spec.secure import check_definition, check_inline_secrets
@@ -131,14 +135,15 @@ def deploy_definition(text: str | bytes, *, source: str, bucket: str, s3: Any, s
         # compile before recording anything: a pipeline over a limit must not leave a version behind
         version = _next_version(store, name, definition)
         compiled = _compile(pipeline, version, compile_fn)
-        _check_engines(compiled, name, source)
+        _check_engines(compiled, name, source, engines or {})
         registered = store.register_pipeline(name, definition).version
         if registered != version:  # another deployment registered in between
             version, compiled = registered, _compile(pipeline, registered, compile_fn)
         result.version = version
         put_version(s3, bucket, name, version, definition)
         result.state_machine_arn, result.state_machine_version_arn = _deploy_machines(
-            sfn, compiled, task_runner_arn=task_runner_arn, role_arn=role_arn, log_group_arn=log_group_arn)
+            sfn, compiled, task_runner_arn=task_runner_arn, role_arn=role_arn, log_group_arn=log_group_arn,
+            engines=engines or {})
         store.register_pipeline(name, definition, state_machine_arn=result.state_machine_arn)
         result.schedule = _sync_schedule(schedules, pipeline, result.state_machine_arn)
         result.trigger = _sync_trigger(triggers, pipeline, result.state_machine_arn)
@@ -157,16 +162,38 @@ def deploy_definition(text: str | bytes, *, source: str, bucket: str, s3: Any, s
     return result
 
 
-def _check_engines(compiled: Any, name: str, source: str) -> None:
-    """A pipeline with ``engine: spark``/``athena`` tasks needs the EMR Serverless application or the
-    Athena workgroup of the CDK platform, which this deployer does not know (docs/engines.md)."""
+#: engine -> what enables it on the platform (the CDK app's prop and context key)
+_ENABLE = {
+    "spark": "spark_engine=True (context udop:sparkEngine)",
+    "athena": "athena_engine=True (context udop:athenaEngine)",
+}
+
+
+def engine_substitutions(resources: Any) -> dict[str, str]:
+    """The platform's engine substitutions from its settings (``UDOP_EMR_APPLICATION_ID`` ... or the
+    stack's outputs): only those that are set."""
+    fields = {
+        "EmrApplicationId": resources.emr_application_id,
+        "EmrJobRoleArn": resources.emr_job_role_arn,
+        "SparkEntryPoint": resources.spark_entry_point,
+        "AthenaWorkGroup": resources.athena_workgroup,
+        "GlueDatabase": resources.glue_database,
+    }
+    return {key: str(value) for key, value in fields.items() if value}
+
+
+def _check_engines(compiled: Any, name: str, source: str, engines: Mapping[str, str]) -> None:
+    """A pipeline with ``engine: spark``/``athena`` tasks needs the platform's EMR Serverless
+    application / Athena workgroup (docs/engines.md): refused when the platform has not got them."""
     from udop.compiler import ENGINE_SUBSTITUTIONS
 
-    engines = sorted(e for e, keys in ENGINE_SUBSTITUTIONS.items() if keys[0] in compiled.substitutions)
-    if engines:
-        raise SpecError(f"pipeline {name!r} has tasks with engine: {', '.join(engines)}; deploy it with "
-                        "the CDK app (udop_infra), which creates the engines and passes them to its state "
-                        "machine; this deployer does not yet", file=source)
+    used = [e for e, keys in ENGINE_SUBSTITUTIONS.items() if any(k in compiled.substitutions for k in keys)]
+    missing = [e for e in used if any(k not in engines for k in ENGINE_SUBSTITUTIONS[e])]
+    if missing:
+        enable = " and ".join(_ENABLE[e] for e in missing)
+        raise SpecError(f"pipeline {name!r} has tasks with engine: {', '.join(missing)} but the platform has "
+                        f"no such engine: deploy the CDK app with {enable}, then deploy this pipeline "
+                        "again", file=source)
 
 
 def _check_schedulable(pipeline: Any, source: str) -> None:
@@ -237,12 +264,13 @@ def _compile(pipeline: Any, version: int, compile_fn: Callable[..., Any] | None)
 
 
 def _deploy_machines(sfn: Any, compiled: Any, *, task_runner_arn: str, role_arn: str,
-                     log_group_arn: str | None = None) -> tuple[str, str | None]:
+                     log_group_arn: str | None = None,
+                     engines: Mapping[str, str] | None = None) -> tuple[str, str | None]:
     """Create or update the child machines (deepest first), then the main one, each with its
     ``${...}`` substitutions filled in; returns the main machine's (ARN, published version ARN)."""
     from udop.compiler._asl import substitution_key
 
-    subs = {"TaskRunnerArn": task_runner_arn}
+    subs = {"TaskRunnerArn": task_runner_arn, **(engines or {})}  # the platform's engines, if any
     for child in compiled.all_children():
         child_arn, _ = _create_or_update(sfn, state_machine_name(child.machine_name),
                                          _substitute(child.to_json(), subs), role_arn, log_group_arn)
@@ -296,7 +324,8 @@ def _create_or_update(sfn: Any, name: str, asl: str, role_arn: str,
 
 def deploy_s3_object(bucket: str, raw_key: str, *, s3: Any, sfn: Any, store: Any, task_runner_arn: str,
                      role_arn: str, log_group_arn: str | None = None,
-                     policy: Policy | None = None) -> DeployResult | None:
+                     policy: Policy | None = None,
+                     engines: Mapping[str, str] | None = None) -> DeployResult | None:
     """Deploy the object an S3 event names (keys arrive URL-encoded); None for keys we ignore."""
     key = urllib.parse.unquote_plus(raw_key)
     if pipeline_name_of_key(key) is None:
@@ -310,4 +339,4 @@ def deploy_s3_object(bucket: str, raw_key: str, *, s3: Any, sfn: Any, store: Any
         return None
     return deploy_definition(body, source=key, bucket=bucket, s3=s3, sfn=sfn, store=store,
                              task_runner_arn=task_runner_arn, role_arn=role_arn, log_group_arn=log_group_arn,
-                             policy=policy)
+                             policy=policy, engines=engines)

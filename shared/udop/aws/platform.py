@@ -20,7 +20,7 @@ from pydantic import Field
 from udop.errors import ConfigError
 from udop.settings import AwsResources, UdopSettings, load_settings
 
-__all__ = ["DEFAULT_STACK_NAME", "OUTPUTS", "Platform", "StackSettings", "aws_errors"]
+__all__ = ["DEFAULT_STACK_NAME", "ENGINE_FIELDS", "OUTPUTS", "Platform", "StackSettings", "aws_errors"]
 
 #: the stack name ``infra/app.py`` uses unless context ``udop:stackName`` says otherwise
 DEFAULT_STACK_NAME = "Udop"
@@ -33,7 +33,16 @@ OUTPUTS: dict[str, str] = {
     "stream_runner_arn": "StreamRunnerArn",
     "state_machine_role_arn": "StateMachineRoleArn",
     "state_machine_log_group_arn": "StateMachineLogGroupArn",
+    # only when the stack has the engine (udop_infra.engines): the same names as the substitutions
+    "emr_application_id": "EmrApplicationId",
+    "emr_job_role_arn": "EmrJobRoleArn",
+    "spark_entry_point": "SparkEntryPoint",
+    "athena_workgroup": "AthenaWorkGroup",
+    "glue_database": "GlueDatabase",
 }
+#: the AwsResources fields of the platform's engines; their outputs are named as the substitutions
+ENGINE_FIELDS = ("emr_application_id", "emr_job_role_arn", "spark_entry_point", "athena_workgroup",
+                 "glue_database")
 
 
 class StackSettings(UdopSettings):

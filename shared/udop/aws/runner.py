@@ -530,10 +530,15 @@ def _engine_phase(event: Mapping[str, Any], payload: TaskPayload, pipeline: Any,
     if not found:
         raise FatalError(f"task {payload.task_id!r}: engine {engine}: no udop.engine_jobs entry point "
                          "for it is installed (the udop transforms layer provides spark and athena)")
-    if task.type != "transform":
-        raise FatalError(f"task {payload.task_id!r}: engine {engine} on AWS runs transform steps only; "
-                         "validate its output with engine: duckdb (rules on Spark run locally only)")
     calls = next(iter(found)).load()
+    validate = task.type == "validate"
+    if validate and "prepare_validate" not in calls:
+        raise FatalError(f"task {payload.task_id!r}: engine {engine} on AWS does not run validate tasks; "
+                         "set engine: duckdb or spark on it")
+    context = TaskContext(pipeline=pipeline, task_id=payload.task_id, run_id=payload.run_id,
+                          attempt=payload.attempt, logical_date=payload.logical_date,
+                          params=payload.params, data_root=settings.tmp_dir or tempfile.gettempdir(),
+                          policy=runner_policy(settings))
     remote_root = (payload.data_root or f"s3://{settings.data_bucket}").rstrip("/")
     output_uri = f"{remote_root}/runs/{payload.pipeline}/{payload.run_id}/{payload.task_id}/"
     spec_key = engine_job_key(payload.pipeline, payload.run_id, payload.task_id)
@@ -541,13 +546,12 @@ def _engine_phase(event: Mapping[str, Any], payload: TaskPayload, pipeline: Any,
         with tempfile.TemporaryDirectory(prefix="udop-", dir=settings.tmp_dir) as tmp:
             staging = S3Staging(s3, remote_root, Path(tmp))
             inputs = {dep: _remote_input(staging, s3, settings, payload, dep) for dep in task.depends_on}
-            context = TaskContext(pipeline=pipeline, task_id=payload.task_id, run_id=payload.run_id,
-                                  attempt=payload.attempt, logical_date=payload.logical_date,
-                                  params=payload.params, data_root=tmp, policy=runner_policy(settings))
+            context = replace(context, data_root=tmp)
             extra: dict[str, Any] = {}
             if engine == "athena":  # a Glue table per input, in the platform's database
                 extra = {"glue": _aws_client("glue"), "database": str(event.get("glue_database") or "")}
-            spec = calls["prepare"](context, task, inputs, s3=s3, output_uri=output_uri, **extra)
+            prepare = calls["prepare_validate"] if validate else calls["prepare"]
+            spec = prepare(context, task, inputs, s3=s3, output_uri=output_uri, **extra)
         put_json(s3, settings.data_bucket, spec_key, spec)
         answer = {"task_id": payload.task_id, "spec_uri": f"s3://{settings.data_bucket}/{spec_key}",
                   "name": f"udop-{payload.pipeline}-{payload.task_id}-{payload.run_id}"[:255]}
@@ -558,14 +562,42 @@ def _engine_phase(event: Mapping[str, Any], payload: TaskPayload, pipeline: Any,
     if spec is None:
         raise FatalError(f"task {payload.task_id!r}: its job spec s3://{settings.data_bucket}/{spec_key} "
                          "is missing (the prepare call did not run in this run)")
-    job_run = event.get("job_run") if isinstance(event.get("job_run"), Mapping) else {}
+    job_run: Mapping[str, Any] = event["job_run"] if isinstance(event.get("job_run"), Mapping) else {}
     client = {"glue": _aws_client("glue")} if engine == "athena" else {"emr": _aws_client("emr-serverless")}
-    result = calls["finish"](task, spec, s3=s3, job_run=job_run, **client)
+    if validate:
+        result = _finish_validate(calls["finish_validate"], context, task, spec, s3=s3, job_run=job_run,
+                                  client=client, settings=settings, payload=payload)
+    else:
+        result = calls["finish"](task, spec, s3=s3, job_run=job_run, **client)
     body = result.to_dict()
     put_json(s3, settings.data_bucket, result_key(payload.pipeline, payload.run_id, payload.task_id), body)
     state.set(state_key(payload.pipeline, payload.run_id, payload.task_id), json.dumps(body, default=str),
               ttl=RESULT_TTL)
     return _response(payload.task_id, body, reused=False)
+
+
+def _finish_validate(finish: Any, context: TaskContext, task: Any, spec: Mapping[str, Any], *, s3: Any,
+                     job_run: Mapping[str, Any], client: Mapping[str, Any], settings: RunnerSettings,
+                     payload: TaskPayload) -> TaskResult:
+    """A spark validate's record call: its checks masked as any task's are (``spec.masking``); a failed
+    ``error`` rule fails the task with ``DataQualityError``, its checks kept for ``udop runs show``."""
+    from udop.redaction import redactor
+    from udop.tasks.registry import redact_checks, redact_error
+
+    masking = getattr(context.pipeline.spec, "masking", None)
+    with redactor.scope(masking.patterns if masking else (), masking.columns if masking else ()):
+        try:
+            result: TaskResult = finish(context, task, spec, s3=s3, job_run=job_run, **client)
+        except DataQualityError as exc:
+            redact_error(exc)
+            checks = failed_checks(exc)
+            if checks:
+                put_json(s3, settings.data_bucket,
+                         failed_checks_key(payload.pipeline, payload.run_id, payload.task_id), checks)
+            raise
+        except Exception as exc:
+            raise redact_error(exc) from None
+        return replace(result, checks=redact_checks(result.checks))
 
 
 def _aws_client(service: Literal["glue", "emr-serverless"]) -> Any:

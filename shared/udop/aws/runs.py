@@ -49,7 +49,7 @@ def _load(path: str) -> Any:
 
 def deploy_file(file: str, *, definitions_bucket: str, task_runner_arn: str, role_arn: str,
                 log_group_arn: str | None = None, store: Any = None, s3: Any = None,
-                sfn: Any = None) -> Any:
+                sfn: Any = None, engines: Mapping[str, str] | None = None) -> Any:
     from udop.aws.definitions import upload_key
     from udop.aws.deployer import deploy_definition
     from udop.store import open_store
@@ -65,7 +65,7 @@ def deploy_file(file: str, *, definitions_bucket: str, task_runner_arn: str, rol
         result = deploy_definition(text, source=key, bucket=definitions_bucket, s3=s3,
                                    sfn=sfn or client("stepfunctions"), store=store,
                                    task_runner_arn=task_runner_arn, role_arn=role_arn,
-                                   log_group_arn=log_group_arn)
+                                   log_group_arn=log_group_arn, engines=engines)
         if result.ok:
             # the deployer function sees the same content already deployed and leaves it
             s3.put_object(Bucket=definitions_bucket, Key=key, Body=text)

@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from udop.aws.platform import Platform, aws_errors
+from udop.aws.platform import ENGINE_FIELDS, OUTPUTS, Platform, aws_errors
 from udop.aws.runs import client as _client
 from udop.aws.runs import deploy_file, follow_run, redrive_run, start_run
 
@@ -92,7 +92,11 @@ def deploy_command(file: str, *, stack: str | None, definitions_bucket: str | No
         _deploy_stream(pipeline, platform, definitions_bucket)
         return
     with aws_errors():
-        result = deploy_file(file,
+        engines: dict[str, str] = {}
+        if any(getattr(t, "engine", "duckdb") != "duckdb" for t in pipeline.spec.tasks):
+            # the platform's engines (UDOP_EMR_APPLICATION_ID ..., else the stack's outputs)
+            engines = {OUTPUTS[f]: v for f in ENGINE_FIELDS if (v := platform.optional(f))}
+        result = deploy_file(file, engines=engines,
                              definitions_bucket=platform.require("definitions_bucket", definitions_bucket),
                              task_runner_arn=platform.require("task_runner_arn", task_runner_arn),
                              role_arn=platform.require("state_machine_role_arn", state_machine_role_arn),

@@ -27,6 +27,8 @@ ENGINE_SUBSTITUTIONS: dict[str, tuple[str, ...]] = {
     "spark": ("EmrApplicationId", "EmrJobRoleArn", "SparkEntryPoint"),
     "athena": ("AthenaWorkGroup", "GlueDatabase"),
 }
+#: the task types each engine runs on AWS (a spark validate counts its rules in the job)
+ENGINE_TASK_TYPES: dict[str, tuple[str, ...]] = {"spark": ("transform", "validate"), "athena": ("transform",)}
 #: names never retried: the first Retry rule stops them (``MaxAttempts: 0``) before the catch-all
 #: rule retries everything else, foreign exceptions included, as the LocalExecutor does; the task
 #: runner raises the same names (both from ``udop.errors.classify``)

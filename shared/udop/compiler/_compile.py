@@ -8,7 +8,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from udop.compiler._asl import ENGINE_SUBSTITUTIONS, ChildCall, Emitter, TaskSettings, substitution_key
+from udop.compiler._asl import (
+    ENGINE_SUBSTITUTIONS,
+    ENGINE_TASK_TYPES,
+    ChildCall,
+    Emitter,
+    TaskSettings,
+    substitution_key,
+)
 from udop.compiler._schedule import MAX_DEPTH, Node, Parallel, ScheduleError, Series, Step, schedule
 from udop.errors import ConfigError, InputError, SpecErrors
 from udop.settings import get_settings
@@ -158,10 +165,10 @@ class _Compiler:
         retry = self.pipeline.retry_for(task)
         timeout = self.pipeline.timeout_for(task)
         engine = str(getattr(task, "engine", "duckdb"))
-        if engine in ENGINE_SUBSTITUTIONS and task.type != "transform":
+        if engine in ENGINE_SUBSTITUTIONS and task.type not in ENGINE_TASK_TYPES[engine]:
             raise CompileError(f"pipeline {self.name!r}: task {task.id!r}: engine {engine} on AWS runs "
-                               "transform tasks only (rules on Spark run locally); set engine: duckdb on it "
-                               "for AWS")
+                               f"{' and '.join(ENGINE_TASK_TYPES[engine])} tasks only; set engine: duckdb "
+                               "on it")
         if engine in ENGINE_SUBSTITUTIONS and task.foreach is not None:
             raise CompileError(f"pipeline {self.name!r}: task {task.id!r}: foreach runs on Lambda; a task "
                                f"with engine: {engine} spreads its own work (drop foreach)")

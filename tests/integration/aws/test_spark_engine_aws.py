@@ -147,6 +147,110 @@ def test_prepare_job_finish_on_emulated_aws(moto_aws: Any, tmp_path: Path) -> No
     assert table.num_rows <= 3
 
 
+def _validate_pipeline(log_dir: str) -> Pipeline:
+    doc = _pipeline(log_dir).model_dump(mode="json", by_alias=True, exclude_unset=True)
+    numbers = doc["spec"]["tasks"][0]
+    checks = {
+        "id": "checks",
+        "type": "validate",
+        "engine": "spark",
+        "depends_on": ["numbers"],
+        "rules": [
+            {"not_null": ["id"]},
+            {"range": {"column": "id", "max": 8}, "severity": "warn"},  # 9 and 10 fail
+            {"unique": ["grp"], "severity": "warn"},  # 3 groups over 10 rows
+            {"row_count": {"min": 1}},
+        ],
+    }
+    strict = {
+        "id": "strict",
+        "type": "validate",
+        "engine": "spark",
+        "depends_on": ["numbers"],
+        "rules": [{"expect": "id > ${params.min}"}],  # error severity: ids 1 and 2 fail
+    }
+    doc["spec"]["tasks"] = [numbers, checks, strict]
+    doc["spec"]["masking"] = {"columns": ["GRP"]}
+    return Pipeline.model_validate(doc)
+
+
+def test_spark_validate_prepare_job_finish_on_emulated_aws(moto_aws: Any, tmp_path: Path) -> None:
+    """A spark validate task on AWS: the prepare call's rule queries, run by the entry script on local
+    Spark (moto runs no job), give the check results a duckdb validate records, samples masked; an
+    error rule that fails fails the record call with udop.DataQualityError, its checks kept."""
+    from udop_transforms import spark_entry
+    from udop_transforms._spark import spark_session, stop_spark
+
+    aws = moto_aws
+    s3 = aws.client("s3")
+    put_version(
+        s3, aws.definitions_bucket, "sparky", 1, canonical_definition(_validate_pipeline(str(aws.log_root)))
+    )
+    run_id = uuid.uuid4().hex
+    _, err = _invoke(aws, _payload(run_id, "numbers"))
+    assert err is None
+    specs = {}
+    for task in ("checks", "strict"):
+        prepared, err = _invoke(aws, _payload(run_id, task, engine_phase="prepare"))
+        assert err is None, prepared
+        bucket, _, key = prepared["spec_uri"].removeprefix("s3://").partition("/")
+        specs[task] = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    spec = specs["checks"]
+    assert spec["results"] == f"s3://{aws.data_bucket}/runs/sparky/{run_id}/checks.checks/"
+    assert spec["mask"]["columns"] == ["grp"]
+    assert specs["strict"]["queries"][0]["params"] == {"p0": {"type": "int", "value": 2}}  # bound, typed
+    (numbers,) = spec["inputs"]["numbers"]
+    b, _, k = numbers.removeprefix("s3://").partition("/")
+    local_in = tmp_path / "numbers.parquet"
+    local_in.write_bytes(s3.get_object(Bucket=b, Key=k)["Body"].read())
+    try:  # what EMR Serverless would do: the entry script over each spec, its JSON put where it writes
+        for task_spec in specs.values():
+            answer = spark_entry.run_checks(
+                spark_session(), {**task_spec, "inputs": {"numbers": [str(local_in)]}}
+            )
+            out_bucket, _, out_prefix = task_spec["results"].removeprefix("s3://").partition("/")
+            s3.put_object(
+                Bucket=out_bucket, Key=out_prefix + "part-00000.txt", Body=json.dumps(answer).encode()
+            )
+    finally:
+        stop_spark()
+
+    finished, err = _invoke(
+        aws, _payload(run_id, "checks", engine_phase="finish", job_run={"JobRunId": "j1"})
+    )
+    assert err is None, finished
+    result = json.loads(
+        s3.get_object(Bucket=aws.data_bucket, Key=f"results/sparky/{run_id}/checks.json")["Body"].read()
+    )
+    checks = {c["rule"]: c for c in result["checks"]}
+    assert [c["passed"] for c in result["checks"]] == [True, False, False, True]
+    assert checks["range(id)"]["failing_rows"] == 2 and checks["range(id)"]["message"] == "2 of 10 rows fail"
+    assert sorted(r["id"] for r in checks["range(id)"]["sample"]) == [9, 10]
+    assert {r["grp"] for r in checks["range(id)"]["sample"]} == {"**********"}  # masked as locally
+    assert checks["unique(grp)"]["failing_rows"] == 10
+    assert checks["row_count"]["message"] == "10 rows; expected at least 1"
+    assert result["metrics"]["rules_failed_warn"] == 2 and result["metrics"]["engine"] == "spark"
+    assert result["metrics"]["emr_job_run_id"] == "j1"
+    numbers_uri = f"s3://{aws.data_bucket}/runs/sparky/{run_id}/numbers/"
+    assert result["inputs"] == [numbers_uri] and result["column_lineage"]["grp"] == [[numbers_uri, "grp"]]
+    # the validated data passes through to the task's own folder, as a duckdb validate's does
+    assert result["output"]["uri"] == f"s3://{aws.data_bucket}/runs/sparky/{run_id}/checks/"
+    assert result["output"]["rows"] == 10
+    copied = s3.list_objects_v2(Bucket=aws.data_bucket, Prefix=f"runs/sparky/{run_id}/checks/")["Contents"]
+    assert len(copied) == result["output"]["files"] == 1
+
+    failed, err = _invoke(aws, _payload(run_id, "strict", engine_phase="finish", job_run={}))
+    assert err is not None and failed["errorType"] == "udop.DataQualityError", failed
+    assert "1 of 1 data-quality rules failed" in failed["errorMessage"]
+    kept = json.loads(
+        s3.get_object(Bucket=aws.data_bucket, Key=f"results/sparky/{run_id}/strict.failed-checks.json")[
+            "Body"
+        ].read()
+    )
+    (check,) = kept["checks"]
+    assert check["failing_rows"] == 2 and sorted(r["id"] for r in check["sample"]) == [1, 2]
+
+
 def test_athena_prepare_registers_glue_tables_and_finish_records_the_unload(moto_aws: Any) -> None:
     """Athena runs no query on moto: the prepared UNLOAD is checked by parsing and the transpiler's
     round trip, moto accepts it, and the finish call reads what an UNLOAD would have written."""
@@ -242,23 +346,131 @@ def test_athena_prepare_registers_glue_tables_and_finish_records_the_unload(moto
     assert glue.get_tables(DatabaseName="udop_test")["TableList"] == []  # the run's tables are dropped
 
 
-def test_the_deployer_refuses_engine_pipelines_it_cannot_wire(moto_aws: Any, store: Any) -> None:
-    from udop.aws.deployer import deploy_definition
-
-    text = yaml.safe_dump(
-        _pipeline(str(moto_aws.log_root)).model_dump(mode="json", by_alias=True, exclude_unset=True)
+def test_the_deployer_refuses_engine_pipelines_when_the_platform_has_no_engines(moto_aws: Any) -> None:
+    """The deployer function of a platform without engines (no UDOP_EMR_* settings) refuses an
+    upload with one error naming what to enable, and makes no state machine."""
+    doc = _pipeline(str(moto_aws.log_root)).model_dump(mode="json", by_alias=True, exclude_unset=True)
+    moto_aws.client("s3").put_object(
+        Bucket=moto_aws.definitions_bucket, Key="pipelines/sparky.yaml", Body=yaml.safe_dump(doc).encode()
+    )
+    report = moto_aws.status("sparky")
+    assert not report["ok"]
+    (error,) = report["errors"]
+    assert error["text"] == (
+        "pipelines/sparky.yaml: pipeline 'sparky' has tasks with engine: spark but the platform has no such "
+        "engine: deploy the CDK app with spark_engine=True (context udop:sparkEngine), then deploy this "
+        "pipeline again"
     )
     sfn = moto_aws.client("stepfunctions")
-    result = deploy_definition(
-        text,
-        source="pipelines/sparky.yaml",
-        bucket=moto_aws.definitions_bucket,
-        s3=moto_aws.client("s3"),
-        sfn=sfn,
-        store=store,
-        task_runner_arn=moto_aws.task_runner_arn,
-        role_arn=moto_aws.role_arn,
-    )
-    assert not result.ok
-    assert "engine: spark; deploy it with the CDK app" in json.dumps(result.errors)
     assert "udop-sparky" not in [m["name"] for m in sfn.list_state_machines()["stateMachines"]]
+
+
+_ENGINE_ENV = {
+    "UDOP_EMR_APPLICATION_ID": "00fabc123",
+    "UDOP_EMR_JOB_ROLE_ARN": "arn:aws:iam::123456789012:role/udop-emr-job",
+    "UDOP_SPARK_ENTRY_POINT": "s3://cdk-assets-123456789012/abc123.py",
+}
+
+
+def test_the_deployer_wires_the_platforms_engines_into_the_machine(
+    moto_aws: Any, store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the platform's engines in its settings (the CDK stack sets them on the deployer and the
+    API), a spark pipeline deploys: the machine's job states name the application, role and script;
+    an athena task still needs the Athena engine and is refused, naming it."""
+    from udop.aws.deployer import deploy_definition, engine_substitutions
+    from udop.settings import AwsResources, load_settings
+
+    for key, value in _ENGINE_ENV.items():
+        monkeypatch.setenv(key, value)
+    engines = engine_substitutions(load_settings(AwsResources))
+    assert engines == {
+        "EmrApplicationId": "00fabc123",
+        "EmrJobRoleArn": "arn:aws:iam::123456789012:role/udop-emr-job",
+        "SparkEntryPoint": "s3://cdk-assets-123456789012/abc123.py",
+    }
+    pipeline = _validate_pipeline(str(moto_aws.log_root)).model_dump(
+        mode="json", by_alias=True, exclude_unset=True
+    )
+    pipeline["spec"]["tasks"].insert(
+        1, _pipeline("").model_dump(mode="json", by_alias=True)["spec"]["tasks"][1]
+    )
+    sfn = moto_aws.client("stepfunctions")
+
+    def deploy(doc: dict[str, Any]) -> Any:
+        return deploy_definition(
+            yaml.safe_dump(doc),
+            source="pipelines/sparky.yaml",
+            bucket=moto_aws.definitions_bucket,
+            s3=moto_aws.client("s3"),
+            sfn=sfn,
+            store=store,
+            task_runner_arn=moto_aws.task_runner_arn,
+            role_arn=moto_aws.role_arn,
+            engines=engines,
+        )
+
+    result = deploy(pipeline)
+    assert result.ok, result.errors
+    asl = sfn.describe_state_machine(stateMachineArn=result.state_machine_arn)["definition"]
+    assert "${" not in asl
+    states = json.loads(asl)["States"]
+    flat = {}
+    pending = [states]
+    while pending:
+        for name, state in pending.pop().items():
+            flat[name] = state
+            pending += [b["States"] for b in state.get("Branches", ())]
+    for task in ("groups", "checks", "strict"):
+        params = flat[f"{task} job"]["Parameters"]
+        assert params["ApplicationId"] == "00fabc123"
+        assert params["ExecutionRoleArn"] == _ENGINE_ENV["UDOP_EMR_JOB_ROLE_ARN"]
+        assert params["JobDriver"]["SparkSubmit"]["EntryPoint"] == _ENGINE_ENV["UDOP_SPARK_ENTRY_POINT"]
+
+    pipeline["spec"]["tasks"][1]["engine"] = "athena"
+    refused = deploy(pipeline)
+    assert not refused.ok
+    assert (
+        "engine: athena but the platform has no such engine: deploy the CDK app with athena_engine=True"
+        in (refused.errors[0]["text"])
+    )
+
+
+def test_udop_deploy_file_reads_the_engines_from_the_settings(
+    moto_aws: Any,
+    store: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from udop.cli import main
+    from udop.settings import get_settings
+
+    for key, value in {
+        "UDOP_DEFINITIONS_BUCKET": moto_aws.definitions_bucket,
+        "UDOP_TASK_RUNNER_ARN": moto_aws.task_runner_arn,
+        "UDOP_STATE_MACHINE_ROLE_ARN": moto_aws.role_arn,
+        "UDOP_DATABASE_URL": moto_aws.database_url,
+    }.items():
+        monkeypatch.setenv(key, value)
+    path = tmp_path / "sparky.yaml"
+    path.write_text(yaml.safe_dump(_pipeline(str(moto_aws.log_root)).model_dump(mode="json", by_alias=True)))
+
+    def deploy() -> tuple[int, str, str]:
+        get_settings.cache_clear()
+        with pytest.raises(SystemExit) as exit_info:
+            main(["deploy", str(path)])
+        out, err = capsys.readouterr()
+        return int(exit_info.value.code or 0), out, err
+
+    code, _, err = deploy()  # no engine settings and no stack outputs: refused, nothing deployed
+    assert code == 2 and "the platform has no such engine: deploy the CDK app with spark_engine=True" in err
+    for key, value in _ENGINE_ENV.items():
+        monkeypatch.setenv(key, value)
+    code, out, err = deploy()
+    get_settings.cache_clear()
+    assert code == 0, err
+    asl = moto_aws.client("stepfunctions").describe_state_machine(
+        stateMachineArn=out.rsplit("-> ", 1)[1].strip()
+    )["definition"]
+    assert '"ApplicationId": "00fabc123"' in asl or '"ApplicationId":"00fabc123"' in asl

@@ -233,6 +233,30 @@ def test_the_shipped_entry_script_runs_a_spec_file(tmp_path: Path, tpch: Path, s
     ).fetchall()
     assert got == [tuple(r) for r in want]
 
+    # a validate task's spec: the rule queries' rows, typed and masked, as one JSON document
+    checks = {
+        "queries": [
+            {"sql": "SELECT count(*), max(`l_shipdate`) FROM `lineitem`", "params": {}},
+            {
+                "sql": "SELECT `l_returnflag`, `l_comment` FROM `lineitem` WHERE `l_quantity` > :p0 LIMIT 2",
+                "params": spark_entry.encode_params({"p0": 49}),
+            },
+        ],
+        "inputs": {"lineitem": [str(tpch / "lineitem.parquet")]},
+        "results": str(tmp_path / "checks"),
+        "mask": {"columns": ["l_comment"], "patterns": [], "text": "***"},
+    }
+    (tmp_path / "checks.json").write_text(json.dumps(checks))
+    assert spark_entry.main(["udop_spark_entry.py", str(tmp_path / "checks.json")]) == 0
+    (written,) = [f for f in (tmp_path / "checks").iterdir() if f.name.startswith("part-")]
+    counted, sampled = json.loads(written.read_text())["results"]
+    total, newest = (spark_entry.decode_value(v) for v in counted["rows"][0])
+    assert [(total, newest)] == duckdb.execute(
+        f"SELECT count(*), max(l_shipdate) FROM '{tpch / 'lineitem.parquet'}'"
+    ).fetchall()
+    assert sampled["columns"] == ["l_returnflag", "l_comment"] and len(sampled["rows"]) == 2
+    assert all(row[1] == {"type": "str", "value": "***"} for row in sampled["rows"])  # masked
+
 
 def test_a_hive_partitioned_source_read_in_place_keeps_its_partition_columns(
     tmp_path: Path, spark: None

@@ -97,12 +97,30 @@ def test_spark_and_athena_tasks_compile_to_prepare_job_record() -> None:
     assert_valid(compiled)
 
 
-def test_a_spark_validate_task_is_a_compile_error_on_aws() -> None:
+def test_a_spark_validate_task_compiles_to_prepare_job_record() -> None:
     p = pipeline()
     doc = p.model_dump(mode="json", by_alias=True, exclude_unset=True)
     doc["spec"]["tasks"][-1]["engine"] = "spark"
-    with pytest.raises(CompileError, match=r"task 'checks': engine spark on AWS runs transform tasks only"):
-        compile_pipeline(Pipeline.model_validate(doc))
+    compiled = compile_pipeline(Pipeline.model_validate(doc))
+    states = flat(compiled.definition["States"])
+    prepare, job, record = states["checks"], states["checks job"], states["checks record"]
+    assert prepare["Parameters"]["Payload"]["engine_phase"] == "prepare" and prepare["Next"] == "checks job"
+    assert job["Resource"] == "arn:aws:states:::emr-serverless:startJobRun.sync"
+    assert job["Parameters"]["ApplicationId"] == "${EmrApplicationId}"
+    assert job["Parameters"]["JobDriver"]["SparkSubmit"]["EntryPoint"] == "${SparkEntryPoint}"
+    assert job["Next"] == "checks record" and record["Parameters"]["Payload"]["engine_phase"] == "finish"
+    assert_valid(compiled)
+
+
+def test_athena_on_a_validate_task_is_a_compile_error_on_aws() -> None:
+    p = pipeline()
+    doc = p.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    task = Pipeline.model_validate(doc).spec.tasks[-1]
+    object.__setattr__(task, "engine", "athena")  # the spec refuses it; the compiler must too
+    with pytest.raises(CompileError, match=r"task 'checks': engine athena on AWS runs transform tasks only"):
+        compile_pipeline(
+            p.model_copy(update={"spec": p.spec.model_copy(update={"tasks": [*p.spec.tasks[:-1], task]})})
+        )
 
 
 def test_foreach_on_an_engine_task_is_a_compile_error() -> None:
