@@ -43,10 +43,12 @@ import pyarrow as pa
 from udop.errors import FatalError
 
 gate = threading.Event()
+entered = threading.Event()  # a task is waiting at the gate (so it is in flight, not about to start)
 fail = {"on": False}
 
 
 def wait_for_gate(context, inputs, **args):
+    entered.set()
     if not gate.wait(60):
         raise FatalError("the test never opened the gate")
     return {"waited": True}
