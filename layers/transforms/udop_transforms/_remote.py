@@ -109,14 +109,14 @@ def _job_run_ids(job_run: Mapping[str, Any]) -> tuple[str | None, str | None]:
     return (str(app) if app else None), (str(run) if run else None)
 
 
-def finish_spark(
-    task: Any, spec: Mapping[str, Any], *, s3: Any, job_run: Mapping[str, Any], emr: Any = None
-) -> TaskResult:
-    """The task's result from the Parquet the job wrote under ``spec['output']``."""
+
+def _output_manifest(s3: Any, spec: Mapping[str, Any], pattern: str) -> Manifest:
+    """The manifest of the Parquet an engine job wrote under ``spec['output']`` (row count and schema
+    from the files' footers)."""
     output = str(spec["output"]).rstrip("/") + "/"
-    found = list_s3(s3, output + "*.parquet")
+    found = list_s3(s3, output + pattern)
     rows, schema = s3_footers(s3, found, False) if found else (0, None)
-    manifest = Manifest(
+    return Manifest(
         uri=output,
         rows=rows,
         bytes=sum(f.size for f in found),
@@ -124,6 +124,13 @@ def finish_spark(
         format="parquet",
         files=len(found),
     )
+
+def finish_spark(
+    task: Any, spec: Mapping[str, Any], *, s3: Any, job_run: Mapping[str, Any], emr: Any = None
+) -> TaskResult:
+    """The task's result from the Parquet the job wrote under ``spec['output']``."""
+    manifest = _output_manifest(s3, spec, "*.parquet")
+    rows = manifest.rows
     metrics: dict[str, Any] = {"rows": rows, "engine": "spark"}
     app, run = _job_run_ids(job_run)
     if run is not None:
@@ -490,17 +497,8 @@ def finish_athena(
 ) -> TaskResult:
     """The task's result from the Parquet ``UNLOAD`` wrote (its files have no extension); the run's
     Glue tables are dropped; the query's bytes scanned are the task's cost."""
-    output = str(spec["output"]).rstrip("/") + "/"
-    found = list_s3(s3, output + "*")
-    rows, schema = s3_footers(s3, found, False) if found else (0, None)
-    manifest = Manifest(
-        uri=output,
-        rows=rows,
-        bytes=sum(f.size for f in found),
-        schema_fingerprint=fingerprint(schema) if schema is not None else None,
-        format="parquet",
-        files=len(found),
-    )
+    manifest = _output_manifest(s3, spec, "*")  # UNLOAD's files have no extension
+    rows = manifest.rows
     metrics: dict[str, Any] = {"rows": rows, "engine": "athena"}
     if job_run.get("query_execution_id"):
         metrics["athena_query_execution_id"] = str(job_run["query_execution_id"])

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from udop.schedule.expr import schedule_name
+from udop.schedule.s3events import delete_rule
 
 __all__ = [
     "AFTER_MARKER",
@@ -158,15 +159,7 @@ def check_after_trigger(pipeline: Any, source: str) -> None:
 
 def delete_after_trigger(events: Any, pipeline: str) -> bool:
     """Delete ``udop-<pipeline>-after`` and its targets; False when there was none."""
-    name = rule_name(pipeline)
-    try:
-        ids = [t["Id"] for t in events.list_targets_by_rule(Rule=name).get("Targets", [])]
-        if ids:
-            events.remove_targets(Rule=name, Ids=ids)
-        events.delete_rule(Name=name)
-    except events.exceptions.ResourceNotFoundException:
-        return False
-    return True
+    return delete_rule(events, rule_name(pipeline))
 
 
 def execution_name(pipeline: str, upstream: str, upstream_run_id: str) -> str:

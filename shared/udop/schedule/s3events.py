@@ -23,7 +23,8 @@ from typing import Any
 
 from udop.schedule.expr import schedule_name
 
-__all__ = ["S3TriggerTarget", "check_s3_trigger", "delete_s3_trigger", "event_pattern", "execution_name",
+__all__ = ["S3TriggerTarget", "check_s3_trigger", "delete_rule", "delete_s3_trigger", "event_pattern",
+           "execution_name",
            "rule_name", "s3_location", "s3_trigger_of", "start_from_s3_event", "sync_from_env",
            "sync_s3_trigger", "trigger_input"]
 
@@ -188,7 +189,12 @@ def sync_from_env(target: S3TriggerTarget | None, pipeline: Any, state_machine_a
 
 def delete_s3_trigger(events: Any, pipeline: str) -> bool:
     """Delete ``udop-<pipeline>-files`` and its targets; False when there was none."""
-    name = rule_name(pipeline)
+    return delete_rule(events, rule_name(pipeline))
+
+
+def delete_rule(events: Any, name: str) -> bool:
+    """Delete an EventBridge rule and its targets (a rule with targets cannot be deleted); False when
+    there was none. The S3 and the after-pipeline triggers both keep one rule per pipeline."""
     try:
         ids = [t["Id"] for t in events.list_targets_by_rule(Rule=name).get("Targets", [])]
         if ids:
