@@ -32,7 +32,8 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     metrics.add_metric(name="StreamBatches", unit="Count", value=1)
     response = run_stream_event(event, bucket=SETTINGS.definitions_bucket, s3=S3, store=STORE, policy=POLICY,
                                 data_root=f"{SETTINGS.tmp_dir.rstrip('/')}/udop-streams",
-                                source_of=lambda_event_source, decode=lambda_decoder)
+                                source_of=lambda_event_source, decode=lambda_decoder,
+                                code_dir=SETTINGS.code_dir)
     if response["batchItemFailures"]:
         metrics.add_metric(name="StreamBatchesFailed", unit="Count", value=1)
     return response

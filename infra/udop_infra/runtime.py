@@ -199,9 +199,7 @@ class Runtime(Construct):
 
         # --- task runner: one task per invocation --------------------------------------------------
         # with the Python modules beside the definitions, which python tasks' callables come from
-        stage = Stage.of(self)
-        outdir = Path(stage.outdir) if stage is not None else Path(tempfile.mkdtemp(prefix="udop-assets-"))
-        runner_code, code_dir = _task_runner_code(config, outdir)
+        runner_code, code_dir = code_with_pipeline_modules("task_runner", config, assembly_dir(self))
         self.pipeline_code_dir = code_dir
         self.task_runner = make(
             FunctionSpec(
@@ -429,8 +427,8 @@ def grant_state_machine_basics(role: iam.IRole, task_runner: lambda_.IFunction) 
 # --- assets -----------------------------------------------------------------------------------------
 
 FUNCTION_CODE_EXCLUDE = ["__pycache__", "*.pyc"]
-#: the folder of the task runner's deployment package holding the Python code found beside the
-#: definitions (udop:pipelinesDir); the runner puts it on sys.path (UDOP_CODE_DIR)
+#: the folder of the task and stream runners' deployment packages holding the Python code found beside
+#: the definitions (udop:pipelinesDir); the runners put it on sys.path (UDOP_CODE_DIR)
 PIPELINE_CODE_DIR = "pipeline_code"
 #: where Lambda unpacks a function's deployment package
 LAMBDA_TASK_ROOT = "/var/task"
@@ -526,25 +524,34 @@ def function_code(name: str, config: DeploymentConfig) -> lambda_.Code:
     return lambda_.Code.from_asset(str(_function_folder(name, config)), exclude=FUNCTION_CODE_EXCLUDE)
 
 
-def _task_runner_code(config: DeploymentConfig, outdir: Path) -> tuple[lambda_.Code, str | None]:
-    """The task runner's code and its ``UDOP_CODE_DIR`` (None when there is no pipeline code).
+def assembly_dir(scope: Construct) -> Path:
+    """The cloud assembly's folder (where staged assets go); a temporary one outside a stage."""
+    stage = Stage.of(scope)
+    return Path(stage.outdir) if stage is not None else Path(tempfile.mkdtemp(prefix="udop-assets-"))
 
-    With Python files beside the definitions, ``functions/task_runner/`` and those files (under
+
+def code_with_pipeline_modules(
+    name: str, config: DeploymentConfig, outdir: Path
+) -> tuple[lambda_.Code, str | None]:
+    """A runner's code (the task runner, the stream runner) and its ``UDOP_CODE_DIR`` (None when there
+    is no pipeline code).
+
+    With Python files beside the definitions, ``functions/<name>/`` and those files (under
     ``pipeline_code/``, folders kept) are staged together in the cloud assembly's folder and that
     becomes the asset: a plain folder copy, so no Docker and no bundling step (which a synth may
     skip: ``aws:cdk:bundling-stacks``) is involved, and the asset hash follows the files' content.
     Only ``.py`` files are shipped; anything else a module reads must come from S3 or a connector.
     """
-    folder = _function_folder("task_runner", config)
+    folder = _function_folder(name, config)
     files = pipeline_code_files(config.pipelines_dir)
     if not files:
         return lambda_.Code.from_asset(str(folder), exclude=FUNCTION_CODE_EXCLUDE), None
-    staged = outdir / ".udop-staging" / "task_runner"
+    staged = outdir / ".udop-staging" / name
     shutil.rmtree(staged, ignore_errors=True)
     shutil.copytree(folder, staged, ignore=shutil.ignore_patterns(*FUNCTION_CODE_EXCLUDE))
     if (staged / PIPELINE_CODE_DIR).exists():
         raise ContextError(
-            f"functions/task_runner/{PIPELINE_CODE_DIR} exists: that name is where the pipelines' "
+            f"functions/{name}/{PIPELINE_CODE_DIR} exists: that name is where the pipelines' "
             "Python code is shipped; rename it"
         )
     for rel in files:

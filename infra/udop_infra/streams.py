@@ -21,7 +21,13 @@ from udop_infra.data import Data
 from udop_infra.layers import FUNCTION_LAYERS
 from udop_infra.nag import acknowledge
 from udop_infra.network import Network
-from udop_infra.runtime import FunctionSpec, PipelineFunction, Runtime, function_code
+from udop_infra.runtime import (
+    FunctionSpec,
+    PipelineFunction,
+    Runtime,
+    assembly_dir,
+    code_with_pipeline_modules,
+)
 from udop_infra.storage import Storage
 
 #: queues and streams ``udop deploy`` may map to the stream runner at run time are named like this
@@ -42,6 +48,10 @@ class StreamProcessing(Construct):
     ) -> None:
         super().__init__(scope, id)
         stack = Stack.of(self)
+        # with the Python modules beside the definitions, as the task runner: a stream pipeline's python
+        # tasks import their callables from them (UDOP_CODE_DIR, the server-mode allowlist's default)
+        code, code_dir = code_with_pipeline_modules("stream_runner", config, assembly_dir(self))
+        self.pipeline_code_dir = code_dir
         construct = PipelineFunction(
             self,
             "StreamRunner",
@@ -52,7 +62,7 @@ class StreamProcessing(Construct):
                 timeout=Duration.minutes(15),
                 ephemeral_mb=4096,
             ),
-            code=function_code("stream_runner", config),
+            code=code,
             layers=[runtime.layers[name] for name in FUNCTION_LAYERS["stream_runner"]],
             environment={
                 "UDOP_DEFINITIONS_BUCKET": storage.definitions.bucket_name,
@@ -61,6 +71,7 @@ class StreamProcessing(Construct):
                 "UDOP_DATABASE_SECRET_ARN": data.db_secret.secret_arn,
                 "UDOP_STATE_URL": data.state_url,
                 "UDOP_STATE_SECRET_ARN": data.cache_secret.secret_arn,
+                **({"UDOP_CODE_DIR": code_dir} if code_dir else {}),
             },
             network=network,
             config=config,

@@ -65,3 +65,27 @@ def template(synthesized: tuple[Any, Any]) -> Any:
 @pytest.fixture(scope="session")
 def resources(template: Any) -> dict[str, Any]:
     return dict(template.to_json()["Resources"])
+
+
+#: a pipelines folder with Python code beside its definition (a module and a package)
+PIPELINES_WITH_CODE = Path(__file__).resolve().parent / "pipelines_with_code"
+
+
+@pytest.fixture(scope="session")
+def synthesized_with_code(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, Path]:
+    """(stack, Template, cloud assembly folder) of the app whose ``udop:pipelinesDir`` holds Python code
+    (and what is not shipped: caches, a hidden folder, a text file); the task and stream runners carry it."""
+    import shutil
+
+    pipelines = tmp_path_factory.mktemp("pipelines") / "pipelines"
+    shutil.copytree(PIPELINES_WITH_CODE, pipelines)
+    (pipelines / "__pycache__").mkdir()
+    (pipelines / "__pycache__" / "report_helpers.cpython-312.pyc").write_bytes(b"stale")
+    (pipelines / "shared_steps" / "__pycache__").mkdir()
+    (pipelines / "shared_steps" / "__pycache__" / "scale.cpython-312.pyc").write_bytes(b"stale")
+    (pipelines / ".venv" / "lib").mkdir(parents=True)
+    (pipelines / ".venv" / "lib" / "site.py").write_text("raise SystemExit('not user code')\n")
+    (pipelines / "notes.txt").write_text("not code\n")
+    outdir = tmp_path_factory.mktemp("cdk-out")
+    stack, template = synth(outdir, **{"udop:pipelinesDir": str(pipelines)})
+    return stack, template, outdir

@@ -181,6 +181,7 @@ def test_the_scaffolded_app_synthesizes_clean_and_an_upgrade_changes_the_layers(
         for res in template["Resources"].values()
         if res["Type"] == "AWS::Lambda::Function"
         and res["Properties"].get("Environment", {}).get("Variables", {}).get("UDOP_CODE_DIR")
+        and res["Properties"]["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"] == "udop-task-runner"
     )
     code = tmp / "out-0.1.0" / f"asset.{runner['Code']['S3Key'].removesuffix('.zip')}"
     assert (code / "app.py").read_text() == (REPO / "functions" / "task_runner" / "app.py").read_text()

@@ -89,21 +89,22 @@ def test_npx_cdk_synth_is_clean_offline_with_validation_and_nag(cdk_out: Path) -
     assert stack["environment"] == "aws://unknown-account/unknown-region"  # env-agnostic
 
 
-def test_the_cli_synth_ships_pipeline_code_in_the_task_runners_asset(cdk_out: Path) -> None:
+def test_the_cli_synth_ships_pipeline_code_in_the_runners_assets(cdk_out: Path) -> None:
     template = json.loads((cdk_out / "Udop.template.json").read_text())
-    runners = [
-        res["Properties"]
+    runners = {
+        res["Properties"]["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"]: res["Properties"]
         for res in template["Resources"].values()
         if res["Type"] == "AWS::Lambda::Function"
         and res["Properties"].get("Environment", {}).get("Variables", {}).get("UDOP_CODE_DIR")
-    ]
-    assert len(runners) == 1  # the task runner only
-    assert runners[0]["Environment"]["Variables"]["UDOP_CODE_DIR"] == "/var/task/pipeline_code"
-    asset = cdk_out / f"asset.{runners[0]['Code']['S3Key'].removesuffix('.zip')}"
-    assert (asset / "app.py").is_file()
-    assert (asset / "pipeline_code" / "report_helpers.py").is_file()
-    assert (asset / "pipeline_code" / "shared_steps" / "scale.py").is_file()
-    assert not list(asset.rglob("*.yaml"))
+    }
+    assert sorted(runners) == ["udop-stream-runner", "udop-task-runner"]  # the functions running tasks
+    for runner in runners.values():
+        assert runner["Environment"]["Variables"]["UDOP_CODE_DIR"] == "/var/task/pipeline_code"
+        asset = cdk_out / f"asset.{runner['Code']['S3Key'].removesuffix('.zip')}"
+        assert (asset / "app.py").is_file()
+        assert (asset / "pipeline_code" / "report_helpers.py").is_file()
+        assert (asset / "pipeline_code" / "shared_steps" / "scale.py").is_file()
+        assert not list(asset.rglob("*.yaml"))
 
 
 def test_cfn_lint_accepts_every_template(cdk_out: Path) -> None:

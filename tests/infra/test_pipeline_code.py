@@ -25,9 +25,13 @@ def logical_id(stack: Any, construct: Any) -> str:
     return str(stack.get_logical_id(construct.node.default_child))
 
 
-def runner_asset(stack: Any, template: Any, outdir: Path) -> tuple[dict[str, Any], Path]:
-    """(the task runner's properties, the folder its code asset was staged to in the assembly)."""
-    props = template.to_json()["Resources"][logical_id(stack, stack.runtime.task_runner)]["Properties"]
+def runner_asset(
+    stack: Any, template: Any, outdir: Path, function: Any = None
+) -> tuple[dict[str, Any], Path]:
+    """(a runner's properties, the folder its code asset was staged to in the assembly); default the
+    task runner."""
+    function = function if function is not None else stack.runtime.task_runner
+    props = template.to_json()["Resources"][logical_id(stack, function)]["Properties"]
     key = props["Code"]["S3Key"]  # "<asset hash>.zip"
     folder = outdir / f"asset.{key.removesuffix('.zip')}"
     assert folder.is_dir(), sorted(p.name for p in outdir.iterdir())
@@ -35,20 +39,8 @@ def runner_asset(stack: Any, template: Any, outdir: Path) -> tuple[dict[str, Any
 
 
 @pytest.fixture(scope="module")
-def shipped(tmp_path_factory: pytest.TempPathFactory, synth_app: Any) -> tuple[dict[str, Any], Path]:
-    pipelines = tmp_path_factory.mktemp("pipelines") / "pipelines"
-    shutil.copytree(FIXTURE, pipelines)
-    # what a local run leaves behind, and things that are not code: none of it is shipped
-    (pipelines / "__pycache__").mkdir()
-    (pipelines / "__pycache__" / "report_helpers.cpython-312.pyc").write_bytes(b"stale")
-    (pipelines / "shared_steps" / "__pycache__").mkdir()
-    (pipelines / "shared_steps" / "__pycache__" / "scale.cpython-312.pyc").write_bytes(b"stale")
-    (pipelines / ".venv" / "lib").mkdir(parents=True)
-    (pipelines / ".venv" / "lib" / "site.py").write_text("raise SystemExit('not user code')\n")
-    (pipelines / "notes.txt").write_text("not code\n")
-    outdir = tmp_path_factory.mktemp("cdk-out")
-    stack, template = synth_app(outdir, **{"udop:pipelinesDir": str(pipelines)})
-    return runner_asset(stack, template, outdir)
+def shipped(synthesized_with_code: tuple[Any, Any, Path]) -> tuple[dict[str, Any], Path]:
+    return runner_asset(*synthesized_with_code)
 
 
 def test_the_task_runner_imports_pipeline_code_from_its_package(shipped: tuple[dict[str, Any], Path]) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 pytestmark = pytest.mark.infra
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _policy_statements(resources: dict[str, Any], role_ref: dict[str, Any]) -> list[dict[str, Any]]:
@@ -54,6 +55,35 @@ def test_the_stream_runner_runs_batches_with_the_shared_layers(
     assert ":udop-*" in by_action["sqs:ReceiveMessage"] and ":udop-*" in by_action["sqs:DeleteMessage"]
     assert "stream/udop-*" in by_action["kinesis:GetRecords"]
     assert "s3:PutObject" not in by_action  # it reads definitions; batches stay in its own /tmp
+
+
+def test_the_stream_runner_carries_the_pipelines_python_code_as_the_task_runner_does(
+    synthesized_with_code: tuple[Any, Any, Path], stack: Any, resources: dict[str, Any]
+) -> None:
+    from test_pipeline_code import runner_asset
+
+    with_code, template, outdir = synthesized_with_code
+    props, asset = runner_asset(with_code, template, outdir, with_code.streams.function)
+    _, task_runner_asset = runner_asset(with_code, template, outdir)
+    # a stream pipeline's python tasks import from UDOP_CODE_DIR; in server mode its top-level modules
+    # are the ones they may name (udop.sandbox.server_policy)
+    assert props["Environment"]["Variables"]["UDOP_CODE_DIR"] == "/var/task/pipeline_code"
+    assert with_code.streams.pipeline_code_dir == "/var/task/pipeline_code"
+    assert (asset / "app.py").read_text() == (REPO / "functions" / "stream_runner" / "app.py").read_text()
+
+    def shipped(folder: Path) -> list[str]:
+        return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+    assert shipped(asset / "pipeline_code") == shipped(task_runner_asset / "pipeline_code") == [
+        "report_helpers.py",
+        "shared_steps",
+        "shared_steps/__init__.py",
+        "shared_steps/scale.py",
+    ]
+    # the session's app (the repository's pipelines/: definitions only) ships the function's own code
+    plain = resources[stack.get_logical_id(stack.streams.function.node.default_child)]["Properties"]
+    assert "UDOP_CODE_DIR" not in plain["Environment"]["Variables"]
+    assert stack.streams.pipeline_code_dir is None
 
 
 def test_mappings_added_in_the_app_report_partial_batch_failures(tmp_path: Path) -> None:

@@ -157,6 +157,7 @@ def run_stream_event(
     data_root: str,
     source_of: Callable[[Mapping[str, Any]], str],
     decode: Callable[[Mapping[str, Any], Mapping[str, Any]], _Delivery],
+    code_dir: str | None = None,
 ) -> dict[str, Any]:
     """Run one delivery of an event source mapping as a micro-batch of the pipeline its source feeds.
 
@@ -165,6 +166,8 @@ def run_stream_event(
     the first Kinesis record, from which the shard is retried). A failed Kafka batch raises
     ``RetryableError`` (Kafka mappings retry the whole batch on an error). ``source_of`` and
     ``decode`` read the event (the connectors layer's ``lambda_event_source`` / ``lambda_decoder``).
+    ``code_dir`` (``UDOP_CODE_DIR``) is where python tasks' callables are imported from, as in the task
+    runner; ``policy`` decides which of its modules they may name.
     """
     from udop.executor.local import LocalExecutor
     from udop.spec.secure import check_definition
@@ -193,7 +196,8 @@ def run_stream_event(
         **(task.source.model_extra or {}),
     }
     delivery = decode(event, options)
-    executor = LocalExecutor(store, workers=2, data_root=data_root, policy=policy)
+    executor = LocalExecutor(store, workers=2, data_root=data_root, policy=policy,
+                             services={"base_dir": code_dir} if code_dir else None)
     state = StreamRunner(pipeline, store, executor, None).run_batch(
         delivery.table, run_id=f"stream-{delivery.digest}", end=delivery.end
     )

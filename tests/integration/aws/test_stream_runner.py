@@ -205,3 +205,86 @@ def test_an_uploaded_stream_pipeline_is_refused_with_a_pointer_to_udop_deploy(
     assert not moto_aws.client("lambda").list_event_source_mappings(FunctionName=moto_aws.stream_runner_arn)[
         "EventSourceMappings"
     ]
+
+
+def test_a_python_task_runs_on_the_stream_runner_from_its_code_dir_and_only_allowed_modules(
+    deploy_env: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    env = deploy_env
+    sqs, lam = env.client("sqs"), env.client("lambda")
+    module = f"udop_stream_tasks_{uuid.uuid4().hex[:8]}"
+    body = (
+        "import pyarrow.compute as pc\n\n"
+        "def doubled(context, inputs):\n"
+        "    table = inputs['events'].to_arrow()\n"
+        "    return table.append_column('twice', pc.multiply(table['amount'], 2))\n"
+    )
+    # the project: the definitions and their module; the stream runner's package: the module alone under
+    # pipeline_code/ (what the CDK app stages), which is its UDOP_CODE_DIR
+    project, package = tmp_path / "project", tmp_path / "package" / "pipeline_code"
+    project.mkdir()
+    package.mkdir(parents=True)
+    (project / f"{module}.py").write_text(body)
+    (package / f"{module}.py").write_text(body)
+    config = lam.get_function_configuration(FunctionName=env.stream_runner_arn)
+    lam.update_function_configuration(
+        FunctionName=env.stream_runner_arn,
+        Environment={"Variables": {**config["Environment"]["Variables"], "UDOP_CODE_DIR": str(package)}},
+    )
+
+    def definition(name: str, queue: str, callable_: str, out: Path) -> Path:
+        path = project / f"{name}.yaml"
+        path.write_text(f"""
+apiVersion: udop/v1
+kind: Pipeline
+metadata: {{name: {name}}}
+spec:
+  trigger:
+    stream: {{source: {{connector: sqs, queue: {queue}}}, id: events, max_batch_rows: 100}}
+  tasks:
+    - {{id: enrich, type: python, callable: "{callable_}", depends_on: [events]}}
+    - id: land
+      type: load
+      depends_on: [enrich]
+      target: {{connector: parquet, path: {out}, mode: append}}
+""")
+        return path
+
+    arns = {}
+    for key in ("shipped", "elsewhere"):
+        queue = f"{env.prefix}-{key}"
+        url = sqs.create_queue(QueueName=queue)["QueueUrl"]
+        arns[key] = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    out = tmp_path / "out"
+    path_before, modules_before = list(sys.path), set(sys.modules)
+    shipped = definition(f"{env.prefix}-shipped", f"{env.prefix}-shipped", f"{module}:doubled", out)
+    # a module this process can import but the runner's package does not ship
+    elsewhere = definition(
+        f"{env.prefix}-elsewhere", f"{env.prefix}-elsewhere", "udop_aws_test_tasks:numbers", tmp_path / "no"
+    )
+    for path in (shipped, elsewhere):
+        code, _stdout, err = _udop(capsys, "deploy", str(path))  # imports the callables from project/
+        assert code == 0, err
+    # forget the project's module: the runner must import it from its own UDOP_CODE_DIR
+    sys.path[:] = path_before
+    for name in set(sys.modules) - modules_before:
+        if name.startswith(module):
+            del sys.modules[name]
+
+    event = _sqs_event(arns["shipped"], [json.dumps({"id": i, "amount": i + 1}) for i in range(3)])
+    assert _invoke(env, event) == {"batchItemFailures": []}
+    landed = ds.dataset(out).to_table().sort_by("id")
+    assert landed.column("twice").to_pylist() == [2, 4, 6]
+
+    # server mode: a python task may name only the modules of UDOP_CODE_DIR
+    got = lam.invoke(
+        FunctionName=env.stream_runner_arn,
+        Payload=json.dumps(_sqs_event(arns["elsewhere"], [json.dumps({"id": 1, "amount": 1})])).encode(),
+    )
+    refused = json.loads(got["Payload"].read())
+    assert got.get("FunctionError"), refused
+    assert "refused by the stream runner's sandbox" in refused["errorMessage"], refused
+    assert "udop_aws_test_tasks" in refused["errorMessage"], refused
+    assert not (tmp_path / "no").exists()
