@@ -52,8 +52,8 @@ LAYERS: dict[str, list[str]] = {
         "aws-lambda-powertools[tracer]",
         "sqlglot",  # column lineage of transform and validate tasks runs in the task runner
     ],
-    # Arrow/Parquet interchange and the connector drivers
-    "connectors": ["pyarrow", "pymysql", "httpx", "pika"],
+    # Arrow/Parquet interchange and the connector drivers (pymongo brings dnspython: mongodb+srv://)
+    "connectors": ["pyarrow", "pymysql", "httpx", "pika", "pymongo"],
     # the transform engine
     "transforms": ["duckdb"],
     # the REST API (FastAPI behind Mangum, JWT/JWKS checks): its own layer, not core, because the
@@ -269,8 +269,10 @@ def remove_dist(folder: Path, dist_info: Path) -> None:
         shutil.rmtree(dist_info)
 
 
-#: pyarrow parts nothing in udop loads: C++ test helpers, C++ sources, Cython declarations
-PYARROW_UNUSED = ("_pyarrow_cpp_tests", "src", "includes")
+#: pyarrow parts nothing in udop loads: C++ test helpers, C++ sources, Cython declarations; its S3
+#: file system (~14 MiB: libarrow_s3 is needed by _s3fs alone, and pyarrow.fs imports _s3fs only if
+#: present): udop reads and writes S3 with boto3 and hands pyarrow local paths — room for pymongo
+PYARROW_UNUSED = ("_pyarrow_cpp_tests", "src", "includes", "_s3fs", "libarrow_s3")
 #: sqlglot's per-dialect modules kept: column lineage follows the SQL DuckDB runs; `engine: athena` and
 #: `engine: spark` tasks transpile it in the task runner (athena < trino < presto, spark < spark2 <
 #: hive < mysql: what the two import); sqlglot imports a dialect only when asked for it, and the other

@@ -52,14 +52,14 @@ def built() -> ModuleType:
 
 def test_every_function_fits_lambda_with_20_mb_to_spare(built: ModuleType) -> None:
     assert {k: tuple(v) for k, v in built.FUNCTION_LAYERS.items()} == FUNCTION_LAYERS  # build == deploy
-    # the task runner also carries the Python code beside the definitions (pipeline_code/)
+    # the task and stream runners also carry the Python code beside the definitions (pipeline_code/)
     pipelines = REPO / "pipelines"
     pipeline_code = sum((pipelines / rel).stat().st_size for rel in pipeline_code_files(pipelines))
     for function, layers in FUNCTION_LAYERS.items():
         total = unzipped_size(REPO / "functions" / function) + sum(
             unzipped_size(built.BUILD / layer) for layer in layers
         )
-        if function == "task_runner":
+        if function in ("task_runner", "stream_runner"):
             total += pipeline_code
         assert total <= LAMBDA_LIMIT - SPARE, (
             f"{function}: {total / 2**20:.1f} MiB with {', '.join(layers)}; "
@@ -111,3 +111,51 @@ def test_the_task_runner_imports_from_its_layers_with_python312(built: ModuleTyp
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "42"
+
+
+@pytest.mark.parametrize(
+    "layers", sorted({FUNCTION_LAYERS["task_runner"], FUNCTION_LAYERS["stream_runner"]}), ids=",".join
+)
+def test_the_runners_read_mongodb_through_their_layers_with_python312(
+    built: ModuleType, layers: tuple[str, ...], tmp_path: Path
+) -> None:
+    # pymongo (+ dnspython for mongodb+srv:// URLs) ride in the connectors layer; room was made by
+    # leaving out pyarrow's S3 file system: what udop does with pyarrow still loads without it
+    import uuid
+
+    import pymongo
+    from secantus import SecantusDBServer
+
+    server = SecantusDBServer(storage_path=str(tmp_path / "mongo"))
+    server.start()
+    database = f"h17aws_{uuid.uuid4().hex[:8]}"
+    try:
+        with pymongo.MongoClient(server.uri) as client:
+            client[database].orders.insert_many([{"sku": f"s{i}", "qty": i} for i in range(5)])
+        path = [str(built.BUILD / layer / "python") for layer in layers]
+        out = tmp_path / "out"
+        out.mkdir()
+        code = (
+            "import sys, json; import pymongo, bson, dns.resolver; "
+            "import udop_connectors.mongodb; from udop.connectors import get_connector; "
+            f"spec = {{'connector': 'mongodb', 'url': {server.uri!r}, 'database': {database!r}, "
+            "'collection': 'orders', 'filter': {'qty': {'$gte': 2}}, 'projection': ['sku', 'qty']}; "
+            "c = get_connector(spec); rows = [r for b in c.read() for r in b.to_pylist()]; c.close(); "
+            # what udop does with pyarrow: Parquet datasets on local paths (S3 goes through boto3)
+            "import pyarrow as pa, pyarrow.dataset as ds, pyarrow.parquet as pq, pyarrow.fs as fs; "
+            f"pq.write_table(pa.Table.from_pylist(rows), {str(out / 'rows.parquet')!r}); "
+            f"back = ds.dataset({str(out)!r}, format='parquet').to_table().to_pylist(); "
+            "assert 'S3FileSystem' in fs._not_imported, 'pyarrow S3 file system still shipped'; "
+            "print(json.dumps(sorted((r['sku'], r['qty']) for r in back)))"
+        )
+        proc = subprocess.run(
+            [built.find_python312(), "-I", "-c", f"import sys; sys.path[:0] = {path!r}; {code}"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        server.stop()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == '[["s2", 2], ["s3", 3], ["s4", 4]]'
