@@ -7,6 +7,7 @@ import json
 import os
 import re
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -346,3 +347,56 @@ def test_a_redriven_map_item_of_a_load_finds_its_ledger_entry_and_loads_nothing_
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
         engine.dispose()
         client.close()
+
+
+@pytest.mark.slow
+def test_an_extract_from_mongodb_and_an_upsert_into_it_run_through_the_task_runner(
+    moto_aws: Any, tmp_path: Path
+) -> None:
+    """The mongodb connector on the task runner (pymongo rides in the connectors layer): a filtered
+    extract lands in S3, a load upserts it by key into another collection, and a redriven load leaves
+    one document per key."""
+    import pymongo
+    import redis as redis_lib
+    from secantus import SecantusDBServer
+
+    from udop.aws.runner import state_key
+
+    state = redis_lib.Redis.from_url("redis://127.0.0.1:6379/0")
+    server = SecantusDBServer(storage_path=str(tmp_path / "mongo"))
+    server.start()
+    database = f"h17aws_{uuid.uuid4().hex[:8]}"
+    name = f"runner-mongo-{uuid.uuid4().hex[:6]}"
+    mongo = {"connector": "mongodb", "url": server.uri, "database": database}
+    pipeline = Pipeline.model_validate({
+        "apiVersion": "udop/v1", "kind": "Pipeline", "metadata": {"name": name},
+        "spec": {"tasks": [
+            {"id": "orders", "type": "extract",
+             "source": {**mongo, "collection": "orders", "filter": {"status": "paid"},
+                        "columns": {"sku": "string", "qty": "int64"}}},
+            {"id": "copy", "type": "load", "depends_on": ["orders"],
+             "target": {**mongo, "collection": "paid", "mode": "upsert", "keys": ["sku"]}},
+        ]},
+    })  # fmt: skip
+    put_version(moto_aws.client("s3"), moto_aws.definitions_bucket, name, 1, canonical_definition(pipeline))
+    client: pymongo.MongoClient[Any] = pymongo.MongoClient(server.uri)
+    try:
+        client[database].orders.insert_many(
+            [{"sku": f"s{i}", "qty": i, "status": "paid" if i % 2 else "open"} for i in range(6)]
+        )
+        run_id = uuid.uuid4().hex
+        extracted, err = _invoke(moto_aws, {**_payload(run_id, "orders"), "pipeline": name})
+        assert err is None, extracted
+        assert extracted["output"]["uri"] == f"s3://{moto_aws.data_bucket}/runs/{name}/{run_id}/orders/"
+        assert extracted["output"]["rows"] == 3
+        for attempt in (0, 1):
+            loaded, err = _invoke(moto_aws, {**_payload(run_id, "copy", attempt=attempt), "pipeline": name})
+            assert err is None, loaded
+            state.delete(state_key(name, run_id, "copy"))  # the runner "died" before recording the load
+        got = sorted((d["sku"], d["qty"]) for d in client[database].paid.find({}, {"_id": 0}))
+        assert got == [("s1", 1), ("s3", 3), ("s5", 5)]
+    finally:
+        client.drop_database(database)
+        client.close()
+        state.close()
+        server.stop()
