@@ -66,7 +66,7 @@ def test_the_shipped_callables_import_and_run_as_the_runner_calls_them(
 ) -> None:
     _, asset = shipped
     # a fresh interpreter (its sys.path untouched by this session), importing as the runner does:
-    # udop.tasks.python.import_callable(callable, UDOP_CODE_DIR)
+    # udop.tasks.python.import_callable(callable, UDOP_CODE_DIR); -B: the session's shared asset stays as shipped
     code = (
         "import json, sys; from udop.tasks.python import import_callable; d = sys.argv[1]; "
         "numbers = import_callable('report_helpers:numbers', d)(None, {}, n=4); "
@@ -74,7 +74,7 @@ def test_the_shipped_callables_import_and_run_as_the_runner_calls_them(
         "print(json.dumps([numbers, doubled]))"
     )
     proc = subprocess.run(
-        [sys.executable, "-I", "-c", code, str(asset / "pipeline_code")],
+        [sys.executable, "-I", "-B", "-c", code, str(asset / "pipeline_code")],
         capture_output=True,
         text=True,
         timeout=60,
