@@ -228,6 +228,42 @@ def test_an_sqs_message_received_again_while_its_batch_runs_is_not_loaded_twice(
         sqs.delete_queue(QueueUrl=url)
 
 
+class _DiesBeforeSettle(StreamStore):
+    """The process dies when its batch's run succeeded, before the batch settles (``stream-run-succeeded``)."""
+
+    def settle(self, pipeline: str, run_id: str, state: str, *, error: str | None = None) -> None:
+        raise _Died
+
+
+class _Died(Exception):
+    pass
+
+
+def test_an_sqs_batch_whose_run_succeeded_before_a_crash_is_settled_and_deleted_at_the_next_start(
+    aws: boto3.session.Session, tmp_path: Path
+) -> None:
+    sqs = aws.client("sqs")
+    name = f"h17-{uuid.uuid4().hex[:8]}"
+    url = _queue(sqs, name, 15)
+    try:
+        pipeline = _pipeline(tmp_path, name, f"{{connector: sqs, queue: {name}}}", "")
+        runner, store = _runner(tmp_path, pipeline, _OneBatchThenDies(open_source(pipeline)))
+        runner.batches = _DiesBeforeSettle(store)
+        with pytest.raises(_Died):
+            runner.run()
+        assert _landed(tmp_path) == list(range(10))
+        store.close()
+
+        runner, store = _runner(tmp_path, pipeline)  # settles the batch, deletes its messages first
+        _run_until_drained(runner, sqs, url)
+        assert _landed(tmp_path) == list(range(15))
+        assert _drained(sqs, url)
+        assert StreamStore(store).pending(name) is None
+        store.close()
+    finally:
+        sqs.delete_queue(QueueUrl=url)
+
+
 def test_kinesis_resumes_after_the_stored_sequence_numbers(
     aws: boto3.session.Session, tmp_path: Path
 ) -> None:
