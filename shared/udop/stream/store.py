@@ -132,7 +132,8 @@ class StreamStore:
 
     def fresh(self, pipeline: str, batch: StreamBatch) -> StreamBatch | None:
         """``batch`` without the messages whose ids a committed batch of the pipeline had (and without a
-        second copy of one inside the batch); None when none is left. Its ``end`` and ``acks`` stay the
+        second copy of one inside the batch), of those that may be repeats (``redelivered``); None when
+        none is left. Its ``end`` and ``acks`` stay the
         batch's as read, so the repeats are acknowledged with it.
 
         Called when the batch is about to run, after every earlier batch settled: a message handed over
@@ -151,7 +152,7 @@ class StreamStore:
         keep: list[int] = []
         kept: list[str | None] = []
         for n, i in enumerate(ids):
-            if i is not None:
+            if i is not None and (again is None or again[n]):
                 if i in seen:
                     continue
                 seen.add(i)  # a second copy in the same batch
