@@ -401,7 +401,7 @@ class RabbitMQStream:
     def close(self) -> None:
         import pika.exceptions
 
-        # not acknowledged: the broker hands them back, and the committed ids skip them
+        # not acknowledged: the broker hands them back, and the ids of committed batches skip them
         with contextlib.suppress(pika.exceptions.AMQPError):
             self._send_acks()
         self._deliveries = None
