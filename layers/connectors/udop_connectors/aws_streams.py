@@ -153,31 +153,50 @@ class SqsConnector(_AwsConnector):
 
 class SqsStream:
     """A queue consumed with long polling. Messages are deleted (``commit``) only after their batch
-    committed; udop's position is the ids of the last committed batch, so a message that comes back
-    after a crash between the commit and the delete is deleted, not loaded again."""
+    committed. Each batch carries its message ids (``StreamBatch.ids``): the runner keeps those of
+    committed batches for the queue's retention period, so a message that comes back — after a crash
+    between the commit and the delete, or because its visibility timeout ran out while its batch was
+    still running — is deleted with the batch it arrives in, not loaded again."""
+
+    #: a queue's retention period when it cannot be read (SQS's own maximum, 14 days)
+    MAX_RETENTION = 14 * 86400.0
 
     def __init__(self, connector: SqsConnector) -> None:
         self.connector = connector
-        self.url = ""
-        self.committed: set[str] = set()
+        self._url = ""
+        self.retention = self.MAX_RETENTION
         self.schema = schema_from_mapping(connector.settings.columns)
 
+    @property
+    def url(self) -> str:
+        """The queue's URL (looked up by name once: ``commit`` of a batch recovered at start-up comes
+        before ``seek``)."""
+        if not self._url:
+            s = self.connector.settings
+            if s.queue_url is not None:
+                self._url = s.queue_url
+            else:
+                got = self.connector.call(
+                    f"finding queue {s.queue!r}", self.connector.client.get_queue_url, QueueName=s.queue
+                )
+                self._url = got["QueueUrl"]
+        return self._url
+
     def seek(self, positions: Mapping[str, Any]) -> None:
-        s = self.connector.settings
-        if s.queue_url is not None:
-            self.url = s.queue_url
-        else:
-            got = self.connector.call(
-                f"finding queue {s.queue!r}", self.connector.client.get_queue_url, QueueName=s.queue
-            )
-            self.url = got["QueueUrl"]
-        self.committed = set(positions.get("committed", []))
+        """Nothing to seek (a queue hands out what is left); finds the queue and its retention period."""
+        got = self.connector.call(
+            "describing",
+            self.connector.client.get_queue_attributes,
+            QueueUrl=self.url,
+            AttributeNames=["MessageRetentionPeriod"],
+        )
+        retention = got.get("Attributes", {}).get("MessageRetentionPeriod")
+        self.retention = float(retention) if retention else self.MAX_RETENTION
 
     def poll(self, max_rows: int, max_seconds: float, stop: threading.Event) -> StreamBatch | None:
         s = self.connector.settings
         client = self.connector.client
         messages: list[dict[str, Any]] = []
-        stale: list[dict[str, Any]] = []
         deadline: float | None = None
         while len(messages) < max_rows and not stop.is_set():
             left = None if deadline is None else deadline - time.monotonic()
@@ -194,19 +213,21 @@ class SqsStream:
                 **extra,
             )
             found = got.get("Messages", [])
-            for m in found:
-                (stale if m["MessageId"] in self.committed else messages).append(m)
-            if not messages and not found:
+            messages.extend(found)
+            if not messages:
                 break
-            if messages and deadline is None:
+            if deadline is None:
                 deadline = time.monotonic() + max_seconds
-        if stale:
-            self._delete([m["ReceiptHandle"] for m in stale])
         if not messages:
             return None
         table = sqs_event_table(messages, s.format, self.schema)
-        ids = [m["MessageId"] for m in messages]
-        return StreamBatch(table=table, end={"committed": ids}, acks=[m["ReceiptHandle"] for m in messages])
+        return StreamBatch(
+            table=table,
+            end={},
+            acks=[m["ReceiptHandle"] for m in messages],
+            ids=[m["MessageId"] for m in messages],
+            keep_ids=self.retention,
+        )
 
     def _delete(self, handles: list[str]) -> None:
         for i in range(0, len(handles), 10):
@@ -217,14 +238,16 @@ class SqsStream:
                 QueueUrl=self.url,
                 Entries=[{"Id": str(n), "ReceiptHandle": h} for n, h in enumerate(chunk)],
             )
-            if got.get("Failed"):
-                first = got["Failed"][0]
+            # a handle no longer valid (its message deleted, or handed over again since): the message is
+            # gone, or comes back and is deleted then, its id being a committed one
+            failed = [f for f in got.get("Failed", []) if f.get("Code") != "ReceiptHandleIsInvalid"]
+            if failed:
+                first = failed[0]
                 self.connector.fail(
                     f"deleting from the queue: {first.get('Code')}: {first.get('Message')}", retryable=True
                 )
 
     def commit(self, end: Mapping[str, Any], acks: list[Any]) -> None:
-        self.committed = set(end.get("committed", []))
         self._delete([str(a) for a in acks])
 
     def lag(self) -> int | None:

@@ -12,6 +12,7 @@ import contextlib
 import json
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar, Literal, NoReturn
 
@@ -280,19 +281,28 @@ class RabbitMQStream:
     """A queue consumed continuously (``udop stream``), with a prefetch window as the broker's side of
     back-pressure. A stream queue (``queue_type: stream``) is read from the offset udop keeps (the
     ``x-stream-offset`` after the last committed batch), as Kafka is. For a classic queue, a batch's
-    messages are acknowledged only after it committed in udop; the ids (``message_id``) of the last
-    committed batch are udop's position, so a message the broker hands
-    back after a crash between the commit and the ack is acknowledged, not loaded again. Messages
-    without a ``message_id`` cannot be told apart: for them that moment is at-least-once.
+    messages are acknowledged only after it committed in udop; each batch carries the messages' ids
+    (``message_id``) and the broker's ``redelivered`` flags, and the runner keeps the ids of committed
+    batches (``KEEP_IDS``), so a message the broker hands back after a crash between the commit and
+    the ack — of any batch, not only the last — is acknowledged, not loaded again. Messages without a
+    ``message_id`` cannot be told apart: for them that moment is at-least-once.
 
     pika's connection belongs to one thread: the reader thread polls, and the acknowledgements the
     runner asks for are sent by it at its next poll (or by ``close``)."""
 
+    #: seconds the ids of committed messages are kept: a classic queue keeps an unacknowledged message
+    #: until it is acknowledged, so this is how long udop may stay stopped after a crash between a
+    #: batch's commit and its ack and still recognize the batch's messages when they come back
+    KEEP_IDS = 14 * 86400.0
+
     def __init__(self, connector: RabbitMQConnector) -> None:
         self.connector = connector
         self.schema = schema_from_mapping(connector.settings.columns)
-        self.committed: set[str] = set()
         self._ack_up_to: int | None = None
+        #: delivery tags count per channel: a batch's ack names its channel, and one read on a channel
+        #: since closed (a batch recovered at start-up) is not sent (the broker requeued its messages)
+        self._channel: Any = None
+        self._channel_token = ""
         self._lock = threading.Lock()
         self._deliveries: Any = None
         self.offset: int | str = "first"
@@ -300,7 +310,6 @@ class RabbitMQStream:
     def seek(self, positions: Mapping[str, Any]) -> None:
         import pika.exceptions
 
-        self.committed = set(positions.get("committed", []))
         offset = positions.get("offset")
         self.offset = int(offset) if offset is not None else "first"
         self._deliveries = None  # a stream queue's consumer starts at the offset given when it is made
@@ -321,12 +330,17 @@ class RabbitMQStream:
         s = self.connector.settings
         bodies: list[bytes] = []
         ids: list[str | None] = []
+        again: list[bool] = []
         tags: list[int] = []
         offsets: list[int] = []
         deadline: float | None = None
         try:
             self._send_acks()
             channel = self.connector.channel
+            with self._lock:
+                if channel is not self._channel:
+                    self._channel, self._channel_token = channel, uuid.uuid4().hex
+                token = self._channel_token
             stream_queue = s.queue_type == "stream"
             if self._deliveries is None:  # one consumer for the stream's life: its deliveries stay in order
                 arguments = {"x-stream-offset": self.offset} if stream_queue else None
@@ -343,15 +357,12 @@ class RabbitMQStream:
                     if deadline is None:
                         deadline = time.monotonic() + max_seconds
                 elif method is not None:
-                    message_id = getattr(props, "message_id", None)
-                    if method.redelivered and message_id is not None and message_id in self.committed:
-                        channel.basic_ack(delivery_tag=method.delivery_tag)  # committed before a crash
-                    else:
-                        bodies.append(body)
-                        ids.append(message_id)
-                        tags.append(method.delivery_tag)
-                        if deadline is None:
-                            deadline = time.monotonic() + max_seconds
+                    bodies.append(body)
+                    ids.append(getattr(props, "message_id", None))
+                    again.append(bool(method.redelivered))
+                    tags.append(method.delivery_tag)
+                    if deadline is None:
+                        deadline = time.monotonic() + max_seconds
                 full = len(bodies) >= max_rows
                 if full or stop.is_set() or (deadline is not None and time.monotonic() >= deadline):
                     break
@@ -367,16 +378,22 @@ class RabbitMQStream:
             table = messages_table(bodies, meta, s.format, self.schema)
             return StreamBatch(table=table, end={"offset": max(offsets) + 1})  # udop's position: exactly once
         table = messages_table(bodies, meta, s.format, self.schema)
-        committed = [i for i in ids if i is not None]
-        return StreamBatch(table=table, end={"committed": committed}, acks=[max(tags)])
+        return StreamBatch(
+            table=table,
+            end={},
+            acks=[{"channel": token, "up_to": max(tags)}],
+            ids=ids,
+            redelivered=again,
+            keep_ids=self.KEEP_IDS,
+        )
 
     def commit(self, end: Mapping[str, Any], acks: list[Any]) -> None:
         with self._lock:
             if "offset" in end:
                 self.offset = int(end["offset"])
-            self.committed = set(end.get("committed", []))
-            if acks:
-                self._ack_up_to = max(int(acks[0]), self._ack_up_to or 0)
+            for ack in acks:
+                if isinstance(ack, Mapping) and ack.get("channel") == self._channel_token:
+                    self._ack_up_to = max(int(ack["up_to"]), self._ack_up_to or 0)
 
     def lag(self) -> int | None:
         return None
@@ -384,7 +401,7 @@ class RabbitMQStream:
     def close(self) -> None:
         import pika.exceptions
 
-        # not acknowledged: the broker hands them back, and the committed ids skip them
+        # not acknowledged: the broker hands them back, and the ids of committed batches skip them
         with contextlib.suppress(pika.exceptions.AMQPError):
             self._send_acks()
         self._deliveries = None

@@ -41,6 +41,7 @@ __all__ = [
     "runs",
     "schedule_ticks",
     "stream_batches",
+    "stream_messages",
     "stream_offsets",
     "task_runs",
     "trigger_events",
@@ -288,5 +289,19 @@ stream_batches = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("ended_at", UTCDateTime()),
     Column("error", Text()),
+    #: the ids of the batch's messages where the broker may hand one over again (SQS message ids,
+    #: RabbitMQ message_id), JSON; kept in ``stream_messages`` when the batch settles (revision 0009)
+    Column("message_ids", JSONType),
     Index(None, "pipeline", "state"),
+)
+
+#: the ids of messages in committed (or dead-lettered) batches, kept as long as the broker may hand the
+#: same message over again: one that comes back is acknowledged, not loaded (revision 0009)
+stream_messages = Table(
+    "stream_messages", metadata,
+    Column("pipeline", String(), primary_key=True),
+    Column("message_id", String(), primary_key=True),
+    Column("run_id", String(), nullable=False),
+    Column("settled_at", UTCDateTime(), nullable=False),
+    Index(None, "pipeline", "settled_at"),
 )

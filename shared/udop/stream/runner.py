@@ -237,11 +237,26 @@ class StreamRunner:
     # ------------------------------------------------------------------ one batch
 
     def _process(self, batch: StreamBatch) -> None:
+        fresh = self.batches.fresh(self.pipeline.name, batch)  # without messages committed before
+        if fresh is None:  # all came back after their batches committed: acknowledged, not loaded
+            if self.source is not None:
+                self.source.commit(batch.end, batch.acks)
+            return
+        batch = fresh
         run_id = new_run_id()
         uri = dataset_uri(self.executor.data_root, self.pipeline.name, run_id, self.stream.id)
         manifest = write_parquet(batch.table, uri)
         start = self.batches.positions(self.pipeline.name)
-        self.batches.begin(self.pipeline.name, run_id, start, batch.end, batch.acks, batch.rows)
+        self.batches.begin(
+            self.pipeline.name,
+            run_id,
+            start,
+            batch.end,
+            batch.acks,
+            batch.rows,
+            ids=batch.ids,
+            keep_ids=batch.keep_ids,
+        )
         self._run(run_id, manifest, batch.end, batch.acks, batch.rows, resume=False, tries=1)
 
     def _recover(self, pending: BatchRecord) -> None:

@@ -22,6 +22,16 @@ class StreamBatch:
     table: pa.Table
     end: Mapping[str, Any]
     acks: list[Any] = field(default_factory=list)
+    #: per row, the message's id where the broker may hand the same message over again (SQS message ids,
+    #: RabbitMQ ``message_id``; None for a message without one). The runner keeps the ids of committed
+    #: batches for ``keep_ids`` seconds and leaves a message that comes back with one of them out of the
+    #: batch it arrives in (acknowledged with that batch). None: the positions alone say what was read.
+    ids: list[str | None] | None = None
+    #: per row, whether the broker says it handed the message over before (RabbitMQ's ``redelivered``):
+    #: only those are looked up. None: any message may be one handed over before (SQS)
+    redelivered: list[bool] | None = None
+    #: seconds a committed message may still come back (SQS: the queue's retention period)
+    keep_ids: float = 14 * 86400.0
 
     @property
     def rows(self) -> int:

@@ -1,19 +1,23 @@
 """Stream positions and micro-batches in the metadata database (tables in ``udop.store.tables``,
-revision 0008). A batch is recorded ``pending`` before its run starts and ``committed`` together with
-the pipeline's new positions, in one transaction, after its loads committed."""
+revisions 0008 and 0009). A batch is recorded ``pending`` before its run starts and ``committed`` together
+with the pipeline's new positions, and the ids of its messages where the broker may hand one over again,
+in one transaction, after its loads committed."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
+import pyarrow as pa
+from sqlalchemy import Connection, bindparam, delete, insert, select, text, update
 
 from udop.store.engine import transaction
 from udop.store.sql import SqlMetadataStore
-from udop.store.tables import stream_batches, stream_offsets
+from udop.store.tables import UTCDateTime, stream_batches, stream_messages, stream_offsets
+from udop.stream.source import StreamBatch
 
 __all__ = ["BatchRecord", "StreamStore"]
 
@@ -33,6 +37,41 @@ class BatchRecord:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+#: which of a batch's ids (a JSON array) are kept: one statement whatever their number
+_KNOWN = {
+    "sqlite": text(
+        "SELECT message_id FROM stream_messages WHERE pipeline = :pipeline "
+        "AND message_id IN (SELECT value FROM json_each(:ids))"
+    ),
+    "postgresql": text(
+        "SELECT message_id FROM stream_messages WHERE pipeline = :pipeline "
+        "AND message_id = ANY(ARRAY(SELECT jsonb_array_elements_text(CAST(:ids AS jsonb))))"
+    ),
+}
+
+
+def _known(conn: Connection, pipeline: str, ids: list[str]) -> set[str]:
+    """Which of ``ids`` are kept as messages of committed batches."""
+    return set(
+        conn.execute(_KNOWN[conn.dialect.name], {"pipeline": pipeline, "ids": json.dumps(ids)}).scalars()
+    )
+
+
+#: keep a batch's ids (a JSON array), one statement whatever their number (not a row of parameters per
+#: id: 10,000 ids took ~200 ms that way on SQLite); an id already kept keeps its first batch (RabbitMQ
+#: looks up only redelivered messages, so a producer's repeated ``message_id`` can arrive here)
+_KEEP_IDS = {
+    dialect: text(sql).bindparams(bindparam("now", type_=UTCDateTime()))
+    for dialect, sql in {
+        "sqlite": "INSERT INTO stream_messages (pipeline, message_id, run_id, settled_at) "
+        "SELECT :pipeline, value, :run_id, :now FROM json_each(:ids) WHERE true ON CONFLICT DO NOTHING",
+        "postgresql": "INSERT INTO stream_messages (pipeline, message_id, run_id, settled_at) "
+        "SELECT :pipeline, value, :run_id, :now FROM jsonb_array_elements_text(CAST(:ids AS jsonb)) "
+        "ON CONFLICT DO NOTHING",
+    }.items()
+}
 
 
 def _record(row: Any) -> BatchRecord:
@@ -91,6 +130,41 @@ class StreamStore:
             ).all()
         return [_record(r) for r in rows]
 
+    def fresh(self, pipeline: str, batch: StreamBatch) -> StreamBatch | None:
+        """``batch`` without the messages whose ids a committed batch of the pipeline had (and without a
+        second copy of one inside the batch), of those that may be repeats (``redelivered``); None when
+        none is left. Its ``end`` and ``acks`` stay the
+        batch's as read, so the repeats are acknowledged with it.
+
+        Called when the batch is about to run, after every earlier batch settled: a message handed over
+        again while an earlier batch was still running (a visibility timeout shorter than the batch)
+        is recognized as well as one back after a crash, whichever batch it was in."""
+        ids = batch.ids
+        if ids is None:
+            return batch
+        again = batch.redelivered
+        asked = [i for n, i in enumerate(ids) if i is not None and (again is None or again[n])]
+        if asked:
+            with transaction(self._engine, write=False) as conn:
+                seen = _known(conn, pipeline, list(dict.fromkeys(asked)))
+        else:
+            seen = set()
+        keep: list[int] = []
+        kept: list[str | None] = []
+        for n, i in enumerate(ids):
+            if i is not None and (again is None or again[n]):
+                if i in seen:
+                    continue
+                seen.add(i)  # a second copy in the same batch
+            keep.append(n)
+            kept.append(i)
+        if len(keep) == len(ids):
+            return batch
+        if not keep:
+            return None
+        table = batch.table.take(pa.array(keep, pa.int64()))
+        return StreamBatch(table=table, end=batch.end, acks=batch.acks, ids=kept, keep_ids=batch.keep_ids)
+
     def begin(  # noqa: PLR0917 - one batch's fields, named at the one call
         self,
         pipeline: str,
@@ -99,7 +173,13 @@ class StreamStore:
         end: Mapping[str, Any],
         acks: list[Any],
         messages: int,
+        *,
+        ids: list[str | None] | None = None,
+        keep_ids: float | None = None,
     ) -> None:
+        """Record a batch ``pending``; ``ids`` (``StreamBatch.ids``) are kept when it settles, and ids
+        kept longer than ``keep_ids`` seconds are dropped."""
+        now = _now()
         with transaction(self._engine, write=True) as conn:
             conn.execute(
                 insert(stream_batches).values(
@@ -111,9 +191,17 @@ class StreamStore:
                     acks=acks,
                     messages=messages,
                     tries=1,
-                    created_at=_now(),
+                    created_at=now,
+                    message_ids=None if ids is None else [i for i in ids if i is not None],
                 )
             )
+            if ids is not None and keep_ids is not None:
+                conn.execute(
+                    delete(stream_messages).where(
+                        stream_messages.c.pipeline == pipeline,
+                        stream_messages.c.settled_at < now - timedelta(seconds=keep_ids),
+                    )
+                )
 
     def tried(self, pipeline: str, run_id: str, error: str | None) -> int:
         """Count one more try of a pending batch (its run failed and is resumed); returns the tries."""
@@ -151,6 +239,13 @@ class StreamStore:
             )
             if state == "discarded":
                 return
+            ids = row.message_ids
+            if ids:  # kept with the positions' move; one already kept (RabbitMQ looks up only
+                # redelivered messages) keeps its first batch
+                conn.execute(
+                    _KEEP_IDS[conn.dialect.name],
+                    {"pipeline": pipeline, "run_id": run_id, "now": now, "ids": json.dumps(ids)},
+                )
             end = {
                 **(
                     conn.execute(
