@@ -504,6 +504,7 @@ def prepare_athena(
     tables: dict[str, str] = {}
     schemas: dict[str, Any] = {}
     in_place: dict[str, tuple[list[str], list[str], list[str]]] = {}  # files, file columns, hive keys
+    table_inputs: list[dict[str, Any]] = []  # registered once the query is made (nothing left on an error)
     for dep in data_inputs(task):
         location, found, hive = _athena_input(task, dep, inputs.get(dep), s3)
         try:
@@ -511,8 +512,9 @@ def prepare_athena(
         except FatalError as exc:
             raise FatalError(f"task {task.id!r}: engine athena: input {dep!r}: {exc}") from None
         keys: list[str] = []  # the hive keys s3_footers appended after the footer's own columns
-        for field in reversed(schemas[dep]) if hive else ():
-            if field.name not in _hive_keys(location, found) or field.name in keys:
+        folder_keys = _hive_keys(location, found) if hive else []
+        for field in reversed(schemas[dep]):
+            if field.name not in folder_keys or field.name in keys:
                 break
             keys.insert(0, field.name)
         file_columns = [f for f in schemas[dep] if f.name not in keys]
@@ -537,10 +539,7 @@ def prepare_athena(
                 },
             },
         }
-        try:
-            glue.create_table(DatabaseName=database, TableInput=table)
-        except glue.exceptions.AlreadyExistsException:  # a retried prepare: same run, same table
-            glue.update_table(DatabaseName=database, TableInput=table)
+        table_inputs.append(table)
         tables[dep] = name
     with Session(context=context) as session:
         relations = {}
@@ -580,6 +579,11 @@ def prepare_athena(
             f"{len(unload.encode())} bytes, over Athena's {ATHENA_QUERY_MAX_BYTES}: set materialize: true "
             "on the extract of the input with the most files"
         )
+    for table in table_inputs:
+        try:
+            glue.create_table(DatabaseName=database, TableInput=table)
+        except glue.exceptions.AlreadyExistsException:  # a retried prepare: same run, same table
+            glue.update_table(DatabaseName=database, TableInput=table)
     return {
         "query": unload,
         "output": output_uri,

@@ -535,7 +535,7 @@ def _lake_pipeline(bucket: str) -> Pipeline:
     )
 
 
-def test_athena_and_spark_validate_read_a_source_in_place(moto_aws: Any) -> None:
+def test_athena_and_spark_validate_read_a_source_in_place(moto_aws: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """An athena task reads a Parquet source in place: one Glue table at the snapshot's folder, the
     query kept to exactly the snapshot's objects (``"$path"``) with the hive folders' values as columns.
     Athena runs nothing here: the UNLOAD is parsed and round-tripped, and its SELECT, transpiled back to
@@ -616,6 +616,18 @@ def test_athena_and_spark_validate_read_a_source_in_place(moto_aws: Any) -> None
     )
     assert result["output"]["rows"] == 2
     assert result["inputs"] == [f"s3://{aws.data_bucket}/runs/lake/{run_id}/orders/"]  # S3, not the runner's /tmp
+    assert glue.get_tables(DatabaseName="udop_lake")["TableList"] == []
+
+    # more objects than fit in Athena's query string: one line naming task and what to do, no table left
+    from udop_transforms import _remote
+
+    with monkeypatch.context() as patched:
+        patched.setattr(_remote, "ATHENA_QUERY_MAX_BYTES", 300)
+        refused, err = _invoke(aws, {**_payload(run_id, "totals", engine_phase="prepare", glue_database="udop_lake"),
+                                     "pipeline": "lake", "run": {"run_id": run_id, "params": {}}})
+    assert err is not None and "\n" not in refused["errorMessage"], refused
+    assert refused["errorMessage"].startswith("task 'totals': engine athena: the query naming the files of its")
+    assert "set materialize: true on the extract" in refused["errorMessage"]
     assert glue.get_tables(DatabaseName="udop_lake")["TableList"] == []
 
     # spark validate: the job counted on 2026-01-01 12:00 (12 h after the newest ts), recorded today
