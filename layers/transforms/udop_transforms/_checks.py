@@ -140,9 +140,11 @@ def bind_rules(session: Session, relation: str, columns: list[Column], rules: li
 
 def evaluate_rules(session: Session, relation: str, columns: list[Column], rules: list[Any],
                    params: Params, *, sample_rows: int = 5,
-                   logical_date: datetime | None = None) -> list[CheckResult]:
+                   logical_date: datetime | None = None,
+                   now: datetime | None = None) -> list[CheckResult]:
     """Run every rule over ``relation`` (a view, table or parenthesised query); never raises for a
-    failed rule: the caller decides what a failed ``error`` rule means."""
+    failed rule: the caller decides what a failed ``error`` rule means. ``now``: when the data was
+    counted (a freshness rule's reference time), if not now (a Spark job's counts, replayed later)."""
     compiled = bind_rules(session, relation, columns, rules, params)
     items = ["count(*)"]
     items += [f"count(*) FILTER (WHERE {r.predicate})" for r in compiled.rows]
@@ -185,7 +187,7 @@ def evaluate_rules(session: Session, relation: str, columns: list[Column], rules
         results[(index, name)] = CheckResult(
             rule=name, severity=sev, passed=not (low or high), failing_rows=0,
             message=f"{total} rows; expected {bounds}")
-    now = datetime.now(UTC).replace(tzinfo=None)
+    now = _naive_utc(now) if now is not None else datetime.now(UTC).replace(tzinfo=None)
     for (index, name, sev, fresh_rule), value in zip(compiled.fresh, newest, strict=True):
         fresh = fresh_rule.freshness
         ref = now

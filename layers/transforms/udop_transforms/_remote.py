@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, cast
 
 from udop.errors import FatalError
@@ -110,6 +111,26 @@ def _job_run_ids(job_run: Mapping[str, Any]) -> tuple[str | None, str | None]:
 
 
 
+#: EMR Serverless ``billedResourceUtilization`` fields (GetJobRun) -> the attempt's metrics
+_EMR_BILLED = {"vCPUHour": "emr_vcpu_hours", "memoryGBHour": "emr_memory_gb_hours",
+               "storageGBHour": "emr_storage_gb_hours"}
+
+
+def _emr_cost(emr: Any, job_run: Mapping[str, Any]) -> dict[str, Any]:
+    """The job run's id and billed resources (vCPU-, memory- and storage-hours, as GetJobRun answers
+    them), recorded with the attempt as its cost."""
+    app, run = _job_run_ids(job_run)
+    out: dict[str, Any] = {}
+    if run is not None:
+        out["emr_job_run_id"] = run
+    if emr is not None and app is not None and run is not None:
+        job = emr.get_job_run(applicationId=app, jobRunId=run)["jobRun"]
+        billed = job.get("billedResourceUtilization") or {}
+        out.update({name: float(billed[field]) for field, name in _EMR_BILLED.items()
+                    if billed.get(field) is not None})
+    return out
+
+
 def _output_manifest(s3: Any, spec: Mapping[str, Any], pattern: str) -> Manifest:
     """The manifest of the Parquet an engine job wrote under ``spec['output']`` (row count and schema
     from the files' footers)."""
@@ -132,15 +153,7 @@ def finish_spark(
     manifest = _output_manifest(s3, spec, "*.parquet")
     rows = manifest.rows
     metrics: dict[str, Any] = {"rows": rows, "engine": "spark"}
-    app, run = _job_run_ids(job_run)
-    if run is not None:
-        metrics["emr_job_run_id"] = run
-    if emr is not None and app is not None and run is not None:
-        billed = (
-            emr.get_job_run(applicationId=app, jobRunId=run)["jobRun"].get("billedResourceUtilization") or {}
-        )
-        if billed.get("vCPUHour") is not None:
-            metrics["emr_vcpu_hours"] = float(billed["vCPUHour"])
+    metrics.update(_emr_cost(emr, job_run))
     uris: Mapping[str, str] = spec.get("input_uris", {})
     found_columns = column_lineage(str(spec["duckdb_query"]), dict(spec.get("relations", {})))
     columns = {
@@ -221,7 +234,9 @@ def checks_uri(output_uri: str) -> str:
     return output_uri.rstrip("/") + ".checks/"
 
 
-def _rules(context: TaskContext, task: Any, session: Any, columns: list[Any]) -> list[CheckResult]:
+def _rules(
+    context: TaskContext, task: Any, session: Any, columns: list[Any], now: datetime | None = None
+) -> list[CheckResult]:
     from udop_transforms._checks import RuleError, evaluate_rules
 
     params = Params(context.template_scope())
@@ -234,6 +249,7 @@ def _rules(context: TaskContext, task: Any, session: Any, columns: list[Any]) ->
             params,
             sample_rows=task.sample_rows,
             logical_date=context.logical_date,
+            now=now,
         )
     except RuleError as exc:
         raise FatalError(f"task {task.id!r}: {exc}") from None
@@ -323,10 +339,12 @@ def finish_spark_validate(
         s3.get_object(Bucket=b, Key=k)["Body"].read().decode()
         for b, _, k in (f.path.removeprefix("s3://").partition("/") for f in found)
     )
-    results = json.loads(text)["results"]
-    answers = dict(zip(spec["duckdb_queries"], results, strict=True))
+    document = json.loads(text)
+    answers = dict(zip(spec["duckdb_queries"], document["results"], strict=True))
     names = list(spec["relation"])
-    checks = _rules(context, task, _RuleShim(_Replay(answers)), [(n, "") for n in names])
+    # a freshness rule measures age at the time the job counted, not now (the record call runs later)
+    counted_at = datetime.fromisoformat(document["counted_at"]) if document.get("counted_at") else None
+    checks = _rules(context, task, _RuleShim(_Replay(answers)), [(n, "") for n in names], now=counted_at)
     if any(not c.passed and c.severity == "error" for c in checks):
         raise _quality_error(task.id, checks)
     upstream = Manifest.from_dict(spec["input_manifest"])
@@ -336,15 +354,7 @@ def finish_spark_validate(
         "rules_failed_warn": sum(not c.passed for c in checks),
         "engine": "spark",
     }
-    app, run = _job_run_ids(job_run)
-    if run is not None:
-        metrics["emr_job_run_id"] = run
-    if emr is not None and app is not None and run is not None:
-        billed = (
-            emr.get_job_run(applicationId=app, jobRunId=run)["jobRun"].get("billedResourceUtilization") or {}
-        )
-        if billed.get("vCPUHour") is not None:
-            metrics["emr_vcpu_hours"] = float(billed["vCPUHour"])
+    metrics.update(_emr_cost(emr, job_run))
     columns = {n: [[upstream.uri, n]] for n in names}
     return TaskResult(
         output=output, checks=tuple(checks), inputs=(upstream.uri,), metrics=metrics, columns=columns
@@ -405,6 +415,78 @@ def glue_table_name(pipeline: str, run_id: str, dep: str) -> str:
     return re.sub(r"[^a-z0-9_]", "_", f"udop_{pipeline}_{run_id}_{dep}".lower())[:255]
 
 
+#: Athena's limit on a query string (StartQueryExecution's QueryString, 262,144 bytes)
+ATHENA_QUERY_MAX_BYTES = 262_144
+
+
+def _is_snapshot(result: TaskResult | None) -> bool:
+    return result is not None and result.output is not None and result.output.format == SNAPSHOT_FORMAT
+
+
+def _athena_input(task: Any, dep: str, result: TaskResult | None, s3: Any) -> tuple[str, Any, bool]:
+    """(Glue table location, Parquet objects, hive folders?) of one input of an athena task: a task's
+    Parquet output under the run's prefix, or the objects a snapshot of a source read in place names
+    (the location is their common folder; the query keeps to exactly those objects)."""
+    manifest = result.output if result is not None else None
+    if manifest is not None and manifest.format == SNAPSHOT_FORMAT:
+        snap = read_snapshot(manifest)
+        paths = [f.path for f in snap.files]
+        if not paths:
+            raise FatalError(f"task {task.id!r}: input {dep!r} has no files at {snap.path}")
+        buckets = {p.removeprefix("s3://").partition("/")[0] for p in paths}
+        if not all(p.startswith("s3://") for p in paths) or len(buckets) != 1:
+            raise FatalError(
+                f"task {task.id!r}: engine athena reads sources in place from one S3 bucket; input {dep!r} "
+                f"reads {snap.path} (set materialize: true on its extract)"
+            )
+        folders = [p.split("/")[:-1] for p in paths]  # ['s3:', '', bucket, folder...]
+        common = folders[0]
+        for parts in folders[1:]:
+            common = common[: next((i for i, (a, b) in enumerate(zip(common, parts, strict=False)) if a != b),
+                                   min(len(common), len(parts)))]
+        location = "/".join(common) + "/"
+        hive = snap.hive_partitioning is not False and bool(_hive_keys(location, snap.files))
+        return location, snap.files, hive
+    if manifest is not None and manifest.format == "parquet" and manifest.uri.startswith("s3://"):
+        found = list_s3(s3, manifest.uri.rstrip("/") + "/*")
+        if not found:
+            raise FatalError(f"task {task.id!r}: input {dep!r} has no files at {manifest.uri}")
+        return manifest.uri.rstrip("/") + "/", found, False
+    raise FatalError(
+        f"task {task.id!r}: engine athena reads Parquet on S3 (a task's output or a source read in place); "
+        f"input {dep!r} is {'nothing' if manifest is None else manifest.format + ' at ' + manifest.uri}"
+    )
+
+
+def _hive_keys(location: str, files: Any) -> list[str]:
+    """The ``key=value`` folder keys between ``location`` and the files, in order (as DuckDB adds them)."""
+    keys: list[str] = []
+    for f in files:
+        for part in f.path.removeprefix(location).split("/")[:-1]:
+            name, eq, _ = part.partition("=")
+            if eq and name and name not in keys:
+                keys.append(name)
+    return keys
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _in_place_select(table: str, files: list[str], columns: list[str], keys: list[str]) -> str:
+    """A source read in place as Athena reads it: the table's rows from exactly the snapshot's objects
+    (``"$path"``, the object each row comes from), each hive key's value cut from that path (text, as
+    the ``s3`` connector reads it)."""
+    items = [_quote(c) for c in columns]
+    items += [f"regexp_extract(\"$path\", {_literal('/' + k + '=([^/]*)/')}, 1) AS {_quote(k)}" for k in keys]
+    listed = ", ".join(_literal(f) for f in files)
+    return f'SELECT {", ".join(items)} FROM {table} WHERE "$path" IN ({listed})'
+
+
 def prepare_athena(
     context: TaskContext,
     task: Any,
@@ -421,28 +503,35 @@ def prepare_athena(
 
     tables: dict[str, str] = {}
     schemas: dict[str, Any] = {}
+    in_place: dict[str, tuple[list[str], list[str], list[str]]] = {}  # files, file columns, hive keys
+    table_inputs: list[dict[str, Any]] = []  # registered once the query is made (nothing left on an error)
     for dep in data_inputs(task):
-        result = inputs.get(dep)
-        manifest = result.output if result is not None else None
-        if manifest is None or manifest.format != "parquet" or not manifest.uri.startswith("s3://"):
-            raise FatalError(
-                f"task {task.id!r}: engine athena reads a task's Parquet output on S3; input {dep!r} is "
-                f"{'nothing' if manifest is None else manifest.format} (a source read in place needs "
-                "materialize: true on its extract)"
-            )
-        found = list_s3(s3, manifest.uri.rstrip("/") + "/*")
-        if not found:
-            raise FatalError(f"task {task.id!r}: input {dep!r} has no files at {manifest.uri}")
-        _, schemas[dep] = s3_footers(s3, found, False)
+        location, found, hive = _athena_input(task, dep, inputs.get(dep), s3)
+        try:
+            _, schemas[dep] = s3_footers(s3, found, hive)
+        except FatalError as exc:
+            raise FatalError(f"task {task.id!r}: engine athena: input {dep!r}: {exc}") from None
+        keys: list[str] = []  # the hive keys s3_footers appended after the footer's own columns
+        folder_keys = _hive_keys(location, found) if hive else []
+        for field in reversed(schemas[dep]):
+            if field.name not in folder_keys or field.name in keys:
+                break
+            keys.insert(0, field.name)
+        file_columns = [f for f in schemas[dep] if f.name not in keys]
+        if _is_snapshot(inputs.get(dep)):
+            in_place[dep] = ([f.path for f in found], [f.name for f in file_columns], keys)
         name = glue_table_name(context.pipeline.metadata.name, context.run_id, dep)
-        columns = [{"Name": f.name, "Type": _hive_type(f.type)} for f in schemas[dep]]
+        try:
+            columns = [{"Name": f.name, "Type": _hive_type(f.type)} for f in file_columns]
+        except FatalError as exc:
+            raise FatalError(f"task {task.id!r}: engine athena: input {dep!r}: {exc}") from None
         table = {
             "Name": name,
             "TableType": "EXTERNAL_TABLE",
             "Parameters": {"classification": "parquet", "udop:run": context.run_id},
             "StorageDescriptor": {
                 "Columns": columns,
-                "Location": manifest.uri.rstrip("/") + "/",
+                "Location": location,
                 "InputFormat": "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat",
                 "OutputFormat": "org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat",
                 "SerdeInfo": {
@@ -450,10 +539,7 @@ def prepare_athena(
                 },
             },
         }
-        try:
-            glue.create_table(DatabaseName=database, TableInput=table)
-        except glue.exceptions.AlreadyExistsException:  # a retried prepare: same run, same table
-            glue.update_table(DatabaseName=database, TableInput=table)
+        table_inputs.append(table)
         tables[dep] = name
     with Session(context=context) as session:
         relations = {}
@@ -472,15 +558,32 @@ def prepare_athena(
     except ValueError as exc:
         raise FatalError(f"task {task.id!r}: engine athena: {exc}") from None
     tree = parse_one(athena_sql, read="athena")
-    for node in tree.find_all(exp.Table):
+    for node in list(tree.find_all(exp.Table)):
         if node.name in tables and not node.args.get("db"):
-            node.set("this", exp.to_identifier(tables[node.name], quoted=True))
-            node.set("db", exp.to_identifier(database, quoted=True))
-            if not node.alias:
-                node.set("alias", exp.TableAlias(this=exp.to_identifier(node.name, quoted=True)))
+            dep, alias = node.name, node.alias or node.name
+            table_sql = f"{_quote(database)}.{_quote(tables[dep])}"
+            if dep in in_place:  # exactly the snapshot's files, hive folders' values as columns
+                node.replace(parse_one(f"({_in_place_select(table_sql, *in_place[dep])}) AS {_quote(alias)}",
+                                       read="athena"))
+            else:
+                node.set("this", exp.to_identifier(tables[dep], quoted=True))
+                node.set("db", exp.to_identifier(database, quoted=True))
+                if not node.alias:
+                    node.set("alias", exp.TableAlias(this=exp.to_identifier(dep, quoted=True)))
     select = tree.sql("athena")
     location = output_uri.replace("'", "''")
     unload = f"UNLOAD ({select}) TO '{location}' WITH (format = 'PARQUET', compression = 'ZSTD')"
+    if len(unload.encode()) > ATHENA_QUERY_MAX_BYTES:
+        raise FatalError(
+            f"task {task.id!r}: engine athena: the query naming the files of its inputs read in place is "
+            f"{len(unload.encode())} bytes, over Athena's {ATHENA_QUERY_MAX_BYTES}: set materialize: true "
+            "on the extract of the input with the most files"
+        )
+    for table in table_inputs:
+        try:
+            glue.create_table(DatabaseName=database, TableInput=table)
+        except glue.exceptions.AlreadyExistsException:  # a retried prepare: same run, same table
+            glue.update_table(DatabaseName=database, TableInput=table)
     return {
         "query": unload,
         "output": output_uri,

@@ -1,6 +1,7 @@
 """udop's Spark entry script: runs one transform's Spark SQL over Parquet inputs and writes Parquet.
 
-Self-contained on purpose (PySpark and the standard library only): on AWS this file is shipped to S3
+Self-contained on purpose (PySpark and the standard library only, and Python 3.9 syntax and library:
+the python3 of EMR Serverless 7.x images, Amazon Linux 2023, is 3.9): on AWS this file is shipped to S3
 and is the EMR Serverless job's entry point, called with the URI of the job's spec (JSON); locally the
 ``engine: spark`` task calls ``run_job`` with the same spec on the process's SparkSession, so both
 paths run this code. The spec::
@@ -74,7 +75,7 @@ def _encode_value(value: Any, mask: dict[str, Any], column: str) -> dict[str, An
         return {"type": "null", "value": None}
     if column.lower() in mask.get("columns", []):
         return {"type": "str", "value": mask.get("text", "**********")}
-    if isinstance(value, bytes | bytearray):
+    if isinstance(value, (bytes, bytearray)):
         value = bytes(value).decode("utf-8", "replace")
     if isinstance(value, str):
         for pattern in mask.get("patterns", []):
@@ -106,16 +107,18 @@ def run_checks(spark: Any, spec: dict[str, Any]) -> dict[str, Any]:
             reader = reader.option("basePath", base_paths[name])
         reader.parquet(*paths).createOrReplaceTempView(name)
     mask = spec.get("mask", {})
+    # a freshness rule's "now": when the data was counted (not when the record call reads this)
+    counted_at = dt.datetime.now(dt.timezone.utc).isoformat()  # noqa: UP017 (Python 3.9, see above)
     results = []
     for query in spec["queries"]:
         frame = spark.sql(query["sql"], args=decode_params(query.get("params", {})))
         names = list(frame.columns)
         rows = [
-            [_encode_value(v, mask, n) for n, v in zip(names, tuple(row), strict=True)]
+            [_encode_value(v, mask, n) for n, v in zip(names, tuple(row))]  # noqa: B905 (3.9)
             for row in frame.collect()
         ]
         results.append({"columns": names, "rows": rows})
-    return {"results": results}
+    return {"results": results, "counted_at": counted_at}
 
 
 def main(argv: list[str]) -> int:

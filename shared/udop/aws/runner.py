@@ -552,6 +552,8 @@ def _engine_phase(event: Mapping[str, Any], payload: TaskPayload, pipeline: Any,
                 extra = {"glue": _aws_client("glue"), "database": str(event.get("glue_database") or "")}
             prepare = calls["prepare_validate"] if validate else calls["prepare"]
             spec = prepare(context, task, inputs, s3=s3, output_uri=output_uri, **extra)
+            if isinstance(spec.get("input_uris"), dict):  # a snapshot was staged here: lineage names S3
+                spec["input_uris"] = {k: staging.to_remote(str(v)) for k, v in spec["input_uris"].items()}
         put_json(s3, settings.data_bucket, spec_key, spec)
         answer = {"task_id": payload.task_id, "spec_uri": f"s3://{settings.data_bucket}/{spec_key}",
                   "name": f"udop-{payload.pipeline}-{payload.task_id}-{payload.run_id}"[:255]}

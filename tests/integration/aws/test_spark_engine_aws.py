@@ -137,6 +137,11 @@ def test_prepare_job_finish_on_emulated_aws(moto_aws: Any, tmp_path: Path) -> No
         s3.get_object(Bucket=aws.data_bucket, Key=f"results/sparky/{run_id}/groups.json")["Body"].read()
     )
     assert result["metrics"]["engine"] == "spark" and result["metrics"]["emr_job_run_id"] == job["jobRunId"]
+    # the cost, from GetJobRun's billedResourceUtilization (moto answers the documented shape, zeros)
+    billed = emr.get_job_run(applicationId=app, jobRunId=job["jobRunId"])["jobRun"]["billedResourceUtilization"]
+    assert {k: result["metrics"][k] for k in ("emr_vcpu_hours", "emr_memory_gb_hours", "emr_storage_gb_hours")} \
+        == {"emr_vcpu_hours": billed["vCPUHour"], "emr_memory_gb_hours": billed["memoryGBHour"],
+            "emr_storage_gb_hours": billed["storageGBHour"]}
     assert result["output"]["schema_fingerprint"]
     numbers_uri = f"s3://{aws.data_bucket}/runs/sparky/{run_id}/numbers/"
     assert result["inputs"] == [numbers_uri]
@@ -251,6 +256,25 @@ def test_spark_validate_prepare_job_finish_on_emulated_aws(moto_aws: Any, tmp_pa
     assert check["failing_rows"] == 2 and sorted(r["id"] for r in check["sample"]) == [1, 2]
 
 
+def _athena_job_run(answer: dict[str, Any]) -> dict[str, Any]:
+    """What the compiled athena job state passes to the record call: its ResultSelector (JSONPath) over
+    the query execution the ``.sync`` integration answers (GetQueryExecution's shape)."""
+    from udop.compiler import compile_pipeline
+
+    def find(path: str) -> Any:  # the selector's paths are plain $.a.b
+        value: Any = answer
+        for key in path.removeprefix("$.").split("."):
+            value = value[key]
+        return value
+
+    doc = _pipeline("/tmp").model_dump(mode="json", by_alias=True, exclude_unset=True)
+    doc["spec"]["tasks"][1]["engine"] = "athena"
+    doc["spec"]["tasks"][1]["steps"] = [{"filter": "id > 2"}]
+    states = compile_pipeline(Pipeline.model_validate(doc)).definition["States"]
+    selector = states["groups job"]["ResultSelector"]
+    return {key.removesuffix(".$"): find(path) for key, path in selector.items()}
+
+
 def test_athena_prepare_registers_glue_tables_and_finish_records_the_unload(moto_aws: Any) -> None:
     """Athena runs no query on moto: the prepared UNLOAD is checked by parsing and the transpiler's
     round trip, moto accepts it, and the finish call reads what an UNLOAD would have written."""
@@ -331,7 +355,7 @@ def test_athena_prepare_registers_glue_tables_and_finish_records_the_unload(moto
             run_id,
             "groups",
             engine_phase="finish",
-            job_run={"query_execution_id": started["QueryExecutionId"], "bytes_scanned": 12345},
+            job_run=_athena_job_run(athena.get_query_execution(QueryExecutionId=started["QueryExecutionId"])),
         ),
     )
     assert err is None, finished
@@ -339,7 +363,9 @@ def test_athena_prepare_registers_glue_tables_and_finish_records_the_unload(moto
     result = json.loads(
         s3.get_object(Bucket=aws.data_bucket, Key=f"results/sparky/{run_id}/groups.json")["Body"].read()
     )
-    assert result["metrics"]["athena_bytes_scanned"] == 12345 and result["metrics"]["engine"] == "athena"
+    assert result["metrics"]["engine"] == "athena"
+    assert result["metrics"]["athena_query_execution_id"] == started["QueryExecutionId"]
+    assert result["metrics"]["athena_bytes_scanned"] == 0  # moto's DataScannedInBytes
     assert result["column_lineage"]["total"] == [
         [f"s3://{aws.data_bucket}/runs/sparky/{run_id}/numbers/", "id"]
     ]
@@ -474,3 +500,149 @@ def test_udop_deploy_file_reads_the_engines_from_the_settings(
         stateMachineArn=out.rsplit("-> ", 1)[1].strip()
     )["definition"]
     assert '"ApplicationId": "00fabc123"' in asl or '"ApplicationId":"00fabc123"' in asl
+
+
+def _lake_pipeline(bucket: str) -> Pipeline:
+    """A Parquet source read in place (hive folders), an athena transform and a spark validate on it."""
+    return Pipeline.model_validate(
+        {
+            "apiVersion": "udop/v1",
+            "kind": "Pipeline",
+            "metadata": {"name": "lake"},
+            "spec": {
+                "tasks": [
+                    {"id": "orders", "type": "extract", "source": {"connector": "s3", "path": f"s3://{bucket}/orders/"}},
+                    {
+                        "id": "totals",
+                        "type": "transform",
+                        "engine": "athena",
+                        "depends_on": ["orders"],
+                        "steps": [
+                            {"filter": "amount > 1.5"},
+                            {"aggregate": {"by": ["region"], "metrics": {"total": "sum(amount)", "n": "count(*)"}}},
+                        ],
+                    },
+                    {
+                        "id": "fresh",
+                        "type": "validate",
+                        "engine": "spark",
+                        "depends_on": ["orders"],
+                        "rules": [{"freshness": {"column": "ts", "max_age": "1d"}}],
+                    },
+                ]
+            },
+        }
+    )
+
+
+def test_athena_and_spark_validate_read_a_source_in_place(moto_aws: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An athena task reads a Parquet source in place: one Glue table at the snapshot's folder, the
+    query kept to exactly the snapshot's objects (``"$path"``) with the hive folders' values as columns.
+    Athena runs nothing here: the UNLOAD is parsed and round-tripped, and its SELECT, transpiled back to
+    DuckDB by sqlglot over a table that gives each row its ``$path`` (an object added after the
+    snapshot included), gives DuckDB's answer over the snapshot. A spark validate's freshness rule
+    measures age when the job counted (``counted_at``), not when the record call runs."""
+    from datetime import UTC, datetime
+
+    import duckdb
+    import pyarrow as pa
+    import sqlglot
+
+    from udop_transforms._dialects import round_trip
+    from udop_transforms.spark_entry import encode_params
+
+    aws = moto_aws
+    s3, glue = aws.client("s3"), aws.client("glue")
+    bucket = f"{aws.prefix}-lake"
+    s3.create_bucket(Bucket=bucket)
+    ts = datetime(2026, 1, 1)
+    parts = {
+        "orders/region=eu/part-0.parquet": pa.table({"id": [1, 2, 3], "amount": [10.0, 2.5, 1.0], "ts": [ts] * 3}),
+        "orders/region=us/part-0.parquet": pa.table({"id": [4, 5], "amount": [7.0, 1.0], "ts": [ts] * 2}),
+    }
+    for key, table in parts.items():
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        s3.put_object(Bucket=bucket, Key=key, Body=buf.getvalue())
+    s3.put_object(Bucket=bucket, Key="orders/_SUCCESS", Body=b"")
+    put_version(s3, aws.definitions_bucket, "lake", 1, canonical_definition(_lake_pipeline(bucket)))
+    glue.create_database(DatabaseInput={"Name": "udop_lake"})
+    run_id = uuid.uuid4().hex
+
+    def call(task: str, **extra: Any) -> dict[str, Any]:
+        answer, err = _invoke(aws, {**_payload(run_id, task, **extra), "pipeline": "lake", "run": {
+            "run_id": run_id, "params": {}, "logical_date": "2026-01-02"}})
+        assert err is None, answer
+        return answer
+
+    call("orders")
+    prepared = call("totals", engine_phase="prepare", glue_database="udop_lake")
+    ((name,),) = [[t["Name"] for t in glue.get_tables(DatabaseName="udop_lake")["TableList"]]]
+    described = glue.get_table(DatabaseName="udop_lake", Name=name)["Table"]["StorageDescriptor"]
+    assert described["Location"] == f"s3://{bucket}/orders/"  # the source's own folder: nothing copied
+    # the files' columns; the hive key comes from each object's path in the query
+    assert [(c["Name"], c["Type"]) for c in described["Columns"]] == [
+        ("id", "bigint"), ("amount", "double"), ("ts", "timestamp")
+    ]
+    query = prepared["query"]
+    select = query[len("UNLOAD (") : query.rindex(") TO '")]
+    assert round_trip(select, "athena") == select
+    assert f"\"$path\" IN ('s3://{bucket}/orders/region=eu/part-0.parquet', " in select
+    aws.client("athena").create_work_group(Name="udop")
+    aws.client("athena").start_query_execution(
+        QueryString=query, WorkGroup="udop", QueryExecutionContext={"Database": "udop_lake"}
+    )
+
+    # the SELECT's meaning, on DuckDB: the table with each row's object; a file added after the snapshot
+    con = duckdb.connect()
+    later = pa.table({"id": [6], "amount": [99.0], "ts": [ts]})
+    files = {**parts, "orders/region=us/part-1.parquet": later}
+    rows = pa.concat_tables(
+        [t.append_column("$path", pa.array([f"s3://{bucket}/{k}"] * t.num_rows)) for k, t in files.items()]
+    )
+    con.execute("CREATE SCHEMA udop_lake")
+    con.register("all_rows", rows)
+    con.execute(f'CREATE TABLE udop_lake."{name}" AS SELECT * FROM all_rows')
+    got = sorted(con.execute(sqlglot.transpile(select, read="athena", write="duckdb")[0]).fetchall())
+    assert got == [("eu", 12.5, 2), ("us", 7.0, 1)]  # 99.0 came after the snapshot: not read
+
+    # the finish call: what UNLOAD would write, lineage naming the snapshot, the tables dropped
+    out = io.BytesIO()
+    pq.write_table(pa.table({"region": ["eu", "us"], "total": [12.5, 7.0], "n": [2, 1]}), out)
+    s3.put_object(Bucket=aws.data_bucket, Key=f"runs/lake/{run_id}/totals/20261130_0001", Body=out.getvalue())
+    call("totals", engine_phase="finish", job_run={"query_execution_id": "q1", "bytes_scanned": 0})
+    result = json.loads(
+        s3.get_object(Bucket=aws.data_bucket, Key=f"results/lake/{run_id}/totals.json")["Body"].read()
+    )
+    assert result["output"]["rows"] == 2
+    assert result["inputs"] == [f"s3://{aws.data_bucket}/runs/lake/{run_id}/orders/"]  # S3, not the runner's /tmp
+    assert glue.get_tables(DatabaseName="udop_lake")["TableList"] == []
+
+    # more objects than fit in Athena's query string: one line naming task and what to do, no table left
+    from udop_transforms import _remote
+
+    with monkeypatch.context() as patched:
+        patched.setattr(_remote, "ATHENA_QUERY_MAX_BYTES", 300)
+        refused, err = _invoke(aws, {**_payload(run_id, "totals", engine_phase="prepare", glue_database="udop_lake"),
+                                     "pipeline": "lake", "run": {"run_id": run_id, "params": {}}})
+    assert err is not None and "\n" not in refused["errorMessage"], refused
+    assert refused["errorMessage"].startswith("task 'totals': engine athena: the query naming the files of its")
+    assert "set materialize: true on the extract" in refused["errorMessage"]
+    assert glue.get_tables(DatabaseName="udop_lake")["TableList"] == []
+
+    # spark validate: the job counted on 2026-01-01 12:00 (12 h after the newest ts), recorded today
+    prepared = call("fresh", engine_phase="prepare")
+    b, _, k = prepared["spec_uri"].removeprefix("s3://").partition("/")
+    spec = json.loads(s3.get_object(Bucket=b, Key=k)["Body"].read())
+    assert spec["inputs"]["orders"] == [f"s3://{bucket}/{key}" for key in parts]
+    assert len(spec["queries"]) == 1  # one scan: count(*) and the newest ts
+    answer = {"results": [{"columns": ["n", "newest"], "rows": [list(encode_params({"n": 5, "t": ts}).values())]}],
+              "counted_at": datetime(2026, 1, 1, 12, tzinfo=UTC).isoformat()}
+    rb, _, rk = spec["results"].removeprefix("s3://").partition("/")
+    s3.put_object(Bucket=rb, Key=rk + "part-00000.txt", Body=json.dumps(answer).encode())
+    call("fresh", engine_phase="finish", job_run={})
+    checked = json.loads(
+        s3.get_object(Bucket=aws.data_bucket, Key=f"results/lake/{run_id}/fresh.json")["Body"].read()
+    )
+    ((check,),) = [checked["checks"]]
+    assert check["passed"] and "12.0h old" in check["message"], check

@@ -132,11 +132,12 @@ def same(a: Any, b: Any) -> bool:
 
 @pytest.mark.parametrize("name", ["q1", "q3", "q6"])
 def test_tpch_on_spark_gives_duckdbs_answer(tmp_path: Path, tpch: Path, spark: None, name: str) -> None:
-    answers = {}
+    answers, records = {}, {}
     for engine in ("duckdb", "spark"):
         record, lineage, _ = run(tmp_path, write_pipeline(tmp_path, name, tpch, engine))
         assert record.state == RunState.SUCCEEDED, [t.error_message for t in record.tasks]
         task = next(t for t in record.tasks if t.task_id == "query")
+        records[engine] = (task, {r.task_id: r for r in lineage}["query"])
         output = task.result["output"]
         answers[engine] = rows_of(output["uri"])
         # rows recorded from the output's Parquet footers, lineage to the inputs as for DuckDB
@@ -150,6 +151,14 @@ def test_tpch_on_spark_gives_duckdbs_answer(tmp_path: Path, tpch: Path, spark: N
             assert not list(Path(output["uri"]).glob("_SUCCESS")) and not list(
                 Path(output["uri"]).glob(".*crc")
             )
+    # the same record on both engines (the conformance idea): the task's, its attempts', its lineage's fields
+    (d_task, d_lin), (s_task, s_lin) = records["duckdb"], records["spark"]
+    assert set(vars(d_task)) == set(vars(s_task)) and set(d_task.result) == set(s_task.result)
+    assert set(d_task.result["output"]) == set(s_task.result["output"])
+    assert set(d_task.result["metrics"]) | {"engine"} == set(s_task.result["metrics"])
+    assert [set(vars(a)) for a in d_task.attempts] == [set(vars(a)) for a in s_task.attempts]
+    assert set(vars(d_lin)) == set(vars(s_lin))
+    assert set(d_task.result["column_lineage"]) == set(s_task.result["column_lineage"])  # every column
     duck, spk = answers["duckdb"], answers["spark"]
     assert [list(r) for r in duck] == [list(r) for r in spk]  # same columns in the same order
     if name != "q3":  # Q1 is sorted on its keys, Q6 one row; Q3 is sorted on revenue: compare in order too
