@@ -11,12 +11,14 @@ same work into the same sink in the same process.
             Parquet: one file per batch). No offsets kept anywhere (it is the speed ceiling, not
             a delivery guarantee).
 
-Throughput: ``--messages`` produced first, then timed from the first poll to the last commit.
+Throughput: ``--messages`` produced first, then timed from the first poll to the last commit; plain and
+udop alternate ``--repeat`` times per sink, and best, median and each round's udop/plain are printed.
 Latency: a producer sends ``--rate`` messages/s for ``--seconds`` while the consumer runs; a message's
 latency is the time from its Kafka timestamp (set when produced) to its batch's commit (p50 / p99).
 The machine may be shared: the load average is printed beside the figures.
 
-    .venv/bin/python benchmarks/streams.py [--messages 200000] [--batch 10000] [--rate 2000] [--seconds 10]
+    .venv/bin/python benchmarks/streams.py [--messages 200000] [--batch 10000] [--repeat 3]
+        [--sinks postgres,parquet] [--rate 2000] [--seconds 10 (0: no latency run)]
 """
 
 from __future__ import annotations
@@ -254,8 +256,11 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=10_000)
     parser.add_argument("--rate", type=float, default=2_000)
-    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--seconds", type=float, default=10, help="latency run's length; 0 skips it")
+    parser.add_argument("--repeat", type=int, default=3, help="alternating plain/udop rounds per sink")
+    parser.add_argument("--sinks", default="postgres,parquet")
     args = parser.parse_args()
+    sinks = [s for s in args.sinks.split(",") if s]
     import sqlalchemy as sa
 
     engine = sa.create_engine(PG_URL, poolclass=sa.pool.NullPool)
@@ -321,22 +326,38 @@ def main() -> None:
 
         try:
             # warm-up, untimed: imports (udop, pandas via pyarrow, psycopg) and the first connections
-            for sink in ("postgres", "parquet"):
+            for sink in sinks:
                 for label in ("plain", "udop"):
                     one(sink, label, 2_000, None, 0.2)
-            print(f"\nthroughput: {args.messages:,} messages waiting, batches of up to {args.batch:,}")
-            for sink in ("postgres", "parquet"):
-                rates = {}
+            print(
+                f"\nthroughput: {args.messages:,} messages waiting, batches of up to {args.batch:,}, "
+                f"{args.repeat} alternating rounds"
+            )
+            for sink in sinks:
+                rates: dict[str, list[float]] = {"plain": [], "udop": []}
+                ratios: list[float] = []
+                for _ in range(args.repeat):
+                    for label in ("plain", "udop"):
+                        timed, started = one(sink, label, args.messages, None, 1.0)
+                        rates[label].append(figures(label, sink, timed, started, args.messages))
+                    ratios.append(rates["udop"][-1] / rates["plain"][-1])
                 for label in ("plain", "udop"):
-                    timed, started = one(sink, label, args.messages, None, 1.0)
-                    rates[label] = figures(label, sink, timed, started, args.messages)
-                print(f"  {sink:<9} udop / plain = {rates['udop'] / rates['plain']:.2f}")
-            count = int(args.rate * args.seconds)
-            print(f"\nlatency: {args.rate:,.0f} msgs/s for {args.seconds:g} s, batches close after 0.5 s")
-            for sink in ("postgres", "parquet"):
-                for label in ("plain", "udop"):
-                    timed, _started = one(sink, label, count, args.rate, 0.5)
-                    latency(label, sink, timed)
+                    print(
+                        f"  {sink:<9} {label:<9} best {max(rates[label]):>10,.0f}   median "
+                        f"{statistics.median(rates[label]):>10,.0f} msgs/s"
+                    )
+                print(
+                    f"  {sink:<9} udop / plain: best {max(rates['udop']) / max(rates['plain']):.2f}, median "
+                    f"{statistics.median(rates['udop']) / statistics.median(rates['plain']):.2f}, per round "
+                    + " ".join(f"{r:.2f}" for r in ratios)
+                )
+            if args.seconds > 0:
+                count = int(args.rate * args.seconds)
+                print(f"\nlatency: {args.rate:,.0f} msgs/s for {args.seconds:g} s, batches close after 0.5 s")
+                for sink in sinks:
+                    for label in ("plain", "udop"):
+                        timed, _started = one(sink, label, count, args.rate, 0.5)
+                        latency(label, sink, timed)
         finally:
             with engine.begin() as conn:
                 for table in tables:
