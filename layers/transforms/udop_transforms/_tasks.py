@@ -509,11 +509,13 @@ def run_load(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult]) 
                 _register_inputs(session, context, task, inputs, widen=False)
                 sql, bound = session.deferred[task.primary_input]
                 with _duckdb_errors(task.id, f"reading input {task.primary_input!r}"):
-                    result = session.con.execute(f"SELECT * FROM ({sql})", bound or None)
-                    reader = result.fetch_record_batch(65_536)
-                with _input_errors(task.id, "target"):
-                    metrics = connectors.load_from_parquet(context, spec, manifest, inputs, batches=reader)
-                    target_uri = connectors.dataset_of(context, spec)
+                    relation = session.con.sql(f"SELECT * FROM ({sql})", params=bound or None)
+                    reader = relation.to_arrow_reader(65_536)
+                    # the query runs as the connector reads it: its errors (a cast, an interrupt) too
+                    with _input_errors(task.id, "target"):
+                        metrics = connectors.load_from_parquet(context, spec, manifest, inputs,
+                                                               batches=reader)
+                        target_uri = connectors.dataset_of(context, spec)
         else:
             with _input_errors(task.id, "target"):
                 metrics = connectors.load_from_parquet(context, spec, manifest, inputs)
