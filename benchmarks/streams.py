@@ -82,6 +82,8 @@ class Timed:
         self.latencies: list[float] = []
         self.committed = 0
         self.last_commit = 0.0
+        #: the process's CPU seconds while it consumed (set by the caller)
+        self.cpu = 0.0
 
     def seek(self, positions: Mapping[str, Any]) -> None:
         self.inner.seek(positions)
@@ -305,7 +307,7 @@ def main() -> None:
                     target=produce, args=(bootstrap, topic, count), kwargs={"rate": rate}
                 )
                 producer.start()
-            started = time.monotonic()
+            started, cpu = time.monotonic(), time.process_time()
             if label == "udop":
                 timed = run_udop(
                     bootstrap, topic, spec, expect=count, batch=args.batch, seconds=seconds, work=work
@@ -321,6 +323,7 @@ def main() -> None:
                     batch=args.batch,
                     seconds=seconds,
                 )
+            timed.cpu = time.process_time() - cpu
             if producer is not None:
                 producer.join()
             if sink == "postgres":
@@ -341,16 +344,21 @@ def main() -> None:
             )
             for sink in sinks:
                 rates: dict[str, list[float]] = {"plain": [], "udop": []}
+                cpu: dict[str, list[float]] = {"plain": [], "udop": []}
                 ratios: list[float] = []
                 for _ in range(args.repeat):
                     for label in ("plain", "udop"):
                         timed, started = one(sink, label, args.messages, None, 1.0)
+                        # the process's CPU (all its threads) per 10,000 messages consumed: what a loaded
+                        # machine's rounds compete for
+                        cpu[label].append(timed.cpu / args.messages * 10_000)
                         rates[label].append(figures(label, sink, timed, started, args.messages))
                     ratios.append(rates["udop"][-1] / rates["plain"][-1])
                 for label in ("plain", "udop"):
                     print(
                         f"  {sink:<9} {label:<9} best {max(rates[label]):>10,.0f}   median "
-                        f"{statistics.median(rates[label]):>10,.0f} msgs/s"
+                        f"{statistics.median(rates[label]):>10,.0f} msgs/s   CPU per 10,000 msgs (median) "
+                        f"{statistics.median(cpu[label]) * 1000:.0f} ms"
                     )
                 print(
                     f"  {sink:<9} udop / plain: best {max(rates['udop']) / max(rates['plain']):.2f}, median "
