@@ -121,8 +121,18 @@ def messages_table(values: Sequence[bytes | None], meta: Mapping[str, pa.Array],
         body = pa.table({"value": pa.array(list(values), type=pa.binary())})
     else:
         body = None
-        joined = b"\n".join(v if v is not None and b"\n" not in v else b"null" for v in values)
-        if values and all(v and v.lstrip()[:1] == b"{" for v in values):
+        # the usual batch, checked at C speed: no body missing, none with a newline, each starts with "{"
+        n = len(values)
+        joined = b"\n".join(values) if n and None not in values else b""  # type: ignore[arg-type]
+        objects = joined[:1] == b"{" and joined.count(b"\n") == n - 1 == joined.count(b"\n{")
+        if not objects:
+            # a body over several lines (pretty-printed): its line breaks can only be whitespace between
+            # tokens (a JSON string holds none raw), so blank them to keep the body on its one line
+            joined = b"\n".join(
+                b"null" if v is None else v.replace(b"\r", b" ").replace(b"\n", b" ") for v in values
+            )
+            objects = bool(values) and all(v and v.lstrip()[:1] == b"{" for v in values)
+        if objects:
             parse = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore") \
                 if schema is not None else None
             try:

@@ -306,23 +306,22 @@ class KafkaStream:
         return self._batch(messages)
 
     def _batch(self, messages: list[Any]) -> StreamBatch:
-        keys: list[bytes | None] = []
-        values: list[bytes | None] = []
-        partitions: list[int] = []
-        offsets: list[int] = []
-        stamps: list[int] = []
-        end: dict[str, int] = {}
-        for m in messages:  # one pass: per-message calls into the client are the cost here
-            p, o = m.partition(), m.offset()
-            keys.append(m.key())
-            values.append(m.value())
-            partitions.append(p)
-            offsets.append(o)
-            stamps.append(m.timestamp()[1])
-            end[str(p)] = o + 1  # a partition's messages arrive in offset order
+        # one comprehension per column: per-message calls into the client are the cost here
+        keys: list[bytes | None] = [m.key() for m in messages]
+        values: list[bytes | None] = [m.value() for m in messages]
+        partitions: list[int] = [m.partition() for m in messages]
+        offsets: list[int] = [m.offset() for m in messages]
+        stamps: list[int] = [m.timestamp()[1] for m in messages]
+        # a partition's messages arrive in offset order: its last one wins
+        last = dict(zip(partitions, offsets, strict=True))
+        end: dict[str, int] = {str(p): o + 1 for p, o in last.items()}
         meta = {
-            "_key": pa.array(
-                [None if k is None else k.decode("utf-8", "replace") for k in keys], pa.string()
+            "_key": (
+                pa.nulls(len(keys), pa.string())
+                if keys.count(None) == len(keys)
+                else pa.array(
+                    [None if k is None else k.decode("utf-8", "replace") for k in keys], pa.string()
+                )
             ),
             "_partition": pa.array(partitions, type=pa.int32()),
             "_offset": pa.array(offsets, type=pa.int64()),

@@ -43,6 +43,25 @@ LEDGER_TABLE = "udop_load_ledger"
 _ENGINES: dict[str, sa.Engine] = {}
 _ENGINES_LOCK = threading.Lock()
 
+#: PostgreSQL target tables already reflected and checked against the data written, by (engine, schema,
+#: table, mode, keys, the data's schema): (the table's signature then, the reflected ``Table``). A load
+#: finding its entry reads the table's signature (columns, types, whether the ledger exists) in one
+#: catalog query inside its transaction and reflects again only when it differs, so a stream's repeated
+#: loads into one table skip the reflection (several catalog queries) yet see a table changed meanwhile.
+#: An entry is dropped when a write using it fails.
+_TABLES: dict[tuple[str, ...], tuple[tuple[Any, ...], sa.Table]] = {}
+#: ledger tables created or found by this process, by (engine, schema): not created again per load
+_LEDGERS: set[tuple[str, str]] = set()
+
+#: one query: the target's columns and types in order (none if it does not exist), and whether the ledger
+#: exists (a column of every row; ``to_regclass`` resolves like the table's name, with the search path)
+_PG_SIGNATURE = (
+    "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, "
+    "to_regclass(:ledger) IS NOT NULL FROM (SELECT to_regclass(:table) AS oid) t "
+    "LEFT JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum > 0 AND NOT a.attisdropped "
+    "ORDER BY a.attnum"
+)
+
 
 def _ledger_table(db_schema: str | None) -> sa.Table:
     return sa.Table(
@@ -231,6 +250,7 @@ class SqlConnector(Connector):
     def __init__(self, settings: ConnectorSettings, **kwargs: Any) -> None:
         super().__init__(settings, **kwargs)
         self._engine: sa.Engine | None = None
+        self._engine_key = ""
 
     # -- connection --------------------------------------------------------------------------------
     def _url(self) -> sa.URL:
@@ -290,7 +310,7 @@ class SqlConnector(Connector):
                 engine = _ENGINES.get(key)
                 if engine is None:
                     engine = _ENGINES[key] = sa.create_engine(url, poolclass=NullPool, connect_args=args)
-            self._engine = engine
+            self._engine, self._engine_key = engine, key
         return self._engine
 
     def close(self) -> None:
@@ -631,12 +651,26 @@ class SqlConnector(Connector):
                     f"key column {key!r} is not in the data (columns: {', '.join(first.schema.names)})",
                     retryable=False,
                 )
-        ledger = self._ensure_ledger() if entry is not None else None
+        engine = self.engine
+        ledger_key = (self._engine_key, self.settings.db_schema or "")
+        ledger: sa.Table | None = None
+        if entry is not None:
+            ledger = _ledger_table(self.settings.db_schema)
+            if ledger_key not in _LEDGERS:
+                self._ensure_ledger()
+                _LEDGERS.add(ledger_key)
+        table_key = (
+            self._engine_key, self.settings.db_schema or "", self._require_table(), str(mode), *keys, "\0",
+            first.schema.to_string(show_schema_metadata=False),
+        )
         try:
-            with self.engine.begin() as conn:
+            with engine.begin() as conn:
                 # MySQL commits on its own around CREATE TABLE: create before the ledger is read, so
                 # the check and the rows share one transaction
-                table = self._target_table(conn, first.schema, mode, keys)
+                table = self._known_table(conn, table_key, ledger)
+                if table is None:
+                    table = self._target_table(conn, first.schema, mode, keys)
+                    self._remember_table(conn, table_key, table)
                 if ledger is not None and entry is not None:
                     found = conn.execute(
                         sa.select(ledger.c.rows_written).where(
@@ -680,11 +714,54 @@ class SqlConnector(Connector):
                 faults.point("load-before-commit")
                 return rows, False
         except sa_exc.SQLAlchemyError as exc:
+            self._forget(table_key, ledger_key)
             self._db_error(exc, f"write to table {self._display_table()}")
         except Exception as exc:
+            self._forget(table_key, ledger_key)
             if type(exc).__module__.startswith(("psycopg", "pymysql", "sqlite3")):
                 self._db_error(exc, f"write to table {self._display_table()}")
             raise
+        except BaseException:
+            self._forget(table_key, ledger_key)
+            raise
+
+    @staticmethod
+    def _forget(table_key: tuple[str, ...], ledger_key: tuple[str, str]) -> None:
+        """A write failed: reflect the table and look for the ledger afresh next time."""
+        _TABLES.pop(table_key, None)
+        _LEDGERS.discard(ledger_key)
+
+    def _signature(self, conn: sa.Connection) -> tuple[tuple[Any, ...], bool]:
+        ledger = (
+            f"{self.q(self.settings.db_schema)}.{self.q(LEDGER_TABLE)}" if self.settings.db_schema
+            else self.q(LEDGER_TABLE)
+        )
+        rows = conn.execute(sa.text(_PG_SIGNATURE), {"table": self._qtable(), "ledger": ledger}).all()
+        columns = tuple((r[0], r[1], r[2]) for r in rows if r[0] is not None)
+        return columns, bool(rows and rows[0][3])
+
+    def _known_table(
+        self, conn: sa.Connection, key: tuple[str, ...], ledger: sa.Table | None
+    ) -> sa.Table | None:
+        """The target table reflected by an earlier load with this key, if the table is unchanged since
+        (PostgreSQL; None elsewhere: reflected every time). A ledger dropped meanwhile is created again in
+        this transaction."""
+        if self.dialect_name != "postgresql":
+            return None
+        known = _TABLES.get(key)
+        if known is None:
+            return None
+        columns, has_ledger = self._signature(conn)
+        if columns != known[0]:
+            _TABLES.pop(key, None)
+            return None
+        if ledger is not None and not has_ledger:
+            ledger.create(conn, checkfirst=True)
+        return known[1]
+
+    def _remember_table(self, conn: sa.Connection, key: tuple[str, ...], table: sa.Table) -> None:
+        if self.dialect_name == "postgresql":
+            _TABLES[key] = (self._signature(conn)[0], table)
 
     def _target_table(self, conn: sa.Connection, schema: pa.Schema, mode: str, keys: list[str]) -> sa.Table:
         name, db_schema = self._require_table(), self.settings.db_schema

@@ -120,10 +120,13 @@ class Session:
         self._cancel: threading.Event | None = context.cancel_event if context is not None else None
         if context is not None:
             if context.on_cancel is not None:
+                # the executor calls its hooks when it tells the attempt to stop (the local executor)
                 context.on_cancel(self.con.interrupt)
-            # executors that only set cancel_event (the Lambda task runner near its deadline) stop us too
-            threading.Thread(target=self._watch, args=(context.cancel_event,), daemon=True,
-                             name=f"udop-cancel-{context.task_id}").start()
+            else:
+                # executors that only set cancel_event (the Lambda task runner near its deadline) stop
+                # us too
+                threading.Thread(target=self._watch, args=(context.cancel_event,), daemon=True,
+                                 name=f"udop-cancel-{context.task_id}").start()
 
     def check_not_stopped(self) -> None:
         """Raise if the attempt was told to stop: called right before a target is published, since
@@ -168,11 +171,14 @@ class Session:
         rows = self.con.execute(f"DESCRIBE {sql}", params or None).fetchall()
         return [(str(r[0]), str(r[1])) for r in rows]
 
-    def register_view(self, name: str, source_sql: str, *, widen_decimals: bool = False) -> list[Column]:
+    def register_view(self, name: str, source_sql: str, *, widen_decimals: bool = False,
+                      columns: list[Column] | None = None) -> list[Column]:
         """``CREATE VIEW name`` over a table function. With ``widen_decimals`` decimal columns become
         DECIMAL(38, s), so that decimal(15,2) * decimal(15,2) is computed in 38 digits instead of
-        overflowing DuckDB's 18-digit fast path (used when a task's first run hit that overflow)."""
-        columns = self.describe(f"SELECT * FROM {source_sql}")
+        overflowing DuckDB's 18-digit fast path (used when a task's first run hit that overflow).
+        ``columns``: what DESCRIBE of the source gives, when already known (not asked again)."""
+        if columns is None:
+            columns = self.describe(f"SELECT * FROM {source_sql}")
         select = "*"
         if widen_decimals:
             wide = {n: f"DECIMAL(38,{t.split(',')[1].rstrip(')')})" for n, t in columns
@@ -263,12 +269,14 @@ def _arrow_type(duck: str) -> str | None:
     return ARROW_TYPES.get(duck)
 
 
-def query_fingerprint(session: Session, sql: str, params: dict[str, Any] | None = None) -> str:
+def query_fingerprint(session: Session, sql: str, params: dict[str, Any] | None = None, *,
+                      columns: list[Column] | None = None) -> str:
     """The schema fingerprint of a query's result, as of DuckDB's Arrow export of it. Computed from
-    DESCRIBE where every column's type has a fixed Arrow type, so that the run never imports pyarrow
-    (with numpy, about a fifth of a second of a short run); anything else asks DuckDB for the
-    Arrow schema."""
-    columns = session.describe(sql, params)
+    DESCRIBE (``columns``, if the caller has it) where every column's type has a fixed Arrow type, so
+    that the run never imports pyarrow (with numpy, about a fifth of a second of a short run); anything
+    else asks DuckDB for the Arrow schema."""
+    if columns is None:
+        columns = session.describe(sql, params)
     arrow = [_arrow_type(t) for _, t in columns]
     if all(a is not None for a in arrow):
         return fingerprint([_Field(n, str(a)) for (n, _), a in zip(columns, arrow, strict=True)])

@@ -1,4 +1,5 @@
-"""Fusion: a transform whose output only a file load reads runs inside that load's query.
+"""Fusion: a transform whose output only a file load, or a load into a SQL database, reads runs inside
+that load's query.
 
 The transform records a *view* instead of writing Parquet: ``_view.json`` in its output folder names
 the task and the inputs it read (their manifests, so snapshots are checked as for any reader), and
@@ -10,6 +11,11 @@ the target, with projections and filters pushed into the source scan, no interme
 ``udop.task_chains``); each task still gets its own result: the transform's rows are the rows the
 load wrote. A load that runs on its own later (a retry, a resume after a crash between the two)
 finds the view and runs the transform's query again inside its own.
+
+A load into a SQL database (``postgres``, ``mysql``/``mariadb``, ``sqlite``) fuses in the local executor
+too: DuckDB's result of the transform's query goes as Arrow batches straight into the connector's write
+(PostgreSQL: ``COPY``), in the load's one transaction with its ledger entry, instead of through Parquet.
+The compiler (AWS) keeps ``udop.spec.data_tasks.fusable``: file loads only.
 """
 
 from __future__ import annotations
@@ -22,12 +28,31 @@ from pathlib import Path
 from typing import Any
 
 from udop.lineage.columns import column_lineage
-from udop.spec.data_tasks import data_inputs, fusable
+from udop.spec.data_tasks import CheckStep, data_inputs
+from udop.spec.data_tasks import fusable as _file_fusable
 from udop.tasks.contract import Manifest, TaskContext, TaskResult
 from udop_transforms._engine import Session, publish_dir, query_fingerprint, scratch_dir
-from udop_transforms._views import VIEW_FORMAT, VIEW_NAME, compile_transform, view_query
+from udop_transforms._views import VIEW_FORMAT, VIEW_NAME, compile_transform, keep_compiled, view_query
 
-__all__ = ["VIEW_FORMAT", "VIEW_NAME", "fusable", "run_fused", "view_query"]
+__all__ = ["SQL_TARGETS", "VIEW_FORMAT", "VIEW_NAME", "fusable", "run_fused", "view_query"]
+
+#: database connectors whose load takes the transform's rows as they come and writes each of them once
+#: (``rows_written`` is the transform's row count, as a file load's is)
+SQL_TARGETS = frozenset({"postgres", "mysql", "mariadb", "sqlite"})
+
+
+def fusable(transform: Any, load: Any) -> bool:
+    """The local executor's rule: ``udop.spec.data_tasks.fusable`` (a file load), or the same pair
+    conditions with a load into a SQL database."""
+    if _file_fusable(transform, load):
+        return True
+    if transform.type != "transform" or load.type != "load" or load.target.connector not in SQL_TARGETS:
+        return False
+    if not getattr(transform, "fuse", True) or getattr(transform, "engine", "duckdb") != "duckdb":
+        return False
+    if transform.foreach is not None or load.foreach is not None or list(load.depends_on) != [transform.id]:
+        return False
+    return not any(isinstance(step, CheckStep) for step in transform.steps)
 
 
 def run_fused(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult],
@@ -53,18 +78,22 @@ def _record_view(context: TaskContext, task: Any, inputs: Mapping[str, TaskResul
     with Session(memory_limit=task.memory_limit, context=context) as session:
         columns, sql, params = compile_transform(session, context, task, inputs, widen=False,
                                                  register=_register_inputs)
-        schema_fp = query_fingerprint(session, f"SELECT * FROM ({sql})", params)
+        described = session.describe(f"SELECT * FROM ({sql})", params)
+        schema_fp = query_fingerprint(session, f"SELECT * FROM ({sql})", params, columns=described)
     relations = {name: [c[0] for c in cols] for name, cols in columns.items()}
     lineage = column_lineage(sql, relations)
     recipe = {"version": 1, "task": task.id, "attempt": context.attempt,
               "inputs": {d: _input_manifest(task.id, d, inputs).to_dict() for d in data_inputs(task)}}
     final = Path(context.output_uri)
     tmp = scratch_dir(final)
+    text = json.dumps(recipe, indent=1)
     try:
-        (tmp / VIEW_NAME).write_text(json.dumps(recipe, indent=1))
+        (tmp / VIEW_NAME).write_text(text)
         publish_dir(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    # the load about to run in this attempt reads the view: it need not compile the steps again
+    keep_compiled(final / VIEW_NAME, text, described, sql, params)
     manifest = Manifest(uri=context.output_uri, rows=None, bytes=0, schema_fingerprint=schema_fp,
                         format=VIEW_FORMAT, files=0)
     return TaskResult(output=manifest,

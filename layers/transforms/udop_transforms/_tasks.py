@@ -25,7 +25,7 @@ from udop.errors import DataQualityError, FatalError, InputError, TaskTimeout
 from udop.lineage.columns import ColumnLineage, column_lineage, compose
 from udop.sandbox import SandboxViolation
 from udop.spec.data_tasks import FILE_CONNECTORS, data_inputs
-from udop.tasks.contract import CheckResult, Manifest, TaskContext, TaskResult
+from udop.tasks.contract import VIEW_FORMAT, CheckResult, Manifest, TaskContext, TaskResult
 from udop_transforms._checks import RuleError, evaluate_rules
 from udop_transforms._engine import (
     Session,
@@ -135,8 +135,30 @@ def _register_inputs(session: Session, context: TaskContext, task: Any, inputs: 
                                                      widen_decimals=widen)
             continue
         with _duckdb_errors(task.id, f"input {dep!r} ({manifest.uri})"):
-            columns[dep] = session.register_view(dep, dataset_reader(manifest), widen_decimals=widen)
+            # a stream's batch (one Parquet file written by the stream runner) of a schema seen before:
+            # its DESCRIBE is known
+            known = _stream_batch_schema(context, dep, manifest) if not widen else None
+            described = _DESCRIBED.get(known) if known else None
+            columns[dep] = session.register_view(dep, dataset_reader(manifest), widen_decimals=widen,
+                                                 columns=list(described) if described else None)
+            if known and described is None:
+                if len(_DESCRIBED) >= 256:
+                    _DESCRIBED.clear()
+                _DESCRIBED[known] = tuple(columns[dep])
     return columns
+
+
+#: DESCRIBE of a stream's batch by its Arrow schema's fingerprint (``Manifest.schema_fingerprint``): the
+#: batches are single Parquet files written by one writer (``udop.tasks.datasets.write_parquet``), so
+#: their columns and DuckDB types follow from that schema alone
+_DESCRIBED: dict[str, tuple[tuple[str, str], ...]] = {}
+
+
+def _stream_batch_schema(context: TaskContext, dep: str, manifest: Manifest) -> str | None:
+    stream = getattr(context.pipeline, "stream", None)
+    if stream is None or stream.id != dep or manifest.format != "parquet" or "=" in manifest.uri:
+        return None
+    return manifest.schema_fingerprint
 
 
 def _write_output(session: Session, context: TaskContext, sql: str, params: dict[str, Any],
@@ -482,9 +504,22 @@ def run_load(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult]) 
         # a stored (canonical) definition spells out every field, unset ones as None: drop those,
         # or the connector refuses the file-only options (path, partition_by, ...) as unknown
         spec = {k: v for k, v in target.model_dump(exclude_unset=True).items() if v is not None}
-        with _input_errors(task.id, "target"):
-            metrics = connectors.load_from_parquet(context, spec, manifest, inputs)
-            target_uri = connectors.dataset_of(context, spec)
+        if manifest.format == VIEW_FORMAT:  # a fused transform's: its query's result goes straight in
+            with Session(memory_limit=task.memory_limit, context=context) as session:
+                _register_inputs(session, context, task, inputs, widen=False)
+                sql, bound = session.deferred[task.primary_input]
+                with _duckdb_errors(task.id, f"reading input {task.primary_input!r}"):
+                    relation = session.con.sql(f"SELECT * FROM ({sql})", params=bound or None)
+                    reader = relation.to_arrow_reader(65_536)
+                    # the query runs as the connector reads it: its errors (a cast, an interrupt) too
+                    with _input_errors(task.id, "target"):
+                        metrics = connectors.load_from_parquet(context, spec, manifest, inputs,
+                                                               batches=reader)
+                        target_uri = connectors.dataset_of(context, spec)
+        else:
+            with _input_errors(task.id, "target"):
+                metrics = connectors.load_from_parquet(context, spec, manifest, inputs)
+                target_uri = connectors.dataset_of(context, spec)
         rows = (metrics or {}).get("rows_written")
         written = Manifest(uri=target_uri, rows=rows if isinstance(rows, int) else None,
                            schema_fingerprint=manifest.schema_fingerprint, format=target.connector)

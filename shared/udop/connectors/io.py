@@ -10,7 +10,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -506,9 +506,16 @@ def load_entry(context: TaskContext, manifest: Manifest, *, state: StateStore | 
 
 
 def load_from_parquet(
-    context: TaskContext, target: Mapping[str, Any], manifest: Manifest, inputs: Mapping[str, TaskResult]
+    context: TaskContext,
+    target: Mapping[str, Any],
+    manifest: Manifest,
+    inputs: Mapping[str, TaskResult],
+    *,
+    batches: Iterable[pa.RecordBatch] | None = None,
 ) -> dict[str, Any]:
     """Write the dataset ``manifest`` points at into ``target``; commit upstream watermarks after.
+    ``batches``: that dataset's rows already read (a fused transform's query result, ``manifest`` its
+    view), written instead of reading ``manifest``'s Parquet.
 
     The connector's ``write_once`` commits once (or raises with the target unchanged); a target
     with a load ledger commits this load's entry with the rows, and a load that finds its entry
@@ -533,7 +540,11 @@ def load_from_parquet(
                 lease_keys,
                 context.run_id,
                 wm.LEASE_TTL,
-                _until_cancelled(context, iter_parquet(manifest.uri, context=context), connector.describe()),
+                _until_cancelled(
+                    context,
+                    iter_parquet(manifest.uri, context=context) if batches is None else iter(batches),
+                    connector.describe(),
+                ),
             )
             breaker = connector.breaker()
             if breaker is not None:

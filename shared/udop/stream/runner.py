@@ -245,7 +245,7 @@ class StreamRunner:
         batch = fresh
         run_id = new_run_id()
         uri = dataset_uri(self.executor.data_root, self.pipeline.name, run_id, self.stream.id)
-        manifest = write_parquet(batch.table, uri)
+        manifest = write_parquet(batch.table, uri, dictionary=False)
         start = self.batches.positions(self.pipeline.name)
         self.batches.begin(
             self.pipeline.name,
@@ -362,7 +362,7 @@ class StreamRunner:
             return self._last
         # new, or an earlier try stopped before its run was recorded: nothing of it ran
         uri = dataset_uri(self.executor.data_root, name, run_id, self.stream.id)
-        manifest = write_parquet(table, uri)
+        manifest = write_parquet(table, uri, dictionary=False)
         if existing is None:
             self.batches.begin(name, run_id, self.batches.positions(name), end, [], int(table.num_rows))
         self._run(

@@ -78,8 +78,9 @@ class Manifest:
         )
 
 
-def write_parquet(data: Any, uri: str) -> Manifest:
-    """Write a pyarrow Table / RecordBatch / RecordBatchReader to ``<uri>/part-0.parquet`` atomically."""
+def write_parquet(data: Any, uri: str, *, dictionary: bool = True) -> Manifest:
+    """Write a pyarrow Table / RecordBatch / RecordBatchReader to ``<uri>/part-0.parquet`` atomically.
+    ``dictionary=False``: plain encoding (about half the CPU; for data read once, e.g. a stream's batch)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -90,7 +91,7 @@ def write_parquet(data: Any, uri: str) -> Manifest:
         if isinstance(data, pa.RecordBatch):
             data = pa.Table.from_batches([data])
         rows = 0
-        with pq.ParquetWriter(staging / "part-0.parquet", data.schema) as writer:
+        with pq.ParquetWriter(staging / "part-0.parquet", data.schema, use_dictionary=dictionary) as writer:
             batches = data.to_batches() if isinstance(data, pa.Table) else data
             for batch in batches:
                 writer.write_batch(batch)

@@ -159,6 +159,55 @@ def test_a_load_run_on_its_own_reads_the_view_and_checks_the_source(tmp_path):
                  {"totals": TaskResult(output=view.output)})
 
 
+def _sqlite_rows(path: Path) -> list[tuple[Any, ...]]:
+    import sqlite3
+
+    with sqlite3.connect(path) as con:
+        return con.execute("SELECT region, total, n FROM totals ORDER BY region").fetchall()
+
+
+SQL_EXPECTED = [("apac", 7.0, 1), ("eu", 10.0, 1), ("us", 45.0, 3)]
+
+
+def test_a_transform_read_only_by_a_sql_load_goes_into_it_without_parquet(tmp_path, store):
+    """The local executor fuses a load into a SQL database too: the query's result goes as Arrow into
+    the connector's one transaction, with the ledger entry; each task keeps its own record."""
+    tasks = _tasks()
+    tasks[2]["target"] = {"connector": "sqlite", "database": str(tmp_path / "out.db"), "table": "totals"}
+    run = _run(tmp_path, store, tasks)
+    assert run.state == RunState.SUCCEEDED
+    assert _sqlite_rows(tmp_path / "out.db") == SQL_EXPECTED
+    totals, publish = _by_id(run)["totals"], _by_id(run)["publish"]
+    assert totals.result["output"]["format"] == "view" and totals.result["output"]["rows"] == 3
+    assert totals.result["metrics"]["fused_into"] == "publish"
+    assert publish.result["metrics"]["rows_written"] == 3
+    assert publish.result["metrics"]["ledger"] == "recorded"
+    assert not list((tmp_path / "data").rglob("*.parquet"))
+
+
+def test_a_sql_load_run_on_its_own_reads_the_view_and_a_repeat_writes_nothing(tmp_path):
+    from udop_transforms import run_fused
+
+    pq.write_table(ORDERS, tmp_path / "orders.parquet")
+    tasks = _tasks()
+    tasks[2]["target"] = {"connector": "sqlite", "database": str(tmp_path / "out.db"), "table": "totals",
+                          "mode": "overwrite"}
+    pipeline = make_pipeline(tasks, {"min": {"type": "float", "default": 6.5}})
+    params = {"min": 6.5}
+    extract = run_task(context_for(pipeline, "orders", tmp_path, params), pipeline.task("orders"), {})
+    view, _ = run_fused(context_for(pipeline, "totals", tmp_path, params), pipeline.task("totals"),
+                        {"orders": extract}, context_for(pipeline, "publish", tmp_path, params),
+                        pipeline.task("publish"))
+    assert view.output is not None and view.output.format == "view"
+    again = run_task(context_for(pipeline, "publish", tmp_path, params, run_id="r2"), pipeline.task("publish"),
+                     {"totals": TaskResult(output=view.output)})
+    assert again.metrics["rows_written"] == 3 and again.metrics["ledger"] == "recorded"
+    assert _sqlite_rows(tmp_path / "out.db") == SQL_EXPECTED
+    repeat = run_task(context_for(pipeline, "publish", tmp_path, params, run_id="r2"), pipeline.task("publish"),
+                      {"totals": TaskResult(output=view.output)})
+    assert repeat.metrics["ledger"] == "already loaded"
+
+
 @pytest.mark.parametrize("change", [
     {"out": "out/totals.csv", "extra": {"type": "validate", "rules": [{"not_null": ["region"]}]}},
     {"out": "out/totals.csv", "check": True},
