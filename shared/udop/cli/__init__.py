@@ -94,7 +94,11 @@ def cli(log_format: str | None) -> None:
 
 
 def work_starts() -> None:
-    """Turn the cyclic garbage collector back on: the command is done importing (see ``main``)."""
+    """Turn the cyclic garbage collector back on: the command is done importing (see ``main``).
+
+    What exists now is frozen first: otherwise the next collection would go over every object the
+    imports made (~0.05 s), and every full collection after it again."""
+    gc.freeze()
     gc.enable()
 
 
@@ -133,10 +137,12 @@ def main(argv: list[str] | None = None) -> Any:
         )
         sys.exit(1)
     finally:
-        if enabled:  # as it was for a caller in the same process (tests)
-            gc.enable()
         if argv is None:  # the process exits: its objects are not collected again at shutdown
             gc.freeze()
+        else:  # a caller in this process (tests): its objects are collected as before
+            gc.unfreeze()
+        if enabled:
+            gc.enable()
     sys.exit(code if isinstance(code, int) else 0)
 
 
