@@ -14,11 +14,18 @@ from __future__ import annotations
 import os
 from functools import cache, lru_cache
 from pathlib import Path
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from udop.errors import ConfigError
 
@@ -27,18 +34,31 @@ __all__ = ["AwsResources", "CelerySettings", "CodeSettings", "LayerBuildSettings
            "UdopSettings", "get_settings", "load_settings", "required_variables"]
 
 
-class UdopSettings(BaseSettings):
+class UdopSettings(BaseModel):
     """The base of every settings class: ``UDOP_`` variables, frozen, other variables ignored.
 
     A field is declared once, in the one class that groups it (optional when some process can do
     without it); a process that cannot names it in ``requires``, and a missing one is reported as
-    ``UDOP_X is missing`` in the same message as every other bad variable."""
+    ``UDOP_X is missing`` in the same message as every other bad variable.
 
-    # defaults go through the validators too, so a required field left at None is reported
-    model_config = SettingsConfigDict(env_prefix="UDOP_", frozen=True, extra="ignore", validate_default=True)
+    Constructing a class reads its variables from the environment (names matched regardless of
+    case); values passed as arguments take precedence. Values are plain text validated by the
+    field's type (``1``/``true``/``yes``/``on`` for a flag). There is no ``.env`` file.
+    (pydantic-settings did this before: ~70 ms of every ``udop`` command's start for its sources
+    of files, clouds and command lines that udop does not use.)"""
 
+    # defaults go through the validators too, so a required field left at None is reported; classes
+    # are built when first read (most processes read a few of them)
+    model_config = ConfigDict(frozen=True, extra="ignore", validate_default=True, populate_by_name=True,
+                              defer_build=True)
+
+    #: the prefix of a field's variable (a field with a ``validation_alias`` is read from the alias)
+    env_prefix: ClassVar[str] = "UDOP_"
     #: fields declared optional in a shared class that this process cannot run without
     requires: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**{**_environment_values(type(self)), **values})
 
     @field_validator("*")
     @classmethod
@@ -48,42 +68,52 @@ class UdopSettings(BaseSettings):
         return value
 
 
-S = TypeVar("S", bound=BaseSettings)
+S = TypeVar("S", bound=UdopSettings)
 
 
-def _variable(cls: type[BaseSettings], loc: tuple[int | str, ...]) -> str:
+def _environment_values(cls: type[UdopSettings]) -> dict[str, str]:
+    """The fields of ``cls`` set in the environment, by field name (an alias's first variable set wins)."""
+    environ = {key.upper(): value for key, value in os.environ.items()}
+    found: dict[str, str] = {}
+    for name in cls.model_fields:
+        for variable in _field_names(cls, name):
+            value = environ.get(variable)
+            if value is not None:
+                found[name] = value
+                break
+    return found
+
+
+def _variable(cls: type[UdopSettings], loc: tuple[int | str, ...]) -> str:
     if not loc:
         return "UDOP_*"
-    field = cls.model_fields.get(str(loc[0]))
-    alias = field.validation_alias if field is not None else None
-    if isinstance(alias, AliasChoices):
-        return " or ".join(str(a) for a in alias.choices)
-    if isinstance(alias, str):
-        return alias
-    prefix = cls.model_config.get("env_prefix") or ""
-    return (prefix + str(loc[0])).upper()
+    name = str(loc[0])
+    if name not in cls.model_fields:  # reported under an alias
+        name = next((n for n in cls.model_fields if loc[0] in _field_names(cls, n)), name)
+    if name not in cls.model_fields:
+        return (cls.env_prefix + name).upper()
+    return " or ".join(_field_names(cls, name))
 
 
-def _field_names(cls: type[BaseSettings], name: str) -> list[str]:
+def _field_names(cls: type[UdopSettings], name: str) -> list[str]:
     """The environment variables field ``name`` of ``cls`` is read from."""
     alias = cls.model_fields[name].validation_alias
     if isinstance(alias, AliasChoices):
         return [str(a).upper() for a in alias.choices]
     if isinstance(alias, str):
         return [alias.upper()]
-    return [(str(cls.model_config.get("env_prefix") or "") + name).upper()]
+    return [(cls.env_prefix + name).upper()]
 
 
 @cache
-def _names(cls: type[BaseSettings]) -> tuple[str, ...]:
+def _names(cls: type[UdopSettings]) -> tuple[str, ...]:
     """The environment variables ``cls`` reads."""
     return tuple(n for name in cls.model_fields for n in _field_names(cls, name))
 
 
-def required_variables(cls: type[BaseSettings]) -> tuple[str, ...]:
+def required_variables(cls: type[UdopSettings]) -> tuple[str, ...]:
     """The variables ``cls`` cannot be loaded without (its required fields and its ``requires``)."""
-    requires: tuple[str, ...] = getattr(cls, "requires", ())
-    return tuple(n for name, field in cls.model_fields.items() if field.is_required() or name in requires
+    return tuple(n for name, field in cls.model_fields.items() if field.is_required() or name in cls.requires
                  for n in _field_names(cls, name))
 
 
@@ -102,8 +132,8 @@ def _load(cls: type[S], _environment: tuple[str | None, ...]) -> S:
 def load_settings(cls: type[S]) -> S:
     """Read ``cls`` from the environment; one ``ConfigError`` naming every bad variable.
 
-    Read again only when one of its variables changed (reading is ~5 ms; some settings are looked
-    up per task attempt, and tests change variables between calls)."""
+    Read again only when one of its variables changed (some settings are looked up per task
+    attempt, and tests change variables between calls)."""
     settings: S = _load(cls, tuple(os.environ.get(name) for name in _names(cls)))
     return settings
 

@@ -36,7 +36,6 @@ from udop.spec.data_tasks import (
 )
 from udop.spec.params import REFERENCE, coerce_param
 from udop_transforms._checks import RuleError, bind_rules
-from udop_transforms._dialects import EngineError, first_unsupported_step, to_dialect
 from udop_transforms._engine import Column, Session
 from udop_transforms._files import SNIFF_ROWS, diagnose_csv, matching_files, reader_sql
 from udop_transforms._sql import Params, check_expression, clean_error, ident, missing_column_message
@@ -216,6 +215,9 @@ def _check_transform(session: Session, task: Any, schemas: Mapping[str, list[Col
                                path=f"{where}.steps[{exc.index}]"))
         return None
     if task.engine != "duckdb":
+        # sqlglot only for another engine: its import is ~0.1 s of a DuckDB run's start
+        from udop_transforms._dialects import first_unsupported_step
+
         bad = first_unsupported_step(plan.history, columns, task.engine)
         if bad is not None:
             index, kind, message = bad
@@ -253,6 +255,8 @@ def _check_rules(session: Session, task: Any, rules: list[Any], schema: list[Col
         session.con.execute(f"CREATE OR REPLACE TEMP TABLE {table} ({body})")
         compiled = bind_rules(session, table, schema, rules, params)
         if task.engine != "duckdb":
+            from udop_transforms._dialects import EngineError, to_dialect
+
             name = f"_empty_{task.id}"
             for row in compiled.rows:
                 sql = f"SELECT count(*) FILTER (WHERE {row.predicate}) FROM {table}"

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from udop.cli import work_starts
 from udop.errors import InputError, SpecErrors
 
 
@@ -133,6 +134,8 @@ def run(
         logical = logical if logical.tzinfo else logical.replace(tzinfo=UTC)
     if emulate and executor != "stepfunctions":
         raise InputError("--emulate goes with --executor stepfunctions")
+    if emulate or executor == "stepfunctions":
+        work_starts()
     if emulate:
         from udop.cli.emulate import rehearse
 
@@ -186,6 +189,7 @@ def run(
 
     from udop.errors import RunLimitReached
 
+    work_starts()  # the modules a run needs are imported (see udop.cli.main)
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with display:

@@ -192,3 +192,19 @@ def test_a_required_shared_field_is_reported_with_every_other_bad_variable(
     monkeypatch.setenv("UDOP_STATE_URL", "redis://127.0.0.1:6379/0")
     monkeypatch.setenv("UDOP_WORKERS", "2")
     assert load_settings(_NeedsState).state_url == "redis://127.0.0.1:6379/0"
+
+
+def test_arguments_win_over_the_environment_and_names_match_regardless_of_case(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("UDOP_DATA_BUCKET", "from-env")
+    monkeypatch.setenv("udop_workers", "3")
+    assert _Example(data_bucket="given").data_bucket == "given"
+    assert load_settings(_Example).workers == 3
+    # an alias is read, the first of its choices that is set wins, and an error names them all
+    from udop.settings import ProcessSettings
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://b")
+    assert load_settings(ProcessSettings).otlp_endpoint == "http://b"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://a")
+    assert load_settings(ProcessSettings).otlp_endpoint == "http://a"
