@@ -42,7 +42,6 @@ LAYERS: dict[str, list[str]] = {
     # the udop packages themselves, settings, spec, metadata store, state store, observability
     "core": [
         "pydantic",
-        "pydantic-settings",
         "pyyaml",
         "click",
         "sqlalchemy",
