@@ -280,6 +280,7 @@ def aws_account(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Aws
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "udop-tests")
     lambdas: InProcessLambdas | None = None
     mock = None
+    session: Any = None
     if not LOCALSTACK:
         from moto import mock_aws
         from moto.awslambda.models import LambdaFunction
@@ -362,8 +363,8 @@ def aws_account(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Aws
                 "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "pipelines/"}]}}}]})
         yield env
     finally:
-        if mock is not None:
-            _stop_executions(boto3.session.Session(region_name=REGION))
+        if mock is not None and session is not None:
+            _stop_executions(session)
         if lambdas is not None:
             lambdas.restore_env()
         if mock is not None:
