@@ -8,7 +8,6 @@ at once, then hands it to an executor.
 from __future__ import annotations
 
 import contextvars
-import ctypes
 import logging
 import threading
 from collections.abc import Mapping
@@ -28,7 +27,7 @@ from udop.store.api import MetadataStore, PipelineVersionRecord, RunRecord
 if TYPE_CHECKING:
     from udop.executor.local import LocalExecutor
 
-__all__ = ["CeleryLauncher", "LocalLauncher", "RunCancelled", "RunLauncher", "definition_of"]
+__all__ = ["CeleryLauncher", "LocalLauncher", "RunLauncher", "definition_of"]
 
 log = logging.getLogger(__name__)
 
@@ -74,31 +73,6 @@ class RunLauncher(Protocol):
     def close(self) -> None: ...
 
 
-#: why the run in a thread (by ident) is being interrupted
-_REASONS: dict[int, str] = {}
-
-
-class RunCancelled(BaseException):
-    """Raised inside a local run's thread to stop it; the executor then cancels its tasks.
-
-    The interpreter raises it without arguments; ``str()`` reads the reason recorded for the thread
-    it is raised in, so the executor's record of the cancellation says who or what stopped the run.
-    """
-
-    def __str__(self) -> str:
-        return _REASONS.get(threading.get_ident(), "cancelled")
-
-
-def _interrupt(ident: int, reason: str) -> None:
-    """Raise ``RunCancelled`` in the thread ``ident`` at its next Python instruction.
-
-    The LocalExecutor has no cooperative stop yet: this interrupts its scheduling loop the way Ctrl-C
-    would; its BaseException handler abandons running attempts and records the cancellation.
-    """
-    _REASONS[ident] = reason
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(RunCancelled))
-
-
 class LocalLauncher:
     """Runs each triggered run in a background thread of this process, at most ``max_runs`` at once."""
 
@@ -120,10 +94,13 @@ class LocalLauncher:
         self.data_root = data_root
         self._pool = ThreadPoolExecutor(max_workers=max_runs, thread_name_prefix="udop-run")
         self._lock = threading.Lock()
-        self._threads: dict[str, int] = {}  # run id -> ident of the thread executing it
+        # run id -> the executor running it in a thread of the pool: told to stop (``request_stop``)
+        # to cancel the run. Cooperatively, never by raising an exception into its thread: one raised
+        # at an arbitrary instruction can land in a finaliser or between a pool checkout and its return
+        # (a connection leaked, a "garbage collector is trying to clean up" warning later)
+        self._running: dict[str, LocalExecutor] = {}
         self._futures: dict[str, Future[None]] = {}
         self._cancelled: set[str] = set()  # cancelled after their thread took them, before it started
-        self._reasons: dict[str, str] = {}  # why a run was interrupted, for its record
 
     # ------------------------------------------------------------------ API side
 
@@ -182,16 +159,15 @@ class LocalLauncher:
         if is_terminal(run.state):
             raise InputError(f"run {run.id!r} has already ended ({run.state.value})")
         with self._lock:
-            ident = self._threads.get(run.id)
+            executor = self._running.get(run.id)
             future = self._futures.get(run.id)
-        if ident is not None:
-            with self._lock:
-                self._reasons[run.id] = reason
-                if run.id in self._threads:
-                    _interrupt(ident, reason)
+        if executor is not None:
+            # its running attempts are told to stop and have stop_grace seconds to wind down; then the
+            # executor records them, what waits, and the run cancelled, and returns
+            executor.request_stop(reason)
             if future is not None:
                 try:
-                    future.result(timeout=10)
+                    future.result(timeout=executor.stop_grace + 10)
                 except Exception as exc:  # the run's own failure is in the store; not this call's error
                     log.info("run %s ended with %s while cancelling", run.id, exc)
         else:
@@ -215,15 +191,14 @@ class LocalLauncher:
     def backlog(self) -> int:
         """Runs accepted and not yet started (what /metrics reports as queued)."""
         with self._lock:
-            return max(0, len(self._futures) - len(self._threads))
+            return max(0, len(self._futures) - len(self._running))
 
     def close(self) -> None:
         """Stop: queued runs stay pending and running ones are cancelled; both can be resumed later."""
         with self._lock:
-            running = list(self._threads.items())
-            for run_id, ident in running:
-                self._reasons[run_id] = "the server stopped"
-                _interrupt(ident, "the server stopped")
+            running = list(self._running.values())
+        for executor in running:
+            executor.request_stop("the server stopped")
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     # ------------------------------------------------------------------ background side
@@ -241,24 +216,21 @@ class LocalLauncher:
 
     def _execute(self, pipeline: Pipeline, run_id: str) -> None:
         try:
+            executor = self._executor()
             with self._lock:
                 if run_id in self._cancelled:
                     self._cancelled.discard(run_id)
                     return  # cancelled while queued
-                self._threads[run_id] = threading.get_ident()
+                # from here a cancel reaches the executor; one before its run starts stops it at once
+                self._running[run_id] = executor
             try:
-                executor = self._executor()
                 # The run is already recorded: "resume" it from its first task on.
-                executor.run(pipeline, run_id=run_id, resume=True)
+                record = executor.run(pipeline, run_id=run_id, resume=True)
             finally:
                 with self._lock:
-                    self._threads.pop(run_id, None)
-                    _REASONS.pop(threading.get_ident(), None)
-        except RunCancelled:
-            with self._lock:
-                reason = self._reasons.pop(run_id, "cancelled through the API")
-            log.info("run %s cancelled: %s", run_id, reason)
-            self._record_cancelled(run_id, reason)
+                    self._running.pop(run_id, None)
+            if record.state == RunState.CANCELLED:
+                log.info("run %s cancelled: %s", run_id, record.error)
         except Exception as exc:
             log.exception("run %s failed to execute", run_id)
             self._fail(run_id, exc)

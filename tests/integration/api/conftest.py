@@ -111,7 +111,9 @@ class LiveServer:
 
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
-        self.thread.join(10)
+        # shutting down includes the launcher's close, which waits for its runs to stop: a task that
+        # ignores its cancel event is given the executor's stop_grace (10 s) before it is abandoned
+        self.thread.join(60)
         self.sock.close()
 
 
@@ -142,6 +144,7 @@ class Api:
         """Shut the server down as Ctrl-C would (the store stays open for the test to read)."""
         assert self.server is not None
         self.server.__exit__()
+        assert not self.server.thread.is_alive(), "the server did not finish shutting down"
 
     def client(self, role: str | None = "admin", *, sub: str | None = None, **kw: Any) -> httpx.Client:
         headers = bearer(make_token(role, sub=sub or f"{role}-user")) if role else {}

@@ -280,6 +280,7 @@ def aws_account(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Aws
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "udop-tests")
     lambdas: InProcessLambdas | None = None
     mock = None
+    session: Any = None
     if not LOCALSTACK:
         from moto import mock_aws
         from moto.awslambda.models import LambdaFunction
@@ -362,7 +363,29 @@ def aws_account(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Aws
                 "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "pipelines/"}]}}}]})
         yield env
     finally:
+        if mock is not None and session is not None:
+            _stop_executions(session)
         if lambdas is not None:
             lambdas.restore_env()
         if mock is not None:
             mock.stop()
+
+
+def _stop_executions(session: Any) -> None:
+    """Stop the test's Step Functions executions still running, and wait for their threads to end.
+
+    moto runs each execution in a daemon thread that calls our in-process Lambdas; one left running
+    (a test that cancelled or gave up on its run, a retry waiting out its backoff) would go on writing
+    the Lambdas' log lines into the stdout of whichever test runs next in this worker, and read its
+    environment variables.
+    """
+    from moto.stepfunctions.parser.utils import TMP_THREADS
+
+    sfn = session.client("stepfunctions")
+    for machine in sfn.list_state_machines()["stateMachines"]:
+        for execution in sfn.list_executions(stateMachineArn=machine["stateMachineArn"],
+                                             statusFilter="RUNNING")["executions"]:
+            sfn.stop_execution(executionArn=execution["executionArn"], cause="the test ended")
+    for thread in list(TMP_THREADS):
+        thread.join(120)  # a stopped execution ends after the state it is in (one Lambda call)
+    TMP_THREADS[:] = [t for t in TMP_THREADS if t.is_alive()]

@@ -1,5 +1,5 @@
 """The fault x target matrix of exactly-once loads, shared by tests/integration/connectors/
-test_exactly_once.py and benchmarks/exactly_once_matrix.py (imported by name: test folders are not
+test_exactly_once*.py and benchmarks/exactly_once_matrix.py (imported by name: test folders are not
 packages). A cell: ``udop run`` SIGKILLs itself at a commit boundary (``UDOP_FAULT_INJECT``), ``udop
 run --resume`` finishes the run, a next run loads the rows added since; each step's (rows, distinct
 ids) in the target is recorded. Every target lives in names of its own (uuid), removed after."""
@@ -7,6 +7,7 @@ ids) in the target is recorded. Every target lives in names of its own (uuid), r
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -21,13 +22,19 @@ import pika
 import pyarrow.dataset as ds
 from connectors_support import MYSQL_URL, PG_URL, Tables
 
-__all__ = ["FIRST", "MORE", "TARGETS", "UDOP", "Cell", "Target", "add_source_rows", "definition", "open_target",
-           "run_cell", "udop"]
+from udop.faults import POINTS
+
+__all__ = ["AFTER_COMMIT", "BEFORE_COMMIT", "FIRST", "MORE", "TARGETS", "UDOP", "Cell", "Target", "add_source_rows",
+           "check_kill_cell", "definition", "open_target", "run_cell", "udop"]
 
 # RabbitMQ: its messages commit in an AMQP transaction and the load's ledger entry goes to the state
 # store right after; no fault point falls between the two (that window is the at-least-once part that
 # message ids cover, see docs/connectors.md)
 TARGETS = ["postgres", "mariadb", "sqlite", "file", "rabbitmq"]
+#: the fault points, as test_exactly_once.py (before the target's commit) and
+#: test_exactly_once_after_commit.py (after it) share the SIGKILL matrix between them
+BEFORE_COMMIT = POINTS[:1]
+AFTER_COMMIT = POINTS[1:]
 FIRST, MORE = 3_000, 1_000  # small: the crash windows, not the volume, are under test
 UDOP = str(Path(sys.executable).parent / "udop")
 
@@ -195,3 +202,15 @@ def run_cell(tmp_path: Path, kind: str, target: Target, fault: str) -> Cell:
     add_source_rows(tmp_path / "shop.db", range(FIRST + 1, FIRST + MORE + 1))
     nxt = udop(tmp_path, "--run-id", "r2")
     return Cell(fault, kind, killed, resumed, after_resume, nxt, target.count())
+
+
+def check_kill_cell(tmp_path: Path, kind: str, fault: str) -> None:
+    """One cell of the SIGKILL matrix: killed at ``fault``, resumed, then a next run; each row once."""
+    with open_target(kind, tmp_path) as target:
+        cell = run_cell(tmp_path, kind, target, fault)
+    assert cell.killed.returncode == -signal.SIGKILL, cell.killed.stdout + cell.killed.stderr
+    assert cell.resumed.returncode == 0, cell.resumed.stdout + cell.resumed.stderr
+    assert cell.after_resume == (FIRST, FIRST)
+    # the watermark stands where the resumed run's rows end: the next run reads only new rows
+    assert cell.nxt.returncode == 0, cell.nxt.stdout + cell.nxt.stderr
+    assert cell.after_next == (FIRST + MORE, FIRST + MORE)

@@ -162,3 +162,42 @@ def _write_in_forked_child(store: Any, out: Any) -> None:
         out.put(("ok", inherited))
     except BaseException:
         out.put(("error", traceback.format_exc()))
+
+
+def _fork_a_child_of_a_store(url: str, start: Any, out: Any) -> None:
+    """Runs in a spawned (so single-threaded) process: opens a store, writes, forks a child that keeps
+    using the same store object, then writes again; reports what it saw.
+
+    Not forked from the test process itself: a pytest-xdist worker runs threads of its own (execnet's,
+    and whatever earlier tests left running), and a fork copies any lock such a thread holds at that
+    moment (an import's module lock, a buffered stream's) held forever in the child, which then hangs
+    on a loaded machine; a process that forks workers forks before it starts threads.
+    """
+    try:
+        start.wait(timeout=60)
+        store = open_store(url)
+        assert store.register_pipeline("p", DEFINITION).version == 1
+        store.create_run(
+            run_id="from-parent",
+            pipeline="p",
+            pipeline_version=1,
+            task_ids=TASKS,
+            params={},
+            logical_date=datetime.now(UTC),
+        )
+        pooled = store.engine.pool.checkedin()  # the pool now holds an open connection
+        ctx = mp.get_context("fork")
+        child_out = ctx.SimpleQueue()  # no feeder thread: this process stays single-threaded
+        child = ctx.Process(target=_write_in_forked_child, args=(store, child_out))
+        child.start()
+        child.join()  # the child ends after its one answer; its exit is the event waited on
+        status, detail = child_out.get() if not child_out.empty() else ("error", "the child said nothing")
+        store.set_run_state("from-parent", RunState.RUNNING)  # the parent's pooled connection still works
+        store.start_attempt("from-parent", TASKS[0], 1)
+        runs = {r.id: r.state.value for r in store.list_runs()}
+        child_task = store.get_run("from-child").tasks[0].state.value if "from-child" in runs else None
+        store.close()
+        out.put(("ok", {"pooled": pooled, "child": (status, detail), "exitcode": child.exitcode,
+                        "runs": runs, "child_task": child_task}))
+    except BaseException:
+        out.put(("error", traceback.format_exc()))

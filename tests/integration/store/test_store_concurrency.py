@@ -7,7 +7,6 @@ processes racing to start the same task: exactly one wins).
 
 from __future__ import annotations
 
-import multiprocessing as mp
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -19,10 +18,10 @@ from store_workers import (  # type: ignore[import-not-found]  # next to this fi
     RUNS_PER_THREAD,
     TASKS,
     THREADS,
+    _fork_a_child_of_a_store,
     _in_processes,
     _open_only,
     _write_and_race,
-    _write_in_forked_child,
 )
 
 from udop.states import AttemptState, RunState, TaskState
@@ -120,34 +119,15 @@ def test_processes_opening_a_fresh_database_at_once_all_succeed(db_url: str) -> 
         store.close()
 
 
-def test_a_forked_child_can_keep_using_the_parents_store(store: Any) -> None:
+def test_a_forked_child_can_keep_using_the_parents_store(db_url: str) -> None:
     """A fork inherits the pool; the child must open its own connections (SQLite: "do not carry an open
     database connection across a fork"; PostgreSQL: two processes on one socket), and the parent's stay
-    good."""
-    version = store.register_pipeline("p", DEFINITION).version
-    assert version == 1
-    store.create_run(
-        run_id="from-parent",
-        pipeline="p",
-        pipeline_version=1,
-        task_ids=TASKS,
-        params={},
-        logical_date=datetime.now(UTC),
-    )
-    assert store.engine.pool.checkedin() >= 1  # the pool now holds an open connection
-    ctx = mp.get_context("fork")
-    out = ctx.Queue()
-    child = ctx.Process(target=_write_in_forked_child, args=(store, out))
-    child.start()
-    status, detail = out.get(timeout=60)
-    child.join(timeout=60)
+    good. (The parent is a process of its own: see _fork_a_child_of_a_store.)"""
+    [seen] = _in_processes(_fork_a_child_of_a_store, [(db_url,)])
+    assert seen["pooled"] >= 1  # the parent's pool held an open connection when it forked
+    status, detail = seen["child"]
     assert status == "ok", detail
     assert detail == 0  # the child saw none of the parent's connections
-    assert child.exitcode == 0
-    store.set_run_state("from-parent", RunState.RUNNING)  # the parent's pooled connection still works
-    store.start_attempt("from-parent", TASKS[0], 1)
-    assert {r.id: r.state for r in store.list_runs()} == {
-        "from-child": RunState.RUNNING,
-        "from-parent": RunState.RUNNING,
-    }
-    assert store.get_run("from-child").tasks[0].state is TaskState.RUNNING
+    assert seen["exitcode"] == 0
+    assert seen["runs"] == {"from-child": RunState.RUNNING.value, "from-parent": RunState.RUNNING.value}
+    assert seen["child_task"] == TaskState.RUNNING.value
