@@ -278,11 +278,10 @@ class StreamRunner:
             self._drop(ready)
             ready = self._ready(fresh)
         batch, run_id, manifest = fresh, ready.run_id, ready.manifest
-        start = self.batches.positions(self.pipeline.name)
         self.batches.begin(
             self.pipeline.name,
             run_id,
-            start,
+            None,  # the positions now, read in the transaction that records the batch
             batch.end,
             batch.acks,
             batch.rows,
@@ -396,7 +395,7 @@ class StreamRunner:
         uri = dataset_uri(self.executor.data_root, name, run_id, self.stream.id)
         manifest = write_parquet(table, uri, dictionary=False)
         if existing is None:
-            self.batches.begin(name, run_id, self.batches.positions(name), end, [], int(table.num_rows))
+            self.batches.begin(name, run_id, None, end, [], int(table.num_rows))
         self._run(
             run_id,
             manifest,
