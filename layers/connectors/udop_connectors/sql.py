@@ -27,6 +27,7 @@ from sqlalchemy.pool import NullPool
 from udop import faults
 from udop.connectors import Connector, ConnectorSettings, LoadEntry, Secret
 from udop.connectors.base import WriteMode
+from udop.connectors.held import holding, on_release
 from udop.errors import ConnectionFailed, FatalError
 from udop.lineage.naming import Dataset, file_dataset, host_dataset
 
@@ -42,6 +43,18 @@ LEDGER_TABLE = "udop_load_ledger"
 #: ledger queries of repeated loads into one database (a stream's micro-batches) cheap to compile
 _ENGINES: dict[str, sa.Engine] = {}
 _ENGINES_LOCK = threading.Lock()
+#: PostgreSQL engines used inside ``hold_connections`` (``udop stream``): a pool of one connection kept
+#: between loads (opening one costs a few ms per micro-batch; a second load at the same time opens one
+#: more, closed after). Dropped with its connections when a write through it fails, and when the
+#: outermost ``hold_connections`` ends.
+_HELD: dict[str, sa.Engine] = {}
+
+
+def _drop_held(key: str) -> None:
+    with _ENGINES_LOCK:
+        engine = _HELD.pop(key, None)
+    if engine is not None:
+        engine.dispose()
 
 #: PostgreSQL target tables already reflected and checked against the data written, by (engine, schema,
 #: table, mode, keys, the data's schema): (the table's signature then, the reflected ``Table``). A load
@@ -251,6 +264,9 @@ class SqlConnector(Connector):
         super().__init__(settings, **kwargs)
         self._engine: sa.Engine | None = None
         self._engine_key = ""
+        #: a write through a kept connection failed: this connector's further queries (the ledger
+        #: lookup after it) open their own
+        self._unheld = False
 
     # -- connection --------------------------------------------------------------------------------
     def _url(self) -> sa.URL:
@@ -306,10 +322,19 @@ class SqlConnector(Connector):
             url, args = self._url(), self._connect_args()
             raw = json.dumps([url.render_as_string(hide_password=False), args], sort_keys=True, default=str)
             key = hashlib.sha256(raw.encode()).hexdigest()
+            held = holding() and url.get_backend_name() == "postgresql" and not self._unheld
             with _ENGINES_LOCK:
-                engine = _ENGINES.get(key)
-                if engine is None:
-                    engine = _ENGINES[key] = sa.create_engine(url, poolclass=NullPool, connect_args=args)
+                if held:  # a stream's loads: one connection kept for the next batch (see _HELD)
+                    engine = _HELD.get(key)
+                    if engine is None:
+                        engine = _HELD[key] = sa.create_engine(
+                            url, pool_size=1, max_overflow=-1, connect_args=args
+                        )
+                        on_release(lambda: _drop_held(key))
+                else:
+                    engine = _ENGINES.get(key)
+                    if engine is None:
+                        engine = _ENGINES[key] = sa.create_engine(url, poolclass=NullPool, connect_args=args)
             self._engine, self._engine_key = engine, key
         return self._engine
 
@@ -725,11 +750,14 @@ class SqlConnector(Connector):
             self._forget(table_key, ledger_key)
             raise
 
-    @staticmethod
-    def _forget(table_key: tuple[str, ...], ledger_key: tuple[str, str]) -> None:
-        """A write failed: reflect the table and look for the ledger afresh next time."""
+    def _forget(self, table_key: tuple[str, ...], ledger_key: tuple[str, str]) -> None:
+        """A write failed: reflect the table and look for the ledger afresh next time, and close a
+        connection kept between loads (the next load opens a new one)."""
         _TABLES.pop(table_key, None)
         _LEDGERS.discard(ledger_key)
+        if self._engine is not None and _HELD.get(self._engine_key) is self._engine:
+            _drop_held(self._engine_key)
+            self._engine, self._unheld = None, True
 
     def _signature(self, conn: sa.Connection) -> tuple[tuple[Any, ...], bool]:
         ledger = (

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import shutil
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from udop import faults
+from udop.connectors.held import hold_connections
 from udop.executor.local import LocalExecutor, new_run_id
 from udop.spec.models import Pipeline, StreamTrigger
 from udop.states import RunState
@@ -77,6 +80,16 @@ class StreamFigures:
             f"udop stream: {self.messages:,} msgs in {self.batches:,} batches, {self.rate():,.0f} msgs/s, "
             f"lag {lag}{extra}; {last}"
         )
+
+
+@dataclass(frozen=True)
+class _Ready:
+    """A batch read ahead, its Parquet already written for the run id it will run as (not yet recorded:
+    a batch never recorded pending leaves only this folder, removed when the batch is dropped)."""
+
+    batch: StreamBatch
+    run_id: str
+    manifest: Manifest
 
 
 def open_source(pipeline: Pipeline, *, base_dir: str | None = None, state: Any = None) -> StreamSource:
@@ -162,7 +175,9 @@ class StreamRunner:
         try:
             lease.acquire()
             try:
-                return self._consume(source, lease, max_batches)
+                # the loads of consecutive batches reuse one connection per database (closed at the end)
+                with hold_connections():
+                    return self._consume(source, lease, max_batches)
             finally:
                 lease.release()
         finally:
@@ -174,7 +189,7 @@ class StreamRunner:
         if pending is not None:
             self._recover(pending)
         source.seek(self.batches.positions(self.pipeline.name))
-        ahead: queue.Queue[StreamBatch | BaseException | None] = queue.Queue(maxsize=1)
+        ahead: queue.Queue[_Ready | BaseException | None] = queue.Queue(maxsize=1)
         done = threading.Event()
         reader = threading.Thread(
             target=self._read_ahead, args=(source, ahead, done), name="udop-stream-reader", daemon=True
@@ -206,21 +221,24 @@ class StreamRunner:
             done.set()
             while reader.is_alive():  # unblock a reader waiting for room, then let it see ``done``
                 with contextlib.suppress(queue.Empty):
-                    ahead.get_nowait()
+                    self._drop(ahead.get_nowait())
                 reader.join(0.1)
+            with contextlib.suppress(queue.Empty):
+                self._drop(ahead.get_nowait())
         return self.figures
 
     def _read_ahead(
         self,
         source: StreamSource,
-        ahead: queue.Queue[StreamBatch | BaseException | None],
+        ahead: queue.Queue[_Ready | BaseException | None],
         done: threading.Event,
     ) -> None:
         while not done.is_set():
-            item: StreamBatch | BaseException | None
+            item: _Ready | BaseException | None
             try:
                 batch = source.poll(self.stream.max_batch_rows, self.stream.max_batch_seconds, done)
-                item = batch if batch is not None and batch.rows else None
+                # the batch's Parquet is written here, while the batch before runs: off the runner's path
+                item = self._ready(batch) if batch is not None and batch.rows else None
             # a source error ends the stream (the main thread raises it): retrying here could skip what
             # the failed poll had read; a restart resumes from udop's positions
             except BaseException as exc:
@@ -231,26 +249,39 @@ class StreamRunner:
                     break
                 except queue.Full:
                     continue
+            else:
+                self._drop(item)
             if isinstance(item, BaseException):
                 return
 
+    def _ready(self, batch: StreamBatch) -> _Ready:
+        run_id = new_run_id()
+        uri = dataset_uri(self.executor.data_root, self.pipeline.name, run_id, self.stream.id)
+        return _Ready(batch, run_id, write_parquet(batch.table, uri, dictionary=False))
+
+    def _drop(self, item: _Ready | BaseException | None) -> None:
+        """Remove the Parquet of a batch read ahead that will not run (its run was never recorded)."""
+        if isinstance(item, _Ready) and "://" not in item.manifest.uri:
+            shutil.rmtree(Path(item.manifest.uri).parent, ignore_errors=True)
+
     # ------------------------------------------------------------------ one batch
 
-    def _process(self, batch: StreamBatch) -> None:
+    def _process(self, ready: _Ready) -> None:
+        batch = ready.batch
         fresh = self.batches.fresh(self.pipeline.name, batch)  # without messages committed before
         if fresh is None:  # all came back after their batches committed: acknowledged, not loaded
+            self._drop(ready)
             if self.source is not None:
                 self.source.commit(batch.end, batch.acks)
             return
-        batch = fresh
-        run_id = new_run_id()
-        uri = dataset_uri(self.executor.data_root, self.pipeline.name, run_id, self.stream.id)
-        manifest = write_parquet(batch.table, uri, dictionary=False)
-        start = self.batches.positions(self.pipeline.name)
+        if fresh is not batch:  # some messages dropped: the run reads the rest, written again
+            self._drop(ready)
+            ready = self._ready(fresh)
+        batch, run_id, manifest = fresh, ready.run_id, ready.manifest
         self.batches.begin(
             self.pipeline.name,
             run_id,
-            start,
+            None,  # the positions now, read in the transaction that records the batch
             batch.end,
             batch.acks,
             batch.rows,
@@ -364,7 +395,7 @@ class StreamRunner:
         uri = dataset_uri(self.executor.data_root, name, run_id, self.stream.id)
         manifest = write_parquet(table, uri, dictionary=False)
         if existing is None:
-            self.batches.begin(name, run_id, self.batches.positions(name), end, [], int(table.num_rows))
+            self.batches.begin(name, run_id, None, end, [], int(table.num_rows))
         self._run(
             run_id,
             manifest,

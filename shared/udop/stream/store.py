@@ -169,7 +169,7 @@ class StreamStore:
         self,
         pipeline: str,
         run_id: str,
-        start: Mapping[str, Any],
+        start: Mapping[str, Any] | None,
         end: Mapping[str, Any],
         acks: list[Any],
         messages: int,
@@ -178,9 +178,14 @@ class StreamStore:
         keep_ids: float | None = None,
     ) -> None:
         """Record a batch ``pending``; ``ids`` (``StreamBatch.ids``) are kept when it settles, and ids
-        kept longer than ``keep_ids`` seconds are dropped."""
+        kept longer than ``keep_ids`` seconds are dropped. ``start`` None: the pipeline's positions, read
+        in the same transaction."""
         now = _now()
         with transaction(self._engine, write=True) as conn:
+            if start is None:
+                start = conn.execute(
+                    select(stream_offsets.c.positions).where(stream_offsets.c.pipeline == pipeline)
+                ).scalar() or {}
             conn.execute(
                 insert(stream_batches).values(
                     pipeline=pipeline,

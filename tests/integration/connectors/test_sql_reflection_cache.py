@@ -62,3 +62,39 @@ def test_a_ledger_dropped_between_loads_is_created_again(pg: Tables) -> None:
         assert pg.execute(f'SELECT count(*) FROM "{schema}"."{table}"') == [(2,)]
     finally:
         pg.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def _held(pg: Tables, app: str) -> int:
+    rows = pg.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = :app", {"app": app})
+    return int(rows[0][0])
+
+
+def test_loads_keep_one_connection_while_held_and_drop_it_on_a_failed_write(pg: Tables) -> None:
+    # what ``udop stream`` does around its batches: one connection for consecutive loads, none after
+    from udop.connectors.held import hold_connections
+
+    table = pg.new("held")
+    app = f"udop-held-{uuid.uuid4().hex[:8]}"
+    spec = {"connector": "postgres", "url": f"postgresql://postgres@127.0.0.1:5432/test?application_name={app}",
+            "table": table, "mode": "append"}
+
+    def load(ids: list[int]) -> tuple[int, bool]:
+        entry = LoadEntry(pipeline="held", run_id=uuid.uuid4().hex, task_id="land")
+        with get_connector(spec) as c:
+            return c.write_once([_batch(ids)], "append", [], entry)  # type: ignore[attr-defined,no-any-return]
+
+    load([1])
+    assert _held(pg, app) == 0  # outside: a connection per load, closed after it
+    with hold_connections():
+        load([2])
+        load([3])
+        assert _held(pg, app) == 1  # kept for the next batch, and only one
+        pg.execute(f'ALTER TABLE "{table}" DROP COLUMN total')
+        with pytest.raises(FatalError, match=r"column\(s\) total are not in the table"):
+            load([4])
+        assert _held(pg, app) == 0  # a failed write drops it
+        pg.execute(f'ALTER TABLE "{table}" ADD COLUMN total bigint')
+        load([5])
+        assert _held(pg, app) == 1
+    assert _held(pg, app) == 0  # closed when the stream ends
+    assert pg.execute(f'SELECT id FROM "{table}" ORDER BY id') == [(1,), (2,), (3,), (5,)]

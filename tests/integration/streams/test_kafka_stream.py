@@ -167,6 +167,10 @@ def test_sigterm_between_batches_exits_0_with_nothing_pending(kafka: str, tmp_pa
         assert figures.batches == 2 and figures.messages == 20
         assert StreamStore(store).pending(topic) is None
         assert StreamStore(store).positions(topic) == {"0": 20}
+        # the third batch, read ahead (its Parquet written) but never run, left no folder behind
+        runs = {b.run_id for b in StreamStore(store).batches(topic)}
+        assert len(runs) == 2
+        assert {p.name for p in (tmp_path / "data" / "runs" / topic).iterdir()} == runs
     finally:
         source.close()
         store.close()
