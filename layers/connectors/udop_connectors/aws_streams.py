@@ -429,7 +429,7 @@ class LambdaBatch:
     def all_failed(self) -> list[dict[str, str]]:
         """The response that makes the service deliver the whole batch again: every SQS message; the first
         Kinesis record (the shard is retried from there); nothing for Kafka (the runner raises)."""
-        if self.source.startswith("arn:aws:kinesis") and self.items:
+        if ":kinesis:" in self.source and self.items:
             return [{"itemIdentifier": self.items[0]}]
         return [{"itemIdentifier": i} for i in self.items]
 

@@ -220,7 +220,7 @@ def run_stream_event(
         **(task.source.model_extra or {}),
     }
     delivery = decode(event, options)
-    kind = "sqs" if source.startswith("arn:aws:sqs") else "kinesis" if ":kinesis:" in source else "kafka"
+    kind = "kafka" if source.startswith("kafka:") else "kinesis" if ":kinesis:" in source else "sqs"
     retention = float(mapping.get("retention") or RETENTION[kind])
     batches = StreamStore(store)
     # exactly once across deliveries however they group the records: the records committed by any

@@ -360,7 +360,12 @@ class StreamRunner:
         batch that already committed does nothing. ``ids`` were claimed for ``run_id``: kept when it
         commits, released when its run fails. Returns the run's state; a failed batch stays pending.
         """
-        state = self._run_batch(table, run_id=run_id, end=end, ids=ids, keep_ids=keep_ids)
+        try:
+            state = self._run_batch(table, run_id=run_id, end=end, ids=ids, keep_ids=keep_ids)
+        except BaseException:
+            if ids is not None:
+                self.batches.release(self.pipeline.name, run_id)
+            raise
         if state != RunState.SUCCEEDED and ids is not None:
             self.batches.release(self.pipeline.name, run_id)
         return state

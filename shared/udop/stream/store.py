@@ -297,8 +297,16 @@ class StreamStore:
         )
 
     def release(self, pipeline: str, run_id: str) -> None:
-        """Drop the claims of ``run_id``'s batch (its run failed): its messages may run in another batch."""
+        """Drop the claims of ``run_id``'s batch (its run failed): its messages may run in another batch.
+        A batch that committed (or was dead-lettered) keeps them: they are its committed ids."""
         with transaction(self._engine, write=True) as conn:
+            state = conn.execute(
+                select(stream_batches.c.state).where(
+                    stream_batches.c.pipeline == pipeline, stream_batches.c.run_id == run_id
+                )
+            ).scalar()
+            if state in ("committed", "dead_letter"):
+                return
             conn.execute(
                 delete(stream_messages).where(
                     stream_messages.c.pipeline == pipeline, stream_messages.c.run_id == run_id

@@ -128,3 +128,10 @@ def test_a_claim_waiting_on_a_rivals_uncommitted_insert_loses_the_message(schema
         assert _mine(claimed) == ["y"] and claimed.busy == [0]
     finally:
         store.close()
+
+
+def test_a_committed_batch_keeps_its_ids_when_released(batches: StreamStore) -> None:
+    claim = _claim(batches, ["a"])
+    _commit(batches, claim)
+    batches.release("p", claim.run_id)  # e.g. an error after the commit: the ids stay committed
+    assert _claim(batches, ["a"]).batch is None
