@@ -123,12 +123,18 @@ class Claim:
     busy: list[int]
 
 
-#: ``_KEEP_IDS`` telling which ids it wrote (a claim: the others are another batch's)
+#: ``_KEEP_IDS`` telling which ids it wrote (a claim: the others are another batch's), in the ids' order:
+#: two claims of overlapping batches then wait on each other's rows in one order, never in a cycle
 _CLAIM = {
-    dialect: text(str(statement) + " RETURNING message_id").bindparams(
-        bindparam("now", type_=UTCDateTime())
-    )
-    for dialect, statement in _KEEP_IDS.items()
+    dialect: text(sql).bindparams(bindparam("now", type_=UTCDateTime()))
+    for dialect, sql in {
+        "sqlite": "INSERT INTO stream_messages (pipeline, message_id, run_id, settled_at) "
+        "SELECT :pipeline, value, :run_id, :now FROM json_each(:ids) WHERE true ORDER BY value "
+        "ON CONFLICT DO NOTHING RETURNING message_id",
+        "postgresql": "INSERT INTO stream_messages (pipeline, message_id, run_id, settled_at) "
+        "SELECT :pipeline, value, :run_id, :now FROM jsonb_array_elements_text(CAST(:ids AS jsonb)) AS value "
+        "ORDER BY value ON CONFLICT DO NOTHING RETURNING message_id",
+    }.items()
 }
 
 
