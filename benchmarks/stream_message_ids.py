@@ -1,7 +1,8 @@
 """What keeping message ids costs a stream batch (SQS, RabbitMQ classic queues): the metadata-store work
 of one batch — ``StreamStore.fresh`` (look its ids up), ``begin`` and ``settle`` (keep them) — with
 ``--messages`` ids per batch, beside the same three calls for a batch without ids (Kafka, Redis,
-Kinesis: positions only), on SQLite and on PostgreSQL (a database of its own, dropped afterwards).
+Kinesis: positions only), and beside the stream runner's on Lambda (``claim`` instead of ``fresh``: the
+ids written before the run), on SQLite and on PostgreSQL (a database of its own, dropped afterwards).
 
 Every SQS batch looks all its ids up (a RabbitMQ batch only its redelivered messages: the lookup is
 the SQS case). The lookup is one statement (``= ANY(ARRAY(...))`` over a JSON array on PostgreSQL,
@@ -31,7 +32,9 @@ from udop.stream.store import StreamStore
 ADMIN = os.environ.get("UDOP_TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
-def _batches(url: str, messages: int, count: int, with_ids: bool, analyze: bool) -> list[float]:
+def _batches(  # noqa: PLR0917 - a benchmark's knobs
+    url: str, messages: int, count: int, with_ids: bool, analyze: bool, claim: bool = False
+) -> list[float]:
     store = open_store(url)
     batches = StreamStore(store)
     pipeline = f"bench-{uuid.uuid4().hex[:8]}"
@@ -40,9 +43,12 @@ def _batches(url: str, messages: int, count: int, with_ids: bool, analyze: bool)
         ids: list[str | None] | None = [uuid.uuid4().hex for _ in range(messages)] if with_ids else None
         batch = StreamBatch(table=pa.table({"x": list(range(messages))}), end={}, ids=ids)
         began = time.perf_counter()
-        fresh = batches.fresh(pipeline, batch)
+        if claim:  # the stream runner on Lambda: claimed before the run, under a run id of the ids
+            claimed = batches.claim(pipeline, batch, stale_after=960.0)
+            fresh, run_id = claimed.batch, claimed.run_id
+        else:
+            fresh, run_id = batches.fresh(pipeline, batch), uuid.uuid4().hex
         assert fresh is not None
-        run_id = uuid.uuid4().hex
         batches.begin(pipeline, run_id, {}, fresh.end, fresh.acks, fresh.rows, ids=fresh.ids, keep_ids=3600.0)
         batches.settle(pipeline, run_id, "committed")
         times.append(time.perf_counter() - began)
@@ -78,7 +84,11 @@ def main() -> None:
         for name, url in urls.items():
             base = _batches(url, args.messages, args.batches, False, args.analyze)
             ids = _batches(url, args.messages, args.batches, True, args.analyze)
-            print(f"{name}: {_line('without ids (baseline)', base)}; {_line('with ids', ids)}")
+            claimed = _batches(url, args.messages, args.batches, True, args.analyze, claim=True)
+            print(
+                f"{name}: {_line('without ids (baseline)', base)}; {_line('with ids', ids)}; "
+                f"{_line('claimed (Lambda)', claimed)}"
+            )
     finally:
         with psycopg.connect(ADMIN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE "{database}" WITH (FORCE)')

@@ -9,8 +9,6 @@ SQS and Kinesis event shapes (``sqs_event_table``, ``kinesis_event_table``).
 from __future__ import annotations
 
 import base64
-import hashlib
-import json
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -420,10 +418,24 @@ class LambdaBatch:
     table: pa.Table
     #: the positions after the batch (Kinesis: shard -> sequence; Kafka: partition -> next offset)
     end: dict[str, Any]
-    #: names the delivery: the same records give the same id (a retried delivery resumes its run)
-    digest: str
-    #: the response that makes the service deliver the whole batch again (``batchItemFailures``)
-    all_failed: list[dict[str, str]]
+    #: per row, the record's id, the same whichever delivery brings it again (SQS: the message id;
+    #: Kinesis: ``shard:sequence number``; Kafka: ``partition:offset``): what the stream runner claims
+    ids: list[str]
+    #: per row, what ``batchItemFailures`` names it by (SQS: the message id; Kinesis: the sequence
+    #: number); empty for Kafka, whose mapping retries the whole batch when the function raises
+    items: list[str]
+
+    @property
+    def all_failed(self) -> list[dict[str, str]]:
+        """The response that makes the service deliver the whole batch again: every SQS message; the first
+        Kinesis record (the shard is retried from there); nothing for Kafka (the runner raises)."""
+        if ":kinesis:" in self.source and self.items:
+            return [{"itemIdentifier": self.items[0]}]
+        return [{"itemIdentifier": i} for i in self.items]
+
+    def failed(self, rows: Sequence[int]) -> list[dict[str, str]]:
+        """The response that makes the service deliver ``rows`` (and, on Kinesis, what follows) again."""
+        return [{"itemIdentifier": self.items[n]} for n in rows] if self.items else []
 
 
 def lambda_event_batch(
@@ -437,7 +449,7 @@ def lambda_event_batch(
         if kind == "aws:sqs":
             ids = [str(r["messageId"]) for r in records]
             table = sqs_event_table(records, fmt, schema)
-            return LambdaBatch(source, table, {}, _digest(source, ids), [{"itemIdentifier": i} for i in ids])
+            return LambdaBatch(source, table, {}, ids, ids)
         if kind == "aws:kinesis":
             parts = [r["kinesis"] for r in records]
             shards = [str(r.get("eventID", "")).split(":", 1)[0] for r in records]
@@ -446,9 +458,8 @@ def lambda_event_batch(
                 end[shard] = part["sequenceNumber"]
             table = kinesis_event_table(parts, shards, fmt, schema)
             sequences = [str(p["sequenceNumber"]) for p in parts]
-            return LambdaBatch(
-                source, table, end, _digest(source, sequences), [{"itemIdentifier": sequences[0]}]
-            )
+            keys = [f"{shard}:{seq}" for shard, seq in zip(shards, sequences, strict=True)]
+            return LambdaBatch(source, table, end, keys, sequences)
     by_partition = event.get("records")
     if event.get("eventSource") in ("aws:kafka", "SelfManagedKafka") and isinstance(by_partition, Mapping):
         messages = [m for part in by_partition.values() for m in part]
@@ -477,16 +488,11 @@ def lambda_event_batch(
             table = messages_table(values, meta, fmt, schema)
             source = f"kafka:{topic}"
             keys = [f"{m['partition']}:{m['offset']}" for m in messages]
-            return LambdaBatch(source, table, end, _digest(source, keys), [])
+            return LambdaBatch(source, table, end, keys, [])
     raise ValueError(
         "not an SQS, Kinesis or Kafka event with records (the stream runner's event source "
         "mappings send those)"
     )
-
-
-def _digest(source: str, ids: Sequence[str]) -> str:
-    raw = json.dumps([source, ids[0], ids[-1], len(ids)])
-    return hashlib.sha256(raw.encode()).hexdigest()[:20]
 
 
 def lambda_event_source(event: Mapping[str, Any]) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -33,9 +33,10 @@ class _Delivery(Protocol):
     @property
     def end(self) -> dict[str, Any]: ...
     @property
-    def digest(self) -> str: ...
+    def ids(self) -> list[str]: ...
     @property
     def all_failed(self) -> list[dict[str, str]]: ...
+    def failed(self, rows: Sequence[int]) -> list[dict[str, str]]: ...
 
 
 def mapping_key(source: str) -> str:
@@ -89,15 +90,19 @@ def deploy_stream(
     params: dict[str, Any]
     if kind == "sqs":
         url = options.get("queue_url") or client("sqs").get_queue_url(QueueName=options["queue"])["QueueUrl"]
-        arn = client("sqs").get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
-            "QueueArn"
-        ]
+        attributes = client("sqs").get_queue_attributes(
+            QueueUrl=url, AttributeNames=["QueueArn", "MessageRetentionPeriod"]
+        )["Attributes"]
+        arn = attributes["QueueArn"]
+        retention = float(attributes.get("MessageRetentionPeriod") or RETENTION["sqs"])
         source = arn
         params = {"EventSourceArn": arn, **batch, "FunctionResponseTypes": ["ReportBatchItemFailures"]}
     elif kind == "kinesis":
-        arn = client("kinesis").describe_stream_summary(StreamName=options["stream"])[
+        summary = client("kinesis").describe_stream_summary(StreamName=options["stream"])[
             "StreamDescriptionSummary"
-        ]["StreamARN"]
+        ]
+        arn = summary["StreamARN"]
+        retention = float(summary.get("RetentionPeriodHours") or 0) * 3600 or RETENTION["kinesis"]
         source = arn
         params = {
             "EventSourceArn": arn,
@@ -107,6 +112,7 @@ def deploy_stream(
         }
     elif kind == "kafka":
         source = f"kafka:{options['topic']}"
+        retention = RETENTION["kafka"]
         params = {
             "SelfManagedEventSource": {
                 "Endpoints": {"KAFKA_BOOTSTRAP_SERVERS": options["bootstrap_servers"].split(",")}
@@ -124,7 +130,10 @@ def deploy_stream(
     version = store.register_pipeline(pipeline.name, definition).version
     put_version(s3, bucket, pipeline.name, version, definition)
     put_json(
-        s3, bucket, mapping_key(source), {"pipeline": pipeline.name, "version": version, "source": source}
+        s3,
+        bucket,
+        mapping_key(source),
+        {"pipeline": pipeline.name, "version": version, "source": source, "retention": retention},
     )
     found = [
         m
@@ -146,6 +155,14 @@ def deploy_stream(
 
 _definitions = DefinitionCache()
 
+#: seconds a record may be delivered again, when the deployment did not record its source's retention:
+#: SQS's longest retention period, Kinesis's longest, Kafka's default ``log.retention.hours``
+RETENTION = {"sqs": 14 * 86400.0, "kinesis": 365 * 86400.0, "kafka": 7 * 86400.0}
+
+#: a claim on records older than this, whose batch is still pending, was left by an invocation that no
+#: longer runs (Lambda stops a function after 900 s at most): a delivery bringing them takes it over
+CLAIM_STALE_AFTER = 960.0
+
 
 def run_stream_event(
     event: Mapping[str, Any],
@@ -161,9 +178,14 @@ def run_stream_event(
 ) -> dict[str, Any]:
     """Run one delivery of an event source mapping as a micro-batch of the pipeline its source feeds.
 
-    Returns ``{"batchItemFailures": [...]}``: empty when the batch's run succeeded (or an earlier try of
-    the same delivery did), else what makes the service deliver the batch again (every SQS message;
-    the first Kinesis record, from which the shard is retried). A failed Kafka batch raises
+    Exactly once into ledger targets however the service groups records: the delivery's records are
+    claimed (``StreamStore.claim``, by SQS message id, Kinesis ``shard:sequence``, Kafka
+    ``partition:offset``); those an earlier batch committed are left out (a delivery of nothing else
+    succeeds without a run) and those another batch in flight claimed are given back.
+
+    Returns ``{"batchItemFailures": [...]}``: the records given back, when the batch's run succeeded;
+    else what makes the service deliver the whole delivery again (every SQS message; the first Kinesis
+    record, from which the shard is retried). A Kafka batch with records to deliver again raises
     ``RetryableError`` (Kafka mappings retry the whole batch on an error). ``source_of`` and
     ``decode`` read the event (the connectors layer's ``lambda_event_source`` / ``lambda_decoder``).
     ``code_dir`` (``UDOP_CODE_DIR``) is where python tasks' callables are imported from, as in the task
@@ -172,6 +194,8 @@ def run_stream_event(
     from udop.executor.local import LocalExecutor
     from udop.spec.secure import check_definition
     from udop.stream.runner import StreamRunner
+    from udop.stream.source import StreamBatch
+    from udop.stream.store import StreamStore
 
     try:
         source = source_of(event)
@@ -196,15 +220,39 @@ def run_stream_event(
         **(task.source.model_extra or {}),
     }
     delivery = decode(event, options)
+    kind = "kafka" if source.startswith("kafka:") else "kinesis" if ":kinesis:" in source else "sqs"
+    retention = float(mapping.get("retention") or RETENTION[kind])
+    batches = StreamStore(store)
+    # exactly once across deliveries however they group the records: the records committed by any
+    # earlier batch are left out, and those of a batch in flight elsewhere are given back to the service
+    claim = batches.claim(
+        pipeline.name,
+        StreamBatch(table=delivery.table, end=delivery.end, ids=list(delivery.ids), keep_ids=retention),
+        stale_after=CLAIM_STALE_AFTER,
+    )
+    busy = delivery.failed(claim.busy)
+    if claim.batch is None:  # all committed already (acknowledged, not loaded), or all in flight
+        return _answer(pipeline.name, claim.run_id, busy, RunState.SUCCEEDED, len(claim.busy))
     executor = LocalExecutor(store, workers=2, data_root=data_root, policy=policy,
                              services={"base_dir": code_dir} if code_dir else None)
     state = StreamRunner(pipeline, store, executor, None).run_batch(
-        delivery.table, run_id=f"stream-{delivery.digest}", end=delivery.end
+        claim.batch.table, run_id=claim.run_id, end=delivery.end, ids=claim.batch.ids, keep_ids=retention
     )
     if state == RunState.SUCCEEDED:
-        return {"batchItemFailures": []}
-    if delivery.all_failed:
-        return {"batchItemFailures": delivery.all_failed}
-    raise RetryableError(
-        f"pipeline {pipeline.name!r}: the batch's run stream-{delivery.digest} {state.value}"
+        return _answer(pipeline.name, claim.run_id, busy, state, len(claim.busy))
+    return _answer(pipeline.name, claim.run_id, delivery.all_failed, state, 1)
+
+
+def _answer(
+    pipeline: str, run_id: str, failures: list[dict[str, str]], state: RunState, given_back: int
+) -> dict[str, Any]:
+    """``batchItemFailures``; a Kafka batch with records to deliver again (``given_back``) raises instead:
+    its mapping retries the whole batch on an error, and the records that committed are left out then."""
+    if failures or not given_back:
+        return {"batchItemFailures": failures}
+    what = (
+        f"{given_back} record(s) are in another batch in flight; the mapping delivers them again"
+        if state == RunState.SUCCEEDED
+        else f"the batch's run {run_id} {state.value}"
     )
+    raise RetryableError(f"pipeline {pipeline!r}: {what}")

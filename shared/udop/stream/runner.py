@@ -375,13 +375,41 @@ class StreamRunner:
             if self.stop.wait(self.stream.retry_delay) and self.halted:
                 return
 
-    def run_batch(self, table: pa.Table, *, run_id: str, end: Mapping[str, Any]) -> RunState:
+    def run_batch(
+        self,
+        table: pa.Table,
+        *,
+        run_id: str,
+        end: Mapping[str, Any],
+        ids: list[str | None] | None = None,
+        keep_ids: float | None = None,
+    ) -> RunState:
         """Run one batch handed in from outside (a Lambda event's records) as run ``run_id``, once.
 
-        ``run_id`` names the delivery (derived from its records): a delivery tried again resumes the run
-        of its first try, whose committed loads find their ledger entries, and a delivery whose batch
-        already committed does nothing. Returns the run's state; a failed batch stays pending.
+        ``run_id`` names the batch (derived from its messages, ``StreamStore.claim``): a batch tried
+        again resumes the run of its first try, whose committed loads find their ledger entries, and a
+        batch that already committed does nothing. ``ids`` were claimed for ``run_id``: kept when it
+        commits, released when its run fails. Returns the run's state; a failed batch stays pending.
         """
+        try:
+            state = self._run_batch(table, run_id=run_id, end=end, ids=ids, keep_ids=keep_ids)
+        except BaseException:
+            if ids is not None:
+                self.batches.release(self.pipeline.name, run_id)
+            raise
+        if state != RunState.SUCCEEDED and ids is not None:
+            self.batches.release(self.pipeline.name, run_id)
+        return state
+
+    def _run_batch(
+        self,
+        table: pa.Table,
+        *,
+        run_id: str,
+        end: Mapping[str, Any],
+        ids: list[str | None] | None,
+        keep_ids: float | None,
+    ) -> RunState:
         self.once = True
         name = self.pipeline.name
         existing = self.batches.batch(name, run_id)
@@ -395,7 +423,9 @@ class StreamRunner:
         uri = dataset_uri(self.executor.data_root, name, run_id, self.stream.id)
         manifest = write_parquet(table, uri, dictionary=False)
         if existing is None:
-            self.batches.begin(name, run_id, None, end, [], int(table.num_rows))
+            self.batches.begin(
+                name, run_id, None, end, [], int(table.num_rows), ids=ids, keep_ids=keep_ids,
+            )
         self._run(
             run_id,
             manifest,

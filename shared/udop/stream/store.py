@@ -5,6 +5,7 @@ in one transaction, after its loads committed."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from udop.store.sql import SqlMetadataStore
 from udop.store.tables import UTCDateTime, stream_batches, stream_messages, stream_offsets
 from udop.stream.source import StreamBatch
 
-__all__ = ["BatchRecord", "StreamStore"]
+__all__ = ["BatchRecord", "Claim", "StreamStore"]
 
 
 @dataclass(frozen=True)
@@ -39,24 +40,37 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-#: which of a batch's ids (a JSON array) are kept: one statement whatever their number
+#: a batch's ids (a JSON array) that are kept, with the state of the batch keeping each and when it was
+#: kept: one statement whatever their number. An id of a committed (or dead-lettered) batch is a message
+#: that committed; of one pending or not recorded yet, a claim (the stream runner on Lambda claims a
+#: delivery's ids before its batch is recorded and run)
+_KEPT = "SELECT m.message_id, m.run_id, b.state, m.settled_at FROM stream_messages m " \
+    "LEFT JOIN stream_batches b ON b.pipeline = m.pipeline AND b.run_id = m.run_id " \
+    "WHERE m.pipeline = :pipeline AND m.message_id "
 _KNOWN = {
-    "sqlite": text(
-        "SELECT message_id FROM stream_messages WHERE pipeline = :pipeline "
-        "AND message_id IN (SELECT value FROM json_each(:ids))"
-    ),
-    "postgresql": text(
-        "SELECT message_id FROM stream_messages WHERE pipeline = :pipeline "
-        "AND message_id = ANY(ARRAY(SELECT jsonb_array_elements_text(CAST(:ids AS jsonb))))"
-    ),
+    dialect: text(sql).columns(settled_at=UTCDateTime())
+    for dialect, sql in {
+        "sqlite": _KEPT + "IN (SELECT value FROM json_each(:ids))",
+        "postgresql": _KEPT + "= ANY(ARRAY(SELECT jsonb_array_elements_text(CAST(:ids AS jsonb))))",
+    }.items()
 }
 
 
-def _known(conn: Connection, pipeline: str, ids: list[str]) -> set[str]:
-    """Which of ``ids`` are kept as messages of committed batches."""
-    return set(
-        conn.execute(_KNOWN[conn.dialect.name], {"pipeline": pipeline, "ids": json.dumps(ids)}).scalars()
-    )
+@dataclass(frozen=True)
+class _Kept:
+    run_id: str
+    state: str | None  # None: its batch is not recorded yet
+    at: datetime
+
+    @property
+    def committed(self) -> bool:
+        return self.state in ("committed", "dead_letter")
+
+
+def _known(conn: Connection, pipeline: str, ids: list[str]) -> dict[str, _Kept]:
+    """Which of ``ids`` are kept, and by which batch."""
+    rows = conn.execute(_KNOWN[conn.dialect.name], {"pipeline": pipeline, "ids": json.dumps(ids)}).all()
+    return {r.message_id: _Kept(r.run_id, r.state, r.settled_at) for r in rows}
 
 
 #: keep a batch's ids (a JSON array), one statement whatever their number (not a row of parameters per
@@ -70,6 +84,56 @@ _KEEP_IDS = {
         "postgresql": "INSERT INTO stream_messages (pipeline, message_id, run_id, settled_at) "
         "SELECT :pipeline, value, :run_id, :now FROM jsonb_array_elements_text(CAST(:ids AS jsonb)) "
         "ON CONFLICT DO NOTHING",
+    }.items()
+}
+
+
+#: ``stream_messages`` rows of some of a pipeline's ids (a JSON array)
+_OF_IDS = {
+    "sqlite": "message_id IN (SELECT value FROM json_each(:ids))",
+    "postgresql": "message_id = ANY(ARRAY(SELECT jsonb_array_elements_text(CAST(:ids AS jsonb))))",
+}
+_RELABEL = {
+    dialect: text(
+        "UPDATE stream_messages SET run_id = :run_id WHERE pipeline = :pipeline AND run_id = :was AND "
+        + where
+    )
+    for dialect, where in _OF_IDS.items()
+}
+_UNCLAIM = {
+    dialect: text(
+        "DELETE FROM stream_messages WHERE pipeline = :pipeline AND run_id = :run_id AND " + where
+    )
+    for dialect, where in _OF_IDS.items()
+}
+
+
+def claim_run_id(pipeline: str, ids: list[str]) -> str:
+    """The run of a batch made of the messages ``ids``: the same messages, the same run."""
+    return "stream-" + hashlib.sha256(json.dumps([pipeline, ids]).encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What ``StreamStore.claim`` left a delivery: ``batch``, the messages it owns now (None: none), to run
+    as ``run_id``; ``busy``, the rows (of the batch as given) another batch in flight owns."""
+
+    batch: StreamBatch | None
+    run_id: str
+    busy: list[int]
+
+
+#: ``_KEEP_IDS`` telling which ids it wrote (a claim: the others are another batch's), in the ids' order:
+#: two claims of overlapping batches then wait on each other's rows in one order, never in a cycle
+_CLAIM = {
+    dialect: text(sql).bindparams(bindparam("now", type_=UTCDateTime()))
+    for dialect, sql in {
+        "sqlite": "INSERT INTO stream_messages (pipeline, message_id, run_id, settled_at) "
+        "SELECT :pipeline, value, :run_id, :now FROM json_each(:ids) WHERE true ORDER BY value "
+        "ON CONFLICT DO NOTHING RETURNING message_id",
+        "postgresql": "INSERT INTO stream_messages (pipeline, message_id, run_id, settled_at) "
+        "SELECT :pipeline, value, :run_id, :now FROM jsonb_array_elements_text(CAST(:ids AS jsonb)) AS value "
+        "ORDER BY value ON CONFLICT DO NOTHING RETURNING message_id",
     }.items()
 }
 
@@ -146,7 +210,8 @@ class StreamStore:
         asked = [i for n, i in enumerate(ids) if i is not None and (again is None or again[n])]
         if asked:
             with transaction(self._engine, write=False) as conn:
-                seen = _known(conn, pipeline, list(dict.fromkeys(asked)))
+                known = _known(conn, pipeline, list(dict.fromkeys(asked)))
+            seen = {i for i, kept in known.items() if kept.committed}
         else:
             seen = set()
         keep: list[int] = []
@@ -164,6 +229,95 @@ class StreamStore:
             return None
         table = batch.table.take(pa.array(keep, pa.int64()))
         return StreamBatch(table=table, end=batch.end, acks=batch.acks, ids=kept, keep_ids=batch.keep_ids)
+
+    def claim(self, pipeline: str, batch: StreamBatch, *, stale_after: float) -> Claim:
+        """Claim ``batch``'s messages for one run, for a consumer that may run several batches of one
+        source at once (the stream runner on Lambda: several pollers of a queue, a retry grouping records
+        differently). As ``fresh``, without the committed repeats; the ids left are written now, under
+        the batch's run (derived from them: the same messages, the same run, so a batch tried again
+        resumes its run), in this transaction, and only those this insert wrote are the batch's: the
+        primary key (pipeline, message id) makes one claimant win a message whatever the interleaving;
+        a loser leaves it out (its row in ``busy``) and its run never sees it. A claim older than
+        ``stale_after`` seconds whose batch is not settled was left by a consumer that died (Lambda
+        stops a function after 900 s) and is taken over. Committing the batch keeps its claims as its
+        committed ids; ``release`` drops them when its run failed."""
+        ids = batch.ids
+        assert ids is not None and None not in ids, "claim needs every message's id"
+        now = _now()
+        with transaction(self._engine, write=True) as conn:
+            known = _known(conn, pipeline, list(dict.fromkeys(i for i in ids if i is not None)))
+            rows: list[int] = []  # first copy of each message not committed yet
+            seen: set[str] = set()
+            for n, i in enumerate(ids):
+                kept = known.get(str(i))
+                if i is None or i in seen or (kept is not None and kept.committed):
+                    continue
+                seen.add(i)
+                rows.append(n)
+            mine: list[int] = []
+            busy: list[int] = []
+            stale: dict[str, list[str]] = {}
+            for n in rows:
+                kept = known.get(str(ids[n]))
+                if kept is None:
+                    mine.append(n)
+                elif (now - kept.at).total_seconds() > stale_after:
+                    stale.setdefault(kept.run_id, []).append(str(ids[n]))
+                    mine.append(n)
+                else:  # another batch in flight (or this very one, tried at this moment by another poller)
+                    busy.append(n)
+            for owner, taken in stale.items():  # its claimant died: the delete, like the insert, races
+                conn.execute(
+                    _UNCLAIM[conn.dialect.name],
+                    {"pipeline": pipeline, "run_id": owner, "ids": json.dumps(taken)},
+                )
+            run_id = claim_run_id(pipeline, [str(ids[n]) for n in mine])
+            if mine:
+                wanted = [str(ids[n]) for n in mine]
+                # the arbiter: the rows this insert wrote, after it waited for any rival's to commit
+                won = set(
+                    conn.execute(
+                        _CLAIM[conn.dialect.name],
+                        {"pipeline": pipeline, "run_id": run_id, "now": now, "ids": json.dumps(wanted)},
+                    ).scalars()
+                )
+                if len(won) != len(mine):
+                    busy = sorted(busy + [n for n in mine if str(ids[n]) not in won])
+                    mine = [n for n in mine if str(ids[n]) in won]
+                    label = claim_run_id(pipeline, [str(ids[n]) for n in mine])
+                    conn.execute(
+                        _RELABEL[conn.dialect.name],
+                        {"pipeline": pipeline, "run_id": label, "was": run_id, "ids": json.dumps([*won])},
+                    )
+                    run_id = label
+        if not mine:
+            return Claim(None, run_id, busy)
+        if len(mine) == len(ids):
+            return Claim(batch, run_id, busy)
+        table = batch.table.take(pa.array(mine, pa.int64()))
+        return Claim(
+            StreamBatch(table=table, end=batch.end, acks=batch.acks, ids=[ids[n] for n in mine],
+                        keep_ids=batch.keep_ids),
+            run_id,
+            busy,
+        )
+
+    def release(self, pipeline: str, run_id: str) -> None:
+        """Drop the claims of ``run_id``'s batch (its run failed): its messages may run in another batch.
+        A batch that committed (or was dead-lettered) keeps them: they are its committed ids."""
+        with transaction(self._engine, write=True) as conn:
+            state = conn.execute(
+                select(stream_batches.c.state).where(
+                    stream_batches.c.pipeline == pipeline, stream_batches.c.run_id == run_id
+                )
+            ).scalar()
+            if state in ("committed", "dead_letter"):
+                return
+            conn.execute(
+                delete(stream_messages).where(
+                    stream_messages.c.pipeline == pipeline, stream_messages.c.run_id == run_id
+                )
+            )
 
     def begin(  # noqa: PLR0917 - one batch's fields, named at the one call
         self,

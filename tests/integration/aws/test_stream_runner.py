@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
@@ -256,7 +257,9 @@ spec:
     for key in ("shipped", "elsewhere"):
         queue = f"{env.prefix}-{key}"
         url = sqs.create_queue(QueueName=queue)["QueueUrl"]
-        arns[key] = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        arns[key] = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
     out = tmp_path / "out"
     path_before, modules_before = list(sys.path), set(sys.modules)
     shipped = definition(f"{env.prefix}-shipped", f"{env.prefix}-shipped", f"{module}:doubled", out)
@@ -288,3 +291,130 @@ spec:
     assert "refused by the stream runner's sandbox" in refused["errorMessage"], refused
     assert "udop_aws_test_tasks" in refused["errorMessage"], refused
     assert not (tmp_path / "no").exists()
+
+
+def _sqs_records(queue_arn: str, messages: list[tuple[str, str]]) -> dict[str, Any]:
+    """An SQS event of ``(message id, body)`` pairs: the same id is the same message delivered again."""
+    event = _sqs_event(queue_arn, [body for _id, body in messages])
+    for record, (message_id, _body) in zip(event["Records"], messages, strict=True):
+        record["messageId"] = message_id
+    return event
+
+
+def test_sqs_messages_delivered_again_in_other_batches_load_once(
+    deploy_env: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = deploy_env
+    sqs = env.client("sqs")
+    queue = f"{env.prefix}-again"
+    url = sqs.create_queue(QueueName=queue)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    out = tmp_path / "out"
+    name = f"{env.prefix}-again"
+    code, _stdout, err = _udop(
+        capsys, "deploy", str(_definition(tmp_path, name, f"{{connector: sqs, queue: {queue}}}", out))
+    )
+    assert code == 0, err
+    messages = [(str(uuid.uuid4()), json.dumps({"id": i})) for i in range(8)]
+
+    def ids() -> list[int]:
+        return sorted(ds.dataset(out).to_table().column("id").to_pylist())
+
+    assert _invoke(env, _sqs_records(arn, messages[:5])) == {"batchItemFailures": []}
+    assert ids() == [0, 1, 2, 3, 4]
+    # 3 and 4 again (SQS's at-least-once; a delete that did not happen), grouped with new messages
+    assert _invoke(env, _sqs_records(arn, [messages[4], messages[5], messages[3], messages[6]])) == {
+        "batchItemFailures": []
+    }
+    assert ids() == [0, 1, 2, 3, 4, 5, 6]
+    # nothing but repeats: no run, and no failures (the service deletes them)
+    from udop.store import open_store
+    from udop.stream.store import StreamStore
+
+    store = open_store(env.database_url)
+    try:
+        runs = len(store.list_runs(pipeline=name, limit=10))
+        assert _invoke(env, _sqs_records(arn, [messages[6], messages[0]])) == {"batchItemFailures": []}
+        assert len(store.list_runs(pipeline=name, limit=10)) == runs
+        # another poller's delivery holds message 7 (claimed, its run not over): a delivery bringing 7
+        # with a repeat gives 7 back to the queue and loads nothing
+        from udop.stream.source import StreamBatch
+
+        held = StreamStore(store).claim(
+            name,
+            StreamBatch(table=pa.table({"x": [7]}), end={}, ids=[messages[7][0]]),
+            stale_after=960,
+        )
+        assert held.batch is not None and not held.busy
+        again = _invoke(env, _sqs_records(arn, [messages[2], messages[7]]))
+        assert again == {"batchItemFailures": [{"itemIdentifier": messages[7][0]}]}
+        assert ids() == [0, 1, 2, 3, 4, 5, 6]
+        StreamStore(store).release(name, held.run_id)  # that run failed: 7 is free again
+        assert _invoke(env, _sqs_records(arn, [messages[7], messages[1]])) == {"batchItemFailures": []}
+        assert ids() == list(range(8))
+        states = sorted(b.state for b in StreamStore(store).batches(name))
+        assert states == ["committed"] * 3
+    finally:
+        store.close()
+
+
+def test_a_failed_sqs_batch_regrouped_loads_its_good_messages_once(
+    deploy_env: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = deploy_env
+    sqs = env.client("sqs")
+    queue = f"{env.prefix}-regroup"
+    url = sqs.create_queue(QueueName=queue)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    out = tmp_path / "out"
+    name = f"{env.prefix}-regroup"
+    code, _stdout, err = _udop(
+        capsys, "deploy", str(_definition(tmp_path, name, f"{{connector: sqs, queue: {queue}}}", out))
+    )
+    assert code == 0, err
+    good = [(str(uuid.uuid4()), json.dumps({"id": i})) for i in range(3)]
+    poison = (str(uuid.uuid4()), json.dumps({"other": 1}))
+    first = _sqs_records(arn, [*good, poison])
+    assert _invoke(env, first) == {"batchItemFailures": [{"itemIdentifier": i} for i, _ in [*good, poison]]}
+    assert not out.exists() or ds.dataset(out).to_table().num_rows == 0
+    # the queue hands them out again in other batches: the good ones load once, the poison one fails
+    assert _invoke(env, _sqs_records(arn, good[:2])) == {"batchItemFailures": []}
+    assert _invoke(env, _sqs_records(arn, [good[1], good[2]])) == {"batchItemFailures": []}
+    assert sorted(ds.dataset(out).to_table().column("id").to_pylist()) == [0, 1, 2]
+
+
+def test_a_kinesis_retry_of_a_bisected_batch_skips_the_records_that_committed(
+    deploy_env: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = deploy_env
+    kinesis = env.client("kinesis")
+    stream = f"{env.prefix}-bisect"
+    kinesis.create_stream(StreamName=stream, ShardCount=1)
+    arn = kinesis.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]["StreamARN"]
+    out = tmp_path / "out"
+    code, _stdout, err = _udop(
+        capsys,
+        "deploy",
+        str(_definition(tmp_path, f"{env.prefix}-bisect", f"{{connector: kinesis, stream: {stream}}}", out)),
+    )
+    assert code == 0, err
+
+    def record(seq: int) -> dict[str, Any]:
+        return {
+            "kinesis": {
+                "partitionKey": "k",
+                "sequenceNumber": f"4959{seq:040d}",
+                "data": base64.b64encode(json.dumps({"id": seq}).encode()).decode(),
+                "approximateArrivalTimestamp": 1764460800.5,
+            },
+            "eventSource": "aws:kinesis",
+            "eventID": f"shardId-000000000000:4959{seq:040d}",
+            "eventSourceARN": arn,
+        }
+
+    assert _invoke(env, {"Records": [record(i) for i in range(4)]}) == {"batchItemFailures": []}
+    # the shard retried from record 2 with a different batch size (bisected after an error elsewhere)
+    assert _invoke(env, {"Records": [record(i) for i in range(2, 6)]}) == {"batchItemFailures": []}
+    assert sorted(ds.dataset(out).to_table().column("id").to_pylist()) == list(range(6))
+    assert _invoke(env, {"Records": [record(i) for i in range(3, 5)]}) == {"batchItemFailures": []}
+    assert ds.dataset(out).to_table().num_rows == 6
