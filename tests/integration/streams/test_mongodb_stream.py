@@ -157,7 +157,12 @@ def test_a_filter_is_a_one_line_error(server: str, db: Any, tmp_path: Path) -> N
         _definition("h17-mongo-bad", server, db.name, target, "filter: {amount: {$gt: 1}}")
     )
     proc = udop(tmp_path, "stream", "p.yaml")
-    _out, err = proc.communicate(timeout=60)
+    try:
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:  # it consumed instead of refusing
+            proc.kill()
+            proc.communicate()
     assert proc.returncode != 0
     assert "use 'pipeline'" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1, err
@@ -182,3 +187,16 @@ def test_a_position_older_than_the_change_history_is_a_one_line_error(server: st
             source.seek({f"{db.name}.orders": gone})
         assert "\n" not in str(raised.value)
         source.close()
+
+
+def test_udop_deploy_refuses_a_change_stream_pipeline(server: str, db: Any, tmp_path: Path) -> None:
+    """Lambda event source mappings cannot read MongoDB change streams: refused before anything is made."""
+    from udop.aws.streams import deploy_stream
+    from udop.errors import InputError
+    from udop.spec.loader import load_pipeline
+
+    target = f"{{connector: parquet, path: {tmp_path / 'out'}}}"
+    (tmp_path / "p.yaml").write_text(_definition("h17-mongo-aws", server, db.name, target))
+    pipeline = load_pipeline(tmp_path / "p.yaml")
+    with pytest.raises(InputError, match="'mongodb' stream cannot be deployed to AWS"):
+        deploy_stream(pipeline, bucket="b", s3=None, lam=None, store=None, function_arn="arn", client=None)
