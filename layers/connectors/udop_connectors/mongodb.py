@@ -14,11 +14,14 @@ change's rank at that time) so positions compare as text: the framework's waterm
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import decimal
 import functools
 import json
 import re
+import threading
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -33,9 +36,10 @@ from udop.connectors import Connector, ConnectorSettings, LoadEntry, Secret
 from udop.connectors.base import WriteMode
 from udop.lineage.naming import Dataset, host_dataset, url_dataset
 from udop.spec.types import Duration
+from udop.stream import StreamBatch
 from udop_connectors._arrow import ColumnTypes, schema_from_mapping
 
-__all__ = ["LEDGER_COLLECTION", "POSITION_COLUMN", "MongoConnector", "MongoSettings"]
+__all__ = ["LEDGER_COLLECTION", "POSITION_COLUMN", "MongoConnector", "MongoSettings", "MongoStream"]
 
 #: the load ledger: one document per committed load, in the target collection's database
 LEDGER_COLLECTION = "udop_load_ledger"
@@ -98,6 +102,9 @@ class MongoSettings(ConnectorSettings):
     full_document: Literal["updateLookup", "default", "whenAvailable", "required"] = "updateLookup"
     max_changes: int | None = Field(None, ge=1, description="changes: read at most this many per run")
     wait: Duration = Field(1.0, description="changes: how long to wait for more once caught up")
+    start: Literal["latest", "earliest"] = Field(
+        "latest", description="udop stream, no stored position: now, or the oldest change the oplog keeps"
+    )
     transactions: bool | None = Field(
         None, description="write in a transaction (default: when the server can)"
     )
@@ -444,6 +451,11 @@ class MongoConnector(Connector):
         typed = schema_from_mapping(self.settings.columns)
         if typed is None or not self.settings.changes:
             return typed
+        return self._change_schema(typed)
+
+    @staticmethod
+    def _change_schema(typed: pa.Schema) -> pa.Schema:
+        """The rows of a change stream with declared ``columns``: the change's fields, then those."""
         return pa.schema([*_change_fields(), *(f for f in typed if f.name not in _CHANGE_NAMES)])
 
     def position(self) -> str | None:
@@ -610,69 +622,57 @@ class MongoConnector(Connector):
         Each row is one change: ``_position``, ``_op`` (insert, update, replace, delete, ...),
         ``_cluster_time``, ``_key`` (the document's ``_id``) and the document's other fields
         (``full_document``: the whole document after an update by default; none for a delete)."""
-        from bson import Timestamp
-
         s = self.settings
         limit = max_changes if max_changes is not None else s.max_changes
-        db = self.client[self._database_name()]
-        name = self._collection_name()
-        self._existing(db, name)
-        options: dict[str, Any] = {
-            "full_document": None if s.full_document == "default" else s.full_document,
-            "max_await_time_ms": max(1, int(s.wait * 1000)),
-            "batch_size": s.batch_size,
-        }
-        parsed = _parse_position(position) if isinstance(position, str) else None
-        time, inc, rank = (parsed[0], parsed[1], parsed[2]) if parsed else (-1, -1, 0)
-        if parsed is not None:
-            options["resume_after"] = parsed[3]
-        elif position is not None:
-            start = _start_time(position)
-            if start is None:
-                self.fail(
-                    f"changes: {str(position)[:60]!r} is neither a stored position nor an ISO time",
-                    retryable=False,
-                )
-            options["start_at_operation_time"] = Timestamp(int(start.timestamp()), 0)
         typed = schema_from_mapping(s.columns)
         schema = None if typed is None else self.schema()
-        stages = self._extended_json(s.pipeline or [], "pipeline")
         read = 0
-        last: str | None = None
-        # the server's time before the stream opens: every change the stream has yet to deliver comes
-        # later, so a position of "here" made from it sorts before all of them
-        before = db.command("ping").get("operationTime") if parsed is None else None
-        with db[name].watch(stages, **options) as stream:
+        with _Changes(self, position, wait=s.wait) as changes:
             rows: list[dict[str, Any]] = []
             while limit is None or read < limit:
-                change = stream.try_next()
-                if change is None:
+                row = changes.next_row()
+                if row is None:
                     break
-                at = change.get("clusterTime")
-                t, i = (at.time, at.inc) if isinstance(at, Timestamp) else (time, inc)
-                rank = rank + 1 if (t, i) == (time, inc) else 0
-                time, inc = t, i
-                last = _position(t, i, rank, change["_id"])
-                rows.append(self._change_row(change, last))
+                rows.append(row)
                 read += 1
                 if len(rows) >= s.batch_size:
                     batch = self._to_batch(rows, schema)
                     schema = batch.schema
-                    yield batch, last
+                    yield batch, changes.last or ""
                     rows = []
             if rows:
-                assert last is not None
-                yield self._to_batch(rows, schema), last
-            elif last is None and parsed is None:
+                assert changes.last is not None
+                yield self._to_batch(rows, schema), changes.last
+            elif changes.last is None and changes.parsed is None:
                 # a first read with no change: where the stream stands now is the position to keep,
                 # or the changes until the next run would be missed
-                token = stream.resume_token
-                if not isinstance(before, Timestamp) or token is None:
-                    self.fail("changes: the server reported no position for the stream", retryable=False)
                 yield (
                     self._to_batch([], schema or pa.schema(_change_fields())),
-                    _position(before.time, before.inc, 0, token),
+                    changes.here(),
                 )
+
+    def stream(self) -> MongoStream:
+        """The collection's change stream consumed continuously (``udop stream``)."""
+        self._need_driver()
+        if self.settings.filter:
+            self.fail(
+                "udop stream reads the collection's change stream: use 'pipeline' ($match stages on the "
+                "change events), not 'filter'",
+                retryable=False,
+            )
+        self._collection_name()
+        return MongoStream(self)
+
+    def _oldest_change(self) -> Any:
+        """The time of the oldest entry of the server's change history (its oplog), or None when this
+        user may not read it."""
+        from pymongo.errors import PyMongoError
+
+        try:
+            first = self.client["local"]["oplog.rs"].find_one({}, {"ts": 1}, sort=[("$natural", 1)])
+        except PyMongoError:
+            return None
+        return None if first is None else first.get("ts")
 
     def _change_row(self, change: Mapping[str, Any], position: str) -> dict[str, Any]:
         at = change.get("clusterTime")
@@ -861,3 +861,210 @@ def _message(exc: BaseException) -> str:
     text = details.get("errmsg") if isinstance(details, dict) and details.get("errmsg") else str(exc)
     text = str(text).split(", full error:")[0]
     return " ".join(text.split())[:300] or type(exc).__name__
+
+
+class _Changes:
+    """An open change stream of the connector's collection and the ordering of its positions: the one
+    path from a change event to a row, for the batch extract (``read_changes``) and ``udop stream``
+    (``MongoStream``).
+
+    ``position``: a stored position (resume after its token), an ISO time (start there), None (start
+    now, or at the oldest change the server keeps when ``earliest``)."""
+
+    def __init__(
+        self, connector: MongoConnector, position: str | None, *, wait: float, earliest: bool = False
+    ) -> None:
+        from bson import Timestamp
+
+        self.connector = connector
+        s = connector.settings
+        db = connector.client[connector._database_name()]
+        name = connector._collection_name()
+        connector._existing(db, name)
+        options: dict[str, Any] = {
+            "full_document": None if s.full_document == "default" else s.full_document,
+            "max_await_time_ms": max(1, int(wait * 1000)),
+            "batch_size": s.batch_size,
+        }
+        self.parsed = _parse_position(position) if isinstance(position, str) else None
+        parsed = self.parsed
+        self.time, self.inc, self.rank = (parsed[0], parsed[1], parsed[2]) if parsed else (-1, -1, 0)
+        if parsed is not None:
+            options["resume_after"] = parsed[3]
+        elif position is not None:
+            start = _start_time(position)
+            if start is None:
+                connector.fail(
+                    f"changes: {str(position)[:60]!r} is neither a stored position nor an ISO time",
+                    retryable=False,
+                )
+            options["start_at_operation_time"] = Timestamp(int(start.timestamp()), 0)
+        elif earliest:
+            oldest = connector._oldest_change()
+            if oldest is None:
+                connector.fail(
+                    "start: earliest needs to read the server's oplog (local.oplog.rs), which this user "
+                    "may not; use start: latest or give the user the clusterMonitor role",
+                    retryable=False,
+                )
+            options["start_at_operation_time"] = oldest
+        self.last: str | None = None
+        # the server's time before the stream opens: every change the stream has yet to deliver comes
+        # later, so a position of "here" made from it sorts before all of them
+        self.before = db.command("ping").get("operationTime") if parsed is None else None
+        self.stream = db[name].watch(connector._extended_json(s.pipeline or [], "pipeline"), **options)
+
+    def next_row(self) -> dict[str, Any] | None:
+        """The next change as a row (waiting up to ``wait`` for one), None when none came."""
+        from bson import Timestamp
+
+        change = self.stream.try_next()
+        if change is None:
+            return None
+        at = change.get("clusterTime")
+        t, i = (at.time, at.inc) if isinstance(at, Timestamp) else (self.time, self.inc)
+        self.rank = self.rank + 1 if (t, i) == (self.time, self.inc) else 0
+        self.time, self.inc = t, i
+        self.last = _position(t, i, self.rank, change["_id"])
+        return self.connector._change_row(change, self.last)
+
+    def here(self) -> str:
+        """Where a stream that delivered no change stands: a position before every change to come."""
+        from bson import Timestamp
+
+        token = self.stream.resume_token
+        if not isinstance(self.before, Timestamp) or token is None:
+            self.connector.fail("changes: the server reported no position for the stream", retryable=False)
+        return _position(self.before.time, self.before.inc, 0, token)
+
+    def close(self) -> None:
+        self.stream.close()
+
+    def __enter__(self) -> _Changes:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+#: what a stored position no longer reachable on the server means for ``udop stream``
+_LOST = (
+    "the server's change history (oplog) no longer reaches udop's stored position, so changes were "
+    "lost; load the collection again with a batch extract, then start the stream under a new pipeline "
+    "name (positions are kept per pipeline), or give the server a larger oplog"
+)
+
+
+class MongoStream:
+    """A collection's change stream consumed by ``udop stream``. udop's position is the resume token of
+    the last change of the committed batch (``{"<database>.<collection>": position}``, the batch
+    extract's ordered position text); nothing is told to the server. A restart resumes after it
+    (``resume_after``); without one, ``start`` says where: ``latest`` (now) or ``earliest`` (the oldest
+    change the server's oplog keeps)."""
+
+    def __init__(self, connector: MongoConnector) -> None:
+        self.connector = connector
+        self.key = connector._where()
+        self.changes: _Changes | None = None
+        self._lag_checked = 0.0
+        self._lag: int | None = None
+
+    def _call(self, doing: str, fn: Callable[[], Any]) -> Any:
+        from bson.errors import BSONError
+        from pymongo.errors import OperationFailure, PyMongoError
+
+        try:
+            return fn()
+        except OperationFailure as exc:
+            if exc.code in {280, 286}:  # ChangeStreamFatalError, ChangeStreamHistoryLost
+                self.connector.fail(f"{doing} {self.key}: {_LOST} ({_message(exc)})", retryable=False)
+            self.connector._error(exc, f"{doing} {self.key}")
+        except PyMongoError as exc:
+            self.connector._error(exc, f"{doing} {self.key}")
+        except BSONError as exc:
+            self.connector.fail(f"{doing} {self.key}: {_message(exc)}", retryable=False)
+
+    def seek(self, positions: Mapping[str, Any]) -> None:
+        from bson import Timestamp
+
+        if self.changes is not None:
+            self.changes.close()
+        stored = positions.get(self.key)
+        parsed = _parse_position(stored) if isinstance(stored, str) else None
+        if stored is not None and parsed is None:
+            self.connector.fail(
+                f"the stored position of {self.key} is not a change-stream position: {str(stored)[:60]!r}",
+                retryable=False,
+            )
+        if parsed is not None:
+            # a token older than the oldest change the server keeps cannot be resumed from (MongoDB says
+            # so with ChangeStreamHistoryLost; some servers say nothing and deliver nothing)
+            oldest = self._call("reading the oplog of", self.connector._oldest_change)
+            if isinstance(oldest, Timestamp) and (parsed[0], parsed[1]) < (oldest.time, oldest.inc):
+                self.connector.fail(f"resuming the change stream of {self.key}: {_LOST}", retryable=False)
+        earliest = self.connector.settings.start == "earliest"
+        wait = min(0.5, self.connector.settings.wait)
+        self.changes = self._call(
+            "opening the change stream of",
+            lambda: _Changes(self.connector, stored, wait=wait, earliest=earliest),
+        )
+
+    def poll(self, max_rows: int, max_seconds: float, stop: threading.Event) -> StreamBatch | None:
+        changes = self.changes
+        if changes is None:
+            raise RuntimeError("seek() opens the change stream before poll()")
+        rows: list[dict[str, Any]] = []
+        deadline: float | None = None
+        while len(rows) < max_rows and not stop.is_set():
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            row = self._call("reading the change stream of", changes.next_row)
+            if row is None:
+                if not rows:
+                    return None  # nothing for a while: the runner reports and looks at its stop flag
+                continue
+            rows.append(row)
+            if deadline is None:
+                deadline = time.monotonic() + max_seconds
+        if not rows:
+            return None
+        typed = schema_from_mapping(self.connector.settings.columns)
+        schema = None if typed is None else self.connector._change_schema(typed)
+        batch = self.connector._to_batch(rows, schema)
+        assert changes.last is not None
+        return StreamBatch(table=pa.Table.from_batches([batch]), end={self.key: changes.last})
+
+    def commit(self, end: Mapping[str, Any], acks: list[Any]) -> None:
+        """Nothing to tell the server: the position is udop's (committed with the batch)."""
+
+    def lag(self) -> int | None:
+        """Entries of the collection in the server's oplog after the last change read (checked at most
+        every 2 s; None when this user may not read the oplog). An estimate: a pipeline's ``$match``
+        may leave some out, and changes inside transactions are not counted."""
+        from bson import Timestamp
+        from pymongo.errors import PyMongoError
+
+        now = time.monotonic()
+        changes = self.changes
+        if changes is None or now - self._lag_checked < 2.0:
+            return self._lag
+        self._lag_checked = now
+        after = Timestamp(changes.time, changes.inc) if changes.time >= 0 else changes.before
+        if not isinstance(after, Timestamp):
+            return self._lag
+        try:
+            self._lag = int(
+                self.connector.client["local"]["oplog.rs"].count_documents(
+                    {"ts": {"$gt": after}, "ns": self.key}, limit=1_000_000
+                )
+            )
+        except PyMongoError:
+            self._lag = None
+        return self._lag
+
+    def close(self) -> None:
+        if self.changes is not None:
+            with contextlib.suppress(Exception):
+                self.changes.close()
+            self.changes = None
+        self.connector.close()
