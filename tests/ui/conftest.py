@@ -71,7 +71,7 @@ def wait(context, inputs, **args):
     for _ in range(600):
         if gate.wait(0.1):
             return {"waited": True}
-        if context.cancelled():
+        if context.cancelled:
             raise FatalError("cancelled")
     raise FatalError("the test never opened the gate")
 
