@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from udop.lineage.columns import ColumnLineage, column_lineage
-from udop.spec.data_tasks import CheckStep, data_inputs
+from udop.spec.data_tasks import CheckStep, SqlStep, data_inputs
 from udop.spec.data_tasks import fusable as _file_fusable
 from udop.tasks.contract import Manifest, TaskContext, TaskResult
 from udop_transforms._engine import Column, Session, publish_dir, query_fingerprint, scratch_dir
@@ -91,8 +91,8 @@ def _compiled_key(context: TaskContext, task: Any,
         if fp is None:
             return None
         fingerprints.append(f"{dep}={fp}")
-    if not fingerprints or task.memory_limit:
-        return None
+    if not fingerprints or task.memory_limit or any(isinstance(step, SqlStep) for step in task.steps):
+        return None  # a sql step may read more than the inputs (a file whose schema may change)
     return (task.id, task.model_dump_json(), *fingerprints)
 
 

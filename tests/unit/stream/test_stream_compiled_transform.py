@@ -1,6 +1,6 @@
 """A stream's transform is compiled once per batch schema and reused by the next batches of that schema
 (``udop_transforms._fusion``): a batch of another schema compiles again, and a transform whose query binds
-a value of the run (``${run.id}``) compiles for each batch."""
+a value of the run (``${run.id}``), or that has a sql step, compiles for each batch."""
 
 from __future__ import annotations
 
@@ -89,3 +89,15 @@ def test_a_transform_binding_the_runs_values_compiles_for_each_batch(tmp_path: P
         _batch(runner, store, n, pa.table({"id": [n], "amount": [n]}))
     rows = pq.read_table(tmp_path / "out").to_pylist()
     assert sorted((r["id"], r["batch"]) for r in rows) == [(1, "batch-1"), (2, "batch-2")]
+
+
+def test_a_transform_with_a_sql_step_compiles_for_each_batch(tmp_path: Path) -> None:
+    # a sql step may read a file of its own, whose columns may change between two batches
+    lookup = tmp_path / "lookup.parquet"
+    pq.write_table(pa.table({"tag": [1]}), lookup)
+    runner, store = _runner(tmp_path, extra="}\n        - sql: \"SELECT * FROM this, read_parquet('" + str(lookup)
+                            + "')\"\n        - derive: {again: \"amount\"")
+    first = _batch(runner, store, 1, pa.table({"id": [1], "amount": [1]}))
+    pq.write_table(pa.table({"tag": ["a"], "label": ["b"]}), lookup)
+    second = _batch(runner, store, 2, pa.table({"id": [2], "amount": [2]}))
+    assert second["output"]["schema_fingerprint"] != first["output"]["schema_fingerprint"]
