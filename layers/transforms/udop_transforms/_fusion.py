@@ -23,15 +23,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from udop.lineage.columns import column_lineage
-from udop.spec.data_tasks import CheckStep, data_inputs
+from udop.lineage.columns import ColumnLineage, column_lineage
+from udop.spec.data_tasks import CheckStep, SqlStep, data_inputs
 from udop.spec.data_tasks import fusable as _file_fusable
 from udop.tasks.contract import Manifest, TaskContext, TaskResult
-from udop_transforms._engine import Session, publish_dir, query_fingerprint, scratch_dir
+from udop_transforms._engine import Column, Session, publish_dir, query_fingerprint, scratch_dir
 from udop_transforms._views import VIEW_FORMAT, VIEW_NAME, compile_transform, keep_compiled, view_query
 
 __all__ = ["SQL_TARGETS", "VIEW_FORMAT", "VIEW_NAME", "fusable", "run_fused", "view_query"]
@@ -71,17 +72,52 @@ def run_fused(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult],
     return dataclasses.replace(view, output=output, metrics={**view.metrics, "rows": rows}), loaded
 
 
+#: a stream's transform compiled over its batches' schema, by (task, its definition, the inputs' schema
+#: fingerprints): (query, parameters, its columns, its schema fingerprint, its column lineage). Only
+#: stream batches (``_tasks._known_batch_columns``: their columns follow from their schema alone) and
+#: queries without bound parameters (whose text and columns depend on nothing but the steps and the
+#: input columns) are kept; a batch of another schema compiles again.
+_COMPILED: dict[tuple[str, ...], tuple[str, dict[str, Any], list[Column], str | None, ColumnLineage]] = {}
+_COMPILED_LOCK = threading.Lock()
+
+
+def _compiled_key(context: TaskContext, task: Any,
+                  inputs: Mapping[str, TaskResult]) -> tuple[str, ...] | None:
+    from udop_transforms._tasks import _known_batch_schema
+
+    fingerprints = []
+    for dep in data_inputs(task):
+        fp = _known_batch_schema(context, dep, inputs)
+        if fp is None:
+            return None
+        fingerprints.append(f"{dep}={fp}")
+    if not fingerprints or task.memory_limit or any(isinstance(step, SqlStep) for step in task.steps):
+        return None  # a sql step may read more than the inputs (a file whose schema may change)
+    return (task.id, task.model_dump_json(), *fingerprints)
+
+
 def _record_view(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult],
                  load_id: str) -> TaskResult:
     from udop_transforms._tasks import _column_uris, _input_manifest, _register_inputs
 
-    with Session(memory_limit=task.memory_limit, context=context) as session:
-        columns, sql, params = compile_transform(session, context, task, inputs, widen=False,
-                                                 register=_register_inputs)
-        described = session.describe(f"SELECT * FROM ({sql})", params)
-        schema_fp = query_fingerprint(session, f"SELECT * FROM ({sql})", params, columns=described)
-    relations = {name: [c[0] for c in cols] for name, cols in columns.items()}
-    lineage = column_lineage(sql, relations)
+    key = _compiled_key(context, task, inputs)
+    with _COMPILED_LOCK:
+        known = _COMPILED.get(key) if key is not None else None
+    if known is not None:  # a stream's earlier batch of the same schema compiled this
+        sql, params, described, schema_fp, lineage = known
+    else:
+        with Session(memory_limit=task.memory_limit, context=context) as session:
+            columns, sql, params = compile_transform(session, context, task, inputs, widen=False,
+                                                     register=_register_inputs)
+            described = session.describe(f"SELECT * FROM ({sql})", params)
+            schema_fp = query_fingerprint(session, f"SELECT * FROM ({sql})", params, columns=described)
+        relations = {name: [c[0] for c in cols] for name, cols in columns.items()}
+        lineage = column_lineage(sql, relations)
+        if key is not None and not params:  # parameters (run dates, a secret salt) may differ per run
+            with _COMPILED_LOCK:
+                if len(_COMPILED) >= 64:
+                    _COMPILED.clear()
+                _COMPILED[key] = (sql, params, described, schema_fp, lineage)
     recipe = {"version": 1, "task": task.id, "attempt": context.attempt,
               "inputs": {d: _input_manifest(task.id, d, inputs).to_dict() for d in data_inputs(task)}}
     final = Path(context.output_uri)
@@ -93,7 +129,7 @@ def _record_view(context: TaskContext, task: Any, inputs: Mapping[str, TaskResul
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     # the load about to run in this attempt reads the view: it need not compile the steps again
-    keep_compiled(final / VIEW_NAME, text, described, sql, params)
+    keep_compiled(final / VIEW_NAME, text, list(described), sql, dict(params))
     manifest = Manifest(uri=context.output_uri, rows=None, bytes=0, schema_fingerprint=schema_fp,
                         format=VIEW_FORMAT, files=0)
     return TaskResult(output=manifest,

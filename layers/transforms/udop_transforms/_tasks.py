@@ -154,6 +154,16 @@ def _register_inputs(session: Session, context: TaskContext, task: Any, inputs: 
 _DESCRIBED: dict[str, tuple[tuple[str, str], ...]] = {}
 
 
+def _known_batch_schema(context: TaskContext, dep: str, inputs: Mapping[str, TaskResult]) -> str | None:
+    """The schema fingerprint of input ``dep`` if it is a stream's batch whose DESCRIBE is already known
+    (its columns and types follow from that fingerprint alone), else None."""
+    result = inputs.get(dep)
+    if result is None or result.output is None:
+        return None
+    known = _stream_batch_schema(context, dep, result.output)
+    return known if known is not None and known in _DESCRIBED else None
+
+
 def _stream_batch_schema(context: TaskContext, dep: str, manifest: Manifest) -> str | None:
     stream = getattr(context.pipeline, "stream", None)
     if stream is None or stream.id != dep or manifest.format != "parquet" or "=" in manifest.uri:
