@@ -87,6 +87,16 @@ class InProcessLambdas:
                 os.environ[key] = value
         self._env_before.clear()
 
+    def close(self) -> None:
+        """The end of the functions' processes: the state stores and metadata stores their cold starts
+        opened (a Lambda keeps them for life) are closed, not left to the garbage collector."""
+        for module in self.modules.values():
+            for name in ("STATE", "STORE"):
+                resource = getattr(module, name, None)
+                if resource is not None:
+                    resource.close()
+        self.modules.clear()
+
     def _module(self, fn: Any) -> ModuleType:
         folder = fn.environment_vars.get("UDOP_TEST_FUNCTION_DIR") or fn.function_name.removeprefix("udop-")
         key = fn.function_arn
@@ -367,6 +377,7 @@ def aws_account(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Aws
             _stop_executions(session)
         if lambdas is not None:
             lambdas.restore_env()
+            lambdas.close()
         if mock is not None:
             mock.stop()
 

@@ -217,20 +217,22 @@ def test_a_task_another_invocation_is_running_is_refused_with_a_retryable_error(
     state = open_state_store(os.environ.get("UDOP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
     # the runner's lock on this task of this run, held as a concurrent invocation would hold it
     other = state.lock(f"task:runner-test:{run_id}:numbers", ttl=60)
-    assert other.acquire()
     try:
+        assert other.acquire()
+        try:
+            body, err = _invoke(aws, _payload(run_id, "numbers"))
+            assert err
+            assert body["errorType"] == "udop.RetryableError"
+            assert "is being run by another invocation right now" in body["errorMessage"]
+            assert aws.calls("numbers", run_id) == 0  # not run twice at once
+        finally:
+            other.release()
+        # once the other invocation is done, the retry runs it
         body, err = _invoke(aws, _payload(run_id, "numbers"))
-        assert err
-        assert body["errorType"] == "udop.RetryableError"
-        assert "is being run by another invocation right now" in body["errorMessage"]
-        assert aws.calls("numbers", run_id) == 0  # not run twice at once
+        assert not err, body
+        assert aws.calls("numbers", run_id) == 1
     finally:
-        other.release()
-    # once the other invocation is done, the retry runs it
-    body, err = _invoke(aws, _payload(run_id, "numbers"))
-    assert not err, body
-    assert aws.calls("numbers", run_id) == 1
-    state.close()
+        state.close()  # its connection is not left to the garbage collector
 
 
 def test_a_map_item_is_refused_rather_than_run_once_for_all_items(deployed: Any) -> None:
