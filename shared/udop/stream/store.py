@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
-from sqlalchemy import Connection, bindparam, delete, insert, select, text, update
+from sqlalchemy import Connection, TextClause, bindparam, delete, insert, select, text, update
 
 from udop.store.engine import transaction
 from udop.store.sql import SqlMetadataStore
@@ -40,19 +40,28 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-#: a batch's ids (a JSON array) that are kept, with the state of the batch keeping each and when it was
-#: kept: one statement whatever their number. An id of a committed (or dead-lettered) batch is a message
-#: that committed; of one pending or not recorded yet, a claim (the stream runner on Lambda claims a
-#: delivery's ids before its batch is recorded and run)
-_KEPT = "SELECT m.message_id, m.run_id, b.state, m.settled_at FROM stream_messages m " \
-    "LEFT JOIN stream_batches b ON b.pipeline = m.pipeline AND b.run_id = m.run_id " \
-    "WHERE m.pipeline = :pipeline AND m.message_id "
+#: the ids of a JSON array parameter ``:ids`` as a one-column query (``value``): one statement whatever
+#: their number (not a row of parameters per id: 10,000 ids took ~200 ms that way on SQLite)
+_IDS = {
+    "sqlite": "SELECT value FROM json_each(:ids)",
+    "postgresql": "SELECT value FROM jsonb_array_elements_text(CAST(:ids AS jsonb)) AS value",
+}
+#: ``message_id`` among ``:ids`` (PostgreSQL: ``= ANY(ARRAY(...))``, which its planner takes to the key)
+_AMONG = {
+    "sqlite": "message_id IN (" + _IDS["sqlite"] + ")",
+    "postgresql": "message_id = ANY(ARRAY(" + _IDS["postgresql"] + "))",
+}
+
+#: a batch's ids that are kept, with the state of the batch keeping each and when it was kept. An id of a
+#: committed (or dead-lettered) batch is a message that committed; of one pending or not recorded yet, a
+#: claim (the stream runner on Lambda claims a delivery's ids before its batch is recorded and run)
 _KNOWN = {
-    dialect: text(sql).columns(settled_at=UTCDateTime())
-    for dialect, sql in {
-        "sqlite": _KEPT + "IN (SELECT value FROM json_each(:ids))",
-        "postgresql": _KEPT + "= ANY(ARRAY(SELECT jsonb_array_elements_text(CAST(:ids AS jsonb))))",
-    }.items()
+    dialect: text(
+        "SELECT m.message_id, m.run_id, b.state, m.settled_at FROM stream_messages m "
+        "LEFT JOIN stream_batches b ON b.pipeline = m.pipeline AND b.run_id = m.run_id "
+        "WHERE m.pipeline = :pipeline AND m." + among
+    ).columns(settled_at=UTCDateTime())
+    for dialect, among in _AMONG.items()
 }
 
 
@@ -73,38 +82,34 @@ def _known(conn: Connection, pipeline: str, ids: list[str]) -> dict[str, _Kept]:
     return {r.message_id: _Kept(r.run_id, r.state, r.settled_at) for r in rows}
 
 
-#: keep a batch's ids (a JSON array), one statement whatever their number (not a row of parameters per
-#: id: 10,000 ids took ~200 ms that way on SQLite); an id already kept keeps its first batch (RabbitMQ
-#: looks up only redelivered messages, so a producer's repeated ``message_id`` can arrive here)
-_KEEP_IDS = {
-    dialect: text(sql).bindparams(bindparam("now", type_=UTCDateTime()))
-    for dialect, sql in {
-        "sqlite": "INSERT INTO stream_messages (pipeline, message_id, run_id, settled_at) "
-        "SELECT :pipeline, value, :run_id, :now FROM json_each(:ids) WHERE true ON CONFLICT DO NOTHING",
-        "postgresql": "INSERT INTO stream_messages (pipeline, message_id, run_id, settled_at) "
-        "SELECT :pipeline, value, :run_id, :now FROM jsonb_array_elements_text(CAST(:ids AS jsonb)) "
-        "ON CONFLICT DO NOTHING",
-    }.items()
-}
+def _insert_ids(dialect: str, *, claim: bool) -> TextClause:
+    """Keep ``:ids`` under ``:run_id``; an id already kept keeps its first batch (RabbitMQ looks up only
+    redelivered messages, so a producer's repeated ``message_id`` can arrive here). ``claim``: tell which
+    ids this insert wrote (the others are another batch's), in the ids' order, so two claims of
+    overlapping batches wait on each other's rows in one order, never in a cycle."""
+    where = " WHERE true" if dialect == "sqlite" else ""  # SQLite: an upsert's SELECT needs a WHERE
+    sql = (
+        "INSERT INTO stream_messages (pipeline, message_id, run_id, settled_at) "
+        f"SELECT :pipeline, value, :run_id, :now FROM ({_IDS[dialect]}) AS ids{where}"
+        + (" ORDER BY value" if claim else "")
+        + " ON CONFLICT DO NOTHING"
+        + (" RETURNING message_id" if claim else "")
+    )
+    return text(sql).bindparams(bindparam("now", type_=UTCDateTime()))
 
 
-#: ``stream_messages`` rows of some of a pipeline's ids (a JSON array)
-_OF_IDS = {
-    "sqlite": "message_id IN (SELECT value FROM json_each(:ids))",
-    "postgresql": "message_id = ANY(ARRAY(SELECT jsonb_array_elements_text(CAST(:ids AS jsonb))))",
-}
+_KEEP_IDS = {dialect: _insert_ids(dialect, claim=False) for dialect in _IDS}
+_CLAIM = {dialect: _insert_ids(dialect, claim=True) for dialect in _IDS}
 _RELABEL = {
     dialect: text(
-        "UPDATE stream_messages SET run_id = :run_id WHERE pipeline = :pipeline AND run_id = :was AND "
-        + where
+        "UPDATE stream_messages SET run_id = :run_id "
+        "WHERE pipeline = :pipeline AND run_id = :was AND " + among
     )
-    for dialect, where in _OF_IDS.items()
+    for dialect, among in _AMONG.items()
 }
 _UNCLAIM = {
-    dialect: text(
-        "DELETE FROM stream_messages WHERE pipeline = :pipeline AND run_id = :run_id AND " + where
-    )
-    for dialect, where in _OF_IDS.items()
+    dialect: text("DELETE FROM stream_messages WHERE pipeline = :pipeline AND run_id = :run_id AND " + among)
+    for dialect, among in _AMONG.items()
 }
 
 
@@ -121,21 +126,6 @@ class Claim:
     batch: StreamBatch | None
     run_id: str
     busy: list[int]
-
-
-#: ``_KEEP_IDS`` telling which ids it wrote (a claim: the others are another batch's), in the ids' order:
-#: two claims of overlapping batches then wait on each other's rows in one order, never in a cycle
-_CLAIM = {
-    dialect: text(sql).bindparams(bindparam("now", type_=UTCDateTime()))
-    for dialect, sql in {
-        "sqlite": "INSERT INTO stream_messages (pipeline, message_id, run_id, settled_at) "
-        "SELECT :pipeline, value, :run_id, :now FROM json_each(:ids) WHERE true ORDER BY value "
-        "ON CONFLICT DO NOTHING RETURNING message_id",
-        "postgresql": "INSERT INTO stream_messages (pipeline, message_id, run_id, settled_at) "
-        "SELECT :pipeline, value, :run_id, :now FROM jsonb_array_elements_text(CAST(:ids AS jsonb)) AS value "
-        "ORDER BY value ON CONFLICT DO NOTHING RETURNING message_id",
-    }.items()
-}
 
 
 def _record(row: Any) -> BatchRecord:
