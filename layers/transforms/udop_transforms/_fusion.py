@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from udop.lineage.columns import ColumnLineage, column_lineage
-from udop.spec.data_tasks import CheckStep, SqlStep, data_inputs
-from udop.spec.data_tasks import fusable as _file_fusable
+from udop.spec.data_tasks import SqlStep, data_inputs
+from udop.spec.data_tasks import fusable as _shared_fusable
 from udop.tasks.contract import Manifest, TaskContext, TaskResult
 from udop_transforms._engine import Column, Session, publish_dir, query_fingerprint, scratch_dir
 from udop_transforms._views import VIEW_FORMAT, VIEW_NAME, compile_transform, keep_compiled, view_query
@@ -43,17 +43,8 @@ SQL_TARGETS = frozenset({"postgres", "mysql", "mariadb", "sqlite"})
 
 
 def fusable(transform: Any, load: Any) -> bool:
-    """The local executor's rule: ``udop.spec.data_tasks.fusable`` (a file load), or the same pair
-    conditions with a load into a SQL database."""
-    if _file_fusable(transform, load):
-        return True
-    if transform.type != "transform" or load.type != "load" or load.target.connector not in SQL_TARGETS:
-        return False
-    if not getattr(transform, "fuse", True) or getattr(transform, "engine", "duckdb") != "duckdb":
-        return False
-    if transform.foreach is not None or load.foreach is not None or list(load.depends_on) != [transform.id]:
-        return False
-    return not any(isinstance(step, CheckStep) for step in transform.steps)
+    """The local executor's rule: ``udop.spec.data_tasks.fusable`` with loads into ``SQL_TARGETS`` too."""
+    return _shared_fusable(transform, load, databases=SQL_TARGETS)
 
 
 def run_fused(context: TaskContext, task: Any, inputs: Mapping[str, TaskResult],

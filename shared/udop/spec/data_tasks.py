@@ -664,12 +664,13 @@ class LoadTask(DataTaskBase):
 DATA_TASK_MODELS: tuple[type[TaskBase], ...] = (ExtractTask, TransformTask, ValidateTask, LoadTask)
 
 
-def fusable(transform: Any, load: Any) -> bool:
+def fusable(transform: Any, load: Any, *, databases: frozenset[str] = frozenset()) -> bool:
     """Whether ``transform`` may run inside ``load``'s query (docs/data-tasks.md, "Fusion"): ``load``
     reads it alone and writes files whose row count is the transform's (a single file appended to
-    also holds its earlier rows), and ``transform`` has no ``check`` step (whose results must come
-    from the data before the load) and does not say ``fuse: false``. The one rule of the local
-    executor and of the compiler."""
+    also holds its earlier rows) or, where the caller can fuse them, writes into a database of
+    ``databases`` (connector names: the local executor's SQL loads), and ``transform`` has no ``check``
+    step (whose results must come from the data before the load) and does not say ``fuse: false``.
+    The one rule of the local executor and of the compiler."""
     if transform.type != "transform" or load.type != "load" or not getattr(transform, "fuse", True):
         return False
     if getattr(transform, "engine", "duckdb") != "duckdb":  # its query runs elsewhere, not in the load's
@@ -679,6 +680,8 @@ def fusable(transform: Any, load: Any) -> bool:
     if any(isinstance(step, CheckStep) for step in transform.steps):
         return False
     target = load.target
+    if target.connector in databases:
+        return True
     if target.connector not in FILE_CONNECTORS:
         return False
     single = str(target.path or "").lower().endswith(FILE_EXTENSIONS[target.connector])
