@@ -40,6 +40,13 @@ def echo_args(context, inputs, **args):
     return args
 
 
+def thread_uses(context, inputs, **args):
+    """How many attempts the thread running this one has run (this one included)."""
+    thread = threading.current_thread()
+    thread.udop_test_uses = getattr(thread, "udop_test_uses", 0) + 1
+    return {"uses": thread.udop_test_uses}
+
+
 def numbers(context, inputs, n=10):
     _count(context.task_id)
     return pa.table({"n": pa.array(range(n), pa.int64())})

@@ -25,6 +25,7 @@ few seconds, which with the pipeline's ``max_active_runs`` keeps further runs ou
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import os
@@ -34,7 +35,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -188,6 +189,9 @@ class LocalExecutor:
         self._stop = threading.Event()
         self._stop_reason = ""
         self._active: RunLoop | None = None
+        #: the worker threads runs share while ``reusing_workers`` is on (a stream's batches)
+        self._kept_pool: WorkerPool | None = None
+        self._keep_pool = False
 
     #: whether a ``python`` task with a timeout runs each attempt in a child process of this one
     child_processes = True
@@ -203,6 +207,20 @@ class LocalExecutor:
         active = self._active
         if active is not None:
             active.done.put(None)  # wakes the loop; SimpleQueue.put is reentrant
+
+    @contextlib.contextmanager
+    def reusing_workers(self) -> Iterator[None]:
+        """Runs started inside share one pool of worker threads, shut down when this ends, instead of
+        starting (and joining) ``workers`` threads each: for many small runs in a row (a stream's
+        micro-batches), where the threads' start was a measurable part of a batch."""
+        self._keep_pool = True
+        try:
+            yield
+        finally:
+            self._keep_pool = False
+            pool, self._kept_pool = self._kept_pool, None
+            if pool is not None:
+                pool.shutdown()
 
     def _slot(self, pipeline: Pipeline) -> RunSlot:
         return RunSlot(owner=_owner(), lease_seconds=self.lease_seconds,
@@ -464,7 +482,8 @@ class RunLoop:
             self._cancel(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
             raise
         finally:
-            self.pool.shutdown()
+            if self.pool is not self.ex._kept_pool:
+                self.pool.shutdown()
             self._wait_for_stopping_attempts()
         final = (
             RunState.SUCCEEDED
@@ -480,8 +499,13 @@ class RunLoop:
         return record
 
     def _new_pool(self) -> WorkerPool:
-        """Where attempts go: worker threads of this process (``udop.executor.celery``: Celery workers)."""
-        return WorkerPool(self.ex.workers)
+        """Where attempts go: worker threads of this process (``udop.executor.celery``: Celery workers);
+        the executor's kept pool while it is ``reusing_workers``."""
+        if not self.ex._keep_pool:
+            return WorkerPool(self.ex.workers)
+        if self.ex._kept_pool is None:
+            self.ex._kept_pool = WorkerPool(self.ex.workers)
+        return self.ex._kept_pool
 
     def _renew_lease(self) -> None:
         now = time.monotonic()
@@ -649,6 +673,8 @@ class RunLoop:
             if not attempt.returned.wait(max(0.0, attempt.give_up - time.monotonic())):
                 _log.warning("task %r attempt %d is still running after it was told to stop; leaving it",
                              attempt.task_id, attempt.number)
+                if self.pool is self.ex._kept_pool and not attempt.abandoned:
+                    self.pool.abandon(attempt)  # the next run's pool keeps its size without that thread
         self.stopping.clear()
 
     def _stop_attempt(self, attempt: InflightAttempt, give_up: float | None = None) -> None:

@@ -287,3 +287,29 @@ def test_a_configuration_error_inside_a_task_is_not_retried(project: Any, store:
     run = _run(project, store, path)
     assert project.count("cfg") == 1
     assert _tasks(run)["cfg"].error_type == "udop.ConfigError"
+
+
+def test_runs_inside_reusing_workers_share_one_pool_whose_threads_end_with_it(project: Any, store: Any) -> None:
+    import threading
+
+    path = project.pipeline(
+        [project.task("a", "thread_uses"), project.task("b", "thread_uses", depends_on=["a"])]
+    )
+    pipeline = load_pipeline(path, import_callables=True)
+    executor = LocalExecutor(store, workers=2, data_root=str(project.root / "data"))
+
+    def uses(record: Any) -> list[int]:
+        run = store.get_run(record.id)
+        assert run.state == RunState.SUCCEEDED
+        return [t.result["value"]["uses"] for t in run.tasks]
+
+    # on their own, each run starts its threads: no thread runs more than the run's two attempts
+    assert max(u for _ in range(3) for u in uses(executor.run(pipeline))) <= 2
+    with executor.reusing_workers():
+        counts = [u for _ in range(3) for u in uses(executor.run(pipeline))]
+    # six attempts on at most two threads: one of them ran at least three, across runs
+    assert max(counts) >= 3
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(getattr(t, "udop_test_uses", 0) for t in threading.enumerate()):
+        time.sleep(0.02)
+    assert not [t.name for t in threading.enumerate() if getattr(t, "udop_test_uses", 0)]
