@@ -11,6 +11,7 @@ write nothing; only then do the positions move, in the transaction that settles 
 from __future__ import annotations
 
 import contextlib
+import gc
 import queue
 import shutil
 import threading
@@ -175,8 +176,9 @@ class StreamRunner:
         try:
             lease.acquire()
             try:
-                # the loads of consecutive batches reuse one connection per database (closed at the end)
-                with hold_connections():
+                # the loads of consecutive batches reuse one connection per database and the runs one
+                # pool of worker threads (both closed at the end)
+                with hold_connections(), self.executor.reusing_workers():
                     return self._consume(source, lease, max_batches)
             finally:
                 lease.release()
@@ -196,6 +198,7 @@ class StreamRunner:
         )
         reader.start()
         renew_at = time.monotonic() + LEASE_TTL / 3
+        frozen = False
         try:
             while not self.stop.is_set() and (max_batches is None or self.figures.batches < max_batches):
                 try:
@@ -213,6 +216,13 @@ class StreamRunner:
                     self.report(self.figures)
                     continue
                 self._process(item)
+                if not frozen:
+                    # what exists once the first batch ran (modules, the pipeline, connections, compiled
+                    # statements and transforms) lives as long as the stream: moved out of the collector's
+                    # reach, each full collection no longer walks it again (measured: ~140 ms each, a few
+                    # every 100,000 messages, down to ~15). Garbage among it is kept: bounded, once.
+                    gc.freeze()
+                    frozen = True
                 self.figures.lag = source.lag()
                 if time.monotonic() >= renew_at:
                     lease.renew()
