@@ -14,7 +14,9 @@ import functools
 import hashlib
 import io
 import json
+import re
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar, NoReturn
 
@@ -57,24 +59,118 @@ def _drop_held(key: str) -> None:
     if engine is not None:
         engine.dispose()
 
-#: PostgreSQL target tables already reflected and checked against the data written, by (engine, schema,
-#: table, mode, keys, the data's schema): (the table's signature then, the reflected ``Table``). A load
-#: finding its entry reads the table's signature (columns, types, whether the ledger exists) in one
-#: catalog query inside its transaction and reflects again only when it differs, so a stream's repeated
-#: loads into one table skip the reflection (several catalog queries) yet see a table changed meanwhile.
-#: An entry is dropped when a write using it fails.
-_TABLES: dict[tuple[str, ...], tuple[tuple[Any, ...], sa.Table]] = {}
-#: ledger tables created or found by this process, by (engine, schema): not created again per load
-_LEDGERS: set[tuple[str, str]] = set()
+class _Lru:
+    """A bounded mapping for the process-wide caches below: a long-lived process (the REST API runs many
+    pipelines against many tables) keeps the most recently used entries, not every one it ever saw.
+    An entry pushed out is only work done again (the table's catalog read, the ledger looked for)."""
 
-#: one query: the target's columns and types in order (none if it does not exist), and whether the ledger
-#: exists (a column of every row; ``to_regclass`` resolves like the table's name, with the search path)
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[Any, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            value = self._entries.get(key)
+            if value is not None:
+                self._entries.move_to_end(key)
+            return value
+
+    def put(self, key: Any, value: Any) -> None:
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def pop(self, key: Any) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+#: PostgreSQL target tables already checked against the data written, by (engine, schema, table, mode,
+#: keys, the data's schema): (the table's signature then, its ``Table``). Every load reads the table's
+#: signature (columns, types, whether the ledger exists) in one catalog query inside its transaction;
+#: an entry is used only while that signature is unchanged, so a stream's repeated loads into one table
+#: skip building and checking the table again yet see a table changed meanwhile. An entry is dropped
+#: when a write using it fails. The most recently used 256 are kept.
+_TABLES = _Lru(256)
+#: ledger tables created or found by this process, by (engine, schema): not created again per load
+#: (the most recently used 256)
+_LEDGERS = _Lru(256)
+
+#: one query: the target's columns, types and NOT NULL in order (none if it does not exist), whether the
+#: ledger exists, and whether the target exists (a table, view or foreign table, as SQLAlchemy's
+#: ``has_table``; ``to_regclass`` resolves both names like the statements do, with the search path).
+#: A PostgreSQL target's ``Table`` is built from it, without SQLAlchemy's reflection (several large
+#: catalog queries, compiled afresh by every new engine)
 _PG_SIGNATURE = (
     "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, "
-    "to_regclass(:ledger) IS NOT NULL FROM (SELECT to_regclass(:table) AS oid) t "
+    "to_regclass(:ledger) IS NOT NULL, t.oid IS NOT NULL FROM (SELECT (SELECT c.oid FROM pg_class c "
+    "WHERE c.oid = to_regclass(:table) AND c.relkind IN ('r', 'p', 'f', 'v', 'm')) AS oid) t "
     "LEFT JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum > 0 AND NOT a.attisdropped "
     "ORDER BY a.attnum"
 )
+
+_PG_TYPE_ARGS = re.compile(r"\((.*)\)")
+_PG_ARRAY_DIMS = re.compile(r"((?:\[\])*)$")
+
+
+def _pg_type(format_type: str) -> sa.types.TypeEngine[Any]:
+    """The SQLAlchemy type PostgreSQL reflection gives a column of this ``format_type()``: the name
+    looked up in the dialect's own ``ischema_names`` with the modifiers parsed the way its reflection
+    does (``character varying(20)``, ``numeric(10,2)``, ``timestamp(3) with time zone``, ``int[]``).
+    Enums, domains and types it does not know are a ``NullType``: read as text by ``_sql_to_arrow`` as
+    reflection's ENUM/DOMAIN/NULLTYPE are, so checks and messages stay the same."""
+    from sqlalchemy.dialects import postgresql as pg
+    from sqlalchemy.dialects.postgresql.base import ischema_names
+
+    found = _PG_TYPE_ARGS.search(format_type)
+    args: list[str] = re.split(r"\s*,\s*", found.group(1)) if found and found.group(1) else []
+    dims = _PG_ARRAY_DIMS.search(format_type)
+    array_dim = len(dims.group(1)) // 2 if dims else 0
+    name = _PG_ARRAY_DIMS.sub("", _PG_TYPE_ARGS.sub("", format_type))
+    type_class: Any = ischema_names.get(name.lower())
+    positional: tuple[Any, ...] = ()
+    named: dict[str, Any] = {}
+    try:
+        if name == "numeric":
+            if len(args) == 2:
+                positional = (int(args[0]), int(args[1]))
+        elif name == "double precision":
+            positional = (53,)
+        elif name in ("timestamp with time zone", "time with time zone"):
+            named["timezone"] = True
+            if len(args) == 1:
+                named["precision"] = int(args[0])
+        elif name in ("timestamp without time zone", "time without time zone", "time"):
+            named["timezone"] = False
+            if len(args) == 1:
+                named["precision"] = int(args[0])
+        elif name == "bit varying":
+            named["varying"] = True
+            if len(args) == 1:
+                positional = (int(args[0]),)
+        elif name == "interval" or name.startswith("interval "):
+            type_class = pg.INTERVAL
+            if name.startswith("interval "):
+                named["fields"] = name[len("interval ") :]
+            if len(args) == 1:
+                named["precision"] = int(args[0])
+        elif args:
+            try:
+                positional = (int(args[0]), *args[1:])
+            except ValueError:
+                positional = tuple(args)
+        if type_class is None:
+            return sa.types.NullType()
+        data_type: sa.types.TypeEngine[Any] = type_class(*positional, **named)
+    except (TypeError, ValueError):
+        return sa.types.NullType()
+    return pg.ARRAY(data_type) if array_dim else data_type
 
 
 @functools.lru_cache(maxsize=64)
@@ -685,9 +781,9 @@ class SqlConnector(Connector):
         ledger: sa.Table | None = None
         if entry is not None:
             ledger = _ledger_table(self.settings.db_schema)
-            if ledger_key not in _LEDGERS:
+            if _LEDGERS.get(ledger_key) is None:
                 self._ensure_ledger()
-                _LEDGERS.add(ledger_key)
+                _LEDGERS.put(ledger_key, True)
         table_key = (
             self._engine_key, self.settings.db_schema or "", self._require_table(), str(mode), *keys, "\0",
             first.schema.to_string(show_schema_metadata=False),
@@ -696,10 +792,10 @@ class SqlConnector(Connector):
             with engine.begin() as conn:
                 # MySQL commits on its own around CREATE TABLE: create before the ledger is read, so
                 # the check and the rows share one transaction
-                table = self._known_table(conn, table_key, ledger)
-                if table is None:
+                if self.dialect_name == "postgresql":
+                    table = self._pg_table(conn, table_key, ledger, first.schema, mode=mode, keys=keys)
+                else:
                     table = self._target_table(conn, first.schema, mode, keys)
-                    self._remember_table(conn, table_key, table)
                 if ledger is not None and entry is not None:
                     found = conn.execute(
                         sa.select(ledger.c.rows_written).where(
@@ -742,77 +838,84 @@ class SqlConnector(Connector):
                     )
                 faults.point("load-before-commit")
                 return rows, False
-        except sa_exc.SQLAlchemyError as exc:
+        except BaseException as exc:
+            # whatever stopped the write (a database error, a mismatch, a cancel): nothing kept from it
             self._forget(table_key, ledger_key)
-            self._db_error(exc, f"write to table {self._display_table()}")
-        except Exception as exc:
-            self._forget(table_key, ledger_key)
-            if type(exc).__module__.startswith(("psycopg", "pymysql", "sqlite3")):
+            from_driver = type(exc).__module__.startswith(("psycopg", "pymysql", "sqlite3"))
+            if isinstance(exc, sa_exc.SQLAlchemyError) or (isinstance(exc, Exception) and from_driver):
                 self._db_error(exc, f"write to table {self._display_table()}")
-            raise
-        except BaseException:
-            self._forget(table_key, ledger_key)
             raise
 
     def _forget(self, table_key: tuple[str, ...], ledger_key: tuple[str, str]) -> None:
         """A write failed: reflect the table and look for the ledger afresh next time, and close a
         connection kept between loads (the next load opens a new one)."""
-        _TABLES.pop(table_key, None)
-        _LEDGERS.discard(ledger_key)
+        _TABLES.pop(table_key)
+        _LEDGERS.pop(ledger_key)
         if self._engine is not None and _HELD.get(self._engine_key) is self._engine:
             _drop_held(self._engine_key)
             self._engine, self._unheld = None, True
 
-    def _signature(self, conn: sa.Connection) -> tuple[tuple[Any, ...], bool]:
+    def _signature(self, conn: sa.Connection) -> tuple[tuple[Any, ...], bool, bool]:
+        """The target's (name, format_type, not null) per column, whether the ledger exists, and whether
+        the target exists: one catalog query (PostgreSQL)."""
         ledger = (
             f"{self.q(self.settings.db_schema)}.{self.q(LEDGER_TABLE)}" if self.settings.db_schema
             else self.q(LEDGER_TABLE)
         )
         rows = conn.execute(sa.text(_PG_SIGNATURE), {"table": self._qtable(), "ledger": ledger}).all()
         columns = tuple((r[0], r[1], r[2]) for r in rows if r[0] is not None)
-        return columns, bool(rows and rows[0][3])
+        return columns, bool(rows and rows[0][3]), bool(rows and rows[0][4])
 
-    def _known_table(
-        self, conn: sa.Connection, key: tuple[str, ...], ledger: sa.Table | None
-    ) -> sa.Table | None:
-        """The target table reflected by an earlier load with this key, if the table is unchanged since
-        (PostgreSQL; None elsewhere: reflected every time). A ledger dropped meanwhile is created again in
-        this transaction."""
-        if self.dialect_name != "postgresql":
-            return None
-        known = _TABLES.get(key)
-        if known is None:
-            return None
-        columns, has_ledger = self._signature(conn)
-        if columns != known[0]:
-            _TABLES.pop(key, None)
-            return None
+    def _pg_table(
+        self,
+        conn: sa.Connection,
+        key: tuple[str, ...],
+        ledger: sa.Table | None,
+        schema: pa.Schema,
+        *,
+        mode: str,
+        keys: list[str],
+    ) -> sa.Table:
+        """The PostgreSQL target as a ``Table``, from one catalog query and no reflection: kept from an
+        earlier load with this key while the table's signature is unchanged, else built from the
+        signature and checked against the data (created first if it does not exist). A ledger dropped
+        since it was looked for is created again in this transaction."""
+        columns, has_ledger, exists = self._signature(conn)
         if ledger is not None and not has_ledger:
             ledger.create(conn, checkfirst=True)
-        return known[1]
+        known = _TABLES.get(key)
+        if known is not None and known[0] == columns:
+            return known[1]  # type: ignore[no-any-return]
+        if exists:
+            table = sa.Table(
+                self._require_table(),
+                sa.MetaData(schema=self.settings.db_schema),
+                *[sa.Column(name, _pg_type(format_type), nullable=not not_null)
+                  for name, format_type, not_null in columns],
+            )
+            self._check_table(table, schema)
+        else:
+            table = self._create_table(conn, schema, mode, keys)
+            columns = self._signature(conn)[0]
+        _TABLES.put(key, (columns, table))
+        return table
 
-    def _remember_table(self, conn: sa.Connection, key: tuple[str, ...], table: sa.Table) -> None:
-        if self.dialect_name == "postgresql":
-            _TABLES[key] = (self._signature(conn)[0], table)
+    def _create_table(self, conn: sa.Connection, schema: pa.Schema, mode: str, keys: list[str]) -> sa.Table:
+        columns = [
+            sa.Column(
+                f.name,
+                _arrow_to_sql(f.type, key=f.name in keys, dialect=self.dialect_name),
+                primary_key=f.name in keys and mode == "upsert",
+                nullable=not (f.name in keys and mode == "upsert"),
+            )
+            for f in schema
+        ]
+        table = sa.Table(self._require_table(), sa.MetaData(schema=self.settings.db_schema), *columns)
+        table.create(conn)
+        return table
 
-    def _target_table(self, conn: sa.Connection, schema: pa.Schema, mode: str, keys: list[str]) -> sa.Table:
-        name, db_schema = self._require_table(), self.settings.db_schema
-        metadata = sa.MetaData(schema=db_schema)
-        inspector = sa.inspect(conn)
-        if not inspector.has_table(name, schema=db_schema):
-            columns = [
-                sa.Column(
-                    f.name,
-                    _arrow_to_sql(f.type, key=f.name in keys, dialect=self.dialect_name),
-                    primary_key=f.name in keys and mode == "upsert",
-                    nullable=not (f.name in keys and mode == "upsert"),
-                )
-                for f in schema
-            ]
-            table = sa.Table(name, metadata, *columns)
-            table.create(conn)
-            return table
-        table = sa.Table(name, metadata, autoload_with=conn)
+    def _check_table(self, table: sa.Table, schema: pa.Schema) -> None:
+        """Refuse data the existing table would not take as it is (one line naming the columns)."""
         missing = [n for n in schema.names if n not in table.c]
         if missing:
             self.fail(
@@ -832,6 +935,14 @@ class SqlConnector(Connector):
                 "cast the column(s) in a transform step; the table was not changed",
                 retryable=False,
             )
+
+    def _target_table(self, conn: sa.Connection, schema: pa.Schema, mode: str, keys: list[str]) -> sa.Table:
+        """MySQL and SQLite: the target reflected (created if it does not exist), checked against the data."""
+        name, db_schema = self._require_table(), self.settings.db_schema
+        if not sa.inspect(conn).has_table(name, schema=db_schema):
+            return self._create_table(conn, schema, mode, keys)
+        table = sa.Table(name, sa.MetaData(schema=db_schema), autoload_with=conn)
+        self._check_table(table, schema)
         return table
 
     @staticmethod
