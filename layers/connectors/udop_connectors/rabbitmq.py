@@ -46,8 +46,8 @@ class RabbitMQSettings(ConnectorSettings):
     exchange: str = Field("", description="write: exchange to publish to ('' is the default exchange)")
     routing_key: str | None = None
     max_messages: int = Field(10_000, ge=1, description="read at most this many messages per run")
-    prefetch: int = Field(10_000, ge=1, le=65_535, description="udop stream: unacknowledged messages the "
-                          "broker may hand this consumer at once")
+    prefetch: int = Field(10_000, ge=1, le=65_535, description="unacknowledged messages the broker "
+                          "may hand the consumer at once (udop stream; read: per window)")
     queue_type: Literal["classic", "stream"] = Field(
         "classic", description="udop stream: 'stream' for a stream queue (x-queue-type: stream), read "
         "from the offset udop keeps")
@@ -78,6 +78,9 @@ class RabbitMQConnector(Connector):
         self._conn: Any = None
         self._channel: Any = None
         self._last_tag: int | None = None
+
+    #: read: seconds a prefetch window waits for a message the queue reported ready before it ends
+    WINDOW_IDLE = 0.5
 
     def _error(self, exc: Exception, doing: str) -> NoReturn:
         import pika.exceptions as pe
@@ -134,9 +137,21 @@ class RabbitMQConnector(Connector):
             self._error(exc, f"queue {self.settings.queue!r}")
 
     def read(self, *, since: Any = None) -> Iterator[pa.RecordBatch]:
+        """One bounded batch: up to ``max_messages``, until the queue has no ready message (after
+        ``wait`` seconds from the start, if set). Consumed with ``basic_consume`` in prefetch windows
+        (``basic.qos``) rather than one ``basic_get`` round trip per message. Nothing is acked while
+        reading, so a consumer receives at most its window; each window is at most what the queue
+        held ready and what the bound still allows, then its consumer is cancelled (pika rejects,
+        with requeue, anything that arrives after that) — the broker never hands this channel more
+        than the batch takes. The messages stay unacknowledged until ``acknowledge``."""
         import pika.exceptions
 
         s = self.settings
+        if s.queue_type == "stream":
+            self.fail(
+                f"queue {s.queue!r} is a stream queue: read it with `udop stream` (it keeps the offset)",
+                retryable=False,
+            )
         typed = schema_from_mapping(s.columns)
         rows: list[dict[str, Any]] = []
         got = 0
@@ -144,18 +159,39 @@ class RabbitMQConnector(Connector):
         try:
             channel = self.channel
             while got < s.max_messages:
-                method, _props, body = channel.basic_get(s.queue, auto_ack=False)
-                if method is None:
+                ready = int(channel.queue_declare(s.queue, passive=True).method.message_count)
+                if ready == 0:
                     if time.monotonic() >= idle_until:
                         break
                     time.sleep(0.05)
                     continue
-                self._last_tag = method.delivery_tag
-                got += 1
-                rows.append(self._record(body, method.delivery_tag))
-                if len(rows) >= s.batch_size:
-                    yield records_to_batch(rows, typed)
-                    rows = []
+                window = min(ready, s.max_messages - got, s.prefetch)
+                channel.basic_qos(prefetch_count=window)
+                taken = 0
+                deliveries = channel.consume(s.queue, inactivity_timeout=self.WINDOW_IDLE)
+                try:
+                    for method, _props, body in deliveries:
+                        if method is None:
+                            break  # fewer came than were ready: another consumer took them
+                        self._last_tag = method.delivery_tag
+                        got += 1
+                        taken += 1
+                        rows.append(self._record(body, method.delivery_tag))
+                        if len(rows) >= s.batch_size:
+                            yield records_to_batch(rows, typed)
+                            rows = []
+                        if taken >= window:
+                            break
+                except BaseException:
+                    # failing or abandoned: stop the consumer; what it was handed stays unacked
+                    # (requeued when the connection closes)
+                    with contextlib.suppress(pika.exceptions.AMQPError):
+                        if channel.is_open:
+                            channel.cancel()
+                    raise
+                channel.cancel()
+                if taken == 0 and time.monotonic() >= idle_until:
+                    break  # ready messages this consumer is not given (e.g. a single active consumer)
         except pika.exceptions.AMQPError as exc:
             self._error(exc, f"consume from queue {s.queue!r}")
         if rows:
