@@ -37,6 +37,7 @@ def open_test_store(url: str) -> Any:
 
 TASKS = """
 import threading
+import time
 
 import pyarrow as pa
 
@@ -51,6 +52,19 @@ def wait_for_gate(context, inputs, **args):
     entered.set()
     if not gate.wait(60):
         raise FatalError("the test never opened the gate")
+    return {"waited": True}
+
+
+# as wait_for_gate, but it stops when told to (as most tasks do): a cancel is not kept waiting for
+# the executor's stop grace
+def wait_for_gate_or_cancel(context, inputs, **args):
+    entered.set()
+    deadline = time.monotonic() + 60
+    while not gate.wait(0.02):
+        if context.cancel_event.is_set():
+            return {"waited": False}
+        if time.monotonic() > deadline:
+            raise FatalError("the test never opened the gate")
     return {"waited": True}
 
 

@@ -40,7 +40,9 @@ def test_bad_backfill_requests_are_refused(api: Api) -> None:
     assert bad.status_code == 422 and "is before --from" in bad.json()["detail"]
     missing = op.post("/pipelines/nope/backfills", json={"from": "2024-01-01", "to": "2024-01-01"})
     assert missing.status_code == 404
-    gate = api.definition("gated", [api.task("a", "wait_for_gate")])
+    # a task that stops when told: the run ends at the cancel (an attempt that ignores it is the
+    # executor's stop grace, tested in test_http_pipelines_runs and the executor's own tests)
+    gate = api.definition("gated", [api.task("a", "wait_for_gate_or_cancel")])
     assert api.register(gate).status_code == 201
     started = op.post("/pipelines/gated/backfills", json={"from": "2024-01-01", "to": "2024-01-05"}).json()
     cancelled = op.post(f"/backfills/{started['id']}/cancel")

@@ -173,10 +173,25 @@ def test_sigkill_of_udop_takes_a_running_task_process_with_it(project: Any, meta
                                          timeout="10m")])
     proc = _start(path, _env(project, meta_url))
     _wait_for(project.root / "stubborn.started", proc)
+    task_pid = int((project.root / "stubborn.started").read_text())
     proc.kill()
     proc.communicate(timeout=30)
-    time.sleep(seconds + 2)  # past the moment the task would have had its side effect
+    # the task process goes with udop; one still alive would have its side effect `seconds` after it
+    # started, so it is watched until it is gone or past that moment (not a fixed sleep of it)
+    deadline = time.monotonic() + seconds + 2
+    while _alive(task_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(task_pid), "the task process outlived the SIGKILLed udop"
     assert not (project.root / "effects.log").exists()
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie, ended but not yet reaped, does not)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
 
 
 def test_resume_of_an_edited_definition_needs_on_new_version(project: Any, meta_url: str) -> None:
