@@ -10,6 +10,7 @@ machines) and ``streams/by-source/<hash>.json`` naming the pipeline and version 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from udop.aws.definitions import DefinitionCache, canonical_definition, put_vers
 from udop.aws.s3 import get_json, put_json
 from udop.errors import FatalError, InputError, RetryableError, SpecErrors
 from udop.states import RunState
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["StreamDeployment", "deploy_stream", "keeps_input", "mapping_key", "run_stream_event"]
 
@@ -266,9 +269,10 @@ def run_stream_event(
         stale_after=CLAIM_STALE_AFTER,
     )
     given_back = list(claim.busy)
-    executor = LocalExecutor(store, workers=2, data_root=data_root, policy=policy,
-                             services={"base_dir": code_dir} if code_dir else None)
     kept = _KeptInput(s3, data_bucket, data_root, pipeline) if data_bucket else None
+    executor = LocalExecutor(store, workers=2, data_root=data_root, policy=policy,
+                             services={"base_dir": code_dir} if code_dir else None,
+                             on_event=kept.on_event if kept is not None and keeping else None)
     # records of a failed batch that kept its input: that batch is resumed first (once, by whichever
     # delivery wins it), after which they are committed repeats; if it fails again they are given back
     for held, rows in claim.resume.items():
@@ -278,8 +282,13 @@ def run_stream_event(
         if not batches.take(pipeline.name, held, stale_after=CLAIM_STALE_AFTER):
             given_back += rows  # another delivery resumes it at this moment
             continue
-        if kept.resume(batches, StreamRunner(pipeline, store, executor, None), held, retention) \
-                != RunState.SUCCEEDED:
+        try:
+            resumed = kept.resume(batches, StreamRunner(pipeline, store, executor, None), held, retention)
+        except Exception:  # e.g. a definition changed since: this delivery's own records still run
+            _log.exception("pipeline %r: resuming batch %s failed; its records are given back",
+                           pipeline.name, held)
+            resumed = RunState.FAILED
+        if resumed != RunState.SUCCEEDED:
             given_back += rows
     given_back.sort()
     busy = delivery.failed(given_back)
@@ -291,15 +300,14 @@ def run_stream_event(
     )
     if state == RunState.SUCCEEDED:
         return _answer(pipeline.name, claim.run_id, busy, state, len(given_back))
-    if kept is not None and keeping:
-        kept.mirror(claim.run_id)
     return _answer(pipeline.name, claim.run_id, delivery.all_failed, state, 1)
 
 
 class _KeptInput:
     """A batch's folder (``<data_root>/runs/<pipeline>/<run>/``) in the data bucket, at the same keys
-    under ``runs/``: its input, written before the batch is recorded, and the outputs of a failed try,
-    so that any invocation (another container: /tmp is not shared) resumes the batch."""
+    under ``runs/``: its input, written before the batch is recorded, and each task's output as the task
+    succeeds (before the tasks after it start), so that any invocation (another container: /tmp is not
+    shared, and an invocation that died left nothing) resumes the batch."""
 
     def __init__(self, s3: Any, data_bucket: str, data_root: str, pipeline: Any) -> None:
         from udop.aws.s3 import S3Staging
@@ -317,18 +325,24 @@ class _KeptInput:
         self.staging.upload(local)
         return self.staging.to_remote(local)
 
-    def mirror(self, run_id: str) -> None:
-        """Upload what a failed try of ``run_id`` wrote (the tasks' outputs; not its input, kept already,
-        and never deleted here: an upload that stops half-way leaves the input whole)."""
+    def on_event(self, event: Any) -> None:
+        """The executor's events: a task that succeeded has its output (if any) uploaded."""
+        if event.kind == "task" and event.state == "succeeded" and event.task_id:
+            self.mirror(event.run_id, event.task_id)
+
+    def mirror(self, run_id: str, task_id: str) -> None:
+        """Upload the output folder of ``task_id`` in run ``run_id``, file by file (nothing is deleted:
+        an upload that stops half-way leaves what was kept whole)."""
         from udop.aws.s3 import split_uri
 
-        folder = self._folder(run_id)
+        folder = self._folder(run_id) / task_id
+        if task_id == self.stream_id or not folder.is_dir():
+            return  # the input is kept before the run; loads write no dataset of their own
         for path in sorted(folder.rglob("*")):
             rel = path.relative_to(folder).parts
-            if not path.is_file() or rel[0] == self.stream_id or any(p.startswith(".") for p in rel):
-                continue
-            bucket, key = split_uri(self.staging.to_remote(str(path)))
-            self.staging.s3.upload_file(str(path), bucket, key)
+            if path.is_file() and not any(p.startswith(".") for p in rel):
+                bucket, key = split_uri(self.staging.to_remote(str(path)))
+                self.staging.s3.upload_file(str(path), bucket, key)
 
     def resume(self, batches: Any, runner: Any, run_id: str, retention: float) -> RunState:
         """Resume the pending batch ``run_id`` (this delivery won it, ``StreamStore.take``) from the data
@@ -344,8 +358,6 @@ class _KeptInput:
         state: RunState = runner.run_batch(
             table, run_id=run_id, end=record.end, ids=ids, keep_ids=retention, keep_input=self.keep
         )
-        if state != RunState.SUCCEEDED:
-            self.mirror(run_id)
         return state
 
 

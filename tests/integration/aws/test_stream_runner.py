@@ -421,7 +421,8 @@ def test_a_kinesis_retry_of_a_bisected_batch_skips_the_records_that_committed(
 
 
 def _two_loads(tmp: Path, name: str, queue: str, first: Path, second: Path) -> Path:
-    """Two loads of every record into SQLite tables; the second runs after the first committed."""
+    """Two loads of every record (through a transform) into SQLite tables; the second runs after the
+    first committed."""
     path = tmp / f"{name}.yaml"
     path.write_text(f"""
 apiVersion: udop/v1
@@ -431,13 +432,18 @@ spec:
   trigger:
     stream: {{source: {{connector: sqs, queue: {queue}}}, id: events, max_batch_rows: 100}}
   tasks:
+    - id: clean
+      type: transform
+      depends_on: [events]
+      fuse: false
+      steps: [{{filter: "id >= 0"}}]
     - id: first
       type: load
-      depends_on: [events]
+      depends_on: [clean]
       target: {{connector: sqlite, database: '{first}', table: landed, mode: append}}
     - id: second
       type: load
-      depends_on: [events, first]
+      depends_on: [clean, first]
       target: {{connector: sqlite, database: '{second}', table: landed, mode: append}}
 """)
     return path
