@@ -287,6 +287,7 @@ def run_stream_event(
         except Exception:  # e.g. a definition changed since: this delivery's own records still run
             _log.exception("pipeline %r: resuming batch %s failed; its records are given back",
                            pipeline.name, held)
+            batches.release(pipeline.name, held)  # its try is over: the next delivery may resume it
             resumed = RunState.FAILED
         if resumed != RunState.SUCCEEDED:
             given_back += rows

@@ -252,7 +252,9 @@ class StreamStore:
         a loser leaves it out (its row in ``busy``) and its run never sees it. A claim older than
         ``stale_after`` seconds whose batch is not settled was left by a consumer that died (Lambda
         stops a function after 900 s) and is taken over. Committing the batch keeps its claims as its
-        committed ids; ``release`` drops them when its run failed."""
+        committed ids; ``release`` drops them when its run failed. Messages of a pending batch that keeps
+        its input (``begin(input_uri=...)``) are never taken over: they are in ``resume`` under its run
+        when no try of it runs (none, or one older than ``stale_after``), else ``busy``."""
         ids = batch.ids
         assert ids is not None and None not in ids, "claim needs every message's id"
         now = _now()
