@@ -33,7 +33,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     response = run_stream_event(event, bucket=SETTINGS.definitions_bucket, s3=S3, store=STORE, policy=POLICY,
                                 data_root=f"{SETTINGS.tmp_dir.rstrip('/')}/udop-streams",
                                 source_of=lambda_event_source, decode=lambda_decoder,
-                                code_dir=SETTINGS.code_dir)
+                                code_dir=SETTINGS.code_dir, data_bucket=SETTINGS.data_bucket)
     if response["batchItemFailures"]:
         metrics.add_metric(name="StreamBatchesFailed", unit="Count", value=1)
     return response

@@ -115,6 +115,12 @@ def acknowledge_findings(stack: UdopStack) -> None:
             "which pipeline each source feeds (streams/by-source/<hash>.json), named at deploy time",
         )
     acknowledge(
+        stack.streams.function.role,
+        "AwsSolutions-IAM5[Resource::<StorageData6BB23F4E.Arn>/runs/*]",
+        "the stream runner keeps a batch's input and a failed try's outputs under "
+        "runs/<pipeline>/<run_id>/, keys made at run time, to resume the batch from another container",
+    )
+    acknowledge(
         runtime.task_runner.role,
         "AwsSolutions-IAM5[Resource::<StorageDefinitionsDF965240.Arn>/versions/*]",
         "the task runner reads the deployed definition versions, versions/<name>/<version>.json",

@@ -89,6 +89,22 @@ class StreamProcessing(Construct):
                 ],
             )
         )
+        # a batch of a pipeline whose run can fail after a load committed keeps its input (and a failed
+        # try's outputs) under runs/<pipeline>/<run>/ in the data bucket, to be resumed from any container
+        # (udop.aws.streams.keeps_input); explicit actions, no s3:*Object* wildcards
+        self.function.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
+                resources=[storage.data.arn_for_objects("runs/*")],
+            )
+        )
+        self.function.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["s3:ListBucket"],
+                resources=[storage.data.bucket_arn],
+                conditions={"StringLike": {"s3:prefix": ["runs/*"]}},
+            )
+        )
         # what an event source mapping created by `udop deploy` polls with the function's role
         queues = stack.format_arn(service="sqs", resource=f"{RUNTIME_SOURCE_PREFIX}*")
         streams = stack.format_arn(

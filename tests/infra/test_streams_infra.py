@@ -50,11 +50,15 @@ def test_the_stream_runner_runs_batches_with_the_shared_layers(
     by_action: dict[str, str] = {}
     for st in statements:
         for action in st["Action"] if isinstance(st["Action"], list) else [st["Action"]]:
-            by_action[action] = json.dumps(st["Resource"])
+            by_action[action] = by_action.get(action, "") + json.dumps(st["Resource"])
     assert "streams/*" in by_action["s3:GetObject"] and "versions/*" in by_action["s3:GetObject"]
     assert ":udop-*" in by_action["sqs:ReceiveMessage"] and ":udop-*" in by_action["sqs:DeleteMessage"]
     assert "stream/udop-*" in by_action["kinesis:GetRecords"]
-    assert "s3:PutObject" not in by_action  # it reads definitions; batches stay in its own /tmp
+    # a batch that may be resumed keeps its input under the data bucket's runs/ (the task runner's keys)
+    data = stack.get_logical_id(stack.storage.data.node.default_child)
+    for action in ("s3:PutObject", "s3:GetObject", "s3:DeleteObject"):
+        assert "/runs/*" in by_action[action] and data in by_action[action], action
+    assert data in by_action["s3:ListBucket"]
 
 
 def test_the_stream_runner_carries_the_pipelines_python_code_as_the_task_runner_does(

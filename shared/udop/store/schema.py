@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # imported where used: a run on SQLite reads HEAD without SQL
 __all__ = ["HEAD", "REVISIONS", "current_revision", "ensure_schema", "upgrade"]
 
 #: every revision in order, oldest first; the last is the schema this code reads and writes
-REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009")
+REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010")
 HEAD = REVISIONS[-1]
 
 MIGRATIONS = Path(__file__).parent / "migrations"

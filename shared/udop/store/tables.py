@@ -292,6 +292,12 @@ stream_batches = Table(
     #: the ids of the batch's messages where the broker may hand one over again (SQS message ids,
     #: RabbitMQ message_id), JSON; kept in ``stream_messages`` when the batch settles (revision 0009)
     Column("message_ids", JSONType),
+    #: where the batch's input (its messages as Parquet) is kept durably, for a batch whose run may fail
+    #: after one of its loads committed (the stream runner on Lambda, a pipeline with several loads):
+    #: such a batch is resumed, not run again regrouped; ``running_since``: when its current try
+    #: started (None: no try runs; a later delivery of any of its messages resumes it) (revision 0010)
+    Column("input_uri", Text()),
+    Column("running_since", UTCDateTime()),
     Index(None, "pipeline", "state"),
 )
 

@@ -393,6 +393,7 @@ class StreamRunner:
         end: Mapping[str, Any],
         ids: list[str | None] | None = None,
         keep_ids: float | None = None,
+        keep_input: Callable[[str], str] | None = None,
     ) -> RunState:
         """Run one batch handed in from outside (a Lambda event's records) as run ``run_id``, once.
 
@@ -400,9 +401,15 @@ class StreamRunner:
         again resumes the run of its first try, whose committed loads find their ledger entries, and a
         batch that already committed does nothing. ``ids`` were claimed for ``run_id``: kept when it
         commits, released when its run fails. Returns the run's state; a failed batch stays pending.
+
+        ``keep_input``: makes the batch's input (the local folder of its Parquet) durable and returns
+        where it is kept, called before a new batch is recorded; such a batch keeps its claims when its
+        run fails (``StreamStore.release``), to be resumed by whichever delivery brings one of them next.
         """
         try:
-            state = self._run_batch(table, run_id=run_id, end=end, ids=ids, keep_ids=keep_ids)
+            state = self._run_batch(
+                table, run_id=run_id, end=end, ids=ids, keep_ids=keep_ids, keep_input=keep_input
+            )
         except BaseException:
             if ids is not None:
                 self.batches.release(self.pipeline.name, run_id)
@@ -419,6 +426,7 @@ class StreamRunner:
         end: Mapping[str, Any],
         ids: list[str | None] | None,
         keep_ids: float | None,
+        keep_input: Callable[[str], str] | None = None,
     ) -> RunState:
         self.once = True
         name = self.pipeline.name
@@ -433,8 +441,11 @@ class StreamRunner:
         uri = dataset_uri(self.executor.data_root, name, run_id, self.stream.id)
         manifest = write_parquet(table, uri, dictionary=False)
         if existing is None:
+            # kept before the batch is recorded: a recorded batch that keeps its input can always resume
+            input_uri = keep_input(manifest.uri) if keep_input is not None else None
             self.batches.begin(
                 name, run_id, None, end, [], int(table.num_rows), ids=ids, keep_ids=keep_ids,
+                input_uri=input_uri,
             )
         self._run(
             run_id,

@@ -1,5 +1,5 @@
 """Stream positions and micro-batches in the metadata database (tables in ``udop.store.tables``,
-revisions 0008 and 0009). A batch is recorded ``pending`` before its run starts and ``committed`` together
+revisions 0008 to 0010). A batch is recorded ``pending`` before its run starts and ``committed`` together
 with the pipeline's new positions, and the ids of its messages where the broker may hand one over again,
 in one transaction, after its loads committed."""
 
@@ -8,12 +8,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
-from sqlalchemy import Connection, TextClause, bindparam, delete, insert, select, text, update
+from sqlalchemy import Connection, TextClause, bindparam, delete, insert, or_, select, text, update
 
 from udop.store.engine import transaction
 from udop.store.sql import SqlMetadataStore
@@ -34,6 +34,10 @@ class BatchRecord:
     messages: int
     tries: int
     error: str | None
+    #: where its input is kept (``begin(input_uri=...)``): a failed try keeps its claims, for the next
+    #: delivery of any of its messages to resume it
+    input_uri: str | None = None
+    message_ids: list[str] | None = None
 
 
 def _now() -> datetime:
@@ -57,10 +61,11 @@ _AMONG = {
 #: claim (the stream runner on Lambda claims a delivery's ids before its batch is recorded and run)
 _KNOWN = {
     dialect: text(
-        "SELECT m.message_id, m.run_id, b.state, m.settled_at FROM stream_messages m "
+        "SELECT m.message_id, m.run_id, b.state, m.settled_at, b.input_uri, b.running_since "
+        "FROM stream_messages m "
         "LEFT JOIN stream_batches b ON b.pipeline = m.pipeline AND b.run_id = m.run_id "
         "WHERE m.pipeline = :pipeline AND m." + among
-    ).columns(settled_at=UTCDateTime())
+    ).columns(settled_at=UTCDateTime(), running_since=UTCDateTime())
     for dialect, among in _AMONG.items()
 }
 
@@ -70,16 +75,27 @@ class _Kept:
     run_id: str
     state: str | None  # None: its batch is not recorded yet
     at: datetime
+    #: its batch keeps its input (it is resumed, never regrouped); when a try of it started (None: none)
+    kept_input: bool = False
+    running_since: datetime | None = None
 
     @property
     def committed(self) -> bool:
         return self.state in ("committed", "dead_letter")
 
+    @property
+    def held(self) -> bool:
+        """A pending batch whose input is kept: its messages are its own until it settles."""
+        return self.state == "pending" and self.kept_input
+
 
 def _known(conn: Connection, pipeline: str, ids: list[str]) -> dict[str, _Kept]:
     """Which of ``ids`` are kept, and by which batch."""
     rows = conn.execute(_KNOWN[conn.dialect.name], {"pipeline": pipeline, "ids": json.dumps(ids)}).all()
-    return {r.message_id: _Kept(r.run_id, r.state, r.settled_at) for r in rows}
+    return {
+        r.message_id: _Kept(r.run_id, r.state, r.settled_at, r.input_uri is not None, r.running_since)
+        for r in rows
+    }
 
 
 def _insert_ids(dialect: str, *, claim: bool) -> TextClause:
@@ -121,11 +137,15 @@ def claim_run_id(pipeline: str, ids: list[str]) -> str:
 @dataclass(frozen=True)
 class Claim:
     """What ``StreamStore.claim`` left a delivery: ``batch``, the messages it owns now (None: none), to run
-    as ``run_id``; ``busy``, the rows (of the batch as given) another batch in flight owns."""
+    as ``run_id``; ``busy``, the rows (of the batch as given) another batch in flight owns; ``resume``,
+    the rows held by a pending batch that keeps its input and whose try is not running (it failed, or
+    its claimant died), by that batch's run id: resume that batch first (``take`` arbitrates), after
+    which those rows are committed repeats."""
 
     batch: StreamBatch | None
     run_id: str
     busy: list[int]
+    resume: dict[str, list[int]] = field(default_factory=dict)
 
 
 def _record(row: Any) -> BatchRecord:
@@ -139,6 +159,8 @@ def _record(row: Any) -> BatchRecord:
         row.messages,
         row.tries,
         row.error,
+        row.input_uri,
+        None if row.message_ids is None else [str(i) for i in row.message_ids],
     )
 
 
@@ -230,7 +252,9 @@ class StreamStore:
         a loser leaves it out (its row in ``busy``) and its run never sees it. A claim older than
         ``stale_after`` seconds whose batch is not settled was left by a consumer that died (Lambda
         stops a function after 900 s) and is taken over. Committing the batch keeps its claims as its
-        committed ids; ``release`` drops them when its run failed."""
+        committed ids; ``release`` drops them when its run failed. Messages of a pending batch that keeps
+        its input (``begin(input_uri=...)``) are never taken over: they are in ``resume`` under its run
+        when no try of it runs (none, or one older than ``stale_after``), else ``busy``."""
         ids = batch.ids
         assert ids is not None and None not in ids, "claim needs every message's id"
         now = _now()
@@ -246,11 +270,18 @@ class StreamStore:
                 rows.append(n)
             mine: list[int] = []
             busy: list[int] = []
+            resume: dict[str, list[int]] = {}
             stale: dict[str, list[str]] = {}
             for n in rows:
                 kept = known.get(str(ids[n]))
                 if kept is None:
                     mine.append(n)
+                elif kept.held:  # never taken over: some of its loads may have committed; resumed
+                    since = kept.running_since
+                    if since is None or (now - since).total_seconds() > stale_after:
+                        resume.setdefault(kept.run_id, []).append(n)
+                    else:
+                        busy.append(n)
                 elif (now - kept.at).total_seconds() > stale_after:
                     stale.setdefault(kept.run_id, []).append(str(ids[n]))
                     mine.append(n)
@@ -281,27 +312,60 @@ class StreamStore:
                     )
                     run_id = label
         if not mine:
-            return Claim(None, run_id, busy)
+            return Claim(None, run_id, busy, resume)
         if len(mine) == len(ids):
-            return Claim(batch, run_id, busy)
+            return Claim(batch, run_id, busy, resume)
         table = batch.table.take(pa.array(mine, pa.int64()))
         return Claim(
             StreamBatch(table=table, end=batch.end, acks=batch.acks, ids=[ids[n] for n in mine],
                         keep_ids=batch.keep_ids),
             run_id,
             busy,
+            resume,
         )
+
+    def take(self, pipeline: str, run_id: str, *, stale_after: float) -> bool:
+        """Start a try of the pending batch ``run_id`` whose input is kept, if no try of it runs (none
+        started, or the one that did is older than ``stale_after`` seconds: its claimant died). One
+        statement decides: of two deliveries taking the same batch at once, one wins (True)."""
+        now = _now()
+        with transaction(self._engine, write=True) as conn:
+            won = conn.execute(
+                update(stream_batches)
+                .where(
+                    stream_batches.c.pipeline == pipeline,
+                    stream_batches.c.run_id == run_id,
+                    stream_batches.c.state == "pending",
+                    stream_batches.c.input_uri.is_not(None),
+                    or_(
+                        stream_batches.c.running_since.is_(None),
+                        stream_batches.c.running_since < now - timedelta(seconds=stale_after),
+                    ),
+                )
+                .values(running_since=now)
+            )
+            return bool(won.rowcount == 1)
 
     def release(self, pipeline: str, run_id: str) -> None:
         """Drop the claims of ``run_id``'s batch (its run failed): its messages may run in another batch.
-        A batch that committed (or was dead-lettered) keeps them: they are its committed ids."""
+        A batch that committed (or was dead-lettered) keeps them: they are its committed ids. A pending
+        batch whose input is kept keeps them too, and its try ends (``running_since`` cleared): the next
+        delivery of any of its messages resumes it (``Claim.resume``), so a load of it that committed
+        is never written again under another grouping."""
         with transaction(self._engine, write=True) as conn:
-            state = conn.execute(
-                select(stream_batches.c.state).where(
+            row = conn.execute(
+                select(stream_batches.c.state, stream_batches.c.input_uri).where(
                     stream_batches.c.pipeline == pipeline, stream_batches.c.run_id == run_id
                 )
-            ).scalar()
-            if state in ("committed", "dead_letter"):
+            ).first()
+            if row is not None and row.state in ("committed", "dead_letter"):
+                return
+            if row is not None and row.state == "pending" and row.input_uri is not None:
+                conn.execute(
+                    update(stream_batches)
+                    .where(stream_batches.c.pipeline == pipeline, stream_batches.c.run_id == run_id)
+                    .values(running_since=None)
+                )
                 return
             conn.execute(
                 delete(stream_messages).where(
@@ -320,10 +384,12 @@ class StreamStore:
         *,
         ids: list[str | None] | None = None,
         keep_ids: float | None = None,
+        input_uri: str | None = None,
     ) -> None:
         """Record a batch ``pending``; ``ids`` (``StreamBatch.ids``) are kept when it settles, and ids
         kept longer than ``keep_ids`` seconds are dropped. ``start`` None: the pipeline's positions, read
-        in the same transaction."""
+        in the same transaction. ``input_uri``: where the batch's input is kept durably; such a batch
+        holds its claimed ids when a try fails (``release``), to be resumed, and its try runs from now."""
         now = _now()
         with transaction(self._engine, write=True) as conn:
             if start is None:
@@ -342,6 +408,8 @@ class StreamStore:
                     tries=1,
                     created_at=now,
                     message_ids=None if ids is None else [i for i in ids if i is not None],
+                    input_uri=input_uri,
+                    running_since=now if input_uri is not None else None,
                 )
             )
             if ids is not None and keep_ids is not None:

@@ -418,3 +418,152 @@ def test_a_kinesis_retry_of_a_bisected_batch_skips_the_records_that_committed(
     assert sorted(ds.dataset(out).to_table().column("id").to_pylist()) == list(range(6))
     assert _invoke(env, {"Records": [record(i) for i in range(3, 5)]}) == {"batchItemFailures": []}
     assert ds.dataset(out).to_table().num_rows == 6
+
+
+def _two_loads(tmp: Path, name: str, queue: str, first: Path, second: Path) -> Path:
+    """Two loads of every record (through a transform) into SQLite tables; the second runs after the
+    first committed."""
+    path = tmp / f"{name}.yaml"
+    path.write_text(f"""
+apiVersion: udop/v1
+kind: Pipeline
+metadata: {{name: {name}}}
+spec:
+  trigger:
+    stream: {{source: {{connector: sqs, queue: {queue}}}, id: events, max_batch_rows: 100}}
+  tasks:
+    - id: clean
+      type: transform
+      depends_on: [events]
+      fuse: false
+      steps: [{{filter: "id >= 0"}}]
+    - id: first
+      type: load
+      depends_on: [clean]
+      target: {{connector: sqlite, database: '{first}', table: landed, mode: append}}
+    - id: second
+      type: load
+      depends_on: [clean, first]
+      target: {{connector: sqlite, database: '{second}', table: landed, mode: append}}
+""")
+    return path
+
+
+def _landed(db: Path) -> list[int]:
+    import sqlite3
+
+    if not db.exists():
+        return []
+    with sqlite3.connect(db) as conn:
+        return sorted(r[0] for r in conn.execute("SELECT id FROM landed"))
+
+
+def _deploy_two_loads(env: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str) -> tuple[
+    str, str, Path, Path
+]:
+    sqs = env.client("sqs")
+    queue = f"{env.prefix}-{key}"
+    url = sqs.create_queue(QueueName=queue)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    # the second load's database is in a folder that does not exist yet: its first try fails
+    first, second = tmp_path / "first.db", tmp_path / "later" / "second.db"
+    code, _stdout, err = _udop(capsys, "deploy", str(_two_loads(tmp_path, queue, queue, first, second)))
+    assert code == 0, err
+    return queue, arn, first, second
+
+
+def _failures(ids: list[str]) -> dict[str, Any]:
+    return {"batchItemFailures": [{"itemIdentifier": i} for i in ids]}
+
+
+def test_a_batch_failed_after_its_first_load_committed_is_resumed_not_loaded_again_regrouped(
+    deploy_env: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = deploy_env
+    name, arn, first, second = _deploy_two_loads(env, tmp_path, capsys, "regrouped")
+    a, b, c, d = [(str(uuid.uuid4()), json.dumps({"id": i})) for i in range(4)]
+    # D1 = {a, b, c}: the first load commits, the second fails; the whole delivery is reported failed
+    assert _invoke(env, _sqs_records(arn, [a, b, c])) == _failures([a[0], b[0], c[0]])
+    assert _landed(first) == [0, 1, 2] and _landed(second) == []
+    second.parent.mkdir()  # the second load's database is reachable now
+    # the queue hands them back grouped differently, with a new message: D2 = {a, b, d}
+    assert _invoke(env, _sqs_records(arn, [a, b, d])) == {"batchItemFailures": []}
+    assert _landed(first) == [0, 1, 2, 3]
+    assert _landed(second) == [0, 1, 2, 3]
+    assert _invoke(env, _sqs_records(arn, [c])) == {"batchItemFailures": []}  # its batch committed
+    assert _landed(first) == _landed(second) == [0, 1, 2, 3]
+
+    from udop.store import open_store
+    from udop.stream.store import StreamStore
+
+    store = open_store(env.database_url)
+    try:
+        batches = StreamStore(store).batches(name)
+        assert sorted(x.state for x in batches) == ["committed", "committed"]
+        (kept,) = [x for x in batches if x.messages == 3]
+        assert kept.input_uri is not None and kept.input_uri.startswith(f"s3://{env.data_bucket}/runs/")
+    finally:
+        store.close()
+
+
+def test_a_batch_whose_invocation_died_after_its_first_load_is_resumed_once_its_try_is_stale(
+    deploy_env: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+    from datetime import timedelta
+
+    import udop.stream.store as stream_store
+    from udop.stream.store import StreamStore
+
+    env = deploy_env
+    name, arn, first, second = _deploy_two_loads(env, tmp_path, capsys, "died")
+    a, b, c, d = [(str(uuid.uuid4()), json.dumps({"id": i})) for i in range(4)]
+    # D1's invocation dies after the first load committed (a timeout, out of memory): its claims made,
+    # nothing released or settled
+    with monkeypatch.context() as dying:
+        dying.setattr(StreamStore, "release", lambda self, pipeline, run_id: None)
+        _invoke(env, _sqs_records(arn, [a, b, c]))
+    assert _landed(first) == [0, 1, 2] and _landed(second) == []
+    second.parent.mkdir()
+    # its try may still run: a and b are given back, d runs
+    assert _invoke(env, _sqs_records(arn, [a, b, d])) == _failures([a[0], b[0]])
+    assert _landed(first) == [0, 1, 2, 3] and _landed(second) == [3]
+    # later than the stale time (960 s), in another container: nothing of the dead one's /tmp is left
+    shutil.rmtree(tmp_path / "udop-streams")
+    real_now = stream_store._now
+    monkeypatch.setattr(stream_store, "_now", lambda: real_now() + timedelta(seconds=1000))
+    assert _invoke(env, _sqs_records(arn, [b, c])) == {"batchItemFailures": []}
+    assert _landed(first) == [0, 1, 2, 3]
+    assert _landed(second) == [0, 1, 2, 3]
+    from udop.store import open_store
+
+    store = open_store(env.database_url)
+    try:
+        assert sorted(x.state for x in StreamStore(store).batches(name)) == ["committed", "committed"]
+    finally:
+        store.close()
+
+
+def test_a_delivery_overlapping_a_batch_another_delivery_resumes_gives_those_records_back(
+    deploy_env: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from udop.store import open_store
+    from udop.stream.store import StreamStore
+
+    env = deploy_env
+    name, arn, first, second = _deploy_two_loads(env, tmp_path, capsys, "rival")
+    a, b, c, d = [(str(uuid.uuid4()), json.dumps({"id": i})) for i in range(4)]
+    assert _invoke(env, _sqs_records(arn, [a, b, c])) == _failures([a[0], b[0], c[0]])
+    second.parent.mkdir()
+    store = open_store(env.database_url)
+    try:
+        batches = StreamStore(store)
+        (held,) = batches.batches(name)
+        assert batches.take(name, held.run_id, stale_after=960)  # another delivery resumes it now
+        assert _invoke(env, _sqs_records(arn, [a, b, d])) == _failures([a[0], b[0]])
+        assert _landed(first) == [0, 1, 2, 3] and _landed(second) == [3]
+        batches.release(name, held.run_id)  # the rival's try failed (or never ran a task)
+        assert _invoke(env, _sqs_records(arn, [c, a])) == {"batchItemFailures": []}
+        assert _landed(first) == _landed(second) == [0, 1, 2, 3]
+    finally:
+        store.close()

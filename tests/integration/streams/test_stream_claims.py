@@ -135,3 +135,61 @@ def test_a_committed_batch_keeps_its_ids_when_released(batches: StreamStore) -> 
     _commit(batches, claim)
     batches.release("p", claim.run_id)  # e.g. an error after the commit: the ids stay committed
     assert _claim(batches, ["a"]).batch is None
+
+
+def _begin_kept(batches: StreamStore, claim: Claim) -> None:
+    """Record the batch with its input kept (``s3://...``), as the stream runner does for a pipeline whose
+    run can fail after a load committed."""
+    assert claim.batch is not None
+    batches.begin("p", claim.run_id, {}, {}, [], claim.batch.rows, ids=claim.batch.ids, keep_ids=3600.0,
+                  input_uri=f"s3://data/runs/p/{claim.run_id}/events/")
+
+
+def test_a_failed_batch_that_kept_its_input_holds_its_messages_to_be_resumed(batches: StreamStore) -> None:
+    first = _claim(batches, ["a", "b", "c"])
+    _begin_kept(batches, first)
+    assert _claim(batches, ["a"]).busy == [0]  # its try runs
+    batches.release("p", first.run_id)  # its run failed (a load may have committed): messages held
+    regrouped = _claim(batches, ["a", "b", "d"])
+    assert _mine(regrouped) == ["d"] and regrouped.busy == []
+    assert regrouped.resume == {first.run_id: [0, 1]}  # resume that batch first; not run in this one
+    assert batches.take("p", first.run_id, stale_after=900.0)
+    assert not batches.take("p", first.run_id, stale_after=900.0)  # one try at a time
+    assert _claim(batches, ["c"]).busy == [0]  # while the resumed try runs
+    batches.settle("p", first.run_id, "committed")  # the resume committed: its claims are its ids
+    assert _claim(batches, ["a", "b", "c"]).batch is None
+    assert _claim(batches, ["b", "e"]).resume == {}
+
+
+def test_a_dead_try_of_a_batch_that_kept_its_input_is_resumed_not_taken_over(batches: StreamStore) -> None:
+    first = _claim(batches, ["a", "b"])
+    _begin_kept(batches, first)  # its invocation dies here: nothing released
+    assert _claim(batches, ["b", "c"]).busy == [0]
+    later = _claim(batches, ["b", "c"], stale_after=-1.0)  # (its try older than the limit)
+    assert _mine(later) == ["c"] and later.resume == {first.run_id: [0]}  # b is not taken over
+    assert not batches.take("p", first.run_id, stale_after=900.0)  # not stale yet by that measure
+    assert batches.take("p", first.run_id, stale_after=-1.0)
+
+
+def test_two_deliveries_resuming_one_batch_at_once_one_wins(batches: StreamStore) -> None:
+    first = _claim(batches, ["a", "b"])
+    _begin_kept(batches, first)
+    batches.release("p", first.run_id)
+    for round_ in range(5):
+        start = threading.Barrier(2)
+        won: list[bool | BaseException] = []
+
+        def take(start: threading.Barrier = start, won: list[bool | BaseException] = won) -> None:
+            start.wait()
+            try:
+                won.append(batches.take("p", first.run_id, stale_after=900.0))
+            except BaseException as exc:
+                won.append(exc)
+
+        threads = [threading.Thread(target=take) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert sorted(won, key=str) == [False, True], (round_, won)
+        batches.release("p", first.run_id)  # that try failed: the batch may be taken again
