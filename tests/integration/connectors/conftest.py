@@ -4,6 +4,7 @@ machine; every test works in tables/keys/queues of its own (unique names, droppe
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,20 @@ def pg() -> Iterator[Tables]:
     tables = Tables(PG_URL)
     yield tables
     tables.drop_all()
+
+
+@pytest.fixture
+def queue() -> Iterator[tuple[Any, str]]:
+    """A durable RabbitMQ queue of the test's own: (a channel, its name); deleted afterwards."""
+    import pika
+
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1"))
+    channel = conn.channel()
+    name = f"udop-test-{uuid.uuid4().hex[:10]}"
+    channel.queue_declare(name, durable=True)
+    yield channel, name
+    channel.queue_delete(name)
+    conn.close()
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pika
 import pyarrow as pa
 import pytest
 import redis as redis_lib
@@ -198,17 +197,6 @@ def test_redis_unreachable_and_wrong_password(rds: tuple[redis_lib.Redis, str]) 
 
 
 # -- RabbitMQ ---------------------------------------------------------------------------------------
-@pytest.fixture
-def queue() -> Iterator[tuple[Any, str]]:
-    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1"))
-    channel = conn.channel()
-    name = f"udop-test-{uuid.uuid4().hex[:10]}"
-    channel.queue_declare(name, durable=True)
-    yield channel, name
-    channel.queue_delete(name)
-    conn.close()
-
-
 def depth(channel: Any, name: str) -> int:
     return int(channel.queue_declare(name, passive=True).method.message_count)
 

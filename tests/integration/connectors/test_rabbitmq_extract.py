@@ -10,8 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pika
@@ -21,17 +19,6 @@ from udop.connectors import get_connector
 from udop.errors import FatalError
 
 pytestmark = pytest.mark.rabbitmq
-
-
-@pytest.fixture
-def queue() -> Iterator[tuple[Any, str]]:
-    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1"))
-    channel = conn.channel()
-    name = f"udop-test-extract-{uuid.uuid4().hex[:10]}"
-    channel.queue_declare(name, durable=True)
-    yield channel, name
-    channel.queue_delete(name)
-    conn.close()
 
 
 def publish(channel: Any, name: str, ids: range) -> None:
