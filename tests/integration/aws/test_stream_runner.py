@@ -472,6 +472,18 @@ def _deploy_two_loads(env: Any, tmp_path: Path, capsys: pytest.CaptureFixture[st
     return queue, arn, first, second
 
 
+def _batches(env: Any, name: str) -> list[Any]:
+    """The pipeline's stream batches, as the metadata store holds them."""
+    from udop.store import open_store
+    from udop.stream.store import StreamStore
+
+    store = open_store(env.database_url)
+    try:
+        return StreamStore(store).batches(name)
+    finally:
+        store.close()
+
+
 def _failures(ids: list[str]) -> dict[str, Any]:
     return {"batchItemFailures": [{"itemIdentifier": i} for i in ids]}
 
@@ -493,17 +505,10 @@ def test_a_batch_failed_after_its_first_load_committed_is_resumed_not_loaded_aga
     assert _invoke(env, _sqs_records(arn, [c])) == {"batchItemFailures": []}  # its batch committed
     assert _landed(first) == _landed(second) == [0, 1, 2, 3]
 
-    from udop.store import open_store
-    from udop.stream.store import StreamStore
-
-    store = open_store(env.database_url)
-    try:
-        batches = StreamStore(store).batches(name)
-        assert sorted(x.state for x in batches) == ["committed", "committed"]
-        (kept,) = [x for x in batches if x.messages == 3]
-        assert kept.input_uri is not None and kept.input_uri.startswith(f"s3://{env.data_bucket}/runs/")
-    finally:
-        store.close()
+    batches = _batches(env, name)
+    assert sorted(x.state for x in batches) == ["committed", "committed"]
+    (kept,) = [x for x in batches if x.messages == 3]
+    assert kept.input_uri is not None and kept.input_uri.startswith(f"s3://{env.data_bucket}/runs/")
 
 
 def test_a_batch_whose_invocation_died_after_its_first_load_is_resumed_once_its_try_is_stale(
@@ -535,13 +540,7 @@ def test_a_batch_whose_invocation_died_after_its_first_load_is_resumed_once_its_
     assert _invoke(env, _sqs_records(arn, [b, c])) == {"batchItemFailures": []}
     assert _landed(first) == [0, 1, 2, 3]
     assert _landed(second) == [0, 1, 2, 3]
-    from udop.store import open_store
-
-    store = open_store(env.database_url)
-    try:
-        assert sorted(x.state for x in StreamStore(store).batches(name)) == ["committed", "committed"]
-    finally:
-        store.close()
+    assert sorted(x.state for x in _batches(env, name)) == ["committed", "committed"]
 
 
 def test_a_delivery_overlapping_a_batch_another_delivery_resumes_gives_those_records_back(

@@ -4,6 +4,7 @@ reports the attempt under the metric names /metrics uses (EMF)."""
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -45,25 +46,29 @@ def test_the_runner_s_attempt_span_continues_the_trace_in_its_payload(
     assert f"{attempt.context.trace_id:032x}" == trace_id
     assert attempt.parent is not None and f"{attempt.parent.span_id:016x}" == parent_id
     assert logger.get_correlation_id() == "cid-aws-1"
-    blobs = _emf_blobs(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    blobs = _emf_blobs(out)
     tasks = [b for b in blobs if "udop_tasks" in b]
     assert tasks and tasks[0]["pipeline"] == "runner-test" and tasks[0]["state"] == "succeeded"
     assert any("udop_attempt_duration_seconds" in b for b in blobs)
     rows = [b["udop_rows_written"] for b in blobs if "udop_rows_written" in b]
-    assert [float(v[0] if isinstance(v, list) else v) for v in rows] == [10.0]
+    emf = [line for line in out.splitlines() if "_aws" in line]
+    assert [float(v[0] if isinstance(v, list) else v) for v in rows] == [10.0], emf
 
 
 def _emf_blobs(out: str) -> list[dict[str, Any]]:
     """The EMF metric blobs the runner printed. The test process is not a Lambda: other threads of it
-    (moto's, a logging handler's) can write to stdout at the same moment and split a line; such a line
-    is not one of the runner's blobs whole, and the assertions below need each blob they look for."""
+    (moto's, a logging handler's) write to the same captured stdout, and one can land between a blob
+    and its newline (Powertools prints the JSON, then the line end): each blob is decoded from where it
+    starts, whatever follows it on its line."""
+    decoder = json.JSONDecoder()
     blobs = []
-    for line in out.splitlines():
-        if '"_aws"' in line:
-            try:
-                blobs.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
+    for found in re.finditer(r'\{\s*"_aws"', out):
+        try:
+            blob, _end = decoder.raw_decode(out, found.start())
+        except json.JSONDecodeError:
+            continue  # a blob cut by another thread's write would be one the assertions then miss
+        blobs.append(blob)
     return blobs
 
 
