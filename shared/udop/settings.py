@@ -251,6 +251,9 @@ class Settings(StoreSettings):
     duckdb_memory_limit: str | None = Field(None, description="e.g. '2GB'; DuckDB spills beyond it")
     duckdb_threads: int | None = Field(None, ge=1)
     fuse: bool = Field(True, description="run a transform inside the file load that alone reads it")
+    stop_grace: float = Field(
+        10.0, gt=0, description="seconds a cancelled or timed-out task attempt running in a thread (a "
+        "python task of a server, a scheduler, udop run) may take to return before its run gives it up")
 
     @property
     def resolved_database_url(self) -> str:

@@ -166,12 +166,13 @@ def _default_launcher(settings: ApiSettings, store: MetadataStore) -> RunLaunche
         from udop.api.launcher import CeleryLauncher
 
         return CeleryLauncher(store, workers=settings.local_workers, max_runs=settings.max_concurrent_runs,
-                              data_root=settings.resolved_data_root)
+                              data_root=settings.resolved_data_root, stop_grace=settings.stop_grace)
     return LocalLauncher(
         store,
         workers=settings.local_workers,
         max_runs=settings.max_concurrent_runs,
         data_root=settings.resolved_data_root,
+        stop_grace=settings.stop_grace,
     )
 
 

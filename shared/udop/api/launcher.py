@@ -86,12 +86,15 @@ class LocalLauncher:
         max_runs: int = 4,
         data_root: str | None = None,
         policy: Policy | None = None,
+        stop_grace: float | None = None,
     ) -> None:
         self.store = store
         #: a server's runs are sandboxed; the default is the server policy over ``data_root``
         self.policy = policy or server_policy(data_root=data_root or get_settings().resolved_data_root)
         self.workers = workers
         self.data_root = data_root
+        #: what each run's executor gives an attempt told to stop (``UDOP_STOP_GRACE``)
+        self.stop_grace = stop_grace if stop_grace is not None else get_settings().stop_grace
         self._pool = ThreadPoolExecutor(max_workers=max_runs, thread_name_prefix="udop-run")
         self._lock = threading.Lock()
         # run id -> the executor running it in a thread of the pool: told to stop (``request_stop``)
@@ -212,7 +215,8 @@ class LocalLauncher:
     def _executor(self) -> LocalExecutor:
         from udop.executor.local import LocalExecutor
 
-        return LocalExecutor(self.store, workers=self.workers, data_root=self.data_root, policy=self.policy)
+        return LocalExecutor(self.store, workers=self.workers, data_root=self.data_root, policy=self.policy,
+                             stop_grace=self.stop_grace)
 
     def _execute(self, pipeline: Pipeline, run_id: str) -> None:
         try:
@@ -279,4 +283,4 @@ class CeleryLauncher(LocalLauncher):
         from udop.executor.celery import CeleryExecutor
 
         return CeleryExecutor(self.store, app=self.app, workers=self.workers, data_root=self.data_root,
-                              policy=self.policy)
+                              policy=self.policy, stop_grace=self.stop_grace)

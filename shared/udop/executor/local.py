@@ -166,14 +166,16 @@ class LocalExecutor:
         rng: random.Random | None = None,
         policy: Policy | None = None,
         lease_seconds: float = 60.0,
-        stop_grace: float = 10.0,
+        stop_grace: float | None = None,
     ) -> None:
         if workers < 1:
             raise InputError("--workers must be at least 1")
-        if data_root is None:
+        if data_root is None or stop_grace is None:
             from udop.settings import get_settings
 
-            data_root = get_settings().resolved_data_root
+            settings = get_settings()
+            data_root = settings.resolved_data_root if data_root is None else data_root
+            stop_grace = settings.stop_grace if stop_grace is None else stop_grace
         self.store = store
         self.workers = workers
         self.data_root = data_root
@@ -185,6 +187,7 @@ class LocalExecutor:
         #: a run's lease in the metadata store; renewed every third of it while the run goes on
         self.lease_seconds = lease_seconds
         #: how long a stopped or timed-out attempt may take to return before it is given up
+        #: (``UDOP_STOP_GRACE``, default 10 s)
         self.stop_grace = stop_grace
         self._stop = threading.Event()
         self._stop_reason = ""
