@@ -45,6 +45,7 @@ from udop.errors import FatalError
 
 gate = threading.Event()
 entered = threading.Event()  # a task is waiting at the gate (so it is in flight, not about to start)
+left = threading.Event()  # wait_for_gate returned (after the gate opened), e.g. late, after a cancel
 fail = {"on": False}
 
 
@@ -52,6 +53,7 @@ def wait_for_gate(context, inputs, **args):
     entered.set()
     if not gate.wait(60):
         raise FatalError("the test never opened the gate")
+    left.set()
     return {"waited": True}
 
 
@@ -126,7 +128,8 @@ class LiveServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         # shutting down includes the launcher's close, which waits for its runs to stop: a task that
-        # ignores its cancel event is given the executor's stop_grace (10 s) before it is abandoned
+        # ignores its cancel event is given the executor's stop_grace (UDOP_STOP_GRACE, 10 s) before it
+        # is abandoned
         self.thread.join(60)
         self.sock.close()
 

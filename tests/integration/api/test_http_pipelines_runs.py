@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -183,7 +184,9 @@ def test_a_failed_run_shows_its_error_and_resume_reruns_only_what_failed(api: Ap
     assert api.client("operator").post(f"/runs/{run_id}/resume").status_code == 409
 
 
-def test_cancel_stops_a_running_run(api: Api) -> None:
+def test_cancel_stops_a_running_run(api_factory: Callable[..., Api]) -> None:
+    # the task ignores its cancel: the cancel waits the stop grace, made short here (default 10 s)
+    api = api_factory(stop_grace=0.5)
     api.register(
         api.definition(
             "slow", [api.task("wait", "wait_for_gate"), api.task("later", "maybe_fail", depends_on=["wait"])]
@@ -199,6 +202,8 @@ def test_cancel_stops_a_running_run(api: Api) -> None:
     assert {t["task_id"]: t["state"] for t in body["tasks"]}["later"] == "cancelled"
     api.tasks.gate.set()
     # it stays cancelled: the late task result does not revive it
+    assert api.tasks.left.wait(10), "the task never returned its late result"
+    time.sleep(0.2)  # time for a (wrongly) accepted late result to reach the store
     assert api.client("viewer").get(f"/runs/{run_id}").json()["state"] == "cancelled"
     assert api.client("operator").post(f"/runs/{run_id}/cancel").status_code == 409
     assert api.client("operator").post("/runs/no-such-run/cancel").status_code == 404
@@ -207,7 +212,8 @@ def test_cancel_stops_a_running_run(api: Api) -> None:
 def test_stopping_the_server_cancels_its_runs_and_another_server_resumes_them(
     api_factory: Callable[..., Api],
 ) -> None:
-    first = api_factory()
+    # the task ignores its cancel: stopping waits the stop grace, made short here (default 10 s)
+    first = api_factory(stop_grace=0.5)
     first.register(first.definition("long", [first.task("wait", "wait_for_gate")]))
     run_id = first.client("operator").post("/pipelines/long/runs").json()["run_id"]
     first.wait_for_run(run_id, {"running"})
