@@ -1,7 +1,8 @@
 """The Celery executor under the faults of a cluster: real ``udop worker`` processes on the shared Redis,
 metadata on PostgreSQL (a schema of its own), a worker SIGKILLed after its load committed, the
 coordinator SIGKILLed mid-run and resumed, queues routing tasks to their workers, a per-task memory
-limit, a fused transform and load computed by one worker (and redelivered), and SQLite refused. The conformance suite runs every scenario on this executor too."""
+limit, a fused transform and load computed by one worker (and redelivered), and SQLite refused. The
+conformance suite runs every scenario on this executor too."""
 
 from __future__ import annotations
 
