@@ -9,6 +9,10 @@ store (PostgreSQL) and the data root. A message names the run, the task, the att
 manifests of its inputs; datasets stay on the shared data root, and the worker sends back the small
 result body the store keeps (or the failure, already classified by ``udop.errors.classify``).
 
+Fused chains (``udop.executor.fusion``) are fused as locally: the transform's message names its load
+and the load's attempt number, the worker runs the pair and sends back both bodies, and the coordinator
+keeps the load's until the loop starts the load's attempt, which records it without a Celery task.
+
 Delivery: late acknowledgement and ``reject_on_worker_lost``, so a task whose worker was killed is
 delivered again (after ``UDOP_CELERY_VISIBILITY_TIMEOUT``); it carries the same attempt number, and
 the coordinator records the attempt once, from whichever delivery answers. Before it runs, a worker

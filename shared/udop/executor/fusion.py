@@ -1,12 +1,14 @@
-"""Fused chains in the local executor: a transform and the file load that alone reads it run in one
-attempt of the transform, as one query, while each task keeps its own attempt and result.
+"""Fused chains in the local and Celery executors: a transform and the file load that alone reads it run
+in one attempt of the transform, as one query, while each task keeps its own attempt and result.
 
 The chain runner comes from the entry point group ``udop.task_chains`` (``transform-load``; the core
 never imports a layer by name). The load's result is computed with the transform's and kept until
-the load starts: its attempt then records that result at once. A fused attempt that fails is run
-again unfused within the same attempt (the transform alone, writing its Parquet), so an error is
-always reported by the task it belongs to, and retries follow each task's own policy. Turned off by
-``fuse: false`` on the transform or ``UDOP_FUSE=false``. See docs/data-tasks.md ("Fusion").
+the load starts: its attempt then records that result at once (``compute_chain`` computes the pair;
+the Celery executor calls it in a worker and keeps the load's result on the coordinator). A fused
+attempt that fails is run again unfused within the same attempt (the transform alone, writing its
+Parquet), so an error is always reported by the task it belongs to, and retries follow each task's own
+policy. Turned off by ``fuse: false`` on the transform or ``UDOP_FUSE=false``. See docs/data-tasks.md
+("Fusion").
 """
 
 from __future__ import annotations
