@@ -125,16 +125,14 @@ SCENARIOS = [
                  "a": A_OK, "w": task("succeeded", [CANCELLED, OK], 1, ID, ["dataset:a"]),
                  "after": task("succeeded", [OK], 1, TWICE, ["dataset:w"])}}),
     Scenario("fused_transform_and_file_load",
-             # the transform runs inside its load's query (locally: one attempt of the transform; on
-             # Step Functions: one Task state); each task keeps its own record
+             # the transform runs inside its load's query (locally and on Celery: one attempt of the
+             # transform computes both; on Step Functions: one Task state); each task keeps its own record
              ROWS + _t('{id: t, type: transform, depends_on: [a], steps: [{derive: {twice: "id * 2"}}]}')
              + _t('{id: l, type: load, depends_on: [t], target: {connector: parquet, '
                   'path: "{log_dir}/out.parquet"}}'),
              {"state": "succeeded", "checks": [], "tasks": {
                  "a": A_OK, "t": task("succeeded", [OK], 5, TWICE, ["dataset:a"]),
-                 "l": task("succeeded", [OK], 5, TWICE_REQUIRED, ["dataset:t"])}},
-             not_on={"celery": "the Celery executor does not fuse: every task is its own Celery task "
-                               "(docs/executors.md)"}),
+                 "l": task("succeeded", [OK], 5, TWICE_REQUIRED, ["dataset:t"])}}),
     Scenario("foreach_with_one_failing_item",
              _t('{id: parts, type: python, callable: "udop_foreach_tasks:parts"}')
              + _t('{id: each, type: python, callable: "udop_foreach_tasks:per_item", depends_on: [parts], '

@@ -32,5 +32,4 @@ def test_scenarios_left_out_on_an_executor_are_the_documented_ones() -> None:
     one to the table is a decision this test makes visible."""
     from conformance.scenarios import SCENARIOS
 
-    assert {s.name: sorted(s.not_on) for s in SCENARIOS if s.not_on} == {
-        "fused_transform_and_file_load": ["celery"]}
+    assert {s.name: sorted(s.not_on) for s in SCENARIOS if s.not_on} == {}

@@ -9,6 +9,10 @@ store (PostgreSQL) and the data root. A message names the run, the task, the att
 manifests of its inputs; datasets stay on the shared data root, and the worker sends back the small
 result body the store keeps (or the failure, already classified by ``udop.errors.classify``).
 
+Fused chains (``udop.executor.fusion``) are fused as locally: the transform's message names its load
+and the load's attempt number, the worker runs the pair and sends back both bodies, and the coordinator
+keeps the load's until the loop starts the load's attempt, which records it without a Celery task.
+
 Delivery: late acknowledgement and ``reject_on_worker_lost``, so a task whose worker was killed is
 delivered again (after ``UDOP_CELERY_VISIBILITY_TIMEOUT``); it carries the same attempt number, and
 the coordinator records the attempt once, from whichever delivery answers. Before it runs, a worker
@@ -29,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from udop.errors import ConfigError, FatalError, InputError, ReportedFailure, classify
 from udop.executor.attempt import STARTUP_ALLOWANCE, compute, failed_checks
+from udop.executor.fusion import compute_chain
 from udop.executor.local import InflightAttempt, LocalExecutor, RunLoop, WorkerPool
 from udop.observability.tasklogs import attempt_scope
 from udop.sandbox import Policy
@@ -211,6 +216,8 @@ def _run_message(message: Mapping[str, Any]) -> dict[str, Any]:
         name = str(message["pipeline"])
         logical = datetime.fromisoformat(str(message["logical_date"]))
         inputs = {str(k): TaskResult.from_dict(v) for k, v in dict(message.get("inputs") or {}).items()}
+        fused = message.get("fused")
+        chain = (str(fused["task_id"]), int(fused["attempt"])) if fused is not None else None
     except (KeyError, TypeError, ValueError) as exc:
         raise FatalError(f"a udop.attempt message this worker cannot read ({exc}); are the coordinator "
                          "and the workers the same udop version?") from None
@@ -233,8 +240,19 @@ def _run_message(message: Mapping[str, Any]) -> dict[str, Any]:
                           services={"base_dir": str(base_dir)} if base_dir else {}, policy=_Worker.policy)
     with attempt_scope(data_root=data_root, run_id=run_id, pipeline=name, task_id=task_id, attempt=number,
                        logical_date=logical.isoformat(), correlation_id=message.get("correlation_id")):
-        _, body = compute(context, context.task, inputs, 1)
-    return {"ok": body}
+        if chain is None:
+            _, body = compute(context, context.task, inputs, 1)
+            return {"ok": body}
+        load_id, load_attempt = chain
+        load = pipeline.task(load_id)
+        if context.task.type != "transform" or task_id not in getattr(load, "depends_on", ()):
+            raise FatalError(f"task {task_id!r} is not a transform that {load_id!r} loads; are the "
+                             "coordinator and the workers the same udop version?")
+        (_, body), loaded = compute_chain(context, context.task, inputs, 1, pipeline=pipeline,
+                                          load_id=load_id, load_attempt=load_attempt)
+    if loaded is None:  # the fused run failed and the transform ran on its own: the load runs later
+        return {"ok": body}
+    return {"ok": body, "fused": {"task_id": load_id, "attempt": load_attempt, "ok": loaded[1]}}
 
 
 # ----------------------------------------------------------------------------------- coordinator side
@@ -290,7 +308,6 @@ class _CeleryRunLoop(RunLoop):
     def __init__(self, executor: CeleryExecutor, pipeline: Pipeline, run_id: str, params: dict[str, Any],
                  logical_date: datetime) -> None:
         super().__init__(executor, pipeline, run_id, params, logical_date)
-        self.fusion.chains.clear()  # fusion is the LocalExecutor's: every task is its own Celery task
         record = executor.store.get_run(run_id)
         assert record is not None
         self.version = record.pipeline_version  # workers read this version of the definition
@@ -356,8 +373,18 @@ class _CeleryPool(WorkerPool):
 
     def submit(self, job: InflightAttempt) -> None:
         loop = self.loop
+        early = loop.fusion.take_early(job.task_id)
+        if early is not None:
+            # a fused chain's load: its transform's worker loaded it; its attempt records that result,
+            # with no Celery task (it would load again, or find its ledger entry)
+            loop.done.put((job.task_id, job.number, early[0], early[1], None))
+            return
         task = loop.tasks[job.task_id]
-        timeout = loop.pipeline.timeout_for(task)
+        # a fused attempt does both tasks' work: the sum of their timeouts, as in the LocalExecutor
+        timeout = loop.fusion.timeout(job.task_id, loop.pipeline.timeout_for(task))
+        load_id = loop.fusion.chains.get(job.task_id)
+        if load_id is not None:
+            loop.fusion.take_early(load_id)  # from an earlier attempt of this transform, if any
         celery_id = celery_task_id(loop.run_id, job.task_id, job.number)
         if job.deadline is not None:
             job.deadline += STARTUP_ALLOWANCE  # waiting in the queue; the timeout counts from its start
@@ -369,6 +396,8 @@ class _CeleryPool(WorkerPool):
             "correlation_id": loop.correlation_id,
             "inputs": {d: loop.results[d].to_dict() for d in task.depends_on},
         }
+        if load_id is not None:  # the worker runs the transform inside this attempt of its load
+            message["fused"] = {"task_id": load_id, "attempt": loop.fusion.next_attempt(load_id)}
         options: dict[str, Any] = {"task_id": celery_id, "queue": getattr(task, "queue", None)
                                    or loop.ex.settings.celery_queue}
         if timeout is not None:
@@ -452,6 +481,11 @@ class _CeleryPool(WorkerPool):
             done.put((job.task_id, job.number, None, None, exc))
         elif isinstance(answer, dict) and isinstance(answer.get("ok"), dict):
             body: dict[str, Any] = answer["ok"]
+            fused = answer.get("fused")
+            if isinstance(fused, dict) and isinstance(fused.get("ok"), dict):
+                # kept before the transform's answer goes to the loop: the load starts only after it
+                loaded: dict[str, Any] = fused["ok"]
+                self.loop.fusion.keep_early(str(fused["task_id"]), (TaskResult.from_dict(loaded), loaded))
             done.put((job.task_id, job.number, TaskResult.from_dict(body), body, None))
         elif isinstance(answer, dict) and isinstance(answer.get("error"), dict):
             done.put((job.task_id, job.number, None, None, _reported(answer["error"])))

@@ -1,7 +1,8 @@
 """The Celery executor under the faults of a cluster: real ``udop worker`` processes on the shared Redis,
 metadata on PostgreSQL (a schema of its own), a worker SIGKILLed after its load committed, the
 coordinator SIGKILLed mid-run and resumed, queues routing tasks to their workers, a per-task memory
-limit, and SQLite refused. The conformance suite runs every scenario on this executor too."""
+limit, a fused transform and load computed by one worker (and redelivered), and SQLite refused. The
+conformance suite runs every scenario on this executor too."""
 
 from __future__ import annotations
 
@@ -332,3 +333,91 @@ def test_an_unreachable_broker_is_one_line_and_the_run_can_be_resumed(workers: C
     again = subprocess.run([*command, "--resume", "no-broker-1"], env=workers.env, cwd=tmp_path,
                            capture_output=True, text=True, check=False, timeout=120)
     assert again.returncode == 0, again.stderr
+
+
+def _fused_chain(tmp: Path, name: str, db: Path) -> Path:
+    return _pipeline(tmp, name, f"    - {{id: rows, type: python, callable: 'celery_tasks:rows', args: {{n: {ROWS}}}}}\n"
+                                f"    - {{id: shape, type: transform, depends_on: [rows], "
+                                f"steps: [{{derive: {{twice: 'id * 2'}}}}]}}\n" + _load(db, "shape"))
+
+
+def _records(store: Any, run_id: str, data_root: str) -> dict[str, Any]:
+    """What a run records per task, its data root left out: attempts, output rows and schema, lineage,
+    rows written and the fused metric."""
+    run = store.get_run(run_id)
+    assert run is not None
+    out: dict[str, Any] = {"state": run.state.value}
+    for t in run.tasks:
+        result = t.result or {}
+        output = result.get("output") or {}
+        metrics = result.get("metrics") or {}
+        out[t.task_id] = {
+            "attempts": [(a.state.value, a.error_type) for a in t.attempts],
+            "rows": output.get("rows"), "schema": output.get("schema_fingerprint"),
+            "lineage": sorted(u.replace(data_root, "<root>").replace(run_id, "<run>")
+                              for u in result.get("inputs") or []),
+            "rows_written": metrics.get("rows_written"), "fused_into": metrics.get("fused_into"),
+            "ledger": metrics.get("ledger"),
+        }
+    return out
+
+
+def test_a_fused_chain_loads_once_on_a_worker_and_records_what_the_local_executor_records(
+        workers: Cluster, tmp_path: Path) -> None:
+    import random
+
+    from udop.executor.celery import celery_task_id
+    from udop.executor.local import LocalExecutor
+    from udop.spec.loader import load_pipeline
+    from udop.store import open_store
+
+    workers.start_worker("fuser")
+    executor = _executor(workers, tmp_path)
+    on_celery = tmp_path / "celery.db"
+    record = executor.run(load_pipeline(str(_fused_chain(tmp_path, "fused-chain", on_celery))), params={})
+    celery = _records(executor.store, record.id, workers.data_root)
+    # the load's attempt completed from its transform's worker: no Celery task of its own, rows once
+    assert workers.app.AsyncResult(celery_task_id(record.id, "publish", 1)).state == "PENDING"
+    assert workers.app.AsyncResult(celery_task_id(record.id, "shape", 1)).state == "SUCCESS"
+    assert _count(on_celery) == (ROWS, ROWS)
+    executor.store.close()
+
+    local_dir = tmp_path / "local"
+    local_dir.mkdir()
+    on_local = tmp_path / "local.db"
+    store = open_store(f"sqlite:///{local_dir / 'meta.db'}")
+    local = LocalExecutor(store, workers=2, data_root=str(local_dir / "data"), rng=random.Random(1),
+                          services={"base_dir": str(HERE)})
+    done = local.run(load_pipeline(str(_fused_chain(local_dir, "fused-chain", on_local))), params={})
+    assert _records(store, done.id, str(local_dir / "data")) == celery
+    store.close()
+    assert _count(on_local) == (ROWS, ROWS)
+    assert celery["shape"]["fused_into"] == "publish"
+    assert celery["publish"] == {**celery["publish"], "attempts": [("succeeded", None)],
+                                 "rows_written": ROWS, "ledger": "recorded"}
+
+
+def test_a_fused_chain_whose_worker_died_after_the_load_committed_loads_once(
+        workers: Cluster, tmp_path: Path) -> None:
+    db = tmp_path / "dst.db"
+    path = _fused_chain(tmp_path, "fused-killed", db)
+    short = {"UDOP_CELERY_VISIBILITY_TIMEOUT": "4"}
+    # the transform's task process, running the fused pair, SIGKILLs itself once the load committed
+    doomed = workers.start_worker("fused-doomed", env={**short, "UDOP_FAULT_INJECT": "load-committed"})
+    executor = _executor(workers, tmp_path)
+    thread, out = _in_thread(executor, path)
+    _until(lambda: _has_rows(db), why="the fused load to commit")
+    Cluster.kill(doomed)
+    workers.start_worker("fused-rescuer", env=short)  # the transform's task comes back to it
+    thread.join(120)
+    assert out, "the run did not end"
+    record = executor.store.get_run(out[0].id)
+    assert record.state == RunState.SUCCEEDED
+    # delivered twice, each attempt recorded once; the second delivery found the load's ledger entry
+    assert _attempts(record, "shape") == [("succeeded", None)]
+    assert _attempts(record, "publish") == [("succeeded", None)]
+    publish = next(t for t in record.tasks if t.task_id == "publish")
+    assert publish.result["metrics"]["ledger"] == "already loaded"
+    assert publish.result["metrics"]["rows_written"] == ROWS
+    assert _count(db) == (ROWS, ROWS)
+    executor.store.close()
