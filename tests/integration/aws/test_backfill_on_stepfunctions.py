@@ -91,7 +91,9 @@ def test_cancelling_a_backfill_stops_its_execution_and_starts_no_more(
                          task_runner_arn=moto_aws.task_runner_arn, role_arn=moto_aws.role_arn, store=store,
                          s3=moto_aws.client("s3"), sfn=sfn)
     assert result.ok, result.errors
-    runner = StepFunctionsBackfillRunner(store, load_pipeline(path), sfn=sfn, poll=0.05, watch_seconds=0.1)
+    # polls a little slower than it could: moto serialises an execution's history while its interpreter
+    # thread may still be writing an event; a read at that moment once failed inside moto (TypeError)
+    runner = StepFunctionsBackfillRunner(store, load_pipeline(path), sfn=sfn, poll=0.2, watch_seconds=0.1)
     record = runner.create(start=parse_date("2024-01-01", what="--from"),
                            end=parse_date("2024-01-03", what="--to"), step="1d", max_parallel=1,
                            executor="stepfunctions")

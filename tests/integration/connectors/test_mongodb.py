@@ -498,7 +498,12 @@ def test_sigkill_around_the_commit_then_resume_loads_each_row_once(
 
     name = f"h17m_{uuid.uuid4().hex[:8]}"
     client: pymongo.MongoClient[Any] = pymongo.MongoClient(server)
-    target = f"{{connector: mongodb, url: '{server}', database: {name}, collection: dst, mode: append}}"
+    # the write conflicts last until the server aborts the killed process's transaction, longer on a busy
+    # machine: a breaker that stays closed and a retry window of ~30 s (not what this test is about)
+    target = (
+        f"{{connector: mongodb, url: '{server}', database: {name}, collection: dst, mode: append, "
+        "circuit_breaker: {failures: 100, cooldown: 1s}}"
+    )
     try:
         add_source_rows(tmp_path / "shop.db", range(1, 301))
         (tmp_path / "p.yaml").write_text(
@@ -507,7 +512,7 @@ apiVersion: udop/v1
 kind: Pipeline
 metadata: {{name: eo-{uuid.uuid4().hex[:8]}}}
 spec:
-  defaults: {{retry: {{max_attempts: 8, base_delay: 1s, max_delay: 2s}}}}
+  defaults: {{retry: {{max_attempts: 16, base_delay: 1s, max_delay: 3s}}}}
   tasks:
     - id: orders
       type: extract
