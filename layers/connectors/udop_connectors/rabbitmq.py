@@ -182,14 +182,12 @@ class RabbitMQConnector(Connector):
                             rows = []
                         if taken >= window:
                             break
-                except BaseException:
-                    # failing or abandoned: stop the consumer; what it was handed stays unacked
-                    # (requeued when the connection closes)
+                finally:
+                    # the window is taken, or the read failed or was abandoned: stop the consumer (what
+                    # it was handed stays unacked, requeued if the connection closes without an ack)
                     with contextlib.suppress(pika.exceptions.AMQPError):
                         if channel.is_open:
                             channel.cancel()
-                    raise
-                channel.cancel()
                 if taken == 0 and time.monotonic() >= idle_until:
                     break  # ready messages this consumer is not given (e.g. a single active consumer)
         except pika.exceptions.AMQPError as exc:

@@ -318,8 +318,11 @@ class _KeptInput:
         self.name: str = pipeline.name
         self.stream_id: str = pipeline.stream.id
 
-    def _folder(self, run_id: str) -> Path:
-        return Path(self.data_root) / "runs" / self.name / run_id
+    def _folder(self, run_id: str, task_id: str) -> Path:
+        """Where the executor writes ``task_id``'s output in run ``run_id`` (its parent: the run's)."""
+        from udop.tasks.contract import dataset_uri
+
+        return Path(dataset_uri(self.data_root, self.name, run_id, task_id))
 
     def keep(self, local: str) -> str:
         """Upload the batch's input folder ``local``; returns its ``s3://`` URI."""
@@ -336,7 +339,7 @@ class _KeptInput:
         an upload that stops half-way leaves what was kept whole)."""
         from udop.aws.s3 import split_uri
 
-        folder = self._folder(run_id) / task_id
+        folder = self._folder(run_id, task_id)
         if task_id == self.stream_id or not folder.is_dir():
             return  # the input is kept before the run; loads write no dataset of their own
         for path in sorted(folder.rglob("*")):
@@ -353,7 +356,7 @@ class _KeptInput:
         record = batches.batch(self.name, run_id)
         if record is None or record.state != "pending" or record.input_uri is None:
             return RunState.SUCCEEDED  # settled in between: its records are committed (or dead-lettered)
-        self.staging.download(self.staging.to_remote(str(self._folder(run_id))) + "/")
+        self.staging.download(self.staging.to_remote(str(self._folder(run_id, self.stream_id).parent)) + "/")
         table = pq.read_table(self.staging.to_local(record.input_uri))
         ids: list[str | None] = list(record.message_ids or [])
         state: RunState = runner.run_batch(

@@ -110,8 +110,7 @@ class Fusion:
         load_id = self.chains.get(task.id)
         if load_id is None:
             return compute(context, task, inputs, workers)
-        with self._lock:
-            self._early.pop(load_id, None)  # from an earlier attempt of this transform, if any
+        self.take_early(load_id)  # from an earlier attempt of this transform, if any
         first, loaded = compute_chain(context, task, inputs, workers, pipeline=self.pipeline, load_id=load_id,
                                       load_attempt=self.next_attempt(load_id))
         if loaded is not None:
